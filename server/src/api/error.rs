@@ -1,0 +1,94 @@
+//! The one place where domain errors become gRPC statuses.
+
+use expresscache::InvalidRequest;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::evict::EvictError;
+use crate::index::IndexError;
+use crate::ops::SubmitError;
+use crate::store::StoreError;
+
+/// Everything an RPC can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(transparent)]
+    Invalid(#[from] InvalidRequest),
+    /// A bucket named in field `field` failed its existence/access check.
+    #[error("{field}: {source}")]
+    Bucket {
+        field: &'static str,
+        bucket: String,
+        source: StoreError,
+    },
+    #[error("operation {0:?} not found")]
+    OperationNotFound(String),
+    #[error(transparent)]
+    Submit(#[from] SubmitError),
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    #[error(transparent)]
+    Evict(#[from] EvictError),
+}
+
+fn store_code(e: &StoreError) -> Code {
+    match e {
+        StoreError::NoSuchBucket(_) | StoreError::NoSuchKey(_) => Code::NotFound,
+        StoreError::AccessDenied(_) => Code::PermissionDenied,
+        StoreError::Throttled(_) | StoreError::Transport(_) => Code::Unavailable,
+        StoreError::PreconditionFailed => Code::FailedPrecondition,
+        _ => Code::Internal,
+    }
+}
+
+impl From<ApiError> for Status {
+    fn from(e: ApiError) -> Self {
+        let msg = e.to_string();
+        match e {
+            ApiError::Invalid(inv) => inv.to_status(),
+            ApiError::Bucket {
+                field,
+                bucket,
+                source,
+            } => {
+                let code = store_code(&source);
+                let details = ErrorDetails::with_resource_info(
+                    "s3_bucket",
+                    bucket,
+                    "",
+                    format!("{field}: {source}"),
+                );
+                Status::with_error_details(code, msg, details)
+            }
+            ApiError::OperationNotFound(id) => Status::with_error_details(
+                Code::NotFound,
+                msg,
+                ErrorDetails::with_resource_info("operation", id, "", "no such operation"),
+            ),
+            ApiError::Submit(SubmitError::RequestIdConflict {
+                request_id,
+                operation_id,
+            }) => Status::with_error_details(
+                Code::AlreadyExists,
+                msg,
+                ErrorDetails::with_resource_info(
+                    "operation",
+                    operation_id,
+                    "",
+                    format!("request_id {request_id:?} belongs to this operation, which was submitted with different fields; use a new request_id"),
+                ),
+            ),
+            ApiError::Submit(SubmitError::Index(e)) | ApiError::Index(e) => {
+                tracing::error!(error = %e, "index failure");
+                Status::internal(format!("cache index failure: {e}"))
+            }
+            ApiError::Evict(EvictError::Index(e)) => {
+                tracing::error!(error = %e, "index failure during evict");
+                Status::internal(format!("cache index failure: {e}"))
+            }
+            ApiError::Evict(EvictError::Store { source, .. }) => {
+                Status::new(store_code(&source), msg)
+            }
+        }
+    }
+}

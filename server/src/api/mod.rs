@@ -1,0 +1,205 @@
+//! The tonic service: turns wire requests into validated specs, hands them to
+//! the domain, and streams progress back.
+
+mod error;
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use expresscache::proto::v1 as pb;
+use expresscache::proto::v1::cache_service_server::CacheService;
+use expresscache::{EvictSpec, Limits, StatusQuery, WarmSpec};
+use futures::Stream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+pub use error::ApiError;
+
+use crate::index::{now_millis, CacheIndex};
+use crate::ops::{Operations, Subscription};
+use crate::store::ObjectStore;
+
+/// The `expresscache.v1.CacheService` implementation.
+#[derive(Debug)]
+pub struct Api<S, I> {
+    store: Arc<S>,
+    index: Arc<I>,
+    ops: Arc<Operations<S, I>>,
+    limits: Limits,
+}
+
+impl<S: ObjectStore, I: CacheIndex> Api<S, I> {
+    pub fn new(store: Arc<S>, index: Arc<I>, ops: Arc<Operations<S, I>>, limits: Limits) -> Self {
+        Self {
+            store,
+            index,
+            ops,
+            limits,
+        }
+    }
+
+    async fn check_bucket(&self, field: &'static str, bucket: &str) -> Result<(), ApiError> {
+        self.store
+            .check_bucket(bucket)
+            .await
+            .map_err(|source| ApiError::Bucket {
+                field,
+                bucket: bucket.to_owned(),
+                source,
+            })
+    }
+
+    async fn warm(&self, req: pb::WarmCacheRequest) -> Result<Subscription, ApiError> {
+        let spec = WarmSpec::parse(&req, &self.limits)?;
+        self.check_bucket("bucket", spec.source.as_str()).await?;
+        self.check_bucket("directory_bucket", spec.directory_bucket.as_str())
+            .await?;
+        Ok(self.ops.submit(spec, req).await?)
+    }
+
+    async fn status(&self, req: pb::GetStatusRequest) -> Result<pb::GetStatusResponse, ApiError> {
+        match StatusQuery::parse(&req, &self.limits)? {
+            StatusQuery::Operation(id) => {
+                let (request, progress) = self
+                    .ops
+                    .status(&id)
+                    .await?
+                    .ok_or(ApiError::OperationNotFound(id.clone()))?;
+                Ok(pb::GetStatusResponse {
+                    operation: Some(pb::OperationStatus {
+                        operation_id: id,
+                        request: Some(request),
+                        progress: Some(progress),
+                    }),
+                    prefixes: vec![],
+                })
+            }
+            StatusQuery::Prefixes {
+                directory_bucket,
+                prefixes,
+            } => {
+                let dir = directory_bucket.as_str();
+                let now = now_millis();
+                let mut out = Vec::with_capacity(prefixes.len());
+                for p in prefixes {
+                    let usage = self.index.usage(dir, p.as_str()).await?;
+                    let leases = self.index.covering_leases(dir, p.as_str(), now).await?;
+                    out.push(pb::PrefixStatus {
+                        prefix: p.to_string(),
+                        cached_objects: usage.objects,
+                        cached_bytes: usage.bytes,
+                        leases: leases
+                            .into_iter()
+                            .map(|l| pb::Lease {
+                                directory_bucket: l.directory_bucket,
+                                prefix: l.prefix,
+                                source_bucket: l.source_bucket,
+                                expires_at: Some(prost_types::Timestamp {
+                                    seconds: l.expires_at.div_euclid(1000),
+                                    nanos: (l.expires_at.rem_euclid(1000) * 1_000_000) as i32,
+                                }),
+                            })
+                            .collect(),
+                    });
+                }
+                Ok(pb::GetStatusResponse {
+                    operation: None,
+                    prefixes: out,
+                })
+            }
+        }
+    }
+}
+
+type ProgressStream = Pin<Box<dyn Stream<Item = Result<pb::WarmProgress, Status>> + Send>>;
+
+fn is_done(p: &pb::WarmProgress) -> bool {
+    p.phase == pb::Phase::Done as i32
+}
+
+/// Forwards an operation's progress to one caller until DONE. If the
+/// caller goes away the operation carries on; if the operation's live
+/// channel closes early (it runs elsewhere), falls back to polling its
+/// recorded state.
+fn forward<S: ObjectStore, I: CacheIndex>(
+    mut sub: Subscription,
+    ops: Arc<Operations<S, I>>,
+) -> ProgressStream {
+    let (tx, rx) = mpsc::channel(16);
+    tokio::spawn(async move {
+        let mut last = sub.borrow_and_update().clone();
+        loop {
+            let done = is_done(&last);
+            if tx.send(Ok(last.clone())).await.is_err() || done {
+                return;
+            }
+            if sub.changed().await.is_ok() {
+                last = sub.borrow_and_update().clone();
+                continue;
+            }
+            // The channel closed without a DONE message we saw: read the
+            // recorded state until it is final.
+            let id = last.operation_id.clone();
+            loop {
+                match ops.status(&id).await {
+                    Ok(Some((_, p))) if is_done(&p) => {
+                        let _ = tx.send(Ok(p)).await;
+                        return;
+                    }
+                    Ok(Some(_)) => tokio::time::sleep(Duration::from_millis(500)).await,
+                    Ok(None) => {
+                        let _ = tx
+                            .send(Err(Status::internal(format!("operation {id} disappeared"))))
+                            .await;
+                        return;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(Status::from(ApiError::from(e)))).await;
+                        return;
+                    }
+                }
+                if tx.is_closed() {
+                    return;
+                }
+            }
+        }
+    });
+    Box::pin(ReceiverStream::new(rx))
+}
+
+#[tonic::async_trait]
+impl<S: ObjectStore, I: CacheIndex> CacheService for Api<S, I> {
+    type WarmCacheStream = ProgressStream;
+
+    async fn warm_cache(
+        &self,
+        request: Request<pb::WarmCacheRequest>,
+    ) -> Result<Response<Self::WarmCacheStream>, Status> {
+        let sub = self.warm(request.into_inner()).await?;
+        Ok(Response::new(forward(sub, Arc::clone(&self.ops))))
+    }
+
+    async fn get_status(
+        &self,
+        request: Request<pb::GetStatusRequest>,
+    ) -> Result<Response<pb::GetStatusResponse>, Status> {
+        Ok(Response::new(self.status(request.into_inner()).await?))
+    }
+
+    async fn evict(
+        &self,
+        request: Request<pb::EvictRequest>,
+    ) -> Result<Response<pb::EvictResponse>, Status> {
+        let req = request.into_inner();
+        let spec = EvictSpec::parse(&req, &self.limits).map_err(ApiError::from)?;
+        self.check_bucket("directory_bucket", spec.directory_bucket.as_str())
+            .await?;
+        let resp = crate::evict::evict(self.store.as_ref(), self.index.as_ref(), &spec)
+            .await
+            .map_err(ApiError::from)?;
+        tracing::info!(directory_bucket = %spec.directory_bucket, deleted = resp.objects_deleted, failed = resp.failures.len(), "evicted");
+        Ok(Response::new(resp))
+    }
+}

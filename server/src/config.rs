@@ -1,0 +1,199 @@
+//! Server configuration: command line, environment, optional TOML file,
+//! defaults, in that order of precedence.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use serde::Deserialize;
+
+/// Command line of `expresscache-server`.
+#[derive(Debug, Clone, Default, Parser)]
+#[command(name = "expresscache-server", version, about = "Warms S3 Express One Zone directory buckets from general-purpose S3 buckets (gRPC service)")]
+pub struct Args {
+    /// TOML file with any of the settings below (keys in snake_case).
+    #[arg(long, env = "EXPRESSCACHE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to serve gRPC on [default: 127.0.0.1:50051].
+    #[arg(long, env = "EXPRESSCACHE_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Cache index: sqlite://PATH (relative or absolute) or sqlite://:memory:
+    /// [default: sqlite://$XDG_DATA_HOME/expresscache/index.db].
+    #[arg(long, env = "EXPRESSCACHE_INDEX")]
+    pub index: Option<String>,
+    /// Copies in flight per warm [default: 64].
+    #[arg(long, env = "EXPRESSCACHE_MAX_CONCURRENCY")]
+    pub max_concurrency: Option<usize>,
+    /// Longest TTL a warm may ask for, e.g. 30d [default: 30d].
+    #[arg(long, env = "EXPRESSCACHE_MAX_TTL", value_parser = humantime::parse_duration)]
+    pub max_ttl: Option<Duration>,
+    /// Address buckets as https://endpoint/bucket instead of
+    /// https://bucket.endpoint (for S3-compatible endpoints by host name).
+    #[arg(long, env = "EXPRESSCACHE_S3_FORCE_PATH_STYLE")]
+    pub force_path_style: Option<bool>,
+    /// Log format: text or json [default: text].
+    #[arg(long, env = "EXPRESSCACHE_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// The same settings as they appear in a config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    index: Option<String>,
+    max_concurrency: Option<usize>,
+    #[serde(default, with = "humantime_serde_opt")]
+    max_ttl: Option<Duration>,
+    force_path_style: Option<bool>,
+    log_format: Option<LogFormat>,
+}
+
+mod humantime_serde_opt {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|s| humantime::parse_duration(&s).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+/// Where the cache index lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IndexLocation {
+    Sqlite(PathBuf),
+    SqliteMemory,
+}
+
+impl IndexLocation {
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let Some(rest) = url.strip_prefix("sqlite://") else {
+            return Err(format!(
+                "unsupported index {url:?}: expected sqlite://PATH (DynamoDB support is planned)"
+            ));
+        };
+        match rest {
+            "" => Err("sqlite:// needs a path, e.g. sqlite://data/index.db".into()),
+            ":memory:" => Ok(Self::SqliteMemory),
+            path => Ok(Self::Sqlite(PathBuf::from(path))),
+        }
+    }
+}
+
+/// Fully resolved settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub index: IndexLocation,
+    pub max_concurrency: usize,
+    pub max_ttl: Duration,
+    pub force_path_style: bool,
+    pub log_format: LogFormat,
+}
+
+fn default_index_path() -> PathBuf {
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    base.join("expresscache").join("index.db")
+}
+
+impl Config {
+    /// Resolves `args` against the config file they name (if any) and the
+    /// defaults.
+    pub fn resolve(args: Args) -> Result<Self, String> {
+        let file = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
+                toml::from_str::<FileConfig>(&text)
+                    .map_err(|e| format!("invalid config {}: {e}", path.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        let index = match args.index.or(file.index) {
+            Some(url) => IndexLocation::parse(&url)?,
+            None => IndexLocation::Sqlite(default_index_path()),
+        };
+        let max_concurrency = args.max_concurrency.or(file.max_concurrency).unwrap_or(64);
+        if max_concurrency == 0 || max_concurrency > 10_000 {
+            return Err(format!("max_concurrency must be 1..=10000, got {max_concurrency}"));
+        }
+        let max_ttl = args
+            .max_ttl
+            .or(file.max_ttl)
+            .unwrap_or(Duration::from_secs(30 * 24 * 3600));
+        if max_ttl.is_zero() {
+            return Err("max_ttl must be greater than zero".into());
+        }
+        Ok(Self {
+            listen: args
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 50051))),
+            index,
+            max_concurrency,
+            max_ttl,
+            force_path_style: args.force_path_style.or(file.force_path_style).unwrap_or(false),
+            log_format: args.log_format.or(file.log_format).unwrap_or_default(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_urls() {
+        assert_eq!(
+            IndexLocation::parse("sqlite://data/i.db").unwrap(),
+            IndexLocation::Sqlite("data/i.db".into())
+        );
+        assert_eq!(
+            IndexLocation::parse("sqlite:///var/lib/i.db").unwrap(),
+            IndexLocation::Sqlite("/var/lib/i.db".into())
+        );
+        assert!(IndexLocation::parse("dynamodb://t").is_err());
+        assert!(IndexLocation::parse("sqlite://").is_err());
+    }
+
+    #[test]
+    fn file_fills_what_args_leave_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "listen = \"0.0.0.0:6000\"\nmax_ttl = \"2h\"\nmax_concurrency = 8\n",
+        )
+        .unwrap();
+        let cfg = Config::resolve(Args {
+            config: Some(path.clone()),
+            max_concurrency: Some(16),
+            ..Args::default()
+        })
+        .unwrap();
+        assert_eq!(cfg.listen.port(), 6000);
+        assert_eq!(cfg.max_ttl, Duration::from_secs(7200));
+        assert_eq!(cfg.max_concurrency, 16);
+        std::fs::write(&path, "lisen = \"x\"\n").unwrap();
+        assert!(Config::resolve(Args {
+            config: Some(path),
+            ..Args::default()
+        })
+        .unwrap_err()
+        .contains("lisen"));
+    }
+}

@@ -1,0 +1,19 @@
+//! expresscache-server: warms S3 Express One Zone directory buckets from
+//! general-purpose buckets over gRPC.
+//!
+//! Layers, bottom up: [`store`] (S3) and [`index`] (cache state) are narrow
+//! I/O traits; [`plan`], [`warm`] and [`evict`] hold the cache logic generic
+//! over them; [`ops`] runs warms detached from calls; [`api`] is the tonic
+//! service; [`server`] wires it all; [`app`] is what the binary runs.
+
+pub mod api;
+pub mod app;
+pub mod config;
+pub mod evict;
+pub mod index;
+pub mod ops;
+pub mod plan;
+pub mod progress;
+pub mod server;
+pub mod store;
+pub mod warm;

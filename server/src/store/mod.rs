@@ -1,0 +1,141 @@
+//! `ObjectStore`: the narrow slice of S3 the service uses.
+//!
+//! The warm, evict and status logic is generic over this trait; [`S3Store`]
+//! talks to S3 (or any S3-compatible endpoint) through aws-sdk-s3, and
+//! [`MemoryStore`] is an in-memory double with request counters for unit
+//! tests of that logic.
+
+mod memory;
+mod s3;
+
+use std::time::SystemTime;
+
+pub use memory::MemoryStore;
+pub use s3::S3Store;
+
+/// One object as a listing shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    pub key: String,
+    /// The ETag as S3 returns it, quotes included.
+    pub etag: String,
+    pub size: u64,
+    pub last_modified: Option<SystemTime>,
+}
+
+/// One page of a key-ordered listing.
+#[derive(Debug, Clone, Default)]
+pub struct ListPage {
+    pub objects: Vec<ObjectMeta>,
+    /// Token for the next page; `None` on the last page.
+    pub next: Option<String>,
+}
+
+/// A server-side copy of one object version.
+#[derive(Debug, Clone)]
+pub struct CopyRequest<'a> {
+    pub source_bucket: &'a str,
+    pub source_key: &'a str,
+    /// The copy only happens if the source still has this ETag, so what
+    /// lands is the version the plan saw.
+    pub source_etag: &'a str,
+    pub dest_bucket: &'a str,
+    pub dest_key: &'a str,
+}
+
+/// What a successful copy produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Copied {
+    /// ETag of the new destination object.
+    pub etag: String,
+}
+
+/// A key that a batch delete could not remove.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeleteFailure {
+    pub key: String,
+    pub code: String,
+    pub message: String,
+}
+
+/// Why a store call failed. "The service said no" variants are split from
+/// "we could not reach it" ([`StoreError::Transport`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    #[error("bucket {0:?} does not exist")]
+    NoSuchBucket(String),
+    #[error("object {0:?} does not exist")]
+    NoSuchKey(String),
+    #[error("access denied: {0}")]
+    AccessDenied(String),
+    /// An `If-Match` condition failed: the source changed since it was listed.
+    #[error("precondition failed: the object changed since it was listed")]
+    PreconditionFailed,
+    /// The server asked us to slow down (503 SlowDown, throttling).
+    #[error("throttled: {0}")]
+    Throttled(String),
+    /// Any other error response.
+    #[error("{code} (HTTP {status}): {message}")]
+    Service {
+        code: String,
+        status: u16,
+        message: String,
+    },
+    /// No response: connection refused or reset, timeout, DNS.
+    #[error("could not reach the object store: {0}")]
+    Transport(String),
+}
+
+impl StoreError {
+    /// Whether trying the same call again may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            StoreError::Throttled(_) | StoreError::Transport(_) => true,
+            StoreError::Service { status, .. } => *status >= 500 || *status == 429,
+            _ => false,
+        }
+    }
+
+    /// A short machine-readable code for reports.
+    pub fn code(&self) -> &str {
+        match self {
+            StoreError::NoSuchBucket(_) => "NoSuchBucket",
+            StoreError::NoSuchKey(_) => "NoSuchKey",
+            StoreError::AccessDenied(_) => "AccessDenied",
+            StoreError::PreconditionFailed => "SourceChanged",
+            StoreError::Throttled(_) => "SlowDown",
+            StoreError::Service { code, .. } => code,
+            StoreError::Transport(_) => "Transport",
+        }
+    }
+}
+
+/// The S3 operations expresscache needs. Implementations must list keys in
+/// ascending byte order, as S3 general-purpose buckets do.
+#[async_trait::async_trait]
+pub trait ObjectStore: Send + Sync + 'static {
+    /// `Ok` if `bucket` exists and is reachable with our credentials.
+    async fn check_bucket(&self, bucket: &str) -> Result<(), StoreError>;
+
+    /// One page of the keys under `prefix`, continuing from `continuation`.
+    async fn list_page(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        continuation: Option<String>,
+    ) -> Result<ListPage, StoreError>;
+
+    /// Server-side copy, conditional on the source ETag.
+    async fn copy_object(&self, req: &CopyRequest<'_>) -> Result<Copied, StoreError>;
+
+    /// Deletes up to 1,000 keys; returns the keys that could not be deleted.
+    async fn delete_objects(
+        &self,
+        bucket: &str,
+        keys: &[String],
+    ) -> Result<Vec<DeleteFailure>, StoreError>;
+}
+
+/// Most keys one DeleteObjects call accepts.
+pub const DELETE_BATCH: usize = 1000;

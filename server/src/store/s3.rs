@@ -1,0 +1,226 @@
+//! [`ObjectStore`] over aws-sdk-s3.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::DateTime;
+use aws_sdk_s3::types::{Delete, ObjectIdentifier, TaggingDirective};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+
+use super::{CopyRequest, Copied, DeleteFailure, ListPage, ObjectMeta, ObjectStore, StoreError};
+
+/// `x-amz-copy-source` is `bucket/key` URL-encoded; `/` stays literal and the
+/// RFC 3986 unreserved characters need no escaping. Everything else (spaces,
+/// quotes, `+`, `%`, non-ASCII) is escaped, so odd keys copy intact.
+const COPY_SOURCE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'/')
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// An [`ObjectStore`] backed by an `aws_sdk_s3::Client`.
+#[derive(Debug, Clone)]
+pub struct S3Store {
+    client: aws_sdk_s3::Client,
+}
+
+impl S3Store {
+    pub fn new(client: aws_sdk_s3::Client) -> Self {
+        Self { client }
+    }
+
+    /// The `x-amz-copy-source` value for `bucket`/`key`.
+    pub fn copy_source(bucket: &str, key: &str) -> String {
+        format!("{bucket}/{}", utf8_percent_encode(key, COPY_SOURCE))
+    }
+}
+
+fn to_system_time(t: &DateTime) -> Option<SystemTime> {
+    let secs = u64::try_from(t.secs()).ok()?;
+    Some(UNIX_EPOCH + Duration::new(secs, t.subsec_nanos()))
+}
+
+/// Maps an SDK error onto [`StoreError`]. `subject` names the bucket or key
+/// the call was about, for the not-found variants.
+fn classify<E>(err: SdkError<E, HttpResponse>, bucket: &str, key: Option<&str>) -> StoreError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    match &err {
+        SdkError::ServiceError(se) => {
+            let status = se.raw().status().as_u16();
+            let code = se.err().code().unwrap_or_default().to_owned();
+            let message = se.err().message().unwrap_or_default().to_owned();
+            match (code.as_str(), status) {
+                ("NoSuchBucket", _) => StoreError::NoSuchBucket(bucket.to_owned()),
+                ("NoSuchKey", _) => StoreError::NoSuchKey(key.unwrap_or_default().to_owned()),
+                // HeadBucket answers with a bare status and no body.
+                ("NotFound" | "", 404) if key.is_none() => {
+                    StoreError::NoSuchBucket(bucket.to_owned())
+                }
+                ("AccessDenied" | "Forbidden", _) | (_, 403) => StoreError::AccessDenied(
+                    if message.is_empty() {
+                        format!("access to bucket {bucket:?} denied")
+                    } else {
+                        message
+                    },
+                ),
+                ("PreconditionFailed", _) | (_, 412) => StoreError::PreconditionFailed,
+                ("SlowDown" | "Throttling" | "ThrottlingException" | "RequestLimitExceeded", _)
+                | (_, 503) => StoreError::Throttled(if message.is_empty() {
+                    code
+                } else {
+                    message
+                }),
+                _ => StoreError::Service {
+                    code: if code.is_empty() {
+                        format!("Http{status}")
+                    } else {
+                        code
+                    },
+                    status,
+                    message,
+                },
+            }
+        }
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            StoreError::Transport(DisplayErrorContext(&err).to_string())
+        }
+        _ => StoreError::Service {
+            code: "ClientError".to_owned(),
+            status: 0,
+            message: DisplayErrorContext(&err).to_string(),
+        },
+    }
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for S3Store {
+    async fn check_bucket(&self, bucket: &str) -> Result<(), StoreError> {
+        self.client
+            .head_bucket()
+            .bucket(bucket)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| classify(e, bucket, None))
+    }
+
+    async fn list_page(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        continuation: Option<String>,
+    ) -> Result<ListPage, StoreError> {
+        let out = self
+            .client
+            .list_objects_v2()
+            .bucket(bucket)
+            .prefix(prefix)
+            .set_continuation_token(continuation)
+            .send()
+            .await
+            .map_err(|e| classify(e, bucket, None))?;
+        let objects = out
+            .contents()
+            .iter()
+            .filter_map(|o| {
+                Some(ObjectMeta {
+                    key: o.key()?.to_owned(),
+                    etag: o.e_tag().unwrap_or_default().to_owned(),
+                    size: o.size().and_then(|s| u64::try_from(s).ok()).unwrap_or(0),
+                    last_modified: o.last_modified().and_then(to_system_time),
+                })
+            })
+            .collect();
+        let next = if out.is_truncated() == Some(true) {
+            out.next_continuation_token().map(str::to_owned)
+        } else {
+            None
+        };
+        Ok(ListPage { objects, next })
+    }
+
+    async fn copy_object(&self, req: &CopyRequest<'_>) -> Result<Copied, StoreError> {
+        let out = self
+            .client
+            .copy_object()
+            .bucket(req.dest_bucket)
+            .key(req.dest_key)
+            .copy_source(Self::copy_source(req.source_bucket, req.source_key))
+            .copy_source_if_match(req.source_etag)
+            // Directory buckets reject object tags (501), so never carry
+            // the source's tags over.
+            .tagging_directive(TaggingDirective::Replace)
+            .send()
+            .await
+            .map_err(|e| classify(e, req.source_bucket, Some(req.source_key)))?;
+        let etag = out
+            .copy_object_result()
+            .and_then(|r| r.e_tag())
+            .unwrap_or_default()
+            .to_owned();
+        Ok(Copied { etag })
+    }
+
+    async fn delete_objects(
+        &self,
+        bucket: &str,
+        keys: &[String],
+    ) -> Result<Vec<DeleteFailure>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let objects = keys
+            .iter()
+            .map(|k| ObjectIdentifier::builder().key(k).build())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| StoreError::Service {
+                code: "InvalidRequest".into(),
+                status: 0,
+                message: e.to_string(),
+            })?;
+        let delete = Delete::builder()
+            .set_objects(Some(objects))
+            .quiet(true)
+            .build()
+            .map_err(|e| StoreError::Service {
+                code: "InvalidRequest".into(),
+                status: 0,
+                message: e.to_string(),
+            })?;
+        let out = self
+            .client
+            .delete_objects()
+            .bucket(bucket)
+            .delete(delete)
+            .send()
+            .await
+            .map_err(|e| classify(e, bucket, None))?;
+        Ok(out
+            .errors()
+            .iter()
+            .map(|e| DeleteFailure {
+                key: e.key().unwrap_or_default().to_owned(),
+                code: e.code().unwrap_or("Unknown").to_owned(),
+                message: e.message().unwrap_or_default().to_owned(),
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_source_escapes_everything_but_slashes() {
+        assert_eq!(S3Store::copy_source("b", "a/b c.txt"), "b/a/b%20c.txt");
+        assert_eq!(
+            S3Store::copy_source("b", "q\"'+%ü~_-"),
+            "b/q%22%27%2B%25%C3%BC~_-"
+        );
+    }
+}

@@ -1,0 +1,366 @@
+//! Validated requests: what a handler works with once the wire message passed
+//! every check.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use crate::names::{BucketName, DirectoryBucketName, Prefix, RequestId};
+use crate::proto::v1 as pb;
+use crate::violation::{InvalidRequest, Violations};
+
+/// Bounds the server enforces on requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Longest TTL a warm may ask for.
+    pub max_ttl: Duration,
+    /// Most prefixes one request may name.
+    pub max_prefixes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_ttl: Duration::from_secs(30 * 24 * 3600),
+            max_prefixes: 1000,
+        }
+    }
+}
+
+/// A validated `WarmCacheRequest`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WarmSpec {
+    pub source: BucketName,
+    pub prefixes: Vec<Prefix>,
+    pub directory_bucket: DirectoryBucketName,
+    pub ttl: Duration,
+    pub force_copy: bool,
+    pub request_id: Option<RequestId>,
+}
+
+/// A validated `EvictRequest`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EvictSpec {
+    pub directory_bucket: DirectoryBucketName,
+    pub prefixes: Vec<Prefix>,
+}
+
+/// A validated `GetStatusRequest`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StatusQuery {
+    /// The state of one operation.
+    Operation(String),
+    /// How warm these prefixes of a directory bucket are.
+    Prefixes {
+        directory_bucket: DirectoryBucketName,
+        prefixes: Vec<Prefix>,
+    },
+}
+
+fn check_prefixes(
+    v: &mut Violations,
+    field: &str,
+    raw: &[String],
+    limits: &Limits,
+) -> Option<Vec<Prefix>> {
+    if raw.is_empty() {
+        v.push(
+            field,
+            "at least one prefix is required (use \"\" for the whole bucket)",
+        );
+        return None;
+    }
+    if raw.len() > limits.max_prefixes {
+        v.push(
+            field,
+            format!(
+                "{} prefixes given; at most {} per request",
+                raw.len(),
+                limits.max_prefixes
+            ),
+        );
+        return None;
+    }
+    let mut seen = HashSet::new();
+    let mut out = Vec::with_capacity(raw.len());
+    let mut ok = true;
+    for (i, p) in raw.iter().enumerate() {
+        let name = format!("{field}[{i}]");
+        match v.check(&name, Prefix::parse(p)) {
+            Some(prefix) => {
+                if !seen.insert(p.as_str()) {
+                    v.push(name, format!("{p:?} is listed more than once"));
+                    ok = false;
+                } else {
+                    out.push(prefix);
+                }
+            }
+            None => ok = false,
+        }
+    }
+    ok.then_some(out)
+}
+
+fn check_ttl(
+    v: &mut Violations,
+    ttl: Option<&prost_types::Duration>,
+    limits: &Limits,
+) -> Option<Duration> {
+    let Some(ttl) = ttl else {
+        v.push("ttl", "is required (how long the data must stay cached)");
+        return None;
+    };
+    if ttl.seconds < 0 || ttl.nanos < 0 || (ttl.seconds == 0 && ttl.nanos == 0) {
+        v.push("ttl", "must be greater than zero");
+        return None;
+    }
+    if !(0..1_000_000_000).contains(&ttl.nanos) {
+        v.push("ttl", "nanos must be in 0..1e9");
+        return None;
+    }
+    let d = Duration::new(ttl.seconds as u64, ttl.nanos as u32);
+    if d > limits.max_ttl {
+        v.push(
+            "ttl",
+            format!(
+                "{}s exceeds this server's maximum of {}s",
+                d.as_secs(),
+                limits.max_ttl.as_secs()
+            ),
+        );
+        return None;
+    }
+    Some(d)
+}
+
+impl WarmSpec {
+    /// Validates every field of `req`, reporting all violations at once.
+    pub fn parse(req: &pb::WarmCacheRequest, limits: &Limits) -> Result<Self, InvalidRequest> {
+        let mut v = Violations::default();
+        let source = v.check("bucket", BucketName::parse(&req.bucket));
+        let prefixes = check_prefixes(&mut v, "prefixes", &req.prefixes, limits);
+        let directory_bucket = v.check(
+            "directory_bucket",
+            DirectoryBucketName::parse(&req.directory_bucket),
+        );
+        let ttl = check_ttl(&mut v, req.ttl.as_ref(), limits);
+        let request_id = if req.request_id.is_empty() {
+            Some(None)
+        } else {
+            v.check("request_id", RequestId::parse(&req.request_id).map(Some))
+        };
+        v.finish()?;
+        match (source, prefixes, directory_bucket, ttl, request_id) {
+            (Some(source), Some(prefixes), Some(directory_bucket), Some(ttl), Some(request_id)) => {
+                Ok(Self {
+                    source,
+                    prefixes,
+                    directory_bucket,
+                    ttl,
+                    force_copy: req.force_copy,
+                    request_id,
+                })
+            }
+            _ => unreachable!("every missing field recorded a violation"),
+        }
+    }
+
+    /// The smallest set of prefixes whose listings cover every requested
+    /// prefix: a child whose parent is also requested is dropped, so no key
+    /// is listed twice.
+    pub fn listing_prefixes(&self) -> Vec<Prefix> {
+        minimal_cover(&self.prefixes)
+    }
+}
+
+/// Drops every prefix that another prefix in `prefixes` covers; keeps order.
+pub fn minimal_cover(prefixes: &[Prefix]) -> Vec<Prefix> {
+    prefixes
+        .iter()
+        .enumerate()
+        .filter(|(i, p)| {
+            !prefixes
+                .iter()
+                .enumerate()
+                .any(|(j, q)| j != *i && q.covers(p) && (q != *p || j < *i))
+        })
+        .map(|(_, p)| p.clone())
+        .collect()
+}
+
+impl EvictSpec {
+    /// Validates every field of `req`.
+    pub fn parse(req: &pb::EvictRequest, limits: &Limits) -> Result<Self, InvalidRequest> {
+        let mut v = Violations::default();
+        let directory_bucket = v.check(
+            "directory_bucket",
+            DirectoryBucketName::parse(&req.directory_bucket),
+        );
+        let prefixes = check_prefixes(&mut v, "prefixes", &req.prefixes, limits);
+        v.finish()?;
+        match (directory_bucket, prefixes) {
+            (Some(directory_bucket), Some(prefixes)) => Ok(Self {
+                directory_bucket,
+                prefixes,
+            }),
+            _ => unreachable!("every missing field recorded a violation"),
+        }
+    }
+}
+
+impl StatusQuery {
+    /// Validates `req`: exactly one target, well-formed.
+    pub fn parse(req: &pb::GetStatusRequest, limits: &Limits) -> Result<Self, InvalidRequest> {
+        use pb::get_status_request::Target;
+        let mut v = Violations::default();
+        let out = match &req.target {
+            None => {
+                v.push("target", "set either operation_id or prefixes");
+                None
+            }
+            Some(Target::OperationId(id)) => {
+                if id.is_empty() || id.len() > 128 {
+                    v.push("operation_id", "must be 1-128 characters");
+                    None
+                } else {
+                    Some(Self::Operation(id.clone()))
+                }
+            }
+            Some(Target::Prefixes(q)) => {
+                let directory_bucket = v.check(
+                    "prefixes.directory_bucket",
+                    DirectoryBucketName::parse(&q.directory_bucket),
+                );
+                let prefixes = check_prefixes(&mut v, "prefixes.prefixes", &q.prefixes, limits);
+                match (directory_bucket, prefixes) {
+                    (Some(directory_bucket), Some(prefixes)) => Some(Self::Prefixes {
+                        directory_bucket,
+                        prefixes,
+                    }),
+                    _ => None,
+                }
+            }
+        };
+        v.finish()?;
+        Ok(out.expect("a valid target was parsed"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn good() -> pb::WarmCacheRequest {
+        pb::WarmCacheRequest {
+            bucket: "src-bucket".into(),
+            prefixes: vec!["a/".into(), "".into()],
+            directory_bucket: "cache--use1-az4--x-s3".into(),
+            ttl: Some(prost_types::Duration {
+                seconds: 3600,
+                nanos: 0,
+            }),
+            force_copy: false,
+            request_id: "job-1".into(),
+        }
+    }
+
+    fn fields(e: InvalidRequest) -> Vec<String> {
+        e.violations.into_iter().map(|v| v.field).collect()
+    }
+
+    #[test]
+    fn a_good_request_parses() {
+        let spec = WarmSpec::parse(&good(), &Limits::default()).unwrap();
+        assert_eq!(spec.prefixes.len(), 2);
+        assert_eq!(spec.ttl, Duration::from_secs(3600));
+        assert_eq!(spec.request_id.unwrap().as_str(), "job-1");
+    }
+
+    #[test]
+    fn every_bad_field_is_reported_at_once() {
+        let req = pb::WarmCacheRequest {
+            bucket: "Bad_Bucket".into(),
+            prefixes: vec!["ok/".into(), "no-slash".into(), "ok/".into()],
+            directory_bucket: "plain-bucket".into(),
+            ttl: None,
+            force_copy: false,
+            request_id: "has space".into(),
+        };
+        let f = fields(WarmSpec::parse(&req, &Limits::default()).unwrap_err());
+        assert_eq!(
+            f,
+            [
+                "bucket",
+                "prefixes[1]",
+                "prefixes[2]",
+                "directory_bucket",
+                "ttl",
+                "request_id"
+            ]
+        );
+    }
+
+    #[test]
+    fn ttl_bounds() {
+        let limits = Limits {
+            max_ttl: Duration::from_secs(60),
+            ..Limits::default()
+        };
+        for (s, n) in [(0, 0), (-1, 0), (61, 0), (1, -5)] {
+            let mut req = good();
+            req.ttl = Some(prost_types::Duration {
+                seconds: s,
+                nanos: n,
+            });
+            assert_eq!(fields(WarmSpec::parse(&req, &limits).unwrap_err()), ["ttl"]);
+        }
+        let mut req = good();
+        req.ttl = Some(prost_types::Duration {
+            seconds: 60,
+            nanos: 0,
+        });
+        assert!(WarmSpec::parse(&req, &limits).is_ok());
+    }
+
+    #[test]
+    fn prefix_list_size_is_bounded() {
+        let limits = Limits {
+            max_prefixes: 2,
+            ..Limits::default()
+        };
+        let mut req = good();
+        req.prefixes = vec![];
+        assert_eq!(fields(WarmSpec::parse(&req, &limits).unwrap_err()), ["prefixes"]);
+        req.prefixes = vec!["a/".into(), "b/".into(), "c/".into()];
+        assert_eq!(fields(WarmSpec::parse(&req, &limits).unwrap_err()), ["prefixes"]);
+    }
+
+    #[test]
+    fn minimal_cover_drops_children() {
+        let p = |s: &str| Prefix::parse(s).unwrap();
+        let cover = minimal_cover(&[p("a/b/"), p("c/"), p("a/"), p("c/d/")]);
+        assert_eq!(cover, [p("c/"), p("a/")]);
+        assert_eq!(minimal_cover(&[p("a/"), p("")]), [p("")]);
+    }
+
+    #[test]
+    fn status_needs_a_target() {
+        let req = pb::GetStatusRequest { target: None };
+        assert_eq!(
+            fields(StatusQuery::parse(&req, &Limits::default()).unwrap_err()),
+            ["target"]
+        );
+    }
+
+    #[test]
+    fn invalid_request_becomes_bad_request_status() {
+        use tonic_types::StatusExt;
+        let mut req = good();
+        req.bucket = "x".into();
+        let status = WarmSpec::parse(&req, &Limits::default())
+            .unwrap_err()
+            .to_status();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        let br = status.get_details_bad_request().expect("bad request details");
+        assert_eq!(br.field_violations[0].field, "bucket");
+    }
+}
