@@ -46,16 +46,22 @@ fn is_lower_alnum(c: char) -> bool {
 fn check_length(name: &str) -> Result<(), String> {
     match name.len() {
         0 => Err("must not be empty".into()),
-        1..=2 => Err(format!("{name:?} is too short: bucket names have 3-63 characters")),
+        1..=2 => Err(format!(
+            "{name:?} is too short: bucket names have 3-63 characters"
+        )),
         3..=63 => Ok(()),
-        n => Err(format!("is {n} characters long: bucket names have 3-63 characters")),
+        n => Err(format!(
+            "is {n} characters long: bucket names have 3-63 characters"
+        )),
     }
 }
 
 fn check_ends(name: &str) -> Result<(), String> {
     let ok = |c: Option<char>| c.is_some_and(is_lower_alnum);
     if !ok(name.chars().next()) || !ok(name.chars().last()) {
-        return Err(format!("{name:?} must start and end with a lowercase letter or digit"));
+        return Err(format!(
+            "{name:?} must start and end with a lowercase letter or digit"
+        ));
     }
     Ok(())
 }
@@ -85,10 +91,14 @@ impl BucketName {
             ));
         }
         if let Some(p) = RESERVED_PREFIXES.iter().find(|p| name.starts_with(*p)) {
-            return Err(format!("{name:?} must not start with the reserved prefix {p:?}"));
+            return Err(format!(
+                "{name:?} must not start with the reserved prefix {p:?}"
+            ));
         }
         if let Some(s) = RESERVED_SUFFIXES.iter().find(|s| name.ends_with(*s)) {
-            return Err(format!("{name:?} must not end with the reserved suffix {s:?}"));
+            return Err(format!(
+                "{name:?} must not end with the reserved suffix {s:?}"
+            ));
         }
         Ok(Self(name.to_owned()))
     }
@@ -262,7 +272,10 @@ mod tests {
             "abc--table-s3",
             "ab c",
         ] {
-            assert!(BucketName::parse(bad).is_err(), "{bad:?} should be rejected");
+            assert!(
+                BucketName::parse(bad).is_err(),
+                "{bad:?} should be rejected"
+            );
         }
     }
 
@@ -273,7 +286,10 @@ mod tests {
             "my-cache-1--usw2-az1--x-s3",
             "c--usw2-lax1-az1--x-s3",
         ] {
-            assert!(DirectoryBucketName::parse(ok).is_ok(), "{ok} should be valid");
+            assert!(
+                DirectoryBucketName::parse(ok).is_ok(),
+                "{ok} should be valid"
+            );
         }
         for bad in [
             "cache",
@@ -286,7 +302,10 @@ mod tests {
             "cache---use1-az4--x-s3",
             "cache--use1-az4--x-s3x",
         ] {
-            assert!(DirectoryBucketName::parse(bad).is_err(), "{bad:?} should be rejected");
+            assert!(
+                DirectoryBucketName::parse(bad).is_err(),
+                "{bad:?} should be rejected"
+            );
         }
         let long = format!("{}--use1-az4--x-s3", "a".repeat(50));
         assert!(DirectoryBucketName::parse(&long).is_err());

@@ -329,9 +329,15 @@ mod tests {
         };
         let mut req = good();
         req.prefixes = vec![];
-        assert_eq!(fields(WarmSpec::parse(&req, &limits).unwrap_err()), ["prefixes"]);
+        assert_eq!(
+            fields(WarmSpec::parse(&req, &limits).unwrap_err()),
+            ["prefixes"]
+        );
         req.prefixes = vec!["a/".into(), "b/".into(), "c/".into()];
-        assert_eq!(fields(WarmSpec::parse(&req, &limits).unwrap_err()), ["prefixes"]);
+        assert_eq!(
+            fields(WarmSpec::parse(&req, &limits).unwrap_err()),
+            ["prefixes"]
+        );
     }
 
     #[test]
@@ -360,7 +366,9 @@ mod tests {
             .unwrap_err()
             .to_status();
         assert_eq!(status.code(), tonic::Code::InvalidArgument);
-        let br = status.get_details_bad_request().expect("bad request details");
+        let br = status
+            .get_details_bad_request()
+            .expect("bad request details");
         assert_eq!(br.field_violations[0].field, "bucket");
     }
 }

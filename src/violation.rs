@@ -52,11 +52,7 @@ impl InvalidRequest {
         for v in &self.violations {
             details.add_bad_request_violation(v.field.clone(), v.description.clone());
         }
-        tonic::Status::with_error_details(
-            tonic::Code::InvalidArgument,
-            self.to_string(),
-            details,
-        )
+        tonic::Status::with_error_details(tonic::Code::InvalidArgument, self.to_string(), details)
     }
 }
 

@@ -60,8 +60,9 @@ pub async fn shutdown_signal() {
 /// Runs the server described by `config` until a shutdown signal.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let index = match &config.index {
-        IndexLocation::Sqlite(path) => SqliteIndex::open(path)
-            .with_context(|| format!("opening index {}", path.display()))?,
+        IndexLocation::Sqlite(path) => {
+            SqliteIndex::open(path).with_context(|| format!("opening index {}", path.display()))?
+        }
         IndexLocation::SqliteMemory => SqliteIndex::open_in_memory()?,
     };
     let store = S3Store::new(s3_client(config.force_path_style).await);

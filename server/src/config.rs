@@ -10,7 +10,11 @@ use serde::Deserialize;
 
 /// Command line of `expresscache-server`.
 #[derive(Debug, Clone, Default, Parser)]
-#[command(name = "expresscache-server", version, about = "Warms S3 Express One Zone directory buckets from general-purpose S3 buckets (gRPC service)")]
+#[command(
+    name = "expresscache-server",
+    version,
+    about = "Warms S3 Express One Zone directory buckets from general-purpose S3 buckets (gRPC service)"
+)]
 pub struct Args {
     /// TOML file with any of the settings below (keys in snake_case).
     #[arg(long, env = "EXPRESSCACHE_CONFIG")]
@@ -129,7 +133,9 @@ impl Config {
         };
         let max_concurrency = args.max_concurrency.or(file.max_concurrency).unwrap_or(64);
         if max_concurrency == 0 || max_concurrency > 10_000 {
-            return Err(format!("max_concurrency must be 1..=10000, got {max_concurrency}"));
+            return Err(format!(
+                "max_concurrency must be 1..=10000, got {max_concurrency}"
+            ));
         }
         let max_ttl = args
             .max_ttl
@@ -146,7 +152,10 @@ impl Config {
             index,
             max_concurrency,
             max_ttl,
-            force_path_style: args.force_path_style.or(file.force_path_style).unwrap_or(false),
+            force_path_style: args
+                .force_path_style
+                .or(file.force_path_style)
+                .unwrap_or(false),
             log_format: args.log_format.or(file.log_format).unwrap_or_default(),
         })
     }

@@ -38,13 +38,14 @@ pub async fn evict<S: ObjectStore, I: CacheIndex>(
                 break;
             };
             let keys: Vec<String> = page.iter().map(|e| e.key.clone()).collect();
-            let failures = store
-                .delete_objects(dir, &keys)
-                .await
-                .map_err(|source| EvictError::Store {
-                    bucket: dir.to_owned(),
-                    source,
-                })?;
+            let failures =
+                store
+                    .delete_objects(dir, &keys)
+                    .await
+                    .map_err(|source| EvictError::Store {
+                        bucket: dir.to_owned(),
+                        source,
+                    })?;
             let failed: std::collections::HashSet<&str> =
                 failures.iter().map(|f| f.key.as_str()).collect();
             let deleted: Vec<String> = page
@@ -57,11 +58,12 @@ pub async fn evict<S: ObjectStore, I: CacheIndex>(
                 })
                 .collect();
             index.delete_entries(dir, &deleted).await?;
-            resp.failures.extend(failures.into_iter().map(|f| pb::KeyFailure {
-                key: f.key,
-                code: f.code,
-                message: f.message,
-            }));
+            resp.failures
+                .extend(failures.into_iter().map(|f| pb::KeyFailure {
+                    key: f.key,
+                    code: f.code,
+                    message: f.message,
+                }));
             after = Some(last);
         }
     }

@@ -16,4 +16,6 @@ pub mod plan;
 pub mod progress;
 pub mod server;
 pub mod store;
+#[cfg(feature = "test-support")]
+pub mod testing;
 pub mod warm;

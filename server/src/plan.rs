@@ -24,11 +24,18 @@ pub enum Decision {
     Copy(CopyReason),
     /// The destination key is cached from another source bucket; copying
     /// would silently replace that source's object.
-    Clash { cached_from: String },
+    Clash {
+        cached_from: String,
+    },
 }
 
 /// Decides for one object given its index entry, if any.
-pub fn decide(obj: &ObjectMeta, entry: Option<&Entry>, source_bucket: &str, force: bool) -> Decision {
+pub fn decide(
+    obj: &ObjectMeta,
+    entry: Option<&Entry>,
+    source_bucket: &str,
+    force: bool,
+) -> Decision {
     match entry {
         Some(e) if e.source_bucket != source_bucket => Decision::Clash {
             cached_from: e.source_bucket.clone(),

@@ -85,7 +85,10 @@ impl Progress {
     }
 
     pub fn set_lease_expiry(&self, t: SystemTime) {
-        *self.lease_expires_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(t);
+        *self
+            .lease_expires_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(t);
     }
 
     pub fn add(counter: &AtomicU64, n: u64) {
@@ -129,8 +132,11 @@ impl Progress {
         let remaining = counters
             .objects_to_copy
             .saturating_sub(counters.objects_copied + counters.objects_failed);
-        let eta = (objects_per_second > 0.0 && remaining > 0)
-            .then(|| duration(Duration::from_secs_f64(remaining as f64 / objects_per_second)));
+        let eta = (objects_per_second > 0.0 && remaining > 0).then(|| {
+            duration(Duration::from_secs_f64(
+                remaining as f64 / objects_per_second,
+            ))
+        });
         pb::WarmProgress {
             operation_id: self.operation_id.clone(),
             phase: i32::from(self.phase.load(Ordering::Relaxed)),

@@ -58,9 +58,7 @@ where
     let api = Api::new(deps.store, deps.index, ops, deps.limits);
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<CacheServiceServer<Api<S, I>>>()
-        .await;
+    health.set_serving::<CacheServiceServer<Api<S, I>>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(expresscache::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)

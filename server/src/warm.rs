@@ -170,8 +170,7 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
                     &progress.bytes_listed,
                     page.objects.iter().map(|o| o.size).sum(),
                 );
-                for (obj, decision) in plan_page(&page.objects, &entries, source, spec.force_copy)
-                {
+                for (obj, decision) in plan_page(&page.objects, &entries, source, spec.force_copy) {
                     match decision {
                         Decision::Hit => Progress::add(&progress.hits, 1),
                         Decision::Clash { cached_from } => progress.fail(
@@ -186,7 +185,13 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
                         Decision::Copy(_) => {
                             Progress::add(&progress.to_copy, 1);
                             Progress::add(&progress.bytes_to_copy, obj.size);
-                            if tx.send(CopyTask { object: obj.clone() }).await.is_err() {
+                            if tx
+                                .send(CopyTask {
+                                    object: obj.clone(),
+                                })
+                                .await
+                                .is_err()
+                            {
                                 return Ok(());
                             }
                         }

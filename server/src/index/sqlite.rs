@@ -12,8 +12,8 @@ use prost::Message;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{
-    prefix_successor, CacheIndex, CreateOutcome, Entry, IndexError, Lease, Millis,
-    OperationRecord, Usage,
+    prefix_successor, CacheIndex, CreateOutcome, Entry, IndexError, Lease, Millis, OperationRecord,
+    Usage,
 };
 
 const SCHEMA: &str = "
@@ -161,7 +161,13 @@ fn decode_op(
 type OpRow = (String, Option<String>, Vec<u8>, Vec<u8>, Millis);
 
 fn read_op(row: &rusqlite::Row<'_>) -> rusqlite::Result<OpRow> {
-    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?))
+    Ok((
+        row.get(0)?,
+        row.get(1)?,
+        row.get(2)?,
+        row.get(3)?,
+        row.get(4)?,
+    ))
 }
 
 const OP_COLUMNS: &str = "id, request_id, request, progress, created_at";
@@ -186,7 +192,10 @@ impl CacheIndex for SqliteIndex {
                     |r| r.get(0),
                 )
                 .map_err(storage)?;
-            Ok(Lease { expires_at, ..lease })
+            Ok(Lease {
+                expires_at,
+                ..lease
+            })
         })
         .await
     }

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::SystemTime;
 
-use super::{CopyRequest, Copied, DeleteFailure, ListPage, ObjectMeta, ObjectStore, StoreError};
+use super::{Copied, CopyRequest, DeleteFailure, ListPage, ObjectMeta, ObjectStore, StoreError};
 
 #[derive(Debug, Clone)]
 struct Object {

@@ -4,11 +4,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::operation::create_session::CreateSessionError;
 use aws_sdk_s3::primitives::DateTime;
 use aws_sdk_s3::types::{Delete, ObjectIdentifier, TaggingDirective};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
-use super::{CopyRequest, Copied, DeleteFailure, ListPage, ObjectMeta, ObjectStore, StoreError};
+use super::{Copied, CopyRequest, DeleteFailure, ListPage, ObjectMeta, ObjectStore, StoreError};
 
 /// `x-amz-copy-source` is `bucket/key` URL-encoded; `/` stays literal and the
 /// RFC 3986 unreserved characters need no escaping. Everything else (spaces,
@@ -42,13 +43,29 @@ fn to_system_time(t: &DateTime) -> Option<SystemTime> {
     Some(UNIX_EPOCH + Duration::new(secs, t.subsec_nanos()))
 }
 
+type SessionError = SdkError<CreateSessionError, HttpResponse>;
+
+/// The CreateSession service error inside `err`'s source chain, if any.
+fn session_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a SessionError> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if let Some(s) = e.downcast_ref::<SessionError>() {
+            if matches!(s, SdkError::ServiceError(_)) {
+                return Some(s);
+            }
+        }
+        cur = e.source();
+    }
+    None
+}
+
 /// Maps an SDK error onto [`StoreError`]. `subject` names the bucket or key
 /// the call was about, for the not-found variants.
-fn classify<E>(err: SdkError<E, HttpResponse>, bucket: &str, key: Option<&str>) -> StoreError
+fn classify<E>(err: &SdkError<E, HttpResponse>, bucket: &str, key: Option<&str>) -> StoreError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
-    match &err {
+    match err {
         SdkError::ServiceError(se) => {
             let status = se.raw().status().as_u16();
             let code = se.err().code().unwrap_or_default().to_owned();
@@ -60,20 +77,18 @@ where
                 ("NotFound" | "", 404) if key.is_none() => {
                     StoreError::NoSuchBucket(bucket.to_owned())
                 }
-                ("AccessDenied" | "Forbidden", _) | (_, 403) => StoreError::AccessDenied(
-                    if message.is_empty() {
+                ("AccessDenied" | "Forbidden", _) | (_, 403) => {
+                    StoreError::AccessDenied(if message.is_empty() {
                         format!("access to bucket {bucket:?} denied")
                     } else {
                         message
-                    },
-                ),
+                    })
+                }
                 ("PreconditionFailed", _) | (_, 412) => StoreError::PreconditionFailed,
                 ("SlowDown" | "Throttling" | "ThrottlingException" | "RequestLimitExceeded", _)
-                | (_, 503) => StoreError::Throttled(if message.is_empty() {
-                    code
-                } else {
-                    message
-                }),
+                | (_, 503) => {
+                    StoreError::Throttled(if message.is_empty() { code } else { message })
+                }
                 _ => StoreError::Service {
                     code: if code.is_empty() {
                         format!("Http{status}")
@@ -85,13 +100,20 @@ where
                 },
             }
         }
-        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
-            StoreError::Transport(DisplayErrorContext(&err).to_string())
+        SdkError::DispatchFailure(_) => match session_error(err) {
+            // A directory bucket call first asks for an S3 Express session;
+            // when that is refused (no such bucket, access denied) the SDK
+            // reports a dispatch failure wrapping CreateSession's answer.
+            Some(session) => classify(session, bucket, key),
+            None => StoreError::Transport(DisplayErrorContext(err).to_string()),
+        },
+        SdkError::TimeoutError(_) | SdkError::ResponseError(_) => {
+            StoreError::Transport(DisplayErrorContext(err).to_string())
         }
         _ => StoreError::Service {
             code: "ClientError".to_owned(),
             status: 0,
-            message: DisplayErrorContext(&err).to_string(),
+            message: DisplayErrorContext(err).to_string(),
         },
     }
 }
@@ -105,7 +127,7 @@ impl ObjectStore for S3Store {
             .send()
             .await
             .map(|_| ())
-            .map_err(|e| classify(e, bucket, None))
+            .map_err(|e| classify(&e, bucket, None))
     }
 
     async fn list_page(
@@ -122,7 +144,7 @@ impl ObjectStore for S3Store {
             .set_continuation_token(continuation)
             .send()
             .await
-            .map_err(|e| classify(e, bucket, None))?;
+            .map_err(|e| classify(&e, bucket, None))?;
         let objects = out
             .contents()
             .iter()
@@ -156,7 +178,7 @@ impl ObjectStore for S3Store {
             .tagging_directive(TaggingDirective::Replace)
             .send()
             .await
-            .map_err(|e| classify(e, req.source_bucket, Some(req.source_key)))?;
+            .map_err(|e| classify(&e, req.source_bucket, Some(req.source_key)))?;
         let etag = out
             .copy_object_result()
             .and_then(|r| r.e_tag())
@@ -198,7 +220,7 @@ impl ObjectStore for S3Store {
             .delete(delete)
             .send()
             .await
-            .map_err(|e| classify(e, bucket, None))?;
+            .map_err(|e| classify(&e, bucket, None))?;
         Ok(out
             .errors()
             .iter()

@@ -1,0 +1,317 @@
+//! `expresscache`: warm, inspect and evict the cache from a shell, a CI step
+//! or a scheduler.
+
+mod exit;
+mod render;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use expresscache_client::{is_final, pb, Client, ClientError, WarmReport, WarmRequest};
+use render::{OutputFormat, Renderer};
+use serde_json::json;
+
+#[derive(Debug, Parser)]
+#[command(name = "expresscache", version, about = "Stage S3 data in S3 Express One Zone directory buckets before a job runs", after_help = exit::HELP)]
+struct Cli {
+    /// gRPC endpoint of the expresscache server.
+    #[arg(
+        long,
+        global = true,
+        env = "EXPRESSCACHE_ENDPOINT",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    endpoint: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Copy what is missing or changed under the prefixes into the directory
+    /// bucket and wait until it is all there.
+    Warm(WarmArgs),
+    /// Show an operation's state, or how warm prefixes are.
+    Status(StatusArgs),
+    /// End the leases of prefixes now and delete their cached objects.
+    Evict(EvictArgs),
+}
+
+#[derive(Debug, Args)]
+struct WarmArgs {
+    /// Source general-purpose bucket.
+    #[arg(long)]
+    bucket: String,
+    /// Prefix to warm ("" = whole bucket; otherwise ends in "/"). Repeatable.
+    #[arg(long = "prefix", required = true)]
+    prefixes: Vec<String>,
+    /// Destination directory bucket (name--zone-id--x-s3).
+    #[arg(long)]
+    directory_bucket: String,
+    /// How long the data must stay cached, e.g. 90m, 24h, 7d.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "24h")]
+    ttl: Duration,
+    /// Copy everything again, even objects already cached and unchanged.
+    #[arg(long)]
+    force_copy: bool,
+    /// Idempotency key; the same id reattaches to the running warm. A random
+    /// one is generated when omitted, so reconnects never start a second warm.
+    #[arg(long)]
+    request_id: Option<String>,
+    #[arg(long, value_enum, default_value = "text")]
+    output: OutputFormat,
+    /// In plain-text logs, print a progress line at most this often.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
+    log_interval: Duration,
+    /// How often to resubmit (reattach) when the connection breaks mid-warm.
+    #[arg(long, default_value_t = 10)]
+    reconnect_attempts: u32,
+}
+
+#[derive(Debug, Args)]
+struct StatusArgs {
+    /// Operation id printed by `warm`.
+    #[arg(long, conflicts_with_all = ["directory_bucket", "prefixes"], required_unless_present = "directory_bucket")]
+    operation: Option<String>,
+    #[arg(long, requires = "prefixes")]
+    directory_bucket: Option<String>,
+    #[arg(long = "prefix")]
+    prefixes: Vec<String>,
+    #[arg(long, value_enum, default_value = "text")]
+    output: OutputFormat,
+}
+
+#[derive(Debug, Args)]
+struct EvictArgs {
+    #[arg(long)]
+    directory_bucket: String,
+    /// Prefix to evict ("" = everything). Repeatable.
+    #[arg(long = "prefix", required = true)]
+    prefixes: Vec<String>,
+    #[arg(long, value_enum, default_value = "text")]
+    output: OutputFormat,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::FAILED);
+        }
+    };
+    rt.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> ExitCode {
+    let result = match cli.command {
+        Command::Warm(a) => return warm(&cli.endpoint, a).await,
+        Command::Status(a) => status(&cli.endpoint, a).await,
+        Command::Evict(a) => evict(&cli.endpoint, a).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
+
+fn fail(e: &ClientError) -> ExitCode {
+    eprintln!("error: {e}");
+    if let ClientError::Rpc(status) = e {
+        use tonic_types::StatusExt;
+        if let Some(br) = status.get_details_bad_request() {
+            for v in br.field_violations {
+                eprintln!("  {}: {}", v.field, v.description);
+            }
+        }
+    }
+    exit::for_error(e)
+}
+
+fn retryable(e: &ClientError) -> bool {
+    match e {
+        ClientError::Connect { .. } | ClientError::StreamEnded(_) => true,
+        ClientError::Rpc(s) => matches!(
+            s.code(),
+            tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Aborted
+        ),
+        _ => false,
+    }
+}
+
+async fn warm(endpoint: &str, a: WarmArgs) -> ExitCode {
+    let request_id = a
+        .request_id
+        .clone()
+        .unwrap_or_else(|| format!("cli-{}", uuid::Uuid::new_v4()));
+    let mut request = WarmRequest::new(a.bucket, a.directory_bucket)
+        .ttl(a.ttl)
+        .force_copy(a.force_copy)
+        .request_id(request_id);
+    for p in a.prefixes {
+        request = request.prefix(p);
+    }
+    let mut renderer = Renderer::new(a.output, a.log_interval);
+    let mut attempt = 0;
+    let mut delay = Duration::from_millis(500);
+    loop {
+        match warm_once(endpoint, request.clone(), &mut renderer).await {
+            Ok(report) => {
+                renderer.finish(&report);
+                return exit::for_outcome(report.outcome);
+            }
+            // The same request_id reattaches to the running warm, so
+            // resubmitting after a broken connection is safe.
+            Err(e) if retryable(&e) && attempt < a.reconnect_attempts => {
+                attempt += 1;
+                eprintln!(
+                    "warning: {e}; reconnecting in {delay:?} (attempt {attempt}/{})",
+                    a.reconnect_attempts
+                );
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+            Err(e) => {
+                renderer.abandon();
+                return fail(&e);
+            }
+        }
+    }
+}
+
+async fn warm_once(
+    endpoint: &str,
+    request: WarmRequest,
+    renderer: &mut Renderer,
+) -> Result<WarmReport, ClientError> {
+    let mut client = Client::connect(endpoint).await?;
+    let mut stream = client.warm(request).await?;
+    let mut op = String::new();
+    while let Some(p) = stream.message().await? {
+        op.clone_from(&p.operation_id);
+        renderer.update(&p);
+        if is_final(&p) {
+            return Ok(WarmReport::from_final(p));
+        }
+    }
+    Err(ClientError::StreamEnded(op))
+}
+
+fn ts(t: Option<&prost_types::Timestamp>) -> String {
+    t.map(ToString::to_string).unwrap_or_else(|| "-".into())
+}
+
+async fn status(endpoint: &str, a: StatusArgs) -> Result<(), ClientError> {
+    let mut client = Client::connect(endpoint).await?;
+    if let Some(id) = a.operation {
+        let s = client.operation_status(id).await?;
+        let p = s.progress.unwrap_or_default();
+        match a.output {
+            OutputFormat::Json => {
+                let mut v = render::progress_json(&p);
+                v["request"] = request_json(&s.request.unwrap_or_default());
+                println!("{v}");
+            }
+            OutputFormat::Text => {
+                if is_final(&p) {
+                    for l in render::summary_lines(&WarmReport::from_final(p)) {
+                        println!("{l}");
+                    }
+                } else {
+                    println!("{}", render::progress_line(&p));
+                }
+            }
+        }
+        return Ok(());
+    }
+    let dir = a.directory_bucket.unwrap_or_default();
+    let prefixes = client.prefix_status(dir, a.prefixes).await?;
+    for p in prefixes {
+        match a.output {
+            OutputFormat::Json => println!(
+                "{}",
+                json!({
+                    "prefix": p.prefix,
+                    "cached_objects": p.cached_objects,
+                    "cached_bytes": p.cached_bytes,
+                    "leases": p.leases.iter().map(|l| json!({
+                        "prefix": l.prefix,
+                        "source_bucket": l.source_bucket,
+                        "expires_at": ts(l.expires_at.as_ref()),
+                    })).collect::<Vec<_>>(),
+                })
+            ),
+            OutputFormat::Text => {
+                println!(
+                    "{:?}: {} objects, {} cached",
+                    p.prefix,
+                    p.cached_objects,
+                    indicatif::HumanBytes(p.cached_bytes)
+                );
+                if p.leases.is_empty() {
+                    println!("  no live lease");
+                }
+                for l in &p.leases {
+                    println!(
+                        "  lease {:?} from {} until {}",
+                        l.prefix,
+                        l.source_bucket,
+                        ts(l.expires_at.as_ref())
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn request_json(r: &pb::WarmCacheRequest) -> serde_json::Value {
+    json!({
+        "bucket": r.bucket,
+        "prefixes": r.prefixes,
+        "directory_bucket": r.directory_bucket,
+        "ttl_seconds": r.ttl.as_ref().map(|t| t.seconds).unwrap_or(0),
+        "force_copy": r.force_copy,
+        "request_id": r.request_id,
+    })
+}
+
+async fn evict(endpoint: &str, a: EvictArgs) -> Result<(), ClientError> {
+    let mut client = Client::connect(endpoint).await?;
+    let r = client.evict(a.directory_bucket, a.prefixes).await?;
+    match a.output {
+        OutputFormat::Json => println!(
+            "{}",
+            json!({
+                "objects_deleted": r.objects_deleted,
+                "bytes_deleted": r.bytes_deleted,
+                "leases_ended": r.leases_ended,
+                "failures": r.failures.iter().map(|f| json!({"key": f.key, "code": f.code, "message": f.message})).collect::<Vec<_>>(),
+            })
+        ),
+        OutputFormat::Text => {
+            println!(
+                "evicted {} objects ({}), ended {} leases",
+                r.objects_deleted,
+                indicatif::HumanBytes(r.bytes_deleted),
+                r.leases_ended
+            );
+            for f in &r.failures {
+                println!("failed: {} ({}): {}", f.key, f.code, f.message);
+            }
+        }
+    }
+    if r.failures.is_empty() {
+        Ok(())
+    } else {
+        Err(ClientError::Rpc(tonic::Status::aborted(format!(
+            "{} objects could not be deleted",
+            r.failures.len()
+        ))))
+    }
+}

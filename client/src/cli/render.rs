@@ -1,0 +1,295 @@
+//! Progress output: a live bar in a terminal, one plain line per update in a
+//! log, one JSON object per message for machines.
+
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant};
+
+use expresscache_client::{pb, Outcome, Phase, WarmReport};
+use indicatif::{HumanBytes, HumanDuration, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::{json, Value};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    /// Human-readable: a progress bar on a terminal, plain lines otherwise.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+fn phase_name(phase: i32) -> &'static str {
+    match Phase::try_from(phase).unwrap_or(Phase::Unspecified) {
+        Phase::Queued => "queued",
+        Phase::Planning => "planning",
+        Phase::Copying => "copying",
+        Phase::Done => "done",
+        Phase::Unspecified => "unknown",
+    }
+}
+
+pub fn outcome_name(outcome: Outcome) -> &'static str {
+    match outcome {
+        Outcome::Succeeded => "SUCCEEDED",
+        Outcome::PartiallyFailed => "PARTIALLY_FAILED",
+        Outcome::Failed => "FAILED",
+        Outcome::Cancelled => "CANCELLED",
+        Outcome::Unspecified => "UNSPECIFIED",
+    }
+}
+
+fn secs(d: Option<&prost_types::Duration>) -> f64 {
+    d.map(|d| d.seconds as f64 + f64::from(d.nanos) / 1e9)
+        .unwrap_or(0.0)
+}
+
+/// The JSON form of one progress message (flat counters; `outcome`,
+/// `failures` and `error` only in the final one).
+pub fn progress_json(p: &pb::WarmProgress) -> Value {
+    let c = p.counters.clone().unwrap_or_default();
+    let mut v = json!({
+        "operation_id": p.operation_id,
+        "phase": phase_name(p.phase),
+        "objects_listed": c.objects_listed,
+        "objects_hit": c.objects_hit,
+        "objects_to_copy": c.objects_to_copy,
+        "objects_copied": c.objects_copied,
+        "objects_failed": c.objects_failed,
+        "bytes_listed": c.bytes_listed,
+        "bytes_to_copy": c.bytes_to_copy,
+        "bytes_copied": c.bytes_copied,
+        "elapsed_seconds": secs(p.elapsed.as_ref()),
+        "objects_per_second": p.objects_per_second,
+        "bytes_per_second": p.bytes_per_second,
+    });
+    if let Some(eta) = &p.eta {
+        v["eta_seconds"] = json!(secs(Some(eta)));
+    }
+    if let Some(t) = &p.lease_expires_at {
+        v["lease_expires_at"] = json!(t.to_string());
+    }
+    if p.phase == Phase::Done as i32 {
+        let outcome = Outcome::try_from(p.outcome).unwrap_or(Outcome::Unspecified);
+        v["outcome"] = json!(outcome_name(outcome));
+        v["failures"] = Value::Array(
+            p.failures
+                .iter()
+                .map(|f| json!({"key": f.key, "code": f.code, "message": f.message}))
+                .collect(),
+        );
+        v["failures_omitted"] = json!(p.failures_omitted);
+        if !p.error.is_empty() {
+            v["error"] = json!(p.error);
+        }
+    }
+    v
+}
+
+/// One human line describing a progress message.
+pub fn progress_line(p: &pb::WarmProgress) -> String {
+    let c = p.counters.clone().unwrap_or_default();
+    let mut line = format!(
+        "[{:>7.1}s] {:<8} listed {}  hits {}  copied {}/{}  failed {}  {}/{}",
+        secs(p.elapsed.as_ref()),
+        phase_name(p.phase),
+        c.objects_listed,
+        c.objects_hit,
+        c.objects_copied,
+        c.objects_to_copy,
+        c.objects_failed,
+        HumanBytes(c.bytes_copied),
+        HumanBytes(c.bytes_to_copy),
+    );
+    if p.objects_per_second > 0.0 {
+        line.push_str(&format!("  {:.0} obj/s", p.objects_per_second));
+    }
+    if let Some(eta) = &p.eta {
+        let eta = Duration::from_secs_f64(secs(Some(eta)));
+        line.push_str(&format!("  eta {}", HumanDuration(eta)));
+    }
+    line
+}
+
+/// The closing summary of a warm, then one line per failed key.
+pub fn summary_lines(r: &WarmReport) -> Vec<String> {
+    let c = &r.counters;
+    let mut out = vec![format!(
+        "warm {} {}: {} listed, {} hits, {} copied, {} failed, {} copied in {:.1}s",
+        r.operation_id,
+        outcome_name(r.outcome),
+        c.objects_listed,
+        c.objects_hit,
+        c.objects_copied,
+        c.objects_failed,
+        HumanBytes(c.bytes_copied),
+        secs(r.last.elapsed.as_ref()),
+    )];
+    if let Some(e) = &r.error {
+        out.push(format!("error: {e}"));
+    }
+    for f in &r.failures {
+        out.push(format!("failed: {} ({}): {}", f.key, f.code, f.message));
+    }
+    if r.failures_omitted > 0 {
+        out.push(format!("... and {} more failed keys", r.failures_omitted));
+    }
+    out
+}
+
+/// Renders a warm's progress for one output format and destination.
+pub enum Renderer {
+    Bar(ProgressBar),
+    Lines {
+        last_printed: Option<Instant>,
+        last_phase: i32,
+        every: Duration,
+    },
+    Json,
+}
+
+impl Renderer {
+    /// The renderer for `format` on the current stdout: a bar only when
+    /// stdout is a terminal, so logs never get control codes.
+    pub fn new(format: OutputFormat, log_every: Duration) -> Self {
+        match format {
+            OutputFormat::Json => Renderer::Json,
+            OutputFormat::Text if std::io::stdout().is_terminal() => {
+                let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stdout());
+                bar.set_style(
+                    ProgressStyle::with_template(
+                        "{spinner} {prefix:<8} [{bar:30}] {pos}/{len} copied  {msg}",
+                    )
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
+                    .progress_chars("=> "),
+                );
+                bar.enable_steady_tick(Duration::from_millis(120));
+                Renderer::Bar(bar)
+            }
+            OutputFormat::Text => Renderer::Lines {
+                last_printed: None,
+                last_phase: -1,
+                every: log_every,
+            },
+        }
+    }
+
+    pub fn update(&mut self, p: &pb::WarmProgress) {
+        match self {
+            Renderer::Json => print_flush(&progress_json(p).to_string()),
+            Renderer::Bar(bar) => {
+                let c = p.counters.clone().unwrap_or_default();
+                bar.set_prefix(phase_name(p.phase));
+                bar.set_length(c.objects_to_copy);
+                bar.set_position(c.objects_copied + c.objects_failed);
+                let mut msg = format!(
+                    "listed {}  hits {}  failed {}  {}/{}",
+                    c.objects_listed,
+                    c.objects_hit,
+                    c.objects_failed,
+                    HumanBytes(c.bytes_copied),
+                    HumanBytes(c.bytes_to_copy)
+                );
+                if p.objects_per_second > 0.0 {
+                    msg.push_str(&format!("  {:.0} obj/s", p.objects_per_second));
+                }
+                if let Some(eta) = &p.eta {
+                    msg.push_str(&format!(
+                        "  eta {}",
+                        HumanDuration(Duration::from_secs_f64(secs(Some(eta))))
+                    ));
+                }
+                bar.set_message(msg);
+            }
+            Renderer::Lines {
+                last_printed,
+                last_phase,
+                every,
+            } => {
+                // In a log, a line per phase change and then at most one per
+                // interval keeps long warms readable.
+                let due = last_printed.is_none_or(|t| t.elapsed() >= *every);
+                if p.phase != *last_phase || due {
+                    print_flush(&progress_line(p));
+                    *last_printed = Some(Instant::now());
+                    *last_phase = p.phase;
+                }
+            }
+        }
+    }
+
+    /// Prints the final report (the JSON form was already printed by
+    /// `update`).
+    pub fn finish(self, report: &WarmReport) {
+        match self {
+            Renderer::Json => {}
+            Renderer::Bar(bar) => {
+                bar.finish_and_clear();
+                for l in summary_lines(report) {
+                    println!("{l}");
+                }
+            }
+            Renderer::Lines { .. } => {
+                for l in summary_lines(report) {
+                    println!("{l}");
+                }
+            }
+        }
+    }
+
+    /// Removes the bar before an error message.
+    pub fn abandon(self) {
+        if let Renderer::Bar(bar) = self {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+fn print_flush(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn final_json_has_outcome_and_flat_counters() {
+        let p = pb::WarmProgress {
+            operation_id: "op".into(),
+            phase: Phase::Done as i32,
+            outcome: Outcome::PartiallyFailed as i32,
+            counters: Some(pb::Counters {
+                objects_listed: 3,
+                objects_hit: 1,
+                objects_copied: 1,
+                objects_failed: 1,
+                bytes_copied: 10,
+                ..Default::default()
+            }),
+            failures: vec![pb::KeyFailure {
+                key: "k".into(),
+                code: "AccessDenied".into(),
+                message: "no".into(),
+            }],
+            ..Default::default()
+        };
+        let v = progress_json(&p);
+        assert_eq!(v["outcome"], "PARTIALLY_FAILED");
+        assert_eq!(v["objects_listed"], 3);
+        assert_eq!(v["objects_hit"], 1);
+        assert_eq!(v["objects_copied"], 1);
+        assert_eq!(v["objects_failed"], 1);
+        assert_eq!(v["bytes_copied"], 10);
+        assert_eq!(v["failures"][0]["code"], "AccessDenied");
+    }
+
+    #[test]
+    fn progress_lines_have_no_control_codes() {
+        let line = progress_line(&pb::WarmProgress {
+            phase: Phase::Copying as i32,
+            ..Default::default()
+        });
+        assert!(!line.chars().any(|c| c.is_control()), "{line:?}");
+        assert!(line.contains("copying"));
+    }
+}

@@ -1,0 +1,253 @@
+//! Test support shared by this crate's and the client's integration tests
+//! (feature `test-support`): a moto S3 server on a free port, an SDK client
+//! pointed at it, an in-process expresscache server, and unique names.
+//!
+//! A test that needs moto and cannot start it panics with what is missing:
+//! it never passes by skipping.
+
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{
+    BucketInfo, BucketType, CreateBucketConfiguration, DataRedundancy, LocationInfo, LocationType,
+};
+use tokio::net::TcpListener;
+
+use crate::index::SqliteIndex;
+use crate::server::{serve, Deps};
+use crate::store::S3Store;
+
+/// Where the moto server binary is: `$EXPRESSCACHE_MOTO_SERVER`, else the
+/// workspace's `.venv/bin/moto_server` (which `scripts/test` installs).
+pub fn moto_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("EXPRESSCACHE_MOTO_SERVER") {
+        return PathBuf::from(p);
+    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/moto_server")
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port on 127.0.0.1")
+}
+
+/// A moto S3 server for one test, killed on drop.
+#[derive(Debug)]
+pub struct Moto {
+    child: Child,
+    pub endpoint: String,
+}
+
+impl Moto {
+    /// Starts moto on a free port and waits until it accepts connections.
+    pub fn start() -> Self {
+        let bin = moto_binary();
+        assert!(
+            bin.exists(),
+            "moto server not found at {}: run `scripts/test` (it installs moto[server] into .venv) \
+             or set EXPRESSCACHE_MOTO_SERVER",
+            bin.display()
+        );
+        for _ in 0..5 {
+            let port = free_port();
+            let child = Command::new(&bin)
+                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+            let mut moto = Moto {
+                child,
+                endpoint: format!("http://127.0.0.1:{port}"),
+            };
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return moto;
+                }
+                if let Ok(Some(_)) = moto.child.try_wait() {
+                    break; // lost the port race; try another
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        panic!("moto server did not start (tried 5 ports)");
+    }
+
+    /// An S3 client for this endpoint with dummy credentials.
+    pub fn s3(&self) -> aws_sdk_s3::Client {
+        s3_client(&self.endpoint)
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An SDK S3 client for a local endpoint.
+pub fn s3_client(endpoint: &str) -> aws_sdk_s3::Client {
+    let conf = aws_sdk_s3::config::Builder::new()
+        .behavior_version(BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("test", "test", None, None, "static"))
+        .force_path_style(true)
+        .build();
+    aws_sdk_s3::Client::from_conf(conf)
+}
+
+/// A bucket name unique to this test run, starting with `stem`.
+pub fn unique(stem: &str) -> String {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    format!("{stem}-{}", &id[..12])
+}
+
+/// A unique directory bucket name in zone use1-az4.
+pub fn unique_directory_bucket() -> String {
+    format!("{}--use1-az4--x-s3", unique("cache"))
+}
+
+pub async fn create_bucket(s3: &aws_sdk_s3::Client, bucket: &str) {
+    s3.create_bucket()
+        .bucket(bucket)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("create bucket {bucket}: {e:?}"));
+}
+
+/// Creates a directory bucket the way the AWS docs show.
+pub async fn create_directory_bucket(s3: &aws_sdk_s3::Client, bucket: &str) {
+    let cfg = CreateBucketConfiguration::builder()
+        .location(
+            LocationInfo::builder()
+                .r#type(LocationType::AvailabilityZone)
+                .name("use1-az4")
+                .build(),
+        )
+        .bucket(
+            BucketInfo::builder()
+                .data_redundancy(DataRedundancy::SingleAvailabilityZone)
+                .r#type(BucketType::Directory)
+                .build(),
+        )
+        .build();
+    // CreateBucket is a regional call; without this the SDK first asks the
+    // (not yet existing) bucket for an S3 Express session.
+    let regional = aws_sdk_s3::Client::from_conf(
+        s3.config()
+            .to_builder()
+            .disable_s3_express_session_auth(true)
+            .build(),
+    );
+    regional
+        .create_bucket()
+        .bucket(bucket)
+        .create_bucket_configuration(cfg)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("create directory bucket {bucket}: {e:?}"));
+}
+
+pub async fn put(s3: &aws_sdk_s3::Client, bucket: &str, key: &str, body: impl Into<Vec<u8>>) {
+    s3.put_object()
+        .bucket(bucket)
+        .key(key)
+        .body(ByteStream::from(body.into()))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("put {bucket}/{key}: {e:?}"));
+}
+
+pub async fn get(s3: &aws_sdk_s3::Client, bucket: &str, key: &str) -> Vec<u8> {
+    let out = s3
+        .get_object()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("get {bucket}/{key}: {e:?}"));
+    out.body
+        .collect()
+        .await
+        .expect("read body")
+        .into_bytes()
+        .to_vec()
+}
+
+/// Every key of `bucket` under `prefix`, in listing order.
+pub async fn list_keys(s3: &aws_sdk_s3::Client, bucket: &str, prefix: &str) -> Vec<String> {
+    let mut keys = Vec::new();
+    let mut pages = s3
+        .list_objects_v2()
+        .bucket(bucket)
+        .prefix(prefix)
+        .into_paginator()
+        .send();
+    while let Some(page) = pages.next().await {
+        let page = page.unwrap_or_else(|e| panic!("list {bucket}: {e:?}"));
+        keys.extend(
+            page.contents()
+                .iter()
+                .filter_map(|o| o.key().map(str::to_owned)),
+        );
+    }
+    keys
+}
+
+/// An expresscache server running in this process against `s3_endpoint`,
+/// with its own SQLite index in a temporary directory.
+#[derive(Debug)]
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub endpoint: String,
+    _dir: tempfile::TempDir,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TestServer {
+    pub async fn start(s3_endpoint: &str) -> Self {
+        Self::start_with(s3_endpoint, |_| {}).await
+    }
+
+    /// Starts with `tune` applied to the default dependencies.
+    pub async fn start_with(
+        s3_endpoint: &str,
+        tune: impl FnOnce(&mut Deps<S3Store, SqliteIndex>),
+    ) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let index = SqliteIndex::open(&dir.path().join("index.db")).expect("open index");
+        let store = S3Store::new(s3_client(s3_endpoint));
+        let mut deps = Deps::new(store, index);
+        deps.publish_interval = Duration::from_millis(50);
+        tune(&mut deps);
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let task = tokio::spawn(async move {
+            serve(listener, deps, std::future::pending())
+                .await
+                .expect("server failed");
+        });
+        Self {
+            addr,
+            endpoint: format!("http://{addr}"),
+            _dir: dir,
+            task,
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
