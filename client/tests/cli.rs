@@ -1,0 +1,335 @@
+//! The `expresscache` binary against the real `expresscache-server` binary,
+//! configured only through the standard AWS environment variables, with S3
+//! served by moto.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+
+use expresscache_server::testing::{
+    create_bucket, create_directory_bucket, free_port, put, unique, unique_directory_bucket, Moto,
+};
+use serde_json::Value;
+
+fn cli() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_expresscache"))
+}
+
+/// The server binary cargo built next to this test's binary.
+fn server_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let bin = dir.join("expresscache-server");
+    assert!(
+        bin.exists(),
+        "{} not built: run the tests with `scripts/test` (cargo nextest run --workspace)",
+        bin.display()
+    );
+    bin
+}
+
+struct Server {
+    child: Child,
+    endpoint: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    fn start(moto: &Moto) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let child = Command::new(server_binary())
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .env(
+                "EXPRESSCACHE_INDEX",
+                format!("sqlite://{}", dir.path().join("i.db").display()),
+            )
+            .env("AWS_ENDPOINT_URL", &moto.endpoint)
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env_remove("AWS_PROFILE")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start expresscache-server");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "server did not listen"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Self {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+            _dir: dir,
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(cli())
+            .arg("--endpoint")
+            .arg(&self.endpoint)
+            .args(args)
+            .output()
+            .expect("run expresscache")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn json_lines(out: &Output) -> Vec<Value> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}")))
+        .collect()
+}
+
+struct Setup {
+    _moto: Moto,
+    server: Server,
+    src: String,
+    dir: String,
+    s3: aws_sdk_s3::Client,
+}
+
+async fn setup(keys: &[&str]) -> Setup {
+    let moto = Moto::start();
+    let s3 = moto.s3();
+    let src = unique("src");
+    let dir = unique_directory_bucket();
+    create_bucket(&s3, &src).await;
+    create_directory_bucket(&s3, &dir).await;
+    for k in keys {
+        put(&s3, &src, k, k.as_bytes()).await;
+    }
+    let server = Server::start(&moto);
+    Setup {
+        _moto: moto,
+        server,
+        src,
+        dir,
+        s3,
+    }
+}
+
+#[tokio::test]
+async fn warm_json_output_and_exit_codes() {
+    let s = setup(&["d/a", "d/b", "d/c"]).await;
+    let warm = |extra: &[&str]| {
+        let mut args = vec![
+            "warm",
+            "--bucket",
+            &s.src,
+            "--prefix",
+            "d/",
+            "--directory-bucket",
+            &s.dir,
+            "--ttl",
+            "1h",
+            "--output",
+            "json",
+        ];
+        args.extend_from_slice(extra);
+        s.server.run(&args)
+    };
+
+    let first = warm(&[]);
+    assert_eq!(
+        first.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let lines = json_lines(&first);
+    let last = lines.last().expect("progress lines");
+    assert_eq!(last["outcome"], "SUCCEEDED");
+    assert_eq!(last["phase"], "done");
+    assert_eq!(
+        (
+            last["objects_listed"].as_u64(),
+            last["objects_hit"].as_u64()
+        ),
+        (Some(3), Some(0))
+    );
+    assert_eq!(
+        (
+            last["objects_copied"].as_u64(),
+            last["objects_failed"].as_u64()
+        ),
+        (Some(3), Some(0))
+    );
+    assert_eq!(last["bytes_copied"].as_u64(), Some(9));
+    assert!(lines[..lines.len() - 1]
+        .iter()
+        .all(|l| l.get("outcome").is_none()));
+
+    let second = json_lines(&warm(&[]));
+    let last = second.last().expect("progress lines");
+    assert_eq!(
+        (
+            last["objects_hit"].as_u64(),
+            last["objects_copied"].as_u64()
+        ),
+        (Some(3), Some(0))
+    );
+
+    let bad = warm(&["--request-id", "has space"]);
+    assert_eq!(
+        bad.status.code(),
+        Some(2),
+        "invalid request is a usage error"
+    );
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("request_id"));
+
+    let missing = s.server.run(&[
+        "warm",
+        "--bucket",
+        "no-such-bucket-here",
+        "--prefix",
+        "d/",
+        "--directory-bucket",
+        &s.dir,
+    ]);
+    assert_eq!(
+        missing.status.code(),
+        Some(6),
+        "{}",
+        String::from_utf8_lossy(&missing.stderr)
+    );
+    drop(s.s3);
+}
+
+#[tokio::test]
+async fn text_output_in_a_log_is_plain_lines() {
+    let s = setup(&["d/a", "d/b"]).await;
+    let out = s.server.run(&[
+        "warm",
+        "--bucket",
+        &s.src,
+        "--prefix",
+        "d/",
+        "--directory-bucket",
+        &s.dir,
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    assert!(
+        !text.contains('\x1b') && !text.contains('\r'),
+        "control codes in {text:?}"
+    );
+    assert!(text.lines().count() >= 2, "{text}");
+    assert!(
+        text.lines()
+            .last()
+            .unwrap_or_default()
+            .contains("SUCCEEDED: 2 listed, 0 hits, 2 copied, 0 failed"),
+        "{text}"
+    );
+
+    let status = s
+        .server
+        .run(&["status", "--directory-bucket", &s.dir, "--prefix", "d/"]);
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(status.contains("2 objects"), "{status}");
+
+    let evict = s.server.run(&[
+        "evict",
+        "--directory-bucket",
+        &s.dir,
+        "--prefix",
+        "d/",
+        "--output",
+        "json",
+    ]);
+    assert_eq!(evict.status.code(), Some(0));
+    assert_eq!(json_lines(&evict)[0]["objects_deleted"].as_u64(), Some(2));
+}
+
+#[tokio::test]
+async fn partial_failure_has_its_own_exit_code() {
+    let s = setup(&["d/a", "d/b"]).await;
+    assert_eq!(
+        s.server
+            .run(&[
+                "warm",
+                "--bucket",
+                &s.src,
+                "--prefix",
+                "d/",
+                "--directory-bucket",
+                &s.dir
+            ])
+            .status
+            .code(),
+        Some(0)
+    );
+    // A second source with one overlapping key: that key is cached from the
+    // first source and must not be overwritten.
+    let other = unique("other");
+    create_bucket(&s.s3, &other).await;
+    put(&s.s3, &other, "d/a", b"other".to_vec()).await;
+    put(&s.s3, &other, "d/new", b"new".to_vec()).await;
+
+    let out = s.server.run(&[
+        "warm",
+        "--bucket",
+        &other,
+        "--prefix",
+        "d/",
+        "--directory-bucket",
+        &s.dir,
+        "--output",
+        "json",
+    ]);
+
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let last = json_lines(&out).pop().expect("lines");
+    assert_eq!(last["outcome"], "PARTIALLY_FAILED");
+    assert_eq!(last["failures"][0]["key"], "d/a");
+    assert_eq!(last["failures"][0]["code"], "KeyClash");
+    assert_eq!(last["objects_copied"].as_u64(), Some(1));
+}
+
+#[test]
+fn usage_and_connection_errors_have_distinct_codes() {
+    let usage = Command::new(cli())
+        .args(["warm", "--bucket", "b"])
+        .output()
+        .expect("run");
+    assert_eq!(usage.status.code(), Some(2));
+    let port = free_port();
+    let down = Command::new(cli())
+        .args([
+            "--endpoint",
+            &format!("http://127.0.0.1:{port}"),
+            "warm",
+            "--bucket",
+            "src-b",
+            "--prefix",
+            "",
+            "--directory-bucket",
+            "c--use1-az4--x-s3",
+            "--reconnect-attempts",
+            "0",
+        ])
+        .output()
+        .expect("run");
+    assert_eq!(
+        down.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&down.stderr)
+    );
+}

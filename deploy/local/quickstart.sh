@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# The local quick start: no AWS account needed.
+#
+# Installs a local S3 endpoint (moto, in .venv), builds and starts
+# expresscache-server against it, seeds a source bucket and a directory
+# bucket, then warms a prefix twice: the first run copies everything, the
+# second is all hits. Everything runs on 127.0.0.1 and is stopped at the end
+# (pass --keep to leave the servers running for your own experiments).
+#
+#   deploy/local/quickstart.sh [--keep] [--objects N]
+set -euo pipefail
+source "$(dirname "$0")/../../scripts/lib.sh"
+cd "$REPO_ROOT"
+
+KEEP=0
+OBJECTS=2000
+while [ $# -gt 0 ]; do
+  case $1 in
+    --keep) KEEP=1 ;;
+    --objects) OBJECTS=$2; shift ;;
+    *) echo "usage: $0 [--keep] [--objects N]" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+ensure_rust
+ensure_venv
+log "building expresscache-server and expresscache"
+cargo build --locked -p expresscache-server -p expresscache-client --bins
+BIN="$REPO_ROOT/target/debug"
+
+STATE="$REPO_ROOT/.local/quickstart"
+rm -rf "$STATE" && mkdir -p "$STATE"
+S3_PORT=$(free_port)
+GRPC_PORT=$(free_port)
+
+PIDS=()
+cleanup() {
+  if [ "$KEEP" = 0 ]; then
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  fi
+}
+trap cleanup EXIT
+
+log "starting moto (local S3) on 127.0.0.1:$S3_PORT"
+"$VENV/bin/moto_server" -H 127.0.0.1 -p "$S3_PORT" >"$STATE/moto.log" 2>&1 &
+PIDS+=($!)
+wait_port "$S3_PORT"
+
+# The standard AWS configuration chain: the server needs nothing else.
+# (Use 127.0.0.1, not localhost: the SDK uses path-style addressing for IPs.)
+export AWS_ENDPOINT_URL="http://127.0.0.1:$S3_PORT"
+export AWS_REGION=us-east-1 AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test
+export EXPRESSCACHE_ENDPOINT="http://127.0.0.1:$GRPC_PORT"
+
+SRC=expresscache-demo-source
+DIR=expresscache-demo--use1-az4--x-s3
+log "seeding s3://$SRC"
+"$VENV/bin/python" deploy/local/seed.py --endpoint "$AWS_ENDPOINT_URL" \
+  --source "$SRC" --directory-bucket "$DIR" --objects "$OBJECTS"
+
+log "starting expresscache-server on $EXPRESSCACHE_ENDPOINT (log: $STATE/server.log)"
+"$BIN/expresscache-server" --listen "127.0.0.1:$GRPC_PORT" \
+  --index "sqlite://$STATE/index.db" >"$STATE/server.log" 2>&1 &
+PIDS+=($!)
+wait_port "$GRPC_PORT"
+
+echo
+log "first warm: copies everything under datasets/2026-11-26/ and datasets/2026-11-25/"
+set -x
+"$BIN/expresscache" warm --bucket "$SRC" --prefix datasets/2026-11-26/ \
+  --prefix datasets/2026-11-25/ --directory-bucket "$DIR" --ttl 2h --log-interval 1s
+{ set +x; } 2>/dev/null
+
+echo
+log "second warm of the same prefixes: everything is already cached"
+set -x
+"$BIN/expresscache" warm --bucket "$SRC" --prefix datasets/2026-11-26/ \
+  --prefix datasets/2026-11-25/ --directory-bucket "$DIR" --ttl 2h
+"$BIN/expresscache" status --directory-bucket "$DIR" --prefix datasets/2026-11-26/ --prefix datasets/
+{ set +x; } 2>/dev/null
+
+echo
+if [ "$KEEP" = 1 ]; then
+  cat <<MSG
+Servers left running (pids ${PIDS[*]}). Try:
+  export AWS_ENDPOINT_URL=$AWS_ENDPOINT_URL AWS_REGION=us-east-1 AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test
+  export EXPRESSCACHE_ENDPOINT=$EXPRESSCACHE_ENDPOINT
+  $BIN/expresscache warm --bucket $SRC --prefix "" --directory-bucket $DIR --ttl 1h
+  $BIN/expresscache evict --directory-bucket $DIR --prefix datasets/2026-11-25/
+Stop them with: kill ${PIDS[*]}
+MSG
+else
+  log "quick start done; servers stopped"
+fi

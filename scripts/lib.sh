@@ -1,0 +1,66 @@
+# Shared setup for scripts/test and deploy/local/quickstart.sh: each step
+# installs what is missing and is a no-op when it is already there.
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${EXPRESSCACHE_VENV:-$REPO_ROOT/.venv}"
+
+log() { printf '==> %s\n' "$*" >&2; }
+
+apt_install() {
+  log "installing Debian package(s): $*"
+  local sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  $sudo apt-get update -qq && $sudo apt-get install -y -qq "$@" >/dev/null
+}
+
+# Debian package $2, installed only when command $1 is missing.
+ensure_apt() {
+  command -v "$1" >/dev/null 2>&1 || apt_install "$2"
+}
+
+# Python venv with moto's standalone server (S3 + DynamoDB endpoint).
+ensure_venv() {
+  ensure_apt python3 python3
+  if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    apt_install python3-venv
+  fi
+  local stamp="$VENV/.requirements"
+  if [ -x "$VENV/bin/moto_server" ] && cmp -s "$REPO_ROOT/deploy/local/requirements.txt" "$stamp"; then
+    return 0
+  fi
+  log "creating Python venv with moto in $VENV"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check -r "$REPO_ROOT/deploy/local/requirements.txt"
+  cp "$REPO_ROOT/deploy/local/requirements.txt" "$stamp"
+}
+
+ensure_rust() {
+  if ! command -v cargo >/dev/null 2>&1; then
+    echo "cargo not found: install Rust (https://rustup.rs) and re-run" >&2
+    exit 1
+  fi
+}
+
+ensure_nextest() {
+  cargo nextest --version >/dev/null 2>&1 && return 0
+  log "installing cargo-nextest"
+  cargo install cargo-nextest --locked
+}
+
+# A free TCP port on 127.0.0.1.
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+# Waits until 127.0.0.1:$1 accepts connections (or $2 seconds pass).
+wait_port() {
+  local port=$1 limit=${2:-30} i=0
+  until python3 -c "import socket,sys; socket.create_connection(('127.0.0.1',$port),1)" 2>/dev/null; do
+    i=$((i + 1))
+    if [ "$i" -gt $((limit * 10)) ]; then
+      echo "nothing listens on 127.0.0.1:$port after ${limit}s" >&2
+      return 1
+    fi
+    sleep 0.1
+  done
+}
