@@ -147,7 +147,7 @@ impl WarmReport {
         Self {
             operation_id: last.operation_id.clone(),
             outcome: Outcome::try_from(last.outcome).unwrap_or(Outcome::Unspecified),
-            counters: last.counters.clone().unwrap_or_default(),
+            counters: last.counters.unwrap_or_default(),
             failures: last.failures.clone(),
             failures_omitted: last.failures_omitted,
             error: (!last.error.is_empty()).then(|| last.error.clone()),

@@ -138,7 +138,7 @@ impl<S: ObjectStore, I: CacheIndex> Operations<S, I> {
             }
             Ok(()) => progress.finish(pb::Outcome::Succeeded, None),
         };
-        let c = last.counters.clone().unwrap_or_default();
+        let c = last.counters.unwrap_or_default();
         tracing::info!(operation_id = %id, outcome = ?pb::Outcome::try_from(last.outcome).unwrap_or_default(),
             listed = c.objects_listed, hits = c.objects_hit, copied = c.objects_copied,
             failed = c.objects_failed, bytes_copied = c.bytes_copied, "warm finished");

@@ -44,7 +44,7 @@ fn secs(d: Option<&prost_types::Duration>) -> f64 {
 /// The JSON form of one progress message (flat counters; `outcome`,
 /// `failures` and `error` only in the final one).
 pub fn progress_json(p: &pb::WarmProgress) -> Value {
-    let c = p.counters.clone().unwrap_or_default();
+    let c = p.counters.unwrap_or_default();
     let mut v = json!({
         "operation_id": p.operation_id,
         "phase": phase_name(p.phase),
@@ -85,7 +85,7 @@ pub fn progress_json(p: &pb::WarmProgress) -> Value {
 
 /// One human line describing a progress message.
 pub fn progress_line(p: &pb::WarmProgress) -> String {
-    let c = p.counters.clone().unwrap_or_default();
+    let c = p.counters.unwrap_or_default();
     let mut line = format!(
         "[{:>7.1}s] {:<8} listed {}  hits {}  copied {}/{}  failed {}  {}/{}",
         secs(p.elapsed.as_ref()),
@@ -175,7 +175,7 @@ impl Renderer {
         match self {
             Renderer::Json => print_flush(&progress_json(p).to_string()),
             Renderer::Bar(bar) => {
-                let c = p.counters.clone().unwrap_or_default();
+                let c = p.counters.unwrap_or_default();
                 bar.set_prefix(phase_name(p.phase));
                 bar.set_length(c.objects_to_copy);
                 bar.set_position(c.objects_copied + c.objects_failed);
