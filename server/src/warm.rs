@@ -329,3 +329,167 @@ async fn write_entries<I: CacheIndex>(
         batch.clear();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::SqliteIndex;
+    use crate::store::{FaultStore, MemoryStore, Op};
+    use expresscache::proto::v1 as pb;
+    use std::sync::atomic::Ordering;
+
+    const SRC: &str = "src";
+    const DIR: &str = "cache--use1-az4--x-s3";
+
+    fn setup(keys: &[&str]) -> Warmer<FaultStore<MemoryStore>, SqliteIndex> {
+        let mem = MemoryStore::with_page_size(3);
+        mem.create_bucket(SRC);
+        mem.create_bucket(DIR);
+        for k in keys {
+            mem.put(SRC, k, 10);
+        }
+        Warmer {
+            store: Arc::new(FaultStore::new(mem)),
+            index: Arc::new(SqliteIndex::open_in_memory().unwrap()),
+            settings: WarmSettings {
+                retry_base_delay: Duration::from_millis(1),
+                ..WarmSettings::default()
+            },
+        }
+    }
+
+    fn spec(force: bool) -> WarmSpec {
+        WarmSpec::parse(
+            &pb::WarmCacheRequest {
+                bucket: SRC.into(),
+                prefixes: vec!["d/".into()],
+                directory_bucket: DIR.into(),
+                ttl: Some(prost_types::Duration {
+                    seconds: 60,
+                    nanos: 0,
+                }),
+                force_copy: force,
+                request_id: String::new(),
+            },
+            &expresscache::Limits::default(),
+        )
+        .unwrap()
+    }
+
+    async fn run(w: &Warmer<FaultStore<MemoryStore>, SqliteIndex>) -> pb::WarmProgress {
+        let (progress, _rx) = Progress::new("op".into());
+        w.run(&spec(false), &progress).await.unwrap();
+        let outcome = if progress.failed.load(Ordering::Relaxed) > 0 {
+            pb::Outcome::PartiallyFailed
+        } else {
+            pb::Outcome::Succeeded
+        };
+        progress.finish(outcome, None)
+    }
+
+    async fn cached_keys(w: &Warmer<FaultStore<MemoryStore>, SqliteIndex>) -> Vec<String> {
+        w.index
+            .entries(DIR, "", None, None, 1000)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.key)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn retryable_faults_are_retried_until_the_copy_succeeds() {
+        let w = setup(&["d/1", "d/2", "d/3", "d/4", "d/5"]);
+        w.store.fail(
+            Op::Copy,
+            Some("d/2"),
+            StoreError::Throttled("SlowDown".into()),
+            Some(2),
+        );
+        w.store.fail(
+            Op::Copy,
+            Some("d/4"),
+            StoreError::Service {
+                code: "InternalError".into(),
+                status: 500,
+                message: "boom".into(),
+            },
+            Some(1),
+        );
+        let last = run(&w).await;
+        assert_eq!(last.outcome, pb::Outcome::Succeeded as i32);
+        assert_eq!(last.counters.unwrap().objects_copied, 5);
+        assert_eq!(w.store.injected.load(Ordering::Relaxed), 3);
+        // 5 successful copies; the 3 failed attempts never reached the store.
+        assert_eq!(w.store.inner().counters.copy.load(Ordering::Relaxed), 5);
+        assert_eq!(cached_keys(&w).await.len(), 5);
+    }
+
+    #[tokio::test]
+    async fn terminal_errors_fail_the_key_and_leave_no_entry() {
+        let w = setup(&["d/1", "d/2", "d/3", "d/4"]);
+        w.store.fail(
+            Op::Copy,
+            Some("d/3"),
+            StoreError::AccessDenied("nope".into()),
+            None,
+        );
+        w.store
+            .fail(Op::Copy, Some("d/1"), StoreError::PreconditionFailed, None);
+        let last = run(&w).await;
+        assert_eq!(last.outcome, pb::Outcome::PartiallyFailed as i32);
+        let c = last.counters.unwrap();
+        assert_eq!((c.objects_copied, c.objects_failed), (2, 2));
+        let mut codes: Vec<(String, String)> = last
+            .failures
+            .iter()
+            .map(|f| (f.key.clone(), f.code.clone()))
+            .collect();
+        codes.sort();
+        assert_eq!(
+            codes,
+            [
+                ("d/1".to_owned(), "SourceChanged".to_owned()),
+                ("d/3".to_owned(), "AccessDenied".to_owned())
+            ]
+        );
+        // One attempt each: terminal errors are not retried.
+        assert_eq!(w.store.injected.load(Ordering::Relaxed), 2);
+        assert_eq!(cached_keys(&w).await, ["d/2", "d/4"]);
+        // The next warm copies only what failed.
+        w.store.clear();
+        let again = run(&w).await;
+        let c = again.counters.unwrap();
+        assert_eq!((c.objects_hit, c.objects_copied), (2, 2));
+    }
+
+    #[tokio::test]
+    async fn a_failed_listing_fails_the_warm() {
+        let w = setup(&["d/1"]);
+        w.store.fail(
+            Op::List,
+            None,
+            StoreError::AccessDenied("list denied".into()),
+            None,
+        );
+        let (progress, _rx) = Progress::new("op".into());
+        let err = w.run(&spec(false), &progress).await.unwrap_err();
+        assert!(err.to_string().contains("list denied"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn rewarm_does_no_per_object_store_request() {
+        let w = setup(&["d/1", "d/2", "d/3", "d/4", "d/5", "d/6", "d/7"]);
+        run(&w).await;
+        let copies = w.store.inner().counters.copy.load(Ordering::Relaxed);
+        let lists = w.store.inner().counters.list.load(Ordering::Relaxed);
+        let last = run(&w).await;
+        assert_eq!(last.counters.unwrap().objects_hit, 7);
+        assert_eq!(w.store.inner().counters.copy.load(Ordering::Relaxed), copies);
+        // Page size 3: 7 keys are 3 pages, the only requests of a re-warm.
+        assert_eq!(
+            w.store.inner().counters.list.load(Ordering::Relaxed) - lists,
+            3
+        );
+    }
+}

@@ -6,6 +6,8 @@
 //! `TransactWriteItems` later), and reads are key-ordered pages so the
 //! planner can merge them with a source listing in bounded memory.
 
+#[cfg(any(test, feature = "test-support"))]
+pub mod conformance;
 mod sqlite;
 
 pub use sqlite::SqliteIndex;

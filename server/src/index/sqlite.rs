@@ -441,6 +441,22 @@ impl CacheIndex for SqliteIndex {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn conforms_in_memory() {
+        crate::index::conformance::run_all(&SqliteIndex::open_in_memory().unwrap()).await;
+    }
+
+    #[tokio::test]
+    async fn conforms_on_disk_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nested/index.db");
+        let index = SqliteIndex::open(&path).unwrap();
+        crate::index::conformance::run_all(&index).await;
+        drop(index);
+        let reopened = SqliteIndex::open(&path).unwrap();
+        assert!(reopened.get_operation("op1").await.unwrap().is_some());
+    }
+
     #[test]
     fn ancestors_of_a_prefix() {
         assert_eq!(ancestors(""), [""]);

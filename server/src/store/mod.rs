@@ -3,13 +3,15 @@
 //! The warm, evict and status logic is generic over this trait; [`S3Store`]
 //! talks to S3 (or any S3-compatible endpoint) through aws-sdk-s3, and
 //! [`MemoryStore`] is an in-memory double with request counters for unit
-//! tests of that logic.
+//! tests of that logic; [`FaultStore`] wraps either and injects failures.
 
+mod faults;
 mod memory;
 mod s3;
 
 use std::time::SystemTime;
 
+pub use faults::{FaultStore, Op};
 pub use memory::MemoryStore;
 pub use s3::S3Store;
 

@@ -1,0 +1,115 @@
+//! A fault-injecting [`ObjectStore`] wrapper: fails chosen calls with chosen
+//! errors, a chosen number of times, so tests can show how the warm path
+//! handles throttling, server errors and terminal refusals.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use super::{CopyRequest, Copied, DeleteFailure, ListPage, ObjectStore, StoreError};
+
+/// Which call a fault applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    List,
+    Copy,
+    Delete,
+}
+
+#[derive(Debug)]
+struct Rule {
+    op: Op,
+    /// Only calls about this key (copy source key) match; `None` = any.
+    key: Option<String>,
+    error: StoreError,
+    /// How many more calls fail; `None` = every call.
+    remaining: Option<u64>,
+}
+
+/// Wraps any store and injects faults by rule.
+#[derive(Debug)]
+pub struct FaultStore<S> {
+    inner: S,
+    rules: Mutex<Vec<Rule>>,
+    /// Faults injected so far.
+    pub injected: AtomicU64,
+}
+
+impl<S> FaultStore<S> {
+    pub fn new(inner: S) -> Self {
+        Self {
+            inner,
+            rules: Mutex::default(),
+            injected: AtomicU64::new(0),
+        }
+    }
+
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+
+    /// Fails the next `times` calls of `op` (about `key`, if given) with
+    /// `error`; `times = None` fails them all.
+    pub fn fail(&self, op: Op, key: Option<&str>, error: StoreError, times: Option<u64>) {
+        self.rules
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Rule {
+                op,
+                key: key.map(str::to_owned),
+                error,
+                remaining: times,
+            });
+    }
+
+    /// Removes every rule.
+    pub fn clear(&self) {
+        self.rules.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    fn check(&self, op: Op, key: Option<&str>) -> Result<(), StoreError> {
+        let mut rules = self.rules.lock().unwrap_or_else(|e| e.into_inner());
+        for rule in rules.iter_mut() {
+            let key_matches = rule.key.is_none() || rule.key.as_deref() == key;
+            if rule.op != op || !key_matches || rule.remaining == Some(0) {
+                continue;
+            }
+            if let Some(n) = rule.remaining.as_mut() {
+                *n -= 1;
+            }
+            self.injected.fetch_add(1, Ordering::Relaxed);
+            return Err(rule.error.clone());
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl<S: ObjectStore> ObjectStore for FaultStore<S> {
+    async fn check_bucket(&self, bucket: &str) -> Result<(), StoreError> {
+        self.inner.check_bucket(bucket).await
+    }
+
+    async fn list_page(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        continuation: Option<String>,
+    ) -> Result<ListPage, StoreError> {
+        self.check(Op::List, None)?;
+        self.inner.list_page(bucket, prefix, continuation).await
+    }
+
+    async fn copy_object(&self, req: &CopyRequest<'_>) -> Result<Copied, StoreError> {
+        self.check(Op::Copy, Some(req.source_key))?;
+        self.inner.copy_object(req).await
+    }
+
+    async fn delete_objects(
+        &self,
+        bucket: &str,
+        keys: &[String],
+    ) -> Result<Vec<DeleteFailure>, StoreError> {
+        self.check(Op::Delete, None)?;
+        self.inner.delete_objects(bucket, keys).await
+    }
+}
