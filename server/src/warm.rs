@@ -485,7 +485,10 @@ mod tests {
         let lists = w.store.inner().counters.list.load(Ordering::Relaxed);
         let last = run(&w).await;
         assert_eq!(last.counters.unwrap().objects_hit, 7);
-        assert_eq!(w.store.inner().counters.copy.load(Ordering::Relaxed), copies);
+        assert_eq!(
+            w.store.inner().counters.copy.load(Ordering::Relaxed),
+            copies
+        );
         // Page size 3: 7 keys are 3 pages, the only requests of a re-warm.
         assert_eq!(
             w.store.inner().counters.list.load(Ordering::Relaxed) - lists,

@@ -45,7 +45,10 @@ async fn leases_only_grow<I: CacheIndex>(index: &I) {
     let l = index.extend_lease(&lease("grow/", 1000)).await.unwrap();
     assert_eq!(l.expires_at, 1000, "a new lease is stored as given");
     let l = index.extend_lease(&lease("grow/", 500)).await.unwrap();
-    assert_eq!(l.expires_at, 1000, "a shorter extension never shortens a lease");
+    assert_eq!(
+        l.expires_at, 1000,
+        "a shorter extension never shortens a lease"
+    );
     let l = index.extend_lease(&lease("grow/", 2000)).await.unwrap();
     assert_eq!(l.expires_at, 2000, "a longer extension wins");
     index.end_leases(DIR, "grow/").await.unwrap();
@@ -183,10 +186,17 @@ async fn operations_are_unique_per_request_id<I: CacheIndex>(index: &I) {
         created_at: 5,
     };
     assert_eq!(
-        index.create_operation(&op("op1", Some("r1"))).await.unwrap(),
+        index
+            .create_operation(&op("op1", Some("r1")))
+            .await
+            .unwrap(),
         CreateOutcome::Created
     );
-    match index.create_operation(&op("op2", Some("r1"))).await.unwrap() {
+    match index
+        .create_operation(&op("op2", Some("r1")))
+        .await
+        .unwrap()
+    {
         CreateOutcome::Exists(existing) => assert_eq!(existing.id, "op1"),
         CreateOutcome::Created => panic!("a request id is owned by one operation"),
     }

@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use super::{CopyRequest, Copied, DeleteFailure, ListPage, ObjectStore, StoreError};
+use super::{Copied, CopyRequest, DeleteFailure, ListPage, ObjectStore, StoreError};
 
 /// Which call a fault applies to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
