@@ -5,6 +5,9 @@
 //! A test that needs moto and cannot start it panics with what is missing:
 //! it never passes by skipping.
 
+// Test support: a failed step must stop the test with its message.
+#![allow(clippy::unwrap_used)]
+
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

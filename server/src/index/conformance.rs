@@ -2,6 +2,9 @@
 //! tests call [`run_all`] with a fresh, empty index. Assertions name the rule
 //! they check, so a new backend learns the contract from its failures.
 
+// Test support: a failed step must stop the test with its message.
+#![allow(clippy::unwrap_used)]
+
 use expresscache::proto::v1 as pb;
 
 use super::{CacheIndex, CreateOutcome, Entry, Lease, OperationRecord, Usage};
