@@ -200,6 +200,12 @@ impl Prefix {
         &self.0
     }
 
+    /// `parent` followed by `child`: still a valid prefix, since both are
+    /// `""` or end in `/`.
+    pub fn join(parent: &Prefix, child: &Prefix) -> Prefix {
+        Prefix(format!("{}{}", parent.0, child.0))
+    }
+
     /// Whether `key` lies under this prefix.
     pub fn covers_key(&self, key: &str) -> bool {
         key.starts_with(&self.0)

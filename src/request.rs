@@ -35,13 +35,21 @@ pub struct WarmSpec {
     pub ttl: Duration,
     pub force_copy: bool,
     pub request_id: Option<RequestId>,
+    /// Prepended to every source key to form its destination key.
+    pub destination_prefix: Prefix,
 }
+
+/// Longest `destination_prefix`, in bytes: half a key, so real keys fit.
+pub const MAX_DESTINATION_PREFIX_BYTES: usize = 512;
 
 /// A validated `EvictRequest`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EvictSpec {
     pub directory_bucket: DirectoryBucketName,
+    /// Prefixes of destination keys.
     pub prefixes: Vec<Prefix>,
+    /// Delete even what other live leases cover.
+    pub force: bool,
 }
 
 /// A validated `GetStatusRequest`.
@@ -148,20 +156,59 @@ impl WarmSpec {
         } else {
             v.check("request_id", RequestId::parse(&req.request_id).map(Some))
         };
+        let destination_prefix = v.check(
+            "destination_prefix",
+            Prefix::parse(&req.destination_prefix).and_then(|p| {
+                if p.as_str().len() > MAX_DESTINATION_PREFIX_BYTES {
+                    Err(format!(
+                        "is {} bytes long; at most {MAX_DESTINATION_PREFIX_BYTES}",
+                        p.as_str().len()
+                    ))
+                } else {
+                    Ok(p)
+                }
+            }),
+        );
         v.finish()?;
-        match (source, prefixes, directory_bucket, ttl, request_id) {
-            (Some(source), Some(prefixes), Some(directory_bucket), Some(ttl), Some(request_id)) => {
-                Ok(Self {
-                    source,
-                    prefixes,
-                    directory_bucket,
-                    ttl,
-                    force_copy: req.force_copy,
-                    request_id,
-                })
-            }
+        match (
+            source,
+            prefixes,
+            directory_bucket,
+            ttl,
+            request_id,
+            destination_prefix,
+        ) {
+            (
+                Some(source),
+                Some(prefixes),
+                Some(directory_bucket),
+                Some(ttl),
+                Some(request_id),
+                Some(destination_prefix),
+            ) => Ok(Self {
+                source,
+                prefixes,
+                directory_bucket,
+                ttl,
+                force_copy: req.force_copy,
+                request_id,
+                destination_prefix,
+            }),
             _ => unreachable!("every missing field recorded a violation"),
         }
+    }
+
+    /// The destination key of source key `key`.
+    pub fn dest_key(&self, key: &str) -> String {
+        format!("{}{key}", self.destination_prefix)
+    }
+
+    /// The requested prefixes in destination key space: what leases cover.
+    pub fn lease_prefixes(&self) -> Vec<Prefix> {
+        self.prefixes
+            .iter()
+            .map(|p| Prefix::join(&self.destination_prefix, p))
+            .collect()
     }
 
     /// The smallest set of prefixes whose listings cover every requested
@@ -201,6 +248,7 @@ impl EvictSpec {
             (Some(directory_bucket), Some(prefixes)) => Ok(Self {
                 directory_bucket,
                 prefixes,
+                force: req.force,
             }),
             _ => unreachable!("every missing field recorded a violation"),
         }
@@ -260,6 +308,7 @@ mod tests {
             }),
             force_copy: false,
             request_id: "job-1".into(),
+            destination_prefix: String::new(),
         }
     }
 
@@ -284,6 +333,7 @@ mod tests {
             ttl: None,
             force_copy: false,
             request_id: "has space".into(),
+            destination_prefix: "no-slash".into(),
         };
         let f = fields(WarmSpec::parse(&req, &Limits::default()).unwrap_err());
         assert_eq!(
@@ -294,7 +344,8 @@ mod tests {
                 "prefixes[2]",
                 "directory_bucket",
                 "ttl",
-                "request_id"
+                "request_id",
+                "destination_prefix"
             ]
         );
     }

@@ -102,6 +102,13 @@ impl WarmRequest {
         self
     }
 
+    /// Cache source key K as `prefix` + K (`""` or ending in `/`), so several
+    /// sources can share one directory bucket.
+    pub fn destination_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.inner.destination_prefix = prefix.into();
+        self
+    }
+
     /// Idempotency key: resubmitting with the same id reattaches to the
     /// running operation instead of starting another.
     pub fn request_id(mut self, id: impl Into<String>) -> Self {
@@ -255,17 +262,20 @@ impl Client {
         Ok(resp.prefixes)
     }
 
-    /// Ends the leases of `prefixes` now and deletes their cached objects.
+    /// Ends the leases of `prefixes` now and deletes their cached objects,
+    /// except those another live lease still covers (unless `force`).
     pub async fn evict(
         &mut self,
         directory_bucket: impl Into<String>,
         prefixes: Vec<String>,
+        force: bool,
     ) -> Result<pb::EvictResponse, ClientError> {
         Ok(self
             .inner
             .evict(pb::EvictRequest {
                 directory_bucket: directory_bucket.into(),
                 prefixes,
+                force,
             })
             .await?
             .into_inner())

@@ -74,6 +74,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         max_concurrency: config.max_concurrency,
         ..WarmSettings::default()
     };
+    deps.sweep_interval = Some(config.sweep_interval);
     deps.limits = Limits {
         max_ttl: config.max_ttl,
         ..Limits::default()

@@ -36,6 +36,9 @@ pub struct Args {
     /// https://bucket.endpoint (for S3-compatible endpoints by host name).
     #[arg(long, env = "EXPRESSCACHE_S3_FORCE_PATH_STYLE")]
     pub force_path_style: Option<bool>,
+    /// How often expired leases are swept, e.g. 1s, 5m [default: 60s].
+    #[arg(long, env = "EXPRESSCACHE_SWEEP_INTERVAL", value_parser = humantime::parse_duration)]
+    pub sweep_interval: Option<Duration>,
     /// Log format: text or json [default: text].
     #[arg(long, env = "EXPRESSCACHE_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -60,6 +63,8 @@ struct FileConfig {
     max_ttl: Option<Duration>,
     force_path_style: Option<bool>,
     log_format: Option<LogFormat>,
+    #[serde(default, with = "humantime_serde_opt")]
+    sweep_interval: Option<Duration>,
 }
 
 mod humantime_serde_opt {
@@ -104,6 +109,7 @@ pub struct Config {
     pub max_ttl: Duration,
     pub force_path_style: bool,
     pub log_format: LogFormat,
+    pub sweep_interval: Duration,
 }
 
 fn default_index_path() -> PathBuf {
@@ -144,7 +150,15 @@ impl Config {
         if max_ttl.is_zero() {
             return Err("max_ttl must be greater than zero".into());
         }
+        let sweep_interval = args
+            .sweep_interval
+            .or(file.sweep_interval)
+            .unwrap_or(Duration::from_secs(60));
+        if sweep_interval < Duration::from_millis(100) {
+            return Err("sweep_interval must be at least 100ms".into());
+        }
         Ok(Self {
+            sweep_interval,
             listen: args
                 .listen
                 .or(file.listen)

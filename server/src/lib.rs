@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod app;
+pub mod clock;
 pub mod config;
 pub mod evict;
 pub mod index;

@@ -126,7 +126,7 @@ impl<S: ObjectStore, I: CacheIndex> Operations<S, I> {
                 }
             })
         };
-        let result = self.warmer.run(&spec, &progress).await;
+        let result = self.warmer.run(&spec, &progress, &id).await;
         ticker.abort();
         let last = match result {
             Err(e) => {

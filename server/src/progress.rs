@@ -27,6 +27,7 @@ pub struct Progress {
     pub copied: AtomicU64,
     pub bytes_copied: AtomicU64,
     pub failed: AtomicU64,
+    pub shared: AtomicU64,
     failures: Mutex<Vec<pb::KeyFailure>>,
     lease_expires_at: Mutex<Option<SystemTime>>,
     tx: watch::Sender<pb::WarmProgress>,
@@ -68,6 +69,7 @@ impl Progress {
             copied: AtomicU64::new(0),
             bytes_copied: AtomicU64::new(0),
             failed: AtomicU64::new(0),
+            shared: AtomicU64::new(0),
             failures: Mutex::default(),
             lease_expires_at: Mutex::default(),
             tx,
@@ -119,6 +121,7 @@ impl Progress {
             bytes_copied: g(&self.bytes_copied),
             bytes_to_copy: g(&self.bytes_to_copy),
             bytes_listed: g(&self.bytes_listed),
+            objects_shared: g(&self.shared),
         }
     }
 
@@ -129,9 +132,9 @@ impl Progress {
         let secs = elapsed.as_secs_f64().max(1e-3);
         let objects_per_second = counters.objects_copied as f64 / secs;
         let bytes_per_second = counters.bytes_copied as f64 / secs;
-        let remaining = counters
-            .objects_to_copy
-            .saturating_sub(counters.objects_copied + counters.objects_failed);
+        let remaining = counters.objects_to_copy.saturating_sub(
+            counters.objects_copied + counters.objects_failed + counters.objects_shared,
+        );
         let eta = (objects_per_second > 0.0 && remaining > 0).then(|| {
             duration(Duration::from_secs_f64(
                 remaining as f64 / objects_per_second,

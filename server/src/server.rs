@@ -10,6 +10,8 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::api::Api;
+use crate::clock::{Clock, SystemClock};
+use crate::evict::{spawn_sweeper, Evictor};
 use crate::index::CacheIndex;
 use crate::ops::Operations;
 use crate::store::ObjectStore;
@@ -24,6 +26,9 @@ pub struct Deps<S, I> {
     pub limits: Limits,
     /// How often a running warm publishes progress to its followers.
     pub publish_interval: Duration,
+    pub clock: Arc<dyn Clock>,
+    /// How often the expiry sweeper runs; `None` disables it.
+    pub sweep_interval: Option<Duration>,
 }
 
 impl<S, I> Deps<S, I> {
@@ -34,6 +39,8 @@ impl<S, I> Deps<S, I> {
             warm: WarmSettings::default(),
             limits: Limits::default(),
             publish_interval: Duration::from_millis(500),
+            clock: Arc::new(SystemClock),
+            sweep_interval: Some(Duration::from_secs(60)),
         }
     }
 }
@@ -49,13 +56,23 @@ where
     I: CacheIndex,
     F: Future<Output = ()> + Send,
 {
-    let warmer = Arc::new(Warmer {
+    let evictor = Arc::new(Evictor {
         store: Arc::clone(&deps.store),
         index: Arc::clone(&deps.index),
+        clock: Arc::clone(&deps.clock),
+        claim_ttl: deps.warm.claim_ttl,
+    });
+    let warmer = Arc::new(Warmer {
+        store: deps.store,
+        index: deps.index,
+        clock: deps.clock,
         settings: deps.warm,
     });
     let ops = Arc::new(Operations::new(warmer, deps.publish_interval));
-    let api = Api::new(deps.store, deps.index, ops, deps.limits);
+    let sweeper = deps
+        .sweep_interval
+        .map(|every| spawn_sweeper(Arc::clone(&evictor), every));
+    let api = Api::new(ops, evictor, deps.limits);
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<CacheServiceServer<Api<S, I>>>().await;
@@ -65,10 +82,14 @@ where
         .build_v1()
         .expect("the embedded descriptor sets are valid");
 
-    tonic::transport::Server::builder()
+    let served = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)
         .add_service(CacheServiceServer::new(api))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await
+        .await;
+    if let Some(s) = sweeper {
+        s.abort();
+    }
+    served
 }

@@ -1,10 +1,11 @@
-//! One warm, start to finish: lease, plan, copy, record.
+//! One warm, start to finish: lease, plan, claim, copy, record.
 //!
 //! Order matters for the guarantees (doc/SEMANTICS.md): leases are written
-//! before the index is read, and an entry is written only after its copy
-//! succeeded. Listing, planning and copying overlap: the planner feeds a
-//! bounded queue that the copiers drain, so memory does not grow with the
-//! number of objects.
+//! before the index is read and kept extended while the warm runs; a key is
+//! claimed before it is copied, so overlapping warms copy it once; and an
+//! entry is written only after its copy succeeded. Listing, planning and
+//! copying overlap: the planner feeds a bounded queue that the copiers
+//! drain, so memory does not grow with the number of objects.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -15,8 +16,9 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::index::{now_millis, CacheIndex, Entry, IndexError, Lease, Millis};
-use crate::plan::{plan_page, Decision};
+use crate::clock::Clock;
+use crate::index::{CacheIndex, Claim, ClaimOutcome, Entry, IndexError, Lease, Millis, Record};
+use crate::plan::{Decision, Planner};
 use crate::progress::Progress;
 use crate::store::{CopyRequest, ObjectMeta, ObjectStore, StoreError};
 
@@ -29,6 +31,12 @@ pub struct WarmSettings {
     pub max_attempts: u32,
     /// First retry delay; doubles per attempt, with jitter.
     pub retry_base_delay: Duration,
+    /// How long a claim on a key lasts; a holder that crashes blocks others
+    /// at most this long.
+    pub claim_ttl: Duration,
+    /// First delay between checks while waiting for another operation's
+    /// claim; grows to 1s.
+    pub wait_poll: Duration,
 }
 
 impl Default for WarmSettings {
@@ -37,6 +45,8 @@ impl Default for WarmSettings {
             max_concurrency: 64,
             max_attempts: 4,
             retry_base_delay: Duration::from_millis(100),
+            claim_ttl: Duration::from_secs(600),
+            wait_poll: Duration::from_millis(50),
         }
     }
 }
@@ -46,6 +56,7 @@ impl Default for WarmSettings {
 pub struct Warmer<S, I> {
     pub store: Arc<S>,
     pub index: Arc<I>,
+    pub clock: Arc<dyn Clock>,
     pub settings: WarmSettings,
 }
 
@@ -64,6 +75,20 @@ pub enum WarmError {
 
 struct CopyTask {
     object: ObjectMeta,
+    dest_key: String,
+    /// Set when the planner saw another operation's claim on the key.
+    wait_for: Option<Claim>,
+}
+
+/// How one key ended for this warm.
+enum KeyOutcome {
+    Copied,
+    /// Another operation copied it while this one waited.
+    Shared,
+    Failed {
+        code: String,
+        message: String,
+    },
 }
 
 fn millis(t: SystemTime) -> Option<Millis> {
@@ -74,6 +99,10 @@ fn millis(t: SystemTime) -> Option<Millis> {
 
 fn from_millis(ms: Millis) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+}
+
+fn duration_ms(d: Duration) -> Millis {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// Jitter in [0, base) without a random number generator: the low bits of
@@ -87,40 +116,61 @@ fn jitter(base: Duration) -> Duration {
     Duration::from_nanos(u64::from(nanos) % base_ns)
 }
 
+fn index_failure(e: &IndexError) -> KeyOutcome {
+    KeyOutcome::Failed {
+        code: "IndexError".into(),
+        message: e.to_string(),
+    }
+}
+
 impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
-    /// Runs the warm; per-key failures land in `progress`, an error means the
-    /// warm as a whole failed.
-    pub async fn run(&self, spec: &WarmSpec, progress: &Progress) -> Result<(), WarmError> {
+    /// Runs the warm as operation `owner`; per-key failures land in
+    /// `progress`, an error means the warm as a whole failed.
+    pub async fn run(
+        &self,
+        spec: &WarmSpec,
+        progress: &Progress,
+        owner: &str,
+    ) -> Result<(), WarmError> {
         progress.set_phase(pb::Phase::Planning);
         self.write_leases(spec, progress).await?;
+        // A warm can outlast a short TTL: keep its leases alive while it
+        // runs, so nothing it reports ready expires before it reports it.
+        let renew_every = (spec.ttl / 2).clamp(Duration::from_millis(100), Duration::from_secs(30));
+        let renewer = async {
+            let mut tick = tokio::time::interval(renew_every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                if let Err(e) = self.write_leases(spec, progress).await {
+                    tracing::warn!(operation_id = owner, error = %e, "lease renewal failed");
+                }
+            }
+        };
 
         let (tx, rx) = mpsc::channel::<CopyTask>(4 * self.settings.max_concurrency.max(1));
-        let (entry_tx, entry_rx) = mpsc::channel::<Entry>(1024);
-        let writer = tokio::spawn(write_entries(Arc::clone(&self.index), entry_rx));
-
-        let copier = self.copy_all(spec, progress, rx, entry_tx);
+        let copier = self.copy_all(spec, progress, owner, rx);
         let planner = async {
-            let r = self.plan(spec, progress, &tx).await;
+            let r = self.plan(spec, progress, owner, &tx).await;
             drop(tx);
             r
         };
-        let (planned, ()) = tokio::join!(planner, copier);
-        let written = writer
-            .await
-            .map_err(|e| IndexError::Storage(format!("entry writer stopped: {e}")))?;
+        let work = async { tokio::join!(planner, copier).0 };
+        let planned = tokio::select! {
+            r = work => r,
+            () = renewer => unreachable!("the renewer never ends"),
+        };
         planned?;
-        written?;
+        // "At least ttl" counts from when the data is ready.
+        self.write_leases(spec, progress).await?;
         Ok(())
     }
 
-    /// Extends one lease per requested prefix to max(old, now + ttl). This
-    /// happens before the index is read, so an eviction that starts after
-    /// this point sees the lease.
+    /// Extends one lease per requested prefix to max(old, now + ttl).
     async fn write_leases(&self, spec: &WarmSpec, progress: &Progress) -> Result<(), WarmError> {
-        let ttl_ms = i64::try_from(spec.ttl.as_millis()).unwrap_or(i64::MAX);
-        let expires_at = now_millis().saturating_add(ttl_ms);
+        let expires_at = self.clock.now().saturating_add(duration_ms(spec.ttl));
         let mut earliest = Millis::MAX;
-        for prefix in &spec.prefixes {
+        for prefix in spec.lease_prefixes() {
             let stored = self
                 .index
                 .extend_lease(&Lease {
@@ -137,16 +187,18 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
     }
 
     /// Lists each prefix page by page, merges it with the index and queues
-    /// what must be copied.
+    /// what must be copied or waited for.
     async fn plan(
         &self,
         spec: &WarmSpec,
         progress: &Progress,
+        owner: &str,
         tx: &mpsc::Sender<CopyTask>,
     ) -> Result<(), WarmError> {
         let dir = spec.directory_bucket.as_str();
         let source = spec.source.as_str();
         for prefix in spec.listing_prefixes() {
+            let dest_prefix = spec.dest_key(prefix.as_str());
             let mut token = None;
             let mut after: Option<String> = None;
             loop {
@@ -159,42 +211,65 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
                         prefix: prefix.to_string(),
                         source: e,
                     })?;
-                let Some(last) = page.objects.last().map(|o| o.key.clone()) else {
+                let Some(last) = page.objects.last().map(|o| spec.dest_key(&o.key)) else {
                     break;
                 };
-                let entries = self
-                    .entries_between(dir, prefix.as_str(), after.as_deref(), &last)
+                let records = self
+                    .records_between(dir, &dest_prefix, after.as_deref(), &last)
                     .await?;
                 Progress::add(&progress.listed, page.objects.len() as u64);
                 Progress::add(
                     &progress.bytes_listed,
                     page.objects.iter().map(|o| o.size).sum(),
                 );
-                for (obj, decision) in plan_page(&page.objects, &entries, source, spec.force_copy) {
-                    match decision {
-                        Decision::Hit => Progress::add(&progress.hits, 1),
-                        Decision::Clash { cached_from } => progress.fail(
-                            &obj.key,
-                            "KeyClash",
-                            format!(
-                                "{dir}/{} is already cached from bucket {cached_from:?}; \
-                                 evict it first or warm into another directory bucket",
-                                obj.key
-                            ),
-                        ),
-                        Decision::Copy(_) => {
-                            Progress::add(&progress.to_copy, 1);
-                            Progress::add(&progress.bytes_to_copy, obj.size);
-                            if tx
-                                .send(CopyTask {
-                                    object: obj.clone(),
-                                })
-                                .await
-                                .is_err()
-                            {
-                                return Ok(());
-                            }
+                let planner = Planner {
+                    source_bucket: source,
+                    owner,
+                    force: spec.force_copy,
+                    now: self.clock.now(),
+                };
+                for (obj, dest_key, decision) in
+                    planner.plan_page(&page.objects, &records, |k| spec.dest_key(k))
+                {
+                    let wait_for = match decision {
+                        Decision::Hit => {
+                            Progress::add(&progress.hits, 1);
+                            continue;
                         }
+                        Decision::Clash { cached_from } => {
+                            progress.fail(
+                                &obj.key,
+                                "KeyClash",
+                                format!(
+                                    "{dir}/{dest_key} is already cached from {cached_from}; \
+                                     evict it first, or use a destination_prefix"
+                                ),
+                            );
+                            continue;
+                        }
+                        Decision::Copy(_) => None,
+                        Decision::Wait(claim) => Some(claim),
+                    };
+                    if dest_key.len() > expresscache::names::MAX_KEY_BYTES {
+                        progress.fail(
+                            &obj.key,
+                            "KeyTooLong",
+                            format!(
+                                "destination key would be {} bytes; S3 allows 1024",
+                                dest_key.len()
+                            ),
+                        );
+                        continue;
+                    }
+                    Progress::add(&progress.to_copy, 1);
+                    Progress::add(&progress.bytes_to_copy, obj.size);
+                    let task = CopyTask {
+                        object: obj.clone(),
+                        dest_key,
+                        wait_for,
+                    };
+                    if tx.send(task).await.is_err() {
+                        return Ok(());
                     }
                 }
                 after = Some(last);
@@ -207,24 +282,24 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
         Ok(())
     }
 
-    /// All index entries under `prefix` with keys in (`after`, `upto`].
-    async fn entries_between(
+    /// All records under `prefix` with keys in (`after`, `upto`].
+    async fn records_between(
         &self,
         dir: &str,
         prefix: &str,
         after: Option<&str>,
         upto: &str,
-    ) -> Result<Vec<Entry>, IndexError> {
+    ) -> Result<Vec<Record>, IndexError> {
         const PAGE: usize = 1000;
         let mut out = Vec::new();
         let mut cursor = after.map(str::to_owned);
         loop {
             let page = self
                 .index
-                .entries(dir, prefix, cursor.as_deref(), Some(upto), PAGE)
+                .records(dir, prefix, cursor.as_deref(), Some(upto), PAGE)
                 .await?;
             let full = page.len() == PAGE;
-            cursor = page.last().map(|e| e.key.clone());
+            cursor = page.last().map(|r| r.key.clone());
             out.extend(page);
             if !full {
                 return Ok(out);
@@ -236,8 +311,8 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
         &self,
         spec: &WarmSpec,
         progress: &Progress,
+        owner: &str,
         rx: mpsc::Receiver<CopyTask>,
-        entries: mpsc::Sender<Entry>,
     ) {
         let mut announced = false;
         ReceiverStream::new(rx)
@@ -248,32 +323,138 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
                 }
                 task
             })
-            .for_each_concurrent(self.settings.max_concurrency.max(1), |task| {
-                let entries = entries.clone();
-                async move {
-                    let obj = &task.object;
-                    match self.copy_one(spec, obj).await {
-                        Ok(entry) => {
-                            Progress::add(&progress.copied, 1);
-                            Progress::add(&progress.bytes_copied, obj.size);
-                            // The writer only stops early if the index failed;
-                            // that error is reported by the writer itself.
-                            let _ = entries.send(entry).await;
-                        }
-                        Err(e) => progress.fail(&obj.key, e.code(), describe(&e)),
+            .for_each_concurrent(self.settings.max_concurrency.max(1), |task| async move {
+                let obj = &task.object;
+                match self
+                    .settle(spec, owner, task.wait_for.clone(), obj, &task.dest_key)
+                    .await
+                {
+                    KeyOutcome::Copied => {
+                        Progress::add(&progress.copied, 1);
+                        Progress::add(&progress.bytes_copied, obj.size);
                     }
+                    KeyOutcome::Shared => Progress::add(&progress.shared, 1),
+                    KeyOutcome::Failed { code, message } => progress.fail(&obj.key, &code, message),
                 }
             })
             .await;
     }
 
-    async fn copy_one(&self, spec: &WarmSpec, obj: &ObjectMeta) -> Result<Entry, StoreError> {
+    /// Makes one key present and current: waits out another operation's
+    /// claim if there is one, then either finds its copy good (shared) or
+    /// claims the key and copies it.
+    async fn settle(
+        &self,
+        spec: &WarmSpec,
+        owner: &str,
+        mut wait_for: Option<Claim>,
+        obj: &ObjectMeta,
+        dest_key: &str,
+    ) -> KeyOutcome {
+        let dir = spec.directory_bucket.as_str();
+        loop {
+            if let Some(claim) = wait_for.take() {
+                let record = match self.wait_for_release(dir, dest_key, owner, &claim).await {
+                    Ok(r) => r,
+                    Err(e) => return index_failure(&e),
+                };
+                let planner = Planner {
+                    source_bucket: spec.source.as_str(),
+                    owner,
+                    force: false,
+                    now: self.clock.now(),
+                };
+                match planner.decide(obj, record.as_ref()) {
+                    Decision::Hit => return KeyOutcome::Shared,
+                    Decision::Wait(next) => {
+                        wait_for = Some(next);
+                        continue;
+                    }
+                    Decision::Clash { cached_from } => {
+                        return KeyOutcome::Failed {
+                            code: "KeyClash".into(),
+                            message: format!("{dir}/{dest_key} is now cached from {cached_from}"),
+                        }
+                    }
+                    // The other copy failed or was evicted: do it ourselves.
+                    Decision::Copy(_) => {}
+                }
+            }
+            let now = self.clock.now();
+            let deadline = now.saturating_add(duration_ms(self.settings.claim_ttl));
+            match self
+                .index
+                .claim_copy(dir, dest_key, owner, deadline, now)
+                .await
+            {
+                Err(e) => return index_failure(&e),
+                Ok(ClaimOutcome::Held(claim)) => {
+                    wait_for = Some(claim);
+                    continue;
+                }
+                Ok(ClaimOutcome::Claimed) => {}
+            }
+            return match self.copy_one(spec, obj, dest_key).await {
+                Ok(entry) => match self.index.complete_copy(&entry, owner).await {
+                    Ok(()) => KeyOutcome::Copied,
+                    Err(e) => index_failure(&e),
+                },
+                Err(e) => {
+                    if let Err(ie) = self.index.release_claim(dir, dest_key, owner).await {
+                        tracing::warn!(key = dest_key, error = %ie, "could not release claim; it lapses at its deadline");
+                    }
+                    KeyOutcome::Failed {
+                        code: e.code().to_owned(),
+                        message: describe(&e),
+                    }
+                }
+            };
+        }
+    }
+
+    /// Polls until `claim` on `key` is gone, void, or ours; returns the
+    /// record as it then stands.
+    async fn wait_for_release(
+        &self,
+        dir: &str,
+        key: &str,
+        owner: &str,
+        claim: &Claim,
+    ) -> Result<Option<Record>, IndexError> {
+        tracing::debug!(key, holder = %claim.owner, "waiting for another operation's claim");
+        let mut delay = self.settings.wait_poll;
+        loop {
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(1));
+            let record = self
+                .index
+                .records(dir, key, None, Some(key), 1)
+                .await?
+                .into_iter()
+                .next();
+            let now = self.clock.now();
+            let blocked = record
+                .as_ref()
+                .and_then(|r| r.claim.as_ref())
+                .is_some_and(|c| c.is_live(now) && c.owner != owner);
+            if !blocked {
+                return Ok(record);
+            }
+        }
+    }
+
+    async fn copy_one(
+        &self,
+        spec: &WarmSpec,
+        obj: &ObjectMeta,
+        dest_key: &str,
+    ) -> Result<Entry, StoreError> {
         let req = CopyRequest {
             source_bucket: spec.source.as_str(),
             source_key: &obj.key,
             source_etag: &obj.etag,
             dest_bucket: spec.directory_bucket.as_str(),
-            dest_key: &obj.key,
+            dest_key,
         };
         let mut attempt = 1;
         let copied = loop {
@@ -290,14 +471,14 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
         };
         Ok(Entry {
             directory_bucket: spec.directory_bucket.to_string(),
-            key: obj.key.clone(),
+            key: dest_key.to_owned(),
             source_bucket: spec.source.to_string(),
             source_key: obj.key.clone(),
             source_etag: obj.etag.clone(),
             size: obj.size,
             source_last_modified: obj.last_modified.and_then(millis),
             dest_etag: copied.etag,
-            cached_at: now_millis(),
+            cached_at: self.clock.now(),
         })
     }
 }
@@ -309,24 +490,6 @@ fn describe(e: &StoreError) -> String {
                 .to_owned()
         }
         other => other.to_string(),
-    }
-}
-
-/// Writes entries in batches: one transaction per batch keeps the index
-/// cost per copied object small.
-async fn write_entries<I: CacheIndex>(
-    index: Arc<I>,
-    mut rx: mpsc::Receiver<Entry>,
-) -> Result<(), IndexError> {
-    const BATCH: usize = 256;
-    let mut batch = Vec::with_capacity(BATCH);
-    loop {
-        let n = rx.recv_many(&mut batch, BATCH).await;
-        if n == 0 {
-            return Ok(());
-        }
-        index.put_entries(&batch).await?;
-        batch.clear();
     }
 }
 
@@ -351,6 +514,7 @@ mod tests {
         Warmer {
             store: Arc::new(FaultStore::new(mem)),
             index: Arc::new(SqliteIndex::open_in_memory().unwrap()),
+            clock: Arc::new(crate::clock::SystemClock),
             settings: WarmSettings {
                 retry_base_delay: Duration::from_millis(1),
                 ..WarmSettings::default()
@@ -370,6 +534,7 @@ mod tests {
                 }),
                 force_copy: force,
                 request_id: String::new(),
+                destination_prefix: String::new(),
             },
             &expresscache::Limits::default(),
         )
@@ -378,7 +543,7 @@ mod tests {
 
     async fn run(w: &Warmer<FaultStore<MemoryStore>, SqliteIndex>) -> pb::WarmProgress {
         let (progress, _rx) = Progress::new("op".into());
-        w.run(&spec(false), &progress).await.unwrap();
+        w.run(&spec(false), &progress, "op").await.unwrap();
         let outcome = if progress.failed.load(Ordering::Relaxed) > 0 {
             pb::Outcome::PartiallyFailed
         } else {
@@ -389,11 +554,12 @@ mod tests {
 
     async fn cached_keys(w: &Warmer<FaultStore<MemoryStore>, SqliteIndex>) -> Vec<String> {
         w.index
-            .entries(DIR, "", None, None, 1000)
+            .records(DIR, "", None, None, 1000)
             .await
             .unwrap()
             .into_iter()
-            .map(|e| e.key)
+            .filter(|r| r.entry.is_some() && r.claim.is_none())
+            .map(|r| r.key)
             .collect()
     }
 
@@ -473,7 +639,7 @@ mod tests {
             None,
         );
         let (progress, _rx) = Progress::new("op".into());
-        let err = w.run(&spec(false), &progress).await.unwrap_err();
+        let err = w.run(&spec(false), &progress, "op").await.unwrap_err();
         assert!(err.to_string().contains("list denied"), "{err}");
     }
 

@@ -237,7 +237,7 @@ async fn evict_removes_objects_and_entries() {
     let mut client = fx.client().await;
 
     let resp = client
-        .evict(&fx.dir, vec!["data/".into()])
+        .evict(&fx.dir, vec!["data/".into()], false)
         .await
         .expect("evict");
 
@@ -362,6 +362,7 @@ async fn bad_requests_get_precise_codes_and_field_details() {
             }),
             force_copy: false,
             request_id: String::new(),
+            destination_prefix: String::new(),
         })
         .await
         .expect_err("invalid request accepted");
@@ -430,7 +431,7 @@ async fn bad_requests_get_precise_codes_and_field_details() {
 
     let evict_bad = rpc_error(
         client
-            .evict(&fx.dir, vec!["no-slash".into()])
+            .evict(&fx.dir, vec!["no-slash".into()], false)
             .await
             .unwrap_err(),
     );

@@ -55,6 +55,10 @@ struct WarmArgs {
     /// Copy everything again, even objects already cached and unchanged.
     #[arg(long)]
     force_copy: bool,
+    /// Cache source key K as PREFIX + K, so several sources can share one
+    /// directory bucket ("" or ending in "/").
+    #[arg(long, default_value = "")]
+    destination_prefix: String,
     /// Idempotency key; the same id reattaches to the running warm. A random
     /// one is generated when omitted, so reconnects never start a second warm.
     #[arg(long)]
@@ -89,6 +93,10 @@ struct EvictArgs {
     /// Prefix to evict ("" = everything). Repeatable.
     #[arg(long = "prefix", required = true)]
     prefixes: Vec<String>,
+    /// Also delete objects that other live leases (a parent prefix) still
+    /// cover.
+    #[arg(long)]
+    force: bool,
     #[arg(long, value_enum, default_value = "text")]
     output: OutputFormat,
 }
@@ -152,6 +160,7 @@ async fn warm(endpoint: &str, a: WarmArgs) -> ExitCode {
     let mut request = WarmRequest::new(a.bucket, a.directory_bucket)
         .ttl(a.ttl)
         .force_copy(a.force_copy)
+        .destination_prefix(a.destination_prefix)
         .request_id(request_id);
     for p in a.prefixes {
         request = request.prefix(p);
@@ -283,7 +292,9 @@ fn request_json(r: &pb::WarmCacheRequest) -> serde_json::Value {
 
 async fn evict(endpoint: &str, a: EvictArgs) -> Result<(), ClientError> {
     let mut client = Client::connect(endpoint).await?;
-    let r = client.evict(a.directory_bucket, a.prefixes).await?;
+    let r = client
+        .evict(a.directory_bucket, a.prefixes, a.force)
+        .await?;
     match a.output {
         OutputFormat::Json => println!(
             "{}",
@@ -291,16 +302,27 @@ async fn evict(endpoint: &str, a: EvictArgs) -> Result<(), ClientError> {
                 "objects_deleted": r.objects_deleted,
                 "bytes_deleted": r.bytes_deleted,
                 "leases_ended": r.leases_ended,
+                "objects_kept": r.objects_kept,
+                "kept_under": r.kept_under,
+                "forced": r.forced,
                 "failures": r.failures.iter().map(|f| json!({"key": f.key, "code": f.code, "message": f.message})).collect::<Vec<_>>(),
             })
         ),
         OutputFormat::Text => {
             println!(
-                "evicted {} objects ({}), ended {} leases",
+                "evicted {} objects ({}), ended {} leases{}",
                 r.objects_deleted,
                 indicatif::HumanBytes(r.bytes_deleted),
-                r.leases_ended
+                r.leases_ended,
+                if r.forced { " (forced)" } else { "" }
             );
+            if r.objects_kept > 0 {
+                println!(
+                    "kept {} objects still covered by live leases or being copied: {}",
+                    r.objects_kept,
+                    r.kept_under.join(", ")
+                );
+            }
             for f in &r.failures {
                 println!("failed: {} ({}): {}", f.key, f.code, f.message);
             }

@@ -53,6 +53,7 @@ pub fn progress_json(p: &pb::WarmProgress) -> Value {
         "objects_to_copy": c.objects_to_copy,
         "objects_copied": c.objects_copied,
         "objects_failed": c.objects_failed,
+        "objects_shared": c.objects_shared,
         "bytes_listed": c.bytes_listed,
         "bytes_to_copy": c.bytes_to_copy,
         "bytes_copied": c.bytes_copied,
@@ -86,8 +87,13 @@ pub fn progress_json(p: &pb::WarmProgress) -> Value {
 /// One human line describing a progress message.
 pub fn progress_line(p: &pb::WarmProgress) -> String {
     let c = p.counters.unwrap_or_default();
+    let shared = if c.objects_shared > 0 {
+        format!("  shared {}", c.objects_shared)
+    } else {
+        String::new()
+    };
     let mut line = format!(
-        "[{:>7.1}s] {:<8} listed {}  hits {}  copied {}/{}  failed {}  {}/{}",
+        "[{:>7.1}s] {:<8} listed {}  hits {}  copied {}/{}{shared}  failed {}  {}/{}",
         secs(p.elapsed.as_ref()),
         phase_name(p.phase),
         c.objects_listed,
@@ -112,12 +118,17 @@ pub fn progress_line(p: &pb::WarmProgress) -> String {
 pub fn summary_lines(r: &WarmReport) -> Vec<String> {
     let c = &r.counters;
     let mut out = vec![format!(
-        "warm {} {}: {} listed, {} hits, {} copied, {} failed, {} copied in {:.1}s",
+        "warm {} {}: {} listed, {} hits, {} copied, {}{} failed, {} copied in {:.1}s",
         r.operation_id,
         outcome_name(r.outcome),
         c.objects_listed,
         c.objects_hit,
         c.objects_copied,
+        if c.objects_shared > 0 {
+            format!("{} copied by another warm, ", c.objects_shared)
+        } else {
+            String::new()
+        },
         c.objects_failed,
         HumanBytes(c.bytes_copied),
         secs(r.last.elapsed.as_ref()),

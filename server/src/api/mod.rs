@@ -17,7 +17,9 @@ use tonic::{Request, Response, Status};
 
 pub use error::ApiError;
 
-use crate::index::{now_millis, CacheIndex};
+use crate::clock::Clock;
+use crate::evict::Evictor;
+use crate::index::CacheIndex;
 use crate::ops::{Operations, Subscription};
 use crate::store::ObjectStore;
 
@@ -27,15 +29,19 @@ pub struct Api<S, I> {
     store: Arc<S>,
     index: Arc<I>,
     ops: Arc<Operations<S, I>>,
+    evictor: Arc<Evictor<S, I>>,
+    clock: Arc<dyn Clock>,
     limits: Limits,
 }
 
 impl<S: ObjectStore, I: CacheIndex> Api<S, I> {
-    pub fn new(store: Arc<S>, index: Arc<I>, ops: Arc<Operations<S, I>>, limits: Limits) -> Self {
+    pub fn new(ops: Arc<Operations<S, I>>, evictor: Arc<Evictor<S, I>>, limits: Limits) -> Self {
         Self {
-            store,
-            index,
+            store: Arc::clone(&evictor.store),
+            index: Arc::clone(&evictor.index),
+            clock: Arc::clone(&evictor.clock),
             ops,
+            evictor,
             limits,
         }
     }
@@ -81,7 +87,7 @@ impl<S: ObjectStore, I: CacheIndex> Api<S, I> {
                 prefixes,
             } => {
                 let dir = directory_bucket.as_str();
-                let now = now_millis();
+                let now = self.clock.now();
                 let mut out = Vec::with_capacity(prefixes.len());
                 for p in prefixes {
                     let usage = self.index.usage(dir, p.as_str()).await?;
@@ -196,10 +202,8 @@ impl<S: ObjectStore, I: CacheIndex> CacheService for Api<S, I> {
         let spec = EvictSpec::parse(&req, &self.limits).map_err(ApiError::from)?;
         self.check_bucket("directory_bucket", spec.directory_bucket.as_str())
             .await?;
-        let resp = crate::evict::evict(self.store.as_ref(), self.index.as_ref(), &spec)
-            .await
-            .map_err(ApiError::from)?;
-        tracing::info!(directory_bucket = %spec.directory_bucket, deleted = resp.objects_deleted, failed = resp.failures.len(), "evicted");
+        let resp = self.evictor.evict(&spec).await.map_err(ApiError::from)?;
+        tracing::info!(directory_bucket = %spec.directory_bucket, force = spec.force, deleted = resp.objects_deleted, kept = resp.objects_kept, failed = resp.failures.len(), "evicted");
         Ok(Response::new(resp))
     }
 }

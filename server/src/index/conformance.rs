@@ -7,7 +7,10 @@
 
 use expresscache::proto::v1 as pb;
 
-use super::{CacheIndex, CreateOutcome, Entry, Lease, OperationRecord, Usage};
+use super::{
+    CacheIndex, ClaimKind, ClaimOutcome, CreateOutcome, Entry, EvictDecision, Lease,
+    OperationRecord, Record, Usage,
+};
 
 const DIR: &str = "cache--use1-az4--x-s3";
 
@@ -38,10 +41,37 @@ fn lease(prefix: &str, expires_at: i64) -> Lease {
 pub async fn run_all<I: CacheIndex>(index: &I) {
     leases_only_grow(index).await;
     covering_leases_are_live_ancestors(index).await;
-    end_leases_removes_the_prefix_and_below(index).await;
-    entries_are_key_ordered_ranges(index).await;
-    usage_and_deletes(index).await;
+    end_leases_expires_the_prefix_and_below(index).await;
+    expired_leases_are_found_and_removed_only_while_expired(index).await;
+    records_are_key_ordered_ranges(index).await;
+    claims_are_exclusive_until_their_deadline(index).await;
+    eviction_respects_leases_and_claims(index).await;
+    usage_counts_cached_objects_only(index).await;
     operations_are_unique_per_request_id(index).await;
+}
+
+async fn put<I: CacheIndex>(index: &I, entries: &[Entry]) {
+    for e in entries {
+        index.complete_copy(e, "writer").await.unwrap();
+    }
+}
+
+async fn clear<I: CacheIndex>(index: &I, prefix: &str) {
+    let keys: Vec<String> = index
+        .records(DIR, prefix, None, None, 10_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.key)
+        .collect();
+    index
+        .begin_evict(DIR, &keys, "cleaner", i64::MAX, 0, true)
+        .await
+        .unwrap();
+    index.finish_evict(DIR, &keys, "cleaner").await.unwrap();
+    for k in &keys {
+        index.release_claim(DIR, k, "cleaner").await.unwrap();
+    }
 }
 
 async fn leases_only_grow<I: CacheIndex>(index: &I) {
@@ -54,7 +84,8 @@ async fn leases_only_grow<I: CacheIndex>(index: &I) {
     );
     let l = index.extend_lease(&lease("grow/", 2000)).await.unwrap();
     assert_eq!(l.expires_at, 2000, "a longer extension wins");
-    index.end_leases(DIR, "grow/").await.unwrap();
+    index.end_leases(DIR, "grow/", 0).await.unwrap();
+    remove_expired(index).await;
 }
 
 async fn covering_leases_are_live_ancestors<I: CacheIndex>(index: &I) {
@@ -82,69 +113,283 @@ async fn covering_leases_are_live_ancestors<I: CacheIndex>(index: &I) {
             .is_empty(),
         "leases belong to one directory bucket"
     );
-    for p in ["", "a/", "a/b/", "a/b/c/", "a0/"] {
-        index.end_leases(DIR, p).await.unwrap();
-    }
+    index.end_leases(DIR, "", 0).await.unwrap();
+    remove_expired(index).await;
 }
 
-async fn end_leases_removes_the_prefix_and_below<I: CacheIndex>(index: &I) {
+async fn end_leases_expires_the_prefix_and_below<I: CacheIndex>(index: &I) {
     for p in ["x/", "x/y/", "x0/", "w/"] {
         index.extend_lease(&lease(p, 100)).await.unwrap();
     }
-    assert_eq!(index.end_leases(DIR, "x/").await.unwrap(), 2);
+    let ended = index.end_leases(DIR, "x/", 10).await.unwrap();
+    assert_eq!(ended.len(), 2, "the prefix and the leases under it");
+    assert!(ended.iter().all(|l| l.expires_at == 10), "ended as of now");
+    assert!(
+        index
+            .covering_leases(DIR, "x/y/", 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "ended leases are absent"
+    );
     assert_eq!(
-        index.covering_leases(DIR, "x0/", 0).await.unwrap().len(),
+        index.covering_leases(DIR, "x0/", 10).await.unwrap().len(),
         1,
         "a sibling sharing a string prefix survives"
     );
-    assert_eq!(index.end_leases(DIR, "").await.unwrap(), 2, "\"\" ends all");
+    assert_eq!(
+        index.end_leases(DIR, "x/", 20).await.unwrap().len(),
+        0,
+        "only live leases end"
+    );
+    assert_eq!(
+        index.end_leases(DIR, "", 10).await.unwrap().len(),
+        2,
+        "\"\" ends all"
+    );
+    remove_expired(index).await;
 }
 
-async fn entries_are_key_ordered_ranges<I: CacheIndex>(index: &I) {
-    let keys = ["r/a", "r/b", "r/c", "r/d", "r0", "q/z", "r/ü", "r/ z"];
-    index
-        .put_entries(&keys.iter().map(|k| entry(k, 1)).collect::<Vec<_>>())
-        .await
-        .unwrap();
-    let got = |v: Vec<Entry>| v.into_iter().map(|e| e.key).collect::<Vec<_>>();
+async fn expired_leases_are_found_and_removed_only_while_expired<I: CacheIndex>(index: &I) {
+    index.extend_lease(&lease("e1/", 50)).await.unwrap();
+    index.extend_lease(&lease("e2/", 80)).await.unwrap();
+    index.extend_lease(&lease("e3/", 500)).await.unwrap();
+    let expired = index.expired_leases(100, 10).await.unwrap();
     assert_eq!(
-        got(index.entries(DIR, "r/", None, None, 100).await.unwrap()),
+        expired
+            .iter()
+            .map(|l| l.prefix.as_str())
+            .collect::<Vec<_>>(),
+        ["e1/", "e2/"],
+        "expired at now, oldest first"
+    );
+    assert_eq!(
+        index.expired_leases(100, 1).await.unwrap().len(),
+        1,
+        "limit"
+    );
+    // A warm revives e2/ before the sweeper removes it.
+    index.extend_lease(&lease("e2/", 900)).await.unwrap();
+    assert!(index
+        .remove_lease_if_expired(&expired[0], 100)
+        .await
+        .unwrap());
+    assert!(
+        !index
+            .remove_lease_if_expired(&expired[1], 100)
+            .await
+            .unwrap(),
+        "a revived lease is not removed"
+    );
+    assert_eq!(
+        index.covering_leases(DIR, "e2/", 100).await.unwrap().len(),
+        1
+    );
+    index.end_leases(DIR, "", 100).await.unwrap();
+    for l in index.expired_leases(100, 10).await.unwrap() {
+        assert!(index.remove_lease_if_expired(&l, 100).await.unwrap());
+    }
+}
+
+async fn records_are_key_ordered_ranges<I: CacheIndex>(index: &I) {
+    let keys = ["r/a", "r/b", "r/c", "r/d", "r0", "q/z", "r/ü", "r/ z"];
+    put(index, &keys.iter().map(|k| entry(k, 1)).collect::<Vec<_>>()).await;
+    let got = |v: Vec<Record>| v.into_iter().map(|r| r.key).collect::<Vec<_>>();
+    assert_eq!(
+        got(index.records(DIR, "r/", None, None, 100).await.unwrap()),
         ["r/ z", "r/a", "r/b", "r/c", "r/d", "r/ü"],
         "byte order, the same order S3 lists in; only keys under the prefix"
     );
     assert_eq!(
         got(index
-            .entries(DIR, "r/", Some("r/a"), Some("r/c"), 100)
+            .records(DIR, "r/", Some("r/a"), Some("r/c"), 100)
             .await
             .unwrap()),
         ["r/b", "r/c"],
         "(after, upto] bounds"
     );
     assert_eq!(
-        got(index.entries(DIR, "r/", None, None, 2).await.unwrap()),
+        got(index.records(DIR, "r/", None, None, 2).await.unwrap()),
         ["r/ z", "r/a"],
         "limit"
     );
     let mut replaced = entry("r/a", 7);
     replaced.source_etag = "\"new\"".into();
-    index.put_entries(&[replaced.clone()]).await.unwrap();
+    put(index, &[replaced.clone()]).await;
     assert_eq!(
         index
-            .entries(DIR, "r/", Some("r/ z"), Some("r/a"), 1)
+            .records(DIR, "r/", Some("r/ z"), Some("r/a"), 1)
             .await
             .unwrap(),
-        [replaced],
-        "put replaces an entry and keeps every field"
+        [Record {
+            key: "r/a".into(),
+            entry: Some(replaced),
+            claim: None
+        }],
+        "a completed copy replaces the entry and keeps every field"
     );
-    index
-        .delete_entries(DIR, &keys.iter().map(|k| k.to_string()).collect::<Vec<_>>())
+    clear(index, "").await;
+    assert!(index
+        .records(DIR, "", None, None, 10)
         .await
-        .unwrap();
+        .unwrap()
+        .is_empty());
 }
 
-async fn usage_and_deletes<I: CacheIndex>(index: &I) {
+async fn claims_are_exclusive_until_their_deadline<I: CacheIndex>(index: &I) {
+    let claim = |owner: &'static str, deadline, now| async move {
+        index
+            .claim_copy(DIR, "c/k", owner, deadline, now)
+            .await
+            .unwrap()
+    };
+    assert_eq!(claim("a", 100, 0).await, ClaimOutcome::Claimed);
+    let rec = &index.records(DIR, "c/", None, None, 10).await.unwrap()[0];
+    assert!(rec.entry.is_none(), "a claim is not a cached entry");
+    assert_eq!(index.usage(DIR, "c/").await.unwrap(), Usage::default());
+    match claim("b", 200, 50).await {
+        ClaimOutcome::Held(c) => {
+            assert_eq!(
+                (c.owner.as_str(), c.kind, c.deadline),
+                ("a", ClaimKind::Copy, 100)
+            )
+        }
+        ClaimOutcome::Claimed => panic!("a live claim is exclusive"),
+    }
+    assert_eq!(
+        claim("a", 150, 60).await,
+        ClaimOutcome::Claimed,
+        "the holder may extend"
+    );
+    assert_eq!(
+        claim("b", 300, 150).await,
+        ClaimOutcome::Claimed,
+        "a void claim is taken over"
+    );
+    index.release_claim(DIR, "c/k", "a").await.unwrap();
+    assert!(
+        index.records(DIR, "c/", None, None, 10).await.unwrap()[0]
+            .claim
+            .is_some(),
+        "only the holder releases"
+    );
+    index.release_claim(DIR, "c/k", "b").await.unwrap();
+    assert!(
+        index
+            .records(DIR, "c/", None, None, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a released claim on an uncached key leaves nothing behind"
+    );
+    assert_eq!(claim("b", 300, 150).await, ClaimOutcome::Claimed);
+    index.complete_copy(&entry("c/k", 5), "b").await.unwrap();
+    let rec = &index.records(DIR, "c/", None, None, 10).await.unwrap()[0];
+    assert!(
+        rec.entry.is_some() && rec.claim.is_none(),
+        "completing drops the claim"
+    );
+    clear(index, "c/").await;
+}
+
+async fn eviction_respects_leases_and_claims<I: CacheIndex>(index: &I) {
+    put(
+        index,
+        &[
+            entry("v/live/1", 1),
+            entry("v/dead/1", 1),
+            entry("v/busy/1", 1),
+        ],
+    )
+    .await;
+    index.extend_lease(&lease("v/live/", 1_000)).await.unwrap();
+    index.extend_lease(&lease("v/dead/", 10)).await.unwrap();
+    assert_eq!(
+        index
+            .claim_copy(DIR, "v/busy/1", "warm", 1_000, 100)
+            .await
+            .unwrap(),
+        ClaimOutcome::Claimed
+    );
+    let keys: Vec<String> = ["v/live/1", "v/dead/1", "v/busy/1", "v/none"]
+        .iter()
+        .map(|k| k.to_string())
+        .collect();
+    let d = index
+        .begin_evict(DIR, &keys, "ev", 500, 100, false)
+        .await
+        .unwrap();
+    assert_eq!(
+        d[0],
+        EvictDecision::Live("v/live/".into()),
+        "a live lease protects"
+    );
+    assert!(
+        matches!(&d[1], EvictDecision::Marked(e) if e.key == "v/dead/1"),
+        "an expired lease does not"
+    );
+    assert!(
+        matches!(&d[2], EvictDecision::Busy(c) if c.owner == "warm"),
+        "an in-flight copy protects"
+    );
+    assert_eq!(d[3], EvictDecision::Absent);
+    assert!(
+        matches!(
+            index.claim_copy(DIR, "v/dead/1", "warm2", 900, 100).await.unwrap(),
+            ClaimOutcome::Held(c) if c.kind == ClaimKind::Evict
+        ),
+        "a key being evicted cannot be claimed for copy"
+    );
     index
-        .put_entries(&[entry("u/1", 10), entry("u/2", 20), entry("u/s/3", 30)])
+        .finish_evict(DIR, &keys, "someone-else")
+        .await
+        .unwrap();
+    assert_eq!(
+        index.usage(DIR, "v/dead/").await.unwrap().objects,
+        1,
+        "only the claimant finishes"
+    );
+    index.finish_evict(DIR, &keys, "ev").await.unwrap();
+    assert_eq!(index.usage(DIR, "v/dead/").await.unwrap().objects, 0);
+    assert_eq!(
+        index.usage(DIR, "v/").await.unwrap().objects,
+        2,
+        "kept keys untouched"
+    );
+    let forced = index
+        .begin_evict(DIR, &keys[..1], "ev2", 500, 100, true)
+        .await
+        .unwrap();
+    assert!(
+        matches!(forced[0], EvictDecision::Marked(_)),
+        "force overrides leases"
+    );
+    index.release_claim(DIR, "v/live/1", "ev2").await.unwrap();
+    assert_eq!(
+        index.usage(DIR, "v/live/").await.unwrap().objects,
+        1,
+        "released: still cached"
+    );
+    index.release_claim(DIR, "v/busy/1", "warm").await.unwrap();
+    clear(index, "v/").await;
+    index.end_leases(DIR, "", 100).await.unwrap();
+    remove_expired(index).await;
+}
+
+async fn remove_expired<I: CacheIndex>(index: &I) {
+    for l in index.expired_leases(i64::MAX, 1_000).await.unwrap() {
+        index.remove_lease_if_expired(&l, i64::MAX).await.unwrap();
+    }
+}
+
+async fn usage_counts_cached_objects_only<I: CacheIndex>(index: &I) {
+    put(
+        index,
+        &[entry("u/1", 10), entry("u/2", 20), entry("u/s/3", 30)],
+    )
+    .await;
+    index
+        .claim_copy(DIR, "u/pending", "w", 100, 0)
         .await
         .unwrap();
     assert_eq!(
@@ -154,22 +399,9 @@ async fn usage_and_deletes<I: CacheIndex>(index: &I) {
             bytes: 60
         }
     );
-    index
-        .delete_entries(DIR, &["u/2".into(), "u/missing".into()])
-        .await
-        .unwrap();
-    assert_eq!(
-        index.usage(DIR, "u/").await.unwrap(),
-        Usage {
-            objects: 2,
-            bytes: 40
-        },
-        "deleting a missing key is not an error"
-    );
-    index
-        .delete_entries(DIR, &["u/1".into(), "u/s/3".into()])
-        .await
-        .unwrap();
+    assert_eq!(index.usage(DIR, "u/s/").await.unwrap().bytes, 30);
+    index.release_claim(DIR, "u/pending", "w").await.unwrap();
+    clear(index, "u/").await;
     assert_eq!(index.usage(DIR, "").await.unwrap(), Usage::default());
 }
 

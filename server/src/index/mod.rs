@@ -8,8 +8,10 @@
 
 #[cfg(any(test, feature = "test-support"))]
 pub mod conformance;
+mod counting;
 mod sqlite;
 
+pub use counting::CountingIndex;
 pub use sqlite::SqliteIndex;
 
 use expresscache::proto::v1 as pb;
@@ -44,13 +46,76 @@ pub struct Entry {
 }
 
 /// Keeps everything under `prefix` of `directory_bucket` cached until
-/// `expires_at`.
+/// `expires_at`. A lease whose `expires_at` is not after "now" is absent
+/// for every decision, even while its record still exists.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
     pub directory_bucket: String,
     pub prefix: String,
     pub source_bucket: String,
     pub expires_at: Millis,
+}
+
+impl Lease {
+    pub fn is_live(&self, now: Millis) -> bool {
+        self.expires_at > now
+    }
+}
+
+/// What an in-flight claim on a key is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimKind {
+    /// A warm is copying the key.
+    Copy,
+    /// An eviction is deleting the key.
+    Evict,
+}
+
+/// Exclusive, time-limited right to change one key. A claim past its
+/// deadline is void: anyone may take it over, so a crashed holder never
+/// blocks others for longer than the deadline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    pub owner: String,
+    pub kind: ClaimKind,
+    pub deadline: Millis,
+}
+
+impl Claim {
+    pub fn is_live(&self, now: Millis) -> bool {
+        self.deadline > now
+    }
+}
+
+/// One key of a directory bucket as the index knows it: the cached version
+/// (only once its copy succeeded) and any claim on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub key: String,
+    pub entry: Option<Entry>,
+    pub claim: Option<Claim>,
+}
+
+/// Result of trying to claim a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimOutcome {
+    Claimed,
+    /// Someone else holds a live claim.
+    Held(Claim),
+}
+
+/// Per-key answer of [`CacheIndex::begin_evict`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EvictDecision {
+    /// Claimed for deletion: delete the object (fenced by `dest_etag`), then
+    /// call `finish_evict`.
+    Marked(Entry),
+    /// A live lease with this prefix covers the key: keep it.
+    Live(String),
+    /// Another claim is live (a copy in flight): keep it.
+    Busy(Claim),
+    /// Nothing cached under that key.
+    Absent,
 }
 
 /// A warm operation as the index keeps it.
@@ -87,11 +152,13 @@ pub enum IndexError {
     Corrupt(String),
 }
 
-/// The cache index.
+/// The cache index. Every method is one atomic step (one conditional write
+/// or one transaction), which is what makes the rules in doc/SEMANTICS.md
+/// hold across concurrent warms, evictions, sweeps and replicas.
 #[async_trait::async_trait]
 pub trait CacheIndex: Send + Sync + 'static {
-    /// Sets the lease's expiry to max(stored, `lease.expires_at`) in one
-    /// conditional step; returns the lease as stored.
+    /// Sets the lease's expiry to max(stored, `lease.expires_at`); returns
+    /// the lease as stored.
     async fn extend_lease(&self, lease: &Lease) -> Result<Lease, IndexError>;
 
     /// Leases of `directory_bucket` live at `now` whose prefix covers
@@ -103,31 +170,82 @@ pub trait CacheIndex: Send + Sync + 'static {
         now: Millis,
     ) -> Result<Vec<Lease>, IndexError>;
 
-    /// Removes the leases at or under `prefix`; returns how many.
-    async fn end_leases(&self, directory_bucket: &str, prefix: &str) -> Result<u64, IndexError>;
+    /// Ends, as of `now`, every live lease at or under `prefix`; returns the
+    /// leases it ended. Their records stay (expired) until the sweeper has
+    /// dealt with their objects.
+    async fn end_leases(
+        &self,
+        directory_bucket: &str,
+        prefix: &str,
+        now: Millis,
+    ) -> Result<Vec<Lease>, IndexError>;
 
-    /// Entries whose key starts with `prefix` and lies in (`after`, `upto`]
-    /// (either bound open when `None`), in key order, at most `limit`.
-    async fn entries(
+    /// Up to `limit` lease records expired at `now`, oldest first.
+    async fn expired_leases(&self, now: Millis, limit: usize) -> Result<Vec<Lease>, IndexError>;
+
+    /// Removes the lease record if it is still expired at `now` (a warm may
+    /// have extended it meanwhile); returns whether it did.
+    async fn remove_lease_if_expired(&self, lease: &Lease, now: Millis)
+        -> Result<bool, IndexError>;
+
+    /// Records whose key starts with `prefix` and lies in (`after`, `upto`]
+    /// (either bound open when `None`), in byte order of keys, at most
+    /// `limit`.
+    async fn records(
         &self,
         directory_bucket: &str,
         prefix: &str,
         after: Option<&str>,
         upto: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<Entry>, IndexError>;
+    ) -> Result<Vec<Record>, IndexError>;
 
-    /// Inserts or replaces entries, atomically as a batch.
-    async fn put_entries(&self, entries: &[Entry]) -> Result<(), IndexError>;
+    /// Claims `key` for a copy by `owner` until `deadline`, unless another
+    /// owner holds a claim live at `now`. Re-claiming one's own claim
+    /// extends it.
+    async fn claim_copy(
+        &self,
+        directory_bucket: &str,
+        key: &str,
+        owner: &str,
+        deadline: Millis,
+        now: Millis,
+    ) -> Result<ClaimOutcome, IndexError>;
 
-    /// Removes the entries for `keys`.
-    async fn delete_entries(
+    /// Records a successful copy (the entry) and drops `owner`'s claim.
+    async fn complete_copy(&self, entry: &Entry, owner: &str) -> Result<(), IndexError>;
+
+    /// Drops `owner`'s claim on `key` (a copy that failed).
+    async fn release_claim(
+        &self,
+        directory_bucket: &str,
+        key: &str,
+        owner: &str,
+    ) -> Result<(), IndexError>;
+
+    /// For each key, in one atomic step per key: if it is cached, no other
+    /// claim is live and (unless `force`) no live lease covers it, claims it
+    /// for deletion by `owner` until `deadline`.
+    async fn begin_evict(
         &self,
         directory_bucket: &str,
         keys: &[String],
+        owner: &str,
+        deadline: Millis,
+        now: Millis,
+        force: bool,
+    ) -> Result<Vec<EvictDecision>, IndexError>;
+
+    /// Removes the records of `keys` still claimed for deletion by `owner`
+    /// (their objects are gone).
+    async fn finish_evict(
+        &self,
+        directory_bucket: &str,
+        keys: &[String],
+        owner: &str,
     ) -> Result<(), IndexError>;
 
-    /// Objects and bytes recorded under `prefix`.
+    /// Objects and bytes cached under `prefix`.
     async fn usage(&self, directory_bucket: &str, prefix: &str) -> Result<Usage, IndexError>;
 
     /// Registers a new operation; if its request id is taken, returns the
@@ -142,6 +260,21 @@ pub trait CacheIndex: Send + Sync + 'static {
     ) -> Result<(), IndexError>;
 
     async fn get_operation(&self, id: &str) -> Result<Option<OperationRecord>, IndexError>;
+}
+
+/// `key` and each of its ancestor prefixes: "" and every prefix of it ending
+/// in '/'. These are the lease prefixes that can cover it.
+pub fn ancestors(key: &str) -> Vec<String> {
+    let mut out = vec![String::new()];
+    out.extend(
+        key.char_indices()
+            .filter(|(_, c)| *c == '/')
+            .map(|(i, _)| key[..=i].to_owned()),
+    );
+    if !key.is_empty() && !key.ends_with('/') {
+        out.push(key.to_owned());
+    }
+    out
 }
 
 /// The smallest key greater than every key starting with `prefix`, if any:

@@ -12,21 +12,26 @@ use prost::Message;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{
-    prefix_successor, CacheIndex, CreateOutcome, Entry, IndexError, Lease, Millis, OperationRecord,
-    Usage,
+    ancestors, prefix_successor, CacheIndex, Claim, ClaimKind, ClaimOutcome, CreateOutcome, Entry,
+    EvictDecision, IndexError, Lease, Millis, OperationRecord, Record, Usage,
 };
 
 const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS entries (
+CREATE TABLE IF NOT EXISTS records (
     directory_bucket     TEXT    NOT NULL,
     key                  TEXT    NOT NULL,
-    source_bucket        TEXT    NOT NULL,
-    source_key           TEXT    NOT NULL,
-    source_etag          TEXT    NOT NULL,
-    size                 INTEGER NOT NULL,
+    -- the cached version; all NULL until a copy succeeded
+    source_bucket        TEXT,
+    source_key           TEXT,
+    source_etag          TEXT,
+    size                 INTEGER,
     source_last_modified INTEGER,
-    dest_etag            TEXT    NOT NULL,
-    cached_at            INTEGER NOT NULL,
+    dest_etag            TEXT,
+    cached_at            INTEGER,
+    -- an in-flight copy or eviction; all NULL when none
+    claim_owner          TEXT,
+    claim_kind           TEXT,
+    claim_deadline       INTEGER,
     PRIMARY KEY (directory_bucket, key)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS leases (
@@ -36,6 +41,7 @@ CREATE TABLE IF NOT EXISTS leases (
     expires_at       INTEGER NOT NULL,
     PRIMARY KEY (directory_bucket, prefix, source_bucket)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS leases_by_expiry ON leases (expires_at);
 CREATE TABLE IF NOT EXISTS operations (
     id         TEXT PRIMARY KEY,
     request_id TEXT UNIQUE,
@@ -110,33 +116,80 @@ impl SqliteIndex {
     }
 }
 
-/// `prefix` and each of its ancestors ("" and every shorter prefix ending
-/// in '/').
-fn ancestors(prefix: &str) -> Vec<String> {
-    let mut out = vec![String::new()];
-    out.extend(
-        prefix
-            .char_indices()
-            .filter(|(_, c)| *c == '/')
-            .map(|(i, _)| prefix[..=i].to_owned()),
-    );
-    if !prefix.is_empty() && !prefix.ends_with('/') {
-        out.push(prefix.to_owned());
-    }
-    out
+const RECORD_COLUMNS: &str = "directory_bucket, key, source_bucket, source_key, source_etag, size,
+    source_last_modified, dest_etag, cached_at, claim_owner, claim_kind, claim_deadline";
+
+fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<Record> {
+    let directory_bucket: String = row.get(0)?;
+    let key: String = row.get(1)?;
+    let source_etag: Option<String> = row.get(4)?;
+    let entry = match source_etag {
+        Some(source_etag) => Some(Entry {
+            directory_bucket,
+            key: key.clone(),
+            source_bucket: row.get::<_, Option<String>>(2)?.unwrap_or_default(),
+            source_key: row.get::<_, Option<String>>(3)?.unwrap_or_default(),
+            source_etag,
+            size: u64::try_from(row.get::<_, Option<i64>>(5)?.unwrap_or(0)).unwrap_or(0),
+            source_last_modified: row.get(6)?,
+            dest_etag: row.get::<_, Option<String>>(7)?.unwrap_or_default(),
+            cached_at: row.get::<_, Option<i64>>(8)?.unwrap_or(0),
+        }),
+        None => None,
+    };
+    let owner: Option<String> = row.get(9)?;
+    let claim = match owner {
+        Some(owner) => Some(Claim {
+            owner,
+            kind: if row.get::<_, Option<String>>(10)?.as_deref() == Some(EVICT) {
+                ClaimKind::Evict
+            } else {
+                ClaimKind::Copy
+            },
+            deadline: row.get::<_, Option<i64>>(11)?.unwrap_or(0),
+        }),
+        None => None,
+    };
+    Ok(Record { key, entry, claim })
 }
 
-fn row_to_entry(row: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
-    Ok(Entry {
-        directory_bucket: row.get(0)?,
-        key: row.get(1)?,
-        source_bucket: row.get(2)?,
-        source_key: row.get(3)?,
-        source_etag: row.get(4)?,
-        size: u64::try_from(row.get::<_, i64>(5)?).unwrap_or(0),
-        source_last_modified: row.get(6)?,
-        dest_etag: row.get(7)?,
-        cached_at: row.get(8)?,
+const COPY: &str = "copy";
+const EVICT: &str = "evict";
+
+fn read_record(c: &Connection, bucket: &str, key: &str) -> Result<Option<Record>, IndexError> {
+    c.prepare_cached(&format!(
+        "SELECT {RECORD_COLUMNS} FROM records WHERE directory_bucket = ?1 AND key = ?2"
+    ))
+    .map_err(storage)?
+    .query_row(params![bucket, key], row_to_record)
+    .optional()
+    .map_err(storage)
+}
+
+/// Drops `owner`'s claim on `key`, and the record with it if nothing is
+/// cached there.
+fn drop_claim(c: &Connection, bucket: &str, key: &str, owner: &str) -> Result<(), IndexError> {
+    c.execute(
+        "UPDATE records SET claim_owner = NULL, claim_kind = NULL, claim_deadline = NULL
+         WHERE directory_bucket = ?1 AND key = ?2 AND claim_owner = ?3",
+        params![bucket, key, owner],
+    )
+    .map_err(storage)?;
+    c.execute(
+        "DELETE FROM records WHERE directory_bucket = ?1 AND key = ?2
+         AND source_etag IS NULL AND claim_owner IS NULL",
+        params![bucket, key],
+    )
+    .map_err(storage)?;
+    Ok(())
+}
+
+fn row_to_lease(r: &rusqlite::Row<'_>) -> rusqlite::Result<Lease> {
+    Ok(Lease {
+        directory_bucket: r.get(0)?,
+        prefix: r.get(1)?,
+        source_bucket: r.get(2)?,
+        expires_at: r.get(3)?,
     })
 }
 
@@ -212,20 +265,14 @@ impl CacheIndex for SqliteIndex {
             let mut stmt = c
                 .prepare_cached(
                     "SELECT directory_bucket, prefix, source_bucket, expires_at FROM leases
-                     WHERE directory_bucket = ?1 AND prefix = ?2 AND expires_at > ?3",
+                     WHERE directory_bucket = ?1 AND prefix = ?2 AND expires_at > ?3
+                     ORDER BY source_bucket",
                 )
                 .map_err(storage)?;
             let mut out = Vec::new();
             for p in &candidates {
                 let rows = stmt
-                    .query_map(params![bucket, p, now], |r| {
-                        Ok(Lease {
-                            directory_bucket: r.get(0)?,
-                            prefix: r.get(1)?,
-                            source_bucket: r.get(2)?,
-                            expires_at: r.get(3)?,
-                        })
-                    })
+                    .query_map(params![bucket, p, now], row_to_lease)
                     .map_err(storage)?;
                 for l in rows {
                     out.push(l.map_err(storage)?);
@@ -236,31 +283,81 @@ impl CacheIndex for SqliteIndex {
         .await
     }
 
-    async fn end_leases(&self, directory_bucket: &str, prefix: &str) -> Result<u64, IndexError> {
+    async fn end_leases(
+        &self,
+        directory_bucket: &str,
+        prefix: &str,
+        now: Millis,
+    ) -> Result<Vec<Lease>, IndexError> {
         let bucket = directory_bucket.to_owned();
         let lo = prefix.to_owned();
         let hi = prefix_successor(prefix);
         self.with(move |c| {
-            let n = c
-                .execute(
-                    "DELETE FROM leases WHERE directory_bucket = ?1 AND prefix >= ?2
-                     AND (?3 IS NULL OR prefix < ?3)",
-                    params![bucket, lo, hi],
+            let mut stmt = c
+                .prepare_cached(
+                    "UPDATE leases SET expires_at = ?4
+                     WHERE directory_bucket = ?1 AND prefix >= ?2 AND (?3 IS NULL OR prefix < ?3)
+                       AND expires_at > ?4
+                     RETURNING directory_bucket, prefix, source_bucket, expires_at",
                 )
                 .map_err(storage)?;
-            Ok(n as u64)
+            let rows = stmt
+                .query_map(params![bucket, lo, hi, now], row_to_lease)
+                .map_err(storage)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(storage)
         })
         .await
     }
 
-    async fn entries(
+    async fn expired_leases(&self, now: Millis, limit: usize) -> Result<Vec<Lease>, IndexError> {
+        let limit = to_i64(limit as u64);
+        self.with(move |c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT directory_bucket, prefix, source_bucket, expires_at FROM leases
+                     WHERE expires_at <= ?1 ORDER BY expires_at LIMIT ?2",
+                )
+                .map_err(storage)?;
+            let rows = stmt
+                .query_map(params![now, limit], row_to_lease)
+                .map_err(storage)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(storage)
+        })
+        .await
+    }
+
+    async fn remove_lease_if_expired(
+        &self,
+        lease: &Lease,
+        now: Millis,
+    ) -> Result<bool, IndexError> {
+        let lease = lease.clone();
+        self.with(move |c| {
+            let n = c
+                .execute(
+                    "DELETE FROM leases WHERE directory_bucket = ?1 AND prefix = ?2
+                     AND source_bucket = ?3 AND expires_at <= ?4",
+                    params![
+                        lease.directory_bucket,
+                        lease.prefix,
+                        lease.source_bucket,
+                        now
+                    ],
+                )
+                .map_err(storage)?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn records(
         &self,
         directory_bucket: &str,
         prefix: &str,
         after: Option<&str>,
         upto: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<Entry>, IndexError> {
+    ) -> Result<Vec<Record>, IndexError> {
         let bucket = directory_bucket.to_owned();
         let lo = prefix.to_owned();
         let hi = prefix_successor(prefix);
@@ -269,73 +366,191 @@ impl CacheIndex for SqliteIndex {
         let limit = to_i64(limit as u64);
         self.with(move |c| {
             let mut stmt = c
-                .prepare_cached(
-                    "SELECT directory_bucket, key, source_bucket, source_key, source_etag, size,
-                            source_last_modified, dest_etag, cached_at
-                     FROM entries
+                .prepare_cached(&format!(
+                    "SELECT {RECORD_COLUMNS} FROM records
                      WHERE directory_bucket = ?1 AND key >= ?2 AND (?3 IS NULL OR key < ?3)
                        AND (?4 IS NULL OR key > ?4) AND (?5 IS NULL OR key <= ?5)
-                     ORDER BY key LIMIT ?6",
-                )
+                     ORDER BY key LIMIT ?6"
+                ))
                 .map_err(storage)?;
             let rows = stmt
-                .query_map(params![bucket, lo, hi, after, upto, limit], row_to_entry)
+                .query_map(params![bucket, lo, hi, after, upto, limit], row_to_record)
                 .map_err(storage)?;
             rows.collect::<Result<Vec<_>, _>>().map_err(storage)
         })
         .await
     }
 
-    async fn put_entries(&self, entries: &[Entry]) -> Result<(), IndexError> {
-        if entries.is_empty() {
-            return Ok(());
-        }
-        let entries = entries.to_vec();
+    async fn claim_copy(
+        &self,
+        directory_bucket: &str,
+        key: &str,
+        owner: &str,
+        deadline: Millis,
+        now: Millis,
+    ) -> Result<ClaimOutcome, IndexError> {
+        let (bucket, key, owner) = (
+            directory_bucket.to_owned(),
+            key.to_owned(),
+            owner.to_owned(),
+        );
         self.with(move |c| {
             let tx = c.transaction().map_err(storage)?;
-            {
-                let mut stmt = tx
-                    .prepare_cached(
-                        "INSERT OR REPLACE INTO entries (directory_bucket, key, source_bucket,
-                            source_key, source_etag, size, source_last_modified, dest_etag, cached_at)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                    )
-                    .map_err(storage)?;
-                for e in &entries {
-                    stmt.execute(params![
-                        e.directory_bucket,
-                        e.key,
-                        e.source_bucket,
-                        e.source_key,
-                        e.source_etag,
-                        to_i64(e.size),
-                        e.source_last_modified,
-                        e.dest_etag,
-                        e.cached_at
-                    ])
-                    .map_err(storage)?;
-                }
-            }
+            let changed = tx
+                .execute(
+                    "INSERT INTO records (directory_bucket, key, claim_owner, claim_kind, claim_deadline)
+                     VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT DO UPDATE SET claim_owner = excluded.claim_owner,
+                         claim_kind = excluded.claim_kind, claim_deadline = excluded.claim_deadline
+                     WHERE claim_owner IS NULL OR claim_deadline <= ?6 OR claim_owner = ?3",
+                    params![bucket, key, owner, COPY, deadline, now],
+                )
+                .map_err(storage)?;
+            let outcome = if changed > 0 {
+                ClaimOutcome::Claimed
+            } else {
+                let claim = read_record(&tx, &bucket, &key)?
+                    .and_then(|r| r.claim)
+                    .ok_or_else(|| IndexError::Corrupt(format!("claim on {key} vanished")))?;
+                ClaimOutcome::Held(claim)
+            };
+            tx.commit().map_err(storage)?;
+            Ok(outcome)
+        })
+        .await
+    }
+
+    async fn complete_copy(&self, entry: &Entry, owner: &str) -> Result<(), IndexError> {
+        let (e, owner) = (entry.clone(), owner.to_owned());
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO records (directory_bucket, key, source_bucket, source_key, source_etag,
+                     size, source_last_modified, dest_etag, cached_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                 ON CONFLICT DO UPDATE SET source_bucket = excluded.source_bucket,
+                     source_key = excluded.source_key, source_etag = excluded.source_etag,
+                     size = excluded.size, source_last_modified = excluded.source_last_modified,
+                     dest_etag = excluded.dest_etag, cached_at = excluded.cached_at,
+                     claim_kind = CASE WHEN claim_owner = ?10 THEN NULL ELSE claim_kind END,
+                     claim_deadline = CASE WHEN claim_owner = ?10 THEN NULL ELSE claim_deadline END,
+                     claim_owner = CASE WHEN claim_owner = ?10 THEN NULL ELSE claim_owner END",
+                params![
+                    e.directory_bucket,
+                    e.key,
+                    e.source_bucket,
+                    e.source_key,
+                    e.source_etag,
+                    to_i64(e.size),
+                    e.source_last_modified,
+                    e.dest_etag,
+                    e.cached_at,
+                    owner
+                ],
+            )
+            .map_err(storage)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn release_claim(
+        &self,
+        directory_bucket: &str,
+        key: &str,
+        owner: &str,
+    ) -> Result<(), IndexError> {
+        let (bucket, key, owner) = (
+            directory_bucket.to_owned(),
+            key.to_owned(),
+            owner.to_owned(),
+        );
+        self.with(move |c| {
+            let tx = c.transaction().map_err(storage)?;
+            drop_claim(&tx, &bucket, &key, &owner)?;
             tx.commit().map_err(storage)
         })
         .await
     }
 
-    async fn delete_entries(
+    async fn begin_evict(
         &self,
         directory_bucket: &str,
         keys: &[String],
+        owner: &str,
+        deadline: Millis,
+        now: Millis,
+        force: bool,
+    ) -> Result<Vec<EvictDecision>, IndexError> {
+        let (bucket, keys, owner) = (directory_bucket.to_owned(), keys.to_vec(), owner.to_owned());
+        self.with(move |c| {
+            let tx = c.transaction().map_err(storage)?;
+            let mut out = Vec::with_capacity(keys.len());
+            for key in &keys {
+                let Some(Record {
+                    entry: Some(entry),
+                    claim,
+                    ..
+                }) = read_record(&tx, &bucket, key)?
+                else {
+                    out.push(EvictDecision::Absent);
+                    continue;
+                };
+                if let Some(claim) = claim.filter(|cl| cl.is_live(now) && cl.owner != owner) {
+                    out.push(EvictDecision::Busy(claim));
+                    continue;
+                }
+                if !force {
+                    let mut stmt = tx
+                        .prepare_cached(
+                            "SELECT 1 FROM leases WHERE directory_bucket = ?1 AND prefix = ?2
+                             AND expires_at > ?3 LIMIT 1",
+                        )
+                        .map_err(storage)?;
+                    let mut live = None;
+                    for p in ancestors(key) {
+                        if stmt.exists(params![bucket, p, now]).map_err(storage)? {
+                            live = Some(p);
+                            break;
+                        }
+                    }
+                    if let Some(p) = live {
+                        out.push(EvictDecision::Live(p));
+                        continue;
+                    }
+                }
+                tx.execute(
+                    "UPDATE records SET claim_owner = ?3, claim_kind = ?4, claim_deadline = ?5
+                     WHERE directory_bucket = ?1 AND key = ?2",
+                    params![bucket, key, owner, EVICT, deadline],
+                )
+                .map_err(storage)?;
+                out.push(EvictDecision::Marked(entry));
+            }
+            tx.commit().map_err(storage)?;
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn finish_evict(
+        &self,
+        directory_bucket: &str,
+        keys: &[String],
+        owner: &str,
     ) -> Result<(), IndexError> {
-        let bucket = directory_bucket.to_owned();
-        let keys = keys.to_vec();
+        let (bucket, keys, owner) = (directory_bucket.to_owned(), keys.to_vec(), owner.to_owned());
         self.with(move |c| {
             let tx = c.transaction().map_err(storage)?;
             {
                 let mut stmt = tx
-                    .prepare_cached("DELETE FROM entries WHERE directory_bucket = ?1 AND key = ?2")
+                    .prepare_cached(
+                        "DELETE FROM records WHERE directory_bucket = ?1 AND key = ?2
+                         AND claim_owner = ?3 AND claim_kind = ?4",
+                    )
                     .map_err(storage)?;
                 for k in &keys {
-                    stmt.execute(params![bucket, k]).map_err(storage)?;
+                    stmt.execute(params![bucket, k, owner, EVICT])
+                        .map_err(storage)?;
                 }
             }
             tx.commit().map_err(storage)
@@ -350,8 +565,9 @@ impl CacheIndex for SqliteIndex {
         self.with(move |c| {
             let (objects, bytes): (i64, i64) = c
                 .query_row(
-                    "SELECT count(*), coalesce(sum(size), 0) FROM entries
-                     WHERE directory_bucket = ?1 AND key >= ?2 AND (?3 IS NULL OR key < ?3)",
+                    "SELECT count(*), coalesce(sum(size), 0) FROM records
+                     WHERE directory_bucket = ?1 AND key >= ?2 AND (?3 IS NULL OR key < ?3)
+                       AND source_etag IS NOT NULL",
                     params![bucket, lo, hi],
                     |r| Ok((r.get(0)?, r.get(1)?)),
                 )

@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use super::{Copied, CopyRequest, DeleteFailure, ListPage, ObjectStore, StoreError};
+use super::{Copied, CopyRequest, DeleteFailure, DeleteTarget, ListPage, ObjectStore, StoreError};
 
 /// Which call a fault applies to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,9 +107,9 @@ impl<S: ObjectStore> ObjectStore for FaultStore<S> {
     async fn delete_objects(
         &self,
         bucket: &str,
-        keys: &[String],
+        targets: &[DeleteTarget],
     ) -> Result<Vec<DeleteFailure>, StoreError> {
         self.check(Op::Delete, None)?;
-        self.inner.delete_objects(bucket, keys).await
+        self.inner.delete_objects(bucket, targets).await
     }
 }

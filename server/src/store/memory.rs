@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::SystemTime;
 
-use super::{Copied, CopyRequest, DeleteFailure, ListPage, ObjectMeta, ObjectStore, StoreError};
+use super::{
+    Copied, CopyRequest, DeleteFailure, DeleteTarget, ListPage, ObjectMeta, ObjectStore, StoreError,
+};
 
 #[derive(Debug, Clone)]
 struct Object {
@@ -167,17 +169,30 @@ impl ObjectStore for MemoryStore {
     async fn delete_objects(
         &self,
         bucket: &str,
-        keys: &[String],
+        targets: &[DeleteTarget],
     ) -> Result<Vec<DeleteFailure>, StoreError> {
         self.counters.delete.fetch_add(1, Ordering::Relaxed);
         let mut buckets = self.lock();
         let b = buckets
             .get_mut(bucket)
             .ok_or_else(|| StoreError::NoSuchBucket(bucket.to_owned()))?;
-        for k in keys {
-            b.remove(k);
+        let mut failures = Vec::new();
+        for t in targets {
+            let fenced_off = match (&t.etag, b.get(&t.key)) {
+                (Some(want), Some(o)) => *want != o.etag,
+                _ => false,
+            };
+            if fenced_off {
+                failures.push(DeleteFailure {
+                    key: t.key.clone(),
+                    code: "PreconditionFailed".into(),
+                    message: "the object changed since it was cached".into(),
+                });
+            } else {
+                b.remove(&t.key);
+            }
         }
-        Ok(Vec::new())
+        Ok(failures)
     }
 }
 

@@ -52,6 +52,16 @@ pub struct Copied {
     pub etag: String,
 }
 
+/// One object to delete. With `etag` set the delete is fenced: it only
+/// happens if the object still has that ETag, so a newer copy written
+/// meanwhile is never removed (S3 Express One Zone honours this; endpoints
+/// that ignore it delete unconditionally).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeleteTarget {
+    pub key: String,
+    pub etag: Option<String>,
+}
+
 /// A key that a batch delete could not remove.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeleteFailure {
@@ -131,11 +141,11 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// Server-side copy, conditional on the source ETag.
     async fn copy_object(&self, req: &CopyRequest<'_>) -> Result<Copied, StoreError>;
 
-    /// Deletes up to 1,000 keys; returns the keys that could not be deleted.
+    /// Deletes up to 1,000 objects; returns those that could not be deleted.
     async fn delete_objects(
         &self,
         bucket: &str,
-        keys: &[String],
+        targets: &[DeleteTarget],
     ) -> Result<Vec<DeleteFailure>, StoreError>;
 }
 

@@ -9,7 +9,9 @@ use aws_sdk_s3::primitives::DateTime;
 use aws_sdk_s3::types::{Delete, ObjectIdentifier, TaggingDirective};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
-use super::{Copied, CopyRequest, DeleteFailure, ListPage, ObjectMeta, ObjectStore, StoreError};
+use super::{
+    Copied, CopyRequest, DeleteFailure, DeleteTarget, ListPage, ObjectMeta, ObjectStore, StoreError,
+};
 
 /// `x-amz-copy-source` is `bucket/key` URL-encoded; `/` stays literal and the
 /// RFC 3986 unreserved characters need no escaping. Everything else (spaces,
@@ -190,14 +192,19 @@ impl ObjectStore for S3Store {
     async fn delete_objects(
         &self,
         bucket: &str,
-        keys: &[String],
+        targets: &[DeleteTarget],
     ) -> Result<Vec<DeleteFailure>, StoreError> {
-        if keys.is_empty() {
+        if targets.is_empty() {
             return Ok(Vec::new());
         }
-        let objects = keys
+        let objects = targets
             .iter()
-            .map(|k| ObjectIdentifier::builder().key(k).build())
+            .map(|t| {
+                ObjectIdentifier::builder()
+                    .key(&t.key)
+                    .set_e_tag(t.etag.clone())
+                    .build()
+            })
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| StoreError::Service {
                 code: "InvalidRequest".into(),

@@ -1,0 +1,187 @@
+//! A [`CacheIndex`] decorator that counts reads and writes, so tests can
+//! assert what a call costs (a re-warm must write O(prefixes), not
+//! O(objects)).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use expresscache::proto::v1 as pb;
+
+use super::{
+    CacheIndex, ClaimOutcome, CreateOutcome, Entry, EvictDecision, IndexError, Lease, Millis,
+    OperationRecord, Record, Usage,
+};
+
+#[derive(Debug)]
+pub struct CountingIndex<I> {
+    inner: I,
+    reads: AtomicU64,
+    writes: AtomicU64,
+}
+
+impl<I> CountingIndex<I> {
+    pub fn new(inner: I) -> Self {
+        Self {
+            inner,
+            reads: AtomicU64::new(0),
+            writes: AtomicU64::new(0),
+        }
+    }
+
+    pub fn inner(&self) -> &I {
+        &self.inner
+    }
+
+    /// Read calls so far.
+    pub fn reads(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
+    }
+
+    /// Write calls so far (each is one conditional write or transaction).
+    pub fn writes(&self) -> u64 {
+        self.writes.load(Ordering::Relaxed)
+    }
+
+    fn read(&self) {
+        self.reads.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn write(&self) {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[async_trait::async_trait]
+impl<I: CacheIndex> CacheIndex for CountingIndex<I> {
+    async fn extend_lease(&self, lease: &Lease) -> Result<Lease, IndexError> {
+        self.write();
+        self.inner.extend_lease(lease).await
+    }
+
+    async fn covering_leases(
+        &self,
+        directory_bucket: &str,
+        prefix: &str,
+        now: Millis,
+    ) -> Result<Vec<Lease>, IndexError> {
+        self.read();
+        self.inner
+            .covering_leases(directory_bucket, prefix, now)
+            .await
+    }
+
+    async fn end_leases(
+        &self,
+        directory_bucket: &str,
+        prefix: &str,
+        now: Millis,
+    ) -> Result<Vec<Lease>, IndexError> {
+        self.write();
+        self.inner.end_leases(directory_bucket, prefix, now).await
+    }
+
+    async fn expired_leases(&self, now: Millis, limit: usize) -> Result<Vec<Lease>, IndexError> {
+        self.read();
+        self.inner.expired_leases(now, limit).await
+    }
+
+    async fn remove_lease_if_expired(
+        &self,
+        lease: &Lease,
+        now: Millis,
+    ) -> Result<bool, IndexError> {
+        self.write();
+        self.inner.remove_lease_if_expired(lease, now).await
+    }
+
+    async fn records(
+        &self,
+        directory_bucket: &str,
+        prefix: &str,
+        after: Option<&str>,
+        upto: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Record>, IndexError> {
+        self.read();
+        self.inner
+            .records(directory_bucket, prefix, after, upto, limit)
+            .await
+    }
+
+    async fn claim_copy(
+        &self,
+        directory_bucket: &str,
+        key: &str,
+        owner: &str,
+        deadline: Millis,
+        now: Millis,
+    ) -> Result<ClaimOutcome, IndexError> {
+        self.write();
+        self.inner
+            .claim_copy(directory_bucket, key, owner, deadline, now)
+            .await
+    }
+
+    async fn complete_copy(&self, entry: &Entry, owner: &str) -> Result<(), IndexError> {
+        self.write();
+        self.inner.complete_copy(entry, owner).await
+    }
+
+    async fn release_claim(
+        &self,
+        directory_bucket: &str,
+        key: &str,
+        owner: &str,
+    ) -> Result<(), IndexError> {
+        self.write();
+        self.inner.release_claim(directory_bucket, key, owner).await
+    }
+
+    async fn begin_evict(
+        &self,
+        directory_bucket: &str,
+        keys: &[String],
+        owner: &str,
+        deadline: Millis,
+        now: Millis,
+        force: bool,
+    ) -> Result<Vec<EvictDecision>, IndexError> {
+        self.write();
+        self.inner
+            .begin_evict(directory_bucket, keys, owner, deadline, now, force)
+            .await
+    }
+
+    async fn finish_evict(
+        &self,
+        directory_bucket: &str,
+        keys: &[String],
+        owner: &str,
+    ) -> Result<(), IndexError> {
+        self.write();
+        self.inner.finish_evict(directory_bucket, keys, owner).await
+    }
+
+    async fn usage(&self, directory_bucket: &str, prefix: &str) -> Result<Usage, IndexError> {
+        self.read();
+        self.inner.usage(directory_bucket, prefix).await
+    }
+
+    async fn create_operation(&self, op: &OperationRecord) -> Result<CreateOutcome, IndexError> {
+        self.write();
+        self.inner.create_operation(op).await
+    }
+
+    async fn update_operation(
+        &self,
+        id: &str,
+        progress: &pb::WarmProgress,
+    ) -> Result<(), IndexError> {
+        self.write();
+        self.inner.update_operation(id, progress).await
+    }
+
+    async fn get_operation(&self, id: &str) -> Result<Option<OperationRecord>, IndexError> {
+        self.read();
+        self.inner.get_operation(id).await
+    }
+}
