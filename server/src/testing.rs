@@ -11,6 +11,7 @@
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
@@ -20,9 +21,11 @@ use aws_sdk_s3::types::{
 };
 use tokio::net::TcpListener;
 
-use crate::index::SqliteIndex;
+use crate::clock::ManualClock;
+use crate::evict::{Evictor, SweepReport};
+use crate::index::{CountingIndex, SqliteIndex};
 use crate::server::{serve, Deps};
-use crate::store::S3Store;
+use crate::store::{FaultStore, S3Store};
 
 /// Where the moto server binary is: `$EXPRESSCACHE_MOTO_SERVER`, else the
 /// workspace's `.venv/bin/moto_server` (which `scripts/test` installs).
@@ -207,12 +210,23 @@ pub async fn list_keys(s3: &aws_sdk_s3::Client, bucket: &str, prefix: &str) -> V
     keys
 }
 
+/// The store and index types of [`TestServer`]: real S3 (moto) behind the
+/// fault injector, which also counts requests; SQLite behind a counter.
+pub type TestStore = FaultStore<S3Store>;
+pub type TestIndex = CountingIndex<SqliteIndex>;
+
 /// An expresscache server running in this process against `s3_endpoint`,
-/// with its own SQLite index in a temporary directory.
+/// with its own SQLite index in a temporary directory and a manual clock
+/// (starting at the real time) that only tests move. The periodic sweeper is
+/// off; tests run [`TestServer::sweep`] when they want one.
 #[derive(Debug)]
 pub struct TestServer {
     pub addr: SocketAddr,
     pub endpoint: String,
+    pub store: Arc<TestStore>,
+    pub index: Arc<TestIndex>,
+    pub clock: Arc<ManualClock>,
+    evictor: Evictor<TestStore, TestIndex>,
     _dir: tempfile::TempDir,
     task: tokio::task::JoinHandle<()>,
 }
@@ -225,14 +239,24 @@ impl TestServer {
     /// Starts with `tune` applied to the default dependencies.
     pub async fn start_with(
         s3_endpoint: &str,
-        tune: impl FnOnce(&mut Deps<S3Store, SqliteIndex>),
+        tune: impl FnOnce(&mut Deps<TestStore, TestIndex>),
     ) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let index = SqliteIndex::open(&dir.path().join("index.db")).expect("open index");
-        let store = S3Store::new(s3_client(s3_endpoint));
-        let mut deps = Deps::new(store, index);
+        let store = FaultStore::new(S3Store::new(s3_client(s3_endpoint)));
+        let clock = Arc::new(ManualClock::new(crate::index::now_millis()));
+        let mut deps = Deps::new(store, CountingIndex::new(index));
         deps.publish_interval = Duration::from_millis(50);
+        deps.clock = clock.clone();
+        deps.sweep_interval = None;
         tune(&mut deps);
+        let evictor = Evictor {
+            store: Arc::clone(&deps.store),
+            index: Arc::clone(&deps.index),
+            clock: Arc::clone(&deps.clock),
+            claim_ttl: deps.warm.claim_ttl,
+        };
+        let (store, index) = (Arc::clone(&deps.store), Arc::clone(&deps.index));
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let task = tokio::spawn(async move {
@@ -243,9 +267,18 @@ impl TestServer {
         Self {
             addr,
             endpoint: format!("http://{addr}"),
+            store,
+            index,
+            clock,
+            evictor,
             _dir: dir,
             task,
         }
+    }
+
+    /// Runs one pass of the expiry sweeper now, as the server's would.
+    pub async fn sweep(&self) -> SweepReport {
+        self.evictor.sweep_once().await.expect("sweep")
     }
 }
 

@@ -1,115 +1,15 @@
 //! End-to-end: the real gRPC service, in process, copying through the AWS SDK
 //! into a moto S3 server the test starts on a free port.
 
-use std::collections::BTreeMap;
+mod common;
+
 use std::time::Duration;
 
-use expresscache_client::{pb, Client, ClientError, Outcome, WarmReport, WarmRequest};
-use expresscache_server::testing::{
-    create_bucket, create_directory_bucket, get, list_keys, put, unique, unique_directory_bucket,
-    Moto, TestServer,
-};
+use common::{as_refs, data_set, rpc_error, Fixture};
+use expresscache_client::{pb, Outcome, WarmRequest};
+use expresscache_server::testing::{get, list_keys, put};
 use tonic::Code;
 use tonic_types::StatusExt;
-
-/// A source bucket with objects, an empty directory bucket and a server.
-struct Fixture {
-    _moto: Moto,
-    s3: aws_sdk_s3::Client,
-    server: TestServer,
-    src: String,
-    dir: String,
-}
-
-impl Fixture {
-    async fn new(objects: &[(&str, &[u8])]) -> Self {
-        let moto = Moto::start();
-        let s3 = moto.s3();
-        let src = unique("src");
-        let dir = unique_directory_bucket();
-        create_bucket(&s3, &src).await;
-        create_directory_bucket(&s3, &dir).await;
-        for (k, body) in objects {
-            put(&s3, &src, k, *body).await;
-        }
-        let server = TestServer::start(&moto.endpoint).await;
-        Self {
-            _moto: moto,
-            s3,
-            server,
-            src,
-            dir,
-        }
-    }
-
-    async fn client(&self) -> Client {
-        Client::connect(self.server.endpoint.clone())
-            .await
-            .expect("connect")
-    }
-
-    fn request(&self, prefixes: &[&str]) -> WarmRequest {
-        let mut r = WarmRequest::new(&self.src, &self.dir).ttl(Duration::from_secs(3600));
-        for p in prefixes {
-            r = r.prefix(*p);
-        }
-        r
-    }
-
-    async fn warm(&self, req: WarmRequest) -> WarmReport {
-        self.warm_counting(req).await.0
-    }
-
-    /// The report and every progress message streamed before it.
-    async fn warm_counting(&self, req: WarmRequest) -> (WarmReport, Vec<pb::WarmProgress>) {
-        let mut updates = Vec::new();
-        let report = self
-            .client()
-            .await
-            .warm_and_wait(req, |p| updates.push(p.clone()))
-            .await
-            .expect("warm");
-        (report, updates)
-    }
-
-    /// ETag and LastModified of every destination object.
-    async fn dest_versions(&self) -> BTreeMap<String, (String, String)> {
-        let mut out = BTreeMap::new();
-        for k in list_keys(&self.s3, &self.dir, "").await {
-            let h = self
-                .s3
-                .head_object()
-                .bucket(&self.dir)
-                .key(&k)
-                .send()
-                .await
-                .expect("head");
-            out.insert(
-                k,
-                (
-                    h.e_tag().unwrap_or_default().to_owned(),
-                    h.last_modified().map(|t| t.to_string()).unwrap_or_default(),
-                ),
-            );
-        }
-        out
-    }
-}
-
-fn data_set(n: usize) -> Vec<(String, Vec<u8>)> {
-    (0..n)
-        .map(|i| {
-            (
-                format!("data/part-{i:04}.bin"),
-                format!("payload {i} ").repeat(i + 1).into_bytes(),
-            )
-        })
-        .collect()
-}
-
-fn as_refs(v: &[(String, Vec<u8>)]) -> Vec<(&str, &[u8])> {
-    v.iter().map(|(k, b)| (k.as_str(), b.as_slice())).collect()
-}
 
 #[tokio::test]
 async fn first_warm_copies_every_object_with_identical_content() {
@@ -331,13 +231,6 @@ async fn overlapping_prefixes_in_one_request_list_each_key_once() {
         ),
         (5, 5)
     );
-}
-
-fn rpc_error(e: ClientError) -> tonic::Status {
-    match e {
-        ClientError::Rpc(s) => s,
-        other => panic!("expected an RPC error, got {other:?}"),
-    }
 }
 
 #[tokio::test]

@@ -91,7 +91,12 @@ impl<S: ObjectStore, I: CacheIndex> Api<S, I> {
                 let mut out = Vec::with_capacity(prefixes.len());
                 for p in prefixes {
                     let usage = self.index.usage(dir, p.as_str()).await?;
-                    let leases = self.index.covering_leases(dir, p.as_str(), now).await?;
+                    let mut leases = self.index.covering_leases(dir, p.as_str(), now).await?;
+                    leases.extend(
+                        self.index
+                            .leases_under(dir, p.as_str(), now, MAX_STATUS_LEASES)
+                            .await?,
+                    );
                     out.push(pb::PrefixStatus {
                         prefix: p.to_string(),
                         cached_objects: usage.objects,
@@ -118,6 +123,9 @@ impl<S: ObjectStore, I: CacheIndex> Api<S, I> {
         }
     }
 }
+
+/// Most leases listed per prefix in a status answer.
+const MAX_STATUS_LEASES: usize = 1000;
 
 type ProgressStream = Pin<Box<dyn Stream<Item = Result<pb::WarmProgress, Status>> + Send>>;
 

@@ -105,6 +105,21 @@ async fn covering_leases_are_live_ancestors<I: CacheIndex>(index: &I) {
         ["", "a/"],
         "an expired lease is absent"
     );
+    assert_eq!(
+        prefixes(index.leases_under(DIR, "a/", 10, 100).await.unwrap()),
+        ["a/b/", "a/b/c/"],
+        "strictly under the prefix, not a sibling sharing a string prefix"
+    );
+    assert_eq!(
+        prefixes(index.leases_under(DIR, "a/", 60, 100).await.unwrap()),
+        ["a/b/c/"],
+        "live ones only"
+    );
+    assert_eq!(
+        index.leases_under(DIR, "a/", 10, 1).await.unwrap().len(),
+        1,
+        "limit"
+    );
     assert!(
         index
             .covering_leases("other--use1-az4--x-s3", "a/", 0)

@@ -69,6 +69,19 @@ impl<I: CacheIndex> CacheIndex for CountingIndex<I> {
             .await
     }
 
+    async fn leases_under(
+        &self,
+        directory_bucket: &str,
+        prefix: &str,
+        now: Millis,
+        limit: usize,
+    ) -> Result<Vec<Lease>, IndexError> {
+        self.read();
+        self.inner
+            .leases_under(directory_bucket, prefix, now, limit)
+            .await
+    }
+
     async fn end_leases(
         &self,
         directory_bucket: &str,

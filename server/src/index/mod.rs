@@ -170,6 +170,16 @@ pub trait CacheIndex: Send + Sync + 'static {
         now: Millis,
     ) -> Result<Vec<Lease>, IndexError>;
 
+    /// Leases of `directory_bucket` live at `now` strictly under `prefix`,
+    /// ordered by prefix, at most `limit`.
+    async fn leases_under(
+        &self,
+        directory_bucket: &str,
+        prefix: &str,
+        now: Millis,
+        limit: usize,
+    ) -> Result<Vec<Lease>, IndexError>;
+
     /// Ends, as of `now`, every live lease at or under `prefix`; returns the
     /// leases it ended. Their records stay (expired) until the sweeper has
     /// dealt with their objects.

@@ -283,6 +283,34 @@ impl CacheIndex for SqliteIndex {
         .await
     }
 
+    async fn leases_under(
+        &self,
+        directory_bucket: &str,
+        prefix: &str,
+        now: Millis,
+        limit: usize,
+    ) -> Result<Vec<Lease>, IndexError> {
+        let bucket = directory_bucket.to_owned();
+        let lo = prefix.to_owned();
+        let hi = prefix_successor(prefix);
+        let limit = to_i64(limit as u64);
+        self.with(move |c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT directory_bucket, prefix, source_bucket, expires_at FROM leases
+                     WHERE directory_bucket = ?1 AND prefix > ?2 AND (?3 IS NULL OR prefix < ?3)
+                       AND expires_at > ?4
+                     ORDER BY prefix, source_bucket LIMIT ?5",
+                )
+                .map_err(storage)?;
+            let rows = stmt
+                .query_map(params![bucket, lo, hi, now, limit], row_to_lease)
+                .map_err(storage)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(storage)
+        })
+        .await
+    }
+
     async fn end_leases(
         &self,
         directory_bucket: &str,

@@ -1,9 +1,11 @@
 //! A fault-injecting [`ObjectStore`] wrapper: fails chosen calls with chosen
-//! errors, a chosen number of times, so tests can show how the warm path
-//! handles throttling, server errors and terminal refusals.
+//! errors, a chosen number of times, delays calls, and counts every call, so
+//! tests can show how the warm path handles throttling, server errors,
+//! terminal refusals and slow copies, and how many requests it made.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use super::{Copied, CopyRequest, DeleteFailure, DeleteTarget, ListPage, ObjectStore, StoreError};
 
@@ -25,13 +27,23 @@ struct Rule {
     remaining: Option<u64>,
 }
 
+/// Calls that reached the wrapper, per operation (faulted ones included).
+#[derive(Debug, Default)]
+pub struct Calls {
+    pub list: AtomicU64,
+    pub copy: AtomicU64,
+    pub delete: AtomicU64,
+}
+
 /// Wraps any store and injects faults by rule.
 #[derive(Debug)]
 pub struct FaultStore<S> {
     inner: S,
     rules: Mutex<Vec<Rule>>,
+    delays: Mutex<Vec<(Op, Duration)>>,
     /// Faults injected so far.
     pub injected: AtomicU64,
+    pub calls: Calls,
 }
 
 impl<S> FaultStore<S> {
@@ -39,7 +51,9 @@ impl<S> FaultStore<S> {
         Self {
             inner,
             rules: Mutex::default(),
+            delays: Mutex::default(),
             injected: AtomicU64::new(0),
+            calls: Calls::default(),
         }
     }
 
@@ -61,9 +75,42 @@ impl<S> FaultStore<S> {
             });
     }
 
-    /// Removes every rule.
+    /// Delays every call of `op` by `by` (before any fault applies).
+    pub fn delay(&self, op: Op, by: Duration) {
+        self.delays
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((op, by));
+    }
+
+    async fn enter(&self, op: Op, key: Option<&str>) -> Result<(), StoreError> {
+        let counter = match op {
+            Op::List => &self.calls.list,
+            Op::Copy => &self.calls.copy,
+            Op::Delete => &self.calls.delete,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        let delay: Duration = self
+            .delays
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(o, _)| *o == op)
+            .map(|(_, d)| *d)
+            .sum();
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        self.check(op, key)
+    }
+
+    /// Removes every rule and delay.
     pub fn clear(&self) {
         self.rules.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.delays
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 
     fn check(&self, op: Op, key: Option<&str>) -> Result<(), StoreError> {
@@ -95,12 +142,12 @@ impl<S: ObjectStore> ObjectStore for FaultStore<S> {
         prefix: &str,
         continuation: Option<String>,
     ) -> Result<ListPage, StoreError> {
-        self.check(Op::List, None)?;
+        self.enter(Op::List, None).await?;
         self.inner.list_page(bucket, prefix, continuation).await
     }
 
     async fn copy_object(&self, req: &CopyRequest<'_>) -> Result<Copied, StoreError> {
-        self.check(Op::Copy, Some(req.source_key))?;
+        self.enter(Op::Copy, Some(req.source_key)).await?;
         self.inner.copy_object(req).await
     }
 
@@ -109,7 +156,7 @@ impl<S: ObjectStore> ObjectStore for FaultStore<S> {
         bucket: &str,
         targets: &[DeleteTarget],
     ) -> Result<Vec<DeleteFailure>, StoreError> {
-        self.check(Op::Delete, None)?;
+        self.enter(Op::Delete, None).await?;
         self.inner.delete_objects(bucket, targets).await
     }
 }
