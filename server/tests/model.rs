@@ -1,0 +1,270 @@
+//! Reference-model test of the cache rules: random sequences of warm, evict,
+//! sweep, clock advance and source change run against the real planner,
+//! warm, evictor and SQLite index over the in-memory store, and after every
+//! step the directory bucket and the index must equal what a simple model of
+//! the rules (doc/SEMANTICS.md) says.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use expresscache::proto::v1 as pb;
+use expresscache::{EvictSpec, Limits, WarmSpec};
+use expresscache_server::clock::{Clock, ManualClock};
+use expresscache_server::evict::Evictor;
+use expresscache_server::index::{CacheIndex, SqliteIndex};
+use expresscache_server::progress::Progress;
+use expresscache_server::store::MemoryStore;
+use expresscache_server::warm::{WarmSettings, Warmer};
+use proptest::prelude::*;
+
+const SRC: &str = "src";
+const DIR: &str = "cache--use1-az4--x-s3";
+const KEYS: &[&str] = &["a/1", "a/2", "a/b/1", "a/b/2", "c/1", "c/d/1"];
+const PREFIXES: &[&str] = &["", "a/", "a/b/", "c/", "c/d/"];
+
+#[derive(Debug, Clone)]
+enum Step {
+    Warm {
+        prefixes: Vec<usize>,
+        ttl_s: u64,
+        force: bool,
+    },
+    Evict {
+        prefix: usize,
+        force: bool,
+    },
+    Sweep,
+    Advance(i64),
+    Change(usize),
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        4 => (proptest::collection::btree_set(0..PREFIXES.len(), 1..=2), 1u64..=5, proptest::bool::weighted(0.2))
+            .prop_map(|(p, ttl_s, force)| Step::Warm { prefixes: p.into_iter().collect(), ttl_s, force }),
+        2 => (0..PREFIXES.len(), proptest::bool::weighted(0.3)).prop_map(|(prefix, force)| Step::Evict { prefix, force }),
+        3 => Just(Step::Sweep),
+        3 => (1i64..=4_000).prop_map(Step::Advance),
+        2 => (0..KEYS.len()).prop_map(Step::Change),
+    ]
+}
+
+/// The rules, stated as plainly as possible.
+#[derive(Debug, Default)]
+struct Model {
+    now: i64,
+    /// Source key -> current ETag.
+    source: BTreeMap<String, String>,
+    /// Lease prefix -> expiry.
+    leases: BTreeMap<String, i64>,
+    /// Cached key -> source ETag it was copied from.
+    cache: BTreeMap<String, String>,
+}
+
+impl Model {
+    fn live_cover(&self, key: &str) -> bool {
+        self.leases
+            .iter()
+            .any(|(p, &exp)| key.starts_with(p.as_str()) && exp > self.now)
+    }
+
+    fn warm(&mut self, prefixes: &[&str], ttl_ms: i64) {
+        for p in prefixes {
+            let e = self.leases.entry((*p).to_owned()).or_insert(0);
+            *e = (*e).max(self.now + ttl_ms);
+        }
+        for (k, etag) in &self.source {
+            if prefixes.iter().any(|p| k.starts_with(p)) {
+                self.cache.insert(k.clone(), etag.clone());
+            }
+        }
+    }
+
+    fn evict(&mut self, prefix: &str, force: bool) {
+        for (p, exp) in self.leases.iter_mut() {
+            if p.starts_with(prefix) && *exp > self.now {
+                *exp = self.now;
+            }
+        }
+        let doomed: Vec<String> = self
+            .cache
+            .keys()
+            .filter(|k| k.starts_with(prefix) && (force || !self.live_cover(k)))
+            .cloned()
+            .collect();
+        for k in doomed {
+            self.cache.remove(&k);
+        }
+    }
+
+    fn sweep(&mut self) {
+        let expired: Vec<String> = self
+            .leases
+            .iter()
+            .filter(|(_, &exp)| exp <= self.now)
+            .map(|(p, _)| p.clone())
+            .collect();
+        let doomed: Vec<String> = self
+            .cache
+            .keys()
+            .filter(|k| expired.iter().any(|p| k.starts_with(p.as_str())) && !self.live_cover(k))
+            .cloned()
+            .collect();
+        for k in doomed {
+            self.cache.remove(&k);
+        }
+        for p in expired {
+            self.leases.remove(&p);
+        }
+    }
+}
+
+struct Real {
+    store: Arc<MemoryStore>,
+    index: Arc<SqliteIndex>,
+    clock: Arc<ManualClock>,
+    warmer: Warmer<MemoryStore, SqliteIndex>,
+    evictor: Evictor<MemoryStore, SqliteIndex>,
+}
+
+impl Real {
+    fn new() -> Self {
+        let store = Arc::new(MemoryStore::with_page_size(2));
+        store.create_bucket(SRC);
+        store.create_bucket(DIR);
+        let index = Arc::new(SqliteIndex::open_in_memory().unwrap());
+        let clock = Arc::new(ManualClock::new(1_000_000));
+        let warmer = Warmer {
+            store: store.clone(),
+            index: index.clone(),
+            clock: clock.clone(),
+            settings: WarmSettings::default(),
+        };
+        let evictor = Evictor {
+            store: store.clone(),
+            index: index.clone(),
+            clock: clock.clone(),
+            claim_ttl: Duration::from_secs(600),
+        };
+        Self {
+            store,
+            index,
+            clock,
+            warmer,
+            evictor,
+        }
+    }
+}
+
+fn prefixes_of(idx: &[usize]) -> Vec<String> {
+    idx.iter().map(|&i| PREFIXES[i].to_owned()).collect()
+}
+
+async fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
+    let real = Real::new();
+    let mut model = Model {
+        now: real.clock.now(),
+        ..Model::default()
+    };
+    for k in KEYS {
+        let etag = real.store.put(SRC, k, 10);
+        model.source.insert((*k).to_owned(), etag);
+    }
+    for (i, step) in steps.iter().enumerate() {
+        match step {
+            Step::Warm {
+                prefixes,
+                ttl_s,
+                force,
+            } => {
+                let ps = prefixes_of(prefixes);
+                let req = pb::WarmCacheRequest {
+                    bucket: SRC.into(),
+                    prefixes: ps.clone(),
+                    directory_bucket: DIR.into(),
+                    ttl: Some(prost_types::Duration {
+                        seconds: *ttl_s as i64,
+                        nanos: 0,
+                    }),
+                    force_copy: *force,
+                    ..Default::default()
+                };
+                let spec = WarmSpec::parse(&req, &Limits::default()).unwrap();
+                let (progress, _rx) = Progress::new(format!("op{i}"));
+                real.warmer
+                    .run(&spec, &progress, &format!("op{i}"))
+                    .await
+                    .unwrap();
+                let last = progress.finish(pb::Outcome::Succeeded, None);
+                prop_assert_eq!(last.counters.unwrap().objects_failed, 0);
+                let refs: Vec<&str> = ps.iter().map(String::as_str).collect();
+                model.warm(&refs, *ttl_s as i64 * 1000);
+            }
+            Step::Evict { prefix, force } => {
+                let spec = EvictSpec::parse(
+                    &pb::EvictRequest {
+                        directory_bucket: DIR.into(),
+                        prefixes: vec![PREFIXES[*prefix].into()],
+                        force: *force,
+                    },
+                    &Limits::default(),
+                )
+                .unwrap();
+                let resp = real.evictor.evict(&spec).await.unwrap();
+                prop_assert!(resp.failures.is_empty());
+                model.evict(PREFIXES[*prefix], *force);
+            }
+            Step::Sweep => {
+                real.evictor.sweep_once().await.unwrap();
+                model.sweep();
+            }
+            Step::Advance(ms) => {
+                real.clock.advance(*ms);
+                model.now += ms;
+            }
+            Step::Change(k) => {
+                let etag = real.store.put(SRC, KEYS[*k], 10 + *k as u64);
+                model.source.insert(KEYS[*k].to_owned(), etag);
+            }
+        }
+        // The directory bucket holds exactly what the model caches...
+        let in_bucket = real.store.keys(DIR);
+        let expected: Vec<String> = model.cache.keys().cloned().collect();
+        prop_assert_eq!(&in_bucket, &expected, "bucket after step {} {:?}", i, step);
+        // ...and the index records exactly those, each from the version the
+        // model says, with no claim left behind.
+        let records = real.index.records(DIR, "", None, None, 1000).await.unwrap();
+        let recorded: BTreeMap<String, String> = records
+            .iter()
+            .filter_map(|r| {
+                r.entry
+                    .as_ref()
+                    .map(|e| (r.key.clone(), e.source_etag.clone()))
+            })
+            .collect();
+        prop_assert_eq!(&recorded, &model.cache, "index after step {} {:?}", i, step);
+        prop_assert!(
+            records.iter().all(|r| r.claim.is_none()),
+            "claims left after step {}",
+            i
+        );
+        // Every live lease the model knows is live in the index too.
+        for (p, &exp) in &model.leases {
+            let live = real.index.covering_leases(DIR, p, model.now).await.unwrap();
+            let has = live.iter().any(|l| &l.prefix == p && l.expires_at == exp);
+            prop_assert_eq!(has, exp > model.now, "lease {:?} after step {}", p, i);
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    #[test]
+    fn the_cache_follows_the_reference_model(steps in proptest::collection::vec(step(), 1..40)) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(run(steps))?;
+    }
+}
