@@ -4,6 +4,8 @@
 //! step the directory bucket and the index must equal what a simple model of
 //! the rules (doc/SEMANTICS.md) says.
 
+#![allow(clippy::unwrap_used)]
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
