@@ -1,10 +1,13 @@
 //! A [`CacheIndex`] decorator that counts reads and writes, so tests can
 //! assert what a call costs (a re-warm must write O(prefixes), not
-//! O(objects)).
+//! O(objects)), and optionally passes every call through a [`Gate`].
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use expresscache::proto::v1 as pb;
+
+use crate::gate::{Gate, Pass};
 
 use super::{
     CacheIndex, ClaimOutcome, CreateOutcome, Entry, EvictDecision, IndexError, Lease, Millis,
@@ -16,6 +19,7 @@ pub struct CountingIndex<I> {
     inner: I,
     reads: AtomicU64,
     writes: AtomicU64,
+    gate: Option<Arc<dyn Gate>>,
 }
 
 impl<I> CountingIndex<I> {
@@ -24,6 +28,20 @@ impl<I> CountingIndex<I> {
             inner,
             reads: AtomicU64::new(0),
             writes: AtomicU64::new(0),
+            gate: None,
+        }
+    }
+
+    /// Passes every call through `gate` first.
+    pub fn with_gate(mut self, gate: Arc<dyn Gate>) -> Self {
+        self.gate = Some(gate);
+        self
+    }
+
+    async fn pass(&self, call: &'static str, subject: &str) -> Option<Pass> {
+        match &self.gate {
+            Some(g) => Some(g.enter(call, subject).await),
+            None => None,
         }
     }
 
@@ -54,6 +72,7 @@ impl<I> CountingIndex<I> {
 impl<I: CacheIndex> CacheIndex for CountingIndex<I> {
     async fn extend_lease(&self, lease: &Lease) -> Result<Lease, IndexError> {
         self.write();
+        let _pass = self.pass("extend_lease", &lease.prefix).await;
         self.inner.extend_lease(lease).await
     }
 
@@ -64,6 +83,7 @@ impl<I: CacheIndex> CacheIndex for CountingIndex<I> {
         now: Millis,
     ) -> Result<Vec<Lease>, IndexError> {
         self.read();
+        let _pass = self.pass("covering_leases", prefix).await;
         self.inner
             .covering_leases(directory_bucket, prefix, now)
             .await
@@ -77,6 +97,7 @@ impl<I: CacheIndex> CacheIndex for CountingIndex<I> {
         limit: usize,
     ) -> Result<Vec<Lease>, IndexError> {
         self.read();
+        let _pass = self.pass("leases_under", prefix).await;
         self.inner
             .leases_under(directory_bucket, prefix, now, limit)
             .await
@@ -89,11 +110,13 @@ impl<I: CacheIndex> CacheIndex for CountingIndex<I> {
         now: Millis,
     ) -> Result<Vec<Lease>, IndexError> {
         self.write();
+        let _pass = self.pass("end_leases", prefix).await;
         self.inner.end_leases(directory_bucket, prefix, now).await
     }
 
     async fn expired_leases(&self, now: Millis, limit: usize) -> Result<Vec<Lease>, IndexError> {
         self.read();
+        let _pass = self.pass("expired_leases", "").await;
         self.inner.expired_leases(now, limit).await
     }
 
@@ -103,6 +126,7 @@ impl<I: CacheIndex> CacheIndex for CountingIndex<I> {
         now: Millis,
     ) -> Result<bool, IndexError> {
         self.write();
+        let _pass = self.pass("remove_lease_if_expired", &lease.prefix).await;
         self.inner.remove_lease_if_expired(lease, now).await
     }
 
@@ -115,6 +139,7 @@ impl<I: CacheIndex> CacheIndex for CountingIndex<I> {
         limit: usize,
     ) -> Result<Vec<Record>, IndexError> {
         self.read();
+        let _pass = self.pass("records", prefix).await;
         self.inner
             .records(directory_bucket, prefix, after, upto, limit)
             .await
@@ -129,6 +154,7 @@ impl<I: CacheIndex> CacheIndex for CountingIndex<I> {
         now: Millis,
     ) -> Result<ClaimOutcome, IndexError> {
         self.write();
+        let _pass = self.pass("claim_copy", key).await;
         self.inner
             .claim_copy(directory_bucket, key, owner, deadline, now)
             .await
@@ -136,6 +162,7 @@ impl<I: CacheIndex> CacheIndex for CountingIndex<I> {
 
     async fn complete_copy(&self, entry: &Entry, owner: &str) -> Result<(), IndexError> {
         self.write();
+        let _pass = self.pass("complete_copy", &entry.key).await;
         self.inner.complete_copy(entry, owner).await
     }
 
@@ -146,6 +173,7 @@ impl<I: CacheIndex> CacheIndex for CountingIndex<I> {
         owner: &str,
     ) -> Result<(), IndexError> {
         self.write();
+        let _pass = self.pass("release_claim", key).await;
         self.inner.release_claim(directory_bucket, key, owner).await
     }
 
@@ -159,6 +187,9 @@ impl<I: CacheIndex> CacheIndex for CountingIndex<I> {
         force: bool,
     ) -> Result<Vec<EvictDecision>, IndexError> {
         self.write();
+        let _pass = self
+            .pass("begin_evict", keys.first().map_or("", String::as_str))
+            .await;
         self.inner
             .begin_evict(directory_bucket, keys, owner, deadline, now, force)
             .await
@@ -171,16 +202,21 @@ impl<I: CacheIndex> CacheIndex for CountingIndex<I> {
         owner: &str,
     ) -> Result<(), IndexError> {
         self.write();
+        let _pass = self
+            .pass("finish_evict", keys.first().map_or("", String::as_str))
+            .await;
         self.inner.finish_evict(directory_bucket, keys, owner).await
     }
 
     async fn usage(&self, directory_bucket: &str, prefix: &str) -> Result<Usage, IndexError> {
         self.read();
+        let _pass = self.pass("usage", prefix).await;
         self.inner.usage(directory_bucket, prefix).await
     }
 
     async fn create_operation(&self, op: &OperationRecord) -> Result<CreateOutcome, IndexError> {
         self.write();
+        let _pass = self.pass("create_operation", &op.id).await;
         self.inner.create_operation(op).await
     }
 
@@ -190,11 +226,13 @@ impl<I: CacheIndex> CacheIndex for CountingIndex<I> {
         progress: &pb::WarmProgress,
     ) -> Result<(), IndexError> {
         self.write();
+        let _pass = self.pass("update_operation", id).await;
         self.inner.update_operation(id, progress).await
     }
 
     async fn get_operation(&self, id: &str) -> Result<Option<OperationRecord>, IndexError> {
         self.read();
+        let _pass = self.pass("get_operation", id).await;
         self.inner.get_operation(id).await
     }
 }

@@ -4,8 +4,10 @@
 //! terminal refusals and slow copies, and how many requests it made.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use crate::gate::{Gate, Pass};
 
 use super::{Copied, CopyRequest, DeleteFailure, DeleteTarget, ListPage, ObjectStore, StoreError};
 
@@ -15,6 +17,16 @@ pub enum Op {
     List,
     Copy,
     Delete,
+}
+
+impl Op {
+    fn name(self) -> &'static str {
+        match self {
+            Op::List => "list",
+            Op::Copy => "copy",
+            Op::Delete => "delete",
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -44,6 +56,7 @@ pub struct FaultStore<S> {
     /// Faults injected so far.
     pub injected: AtomicU64,
     pub calls: Calls,
+    gate: Option<Arc<dyn Gate>>,
 }
 
 impl<S> FaultStore<S> {
@@ -54,7 +67,14 @@ impl<S> FaultStore<S> {
             delays: Mutex::default(),
             injected: AtomicU64::new(0),
             calls: Calls::default(),
+            gate: None,
         }
+    }
+
+    /// Passes every call through `gate` first.
+    pub fn with_gate(mut self, gate: Arc<dyn Gate>) -> Self {
+        self.gate = Some(gate);
+        self
     }
 
     pub fn inner(&self) -> &S {
@@ -83,7 +103,11 @@ impl<S> FaultStore<S> {
             .push((op, by));
     }
 
-    async fn enter(&self, op: Op, key: Option<&str>) -> Result<(), StoreError> {
+    async fn enter(&self, op: Op, key: Option<&str>) -> Result<Option<Pass>, StoreError> {
+        let pass = match &self.gate {
+            Some(g) => Some(g.enter(op.name(), key.unwrap_or_default()).await),
+            None => None,
+        };
         let counter = match op {
             Op::List => &self.calls.list,
             Op::Copy => &self.calls.copy,
@@ -101,7 +125,8 @@ impl<S> FaultStore<S> {
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
-        self.check(op, key)
+        self.check(op, key)?;
+        Ok(pass)
     }
 
     /// Removes every rule and delay.
@@ -142,12 +167,12 @@ impl<S: ObjectStore> ObjectStore for FaultStore<S> {
         prefix: &str,
         continuation: Option<String>,
     ) -> Result<ListPage, StoreError> {
-        self.enter(Op::List, None).await?;
+        let _pass = self.enter(Op::List, Some(prefix)).await?;
         self.inner.list_page(bucket, prefix, continuation).await
     }
 
     async fn copy_object(&self, req: &CopyRequest<'_>) -> Result<Copied, StoreError> {
-        self.enter(Op::Copy, Some(req.source_key)).await?;
+        let _pass = self.enter(Op::Copy, Some(req.source_key)).await?;
         self.inner.copy_object(req).await
     }
 
@@ -156,7 +181,9 @@ impl<S: ObjectStore> ObjectStore for FaultStore<S> {
         bucket: &str,
         targets: &[DeleteTarget],
     ) -> Result<Vec<DeleteFailure>, StoreError> {
-        self.enter(Op::Delete, None).await?;
+        let _pass = self
+            .enter(Op::Delete, targets.first().map(|t| t.key.as_str()))
+            .await?;
         self.inner.delete_objects(bucket, targets).await
     }
 }
