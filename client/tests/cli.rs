@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 
 use expresscache_server::testing::{
-    create_bucket, create_directory_bucket, free_port, put, unique, unique_directory_bucket, Moto,
+    create_bucket, create_directory_bucket, free_port, list_keys, put, unique,
+    unique_directory_bucket, Moto,
 };
 use serde_json::Value;
 
@@ -35,10 +36,15 @@ struct Server {
 
 impl Server {
     fn start(moto: &Moto) -> Self {
+        Self::start_with(moto, &[])
+    }
+
+    fn start_with(moto: &Moto, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
         let child = Command::new(server_binary())
             .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(extra)
             .env(
                 "EXPRESSCACHE_INDEX",
                 format!("sqlite://{}", dir.path().join("i.db").display()),
@@ -331,5 +337,65 @@ fn usage_and_connection_errors_have_distinct_codes() {
         Some(5),
         "{}",
         String::from_utf8_lossy(&down.stderr)
+    );
+}
+
+#[tokio::test]
+async fn the_server_sweeps_expired_objects_by_itself() {
+    let moto = Moto::start();
+    let s3 = moto.s3();
+    let (src, dir) = (unique("src"), unique_directory_bucket());
+    create_bucket(&s3, &src).await;
+    create_directory_bucket(&s3, &dir).await;
+    for k in ["s/1", "s/2", "keep/1"] {
+        put(&s3, &src, k, k.as_bytes()).await;
+    }
+    let server = Server::start_with(&moto, &["--sweep-interval", "200ms"]);
+    let warm = |prefix: &str, ttl: &str| {
+        server.run(&[
+            "warm",
+            "--bucket",
+            &src,
+            "--prefix",
+            prefix,
+            "--directory-bucket",
+            &dir,
+            "--ttl",
+            ttl,
+        ])
+    };
+    assert_eq!(warm("s/", "1s").status.code(), Some(0));
+    assert_eq!(warm("keep/", "1h").status.code(), Some(0));
+    assert_eq!(list_keys(&s3, &dir, "").await.len(), 3);
+
+    // Bounded wait for the server's own sweeper (TTL 1s, sweep every 200ms).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let keys = list_keys(&s3, &dir, "").await;
+        if keys == ["keep/1"] {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "expired objects not swept: {keys:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let status = server.run(&[
+        "status",
+        "--directory-bucket",
+        &dir,
+        "--prefix",
+        "s/",
+        "--output",
+        "json",
+    ]);
+    let v = &json_lines(&status)[0];
+    assert_eq!(
+        (
+            v["cached_objects"].as_u64(),
+            v["leases"].as_array().map(Vec::len)
+        ),
+        (Some(0), Some(0))
     );
 }
