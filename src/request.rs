@@ -293,6 +293,94 @@ impl StatusQuery {
     }
 }
 
+/// Checks an operation id field: 1-128 printable ASCII characters.
+pub fn parse_operation_id(field: &str, id: &str) -> Result<String, InvalidRequest> {
+    let mut v = Violations::default();
+    if id.is_empty() || id.len() > 128 || !id.chars().all(|c| c.is_ascii_graphic()) {
+        v.push(
+            field,
+            "must be 1-128 printable ASCII characters (an id printed by warm)",
+        );
+    }
+    v.finish()?;
+    Ok(id.to_owned())
+}
+
+/// Which operations a listing asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListFilter {
+    All,
+    Running,
+    Finished,
+}
+
+/// A validated `ListOperationsRequest`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListSpec {
+    pub filter: ListFilter,
+    pub page_size: usize,
+    /// Continue after this (created_at ms, operation id).
+    pub after: Option<(i64, String)>,
+}
+
+impl ListSpec {
+    pub const MAX_PAGE: usize = 1000;
+
+    pub fn parse(req: &pb::ListOperationsRequest) -> Result<Self, InvalidRequest> {
+        let mut v = Violations::default();
+        let filter = match pb::OperationFilter::try_from(req.filter) {
+            Ok(pb::OperationFilter::Unspecified) => ListFilter::All,
+            Ok(pb::OperationFilter::Running) => ListFilter::Running,
+            Ok(pb::OperationFilter::Finished) => ListFilter::Finished,
+            Err(_) => {
+                v.push("filter", format!("unknown filter {}", req.filter));
+                ListFilter::All
+            }
+        };
+        let page_size = match req.page_size as usize {
+            0 => 100,
+            n if n > Self::MAX_PAGE => {
+                v.push(
+                    "page_size",
+                    format!("{n} exceeds the maximum of {}", Self::MAX_PAGE),
+                );
+                0
+            }
+            n => n,
+        };
+        let after = if req.page_token.is_empty() {
+            None
+        } else {
+            match decode_page_token(&req.page_token) {
+                Some(c) => Some(c),
+                None => {
+                    v.push("page_token", "is not a token from a previous response");
+                    None
+                }
+            }
+        };
+        v.finish()?;
+        Ok(Self {
+            filter,
+            page_size,
+            after,
+        })
+    }
+}
+
+/// The opaque cursor handed to clients: `<created_at ms>.<operation id>`.
+pub fn encode_page_token(created_at: i64, id: &str) -> String {
+    format!("{created_at}.{id}")
+}
+
+fn decode_page_token(token: &str) -> Option<(i64, String)> {
+    let (t, id) = token.split_once('.')?;
+    if id.is_empty() {
+        return None;
+    }
+    Some((t.parse().ok()?, id.to_owned()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -397,6 +485,26 @@ mod tests {
         let cover = minimal_cover(&[p("a/b/"), p("c/"), p("a/"), p("c/d/")]);
         assert_eq!(cover, [p("c/"), p("a/")]);
         assert_eq!(minimal_cover(&[p("a/"), p("")]), [p("")]);
+    }
+
+    #[test]
+    fn list_requests_and_tokens() {
+        let ok = ListSpec::parse(&pb::ListOperationsRequest {
+            filter: pb::OperationFilter::Running as i32,
+            page_size: 0,
+            page_token: encode_page_token(17, "op-1"),
+        })
+        .unwrap();
+        assert_eq!(ok.page_size, 100);
+        assert_eq!(ok.after, Some((17, "op-1".into())));
+        let bad = ListSpec::parse(&pb::ListOperationsRequest {
+            filter: 9,
+            page_size: 5000,
+            page_token: "garbage".into(),
+        })
+        .unwrap_err();
+        assert_eq!(fields(bad), ["filter", "page_size", "page_token"]);
+        assert!(parse_operation_id("operation_id", "").is_err());
     }
 
     #[test]

@@ -225,6 +225,72 @@ impl Client {
         Err(ClientError::StreamEnded(operation_id))
     }
 
+    /// Follows an operation: its current state at once, then every update,
+    /// ending with the final (phase DONE) message.
+    pub async fn watch(
+        &mut self,
+        operation_id: impl Into<String>,
+    ) -> Result<tonic::Streaming<pb::WarmProgress>, ClientError> {
+        Ok(self
+            .inner
+            .watch_operation(pb::WatchOperationRequest {
+                operation_id: operation_id.into(),
+            })
+            .await?
+            .into_inner())
+    }
+
+    /// Follows an operation until it is done; returns its final report.
+    pub async fn watch_and_wait(
+        &mut self,
+        operation_id: impl Into<String>,
+        mut on_progress: impl FnMut(&pb::WarmProgress),
+    ) -> Result<WarmReport, ClientError> {
+        let operation_id = operation_id.into();
+        let mut stream = self.watch(operation_id.clone()).await?;
+        while let Some(p) = stream.message().await? {
+            on_progress(&p);
+            if is_final(&p) {
+                return Ok(WarmReport::from_final(p));
+            }
+        }
+        Err(ClientError::StreamEnded(operation_id))
+    }
+
+    /// Cancels a running warm and waits until it stopped; returns its final
+    /// state (a finished operation is returned unchanged).
+    pub async fn cancel(
+        &mut self,
+        operation_id: impl Into<String>,
+    ) -> Result<pb::OperationStatus, ClientError> {
+        Ok(self
+            .inner
+            .cancel_operation(pb::CancelOperationRequest {
+                operation_id: operation_id.into(),
+            })
+            .await?
+            .into_inner())
+    }
+
+    /// One page of recent operations, newest first. Pass the previous
+    /// page's `next_page_token` to continue; it is empty on the last page.
+    pub async fn list_operations(
+        &mut self,
+        filter: pb::OperationFilter,
+        page_size: u32,
+        page_token: impl Into<String>,
+    ) -> Result<pb::ListOperationsResponse, ClientError> {
+        Ok(self
+            .inner
+            .list_operations(pb::ListOperationsRequest {
+                filter: filter as i32,
+                page_size,
+                page_token: page_token.into(),
+            })
+            .await?
+            .into_inner())
+    }
+
     /// The request and latest progress of an operation.
     pub async fn operation_status(
         &mut self,

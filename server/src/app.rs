@@ -7,7 +7,7 @@ use tokio::net::TcpListener;
 use crate::config::{Config, IndexLocation, LogFormat};
 use crate::index::SqliteIndex;
 use crate::server::{serve, Deps};
-use crate::store::S3Store;
+use crate::store::{FaultStore, Op, S3Store};
 use crate::warm::WarmSettings;
 
 /// Installs the global tracing subscriber (RUST_LOG filters, default info).
@@ -65,7 +65,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
         IndexLocation::SqliteMemory => SqliteIndex::open_in_memory()?,
     };
-    let store = S3Store::new(s3_client(config.force_path_style).await);
+    let store = FaultStore::new(S3Store::new(s3_client(config.force_path_style).await));
+    // A diagnostic knob for crash and shutdown tests: slows every copy so a
+    // warm is reliably mid-flight when the test strikes.
+    if let Some(delay) = std::env::var("EXPRESSCACHE_DEBUG_COPY_DELAY")
+        .ok()
+        .and_then(|d| humantime::parse_duration(&d).ok())
+    {
+        tracing::warn!(
+            ?delay,
+            "EXPRESSCACHE_DEBUG_COPY_DELAY is set: every copy is slowed down"
+        );
+        store.delay(Op::Copy, delay);
+    }
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
@@ -75,6 +87,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ..WarmSettings::default()
     };
     deps.sweep_interval = Some(config.sweep_interval);
+    deps.shutdown_grace = config.shutdown_grace;
+    deps.ops.retention = config.operation_retention;
     deps.limits = Limits {
         max_ttl: config.max_ttl,
         ..Limits::default()

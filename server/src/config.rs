@@ -39,6 +39,14 @@ pub struct Args {
     /// How often expired leases are swept, e.g. 1s, 5m [default: 60s].
     #[arg(long, env = "EXPRESSCACHE_SWEEP_INTERVAL", value_parser = humantime::parse_duration)]
     pub sweep_interval: Option<Duration>,
+    /// On SIGTERM/SIGINT, how long running warms may take to finish before
+    /// they are interrupted and left for the next start to resume
+    /// [default: 30s].
+    #[arg(long, env = "EXPRESSCACHE_SHUTDOWN_GRACE", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Option<Duration>,
+    /// How long finished operations stay listed and watchable [default: 7d].
+    #[arg(long, env = "EXPRESSCACHE_OPERATION_RETENTION", value_parser = humantime::parse_duration)]
+    pub operation_retention: Option<Duration>,
     /// Log format: text or json [default: text].
     #[arg(long, env = "EXPRESSCACHE_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -65,6 +73,10 @@ struct FileConfig {
     log_format: Option<LogFormat>,
     #[serde(default, with = "humantime_serde_opt")]
     sweep_interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
+    shutdown_grace: Option<Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
+    operation_retention: Option<Duration>,
 }
 
 mod humantime_serde_opt {
@@ -110,6 +122,8 @@ pub struct Config {
     pub force_path_style: bool,
     pub log_format: LogFormat,
     pub sweep_interval: Duration,
+    pub shutdown_grace: Duration,
+    pub operation_retention: Duration,
 }
 
 fn default_index_path() -> PathBuf {
@@ -157,8 +171,20 @@ impl Config {
         if sweep_interval < Duration::from_millis(100) {
             return Err("sweep_interval must be at least 100ms".into());
         }
+        let operation_retention = args
+            .operation_retention
+            .or(file.operation_retention)
+            .unwrap_or(Duration::from_secs(7 * 24 * 3600));
+        if operation_retention < Duration::from_secs(1) {
+            return Err("operation_retention must be at least 1s".into());
+        }
         Ok(Self {
             sweep_interval,
+            shutdown_grace: args
+                .shutdown_grace
+                .or(file.shutdown_grace)
+                .unwrap_or(Duration::from_secs(30)),
+            operation_retention,
             listen: args
                 .listen
                 .or(file.listen)

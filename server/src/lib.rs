@@ -17,6 +17,7 @@ pub mod ops;
 pub mod plan;
 pub mod progress;
 pub mod server;
+pub mod stop;
 pub mod store;
 #[cfg(feature = "test-support")]
 pub mod testing;

@@ -1,17 +1,19 @@
 //! The operation registry: starts warms detached from the RPC that asked for
-//! them, makes `request_id` submission idempotent, and lets any number of
-//! callers follow an operation's progress.
+//! them, makes `request_id` submission idempotent, lets any number of
+//! callers follow, cancel and list operations, checkpoints progress in the
+//! index, resumes unfinished warms after a restart, and drains on shutdown.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use expresscache::proto::v1 as pb;
-use expresscache::WarmSpec;
-use tokio::sync::watch;
+use expresscache::{Limits, WarmSpec};
+use tokio::sync::{watch, Notify};
 
-use crate::index::{now_millis, CacheIndex, CreateOutcome, IndexError, OperationRecord};
+use crate::index::{CacheIndex, CreateOutcome, IndexError, OpFilter, OperationRecord};
 use crate::progress::Progress;
+use crate::stop::{StopReason, StopSignal};
 use crate::store::ObjectStore;
 use crate::warm::Warmer;
 
@@ -23,6 +25,8 @@ pub enum SubmitError {
         request_id: String,
         operation_id: String,
     },
+    #[error("the server is shutting down and accepts no new warms; retry against another replica or after the restart")]
+    Draining,
     #[error(transparent)]
     Index(#[from] IndexError),
 }
@@ -30,10 +34,34 @@ pub enum SubmitError {
 /// Follows one operation's progress until its DONE message.
 pub type Subscription = watch::Receiver<pb::WarmProgress>;
 
+/// Timing of the registry's background work.
+#[derive(Debug, Clone)]
+pub struct OpsSettings {
+    /// How often a running warm publishes progress to its followers.
+    pub publish_interval: Duration,
+    /// How often a running warm's progress is written to the index.
+    pub checkpoint_interval: Duration,
+    /// How long finished operations are kept.
+    pub retention: Duration,
+}
+
+impl Default for OpsSettings {
+    fn default() -> Self {
+        Self {
+            publish_interval: Duration::from_millis(500),
+            checkpoint_interval: Duration::from_secs(5),
+            retention: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
 #[derive(Debug)]
 struct LiveOp {
     request: pb::WarmCacheRequest,
     progress: Arc<Progress>,
+    stop: Arc<StopSignal>,
+    created_at: i64,
+    resumptions: u32,
 }
 
 /// Running and recent operations.
@@ -41,20 +69,55 @@ struct LiveOp {
 pub struct Operations<S, I> {
     warmer: Arc<Warmer<S, I>>,
     live: Mutex<HashMap<String, LiveOp>>,
-    publish_interval: Duration,
+    /// Signalled whenever a live operation ends.
+    ended: Notify,
+    settings: OpsSettings,
+    limits: Limits,
+    draining: watch::Sender<bool>,
+}
+
+fn status_of(
+    id: String,
+    request: pb::WarmCacheRequest,
+    progress: pb::WarmProgress,
+    created_at: i64,
+    resumptions: u32,
+) -> pb::OperationStatus {
+    pb::OperationStatus {
+        operation_id: id,
+        request: Some(request),
+        progress: Some(progress),
+        created_at: Some(prost_types::Timestamp {
+            seconds: created_at.div_euclid(1000),
+            nanos: i32::try_from(created_at.rem_euclid(1000) * 1_000_000).unwrap_or(0),
+        }),
+        resumptions,
+    }
 }
 
 impl<S: ObjectStore, I: CacheIndex> Operations<S, I> {
-    pub fn new(warmer: Arc<Warmer<S, I>>, publish_interval: Duration) -> Self {
+    pub fn new(warmer: Arc<Warmer<S, I>>, settings: OpsSettings, limits: Limits) -> Self {
         Self {
             warmer,
             live: Mutex::default(),
-            publish_interval,
+            ended: Notify::new(),
+            settings,
+            limits,
+            draining: watch::channel(false).0,
         }
     }
 
     fn live(&self) -> std::sync::MutexGuard<'_, HashMap<String, LiveOp>> {
         self.live.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn index(&self) -> &I {
+        &self.warmer.index
+    }
+
+    /// Becomes true when the server starts shutting down.
+    pub fn draining(&self) -> watch::Receiver<bool> {
+        self.draining.subscribe()
     }
 
     /// Starts a warm, or attaches to the operation that already holds the
@@ -64,6 +127,9 @@ impl<S: ObjectStore, I: CacheIndex> Operations<S, I> {
         spec: WarmSpec,
         request: pb::WarmCacheRequest,
     ) -> Result<Subscription, SubmitError> {
+        if *self.draining.borrow() {
+            return Err(SubmitError::Draining);
+        }
         let id = uuid::Uuid::new_v4().to_string();
         let (progress, rx) = Progress::new(id.clone());
         let record = OperationRecord {
@@ -71,67 +137,118 @@ impl<S: ObjectStore, I: CacheIndex> Operations<S, I> {
             request_id: spec.request_id.as_ref().map(|r| r.to_string()),
             request: request.clone(),
             progress: progress.snapshot(),
-            created_at: now_millis(),
+            created_at: self.warmer.clock.now(),
+            resumptions: 0,
         };
         // The index decides who owns a request id, so two racing submissions
-        // (even on two replicas) end up on one operation.
-        if let CreateOutcome::Exists(existing) = self.warmer.index.create_operation(&record).await?
-        {
-            return self.attach(*existing, &request);
+        // end up on one operation.
+        if let CreateOutcome::Exists(existing) = self.index().create_operation(&record).await? {
+            if existing.request != request {
+                return Err(SubmitError::RequestIdConflict {
+                    request_id: existing.request_id.unwrap_or_default(),
+                    operation_id: existing.id,
+                });
+            }
+            tracing::info!(operation_id = %existing.id, "request_id matched; attaching");
+            return Ok(self.follow(*existing));
         }
+        tracing::info!(operation_id = %id, source = %spec.source, directory_bucket = %spec.directory_bucket, prefixes = spec.prefixes.len(), force_copy = spec.force_copy, "warm started");
+        self.start(record, spec, progress);
+        Ok(rx)
+    }
+
+    fn start(self: &Arc<Self>, record: OperationRecord, spec: WarmSpec, progress: Progress) {
         let progress = Arc::new(progress);
+        let stop = Arc::new(StopSignal::default());
         self.live().insert(
-            id.clone(),
+            record.id.clone(),
             LiveOp {
-                request,
+                request: record.request,
                 progress: Arc::clone(&progress),
+                stop: Arc::clone(&stop),
+                created_at: record.created_at,
+                resumptions: record.resumptions,
             },
         );
-        tracing::info!(operation_id = %id, source = %spec.source, directory_bucket = %spec.directory_bucket, prefixes = spec.prefixes.len(), force_copy = spec.force_copy, "warm started");
         let this = Arc::clone(self);
-        tokio::spawn(async move { this.drive(id, spec, progress).await });
-        Ok(rx)
+        tokio::spawn(async move { this.drive(record.id, spec, progress, stop).await });
     }
 
-    fn attach(
-        &self,
-        existing: OperationRecord,
-        request: &pb::WarmCacheRequest,
-    ) -> Result<Subscription, SubmitError> {
-        if existing.request != *request {
-            return Err(SubmitError::RequestIdConflict {
-                request_id: existing.request_id.unwrap_or_default(),
-                operation_id: existing.id,
-            });
+    /// A subscription to a live operation, or to a recorded one: its final
+    /// state, or (if it runs elsewhere or awaits resumption) its recorded
+    /// state with a closed channel, which tells the follower to poll.
+    fn follow(&self, record: OperationRecord) -> Subscription {
+        if let Some(op) = self.live().get(&record.id) {
+            return op.progress.subscribe();
         }
-        tracing::info!(operation_id = %existing.id, "request_id matched; attaching");
-        if let Some(op) = self.live().get(&existing.id) {
-            return Ok(op.progress.subscribe());
-        }
-        // Finished (or owned by another process): serve its last state.
-        let (_tx, rx) = watch::channel(existing.progress);
-        Ok(rx)
+        watch::channel(record.progress).1
     }
 
-    async fn drive(self: Arc<Self>, id: String, spec: WarmSpec, progress: Arc<Progress>) {
+    /// Follows an operation by id.
+    pub async fn watch(&self, id: &str) -> Result<Option<Subscription>, IndexError> {
+        if let Some(op) = self.live().get(id) {
+            return Ok(Some(op.progress.subscribe()));
+        }
+        Ok(self
+            .index()
+            .get_operation(id)
+            .await?
+            .map(|r| self.follow(r)))
+    }
+
+    async fn drive(
+        self: Arc<Self>,
+        id: String,
+        spec: WarmSpec,
+        progress: Arc<Progress>,
+        stop: Arc<StopSignal>,
+    ) {
         let ticker = {
-            let progress = Arc::clone(&progress);
-            let every = self.publish_interval;
+            let (progress, this, id) = (Arc::clone(&progress), Arc::clone(&self), id.clone());
             tokio::spawn(async move {
+                let every = this.settings.publish_interval;
+                let checkpoint_every = this.settings.checkpoint_interval;
                 let mut tick = tokio::time::interval(every);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+                let mut since_checkpoint = Duration::ZERO;
                 loop {
                     tick.tick().await;
                     progress.publish();
+                    since_checkpoint += every;
+                    if since_checkpoint >= checkpoint_every {
+                        since_checkpoint = Duration::ZERO;
+                        // Other replicas' status and list read this.
+                        if let Err(e) = this
+                            .index()
+                            .update_operation(&id, &progress.snapshot())
+                            .await
+                        {
+                            tracing::warn!(operation_id = %id, error = %e, "progress checkpoint failed");
+                        }
+                    }
                 }
             })
         };
-        let result = self.warmer.run(&spec, &progress, &id).await;
+        let result = self.warmer.run_until(&spec, &progress, &id, &stop).await;
         ticker.abort();
+        if stop.reason() == Some(StopReason::Interrupted) {
+            // Left unfinished on purpose: the next server start resumes it.
+            let snapshot = progress.snapshot();
+            if let Err(e) = self.index().update_operation(&id, &snapshot).await {
+                tracing::error!(operation_id = %id, error = %e, "could not checkpoint the interrupted warm");
+            }
+            tracing::info!(operation_id = %id, "warm interrupted by shutdown; it resumes on restart");
+            progress.publish();
+            self.forget(&id);
+            return;
+        }
         let last = match result {
             Err(e) => {
                 tracing::warn!(operation_id = %id, error = %e, "warm failed");
                 progress.finish(pb::Outcome::Failed, Some(e.to_string()))
+            }
+            Ok(()) if stop.reason() == Some(StopReason::Cancelled) => {
+                progress.finish(pb::Outcome::Cancelled, None)
             }
             Ok(()) if progress.failed.load(std::sync::atomic::Ordering::Relaxed) > 0 => {
                 progress.finish(pb::Outcome::PartiallyFailed, None)
@@ -141,26 +258,188 @@ impl<S: ObjectStore, I: CacheIndex> Operations<S, I> {
         let c = last.counters.unwrap_or_default();
         tracing::info!(operation_id = %id, outcome = ?pb::Outcome::try_from(last.outcome).unwrap_or_default(),
             listed = c.objects_listed, hits = c.objects_hit, copied = c.objects_copied,
-            failed = c.objects_failed, bytes_copied = c.bytes_copied, "warm finished");
-        if let Err(e) = self.warmer.index.update_operation(&id, &last).await {
+            shared = c.objects_shared, failed = c.objects_failed, bytes_copied = c.bytes_copied, "warm finished");
+        if let Err(e) = self.index().update_operation(&id, &last).await {
             tracing::error!(operation_id = %id, error = %e, "could not record the final state");
         }
-        self.live().remove(&id);
+        self.forget(&id);
+    }
+
+    fn forget(&self, id: &str) {
+        self.live().remove(id);
+        self.ended.notify_waiters();
     }
 
     /// The request and latest progress of an operation, live or recorded.
-    pub async fn status(
-        &self,
-        id: &str,
-    ) -> Result<Option<(pb::WarmCacheRequest, pb::WarmProgress)>, IndexError> {
+    pub async fn status(&self, id: &str) -> Result<Option<pb::OperationStatus>, IndexError> {
         if let Some(op) = self.live().get(id) {
-            return Ok(Some((op.request.clone(), op.progress.snapshot())));
+            return Ok(Some(status_of(
+                id.to_owned(),
+                op.request.clone(),
+                op.progress.snapshot(),
+                op.created_at,
+                op.resumptions,
+            )));
         }
         Ok(self
-            .warmer
-            .index
+            .index()
             .get_operation(id)
             .await?
-            .map(|r| (r.request, r.progress)))
+            .map(|r| status_of(r.id, r.request, r.progress, r.created_at, r.resumptions)))
+    }
+
+    /// Cancels an operation and waits until it has stopped; returns its
+    /// final state. A finished operation is returned unchanged.
+    pub async fn cancel(&self, id: &str) -> Result<Option<pb::OperationStatus>, IndexError> {
+        let stop = self.live().get(id).map(|op| Arc::clone(&op.stop));
+        match stop {
+            Some(stop) => {
+                tracing::info!(operation_id = %id, "cancelling");
+                stop.cancel();
+                self.wait_ended(id).await;
+            }
+            None => {
+                // Recorded but not running here (interrupted, awaiting
+                // resumption): end it as cancelled in the index.
+                if let Some(rec) = self.index().get_operation(id).await? {
+                    if !rec.is_done() {
+                        let mut last = rec.progress;
+                        last.phase = pb::Phase::Done as i32;
+                        last.outcome = pb::Outcome::Cancelled as i32;
+                        last.eta = None;
+                        self.index().update_operation(id, &last).await?;
+                    }
+                }
+            }
+        }
+        self.status(id).await
+    }
+
+    async fn wait_ended(&self, id: &str) {
+        loop {
+            let ended = self.ended.notified();
+            if !self.live().contains_key(id) {
+                return;
+            }
+            ended.await;
+        }
+    }
+
+    /// A page of operations, newest first; live ones with fresh progress.
+    pub async fn list(
+        &self,
+        filter: OpFilter,
+        after: Option<(i64, String)>,
+        limit: usize,
+    ) -> Result<(Vec<pb::OperationStatus>, Option<(i64, String)>), IndexError> {
+        let records = self.index().list_operations(filter, after, limit).await?;
+        let next = (records.len() == limit)
+            .then(|| records.last().map(|r| (r.created_at, r.id.clone())))
+            .flatten();
+        let live = self.live();
+        let ops = records
+            .into_iter()
+            .map(|r| {
+                let progress = live
+                    .get(&r.id)
+                    .map(|op| op.progress.snapshot())
+                    .unwrap_or(r.progress);
+                status_of(r.id, r.request, progress, r.created_at, r.resumptions)
+            })
+            .collect();
+        Ok((ops, next))
+    }
+
+    /// Restarts every unfinished operation recorded in the index (after a
+    /// crash or shutdown). Already-copied objects are hits, so the work
+    /// left is what was not done. Returns how many it resumed.
+    pub async fn resume_unfinished(self: &Arc<Self>) -> Result<usize, IndexError> {
+        const PAGE: usize = 100;
+        let mut resumed = 0;
+        let mut after = None;
+        loop {
+            let page = self
+                .index()
+                .list_operations(OpFilter::Running, after.clone(), PAGE)
+                .await?;
+            after = page.last().map(|r| (r.created_at, r.id.clone()));
+            let full = page.len() == PAGE;
+            for mut rec in page {
+                if self.live().contains_key(&rec.id) {
+                    continue;
+                }
+                let (progress, _rx) = Progress::new(rec.id.clone());
+                match WarmSpec::parse(&rec.request, &self.limits) {
+                    Ok(spec) => {
+                        rec.resumptions = self.index().mark_resumed(&rec.id).await?;
+                        tracing::info!(operation_id = %rec.id, resumptions = rec.resumptions, "resuming unfinished warm");
+                        self.start(rec, spec, progress);
+                        resumed += 1;
+                    }
+                    Err(e) => {
+                        let last = progress.finish(
+                            pb::Outcome::Failed,
+                            Some(format!("cannot resume under this server's limits: {e}")),
+                        );
+                        self.index().update_operation(&rec.id, &last).await?;
+                    }
+                }
+            }
+            if !full {
+                return Ok(resumed);
+            }
+        }
+    }
+
+    /// Deletes finished operations older than the retention; returns how
+    /// many.
+    pub async fn purge(&self) -> Result<u64, IndexError> {
+        let keep_ms = i64::try_from(self.settings.retention.as_millis()).unwrap_or(i64::MAX);
+        let before = crate::index::now_millis().saturating_sub(keep_ms);
+        self.index().purge_operations(before).await
+    }
+
+    /// Shutdown: refuse new warms and end every follower's stream (they
+    /// reattach elsewhere or after the restart), give running warms `grace`
+    /// to finish, then interrupt the rest (copies in flight finish and are
+    /// recorded; the warm is checkpointed and resumes on restart).
+    pub async fn drain(&self, grace: Duration) {
+        self.draining.send_replace(true);
+        let running = self.live().len();
+        if running == 0 {
+            return;
+        }
+        tracing::info!(running, grace = ?grace, "draining: waiting for running warms");
+        let all_ended = async {
+            loop {
+                let ended = self.ended.notified();
+                if self.live().is_empty() {
+                    return;
+                }
+                ended.await;
+            }
+        };
+        if tokio::time::timeout(grace, all_ended).await.is_ok() {
+            return;
+        }
+        let stops: Vec<Arc<StopSignal>> = self
+            .live()
+            .values()
+            .map(|op| Arc::clone(&op.stop))
+            .collect();
+        tracing::info!(
+            interrupted = stops.len(),
+            "grace period over: interrupting warms"
+        );
+        for s in &stops {
+            s.interrupt();
+        }
+        loop {
+            let ended = self.ended.notified();
+            if self.live().is_empty() {
+                return;
+            }
+            ended.await;
+        }
     }
 }

@@ -13,7 +13,7 @@ use crate::api::Api;
 use crate::clock::{Clock, SystemClock};
 use crate::evict::{spawn_sweeper, Evictor};
 use crate::index::CacheIndex;
-use crate::ops::Operations;
+use crate::ops::{Operations, OpsSettings};
 use crate::store::ObjectStore;
 use crate::warm::{WarmSettings, Warmer};
 
@@ -24,11 +24,13 @@ pub struct Deps<S, I> {
     pub index: Arc<I>,
     pub warm: WarmSettings,
     pub limits: Limits,
-    /// How often a running warm publishes progress to its followers.
-    pub publish_interval: Duration,
+    pub ops: OpsSettings,
     pub clock: Arc<dyn Clock>,
     /// How often the expiry sweeper runs; `None` disables it.
     pub sweep_interval: Option<Duration>,
+    /// On shutdown, how long running warms may take to finish before they
+    /// are interrupted (and resumed by the next start).
+    pub shutdown_grace: Duration,
 }
 
 impl<S, I> Deps<S, I> {
@@ -38,19 +40,25 @@ impl<S, I> Deps<S, I> {
             index: Arc::new(index),
             warm: WarmSettings::default(),
             limits: Limits::default(),
-            publish_interval: Duration::from_millis(500),
+            ops: OpsSettings::default(),
             clock: Arc::new(SystemClock),
             sweep_interval: Some(Duration::from_secs(60)),
+            shutdown_grace: Duration::from_secs(30),
         }
     }
 }
 
-/// Serves gRPC on `listener` until `shutdown` resolves.
+/// Serves gRPC on `listener` until `shutdown` resolves, then drains:
+/// health turns NOT_SERVING, new warms are refused, followers' streams end
+/// with UNAVAILABLE, running warms get the grace period to finish and are
+/// interrupted (checkpointed, resumed on the next start) after it.
+///
+/// On start it resumes the warms a previous run left unfinished.
 pub async fn serve<S, I, F>(
     listener: TcpListener,
     deps: Deps<S, I>,
     shutdown: F,
-) -> Result<(), tonic::transport::Error>
+) -> Result<(), ServeError>
 where
     S: ObjectStore,
     I: CacheIndex,
@@ -68,11 +76,17 @@ where
         clock: deps.clock,
         settings: deps.warm,
     });
-    let ops = Arc::new(Operations::new(warmer, deps.publish_interval));
-    let sweeper = deps
-        .sweep_interval
-        .map(|every| spawn_sweeper(Arc::clone(&evictor), every));
-    let api = Api::new(ops, evictor, deps.limits);
+    let ops = Arc::new(Operations::new(warmer, deps.ops.clone(), deps.limits));
+    let resumed = ops.resume_unfinished().await?;
+    if resumed > 0 {
+        tracing::info!(resumed, "resumed unfinished warms");
+    }
+    let mut background = Vec::new();
+    if let Some(every) = deps.sweep_interval {
+        background.push(spawn_sweeper(Arc::clone(&evictor), every));
+    }
+    background.push(spawn_purger(Arc::clone(&ops), deps.ops.retention));
+    let api = Api::new(Arc::clone(&ops), evictor, deps.limits);
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<CacheServiceServer<Api<S, I>>>().await;
@@ -82,14 +96,54 @@ where
         .build_v1()
         .expect("the embedded descriptor sets are valid");
 
+    let grace = deps.shutdown_grace;
+    let drain = {
+        let ops = Arc::clone(&ops);
+        async move {
+            shutdown.await;
+            health
+                .set_not_serving::<CacheServiceServer<Api<S, I>>>()
+                .await;
+            ops.drain(grace).await;
+        }
+    };
     let served = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)
         .add_service(CacheServiceServer::new(api))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drain)
         .await;
-    if let Some(s) = sweeper {
-        s.abort();
+    for task in background {
+        task.abort();
     }
-    served
+    Ok(served?)
+}
+
+/// Why the server stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Transport(#[from] tonic::transport::Error),
+    #[error("resuming unfinished warms: {0}")]
+    Index(#[from] crate::index::IndexError),
+}
+
+/// Purges finished operations past their retention, hourly (or every
+/// tenth of the retention, if shorter).
+fn spawn_purger<S: ObjectStore, I: CacheIndex>(
+    ops: Arc<Operations<S, I>>,
+    retention: Duration,
+) -> tokio::task::JoinHandle<()> {
+    let every = (retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(3600));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            match ops.purge().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(purged = n, "purged finished operations"),
+                Err(e) => tracing::warn!(error = %e, "purging operations failed"),
+            }
+        }
+    })
 }

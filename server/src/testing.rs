@@ -246,7 +246,7 @@ impl TestServer {
         let store = FaultStore::new(S3Store::new(s3_client(s3_endpoint)));
         let clock = Arc::new(ManualClock::new(crate::index::now_millis()));
         let mut deps = Deps::new(store, CountingIndex::new(index));
-        deps.publish_interval = Duration::from_millis(50);
+        deps.ops.publish_interval = Duration::from_millis(50);
         deps.clock = clock.clone();
         deps.sweep_interval = None;
         tune(&mut deps);

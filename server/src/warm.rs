@@ -20,6 +20,7 @@ use crate::clock::Clock;
 use crate::index::{CacheIndex, Claim, ClaimOutcome, Entry, IndexError, Lease, Millis, Record};
 use crate::plan::{Decision, Planner};
 use crate::progress::Progress;
+use crate::stop::StopSignal;
 use crate::store::{CopyRequest, ObjectMeta, ObjectStore, StoreError};
 
 /// Tuning of the copy path.
@@ -89,6 +90,8 @@ enum KeyOutcome {
         code: String,
         message: String,
     },
+    /// The warm was stopped before this key was settled.
+    Stopped,
 }
 
 fn millis(t: SystemTime) -> Option<Millis> {
@@ -132,6 +135,19 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
         progress: &Progress,
         owner: &str,
     ) -> Result<(), WarmError> {
+        self.run_until(spec, progress, owner, &StopSignal::default())
+            .await
+    }
+
+    /// [`run`](Self::run) that also stops early when `stop` is set: no new
+    /// listing page, no new copy; copies in flight finish and are recorded.
+    pub async fn run_until(
+        &self,
+        spec: &WarmSpec,
+        progress: &Progress,
+        owner: &str,
+        stop: &StopSignal,
+    ) -> Result<(), WarmError> {
         progress.set_phase(pb::Phase::Planning);
         self.write_leases(spec, progress).await?;
         // A warm can outlast a short TTL: keep its leases alive while it
@@ -149,9 +165,9 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
         };
 
         let (tx, rx) = mpsc::channel::<CopyTask>(4 * self.settings.max_concurrency.max(1));
-        let copier = self.copy_all(spec, progress, owner, rx);
+        let copier = self.copy_all(spec, progress, owner, stop, rx);
         let planner = async {
-            let r = self.plan(spec, progress, owner, &tx).await;
+            let r = self.plan(spec, progress, owner, stop, &tx).await;
             drop(tx);
             r
         };
@@ -193,6 +209,7 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
         spec: &WarmSpec,
         progress: &Progress,
         owner: &str,
+        stop: &StopSignal,
         tx: &mpsc::Sender<CopyTask>,
     ) -> Result<(), WarmError> {
         let dir = spec.directory_bucket.as_str();
@@ -202,6 +219,9 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
             let mut token = None;
             let mut after: Option<String> = None;
             loop {
+                if stop.is_set() {
+                    return Ok(());
+                }
                 let page = self
                     .store
                     .list_page(source, prefix.as_str(), token)
@@ -312,6 +332,7 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
         spec: &WarmSpec,
         progress: &Progress,
         owner: &str,
+        stop: &StopSignal,
         rx: mpsc::Receiver<CopyTask>,
     ) {
         let mut announced = false;
@@ -325,8 +346,18 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
             })
             .for_each_concurrent(self.settings.max_concurrency.max(1), |task| async move {
                 let obj = &task.object;
+                if stop.is_set() {
+                    return;
+                }
                 match self
-                    .settle(spec, owner, task.wait_for.clone(), obj, &task.dest_key)
+                    .settle(
+                        spec,
+                        owner,
+                        stop,
+                        task.wait_for.clone(),
+                        obj,
+                        &task.dest_key,
+                    )
                     .await
                 {
                     KeyOutcome::Copied => {
@@ -335,6 +366,7 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
                     }
                     KeyOutcome::Shared => Progress::add(&progress.shared, 1),
                     KeyOutcome::Failed { code, message } => progress.fail(&obj.key, &code, message),
+                    KeyOutcome::Stopped => {}
                 }
             })
             .await;
@@ -347,6 +379,7 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
         &self,
         spec: &WarmSpec,
         owner: &str,
+        stop: &StopSignal,
         mut wait_for: Option<Claim>,
         obj: &ObjectMeta,
         dest_key: &str,
@@ -354,8 +387,12 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
         let dir = spec.directory_bucket.as_str();
         loop {
             if let Some(claim) = wait_for.take() {
-                let record = match self.wait_for_release(dir, dest_key, owner, &claim).await {
-                    Ok(r) => r,
+                let record = match self
+                    .wait_for_release(dir, dest_key, owner, stop, &claim)
+                    .await
+                {
+                    Ok(Some(r)) => r,
+                    Ok(None) => return KeyOutcome::Stopped,
                     Err(e) => return index_failure(&e),
                 };
                 let planner = Planner {
@@ -413,18 +450,22 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
     }
 
     /// Polls until `claim` on `key` is gone, void, or ours; returns the
-    /// record as it then stands.
+    /// record as it then stands (`None` if the warm was stopped meanwhile).
     async fn wait_for_release(
         &self,
         dir: &str,
         key: &str,
         owner: &str,
+        stop: &StopSignal,
         claim: &Claim,
-    ) -> Result<Option<Record>, IndexError> {
+    ) -> Result<Option<Option<Record>>, IndexError> {
         tracing::debug!(key, holder = %claim.owner, "waiting for another operation's claim");
         let mut delay = self.settings.wait_poll;
         loop {
             tokio::time::sleep(delay).await;
+            if stop.is_set() {
+                return Ok(None);
+            }
             delay = (delay * 2).min(Duration::from_secs(1));
             let record = self
                 .index
@@ -438,7 +479,7 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
                 .and_then(|r| r.claim.as_ref())
                 .is_some_and(|c| c.is_live(now) && c.owner != owner);
             if !blocked {
-                return Ok(record);
+                return Ok(Some(record));
             }
         }
     }

@@ -36,6 +36,51 @@ enum Command {
     Status(StatusArgs),
     /// End the leases of prefixes now and delete their cached objects.
     Evict(EvictArgs),
+    /// Follow a running warm (started by anyone) until it is done.
+    Watch(WatchArgs),
+    /// Stop a running warm; it ends CANCELLED.
+    Cancel(CancelArgs),
+    /// List recent operations, newest first.
+    Ops(OpsArgs),
+}
+
+#[derive(Debug, Args)]
+struct WatchArgs {
+    /// Operation id printed by `warm` or `ops`.
+    operation: String,
+    #[arg(long, value_enum, default_value = "text")]
+    output: OutputFormat,
+    /// In plain-text logs, print a progress line at most this often.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
+    log_interval: Duration,
+    /// How often to reconnect when the connection breaks.
+    #[arg(long, default_value_t = 10)]
+    reconnect_attempts: u32,
+}
+
+#[derive(Debug, Args)]
+struct CancelArgs {
+    operation: String,
+    #[arg(long, value_enum, default_value = "text")]
+    output: OutputFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum StateFilter {
+    All,
+    Running,
+    Finished,
+}
+
+#[derive(Debug, Args)]
+struct OpsArgs {
+    #[arg(long, value_enum, default_value = "all")]
+    state: StateFilter,
+    /// Most operations to show.
+    #[arg(long, default_value_t = 20)]
+    limit: u32,
+    #[arg(long, value_enum, default_value = "text")]
+    output: OutputFormat,
 }
 
 #[derive(Debug, Args)]
@@ -119,8 +164,11 @@ pub fn main() -> ExitCode {
 async fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Warm(a) => return warm(&cli.endpoint, a).await,
+        Command::Watch(a) => return watch(&cli.endpoint, a).await,
         Command::Status(a) => status(&cli.endpoint, a).await,
         Command::Evict(a) => evict(&cli.endpoint, a).await,
+        Command::Cancel(a) => cancel(&cli.endpoint, a).await,
+        Command::Ops(a) => ops(&cli.endpoint, a).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -191,6 +239,120 @@ async fn warm(endpoint: &str, a: WarmArgs) -> ExitCode {
             }
         }
     }
+}
+
+async fn watch(endpoint: &str, a: WatchArgs) -> ExitCode {
+    let mut renderer = Renderer::new(a.output, a.log_interval);
+    let mut attempt = 0;
+    let mut delay = Duration::from_millis(500);
+    loop {
+        let result = async {
+            let mut client = Client::connect(endpoint).await?;
+            client
+                .watch_and_wait(&a.operation, |p| renderer.update(p))
+                .await
+        }
+        .await;
+        match result {
+            Ok(report) => {
+                renderer.finish(&report);
+                return exit::for_outcome(report.outcome);
+            }
+            Err(e) if retryable(&e) && attempt < a.reconnect_attempts => {
+                attempt += 1;
+                eprintln!(
+                    "warning: {e}; reconnecting in {delay:?} (attempt {attempt}/{})",
+                    a.reconnect_attempts
+                );
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+            Err(e) => {
+                renderer.abandon();
+                return fail(&e);
+            }
+        }
+    }
+}
+
+fn operation_line(s: &pb::OperationStatus) -> String {
+    let p = s.progress.clone().unwrap_or_default();
+    let r = s.request.clone().unwrap_or_default();
+    let state = if is_final(&p) {
+        render::outcome_name(pb::Outcome::try_from(p.outcome).unwrap_or(pb::Outcome::Unspecified))
+            .to_owned()
+    } else {
+        render::phase_name(p.phase).to_owned()
+    };
+    let c = p.counters.unwrap_or_default();
+    format!(
+        "{}  {}  {:<16}  s3://{}/{{{}}} -> {}  listed {} hits {} copied {} failed {}{}",
+        s.operation_id,
+        ts(s.created_at.as_ref()),
+        state,
+        r.bucket,
+        r.prefixes.join(","),
+        r.directory_bucket,
+        c.objects_listed,
+        c.objects_hit,
+        c.objects_copied,
+        c.objects_failed,
+        if s.resumptions > 0 {
+            format!("  (resumed {}x)", s.resumptions)
+        } else {
+            String::new()
+        }
+    )
+}
+
+fn operation_json(s: &pb::OperationStatus) -> serde_json::Value {
+    let mut v = render::progress_json(&s.progress.clone().unwrap_or_default());
+    v["operation_id"] = json!(s.operation_id);
+    v["created_at"] = json!(ts(s.created_at.as_ref()));
+    v["resumptions"] = json!(s.resumptions);
+    v["request"] = request_json(&s.request.clone().unwrap_or_default());
+    v
+}
+
+async fn cancel(endpoint: &str, a: CancelArgs) -> Result<(), ClientError> {
+    let mut client = Client::connect(endpoint).await?;
+    let s = client.cancel(&a.operation).await?;
+    match a.output {
+        OutputFormat::Json => println!("{}", operation_json(&s)),
+        OutputFormat::Text => println!("{}", operation_line(&s)),
+    }
+    Ok(())
+}
+
+async fn ops(endpoint: &str, a: OpsArgs) -> Result<(), ClientError> {
+    let mut client = Client::connect(endpoint).await?;
+    let filter = match a.state {
+        StateFilter::All => pb::OperationFilter::Unspecified,
+        StateFilter::Running => pb::OperationFilter::Running,
+        StateFilter::Finished => pb::OperationFilter::Finished,
+    };
+    let mut shown = 0;
+    let mut token = String::new();
+    while shown < a.limit {
+        let page = client
+            .list_operations(filter, (a.limit - shown).min(1000), token)
+            .await?;
+        for s in &page.operations {
+            match a.output {
+                OutputFormat::Json => println!("{}", operation_json(s)),
+                OutputFormat::Text => println!("{}", operation_line(s)),
+            }
+        }
+        shown += page.operations.len() as u32;
+        if page.next_page_token.is_empty() || page.operations.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    if shown == 0 && a.output == OutputFormat::Text {
+        println!("no operations");
+    }
+    Ok(())
 }
 
 async fn warm_once(

@@ -16,7 +16,8 @@ pub enum OutputFormat {
     Json,
 }
 
-fn phase_name(phase: i32) -> &'static str {
+/// The name of a phase as the CLI prints it.
+pub fn phase_name(phase: i32) -> &'static str {
     match Phase::try_from(phase).unwrap_or(Phase::Unspecified) {
         Phase::Queued => "queued",
         Phase::Planning => "planning",

@@ -78,6 +78,11 @@ impl From<ApiError> for Status {
                     format!("request_id {request_id:?} belongs to this operation, which was submitted with different fields; use a new request_id"),
                 ),
             ),
+            ApiError::Submit(SubmitError::Draining) => {
+                let mut details = ErrorDetails::new();
+                details.set_retry_info(Some(std::time::Duration::from_secs(1)));
+                Status::with_error_details(Code::Unavailable, msg, details)
+            }
             ApiError::Submit(SubmitError::Index(e)) | ApiError::Index(e) => {
                 tracing::error!(error = %e, "index failure");
                 Status::internal(format!("cache index failure: {e}"))

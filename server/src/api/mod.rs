@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use expresscache::proto::v1 as pb;
 use expresscache::proto::v1::cache_service_server::CacheService;
+use expresscache::request::{ListFilter, ListSpec};
 use expresscache::{EvictSpec, Limits, StatusQuery, WarmSpec};
 use futures::Stream;
 use tokio::sync::mpsc;
@@ -19,7 +20,7 @@ pub use error::ApiError;
 
 use crate::clock::Clock;
 use crate::evict::Evictor;
-use crate::index::CacheIndex;
+use crate::index::{CacheIndex, OpFilter};
 use crate::ops::{Operations, Subscription};
 use crate::store::ObjectStore;
 
@@ -68,17 +69,13 @@ impl<S: ObjectStore, I: CacheIndex> Api<S, I> {
     async fn status(&self, req: pb::GetStatusRequest) -> Result<pb::GetStatusResponse, ApiError> {
         match StatusQuery::parse(&req, &self.limits)? {
             StatusQuery::Operation(id) => {
-                let (request, progress) = self
+                let status = self
                     .ops
                     .status(&id)
                     .await?
-                    .ok_or(ApiError::OperationNotFound(id.clone()))?;
+                    .ok_or(ApiError::OperationNotFound(id))?;
                 Ok(pb::GetStatusResponse {
-                    operation: Some(pb::OperationStatus {
-                        operation_id: id,
-                        request: Some(request),
-                        progress: Some(progress),
-                    }),
+                    operation: Some(status),
                     prefixes: vec![],
                 })
             }
@@ -135,46 +132,70 @@ fn is_done(p: &pb::WarmProgress) -> bool {
 
 /// Forwards an operation's progress to one caller until DONE. If the
 /// caller goes away the operation carries on; if the operation's live
-/// channel closes early (it runs elsewhere), falls back to polling its
-/// recorded state.
+/// channel closes early (it runs elsewhere or awaits resumption), falls back
+/// to polling its recorded state; if the server starts draining, ends the
+/// stream with UNAVAILABLE so the caller reattaches elsewhere.
 fn forward<S: ObjectStore, I: CacheIndex>(
     mut sub: Subscription,
     ops: Arc<Operations<S, I>>,
 ) -> ProgressStream {
     let (tx, rx) = mpsc::channel(16);
+    let mut draining = ops.draining();
     tokio::spawn(async move {
+        let drained = || {
+            Status::unavailable(
+                "the server is shutting down; the warm goes on: reattach with the same \
+                 request_id or watch the operation after the restart",
+            )
+        };
         let mut last = sub.borrow_and_update().clone();
+        let mut live = true;
         loop {
             let done = is_done(&last);
             if tx.send(Ok(last.clone())).await.is_err() || done {
                 return;
             }
-            if sub.changed().await.is_ok() {
-                last = sub.borrow_and_update().clone();
-                continue;
+            if *draining.borrow() {
+                let _ = tx.send(Err(drained())).await;
+                return;
             }
-            // The channel closed without a DONE message we saw: read the
-            // recorded state until it is final.
+            if live {
+                tokio::select! {
+                    changed = sub.changed() => {
+                        if changed.is_ok() {
+                            last = sub.borrow_and_update().clone();
+                        } else {
+                            // Closed without a DONE message we saw: the
+                            // final state may still arrive in the index.
+                            live = false;
+                        }
+                        continue;
+                    }
+                    _ = draining.changed() => continue,
+                }
+            }
             let id = last.operation_id.clone();
-            loop {
-                match ops.status(&id).await {
-                    Ok(Some((_, p))) if is_done(&p) => {
-                        let _ = tx.send(Ok(p)).await;
-                        return;
-                    }
-                    Ok(Some(_)) => tokio::time::sleep(Duration::from_millis(500)).await,
-                    Ok(None) => {
-                        let _ = tx
-                            .send(Err(Status::internal(format!("operation {id} disappeared"))))
-                            .await;
-                        return;
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Err(Status::from(ApiError::from(e)))).await;
-                        return;
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = draining.changed() => continue,
+            }
+            match ops.status(&id).await {
+                Ok(Some(s)) => {
+                    let p = s.progress.unwrap_or_default();
+                    if p != last {
+                        last = p;
+                    } else if !is_done(&p) {
+                        continue;
                     }
                 }
-                if tx.is_closed() {
+                Ok(None) => {
+                    let _ = tx
+                        .send(Err(Status::internal(format!("operation {id} disappeared"))))
+                        .await;
+                    return;
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(Status::from(ApiError::from(e)))).await;
                     return;
                 }
             }
@@ -193,6 +214,67 @@ impl<S: ObjectStore, I: CacheIndex> CacheService for Api<S, I> {
     ) -> Result<Response<Self::WarmCacheStream>, Status> {
         let sub = self.warm(request.into_inner()).await?;
         Ok(Response::new(forward(sub, Arc::clone(&self.ops))))
+    }
+
+    type WatchOperationStream = ProgressStream;
+
+    async fn watch_operation(
+        &self,
+        request: Request<pb::WatchOperationRequest>,
+    ) -> Result<Response<Self::WatchOperationStream>, Status> {
+        let id = expresscache::request::parse_operation_id(
+            "operation_id",
+            &request.into_inner().operation_id,
+        )
+        .map_err(ApiError::from)?;
+        let sub = self
+            .ops
+            .watch(&id)
+            .await
+            .map_err(ApiError::from)?
+            .ok_or(ApiError::OperationNotFound(id))?;
+        Ok(Response::new(forward(sub, Arc::clone(&self.ops))))
+    }
+
+    async fn cancel_operation(
+        &self,
+        request: Request<pb::CancelOperationRequest>,
+    ) -> Result<Response<pb::OperationStatus>, Status> {
+        let id = expresscache::request::parse_operation_id(
+            "operation_id",
+            &request.into_inner().operation_id,
+        )
+        .map_err(ApiError::from)?;
+        let status = self
+            .ops
+            .cancel(&id)
+            .await
+            .map_err(ApiError::from)?
+            .ok_or(ApiError::OperationNotFound(id))?;
+        Ok(Response::new(status))
+    }
+
+    async fn list_operations(
+        &self,
+        request: Request<pb::ListOperationsRequest>,
+    ) -> Result<Response<pb::ListOperationsResponse>, Status> {
+        let spec = ListSpec::parse(&request.into_inner()).map_err(ApiError::from)?;
+        let filter = match spec.filter {
+            ListFilter::All => OpFilter::All,
+            ListFilter::Running => OpFilter::Running,
+            ListFilter::Finished => OpFilter::Finished,
+        };
+        let (operations, next) = self
+            .ops
+            .list(filter, spec.after, spec.page_size)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(pb::ListOperationsResponse {
+            operations,
+            next_page_token: next
+                .map(|(t, id)| expresscache::request::encode_page_token(t, &id))
+                .unwrap_or_default(),
+        }))
     }
 
     async fn get_status(

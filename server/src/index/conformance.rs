@@ -48,6 +48,7 @@ pub async fn run_all<I: CacheIndex>(index: &I) {
     eviction_respects_leases_and_claims(index).await;
     usage_counts_cached_objects_only(index).await;
     operations_are_unique_per_request_id(index).await;
+    operations_list_newest_first_resume_and_purge(index).await;
 }
 
 async fn put<I: CacheIndex>(index: &I, entries: &[Entry]) {
@@ -434,6 +435,7 @@ async fn operations_are_unique_per_request_id<I: CacheIndex>(index: &I) {
             ..Default::default()
         },
         created_at: 5,
+        resumptions: 0,
     };
     assert_eq!(
         index
@@ -470,4 +472,104 @@ async fn operations_are_unique_per_request_id<I: CacheIndex>(index: &I) {
     let got = index.get_operation("op1").await.unwrap().unwrap();
     assert_eq!(got.progress, done, "progress round-trips");
     assert_eq!(got.request, op("op1", Some("r1")).request);
+}
+
+async fn operations_list_newest_first_resume_and_purge<I: CacheIndex>(index: &I) {
+    use super::OpFilter;
+    let rec = |id: &str, created_at: i64, done: bool| OperationRecord {
+        id: id.into(),
+        request_id: None,
+        request: pb::WarmCacheRequest::default(),
+        progress: pb::WarmProgress {
+            operation_id: id.into(),
+            phase: if done {
+                pb::Phase::Done
+            } else {
+                pb::Phase::Copying
+            } as i32,
+            ..Default::default()
+        },
+        created_at,
+        resumptions: 0,
+    };
+    for (id, t, done) in [
+        ("l1", 100, true),
+        ("l2", 200, false),
+        ("l3", 300, true),
+        ("l4", 300, false),
+    ] {
+        index.create_operation(&rec(id, t, done)).await.unwrap();
+    }
+    let ids = |v: Vec<OperationRecord>| {
+        v.into_iter()
+            .map(|r| r.id)
+            .filter(|i| i.starts_with('l'))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        ids(index
+            .list_operations(OpFilter::All, None, 100)
+            .await
+            .unwrap()),
+        ["l4", "l3", "l2", "l1"],
+        "newest first, ties by id descending"
+    );
+    assert_eq!(
+        ids(index
+            .list_operations(OpFilter::Running, None, 100)
+            .await
+            .unwrap()),
+        ["l4", "l2"]
+    );
+    assert_eq!(
+        ids(index
+            .list_operations(OpFilter::Finished, None, 100)
+            .await
+            .unwrap()),
+        ["l3", "l1"]
+    );
+    let first = index.list_operations(OpFilter::All, None, 2).await.unwrap();
+    let cursor = first.last().map(|r| (r.created_at, r.id.clone()));
+    assert_eq!(
+        ids(index
+            .list_operations(OpFilter::All, cursor, 100)
+            .await
+            .unwrap()),
+        ["l2", "l1"],
+        "the cursor continues after the last row"
+    );
+    assert_eq!(index.mark_resumed("l2").await.unwrap(), 1);
+    assert_eq!(index.mark_resumed("l2").await.unwrap(), 2);
+    assert_eq!(
+        index
+            .get_operation("l2")
+            .await
+            .unwrap()
+            .unwrap()
+            .resumptions,
+        2
+    );
+    let done = pb::WarmProgress {
+        phase: pb::Phase::Done as i32,
+        ..Default::default()
+    };
+    index.update_operation("l2", &done).await.unwrap();
+    assert_eq!(
+        ids(index
+            .list_operations(OpFilter::Running, None, 100)
+            .await
+            .unwrap()),
+        ["l4"],
+        "DONE progress finishes it"
+    );
+    let purged = index.purge_operations(i64::MAX).await.unwrap();
+    assert!(purged >= 3, "finished operations are purged");
+    assert_eq!(
+        ids(index
+            .list_operations(OpFilter::All, None, 100)
+            .await
+            .unwrap()),
+        ["l4"],
+        "running ones are kept"
+    );
 }

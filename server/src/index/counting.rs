@@ -11,7 +11,7 @@ use crate::gate::{Gate, Pass};
 
 use super::{
     CacheIndex, ClaimOutcome, CreateOutcome, Entry, EvictDecision, IndexError, Lease, Millis,
-    OperationRecord, Record, Usage,
+    OpFilter, OperationRecord, Record, Usage,
 };
 
 #[derive(Debug)]
@@ -228,6 +228,29 @@ impl<I: CacheIndex> CacheIndex for CountingIndex<I> {
         self.write();
         let _pass = self.pass("update_operation", id).await;
         self.inner.update_operation(id, progress).await
+    }
+
+    async fn list_operations(
+        &self,
+        filter: OpFilter,
+        after: Option<(Millis, String)>,
+        limit: usize,
+    ) -> Result<Vec<OperationRecord>, IndexError> {
+        self.read();
+        let _pass = self.pass("list_operations", "").await;
+        self.inner.list_operations(filter, after, limit).await
+    }
+
+    async fn mark_resumed(&self, id: &str) -> Result<u32, IndexError> {
+        self.write();
+        let _pass = self.pass("mark_resumed", id).await;
+        self.inner.mark_resumed(id).await
+    }
+
+    async fn purge_operations(&self, before: Millis) -> Result<u64, IndexError> {
+        self.write();
+        let _pass = self.pass("purge_operations", "").await;
+        self.inner.purge_operations(before).await
     }
 
     async fn get_operation(&self, id: &str) -> Result<Option<OperationRecord>, IndexError> {

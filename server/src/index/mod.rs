@@ -126,6 +126,22 @@ pub struct OperationRecord {
     pub request: pb::WarmCacheRequest,
     pub progress: pb::WarmProgress,
     pub created_at: Millis,
+    /// Times a server resumed it after an interruption.
+    pub resumptions: u32,
+}
+
+impl OperationRecord {
+    pub fn is_done(&self) -> bool {
+        self.progress.phase == pb::Phase::Done as i32
+    }
+}
+
+/// Which operations a listing returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpFilter {
+    All,
+    Running,
+    Finished,
 }
 
 /// Result of registering an operation under an idempotency key.
@@ -262,7 +278,8 @@ pub trait CacheIndex: Send + Sync + 'static {
     /// operation that holds it instead.
     async fn create_operation(&self, op: &OperationRecord) -> Result<CreateOutcome, IndexError>;
 
-    /// Stores the latest progress of an operation.
+    /// Stores the latest progress of an operation (finished once its phase
+    /// is DONE).
     async fn update_operation(
         &self,
         id: &str,
@@ -270,6 +287,23 @@ pub trait CacheIndex: Send + Sync + 'static {
     ) -> Result<(), IndexError>;
 
     async fn get_operation(&self, id: &str) -> Result<Option<OperationRecord>, IndexError>;
+
+    /// Operations newest first (by creation time, then id), strictly after
+    /// the `(created_at, id)` cursor when given, at most `limit`.
+    async fn list_operations(
+        &self,
+        filter: OpFilter,
+        after: Option<(Millis, String)>,
+        limit: usize,
+    ) -> Result<Vec<OperationRecord>, IndexError>;
+
+    /// Counts one more resumption of an unfinished operation; returns the
+    /// new count.
+    async fn mark_resumed(&self, id: &str) -> Result<u32, IndexError>;
+
+    /// Deletes finished operations last updated before `before`; returns
+    /// how many.
+    async fn purge_operations(&self, before: Millis) -> Result<u64, IndexError>;
 }
 
 /// `key` and each of its ancestor prefixes: "" and every prefix of it ending

@@ -13,7 +13,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{
     ancestors, prefix_successor, CacheIndex, Claim, ClaimKind, ClaimOutcome, CreateOutcome, Entry,
-    EvictDecision, IndexError, Lease, Millis, OperationRecord, Record, Usage,
+    EvictDecision, IndexError, Lease, Millis, OpFilter, OperationRecord, Record, Usage,
 };
 
 const SCHEMA: &str = "
@@ -43,13 +43,16 @@ CREATE TABLE IF NOT EXISTS leases (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS leases_by_expiry ON leases (expires_at);
 CREATE TABLE IF NOT EXISTS operations (
-    id         TEXT PRIMARY KEY,
-    request_id TEXT UNIQUE,
-    request    BLOB    NOT NULL,
-    progress   BLOB    NOT NULL,
-    created_at INTEGER NOT NULL,
-    updated_at INTEGER NOT NULL
+    id          TEXT PRIMARY KEY,
+    request_id  TEXT UNIQUE,
+    request     BLOB    NOT NULL,
+    progress    BLOB    NOT NULL,
+    done        INTEGER NOT NULL DEFAULT 0,
+    resumptions INTEGER NOT NULL DEFAULT 0,
+    created_at  INTEGER NOT NULL,
+    updated_at  INTEGER NOT NULL
 );
+CREATE INDEX IF NOT EXISTS operations_by_age ON operations (created_at DESC, id DESC);
 ";
 
 /// SQLite-backed [`CacheIndex`].
@@ -193,13 +196,8 @@ fn row_to_lease(r: &rusqlite::Row<'_>) -> rusqlite::Result<Lease> {
     })
 }
 
-fn decode_op(
-    id: String,
-    request_id: Option<String>,
-    request: Vec<u8>,
-    progress: Vec<u8>,
-    created_at: Millis,
-) -> Result<OperationRecord, IndexError> {
+fn decode_op(row: OpRow) -> Result<OperationRecord, IndexError> {
+    let (id, request_id, request, progress, created_at, resumptions) = row;
     Ok(OperationRecord {
         request: pb::WarmCacheRequest::decode(request.as_slice())
             .map_err(|e| IndexError::Corrupt(format!("operation {id} request: {e}")))?,
@@ -208,10 +206,11 @@ fn decode_op(
         id,
         request_id,
         created_at,
+        resumptions: u32::try_from(resumptions).unwrap_or(0),
     })
 }
 
-type OpRow = (String, Option<String>, Vec<u8>, Vec<u8>, Millis);
+type OpRow = (String, Option<String>, Vec<u8>, Vec<u8>, Millis, i64);
 
 fn read_op(row: &rusqlite::Row<'_>) -> rusqlite::Result<OpRow> {
     Ok((
@@ -220,10 +219,15 @@ fn read_op(row: &rusqlite::Row<'_>) -> rusqlite::Result<OpRow> {
         row.get(2)?,
         row.get(3)?,
         row.get(4)?,
+        row.get(5)?,
     ))
 }
 
-const OP_COLUMNS: &str = "id, request_id, request, progress, created_at";
+const OP_COLUMNS: &str = "id, request_id, request, progress, created_at, resumptions";
+
+fn is_done(p: &pb::WarmProgress) -> bool {
+    p.phase == pb::Phase::Done as i32
+}
 
 #[async_trait::async_trait]
 impl CacheIndex for SqliteIndex {
@@ -621,20 +625,21 @@ impl CacheIndex for SqliteIndex {
                     )
                     .optional()
                     .map_err(storage)?;
-                if let Some((id, rid, req, prog, created)) = existing {
-                    return Ok(CreateOutcome::Exists(Box::new(decode_op(
-                        id, rid, req, prog, created,
-                    )?)));
+                if let Some(row) = existing {
+                    return Ok(CreateOutcome::Exists(Box::new(decode_op(row)?)));
                 }
             }
             tx.execute(
-                "INSERT INTO operations (id, request_id, request, progress, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+                "INSERT INTO operations (id, request_id, request, progress, done, resumptions,
+                     created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
                 params![
                     op.id,
                     op.request_id,
                     op.request.encode_to_vec(),
                     op.progress.encode_to_vec(),
+                    is_done(&op.progress),
+                    op.resumptions,
                     op.created_at
                 ],
             )
@@ -652,10 +657,11 @@ impl CacheIndex for SqliteIndex {
     ) -> Result<(), IndexError> {
         let id = id.to_owned();
         let bytes = progress.encode_to_vec();
+        let done = is_done(progress);
         self.with(move |c| {
             c.execute(
-                "UPDATE operations SET progress = ?2, updated_at = ?3 WHERE id = ?1",
-                params![id, bytes, super::now_millis()],
+                "UPDATE operations SET progress = ?2, done = ?3, updated_at = ?4 WHERE id = ?1",
+                params![id, bytes, done, super::now_millis()],
             )
             .map_err(storage)?;
             Ok(())
@@ -674,8 +680,67 @@ impl CacheIndex for SqliteIndex {
                 )
                 .optional()
                 .map_err(storage)?;
-            row.map(|(id, rid, req, prog, created)| decode_op(id, rid, req, prog, created))
-                .transpose()
+            row.map(decode_op).transpose()
+        })
+        .await
+    }
+
+    async fn list_operations(
+        &self,
+        filter: OpFilter,
+        after: Option<(Millis, String)>,
+        limit: usize,
+    ) -> Result<Vec<OperationRecord>, IndexError> {
+        let done: Option<bool> = match filter {
+            OpFilter::All => None,
+            OpFilter::Running => Some(false),
+            OpFilter::Finished => Some(true),
+        };
+        let (at, id) = after.map_or((None, None), |(t, i)| (Some(t), Some(i)));
+        let limit = to_i64(limit as u64);
+        self.with(move |c| {
+            let mut stmt = c
+                .prepare_cached(&format!(
+                    "SELECT {OP_COLUMNS} FROM operations
+                     WHERE (?1 IS NULL OR done = ?1)
+                       AND (?2 IS NULL OR created_at < ?2 OR (created_at = ?2 AND id < ?3))
+                     ORDER BY created_at DESC, id DESC LIMIT ?4"
+                ))
+                .map_err(storage)?;
+            let rows = stmt
+                .query_map(params![done, at, id, limit], read_op)
+                .map_err(storage)?;
+            rows.map(|r| r.map_err(storage).and_then(decode_op))
+                .collect()
+        })
+        .await
+    }
+
+    async fn mark_resumed(&self, id: &str) -> Result<u32, IndexError> {
+        let id = id.to_owned();
+        self.with(move |c| {
+            let n: i64 = c
+                .query_row(
+                    "UPDATE operations SET resumptions = resumptions + 1 WHERE id = ?1
+                     RETURNING resumptions",
+                    params![id],
+                    |r| r.get(0),
+                )
+                .map_err(storage)?;
+            Ok(u32::try_from(n).unwrap_or(u32::MAX))
+        })
+        .await
+    }
+
+    async fn purge_operations(&self, before: Millis) -> Result<u64, IndexError> {
+        self.with(move |c| {
+            let n = c
+                .execute(
+                    "DELETE FROM operations WHERE done = 1 AND updated_at < ?1",
+                    params![before],
+                )
+                .map_err(storage)?;
+            Ok(n as u64)
         })
         .await
     }
@@ -698,7 +763,7 @@ mod tests {
         crate::index::conformance::run_all(&index).await;
         drop(index);
         let reopened = SqliteIndex::open(&path).unwrap();
-        assert!(reopened.get_operation("op1").await.unwrap().is_some());
+        assert!(reopened.get_operation("l4").await.unwrap().is_some());
     }
 
     #[test]
