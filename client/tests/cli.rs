@@ -2,128 +2,15 @@
 //! configured only through the standard AWS environment variables, with S3
 //! served by moto.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+mod common;
 
+use std::process::Command;
+
+use common::{cli, json_lines, setup, Server};
 use expresscache_server::testing::{
     create_bucket, create_directory_bucket, free_port, list_keys, put, unique,
     unique_directory_bucket, Moto,
 };
-use serde_json::Value;
-
-fn cli() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_expresscache"))
-}
-
-/// The server binary cargo built next to this test's binary.
-fn server_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    let bin = dir.join("expresscache-server");
-    assert!(
-        bin.exists(),
-        "{} not built: run the tests with `scripts/test` (cargo nextest run --workspace)",
-        bin.display()
-    );
-    bin
-}
-
-struct Server {
-    child: Child,
-    endpoint: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Server {
-    fn start(moto: &Moto) -> Self {
-        Self::start_with(moto, &[])
-    }
-
-    fn start_with(moto: &Moto, extra: &[&str]) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let port = free_port();
-        let child = Command::new(server_binary())
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(extra)
-            .env(
-                "EXPRESSCACHE_INDEX",
-                format!("sqlite://{}", dir.path().join("i.db").display()),
-            )
-            .env("AWS_ENDPOINT_URL", &moto.endpoint)
-            .env("AWS_REGION", "us-east-1")
-            .env("AWS_ACCESS_KEY_ID", "test")
-            .env("AWS_SECRET_ACCESS_KEY", "test")
-            .env_remove("AWS_PROFILE")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start expresscache-server");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "server did not listen"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        Self {
-            child,
-            endpoint: format!("http://127.0.0.1:{port}"),
-            _dir: dir,
-        }
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new(cli())
-            .arg("--endpoint")
-            .arg(&self.endpoint)
-            .args(args)
-            .output()
-            .expect("run expresscache")
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn json_lines(out: &Output) -> Vec<Value> {
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}")))
-        .collect()
-}
-
-struct Setup {
-    _moto: Moto,
-    server: Server,
-    src: String,
-    dir: String,
-    s3: aws_sdk_s3::Client,
-}
-
-async fn setup(keys: &[&str]) -> Setup {
-    let moto = Moto::start();
-    let s3 = moto.s3();
-    let src = unique("src");
-    let dir = unique_directory_bucket();
-    create_bucket(&s3, &src).await;
-    create_directory_bucket(&s3, &dir).await;
-    for k in keys {
-        put(&s3, &src, k, k.as_bytes()).await;
-    }
-    let server = Server::start(&moto);
-    Setup {
-        _moto: moto,
-        server,
-        src,
-        dir,
-        s3,
-    }
-}
 
 #[tokio::test]
 async fn warm_json_output_and_exit_codes() {
@@ -209,7 +96,6 @@ async fn warm_json_output_and_exit_codes() {
         "{}",
         String::from_utf8_lossy(&missing.stderr)
     );
-    drop(s.s3);
 }
 
 #[tokio::test]
@@ -350,7 +236,7 @@ async fn the_server_sweeps_expired_objects_by_itself() {
     for k in ["s/1", "s/2", "keep/1"] {
         put(&s3, &src, k, k.as_bytes()).await;
     }
-    let server = Server::start_with(&moto, &["--sweep-interval", "200ms"]);
+    let server = Server::start_with(&moto, &["--sweep-interval", "200ms"], &[]);
     let warm = |prefix: &str, ttl: &str| {
         server.run(&[
             "warm",

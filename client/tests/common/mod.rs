@@ -1,0 +1,217 @@
+//! Running the real binaries: `expresscache-server` (as a child process
+//! configured only through flags and the standard AWS environment) and the
+//! `expresscache` CLI.
+
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use expresscache_server::testing::{
+    create_bucket, create_directory_bucket, free_port, put, unique, unique_directory_bucket, Moto,
+};
+use serde_json::Value;
+
+pub fn cli() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_expresscache"))
+}
+
+/// The server binary cargo built next to this test's binary.
+pub fn server_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let bin = dir.join("expresscache-server");
+    assert!(
+        bin.exists(),
+        "{} not built: run the tests with `scripts/test` (cargo nextest run --workspace)",
+        bin.display()
+    );
+    bin
+}
+
+/// A server process with its own index file and port; it can be killed and
+/// started again on the same port and index, as an operator would.
+pub struct Server {
+    child: Option<Child>,
+    pub port: u16,
+    pub endpoint: String,
+    s3_endpoint: String,
+    extra: Vec<String>,
+    env: Vec<(String, String)>,
+    dir: tempfile::TempDir,
+}
+
+impl Server {
+    pub fn start(moto: &Moto) -> Self {
+        Self::start_with(moto, &[], &[])
+    }
+
+    pub fn start_with(moto: &Moto, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        let port = free_port();
+        let mut s = Self {
+            child: None,
+            port,
+            endpoint: format!("http://127.0.0.1:{port}"),
+            s3_endpoint: moto.endpoint.clone(),
+            extra: extra.iter().map(|a| (*a).to_owned()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            dir: tempfile::tempdir().expect("temp dir"),
+        };
+        s.spawn();
+        s
+    }
+
+    pub fn index_path(&self) -> PathBuf {
+        self.dir.path().join("i.db")
+    }
+
+    /// Starts the process (again) and waits until it listens.
+    pub fn spawn(&mut self) {
+        let log = std::fs::File::create(self.dir.path().join("server.log")).expect("log file");
+        let child = Command::new(server_binary())
+            .args(["--listen", &format!("127.0.0.1:{}", self.port)])
+            .args(&self.extra)
+            .env(
+                "EXPRESSCACHE_INDEX",
+                format!("sqlite://{}", self.index_path().display()),
+            )
+            .env("AWS_ENDPOINT_URL", &self.s3_endpoint)
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env_remove("AWS_PROFILE")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start expresscache-server");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "server did not listen; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// SIGKILL: no chance to clean up.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().expect("kill -9");
+            c.wait().expect("reap");
+        }
+    }
+
+    /// SIGTERM, then waits for the exit; returns how long it took.
+    pub fn terminate(&mut self, limit: Duration) -> Duration {
+        let mut c = self.child.take().expect("running");
+        let t0 = Instant::now();
+        let ok = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status()
+            .expect("kill -TERM");
+        assert!(ok.success());
+        loop {
+            if let Some(status) = c.try_wait().expect("wait") {
+                assert!(
+                    status.success(),
+                    "server exited with {status}; log:\n{}",
+                    self.log()
+                );
+                return t0.elapsed();
+            }
+            if t0.elapsed() > limit {
+                let _ = c.kill();
+                panic!(
+                    "server still running {limit:?} after SIGTERM; log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn command(&self) -> Command {
+        let mut c = Command::new(cli());
+        c.arg("--endpoint").arg(&self.endpoint);
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.command()
+            .args(args)
+            .output()
+            .expect("run expresscache")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn json_lines(out: &Output) -> Vec<Value> {
+    parse_json_lines(&String::from_utf8_lossy(&out.stdout))
+}
+
+pub fn parse_json_lines(text: &str) -> Vec<Value> {
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}")))
+        .collect()
+}
+
+pub struct Setup {
+    pub moto: Moto,
+    pub server: Server,
+    pub src: String,
+    pub dir: String,
+    pub s3: aws_sdk_s3::Client,
+}
+
+/// moto with a source bucket holding `keys` (body = key) and an empty
+/// directory bucket, and a server with default settings.
+pub async fn setup(keys: &[&str]) -> Setup {
+    let (moto, s3, src, dir) = buckets(keys).await;
+    let server = Server::start(&moto);
+    Setup {
+        moto,
+        server,
+        src,
+        dir,
+        s3,
+    }
+}
+
+pub async fn buckets(keys: &[&str]) -> (Moto, aws_sdk_s3::Client, String, String) {
+    let moto = Moto::start();
+    let s3 = moto.s3();
+    let src = unique("src");
+    let dir = unique_directory_bucket();
+    create_bucket(&s3, &src).await;
+    create_directory_bucket(&s3, &dir).await;
+    let mut puts = tokio::task::JoinSet::new();
+    for k in keys {
+        let (s3, src, k) = (s3.clone(), src.clone(), (*k).to_owned());
+        puts.spawn(async move { put(&s3, &src, &k, k.as_bytes().to_vec()).await });
+        if puts.len() >= 32 {
+            puts.join_next().await;
+        }
+    }
+    puts.join_all().await;
+    (moto, s3, src, dir)
+}

@@ -1,0 +1,195 @@
+//! Operations that outlive their process: a warm started by the CLI survives
+//! `kill -9` and SIGTERM of the server. The restarted server resumes it, the
+//! CLI that started it reattaches by itself and exits 0, and nothing is
+//! copied twice beyond what was in flight at the kill.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::{buckets, parse_json_lines, Server};
+use expresscache_server::index::{CacheIndex, SqliteIndex};
+use expresscache_server::testing::list_keys;
+use serde_json::Value;
+
+const OBJECTS: usize = 2000;
+/// Copies in flight at once: the most a kill can leave copied-but-unrecorded.
+const CONCURRENCY: &str = "16";
+
+/// Starts `expresscache warm --output json` and streams its stdout lines.
+fn start_warm(
+    server: &Server,
+    src: &str,
+    dir: &str,
+    request_id: &str,
+) -> (Child, mpsc::Receiver<String>) {
+    let mut child = server
+        .command()
+        .args([
+            "warm",
+            "--bucket",
+            src,
+            "--prefix",
+            "data/",
+            "--directory-bucket",
+            dir,
+        ])
+        .args([
+            "--ttl",
+            "1h",
+            "--output",
+            "json",
+            "--request-id",
+            request_id,
+        ])
+        .args(["--reconnect-attempts", "30"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the CLI");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    (child, rx)
+}
+
+/// Reads progress lines until `objects_copied` reaches `at_least`.
+fn wait_for_copies(rx: &mpsc::Receiver<String>, at_least: u64, lines: &mut Vec<String>) {
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("progress from the CLI");
+        let v: Value = serde_json::from_str(&line).expect("JSON line");
+        lines.push(line);
+        if v["objects_copied"].as_u64().unwrap_or(0) >= at_least {
+            return;
+        }
+    }
+}
+
+/// Waits for the CLI to exit; returns its exit code and every JSON line.
+fn finish(
+    mut child: Child,
+    rx: mpsc::Receiver<String>,
+    mut lines: Vec<String>,
+) -> (Option<i32>, Vec<Value>, String) {
+    let status = child.wait().expect("CLI exit");
+    lines.extend(rx.try_iter());
+    while let Ok(l) = rx.recv_timeout(Duration::from_millis(200)) {
+        lines.push(l);
+    }
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        use std::io::Read;
+        let _ = e.read_to_string(&mut stderr);
+    }
+    (status.code(), parse_json_lines(&lines.join("\n")), stderr)
+}
+
+fn keys() -> Vec<String> {
+    (0..OBJECTS).map(|i| format!("data/{i:05}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_survives_kill_9_and_resumes_after_restart() {
+    let keys = keys();
+    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let (moto, s3, src, dir) = buckets(&refs).await;
+    let mut server = Server::start_with(
+        &moto,
+        &["--max-concurrency", CONCURRENCY],
+        &[("EXPRESSCACHE_DEBUG_COPY_DELAY", "5ms")],
+    );
+    let (cli, rx) = start_warm(&server, &src, &dir, "kill-test");
+    let mut lines = Vec::new();
+    wait_for_copies(&rx, 300, &mut lines);
+
+    server.kill9();
+    // What the index recorded before the crash: copies that completed.
+    let recorded = SqliteIndex::open(&server.index_path())
+        .expect("index")
+        .usage(&dir, "")
+        .await
+        .expect("usage")
+        .objects;
+    assert!(
+        recorded >= 300 && recorded < OBJECTS as u64,
+        "killed mid-copy: {recorded} recorded"
+    );
+    server.spawn();
+
+    let (code, json, stderr) = finish(cli, rx, lines);
+    assert_eq!(
+        code,
+        Some(0),
+        "the CLI reattached and succeeded; stderr:\n{stderr}\nserver log:\n{}",
+        server.log()
+    );
+    assert!(
+        stderr.contains("reconnecting"),
+        "the CLI saw the crash: {stderr}"
+    );
+    let last = json.last().expect("final line");
+    assert_eq!(last["outcome"], "SUCCEEDED");
+    // The resumed run counts only its own work: everything recorded before
+    // the kill is a hit, and it copied exactly the rest, so no object was
+    // copied twice except the ones in flight at the kill (not recorded).
+    assert_eq!(last["objects_listed"].as_u64(), Some(OBJECTS as u64));
+    assert_eq!(last["objects_hit"].as_u64(), Some(recorded));
+    assert_eq!(
+        last["objects_copied"].as_u64(),
+        Some(OBJECTS as u64 - recorded)
+    );
+    assert_eq!(list_keys(&s3, &dir, "data/").await.len(), OBJECTS);
+
+    let ops = server.run(&["ops", "--output", "json"]);
+    let ops = parse_json_lines(&String::from_utf8_lossy(&ops.stdout));
+    assert_eq!(ops.len(), 1, "one operation, resumed: {ops:?}");
+    assert_eq!(ops[0]["resumptions"].as_u64(), Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_interrupts_within_the_grace_period_and_the_warm_completes_after_restart() {
+    let keys = keys();
+    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let (moto, s3, src, dir) = buckets(&refs).await;
+    let mut server = Server::start_with(
+        &moto,
+        &["--max-concurrency", CONCURRENCY, "--shutdown-grace", "1s"],
+        &[("EXPRESSCACHE_DEBUG_COPY_DELAY", "5ms")],
+    );
+    let (cli, rx) = start_warm(&server, &src, &dir, "term-test");
+    let mut lines = Vec::new();
+    wait_for_copies(&rx, 200, &mut lines);
+
+    let took = server.terminate(Duration::from_secs(15));
+    assert!(
+        took < Duration::from_secs(5),
+        "exit took {took:?} with a 1s grace period"
+    );
+    let log = server.log();
+    assert!(
+        log.contains("interrupt"),
+        "the warm was interrupted, not abandoned:\n{log}"
+    );
+    server.spawn();
+
+    let (code, json, stderr) = finish(cli, rx, lines);
+    assert_eq!(
+        code,
+        Some(0),
+        "stderr:\n{stderr}\nserver log:\n{}",
+        server.log()
+    );
+    assert_eq!(json.last().expect("final")["outcome"], "SUCCEEDED");
+    assert_eq!(list_keys(&s3, &dir, "data/").await.len(), OBJECTS);
+}

@@ -1,0 +1,200 @@
+//! Operations outlive their calls: a dropped stream does not stop a warm,
+//! anyone can watch, cancel and list operations.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{rpc_error, Fixture};
+use expresscache_client::{pb, Client, Outcome};
+use expresscache_server::store::Op;
+use expresscache_server::testing::list_keys;
+use tonic::Code;
+
+fn many(n: usize) -> Vec<(String, Vec<u8>)> {
+    (0..n)
+        .map(|i| (format!("m/{i:03}"), vec![b'x'; 64]))
+        .collect()
+}
+
+async fn slow_fixture(n: usize, delay_ms: u64) -> Fixture {
+    let data = many(n);
+    let refs: Vec<(&str, &[u8])> = data
+        .iter()
+        .map(|(k, b)| (k.as_str(), b.as_slice()))
+        .collect();
+    let fx = Fixture::new(&refs).await;
+    fx.server
+        .store
+        .delay(Op::Copy, Duration::from_millis(delay_ms));
+    fx
+}
+
+/// Starts a warm and returns its id after the first progress message; the
+/// stream is dropped.
+async fn start_and_drop(fx: &Fixture) -> String {
+    let mut client = fx.client().await;
+    let mut stream = client.warm(fx.request(&["m/"])).await.unwrap();
+    let first = stream.message().await.unwrap().expect("a first message");
+    first.operation_id
+}
+
+#[tokio::test]
+async fn a_dropped_stream_does_not_stop_the_warm_and_a_watcher_sees_it_finish() {
+    let fx = slow_fixture(40, 40).await;
+    let id = start_and_drop(&fx).await;
+
+    let mut watcher = Client::connect(fx.server.endpoint.clone()).await.unwrap();
+    let mut seen = 0;
+    let report = watcher.watch_and_wait(&id, |_| seen += 1).await.unwrap();
+
+    assert_eq!(report.outcome, Outcome::Succeeded);
+    assert_eq!(report.counters.objects_copied, 40);
+    assert!(
+        seen >= 2,
+        "the watcher got the current state and then updates"
+    );
+    assert_eq!(list_keys(&fx.s3, &fx.dir, "m/").await.len(), 40);
+    // A finished operation can still be watched: one final message.
+    let mut again = 0;
+    let replay = watcher.watch_and_wait(&id, |_| again += 1).await.unwrap();
+    assert_eq!((again, replay.outcome), (1, Outcome::Succeeded));
+}
+
+#[tokio::test]
+async fn cancel_mid_warm_ends_cancelled_and_leaves_index_and_bucket_consistent() {
+    let fx = slow_fixture(80, 60).await;
+    let mut client = fx.client().await;
+    let mut stream = client.warm(fx.request(&["m/"])).await.unwrap();
+    let mut id = String::new();
+    while let Some(p) = stream.message().await.unwrap() {
+        id.clone_from(&p.operation_id);
+        if p.counters.unwrap_or_default().objects_copied >= 5 {
+            break;
+        }
+    }
+
+    let status = fx.client().await.cancel(&id).await.unwrap();
+
+    let last = status.progress.unwrap();
+    assert_eq!(last.outcome, Outcome::Cancelled as i32);
+    let copied = last.counters.unwrap().objects_copied;
+    assert!(
+        (5..80).contains(&copied),
+        "stopped promptly: {copied} copied"
+    );
+    // The original stream ends with the same final message.
+    let mut final_seen = None;
+    while let Some(p) = stream.message().await.unwrap() {
+        final_seen = Some(p);
+    }
+    assert_eq!(final_seen.unwrap().outcome, Outcome::Cancelled as i32);
+    // Every recorded entry's object is there, every copied object is
+    // recorded, and no claim is left behind.
+    let in_bucket = list_keys(&fx.s3, &fx.dir, "").await;
+    let records = {
+        use expresscache_server::index::CacheIndex;
+        fx.server
+            .index
+            .records(&fx.dir, "", None, None, 1000)
+            .await
+            .unwrap()
+    };
+    let recorded: Vec<String> = records
+        .iter()
+        .filter(|r| r.entry.is_some())
+        .map(|r| r.key.clone())
+        .collect();
+    assert!(
+        records.iter().all(|r| r.claim.is_none()),
+        "claims left: {records:?}"
+    );
+    assert_eq!(recorded, in_bucket);
+    assert_eq!(recorded.len() as u64, copied);
+    // Cancelling again is harmless and reports the same end.
+    let again = fx.client().await.cancel(&id).await.unwrap();
+    assert_eq!(again.progress.unwrap().outcome, Outcome::Cancelled as i32);
+    // A new warm copies the rest.
+    let rest = fx.warm(fx.request(&["m/"])).await;
+    assert_eq!(
+        (rest.counters.objects_hit, rest.counters.objects_copied),
+        (copied, 80 - copied)
+    );
+}
+
+#[tokio::test]
+async fn operations_are_listed_newest_first_in_pages_with_a_state_filter() {
+    let fx = slow_fixture(3, 0).await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let r = fx
+            .warm(fx.request(&["m/"]).request_id(format!("list-{i}")))
+            .await;
+        ids.push(r.operation_id);
+        // Creation times order the list; the test clock only moves on demand.
+        fx.server.clock.advance(1);
+    }
+    let mut client = fx.client().await;
+    let first = client
+        .list_operations(pb::OperationFilter::Unspecified, 2, "")
+        .await
+        .unwrap();
+    assert_eq!(first.operations.len(), 2);
+    assert!(!first.next_page_token.is_empty());
+    let second = client
+        .list_operations(
+            pb::OperationFilter::Unspecified,
+            2,
+            first.next_page_token.clone(),
+        )
+        .await
+        .unwrap();
+    let listed: Vec<String> = first
+        .operations
+        .iter()
+        .chain(&second.operations)
+        .map(|o| o.operation_id.clone())
+        .collect();
+    ids.reverse();
+    assert_eq!(listed, ids, "newest first, every operation once");
+    assert!(second.next_page_token.is_empty());
+    let running = client
+        .list_operations(pb::OperationFilter::Running, 10, "")
+        .await
+        .unwrap();
+    assert!(running.operations.is_empty());
+    let finished = client
+        .list_operations(pb::OperationFilter::Finished, 10, "")
+        .await
+        .unwrap();
+    assert_eq!(finished.operations.len(), 3);
+    assert_eq!(
+        finished.operations[0].request.as_ref().unwrap().request_id,
+        "list-2"
+    );
+}
+
+#[tokio::test]
+async fn unknown_operations_and_bad_pages_get_precise_codes() {
+    let fx = slow_fixture(1, 0).await;
+    let mut client = fx.client().await;
+    assert_eq!(
+        rpc_error(client.watch("nope").await.unwrap_err()).code(),
+        Code::NotFound
+    );
+    assert_eq!(
+        rpc_error(client.cancel("nope").await.unwrap_err()).code(),
+        Code::NotFound
+    );
+    assert_eq!(
+        rpc_error(client.cancel("").await.unwrap_err()).code(),
+        Code::InvalidArgument
+    );
+    let bad = client
+        .list_operations(pb::OperationFilter::Unspecified, 5000, "junk")
+        .await
+        .unwrap_err();
+    assert_eq!(rpc_error(bad).code(), Code::InvalidArgument);
+}
