@@ -8,7 +8,6 @@ use crate::config::{Config, IndexLocation, LogFormat};
 use crate::index::SqliteIndex;
 use crate::server::{serve, Deps};
 use crate::store::{FaultStore, Op, S3Store};
-use crate::warm::WarmSettings;
 
 /// Installs the global tracing subscriber (RUST_LOG filters, default info).
 pub fn init_tracing(format: LogFormat) {
@@ -82,10 +81,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", config.listen))?;
     let mut deps = Deps::new(store, index);
-    deps.warm = WarmSettings {
-        max_concurrency: config.max_concurrency,
-        ..WarmSettings::default()
-    };
+    deps.warm.engine.max_concurrency = config.max_concurrency;
+    deps.warm.engine.multipart_threshold = config.multipart_threshold;
     deps.sweep_interval = Some(config.sweep_interval);
     deps.shutdown_grace = config.shutdown_grace;
     deps.ops.retention = config.operation_retention;

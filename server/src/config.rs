@@ -29,6 +29,10 @@ pub struct Args {
     /// Copies in flight per warm [default: 64].
     #[arg(long, env = "EXPRESSCACHE_MAX_CONCURRENCY")]
     pub max_concurrency: Option<usize>,
+    /// Objects larger than this are copied with multipart UploadPartCopy,
+    /// e.g. 5GiB, 64MiB [default: 5GiB, CopyObject's limit].
+    #[arg(long, env = "EXPRESSCACHE_MULTIPART_THRESHOLD", value_parser = parse_size)]
+    pub multipart_threshold: Option<u64>,
     /// Longest TTL a warm may ask for, e.g. 30d [default: 30d].
     #[arg(long, env = "EXPRESSCACHE_MAX_TTL", value_parser = humantime::parse_duration)]
     pub max_ttl: Option<Duration>,
@@ -73,6 +77,7 @@ struct FileConfig {
     log_format: Option<LogFormat>,
     #[serde(default, with = "humantime_serde_opt")]
     sweep_interval: Option<Duration>,
+    multipart_threshold: Option<String>,
     #[serde(default, with = "humantime_serde_opt")]
     shutdown_grace: Option<Duration>,
     #[serde(default, with = "humantime_serde_opt")]
@@ -88,6 +93,17 @@ mod humantime_serde_opt {
             .map(|s| humantime::parse_duration(&s).map_err(serde::de::Error::custom))
             .transpose()
     }
+}
+
+const MIN_MULTIPART: u64 = 5 * 1024 * 1024;
+const MAX_COPY_OBJECT: u64 = 5 * 1024 * 1024 * 1024;
+
+/// Parses sizes like `5GiB`, `64MiB`, `100MB`, `1048576`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    s.trim()
+        .parse::<bytesize::ByteSize>()
+        .map(|b| b.as_u64())
+        .map_err(|e| format!("invalid size {s:?} (e.g. 5GiB, 64MiB): {e}"))
 }
 
 /// Where the cache index lives.
@@ -122,6 +138,7 @@ pub struct Config {
     pub force_path_style: bool,
     pub log_format: LogFormat,
     pub sweep_interval: Duration,
+    pub multipart_threshold: u64,
     pub shutdown_grace: Duration,
     pub operation_retention: Duration,
 }
@@ -178,7 +195,18 @@ impl Config {
         if operation_retention < Duration::from_secs(1) {
             return Err("operation_retention must be at least 1s".into());
         }
+        let multipart_threshold = match (args.multipart_threshold, file.multipart_threshold) {
+            (Some(n), _) => n,
+            (None, Some(s)) => parse_size(&s)?,
+            (None, None) => 5 * 1024 * 1024 * 1024,
+        };
+        if !(MIN_MULTIPART..=MAX_COPY_OBJECT).contains(&multipart_threshold) {
+            return Err(format!(
+                "multipart_threshold must be between 5MiB and 5GiB (CopyObject's limit), got {multipart_threshold} bytes"
+            ));
+        }
         Ok(Self {
+            multipart_threshold,
             sweep_interval,
             shutdown_grace: args
                 .shutdown_grace
@@ -204,6 +232,20 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("5MiB").unwrap(), 5 * 1024 * 1024);
+        assert_eq!(parse_size("5GiB").unwrap(), 5 << 30);
+        assert_eq!(parse_size("100MB").unwrap(), 100_000_000);
+        assert_eq!(parse_size("1024").unwrap(), 1024);
+        assert!(parse_size("lots").is_err());
+        let too_small = Config::resolve(Args {
+            multipart_threshold: Some(1024),
+            ..Args::default()
+        });
+        assert!(too_small.unwrap_err().contains("multipart_threshold"));
+    }
 
     #[test]
     fn index_urls() {

@@ -11,6 +11,7 @@ pub mod app;
 pub mod clock;
 pub mod config;
 pub mod evict;
+pub mod exec;
 pub mod gate;
 pub mod index;
 pub mod ops;

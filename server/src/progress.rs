@@ -28,6 +28,9 @@ pub struct Progress {
     pub bytes_copied: AtomicU64,
     pub failed: AtomicU64,
     pub shared: AtomicU64,
+    pub retries: AtomicU64,
+    pub throttled: AtomicU64,
+    concurrency_limit: AtomicU64,
     failures: Mutex<Vec<pb::KeyFailure>>,
     lease_expires_at: Mutex<Option<SystemTime>>,
     tx: watch::Sender<pb::WarmProgress>,
@@ -70,6 +73,9 @@ impl Progress {
             bytes_copied: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             shared: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+            throttled: AtomicU64::new(0),
+            concurrency_limit: AtomicU64::new(0),
             failures: Mutex::default(),
             lease_expires_at: Mutex::default(),
             tx,
@@ -91,6 +97,11 @@ impl Progress {
             .lease_expires_at
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = Some(t);
+    }
+
+    pub fn set_concurrency_limit(&self, limit: usize) {
+        self.concurrency_limit
+            .store(limit as u64, Ordering::Relaxed);
     }
 
     pub fn add(counter: &AtomicU64, n: u64) {
@@ -122,6 +133,8 @@ impl Progress {
             bytes_to_copy: g(&self.bytes_to_copy),
             bytes_listed: g(&self.bytes_listed),
             objects_shared: g(&self.shared),
+            copy_retries: g(&self.retries),
+            throttle_events: g(&self.throttled),
         }
     }
 
@@ -149,6 +162,8 @@ impl Progress {
             objects_per_second,
             bytes_per_second,
             eta,
+            concurrency_limit: u32::try_from(self.concurrency_limit.load(Ordering::Relaxed))
+                .unwrap_or(u32::MAX),
             lease_expires_at: self
                 .lease_expires_at
                 .lock()

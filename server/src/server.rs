@@ -70,12 +70,7 @@ where
         clock: Arc::clone(&deps.clock),
         claim_ttl: deps.warm.claim_ttl,
     });
-    let warmer = Arc::new(Warmer {
-        store: deps.store,
-        index: deps.index,
-        clock: deps.clock,
-        settings: deps.warm,
-    });
+    let warmer = Arc::new(Warmer::new(deps.store, deps.index, deps.clock, deps.warm));
     let ops = Arc::new(Operations::new(warmer, deps.ops.clone(), deps.limits));
     let resumed = ops.resume_unfinished().await?;
     if resumed > 0 {

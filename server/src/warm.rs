@@ -7,16 +7,19 @@
 //! copying overlap: the planner feeds a bounded queue that the copiers
 //! drain, so memory does not grow with the number of objects.
 
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use expresscache::proto::v1 as pb;
 use expresscache::WarmSpec;
+use futures::future::BoxFuture;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::clock::Clock;
+use crate::exec::{CopyEngine, CopyStats, EngineSettings};
 use crate::index::{CacheIndex, Claim, ClaimOutcome, Entry, IndexError, Lease, Millis, Record};
 use crate::plan::{Decision, Planner};
 use crate::progress::Progress;
@@ -26,12 +29,13 @@ use crate::store::{CopyRequest, ObjectMeta, ObjectStore, StoreError};
 /// Tuning of the copy path.
 #[derive(Debug, Clone)]
 pub struct WarmSettings {
-    /// Copies in flight at once for one warm.
-    pub max_concurrency: usize,
-    /// Attempts per object for retryable errors (1 = no retry).
-    pub max_attempts: u32,
-    /// First retry delay; doubles per attempt, with jitter.
-    pub retry_base_delay: Duration,
+    /// Queues a warm's copies are spread over, by hash of the key.
+    pub shards: usize,
+    /// Copies one shard works on at once (the engine's global and adaptive
+    /// limits apply on top).
+    pub per_shard_concurrency: usize,
+    /// The shared copy engine: concurrency, retries, multipart.
+    pub engine: EngineSettings,
     /// How long a claim on a key lasts; a holder that crashes blocks others
     /// at most this long.
     pub claim_ttl: Duration,
@@ -43,22 +47,43 @@ pub struct WarmSettings {
 impl Default for WarmSettings {
     fn default() -> Self {
         Self {
-            max_concurrency: 64,
-            max_attempts: 4,
-            retry_base_delay: Duration::from_millis(100),
+            shards: 8,
+            // shards x per_shard = the engine's default global cap: no more
+            // copy tasks (each holding a claim) than can run at once.
+            per_shard_concurrency: 8,
+            engine: EngineSettings::default(),
             claim_ttl: Duration::from_secs(600),
             wait_poll: Duration::from_millis(50),
         }
     }
 }
 
-/// What a warm needs from the outside world.
+/// What a warm needs from the outside world. One warmer (and so one copy
+/// engine, with its global cap) serves every warm of a server.
 #[derive(Debug)]
 pub struct Warmer<S, I> {
     pub store: Arc<S>,
     pub index: Arc<I>,
     pub clock: Arc<dyn Clock>,
     pub settings: WarmSettings,
+    pub engine: CopyEngine<S>,
+}
+
+impl<S: ObjectStore, I> Warmer<S, I> {
+    pub fn new(
+        store: Arc<S>,
+        index: Arc<I>,
+        clock: Arc<dyn Clock>,
+        settings: WarmSettings,
+    ) -> Self {
+        Self {
+            engine: CopyEngine::new(Arc::clone(&store), settings.engine.clone()),
+            store,
+            index,
+            clock,
+            settings,
+        }
+    }
 }
 
 /// Why a warm could not do its job at all (per-key failures are not this).
@@ -72,6 +97,16 @@ pub enum WarmError {
     },
     #[error(transparent)]
     Index(#[from] IndexError),
+}
+
+/// What every copy task of one warm shares.
+#[derive(Clone, Copy)]
+struct TaskCtx<'a> {
+    spec: &'a WarmSpec,
+    progress: &'a Progress,
+    owner: &'a str,
+    stop: &'a StopSignal,
+    announced: &'a AtomicBool,
 }
 
 struct CopyTask {
@@ -106,17 +141,6 @@ fn from_millis(ms: Millis) -> SystemTime {
 
 fn duration_ms(d: Duration) -> Millis {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
-/// Jitter in [0, base) without a random number generator: the low bits of
-/// the clock differ between concurrent tasks well enough to spread retries.
-fn jitter(base: Duration) -> Duration {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let base_ns = u64::try_from(base.as_nanos()).unwrap_or(u64::MAX).max(1);
-    Duration::from_nanos(u64::from(nanos) % base_ns)
 }
 
 fn index_failure(e: &IndexError) -> KeyOutcome {
@@ -164,11 +188,15 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
             }
         };
 
-        let (tx, rx) = mpsc::channel::<CopyTask>(4 * self.settings.max_concurrency.max(1));
-        let copier = self.copy_all(spec, progress, owner, stop, rx);
+        let shards = self.settings.shards.max(1);
+        let depth = 2 * self.settings.per_shard_concurrency.max(1);
+        let (txs, rxs): (Vec<_>, Vec<_>) = (0..shards)
+            .map(|_| mpsc::channel::<CopyTask>(depth))
+            .unzip();
+        let copier = self.copy_all(spec, progress, owner, stop, rxs);
         let planner = async {
-            let r = self.plan(spec, progress, owner, stop, &tx).await;
-            drop(tx);
+            let r = self.plan(spec, progress, owner, stop, &txs).await;
+            drop(txs);
             r
         };
         let work = async { tokio::join!(planner, copier).0 };
@@ -210,7 +238,7 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
         progress: &Progress,
         owner: &str,
         stop: &StopSignal,
-        tx: &mpsc::Sender<CopyTask>,
+        shards: &[mpsc::Sender<CopyTask>],
     ) -> Result<(), WarmError> {
         let dir = spec.directory_bucket.as_str();
         let source = spec.source.as_str();
@@ -288,7 +316,8 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
                         dest_key,
                         wait_for,
                     };
-                    if tx.send(task).await.is_err() {
+                    let shard = shard_of(&task.dest_key, shards.len());
+                    if shards[shard].send(task).await.is_err() {
                         return Ok(());
                     }
                 }
@@ -333,43 +362,68 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
         progress: &Progress,
         owner: &str,
         stop: &StopSignal,
-        rx: mpsc::Receiver<CopyTask>,
+        shards: Vec<mpsc::Receiver<CopyTask>>,
     ) {
-        let mut announced = false;
-        ReceiverStream::new(rx)
-            .map(|task| {
-                if !announced {
-                    announced = true;
-                    progress.set_phase(pb::Phase::Copying);
-                }
-                task
+        let announced = AtomicBool::new(false);
+        let ctx = TaskCtx {
+            spec,
+            progress,
+            owner,
+            stop,
+            announced: &announced,
+        };
+        let per_shard = self.settings.per_shard_concurrency.max(1);
+        // Boxed: naming the per-task future type keeps the whole warm `Send`
+        // (rustc cannot prove it through nested closures otherwise).
+        let runs: Vec<BoxFuture<'_, ()>> = shards
+            .into_iter()
+            .map(|rx| -> BoxFuture<'_, ()> {
+                Box::pin(
+                    ReceiverStream::new(rx)
+                        .for_each_concurrent(per_shard, move |task| -> BoxFuture<'_, ()> {
+                            Box::pin(self.run_task(ctx, task))
+                        }),
+                )
             })
-            .for_each_concurrent(self.settings.max_concurrency.max(1), |task| async move {
-                let obj = &task.object;
-                if stop.is_set() {
-                    return;
-                }
-                match self
-                    .settle(
-                        spec,
-                        owner,
-                        stop,
-                        task.wait_for.clone(),
-                        obj,
-                        &task.dest_key,
-                    )
-                    .await
-                {
-                    KeyOutcome::Copied => {
-                        Progress::add(&progress.copied, 1);
-                        Progress::add(&progress.bytes_copied, obj.size);
-                    }
-                    KeyOutcome::Shared => Progress::add(&progress.shared, 1),
-                    KeyOutcome::Failed { code, message } => progress.fail(&obj.key, &code, message),
-                    KeyOutcome::Stopped => {}
-                }
-            })
+            .collect();
+        futures::future::join_all(runs).await;
+    }
+
+    async fn run_task(&self, ctx: TaskCtx<'_>, task: CopyTask) {
+        let TaskCtx {
+            spec,
+            progress,
+            owner,
+            stop,
+            announced,
+        } = ctx;
+        if !announced.swap(true, AtomicOrdering::Relaxed) {
+            progress.set_phase(pb::Phase::Copying);
+        }
+        if stop.is_set() {
+            return;
+        }
+        let obj = &task.object;
+        let outcome = self
+            .settle(
+                spec,
+                owner,
+                stop,
+                task.wait_for,
+                obj,
+                &task.dest_key,
+                progress,
+            )
             .await;
+        match outcome {
+            KeyOutcome::Copied => {
+                Progress::add(&progress.copied, 1);
+                Progress::add(&progress.bytes_copied, obj.size);
+            }
+            KeyOutcome::Shared => Progress::add(&progress.shared, 1),
+            KeyOutcome::Failed { code, message } => progress.fail(&obj.key, &code, message),
+            KeyOutcome::Stopped => {}
+        }
     }
 
     /// Makes one key present and current: waits out another operation's
@@ -383,6 +437,7 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
         mut wait_for: Option<Claim>,
         obj: &ObjectMeta,
         dest_key: &str,
+        progress: &Progress,
     ) -> KeyOutcome {
         let dir = spec.directory_bucket.as_str();
         loop {
@@ -431,7 +486,7 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
                 }
                 Ok(ClaimOutcome::Claimed) => {}
             }
-            return match self.copy_one(spec, obj, dest_key).await {
+            return match self.copy_one(spec, obj, dest_key, progress, stop).await {
                 Ok(entry) => match self.index.complete_copy(&entry, owner).await {
                     Ok(()) => KeyOutcome::Copied,
                     Err(e) => index_failure(&e),
@@ -440,9 +495,13 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
                     if let Err(ie) = self.index.release_claim(dir, dest_key, owner).await {
                         tracing::warn!(key = dest_key, error = %ie, "could not release claim; it lapses at its deadline");
                     }
-                    KeyOutcome::Failed {
-                        code: e.code().to_owned(),
-                        message: describe(&e),
+                    if matches!(e, StoreError::Stopped) {
+                        KeyOutcome::Stopped
+                    } else {
+                        KeyOutcome::Failed {
+                            code: e.code().to_owned(),
+                            message: describe(&e),
+                        }
                     }
                 }
             };
@@ -489,6 +548,8 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
         spec: &WarmSpec,
         obj: &ObjectMeta,
         dest_key: &str,
+        progress: &Progress,
+        stop: &StopSignal,
     ) -> Result<Entry, StoreError> {
         let req = CopyRequest {
             source_bucket: spec.source.as_str(),
@@ -497,19 +558,18 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
             dest_bucket: spec.directory_bucket.as_str(),
             dest_key,
         };
-        let mut attempt = 1;
-        let copied = loop {
-            match self.store.copy_object(&req).await {
-                Ok(c) => break c,
-                Err(e) if e.is_retryable() && attempt < self.settings.max_attempts => {
-                    let backoff = self.settings.retry_base_delay * 2u32.pow(attempt - 1);
-                    tracing::debug!(key = %obj.key, attempt, error = %e, "retrying copy");
-                    tokio::time::sleep(backoff + jitter(backoff)).await;
-                    attempt += 1;
-                }
-                Err(e) => return Err(e),
-            }
-        };
+        let stats = CopyStats::default();
+        let copied = self.engine.copy(&req, obj.size, &stats, stop).await;
+        Progress::add(
+            &progress.retries,
+            u64::from(stats.retries.load(AtomicOrdering::Relaxed)),
+        );
+        Progress::add(
+            &progress.throttled,
+            u64::from(stats.throttled.load(AtomicOrdering::Relaxed)),
+        );
+        progress.set_concurrency_limit(self.engine.limit_for(spec.directory_bucket.as_str()));
+        let copied = copied?;
         Ok(Entry {
             directory_bucket: spec.directory_bucket.to_string(),
             key: dest_key.to_owned(),
@@ -522,6 +582,14 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
             cached_at: self.clock.now(),
         })
     }
+}
+
+/// The shard of a key: a stable hash, so a key always lands in one queue.
+fn shard_of(key: &str, shards: usize) -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut h);
+    (h.finish() % shards.max(1) as u64) as usize
 }
 
 fn describe(e: &StoreError) -> String {
@@ -552,15 +620,18 @@ mod tests {
         for k in keys {
             mem.put(SRC, k, 10);
         }
-        Warmer {
-            store: Arc::new(FaultStore::new(mem)),
-            index: Arc::new(SqliteIndex::open_in_memory().unwrap()),
-            clock: Arc::new(crate::clock::SystemClock),
-            settings: WarmSettings {
-                retry_base_delay: Duration::from_millis(1),
+        Warmer::new(
+            Arc::new(FaultStore::new(mem)),
+            Arc::new(SqliteIndex::open_in_memory().unwrap()),
+            Arc::new(crate::clock::SystemClock),
+            WarmSettings {
+                engine: crate::exec::EngineSettings {
+                    retry_base_delay: Duration::from_millis(1),
+                    ..Default::default()
+                },
                 ..WarmSettings::default()
             },
-        }
+        )
     }
 
     fn spec(force: bool) -> WarmSpec {

@@ -105,15 +105,15 @@ impl World {
     }
 
     fn warmer(&self) -> Warmer<Store, Index> {
-        Warmer {
-            store: self.store.clone(),
-            index: self.index.clone(),
-            clock: self.clock.clone(),
-            settings: WarmSettings {
-                max_concurrency: 4,
+        Warmer::new(
+            self.store.clone(),
+            self.index.clone(),
+            self.clock.clone(),
+            WarmSettings {
+                per_shard_concurrency: 4,
                 ..WarmSettings::default()
             },
-        }
+        )
     }
 
     fn evictor(&self) -> Evictor<Store, Index> {

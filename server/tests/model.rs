@@ -137,12 +137,12 @@ impl Real {
         store.create_bucket(DIR);
         let index = Arc::new(SqliteIndex::open_in_memory().unwrap());
         let clock = Arc::new(ManualClock::new(1_000_000));
-        let warmer = Warmer {
-            store: store.clone(),
-            index: index.clone(),
-            clock: clock.clone(),
-            settings: WarmSettings::default(),
-        };
+        let warmer = Warmer::new(
+            store.clone(),
+            index.clone(),
+            clock.clone(),
+            WarmSettings::default(),
+        );
         let evictor = Evictor {
             store: store.clone(),
             index: index.clone(),

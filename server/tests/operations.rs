@@ -25,7 +25,8 @@ async fn slow_fixture(n: usize, delay_ms: u64) -> Fixture {
         .iter()
         .map(|(k, b)| (k.as_str(), b.as_slice()))
         .collect();
-    let fx = Fixture::new(&refs).await;
+    // Few copies in flight, so a cancel lands while most are still to do.
+    let fx = Fixture::new_tuned(&refs, |d| d.warm.engine.max_concurrency = 4).await;
     fx.server
         .store
         .delay(Op::Copy, Duration::from_millis(delay_ms));

@@ -9,7 +9,10 @@ use std::time::Duration;
 
 use crate::gate::{Gate, Pass};
 
-use super::{Copied, CopyRequest, DeleteFailure, DeleteTarget, ListPage, ObjectStore, StoreError};
+use super::{
+    Copied, CopyRequest, DeleteFailure, DeleteTarget, ListPage, ObjectMeta, ObjectStore, PartCopy,
+    StoreError,
+};
 
 /// Which call a fault applies to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,6 +20,11 @@ pub enum Op {
     List,
     Copy,
     Delete,
+    CreateMultipart,
+    PartCopy,
+    CompleteMultipart,
+    AbortMultipart,
+    Head,
 }
 
 impl Op {
@@ -25,6 +33,11 @@ impl Op {
             Op::List => "list",
             Op::Copy => "copy",
             Op::Delete => "delete",
+            Op::CreateMultipart => "create_multipart",
+            Op::PartCopy => "part_copy",
+            Op::CompleteMultipart => "complete_multipart",
+            Op::AbortMultipart => "abort_multipart",
+            Op::Head => "head",
         }
     }
 }
@@ -45,6 +58,9 @@ pub struct Calls {
     pub list: AtomicU64,
     pub copy: AtomicU64,
     pub delete: AtomicU64,
+    pub part_copy: AtomicU64,
+    /// Multipart create, complete, abort and head.
+    pub other: AtomicU64,
 }
 
 /// Wraps any store and injects faults by rule.
@@ -112,6 +128,8 @@ impl<S> FaultStore<S> {
             Op::List => &self.calls.list,
             Op::Copy => &self.calls.copy,
             Op::Delete => &self.calls.delete,
+            Op::PartCopy => &self.calls.part_copy,
+            _ => &self.calls.other,
         };
         counter.fetch_add(1, Ordering::Relaxed);
         let delay: Duration = self
@@ -174,6 +192,44 @@ impl<S: ObjectStore> ObjectStore for FaultStore<S> {
     async fn copy_object(&self, req: &CopyRequest<'_>) -> Result<Copied, StoreError> {
         let _pass = self.enter(Op::Copy, Some(req.source_key)).await?;
         self.inner.copy_object(req).await
+    }
+
+    async fn create_multipart(&self, bucket: &str, key: &str) -> Result<String, StoreError> {
+        let _pass = self.enter(Op::CreateMultipart, Some(key)).await?;
+        self.inner.create_multipart(bucket, key).await
+    }
+
+    async fn upload_part_copy(&self, part: &PartCopy<'_>) -> Result<String, StoreError> {
+        let _pass = self.enter(Op::PartCopy, Some(part.copy.source_key)).await?;
+        self.inner.upload_part_copy(part).await
+    }
+
+    async fn complete_multipart(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        parts: &[(i32, String)],
+    ) -> Result<Copied, StoreError> {
+        let _pass = self.enter(Op::CompleteMultipart, Some(key)).await?;
+        self.inner
+            .complete_multipart(bucket, key, upload_id, parts)
+            .await
+    }
+
+    async fn abort_multipart(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+    ) -> Result<(), StoreError> {
+        let _pass = self.enter(Op::AbortMultipart, Some(key)).await?;
+        self.inner.abort_multipart(bucket, key, upload_id).await
+    }
+
+    async fn head_object(&self, bucket: &str, key: &str) -> Result<ObjectMeta, StoreError> {
+        let _pass = self.enter(Op::Head, Some(key)).await?;
+        self.inner.head_object(bucket, key).await
     }
 
     async fn delete_objects(

@@ -7,7 +7,8 @@ use std::sync::Mutex;
 use std::time::SystemTime;
 
 use super::{
-    Copied, CopyRequest, DeleteFailure, DeleteTarget, ListPage, ObjectMeta, ObjectStore, StoreError,
+    Copied, CopyRequest, DeleteFailure, DeleteTarget, ListPage, ObjectMeta, ObjectStore, PartCopy,
+    StoreError,
 };
 
 #[derive(Debug, Clone)]
@@ -25,10 +26,19 @@ pub struct Counters {
     pub delete: AtomicU64,
 }
 
+#[derive(Debug)]
+struct Upload {
+    bucket: String,
+    key: String,
+    /// Part number -> (size, ETag).
+    parts: BTreeMap<i32, (u64, String)>,
+}
+
 /// Buckets of objects held in memory. Listing pages hold `page_size` keys.
 #[derive(Debug)]
 pub struct MemoryStore {
     buckets: Mutex<HashMap<String, BTreeMap<String, Object>>>,
+    uploads: Mutex<HashMap<String, Upload>>,
     next_version: AtomicU64,
     page_size: usize,
     pub counters: Counters,
@@ -44,6 +54,7 @@ impl MemoryStore {
     pub fn with_page_size(page_size: usize) -> Self {
         Self {
             buckets: Mutex::default(),
+            uploads: Mutex::default(),
             next_version: AtomicU64::new(1),
             page_size: page_size.max(1),
             counters: Counters::default(),
@@ -81,6 +92,23 @@ impl MemoryStore {
             .get(bucket)
             .and_then(|b| b.get(key))
             .map(|o| o.etag.clone())
+    }
+
+    /// Size of `key`, if present.
+    pub fn size(&self, bucket: &str, key: &str) -> Option<u64> {
+        self.lock()
+            .get(bucket)
+            .and_then(|b| b.get(key))
+            .map(|o| o.size)
+    }
+
+    /// Multipart uploads started and neither completed nor aborted.
+    pub fn open_uploads(&self) -> usize {
+        self.uploads.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    fn version(&self) -> String {
+        format!("\"v{}\"", self.next_version.fetch_add(1, Ordering::Relaxed))
     }
 
     /// All keys of `bucket`, in order.
@@ -164,6 +192,133 @@ impl ObjectStore for MemoryStore {
             },
         );
         Ok(Copied { etag })
+    }
+
+    async fn create_multipart(&self, bucket: &str, key: &str) -> Result<String, StoreError> {
+        if !self.lock().contains_key(bucket) {
+            return Err(StoreError::NoSuchBucket(bucket.to_owned()));
+        }
+        let id = format!(
+            "upload-{}",
+            self.next_version.fetch_add(1, Ordering::Relaxed)
+        );
+        self.uploads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                id.clone(),
+                Upload {
+                    bucket: bucket.to_owned(),
+                    key: key.to_owned(),
+                    parts: BTreeMap::new(),
+                },
+            );
+        Ok(id)
+    }
+
+    async fn upload_part_copy(&self, part: &PartCopy<'_>) -> Result<String, StoreError> {
+        let c = &part.copy;
+        let src = self
+            .lock()
+            .get(c.source_bucket)
+            .ok_or_else(|| StoreError::NoSuchBucket(c.source_bucket.to_owned()))?
+            .get(c.source_key)
+            .cloned()
+            .ok_or_else(|| StoreError::NoSuchKey(c.source_key.to_owned()))?;
+        if src.etag != c.source_etag {
+            return Err(StoreError::PreconditionFailed);
+        }
+        if part.last_byte < part.first_byte || part.last_byte >= src.size {
+            return Err(StoreError::Service {
+                code: "InvalidRange".into(),
+                status: 416,
+                message: format!(
+                    "bytes {}-{} of {}",
+                    part.first_byte, part.last_byte, src.size
+                ),
+            });
+        }
+        let etag = self.version();
+        let mut uploads = self.uploads.lock().unwrap_or_else(|e| e.into_inner());
+        let upload = uploads
+            .get_mut(part.upload_id)
+            .ok_or_else(|| StoreError::NoSuchKey(format!("upload {}", part.upload_id)))?;
+        upload.parts.insert(
+            part.part_number,
+            (part.last_byte - part.first_byte + 1, etag.clone()),
+        );
+        Ok(etag)
+    }
+
+    async fn complete_multipart(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        parts: &[(i32, String)],
+    ) -> Result<Copied, StoreError> {
+        let upload = self
+            .uploads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(upload_id)
+            .ok_or_else(|| StoreError::NoSuchKey(format!("upload {upload_id}")))?;
+        let mut size = 0;
+        for (n, etag) in parts {
+            match upload.parts.get(n) {
+                Some((s, e)) if e == etag => size += s,
+                _ => {
+                    return Err(StoreError::Service {
+                        code: "InvalidPart".into(),
+                        status: 400,
+                        message: format!("part {n} of {upload_id}"),
+                    })
+                }
+            }
+        }
+        debug_assert_eq!((upload.bucket.as_str(), upload.key.as_str()), (bucket, key));
+        let etag = format!("{}-{}", self.version().trim_end_matches('"'), parts.len());
+        let etag = format!("{etag}\"");
+        self.lock()
+            .get_mut(bucket)
+            .ok_or_else(|| StoreError::NoSuchBucket(bucket.to_owned()))?
+            .insert(
+                key.to_owned(),
+                Object {
+                    etag: etag.clone(),
+                    size,
+                    last_modified: SystemTime::now(),
+                },
+            );
+        Ok(Copied { etag })
+    }
+
+    async fn abort_multipart(
+        &self,
+        _bucket: &str,
+        _key: &str,
+        upload_id: &str,
+    ) -> Result<(), StoreError> {
+        self.uploads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(upload_id);
+        Ok(())
+    }
+
+    async fn head_object(&self, bucket: &str, key: &str) -> Result<ObjectMeta, StoreError> {
+        let buckets = self.lock();
+        let o = buckets
+            .get(bucket)
+            .ok_or_else(|| StoreError::NoSuchBucket(bucket.to_owned()))?
+            .get(key)
+            .ok_or_else(|| StoreError::NoSuchKey(key.to_owned()))?;
+        Ok(ObjectMeta {
+            key: key.to_owned(),
+            etag: o.etag.clone(),
+            size: o.size,
+            last_modified: Some(o.last_modified),
+        })
     }
 
     async fn delete_objects(

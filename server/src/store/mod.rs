@@ -45,6 +45,18 @@ pub struct CopyRequest<'a> {
     pub dest_key: &'a str,
 }
 
+/// One part of a multipart copy: bytes `first_byte..=last_byte` of the
+/// source, conditional on its ETag like the whole-object copy.
+#[derive(Debug, Clone)]
+pub struct PartCopy<'a> {
+    pub copy: CopyRequest<'a>,
+    pub upload_id: &'a str,
+    /// 1-based.
+    pub part_number: i32,
+    pub first_byte: u64,
+    pub last_byte: u64,
+}
+
 /// What a successful copy produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Copied {
@@ -97,6 +109,9 @@ pub enum StoreError {
     /// No response: connection refused or reset, timeout, DNS.
     #[error("could not reach the object store: {0}")]
     Transport(String),
+    /// The caller stopped (cancel, shutdown) before the request was sent.
+    #[error("stopped before the request was sent")]
+    Stopped,
 }
 
 impl StoreError {
@@ -119,6 +134,7 @@ impl StoreError {
             StoreError::Throttled(_) => "SlowDown",
             StoreError::Service { code, .. } => code,
             StoreError::Transport(_) => "Transport",
+            StoreError::Stopped => "Stopped",
         }
     }
 }
@@ -140,6 +156,32 @@ pub trait ObjectStore: Send + Sync + 'static {
 
     /// Server-side copy, conditional on the source ETag.
     async fn copy_object(&self, req: &CopyRequest<'_>) -> Result<Copied, StoreError>;
+
+    /// Starts a multipart upload of `key`; returns its upload id.
+    async fn create_multipart(&self, bucket: &str, key: &str) -> Result<String, StoreError>;
+
+    /// Copies one byte range of the source as one part; returns its ETag.
+    async fn upload_part_copy(&self, part: &PartCopy<'_>) -> Result<String, StoreError>;
+
+    /// Assembles the parts, `(part number, ETag)` in ascending order.
+    async fn complete_multipart(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        parts: &[(i32, String)],
+    ) -> Result<Copied, StoreError>;
+
+    /// Abandons an upload and frees its parts.
+    async fn abort_multipart(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+    ) -> Result<(), StoreError>;
+
+    /// Size and ETag of one object.
+    async fn head_object(&self, bucket: &str, key: &str) -> Result<ObjectMeta, StoreError>;
 
     /// Deletes up to 1,000 objects; returns those that could not be deleted.
     async fn delete_objects(

@@ -6,11 +6,14 @@ use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::operation::create_session::CreateSessionError;
 use aws_sdk_s3::primitives::DateTime;
-use aws_sdk_s3::types::{Delete, ObjectIdentifier, TaggingDirective};
+use aws_sdk_s3::types::{
+    CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier, TaggingDirective,
+};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 use super::{
-    Copied, CopyRequest, DeleteFailure, DeleteTarget, ListPage, ObjectMeta, ObjectStore, StoreError,
+    Copied, CopyRequest, DeleteFailure, DeleteTarget, ListPage, ObjectMeta, ObjectStore, PartCopy,
+    StoreError,
 };
 
 /// `x-amz-copy-source` is `bucket/key` URL-encoded; `/` stays literal and the
@@ -187,6 +190,113 @@ impl ObjectStore for S3Store {
             .unwrap_or_default()
             .to_owned();
         Ok(Copied { etag })
+    }
+
+    async fn create_multipart(&self, bucket: &str, key: &str) -> Result<String, StoreError> {
+        let out = self
+            .client
+            .create_multipart_upload()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| classify(&e, bucket, Some(key)))?;
+        out.upload_id()
+            .map(str::to_owned)
+            .ok_or_else(|| StoreError::Service {
+                code: "NoUploadId".into(),
+                status: 0,
+                message: "CreateMultipartUpload returned no upload id".into(),
+            })
+    }
+
+    async fn upload_part_copy(&self, part: &PartCopy<'_>) -> Result<String, StoreError> {
+        let c = &part.copy;
+        let out = self
+            .client
+            .upload_part_copy()
+            .bucket(c.dest_bucket)
+            .key(c.dest_key)
+            .upload_id(part.upload_id)
+            .part_number(part.part_number)
+            .copy_source(Self::copy_source(c.source_bucket, c.source_key))
+            .copy_source_if_match(c.source_etag)
+            .copy_source_range(format!("bytes={}-{}", part.first_byte, part.last_byte))
+            .send()
+            .await
+            .map_err(|e| classify(&e, c.source_bucket, Some(c.source_key)))?;
+        Ok(out
+            .copy_part_result()
+            .and_then(|r| r.e_tag())
+            .unwrap_or_default()
+            .to_owned())
+    }
+
+    async fn complete_multipart(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+        parts: &[(i32, String)],
+    ) -> Result<Copied, StoreError> {
+        let parts = parts
+            .iter()
+            .map(|(n, etag)| CompletedPart::builder().part_number(*n).e_tag(etag).build())
+            .collect();
+        let out = self
+            .client
+            .complete_multipart_upload()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| classify(&e, bucket, Some(key)))?;
+        Ok(Copied {
+            etag: out.e_tag().unwrap_or_default().to_owned(),
+        })
+    }
+
+    async fn abort_multipart(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+    ) -> Result<(), StoreError> {
+        self.client
+            .abort_multipart_upload()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| classify(&e, bucket, Some(key)))
+    }
+
+    async fn head_object(&self, bucket: &str, key: &str) -> Result<ObjectMeta, StoreError> {
+        let out = self
+            .client
+            .head_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| classify(&e, bucket, Some(key)))?;
+        Ok(ObjectMeta {
+            key: key.to_owned(),
+            etag: out.e_tag().unwrap_or_default().to_owned(),
+            size: out
+                .content_length()
+                .and_then(|s| u64::try_from(s).ok())
+                .unwrap_or(0),
+            last_modified: out.last_modified().and_then(to_system_time),
+        })
     }
 
     async fn delete_objects(

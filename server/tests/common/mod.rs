@@ -7,9 +7,10 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use expresscache_client::{pb, Client, ClientError, WarmReport, WarmRequest};
+use expresscache_server::server::Deps;
 use expresscache_server::testing::{
     create_bucket, create_directory_bucket, list_keys, put, unique, unique_directory_bucket, Moto,
-    TestServer,
+    TestIndex, TestServer, TestStore,
 };
 
 /// A source bucket with objects, an empty directory bucket and a server.
@@ -23,6 +24,14 @@ pub struct Fixture {
 
 impl Fixture {
     pub async fn new(objects: &[(&str, &[u8])]) -> Self {
+        Self::new_tuned(objects, |_| {}).await
+    }
+
+    /// Like `new`, with `tune` applied to the server's dependencies.
+    pub async fn new_tuned(
+        objects: &[(&str, &[u8])],
+        tune: impl FnOnce(&mut Deps<TestStore, TestIndex>),
+    ) -> Self {
         let moto = Moto::start();
         let s3 = moto.s3();
         let src = unique("src");
@@ -32,7 +41,7 @@ impl Fixture {
         for (k, body) in objects {
             put(&s3, &src, k, *body).await;
         }
-        let server = TestServer::start(&moto.endpoint).await;
+        let server = TestServer::start_with(&moto.endpoint, tune).await;
         Self {
             moto,
             s3,

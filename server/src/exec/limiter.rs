@@ -1,0 +1,149 @@
+//! Adaptive concurrency for one destination bucket: additive increase,
+//! multiplicative decrease (AIMD), as TCP does for bandwidth. Each success
+//! grows the limit by 1/limit (about +1 per window of `limit` requests);
+//! a throttling answer (503 SlowDown, 429, timeouts) halves it, at most once
+//! per cool-down so one burst of SlowDowns counts as one signal.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+
+#[derive(Debug)]
+struct State {
+    limit: f64,
+    in_flight: usize,
+    last_decrease: Option<Instant>,
+}
+
+#[derive(Debug)]
+pub struct Aimd {
+    state: Mutex<State>,
+    freed: Notify,
+    min: f64,
+    max: f64,
+    cool_down: Duration,
+}
+
+/// One admitted request; dropping it frees the slot.
+#[derive(Debug)]
+pub struct Slot(Arc<Aimd>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.lock().in_flight -= 1;
+        self.0.freed.notify_one();
+    }
+}
+
+impl Aimd {
+    pub fn new(initial: usize, min: usize, max: usize) -> Arc<Self> {
+        let (min, max) = (min.max(1) as f64, max.max(1) as f64);
+        Arc::new(Self {
+            state: Mutex::new(State {
+                limit: (initial as f64).clamp(min, max),
+                in_flight: 0,
+                last_decrease: None,
+            }),
+            freed: Notify::new(),
+            min,
+            max,
+            cool_down: Duration::from_millis(200),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits until fewer than `limit` requests are in flight.
+    pub async fn acquire(self: &Arc<Self>) -> Slot {
+        loop {
+            let freed = self.freed.notified();
+            {
+                let mut st = self.lock();
+                if (st.in_flight as f64) < st.limit.floor().max(1.0) {
+                    st.in_flight += 1;
+                    return Slot(Arc::clone(self));
+                }
+            }
+            freed.await;
+        }
+    }
+
+    pub fn on_success(&self) {
+        let grew = {
+            let mut st = self.lock();
+            let before = st.limit.floor();
+            st.limit = (st.limit + 1.0 / st.limit).min(self.max);
+            st.limit.floor() > before
+        };
+        if grew {
+            self.freed.notify_one();
+        }
+    }
+
+    /// Halves the limit (once per cool-down); returns whether it did.
+    pub fn on_throttle(&self) -> bool {
+        let mut st = self.lock();
+        let now = Instant::now();
+        if st
+            .last_decrease
+            .is_some_and(|t| now.duration_since(t) < self.cool_down)
+        {
+            return false;
+        }
+        st.last_decrease = Some(now);
+        st.limit = (st.limit / 2.0).max(self.min);
+        true
+    }
+
+    /// The current limit, rounded down.
+    pub fn limit(&self) -> usize {
+        self.lock().limit.floor() as usize
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn admits_up_to_the_limit_and_frees_on_drop() {
+        let l = Aimd::new(2, 1, 10);
+        let a = l.acquire().await;
+        let _b = l.acquire().await;
+        let third = tokio::time::timeout(Duration::from_millis(20), l.acquire()).await;
+        assert!(third.is_err(), "a third request waits");
+        drop(a);
+        let _c = tokio::time::timeout(Duration::from_millis(200), l.acquire())
+            .await
+            .expect("a freed slot admits the next");
+    }
+
+    #[test]
+    fn halves_on_throttle_once_per_cool_down_and_grows_back_additively() {
+        let l = Aimd::new(64, 1, 64);
+        assert!(l.on_throttle());
+        assert_eq!(l.limit(), 32);
+        assert!(!l.on_throttle(), "a burst of SlowDowns is one signal");
+        assert_eq!(l.limit(), 32);
+        for _ in 0..33 {
+            l.on_success();
+        }
+        assert_eq!(l.limit(), 33, "about one window of successes adds one");
+        for _ in 0..10_000 {
+            l.on_success();
+        }
+        assert_eq!(l.limit(), 64, "never above the maximum");
+    }
+
+    #[test]
+    fn never_below_the_minimum() {
+        let l = Aimd::new(4, 2, 8);
+        l.on_throttle();
+        std::thread::sleep(Duration::from_millis(210));
+        l.on_throttle();
+        assert_eq!(l.limit(), 2);
+    }
+}

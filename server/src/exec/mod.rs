@@ -1,0 +1,392 @@
+//! The copy engine shared by every warm: one global in-flight cap, an
+//! adaptive (AIMD) limit per destination bucket, bounded retries with
+//! jittered exponential backoff, and multipart `UploadPartCopy` for objects
+//! above a threshold.
+
+mod limiter;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::StreamExt;
+use tokio::sync::Semaphore;
+
+pub use limiter::Aimd;
+
+use crate::stop::StopSignal;
+use crate::store::{Copied, CopyRequest, ObjectStore, PartCopy, StoreError};
+
+/// S3's smallest part (except the last) and most parts per upload.
+pub const MIN_PART: u64 = 5 * 1024 * 1024;
+pub const MAX_PARTS: u64 = 10_000;
+/// Largest part the engine uses: big enough to keep part counts low, small
+/// enough that a failed part costs little to redo.
+pub const MAX_PART: u64 = 512 * 1024 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    /// Requests in flight at once, across all warms and buckets.
+    pub max_concurrency: usize,
+    /// The adaptive limit never drops below this.
+    pub min_concurrency: usize,
+    /// Attempts per request for retryable errors (1 = no retry).
+    pub max_attempts: u32,
+    /// First retry delay; doubles per attempt, with jitter, up to
+    /// `retry_max_delay`.
+    pub retry_base_delay: Duration,
+    pub retry_max_delay: Duration,
+    /// Objects larger than this are copied in parts (CopyObject's limit is
+    /// 5 GiB).
+    pub multipart_threshold: u64,
+    /// Parts of one object copied at once.
+    pub part_concurrency: usize,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        Self {
+            max_concurrency: 64,
+            min_concurrency: 1,
+            max_attempts: 5,
+            retry_base_delay: Duration::from_millis(100),
+            retry_max_delay: Duration::from_secs(5),
+            multipart_threshold: 5 * 1024 * 1024 * 1024,
+            part_concurrency: 8,
+        }
+    }
+}
+
+/// What it took to copy one object.
+#[derive(Debug, Default)]
+pub struct CopyStats {
+    /// Requests retried after a retryable error.
+    pub retries: AtomicU32,
+    /// Of those, throttling answers (SlowDown, 429, 503, timeouts).
+    pub throttled: AtomicU32,
+}
+
+/// The part size for an object of `size` bytes.
+pub fn part_size(size: u64, threshold: u64) -> u64 {
+    threshold
+        .clamp(MIN_PART, MAX_PART)
+        .max(size.div_ceil(MAX_PARTS))
+}
+
+fn is_throttle(e: &StoreError) -> bool {
+    match e {
+        StoreError::Throttled(_) | StoreError::Transport(_) => true,
+        StoreError::Service { status, .. } => *status == 503 || *status == 429,
+        _ => false,
+    }
+}
+
+/// Jitter in [0, base) without a random number generator: the low bits of
+/// the clock differ between concurrent tasks well enough to spread retries.
+fn jitter(base: Duration) -> Duration {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let base_ns = u64::try_from(base.as_nanos()).unwrap_or(u64::MAX).max(1);
+    Duration::from_nanos(u64::from(nanos) % base_ns)
+}
+
+#[derive(Debug)]
+pub struct CopyEngine<S> {
+    store: Arc<S>,
+    global: Arc<Semaphore>,
+    limiters: Mutex<HashMap<String, Arc<Aimd>>>,
+    settings: EngineSettings,
+}
+
+impl<S: ObjectStore> CopyEngine<S> {
+    pub fn new(store: Arc<S>, settings: EngineSettings) -> Self {
+        Self {
+            store,
+            global: Arc::new(Semaphore::new(settings.max_concurrency.max(1))),
+            limiters: Mutex::default(),
+            settings,
+        }
+    }
+
+    pub fn settings(&self) -> &EngineSettings {
+        &self.settings
+    }
+
+    fn limiter(&self, bucket: &str) -> Arc<Aimd> {
+        let mut map = self.limiters.lock().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(map.entry(bucket.to_owned()).or_insert_with(|| {
+            let max = self.settings.max_concurrency.max(1);
+            Aimd::new(max, self.settings.min_concurrency, max)
+        }))
+    }
+
+    /// The current adaptive limit for `bucket`.
+    pub fn limit_for(&self, bucket: &str) -> usize {
+        self.limiter(bucket).limit()
+    }
+
+    /// Runs `call` under the global cap and `bucket`'s adaptive limit,
+    /// retrying retryable errors with backoff.
+    async fn attempt<T, F, Fut>(
+        &self,
+        bucket: &str,
+        stats: &CopyStats,
+        stop: &StopSignal,
+        mut call: F,
+    ) -> Result<T, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, StoreError>>,
+    {
+        let limiter = self.limiter(bucket);
+        let mut attempt = 1;
+        loop {
+            let result = {
+                let _global = self
+                    .global
+                    .acquire()
+                    .await
+                    .map_err(|_| StoreError::Transport("copy engine closed".into()))?;
+                let _slot = limiter.acquire().await;
+                // Waiting for capacity can take long; a stopped warm sends
+                // nothing more.
+                if stop.is_set() {
+                    return Err(StoreError::Stopped);
+                }
+                call().await
+            };
+            match result {
+                Ok(v) => {
+                    limiter.on_success();
+                    return Ok(v);
+                }
+                Err(e) if e.is_retryable() && attempt < self.settings.max_attempts => {
+                    stats.retries.fetch_add(1, Ordering::Relaxed);
+                    if is_throttle(&e) {
+                        stats.throttled.fetch_add(1, Ordering::Relaxed);
+                        if limiter.on_throttle() {
+                            tracing::debug!(
+                                bucket,
+                                limit = limiter.limit(),
+                                "throttled: concurrency halved"
+                            );
+                        }
+                    }
+                    let backoff = (self.settings.retry_base_delay * 2u32.pow(attempt - 1))
+                        .min(self.settings.retry_max_delay);
+                    tracing::debug!(attempt, error = %e, "retrying");
+                    tokio::time::sleep(backoff + jitter(backoff)).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Copies one object of `size` bytes, in parts above the threshold.
+    pub async fn copy(
+        &self,
+        req: &CopyRequest<'_>,
+        size: u64,
+        stats: &CopyStats,
+        stop: &StopSignal,
+    ) -> Result<Copied, StoreError> {
+        if size > self.settings.multipart_threshold {
+            return self.copy_multipart(req, size, stats, stop).await;
+        }
+        self.attempt(req.dest_bucket, stats, stop, || self.store.copy_object(req))
+            .await
+    }
+
+    async fn copy_multipart(
+        &self,
+        req: &CopyRequest<'_>,
+        size: u64,
+        stats: &CopyStats,
+        stop: &StopSignal,
+    ) -> Result<Copied, StoreError> {
+        let dest = req.dest_bucket;
+        let part = part_size(size, self.settings.multipart_threshold);
+        let count = size.div_ceil(part);
+        let upload_id = self
+            .attempt(dest, stats, stop, || {
+                self.store.create_multipart(dest, req.dest_key)
+            })
+            .await?;
+        tracing::debug!(key = req.dest_key, size, part, count, "multipart copy");
+        let parts = futures::stream::iter(1..=count)
+            .map(|n| {
+                let upload_id = upload_id.as_str();
+                async move {
+                    let first = (n - 1) * part;
+                    let last = (first + part).min(size) - 1;
+                    let number = i32::try_from(n).unwrap_or(i32::MAX);
+                    let pc = PartCopy {
+                        copy: req.clone(),
+                        upload_id,
+                        part_number: number,
+                        first_byte: first,
+                        last_byte: last,
+                    };
+                    self.attempt(dest, stats, stop, || self.store.upload_part_copy(&pc))
+                        .await
+                        .map(|etag| (number, etag))
+                }
+            })
+            .buffer_unordered(self.settings.part_concurrency.max(1))
+            .collect::<Vec<_>>()
+            .await;
+        let result = async {
+            let mut done = parts.into_iter().collect::<Result<Vec<_>, _>>()?;
+            done.sort_by_key(|(n, _)| *n);
+            let copied = self
+                .attempt(dest, stats, stop, || {
+                    self.store
+                        .complete_multipart(dest, req.dest_key, &upload_id, &done)
+                })
+                .await?;
+            let landed = self
+                .attempt(dest, stats, stop, || {
+                    self.store.head_object(dest, req.dest_key)
+                })
+                .await?;
+            if landed.size != size {
+                return Err(StoreError::Service {
+                    code: "SizeMismatch".into(),
+                    status: 0,
+                    message: format!(
+                        "multipart copy produced {} bytes, expected {size}",
+                        landed.size
+                    ),
+                });
+            }
+            Ok(copied)
+        }
+        .await;
+        if result.is_err() {
+            // Never leave an incomplete upload (it is billed until aborted).
+            let aborted = self
+                .attempt(dest, stats, &StopSignal::default(), || {
+                    self.store.abort_multipart(dest, req.dest_key, &upload_id)
+                })
+                .await;
+            if let Err(e) = aborted {
+                tracing::warn!(key = req.dest_key, upload_id, error = %e, "could not abort multipart upload; a lifecycle rule must clean it up");
+            }
+        }
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{FaultStore, MemoryStore, Op};
+
+    const MIB: u64 = 1024 * 1024;
+
+    #[test]
+    fn part_sizes_respect_s3_limits() {
+        assert_eq!(part_size(12 * MIB, 5 * MIB), 5 * MIB);
+        assert_eq!(
+            part_size(12 * MIB, MIB),
+            MIN_PART,
+            "parts are at least 5 MiB"
+        );
+        assert_eq!(part_size(6 << 30, 5 << 30), MAX_PART);
+        let huge = 10u64 << 40; // 10 TiB
+        assert!(huge.div_ceil(part_size(huge, 5 << 30)) <= MAX_PARTS);
+    }
+
+    fn engine(store: Arc<FaultStore<MemoryStore>>) -> CopyEngine<FaultStore<MemoryStore>> {
+        CopyEngine::new(
+            store,
+            EngineSettings {
+                multipart_threshold: 5 * MIB,
+                retry_base_delay: Duration::from_millis(1),
+                ..EngineSettings::default()
+            },
+        )
+    }
+
+    fn store_with(size: u64) -> (Arc<FaultStore<MemoryStore>>, String) {
+        let mem = MemoryStore::default();
+        mem.create_bucket("src");
+        mem.create_bucket("dst");
+        let etag = mem.put("src", "big", size);
+        (Arc::new(FaultStore::new(mem)), etag)
+    }
+
+    fn req(etag: &str) -> CopyRequest<'_> {
+        CopyRequest {
+            source_bucket: "src",
+            source_key: "big",
+            source_etag: etag,
+            dest_bucket: "dst",
+            dest_key: "big",
+        }
+    }
+
+    #[tokio::test]
+    async fn large_objects_are_copied_in_parts_and_verified() {
+        let (store, etag) = store_with(12 * MIB + 7);
+        let e = engine(store.clone());
+        let stats = CopyStats::default();
+        e.copy(&req(&etag), 12 * MIB + 7, &stats, &StopSignal::default())
+            .await
+            .unwrap();
+        assert_eq!(store.calls.part_copy.load(Ordering::Relaxed), 3);
+        assert_eq!(store.inner().size("dst", "big"), Some(12 * MIB + 7));
+        assert_eq!(store.inner().open_uploads(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_failed_part_aborts_the_upload() {
+        let (store, etag) = store_with(12 * MIB);
+        store.fail(
+            Op::PartCopy,
+            None,
+            StoreError::AccessDenied("no".into()),
+            None,
+        );
+        let e = engine(store.clone());
+        let err = e
+            .copy(
+                &req(&etag),
+                12 * MIB,
+                &CopyStats::default(),
+                &StopSignal::default(),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), "AccessDenied");
+        assert_eq!(store.inner().open_uploads(), 0, "no incomplete upload left");
+        assert!(store.inner().size("dst", "big").is_none());
+    }
+
+    #[tokio::test]
+    async fn throttling_is_retried_and_halves_the_bucket_limit() {
+        let (store, etag) = store_with(10);
+        store.fail(
+            Op::Copy,
+            None,
+            StoreError::Throttled("SlowDown".into()),
+            Some(2),
+        );
+        let e = engine(store.clone());
+        let stats = CopyStats::default();
+        e.copy(&req(&etag), 10, &stats, &StopSignal::default())
+            .await
+            .unwrap();
+        assert_eq!(stats.retries.load(Ordering::Relaxed), 2);
+        assert_eq!(stats.throttled.load(Ordering::Relaxed), 2);
+        assert!(
+            e.limit_for("dst") <= 32,
+            "limit was halved: {}",
+            e.limit_for("dst")
+        );
+    }
+}
