@@ -391,11 +391,10 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
 
     async fn run_task(&self, ctx: TaskCtx<'_>, task: CopyTask) {
         let TaskCtx {
-            spec,
             progress,
-            owner,
             stop,
             announced,
+            ..
         } = ctx;
         if !announced.swap(true, AtomicOrdering::Relaxed) {
             progress.set_phase(pb::Phase::Copying);
@@ -404,17 +403,7 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
             return;
         }
         let obj = &task.object;
-        let outcome = self
-            .settle(
-                spec,
-                owner,
-                stop,
-                task.wait_for,
-                obj,
-                &task.dest_key,
-                progress,
-            )
-            .await;
+        let outcome = self.settle(ctx, task.wait_for, obj, &task.dest_key).await;
         match outcome {
             KeyOutcome::Copied => {
                 Progress::add(&progress.copied, 1);
@@ -431,14 +420,18 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
     /// claims the key and copies it.
     async fn settle(
         &self,
-        spec: &WarmSpec,
-        owner: &str,
-        stop: &StopSignal,
+        ctx: TaskCtx<'_>,
         mut wait_for: Option<Claim>,
         obj: &ObjectMeta,
         dest_key: &str,
-        progress: &Progress,
     ) -> KeyOutcome {
+        let TaskCtx {
+            spec,
+            progress,
+            owner,
+            stop,
+            ..
+        } = ctx;
         let dir = spec.directory_bucket.as_str();
         loop {
             if let Some(claim) = wait_for.take() {
