@@ -735,6 +735,44 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn ten_percent_retryable_faults_still_copy_every_object_exactly_once() {
+        let keys: Vec<String> = (0..2000).map(|i| format!("d/{i:05}")).collect();
+        let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let w = setup(&refs);
+        w.store.fail_every(
+            Op::Copy,
+            10,
+            &[
+                StoreError::Throttled("SlowDown".into()),
+                StoreError::Service {
+                    code: "InternalError".into(),
+                    status: 500,
+                    message: "injected".into(),
+                },
+                StoreError::Transport("connection reset (injected)".into()),
+            ],
+        );
+        let last = run(&w).await;
+        let c = last.counters.unwrap();
+        assert_eq!(
+            last.outcome,
+            pb::Outcome::Succeeded as i32,
+            "{:?}",
+            last.failures
+        );
+        assert_eq!((c.objects_copied, c.objects_failed), (2000, 0));
+        let injected = w.store.injected.load(Ordering::Relaxed);
+        assert!(injected >= 200, "about 10% of calls failed: {injected}");
+        // Every injected fault was retried, and seen in the progress.
+        assert_eq!(c.copy_retries, injected);
+        assert!(c.throttle_events >= injected * 2 / 3 - 1, "{c:?}");
+        // Exactly one successful CopyObject per object reached the store.
+        assert_eq!(w.store.inner().counters.copy.load(Ordering::Relaxed), 2000);
+        assert_eq!(w.store.inner().keys(DIR).len(), 2000);
+        assert_eq!(w.index.usage(DIR, "").await.unwrap().objects, 2000);
+    }
+
+    #[tokio::test]
     async fn a_failed_listing_fails_the_warm() {
         let w = setup(&["d/1"]);
         w.store.fail(

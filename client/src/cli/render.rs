@@ -55,6 +55,9 @@ pub fn progress_json(p: &pb::WarmProgress) -> Value {
         "objects_copied": c.objects_copied,
         "objects_failed": c.objects_failed,
         "objects_shared": c.objects_shared,
+        "copy_retries": c.copy_retries,
+        "throttle_events": c.throttle_events,
+        "concurrency_limit": p.concurrency_limit,
         "bytes_listed": c.bytes_listed,
         "bytes_to_copy": c.bytes_to_copy,
         "bytes_copied": c.bytes_copied,
@@ -107,6 +110,12 @@ pub fn progress_line(p: &pb::WarmProgress) -> String {
     );
     if p.objects_per_second > 0.0 {
         line.push_str(&format!("  {:.0} obj/s", p.objects_per_second));
+    }
+    if c.copy_retries > 0 {
+        line.push_str(&format!(
+            "  retries {} (throttled {}, concurrency {})",
+            c.copy_retries, c.throttle_events, p.concurrency_limit
+        ));
     }
     if let Some(eta) = &p.eta {
         let eta = Duration::from_secs_f64(secs(Some(eta)));

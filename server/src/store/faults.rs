@@ -44,6 +44,9 @@ impl Op {
 
 #[derive(Debug)]
 struct Rule {
+    /// Fail only every `every`-th matching call (1 = each one).
+    every: u64,
+    seen: u64,
     op: Op,
     /// Only calls about this key (copy source key) match; `None` = any.
     key: Option<String>,
@@ -104,11 +107,32 @@ impl<S> FaultStore<S> {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(Rule {
+                every: 1,
+                seen: 0,
                 op,
                 key: key.map(str::to_owned),
                 error,
                 remaining: times,
             });
+    }
+
+    /// Fails every `n`-th call of `op` with the next error of `errors`, in
+    /// turn: a steady fault rate (n = 10 is 10%) that is the same on every
+    /// run.
+    pub fn fail_every(&self, op: Op, n: u64, errors: &[StoreError]) {
+        let mut rules = self.rules.lock().unwrap_or_else(|e| e.into_inner());
+        let k = errors.len().max(1) as u64;
+        for (i, error) in errors.iter().enumerate() {
+            // Rule i fires on calls n*(i+1), n*(i+1+k), ...: interleaved.
+            rules.push(Rule {
+                every: n * k,
+                seen: n * k - n * (i as u64 + 1),
+                op,
+                key: None,
+                error: error.clone(),
+                remaining: None,
+            });
+        }
     }
 
     /// Delays every call of `op` by `by` (before any fault applies).
@@ -161,6 +185,10 @@ impl<S> FaultStore<S> {
         for rule in rules.iter_mut() {
             let key_matches = rule.key.is_none() || rule.key.as_deref() == key;
             if rule.op != op || !key_matches || rule.remaining == Some(0) {
+                continue;
+            }
+            rule.seen += 1;
+            if rule.seen % rule.every != 0 {
                 continue;
             }
             if let Some(n) = rule.remaining.as_mut() {
