@@ -133,6 +133,18 @@ fn check_zone_id(zone: &str) -> Result<(), String> {
 
 impl DirectoryBucketName {
     /// Checks `name` against the directory bucket naming rules.
+    /// Checks `name` as a directory bucket name or, when
+    /// `allow_general_purpose` (a server setting for S3-compatible test
+    /// endpoints that have no directory buckets), as any bucket name.
+    pub fn parse_with(name: &str, allow_general_purpose: bool) -> Result<Self, String> {
+        match Self::parse(name) {
+            Err(_) if allow_general_purpose && !name.ends_with(DIRECTORY_SUFFIX) => {
+                BucketName::parse(name).map(|b| Self(b.0))
+            }
+            other => other,
+        }
+    }
+
     pub fn parse(name: &str) -> Result<Self, String> {
         check_length(name)?;
         let Some(stem) = name.strip_suffix(DIRECTORY_SUFFIX) else {

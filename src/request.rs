@@ -15,6 +15,9 @@ pub struct Limits {
     pub max_ttl: Duration,
     /// Most prefixes one request may name.
     pub max_prefixes: usize,
+    /// Accept general-purpose bucket names where a directory bucket is
+    /// expected (for S3-compatible endpoints without directory buckets).
+    pub allow_general_purpose_destination: bool,
 }
 
 impl Default for Limits {
@@ -22,6 +25,7 @@ impl Default for Limits {
         Self {
             max_ttl: Duration::from_secs(30 * 24 * 3600),
             max_prefixes: 1000,
+            allow_general_purpose_destination: false,
         }
     }
 }
@@ -148,7 +152,10 @@ impl WarmSpec {
         let prefixes = check_prefixes(&mut v, "prefixes", &req.prefixes, limits);
         let directory_bucket = v.check(
             "directory_bucket",
-            DirectoryBucketName::parse(&req.directory_bucket),
+            DirectoryBucketName::parse_with(
+                &req.directory_bucket,
+                limits.allow_general_purpose_destination,
+            ),
         );
         let ttl = check_ttl(&mut v, req.ttl.as_ref(), limits);
         let request_id = if req.request_id.is_empty() {
@@ -240,7 +247,10 @@ impl EvictSpec {
         let mut v = Violations::default();
         let directory_bucket = v.check(
             "directory_bucket",
-            DirectoryBucketName::parse(&req.directory_bucket),
+            DirectoryBucketName::parse_with(
+                &req.directory_bucket,
+                limits.allow_general_purpose_destination,
+            ),
         );
         let prefixes = check_prefixes(&mut v, "prefixes", &req.prefixes, limits);
         v.finish()?;
@@ -276,7 +286,10 @@ impl StatusQuery {
             Some(Target::Prefixes(q)) => {
                 let directory_bucket = v.check(
                     "prefixes.directory_bucket",
-                    DirectoryBucketName::parse(&q.directory_bucket),
+                    DirectoryBucketName::parse_with(
+                        &q.directory_bucket,
+                        limits.allow_general_purpose_destination,
+                    ),
                 );
                 let prefixes = check_prefixes(&mut v, "prefixes.prefixes", &q.prefixes, limits);
                 match (directory_bucket, prefixes) {
@@ -435,6 +448,23 @@ mod tests {
                 "request_id",
                 "destination_prefix"
             ]
+        );
+    }
+
+    #[test]
+    fn general_purpose_destinations_only_when_allowed() {
+        let mut req = good();
+        req.directory_bucket = "plain-bucket".into();
+        assert!(WarmSpec::parse(&req, &Limits::default()).is_err());
+        let lenient = Limits {
+            allow_general_purpose_destination: true,
+            ..Limits::default()
+        };
+        assert!(WarmSpec::parse(&req, &lenient).is_ok());
+        req.directory_bucket = "Bad_Name".into();
+        assert!(
+            WarmSpec::parse(&req, &lenient).is_err(),
+            "still a valid bucket name"
         );
     }
 

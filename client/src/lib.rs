@@ -117,7 +117,8 @@ impl WarmRequest {
     }
 
     /// The wire message, after the same validation the server applies (the
-    /// TTL upper bound is the server's to enforce).
+    /// TTL upper bound and whether general-purpose destinations are allowed
+    /// are the server's settings to enforce).
     pub fn into_proto(self) -> Result<pb::WarmCacheRequest, InvalidRequest> {
         let mut req = self.inner;
         if req.prefixes.is_empty() {
@@ -125,6 +126,7 @@ impl WarmRequest {
         }
         let limits = Limits {
             max_ttl: Duration::MAX,
+            allow_general_purpose_destination: true,
             ..Limits::default()
         };
         WarmSpec::parse(&req, &limits)?;

@@ -88,8 +88,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     deps.ops.retention = config.operation_retention;
     deps.limits = Limits {
         max_ttl: config.max_ttl,
+        allow_general_purpose_destination: config.allow_general_purpose_destination,
         ..Limits::default()
     };
+    if config.allow_general_purpose_destination {
+        tracing::warn!("general-purpose buckets are accepted as destinations (--allow-general-purpose-destination): meant for S3-compatible test endpoints, not for production");
+    }
     tracing::info!(listen = %listener.local_addr()?, index = ?config.index, max_concurrency = config.max_concurrency, "expresscache-server listening");
     serve(listener, deps, shutdown_signal()).await?;
     tracing::info!("stopped");

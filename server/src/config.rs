@@ -51,6 +51,11 @@ pub struct Args {
     /// How long finished operations stay listed and watchable [default: 7d].
     #[arg(long, env = "EXPRESSCACHE_OPERATION_RETENTION", value_parser = humantime::parse_duration)]
     pub operation_retention: Option<Duration>,
+    /// Accept general-purpose buckets as destinations. For S3-compatible
+    /// endpoints without directory buckets (benchmarks on garage, MinIO);
+    /// off by default, and logged as a warning when on.
+    #[arg(long, env = "EXPRESSCACHE_ALLOW_GENERAL_PURPOSE_DESTINATION")]
+    pub allow_general_purpose_destination: Option<bool>,
     /// Log format: text or json [default: text].
     #[arg(long, env = "EXPRESSCACHE_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -78,6 +83,7 @@ struct FileConfig {
     #[serde(default, with = "humantime_serde_opt")]
     sweep_interval: Option<Duration>,
     multipart_threshold: Option<String>,
+    allow_general_purpose_destination: Option<bool>,
     #[serde(default, with = "humantime_serde_opt")]
     shutdown_grace: Option<Duration>,
     #[serde(default, with = "humantime_serde_opt")]
@@ -139,6 +145,7 @@ pub struct Config {
     pub log_format: LogFormat,
     pub sweep_interval: Duration,
     pub multipart_threshold: u64,
+    pub allow_general_purpose_destination: bool,
     pub shutdown_grace: Duration,
     pub operation_retention: Duration,
 }
@@ -206,6 +213,10 @@ impl Config {
             ));
         }
         Ok(Self {
+            allow_general_purpose_destination: args
+                .allow_general_purpose_destination
+                .or(file.allow_general_purpose_destination)
+                .unwrap_or(false),
             multipart_threshold,
             sweep_interval,
             shutdown_grace: args
