@@ -213,57 +213,43 @@ async fn warm(endpoint: &str, a: WarmArgs) -> ExitCode {
     for p in a.prefixes {
         request = request.prefix(p);
     }
-    let mut renderer = Renderer::new(a.output, a.log_interval);
-    let mut attempt = 0;
-    let mut delay = Duration::from_millis(500);
-    loop {
-        match warm_once(endpoint, request.clone(), &mut renderer).await {
-            Ok(report) => {
-                renderer.finish(&report);
-                return exit::for_outcome(report.outcome);
-            }
-            // The same request_id reattaches to the running warm, so
-            // resubmitting after a broken connection is safe.
-            Err(e) if retryable(&e) && attempt < a.reconnect_attempts => {
-                attempt += 1;
-                eprintln!(
-                    "warning: {e}; reconnecting in {delay:?} (attempt {attempt}/{})",
-                    a.reconnect_attempts
-                );
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(10));
-            }
-            Err(e) => {
-                renderer.abandon();
-                return fail(&e);
-            }
-        }
-    }
+    let renderer = Renderer::new(a.output, a.log_interval);
+    // The same request_id reattaches to the running warm, so resubmitting
+    // after a broken connection is safe.
+    follow(renderer, a.reconnect_attempts, async |r: &mut Renderer| {
+        warm_once(endpoint, request.clone(), r).await
+    })
+    .await
 }
 
 async fn watch(endpoint: &str, a: WatchArgs) -> ExitCode {
-    let mut renderer = Renderer::new(a.output, a.log_interval);
-    let mut attempt = 0;
+    let renderer = Renderer::new(a.output, a.log_interval);
+    let operation = a.operation;
+    follow(renderer, a.reconnect_attempts, async |r: &mut Renderer| {
+        let mut client = Client::connect(endpoint).await?;
+        client.watch_and_wait(&operation, |p| r.update(p)).await
+    })
+    .await
+}
+
+/// Runs `attempt` (which renders progress) until it returns a final report,
+/// reconnecting with backoff after retryable failures; maps the outcome to
+/// the exit code.
+async fn follow<F>(mut renderer: Renderer, attempts: u32, mut attempt: F) -> ExitCode
+where
+    F: AsyncFnMut(&mut Renderer) -> Result<WarmReport, ClientError>,
+{
+    let mut tries = 0;
     let mut delay = Duration::from_millis(500);
     loop {
-        let result = async {
-            let mut client = Client::connect(endpoint).await?;
-            client
-                .watch_and_wait(&a.operation, |p| renderer.update(p))
-                .await
-        }
-        .await;
-        match result {
+        match attempt(&mut renderer).await {
             Ok(report) => {
                 renderer.finish(&report);
                 return exit::for_outcome(report.outcome);
             }
-            Err(e) if retryable(&e) && attempt < a.reconnect_attempts => {
-                attempt += 1;
-                eprintln!(
-                    "warning: {e}; reconnecting in {delay:?} (attempt {attempt}/{})",
-                    a.reconnect_attempts
-                );
+            Err(e) if retryable(&e) && tries < attempts => {
+                tries += 1;
+                eprintln!("warning: {e}; reconnecting in {delay:?} (attempt {tries}/{attempts})");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(10));
             }
