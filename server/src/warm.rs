@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use expresscache::proto::v1 as pb;
-use expresscache::WarmSpec;
+use expresscache::{Prefix, WarmSpec};
 use futures::future::BoxFuture;
 use futures::StreamExt;
 use tokio::sync::mpsc;
@@ -24,7 +24,7 @@ use crate::index::{CacheIndex, Claim, ClaimOutcome, Entry, IndexError, Lease, Mi
 use crate::plan::{Decision, Planner};
 use crate::progress::Progress;
 use crate::stop::StopSignal;
-use crate::store::{CopyRequest, ObjectMeta, ObjectStore, StoreError};
+use crate::store::{CopyRequest, ListPage, ObjectMeta, ObjectStore, StoreError};
 
 /// Tuning of the copy path.
 #[derive(Debug, Clone)]
@@ -107,6 +107,7 @@ struct TaskCtx<'a> {
     owner: &'a str,
     stop: &'a StopSignal,
     announced: &'a AtomicBool,
+    entries: &'a mpsc::Sender<Entry>,
 }
 
 struct CopyTask {
@@ -114,6 +115,8 @@ struct CopyTask {
     dest_key: String,
     /// Set when the planner saw another operation's claim on the key.
     wait_for: Option<Claim>,
+    /// The planner already holds this warm's claim on the key.
+    claimed: bool,
 }
 
 /// How one key ended for this warm.
@@ -193,13 +196,18 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
         let (txs, rxs): (Vec<_>, Vec<_>) = (0..shards)
             .map(|_| mpsc::channel::<CopyTask>(depth))
             .unzip();
-        let copier = self.copy_all(spec, progress, owner, stop, rxs);
+        let (entry_tx, entry_rx) = mpsc::channel::<Entry>(1024);
+        let copier = self.copy_all(spec, progress, owner, stop, rxs, entry_tx);
         let planner = async {
             let r = self.plan(spec, progress, owner, stop, &txs).await;
             drop(txs);
             r
         };
-        let work = async { tokio::join!(planner, copier).0 };
+        let writer = self.write_entries(owner, entry_rx);
+        let work = async {
+            let (planned, (), written) = tokio::join!(planner, copier, writer);
+            planned.and(written.map_err(WarmError::from))
+        };
         let planned = tokio::select! {
             r = work => r,
             () = renewer => unreachable!("the renewer never ends"),
@@ -240,95 +248,190 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
         stop: &StopSignal,
         shards: &[mpsc::Sender<CopyTask>],
     ) -> Result<(), WarmError> {
-        let dir = spec.directory_bucket.as_str();
-        let source = spec.source.as_str();
-        for prefix in spec.listing_prefixes() {
-            let dest_prefix = spec.dest_key(prefix.as_str());
-            let mut token = None;
-            let mut after: Option<String> = None;
-            loop {
-                if stop.is_set() {
-                    return Ok(());
-                }
-                let page = self
-                    .store
-                    .list_page(source, prefix.as_str(), token)
-                    .await
-                    .map_err(|e| WarmError::List {
-                        bucket: source.to_owned(),
-                        prefix: prefix.to_string(),
-                        source: e,
-                    })?;
-                let Some(last) = page.objects.last().map(|o| spec.dest_key(&o.key)) else {
-                    break;
-                };
-                let records = self
-                    .records_between(dir, &dest_prefix, after.as_deref(), &last)
-                    .await?;
-                Progress::add(&progress.listed, page.objects.len() as u64);
-                Progress::add(
-                    &progress.bytes_listed,
-                    page.objects.iter().map(|o| o.size).sum(),
-                );
-                let planner = Planner {
-                    source_bucket: source,
-                    owner,
-                    force: spec.force_copy,
-                    now: self.clock.now(),
-                };
-                for (obj, dest_key, decision) in
-                    planner.plan_page(&page.objects, &records, |k| spec.dest_key(k))
-                {
-                    let wait_for = match decision {
-                        Decision::Hit => {
-                            Progress::add(&progress.hits, 1);
-                            continue;
-                        }
-                        Decision::Clash { cached_from } => {
-                            progress.fail(
-                                &obj.key,
-                                "KeyClash",
-                                format!(
-                                    "{dir}/{dest_key} is already cached from {cached_from}; \
-                                     evict it first, or use a destination_prefix"
-                                ),
-                            );
-                            continue;
-                        }
-                        Decision::Copy(_) => None,
-                        Decision::Wait(claim) => Some(claim),
-                    };
-                    if dest_key.len() > expresscache::names::MAX_KEY_BYTES {
-                        progress.fail(
-                            &obj.key,
-                            "KeyTooLong",
-                            format!(
-                                "destination key would be {} bytes; S3 allows 1024",
-                                dest_key.len()
-                            ),
-                        );
-                        continue;
-                    }
-                    Progress::add(&progress.to_copy, 1);
-                    Progress::add(&progress.bytes_to_copy, obj.size);
-                    let task = CopyTask {
-                        object: obj.clone(),
-                        dest_key,
-                        wait_for,
-                    };
-                    let shard = shard_of(&task.dest_key, shards.len());
-                    if shards[shard].send(task).await.is_err() {
+        // The next listing page is fetched while this one is planned: a
+        // re-warm then costs about the listing alone.
+        let (pages_tx, mut pages) = mpsc::channel::<(Prefix, ListPage)>(2);
+        let lister = async move {
+            for prefix in spec.listing_prefixes() {
+                let mut token = None;
+                loop {
+                    if stop.is_set() {
                         return Ok(());
                     }
+                    let page = self
+                        .store
+                        .list_page(spec.source.as_str(), prefix.as_str(), token)
+                        .await
+                        .map_err(|e| WarmError::List {
+                            bucket: spec.source.to_string(),
+                            prefix: prefix.to_string(),
+                            source: e,
+                        })?;
+                    token = page.next.clone();
+                    if page.objects.is_empty()
+                        || pages_tx.send((prefix.clone(), page)).await.is_err()
+                    {
+                        break;
+                    }
+                    if token.is_none() {
+                        break;
+                    }
                 }
-                after = Some(last);
-                token = page.next;
-                if token.is_none() {
-                    break;
+            }
+            Ok(())
+        };
+        let planner = async {
+            let mut after: Option<(Prefix, String)> = None;
+            while let Some((prefix, page)) = pages.recv().await {
+                let cursor = after.take().filter(|(p, _)| *p == prefix).map(|(_, k)| k);
+                let last = self
+                    .plan_page(spec, progress, owner, shards, &prefix, cursor, &page)
+                    .await?;
+                after = Some((prefix, last));
+            }
+            Ok::<(), WarmError>(())
+        };
+        let (listed, planned) = tokio::join!(lister, planner);
+        planned?;
+        listed
+    }
+
+    /// Plans one listing page: counts hits, claims what must be copied (one
+    /// index round trip for the page) and queues it; returns the page's last
+    /// destination key.
+    #[allow(clippy::too_many_arguments)]
+    async fn plan_page(
+        &self,
+        spec: &WarmSpec,
+        progress: &Progress,
+        owner: &str,
+        shards: &[mpsc::Sender<CopyTask>],
+        prefix: &Prefix,
+        after: Option<String>,
+        page: &ListPage,
+    ) -> Result<String, WarmError> {
+        let dir = spec.directory_bucket.as_str();
+        let last = page
+            .objects
+            .last()
+            .map(|o| spec.dest_key(&o.key))
+            .unwrap_or_default();
+        let dest_prefix = spec.dest_key(prefix.as_str());
+        let records = self
+            .records_between(dir, &dest_prefix, after.as_deref(), &last)
+            .await?;
+        Progress::add(&progress.listed, page.objects.len() as u64);
+        Progress::add(
+            &progress.bytes_listed,
+            page.objects.iter().map(|o| o.size).sum(),
+        );
+        let planner = Planner {
+            source_bucket: spec.source.as_str(),
+            owner,
+            force: spec.force_copy,
+            now: self.clock.now(),
+        };
+        let mut tasks = Vec::new();
+        for (obj, dest_key, decision) in
+            planner.plan_page(&page.objects, &records, |k| spec.dest_key(k))
+        {
+            let wait_for = match decision {
+                Decision::Hit => {
+                    Progress::add(&progress.hits, 1);
+                    continue;
+                }
+                Decision::Clash { cached_from } => {
+                    progress.fail(
+                        &obj.key,
+                        "KeyClash",
+                        format!(
+                            "{dir}/{dest_key} is already cached from {cached_from}; \
+                             evict it first, or use a destination_prefix"
+                        ),
+                    );
+                    continue;
+                }
+                Decision::Copy(_) => None,
+                Decision::Wait(claim) => Some(claim),
+            };
+            if dest_key.len() > expresscache::names::MAX_KEY_BYTES {
+                progress.fail(
+                    &obj.key,
+                    "KeyTooLong",
+                    format!(
+                        "destination key would be {} bytes; S3 allows 1024",
+                        dest_key.len()
+                    ),
+                );
+                continue;
+            }
+            Progress::add(&progress.to_copy, 1);
+            Progress::add(&progress.bytes_to_copy, obj.size);
+            tasks.push(CopyTask {
+                object: obj.clone(),
+                dest_key,
+                wait_for,
+                claimed: false,
+            });
+        }
+        // Claim every key this page copies in one batch; a key someone else
+        // holds becomes a wait.
+        let to_claim: Vec<String> = tasks
+            .iter()
+            .filter(|t| t.wait_for.is_none())
+            .map(|t| t.dest_key.clone())
+            .collect();
+        if !to_claim.is_empty() {
+            let now = self.clock.now();
+            let deadline = now.saturating_add(duration_ms(self.settings.claim_ttl));
+            let outcomes = self
+                .index
+                .claim_copies(dir, &to_claim, owner, deadline, now)
+                .await?;
+            let mut outcomes = outcomes.into_iter();
+            for t in tasks.iter_mut().filter(|t| t.wait_for.is_none()) {
+                match outcomes.next() {
+                    Some(ClaimOutcome::Claimed) => t.claimed = true,
+                    Some(ClaimOutcome::Held(c)) => t.wait_for = Some(c),
+                    None => {}
                 }
             }
         }
-        Ok(())
+        for task in tasks {
+            let shard = shard_of(&task.dest_key, shards.len());
+            if let Err(mpsc::error::SendError(task)) = shards[shard].send(task).await {
+                // The copiers are gone (the warm is ending): give back the
+                // claim this task holds.
+                if task.claimed {
+                    self.release(dir, &task.dest_key, owner).await;
+                }
+            }
+        }
+        Ok(last)
+    }
+
+    async fn release(&self, dir: &str, key: &str, owner: &str) {
+        if let Err(e) = self.index.release_claim(dir, key, owner).await {
+            tracing::warn!(key, error = %e, "could not release claim; it lapses at its deadline");
+        }
+    }
+
+    /// Records copied objects in batches: one index transaction per batch
+    /// keeps the index cost per copied object small.
+    async fn write_entries(
+        &self,
+        owner: &str,
+        mut rx: mpsc::Receiver<Entry>,
+    ) -> Result<(), IndexError> {
+        const BATCH: usize = 256;
+        let mut batch = Vec::with_capacity(BATCH);
+        loop {
+            if rx.recv_many(&mut batch, BATCH).await == 0 {
+                return Ok(());
+            }
+            self.index.complete_copies(&batch, owner).await?;
+            batch.clear();
+        }
     }
 
     /// All records under `prefix` with keys in (`after`, `upto`].
@@ -363,6 +466,7 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
         owner: &str,
         stop: &StopSignal,
         shards: Vec<mpsc::Receiver<CopyTask>>,
+        entries: mpsc::Sender<Entry>,
     ) {
         let announced = AtomicBool::new(false);
         let ctx = TaskCtx {
@@ -371,6 +475,7 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
             owner,
             stop,
             announced: &announced,
+            entries: &entries,
         };
         let per_shard = self.settings.per_shard_concurrency.max(1);
         // Boxed: naming the per-task future type keeps the whole warm `Send`
@@ -400,10 +505,16 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
             progress.set_phase(pb::Phase::Copying);
         }
         if stop.is_set() {
+            if task.claimed {
+                let dir = ctx.spec.directory_bucket.as_str();
+                self.release(dir, &task.dest_key, ctx.owner).await;
+            }
             return;
         }
         let obj = &task.object;
-        let outcome = self.settle(ctx, task.wait_for, obj, &task.dest_key).await;
+        let outcome = self
+            .settle(ctx, task.wait_for, task.claimed, obj, &task.dest_key)
+            .await;
         match outcome {
             KeyOutcome::Copied => {
                 Progress::add(&progress.copied, 1);
@@ -417,11 +528,13 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
 
     /// Makes one key present and current: waits out another operation's
     /// claim if there is one, then either finds its copy good (shared) or
-    /// claims the key and copies it.
+    /// claims the key (unless the planner already did) and copies it; the
+    /// entry goes to the batched writer.
     async fn settle(
         &self,
         ctx: TaskCtx<'_>,
         mut wait_for: Option<Claim>,
+        mut claimed: bool,
         obj: &ObjectMeta,
         dest_key: &str,
     ) -> KeyOutcome {
@@ -465,29 +578,34 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
                     Decision::Copy(_) => {}
                 }
             }
-            let now = self.clock.now();
-            let deadline = now.saturating_add(duration_ms(self.settings.claim_ttl));
-            match self
-                .index
-                .claim_copy(dir, dest_key, owner, deadline, now)
-                .await
-            {
-                Err(e) => return index_failure(&e),
-                Ok(ClaimOutcome::Held(claim)) => {
-                    wait_for = Some(claim);
-                    continue;
+            if !std::mem::take(&mut claimed) {
+                let now = self.clock.now();
+                let deadline = now.saturating_add(duration_ms(self.settings.claim_ttl));
+                match self
+                    .index
+                    .claim_copy(dir, dest_key, owner, deadline, now)
+                    .await
+                {
+                    Err(e) => return index_failure(&e),
+                    Ok(ClaimOutcome::Held(claim)) => {
+                        wait_for = Some(claim);
+                        continue;
+                    }
+                    Ok(ClaimOutcome::Claimed) => {}
                 }
-                Ok(ClaimOutcome::Claimed) => {}
             }
             return match self.copy_one(spec, obj, dest_key, progress, stop).await {
-                Ok(entry) => match self.index.complete_copy(&entry, owner).await {
+                // The writer records it (and drops the claim) in its next
+                // batch; the warm reports ready only after the writer is done.
+                Ok(entry) => match ctx.entries.send(entry).await {
                     Ok(()) => KeyOutcome::Copied,
-                    Err(e) => index_failure(&e),
+                    Err(_) => KeyOutcome::Failed {
+                        code: "IndexError".into(),
+                        message: "the index writer stopped; see the warm's error".into(),
+                    },
                 },
                 Err(e) => {
-                    if let Err(ie) = self.index.release_claim(dir, dest_key, owner).await {
-                        tracing::warn!(key = dest_key, error = %ie, "could not release claim; it lapses at its deadline");
-                    }
+                    self.release(dir, dest_key, owner).await;
                     if matches!(e, StoreError::Stopped) {
                         KeyOutcome::Stopped
                     } else {

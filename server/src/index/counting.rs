@@ -145,25 +145,32 @@ impl<I: CacheIndex> CacheIndex for CountingIndex<I> {
             .await
     }
 
-    async fn claim_copy(
+    async fn claim_copies(
         &self,
         directory_bucket: &str,
-        key: &str,
+        keys: &[String],
         owner: &str,
         deadline: Millis,
         now: Millis,
-    ) -> Result<ClaimOutcome, IndexError> {
+    ) -> Result<Vec<ClaimOutcome>, IndexError> {
         self.write();
-        let _pass = self.pass("claim_copy", key).await;
+        let _pass = self
+            .pass("claim_copies", keys.first().map_or("", String::as_str))
+            .await;
         self.inner
-            .claim_copy(directory_bucket, key, owner, deadline, now)
+            .claim_copies(directory_bucket, keys, owner, deadline, now)
             .await
     }
 
-    async fn complete_copy(&self, entry: &Entry, owner: &str) -> Result<(), IndexError> {
+    async fn complete_copies(&self, entries: &[Entry], owner: &str) -> Result<(), IndexError> {
         self.write();
-        let _pass = self.pass("complete_copy", &entry.key).await;
-        self.inner.complete_copy(entry, owner).await
+        let _pass = self
+            .pass(
+                "complete_copies",
+                entries.first().map_or("", |e| e.key.as_str()),
+            )
+            .await;
+        self.inner.complete_copies(entries, owner).await
     }
 
     async fn release_claim(

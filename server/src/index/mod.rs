@@ -226,9 +226,19 @@ pub trait CacheIndex: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<Record>, IndexError>;
 
-    /// Claims `key` for a copy by `owner` until `deadline`, unless another
-    /// owner holds a claim live at `now`. Re-claiming one's own claim
-    /// extends it.
+    /// Claims each key for a copy by `owner` until `deadline`, unless
+    /// another owner holds a claim live at `now` (re-claiming one's own
+    /// claim extends it). One atomic step per key; one round trip per batch.
+    async fn claim_copies(
+        &self,
+        directory_bucket: &str,
+        keys: &[String],
+        owner: &str,
+        deadline: Millis,
+        now: Millis,
+    ) -> Result<Vec<ClaimOutcome>, IndexError>;
+
+    /// [`claim_copies`](Self::claim_copies) for one key.
     async fn claim_copy(
         &self,
         directory_bucket: &str,
@@ -236,10 +246,23 @@ pub trait CacheIndex: Send + Sync + 'static {
         owner: &str,
         deadline: Millis,
         now: Millis,
-    ) -> Result<ClaimOutcome, IndexError>;
+    ) -> Result<ClaimOutcome, IndexError> {
+        let mut out = self
+            .claim_copies(directory_bucket, &[key.to_owned()], owner, deadline, now)
+            .await?;
+        out.pop()
+            .ok_or_else(|| IndexError::Corrupt("claim_copies answered nothing".into()))
+    }
 
-    /// Records a successful copy (the entry) and drops `owner`'s claim.
-    async fn complete_copy(&self, entry: &Entry, owner: &str) -> Result<(), IndexError>;
+    /// Records successful copies (the entries) and drops `owner`'s claims
+    /// on them.
+    async fn complete_copies(&self, entries: &[Entry], owner: &str) -> Result<(), IndexError>;
+
+    /// [`complete_copies`](Self::complete_copies) for one entry.
+    async fn complete_copy(&self, entry: &Entry, owner: &str) -> Result<(), IndexError> {
+        self.complete_copies(std::slice::from_ref(entry), owner)
+            .await
+    }
 
     /// Drops `owner`'s claim on `key` (a copy that failed).
     async fn release_claim(

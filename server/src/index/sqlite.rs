@@ -413,74 +413,87 @@ impl CacheIndex for SqliteIndex {
         .await
     }
 
-    async fn claim_copy(
+    async fn claim_copies(
         &self,
         directory_bucket: &str,
-        key: &str,
+        keys: &[String],
         owner: &str,
         deadline: Millis,
         now: Millis,
-    ) -> Result<ClaimOutcome, IndexError> {
-        let (bucket, key, owner) = (
-            directory_bucket.to_owned(),
-            key.to_owned(),
-            owner.to_owned(),
-        );
+    ) -> Result<Vec<ClaimOutcome>, IndexError> {
+        let (bucket, keys, owner) = (directory_bucket.to_owned(), keys.to_vec(), owner.to_owned());
         self.with(move |c| {
             let tx = c.transaction().map_err(storage)?;
-            let changed = tx
-                .execute(
-                    "INSERT INTO records (directory_bucket, key, claim_owner, claim_kind, claim_deadline)
-                     VALUES (?1, ?2, ?3, ?4, ?5)
-                     ON CONFLICT DO UPDATE SET claim_owner = excluded.claim_owner,
-                         claim_kind = excluded.claim_kind, claim_deadline = excluded.claim_deadline
-                     WHERE claim_owner IS NULL OR claim_deadline <= ?6 OR claim_owner = ?3",
-                    params![bucket, key, owner, COPY, deadline, now],
-                )
-                .map_err(storage)?;
-            let outcome = if changed > 0 {
-                ClaimOutcome::Claimed
-            } else {
-                let claim = read_record(&tx, &bucket, &key)?
-                    .and_then(|r| r.claim)
-                    .ok_or_else(|| IndexError::Corrupt(format!("claim on {key} vanished")))?;
-                ClaimOutcome::Held(claim)
-            };
+            let mut out = Vec::with_capacity(keys.len());
+            {
+                let mut stmt = tx
+                    .prepare_cached(
+                        "INSERT INTO records (directory_bucket, key, claim_owner, claim_kind, claim_deadline)
+                         VALUES (?1, ?2, ?3, ?4, ?5)
+                         ON CONFLICT DO UPDATE SET claim_owner = excluded.claim_owner,
+                             claim_kind = excluded.claim_kind, claim_deadline = excluded.claim_deadline
+                         WHERE claim_owner IS NULL OR claim_deadline <= ?6 OR claim_owner = ?3",
+                    )
+                    .map_err(storage)?;
+                for key in &keys {
+                    let changed = stmt
+                        .execute(params![bucket, key, owner, COPY, deadline, now])
+                        .map_err(storage)?;
+                    out.push(if changed > 0 {
+                        ClaimOutcome::Claimed
+                    } else {
+                        let claim = read_record(&tx, &bucket, key)?
+                            .and_then(|r| r.claim)
+                            .ok_or_else(|| IndexError::Corrupt(format!("claim on {key} vanished")))?;
+                        ClaimOutcome::Held(claim)
+                    });
+                }
+            }
             tx.commit().map_err(storage)?;
-            Ok(outcome)
+            Ok(out)
         })
         .await
     }
 
-    async fn complete_copy(&self, entry: &Entry, owner: &str) -> Result<(), IndexError> {
-        let (e, owner) = (entry.clone(), owner.to_owned());
+    async fn complete_copies(&self, entries: &[Entry], owner: &str) -> Result<(), IndexError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let (entries, owner) = (entries.to_vec(), owner.to_owned());
         self.with(move |c| {
-            c.execute(
-                "INSERT INTO records (directory_bucket, key, source_bucket, source_key, source_etag,
-                     size, source_last_modified, dest_etag, cached_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-                 ON CONFLICT DO UPDATE SET source_bucket = excluded.source_bucket,
-                     source_key = excluded.source_key, source_etag = excluded.source_etag,
-                     size = excluded.size, source_last_modified = excluded.source_last_modified,
-                     dest_etag = excluded.dest_etag, cached_at = excluded.cached_at,
-                     claim_kind = CASE WHEN claim_owner = ?10 THEN NULL ELSE claim_kind END,
-                     claim_deadline = CASE WHEN claim_owner = ?10 THEN NULL ELSE claim_deadline END,
-                     claim_owner = CASE WHEN claim_owner = ?10 THEN NULL ELSE claim_owner END",
-                params![
-                    e.directory_bucket,
-                    e.key,
-                    e.source_bucket,
-                    e.source_key,
-                    e.source_etag,
-                    to_i64(e.size),
-                    e.source_last_modified,
-                    e.dest_etag,
-                    e.cached_at,
-                    owner
-                ],
-            )
-            .map_err(storage)?;
-            Ok(())
+            let tx = c.transaction().map_err(storage)?;
+            {
+                let mut stmt = tx
+                    .prepare_cached(
+                        "INSERT INTO records (directory_bucket, key, source_bucket, source_key, source_etag,
+                             size, source_last_modified, dest_etag, cached_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                         ON CONFLICT DO UPDATE SET source_bucket = excluded.source_bucket,
+                             source_key = excluded.source_key, source_etag = excluded.source_etag,
+                             size = excluded.size, source_last_modified = excluded.source_last_modified,
+                             dest_etag = excluded.dest_etag, cached_at = excluded.cached_at,
+                             claim_kind = CASE WHEN claim_owner = ?10 THEN NULL ELSE claim_kind END,
+                             claim_deadline = CASE WHEN claim_owner = ?10 THEN NULL ELSE claim_deadline END,
+                             claim_owner = CASE WHEN claim_owner = ?10 THEN NULL ELSE claim_owner END",
+                    )
+                    .map_err(storage)?;
+                for e in &entries {
+                    stmt.execute(params![
+                        e.directory_bucket,
+                        e.key,
+                        e.source_bucket,
+                        e.source_key,
+                        e.source_etag,
+                        to_i64(e.size),
+                        e.source_last_modified,
+                        e.dest_etag,
+                        e.cached_at,
+                        owner
+                    ])
+                    .map_err(storage)?;
+                }
+            }
+            tx.commit().map_err(storage)
         })
         .await
     }
