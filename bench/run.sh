@@ -2,7 +2,7 @@
 # Benchmark: expresscache against the tools a user would otherwise pick, on
 # the same S3-compatible server, the same objects, in the same run.
 #
-#   bench/run.sh [--objects N] [--size BYTES] [--server garage|moto] [--concurrency C]
+#   bench/run.sh [--objects N] [--size BYTES] [--server garage|moto] [--concurrency C] [--no-peers]
 #
 # Defaults: 20,000 objects of 4 KiB; garage if `garage` is on PATH (or in
 # ~/.local/garage/bin; install it with `cargo install garage --locked`),
@@ -23,13 +23,15 @@ OBJECTS=20000
 SIZE=4096
 SERVER=""
 CONCURRENCY=64
+PEERS=1
 while [ $# -gt 0 ]; do
   case $1 in
     --objects) OBJECTS=$2; shift ;;
     --size) SIZE=$2; shift ;;
     --server) SERVER=$2; shift ;;
     --concurrency) CONCURRENCY=$2; shift ;;
-    *) echo "usage: $0 [--objects N] [--size BYTES] [--server garage|moto] [--concurrency C]" >&2; exit 2 ;;
+    --no-peers) PEERS=0 ;;
+    *) echo "usage: $0 [--objects N] [--size BYTES] [--server garage|moto] [--concurrency C] [--no-peers]" >&2; exit 2 ;;
   esac
   shift
 done
@@ -182,6 +184,17 @@ timed ours_cold "${WARM[@]}"
 check "$DEST_OURS"
 timed ours_rerun "${WARM[@]}"
 grep -q '"objects_hit":'"$OBJECTS" "$STATE/ours_rerun.out" || { echo "re-warm was not all hits" >&2; tail -n1 "$STATE/ours_rerun.out" >&2; exit 1; }
+if [ "$PEERS" = 0 ]; then
+  # Only expresscache and the yardsticks (e.g. for a 200,000-object RSS run).
+  RSS_KB=$(awk '/VmHWM/{print $2}' "/proc/$SERVER_PID/status")
+  echo
+  echo "server: $SERVER; $OBJECTS objects x $SIZE B; concurrency $CONCURRENCY; peers skipped"
+  for k in list raw ours_cold ours_rerun; do
+    python3 -c "print(f'{\"$k\":<14}{${SECS[$k]}:>10.2f}{$OBJECTS / ${SECS[$k]}:>12.0f} objects/s')"
+  done
+  echo "expresscache-server peak RSS: $((RSS_KB / 1024)) MiB"
+  exit 0
+fi
 # rclone's S3 backend cannot load AWS_CA_BUNDLE into its own transport, and
 # the endpoint is plain HTTP anyway.
 unset AWS_CA_BUNDLE

@@ -48,9 +48,10 @@ impl Default for WarmSettings {
     fn default() -> Self {
         Self {
             shards: 8,
-            // shards x per_shard = the engine's default global cap: no more
-            // copy tasks (each holding a claim) than can run at once.
-            per_shard_concurrency: 8,
+            // shards x per_shard = twice the engine's default global cap:
+            // an unlucky shard with more keys than the others still keeps
+            // the engine busy; the engine's cap bounds what is in flight.
+            per_shard_concurrency: 16,
             engine: EngineSettings::default(),
             claim_ttl: Duration::from_secs(600),
             wait_poll: Duration::from_millis(50),
@@ -192,7 +193,9 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
         };
 
         let shards = self.settings.shards.max(1);
-        let depth = 2 * self.settings.per_shard_concurrency.max(1);
+        // Deep enough that the single planner rarely waits on one full
+        // shard while others starve (head-of-line blocking).
+        let depth = 256;
         let (txs, rxs): (Vec<_>, Vec<_>) = (0..shards)
             .map(|_| mpsc::channel::<CopyTask>(depth))
             .unzip();
