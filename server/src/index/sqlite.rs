@@ -156,6 +156,37 @@ fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<Record> {
     Ok(Record { key, entry, claim })
 }
 
+/// The keys under a prefix, narrowed to (`after`, `upto`], as one interval.
+#[derive(Debug, PartialEq, Eq)]
+struct KeyRange {
+    lo: String,
+    lo_inclusive: bool,
+    hi: Option<String>,
+    hi_inclusive: bool,
+}
+
+impl KeyRange {
+    fn new(prefix: &str, after: Option<&str>, upto: Option<&str>) -> Self {
+        let (lo, lo_inclusive) = match after {
+            Some(a) if a >= prefix => (a.to_owned(), false),
+            _ => (prefix.to_owned(), true),
+        };
+        let end = prefix_successor(prefix);
+        let (hi, hi_inclusive) = match (upto, end) {
+            (Some(u), Some(e)) if u < e.as_str() => (Some(u.to_owned()), true),
+            (Some(_), Some(e)) => (Some(e), false),
+            (Some(u), None) => (Some(u.to_owned()), true),
+            (None, e) => (e, false),
+        };
+        Self {
+            lo,
+            lo_inclusive,
+            hi,
+            hi_inclusive,
+        }
+    }
+}
+
 const COPY: &str = "copy";
 const EVICT: &str = "evict";
 
@@ -391,22 +422,26 @@ impl CacheIndex for SqliteIndex {
         limit: usize,
     ) -> Result<Vec<Record>, IndexError> {
         let bucket = directory_bucket.to_owned();
-        let lo = prefix.to_owned();
-        let hi = prefix_successor(prefix);
-        let after = after.map(str::to_owned);
-        let upto = upto.map(str::to_owned);
+        let range = KeyRange::new(prefix, after, upto);
         let limit = to_i64(limit as u64);
         self.with(move |c| {
-            let mut stmt = c
-                .prepare_cached(&format!(
-                    "SELECT {RECORD_COLUMNS} FROM records
-                     WHERE directory_bucket = ?1 AND key >= ?2 AND (?3 IS NULL OR key < ?3)
-                       AND (?4 IS NULL OR key > ?4) AND (?5 IS NULL OR key <= ?5)
-                     ORDER BY key LIMIT ?6"
-                ))
-                .map_err(storage)?;
+            // Both bounds are plain comparisons on the primary key, so SQLite
+            // seeks straight to the range instead of scanning from the
+            // prefix's start (which made paging quadratic).
+            let sql = format!(
+                "SELECT {RECORD_COLUMNS} FROM records
+                 WHERE directory_bucket = ?1 AND key {} ?2 {}
+                 ORDER BY key LIMIT ?4",
+                if range.lo_inclusive { ">=" } else { ">" },
+                match (&range.hi, range.hi_inclusive) {
+                    (None, _) => "AND ?3 IS NULL",
+                    (Some(_), true) => "AND key <= ?3",
+                    (Some(_), false) => "AND key < ?3",
+                }
+            );
+            let mut stmt = c.prepare_cached(&sql).map_err(storage)?;
             let rows = stmt
-                .query_map(params![bucket, lo, hi, after, upto, limit], row_to_record)
+                .query_map(params![bucket, range.lo, range.hi, limit], row_to_record)
                 .map_err(storage)?;
             rows.collect::<Result<Vec<_>, _>>().map_err(storage)
         })
@@ -605,17 +640,23 @@ impl CacheIndex for SqliteIndex {
 
     async fn usage(&self, directory_bucket: &str, prefix: &str) -> Result<Usage, IndexError> {
         let bucket = directory_bucket.to_owned();
-        let lo = prefix.to_owned();
-        let hi = prefix_successor(prefix);
+        let range = KeyRange::new(prefix, None, None);
         self.with(move |c| {
+            let sql = format!(
+                "SELECT count(*), coalesce(sum(size), 0) FROM records
+                 WHERE directory_bucket = ?1 AND key >= ?2 {} AND source_etag IS NOT NULL",
+                if range.hi.is_some() {
+                    "AND key < ?3"
+                } else {
+                    "AND ?3 IS NULL"
+                }
+            );
             let (objects, bytes): (i64, i64) = c
-                .query_row(
-                    "SELECT count(*), coalesce(sum(size), 0) FROM records
-                     WHERE directory_bucket = ?1 AND key >= ?2 AND (?3 IS NULL OR key < ?3)
-                       AND source_etag IS NOT NULL",
-                    params![bucket, lo, hi],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
+                .prepare_cached(&sql)
+                .map_err(storage)?
+                .query_row(params![bucket, range.lo, range.hi], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
                 .map_err(storage)?;
             Ok(Usage {
                 objects: objects.max(0) as u64,
@@ -762,6 +803,23 @@ impl CacheIndex for SqliteIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn key_ranges_take_the_tighter_bound() {
+        let r = KeyRange::new("a/", Some("a/x"), Some("a/z"));
+        assert_eq!((r.lo.as_str(), r.lo_inclusive), ("a/x", false));
+        assert_eq!((r.hi.as_deref(), r.hi_inclusive), (Some("a/z"), true));
+        let r = KeyRange::new("a/", None, None);
+        assert_eq!((r.lo.as_str(), r.lo_inclusive), ("a/", true));
+        assert_eq!((r.hi.as_deref(), r.hi_inclusive), (Some("a0"), false));
+        let r = KeyRange::new("", Some("k"), None);
+        assert_eq!((r.lo.as_str(), r.hi), ("k", None));
+        let r = KeyRange::new("a/", Some("0"), Some("b"));
+        assert_eq!(
+            (r.lo.as_str(), r.lo_inclusive, r.hi.as_deref()),
+            ("a/", true, Some("a0"))
+        );
+    }
 
     #[tokio::test]
     async fn conforms_in_memory() {
