@@ -44,18 +44,25 @@ enum Command {
     Ops(OpsArgs),
 }
 
+/// How `warm` and `watch` show progress and survive broken connections.
 #[derive(Debug, Args)]
-struct WatchArgs {
-    /// Operation id printed by `warm` or `ops`.
-    operation: String,
+struct FollowArgs {
     #[arg(long, value_enum, default_value = "text")]
     output: OutputFormat,
     /// In plain-text logs, print a progress line at most this often.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
     log_interval: Duration,
-    /// How often to reconnect when the connection breaks.
+    /// How often to reconnect (and reattach) when the connection breaks.
     #[arg(long, default_value_t = 10)]
     reconnect_attempts: u32,
+}
+
+#[derive(Debug, Args)]
+struct WatchArgs {
+    /// Operation id printed by `warm` or `ops`.
+    operation: String,
+    #[command(flatten)]
+    follow: FollowArgs,
 }
 
 #[derive(Debug, Args)]
@@ -108,14 +115,8 @@ struct WarmArgs {
     /// one is generated when omitted, so reconnects never start a second warm.
     #[arg(long)]
     request_id: Option<String>,
-    #[arg(long, value_enum, default_value = "text")]
-    output: OutputFormat,
-    /// In plain-text logs, print a progress line at most this often.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
-    log_interval: Duration,
-    /// How often to resubmit (reattach) when the connection breaks mid-warm.
-    #[arg(long, default_value_t = 10)]
-    reconnect_attempts: u32,
+    #[command(flatten)]
+    follow: FollowArgs,
 }
 
 #[derive(Debug, Args)]
@@ -213,22 +214,28 @@ async fn warm(endpoint: &str, a: WarmArgs) -> ExitCode {
     for p in a.prefixes {
         request = request.prefix(p);
     }
-    let renderer = Renderer::new(a.output, a.log_interval);
+    let renderer = Renderer::new(a.follow.output, a.follow.log_interval);
     // The same request_id reattaches to the running warm, so resubmitting
     // after a broken connection is safe.
-    follow(renderer, a.reconnect_attempts, async |r: &mut Renderer| {
-        warm_once(endpoint, request.clone(), r).await
-    })
+    follow(
+        renderer,
+        a.follow.reconnect_attempts,
+        async |r: &mut Renderer| warm_once(endpoint, request.clone(), r).await,
+    )
     .await
 }
 
 async fn watch(endpoint: &str, a: WatchArgs) -> ExitCode {
-    let renderer = Renderer::new(a.output, a.log_interval);
+    let renderer = Renderer::new(a.follow.output, a.follow.log_interval);
     let operation = a.operation;
-    follow(renderer, a.reconnect_attempts, async |r: &mut Renderer| {
-        let mut client = Client::connect(endpoint).await?;
-        client.watch_and_wait(&operation, |p| r.update(p)).await
-    })
+    follow(
+        renderer,
+        a.follow.reconnect_attempts,
+        async |r: &mut Renderer| {
+            let mut client = Client::connect(endpoint).await?;
+            client.watch_and_wait(&operation, |p| r.update(p)).await
+        },
+    )
     .await
 }
 
