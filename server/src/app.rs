@@ -83,6 +83,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut deps = Deps::new(store, index);
     deps.warm.engine.max_concurrency = config.max_concurrency;
     deps.warm.engine.multipart_threshold = config.multipart_threshold;
+    deps.warm.per_shard_concurrency = config.shard_concurrency;
     deps.sweep_interval = Some(config.sweep_interval);
     deps.shutdown_grace = config.shutdown_grace;
     deps.ops.retention = config.operation_retention;

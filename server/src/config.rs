@@ -29,6 +29,10 @@ pub struct Args {
     /// Copies in flight per warm [default: 64].
     #[arg(long, env = "EXPRESSCACHE_MAX_CONCURRENCY")]
     pub max_concurrency: Option<usize>,
+    /// Copy tasks per shard (8 shards by key hash) of one warm; the global
+    /// cap above still bounds what is in flight [default: 16].
+    #[arg(long, env = "EXPRESSCACHE_SHARD_CONCURRENCY")]
+    pub shard_concurrency: Option<usize>,
     /// Objects larger than this are copied with multipart UploadPartCopy,
     /// e.g. 5GiB, 64MiB [default: 5GiB, CopyObject's limit].
     #[arg(long, env = "EXPRESSCACHE_MULTIPART_THRESHOLD", value_parser = parse_size)]
@@ -84,6 +88,7 @@ struct FileConfig {
     sweep_interval: Option<Duration>,
     multipart_threshold: Option<String>,
     allow_general_purpose_destination: Option<bool>,
+    shard_concurrency: Option<usize>,
     #[serde(default, with = "humantime_serde_opt")]
     shutdown_grace: Option<Duration>,
     #[serde(default, with = "humantime_serde_opt")]
@@ -146,6 +151,7 @@ pub struct Config {
     pub sweep_interval: Duration,
     pub multipart_threshold: u64,
     pub allow_general_purpose_destination: bool,
+    pub shard_concurrency: usize,
     pub shutdown_grace: Duration,
     pub operation_retention: Duration,
 }
@@ -212,7 +218,17 @@ impl Config {
                 "multipart_threshold must be between 5MiB and 5GiB (CopyObject's limit), got {multipart_threshold} bytes"
             ));
         }
+        let shard_concurrency = args
+            .shard_concurrency
+            .or(file.shard_concurrency)
+            .unwrap_or(16);
+        if !(1..=10_000).contains(&shard_concurrency) {
+            return Err(format!(
+                "shard_concurrency must be 1..=10000, got {shard_concurrency}"
+            ));
+        }
         Ok(Self {
+            shard_concurrency,
             allow_general_purpose_destination: args
                 .allow_general_purpose_destination
                 .or(file.allow_general_purpose_destination)
