@@ -7,7 +7,7 @@ use tokio::net::TcpListener;
 use crate::config::{Config, IndexLocation, LogFormat};
 use crate::index::SqliteIndex;
 use crate::server::{serve, Deps};
-use crate::store::{FaultStore, Op, S3Store};
+use crate::store::{FaultStore, ObjectStore, Op, S3Store};
 
 /// Installs the global tracing subscriber (RUST_LOG filters, default info).
 pub fn init_tracing(format: LogFormat) {
@@ -64,19 +64,32 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
         IndexLocation::SqliteMemory => SqliteIndex::open_in_memory()?,
     };
-    let store = FaultStore::new(S3Store::new(s3_client(config.force_path_style).await));
+    let s3 = S3Store::new(s3_client(config.force_path_style).await);
     // A diagnostic knob for crash and shutdown tests: slows every copy so a
-    // warm is reliably mid-flight when the test strikes.
-    if let Some(delay) = std::env::var("EXPRESSCACHE_DEBUG_COPY_DELAY")
+    // warm is reliably mid-flight when the test strikes. Without it the
+    // store is used as is, with nothing in the request path.
+    match std::env::var("EXPRESSCACHE_DEBUG_COPY_DELAY")
         .ok()
         .and_then(|d| humantime::parse_duration(&d).ok())
     {
-        tracing::warn!(
-            ?delay,
-            "EXPRESSCACHE_DEBUG_COPY_DELAY is set: every copy is slowed down"
-        );
-        store.delay(Op::Copy, delay);
+        Some(delay) => {
+            tracing::warn!(
+                ?delay,
+                "EXPRESSCACHE_DEBUG_COPY_DELAY is set: every copy is slowed down"
+            );
+            let slowed = FaultStore::new(s3);
+            slowed.delay(Op::Copy, delay);
+            run_with(config, slowed, index).await
+        }
+        None => run_with(config, s3, index).await,
     }
+}
+
+async fn run_with<S: ObjectStore>(
+    config: Config,
+    store: S,
+    index: SqliteIndex,
+) -> anyhow::Result<()> {
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
