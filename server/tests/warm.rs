@@ -363,3 +363,25 @@ async fn request_id_makes_submission_idempotent() {
         Outcome::Succeeded as i32
     );
 }
+
+#[tokio::test]
+async fn a_refused_bucket_is_permission_denied_naming_the_bucket() {
+    let fx = Fixture::new(&[("data/a", b"a")]).await;
+    fx.server.store.fail(
+        expresscache_server::store::Op::CheckBucket,
+        Some(&fx.src),
+        expresscache_server::store::StoreError::AccessDenied("Access Denied".into()),
+        None,
+    );
+    let status = rpc_error(
+        fx.client()
+            .await
+            .warm(fx.request(&["data/"]))
+            .await
+            .expect_err("a refused bucket was accepted"),
+    );
+    assert_eq!(status.code(), Code::PermissionDenied);
+    let info = status.get_details_resource_info().expect("ResourceInfo");
+    assert_eq!(info.resource_name, fx.src);
+    assert!(status.message().contains("bucket"), "{}", status.message());
+}

@@ -25,6 +25,7 @@ pub enum Op {
     CompleteMultipart,
     AbortMultipart,
     Head,
+    CheckBucket,
 }
 
 impl Op {
@@ -38,6 +39,7 @@ impl Op {
             Op::CompleteMultipart => "complete_multipart",
             Op::AbortMultipart => "abort_multipart",
             Op::Head => "head",
+            Op::CheckBucket => "check_bucket",
         }
     }
 }
@@ -204,6 +206,7 @@ impl<S> FaultStore<S> {
 #[async_trait::async_trait]
 impl<S: ObjectStore> ObjectStore for FaultStore<S> {
     async fn check_bucket(&self, bucket: &str) -> Result<(), StoreError> {
+        let _pass = self.enter(Op::CheckBucket, Some(bucket)).await?;
         self.inner.check_bucket(bucket).await
     }
 
