@@ -353,6 +353,54 @@ impl ObjectStore for S3Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use aws_sdk_s3::error::ErrorMetadata;
+    use aws_sdk_s3::operation::copy_object::CopyObjectError;
+    use aws_sdk_s3::operation::head_bucket::HeadBucketError;
+    use aws_sdk_s3::primitives::SdkBody;
+
+    fn response(status: u16) -> HttpResponse {
+        HttpResponse::new(status.try_into().unwrap(), SdkBody::empty())
+    }
+
+    fn head_error(status: u16, code: Option<&str>) -> SdkError<HeadBucketError, HttpResponse> {
+        let mut meta = ErrorMetadata::builder();
+        if let Some(c) = code {
+            meta = meta.code(c);
+        }
+        SdkError::service_error(HeadBucketError::generic(meta.build()), response(status))
+    }
+
+    fn copy_error(status: u16, code: &str) -> SdkError<CopyObjectError, HttpResponse> {
+        let meta = ErrorMetadata::builder().code(code).message("m").build();
+        SdkError::service_error(CopyObjectError::generic(meta), response(status))
+    }
+
+    #[test]
+    fn service_answers_map_to_precise_errors() {
+        assert_eq!(
+            classify(&head_error(404, None), "b", None),
+            StoreError::NoSuchBucket("b".into()),
+            "HeadBucket's bare 404"
+        );
+        assert!(matches!(
+            classify(&head_error(403, None), "b", None),
+            StoreError::AccessDenied(_)
+        ));
+        assert_eq!(
+            classify(&copy_error(412, "PreconditionFailed"), "b", Some("k")),
+            StoreError::PreconditionFailed
+        );
+        assert_eq!(
+            classify(&copy_error(404, "NoSuchKey"), "b", Some("k")),
+            StoreError::NoSuchKey("k".into())
+        );
+        let slow = classify(&copy_error(503, "SlowDown"), "b", Some("k"));
+        assert!(matches!(slow, StoreError::Throttled(_)) && slow.is_retryable());
+        let internal = classify(&copy_error(500, "InternalError"), "b", Some("k"));
+        assert!(internal.is_retryable(), "{internal:?}");
+        let denied = classify(&copy_error(403, "AccessDenied"), "b", Some("k"));
+        assert!(!denied.is_retryable());
+    }
 
     #[test]
     fn copy_source_escapes_everything_but_slashes() {
