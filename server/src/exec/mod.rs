@@ -117,10 +117,14 @@ impl<S: ObjectStore> CopyEngine<S> {
 
     fn limiter(&self, bucket: &str) -> Arc<Aimd> {
         let mut map = self.limiters.lock().unwrap_or_else(|e| e.into_inner());
-        Arc::clone(map.entry(bucket.to_owned()).or_insert_with(|| {
-            let max = self.settings.max_concurrency.max(1);
-            Aimd::new(max, self.settings.min_concurrency, max)
-        }))
+        // Every request asks: look up without allocating the key.
+        if let Some(l) = map.get(bucket) {
+            return Arc::clone(l);
+        }
+        let max = self.settings.max_concurrency.max(1);
+        let l = Aimd::new(max, self.settings.min_concurrency, max);
+        map.insert(bucket.to_owned(), Arc::clone(&l));
+        l
     }
 
     /// The current adaptive limit for `bucket`.
