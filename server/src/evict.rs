@@ -67,7 +67,7 @@ pub struct Evictor<S, I> {
 
 impl<S: ObjectStore, I: CacheIndex> Evictor<S, I> {
     fn deadline(&self, now: Millis) -> Millis {
-        now.saturating_add(i64::try_from(self.claim_ttl.as_millis()).unwrap_or(i64::MAX))
+        now.saturating_add(crate::index::span_millis(self.claim_ttl))
     }
 
     /// Ends the leases at or under each prefix now, then deletes every
@@ -228,9 +228,7 @@ impl<S: ObjectStore, I: CacheIndex> Evictor<S, I> {
     /// Gives up eviction claims (their entries stay; a later pass retries).
     async fn release(&self, dir: &str, entries: &[crate::index::Entry], owner: &str) {
         for e in entries {
-            if let Err(err) = self.index.release_claim(dir, &e.key, owner).await {
-                tracing::warn!(key = %e.key, error = %err, "could not release eviction claim; it lapses at its deadline");
-            }
+            crate::index::release_or_lapse(self.index.as_ref(), dir, &e.key, owner).await;
         }
     }
 }

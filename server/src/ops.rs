@@ -87,10 +87,7 @@ fn status_of(
         operation_id: id,
         request: Some(request),
         progress: Some(progress),
-        created_at: Some(prost_types::Timestamp {
-            seconds: created_at.div_euclid(1000),
-            nanos: i32::try_from(created_at.rem_euclid(1000) * 1_000_000).unwrap_or(0),
-        }),
+        created_at: Some(crate::index::timestamp(created_at)),
         resumptions,
     }
 }
@@ -394,7 +391,7 @@ impl<S: ObjectStore, I: CacheIndex> Operations<S, I> {
     /// Deletes finished operations older than the retention; returns how
     /// many.
     pub async fn purge(&self) -> Result<u64, IndexError> {
-        let keep_ms = i64::try_from(self.settings.retention.as_millis()).unwrap_or(i64::MAX);
+        let keep_ms = crate::index::span_millis(self.settings.retention);
         let before = crate::index::now_millis().saturating_sub(keep_ms);
         self.index().purge_operations(before).await
     }

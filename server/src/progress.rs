@@ -3,12 +3,14 @@
 //! number of RPC streams follow (a slow reader just sees fewer, newer
 //! snapshots).
 
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
 use expresscache::proto::v1 as pb;
 use tokio::sync::watch;
+
+use crate::index::Millis;
 
 /// Failed keys carried inline in the final message; the rest are counted.
 pub const MAX_INLINE_FAILURES: usize = 100;
@@ -32,7 +34,8 @@ pub struct Progress {
     pub throttled: AtomicU64,
     concurrency_limit: AtomicU64,
     failures: Mutex<Vec<pb::KeyFailure>>,
-    lease_expires_at: Mutex<Option<SystemTime>>,
+    /// Earliest expiry of this warm's leases; 0 until written.
+    lease_expires_at: AtomicI64,
     tx: watch::Sender<pb::WarmProgress>,
 }
 
@@ -77,7 +80,7 @@ impl Progress {
             throttled: AtomicU64::new(0),
             concurrency_limit: AtomicU64::new(0),
             failures: Mutex::default(),
-            lease_expires_at: Mutex::default(),
+            lease_expires_at: AtomicI64::new(0),
             tx,
         };
         (p, rx)
@@ -92,11 +95,8 @@ impl Progress {
         self.publish();
     }
 
-    pub fn set_lease_expiry(&self, t: SystemTime) {
-        *self
-            .lease_expires_at
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(t);
+    pub fn set_lease_expiry(&self, at: Millis) {
+        self.lease_expires_at.store(at, Ordering::Relaxed);
     }
 
     pub fn set_concurrency_limit(&self, limit: usize) {
@@ -164,11 +164,9 @@ impl Progress {
             eta,
             concurrency_limit: u32::try_from(self.concurrency_limit.load(Ordering::Relaxed))
                 .unwrap_or(u32::MAX),
-            lease_expires_at: self
-                .lease_expires_at
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .map(timestamp),
+            lease_expires_at: Some(self.lease_expires_at.load(Ordering::Relaxed))
+                .filter(|&at| at > 0)
+                .map(crate::index::timestamp),
             ..Default::default()
         }
     }

@@ -9,7 +9,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use expresscache::proto::v1 as pb;
 use expresscache::{Prefix, WarmSpec};
@@ -20,7 +20,10 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::clock::Clock;
 use crate::exec::{CopyEngine, CopyStats, EngineSettings};
-use crate::index::{CacheIndex, Claim, ClaimOutcome, Entry, IndexError, Lease, Millis, Record};
+use crate::index::{
+    millis_of, release_or_lapse, span_millis, CacheIndex, Claim, ClaimOutcome, Entry, IndexError,
+    Lease, Millis, Record,
+};
 use crate::plan::{Decision, Planner};
 use crate::progress::Progress;
 use crate::stop::StopSignal;
@@ -133,20 +136,6 @@ enum KeyOutcome {
     Stopped,
 }
 
-fn millis(t: SystemTime) -> Option<Millis> {
-    t.duration_since(UNIX_EPOCH)
-        .ok()
-        .and_then(|d| i64::try_from(d.as_millis()).ok())
-}
-
-fn from_millis(ms: Millis) -> SystemTime {
-    UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
-}
-
-fn duration_ms(d: Duration) -> Millis {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
 fn index_failure(e: &IndexError) -> KeyOutcome {
     KeyOutcome::Failed {
         code: "IndexError".into(),
@@ -223,7 +212,7 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
 
     /// Extends one lease per requested prefix to max(old, now + ttl).
     async fn write_leases(&self, spec: &WarmSpec, progress: &Progress) -> Result<(), WarmError> {
-        let expires_at = self.clock.now().saturating_add(duration_ms(spec.ttl));
+        let expires_at = self.clock.now().saturating_add(span_millis(spec.ttl));
         let mut earliest = Millis::MAX;
         for prefix in spec.lease_prefixes() {
             let stored = self
@@ -237,7 +226,7 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
                 .await?;
             earliest = earliest.min(stored.expires_at);
         }
-        progress.set_lease_expiry(from_millis(earliest));
+        progress.set_lease_expiry(earliest);
         Ok(())
     }
 
@@ -386,7 +375,7 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
             .collect();
         if !to_claim.is_empty() {
             let now = self.clock.now();
-            let deadline = now.saturating_add(duration_ms(self.settings.claim_ttl));
+            let deadline = now.saturating_add(span_millis(self.settings.claim_ttl));
             let outcomes = self
                 .index
                 .claim_copies(dir, &to_claim, owner, deadline, now)
@@ -414,9 +403,7 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
     }
 
     async fn release(&self, dir: &str, key: &str, owner: &str) {
-        if let Err(e) = self.index.release_claim(dir, key, owner).await {
-            tracing::warn!(key, error = %e, "could not release claim; it lapses at its deadline");
-        }
+        release_or_lapse(self.index.as_ref(), dir, key, owner).await;
     }
 
     /// Records copied objects in batches: one index transaction per batch
@@ -583,7 +570,7 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
             }
             if !std::mem::take(&mut claimed) {
                 let now = self.clock.now();
-                let deadline = now.saturating_add(duration_ms(self.settings.claim_ttl));
+                let deadline = now.saturating_add(span_millis(self.settings.claim_ttl));
                 match self
                     .index
                     .claim_copy(dir, dest_key, owner, deadline, now)
@@ -691,7 +678,7 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
             source_key: obj.key.clone(),
             source_etag: obj.etag.clone(),
             size: obj.size,
-            source_last_modified: obj.last_modified.and_then(millis),
+            source_last_modified: obj.last_modified.and_then(millis_of),
             dest_etag: copied.etag,
             cached_at: self.clock.now(),
         })

@@ -104,10 +104,7 @@ impl<S: ObjectStore, I: CacheIndex> Api<S, I> {
                                 directory_bucket: l.directory_bucket,
                                 prefix: l.prefix,
                                 source_bucket: l.source_bucket,
-                                expires_at: Some(prost_types::Timestamp {
-                                    seconds: l.expires_at.div_euclid(1000),
-                                    nanos: (l.expires_at.rem_euclid(1000) * 1_000_000) as i32,
-                                }),
+                                expires_at: Some(crate::index::timestamp(l.expires_at)),
                             })
                             .collect(),
                     });

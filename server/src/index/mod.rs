@@ -21,10 +21,40 @@ pub type Millis = i64;
 
 /// The current time in [`Millis`].
 pub fn now_millis() -> Millis {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
+    millis_of(std::time::SystemTime::now()).unwrap_or(0)
+}
+
+/// A point in time as [`Millis`]; `None` before 1970.
+pub fn millis_of(t: std::time::SystemTime) -> Option<Millis> {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .ok()
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
+}
+
+/// A span as [`Millis`], saturating.
+pub fn span_millis(d: std::time::Duration) -> Millis {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// [`Millis`] as the protobuf timestamp clients see.
+pub fn timestamp(ms: Millis) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: i32::try_from(ms.rem_euclid(1000) * 1_000_000).unwrap_or(0),
+    }
+}
+
+/// Gives up `owner`'s claim on `key`; a failure is only logged, since the
+/// claim lapses at its deadline anyway.
+pub async fn release_or_lapse<I: CacheIndex + ?Sized>(
+    index: &I,
+    dir: &str,
+    key: &str,
+    owner: &str,
+) {
+    if let Err(e) = index.release_claim(dir, key, owner).await {
+        tracing::warn!(key, owner, error = %e, "could not release claim; it lapses at its deadline");
+    }
 }
 
 /// The index record of one cached object. Written only after its copy
