@@ -1,9 +1,25 @@
+use std::process::ExitCode;
+
 use clap::Parser;
 use expresscache_server::{app, config};
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let config = config::Config::resolve(config::Args::parse()).map_err(anyhow::Error::msg)?;
+async fn main() -> ExitCode {
+    // A bad flag, variable or config file is a usage error, said in one line.
+    let config = match config::Config::resolve(config::Args::parse()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     app::init_tracing(config.log_format);
-    app::run(config).await
+    match app::run(config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "expresscache-server failed");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -279,12 +279,12 @@ fn operation_line(s: &pb::OperationStatus) -> String {
     };
     let c = p.counters.unwrap_or_default();
     format!(
-        "{}  {}  {:<16}  s3://{}/{{{}}} -> {}  listed {} hits {} copied {} failed {}{}",
+        "{}  {}  {:<16}  s3://{} {:?} -> {}  listed {} hits {} copied {} failed {}{}",
         s.operation_id,
         ts(s.created_at.as_ref()),
         state,
         r.bucket,
-        r.prefixes.join(","),
+        r.prefixes,
         r.directory_bucket,
         c.objects_listed,
         c.objects_hit,
