@@ -13,6 +13,10 @@ use crate::violation::{InvalidRequest, Violations};
 pub struct Limits {
     /// Longest TTL a warm may ask for.
     pub max_ttl: Duration,
+    /// Shortest TTL a warm may ask for. A lease shorter than the time a warm
+    /// takes to list and record would leave its own hits unprotected (and a
+    /// TTL under a millisecond would truncate to zero).
+    pub min_ttl: Duration,
     /// Most prefixes one request may name.
     pub max_prefixes: usize,
     /// Accept general-purpose bucket names where a directory bucket is
@@ -24,6 +28,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_ttl: Duration::from_secs(30 * 24 * 3600),
+            min_ttl: Duration::from_secs(1),
             max_prefixes: 1000,
             allow_general_purpose_destination: false,
         }
@@ -130,6 +135,16 @@ fn check_ttl(
         return None;
     }
     let d = Duration::new(ttl.seconds as u64, ttl.nanos as u32);
+    if d < limits.min_ttl {
+        v.push(
+            "ttl",
+            format!(
+                "{:?} is below this server's minimum of {:?}",
+                d, limits.min_ttl
+            ),
+        );
+        return None;
+    }
     if d > limits.max_ttl {
         v.push(
             "ttl",
@@ -488,6 +503,32 @@ mod tests {
             nanos: 0,
         });
         assert!(WarmSpec::parse(&req, &limits).is_ok());
+    }
+
+    #[test]
+    fn ttl_below_the_floor_is_refused_with_a_field_violation() {
+        let limits = Limits::default();
+        // 500 µs used to truncate to a 0 ms lease; 300 ms left a warm's own
+        // hits unprotected. Both are below the default 1 s floor.
+        for (s, n) in [(0, 500_000), (0, 300_000_000), (0, 999_999_999)] {
+            let mut req = good();
+            req.ttl = Some(prost_types::Duration {
+                seconds: s,
+                nanos: n,
+            });
+            let err = WarmSpec::parse(&req, &limits).unwrap_err();
+            assert_eq!(fields(err.clone()), ["ttl"]);
+            assert!(format!("{err:?}").contains("minimum"), "{err:?}");
+        }
+        let mut req = good();
+        req.ttl = Some(prost_types::Duration {
+            seconds: 1,
+            nanos: 0,
+        });
+        assert!(
+            WarmSpec::parse(&req, &limits).is_ok(),
+            "1 s is the floor itself"
+        );
     }
 
     #[test]

@@ -100,8 +100,12 @@ async fn run_with<S: ObjectStore>(
     deps.sweep_interval = Some(config.sweep_interval);
     deps.shutdown_grace = config.shutdown_grace;
     deps.ops.retention = config.operation_retention;
+    deps.warm.skew_margin = config.clock_skew_margin;
+    deps.evict.skew_margin = config.clock_skew_margin;
+    deps.ops.max_resumptions = config.max_resumptions;
     deps.limits = Limits {
         max_ttl: config.max_ttl,
+        min_ttl: config.min_ttl,
         allow_general_purpose_destination: config.allow_general_purpose_destination,
         ..Limits::default()
     };

@@ -40,6 +40,23 @@ pub struct Args {
     /// Longest TTL a warm may ask for, e.g. 30d [default: 30d].
     #[arg(long, env = "EXPRESSCACHE_MAX_TTL", value_parser = humantime::parse_duration)]
     pub max_ttl: Option<Duration>,
+    /// Shortest TTL a warm may ask for, e.g. 1s, 5m [default: 1s].
+    #[arg(long, env = "EXPRESSCACHE_MIN_TTL", value_parser = humantime::parse_duration)]
+    pub min_ttl: Option<Duration>,
+    /// How far clocks may disagree (between replicas, or after a clock
+    /// step): deletion of an expired lease's objects and takeover of a
+    /// lapsed claim wait this long past the deadline [default: 5s].
+    #[arg(long, env = "EXPRESSCACHE_CLOCK_SKEW_MARGIN", value_parser = humantime::parse_duration)]
+    pub clock_skew_margin: Option<Duration>,
+    /// Base timeout of one S3 request attempt; copies get more time in
+    /// proportion to their size [default: 30s].
+    #[arg(long, env = "EXPRESSCACHE_S3_REQUEST_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub s3_request_timeout: Option<Duration>,
+    /// Times a server start resumes one unfinished warm before failing it
+    /// (a warm that crashes the server must not crash it forever)
+    /// [default: 3].
+    #[arg(long, env = "EXPRESSCACHE_MAX_RESUMPTIONS")]
+    pub max_resumptions: Option<u32>,
     /// Address buckets as https://endpoint/bucket instead of
     /// https://bucket.endpoint (for S3-compatible endpoints by host name).
     #[arg(long, env = "EXPRESSCACHE_S3_FORCE_PATH_STYLE")]
@@ -82,6 +99,13 @@ struct FileConfig {
     max_concurrency: Option<usize>,
     #[serde(default, with = "humantime_serde_opt")]
     max_ttl: Option<Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
+    min_ttl: Option<Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
+    clock_skew_margin: Option<Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
+    s3_request_timeout: Option<Duration>,
+    max_resumptions: Option<u32>,
     force_path_style: Option<bool>,
     log_format: Option<LogFormat>,
     #[serde(default, with = "humantime_serde_opt")]
@@ -146,6 +170,10 @@ pub struct Config {
     pub index: IndexLocation,
     pub max_concurrency: usize,
     pub max_ttl: Duration,
+    pub min_ttl: Duration,
+    pub clock_skew_margin: Duration,
+    pub s3_request_timeout: Duration,
+    pub max_resumptions: u32,
     pub force_path_style: bool,
     pub log_format: LogFormat,
     pub sweep_interval: Duration,
@@ -194,6 +222,34 @@ impl Config {
         if max_ttl.is_zero() {
             return Err("max_ttl must be greater than zero".into());
         }
+        let min_ttl = args
+            .min_ttl
+            .or(file.min_ttl)
+            .unwrap_or(Duration::from_secs(1));
+        if min_ttl < Duration::from_millis(1) || min_ttl > max_ttl {
+            return Err(format!(
+                "min_ttl must be between 1ms and max_ttl ({max_ttl:?}), got {min_ttl:?}"
+            ));
+        }
+        let clock_skew_margin = args
+            .clock_skew_margin
+            .or(file.clock_skew_margin)
+            .unwrap_or(Duration::from_secs(5));
+        if clock_skew_margin > Duration::from_secs(3600) {
+            return Err(format!(
+                "clock_skew_margin must be at most 1h, got {clock_skew_margin:?}"
+            ));
+        }
+        let s3_request_timeout = args
+            .s3_request_timeout
+            .or(file.s3_request_timeout)
+            .unwrap_or(Duration::from_secs(30));
+        if s3_request_timeout < Duration::from_millis(100) {
+            return Err(format!(
+                "s3_request_timeout must be at least 100ms, got {s3_request_timeout:?}"
+            ));
+        }
+        let max_resumptions = args.max_resumptions.or(file.max_resumptions).unwrap_or(3);
         let sweep_interval = args
             .sweep_interval
             .or(file.sweep_interval)
@@ -247,6 +303,10 @@ impl Config {
             index,
             max_concurrency,
             max_ttl,
+            min_ttl,
+            clock_skew_margin,
+            s3_request_timeout,
+            max_resumptions,
             force_path_style: args
                 .force_path_style
                 .or(file.force_path_style)

@@ -11,15 +11,16 @@
 //! claims, so it either stops the eviction at step 1 or copies afresh after
 //! step 3. doc/SEMANTICS.md has the full argument.
 
-use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use expresscache::proto::v1 as pb;
 use expresscache::EvictSpec;
 
 use crate::clock::Clock;
-use crate::index::{CacheIndex, EvictDecision, IndexError, Millis};
+use crate::index::{span_millis, CacheIndex, Entry, EvictDecision, IndexError, Lease, Millis};
+use crate::progress::MAX_INLINE_FAILURES;
 use crate::store::{DeleteTarget, ObjectStore, StoreError, DELETE_BATCH};
 
 #[derive(Debug, thiserror::Error)]
@@ -43,7 +44,65 @@ pub struct Tally {
     /// Kept because a copy is in flight.
     pub kept_busy: u64,
     pub kept_under: BTreeSet<String>,
+    /// The first failed keys (at most [`MAX_INLINE_FAILURES`]); the rest
+    /// are logged and counted in `failures_omitted`.
     pub failures: Vec<pb::KeyFailure>,
+    pub failures_omitted: u64,
+}
+
+impl Tally {
+    fn fail(&mut self, failure: pb::KeyFailure) {
+        if self.failures.len() < MAX_INLINE_FAILURES {
+            self.failures.push(failure);
+        } else {
+            tracing::warn!(key = %failure.key, code = %failure.code, message = %failure.message,
+                "could not delete");
+            self.failures_omitted += 1;
+        }
+    }
+
+    fn failed(&self) -> u64 {
+        self.failures.len() as u64 + self.failures_omitted
+    }
+
+    fn absorb(&mut self, other: Tally) {
+        self.deleted += other.deleted;
+        self.bytes += other.bytes;
+        self.kept_live += other.kept_live;
+        self.kept_busy += other.kept_busy;
+        for p in other.kept_under {
+            if self.kept_under.len() < MAX_KEPT_UNDER {
+                self.kept_under.insert(p);
+            }
+        }
+        self.failures_omitted += other.failures_omitted;
+        for f in other.failures {
+            self.fail(f);
+        }
+    }
+}
+
+/// What an `Evict` did.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct EvictReport {
+    pub leases_ended: u64,
+    pub forced: bool,
+    pub tally: Tally,
+}
+
+impl From<EvictReport> for pb::EvictResponse {
+    fn from(r: EvictReport) -> Self {
+        pb::EvictResponse {
+            objects_deleted: r.tally.deleted,
+            bytes_deleted: r.tally.bytes,
+            leases_ended: r.leases_ended,
+            objects_kept: r.tally.kept_live + r.tally.kept_busy,
+            kept_under: r.tally.kept_under.into_iter().collect(),
+            forced: r.forced,
+            failures_omitted: r.tally.failures_omitted,
+            failures: r.tally.failures,
+        }
+    }
 }
 
 /// What a sweep did.
@@ -52,6 +111,42 @@ pub struct SweepReport {
     pub leases_expired: u64,
     pub leases_removed: u64,
     pub tally: Tally,
+    /// Leases whose sweep failed this pass (each is retried later with
+    /// backoff; the others were swept regardless).
+    pub lease_failures: Vec<(Lease, String)>,
+}
+
+/// Timing of deletions.
+#[derive(Debug, Clone)]
+pub struct EvictSettings {
+    /// How long an eviction claim lasts: a crashed evictor blocks warms of
+    /// its keys at most this long (one DeleteObjects call, with retries,
+    /// fits well inside it).
+    pub claim_ttl: Duration,
+    /// How far clocks may disagree: a lease or claim counts as over only
+    /// this long past its deadline.
+    pub skew_margin: Duration,
+    /// Attempts of one DeleteObjects call whose outcome is unknown or
+    /// retryable (a lost reply, a 5xx, a throttle).
+    pub delete_attempts: u32,
+    pub retry_base_delay: Duration,
+    /// First and longest delay before the sweeper retries a lease it could
+    /// not sweep.
+    pub sweep_retry_base: Duration,
+    pub sweep_retry_max: Duration,
+}
+
+impl Default for EvictSettings {
+    fn default() -> Self {
+        Self {
+            claim_ttl: Duration::from_secs(120),
+            skew_margin: Duration::from_secs(5),
+            delete_attempts: 4,
+            retry_base_delay: Duration::from_millis(200),
+            sweep_retry_base: Duration::from_secs(30),
+            sweep_retry_max: Duration::from_secs(3600),
+        }
+    }
 }
 
 /// Deletes cached objects safely; shared by `Evict` and the sweeper.
@@ -60,22 +155,50 @@ pub struct Evictor<S, I> {
     pub store: Arc<S>,
     pub index: Arc<I>,
     pub clock: Arc<dyn Clock>,
-    /// How long an eviction claim lasts (a crashed evictor blocks warms of
-    /// its keys at most this long).
-    pub claim_ttl: Duration,
+    pub settings: EvictSettings,
+    /// Failed sweeps per lease since this process started, for backoff.
+    sweep_attempts: Mutex<HashMap<(String, String, String), u32>>,
 }
 
 impl<S: ObjectStore, I: CacheIndex> Evictor<S, I> {
-    fn deadline(&self, now: Millis) -> Millis {
-        now.saturating_add(crate::index::span_millis(self.claim_ttl))
+    pub fn new(
+        store: Arc<S>,
+        index: Arc<I>,
+        clock: Arc<dyn Clock>,
+        settings: EvictSettings,
+    ) -> Self {
+        Self {
+            store,
+            index,
+            clock,
+            settings,
+            sweep_attempts: Mutex::default(),
+        }
+    }
+
+    /// "Now" for deciding that a lease or claim is over: the clock minus
+    /// the skew margin, so nothing is deleted that a clock within the
+    /// margin of ours still sees as live.
+    fn settled_now(&self) -> Millis {
+        self.clock
+            .now()
+            .saturating_sub(span_millis(self.settings.skew_margin))
+    }
+
+    fn deadline(&self) -> Millis {
+        self.clock
+            .now()
+            .saturating_add(span_millis(self.settings.claim_ttl))
     }
 
     /// Ends the leases at or under each prefix now, then deletes every
     /// object under them that no other live lease covers (all of them with
     /// `force`).
-    pub async fn evict(&self, spec: &EvictSpec) -> Result<pb::EvictResponse, EvictError> {
+    pub async fn evict(&self, spec: &EvictSpec) -> Result<EvictReport, EvictError> {
         let dir = spec.directory_bucket.as_str();
-        let now = self.clock.now();
+        // Ended as of the settled "now", so the deletion below (which sees
+        // leases as over only past the skew margin) treats them as over.
+        let now = self.settled_now();
         let mut leases_ended = 0;
         for prefix in &spec.prefixes {
             leases_ended += self
@@ -90,53 +213,89 @@ impl<S: ObjectStore, I: CacheIndex> Evictor<S, I> {
             self.delete_under(dir, prefix.as_str(), &owner, spec.force, &mut tally)
                 .await?;
         }
-        Ok(pb::EvictResponse {
-            objects_deleted: tally.deleted,
-            bytes_deleted: tally.bytes,
+        Ok(EvictReport {
             leases_ended,
-            failures: tally.failures,
-            objects_kept: tally.kept_live + tally.kept_busy,
-            kept_under: tally.kept_under.into_iter().collect(),
             forced: spec.force,
+            tally,
         })
     }
 
-    /// One pass of the expiry sweeper: for each expired lease, deletes the
-    /// objects under it that no live lease covers, then drops the lease
-    /// record (unless something under it could not be settled yet, or a
-    /// warm revived it meanwhile).
+    /// One pass of the expiry sweeper: for each expired lease (past the
+    /// skew margin), deletes the objects under it that no live lease
+    /// covers, then drops the lease record (unless something under it could
+    /// not be settled yet, or a warm revived it meanwhile). A lease that
+    /// cannot be swept (its bucket is gone, access is denied) is deferred
+    /// with backoff and reported; it never stops the others.
     pub async fn sweep_once(&self) -> Result<SweepReport, EvictError> {
         const BATCH: usize = 100;
         let mut report = SweepReport::default();
         let owner = format!("sweep:{}", uuid::Uuid::new_v4());
-        let expired = self.index.expired_leases(self.clock.now(), BATCH).await?;
+        let expired = self.index.expired_leases(self.settled_now(), BATCH).await?;
         for lease in expired {
             report.leases_expired += 1;
-            let mut tally = Tally::default();
-            self.delete_under(
-                &lease.directory_bucket,
-                &lease.prefix,
-                &owner,
-                false,
-                &mut tally,
-            )
-            .await?;
-            let settled = tally.failures.is_empty() && tally.kept_busy == 0;
-            if settled
-                && self
-                    .index
-                    .remove_lease_if_expired(&lease, self.clock.now())
-                    .await?
-            {
-                report.leases_removed += 1;
+            match self.sweep_lease(&lease, &owner).await {
+                Ok((removed, tally)) => {
+                    report.leases_removed += u64::from(removed);
+                    report.tally.absorb(tally);
+                    self.attempts().remove(&lease_key(&lease));
+                }
+                Err(e) => {
+                    let error = e.to_string();
+                    let failure = self.defer(&lease, &error).await;
+                    tracing::warn!(directory_bucket = %lease.directory_bucket, prefix = %lease.prefix,
+                        error = %error, attempts = failure.0, retry_in = ?failure.1,
+                        "could not sweep an expired lease; retrying later");
+                    report.lease_failures.push((lease, error));
+                }
             }
-            report.tally.deleted += tally.deleted;
-            report.tally.bytes += tally.bytes;
-            report.tally.kept_live += tally.kept_live;
-            report.tally.kept_busy += tally.kept_busy;
-            report.tally.failures.extend(tally.failures);
         }
         Ok(report)
+    }
+
+    fn attempts(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String, String), u32>> {
+        self.sweep_attempts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records a failed sweep of `lease` with exponential backoff; returns
+    /// the attempt count and the delay.
+    async fn defer(&self, lease: &Lease, error: &str) -> (u32, Duration) {
+        let attempts = {
+            let mut map = self.attempts();
+            let n = map.entry(lease_key(lease)).or_insert(0);
+            *n += 1;
+            *n
+        };
+        let delay = self
+            .settings
+            .sweep_retry_base
+            .saturating_mul(2u32.saturating_pow(attempts.saturating_sub(1).min(16)))
+            .min(self.settings.sweep_retry_max);
+        let retry_at = self.clock.now().saturating_add(span_millis(delay));
+        if let Err(e) = self.index.defer_sweep(lease, error, retry_at).await {
+            tracing::warn!(prefix = %lease.prefix, error = %e, "could not record the failed sweep");
+        }
+        (attempts, delay)
+    }
+
+    async fn sweep_lease(&self, lease: &Lease, owner: &str) -> Result<(bool, Tally), EvictError> {
+        let mut tally = Tally::default();
+        self.delete_under(
+            &lease.directory_bucket,
+            &lease.prefix,
+            owner,
+            false,
+            &mut tally,
+        )
+        .await?;
+        let settled = tally.failed() == 0 && tally.kept_busy == 0;
+        let removed = settled
+            && self
+                .index
+                .remove_lease_if_expired(lease, self.settled_now())
+                .await?;
+        Ok((removed, tally))
     }
 
     /// Runs the protocol over every cached key under `prefix`.
@@ -166,10 +325,16 @@ impl<S: ObjectStore, I: CacheIndex> Evictor<S, I> {
             if keys.is_empty() {
                 continue;
             }
-            let now = self.clock.now();
             let decisions = self
                 .index
-                .begin_evict(dir, &keys, owner, self.deadline(now), now, force)
+                .begin_evict(
+                    dir,
+                    &keys,
+                    owner,
+                    self.deadline(),
+                    self.settled_now(),
+                    force,
+                )
                 .await?;
             let mut marked = Vec::new();
             for d in decisions {
@@ -185,52 +350,105 @@ impl<S: ObjectStore, I: CacheIndex> Evictor<S, I> {
                     EvictDecision::Absent => {}
                 }
             }
-            if marked.is_empty() {
-                continue;
+            if !marked.is_empty() {
+                self.delete_marked(dir, &marked, owner, tally).await?;
             }
-            let targets: Vec<DeleteTarget> = marked
-                .iter()
-                .map(|e| DeleteTarget {
-                    key: e.key.clone(),
-                    etag: (!e.dest_etag.is_empty()).then(|| e.dest_etag.clone()),
-                })
-                .collect();
-            let failures = match self.store.delete_objects(dir, &targets).await {
-                Ok(f) => f,
-                Err(source) => {
-                    self.release(dir, &marked, owner).await;
-                    return Err(EvictError::Store {
-                        bucket: dir.to_owned(),
-                        source,
-                    });
-                }
-            };
-            let failed: BTreeSet<&str> = failures.iter().map(|f| f.key.as_str()).collect();
-            let (gone, kept): (Vec<_>, Vec<_>) = marked
-                .iter()
-                .partition(|e| !failed.contains(e.key.as_str()));
-            let gone_keys: Vec<String> = gone.iter().map(|e| e.key.clone()).collect();
-            self.index.finish_evict(dir, &gone_keys, owner).await?;
-            tally.deleted += gone.len() as u64;
-            tally.bytes += gone.iter().map(|e| e.size).sum::<u64>();
-            let kept: Vec<_> = kept.into_iter().cloned().collect();
-            self.release(dir, &kept, owner).await;
-            tally
-                .failures
-                .extend(failures.into_iter().map(|f| pb::KeyFailure {
-                    key: f.key,
-                    code: f.code,
-                    message: f.message,
-                }));
         }
     }
 
-    /// Gives up eviction claims (their entries stay; a later pass retries).
-    async fn release(&self, dir: &str, entries: &[crate::index::Entry], owner: &str) {
-        for e in entries {
+    /// Deletes objects claimed for eviction (fenced by their destination
+    /// ETag) and settles their records.
+    async fn delete_marked(
+        &self,
+        dir: &str,
+        marked: &[Entry],
+        owner: &str,
+        tally: &mut Tally,
+    ) -> Result<(), EvictError> {
+        let targets: Vec<DeleteTarget> = marked
+            .iter()
+            .map(|e| DeleteTarget {
+                key: e.key.clone(),
+                etag: (!e.dest_etag.is_empty()).then(|| e.dest_etag.clone()),
+            })
+            .collect();
+        let failures = match self.delete_with_retries(dir, &targets).await {
+            Ok(f) => f,
+            Err(source) => {
+                // The delete may have happened with its reply lost: the
+                // entries can no longer be trusted as hits. Lapse the
+                // claims but keep them as markers (a warm copies the keys
+                // again; a later eviction retries the delete).
+                let keys: Vec<String> = marked.iter().map(|e| e.key.clone()).collect();
+                if let Err(e) = self.index.abandon_evict(dir, &keys, owner).await {
+                    // The claims stay live until their deadline, then mean
+                    // the same.
+                    tracing::warn!(error = %e, "could not mark abandoned evictions");
+                }
+                return Err(EvictError::Store {
+                    bucket: dir.to_owned(),
+                    source,
+                });
+            }
+        };
+        // A fenced delete of a key that is already gone answers NoSuchKey:
+        // gone is what we wanted (an earlier attempt whose reply was lost,
+        // or someone else, deleted it).
+        let failed: BTreeSet<&str> = failures
+            .iter()
+            .filter(|f| f.code != "NoSuchKey")
+            .map(|f| f.key.as_str())
+            .collect();
+        let (gone, kept): (Vec<&Entry>, Vec<&Entry>) = marked
+            .iter()
+            .partition(|e| !failed.contains(e.key.as_str()));
+        let gone_keys: Vec<String> = gone.iter().map(|e| e.key.clone()).collect();
+        self.index.finish_evict(dir, &gone_keys, owner).await?;
+        tally.deleted += gone.len() as u64;
+        tally.bytes += gone.iter().map(|e| e.size).sum::<u64>();
+        for e in kept {
             crate::index::release_or_lapse(self.index.as_ref(), dir, &e.key, owner).await;
         }
+        for f in failures.into_iter().filter(|f| f.code != "NoSuchKey") {
+            tally.fail(pb::KeyFailure {
+                key: f.key,
+                code: f.code,
+                message: f.message,
+            });
+        }
+        Ok(())
     }
+
+    /// DeleteObjects, retried on retryable errors (the SDK's own retries
+    /// are off for the calls the service retries itself). Retrying is safe:
+    /// deleting is idempotent, and a fenced delete of a key that is gone
+    /// answers NoSuchKey, which counts as deleted.
+    async fn delete_with_retries(
+        &self,
+        dir: &str,
+        targets: &[DeleteTarget],
+    ) -> Result<Vec<crate::store::DeleteFailure>, StoreError> {
+        let mut attempt = 1;
+        loop {
+            match self.store.delete_objects(dir, targets).await {
+                Err(e) if e.is_retryable() && attempt < self.settings.delete_attempts => {
+                    let delay = self.settings.retry_base_delay * 2u32.pow(attempt - 1);
+                    tracing::debug!(attempt, error = %e, "retrying DeleteObjects");
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+fn lease_key(l: &Lease) -> (String, String, String) {
+    (
+        l.directory_bucket.clone(),
+        l.prefix.clone(),
+        l.source_bucket.clone(),
+    )
 }
 
 /// Runs [`Evictor::sweep_once`] every `every` until the task is aborted.
@@ -250,7 +468,8 @@ pub fn spawn_sweeper<S: ObjectStore, I: CacheIndex>(
                     deleted = r.tally.deleted,
                     kept_live = r.tally.kept_live,
                     kept_busy = r.tally.kept_busy,
-                    failed = r.tally.failures.len(),
+                    failed = r.tally.failed(),
+                    leases_failed = r.lease_failures.len(),
                     "sweep"
                 ),
                 Ok(_) => {}
@@ -265,17 +484,21 @@ mod tests {
     use super::*;
     use crate::clock::ManualClock;
     use crate::index::{Entry, Lease, SqliteIndex};
+    use crate::store::FaultStore;
     use crate::store::MemoryStore;
     use expresscache::{DirectoryBucketName, Prefix};
 
     const DIR: &str = "cache--use1-az4--x-s3";
 
-    async fn setup(keys: &[&str]) -> (Evictor<MemoryStore, SqliteIndex>, Arc<ManualClock>) {
+    type Ev = Evictor<FaultStore<MemoryStore>, SqliteIndex>;
+
+    async fn setup(keys: &[&str]) -> (Ev, Arc<ManualClock>) {
         let store = MemoryStore::default();
         let index = SqliteIndex::open_in_memory().unwrap();
         store.create_bucket(DIR);
         for k in keys {
             let etag = store.put(DIR, k, 10);
+            index.claim_copy(DIR, k, "test", i64::MAX, 0).await.unwrap();
             index
                 .complete_copy(
                     &Entry {
@@ -295,25 +518,29 @@ mod tests {
                 .unwrap();
         }
         let clock = Arc::new(ManualClock::new(1_000));
-        let ev = Evictor {
-            store: Arc::new(store),
-            index: Arc::new(index),
-            clock: clock.clone(),
-            claim_ttl: Duration::from_secs(60),
-        };
+        let ev = Evictor::new(
+            Arc::new(FaultStore::new(store)),
+            Arc::new(index),
+            clock.clone(),
+            EvictSettings {
+                // These tests are about the other rules; skew has its own.
+                skew_margin: Duration::ZERO,
+                retry_base_delay: Duration::from_millis(1),
+                ..EvictSettings::default()
+            },
+        );
         (ev, clock)
     }
 
-    async fn lease(ev: &Evictor<MemoryStore, SqliteIndex>, prefix: &str, expires_at: Millis) {
+    async fn lease(ev: &Ev, prefix: &str, expires_at: Millis) {
         ev.index
-            .extend_lease(&Lease {
-                directory_bucket: DIR.into(),
-                prefix: prefix.into(),
-                source_bucket: "src".into(),
-                expires_at,
-            })
+            .extend_lease(&Lease::new(DIR, prefix, "src", expires_at))
             .await
             .unwrap();
+    }
+
+    async fn evict(ev: &Ev, spec: &EvictSpec) -> pb::EvictResponse {
+        ev.evict(spec).await.unwrap().into()
     }
 
     fn spec(prefix: &str, force: bool) -> EvictSpec {
@@ -328,12 +555,12 @@ mod tests {
     async fn evict_removes_objects_and_records_under_prefix_only() {
         let (ev, _) = setup(&["a/1", "a/2", "b/1"]).await;
         lease(&ev, "a/", 5_000).await;
-        let resp = ev.evict(&spec("a/", false)).await.unwrap();
+        let resp = evict(&ev, &spec("a/", false)).await;
         assert_eq!(
             (resp.objects_deleted, resp.bytes_deleted, resp.leases_ended),
             (2, 20, 1)
         );
-        assert_eq!(ev.store.keys(DIR), ["b/1"]);
+        assert_eq!(ev.store.inner().keys(DIR), ["b/1"]);
         assert_eq!(ev.index.usage(DIR, "").await.unwrap().objects, 1);
     }
 
@@ -342,15 +569,15 @@ mod tests {
         let (ev, _) = setup(&["p/c/1", "p/c/2"]).await;
         lease(&ev, "p/", 5_000).await;
         lease(&ev, "p/c/", 5_000).await;
-        let resp = ev.evict(&spec("p/c/", false)).await.unwrap();
+        let resp = evict(&ev, &spec("p/c/", false)).await;
         assert_eq!((resp.objects_deleted, resp.objects_kept), (0, 2));
         assert_eq!(resp.kept_under, ["p/"]);
         assert!(!resp.forced);
-        assert_eq!(ev.store.keys(DIR).len(), 2);
-        let forced = ev.evict(&spec("p/c/", true)).await.unwrap();
+        assert_eq!(ev.store.inner().keys(DIR).len(), 2);
+        let forced = evict(&ev, &spec("p/c/", true)).await;
         assert_eq!((forced.objects_deleted, forced.objects_kept), (2, 0));
         assert!(forced.forced);
-        assert!(ev.store.keys(DIR).is_empty());
+        assert!(ev.store.inner().keys(DIR).is_empty());
     }
 
     #[tokio::test]
@@ -372,11 +599,11 @@ mod tests {
             ),
             (1, 1, 1, 1)
         );
-        assert_eq!(ev.store.keys(DIR), ["x/long/1", "y/1"]);
+        assert_eq!(ev.store.inner().keys(DIR), ["x/long/1", "y/1"]);
         clock.advance(10_000);
         let r = ev.sweep_once().await.unwrap();
         assert_eq!((r.leases_removed, r.tally.deleted), (2, 2));
-        assert!(ev.store.keys(DIR).is_empty());
+        assert!(ev.store.inner().keys(DIR).is_empty());
         assert_eq!(ev.index.usage(DIR, "").await.unwrap().objects, 0);
     }
 
@@ -384,15 +611,218 @@ mod tests {
     async fn a_fenced_delete_keeps_the_newer_object_and_its_record() {
         let (ev, _) = setup(&["f/1"]).await;
         // The object was replaced behind the index's back.
-        ev.store.put(DIR, "f/1", 10);
-        let resp = ev.evict(&spec("f/", false)).await.unwrap();
+        ev.store.inner().put(DIR, "f/1", 10);
+        let resp = evict(&ev, &spec("f/", false)).await;
         assert_eq!(resp.objects_deleted, 0);
         assert_eq!(resp.failures[0].code, "PreconditionFailed");
-        assert_eq!(ev.store.keys(DIR), ["f/1"]);
+        assert_eq!(ev.store.inner().keys(DIR), ["f/1"]);
         let rec = ev.index.records(DIR, "f/", None, None, 10).await.unwrap();
         assert!(
             rec[0].entry.is_some() && rec[0].claim.is_none(),
             "claim released, entry kept"
         );
+    }
+}
+
+#[cfg(test)]
+mod fault_tests {
+    //! Deletion under faults: lost replies, vanished buckets, clock skew,
+    //! mass failures (issue cases 1, 4, 9, 12).
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::index::SqliteIndex;
+    use crate::plan::{CopyReason, Decision, Planner};
+    use crate::store::{FaultStore, MemoryStore, ObjectMeta, Op};
+    use expresscache::{DirectoryBucketName, Prefix};
+
+    const DIR: &str = "cache--use1-az4--x-s3";
+    type Ev = Evictor<FaultStore<MemoryStore>, SqliteIndex>;
+
+    async fn cache(ev: &Ev, dir: &str, keys: &[String]) {
+        for k in keys {
+            let etag = ev.store.inner().put(dir, k, 10);
+            ev.index.claim_copy(dir, k, "w", i64::MAX, 0).await.unwrap();
+            ev.index
+                .complete_copy(
+                    &Entry {
+                        directory_bucket: dir.into(),
+                        key: k.clone(),
+                        source_bucket: "src".into(),
+                        source_key: k.clone(),
+                        source_etag: "\"s\"".into(),
+                        size: 10,
+                        source_last_modified: None,
+                        dest_etag: etag,
+                        cached_at: 0,
+                    },
+                    "w",
+                )
+                .await
+                .unwrap();
+        }
+    }
+
+    fn evictor(skew: Duration) -> (Ev, Arc<ManualClock>) {
+        let store = MemoryStore::default();
+        store.create_bucket(DIR);
+        let clock = Arc::new(ManualClock::new(1_000_000));
+        let ev = Evictor::new(
+            Arc::new(FaultStore::new(store)),
+            Arc::new(SqliteIndex::open_in_memory().unwrap()),
+            clock.clone(),
+            EvictSettings {
+                skew_margin: skew,
+                retry_base_delay: Duration::from_millis(1),
+                ..EvictSettings::default()
+            },
+        );
+        (ev, clock)
+    }
+
+    fn keys(prefix: &str, n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("{prefix}{i:04}")).collect()
+    }
+
+    fn spec(prefix: &str) -> EvictSpec {
+        EvictSpec {
+            directory_bucket: DirectoryBucketName::parse(DIR).unwrap(),
+            prefixes: vec![Prefix::parse(prefix).unwrap()],
+            force: false,
+        }
+    }
+
+    /// What a warm would decide for `key` now.
+    async fn warm_decides(ev: &Ev, key: &str) -> Decision {
+        let rec = ev
+            .index
+            .records(DIR, key, None, Some(key), 1)
+            .await
+            .unwrap();
+        let obj = ObjectMeta {
+            key: key.into(),
+            etag: "\"s\"".into(),
+            size: 10,
+            last_modified: None,
+        };
+        Planner {
+            source_bucket: "src",
+            owner: "warm",
+            force: false,
+            now: ev.clock.now(),
+        }
+        .decide(&obj, rec.first())
+    }
+
+    #[tokio::test]
+    async fn a_lost_delete_reply_never_leaves_an_entry_that_claims_a_gone_object() {
+        let (ev, _) = evictor(Duration::ZERO);
+        let ks = keys("g/", 5);
+        cache(&ev, DIR, &ks).await;
+        // Every attempt deletes and loses its reply: the outcome stays
+        // unknown to the evictor.
+        ev.store.lose_replies(Op::Delete, 100);
+        let err = ev.evict(&spec("g/")).await.unwrap_err();
+        assert!(err.to_string().contains("reply lost"), "{err}");
+        assert!(
+            ev.store.inner().keys(DIR).is_empty(),
+            "S3 applied the delete"
+        );
+        for k in &ks {
+            assert_eq!(
+                warm_decides(&ev, k).await,
+                Decision::Copy(CopyReason::Unconfirmed),
+                "{k}: a warm must copy it again, not count a hit"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_retried_delete_whose_first_reply_was_lost_finishes_the_eviction() {
+        let (ev, _) = evictor(Duration::ZERO);
+        let ks = keys("r/", 5);
+        cache(&ev, DIR, &ks).await;
+        ev.store.lose_replies(Op::Delete, 1);
+        let report = ev.evict(&spec("r/")).await.unwrap();
+        // The retry's fenced deletes answer NoSuchKey: gone, as wanted.
+        assert_eq!((report.tally.deleted, report.tally.failed()), (5, 0));
+        assert_eq!(ev.index.usage(DIR, "r/").await.unwrap().objects, 0);
+    }
+
+    #[tokio::test]
+    async fn one_lease_that_cannot_be_swept_does_not_stop_the_others() {
+        let (ev, clock) = evictor(Duration::ZERO);
+        let gone = "gone--use1-az4--x-s3";
+        // The oldest expired lease points at a bucket that no longer
+        // exists; its entries remain in the index.
+        cache(&ev, gone, &keys("a/", 3)).await;
+        ev.store.fail(
+            Op::Delete,
+            Some("a/0000"),
+            StoreError::NoSuchBucket(gone.into()),
+            None,
+        );
+        ev.index
+            .extend_lease(&Lease::new(gone, "a/", "src", 1_000_001))
+            .await
+            .unwrap();
+        cache(&ev, DIR, &keys("b/", 20)).await;
+        ev.index
+            .extend_lease(&Lease::new(DIR, "b/", "src", 1_000_002))
+            .await
+            .unwrap();
+        clock.advance(10);
+        let r = ev.sweep_once().await.unwrap();
+        assert_eq!(r.lease_failures.len(), 1, "{r:?}");
+        assert_eq!(r.lease_failures[0].0.directory_bucket, gone);
+        assert_eq!((r.leases_removed, r.tally.deleted), (1, 20), "b/ swept");
+        assert!(ev.store.inner().keys(DIR).is_empty());
+        let stuck = ev.index.sweep_failures(gone, "", 10).await.unwrap();
+        assert_eq!(stuck.len(), 1, "reported for status");
+        assert!(stuck[0].error.contains("does not exist"), "{:?}", stuck[0]);
+        // Backed off: the next pass does not retry it at once ...
+        assert_eq!(ev.sweep_once().await.unwrap().leases_expired, 0);
+        // ... but after the backoff it does, with a longer one next.
+        clock.advance(31_000);
+        let r = ev.sweep_once().await.unwrap();
+        assert_eq!(r.lease_failures.len(), 1);
+        let stuck = ev.index.sweep_failures(gone, "", 10).await.unwrap();
+        assert_eq!(stuck[0].attempts, 2);
+        assert!(stuck[0].retry_at >= clock.now() + 60_000);
+    }
+
+    #[tokio::test]
+    async fn a_clock_step_within_the_skew_margin_deletes_nothing_live() {
+        let (ev, clock) = evictor(Duration::from_secs(5));
+        cache(&ev, DIR, &keys("s/", 3)).await;
+        let expires = clock.now() + 60_000;
+        ev.index
+            .extend_lease(&Lease::new(DIR, "s/", "src", expires))
+            .await
+            .unwrap();
+        // Our clock steps 4 s past the lease's end (another replica's clock,
+        // or the true time, may still be before it).
+        clock.advance(64_000);
+        let r = ev.sweep_once().await.unwrap();
+        assert_eq!((r.leases_expired, r.tally.deleted), (0, 0));
+        assert_eq!(ev.store.inner().keys(DIR).len(), 3);
+        clock.advance(1_001);
+        let r = ev.sweep_once().await.unwrap();
+        assert_eq!(r.tally.deleted, 3, "past the margin it is swept");
+    }
+
+    #[tokio::test]
+    async fn a_mass_delete_failure_reports_the_first_hundred_and_counts_the_rest() {
+        let (ev, _) = evictor(Duration::ZERO);
+        let ks = keys("m/", 250);
+        cache(&ev, DIR, &ks).await;
+        // Every object was replaced behind the index's back: each fenced
+        // delete fails.
+        for k in &ks {
+            ev.store.inner().put(DIR, k, 10);
+        }
+        let resp: pb::EvictResponse = ev.evict(&spec("m/")).await.unwrap().into();
+        assert_eq!(resp.failures.len(), 100);
+        assert_eq!(resp.failures_omitted, 150);
+        assert_eq!(resp.objects_deleted, 0);
     }
 }

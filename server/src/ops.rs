@@ -43,6 +43,10 @@ pub struct OpsSettings {
     pub checkpoint_interval: Duration,
     /// How long finished operations are kept.
     pub retention: Duration,
+    /// Times an unfinished warm is resumed by server starts before it is
+    /// failed instead (a warm that crashes the server must not do so on
+    /// every start).
+    pub max_resumptions: u32,
 }
 
 impl Default for OpsSettings {
@@ -51,6 +55,7 @@ impl Default for OpsSettings {
             publish_interval: Duration::from_millis(500),
             checkpoint_interval: Duration::from_secs(5),
             retention: Duration::from_secs(7 * 24 * 3600),
+            max_resumptions: 3,
         }
     }
 }
@@ -129,7 +134,7 @@ impl<S: ObjectStore, I: CacheIndex> Operations<S, I> {
         }
         let id = uuid::Uuid::new_v4().to_string();
         let (progress, rx) = Progress::new(id.clone());
-        let record = OperationRecord {
+        let mut record = OperationRecord {
             id: id.clone(),
             request_id: spec.request_id.as_ref().map(|r| r.to_string()),
             request: request.clone(),
@@ -139,19 +144,73 @@ impl<S: ObjectStore, I: CacheIndex> Operations<S, I> {
         };
         // The index decides who owns a request id, so two racing submissions
         // end up on one operation.
-        if let CreateOutcome::Exists(existing) = self.index().create_operation(&record).await? {
+        loop {
+            let existing = match self.index().create_operation(&record).await? {
+                CreateOutcome::Created => break,
+                CreateOutcome::Exists(existing) => existing,
+            };
             if existing.request != request {
                 return Err(SubmitError::RequestIdConflict {
                     request_id: existing.request_id.unwrap_or_default(),
                     operation_id: existing.id,
                 });
             }
-            tracing::info!(operation_id = %existing.id, "request_id matched; attaching");
-            return Ok(self.follow(*existing));
+            if !existing.is_done() || self.still_backed(&existing).await? {
+                tracing::info!(operation_id = %existing.id, "request_id matched; attaching");
+                return Ok(self.follow(*existing));
+            }
+            // The earlier operation finished and no longer stands for data
+            // in the cache (its leases expired or were evicted): attaching
+            // would report a stale success. Start afresh under the same
+            // request id; if a racing resubmission moved it first, attach
+            // to that one on the next round.
+            progress.set_superseded(&existing.id);
+            record.progress = progress.snapshot();
+            if self
+                .index()
+                .supersede_operation(&existing.id, &record)
+                .await?
+            {
+                tracing::info!(operation_id = %id, superseded = %existing.id,
+                    "request_id reused after its operation's leases ended; starting a new warm");
+                break;
+            }
         }
         tracing::info!(operation_id = %id, source = %spec.source, directory_bucket = %spec.directory_bucket, prefixes = spec.prefixes.len(), force_copy = spec.force_copy, "warm started");
         self.start(record, spec, progress);
         Ok(rx)
+    }
+
+    /// Whether a finished operation's leases are all still live and at
+    /// least as long as it left them (created or extended by it, not ended
+    /// by an Evict or swept since).
+    async fn still_backed(&self, op: &OperationRecord) -> Result<bool, IndexError> {
+        let Ok(spec) = WarmSpec::parse(&op.request, &self.limits) else {
+            return Ok(false);
+        };
+        let left_until = op
+            .progress
+            .lease_expires_at
+            .as_ref()
+            .map_or(0, crate::index::millis_of_timestamp);
+        let now = self.warmer.clock.now();
+        let dir = spec.directory_bucket.as_str();
+        for prefix in spec.lease_prefixes() {
+            let live = self
+                .index()
+                .covering_leases(dir, prefix.as_str(), now)
+                .await?
+                .into_iter()
+                .any(|l| {
+                    l.prefix == prefix.as_str()
+                        && l.source_bucket == spec.source.as_str()
+                        && l.expires_at >= left_until
+                });
+            if !live {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     fn start(self: &Arc<Self>, record: OperationRecord, spec: WarmSpec, progress: Progress) {
@@ -240,6 +299,10 @@ impl<S: ObjectStore, I: CacheIndex> Operations<S, I> {
             return;
         }
         let last = match result {
+            Err(e @ crate::warm::WarmError::LeaseEnded { .. }) => {
+                tracing::warn!(operation_id = %id, error = %e, "warm stopped: its lease was evicted");
+                progress.finish(pb::Outcome::Cancelled, Some(e.to_string()))
+            }
             Err(e) => {
                 tracing::warn!(operation_id = %id, error = %e, "warm failed");
                 progress.finish(pb::Outcome::Failed, Some(e.to_string()))
@@ -366,6 +429,22 @@ impl<S: ObjectStore, I: CacheIndex> Operations<S, I> {
                     continue;
                 }
                 let (progress, _rx) = Progress::new(rec.id.clone());
+                if rec.resumptions >= self.settings.max_resumptions {
+                    let reason = format!(
+                        "not resumed: interrupted {} times (the server's limit is {}); \
+                         the server may have crashed while running it, see its log",
+                        rec.resumptions + 1,
+                        self.settings.max_resumptions
+                    );
+                    tracing::error!(operation_id = %rec.id, resumptions = rec.resumptions, "{reason}");
+                    let mut last = rec.progress.clone();
+                    last.phase = pb::Phase::Done as i32;
+                    last.outcome = pb::Outcome::Failed as i32;
+                    last.error = reason;
+                    last.eta = None;
+                    self.index().update_operation(&rec.id, &last).await?;
+                    continue;
+                }
                 match WarmSpec::parse(&rec.request, &self.limits) {
                     Ok(spec) => {
                         rec.resumptions = self.index().mark_resumed(&rec.id).await?;

@@ -2,7 +2,7 @@
 //! key range decides, per object, hit or copy. Both inputs are key-ordered,
 //! so the merge is one linear pass and a hit costs no per-object request.
 
-use crate::index::{Claim, Millis, Record};
+use crate::index::{Claim, ClaimKind, Millis, Record};
 use crate::store::ObjectMeta;
 
 /// Why an object must be copied.
@@ -14,6 +14,10 @@ pub enum CopyReason {
     Changed,
     /// `force_copy` was set.
     Forced,
+    /// Cached, but an eviction of it ended without knowing whether the
+    /// object was deleted (a lost reply, a crash between delete and
+    /// record): the entry is not proof that the object is there.
+    Unconfirmed,
 }
 
 /// What to do with one listed object.
@@ -49,6 +53,9 @@ impl Planner<'_> {
         let claim = record
             .and_then(|r| r.claim.as_ref())
             .filter(|c| c.is_live(self.now) && c.owner != self.owner);
+        let unconfirmed = record
+            .and_then(|r| r.claim.as_ref())
+            .is_some_and(|c| c.kind == ClaimKind::Evict && !c.is_live(self.now));
         match (entry, claim) {
             (Some(e), _) if e.source_bucket != self.source_bucket || e.source_key != obj.key => {
                 Decision::Clash {
@@ -57,6 +64,7 @@ impl Planner<'_> {
             }
             (_, Some(c)) => Decision::Wait(c.clone()),
             _ if self.force => Decision::Copy(CopyReason::Forced),
+            (Some(_), None) if unconfirmed => Decision::Copy(CopyReason::Unconfirmed),
             (None, None) => Decision::Copy(CopyReason::Missing),
             (Some(e), None) if e.source_etag != obj.etag || e.size != obj.size => {
                 Decision::Copy(CopyReason::Changed)
@@ -190,6 +198,26 @@ mod tests {
                 kind: ClaimKind::Copy,
                 deadline: 101
             })
+        );
+    }
+
+    #[test]
+    fn an_entry_whose_eviction_ended_unconfirmed_is_copied_again() {
+        let mut r = rec("k", "\"e\"", 1, "src");
+        r.claim = Some(Claim {
+            owner: "evict:x".into(),
+            kind: ClaimKind::Evict,
+            deadline: 0,
+        });
+        assert_eq!(
+            P.decide(&obj("k", "\"e\"", 1), Some(&r)),
+            Decision::Copy(CopyReason::Unconfirmed),
+            "a lapsed evict claim means the delete may have happened"
+        );
+        r.claim.as_mut().unwrap().deadline = i64::MAX;
+        assert!(
+            matches!(P.decide(&obj("k", "\"e\"", 1), Some(&r)), Decision::Wait(_)),
+            "a live eviction is waited for"
         );
     }
 

@@ -36,6 +36,10 @@ pub struct Progress {
     failures: Mutex<Vec<pb::KeyFailure>>,
     /// Earliest expiry of this warm's leases; 0 until written.
     lease_expires_at: AtomicI64,
+    /// Milliseconds after `started` of the last sign of progress.
+    last_activity: AtomicU64,
+    /// The finished operation whose request_id this one took over.
+    superseded: std::sync::OnceLock<String>,
     tx: watch::Sender<pb::WarmProgress>,
 }
 
@@ -81,6 +85,8 @@ impl Progress {
             concurrency_limit: AtomicU64::new(0),
             failures: Mutex::default(),
             lease_expires_at: AtomicI64::new(0),
+            last_activity: AtomicU64::new(0),
+            superseded: std::sync::OnceLock::new(),
             tx,
         };
         (p, rx)
@@ -102,6 +108,24 @@ impl Progress {
     pub fn set_concurrency_limit(&self, limit: usize) {
         self.concurrency_limit
             .store(limit as u64, Ordering::Relaxed);
+    }
+
+    /// Records that this operation took `id`'s request_id over.
+    pub fn set_superseded(&self, id: &str) {
+        let _ = self.superseded.set(id.to_owned());
+    }
+
+    /// Notes a sign of progress: a listing page, a finished copy, an index
+    /// answer while waiting for another holder.
+    pub fn touch(&self) {
+        let at = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_activity.fetch_max(at, Ordering::Relaxed);
+    }
+
+    /// How long since the last sign of progress (or since the start).
+    pub fn idle(&self) -> Duration {
+        let at = Duration::from_millis(self.last_activity.load(Ordering::Relaxed));
+        self.started.elapsed().saturating_sub(at)
     }
 
     pub fn add(counter: &AtomicU64, n: u64) {
@@ -167,6 +191,7 @@ impl Progress {
             lease_expires_at: Some(self.lease_expires_at.load(Ordering::Relaxed))
                 .filter(|&at| at > 0)
                 .map(crate::index::timestamp),
+            superseded_operation_id: self.superseded.get().cloned().unwrap_or_default(),
             ..Default::default()
         }
     }

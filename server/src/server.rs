@@ -11,7 +11,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::api::Api;
 use crate::clock::{Clock, SystemClock};
-use crate::evict::{spawn_sweeper, Evictor};
+use crate::evict::{spawn_sweeper, EvictSettings, Evictor};
 use crate::index::CacheIndex;
 use crate::ops::{Operations, OpsSettings};
 use crate::store::ObjectStore;
@@ -23,6 +23,7 @@ pub struct Deps<S, I> {
     pub store: Arc<S>,
     pub index: Arc<I>,
     pub warm: WarmSettings,
+    pub evict: EvictSettings,
     pub limits: Limits,
     pub ops: OpsSettings,
     pub clock: Arc<dyn Clock>,
@@ -39,6 +40,7 @@ impl<S, I> Deps<S, I> {
             store: Arc::new(store),
             index: Arc::new(index),
             warm: WarmSettings::default(),
+            evict: EvictSettings::default(),
             limits: Limits::default(),
             ops: OpsSettings::default(),
             clock: Arc::new(SystemClock),
@@ -64,12 +66,12 @@ where
     I: CacheIndex,
     F: Future<Output = ()> + Send,
 {
-    let evictor = Arc::new(Evictor {
-        store: Arc::clone(&deps.store),
-        index: Arc::clone(&deps.index),
-        clock: Arc::clone(&deps.clock),
-        claim_ttl: deps.warm.claim_ttl,
-    });
+    let evictor = Arc::new(Evictor::new(
+        Arc::clone(&deps.store),
+        Arc::clone(&deps.index),
+        Arc::clone(&deps.clock),
+        deps.evict.clone(),
+    ));
     let warmer = Arc::new(Warmer::new(deps.store, deps.index, deps.clock, deps.warm));
     let ops = Arc::new(Operations::new(warmer, deps.ops.clone(), deps.limits));
     let resumed = ops.resume_unfinished().await?;

@@ -7,22 +7,23 @@
 //! copying overlap: the planner feeds a bounded queue that the copiers
 //! drain, so memory does not grow with the number of objects.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use expresscache::proto::v1 as pb;
 use expresscache::{Prefix, WarmSpec};
 use futures::future::BoxFuture;
 use futures::StreamExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::clock::Clock;
 use crate::exec::{CopyEngine, CopyStats, EngineSettings};
 use crate::index::{
-    millis_of, release_or_lapse, span_millis, CacheIndex, Claim, ClaimOutcome, Entry, IndexError,
-    Lease, Millis, Record,
+    millis_of, release_or_lapse, span_millis, CacheIndex, Claim, ClaimOutcome, Completion, Entry,
+    IndexError, Lease, Millis, Record, RecordCursor,
 };
 use crate::plan::{Decision, Planner};
 use crate::progress::Progress;
@@ -45,6 +46,13 @@ pub struct WarmSettings {
     /// First delay between checks while waiting for another operation's
     /// claim; grows to 1s.
     pub wait_poll: Duration,
+    /// How far clocks may disagree: a claim is taken over only this long
+    /// past its deadline (doc/SEMANTICS.md, clock skew).
+    pub skew_margin: Duration,
+    /// A warm that has made no progress at all (no listing page, no copy
+    /// attempt ending, no index answer while waiting) for this long stops
+    /// extending its leases: a stuck warm must not keep data alive forever.
+    pub stall_limit: Duration,
 }
 
 impl Default for WarmSettings {
@@ -58,6 +66,8 @@ impl Default for WarmSettings {
             engine: EngineSettings::default(),
             claim_ttl: Duration::from_secs(600),
             wait_poll: Duration::from_millis(50),
+            skew_margin: Duration::from_secs(5),
+            stall_limit: Duration::from_secs(15 * 60),
         }
     }
 }
@@ -101,6 +111,21 @@ pub enum WarmError {
     },
     #[error(transparent)]
     Index(#[from] IndexError),
+    /// An `Evict` ended one of this warm's leases while it ran: objects it
+    /// had already counted as ready may have been deleted.
+    #[error(
+        "an Evict ended the lease on {prefix:?} while this warm ran, so objects it had \
+         counted as ready may have been deleted; warm again to bring them back"
+    )]
+    LeaseEnded { prefix: String },
+    /// A listing answered the same continuation token twice: following it
+    /// would loop forever.
+    #[error("listing s3://{bucket}/{prefix} repeated continuation token {token:?}")]
+    ListingLoop {
+        bucket: String,
+        prefix: String,
+        token: String,
+    },
 }
 
 /// What every copy task of one warm shares.
@@ -111,7 +136,7 @@ struct TaskCtx<'a> {
     owner: &'a str,
     stop: &'a StopSignal,
     announced: &'a AtomicBool,
-    entries: &'a mpsc::Sender<Entry>,
+    entries: &'a mpsc::Sender<(Entry, oneshot::Sender<Completion>)>,
 }
 
 struct CopyTask {
@@ -119,8 +144,8 @@ struct CopyTask {
     dest_key: String,
     /// Set when the planner saw another operation's claim on the key.
     wait_for: Option<Claim>,
-    /// The planner already holds this warm's claim on the key.
-    claimed: bool,
+    /// When the planner took this warm's claim on the key, if it did.
+    claimed_at: Option<Millis>,
 }
 
 /// How one key ended for this warm.
@@ -134,6 +159,28 @@ enum KeyOutcome {
     },
     /// The warm was stopped before this key was settled.
     Stopped,
+}
+
+/// How a wait for another holder's claim ended.
+enum Released {
+    /// The claim is gone or void; the key's record as it now stands.
+    Now(Option<Box<Record>>),
+    /// The warm was stopped while waiting.
+    Stopped,
+}
+
+/// A key decided again after a wait or a lost claim.
+enum Redecided {
+    Done(KeyOutcome),
+    Wait(Claim),
+    Copy,
+}
+
+fn writer_gone() -> KeyOutcome {
+    KeyOutcome::Failed {
+        code: "IndexError".into(),
+        message: "the index writer stopped; see the warm's error".into(),
+    }
 }
 
 fn index_failure(e: &IndexError) -> KeyOutcome {
@@ -166,17 +213,35 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
         stop: &StopSignal,
     ) -> Result<(), WarmError> {
         progress.set_phase(pb::Phase::Planning);
-        self.write_leases(spec, progress).await?;
+        let epochs = Mutex::new(HashMap::new());
+        self.write_leases(spec, progress, &epochs).await?;
         // A warm can outlast a short TTL: keep its leases alive while it
-        // runs, so nothing it reports ready expires before it reports it.
+        // runs, so nothing it reports ready expires before it reports it,
+        // but only while it makes progress (a stuck warm must not keep
+        // data alive forever), and never past an Evict that ended them.
         let renew_every = (spec.ttl / 2).clamp(Duration::from_millis(100), Duration::from_secs(30));
         let renewer = async {
             let mut tick = tokio::time::interval(renew_every);
             tick.tick().await;
             loop {
                 tick.tick().await;
-                if let Err(e) = self.write_leases(spec, progress).await {
-                    tracing::warn!(operation_id = owner, error = %e, "lease renewal failed");
+                let idle = progress.idle();
+                if idle > self.settings.stall_limit {
+                    tracing::warn!(operation_id = owner, idle = ?idle,
+                        "warm made no progress; its leases are no longer extended");
+                    continue;
+                }
+                match self.write_leases(spec, progress, &epochs).await {
+                    Ok(()) => {}
+                    Err(e @ WarmError::LeaseEnded { .. }) => {
+                        // Stop the work: what was evicted must not be
+                        // brought back behind the caller's back.
+                        stop.cancel();
+                        return e;
+                    }
+                    Err(e) => {
+                        tracing::warn!(operation_id = owner, error = %e, "lease renewal failed");
+                    }
                 }
             }
         };
@@ -188,7 +253,7 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
         let (txs, rxs): (Vec<_>, Vec<_>) = (0..shards)
             .map(|_| mpsc::channel::<CopyTask>(depth))
             .unzip();
-        let (entry_tx, entry_rx) = mpsc::channel::<Entry>(1024);
+        let (entry_tx, entry_rx) = mpsc::channel(1024);
         let copier = self.copy_all(spec, progress, owner, stop, rxs, entry_tx);
         let planner = async {
             let r = self.plan(spec, progress, owner, stop, &txs).await;
@@ -202,29 +267,49 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
         };
         let planned = tokio::select! {
             r = work => r,
-            () = renewer => unreachable!("the renewer never ends"),
+            e = renewer => {
+                // Copies in flight were told to stop; report why.
+                return Err(e);
+            }
         };
         planned?;
-        // "At least ttl" counts from when the data is ready.
-        self.write_leases(spec, progress).await?;
+        // "At least ttl" counts from when the data is ready; and if an
+        // Evict ended a lease meanwhile, what was counted may be gone.
+        self.write_leases(spec, progress, &epochs).await?;
         Ok(())
     }
 
     /// Extends one lease per requested prefix to max(old, now + ttl).
-    async fn write_leases(&self, spec: &WarmSpec, progress: &Progress) -> Result<(), WarmError> {
+    /// `epochs` remembers each lease's epoch from this warm's first write:
+    /// a different epoch later means an `Evict` ended the lease meanwhile.
+    async fn write_leases(
+        &self,
+        spec: &WarmSpec,
+        progress: &Progress,
+        epochs: &Mutex<HashMap<String, String>>,
+    ) -> Result<(), WarmError> {
         let expires_at = self.clock.now().saturating_add(span_millis(spec.ttl));
         let mut earliest = Millis::MAX;
         for prefix in spec.lease_prefixes() {
             let stored = self
                 .index
-                .extend_lease(&Lease {
-                    directory_bucket: spec.directory_bucket.to_string(),
-                    prefix: prefix.to_string(),
-                    source_bucket: spec.source.to_string(),
+                .extend_lease(&Lease::new(
+                    spec.directory_bucket.as_str(),
+                    prefix.as_str(),
+                    spec.source.as_str(),
                     expires_at,
-                })
+                ))
                 .await?;
             earliest = earliest.min(stored.expires_at);
+            let mut known = epochs.lock().unwrap_or_else(|e| e.into_inner());
+            let first = known
+                .entry(stored.prefix.clone())
+                .or_insert_with(|| stored.epoch.clone());
+            if *first != stored.epoch {
+                return Err(WarmError::LeaseEnded {
+                    prefix: stored.prefix,
+                });
+            }
         }
         progress.set_lease_expiry(earliest);
         Ok(())
@@ -245,26 +330,38 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
         let (pages_tx, mut pages) = mpsc::channel::<(Prefix, ListPage)>(2);
         let lister = async move {
             for prefix in spec.listing_prefixes() {
-                let mut token = None;
+                let mut token: Option<String> = None;
                 loop {
                     if stop.is_set() {
                         return Ok(());
                     }
                     let page = self
                         .store
-                        .list_page(spec.source.as_str(), prefix.as_str(), token)
+                        .list_page(spec.source.as_str(), prefix.as_str(), token.clone())
                         .await
                         .map_err(|e| WarmError::List {
                             bucket: spec.source.to_string(),
                             prefix: prefix.to_string(),
                             source: e,
                         })?;
-                    token = page.next.clone();
-                    if page.objects.is_empty()
-                        || pages_tx.send((prefix.clone(), page)).await.is_err()
+                    progress.touch();
+                    // Only the token ends a listing: S3 may answer a page
+                    // with no keys that is still truncated (delete markers,
+                    // S3-compatible stores).
+                    let next = page.next.clone();
+                    if next.is_some() && next == token {
+                        return Err(WarmError::ListingLoop {
+                            bucket: spec.source.to_string(),
+                            prefix: prefix.to_string(),
+                            token: next.unwrap_or_default(),
+                        });
+                    }
+                    if !page.objects.is_empty()
+                        && pages_tx.send((prefix.clone(), page)).await.is_err()
                     {
                         break;
                     }
+                    token = next;
                     if token.is_none() {
                         break;
                     }
@@ -309,9 +406,6 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
             .map(|o| spec.dest_key(&o.key))
             .unwrap_or_default();
         let dest_prefix = spec.dest_key(prefix.as_str());
-        let records = self
-            .records_between(dir, &dest_prefix, after.as_deref(), &last)
-            .await?;
         Progress::add(&progress.listed, page.objects.len() as u64);
         Progress::add(
             &progress.bytes_listed,
@@ -321,13 +415,14 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
             source_bucket: spec.source.as_str(),
             owner,
             force: spec.force_copy,
-            now: self.clock.now(),
+            now: self.takeover_now(),
         };
+        let mut records = RecordCursor::new(self.index.as_ref(), dir, &dest_prefix, after, &last);
         let mut tasks = Vec::new();
-        for (obj, dest_key, decision) in
-            planner.plan_page(&page.objects, &records, |k| spec.dest_key(k))
-        {
-            let wait_for = match decision {
+        for obj in &page.objects {
+            let dest_key = spec.dest_key(&obj.key);
+            let record = records.seek(&dest_key).await?;
+            let wait_for = match planner.decide(obj, record.as_ref()) {
                 Decision::Hit => {
                     Progress::add(&progress.hits, 1);
                     continue;
@@ -363,7 +458,7 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
                 object: obj.clone(),
                 dest_key,
                 wait_for,
-                claimed: false,
+                claimed_at: None,
             });
         }
         // Claim every key this page copies in one batch; a key someone else
@@ -378,12 +473,12 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
             let deadline = now.saturating_add(span_millis(self.settings.claim_ttl));
             let outcomes = self
                 .index
-                .claim_copies(dir, &to_claim, owner, deadline, now)
+                .claim_copies(dir, &to_claim, owner, deadline, self.takeover_now())
                 .await?;
             let mut outcomes = outcomes.into_iter();
             for t in tasks.iter_mut().filter(|t| t.wait_for.is_none()) {
                 match outcomes.next() {
-                    Some(ClaimOutcome::Claimed) => t.claimed = true,
+                    Some(ClaimOutcome::Claimed) => t.claimed_at = Some(now),
                     Some(ClaimOutcome::Held(c)) => t.wait_for = Some(c),
                     None => {}
                 }
@@ -394,7 +489,7 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
             if let Err(mpsc::error::SendError(task)) = shards[shard].send(task).await {
                 // The copiers are gone (the warm is ending): give back the
                 // claim this task holds.
-                if task.claimed {
+                if task.claimed_at.is_some() {
                     self.release(dir, &task.dest_key, owner).await;
                 }
             }
@@ -411,7 +506,7 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
     async fn write_entries(
         &self,
         owner: &str,
-        mut rx: mpsc::Receiver<Entry>,
+        mut rx: mpsc::Receiver<(Entry, oneshot::Sender<Completion>)>,
     ) -> Result<(), IndexError> {
         const BATCH: usize = 256;
         let mut batch = Vec::with_capacity(BATCH);
@@ -419,34 +514,22 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
             if rx.recv_many(&mut batch, BATCH).await == 0 {
                 return Ok(());
             }
-            self.index.complete_copies(&batch, owner).await?;
-            batch.clear();
+            let (entries, replies): (Vec<Entry>, Vec<_>) = batch.drain(..).unzip();
+            let outcomes = self.index.complete_copies(&entries, owner).await?;
+            for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                // A copier that is gone no longer cares.
+                let _ = reply.send(outcome);
+            }
         }
     }
 
-    /// All records under `prefix` with keys in (`after`, `upto`].
-    async fn records_between(
-        &self,
-        dir: &str,
-        prefix: &str,
-        after: Option<&str>,
-        upto: &str,
-    ) -> Result<Vec<Record>, IndexError> {
-        const PAGE: usize = 1000;
-        let mut out = Vec::new();
-        let mut cursor = after.map(str::to_owned);
-        loop {
-            let page = self
-                .index
-                .records(dir, prefix, cursor.as_deref(), Some(upto), PAGE)
-                .await?;
-            let full = page.len() == PAGE;
-            cursor = page.last().map(|r| r.key.clone());
-            out.extend(page);
-            if !full {
-                return Ok(out);
-            }
-        }
+    /// "Now" for deciding whether another holder's claim has lapsed: the
+    /// clock minus the skew margin, so a claim is taken over only once it
+    /// is past its deadline on any clock within the margin of ours.
+    fn takeover_now(&self) -> Millis {
+        self.clock
+            .now()
+            .saturating_sub(span_millis(self.settings.skew_margin))
     }
 
     async fn copy_all(
@@ -456,7 +539,7 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
         owner: &str,
         stop: &StopSignal,
         shards: Vec<mpsc::Receiver<CopyTask>>,
-        entries: mpsc::Sender<Entry>,
+        entries: mpsc::Sender<(Entry, oneshot::Sender<Completion>)>,
     ) {
         let announced = AtomicBool::new(false);
         let ctx = TaskCtx {
@@ -495,7 +578,7 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
             progress.set_phase(pb::Phase::Copying);
         }
         if stop.is_set() {
-            if task.claimed {
+            if task.claimed_at.is_some() {
                 let dir = ctx.spec.directory_bucket.as_str();
                 self.release(dir, &task.dest_key, ctx.owner).await;
             }
@@ -503,7 +586,7 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
         }
         let obj = &task.object;
         let outcome = self
-            .settle(ctx, task.wait_for, task.claimed, obj, &task.dest_key)
+            .settle(ctx, task.wait_for, task.claimed_at, obj, &task.dest_key)
             .await;
         match outcome {
             KeyOutcome::Copied => {
@@ -518,13 +601,14 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
 
     /// Makes one key present and current: waits out another operation's
     /// claim if there is one, then either finds its copy good (shared) or
-    /// claims the key (unless the planner already did) and copies it; the
-    /// entry goes to the batched writer.
+    /// claims the key (unless the planner did, recently enough) and copies
+    /// it, keeping the claim alive meanwhile. The entry is recorded only if
+    /// the claim is still ours; if it was lost, the key is decided again.
     async fn settle(
         &self,
         ctx: TaskCtx<'_>,
         mut wait_for: Option<Claim>,
-        mut claimed: bool,
+        mut claimed_at: Option<Millis>,
         obj: &ObjectMeta,
         dest_key: &str,
     ) -> KeyOutcome {
@@ -539,43 +623,30 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
         loop {
             if let Some(claim) = wait_for.take() {
                 let record = match self
-                    .wait_for_release(dir, dest_key, owner, stop, &claim)
+                    .wait_for_release(dir, dest_key, owner, stop, progress, &claim)
                     .await
                 {
-                    Ok(Some(r)) => r,
-                    Ok(None) => return KeyOutcome::Stopped,
+                    Ok(Released::Now(r)) => r.map(|r| *r),
+                    Ok(Released::Stopped) => return KeyOutcome::Stopped,
                     Err(e) => return index_failure(&e),
                 };
-                let planner = Planner {
-                    source_bucket: spec.source.as_str(),
-                    owner,
-                    force: false,
-                    now: self.clock.now(),
-                };
-                match planner.decide(obj, record.as_ref()) {
-                    Decision::Hit => return KeyOutcome::Shared,
-                    Decision::Wait(next) => {
+                match self.redecide(spec, owner, obj, dest_key, record.as_ref()) {
+                    Redecided::Done(outcome) => return outcome,
+                    Redecided::Wait(next) => {
                         wait_for = Some(next);
                         continue;
                     }
-                    Decision::Clash { cached_from } => {
-                        return KeyOutcome::Failed {
-                            code: "KeyClash".into(),
-                            message: format!("{dir}/{dest_key} is now cached from {cached_from}"),
-                        }
-                    }
-                    // The other copy failed or was evicted: do it ourselves.
-                    Decision::Copy(_) => {}
+                    Redecided::Copy => {}
                 }
             }
-            if !std::mem::take(&mut claimed) {
-                let now = self.clock.now();
-                let deadline = now.saturating_add(span_millis(self.settings.claim_ttl));
-                match self
-                    .index
-                    .claim_copy(dir, dest_key, owner, deadline, now)
-                    .await
-                {
+            // A claim taken when the page was planned may be old by now (a
+            // throttled engine queues copies for long): renew it before the
+            // copy, so it cannot lapse under us.
+            let fresh = claimed_at.take().filter(|at| {
+                self.clock.now().saturating_sub(*at) < span_millis(self.settings.claim_ttl / 4)
+            });
+            if fresh.is_none() {
+                match self.claim(dir, dest_key, owner).await {
                     Err(e) => return index_failure(&e),
                     Ok(ClaimOutcome::Held(claim)) => {
                         wait_for = Some(claim);
@@ -584,62 +655,149 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
                     Ok(ClaimOutcome::Claimed) => {}
                 }
             }
-            return match self.copy_one(spec, obj, dest_key, progress, stop).await {
-                // The writer records it (and drops the claim) in its next
-                // batch; the warm reports ready only after the writer is done.
-                Ok(entry) => match ctx.entries.send(entry).await {
-                    Ok(()) => KeyOutcome::Copied,
-                    Err(_) => KeyOutcome::Failed {
-                        code: "IndexError".into(),
-                        message: "the index writer stopped; see the warm's error".into(),
-                    },
-                },
+            let copied = {
+                let copy = self.copy_one(spec, obj, dest_key, progress, stop);
+                let heartbeat = self.keep_claimed(dir, dest_key, owner);
+                tokio::select! {
+                    r = copy => r,
+                    () = heartbeat => unreachable!("the heartbeat never ends"),
+                }
+            };
+            let entry = match copied {
+                Ok(entry) => entry,
                 Err(e) => {
                     self.release(dir, dest_key, owner).await;
-                    if matches!(e, StoreError::Stopped) {
+                    return if matches!(e, StoreError::Stopped) {
                         KeyOutcome::Stopped
                     } else {
                         KeyOutcome::Failed {
                             code: e.code().to_owned(),
                             message: describe(&e),
                         }
-                    }
+                    };
                 }
             };
+            // The writer records it (and drops the claim) in its next batch;
+            // the warm reports ready only after the writer is done.
+            let (reply, recorded) = oneshot::channel();
+            if ctx.entries.send((entry, reply)).await.is_err() {
+                return writer_gone();
+            }
+            match recorded.await {
+                Ok(Completion::Recorded) => return KeyOutcome::Copied,
+                Ok(Completion::ClaimLost) => {
+                    tracing::warn!(
+                        key = dest_key,
+                        "claim lost during the copy; deciding the key again"
+                    );
+                    let record = match self.record(dir, dest_key).await {
+                        Ok(r) => r,
+                        Err(e) => return index_failure(&e),
+                    };
+                    match self.redecide(spec, owner, obj, dest_key, record.as_ref()) {
+                        Redecided::Done(outcome) => return outcome,
+                        Redecided::Wait(next) => wait_for = Some(next),
+                        Redecided::Copy => {}
+                    }
+                }
+                Err(_) => return writer_gone(),
+            }
         }
     }
 
-    /// Polls until `claim` on `key` is gone, void, or ours; returns the
-    /// record as it then stands (`None` if the warm was stopped meanwhile).
+    /// What to do with a key after another holder let go of it.
+    fn redecide(
+        &self,
+        spec: &WarmSpec,
+        owner: &str,
+        obj: &ObjectMeta,
+        dest_key: &str,
+        record: Option<&Record>,
+    ) -> Redecided {
+        let planner = Planner {
+            source_bucket: spec.source.as_str(),
+            owner,
+            force: false,
+            now: self.takeover_now(),
+        };
+        match planner.decide(obj, record) {
+            Decision::Hit => Redecided::Done(KeyOutcome::Shared),
+            Decision::Wait(next) => Redecided::Wait(next),
+            Decision::Clash { cached_from } => Redecided::Done(KeyOutcome::Failed {
+                code: "KeyClash".into(),
+                message: format!(
+                    "{}/{dest_key} is now cached from {cached_from}",
+                    spec.directory_bucket
+                ),
+            }),
+            // The other copy failed or was evicted: do it ourselves.
+            Decision::Copy(_) => Redecided::Copy,
+        }
+    }
+
+    /// Claims `key` for this warm (or extends its own claim).
+    async fn claim(&self, dir: &str, key: &str, owner: &str) -> Result<ClaimOutcome, IndexError> {
+        let deadline = self
+            .clock
+            .now()
+            .saturating_add(span_millis(self.settings.claim_ttl));
+        self.index
+            .claim_copy(dir, key, owner, deadline, self.takeover_now())
+            .await
+    }
+
+    /// Extends this warm's claim on `key` every third of the claim TTL, for
+    /// as long as it is polled (while the copy runs). A lost claim is
+    /// noticed when the copy is recorded.
+    async fn keep_claimed(&self, dir: &str, key: &str, owner: &str) {
+        let every = (self.settings.claim_ttl / 3).max(Duration::from_millis(10));
+        loop {
+            tokio::time::sleep(every).await;
+            if let Err(e) = self.claim(dir, key, owner).await {
+                tracing::warn!(key, error = %e, "could not extend the copy claim");
+            }
+        }
+    }
+
+    async fn record(&self, dir: &str, key: &str) -> Result<Option<Record>, IndexError> {
+        Ok(self
+            .index
+            .records(dir, key, None, Some(key), 1)
+            .await?
+            .into_iter()
+            .next()
+            .filter(|r| r.key == key))
+    }
+
+    /// Polls until `claim` on `key` is gone, void, or ours; answers the
+    /// record as it then stands.
     async fn wait_for_release(
         &self,
         dir: &str,
         key: &str,
         owner: &str,
         stop: &StopSignal,
+        progress: &Progress,
         claim: &Claim,
-    ) -> Result<Option<Option<Record>>, IndexError> {
+    ) -> Result<Released, IndexError> {
         tracing::debug!(key, holder = %claim.owner, "waiting for another operation's claim");
         let mut delay = self.settings.wait_poll;
         loop {
             tokio::time::sleep(delay).await;
             if stop.is_set() {
-                return Ok(None);
+                return Ok(Released::Stopped);
             }
             delay = (delay * 2).min(Duration::from_secs(1));
-            let record = self
-                .index
-                .records(dir, key, None, Some(key), 1)
-                .await?
-                .into_iter()
-                .next();
-            let now = self.clock.now();
+            let record = self.record(dir, key).await?;
+            // Waiting on a live holder is progress of the shared work.
+            progress.touch();
+            let now = self.takeover_now();
             let blocked = record
                 .as_ref()
                 .and_then(|r| r.claim.as_ref())
                 .is_some_and(|c| c.is_live(now) && c.owner != owner);
             if !blocked {
-                return Ok(Some(record));
+                return Ok(Released::Now(record.map(Box::new)));
             }
         }
     }
@@ -661,6 +819,7 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
         };
         let stats = CopyStats::default();
         let copied = self.engine.copy(&req, obj.size, &stats, stop).await;
+        progress.touch();
         Progress::add(
             &progress.retries,
             u64::from(stats.retries.load(AtomicOrdering::Relaxed)),

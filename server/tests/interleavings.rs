@@ -18,7 +18,7 @@ use std::time::Duration;
 use expresscache::proto::v1 as pb;
 use expresscache::{EvictSpec, Limits, WarmSpec};
 use expresscache_server::clock::ManualClock;
-use expresscache_server::evict::Evictor;
+use expresscache_server::evict::{EvictSettings, Evictor};
 use expresscache_server::gate::{Gate, Pass};
 use expresscache_server::index::{CacheIndex, CountingIndex, SqliteIndex};
 use expresscache_server::progress::Progress;
@@ -117,12 +117,15 @@ impl World {
     }
 
     fn evictor(&self) -> Evictor<Store, Index> {
-        Evictor {
-            store: self.store.clone(),
-            index: self.index.clone(),
-            clock: self.clock.clone(),
-            claim_ttl: Duration::from_secs(600),
-        }
+        Evictor::new(
+            self.store.clone(),
+            self.index.clone(),
+            self.clock.clone(),
+            EvictSettings {
+                claim_ttl: Duration::from_secs(600),
+                ..EvictSettings::default()
+            },
+        )
     }
 
     /// Runs a warm; returns its outcome.
@@ -314,7 +317,8 @@ async fn explore(
 fn expired_cache(w: &World) -> BoxFuture<'_, ()> {
     Box::pin(async move {
         assert_eq!(w.warm(&["a/"], 1, "setup").await, pb::Outcome::Succeeded);
-        w.clock.advance(5_000);
+        // Past the lease's end and the default 5 s clock skew margin.
+        w.clock.advance(10_000);
     })
 }
 

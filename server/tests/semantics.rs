@@ -30,7 +30,8 @@ async fn ttl_expiry_removes_objects_and_their_records() {
 
     let early = fx.server.sweep().await;
     assert_eq!(early.tally.deleted, 0, "nothing expired yet");
-    fx.server.clock.advance(2_000);
+    // Past the 1 s TTL and the default 5 s clock skew margin.
+    fx.server.clock.advance(7_000);
     let report = fx.server.sweep().await;
 
     assert_eq!(
@@ -73,7 +74,8 @@ async fn a_long_parent_lease_keeps_a_short_child_lease_objects() {
     fx.warm(fx.request(&["p/c/"]).ttl(Duration::from_secs(1)))
         .await;
 
-    fx.server.clock.advance(2_000);
+    // Past the 1 s TTL and the default 5 s clock skew margin.
+    fx.server.clock.advance(7_000);
     let report = fx.server.sweep().await;
 
     assert_eq!(

@@ -94,19 +94,24 @@ impl<S: ObjectStore, I: CacheIndex> Api<S, I> {
                             .leases_under(dir, p.as_str(), now, MAX_STATUS_LEASES)
                             .await?,
                     );
+                    let sweep_failures = self
+                        .index
+                        .sweep_failures(dir, p.as_str(), MAX_STATUS_LEASES)
+                        .await?
+                        .into_iter()
+                        .map(|f| pb::SweepFailure {
+                            lease: Some(wire_lease(f.lease)),
+                            attempts: f.attempts,
+                            error: f.error,
+                            next_attempt_at: Some(crate::index::timestamp(f.retry_at)),
+                        })
+                        .collect();
                     out.push(pb::PrefixStatus {
+                        sweep_failures,
                         prefix: p.to_string(),
                         cached_objects: usage.objects,
                         cached_bytes: usage.bytes,
-                        leases: leases
-                            .into_iter()
-                            .map(|l| pb::Lease {
-                                directory_bucket: l.directory_bucket,
-                                prefix: l.prefix,
-                                source_bucket: l.source_bucket,
-                                expires_at: Some(crate::index::timestamp(l.expires_at)),
-                            })
-                            .collect(),
+                        leases: leases.into_iter().map(wire_lease).collect(),
                     });
                 }
                 Ok(pb::GetStatusResponse {
@@ -115,6 +120,15 @@ impl<S: ObjectStore, I: CacheIndex> Api<S, I> {
                 })
             }
         }
+    }
+}
+
+fn wire_lease(l: crate::index::Lease) -> pb::Lease {
+    pb::Lease {
+        directory_bucket: l.directory_bucket,
+        prefix: l.prefix,
+        source_bucket: l.source_bucket,
+        expires_at: Some(crate::index::timestamp(l.expires_at)),
     }
 }
 
@@ -289,8 +303,17 @@ impl<S: ObjectStore, I: CacheIndex> CacheService for Api<S, I> {
         let spec = EvictSpec::parse(&req, &self.limits).map_err(ApiError::from)?;
         self.check_bucket("directory_bucket", spec.directory_bucket.as_str())
             .await?;
-        let resp = self.evictor.evict(&spec).await.map_err(ApiError::from)?;
-        tracing::info!(directory_bucket = %spec.directory_bucket, force = spec.force, deleted = resp.objects_deleted, kept = resp.objects_kept, failed = resp.failures.len(), "evicted");
+        // Detached from the call: a client that goes away mid-eviction must
+        // not stop it between a delete and its record (the task runs to
+        // the end; the caller just stops waiting for the answer).
+        let evictor = Arc::clone(&self.evictor);
+        let task = tokio::spawn(async move { evictor.evict(&spec).await.map(|r| (spec, r)) });
+        let (spec, report) = task
+            .await
+            .map_err(|e| Status::internal(format!("eviction task failed: {e}")))?
+            .map_err(ApiError::from)?;
+        let resp = pb::EvictResponse::from(report);
+        tracing::info!(directory_bucket = %spec.directory_bucket, force = spec.force, deleted = resp.objects_deleted, kept = resp.objects_kept, failed = resp.failures.len() as u64 + resp.failures_omitted, "evicted");
         Ok(Response::new(resp))
     }
 }

@@ -8,7 +8,7 @@
 use expresscache::proto::v1 as pb;
 
 use super::{
-    CacheIndex, ClaimKind, ClaimOutcome, CreateOutcome, Entry, EvictDecision, Lease,
+    CacheIndex, ClaimKind, ClaimOutcome, Completion, CreateOutcome, Entry, EvictDecision, Lease,
     OperationRecord, Record, Usage,
 };
 
@@ -29,12 +29,7 @@ fn entry(key: &str, size: u64) -> Entry {
 }
 
 fn lease(prefix: &str, expires_at: i64) -> Lease {
-    Lease {
-        directory_bucket: DIR.into(),
-        prefix: prefix.into(),
-        source_bucket: "src".into(),
-        expires_at,
-    }
+    Lease::new(DIR, prefix, "src", expires_at)
 }
 
 /// Runs every check against `index`, which must start empty.
@@ -49,11 +44,23 @@ pub async fn run_all<I: CacheIndex>(index: &I) {
     usage_counts_cached_objects_only(index).await;
     operations_are_unique_per_request_id(index).await;
     operations_list_newest_first_resume_and_purge(index).await;
+    completion_requires_the_copiers_claim(index).await;
+    a_lease_changes_epoch_when_ended(index).await;
+    a_failed_sweep_is_deferred_and_reported(index).await;
+    an_abandoned_eviction_leaves_a_lapsed_evict_claim(index).await;
+    a_finished_operation_can_be_superseded_once(index).await;
 }
 
 async fn put<I: CacheIndex>(index: &I, entries: &[Entry]) {
     for e in entries {
-        index.complete_copy(e, "writer").await.unwrap();
+        index
+            .claim_copy(DIR, &e.key, "writer", i64::MAX, 0)
+            .await
+            .unwrap();
+        assert_eq!(
+            index.complete_copy(e, "writer").await.unwrap(),
+            Completion::Recorded
+        );
     }
 }
 
@@ -572,4 +579,190 @@ async fn operations_list_newest_first_resume_and_purge<I: CacheIndex>(index: &I)
         ["l4"],
         "running ones are kept"
     );
+}
+
+async fn completion_requires_the_copiers_claim<I: CacheIndex>(index: &I) {
+    assert_eq!(
+        index
+            .complete_copy(&entry("cc/none", 1), "a")
+            .await
+            .unwrap(),
+        Completion::ClaimLost,
+        "an unclaimed key is not recorded"
+    );
+    assert!(
+        index
+            .records(DIR, "cc/", None, None, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a lost completion writes nothing"
+    );
+    index.claim_copy(DIR, "cc/k", "a", 100, 0).await.unwrap();
+    // a's claim lapses and b takes the key over.
+    index.claim_copy(DIR, "cc/k", "b", 300, 150).await.unwrap();
+    let mut newer = entry("cc/k", 9);
+    newer.source_etag = "\"newer\"".into();
+    let late = entry("cc/k", 1);
+    let both = index.complete_copies(&[newer.clone()], "b").await.unwrap();
+    assert_eq!(both, [Completion::Recorded]);
+    assert_eq!(
+        index.complete_copy(&late, "a").await.unwrap(),
+        Completion::ClaimLost,
+        "a copier whose claim was taken over never overwrites the newer entry"
+    );
+    let rec = &index.records(DIR, "cc/", None, None, 10).await.unwrap()[0];
+    assert_eq!(rec.entry.as_ref(), Some(&newer));
+    clear(index, "cc/").await;
+}
+
+async fn a_lease_changes_epoch_when_ended<I: CacheIndex>(index: &I) {
+    let first = index.extend_lease(&lease("ep/", 1000)).await.unwrap();
+    assert!(!first.epoch.is_empty(), "the index assigns an epoch");
+    let again = index.extend_lease(&lease("ep/", 2000)).await.unwrap();
+    assert_eq!(first.epoch, again.epoch, "extending keeps the epoch");
+    index.end_leases(DIR, "", 10).await.unwrap();
+    let revived = index.extend_lease(&lease("ep/", 3000)).await.unwrap();
+    assert_ne!(
+        first.epoch, revived.epoch,
+        "an ended lease, even when extended again, has a new epoch"
+    );
+    index.end_leases(DIR, "ep/", 10).await.unwrap();
+    remove_expired(index).await;
+    let recreated = index.extend_lease(&lease("ep/", 3000)).await.unwrap();
+    assert!(
+        recreated.epoch != first.epoch && recreated.epoch != revived.epoch,
+        "a lease removed and created again has a new epoch"
+    );
+    index.end_leases(DIR, "ep/", 10).await.unwrap();
+    remove_expired(index).await;
+}
+
+async fn a_failed_sweep_is_deferred_and_reported<I: CacheIndex>(index: &I) {
+    index.extend_lease(&lease("sw/a/", 10)).await.unwrap();
+    index.extend_lease(&lease("sw/b/", 20)).await.unwrap();
+    let first = &index.expired_leases(100, 10).await.unwrap()[0];
+    assert_eq!(first.prefix, "sw/a/", "oldest first");
+    let f = index.defer_sweep(first, "NoSuchBucket", 500).await.unwrap();
+    assert_eq!((f.attempts, f.retry_at), (1, 500));
+    let due: Vec<String> = index
+        .expired_leases(100, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.prefix)
+        .collect();
+    assert_eq!(due, ["sw/b/"], "a deferred lease does not block the rest");
+    assert_eq!(
+        index.expired_leases(500, 10).await.unwrap().len(),
+        2,
+        "due again at retry_at"
+    );
+    let f = index.defer_sweep(first, "still", 900).await.unwrap();
+    assert_eq!((f.attempts, f.error.as_str()), (2, "still"));
+    let reported = index.sweep_failures(DIR, "sw/", 10).await.unwrap();
+    assert_eq!(reported.len(), 1);
+    assert_eq!(reported[0].lease.prefix, "sw/a/");
+    assert_eq!(
+        index
+            .sweep_failures(DIR, "sw/a/x/", 10)
+            .await
+            .unwrap()
+            .len(),
+        1,
+        "a failure covering the prefix is reported too"
+    );
+    index.extend_lease(&lease("sw/a/", 5000)).await.unwrap();
+    assert!(
+        index
+            .sweep_failures(DIR, "sw/", 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a revived lease starts clean"
+    );
+    index.end_leases(DIR, "sw/", 10).await.unwrap();
+    remove_expired(index).await;
+}
+
+async fn an_abandoned_eviction_leaves_a_lapsed_evict_claim<I: CacheIndex>(index: &I) {
+    put(index, &[entry("ab/k", 3)]).await;
+    let keys = vec!["ab/k".to_owned()];
+    index
+        .begin_evict(DIR, &keys, "ev", 1_000, 0, true)
+        .await
+        .unwrap();
+    index.abandon_evict(DIR, &keys, "other").await.unwrap();
+    let rec = &index.records(DIR, "ab/", None, None, 10).await.unwrap()[0];
+    assert_eq!(
+        rec.claim.as_ref().map(|c| c.deadline),
+        Some(1_000),
+        "only the holder abandons"
+    );
+    index.abandon_evict(DIR, &keys, "ev").await.unwrap();
+    let rec = &index.records(DIR, "ab/", None, None, 10).await.unwrap()[0];
+    let claim = rec
+        .claim
+        .as_ref()
+        .expect("the evict claim stays as a marker");
+    assert_eq!(claim.kind, ClaimKind::Evict);
+    assert!(!claim.is_live(0), "but it is lapsed: nobody waits for it");
+    assert!(rec.entry.is_some());
+    assert_eq!(
+        index.claim_copy(DIR, "ab/k", "w", 100, 0).await.unwrap(),
+        ClaimOutcome::Claimed,
+        "a warm may take the key over at once"
+    );
+    clear(index, "ab/").await;
+}
+
+async fn a_finished_operation_can_be_superseded_once<I: CacheIndex>(index: &I) {
+    let op = |id: &str, done: bool| OperationRecord {
+        id: id.into(),
+        request_id: Some("sup".into()),
+        request: pb::WarmCacheRequest::default(),
+        progress: pb::WarmProgress {
+            operation_id: id.into(),
+            phase: if done {
+                pb::Phase::Done as i32
+            } else {
+                pb::Phase::Copying as i32
+            },
+            ..Default::default()
+        },
+        created_at: 7,
+        resumptions: 0,
+    };
+    index.create_operation(&op("s1", false)).await.unwrap();
+    assert!(
+        !index
+            .supersede_operation("s1", &op("s2", false))
+            .await
+            .unwrap(),
+        "a running operation keeps its request id"
+    );
+    index
+        .update_operation("s1", &op("s1", true).progress)
+        .await
+        .unwrap();
+    assert!(index
+        .supersede_operation("s1", &op("s2", false))
+        .await
+        .unwrap());
+    assert!(
+        !index
+            .supersede_operation("s1", &op("s3", false))
+            .await
+            .unwrap(),
+        "only one resubmission takes the request id over"
+    );
+    match index.create_operation(&op("s4", false)).await.unwrap() {
+        CreateOutcome::Exists(e) => assert_eq!(e.id, "s2", "the request id moved"),
+        CreateOutcome::Created => panic!("request id must be held by s2"),
+    }
+    assert!(
+        index.get_operation("s1").await.unwrap().is_some(),
+        "the old operation stays readable by id"
+    );
+    assert!(index.get_operation("s3").await.unwrap().is_none());
 }

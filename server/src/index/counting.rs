@@ -10,8 +10,8 @@ use expresscache::proto::v1 as pb;
 use crate::gate::{Gate, Pass};
 
 use super::{
-    CacheIndex, ClaimOutcome, CreateOutcome, Entry, EvictDecision, IndexError, Lease, Millis,
-    OpFilter, OperationRecord, Record, Usage,
+    CacheIndex, ClaimOutcome, Completion, CreateOutcome, Entry, EvictDecision, IndexError, Lease,
+    Millis, OpFilter, OperationRecord, Record, SweepFailure, Usage,
 };
 
 #[derive(Debug)]
@@ -120,6 +120,30 @@ impl<I: CacheIndex> CacheIndex for CountingIndex<I> {
         self.inner.expired_leases(now, limit).await
     }
 
+    async fn defer_sweep(
+        &self,
+        lease: &Lease,
+        error: &str,
+        retry_at: Millis,
+    ) -> Result<SweepFailure, IndexError> {
+        self.write();
+        let _pass = self.pass("defer_sweep", &lease.prefix).await;
+        self.inner.defer_sweep(lease, error, retry_at).await
+    }
+
+    async fn sweep_failures(
+        &self,
+        directory_bucket: &str,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<SweepFailure>, IndexError> {
+        self.read();
+        let _pass = self.pass("sweep_failures", prefix).await;
+        self.inner
+            .sweep_failures(directory_bucket, prefix, limit)
+            .await
+    }
+
     async fn remove_lease_if_expired(
         &self,
         lease: &Lease,
@@ -162,7 +186,11 @@ impl<I: CacheIndex> CacheIndex for CountingIndex<I> {
             .await
     }
 
-    async fn complete_copies(&self, entries: &[Entry], owner: &str) -> Result<(), IndexError> {
+    async fn complete_copies(
+        &self,
+        entries: &[Entry],
+        owner: &str,
+    ) -> Result<Vec<Completion>, IndexError> {
         self.write();
         let _pass = self
             .pass(
@@ -202,6 +230,21 @@ impl<I: CacheIndex> CacheIndex for CountingIndex<I> {
             .await
     }
 
+    async fn abandon_evict(
+        &self,
+        directory_bucket: &str,
+        keys: &[String],
+        owner: &str,
+    ) -> Result<(), IndexError> {
+        self.write();
+        let _pass = self
+            .pass("abandon_evict", keys.first().map_or("", String::as_str))
+            .await;
+        self.inner
+            .abandon_evict(directory_bucket, keys, owner)
+            .await
+    }
+
     async fn finish_evict(
         &self,
         directory_bucket: &str,
@@ -225,6 +268,16 @@ impl<I: CacheIndex> CacheIndex for CountingIndex<I> {
         self.write();
         let _pass = self.pass("create_operation", &op.id).await;
         self.inner.create_operation(op).await
+    }
+
+    async fn supersede_operation(
+        &self,
+        old_id: &str,
+        op: &OperationRecord,
+    ) -> Result<bool, IndexError> {
+        self.write();
+        let _pass = self.pass("supersede_operation", &op.id).await;
+        self.inner.supersede_operation(old_id, op).await
     }
 
     async fn update_operation(

@@ -9,9 +9,11 @@
 #[cfg(any(test, feature = "test-support"))]
 pub mod conformance;
 mod counting;
+mod cursor;
 mod sqlite;
 
 pub use counting::CountingIndex;
+pub use cursor::{RecordCursor, CURSOR_PAGE};
 pub use sqlite::SqliteIndex;
 
 use expresscache::proto::v1 as pb;
@@ -42,6 +44,13 @@ pub fn timestamp(ms: Millis) -> prost_types::Timestamp {
         seconds: ms.div_euclid(1000),
         nanos: i32::try_from(ms.rem_euclid(1000) * 1_000_000).unwrap_or(0),
     }
+}
+
+/// A protobuf timestamp as [`Millis`] (the inverse of [`timestamp`]).
+pub fn millis_of_timestamp(t: &prost_types::Timestamp) -> Millis {
+    t.seconds
+        .saturating_mul(1000)
+        .saturating_add(i64::from(t.nanos) / 1_000_000)
 }
 
 /// Gives up `owner`'s claim on `key`; a failure is only logged, since the
@@ -84,9 +93,30 @@ pub struct Lease {
     pub prefix: String,
     pub source_bucket: String,
     pub expires_at: Millis,
+    /// Assigned by the index when the lease record is created, and changed
+    /// whenever `end_leases` ends it (ignored on input). A warm that sees
+    /// its lease's epoch change while it runs knows an `Evict` ended the
+    /// lease and may have deleted what it had counted as ready.
+    pub epoch: String,
 }
 
 impl Lease {
+    /// A lease to write (its epoch is the index's to assign).
+    pub fn new(
+        directory_bucket: &str,
+        prefix: &str,
+        source_bucket: &str,
+        expires_at: Millis,
+    ) -> Self {
+        Self {
+            directory_bucket: directory_bucket.to_owned(),
+            prefix: prefix.to_owned(),
+            source_bucket: source_bucket.to_owned(),
+            expires_at,
+            epoch: String::new(),
+        }
+    }
+
     pub fn is_live(&self, now: Millis) -> bool {
         self.expires_at > now
     }
@@ -124,6 +154,28 @@ pub struct Record {
     pub key: String,
     pub entry: Option<Entry>,
     pub claim: Option<Claim>,
+}
+
+/// Why the sweeper could not settle an expired lease yet: it is retried
+/// after `retry_at` with a backoff that grows with `attempts`, and the rest
+/// of the sweep goes on meanwhile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SweepFailure {
+    pub lease: Lease,
+    pub attempts: u32,
+    pub error: String,
+    pub retry_at: Millis,
+}
+
+/// Per-entry answer of [`CacheIndex::complete_copies`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Completion {
+    /// The entry is recorded and the copier's claim dropped.
+    Recorded,
+    /// The copier no longer held the claim (it lapsed and someone else took
+    /// the key over, or it was never claimed): nothing was written, and the
+    /// copier must decide the key again.
+    ClaimLost,
 }
 
 /// Result of trying to claim a key.
@@ -236,8 +288,28 @@ pub trait CacheIndex: Send + Sync + 'static {
         now: Millis,
     ) -> Result<Vec<Lease>, IndexError>;
 
-    /// Up to `limit` lease records expired at `now`, oldest first.
+    /// Up to `limit` lease records expired at `now` and not deferred past
+    /// `now` by [`defer_sweep`](Self::defer_sweep), oldest first.
     async fn expired_leases(&self, now: Millis, limit: usize) -> Result<Vec<Lease>, IndexError>;
+
+    /// Records that sweeping `lease` failed with `error`: it is skipped by
+    /// `expired_leases` until `retry_at`, and its attempt count grows.
+    /// Returns the failure as stored.
+    async fn defer_sweep(
+        &self,
+        lease: &Lease,
+        error: &str,
+        retry_at: Millis,
+    ) -> Result<SweepFailure, IndexError>;
+
+    /// Lease records at or under `prefix` (or covering it) whose sweep has
+    /// failed, at most `limit`, ordered by prefix.
+    async fn sweep_failures(
+        &self,
+        directory_bucket: &str,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<SweepFailure>, IndexError>;
 
     /// Removes the lease record if it is still expired at `now` (a warm may
     /// have extended it meanwhile); returns whether it did.
@@ -285,13 +357,22 @@ pub trait CacheIndex: Send + Sync + 'static {
     }
 
     /// Records successful copies (the entries) and drops `owner`'s claims
-    /// on them.
-    async fn complete_copies(&self, entries: &[Entry], owner: &str) -> Result<(), IndexError>;
+    /// on them, each only if `owner` still holds a copy claim on the key
+    /// (one conditional write per entry): a copier whose claim lapsed and
+    /// was taken over never overwrites the newer holder's entry.
+    async fn complete_copies(
+        &self,
+        entries: &[Entry],
+        owner: &str,
+    ) -> Result<Vec<Completion>, IndexError>;
 
     /// [`complete_copies`](Self::complete_copies) for one entry.
-    async fn complete_copy(&self, entry: &Entry, owner: &str) -> Result<(), IndexError> {
-        self.complete_copies(std::slice::from_ref(entry), owner)
-            .await
+    async fn complete_copy(&self, entry: &Entry, owner: &str) -> Result<Completion, IndexError> {
+        let mut out = self
+            .complete_copies(std::slice::from_ref(entry), owner)
+            .await?;
+        out.pop()
+            .ok_or_else(|| IndexError::Corrupt("complete_copies answered nothing".into()))
     }
 
     /// Drops `owner`'s claim on `key` (a copy that failed).
@@ -315,6 +396,18 @@ pub trait CacheIndex: Send + Sync + 'static {
         force: bool,
     ) -> Result<Vec<EvictDecision>, IndexError>;
 
+    /// For `keys` still claimed for deletion by `owner`: the delete's
+    /// outcome is unknown (its reply was lost), so the object may or may
+    /// not be gone. Keeps the evict claim but lapses it now: the entry is
+    /// no longer trusted as a hit (a warm copies the key again), and a
+    /// later eviction may retry the delete.
+    async fn abandon_evict(
+        &self,
+        directory_bucket: &str,
+        keys: &[String],
+        owner: &str,
+    ) -> Result<(), IndexError>;
+
     /// Removes the records of `keys` still claimed for deletion by `owner`
     /// (their objects are gone).
     async fn finish_evict(
@@ -330,6 +423,16 @@ pub trait CacheIndex: Send + Sync + 'static {
     /// Registers a new operation; if its request id is taken, returns the
     /// operation that holds it instead.
     async fn create_operation(&self, op: &OperationRecord) -> Result<CreateOutcome, IndexError>;
+
+    /// Moves `op`'s request id from the finished operation `old_id` to the
+    /// new operation `op`, and registers `op`, in one atomic step; does
+    /// nothing and returns false unless `old_id` still holds that request
+    /// id and is finished (a racing resubmission got there first).
+    async fn supersede_operation(
+        &self,
+        old_id: &str,
+        op: &OperationRecord,
+    ) -> Result<bool, IndexError>;
 
     /// Stores the latest progress of an operation (finished once its phase
     /// is DONE).

@@ -12,8 +12,9 @@ use prost::Message;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{
-    ancestors, prefix_successor, CacheIndex, Claim, ClaimKind, ClaimOutcome, CreateOutcome, Entry,
-    EvictDecision, IndexError, Lease, Millis, OpFilter, OperationRecord, Record, Usage,
+    ancestors, prefix_successor, CacheIndex, Claim, ClaimKind, ClaimOutcome, Completion,
+    CreateOutcome, Entry, EvictDecision, IndexError, Lease, Millis, OpFilter, OperationRecord,
+    Record, SweepFailure, Usage,
 };
 
 const SCHEMA: &str = "
@@ -39,6 +40,10 @@ CREATE TABLE IF NOT EXISTS leases (
     prefix           TEXT    NOT NULL,
     source_bucket    TEXT    NOT NULL,
     expires_at       INTEGER NOT NULL,
+    epoch            TEXT    NOT NULL DEFAULT (lower(hex(randomblob(8)))),
+    sweep_attempts   INTEGER NOT NULL DEFAULT 0,
+    sweep_error      TEXT,
+    sweep_retry_at   INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (directory_bucket, prefix, source_bucket)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS leases_by_expiry ON leases (expires_at);
@@ -99,6 +104,7 @@ impl SqliteIndex {
         conn.busy_timeout(std::time::Duration::from_secs(10))
             .map_err(storage)?;
         conn.execute_batch(SCHEMA).map_err(storage)?;
+        migrate(&conn)?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
         })
@@ -117,6 +123,46 @@ impl SqliteIndex {
         .await
         .map_err(|e| IndexError::Storage(format!("index task failed: {e}")))?
     }
+}
+
+/// Columns added to `leases` after the first release, for index files
+/// created before them (SQLite cannot add a column with a non-constant
+/// default, so an old file's leases get a constant epoch: it still changes
+/// when a lease is ended).
+const LEASE_MIGRATIONS: &[(&str, &str)] = &[
+    (
+        "epoch",
+        "ALTER TABLE leases ADD COLUMN epoch TEXT NOT NULL DEFAULT 'v0'",
+    ),
+    (
+        "sweep_attempts",
+        "ALTER TABLE leases ADD COLUMN sweep_attempts INTEGER NOT NULL DEFAULT 0",
+    ),
+    (
+        "sweep_error",
+        "ALTER TABLE leases ADD COLUMN sweep_error TEXT",
+    ),
+    (
+        "sweep_retry_at",
+        "ALTER TABLE leases ADD COLUMN sweep_retry_at INTEGER NOT NULL DEFAULT 0",
+    ),
+];
+
+fn migrate(conn: &Connection) -> Result<(), IndexError> {
+    let mut stmt = conn
+        .prepare("SELECT name FROM pragma_table_info('leases')")
+        .map_err(storage)?;
+    let columns = stmt
+        .query_map([], |r| r.get::<_, String>(0))
+        .map_err(storage)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(storage)?;
+    for (column, sql) in LEASE_MIGRATIONS {
+        if !columns.iter().any(|c| c == column) {
+            conn.execute_batch(sql).map_err(storage)?;
+        }
+    }
+    Ok(())
 }
 
 const RECORD_COLUMNS: &str = "directory_bucket, key, source_bucket, source_key, source_etag, size,
@@ -218,12 +264,24 @@ fn drop_claim(c: &Connection, bucket: &str, key: &str, owner: &str) -> Result<()
     Ok(())
 }
 
+const LEASE_COLUMNS: &str = "directory_bucket, prefix, source_bucket, expires_at, epoch";
+
 fn row_to_lease(r: &rusqlite::Row<'_>) -> rusqlite::Result<Lease> {
     Ok(Lease {
         directory_bucket: r.get(0)?,
         prefix: r.get(1)?,
         source_bucket: r.get(2)?,
         expires_at: r.get(3)?,
+        epoch: r.get(4)?,
+    })
+}
+
+fn row_to_sweep_failure(r: &rusqlite::Row<'_>) -> rusqlite::Result<SweepFailure> {
+    Ok(SweepFailure {
+        lease: row_to_lease(r)?,
+        attempts: u32::try_from(r.get::<_, i64>(5)?).unwrap_or(u32::MAX),
+        error: r.get::<_, Option<String>>(6)?.unwrap_or_default(),
+        retry_at: r.get(7)?,
     })
 }
 
@@ -256,6 +314,25 @@ fn read_op(row: &rusqlite::Row<'_>) -> rusqlite::Result<OpRow> {
 
 const OP_COLUMNS: &str = "id, request_id, request, progress, created_at, resumptions";
 
+fn insert_op(c: &Connection, op: &OperationRecord) -> Result<(), IndexError> {
+    c.execute(
+        "INSERT INTO operations (id, request_id, request, progress, done, resumptions,
+             created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
+        params![
+            op.id,
+            op.request_id,
+            op.request.encode_to_vec(),
+            op.progress.encode_to_vec(),
+            is_done(&op.progress),
+            op.resumptions,
+            op.created_at
+        ],
+    )
+    .map_err(storage)?;
+    Ok(())
+}
+
 fn is_done(p: &pb::WarmProgress) -> bool {
     p.phase == pb::Phase::Done as i32
 }
@@ -265,23 +342,31 @@ impl CacheIndex for SqliteIndex {
     async fn extend_lease(&self, lease: &Lease) -> Result<Lease, IndexError> {
         let lease = lease.clone();
         self.with(move |c| {
-            let expires_at: Millis = c
+            let (expires_at, epoch): (Millis, String) = c
                 .query_row(
                     "INSERT INTO leases (directory_bucket, prefix, source_bucket, expires_at)
                      VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT DO UPDATE SET expires_at = max(expires_at, excluded.expires_at)
-                     RETURNING expires_at",
+                     ON CONFLICT DO UPDATE SET expires_at = max(expires_at, excluded.expires_at),
+                         -- a revived lease starts with a clean sweep record
+                         sweep_attempts = CASE WHEN excluded.expires_at > expires_at
+                             THEN 0 ELSE sweep_attempts END,
+                         sweep_error = CASE WHEN excluded.expires_at > expires_at
+                             THEN NULL ELSE sweep_error END,
+                         sweep_retry_at = CASE WHEN excluded.expires_at > expires_at
+                             THEN 0 ELSE sweep_retry_at END
+                     RETURNING expires_at, epoch",
                     params![
                         lease.directory_bucket,
                         lease.prefix,
                         lease.source_bucket,
                         lease.expires_at
                     ],
-                    |r| r.get(0),
+                    |r| Ok((r.get(0)?, r.get(1)?)),
                 )
                 .map_err(storage)?;
             Ok(Lease {
                 expires_at,
+                epoch,
                 ..lease
             })
         })
@@ -298,11 +383,11 @@ impl CacheIndex for SqliteIndex {
         let candidates = ancestors(prefix);
         self.with(move |c| {
             let mut stmt = c
-                .prepare_cached(
-                    "SELECT directory_bucket, prefix, source_bucket, expires_at FROM leases
+                .prepare_cached(&format!(
+                    "SELECT {LEASE_COLUMNS} FROM leases
                      WHERE directory_bucket = ?1 AND prefix = ?2 AND expires_at > ?3
-                     ORDER BY source_bucket",
-                )
+                     ORDER BY source_bucket"
+                ))
                 .map_err(storage)?;
             let mut out = Vec::new();
             for p in &candidates {
@@ -331,12 +416,12 @@ impl CacheIndex for SqliteIndex {
         let limit = to_i64(limit as u64);
         self.with(move |c| {
             let mut stmt = c
-                .prepare_cached(
-                    "SELECT directory_bucket, prefix, source_bucket, expires_at FROM leases
+                .prepare_cached(&format!(
+                    "SELECT {LEASE_COLUMNS} FROM leases
                      WHERE directory_bucket = ?1 AND prefix > ?2 AND (?3 IS NULL OR prefix < ?3)
                        AND expires_at > ?4
-                     ORDER BY prefix, source_bucket LIMIT ?5",
-                )
+                     ORDER BY prefix, source_bucket LIMIT ?5"
+                ))
                 .map_err(storage)?;
             let rows = stmt
                 .query_map(params![bucket, lo, hi, now, limit], row_to_lease)
@@ -357,12 +442,12 @@ impl CacheIndex for SqliteIndex {
         let hi = prefix_successor(prefix);
         self.with(move |c| {
             let mut stmt = c
-                .prepare_cached(
-                    "UPDATE leases SET expires_at = ?4
+                .prepare_cached(&format!(
+                    "UPDATE leases SET expires_at = ?4, epoch = lower(hex(randomblob(8)))
                      WHERE directory_bucket = ?1 AND prefix >= ?2 AND (?3 IS NULL OR prefix < ?3)
                        AND expires_at > ?4
-                     RETURNING directory_bucket, prefix, source_bucket, expires_at",
-                )
+                     RETURNING {LEASE_COLUMNS}"
+                ))
                 .map_err(storage)?;
             let rows = stmt
                 .query_map(params![bucket, lo, hi, now], row_to_lease)
@@ -376,15 +461,110 @@ impl CacheIndex for SqliteIndex {
         let limit = to_i64(limit as u64);
         self.with(move |c| {
             let mut stmt = c
-                .prepare_cached(
-                    "SELECT directory_bucket, prefix, source_bucket, expires_at FROM leases
-                     WHERE expires_at <= ?1 ORDER BY expires_at LIMIT ?2",
-                )
+                .prepare_cached(&format!(
+                    "SELECT {LEASE_COLUMNS} FROM leases
+                     WHERE expires_at <= ?1 AND sweep_retry_at <= ?1
+                     ORDER BY expires_at LIMIT ?2"
+                ))
                 .map_err(storage)?;
             let rows = stmt
                 .query_map(params![now, limit], row_to_lease)
                 .map_err(storage)?;
             rows.collect::<Result<Vec<_>, _>>().map_err(storage)
+        })
+        .await
+    }
+
+    async fn defer_sweep(
+        &self,
+        lease: &Lease,
+        error: &str,
+        retry_at: Millis,
+    ) -> Result<SweepFailure, IndexError> {
+        let (lease, error) = (lease.clone(), error.to_owned());
+        self.with(move |c| {
+            c.query_row(
+                &format!(
+                    "UPDATE leases SET sweep_attempts = sweep_attempts + 1, sweep_error = ?4,
+                         sweep_retry_at = ?5
+                     WHERE directory_bucket = ?1 AND prefix = ?2 AND source_bucket = ?3
+                     RETURNING {LEASE_COLUMNS}, sweep_attempts, sweep_error, sweep_retry_at"
+                ),
+                params![
+                    lease.directory_bucket,
+                    lease.prefix,
+                    lease.source_bucket,
+                    error,
+                    retry_at
+                ],
+                row_to_sweep_failure,
+            )
+            .optional()
+            .map_err(storage)?
+            // Gone meanwhile (a warm cannot remove a lease, only the sweeper
+            // itself): report the failure as given.
+            .map_or_else(
+                || {
+                    Ok(SweepFailure {
+                        lease,
+                        attempts: 1,
+                        error,
+                        retry_at,
+                    })
+                },
+                Ok,
+            )
+        })
+        .await
+    }
+
+    async fn sweep_failures(
+        &self,
+        directory_bucket: &str,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<SweepFailure>, IndexError> {
+        let bucket = directory_bucket.to_owned();
+        let lo = prefix.to_owned();
+        let hi = prefix_successor(prefix);
+        let covering = ancestors(prefix);
+        self.with(move |c| {
+            let cols = format!("{LEASE_COLUMNS}, sweep_attempts, sweep_error, sweep_retry_at");
+            let mut out = Vec::new();
+            // Ancestors first (they sort before the prefix's own range).
+            let mut at = c
+                .prepare_cached(&format!(
+                    "SELECT {cols} FROM leases WHERE directory_bucket = ?1 AND prefix = ?2
+                       AND sweep_attempts > 0 ORDER BY source_bucket"
+                ))
+                .map_err(storage)?;
+            for p in covering.iter().filter(|p| **p != lo) {
+                let rows = at
+                    .query_map(params![bucket, p], row_to_sweep_failure)
+                    .map_err(storage)?;
+                for r in rows {
+                    out.push(r.map_err(storage)?);
+                }
+            }
+            let mut under = c
+                .prepare_cached(&format!(
+                    "SELECT {cols} FROM leases
+                     WHERE directory_bucket = ?1 AND prefix >= ?2 AND (?3 IS NULL OR prefix < ?3)
+                       AND sweep_attempts > 0
+                     ORDER BY prefix, source_bucket LIMIT ?4"
+                ))
+                .map_err(storage)?;
+            let rows = under
+                .query_map(
+                    params![bucket, lo, hi, to_i64(limit as u64)],
+                    row_to_sweep_failure,
+                )
+                .map_err(storage)?;
+            for r in rows {
+                out.push(r.map_err(storage)?);
+            }
+            out.truncate(limit);
+            Ok(out)
         })
         .await
     }
@@ -490,45 +670,55 @@ impl CacheIndex for SqliteIndex {
         .await
     }
 
-    async fn complete_copies(&self, entries: &[Entry], owner: &str) -> Result<(), IndexError> {
+    async fn complete_copies(
+        &self,
+        entries: &[Entry],
+        owner: &str,
+    ) -> Result<Vec<Completion>, IndexError> {
         if entries.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let (entries, owner) = (entries.to_vec(), owner.to_owned());
         self.with(move |c| {
             let tx = c.transaction().map_err(storage)?;
+            let mut out = Vec::with_capacity(entries.len());
             {
+                // Only the claim's holder may record: the claim created the
+                // row, so no row or another owner means the claim was lost.
                 let mut stmt = tx
                     .prepare_cached(
-                        "INSERT INTO records (directory_bucket, key, source_bucket, source_key, source_etag,
-                             size, source_last_modified, dest_etag, cached_at)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-                         ON CONFLICT DO UPDATE SET source_bucket = excluded.source_bucket,
-                             source_key = excluded.source_key, source_etag = excluded.source_etag,
-                             size = excluded.size, source_last_modified = excluded.source_last_modified,
-                             dest_etag = excluded.dest_etag, cached_at = excluded.cached_at,
-                             claim_kind = CASE WHEN claim_owner = ?10 THEN NULL ELSE claim_kind END,
-                             claim_deadline = CASE WHEN claim_owner = ?10 THEN NULL ELSE claim_deadline END,
-                             claim_owner = CASE WHEN claim_owner = ?10 THEN NULL ELSE claim_owner END",
+                        "UPDATE records SET source_bucket = ?3, source_key = ?4, source_etag = ?5,
+                             size = ?6, source_last_modified = ?7, dest_etag = ?8, cached_at = ?9,
+                             claim_owner = NULL, claim_kind = NULL, claim_deadline = NULL
+                         WHERE directory_bucket = ?1 AND key = ?2
+                           AND claim_owner = ?10 AND claim_kind = ?11",
                     )
                     .map_err(storage)?;
                 for e in &entries {
-                    stmt.execute(params![
-                        e.directory_bucket,
-                        e.key,
-                        e.source_bucket,
-                        e.source_key,
-                        e.source_etag,
-                        to_i64(e.size),
-                        e.source_last_modified,
-                        e.dest_etag,
-                        e.cached_at,
-                        owner
-                    ])
-                    .map_err(storage)?;
+                    let changed = stmt
+                        .execute(params![
+                            e.directory_bucket,
+                            e.key,
+                            e.source_bucket,
+                            e.source_key,
+                            e.source_etag,
+                            to_i64(e.size),
+                            e.source_last_modified,
+                            e.dest_etag,
+                            e.cached_at,
+                            owner,
+                            COPY
+                        ])
+                        .map_err(storage)?;
+                    out.push(if changed > 0 {
+                        Completion::Recorded
+                    } else {
+                        Completion::ClaimLost
+                    });
                 }
             }
-            tx.commit().map_err(storage)
+            tx.commit().map_err(storage)?;
+            Ok(out)
         })
         .await
     }
@@ -612,6 +802,33 @@ impl CacheIndex for SqliteIndex {
         .await
     }
 
+    async fn abandon_evict(
+        &self,
+        directory_bucket: &str,
+        keys: &[String],
+        owner: &str,
+    ) -> Result<(), IndexError> {
+        let (bucket, keys, owner) = (directory_bucket.to_owned(), keys.to_vec(), owner.to_owned());
+        self.with(move |c| {
+            let tx = c.transaction().map_err(storage)?;
+            {
+                let mut stmt = tx
+                    .prepare_cached(
+                        "UPDATE records SET claim_deadline = 0
+                         WHERE directory_bucket = ?1 AND key = ?2
+                           AND claim_owner = ?3 AND claim_kind = ?4",
+                    )
+                    .map_err(storage)?;
+                for k in &keys {
+                    stmt.execute(params![bucket, k, owner, EVICT])
+                        .map_err(storage)?;
+                }
+            }
+            tx.commit().map_err(storage)
+        })
+        .await
+    }
+
     async fn finish_evict(
         &self,
         directory_bucket: &str,
@@ -683,23 +900,34 @@ impl CacheIndex for SqliteIndex {
                     return Ok(CreateOutcome::Exists(Box::new(decode_op(row)?)));
                 }
             }
-            tx.execute(
-                "INSERT INTO operations (id, request_id, request, progress, done, resumptions,
-                     created_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
-                params![
-                    op.id,
-                    op.request_id,
-                    op.request.encode_to_vec(),
-                    op.progress.encode_to_vec(),
-                    is_done(&op.progress),
-                    op.resumptions,
-                    op.created_at
-                ],
-            )
-            .map_err(storage)?;
+            insert_op(&tx, &op)?;
             tx.commit().map_err(storage)?;
             Ok(CreateOutcome::Created)
+        })
+        .await
+    }
+
+    async fn supersede_operation(
+        &self,
+        old_id: &str,
+        op: &OperationRecord,
+    ) -> Result<bool, IndexError> {
+        let (old_id, op) = (old_id.to_owned(), op.clone());
+        self.with(move |c| {
+            let tx = c.transaction().map_err(storage)?;
+            let moved = tx
+                .execute(
+                    "UPDATE operations SET request_id = NULL
+                     WHERE id = ?1 AND request_id = ?2 AND done = 1",
+                    params![old_id, op.request_id],
+                )
+                .map_err(storage)?;
+            if moved == 0 {
+                return Ok(false);
+            }
+            insert_op(&tx, &op)?;
+            tx.commit().map_err(storage)?;
+            Ok(true)
         })
         .await
     }

@@ -74,6 +74,9 @@ pub struct FaultStore<S> {
     inner: S,
     rules: Mutex<Vec<Rule>>,
     delays: Mutex<Vec<(Op, Duration)>>,
+    /// Calls whose effect is applied and whose reply is then lost: op and
+    /// how many more.
+    lost_replies: Mutex<Vec<(Op, u64)>>,
     /// Faults injected so far.
     pub injected: AtomicU64,
     pub calls: Calls,
@@ -86,6 +89,7 @@ impl<S> FaultStore<S> {
             inner,
             rules: Mutex::default(),
             delays: Mutex::default(),
+            lost_replies: Mutex::default(),
             injected: AtomicU64::new(0),
             calls: Calls::default(),
             gate: None,
@@ -137,6 +141,32 @@ impl<S> FaultStore<S> {
         }
     }
 
+    /// The next `times` calls of `op` reach the inner store (their effect
+    /// happens) and then fail as if the reply was lost on the way back (a
+    /// reset connection): the caller cannot tell whether they happened.
+    pub fn lose_replies(&self, op: Op, times: u64) {
+        self.lost_replies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((op, times));
+    }
+
+    /// After the inner call: turns its result into a lost reply if a rule
+    /// says so.
+    fn after<T>(&self, op: Op, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        let mut lost = self.lost_replies.lock().unwrap_or_else(|e| e.into_inner());
+        match lost.iter_mut().find(|(o, n)| *o == op && *n > 0) {
+            Some((_, n)) => {
+                *n -= 1;
+                self.injected.fetch_add(1, Ordering::Relaxed);
+                Err(StoreError::Transport(
+                    "connection reset after the request was sent (injected: reply lost)".into(),
+                ))
+            }
+            None => result,
+        }
+    }
+
     /// Delays every call of `op` by `by` (before any fault applies).
     pub fn delay(&self, op: Op, by: Duration) {
         self.delays
@@ -176,6 +206,10 @@ impl<S> FaultStore<S> {
     /// Removes every rule and delay.
     pub fn clear(&self) {
         self.rules.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.lost_replies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
         self.delays
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -222,7 +256,8 @@ impl<S: ObjectStore> ObjectStore for FaultStore<S> {
 
     async fn copy_object(&self, req: &CopyRequest<'_>) -> Result<Copied, StoreError> {
         let _pass = self.enter(Op::Copy, Some(req.source_key)).await?;
-        self.inner.copy_object(req).await
+        let r = self.inner.copy_object(req).await;
+        self.after(Op::Copy, r)
     }
 
     async fn create_multipart(&self, bucket: &str, key: &str) -> Result<String, StoreError> {
@@ -271,6 +306,7 @@ impl<S: ObjectStore> ObjectStore for FaultStore<S> {
         let _pass = self
             .enter(Op::Delete, targets.first().map(|t| t.key.as_str()))
             .await?;
-        self.inner.delete_objects(bucket, targets).await
+        let r = self.inner.delete_objects(bucket, targets).await;
+        self.after(Op::Delete, r)
     }
 }

@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::SystemTime;
 
@@ -34,13 +34,26 @@ struct Upload {
     parts: BTreeMap<i32, (u64, String)>,
 }
 
+/// Continuation tokens are the last key already returned, so the next page
+/// starts after it; a token starting with this marker (no S3 key starts
+/// with NUL: XML cannot carry it) instead names the key the next page
+/// starts at, which is how an injected empty page resumes.
+const RESUME_AT: char = '\0';
+
 /// Buckets of objects held in memory. Listing pages hold `page_size` keys.
+///
+/// Where S3 and S3 Express behave differently from a naive map, this follows
+/// them: fenced deletes of changed or missing objects fail per key, and (on
+/// request, see [`MemoryStore::empty_pages_before`]) a listing page may be
+/// empty yet truncated.
 #[derive(Debug)]
 pub struct MemoryStore {
     buckets: Mutex<HashMap<String, BTreeMap<String, Object>>>,
     uploads: Mutex<HashMap<String, Upload>>,
     next_version: AtomicU64,
     page_size: usize,
+    /// Listing pages with objects still to be served empty first.
+    empty_pages: AtomicUsize,
     pub counters: Counters,
 }
 
@@ -57,8 +70,18 @@ impl MemoryStore {
             uploads: Mutex::default(),
             next_version: AtomicU64::new(1),
             page_size: page_size.max(1),
+            empty_pages: AtomicUsize::new(0),
             counters: Counters::default(),
         }
+    }
+
+    /// Makes the next `n` [`ObjectStore::list_page`] calls that would return
+    /// objects return a page with no objects instead, whose continuation
+    /// token resumes at the same place. S3 may answer a ListObjectsV2 call
+    /// with an empty page that is still truncated; listers must follow the
+    /// token rather than stop. Replaces any count still pending.
+    pub fn empty_pages_before(&self, n: usize) {
+        self.empty_pages.store(n, Ordering::Relaxed);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, BTreeMap<String, Object>>> {
@@ -141,9 +164,11 @@ impl ObjectStore for MemoryStore {
         let b = buckets
             .get(bucket)
             .ok_or_else(|| StoreError::NoSuchBucket(bucket.to_owned()))?;
-        // The continuation token is the last key already returned.
         let lower = match continuation {
-            Some(last) => Bound::Excluded(last),
+            Some(token) => match token.strip_prefix(RESUME_AT) {
+                Some(first) => Bound::Included(first.to_owned()),
+                None => Bound::Excluded(token),
+            },
             None => Bound::Included(prefix.to_owned()),
         };
         let mut objects: Vec<ObjectMeta> = Vec::new();
@@ -162,6 +187,18 @@ impl ObjectStore for MemoryStore {
                 size: o.size,
                 last_modified: Some(o.last_modified),
             });
+        }
+        if let Some(first) = objects.first() {
+            let withhold = self
+                .empty_pages
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                .is_ok();
+            if withhold {
+                return Ok(ListPage {
+                    objects: Vec::new(),
+                    next: Some(format!("{RESUME_AT}{}", first.key)),
+                });
+            }
         }
         Ok(ListPage { objects, next })
     }
@@ -333,18 +370,25 @@ impl ObjectStore for MemoryStore {
             .ok_or_else(|| StoreError::NoSuchBucket(bucket.to_owned()))?;
         let mut failures = Vec::new();
         for t in targets {
-            let fenced_off = match (&t.etag, b.get(&t.key)) {
-                (Some(want), Some(o)) => *want != o.etag,
-                _ => false,
+            // As S3 Express: an unconditional delete of a missing key
+            // succeeds, a fenced one fails for that key with 404 NoSuchKey.
+            let refusal = match (&t.etag, b.get(&t.key)) {
+                (Some(want), Some(o)) if *want != o.etag => Some((
+                    "PreconditionFailed",
+                    "the object changed since it was cached",
+                )),
+                (Some(_), None) => Some(("NoSuchKey", "the object does not exist")),
+                _ => None,
             };
-            if fenced_off {
-                failures.push(DeleteFailure {
+            match refusal {
+                Some((code, message)) => failures.push(DeleteFailure {
                     key: t.key.clone(),
-                    code: "PreconditionFailed".into(),
-                    message: "the object changed since it was cached".into(),
-                });
-            } else {
-                b.remove(&t.key);
+                    code: code.into(),
+                    message: message.into(),
+                }),
+                None => {
+                    b.remove(&t.key);
+                }
             }
         }
         Ok(failures)
@@ -354,6 +398,7 @@ impl ObjectStore for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::conformance::{run_all, Capabilities};
 
     #[tokio::test]
     async fn pages_cover_every_key_once_in_order() {
@@ -372,5 +417,144 @@ mod tests {
             }
         }
         assert_eq!(seen, ["a/1", "a/2", "a/3", "a/4", "a/5"]);
+    }
+
+    /// Every page, following tokens; panics on more than `limit` pages.
+    async fn all_pages(s: &MemoryStore, prefix: &str, limit: usize) -> Vec<ListPage> {
+        let mut pages = Vec::new();
+        let mut token = None;
+        loop {
+            let page = s.list_page("src", prefix, token).await.unwrap();
+            token = page.next.clone();
+            pages.push(page);
+            assert!(pages.len() <= limit, "more than {limit} pages");
+            if token.is_none() {
+                return pages;
+            }
+        }
+    }
+
+    fn keys(pages: &[ListPage]) -> Vec<(usize, Vec<&str>)> {
+        pages
+            .iter()
+            .map(|p| {
+                let keys: Vec<&str> = p.objects.iter().map(|o| o.key.as_str()).collect();
+                (keys.len(), keys)
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn empty_pages_before_serves_empty_truncated_pages_that_resume_in_place() {
+        let s = MemoryStore::with_page_size(2);
+        for k in ["a/1", "a/2", "a/3", "b/1"] {
+            s.put("src", k, 1);
+        }
+
+        // Two empty pages: the first call's, then the one after a full page.
+        s.empty_pages_before(1);
+        let first = s.list_page("src", "a/", None).await.unwrap();
+        assert!(first.objects.is_empty(), "{first:?}");
+        assert!(first.next.is_some(), "an empty page is still truncated");
+        s.empty_pages_before(1);
+        let pages = all_pages(&s, "a/", 10).await;
+        assert_eq!(
+            keys(&pages),
+            [(0, vec![]), (2, vec!["a/1", "a/2"]), (1, vec!["a/3"])],
+            "the empty first page's token lists from the start"
+        );
+
+        s.empty_pages_before(3);
+        let mut token = first.next;
+        let mut seen = Vec::new();
+        let mut empty = 0;
+        loop {
+            let page = s.list_page("src", "a/", token).await.unwrap();
+            if page.objects.is_empty() {
+                empty += 1;
+                assert!(page.next.is_some(), "an injected page is truncated");
+            }
+            seen.extend(page.objects.into_iter().map(|o| o.key));
+            token = page.next;
+            if token.is_none() {
+                break;
+            }
+        }
+        assert_eq!(
+            empty, 3,
+            "each of the next 3 pages with objects came empty first"
+        );
+        assert_eq!(
+            seen,
+            ["a/1", "a/2", "a/3"],
+            "resuming after empty pages skips and repeats nothing"
+        );
+
+        // A page with no objects anyway is not counted.
+        s.empty_pages_before(1);
+        let none = s.list_page("src", "c/", None).await.unwrap();
+        assert!(none.objects.is_empty() && none.next.is_none(), "{none:?}");
+        let pages = all_pages(&s, "b/", 10).await;
+        assert_eq!(keys(&pages), [(0, vec![]), (1, vec!["b/1"])]);
+        let pages = all_pages(&s, "b/", 10).await;
+        assert_eq!(keys(&pages), [(1, vec!["b/1"])], "the opt-in is used up");
+    }
+
+    #[tokio::test]
+    async fn fenced_delete_of_a_missing_key_fails_like_s3_express() {
+        let s = MemoryStore::default();
+        s.create_bucket("dir");
+        let failures = s
+            .delete_objects(
+                "dir",
+                &[
+                    DeleteTarget {
+                        key: "gone".into(),
+                        etag: Some("\"v1\"".into()),
+                    },
+                    DeleteTarget {
+                        key: "also-gone".into(),
+                        etag: None,
+                    },
+                ],
+            )
+            .await
+            .unwrap();
+        let codes: Vec<(&str, &str)> = failures
+            .iter()
+            .map(|f| (f.key.as_str(), f.code.as_str()))
+            .collect();
+        assert_eq!(codes, [("gone", "NoSuchKey")]);
+    }
+
+    #[tokio::test]
+    async fn conforms() {
+        let s = MemoryStore::default();
+        let caps = Capabilities {
+            fenced_delete: true,
+            copy_if_match: true,
+        };
+        run_all(&s, &s, caps).await;
+    }
+
+    #[tokio::test]
+    async fn conforms_with_small_pages() {
+        let s = MemoryStore::with_page_size(3);
+        let caps = Capabilities {
+            fenced_delete: true,
+            copy_if_match: true,
+        };
+        run_all(&s, &s, caps).await;
+    }
+
+    #[tokio::test]
+    async fn conforms_with_empty_truncated_pages() {
+        let s = MemoryStore::with_page_size(100);
+        s.empty_pages_before(4);
+        let caps = Capabilities {
+            fenced_delete: true,
+            copy_if_match: true,
+        };
+        run_all(&s, &s, caps).await;
     }
 }

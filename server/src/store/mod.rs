@@ -5,6 +5,8 @@
 //! [`MemoryStore`] is an in-memory double with request counters for unit
 //! tests of that logic; [`FaultStore`] wraps either and injects failures.
 
+#[cfg(any(test, feature = "test-support"))]
+pub mod conformance;
 mod faults;
 mod memory;
 mod s3;

@@ -1,12 +1,15 @@
 //! Test support shared by this crate's and the client's integration tests
 //! (feature `test-support`): a moto S3 server on a free port, an SDK client
-//! pointed at it, an in-process expresscache server, and unique names.
+//! pointed at it, an in-process expresscache server, unique names, and an
+//! HTTP fault-injection proxy ([`proxy::FaultProxy`]).
 //!
 //! A test that needs moto and cannot start it panics with what is missing:
 //! it never passes by skipping.
 
 // Test support: a failed step must stop the test with its message.
 #![allow(clippy::unwrap_used)]
+
+pub mod proxy;
 
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::PathBuf;
@@ -250,12 +253,12 @@ impl TestServer {
         deps.clock = clock.clone();
         deps.sweep_interval = None;
         tune(&mut deps);
-        let evictor = Evictor {
-            store: Arc::clone(&deps.store),
-            index: Arc::clone(&deps.index),
-            clock: Arc::clone(&deps.clock),
-            claim_ttl: deps.warm.claim_ttl,
-        };
+        let evictor = Evictor::new(
+            Arc::clone(&deps.store),
+            Arc::clone(&deps.index),
+            Arc::clone(&deps.clock),
+            deps.evict.clone(),
+        );
         let (store, index) = (Arc::clone(&deps.store), Arc::clone(&deps.index));
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");

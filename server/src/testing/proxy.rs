@@ -1,0 +1,838 @@
+//! An HTTP/1.1 fault-injection proxy for tests: it sits between an S3 client
+//! (the AWS SDK in a test, our in-process server, or the real server binary
+//! started with `AWS_ENDPOINT_URL=<proxy endpoint>`) and moto, forwards every
+//! request to the upstream, and injects [`Fault`]s by [`Rule`].
+//!
+//! Faults at the HTTP layer reach parts of the system that a store-level
+//! fault injector cannot: the SDK's own error classification, retries,
+//! timeouts and connection pool, and effects that were applied upstream while
+//! the reply was lost.
+//!
+//! Requests are matched path-style (bucket = first path segment), which is
+//! what the SDK sends to an IP-address endpoint such as the proxy's. Bodies are
+//! buffered in memory: objects in tests are small.
+
+use std::convert::Infallible;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use percent_encoding::{percent_decode_str, utf8_percent_encode, NON_ALPHANUMERIC};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+use tokio::task::{JoinHandle, JoinSet};
+
+/// Continuation tokens minted by [`Fault::EmptyTruncatedPage`] start with this,
+/// so the proxy recognises them on the next request and restores the original.
+const TOKEN_PREFIX: &str = "faultproxy.";
+
+/// The message of every injected S3 error, so a failure in a test log points
+/// at the proxy rather than at moto.
+const INJECTED_MESSAGE: &str = "injected by FaultProxy";
+
+/// Which requests a [`Rule`] (or [`FaultProxy::count`]) applies to: every
+/// condition that is set must hold.
+///
+/// The named constructors match one S3 operation each. For a directory bucket
+/// (name ending in `--x-s3`) the SDK first calls CreateSession
+/// (`GET /bucket?session`); no named constructor except
+/// [`Match::create_session`] matches that, so a rule on e.g.
+/// [`Match::list_objects`] faults the listing, not the session it needs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Match {
+    /// The HTTP method, if it matters.
+    pub method: Option<Method>,
+    /// Query parameters (by name) that must be present.
+    pub query_has: Vec<String>,
+    /// Query parameters (by name) that must be absent.
+    pub not_query: Vec<String>,
+    /// Request headers (by name, lowercase) that must be present.
+    pub header: Vec<String>,
+    /// Request headers (by name, lowercase) that must be absent.
+    pub not_header: Vec<String>,
+    /// The bucket (first path segment), if it matters.
+    pub bucket: Option<String>,
+    /// Whether the path must name an object key after the bucket
+    /// (`Some(true)`), must not (`Some(false)`), or either (`None`).
+    pub key: Option<bool>,
+}
+
+impl Match {
+    /// Every request, including the SDK's CreateSession calls for directory
+    /// buckets.
+    pub fn any() -> Self {
+        Self::default()
+    }
+
+    /// CopyObject: `PUT /bucket/key` with `x-amz-copy-source` and no
+    /// `partNumber` (which would make it UploadPartCopy).
+    pub fn copy_object() -> Self {
+        Self::on(Method::PUT)
+            .with_key(true)
+            .with_header("x-amz-copy-source")
+            .without_query("partNumber")
+    }
+
+    /// UploadPartCopy: `PUT /bucket/key?partNumber=..&uploadId=..` with
+    /// `x-amz-copy-source`.
+    pub fn upload_part_copy() -> Self {
+        Self::on(Method::PUT)
+            .with_key(true)
+            .with_header("x-amz-copy-source")
+            .with_query("partNumber")
+    }
+
+    /// PutObject: `PUT /bucket/key` without `x-amz-copy-source` or
+    /// `partNumber`.
+    pub fn put_object() -> Self {
+        Self::on(Method::PUT)
+            .with_key(true)
+            .without_header("x-amz-copy-source")
+            .without_query("partNumber")
+    }
+
+    /// GetObject: `GET /bucket/key` (not a multipart-upload listing).
+    pub fn get_object() -> Self {
+        Self::on(Method::GET)
+            .with_key(true)
+            .without_query("uploadId")
+    }
+
+    /// HeadObject: `HEAD /bucket/key`.
+    pub fn head_object() -> Self {
+        Self::on(Method::HEAD).with_key(true)
+    }
+
+    /// DeleteObjects: `POST /bucket?delete`.
+    pub fn delete_objects() -> Self {
+        Self::on(Method::POST).with_key(false).with_query("delete")
+    }
+
+    /// ListObjectsV2: `GET /bucket?list-type=2`.
+    pub fn list_objects() -> Self {
+        Self::on(Method::GET)
+            .with_key(false)
+            .with_query("list-type")
+    }
+
+    /// HeadBucket: `HEAD /bucket` with no key.
+    pub fn head_bucket() -> Self {
+        Self::on(Method::HEAD).with_key(false)
+    }
+
+    /// CreateMultipartUpload: `POST /bucket/key?uploads`.
+    pub fn create_multipart_upload() -> Self {
+        Self::on(Method::POST).with_key(true).with_query("uploads")
+    }
+
+    /// CompleteMultipartUpload: `POST /bucket/key?uploadId=..`.
+    pub fn complete_multipart_upload() -> Self {
+        Self::on(Method::POST).with_key(true).with_query("uploadId")
+    }
+
+    /// AbortMultipartUpload: `DELETE /bucket/key?uploadId=..`.
+    pub fn abort_multipart_upload() -> Self {
+        Self::on(Method::DELETE)
+            .with_key(true)
+            .with_query("uploadId")
+    }
+
+    /// CreateSession: `GET /bucket?session`, which the SDK sends before
+    /// talking to a directory bucket (and again when the session expires).
+    pub fn create_session() -> Self {
+        Self::on(Method::GET).with_key(false).with_query("session")
+    }
+
+    /// Any request with this HTTP method.
+    pub fn on(method: Method) -> Self {
+        Self {
+            method: Some(method),
+            ..Self::default()
+        }
+    }
+
+    /// Restricts to requests on bucket `name` (path-style: first path
+    /// segment).
+    pub fn bucket(mut self, name: impl Into<String>) -> Self {
+        self.bucket = Some(name.into());
+        self
+    }
+
+    /// Also requires query parameter `name`.
+    pub fn with_query(mut self, name: impl Into<String>) -> Self {
+        self.query_has.push(name.into());
+        self
+    }
+
+    /// Also requires the absence of query parameter `name`.
+    pub fn without_query(mut self, name: impl Into<String>) -> Self {
+        self.not_query.push(name.into());
+        self
+    }
+
+    /// Also requires request header `name`.
+    pub fn with_header(mut self, name: impl Into<String>) -> Self {
+        self.header.push(name.into().to_ascii_lowercase());
+        self
+    }
+
+    /// Also requires that the path names (or does not name) an object key.
+    pub fn with_key(mut self, key: bool) -> Self {
+        self.key = Some(key);
+        self
+    }
+
+    /// Also requires the absence of request header `name`.
+    pub fn without_header(mut self, name: impl Into<String>) -> Self {
+        self.not_header.push(name.into().to_ascii_lowercase());
+        self
+    }
+
+    fn matches(&self, seen: &Seen) -> bool {
+        self.method.as_ref().is_none_or(|m| *m == seen.method)
+            && self.key.is_none_or(|k| k == seen.has_key)
+            && self
+                .bucket
+                .as_ref()
+                .is_none_or(|b| seen.bucket.as_deref() == Some(b.as_str()))
+            && self.query_has.iter().all(|q| seen.has_query(q))
+            && !self.not_query.iter().any(|q| seen.has_query(q))
+            && self.header.iter().all(|h| seen.has_header(h))
+            && !self.not_header.iter().any(|h| seen.has_header(h))
+    }
+}
+
+/// What the proxy does to a request that a [`Rule`] picks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Forwards the request, waits for the whole upstream response, then
+    /// closes the client's connection without sending a byte of it: the
+    /// effect was applied, the reply lost. The client sees the connection
+    /// close before any response.
+    LoseReply,
+    /// Never answers and does not forward: the connection stays open and idle
+    /// until the client gives up (other connections are served as usual).
+    Hang,
+    /// For ListObjectsV2: answers 200 with a valid `ListBucketResult` that
+    /// has no `<Contents>`, `<KeyCount>0</KeyCount>`,
+    /// `<IsTruncated>true</IsTruncated>` and a `<NextContinuationToken>` that
+    /// encodes the request's own continuation token (or its absence). A later
+    /// request carrying such a token is forwarded with the original token
+    /// restored (or the parameter removed), so the listing continues exactly
+    /// where it was. Not forwarded.
+    ///
+    /// Each minted token is unique, so the SDK paginator's duplicate-token
+    /// check does not stop a listing that gets several empty pages in a row.
+    EmptyTruncatedPage,
+    /// Answers `status` with an S3 XML error body
+    /// (`<Error><Code>{code}</Code><Message>injected by FaultProxy</Message>
+    /// <RequestId>..</RequestId></Error>`), e.g. 503 `SlowDown`, 500
+    /// `InternalError`, 403 `AccessDenied`, 404 `NoSuchBucket`. Not forwarded.
+    /// A status outside 100..=999 is sent as 500.
+    Status {
+        /// The HTTP status.
+        status: u16,
+        /// The S3 error code.
+        code: String,
+    },
+    /// Sleeps this long, then forwards normally.
+    Delay(Duration),
+}
+
+impl Fault {
+    /// [`Fault::Status`] with `status` and `code`.
+    pub fn status(status: u16, code: impl Into<String>) -> Self {
+        Self::Status {
+            status,
+            code: code.into(),
+        }
+    }
+}
+
+/// A fault to inject into matching requests.
+///
+/// Rules are checked in insertion order; the first one that applies (its
+/// matcher matches, its every-n counter fires and its `times` is not used up)
+/// injects its fault, and later rules do not see that request. At most one
+/// fault per request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    /// Which requests this rule considers.
+    pub matcher: Match,
+    /// What to do to a request it picks.
+    pub fault: Fault,
+    /// How many faults it injects at most; `None` = no limit.
+    pub times: Option<u64>,
+    /// Picks only every n-th matching request (1 = each; 0 counts as 1).
+    pub every: u64,
+}
+
+impl Rule {
+    /// Faults every matching request.
+    pub fn always(matcher: Match, fault: Fault) -> Self {
+        Self {
+            matcher,
+            fault,
+            times: None,
+            every: 1,
+        }
+    }
+
+    /// Faults the first `n` matching requests, then lets them through.
+    pub fn times(matcher: Match, fault: Fault, n: u64) -> Self {
+        Self {
+            times: Some(n),
+            ..Self::always(matcher, fault)
+        }
+    }
+
+    /// Faults every `n`-th matching request (the n-th, 2n-th, ...).
+    pub fn every(matcher: Match, fault: Fault, n: u64) -> Self {
+        Self {
+            every: n,
+            ..Self::always(matcher, fault)
+        }
+    }
+}
+
+/// A rule with its counters.
+#[derive(Debug)]
+struct Armed {
+    rule: Rule,
+    /// Matching requests this rule has considered (while not used up).
+    matched: u64,
+    /// Faults it has injected.
+    fired: u64,
+}
+
+impl Armed {
+    /// Whether this rule faults `seen`, counting it either way.
+    fn fires(&mut self, seen: &Seen) -> bool {
+        if !self.rule.matcher.matches(seen) || self.rule.times.is_some_and(|t| self.fired >= t) {
+            return false;
+        }
+        self.matched += 1;
+        if !self.matched.is_multiple_of(self.rule.every.max(1)) {
+            return false;
+        }
+        self.fired += 1;
+        true
+    }
+}
+
+/// What the matchers look at in one request, kept for [`FaultProxy::count`].
+#[derive(Debug)]
+struct Seen {
+    method: Method,
+    bucket: Option<String>,
+    has_key: bool,
+    /// Query parameter names, percent-decoded.
+    query: Vec<String>,
+    /// Header names (lowercase, as `http` stores them).
+    headers: Vec<String>,
+}
+
+impl Seen {
+    fn of(parts: &hyper::http::request::Parts) -> Self {
+        let path = parts.uri.path();
+        let path = path.strip_prefix('/').unwrap_or(path);
+        let (bucket, key) = path.split_once('/').unwrap_or((path, ""));
+        Self {
+            method: parts.method.clone(),
+            bucket: (!bucket.is_empty()).then(|| decode(bucket)),
+            has_key: !key.is_empty(),
+            query: query_pairs(parts.uri.query().unwrap_or(""))
+                .map(|(name, _)| decode(name))
+                .collect(),
+            headers: parts
+                .headers
+                .keys()
+                .map(|h| h.as_str().to_owned())
+                .collect(),
+        }
+    }
+
+    fn has_query(&self, name: &str) -> bool {
+        self.query.iter().any(|q| q == name)
+    }
+
+    fn has_header(&self, name: &str) -> bool {
+        self.headers.iter().any(|h| h.eq_ignore_ascii_case(name))
+    }
+}
+
+/// The rules and the log of requests, behind one lock so that a request is
+/// recorded and judged atomically.
+#[derive(Debug, Default)]
+struct State {
+    rules: Vec<Armed>,
+    seen: Vec<Seen>,
+}
+
+/// What the connection tasks share.
+struct Shared {
+    /// `scheme://authority` of the upstream, no trailing slash.
+    upstream: String,
+    /// The upstream's authority, sent as `Host`.
+    authority: HeaderValue,
+    client: Client<HttpConnector, Full<Bytes>>,
+    state: Mutex<State>,
+    injected: AtomicU64,
+    /// Numbers request ids and minted continuation tokens.
+    seq: AtomicU64,
+}
+
+/// An HTTP/1.1 proxy on 127.0.0.1 that forwards to an upstream S3 endpoint
+/// and injects faults by [`Rule`]. Stops (aborting its connections) on drop.
+pub struct FaultProxy {
+    /// Where clients connect: `http://127.0.0.1:PORT`.
+    pub endpoint: String,
+    shared: Arc<Shared>,
+    task: JoinHandle<()>,
+}
+
+impl fmt::Debug for FaultProxy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FaultProxy")
+            .field("endpoint", &self.endpoint)
+            .field("upstream", &self.shared.upstream)
+            .field("injected", &self.injected())
+            .finish_non_exhaustive()
+    }
+}
+
+impl FaultProxy {
+    /// Starts a proxy on a free port of 127.0.0.1 forwarding to `upstream`
+    /// (e.g. `http://127.0.0.1:5000`), with no rules.
+    ///
+    /// # Panics
+    /// If `upstream` is not an `http://host:port` URL or no port is free.
+    pub async fn start(upstream: &str) -> Self {
+        let uri: Uri = upstream
+            .parse()
+            .unwrap_or_else(|e| panic!("bad upstream {upstream:?}: {e}"));
+        assert_eq!(
+            uri.scheme_str(),
+            Some("http"),
+            "upstream {upstream:?} must be plain http"
+        );
+        let authority = uri
+            .authority()
+            .unwrap_or_else(|| panic!("upstream {upstream:?} has no host"))
+            .as_str()
+            .to_owned();
+        let mut builder = Client::builder(TokioExecutor::new());
+        // A fresh upstream connection per request: moto may close idle
+        // connections at any time, and a reused dead one would show up in a
+        // test as a fault nobody injected.
+        builder.pool_max_idle_per_host(0);
+        let shared = Arc::new(Shared {
+            upstream: format!("http://{authority}"),
+            authority: HeaderValue::from_str(&authority).expect("authority is a header value"),
+            client: builder.build(HttpConnector::new()),
+            state: Mutex::new(State::default()),
+            injected: AtomicU64::new(0),
+            seq: AtomicU64::new(0),
+        });
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind fault proxy");
+        let addr = listener.local_addr().expect("fault proxy address");
+        let task = tokio::spawn(accept_loop(listener, Arc::clone(&shared)));
+        Self {
+            endpoint: format!("http://{addr}"),
+            shared,
+            task,
+        }
+    }
+
+    /// Adds a rule after the existing ones.
+    pub fn add(&self, rule: Rule) {
+        self.shared.lock().rules.push(Armed {
+            rule,
+            matched: 0,
+            fired: 0,
+        });
+    }
+
+    /// Drops all rules; later requests pass through untouched.
+    pub fn clear(&self) {
+        self.shared.lock().rules.clear();
+    }
+
+    /// How many requests matching `m` the proxy has received since it
+    /// started, faulted or not.
+    pub fn count(&self, m: &Match) -> u64 {
+        self.shared
+            .lock()
+            .seen
+            .iter()
+            .filter(|s| m.matches(s))
+            .count() as u64
+    }
+
+    /// How many faults the proxy has injected so far (all rules, including
+    /// cleared ones).
+    pub fn injected(&self) -> u64 {
+        self.shared.injected.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        // The accept task owns the connection tasks' JoinSet, which aborts
+        // them all when the task is dropped.
+        self.task.abort();
+    }
+}
+
+/// Accepts connections until aborted, serving each in its own task so that a
+/// hung one blocks nothing else.
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    let mut conns = JoinSet::new();
+    loop {
+        while conns.try_join_next().is_some() {}
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                conns.spawn(serve_connection(stream, Arc::clone(&shared)));
+            }
+            // E.g. out of file descriptors: back off rather than spin.
+            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+}
+
+/// Serves one client connection (keep-alive: any number of requests) until
+/// the client closes it or a [`Fault::LoseReply`] kills it.
+async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
+    let kill = Arc::new(Notify::new());
+    let service = {
+        let kill = Arc::clone(&kill);
+        service_fn(move |req| handle(Arc::clone(&shared), Arc::clone(&kill), req))
+    };
+    let conn =
+        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+    // Dropping the connection closes the socket without writing the
+    // response hyper is waiting for.
+    tokio::select! {
+        _ = conn => {}
+        () = kill.notified() => {}
+    }
+}
+
+/// Handles one request: records it, picks a fault, and answers.
+async fn handle(
+    shared: Arc<Shared>,
+    kill: Arc<Notify>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let (parts, body) = req.into_parts();
+    // Read the whole body first, whatever the fault: the connection can only
+    // be reused once it is consumed, and forwarding needs it anyway.
+    let body = match body.collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => return Ok(plain(StatusCode::BAD_REQUEST, format!("fault proxy: {e}"))),
+    };
+    let fault = shared.judge(Seen::of(&parts));
+    if let Some(fault) = &fault {
+        tracing::info!(?fault, method = %parts.method, uri = %parts.uri, "fault proxy injecting");
+    }
+    let path_and_query = restore_token(parts.uri.path_and_query().map_or("/", |pq| pq.as_str()));
+    match fault {
+        None => Ok(shared.forward(parts, &path_and_query, body).await),
+        Some(Fault::Delay(d)) => {
+            tokio::time::sleep(d).await;
+            Ok(shared.forward(parts, &path_and_query, body).await)
+        }
+        Some(Fault::Status { status, code }) => Ok(shared.s3_error(status, &code)),
+        Some(Fault::EmptyTruncatedPage) => Ok(shared.empty_page(&parts, &path_and_query)),
+        Some(Fault::Hang) => std::future::pending().await,
+        Some(Fault::LoseReply) => {
+            let _applied = shared.forward(parts, &path_and_query, body).await;
+            kill.notify_one();
+            std::future::pending().await
+        }
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records `seen` and returns the fault of the first rule that fires.
+    fn judge(&self, seen: Seen) -> Option<Fault> {
+        let mut state = self.lock();
+        let fault = state
+            .rules
+            .iter_mut()
+            .find_map(|r| r.fires(&seen).then(|| r.rule.fault.clone()));
+        state.seen.push(seen);
+        if fault.is_some() {
+            self.injected.fetch_add(1, Ordering::SeqCst);
+        }
+        fault
+    }
+
+    fn next_id(&self) -> u64 {
+        self.seq.fetch_add(1, Ordering::SeqCst)
+    }
+
+    /// Sends the request to the upstream and returns its response, body
+    /// buffered; an upstream failure becomes a 502.
+    async fn forward(
+        &self,
+        mut parts: hyper::http::request::Parts,
+        path_and_query: &str,
+        body: Bytes,
+    ) -> Response<Full<Bytes>> {
+        let head = parts.method == Method::HEAD;
+        parts.uri = match format!("{}{path_and_query}", self.upstream).parse() {
+            Ok(uri) => uri,
+            Err(e) => return plain(StatusCode::BAD_REQUEST, format!("fault proxy: {e}")),
+        };
+        parts.version = Version::HTTP_11;
+        strip_hop_by_hop(&mut parts.headers);
+        parts.headers.remove(header::EXPECT);
+        // The body is buffered now: hyper sets the length from it.
+        parts.headers.remove(header::CONTENT_LENGTH);
+        // moto does not check SigV4, so the signed Host need not survive.
+        parts.headers.insert(header::HOST, self.authority.clone());
+        let resp = match self
+            .client
+            .request(Request::from_parts(parts, Full::new(body)))
+            .await
+        {
+            Ok(resp) => resp,
+            Err(e) => {
+                return plain(
+                    StatusCode::BAD_GATEWAY,
+                    format!("fault proxy upstream: {e}"),
+                )
+            }
+        };
+        let (mut parts, body) = resp.into_parts();
+        let body = match body.collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) => {
+                return plain(
+                    StatusCode::BAD_GATEWAY,
+                    format!("fault proxy upstream: {e}"),
+                )
+            }
+        };
+        strip_hop_by_hop(&mut parts.headers);
+        // A HEAD reply's length is the object's, not the (empty) body's; any
+        // other reply's length is recomputed from the buffered body.
+        if !head {
+            parts.headers.remove(header::CONTENT_LENGTH);
+        }
+        parts.version = Version::HTTP_11;
+        Response::from_parts(parts, Full::new(body))
+    }
+
+    /// An S3-style XML error response.
+    fn s3_error(&self, status: u16, code: &str) -> Response<Full<Bytes>> {
+        let id = format!("faultproxy-{}", self.next_id());
+        let xml = format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{}</Code>\
+             <Message>{INJECTED_MESSAGE}</Message><RequestId>{id}</RequestId></Error>",
+            xml_escape(code)
+        );
+        let mut resp = xml_response(xml);
+        *resp.status_mut() =
+            StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        if let Ok(id) = HeaderValue::try_from(id) {
+            resp.headers_mut()
+                .insert(HeaderName::from_static("x-amz-request-id"), id);
+        }
+        resp
+    }
+
+    /// An empty, truncated ListObjectsV2 page whose next token resumes at
+    /// `path_and_query`'s (restored) continuation token.
+    fn empty_page(
+        &self,
+        parts: &hyper::http::request::Parts,
+        path_and_query: &str,
+    ) -> Response<Full<Bytes>> {
+        let received = parts.uri.query().unwrap_or("");
+        let restored = path_and_query.split_once('?').map_or("", |(_, q)| q);
+        let next = mint_token(
+            self.next_id(),
+            query_value(restored, "continuation-token").as_deref(),
+        );
+        let bucket = Seen::of(parts).bucket.unwrap_or_default();
+        let mut xml = String::from(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
+             <ListBucketResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">",
+        );
+        let mut element = |name: &str, value: &str| {
+            xml.push_str(&format!("<{name}>{}</{name}>", xml_escape(value)));
+        };
+        element("Name", &bucket);
+        element(
+            "Prefix",
+            &query_value(received, "prefix").unwrap_or_default(),
+        );
+        if let Some(d) = query_value(received, "delimiter") {
+            element("Delimiter", &d);
+        }
+        element(
+            "MaxKeys",
+            &query_value(received, "max-keys").unwrap_or_else(|| "1000".to_owned()),
+        );
+        element("KeyCount", "0");
+        element("IsTruncated", "true");
+        if let Some(t) = query_value(received, "continuation-token") {
+            element("ContinuationToken", &t);
+        }
+        element("NextContinuationToken", &next);
+        if let Some(s) = query_value(received, "start-after") {
+            element("StartAfter", &s);
+        }
+        xml.push_str("</ListBucketResult>");
+        xml_response(xml)
+    }
+}
+
+/// A 200 response with an XML body.
+fn xml_response(xml: String) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(xml)));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/xml"),
+    );
+    resp
+}
+
+/// A plain-text response for the proxy's own failures.
+fn plain(status: StatusCode, text: String) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(text)));
+    *resp.status_mut() = status;
+    resp
+}
+
+/// Removes the headers that describe one hop's connection rather than the
+/// message (RFC 9110 §7.6.1), including those the `Connection` header names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+}
+
+/// The raw `(name, value)` pairs of a query string.
+fn query_pairs(query: &str) -> impl Iterator<Item = (&str, &str)> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| p.split_once('=').unwrap_or((p, "")))
+}
+
+/// The percent-decoded value of query parameter `name`, if present.
+fn query_value(query: &str, name: &str) -> Option<String> {
+    query_pairs(query)
+        .find(|(n, _)| decode(n) == name)
+        .map(|(_, v)| decode(v))
+}
+
+fn decode(s: &str) -> String {
+    percent_decode_str(s).decode_utf8_lossy().into_owned()
+}
+
+/// A continuation token for [`Fault::EmptyTruncatedPage`]: unique by `nonce`,
+/// carrying the original token (hex, so it survives any encoding) or its
+/// absence.
+fn mint_token(nonce: u64, original: Option<&str>) -> String {
+    match original {
+        None => format!("{TOKEN_PREFIX}{nonce}.n"),
+        Some(t) => {
+            let hex: String = t.bytes().map(|b| format!("{b:02x}")).collect();
+            format!("{TOKEN_PREFIX}{nonce}.t{hex}")
+        }
+    }
+}
+
+/// The original token a [`mint_token`] token carries: `None` if `token` is
+/// not one of ours, `Some(None)` if the original had no token.
+fn unmint_token(token: &str) -> Option<Option<String>> {
+    let (_, carried) = token.strip_prefix(TOKEN_PREFIX)?.split_once('.')?;
+    if carried == "n" {
+        return Some(None);
+    }
+    let hex = carried.strip_prefix('t')?.as_bytes();
+    if !hex.len().is_multiple_of(2) {
+        return None;
+    }
+    let bytes = hex
+        .chunks(2)
+        .map(|pair| u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok())
+        .collect::<Option<Vec<u8>>>()?;
+    String::from_utf8(bytes).ok().map(Some)
+}
+
+/// `path_and_query` with a proxy-minted continuation token replaced by the
+/// original one, or removed if there was none.
+fn restore_token(path_and_query: &str) -> String {
+    let Some((path, query)) = path_and_query.split_once('?') else {
+        return path_and_query.to_owned();
+    };
+    let mut pairs = Vec::new();
+    for raw in query.split('&') {
+        let (name, value) = raw.split_once('=').unwrap_or((raw, ""));
+        if decode(name) == "continuation-token" {
+            if let Some(original) = unmint_token(&decode(value)) {
+                if let Some(t) = original {
+                    pairs.push(format!(
+                        "continuation-token={}",
+                        utf8_percent_encode(&t, NON_ALPHANUMERIC)
+                    ));
+                }
+                continue;
+            }
+        }
+        pairs.push(raw.to_owned());
+    }
+    if pairs.is_empty() {
+        path.to_owned()
+    } else {
+        format!("{path}?{}", pairs.join("&"))
+    }
+}
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&apos;")
+}
