@@ -64,7 +64,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
         IndexLocation::SqliteMemory => SqliteIndex::open_in_memory()?,
     };
-    let s3 = S3Store::new(s3_client(config.force_path_style).await);
+    let s3 = S3Store::with_request_timeout(
+        s3_client(config.force_path_style).await,
+        config.s3_request_timeout,
+    );
     // A diagnostic knob for crash and shutdown tests: slows every copy so a
     // warm is reliably mid-flight when the test strikes. Without it the
     // store is used as is, with nothing in the request path.
@@ -101,6 +104,7 @@ async fn run_with<S: ObjectStore>(
     deps.shutdown_grace = config.shutdown_grace;
     deps.ops.retention = config.operation_retention;
     deps.warm.skew_margin = config.clock_skew_margin;
+    deps.warm.engine.request_timeout = config.s3_request_timeout;
     deps.evict.skew_margin = config.clock_skew_margin;
     deps.ops.max_resumptions = config.max_resumptions;
     deps.limits = Limits {

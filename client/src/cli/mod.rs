@@ -408,6 +408,17 @@ async fn status(endpoint: &str, a: StatusArgs) -> Result<(), ClientError> {
                         "source_bucket": l.source_bucket,
                         "expires_at": ts(l.expires_at.as_ref()),
                     })).collect::<Vec<_>>(),
+                    "sweep_failures": p.sweep_failures.iter().map(|f| {
+                        let l = f.lease.clone().unwrap_or_default();
+                        json!({
+                            "prefix": l.prefix,
+                            "source_bucket": l.source_bucket,
+                            "expired_at": ts(l.expires_at.as_ref()),
+                            "attempts": f.attempts,
+                            "error": f.error,
+                            "next_attempt_at": ts(f.next_attempt_at.as_ref()),
+                        })
+                    }).collect::<Vec<_>>(),
                 })
             ),
             OutputFormat::Text => {
@@ -426,6 +437,16 @@ async fn status(endpoint: &str, a: StatusArgs) -> Result<(), ClientError> {
                         l.prefix,
                         l.source_bucket,
                         ts(l.expires_at.as_ref())
+                    );
+                }
+                for f in &p.sweep_failures {
+                    let l = f.lease.clone().unwrap_or_default();
+                    println!(
+                        "  expired lease {:?} not swept yet ({} attempts, next at {}): {}",
+                        l.prefix,
+                        f.attempts,
+                        ts(f.next_attempt_at.as_ref()),
+                        f.error
                     );
                 }
             }
@@ -461,6 +482,7 @@ async fn evict(endpoint: &str, a: EvictArgs) -> Result<(), ClientError> {
                 "kept_under": r.kept_under,
                 "forced": r.forced,
                 "failures": r.failures.iter().map(|f| json!({"key": f.key, "code": f.code, "message": f.message})).collect::<Vec<_>>(),
+                "failures_omitted": r.failures_omitted,
             })
         ),
         OutputFormat::Text => {
@@ -481,14 +503,20 @@ async fn evict(endpoint: &str, a: EvictArgs) -> Result<(), ClientError> {
             for f in &r.failures {
                 println!("failed: {} ({}): {}", f.key, f.code, f.message);
             }
+            if r.failures_omitted > 0 {
+                println!(
+                    "... and {} more failures (see the server's log)",
+                    r.failures_omitted
+                );
+            }
         }
     }
-    if r.failures.is_empty() {
+    let failed = r.failures.len() as u64 + r.failures_omitted;
+    if failed == 0 {
         Ok(())
     } else {
         Err(ClientError::Rpc(tonic::Status::aborted(format!(
-            "{} objects could not be deleted",
-            r.failures.len()
+            "{failed} objects could not be deleted"
         ))))
     }
 }

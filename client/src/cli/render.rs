@@ -71,6 +71,9 @@ pub fn progress_json(p: &pb::WarmProgress) -> Value {
     if let Some(t) = &p.lease_expires_at {
         v["lease_expires_at"] = json!(t.to_string());
     }
+    if !p.superseded_operation_id.is_empty() {
+        v["superseded_operation_id"] = json!(p.superseded_operation_id);
+    }
     if p.phase == Phase::Done as i32 {
         let outcome = Outcome::try_from(p.outcome).unwrap_or(Outcome::Unspecified);
         v["outcome"] = json!(outcome_name(outcome));

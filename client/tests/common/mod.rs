@@ -48,12 +48,18 @@ impl Server {
     }
 
     pub fn start_with(moto: &Moto, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_on(&moto.endpoint, extra, env)
+    }
+
+    /// A server whose S3 endpoint is `s3_endpoint` (e.g. a fault proxy in
+    /// front of moto).
+    pub fn start_on(s3_endpoint: &str, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let port = free_port();
         let mut s = Self {
             child: None,
             port,
             endpoint: format!("http://127.0.0.1:{port}"),
-            s3_endpoint: moto.endpoint.clone(),
+            s3_endpoint: s3_endpoint.to_owned(),
             extra: extra.iter().map(|a| (*a).to_owned()).collect(),
             env: env
                 .iter()
@@ -153,6 +159,35 @@ impl Server {
             .args(args)
             .output()
             .expect("run expresscache")
+    }
+
+    /// Runs the CLI, failing the test (and killing the CLI) if it has not
+    /// finished within `limit`: for the cases that used to hang.
+    pub fn run_within(&self, args: &[&str], limit: Duration) -> Output {
+        let mut child = self
+            .command()
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run expresscache");
+        let t0 = Instant::now();
+        loop {
+            if child.try_wait().expect("wait").is_some() {
+                return child.wait_with_output().expect("output");
+            }
+            if t0.elapsed() > limit {
+                let _ = child.kill();
+                let out = child.wait_with_output().expect("output");
+                panic!(
+                    "`expresscache {}` still running after {limit:?}\nstdout: {}\nserver log:\n{}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stdout),
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 

@@ -42,6 +42,14 @@ pub struct EngineSettings {
     pub multipart_threshold: u64,
     /// Parts of one object copied at once.
     pub part_concurrency: usize,
+    /// Time one attempt of a request may take before it is abandoned and
+    /// retried (a request that never answers must not hang a warm).
+    /// Copies get more in proportion to their size, at `min_copy_rate`.
+    pub request_timeout: Duration,
+    /// The slowest server-side copy rate (bytes/s) still considered alive,
+    /// which sizes the timeout of a copy or part: a 5 GiB CopyObject gets
+    /// `request_timeout` + 5 GiB / this.
+    pub min_copy_rate: u64,
 }
 
 impl Default for EngineSettings {
@@ -54,6 +62,8 @@ impl Default for EngineSettings {
             retry_max_delay: Duration::from_secs(5),
             multipart_threshold: 5 * 1024 * 1024 * 1024,
             part_concurrency: 8,
+            request_timeout: Duration::from_secs(30),
+            min_copy_rate: 10 * 1024 * 1024,
         }
     }
 }
@@ -132,11 +142,19 @@ impl<S: ObjectStore> CopyEngine<S> {
         self.limiter(bucket).limit()
     }
 
+    /// How long one attempt of a request moving `bytes` may take.
+    pub fn timeout_for(&self, bytes: u64) -> Duration {
+        let rate = self.settings.min_copy_rate.max(1);
+        self.settings.request_timeout + Duration::from_secs(bytes.div_ceil(rate))
+    }
+
     /// Runs `call` under the global cap and `bucket`'s adaptive limit,
-    /// retrying retryable errors with backoff.
+    /// each attempt bounded by `timeout_for(bytes)`, retrying retryable
+    /// errors (a timeout is one) with backoff.
     async fn attempt<T, F, Fut>(
         &self,
         bucket: &str,
+        bytes: u64,
         stats: &CopyStats,
         stop: &StopSignal,
         mut call: F,
@@ -160,7 +178,10 @@ impl<S: ObjectStore> CopyEngine<S> {
                 if stop.is_set() {
                     return Err(StoreError::Stopped);
                 }
-                call().await
+                let limit = self.timeout_for(bytes);
+                tokio::time::timeout(limit, call())
+                    .await
+                    .unwrap_or_else(|_| Err(crate::store::timed_out("request", limit)))
             };
             match result {
                 Ok(v) => {
@@ -201,8 +222,10 @@ impl<S: ObjectStore> CopyEngine<S> {
         if size > self.settings.multipart_threshold {
             return self.copy_multipart(req, size, stats, stop).await;
         }
-        self.attempt(req.dest_bucket, stats, stop, || self.store.copy_object(req))
-            .await
+        self.attempt(req.dest_bucket, size, stats, stop, || {
+            self.store.copy_object(req)
+        })
+        .await
     }
 
     async fn copy_multipart(
@@ -216,7 +239,7 @@ impl<S: ObjectStore> CopyEngine<S> {
         let part = part_size(size, self.settings.multipart_threshold);
         let count = size.div_ceil(part);
         let upload_id = self
-            .attempt(dest, stats, stop, || {
+            .attempt(dest, 0, stats, stop, || {
                 self.store.create_multipart(dest, req.dest_key)
             })
             .await?;
@@ -235,9 +258,11 @@ impl<S: ObjectStore> CopyEngine<S> {
                         first_byte: first,
                         last_byte: last,
                     };
-                    self.attempt(dest, stats, stop, || self.store.upload_part_copy(&pc))
-                        .await
-                        .map(|etag| (number, etag))
+                    self.attempt(dest, last - first + 1, stats, stop, || {
+                        self.store.upload_part_copy(&pc)
+                    })
+                    .await
+                    .map(|etag| (number, etag))
                 }
             })
             .buffer_unordered(self.settings.part_concurrency.max(1))
@@ -247,13 +272,13 @@ impl<S: ObjectStore> CopyEngine<S> {
             let mut done = parts.into_iter().collect::<Result<Vec<_>, _>>()?;
             done.sort_by_key(|(n, _)| *n);
             let copied = self
-                .attempt(dest, stats, stop, || {
+                .attempt(dest, size, stats, stop, || {
                     self.store
                         .complete_multipart(dest, req.dest_key, &upload_id, &done)
                 })
                 .await?;
             let landed = self
-                .attempt(dest, stats, stop, || {
+                .attempt(dest, 0, stats, stop, || {
                     self.store.head_object(dest, req.dest_key)
                 })
                 .await?;
@@ -273,7 +298,7 @@ impl<S: ObjectStore> CopyEngine<S> {
         if result.is_err() {
             // Never leave an incomplete upload (it is billed until aborted).
             let aborted = self
-                .attempt(dest, stats, &StopSignal::default(), || {
+                .attempt(dest, 0, stats, &StopSignal::default(), || {
                     self.store.abort_multipart(dest, req.dest_key, &upload_id)
                 })
                 .await;

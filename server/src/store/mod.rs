@@ -15,6 +15,7 @@ use std::time::SystemTime;
 
 pub use faults::{FaultStore, Op};
 pub use memory::MemoryStore;
+pub(crate) use s3::timed_out;
 pub use s3::S3Store;
 
 /// One object as a listing shows it.

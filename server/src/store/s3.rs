@@ -27,14 +27,62 @@ const COPY_SOURCE: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'~');
 
 /// An [`ObjectStore`] backed by an `aws_sdk_s3::Client`.
+///
+/// Two clients share one configuration but not one retry policy. The calls
+/// that the service retries itself (copies and their multipart steps, by
+/// the copy engine; deletes, by the evictor) go out exactly once per
+/// attempt, so every throttle and timeout reaches the engine's adaptive
+/// limit and retry budget instead of being absorbed (and multiplied) by
+/// the SDK's own retries. Listing and bucket checks, which nothing above
+/// retries, keep the SDK's standard retries.
 #[derive(Debug, Clone)]
 pub struct S3Store {
-    client: aws_sdk_s3::Client,
+    /// SDK retries on; each attempt bounded by the request timeout.
+    retrying: aws_sdk_s3::Client,
+    /// One attempt per call; the caller bounds and retries it.
+    single: aws_sdk_s3::Client,
+    /// Bound on one attempt of a call without a size-scaled budget.
+    request_timeout: Duration,
 }
 
+/// How long establishing a connection may take before the attempt fails.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl S3Store {
+    /// A store over `client` with the default 30 s request timeout.
     pub fn new(client: aws_sdk_s3::Client) -> Self {
-        Self { client }
+        Self::with_request_timeout(client, Duration::from_secs(30))
+    }
+
+    /// A store over `client` whose un-sized calls (listing, bucket checks,
+    /// deletes) give up an attempt after `request_timeout`; copies are
+    /// bounded by the copy engine in proportion to their size.
+    pub fn with_request_timeout(client: aws_sdk_s3::Client, request_timeout: Duration) -> Self {
+        use aws_sdk_s3::config::retry::RetryConfig;
+        use aws_sdk_s3::config::timeout::TimeoutConfig;
+        let conf = client.config().to_builder();
+        let retrying = conf
+            .clone()
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .operation_attempt_timeout(request_timeout)
+                    .build(),
+            )
+            .build();
+        let single = conf
+            .retry_config(RetryConfig::disabled())
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .build(),
+            )
+            .build();
+        Self {
+            retrying: aws_sdk_s3::Client::from_conf(retrying),
+            single: aws_sdk_s3::Client::from_conf(single),
+            request_timeout,
+        }
     }
 
     /// The `x-amz-copy-source` value for `bucket`/`key`.
@@ -46,6 +94,11 @@ impl S3Store {
 fn to_system_time(t: &DateTime) -> Option<SystemTime> {
     let secs = u64::try_from(t.secs()).ok()?;
     Some(UNIX_EPOCH + Duration::new(secs, t.subsec_nanos()))
+}
+
+/// A call that got no answer in time: retryable, like any transport failure.
+pub(crate) fn timed_out(call: &str, after: Duration) -> StoreError {
+    StoreError::Transport(format!("{call} got no answer within {after:?} (timed out)"))
 }
 
 type SessionError = SdkError<CreateSessionError, HttpResponse>;
@@ -78,10 +131,12 @@ where
             match (code.as_str(), status) {
                 ("NoSuchBucket", _) => StoreError::NoSuchBucket(bucket.to_owned()),
                 ("NoSuchKey", _) => StoreError::NoSuchKey(key.unwrap_or_default().to_owned()),
-                // HeadBucket answers with a bare status and no body.
-                ("NotFound" | "", 404) if key.is_none() => {
-                    StoreError::NoSuchBucket(bucket.to_owned())
-                }
+                // HEAD answers with a bare status and no body: about a
+                // bucket (HeadBucket) or a key (HeadObject).
+                ("NotFound" | "", 404) => match key {
+                    None => StoreError::NoSuchBucket(bucket.to_owned()),
+                    Some(k) => StoreError::NoSuchKey(k.to_owned()),
+                },
                 ("AccessDenied" | "Forbidden", _) | (_, 403) => {
                     StoreError::AccessDenied(if message.is_empty() {
                         format!("access to bucket {bucket:?} denied")
@@ -126,7 +181,7 @@ where
 #[async_trait::async_trait]
 impl ObjectStore for S3Store {
     async fn check_bucket(&self, bucket: &str) -> Result<(), StoreError> {
-        self.client
+        self.retrying
             .head_bucket()
             .bucket(bucket)
             .send()
@@ -142,7 +197,7 @@ impl ObjectStore for S3Store {
         continuation: Option<String>,
     ) -> Result<ListPage, StoreError> {
         let out = self
-            .client
+            .retrying
             .list_objects_v2()
             .bucket(bucket)
             .prefix(prefix)
@@ -172,7 +227,7 @@ impl ObjectStore for S3Store {
 
     async fn copy_object(&self, req: &CopyRequest<'_>) -> Result<Copied, StoreError> {
         let out = self
-            .client
+            .single
             .copy_object()
             .bucket(req.dest_bucket)
             .key(req.dest_key)
@@ -194,7 +249,7 @@ impl ObjectStore for S3Store {
 
     async fn create_multipart(&self, bucket: &str, key: &str) -> Result<String, StoreError> {
         let out = self
-            .client
+            .single
             .create_multipart_upload()
             .bucket(bucket)
             .key(key)
@@ -213,7 +268,7 @@ impl ObjectStore for S3Store {
     async fn upload_part_copy(&self, part: &PartCopy<'_>) -> Result<String, StoreError> {
         let c = &part.copy;
         let out = self
-            .client
+            .single
             .upload_part_copy()
             .bucket(c.dest_bucket)
             .key(c.dest_key)
@@ -244,7 +299,7 @@ impl ObjectStore for S3Store {
             .map(|(n, etag)| CompletedPart::builder().part_number(*n).e_tag(etag).build())
             .collect();
         let out = self
-            .client
+            .single
             .complete_multipart_upload()
             .bucket(bucket)
             .key(key)
@@ -268,7 +323,7 @@ impl ObjectStore for S3Store {
         key: &str,
         upload_id: &str,
     ) -> Result<(), StoreError> {
-        self.client
+        self.single
             .abort_multipart_upload()
             .bucket(bucket)
             .key(key)
@@ -281,7 +336,7 @@ impl ObjectStore for S3Store {
 
     async fn head_object(&self, bucket: &str, key: &str) -> Result<ObjectMeta, StoreError> {
         let out = self
-            .client
+            .single
             .head_object()
             .bucket(bucket)
             .key(key)
@@ -330,13 +385,15 @@ impl ObjectStore for S3Store {
                 status: 0,
                 message: e.to_string(),
             })?;
-        let out = self
-            .client
+        let call = self
+            .single
             .delete_objects()
             .bucket(bucket)
             .delete(delete)
-            .send()
+            .send();
+        let out = tokio::time::timeout(self.request_timeout, call)
             .await
+            .map_err(|_| timed_out("DeleteObjects", self.request_timeout))?
             .map_err(|e| classify(&e, bucket, None))?;
         Ok(out
             .errors()
