@@ -519,3 +519,73 @@ impl<S: ObjectStore, I: CacheIndex> Operations<S, I> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::SqliteIndex;
+    use crate::store::MemoryStore;
+    use crate::warm::WarmSettings;
+
+    fn unfinished(id: &str, resumptions: u32) -> OperationRecord {
+        OperationRecord {
+            id: id.into(),
+            request_id: None,
+            request: pb::WarmCacheRequest {
+                bucket: "src".into(),
+                prefixes: vec!["d/".into()],
+                directory_bucket: "cache--use1-az4--x-s3".into(),
+                ttl: Some(prost_types::Duration {
+                    seconds: 60,
+                    nanos: 0,
+                }),
+                ..Default::default()
+            },
+            progress: pb::WarmProgress {
+                operation_id: id.into(),
+                phase: pb::Phase::Copying as i32,
+                ..Default::default()
+            },
+            created_at: 1,
+            resumptions,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_warm_interrupted_too_often_is_failed_not_resumed_again() {
+        let store = MemoryStore::default();
+        store.create_bucket("src");
+        store.create_bucket("cache--use1-az4--x-s3");
+        let index = Arc::new(SqliteIndex::open_in_memory().unwrap());
+        // Resumed three times already: each start crashed while running it.
+        index
+            .create_operation(&unfinished("crashy", 3))
+            .await
+            .unwrap();
+        index
+            .create_operation(&unfinished("once", 1))
+            .await
+            .unwrap();
+        let warmer = Arc::new(Warmer::new(
+            Arc::new(store),
+            Arc::clone(&index),
+            Arc::new(crate::clock::SystemClock),
+            WarmSettings::default(),
+        ));
+        let ops = Arc::new(Operations::new(
+            warmer,
+            OpsSettings::default(),
+            Limits::default(),
+        ));
+        assert_eq!(ops.resume_unfinished().await.unwrap(), 1, "only `once`");
+        let crashy = index.get_operation("crashy").await.unwrap().unwrap();
+        assert!(crashy.is_done());
+        assert_eq!(crashy.progress.outcome, pb::Outcome::Failed as i32);
+        assert!(
+            crashy.progress.error.contains("interrupted 4 times"),
+            "{}",
+            crashy.progress.error
+        );
+        assert_eq!(crashy.resumptions, 3, "not counted as resumed again");
+    }
+}

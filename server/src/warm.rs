@@ -641,11 +641,28 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
             }
             // A claim taken when the page was planned may be old by now (a
             // throttled engine queues copies for long): renew it before the
-            // copy, so it cannot lapse under us.
-            let fresh = claimed_at.take().filter(|at| {
-                self.clock.now().saturating_sub(*at) < span_millis(self.settings.claim_ttl / 4)
-            });
-            if fresh.is_none() {
+            // copy; if it was lost meanwhile, decide the key again.
+            let claimed = match claimed_at.take() {
+                Some(at) if self.clock.now().saturating_sub(at) < self.renew_after() => true,
+                Some(_) => match self.renew(dir, dest_key, owner).await {
+                    Ok(held) => held,
+                    Err(e) => return index_failure(&e),
+                },
+                None => false,
+            };
+            if !claimed {
+                let record = match self.record(dir, dest_key).await {
+                    Ok(r) => r,
+                    Err(e) => return index_failure(&e),
+                };
+                match self.redecide(spec, owner, obj, dest_key, record.as_ref()) {
+                    Redecided::Done(outcome) => return outcome,
+                    Redecided::Wait(next) => {
+                        wait_for = Some(next);
+                        continue;
+                    }
+                    Redecided::Copy => {}
+                }
                 match self.claim(dir, dest_key, owner).await {
                     Err(e) => return index_failure(&e),
                     Ok(ClaimOutcome::Held(claim)) => {
@@ -746,15 +763,34 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
             .await
     }
 
-    /// Extends this warm's claim on `key` every third of the claim TTL, for
-    /// as long as it is polled (while the copy runs). A lost claim is
-    /// noticed when the copy is recorded.
+    /// How old a claim may get before it is renewed.
+    fn renew_after(&self) -> Millis {
+        span_millis(self.settings.claim_ttl / 4)
+    }
+
+    /// Extends this warm's own claim on `key`; false if it was lost.
+    async fn renew(&self, dir: &str, key: &str, owner: &str) -> Result<bool, IndexError> {
+        let deadline = self
+            .clock
+            .now()
+            .saturating_add(span_millis(self.settings.claim_ttl));
+        self.index.renew_claim(dir, key, owner, deadline).await
+    }
+
+    /// Extends this warm's claim on `key` every quarter of the claim TTL,
+    /// for as long as it is polled (while the copy runs); stops once the
+    /// claim is lost (the completion then finds out and decides again).
     async fn keep_claimed(&self, dir: &str, key: &str, owner: &str) {
-        let every = (self.settings.claim_ttl / 3).max(Duration::from_millis(10));
+        let every = (self.settings.claim_ttl / 4).max(Duration::from_millis(10));
         loop {
             tokio::time::sleep(every).await;
-            if let Err(e) = self.claim(dir, key, owner).await {
-                tracing::warn!(key, error = %e, "could not extend the copy claim");
+            match self.renew(dir, key, owner).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(key, "copy claim lost while copying");
+                    return std::future::pending().await;
+                }
+                Err(e) => tracing::warn!(key, error = %e, "could not extend the copy claim"),
             }
         }
     }
@@ -1069,6 +1105,272 @@ mod tests {
         assert_eq!(
             w.store.inner().counters.list.load(Ordering::Relaxed) - lists,
             3
+        );
+    }
+}
+
+#[cfg(test)]
+mod fault_tests {
+    //! Warms racing an Evict and losing a claim (issue cases 7 and 8),
+    //! ordered deterministically by a gate that holds one store call.
+    use super::*;
+    use crate::evict::{EvictSettings, Evictor};
+    use crate::gate::{Gate, Pass};
+    use crate::index::SqliteIndex;
+    use crate::store::{FaultStore, MemoryStore};
+    use expresscache::proto::v1 as pb;
+    use expresscache::{DirectoryBucketName, EvictSpec};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::sync::Notify;
+
+    const SRC: &str = "src";
+    const DIR: &str = "cache--use1-az4--x-s3";
+
+    /// Holds the `nth` call named `call` (about `subject`, if given) until
+    /// released, and says when it got there.
+    #[derive(Debug)]
+    struct Hold {
+        call: &'static str,
+        subject: Option<&'static str>,
+        nth: usize,
+        seen: AtomicUsize,
+        reached: Notify,
+        release: Arc<Notify>,
+    }
+
+    #[derive(Debug, Clone)]
+    struct HoldGate(Arc<Hold>);
+
+    impl Gate for HoldGate {
+        fn enter(&self, call: &'static str, subject: &str) -> BoxFuture<'static, Pass> {
+            let hold = Arc::clone(&self.0);
+            let matches = call == hold.call && hold.subject.is_none_or(|s| s == subject);
+            let n = if matches {
+                hold.seen.fetch_add(1, Ordering::SeqCst) + 1
+            } else {
+                0
+            };
+            Box::pin(async move {
+                if n == hold.nth {
+                    hold.reached.notify_one();
+                    hold.release.notified().await;
+                }
+                Box::new(()) as Pass
+            })
+        }
+    }
+
+    type W = Warmer<FaultStore<MemoryStore>, SqliteIndex>;
+
+    fn world(keys: &[&str], hold: &Arc<Hold>) -> Arc<W> {
+        let mem = MemoryStore::with_page_size(3);
+        mem.create_bucket(SRC);
+        mem.create_bucket(DIR);
+        for k in keys {
+            mem.put(SRC, k, 10);
+        }
+        Arc::new(Warmer::new(
+            Arc::new(FaultStore::new(mem).with_gate(Arc::new(HoldGate(Arc::clone(hold))))),
+            Arc::new(SqliteIndex::open_in_memory().unwrap()),
+            Arc::new(crate::clock::SystemClock),
+            WarmSettings::default(),
+        ))
+    }
+
+    fn hold(call: &'static str, subject: Option<&'static str>, nth: usize) -> Arc<Hold> {
+        Arc::new(Hold {
+            call,
+            subject,
+            nth,
+            seen: AtomicUsize::new(0),
+            reached: Notify::new(),
+            release: Arc::new(Notify::new()),
+        })
+    }
+
+    fn spec() -> WarmSpec {
+        WarmSpec::parse(
+            &pb::WarmCacheRequest {
+                bucket: SRC.into(),
+                prefixes: vec!["d/".into()],
+                directory_bucket: DIR.into(),
+                ttl: Some(prost_types::Duration {
+                    seconds: 60,
+                    nanos: 0,
+                }),
+                ..Default::default()
+            },
+            &expresscache::Limits::default(),
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_evict_during_a_warm_ends_it_instead_of_reporting_deleted_objects_ready() {
+        // Two listing pages per warm; hold the second page of the second.
+        let h = hold("list", None, 4);
+        let w = world(&["d/1", "d/2", "d/3", "d/4", "d/5", "d/6"], &h);
+        let (p, _rx) = Progress::new("op1".into());
+        w.run(&spec(), &p, "op1").await.unwrap();
+        assert_eq!(w.store.inner().keys(DIR).len(), 6);
+
+        let rewarm = {
+            let w = Arc::clone(&w);
+            tokio::spawn(async move {
+                let (p, _rx) = Progress::new("op2".into());
+                let r = w.run(&spec(), &p, "op2").await;
+                (r, p.hits.load(AtomicOrdering::Relaxed))
+            })
+        };
+        // The re-warm has counted page 1 (d/1..d/3) as hits.
+        h.reached.notified().await;
+        let evictor = Evictor::new(
+            Arc::clone(&w.store),
+            Arc::clone(&w.index),
+            Arc::clone(&w.clock),
+            EvictSettings::default(),
+        );
+        let evicted = evictor
+            .evict(&EvictSpec {
+                directory_bucket: DirectoryBucketName::parse(DIR).unwrap(),
+                prefixes: vec![Prefix::parse("d/").unwrap()],
+                force: false,
+            })
+            .await
+            .unwrap();
+        assert_eq!(evicted.tally.deleted, 6, "the warm's own lease was ended");
+        h.release.notify_one();
+        let (result, hits) = rewarm.await.unwrap();
+        assert_eq!(hits, 3);
+        match result {
+            Err(WarmError::LeaseEnded { prefix }) => assert_eq!(prefix, "d/"),
+            other => panic!("expected LeaseEnded, got {other:?}"),
+        }
+        assert!(
+            !w.store.inner().keys(DIR).contains(&"d/1".to_owned()),
+            "page 1 is gone: SUCCEEDED would have been a lie"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_copier_whose_claim_was_taken_over_never_overwrites_the_newer_entry() {
+        let h = hold("copy", Some("d/1"), 1);
+        let w = world(&["d/1", "d/2"], &h);
+        let run = {
+            let w = Arc::clone(&w);
+            tokio::spawn(async move {
+                let (p, _rx) = Progress::new("slow".into());
+                w.run(&spec(), &p, "slow").await.unwrap();
+                (
+                    p.copied.load(AtomicOrdering::Relaxed),
+                    p.shared.load(AtomicOrdering::Relaxed),
+                )
+            })
+        };
+        h.reached.notified().await;
+        // The slow copier's claim lapses (it was paused) and another
+        // replica takes d/1 over, copies the same version and records it.
+        let etag = w.store.inner().etag(SRC, "d/1").unwrap();
+        let later = w.clock.now() + 3_600_000;
+        let taken = w
+            .index
+            .claim_copy(DIR, "d/1", "other", later + 1000, later)
+            .await
+            .unwrap();
+        assert_eq!(taken, ClaimOutcome::Claimed);
+        let theirs = Entry {
+            directory_bucket: DIR.into(),
+            key: "d/1".into(),
+            source_bucket: SRC.into(),
+            source_key: "d/1".into(),
+            source_etag: etag,
+            size: 10,
+            source_last_modified: None,
+            dest_etag: "\"theirs\"".into(),
+            cached_at: 42,
+        };
+        assert_eq!(
+            w.index.complete_copy(&theirs, "other").await.unwrap(),
+            Completion::Recorded
+        );
+        h.release.notify_one();
+        let (copied, shared) = run.await.unwrap();
+        assert_eq!(
+            (copied, shared),
+            (1, 1),
+            "d/2 copied; d/1 found current after the lost claim"
+        );
+        let rec = w.index.records(DIR, "d/1", None, None, 1).await.unwrap();
+        assert_eq!(
+            rec[0].entry.as_ref(),
+            Some(&theirs),
+            "the newer holder's entry stands"
+        );
+        assert!(rec[0].claim.is_none());
+    }
+}
+
+#[cfg(test)]
+mod stall_tests {
+    use super::*;
+    use crate::index::SqliteIndex;
+    use crate::store::{FaultStore, MemoryStore, Op};
+    use expresscache::proto::v1 as pb;
+
+    #[tokio::test]
+    async fn a_warm_that_makes_no_progress_stops_extending_its_lease() {
+        let mem = MemoryStore::default();
+        mem.create_bucket("src");
+        mem.create_bucket("cache--use1-az4--x-s3");
+        mem.put("src", "d/1", 10);
+        let store = FaultStore::new(mem);
+        // The copy never answers (within this test).
+        store.delay(Op::Copy, Duration::from_secs(60));
+        let w = Arc::new(Warmer::new(
+            Arc::new(store),
+            Arc::new(SqliteIndex::open_in_memory().unwrap()),
+            Arc::new(crate::clock::SystemClock),
+            WarmSettings {
+                stall_limit: Duration::from_millis(300),
+                ..WarmSettings::default()
+            },
+        ));
+        let spec = WarmSpec::parse(
+            &pb::WarmCacheRequest {
+                bucket: "src".into(),
+                prefixes: vec!["d/".into()],
+                directory_bucket: "cache--use1-az4--x-s3".into(),
+                ttl: Some(prost_types::Duration {
+                    seconds: 1,
+                    nanos: 0,
+                }),
+                ..Default::default()
+            },
+            &expresscache::Limits::default(),
+        )
+        .unwrap();
+        let started = w.clock.now();
+        let task = {
+            let w = Arc::clone(&w);
+            tokio::spawn(async move {
+                let (p, _rx) = Progress::new("stuck".into());
+                w.run(&spec, &p, "stuck").await
+            })
+        };
+        // Renewals are due every 500 ms; a renewing warm would have pushed
+        // the lease past started + 1.5 s by now.
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        let leases = w
+            .index
+            .covering_leases("cache--use1-az4--x-s3", "d/", 0)
+            .await
+            .unwrap();
+        task.abort();
+        assert_eq!(leases.len(), 1);
+        assert!(
+            leases[0].expires_at <= started + 1_100,
+            "a stalled warm kept extending its lease: {} ms after start",
+            leases[0].expires_at - started
         );
     }
 }

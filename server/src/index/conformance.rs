@@ -604,6 +604,28 @@ async fn completion_requires_the_copiers_claim<I: CacheIndex>(index: &I) {
     let mut newer = entry("cc/k", 9);
     newer.source_etag = "\"newer\"".into();
     let late = entry("cc/k", 1);
+    assert!(
+        !index.renew_claim(DIR, "cc/k", "a", 10_000).await.unwrap(),
+        "a lost claim is not renewed"
+    );
+    assert!(index.renew_claim(DIR, "cc/k", "b", 400).await.unwrap());
+    assert_eq!(
+        index.records(DIR, "cc/", None, None, 10).await.unwrap()[0]
+            .claim
+            .as_ref()
+            .map(|c| (c.owner.as_str(), c.deadline)),
+        Some(("b", 400)),
+        "the holder's renewal extends its deadline"
+    );
+    assert!(
+        !index.renew_claim(DIR, "cc/free", "a", 400).await.unwrap(),
+        "renewing never acquires a free key"
+    );
+    assert!(index
+        .records(DIR, "cc/free", None, None, 10)
+        .await
+        .unwrap()
+        .is_empty());
     let both = index.complete_copies(&[newer.clone()], "b").await.unwrap();
     assert_eq!(both, [Completion::Recorded]);
     assert_eq!(

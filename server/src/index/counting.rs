@@ -186,6 +186,20 @@ impl<I: CacheIndex> CacheIndex for CountingIndex<I> {
             .await
     }
 
+    async fn renew_claim(
+        &self,
+        directory_bucket: &str,
+        key: &str,
+        owner: &str,
+        deadline: Millis,
+    ) -> Result<bool, IndexError> {
+        self.write();
+        let _pass = self.pass("renew_claim", key).await;
+        self.inner
+            .renew_claim(directory_bucket, key, owner, deadline)
+            .await
+    }
+
     async fn complete_copies(
         &self,
         entries: &[Entry],

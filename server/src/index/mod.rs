@@ -356,6 +356,18 @@ pub trait CacheIndex: Send + Sync + 'static {
             .ok_or_else(|| IndexError::Corrupt("claim_copies answered nothing".into()))
     }
 
+    /// Extends `owner`'s copy claim on `key` to `deadline` if `owner` still
+    /// holds it; never takes a claim that is free or someone else's (a
+    /// heartbeat must not re-acquire a claim it lost). Returns whether it
+    /// held.
+    async fn renew_claim(
+        &self,
+        directory_bucket: &str,
+        key: &str,
+        owner: &str,
+        deadline: Millis,
+    ) -> Result<bool, IndexError>;
+
     /// Records successful copies (the entries) and drops `owner`'s claims
     /// on them, each only if `owner` still holds a copy claim on the key
     /// (one conditional write per entry): a copier whose claim lapsed and

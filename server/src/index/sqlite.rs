@@ -670,6 +670,32 @@ impl CacheIndex for SqliteIndex {
         .await
     }
 
+    async fn renew_claim(
+        &self,
+        directory_bucket: &str,
+        key: &str,
+        owner: &str,
+        deadline: Millis,
+    ) -> Result<bool, IndexError> {
+        let (bucket, key, owner) = (
+            directory_bucket.to_owned(),
+            key.to_owned(),
+            owner.to_owned(),
+        );
+        self.with(move |c| {
+            let n = c
+                .execute(
+                    "UPDATE records SET claim_deadline = max(claim_deadline, ?4)
+                     WHERE directory_bucket = ?1 AND key = ?2 AND claim_owner = ?3
+                       AND claim_kind = ?5",
+                    params![bucket, key, owner, deadline, COPY],
+                )
+                .map_err(storage)?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
     async fn complete_copies(
         &self,
         entries: &[Entry],
