@@ -17,8 +17,13 @@ pub fn cli() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_expresscache"))
 }
 
-/// The server binary cargo built next to this test's binary.
+/// The server binary cargo built next to this test's binary, or
+/// `$EXPRESSCACHE_SERVER_BIN` (to run these tests against another build,
+/// e.g. an older release).
 pub fn server_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("EXPRESSCACHE_SERVER_BIN") {
+        return PathBuf::from(p);
+    }
     let exe = std::env::current_exe().expect("current exe");
     let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
     let bin = dir.join("expresscache-server");
