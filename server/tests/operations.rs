@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{rpc_error, Fixture};
+use common::{as_refs, rpc_error, Fixture};
 use expresscache_client::{pb, Client, Outcome};
 use expresscache_server::store::Op;
 use expresscache_server::testing::list_keys;
@@ -198,4 +198,45 @@ async fn unknown_operations_and_bad_pages_get_precise_codes() {
         .await
         .unwrap_err();
     assert_eq!(rpc_error(bad).code(), Code::InvalidArgument);
+}
+
+/// An Evict whose caller hangs up midway still finishes: its deletions are
+/// recorded, so no entry is left claiming an object it deleted (issue case
+/// 1: it used to run inline in the handler and stop with the call).
+#[tokio::test]
+async fn an_evict_whose_caller_hangs_up_still_records_what_it_deleted() {
+    let data = many(30);
+    let fx = Fixture::new(&as_refs(&data)).await;
+    fx.warm(fx.request(&["m/"])).await;
+    fx.server
+        .store
+        .delay(Op::Delete, Duration::from_millis(500));
+    let mut client = fx.client().await;
+    let call = client.evict(fx.dir.clone(), vec!["m/".into()], false);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), call)
+            .await
+            .is_err(),
+        "the caller gave up before the delete answered"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = fx
+            .client()
+            .await
+            .prefix_status(&fx.dir, vec!["m/".into()])
+            .await
+            .unwrap();
+        if status[0].cached_objects == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the eviction did not finish: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(list_keys(&fx.s3, &fx.dir, "").await.is_empty());
+    let again = fx.warm(fx.request(&["m/"])).await;
+    assert_eq!(again.counters.objects_copied, 30);
 }
