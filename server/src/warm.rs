@@ -169,11 +169,16 @@ enum Released {
     Stopped,
 }
 
-/// A key decided again after a wait or a lost claim.
-enum Redecided {
-    Done(KeyOutcome),
+/// Where one key's settling stands.
+enum Step {
+    /// Another holder's claim must go first.
     Wait(Claim),
-    Copy,
+    /// Read the key's record and decide.
+    Decide,
+    /// Claim the key for this warm.
+    Claim,
+    /// This warm claimed the key at this time: copy and record it.
+    Copy(Millis),
 }
 
 fn writer_gone() -> KeyOutcome {
@@ -607,8 +612,8 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
     async fn settle(
         &self,
         ctx: TaskCtx<'_>,
-        mut wait_for: Option<Claim>,
-        mut claimed_at: Option<Millis>,
+        wait_for: Option<Claim>,
+        claimed_at: Option<Millis>,
         obj: &ObjectMeta,
         dest_key: &str,
     ) -> KeyOutcome {
@@ -620,109 +625,121 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
             ..
         } = ctx;
         let dir = spec.directory_bucket.as_str();
+        let mut step = match (wait_for, claimed_at) {
+            (Some(claim), _) => Step::Wait(claim),
+            (None, Some(at)) => Step::Copy(at),
+            (None, None) => Step::Claim,
+        };
         loop {
-            if let Some(claim) = wait_for.take() {
-                let record = match self
-                    .wait_for_release(dir, dest_key, owner, stop, progress, &claim)
-                    .await
-                {
-                    Ok(Released::Now(r)) => r.map(|r| *r),
-                    Ok(Released::Stopped) => return KeyOutcome::Stopped,
-                    Err(e) => return index_failure(&e),
-                };
-                match self.redecide(spec, owner, obj, dest_key, record.as_ref()) {
-                    Redecided::Done(outcome) => return outcome,
-                    Redecided::Wait(next) => {
-                        wait_for = Some(next);
-                        continue;
+            step = match step {
+                Step::Wait(claim) => {
+                    match self
+                        .wait_for_release(dir, dest_key, owner, stop, progress, &claim)
+                        .await
+                    {
+                        Ok(Released::Now(r)) => {
+                            match self.redecide(spec, owner, obj, dest_key, r.as_deref()) {
+                                Ok(next) => next,
+                                Err(outcome) => return outcome,
+                            }
+                        }
+                        Ok(Released::Stopped) => return KeyOutcome::Stopped,
+                        Err(e) => return index_failure(&e),
                     }
-                    Redecided::Copy => {}
                 }
-            }
-            // A claim taken when the page was planned may be old by now (a
-            // throttled engine queues copies for long): renew it before the
-            // copy; if it was lost meanwhile, decide the key again.
-            let claimed = match claimed_at.take() {
-                Some(at) if self.clock.now().saturating_sub(at) < self.renew_after() => true,
-                Some(_) => match self.renew(dir, dest_key, owner).await {
-                    Ok(held) => held,
+                Step::Decide => match self.record(dir, dest_key).await {
+                    Ok(r) => match self.redecide(spec, owner, obj, dest_key, r.as_ref()) {
+                        Ok(next) => next,
+                        Err(outcome) => return outcome,
+                    },
                     Err(e) => return index_failure(&e),
                 },
-                None => false,
-            };
-            if !claimed {
-                let record = match self.record(dir, dest_key).await {
-                    Ok(r) => r,
+                Step::Claim => match self.claim(dir, dest_key, owner).await {
+                    Ok(ClaimOutcome::Held(claim)) => Step::Wait(claim),
+                    Ok(ClaimOutcome::Claimed) => Step::Copy(self.clock.now()),
                     Err(e) => return index_failure(&e),
-                };
-                match self.redecide(spec, owner, obj, dest_key, record.as_ref()) {
-                    Redecided::Done(outcome) => return outcome,
-                    Redecided::Wait(next) => {
-                        wait_for = Some(next);
-                        continue;
+                },
+                Step::Copy(claimed_at) => {
+                    match self.copy_claimed(ctx, obj, dest_key, claimed_at).await {
+                        Ok(outcome) => return outcome,
+                        // Lost the claim before or during the copy.
+                        Err(()) => Step::Decide,
                     }
-                    Redecided::Copy => {}
-                }
-                match self.claim(dir, dest_key, owner).await {
-                    Err(e) => return index_failure(&e),
-                    Ok(ClaimOutcome::Held(claim)) => {
-                        wait_for = Some(claim);
-                        continue;
-                    }
-                    Ok(ClaimOutcome::Claimed) => {}
-                }
-            }
-            let copied = {
-                let copy = self.copy_one(spec, obj, dest_key, progress, stop);
-                let heartbeat = self.keep_claimed(dir, dest_key, owner);
-                tokio::select! {
-                    r = copy => r,
-                    () = heartbeat => unreachable!("the heartbeat never ends"),
                 }
             };
-            let entry = match copied {
-                Ok(entry) => entry,
-                Err(e) => {
-                    self.release(dir, dest_key, owner).await;
-                    return if matches!(e, StoreError::Stopped) {
-                        KeyOutcome::Stopped
-                    } else {
-                        KeyOutcome::Failed {
-                            code: e.code().to_owned(),
-                            message: describe(&e),
-                        }
-                    };
-                }
-            };
-            // The writer records it (and drops the claim) in its next batch;
-            // the warm reports ready only after the writer is done.
-            let (reply, recorded) = oneshot::channel();
-            if ctx.entries.send((entry, reply)).await.is_err() {
-                return writer_gone();
-            }
-            match recorded.await {
-                Ok(Completion::Recorded) => return KeyOutcome::Copied,
-                Ok(Completion::ClaimLost) => {
-                    tracing::warn!(
-                        key = dest_key,
-                        "claim lost during the copy; deciding the key again"
-                    );
-                    let record = match self.record(dir, dest_key).await {
-                        Ok(r) => r,
-                        Err(e) => return index_failure(&e),
-                    };
-                    match self.redecide(spec, owner, obj, dest_key, record.as_ref()) {
-                        Redecided::Done(outcome) => return outcome,
-                        Redecided::Wait(next) => wait_for = Some(next),
-                        Redecided::Copy => {}
-                    }
-                }
-                Err(_) => return writer_gone(),
-            }
         }
     }
 
-    /// What to do with a key after another holder let go of it.
+    /// Copies a key this warm claimed at `claimed_at` and records it. `Err`
+    /// when the claim turned out lost (nothing was recorded).
+    async fn copy_claimed(
+        &self,
+        ctx: TaskCtx<'_>,
+        obj: &ObjectMeta,
+        dest_key: &str,
+        claimed_at: Millis,
+    ) -> Result<KeyOutcome, ()> {
+        let TaskCtx {
+            spec,
+            progress,
+            owner,
+            stop,
+            ..
+        } = ctx;
+        let dir = spec.directory_bucket.as_str();
+        // A claim taken when the page was planned may be old by now (a
+        // throttled engine queues copies for long): renew it first.
+        if self.clock.now().saturating_sub(claimed_at) >= self.renew_after() {
+            match self.renew(dir, dest_key, owner).await {
+                Ok(true) => {}
+                Ok(false) => return Err(()),
+                Err(e) => return Ok(index_failure(&e)),
+            }
+        }
+        let copied = {
+            let copy = self.copy_one(spec, obj, dest_key, progress, stop);
+            let heartbeat = self.keep_claimed(dir, dest_key, owner);
+            tokio::select! {
+                r = copy => r,
+                () = heartbeat => unreachable!("the heartbeat never ends"),
+            }
+        };
+        let entry = match copied {
+            Ok(entry) => entry,
+            Err(e) => {
+                self.release(dir, dest_key, owner).await;
+                return Ok(if matches!(e, StoreError::Stopped) {
+                    KeyOutcome::Stopped
+                } else {
+                    KeyOutcome::Failed {
+                        code: e.code().to_owned(),
+                        message: describe(&e),
+                    }
+                });
+            }
+        };
+        // The writer records it (and drops the claim) in its next batch;
+        // the warm reports ready only after the writer is done.
+        let (reply, recorded) = oneshot::channel();
+        if ctx.entries.send((entry, reply)).await.is_err() {
+            return Ok(writer_gone());
+        }
+        match recorded.await {
+            Ok(Completion::Recorded) => Ok(KeyOutcome::Copied),
+            Ok(Completion::ClaimLost) => {
+                tracing::warn!(
+                    key = dest_key,
+                    "claim lost during the copy; deciding the key again"
+                );
+                Err(())
+            }
+            Err(_) => Ok(writer_gone()),
+        }
+    }
+
+    /// What to do with a key whose record is now `record` (after another
+    /// holder let go of it, or after this warm lost its claim): the next
+    /// step, or how the key ended.
     fn redecide(
         &self,
         spec: &WarmSpec,
@@ -730,7 +747,7 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
         obj: &ObjectMeta,
         dest_key: &str,
         record: Option<&Record>,
-    ) -> Redecided {
+    ) -> Result<Step, KeyOutcome> {
         let planner = Planner {
             source_bucket: spec.source.as_str(),
             owner,
@@ -738,9 +755,9 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
             now: self.takeover_now(),
         };
         match planner.decide(obj, record) {
-            Decision::Hit => Redecided::Done(KeyOutcome::Shared),
-            Decision::Wait(next) => Redecided::Wait(next),
-            Decision::Clash { cached_from } => Redecided::Done(KeyOutcome::Failed {
+            Decision::Hit => Err(KeyOutcome::Shared),
+            Decision::Wait(next) => Ok(Step::Wait(next)),
+            Decision::Clash { cached_from } => Err(KeyOutcome::Failed {
                 code: "KeyClash".into(),
                 message: format!(
                     "{}/{dest_key} is now cached from {cached_from}",
@@ -748,7 +765,7 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
                 ),
             }),
             // The other copy failed or was evicted: do it ourselves.
-            Decision::Copy(_) => Redecided::Copy,
+            Decision::Copy(_) => Ok(Step::Claim),
         }
     }
 

@@ -110,6 +110,30 @@ impl SqliteIndex {
         })
     }
 
+    /// Runs `sql` (parameters: bucket, key, owner, kind) for each key still
+    /// claimed for eviction by `owner`, in one transaction.
+    async fn for_each_evicting(
+        &self,
+        directory_bucket: &str,
+        keys: &[String],
+        owner: &str,
+        sql: &'static str,
+    ) -> Result<(), IndexError> {
+        let (bucket, keys, owner) = (directory_bucket.to_owned(), keys.to_vec(), owner.to_owned());
+        self.with(move |c| {
+            let tx = c.transaction().map_err(storage)?;
+            {
+                let mut stmt = tx.prepare_cached(sql).map_err(storage)?;
+                for k in &keys {
+                    stmt.execute(params![bucket, k, owner, EVICT])
+                        .map_err(storage)?;
+                }
+            }
+            tx.commit().map_err(storage)
+        })
+        .await
+    }
+
     async fn with<R, F>(&self, f: F) -> Result<R, IndexError>
     where
         R: Send + 'static,
@@ -834,24 +858,13 @@ impl CacheIndex for SqliteIndex {
         keys: &[String],
         owner: &str,
     ) -> Result<(), IndexError> {
-        let (bucket, keys, owner) = (directory_bucket.to_owned(), keys.to_vec(), owner.to_owned());
-        self.with(move |c| {
-            let tx = c.transaction().map_err(storage)?;
-            {
-                let mut stmt = tx
-                    .prepare_cached(
-                        "UPDATE records SET claim_deadline = 0
-                         WHERE directory_bucket = ?1 AND key = ?2
-                           AND claim_owner = ?3 AND claim_kind = ?4",
-                    )
-                    .map_err(storage)?;
-                for k in &keys {
-                    stmt.execute(params![bucket, k, owner, EVICT])
-                        .map_err(storage)?;
-                }
-            }
-            tx.commit().map_err(storage)
-        })
+        self.for_each_evicting(
+            directory_bucket,
+            keys,
+            owner,
+            "UPDATE records SET claim_deadline = 0
+             WHERE directory_bucket = ?1 AND key = ?2 AND claim_owner = ?3 AND claim_kind = ?4",
+        )
         .await
     }
 
@@ -861,23 +874,13 @@ impl CacheIndex for SqliteIndex {
         keys: &[String],
         owner: &str,
     ) -> Result<(), IndexError> {
-        let (bucket, keys, owner) = (directory_bucket.to_owned(), keys.to_vec(), owner.to_owned());
-        self.with(move |c| {
-            let tx = c.transaction().map_err(storage)?;
-            {
-                let mut stmt = tx
-                    .prepare_cached(
-                        "DELETE FROM records WHERE directory_bucket = ?1 AND key = ?2
-                         AND claim_owner = ?3 AND claim_kind = ?4",
-                    )
-                    .map_err(storage)?;
-                for k in &keys {
-                    stmt.execute(params![bucket, k, owner, EVICT])
-                        .map_err(storage)?;
-                }
-            }
-            tx.commit().map_err(storage)
-        })
+        self.for_each_evicting(
+            directory_bucket,
+            keys,
+            owner,
+            "DELETE FROM records
+             WHERE directory_bucket = ?1 AND key = ?2 AND claim_owner = ?3 AND claim_kind = ?4",
+        )
         .await
     }
 
