@@ -12,12 +12,25 @@ use std::time::Duration;
 
 use common::{buckets, parse_json_lines, Server};
 use expresscache_server::index::{CacheIndex, SqliteIndex};
-use expresscache_server::testing::list_keys;
+use expresscache_server::testing::proxy::{Fault, FaultProxy, Match, Rule};
+use expresscache_server::testing::{list_keys, Moto};
 use serde_json::Value;
 
 const OBJECTS: usize = 2000;
 /// Copies in flight at once: the most a kill can leave copied-but-unrecorded.
 const CONCURRENCY: &str = "16";
+
+/// A fault proxy in front of moto that slows every CopyObject by 5 ms, so a
+/// warm is reliably mid-flight when the test strikes. It lives in this
+/// process, so it outlives the server processes the test kills.
+async fn slow_copies(moto: &Moto) -> FaultProxy {
+    let proxy = FaultProxy::start(&moto.endpoint).await;
+    proxy.add(Rule::always(
+        Match::copy_object(),
+        Fault::Delay(Duration::from_millis(5)),
+    ));
+    proxy
+}
 
 /// Starts `expresscache warm --output json` and streams its stdout lines.
 fn start_warm(
@@ -104,11 +117,8 @@ async fn a_warm_survives_kill_9_and_resumes_after_restart() {
     let keys = keys();
     let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
     let (moto, s3, src, dir) = buckets(&refs).await;
-    let mut server = Server::start_with(
-        &moto,
-        &["--max-concurrency", CONCURRENCY],
-        &[("EXPRESSCACHE_DEBUG_COPY_DELAY", "5ms")],
-    );
+    let proxy = slow_copies(&moto).await;
+    let mut server = Server::start_on(&proxy.endpoint, &["--max-concurrency", CONCURRENCY], &[]);
     let (cli, rx) = start_warm(&server, &src, &dir, "kill-test");
     let mut lines = Vec::new();
     wait_for_copies(&rx, 300, &mut lines);
@@ -162,10 +172,11 @@ async fn sigterm_interrupts_within_the_grace_period_and_the_warm_completes_after
     let keys = keys();
     let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
     let (moto, s3, src, dir) = buckets(&refs).await;
-    let mut server = Server::start_with(
-        &moto,
+    let proxy = slow_copies(&moto).await;
+    let mut server = Server::start_on(
+        &proxy.endpoint,
         &["--max-concurrency", CONCURRENCY, "--shutdown-grace", "1s"],
-        &[("EXPRESSCACHE_DEBUG_COPY_DELAY", "5ms")],
+        &[],
     );
     let (cli, rx) = start_warm(&server, &src, &dir, "term-test");
     let mut lines = Vec::new();

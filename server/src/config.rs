@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Parser;
+use expresscache::Limits;
 use serde::Deserialize;
 
 /// Command line of `expresscache-server`.
@@ -26,7 +27,7 @@ pub struct Args {
     /// [default: sqlite://$XDG_DATA_HOME/expresscache/index.db].
     #[arg(long, env = "EXPRESSCACHE_INDEX")]
     pub index: Option<String>,
-    /// Copies in flight per warm [default: 64].
+    /// S3 copy requests in flight at once, across all warms [default: 64].
     #[arg(long, env = "EXPRESSCACHE_MAX_CONCURRENCY")]
     pub max_concurrency: Option<usize>,
     /// Copy tasks per shard (8 shards by key hash) of one warm; the global
@@ -205,27 +206,25 @@ impl Config {
             }
             None => FileConfig::default(),
         };
+        let d = Config::default();
         let index = match args.index.or(file.index) {
             Some(url) => IndexLocation::parse(&url)?,
-            None => IndexLocation::Sqlite(default_index_path()),
+            None => d.index,
         };
-        let max_concurrency = args.max_concurrency.or(file.max_concurrency).unwrap_or(64);
+        let max_concurrency = args
+            .max_concurrency
+            .or(file.max_concurrency)
+            .unwrap_or(d.max_concurrency);
         if max_concurrency == 0 || max_concurrency > 10_000 {
             return Err(format!(
                 "max_concurrency must be 1..=10000, got {max_concurrency}"
             ));
         }
-        let max_ttl = args
-            .max_ttl
-            .or(file.max_ttl)
-            .unwrap_or(Duration::from_secs(30 * 24 * 3600));
+        let max_ttl = args.max_ttl.or(file.max_ttl).unwrap_or(d.max_ttl);
         if max_ttl.is_zero() {
             return Err("max_ttl must be greater than zero".into());
         }
-        let min_ttl = args
-            .min_ttl
-            .or(file.min_ttl)
-            .unwrap_or(Duration::from_secs(1));
+        let min_ttl = args.min_ttl.or(file.min_ttl).unwrap_or(d.min_ttl);
         if min_ttl < Duration::from_millis(1) || min_ttl > max_ttl {
             return Err(format!(
                 "min_ttl must be between 1ms and max_ttl ({max_ttl:?}), got {min_ttl:?}"
@@ -234,7 +233,7 @@ impl Config {
         let clock_skew_margin = args
             .clock_skew_margin
             .or(file.clock_skew_margin)
-            .unwrap_or(Duration::from_secs(5));
+            .unwrap_or(d.clock_skew_margin);
         if clock_skew_margin > Duration::from_secs(3600) {
             return Err(format!(
                 "clock_skew_margin must be at most 1h, got {clock_skew_margin:?}"
@@ -243,31 +242,30 @@ impl Config {
         let s3_request_timeout = args
             .s3_request_timeout
             .or(file.s3_request_timeout)
-            .unwrap_or(Duration::from_secs(30));
+            .unwrap_or(d.s3_request_timeout);
         if s3_request_timeout < Duration::from_millis(100) {
             return Err(format!(
                 "s3_request_timeout must be at least 100ms, got {s3_request_timeout:?}"
             ));
         }
-        let max_resumptions = args.max_resumptions.or(file.max_resumptions).unwrap_or(3);
         let sweep_interval = args
             .sweep_interval
             .or(file.sweep_interval)
-            .unwrap_or(Duration::from_secs(60));
+            .unwrap_or(d.sweep_interval);
         if sweep_interval < Duration::from_millis(100) {
             return Err("sweep_interval must be at least 100ms".into());
         }
         let operation_retention = args
             .operation_retention
             .or(file.operation_retention)
-            .unwrap_or(Duration::from_secs(7 * 24 * 3600));
+            .unwrap_or(d.operation_retention);
         if operation_retention < Duration::from_secs(1) {
             return Err("operation_retention must be at least 1s".into());
         }
         let multipart_threshold = match (args.multipart_threshold, file.multipart_threshold) {
             (Some(n), _) => n,
             (None, Some(s)) => parse_size(&s)?,
-            (None, None) => 5 * 1024 * 1024 * 1024,
+            (None, None) => d.multipart_threshold,
         };
         if !(MIN_MULTIPART..=MAX_COPY_OBJECT).contains(&multipart_threshold) {
             return Err(format!(
@@ -277,42 +275,78 @@ impl Config {
         let shard_concurrency = args
             .shard_concurrency
             .or(file.shard_concurrency)
-            .unwrap_or(16);
+            .unwrap_or(d.shard_concurrency);
         if !(1..=10_000).contains(&shard_concurrency) {
             return Err(format!(
                 "shard_concurrency must be 1..=10000, got {shard_concurrency}"
             ));
         }
         Ok(Self {
-            shard_concurrency,
-            allow_general_purpose_destination: args
-                .allow_general_purpose_destination
-                .or(file.allow_general_purpose_destination)
-                .unwrap_or(false),
-            multipart_threshold,
-            sweep_interval,
-            shutdown_grace: args
-                .shutdown_grace
-                .or(file.shutdown_grace)
-                .unwrap_or(Duration::from_secs(30)),
-            operation_retention,
-            listen: args
-                .listen
-                .or(file.listen)
-                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 50051))),
+            listen: args.listen.or(file.listen).unwrap_or(d.listen),
             index,
             max_concurrency,
             max_ttl,
             min_ttl,
             clock_skew_margin,
             s3_request_timeout,
-            max_resumptions,
+            max_resumptions: args
+                .max_resumptions
+                .or(file.max_resumptions)
+                .unwrap_or(d.max_resumptions),
             force_path_style: args
                 .force_path_style
                 .or(file.force_path_style)
-                .unwrap_or(false),
-            log_format: args.log_format.or(file.log_format).unwrap_or_default(),
+                .unwrap_or(d.force_path_style),
+            log_format: args.log_format.or(file.log_format).unwrap_or(d.log_format),
+            sweep_interval,
+            multipart_threshold,
+            allow_general_purpose_destination: args
+                .allow_general_purpose_destination
+                .or(file.allow_general_purpose_destination)
+                .unwrap_or(d.allow_general_purpose_destination),
+            shard_concurrency,
+            shutdown_grace: args
+                .shutdown_grace
+                .or(file.shutdown_grace)
+                .unwrap_or(d.shutdown_grace),
+            operation_retention,
         })
+    }
+
+    /// The request bounds these settings impose.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_ttl: self.max_ttl,
+            min_ttl: self.min_ttl,
+            allow_general_purpose_destination: self.allow_general_purpose_destination,
+            ..Limits::default()
+        }
+    }
+}
+
+/// The defaults, in one place: every settings struct the server runs on
+/// takes its configurable values from here (`From<&Config>`).
+impl Default for Config {
+    fn default() -> Self {
+        let limits = Limits::default();
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            index: IndexLocation::Sqlite(default_index_path()),
+            max_concurrency: 64,
+            max_ttl: limits.max_ttl,
+            min_ttl: limits.min_ttl,
+            clock_skew_margin: Duration::from_secs(5),
+            s3_request_timeout: Duration::from_secs(30),
+            max_resumptions: 3,
+            force_path_style: false,
+            log_format: LogFormat::Text,
+            sweep_interval: Duration::from_secs(60),
+            multipart_threshold: MAX_COPY_OBJECT,
+            allow_general_purpose_destination: false,
+            shard_concurrency: 16,
+            shutdown_grace: Duration::from_secs(30),
+            operation_retention: Duration::from_secs(7 * 24 * 3600),
+        }
     }
 }
 

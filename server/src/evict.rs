@@ -138,9 +138,15 @@ pub struct EvictSettings {
 
 impl Default for EvictSettings {
     fn default() -> Self {
+        Self::from(&crate::config::Config::default())
+    }
+}
+
+impl From<&crate::config::Config> for EvictSettings {
+    fn from(c: &crate::config::Config) -> Self {
         Self {
             claim_ttl: Duration::from_secs(120),
-            skew_margin: Duration::from_secs(5),
+            skew_margin: c.clock_skew_margin,
             delete_attempts: 4,
             retry_base_delay: Duration::from_millis(200),
             sweep_retry_base: Duration::from_secs(30),

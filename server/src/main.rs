@@ -14,7 +14,8 @@ async fn main() -> ExitCode {
         }
     };
     app::init_tracing(config.log_format);
-    match app::run(config).await {
+    let store = app::s3_store(&config).await;
+    match app::run(config, store).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "expresscache-server failed");

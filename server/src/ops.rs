@@ -51,11 +51,17 @@ pub struct OpsSettings {
 
 impl Default for OpsSettings {
     fn default() -> Self {
+        Self::from(&crate::config::Config::default())
+    }
+}
+
+impl From<&crate::config::Config> for OpsSettings {
+    fn from(c: &crate::config::Config) -> Self {
         Self {
             publish_interval: Duration::from_millis(500),
             checkpoint_interval: Duration::from_secs(5),
-            retention: Duration::from_secs(7 * 24 * 3600),
-            max_resumptions: 3,
+            retention: c.operation_retention,
+            max_resumptions: c.max_resumptions,
         }
     }
 }

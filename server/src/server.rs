@@ -11,6 +11,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::api::Api;
 use crate::clock::{Clock, SystemClock};
+use crate::config::Config;
 use crate::evict::{spawn_sweeper, EvictSettings, Evictor};
 use crate::index::CacheIndex;
 use crate::ops::{Operations, OpsSettings};
@@ -35,17 +36,24 @@ pub struct Deps<S, I> {
 }
 
 impl<S, I> Deps<S, I> {
+    /// The defaults, over `store` and `index`.
     pub fn new(store: S, index: I) -> Self {
+        Self::from_config(store, index, &Config::default())
+    }
+
+    /// Everything `config` sets, over `store` and `index`, on the system
+    /// clock.
+    pub fn from_config(store: S, index: I, config: &Config) -> Self {
         Self {
             store: Arc::new(store),
             index: Arc::new(index),
-            warm: WarmSettings::default(),
-            evict: EvictSettings::default(),
-            limits: Limits::default(),
-            ops: OpsSettings::default(),
+            warm: WarmSettings::from(config),
+            evict: EvictSettings::from(config),
+            limits: config.limits(),
+            ops: OpsSettings::from(config),
             clock: Arc::new(SystemClock),
-            sweep_interval: Some(Duration::from_secs(60)),
-            shutdown_grace: Duration::from_secs(30),
+            sweep_interval: Some(config.sweep_interval),
+            shutdown_grace: config.shutdown_grace,
         }
     }
 }

@@ -57,16 +57,23 @@ pub struct WarmSettings {
 
 impl Default for WarmSettings {
     fn default() -> Self {
+        Self::from(&crate::config::Config::default())
+    }
+}
+
+impl From<&crate::config::Config> for WarmSettings {
+    fn from(c: &crate::config::Config) -> Self {
         Self {
             shards: 8,
-            // shards x per_shard = twice the engine's default global cap:
-            // an unlucky shard with more keys than the others still keeps
-            // the engine busy; the engine's cap bounds what is in flight.
-            per_shard_concurrency: 16,
-            engine: EngineSettings::default(),
+            // shards x per_shard (default 16) = twice the engine's default
+            // global cap: an unlucky shard with more keys than the others
+            // still keeps the engine busy; the engine's cap bounds what is
+            // in flight.
+            per_shard_concurrency: c.shard_concurrency,
+            engine: EngineSettings::from(c),
             claim_ttl: Duration::from_secs(600),
             wait_poll: Duration::from_millis(50),
-            skew_margin: Duration::from_secs(5),
+            skew_margin: c.clock_skew_margin,
             stall_limit: Duration::from_secs(15 * 60),
         }
     }

@@ -54,15 +54,21 @@ pub struct EngineSettings {
 
 impl Default for EngineSettings {
     fn default() -> Self {
+        Self::from(&crate::config::Config::default())
+    }
+}
+
+impl From<&crate::config::Config> for EngineSettings {
+    fn from(c: &crate::config::Config) -> Self {
         Self {
-            max_concurrency: 64,
+            max_concurrency: c.max_concurrency,
             min_concurrency: 1,
             max_attempts: 5,
             retry_base_delay: Duration::from_millis(100),
             retry_max_delay: Duration::from_secs(5),
-            multipart_threshold: 5 * 1024 * 1024 * 1024,
+            multipart_threshold: c.multipart_threshold,
             part_concurrency: 8,
-            request_timeout: Duration::from_secs(30),
+            request_timeout: c.s3_request_timeout,
             min_copy_rate: 10 * 1024 * 1024,
         }
     }
