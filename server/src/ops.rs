@@ -15,7 +15,7 @@ use crate::index::{CacheIndex, CreateOutcome, IndexError, OpFilter, OperationRec
 use crate::progress::Progress;
 use crate::stop::{StopReason, StopSignal};
 use crate::store::ObjectStore;
-use crate::warm::Warmer;
+use crate::warm::{WarmOutcome, Warmer};
 
 /// Why a submission was refused.
 #[derive(Debug, thiserror::Error)]
@@ -313,13 +313,11 @@ impl<S: ObjectStore, I: CacheIndex> Operations<S, I> {
                 tracing::warn!(operation_id = %id, error = %e, "warm failed");
                 progress.finish(pb::Outcome::Failed, Some(e.to_string()))
             }
-            Ok(()) if stop.reason() == Some(StopReason::Cancelled) => {
+            Ok(WarmOutcome::Cancelled | WarmOutcome::Interrupted) => {
                 progress.finish(pb::Outcome::Cancelled, None)
             }
-            Ok(()) if progress.failed.load(std::sync::atomic::Ordering::Relaxed) > 0 => {
-                progress.finish(pb::Outcome::PartiallyFailed, None)
-            }
-            Ok(()) => progress.finish(pb::Outcome::Succeeded, None),
+            Ok(WarmOutcome::PartiallyFailed) => progress.finish(pb::Outcome::PartiallyFailed, None),
+            Ok(WarmOutcome::Succeeded) => progress.finish(pb::Outcome::Succeeded, None),
         };
         let c = last.counters.unwrap_or_default();
         tracing::info!(operation_id = %id, outcome = ?pb::Outcome::try_from(last.outcome).unwrap_or_default(),

@@ -27,7 +27,7 @@ use crate::index::{
 };
 use crate::plan::{Decision, Planner};
 use crate::progress::Progress;
-use crate::stop::StopSignal;
+use crate::stop::{StopReason, StopSignal};
 use crate::store::{CopyRequest, ListPage, ObjectMeta, ObjectStore, StoreError};
 
 /// Tuning of the copy path.
@@ -105,6 +105,19 @@ impl<S: ObjectStore, I> Warmer<S, I> {
             settings,
         }
     }
+}
+
+/// How a warm that ran to its end ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WarmOutcome {
+    /// Every listed object is present and current.
+    Succeeded,
+    /// Some keys failed (the progress lists them); the rest is ready.
+    PartiallyFailed,
+    /// A user cancelled it: no new copy started after that.
+    Cancelled,
+    /// A shutdown interrupted it; it stays unfinished and resumes later.
+    Interrupted,
 }
 
 /// Why a warm could not do its job at all (per-key failures are not this).
@@ -204,13 +217,14 @@ fn index_failure(e: &IndexError) -> KeyOutcome {
 
 impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
     /// Runs the warm as operation `owner`; per-key failures land in
-    /// `progress`, an error means the warm as a whole failed.
+    /// `progress` (and make the outcome PartiallyFailed), an error means the
+    /// warm as a whole failed.
     pub async fn run(
         &self,
         spec: &WarmSpec,
         progress: &Progress,
         owner: &str,
-    ) -> Result<(), WarmError> {
+    ) -> Result<WarmOutcome, WarmError> {
         self.run_until(spec, progress, owner, &StopSignal::default())
             .await
     }
@@ -223,7 +237,7 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
         progress: &Progress,
         owner: &str,
         stop: &StopSignal,
-    ) -> Result<(), WarmError> {
+    ) -> Result<WarmOutcome, WarmError> {
         progress.set_phase(pb::Phase::Planning);
         let epochs = Mutex::new(HashMap::new());
         self.write_leases(spec, progress, &epochs).await?;
@@ -288,7 +302,14 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
         // "At least ttl" counts from when the data is ready; and if an
         // Evict ended a lease meanwhile, what was counted may be gone.
         self.write_leases(spec, progress, &epochs).await?;
-        Ok(())
+        Ok(match stop.reason() {
+            Some(StopReason::Interrupted) => WarmOutcome::Interrupted,
+            Some(StopReason::Cancelled) => WarmOutcome::Cancelled,
+            None if progress.failed.load(AtomicOrdering::Relaxed) > 0 => {
+                WarmOutcome::PartiallyFailed
+            }
+            None => WarmOutcome::Succeeded,
+        })
     }
 
     /// Extends one lease per requested prefix to max(old, now + ttl).
@@ -975,11 +996,10 @@ mod tests {
 
     async fn run(w: &Warmer<FaultStore<MemoryStore>, SqliteIndex>) -> pb::WarmProgress {
         let (progress, _rx) = Progress::new("op".into());
-        w.run(&spec(false), &progress, "op").await.unwrap();
-        let outcome = if progress.failed.load(Ordering::Relaxed) > 0 {
-            pb::Outcome::PartiallyFailed
-        } else {
-            pb::Outcome::Succeeded
+        let outcome = match w.run(&spec(false), &progress, "op").await.unwrap() {
+            WarmOutcome::Succeeded => pb::Outcome::Succeeded,
+            WarmOutcome::PartiallyFailed => pb::Outcome::PartiallyFailed,
+            other => panic!("{other:?}"),
         };
         progress.finish(outcome, None)
     }

@@ -24,7 +24,7 @@ use expresscache_server::gate::{Gate, Pass};
 use expresscache_server::index::{CacheIndex, ClaimKind, CountingIndex, SqliteIndex};
 use expresscache_server::progress::Progress;
 use expresscache_server::store::{FaultStore, MemoryStore, Op};
-use expresscache_server::warm::{WarmSettings, Warmer};
+use expresscache_server::warm::{WarmOutcome, WarmSettings, Warmer};
 use futures::future::BoxFuture;
 use tokio::sync::oneshot;
 
@@ -151,10 +151,9 @@ impl World {
         .unwrap();
         let (progress, _rx) = Progress::new(op.into());
         match self.warmer().run(&spec, &progress, op).await {
-            Ok(()) if progress.failed.load(std::sync::atomic::Ordering::Relaxed) == 0 => {
-                pb::Outcome::Succeeded
-            }
-            Ok(()) => pb::Outcome::PartiallyFailed,
+            Ok(WarmOutcome::Succeeded) => pb::Outcome::Succeeded,
+            Ok(WarmOutcome::PartiallyFailed) => pb::Outcome::PartiallyFailed,
+            Ok(WarmOutcome::Cancelled | WarmOutcome::Interrupted) => pb::Outcome::Cancelled,
             Err(_) => pb::Outcome::Failed,
         }
     }

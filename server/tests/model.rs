@@ -17,7 +17,7 @@ use expresscache_server::evict::{EvictSettings, Evictor};
 use expresscache_server::index::{CacheIndex, ClaimKind, Record, SqliteIndex};
 use expresscache_server::progress::Progress;
 use expresscache_server::store::{FaultStore, MemoryStore, Op};
-use expresscache_server::warm::{WarmSettings, Warmer};
+use expresscache_server::warm::{WarmOutcome, WarmSettings, Warmer};
 use proptest::prelude::*;
 
 const SRC: &str = "src";
@@ -219,10 +219,12 @@ async fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                 };
                 let spec = WarmSpec::parse(&req, &Limits::default()).unwrap();
                 let (progress, _rx) = Progress::new(format!("op{i}"));
-                real.warmer
+                let outcome = real
+                    .warmer
                     .run(&spec, &progress, &format!("op{i}"))
                     .await
                     .unwrap();
+                prop_assert_eq!(outcome, WarmOutcome::Succeeded);
                 let last = progress.finish(pb::Outcome::Succeeded, None);
                 prop_assert_eq!(last.counters.unwrap().objects_failed, 0);
                 let refs: Vec<&str> = ps.iter().map(String::as_str).collect();
