@@ -130,6 +130,10 @@ pub struct EvictSettings {
     /// retryable (a lost reply, a 5xx, a throttle).
     pub delete_attempts: u32,
     pub retry_base_delay: Duration,
+    /// How long one DeleteObjects attempt may take (the store's request
+    /// timeout): a delete whose reply was lost may still land this long
+    /// after it was sent.
+    pub request_timeout: Duration,
     /// First and longest delay before the sweeper retries a lease it could
     /// not sweep.
     pub sweep_retry_base: Duration,
@@ -144,14 +148,32 @@ impl Default for EvictSettings {
 
 impl From<&crate::config::Config> for EvictSettings {
     fn from(c: &crate::config::Config) -> Self {
+        let delete_attempts = 4;
+        let retry_base_delay = Duration::from_millis(200);
         Self {
-            claim_ttl: Duration::from_secs(120),
+            claim_ttl: Self::claim_ttl_for(delete_attempts, retry_base_delay, c.s3_request_timeout),
             skew_margin: c.clock_skew_margin,
-            delete_attempts: 4,
-            retry_base_delay: Duration::from_millis(200),
+            delete_attempts,
+            retry_base_delay,
+            request_timeout: c.s3_request_timeout,
             sweep_retry_base: Duration::from_secs(30),
             sweep_retry_max: Duration::from_secs(3600),
         }
+    }
+}
+
+impl EvictSettings {
+    /// An eviction claim must outlast every attempt of its delete (a warm
+    /// that took the key over while a delete could still land would lose
+    /// its copy): all attempts at their timeout, the backoffs between them,
+    /// and as much again for the index steps and slack; at least 2 minutes.
+    pub fn claim_ttl_for(attempts: u32, base: Duration, request_timeout: Duration) -> Duration {
+        let backoffs: Duration = (0..attempts.saturating_sub(1))
+            .map(|i| base.saturating_mul(2u32.saturating_pow(i)))
+            .sum();
+        (request_timeout.saturating_mul(attempts) + backoffs)
+            .saturating_mul(2)
+            .max(Duration::from_secs(120))
     }
 }
 
@@ -239,20 +261,36 @@ impl<S: ObjectStore, I: CacheIndex> Evictor<S, I> {
         let expired = self.index.expired_leases(self.settled_now(), BATCH).await?;
         for lease in expired {
             report.leases_expired += 1;
-            match self.sweep_lease(&lease, &owner).await {
+            let swept = self.sweep_lease(&lease, &owner).await;
+            let failed = match swept {
                 Ok((removed, tally)) => {
                     report.leases_removed += u64::from(removed);
+                    // Keys S3 refused one by one (denied, changed): the
+                    // lease is retried later like a whole failed request,
+                    // so it cannot crowd the others out of every pass.
+                    let refused = tally.failures.first().map(|f| {
+                        format!(
+                            "{} objects could not be deleted, e.g. {} ({}: {})",
+                            tally.failed(),
+                            f.key,
+                            f.code,
+                            f.message
+                        )
+                    });
                     report.tally.absorb(tally);
-                    self.attempts().remove(&lease_key(&lease));
+                    if refused.is_none() {
+                        self.attempts().remove(&lease_key(&lease));
+                    }
+                    refused
                 }
-                Err(e) => {
-                    let error = e.to_string();
-                    let failure = self.defer(&lease, &error).await;
-                    tracing::warn!(directory_bucket = %lease.directory_bucket, prefix = %lease.prefix,
-                        error = %error, attempts = failure.0, retry_in = ?failure.1,
-                        "could not sweep an expired lease; retrying later");
-                    report.lease_failures.push((lease, error));
-                }
+                Err(e) => Some(e.to_string()),
+            };
+            if let Some(error) = failed {
+                let failure = self.defer(&lease, &error).await;
+                tracing::warn!(directory_bucket = %lease.directory_bucket, prefix = %lease.prefix,
+                    error = %error, attempts = failure.0, retry_in = ?failure.1,
+                    "could not sweep an expired lease; retrying later");
+                report.lease_failures.push((lease, error));
             }
         }
         Ok(report)
@@ -278,7 +316,8 @@ impl<S: ObjectStore, I: CacheIndex> Evictor<S, I> {
             .sweep_retry_base
             .saturating_mul(2u32.saturating_pow(attempts.saturating_sub(1).min(16)))
             .min(self.settings.sweep_retry_max);
-        let retry_at = self.clock.now().saturating_add(span_millis(delay));
+        // Compared with the settled "now" the next passes use.
+        let retry_at = self.settled_now().saturating_add(span_millis(delay));
         if let Err(e) = self.index.defer_sweep(lease, error, retry_at).await {
             tracing::warn!(prefix = %lease.prefix, error = %e, "could not record the failed sweep");
         }
@@ -386,7 +425,14 @@ impl<S: ObjectStore, I: CacheIndex> Evictor<S, I> {
                 // claims but keep them as markers (a warm copies the keys
                 // again; a later eviction retries the delete).
                 let keys: Vec<String> = marked.iter().map(|e| e.key.clone()).collect();
-                if let Err(e) = self.index.abandon_evict(dir, &keys, owner).await {
+                // A delete sent last may still land up to its timeout from
+                // now: nobody copies these keys before that.
+                // (Counted from the settled "now": takers-over add the skew
+                // margin back, so they wait exactly the request timeout.)
+                let lapse_at = self
+                    .settled_now()
+                    .saturating_add(span_millis(self.settings.request_timeout));
+                if let Err(e) = self.index.abandon_evict(dir, &keys, owner, lapse_at).await {
                     // The claims stay live until their deadline, then mean
                     // the same.
                     tracing::warn!(error = %e, "could not mark abandoned evictions");
@@ -540,7 +586,7 @@ mod tests {
 
     async fn lease(ev: &Ev, prefix: &str, expires_at: Millis) {
         ev.index
-            .extend_lease(&Lease::new(DIR, prefix, "src", expires_at))
+            .extend_lease(&Lease::new(DIR, prefix, "src", expires_at), 0)
             .await
             .unwrap();
     }
@@ -679,6 +725,8 @@ mod fault_tests {
             EvictSettings {
                 skew_margin: skew,
                 retry_base_delay: Duration::from_millis(1),
+                // Abandoned claims lapse at once in these tests.
+                request_timeout: Duration::ZERO,
                 ..EvictSettings::default()
             },
         );
@@ -768,12 +816,12 @@ mod fault_tests {
             None,
         );
         ev.index
-            .extend_lease(&Lease::new(gone, "a/", "src", 1_000_001))
+            .extend_lease(&Lease::new(gone, "a/", "src", 1_000_001), 0)
             .await
             .unwrap();
         cache(&ev, DIR, &keys("b/", 20)).await;
         ev.index
-            .extend_lease(&Lease::new(DIR, "b/", "src", 1_000_002))
+            .extend_lease(&Lease::new(DIR, "b/", "src", 1_000_002), 0)
             .await
             .unwrap();
         clock.advance(10);
@@ -802,7 +850,7 @@ mod fault_tests {
         cache(&ev, DIR, &keys("s/", 3)).await;
         let expires = clock.now() + 60_000;
         ev.index
-            .extend_lease(&Lease::new(DIR, "s/", "src", expires))
+            .extend_lease(&Lease::new(DIR, "s/", "src", expires), 0)
             .await
             .unwrap();
         // Our clock steps 4 s past the lease's end (another replica's clock,

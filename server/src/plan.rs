@@ -2,7 +2,7 @@
 //! key range decides, per object, hit or copy. Both inputs are key-ordered,
 //! so the merge is one linear pass and a hit costs no per-object request.
 
-use crate::index::{Claim, ClaimKind, Millis, Record};
+use crate::index::{Claim, Millis, Record};
 use crate::store::ObjectMeta;
 
 /// Why an object must be copied.
@@ -53,9 +53,7 @@ impl Planner<'_> {
         let claim = record
             .and_then(|r| r.claim.as_ref())
             .filter(|c| c.is_live(self.now) && c.owner != self.owner);
-        let unconfirmed = record
-            .and_then(|r| r.claim.as_ref())
-            .is_some_and(|c| c.kind == ClaimKind::Evict && !c.is_live(self.now));
+        let unconfirmed = record.is_some_and(|r| r.is_unconfirmed(self.now));
         match (entry, claim) {
             (Some(e), _) if e.source_bucket != self.source_bucket || e.source_key != obj.key => {
                 Decision::Clash {
@@ -125,6 +123,7 @@ mod tests {
                 cached_at: 0,
             }),
             claim: None,
+            unconfirmed: false,
         }
     }
 
@@ -190,6 +189,7 @@ mod tests {
             key: "a".into(),
             entry: None,
             claim: None,
+            unconfirmed: false,
         };
         assert_eq!(
             P.decide(&o, Some(&claimed(bare, "them", 101))),
@@ -198,6 +198,17 @@ mod tests {
                 kind: ClaimKind::Copy,
                 deadline: 101
             })
+        );
+    }
+
+    #[test]
+    fn an_entry_marked_unconfirmed_is_copied_again() {
+        let mut r = rec("k", "\"e\"", 1, "src");
+        r.unconfirmed = true;
+        assert_eq!(
+            P.decide(&obj("k", "\"e\"", 1), Some(&r)),
+            Decision::Copy(CopyReason::Unconfirmed),
+            "even with no claim left (a recopy that gave up)"
         );
     }
 

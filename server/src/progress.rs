@@ -4,12 +4,13 @@
 //! snapshots).
 
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use expresscache::proto::v1 as pb;
 use tokio::sync::watch;
 
+use crate::exec::Activity;
 use crate::index::Millis;
 
 /// Failed keys carried inline in the final message; the rest are counted.
@@ -36,8 +37,8 @@ pub struct Progress {
     failures: Mutex<Vec<pb::KeyFailure>>,
     /// Earliest expiry of this warm's leases; 0 until written.
     lease_expires_at: AtomicI64,
-    /// Milliseconds after `started` of the last sign of progress.
-    last_activity: AtomicU64,
+    /// When work last moved (shared with the copy engine's attempts).
+    activity: Arc<Activity>,
     /// The finished operation whose request_id this one took over.
     superseded: std::sync::OnceLock<String>,
     tx: watch::Sender<pb::WarmProgress>,
@@ -85,7 +86,7 @@ impl Progress {
             concurrency_limit: AtomicU64::new(0),
             failures: Mutex::default(),
             lease_expires_at: AtomicI64::new(0),
-            last_activity: AtomicU64::new(0),
+            activity: Arc::default(),
             superseded: std::sync::OnceLock::new(),
             tx,
         };
@@ -115,17 +116,20 @@ impl Progress {
         let _ = self.superseded.set(id.to_owned());
     }
 
-    /// Notes a sign of progress: a listing page, a finished copy, an index
-    /// answer while waiting for another holder.
+    /// Notes a sign of progress: a listing page, an index answer while
+    /// waiting for another holder (the copy engine notes each attempt).
     pub fn touch(&self) {
-        let at = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_activity.fetch_max(at, Ordering::Relaxed);
+        self.activity.touch();
     }
 
     /// How long since the last sign of progress (or since the start).
     pub fn idle(&self) -> Duration {
-        let at = Duration::from_millis(self.last_activity.load(Ordering::Relaxed));
-        self.started.elapsed().saturating_sub(at)
+        self.activity.idle()
+    }
+
+    /// The activity clock, for the copy engine's attempts.
+    pub fn activity(&self) -> Arc<Activity> {
+        Arc::clone(&self.activity)
     }
 
     pub fn add(counter: &AtomicU64, n: u64) {

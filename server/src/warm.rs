@@ -131,11 +131,13 @@ pub enum WarmError {
     },
     #[error(transparent)]
     Index(#[from] IndexError),
-    /// An `Evict` ended one of this warm's leases while it ran: objects it
-    /// had already counted as ready may have been deleted.
+    /// One of this warm's leases ended while it ran (an `Evict` ended it,
+    /// or it lapsed while the warm made no progress): objects it had
+    /// already counted as ready may have been deleted.
     #[error(
-        "an Evict ended the lease on {prefix:?} while this warm ran, so objects it had \
-         counted as ready may have been deleted; warm again to bring them back"
+        "the lease on {prefix:?} ended while this warm ran (an Evict ended it, or it lapsed \
+         while the warm made no progress), so objects it had counted as ready may have been \
+         deleted; warm again to bring them back"
     )]
     LeaseEnded { prefix: String },
     /// A listing answered the same continuation token twice: following it
@@ -291,10 +293,14 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
             let (planned, (), written) = tokio::join!(planner, copier, writer);
             planned.and(written.map_err(WarmError::from))
         };
+        tokio::pin!(work);
         let planned = tokio::select! {
-            r = work => r,
+            r = &mut work => r,
             e = renewer => {
-                // Copies in flight were told to stop; report why.
+                // The renewer stopped the warm: let copies in flight finish
+                // and be recorded (or their multipart uploads aborted), then
+                // report why.
+                let _ = (&mut work).await;
                 return Err(e);
             }
         };
@@ -313,8 +319,10 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
     }
 
     /// Extends one lease per requested prefix to max(old, now + ttl).
-    /// `epochs` remembers each lease's epoch from this warm's first write:
-    /// a different epoch later means an `Evict` ended the lease meanwhile.
+    /// `epochs` remembers each lease's epoch from this warm's first write;
+    /// later writes extend only that same lease, and a lease that was ended
+    /// (by an Evict) or lapsed (and may have been swept) meanwhile is
+    /// [`WarmError::LeaseEnded`], not silently revived.
     async fn write_leases(
         &self,
         spec: &WarmSpec,
@@ -324,25 +332,38 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
         let expires_at = self.clock.now().saturating_add(span_millis(spec.ttl));
         let mut earliest = Millis::MAX;
         for prefix in spec.lease_prefixes() {
-            let stored = self
-                .index
-                .extend_lease(&Lease::new(
-                    spec.directory_bucket.as_str(),
-                    prefix.as_str(),
-                    spec.source.as_str(),
-                    expires_at,
-                ))
-                .await?;
-            earliest = earliest.min(stored.expires_at);
-            let mut known = epochs.lock().unwrap_or_else(|e| e.into_inner());
-            let first = known
-                .entry(stored.prefix.clone())
-                .or_insert_with(|| stored.epoch.clone());
-            if *first != stored.epoch {
-                return Err(WarmError::LeaseEnded {
-                    prefix: stored.prefix,
-                });
+            let mut lease = Lease::new(
+                spec.directory_bucket.as_str(),
+                prefix.as_str(),
+                spec.source.as_str(),
+                expires_at,
+            );
+            let known = epochs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(prefix.as_str())
+                .cloned();
+            if let Some(epoch) = &known {
+                lease.epoch.clone_from(epoch);
             }
+            // Over on any clock within the skew margin of ours: the
+            // sweeper may already have deleted under it.
+            let stored = self.index.extend_lease(&lease, self.takeover_now()).await?;
+            match known {
+                Some(epoch) if epoch != stored.epoch => {
+                    return Err(WarmError::LeaseEnded {
+                        prefix: prefix.to_string(),
+                    })
+                }
+                Some(_) => {}
+                None => {
+                    epochs
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(prefix.to_string(), stored.epoch.clone());
+                }
+            }
+            earliest = earliest.min(stored.expires_at);
         }
         progress.set_lease_expiry(earliest);
         Ok(())
@@ -898,9 +919,8 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
             dest_bucket: spec.directory_bucket.as_str(),
             dest_key,
         };
-        let stats = CopyStats::default();
+        let stats = CopyStats::with_activity(progress.activity());
         let copied = self.engine.copy(&req, obj.size, &stats, stop).await;
-        progress.touch();
         Progress::add(
             &progress.retries,
             u64::from(stats.retries.load(AtomicOrdering::Relaxed)),

@@ -14,7 +14,7 @@ use expresscache::proto::v1 as pb;
 use expresscache::{EvictSpec, Limits, WarmSpec};
 use expresscache_server::clock::{Clock, ManualClock};
 use expresscache_server::evict::{EvictSettings, Evictor};
-use expresscache_server::index::{CacheIndex, ClaimKind, Record, SqliteIndex};
+use expresscache_server::index::{CacheIndex, Record, SqliteIndex};
 use expresscache_server::progress::Progress;
 use expresscache_server::store::{FaultStore, MemoryStore, Op};
 use expresscache_server::warm::{WarmOutcome, WarmSettings, Warmer};
@@ -171,6 +171,9 @@ impl Real {
             EvictSettings {
                 skew_margin: Duration::from_millis(SKEW_MS as u64),
                 retry_base_delay: Duration::from_millis(1),
+                // The model's clock moves only by steps: an abandoned
+                // eviction's claims lapse at once.
+                request_timeout: Duration::ZERO,
                 ..EvictSettings::default()
             },
         );
@@ -289,11 +292,7 @@ async fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
         // eviction ended unconfirmed (a lapsed evict claim) vouches for
         // nothing: a warm copies it again.
         let records = real.index.records(DIR, "", None, None, 1000).await.unwrap();
-        let unconfirmed = |r: &&Record| {
-            r.claim
-                .as_ref()
-                .is_some_and(|c| c.kind == ClaimKind::Evict && !c.is_live(model.now))
-        };
+        let unconfirmed = |r: &&Record| r.is_unconfirmed(model.now);
         let recorded: BTreeMap<String, String> = records
             .iter()
             .filter(|r| !unconfirmed(r))

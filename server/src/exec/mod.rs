@@ -18,6 +18,10 @@ pub use limiter::Aimd;
 use crate::stop::StopSignal;
 use crate::store::{Copied, CopyRequest, ObjectStore, PartCopy, StoreError};
 
+/// The timeout of CompleteMultipartUpload, as if it moved this many bytes:
+/// 1 GiB at the slowest copy rate is about 100 s on top of the base.
+const COMPLETE_BUDGET_BYTES: u64 = 1024 * 1024 * 1024;
+
 /// S3's smallest part (except the last) and most parts per upload.
 pub const MIN_PART: u64 = 5 * 1024 * 1024;
 pub const MAX_PARTS: u64 = 10_000;
@@ -74,6 +78,38 @@ impl From<&crate::config::Config> for EngineSettings {
     }
 }
 
+/// When work last moved: shared by everything a warm does, so a warm can
+/// tell "slow" (requests keep ending) from "stuck" (none does).
+#[derive(Debug)]
+pub struct Activity {
+    started: std::time::Instant,
+    /// Milliseconds after `started` of the last sign of progress.
+    last: std::sync::atomic::AtomicU64,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Self {
+            started: std::time::Instant::now(),
+            last: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+}
+
+impl Activity {
+    /// Notes a sign of progress now.
+    pub fn touch(&self) {
+        let at = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last.fetch_max(at, Ordering::Relaxed);
+    }
+
+    /// How long since the last sign of progress (or since the start).
+    pub fn idle(&self) -> Duration {
+        let at = Duration::from_millis(self.last.load(Ordering::Relaxed));
+        self.started.elapsed().saturating_sub(at)
+    }
+}
+
 /// What it took to copy one object.
 #[derive(Debug, Default)]
 pub struct CopyStats {
@@ -81,6 +117,17 @@ pub struct CopyStats {
     pub retries: AtomicU32,
     /// Of those, throttling answers (SlowDown, 429, 503, timeouts).
     pub throttled: AtomicU32,
+    /// Touched whenever one request attempt ends, however it ended.
+    pub activity: Option<Arc<Activity>>,
+}
+
+impl CopyStats {
+    pub fn with_activity(activity: Arc<Activity>) -> Self {
+        Self {
+            activity: Some(activity),
+            ..Self::default()
+        }
+    }
 }
 
 /// The part size for an object of `size` bytes.
@@ -185,9 +232,13 @@ impl<S: ObjectStore> CopyEngine<S> {
                     return Err(StoreError::Stopped);
                 }
                 let limit = self.timeout_for(bytes);
-                tokio::time::timeout(limit, call())
+                let r = tokio::time::timeout(limit, call())
                     .await
-                    .unwrap_or_else(|_| Err(crate::store::timed_out("request", limit)))
+                    .unwrap_or_else(|_| Err(crate::store::timed_out("request", limit)));
+                if let Some(a) = &stats.activity {
+                    a.touch();
+                }
+                r
             };
             match result {
                 Ok(v) => {
@@ -278,7 +329,9 @@ impl<S: ObjectStore> CopyEngine<S> {
             let mut done = parts.into_iter().collect::<Result<Vec<_>, _>>()?;
             done.sort_by_key(|(n, _)| *n);
             let copied = self
-                .attempt(dest, size, stats, stop, || {
+                // Assembling parts takes S3 time that grows with their count,
+                // not with the bytes (nothing is copied again).
+                .attempt(dest, COMPLETE_BUDGET_BYTES, stats, stop, || {
                     self.store
                         .complete_multipart(dest, req.dest_key, &upload_id, &done)
                 })

@@ -83,25 +83,25 @@ async fn clear<I: CacheIndex>(index: &I, prefix: &str) {
 }
 
 async fn leases_only_grow<I: CacheIndex>(index: &I) {
-    let l = index.extend_lease(&lease("grow/", 1000)).await.unwrap();
+    let l = index.extend_lease(&lease("grow/", 1000), 0).await.unwrap();
     assert_eq!(l.expires_at, 1000, "a new lease is stored as given");
-    let l = index.extend_lease(&lease("grow/", 500)).await.unwrap();
+    let l = index.extend_lease(&lease("grow/", 500), 0).await.unwrap();
     assert_eq!(
         l.expires_at, 1000,
         "a shorter extension never shortens a lease"
     );
-    let l = index.extend_lease(&lease("grow/", 2000)).await.unwrap();
+    let l = index.extend_lease(&lease("grow/", 2000), 0).await.unwrap();
     assert_eq!(l.expires_at, 2000, "a longer extension wins");
     index.end_leases(DIR, "grow/", 0).await.unwrap();
     remove_expired(index).await;
 }
 
 async fn covering_leases_are_live_ancestors<I: CacheIndex>(index: &I) {
-    index.extend_lease(&lease("", 100)).await.unwrap();
-    index.extend_lease(&lease("a/", 300)).await.unwrap();
-    index.extend_lease(&lease("a/b/", 50)).await.unwrap();
-    index.extend_lease(&lease("a/b/c/", 300)).await.unwrap();
-    index.extend_lease(&lease("a0/", 300)).await.unwrap();
+    index.extend_lease(&lease("", 100), 0).await.unwrap();
+    index.extend_lease(&lease("a/", 300), 0).await.unwrap();
+    index.extend_lease(&lease("a/b/", 50), 0).await.unwrap();
+    index.extend_lease(&lease("a/b/c/", 300), 0).await.unwrap();
+    index.extend_lease(&lease("a0/", 300), 0).await.unwrap();
     let prefixes = |ls: Vec<Lease>| ls.into_iter().map(|l| l.prefix).collect::<Vec<_>>();
     assert_eq!(
         prefixes(index.covering_leases(DIR, "a/b/", 10).await.unwrap()),
@@ -142,7 +142,7 @@ async fn covering_leases_are_live_ancestors<I: CacheIndex>(index: &I) {
 
 async fn end_leases_expires_the_prefix_and_below<I: CacheIndex>(index: &I) {
     for p in ["x/", "x/y/", "x0/", "w/"] {
-        index.extend_lease(&lease(p, 100)).await.unwrap();
+        index.extend_lease(&lease(p, 100), 0).await.unwrap();
     }
     let ended = index.end_leases(DIR, "x/", 10).await.unwrap();
     assert_eq!(ended.len(), 2, "the prefix and the leases under it");
@@ -174,9 +174,9 @@ async fn end_leases_expires_the_prefix_and_below<I: CacheIndex>(index: &I) {
 }
 
 async fn expired_leases_are_found_and_removed_only_while_expired<I: CacheIndex>(index: &I) {
-    index.extend_lease(&lease("e1/", 50)).await.unwrap();
-    index.extend_lease(&lease("e2/", 80)).await.unwrap();
-    index.extend_lease(&lease("e3/", 500)).await.unwrap();
+    index.extend_lease(&lease("e1/", 50), 0).await.unwrap();
+    index.extend_lease(&lease("e2/", 80), 0).await.unwrap();
+    index.extend_lease(&lease("e3/", 500), 0).await.unwrap();
     let expired = index.expired_leases(100, 10).await.unwrap();
     assert_eq!(
         expired
@@ -192,7 +192,7 @@ async fn expired_leases_are_found_and_removed_only_while_expired<I: CacheIndex>(
         "limit"
     );
     // A warm revives e2/ before the sweeper removes it.
-    index.extend_lease(&lease("e2/", 900)).await.unwrap();
+    index.extend_lease(&lease("e2/", 900), 0).await.unwrap();
     assert!(index
         .remove_lease_if_expired(&expired[0], 100)
         .await
@@ -245,6 +245,7 @@ async fn records_are_key_ordered_ranges<I: CacheIndex>(index: &I) {
             .await
             .unwrap(),
         [Record {
+            unconfirmed: false,
             key: "r/a".into(),
             entry: Some(replaced),
             claim: None
@@ -325,8 +326,11 @@ async fn eviction_respects_leases_and_claims<I: CacheIndex>(index: &I) {
         ],
     )
     .await;
-    index.extend_lease(&lease("v/live/", 1_000)).await.unwrap();
-    index.extend_lease(&lease("v/dead/", 10)).await.unwrap();
+    index
+        .extend_lease(&lease("v/live/", 1_000), 0)
+        .await
+        .unwrap();
+    index.extend_lease(&lease("v/dead/", 10), 0).await.unwrap();
     assert_eq!(
         index
             .claim_copy(DIR, "v/busy/1", "warm", 1_000, 100)
@@ -639,19 +643,65 @@ async fn completion_requires_the_copiers_claim<I: CacheIndex>(index: &I) {
 }
 
 async fn a_lease_changes_epoch_when_ended<I: CacheIndex>(index: &I) {
-    let first = index.extend_lease(&lease("ep/", 1000)).await.unwrap();
+    let first = index.extend_lease(&lease("ep/", 1000), 0).await.unwrap();
     assert!(!first.epoch.is_empty(), "the index assigns an epoch");
-    let again = index.extend_lease(&lease("ep/", 2000)).await.unwrap();
+    let again = index.extend_lease(&lease("ep/", 2000), 0).await.unwrap();
     assert_eq!(first.epoch, again.epoch, "extending keeps the epoch");
     index.end_leases(DIR, "", 10).await.unwrap();
-    let revived = index.extend_lease(&lease("ep/", 3000)).await.unwrap();
+    let revived = index.extend_lease(&lease("ep/", 3000), 0).await.unwrap();
     assert_ne!(
         first.epoch, revived.epoch,
         "an ended lease, even when extended again, has a new epoch"
     );
+    let mut mine = lease("ep/", 9000);
+    mine.epoch.clone_from(&first.epoch);
+    let refused = index.extend_lease(&mine, 0).await.unwrap();
+    assert_eq!(
+        (refused.epoch.as_str(), refused.expires_at),
+        (revived.epoch.as_str(), 3000),
+        "a write naming the old epoch extends nothing and sees the new one"
+    );
+    mine.epoch.clone_from(&revived.epoch);
+    assert_eq!(
+        index.extend_lease(&mine, 100).await.unwrap().expires_at,
+        9000,
+        "naming the current epoch extends"
+    );
+    assert!(
+        index
+            .extend_lease(&mine, 9000)
+            .await
+            .unwrap()
+            .epoch
+            .is_empty(),
+        "a lease expired at `now` is over for the one who names it"
+    );
+    let lapsed = index
+        .extend_lease(&lease("ep/", 20_000), 9000)
+        .await
+        .unwrap();
+    assert_ne!(
+        lapsed.epoch, revived.epoch,
+        "reviving an expired lease gives it a new epoch"
+    );
     index.end_leases(DIR, "ep/", 10).await.unwrap();
     remove_expired(index).await;
-    let recreated = index.extend_lease(&lease("ep/", 3000)).await.unwrap();
+    let mut gone = lease("ep/", 3000);
+    gone.epoch.clone_from(&lapsed.epoch);
+    let absent = index.extend_lease(&gone, 0).await.unwrap();
+    assert!(
+        absent.epoch.is_empty(),
+        "naming the epoch of a removed lease does not create it"
+    );
+    assert!(
+        index
+            .covering_leases(DIR, "ep/", 0)
+            .await
+            .unwrap()
+            .is_empty(),
+        "and nothing was written"
+    );
+    let recreated = index.extend_lease(&lease("ep/", 3000), 0).await.unwrap();
     assert!(
         recreated.epoch != first.epoch && recreated.epoch != revived.epoch,
         "a lease removed and created again has a new epoch"
@@ -661,8 +711,8 @@ async fn a_lease_changes_epoch_when_ended<I: CacheIndex>(index: &I) {
 }
 
 async fn a_failed_sweep_is_deferred_and_reported<I: CacheIndex>(index: &I) {
-    index.extend_lease(&lease("sw/a/", 10)).await.unwrap();
-    index.extend_lease(&lease("sw/b/", 20)).await.unwrap();
+    index.extend_lease(&lease("sw/a/", 10), 0).await.unwrap();
+    index.extend_lease(&lease("sw/b/", 20), 0).await.unwrap();
     let first = &index.expired_leases(100, 10).await.unwrap()[0];
     assert_eq!(first.prefix, "sw/a/", "oldest first");
     let f = index.defer_sweep(first, "NoSuchBucket", 500).await.unwrap();
@@ -694,7 +744,7 @@ async fn a_failed_sweep_is_deferred_and_reported<I: CacheIndex>(index: &I) {
         1,
         "a failure covering the prefix is reported too"
     );
-    index.extend_lease(&lease("sw/a/", 5000)).await.unwrap();
+    index.extend_lease(&lease("sw/a/", 5000), 0).await.unwrap();
     assert!(
         index
             .sweep_failures(DIR, "sw/", 10)
@@ -714,27 +764,55 @@ async fn an_abandoned_eviction_leaves_a_lapsed_evict_claim<I: CacheIndex>(index:
         .begin_evict(DIR, &keys, "ev", 1_000, 0, true)
         .await
         .unwrap();
-    index.abandon_evict(DIR, &keys, "other").await.unwrap();
+    index.abandon_evict(DIR, &keys, "other", 0).await.unwrap();
     let rec = &index.records(DIR, "ab/", None, None, 10).await.unwrap()[0];
     assert_eq!(
-        rec.claim.as_ref().map(|c| c.deadline),
-        Some(1_000),
+        (rec.claim.as_ref().map(|c| c.deadline), rec.unconfirmed),
+        (Some(1_000), false),
         "only the holder abandons"
     );
-    index.abandon_evict(DIR, &keys, "ev").await.unwrap();
+    index.abandon_evict(DIR, &keys, "ev", 200).await.unwrap();
     let rec = &index.records(DIR, "ab/", None, None, 10).await.unwrap()[0];
-    let claim = rec
-        .claim
-        .as_ref()
-        .expect("the evict claim stays as a marker");
+    let claim = rec.claim.as_ref().expect("the evict claim stays");
     assert_eq!(claim.kind, ClaimKind::Evict);
-    assert!(!claim.is_live(0), "but it is lapsed: nobody waits for it");
-    assert!(rec.entry.is_some());
     assert_eq!(
-        index.claim_copy(DIR, "ab/k", "w", 100, 0).await.unwrap(),
-        ClaimOutcome::Claimed,
-        "a warm may take the key over at once"
+        claim.deadline, 200,
+        "it lapses once a late delete cannot land"
     );
+    assert!(
+        rec.unconfirmed && rec.entry.is_some(),
+        "the entry is untrusted"
+    );
+    assert_eq!(
+        index.claim_copy(DIR, "ab/k", "w", 500, 100).await.unwrap(),
+        ClaimOutcome::Held(claim.clone()),
+        "nobody copies while the delete may still land"
+    );
+    assert_eq!(
+        index.claim_copy(DIR, "ab/k", "w", 500, 300).await.unwrap(),
+        ClaimOutcome::Claimed,
+        "then a warm takes the key over"
+    );
+    index.release_claim(DIR, "ab/k", "w").await.unwrap();
+    let rec = &index.records(DIR, "ab/", None, None, 10).await.unwrap()[0];
+    assert!(
+        rec.unconfirmed && rec.claim.is_none(),
+        "a copy that gave up leaves the entry untrusted"
+    );
+    index.claim_copy(DIR, "ab/k", "w2", 900, 300).await.unwrap();
+    index.complete_copy(&entry("ab/k", 3), "w2").await.unwrap();
+    let rec = &index.records(DIR, "ab/", None, None, 10).await.unwrap()[0];
+    assert!(!rec.unconfirmed, "a recorded copy vouches again");
+    // A lapsed evict claim (its evictor died) taken over by a copy marks
+    // the entry untrusted too.
+    index
+        .begin_evict(DIR, &keys, "dead", 50, 0, true)
+        .await
+        .unwrap();
+    index.claim_copy(DIR, "ab/k", "w3", 900, 60).await.unwrap();
+    index.release_claim(DIR, "ab/k", "w3").await.unwrap();
+    let rec = &index.records(DIR, "ab/", None, None, 10).await.unwrap()[0];
+    assert!(rec.unconfirmed);
     clear(index, "ab/").await;
 }
 

@@ -70,10 +70,10 @@ impl<I> CountingIndex<I> {
 
 #[async_trait::async_trait]
 impl<I: CacheIndex> CacheIndex for CountingIndex<I> {
-    async fn extend_lease(&self, lease: &Lease) -> Result<Lease, IndexError> {
+    async fn extend_lease(&self, lease: &Lease, now: Millis) -> Result<Lease, IndexError> {
         self.write();
         let _pass = self.pass("extend_lease", &lease.prefix).await;
-        self.inner.extend_lease(lease).await
+        self.inner.extend_lease(lease, now).await
     }
 
     async fn covering_leases(
@@ -249,13 +249,14 @@ impl<I: CacheIndex> CacheIndex for CountingIndex<I> {
         directory_bucket: &str,
         keys: &[String],
         owner: &str,
+        deadline: Millis,
     ) -> Result<(), IndexError> {
         self.write();
         let _pass = self
             .pass("abandon_evict", keys.first().map_or("", String::as_str))
             .await;
         self.inner
-            .abandon_evict(directory_bucket, keys, owner)
+            .abandon_evict(directory_bucket, keys, owner, deadline)
             .await
     }
 

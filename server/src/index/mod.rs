@@ -154,6 +154,24 @@ pub struct Record {
     pub key: String,
     pub entry: Option<Entry>,
     pub claim: Option<Claim>,
+    /// An eviction of this key ended without knowing whether the object
+    /// was deleted (or a copy took over its lapsed evict claim and has not
+    /// recorded yet): the entry vouches for nothing until a copy records
+    /// it again. Cleared only by a recorded copy.
+    pub unconfirmed: bool,
+}
+
+impl Record {
+    /// Whether the entry cannot be trusted as a hit: marked unconfirmed, or
+    /// an eviction claim on it lapsed at `now` (its evictor died between
+    /// the delete and recording it).
+    pub fn is_unconfirmed(&self, now: Millis) -> bool {
+        self.unconfirmed
+            || self
+                .claim
+                .as_ref()
+                .is_some_and(|c| c.kind == ClaimKind::Evict && !c.is_live(now))
+    }
 }
 
 /// Why the sweeper could not settle an expired lease yet: it is retried
@@ -257,7 +275,17 @@ pub enum IndexError {
 pub trait CacheIndex: Send + Sync + 'static {
     /// Sets the lease's expiry to max(stored, `lease.expires_at`); returns
     /// the lease as stored.
-    async fn extend_lease(&self, lease: &Lease) -> Result<Lease, IndexError>;
+    ///
+    /// Without an epoch in `lease`: creates the lease if absent (with a new
+    /// epoch), and gives it a new epoch if it had expired at `now` (a
+    /// revived lease is not the one a running warm wrote: the sweeper may
+    /// have deleted under it meanwhile).
+    ///
+    /// With an epoch: extends only if the stored lease still has that
+    /// epoch and is live at `now`; otherwise writes nothing and returns the
+    /// stored lease (or, if there is none, one with an empty epoch), so the
+    /// caller sees that its lease ended.
+    async fn extend_lease(&self, lease: &Lease, now: Millis) -> Result<Lease, IndexError>;
 
     /// Leases of `directory_bucket` live at `now` whose prefix covers
     /// `prefix` (the prefix itself and its ancestors), ordered by prefix.
@@ -410,14 +438,16 @@ pub trait CacheIndex: Send + Sync + 'static {
 
     /// For `keys` still claimed for deletion by `owner`: the delete's
     /// outcome is unknown (its reply was lost), so the object may or may
-    /// not be gone. Keeps the evict claim but lapses it now: the entry is
-    /// no longer trusted as a hit (a warm copies the key again), and a
-    /// later eviction may retry the delete.
+    /// not be gone. Marks the entries unconfirmed (no longer trusted as
+    /// hits: a warm copies the keys again; a later eviction may retry the
+    /// delete) and lets the claims lapse at `deadline` (after which a
+    /// delete still in flight can no longer land).
     async fn abandon_evict(
         &self,
         directory_bucket: &str,
         keys: &[String],
         owner: &str,
+        deadline: Millis,
     ) -> Result<(), IndexError>;
 
     /// Removes the records of `keys` still claimed for deletion by `owner`

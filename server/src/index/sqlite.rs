@@ -33,6 +33,8 @@ CREATE TABLE IF NOT EXISTS records (
     claim_owner          TEXT,
     claim_kind           TEXT,
     claim_deadline       INTEGER,
+    -- 1 once an eviction's outcome is unknown; cleared by a recorded copy
+    unconfirmed          INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (directory_bucket, key)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS leases (
@@ -92,7 +94,7 @@ impl SqliteIndex {
         Self::init(Connection::open_in_memory().map_err(storage)?)
     }
 
-    fn init(conn: Connection) -> Result<Self, IndexError> {
+    fn init(mut conn: Connection) -> Result<Self, IndexError> {
         // WAL lets status reads proceed during a warm's entry writes;
         // NORMAL sync is durable across process crashes, which is what the
         // index must survive (a power cut can at worst lose recent entries,
@@ -104,7 +106,7 @@ impl SqliteIndex {
         conn.busy_timeout(std::time::Duration::from_secs(10))
             .map_err(storage)?;
         conn.execute_batch(SCHEMA).map_err(storage)?;
-        migrate(&conn)?;
+        migrate(&mut conn)?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
         })
@@ -153,44 +155,57 @@ impl SqliteIndex {
 /// created before them (SQLite cannot add a column with a non-constant
 /// default, so an old file's leases get a constant epoch: it still changes
 /// when a lease is ended).
-const LEASE_MIGRATIONS: &[(&str, &str)] = &[
+const MIGRATIONS: &[(&str, &str, &str)] = &[
     (
+        "records",
+        "unconfirmed",
+        "ALTER TABLE records ADD COLUMN unconfirmed INTEGER NOT NULL DEFAULT 0",
+    ),
+    (
+        "leases",
         "epoch",
+        // Existing leases share this constant; every write sets a fresh one.
         "ALTER TABLE leases ADD COLUMN epoch TEXT NOT NULL DEFAULT 'v0'",
     ),
     (
+        "leases",
         "sweep_attempts",
         "ALTER TABLE leases ADD COLUMN sweep_attempts INTEGER NOT NULL DEFAULT 0",
     ),
     (
+        "leases",
         "sweep_error",
         "ALTER TABLE leases ADD COLUMN sweep_error TEXT",
     ),
     (
+        "leases",
         "sweep_retry_at",
         "ALTER TABLE leases ADD COLUMN sweep_retry_at INTEGER NOT NULL DEFAULT 0",
     ),
 ];
 
-fn migrate(conn: &Connection) -> Result<(), IndexError> {
-    let mut stmt = conn
-        .prepare("SELECT name FROM pragma_table_info('leases')")
-        .map_err(storage)?;
-    let columns = stmt
-        .query_map([], |r| r.get::<_, String>(0))
-        .map_err(storage)?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(storage)?;
-    for (column, sql) in LEASE_MIGRATIONS {
-        if !columns.iter().any(|c| c == column) {
-            conn.execute_batch(sql).map_err(storage)?;
+/// Adds the columns an index file created by an earlier release lacks, in
+/// one transaction.
+fn migrate(conn: &mut Connection) -> Result<(), IndexError> {
+    let tx = conn.transaction().map_err(storage)?;
+    for (table, column, sql) in MIGRATIONS {
+        let present: bool = tx
+            .query_row(
+                "SELECT count(*) > 0 FROM pragma_table_info(?1) WHERE name = ?2",
+                params![table, column],
+                |r| r.get(0),
+            )
+            .map_err(storage)?;
+        if !present {
+            tx.execute_batch(sql).map_err(storage)?;
         }
     }
-    Ok(())
+    tx.commit().map_err(storage)
 }
 
 const RECORD_COLUMNS: &str = "directory_bucket, key, source_bucket, source_key, source_etag, size,
-    source_last_modified, dest_etag, cached_at, claim_owner, claim_kind, claim_deadline";
+    source_last_modified, dest_etag, cached_at, claim_owner, claim_kind, claim_deadline,
+    unconfirmed";
 
 fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<Record> {
     let directory_bucket: String = row.get(0)?;
@@ -223,7 +238,13 @@ fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<Record> {
         }),
         None => None,
     };
-    Ok(Record { key, entry, claim })
+    let unconfirmed = row.get::<_, i64>(12)? != 0;
+    Ok(Record {
+        key,
+        entry,
+        claim,
+        unconfirmed,
+    })
 }
 
 /// The keys under a prefix, narrowed to (`after`, `upto`], as one interval.
@@ -363,36 +384,88 @@ fn is_done(p: &pb::WarmProgress) -> bool {
 
 #[async_trait::async_trait]
 impl CacheIndex for SqliteIndex {
-    async fn extend_lease(&self, lease: &Lease) -> Result<Lease, IndexError> {
+    async fn extend_lease(&self, lease: &Lease, now: Millis) -> Result<Lease, IndexError> {
         let lease = lease.clone();
         self.with(move |c| {
-            let (expires_at, epoch): (Millis, String) = c
-                .query_row(
-                    "INSERT INTO leases (directory_bucket, prefix, source_bucket, expires_at)
-                     VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT DO UPDATE SET expires_at = max(expires_at, excluded.expires_at),
-                         -- a revived lease starts with a clean sweep record
-                         sweep_attempts = CASE WHEN excluded.expires_at > expires_at
-                             THEN 0 ELSE sweep_attempts END,
-                         sweep_error = CASE WHEN excluded.expires_at > expires_at
-                             THEN NULL ELSE sweep_error END,
-                         sweep_retry_at = CASE WHEN excluded.expires_at > expires_at
-                             THEN 0 ELSE sweep_retry_at END
-                     RETURNING expires_at, epoch",
+            let key = params![lease.directory_bucket, lease.prefix, lease.source_bucket];
+            let stored = if lease.epoch.is_empty() {
+                c.query_row(
+                    &format!(
+                        "INSERT INTO leases (directory_bucket, prefix, source_bucket, expires_at, epoch)
+                         VALUES (?1, ?2, ?3, ?4, lower(hex(randomblob(8))))
+                         ON CONFLICT DO UPDATE SET expires_at = max(expires_at, excluded.expires_at),
+                             epoch = CASE WHEN expires_at <= ?5 THEN excluded.epoch ELSE epoch END,
+                             -- a revived lease starts with a clean sweep record
+                             sweep_attempts = CASE WHEN excluded.expires_at > expires_at
+                                 THEN 0 ELSE sweep_attempts END,
+                             sweep_error = CASE WHEN excluded.expires_at > expires_at
+                                 THEN NULL ELSE sweep_error END,
+                             sweep_retry_at = CASE WHEN excluded.expires_at > expires_at
+                                 THEN 0 ELSE sweep_retry_at END
+                         RETURNING {LEASE_COLUMNS}"
+                    ),
                     params![
                         lease.directory_bucket,
                         lease.prefix,
                         lease.source_bucket,
-                        lease.expires_at
+                        lease.expires_at,
+                        now
                     ],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
+                    row_to_lease,
                 )
-                .map_err(storage)?;
-            Ok(Lease {
-                expires_at,
-                epoch,
-                ..lease
-            })
+                .map_err(storage)?
+            } else {
+                let extended = c
+                    .query_row(
+                        &format!(
+                            "UPDATE leases SET expires_at = max(expires_at, ?4)
+                             WHERE directory_bucket = ?1 AND prefix = ?2 AND source_bucket = ?3
+                               AND epoch = ?5 AND expires_at > ?6
+                             RETURNING {LEASE_COLUMNS}"
+                        ),
+                        params![
+                            lease.directory_bucket,
+                            lease.prefix,
+                            lease.source_bucket,
+                            lease.expires_at,
+                            lease.epoch,
+                            now
+                        ],
+                        row_to_lease,
+                    )
+                    .optional()
+                    .map_err(storage)?;
+                match extended {
+                    Some(l) => l,
+                    None => c
+                        .query_row(
+                            &format!(
+                                "SELECT {LEASE_COLUMNS} FROM leases
+                                 WHERE directory_bucket = ?1 AND prefix = ?2 AND source_bucket = ?3"
+                            ),
+                            key,
+                            row_to_lease,
+                        )
+                        .optional()
+                        .map_err(storage)?
+                        .map_or_else(
+                            || Lease {
+                                epoch: String::new(),
+                                expires_at: 0,
+                                ..lease.clone()
+                            },
+                            |mut l| {
+                                // Expired at `now`: ended for the caller too,
+                                // even if nobody changed the epoch yet.
+                                if l.expires_at <= now {
+                                    l.epoch = String::new();
+                                }
+                                l
+                            },
+                        ),
+                }
+            };
+            Ok(stored)
         })
         .await
     }
@@ -512,21 +585,25 @@ impl CacheIndex for SqliteIndex {
                     "UPDATE leases SET sweep_attempts = sweep_attempts + 1, sweep_error = ?4,
                          sweep_retry_at = ?5
                      WHERE directory_bucket = ?1 AND prefix = ?2 AND source_bucket = ?3
+                       AND expires_at = ?6
                      RETURNING {LEASE_COLUMNS}, sweep_attempts, sweep_error, sweep_retry_at"
                 ),
+                // Only while the lease is as the sweeper read it: a warm that
+                // revived it meanwhile owes no sweep.
                 params![
                     lease.directory_bucket,
                     lease.prefix,
                     lease.source_bucket,
                     error,
-                    retry_at
+                    retry_at,
+                    lease.expires_at
                 ],
                 row_to_sweep_failure,
             )
             .optional()
             .map_err(storage)?
-            // Gone meanwhile (a warm cannot remove a lease, only the sweeper
-            // itself): report the failure as given.
+            // Revived or removed meanwhile: nothing to record; report the
+            // failure as given.
             .map_or_else(
                 || {
                     Ok(SweepFailure {
@@ -670,7 +747,10 @@ impl CacheIndex for SqliteIndex {
                         "INSERT INTO records (directory_bucket, key, claim_owner, claim_kind, claim_deadline)
                          VALUES (?1, ?2, ?3, ?4, ?5)
                          ON CONFLICT DO UPDATE SET claim_owner = excluded.claim_owner,
-                             claim_kind = excluded.claim_kind, claim_deadline = excluded.claim_deadline
+                             claim_kind = excluded.claim_kind, claim_deadline = excluded.claim_deadline,
+                             -- an eviction that lapsed may have deleted the object:
+                             -- the entry stays untrusted until this copy records
+                             unconfirmed = CASE WHEN claim_kind = 'evict' THEN 1 ELSE unconfirmed END
                          WHERE claim_owner IS NULL OR claim_deadline <= ?6 OR claim_owner = ?3",
                     )
                     .map_err(storage)?;
@@ -739,7 +819,8 @@ impl CacheIndex for SqliteIndex {
                     .prepare_cached(
                         "UPDATE records SET source_bucket = ?3, source_key = ?4, source_etag = ?5,
                              size = ?6, source_last_modified = ?7, dest_etag = ?8, cached_at = ?9,
-                             claim_owner = NULL, claim_kind = NULL, claim_deadline = NULL
+                             claim_owner = NULL, claim_kind = NULL, claim_deadline = NULL,
+                             unconfirmed = 0
                          WHERE directory_bucket = ?1 AND key = ?2
                            AND claim_owner = ?10 AND claim_kind = ?11",
                     )
@@ -857,14 +938,26 @@ impl CacheIndex for SqliteIndex {
         directory_bucket: &str,
         keys: &[String],
         owner: &str,
+        deadline: Millis,
     ) -> Result<(), IndexError> {
-        self.for_each_evicting(
-            directory_bucket,
-            keys,
-            owner,
-            "UPDATE records SET claim_deadline = 0
-             WHERE directory_bucket = ?1 AND key = ?2 AND claim_owner = ?3 AND claim_kind = ?4",
-        )
+        let (bucket, keys, owner) = (directory_bucket.to_owned(), keys.to_vec(), owner.to_owned());
+        self.with(move |c| {
+            let tx = c.transaction().map_err(storage)?;
+            {
+                let mut stmt = tx
+                    .prepare_cached(
+                        "UPDATE records SET unconfirmed = 1, claim_deadline = min(claim_deadline, ?5)
+                         WHERE directory_bucket = ?1 AND key = ?2 AND claim_owner = ?3
+                           AND claim_kind = ?4",
+                    )
+                    .map_err(storage)?;
+                for k in &keys {
+                    stmt.execute(params![bucket, k, owner, EVICT, deadline])
+                        .map_err(storage)?;
+                }
+            }
+            tx.commit().map_err(storage)
+        })
         .await
     }
 
@@ -1092,6 +1185,64 @@ mod tests {
         drop(index);
         let reopened = SqliteIndex::open(&path).unwrap();
         assert!(reopened.get_operation("l4").await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn an_index_file_of_the_first_release_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        {
+            // The schema as the first release created it.
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(
+                "CREATE TABLE records (directory_bucket TEXT NOT NULL, key TEXT NOT NULL,
+                     source_bucket TEXT, source_key TEXT, source_etag TEXT, size INTEGER,
+                     source_last_modified INTEGER, dest_etag TEXT, cached_at INTEGER,
+                     claim_owner TEXT, claim_kind TEXT, claim_deadline INTEGER,
+                     PRIMARY KEY (directory_bucket, key)) WITHOUT ROWID;
+                 CREATE TABLE leases (directory_bucket TEXT NOT NULL, prefix TEXT NOT NULL,
+                     source_bucket TEXT NOT NULL, expires_at INTEGER NOT NULL,
+                     PRIMARY KEY (directory_bucket, prefix, source_bucket)) WITHOUT ROWID;
+                 INSERT INTO leases VALUES ('d--use1-az4--x-s3', 'old/', 'src', 1000);
+                 INSERT INTO records (directory_bucket, key, source_bucket, source_key,
+                     source_etag, size, dest_etag, cached_at)
+                     VALUES ('d--use1-az4--x-s3', 'old/k', 'src', 'old/k', '\"e\"', 1, '\"d\"', 1);",
+            )
+            .unwrap();
+        }
+        let index = SqliteIndex::open(&path).unwrap();
+        let dir_bucket = "d--use1-az4--x-s3";
+        let rec = &index
+            .records(dir_bucket, "old/", None, None, 10)
+            .await
+            .unwrap()[0];
+        assert!(rec.entry.is_some() && !rec.unconfirmed, "entries survive");
+        let old = &index.covering_leases(dir_bucket, "old/", 0).await.unwrap()[0];
+        assert_eq!(old.epoch, "v0", "existing leases get the constant epoch");
+        let fresh = index
+            .extend_lease(&Lease::new(dir_bucket, "new/", "src", 5000), 0)
+            .await
+            .unwrap();
+        let fresh2 = index
+            .extend_lease(&Lease::new(dir_bucket, "new2/", "src", 5000), 0)
+            .await
+            .unwrap();
+        assert!(
+            fresh.epoch != "v0" && fresh.epoch != fresh2.epoch,
+            "new leases get their own epochs, not the column's default"
+        );
+        let revived = index
+            .extend_lease(&Lease::new(dir_bucket, "old/", "src", 9000), 2000)
+            .await
+            .unwrap();
+        assert_ne!(revived.epoch, "v0", "an expired old lease revived is new");
+        drop(index);
+        // Opening again finds nothing left to migrate.
+        let again = SqliteIndex::open(&path).unwrap();
+        assert_eq!(
+            again.covering_leases(dir_bucket, "new/", 0).await.unwrap()[0].epoch,
+            fresh.epoch
+        );
     }
 
     #[test]
