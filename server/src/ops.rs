@@ -187,13 +187,22 @@ impl<S: ObjectStore, I: CacheIndex> Operations<S, I> {
         Ok(rx)
     }
 
-    /// Whether a finished operation's leases are all still live and at
-    /// least as long as it left them (created or extended by it, not ended
-    /// by an Evict or swept since).
+    /// Whether a finished operation still stands for data in the cache:
+    /// every lease it wrote is live and is the very lease it wrote (same
+    /// epoch: not ended by an Evict, not lapsed and revived by another warm
+    /// since). Operations recorded without epochs (earlier releases, or a
+    /// failed record) fall back to "live and at least as long as it left
+    /// them".
     async fn still_backed(&self, op: &OperationRecord) -> Result<bool, IndexError> {
         let Ok(spec) = WarmSpec::parse(&op.request, &self.limits) else {
             return Ok(false);
         };
+        let epochs: HashMap<String, String> = self
+            .index()
+            .lease_epochs(&op.id)
+            .await?
+            .into_iter()
+            .collect();
         let left_until = op
             .progress
             .lease_expires_at
@@ -210,7 +219,10 @@ impl<S: ObjectStore, I: CacheIndex> Operations<S, I> {
                 .any(|l| {
                     l.prefix == prefix.as_str()
                         && l.source_bucket == spec.source.as_str()
-                        && l.expires_at >= left_until
+                        && match epochs.get(prefix.as_str()) {
+                            Some(epoch) => *epoch == l.epoch,
+                            None => epochs.is_empty() && l.expires_at >= left_until,
+                        }
                 });
             if !live {
                 return Ok(false);
@@ -323,6 +335,15 @@ impl<S: ObjectStore, I: CacheIndex> Operations<S, I> {
         tracing::info!(operation_id = %id, outcome = ?pb::Outcome::try_from(last.outcome).unwrap_or_default(),
             listed = c.objects_listed, hits = c.objects_hit, copied = c.objects_copied,
             shared = c.objects_shared, failed = c.objects_failed, bytes_copied = c.bytes_copied, "warm finished");
+        // Before the final state: once that is visible, a resubmission of
+        // the request id checks these.
+        if let Err(e) = self
+            .index()
+            .set_lease_epochs(&id, &progress.lease_epochs())
+            .await
+        {
+            tracing::warn!(operation_id = %id, error = %e, "could not record the lease epochs");
+        }
         if let Err(e) = self.index().update_operation(&id, &last).await {
             tracing::error!(operation_id = %id, error = %e, "could not record the final state");
         }

@@ -39,6 +39,8 @@ pub struct Progress {
     lease_expires_at: AtomicI64,
     /// When work last moved (shared with the copy engine's attempts).
     activity: Arc<Activity>,
+    /// (prefix, epoch) of each lease this warm wrote first.
+    lease_epochs: Mutex<Vec<(String, String)>>,
     /// The finished operation whose request_id this one took over.
     superseded: std::sync::OnceLock<String>,
     tx: watch::Sender<pb::WarmProgress>,
@@ -87,6 +89,7 @@ impl Progress {
             failures: Mutex::default(),
             lease_expires_at: AtomicI64::new(0),
             activity: Arc::default(),
+            lease_epochs: Mutex::default(),
             superseded: std::sync::OnceLock::new(),
             tx,
         };
@@ -109,6 +112,22 @@ impl Progress {
     pub fn set_concurrency_limit(&self, limit: usize) {
         self.concurrency_limit
             .store(limit as u64, Ordering::Relaxed);
+    }
+
+    /// Remembers the epoch of a lease this warm wrote.
+    pub fn add_lease_epoch(&self, prefix: &str, epoch: &str) {
+        self.lease_epochs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((prefix.to_owned(), epoch.to_owned()));
+    }
+
+    /// (prefix, epoch) of each lease this warm wrote.
+    pub fn lease_epochs(&self) -> Vec<(String, String)> {
+        self.lease_epochs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Records that this operation took `id`'s request_id over.

@@ -357,6 +357,7 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
                 }
                 Some(_) => {}
                 None => {
+                    progress.add_lease_epoch(prefix.as_str(), &stored.epoch);
                     epochs
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())

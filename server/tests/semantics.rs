@@ -286,3 +286,34 @@ async fn destination_prefixes_let_sources_share_a_bucket_and_clashes_are_refused
     assert_eq!(status[0].cached_objects, 2);
     assert_eq!(status[0].leases[0].prefix, "team-a/k/");
 }
+
+/// A request_id attaches to a finished operation only while the very leases
+/// it wrote stand: after an Evict ended them, a later warm under another id
+/// that re-created the lease (even a longer one) does not make the old
+/// SUCCEEDED true again, so the resubmission starts a new warm.
+#[tokio::test]
+async fn a_request_id_does_not_attach_to_a_success_whose_lease_was_replaced() {
+    let data = objects(&["q/1", "q/2"]);
+    let fx = Fixture::new(&as_refs(&data)).await;
+    let first = fx.warm(fx.request(&["q/"]).request_id("job-7")).await;
+    assert_eq!(first.counters.objects_copied, 2);
+    let evicted = fx
+        .client()
+        .await
+        .evict(fx.dir.clone(), vec!["q/".into()], false)
+        .await
+        .unwrap();
+    assert_eq!(evicted.objects_deleted, 2);
+    // Another job re-creates the lease with a longer TTL; its own copies
+    // are still what the old operation's objects were not.
+    let other = fx
+        .warm(fx.request(&["q/"]).ttl(Duration::from_secs(7200)))
+        .await;
+    assert_eq!(other.counters.objects_copied, 2);
+    let again = fx.warm(fx.request(&["q/"]).request_id("job-7")).await;
+    assert_ne!(
+        again.operation_id, first.operation_id,
+        "a new operation, not the stale success"
+    );
+    assert_eq!(again.counters.objects_hit, 2, "it checks and finds them");
+}

@@ -865,4 +865,17 @@ async fn a_finished_operation_can_be_superseded_once<I: CacheIndex>(index: &I) {
         "the old operation stays readable by id"
     );
     assert!(index.get_operation("s3").await.unwrap().is_none());
+    let epochs = vec![
+        ("a/".to_owned(), "e1".to_owned()),
+        ("b/".to_owned(), "e2".to_owned()),
+    ];
+    index.set_lease_epochs("s2", &epochs).await.unwrap();
+    assert_eq!(index.lease_epochs("s2").await.unwrap(), epochs);
+    index.set_lease_epochs("s2", &epochs[..1]).await.unwrap();
+    assert_eq!(
+        index.lease_epochs("s2").await.unwrap(),
+        epochs[..1],
+        "setting replaces"
+    );
+    assert!(index.lease_epochs("s1").await.unwrap().is_empty());
 }

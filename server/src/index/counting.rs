@@ -316,6 +316,22 @@ impl<I: CacheIndex> CacheIndex for CountingIndex<I> {
         self.inner.list_operations(filter, after, limit).await
     }
 
+    async fn set_lease_epochs(
+        &self,
+        id: &str,
+        epochs: &[(String, String)],
+    ) -> Result<(), IndexError> {
+        self.write();
+        let _pass = self.pass("set_lease_epochs", id).await;
+        self.inner.set_lease_epochs(id, epochs).await
+    }
+
+    async fn lease_epochs(&self, id: &str) -> Result<Vec<(String, String)>, IndexError> {
+        self.read();
+        let _pass = self.pass("lease_epochs", id).await;
+        self.inner.lease_epochs(id).await
+    }
+
     async fn mark_resumed(&self, id: &str) -> Result<u32, IndexError> {
         self.write();
         let _pass = self.pass("mark_resumed", id).await;

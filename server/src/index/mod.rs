@@ -495,6 +495,18 @@ pub trait CacheIndex: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<OperationRecord>, IndexError>;
 
+    /// Records the epochs (prefix, epoch) of the leases `id` wrote, so a
+    /// later submission with its request id can tell whether those very
+    /// leases still stand.
+    async fn set_lease_epochs(
+        &self,
+        id: &str,
+        epochs: &[(String, String)],
+    ) -> Result<(), IndexError>;
+
+    /// The epochs recorded for `id` (empty if none were).
+    async fn lease_epochs(&self, id: &str) -> Result<Vec<(String, String)>, IndexError>;
+
     /// Counts one more resumption of an unfinished operation; returns the
     /// new count.
     async fn mark_resumed(&self, id: &str) -> Result<u32, IndexError>;

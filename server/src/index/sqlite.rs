@@ -59,6 +59,12 @@ CREATE TABLE IF NOT EXISTS operations (
     created_at  INTEGER NOT NULL,
     updated_at  INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS operation_leases (
+    id     TEXT NOT NULL,
+    prefix TEXT NOT NULL,
+    epoch  TEXT NOT NULL,
+    PRIMARY KEY (id, prefix)
+) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS operations_by_age ON operations (created_at DESC, id DESC);
 ";
 
@@ -1120,6 +1126,47 @@ impl CacheIndex for SqliteIndex {
         .await
     }
 
+    async fn set_lease_epochs(
+        &self,
+        id: &str,
+        epochs: &[(String, String)],
+    ) -> Result<(), IndexError> {
+        let (id, epochs) = (id.to_owned(), epochs.to_vec());
+        self.with(move |c| {
+            let tx = c.transaction().map_err(storage)?;
+            tx.execute("DELETE FROM operation_leases WHERE id = ?1", params![id])
+                .map_err(storage)?;
+            {
+                let mut stmt = tx
+                    .prepare_cached(
+                        "INSERT INTO operation_leases (id, prefix, epoch) VALUES (?1, ?2, ?3)",
+                    )
+                    .map_err(storage)?;
+                for (prefix, epoch) in &epochs {
+                    stmt.execute(params![id, prefix, epoch]).map_err(storage)?;
+                }
+            }
+            tx.commit().map_err(storage)
+        })
+        .await
+    }
+
+    async fn lease_epochs(&self, id: &str) -> Result<Vec<(String, String)>, IndexError> {
+        let id = id.to_owned();
+        self.with(move |c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT prefix, epoch FROM operation_leases WHERE id = ?1 ORDER BY prefix",
+                )
+                .map_err(storage)?;
+            let rows = stmt
+                .query_map(params![id], |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(storage)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(storage)
+        })
+        .await
+    }
+
     async fn mark_resumed(&self, id: &str) -> Result<u32, IndexError> {
         let id = id.to_owned();
         self.with(move |c| {
@@ -1144,6 +1191,11 @@ impl CacheIndex for SqliteIndex {
                     params![before],
                 )
                 .map_err(storage)?;
+            c.execute(
+                "DELETE FROM operation_leases WHERE id NOT IN (SELECT id FROM operations)",
+                [],
+            )
+            .map_err(storage)?;
             Ok(n as u64)
         })
         .await
