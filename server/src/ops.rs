@@ -311,6 +311,9 @@ impl<S: ObjectStore, I: CacheIndex> Operations<S, I> {
             if let Err(e) = self.index().update_operation(&id, &snapshot).await {
                 tracing::error!(operation_id = %id, error = %e, "could not checkpoint the interrupted warm");
             }
+            if let Err(e) = self.index().note_clean_stop(&id).await {
+                tracing::warn!(operation_id = %id, error = %e, "could not note the clean stop");
+            }
             tracing::info!(operation_id = %id, "warm interrupted by shutdown; it resumes on restart");
             progress.publish();
             self.forget(&id);
@@ -454,14 +457,17 @@ impl<S: ObjectStore, I: CacheIndex> Operations<S, I> {
                     continue;
                 }
                 let (progress, _rx) = Progress::new(rec.id.clone());
-                if rec.resumptions >= self.settings.max_resumptions {
+                // Only crashes count: rolling restarts interrupt long warms
+                // cleanly, and those must go on however often it happens.
+                let crashes = self.index().count_crash(&rec.id).await?;
+                if crashes > self.settings.max_resumptions {
                     let reason = format!(
-                        "not resumed: interrupted {} times (the server's limit is {}); \
-                         the server may have crashed while running it, see its log",
-                        rec.resumptions + 1,
+                        "not resumed: the server stopped without a clean shutdown {crashes} \
+                         times while running it (the limit is {}); it may be what crashes \
+                         the server, see its log",
                         self.settings.max_resumptions
                     );
-                    tracing::error!(operation_id = %rec.id, resumptions = rec.resumptions, "{reason}");
+                    tracing::error!(operation_id = %rec.id, crashes, "{reason}");
                     let mut last = rec.progress.clone();
                     last.phase = pb::Phase::Done as i32;
                     last.outcome = pb::Outcome::Failed as i32;
@@ -582,15 +588,22 @@ mod tests {
         store.create_bucket("src");
         store.create_bucket("cache--use1-az4--x-s3");
         let index = Arc::new(SqliteIndex::open_in_memory().unwrap());
-        // Resumed three times already: each start crashed while running it.
         index
             .create_operation(&unfinished("crashy", 3))
             .await
             .unwrap();
         index
-            .create_operation(&unfinished("once", 1))
+            .create_operation(&unfinished("drained", 3))
             .await
             .unwrap();
+        // Three earlier starts crashed while running `crashy`; `drained`
+        // was interrupted by graceful shutdowns only.
+        for _ in 0..3 {
+            index.count_crash("crashy").await.unwrap();
+            index.note_clean_stop("drained").await.unwrap();
+            index.count_crash("drained").await.unwrap();
+        }
+        index.note_clean_stop("drained").await.unwrap();
         let warmer = Arc::new(Warmer::new(
             Arc::new(store),
             Arc::clone(&index),
@@ -602,15 +615,18 @@ mod tests {
             OpsSettings::default(),
             Limits::default(),
         ));
-        assert_eq!(ops.resume_unfinished().await.unwrap(), 1, "only `once`");
+        assert_eq!(
+            ops.resume_unfinished().await.unwrap(),
+            1,
+            "only the cleanly stopped one"
+        );
         let crashy = index.get_operation("crashy").await.unwrap().unwrap();
         assert!(crashy.is_done());
         assert_eq!(crashy.progress.outcome, pb::Outcome::Failed as i32);
         assert!(
-            crashy.progress.error.contains("interrupted 4 times"),
+            crashy.progress.error.contains("4 times"),
             "{}",
             crashy.progress.error
         );
-        assert_eq!(crashy.resumptions, 3, "not counted as resumed again");
     }
 }

@@ -140,8 +140,8 @@ pub enum WarmError {
          deleted; warm again to bring them back"
     )]
     LeaseEnded { prefix: String },
-    /// A listing answered the same continuation token twice: following it
-    /// would loop forever.
+    /// A listing answered a continuation token it had answered before:
+    /// following it would loop forever.
     #[error("listing s3://{bucket}/{prefix} repeated continuation token {token:?}")]
     ListingLoop {
         bucket: String,
@@ -386,6 +386,9 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
         let lister = async move {
             for prefix in spec.listing_prefixes() {
                 let mut token: Option<String> = None;
+                // Every token seen: one answered again means a cycle that
+                // would list forever.
+                let mut seen = std::collections::HashSet::new();
                 loop {
                     if stop.is_set() {
                         return Ok(());
@@ -404,12 +407,14 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
                     // with no keys that is still truncated (delete markers,
                     // S3-compatible stores).
                     let next = page.next.clone();
-                    if next.is_some() && next == token {
-                        return Err(WarmError::ListingLoop {
-                            bucket: spec.source.to_string(),
-                            prefix: prefix.to_string(),
-                            token: next.unwrap_or_default(),
-                        });
+                    if let Some(t) = &next {
+                        if !seen.insert(t.clone()) {
+                            return Err(WarmError::ListingLoop {
+                                bucket: spec.source.to_string(),
+                                prefix: prefix.to_string(),
+                                token: t.clone(),
+                            });
+                        }
                     }
                     if !page.objects.is_empty()
                         && pages_tx.send((prefix.clone(), page)).await.is_err()

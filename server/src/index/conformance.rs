@@ -552,6 +552,22 @@ async fn operations_list_newest_first_resume_and_purge<I: CacheIndex>(index: &I)
     assert_eq!(index.mark_resumed("l2").await.unwrap(), 1);
     assert_eq!(index.mark_resumed("l2").await.unwrap(), 2);
     assert_eq!(
+        index.count_crash("l2").await.unwrap(),
+        1,
+        "a stop not noted clean"
+    );
+    index.note_clean_stop("l2").await.unwrap();
+    assert_eq!(
+        index.count_crash("l2").await.unwrap(),
+        1,
+        "a clean stop is no crash"
+    );
+    assert_eq!(
+        index.count_crash("l2").await.unwrap(),
+        2,
+        "the note is used up"
+    );
+    assert_eq!(
         index
             .get_operation("l2")
             .await

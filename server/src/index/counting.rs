@@ -332,6 +332,18 @@ impl<I: CacheIndex> CacheIndex for CountingIndex<I> {
         self.inner.lease_epochs(id).await
     }
 
+    async fn note_clean_stop(&self, id: &str) -> Result<(), IndexError> {
+        self.write();
+        let _pass = self.pass("note_clean_stop", id).await;
+        self.inner.note_clean_stop(id).await
+    }
+
+    async fn count_crash(&self, id: &str) -> Result<u32, IndexError> {
+        self.write();
+        let _pass = self.pass("count_crash", id).await;
+        self.inner.count_crash(id).await
+    }
+
     async fn mark_resumed(&self, id: &str) -> Result<u32, IndexError> {
         self.write();
         let _pass = self.pass("mark_resumed", id).await;

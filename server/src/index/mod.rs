@@ -507,6 +507,15 @@ pub trait CacheIndex: Send + Sync + 'static {
     /// The epochs recorded for `id` (empty if none were).
     async fn lease_epochs(&self, id: &str) -> Result<Vec<(String, String)>, IndexError>;
 
+    /// Notes that `id` was interrupted on purpose (a graceful shutdown), so
+    /// its next resumption does not count as one after a crash.
+    async fn note_clean_stop(&self, id: &str) -> Result<(), IndexError>;
+
+    /// Before resuming `id`: counts its last stop as a crash unless
+    /// [`note_clean_stop`](Self::note_clean_stop) said otherwise, clears
+    /// that note, and returns how many crashes it has had.
+    async fn count_crash(&self, id: &str) -> Result<u32, IndexError>;
+
     /// Counts one more resumption of an unfinished operation; returns the
     /// new count.
     async fn mark_resumed(&self, id: &str) -> Result<u32, IndexError>;

@@ -56,6 +56,10 @@ CREATE TABLE IF NOT EXISTS operations (
     progress    BLOB    NOT NULL,
     done        INTEGER NOT NULL DEFAULT 0,
     resumptions INTEGER NOT NULL DEFAULT 0,
+    -- interruptions that were not a graceful shutdown, and whether the
+    -- last one was
+    crashes     INTEGER NOT NULL DEFAULT 0,
+    clean_stop  INTEGER NOT NULL DEFAULT 0,
     created_at  INTEGER NOT NULL,
     updated_at  INTEGER NOT NULL
 );
@@ -162,6 +166,16 @@ impl SqliteIndex {
 /// default, so an old file's leases get a constant epoch: it still changes
 /// when a lease is ended).
 const MIGRATIONS: &[(&str, &str, &str)] = &[
+    (
+        "operations",
+        "crashes",
+        "ALTER TABLE operations ADD COLUMN crashes INTEGER NOT NULL DEFAULT 0",
+    ),
+    (
+        "operations",
+        "clean_stop",
+        "ALTER TABLE operations ADD COLUMN clean_stop INTEGER NOT NULL DEFAULT 0",
+    ),
     (
         "records",
         "unconfirmed",
@@ -1163,6 +1177,36 @@ impl CacheIndex for SqliteIndex {
                 .query_map(params![id], |r| Ok((r.get(0)?, r.get(1)?)))
                 .map_err(storage)?;
             rows.collect::<Result<Vec<_>, _>>().map_err(storage)
+        })
+        .await
+    }
+
+    async fn note_clean_stop(&self, id: &str) -> Result<(), IndexError> {
+        let id = id.to_owned();
+        self.with(move |c| {
+            c.execute(
+                "UPDATE operations SET clean_stop = 1 WHERE id = ?1",
+                params![id],
+            )
+            .map_err(storage)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn count_crash(&self, id: &str) -> Result<u32, IndexError> {
+        let id = id.to_owned();
+        self.with(move |c| {
+            let n: Option<i64> = c
+                .query_row(
+                    "UPDATE operations SET crashes = crashes + 1 - clean_stop, clean_stop = 0
+                     WHERE id = ?1 RETURNING crashes",
+                    params![id],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(storage)?;
+            Ok(u32::try_from(n.unwrap_or(0)).unwrap_or(u32::MAX))
         })
         .await
     }

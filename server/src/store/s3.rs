@@ -217,10 +217,21 @@ impl ObjectStore for S3Store {
                 })
             })
             .collect();
-        let next = if out.is_truncated() == Some(true) {
-            out.next_continuation_token().map(str::to_owned)
-        } else {
-            None
+        let next = match (out.is_truncated(), out.next_continuation_token()) {
+            (Some(true), Some(token)) => Some(token.to_owned()),
+            // Truncated without a way to go on: ending here would report a
+            // partial listing as the whole.
+            (Some(true), None) => {
+                return Err(StoreError::Service {
+                    code: "TruncatedWithoutToken".into(),
+                    status: 0,
+                    message: format!(
+                        "ListObjectsV2 of s3://{bucket}/{prefix} answered a truncated page \
+                         without a continuation token"
+                    ),
+                })
+            }
+            _ => None,
         };
         Ok(ListPage { objects, next })
     }
