@@ -7,7 +7,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 use crate::evict::EvictError;
 use crate::index::IndexError;
 use crate::ops::SubmitError;
-use crate::store::StoreError;
+use crate::store::{ErrorClass, StoreError};
 
 /// Everything an RPC can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -31,13 +31,18 @@ pub enum ApiError {
     Evict(#[from] EvictError),
 }
 
+/// The gRPC code for a store failure, from its one classification: what
+/// waiting may fix is UNAVAILABLE (a retryable 500 included).
 fn store_code(e: &StoreError) -> Code {
-    match e {
-        StoreError::NoSuchBucket(_) | StoreError::NoSuchKey(_) => Code::NotFound,
-        StoreError::AccessDenied(_) => Code::PermissionDenied,
-        StoreError::Throttled(_) | StoreError::Transport(_) => Code::Unavailable,
-        StoreError::PreconditionFailed => Code::FailedPrecondition,
-        _ => Code::Internal,
+    match e.class() {
+        ErrorClass::NotFound => Code::NotFound,
+        ErrorClass::Denied => Code::PermissionDenied,
+        ErrorClass::Throttle | ErrorClass::Unreachable | ErrorClass::ServerError => {
+            Code::Unavailable
+        }
+        ErrorClass::Precondition => Code::FailedPrecondition,
+        ErrorClass::Stopped => Code::Cancelled,
+        ErrorClass::Invalid | ErrorClass::Unexpected => Code::Internal,
     }
 }
 
@@ -95,5 +100,28 @@ impl From<ApiError> for Status {
                 Status::new(store_code(&source), msg)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_retryable_server_error_is_unavailable_not_internal() {
+        let e = StoreError::Service {
+            code: "InternalError".into(),
+            status: 500,
+            message: "try again".into(),
+        };
+        assert_eq!(store_code(&e), Code::Unavailable);
+        assert_eq!(
+            store_code(&StoreError::Invalid("bug".into())),
+            Code::Internal
+        );
+        assert_eq!(
+            store_code(&StoreError::NoSuchBucket("b".into())),
+            Code::NotFound
+        );
     }
 }

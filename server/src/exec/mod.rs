@@ -137,14 +137,6 @@ pub fn part_size(size: u64, threshold: u64) -> u64 {
         .max(size.div_ceil(MAX_PARTS))
 }
 
-fn is_throttle(e: &StoreError) -> bool {
-    match e {
-        StoreError::Throttled(_) | StoreError::Transport(_) => true,
-        StoreError::Service { status, .. } => *status == 503 || *status == 429,
-        _ => false,
-    }
-}
-
 /// Jitter in [0, base) without a random number generator: the low bits of
 /// the clock differ between concurrent tasks well enough to spread retries.
 fn jitter(base: Duration) -> Duration {
@@ -247,7 +239,7 @@ impl<S: ObjectStore> CopyEngine<S> {
                 }
                 Err(e) if e.is_retryable() && attempt < self.settings.max_attempts => {
                     stats.retries.fetch_add(1, Ordering::Relaxed);
-                    if is_throttle(&e) {
+                    if e.class().backs_off() {
                         stats.throttled.fetch_add(1, Ordering::Relaxed);
                         if limiter.on_throttle() {
                             tracing::debug!(
@@ -342,9 +334,8 @@ impl<S: ObjectStore> CopyEngine<S> {
                 })
                 .await?;
             if landed.size != size {
-                return Err(StoreError::Service {
-                    code: "SizeMismatch".into(),
-                    status: 0,
+                return Err(StoreError::Unexpected {
+                    code: "SizeMismatch",
                     message: format!(
                         "multipart copy produced {} bytes, expected {size}",
                         landed.size

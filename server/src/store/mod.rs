@@ -115,16 +115,78 @@ pub enum StoreError {
     /// The caller stopped (cancel, shutdown) before the request was sent.
     #[error("stopped before the request was sent")]
     Stopped,
+    /// We could not even build the request (a bug or an impossible input).
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// The service answered something that breaks the protocol or what the
+    /// copy promised (a truncated page without a token, a multipart result
+    /// of the wrong size, no upload id).
+    #[error("{code}: {message}")]
+    Unexpected { code: &'static str, message: String },
+}
+
+/// What kind of failure a [`StoreError`] is: the one classification the
+/// copy engine (retry, back-off), the API (status codes) and reports share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// The service asked us to slow down (503 SlowDown, 429, throttling).
+    Throttle,
+    /// No answer: refused or reset connection, timeout.
+    Unreachable,
+    /// The service failed on its side (5xx other than 503).
+    ServerError,
+    /// The bucket or key does not exist.
+    NotFound,
+    /// Access denied.
+    Denied,
+    /// A condition failed: the source changed since it was listed.
+    Precondition,
+    /// The request was wrong (4xx, or we could not build it).
+    Invalid,
+    /// The answer broke the protocol or the copy's promise.
+    Unexpected,
+    /// The caller stopped.
+    Stopped,
+}
+
+impl ErrorClass {
+    /// Whether trying the same call again may succeed.
+    pub fn is_retryable(self) -> bool {
+        matches!(
+            self,
+            ErrorClass::Throttle | ErrorClass::Unreachable | ErrorClass::ServerError
+        )
+    }
+
+    /// Whether the adaptive concurrency should back off: the service is
+    /// overloaded or the path to it congested (timeouts, resets).
+    pub fn backs_off(self) -> bool {
+        matches!(self, ErrorClass::Throttle | ErrorClass::Unreachable)
+    }
 }
 
 impl StoreError {
+    /// The kind of failure.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            StoreError::NoSuchBucket(_) | StoreError::NoSuchKey(_) => ErrorClass::NotFound,
+            StoreError::AccessDenied(_) => ErrorClass::Denied,
+            StoreError::PreconditionFailed => ErrorClass::Precondition,
+            StoreError::Throttled(_) => ErrorClass::Throttle,
+            StoreError::Service { status, .. } if *status == 429 || *status == 503 => {
+                ErrorClass::Throttle
+            }
+            StoreError::Service { status, .. } if *status >= 500 => ErrorClass::ServerError,
+            StoreError::Service { .. } | StoreError::Invalid(_) => ErrorClass::Invalid,
+            StoreError::Transport(_) => ErrorClass::Unreachable,
+            StoreError::Unexpected { .. } => ErrorClass::Unexpected,
+            StoreError::Stopped => ErrorClass::Stopped,
+        }
+    }
+
     /// Whether trying the same call again may succeed.
     pub fn is_retryable(&self) -> bool {
-        match self {
-            StoreError::Throttled(_) | StoreError::Transport(_) => true,
-            StoreError::Service { status, .. } => *status >= 500 || *status == 429,
-            _ => false,
-        }
+        self.class().is_retryable()
     }
 
     /// A short machine-readable code for reports.
@@ -138,6 +200,8 @@ impl StoreError {
             StoreError::Service { code, .. } => code,
             StoreError::Transport(_) => "Transport",
             StoreError::Stopped => "Stopped",
+            StoreError::Invalid(_) => "InvalidRequest",
+            StoreError::Unexpected { code, .. } => code,
         }
     }
 }
@@ -196,3 +260,74 @@ pub trait ObjectStore: Send + Sync + 'static {
 
 /// Most keys one DeleteObjects call accepts.
 pub const DELETE_BATCH: usize = 1000;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_classification_drives_retry_and_back_off() {
+        let service = |status: u16| StoreError::Service {
+            code: "X".into(),
+            status,
+            message: String::new(),
+        };
+        let cases = [
+            (
+                StoreError::Throttled("SlowDown".into()),
+                ErrorClass::Throttle,
+                true,
+                true,
+            ),
+            (service(503), ErrorClass::Throttle, true, true),
+            (service(429), ErrorClass::Throttle, true, true),
+            (
+                StoreError::Transport("reset".into()),
+                ErrorClass::Unreachable,
+                true,
+                true,
+            ),
+            (service(500), ErrorClass::ServerError, true, false),
+            (service(400), ErrorClass::Invalid, false, false),
+            (
+                StoreError::Invalid("builder".into()),
+                ErrorClass::Invalid,
+                false,
+                false,
+            ),
+            (
+                StoreError::NoSuchKey("k".into()),
+                ErrorClass::NotFound,
+                false,
+                false,
+            ),
+            (
+                StoreError::AccessDenied("no".into()),
+                ErrorClass::Denied,
+                false,
+                false,
+            ),
+            (
+                StoreError::PreconditionFailed,
+                ErrorClass::Precondition,
+                false,
+                false,
+            ),
+            (
+                StoreError::Unexpected {
+                    code: "SizeMismatch",
+                    message: String::new(),
+                },
+                ErrorClass::Unexpected,
+                false,
+                false,
+            ),
+            (StoreError::Stopped, ErrorClass::Stopped, false, false),
+        ];
+        for (e, class, retry, back_off) in cases {
+            assert_eq!(e.class(), class, "{e:?}");
+            assert_eq!(e.is_retryable(), retry, "{e:?}");
+            assert_eq!(e.class().backs_off(), back_off, "{e:?}");
+        }
+    }
+}

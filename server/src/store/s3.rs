@@ -170,11 +170,8 @@ where
         SdkError::TimeoutError(_) | SdkError::ResponseError(_) => {
             StoreError::Transport(DisplayErrorContext(err).to_string())
         }
-        _ => StoreError::Service {
-            code: "ClientError".to_owned(),
-            status: 0,
-            message: DisplayErrorContext(err).to_string(),
-        },
+        // Construction and serialization failures: ours, not the service's.
+        _ => StoreError::Invalid(DisplayErrorContext(err).to_string()),
     }
 }
 
@@ -222,9 +219,8 @@ impl ObjectStore for S3Store {
             // Truncated without a way to go on: ending here would report a
             // partial listing as the whole.
             (Some(true), None) => {
-                return Err(StoreError::Service {
-                    code: "TruncatedWithoutToken".into(),
-                    status: 0,
+                return Err(StoreError::Unexpected {
+                    code: "TruncatedWithoutToken",
                     message: format!(
                         "ListObjectsV2 of s3://{bucket}/{prefix} answered a truncated page \
                          without a continuation token"
@@ -269,9 +265,8 @@ impl ObjectStore for S3Store {
             .map_err(|e| classify(&e, bucket, Some(key)))?;
         out.upload_id()
             .map(str::to_owned)
-            .ok_or_else(|| StoreError::Service {
-                code: "NoUploadId".into(),
-                status: 0,
+            .ok_or_else(|| StoreError::Unexpected {
+                code: "NoUploadId",
                 message: "CreateMultipartUpload returned no upload id".into(),
             })
     }
@@ -382,20 +377,12 @@ impl ObjectStore for S3Store {
                     .build()
             })
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| StoreError::Service {
-                code: "InvalidRequest".into(),
-                status: 0,
-                message: e.to_string(),
-            })?;
+            .map_err(|e| StoreError::Invalid(e.to_string()))?;
         let delete = Delete::builder()
             .set_objects(Some(objects))
             .quiet(true)
             .build()
-            .map_err(|e| StoreError::Service {
-                code: "InvalidRequest".into(),
-                status: 0,
-                message: e.to_string(),
-            })?;
+            .map_err(|e| StoreError::Invalid(e.to_string()))?;
         let call = self
             .single
             .delete_objects()
