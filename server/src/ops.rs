@@ -502,7 +502,7 @@ impl<S: ObjectStore, I: CacheIndex> Operations<S, I> {
     /// many.
     pub async fn purge(&self) -> Result<u64, IndexError> {
         let keep_ms = crate::index::span_millis(self.settings.retention);
-        let before = crate::index::now_millis().saturating_sub(keep_ms);
+        let before = self.warmer.clock.now().saturating_sub(keep_ms);
         self.index().purge_operations(before).await
     }
 

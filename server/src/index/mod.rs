@@ -18,40 +18,7 @@ pub use sqlite::SqliteIndex;
 
 use expresscache::proto::v1 as pb;
 
-/// Milliseconds since the Unix epoch; the index's only notion of time.
-pub type Millis = i64;
-
-/// The current time in [`Millis`].
-pub fn now_millis() -> Millis {
-    millis_of(std::time::SystemTime::now()).unwrap_or(0)
-}
-
-/// A point in time as [`Millis`]; `None` before 1970.
-pub fn millis_of(t: std::time::SystemTime) -> Option<Millis> {
-    t.duration_since(std::time::UNIX_EPOCH)
-        .ok()
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-/// A span as [`Millis`], saturating.
-pub fn span_millis(d: std::time::Duration) -> Millis {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
-/// [`Millis`] as the protobuf timestamp clients see.
-pub fn timestamp(ms: Millis) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: ms.div_euclid(1000),
-        nanos: i32::try_from(ms.rem_euclid(1000) * 1_000_000).unwrap_or(0),
-    }
-}
-
-/// A protobuf timestamp as [`Millis`] (the inverse of [`timestamp`]).
-pub fn millis_of_timestamp(t: &prost_types::Timestamp) -> Millis {
-    t.seconds
-        .saturating_mul(1000)
-        .saturating_add(i64::from(t.nanos) / 1_000_000)
-}
+pub use crate::clock::{millis_of, millis_of_timestamp, span_millis, timestamp, Millis};
 
 /// Gives up `owner`'s claim on `key`; a failure is only logged, since the
 /// claim lapses at its deadline anyway.

@@ -11,6 +11,8 @@ use expresscache::proto::v1 as pb;
 use prost::Message;
 use rusqlite::{params, Connection, OptionalExtension};
 
+use crate::clock::{Clock, SystemClock};
+
 use super::{
     ancestors, prefix_successor, CacheIndex, Claim, ClaimKind, ClaimOutcome, Completion,
     CreateOutcome, Entry, EvictDecision, IndexError, Lease, Millis, OpFilter, OperationRecord,
@@ -76,6 +78,9 @@ CREATE INDEX IF NOT EXISTS operations_by_age ON operations (created_at DESC, id 
 #[derive(Debug, Clone)]
 pub struct SqliteIndex {
     conn: Arc<Mutex<Connection>>,
+    /// Stamps operation records' `updated_at` (which retention compares
+    /// with the same clock).
+    clock: Arc<dyn Clock>,
 }
 
 fn storage(e: impl std::fmt::Display) -> IndexError {
@@ -99,6 +104,13 @@ impl SqliteIndex {
         Self::init(conn)
     }
 
+    /// Reads time from `clock` instead of the system clock.
+    #[must_use]
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
     /// A private index that lives as long as this value (for tests).
     pub fn open_in_memory() -> Result<Self, IndexError> {
         Self::init(Connection::open_in_memory().map_err(storage)?)
@@ -119,6 +131,7 @@ impl SqliteIndex {
         migrate(&mut conn)?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
+            clock: Arc::new(SystemClock),
         })
     }
 
@@ -1082,10 +1095,11 @@ impl CacheIndex for SqliteIndex {
         let id = id.to_owned();
         let bytes = progress.encode_to_vec();
         let done = is_done(progress);
+        let now = self.clock.now();
         self.with(move |c| {
             c.execute(
                 "UPDATE operations SET progress = ?2, done = ?3, updated_at = ?4 WHERE id = ?1",
-                params![id, bytes, done, super::now_millis()],
+                params![id, bytes, done, now],
             )
             .map_err(storage)?;
             Ok(())

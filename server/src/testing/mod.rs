@@ -245,9 +245,11 @@ impl TestServer {
         tune: impl FnOnce(&mut Deps<TestStore, TestIndex>),
     ) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let index = SqliteIndex::open(&dir.path().join("index.db")).expect("open index");
+        let clock = Arc::new(ManualClock::new(crate::clock::now_millis()));
+        let index = SqliteIndex::open(&dir.path().join("index.db"))
+            .expect("open index")
+            .with_clock(clock.clone());
         let store = FaultStore::new(S3Store::new(s3_client(s3_endpoint)));
-        let clock = Arc::new(ManualClock::new(crate::index::now_millis()));
         let mut deps = Deps::new(store, CountingIndex::new(index));
         deps.ops.publish_interval = Duration::from_millis(50);
         deps.clock = clock.clone();
