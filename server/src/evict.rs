@@ -361,6 +361,17 @@ impl<S: ObjectStore, I: CacheIndex> Evictor<S, I> {
             let Some(last) = page.last().map(|r| r.key.clone()) else {
                 return Ok(());
             };
+            // A key being copied for the first time has a claim and no
+            // entry yet: its copy may land after this pass, so the lease
+            // must stay until it is recorded (else the entry would outlive
+            // every lease and never be swept).
+            let settled = self.settled_now();
+            tally.kept_busy += page
+                .iter()
+                .filter(|r| {
+                    r.entry.is_none() && r.claim.as_ref().is_some_and(|c| c.is_live(settled))
+                })
+                .count() as u64;
             let keys: Vec<String> = page
                 .iter()
                 .filter(|r| r.entry.is_some())
@@ -842,6 +853,75 @@ mod fault_tests {
         let stuck = ev.index.sweep_failures(gone, "", 10).await.unwrap();
         assert_eq!(stuck[0].attempts, 2);
         assert!(stuck[0].retry_at >= clock.now() + 60_000);
+    }
+
+    #[tokio::test]
+    async fn keys_refused_one_by_one_defer_the_lease_like_a_failed_request() {
+        let (ev, clock) = evictor(Duration::ZERO);
+        let ks = keys("k/", 3);
+        cache(&ev, DIR, &ks).await;
+        // Replaced behind the index's back: every fenced delete is refused.
+        for k in &ks {
+            ev.store.inner().put(DIR, k, 10);
+        }
+        ev.index
+            .extend_lease(&Lease::new(DIR, "k/", "src", clock.now() + 1), 0)
+            .await
+            .unwrap();
+        clock.advance(10);
+        let r = ev.sweep_once().await.unwrap();
+        assert_eq!(r.lease_failures.len(), 1, "{r:?}");
+        assert!(r.lease_failures[0]
+            .1
+            .contains("3 objects could not be deleted"));
+        assert_eq!(
+            ev.index.sweep_failures(DIR, "k/", 10).await.unwrap().len(),
+            1
+        );
+        assert_eq!(
+            ev.sweep_once().await.unwrap().leases_expired,
+            0,
+            "backed off, so it cannot crowd out other leases"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_first_copy_in_flight_keeps_its_expired_lease_until_recorded() {
+        let (ev, clock) = evictor(Duration::ZERO);
+        // A warm claimed a key it has never copied before and is copying it.
+        ev.index
+            .claim_copy(DIR, "f/new", "warm", clock.now() + 600_000, 0)
+            .await
+            .unwrap();
+        ev.index
+            .extend_lease(&Lease::new(DIR, "f/", "src", clock.now() + 1), 0)
+            .await
+            .unwrap();
+        clock.advance(10);
+        let r = ev.sweep_once().await.unwrap();
+        assert_eq!((r.tally.kept_busy, r.leases_removed), (1, 0));
+        assert_eq!(
+            ev.index
+                .expired_leases(clock.now(), 10)
+                .await
+                .unwrap()
+                .len(),
+            1,
+            "the lease stays, so the entry the copy records will be swept"
+        );
+    }
+
+    #[test]
+    fn an_eviction_claim_outlasts_every_delete_attempt() {
+        let t =
+            EvictSettings::claim_ttl_for(4, Duration::from_millis(200), Duration::from_secs(60));
+        // 4 x 60 s + 0.2 + 0.4 + 0.8 s of backoff, doubled.
+        assert_eq!(t, Duration::from_millis(2 * (240_000 + 1_400)));
+        assert_eq!(
+            EvictSettings::claim_ttl_for(1, Duration::ZERO, Duration::from_secs(1)),
+            Duration::from_secs(120),
+            "never under 2 minutes"
+        );
     }
 
     #[tokio::test]

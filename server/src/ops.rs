@@ -189,10 +189,11 @@ impl<S: ObjectStore, I: CacheIndex> Operations<S, I> {
 
     /// Whether a finished operation still stands for data in the cache:
     /// every lease it wrote is live and is the very lease it wrote (same
-    /// epoch: not ended by an Evict, not lapsed and revived by another warm
-    /// since). Operations recorded without epochs (earlier releases, or a
-    /// failed record) fall back to "live and at least as long as it left
-    /// them".
+    /// epoch: not ended by an Evict, not swept, not lapsed and revived by
+    /// another warm since). An operation with no recorded epochs (it never
+    /// wrote a lease, was failed without running, or comes from an earlier
+    /// release) stands for nothing: a resubmission starts afresh, which at
+    /// worst re-lists what is cached.
     async fn still_backed(&self, op: &OperationRecord) -> Result<bool, IndexError> {
         let Ok(spec) = WarmSpec::parse(&op.request, &self.limits) else {
             return Ok(false);
@@ -203,14 +204,15 @@ impl<S: ObjectStore, I: CacheIndex> Operations<S, I> {
             .await?
             .into_iter()
             .collect();
-        let left_until = op
-            .progress
-            .lease_expires_at
-            .as_ref()
-            .map_or(0, crate::index::millis_of_timestamp);
+        if epochs.is_empty() {
+            return Ok(false);
+        }
         let now = self.warmer.clock.now();
         let dir = spec.directory_bucket.as_str();
         for prefix in spec.lease_prefixes() {
+            let Some(epoch) = epochs.get(prefix.as_str()) else {
+                return Ok(false);
+            };
             let live = self
                 .index()
                 .covering_leases(dir, prefix.as_str(), now)
@@ -219,10 +221,7 @@ impl<S: ObjectStore, I: CacheIndex> Operations<S, I> {
                 .any(|l| {
                     l.prefix == prefix.as_str()
                         && l.source_bucket == spec.source.as_str()
-                        && match epochs.get(prefix.as_str()) {
-                            Some(epoch) => *epoch == l.epoch,
-                            None => epochs.is_empty() && l.expires_at >= left_until,
-                        }
+                        && l.epoch == *epoch
                 });
             if !live {
                 return Ok(false);
@@ -628,5 +627,6 @@ mod tests {
             "{}",
             crashy.progress.error
         );
+        assert_eq!(crashy.resumptions, 3, "not counted as resumed again");
     }
 }

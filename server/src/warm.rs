@@ -183,6 +183,32 @@ enum KeyOutcome {
     Stopped,
 }
 
+/// The last few continuation tokens of one listing, to catch a listing
+/// that cycles without holding every token of a billion-key listing.
+#[derive(Default)]
+struct RecentTokens {
+    order: std::collections::VecDeque<String>,
+    set: std::collections::HashSet<String>,
+}
+
+impl RecentTokens {
+    const WINDOW: usize = 1024;
+
+    /// False if `token` was among the recent ones.
+    fn insert(&mut self, token: &str) -> bool {
+        if !self.set.insert(token.to_owned()) {
+            return false;
+        }
+        self.order.push_back(token.to_owned());
+        if self.order.len() > Self::WINDOW {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        true
+    }
+}
+
 /// How a wait for another holder's claim ended.
 enum Released {
     /// The claim is gone or void; the key's record as it now stands.
@@ -251,14 +277,20 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
         let renewer = async {
             let mut tick = tokio::time::interval(renew_every);
             tick.tick().await;
+            let mut warned = false;
             loop {
                 tick.tick().await;
-                let idle = progress.idle();
+                // Waiting for a copy slot while the engine works for other
+                // warms is not being stuck.
+                let idle = progress.idle().min(self.engine.idle());
                 if idle > self.settings.stall_limit {
-                    tracing::warn!(operation_id = owner, idle = ?idle,
-                        "warm made no progress; its leases are no longer extended");
+                    if !std::mem::replace(&mut warned, true) {
+                        tracing::warn!(operation_id = owner, idle = ?idle,
+                            "warm made no progress; its leases are no longer extended");
+                    }
                     continue;
                 }
+                warned = false;
                 match self.write_leases(spec, progress, &epochs).await {
                     Ok(()) => {}
                     Err(e @ WarmError::LeaseEnded { .. }) => {
@@ -346,9 +378,10 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
             if let Some(epoch) = &known {
                 lease.epoch.clone_from(epoch);
             }
-            // Over on any clock within the skew margin of ours: the
-            // sweeper may already have deleted under it.
-            let stored = self.index.extend_lease(&lease, self.takeover_now()).await?;
+            // Strict: expired on our clock is over (the sweeper hands the
+            // lease on with a new epoch before deleting, so a renewal that
+            // races it is refused either way).
+            let stored = self.index.extend_lease(&lease, self.clock.now()).await?;
             match known {
                 Some(epoch) if epoch != stored.epoch => {
                     return Err(WarmError::LeaseEnded {
@@ -386,9 +419,9 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
         let lister = async move {
             for prefix in spec.listing_prefixes() {
                 let mut token: Option<String> = None;
-                // Every token seen: one answered again means a cycle that
-                // would list forever.
-                let mut seen = std::collections::HashSet::new();
+                // The recent tokens: one answered again means a cycle that
+                // would list forever (a window of them bounds the memory).
+                let mut seen = RecentTokens::default();
                 loop {
                     if stop.is_set() {
                         return Ok(());
@@ -408,7 +441,7 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
                     // S3-compatible stores).
                     let next = page.next.clone();
                     if let Some(t) = &next {
-                        if !seen.insert(t.clone()) {
+                        if !seen.insert(t) {
                             return Err(WarmError::ListingLoop {
                                 bucket: spec.source.to_string(),
                                 prefix: prefix.to_string(),

@@ -151,6 +151,8 @@ fn jitter(base: Duration) -> Duration {
 #[derive(Debug)]
 pub struct CopyEngine<S> {
     store: Arc<S>,
+    /// Touched whenever any attempt of any warm ends.
+    activity: Activity,
     global: Arc<Semaphore>,
     limiters: Mutex<HashMap<String, Arc<Aimd>>>,
     settings: EngineSettings,
@@ -160,6 +162,7 @@ impl<S: ObjectStore> CopyEngine<S> {
     pub fn new(store: Arc<S>, settings: EngineSettings) -> Self {
         Self {
             store,
+            activity: Activity::default(),
             global: Arc::new(Semaphore::new(settings.max_concurrency.max(1))),
             limiters: Mutex::default(),
             settings,
@@ -180,6 +183,11 @@ impl<S: ObjectStore> CopyEngine<S> {
         let l = Aimd::new(max, self.settings.min_concurrency, max);
         map.insert(bucket.to_owned(), Arc::clone(&l));
         l
+    }
+
+    /// How long since any attempt of any warm ended.
+    pub fn idle(&self) -> Duration {
+        self.activity.idle()
     }
 
     /// The current adaptive limit for `bucket`.
@@ -230,6 +238,7 @@ impl<S: ObjectStore> CopyEngine<S> {
                 if let Some(a) = &stats.activity {
                     a.touch();
                 }
+                self.activity.touch();
                 r
             };
             match result {

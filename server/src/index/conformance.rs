@@ -727,9 +727,20 @@ async fn a_lease_changes_epoch_when_ended<I: CacheIndex>(index: &I) {
 }
 
 async fn a_failed_sweep_is_deferred_and_reported<I: CacheIndex>(index: &I) {
-    index.extend_lease(&lease("sw/a/", 10), 0).await.unwrap();
+    let written = index.extend_lease(&lease("sw/a/", 10), 0).await.unwrap();
     index.extend_lease(&lease("sw/b/", 20), 0).await.unwrap();
     let first = &index.expired_leases(100, 10).await.unwrap()[0];
+    assert_ne!(
+        first.epoch, written.epoch,
+        "handing a lease to the sweeper gives it a new epoch"
+    );
+    let mut renewal = lease("sw/a/", 5000);
+    renewal.epoch.clone_from(&written.epoch);
+    assert_eq!(
+        index.extend_lease(&renewal, 0).await.unwrap().epoch,
+        first.epoch,
+        "a warm naming the old epoch can no longer extend it"
+    );
     assert_eq!(first.prefix, "sw/a/", "oldest first");
     let f = index.defer_sweep(first, "NoSuchBucket", 500).await.unwrap();
     assert_eq!((f.attempts, f.retry_at), (1, 500));

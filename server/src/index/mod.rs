@@ -284,7 +284,10 @@ pub trait CacheIndex: Send + Sync + 'static {
     ) -> Result<Vec<Lease>, IndexError>;
 
     /// Up to `limit` lease records expired at `now` and not deferred past
-    /// `now` by [`defer_sweep`](Self::defer_sweep), oldest first.
+    /// `now` by [`defer_sweep`](Self::defer_sweep), oldest first, each
+    /// given a new epoch in the same atomic step: from here on the sweeper
+    /// may delete under them, and a warm that still names the old epoch can
+    /// no longer extend them (it learns its lease ended).
     async fn expired_leases(&self, now: Millis, limit: usize) -> Result<Vec<Lease>, IndexError>;
 
     /// Records that sweeping `lease` failed with `error`: it is skipped by

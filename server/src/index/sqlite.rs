@@ -590,17 +590,30 @@ impl CacheIndex for SqliteIndex {
     async fn expired_leases(&self, now: Millis, limit: usize) -> Result<Vec<Lease>, IndexError> {
         let limit = to_i64(limit as u64);
         self.with(move |c| {
-            let mut stmt = c
-                .prepare_cached(&format!(
-                    "SELECT {LEASE_COLUMNS} FROM leases
-                     WHERE expires_at <= ?1 AND sweep_retry_at <= ?1
-                     ORDER BY expires_at LIMIT ?2"
-                ))
-                .map_err(storage)?;
-            let rows = stmt
-                .query_map(params![now, limit], row_to_lease)
-                .map_err(storage)?;
-            rows.collect::<Result<Vec<_>, _>>().map_err(storage)
+            // Handing a lease to the sweeper rotates its epoch in the same
+            // transaction: a warm renewal that still names the old epoch can
+            // no longer extend it once deletion under it may begin.
+            let tx = c.transaction().map_err(storage)?;
+            let leases = {
+                let mut stmt = tx
+                    .prepare_cached(&format!(
+                        "UPDATE leases SET epoch = lower(hex(randomblob(8)))
+                         WHERE (directory_bucket, prefix, source_bucket) IN (
+                             SELECT directory_bucket, prefix, source_bucket FROM leases
+                             WHERE expires_at <= ?1 AND sweep_retry_at <= ?1
+                             ORDER BY expires_at LIMIT ?2)
+                         RETURNING {LEASE_COLUMNS}"
+                    ))
+                    .map_err(storage)?;
+                let rows = stmt
+                    .query_map(params![now, limit], row_to_lease)
+                    .map_err(storage)?;
+                let mut leases = rows.collect::<Result<Vec<_>, _>>().map_err(storage)?;
+                leases.sort_by_key(|l| l.expires_at);
+                leases
+            };
+            tx.commit().map_err(storage)?;
+            Ok(leases)
         })
         .await
     }
@@ -1313,6 +1326,12 @@ mod tests {
                  CREATE TABLE leases (directory_bucket TEXT NOT NULL, prefix TEXT NOT NULL,
                      source_bucket TEXT NOT NULL, expires_at INTEGER NOT NULL,
                      PRIMARY KEY (directory_bucket, prefix, source_bucket)) WITHOUT ROWID;
+                 CREATE TABLE operations (id TEXT PRIMARY KEY, request_id TEXT UNIQUE,
+                     request BLOB NOT NULL, progress BLOB NOT NULL,
+                     done INTEGER NOT NULL DEFAULT 0, resumptions INTEGER NOT NULL DEFAULT 0,
+                     created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL);
+                 INSERT INTO operations (id, request, progress, created_at, updated_at)
+                     VALUES ('op-old', x'', x'', 1, 1);
                  INSERT INTO leases VALUES ('d--use1-az4--x-s3', 'old/', 'src', 1000);
                  INSERT INTO records (directory_bucket, key, source_bucket, source_key,
                      source_etag, size, dest_etag, cached_at)
@@ -1346,6 +1365,12 @@ mod tests {
             .await
             .unwrap();
         assert_ne!(revived.epoch, "v0", "an expired old lease revived is new");
+        assert!(index.get_operation("op-old").await.unwrap().is_some());
+        assert_eq!(
+            index.count_crash("op-old").await.unwrap(),
+            1,
+            "an unfinished operation of the old release can be resumed and counted"
+        );
         drop(index);
         // Opening again finds nothing left to migrate.
         let again = SqliteIndex::open(&path).unwrap();
