@@ -11,7 +11,9 @@ use expresscache::proto::v1 as pb;
 use expresscache::{Limits, WarmSpec};
 use tokio::sync::{watch, Notify};
 
-use crate::index::{CacheIndex, CreateOutcome, IndexError, OpFilter, OperationRecord};
+use crate::index::{
+    CacheIndex, CreateOutcome, IndexError, OpFilter, OperationLog, OperationRecord,
+};
 use crate::progress::Progress;
 use crate::stop::{StopReason, StopSignal};
 use crate::store::ObjectStore;
@@ -103,7 +105,7 @@ fn status_of(
     }
 }
 
-impl<S: ObjectStore, I: CacheIndex> Operations<S, I> {
+impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
     pub fn new(warmer: Arc<Warmer<S, I>>, settings: OpsSettings, limits: Limits) -> Self {
         Self {
             warmer,

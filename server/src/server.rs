@@ -13,7 +13,7 @@ use crate::api::Api;
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::evict::{spawn_sweeper, EvictSettings, Evictor};
-use crate::index::CacheIndex;
+use crate::index::{CacheIndex, OperationLog};
 use crate::ops::{Operations, OpsSettings};
 use crate::store::ObjectStore;
 use crate::warm::{WarmSettings, Warmer};
@@ -71,7 +71,7 @@ pub async fn serve<S, I, F>(
 ) -> Result<(), ServeError>
 where
     S: ObjectStore,
-    I: CacheIndex,
+    I: CacheIndex + OperationLog,
     F: Future<Output = ()> + Send,
 {
     let evictor = Arc::new(Evictor::new(
@@ -135,7 +135,7 @@ pub enum ServeError {
 
 /// Purges finished operations past their retention, hourly (or every
 /// tenth of the retention, if shorter).
-fn spawn_purger<S: ObjectStore, I: CacheIndex>(
+fn spawn_purger<S: ObjectStore, I: CacheIndex + OperationLog>(
     ops: Arc<Operations<S, I>>,
     retention: Duration,
 ) -> tokio::task::JoinHandle<()> {

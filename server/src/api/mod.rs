@@ -20,7 +20,7 @@ pub use error::ApiError;
 
 use crate::clock::Clock;
 use crate::evict::Evictor;
-use crate::index::{CacheIndex, OpFilter};
+use crate::index::{CacheIndex, OpFilter, OperationLog};
 use crate::ops::{Operations, Subscription};
 use crate::store::ObjectStore;
 
@@ -35,7 +35,7 @@ pub struct Api<S, I> {
     limits: Limits,
 }
 
-impl<S: ObjectStore, I: CacheIndex> Api<S, I> {
+impl<S: ObjectStore, I: CacheIndex + OperationLog> Api<S, I> {
     pub fn new(ops: Arc<Operations<S, I>>, evictor: Arc<Evictor<S, I>>, limits: Limits) -> Self {
         Self {
             store: Arc::clone(&evictor.store),
@@ -146,7 +146,7 @@ fn is_done(p: &pb::WarmProgress) -> bool {
 /// channel closes early (it runs elsewhere or awaits resumption), falls back
 /// to polling its recorded state; if the server starts draining, ends the
 /// stream with UNAVAILABLE so the caller reattaches elsewhere.
-fn forward<S: ObjectStore, I: CacheIndex>(
+fn forward<S: ObjectStore, I: CacheIndex + OperationLog>(
     mut sub: Subscription,
     ops: Arc<Operations<S, I>>,
 ) -> ProgressStream {
@@ -216,7 +216,7 @@ fn forward<S: ObjectStore, I: CacheIndex>(
 }
 
 #[tonic::async_trait]
-impl<S: ObjectStore, I: CacheIndex> CacheService for Api<S, I> {
+impl<S: ObjectStore, I: CacheIndex + OperationLog> CacheService for Api<S, I> {
     type WarmCacheStream = ProgressStream;
 
     async fn warm_cache(

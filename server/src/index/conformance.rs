@@ -9,7 +9,7 @@ use expresscache::proto::v1 as pb;
 
 use super::{
     CacheIndex, ClaimKind, ClaimOutcome, Completion, CreateOutcome, Entry, EvictDecision, Lease,
-    OperationRecord, Record, Usage,
+    OperationLog, OperationRecord, Record, Usage,
 };
 
 const DIR: &str = "cache--use1-az4--x-s3";
@@ -32,7 +32,16 @@ fn lease(prefix: &str, expires_at: i64) -> Lease {
     Lease::new(DIR, prefix, "src", expires_at)
 }
 
-/// Runs every check against `index`, which must start empty.
+/// Runs every check of the operation log against `log`, which must start
+/// empty.
+pub async fn run_operation_log<I: OperationLog>(log: &I) {
+    operations_are_unique_per_request_id(log).await;
+    operations_list_newest_first_resume_and_purge(log).await;
+    a_finished_operation_can_be_superseded_once(log).await;
+}
+
+/// Runs every check of the cache index against `index`, which must start
+/// empty.
 pub async fn run_all<I: CacheIndex>(index: &I) {
     leases_only_grow(index).await;
     covering_leases_are_live_ancestors(index).await;
@@ -42,13 +51,10 @@ pub async fn run_all<I: CacheIndex>(index: &I) {
     claims_are_exclusive_until_their_deadline(index).await;
     eviction_respects_leases_and_claims(index).await;
     usage_counts_cached_objects_only(index).await;
-    operations_are_unique_per_request_id(index).await;
-    operations_list_newest_first_resume_and_purge(index).await;
     completion_requires_the_copiers_claim(index).await;
     a_lease_changes_epoch_when_ended(index).await;
     a_failed_sweep_is_deferred_and_reported(index).await;
     an_abandoned_eviction_leaves_a_lapsed_evict_claim(index).await;
-    a_finished_operation_can_be_superseded_once(index).await;
 }
 
 async fn put<I: CacheIndex>(index: &I, entries: &[Entry]) {
@@ -432,7 +438,7 @@ async fn usage_counts_cached_objects_only<I: CacheIndex>(index: &I) {
     assert_eq!(index.usage(DIR, "").await.unwrap(), Usage::default());
 }
 
-async fn operations_are_unique_per_request_id<I: CacheIndex>(index: &I) {
+async fn operations_are_unique_per_request_id<I: OperationLog>(index: &I) {
     let op = |id: &str, rid: Option<&str>| OperationRecord {
         id: id.into(),
         request_id: rid.map(str::to_owned),
@@ -485,7 +491,7 @@ async fn operations_are_unique_per_request_id<I: CacheIndex>(index: &I) {
     assert_eq!(got.request, op("op1", Some("r1")).request);
 }
 
-async fn operations_list_newest_first_resume_and_purge<I: CacheIndex>(index: &I) {
+async fn operations_list_newest_first_resume_and_purge<I: OperationLog>(index: &I) {
     use super::OpFilter;
     let rec = |id: &str, created_at: i64, done: bool| OperationRecord {
         id: id.into(),
@@ -843,7 +849,7 @@ async fn an_abandoned_eviction_leaves_a_lapsed_evict_claim<I: CacheIndex>(index:
     clear(index, "ab/").await;
 }
 
-async fn a_finished_operation_can_be_superseded_once<I: CacheIndex>(index: &I) {
+async fn a_finished_operation_can_be_superseded_once<I: OperationLog>(index: &I) {
     let op = |id: &str, done: bool| OperationRecord {
         id: id.into(),
         request_id: Some("sup".into()),

@@ -11,7 +11,7 @@ use crate::gate::{Gate, Pass};
 
 use super::{
     CacheIndex, ClaimOutcome, Completion, CreateOutcome, Entry, EvictDecision, IndexError, Lease,
-    Millis, OpFilter, OperationRecord, Record, SweepFailure, Usage,
+    Millis, OpFilter, OperationLog, OperationRecord, Record, SweepFailure, Usage,
 };
 
 #[derive(Debug)]
@@ -278,7 +278,10 @@ impl<I: CacheIndex> CacheIndex for CountingIndex<I> {
         let _pass = self.pass("usage", prefix).await;
         self.inner.usage(directory_bucket, prefix).await
     }
+}
 
+#[async_trait::async_trait]
+impl<I: OperationLog> OperationLog for CountingIndex<I> {
     async fn create_operation(&self, op: &OperationRecord) -> Result<CreateOutcome, IndexError> {
         self.write();
         let _pass = self.pass("create_operation", &op.id).await;

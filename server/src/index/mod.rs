@@ -235,7 +235,7 @@ pub enum IndexError {
     Corrupt(String),
 }
 
-/// The cache index. Every method is one atomic step (one conditional write
+/// The cache index: leases, entries and claims. Every method is one atomic step (one conditional write
 /// or one transaction), which is what makes the rules in doc/SEMANTICS.md
 /// hold across concurrent warms, evictions, sweeps and replicas.
 #[async_trait::async_trait]
@@ -431,7 +431,15 @@ pub trait CacheIndex: Send + Sync + 'static {
 
     /// Objects and bytes cached under `prefix`.
     async fn usage(&self, directory_bucket: &str, prefix: &str) -> Result<Usage, IndexError>;
+}
 
+/// The operation log: warms as records that outlive the process (their
+/// request, progress checkpoints, idempotency by request id, resumption
+/// bookkeeping, retention). Separate from [`CacheIndex`] because it is a
+/// different concern with different access patterns (a few records per warm,
+/// read by id and by age), which a backend may store apart.
+#[async_trait::async_trait]
+pub trait OperationLog: Send + Sync + 'static {
     /// Registers a new operation; if its request id is taken, returns the
     /// operation that holds it instead.
     async fn create_operation(&self, op: &OperationRecord) -> Result<CreateOutcome, IndexError>;

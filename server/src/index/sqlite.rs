@@ -15,8 +15,8 @@ use crate::clock::{Clock, SystemClock};
 
 use super::{
     ancestors, prefix_successor, CacheIndex, Claim, ClaimKind, ClaimOutcome, Completion,
-    CreateOutcome, Entry, EvictDecision, IndexError, Lease, Millis, OpFilter, OperationRecord,
-    Record, SweepFailure, Usage,
+    CreateOutcome, Entry, EvictDecision, IndexError, Lease, Millis, OpFilter, OperationLog,
+    OperationRecord, Record, SweepFailure, Usage,
 };
 
 const SCHEMA: &str = "
@@ -1050,7 +1050,10 @@ impl CacheIndex for SqliteIndex {
         })
         .await
     }
+}
 
+#[async_trait::async_trait]
+impl OperationLog for SqliteIndex {
     async fn create_operation(&self, op: &OperationRecord) -> Result<CreateOutcome, IndexError> {
         let op = op.clone();
         self.with(move |c| {
@@ -1296,7 +1299,9 @@ mod tests {
 
     #[tokio::test]
     async fn conforms_in_memory() {
-        crate::index::conformance::run_all(&SqliteIndex::open_in_memory().unwrap()).await;
+        let index = SqliteIndex::open_in_memory().unwrap();
+        crate::index::conformance::run_all(&index).await;
+        crate::index::conformance::run_operation_log(&index).await;
     }
 
     #[tokio::test]
@@ -1305,6 +1310,7 @@ mod tests {
         let path = dir.path().join("nested/index.db");
         let index = SqliteIndex::open(&path).unwrap();
         crate::index::conformance::run_all(&index).await;
+        crate::index::conformance::run_operation_log(&index).await;
         drop(index);
         let reopened = SqliteIndex::open(&path).unwrap();
         assert!(reopened.get_operation("l4").await.unwrap().is_some());
