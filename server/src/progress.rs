@@ -114,7 +114,17 @@ impl Progress {
             .store(limit as u64, Ordering::Relaxed);
     }
 
-    /// Remembers the epoch of a lease this warm wrote.
+    /// The epoch this warm's first write gave the lease on `prefix`.
+    pub fn lease_epoch(&self, prefix: &str) -> Option<String> {
+        self.lease_epochs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|(p, _)| p == prefix)
+            .map(|(_, e)| e.clone())
+    }
+
+    /// Remembers the epoch of a lease this warm wrote first.
     pub fn add_lease_epoch(&self, prefix: &str, epoch: &str) {
         self.lease_epochs
             .lock()

@@ -7,9 +7,8 @@
 //! copying overlap: the planner feeds a bounded queue that the copiers
 //! drain, so memory does not grow with the number of objects.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use expresscache::proto::v1 as pb;
@@ -267,8 +266,7 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
         stop: &StopSignal,
     ) -> Result<WarmOutcome, WarmError> {
         progress.set_phase(pb::Phase::Planning);
-        let epochs = Mutex::new(HashMap::new());
-        self.write_leases(spec, progress, &epochs).await?;
+        self.write_leases(spec, progress).await?;
         // A warm can outlast a short TTL: keep its leases alive while it
         // runs, so nothing it reports ready expires before it reports it,
         // but only while it makes progress (a stuck warm must not keep
@@ -291,7 +289,7 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
                     continue;
                 }
                 warned = false;
-                match self.write_leases(spec, progress, &epochs).await {
+                match self.write_leases(spec, progress).await {
                     Ok(()) => {}
                     Err(e @ WarmError::LeaseEnded { .. }) => {
                         // Stop the work: what was evicted must not be
@@ -339,7 +337,7 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
         planned?;
         // "At least ttl" counts from when the data is ready; and if an
         // Evict ended a lease meanwhile, what was counted may be gone.
-        self.write_leases(spec, progress, &epochs).await?;
+        self.write_leases(spec, progress).await?;
         Ok(match stop.reason() {
             Some(StopReason::Interrupted) => WarmOutcome::Interrupted,
             Some(StopReason::Cancelled) => WarmOutcome::Cancelled,
@@ -351,16 +349,11 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
     }
 
     /// Extends one lease per requested prefix to max(old, now + ttl).
-    /// `epochs` remembers each lease's epoch from this warm's first write;
-    /// later writes extend only that same lease, and a lease that was ended
-    /// (by an Evict) or lapsed (and may have been swept) meanwhile is
+    /// `progress` remembers each lease's epoch from this warm's first
+    /// write; later writes extend only that same lease, and a lease that was
+    /// ended (by an Evict) or lapsed (and may have been swept) meanwhile is
     /// [`WarmError::LeaseEnded`], not silently revived.
-    async fn write_leases(
-        &self,
-        spec: &WarmSpec,
-        progress: &Progress,
-        epochs: &Mutex<HashMap<String, String>>,
-    ) -> Result<(), WarmError> {
+    async fn write_leases(&self, spec: &WarmSpec, progress: &Progress) -> Result<(), WarmError> {
         let expires_at = self.clock.now().saturating_add(span_millis(spec.ttl));
         let mut earliest = Millis::MAX;
         for prefix in spec.lease_prefixes() {
@@ -370,11 +363,7 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
                 spec.source.as_str(),
                 expires_at,
             );
-            let known = epochs
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(prefix.as_str())
-                .cloned();
+            let known = progress.lease_epoch(prefix.as_str());
             if let Some(epoch) = &known {
                 lease.epoch.clone_from(epoch);
             }
@@ -389,13 +378,7 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
                     })
                 }
                 Some(_) => {}
-                None => {
-                    progress.add_lease_epoch(prefix.as_str(), &stored.epoch);
-                    epochs
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(prefix.to_string(), stored.epoch.clone());
-                }
+                None => progress.add_lease_epoch(prefix.as_str(), &stored.epoch),
             }
             earliest = earliest.min(stored.expires_at);
         }
@@ -563,10 +546,15 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
             .collect();
         if !to_claim.is_empty() {
             let now = self.clock.now();
-            let deadline = now.saturating_add(span_millis(self.settings.claim_ttl));
             let outcomes = self
                 .index
-                .claim_copies(dir, &to_claim, owner, deadline, self.takeover_now())
+                .claim_copies(
+                    dir,
+                    &to_claim,
+                    owner,
+                    self.claim_deadline(),
+                    self.takeover_now(),
+                )
                 .await?;
             let mut outcomes = outcomes.into_iter();
             for t in tasks.iter_mut().filter(|t| t.wait_for.is_none()) {
@@ -857,14 +845,17 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
         }
     }
 
+    /// When a claim taken or renewed now lapses.
+    fn claim_deadline(&self) -> Millis {
+        self.clock
+            .now()
+            .saturating_add(span_millis(self.settings.claim_ttl))
+    }
+
     /// Claims `key` for this warm (or extends its own claim).
     async fn claim(&self, dir: &str, key: &str, owner: &str) -> Result<ClaimOutcome, IndexError> {
-        let deadline = self
-            .clock
-            .now()
-            .saturating_add(span_millis(self.settings.claim_ttl));
         self.index
-            .claim_copy(dir, key, owner, deadline, self.takeover_now())
+            .claim_copy(dir, key, owner, self.claim_deadline(), self.takeover_now())
             .await
     }
 
@@ -875,11 +866,9 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
 
     /// Extends this warm's own claim on `key`; false if it was lost.
     async fn renew(&self, dir: &str, key: &str, owner: &str) -> Result<bool, IndexError> {
-        let deadline = self
-            .clock
-            .now()
-            .saturating_add(span_millis(self.settings.claim_ttl));
-        self.index.renew_claim(dir, key, owner, deadline).await
+        self.index
+            .renew_claim(dir, key, owner, self.claim_deadline())
+            .await
     }
 
     /// Extends this warm's claim on `key` every quarter of the claim TTL,
