@@ -11,15 +11,17 @@
 //! claims, so it either stops the eviction at step 1 or copies afresh after
 //! step 3. doc/SEMANTICS.md has the full argument.
 
-use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use expresscache::proto::v1 as pb;
 use expresscache::EvictSpec;
 
 use crate::clock::Clock;
-use crate::index::{span_millis, CacheIndex, Entry, EvictDecision, IndexError, Lease, Millis};
+use crate::index::{
+    span_millis, CacheIndex, Entry, EvictDecision, IndexError, Lease, Millis, SweepBackoff,
+};
 use crate::progress::MAX_INLINE_FAILURES;
 use crate::store::{DeleteTarget, ObjectStore, StoreError, DELETE_BATCH};
 
@@ -184,8 +186,6 @@ pub struct Evictor<S, I> {
     pub index: Arc<I>,
     pub clock: Arc<dyn Clock>,
     pub settings: EvictSettings,
-    /// Failed sweeps per lease since this process started, for backoff.
-    sweep_attempts: Mutex<HashMap<(String, String, String), u32>>,
 }
 
 impl<S: ObjectStore, I: CacheIndex> Evictor<S, I> {
@@ -200,7 +200,6 @@ impl<S: ObjectStore, I: CacheIndex> Evictor<S, I> {
             index,
             clock,
             settings,
-            sweep_attempts: Mutex::default(),
         }
     }
 
@@ -278,50 +277,35 @@ impl<S: ObjectStore, I: CacheIndex> Evictor<S, I> {
                         )
                     });
                     report.tally.absorb(tally);
-                    if refused.is_none() {
-                        self.attempts().remove(&lease_key(&lease));
-                    }
                     refused
                 }
                 Err(e) => Some(e.to_string()),
             };
             if let Some(error) = failed {
-                let failure = self.defer(&lease, &error).await;
-                tracing::warn!(directory_bucket = %lease.directory_bucket, prefix = %lease.prefix,
-                    error = %error, attempts = failure.0, retry_in = ?failure.1,
-                    "could not sweep an expired lease; retrying later");
+                self.defer(&lease, &error).await;
                 report.lease_failures.push((lease, error));
             }
         }
         Ok(report)
     }
 
-    fn attempts(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String, String), u32>> {
-        self.sweep_attempts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Records a failed sweep of `lease` with exponential backoff; returns
-    /// the attempt count and the delay.
-    async fn defer(&self, lease: &Lease, error: &str) -> (u32, Duration) {
-        let attempts = {
-            let mut map = self.attempts();
-            let n = map.entry(lease_key(lease)).or_insert(0);
-            *n += 1;
-            *n
-        };
-        let delay = self
-            .settings
-            .sweep_retry_base
-            .saturating_mul(2u32.saturating_pow(attempts.saturating_sub(1).min(16)))
-            .min(self.settings.sweep_retry_max);
+    /// Records a failed sweep of `lease`; the index backs it off by the
+    /// attempts it has stored.
+    async fn defer(&self, lease: &Lease, error: &str) {
         // Compared with the settled "now" the next passes use.
-        let retry_at = self.settled_now().saturating_add(span_millis(delay));
-        if let Err(e) = self.index.defer_sweep(lease, error, retry_at).await {
-            tracing::warn!(prefix = %lease.prefix, error = %e, "could not record the failed sweep");
+        let backoff = SweepBackoff {
+            now: self.settled_now(),
+            base: span_millis(self.settings.sweep_retry_base),
+            max: span_millis(self.settings.sweep_retry_max),
+        };
+        match self.index.defer_sweep(lease, error, &backoff).await {
+            Ok(f) => tracing::warn!(directory_bucket = %lease.directory_bucket,
+                prefix = %lease.prefix, error, attempts = f.attempts,
+                retry_in_ms = f.retry_at.saturating_sub(backoff.now),
+                "could not sweep an expired lease; retrying later"),
+            Err(e) => tracing::warn!(prefix = %lease.prefix, error = %e,
+                sweep_error = error, "could not record the failed sweep"),
         }
-        (attempts, delay)
     }
 
     async fn sweep_lease(&self, lease: &Lease, owner: &str) -> Result<(bool, Tally), EvictError> {
@@ -383,14 +367,7 @@ impl<S: ObjectStore, I: CacheIndex> Evictor<S, I> {
             }
             let decisions = self
                 .index
-                .begin_evict(
-                    dir,
-                    &keys,
-                    owner,
-                    self.deadline(),
-                    self.settled_now(),
-                    force,
-                )
+                .begin_evict(dir, &keys, owner, self.deadline(), settled, force)
                 .await?;
             let mut marked = Vec::new();
             for d in decisions {
@@ -431,15 +408,13 @@ impl<S: ObjectStore, I: CacheIndex> Evictor<S, I> {
         let failures = match self.delete_with_retries(dir, &targets).await {
             Ok(f) => f,
             Err(source) => {
-                // The delete may have happened with its reply lost: the
-                // entries can no longer be trusted as hits. Lapse the
-                // claims but keep them as markers (a warm copies the keys
-                // again; a later eviction retries the delete).
+                // The delete may have happened with its reply lost: mark the
+                // entries unconfirmed (a warm copies the keys again; a later
+                // eviction retries the delete). The last attempt may still
+                // land up to its timeout from now, so the claims lapse only
+                // then (counted from the settled "now": takers-over add the
+                // skew margin back, so they wait exactly the timeout).
                 let keys: Vec<String> = marked.iter().map(|e| e.key.clone()).collect();
-                // A delete sent last may still land up to its timeout from
-                // now: nobody copies these keys before that.
-                // (Counted from the settled "now": takers-over add the skew
-                // margin back, so they wait exactly the request timeout.)
                 let lapse_at = self
                     .settled_now()
                     .saturating_add(span_millis(self.settings.request_timeout));
@@ -504,14 +479,6 @@ impl<S: ObjectStore, I: CacheIndex> Evictor<S, I> {
             }
         }
     }
-}
-
-fn lease_key(l: &Lease) -> (String, String, String) {
-    (
-        l.directory_bucket.clone(),
-        l.prefix.clone(),
-        l.source_bucket.clone(),
-    )
 }
 
 /// Runs [`Evictor::sweep_once`] every `every` until the task is aborted.

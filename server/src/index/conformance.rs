@@ -9,7 +9,7 @@ use expresscache::proto::v1 as pb;
 
 use super::{
     CacheIndex, ClaimKind, ClaimOutcome, Completion, CreateOutcome, Entry, EvictDecision, Lease,
-    OperationLog, OperationRecord, Record, Usage,
+    OperationLog, OperationRecord, Record, SweepBackoff, Usage,
 };
 
 const DIR: &str = "cache--use1-az4--x-s3";
@@ -748,8 +748,16 @@ async fn a_failed_sweep_is_deferred_and_reported<I: CacheIndex>(index: &I) {
         "a warm naming the old epoch can no longer extend it"
     );
     assert_eq!(first.prefix, "sw/a/", "oldest first");
-    let f = index.defer_sweep(first, "NoSuchBucket", 500).await.unwrap();
-    assert_eq!((f.attempts, f.retry_at), (1, 500));
+    let backoff = |now| SweepBackoff {
+        now,
+        base: 100,
+        max: 1_000,
+    };
+    let f = index
+        .defer_sweep(first, "NoSuchBucket", &backoff(400))
+        .await
+        .unwrap();
+    assert_eq!((f.attempts, f.retry_at), (1, 500), "now + base");
     let due: Vec<String> = index
         .expired_leases(100, 10)
         .await
@@ -763,8 +771,26 @@ async fn a_failed_sweep_is_deferred_and_reported<I: CacheIndex>(index: &I) {
         2,
         "due again at retry_at"
     );
-    let f = index.defer_sweep(first, "still", 900).await.unwrap();
-    assert_eq!((f.attempts, f.error.as_str()), (2, "still"));
+    let f = index
+        .defer_sweep(first, "still", &backoff(700))
+        .await
+        .unwrap();
+    assert_eq!(
+        (f.attempts, f.error.as_str(), f.retry_at),
+        (2, "still", 900),
+        "the delay doubles with the stored attempts"
+    );
+    for now in [900, 1_000, 1_100, 1_200] {
+        index
+            .defer_sweep(first, "still", &backoff(now))
+            .await
+            .unwrap();
+    }
+    let f = index
+        .defer_sweep(first, "still", &backoff(2_000))
+        .await
+        .unwrap();
+    assert_eq!(f.retry_at, 3_000, "and stops growing at max");
     let reported = index.sweep_failures(DIR, "sw/", 10).await.unwrap();
     assert_eq!(reported.len(), 1);
     assert_eq!(reported[0].lease.prefix, "sw/a/");

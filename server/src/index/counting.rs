@@ -11,7 +11,7 @@ use crate::gate::{Gate, Pass};
 
 use super::{
     CacheIndex, ClaimOutcome, Completion, CreateOutcome, Entry, EvictDecision, IndexError, Lease,
-    Millis, OpFilter, OperationLog, OperationRecord, Record, SweepFailure, Usage,
+    Millis, OpFilter, OperationLog, OperationRecord, Record, SweepBackoff, SweepFailure, Usage,
 };
 
 #[derive(Debug)]
@@ -124,11 +124,11 @@ impl<I: CacheIndex> CacheIndex for CountingIndex<I> {
         &self,
         lease: &Lease,
         error: &str,
-        retry_at: Millis,
+        backoff: &SweepBackoff,
     ) -> Result<SweepFailure, IndexError> {
         self.write();
         let _pass = self.pass("defer_sweep", &lease.prefix).await;
-        self.inner.defer_sweep(lease, error, retry_at).await
+        self.inner.defer_sweep(lease, error, backoff).await
     }
 
     async fn sweep_failures(

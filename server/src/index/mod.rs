@@ -152,6 +152,15 @@ pub struct SweepFailure {
     pub retry_at: Millis,
 }
 
+/// When a failed sweep is tried again: `now` + `base` x 2^(attempts so
+/// far), at most `now` + `max`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SweepBackoff {
+    pub now: Millis,
+    pub base: Millis,
+    pub max: Millis,
+}
+
 /// Per-entry answer of [`CacheIndex::complete_copies`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Completion {
@@ -290,14 +299,15 @@ pub trait CacheIndex: Send + Sync + 'static {
     /// no longer extend them (it learns its lease ended).
     async fn expired_leases(&self, now: Millis, limit: usize) -> Result<Vec<Lease>, IndexError>;
 
-    /// Records that sweeping `lease` failed with `error`: it is skipped by
-    /// `expired_leases` until `retry_at`, and its attempt count grows.
-    /// Returns the failure as stored.
+    /// Records that sweeping `lease` failed with `error`: its attempt count
+    /// grows, and it is skipped by `expired_leases` until `backoff` says
+    /// (the delay doubles with every recorded attempt, so it survives
+    /// restarts). Returns the failure as stored.
     async fn defer_sweep(
         &self,
         lease: &Lease,
         error: &str,
-        retry_at: Millis,
+        backoff: &SweepBackoff,
     ) -> Result<SweepFailure, IndexError>;
 
     /// Lease records at or under `prefix` (or covering it) whose sweep has

@@ -16,7 +16,7 @@ use crate::clock::{Clock, SystemClock};
 use super::{
     ancestors, prefix_successor, CacheIndex, Claim, ClaimKind, ClaimOutcome, Completion,
     CreateOutcome, Entry, EvictDecision, IndexError, Lease, Millis, OpFilter, OperationLog,
-    OperationRecord, Record, SweepFailure, Usage,
+    OperationRecord, Record, SweepBackoff, SweepFailure, Usage,
 };
 
 const SCHEMA: &str = "
@@ -622,16 +622,16 @@ impl CacheIndex for SqliteIndex {
         &self,
         lease: &Lease,
         error: &str,
-        retry_at: Millis,
+        backoff: &SweepBackoff,
     ) -> Result<SweepFailure, IndexError> {
-        let (lease, error) = (lease.clone(), error.to_owned());
+        let (lease, error, b) = (lease.clone(), error.to_owned(), *backoff);
         self.with(move |c| {
             c.query_row(
                 &format!(
                     "UPDATE leases SET sweep_attempts = sweep_attempts + 1, sweep_error = ?4,
-                         sweep_retry_at = ?5
+                         sweep_retry_at = ?5 + min(?7, ?6 << min(sweep_attempts, 16))
                      WHERE directory_bucket = ?1 AND prefix = ?2 AND source_bucket = ?3
-                       AND expires_at = ?6
+                       AND expires_at = ?8
                      RETURNING {LEASE_COLUMNS}, sweep_attempts, sweep_error, sweep_retry_at"
                 ),
                 // Only while the lease is as the sweeper read it: a warm that
@@ -641,7 +641,9 @@ impl CacheIndex for SqliteIndex {
                     lease.prefix,
                     lease.source_bucket,
                     error,
-                    retry_at,
+                    b.now,
+                    b.base,
+                    b.max,
                     lease.expires_at
                 ],
                 row_to_sweep_failure,
@@ -656,7 +658,7 @@ impl CacheIndex for SqliteIndex {
                         lease,
                         attempts: 1,
                         error,
-                        retry_at,
+                        retry_at: b.now.saturating_add(b.base),
                     })
                 },
                 Ok,
