@@ -273,6 +273,11 @@ async fn a_request_that_never_answers_is_retried_not_waited_for() {
     let (moto, s3, src, dir) = buckets(&refs(&ks)).await;
     let proxy = FaultProxy::start(&moto.endpoint).await;
     proxy.add(Rule::times(
+        Match::head_bucket().bucket(&src),
+        Fault::Hang,
+        1,
+    ));
+    proxy.add(Rule::times(
         Match::list_objects().bucket(&src),
         Fault::Hang,
         1,
@@ -288,9 +293,92 @@ async fn a_request_that_never_answers_is_retried_not_waited_for() {
         &server.run_within(&warm_args(&src, &dir, "h/", &[]), LIMIT),
         0,
     );
-    assert_eq!(proxy.injected(), 3);
+    assert_eq!(proxy.injected(), 4);
     assert_eq!(last["objects_copied"].as_u64(), Some(10), "{last}");
     assert_eq!(last["copy_retries"].as_u64(), Some(2), "{last}");
     assert!(t0.elapsed() < Duration::from_secs(60), "{:?}", t0.elapsed());
     assert_eq!(list_keys(&s3, &dir, "").await.len(), 10);
+}
+
+/// A CopyObject whose reply is lost after S3 made the copy: the engine
+/// retries it (same source ETag condition, same result) and records it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_copy_reply_is_retried_and_recorded() {
+    let ks = keys("c/", 20);
+    let (moto, s3, src, dir) = buckets(&refs(&ks)).await;
+    let proxy = FaultProxy::start(&moto.endpoint).await;
+    proxy.add(Rule::times(
+        Match::copy_object().bucket(&dir),
+        Fault::LoseReply,
+        3,
+    ));
+    proxy.add(Rule::times(
+        Match::list_objects().bucket(&src),
+        Fault::Status {
+            status: 503,
+            code: "SlowDown".into(),
+        },
+        1,
+    ));
+    let server = Server::start_on(&proxy.endpoint, &[], &[]);
+    let last = last_line(
+        &server.run_within(&warm_args(&src, &dir, "c/", &[]), LIMIT),
+        0,
+    );
+    assert_eq!(
+        proxy.injected(),
+        4,
+        "3 lost copy replies, 1 throttled listing"
+    );
+    assert_eq!(last["objects_copied"].as_u64(), Some(20), "{last}");
+    assert_eq!(last["copy_retries"].as_u64(), Some(3), "{last}");
+    assert_eq!(list_keys(&s3, &dir, "").await, ks);
+    let again = last_line(&server.run(&warm_args(&src, &dir, "c/", &[])), 0);
+    assert_eq!(
+        again["objects_hit"].as_u64(),
+        Some(20),
+        "recorded as cached"
+    );
+}
+
+/// A DeleteObjects that is throttled, then never answers: the eviction
+/// retries past both and records what it deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_evict_whose_delete_is_throttled_then_hangs_still_finishes() {
+    let ks = keys("x/", 5);
+    let (moto, s3, src, dir) = buckets(&refs(&ks)).await;
+    let proxy = FaultProxy::start(&moto.endpoint).await;
+    let server = Server::start_on(&proxy.endpoint, &["--s3-request-timeout", "1s"], &[]);
+    last_line(&server.run(&warm_args(&src, &dir, "x/", &[])), 0);
+    proxy.add(Rule::times(
+        Match::delete_objects().bucket(&dir),
+        Fault::Status {
+            status: 503,
+            code: "SlowDown".into(),
+        },
+        1,
+    ));
+    proxy.add(Rule::times(
+        Match::delete_objects().bucket(&dir),
+        Fault::Hang,
+        1,
+    ));
+    let out = server.run_within(
+        &[
+            "evict",
+            "--directory-bucket",
+            &dir,
+            "--prefix",
+            "x/",
+            "--output",
+            "json",
+        ],
+        LIMIT,
+    );
+    let v = last_line(&out, 0);
+    assert_eq!(proxy.injected(), 2);
+    assert_eq!(v["objects_deleted"].as_u64(), Some(5), "{v}");
+    assert!(list_keys(&s3, &dir, "").await.is_empty());
+    let again = last_line(&server.run(&warm_args(&src, &dir, "x/", &[])), 0);
+    assert_eq!(again["objects_copied"].as_u64(), Some(5), "no false hits");
 }

@@ -1255,6 +1255,10 @@ mod fault_tests {
     type W = Warmer<FaultStore<MemoryStore>, SqliteIndex>;
 
     fn world(keys: &[&str], hold: &Arc<Hold>) -> Arc<W> {
+        world_on(keys, hold, Arc::new(crate::clock::SystemClock))
+    }
+
+    fn world_on(keys: &[&str], hold: &Arc<Hold>, clock: Arc<dyn Clock>) -> Arc<W> {
         let mem = MemoryStore::with_page_size(3);
         mem.create_bucket(SRC);
         mem.create_bucket(DIR);
@@ -1264,7 +1268,7 @@ mod fault_tests {
         Arc::new(Warmer::new(
             Arc::new(FaultStore::new(mem).with_gate(Arc::new(HoldGate(Arc::clone(hold))))),
             Arc::new(SqliteIndex::open_in_memory().unwrap()),
-            Arc::new(crate::clock::SystemClock),
+            clock,
             WarmSettings::default(),
         ))
     }
@@ -1399,6 +1403,80 @@ mod fault_tests {
             "the newer holder's entry stands"
         );
         assert!(rec[0].claim.is_none());
+    }
+
+    /// The evicting process died right after DeleteObjects took effect,
+    /// before it recorded the deletion (kill -9 between the two): once its
+    /// claim lapses, the next warm must copy the keys, not count hits.
+    #[tokio::test]
+    async fn a_warm_after_an_evictor_died_between_delete_and_record_copies_again() {
+        let h = hold("none", None, usize::MAX);
+        let w = world(&["d/1", "d/2", "d/3"], &h);
+        let (p, _rx) = Progress::new("op1".into());
+        assert_eq!(
+            w.run(&spec(), &p, "op1").await.unwrap(),
+            WarmOutcome::Succeeded
+        );
+        let keys: Vec<String> = ["d/1", "d/2", "d/3"].map(String::from).to_vec();
+        // What the dead evictor did: claimed (its claim has long lapsed)...
+        let now = w.clock.now();
+        w.index
+            .begin_evict(DIR, &keys, "evict:dead", now - 60_000, now - 120_000, true)
+            .await
+            .unwrap();
+        // ... and deleted; then it died.
+        let targets: Vec<crate::store::DeleteTarget> = keys
+            .iter()
+            .map(|k| crate::store::DeleteTarget {
+                key: k.clone(),
+                etag: None,
+            })
+            .collect();
+        w.store.delete_objects(DIR, &targets).await.unwrap();
+        let (p, _rx) = Progress::new("op2".into());
+        assert_eq!(
+            w.run(&spec(), &p, "op2").await.unwrap(),
+            WarmOutcome::Succeeded
+        );
+        assert_eq!(
+            (
+                p.hits.load(AtomicOrdering::Relaxed),
+                p.copied.load(AtomicOrdering::Relaxed)
+            ),
+            (0, 3)
+        );
+        assert_eq!(w.store.inner().keys(DIR), keys, "ready means present");
+    }
+
+    /// Our clock stepped past another copier's claim deadline by less than
+    /// the skew margin: the claim is still the other's on a clock within
+    /// the margin, so this warm waits instead of copying over it.
+    #[tokio::test]
+    async fn a_claim_lapsed_by_less_than_the_skew_margin_is_not_taken_over() {
+        let clock = Arc::new(crate::clock::ManualClock::new(10_000_000));
+        let h = hold("none", None, usize::MAX);
+        let w = world_on(&["d/1"], &h, clock.clone());
+        w.index
+            .claim_copy(DIR, "d/1", "other", clock.now() - 1_000, 0)
+            .await
+            .unwrap();
+        let run = {
+            let w = Arc::clone(&w);
+            tokio::spawn(async move {
+                let (p, _rx) = Progress::new("mine".into());
+                w.run(&spec(), &p, "mine").await.unwrap();
+                p.copied.load(AtomicOrdering::Relaxed)
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!run.is_finished(), "waiting for the other's claim");
+        assert!(
+            w.store.inner().keys(DIR).is_empty(),
+            "nothing copied over it"
+        );
+        clock.advance(5_000);
+        assert_eq!(run.await.unwrap(), 1, "past the margin it is taken over");
+        assert_eq!(w.store.inner().keys(DIR), ["d/1"]);
     }
 }
 
