@@ -20,7 +20,8 @@ use expresscache::EvictSpec;
 
 use crate::clock::Clock;
 use crate::index::{
-    span_millis, CacheIndex, Entry, EvictDecision, IndexError, Lease, Millis, SweepBackoff,
+    span_millis, CacheIndex, ClaimTerms, Entry, EvictDecision, IndexError, KeyRange, Lease, Millis,
+    SweepBackoff,
 };
 use crate::progress::MAX_INLINE_FAILURES;
 use crate::store::{DeleteTarget, ObjectStore, StoreError, DELETE_BATCH};
@@ -340,7 +341,11 @@ impl<S: ObjectStore, I: CacheIndex> Evictor<S, I> {
         loop {
             let page = self
                 .index
-                .records(dir, prefix, after.as_deref(), None, DELETE_BATCH)
+                .records(
+                    dir,
+                    &KeyRange::prefix(prefix).after(after.as_deref()),
+                    DELETE_BATCH,
+                )
                 .await?;
             let Some(last) = page.last().map(|r| r.key.clone()) else {
                 return Ok(());
@@ -367,7 +372,16 @@ impl<S: ObjectStore, I: CacheIndex> Evictor<S, I> {
             }
             let decisions = self
                 .index
-                .begin_evict(dir, &keys, owner, self.deadline(), settled, force)
+                .begin_evict(
+                    dir,
+                    &keys,
+                    &ClaimTerms {
+                        owner,
+                        deadline: self.deadline(),
+                        now: settled,
+                    },
+                    force,
+                )
                 .await?;
             let mut marked = Vec::new();
             for d in decisions {
@@ -528,7 +542,18 @@ mod tests {
         store.create_bucket(DIR);
         for k in keys {
             let etag = store.put(DIR, k, 10);
-            index.claim_copy(DIR, k, "test", i64::MAX, 0).await.unwrap();
+            index
+                .claim_copy(
+                    DIR,
+                    k,
+                    &ClaimTerms {
+                        owner: "test",
+                        deadline: i64::MAX,
+                        now: 0,
+                    },
+                )
+                .await
+                .unwrap();
             index
                 .complete_copy(
                     &Entry {
@@ -646,7 +671,11 @@ mod tests {
         assert_eq!(resp.objects_deleted, 0);
         assert_eq!(resp.failures[0].code, "PreconditionFailed");
         assert_eq!(ev.store.inner().keys(DIR), ["f/1"]);
-        let rec = ev.index.records(DIR, "f/", None, None, 10).await.unwrap();
+        let rec = ev
+            .index
+            .records(DIR, &KeyRange::prefix("f/"), 10)
+            .await
+            .unwrap();
         assert!(
             rec[0].entry.is_some() && rec[0].claim.is_none(),
             "claim released, entry kept"
@@ -671,7 +700,18 @@ mod fault_tests {
     async fn cache(ev: &Ev, dir: &str, keys: &[String]) {
         for k in keys {
             let etag = ev.store.inner().put(dir, k, 10);
-            ev.index.claim_copy(dir, k, "w", i64::MAX, 0).await.unwrap();
+            ev.index
+                .claim_copy(
+                    dir,
+                    k,
+                    &ClaimTerms {
+                        owner: "w",
+                        deadline: i64::MAX,
+                        now: 0,
+                    },
+                )
+                .await
+                .unwrap();
             ev.index
                 .complete_copy(
                     &Entry {
@@ -727,7 +767,7 @@ mod fault_tests {
     async fn warm_decides(ev: &Ev, key: &str) -> Decision {
         let rec = ev
             .index
-            .records(DIR, key, None, Some(key), 1)
+            .records(DIR, &KeyRange::prefix(key).upto(Some(key)), 1)
             .await
             .unwrap();
         let obj = ObjectMeta {
@@ -857,7 +897,15 @@ mod fault_tests {
         let (ev, clock) = evictor(Duration::ZERO);
         // A warm claimed a key it has never copied before and is copying it.
         ev.index
-            .claim_copy(DIR, "f/new", "warm", clock.now() + 600_000, 0)
+            .claim_copy(
+                DIR,
+                "f/new",
+                &ClaimTerms {
+                    owner: "warm",
+                    deadline: clock.now() + 600_000,
+                    now: 0,
+                },
+            )
             .await
             .unwrap();
         ev.index

@@ -21,8 +21,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use crate::clock::Clock;
 use crate::exec::{CopyEngine, CopyStats, EngineSettings};
 use crate::index::{
-    millis_of, release_or_lapse, span_millis, CacheIndex, Claim, ClaimOutcome, Completion, Entry,
-    IndexError, Lease, Millis, Record, RecordCursor,
+    millis_of, release_or_lapse, span_millis, CacheIndex, Claim, ClaimOutcome, ClaimTerms,
+    Completion, Entry, IndexError, Lease, Millis, Record, RecordCursor,
 };
 use crate::plan::{Decision, Planner};
 use crate::progress::Progress;
@@ -551,9 +551,11 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
                 .claim_copies(
                     dir,
                     &to_claim,
-                    owner,
-                    self.claim_deadline(),
-                    self.takeover_now(),
+                    &ClaimTerms {
+                        owner,
+                        deadline: self.claim_deadline(),
+                        now: self.takeover_now(),
+                    },
                 )
                 .await?;
             let mut outcomes = outcomes.into_iter();
@@ -855,7 +857,15 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
     /// Claims `key` for this warm (or extends its own claim).
     async fn claim(&self, dir: &str, key: &str, owner: &str) -> Result<ClaimOutcome, IndexError> {
         self.index
-            .claim_copy(dir, key, owner, self.claim_deadline(), self.takeover_now())
+            .claim_copy(
+                dir,
+                key,
+                &ClaimTerms {
+                    owner,
+                    deadline: self.claim_deadline(),
+                    now: self.takeover_now(),
+                },
+            )
             .await
     }
 
@@ -890,13 +900,7 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
     }
 
     async fn record(&self, dir: &str, key: &str) -> Result<Option<Record>, IndexError> {
-        Ok(self
-            .index
-            .records(dir, key, None, Some(key), 1)
-            .await?
-            .into_iter()
-            .next()
-            .filter(|r| r.key == key))
+        self.index.get_record(dir, key).await
     }
 
     /// Polls until `claim` on `key` is gone, void, or ours; answers the
@@ -994,7 +998,7 @@ fn describe(e: &StoreError) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::index::SqliteIndex;
+    use crate::index::{KeyRange, SqliteIndex};
     use crate::store::{FaultStore, MemoryStore, Op};
     use expresscache::proto::v1 as pb;
     use std::sync::atomic::Ordering;
@@ -1054,7 +1058,7 @@ mod tests {
 
     async fn cached_keys(w: &Warmer<FaultStore<MemoryStore>, SqliteIndex>) -> Vec<String> {
         w.index
-            .records(DIR, "", None, None, 1000)
+            .records(DIR, &KeyRange::prefix(""), 1000)
             .await
             .unwrap()
             .into_iter()
@@ -1208,7 +1212,7 @@ mod fault_tests {
     use super::*;
     use crate::evict::{EvictSettings, Evictor};
     use crate::gate::{Gate, Pass};
-    use crate::index::SqliteIndex;
+    use crate::index::{KeyRange, SqliteIndex};
     use crate::store::{FaultStore, MemoryStore};
     use expresscache::proto::v1 as pb;
     use expresscache::{DirectoryBucketName, EvictSpec};
@@ -1370,7 +1374,15 @@ mod fault_tests {
         let later = w.clock.now() + 3_600_000;
         let taken = w
             .index
-            .claim_copy(DIR, "d/1", "other", later + 1000, later)
+            .claim_copy(
+                DIR,
+                "d/1",
+                &ClaimTerms {
+                    owner: "other",
+                    deadline: later + 1000,
+                    now: later,
+                },
+            )
             .await
             .unwrap();
         assert_eq!(taken, ClaimOutcome::Claimed);
@@ -1396,7 +1408,11 @@ mod fault_tests {
             (1, 1),
             "d/2 copied; d/1 found current after the lost claim"
         );
-        let rec = w.index.records(DIR, "d/1", None, None, 1).await.unwrap();
+        let rec = w
+            .index
+            .records(DIR, &KeyRange::prefix("d/1"), 1)
+            .await
+            .unwrap();
         assert_eq!(
             rec[0].entry.as_ref(),
             Some(&theirs),
@@ -1421,7 +1437,16 @@ mod fault_tests {
         // What the dead evictor did: claimed (its claim has long lapsed)...
         let now = w.clock.now();
         w.index
-            .begin_evict(DIR, &keys, "evict:dead", now - 60_000, now - 120_000, true)
+            .begin_evict(
+                DIR,
+                &keys,
+                &ClaimTerms {
+                    owner: "evict:dead",
+                    deadline: now - 60_000,
+                    now: now - 120_000,
+                },
+                true,
+            )
             .await
             .unwrap();
         // ... and deleted; then it died.
@@ -1457,7 +1482,15 @@ mod fault_tests {
         let h = hold("none", None, usize::MAX);
         let w = world_on(&["d/1"], &h, clock.clone());
         w.index
-            .claim_copy(DIR, "d/1", "other", clock.now() - 1_000, 0)
+            .claim_copy(
+                DIR,
+                "d/1",
+                &ClaimTerms {
+                    owner: "other",
+                    deadline: clock.now() - 1_000,
+                    now: 0,
+                },
+            )
             .await
             .unwrap();
         let run = {

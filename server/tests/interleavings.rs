@@ -21,7 +21,7 @@ use expresscache_server::clock::Clock;
 use expresscache_server::clock::ManualClock;
 use expresscache_server::evict::{EvictSettings, Evictor};
 use expresscache_server::gate::{Gate, Pass};
-use expresscache_server::index::{CacheIndex, CountingIndex, SqliteIndex};
+use expresscache_server::index::{CacheIndex, CountingIndex, KeyRange, SqliteIndex};
 use expresscache_server::progress::Progress;
 use expresscache_server::store::{FaultStore, MemoryStore, Op};
 use expresscache_server::warm::{WarmOutcome, WarmSettings, Warmer};
@@ -179,7 +179,11 @@ impl World {
     /// claim kept as a marker) vouches for nothing and is exempt: warms copy
     /// it again.
     async fn check_consistent(&self) -> Result<(), String> {
-        let records = self.index.records(DIR, "", None, None, 1000).await.unwrap();
+        let records = self
+            .index
+            .records(DIR, &KeyRange::prefix(""), 1000)
+            .await
+            .unwrap();
         let now = self.clock.now();
         for r in &records {
             if r.is_unconfirmed(now) {

@@ -14,7 +14,7 @@ use expresscache::proto::v1 as pb;
 use expresscache::{EvictSpec, Limits, WarmSpec};
 use expresscache_server::clock::{Clock, ManualClock};
 use expresscache_server::evict::{EvictSettings, Evictor};
-use expresscache_server::index::{CacheIndex, Record, SqliteIndex};
+use expresscache_server::index::{CacheIndex, KeyRange, Record, SqliteIndex};
 use expresscache_server::progress::Progress;
 use expresscache_server::store::{FaultStore, MemoryStore, Op};
 use expresscache_server::warm::{WarmOutcome, WarmSettings, Warmer};
@@ -291,7 +291,11 @@ async fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
         // the model says, with no live claim left behind. An entry whose
         // eviction ended unconfirmed (a lapsed evict claim) vouches for
         // nothing: a warm copies it again.
-        let records = real.index.records(DIR, "", None, None, 1000).await.unwrap();
+        let records = real
+            .index
+            .records(DIR, &KeyRange::prefix(""), 1000)
+            .await
+            .unwrap();
         let unconfirmed = |r: &&Record| r.is_unconfirmed(model.now);
         let recorded: BTreeMap<String, String> = records
             .iter()

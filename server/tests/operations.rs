@@ -96,10 +96,10 @@ async fn cancel_mid_warm_ends_cancelled_and_leaves_index_and_bucket_consistent()
     // recorded, and no claim is left behind.
     let in_bucket = list_keys(&fx.s3, &fx.dir, "").await;
     let records = {
-        use expresscache_server::index::CacheIndex;
+        use expresscache_server::index::{CacheIndex, KeyRange};
         fx.server
             .index
-            .records(&fx.dir, "", None, None, 1000)
+            .records(&fx.dir, &KeyRange::prefix(""), 1000)
             .await
             .unwrap()
     };

@@ -8,8 +8,8 @@
 use expresscache::proto::v1 as pb;
 
 use super::{
-    CacheIndex, ClaimKind, ClaimOutcome, Completion, CreateOutcome, Entry, EvictDecision, Lease,
-    OperationLog, OperationRecord, Record, SweepBackoff, Usage,
+    CacheIndex, ClaimKind, ClaimOutcome, ClaimTerms, Completion, CreateOutcome, Entry,
+    EvictDecision, KeyRange, Lease, OperationLog, OperationRecord, Record, SweepBackoff, Usage,
 };
 
 const DIR: &str = "cache--use1-az4--x-s3";
@@ -60,7 +60,15 @@ pub async fn run_all<I: CacheIndex>(index: &I) {
 async fn put<I: CacheIndex>(index: &I, entries: &[Entry]) {
     for e in entries {
         index
-            .claim_copy(DIR, &e.key, "writer", i64::MAX, 0)
+            .claim_copy(
+                DIR,
+                &e.key,
+                &ClaimTerms {
+                    owner: "writer",
+                    deadline: i64::MAX,
+                    now: 0,
+                },
+            )
             .await
             .unwrap();
         assert_eq!(
@@ -72,14 +80,23 @@ async fn put<I: CacheIndex>(index: &I, entries: &[Entry]) {
 
 async fn clear<I: CacheIndex>(index: &I, prefix: &str) {
     let keys: Vec<String> = index
-        .records(DIR, prefix, None, None, 10_000)
+        .records(DIR, &KeyRange::prefix(prefix), 10_000)
         .await
         .unwrap()
         .into_iter()
         .map(|r| r.key)
         .collect();
     index
-        .begin_evict(DIR, &keys, "cleaner", i64::MAX, 0, true)
+        .begin_evict(
+            DIR,
+            &keys,
+            &ClaimTerms {
+                owner: "cleaner",
+                deadline: i64::MAX,
+                now: 0,
+            },
+            true,
+        )
         .await
         .unwrap();
     index.finish_evict(DIR, &keys, "cleaner").await.unwrap();
@@ -225,29 +242,60 @@ async fn records_are_key_ordered_ranges<I: CacheIndex>(index: &I) {
     put(index, &keys.iter().map(|k| entry(k, 1)).collect::<Vec<_>>()).await;
     let got = |v: Vec<Record>| v.into_iter().map(|r| r.key).collect::<Vec<_>>();
     assert_eq!(
-        got(index.records(DIR, "r/", None, None, 100).await.unwrap()),
+        got(index
+            .records(DIR, &KeyRange::prefix("r/"), 100)
+            .await
+            .unwrap()),
         ["r/ z", "r/a", "r/b", "r/c", "r/d", "r/ü"],
         "byte order, the same order S3 lists in; only keys under the prefix"
     );
     assert_eq!(
         got(index
-            .records(DIR, "r/", Some("r/a"), Some("r/c"), 100)
+            .records(
+                DIR,
+                &KeyRange::prefix("r/").after(Some("r/a")).upto(Some("r/c")),
+                100
+            )
             .await
             .unwrap()),
         ["r/b", "r/c"],
         "(after, upto] bounds"
     );
     assert_eq!(
-        got(index.records(DIR, "r/", None, None, 2).await.unwrap()),
+        got(index
+            .records(DIR, &KeyRange::prefix("r/"), 2)
+            .await
+            .unwrap()),
         ["r/ z", "r/a"],
         "limit"
     );
+    let closed_open = KeyRange {
+        prefix: "r/",
+        start: std::ops::Bound::Included("r/b"),
+        end: std::ops::Bound::Excluded("r/d"),
+    };
+    assert_eq!(
+        got(index.records(DIR, &closed_open, 100).await.unwrap()),
+        ["r/b", "r/c"],
+        "[start, end) bounds"
+    );
+    put(index, &[entry("r/ab", 1)]).await;
+    assert_eq!(
+        index.get_record(DIR, "r/a").await.unwrap().map(|r| r.key),
+        Some("r/a".to_owned()),
+        "get_record finds the key itself, not a longer key it prefixes"
+    );
+    assert_eq!(index.get_record(DIR, "r/aa").await.unwrap(), None);
     let mut replaced = entry("r/a", 7);
     replaced.source_etag = "\"new\"".into();
     put(index, &[replaced.clone()]).await;
     assert_eq!(
         index
-            .records(DIR, "r/", Some("r/ z"), Some("r/a"), 1)
+            .records(
+                DIR,
+                &KeyRange::prefix("r/").after(Some("r/ z")).upto(Some("r/a")),
+                1
+            )
             .await
             .unwrap(),
         [Record {
@@ -260,7 +308,7 @@ async fn records_are_key_ordered_ranges<I: CacheIndex>(index: &I) {
     );
     clear(index, "").await;
     assert!(index
-        .records(DIR, "", None, None, 10)
+        .records(DIR, &KeyRange::prefix(""), 10)
         .await
         .unwrap()
         .is_empty());
@@ -269,12 +317,23 @@ async fn records_are_key_ordered_ranges<I: CacheIndex>(index: &I) {
 async fn claims_are_exclusive_until_their_deadline<I: CacheIndex>(index: &I) {
     let claim = |owner: &'static str, deadline, now| async move {
         index
-            .claim_copy(DIR, "c/k", owner, deadline, now)
+            .claim_copy(
+                DIR,
+                "c/k",
+                &ClaimTerms {
+                    owner,
+                    deadline,
+                    now,
+                },
+            )
             .await
             .unwrap()
     };
     assert_eq!(claim("a", 100, 0).await, ClaimOutcome::Claimed);
-    let rec = &index.records(DIR, "c/", None, None, 10).await.unwrap()[0];
+    let rec = &index
+        .records(DIR, &KeyRange::prefix("c/"), 10)
+        .await
+        .unwrap()[0];
     assert!(rec.entry.is_none(), "a claim is not a cached entry");
     assert_eq!(index.usage(DIR, "c/").await.unwrap(), Usage::default());
     match claim("b", 200, 50).await {
@@ -298,7 +357,10 @@ async fn claims_are_exclusive_until_their_deadline<I: CacheIndex>(index: &I) {
     );
     index.release_claim(DIR, "c/k", "a").await.unwrap();
     assert!(
-        index.records(DIR, "c/", None, None, 10).await.unwrap()[0]
+        index
+            .records(DIR, &KeyRange::prefix("c/"), 10)
+            .await
+            .unwrap()[0]
             .claim
             .is_some(),
         "only the holder releases"
@@ -306,7 +368,7 @@ async fn claims_are_exclusive_until_their_deadline<I: CacheIndex>(index: &I) {
     index.release_claim(DIR, "c/k", "b").await.unwrap();
     assert!(
         index
-            .records(DIR, "c/", None, None, 10)
+            .records(DIR, &KeyRange::prefix("c/"), 10)
             .await
             .unwrap()
             .is_empty(),
@@ -314,7 +376,10 @@ async fn claims_are_exclusive_until_their_deadline<I: CacheIndex>(index: &I) {
     );
     assert_eq!(claim("b", 300, 150).await, ClaimOutcome::Claimed);
     index.complete_copy(&entry("c/k", 5), "b").await.unwrap();
-    let rec = &index.records(DIR, "c/", None, None, 10).await.unwrap()[0];
+    let rec = &index
+        .records(DIR, &KeyRange::prefix("c/"), 10)
+        .await
+        .unwrap()[0];
     assert!(
         rec.entry.is_some() && rec.claim.is_none(),
         "completing drops the claim"
@@ -339,7 +404,15 @@ async fn eviction_respects_leases_and_claims<I: CacheIndex>(index: &I) {
     index.extend_lease(&lease("v/dead/", 10), 0).await.unwrap();
     assert_eq!(
         index
-            .claim_copy(DIR, "v/busy/1", "warm", 1_000, 100)
+            .claim_copy(
+                DIR,
+                "v/busy/1",
+                &ClaimTerms {
+                    owner: "warm",
+                    deadline: 1_000,
+                    now: 100
+                }
+            )
             .await
             .unwrap(),
         ClaimOutcome::Claimed
@@ -349,7 +422,16 @@ async fn eviction_respects_leases_and_claims<I: CacheIndex>(index: &I) {
         .map(|k| k.to_string())
         .collect();
     let d = index
-        .begin_evict(DIR, &keys, "ev", 500, 100, false)
+        .begin_evict(
+            DIR,
+            &keys,
+            &ClaimTerms {
+                owner: "ev",
+                deadline: 500,
+                now: 100,
+            },
+            false,
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -368,7 +450,7 @@ async fn eviction_respects_leases_and_claims<I: CacheIndex>(index: &I) {
     assert_eq!(d[3], EvictDecision::Absent);
     assert!(
         matches!(
-            index.claim_copy(DIR, "v/dead/1", "warm2", 900, 100).await.unwrap(),
+            index.claim_copy(DIR, "v/dead/1", &ClaimTerms { owner: "warm2", deadline: 900, now: 100 }).await.unwrap(),
             ClaimOutcome::Held(c) if c.kind == ClaimKind::Evict
         ),
         "a key being evicted cannot be claimed for copy"
@@ -390,7 +472,16 @@ async fn eviction_respects_leases_and_claims<I: CacheIndex>(index: &I) {
         "kept keys untouched"
     );
     let forced = index
-        .begin_evict(DIR, &keys[..1], "ev2", 500, 100, true)
+        .begin_evict(
+            DIR,
+            &keys[..1],
+            &ClaimTerms {
+                owner: "ev2",
+                deadline: 500,
+                now: 100,
+            },
+            true,
+        )
         .await
         .unwrap();
     assert!(
@@ -422,7 +513,15 @@ async fn usage_counts_cached_objects_only<I: CacheIndex>(index: &I) {
     )
     .await;
     index
-        .claim_copy(DIR, "u/pending", "w", 100, 0)
+        .claim_copy(
+            DIR,
+            "u/pending",
+            &ClaimTerms {
+                owner: "w",
+                deadline: 100,
+                now: 0,
+            },
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -618,15 +717,37 @@ async fn completion_requires_the_copiers_claim<I: CacheIndex>(index: &I) {
     );
     assert!(
         index
-            .records(DIR, "cc/", None, None, 10)
+            .records(DIR, &KeyRange::prefix("cc/"), 10)
             .await
             .unwrap()
             .is_empty(),
         "a lost completion writes nothing"
     );
-    index.claim_copy(DIR, "cc/k", "a", 100, 0).await.unwrap();
+    index
+        .claim_copy(
+            DIR,
+            "cc/k",
+            &ClaimTerms {
+                owner: "a",
+                deadline: 100,
+                now: 0,
+            },
+        )
+        .await
+        .unwrap();
     // a's claim lapses and b takes the key over.
-    index.claim_copy(DIR, "cc/k", "b", 300, 150).await.unwrap();
+    index
+        .claim_copy(
+            DIR,
+            "cc/k",
+            &ClaimTerms {
+                owner: "b",
+                deadline: 300,
+                now: 150,
+            },
+        )
+        .await
+        .unwrap();
     let mut newer = entry("cc/k", 9);
     newer.source_etag = "\"newer\"".into();
     let late = entry("cc/k", 1);
@@ -636,7 +757,10 @@ async fn completion_requires_the_copiers_claim<I: CacheIndex>(index: &I) {
     );
     assert!(index.renew_claim(DIR, "cc/k", "b", 400).await.unwrap());
     assert_eq!(
-        index.records(DIR, "cc/", None, None, 10).await.unwrap()[0]
+        index
+            .records(DIR, &KeyRange::prefix("cc/"), 10)
+            .await
+            .unwrap()[0]
             .claim
             .as_ref()
             .map(|c| (c.owner.as_str(), c.deadline)),
@@ -648,7 +772,7 @@ async fn completion_requires_the_copiers_claim<I: CacheIndex>(index: &I) {
         "renewing never acquires a free key"
     );
     assert!(index
-        .records(DIR, "cc/free", None, None, 10)
+        .records(DIR, &KeyRange::prefix("cc/free"), 10)
         .await
         .unwrap()
         .is_empty());
@@ -659,7 +783,10 @@ async fn completion_requires_the_copiers_claim<I: CacheIndex>(index: &I) {
         Completion::ClaimLost,
         "a copier whose claim was taken over never overwrites the newer entry"
     );
-    let rec = &index.records(DIR, "cc/", None, None, 10).await.unwrap()[0];
+    let rec = &index
+        .records(DIR, &KeyRange::prefix("cc/"), 10)
+        .await
+        .unwrap()[0];
     assert_eq!(rec.entry.as_ref(), Some(&newer));
     clear(index, "cc/").await;
 }
@@ -820,18 +947,33 @@ async fn an_abandoned_eviction_leaves_a_lapsed_evict_claim<I: CacheIndex>(index:
     put(index, &[entry("ab/k", 3)]).await;
     let keys = vec!["ab/k".to_owned()];
     index
-        .begin_evict(DIR, &keys, "ev", 1_000, 0, true)
+        .begin_evict(
+            DIR,
+            &keys,
+            &ClaimTerms {
+                owner: "ev",
+                deadline: 1_000,
+                now: 0,
+            },
+            true,
+        )
         .await
         .unwrap();
     index.abandon_evict(DIR, &keys, "other", 0).await.unwrap();
-    let rec = &index.records(DIR, "ab/", None, None, 10).await.unwrap()[0];
+    let rec = &index
+        .records(DIR, &KeyRange::prefix("ab/"), 10)
+        .await
+        .unwrap()[0];
     assert_eq!(
         (rec.claim.as_ref().map(|c| c.deadline), rec.unconfirmed),
         (Some(1_000), false),
         "only the holder abandons"
     );
     index.abandon_evict(DIR, &keys, "ev", 200).await.unwrap();
-    let rec = &index.records(DIR, "ab/", None, None, 10).await.unwrap()[0];
+    let rec = &index
+        .records(DIR, &KeyRange::prefix("ab/"), 10)
+        .await
+        .unwrap()[0];
     let claim = rec.claim.as_ref().expect("the evict claim stays");
     assert_eq!(claim.kind, ClaimKind::Evict);
     assert_eq!(
@@ -843,34 +985,96 @@ async fn an_abandoned_eviction_leaves_a_lapsed_evict_claim<I: CacheIndex>(index:
         "the entry is untrusted"
     );
     assert_eq!(
-        index.claim_copy(DIR, "ab/k", "w", 500, 100).await.unwrap(),
+        index
+            .claim_copy(
+                DIR,
+                "ab/k",
+                &ClaimTerms {
+                    owner: "w",
+                    deadline: 500,
+                    now: 100
+                }
+            )
+            .await
+            .unwrap(),
         ClaimOutcome::Held(claim.clone()),
         "nobody copies while the delete may still land"
     );
     assert_eq!(
-        index.claim_copy(DIR, "ab/k", "w", 500, 300).await.unwrap(),
+        index
+            .claim_copy(
+                DIR,
+                "ab/k",
+                &ClaimTerms {
+                    owner: "w",
+                    deadline: 500,
+                    now: 300
+                }
+            )
+            .await
+            .unwrap(),
         ClaimOutcome::Claimed,
         "then a warm takes the key over"
     );
     index.release_claim(DIR, "ab/k", "w").await.unwrap();
-    let rec = &index.records(DIR, "ab/", None, None, 10).await.unwrap()[0];
+    let rec = &index
+        .records(DIR, &KeyRange::prefix("ab/"), 10)
+        .await
+        .unwrap()[0];
     assert!(
         rec.unconfirmed && rec.claim.is_none(),
         "a copy that gave up leaves the entry untrusted"
     );
-    index.claim_copy(DIR, "ab/k", "w2", 900, 300).await.unwrap();
+    index
+        .claim_copy(
+            DIR,
+            "ab/k",
+            &ClaimTerms {
+                owner: "w2",
+                deadline: 900,
+                now: 300,
+            },
+        )
+        .await
+        .unwrap();
     index.complete_copy(&entry("ab/k", 3), "w2").await.unwrap();
-    let rec = &index.records(DIR, "ab/", None, None, 10).await.unwrap()[0];
+    let rec = &index
+        .records(DIR, &KeyRange::prefix("ab/"), 10)
+        .await
+        .unwrap()[0];
     assert!(!rec.unconfirmed, "a recorded copy vouches again");
     // A lapsed evict claim (its evictor died) taken over by a copy marks
     // the entry untrusted too.
     index
-        .begin_evict(DIR, &keys, "dead", 50, 0, true)
+        .begin_evict(
+            DIR,
+            &keys,
+            &ClaimTerms {
+                owner: "dead",
+                deadline: 50,
+                now: 0,
+            },
+            true,
+        )
         .await
         .unwrap();
-    index.claim_copy(DIR, "ab/k", "w3", 900, 60).await.unwrap();
+    index
+        .claim_copy(
+            DIR,
+            "ab/k",
+            &ClaimTerms {
+                owner: "w3",
+                deadline: 900,
+                now: 60,
+            },
+        )
+        .await
+        .unwrap();
     index.release_claim(DIR, "ab/k", "w3").await.unwrap();
-    let rec = &index.records(DIR, "ab/", None, None, 10).await.unwrap()[0];
+    let rec = &index
+        .records(DIR, &KeyRange::prefix("ab/"), 10)
+        .await
+        .unwrap()[0];
     assert!(rec.unconfirmed);
     clear(index, "ab/").await;
 }

@@ -10,8 +10,9 @@ use expresscache::proto::v1 as pb;
 use crate::gate::{Gate, Pass};
 
 use super::{
-    CacheIndex, ClaimOutcome, Completion, CreateOutcome, Entry, EvictDecision, IndexError, Lease,
-    Millis, OpFilter, OperationLog, OperationRecord, Record, SweepBackoff, SweepFailure, Usage,
+    CacheIndex, ClaimOutcome, ClaimTerms, Completion, CreateOutcome, Entry, EvictDecision,
+    IndexError, KeyRange, Lease, Millis, OpFilter, OperationLog, OperationRecord, Record,
+    SweepBackoff, SweepFailure, Usage,
 };
 
 #[derive(Debug)]
@@ -157,33 +158,35 @@ impl<I: CacheIndex> CacheIndex for CountingIndex<I> {
     async fn records(
         &self,
         directory_bucket: &str,
-        prefix: &str,
-        after: Option<&str>,
-        upto: Option<&str>,
+        range: &KeyRange<'_>,
         limit: usize,
     ) -> Result<Vec<Record>, IndexError> {
         self.read();
-        let _pass = self.pass("records", prefix).await;
-        self.inner
-            .records(directory_bucket, prefix, after, upto, limit)
-            .await
+        let _pass = self.pass("records", range.prefix).await;
+        self.inner.records(directory_bucket, range, limit).await
+    }
+
+    async fn get_record(
+        &self,
+        directory_bucket: &str,
+        key: &str,
+    ) -> Result<Option<Record>, IndexError> {
+        self.read();
+        let _pass = self.pass("records", key).await;
+        self.inner.get_record(directory_bucket, key).await
     }
 
     async fn claim_copies(
         &self,
         directory_bucket: &str,
         keys: &[String],
-        owner: &str,
-        deadline: Millis,
-        now: Millis,
+        terms: &ClaimTerms<'_>,
     ) -> Result<Vec<ClaimOutcome>, IndexError> {
         self.write();
         let _pass = self
             .pass("claim_copies", keys.first().map_or("", String::as_str))
             .await;
-        self.inner
-            .claim_copies(directory_bucket, keys, owner, deadline, now)
-            .await
+        self.inner.claim_copies(directory_bucket, keys, terms).await
     }
 
     async fn renew_claim(
@@ -230,9 +233,7 @@ impl<I: CacheIndex> CacheIndex for CountingIndex<I> {
         &self,
         directory_bucket: &str,
         keys: &[String],
-        owner: &str,
-        deadline: Millis,
-        now: Millis,
+        terms: &ClaimTerms<'_>,
         force: bool,
     ) -> Result<Vec<EvictDecision>, IndexError> {
         self.write();
@@ -240,7 +241,7 @@ impl<I: CacheIndex> CacheIndex for CountingIndex<I> {
             .pass("begin_evict", keys.first().map_or("", String::as_str))
             .await;
         self.inner
-            .begin_evict(directory_bucket, keys, owner, deadline, now, force)
+            .begin_evict(directory_bucket, keys, terms, force)
             .await
     }
 

@@ -6,7 +6,7 @@
 
 use std::collections::VecDeque;
 
-use super::{CacheIndex, IndexError, Record};
+use super::{CacheIndex, IndexError, KeyRange, Record};
 
 /// Records fetched per index request.
 pub const CURSOR_PAGE: usize = 1000;
@@ -80,9 +80,9 @@ impl<'a, I: CacheIndex + ?Sized> RecordCursor<'a, I> {
                 .index
                 .records(
                     self.directory_bucket,
-                    self.prefix,
-                    self.after.as_deref(),
-                    Some(self.upto),
+                    &KeyRange::prefix(self.prefix)
+                        .after(self.after.as_deref())
+                        .upto(Some(self.upto)),
                     self.page,
                 )
                 .await?;
@@ -100,7 +100,7 @@ impl<'a, I: CacheIndex + ?Sized> RecordCursor<'a, I> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::index::{CacheIndex, SqliteIndex};
+    use crate::index::{CacheIndex, ClaimTerms, SqliteIndex};
 
     const DIR: &str = "cache--use1-az4--x-s3";
 
@@ -113,7 +113,15 @@ mod tests {
         keys.push("d/a".into());
         keys.push("d/z".into());
         index
-            .claim_copies(DIR, &keys, "w", i64::MAX, 0)
+            .claim_copies(
+                DIR,
+                &keys,
+                &ClaimTerms {
+                    owner: "w",
+                    deadline: i64::MAX,
+                    now: 0,
+                },
+            )
             .await
             .unwrap();
         let mut cursor = RecordCursor::with_page(&index, DIR, "d/", None, "d/z", 100);
@@ -133,7 +141,15 @@ mod tests {
         let index = SqliteIndex::open_in_memory().unwrap();
         let keys: Vec<String> = ["d/b", "d/d", "d/f"].map(String::from).to_vec();
         index
-            .claim_copies(DIR, &keys, "w", i64::MAX, 0)
+            .claim_copies(
+                DIR,
+                &keys,
+                &ClaimTerms {
+                    owner: "w",
+                    deadline: i64::MAX,
+                    now: 0,
+                },
+            )
             .await
             .unwrap();
         let mut cursor = RecordCursor::with_page(&index, DIR, "d/", Some("d/b".into()), "d/d", 1);

@@ -16,6 +16,8 @@ pub use counting::CountingIndex;
 pub use cursor::{RecordCursor, CURSOR_PAGE};
 pub use sqlite::SqliteIndex;
 
+use std::ops::Bound;
+
 use expresscache::proto::v1 as pb;
 
 pub use crate::clock::{millis_of, millis_of_timestamp, span_millis, timestamp, Millis};
@@ -228,6 +230,75 @@ pub enum CreateOutcome {
     Exists(Box<OperationRecord>),
 }
 
+/// The keys of a [`CacheIndex::records`] read: those starting with
+/// `prefix`, narrowed by `start` and `end`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyRange<'a> {
+    pub prefix: &'a str,
+    pub start: Bound<&'a str>,
+    pub end: Bound<&'a str>,
+}
+
+impl<'a> KeyRange<'a> {
+    /// Every key starting with `prefix`.
+    pub fn prefix(prefix: &'a str) -> Self {
+        Self {
+            prefix,
+            start: Bound::Unbounded,
+            end: Bound::Unbounded,
+        }
+    }
+
+    /// Only keys after `key` (unchanged when `None`).
+    #[must_use]
+    pub fn after(mut self, key: Option<&'a str>) -> Self {
+        if let Some(k) = key {
+            self.start = Bound::Excluded(k);
+        }
+        self
+    }
+
+    /// Only keys up to and including `key` (unchanged when `None`).
+    #[must_use]
+    pub fn upto(mut self, key: Option<&'a str>) -> Self {
+        if let Some(k) = key {
+            self.end = Bound::Included(k);
+        }
+        self
+    }
+
+    /// The range as one interval of keys, the prefix folded into its
+    /// bounds: what a backend seeks to (lower bound always set; upper bound
+    /// unbounded only for the empty prefix, or a prefix of `0xff` bytes).
+    pub fn interval(&self) -> (Bound<String>, Bound<String>) {
+        let prefix = self.prefix;
+        let lower = match self.start {
+            Bound::Included(k) if k >= prefix => Bound::Included(k.to_owned()),
+            Bound::Excluded(k) if k >= prefix => Bound::Excluded(k.to_owned()),
+            _ => Bound::Included(prefix.to_owned()),
+        };
+        let successor = prefix_successor(prefix);
+        let upper = match (self.end, successor) {
+            (Bound::Included(k), Some(e)) if k >= e.as_str() => Bound::Excluded(e),
+            (Bound::Excluded(k), Some(e)) if k > e.as_str() => Bound::Excluded(e),
+            (Bound::Included(k), _) => Bound::Included(k.to_owned()),
+            (Bound::Excluded(k), _) => Bound::Excluded(k.to_owned()),
+            (Bound::Unbounded, Some(e)) => Bound::Excluded(e),
+            (Bound::Unbounded, None) => Bound::Unbounded,
+        };
+        (lower, upper)
+    }
+}
+
+/// Who takes a claim, until when, and the time it is judged at (a claim
+/// held by someone else blocks only while its deadline is after `now`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClaimTerms<'a> {
+    pub owner: &'a str,
+    pub deadline: Millis,
+    pub now: Millis,
+}
+
 /// Objects and bytes recorded under a prefix.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
@@ -324,28 +395,38 @@ pub trait CacheIndex: Send + Sync + 'static {
     async fn remove_lease_if_expired(&self, lease: &Lease, now: Millis)
         -> Result<bool, IndexError>;
 
-    /// Records whose key starts with `prefix` and lies in (`after`, `upto`]
-    /// (either bound open when `None`), in byte order of keys, at most
+    /// Records whose key lies in `range`, in byte order of keys, at most
     /// `limit`.
     async fn records(
         &self,
         directory_bucket: &str,
-        prefix: &str,
-        after: Option<&str>,
-        upto: Option<&str>,
+        range: &KeyRange<'_>,
         limit: usize,
     ) -> Result<Vec<Record>, IndexError>;
 
-    /// Claims each key for a copy by `owner` until `deadline`, unless
-    /// another owner holds a claim live at `now` (re-claiming one's own
-    /// claim extends it). One atomic step per key; one round trip per batch.
+    /// The record of one key, if the index has one.
+    async fn get_record(
+        &self,
+        directory_bucket: &str,
+        key: &str,
+    ) -> Result<Option<Record>, IndexError> {
+        let range = KeyRange {
+            prefix: key,
+            start: Bound::Included(key),
+            end: Bound::Included(key),
+        };
+        Ok(self.records(directory_bucket, &range, 1).await?.pop())
+    }
+
+    /// Claims each key for a copy by `terms.owner` until `terms.deadline`,
+    /// unless another owner holds a claim live at `terms.now` (re-claiming
+    /// one's own claim extends it). One atomic step per key; one round trip
+    /// per batch.
     async fn claim_copies(
         &self,
         directory_bucket: &str,
         keys: &[String],
-        owner: &str,
-        deadline: Millis,
-        now: Millis,
+        terms: &ClaimTerms<'_>,
     ) -> Result<Vec<ClaimOutcome>, IndexError>;
 
     /// [`claim_copies`](Self::claim_copies) for one key.
@@ -353,12 +434,10 @@ pub trait CacheIndex: Send + Sync + 'static {
         &self,
         directory_bucket: &str,
         key: &str,
-        owner: &str,
-        deadline: Millis,
-        now: Millis,
+        terms: &ClaimTerms<'_>,
     ) -> Result<ClaimOutcome, IndexError> {
         let mut out = self
-            .claim_copies(directory_bucket, &[key.to_owned()], owner, deadline, now)
+            .claim_copies(directory_bucket, &[key.to_owned()], terms)
             .await?;
         out.pop()
             .ok_or_else(|| IndexError::Corrupt("claim_copies answered nothing".into()))
@@ -404,15 +483,14 @@ pub trait CacheIndex: Send + Sync + 'static {
     ) -> Result<(), IndexError>;
 
     /// For each key, in one atomic step per key: if it is cached, no other
-    /// claim is live and (unless `force`) no live lease covers it, claims it
-    /// for deletion by `owner` until `deadline`.
+    /// claim is live at `terms.now` and (unless `force`) no live lease
+    /// covers it, claims it for deletion by `terms.owner` until
+    /// `terms.deadline`.
     async fn begin_evict(
         &self,
         directory_bucket: &str,
         keys: &[String],
-        owner: &str,
-        deadline: Millis,
-        now: Millis,
+        terms: &ClaimTerms<'_>,
         force: bool,
     ) -> Result<Vec<EvictDecision>, IndexError>;
 
@@ -541,4 +619,43 @@ pub fn prefix_successor(prefix: &str) -> Option<String> {
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn interval(r: KeyRange<'_>) -> (Bound<String>, Bound<String>) {
+        r.interval()
+    }
+
+    #[test]
+    fn key_ranges_take_the_tighter_bound() {
+        let own = |s: &str| s.to_owned();
+        assert_eq!(
+            interval(KeyRange::prefix("a/").after(Some("a/x")).upto(Some("a/z"))),
+            (Bound::Excluded(own("a/x")), Bound::Included(own("a/z")))
+        );
+        assert_eq!(
+            interval(KeyRange::prefix("a/")),
+            (Bound::Included(own("a/")), Bound::Excluded(own("a0")))
+        );
+        assert_eq!(
+            interval(KeyRange::prefix("").after(Some("k"))),
+            (Bound::Excluded(own("k")), Bound::Unbounded)
+        );
+        assert_eq!(
+            interval(KeyRange::prefix("a/").after(Some("0")).upto(Some("b"))),
+            (Bound::Included(own("a/")), Bound::Excluded(own("a0")))
+        );
+        let exact = KeyRange {
+            prefix: "a/k",
+            start: Bound::Included("a/k"),
+            end: Bound::Included("a/k"),
+        };
+        assert_eq!(
+            interval(exact),
+            (Bound::Included(own("a/k")), Bound::Included(own("a/k")))
+        );
+    }
 }

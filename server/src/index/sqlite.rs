@@ -4,6 +4,7 @@
 //! against one connection behind a mutex: SQLite serialises writers anyway,
 //! and one connection keeps each call's statements in one transaction.
 
+use std::ops::Bound;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -14,9 +15,9 @@ use rusqlite::{params, Connection, OptionalExtension};
 use crate::clock::{Clock, SystemClock};
 
 use super::{
-    ancestors, prefix_successor, CacheIndex, Claim, ClaimKind, ClaimOutcome, Completion,
-    CreateOutcome, Entry, EvictDecision, IndexError, Lease, Millis, OpFilter, OperationLog,
-    OperationRecord, Record, SweepBackoff, SweepFailure, Usage,
+    ancestors, prefix_successor, CacheIndex, Claim, ClaimKind, ClaimOutcome, ClaimTerms,
+    Completion, CreateOutcome, Entry, EvictDecision, IndexError, KeyRange, Lease, Millis, OpFilter,
+    OperationLog, OperationRecord, Record, SweepBackoff, SweepFailure, Usage,
 };
 
 const SCHEMA: &str = "
@@ -278,37 +279,6 @@ fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<Record> {
         claim,
         unconfirmed,
     })
-}
-
-/// The keys under a prefix, narrowed to (`after`, `upto`], as one interval.
-#[derive(Debug, PartialEq, Eq)]
-struct KeyRange {
-    lo: String,
-    lo_inclusive: bool,
-    hi: Option<String>,
-    hi_inclusive: bool,
-}
-
-impl KeyRange {
-    fn new(prefix: &str, after: Option<&str>, upto: Option<&str>) -> Self {
-        let (lo, lo_inclusive) = match after {
-            Some(a) if a >= prefix => (a.to_owned(), false),
-            _ => (prefix.to_owned(), true),
-        };
-        let end = prefix_successor(prefix);
-        let (hi, hi_inclusive) = match (upto, end) {
-            (Some(u), Some(e)) if u < e.as_str() => (Some(u.to_owned()), true),
-            (Some(_), Some(e)) => (Some(e), false),
-            (Some(u), None) => (Some(u.to_owned()), true),
-            (None, e) => (e, false),
-        };
-        Self {
-            lo,
-            lo_inclusive,
-            hi,
-            hi_inclusive,
-        }
-    }
 }
 
 const COPY: &str = "copy";
@@ -745,47 +715,61 @@ impl CacheIndex for SqliteIndex {
     async fn records(
         &self,
         directory_bucket: &str,
-        prefix: &str,
-        after: Option<&str>,
-        upto: Option<&str>,
+        range: &KeyRange<'_>,
         limit: usize,
     ) -> Result<Vec<Record>, IndexError> {
         let bucket = directory_bucket.to_owned();
-        let range = KeyRange::new(prefix, after, upto);
+        let (lower, upper) = range.interval();
         let limit = to_i64(limit as u64);
         self.with(move |c| {
             // Both bounds are plain comparisons on the primary key, so SQLite
             // seeks straight to the range instead of scanning from the
             // prefix's start (which made paging quadratic).
+            let (lo_op, lo) = match lower {
+                Bound::Included(k) => (">=", k),
+                Bound::Excluded(k) => (">", k),
+                Bound::Unbounded => (">=", String::new()),
+            };
+            let (hi_cond, hi) = match upper {
+                Bound::Included(k) => ("AND key <= ?3", Some(k)),
+                Bound::Excluded(k) => ("AND key < ?3", Some(k)),
+                Bound::Unbounded => ("AND ?3 IS NULL", None),
+            };
             let sql = format!(
                 "SELECT {RECORD_COLUMNS} FROM records
-                 WHERE directory_bucket = ?1 AND key {} ?2 {}
-                 ORDER BY key LIMIT ?4",
-                if range.lo_inclusive { ">=" } else { ">" },
-                match (&range.hi, range.hi_inclusive) {
-                    (None, _) => "AND ?3 IS NULL",
-                    (Some(_), true) => "AND key <= ?3",
-                    (Some(_), false) => "AND key < ?3",
-                }
+                 WHERE directory_bucket = ?1 AND key {lo_op} ?2 {hi_cond}
+                 ORDER BY key LIMIT ?4"
             );
             let mut stmt = c.prepare_cached(&sql).map_err(storage)?;
             let rows = stmt
-                .query_map(params![bucket, range.lo, range.hi, limit], row_to_record)
+                .query_map(params![bucket, lo, hi, limit], row_to_record)
                 .map_err(storage)?;
             rows.collect::<Result<Vec<_>, _>>().map_err(storage)
         })
         .await
     }
 
+    async fn get_record(
+        &self,
+        directory_bucket: &str,
+        key: &str,
+    ) -> Result<Option<Record>, IndexError> {
+        let (bucket, key) = (directory_bucket.to_owned(), key.to_owned());
+        self.with(move |c| read_record(c, &bucket, &key)).await
+    }
+
     async fn claim_copies(
         &self,
         directory_bucket: &str,
         keys: &[String],
-        owner: &str,
-        deadline: Millis,
-        now: Millis,
+        terms: &ClaimTerms<'_>,
     ) -> Result<Vec<ClaimOutcome>, IndexError> {
-        let (bucket, keys, owner) = (directory_bucket.to_owned(), keys.to_vec(), owner.to_owned());
+        let (bucket, keys, owner) = (
+            directory_bucket.to_owned(),
+            keys.to_vec(),
+            terms.owner.to_owned(),
+        );
+        let (deadline, now) = (terms.deadline, terms.now);
         self.with(move |c| {
             let tx = c.transaction().map_err(storage)?;
             let mut out = Vec::with_capacity(keys.len());
@@ -925,12 +909,15 @@ impl CacheIndex for SqliteIndex {
         &self,
         directory_bucket: &str,
         keys: &[String],
-        owner: &str,
-        deadline: Millis,
-        now: Millis,
+        terms: &ClaimTerms<'_>,
         force: bool,
     ) -> Result<Vec<EvictDecision>, IndexError> {
-        let (bucket, keys, owner) = (directory_bucket.to_owned(), keys.to_vec(), owner.to_owned());
+        let (bucket, keys, owner) = (
+            directory_bucket.to_owned(),
+            keys.to_vec(),
+            terms.owner.to_owned(),
+        );
+        let (deadline, now) = (terms.deadline, terms.now);
         self.with(move |c| {
             let tx = c.transaction().map_err(storage)?;
             let mut out = Vec::with_capacity(keys.len());
@@ -1027,12 +1014,12 @@ impl CacheIndex for SqliteIndex {
 
     async fn usage(&self, directory_bucket: &str, prefix: &str) -> Result<Usage, IndexError> {
         let bucket = directory_bucket.to_owned();
-        let range = KeyRange::new(prefix, None, None);
+        let (lo, hi) = (prefix.to_owned(), prefix_successor(prefix));
         self.with(move |c| {
             let sql = format!(
                 "SELECT count(*), coalesce(sum(size), 0) FROM records
                  WHERE directory_bucket = ?1 AND key >= ?2 {} AND source_etag IS NOT NULL",
-                if range.hi.is_some() {
+                if hi.is_some() {
                     "AND key < ?3"
                 } else {
                     "AND ?3 IS NULL"
@@ -1041,9 +1028,7 @@ impl CacheIndex for SqliteIndex {
             let (objects, bytes): (i64, i64) = c
                 .prepare_cached(&sql)
                 .map_err(storage)?
-                .query_row(params![bucket, range.lo, range.hi], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })
+                .query_row(params![bucket, lo, hi], |r| Ok((r.get(0)?, r.get(1)?)))
                 .map_err(storage)?;
             Ok(Usage {
                 objects: objects.max(0) as u64,
@@ -1282,23 +1267,6 @@ impl OperationLog for SqliteIndex {
 mod tests {
     use super::*;
 
-    #[test]
-    fn key_ranges_take_the_tighter_bound() {
-        let r = KeyRange::new("a/", Some("a/x"), Some("a/z"));
-        assert_eq!((r.lo.as_str(), r.lo_inclusive), ("a/x", false));
-        assert_eq!((r.hi.as_deref(), r.hi_inclusive), (Some("a/z"), true));
-        let r = KeyRange::new("a/", None, None);
-        assert_eq!((r.lo.as_str(), r.lo_inclusive), ("a/", true));
-        assert_eq!((r.hi.as_deref(), r.hi_inclusive), (Some("a0"), false));
-        let r = KeyRange::new("", Some("k"), None);
-        assert_eq!((r.lo.as_str(), r.hi), ("k", None));
-        let r = KeyRange::new("a/", Some("0"), Some("b"));
-        assert_eq!(
-            (r.lo.as_str(), r.lo_inclusive, r.hi.as_deref()),
-            ("a/", true, Some("a0"))
-        );
-    }
-
     #[tokio::test]
     async fn conforms_in_memory() {
         let index = SqliteIndex::open_in_memory().unwrap();
@@ -1350,7 +1318,7 @@ mod tests {
         let index = SqliteIndex::open(&path).unwrap();
         let dir_bucket = "d--use1-az4--x-s3";
         let rec = &index
-            .records(dir_bucket, "old/", None, None, 10)
+            .records(dir_bucket, &KeyRange::prefix("old/"), 10)
             .await
             .unwrap()[0];
         assert!(rec.entry.is_some() && !rec.unconfirmed, "entries survive");
