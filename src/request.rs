@@ -220,6 +220,12 @@ impl WarmSpec {
         }
     }
 
+    /// Checks the spec against `limits` again (a stored request resumed by
+    /// a server whose limits changed since it was accepted).
+    pub fn within(&self, limits: &Limits) -> Result<(), InvalidRequest> {
+        Self::parse(&pb::WarmCacheRequest::from(self), limits).map(|_| ())
+    }
+
     /// The destination key of source key `key`.
     pub fn dest_key(&self, key: &str) -> String {
         format!("{}{key}", self.destination_prefix)
@@ -238,6 +244,27 @@ impl WarmSpec {
     /// is listed twice.
     pub fn listing_prefixes(&self) -> Vec<Prefix> {
         minimal_cover(&self.prefixes)
+    }
+}
+
+impl From<&WarmSpec> for pb::WarmCacheRequest {
+    fn from(s: &WarmSpec) -> Self {
+        Self {
+            bucket: s.source.to_string(),
+            prefixes: s.prefixes.iter().map(ToString::to_string).collect(),
+            directory_bucket: s.directory_bucket.to_string(),
+            ttl: Some(prost_types::Duration {
+                seconds: i64::try_from(s.ttl.as_secs()).unwrap_or(i64::MAX),
+                nanos: i32::try_from(s.ttl.subsec_nanos()).unwrap_or(0),
+            }),
+            force_copy: s.force_copy,
+            request_id: s
+                .request_id
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+            destination_prefix: s.destination_prefix.to_string(),
+        }
     }
 }
 
@@ -438,6 +465,19 @@ mod tests {
         assert_eq!(spec.prefixes.len(), 2);
         assert_eq!(spec.ttl, Duration::from_secs(3600));
         assert_eq!(spec.request_id.unwrap().as_str(), "job-1");
+    }
+
+    #[test]
+    fn a_spec_goes_back_to_the_request_it_came_from() {
+        let spec = WarmSpec::parse(&good(), &Limits::default()).unwrap();
+        let wire = pb::WarmCacheRequest::from(&spec);
+        assert_eq!(WarmSpec::parse(&wire, &Limits::default()).unwrap(), spec);
+        assert!(spec.within(&Limits::default()).is_ok());
+        let tight = Limits {
+            max_ttl: Duration::from_secs(60),
+            ..Limits::default()
+        };
+        assert_eq!(fields(spec.within(&tight).unwrap_err()), ["ttl"]);
     }
 
     #[test]

@@ -25,21 +25,6 @@ pub fn span_millis(d: std::time::Duration) -> Millis {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// [`Millis`] as the protobuf timestamp clients see.
-pub fn timestamp(ms: Millis) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: ms.div_euclid(1000),
-        nanos: i32::try_from(ms.rem_euclid(1000) * 1_000_000).unwrap_or(0),
-    }
-}
-
-/// A protobuf timestamp as [`Millis`] (the inverse of [`timestamp`]).
-pub fn millis_of_timestamp(t: &prost_types::Timestamp) -> Millis {
-    t.seconds
-        .saturating_mul(1000)
-        .saturating_add(i64::from(t.nanos) / 1_000_000)
-}
-
 pub trait Clock: Send + Sync + std::fmt::Debug + 'static {
     /// Milliseconds since the Unix epoch.
     fn now(&self) -> Millis;

@@ -15,7 +15,6 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use expresscache::proto::v1 as pb;
 use expresscache::EvictSpec;
 
 use crate::clock::Clock;
@@ -23,7 +22,7 @@ use crate::index::{
     span_millis, CacheIndex, ClaimTerms, Entry, EvictDecision, IndexError, KeyRange, Lease, Millis,
     SweepBackoff,
 };
-use crate::progress::MAX_INLINE_FAILURES;
+use crate::operation::{KeyFailure, MAX_INLINE_FAILURES};
 use crate::store::{DeleteTarget, ObjectStore, StoreError, DELETE_BATCH};
 
 #[derive(Debug, thiserror::Error)]
@@ -49,12 +48,12 @@ pub struct Tally {
     pub kept_under: BTreeSet<String>,
     /// The first failed keys (at most [`MAX_INLINE_FAILURES`]); the rest
     /// are logged and counted in `failures_omitted`.
-    pub failures: Vec<pb::KeyFailure>,
+    pub failures: Vec<KeyFailure>,
     pub failures_omitted: u64,
 }
 
 impl Tally {
-    fn fail(&mut self, failure: pb::KeyFailure) {
+    fn fail(&mut self, failure: KeyFailure) {
         if self.failures.len() < MAX_INLINE_FAILURES {
             self.failures.push(failure);
         } else {
@@ -93,18 +92,10 @@ pub struct EvictReport {
     pub tally: Tally,
 }
 
-impl From<EvictReport> for pb::EvictResponse {
-    fn from(r: EvictReport) -> Self {
-        pb::EvictResponse {
-            objects_deleted: r.tally.deleted,
-            bytes_deleted: r.tally.bytes,
-            leases_ended: r.leases_ended,
-            objects_kept: r.tally.kept_live + r.tally.kept_busy,
-            kept_under: r.tally.kept_under.into_iter().collect(),
-            forced: r.forced,
-            failures_omitted: r.tally.failures_omitted,
-            failures: r.tally.failures,
-        }
+impl EvictReport {
+    /// Objects kept: covered by a live lease, or with a copy in flight.
+    pub fn objects_kept(&self) -> u64 {
+        self.tally.kept_live + self.tally.kept_busy
     }
 }
 
@@ -462,7 +453,7 @@ impl<S: ObjectStore, I: CacheIndex> Evictor<S, I> {
             crate::index::release_or_lapse(self.index.as_ref(), dir, &e.key, owner).await;
         }
         for f in failures.into_iter().filter(|f| f.code != "NoSuchKey") {
-            tally.fail(pb::KeyFailure {
+            tally.fail(KeyFailure {
                 key: f.key,
                 code: f.code,
                 message: f.message,
@@ -594,8 +585,8 @@ mod tests {
             .unwrap();
     }
 
-    async fn evict(ev: &Ev, spec: &EvictSpec) -> pb::EvictResponse {
-        ev.evict(spec).await.unwrap().into()
+    async fn evict(ev: &Ev, spec: &EvictSpec) -> EvictReport {
+        ev.evict(spec).await.unwrap()
     }
 
     fn spec(prefix: &str, force: bool) -> EvictSpec {
@@ -612,7 +603,7 @@ mod tests {
         lease(&ev, "a/", 5_000).await;
         let resp = evict(&ev, &spec("a/", false)).await;
         assert_eq!(
-            (resp.objects_deleted, resp.bytes_deleted, resp.leases_ended),
+            (resp.tally.deleted, resp.tally.bytes, resp.leases_ended),
             (2, 20, 1)
         );
         assert_eq!(ev.store.inner().keys(DIR), ["b/1"]);
@@ -625,12 +616,12 @@ mod tests {
         lease(&ev, "p/", 5_000).await;
         lease(&ev, "p/c/", 5_000).await;
         let resp = evict(&ev, &spec("p/c/", false)).await;
-        assert_eq!((resp.objects_deleted, resp.objects_kept), (0, 2));
-        assert_eq!(resp.kept_under, ["p/"]);
+        assert_eq!((resp.tally.deleted, resp.objects_kept()), (0, 2));
+        assert_eq!(Vec::from_iter(&resp.tally.kept_under), ["p/"]);
         assert!(!resp.forced);
         assert_eq!(ev.store.inner().keys(DIR).len(), 2);
         let forced = evict(&ev, &spec("p/c/", true)).await;
-        assert_eq!((forced.objects_deleted, forced.objects_kept), (2, 0));
+        assert_eq!((forced.tally.deleted, forced.objects_kept()), (2, 0));
         assert!(forced.forced);
         assert!(ev.store.inner().keys(DIR).is_empty());
     }
@@ -668,8 +659,8 @@ mod tests {
         // The object was replaced behind the index's back.
         ev.store.inner().put(DIR, "f/1", 10);
         let resp = evict(&ev, &spec("f/", false)).await;
-        assert_eq!(resp.objects_deleted, 0);
-        assert_eq!(resp.failures[0].code, "PreconditionFailed");
+        assert_eq!(resp.tally.deleted, 0);
+        assert_eq!(resp.tally.failures[0].code, "PreconditionFailed");
         assert_eq!(ev.store.inner().keys(DIR), ["f/1"]);
         let rec = ev
             .index
@@ -969,9 +960,9 @@ mod fault_tests {
         for k in &ks {
             ev.store.inner().put(DIR, k, 10);
         }
-        let resp: pb::EvictResponse = ev.evict(&spec("m/")).await.unwrap().into();
-        assert_eq!(resp.failures.len(), 100);
-        assert_eq!(resp.failures_omitted, 150);
-        assert_eq!(resp.objects_deleted, 0);
+        let resp = ev.evict(&spec("m/")).await.unwrap();
+        assert_eq!(resp.tally.failures.len(), 100);
+        assert_eq!(resp.tally.failures_omitted, 150);
+        assert_eq!(resp.tally.deleted, 0);
     }
 }

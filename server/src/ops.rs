@@ -7,13 +7,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use expresscache::proto::v1 as pb;
 use expresscache::{Limits, WarmSpec};
+use futures::stream::BoxStream;
 use tokio::sync::{watch, Notify};
 
-use crate::index::{
-    CacheIndex, CreateOutcome, IndexError, OpFilter, OperationLog, OperationRecord,
-};
+use crate::index::{CacheIndex, CreateOutcome, IndexError, OpFilter, OperationLog};
+use crate::operation::{OperationRecord, OperationState, Outcome};
 use crate::progress::Progress;
 use crate::stop::{StopReason, StopSignal};
 use crate::store::ObjectStore;
@@ -33,8 +32,23 @@ pub enum SubmitError {
     Index(#[from] IndexError),
 }
 
-/// Follows one operation's progress until its DONE message.
-pub type Subscription = watch::Receiver<pb::WarmProgress>;
+/// Follows one operation's progress until its Done state.
+pub type Subscription = watch::Receiver<OperationState>;
+
+/// Why an operation's feed ended before its Done state.
+#[derive(Debug, thiserror::Error)]
+pub enum FeedError {
+    #[error("the server is shutting down; the warm goes on: reattach with the same request_id or watch the operation after the restart")]
+    Draining,
+    #[error("operation {0} disappeared from the operation log")]
+    Vanished(String),
+    #[error(transparent)]
+    Index(#[from] IndexError),
+}
+
+/// An operation's states, oldest first, ending with its Done state (or a
+/// [`FeedError`]).
+pub type Feed = BoxStream<'static, Result<OperationState, FeedError>>;
 
 /// Timing of the registry's background work.
 #[derive(Debug, Clone)]
@@ -49,6 +63,9 @@ pub struct OpsSettings {
     /// failed instead (a warm that crashes the server must not do so on
     /// every start).
     pub max_resumptions: u32,
+    /// How often a follower of an operation that runs elsewhere (another
+    /// replica, or awaiting resumption) reads its state from the log.
+    pub follow_poll: Duration,
 }
 
 impl Default for OpsSettings {
@@ -64,13 +81,14 @@ impl From<&crate::config::Config> for OpsSettings {
             checkpoint_interval: Duration::from_secs(5),
             retention: c.operation_retention,
             max_resumptions: c.max_resumptions,
+            follow_poll: Duration::from_millis(500),
         }
     }
 }
 
 #[derive(Debug)]
 struct LiveOp {
-    request: pb::WarmCacheRequest,
+    request: WarmSpec,
     progress: Arc<Progress>,
     stop: Arc<StopSignal>,
     created_at: i64,
@@ -87,22 +105,6 @@ pub struct Operations<S, I> {
     settings: OpsSettings,
     limits: Limits,
     draining: watch::Sender<bool>,
-}
-
-fn status_of(
-    id: String,
-    request: pb::WarmCacheRequest,
-    progress: pb::WarmProgress,
-    created_at: i64,
-    resumptions: u32,
-) -> pb::OperationStatus {
-    pb::OperationStatus {
-        operation_id: id,
-        request: Some(request),
-        progress: Some(progress),
-        created_at: Some(crate::index::timestamp(created_at)),
-        resumptions,
-    }
 }
 
 impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
@@ -132,21 +134,17 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
 
     /// Starts a warm, or attaches to the operation that already holds the
     /// request's `request_id`.
-    pub async fn submit(
-        self: &Arc<Self>,
-        spec: WarmSpec,
-        request: pb::WarmCacheRequest,
-    ) -> Result<Subscription, SubmitError> {
+    pub async fn submit(self: &Arc<Self>, spec: WarmSpec) -> Result<Subscription, SubmitError> {
         if *self.draining.borrow() {
             return Err(SubmitError::Draining);
         }
         let id = uuid::Uuid::new_v4().to_string();
-        let (progress, rx) = Progress::new(id.clone());
+        let (progress, rx) = Progress::new(id.clone(), Arc::clone(&self.warmer.clock));
         let mut record = OperationRecord {
             id: id.clone(),
             request_id: spec.request_id.as_ref().map(|r| r.to_string()),
-            request: request.clone(),
-            progress: progress.snapshot(),
+            request: spec.clone(),
+            state: progress.snapshot(),
             created_at: self.warmer.clock.now(),
             resumptions: 0,
         };
@@ -157,7 +155,7 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
                 CreateOutcome::Created => break,
                 CreateOutcome::Exists(existing) => existing,
             };
-            if existing.request != request {
+            if existing.request != spec {
                 return Err(SubmitError::RequestIdConflict {
                     request_id: existing.request_id.unwrap_or_default(),
                     operation_id: existing.id,
@@ -173,7 +171,7 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
             // request id; if a racing resubmission moved it first, attach
             // to that one on the next round.
             progress.set_superseded(&existing.id);
-            record.progress = progress.snapshot();
+            record.state = progress.snapshot();
             if self
                 .index()
                 .supersede_operation(&existing.id, &record)
@@ -197,9 +195,7 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
     /// release) stands for nothing: a resubmission starts afresh, which at
     /// worst re-lists what is cached.
     async fn still_backed(&self, op: &OperationRecord) -> Result<bool, IndexError> {
-        let Ok(spec) = WarmSpec::parse(&op.request, &self.limits) else {
-            return Ok(false);
-        };
+        let spec = &op.request;
         let epochs: HashMap<String, String> = self
             .index()
             .lease_epochs(&op.id)
@@ -256,7 +252,27 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
         if let Some(op) = self.live().get(&record.id) {
             return op.progress.subscribe();
         }
-        watch::channel(record.progress).1
+        watch::channel(record.state).1
+    }
+
+    /// An operation's states from `sub` onwards, wherever it runs: from
+    /// the live channel while this server runs it, from the operation log
+    /// (read every `follow_poll`) once that channel closes or if it never
+    /// was live here; until its Done state. Ends with
+    /// [`FeedError::Draining`] when this server starts shutting down, so
+    /// the follower reattaches elsewhere.
+    pub fn feed(self: &Arc<Self>, sub: Subscription) -> Feed {
+        let follow = Follow {
+            ops: Arc::clone(self),
+            draining: self.draining(),
+            sub,
+            live: true,
+            last: None,
+            ended: false,
+        };
+        Box::pin(futures::stream::unfold(follow, |mut f| async move {
+            f.next().await.map(|item| (item, f))
+        }))
     }
 
     /// Follows an operation by id.
@@ -323,20 +339,20 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
         let last = match result {
             Err(e @ crate::warm::WarmError::LeaseEnded { .. }) => {
                 tracing::warn!(operation_id = %id, error = %e, "warm stopped: its lease was evicted");
-                progress.finish(pb::Outcome::Cancelled, Some(e.to_string()))
+                progress.finish(Outcome::Cancelled, Some(e.to_string()))
             }
             Err(e) => {
                 tracing::warn!(operation_id = %id, error = %e, "warm failed");
-                progress.finish(pb::Outcome::Failed, Some(e.to_string()))
+                progress.finish(Outcome::Failed, Some(e.to_string()))
             }
             Ok(WarmOutcome::Cancelled | WarmOutcome::Interrupted) => {
-                progress.finish(pb::Outcome::Cancelled, None)
+                progress.finish(Outcome::Cancelled, None)
             }
-            Ok(WarmOutcome::PartiallyFailed) => progress.finish(pb::Outcome::PartiallyFailed, None),
-            Ok(WarmOutcome::Succeeded) => progress.finish(pb::Outcome::Succeeded, None),
+            Ok(WarmOutcome::PartiallyFailed) => progress.finish(Outcome::PartiallyFailed, None),
+            Ok(WarmOutcome::Succeeded) => progress.finish(Outcome::Succeeded, None),
         };
-        let c = last.counters.unwrap_or_default();
-        tracing::info!(operation_id = %id, outcome = ?pb::Outcome::try_from(last.outcome).unwrap_or_default(),
+        let c = last.counters;
+        tracing::info!(operation_id = %id, outcome = ?last.outcome,
             listed = c.objects_listed, hits = c.objects_hit, copied = c.objects_copied,
             shared = c.objects_shared, failed = c.objects_failed, bytes_copied = c.bytes_copied, "warm finished");
         // Before the final state: once that is visible, a resubmission of
@@ -359,27 +375,24 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
         self.ended.notify_waiters();
     }
 
-    /// The request and latest progress of an operation, live or recorded.
-    pub async fn status(&self, id: &str) -> Result<Option<pb::OperationStatus>, IndexError> {
+    /// The request and latest state of an operation, live or recorded.
+    pub async fn status(&self, id: &str) -> Result<Option<OperationRecord>, IndexError> {
         if let Some(op) = self.live().get(id) {
-            return Ok(Some(status_of(
-                id.to_owned(),
-                op.request.clone(),
-                op.progress.snapshot(),
-                op.created_at,
-                op.resumptions,
-            )));
+            return Ok(Some(OperationRecord {
+                id: id.to_owned(),
+                request_id: op.request.request_id.as_ref().map(ToString::to_string),
+                request: op.request.clone(),
+                state: op.progress.snapshot(),
+                created_at: op.created_at,
+                resumptions: op.resumptions,
+            }));
         }
-        Ok(self
-            .index()
-            .get_operation(id)
-            .await?
-            .map(|r| status_of(r.id, r.request, r.progress, r.created_at, r.resumptions)))
+        self.index().get_operation(id).await
     }
 
     /// Cancels an operation and waits until it has stopped; returns its
     /// final state. A finished operation is returned unchanged.
-    pub async fn cancel(&self, id: &str) -> Result<Option<pb::OperationStatus>, IndexError> {
+    pub async fn cancel(&self, id: &str) -> Result<Option<OperationRecord>, IndexError> {
         let stop = self.live().get(id).map(|op| Arc::clone(&op.stop));
         match stop {
             Some(stop) => {
@@ -392,10 +405,7 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
                 // resumption): end it as cancelled in the index.
                 if let Some(rec) = self.index().get_operation(id).await? {
                     if !rec.is_done() {
-                        let mut last = rec.progress;
-                        last.phase = pb::Phase::Done as i32;
-                        last.outcome = pb::Outcome::Cancelled as i32;
-                        last.eta = None;
+                        let last = rec.state.ended(Outcome::Cancelled, None);
                         self.index().update_operation(id, &last).await?;
                     }
                 }
@@ -420,23 +430,18 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
         filter: OpFilter,
         after: Option<(i64, String)>,
         limit: usize,
-    ) -> Result<(Vec<pb::OperationStatus>, Option<(i64, String)>), IndexError> {
-        let records = self.index().list_operations(filter, after, limit).await?;
+    ) -> Result<(Vec<OperationRecord>, Option<(i64, String)>), IndexError> {
+        let mut records = self.index().list_operations(filter, after, limit).await?;
         let next = (records.len() == limit)
             .then(|| records.last().map(|r| (r.created_at, r.id.clone())))
             .flatten();
         let live = self.live();
-        let ops = records
-            .into_iter()
-            .map(|r| {
-                let progress = live
-                    .get(&r.id)
-                    .map(|op| op.progress.snapshot())
-                    .unwrap_or(r.progress);
-                status_of(r.id, r.request, progress, r.created_at, r.resumptions)
-            })
-            .collect();
-        Ok((ops, next))
+        for r in &mut records {
+            if let Some(op) = live.get(&r.id) {
+                r.state = op.progress.snapshot();
+            }
+        }
+        Ok((records, next))
     }
 
     /// Restarts every unfinished operation recorded in the index (after a
@@ -457,7 +462,7 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
                 if self.live().contains_key(&rec.id) {
                     continue;
                 }
-                let (progress, _rx) = Progress::new(rec.id.clone());
+                let (progress, _rx) = Progress::new(rec.id.clone(), Arc::clone(&self.warmer.clock));
                 // Only crashes count: rolling restarts interrupt long warms
                 // cleanly, and those must go on however often it happens.
                 let crashes = self.index().count_crash(&rec.id).await?;
@@ -469,24 +474,21 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
                         self.settings.max_resumptions
                     );
                     tracing::error!(operation_id = %rec.id, crashes, "{reason}");
-                    let mut last = rec.progress.clone();
-                    last.phase = pb::Phase::Done as i32;
-                    last.outcome = pb::Outcome::Failed as i32;
-                    last.error = reason;
-                    last.eta = None;
+                    let last = rec.state.clone().ended(Outcome::Failed, Some(reason));
                     self.index().update_operation(&rec.id, &last).await?;
                     continue;
                 }
-                match WarmSpec::parse(&rec.request, &self.limits) {
-                    Ok(spec) => {
+                match rec.request.within(&self.limits) {
+                    Ok(()) => {
                         rec.resumptions = self.index().mark_resumed(&rec.id).await?;
                         tracing::info!(operation_id = %rec.id, resumptions = rec.resumptions, "resuming unfinished warm");
+                        let spec = rec.request.clone();
                         self.start(rec, spec, progress);
                         resumed += 1;
                     }
                     Err(e) => {
                         let last = progress.finish(
-                            pb::Outcome::Failed,
+                            Outcome::Failed,
                             Some(format!("cannot resume under this server's limits: {e}")),
                         );
                         self.index().update_operation(&rec.id, &last).await?;
@@ -552,6 +554,77 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
     }
 }
 
+/// The state of one [`Operations::feed`].
+struct Follow<S, I> {
+    ops: Arc<Operations<S, I>>,
+    sub: Subscription,
+    draining: watch::Receiver<bool>,
+    /// Whether `sub` may still bring news.
+    live: bool,
+    /// The state last handed out.
+    last: Option<OperationState>,
+    ended: bool,
+}
+
+impl<S: ObjectStore, I: CacheIndex + OperationLog> Follow<S, I> {
+    async fn next(&mut self) -> Option<Result<OperationState, FeedError>> {
+        if self.ended {
+            return None;
+        }
+        let Some(last) = &self.last else {
+            let first = self.sub.borrow_and_update().clone();
+            return Some(Ok(self.hand_out(first)));
+        };
+        if last.is_done() {
+            return None;
+        }
+        let id = last.operation_id.clone();
+        loop {
+            if *self.draining.borrow() {
+                return self.end(FeedError::Draining);
+            }
+            if self.live {
+                tokio::select! {
+                    changed = self.sub.changed() => {
+                        if changed.is_ok() {
+                            let state = self.sub.borrow_and_update().clone();
+                            return Some(Ok(self.hand_out(state)));
+                        }
+                        // Closed without a Done state seen here: the run
+                        // moved on (interrupted, or elsewhere); the final
+                        // state may still arrive in the log.
+                        self.live = false;
+                    }
+                    _ = self.draining.changed() => {}
+                }
+                continue;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(self.ops.settings.follow_poll) => {}
+                _ = self.draining.changed() => continue,
+            }
+            match self.ops.status(&id).await {
+                Ok(Some(rec)) if self.last.as_ref() != Some(&rec.state) => {
+                    return Some(Ok(self.hand_out(rec.state)));
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => return self.end(FeedError::Vanished(id)),
+                Err(e) => return self.end(e.into()),
+            }
+        }
+    }
+
+    fn hand_out(&mut self, state: OperationState) -> OperationState {
+        self.last = Some(state.clone());
+        state
+    }
+
+    fn end(&mut self, e: FeedError) -> Option<Result<OperationState, FeedError>> {
+        self.ended = true;
+        Some(Err(e))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -563,20 +636,19 @@ mod tests {
         OperationRecord {
             id: id.into(),
             request_id: None,
-            request: pb::WarmCacheRequest {
-                bucket: "src".into(),
-                prefixes: vec!["d/".into()],
-                directory_bucket: "cache--use1-az4--x-s3".into(),
-                ttl: Some(prost_types::Duration {
-                    seconds: 60,
-                    nanos: 0,
-                }),
-                ..Default::default()
+            request: WarmSpec {
+                source: expresscache::BucketName::parse("src").unwrap(),
+                prefixes: vec![expresscache::Prefix::parse("d/").unwrap()],
+                directory_bucket: expresscache::DirectoryBucketName::parse("cache--use1-az4--x-s3")
+                    .unwrap(),
+                ttl: Duration::from_secs(60),
+                force_copy: false,
+                request_id: None,
+                destination_prefix: expresscache::Prefix::root(),
             },
-            progress: pb::WarmProgress {
-                operation_id: id.into(),
-                phase: pb::Phase::Copying as i32,
-                ..Default::default()
+            state: OperationState {
+                phase: crate::operation::Phase::Copying,
+                ..OperationState::queued(id, 1)
             },
             created_at: 1,
             resumptions,
@@ -623,12 +695,9 @@ mod tests {
         );
         let crashy = index.get_operation("crashy").await.unwrap().unwrap();
         assert!(crashy.is_done());
-        assert_eq!(crashy.progress.outcome, pb::Outcome::Failed as i32);
-        assert!(
-            crashy.progress.error.contains("4 times"),
-            "{}",
-            crashy.progress.error
-        );
+        assert_eq!(crashy.state.outcome, Some(Outcome::Failed));
+        let error = crashy.state.error.unwrap_or_default();
+        assert!(error.contains("4 times"), "{error}");
         assert_eq!(crashy.resumptions, 3, "not counted as resumed again");
     }
 }

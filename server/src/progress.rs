@@ -1,26 +1,23 @@
 //! Live progress of one operation: counters updated lock-free by the copy
-//! tasks, published as `WarmProgress` snapshots on a watch channel that any
-//! number of RPC streams follow (a slow reader just sees fewer, newer
+//! tasks, published as [`OperationState`] snapshots on a watch channel that
+//! any number of followers read (a slow reader just sees fewer, newer
 //! snapshots).
 
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 
-use expresscache::proto::v1 as pb;
 use tokio::sync::watch;
 
+use crate::clock::{Clock, Millis};
 use crate::exec::Activity;
-use crate::index::Millis;
-
-/// Failed keys carried inline in the final message; the rest are counted.
-pub const MAX_INLINE_FAILURES: usize = 100;
+use crate::operation::{Counters, KeyFailure, OperationState, Outcome, Phase, MAX_INLINE_FAILURES};
 
 #[derive(Debug)]
 pub struct Progress {
     operation_id: String,
-    started_at: SystemTime,
-    started: Instant,
+    clock: Arc<dyn Clock>,
+    started_at: Millis,
     phase: AtomicU8,
     pub listed: AtomicU64,
     pub bytes_listed: AtomicU64,
@@ -34,7 +31,7 @@ pub struct Progress {
     pub retries: AtomicU64,
     pub throttled: AtomicU64,
     concurrency_limit: AtomicU64,
-    failures: Mutex<Vec<pb::KeyFailure>>,
+    failures: Mutex<Vec<KeyFailure>>,
     /// Earliest expiry of this warm's leases; 0 until written.
     lease_expires_at: AtomicI64,
     /// When work last moved (shared with the copy engine's attempts).
@@ -43,37 +40,29 @@ pub struct Progress {
     lease_epochs: Mutex<Vec<(String, String)>>,
     /// The finished operation whose request_id this one took over.
     superseded: std::sync::OnceLock<String>,
-    tx: watch::Sender<pb::WarmProgress>,
+    tx: watch::Sender<OperationState>,
 }
 
-fn timestamp(t: SystemTime) -> prost_types::Timestamp {
-    prost_types::Timestamp::from(t)
-}
+const PHASES: [Phase; 4] = [Phase::Queued, Phase::Planning, Phase::Copying, Phase::Done];
 
-fn duration(d: Duration) -> prost_types::Duration {
-    prost_types::Duration {
-        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
-        nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
-    }
+fn phase_code(p: Phase) -> u8 {
+    PHASES.iter().position(|&q| q == p).unwrap_or(0) as u8
 }
 
 impl Progress {
-    /// A fresh operation in phase QUEUED, and the channel its snapshots go to.
-    pub fn new(operation_id: String) -> (Self, watch::Receiver<pb::WarmProgress>) {
-        let started_at = SystemTime::now();
-        let first = pb::WarmProgress {
-            operation_id: operation_id.clone(),
-            phase: pb::Phase::Queued as i32,
-            counters: Some(pb::Counters::default()),
-            started_at: Some(timestamp(started_at)),
-            ..Default::default()
-        };
-        let (tx, rx) = watch::channel(first);
+    /// A fresh operation in phase Queued, started now by `clock`, and the
+    /// channel its snapshots go to.
+    pub fn new(
+        operation_id: String,
+        clock: Arc<dyn Clock>,
+    ) -> (Self, watch::Receiver<OperationState>) {
+        let started_at = clock.now();
+        let (tx, rx) = watch::channel(OperationState::queued(&operation_id, started_at));
         let p = Self {
             operation_id,
+            clock,
             started_at,
-            started: Instant::now(),
-            phase: AtomicU8::new(pb::Phase::Queued as u8),
+            phase: AtomicU8::new(phase_code(Phase::Queued)),
             listed: AtomicU64::new(0),
             bytes_listed: AtomicU64::new(0),
             hits: AtomicU64::new(0),
@@ -96,15 +85,14 @@ impl Progress {
         (p, rx)
     }
 
-    pub fn subscribe(&self) -> watch::Receiver<pb::WarmProgress> {
+    pub fn subscribe(&self) -> watch::Receiver<OperationState> {
         self.tx.subscribe()
     }
 
-    pub fn set_phase(&self, phase: pb::Phase) {
-        self.phase.store(phase as u8, Ordering::Relaxed);
+    pub fn set_phase(&self, phase: Phase) {
+        self.phase.store(phase_code(phase), Ordering::Relaxed);
         self.publish();
     }
-
     pub fn set_lease_expiry(&self, at: Millis) {
         self.lease_expires_at.store(at, Ordering::Relaxed);
     }
@@ -170,7 +158,7 @@ impl Progress {
         self.failed.fetch_add(1, Ordering::Relaxed);
         let mut f = self.failures.lock().unwrap_or_else(|e| e.into_inner());
         if f.len() < MAX_INLINE_FAILURES {
-            f.push(pb::KeyFailure {
+            f.push(KeyFailure {
                 key: key.to_owned(),
                 code: code.to_owned(),
                 message,
@@ -178,54 +166,41 @@ impl Progress {
         }
     }
 
-    fn counters(&self) -> pb::Counters {
+    fn counters(&self) -> Counters {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        pb::Counters {
+        Counters {
             objects_listed: g(&self.listed),
             objects_hit: g(&self.hits),
             objects_to_copy: g(&self.to_copy),
             objects_copied: g(&self.copied),
             objects_failed: g(&self.failed),
-            bytes_copied: g(&self.bytes_copied),
-            bytes_to_copy: g(&self.bytes_to_copy),
-            bytes_listed: g(&self.bytes_listed),
             objects_shared: g(&self.shared),
+            bytes_listed: g(&self.bytes_listed),
+            bytes_to_copy: g(&self.bytes_to_copy),
+            bytes_copied: g(&self.bytes_copied),
             copy_retries: g(&self.retries),
             throttle_events: g(&self.throttled),
         }
     }
 
-    /// The current state as a progress message.
-    pub fn snapshot(&self) -> pb::WarmProgress {
-        let counters = self.counters();
-        let elapsed = self.started.elapsed();
-        let secs = elapsed.as_secs_f64().max(1e-3);
-        let objects_per_second = counters.objects_copied as f64 / secs;
-        let bytes_per_second = counters.bytes_copied as f64 / secs;
-        let remaining = counters.objects_to_copy.saturating_sub(
-            counters.objects_copied + counters.objects_failed + counters.objects_shared,
-        );
-        let eta = (objects_per_second > 0.0 && remaining > 0).then(|| {
-            duration(Duration::from_secs_f64(
-                remaining as f64 / objects_per_second,
-            ))
-        });
-        pb::WarmProgress {
+    /// The current state (failures are carried only by the final one).
+    pub fn snapshot(&self) -> OperationState {
+        let elapsed = self.clock.now().saturating_sub(self.started_at).max(0);
+        OperationState {
             operation_id: self.operation_id.clone(),
-            phase: i32::from(self.phase.load(Ordering::Relaxed)),
-            counters: Some(counters),
-            started_at: Some(timestamp(self.started_at)),
-            elapsed: Some(duration(elapsed)),
-            objects_per_second,
-            bytes_per_second,
-            eta,
+            phase: PHASES[usize::from(self.phase.load(Ordering::Relaxed)).min(3)],
+            counters: self.counters(),
+            outcome: None,
+            failures: Vec::new(),
+            failures_omitted: 0,
+            error: None,
+            started_at: self.started_at,
+            elapsed: Duration::from_millis(elapsed.unsigned_abs()),
             concurrency_limit: u32::try_from(self.concurrency_limit.load(Ordering::Relaxed))
                 .unwrap_or(u32::MAX),
             lease_expires_at: Some(self.lease_expires_at.load(Ordering::Relaxed))
-                .filter(|&at| at > 0)
-                .map(crate::index::timestamp),
-            superseded_operation_id: self.superseded.get().cloned().unwrap_or_default(),
-            ..Default::default()
+                .filter(|&at| at > 0),
+            superseded_operation_id: self.superseded.get().cloned(),
         }
     }
 
@@ -234,19 +209,16 @@ impl Progress {
         self.tx.send_replace(self.snapshot());
     }
 
-    /// The final message: phase DONE with `outcome`, failures and `error`.
-    pub fn finish(&self, outcome: pb::Outcome, error: Option<String>) -> pb::WarmProgress {
-        self.phase.store(pb::Phase::Done as u8, Ordering::Relaxed);
-        let mut last = self.snapshot();
-        last.eta = None;
-        last.outcome = outcome as i32;
-        last.error = error.unwrap_or_default();
+    /// The final state: phase Done with `outcome`, failures and `error`.
+    pub fn finish(&self, outcome: Outcome, error: Option<String>) -> OperationState {
+        self.phase.store(phase_code(Phase::Done), Ordering::Relaxed);
         let failures = self
             .failures
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         let total = self.failed.load(Ordering::Relaxed);
+        let mut last = self.snapshot().ended(outcome, error);
         last.failures_omitted = total.saturating_sub(failures.len() as u64);
         last.failures = failures;
         self.tx.send_replace(last.clone());

@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use expresscache::proto::v1 as pb;
 use expresscache::{Prefix, WarmSpec};
 use futures::future::BoxFuture;
 use futures::StreamExt;
@@ -24,6 +23,7 @@ use crate::index::{
     millis_of, release_or_lapse, span_millis, CacheIndex, Claim, ClaimOutcome, ClaimTerms,
     Completion, Entry, IndexError, Lease, Millis, Record, RecordCursor,
 };
+use crate::operation::Phase;
 use crate::plan::{Decision, Planner};
 use crate::progress::Progress;
 use crate::stop::{StopReason, StopSignal};
@@ -265,7 +265,7 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
         owner: &str,
         stop: &StopSignal,
     ) -> Result<WarmOutcome, WarmError> {
-        progress.set_phase(pb::Phase::Planning);
+        progress.set_phase(Phase::Planning);
         self.write_leases(spec, progress).await?;
         // A warm can outlast a short TTL: keep its leases alive while it
         // runs, so nothing it reports ready expires before it reports it,
@@ -658,7 +658,7 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
             ..
         } = ctx;
         if !announced.swap(true, AtomicOrdering::Relaxed) {
-            progress.set_phase(pb::Phase::Copying);
+            progress.set_phase(Phase::Copying);
         }
         if stop.is_set() {
             if task.claimed_at.is_some() {
@@ -999,6 +999,7 @@ fn describe(e: &StoreError) -> String {
 mod tests {
     use super::*;
     use crate::index::{KeyRange, SqliteIndex};
+    use crate::operation::{OperationState, Outcome};
     use crate::store::{FaultStore, MemoryStore, Op};
     use expresscache::proto::v1 as pb;
     use std::sync::atomic::Ordering;
@@ -1046,11 +1047,11 @@ mod tests {
         .unwrap()
     }
 
-    async fn run(w: &Warmer<FaultStore<MemoryStore>, SqliteIndex>) -> pb::WarmProgress {
-        let (progress, _rx) = Progress::new("op".into());
+    async fn run(w: &Warmer<FaultStore<MemoryStore>, SqliteIndex>) -> OperationState {
+        let (progress, _rx) = Progress::new("op".into(), w.clock.clone());
         let outcome = match w.run(&spec(false), &progress, "op").await.unwrap() {
-            WarmOutcome::Succeeded => pb::Outcome::Succeeded,
-            WarmOutcome::PartiallyFailed => pb::Outcome::PartiallyFailed,
+            WarmOutcome::Succeeded => Outcome::Succeeded,
+            WarmOutcome::PartiallyFailed => Outcome::PartiallyFailed,
             other => panic!("{other:?}"),
         };
         progress.finish(outcome, None)
@@ -1087,8 +1088,8 @@ mod tests {
             Some(1),
         );
         let last = run(&w).await;
-        assert_eq!(last.outcome, pb::Outcome::Succeeded as i32);
-        assert_eq!(last.counters.unwrap().objects_copied, 5);
+        assert_eq!(last.outcome, Some(Outcome::Succeeded));
+        assert_eq!(last.counters.objects_copied, 5);
         assert_eq!(w.store.injected.load(Ordering::Relaxed), 3);
         // 5 successful copies; the 3 failed attempts never reached the store.
         assert_eq!(w.store.inner().counters.copy.load(Ordering::Relaxed), 5);
@@ -1107,8 +1108,8 @@ mod tests {
         w.store
             .fail(Op::Copy, Some("d/1"), StoreError::PreconditionFailed, None);
         let last = run(&w).await;
-        assert_eq!(last.outcome, pb::Outcome::PartiallyFailed as i32);
-        let c = last.counters.unwrap();
+        assert_eq!(last.outcome, Some(Outcome::PartiallyFailed));
+        let c = last.counters;
         assert_eq!((c.objects_copied, c.objects_failed), (2, 2));
         let mut codes: Vec<(String, String)> = last
             .failures
@@ -1129,7 +1130,7 @@ mod tests {
         // The next warm copies only what failed.
         w.store.clear();
         let again = run(&w).await;
-        let c = again.counters.unwrap();
+        let c = again.counters;
         assert_eq!((c.objects_hit, c.objects_copied), (2, 2));
     }
 
@@ -1152,10 +1153,10 @@ mod tests {
             ],
         );
         let last = run(&w).await;
-        let c = last.counters.unwrap();
+        let c = last.counters;
         assert_eq!(
             last.outcome,
-            pb::Outcome::Succeeded as i32,
+            Some(Outcome::Succeeded),
             "{:?}",
             last.failures
         );
@@ -1180,7 +1181,7 @@ mod tests {
             StoreError::AccessDenied("list denied".into()),
             None,
         );
-        let (progress, _rx) = Progress::new("op".into());
+        let (progress, _rx) = Progress::new("op".into(), w.clock.clone());
         let err = w.run(&spec(false), &progress, "op").await.unwrap_err();
         assert!(err.to_string().contains("list denied"), "{err}");
     }
@@ -1192,7 +1193,7 @@ mod tests {
         let copies = w.store.inner().counters.copy.load(Ordering::Relaxed);
         let lists = w.store.inner().counters.list.load(Ordering::Relaxed);
         let last = run(&w).await;
-        assert_eq!(last.counters.unwrap().objects_hit, 7);
+        assert_eq!(last.counters.objects_hit, 7);
         assert_eq!(
             w.store.inner().counters.copy.load(Ordering::Relaxed),
             copies
@@ -1310,14 +1311,14 @@ mod fault_tests {
         // Two listing pages per warm; hold the second page of the second.
         let h = hold("list", None, 4);
         let w = world(&["d/1", "d/2", "d/3", "d/4", "d/5", "d/6"], &h);
-        let (p, _rx) = Progress::new("op1".into());
+        let (p, _rx) = Progress::new("op1".into(), w.clock.clone());
         w.run(&spec(), &p, "op1").await.unwrap();
         assert_eq!(w.store.inner().keys(DIR).len(), 6);
 
         let rewarm = {
             let w = Arc::clone(&w);
             tokio::spawn(async move {
-                let (p, _rx) = Progress::new("op2".into());
+                let (p, _rx) = Progress::new("op2".into(), w.clock.clone());
                 let r = w.run(&spec(), &p, "op2").await;
                 (r, p.hits.load(AtomicOrdering::Relaxed))
             })
@@ -1359,7 +1360,7 @@ mod fault_tests {
         let run = {
             let w = Arc::clone(&w);
             tokio::spawn(async move {
-                let (p, _rx) = Progress::new("slow".into());
+                let (p, _rx) = Progress::new("slow".into(), w.clock.clone());
                 w.run(&spec(), &p, "slow").await.unwrap();
                 (
                     p.copied.load(AtomicOrdering::Relaxed),
@@ -1428,7 +1429,7 @@ mod fault_tests {
     async fn a_warm_after_an_evictor_died_between_delete_and_record_copies_again() {
         let h = hold("none", None, usize::MAX);
         let w = world(&["d/1", "d/2", "d/3"], &h);
-        let (p, _rx) = Progress::new("op1".into());
+        let (p, _rx) = Progress::new("op1".into(), w.clock.clone());
         assert_eq!(
             w.run(&spec(), &p, "op1").await.unwrap(),
             WarmOutcome::Succeeded
@@ -1458,7 +1459,7 @@ mod fault_tests {
             })
             .collect();
         w.store.delete_objects(DIR, &targets).await.unwrap();
-        let (p, _rx) = Progress::new("op2".into());
+        let (p, _rx) = Progress::new("op2".into(), w.clock.clone());
         assert_eq!(
             w.run(&spec(), &p, "op2").await.unwrap(),
             WarmOutcome::Succeeded
@@ -1496,7 +1497,7 @@ mod fault_tests {
         let run = {
             let w = Arc::clone(&w);
             tokio::spawn(async move {
-                let (p, _rx) = Progress::new("mine".into());
+                let (p, _rx) = Progress::new("mine".into(), w.clock.clone());
                 w.run(&spec(), &p, "mine").await.unwrap();
                 p.copied.load(AtomicOrdering::Relaxed)
             })
@@ -1556,7 +1557,7 @@ mod stall_tests {
         let task = {
             let w = Arc::clone(&w);
             tokio::spawn(async move {
-                let (p, _rx) = Progress::new("stuck".into());
+                let (p, _rx) = Progress::new("stuck".into(), w.clock.clone());
                 w.run(&spec, &p, "stuck").await
             })
         };

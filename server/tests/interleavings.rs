@@ -22,6 +22,7 @@ use expresscache_server::clock::ManualClock;
 use expresscache_server::evict::{EvictSettings, Evictor};
 use expresscache_server::gate::{Gate, Pass};
 use expresscache_server::index::{CacheIndex, CountingIndex, KeyRange, SqliteIndex};
+use expresscache_server::operation::Outcome;
 use expresscache_server::progress::Progress;
 use expresscache_server::store::{FaultStore, MemoryStore, Op};
 use expresscache_server::warm::{WarmOutcome, WarmSettings, Warmer};
@@ -137,7 +138,7 @@ impl World {
     }
 
     /// Runs a warm; returns its outcome.
-    async fn warm(&self, prefixes: &[&str], ttl_s: i64, op: &str) -> pb::Outcome {
+    async fn warm(&self, prefixes: &[&str], ttl_s: i64, op: &str) -> Outcome {
         let spec = WarmSpec::parse(
             &pb::WarmCacheRequest {
                 bucket: SRC.into(),
@@ -152,12 +153,12 @@ impl World {
             &Limits::default(),
         )
         .unwrap();
-        let (progress, _rx) = Progress::new(op.into());
+        let (progress, _rx) = Progress::new(op.into(), self.clock.clone());
         match self.warmer().run(&spec, &progress, op).await {
-            Ok(WarmOutcome::Succeeded) => pb::Outcome::Succeeded,
-            Ok(WarmOutcome::PartiallyFailed) => pb::Outcome::PartiallyFailed,
-            Ok(WarmOutcome::Cancelled | WarmOutcome::Interrupted) => pb::Outcome::Cancelled,
-            Err(_) => pb::Outcome::Failed,
+            Ok(WarmOutcome::Succeeded) => Outcome::Succeeded,
+            Ok(WarmOutcome::PartiallyFailed) => Outcome::PartiallyFailed,
+            Ok(WarmOutcome::Cancelled | WarmOutcome::Interrupted) => Outcome::Cancelled,
+            Err(_) => Outcome::Failed,
         }
     }
 
@@ -278,8 +279,8 @@ fn next_prefix(decisions: &[(usize, usize)]) -> Option<Vec<usize>> {
 }
 
 type Setup = fn(&World) -> BoxFuture<'_, ()>;
-type Actor = fn(Arc<World>) -> BoxFuture<'static, Option<pb::Outcome>>;
-type Check = fn(&World, &BTreeMap<&'static str, Option<pb::Outcome>>) -> Result<(), String>;
+type Actor = fn(Arc<World>) -> BoxFuture<'static, Option<Outcome>>;
+type Check = fn(&World, &BTreeMap<&'static str, Option<Outcome>>) -> Result<(), String>;
 
 /// Explores up to `limit` schedules of `actors` after `setup`; returns how
 /// many it ran. Panics with the schedule of the first violation.
@@ -296,7 +297,7 @@ async fn explore(
         let world = Arc::new(World::new(keys));
         setup(&world).await;
         world.sched.0.lock().unwrap().enabled = true;
-        let outcomes: Arc<Mutex<BTreeMap<&'static str, Option<pb::Outcome>>>> = Arc::default();
+        let outcomes: Arc<Mutex<BTreeMap<&'static str, Option<Outcome>>>> = Arc::default();
         let handles: Vec<_> = actors
             .iter()
             .map(|(name, f)| {
@@ -334,7 +335,7 @@ async fn explore(
 /// Warms `a/` with a 1s TTL and lets it expire.
 fn expired_cache(w: &World) -> BoxFuture<'_, ()> {
     Box::pin(async move {
-        assert_eq!(w.warm(&["a/"], 1, "setup").await, pb::Outcome::Succeeded);
+        assert_eq!(w.warm(&["a/"], 1, "setup").await, Outcome::Succeeded);
         // Past the lease's end and the default 5 s clock skew margin.
         w.clock.advance(10_000);
     })
@@ -349,35 +350,35 @@ fn expired_cache_losing_delete_replies(w: &World) -> BoxFuture<'_, ()> {
     })
 }
 
-fn warm_a(w: Arc<World>) -> BoxFuture<'static, Option<pb::Outcome>> {
+fn warm_a(w: Arc<World>) -> BoxFuture<'static, Option<Outcome>> {
     Box::pin(async move { Some(w.warm(&["a/"], 3600, "warm").await) })
 }
 
-fn sweep(w: Arc<World>) -> BoxFuture<'static, Option<pb::Outcome>> {
+fn sweep(w: Arc<World>) -> BoxFuture<'static, Option<Outcome>> {
     Box::pin(async move {
         w.evictor().sweep_once().await.unwrap();
         None
     })
 }
 
-fn evict_child(w: Arc<World>) -> BoxFuture<'static, Option<pb::Outcome>> {
+fn evict_child(w: Arc<World>) -> BoxFuture<'static, Option<Outcome>> {
     Box::pin(async move {
         w.evict("a/b/", false).await;
         None
     })
 }
 
-fn warm_root(w: Arc<World>) -> BoxFuture<'static, Option<pb::Outcome>> {
+fn warm_root(w: Arc<World>) -> BoxFuture<'static, Option<Outcome>> {
     Box::pin(async move { Some(w.warm(&[""], 3600, "warm2").await) })
 }
 
 const KEYS: &[&str] = &["a/1", "a/b/2"];
 
 /// A warm that succeeded under its (live, 1h) lease has every key present.
-fn warm_ready(w: &World, out: &BTreeMap<&'static str, Option<pb::Outcome>>) -> Result<(), String> {
+fn warm_ready(w: &World, out: &BTreeMap<&'static str, Option<Outcome>>) -> Result<(), String> {
     for (name, o) in out {
         match o {
-            Some(pb::Outcome::Succeeded) => w.present(KEYS)?,
+            Some(Outcome::Succeeded) => w.present(KEYS)?,
             Some(other) => return Err(format!("{name} ended {other:?}")),
             None => {}
         }

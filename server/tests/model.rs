@@ -15,6 +15,7 @@ use expresscache::{EvictSpec, Limits, WarmSpec};
 use expresscache_server::clock::{Clock, ManualClock};
 use expresscache_server::evict::{EvictSettings, Evictor};
 use expresscache_server::index::{CacheIndex, KeyRange, Record, SqliteIndex};
+use expresscache_server::operation::Outcome;
 use expresscache_server::progress::Progress;
 use expresscache_server::store::{FaultStore, MemoryStore, Op};
 use expresscache_server::warm::{WarmOutcome, WarmSettings, Warmer};
@@ -221,15 +222,15 @@ async fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
                     ..Default::default()
                 };
                 let spec = WarmSpec::parse(&req, &Limits::default()).unwrap();
-                let (progress, _rx) = Progress::new(format!("op{i}"));
+                let (progress, _rx) = Progress::new(format!("op{i}"), real.warmer.clock.clone());
                 let outcome = real
                     .warmer
                     .run(&spec, &progress, &format!("op{i}"))
                     .await
                     .unwrap();
                 prop_assert_eq!(outcome, WarmOutcome::Succeeded);
-                let last = progress.finish(pb::Outcome::Succeeded, None);
-                prop_assert_eq!(last.counters.unwrap().objects_failed, 0);
+                let last = progress.finish(Outcome::Succeeded, None);
+                prop_assert_eq!(last.counters.objects_failed, 0);
                 let refs: Vec<&str> = ps.iter().map(String::as_str).collect();
                 model.warm(&refs, *ttl_s as i64 * 1000);
             }

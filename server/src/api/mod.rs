@@ -1,19 +1,17 @@
 //! The tonic service: turns wire requests into validated specs, hands them to
 //! the domain, and streams progress back.
 
+mod convert;
 mod error;
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
 use expresscache::proto::v1 as pb;
 use expresscache::proto::v1::cache_service_server::CacheService;
 use expresscache::request::{ListFilter, ListSpec};
 use expresscache::{EvictSpec, Limits, StatusQuery, WarmSpec};
-use futures::Stream;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 pub use error::ApiError;
@@ -21,7 +19,7 @@ pub use error::ApiError;
 use crate::clock::Clock;
 use crate::evict::Evictor;
 use crate::index::{CacheIndex, OpFilter, OperationLog};
-use crate::ops::{Operations, Subscription};
+use crate::ops::{FeedError, Operations, Subscription};
 use crate::store::ObjectStore;
 
 /// The `expresscache.v1.CacheService` implementation.
@@ -63,7 +61,7 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Api<S, I> {
         self.check_bucket("bucket", spec.source.as_str()).await?;
         self.check_bucket("directory_bucket", spec.directory_bucket.as_str())
             .await?;
-        Ok(self.ops.submit(spec, req).await?)
+        Ok(self.ops.submit(spec).await?)
     }
 
     async fn status(&self, req: pb::GetStatusRequest) -> Result<pb::GetStatusResponse, ApiError> {
@@ -75,7 +73,7 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Api<S, I> {
                     .await?
                     .ok_or(ApiError::OperationNotFound(id))?;
                 Ok(pb::GetStatusResponse {
-                    operation: Some(status),
+                    operation: Some(convert::operation_status(status)),
                     prefixes: vec![],
                 })
             }
@@ -99,19 +97,14 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Api<S, I> {
                         .sweep_failures(dir, p.as_str(), MAX_STATUS_LEASES)
                         .await?
                         .into_iter()
-                        .map(|f| pb::SweepFailure {
-                            lease: Some(wire_lease(f.lease)),
-                            attempts: f.attempts,
-                            error: f.error,
-                            next_attempt_at: Some(crate::index::timestamp(f.retry_at)),
-                        })
+                        .map(convert::sweep_failure)
                         .collect();
                     out.push(pb::PrefixStatus {
                         sweep_failures,
                         prefix: p.to_string(),
                         cached_objects: usage.objects,
                         cached_bytes: usage.bytes,
-                        leases: leases.into_iter().map(wire_lease).collect(),
+                        leases: leases.into_iter().map(convert::lease).collect(),
                     });
                 }
                 Ok(pb::GetStatusResponse {
@@ -123,96 +116,25 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Api<S, I> {
     }
 }
 
-fn wire_lease(l: crate::index::Lease) -> pb::Lease {
-    pb::Lease {
-        directory_bucket: l.directory_bucket,
-        prefix: l.prefix,
-        source_bucket: l.source_bucket,
-        expires_at: Some(crate::index::timestamp(l.expires_at)),
-    }
-}
-
 /// Most leases listed per prefix in a status answer.
 const MAX_STATUS_LEASES: usize = 1000;
 
 type ProgressStream = Pin<Box<dyn Stream<Item = Result<pb::WarmProgress, Status>> + Send>>;
 
-fn is_done(p: &pb::WarmProgress) -> bool {
-    p.phase == pb::Phase::Done as i32
-}
-
-/// Forwards an operation's progress to one caller until DONE. If the
-/// caller goes away the operation carries on; if the operation's live
-/// channel closes early (it runs elsewhere or awaits resumption), falls back
-/// to polling its recorded state; if the server starts draining, ends the
-/// stream with UNAVAILABLE so the caller reattaches elsewhere.
+/// An operation's feed as the progress stream of one call. If the caller
+/// goes away the operation carries on; a draining server ends the stream
+/// with UNAVAILABLE so the caller reattaches elsewhere.
 fn forward<S: ObjectStore, I: CacheIndex + OperationLog>(
-    mut sub: Subscription,
-    ops: Arc<Operations<S, I>>,
+    sub: Subscription,
+    ops: &Arc<Operations<S, I>>,
 ) -> ProgressStream {
-    let (tx, rx) = mpsc::channel(16);
-    let mut draining = ops.draining();
-    tokio::spawn(async move {
-        let drained = || {
-            Status::unavailable(
-                "the server is shutting down; the warm goes on: reattach with the same \
-                 request_id or watch the operation after the restart",
-            )
-        };
-        let mut last = sub.borrow_and_update().clone();
-        let mut live = true;
-        loop {
-            let done = is_done(&last);
-            if tx.send(Ok(last.clone())).await.is_err() || done {
-                return;
-            }
-            if *draining.borrow() {
-                let _ = tx.send(Err(drained())).await;
-                return;
-            }
-            if live {
-                tokio::select! {
-                    changed = sub.changed() => {
-                        if changed.is_ok() {
-                            last = sub.borrow_and_update().clone();
-                        } else {
-                            // Closed without a DONE message we saw: the
-                            // final state may still arrive in the index.
-                            live = false;
-                        }
-                        continue;
-                    }
-                    _ = draining.changed() => continue,
-                }
-            }
-            let id = last.operation_id.clone();
-            tokio::select! {
-                () = tokio::time::sleep(Duration::from_millis(500)) => {}
-                _ = draining.changed() => continue,
-            }
-            match ops.status(&id).await {
-                Ok(Some(s)) => {
-                    let p = s.progress.unwrap_or_default();
-                    if p != last {
-                        last = p;
-                    } else if !is_done(&p) {
-                        continue;
-                    }
-                }
-                Ok(None) => {
-                    let _ = tx
-                        .send(Err(Status::internal(format!("operation {id} disappeared"))))
-                        .await;
-                    return;
-                }
-                Err(e) => {
-                    let _ = tx.send(Err(Status::from(ApiError::from(e)))).await;
-                    return;
-                }
-            }
-        }
-    });
-    Box::pin(ReceiverStream::new(rx))
+    Box::pin(ops.feed(sub).map(|item| {
+        item.map(convert::progress).map_err(|e| match e {
+            FeedError::Draining => Status::unavailable(e.to_string()),
+            FeedError::Vanished(_) => Status::internal(e.to_string()),
+            FeedError::Index(e) => Status::from(ApiError::from(e)),
+        })
+    }))
 }
 
 #[tonic::async_trait]
@@ -224,7 +146,7 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> CacheService for Api<S, I> {
         request: Request<pb::WarmCacheRequest>,
     ) -> Result<Response<Self::WarmCacheStream>, Status> {
         let sub = self.warm(request.into_inner()).await?;
-        Ok(Response::new(forward(sub, Arc::clone(&self.ops))))
+        Ok(Response::new(forward(sub, &self.ops)))
     }
 
     type WatchOperationStream = ProgressStream;
@@ -244,7 +166,7 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> CacheService for Api<S, I> {
             .await
             .map_err(ApiError::from)?
             .ok_or(ApiError::OperationNotFound(id))?;
-        Ok(Response::new(forward(sub, Arc::clone(&self.ops))))
+        Ok(Response::new(forward(sub, &self.ops)))
     }
 
     async fn cancel_operation(
@@ -262,7 +184,7 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> CacheService for Api<S, I> {
             .await
             .map_err(ApiError::from)?
             .ok_or(ApiError::OperationNotFound(id))?;
-        Ok(Response::new(status))
+        Ok(Response::new(convert::operation_status(status)))
     }
 
     async fn list_operations(
@@ -281,7 +203,10 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> CacheService for Api<S, I> {
             .await
             .map_err(ApiError::from)?;
         Ok(Response::new(pb::ListOperationsResponse {
-            operations,
+            operations: operations
+                .into_iter()
+                .map(convert::operation_status)
+                .collect(),
             next_page_token: next
                 .map(|(t, id)| expresscache::request::encode_page_token(t, &id))
                 .unwrap_or_default(),
@@ -312,7 +237,7 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> CacheService for Api<S, I> {
             .await
             .map_err(|e| Status::internal(format!("eviction task failed: {e}")))?
             .map_err(ApiError::from)?;
-        let resp = pb::EvictResponse::from(report);
+        let resp = convert::evict_response(report);
         tracing::info!(directory_bucket = %spec.directory_bucket, force = spec.force, deleted = resp.objects_deleted, kept = resp.objects_kept, failed = resp.failures.len() as u64 + resp.failures_omitted, "evicted");
         Ok(Response::new(resp))
     }

@@ -5,7 +5,9 @@
 // Test support: a failed step must stop the test with its message.
 #![allow(clippy::unwrap_used)]
 
-use expresscache::proto::v1 as pb;
+use expresscache::{BucketName, DirectoryBucketName, Prefix, RequestId, WarmSpec};
+
+use crate::operation::{KeyFailure, OperationState, Outcome, Phase};
 
 use super::{
     CacheIndex, ClaimKind, ClaimOutcome, ClaimTerms, Completion, CreateOutcome, Entry,
@@ -26,6 +28,28 @@ fn entry(key: &str, size: u64) -> Entry {
         dest_etag: "\"d\"".into(),
         cached_at: 1,
     }
+}
+
+fn warm_spec(request_id: Option<&str>) -> WarmSpec {
+    WarmSpec {
+        source: BucketName::parse("src").unwrap(),
+        prefixes: vec![Prefix::parse("d/").unwrap()],
+        directory_bucket: DirectoryBucketName::parse(DIR).unwrap(),
+        ttl: std::time::Duration::from_secs(60),
+        force_copy: false,
+        request_id: request_id.map(|r| RequestId::parse(r).unwrap()),
+        destination_prefix: Prefix::root(),
+    }
+}
+
+/// A state copying, or finished successfully.
+fn phase_state(id: &str, done: bool) -> OperationState {
+    let mut s = OperationState::queued(id, 5);
+    s.phase = Phase::Copying;
+    if done {
+        s = s.ended(Outcome::Succeeded, None);
+    }
+    s
 }
 
 fn lease(prefix: &str, expires_at: i64) -> Lease {
@@ -541,15 +565,8 @@ async fn operations_are_unique_per_request_id<I: OperationLog>(index: &I) {
     let op = |id: &str, rid: Option<&str>| OperationRecord {
         id: id.into(),
         request_id: rid.map(str::to_owned),
-        request: pb::WarmCacheRequest {
-            bucket: "src".into(),
-            request_id: rid.unwrap_or_default().into(),
-            ..Default::default()
-        },
-        progress: pb::WarmProgress {
-            operation_id: id.into(),
-            ..Default::default()
-        },
+        request: warm_spec(rid),
+        state: OperationState::queued(id, 5),
         created_at: 5,
         resumptions: 0,
     };
@@ -578,15 +595,16 @@ async fn operations_are_unique_per_request_id<I: OperationLog>(index: &I) {
         "operations without a request id never collide"
     );
     assert!(index.get_operation("op2").await.unwrap().is_none());
-    let done = pb::WarmProgress {
-        operation_id: "op1".into(),
-        phase: pb::Phase::Done as i32,
-        outcome: pb::Outcome::Succeeded as i32,
-        ..Default::default()
-    };
+    let mut done = OperationState::queued("op1", 5).ended(Outcome::Succeeded, None);
+    done.counters.objects_copied = 3;
+    done.failures.push(KeyFailure {
+        key: "k".into(),
+        code: "AccessDenied".into(),
+        message: "denied".into(),
+    });
     index.update_operation("op1", &done).await.unwrap();
     let got = index.get_operation("op1").await.unwrap().unwrap();
-    assert_eq!(got.progress, done, "progress round-trips");
+    assert_eq!(got.state, done, "the state round-trips");
     assert_eq!(got.request, op("op1", Some("r1")).request);
 }
 
@@ -595,16 +613,8 @@ async fn operations_list_newest_first_resume_and_purge<I: OperationLog>(index: &
     let rec = |id: &str, created_at: i64, done: bool| OperationRecord {
         id: id.into(),
         request_id: None,
-        request: pb::WarmCacheRequest::default(),
-        progress: pb::WarmProgress {
-            operation_id: id.into(),
-            phase: if done {
-                pb::Phase::Done
-            } else {
-                pb::Phase::Copying
-            } as i32,
-            ..Default::default()
-        },
+        request: warm_spec(None),
+        state: phase_state(id, done),
         created_at,
         resumptions: 0,
     };
@@ -681,11 +691,10 @@ async fn operations_list_newest_first_resume_and_purge<I: OperationLog>(index: &
             .resumptions,
         2
     );
-    let done = pb::WarmProgress {
-        phase: pb::Phase::Done as i32,
-        ..Default::default()
-    };
-    index.update_operation("l2", &done).await.unwrap();
+    index
+        .update_operation("l2", &phase_state("l2", true))
+        .await
+        .unwrap();
     assert_eq!(
         ids(index
             .list_operations(OpFilter::Running, None, 100)
@@ -1083,16 +1092,8 @@ async fn a_finished_operation_can_be_superseded_once<I: OperationLog>(index: &I)
     let op = |id: &str, done: bool| OperationRecord {
         id: id.into(),
         request_id: Some("sup".into()),
-        request: pb::WarmCacheRequest::default(),
-        progress: pb::WarmProgress {
-            operation_id: id.into(),
-            phase: if done {
-                pb::Phase::Done as i32
-            } else {
-                pb::Phase::Copying as i32
-            },
-            ..Default::default()
-        },
+        request: warm_spec(Some("sup")),
+        state: phase_state(id, done),
         created_at: 7,
         resumptions: 0,
     };
@@ -1105,7 +1106,7 @@ async fn a_finished_operation_can_be_superseded_once<I: OperationLog>(index: &I)
         "a running operation keeps its request id"
     );
     index
-        .update_operation("s1", &op("s1", true).progress)
+        .update_operation("s1", &op("s1", true).state)
         .await
         .unwrap();
     assert!(index

@@ -5,8 +5,6 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use expresscache::proto::v1 as pb;
-
 use crate::gate::{Gate, Pass};
 
 use super::{
@@ -302,7 +300,7 @@ impl<I: OperationLog> OperationLog for CountingIndex<I> {
     async fn update_operation(
         &self,
         id: &str,
-        progress: &pb::WarmProgress,
+        progress: &crate::operation::OperationState,
     ) -> Result<(), IndexError> {
         self.write();
         let _pass = self.pass("update_operation", id).await;

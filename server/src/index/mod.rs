@@ -10,6 +10,8 @@
 pub mod conformance;
 mod counting;
 mod cursor;
+pub mod encoding;
+mod legacy;
 mod sqlite;
 
 pub use counting::CountingIndex;
@@ -18,9 +20,9 @@ pub use sqlite::SqliteIndex;
 
 use std::ops::Bound;
 
-use expresscache::proto::v1 as pb;
-
-pub use crate::clock::{millis_of, millis_of_timestamp, span_millis, timestamp, Millis};
+pub use crate::clock::{millis_of, span_millis, Millis};
+pub use crate::operation::OperationRecord;
+use crate::operation::OperationState;
 
 /// Gives up `owner`'s claim on `key`; a failure is only logged, since the
 /// claim lapses at its deadline anyway.
@@ -194,24 +196,6 @@ pub enum EvictDecision {
     Busy(Claim),
     /// Nothing cached under that key.
     Absent,
-}
-
-/// A warm operation as the index keeps it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct OperationRecord {
-    pub id: String,
-    pub request_id: Option<String>,
-    pub request: pb::WarmCacheRequest,
-    pub progress: pb::WarmProgress,
-    pub created_at: Millis,
-    /// Times a server resumed it after an interruption.
-    pub resumptions: u32,
-}
-
-impl OperationRecord {
-    pub fn is_done(&self) -> bool {
-        self.progress.phase == pb::Phase::Done as i32
-    }
 }
 
 /// Which operations a listing returns.
@@ -542,13 +526,9 @@ pub trait OperationLog: Send + Sync + 'static {
         op: &OperationRecord,
     ) -> Result<bool, IndexError>;
 
-    /// Stores the latest progress of an operation (finished once its phase
-    /// is DONE).
-    async fn update_operation(
-        &self,
-        id: &str,
-        progress: &pb::WarmProgress,
-    ) -> Result<(), IndexError>;
+    /// Stores the latest state of an operation (finished once its phase
+    /// is Done).
+    async fn update_operation(&self, id: &str, state: &OperationState) -> Result<(), IndexError>;
 
     async fn get_operation(&self, id: &str) -> Result<Option<OperationRecord>, IndexError>;
 

@@ -8,8 +8,6 @@ use std::ops::Bound;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use expresscache::proto::v1 as pb;
-use prost::Message;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::clock::{Clock, SystemClock};
@@ -19,6 +17,8 @@ use super::{
     Completion, CreateOutcome, Entry, EvictDecision, IndexError, KeyRange, Lease, Millis, OpFilter,
     OperationLog, OperationRecord, Record, SweepBackoff, SweepFailure, Usage,
 };
+use super::{encoding, legacy};
+use crate::operation::OperationState;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS records (
@@ -63,6 +63,9 @@ CREATE TABLE IF NOT EXISTS operations (
     -- last one was
     crashes     INTEGER NOT NULL DEFAULT 0,
     clean_stop  INTEGER NOT NULL DEFAULT 0,
+    -- 0: request and progress are prost-encoded wire messages (releases
+    -- before the versioned encoding); 1: JSON documents of index::encoding
+    encoding    INTEGER NOT NULL DEFAULT 0,
     created_at  INTEGER NOT NULL,
     updated_at  INTEGER NOT NULL
 );
@@ -191,6 +194,11 @@ const MIGRATIONS: &[(&str, &str, &str)] = &[
         "ALTER TABLE operations ADD COLUMN clean_stop INTEGER NOT NULL DEFAULT 0",
     ),
     (
+        "operations",
+        "encoding",
+        "ALTER TABLE operations ADD COLUMN encoding INTEGER NOT NULL DEFAULT 0",
+    ),
+    (
         "records",
         "unconfirmed",
         "ALTER TABLE records ADD COLUMN unconfirmed INTEGER NOT NULL DEFAULT 0",
@@ -234,7 +242,46 @@ fn migrate(conn: &mut Connection) -> Result<(), IndexError> {
             tx.execute_batch(sql).map_err(storage)?;
         }
     }
+    reencode_operations(&tx)?;
     tx.commit().map_err(storage)
+}
+
+/// Rewrites operations stored by releases before the versioned encoding in
+/// the current one. A record that cannot be read at all is dropped (and
+/// logged): it could never be shown or resumed.
+fn reencode_operations(tx: &Connection) -> Result<(), IndexError> {
+    let old: Vec<(String, Vec<u8>, Vec<u8>)> = tx
+        .prepare("SELECT id, request, progress FROM operations WHERE encoding = 0")
+        .map_err(storage)?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .map_err(storage)?
+        .collect::<Result<_, _>>()
+        .map_err(storage)?;
+    for (id, request, progress) in old {
+        match (
+            legacy::request(&id, &request),
+            legacy::state(&id, &progress),
+        ) {
+            (Ok(request), Ok(state)) => {
+                tx.execute(
+                    "UPDATE operations SET request = ?2, progress = ?3, encoding = 1 WHERE id = ?1",
+                    params![
+                        id,
+                        encoding::request_json(&request),
+                        encoding::state_json(&state)
+                    ],
+                )
+                .map_err(storage)?;
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::error!(operation_id = %id, error = %e,
+                    "an operation recorded by an earlier release cannot be read; dropping it");
+                tx.execute("DELETE FROM operations WHERE id = ?1", params![id])
+                    .map_err(storage)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 const RECORD_COLUMNS: &str = "directory_bucket, key, source_bucket, source_key, source_etag, size,
@@ -334,12 +381,11 @@ fn row_to_sweep_failure(r: &rusqlite::Row<'_>) -> rusqlite::Result<SweepFailure>
 }
 
 fn decode_op(row: OpRow) -> Result<OperationRecord, IndexError> {
-    let (id, request_id, request, progress, created_at, resumptions) = row;
+    let (id, request_id, request, state, created_at, resumptions) = row;
+    let corrupt = |e: IndexError| IndexError::Corrupt(format!("operation {id}: {e}"));
     Ok(OperationRecord {
-        request: pb::WarmCacheRequest::decode(request.as_slice())
-            .map_err(|e| IndexError::Corrupt(format!("operation {id} request: {e}")))?,
-        progress: pb::WarmProgress::decode(progress.as_slice())
-            .map_err(|e| IndexError::Corrupt(format!("operation {id} progress: {e}")))?,
+        request: encoding::request_from_json(&request).map_err(corrupt)?,
+        state: encoding::state_from_json(&state).map_err(corrupt)?,
         id,
         request_id,
         created_at,
@@ -347,7 +393,7 @@ fn decode_op(row: OpRow) -> Result<OperationRecord, IndexError> {
     })
 }
 
-type OpRow = (String, Option<String>, Vec<u8>, Vec<u8>, Millis, i64);
+type OpRow = (String, Option<String>, String, String, Millis, i64);
 
 fn read_op(row: &rusqlite::Row<'_>) -> rusqlite::Result<OpRow> {
     Ok((
@@ -365,24 +411,20 @@ const OP_COLUMNS: &str = "id, request_id, request, progress, created_at, resumpt
 fn insert_op(c: &Connection, op: &OperationRecord) -> Result<(), IndexError> {
     c.execute(
         "INSERT INTO operations (id, request_id, request, progress, done, resumptions,
-             created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
+             created_at, updated_at, encoding)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, 1)",
         params![
             op.id,
             op.request_id,
-            op.request.encode_to_vec(),
-            op.progress.encode_to_vec(),
-            is_done(&op.progress),
+            encoding::request_json(&op.request),
+            encoding::state_json(&op.state),
+            op.is_done(),
             op.resumptions,
             op.created_at
         ],
     )
     .map_err(storage)?;
     Ok(())
-}
-
-fn is_done(p: &pb::WarmProgress) -> bool {
-    p.phase == pb::Phase::Done as i32
 }
 
 #[async_trait::async_trait]
@@ -1090,14 +1132,10 @@ impl OperationLog for SqliteIndex {
         .await
     }
 
-    async fn update_operation(
-        &self,
-        id: &str,
-        progress: &pb::WarmProgress,
-    ) -> Result<(), IndexError> {
+    async fn update_operation(&self, id: &str, state: &OperationState) -> Result<(), IndexError> {
         let id = id.to_owned();
-        let bytes = progress.encode_to_vec();
-        let done = is_done(progress);
+        let bytes = encoding::state_json(state);
+        let done = state.is_done();
         let now = self.clock.now();
         self.with(move |c| {
             c.execute(
@@ -1306,12 +1344,39 @@ mod tests {
                      request BLOB NOT NULL, progress BLOB NOT NULL,
                      done INTEGER NOT NULL DEFAULT 0, resumptions INTEGER NOT NULL DEFAULT 0,
                      created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL);
-                 INSERT INTO operations (id, request, progress, created_at, updated_at)
-                     VALUES ('op-old', x'', x'', 1, 1);
                  INSERT INTO leases VALUES ('d--use1-az4--x-s3', 'old/', 'src', 1000);
                  INSERT INTO records (directory_bucket, key, source_bucket, source_key,
                      source_etag, size, dest_etag, cached_at)
                      VALUES ('d--use1-az4--x-s3', 'old/k', 'src', 'old/k', '\"e\"', 1, '\"d\"', 1);",
+            )
+            .unwrap();
+            // Operations as the wire messages, prost-encoded; and one that
+            // cannot be read at all.
+            use expresscache::proto::v1 as pb;
+            use prost::Message;
+            let request = pb::WarmCacheRequest {
+                bucket: "src".into(),
+                prefixes: vec!["old/".into()],
+                directory_bucket: "d--use1-az4--x-s3".into(),
+                ttl: Some(prost_types::Duration {
+                    seconds: 60,
+                    nanos: 0,
+                }),
+                ..Default::default()
+            };
+            let progress = pb::WarmProgress {
+                operation_id: "op-old".into(),
+                phase: pb::Phase::Copying as i32,
+                counters: Some(pb::Counters {
+                    objects_copied: 7,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            c.execute(
+                "INSERT INTO operations (id, request, progress, created_at, updated_at)
+                 VALUES ('op-old', ?1, ?2, 1, 1), ('op-garbled', x'ff', x'', 1, 1)",
+                params![request.encode_to_vec(), progress.encode_to_vec()],
             )
             .unwrap();
         }
@@ -1341,7 +1406,18 @@ mod tests {
             .await
             .unwrap();
         assert_ne!(revived.epoch, "v0", "an expired old lease revived is new");
-        assert!(index.get_operation("op-old").await.unwrap().is_some());
+        let op = index.get_operation("op-old").await.unwrap().unwrap();
+        assert_eq!(
+            (op.request.source.as_str(), op.request.ttl.as_secs()),
+            ("src", 60),
+            "the request is rewritten in the versioned encoding"
+        );
+        assert_eq!(op.state.counters.objects_copied, 7);
+        assert!(!op.is_done());
+        assert!(
+            index.get_operation("op-garbled").await.unwrap().is_none(),
+            "an unreadable record is dropped, not left to fail every read"
+        );
         assert_eq!(
             index.count_crash("op-old").await.unwrap(),
             1,

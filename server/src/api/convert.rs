@@ -1,0 +1,170 @@
+//! Domain values as the wire messages clients see. The only place the
+//! server's domain meets protobuf on the way out (requests come in through
+//! `expresscache::request`'s validating parsers).
+
+use std::time::Duration;
+
+use expresscache::proto::v1 as pb;
+
+use crate::clock::Millis;
+use crate::evict::EvictReport;
+use crate::index::{Lease, SweepFailure};
+use crate::operation::{Counters, KeyFailure, OperationRecord, OperationState, Outcome, Phase};
+
+/// [`Millis`] as a protobuf timestamp.
+pub fn timestamp(ms: Millis) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: i32::try_from(ms.rem_euclid(1000) * 1_000_000).unwrap_or(0),
+    }
+}
+
+fn duration(d: Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
+    }
+}
+
+fn phase(p: Phase) -> pb::Phase {
+    match p {
+        Phase::Queued => pb::Phase::Queued,
+        Phase::Planning => pb::Phase::Planning,
+        Phase::Copying => pb::Phase::Copying,
+        Phase::Done => pb::Phase::Done,
+    }
+}
+
+fn outcome(o: Option<Outcome>) -> pb::Outcome {
+    match o {
+        None => pb::Outcome::Unspecified,
+        Some(Outcome::Succeeded) => pb::Outcome::Succeeded,
+        Some(Outcome::PartiallyFailed) => pb::Outcome::PartiallyFailed,
+        Some(Outcome::Failed) => pb::Outcome::Failed,
+        Some(Outcome::Cancelled) => pb::Outcome::Cancelled,
+    }
+}
+
+fn counters(c: &Counters) -> pb::Counters {
+    pb::Counters {
+        objects_listed: c.objects_listed,
+        objects_hit: c.objects_hit,
+        objects_to_copy: c.objects_to_copy,
+        objects_copied: c.objects_copied,
+        objects_failed: c.objects_failed,
+        bytes_copied: c.bytes_copied,
+        bytes_to_copy: c.bytes_to_copy,
+        bytes_listed: c.bytes_listed,
+        objects_shared: c.objects_shared,
+        copy_retries: c.copy_retries,
+        throttle_events: c.throttle_events,
+    }
+}
+
+fn failure(f: KeyFailure) -> pb::KeyFailure {
+    pb::KeyFailure {
+        key: f.key,
+        code: f.code,
+        message: f.message,
+    }
+}
+
+/// An operation's state as a progress message.
+pub fn progress(s: OperationState) -> pb::WarmProgress {
+    pb::WarmProgress {
+        phase: phase(s.phase) as i32,
+        counters: Some(counters(&s.counters)),
+        outcome: outcome(s.outcome) as i32,
+        started_at: Some(timestamp(s.started_at)),
+        elapsed: Some(duration(s.elapsed)),
+        objects_per_second: s.objects_per_second(),
+        bytes_per_second: s.bytes_per_second(),
+        eta: s.eta().map(duration),
+        lease_expires_at: s.lease_expires_at.map(timestamp),
+        concurrency_limit: s.concurrency_limit,
+        failures_omitted: s.failures_omitted,
+        failures: s.failures.into_iter().map(failure).collect(),
+        error: s.error.unwrap_or_default(),
+        superseded_operation_id: s.superseded_operation_id.unwrap_or_default(),
+        operation_id: s.operation_id,
+    }
+}
+
+/// An operation's record as the status message.
+pub fn operation_status(r: OperationRecord) -> pb::OperationStatus {
+    pb::OperationStatus {
+        request: Some(pb::WarmCacheRequest::from(&r.request)),
+        progress: Some(progress(r.state)),
+        created_at: Some(timestamp(r.created_at)),
+        resumptions: r.resumptions,
+        operation_id: r.id,
+    }
+}
+
+pub fn lease(l: Lease) -> pb::Lease {
+    pb::Lease {
+        directory_bucket: l.directory_bucket,
+        prefix: l.prefix,
+        source_bucket: l.source_bucket,
+        expires_at: Some(timestamp(l.expires_at)),
+    }
+}
+
+pub fn sweep_failure(f: SweepFailure) -> pb::SweepFailure {
+    pb::SweepFailure {
+        lease: Some(lease(f.lease)),
+        attempts: f.attempts,
+        error: f.error,
+        next_attempt_at: Some(timestamp(f.retry_at)),
+    }
+}
+
+pub fn evict_response(r: EvictReport) -> pb::EvictResponse {
+    pb::EvictResponse {
+        objects_kept: r.objects_kept(),
+        objects_deleted: r.tally.deleted,
+        bytes_deleted: r.tally.bytes,
+        leases_ended: r.leases_ended,
+        kept_under: r.tally.kept_under.into_iter().collect(),
+        forced: r.forced,
+        failures_omitted: r.tally.failures_omitted,
+        failures: r.tally.failures.into_iter().map(failure).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_split_millis_into_seconds_and_nanos() {
+        assert_eq!(
+            timestamp(1_500),
+            prost_types::Timestamp {
+                seconds: 1,
+                nanos: 500_000_000
+            }
+        );
+        assert_eq!(
+            timestamp(-1),
+            prost_types::Timestamp {
+                seconds: -1,
+                nanos: 999_000_000
+            },
+            "before the epoch: nanos stay positive"
+        );
+    }
+
+    #[test]
+    fn a_finished_state_has_an_outcome_and_no_eta() {
+        let mut s = OperationState::queued("op", 0);
+        s.counters.objects_to_copy = 10;
+        s.counters.objects_copied = 5;
+        s.elapsed = Duration::from_secs(1);
+        assert!(progress(s.clone()).eta.is_some());
+        let done = progress(s.ended(Outcome::Succeeded, None));
+        assert_eq!(done.phase, pb::Phase::Done as i32);
+        assert_eq!(done.outcome, pb::Outcome::Succeeded as i32);
+        assert_eq!(done.eta, None);
+    }
+}

@@ -1,0 +1,193 @@
+//! A warm operation as the service knows it: its request, where it stands
+//! (phase, counters, failures) and how it ended. These are domain values:
+//! `api/` converts them to and from protobuf, the index stores them in its
+//! own versioned encoding, so neither the wire nor the storage format leaks
+//! into the code that runs warms.
+
+use std::time::Duration;
+
+use expresscache::WarmSpec;
+
+use crate::clock::Millis;
+
+/// Failed keys carried inline in an operation's state; the rest are counted.
+pub const MAX_INLINE_FAILURES: usize = 100;
+
+/// Where an operation stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Phase {
+    /// Accepted, waiting to start.
+    Queued,
+    /// Listing the source and comparing it with the index.
+    Planning,
+    /// Copying (listing may still go on for later pages).
+    Copying,
+    /// Finished; the state's `outcome` says how.
+    Done,
+}
+
+/// How a finished operation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// Every listed object is present and current.
+    Succeeded,
+    /// Some keys failed (the state names them); the rest is ready.
+    PartiallyFailed,
+    /// The operation could not do its job; the state's `error` says why.
+    Failed,
+    /// Cancelled (by a user, or because an Evict ended its lease).
+    Cancelled,
+}
+
+/// What an operation has done so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub objects_listed: u64,
+    pub objects_hit: u64,
+    pub objects_to_copy: u64,
+    pub objects_copied: u64,
+    pub objects_failed: u64,
+    pub objects_shared: u64,
+    pub bytes_listed: u64,
+    pub bytes_to_copy: u64,
+    pub bytes_copied: u64,
+    pub copy_retries: u64,
+    pub throttle_events: u64,
+}
+
+/// One key that could not be made ready (or evicted).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyFailure {
+    pub key: String,
+    /// Short machine-readable reason: an S3 error code or one of ours
+    /// ("KeyClash", "IndexError", ...).
+    pub code: String,
+    pub message: String,
+}
+
+/// A snapshot of one operation: what followers see and what checkpoints
+/// store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OperationState {
+    pub operation_id: String,
+    pub phase: Phase,
+    pub counters: Counters,
+    /// Set once `phase` is Done.
+    pub outcome: Option<Outcome>,
+    /// The first failed keys (at most [`MAX_INLINE_FAILURES`]).
+    pub failures: Vec<KeyFailure>,
+    /// Failed keys not listed in `failures`.
+    pub failures_omitted: u64,
+    /// Why the operation as a whole failed or was cut short.
+    pub error: Option<String>,
+    pub started_at: Millis,
+    /// Time since the start, as of this snapshot.
+    pub elapsed: Duration,
+    /// The destination bucket's adaptive copy concurrency.
+    pub concurrency_limit: u32,
+    /// Earliest expiry of the leases this warm wrote.
+    pub lease_expires_at: Option<Millis>,
+    /// The finished operation whose request_id this one took over.
+    pub superseded_operation_id: Option<String>,
+}
+
+impl OperationState {
+    /// A fresh operation, queued at `started_at`.
+    pub fn queued(operation_id: &str, started_at: Millis) -> Self {
+        Self {
+            operation_id: operation_id.to_owned(),
+            phase: Phase::Queued,
+            counters: Counters::default(),
+            outcome: None,
+            failures: Vec::new(),
+            failures_omitted: 0,
+            error: None,
+            started_at,
+            elapsed: Duration::ZERO,
+            concurrency_limit: 0,
+            lease_expires_at: None,
+            superseded_operation_id: None,
+        }
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.phase == Phase::Done
+    }
+
+    /// This state, ended with `outcome` (for operations ended without
+    /// running: cancelled while awaiting resumption, refused a resumption).
+    #[must_use]
+    pub fn ended(mut self, outcome: Outcome, error: Option<String>) -> Self {
+        self.phase = Phase::Done;
+        self.outcome = Some(outcome);
+        if error.is_some() {
+            self.error = error;
+        }
+        self
+    }
+
+    /// Objects copied per second over the operation so far.
+    pub fn objects_per_second(&self) -> f64 {
+        self.counters.objects_copied as f64 / self.elapsed_secs()
+    }
+
+    /// Bytes copied per second over the operation so far.
+    pub fn bytes_per_second(&self) -> f64 {
+        self.counters.bytes_copied as f64 / self.elapsed_secs()
+    }
+
+    /// Estimated time to copy what is planned so far, at the rate so far;
+    /// `None` once done, or while unknown.
+    pub fn eta(&self) -> Option<Duration> {
+        let c = &self.counters;
+        let remaining = c
+            .objects_to_copy
+            .saturating_sub(c.objects_copied + c.objects_failed + c.objects_shared);
+        let rate = self.objects_per_second();
+        (!self.is_done() && rate > 0.0 && remaining > 0)
+            .then(|| Duration::from_secs_f64(remaining as f64 / rate))
+    }
+
+    fn elapsed_secs(&self) -> f64 {
+        self.elapsed.as_secs_f64().max(1e-3)
+    }
+}
+
+/// A warm operation as the operation log keeps it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OperationRecord {
+    pub id: String,
+    pub request_id: Option<String>,
+    pub request: WarmSpec,
+    pub state: OperationState,
+    pub created_at: Millis,
+    /// Times a server resumed it after an interruption.
+    pub resumptions: u32,
+}
+
+impl OperationRecord {
+    pub fn is_done(&self) -> bool {
+        self.state.is_done()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_and_eta_follow_the_counters() {
+        let mut s = OperationState::queued("op", 0);
+        assert_eq!(s.eta(), None, "nothing copied yet: unknown");
+        s.elapsed = Duration::from_secs(2);
+        s.counters.objects_to_copy = 10;
+        s.counters.objects_copied = 4;
+        s.counters.bytes_copied = 4096;
+        assert!((s.objects_per_second() - 2.0).abs() < 1e-9);
+        assert!((s.bytes_per_second() - 2048.0).abs() < 1e-9);
+        assert_eq!(s.eta(), Some(Duration::from_secs(3)));
+        let done = s.ended(Outcome::Succeeded, None);
+        assert_eq!(done.eta(), None, "a finished operation has no eta");
+        assert_eq!(done.outcome, Some(Outcome::Succeeded));
+    }
+}
