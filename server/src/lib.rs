@@ -14,6 +14,7 @@ pub mod evict;
 pub mod exec;
 pub mod gate;
 pub mod index;
+pub mod jitter;
 pub mod operation;
 pub mod ops;
 pub mod plan;

@@ -5,7 +5,11 @@
 //! per cool-down so one burst of SlowDowns counts as one signal.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// tokio's monotonic clock: immune to wall-clock jumps, and paused with the
+// runtime in tests.
+use tokio::time::Instant;
 
 use tokio::sync::Notify;
 

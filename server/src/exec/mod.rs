@@ -8,13 +8,14 @@ mod limiter;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures::StreamExt;
 use tokio::sync::Semaphore;
 
 pub use limiter::Aimd;
 
+use crate::jitter::{Jitter, RandomJitter};
 use crate::stop::StopSignal;
 use crate::store::{Copied, CopyRequest, ObjectStore, PartCopy, StoreError};
 
@@ -82,7 +83,7 @@ impl From<&crate::config::Config> for EngineSettings {
 /// tell "slow" (requests keep ending) from "stuck" (none does).
 #[derive(Debug)]
 pub struct Activity {
-    started: std::time::Instant,
+    started: tokio::time::Instant,
     /// Milliseconds after `started` of the last sign of progress.
     last: std::sync::atomic::AtomicU64,
 }
@@ -90,7 +91,7 @@ pub struct Activity {
 impl Default for Activity {
     fn default() -> Self {
         Self {
-            started: std::time::Instant::now(),
+            started: tokio::time::Instant::now(),
             last: std::sync::atomic::AtomicU64::new(0),
         }
     }
@@ -137,17 +138,6 @@ pub fn part_size(size: u64, threshold: u64) -> u64 {
         .max(size.div_ceil(MAX_PARTS))
 }
 
-/// Jitter in [0, base) without a random number generator: the low bits of
-/// the clock differ between concurrent tasks well enough to spread retries.
-fn jitter(base: Duration) -> Duration {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let base_ns = u64::try_from(base.as_nanos()).unwrap_or(u64::MAX).max(1);
-    Duration::from_nanos(u64::from(nanos) % base_ns)
-}
-
 #[derive(Debug)]
 pub struct CopyEngine<S> {
     store: Arc<S>,
@@ -156,6 +146,7 @@ pub struct CopyEngine<S> {
     global: Arc<Semaphore>,
     limiters: Mutex<HashMap<String, Arc<Aimd>>>,
     settings: EngineSettings,
+    jitter: Arc<dyn Jitter>,
 }
 
 impl<S: ObjectStore> CopyEngine<S> {
@@ -166,7 +157,15 @@ impl<S: ObjectStore> CopyEngine<S> {
             global: Arc::new(Semaphore::new(settings.max_concurrency.max(1))),
             limiters: Mutex::default(),
             settings,
+            jitter: Arc::new(RandomJitter),
         }
+    }
+
+    /// Takes retry jitter from `jitter` instead of a random source.
+    #[must_use]
+    pub fn with_jitter(mut self, jitter: Arc<dyn Jitter>) -> Self {
+        self.jitter = jitter;
+        self
     }
 
     pub fn settings(&self) -> &EngineSettings {
@@ -261,7 +260,7 @@ impl<S: ObjectStore> CopyEngine<S> {
                     let backoff = (self.settings.retry_base_delay * 2u32.pow(attempt - 1))
                         .min(self.settings.retry_max_delay);
                     tracing::debug!(attempt, error = %e, "retrying");
-                    tokio::time::sleep(backoff + jitter(backoff)).await;
+                    tokio::time::sleep(backoff + self.jitter.below(backoff)).await;
                     attempt += 1;
                 }
                 Err(e) => return Err(e),
@@ -453,6 +452,39 @@ mod tests {
         assert_eq!(err.code(), "AccessDenied");
         assert_eq!(store.inner().open_uploads(), 0, "no incomplete upload left");
         assert!(store.inner().size("dst", "big").is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_back_off_exponentially_by_the_injected_jitter() {
+        let (store, etag) = store_with(10);
+        store.fail(
+            Op::Copy,
+            None,
+            StoreError::Throttled("SlowDown".into()),
+            Some(3),
+        );
+        let e = CopyEngine::new(
+            store.clone(),
+            EngineSettings {
+                retry_base_delay: Duration::from_millis(100),
+                ..EngineSettings::default()
+            },
+        )
+        .with_jitter(Arc::new(crate::jitter::NoJitter));
+        let start = tokio::time::Instant::now();
+        e.copy(
+            &req(&etag),
+            10,
+            &CopyStats::default(),
+            &StopSignal::default(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_millis(100 + 200 + 400),
+            "base, then doubled per attempt, nothing added"
+        );
     }
 
     #[tokio::test]
