@@ -1,0 +1,91 @@
+//! A warm's leases: written before the index is read, extended while the
+//! warm makes progress, and never revived once an Evict ended them.
+
+use std::time::Duration;
+
+use super::run::WarmRun;
+use super::WarmError;
+use crate::index::{span_millis, CacheIndex, Lease, Millis};
+use crate::store::ObjectStore;
+
+impl<S: ObjectStore, I: CacheIndex> WarmRun<'_, S, I> {
+    /// Extends one lease per requested prefix to max(old, now + ttl). The
+    /// progress remembers each lease's epoch from this warm's first write;
+    /// later writes extend only that same lease, and a lease that was ended
+    /// (by an Evict) or lapsed (and may have been swept) meanwhile is
+    /// [`WarmError::LeaseEnded`], not silently revived.
+    pub async fn write_leases(&self) -> Result<(), WarmError> {
+        let clock = &self.w.clock;
+        let expires_at = clock.now().saturating_add(span_millis(self.spec.ttl));
+        let mut earliest = Millis::MAX;
+        for prefix in self.spec.lease_prefixes() {
+            let mut lease = Lease::new(
+                self.dir(),
+                prefix.as_str(),
+                self.spec.source.as_str(),
+                expires_at,
+            );
+            let known = self.progress.lease_epoch(prefix.as_str());
+            if let Some(epoch) = &known {
+                lease.epoch.clone_from(epoch);
+            }
+            // Strict: expired on our clock is over (the sweeper hands the
+            // lease on with a new epoch before deleting, so a renewal that
+            // races it is refused either way).
+            let stored = self.w.index.extend_lease(&lease, clock.now()).await?;
+            match known {
+                Some(epoch) if epoch != stored.epoch => {
+                    return Err(WarmError::LeaseEnded {
+                        prefix: prefix.to_string(),
+                    })
+                }
+                Some(_) => {}
+                None => self
+                    .progress
+                    .add_lease_epoch(prefix.as_str(), &stored.epoch),
+            }
+            earliest = earliest.min(stored.expires_at);
+        }
+        self.progress.set_lease_expiry(earliest);
+        Ok(())
+    }
+
+    /// Keeps the leases alive while the warm runs (it can outlast a short
+    /// TTL, and nothing it reports ready may expire before it reports it),
+    /// but only while it makes progress (a stuck warm must not keep data
+    /// alive forever). Runs until a lease turns out ended: then stops the
+    /// warm and returns why.
+    pub async fn renew_leases(&self) -> WarmError {
+        let renew_every =
+            (self.spec.ttl / 2).clamp(Duration::from_millis(100), Duration::from_secs(30));
+        let mut tick = tokio::time::interval(renew_every);
+        tick.tick().await;
+        let mut warned = false;
+        loop {
+            tick.tick().await;
+            // Waiting for a copy slot while the engine works for other
+            // warms is not being stuck.
+            let idle = self.progress.idle().min(self.w.engine.idle());
+            if idle > self.w.settings.stall_limit {
+                if !std::mem::replace(&mut warned, true) {
+                    tracing::warn!(operation_id = self.owner, idle = ?idle,
+                        "warm made no progress; its leases are no longer extended");
+                }
+                continue;
+            }
+            warned = false;
+            match self.write_leases().await {
+                Ok(()) => {}
+                Err(e @ WarmError::LeaseEnded { .. }) => {
+                    // Stop the work: what was evicted must not be brought
+                    // back behind the caller's back.
+                    self.stop.cancel();
+                    return e;
+                }
+                Err(e) => {
+                    tracing::warn!(operation_id = self.owner, error = %e, "lease renewal failed");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,192 @@
+//! One warm, start to finish: lease, plan, claim, copy, record.
+//!
+//! Order matters for the guarantees (doc/SEMANTICS.md): leases are written
+//! before the index is read and kept extended while the warm runs; a key is
+//! claimed before it is copied, so overlapping warms copy it once; and an
+//! entry is written only after its copy succeeded. Listing, planning and
+//! copying overlap: the planner feeds bounded queues that the copiers
+//! drain, so memory does not grow with the number of objects.
+//!
+//! Where each part lives: [`WarmRun`] (`run.rs`) is one warm's state and
+//! the pipeline that joins the parts; `leases.rs` writes and renews its
+//! leases; `listing.rs` pages through the source; `planning.rs` merges a
+//! page with the index and claims what to copy; `settle.rs` takes one key
+//! to its end (waiting out another holder, deciding again after a lost
+//! claim); `copying.rs` copies a claimed key and keeps its claim alive;
+//! `writer.rs` records copies in batches.
+
+mod copying;
+mod leases;
+mod listing;
+mod planning;
+mod run;
+mod settle;
+mod writer;
+
+#[cfg(test)]
+mod fault_tests;
+#[cfg(test)]
+mod stall_tests;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use expresscache::WarmSpec;
+
+use crate::clock::Clock;
+use crate::exec::{CopyEngine, EngineSettings};
+use crate::index::{CacheIndex, IndexError};
+use crate::progress::Progress;
+use crate::stop::StopSignal;
+use crate::store::{ObjectStore, StoreError};
+
+use run::WarmRun;
+
+/// Tuning of the copy path.
+#[derive(Debug, Clone)]
+pub struct WarmSettings {
+    /// Queues a warm's copies are spread over, by hash of the key.
+    pub shards: usize,
+    /// Copies one shard works on at once (the engine's global and adaptive
+    /// limits apply on top).
+    pub per_shard_concurrency: usize,
+    /// The shared copy engine: concurrency, retries, multipart.
+    pub engine: EngineSettings,
+    /// How long a claim on a key lasts; a holder that crashes blocks others
+    /// at most this long.
+    pub claim_ttl: Duration,
+    /// First delay between checks while waiting for another operation's
+    /// claim; grows to 1s.
+    pub wait_poll: Duration,
+    /// How far clocks may disagree: a claim is taken over only this long
+    /// past its deadline (doc/SEMANTICS.md, clock skew).
+    pub skew_margin: Duration,
+    /// A warm that has made no progress at all (no listing page, no copy
+    /// attempt ending, no index answer while waiting) for this long stops
+    /// extending its leases: a stuck warm must not keep data alive forever.
+    pub stall_limit: Duration,
+}
+
+impl Default for WarmSettings {
+    fn default() -> Self {
+        Self::from(&crate::config::Config::default())
+    }
+}
+
+impl From<&crate::config::Config> for WarmSettings {
+    fn from(c: &crate::config::Config) -> Self {
+        Self {
+            shards: 8,
+            // shards x per_shard (default 16) = twice the engine's default
+            // global cap: an unlucky shard with more keys than the others
+            // still keeps the engine busy; the engine's cap bounds what is
+            // in flight.
+            per_shard_concurrency: c.shard_concurrency,
+            engine: EngineSettings::from(c),
+            claim_ttl: Duration::from_secs(600),
+            wait_poll: Duration::from_millis(50),
+            skew_margin: c.clock_skew_margin,
+            stall_limit: Duration::from_secs(15 * 60),
+        }
+    }
+}
+
+/// What a warm needs from the outside world. One warmer (and so one copy
+/// engine, with its global cap) serves every warm of a server.
+#[derive(Debug)]
+pub struct Warmer<S, I> {
+    pub store: Arc<S>,
+    pub index: Arc<I>,
+    pub clock: Arc<dyn Clock>,
+    pub settings: WarmSettings,
+    pub engine: CopyEngine<S>,
+}
+
+impl<S: ObjectStore, I> Warmer<S, I> {
+    pub fn new(
+        store: Arc<S>,
+        index: Arc<I>,
+        clock: Arc<dyn Clock>,
+        settings: WarmSettings,
+    ) -> Self {
+        Self {
+            engine: CopyEngine::new(Arc::clone(&store), settings.engine.clone()),
+            store,
+            index,
+            clock,
+            settings,
+        }
+    }
+}
+
+/// How a warm that ran to its end ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WarmOutcome {
+    /// Every listed object is present and current.
+    Succeeded,
+    /// Some keys failed (the progress lists them); the rest is ready.
+    PartiallyFailed,
+    /// A user cancelled it: no new copy started after that.
+    Cancelled,
+    /// A shutdown interrupted it; it stays unfinished and resumes later.
+    Interrupted,
+}
+
+/// Why a warm could not do its job at all (per-key failures are not this).
+#[derive(Debug, thiserror::Error)]
+pub enum WarmError {
+    #[error("listing s3://{bucket}/{prefix} failed: {source}")]
+    List {
+        bucket: String,
+        prefix: String,
+        source: StoreError,
+    },
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    /// One of this warm's leases ended while it ran (an `Evict` ended it,
+    /// or it lapsed while the warm made no progress): objects it had
+    /// already counted as ready may have been deleted.
+    #[error(
+        "the lease on {prefix:?} ended while this warm ran (an Evict ended it, or it lapsed \
+         while the warm made no progress), so objects it had counted as ready may have been \
+         deleted; warm again to bring them back"
+    )]
+    LeaseEnded { prefix: String },
+    /// A listing answered a continuation token it had answered before:
+    /// following it would loop forever.
+    #[error("listing s3://{bucket}/{prefix} repeated continuation token {token:?}")]
+    ListingLoop {
+        bucket: String,
+        prefix: String,
+        token: String,
+    },
+}
+
+impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
+    /// Runs the warm as operation `owner`; per-key failures land in
+    /// `progress` (and make the outcome PartiallyFailed), an error means the
+    /// warm as a whole failed.
+    pub async fn run(
+        &self,
+        spec: &WarmSpec,
+        progress: &Progress,
+        owner: &str,
+    ) -> Result<WarmOutcome, WarmError> {
+        self.run_until(spec, progress, owner, &StopSignal::default())
+            .await
+    }
+
+    /// [`run`](Self::run) that also stops early when `stop` is set: no new
+    /// listing page, no new copy; copies in flight finish and are recorded.
+    pub async fn run_until(
+        &self,
+        spec: &WarmSpec,
+        progress: &Progress,
+        owner: &str,
+        stop: &StopSignal,
+    ) -> Result<WarmOutcome, WarmError> {
+        WarmRun::new(self, spec, progress, owner, stop).run().await
+    }
+}

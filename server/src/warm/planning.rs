@@ -1,0 +1,197 @@
+//! Merging the listing with the index: each page is decided key by key
+//! (hit, copy, wait for another holder, or fail), what must be copied is
+//! claimed in one batch, and the tasks are queued to the copy shards.
+
+use expresscache::Prefix;
+use tokio::sync::mpsc;
+
+use super::listing::Page;
+use super::run::WarmRun;
+use super::WarmError;
+use crate::index::{CacheIndex, Claim, ClaimOutcome, Millis, RecordCursor};
+use crate::plan::{Decision, Planner};
+use crate::progress::Progress;
+use crate::store::{ListPage, ObjectMeta, ObjectStore};
+
+/// Listing pages fetched ahead of the planner: the next page is listed
+/// while this one is planned, so a re-warm costs about the listing alone.
+const PAGES_AHEAD: usize = 2;
+
+/// One key to settle.
+pub(super) struct CopyTask {
+    pub object: ObjectMeta,
+    pub dest_key: String,
+    /// Set when the planner saw another operation's claim on the key.
+    pub wait_for: Option<Claim>,
+    /// When the planner took this warm's claim on the key, if it did.
+    pub claimed_at: Option<Millis>,
+}
+
+/// Where a page's merge with the index left off: the prefix and the last
+/// destination key planned, so the next page of that prefix reads the
+/// index from there.
+struct Resume {
+    prefix: Prefix,
+    last_key: String,
+}
+
+impl<S: ObjectStore, I: CacheIndex> WarmRun<'_, S, I> {
+    /// Lists each prefix page by page, merges it with the index and queues
+    /// what must be copied or waited for.
+    pub async fn plan(&self, shards: &[mpsc::Sender<CopyTask>]) -> Result<(), WarmError> {
+        let (pages_tx, mut pages) = mpsc::channel::<Page>(PAGES_AHEAD);
+        let planner = async {
+            let mut resume: Option<Resume> = None;
+            while let Some((prefix, page)) = pages.recv().await {
+                let after = resume
+                    .take()
+                    .filter(|r| r.prefix == prefix)
+                    .map(|r| r.last_key);
+                let tasks = self.triage(&prefix, after, &page).await?;
+                let tasks = self.claim_batch(tasks).await?;
+                self.dispatch(tasks, shards).await;
+                resume = Some(Resume {
+                    prefix,
+                    last_key: self.last_dest_key(&page),
+                });
+            }
+            Ok::<(), WarmError>(())
+        };
+        let (listed, planned) = tokio::join!(self.list(pages_tx), planner);
+        planned?;
+        listed
+    }
+
+    fn last_dest_key(&self, page: &ListPage) -> String {
+        page.objects
+            .last()
+            .map(|o| self.spec.dest_key(&o.key))
+            .unwrap_or_default()
+    }
+
+    /// Decides each key of `page` against the index (one ordered read of
+    /// the page's key range, continuing after `after`): counts hits, fails
+    /// what cannot be copied, and returns the rest as tasks.
+    async fn triage(
+        &self,
+        prefix: &Prefix,
+        after: Option<String>,
+        page: &ListPage,
+    ) -> Result<Vec<CopyTask>, WarmError> {
+        let progress = self.progress;
+        Progress::add(&progress.listed, page.objects.len() as u64);
+        Progress::add(
+            &progress.bytes_listed,
+            page.objects.iter().map(|o| o.size).sum(),
+        );
+        let planner = Planner {
+            source_bucket: self.spec.source.as_str(),
+            owner: self.owner,
+            force: self.spec.force_copy,
+            now: self.takeover_now(),
+        };
+        let dest_prefix = self.spec.dest_key(prefix.as_str());
+        let last = self.last_dest_key(page);
+        let mut records = RecordCursor::new(
+            self.w.index.as_ref(),
+            self.dir(),
+            &dest_prefix,
+            after,
+            &last,
+        );
+        let mut tasks = Vec::new();
+        for obj in &page.objects {
+            let dest_key = self.spec.dest_key(&obj.key);
+            let record = records.seek(&dest_key).await?;
+            let wait_for = match planner.decide(obj, record.as_ref()) {
+                Decision::Hit => {
+                    Progress::add(&progress.hits, 1);
+                    continue;
+                }
+                Decision::Clash { cached_from } => {
+                    progress.fail(
+                        &obj.key,
+                        "KeyClash",
+                        format!(
+                            "{}/{dest_key} is already cached from {cached_from}; \
+                             evict it first, or use a destination_prefix",
+                            self.dir()
+                        ),
+                    );
+                    continue;
+                }
+                Decision::Copy(_) => None,
+                Decision::Wait(claim) => Some(claim),
+            };
+            if dest_key.len() > expresscache::names::MAX_KEY_BYTES {
+                progress.fail(
+                    &obj.key,
+                    "KeyTooLong",
+                    format!(
+                        "destination key would be {} bytes; S3 allows 1024",
+                        dest_key.len()
+                    ),
+                );
+                continue;
+            }
+            Progress::add(&progress.to_copy, 1);
+            Progress::add(&progress.bytes_to_copy, obj.size);
+            tasks.push(CopyTask {
+                object: obj.clone(),
+                dest_key,
+                wait_for,
+                claimed_at: None,
+            });
+        }
+        Ok(tasks)
+    }
+
+    /// Claims every task's key that nobody else was seen holding, in one
+    /// index round trip; a key someone else holds becomes a wait.
+    async fn claim_batch(&self, mut tasks: Vec<CopyTask>) -> Result<Vec<CopyTask>, WarmError> {
+        let to_claim: Vec<String> = tasks
+            .iter()
+            .filter(|t| t.wait_for.is_none())
+            .map(|t| t.dest_key.clone())
+            .collect();
+        if to_claim.is_empty() {
+            return Ok(tasks);
+        }
+        let now = self.w.clock.now();
+        let outcomes = self
+            .w
+            .index
+            .claim_copies(self.dir(), &to_claim, &self.claim_terms())
+            .await?;
+        let mut outcomes = outcomes.into_iter();
+        for t in tasks.iter_mut().filter(|t| t.wait_for.is_none()) {
+            match outcomes.next() {
+                Some(ClaimOutcome::Claimed) => t.claimed_at = Some(now),
+                Some(ClaimOutcome::Held(c)) => t.wait_for = Some(c),
+                None => {}
+            }
+        }
+        Ok(tasks)
+    }
+
+    /// Queues each task to its key's shard; if the copiers are gone (the
+    /// warm is ending), gives back the claims the tasks hold.
+    async fn dispatch(&self, tasks: Vec<CopyTask>, shards: &[mpsc::Sender<CopyTask>]) {
+        for task in tasks {
+            let shard = shard_of(&task.dest_key, shards.len());
+            if let Err(mpsc::error::SendError(task)) = shards[shard].send(task).await {
+                if task.claimed_at.is_some() {
+                    self.release(&task.dest_key).await;
+                }
+            }
+        }
+    }
+}
+
+/// The shard of a key: a stable hash, so a key always lands in one queue.
+fn shard_of(key: &str, shards: usize) -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut h);
+    (h.finish() % shards.max(1) as u64) as usize
+}

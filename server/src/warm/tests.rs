@@ -1,0 +1,209 @@
+//! The warm against in-memory stores: outcomes, retries, failures.
+
+use super::*;
+use crate::index::{KeyRange, SqliteIndex};
+use crate::operation::{OperationState, Outcome};
+use crate::store::{FaultStore, MemoryStore, Op};
+use expresscache::proto::v1 as pb;
+use std::sync::atomic::Ordering;
+
+const SRC: &str = "src";
+const DIR: &str = "cache--use1-az4--x-s3";
+
+fn setup(keys: &[&str]) -> Warmer<FaultStore<MemoryStore>, SqliteIndex> {
+    let mem = MemoryStore::with_page_size(3);
+    mem.create_bucket(SRC);
+    mem.create_bucket(DIR);
+    for k in keys {
+        mem.put(SRC, k, 10);
+    }
+    Warmer::new(
+        Arc::new(FaultStore::new(mem)),
+        Arc::new(SqliteIndex::open_in_memory().unwrap()),
+        Arc::new(crate::clock::SystemClock),
+        WarmSettings {
+            engine: crate::exec::EngineSettings {
+                retry_base_delay: Duration::from_millis(1),
+                ..Default::default()
+            },
+            ..WarmSettings::default()
+        },
+    )
+}
+
+fn spec(force: bool) -> WarmSpec {
+    WarmSpec::parse(
+        &pb::WarmCacheRequest {
+            bucket: SRC.into(),
+            prefixes: vec!["d/".into()],
+            directory_bucket: DIR.into(),
+            ttl: Some(prost_types::Duration {
+                seconds: 60,
+                nanos: 0,
+            }),
+            force_copy: force,
+            request_id: String::new(),
+            destination_prefix: String::new(),
+        },
+        &expresscache::Limits::default(),
+    )
+    .unwrap()
+}
+
+async fn run(w: &Warmer<FaultStore<MemoryStore>, SqliteIndex>) -> OperationState {
+    let (progress, _rx) = Progress::new("op".into(), w.clock.clone());
+    let outcome = match w.run(&spec(false), &progress, "op").await.unwrap() {
+        WarmOutcome::Succeeded => Outcome::Succeeded,
+        WarmOutcome::PartiallyFailed => Outcome::PartiallyFailed,
+        other => panic!("{other:?}"),
+    };
+    progress.finish(outcome, None)
+}
+
+async fn cached_keys(w: &Warmer<FaultStore<MemoryStore>, SqliteIndex>) -> Vec<String> {
+    w.index
+        .records(DIR, &KeyRange::prefix(""), 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.entry.is_some() && r.claim.is_none())
+        .map(|r| r.key)
+        .collect()
+}
+
+#[tokio::test]
+async fn retryable_faults_are_retried_until_the_copy_succeeds() {
+    let w = setup(&["d/1", "d/2", "d/3", "d/4", "d/5"]);
+    w.store.fail(
+        Op::Copy,
+        Some("d/2"),
+        StoreError::Throttled("SlowDown".into()),
+        Some(2),
+    );
+    w.store.fail(
+        Op::Copy,
+        Some("d/4"),
+        StoreError::Service {
+            code: "InternalError".into(),
+            status: 500,
+            message: "boom".into(),
+        },
+        Some(1),
+    );
+    let last = run(&w).await;
+    assert_eq!(last.outcome, Some(Outcome::Succeeded));
+    assert_eq!(last.counters.objects_copied, 5);
+    assert_eq!(w.store.injected.load(Ordering::Relaxed), 3);
+    // 5 successful copies; the 3 failed attempts never reached the store.
+    assert_eq!(w.store.inner().counters.copy.load(Ordering::Relaxed), 5);
+    assert_eq!(cached_keys(&w).await.len(), 5);
+}
+
+#[tokio::test]
+async fn terminal_errors_fail_the_key_and_leave_no_entry() {
+    let w = setup(&["d/1", "d/2", "d/3", "d/4"]);
+    w.store.fail(
+        Op::Copy,
+        Some("d/3"),
+        StoreError::AccessDenied("nope".into()),
+        None,
+    );
+    w.store
+        .fail(Op::Copy, Some("d/1"), StoreError::PreconditionFailed, None);
+    let last = run(&w).await;
+    assert_eq!(last.outcome, Some(Outcome::PartiallyFailed));
+    let c = last.counters;
+    assert_eq!((c.objects_copied, c.objects_failed), (2, 2));
+    let mut codes: Vec<(String, String)> = last
+        .failures
+        .iter()
+        .map(|f| (f.key.clone(), f.code.clone()))
+        .collect();
+    codes.sort();
+    assert_eq!(
+        codes,
+        [
+            ("d/1".to_owned(), "SourceChanged".to_owned()),
+            ("d/3".to_owned(), "AccessDenied".to_owned())
+        ]
+    );
+    // One attempt each: terminal errors are not retried.
+    assert_eq!(w.store.injected.load(Ordering::Relaxed), 2);
+    assert_eq!(cached_keys(&w).await, ["d/2", "d/4"]);
+    // The next warm copies only what failed.
+    w.store.clear();
+    let again = run(&w).await;
+    let c = again.counters;
+    assert_eq!((c.objects_hit, c.objects_copied), (2, 2));
+}
+
+#[tokio::test]
+async fn ten_percent_retryable_faults_still_copy_every_object_exactly_once() {
+    let keys: Vec<String> = (0..2000).map(|i| format!("d/{i:05}")).collect();
+    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let w = setup(&refs);
+    w.store.fail_every(
+        Op::Copy,
+        10,
+        &[
+            StoreError::Throttled("SlowDown".into()),
+            StoreError::Service {
+                code: "InternalError".into(),
+                status: 500,
+                message: "injected".into(),
+            },
+            StoreError::Transport("connection reset (injected)".into()),
+        ],
+    );
+    let last = run(&w).await;
+    let c = last.counters;
+    assert_eq!(
+        last.outcome,
+        Some(Outcome::Succeeded),
+        "{:?}",
+        last.failures
+    );
+    assert_eq!((c.objects_copied, c.objects_failed), (2000, 0));
+    let injected = w.store.injected.load(Ordering::Relaxed);
+    assert!(injected >= 200, "about 10% of calls failed: {injected}");
+    // Every injected fault was retried, and seen in the progress.
+    assert_eq!(c.copy_retries, injected);
+    assert!(c.throttle_events >= injected * 2 / 3 - 1, "{c:?}");
+    // Exactly one successful CopyObject per object reached the store.
+    assert_eq!(w.store.inner().counters.copy.load(Ordering::Relaxed), 2000);
+    assert_eq!(w.store.inner().keys(DIR).len(), 2000);
+    assert_eq!(w.index.usage(DIR, "").await.unwrap().objects, 2000);
+}
+
+#[tokio::test]
+async fn a_failed_listing_fails_the_warm() {
+    let w = setup(&["d/1"]);
+    w.store.fail(
+        Op::List,
+        None,
+        StoreError::AccessDenied("list denied".into()),
+        None,
+    );
+    let (progress, _rx) = Progress::new("op".into(), w.clock.clone());
+    let err = w.run(&spec(false), &progress, "op").await.unwrap_err();
+    assert!(err.to_string().contains("list denied"), "{err}");
+}
+
+#[tokio::test]
+async fn rewarm_does_no_per_object_store_request() {
+    let w = setup(&["d/1", "d/2", "d/3", "d/4", "d/5", "d/6", "d/7"]);
+    run(&w).await;
+    let copies = w.store.inner().counters.copy.load(Ordering::Relaxed);
+    let lists = w.store.inner().counters.list.load(Ordering::Relaxed);
+    let last = run(&w).await;
+    assert_eq!(last.counters.objects_hit, 7);
+    assert_eq!(
+        w.store.inner().counters.copy.load(Ordering::Relaxed),
+        copies
+    );
+    // Page size 3: 7 keys are 3 pages, the only requests of a re-warm.
+    assert_eq!(
+        w.store.inner().counters.list.load(Ordering::Relaxed) - lists,
+        3
+    );
+}
