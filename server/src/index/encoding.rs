@@ -7,6 +7,7 @@
 //! Version 1 is the first; a later version adds a variant here and a
 //! decode path for the older ones, never a change to an existing one.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use expresscache::{BucketName, DirectoryBucketName, Prefix, RequestId, WarmSpec};
@@ -34,21 +35,42 @@ pub struct RequestDoc {
     pub destination_prefix: String,
 }
 
-/// Stored counters.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct CountersDoc {
-    pub objects_listed: u64,
-    pub objects_hit: u64,
-    pub objects_to_copy: u64,
-    pub objects_copied: u64,
-    pub objects_failed: u64,
-    pub objects_shared: u64,
-    pub bytes_listed: u64,
-    pub bytes_to_copy: u64,
-    pub bytes_copied: u64,
-    pub copy_retries: u64,
-    pub throttle_events: u64,
+/// Stored counters, by name: a counter added later reads as 0 from an
+/// older document, and one dropped later is ignored.
+pub type CountersDoc = BTreeMap<String, u64>;
+
+/// Where one counter lives in [`Counters`].
+type CounterField = fn(&mut Counters) -> &mut u64;
+
+/// The stored name of each counter, and where it lives in [`Counters`].
+const COUNTERS: [(&str, CounterField); 11] = [
+    ("objects_listed", |c| &mut c.objects_listed),
+    ("objects_hit", |c| &mut c.objects_hit),
+    ("objects_to_copy", |c| &mut c.objects_to_copy),
+    ("objects_copied", |c| &mut c.objects_copied),
+    ("objects_failed", |c| &mut c.objects_failed),
+    ("objects_shared", |c| &mut c.objects_shared),
+    ("bytes_listed", |c| &mut c.bytes_listed),
+    ("bytes_to_copy", |c| &mut c.bytes_to_copy),
+    ("bytes_copied", |c| &mut c.bytes_copied),
+    ("copy_retries", |c| &mut c.copy_retries),
+    ("throttle_events", |c| &mut c.throttle_events),
+];
+
+fn counters_doc(c: &Counters) -> CountersDoc {
+    let mut c = *c;
+    COUNTERS
+        .iter()
+        .map(|(name, field)| ((*name).to_owned(), *field(&mut c)))
+        .collect()
+}
+
+fn counters_of(doc: &CountersDoc) -> Counters {
+    let mut c = Counters::default();
+    for (name, field) in COUNTERS {
+        *field(&mut c) = doc.get(name).copied().unwrap_or(0);
+    }
+    c
 }
 
 /// A stored key failure.
@@ -174,24 +196,11 @@ impl RequestDoc {
 
 impl From<&OperationState> for StateDoc {
     fn from(s: &OperationState) -> Self {
-        let c = &s.counters;
         Self {
             v: VERSION,
             operation_id: s.operation_id.clone(),
             phase: name_of(&PHASES, s.phase).to_owned(),
-            counters: CountersDoc {
-                objects_listed: c.objects_listed,
-                objects_hit: c.objects_hit,
-                objects_to_copy: c.objects_to_copy,
-                objects_copied: c.objects_copied,
-                objects_failed: c.objects_failed,
-                objects_shared: c.objects_shared,
-                bytes_listed: c.bytes_listed,
-                bytes_to_copy: c.bytes_to_copy,
-                bytes_copied: c.bytes_copied,
-                copy_retries: c.copy_retries,
-                throttle_events: c.throttle_events,
-            },
+            counters: counters_doc(&s.counters),
             outcome: s.outcome.map(|o| name_of(&OUTCOMES, o).to_owned()),
             failures: s
                 .failures
@@ -216,23 +225,10 @@ impl From<&OperationState> for StateDoc {
 impl StateDoc {
     pub fn decode(self) -> Result<OperationState, IndexError> {
         check_version(self.v, "state")?;
-        let c = self.counters;
         Ok(OperationState {
+            counters: counters_of(&self.counters),
             operation_id: self.operation_id,
             phase: value_of(&PHASES, &self.phase, "phase")?,
-            counters: Counters {
-                objects_listed: c.objects_listed,
-                objects_hit: c.objects_hit,
-                objects_to_copy: c.objects_to_copy,
-                objects_copied: c.objects_copied,
-                objects_failed: c.objects_failed,
-                objects_shared: c.objects_shared,
-                bytes_listed: c.bytes_listed,
-                bytes_to_copy: c.bytes_to_copy,
-                bytes_copied: c.bytes_copied,
-                copy_retries: c.copy_retries,
-                throttle_events: c.throttle_events,
-            },
             outcome: self
                 .outcome
                 .map(|o| value_of(&OUTCOMES, &o, "outcome"))
@@ -326,6 +322,23 @@ mod tests {
         let text = request_json(&spec());
         assert!(text.starts_with(r#"{"v":1,"source":"src","#), "{text}");
         assert!(text.contains(r#""ttl_ms":90500"#), "{text}");
+    }
+
+    #[test]
+    fn counters_are_stored_by_name_and_missing_ones_read_as_zero() {
+        let c = Counters {
+            objects_copied: 5,
+            throttle_events: 1,
+            ..Counters::default()
+        };
+        let doc = counters_doc(&c);
+        assert_eq!(doc.len(), 11, "every counter has a stored name");
+        assert_eq!(counters_of(&doc), c);
+        let partial: CountersDoc = [("objects_copied".to_owned(), 2), ("gone".to_owned(), 9)]
+            .into_iter()
+            .collect();
+        let read = counters_of(&partial);
+        assert_eq!((read.objects_copied, read.objects_hit), (2, 0));
     }
 
     #[test]

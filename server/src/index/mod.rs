@@ -1,5 +1,8 @@
-//! `CacheIndex`: the service's record of what is cached, the leases that
-//! keep it, and the operations that put it there.
+//! The service's durable state, behind two traits: [`CacheIndex`] (what is
+//! cached, the leases that keep it, the claims on keys in flight) and
+//! [`OperationLog`] (warms as records: request, state checkpoints,
+//! idempotency, resumption). Operations are stored as the versioned
+//! documents of [`encoding`], never as wire messages.
 //!
 //! Every operation is expressed so it maps onto one conditional write or one
 //! transaction of a key-value store (SQLite here; DynamoDB

@@ -7,7 +7,6 @@ use crate::gate::{Gate, Pass};
 use crate::index::{ClaimOutcome, ClaimTerms, Completion, Entry};
 use crate::index::{KeyRange, SqliteIndex};
 use crate::store::{FaultStore, MemoryStore};
-use expresscache::proto::v1 as pb;
 use expresscache::Prefix;
 use expresscache::{DirectoryBucketName, EvictSpec};
 use futures::future::BoxFuture;
@@ -85,20 +84,7 @@ fn hold(call: &'static str, subject: Option<&'static str>, nth: usize) -> Arc<Ho
 }
 
 fn spec() -> WarmSpec {
-    WarmSpec::parse(
-        &pb::WarmCacheRequest {
-            bucket: SRC.into(),
-            prefixes: vec!["d/".into()],
-            directory_bucket: DIR.into(),
-            ttl: Some(prost_types::Duration {
-                seconds: 60,
-                nanos: 0,
-            }),
-            ..Default::default()
-        },
-        &expresscache::Limits::default(),
-    )
-    .unwrap()
+    super::tests::spec(false)
 }
 
 #[tokio::test]

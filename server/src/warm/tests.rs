@@ -31,7 +31,7 @@ fn setup(keys: &[&str]) -> Warmer<FaultStore<MemoryStore>, SqliteIndex> {
     )
 }
 
-fn spec(force: bool) -> WarmSpec {
+pub(super) fn spec(force: bool) -> WarmSpec {
     WarmSpec::parse(
         &pb::WarmCacheRequest {
             bucket: SRC.into(),
