@@ -300,6 +300,13 @@ pub enum IndexError {
     Storage(String),
     #[error("corrupt index record: {0}")]
     Corrupt(String),
+    /// The backend is throttling, failing with 5xx, or not answering in
+    /// time, even after its client's retries: the same call may succeed
+    /// later (as opposed to [`Storage`](Self::Storage), which waiting does
+    /// not fix). A failed condition is never this: it is the answer
+    /// (`ClaimOutcome::Held`, `Completion::ClaimLost`, ...).
+    #[error("index unavailable (retryable): {0}")]
+    Unavailable(String),
 }
 
 /// The cache index: leases, entries and claims. Every method is one atomic step (one conditional write

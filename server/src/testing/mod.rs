@@ -1,6 +1,6 @@
 //! Test support shared by this crate's and the client's integration tests
-//! (feature `test-support`): a moto S3 server on a free port, an SDK client
-//! pointed at it, an in-process expresscache server, unique names, and an
+//! (feature `test-support`): a moto server (S3 and DynamoDB) on a free
+//! port, SDK clients pointed at it, an in-process expresscache server, unique names, and an
 //! HTTP fault-injection proxy ([`proxy::FaultProxy`]).
 //!
 //! A test that needs moto and cannot start it panics with what is missing:
@@ -17,7 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region, SharedCredentialsProvider};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
     BucketInfo, BucketType, CreateBucketConfiguration, DataRedundancy, LocationInfo, LocationType,
@@ -93,6 +93,19 @@ impl Moto {
     /// An S3 client for this endpoint with dummy credentials.
     pub fn s3(&self) -> aws_sdk_s3::Client {
         s3_client(&self.endpoint)
+    }
+
+    /// SDK settings for this endpoint (us-east-1, dummy credentials), for
+    /// the other services moto serves (DynamoDB).
+    pub fn sdk_config(&self) -> aws_config::SdkConfig {
+        aws_config::SdkConfig::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .endpoint_url(&self.endpoint)
+            .region(Region::new("us-east-1"))
+            .credentials_provider(SharedCredentialsProvider::new(Credentials::new(
+                "test", "test", None, None, "static",
+            )))
+            .build()
     }
 }
 
