@@ -5,20 +5,23 @@
 //! documents of [`encoding`], never as wire messages.
 //!
 //! Every operation is expressed so it maps onto one conditional write or one
-//! transaction of a key-value store (SQLite here; DynamoDB
-//! `TransactWriteItems` later), and reads are key-ordered pages so the
-//! planner can merge them with a source listing in bounded memory.
+//! transaction of a key-value store (SQLite: [`SqliteIndex`]; DynamoDB, one
+//! conditional write per item: [`DynamoIndex`], doc/INDEX-DYNAMODB.md), and
+//! reads are key-ordered pages so the planner can merge them with a source
+//! listing in bounded memory.
 
 #[cfg(any(test, feature = "test-support"))]
 pub mod conformance;
 mod counting;
 mod cursor;
+pub mod dynamo;
 pub mod encoding;
 mod legacy;
 mod sqlite;
 
 pub use counting::CountingIndex;
 pub use cursor::{RecordCursor, CURSOR_PAGE};
+pub use dynamo::DynamoIndex;
 pub use sqlite::SqliteIndex;
 
 use std::ops::Bound;

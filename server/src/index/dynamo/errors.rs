@@ -1,0 +1,93 @@
+//! SDK failures as [`IndexError`]s. A failed condition is not among them:
+//! the requests in `mod.rs` turn it into [`Cond::Refused`](super::Cond),
+//! the answer it is.
+
+use aws_sdk_dynamodb::config::http::HttpResponse;
+use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+
+use super::layout::Item;
+use super::IndexError;
+
+/// Error codes that mean "too much right now": waiting may fix them.
+const BUSY_CODES: &[&str] = &[
+    "ProvisionedThroughputExceededException",
+    "ThrottlingException",
+    "RequestLimitExceeded",
+    "LimitExceededException",
+    "InternalServerError",
+    "ServiceUnavailable",
+    "TransactionInProgressException",
+];
+
+/// Maps what the SDK gave up on (after its own retries) onto
+/// [`IndexError`]: throttling, 5xx, timeouts and connection failures are
+/// [`IndexError::Unavailable`]; a missing table names the command that
+/// creates it; the rest (access denied, validation) is
+/// [`IndexError::Storage`].
+pub fn classify<E>(
+    call: &str,
+    table: &str,
+    create_hint: &str,
+    err: &SdkError<E, HttpResponse>,
+) -> IndexError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    match err {
+        SdkError::ServiceError(se) => {
+            let code = se.err().code().unwrap_or_default();
+            let message = se.err().message().unwrap_or_default();
+            let status = se.raw().status().as_u16();
+            if code == "ResourceNotFoundException" {
+                IndexError::Storage(format!(
+                    "{call} on DynamoDB table {table}: table not found ({message}); {create_hint}"
+                ))
+            } else if BUSY_CODES.contains(&code) || status >= 500 {
+                IndexError::Unavailable(format!("{call} on {table}: {code}: {message}"))
+            } else {
+                IndexError::Storage(format!("{call} on {table}: {code} ({status}): {message}"))
+            }
+        }
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            IndexError::Unavailable(format!("{call} on {table}: {}", DisplayErrorContext(err)))
+        }
+        // Construction and serialization failures: ours, not the service's.
+        _ => IndexError::Storage(format!("{call} on {table}: {}", DisplayErrorContext(err))),
+    }
+}
+
+/// Errors that can be a failed condition, which carries the item as it
+/// was (ReturnValuesOnConditionCheckFailure = ALL_OLD).
+pub trait ConditionalFailure {
+    /// `Some(item)` if this is a failed condition (`item` is `None` when
+    /// there was no item), `None` for any other error.
+    fn refused_item(&self) -> Option<Option<Item>>;
+}
+
+impl ConditionalFailure for UpdateItemError {
+    fn refused_item(&self) -> Option<Option<Item>> {
+        match self {
+            Self::ConditionalCheckFailedException(e) => Some(e.item().cloned()),
+            _ => None,
+        }
+    }
+}
+
+impl ConditionalFailure for DeleteItemError {
+    fn refused_item(&self) -> Option<Option<Item>> {
+        match self {
+            Self::ConditionalCheckFailedException(e) => Some(e.item().cloned()),
+            _ => None,
+        }
+    }
+}
+
+/// The failed condition's item inside `err`, if that is what it is.
+pub fn refused<E: ConditionalFailure>(err: &SdkError<E, HttpResponse>) -> Option<Option<Item>> {
+    match err {
+        SdkError::ServiceError(se) => se.err().refused_item(),
+        _ => None,
+    }
+}

@@ -1,0 +1,594 @@
+//! The DynamoDB [`CacheIndex`]: records hashed over a fixed number of
+//! partitions per directory bucket, leases per directory bucket, every
+//! change one conditional write on one item. The layout, each condition and
+//! what each method costs are in doc/INDEX-DYNAMODB.md.
+//!
+//! - `layout`: table/attribute names, key encoding, item <-> type;
+//! - `leases`: the lease methods;
+//! - `records`: reading records (the partition merge) and usage;
+//! - `claims`: copy claims and their completion, release, evict bookkeeping;
+//! - `eviction`: `begin_evict` and its ancestor-lease check;
+//! - `tables`: creating and checking the tables;
+//! - `errors`, `requests`: SDK errors as `IndexError`, request counting.
+
+mod claims;
+mod errors;
+mod eviction;
+pub mod layout;
+mod leases;
+mod records;
+mod requests;
+mod tables;
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_sdk_dynamodb::config::retry::RetryConfig;
+use aws_sdk_dynamodb::config::timeout::TimeoutConfig;
+use aws_sdk_dynamodb::types::ReturnValue;
+use aws_sdk_dynamodb::types::ReturnValuesOnConditionCheckFailure as OnFailure;
+use futures::{StreamExt, TryStreamExt};
+
+pub use requests::RequestCounts;
+
+use self::layout::{names_in, prune, Item, Vals};
+use super::{
+    CacheIndex, ClaimOutcome, ClaimTerms, Completion, Entry, EvictDecision, IndexError, KeyRange,
+    Lease, Millis, Record, SweepBackoff, SweepFailure, Usage,
+};
+
+/// The scheme of an index location naming DynamoDB tables.
+pub const SCHEME: &str = "dynamodb://";
+
+/// The prefix of the index's table names, validated: 1 to 247 characters
+/// of `A-Z a-z 0-9 _ . -`, so that every table name built from it is a
+/// valid DynamoDB table name (at most 255 characters).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TablePrefix(String);
+
+impl TablePrefix {
+    /// Longest prefix: DynamoDB's 255 minus the longest suffix ("-records").
+    pub const MAX_LEN: usize = 255 - "-records".len();
+
+    /// Parses `dynamodb://TABLE_PREFIX`.
+    pub fn parse(location: &str) -> Result<Self, String> {
+        let Some(prefix) = location.strip_prefix(SCHEME) else {
+            return Err(format!(
+                "{location:?} is not a DynamoDB index location: expected \
+                 dynamodb://TABLE_PREFIX, e.g. dynamodb://expresscache"
+            ));
+        };
+        Self::new(prefix).map_err(|e| format!("{location:?}: {e}"))
+    }
+
+    /// Validates a bare table prefix.
+    pub fn new(prefix: &str) -> Result<Self, String> {
+        if prefix.is_empty() {
+            return Err("the table prefix is empty: name one, e.g. dynamodb://expresscache".into());
+        }
+        if prefix.len() > Self::MAX_LEN {
+            return Err(format!(
+                "the table prefix is {} characters long; at most {} fit in a DynamoDB table name",
+                prefix.len(),
+                Self::MAX_LEN
+            ));
+        }
+        if let Some(c) = prefix
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
+        {
+            return Err(format!(
+                "the table prefix {prefix:?} contains {c:?}; DynamoDB table names allow only \
+                 A-Z, a-z, 0-9, '_', '.' and '-'"
+            ));
+        }
+        Ok(Self(prefix.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The names of the tables under this prefix.
+    pub fn tables(&self) -> Tables {
+        Tables {
+            records: format!("{}-records", self.0),
+            leases: format!("{}-leases", self.0),
+        }
+    }
+}
+
+impl fmt::Display for TablePrefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{SCHEME}{}", self.0)
+    }
+}
+
+impl std::str::FromStr for TablePrefix {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::parse(s)
+    }
+}
+
+/// The index's table names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tables {
+    /// One item per key of a directory bucket (entry, claim).
+    pub records: String,
+    /// One item per lease.
+    pub leases: String,
+}
+
+/// How the index talks to DynamoDB.
+#[derive(Debug, Clone)]
+pub struct DynamoConfig {
+    /// Attempts per request (the SDK's standard retry mode: exponential
+    /// backoff with jitter on throttling, 5xx and timeouts).
+    pub max_attempts: u32,
+    /// Longest wait for one attempt's answer: a hung request is retried,
+    /// never waited on forever.
+    pub attempt_timeout: Duration,
+    /// Longest wait for a request with all its attempts.
+    pub operation_timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Requests one call sends at once (per-key writes of a batch, the
+    /// partition Queries of a page).
+    pub concurrency: usize,
+    /// Before claiming keys for eviction, read the covering leases once and
+    /// answer keys under a live lease `Live` without writing. Only saves the
+    /// claim-and-undo writes: the read after claiming decides either way.
+    pub precheck_leases: bool,
+}
+
+impl Default for DynamoConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: 3,
+            attempt_timeout: Duration::from_secs(10),
+            operation_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(3),
+            concurrency: 32,
+            precheck_leases: true,
+        }
+    }
+}
+
+/// DynamoDB-backed [`CacheIndex`].
+#[derive(Debug, Clone)]
+pub struct DynamoIndex {
+    client: aws_sdk_dynamodb::Client,
+    prefix: TablePrefix,
+    tables: Tables,
+    config: DynamoConfig,
+    requests: Arc<RequestCounts>,
+}
+
+/// Rounds a decision may take when the item keeps changing under it
+/// before the call gives up with [`IndexError::Unavailable`].
+const ROUNDS: usize = 8;
+
+/// The outcome of a conditional write: done (with the item's attributes as
+/// asked for), or refused with the item as it was (`None`: no item).
+#[derive(Debug)]
+pub(crate) enum Cond<T> {
+    Done(T),
+    Refused(Option<Item>),
+}
+
+/// One Query page to read.
+#[derive(Debug, Clone)]
+pub(crate) struct QuerySpec<'a> {
+    pub table: &'a str,
+    pub index: Option<&'a str>,
+    pub key_condition: String,
+    pub filter: Option<&'a str>,
+    pub projection: Option<&'a str>,
+    pub vals: Vals,
+    pub consistent: bool,
+    pub limit: Option<usize>,
+}
+
+impl DynamoIndex {
+    /// An index on the tables under `prefix`, with the default
+    /// [`DynamoConfig`]. Sends nothing: see [`check_tables`](Self::check_tables).
+    pub fn connect(sdk_config: &aws_config::SdkConfig, prefix: &TablePrefix) -> Self {
+        Self::connect_with(sdk_config, prefix, DynamoConfig::default())
+    }
+
+    pub fn connect_with(
+        sdk_config: &aws_config::SdkConfig,
+        prefix: &TablePrefix,
+        config: DynamoConfig,
+    ) -> Self {
+        let requests = Arc::new(RequestCounts::default());
+        let conf = aws_sdk_dynamodb::config::Builder::from(sdk_config)
+            .retry_config(RetryConfig::standard().with_max_attempts(config.max_attempts.max(1)))
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(config.connect_timeout)
+                    .operation_attempt_timeout(config.attempt_timeout)
+                    .operation_timeout(config.operation_timeout)
+                    .build(),
+            )
+            .interceptor(requests::CountRequests(Arc::clone(&requests)))
+            .build();
+        Self {
+            client: aws_sdk_dynamodb::Client::from_conf(conf),
+            tables: prefix.tables(),
+            prefix: prefix.clone(),
+            config,
+            requests,
+        }
+    }
+
+    pub fn tables(&self) -> &Tables {
+        &self.tables
+    }
+
+    pub fn prefix(&self) -> &TablePrefix {
+        &self.prefix
+    }
+
+    /// The requests sent to DynamoDB so far.
+    pub fn requests(&self) -> &RequestCounts {
+        &self.requests
+    }
+
+    /// What to tell an operator whose tables are missing or wrong.
+    fn create_hint(&self) -> String {
+        format!(
+            "create the tables with `expresscache-server index create --index {}`",
+            self.prefix
+        )
+    }
+
+    fn contention(&self, what: &str) -> IndexError {
+        IndexError::Unavailable(format!(
+            "{what}: the item kept changing under {ROUNDS} conditional writes; try again"
+        ))
+    }
+
+    /// Runs `f` over `items` with at most `concurrency` at once, answers in
+    /// the order of `items`. Not an `async fn`: the futures are made before
+    /// anything is awaited, so the returned future holds only them (not the
+    /// closure, whose higher-ranked signature the compiler cannot prove
+    /// `Send` inside `async_trait` methods).
+    fn each<T, R, F, Fut>(
+        &self,
+        items: impl IntoIterator<Item = T>,
+        f: F,
+    ) -> impl Future<Output = Result<Vec<R>, IndexError>>
+    where
+        F: FnMut(T) -> Fut,
+        Fut: Future<Output = Result<R, IndexError>>,
+    {
+        let futures: Vec<Fut> = items.into_iter().map(f).collect();
+        futures::stream::iter(futures)
+            .buffered(self.config.concurrency.max(1))
+            .try_collect()
+    }
+
+    /// A conditional (or plain, without `condition`) UpdateItem returning
+    /// `ret` on success and the old item on a failed condition.
+    async fn update(
+        &self,
+        table: &str,
+        key: Item,
+        update: &str,
+        condition: Option<&str>,
+        vals: Vals,
+        ret: ReturnValue,
+    ) -> Result<Cond<Option<Item>>, IndexError> {
+        let mut exprs = vec![update];
+        exprs.extend(condition);
+        let res = self
+            .client
+            .update_item()
+            .table_name(table)
+            .set_key(Some(key))
+            .update_expression(update)
+            .set_condition_expression(condition.map(str::to_owned))
+            .set_expression_attribute_names(names_in(&exprs))
+            .set_expression_attribute_values(prune(vals, &exprs).into_map())
+            .return_values(ret)
+            .return_values_on_condition_check_failure(OnFailure::AllOld)
+            .send()
+            .await;
+        match res {
+            Ok(out) => Ok(Cond::Done(out.attributes)),
+            Err(e) => match errors::refused(&e) {
+                Some(item) => Ok(Cond::Refused(item)),
+                None => Err(errors::classify(
+                    "UpdateItem",
+                    table,
+                    &self.create_hint(),
+                    &e,
+                )),
+            },
+        }
+    }
+
+    /// A conditional DeleteItem.
+    async fn delete(
+        &self,
+        table: &str,
+        key: Item,
+        condition: &str,
+        vals: Vals,
+    ) -> Result<Cond<()>, IndexError> {
+        let res = self
+            .client
+            .delete_item()
+            .table_name(table)
+            .set_key(Some(key))
+            .condition_expression(condition)
+            .set_expression_attribute_names(names_in(&[condition]))
+            .set_expression_attribute_values(prune(vals, &[condition]).into_map())
+            .return_values_on_condition_check_failure(OnFailure::AllOld)
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(Cond::Done(())),
+            Err(e) => match errors::refused(&e) {
+                Some(item) => Ok(Cond::Refused(item)),
+                None => Err(errors::classify(
+                    "DeleteItem",
+                    table,
+                    &self.create_hint(),
+                    &e,
+                )),
+            },
+        }
+    }
+
+    /// A strongly consistent GetItem.
+    async fn get(&self, table: &str, key: Item) -> Result<Option<Item>, IndexError> {
+        self.client
+            .get_item()
+            .table_name(table)
+            .set_key(Some(key))
+            .consistent_read(true)
+            .send()
+            .await
+            .map(|out| out.item)
+            .map_err(|e| errors::classify("GetItem", table, &self.create_hint(), &e))
+    }
+
+    /// One Query page from `start`: its items and where the next page
+    /// starts (`None`: this was the last).
+    async fn query_page(
+        &self,
+        q: &QuerySpec<'_>,
+        start: Option<Item>,
+    ) -> Result<(Vec<Item>, Option<Item>), IndexError> {
+        let mut exprs = vec![q.key_condition.as_str()];
+        exprs.extend(q.filter);
+        exprs.extend(q.projection);
+        let out = self
+            .client
+            .query()
+            .table_name(q.table)
+            .set_index_name(q.index.map(str::to_owned))
+            .key_condition_expression(&q.key_condition)
+            .set_filter_expression(q.filter.map(str::to_owned))
+            .set_projection_expression(q.projection.map(str::to_owned))
+            .set_expression_attribute_names(names_in(&exprs))
+            .set_expression_attribute_values(prune(q.vals.clone(), &exprs).into_map())
+            .consistent_read(q.consistent)
+            .set_limit(q.limit.map(|l| i32::try_from(l).unwrap_or(i32::MAX)))
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .map_err(|e| errors::classify("Query", q.table, &self.create_hint(), &e))?;
+        Ok((out.items.unwrap_or_default(), out.last_evaluated_key))
+    }
+
+    /// Every item a Query matches, page by page, stopping once `max`
+    /// items are in (the answer may hold a few more).
+    async fn query_all(&self, q: &QuerySpec<'_>, max: usize) -> Result<Vec<Item>, IndexError> {
+        let mut items = Vec::new();
+        let mut start = None;
+        loop {
+            let (page, next) = self.query_page(q, start).await?;
+            items.extend(page);
+            match next {
+                Some(n) if items.len() < max => start = Some(n),
+                _ => return Ok(items),
+            }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl CacheIndex for DynamoIndex {
+    async fn extend_lease(&self, lease: &Lease, now: Millis) -> Result<Lease, IndexError> {
+        self.extend(lease, now).await
+    }
+
+    async fn covering_leases(
+        &self,
+        directory_bucket: &str,
+        prefix: &str,
+        now: Millis,
+    ) -> Result<Vec<Lease>, IndexError> {
+        self.covering(directory_bucket, prefix, now).await
+    }
+
+    async fn leases_under(
+        &self,
+        directory_bucket: &str,
+        prefix: &str,
+        now: Millis,
+        limit: usize,
+    ) -> Result<Vec<Lease>, IndexError> {
+        self.under(directory_bucket, prefix, now, limit).await
+    }
+
+    async fn end_leases(
+        &self,
+        directory_bucket: &str,
+        prefix: &str,
+        now: Millis,
+    ) -> Result<Vec<Lease>, IndexError> {
+        self.end(directory_bucket, prefix, now).await
+    }
+
+    async fn expired_leases(&self, now: Millis, limit: usize) -> Result<Vec<Lease>, IndexError> {
+        self.expired(now, limit).await
+    }
+
+    async fn defer_sweep(
+        &self,
+        lease: &Lease,
+        error: &str,
+        backoff: &SweepBackoff,
+    ) -> Result<SweepFailure, IndexError> {
+        self.defer(lease, error, backoff).await
+    }
+
+    async fn sweep_failures(
+        &self,
+        directory_bucket: &str,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<SweepFailure>, IndexError> {
+        self.failures(directory_bucket, prefix, limit).await
+    }
+
+    async fn remove_lease_if_expired(
+        &self,
+        lease: &Lease,
+        now: Millis,
+    ) -> Result<bool, IndexError> {
+        self.remove_expired(lease, now).await
+    }
+
+    async fn records(
+        &self,
+        directory_bucket: &str,
+        range: &KeyRange<'_>,
+        limit: usize,
+    ) -> Result<Vec<Record>, IndexError> {
+        self.read_records(directory_bucket, range, limit).await
+    }
+
+    async fn get_record(
+        &self,
+        directory_bucket: &str,
+        key: &str,
+    ) -> Result<Option<Record>, IndexError> {
+        self.read_record(directory_bucket, key).await
+    }
+
+    async fn claim_copies(
+        &self,
+        directory_bucket: &str,
+        keys: &[String],
+        terms: &ClaimTerms<'_>,
+    ) -> Result<Vec<ClaimOutcome>, IndexError> {
+        self.each(keys, |k| self.claim_copy_of(directory_bucket, k, terms))
+            .await
+    }
+
+    async fn renew_claim(
+        &self,
+        directory_bucket: &str,
+        key: &str,
+        owner: &str,
+        deadline: Millis,
+    ) -> Result<bool, IndexError> {
+        self.renew(directory_bucket, key, owner, deadline).await
+    }
+
+    async fn complete_copies(
+        &self,
+        entries: &[Entry],
+        owner: &str,
+    ) -> Result<Vec<Completion>, IndexError> {
+        self.each(entries, |e| self.complete(e, owner)).await
+    }
+
+    async fn release_claim(
+        &self,
+        directory_bucket: &str,
+        key: &str,
+        owner: &str,
+    ) -> Result<(), IndexError> {
+        self.release(directory_bucket, key, owner).await
+    }
+
+    async fn begin_evict(
+        &self,
+        directory_bucket: &str,
+        keys: &[String],
+        terms: &ClaimTerms<'_>,
+        force: bool,
+    ) -> Result<Vec<EvictDecision>, IndexError> {
+        self.begin(directory_bucket, keys, terms, force).await
+    }
+
+    async fn abandon_evict(
+        &self,
+        directory_bucket: &str,
+        keys: &[String],
+        owner: &str,
+        deadline: Millis,
+    ) -> Result<(), IndexError> {
+        self.each(keys, |k| self.abandon(directory_bucket, k, owner, deadline))
+            .await
+            .map(drop)
+    }
+
+    async fn finish_evict(
+        &self,
+        directory_bucket: &str,
+        keys: &[String],
+        owner: &str,
+    ) -> Result<(), IndexError> {
+        self.each(keys, |k| self.finish(directory_bucket, k, owner))
+            .await
+            .map(drop)
+    }
+
+    async fn usage(&self, directory_bucket: &str, prefix: &str) -> Result<Usage, IndexError> {
+        self.usage_under(directory_bucket, prefix).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_prefixes_are_validated() {
+        let p = TablePrefix::parse("dynamodb://expresscache-prod_1.a").unwrap();
+        assert_eq!(p.as_str(), "expresscache-prod_1.a");
+        assert_eq!(p.to_string(), "dynamodb://expresscache-prod_1.a");
+        assert_eq!(p.tables().records, "expresscache-prod_1.a-records");
+        assert_eq!(p.tables().leases, "expresscache-prod_1.a-leases");
+        for (bad, says) in [
+            ("sqlite://x", "expected dynamodb://TABLE_PREFIX"),
+            ("expresscache", "expected dynamodb://TABLE_PREFIX"),
+            ("dynamodb://", "empty"),
+            ("dynamodb://a/b", "contains '/'"),
+            ("dynamodb://a b", "contains ' '"),
+            ("dynamodb://täble", "contains 'ä'"),
+        ] {
+            let err = TablePrefix::parse(bad).unwrap_err();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+        let longest = "p".repeat(TablePrefix::MAX_LEN);
+        assert!(TablePrefix::new(&longest).is_ok());
+        assert!(TablePrefix::new(&format!("{longest}p"))
+            .unwrap_err()
+            .contains("at most 247"));
+        assert_eq!(
+            "dynamodb://x".parse::<TablePrefix>().unwrap(),
+            TablePrefix::new("x").unwrap()
+        );
+    }
+}
