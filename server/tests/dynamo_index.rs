@@ -4,20 +4,23 @@
 //! and the request costs the layout promises (doc/INDEX-DYNAMODB.md).
 //!
 //! Each test starts its own moto and uses fresh tables; a missing moto
-//! fails the test (it never passes by skipping).
+//! fails the test (it never passes by skipping). Two tests need no moto:
+//! an endpoint that hangs or refuses must end in `IndexError::Unavailable`
+//! within the configured timeouts.
 
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
 
 use expresscache_server::index::conformance::run_all;
 use expresscache_server::index::dynamo::layout::{partition_of, PARTITIONS};
 use expresscache_server::index::dynamo::{DynamoConfig, TablePrefix};
 use expresscache_server::index::{
     CacheIndex, ClaimKind, ClaimOutcome, ClaimTerms, Completion, DynamoIndex, Entry, EvictDecision,
-    KeyRange, Lease, RecordCursor,
+    IndexError, KeyRange, Lease, RecordCursor,
 };
-use expresscache_server::testing::{unique, Moto};
+use expresscache_server::testing::{free_port, local_sdk_config, unique, Moto};
 
 const DIR: &str = "cache--use1-az4--x-s3";
 
@@ -366,4 +369,56 @@ async fn a_page_merge_costs_a_request_per_partition_not_per_key() {
         "merging a 1,000-key page cost {queries} Queries"
     );
     assert_eq!(index.requests().total(), queries);
+}
+
+/// Settings that give up fast, for endpoints that do not answer.
+fn impatient() -> DynamoConfig {
+    DynamoConfig {
+        max_attempts: 2,
+        attempt_timeout: Duration::from_millis(300),
+        operation_timeout: Duration::from_secs(3),
+        connect_timeout: Duration::from_millis(300),
+        ..DynamoConfig::default()
+    }
+}
+
+#[tokio::test]
+async fn an_endpoint_that_never_answers_is_unavailable_not_waited_for() {
+    // Accepts connections (the kernel's backlog) but never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", silent.local_addr().unwrap());
+    let prefix = TablePrefix::new("hung").unwrap();
+    let index = DynamoIndex::connect_with(&local_sdk_config(&endpoint), &prefix, impatient());
+    let started = Instant::now();
+    let err = index.get_record(DIR, "k").await.unwrap_err();
+    assert!(
+        matches!(err, IndexError::Unavailable(_)),
+        "a timeout is retryable: {err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "bounded by the timeouts, took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        index.requests().of("GetItem"),
+        2,
+        "each attempt timed out, and was retried once"
+    );
+}
+
+#[tokio::test]
+async fn a_refused_connection_is_unavailable() {
+    let port = free_port(); // nothing listens there
+    let prefix = TablePrefix::new("refused").unwrap();
+    let index = DynamoIndex::connect_with(
+        &local_sdk_config(&format!("http://127.0.0.1:{port}")),
+        &prefix,
+        impatient(),
+    );
+    let err = index
+        .claim_copy(DIR, "k", &terms("w", 10, 0))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, IndexError::Unavailable(_)), "{err}");
 }

@@ -98,14 +98,7 @@ impl Moto {
     /// SDK settings for this endpoint (us-east-1, dummy credentials), for
     /// the other services moto serves (DynamoDB).
     pub fn sdk_config(&self) -> aws_config::SdkConfig {
-        aws_config::SdkConfig::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .endpoint_url(&self.endpoint)
-            .region(Region::new("us-east-1"))
-            .credentials_provider(SharedCredentialsProvider::new(Credentials::new(
-                "test", "test", None, None, "static",
-            )))
-            .build()
+        local_sdk_config(&self.endpoint)
     }
 }
 
@@ -114,6 +107,18 @@ impl Drop for Moto {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// SDK settings for a local endpoint: us-east-1, dummy credentials.
+pub fn local_sdk_config(endpoint: &str) -> aws_config::SdkConfig {
+    aws_config::SdkConfig::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(Region::new("us-east-1"))
+        .credentials_provider(SharedCredentialsProvider::new(Credentials::new(
+            "test", "test", None, None, "static",
+        )))
+        .build()
 }
 
 /// An SDK S3 client for a local endpoint.
