@@ -81,6 +81,15 @@ pub struct Args {
     /// Log format: text or json [default: text].
     #[arg(long, env = "EXPRESSCACHE_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
+    /// This replica's name in the operation log, unique among the replicas
+    /// sharing an index [default: host name and a random suffix].
+    #[arg(long, env = "EXPRESSCACHE_REPLICA_ID")]
+    pub replica_id: Option<String>,
+    /// How long a replica keeps an operation it runs without renewing its
+    /// run lease: another replica takes an operation over this long (plus
+    /// the clock skew margin) after its replica died [default: 10s].
+    #[arg(long, env = "EXPRESSCACHE_RUN_LEASE_TTL", value_parser = humantime::parse_duration)]
+    pub run_lease_ttl: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -118,6 +127,9 @@ struct FileConfig {
     shutdown_grace: Option<Duration>,
     #[serde(default, with = "humantime_serde_opt")]
     operation_retention: Option<Duration>,
+    replica_id: Option<String>,
+    #[serde(default, with = "humantime_serde_opt")]
+    run_lease_ttl: Option<Duration>,
 }
 
 mod humantime_serde_opt {
@@ -183,6 +195,34 @@ pub struct Config {
     pub shard_concurrency: usize,
     pub shutdown_grace: Duration,
     pub operation_retention: Duration,
+    pub replica_id: String,
+    pub run_lease_ttl: Duration,
+    /// How often a running warm renews its run lease (and sees a cancel
+    /// requested through another replica).
+    pub run_renew_interval: Duration,
+    /// How often a replica looks for operations whose run lapsed.
+    pub adopt_interval: Duration,
+    /// How often a running warm publishes progress to its followers.
+    pub publish_interval: Duration,
+    /// How often a running warm's state is written to the operation log.
+    pub checkpoint_interval: Duration,
+    /// How often a follower of an operation running elsewhere reads it.
+    pub follow_poll: Duration,
+    /// How long a Cancel waits for another replica to stop the operation.
+    pub cancel_wait: Duration,
+}
+
+/// A replica name unique enough without configuration: the host name and
+/// a random suffix (two servers on one host are two replicas).
+fn default_replica_id() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "replica".to_owned());
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    format!("{host}-{}", &suffix[..8])
 }
 
 fn default_index_path() -> PathBuf {
@@ -310,6 +350,30 @@ impl Config {
                 .or(file.shutdown_grace)
                 .unwrap_or(d.shutdown_grace),
             operation_retention,
+            replica_id: match args.replica_id.or(file.replica_id) {
+                Some(id) if id.trim().is_empty() || id.len() > 200 => {
+                    return Err(format!(
+                        "replica_id must be 1 to 200 characters, got {:?}",
+                        id
+                    ))
+                }
+                Some(id) => id,
+                None => d.replica_id,
+            },
+            run_lease_ttl: {
+                let ttl = args
+                    .run_lease_ttl
+                    .or(file.run_lease_ttl)
+                    .unwrap_or(d.run_lease_ttl);
+                if ttl < d.run_renew_interval * 3 {
+                    return Err(format!(
+                        "run_lease_ttl must be at least {:?} (three renewals), got {ttl:?}",
+                        d.run_renew_interval * 3
+                    ));
+                }
+                ttl
+            },
+            ..d
         })
     }
 
@@ -346,6 +410,16 @@ impl Default for Config {
             shard_concurrency: 16,
             shutdown_grace: Duration::from_secs(30),
             operation_retention: Duration::from_secs(7 * 24 * 3600),
+            replica_id: default_replica_id(),
+            // Takeover bound: run_lease_ttl + clock_skew_margin +
+            // adopt_interval = 17 s by default (doc/FLEET.md).
+            run_lease_ttl: Duration::from_secs(10),
+            run_renew_interval: Duration::from_secs(1),
+            adopt_interval: Duration::from_secs(2),
+            publish_interval: Duration::from_millis(500),
+            checkpoint_interval: Duration::from_secs(5),
+            follow_poll: Duration::from_millis(500),
+            cancel_wait: Duration::from_secs(30),
         }
     }
 }

@@ -153,6 +153,32 @@ impl OperationState {
     }
 }
 
+/// One attempt at running an operation: the replica running it, and
+/// which attempt this is (1 for the first run, one more per takeover).
+/// Every write a runner makes names its ticket, and the operation log
+/// refuses it once a later attempt took over (fencing).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunTicket {
+    pub replica: String,
+    pub attempt: u32,
+}
+
+impl RunTicket {
+    /// The claim owner this attempt copies keys as.
+    pub fn claim_owner(&self, operation_id: &str) -> String {
+        crate::index::attempt_owner(operation_id, self.attempt)
+    }
+}
+
+/// Who runs an unfinished operation, until when unless renewed, and
+/// whether someone asked it to stop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunLease {
+    pub ticket: RunTicket,
+    pub deadline: Millis,
+    pub cancel_requested: bool,
+}
+
 /// A warm operation as the operation log keeps it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OperationRecord {
@@ -163,6 +189,9 @@ pub struct OperationRecord {
     pub created_at: Millis,
     /// Times a server resumed it after an interruption.
     pub resumptions: u32,
+    /// The current run of an unfinished operation (none once finished, or
+    /// for one recorded by a release before replicas).
+    pub run: Option<RunLease>,
 }
 
 impl OperationRecord {

@@ -40,7 +40,8 @@ pub enum Decision {
 #[derive(Debug, Clone, Copy)]
 pub struct Planner<'a> {
     pub source_bucket: &'a str,
-    /// Operation id; a claim held by this owner is not a reason to wait.
+    /// The claim owner asking (see `index::attempt_owner`): its own claims
+    /// and those of earlier attempts of its operation are no reason to wait.
     pub owner: &'a str,
     pub force: bool,
     pub now: Millis,
@@ -52,7 +53,7 @@ impl Planner<'_> {
         let entry = record.and_then(|r| r.entry.as_ref());
         let claim = record
             .and_then(|r| r.claim.as_ref())
-            .filter(|c| c.is_live(self.now) && c.owner != self.owner);
+            .filter(|c| c.blocks(self.owner, self.now));
         let unconfirmed = record.is_some_and(|r| r.is_unconfirmed(self.now));
         match (entry, claim) {
             (Some(e), _) if e.source_bucket != self.source_bucket || e.source_key != obj.key => {

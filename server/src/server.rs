@@ -82,11 +82,11 @@ where
     ));
     let warmer = Arc::new(Warmer::new(deps.store, deps.index, deps.clock, deps.warm));
     let ops = Arc::new(Operations::new(warmer, deps.ops.clone(), deps.limits));
-    let resumed = ops.resume_unfinished().await?;
+    let resumed = ops.adopt_orphans().await?;
     if resumed > 0 {
         tracing::info!(resumed, "resumed unfinished warms");
     }
-    let mut background = Vec::new();
+    let mut background = vec![spawn_adopter(Arc::clone(&ops), deps.ops.adopt_every)];
     if let Some(every) = deps.sweep_interval {
         background.push(spawn_sweeper(Arc::clone(&evictor), every));
     }
@@ -131,6 +131,26 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
     #[error("resuming unfinished warms: {0}")]
     Index(#[from] crate::index::IndexError),
+}
+
+/// Looks for operations whose run lapsed (their replica died, or released
+/// them on shutdown) and takes them over.
+fn spawn_adopter<S: ObjectStore, I: CacheIndex + OperationLog>(
+    ops: Arc<Operations<S, I>>,
+    every: Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            match ops.adopt_orphans().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(resumed = n, "took over unfinished warms"),
+                Err(e) => tracing::warn!(error = %e, "looking for orphaned warms failed"),
+            }
+        }
+    })
 }
 
 /// Purges finished operations past their retention, hourly (or every

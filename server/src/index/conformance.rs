@@ -7,11 +7,12 @@
 
 use expresscache::{BucketName, DirectoryBucketName, Prefix, RequestId, WarmSpec};
 
-use crate::operation::{KeyFailure, OperationState, Outcome, Phase};
+use crate::operation::{KeyFailure, OperationState, Outcome, Phase, RunLease, RunTicket};
 
 use super::{
-    CacheIndex, ClaimKind, ClaimOutcome, ClaimTerms, Completion, CreateOutcome, Entry,
-    EvictDecision, KeyRange, Lease, OperationLog, OperationRecord, Record, SweepBackoff, Usage,
+    CacheIndex, Claim, ClaimKind, ClaimOutcome, ClaimTerms, Completion, CreateOutcome, Entry,
+    EvictDecision, KeyRange, Lease, OperationLog, OperationRecord, Record, Renewal, RunTerms,
+    SweepBackoff, Usage,
 };
 
 const DIR: &str = "cache--use1-az4--x-s3";
@@ -42,6 +43,22 @@ fn warm_spec(request_id: Option<&str>) -> WarmSpec {
     }
 }
 
+fn ticket(replica: &str, attempt: u32) -> RunTicket {
+    RunTicket {
+        replica: replica.into(),
+        attempt,
+    }
+}
+
+/// A first run by `replica` until `deadline`.
+fn run_lease(replica: &str, deadline: i64) -> RunLease {
+    RunLease {
+        ticket: ticket(replica, 1),
+        deadline,
+        cancel_requested: false,
+    }
+}
+
 /// A state copying, or finished successfully.
 fn phase_state(id: &str, done: bool) -> OperationState {
     let mut s = OperationState::queued(id, 5);
@@ -59,6 +76,7 @@ fn lease(prefix: &str, expires_at: i64) -> Lease {
 /// Runs every check of the operation log against `log`, which must start
 /// empty.
 pub async fn run_operation_log<I: OperationLog>(log: &I) {
+    runs_are_leased_fenced_and_taken_over(log).await;
     operations_are_unique_per_request_id(log).await;
     operations_list_newest_first_resume_and_purge(log).await;
     a_finished_operation_can_be_superseded_once(log).await;
@@ -78,6 +96,7 @@ pub async fn run_all<I: CacheIndex>(index: &I) {
     completion_requires_the_copiers_claim(index).await;
     a_lease_changes_epoch_when_ended(index).await;
     a_failed_sweep_is_deferred_and_reported(index).await;
+    a_later_attempt_takes_over_an_earlier_attempts_claims(index).await;
     an_abandoned_eviction_leaves_a_lapsed_evict_claim(index).await;
 }
 
@@ -561,6 +580,106 @@ async fn usage_counts_cached_objects_only<I: CacheIndex>(index: &I) {
     assert_eq!(index.usage(DIR, "").await.unwrap(), Usage::default());
 }
 
+async fn runs_are_leased_fenced_and_taken_over<I: OperationLog>(log: &I) {
+    let rec = OperationRecord {
+        id: "run1".into(),
+        request_id: None,
+        request: warm_spec(None),
+        state: phase_state("run1", false),
+        created_at: 1,
+        resumptions: 0,
+        run: Some(run_lease("a", 1_000)),
+    };
+    log.create_operation(&rec).await.unwrap();
+    let got = log.get_operation("run1").await.unwrap().unwrap();
+    assert_eq!(got.run, rec.run, "the run lease round-trips");
+    let terms = |replica, now| RunTerms {
+        replica,
+        deadline: now + 1_000,
+        now,
+    };
+    assert_eq!(
+        log.take_over("run1", &terms("b", 999)).await.unwrap(),
+        None,
+        "a live run is not taken over"
+    );
+    assert_eq!(
+        log.renew_run("run1", &ticket("a", 1), 1_500).await.unwrap(),
+        Renewal::Held {
+            cancel_requested: false
+        }
+    );
+    assert_eq!(
+        log.take_over("run1", &terms("b", 1_200)).await.unwrap(),
+        None,
+        "renewed: live until 1500"
+    );
+    let b = log
+        .take_over("run1", &terms("b", 1_500))
+        .await
+        .unwrap()
+        .expect("a lapsed run is taken over");
+    assert_eq!(b.ticket, ticket("b", 2), "as the next attempt");
+    assert_eq!(b.crashes, 1, "a run that lapsed counts as a crash");
+    let mut state = phase_state("run1", false);
+    state.counters.objects_copied = 9;
+    assert!(
+        !log.update_operation("run1", &ticket("a", 1), &state)
+            .await
+            .unwrap(),
+        "the superseded runner cannot write (fencing)"
+    );
+    assert_eq!(
+        log.renew_run("run1", &ticket("a", 1), 9_000).await.unwrap(),
+        Renewal::Lost,
+        "nor renew"
+    );
+    assert!(log
+        .update_operation("run1", &b.ticket, &state)
+        .await
+        .unwrap());
+    assert!(log.request_cancel("run1").await.unwrap());
+    assert_eq!(
+        log.renew_run("run1", &b.ticket, 3_000).await.unwrap(),
+        Renewal::Held {
+            cancel_requested: true
+        },
+        "the runner sees a cancel requested elsewhere"
+    );
+    log.release_run("run1", &b.ticket).await.unwrap();
+    let c = log
+        .take_over("run1", &terms("c", 1_600))
+        .await
+        .unwrap()
+        .expect("a released run is taken over at once");
+    assert_eq!(c.ticket.attempt, 3);
+    assert_eq!(c.crashes, 1, "a released run is no crash");
+    assert!(c.cancel_requested, "the takeover sees the cancel request");
+    let d = log
+        .take_over("run1", &terms("d", 2_600))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.crashes, 2, "the release was used up");
+    assert!(log
+        .update_operation("run1", &d.ticket, &phase_state("run1", true))
+        .await
+        .unwrap());
+    assert_eq!(
+        log.take_over("run1", &terms("e", 99_999)).await.unwrap(),
+        None,
+        "a finished operation has no run to take"
+    );
+    assert!(
+        !log.update_operation("run1", &d.ticket, &state)
+            .await
+            .unwrap(),
+        "nor any more writes"
+    );
+    assert!(!log.request_cancel("run1").await.unwrap());
+    assert_eq!(log.get_operation("run1").await.unwrap().unwrap().run, None);
+}
+
 async fn operations_are_unique_per_request_id<I: OperationLog>(index: &I) {
     let op = |id: &str, rid: Option<&str>| OperationRecord {
         id: id.into(),
@@ -569,6 +688,7 @@ async fn operations_are_unique_per_request_id<I: OperationLog>(index: &I) {
         state: OperationState::queued(id, 5),
         created_at: 5,
         resumptions: 0,
+        run: Some(run_lease("r1", 1_000)),
     };
     assert_eq!(
         index
@@ -602,7 +722,10 @@ async fn operations_are_unique_per_request_id<I: OperationLog>(index: &I) {
         code: "AccessDenied".into(),
         message: "denied".into(),
     });
-    index.update_operation("op1", &done).await.unwrap();
+    assert!(index
+        .update_operation("op1", &ticket("r1", 1), &done)
+        .await
+        .unwrap());
     let got = index.get_operation("op1").await.unwrap().unwrap();
     assert_eq!(got.state, done, "the state round-trips");
     assert_eq!(got.request, op("op1", Some("r1")).request);
@@ -617,6 +740,7 @@ async fn operations_list_newest_first_resume_and_purge<I: OperationLog>(index: &
         state: phase_state(id, done),
         created_at,
         resumptions: 0,
+        run: (!done).then(|| run_lease("r1", 1_000)),
     };
     for (id, t, done) in [
         ("l1", 100, true),
@@ -667,22 +791,6 @@ async fn operations_list_newest_first_resume_and_purge<I: OperationLog>(index: &
     assert_eq!(index.mark_resumed("l2").await.unwrap(), 1);
     assert_eq!(index.mark_resumed("l2").await.unwrap(), 2);
     assert_eq!(
-        index.count_crash("l2").await.unwrap(),
-        1,
-        "a stop not noted clean"
-    );
-    index.note_clean_stop("l2").await.unwrap();
-    assert_eq!(
-        index.count_crash("l2").await.unwrap(),
-        1,
-        "a clean stop is no crash"
-    );
-    assert_eq!(
-        index.count_crash("l2").await.unwrap(),
-        2,
-        "the note is used up"
-    );
-    assert_eq!(
         index
             .get_operation("l2")
             .await
@@ -691,10 +799,10 @@ async fn operations_list_newest_first_resume_and_purge<I: OperationLog>(index: &
             .resumptions,
         2
     );
-    index
-        .update_operation("l2", &phase_state("l2", true))
+    assert!(index
+        .update_operation("l2", &ticket("r1", 1), &phase_state("l2", true))
         .await
-        .unwrap();
+        .unwrap());
     assert_eq!(
         ids(index
             .list_operations(OpFilter::Running, None, 100)
@@ -713,6 +821,55 @@ async fn operations_list_newest_first_resume_and_purge<I: OperationLog>(index: &
         ["l4"],
         "running ones are kept"
     );
+}
+
+async fn a_later_attempt_takes_over_an_earlier_attempts_claims<I: CacheIndex>(index: &I) {
+    use super::attempt_owner;
+    let (first, second) = (attempt_owner("op", 1), attempt_owner("op", 2));
+    let claim = |owner: String| async move {
+        let terms = ClaimTerms {
+            owner: &owner,
+            deadline: 1_000,
+            now: 0,
+        };
+        index.claim_copy(DIR, "at/k", &terms).await.unwrap()
+    };
+    assert_eq!(claim(first.clone()).await, ClaimOutcome::Claimed);
+    assert_eq!(
+        claim(attempt_owner("other", 2)).await,
+        ClaimOutcome::Held(Claim {
+            owner: first.clone(),
+            kind: ClaimKind::Copy,
+            deadline: 1_000
+        }),
+        "another operation's attempt waits"
+    );
+    assert_eq!(
+        claim(second.clone()).await,
+        ClaimOutcome::Claimed,
+        "a later attempt of the same operation takes a live claim over"
+    );
+    assert!(
+        matches!(claim(first.clone()).await, ClaimOutcome::Held(c) if c.owner == second),
+        "an earlier attempt never takes a later one's claim"
+    );
+    assert_eq!(
+        index
+            .complete_copy(&entry("at/k", 1), &first)
+            .await
+            .unwrap(),
+        Completion::ClaimLost,
+        "the superseded attempt cannot record"
+    );
+    assert!(!index.renew_claim(DIR, "at/k", &first, 2_000).await.unwrap());
+    assert_eq!(
+        index
+            .complete_copy(&entry("at/k", 1), &second)
+            .await
+            .unwrap(),
+        Completion::Recorded
+    );
+    clear(index, "at/").await;
 }
 
 async fn completion_requires_the_copiers_claim<I: CacheIndex>(index: &I) {
@@ -1096,6 +1253,7 @@ async fn a_finished_operation_can_be_superseded_once<I: OperationLog>(index: &I)
         state: phase_state(id, done),
         created_at: 7,
         resumptions: 0,
+        run: (!done).then(|| run_lease("r1", 1_000)),
     };
     index.create_operation(&op("s1", false)).await.unwrap();
     assert!(
@@ -1105,10 +1263,10 @@ async fn a_finished_operation_can_be_superseded_once<I: OperationLog>(index: &I)
             .unwrap(),
         "a running operation keeps its request id"
     );
-    index
-        .update_operation("s1", &op("s1", true).state)
+    assert!(index
+        .update_operation("s1", &ticket("r1", 1), &op("s1", true).state)
         .await
-        .unwrap();
+        .unwrap());
     assert!(index
         .supersede_operation("s1", &op("s2", false))
         .await

@@ -9,8 +9,8 @@ use crate::gate::{Gate, Pass};
 
 use super::{
     CacheIndex, ClaimOutcome, ClaimTerms, Completion, CreateOutcome, Entry, EvictDecision,
-    IndexError, KeyRange, Lease, Millis, OpFilter, OperationLog, OperationRecord, Record,
-    SweepBackoff, SweepFailure, Usage,
+    IndexError, KeyRange, Lease, Millis, OpFilter, OperationLog, OperationRecord, Record, Renewal,
+    RunTerms, RunTicket, SweepBackoff, SweepFailure, Takeover, Usage,
 };
 
 #[derive(Debug)]
@@ -300,11 +300,12 @@ impl<I: OperationLog> OperationLog for CountingIndex<I> {
     async fn update_operation(
         &self,
         id: &str,
-        progress: &crate::operation::OperationState,
-    ) -> Result<(), IndexError> {
+        ticket: &RunTicket,
+        state: &crate::operation::OperationState,
+    ) -> Result<bool, IndexError> {
         self.write();
         let _pass = self.pass("update_operation", id).await;
-        self.inner.update_operation(id, progress).await
+        self.inner.update_operation(id, ticket, state).await
     }
 
     async fn list_operations(
@@ -334,16 +335,37 @@ impl<I: OperationLog> OperationLog for CountingIndex<I> {
         self.inner.lease_epochs(id).await
     }
 
-    async fn note_clean_stop(&self, id: &str) -> Result<(), IndexError> {
+    async fn take_over(
+        &self,
+        id: &str,
+        terms: &RunTerms<'_>,
+    ) -> Result<Option<Takeover>, IndexError> {
         self.write();
-        let _pass = self.pass("note_clean_stop", id).await;
-        self.inner.note_clean_stop(id).await
+        let _pass = self.pass("take_over", id).await;
+        self.inner.take_over(id, terms).await
     }
 
-    async fn count_crash(&self, id: &str) -> Result<u32, IndexError> {
+    async fn renew_run(
+        &self,
+        id: &str,
+        ticket: &RunTicket,
+        deadline: Millis,
+    ) -> Result<Renewal, IndexError> {
         self.write();
-        let _pass = self.pass("count_crash", id).await;
-        self.inner.count_crash(id).await
+        let _pass = self.pass("renew_run", id).await;
+        self.inner.renew_run(id, ticket, deadline).await
+    }
+
+    async fn release_run(&self, id: &str, ticket: &RunTicket) -> Result<(), IndexError> {
+        self.write();
+        let _pass = self.pass("release_run", id).await;
+        self.inner.release_run(id, ticket).await
+    }
+
+    async fn request_cancel(&self, id: &str) -> Result<bool, IndexError> {
+        self.write();
+        let _pass = self.pass("request_cancel", id).await;
+        self.inner.request_cancel(id).await
     }
 
     async fn mark_resumed(&self, id: &str) -> Result<u32, IndexError> {

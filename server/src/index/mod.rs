@@ -27,8 +27,8 @@ pub use sqlite::SqliteIndex;
 use std::ops::Bound;
 
 pub use crate::clock::{millis_of, span_millis, Millis};
-pub use crate::operation::OperationRecord;
 use crate::operation::OperationState;
+pub use crate::operation::{OperationRecord, RunLease, RunTicket};
 
 /// Gives up `owner`'s claim on `key`; a failure is only logged, since the
 /// claim lapses at its deadline anyway.
@@ -122,6 +122,37 @@ impl Claim {
     pub fn is_live(&self, now: Millis) -> bool {
         self.deadline > now
     }
+
+    /// Whether this claim keeps `claimant` from the key at `now`: it does
+    /// while it is live, unless it is `claimant`'s own or an earlier
+    /// attempt's of the same operation (see [`attempt_owner`]).
+    pub fn blocks(&self, claimant: &str, now: Millis) -> bool {
+        self.is_live(now) && self.owner != claimant && !supersedes(claimant, &self.owner)
+    }
+}
+
+/// The claim owner of one attempt at running an operation:
+/// `{operation}#{attempt}`, the attempt zero-padded so owners of one
+/// operation sort by attempt.
+pub fn attempt_owner(operation: &str, attempt: u32) -> String {
+    format!("{operation}#{attempt:08}")
+}
+
+/// The part of an attempt owner that names its operation (`{operation}#`),
+/// if `owner` is one.
+pub fn lineage(owner: &str) -> Option<&str> {
+    let hash = owner.rfind('#')?;
+    let attempt = &owner[hash + 1..];
+    (attempt.len() == 8 && attempt.bytes().all(|b| b.is_ascii_digit())).then(|| &owner[..=hash])
+}
+
+/// Whether `claimant` supersedes `holder`: both are attempts of one
+/// operation and `holder` is the earlier. Only the attempt that holds the
+/// operation's run claims keys, so an earlier attempt is dead or fenced,
+/// and its claims are taken over at once instead of waited out; a later
+/// attempt's claims are never an earlier one's to take.
+pub fn supersedes(claimant: &str, holder: &str) -> bool {
+    lineage(claimant).is_some_and(|l| holder.starts_with(l) && holder < claimant)
 }
 
 /// One key of a directory bucket as the index knows it: the cached version
@@ -210,6 +241,34 @@ pub enum OpFilter {
     All,
     Running,
     Finished,
+}
+
+/// Who asks to run an operation, until when, judged at what time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunTerms<'a> {
+    pub replica: &'a str,
+    pub deadline: Millis,
+    pub now: Millis,
+}
+
+/// A run taken over by [`OperationLog::take_over`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Takeover {
+    pub ticket: RunTicket,
+    /// Runs of the operation that ended without being released.
+    pub crashes: u32,
+    /// Whether a cancel was requested meanwhile.
+    pub cancel_requested: bool,
+}
+
+/// What renewing a run learned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Renewal {
+    Held {
+        cancel_requested: bool,
+    },
+    /// Another attempt took the run over, or the operation finished.
+    Lost,
 }
 
 /// Result of registering an operation under an idempotency key.
@@ -416,9 +475,10 @@ pub trait CacheIndex: Send + Sync + 'static {
     }
 
     /// Claims each key for a copy by `terms.owner` until `terms.deadline`,
-    /// unless another owner holds a claim live at `terms.now` (re-claiming
-    /// one's own claim extends it). One atomic step per key; one round trip
-    /// per batch.
+    /// unless another owner holds a claim that
+    /// [blocks](Claim::blocks) it at `terms.now` (re-claiming one's own
+    /// claim extends it; an earlier attempt's of the same operation is
+    /// taken over). One atomic step per key; one round trip per batch.
     async fn claim_copies(
         &self,
         directory_bucket: &str,
@@ -539,9 +599,17 @@ pub trait OperationLog: Send + Sync + 'static {
         op: &OperationRecord,
     ) -> Result<bool, IndexError>;
 
-    /// Stores the latest state of an operation (finished once its phase
-    /// is Done).
-    async fn update_operation(&self, id: &str, state: &OperationState) -> Result<(), IndexError>;
+    /// Stores the latest state of an operation if `ticket` still holds its
+    /// run (fencing: a runner that was taken over, however late it wakes,
+    /// cannot overwrite the new runner's state). A Done state finishes the
+    /// operation and ends its run. Returns false, writing nothing, if the
+    /// run is another attempt's or the operation is finished.
+    async fn update_operation(
+        &self,
+        id: &str,
+        ticket: &RunTicket,
+        state: &OperationState,
+    ) -> Result<bool, IndexError>;
 
     async fn get_operation(&self, id: &str) -> Result<Option<OperationRecord>, IndexError>;
 
@@ -566,14 +634,36 @@ pub trait OperationLog: Send + Sync + 'static {
     /// The epochs recorded for `id` (empty if none were).
     async fn lease_epochs(&self, id: &str) -> Result<Vec<(String, String)>, IndexError>;
 
-    /// Notes that `id` was interrupted on purpose (a graceful shutdown), so
-    /// its next resumption does not count as one after a crash.
-    async fn note_clean_stop(&self, id: &str) -> Result<(), IndexError>;
+    /// Takes the run of the unfinished operation `id` for `terms.replica`
+    /// until `terms.deadline`, as a new attempt, if nobody's run of it is
+    /// live at `terms.now` (its runner crashed, was paused or partitioned
+    /// past its deadline, or released it). In the same step, counts the
+    /// previous run's end as a crash unless it was released. Returns
+    /// `None` if the run is live or the operation finished or is unknown.
+    async fn take_over(
+        &self,
+        id: &str,
+        terms: &RunTerms<'_>,
+    ) -> Result<Option<Takeover>, IndexError>;
 
-    /// Before resuming `id`: counts its last stop as a crash unless
-    /// [`note_clean_stop`](Self::note_clean_stop) said otherwise, clears
-    /// that note, and returns how many crashes it has had.
-    async fn count_crash(&self, id: &str) -> Result<u32, IndexError>;
+    /// Extends `ticket`'s run of `id` to `deadline`; says whether it still
+    /// holds it and whether a cancel was requested.
+    async fn renew_run(
+        &self,
+        id: &str,
+        ticket: &RunTicket,
+        deadline: Millis,
+    ) -> Result<Renewal, IndexError>;
+
+    /// Ends `ticket`'s run of `id` on purpose (a graceful shutdown): any
+    /// replica may take it over at once, and that takeover is no crash.
+    async fn release_run(&self, id: &str, ticket: &RunTicket) -> Result<(), IndexError>;
+
+    /// Asks the runner of the unfinished operation `id`, wherever it runs,
+    /// to stop as cancelled (it sees the request when it next renews its
+    /// run; whoever takes the run over next sees it at once). Returns
+    /// whether an unfinished operation was flagged.
+    async fn request_cancel(&self, id: &str) -> Result<bool, IndexError>;
 
     /// Counts one more resumption of an unfinished operation; returns the
     /// new count.
@@ -620,6 +710,30 @@ mod tests {
 
     fn interval(r: KeyRange<'_>) -> (Bound<String>, Bound<String>) {
         r.interval()
+    }
+
+    #[test]
+    fn later_attempts_supersede_earlier_ones_of_their_operation_only() {
+        let (first, second) = (attempt_owner("op", 1), attempt_owner("op", 2));
+        assert_eq!(lineage(&second), Some("op#"));
+        assert!(supersedes(&second, &first));
+        assert!(!supersedes(&first, &second), "never the other way");
+        assert!(!supersedes(&second, &second));
+        assert!(
+            !supersedes(&attempt_owner("op2", 9), &first),
+            "another operation"
+        );
+        assert!(!supersedes(&attempt_owner("o", 9), &attempt_owner("op", 1)));
+        assert_eq!(lineage("evict:abc"), None);
+        assert_eq!(lineage("op#12"), None, "not an attempt owner");
+        let claim = Claim {
+            owner: first.clone(),
+            kind: ClaimKind::Copy,
+            deadline: 100,
+        };
+        assert!(!claim.blocks(&second, 0));
+        assert!(claim.blocks(&attempt_owner("other", 1), 0));
+        assert!(!claim.blocks(&attempt_owner("other", 1), 100), "lapsed");
     }
 
     #[test]

@@ -13,11 +13,11 @@ use rusqlite::{params, Connection, OptionalExtension};
 use crate::clock::{Clock, SystemClock};
 
 use super::{
-    ancestors, prefix_successor, CacheIndex, Claim, ClaimKind, ClaimOutcome, ClaimTerms,
+    ancestors, lineage, prefix_successor, CacheIndex, Claim, ClaimKind, ClaimOutcome, ClaimTerms,
     Completion, CreateOutcome, Entry, EvictDecision, IndexError, KeyRange, Lease, Millis, OpFilter,
     OperationLog, OperationRecord, Record, SweepBackoff, SweepFailure, Usage,
 };
-use super::{encoding, legacy};
+use super::{encoding, legacy, Renewal, RunLease, RunTerms, RunTicket, Takeover};
 use crate::operation::OperationState;
 
 const SCHEMA: &str = "
@@ -63,6 +63,12 @@ CREATE TABLE IF NOT EXISTS operations (
     -- last one was
     crashes     INTEGER NOT NULL DEFAULT 0,
     clean_stop  INTEGER NOT NULL DEFAULT 0,
+    -- the run of an unfinished operation: replica, attempt, deadline;
+    -- and whether a cancel was asked for
+    run_replica      TEXT,
+    run_attempt      INTEGER NOT NULL DEFAULT 0,
+    run_deadline     INTEGER NOT NULL DEFAULT 0,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
     -- 0: request and progress are prost-encoded wire messages (releases
     -- before the versioned encoding); 1: JSON documents of index::encoding
     encoding    INTEGER NOT NULL DEFAULT 0,
@@ -197,6 +203,26 @@ const MIGRATIONS: &[(&str, &str, &str)] = &[
         "operations",
         "encoding",
         "ALTER TABLE operations ADD COLUMN encoding INTEGER NOT NULL DEFAULT 0",
+    ),
+    (
+        "operations",
+        "run_replica",
+        "ALTER TABLE operations ADD COLUMN run_replica TEXT",
+    ),
+    (
+        "operations",
+        "run_attempt",
+        "ALTER TABLE operations ADD COLUMN run_attempt INTEGER NOT NULL DEFAULT 0",
+    ),
+    (
+        "operations",
+        "run_deadline",
+        "ALTER TABLE operations ADD COLUMN run_deadline INTEGER NOT NULL DEFAULT 0",
+    ),
+    (
+        "operations",
+        "cancel_requested",
+        "ALTER TABLE operations ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0",
     ),
     (
         "records",
@@ -380,39 +406,73 @@ fn row_to_sweep_failure(r: &rusqlite::Row<'_>) -> rusqlite::Result<SweepFailure>
     })
 }
 
+/// An operations row as read: (id, request_id, request, state,
+/// created_at, resumptions) and its run lease (replica, attempt, deadline,
+/// cancel_requested).
+struct OpRow {
+    id: String,
+    request_id: Option<String>,
+    request: String,
+    state: String,
+    created_at: Millis,
+    resumptions: i64,
+    run_replica: Option<String>,
+    run_attempt: i64,
+    run_deadline: Millis,
+    cancel_requested: bool,
+}
+
 fn decode_op(row: OpRow) -> Result<OperationRecord, IndexError> {
-    let (id, request_id, request, state, created_at, resumptions) = row;
+    let id = row.id;
     let corrupt = |e: IndexError| IndexError::Corrupt(format!("operation {id}: {e}"));
+    let state = encoding::state_from_json(&row.state).map_err(corrupt)?;
+    let run = row
+        .run_replica
+        .filter(|_| !state.is_done())
+        .map(|replica| RunLease {
+            ticket: RunTicket {
+                replica,
+                attempt: u32::try_from(row.run_attempt).unwrap_or(0),
+            },
+            deadline: row.run_deadline,
+            cancel_requested: row.cancel_requested,
+        });
     Ok(OperationRecord {
-        request: encoding::request_from_json(&request).map_err(corrupt)?,
-        state: encoding::state_from_json(&state).map_err(corrupt)?,
+        request: encoding::request_from_json(&row.request).map_err(corrupt)?,
+        state,
         id,
-        request_id,
-        created_at,
-        resumptions: u32::try_from(resumptions).unwrap_or(0),
+        request_id: row.request_id,
+        created_at: row.created_at,
+        resumptions: u32::try_from(row.resumptions).unwrap_or(0),
+        run,
     })
 }
 
-type OpRow = (String, Option<String>, String, String, Millis, i64);
-
 fn read_op(row: &rusqlite::Row<'_>) -> rusqlite::Result<OpRow> {
-    Ok((
-        row.get(0)?,
-        row.get(1)?,
-        row.get(2)?,
-        row.get(3)?,
-        row.get(4)?,
-        row.get(5)?,
-    ))
+    Ok(OpRow {
+        id: row.get(0)?,
+        request_id: row.get(1)?,
+        request: row.get(2)?,
+        state: row.get(3)?,
+        created_at: row.get(4)?,
+        resumptions: row.get(5)?,
+        run_replica: row.get(6)?,
+        run_attempt: row.get(7)?,
+        run_deadline: row.get(8)?,
+        cancel_requested: row.get(9)?,
+    })
 }
 
-const OP_COLUMNS: &str = "id, request_id, request, progress, created_at, resumptions";
+const OP_COLUMNS: &str = "id, request_id, request, progress, created_at, resumptions,
+    run_replica, run_attempt, run_deadline, cancel_requested";
 
 fn insert_op(c: &Connection, op: &OperationRecord) -> Result<(), IndexError> {
+    let run = op.run.as_ref();
     c.execute(
         "INSERT INTO operations (id, request_id, request, progress, done, resumptions,
-             created_at, updated_at, encoding)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, 1)",
+             created_at, updated_at, encoding, run_replica, run_attempt, run_deadline,
+             cancel_requested)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, 1, ?8, ?9, ?10, ?11)",
         params![
             op.id,
             op.request_id,
@@ -420,7 +480,11 @@ fn insert_op(c: &Connection, op: &OperationRecord) -> Result<(), IndexError> {
             encoding::state_json(&op.state),
             op.is_done(),
             op.resumptions,
-            op.created_at
+            op.created_at,
+            run.map(|r| r.ticket.replica.as_str()),
+            run.map_or(0, |r| r.ticket.attempt),
+            run.map_or(0, |r| r.deadline),
+            run.is_some_and(|r| r.cancel_requested),
         ],
     )
     .map_err(storage)?;
@@ -812,6 +876,7 @@ impl CacheIndex for SqliteIndex {
             terms.owner.to_owned(),
         );
         let (deadline, now) = (terms.deadline, terms.now);
+        let lineage = lineage(terms.owner).map(str::to_owned);
         self.with(move |c| {
             let tx = c.transaction().map_err(storage)?;
             let mut out = Vec::with_capacity(keys.len());
@@ -825,12 +890,15 @@ impl CacheIndex for SqliteIndex {
                              -- an eviction that lapsed may have deleted the object:
                              -- the entry stays untrusted until this copy records
                              unconfirmed = CASE WHEN claim_kind = 'evict' THEN 1 ELSE unconfirmed END
-                         WHERE claim_owner IS NULL OR claim_deadline <= ?6 OR claim_owner = ?3",
+                         WHERE claim_owner IS NULL OR claim_deadline <= ?6 OR claim_owner = ?3
+                            -- an earlier attempt of the claimant's operation (Claim::blocks)
+                            OR (?7 IS NOT NULL AND substr(claim_owner, 1, length(?7)) = ?7
+                                AND claim_owner < ?3)",
                     )
                     .map_err(storage)?;
                 for key in &keys {
                     let changed = stmt
-                        .execute(params![bucket, key, owner, COPY, deadline, now])
+                        .execute(params![bucket, key, owner, COPY, deadline, now, lineage])
                         .map_err(storage)?;
                     out.push(if changed > 0 {
                         ClaimOutcome::Claimed
@@ -1132,18 +1200,26 @@ impl OperationLog for SqliteIndex {
         .await
     }
 
-    async fn update_operation(&self, id: &str, state: &OperationState) -> Result<(), IndexError> {
-        let id = id.to_owned();
-        let bytes = encoding::state_json(state);
+    async fn update_operation(
+        &self,
+        id: &str,
+        ticket: &RunTicket,
+        state: &OperationState,
+    ) -> Result<bool, IndexError> {
+        let (id, ticket) = (id.to_owned(), ticket.clone());
+        let doc = encoding::state_json(state);
         let done = state.is_done();
         let now = self.clock.now();
         self.with(move |c| {
-            c.execute(
-                "UPDATE operations SET progress = ?2, done = ?3, updated_at = ?4 WHERE id = ?1",
-                params![id, bytes, done, now],
-            )
-            .map_err(storage)?;
-            Ok(())
+            let changed = c
+                .execute(
+                    "UPDATE operations SET progress = ?2, done = ?3, updated_at = ?4,
+                         run_deadline = CASE WHEN ?3 THEN 0 ELSE run_deadline END
+                     WHERE id = ?1 AND done = 0 AND run_replica = ?5 AND run_attempt = ?6",
+                    params![id, doc, done, now, ticket.replica, ticket.attempt],
+                )
+                .map_err(storage)?;
+            Ok(changed > 0)
         })
         .await
     }
@@ -1236,12 +1312,78 @@ impl OperationLog for SqliteIndex {
         .await
     }
 
-    async fn note_clean_stop(&self, id: &str) -> Result<(), IndexError> {
-        let id = id.to_owned();
+    async fn take_over(
+        &self,
+        id: &str,
+        terms: &RunTerms<'_>,
+    ) -> Result<Option<Takeover>, IndexError> {
+        let (id, replica) = (id.to_owned(), terms.replica.to_owned());
+        let (deadline, now) = (terms.deadline, terms.now);
+        self.with(move |c| {
+            c.query_row(
+                "UPDATE operations SET run_replica = ?2, run_attempt = run_attempt + 1,
+                     run_deadline = ?3, crashes = crashes + 1 - clean_stop, clean_stop = 0
+                 WHERE id = ?1 AND done = 0 AND (run_replica IS NULL OR run_deadline <= ?4)
+                 RETURNING run_attempt, crashes, cancel_requested",
+                params![id, replica, deadline, now],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, bool>(2)?,
+                    ))
+                },
+            )
+            .optional()
+            .map_err(storage)
+            .map(|row| {
+                row.map(|(attempt, crashes, cancel_requested)| Takeover {
+                    ticket: RunTicket {
+                        replica,
+                        attempt: u32::try_from(attempt).unwrap_or(u32::MAX),
+                    },
+                    crashes: u32::try_from(crashes).unwrap_or(u32::MAX),
+                    cancel_requested,
+                })
+            })
+        })
+        .await
+    }
+
+    async fn renew_run(
+        &self,
+        id: &str,
+        ticket: &RunTicket,
+        deadline: Millis,
+    ) -> Result<Renewal, IndexError> {
+        let (id, ticket) = (id.to_owned(), ticket.clone());
+        self.with(move |c| {
+            let cancel: Option<bool> = c
+                .query_row(
+                    "UPDATE operations SET run_deadline = max(run_deadline, ?4)
+                     WHERE id = ?1 AND done = 0 AND run_replica = ?2 AND run_attempt = ?3
+                     RETURNING cancel_requested",
+                    params![id, ticket.replica, ticket.attempt, deadline],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(storage)?;
+            Ok(
+                cancel.map_or(Renewal::Lost, |cancel_requested| Renewal::Held {
+                    cancel_requested,
+                }),
+            )
+        })
+        .await
+    }
+
+    async fn release_run(&self, id: &str, ticket: &RunTicket) -> Result<(), IndexError> {
+        let (id, ticket) = (id.to_owned(), ticket.clone());
         self.with(move |c| {
             c.execute(
-                "UPDATE operations SET clean_stop = 1 WHERE id = ?1",
-                params![id],
+                "UPDATE operations SET run_deadline = 0, clean_stop = 1
+                 WHERE id = ?1 AND done = 0 AND run_replica = ?2 AND run_attempt = ?3",
+                params![id, ticket.replica, ticket.attempt],
             )
             .map_err(storage)?;
             Ok(())
@@ -1249,19 +1391,16 @@ impl OperationLog for SqliteIndex {
         .await
     }
 
-    async fn count_crash(&self, id: &str) -> Result<u32, IndexError> {
+    async fn request_cancel(&self, id: &str) -> Result<bool, IndexError> {
         let id = id.to_owned();
         self.with(move |c| {
-            let n: Option<i64> = c
-                .query_row(
-                    "UPDATE operations SET crashes = crashes + 1 - clean_stop, clean_stop = 0
-                     WHERE id = ?1 RETURNING crashes",
+            let n = c
+                .execute(
+                    "UPDATE operations SET cancel_requested = 1 WHERE id = ?1 AND done = 0",
                     params![id],
-                    |r| r.get(0),
                 )
-                .optional()
                 .map_err(storage)?;
-            Ok(u32::try_from(n.unwrap_or(0)).unwrap_or(u32::MAX))
+            Ok(n > 0)
         })
         .await
     }
@@ -1418,9 +1557,18 @@ mod tests {
             index.get_operation("op-garbled").await.unwrap().is_none(),
             "an unreadable record is dropped, not left to fail every read"
         );
+        let run = super::super::RunTerms {
+            replica: "r",
+            deadline: 10,
+            now: 0,
+        };
         assert_eq!(
-            index.count_crash("op-old").await.unwrap(),
-            1,
+            index
+                .take_over("op-old", &run)
+                .await
+                .unwrap()
+                .map(|t| t.crashes),
+            Some(1),
             "an unfinished operation of the old release can be resumed and counted"
         );
         drop(index);

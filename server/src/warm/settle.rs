@@ -192,7 +192,7 @@ impl<S: ObjectStore, I: CacheIndex> WarmRun<'_, S, I> {
             let blocked = record
                 .as_ref()
                 .and_then(|r| r.claim.as_ref())
-                .is_some_and(|c| c.is_live(now) && c.owner != self.owner);
+                .is_some_and(|c| c.blocks(self.owner, now));
             if !blocked {
                 return Ok(Released::Now(record.map(Box::new)));
             }

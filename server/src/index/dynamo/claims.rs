@@ -59,7 +59,9 @@ impl DynamoIndex {
             let item = seen.take().unwrap_or_default();
             let record = record_of(dir, &item)?;
             if let Some(c) = &record.claim {
-                if c.is_live(terms.now) && c.owner != terms.owner {
+                // Live and not ours (nor an earlier attempt's of our
+                // operation, which we take over as seen).
+                if c.blocks(terms.owner, terms.now) {
                     return Ok(ClaimOutcome::Held(c.clone()));
                 }
             }

@@ -1,7 +1,19 @@
 //! The operation registry: starts warms detached from the RPC that asked for
 //! them, makes `request_id` submission idempotent, lets any number of
-//! callers follow, cancel and list operations, checkpoints progress in the
-//! index, resumes unfinished warms after a restart, and drains on shutdown.
+//! callers follow, cancel and list operations, and drains on shutdown.
+//!
+//! Several replicas may share one operation log. Each running operation has
+//! a run lease in the log (replica, attempt, deadline): `run.rs` renews it,
+//! checkpoints under it and stops when it is lost (fencing); `adopt.rs`
+//! takes over operations whose run lapsed (a crashed, paused or partitioned
+//! replica) and resumes them; `feed.rs` follows an operation wherever it
+//! runs. Cancel works from any replica through a flag in the record.
+
+mod adopt;
+mod feed;
+mod run;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -11,12 +23,16 @@ use expresscache::{Limits, WarmSpec};
 use futures::stream::BoxStream;
 use tokio::sync::{watch, Notify};
 
-use crate::index::{CacheIndex, CreateOutcome, IndexError, OpFilter, OperationLog};
-use crate::operation::{OperationRecord, OperationState, Outcome};
+use crate::index::{
+    span_millis, CacheIndex, CreateOutcome, IndexError, Millis, OpFilter, OperationLog, RunTerms,
+};
+use crate::operation::{OperationRecord, OperationState, Outcome, RunLease, RunTicket};
 use crate::progress::Progress;
-use crate::stop::{StopReason, StopSignal};
+use crate::stop::StopSignal;
 use crate::store::ObjectStore;
-use crate::warm::{WarmOutcome, Warmer};
+use crate::warm::Warmer;
+
+use feed::Follow;
 
 /// Why a submission was refused.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +82,23 @@ pub struct OpsSettings {
     /// How often a follower of an operation that runs elsewhere (another
     /// replica, or awaiting resumption) reads its state from the log.
     pub follow_poll: Duration,
+    /// This replica's name in run leases.
+    pub replica: String,
+    /// How long a run lease lasts unless renewed: a replica that dies (or
+    /// is paused, or cut off) loses its operations this long after its last
+    /// renewal, plus the clock skew margin.
+    pub run_ttl: Duration,
+    /// How often a running warm renews its run lease, which is also how
+    /// soon it sees a cancel requested through another replica.
+    pub renew_every: Duration,
+    /// How often a replica looks for operations whose run lapsed.
+    pub adopt_every: Duration,
+    /// How far clocks may disagree (a run is taken over only this long past
+    /// its deadline).
+    pub skew_margin: Duration,
+    /// How long a Cancel sent to one replica waits for the replica running
+    /// the operation to stop it.
+    pub cancel_wait: Duration,
 }
 
 impl Default for OpsSettings {
@@ -77,11 +110,17 @@ impl Default for OpsSettings {
 impl From<&crate::config::Config> for OpsSettings {
     fn from(c: &crate::config::Config) -> Self {
         Self {
-            publish_interval: Duration::from_millis(500),
-            checkpoint_interval: Duration::from_secs(5),
+            publish_interval: c.publish_interval,
+            checkpoint_interval: c.checkpoint_interval,
             retention: c.operation_retention,
             max_resumptions: c.max_resumptions,
-            follow_poll: Duration::from_millis(500),
+            follow_poll: c.follow_poll,
+            replica: c.replica_id.clone(),
+            run_ttl: c.run_lease_ttl,
+            renew_every: c.run_renew_interval,
+            adopt_every: c.adopt_interval,
+            skew_margin: c.clock_skew_margin,
+            cancel_wait: c.cancel_wait,
         }
     }
 }
@@ -93,6 +132,7 @@ struct LiveOp {
     stop: Arc<StopSignal>,
     created_at: i64,
     resumptions: u32,
+    ticket: RunTicket,
 }
 
 /// Running and recent operations.
@@ -127,6 +167,26 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
         &self.warmer.index
     }
 
+    /// "Now" by the clock, and "now" for judging others' run leases (the
+    /// clock minus the skew margin).
+    fn now(&self) -> (Millis, Millis) {
+        let now = self.warmer.clock.now();
+        (
+            now,
+            now.saturating_sub(span_millis(self.settings.skew_margin)),
+        )
+    }
+
+    /// The terms on which this replica takes a run now.
+    fn run_terms(&self) -> RunTerms<'_> {
+        let (now, judged) = self.now();
+        RunTerms {
+            replica: &self.settings.replica,
+            deadline: now.saturating_add(span_millis(self.settings.run_ttl)),
+            now: judged,
+        }
+    }
+
     /// Becomes true when the server starts shutting down.
     pub fn draining(&self) -> watch::Receiver<bool> {
         self.draining.subscribe()
@@ -140,6 +200,10 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
         }
         let id = uuid::Uuid::new_v4().to_string();
         let (progress, rx) = Progress::new(id.clone(), Arc::clone(&self.warmer.clock));
+        let ticket = RunTicket {
+            replica: self.settings.replica.clone(),
+            attempt: 1,
+        };
         let mut record = OperationRecord {
             id: id.clone(),
             request_id: spec.request_id.as_ref().map(|r| r.to_string()),
@@ -147,6 +211,11 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
             state: progress.snapshot(),
             created_at: self.warmer.clock.now(),
             resumptions: 0,
+            run: Some(RunLease {
+                ticket: ticket.clone(),
+                deadline: self.run_terms().deadline,
+                cancel_requested: false,
+            }),
         };
         // The index decides who owns a request id, so two racing submissions
         // end up on one operation.
@@ -183,7 +252,7 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
             }
         }
         tracing::info!(operation_id = %id, source = %spec.source, directory_bucket = %spec.directory_bucket, prefixes = spec.prefixes.len(), force_copy = spec.force_copy, "warm started");
-        self.start(record, spec, progress);
+        self.start(record, spec, progress, ticket);
         Ok(rx)
     }
 
@@ -228,7 +297,13 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
         Ok(true)
     }
 
-    fn start(self: &Arc<Self>, record: OperationRecord, spec: WarmSpec, progress: Progress) {
+    fn start(
+        self: &Arc<Self>,
+        record: OperationRecord,
+        spec: WarmSpec,
+        progress: Progress,
+        ticket: RunTicket,
+    ) {
         let progress = Arc::new(progress);
         let stop = Arc::new(StopSignal::default());
         self.live().insert(
@@ -239,10 +314,11 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
                 stop: Arc::clone(&stop),
                 created_at: record.created_at,
                 resumptions: record.resumptions,
+                ticket: ticket.clone(),
             },
         );
         let this = Arc::clone(self);
-        tokio::spawn(async move { this.drive(record.id, spec, progress, stop).await });
+        tokio::spawn(async move { this.drive(record.id, spec, progress, stop, ticket).await });
     }
 
     /// A subscription to a live operation, or to a recorded one: its final
@@ -287,89 +363,6 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
             .map(|r| self.follow(r)))
     }
 
-    async fn drive(
-        self: Arc<Self>,
-        id: String,
-        spec: WarmSpec,
-        progress: Arc<Progress>,
-        stop: Arc<StopSignal>,
-    ) {
-        let ticker = {
-            let (progress, this, id) = (Arc::clone(&progress), Arc::clone(&self), id.clone());
-            tokio::spawn(async move {
-                let every = this.settings.publish_interval;
-                let checkpoint_every = this.settings.checkpoint_interval;
-                let mut tick = tokio::time::interval(every);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-                let mut since_checkpoint = Duration::ZERO;
-                loop {
-                    tick.tick().await;
-                    progress.publish();
-                    since_checkpoint += every;
-                    if since_checkpoint >= checkpoint_every {
-                        since_checkpoint = Duration::ZERO;
-                        // Other replicas' status and list read this.
-                        if let Err(e) = this
-                            .index()
-                            .update_operation(&id, &progress.snapshot())
-                            .await
-                        {
-                            tracing::warn!(operation_id = %id, error = %e, "progress checkpoint failed");
-                        }
-                    }
-                }
-            })
-        };
-        let result = self.warmer.run_until(&spec, &progress, &id, &stop).await;
-        ticker.abort();
-        if stop.reason() == Some(StopReason::Interrupted) {
-            // Left unfinished on purpose: the next server start resumes it.
-            let snapshot = progress.snapshot();
-            if let Err(e) = self.index().update_operation(&id, &snapshot).await {
-                tracing::error!(operation_id = %id, error = %e, "could not checkpoint the interrupted warm");
-            }
-            if let Err(e) = self.index().note_clean_stop(&id).await {
-                tracing::warn!(operation_id = %id, error = %e, "could not note the clean stop");
-            }
-            tracing::info!(operation_id = %id, "warm interrupted by shutdown; it resumes on restart");
-            progress.publish();
-            self.forget(&id);
-            return;
-        }
-        let last = match result {
-            Err(e @ crate::warm::WarmError::LeaseEnded { .. }) => {
-                tracing::warn!(operation_id = %id, error = %e, "warm stopped: its lease was evicted");
-                progress.finish(Outcome::Cancelled, Some(e.to_string()))
-            }
-            Err(e) => {
-                tracing::warn!(operation_id = %id, error = %e, "warm failed");
-                progress.finish(Outcome::Failed, Some(e.to_string()))
-            }
-            Ok(WarmOutcome::Cancelled | WarmOutcome::Interrupted) => {
-                progress.finish(Outcome::Cancelled, None)
-            }
-            Ok(WarmOutcome::PartiallyFailed) => progress.finish(Outcome::PartiallyFailed, None),
-            Ok(WarmOutcome::Succeeded) => progress.finish(Outcome::Succeeded, None),
-        };
-        let c = last.counters;
-        tracing::info!(operation_id = %id, outcome = ?last.outcome,
-            listed = c.objects_listed, hits = c.objects_hit, copied = c.objects_copied,
-            shared = c.objects_shared, failed = c.objects_failed, bytes_copied = c.bytes_copied, "warm finished");
-        // Before the final state: once that is visible, a resubmission of
-        // the request id checks these.
-        if let Err(e) = self
-            .index()
-            .set_lease_epochs(&id, &progress.lease_epochs())
-            .await
-        {
-            tracing::warn!(operation_id = %id, error = %e, "could not record the lease epochs");
-        }
-        if let Err(e) = self.index().update_operation(&id, &last).await {
-            tracing::error!(operation_id = %id, error = %e, "could not record the final state");
-        }
-        self.forget(&id);
-    }
-
     fn forget(&self, id: &str) {
         self.live().remove(id);
         self.ended.notify_waiters();
@@ -385,33 +378,56 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
                 state: op.progress.snapshot(),
                 created_at: op.created_at,
                 resumptions: op.resumptions,
+                run: Some(RunLease {
+                    ticket: op.ticket.clone(),
+                    deadline: self.run_terms().deadline,
+                    cancel_requested: op.stop.is_set(),
+                }),
             }));
         }
         self.index().get_operation(id).await
     }
 
-    /// Cancels an operation and waits until it has stopped; returns its
-    /// final state. A finished operation is returned unchanged.
+    /// Cancels an operation, wherever it runs, and waits until it has
+    /// stopped (at most `cancel_wait` for another replica's run); returns
+    /// its state then. A finished operation is returned unchanged.
     pub async fn cancel(&self, id: &str) -> Result<Option<OperationRecord>, IndexError> {
         let stop = self.live().get(id).map(|op| Arc::clone(&op.stop));
-        match stop {
-            Some(stop) => {
-                tracing::info!(operation_id = %id, "cancelling");
-                stop.cancel();
-                self.wait_ended(id).await;
-            }
-            None => {
-                // Recorded but not running here (interrupted, awaiting
-                // resumption): end it as cancelled in the index.
-                if let Some(rec) = self.index().get_operation(id).await? {
-                    if !rec.is_done() {
-                        let last = rec.state.ended(Outcome::Cancelled, None);
-                        self.index().update_operation(id, &last).await?;
-                    }
+        if let Some(stop) = stop {
+            tracing::info!(operation_id = %id, "cancelling");
+            stop.cancel();
+            self.wait_ended(id).await;
+            return self.status(id).await;
+        }
+        let Some(rec) = self.index().get_operation(id).await? else {
+            return Ok(None);
+        };
+        if rec.is_done() || !self.index().request_cancel(id).await? {
+            return self.status(id).await;
+        }
+        // Nobody runs it (it awaits a takeover): end it here and now.
+        if let Some(t) = self.index().take_over(id, &self.run_terms()).await? {
+            tracing::info!(operation_id = %id, "cancelled while no replica ran it");
+            let last = rec.state.ended(Outcome::Cancelled, None);
+            self.index().update_operation(id, &t.ticket, &last).await?;
+            return self.status(id).await;
+        }
+        // Another replica runs it: it sees the flag when it next renews.
+        tracing::info!(operation_id = %id, "cancel requested from the replica running it");
+        let waited = tokio::time::timeout(self.settings.cancel_wait, async {
+            loop {
+                tokio::time::sleep(self.settings.follow_poll).await;
+                match self.index().get_operation(id).await {
+                    Ok(Some(r)) if !r.is_done() => {}
+                    other => return other,
                 }
             }
+        })
+        .await;
+        match waited {
+            Ok(r) => r,
+            Err(_) => self.status(id).await,
         }
-        self.status(id).await
     }
 
     async fn wait_ended(&self, id: &str) {
@@ -442,63 +458,6 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
             }
         }
         Ok((records, next))
-    }
-
-    /// Restarts every unfinished operation recorded in the index (after a
-    /// crash or shutdown). Already-copied objects are hits, so the work
-    /// left is what was not done. Returns how many it resumed.
-    pub async fn resume_unfinished(self: &Arc<Self>) -> Result<usize, IndexError> {
-        const PAGE: usize = 100;
-        let mut resumed = 0;
-        let mut after = None;
-        loop {
-            let page = self
-                .index()
-                .list_operations(OpFilter::Running, after.clone(), PAGE)
-                .await?;
-            after = page.last().map(|r| (r.created_at, r.id.clone()));
-            let full = page.len() == PAGE;
-            for mut rec in page {
-                if self.live().contains_key(&rec.id) {
-                    continue;
-                }
-                let (progress, _rx) = Progress::new(rec.id.clone(), Arc::clone(&self.warmer.clock));
-                // Only crashes count: rolling restarts interrupt long warms
-                // cleanly, and those must go on however often it happens.
-                let crashes = self.index().count_crash(&rec.id).await?;
-                if crashes > self.settings.max_resumptions {
-                    let reason = format!(
-                        "not resumed: the server stopped without a clean shutdown {crashes} \
-                         times while running it (the limit is {}); it may be what crashes \
-                         the server, see its log",
-                        self.settings.max_resumptions
-                    );
-                    tracing::error!(operation_id = %rec.id, crashes, "{reason}");
-                    let last = rec.state.clone().ended(Outcome::Failed, Some(reason));
-                    self.index().update_operation(&rec.id, &last).await?;
-                    continue;
-                }
-                match rec.request.within(&self.limits) {
-                    Ok(()) => {
-                        rec.resumptions = self.index().mark_resumed(&rec.id).await?;
-                        tracing::info!(operation_id = %rec.id, resumptions = rec.resumptions, "resuming unfinished warm");
-                        let spec = rec.request.clone();
-                        self.start(rec, spec, progress);
-                        resumed += 1;
-                    }
-                    Err(e) => {
-                        let last = progress.finish(
-                            Outcome::Failed,
-                            Some(format!("cannot resume under this server's limits: {e}")),
-                        );
-                        self.index().update_operation(&rec.id, &last).await?;
-                    }
-                }
-            }
-            if !full {
-                return Ok(resumed);
-            }
-        }
     }
 
     /// Deletes finished operations older than the retention; returns how
@@ -551,153 +510,5 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
             }
             ended.await;
         }
-    }
-}
-
-/// The state of one [`Operations::feed`].
-struct Follow<S, I> {
-    ops: Arc<Operations<S, I>>,
-    sub: Subscription,
-    draining: watch::Receiver<bool>,
-    /// Whether `sub` may still bring news.
-    live: bool,
-    /// The state last handed out.
-    last: Option<OperationState>,
-    ended: bool,
-}
-
-impl<S: ObjectStore, I: CacheIndex + OperationLog> Follow<S, I> {
-    async fn next(&mut self) -> Option<Result<OperationState, FeedError>> {
-        if self.ended {
-            return None;
-        }
-        let Some(last) = &self.last else {
-            let first = self.sub.borrow_and_update().clone();
-            return Some(Ok(self.hand_out(first)));
-        };
-        if last.is_done() {
-            return None;
-        }
-        let id = last.operation_id.clone();
-        loop {
-            if *self.draining.borrow() {
-                return self.end(FeedError::Draining);
-            }
-            if self.live {
-                tokio::select! {
-                    changed = self.sub.changed() => {
-                        if changed.is_ok() {
-                            let state = self.sub.borrow_and_update().clone();
-                            return Some(Ok(self.hand_out(state)));
-                        }
-                        // Closed without a Done state seen here: the run
-                        // moved on (interrupted, or elsewhere); the final
-                        // state may still arrive in the log.
-                        self.live = false;
-                    }
-                    _ = self.draining.changed() => {}
-                }
-                continue;
-            }
-            tokio::select! {
-                () = tokio::time::sleep(self.ops.settings.follow_poll) => {}
-                _ = self.draining.changed() => continue,
-            }
-            match self.ops.status(&id).await {
-                Ok(Some(rec)) if self.last.as_ref() != Some(&rec.state) => {
-                    return Some(Ok(self.hand_out(rec.state)));
-                }
-                Ok(Some(_)) => {}
-                Ok(None) => return self.end(FeedError::Vanished(id)),
-                Err(e) => return self.end(e.into()),
-            }
-        }
-    }
-
-    fn hand_out(&mut self, state: OperationState) -> OperationState {
-        self.last = Some(state.clone());
-        state
-    }
-
-    fn end(&mut self, e: FeedError) -> Option<Result<OperationState, FeedError>> {
-        self.ended = true;
-        Some(Err(e))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::index::SqliteIndex;
-    use crate::store::MemoryStore;
-    use crate::warm::WarmSettings;
-
-    fn unfinished(id: &str, resumptions: u32) -> OperationRecord {
-        OperationRecord {
-            id: id.into(),
-            request_id: None,
-            request: WarmSpec {
-                source: expresscache::BucketName::parse("src").unwrap(),
-                prefixes: vec![expresscache::Prefix::parse("d/").unwrap()],
-                directory_bucket: expresscache::DirectoryBucketName::parse("cache--use1-az4--x-s3")
-                    .unwrap(),
-                ttl: Duration::from_secs(60),
-                force_copy: false,
-                request_id: None,
-                destination_prefix: expresscache::Prefix::root(),
-            },
-            state: OperationState {
-                phase: crate::operation::Phase::Copying,
-                ..OperationState::queued(id, 1)
-            },
-            created_at: 1,
-            resumptions,
-        }
-    }
-
-    #[tokio::test]
-    async fn a_warm_interrupted_too_often_is_failed_not_resumed_again() {
-        let store = MemoryStore::default();
-        store.create_bucket("src");
-        store.create_bucket("cache--use1-az4--x-s3");
-        let index = Arc::new(SqliteIndex::open_in_memory().unwrap());
-        index
-            .create_operation(&unfinished("crashy", 3))
-            .await
-            .unwrap();
-        index
-            .create_operation(&unfinished("drained", 3))
-            .await
-            .unwrap();
-        // Three earlier starts crashed while running `crashy`; `drained`
-        // was interrupted by graceful shutdowns only.
-        for _ in 0..3 {
-            index.count_crash("crashy").await.unwrap();
-            index.note_clean_stop("drained").await.unwrap();
-            index.count_crash("drained").await.unwrap();
-        }
-        index.note_clean_stop("drained").await.unwrap();
-        let warmer = Arc::new(Warmer::new(
-            Arc::new(store),
-            Arc::clone(&index),
-            Arc::new(crate::clock::SystemClock),
-            WarmSettings::default(),
-        ));
-        let ops = Arc::new(Operations::new(
-            warmer,
-            OpsSettings::default(),
-            Limits::default(),
-        ));
-        assert_eq!(
-            ops.resume_unfinished().await.unwrap(),
-            1,
-            "only the cleanly stopped one"
-        );
-        let crashy = index.get_operation("crashy").await.unwrap().unwrap();
-        assert!(crashy.is_done());
-        assert_eq!(crashy.state.outcome, Some(Outcome::Failed));
-        let error = crashy.state.error.unwrap_or_default();
-        assert!(error.contains("4 times"), "{error}");
-        assert_eq!(crashy.resumptions, 3, "not counted as resumed again");
     }
 }

@@ -1,0 +1,88 @@
+//! Taking over operations nobody runs any more: the replica that ran them
+//! crashed, was paused or cut off past its run deadline, or released them
+//! on a graceful shutdown. Every replica looks every `adopt_every`; the
+//! log's conditional takeover lets exactly one win each operation.
+
+use std::sync::Arc;
+
+use super::Operations;
+use crate::index::{CacheIndex, IndexError, OpFilter, OperationLog};
+use crate::operation::{OperationRecord, Outcome};
+use crate::progress::Progress;
+use crate::store::ObjectStore;
+
+/// Operations read per page while looking.
+const PAGE: usize = 100;
+
+impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
+    /// Takes over and resumes every unfinished operation whose run lapsed
+    /// (already-copied objects are hits, so what is left is what was not
+    /// done). Returns how many it resumed.
+    pub async fn adopt_orphans(self: &Arc<Self>) -> Result<usize, IndexError> {
+        let mut resumed = 0;
+        let mut after = None;
+        loop {
+            if *self.draining.borrow() {
+                return Ok(resumed);
+            }
+            let page = self
+                .index()
+                .list_operations(OpFilter::Running, after.clone(), PAGE)
+                .await?;
+            after = page.last().map(|r| (r.created_at, r.id.clone()));
+            let full = page.len() == PAGE;
+            let (_, judged) = self.now();
+            for rec in page {
+                let lapsed = rec.run.as_ref().is_none_or(|r| r.deadline <= judged);
+                if lapsed && !self.live().contains_key(&rec.id) && self.adopt(rec).await? {
+                    resumed += 1;
+                }
+            }
+            if !full {
+                return Ok(resumed);
+            }
+        }
+    }
+
+    /// Takes `rec` over; resumes it unless a cancel was requested, it has
+    /// crashed servers too often, or it no longer fits this server's
+    /// limits (then ends it so). Returns whether it resumed it.
+    async fn adopt(self: &Arc<Self>, mut rec: OperationRecord) -> Result<bool, IndexError> {
+        let Some(t) = self.index().take_over(&rec.id, &self.run_terms()).await? else {
+            return Ok(false); // another replica was quicker, or it finished
+        };
+        let id = rec.id.clone();
+        let end = |outcome, error: Option<String>| rec.state.clone().ended(outcome, error);
+        let ended = if t.cancel_requested {
+            Some(end(Outcome::Cancelled, None))
+        } else if t.crashes > self.settings.max_resumptions {
+            // Only crashes count: rolling restarts interrupt long warms
+            // cleanly, and those must go on however often it happens.
+            let reason = format!(
+                "not resumed: a server stopped without a clean shutdown {} times while running \
+                 it (the limit is {}); it may be what crashes the server, see its log",
+                t.crashes, self.settings.max_resumptions
+            );
+            tracing::error!(operation_id = %id, crashes = t.crashes, "{reason}");
+            Some(end(Outcome::Failed, Some(reason)))
+        } else if let Err(e) = rec.request.within(&self.limits) {
+            Some(end(
+                Outcome::Failed,
+                Some(format!("cannot resume under this server's limits: {e}")),
+            ))
+        } else {
+            None
+        };
+        if let Some(last) = ended {
+            self.index().update_operation(&id, &t.ticket, &last).await?;
+            return Ok(false);
+        }
+        rec.resumptions = self.index().mark_resumed(&id).await?;
+        tracing::info!(operation_id = %id, attempt = t.ticket.attempt, resumptions = rec.resumptions,
+            "taking over an unfinished warm");
+        let (progress, _rx) = Progress::new(id, Arc::clone(&self.warmer.clock));
+        let spec = rec.request.clone();
+        self.start(rec, spec, progress, t.ticket);
+        Ok(true)
+    }
+}

@@ -1,0 +1,180 @@
+//! Running one operation under its run lease: publish progress to the
+//! followers, renew the lease (and see a cancel requested elsewhere),
+//! checkpoint the state, and stop writing the moment the lease turns out
+//! lost: a replica that was paused or cut off past its deadline has been
+//! taken over, and must not overwrite the new runner's record.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use expresscache::WarmSpec;
+
+use super::Operations;
+use crate::index::{span_millis, CacheIndex, OperationLog, Renewal};
+use crate::operation::{Outcome, RunTicket};
+use crate::progress::Progress;
+use crate::stop::{StopReason, StopSignal};
+use crate::store::ObjectStore;
+use crate::warm::{WarmError, WarmOutcome};
+
+impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
+    pub(super) async fn drive(
+        self: Arc<Self>,
+        id: String,
+        spec: WarmSpec,
+        progress: Arc<Progress>,
+        stop: Arc<StopSignal>,
+        ticket: RunTicket,
+    ) {
+        // Claims are per attempt: a later attempt takes this one's over.
+        let owner = ticket.claim_owner(&id);
+        let lost = Arc::new(AtomicBool::new(false));
+        let keeper = {
+            let this = Arc::clone(&self);
+            let (id, ticket) = (id.clone(), ticket.clone());
+            let (progress, stop, lost) =
+                (Arc::clone(&progress), Arc::clone(&stop), Arc::clone(&lost));
+            tokio::spawn(async move { this.keep_run(&id, &ticket, &progress, &stop, &lost).await })
+        };
+        let result = self.warmer.run_until(&spec, &progress, &owner, &stop).await;
+        keeper.abort();
+        if lost.load(Ordering::Relaxed) {
+            tracing::warn!(operation_id = %id, attempt = ticket.attempt,
+                "this replica lost the operation's run (another took it over); writing nothing more");
+            progress.publish();
+            self.forget(&id);
+            return;
+        }
+        if stop.reason() == Some(StopReason::Interrupted) {
+            // Left unfinished on purpose: any replica (this one after its
+            // restart, or another now) takes it over, as no crash.
+            self.checkpoint(&id, &ticket, &progress).await;
+            if let Err(e) = self.index().release_run(&id, &ticket).await {
+                tracing::warn!(operation_id = %id, error = %e, "could not release the run");
+            }
+            tracing::info!(operation_id = %id, "warm interrupted by shutdown; another start resumes it");
+            progress.publish();
+            self.forget(&id);
+            return;
+        }
+        let last = match result {
+            Err(e @ WarmError::LeaseEnded { .. }) => {
+                tracing::warn!(operation_id = %id, error = %e, "warm stopped: its lease was evicted");
+                progress.finish(Outcome::Cancelled, Some(e.to_string()))
+            }
+            Err(e) => {
+                tracing::warn!(operation_id = %id, error = %e, "warm failed");
+                progress.finish(Outcome::Failed, Some(e.to_string()))
+            }
+            Ok(WarmOutcome::Cancelled | WarmOutcome::Interrupted) => {
+                progress.finish(Outcome::Cancelled, None)
+            }
+            Ok(WarmOutcome::PartiallyFailed) => progress.finish(Outcome::PartiallyFailed, None),
+            Ok(WarmOutcome::Succeeded) => progress.finish(Outcome::Succeeded, None),
+        };
+        let c = last.counters;
+        tracing::info!(operation_id = %id, outcome = ?last.outcome,
+            listed = c.objects_listed, hits = c.objects_hit, copied = c.objects_copied,
+            shared = c.objects_shared, failed = c.objects_failed, bytes_copied = c.bytes_copied, "warm finished");
+        // Before the final state: once that is visible, a resubmission of
+        // the request id checks these.
+        if let Err(e) = self
+            .index()
+            .set_lease_epochs(&id, &progress.lease_epochs())
+            .await
+        {
+            tracing::warn!(operation_id = %id, error = %e, "could not record the lease epochs");
+        }
+        match self.index().update_operation(&id, &ticket, &last).await {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(operation_id = %id,
+                "the final state was not recorded: another replica took the operation over"),
+            Err(e) => {
+                tracing::error!(operation_id = %id, error = %e, "could not record the final state")
+            }
+        }
+        self.forget(&id);
+    }
+
+    /// While the warm runs: publishes progress every `publish_interval`,
+    /// renews the run every `renew_every` (a requested cancel stops the
+    /// warm), checkpoints every `checkpoint_interval`. Once the run is lost
+    /// (another attempt holds it, or this replica could not renew it before
+    /// its deadline), sets `lost` and interrupts the warm.
+    async fn keep_run(
+        &self,
+        id: &str,
+        ticket: &RunTicket,
+        progress: &Progress,
+        stop: &StopSignal,
+        lost: &AtomicBool,
+    ) {
+        let s = &self.settings;
+        let tick_every = s
+            .publish_interval
+            .min(s.renew_every)
+            .max(Duration::from_millis(10));
+        let mut tick = tokio::time::interval(tick_every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let (mut since_renewal, mut since_checkpoint) = (Duration::ZERO, Duration::ZERO);
+        let clock = &self.warmer.clock;
+        let mut held_until = clock.now().saturating_add(span_millis(s.run_ttl));
+        let lose = || {
+            lost.store(true, Ordering::Relaxed);
+            stop.interrupt();
+        };
+        loop {
+            tick.tick().await;
+            progress.publish();
+            since_renewal += tick_every;
+            since_checkpoint += tick_every;
+            if since_renewal >= s.renew_every {
+                since_renewal = Duration::ZERO;
+                let deadline = clock.now().saturating_add(span_millis(s.run_ttl));
+                match self.index().renew_run(id, ticket, deadline).await {
+                    Ok(Renewal::Held { cancel_requested }) => {
+                        held_until = deadline;
+                        if cancel_requested && !stop.is_set() {
+                            tracing::info!(operation_id = %id, "cancel requested through the log");
+                            stop.cancel();
+                        }
+                    }
+                    Ok(Renewal::Lost) => return lose(),
+                    Err(e) => {
+                        tracing::warn!(operation_id = %id, error = %e, "could not renew the run");
+                        // Past its deadline another replica may hold it.
+                        if clock.now() >= held_until {
+                            return lose();
+                        }
+                    }
+                }
+            }
+            if since_checkpoint >= s.checkpoint_interval {
+                since_checkpoint = Duration::ZERO;
+                // Other replicas' status and list read this.
+                match self
+                    .index()
+                    .update_operation(id, ticket, &progress.snapshot())
+                    .await
+                {
+                    Ok(true) => {}
+                    Ok(false) => return lose(),
+                    Err(e) => {
+                        tracing::warn!(operation_id = %id, error = %e, "progress checkpoint failed")
+                    }
+                }
+            }
+        }
+    }
+
+    async fn checkpoint(&self, id: &str, ticket: &RunTicket, progress: &Progress) {
+        if let Err(e) = self
+            .index()
+            .update_operation(id, ticket, &progress.snapshot())
+            .await
+        {
+            tracing::error!(operation_id = %id, error = %e, "could not checkpoint the interrupted warm");
+        }
+    }
+}
