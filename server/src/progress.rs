@@ -16,8 +16,11 @@ use crate::operation::{Counters, KeyFailure, OperationState, Outcome, Phase, MAX
 #[derive(Debug)]
 pub struct Progress {
     operation_id: String,
-    clock: Arc<dyn Clock>,
+    /// When it started, as a timestamp (the injected clock).
     started_at: Millis,
+    /// When it started, for elapsed time: monotonic, so a wall-clock step
+    /// does not distort rates and estimates (and tests pause it).
+    started: tokio::time::Instant,
     phase: AtomicU8,
     pub listed: AtomicU64,
     pub bytes_listed: AtomicU64,
@@ -57,11 +60,12 @@ impl Progress {
         clock: Arc<dyn Clock>,
     ) -> (Self, watch::Receiver<OperationState>) {
         let started_at = clock.now();
+        let started = tokio::time::Instant::now();
         let (tx, rx) = watch::channel(OperationState::queued(&operation_id, started_at));
         let p = Self {
             operation_id,
-            clock,
             started_at,
+            started,
             phase: AtomicU8::new(phase_code(Phase::Queued)),
             listed: AtomicU64::new(0),
             bytes_listed: AtomicU64::new(0),
@@ -185,7 +189,7 @@ impl Progress {
 
     /// The current state (failures are carried only by the final one).
     pub fn snapshot(&self) -> OperationState {
-        let elapsed = self.clock.now().saturating_sub(self.started_at).max(0);
+        let elapsed = self.started.elapsed();
         OperationState {
             operation_id: self.operation_id.clone(),
             phase: PHASES[usize::from(self.phase.load(Ordering::Relaxed)).min(3)],
@@ -195,7 +199,7 @@ impl Progress {
             failures_omitted: 0,
             error: None,
             started_at: self.started_at,
-            elapsed: Duration::from_millis(elapsed.unsigned_abs()),
+            elapsed,
             concurrency_limit: u32::try_from(self.concurrency_limit.load(Ordering::Relaxed))
                 .unwrap_or(u32::MAX),
             lease_expires_at: Some(self.lease_expires_at.load(Ordering::Relaxed))

@@ -25,7 +25,7 @@ use expresscache_server::index::{CacheIndex, CountingIndex, KeyRange, SqliteInde
 use expresscache_server::operation::Outcome;
 use expresscache_server::progress::Progress;
 use expresscache_server::store::{FaultStore, MemoryStore, Op};
-use expresscache_server::warm::{WarmOutcome, WarmSettings, Warmer};
+use expresscache_server::warm::{WarmSettings, Warmer};
 use futures::future::BoxFuture;
 use tokio::sync::oneshot;
 
@@ -155,9 +155,7 @@ impl World {
         .unwrap();
         let (progress, _rx) = Progress::new(op.into(), self.clock.clone());
         match self.warmer().run(&spec, &progress, op).await {
-            Ok(WarmOutcome::Succeeded) => Outcome::Succeeded,
-            Ok(WarmOutcome::PartiallyFailed) => Outcome::PartiallyFailed,
-            Ok(WarmOutcome::Cancelled | WarmOutcome::Interrupted) => Outcome::Cancelled,
+            Ok(outcome) => outcome.outcome(),
             Err(_) => Outcome::Failed,
         }
     }

@@ -75,7 +75,8 @@ pub fn progress(s: OperationState) -> pb::WarmProgress {
         phase: phase(s.phase) as i32,
         counters: Some(counters(&s.counters)),
         outcome: outcome(s.outcome) as i32,
-        started_at: Some(timestamp(s.started_at)),
+        // 0: not known (a record of an early release without one).
+        started_at: (s.started_at > 0).then(|| timestamp(s.started_at)),
         elapsed: Some(duration(s.elapsed)),
         objects_per_second: s.objects_per_second(),
         bytes_per_second: s.bytes_per_second(),
@@ -153,6 +154,39 @@ mod tests {
             },
             "before the epoch: nanos stay positive"
         );
+    }
+
+    #[test]
+    fn an_evict_report_counts_kept_objects_of_both_kinds() {
+        let mut report = EvictReport {
+            leases_ended: 2,
+            forced: false,
+            ..EvictReport::default()
+        };
+        report.tally.deleted = 3;
+        report.tally.bytes = 30;
+        report.tally.kept_live = 4;
+        report.tally.kept_busy = 1;
+        report.tally.kept_under.insert("p/".into());
+        report.tally.failures_omitted = 7;
+        report.tally.failures.push(KeyFailure {
+            key: "k".into(),
+            code: "AccessDenied".into(),
+            message: "no".into(),
+        });
+        let r = evict_response(report);
+        assert_eq!(
+            (
+                r.objects_deleted,
+                r.bytes_deleted,
+                r.leases_ended,
+                r.objects_kept
+            ),
+            (3, 30, 2, 5)
+        );
+        assert_eq!(r.kept_under, ["p/"]);
+        assert_eq!((r.failures.len(), r.failures_omitted), (1, 7));
+        assert_eq!(r.failures[0].code, "AccessDenied");
     }
 
     #[test]

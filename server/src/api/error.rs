@@ -31,6 +31,23 @@ pub enum ApiError {
     Evict(#[from] EvictError),
 }
 
+/// An index failure as a status: one that waiting may fix (throttled,
+/// unreachable) is UNAVAILABLE with a retry hint, the rest INTERNAL.
+fn index_status(e: &IndexError) -> Status {
+    if let IndexError::Unavailable(_) = e {
+        tracing::warn!(error = %e, "index unavailable");
+        let mut details = ErrorDetails::new();
+        details.set_retry_info(Some(std::time::Duration::from_secs(1)));
+        return Status::with_error_details(
+            Code::Unavailable,
+            format!("cache index unavailable, retry: {e}"),
+            details,
+        );
+    }
+    tracing::error!(error = %e, "index failure");
+    Status::internal(format!("cache index failure: {e}"))
+}
+
 /// The gRPC code for a store failure, from its one classification: what
 /// waiting may fix is UNAVAILABLE (a retryable 500 included).
 fn store_code(e: &StoreError) -> Code {
@@ -88,14 +105,9 @@ impl From<ApiError> for Status {
                 details.set_retry_info(Some(std::time::Duration::from_secs(1)));
                 Status::with_error_details(Code::Unavailable, msg, details)
             }
-            ApiError::Submit(SubmitError::Index(e)) | ApiError::Index(e) => {
-                tracing::error!(error = %e, "index failure");
-                Status::internal(format!("cache index failure: {e}"))
-            }
-            ApiError::Evict(EvictError::Index(e)) => {
-                tracing::error!(error = %e, "index failure during evict");
-                Status::internal(format!("cache index failure: {e}"))
-            }
+            ApiError::Submit(SubmitError::Index(e))
+            | ApiError::Index(e)
+            | ApiError::Evict(EvictError::Index(e)) => index_status(&e),
             ApiError::Evict(EvictError::Store { source, .. }) => {
                 Status::new(store_code(&source), msg)
             }

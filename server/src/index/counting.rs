@@ -1,6 +1,7 @@
 //! A [`CacheIndex`] decorator that counts reads and writes, so tests can
 //! assert what a call costs (a re-warm must write O(prefixes), not
-//! O(objects)), and optionally passes every call through a [`Gate`].
+//! O(objects)), optionally passes every call through a [`Gate`], and can
+//! fail chosen calls.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -19,6 +20,8 @@ pub struct CountingIndex<I> {
     reads: AtomicU64,
     writes: AtomicU64,
     gate: Option<Arc<dyn Gate>>,
+    /// Calls to fail, and how many more times.
+    failing: std::sync::Mutex<Vec<(&'static str, u32)>>,
 }
 
 impl<I> CountingIndex<I> {
@@ -28,6 +31,7 @@ impl<I> CountingIndex<I> {
             reads: AtomicU64::new(0),
             writes: AtomicU64::new(0),
             gate: None,
+            failing: std::sync::Mutex::default(),
         }
     }
 
@@ -37,11 +41,27 @@ impl<I> CountingIndex<I> {
         self
     }
 
-    async fn pass(&self, call: &'static str, subject: &str) -> Option<Pass> {
-        match &self.gate {
+    async fn pass(&self, call: &'static str, subject: &str) -> Result<Option<Pass>, IndexError> {
+        {
+            let mut failing = self.failing.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((_, left)) = failing.iter_mut().find(|(c, n)| *c == call && *n > 0) {
+                *left -= 1;
+                return Err(IndexError::Unavailable(format!("{call} failed (injected)")));
+            }
+        }
+        Ok(match &self.gate {
             Some(g) => Some(g.enter(call, subject).await),
             None => None,
-        }
+        })
+    }
+
+    /// Fails the next `times` calls named `call` with
+    /// [`IndexError::Unavailable`], as an unreachable index would.
+    pub fn fail(&self, call: &'static str, times: u32) {
+        self.failing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((call, times));
     }
 
     pub fn inner(&self) -> &I {
@@ -71,7 +91,7 @@ impl<I> CountingIndex<I> {
 impl<I: CacheIndex> CacheIndex for CountingIndex<I> {
     async fn extend_lease(&self, lease: &Lease, now: Millis) -> Result<Lease, IndexError> {
         self.write();
-        let _pass = self.pass("extend_lease", &lease.prefix).await;
+        let _pass = self.pass("extend_lease", &lease.prefix).await?;
         self.inner.extend_lease(lease, now).await
     }
 
@@ -82,7 +102,7 @@ impl<I: CacheIndex> CacheIndex for CountingIndex<I> {
         now: Millis,
     ) -> Result<Vec<Lease>, IndexError> {
         self.read();
-        let _pass = self.pass("covering_leases", prefix).await;
+        let _pass = self.pass("covering_leases", prefix).await?;
         self.inner
             .covering_leases(directory_bucket, prefix, now)
             .await
@@ -96,7 +116,7 @@ impl<I: CacheIndex> CacheIndex for CountingIndex<I> {
         limit: usize,
     ) -> Result<Vec<Lease>, IndexError> {
         self.read();
-        let _pass = self.pass("leases_under", prefix).await;
+        let _pass = self.pass("leases_under", prefix).await?;
         self.inner
             .leases_under(directory_bucket, prefix, now, limit)
             .await
@@ -109,13 +129,13 @@ impl<I: CacheIndex> CacheIndex for CountingIndex<I> {
         now: Millis,
     ) -> Result<Vec<Lease>, IndexError> {
         self.write();
-        let _pass = self.pass("end_leases", prefix).await;
+        let _pass = self.pass("end_leases", prefix).await?;
         self.inner.end_leases(directory_bucket, prefix, now).await
     }
 
     async fn expired_leases(&self, now: Millis, limit: usize) -> Result<Vec<Lease>, IndexError> {
         self.read();
-        let _pass = self.pass("expired_leases", "").await;
+        let _pass = self.pass("expired_leases", "").await?;
         self.inner.expired_leases(now, limit).await
     }
 
@@ -126,7 +146,7 @@ impl<I: CacheIndex> CacheIndex for CountingIndex<I> {
         backoff: &SweepBackoff,
     ) -> Result<SweepFailure, IndexError> {
         self.write();
-        let _pass = self.pass("defer_sweep", &lease.prefix).await;
+        let _pass = self.pass("defer_sweep", &lease.prefix).await?;
         self.inner.defer_sweep(lease, error, backoff).await
     }
 
@@ -137,7 +157,7 @@ impl<I: CacheIndex> CacheIndex for CountingIndex<I> {
         limit: usize,
     ) -> Result<Vec<SweepFailure>, IndexError> {
         self.read();
-        let _pass = self.pass("sweep_failures", prefix).await;
+        let _pass = self.pass("sweep_failures", prefix).await?;
         self.inner
             .sweep_failures(directory_bucket, prefix, limit)
             .await
@@ -149,7 +169,7 @@ impl<I: CacheIndex> CacheIndex for CountingIndex<I> {
         now: Millis,
     ) -> Result<bool, IndexError> {
         self.write();
-        let _pass = self.pass("remove_lease_if_expired", &lease.prefix).await;
+        let _pass = self.pass("remove_lease_if_expired", &lease.prefix).await?;
         self.inner.remove_lease_if_expired(lease, now).await
     }
 
@@ -160,7 +180,7 @@ impl<I: CacheIndex> CacheIndex for CountingIndex<I> {
         limit: usize,
     ) -> Result<Vec<Record>, IndexError> {
         self.read();
-        let _pass = self.pass("records", range.prefix).await;
+        let _pass = self.pass("records", range.prefix).await?;
         self.inner.records(directory_bucket, range, limit).await
     }
 
@@ -170,7 +190,7 @@ impl<I: CacheIndex> CacheIndex for CountingIndex<I> {
         key: &str,
     ) -> Result<Option<Record>, IndexError> {
         self.read();
-        let _pass = self.pass("records", key).await;
+        let _pass = self.pass("records", key).await?;
         self.inner.get_record(directory_bucket, key).await
     }
 
@@ -183,7 +203,7 @@ impl<I: CacheIndex> CacheIndex for CountingIndex<I> {
         self.write();
         let _pass = self
             .pass("claim_copies", keys.first().map_or("", String::as_str))
-            .await;
+            .await?;
         self.inner.claim_copies(directory_bucket, keys, terms).await
     }
 
@@ -195,7 +215,7 @@ impl<I: CacheIndex> CacheIndex for CountingIndex<I> {
         deadline: Millis,
     ) -> Result<bool, IndexError> {
         self.write();
-        let _pass = self.pass("renew_claim", key).await;
+        let _pass = self.pass("renew_claim", key).await?;
         self.inner
             .renew_claim(directory_bucket, key, owner, deadline)
             .await
@@ -212,7 +232,7 @@ impl<I: CacheIndex> CacheIndex for CountingIndex<I> {
                 "complete_copies",
                 entries.first().map_or("", |e| e.key.as_str()),
             )
-            .await;
+            .await?;
         self.inner.complete_copies(entries, owner).await
     }
 
@@ -223,7 +243,7 @@ impl<I: CacheIndex> CacheIndex for CountingIndex<I> {
         owner: &str,
     ) -> Result<(), IndexError> {
         self.write();
-        let _pass = self.pass("release_claim", key).await;
+        let _pass = self.pass("release_claim", key).await?;
         self.inner.release_claim(directory_bucket, key, owner).await
     }
 
@@ -237,7 +257,7 @@ impl<I: CacheIndex> CacheIndex for CountingIndex<I> {
         self.write();
         let _pass = self
             .pass("begin_evict", keys.first().map_or("", String::as_str))
-            .await;
+            .await?;
         self.inner
             .begin_evict(directory_bucket, keys, terms, force)
             .await
@@ -253,7 +273,7 @@ impl<I: CacheIndex> CacheIndex for CountingIndex<I> {
         self.write();
         let _pass = self
             .pass("abandon_evict", keys.first().map_or("", String::as_str))
-            .await;
+            .await?;
         self.inner
             .abandon_evict(directory_bucket, keys, owner, deadline)
             .await
@@ -268,13 +288,13 @@ impl<I: CacheIndex> CacheIndex for CountingIndex<I> {
         self.write();
         let _pass = self
             .pass("finish_evict", keys.first().map_or("", String::as_str))
-            .await;
+            .await?;
         self.inner.finish_evict(directory_bucket, keys, owner).await
     }
 
     async fn usage(&self, directory_bucket: &str, prefix: &str) -> Result<Usage, IndexError> {
         self.read();
-        let _pass = self.pass("usage", prefix).await;
+        let _pass = self.pass("usage", prefix).await?;
         self.inner.usage(directory_bucket, prefix).await
     }
 }
@@ -283,7 +303,7 @@ impl<I: CacheIndex> CacheIndex for CountingIndex<I> {
 impl<I: OperationLog> OperationLog for CountingIndex<I> {
     async fn create_operation(&self, op: &OperationRecord) -> Result<CreateOutcome, IndexError> {
         self.write();
-        let _pass = self.pass("create_operation", &op.id).await;
+        let _pass = self.pass("create_operation", &op.id).await?;
         self.inner.create_operation(op).await
     }
 
@@ -293,7 +313,7 @@ impl<I: OperationLog> OperationLog for CountingIndex<I> {
         op: &OperationRecord,
     ) -> Result<bool, IndexError> {
         self.write();
-        let _pass = self.pass("supersede_operation", &op.id).await;
+        let _pass = self.pass("supersede_operation", &op.id).await?;
         self.inner.supersede_operation(old_id, op).await
     }
 
@@ -304,7 +324,7 @@ impl<I: OperationLog> OperationLog for CountingIndex<I> {
         state: &crate::operation::OperationState,
     ) -> Result<bool, IndexError> {
         self.write();
-        let _pass = self.pass("update_operation", id).await;
+        let _pass = self.pass("update_operation", id).await?;
         self.inner.update_operation(id, ticket, state).await
     }
 
@@ -315,7 +335,7 @@ impl<I: OperationLog> OperationLog for CountingIndex<I> {
         limit: usize,
     ) -> Result<Vec<OperationRecord>, IndexError> {
         self.read();
-        let _pass = self.pass("list_operations", "").await;
+        let _pass = self.pass("list_operations", "").await?;
         self.inner.list_operations(filter, after, limit).await
     }
 
@@ -325,13 +345,13 @@ impl<I: OperationLog> OperationLog for CountingIndex<I> {
         epochs: &[(String, String)],
     ) -> Result<(), IndexError> {
         self.write();
-        let _pass = self.pass("set_lease_epochs", id).await;
+        let _pass = self.pass("set_lease_epochs", id).await?;
         self.inner.set_lease_epochs(id, epochs).await
     }
 
     async fn lease_epochs(&self, id: &str) -> Result<Vec<(String, String)>, IndexError> {
         self.read();
-        let _pass = self.pass("lease_epochs", id).await;
+        let _pass = self.pass("lease_epochs", id).await?;
         self.inner.lease_epochs(id).await
     }
 
@@ -341,7 +361,7 @@ impl<I: OperationLog> OperationLog for CountingIndex<I> {
         terms: &RunTerms<'_>,
     ) -> Result<Option<Takeover>, IndexError> {
         self.write();
-        let _pass = self.pass("take_over", id).await;
+        let _pass = self.pass("take_over", id).await?;
         self.inner.take_over(id, terms).await
     }
 
@@ -352,37 +372,37 @@ impl<I: OperationLog> OperationLog for CountingIndex<I> {
         deadline: Millis,
     ) -> Result<Renewal, IndexError> {
         self.write();
-        let _pass = self.pass("renew_run", id).await;
+        let _pass = self.pass("renew_run", id).await?;
         self.inner.renew_run(id, ticket, deadline).await
     }
 
     async fn release_run(&self, id: &str, ticket: &RunTicket) -> Result<(), IndexError> {
         self.write();
-        let _pass = self.pass("release_run", id).await;
+        let _pass = self.pass("release_run", id).await?;
         self.inner.release_run(id, ticket).await
     }
 
     async fn request_cancel(&self, id: &str) -> Result<bool, IndexError> {
         self.write();
-        let _pass = self.pass("request_cancel", id).await;
+        let _pass = self.pass("request_cancel", id).await?;
         self.inner.request_cancel(id).await
     }
 
     async fn mark_resumed(&self, id: &str) -> Result<u32, IndexError> {
         self.write();
-        let _pass = self.pass("mark_resumed", id).await;
+        let _pass = self.pass("mark_resumed", id).await?;
         self.inner.mark_resumed(id).await
     }
 
     async fn purge_operations(&self, before: Millis) -> Result<u64, IndexError> {
         self.write();
-        let _pass = self.pass("purge_operations", "").await;
+        let _pass = self.pass("purge_operations", "").await?;
         self.inner.purge_operations(before).await
     }
 
     async fn get_operation(&self, id: &str) -> Result<Option<OperationRecord>, IndexError> {
         self.read();
-        let _pass = self.pass("get_operation", id).await;
+        let _pass = self.pass("get_operation", id).await?;
         self.inner.get_operation(id).await
     }
 }

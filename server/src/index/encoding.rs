@@ -27,7 +27,8 @@ pub struct RequestDoc {
     pub source: String,
     pub prefixes: Vec<String>,
     pub directory_bucket: String,
-    pub ttl_ms: u64,
+    /// Nanoseconds: exact, so a retried submission compares equal.
+    pub ttl_ns: u64,
     pub force_copy: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
@@ -155,7 +156,7 @@ impl From<&WarmSpec> for RequestDoc {
             source: s.source.to_string(),
             prefixes: s.prefixes.iter().map(ToString::to_string).collect(),
             directory_bucket: s.directory_bucket.to_string(),
-            ttl_ms: u64::try_from(s.ttl.as_millis()).unwrap_or(u64::MAX),
+            ttl_ns: u64::try_from(s.ttl.as_nanos()).unwrap_or(u64::MAX),
             force_copy: s.force_copy,
             request_id: s.request_id.as_ref().map(ToString::to_string),
             destination_prefix: s.destination_prefix.to_string(),
@@ -180,7 +181,7 @@ impl RequestDoc {
             // the name's form was checked then.
             directory_bucket: DirectoryBucketName::parse_with(&self.directory_bucket, true)
                 .map_err(|e| bad("directory_bucket", e))?,
-            ttl: Duration::from_millis(self.ttl_ms),
+            ttl: Duration::from_nanos(self.ttl_ns),
             force_copy: self.force_copy,
             request_id: self
                 .request_id
@@ -291,7 +292,7 @@ mod tests {
             source: BucketName::parse("src").unwrap(),
             prefixes: vec![Prefix::parse("a/").unwrap(), Prefix::root()],
             directory_bucket: DirectoryBucketName::parse("cache--use1-az4--x-s3").unwrap(),
-            ttl: Duration::from_millis(90_500),
+            ttl: Duration::new(90, 500_000_123),
             force_copy: true,
             request_id: Some(RequestId::parse("job-7").unwrap()),
             destination_prefix: Prefix::parse("team/").unwrap(),
@@ -321,7 +322,7 @@ mod tests {
     fn the_stored_form_is_readable_and_versioned() {
         let text = request_json(&spec());
         assert!(text.starts_with(r#"{"v":1,"source":"src","#), "{text}");
-        assert!(text.contains(r#""ttl_ms":90500"#), "{text}");
+        assert!(text.contains(r#""ttl_ns":90500000123"#), "{text}");
     }
 
     #[test]

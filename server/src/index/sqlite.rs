@@ -273,8 +273,10 @@ fn migrate(conn: &mut Connection) -> Result<(), IndexError> {
 }
 
 /// Rewrites operations stored by releases before the versioned encoding in
-/// the current one. A record that cannot be read at all is dropped (and
-/// logged): it could never be shown or resumed.
+/// the current one. A record that cannot be read is kept as it is, set
+/// aside (encoding -1: no read returns it, so it cannot fail listings) and
+/// logged, for an operator to inspect; nothing is deleted. The rewrite is
+/// one way: a release before it cannot read the index afterwards.
 fn reencode_operations(tx: &Connection) -> Result<(), IndexError> {
     let old: Vec<(String, Vec<u8>, Vec<u8>)> = tx
         .prepare("SELECT id, request, progress FROM operations WHERE encoding = 0")
@@ -301,9 +303,15 @@ fn reencode_operations(tx: &Connection) -> Result<(), IndexError> {
             }
             (Err(e), _) | (_, Err(e)) => {
                 tracing::error!(operation_id = %id, error = %e,
-                    "an operation recorded by an earlier release cannot be read; dropping it");
-                tx.execute("DELETE FROM operations WHERE id = ?1", params![id])
-                    .map_err(storage)?;
+                    "an operation recorded by an earlier release cannot be read; it is kept \
+                     in the operations table with encoding -1 and no longer listed");
+                // Its request id is freed: a resubmission starts afresh
+                // instead of failing on a record nobody can read.
+                tx.execute(
+                    "UPDATE operations SET encoding = -1, request_id = NULL WHERE id = ?1",
+                    params![id],
+                )
+                .map_err(storage)?;
             }
         }
     }
@@ -1158,7 +1166,10 @@ impl OperationLog for SqliteIndex {
             if let Some(rid) = &op.request_id {
                 let existing = tx
                     .query_row(
-                        &format!("SELECT {OP_COLUMNS} FROM operations WHERE request_id = ?1"),
+                        &format!(
+                            "SELECT {OP_COLUMNS} FROM operations
+                             WHERE request_id = ?1 AND encoding = 1"
+                        ),
                         params![rid],
                         read_op,
                     )
@@ -1229,7 +1240,7 @@ impl OperationLog for SqliteIndex {
         self.with(move |c| {
             let row = c
                 .query_row(
-                    &format!("SELECT {OP_COLUMNS} FROM operations WHERE id = ?1"),
+                    &format!("SELECT {OP_COLUMNS} FROM operations WHERE id = ?1 AND encoding = 1"),
                     params![id],
                     read_op,
                 )
@@ -1257,7 +1268,7 @@ impl OperationLog for SqliteIndex {
             let mut stmt = c
                 .prepare_cached(&format!(
                     "SELECT {OP_COLUMNS} FROM operations
-                     WHERE (?1 IS NULL OR done = ?1)
+                     WHERE encoding = 1 AND (?1 IS NULL OR done = ?1)
                        AND (?2 IS NULL OR created_at < ?2 OR (created_at = ?2 AND id < ?3))
                      ORDER BY created_at DESC, id DESC LIMIT ?4"
                 ))
@@ -1514,7 +1525,7 @@ mod tests {
             };
             c.execute(
                 "INSERT INTO operations (id, request, progress, created_at, updated_at)
-                 VALUES ('op-old', ?1, ?2, 1, 1), ('op-garbled', x'ff', x'', 1, 1)",
+                 VALUES ('op-old', ?1, ?2, 1, 1), ('op-garbled', x'', x'', 1, 1)",
                 params![request.encode_to_vec(), progress.encode_to_vec()],
             )
             .unwrap();
@@ -1555,8 +1566,29 @@ mod tests {
         assert!(!op.is_done());
         assert!(
             index.get_operation("op-garbled").await.unwrap().is_none(),
-            "an unreadable record is dropped, not left to fail every read"
+            "an unreadable record is not returned, so it cannot fail every read"
         );
+        assert!(
+            index
+                .list_operations(OpFilter::All, None, 10)
+                .await
+                .unwrap()
+                .iter()
+                .all(|o| o.id != "op-garbled"),
+            "nor listed"
+        );
+        let kept: i64 = index
+            .with(|c| {
+                c.query_row(
+                    "SELECT encoding FROM operations WHERE id = 'op-garbled'",
+                    [],
+                    |r| r.get(0),
+                )
+                .map_err(storage)
+            })
+            .await
+            .unwrap();
+        assert_eq!(kept, -1, "but kept, set aside, not deleted");
         let run = super::super::RunTerms {
             replica: "r",
             deadline: 10,

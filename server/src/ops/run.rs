@@ -16,7 +16,7 @@ use crate::operation::{Outcome, RunTicket};
 use crate::progress::Progress;
 use crate::stop::{StopReason, StopSignal};
 use crate::store::ObjectStore;
-use crate::warm::{WarmError, WarmOutcome};
+use crate::warm::WarmError;
 
 impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
     pub(super) async fn drive(
@@ -67,11 +67,7 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
                 tracing::warn!(operation_id = %id, error = %e, "warm failed");
                 progress.finish(Outcome::Failed, Some(e.to_string()))
             }
-            Ok(WarmOutcome::Cancelled | WarmOutcome::Interrupted) => {
-                progress.finish(Outcome::Cancelled, None)
-            }
-            Ok(WarmOutcome::PartiallyFailed) => progress.finish(Outcome::PartiallyFailed, None),
-            Ok(WarmOutcome::Succeeded) => progress.finish(Outcome::Succeeded, None),
+            Ok(outcome) => progress.finish(outcome.outcome(), None),
         };
         let c = last.counters;
         tracing::info!(operation_id = %id, outcome = ?last.outcome,

@@ -134,6 +134,19 @@ pub enum WarmOutcome {
     Interrupted,
 }
 
+impl WarmOutcome {
+    /// The operation outcome it reports (an interrupted warm that is not
+    /// resumed ends as cancelled).
+    pub fn outcome(self) -> crate::operation::Outcome {
+        use crate::operation::Outcome;
+        match self {
+            Self::Succeeded => Outcome::Succeeded,
+            Self::PartiallyFailed => Outcome::PartiallyFailed,
+            Self::Cancelled | Self::Interrupted => Outcome::Cancelled,
+        }
+    }
+}
+
 /// Why a warm could not do its job at all (per-key failures are not this).
 #[derive(Debug, thiserror::Error)]
 pub enum WarmError {

@@ -40,7 +40,10 @@ impl<S: ObjectStore, I: CacheIndex> WarmRun<'_, S, I> {
     /// what must be copied or waited for.
     pub async fn plan(&self, shards: &[mpsc::Sender<CopyTask>]) -> Result<(), WarmError> {
         let (pages_tx, mut pages) = mpsc::channel::<Page>(PAGES_AHEAD);
-        let planner = async {
+        // `move`: the planner owns the receiver, so when it fails the
+        // receiver is dropped and the lister's next send ends the listing
+        // (a lister blocked on a full channel would otherwise never return).
+        let planner = async move {
             let mut resume: Option<Resume> = None;
             while let Some((prefix, page)) = pages.recv().await {
                 let after = resume

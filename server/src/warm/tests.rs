@@ -207,3 +207,31 @@ async fn rewarm_does_no_per_object_store_request() {
         3
     );
 }
+
+#[tokio::test]
+async fn an_index_failure_while_planning_ends_the_warm_instead_of_hanging() {
+    use crate::index::CountingIndex;
+    let mem = MemoryStore::with_page_size(3);
+    mem.create_bucket(SRC);
+    mem.create_bucket(DIR);
+    for i in 0..30 {
+        mem.put(SRC, &format!("d/{i:02}"), 10);
+    }
+    let index = CountingIndex::new(SqliteIndex::open_in_memory().unwrap());
+    // The first page's batch claim fails; ten pages wait to be planned.
+    index.fail("claim_copies", 1);
+    let w = Warmer::new(
+        Arc::new(FaultStore::new(mem)),
+        Arc::new(index),
+        Arc::new(crate::clock::SystemClock),
+        WarmSettings::default(),
+    );
+    let (progress, _rx) = Progress::new("op".into(), w.clock.clone());
+    let ended = tokio::time::timeout(
+        Duration::from_secs(10),
+        w.run(&spec(false), &progress, "op"),
+    )
+    .await
+    .expect("the warm ends");
+    assert!(matches!(ended, Err(WarmError::Index(_))), "{ended:?}");
+}
