@@ -52,6 +52,9 @@ pub enum ClientError {
     /// The service answered with an error status.
     #[error("{:?}: {}", .0.code(), .0.message())]
     Rpc(#[from] tonic::Status),
+    /// An endpoint list that cannot be used; nothing was sent.
+    #[error("{0}")]
+    BadEndpoint(String),
     /// The progress stream ended without a final message.
     #[error("progress stream of operation {0:?} ended before the warm finished")]
     StreamEnded(String),
@@ -176,17 +179,96 @@ pub struct Client {
     inner: CacheServiceClient<Channel>,
 }
 
+/// The endpoints of one service's replicas, tried in turn: a launcher
+/// given all of them survives the loss of the one it talks to (a warm
+/// reattaches elsewhere by its request id).
+#[derive(Debug)]
+pub struct Endpoints {
+    list: Vec<String>,
+    /// Where the next connect starts.
+    next: std::sync::atomic::AtomicUsize,
+    /// The one connected to last.
+    current: std::sync::atomic::AtomicUsize,
+}
+
+impl Endpoints {
+    /// One endpoint, or several separated by commas, e.g.
+    /// `http://a:50051,http://b:50051`.
+    pub fn parse(list: &str) -> Result<Self, String> {
+        let list: Vec<String> = list.split(',').map(|e| e.trim().to_owned()).collect();
+        if list.iter().any(String::is_empty) {
+            return Err(format!(
+                "endpoint list {list:?} has an empty entry; give URLs separated by commas"
+            ));
+        }
+        Ok(Self {
+            list,
+            next: 0.into(),
+            current: 0.into(),
+        })
+    }
+
+    pub fn as_slice(&self) -> &[String] {
+        &self.list
+    }
+
+    /// Connects to the first endpoint that answers, starting where the
+    /// last failure left off; the error of the last one tried if none does.
+    pub async fn connect(&self) -> Result<Client, ClientError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let start = self.next.load(Relaxed);
+        let mut last = None;
+        for i in 0..self.list.len() {
+            let idx = (start + i) % self.list.len();
+            match Client::connect_one(&self.list[idx]).await {
+                Ok(c) => {
+                    self.current.store(idx, Relaxed);
+                    self.next.store(idx, Relaxed);
+                    return Ok(c);
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| ClientError::BadEndpoint("no endpoint given".into())))
+    }
+
+    /// Notes that the endpoint connected to last failed: the next
+    /// [`connect`](Self::connect) starts at the one after it.
+    pub fn failed(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let failed = self.current.load(Relaxed);
+        self.next.store((failed + 1) % self.list.len(), Relaxed);
+    }
+
+    /// The endpoint connected to last.
+    pub fn current(&self) -> &str {
+        &self.list[self.current.load(std::sync::atomic::Ordering::Relaxed)]
+    }
+}
+
 impl Client {
-    /// Connects to `endpoint`, e.g. `http://127.0.0.1:50051`.
+    /// Connects to `endpoint`, e.g. `http://127.0.0.1:50051`, or to the
+    /// first that answers of a comma-separated list of replicas.
     pub async fn connect(endpoint: impl Into<String>) -> Result<Self, ClientError> {
         let endpoint = endpoint.into();
+        if endpoint.contains(',') {
+            let endpoints = Endpoints::parse(&endpoint).map_err(ClientError::BadEndpoint)?;
+            return endpoints.connect().await;
+        }
+        Self::connect_one(&endpoint).await
+    }
+
+    async fn connect_one(endpoint: &str) -> Result<Self, ClientError> {
+        let endpoint = endpoint.to_owned();
         let connect_err = |source| ClientError::Connect {
             endpoint: endpoint.clone(),
             source,
         };
         let channel = Endpoint::from_shared(endpoint.clone())
             .map_err(connect_err)?
-            .connect_timeout(Duration::from_secs(10))
+            // Short: with several replicas, a dead one must not hold up
+            // trying the next.
+            .connect_timeout(Duration::from_secs(5))
             .tcp_keepalive(Some(Duration::from_secs(30)))
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_while_idle(true)

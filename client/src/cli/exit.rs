@@ -36,7 +36,7 @@ pub fn for_outcome(outcome: Outcome) -> ExitCode {
 
 pub fn for_error(e: &ClientError) -> ExitCode {
     ExitCode::from(match e {
-        ClientError::Invalid(_) => USAGE,
+        ClientError::Invalid(_) | ClientError::BadEndpoint(_) => USAGE,
         ClientError::Connect { .. } | ClientError::StreamEnded(_) => UNAVAILABLE,
         ClientError::Rpc(s) => match s.code() {
             Code::InvalidArgument | Code::AlreadyExists | Code::OutOfRange => USAGE,

@@ -8,14 +8,16 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use expresscache_client::{is_final, pb, Client, ClientError, WarmReport, WarmRequest};
+use expresscache_client::{is_final, pb, ClientError, Endpoints, WarmReport, WarmRequest};
 use render::{OutputFormat, Renderer};
 use serde_json::json;
 
 #[derive(Debug, Parser)]
 #[command(name = "expresscache", version, about = "Stage S3 data in S3 Express One Zone directory buckets before a job runs", after_help = exit::HELP)]
 struct Cli {
-    /// gRPC endpoint of the expresscache server.
+    /// gRPC endpoint of the expresscache server, or of several replicas
+    /// separated by commas: the first that answers is used, and a broken
+    /// warm or watch fails over to the next and reattaches.
     #[arg(
         long,
         global = true,
@@ -163,13 +165,17 @@ pub fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> ExitCode {
+    let endpoints = match Endpoints::parse(&cli.endpoint) {
+        Ok(e) => e,
+        Err(e) => return fail(&ClientError::BadEndpoint(format!("--endpoint: {e}"))),
+    };
     let result = match cli.command {
-        Command::Warm(a) => return warm(&cli.endpoint, a).await,
-        Command::Watch(a) => return watch(&cli.endpoint, a).await,
-        Command::Status(a) => status(&cli.endpoint, a).await,
-        Command::Evict(a) => evict(&cli.endpoint, a).await,
-        Command::Cancel(a) => cancel(&cli.endpoint, a).await,
-        Command::Ops(a) => ops(&cli.endpoint, a).await,
+        Command::Warm(a) => return warm(&endpoints, a).await,
+        Command::Watch(a) => return watch(&endpoints, a).await,
+        Command::Status(a) => status(&endpoints, a).await,
+        Command::Evict(a) => evict(&endpoints, a).await,
+        Command::Cancel(a) => cancel(&endpoints, a).await,
+        Command::Ops(a) => ops(&endpoints, a).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -201,7 +207,7 @@ fn retryable(e: &ClientError) -> bool {
     }
 }
 
-async fn warm(endpoint: &str, a: WarmArgs) -> ExitCode {
+async fn warm(endpoints: &Endpoints, a: WarmArgs) -> ExitCode {
     let request_id = a
         .request_id
         .clone()
@@ -219,20 +225,22 @@ async fn warm(endpoint: &str, a: WarmArgs) -> ExitCode {
     // after a broken connection is safe.
     follow(
         renderer,
+        endpoints,
         a.follow.reconnect_attempts,
-        async |r: &mut Renderer| warm_once(endpoint, request.clone(), r).await,
+        async |r: &mut Renderer| warm_once(endpoints, request.clone(), r).await,
     )
     .await
 }
 
-async fn watch(endpoint: &str, a: WatchArgs) -> ExitCode {
+async fn watch(endpoints: &Endpoints, a: WatchArgs) -> ExitCode {
     let renderer = Renderer::new(a.follow.output, a.follow.log_interval);
     let operation = a.operation;
     follow(
         renderer,
+        endpoints,
         a.follow.reconnect_attempts,
         async |r: &mut Renderer| {
-            let mut client = Client::connect(endpoint).await?;
+            let mut client = endpoints.connect().await?;
             client.watch_and_wait(&operation, |p| r.update(p)).await
         },
     )
@@ -240,9 +248,15 @@ async fn watch(endpoint: &str, a: WatchArgs) -> ExitCode {
 }
 
 /// Runs `attempt` (which renders progress) until it returns a final report,
-/// reconnecting with backoff after retryable failures; maps the outcome to
-/// the exit code.
-async fn follow<F>(mut renderer: Renderer, attempts: u32, mut attempt: F) -> ExitCode
+/// reconnecting with backoff after retryable failures (to the next of
+/// `endpoints`: the one that failed may be gone); maps the outcome to the
+/// exit code.
+async fn follow<F>(
+    mut renderer: Renderer,
+    endpoints: &Endpoints,
+    attempts: u32,
+    mut attempt: F,
+) -> ExitCode
 where
     F: AsyncFnMut(&mut Renderer) -> Result<WarmReport, ClientError>,
 {
@@ -256,7 +270,12 @@ where
             }
             Err(e) if retryable(&e) && tries < attempts => {
                 tries += 1;
+                endpoints.failed();
                 eprintln!("warning: {e}; reconnecting in {delay:?} (attempt {tries}/{attempts})");
+                // With another replica to try, there is nothing to wait for.
+                if endpoints.as_slice().len() > 1 {
+                    delay = Duration::from_millis(200);
+                }
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(10));
             }
@@ -307,8 +326,8 @@ fn operation_json(s: &pb::OperationStatus) -> serde_json::Value {
     v
 }
 
-async fn cancel(endpoint: &str, a: CancelArgs) -> Result<(), ClientError> {
-    let mut client = Client::connect(endpoint).await?;
+async fn cancel(endpoints: &Endpoints, a: CancelArgs) -> Result<(), ClientError> {
+    let mut client = endpoints.connect().await?;
     let s = client.cancel(&a.operation).await?;
     match a.output {
         OutputFormat::Json => println!("{}", operation_json(&s)),
@@ -317,8 +336,8 @@ async fn cancel(endpoint: &str, a: CancelArgs) -> Result<(), ClientError> {
     Ok(())
 }
 
-async fn ops(endpoint: &str, a: OpsArgs) -> Result<(), ClientError> {
-    let mut client = Client::connect(endpoint).await?;
+async fn ops(endpoints: &Endpoints, a: OpsArgs) -> Result<(), ClientError> {
+    let mut client = endpoints.connect().await?;
     let filter = match a.state {
         StateFilter::All => pb::OperationFilter::Unspecified,
         StateFilter::Running => pb::OperationFilter::Running,
@@ -349,11 +368,11 @@ async fn ops(endpoint: &str, a: OpsArgs) -> Result<(), ClientError> {
 }
 
 async fn warm_once(
-    endpoint: &str,
+    endpoints: &Endpoints,
     request: WarmRequest,
     renderer: &mut Renderer,
 ) -> Result<WarmReport, ClientError> {
-    let mut client = Client::connect(endpoint).await?;
+    let mut client = endpoints.connect().await?;
     let mut stream = client.warm(request).await?;
     let mut op = String::new();
     while let Some(p) = stream.message().await? {
@@ -370,8 +389,8 @@ fn ts(t: Option<&prost_types::Timestamp>) -> String {
     t.map(ToString::to_string).unwrap_or_else(|| "-".into())
 }
 
-async fn status(endpoint: &str, a: StatusArgs) -> Result<(), ClientError> {
-    let mut client = Client::connect(endpoint).await?;
+async fn status(endpoints: &Endpoints, a: StatusArgs) -> Result<(), ClientError> {
+    let mut client = endpoints.connect().await?;
     if let Some(id) = a.operation {
         let s = client.operation_status(id).await?;
         let p = s.progress.unwrap_or_default();
@@ -466,8 +485,8 @@ fn request_json(r: &pb::WarmCacheRequest) -> serde_json::Value {
     })
 }
 
-async fn evict(endpoint: &str, a: EvictArgs) -> Result<(), ClientError> {
-    let mut client = Client::connect(endpoint).await?;
+async fn evict(endpoints: &Endpoints, a: EvictArgs) -> Result<(), ClientError> {
+    let mut client = endpoints.connect().await?;
     let r = client
         .evict(a.directory_bucket, a.prefixes, a.force)
         .await?;

@@ -156,7 +156,7 @@ impl SqliteIndex {
     ) -> Result<(), IndexError> {
         let (bucket, keys, owner) = (directory_bucket.to_owned(), keys.to_vec(), owner.to_owned());
         self.with(move |c| {
-            let tx = c.transaction().map_err(storage)?;
+            let tx = write_tx(c)?;
             {
                 let mut stmt = tx.prepare_cached(sql).map_err(storage)?;
                 for k in &keys {
@@ -255,7 +255,7 @@ const MIGRATIONS: &[(&str, &str, &str)] = &[
 /// Adds the columns an index file created by an earlier release lacks, in
 /// one transaction.
 fn migrate(conn: &mut Connection) -> Result<(), IndexError> {
-    let tx = conn.transaction().map_err(storage)?;
+    let tx = write_tx(conn)?;
     for (table, column, sql) in MIGRATIONS {
         let present: bool = tx
             .query_row(
@@ -360,6 +360,16 @@ fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<Record> {
         claim,
         unconfirmed,
     })
+}
+
+/// A transaction that takes the write lock at once (IMMEDIATE). Every
+/// transaction here reads and then writes; a deferred one that must
+/// upgrade its lock while another connection (another server process on
+/// the same file) writes fails with SQLITE_BUSY at once, without waiting
+/// out the busy timeout.
+fn write_tx(c: &mut Connection) -> Result<rusqlite::Transaction<'_>, IndexError> {
+    c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(storage)
 }
 
 const COPY: &str = "copy";
@@ -677,7 +687,7 @@ impl CacheIndex for SqliteIndex {
             // Handing a lease to the sweeper rotates its epoch in the same
             // transaction: a warm renewal that still names the old epoch can
             // no longer extend it once deletion under it may begin.
-            let tx = c.transaction().map_err(storage)?;
+            let tx = write_tx(c)?;
             let leases = {
                 let mut stmt = tx
                     .prepare_cached(&format!(
@@ -886,7 +896,7 @@ impl CacheIndex for SqliteIndex {
         let (deadline, now) = (terms.deadline, terms.now);
         let lineage = lineage(terms.owner).map(str::to_owned);
         self.with(move |c| {
-            let tx = c.transaction().map_err(storage)?;
+            let tx = write_tx(c)?;
             let mut out = Vec::with_capacity(keys.len());
             {
                 let mut stmt = tx
@@ -960,7 +970,7 @@ impl CacheIndex for SqliteIndex {
         }
         let (entries, owner) = (entries.to_vec(), owner.to_owned());
         self.with(move |c| {
-            let tx = c.transaction().map_err(storage)?;
+            let tx = write_tx(c)?;
             let mut out = Vec::with_capacity(entries.len());
             {
                 // Only the claim's holder may record: the claim created the
@@ -1016,7 +1026,7 @@ impl CacheIndex for SqliteIndex {
             owner.to_owned(),
         );
         self.with(move |c| {
-            let tx = c.transaction().map_err(storage)?;
+            let tx = write_tx(c)?;
             drop_claim(&tx, &bucket, &key, &owner)?;
             tx.commit().map_err(storage)
         })
@@ -1037,7 +1047,7 @@ impl CacheIndex for SqliteIndex {
         );
         let (deadline, now) = (terms.deadline, terms.now);
         self.with(move |c| {
-            let tx = c.transaction().map_err(storage)?;
+            let tx = write_tx(c)?;
             let mut out = Vec::with_capacity(keys.len());
             for key in &keys {
                 let Some(Record {
@@ -1095,7 +1105,7 @@ impl CacheIndex for SqliteIndex {
     ) -> Result<(), IndexError> {
         let (bucket, keys, owner) = (directory_bucket.to_owned(), keys.to_vec(), owner.to_owned());
         self.with(move |c| {
-            let tx = c.transaction().map_err(storage)?;
+            let tx = write_tx(c)?;
             {
                 let mut stmt = tx
                     .prepare_cached(
@@ -1162,7 +1172,7 @@ impl OperationLog for SqliteIndex {
     async fn create_operation(&self, op: &OperationRecord) -> Result<CreateOutcome, IndexError> {
         let op = op.clone();
         self.with(move |c| {
-            let tx = c.transaction().map_err(storage)?;
+            let tx = write_tx(c)?;
             if let Some(rid) = &op.request_id {
                 let existing = tx
                     .query_row(
@@ -1193,7 +1203,7 @@ impl OperationLog for SqliteIndex {
     ) -> Result<bool, IndexError> {
         let (old_id, op) = (old_id.to_owned(), op.clone());
         self.with(move |c| {
-            let tx = c.transaction().map_err(storage)?;
+            let tx = write_tx(c)?;
             let moved = tx
                 .execute(
                     "UPDATE operations SET request_id = NULL
@@ -1289,7 +1299,7 @@ impl OperationLog for SqliteIndex {
     ) -> Result<(), IndexError> {
         let (id, epochs) = (id.to_owned(), epochs.to_vec());
         self.with(move |c| {
-            let tx = c.transaction().map_err(storage)?;
+            let tx = write_tx(c)?;
             tx.execute("DELETE FROM operation_leases WHERE id = ?1", params![id])
                 .map_err(storage)?;
             {

@@ -274,6 +274,8 @@ pub struct Rule {
     pub times: Option<u64>,
     /// Picks only every n-th matching request (1 = each; 0 counts as 1).
     pub every: u64,
+    /// Lets this many matching requests through untouched first.
+    pub skip: u64,
 }
 
 impl Rule {
@@ -284,6 +286,16 @@ impl Rule {
             fault,
             times: None,
             every: 1,
+            skip: 0,
+        }
+    }
+
+    /// Lets the first `n` matching requests through, then faults every
+    /// later one.
+    pub fn after(matcher: Match, fault: Fault, n: u64) -> Self {
+        Self {
+            skip: n,
+            ..Self::always(matcher, fault)
         }
     }
 
@@ -321,7 +333,10 @@ impl Armed {
             return false;
         }
         self.matched += 1;
-        if !self.matched.is_multiple_of(self.rule.every.max(1)) {
+        if self.matched <= self.rule.skip {
+            return false;
+        }
+        if !(self.matched - self.rule.skip).is_multiple_of(self.rule.every.max(1)) {
             return false;
         }
         self.fired += 1;

@@ -1,0 +1,342 @@
+//! Several replicas on one shared index, with real server binaries and the
+//! CLI against moto: a replica killed mid-warm is taken over and its
+//! launcher reattaches; overlapping warms on two replicas copy each object
+//! once; a cancel sent to one replica stops a warm running on another; a
+//! replica paused past its run lease cannot write after it was taken over.
+//! doc/FLEET.md describes the mechanisms.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{buckets, Server};
+use expresscache_client::{pb, Client};
+use expresscache_server::testing::list_keys;
+use expresscache_server::testing::proxy::{Fault, FaultProxy, Match, Rule};
+
+/// Short leases so a takeover happens within seconds: run lease 3 s, skew
+/// margin 1 s, and a replica looks for orphans every 2 s (the defaults give
+/// 17 s).
+const FAST: &[&str] = &["--run-lease-ttl", "3s", "--clock-skew-margin", "1s"];
+
+/// Where the replicas keep their shared index.
+enum SharedIndex {
+    /// One SQLite file on this host, opened by every replica.
+    Sqlite(tempfile::TempDir),
+}
+
+impl SharedIndex {
+    fn sqlite() -> Self {
+        Self::Sqlite(tempfile::tempdir().unwrap())
+    }
+
+    fn url(&self) -> String {
+        match self {
+            Self::Sqlite(dir) => format!("sqlite://{}", dir.path().join("shared.db").display()),
+        }
+    }
+}
+
+struct Fleet {
+    replicas: Vec<Server>,
+    _index: SharedIndex,
+}
+
+impl Fleet {
+    fn start(n: usize, s3_endpoint: &str, index: SharedIndex, extra: &[&str]) -> Self {
+        let url = index.url();
+        let replicas = (1..=n)
+            .map(|i| {
+                let id = format!("replica-{i}");
+                let mut args = vec!["--replica-id", id.as_str()];
+                args.extend_from_slice(FAST);
+                args.extend_from_slice(extra);
+                Server::start_on(s3_endpoint, &args, &[("EXPRESSCACHE_INDEX", &url)])
+            })
+            .collect();
+        Self {
+            replicas,
+            _index: index,
+        }
+    }
+
+    /// Every replica's endpoint, comma-separated, starting with replica `first`.
+    fn endpoints_from(&self, first: usize) -> String {
+        let n = self.replicas.len();
+        (0..n)
+            .map(|i| self.replicas[(first + i) % n].endpoint.clone())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn logs(&self) -> String {
+        self.replicas
+            .iter()
+            .enumerate()
+            .map(|(i, r)| format!("--- replica {} ---\n{}", i + 1, r.log()))
+            .collect()
+    }
+}
+
+fn keys(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("d/{i:05}")).collect()
+}
+
+/// Starts `expresscache warm` in the background.
+fn start_warm(endpoints: &str, src: &str, dir: &str, request_id: &str) -> Child {
+    Command::new(common::cli())
+        .args(["--endpoint", endpoints, "warm", "--bucket", src])
+        .args(["--prefix", "d/", "--directory-bucket", dir, "--ttl", "1h"])
+        .args(["--request-id", request_id, "--output", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits for `child` to exit within `limit`; its exit code and output.
+fn finish(mut child: Child, limit: Duration, fleet: &Fleet) -> (i32, String) {
+    let t0 = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t0.elapsed() > limit {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "warm still running after {limit:?}\nstderr: {}\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                fleet.logs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "stdout: {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// The one operation in the shared log, once `ready` holds for it.
+async fn wait_for_operation(
+    endpoint: &str,
+    limit: Duration,
+    ready: impl Fn(&pb::OperationStatus) -> bool,
+) -> pb::OperationStatus {
+    let t0 = Instant::now();
+    let mut client = Client::connect(endpoint).await.unwrap();
+    loop {
+        let page = client
+            .list_operations(pb::OperationFilter::Unspecified, 10, String::new())
+            .await
+            .unwrap();
+        if let Some(op) = page.operations.into_iter().find(&ready) {
+            return op;
+        }
+        assert!(t0.elapsed() < limit, "no operation got there in {limit:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn copied(op: &pb::OperationStatus) -> u64 {
+    op.progress
+        .as_ref()
+        .and_then(|p| p.counters)
+        .map_or(0, |c| c.objects_copied)
+}
+
+fn is_done(op: &pb::OperationStatus) -> bool {
+    op.progress
+        .as_ref()
+        .is_some_and(|p| p.phase == pb::Phase::Done as i32)
+}
+
+/// Three replicas; the one running a 2,000-object warm is killed with
+/// SIGKILL mid-copy. Another takes the operation over, the CLI (given all
+/// three endpoints) reattaches by request id and exits 0, every object is
+/// present, and no object is copied twice: the proxy lets the first 500
+/// CopyObjects through and holds every later one unanswered and
+/// unforwarded, so when the replica dies exactly the 500 recorded copies
+/// have reached S3 (a copy S3 applied but the dead replica had not yet
+/// recorded would be copied again: the takeover cannot tell it apart from
+/// a stale object).
+async fn a_killed_replicas_warm_is_taken_over(index: SharedIndex) {
+    let names = keys(2000);
+    let (moto, s3, src, dir) = buckets(&names.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let proxy = FaultProxy::start(&moto.endpoint).await;
+    proxy.add(Rule::after(Match::copy_object(), Fault::Hang, 500));
+    let mut fleet = Fleet::start(3, &proxy.endpoint, index, &[]);
+    let warm = start_warm(&fleet.endpoints_from(0), &src, &dir, "job-kill");
+    // Replica 1 (the first endpoint) runs it; wait until it has recorded
+    // the 500 copies that get through and checkpointed them.
+    let op = wait_for_operation(
+        &fleet.replicas[1].endpoint,
+        Duration::from_secs(120),
+        |op| copied(op) >= 500,
+    )
+    .await;
+    fleet.replicas[0].kill9();
+    proxy.clear();
+    let (code, out) = finish(warm, Duration::from_secs(120), &fleet);
+    assert_eq!(code, 0, "{out}\n{}", fleet.logs());
+    let listed = list_keys(&s3, &dir, "d/").await;
+    assert_eq!(listed.len(), 2000, "every object is present");
+    let forwarded = proxy.count(&Match::copy_object()) - proxy.injected();
+    assert_eq!(forwarded, 2000, "each object copied once\n{}", fleet.logs());
+    let mut client = Client::connect(&fleet.replicas[2].endpoint).await.unwrap();
+    let s = client.operation_status(op.operation_id).await.unwrap();
+    assert_eq!(s.resumptions, 1, "resumed once, by another replica");
+    let p = s.progress.unwrap();
+    assert_eq!(p.outcome, pb::Outcome::Succeeded as i32);
+    let c = p.counters.unwrap();
+    assert_eq!(
+        (c.objects_hit, c.objects_copied),
+        (500, 1500),
+        "the new attempt found the recorded copies and copied the rest"
+    );
+}
+
+/// Two replicas receive overlapping warms of the same prefix at the same
+/// moment (different request ids): each object is copied exactly once.
+async fn overlapping_warms_on_two_replicas_copy_each_object_once(index: SharedIndex) {
+    let names = keys(300);
+    let (moto, s3, src, dir) = buckets(&names.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let proxy = FaultProxy::start(&moto.endpoint).await;
+    // Slow copies, so the two warms really overlap.
+    proxy.add(Rule::always(
+        Match::copy_object(),
+        Fault::Delay(Duration::from_millis(20)),
+    ));
+    let fleet = Fleet::start(2, &proxy.endpoint, index, &["--max-concurrency", "8"]);
+    let a = start_warm(&fleet.replicas[0].endpoint, &src, &dir, "job-a");
+    let b = start_warm(&fleet.replicas[1].endpoint, &src, &dir, "job-b");
+    let (code_a, out_a) = finish(a, Duration::from_secs(120), &fleet);
+    let (code_b, out_b) = finish(b, Duration::from_secs(120), &fleet);
+    assert_eq!((code_a, code_b), (0, 0), "{out_a}\n{out_b}");
+    assert_eq!(list_keys(&s3, &dir, "d/").await.len(), 300);
+    assert_eq!(
+        proxy.count(&Match::copy_object()),
+        300,
+        "each object copied once across both replicas\n{}",
+        fleet.logs()
+    );
+}
+
+/// A cancel sent to replica B stops a warm running on replica A.
+async fn a_cancel_sent_to_another_replica_stops_the_warm(index: SharedIndex) {
+    let names = keys(400);
+    let (moto, _s3, src, dir) =
+        buckets(&names.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let proxy = FaultProxy::start(&moto.endpoint).await;
+    proxy.add(Rule::always(
+        Match::copy_object(),
+        Fault::Delay(Duration::from_millis(100)),
+    ));
+    let fleet = Fleet::start(2, &proxy.endpoint, index, &["--max-concurrency", "4"]);
+    let warm = start_warm(&fleet.replicas[0].endpoint, &src, &dir, "job-cancel");
+    let op = wait_for_operation(&fleet.replicas[1].endpoint, Duration::from_secs(60), |op| {
+        !is_done(op)
+    })
+    .await;
+    let t0 = Instant::now();
+    let out = fleet.replicas[1].run(&["cancel", &op.operation_id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("CANCELLED"),
+        "the cancel answers once the warm stopped: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "the runner saw the cancel within its renewal period: {:?}",
+        t0.elapsed()
+    );
+    let (code, out) = finish(warm, Duration::from_secs(60), &fleet);
+    assert_eq!(code, 4, "the launcher's warm ends CANCELLED\n{out}");
+    assert!(
+        proxy.count(&Match::copy_object()) < 400,
+        "it stopped copying"
+    );
+}
+
+/// A replica paused (SIGSTOP) past its run lease is taken over; once it
+/// continues (SIGCONT) it learns it lost the run and writes nothing more:
+/// the operation's record stays the new runner's.
+async fn a_paused_replica_cannot_write_after_it_was_taken_over(index: SharedIndex) {
+    let names = keys(400);
+    let (moto, s3, src, dir) = buckets(&names.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let proxy = FaultProxy::start(&moto.endpoint).await;
+    proxy.add(Rule::always(
+        Match::copy_object(),
+        Fault::Delay(Duration::from_millis(50)),
+    ));
+    let fleet = Fleet::start(2, &proxy.endpoint, index, &["--max-concurrency", "4"]);
+    let warm = start_warm(&fleet.replicas[0].endpoint, &src, &dir, "job-pause");
+    let op = wait_for_operation(&fleet.replicas[1].endpoint, Duration::from_secs(60), |op| {
+        copied(op) > 0
+    })
+    .await;
+    fleet.replicas[0].signal("STOP");
+    // Replica 2 takes it over once the paused one's run lapses, and
+    // finishes it.
+    let done = wait_for_operation(&fleet.replicas[1].endpoint, Duration::from_secs(120), |o| {
+        o.operation_id == op.operation_id && is_done(o)
+    })
+    .await;
+    assert_eq!(done.resumptions, 1, "taken over once");
+    assert_eq!(
+        done.progress.as_ref().unwrap().outcome,
+        pb::Outcome::Succeeded as i32
+    );
+    fleet.replicas[0].signal("CONT");
+    // Give the woken replica time to renew (and learn it lost the run),
+    // checkpoint and finish if it still could.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let mut client = Client::connect(&fleet.replicas[1].endpoint).await.unwrap();
+    let after = client
+        .operation_status(op.operation_id.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        after.progress, done.progress,
+        "the woken replica did not overwrite the new runner's record"
+    );
+    assert!(
+        fleet.replicas[0].log().contains("lost the operation's run"),
+        "{}",
+        fleet.logs()
+    );
+    assert_eq!(list_keys(&s3, &dir, "d/").await.len(), 400);
+    let (code, out) = finish(warm, Duration::from_secs(60), &fleet);
+    assert_eq!(code, 0, "the launcher still hears the outcome\n{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_killed_replicas_warm_is_taken_over() {
+    a_killed_replicas_warm_is_taken_over(SharedIndex::sqlite()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_overlapping_warms_on_two_replicas_copy_each_object_once() {
+    overlapping_warms_on_two_replicas_copy_each_object_once(SharedIndex::sqlite()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_cancel_sent_to_another_replica_stops_the_warm() {
+    a_cancel_sent_to_another_replica_stops_the_warm(SharedIndex::sqlite()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_paused_replica_cannot_write_after_it_was_taken_over() {
+    a_paused_replica_cannot_write_after_it_was_taken_over(SharedIndex::sqlite()).await;
+}
