@@ -85,11 +85,15 @@ fn keys(n: usize) -> Vec<String> {
     (0..n).map(|i| format!("d/{i:05}")).collect()
 }
 
-/// Starts `expresscache warm` in the background.
+/// Starts `expresscache warm` of `d/` in the background.
 fn start_warm(endpoints: &str, src: &str, dir: &str, request_id: &str) -> Child {
+    start_warm_of("d/", endpoints, src, dir, request_id)
+}
+
+fn start_warm_of(prefix: &str, endpoints: &str, src: &str, dir: &str, request_id: &str) -> Child {
     Command::new(common::cli())
         .args(["--endpoint", endpoints, "warm", "--bucket", src])
-        .args(["--prefix", "d/", "--directory-bucket", dir, "--ttl", "1h"])
+        .args(["--prefix", prefix, "--directory-bucket", dir, "--ttl", "1h"])
         .args(["--request-id", request_id, "--output", "json"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -228,6 +232,42 @@ async fn overlapping_warms_on_two_replicas_copy_each_object_once(index: SharedIn
     );
 }
 
+/// Two replicas with `--max-concurrency 8` each, both warming (different
+/// prefixes) into one directory bucket: together they never have more than
+/// 8 CopyObjects in flight, because the live replicas split each bucket's
+/// budget.
+async fn replicas_share_a_buckets_request_budget(index: SharedIndex) {
+    let mut names = keys(200);
+    names.extend((0..200).map(|i| format!("e/{i:05}")));
+    let (moto, s3, src, dir) = buckets(&names.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let proxy = FaultProxy::start(&moto.endpoint).await;
+    proxy.add(Rule::always(
+        Match::copy_object(),
+        Fault::Delay(Duration::from_millis(50)),
+    ));
+    let copies = proxy.track(Match::copy_object());
+    let fleet = Fleet::start(2, &proxy.endpoint, index, &["--max-concurrency", "8"]);
+    // Both have heartbeated since the second joined (every 2 s).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let a = start_warm_of("d/", &fleet.replicas[0].endpoint, &src, &dir, "job-a");
+    let b = start_warm_of("e/", &fleet.replicas[1].endpoint, &src, &dir, "job-b");
+    let (code_a, out_a) = finish(a, Duration::from_secs(120), &fleet);
+    let (code_b, out_b) = finish(b, Duration::from_secs(120), &fleet);
+    assert_eq!((code_a, code_b), (0, 0), "{out_a}\n{out_b}");
+    assert_eq!(list_keys(&s3, &dir, "").await.len(), 400);
+    assert!(
+        copies.peak() <= 8,
+        "two replicas stayed within one budget of 8: peak {}\n{}",
+        copies.peak(),
+        fleet.logs()
+    );
+    assert!(
+        copies.peak() > 4,
+        "both replicas were copying at once (peak {}), so the bound was tested",
+        copies.peak()
+    );
+}
+
 /// A cancel sent to replica B stops a warm running on replica A.
 async fn a_cancel_sent_to_another_replica_stops_the_warm(index: SharedIndex) {
     let names = keys(400);
@@ -339,4 +379,9 @@ async fn sqlite_a_cancel_sent_to_another_replica_stops_the_warm() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_a_paused_replica_cannot_write_after_it_was_taken_over() {
     a_paused_replica_cannot_write_after_it_was_taken_over(SharedIndex::sqlite()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_replicas_share_a_buckets_request_budget() {
+    replicas_share_a_buckets_request_budget(SharedIndex::sqlite()).await;
 }

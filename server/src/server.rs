@@ -13,7 +13,7 @@ use crate::api::Api;
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::evict::{spawn_sweeper, EvictSettings, Evictor};
-use crate::index::{CacheIndex, OperationLog};
+use crate::index::{CacheIndex, OperationLog, ReplicaRegistry};
 use crate::ops::{Operations, OpsSettings};
 use crate::store::ObjectStore;
 use crate::warm::{WarmSettings, Warmer};
@@ -71,7 +71,7 @@ pub async fn serve<S, I, F>(
 ) -> Result<(), ServeError>
 where
     S: ObjectStore,
-    I: CacheIndex + OperationLog,
+    I: CacheIndex + OperationLog + ReplicaRegistry,
     F: Future<Output = ()> + Send,
 {
     let evictor = Arc::new(Evictor::new(
@@ -82,11 +82,12 @@ where
     ));
     let warmer = Arc::new(Warmer::new(deps.store, deps.index, deps.clock, deps.warm));
     let ops = Arc::new(Operations::new(warmer, deps.ops.clone(), deps.limits));
+    // Join the fleet before resuming anything, so this replica copies with
+    // its share of each bucket's budget from the start.
+    let replicas = ops.heartbeat().await?;
     let resumed = ops.adopt_orphans().await?;
-    if resumed > 0 {
-        tracing::info!(resumed, "resumed unfinished warms");
-    }
-    let mut background = vec![spawn_adopter(Arc::clone(&ops), deps.ops.adopt_every)];
+    tracing::info!(replica = %deps.ops.replica, replicas, resumed, "joined the replicas sharing the index");
+    let mut background = vec![spawn_fleet_member(Arc::clone(&ops), deps.ops.adopt_every)];
     if let Some(every) = deps.sweep_interval {
         background.push(spawn_sweeper(Arc::clone(&evictor), every));
     }
@@ -110,6 +111,7 @@ where
                 .set_not_serving::<CacheServiceServer<Api<S, I>>>()
                 .await;
             ops.drain(grace).await;
+            ops.leave().await;
         }
     };
     let served = tonic::transport::Server::builder()
@@ -133,9 +135,10 @@ pub enum ServeError {
     Index(#[from] crate::index::IndexError),
 }
 
-/// Looks for operations whose run lapsed (their replica died, or released
-/// them on shutdown) and takes them over.
-fn spawn_adopter<S: ObjectStore, I: CacheIndex + OperationLog>(
+/// Every `every`: says this replica is alive (and re-splits the bucket
+/// budgets among the live ones), then takes over operations whose run
+/// lapsed (their replica died, or released them on shutdown).
+fn spawn_fleet_member<S: ObjectStore, I: CacheIndex + OperationLog + ReplicaRegistry>(
     ops: Arc<Operations<S, I>>,
     every: Duration,
 ) -> tokio::task::JoinHandle<()> {
@@ -144,6 +147,9 @@ fn spawn_adopter<S: ObjectStore, I: CacheIndex + OperationLog>(
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
+            if let Err(e) = ops.heartbeat().await {
+                tracing::warn!(error = %e, "replica heartbeat failed");
+            }
             match ops.adopt_orphans().await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(resumed = n, "took over unfinished warms"),

@@ -16,6 +16,8 @@ use tokio::sync::Notify;
 #[derive(Debug)]
 struct State {
     limit: f64,
+    /// The ceiling: this replica's share of the bucket's budget.
+    max: f64,
     in_flight: usize,
     last_decrease: Option<Instant>,
 }
@@ -25,7 +27,6 @@ pub struct Aimd {
     state: Mutex<State>,
     freed: Notify,
     min: f64,
-    max: f64,
     cool_down: Duration,
 }
 
@@ -46,12 +47,12 @@ impl Aimd {
         Arc::new(Self {
             state: Mutex::new(State {
                 limit: (initial as f64).clamp(min, max),
+                max,
                 in_flight: 0,
                 last_decrease: None,
             }),
             freed: Notify::new(),
             min,
-            max,
             cool_down: Duration::from_millis(200),
         })
     }
@@ -79,7 +80,7 @@ impl Aimd {
         let grew = {
             let mut st = self.lock();
             let before = st.limit.floor();
-            st.limit = (st.limit + 1.0 / st.limit).min(self.max);
+            st.limit = (st.limit + 1.0 / st.limit).min(st.max);
             st.limit.floor() > before
         };
         if grew {
@@ -100,6 +101,19 @@ impl Aimd {
         st.last_decrease = Some(now);
         st.limit = (st.limit / 2.0).max(self.min);
         true
+    }
+
+    /// Moves the ceiling to `max` (never below the minimum): the limit is
+    /// cut to it at once, or may grow up to it again.
+    pub fn set_max(&self, max: usize) {
+        let mut st = self.lock();
+        st.max = (max as f64).max(self.min);
+        st.limit = st.limit.min(st.max);
+    }
+
+    /// The current ceiling.
+    pub fn max(&self) -> usize {
+        self.lock().max as usize
     }
 
     /// The current limit, rounded down.
@@ -140,6 +154,21 @@ mod tests {
             l.on_success();
         }
         assert_eq!(l.limit(), 64, "never above the maximum");
+    }
+
+    #[test]
+    fn a_lower_ceiling_cuts_the_limit_and_a_higher_one_lets_it_grow() {
+        let l = Aimd::new(64, 1, 64);
+        l.set_max(21);
+        assert_eq!((l.limit(), l.max()), (21, 21));
+        l.set_max(64);
+        assert_eq!(l.limit(), 21, "grows back by successes, not at once");
+        for _ in 0..10_000 {
+            l.on_success();
+        }
+        assert_eq!(l.limit(), 64);
+        l.set_max(0);
+        assert_eq!(l.limit(), 1, "never below the minimum");
     }
 
     #[test]

@@ -147,6 +147,8 @@ pub struct CopyEngine<S> {
     limiters: Mutex<HashMap<String, Arc<Aimd>>>,
     settings: EngineSettings,
     jitter: Arc<dyn Jitter>,
+    /// Live replicas sharing each bucket's budget (1 alone).
+    replicas: std::sync::atomic::AtomicUsize,
 }
 
 impl<S: ObjectStore> CopyEngine<S> {
@@ -158,6 +160,30 @@ impl<S: ObjectStore> CopyEngine<S> {
             limiters: Mutex::default(),
             settings,
             jitter: Arc::new(RandomJitter),
+            replicas: std::sync::atomic::AtomicUsize::new(1),
+        }
+    }
+
+    /// This replica's share of a bucket's request budget
+    /// (`max_concurrency`) when `replicas` replicas share it: an equal
+    /// part, rounded down (so all together never exceed it), at least the
+    /// minimum.
+    pub fn share(&self, replicas: usize) -> usize {
+        (self.settings.max_concurrency / replicas.max(1)).max(self.settings.min_concurrency.max(1))
+    }
+
+    /// Splits every bucket's budget among `replicas` live replicas from now
+    /// on.
+    pub fn set_replicas(&self, replicas: usize) {
+        let replicas = replicas.max(1);
+        if self.replicas.swap(replicas, Ordering::Relaxed) == replicas {
+            return;
+        }
+        let share = self.share(replicas);
+        tracing::info!(replicas, share, "per-bucket request budget shared");
+        let map = self.limiters.lock().unwrap_or_else(|e| e.into_inner());
+        for l in map.values() {
+            l.set_max(share);
         }
     }
 
@@ -178,7 +204,7 @@ impl<S: ObjectStore> CopyEngine<S> {
         if let Some(l) = map.get(bucket) {
             return Arc::clone(l);
         }
-        let max = self.settings.max_concurrency.max(1);
+        let max = self.share(self.replicas.load(Ordering::Relaxed));
         let l = Aimd::new(max, self.settings.min_concurrency, max);
         map.insert(bucket.to_owned(), Arc::clone(&l));
         l

@@ -82,6 +82,38 @@ pub async fn run_operation_log<I: OperationLog>(log: &I) {
     a_finished_operation_can_be_superseded_once(log).await;
 }
 
+/// Runs every check of the replica registry against `registry`, which
+/// must start empty.
+pub async fn run_replica_registry<I: super::ReplicaRegistry>(registry: &I) {
+    registry.heartbeat("b", 1_000).await.unwrap();
+    registry.heartbeat("a", 500).await.unwrap();
+    assert_eq!(registry.live_replicas(0).await.unwrap(), ["a", "b"]);
+    assert_eq!(
+        registry.live_replicas(500).await.unwrap(),
+        ["b"],
+        "a replica is gone once its deadline passed"
+    );
+    registry.heartbeat("b", 800).await.unwrap();
+    assert_eq!(
+        registry.live_replicas(900).await.unwrap(),
+        ["b"],
+        "a late heartbeat never shortens the deadline"
+    );
+    registry.leave("b").await.unwrap();
+    assert_eq!(
+        registry.live_replicas(0).await.unwrap(),
+        ["a"],
+        "a replica that left is gone at once"
+    );
+    registry.heartbeat("b", 2_000).await.unwrap();
+    assert_eq!(
+        registry.live_replicas(500).await.unwrap(),
+        ["b"],
+        "and can rejoin"
+    );
+    registry.leave("b").await.unwrap();
+}
+
 /// Runs every check of the cache index against `index`, which must start
 /// empty.
 pub async fn run_all<I: CacheIndex>(index: &I) {

@@ -406,3 +406,24 @@ impl<I: OperationLog> OperationLog for CountingIndex<I> {
         self.inner.get_operation(id).await
     }
 }
+
+#[async_trait::async_trait]
+impl<I: super::ReplicaRegistry> super::ReplicaRegistry for CountingIndex<I> {
+    async fn heartbeat(&self, replica: &str, deadline: Millis) -> Result<(), IndexError> {
+        self.write();
+        let _pass = self.pass("heartbeat", replica).await?;
+        self.inner.heartbeat(replica, deadline).await
+    }
+
+    async fn live_replicas(&self, now: Millis) -> Result<Vec<String>, IndexError> {
+        self.read();
+        let _pass = self.pass("live_replicas", "").await?;
+        self.inner.live_replicas(now).await
+    }
+
+    async fn leave(&self, replica: &str) -> Result<(), IndexError> {
+        self.write();
+        let _pass = self.pass("leave", replica).await?;
+        self.inner.leave(replica).await
+    }
+}

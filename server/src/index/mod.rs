@@ -674,6 +674,22 @@ pub trait OperationLog: Send + Sync + 'static {
     async fn purge_operations(&self, before: Millis) -> Result<u64, IndexError>;
 }
 
+/// The replicas sharing an index: each says now and then that it is alive,
+/// so the live ones can split a per-bucket request budget (N replicas must
+/// not put N times the load on one bucket) without talking to each other.
+#[async_trait::async_trait]
+pub trait ReplicaRegistry: Send + Sync + 'static {
+    /// Records that `replica` is alive until `deadline`.
+    async fn heartbeat(&self, replica: &str, deadline: Millis) -> Result<(), IndexError>;
+
+    /// The replicas alive at `now` (deadline after it), by name.
+    async fn live_replicas(&self, now: Millis) -> Result<Vec<String>, IndexError>;
+
+    /// Removes `replica` at once (a graceful shutdown), so its share goes
+    /// to the others without waiting for its deadline.
+    async fn leave(&self, replica: &str) -> Result<(), IndexError>;
+}
+
 /// `key` and each of its ancestor prefixes: "" and every prefix of it ending
 /// in '/'. These are the lease prefixes that can cover it.
 pub fn ancestors(key: &str) -> Vec<String> {

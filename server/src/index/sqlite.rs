@@ -17,7 +17,7 @@ use super::{
     Completion, CreateOutcome, Entry, EvictDecision, IndexError, KeyRange, Lease, Millis, OpFilter,
     OperationLog, OperationRecord, Record, SweepBackoff, SweepFailure, Usage,
 };
-use super::{encoding, legacy, Renewal, RunLease, RunTerms, RunTicket, Takeover};
+use super::{encoding, legacy, Renewal, ReplicaRegistry, RunLease, RunTerms, RunTicket, Takeover};
 use crate::operation::OperationState;
 
 const SCHEMA: &str = "
@@ -82,6 +82,10 @@ CREATE TABLE IF NOT EXISTS operation_leases (
     PRIMARY KEY (id, prefix)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS operations_by_age ON operations (created_at DESC, id DESC);
+CREATE TABLE IF NOT EXISTS replicas (
+    id       TEXT PRIMARY KEY,
+    deadline INTEGER NOT NULL
+) WITHOUT ROWID;
 ";
 
 /// SQLite-backed [`CacheIndex`].
@@ -1461,6 +1465,46 @@ impl OperationLog for SqliteIndex {
     }
 }
 
+#[async_trait::async_trait]
+impl ReplicaRegistry for SqliteIndex {
+    async fn heartbeat(&self, replica: &str, deadline: Millis) -> Result<(), IndexError> {
+        let replica = replica.to_owned();
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO replicas (id, deadline) VALUES (?1, ?2)
+                 ON CONFLICT DO UPDATE SET deadline = max(deadline, excluded.deadline)",
+                params![replica, deadline],
+            )
+            .map_err(storage)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn live_replicas(&self, now: Millis) -> Result<Vec<String>, IndexError> {
+        self.with(move |c| {
+            let mut stmt = c
+                .prepare_cached("SELECT id FROM replicas WHERE deadline > ?1 ORDER BY id")
+                .map_err(storage)?;
+            let rows = stmt
+                .query_map(params![now], |r| r.get(0))
+                .map_err(storage)?;
+            rows.collect::<Result<Vec<String>, _>>().map_err(storage)
+        })
+        .await
+    }
+
+    async fn leave(&self, replica: &str) -> Result<(), IndexError> {
+        let replica = replica.to_owned();
+        self.with(move |c| {
+            c.execute("DELETE FROM replicas WHERE id = ?1", params![replica])
+                .map_err(storage)?;
+            Ok(())
+        })
+        .await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1470,6 +1514,7 @@ mod tests {
         let index = SqliteIndex::open_in_memory().unwrap();
         crate::index::conformance::run_all(&index).await;
         crate::index::conformance::run_operation_log(&index).await;
+        crate::index::conformance::run_replica_registry(&index).await;
     }
 
     #[tokio::test]
@@ -1479,6 +1524,7 @@ mod tests {
         let index = SqliteIndex::open(&path).unwrap();
         crate::index::conformance::run_all(&index).await;
         crate::index::conformance::run_operation_log(&index).await;
+        crate::index::conformance::run_replica_registry(&index).await;
         drop(index);
         let reopened = SqliteIndex::open(&path).unwrap();
         assert!(reopened.get_operation("l4").await.unwrap().is_some());

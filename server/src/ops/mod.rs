@@ -11,6 +11,7 @@
 
 mod adopt;
 mod feed;
+mod membership;
 mod run;
 #[cfg(test)]
 mod tests;

@@ -391,6 +391,43 @@ impl Seen {
 struct State {
     rules: Vec<Armed>,
     seen: Vec<Seen>,
+    gauges: Vec<(Match, Arc<Gauge>)>,
+}
+
+/// Requests of one kind in flight through the proxy (from arrival until
+/// the answer is produced; a hung one stays in flight), and the most at
+/// once: what a test reads to check how much load clients put on a bucket.
+#[derive(Debug, Default)]
+pub struct Gauge {
+    current: AtomicU64,
+    peak: AtomicU64,
+}
+
+impl Gauge {
+    /// The most requests in flight at once so far.
+    pub fn peak(&self) -> u64 {
+        self.peak.load(Ordering::SeqCst)
+    }
+
+    /// Requests in flight now.
+    pub fn current(&self) -> u64 {
+        self.current.load(Ordering::SeqCst)
+    }
+
+    fn enter(self: &Arc<Self>) -> InFlight {
+        let now = self.current.fetch_add(1, Ordering::SeqCst) + 1;
+        self.peak.fetch_max(now, Ordering::SeqCst);
+        InFlight(Arc::clone(self))
+    }
+}
+
+/// One request counted by a [`Gauge`] until dropped.
+struct InFlight(Arc<Gauge>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.current.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// What the connection tasks share.
@@ -495,6 +532,13 @@ impl FaultProxy {
             .count() as u64
     }
 
+    /// Counts the requests matching `m` in flight from now on.
+    pub fn track(&self, m: Match) -> Arc<Gauge> {
+        let gauge = Arc::new(Gauge::default());
+        self.shared.lock().gauges.push((m, Arc::clone(&gauge)));
+        gauge
+    }
+
     /// How many faults the proxy has injected so far (all rules, including
     /// cleared ones).
     pub fn injected(&self) -> u64 {
@@ -557,7 +601,7 @@ async fn handle(
         Ok(b) => b.to_bytes(),
         Err(e) => return Ok(plain(StatusCode::BAD_REQUEST, format!("fault proxy: {e}"))),
     };
-    let fault = shared.judge(Seen::of(&parts));
+    let (fault, _in_flight) = shared.judge(Seen::of(&parts));
     if let Some(fault) = &fault {
         tracing::info!(?fault, method = %parts.method, uri = %parts.uri, "fault proxy injecting");
     }
@@ -584,18 +628,25 @@ impl Shared {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Records `seen` and returns the fault of the first rule that fires.
-    fn judge(&self, seen: Seen) -> Option<Fault> {
+    /// Records `seen` and returns the fault of the first rule that fires,
+    /// and the request's places in the gauges that track it.
+    fn judge(&self, seen: Seen) -> (Option<Fault>, Vec<InFlight>) {
         let mut state = self.lock();
         let fault = state
             .rules
             .iter_mut()
             .find_map(|r| r.fires(&seen).then(|| r.rule.fault.clone()));
+        let in_flight = state
+            .gauges
+            .iter()
+            .filter(|(m, _)| m.matches(&seen))
+            .map(|(_, g)| g.enter())
+            .collect();
         state.seen.push(seen);
         if fault.is_some() {
             self.injected.fetch_add(1, Ordering::SeqCst);
         }
-        fault
+        (fault, in_flight)
     }
 
     fn next_id(&self) -> u64 {

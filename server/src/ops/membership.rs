@@ -1,0 +1,31 @@
+//! Being one of the fleet: every `adopt_every` this replica says it is
+//! alive (until now + `run_ttl`) and counts the live replicas, so the copy
+//! engine takes only its share of each bucket's request budget.
+
+use super::Operations;
+use crate::index::{span_millis, CacheIndex, IndexError, OperationLog, ReplicaRegistry};
+use crate::store::ObjectStore;
+
+impl<S: ObjectStore, I: CacheIndex + OperationLog + ReplicaRegistry> Operations<S, I> {
+    /// One heartbeat: records this replica as alive and shares the budget
+    /// among the live replicas; returns how many there are.
+    pub async fn heartbeat(&self) -> Result<usize, IndexError> {
+        let (now, judged) = self.now();
+        let replica = &self.settings.replica;
+        let deadline = now.saturating_add(span_millis(self.settings.run_ttl));
+        self.index().heartbeat(replica, deadline).await?;
+        // Judged with the skew margin: a replica whose clock runs behind
+        // still counts, so together they stay within the budget.
+        let live = self.index().live_replicas(judged).await?;
+        let n = live.len().max(1);
+        self.warmer.engine.set_replicas(n);
+        Ok(n)
+    }
+
+    /// Leaves the fleet (on shutdown): the others take its share at once.
+    pub async fn leave(&self) {
+        if let Err(e) = self.index().leave(&self.settings.replica).await {
+            tracing::warn!(error = %e, "could not leave the replica registry");
+        }
+    }
+}
