@@ -1,7 +1,9 @@
 //! `DynamoIndex` against moto's DynamoDB through the real AWS SDK: the
-//! shared `CacheIndex` conformance suite, table creation and checks, the
-//! ancestor-lease check of keys nested deeper than a transaction can hold,
-//! and the request costs the layout promises (doc/INDEX-DYNAMODB.md).
+//! shared `CacheIndex` and `OperationLog` conformance suites, table
+//! creation and checks, the ancestor-lease check of keys nested deeper than
+//! a transaction can hold, request-id ownership under concurrent
+//! submissions, and the request costs the layout promises
+//! (doc/INDEX-DYNAMODB.md).
 //!
 //! Each test starts its own moto and uses fresh tables; a missing moto
 //! fails the test (it never passes by skipping). Two tests need no moto:
@@ -10,16 +12,22 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use expresscache_server::index::conformance::run_all;
+use aws_sdk_dynamodb::types::AttributeValue;
+use expresscache::{BucketName, DirectoryBucketName, Prefix, RequestId, WarmSpec};
+use expresscache_server::clock::ManualClock;
+use expresscache_server::index::conformance::{run_all, run_operation_log};
 use expresscache_server::index::dynamo::layout::{partition_of, PARTITIONS};
 use expresscache_server::index::dynamo::{DynamoConfig, TablePrefix};
 use expresscache_server::index::{
-    CacheIndex, ClaimKind, ClaimOutcome, ClaimTerms, Completion, DynamoIndex, Entry, EvictDecision,
-    IndexError, KeyRange, Lease, RecordCursor,
+    CacheIndex, ClaimKind, ClaimOutcome, ClaimTerms, Completion, CreateOutcome, DynamoIndex, Entry,
+    EvictDecision, IndexError, KeyRange, Lease, OpFilter, OperationLog, OperationRecord,
+    RecordCursor, RunLease, RunTerms, RunTicket,
 };
+use expresscache_server::operation::{OperationState, Outcome};
 use expresscache_server::testing::{free_port, local_sdk_config, unique, Moto};
 
 const DIR: &str = "cache--use1-az4--x-s3";
@@ -75,6 +83,396 @@ async fn conforms_to_the_cache_index_contract() {
 }
 
 #[tokio::test]
+async fn conforms_to_the_operation_log_contract() {
+    let moto = Moto::start();
+    let index = fresh(&moto, DynamoConfig::default()).await;
+    run_operation_log(&index).await;
+}
+
+/// A first run by replica "r1" until 1,000.
+fn ticket() -> RunTicket {
+    RunTicket {
+        replica: "r1".into(),
+        attempt: 1,
+    }
+}
+
+/// An unfinished operation `id` created at `created_at`, under request id
+/// `rid` if given.
+fn operation(id: &str, rid: Option<&str>, created_at: i64) -> OperationRecord {
+    OperationRecord {
+        id: id.into(),
+        request_id: rid.map(str::to_owned),
+        request: WarmSpec {
+            source: BucketName::parse("src").unwrap(),
+            prefixes: vec![Prefix::parse("d/").unwrap(), Prefix::root()],
+            directory_bucket: DirectoryBucketName::parse(DIR).unwrap(),
+            ttl: Duration::from_secs(60),
+            force_copy: false,
+            request_id: rid.map(|r| RequestId::parse(r).unwrap()),
+            destination_prefix: Prefix::root(),
+        },
+        state: OperationState::queued(id, created_at),
+        created_at,
+        resumptions: 0,
+        run: Some(RunLease {
+            ticket: ticket(),
+            deadline: 1_000,
+            cancel_requested: false,
+        }),
+    }
+}
+
+fn done(id: &str) -> OperationState {
+    OperationState::queued(id, 5).ended(Outcome::Succeeded, None)
+}
+
+#[tokio::test]
+async fn concurrent_submissions_of_one_request_id_create_one_operation() {
+    let moto = Moto::start();
+    let index = Arc::new(fresh(&moto, DynamoConfig::default()).await);
+    for round in 0..5 {
+        let rid = format!("job-{round}");
+        let tasks: Vec<_> = (0..8)
+            .map(|i| {
+                let index = Arc::clone(&index);
+                let op = operation(&format!("op-{round}-{i}"), Some(&rid), 10);
+                tokio::spawn(async move { (op.id.clone(), index.create_operation(&op).await) })
+            })
+            .collect();
+        let mut created = Vec::new();
+        let mut existing = Vec::new();
+        for t in tasks {
+            let (id, outcome) = t.await.unwrap();
+            match outcome.unwrap() {
+                CreateOutcome::Created => created.push(id),
+                CreateOutcome::Exists(e) => existing.push(e.id),
+            }
+        }
+        assert_eq!(created.len(), 1, "exactly one creates it: {created:?}");
+        assert!(
+            existing.iter().all(|e| *e == created[0]),
+            "the others are answered with the winner {created:?}: {existing:?}"
+        );
+        let listed = index
+            .list_operations(OpFilter::All, None, 100)
+            .await
+            .unwrap();
+        assert_eq!(
+            listed
+                .iter()
+                .filter(|o| o.request_id.as_deref() == Some(rid.as_str()))
+                .count(),
+            1,
+            "and no loser left an operation behind"
+        );
+    }
+}
+
+/// The raw item of `pk` in the operations table.
+async fn raw_item(
+    moto: &Moto,
+    index: &DynamoIndex,
+    pk: &str,
+) -> Option<HashMap<String, AttributeValue>> {
+    aws_sdk_dynamodb::Client::new(&moto.sdk_config())
+        .get_item()
+        .table_name(&index.tables().operations)
+        .key("pk", AttributeValue::S(pk.into()))
+        .consistent_read(true)
+        .send()
+        .await
+        .unwrap()
+        .item
+}
+
+#[tokio::test]
+async fn operations_are_readable_items_stamped_by_the_injected_clock() {
+    let moto = Moto::start();
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    let index = fresh(&moto, DynamoConfig::default())
+        .await
+        .with_clock(clock.clone());
+    index
+        .create_operation(&operation("op-a", Some("job-a"), 500))
+        .await
+        .unwrap();
+    let item = raw_item(&moto, &index, "op#op-a").await.unwrap();
+    let state = item["state"].as_m().unwrap();
+    assert_eq!(state["phase"], AttributeValue::S("queued".into()));
+    let request = item["request"].as_m().unwrap();
+    assert_eq!(
+        request["prefixes"],
+        AttributeValue::L(vec![
+            AttributeValue::S("d/".into()),
+            AttributeValue::S(String::new())
+        ]),
+        "documents are maps, the root prefix an empty string"
+    );
+    assert_eq!(item["status"], AttributeValue::S("running".into()));
+    assert_eq!(
+        item["created_key"],
+        AttributeValue::S("00000000000000000500#op-a".into())
+    );
+    assert!(
+        !item.contains_key("gc_at"),
+        "a running operation is never collected"
+    );
+    let rid = raw_item(&moto, &index, "rid#job-a").await.unwrap();
+    assert_eq!(rid["operation_id"], AttributeValue::S("op-a".into()));
+
+    clock.advance(500);
+    assert!(index
+        .update_operation("op-a", &ticket(), &done("op-a"))
+        .await
+        .unwrap());
+    let item = raw_item(&moto, &index, "op#op-a").await.unwrap();
+    assert_eq!(item["updated_at"], AttributeValue::N("1000500".into()));
+    assert_eq!(item["status"], AttributeValue::S("finished".into()));
+    let gc = (1_000_500 / 1000 + 30 * 24 * 3600).to_string();
+    assert_eq!(
+        item["gc_at"],
+        AttributeValue::N(gc.clone()),
+        "TTL: finished + 30 days"
+    );
+    assert_eq!(item["finished_at"], AttributeValue::N("1000500".into()));
+    let rid = raw_item(&moto, &index, "rid#job-a").await.unwrap();
+    assert_eq!(
+        rid["gc_at"],
+        AttributeValue::N(gc),
+        "the request id goes with it"
+    );
+    let entries = aws_sdk_dynamodb::Client::new(&moto.sdk_config())
+        .query()
+        .table_name(&index.tables().operations)
+        .index_name("by_status")
+        .key_condition_expression("#s = :f")
+        .expression_attribute_names("#s", "status")
+        .expression_attribute_values(":f", AttributeValue::S("finished".into()))
+        .send()
+        .await
+        .unwrap()
+        .items
+        .unwrap();
+    let mut projected: Vec<&str> = entries[0].keys().map(String::as_str).collect();
+    projected.sort_unstable();
+    assert_eq!(
+        projected,
+        ["created_key", "finished_at", "pk", "status"],
+        "the index holds keys and finished_at only: renewals and checkpoints do not write it"
+    );
+
+    assert_eq!(
+        index.purge_operations(1_000_500).await.unwrap(),
+        0,
+        "updated at 1,000,500: not before it"
+    );
+    assert_eq!(index.purge_operations(1_000_501).await.unwrap(), 1);
+    assert!(raw_item(&moto, &index, "op#op-a").await.is_none());
+    assert!(
+        raw_item(&moto, &index, "rid#job-a").await.is_none(),
+        "the request id's item goes with its operation"
+    );
+    assert_eq!(
+        index
+            .create_operation(&operation("op-b", Some("job-a"), 600))
+            .await
+            .unwrap(),
+        CreateOutcome::Created,
+        "the request id is free again"
+    );
+}
+
+#[tokio::test]
+async fn a_request_id_whose_operation_vanished_is_taken_over() {
+    let moto = Moto::start();
+    let index = fresh(&moto, DynamoConfig::default()).await;
+    index
+        .create_operation(&operation("old", Some("job"), 1))
+        .await
+        .unwrap();
+    // As DynamoDB's TTL may do: the operation goes, its request id's item
+    // stays (TTL deletes items one by one, in no particular order).
+    aws_sdk_dynamodb::Client::new(&moto.sdk_config())
+        .delete_item()
+        .table_name(&index.tables().operations)
+        .key("pk", AttributeValue::S("op#old".into()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        index
+            .create_operation(&operation("new", Some("job"), 2))
+            .await
+            .unwrap(),
+        CreateOutcome::Created
+    );
+    match index
+        .create_operation(&operation("newer", Some("job"), 3))
+        .await
+        .unwrap()
+    {
+        CreateOutcome::Exists(e) => assert_eq!(e.id, "new"),
+        CreateOutcome::Created => panic!("the request id now belongs to \"new\""),
+    }
+}
+
+/// The SDK retries a request whose answer was lost; DynamoDB's conditions
+/// then see the first attempt's write. Sending the same call twice is what
+/// such a retry looks like to the index.
+#[tokio::test]
+async fn a_retried_takeover_or_final_write_finds_its_own_write() {
+    let moto = Moto::start();
+    let index = fresh(&moto, DynamoConfig::default()).await;
+    index
+        .create_operation(&operation("re", Some("job-re"), 1))
+        .await
+        .unwrap();
+    let terms = RunTerms {
+        replica: "r2",
+        deadline: 5_000,
+        now: 1_000,
+    };
+    let first = index.take_over("re", &terms).await.unwrap().unwrap();
+    assert_eq!(
+        index.take_over("re", &terms).await.unwrap(),
+        Some(first.clone()),
+        "the same takeover again: the run is already this one"
+    );
+    let other = RunTerms {
+        replica: "r3",
+        ..terms
+    };
+    assert_eq!(
+        index.take_over("re", &other).await.unwrap(),
+        None,
+        "another replica's is refused: the run is live"
+    );
+    let end = done("re");
+    assert!(index
+        .update_operation("re", &first.ticket, &end)
+        .await
+        .unwrap());
+    assert!(
+        index
+            .update_operation("re", &first.ticket, &end)
+            .await
+            .unwrap(),
+        "the same final state under the same ticket is already stored"
+    );
+    let mut other_end = end.clone();
+    other_end.counters.objects_copied = 1;
+    assert!(
+        !index
+            .update_operation("re", &first.ticket, &other_end)
+            .await
+            .unwrap(),
+        "any other write to a finished operation is refused"
+    );
+    let mut next = operation("re2", Some("job-re"), 2);
+    next.state.superseded_operation_id = Some("re".into());
+    assert!(index.supersede_operation("re", &next).await.unwrap());
+    assert!(
+        index.supersede_operation("re", &next).await.unwrap(),
+        "the request id already moved to this very operation"
+    );
+    assert!(
+        !index
+            .supersede_operation("re", &operation("re3", Some("job-re"), 3))
+            .await
+            .unwrap(),
+        "but to no other"
+    );
+}
+
+#[tokio::test]
+async fn a_request_too_large_for_an_item_is_refused_before_any_write() {
+    // Nothing listens there: the refusal must come before any request.
+    let port = free_port();
+    let index = DynamoIndex::connect_with(
+        &local_sdk_config(&format!("http://127.0.0.1:{port}")),
+        &TablePrefix::new("big").unwrap(),
+        impatient(),
+    );
+    let mut op = operation("big", Some("job-big"), 1);
+    op.request.prefixes = (0..1000)
+        .map(|i| Prefix::parse(&format!("{i:0>200}/")).unwrap())
+        .collect();
+    let err = index.create_operation(&op).await.unwrap_err();
+    assert!(
+        matches!(&err, IndexError::Storage(m) if m.contains("warm fewer or shorter prefixes")),
+        "{err}"
+    );
+    assert_eq!(index.requests().total(), 0);
+}
+
+#[tokio::test]
+async fn run_and_listing_requests_cost_what_the_layout_says() {
+    let moto = Moto::start();
+    let index = fresh(&moto, DynamoConfig::default()).await;
+    index.requests().reset();
+    index
+        .create_operation(&operation("c1", Some("job"), 1))
+        .await
+        .unwrap();
+    index
+        .create_operation(&operation("c2", None, 2))
+        .await
+        .unwrap();
+    assert_eq!(
+        index.requests().of("TransactWriteItems"),
+        1,
+        "with a request id"
+    );
+    assert_eq!(index.requests().of("PutItem"), 1, "without");
+    index.requests().reset();
+    let terms = RunTerms {
+        replica: "r2",
+        deadline: 3_000,
+        now: 1_000,
+    };
+    let t = index.take_over("c1", &terms).await.unwrap().unwrap();
+    assert_eq!((t.ticket.attempt, t.crashes), (2, 1));
+    assert_eq!(
+        index.renew_run("c1", &t.ticket, 4_000).await.unwrap(),
+        expresscache_server::index::Renewal::Held {
+            cancel_requested: false
+        }
+    );
+    assert!(index
+        .update_operation("c1", &t.ticket, &OperationState::queued("c1", 1))
+        .await
+        .unwrap());
+    assert_eq!(
+        index.requests().total(),
+        3,
+        "takeover, renewal and checkpoint: one conditional write each"
+    );
+    for filter in [OpFilter::Running, OpFilter::Finished, OpFilter::All] {
+        index.requests().reset();
+        let page = index.list_operations(filter, None, 10).await.unwrap();
+        let queries = if filter == OpFilter::All { 2 } else { 1 };
+        let found = if filter == OpFilter::Finished { 0 } else { 2 };
+        assert_eq!(page.len(), found, "{filter:?}");
+        assert_eq!(
+            index.requests().of("Query"),
+            queries,
+            "{filter:?}: one per status"
+        );
+        assert_eq!(
+            index.requests().of("BatchGetItem"),
+            u64::from(found > 0),
+            "{filter:?}: the page's items in one read"
+        );
+        assert_eq!(
+            index.requests().total(),
+            queries + u64::from(found > 0),
+            "{filter:?}: nothing per operation"
+        );
+    }
+}
+
+#[tokio::test]
 async fn creating_the_tables_twice_changes_nothing_the_second_time() {
     let moto = Moto::start();
     let prefix = TablePrefix::new(&unique("ec")).unwrap();
@@ -89,6 +487,9 @@ async fn creating_the_tables_twice_changes_nothing_the_second_time() {
             format!("enabled point-in-time recovery on {}", tables.records),
             format!("created table {} (on-demand billing)", tables.leases),
             format!("enabled point-in-time recovery on {}", tables.leases),
+            format!("created table {} (on-demand billing)", tables.operations),
+            format!("enabled TTL on {} (attribute gc_at)", tables.operations),
+            format!("enabled point-in-time recovery on {}", tables.operations),
         ]
     );
     assert!(

@@ -5,6 +5,8 @@
 use aws_sdk_dynamodb::config::http::HttpResponse;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::delete_item::DeleteItemError;
+use aws_sdk_dynamodb::operation::put_item::PutItemError;
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 
 use super::layout::Item;
@@ -82,6 +84,55 @@ impl ConditionalFailure for DeleteItemError {
             _ => None,
         }
     }
+}
+
+impl ConditionalFailure for PutItemError {
+    fn refused_item(&self) -> Option<Option<Item>> {
+        match self {
+            Self::ConditionalCheckFailedException(e) => Some(e.item().cloned()),
+            _ => None,
+        }
+    }
+}
+
+/// Why DynamoDB cancelled one action of a transaction.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cancelled {
+    /// Not this action (DynamoDB's code "None").
+    No,
+    /// Its condition failed; the item as it was (`None`: no item).
+    Condition(Option<Item>),
+    /// Another write to its item was in flight: the transaction may be
+    /// tried again.
+    Conflict,
+    /// Anything else (throttling, validation): the code and message.
+    Other(String, String),
+}
+
+/// Per action, why a cancelled transaction was cancelled; `None` if `err`
+/// is not a cancellation.
+pub fn cancellation(
+    err: &SdkError<TransactWriteItemsError, HttpResponse>,
+) -> Option<Vec<Cancelled>> {
+    let SdkError::ServiceError(se) = err else {
+        return None;
+    };
+    let TransactWriteItemsError::TransactionCanceledException(e) = se.err() else {
+        return None;
+    };
+    Some(
+        e.cancellation_reasons()
+            .iter()
+            .map(|r| match r.code() {
+                None | Some("None") => Cancelled::No,
+                Some("ConditionalCheckFailed") => Cancelled::Condition(r.item().cloned()),
+                Some("TransactionConflict") => Cancelled::Conflict,
+                Some(code) => {
+                    Cancelled::Other(code.to_owned(), r.message().unwrap_or_default().to_owned())
+                }
+            })
+            .collect(),
+    )
 }
 
 /// The failed condition's item inside `err`, if that is what it is.

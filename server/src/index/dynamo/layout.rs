@@ -52,6 +52,37 @@ pub const BY_EXPIRY: &str = "by_expiry";
 /// The value of [`KIND`] on every lease: the index's one partition.
 pub const LEASE_KIND: &str = "lease";
 
+// Operations table (doc/INDEX-DYNAMODB.md §7): operation items and
+// request-id items share the partition key `pk`.
+pub const ID: &str = "id";
+pub const REQUEST_ID: &str = "request_id";
+pub const REQUEST: &str = "request";
+pub const STATE: &str = "state";
+pub const DONE: &str = "done";
+pub const STATUS: &str = "status";
+pub const CREATED_AT: &str = "created_at";
+pub const CREATED_KEY: &str = "created_key";
+pub const UPDATED_AT: &str = "updated_at";
+/// A finished operation's `updated_at` (its last write), projected into
+/// [`BY_STATUS`] for the purge.
+pub const FINISHED_AT: &str = "finished_at";
+pub const RESUMPTIONS: &str = "resumptions";
+pub const RUN_REPLICA: &str = "run_replica";
+pub const RUN_ATTEMPT: &str = "run_attempt";
+pub const RUN_DEADLINE: &str = "run_deadline";
+pub const CANCEL_REQUESTED: &str = "cancel_requested";
+pub const CRASHES: &str = "crashes";
+pub const CRASH_PENDING: &str = "crash_pending";
+pub const LEASE_EPOCHS: &str = "lease_epochs";
+/// On a request-id item: the operation that holds the request id.
+pub const OPERATION_ID: &str = "operation_id";
+/// The operations table's global secondary index: `status` x `created_key`.
+pub const BY_STATUS: &str = "by_status";
+/// [`STATUS`] of an unfinished operation.
+pub const RUNNING: &str = "running";
+/// [`STATUS`] of a finished operation.
+pub const FINISHED: &str = "finished";
+
 pub const COPY: &str = "copy";
 pub const EVICT: &str = "evict";
 
@@ -154,6 +185,7 @@ fn corrupt(what: &str, attr: &str, item: &Item) -> IndexError {
     let key = item
         .get(KEY)
         .or_else(|| item.get(LEASE))
+        .or_else(|| item.get(ID))
         .and_then(|v| v.as_s().ok())
         .map_or("?", String::as_str);
     IndexError::Corrupt(format!(
@@ -161,19 +193,19 @@ fn corrupt(what: &str, attr: &str, item: &Item) -> IndexError {
     ))
 }
 
-fn get_s<'a>(item: &'a Item, attr: &str) -> Option<&'a str> {
+pub(super) fn get_s<'a>(item: &'a Item, attr: &str) -> Option<&'a str> {
     item.get(attr)
         .and_then(|v| v.as_s().ok())
         .map(String::as_str)
 }
 
-fn req_s(what: &str, item: &Item, attr: &str) -> Result<String, IndexError> {
+pub(super) fn req_s(what: &str, item: &Item, attr: &str) -> Result<String, IndexError> {
     get_s(item, attr)
         .map(str::to_owned)
         .ok_or_else(|| corrupt(what, attr, item))
 }
 
-fn get_n(what: &str, item: &Item, attr: &str) -> Result<Option<i64>, IndexError> {
+pub(super) fn get_n(what: &str, item: &Item, attr: &str) -> Result<Option<i64>, IndexError> {
     match item.get(attr) {
         None => Ok(None),
         Some(v) => v
@@ -185,7 +217,7 @@ fn get_n(what: &str, item: &Item, attr: &str) -> Result<Option<i64>, IndexError>
     }
 }
 
-fn req_n(what: &str, item: &Item, attr: &str) -> Result<i64, IndexError> {
+pub(super) fn req_n(what: &str, item: &Item, attr: &str) -> Result<i64, IndexError> {
     get_n(what, item, attr)?.ok_or_else(|| corrupt(what, attr, item))
 }
 
@@ -276,6 +308,19 @@ impl Vals {
     #[must_use]
     pub fn n(mut self, name: &str, v: i64) -> Self {
         self.0.insert(format!(":{name}"), n(v));
+        self
+    }
+
+    #[must_use]
+    pub fn b(mut self, name: &str, v: bool) -> Self {
+        self.0.insert(format!(":{name}"), AttributeValue::Bool(v));
+        self
+    }
+
+    /// Any attribute value (a map, a list).
+    #[must_use]
+    pub fn v(mut self, name: &str, v: AttributeValue) -> Self {
+        self.0.insert(format!(":{name}"), v);
         self
     }
 

@@ -161,6 +161,7 @@ impl DynamoIndex {
             vals: Vals::new().s("dir", dir).s("p", operand),
             consistent: true,
             limit: None,
+            descending: false,
         };
         self.query_all(&q, usize::MAX).await
     }
@@ -252,6 +253,7 @@ impl DynamoIndex {
             vals: vals.n("now", now),
             consistent: true,
             limit: Some(limit),
+            descending: false,
         };
         let mut out = self
             .query_all(&q, limit)
@@ -279,6 +281,7 @@ impl DynamoIndex {
             vals: vals.n("now", now),
             consistent: true,
             limit: None,
+            descending: false,
         };
         let live = self.query_all(&q, usize::MAX).await?;
         let ended = self
@@ -328,6 +331,7 @@ impl DynamoIndex {
             vals: Vals::new().s("lease", LEASE_KIND).n("now", now),
             consistent: false,
             limit: Some(limit),
+            descending: false,
         };
         let mut candidates = self.query_all(&q, limit).await?;
         candidates.truncate(limit);
@@ -457,6 +461,7 @@ impl DynamoIndex {
             vals,
             consistent: true,
             limit: Some(limit.max(1)),
+            descending: false,
         };
         for item in self.query_all(&q, limit).await? {
             out.push(sweep_failure_of(&item)?);

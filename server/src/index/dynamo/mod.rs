@@ -1,21 +1,27 @@
-//! The DynamoDB [`CacheIndex`]: records hashed over a fixed number of
-//! partitions per directory bucket, leases per directory bucket, every
-//! change one conditional write on one item. The layout, each condition and
-//! what each method costs are in doc/INDEX-DYNAMODB.md.
+//! The DynamoDB [`CacheIndex`] and [`OperationLog`]: records hashed over a
+//! fixed number of partitions per directory bucket, leases per directory
+//! bucket, operations by id, every change one conditional write on one item
+//! (a transaction only where an operation and its request id change
+//! together). The layout, each condition and what each method costs are in
+//! doc/INDEX-DYNAMODB.md.
 //!
 //! - `layout`: table/attribute names, key encoding, item <-> type;
 //! - `leases`: the lease methods;
 //! - `records`: reading records (the partition merge) and usage;
 //! - `claims`: copy claims and their completion, release, evict bookkeeping;
 //! - `eviction`: `begin_evict` and its ancestor-lease check;
+//! - `operations`, `documents`: the operation log, its documents as map
+//!   attributes;
 //! - `tables`: creating and checking the tables;
 //! - `errors`, `requests`: SDK errors as `IndexError`, request counting.
 
 mod claims;
+mod documents;
 mod errors;
 mod eviction;
 pub mod layout;
 mod leases;
+mod operations;
 mod records;
 mod requests;
 mod tables;
@@ -35,22 +41,26 @@ pub use requests::RequestCounts;
 
 use self::layout::{names_in, prune, Item, Vals};
 use super::{
-    CacheIndex, ClaimOutcome, ClaimTerms, Completion, Entry, EvictDecision, IndexError, KeyRange,
-    Lease, Millis, Record, SweepBackoff, SweepFailure, Usage,
+    CacheIndex, ClaimOutcome, ClaimTerms, Completion, CreateOutcome, Entry, EvictDecision,
+    IndexError, KeyRange, Lease, Millis, OpFilter, OperationLog, OperationRecord, Record, Renewal,
+    RunTerms, RunTicket, SweepBackoff, SweepFailure, Takeover, Usage,
 };
+use crate::clock::{Clock, SystemClock};
+use crate::operation::OperationState;
 
 /// The scheme of an index location naming DynamoDB tables.
 pub const SCHEME: &str = "dynamodb://";
 
-/// The prefix of the index's table names, validated: 1 to 247 characters
+/// The prefix of the index's table names, validated: 1 to 244 characters
 /// of `A-Z a-z 0-9 _ . -`, so that every table name built from it is a
 /// valid DynamoDB table name (at most 255 characters).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct TablePrefix(String);
 
 impl TablePrefix {
-    /// Longest prefix: DynamoDB's 255 minus the longest suffix ("-records").
-    pub const MAX_LEN: usize = 255 - "-records".len();
+    /// Longest prefix: DynamoDB's 255 minus the longest suffix
+    /// ("-operations").
+    pub const MAX_LEN: usize = 255 - "-operations".len();
 
     /// Parses `dynamodb://TABLE_PREFIX`.
     pub fn parse(location: &str) -> Result<Self, String> {
@@ -96,6 +106,7 @@ impl TablePrefix {
         Tables {
             records: format!("{}-records", self.0),
             leases: format!("{}-leases", self.0),
+            operations: format!("{}-operations", self.0),
         }
     }
 }
@@ -121,6 +132,8 @@ pub struct Tables {
     pub records: String,
     /// One item per lease.
     pub leases: String,
+    /// One item per operation, and one per request id in use.
+    pub operations: String,
 }
 
 /// How the index talks to DynamoDB.
@@ -142,6 +155,11 @@ pub struct DynamoConfig {
     /// answer keys under a live lease `Live` without writing. Only saves the
     /// claim-and-undo writes: the read after claiming decides either way.
     pub precheck_leases: bool,
+    /// How long after it finished an operation's items carry a TTL that
+    /// lets DynamoDB collect them (should no server purge them first):
+    /// keep it longer than the servers' `operation_retention`, which is
+    /// what decides when a finished operation goes.
+    pub finished_operation_ttl: Duration,
 }
 
 impl Default for DynamoConfig {
@@ -153,11 +171,12 @@ impl Default for DynamoConfig {
             connect_timeout: Duration::from_secs(3),
             concurrency: 32,
             precheck_leases: true,
+            finished_operation_ttl: Duration::from_secs(30 * 24 * 3600),
         }
     }
 }
 
-/// DynamoDB-backed [`CacheIndex`].
+/// DynamoDB-backed [`CacheIndex`] and [`OperationLog`].
 #[derive(Debug, Clone)]
 pub struct DynamoIndex {
     client: aws_sdk_dynamodb::Client,
@@ -165,6 +184,9 @@ pub struct DynamoIndex {
     tables: Tables,
     config: DynamoConfig,
     requests: Arc<RequestCounts>,
+    /// Stamps operation items' `updated_at` (which retention compares
+    /// with the same clock).
+    clock: Arc<dyn Clock>,
 }
 
 /// Rounds a decision may take when the item keeps changing under it
@@ -190,6 +212,8 @@ pub(crate) struct QuerySpec<'a> {
     pub vals: Vals,
     pub consistent: bool,
     pub limit: Option<usize>,
+    /// Sort key order from the highest down.
+    pub descending: bool,
 }
 
 impl DynamoIndex {
@@ -222,7 +246,15 @@ impl DynamoIndex {
             prefix: prefix.clone(),
             config,
             requests,
+            clock: Arc::new(SystemClock),
         }
+    }
+
+    /// Reads time from `clock` instead of the system clock.
+    #[must_use]
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
     }
 
     pub fn tables(&self) -> &Tables {
@@ -345,6 +377,27 @@ impl DynamoIndex {
         }
     }
 
+    /// A conditional PutItem.
+    async fn put(&self, table: &str, item: Item, condition: &str) -> Result<Cond<()>, IndexError> {
+        let res = self
+            .client
+            .put_item()
+            .table_name(table)
+            .set_item(Some(item))
+            .condition_expression(condition)
+            .set_expression_attribute_names(names_in(&[condition]))
+            .return_values_on_condition_check_failure(OnFailure::AllOld)
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(Cond::Done(())),
+            Err(e) => match errors::refused(&e) {
+                Some(item) => Ok(Cond::Refused(item)),
+                None => Err(errors::classify("PutItem", table, &self.create_hint(), &e)),
+            },
+        }
+    }
+
     /// A strongly consistent GetItem.
     async fn get(&self, table: &str, key: Item) -> Result<Option<Item>, IndexError> {
         self.client
@@ -379,6 +432,7 @@ impl DynamoIndex {
             .set_expression_attribute_names(names_in(&exprs))
             .set_expression_attribute_values(prune(q.vals.clone(), &exprs).into_map())
             .consistent_read(q.consistent)
+            .scan_index_forward(!q.descending)
             .set_limit(q.limit.map(|l| i32::try_from(l).unwrap_or(i32::MAX)))
             .set_exclusive_start_key(start)
             .send()
@@ -559,6 +613,88 @@ impl CacheIndex for DynamoIndex {
     }
 }
 
+#[async_trait::async_trait]
+impl OperationLog for DynamoIndex {
+    async fn create_operation(&self, op: &OperationRecord) -> Result<CreateOutcome, IndexError> {
+        self.create_op(op).await
+    }
+
+    async fn supersede_operation(
+        &self,
+        old_id: &str,
+        op: &OperationRecord,
+    ) -> Result<bool, IndexError> {
+        self.supersede(old_id, op).await
+    }
+
+    async fn update_operation(
+        &self,
+        id: &str,
+        ticket: &RunTicket,
+        state: &OperationState,
+    ) -> Result<bool, IndexError> {
+        self.update_op(id, ticket, state).await
+    }
+
+    async fn get_operation(&self, id: &str) -> Result<Option<OperationRecord>, IndexError> {
+        self.get_op(id).await
+    }
+
+    async fn list_operations(
+        &self,
+        filter: OpFilter,
+        after: Option<(Millis, String)>,
+        limit: usize,
+    ) -> Result<Vec<OperationRecord>, IndexError> {
+        self.list_ops(filter, after, limit).await
+    }
+
+    async fn set_lease_epochs(
+        &self,
+        id: &str,
+        epochs: &[(String, String)],
+    ) -> Result<(), IndexError> {
+        self.set_epochs(id, epochs).await
+    }
+
+    async fn lease_epochs(&self, id: &str) -> Result<Vec<(String, String)>, IndexError> {
+        self.epochs(id).await
+    }
+
+    async fn take_over(
+        &self,
+        id: &str,
+        terms: &RunTerms<'_>,
+    ) -> Result<Option<Takeover>, IndexError> {
+        self.take_run(id, terms).await
+    }
+
+    async fn renew_run(
+        &self,
+        id: &str,
+        ticket: &RunTicket,
+        deadline: Millis,
+    ) -> Result<Renewal, IndexError> {
+        self.renew_op_run(id, ticket, deadline).await
+    }
+
+    async fn release_run(&self, id: &str, ticket: &RunTicket) -> Result<(), IndexError> {
+        self.release_op_run(id, ticket).await
+    }
+
+    async fn request_cancel(&self, id: &str) -> Result<bool, IndexError> {
+        self.flag_cancel(id).await
+    }
+
+    async fn mark_resumed(&self, id: &str) -> Result<u32, IndexError> {
+        self.count_resumption(id).await
+    }
+
+    async fn purge_operations(&self, before: Millis) -> Result<u64, IndexError> {
+        self.purge(before).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -570,6 +706,7 @@ mod tests {
         assert_eq!(p.to_string(), "dynamodb://expresscache-prod_1.a");
         assert_eq!(p.tables().records, "expresscache-prod_1.a-records");
         assert_eq!(p.tables().leases, "expresscache-prod_1.a-leases");
+        assert_eq!(p.tables().operations, "expresscache-prod_1.a-operations");
         for (bad, says) in [
             ("sqlite://x", "expected dynamodb://TABLE_PREFIX"),
             ("expresscache", "expected dynamodb://TABLE_PREFIX"),
@@ -585,7 +722,7 @@ mod tests {
         assert!(TablePrefix::new(&longest).is_ok());
         assert!(TablePrefix::new(&format!("{longest}p"))
             .unwrap_err()
-            .contains("at most 247"));
+            .contains("at most 244"));
         assert_eq!(
             "dynamodb://x".parse::<TablePrefix>().unwrap(),
             TablePrefix::new("x").unwrap()

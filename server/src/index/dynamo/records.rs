@@ -206,6 +206,7 @@ impl DynamoIndex {
             vals: sort.vals.clone().s("pk", pk),
             consistent: true,
             limit: Some(limit),
+            descending: false,
         };
         let (items, next) = self.query_page(&q, start).await?;
         let mut records = Vec::with_capacity(items.len());
@@ -241,6 +242,7 @@ impl DynamoIndex {
                         vals: sort.vals.clone().s("pk", partition_key(dir, n)),
                         consistent: false,
                         limit: None,
+                        descending: false,
                     };
                     let mut usage = Usage::default();
                     for item in self.query_all(&q, usize::MAX).await? {

@@ -12,7 +12,10 @@ use aws_sdk_dynamodb::types::{
 };
 
 use super::errors::classify;
-use super::layout::{BY_EXPIRY, DIRECTORY_BUCKET, EXPIRES_AT, GC_AT, KEY, KIND, LEASE, PK};
+use super::layout::{
+    BY_EXPIRY, BY_STATUS, CREATED_KEY, DIRECTORY_BUCKET, EXPIRES_AT, FINISHED_AT, GC_AT, KEY, KIND,
+    LEASE, PK, STATUS,
+};
 use super::{DynamoIndex, IndexError};
 
 /// A key attribute: name, type.
@@ -23,11 +26,22 @@ type KeyAttr = (&'static str, ScalarAttributeType);
 struct Spec {
     name: String,
     hash: KeyAttr,
-    range: KeyAttr,
+    /// The sort key, if the table has one.
+    range: Option<KeyAttr>,
     /// A global secondary index: name, hash, range (projection ALL).
-    gsi: Option<(&'static str, KeyAttr, KeyAttr)>,
+    gsi: Option<Gsi>,
     /// The TTL attribute, if the table has one.
     ttl: Option<&'static str>,
+}
+
+/// A global secondary index: name, keys, and what it projects besides
+/// the keys (`None`: every attribute).
+#[derive(Debug, Clone)]
+struct Gsi {
+    name: &'static str,
+    hash: KeyAttr,
+    range: KeyAttr,
+    include: Option<&'static [&'static str]>,
 }
 
 /// How long to wait for a new table (or its backups) to be ready.
@@ -54,11 +68,24 @@ fn attribute(a: &KeyAttr) -> Result<AttributeDefinition, IndexError> {
         .map_err(build_err)
 }
 
-fn key_schema(hash: &KeyAttr, range: &KeyAttr) -> Result<Vec<KeySchemaElement>, IndexError> {
-    Ok(vec![
-        key_element(hash.0, KeyType::Hash)?,
-        key_element(range.0, KeyType::Range)?,
-    ])
+fn key_schema(
+    hash: &KeyAttr,
+    range: Option<&KeyAttr>,
+) -> Result<Vec<KeySchemaElement>, IndexError> {
+    let mut schema = vec![key_element(hash.0, KeyType::Hash)?];
+    if let Some(range) = range {
+        schema.push(key_element(range.0, KeyType::Range)?);
+    }
+    Ok(schema)
+}
+
+/// How a key reads in messages: `(a HASH S, b RANGE N)`.
+fn describe_spec(hash: &KeyAttr, range: Option<&KeyAttr>) -> String {
+    let mut out = format!("{} HASH {}", hash.0, hash.1.as_str());
+    if let Some(r) = range {
+        out.push_str(&format!(", {} RANGE {}", r.0, r.1.as_str()));
+    }
+    out
 }
 
 fn describe_keys(schema: &[KeySchemaElement]) -> String {
@@ -78,68 +105,101 @@ fn mismatch(spec: &Spec, table: &TableDescription) -> Option<String> {
             .find(|a| a.attribute_name() == name)
             .map(|a| a.attribute_type().clone())
     };
-    let keys_match = |schema: &[KeySchemaElement], hash: &KeyAttr, range: &KeyAttr| {
-        schema.len() == 2
+    let keys_match = |schema: &[KeySchemaElement], hash: &KeyAttr, range: Option<&KeyAttr>| {
+        schema.len() == 1 + usize::from(range.is_some())
             && schema.iter().all(|k| {
                 let want = if k.key_type() == &KeyType::Hash {
-                    hash
+                    Some(hash)
                 } else {
                     range
                 };
-                k.attribute_name() == want.0 && type_of(want.0).as_ref() == Some(&want.1)
+                want.is_some_and(|w| {
+                    k.attribute_name() == w.0 && type_of(w.0).as_ref() == Some(&w.1)
+                })
             })
     };
-    if !keys_match(table.key_schema(), &spec.hash, &spec.range) {
+    if !keys_match(table.key_schema(), &spec.hash, spec.range.as_ref()) {
         return Some(format!(
-            "its key is ({}), not ({} HASH {}, {} RANGE {})",
+            "its key is ({}), not ({})",
             describe_keys(table.key_schema()),
-            spec.hash.0,
-            spec.hash.1.as_str(),
-            spec.range.0,
-            spec.range.1.as_str()
+            describe_spec(&spec.hash, spec.range.as_ref())
         ));
     }
-    if let Some((name, hash, range)) = &spec.gsi {
+    if let Some(gsi) = &spec.gsi {
+        let name = gsi.name;
         let found = table
             .global_secondary_indexes()
             .iter()
-            .find(|g| g.index_name() == Some(*name));
+            .find(|g| g.index_name() == Some(name));
         match found {
             None => return Some(format!("it has no global secondary index {name}")),
-            Some(g) if !keys_match(g.key_schema(), hash, range) => {
+            Some(g) if !keys_match(g.key_schema(), &gsi.hash, Some(&gsi.range)) => {
                 return Some(format!(
                     "its index {name} has key ({}), not ({} HASH, {} RANGE)",
                     describe_keys(g.key_schema()),
-                    hash.0,
-                    range.0
+                    gsi.hash.0,
+                    gsi.range.0
                 ))
             }
-            Some(_) => {}
+            Some(g) => {
+                let projection = g.projection();
+                let all =
+                    projection.and_then(|p| p.projection_type()) == Some(&ProjectionType::All);
+                let projects = |attr: &str| {
+                    all || projection
+                        .is_some_and(|p| p.non_key_attributes().iter().any(|a| a == attr))
+                };
+                let missing = match gsi.include {
+                    None => (!all).then(|| "every attribute".to_owned()),
+                    Some(attrs) => attrs
+                        .iter()
+                        .find(|a| !projects(a))
+                        .map(|a| format!("attribute {a}")),
+                };
+                if let Some(what) = missing {
+                    return Some(format!("its index {name} does not project {what}"));
+                }
+            }
         }
     }
     None
 }
 
 impl DynamoIndex {
-    fn specs(&self) -> [Spec; 2] {
+    fn specs(&self) -> [Spec; 3] {
         [
             Spec {
                 name: self.tables.records.clone(),
                 hash: (PK, ScalarAttributeType::S),
-                range: (KEY, ScalarAttributeType::S),
+                range: Some((KEY, ScalarAttributeType::S)),
                 gsi: None,
                 ttl: Some(GC_AT),
             },
             Spec {
                 name: self.tables.leases.clone(),
                 hash: (DIRECTORY_BUCKET, ScalarAttributeType::S),
-                range: (LEASE, ScalarAttributeType::S),
-                gsi: Some((
-                    BY_EXPIRY,
-                    (KIND, ScalarAttributeType::S),
-                    (EXPIRES_AT, ScalarAttributeType::N),
-                )),
+                range: Some((LEASE, ScalarAttributeType::S)),
+                gsi: Some(Gsi {
+                    name: BY_EXPIRY,
+                    hash: (KIND, ScalarAttributeType::S),
+                    range: (EXPIRES_AT, ScalarAttributeType::N),
+                    include: None,
+                }),
                 ttl: None,
+            },
+            Spec {
+                name: self.tables.operations.clone(),
+                hash: (PK, ScalarAttributeType::S),
+                range: None,
+                // Keys and `finished_at` only: a renewal or a checkpoint
+                // changes no projected attribute, so it writes no index entry.
+                gsi: Some(Gsi {
+                    name: BY_STATUS,
+                    hash: (STATUS, ScalarAttributeType::S),
+                    range: (CREATED_KEY, ScalarAttributeType::S),
+                    include: Some(&[FINISHED_AT]),
+                }),
+                ttl: Some(GC_AT),
             },
         ]
     }
@@ -161,7 +221,7 @@ impl DynamoIndex {
     }
 
     /// Fails with one line naming the command that creates the tables if
-    /// either table is missing or does not have the index's layout.
+    /// any table is missing or does not have the index's layout.
     pub async fn check_tables(&self) -> Result<(), IndexError> {
         for spec in self.specs() {
             match self.describe(&spec.name).await? {
@@ -187,8 +247,9 @@ impl DynamoIndex {
         Ok(())
     }
 
-    /// Creates what is missing: both tables (on-demand billing), TTL on the
-    /// records' `gc_at`, point-in-time recovery on both. Idempotent: returns
+    /// Creates what is missing: the three tables (on-demand billing), TTL
+    /// on the records' and operations' `gc_at`, point-in-time recovery on
+    /// all. Idempotent: returns
     /// what it did, nothing when all was in place. A table that exists with
     /// another layout is an error, never changed.
     pub async fn create_tables(&self) -> Result<Vec<String>, IndexError> {
@@ -223,25 +284,32 @@ impl DynamoIndex {
     }
 
     async fn create(&self, spec: &Spec) -> Result<(), IndexError> {
-        let mut attrs = vec![attribute(&spec.hash)?, attribute(&spec.range)?];
+        let mut attrs = vec![attribute(&spec.hash)?];
+        if let Some(range) = &spec.range {
+            attrs.push(attribute(range)?);
+        }
         let mut req = self
             .client
             .create_table()
             .table_name(&spec.name)
             .billing_mode(BillingMode::PayPerRequest)
-            .set_key_schema(Some(key_schema(&spec.hash, &spec.range)?));
-        if let Some((name, hash, range)) = &spec.gsi {
-            attrs.push(attribute(hash)?);
-            attrs.push(attribute(range)?);
+            .set_key_schema(Some(key_schema(&spec.hash, spec.range.as_ref())?));
+        if let Some(gsi) = &spec.gsi {
+            attrs.push(attribute(&gsi.hash)?);
+            attrs.push(attribute(&gsi.range)?);
+            let projection = match gsi.include {
+                None => Projection::builder().projection_type(ProjectionType::All),
+                Some(include) => Projection::builder()
+                    .projection_type(ProjectionType::Include)
+                    .set_non_key_attributes(Some(
+                        include.iter().map(|a| (*a).to_owned()).collect(),
+                    )),
+            };
             req = req.global_secondary_indexes(
                 GlobalSecondaryIndex::builder()
-                    .index_name(*name)
-                    .set_key_schema(Some(key_schema(hash, range)?))
-                    .projection(
-                        Projection::builder()
-                            .projection_type(ProjectionType::All)
-                            .build(),
-                    )
+                    .index_name(gsi.name)
+                    .set_key_schema(Some(key_schema(&gsi.hash, Some(&gsi.range))?))
+                    .projection(projection.build())
                     .build()
                     .map_err(build_err)?,
             );

@@ -1,0 +1,1002 @@
+//! The operation log on `PREFIX-operations` (doc/INDEX-DYNAMODB.md §7): one
+//! item per operation (`op#<id>`), one per request id in use (`rid#<id>`,
+//! naming the operation that holds it). Every runner write is one
+//! conditional `UpdateItem` fenced by the run's replica and attempt; only
+//! registering an operation under a request id, and moving a request id to
+//! a new operation, change two items, in one `TransactWriteItems`.
+//! Conditional failures are answers (`None`, `false`, `Lost`, `Exists`),
+//! never errors.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use aws_sdk_dynamodb::types::{
+    AttributeValue, ConditionCheck, KeysAndAttributes, Put, ReturnValue,
+    ReturnValuesOnConditionCheckFailure as OnFailure, TransactWriteItem, Update,
+};
+
+use super::documents::{doc_attr, doc_of};
+use super::errors::{self, Cancelled};
+use super::layout::{
+    get_s, n, names_in, prune, req_n, req_s, s, Item, Vals, BY_STATUS, CANCEL_REQUESTED, CRASHES,
+    CRASH_PENDING, CREATED_AT, CREATED_KEY, DONE, EPOCH, FINISHED, FINISHED_AT, GC_AT, ID,
+    LEASE_EPOCHS, OPERATION_ID, PK, PREFIX, REQUEST, REQUEST_ID, RESUMPTIONS, RUNNING, RUN_ATTEMPT,
+    RUN_DEADLINE, RUN_REPLICA, STATE, STATUS, UPDATED_AT,
+};
+use super::{Cond, DynamoIndex, QuerySpec, ROUNDS};
+use crate::index::encoding::{RequestDoc, StateDoc};
+use crate::index::{
+    CreateOutcome, IndexError, Millis, OpFilter, OperationRecord, Renewal, RunLease, RunTerms,
+    RunTicket, Takeover,
+};
+use crate::operation::OperationState;
+
+/// The largest operation item `create_operation` writes, by DynamoDB's
+/// item-size rules. An item holds at most 400 KB; checkpoints grow the
+/// state (up to 100 failed keys inline) and the lease epochs repeat the
+/// request's prefixes, so a request has to leave them room.
+const MAX_CREATED_ITEM_BYTES: usize = 128 * 1024;
+
+/// "The run is `:r`'s attempt `:a`, and the operation is unfinished": the
+/// condition of every runner write (fencing).
+const FENCE: &str = "#run_replica = :r AND #run_attempt = :a AND #done = :false";
+
+/// The partition key of operation `id`'s item.
+fn op_pk(id: &str) -> String {
+    format!("op#{id}")
+}
+
+fn op_key(id: &str) -> Item {
+    HashMap::from([(PK.to_owned(), s(op_pk(id)))])
+}
+
+/// The key of the item that says which operation holds request id `rid`.
+fn rid_key(rid: &str) -> Item {
+    HashMap::from([(PK.to_owned(), s(format!("rid#{rid}")))])
+}
+
+fn rid_item(rid: &str, operation_id: &str) -> Item {
+    let mut item = rid_key(rid);
+    item.insert(REQUEST_ID.to_owned(), s(rid));
+    item.insert(OPERATION_ID.to_owned(), s(operation_id));
+    item
+}
+
+/// The sort key of the `by_status` index: zero-padded creation time, `#`,
+/// id, so byte order is (created_at, id) order. `None` before 1970 (the
+/// padding orders non-negative times only).
+fn created_key(created_at: Millis, id: &str) -> Option<String> {
+    (created_at >= 0).then(|| format!("{created_at:020}#{id}"))
+}
+
+/// The `ticket` values of [`FENCE`].
+fn fence_vals(ticket: &RunTicket) -> Vals {
+    Vals::new()
+        .s("r", &ticket.replica)
+        .n("a", i64::from(ticket.attempt))
+        .b("false", false)
+}
+
+/// Bytes an attribute value counts towards DynamoDB's item size (numbers
+/// rounded up to their longest form).
+fn attr_size(a: &AttributeValue) -> usize {
+    match a {
+        AttributeValue::S(v) => v.len(),
+        AttributeValue::N(v) => v.len() / 2 + 2,
+        AttributeValue::L(items) => 3 + items.iter().map(|v| 1 + attr_size(v)).sum::<usize>(),
+        AttributeValue::M(fields) => {
+            3 + fields
+                .iter()
+                .map(|(k, v)| 1 + k.len() + attr_size(v))
+                .sum::<usize>()
+        }
+        _ => 1,
+    }
+}
+
+/// An item's size as DynamoDB counts it: attribute names plus values.
+fn item_size(item: &Item) -> usize {
+    item.iter().map(|(k, v)| k.len() + attr_size(v)).sum()
+}
+
+/// Whether the item's run is `ticket`'s.
+fn holds(item: &Item, ticket: &RunTicket) -> bool {
+    get_s(item, RUN_REPLICA) == Some(ticket.replica.as_str())
+        && req_n("operation", item, RUN_ATTEMPT).ok() == Some(i64::from(ticket.attempt))
+}
+
+fn bool_of(item: &Item, attr: &str) -> bool {
+    matches!(item.get(attr), Some(AttributeValue::Bool(true)))
+}
+
+fn u32_of(item: &Item, attr: &str) -> Result<u32, IndexError> {
+    let v = req_n("operation", item, attr)?;
+    u32::try_from(v).map_err(|_| {
+        IndexError::Corrupt(format!(
+            "operation {:?}: attribute {attr} is {v}",
+            get_s(item, ID).unwrap_or("?")
+        ))
+    })
+}
+
+/// An operation item as the log's [`OperationRecord`].
+fn op_of(item: &Item) -> Result<OperationRecord, IndexError> {
+    let id = req_s("operation", item, ID)?;
+    let corrupt = |e: IndexError| IndexError::Corrupt(format!("operation {id}: {e}"));
+    let doc = |attr: &str| {
+        item.get(attr)
+            .ok_or_else(|| IndexError::Corrupt(format!("operation {id}: attribute {attr} missing")))
+    };
+    let request = doc_of::<RequestDoc>(doc(REQUEST)?, "request")
+        .and_then(RequestDoc::decode)
+        .map_err(corrupt)?;
+    let state = doc_of::<StateDoc>(doc(STATE)?, "state")
+        .and_then(StateDoc::decode)
+        .map_err(corrupt)?;
+    // A finished operation has no run, whatever its item still says.
+    let run = match get_s(item, RUN_REPLICA).filter(|_| !state.is_done()) {
+        None => None,
+        Some(replica) => Some(RunLease {
+            ticket: RunTicket {
+                replica: replica.to_owned(),
+                attempt: u32_of(item, RUN_ATTEMPT)?,
+            },
+            deadline: req_n("operation", item, RUN_DEADLINE)?,
+            cancel_requested: bool_of(item, CANCEL_REQUESTED),
+        }),
+    };
+    Ok(OperationRecord {
+        request_id: get_s(item, REQUEST_ID).map(str::to_owned),
+        request,
+        state,
+        created_at: req_n("operation", item, CREATED_AT)?,
+        resumptions: u32_of(item, RESUMPTIONS)?,
+        run,
+        id,
+    })
+}
+
+fn build_err(e: impl std::fmt::Display) -> IndexError {
+    IndexError::Storage(format!("cannot build a DynamoDB request: {e}"))
+}
+
+/// What a transaction did.
+#[derive(Debug)]
+enum Tx {
+    Done,
+    /// Cancelled: why, per action (at least one condition failed).
+    Refused(Vec<Cancelled>),
+    /// Cancelled by a write in flight on one of its items, or throttled:
+    /// worth deciding again.
+    Retry,
+}
+
+/// A short, growing, jittered pause before deciding again after a
+/// transaction conflict.
+async fn backoff(round: usize) {
+    let base = 10u64 << round.min(6);
+    tokio::time::sleep(Duration::from_millis(fastrand::u64(base / 2..=base))).await;
+}
+
+impl DynamoIndex {
+    /// The TTL (epoch seconds) of an operation that finished at `at`.
+    fn finished_gc_at(&self, at: Millis) -> i64 {
+        let ttl = i64::try_from(self.config.finished_operation_ttl.as_secs()).unwrap_or(i64::MAX);
+        (at / 1000).saturating_add(ttl)
+    }
+
+    /// `op` as the item `create_operation` writes: every counter the
+    /// update expressions do arithmetic on is there from the start.
+    fn op_item(&self, op: &OperationRecord) -> Result<Item, IndexError> {
+        let created = created_key(op.created_at, &op.id).ok_or_else(|| {
+            IndexError::Storage(format!(
+                "operation {}: created_at {} is before 1970, which the DynamoDB operation log \
+                 cannot order",
+                op.id, op.created_at
+            ))
+        })?;
+        let done = op.is_done();
+        let run = op.run.as_ref();
+        let mut item = op_key(&op.id);
+        item.extend([
+            (ID.to_owned(), s(&op.id)),
+            (REQUEST.to_owned(), doc_attr(&RequestDoc::from(&op.request))),
+            (STATE.to_owned(), doc_attr(&StateDoc::from(&op.state))),
+            (DONE.to_owned(), AttributeValue::Bool(done)),
+            (STATUS.to_owned(), s(if done { FINISHED } else { RUNNING })),
+            (CREATED_AT.to_owned(), n(op.created_at)),
+            (CREATED_KEY.to_owned(), s(created)),
+            (UPDATED_AT.to_owned(), n(op.created_at)),
+            (RESUMPTIONS.to_owned(), n(i64::from(op.resumptions))),
+            (
+                RUN_ATTEMPT.to_owned(),
+                n(run.map_or(0, |r| i64::from(r.ticket.attempt))),
+            ),
+            (RUN_DEADLINE.to_owned(), n(run.map_or(0, |r| r.deadline))),
+            (
+                CANCEL_REQUESTED.to_owned(),
+                AttributeValue::Bool(run.is_some_and(|r| r.cancel_requested)),
+            ),
+            (CRASHES.to_owned(), n(0)),
+            // Until a release says otherwise, the end of a run is a crash.
+            (CRASH_PENDING.to_owned(), n(1)),
+        ]);
+        if let Some(rid) = &op.request_id {
+            item.insert(REQUEST_ID.to_owned(), s(rid));
+        }
+        if let Some(r) = run {
+            item.insert(RUN_REPLICA.to_owned(), s(&r.ticket.replica));
+        }
+        if done {
+            item.insert(FINISHED_AT.to_owned(), n(op.created_at));
+            item.insert(GC_AT.to_owned(), n(self.finished_gc_at(op.created_at)));
+        }
+        let size = item_size(&item);
+        if size > MAX_CREATED_ITEM_BYTES {
+            return Err(IndexError::Storage(format!(
+                "operation {} takes {size} bytes as a DynamoDB item; the DynamoDB operation log \
+                 registers operations of at most {MAX_CREATED_ITEM_BYTES} bytes (an item holds \
+                 400 KB, and progress and lease epochs grow it): warm fewer or shorter prefixes \
+                 per request",
+                op.id
+            )));
+        }
+        Ok(item)
+    }
+
+    fn put_action(
+        &self,
+        item: Item,
+        condition: &str,
+        vals: Vals,
+    ) -> Result<TransactWriteItem, IndexError> {
+        let put = Put::builder()
+            .table_name(&self.tables.operations)
+            .set_item(Some(item))
+            .condition_expression(condition)
+            .set_expression_attribute_names(names_in(&[condition]))
+            .set_expression_attribute_values(prune(vals, &[condition]).into_map())
+            .return_values_on_condition_check_failure(OnFailure::AllOld)
+            .build()
+            .map_err(build_err)?;
+        Ok(TransactWriteItem::builder().put(put).build())
+    }
+
+    fn update_action(
+        &self,
+        key: Item,
+        update: &str,
+        condition: &str,
+        vals: Vals,
+    ) -> Result<TransactWriteItem, IndexError> {
+        let exprs = [update, condition];
+        let update = Update::builder()
+            .table_name(&self.tables.operations)
+            .set_key(Some(key))
+            .update_expression(update)
+            .condition_expression(condition)
+            .set_expression_attribute_names(names_in(&exprs))
+            .set_expression_attribute_values(prune(vals, &exprs).into_map())
+            .return_values_on_condition_check_failure(OnFailure::AllOld)
+            .build()
+            .map_err(build_err)?;
+        Ok(TransactWriteItem::builder().update(update).build())
+    }
+
+    fn check_action(&self, key: Item, condition: &str) -> Result<TransactWriteItem, IndexError> {
+        let check = ConditionCheck::builder()
+            .table_name(&self.tables.operations)
+            .set_key(Some(key))
+            .condition_expression(condition)
+            .set_expression_attribute_names(names_in(&[condition]))
+            .return_values_on_condition_check_failure(OnFailure::AllOld)
+            .build()
+            .map_err(build_err)?;
+        Ok(TransactWriteItem::builder().condition_check(check).build())
+    }
+
+    /// One `TransactWriteItems`. The SDK gives it an idempotency token that
+    /// its retries reuse, so a retried request whose first attempt landed
+    /// succeeds instead of failing its own conditions.
+    async fn transact(&self, actions: Vec<TransactWriteItem>) -> Result<Tx, IndexError> {
+        let table = self.tables.operations.as_str();
+        let res = self
+            .client
+            .transact_write_items()
+            .set_transact_items(Some(actions))
+            .send()
+            .await;
+        let err = match res {
+            Ok(_) => return Ok(Tx::Done),
+            Err(e) => e,
+        };
+        let Some(reasons) = errors::cancellation(&err) else {
+            return Err(errors::classify(
+                "TransactWriteItems",
+                table,
+                &self.create_hint(),
+                &err,
+            ));
+        };
+        if reasons.iter().any(|r| matches!(r, Cancelled::Condition(_))) {
+            return Ok(Tx::Refused(reasons));
+        }
+        for r in &reasons {
+            match r {
+                Cancelled::Other(code, message)
+                    if !matches!(
+                        code.as_str(),
+                        "ThrottlingError"
+                            | "ProvisionedThroughputExceeded"
+                            | "RequestLimitExceeded"
+                    ) =>
+                {
+                    return Err(IndexError::Storage(format!(
+                        "TransactWriteItems on {table}: {code}: {message}"
+                    )));
+                }
+                _ => {}
+            }
+        }
+        Ok(Tx::Retry)
+    }
+
+    /// The answer to a write of `op` that found its id taken by `seen`:
+    /// our own earlier write (the same record) is success; anything else
+    /// is an error (operation ids are unique by construction).
+    fn taken_id(op: &OperationRecord, seen: Option<&Item>) -> Result<bool, IndexError> {
+        match seen.map(op_of) {
+            Some(Ok(stored)) if stored == *op => Ok(true),
+            _ => Err(IndexError::Storage(format!(
+                "operation id {} is already taken by another operation",
+                op.id
+            ))),
+        }
+    }
+
+    pub(super) async fn create_op(
+        &self,
+        op: &OperationRecord,
+    ) -> Result<CreateOutcome, IndexError> {
+        let table = self.tables.operations.as_str();
+        let item = self.op_item(op)?;
+        let Some(rid) = op.request_id.as_deref() else {
+            return match self.put(table, item, "attribute_not_exists(#pk)").await? {
+                Cond::Done(()) => Ok(CreateOutcome::Created),
+                Cond::Refused(seen) => {
+                    Self::taken_id(op, seen.as_ref()).map(|_| CreateOutcome::Created)
+                }
+            };
+        };
+        // The holder named by the request id's item whose operation is
+        // gone (purged, or collected by TTL): the id is free to take, as
+        // long as that is still so.
+        let mut stale: Option<String> = None;
+        for round in 0..ROUNDS {
+            let mut actions = vec![
+                match &stale {
+                    None => self.put_action(
+                        rid_item(rid, &op.id),
+                        "attribute_not_exists(#pk)",
+                        Vals::new(),
+                    )?,
+                    Some(holder) => self.put_action(
+                        rid_item(rid, &op.id),
+                        "#operation_id = :holder",
+                        Vals::new().s("holder", holder),
+                    )?,
+                },
+                self.put_action(item.clone(), "attribute_not_exists(#pk)", Vals::new())?,
+            ];
+            if let Some(holder) = &stale {
+                actions.push(self.check_action(op_key(holder), "attribute_not_exists(#pk)")?);
+            }
+            let reasons = match self.transact(actions).await? {
+                Tx::Done => return Ok(CreateOutcome::Created),
+                Tx::Retry => {
+                    backoff(round).await;
+                    continue;
+                }
+                Tx::Refused(reasons) => reasons,
+            };
+            if let Some(Cancelled::Condition(seen)) = reasons.first() {
+                let holder_item = match seen {
+                    Some(i) => Some(i.clone()),
+                    None => self.get(table, rid_key(rid)).await?,
+                };
+                let Some(holder_item) = holder_item else {
+                    // Its item went meanwhile: the id is free.
+                    stale = None;
+                    continue;
+                };
+                let holder = req_s("request id", &holder_item, OPERATION_ID)?;
+                if holder == op.id {
+                    // Our own earlier write: both items are there.
+                    return Ok(CreateOutcome::Created);
+                }
+                match self.get_op(&holder).await? {
+                    Some(existing) => return Ok(CreateOutcome::Exists(Box::new(existing))),
+                    None => {
+                        stale = Some(holder);
+                        continue;
+                    }
+                }
+            }
+            if let Some(Cancelled::Condition(seen)) = reasons.get(1) {
+                return Self::taken_id(op, seen.as_ref()).map(|_| CreateOutcome::Created);
+            }
+            // The stale holder's item is back: decide again.
+            stale = None;
+        }
+        Err(self.contention("create_operation"))
+    }
+
+    pub(super) async fn supersede(
+        &self,
+        old_id: &str,
+        op: &OperationRecord,
+    ) -> Result<bool, IndexError> {
+        let Some(rid) = op.request_id.as_deref() else {
+            return Ok(false);
+        };
+        let item = self.op_item(op)?;
+        for round in 0..ROUNDS {
+            let actions = vec![
+                self.update_action(
+                    op_key(old_id),
+                    "REMOVE #request_id",
+                    "#done = :true AND #request_id = :rid",
+                    Vals::new().b("true", true).s("rid", rid),
+                )?,
+                self.put_action(
+                    rid_item(rid, &op.id),
+                    "#operation_id = :old",
+                    Vals::new().s("old", old_id),
+                )?,
+                self.put_action(item.clone(), "attribute_not_exists(#pk)", Vals::new())?,
+            ];
+            match self.transact(actions).await? {
+                Tx::Done => return Ok(true),
+                Tx::Retry => backoff(round).await,
+                Tx::Refused(reasons) => {
+                    let refused =
+                        |i: usize| matches!(reasons.get(i), Some(Cancelled::Condition(_)));
+                    if let Some(Cancelled::Condition(Some(holder))) = reasons.get(1) {
+                        if get_s(holder, OPERATION_ID) == Some(op.id.as_str()) {
+                            // The request id is the new operation's already:
+                            // our own earlier write (the id is fresh).
+                            return Ok(true);
+                        }
+                    }
+                    if refused(0) || refused(1) {
+                        // Unfinished, or no longer the holder.
+                        return Ok(false);
+                    }
+                    let seen = match reasons.get(2) {
+                        Some(Cancelled::Condition(seen)) => seen.as_ref(),
+                        _ => None,
+                    };
+                    return Self::taken_id(op, seen);
+                }
+            }
+        }
+        Err(self.contention("supersede_operation"))
+    }
+
+    pub(super) async fn update_op(
+        &self,
+        id: &str,
+        ticket: &RunTicket,
+        state: &OperationState,
+    ) -> Result<bool, IndexError> {
+        let table = self.tables.operations.as_str();
+        let now = self.clock.now();
+        if !state.is_done() {
+            let vals = fence_vals(ticket)
+                .v("state", doc_attr(&StateDoc::from(state)))
+                .n("now", now);
+            let res = self
+                .update(
+                    table,
+                    op_key(id),
+                    "SET #state = :state, #updated_at = :now",
+                    Some(FENCE),
+                    vals,
+                    ReturnValue::None,
+                )
+                .await?;
+            return Ok(matches!(res, Cond::Done(_)));
+        }
+        let gc = self.finished_gc_at(now);
+        let state_attr = doc_attr(&StateDoc::from(state));
+        let res = self
+            .update(
+                table,
+                op_key(id),
+                "SET #state = :state, #updated_at = :now, #finished_at = :now, #done = :true, \
+                 #status = :finished, #run_deadline = :zero, #gc_at = :gc",
+                Some(FENCE),
+                fence_vals(ticket)
+                    .v("state", state_attr.clone())
+                    .n("now", now)
+                    .b("true", true)
+                    .s("finished", FINISHED)
+                    .n("zero", 0)
+                    .n("gc", gc),
+                ReturnValue::AllNew,
+            )
+            .await?;
+        let item = match res {
+            Cond::Done(item) => item,
+            // A retried request whose first attempt landed finds its own
+            // final state, written under its own ticket.
+            Cond::Refused(Some(seen))
+                if bool_of(&seen, DONE)
+                    && holds(&seen, ticket)
+                    && seen.get(STATE) == Some(&state_attr) =>
+            {
+                Some(seen)
+            }
+            Cond::Refused(_) => return Ok(false),
+        };
+        if let Some(rid) = item.as_ref().and_then(|i| get_s(i, REQUEST_ID)) {
+            // The request id goes with its operation, should TTL collect
+            // that; unless it moved on meanwhile.
+            let res = self
+                .update(
+                    table,
+                    rid_key(rid),
+                    "SET #gc_at = :gc",
+                    Some("#operation_id = :id"),
+                    Vals::new().n("gc", gc).s("id", id),
+                    ReturnValue::None,
+                )
+                .await;
+            if let Err(e) = res {
+                tracing::warn!(operation_id = %id, error = %e,
+                    "could not set the TTL of the request id's item; it stays until purged");
+            }
+        }
+        Ok(true)
+    }
+
+    pub(super) async fn get_op(&self, id: &str) -> Result<Option<OperationRecord>, IndexError> {
+        self.get(&self.tables.operations, op_key(id))
+            .await?
+            .as_ref()
+            .map(op_of)
+            .transpose()
+    }
+
+    /// Up to `limit` entries of one `by_status` partition (keys and
+    /// `finished_at`), newest first, before `before` (a `created_key`).
+    async fn by_status(
+        &self,
+        status: &str,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Item>, IndexError> {
+        let mut key_condition = "#status = :status".to_owned();
+        let mut vals = Vals::new().s("status", status);
+        if let Some(b) = before {
+            key_condition.push_str(" AND #created_key < :before");
+            vals = vals.s("before", b);
+        }
+        let q = QuerySpec {
+            table: &self.tables.operations,
+            index: Some(BY_STATUS),
+            key_condition,
+            filter: None,
+            projection: None,
+            vals,
+            consistent: false,
+            limit: Some(limit),
+            descending: true,
+        };
+        let mut items = self.query_all(&q, limit).await?;
+        items.truncate(limit);
+        Ok(items)
+    }
+
+    pub(super) async fn list_ops(
+        &self,
+        filter: OpFilter,
+        after: Option<(Millis, String)>,
+        limit: usize,
+    ) -> Result<Vec<OperationRecord>, IndexError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let before = match &after {
+            None => None,
+            Some((at, id)) => match created_key(*at, id) {
+                Some(k) => Some(k),
+                // Nothing is stored before 1970.
+                None => return Ok(Vec::new()),
+            },
+        };
+        let statuses: &[&str] = match filter {
+            OpFilter::All => &[RUNNING, FINISHED],
+            OpFilter::Running => &[RUNNING],
+            OpFilter::Finished => &[FINISHED],
+        };
+        let pages = futures::future::try_join_all(
+            statuses
+                .iter()
+                .map(|st| self.by_status(st, before.as_deref(), limit)),
+        )
+        .await?;
+        let mut entries: Vec<(String, String)> = pages
+            .into_iter()
+            .flatten()
+            .map(|entry| {
+                let key = get_s(&entry, CREATED_KEY).unwrap_or_default().to_owned();
+                let pk = get_s(&entry, PK).unwrap_or_default().to_owned();
+                (key, pk)
+            })
+            .collect();
+        entries.sort_by(|a, b| b.0.cmp(&a.0));
+        // The index is updated after the table: an operation that just
+        // finished may show in both partitions for a moment.
+        entries.dedup_by(|a, b| a.0 == b.0);
+        entries.truncate(limit);
+        let mut items: HashMap<String, Item> = self
+            .batch_get(entries.iter().map(|(_, pk)| pk.as_str()))
+            .await?
+            .into_iter()
+            .map(|item| (get_s(&item, PK).unwrap_or_default().to_owned(), item))
+            .collect();
+        // In the index's order; one purged since the Query is left out.
+        entries
+            .iter()
+            .filter_map(|(_, pk)| items.remove(pk))
+            .map(|item| op_of(&item))
+            .collect()
+    }
+
+    /// The items of `pks` that exist, strongly consistent: one
+    /// BatchGetItem per 100 keys (plus a retry for any DynamoDB leaves
+    /// unprocessed).
+    async fn batch_get<'a>(
+        &self,
+        pks: impl Iterator<Item = &'a str>,
+    ) -> Result<Vec<Item>, IndexError> {
+        let table = self.tables.operations.as_str();
+        let keys: Vec<Item> = pks
+            .map(|pk| HashMap::from([(PK.to_owned(), s(pk))]))
+            .collect();
+        let mut out = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(100) {
+            let mut pending = chunk.to_vec();
+            let mut round = 0;
+            while !pending.is_empty() {
+                let request = KeysAndAttributes::builder()
+                    .set_keys(Some(std::mem::take(&mut pending)))
+                    .consistent_read(true)
+                    .build()
+                    .map_err(build_err)?;
+                let res = self
+                    .client
+                    .batch_get_item()
+                    .request_items(table, request)
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        errors::classify("BatchGetItem", table, &self.create_hint(), &e)
+                    })?;
+                out.extend(
+                    res.responses
+                        .and_then(|mut r| r.remove(table))
+                        .unwrap_or_default(),
+                );
+                pending = res
+                    .unprocessed_keys
+                    .and_then(|mut u| u.remove(table))
+                    .map(|k| k.keys)
+                    .unwrap_or_default();
+                if !pending.is_empty() {
+                    round += 1;
+                    if round >= ROUNDS {
+                        return Err(IndexError::Unavailable(format!(
+                            "BatchGetItem on {table}: keys still unprocessed after {ROUNDS} rounds"
+                        )));
+                    }
+                    backoff(round).await;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub(super) async fn set_epochs(
+        &self,
+        id: &str,
+        epochs: &[(String, String)],
+    ) -> Result<(), IndexError> {
+        let list = AttributeValue::L(
+            epochs
+                .iter()
+                .map(|(prefix, epoch)| {
+                    AttributeValue::M(HashMap::from([
+                        (PREFIX.to_owned(), s(prefix)),
+                        (EPOCH.to_owned(), s(epoch)),
+                    ]))
+                })
+                .collect(),
+        );
+        // An operation that is gone (purged) has nothing to record them on.
+        self.update(
+            &self.tables.operations,
+            op_key(id),
+            "SET #lease_epochs = :epochs",
+            Some("attribute_exists(#pk)"),
+            Vals::new().v("epochs", list),
+            ReturnValue::None,
+        )
+        .await
+        .map(drop)
+    }
+
+    pub(super) async fn epochs(&self, id: &str) -> Result<Vec<(String, String)>, IndexError> {
+        let Some(item) = self.get(&self.tables.operations, op_key(id)).await? else {
+            return Ok(Vec::new());
+        };
+        let corrupt = || IndexError::Corrupt(format!("operation {id}: attribute {LEASE_EPOCHS}"));
+        let Some(list) = item.get(LEASE_EPOCHS) else {
+            return Ok(Vec::new());
+        };
+        let mut out = list
+            .as_l()
+            .map_err(|_| corrupt())?
+            .iter()
+            .map(|e| {
+                let m = e.as_m().map_err(|_| corrupt())?;
+                let field = |name: &str| {
+                    m.get(name)
+                        .and_then(|v| v.as_s().ok())
+                        .cloned()
+                        .ok_or_else(corrupt)
+                };
+                Ok((field(PREFIX)?, field(EPOCH)?))
+            })
+            .collect::<Result<Vec<_>, IndexError>>()?;
+        out.sort();
+        Ok(out)
+    }
+
+    pub(super) async fn take_run(
+        &self,
+        id: &str,
+        terms: &RunTerms<'_>,
+    ) -> Result<Option<Takeover>, IndexError> {
+        // One operator per SET action (DynamoDB's grammar): the crash count
+        // grows by `crash_pending`, which a release zeroes; every right-hand
+        // side reads the item as it was before this update.
+        let res = self
+            .update(
+                &self.tables.operations,
+                op_key(id),
+                "SET #run_replica = :r, #run_attempt = #run_attempt + :one, \
+                 #run_deadline = :deadline, #crashes = #crashes + #crash_pending, \
+                 #crash_pending = :one",
+                Some(
+                    "#done = :false AND (attribute_not_exists(#run_replica) \
+                     OR #run_deadline <= :now)",
+                ),
+                Vals::new()
+                    .s("r", terms.replica)
+                    .n("one", 1)
+                    .n("deadline", terms.deadline)
+                    .n("now", terms.now)
+                    .b("false", false),
+                ReturnValue::AllNew,
+            )
+            .await?;
+        let item = match res {
+            Cond::Done(Some(item)) => item,
+            // A retried request whose first attempt landed: the run is this
+            // replica's, until exactly this deadline.
+            Cond::Refused(Some(seen))
+                if !bool_of(&seen, DONE)
+                    && get_s(&seen, RUN_REPLICA) == Some(terms.replica)
+                    && req_n("operation", &seen, RUN_DEADLINE).ok() == Some(terms.deadline) =>
+            {
+                seen
+            }
+            _ => return Ok(None),
+        };
+        Ok(Some(Takeover {
+            ticket: RunTicket {
+                replica: terms.replica.to_owned(),
+                attempt: u32_of(&item, RUN_ATTEMPT)?,
+            },
+            crashes: u32_of(&item, CRASHES)?,
+            cancel_requested: bool_of(&item, CANCEL_REQUESTED),
+        }))
+    }
+
+    pub(super) async fn renew_op_run(
+        &self,
+        id: &str,
+        ticket: &RunTicket,
+        deadline: Millis,
+    ) -> Result<Renewal, IndexError> {
+        let res = self
+            .update(
+                &self.tables.operations,
+                op_key(id),
+                "SET #run_deadline = :d",
+                Some(&format!("{FENCE} AND #run_deadline < :d")),
+                fence_vals(ticket).n("d", deadline),
+                ReturnValue::AllNew,
+            )
+            .await?;
+        let item = match res {
+            Cond::Done(item) => item,
+            // Still ours, and already running that long: held as is.
+            Cond::Refused(seen) => seen.filter(|i| holds(i, ticket) && !bool_of(i, DONE)),
+        };
+        Ok(item.map_or(Renewal::Lost, |i| Renewal::Held {
+            cancel_requested: bool_of(&i, CANCEL_REQUESTED),
+        }))
+    }
+
+    pub(super) async fn release_op_run(
+        &self,
+        id: &str,
+        ticket: &RunTicket,
+    ) -> Result<(), IndexError> {
+        self.update(
+            &self.tables.operations,
+            op_key(id),
+            "SET #run_deadline = :zero, #crash_pending = :zero",
+            Some(FENCE),
+            fence_vals(ticket).n("zero", 0),
+            ReturnValue::None,
+        )
+        .await
+        .map(drop)
+    }
+
+    pub(super) async fn flag_cancel(&self, id: &str) -> Result<bool, IndexError> {
+        let res = self
+            .update(
+                &self.tables.operations,
+                op_key(id),
+                "SET #cancel_requested = :true",
+                Some("#done = :false"),
+                Vals::new().b("true", true).b("false", false),
+                ReturnValue::None,
+            )
+            .await?;
+        Ok(matches!(res, Cond::Done(_)))
+    }
+
+    pub(super) async fn count_resumption(&self, id: &str) -> Result<u32, IndexError> {
+        let res = self
+            .update(
+                &self.tables.operations,
+                op_key(id),
+                "SET #resumptions = #resumptions + :one",
+                Some("attribute_exists(#pk)"),
+                Vals::new().n("one", 1),
+                ReturnValue::UpdatedNew,
+            )
+            .await?;
+        match res {
+            Cond::Done(Some(item)) => u32_of(&item, RESUMPTIONS),
+            _ => Err(IndexError::Storage(format!(
+                "operation {id} does not exist"
+            ))),
+        }
+    }
+
+    pub(super) async fn purge(&self, before: Millis) -> Result<u64, IndexError> {
+        let q = QuerySpec {
+            table: &self.tables.operations,
+            index: Some(BY_STATUS),
+            key_condition: "#status = :finished".into(),
+            filter: Some("#finished_at < :before"),
+            projection: None,
+            vals: Vals::new().s("finished", FINISHED).n("before", before),
+            consistent: false,
+            limit: None,
+            descending: false,
+        };
+        let found = self.query_all(&q, usize::MAX).await?;
+        let purged = self
+            .each(found, |item| self.purge_one(item, before))
+            .await?;
+        Ok(purged.into_iter().filter(|p| *p).count() as u64)
+    }
+
+    /// Deletes one operation found by `purge` if it is still finished and
+    /// last updated before `before` (the index may lag the table), then its
+    /// request id's item if that still names it.
+    async fn purge_one(&self, found: Item, before: Millis) -> Result<bool, IndexError> {
+        let table = self.tables.operations.as_str();
+        let key = HashMap::from([(PK.to_owned(), s(req_s("operation", &found, PK)?))]);
+        let condition = "#done = :true AND #updated_at < :before";
+        let res = self
+            .client
+            .delete_item()
+            .table_name(table)
+            .set_key(Some(key))
+            .condition_expression(condition)
+            .set_expression_attribute_names(names_in(&[condition]))
+            .set_expression_attribute_values(
+                Vals::new().b("true", true).n("before", before).into_map(),
+            )
+            .return_values(ReturnValue::AllOld)
+            .send()
+            .await;
+        let deleted = match res {
+            Ok(out) => out.attributes.unwrap_or_default(),
+            Err(e) if errors::refused(&e).is_some() => return Ok(false),
+            Err(e) => {
+                return Err(errors::classify(
+                    "DeleteItem",
+                    table,
+                    &self.create_hint(),
+                    &e,
+                ))
+            }
+        };
+        if let Some(rid) = get_s(&deleted, REQUEST_ID) {
+            let id = req_s("operation", &deleted, ID)?;
+            self.delete(
+                table,
+                rid_key(rid),
+                "#operation_id = :id",
+                Vals::new().s("id", &id),
+            )
+            .await?;
+        }
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn created_keys_sort_like_creation_time_then_id() {
+        let mut keys = [
+            created_key(300, "b").unwrap(),
+            created_key(1_700_000_000_000, "a").unwrap(),
+            created_key(300, "a").unwrap(),
+            created_key(0, "z").unwrap(),
+            created_key(i64::MAX, "a").unwrap(),
+            created_key(99, "a#b").unwrap(),
+            created_key(99, "a").unwrap(),
+        ];
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                "00000000000000000000#z",
+                "00000000000000000099#a",
+                "00000000000000000099#a#b",
+                "00000000000000000300#a",
+                "00000000000000000300#b",
+                "00000001700000000000#a",
+                "09223372036854775807#a",
+            ]
+        );
+        assert_eq!(created_key(-1, "a"), None);
+    }
+
+    #[test]
+    fn item_sizes_count_names_and_values() {
+        let item = HashMap::from([
+            ("pk".to_owned(), s("op#1")),
+            ("n".to_owned(), n(12_345)),
+            (
+                "m".to_owned(),
+                AttributeValue::M(HashMap::from([("k".to_owned(), s("vv"))])),
+            ),
+        ]);
+        assert_eq!(item_size(&item), (2 + 4) + (1 + 4) + (1 + 3 + 1 + 1 + 2));
+    }
+}
