@@ -1,6 +1,7 @@
 //! Reference-model test of the cache rules: random sequences of warm, evict,
 //! sweep, clock advance and source change run against the real planner,
-//! warm, evictor and SQLite index over the in-memory store, and after every
+//! warm, evictor and index (SQLite; DynamoDB on moto) over the in-memory
+//! store, and after every
 //! step the directory bucket and the index must equal what a simple model of
 //! the rules (doc/SEMANTICS.md) says.
 
@@ -141,20 +142,20 @@ impl Model {
     }
 }
 
-struct Real {
+struct Real<I> {
     store: Arc<FaultStore<MemoryStore>>,
-    index: Arc<SqliteIndex>,
+    index: Arc<I>,
     clock: Arc<ManualClock>,
-    warmer: Warmer<FaultStore<MemoryStore>, SqliteIndex>,
-    evictor: Evictor<FaultStore<MemoryStore>, SqliteIndex>,
+    warmer: Warmer<FaultStore<MemoryStore>, I>,
+    evictor: Evictor<FaultStore<MemoryStore>, I>,
 }
 
-impl Real {
-    fn new() -> Self {
+impl<I: CacheIndex> Real<I> {
+    fn new(index: I) -> Self {
         let store = Arc::new(FaultStore::new(MemoryStore::with_page_size(2)));
         store.inner().create_bucket(SRC);
         store.inner().create_bucket(DIR);
-        let index = Arc::new(SqliteIndex::open_in_memory().unwrap());
+        let index = Arc::new(index);
         let clock = Arc::new(ManualClock::new(1_000_000));
         let warmer = Warmer::new(
             store.clone(),
@@ -192,8 +193,8 @@ fn prefixes_of(idx: &[usize]) -> Vec<String> {
     idx.iter().map(|&i| PREFIXES[i].to_owned()).collect()
 }
 
-async fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
-    let real = Real::new();
+async fn run<I: CacheIndex>(steps: Vec<Step>, index: I) -> Result<(), TestCaseError> {
+    let real = Real::new(index);
     let mut model = Model {
         now: real.clock.now(),
         ..Model::default()
@@ -329,6 +330,37 @@ proptest! {
     #[test]
     fn the_cache_follows_the_reference_model(steps in proptest::collection::vec(step(), 1..40)) {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(run(steps))?;
+        rt.block_on(run(steps, SqliteIndex::open_in_memory().unwrap()))?;
+    }
+}
+
+/// The same model against the DynamoDB index on moto (fewer cases: every
+/// index call is a request). One moto serves every case; each case gets
+/// fresh tables.
+#[test]
+fn the_dynamodb_index_follows_the_reference_model() {
+    use expresscache_server::index::dynamo::{DynamoIndex, TablePrefix};
+    use expresscache_server::testing::{unique, Moto};
+    use proptest::test_runner::{Config, TestRunner};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let moto = Moto::start();
+    let sdk = moto.sdk_config();
+    let mut runner = TestRunner::new(Config {
+        cases: 16,
+        ..Config::default()
+    });
+    let result = runner.run(&proptest::collection::vec(step(), 1..30), |steps| {
+        rt.block_on(async {
+            let prefix = TablePrefix::new(&unique("model")).unwrap();
+            let index = DynamoIndex::connect(&sdk, &prefix);
+            index.create_tables().await.unwrap();
+            run(steps, index).await
+        })
+    });
+    if let Err(e) = result {
+        panic!("{e}");
     }
 }
