@@ -1,9 +1,8 @@
 //! Reference-model test of the cache rules: random sequences of warm, evict,
 //! sweep, clock advance and source change run against the real planner,
 //! warm, evictor and index (SQLite; DynamoDB on moto) over the in-memory
-//! store, and after every
-//! step the directory bucket and the index must equal what a simple model of
-//! the rules (doc/SEMANTICS.md) says.
+//! store, and after every step the directory bucket and the index must
+//! equal what a simple model of the rules (doc/SEMANTICS.md) says.
 
 #![allow(clippy::unwrap_used)]
 
