@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use common::{buckets, Server};
 use expresscache_client::{pb, Client};
-use expresscache_server::testing::list_keys;
 use expresscache_server::testing::proxy::{Fault, FaultProxy, Match, Rule};
+use expresscache_server::testing::{list_keys, unique, Moto};
 
 /// Short leases so a takeover happens within seconds: run lease 3 s, skew
 /// margin 1 s, and a replica looks for orphans every 2 s (the defaults give
@@ -23,9 +23,27 @@ use expresscache_server::testing::proxy::{Fault, FaultProxy, Match, Rule};
 const FAST: &[&str] = &["--run-lease-ttl", "3s", "--clock-skew-margin", "1s"];
 
 /// Where the replicas keep their shared index.
+#[derive(Clone, Copy)]
+enum Kind {
+    Sqlite,
+    Dynamo,
+}
+
+impl Kind {
+    fn index(self, moto: &Moto) -> SharedIndex {
+        match self {
+            Self::Sqlite => SharedIndex::sqlite(),
+            Self::Dynamo => SharedIndex::dynamo(moto),
+        }
+    }
+}
+
 enum SharedIndex {
     /// One SQLite file on this host, opened by every replica.
     Sqlite(tempfile::TempDir),
+    /// DynamoDB tables on moto (the same moto that serves S3), created with
+    /// `expresscache-server index create`.
+    Dynamo { prefix: String, endpoint: String },
 }
 
 impl SharedIndex {
@@ -33,9 +51,42 @@ impl SharedIndex {
         Self::Sqlite(tempfile::tempdir().unwrap())
     }
 
+    /// Fresh tables on `moto`, created the way an operator would.
+    fn dynamo(moto: &Moto) -> Self {
+        let index = Self::Dynamo {
+            prefix: unique("fleet"),
+            endpoint: moto.endpoint.clone(),
+        };
+        let out = Command::new(common::server_binary())
+            .args(["index", "create", "--index", &index.url()])
+            .envs(index.env())
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "index create: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        index
+    }
+
     fn url(&self) -> String {
         match self {
             Self::Sqlite(dir) => format!("sqlite://{}", dir.path().join("shared.db").display()),
+            Self::Dynamo { prefix, .. } => format!("dynamodb://{prefix}"),
+        }
+    }
+
+    /// What the replicas' environment needs besides the index URL.
+    fn env(&self) -> Vec<(String, String)> {
+        match self {
+            Self::Sqlite(_) => vec![],
+            Self::Dynamo { endpoint, .. } => {
+                vec![("AWS_ENDPOINT_URL_DYNAMODB".into(), endpoint.clone())]
+            }
         }
     }
 }
@@ -48,13 +99,16 @@ struct Fleet {
 impl Fleet {
     fn start(n: usize, s3_endpoint: &str, index: SharedIndex, extra: &[&str]) -> Self {
         let url = index.url();
+        let mut env = index.env();
+        env.push(("EXPRESSCACHE_INDEX".into(), url));
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let replicas = (1..=n)
             .map(|i| {
                 let id = format!("replica-{i}");
                 let mut args = vec!["--replica-id", id.as_str()];
                 args.extend_from_slice(FAST);
                 args.extend_from_slice(extra);
-                Server::start_on(s3_endpoint, &args, &[("EXPRESSCACHE_INDEX", &url)])
+                Server::start_on(s3_endpoint, &args, &env)
             })
             .collect();
         Self {
@@ -170,9 +224,10 @@ fn is_done(op: &pb::OperationStatus) -> bool {
 /// have reached S3 (a copy S3 applied but the dead replica had not yet
 /// recorded would be copied again: the takeover cannot tell it apart from
 /// a stale object).
-async fn a_killed_replicas_warm_is_taken_over(index: SharedIndex) {
+async fn a_killed_replicas_warm_is_taken_over(kind: Kind) {
     let names = keys(2000);
     let (moto, s3, src, dir) = buckets(&names.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let index = kind.index(&moto);
     let proxy = FaultProxy::start(&moto.endpoint).await;
     proxy.add(Rule::after(Match::copy_object(), Fault::Hang, 500));
     let mut fleet = Fleet::start(3, &proxy.endpoint, index, &[]);
@@ -208,9 +263,10 @@ async fn a_killed_replicas_warm_is_taken_over(index: SharedIndex) {
 
 /// Two replicas receive overlapping warms of the same prefix at the same
 /// moment (different request ids): each object is copied exactly once.
-async fn overlapping_warms_on_two_replicas_copy_each_object_once(index: SharedIndex) {
+async fn overlapping_warms_on_two_replicas_copy_each_object_once(kind: Kind) {
     let names = keys(300);
     let (moto, s3, src, dir) = buckets(&names.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let index = kind.index(&moto);
     let proxy = FaultProxy::start(&moto.endpoint).await;
     // Slow copies, so the two warms really overlap.
     proxy.add(Rule::always(
@@ -236,10 +292,11 @@ async fn overlapping_warms_on_two_replicas_copy_each_object_once(index: SharedIn
 /// prefixes) into one directory bucket: together they never have more than
 /// 8 CopyObjects in flight, because the live replicas split each bucket's
 /// budget.
-async fn replicas_share_a_buckets_request_budget(index: SharedIndex) {
+async fn replicas_share_a_buckets_request_budget(kind: Kind) {
     let mut names = keys(200);
     names.extend((0..200).map(|i| format!("e/{i:05}")));
     let (moto, s3, src, dir) = buckets(&names.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let index = kind.index(&moto);
     let proxy = FaultProxy::start(&moto.endpoint).await;
     proxy.add(Rule::always(
         Match::copy_object(),
@@ -269,10 +326,11 @@ async fn replicas_share_a_buckets_request_budget(index: SharedIndex) {
 }
 
 /// A cancel sent to replica B stops a warm running on replica A.
-async fn a_cancel_sent_to_another_replica_stops_the_warm(index: SharedIndex) {
+async fn a_cancel_sent_to_another_replica_stops_the_warm(kind: Kind) {
     let names = keys(400);
     let (moto, _s3, src, dir) =
         buckets(&names.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let index = kind.index(&moto);
     let proxy = FaultProxy::start(&moto.endpoint).await;
     proxy.add(Rule::always(
         Match::copy_object(),
@@ -312,9 +370,10 @@ async fn a_cancel_sent_to_another_replica_stops_the_warm(index: SharedIndex) {
 /// A replica paused (SIGSTOP) past its run lease is taken over; once it
 /// continues (SIGCONT) it learns it lost the run and writes nothing more:
 /// the operation's record stays the new runner's.
-async fn a_paused_replica_cannot_write_after_it_was_taken_over(index: SharedIndex) {
-    let names = keys(400);
+async fn a_paused_replica_cannot_write_after_it_was_taken_over(kind: Kind) {
+    let names = keys(600);
     let (moto, s3, src, dir) = buckets(&names.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let index = kind.index(&moto);
     let proxy = FaultProxy::start(&moto.endpoint).await;
     proxy.add(Rule::always(
         Match::copy_object(),
@@ -323,26 +382,54 @@ async fn a_paused_replica_cannot_write_after_it_was_taken_over(index: SharedInde
     let fleet = Fleet::start(2, &proxy.endpoint, index, &["--max-concurrency", "4"]);
     let warm = start_warm(&fleet.replicas[0].endpoint, &src, &dir, "job-pause");
     let op = wait_for_operation(&fleet.replicas[1].endpoint, Duration::from_secs(60), |op| {
-        copied(op) > 0
+        !is_done(op)
     })
     .await;
+    // Mid-copy: 600 copies at 4 in flight and 50 ms each take 7.5 s.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     fleet.replicas[0].signal("STOP");
+    let mut client = Client::connect(&fleet.replicas[1].endpoint).await.unwrap();
+    let stopped = client
+        .operation_status(op.operation_id.clone())
+        .await
+        .unwrap();
+    assert!(
+        !is_done(&stopped),
+        "the warm must still run when its replica is paused"
+    );
     // Replica 2 takes it over once the paused one's run lapses, and
     // finishes it.
     let done = wait_for_operation(&fleet.replicas[1].endpoint, Duration::from_secs(120), |o| {
         o.operation_id == op.operation_id && is_done(o)
     })
     .await;
-    assert_eq!(done.resumptions, 1, "taken over once");
+    let direct = client
+        .operation_status(op.operation_id.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        (done.resumptions, direct.resumptions),
+        (1, 1),
+        "taken over once\n{}",
+        fleet.logs()
+    );
     assert_eq!(
         done.progress.as_ref().unwrap().outcome,
         pb::Outcome::Succeeded as i32
     );
     fleet.replicas[0].signal("CONT");
-    // Give the woken replica time to renew (and learn it lost the run),
-    // checkpoint and finish if it still could.
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    let mut client = Client::connect(&fleet.replicas[1].endpoint).await.unwrap();
+    // The woken replica renews, learns it lost the run, and stops; give it
+    // the chance to write (a checkpoint, its final state) if it still could.
+    let t0 = Instant::now();
+    while !fleet.replicas[0].log().contains("lost the operation's run") {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the woken replica never noticed\n{}",
+            fleet.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let after = client
         .operation_status(op.operation_id.clone())
         .await
@@ -351,37 +438,57 @@ async fn a_paused_replica_cannot_write_after_it_was_taken_over(index: SharedInde
         after.progress, done.progress,
         "the woken replica did not overwrite the new runner's record"
     );
-    assert!(
-        fleet.replicas[0].log().contains("lost the operation's run"),
-        "{}",
-        fleet.logs()
-    );
-    assert_eq!(list_keys(&s3, &dir, "d/").await.len(), 400);
+    assert_eq!(list_keys(&s3, &dir, "d/").await.len(), 600);
     let (code, out) = finish(warm, Duration::from_secs(60), &fleet);
     assert_eq!(code, 0, "the launcher still hears the outcome\n{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_a_killed_replicas_warm_is_taken_over() {
-    a_killed_replicas_warm_is_taken_over(SharedIndex::sqlite()).await;
+    a_killed_replicas_warm_is_taken_over(Kind::Sqlite).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_overlapping_warms_on_two_replicas_copy_each_object_once() {
-    overlapping_warms_on_two_replicas_copy_each_object_once(SharedIndex::sqlite()).await;
+    overlapping_warms_on_two_replicas_copy_each_object_once(Kind::Sqlite).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_a_cancel_sent_to_another_replica_stops_the_warm() {
-    a_cancel_sent_to_another_replica_stops_the_warm(SharedIndex::sqlite()).await;
+    a_cancel_sent_to_another_replica_stops_the_warm(Kind::Sqlite).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_a_paused_replica_cannot_write_after_it_was_taken_over() {
-    a_paused_replica_cannot_write_after_it_was_taken_over(SharedIndex::sqlite()).await;
+    a_paused_replica_cannot_write_after_it_was_taken_over(Kind::Sqlite).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_replicas_share_a_buckets_request_budget() {
-    replicas_share_a_buckets_request_budget(SharedIndex::sqlite()).await;
+    replicas_share_a_buckets_request_budget(Kind::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamodb_a_killed_replicas_warm_is_taken_over() {
+    a_killed_replicas_warm_is_taken_over(Kind::Dynamo).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamodb_overlapping_warms_on_two_replicas_copy_each_object_once() {
+    overlapping_warms_on_two_replicas_copy_each_object_once(Kind::Dynamo).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamodb_a_cancel_sent_to_another_replica_stops_the_warm() {
+    a_cancel_sent_to_another_replica_stops_the_warm(Kind::Dynamo).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamodb_a_paused_replica_cannot_write_after_it_was_taken_over() {
+    a_paused_replica_cannot_write_after_it_was_taken_over(Kind::Dynamo).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamodb_replicas_share_a_buckets_request_budget() {
+    replicas_share_a_buckets_request_budget(Kind::Dynamo).await;
 }

@@ -1,10 +1,12 @@
-//! The production wiring: AWS configuration chain, SQLite index, signals.
+//! The production wiring: AWS configuration chain, the index (SQLite or
+//! DynamoDB), signals, and the `index create` command.
 
 use anyhow::Context;
 use tokio::net::TcpListener;
 
-use crate::config::{Config, IndexLocation, LogFormat};
-use crate::index::SqliteIndex;
+use crate::config::{Config, IndexCommand, IndexLocation, LogFormat};
+use crate::index::dynamo::{DynamoConfig, DynamoIndex, TablePrefix};
+use crate::index::{CacheIndex, OperationLog, ReplicaRegistry, SqliteIndex};
 use crate::server::{serve, Deps};
 use crate::store::{ObjectStore, S3Store};
 
@@ -68,12 +70,70 @@ pub async fn s3_store(config: &Config) -> S3Store {
 /// signal. The store is a parameter so tests and diagnostics can run the
 /// same server over their own (an in-memory or fault-injecting store).
 pub async fn run<S: ObjectStore>(config: Config, store: S) -> anyhow::Result<()> {
-    let index = match &config.index {
+    match &config.index {
         IndexLocation::Sqlite(path) => {
-            SqliteIndex::open(path).with_context(|| format!("opening index {}", path.display()))?
+            let index = SqliteIndex::open(path)
+                .with_context(|| format!("opening index {}", path.display()))?;
+            run_on(config, store, index).await
         }
-        IndexLocation::SqliteMemory => SqliteIndex::open_in_memory()?,
-    };
+        IndexLocation::SqliteMemory => run_on(config, store, SqliteIndex::open_in_memory()?).await,
+        IndexLocation::Dynamo(prefix) => {
+            let index = dynamo_index(prefix, &config).await;
+            // Refuse to start on missing or mismatched tables, naming the
+            // command that creates them.
+            index.check_tables().await?;
+            run_on(config, store, index).await
+        }
+    }
+}
+
+/// A DynamoDB index from the standard AWS configuration chain
+/// (AWS_ENDPOINT_URL_DYNAMODB for a local endpoint).
+async fn dynamo_index(prefix: &TablePrefix, config: &Config) -> DynamoIndex {
+    let shared = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let defaults = DynamoConfig::default();
+    DynamoIndex::connect_with(
+        &shared,
+        prefix,
+        DynamoConfig {
+            // DynamoDB's TTL may delete a finished operation only well after
+            // this server's own retention has purged it.
+            finished_operation_ttl: defaults
+                .finished_operation_ttl
+                .max(config.operation_retention * 2),
+            ..defaults
+        },
+    )
+}
+
+/// `expresscache-server index ...`: prints what it did, one line each.
+pub async fn index_command(config: &Config, command: &IndexCommand) -> anyhow::Result<()> {
+    match command {
+        IndexCommand::Create => match &config.index {
+            IndexLocation::Dynamo(prefix) => {
+                for line in dynamo_index(prefix, config).await.create_tables().await? {
+                    println!("{line}");
+                }
+                Ok(())
+            }
+            IndexLocation::Sqlite(path) => {
+                SqliteIndex::open(path)
+                    .with_context(|| format!("opening index {}", path.display()))?;
+                println!("SQLite index {} is ready", path.display());
+                Ok(())
+            }
+            IndexLocation::SqliteMemory => {
+                anyhow::bail!("an in-memory index exists only inside a running server")
+            }
+        },
+    }
+}
+
+async fn run_on<S: ObjectStore, I: CacheIndex + OperationLog + ReplicaRegistry>(
+    config: Config,
+    store: S,
+    index: I,
+) -> anyhow::Result<()> {
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;

@@ -17,15 +17,19 @@ use serde::Deserialize;
     about = "Warms S3 Express One Zone directory buckets from general-purpose S3 buckets (gRPC service)"
 )]
 pub struct Args {
+    #[command(subcommand)]
+    pub command: Option<ServerCommand>,
     /// TOML file with any of the settings below (keys in snake_case).
-    #[arg(long, env = "EXPRESSCACHE_CONFIG")]
+    #[arg(long, global = true, env = "EXPRESSCACHE_CONFIG")]
     pub config: Option<PathBuf>,
     /// Address to serve gRPC on [default: 127.0.0.1:50051].
     #[arg(long, env = "EXPRESSCACHE_LISTEN")]
     pub listen: Option<SocketAddr>,
-    /// Cache index: sqlite://PATH (relative or absolute) or sqlite://:memory:
+    /// Cache index: sqlite://PATH (relative or absolute), sqlite://:memory:,
+    /// or dynamodb://TABLE_PREFIX for several replicas sharing DynamoDB
+    /// tables (create them with `expresscache-server index create`)
     /// [default: sqlite://$XDG_DATA_HOME/expresscache/index.db].
-    #[arg(long, env = "EXPRESSCACHE_INDEX")]
+    #[arg(long, global = true, env = "EXPRESSCACHE_INDEX")]
     pub index: Option<String>,
     /// S3 copy requests in flight at once, across all warms [default: 64].
     #[arg(long, env = "EXPRESSCACHE_MAX_CONCURRENCY")]
@@ -90,6 +94,22 @@ pub struct Args {
     /// the clock skew margin) after its replica died [default: 10s].
     #[arg(long, env = "EXPRESSCACHE_RUN_LEASE_TTL", value_parser = humantime::parse_duration)]
     pub run_lease_ttl: Option<Duration>,
+}
+
+/// What `expresscache-server` does besides serving (the default).
+#[derive(Debug, Clone, PartialEq, Eq, clap::Subcommand)]
+pub enum ServerCommand {
+    /// Manage the index's storage.
+    #[command(subcommand)]
+    Index(IndexCommand),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, clap::Subcommand)]
+pub enum IndexCommand {
+    /// Create the DynamoDB tables of --index dynamodb://PREFIX (on-demand
+    /// billing, TTL, point-in-time recovery); does nothing for tables that
+    /// exist as they should, and says what it did.
+    Create,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -159,13 +179,18 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 pub enum IndexLocation {
     Sqlite(PathBuf),
     SqliteMemory,
+    /// DynamoDB tables under this prefix, shared by every replica.
+    Dynamo(crate::index::dynamo::TablePrefix),
 }
 
 impl IndexLocation {
     pub fn parse(url: &str) -> Result<Self, String> {
+        if url.starts_with(crate::index::dynamo::SCHEME) {
+            return crate::index::dynamo::TablePrefix::parse(url).map(Self::Dynamo);
+        }
         let Some(rest) = url.strip_prefix("sqlite://") else {
             return Err(format!(
-                "unsupported index {url:?}: expected sqlite://PATH (DynamoDB support is planned)"
+                "unsupported index {url:?}: expected sqlite://PATH or dynamodb://TABLE_PREFIX"
             ));
         };
         match rest {
@@ -452,7 +477,13 @@ mod tests {
             IndexLocation::parse("sqlite:///var/lib/i.db").unwrap(),
             IndexLocation::Sqlite("/var/lib/i.db".into())
         );
-        assert!(IndexLocation::parse("dynamodb://t").is_err());
+        assert_eq!(
+            IndexLocation::parse("dynamodb://team-cache").unwrap(),
+            IndexLocation::Dynamo(crate::index::dynamo::TablePrefix::new("team-cache").unwrap())
+        );
+        assert!(IndexLocation::parse("dynamodb://").is_err());
+        assert!(IndexLocation::parse("dynamodb://a/b").is_err());
+        assert!(IndexLocation::parse("redis://x").is_err());
         assert!(IndexLocation::parse("sqlite://").is_err());
     }
 

@@ -6,7 +6,9 @@ use expresscache_server::{app, config};
 #[tokio::main]
 async fn main() -> ExitCode {
     // A bad flag, variable or config file is a usage error, said in one line.
-    let config = match config::Config::resolve(config::Args::parse()) {
+    let args = config::Args::parse();
+    let command = args.command.clone();
+    let config = match config::Config::resolve(args) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
@@ -14,6 +16,15 @@ async fn main() -> ExitCode {
         }
     };
     app::init_tracing(config.log_format);
+    if let Some(config::ServerCommand::Index(cmd)) = command {
+        return match app::index_command(&config, &cmd).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let store = app::s3_store(&config).await;
     match app::run(config, store).await {
         Ok(()) => ExitCode::SUCCESS,

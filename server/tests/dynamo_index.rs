@@ -19,13 +19,13 @@ use std::time::{Duration, Instant};
 use aws_sdk_dynamodb::types::AttributeValue;
 use expresscache::{BucketName, DirectoryBucketName, Prefix, RequestId, WarmSpec};
 use expresscache_server::clock::ManualClock;
-use expresscache_server::index::conformance::{run_all, run_operation_log};
+use expresscache_server::index::conformance::{run_all, run_operation_log, run_replica_registry};
 use expresscache_server::index::dynamo::layout::{partition_of, PARTITIONS};
 use expresscache_server::index::dynamo::{DynamoConfig, TablePrefix};
 use expresscache_server::index::{
     CacheIndex, ClaimKind, ClaimOutcome, ClaimTerms, Completion, CreateOutcome, DynamoIndex, Entry,
     EvictDecision, IndexError, KeyRange, Lease, OpFilter, OperationLog, OperationRecord,
-    RecordCursor, RunLease, RunTerms, RunTicket,
+    RecordCursor, ReplicaRegistry, RunLease, RunTerms, RunTicket,
 };
 use expresscache_server::operation::{OperationState, Outcome};
 use expresscache_server::testing::{free_port, local_sdk_config, unique, Moto};
@@ -87,6 +87,20 @@ async fn conforms_to_the_operation_log_contract() {
     let moto = Moto::start();
     let index = fresh(&moto, DynamoConfig::default()).await;
     run_operation_log(&index).await;
+}
+
+#[tokio::test]
+async fn conforms_to_the_replica_registry_contract() {
+    let moto = Moto::start();
+    let index = fresh(&moto, DynamoConfig::default()).await;
+    run_replica_registry(&index).await;
+    // Replica names are free text (attribute names, not expression
+    // tokens): dots, dashes, slashes and spaces are fine.
+    index.heartbeat("host-1.example/a b", 1_000).await.unwrap();
+    assert_eq!(
+        index.live_replicas(500).await.unwrap(),
+        ["host-1.example/a b"]
+    );
 }
 
 /// A first run by replica "r1" until 1,000.

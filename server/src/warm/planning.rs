@@ -46,6 +46,10 @@ impl<S: ObjectStore, I: CacheIndex> WarmRun<'_, S, I> {
         let planner = async move {
             let mut resume: Option<Resume> = None;
             while let Some((prefix, page)) = pages.recv().await {
+                // Stopped: claiming more keys would only give them back.
+                if self.stop.is_set() {
+                    break;
+                }
                 let after = resume
                     .take()
                     .filter(|r| r.prefix == prefix)

@@ -23,6 +23,14 @@ const BUSY_CODES: &[&str] = &[
     "TransactionInProgressException",
 ];
 
+/// The service's error code, if DynamoDB answered with an error.
+pub fn code<E: ProvideErrorMetadata>(err: &SdkError<E, HttpResponse>) -> Option<&str> {
+    match err {
+        SdkError::ServiceError(se) => se.err().code(),
+        _ => None,
+    }
+}
+
 /// Maps what the SDK gave up on (after its own retries) onto
 /// [`IndexError`]: throttling, 5xx, timeouts and connection failures are
 /// [`IndexError::Unavailable`]; a missing table names the command that

@@ -23,6 +23,7 @@ pub mod layout;
 mod leases;
 mod operations;
 mod records;
+mod replicas;
 mod requests;
 mod tables;
 
