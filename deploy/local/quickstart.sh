@@ -7,21 +7,30 @@
 # second is all hits. Everything runs on 127.0.0.1 and is stopped at the end
 # (pass --keep to leave the servers running for your own experiments).
 #
-#   deploy/local/quickstart.sh [--keep] [--objects N]
+# With --replicas N (N > 1) it starts a fleet instead: N replicas sharing one
+# DynamoDB index on the same local endpoint (moto serves DynamoDB too), the
+# CLI given every replica's endpoint.
+#
+#   deploy/local/quickstart.sh [--keep] [--objects N] [--replicas N]
 set -euo pipefail
 source "$(dirname "$0")/../../scripts/lib.sh"
 cd "$REPO_ROOT"
 
 KEEP=0
 OBJECTS=2000
+REPLICAS=1
 while [ $# -gt 0 ]; do
   case $1 in
     --keep) KEEP=1 ;;
     --objects) OBJECTS=$2; shift ;;
-    *) echo "usage: $0 [--keep] [--objects N]" >&2; exit 2 ;;
+    --replicas) REPLICAS=$2; shift ;;
+    *) echo "usage: $0 [--keep] [--objects N] [--replicas N]" >&2; exit 2 ;;
   esac
   shift
 done
+case $REPLICAS in
+  ''|*[!0-9]*|0) echo "--replicas takes a number from 1" >&2; exit 2 ;;
+esac
 
 ensure_rust
 ensure_venv
@@ -32,7 +41,6 @@ BIN="$REPO_ROOT/target/debug"
 STATE="$REPO_ROOT/.local/quickstart"
 rm -rf "$STATE" && mkdir -p "$STATE"
 S3_PORT=$(free_port)
-GRPC_PORT=$(free_port)
 
 PIDS=()
 cleanup() {
@@ -51,7 +59,6 @@ wait_port "$S3_PORT"
 # (Use 127.0.0.1, not localhost: the SDK uses path-style addressing for IPs.)
 export AWS_ENDPOINT_URL="http://127.0.0.1:$S3_PORT"
 export AWS_REGION=us-east-1 AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test
-export EXPRESSCACHE_ENDPOINT="http://127.0.0.1:$GRPC_PORT"
 
 SRC=expresscache-demo-source
 DIR=expresscache-demo--use1-az4--x-s3
@@ -59,11 +66,28 @@ log "seeding s3://$SRC"
 "$VENV/bin/python" deploy/local/seed.py --endpoint "$AWS_ENDPOINT_URL" \
   --source "$SRC" --directory-bucket "$DIR" --objects "$OBJECTS"
 
-log "starting expresscache-server on $EXPRESSCACHE_ENDPOINT (log: $STATE/server.log)"
-"$BIN/expresscache-server" --listen "127.0.0.1:$GRPC_PORT" \
-  --index "sqlite://$STATE/index.db" >"$STATE/server.log" 2>&1 &
-PIDS+=($!)
-wait_port "$GRPC_PORT"
+if [ "$REPLICAS" = 1 ]; then
+  INDEX="sqlite://$STATE/index.db"
+else
+  # One DynamoDB index for the fleet, created the way an operator would.
+  INDEX="dynamodb://quickstart"
+  log "creating the DynamoDB tables of $INDEX"
+  "$BIN/expresscache-server" index create --index "$INDEX"
+fi
+ENDPOINTS=()
+for i in $(seq 1 "$REPLICAS"); do
+  PORT=$(free_port)
+  log "starting expresscache-server replica-$i on 127.0.0.1:$PORT (index $INDEX, log: $STATE/server-$i.log)"
+  "$BIN/expresscache-server" --listen "127.0.0.1:$PORT" --index "$INDEX" \
+    --replica-id "replica-$i" >"$STATE/server-$i.log" 2>&1 &
+  PIDS+=($!)
+  wait_port "$PORT"
+  ENDPOINTS+=("http://127.0.0.1:$PORT")
+done
+# Every replica's endpoint: the CLI uses the first that answers and fails
+# over to the next.
+EXPRESSCACHE_ENDPOINT=$(IFS=,; echo "${ENDPOINTS[*]}")
+export EXPRESSCACHE_ENDPOINT
 
 echo
 log "first warm: copies everything under datasets/2026-11-26/ and datasets/2026-11-25/"
@@ -79,6 +103,13 @@ set -x
   --prefix datasets/2026-11-25/ --directory-bucket "$DIR" --ttl 2h
 "$BIN/expresscache" status --directory-bucket "$DIR" --prefix datasets/2026-11-26/ --prefix datasets/
 { set +x; } 2>/dev/null
+if [ "$REPLICAS" -gt 1 ]; then
+  echo
+  log "the last replica sees every operation of the fleet"
+  set -x
+  "$BIN/expresscache" --endpoint "${ENDPOINTS[-1]}" ops
+  { set +x; } 2>/dev/null
+fi
 
 echo
 if [ "$KEEP" = 1 ]; then
