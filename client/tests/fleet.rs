@@ -12,10 +12,10 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{buckets, Server};
+use common::{buckets, Kind, Server, SharedIndex};
 use expresscache_client::{pb, Client};
+use expresscache_server::testing::list_keys;
 use expresscache_server::testing::proxy::{Fault, FaultProxy, Match, Rule};
-use expresscache_server::testing::{list_keys, unique, Moto};
 
 /// Short leases so a takeover happens within seconds: run lease 3 s, skew
 /// margin 1 s, and a replica looks for orphans every 2 s (the defaults give
@@ -23,74 +23,6 @@ use expresscache_server::testing::{list_keys, unique, Moto};
 const FAST: &[&str] = &["--run-lease-ttl", "3s", "--clock-skew-margin", "1s"];
 
 /// Where the replicas keep their shared index.
-#[derive(Clone, Copy)]
-enum Kind {
-    Sqlite,
-    Dynamo,
-}
-
-impl Kind {
-    fn index(self, moto: &Moto) -> SharedIndex {
-        match self {
-            Self::Sqlite => SharedIndex::sqlite(),
-            Self::Dynamo => SharedIndex::dynamo(moto),
-        }
-    }
-}
-
-enum SharedIndex {
-    /// One SQLite file on this host, opened by every replica.
-    Sqlite(tempfile::TempDir),
-    /// DynamoDB tables on moto (the same moto that serves S3), created with
-    /// `expresscache-server index create`.
-    Dynamo { prefix: String, endpoint: String },
-}
-
-impl SharedIndex {
-    fn sqlite() -> Self {
-        Self::Sqlite(tempfile::tempdir().unwrap())
-    }
-
-    /// Fresh tables on `moto`, created the way an operator would.
-    fn dynamo(moto: &Moto) -> Self {
-        let index = Self::Dynamo {
-            prefix: unique("fleet"),
-            endpoint: moto.endpoint.clone(),
-        };
-        let out = Command::new(common::server_binary())
-            .args(["index", "create", "--index", &index.url()])
-            .envs(index.env())
-            .env("AWS_REGION", "us-east-1")
-            .env("AWS_ACCESS_KEY_ID", "test")
-            .env("AWS_SECRET_ACCESS_KEY", "test")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "index create: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        index
-    }
-
-    fn url(&self) -> String {
-        match self {
-            Self::Sqlite(dir) => format!("sqlite://{}", dir.path().join("shared.db").display()),
-            Self::Dynamo { prefix, .. } => format!("dynamodb://{prefix}"),
-        }
-    }
-
-    /// What the replicas' environment needs besides the index URL.
-    fn env(&self) -> Vec<(String, String)> {
-        match self {
-            Self::Sqlite(_) => vec![],
-            Self::Dynamo { endpoint, .. } => {
-                vec![("AWS_ENDPOINT_URL_DYNAMODB".into(), endpoint.clone())]
-            }
-        }
-    }
-}
-
 struct Fleet {
     replicas: Vec<Server>,
     _index: SharedIndex,
@@ -98,10 +30,8 @@ struct Fleet {
 
 impl Fleet {
     fn start(n: usize, s3_endpoint: &str, index: SharedIndex, extra: &[&str]) -> Self {
-        let url = index.url();
-        let mut env = index.env();
-        env.push(("EXPRESSCACHE_INDEX".into(), url));
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let env = index.server_env();
+        let env = common::env_refs(&env);
         let replicas = (1..=n)
             .map(|i| {
                 let id = format!("replica-{i}");

@@ -10,8 +10,7 @@ use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::{buckets, parse_json_lines, Server};
-use expresscache_server::index::{CacheIndex, SqliteIndex};
+use common::{buckets, env_refs, parse_json_lines, Kind, Server};
 use expresscache_server::testing::proxy::{Fault, FaultProxy, Match, Rule};
 use expresscache_server::testing::{list_keys, Moto};
 use serde_json::Value;
@@ -112,25 +111,25 @@ fn keys() -> Vec<String> {
     (0..OBJECTS).map(|i| format!("data/{i:05}")).collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_warm_survives_kill_9_and_resumes_after_restart() {
+async fn a_warm_survives_kill_9_and_resumes_after_restart(kind: Kind) {
     let keys = keys();
     let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
     let (moto, s3, src, dir) = buckets(&refs).await;
+    let index = kind.index(&moto);
     let proxy = slow_copies(&moto).await;
-    let mut server = Server::start_on(&proxy.endpoint, &["--max-concurrency", CONCURRENCY], &[]);
+    let env = index.server_env();
+    let mut server = Server::start_on(
+        &proxy.endpoint,
+        &["--max-concurrency", CONCURRENCY],
+        &env_refs(&env),
+    );
     let (cli, rx) = start_warm(&server, &src, &dir, "kill-test");
     let mut lines = Vec::new();
     wait_for_copies(&rx, 300, &mut lines);
 
     server.kill9();
     // What the index recorded before the crash: copies that completed.
-    let recorded = SqliteIndex::open(&server.index_path())
-        .expect("index")
-        .usage(&dir, "")
-        .await
-        .expect("usage")
-        .objects;
+    let recorded = index.usage(&dir, "").await;
     assert!(
         recorded >= 300 && recorded < OBJECTS as u64,
         "killed mid-copy: {recorded} recorded"
@@ -167,16 +166,19 @@ async fn a_warm_survives_kill_9_and_resumes_after_restart() {
     assert_eq!(ops[0]["resumptions"].as_u64(), Some(1));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_interrupts_within_the_grace_period_and_the_warm_completes_after_restart() {
+async fn sigterm_interrupts_within_the_grace_period_and_the_warm_completes_after_restart(
+    kind: Kind,
+) {
     let keys = keys();
     let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
     let (moto, s3, src, dir) = buckets(&refs).await;
+    let index = kind.index(&moto);
     let proxy = slow_copies(&moto).await;
+    let env = index.server_env();
     let mut server = Server::start_on(
         &proxy.endpoint,
         &["--max-concurrency", CONCURRENCY, "--shutdown-grace", "1s"],
-        &[],
+        &env_refs(&env),
     );
     let (cli, rx) = start_warm(&server, &src, &dir, "term-test");
     let mut lines = Vec::new();
@@ -203,4 +205,26 @@ async fn sigterm_interrupts_within_the_grace_period_and_the_warm_completes_after
     );
     assert_eq!(json.last().expect("final")["outcome"], "SUCCEEDED");
     assert_eq!(list_keys(&s3, &dir, "data/").await.len(), OBJECTS);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_warm_survives_kill_9_and_resumes_after_restart() {
+    a_warm_survives_kill_9_and_resumes_after_restart(Kind::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamodb_a_warm_survives_kill_9_and_resumes_after_restart() {
+    a_warm_survives_kill_9_and_resumes_after_restart(Kind::Dynamo).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_sigterm_interrupts_and_the_warm_completes_after_restart() {
+    sigterm_interrupts_within_the_grace_period_and_the_warm_completes_after_restart(Kind::Sqlite)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamodb_sigterm_interrupts_and_the_warm_completes_after_restart() {
+    sigterm_interrupts_within_the_grace_period_and_the_warm_completes_after_restart(Kind::Dynamo)
+        .await;
 }

@@ -12,6 +12,7 @@ use expresscache_server::testing::{
     create_bucket, create_directory_bucket, free_port, put, unique, unique_directory_bucket, Moto,
 };
 use serde_json::Value;
+use std::process::Command as StdCommand;
 
 pub fn cli() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_expresscache"))
@@ -264,4 +265,118 @@ pub async fn buckets(keys: &[&str]) -> (Moto, aws_sdk_s3::Client, String, String
     }
     puts.join_all().await;
     (moto, s3, src, dir)
+}
+
+/// Which index the servers of a test share.
+#[derive(Clone, Copy, Debug)]
+pub enum Kind {
+    Sqlite,
+    Dynamo,
+}
+
+impl Kind {
+    pub fn index(self, moto: &Moto) -> SharedIndex {
+        match self {
+            Self::Sqlite => SharedIndex::sqlite(),
+            Self::Dynamo => SharedIndex::dynamo(moto),
+        }
+    }
+}
+
+pub enum SharedIndex {
+    /// One SQLite file on this host, opened by every replica.
+    Sqlite(tempfile::TempDir),
+    /// DynamoDB tables on moto (the same moto that serves S3), created with
+    /// `expresscache-server index create`.
+    Dynamo { prefix: String, endpoint: String },
+}
+
+impl SharedIndex {
+    pub fn sqlite() -> Self {
+        Self::Sqlite(tempfile::tempdir().unwrap())
+    }
+
+    /// Fresh tables on `moto`, created the way an operator would.
+    pub fn dynamo(moto: &Moto) -> Self {
+        let index = Self::Dynamo {
+            prefix: unique("fleet"),
+            endpoint: moto.endpoint.clone(),
+        };
+        let out = StdCommand::new(server_binary())
+            .args(["index", "create", "--index", &index.url()])
+            .envs(index.env())
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "index create: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        index
+    }
+
+    pub fn url(&self) -> String {
+        match self {
+            Self::Sqlite(dir) => format!("sqlite://{}", dir.path().join("shared.db").display()),
+            Self::Dynamo { prefix, .. } => format!("dynamodb://{prefix}"),
+        }
+    }
+
+    /// What the replicas' environment needs besides the index URL.
+    pub fn env(&self) -> Vec<(String, String)> {
+        match self {
+            Self::Sqlite(_) => vec![],
+            Self::Dynamo { endpoint, .. } => {
+                vec![("AWS_ENDPOINT_URL_DYNAMODB".into(), endpoint.clone())]
+            }
+        }
+    }
+}
+
+impl SharedIndex {
+    /// The environment a server needs to use this index.
+    pub fn server_env(&self) -> Vec<(String, String)> {
+        let mut env = self.env();
+        env.push(("EXPRESSCACHE_INDEX".into(), self.url()));
+        env
+    }
+
+    /// Objects recorded under `prefix` of `dir`, read from the index
+    /// itself (not through a server).
+    pub async fn usage(&self, dir: &str, prefix: &str) -> u64 {
+        use expresscache_server::index::CacheIndex;
+        match self {
+            Self::Sqlite(d) => {
+                expresscache_server::index::SqliteIndex::open(&d.path().join("shared.db"))
+                    .expect("index")
+                    .usage(dir, prefix)
+                    .await
+                    .expect("usage")
+                    .objects
+            }
+            Self::Dynamo {
+                prefix: p,
+                endpoint,
+            } => {
+                let table =
+                    expresscache_server::index::dynamo::TablePrefix::new(p).expect("prefix");
+                expresscache_server::index::DynamoIndex::connect(
+                    &expresscache_server::testing::local_sdk_config(endpoint),
+                    &table,
+                )
+                .usage(dir, prefix)
+                .await
+                .expect("usage")
+                .objects
+            }
+        }
+    }
+}
+
+/// Borrows `(key, value)` pairs for [`Server::start_on`].
+pub fn env_refs(env: &[(String, String)]) -> Vec<(&str, &str)> {
+    env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
 }
