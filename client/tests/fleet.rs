@@ -340,7 +340,7 @@ async fn a_paused_replica_cannot_write_after_it_was_taken_over(kind: Kind) {
     assert_eq!(
         (done.resumptions, direct.resumptions),
         (1, 1),
-        "taken over once\n{}",
+        "taken over once\nlisted: {done:?}\ndirect: {direct:?}\n{}",
         fleet.logs()
     );
     assert_eq!(

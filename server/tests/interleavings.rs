@@ -7,7 +7,9 @@
 //! the release order): every schedule up to a bound. After each schedule it
 //! checks the guarantees: a warm that reports SUCCEEDED under a live lease
 //! has every object present, every index entry's object exists with the
-//! recorded ETag, and no claim is left behind.
+//! recorded ETag, and no claim is left behind. Each exploration runs on the
+//! SQLite index (exhaustively where the bound allows) and on the DynamoDB
+//! index on moto (warm vs evict exhaustively, the others bounded).
 
 #![allow(clippy::unwrap_used)]
 
@@ -21,10 +23,12 @@ use expresscache_server::clock::Clock;
 use expresscache_server::clock::ManualClock;
 use expresscache_server::evict::{EvictSettings, Evictor};
 use expresscache_server::gate::{Gate, Pass};
-use expresscache_server::index::{CacheIndex, CountingIndex, KeyRange, SqliteIndex};
+use expresscache_server::index::dynamo::TablePrefix;
+use expresscache_server::index::{CacheIndex, CountingIndex, DynamoIndex, KeyRange, SqliteIndex};
 use expresscache_server::operation::Outcome;
 use expresscache_server::progress::Progress;
 use expresscache_server::store::{FaultStore, MemoryStore, Op};
+use expresscache_server::testing::{unique, Moto};
 use expresscache_server::warm::{WarmSettings, Warmer};
 use futures::future::BoxFuture;
 use tokio::sync::oneshot;
@@ -77,17 +81,16 @@ impl Gate for Sched {
 }
 
 type Store = FaultStore<MemoryStore>;
-type Index = CountingIndex<SqliteIndex>;
 
-struct World {
+struct World<I> {
     sched: Sched,
     store: Arc<Store>,
-    index: Arc<Index>,
+    index: Arc<CountingIndex<I>>,
     clock: Arc<ManualClock>,
 }
 
-impl World {
-    fn new(keys: &[&str]) -> Self {
+impl<I: CacheIndex> World<I> {
+    fn new(keys: &[&str], index: I) -> Self {
         let sched = Sched::default();
         let mem = MemoryStore::with_page_size(10);
         mem.create_bucket(SRC);
@@ -97,16 +100,13 @@ impl World {
         }
         Self {
             store: Arc::new(FaultStore::new(mem).with_gate(Arc::new(sched.clone()))),
-            index: Arc::new(
-                CountingIndex::new(SqliteIndex::open_in_memory().unwrap())
-                    .with_gate(Arc::new(sched.clone())),
-            ),
+            index: Arc::new(CountingIndex::new(index).with_gate(Arc::new(sched.clone()))),
             clock: Arc::new(ManualClock::new(1_000_000)),
             sched,
         }
     }
 
-    fn warmer(&self) -> Warmer<Store, Index> {
+    fn warmer(&self) -> Warmer<Store, CountingIndex<I>> {
         Warmer::new(
             self.store.clone(),
             self.index.clone(),
@@ -118,7 +118,7 @@ impl World {
         )
     }
 
-    fn evictor(&self) -> Evictor<Store, Index> {
+    fn evictor(&self) -> Evictor<Store, CountingIndex<I>> {
         Evictor::new(
             self.store.clone(),
             self.index.clone(),
@@ -276,23 +276,24 @@ fn next_prefix(decisions: &[(usize, usize)]) -> Option<Vec<usize>> {
     None
 }
 
-type Setup = fn(&World) -> BoxFuture<'_, ()>;
-type Actor = fn(Arc<World>) -> BoxFuture<'static, Option<Outcome>>;
-type Check = fn(&World, &BTreeMap<&'static str, Option<Outcome>>) -> Result<(), String>;
+type Actor<I> = fn(Arc<World<I>>) -> BoxFuture<'static, Option<Outcome>>;
+type Check<I> = fn(&World<I>, &BTreeMap<&'static str, Option<Outcome>>) -> Result<(), String>;
+type Setup<I> = for<'a> fn(&'a World<I>) -> BoxFuture<'a, ()>;
 
 /// Explores up to `limit` schedules of `actors` after `setup`; returns how
 /// many it ran. Panics with the schedule of the first violation.
-async fn explore(
+async fn explore<I: CacheIndex, F: AsyncFn() -> I>(
     keys: &[&str],
-    setup: Setup,
-    actors: &[(&'static str, Actor)],
-    check: Check,
+    new_index: F,
+    setup: Setup<I>,
+    actors: &[(&'static str, Actor<I>)],
+    check: Check<I>,
     limit: usize,
 ) -> (usize, bool) {
     let mut prefix = Vec::new();
     let mut runs = 0;
     loop {
-        let world = Arc::new(World::new(keys));
+        let world = Arc::new(World::new(keys, new_index().await));
         setup(&world).await;
         world.sched.0.lock().unwrap().enabled = true;
         let outcomes: Arc<Mutex<BTreeMap<&'static str, Option<Outcome>>>> = Arc::default();
@@ -331,7 +332,7 @@ async fn explore(
 }
 
 /// Warms `a/` with a 1s TTL and lets it expire.
-fn expired_cache(w: &World) -> BoxFuture<'_, ()> {
+fn expired_cache<I: CacheIndex>(w: &World<I>) -> BoxFuture<'_, ()> {
     Box::pin(async move {
         assert_eq!(w.warm(&["a/"], 1, "setup").await, Outcome::Succeeded);
         // Past the lease's end and the default 5 s clock skew margin.
@@ -341,39 +342,46 @@ fn expired_cache(w: &World) -> BoxFuture<'_, ()> {
 
 /// [`expired_cache`], and from now on every DeleteObjects reaches the
 /// bucket but its reply is lost (as if the sweeper crashed right after it).
-fn expired_cache_losing_delete_replies(w: &World) -> BoxFuture<'_, ()> {
+fn expired_cache_losing_delete_replies<I: CacheIndex>(w: &World<I>) -> BoxFuture<'_, ()> {
     Box::pin(async move {
         expired_cache(w).await;
         w.store.lose_replies(Op::Delete, 1_000);
     })
 }
 
-fn warm_a(w: Arc<World>) -> BoxFuture<'static, Option<Outcome>> {
+fn warm_a<I: CacheIndex>(w: Arc<World<I>>) -> BoxFuture<'static, Option<Outcome>> {
     Box::pin(async move { Some(w.warm(&["a/"], 3600, "warm").await) })
 }
 
-fn sweep(w: Arc<World>) -> BoxFuture<'static, Option<Outcome>> {
+fn sweep<I: CacheIndex>(w: Arc<World<I>>) -> BoxFuture<'static, Option<Outcome>> {
     Box::pin(async move {
         w.evictor().sweep_once().await.unwrap();
         None
     })
 }
 
-fn evict_child(w: Arc<World>) -> BoxFuture<'static, Option<Outcome>> {
+fn evict_child<I: CacheIndex>(w: Arc<World<I>>) -> BoxFuture<'static, Option<Outcome>> {
     Box::pin(async move {
         w.evict("a/b/", false).await;
         None
     })
 }
 
-fn warm_root(w: Arc<World>) -> BoxFuture<'static, Option<Outcome>> {
+fn warm_root<I: CacheIndex>(w: Arc<World<I>>) -> BoxFuture<'static, Option<Outcome>> {
     Box::pin(async move { Some(w.warm(&[""], 3600, "warm2").await) })
 }
 
 const KEYS: &[&str] = &["a/1", "a/b/2"];
 
+async fn sqlite() -> SqliteIndex {
+    SqliteIndex::open_in_memory().unwrap()
+}
+
 /// A warm that succeeded under its (live, 1h) lease has every key present.
-fn warm_ready(w: &World, out: &BTreeMap<&'static str, Option<Outcome>>) -> Result<(), String> {
+fn warm_ready<I: CacheIndex>(
+    w: &World<I>,
+    out: &BTreeMap<&'static str, Option<Outcome>>,
+) -> Result<(), String> {
     for (name, o) in out {
         match o {
             Some(Outcome::Succeeded) => w.present(KEYS)?,
@@ -388,6 +396,7 @@ fn warm_ready(w: &World, out: &BTreeMap<&'static str, Option<Outcome>>) -> Resul
 async fn warm_against_a_sweep_of_the_expired_lease() {
     let (runs, complete) = explore(
         KEYS,
+        sqlite,
         expired_cache,
         &[("warm", warm_a), ("sweep", sweep)],
         warm_ready,
@@ -409,6 +418,7 @@ async fn warm_against_a_sweep_of_the_expired_lease() {
 async fn warm_against_an_evict_of_a_child_prefix() {
     let (runs, complete) = explore(
         KEYS,
+        sqlite,
         expired_cache,
         &[("warm", warm_a), ("evict", evict_child)],
         warm_ready,
@@ -427,6 +437,7 @@ async fn warm_against_an_evict_of_a_child_prefix() {
 async fn two_overlapping_warms_against_a_sweep() {
     let (runs, complete) = explore(
         KEYS,
+        sqlite,
         expired_cache,
         &[("warm", warm_a), ("warm2", warm_root), ("sweep", sweep)],
         warm_ready,
@@ -441,6 +452,7 @@ async fn two_overlapping_warms_against_a_sweep() {
 async fn warm_against_a_sweep_whose_delete_replies_are_lost() {
     let (runs, complete) = explore(
         KEYS,
+        sqlite,
         expired_cache_losing_delete_replies,
         &[("warm", warm_a), ("sweep", sweep)],
         warm_ready,
@@ -453,4 +465,64 @@ async fn warm_against_a_sweep_whose_delete_replies_are_lost() {
         "the bound cut the exploration short after {runs} schedules"
     );
     assert!(runs > 10);
+}
+
+/// Fresh DynamoDB tables on `moto` for each schedule.
+async fn dynamo(sdk: &aws_config::SdkConfig) -> DynamoIndex {
+    let prefix = TablePrefix::new(&unique("il")).unwrap();
+    let index = DynamoIndex::connect(sdk, &prefix);
+    index.create_tables().await.unwrap();
+    index
+}
+
+/// The same explorations on the DynamoDB index (moto), bounded: each
+/// schedule needs fresh tables and real requests, so the first schedules
+/// in depth-first order are run, not all of them. Real time, not paused
+/// time: the SDK's timeouts must not fire while moto answers.
+async fn bounded_on_dynamodb(
+    setup: Setup<DynamoIndex>,
+    actors: &[(&'static str, Actor<DynamoIndex>)],
+    schedules: usize,
+) {
+    let moto = Moto::start();
+    let sdk = moto.sdk_config();
+    let (runs, complete) = explore(
+        KEYS,
+        async || dynamo(&sdk).await,
+        setup,
+        actors,
+        warm_ready,
+        schedules,
+    )
+    .await;
+    println!("on DynamoDB: {runs} schedules explored (exhaustive: {complete})");
+    assert!(
+        runs >= schedules.min(10),
+        "only {runs} schedules: the gate is not interleaving anything"
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn dynamodb_warm_against_a_sweep_of_the_expired_lease() {
+    bounded_on_dynamodb(expired_cache, &[("warm", warm_a), ("sweep", sweep)], 60).await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn dynamodb_warm_against_an_evict_of_a_child_prefix() {
+    bounded_on_dynamodb(
+        expired_cache,
+        &[("warm", warm_a), ("evict", evict_child)],
+        200,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn dynamodb_warm_against_a_sweep_whose_delete_replies_are_lost() {
+    bounded_on_dynamodb(
+        expired_cache_losing_delete_replies,
+        &[("warm", warm_a), ("sweep", sweep)],
+        60,
+    )
+    .await;
 }
