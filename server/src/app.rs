@@ -111,7 +111,11 @@ pub async fn index_command(config: &Config, command: &IndexCommand) -> anyhow::R
     match command {
         IndexCommand::Create => match &config.index {
             IndexLocation::Dynamo(prefix) => {
-                for line in dynamo_index(prefix, config).await.create_tables().await? {
+                let did = dynamo_index(prefix, config).await.create_tables().await?;
+                if did.is_empty() {
+                    println!("the tables of {prefix} exist as they should; nothing to do");
+                }
+                for line in did {
                     println!("{line}");
                 }
                 Ok(())

@@ -93,7 +93,10 @@ impl Progress {
         self.tx.subscribe()
     }
 
+    /// Moves to `phase` (Queued, Planning or Copying: Done is what
+    /// [`finish`](Self::finish) returns).
     pub fn set_phase(&self, phase: Phase) {
+        debug_assert!(phase != Phase::Done, "finish() ends an operation");
         self.phase.store(phase_code(phase), Ordering::Relaxed);
         self.publish();
     }
@@ -192,7 +195,7 @@ impl Progress {
         let elapsed = self.started.elapsed();
         OperationState {
             operation_id: self.operation_id.clone(),
-            phase: PHASES[usize::from(self.phase.load(Ordering::Relaxed)).min(3)],
+            phase: PHASES[usize::from(self.phase.load(Ordering::Relaxed)).min(2)],
             counters: self.counters(),
             outcome: None,
             failures: Vec::new(),
@@ -208,6 +211,17 @@ impl Progress {
         }
     }
 
+    /// The state to show now: the final one once finished, else a fresh
+    /// snapshot.
+    pub fn current(&self) -> OperationState {
+        let sent = self.tx.borrow();
+        if sent.is_done() {
+            return sent.clone();
+        }
+        drop(sent);
+        self.snapshot()
+    }
+
     /// Sends the current snapshot to every follower.
     pub fn publish(&self) {
         self.tx.send_replace(self.snapshot());
@@ -215,7 +229,9 @@ impl Progress {
 
     /// The final state: phase Done with `outcome`, failures and `error`.
     pub fn finish(&self, outcome: Outcome, error: Option<String>) -> OperationState {
-        self.phase.store(phase_code(Phase::Done), Ordering::Relaxed);
+        // Done exists only here, with its outcome: a snapshot taken
+        // meanwhile (a checkpoint, a status call) must never show Done
+        // without one, or a checkpoint would record it as the end.
         let failures = self
             .failures
             .lock()
@@ -227,5 +243,28 @@ impl Progress {
         last.failures = failures;
         self.tx.send_replace(last.clone());
         last
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_final_state_is_done_and_it_has_its_outcome() {
+        let (p, rx) = Progress::new("op".into(), Arc::new(crate::clock::SystemClock));
+        p.set_phase(Phase::Copying);
+        let last = p.finish(Outcome::Succeeded, None);
+        assert_eq!(
+            (last.phase, last.outcome),
+            (Phase::Done, Some(Outcome::Succeeded))
+        );
+        assert_eq!(*rx.borrow(), last, "followers get the final state");
+        let later = p.snapshot();
+        assert!(
+            !later.is_done(),
+            "a snapshot after (or during) finish is no outcome-less Done"
+        );
+        assert_eq!(p.current(), last, "what status shows once finished");
     }
 }

@@ -143,6 +143,9 @@ fn done(id: &str) -> OperationState {
 
 #[tokio::test]
 async fn concurrent_submissions_of_one_request_id_create_one_operation() {
+    // moto serves one request at a time (its threaded server interleaves
+    // concurrent transactions, which DynamoDB never does); the clients
+    // here are still concurrent.
     let moto = Moto::start();
     let index = Arc::new(fresh(&moto, DynamoConfig::default()).await);
     for round in 0..5 {

@@ -376,7 +376,7 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
                 id: id.to_owned(),
                 request_id: op.request.request_id.as_ref().map(ToString::to_string),
                 request: op.request.clone(),
-                state: op.progress.snapshot(),
+                state: op.progress.current(),
                 created_at: op.created_at,
                 resumptions: op.resumptions,
                 run: Some(RunLease {
@@ -455,7 +455,7 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
         let live = self.live();
         for r in &mut records {
             if let Some(op) = live.get(&r.id) {
-                r.state = op.progress.snapshot();
+                r.state = op.progress.current();
             }
         }
         Ok((records, next))

@@ -54,9 +54,29 @@ pub struct Moto {
     pub endpoint: String,
 }
 
+/// moto's server, one request at a time (`threaded=False`): moto applies
+/// a transaction's items one by one without locking, so two concurrent
+/// transactions on its threaded server can interleave, which DynamoDB
+/// itself never lets happen (nor a conditional write racing another).
+const SERIAL_MOTO: &str = "\
+import os, sys
+from werkzeug.serving import run_simple
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+os.environ.setdefault('MOTO_PORT', sys.argv[1])
+run_simple('127.0.0.1', int(sys.argv[1]), DomainDispatcherApplication(create_backend_app), threaded=False, request_handler=MotoRequestHandler)
+";
+
 impl Moto {
-    /// Starts moto on a free port and waits until it accepts connections.
+    /// Starts moto on a free port, serving one request at a time (so each
+    /// DynamoDB transaction and conditional write is isolated, as on
+    /// DynamoDB), and waits until it accepts connections.
+    /// `EXPRESSCACHE_MOTO_THREADED=1` runs moto's own threaded server
+    /// instead.
     pub fn start() -> Self {
+        Self::launch(std::env::var_os("EXPRESSCACHE_MOTO_THREADED").is_none())
+    }
+
+    fn launch(serial: bool) -> Self {
         let bin = moto_binary();
         assert!(
             bin.exists(),
@@ -66,8 +86,17 @@ impl Moto {
         );
         for _ in 0..5 {
             let port = free_port();
-            let child = Command::new(&bin)
-                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            let mut command = if serial {
+                let python = bin.with_file_name("python");
+                let mut c = Command::new(python);
+                c.args(["-c", SERIAL_MOTO, &port.to_string()]);
+                c
+            } else {
+                let mut c = Command::new(&bin);
+                c.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+                c
+            };
+            let child = command
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()

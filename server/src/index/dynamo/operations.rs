@@ -414,7 +414,7 @@ impl DynamoIndex {
                     // Our own earlier write: both items are there.
                     return Ok(CreateOutcome::Created);
                 }
-                match self.get_op(&holder).await? {
+                match self.holder_op(&holder).await? {
                     Some(existing) => return Ok(CreateOutcome::Exists(Box::new(existing))),
                     None => {
                         stale = Some(holder);
@@ -429,6 +429,22 @@ impl DynamoIndex {
             stale = None;
         }
         Err(self.contention("create_operation"))
+    }
+
+    /// The operation a request-id item names, read a few times over about
+    /// half a second before it is taken as gone. DynamoDB never shows the
+    /// request-id item of a committed transaction without its operation,
+    /// but an endpoint without transactional isolation (moto applies a
+    /// transaction's items one by one) can, for a moment; a holder that is
+    /// really gone (purged, collected by TTL) stays gone.
+    async fn holder_op(&self, holder: &str) -> Result<Option<OperationRecord>, IndexError> {
+        for wait_ms in [0, 50, 150, 300] {
+            tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+            if let Some(op) = self.get_op(holder).await? {
+                return Ok(Some(op));
+            }
+        }
+        Ok(None)
     }
 
     pub(super) async fn supersede(
