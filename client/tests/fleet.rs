@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use common::{buckets, Kind, Server, SharedIndex};
 use expresscache_client::{pb, Client};
-use expresscache_server::testing::list_keys;
 use expresscache_server::testing::proxy::{Fault, FaultProxy, Match, Rule};
+use expresscache_server::testing::{list_keys, Moto};
 
 /// Short leases so a takeover happens within seconds: run lease 5 s (five
 /// renewals: a replica starved of CPU by the parallel tests must not lose
@@ -63,6 +63,36 @@ impl Fleet {
             .enumerate()
             .map(|(i, r)| format!("--- replica {} ---\n{}", i + 1, r.log()))
             .collect()
+    }
+}
+
+/// A fleet test's world: moto holding `names` in a source bucket, an empty
+/// directory bucket, the shared index, and the proxy the replicas reach S3
+/// through, delaying every CopyObject by `copy_delay` (so warms overlap,
+/// and can be caught mid-copy).
+struct Setup {
+    s3: aws_sdk_s3::Client,
+    src: String,
+    dir: String,
+    index: SharedIndex,
+    proxy: FaultProxy,
+    _moto: Moto,
+}
+
+async fn setup(kind: Kind, names: &[String], copy_delay: Duration) -> Setup {
+    let (moto, s3, src, dir) = buckets(&names.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let index = kind.index(&moto);
+    let proxy = FaultProxy::start(&moto.endpoint).await;
+    if !copy_delay.is_zero() {
+        proxy.add(Rule::always(Match::copy_object(), Fault::Delay(copy_delay)));
+    }
+    Setup {
+        s3,
+        src,
+        dir,
+        index,
+        proxy,
+        _moto: moto,
     }
 }
 
@@ -156,10 +186,15 @@ fn is_done(op: &pb::OperationStatus) -> bool {
 /// recorded would be copied again: the takeover cannot tell it apart from
 /// a stale object).
 async fn a_killed_replicas_warm_is_taken_over(kind: Kind) {
-    let names = keys(2000);
-    let (moto, s3, src, dir) = buckets(&names.iter().map(String::as_str).collect::<Vec<_>>()).await;
-    let index = kind.index(&moto);
-    let proxy = FaultProxy::start(&moto.endpoint).await;
+    let Setup {
+        s3,
+        src,
+        dir,
+        index,
+        proxy,
+        // Bound, not `..`: moto must live as long as the test.
+        _moto,
+    } = setup(kind, &keys(2000), Duration::ZERO).await;
     proxy.add(Rule::after(Match::copy_object(), Fault::Hang, 500));
     let mut fleet = Fleet::start(3, &proxy.endpoint, index, &[]);
     let warm = start_warm(&fleet.endpoints_from(0), &src, &dir, "job-kill");
@@ -196,14 +231,16 @@ async fn a_killed_replicas_warm_is_taken_over(kind: Kind) {
 /// moment (different request ids): each object is copied exactly once.
 async fn overlapping_warms_on_two_replicas_copy_each_object_once(kind: Kind) {
     let names = keys(300);
-    let (moto, s3, src, dir) = buckets(&names.iter().map(String::as_str).collect::<Vec<_>>()).await;
-    let index = kind.index(&moto);
-    let proxy = FaultProxy::start(&moto.endpoint).await;
     // Slow copies, so the two warms really overlap.
-    proxy.add(Rule::always(
-        Match::copy_object(),
-        Fault::Delay(Duration::from_millis(20)),
-    ));
+    let Setup {
+        s3,
+        src,
+        dir,
+        index,
+        proxy,
+        // Bound, not `..`: moto must live as long as the test.
+        _moto,
+    } = setup(kind, &names, Duration::from_millis(20)).await;
     let fleet = Fleet::start(2, &proxy.endpoint, index, &["--max-concurrency", "8"]);
     let a = start_warm(&fleet.replicas[0].endpoint, &src, &dir, "job-a");
     let b = start_warm(&fleet.replicas[1].endpoint, &src, &dir, "job-b");
@@ -226,13 +263,15 @@ async fn overlapping_warms_on_two_replicas_copy_each_object_once(kind: Kind) {
 async fn replicas_share_a_buckets_request_budget(kind: Kind) {
     let mut names = keys(200);
     names.extend((0..200).map(|i| format!("e/{i:05}")));
-    let (moto, s3, src, dir) = buckets(&names.iter().map(String::as_str).collect::<Vec<_>>()).await;
-    let index = kind.index(&moto);
-    let proxy = FaultProxy::start(&moto.endpoint).await;
-    proxy.add(Rule::always(
-        Match::copy_object(),
-        Fault::Delay(Duration::from_millis(50)),
-    ));
+    let Setup {
+        s3,
+        src,
+        dir,
+        index,
+        proxy,
+        // Bound, not `..`: moto must live as long as the test.
+        _moto,
+    } = setup(kind, &names, Duration::from_millis(50)).await;
     let copies = proxy.track(Match::copy_object());
     let fleet = Fleet::start(2, &proxy.endpoint, index, &["--max-concurrency", "8"]);
     // Both have heartbeated since the second joined (every 2 s).
@@ -258,15 +297,15 @@ async fn replicas_share_a_buckets_request_budget(kind: Kind) {
 
 /// A cancel sent to replica B stops a warm running on replica A.
 async fn a_cancel_sent_to_another_replica_stops_the_warm(kind: Kind) {
-    let names = keys(400);
-    let (moto, _s3, src, dir) =
-        buckets(&names.iter().map(String::as_str).collect::<Vec<_>>()).await;
-    let index = kind.index(&moto);
-    let proxy = FaultProxy::start(&moto.endpoint).await;
-    proxy.add(Rule::always(
-        Match::copy_object(),
-        Fault::Delay(Duration::from_millis(100)),
-    ));
+    let Setup {
+        src,
+        dir,
+        index,
+        proxy,
+        // Bound, not `..`: moto must live as long as the test.
+        _moto,
+        ..
+    } = setup(kind, &keys(400), Duration::from_millis(100)).await;
     let fleet = Fleet::start(2, &proxy.endpoint, index, &["--max-concurrency", "4"]);
     let warm = start_warm(&fleet.replicas[0].endpoint, &src, &dir, "job-cancel");
     let op = wait_for_operation(&fleet.replicas[1].endpoint, Duration::from_secs(60), |op| {
@@ -303,13 +342,15 @@ async fn a_cancel_sent_to_another_replica_stops_the_warm(kind: Kind) {
 /// the operation's record stays the new runner's.
 async fn a_paused_replica_cannot_write_after_it_was_taken_over(kind: Kind) {
     let names = keys(600);
-    let (moto, s3, src, dir) = buckets(&names.iter().map(String::as_str).collect::<Vec<_>>()).await;
-    let index = kind.index(&moto);
-    let proxy = FaultProxy::start(&moto.endpoint).await;
-    proxy.add(Rule::always(
-        Match::copy_object(),
-        Fault::Delay(Duration::from_millis(50)),
-    ));
+    let Setup {
+        s3,
+        src,
+        dir,
+        index,
+        proxy,
+        // Bound, not `..`: moto must live as long as the test.
+        _moto,
+    } = setup(kind, &names, Duration::from_millis(50)).await;
     let fleet = Fleet::start(2, &proxy.endpoint, index, &["--max-concurrency", "4"]);
     let warm = start_warm(&fleet.replicas[0].endpoint, &src, &dir, "job-pause");
     let op = wait_for_operation(&fleet.replicas[1].endpoint, Duration::from_secs(60), |op| {
