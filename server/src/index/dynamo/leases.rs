@@ -287,29 +287,48 @@ impl DynamoIndex {
         let ended = self
             .each(live, |item| async move {
                 let l = lease_of(&item)?;
-                let epoch = new_epoch();
-                let res = self
-                    .update(
-                        &self.tables.leases,
-                        lease_key(&l)?,
-                        "SET #expires_at = :now, #epoch = :new",
-                        Some("#expires_at > :now"),
-                        Vals::new().n("now", now).s("new", &epoch),
-                        ReturnValue::AllNew,
-                    )
-                    .await?;
-                match res {
-                    Cond::Done(item) => done_lease(item).map(Some),
-                    // Our own earlier attempt (its reply lost) ended it.
-                    Cond::Refused(Some(item)) if text(&item, EPOCH) == Some(epoch.as_str()) => {
-                        lease_of(&item).map(Some)
-                    }
-                    // Ended or expired by someone else meanwhile.
-                    Cond::Refused(_) => Ok(None),
-                }
+                // Ended or expired by someone else meanwhile: None.
+                self.rotate_epoch(
+                    &l,
+                    "SET #expires_at = :now, #epoch = :new",
+                    "#expires_at > :now",
+                    now,
+                )
+                .await
             })
             .await?;
         Ok(ended.into_iter().flatten().collect())
+    }
+
+    /// Gives `lease` a new epoch with `update` (which may set more), if
+    /// `condition` holds at `now`; the lease as it then stands, or `None`
+    /// if the condition failed. A retry whose first attempt landed (its
+    /// reply lost) finds its own epoch and counts as done.
+    async fn rotate_epoch(
+        &self,
+        lease: &Lease,
+        update: &str,
+        condition: &str,
+        now: Millis,
+    ) -> Result<Option<Lease>, IndexError> {
+        let epoch = new_epoch();
+        let res = self
+            .update(
+                &self.tables.leases,
+                lease_key(lease)?,
+                update,
+                Some(condition),
+                Vals::new().n("now", now).s("new", &epoch),
+                ReturnValue::AllNew,
+            )
+            .await?;
+        match res {
+            Cond::Done(item) => done_lease(item).map(Some),
+            Cond::Refused(Some(item)) if text(&item, EPOCH) == Some(epoch.as_str()) => {
+                lease_of(&item).map(Some)
+            }
+            Cond::Refused(_) => Ok(None),
+        }
     }
 
     pub(super) async fn expired(
@@ -338,28 +357,15 @@ impl DynamoIndex {
         let taken = self
             .each(candidates, |item| async move {
                 let l = lease_of(&item)?;
-                let epoch = new_epoch();
-                let res = self
-                    .update(
-                        &self.tables.leases,
-                        lease_key(&l)?,
-                        "SET #epoch = :new",
-                        Some(
-                            "#expires_at <= :now AND \
-                             (attribute_not_exists(#sweep_retry_at) OR #sweep_retry_at <= :now)",
-                        ),
-                        Vals::new().n("now", now).s("new", &epoch),
-                        ReturnValue::AllNew,
-                    )
-                    .await?;
-                match res {
-                    Cond::Done(item) => done_lease(item).map(Some),
-                    Cond::Refused(Some(item)) if text(&item, EPOCH) == Some(epoch.as_str()) => {
-                        lease_of(&item).map(Some)
-                    }
-                    // Revived, deferred or removed since the index saw it.
-                    Cond::Refused(_) => Ok(None),
-                }
+                // Revived, deferred or removed since the index saw it: None.
+                self.rotate_epoch(
+                    &l,
+                    "SET #epoch = :new",
+                    "#expires_at <= :now AND \
+                     (attribute_not_exists(#sweep_retry_at) OR #sweep_retry_at <= :now)",
+                    now,
+                )
+                .await
             })
             .await?;
         let mut out: Vec<Lease> = taken.into_iter().flatten().collect();
