@@ -227,8 +227,9 @@ impl Progress {
         self.tx.send_replace(self.snapshot());
     }
 
-    /// The final state: phase Done with `outcome`, failures and `error`.
-    pub fn finish(&self, outcome: Outcome, error: Option<String>) -> OperationState {
+    /// The final state: phase Done with `outcome`, failures and `error`;
+    /// not yet shown to followers (see [`publish_final`](Self::publish_final)).
+    pub fn final_state(&self, outcome: Outcome, error: Option<String>) -> OperationState {
         // Done exists only here, with its outcome: a snapshot taken
         // meanwhile (a checkpoint, a status call) must never show Done
         // without one, or a checkpoint would record it as the end.
@@ -241,7 +242,19 @@ impl Progress {
         let mut last = self.snapshot().ended(outcome, error);
         last.failures_omitted = total.saturating_sub(failures.len() as u64);
         last.failures = failures;
-        self.tx.send_replace(last.clone());
+        last
+    }
+
+    /// Shows `last` (from [`final_state`](Self::final_state)) to every
+    /// follower.
+    pub fn publish_final(&self, last: OperationState) {
+        self.tx.send_replace(last);
+    }
+
+    /// [`final_state`](Self::final_state), published at once.
+    pub fn finish(&self, outcome: Outcome, error: Option<String>) -> OperationState {
+        let last = self.final_state(outcome, error);
+        self.publish_final(last.clone());
         last
     }
 }

@@ -147,6 +147,10 @@ fn spawn_fleet_member<S: ObjectStore, I: CacheIndex + OperationLog + ReplicaRegi
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
+            // A draining replica leaves the registry; it must not rejoin.
+            if *ops.draining().borrow() {
+                return;
+            }
             if let Err(e) = ops.heartbeat().await {
                 tracing::warn!(error = %e, "replica heartbeat failed");
             }

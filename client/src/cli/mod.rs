@@ -221,13 +221,25 @@ async fn warm(endpoints: &Endpoints, a: WarmArgs) -> ExitCode {
         request = request.prefix(p);
     }
     let renderer = Renderer::new(a.follow.output, a.follow.log_interval);
-    // The same request_id reattaches to the running warm, so resubmitting
-    // after a broken connection is safe.
+    // Before the first answer, resubmitting is safe: the same request_id
+    // reattaches to the running warm. Once the operation is known, follow
+    // that very operation instead: had it ended meanwhile (cancelled,
+    // say), a resubmission could start a new one.
+    let operation: std::cell::RefCell<Option<String>> = std::cell::RefCell::default();
     follow(
         renderer,
         endpoints,
         a.follow.reconnect_attempts,
-        async |r: &mut Renderer| warm_once(endpoints, request.clone(), r).await,
+        async |r: &mut Renderer| {
+            let known = operation.borrow().clone();
+            match known {
+                Some(id) => {
+                    let mut client = endpoints.connect().await?;
+                    client.watch_and_wait(&id, |p| r.update(p)).await
+                }
+                None => warm_once(endpoints, request.clone(), r, &operation).await,
+            }
+        },
     )
     .await
 }
@@ -271,13 +283,16 @@ where
             Err(e) if retryable(&e) && tries < attempts => {
                 tries += 1;
                 endpoints.failed();
-                eprintln!("warning: {e}; reconnecting in {delay:?} (attempt {tries}/{attempts})");
-                // With another replica to try, there is nothing to wait for.
-                if endpoints.as_slice().len() > 1 {
-                    delay = Duration::from_millis(200);
+                eprintln!("warning: {e}; reconnecting (attempt {tries}/{attempts})");
+                // Within one round over the replicas there is nothing to wait
+                // for; after a full round, back off (all may be restarting).
+                let n = endpoints.as_slice().len() as u32;
+                if tries % n != 0 {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                } else {
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(10));
                 }
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(10));
             }
             Err(e) => {
                 renderer.abandon();
@@ -371,12 +386,14 @@ async fn warm_once(
     endpoints: &Endpoints,
     request: WarmRequest,
     renderer: &mut Renderer,
+    operation: &std::cell::RefCell<Option<String>>,
 ) -> Result<WarmReport, ClientError> {
     let mut client = endpoints.connect().await?;
     let mut stream = client.warm(request).await?;
     let mut op = String::new();
     while let Some(p) = stream.message().await? {
         op.clone_from(&p.operation_id);
+        operation.replace(Some(op.clone()));
         renderer.update(&p);
         if is_final(&p) {
             return Ok(WarmReport::from_final(p));

@@ -679,6 +679,11 @@ async fn runs_are_leased_fenced_and_taken_over<I: OperationLog>(log: &I) {
         "the runner sees a cancel requested elsewhere"
     );
     log.release_run("run1", &b.ticket).await.unwrap();
+    assert_eq!(
+        log.renew_run("run1", &b.ticket, 9_000).await.unwrap(),
+        Renewal::Lost,
+        "a renewal landing after the release does not revive the run"
+    );
     let c = log
         .take_over("run1", &terms("c", 1_600))
         .await

@@ -1385,8 +1385,11 @@ impl OperationLog for SqliteIndex {
         self.with(move |c| {
             let cancel: Option<bool> = c
                 .query_row(
+                    // run_deadline > 0: a released run stays released, even
+                    // if a renewal sent before the release lands after it.
                     "UPDATE operations SET run_deadline = max(run_deadline, ?4)
                      WHERE id = ?1 AND done = 0 AND run_replica = ?2 AND run_attempt = ?3
+                       AND run_deadline > 0
                      RETURNING cancel_requested",
                     params![id, ticket.replica, ticket.attempt, deadline],
                     |r| r.get(0),

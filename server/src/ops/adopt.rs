@@ -34,8 +34,17 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
             let (_, judged) = self.now();
             for rec in page {
                 let lapsed = rec.run.as_ref().is_none_or(|r| r.deadline <= judged);
-                if lapsed && !self.live().contains_key(&rec.id) && self.adopt(rec).await? {
-                    resumed += 1;
+                if !lapsed || self.live().contains_key(&rec.id) {
+                    continue;
+                }
+                let id = rec.id.clone();
+                match self.adopt(rec).await {
+                    Ok(true) => resumed += 1,
+                    Ok(false) => {}
+                    // One operation's trouble must not stop the others'
+                    // takeover; the next scan tries it again.
+                    Err(e) => tracing::warn!(operation_id = %id, error = %e,
+                        "could not take over an unfinished warm"),
                 }
             }
             if !full {
@@ -48,7 +57,13 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
     /// crashed servers too often, or it no longer fits this server's
     /// limits (then ends it so). Returns whether it resumed it.
     async fn adopt(self: &Arc<Self>, mut rec: OperationRecord) -> Result<bool, IndexError> {
-        let Some(t) = self.index().take_over(&rec.id, &self.run_terms()).await? else {
+        // A draining server takes nothing over: drain would not wait for it.
+        if *self.draining.borrow() {
+            return Ok(false);
+        }
+        let terms = self.run_terms();
+        let granted_until = terms.deadline;
+        let Some(t) = self.index().take_over(&rec.id, &terms).await? else {
             return Ok(false); // another replica was quicker, or it finished
         };
         let id = rec.id.clone();
@@ -82,7 +97,7 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
             "taking over an unfinished warm");
         let (progress, _rx) = Progress::new(id, Arc::clone(&self.warmer.clock));
         let spec = rec.request.clone();
-        self.start(rec, spec, progress, t.ticket);
+        self.start(rec, spec, progress, t.ticket, granted_until);
         Ok(true)
     }
 }

@@ -205,6 +205,7 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
             replica: self.settings.replica.clone(),
             attempt: 1,
         };
+        let granted_until = self.run_terms().deadline;
         let mut record = OperationRecord {
             id: id.clone(),
             request_id: spec.request_id.as_ref().map(|r| r.to_string()),
@@ -214,7 +215,7 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
             resumptions: 0,
             run: Some(RunLease {
                 ticket: ticket.clone(),
-                deadline: self.run_terms().deadline,
+                deadline: granted_until,
                 cancel_requested: false,
             }),
         };
@@ -253,7 +254,7 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
             }
         }
         tracing::info!(operation_id = %id, source = %spec.source, directory_bucket = %spec.directory_bucket, prefixes = spec.prefixes.len(), force_copy = spec.force_copy, "warm started");
-        self.start(record, spec, progress, ticket);
+        self.start(record, spec, progress, ticket, granted_until);
         Ok(rx)
     }
 
@@ -298,12 +299,15 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
         Ok(true)
     }
 
+    /// Runs `record` as `ticket`, whose run the log granted until
+    /// `granted_until`.
     fn start(
         self: &Arc<Self>,
         record: OperationRecord,
         spec: WarmSpec,
         progress: Progress,
         ticket: RunTicket,
+        granted_until: Millis,
     ) {
         let progress = Arc::new(progress);
         let stop = Arc::new(StopSignal::default());
@@ -319,7 +323,10 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
             },
         );
         let this = Arc::clone(self);
-        tokio::spawn(async move { this.drive(record.id, spec, progress, stop, ticket).await });
+        tokio::spawn(async move {
+            this.drive(record.id, spec, progress, stop, ticket, granted_until)
+                .await
+        });
     }
 
     /// A subscription to a live operation, or to a recorded one: its final
@@ -393,6 +400,9 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
     /// stopped (at most `cancel_wait` for another replica's run); returns
     /// its state then. A finished operation is returned unchanged.
     pub async fn cancel(&self, id: &str) -> Result<Option<OperationRecord>, IndexError> {
+        // The flag first: the run here may have been taken over by another
+        // replica (this one only winding down), and that one must stop too.
+        let flagged = self.index().request_cancel(id).await?;
         let stop = self.live().get(id).map(|op| Arc::clone(&op.stop));
         if let Some(stop) = stop {
             tracing::info!(operation_id = %id, "cancelling");
@@ -403,7 +413,7 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
         let Some(rec) = self.index().get_operation(id).await? else {
             return Ok(None);
         };
-        if rec.is_done() || !self.index().request_cancel(id).await? {
+        if rec.is_done() || !flagged {
             return self.status(id).await;
         }
         // Nobody runs it (it awaits a takeover): end it here and now.

@@ -11,7 +11,7 @@ use std::time::Duration;
 use expresscache::WarmSpec;
 
 use super::Operations;
-use crate::index::{span_millis, CacheIndex, OperationLog, Renewal};
+use crate::index::{span_millis, CacheIndex, Millis, OperationLog, Renewal};
 use crate::operation::{Outcome, RunTicket};
 use crate::progress::Progress;
 use crate::stop::{StopReason, StopSignal};
@@ -26,6 +26,7 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
         progress: Arc<Progress>,
         stop: Arc<StopSignal>,
         ticket: RunTicket,
+        granted_until: Millis,
     ) {
         // Claims are per attempt: a later attempt takes this one's over.
         let owner = ticket.claim_owner(&id);
@@ -35,7 +36,10 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
             let (id, ticket) = (id.clone(), ticket.clone());
             let (progress, stop, lost) =
                 (Arc::clone(&progress), Arc::clone(&stop), Arc::clone(&lost));
-            tokio::spawn(async move { this.keep_run(&id, &ticket, &progress, &stop, &lost).await })
+            tokio::spawn(async move {
+                this.keep_run(&id, &ticket, granted_until, &progress, &stop, &lost)
+                    .await
+            })
         };
         let result = self.warmer.run_until(&spec, &progress, &owner, &stop).await;
         keeper.abort();
@@ -58,37 +62,49 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
             self.forget(&id);
             return;
         }
+        // The final state reaches followers only once it is recorded: a
+        // runner taken over meanwhile must not tell its callers an outcome
+        // the log does not hold (their feed then reads the log instead).
         let last = match result {
             Err(e @ WarmError::LeaseEnded { .. }) => {
                 tracing::warn!(operation_id = %id, error = %e, "warm stopped: its lease was evicted");
-                progress.finish(Outcome::Cancelled, Some(e.to_string()))
+                progress.final_state(Outcome::Cancelled, Some(e.to_string()))
             }
             Err(e) => {
                 tracing::warn!(operation_id = %id, error = %e, "warm failed");
-                progress.finish(Outcome::Failed, Some(e.to_string()))
+                progress.final_state(Outcome::Failed, Some(e.to_string()))
             }
-            Ok(outcome) => progress.finish(outcome.outcome(), None),
+            Ok(outcome) => progress.final_state(outcome.outcome(), None),
         };
         let c = last.counters;
         tracing::info!(operation_id = %id, outcome = ?last.outcome,
             listed = c.objects_listed, hits = c.objects_hit, copied = c.objects_copied,
             shared = c.objects_shared, failed = c.objects_failed, bytes_copied = c.bytes_copied, "warm finished");
         // Before the final state: once that is visible, a resubmission of
-        // the request id checks these.
-        if let Err(e) = self
-            .index()
-            .set_lease_epochs(&id, &progress.lease_epochs())
-            .await
-        {
-            tracing::warn!(operation_id = %id, error = %e, "could not record the lease epochs");
+        // the request id checks these. Only while this attempt still holds
+        // the run (a renewal answers that), so a runner taken over does not
+        // replace the epochs the new attempt records.
+        let still_held = matches!(
+            self.index()
+                .renew_run(&id, &ticket, self.warmer.clock.now())
+                .await,
+            Ok(Renewal::Held { .. })
+        );
+        if still_held {
+            if let Err(e) = self
+                .index()
+                .set_lease_epochs(&id, &progress.lease_epochs())
+                .await
+            {
+                tracing::warn!(operation_id = %id, error = %e, "could not record the lease epochs");
+            }
         }
         match self.index().update_operation(&id, &ticket, &last).await {
-            Ok(true) => {}
+            Ok(true) => progress.publish_final(last),
             Ok(false) => tracing::warn!(operation_id = %id,
                 "the final state was not recorded: another replica took the operation over"),
-            Err(e) => {
-                tracing::error!(operation_id = %id, error = %e, "could not record the final state")
-            }
+            Err(e) => tracing::error!(operation_id = %id, error = %e,
+                "could not record the final state; the operation is taken over and finished again"),
         }
         self.forget(&id);
     }
@@ -96,12 +112,14 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
     /// While the warm runs: publishes progress every `publish_interval`,
     /// renews the run every `renew_every` (a requested cancel stops the
     /// warm), checkpoints every `checkpoint_interval`. Once the run is lost
-    /// (another attempt holds it, or this replica could not renew it before
-    /// its deadline), sets `lost` and interrupts the warm.
+    /// (another attempt holds it, or the deadline last granted passed
+    /// without a renewal, however long an index call hangs), sets `lost`
+    /// and interrupts the warm: from then on it starts no copy.
     async fn keep_run(
         &self,
         id: &str,
         ticket: &RunTicket,
+        granted_until: Millis,
         progress: &Progress,
         stop: &StopSignal,
         lost: &AtomicBool,
@@ -115,20 +133,40 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let (mut since_renewal, mut since_checkpoint) = (Duration::ZERO, Duration::ZERO);
         let clock = &self.warmer.clock;
-        let mut held_until = clock.now().saturating_add(span_millis(s.run_ttl));
+        let mut held_until = granted_until;
         let lose = || {
             lost.store(true, Ordering::Relaxed);
             stop.interrupt();
         };
+        // No index call may hold the loop past the deadline: each is cut
+        // off in time for the check below to run before it passes.
+        let bounded = |until: Millis| {
+            let left = until.saturating_sub(clock.now()).max(0).unsigned_abs();
+            Duration::from_millis(left).min(s.renew_every)
+        };
         loop {
             tick.tick().await;
+            if clock.now() >= held_until {
+                tracing::warn!(operation_id = %id, "the run's deadline passed without a renewal");
+                return lose();
+            }
             progress.publish();
             since_renewal += tick_every;
             since_checkpoint += tick_every;
             if since_renewal >= s.renew_every {
                 since_renewal = Duration::ZERO;
                 let deadline = clock.now().saturating_add(span_millis(s.run_ttl));
-                match self.index().renew_run(id, ticket, deadline).await {
+                let renewal = tokio::time::timeout(
+                    bounded(held_until),
+                    self.index().renew_run(id, ticket, deadline),
+                )
+                .await
+                .unwrap_or_else(|_| {
+                    Err(crate::index::IndexError::Unavailable(
+                        "renewing the run timed out".into(),
+                    ))
+                });
+                match renewal {
                     Ok(Renewal::Held { cancel_requested }) => {
                         held_until = deadline;
                         if cancel_requested && !stop.is_set() {
@@ -137,12 +175,10 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
                         }
                     }
                     Ok(Renewal::Lost) => return lose(),
+                    // Past its deadline another replica may hold it: the
+                    // check at the top of the loop stops the warm then.
                     Err(e) => {
-                        tracing::warn!(operation_id = %id, error = %e, "could not renew the run");
-                        // Past its deadline another replica may hold it.
-                        if clock.now() >= held_until {
-                            return lose();
-                        }
+                        tracing::warn!(operation_id = %id, error = %e, "could not renew the run")
                     }
                 }
             }

@@ -842,15 +842,23 @@ impl DynamoIndex {
                 &self.tables.operations,
                 op_key(id),
                 "SET #run_deadline = :d",
-                Some(&format!("{FENCE} AND #run_deadline < :d")),
-                fence_vals(ticket).n("d", deadline),
+                // `> :zero`: a released run (deadline 0) stays released, even
+                // if a renewal sent before the release lands after it.
+                Some(&format!(
+                    "{FENCE} AND #run_deadline < :d AND #run_deadline > :zero"
+                )),
+                fence_vals(ticket).n("d", deadline).n("zero", 0),
                 ReturnValue::AllNew,
             )
             .await?;
         let item = match res {
             Cond::Done(item) => item,
             // Still ours, and already running that long: held as is.
-            Cond::Refused(seen) => seen.filter(|i| holds(i, ticket) && !bool_of(i, DONE)),
+            Cond::Refused(seen) => seen.filter(|i| {
+                holds(i, ticket)
+                    && !bool_of(i, DONE)
+                    && i.get(RUN_DEADLINE).and_then(|v| v.as_n().ok()) != Some(&"0".to_owned())
+            }),
         };
         Ok(item.map_or(Renewal::Lost, |i| Renewal::Held {
             cancel_requested: bool_of(&i, CANCEL_REQUESTED),

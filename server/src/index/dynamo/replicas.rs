@@ -69,11 +69,41 @@ impl DynamoIndex {
     }
 }
 
+impl DynamoIndex {
+    /// Removes `replica` if its deadline is still before `before` (it may
+    /// have come back meanwhile).
+    async fn forget_stale(&self, replica: &str, before: Millis) -> Result<(), IndexError> {
+        let table = &self.tables.operations;
+        let res = self
+            .client
+            .update_item()
+            .table_name(table)
+            .set_key(Some(registry_key()))
+            .update_expression("REMOVE #m.#r")
+            .condition_expression("#m.#r < :before")
+            .expression_attribute_names("#m", REPLICAS)
+            .expression_attribute_names("#r", replica)
+            .expression_attribute_values(":before", AttributeValue::N(before.to_string()))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(e) if errors::refused(&e).is_some() => Ok(()), // it came back
+            Err(e) => Err(errors::classify(
+                "UpdateItem",
+                table,
+                &self.create_hint(),
+                &e,
+            )),
+        }
+    }
+}
+
 #[async_trait::async_trait]
 impl ReplicaRegistry for DynamoIndex {
     async fn heartbeat(&self, replica: &str, deadline: Millis) -> Result<(), IndexError> {
         let table = &self.tables.operations;
-        for _ in 0..2 {
+        for attempt in 0..2 {
             // Replica names are free text: they go in as attribute names
             // (`#r`), never into the expression itself.
             let res = self
@@ -93,7 +123,7 @@ impl ReplicaRegistry for DynamoIndex {
                 // A later deadline is already there: nothing to do.
                 Err(e) if errors::refused(&e).is_some() => break,
                 // The item (and so the map) does not exist yet.
-                Err(e) if errors::code(&e) == Some("ValidationException") => {
+                Err(e) if attempt == 0 && errors::code(&e) == Some("ValidationException") => {
                     self.ensure_registry().await?;
                 }
                 Err(e) => {
@@ -117,7 +147,7 @@ impl ReplicaRegistry for DynamoIndex {
             .take(20)
             .collect();
         for name in stale {
-            self.leave(&name).await?;
+            self.forget_stale(&name, forget_before).await?;
         }
         Ok(())
     }
