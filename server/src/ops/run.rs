@@ -45,8 +45,13 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
         keeper.abort();
         if lost.load(Ordering::Relaxed) {
             tracing::warn!(operation_id = %id, attempt = ticket.attempt,
-                "this replica lost the operation's run (another took it over); writing nothing more");
-            progress.publish();
+                "this replica lost the operation's run (another took it over, or its deadline \
+                 passed unrenewed); writing nothing more");
+            // If nobody took it over yet (the index was out of reach), hand
+            // it on at once, and not as a crash; a no-op once superseded.
+            if let Err(e) = self.index().release_run(&id, &ticket).await {
+                tracing::debug!(operation_id = %id, error = %e, "could not release the lost run");
+            }
             self.forget(&id);
             return;
         }
