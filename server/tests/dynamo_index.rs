@@ -301,6 +301,40 @@ async fn operations_are_readable_items_stamped_by_the_injected_clock() {
 }
 
 #[tokio::test]
+async fn an_unreadable_operation_item_is_skipped_not_fatal_to_listings() {
+    let moto = Moto::start();
+    let index = fresh(&moto, DynamoConfig::default()).await;
+    index
+        .create_operation(&operation("good", None, 5))
+        .await
+        .unwrap();
+    // Listed by the status index, but without its request and state.
+    aws_sdk_dynamodb::Client::new(&moto.sdk_config())
+        .put_item()
+        .table_name(&index.tables().operations)
+        .item("pk", AttributeValue::S("op#bad".into()))
+        .item("id", AttributeValue::S("bad".into()))
+        .item("status", AttributeValue::S("running".into()))
+        .item("created_key", AttributeValue::S(format!("{:020}#bad", 6)))
+        .send()
+        .await
+        .unwrap();
+    let listed = index
+        .list_operations(expresscache_server::index::OpFilter::Running, None, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        listed.iter().map(|o| o.id.as_str()).collect::<Vec<_>>(),
+        ["good"],
+        "the bad item is left out; the good one is still listed (and taken over)"
+    );
+    assert!(
+        index.get_operation("bad").await.is_err(),
+        "reading it by id still says it is corrupt"
+    );
+}
+
+#[tokio::test]
 async fn a_request_id_whose_operation_vanished_is_taken_over() {
     let moto = Moto::start();
     let index = fresh(&moto, DynamoConfig::default()).await;

@@ -662,12 +662,20 @@ impl DynamoIndex {
             .into_iter()
             .map(|item| (get_s(&item, PK).unwrap_or_default().to_owned(), item))
             .collect();
-        // In the index's order; one purged since the Query is left out.
-        entries
+        // In the index's order; one purged since the Query is left out, and
+        // so is one that cannot be read (logged): one bad item must not
+        // fail every listing, nor every replica's scan for orphans.
+        Ok(entries
             .iter()
             .filter_map(|(_, pk)| items.remove(pk))
-            .map(|item| op_of(&item))
-            .collect()
+            .filter_map(|item| match op_of(&item) {
+                Ok(op) => Some(op),
+                Err(e) => {
+                    tracing::error!(error = %e, "skipping an unreadable operation item");
+                    None
+                }
+            })
+            .collect())
     }
 
     /// The items of `pks` that exist, strongly consistent: one
