@@ -69,26 +69,45 @@ impl DynamoIndex {
     }
 }
 
+/// What a conditional write to one replica's map entry did.
+enum Entry {
+    Written,
+    /// Its condition failed: nothing to do.
+    Refused,
+    /// The registry item (and so the map) does not exist yet.
+    NoMap,
+}
+
 impl DynamoIndex {
-    /// Removes `replica` if its deadline is still before `before` (it may
-    /// have come back meanwhile).
-    async fn forget_stale(&self, replica: &str, before: Millis) -> Result<(), IndexError> {
+    /// One conditional UpdateItem of `replica`'s entry in the registry map.
+    /// Replica names are free text: they go in as attribute names (`#r`),
+    /// never into the expression itself.
+    async fn replica_entry(
+        &self,
+        update: &str,
+        condition: &str,
+        replica: &str,
+        value: Option<Millis>,
+    ) -> Result<Entry, IndexError> {
         let table = &self.tables.operations;
         let res = self
             .client
             .update_item()
             .table_name(table)
             .set_key(Some(registry_key()))
-            .update_expression("REMOVE #m.#r")
-            .condition_expression("#m.#r < :before")
+            .update_expression(update)
+            .condition_expression(condition)
             .expression_attribute_names("#m", REPLICAS)
             .expression_attribute_names("#r", replica)
-            .expression_attribute_values(":before", AttributeValue::N(before.to_string()))
+            .set_expression_attribute_values(
+                value.map(|v| HashMap::from([(":v".to_owned(), AttributeValue::N(v.to_string()))])),
+            )
             .send()
             .await;
         match res {
-            Ok(_) => Ok(()),
-            Err(e) if errors::refused(&e).is_some() => Ok(()), // it came back
+            Ok(_) => Ok(Entry::Written),
+            Err(e) if errors::refused(&e).is_some() => Ok(Entry::Refused),
+            Err(e) if errors::code(&e) == Some("ValidationException") => Ok(Entry::NoMap),
             Err(e) => Err(errors::classify(
                 "UpdateItem",
                 table,
@@ -102,38 +121,23 @@ impl DynamoIndex {
 #[async_trait::async_trait]
 impl ReplicaRegistry for DynamoIndex {
     async fn heartbeat(&self, replica: &str, deadline: Millis) -> Result<(), IndexError> {
-        let table = &self.tables.operations;
-        for attempt in 0..2 {
-            // Replica names are free text: they go in as attribute names
-            // (`#r`), never into the expression itself.
-            let res = self
-                .client
-                .update_item()
-                .table_name(table)
-                .set_key(Some(registry_key()))
-                .update_expression("SET #m.#r = :d")
-                .condition_expression("attribute_not_exists(#m.#r) OR #m.#r < :d")
-                .expression_attribute_names("#m", REPLICAS)
-                .expression_attribute_names("#r", replica)
-                .expression_attribute_values(":d", AttributeValue::N(deadline.to_string()))
-                .send()
-                .await;
-            match res {
-                Ok(_) => break,
-                // A later deadline is already there: nothing to do.
-                Err(e) if errors::refused(&e).is_some() => break,
-                // The item (and so the map) does not exist yet.
-                Err(e) if attempt == 0 && errors::code(&e) == Some("ValidationException") => {
-                    self.ensure_registry().await?;
-                }
-                Err(e) => {
-                    return Err(errors::classify(
-                        "UpdateItem",
-                        table,
-                        &self.create_hint(),
-                        &e,
-                    ))
-                }
+        // A later deadline already there is no failure: a late heartbeat
+        // never shortens one.
+        let set = || {
+            self.replica_entry(
+                "SET #m.#r = :v",
+                "attribute_not_exists(#m.#r) OR #m.#r < :v",
+                replica,
+                Some(deadline),
+            )
+        };
+        if let Entry::NoMap = set().await? {
+            self.ensure_registry().await?;
+            if let Entry::NoMap = set().await? {
+                return Err(IndexError::Storage(format!(
+                    "the replica registry item in {} has no usable `{REPLICAS}` map",
+                    self.tables.operations
+                )));
             }
         }
         // Forget replicas long gone, a few at a time.
@@ -147,7 +151,9 @@ impl ReplicaRegistry for DynamoIndex {
             .take(20)
             .collect();
         for name in stale {
-            self.forget_stale(&name, forget_before).await?;
+            // Only if it did not come back meanwhile.
+            self.replica_entry("REMOVE #m.#r", "#m.#r < :v", &name, Some(forget_before))
+                .await?;
         }
         Ok(())
     }
@@ -163,27 +169,9 @@ impl ReplicaRegistry for DynamoIndex {
     }
 
     async fn leave(&self, replica: &str) -> Result<(), IndexError> {
-        let table = &self.tables.operations;
-        let res = self
-            .client
-            .update_item()
-            .table_name(table)
-            .set_key(Some(registry_key()))
-            .update_expression("REMOVE #m.#r")
-            .condition_expression("attribute_exists(#m)")
-            .expression_attribute_names("#m", REPLICAS)
-            .expression_attribute_names("#r", replica)
-            .send()
-            .await;
-        match res {
-            Ok(_) => Ok(()),
-            Err(e) if errors::refused(&e).is_some() => Ok(()), // no registry yet
-            Err(e) => Err(errors::classify(
-                "UpdateItem",
-                table,
-                &self.create_hint(),
-                &e,
-            )),
-        }
+        // No registry yet (NoMap, or the condition failed): nothing to leave.
+        self.replica_entry("REMOVE #m.#r", "attribute_exists(#m)", replica, None)
+            .await
+            .map(|_| ())
     }
 }
