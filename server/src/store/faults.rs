@@ -3,6 +3,7 @@
 //! tests can show how the warm path handles throttling, server errors,
 //! terminal refusals and slow copies, and how many requests it made.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -55,6 +56,9 @@ struct Rule {
     error: StoreError,
     /// How many more calls fail; `None` = every call.
     remaining: Option<u64>,
+    /// When set, only a key's first call counts (its retries pass through
+    /// untouched): the keys already counted.
+    first_calls_only: Option<HashSet<String>>,
 }
 
 /// Calls that reached the wrapper, per operation (faulted ones included).
@@ -119,12 +123,16 @@ impl<S> FaultStore<S> {
                 key: key.map(str::to_owned),
                 error,
                 remaining: times,
+                first_calls_only: None,
             });
     }
 
-    /// Fails every `n`-th call of `op` with the next error of `errors`, in
-    /// turn: a steady fault rate (n = 10 is 10%) that is the same on every
-    /// run.
+    /// Fails the first call about every `n`-th key of `op` with the next
+    /// error of `errors`, in turn: a steady fault rate (n = 10 is 10% of
+    /// keys) whose retries always get through. Counting first calls only
+    /// keeps the outcome independent of scheduling: counting every call,
+    /// a queue of retries that cycles in step with `n` hands one key every
+    /// fault until it runs out of attempts.
     pub fn fail_every(&self, op: Op, n: u64, errors: &[StoreError]) {
         let mut rules = self.rules.lock().unwrap_or_else(|e| e.into_inner());
         let k = errors.len().max(1) as u64;
@@ -137,6 +145,7 @@ impl<S> FaultStore<S> {
                 key: None,
                 error: error.clone(),
                 remaining: None,
+                first_calls_only: Some(HashSet::new()),
             });
         }
     }
@@ -218,22 +227,35 @@ impl<S> FaultStore<S> {
 
     fn check(&self, op: Op, key: Option<&str>) -> Result<(), StoreError> {
         let mut rules = self.rules.lock().unwrap_or_else(|e| e.into_inner());
+        // Every matching rule counts the call, even when an earlier one
+        // fails it: rules written to interleave stay in step.
+        let mut fault = None;
         for rule in rules.iter_mut() {
             let key_matches = rule.key.is_none() || rule.key.as_deref() == key;
             if rule.op != op || !key_matches || rule.remaining == Some(0) {
                 continue;
             }
+            if let Some(counted) = rule.first_calls_only.as_mut() {
+                if !counted.insert(key.unwrap_or_default().to_owned()) {
+                    continue;
+                }
+            }
             rule.seen += 1;
-            if rule.seen % rule.every != 0 {
+            if fault.is_some() || rule.seen % rule.every != 0 {
                 continue;
             }
             if let Some(n) = rule.remaining.as_mut() {
                 *n -= 1;
             }
-            self.injected.fetch_add(1, Ordering::Relaxed);
-            return Err(rule.error.clone());
+            fault = Some(rule.error.clone());
         }
-        Ok(())
+        match fault {
+            Some(e) => {
+                self.injected.fetch_add(1, Ordering::Relaxed);
+                Err(e)
+            }
+            None => Ok(()),
+        }
     }
 }
 

@@ -165,7 +165,8 @@ async fn ten_percent_retryable_faults_still_copy_every_object_exactly_once() {
     );
     assert_eq!((c.objects_copied, c.objects_failed), (2000, 0));
     let injected = w.store.injected.load(Ordering::Relaxed);
-    assert!(injected >= 200, "about 10% of calls failed: {injected}");
+    // Every tenth key's first call failed; each retry got through.
+    assert_eq!(injected, 200);
     // Every injected fault was retried, and seen in the progress.
     assert_eq!(c.copy_retries, injected);
     assert!(c.throttle_events >= injected * 2 / 3 - 1, "{c:?}");
