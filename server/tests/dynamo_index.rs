@@ -811,7 +811,7 @@ async fn a_page_merge_costs_a_request_per_partition_not_per_key() {
     // The planner's merge of a listing page: a cursor sought key by key.
     index.requests().reset();
     let last = keys.last().unwrap().clone();
-    let mut cursor = RecordCursor::new(&index, DIR, "page/", None, &last);
+    let mut cursor = RecordCursor::new(&index, DIR, "page/", std::ops::Bound::Unbounded, &last);
     for k in &keys {
         assert!(cursor.seek(k).await.unwrap().is_some(), "{k} is cached");
     }

@@ -113,6 +113,11 @@ impl<I: CacheIndex> World<I> {
             self.clock.clone(),
             WarmSettings {
                 per_shard_concurrency: 4,
+                // One flat listing: "a/" and its sub-prefix "a/b/" listed
+                // apart multiply the schedules past what can be explored,
+                // and add nothing to what is checked here (each page is
+                // merged with the index on its own either way).
+                list_fanout: 1,
                 ..WarmSettings::default()
             },
         )

@@ -12,7 +12,7 @@ use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::primitives::ByteStream;
 use expresscache_server::store::conformance::{run_all, BucketKind, Capabilities, Seed};
-use expresscache_server::store::{CopyRequest, ObjectStore, S3Store, StoreError};
+use expresscache_server::store::{CopyRequest, ListQuery, ObjectStore, S3Store, StoreError};
 use expresscache_server::testing::proxy::{Fault, FaultProxy, Match, Rule};
 use expresscache_server::testing::{
     create_bucket, create_directory_bucket, put, s3_client, unique, unique_directory_bucket, Moto,
@@ -202,7 +202,11 @@ async fn error_answers_are_classified() {
         Fault::status(404, "NoSuchBucket"),
         1,
     ));
-    let missing = f.store.list_page(&f.src, "f/", None).await.unwrap_err();
+    let missing = f
+        .store
+        .list_page(&f.src, &ListQuery::prefix("f/"), None)
+        .await
+        .unwrap_err();
     assert_eq!(
         missing,
         StoreError::NoSuchBucket(f.src.clone()),
@@ -221,7 +225,11 @@ async fn no_answer_is_a_retryable_transport_error() {
         1,
     ));
     let started = Instant::now();
-    let hung = f.store.list_page(&f.src, "f/", None).await.unwrap_err();
+    let hung = f
+        .store
+        .list_page(&f.src, &ListQuery::prefix("f/"), None)
+        .await
+        .unwrap_err();
     assert!(
         matches!(hung, StoreError::Transport(_)) && hung.is_retryable(),
         "a hang that hits the operation timeout is a retryable Transport error, got {hung:?}"
@@ -254,7 +262,11 @@ async fn an_empty_truncated_page_is_followed() {
         Fault::EmptyTruncatedPage,
         1,
     ));
-    let empty = f.store.list_page(&f.src, "f/", None).await.unwrap();
+    let empty = f
+        .store
+        .list_page(&f.src, &ListQuery::prefix("f/"), None)
+        .await
+        .unwrap();
     assert!(
         empty.objects.is_empty(),
         "the injected page has no objects: {empty:?}"
@@ -262,7 +274,11 @@ async fn an_empty_truncated_page_is_followed() {
     let next = empty
         .next
         .unwrap_or_else(|| panic!("an empty page that is truncated still has a next token"));
-    let rest = f.store.list_page(&f.src, "f/", Some(next)).await.unwrap();
+    let rest = f
+        .store
+        .list_page(&f.src, &ListQuery::prefix("f/"), Some(next))
+        .await
+        .unwrap();
     let keys: Vec<&str> = rest.objects.iter().map(|o| o.key.as_str()).collect();
     assert_eq!(keys, KEYS, "following the token lists the rest");
     assert_eq!(rest.next, None, "and that is the last page");

@@ -5,20 +5,23 @@
 //! warm would then do so again on every start).
 
 use std::collections::VecDeque;
+use std::ops::Bound;
 
 use super::{CacheIndex, IndexError, KeyRange, Record};
 
 /// Records fetched per index request.
 pub const CURSOR_PAGE: usize = 1000;
 
-/// Records of `directory_bucket` under `prefix` in (`after`, `upto`], read
-/// in key order by [`RecordCursor::seek`].
+/// Records of `directory_bucket` under `prefix`, from `start` up to and
+/// including `upto`, read in key order by [`RecordCursor::seek`].
 #[derive(Debug)]
 pub struct RecordCursor<'a, I: ?Sized> {
     index: &'a I,
     directory_bucket: &'a str,
     prefix: &'a str,
     upto: &'a str,
+    /// Where the first page starts.
+    start: Bound<String>,
     /// The last key fetched so far; the next page starts after it.
     after: Option<String>,
     buffer: VecDeque<Record>,
@@ -35,17 +38,17 @@ impl<'a, I: CacheIndex + ?Sized> RecordCursor<'a, I> {
         index: &'a I,
         directory_bucket: &'a str,
         prefix: &'a str,
-        after: Option<String>,
+        start: Bound<String>,
         upto: &'a str,
     ) -> Self {
-        Self::with_page(index, directory_bucket, prefix, after, upto, CURSOR_PAGE)
+        Self::with_page(index, directory_bucket, prefix, start, upto, CURSOR_PAGE)
     }
 
     pub fn with_page(
         index: &'a I,
         directory_bucket: &'a str,
         prefix: &'a str,
-        after: Option<String>,
+        start: Bound<String>,
         upto: &'a str,
         page: usize,
     ) -> Self {
@@ -54,7 +57,8 @@ impl<'a, I: CacheIndex + ?Sized> RecordCursor<'a, I> {
             directory_bucket,
             prefix,
             upto,
-            after,
+            start,
+            after: None,
             buffer: VecDeque::new(),
             exhausted: false,
             page: page.max(1),
@@ -76,15 +80,14 @@ impl<'a, I: CacheIndex + ?Sized> RecordCursor<'a, I> {
             if self.exhausted {
                 return Ok(None);
             }
+            let mut range = KeyRange::prefix(self.prefix).upto(Some(self.upto));
+            range.start = match &self.after {
+                Some(after) => Bound::Excluded(after.as_str()),
+                None => self.start.as_ref().map(String::as_str),
+            };
             let page = self
                 .index
-                .records(
-                    self.directory_bucket,
-                    &KeyRange::prefix(self.prefix)
-                        .after(self.after.as_deref())
-                        .upto(Some(self.upto)),
-                    self.page,
-                )
+                .records(self.directory_bucket, &range, self.page)
                 .await?;
             self.fetches += 1;
             self.exhausted = page.len() < self.page;
@@ -124,7 +127,7 @@ mod tests {
             )
             .await
             .unwrap();
-        let mut cursor = RecordCursor::with_page(&index, DIR, "d/", None, "d/z", 100);
+        let mut cursor = RecordCursor::with_page(&index, DIR, "d/", Bound::Unbounded, "d/z", 100);
         assert_eq!(cursor.seek("d/a").await.unwrap().unwrap().key, "d/a");
         assert_eq!(cursor.seek("d/z").await.unwrap().unwrap().key, "d/z");
         assert!(
@@ -152,7 +155,8 @@ mod tests {
             )
             .await
             .unwrap();
-        let mut cursor = RecordCursor::with_page(&index, DIR, "d/", Some("d/b".into()), "d/d", 1);
+        let mut cursor =
+            RecordCursor::with_page(&index, DIR, "d/", Bound::Excluded("d/b".into()), "d/d", 1);
         assert!(
             cursor.seek("d/b").await.unwrap().is_none(),
             "after is exclusive"

@@ -15,7 +15,8 @@
 use futures::StreamExt;
 
 use super::{
-    CopyRequest, DeleteTarget, MemoryStore, ObjectMeta, ObjectStore, PartCopy, StoreError,
+    CopyRequest, DeleteTarget, ListQuery, MemoryStore, ObjectMeta, ObjectStore, PartCopy,
+    StoreError,
 };
 
 /// What the endpoint behind a store does where S3-compatible endpoints
@@ -76,6 +77,7 @@ impl Seed for MemoryStore {
 /// Runs every case against `store`; `seed` writes to the same buckets.
 pub async fn run_all<S: ObjectStore>(store: &S, seed: &dyn Seed, caps: Capabilities) {
     listing(store, seed).await;
+    delimited_listing(store, seed).await;
     check_bucket(store, seed).await;
     copy_object(store, seed, caps).await;
     multipart(store, seed, caps).await;
@@ -90,7 +92,7 @@ async fn listed<S: ObjectStore>(store: &S, bucket: &str, key: &str) -> Option<Ob
     let mut token = None;
     loop {
         let page = store
-            .list_page(bucket, key, token.take())
+            .list_page(bucket, &ListQuery::prefix(key), token.take())
             .await
             .unwrap_or_else(|e| panic!("listing {bucket} for {key:?}: {e}"));
         if let Some(o) = page.objects.into_iter().find(|o| o.key == key) {
@@ -161,7 +163,7 @@ async fn listing<S: ObjectStore>(store: &S, seed: &dyn Seed) {
     let mut token = None;
     loop {
         let page = store
-            .list_page(&bucket, "list/", token.take())
+            .list_page(&bucket, &ListQuery::prefix("list/"), token.take())
             .await
             .unwrap_or_else(|e| panic!("listing: page {pages} of an existing bucket: {e}"));
         pages += 1;
@@ -210,7 +212,7 @@ async fn listing<S: ObjectStore>(store: &S, seed: &dyn Seed) {
     }
 
     let page = store
-        .list_page(&bucket, "list/ü", None)
+        .list_page(&bucket, &ListQuery::prefix("list/ü"), None)
         .await
         .unwrap_or_else(|e| panic!("listing: a non-ASCII prefix: {e}"));
     let keys: Vec<&str> = page.objects.iter().map(|o| o.key.as_str()).collect();
@@ -218,7 +220,7 @@ async fn listing<S: ObjectStore>(store: &S, seed: &dyn Seed) {
     assert_eq!(page.next, None, "listing: next is None on the last page");
 
     let page = store
-        .list_page(&bucket, "nothing/", None)
+        .list_page(&bucket, &ListQuery::prefix("nothing/"), None)
         .await
         .unwrap_or_else(|e| panic!("listing: a prefix with no keys: {e}"));
     assert!(
@@ -228,9 +230,102 @@ async fn listing<S: ObjectStore>(store: &S, seed: &dyn Seed) {
 
     let missing = missing_bucket();
     assert_eq!(
-        store.list_page(&missing, "", None).await.err(),
+        store
+            .list_page(&missing, &ListQuery::prefix(""), None)
+            .await
+            .err(),
         Some(StoreError::NoSuchBucket(missing.clone())),
         "listing: a missing bucket is NoSuchBucket"
+    );
+}
+
+/// Every page of `query`: its objects' keys and its common prefixes.
+async fn list_all<S: ObjectStore>(
+    store: &S,
+    bucket: &str,
+    query: &ListQuery<'_>,
+) -> (Vec<String>, Vec<String>) {
+    let (mut keys, mut common) = (Vec::new(), Vec::new());
+    let mut token = None;
+    for _ in 0..10_000 {
+        let page = store
+            .list_page(bucket, query, token.take())
+            .await
+            .unwrap_or_else(|e| panic!("listing {query:?}: {e}"));
+        keys.extend(page.objects.into_iter().map(|o| o.key));
+        common.extend(page.common_prefixes);
+        match page.next {
+            Some(next) => token = Some(next),
+            None => return (keys, common),
+        }
+    }
+    panic!("listing {query:?}: the pages never end");
+}
+
+/// `delimited_listing`: the direct children of a prefix (objects and common
+/// prefixes, each once, across pages), and `start_after` skipping what
+/// sorts before it: what the parallel listing of a tree relies on.
+async fn delimited_listing<S: ObjectStore>(store: &S, seed: &dyn Seed) {
+    let bucket = seed.bucket(BucketKind::Source).await;
+    // Wide enough that the common prefixes span pages: 1,005 directories.
+    let mut keys: Vec<String> = (0..S3_PAGE + 5)
+        .map(|i| format!("tree/dir-{i:05}/x"))
+        .collect();
+    keys.extend(
+        [
+            "tree/a.txt",
+            "tree/dir-00001/y/z",
+            "tree/dir-00001.txt",
+            "tree/z",
+            "tree/",
+            "tree",
+            "treetop/x",
+        ]
+        .map(str::to_owned),
+    );
+    futures::stream::iter(keys.clone())
+        .map(|k| {
+            let b = bucket.as_str();
+            async move { seed.put(b, &k, vec![b'd']).await }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await;
+    let (objects, common) = list_all(store, &bucket, &ListQuery::prefix("tree/").delimited()).await;
+    assert_eq!(
+        objects,
+        ["tree/", "tree/a.txt", "tree/dir-00001.txt", "tree/z"],
+        "delimited listing: the direct objects only"
+    );
+    let want: Vec<String> = (0..S3_PAGE + 5)
+        .map(|i| format!("tree/dir-{i:05}/"))
+        .collect();
+    assert_eq!(
+        common, want,
+        "delimited listing: each common prefix once, in order, across pages"
+    );
+    let (objects, common) = list_all(
+        store,
+        &bucket,
+        &ListQuery::prefix("tree/").start_after("tree/dir-01003"),
+    )
+    .await;
+    assert!(common.is_empty(), "undelimited: no common prefixes");
+    assert_eq!(
+        objects,
+        ["tree/dir-01003/x", "tree/dir-01004/x", "tree/z"],
+        "start_after: only keys after it, under the prefix"
+    );
+    let (objects, _) = list_all(
+        store,
+        &bucket,
+        &ListQuery::prefix("tree/dir-00001/").start_after("tree/"),
+    )
+    .await;
+    assert_eq!(
+        objects,
+        ["tree/dir-00001/x", "tree/dir-00001/y/z"],
+        "start_after before the prefix: the whole prefix"
     );
 }
 

@@ -11,8 +11,8 @@ use std::time::Duration;
 use crate::gate::{Gate, Pass};
 
 use super::{
-    Copied, CopyRequest, DeleteFailure, DeleteTarget, ListPage, ObjectMeta, ObjectStore, PartCopy,
-    StoreError,
+    Copied, CopyRequest, DeleteFailure, DeleteTarget, ListPage, ListQuery, ObjectMeta, ObjectStore,
+    PartCopy, StoreError,
 };
 
 /// Which call a fault applies to.
@@ -70,6 +70,26 @@ pub struct Calls {
     pub part_copy: AtomicU64,
     /// Multipart create, complete, abort and head.
     pub other: AtomicU64,
+    /// Listings under way now, and the most at once so far.
+    pub lists_in_flight: AtomicU64,
+    pub peak_lists_in_flight: AtomicU64,
+}
+
+/// Counts one call under way until dropped (also when the caller drops
+/// the call's future before it ends).
+struct InFlight<'a>(&'a AtomicU64);
+
+impl<'a> InFlight<'a> {
+    fn enter(now: &'a AtomicU64, peak: &AtomicU64) -> Self {
+        peak.fetch_max(now.fetch_add(1, Ordering::Relaxed) + 1, Ordering::Relaxed);
+        Self(now)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Wraps any store and injects faults by rule.
@@ -269,11 +289,17 @@ impl<S: ObjectStore> ObjectStore for FaultStore<S> {
     async fn list_page(
         &self,
         bucket: &str,
-        prefix: &str,
+        query: &ListQuery<'_>,
         continuation: Option<String>,
     ) -> Result<ListPage, StoreError> {
-        let _pass = self.enter(Op::List, Some(prefix)).await?;
-        self.inner.list_page(bucket, prefix, continuation).await
+        // Counted from before the injected delay, which is where listings
+        // under way at once overlap.
+        let _listing = InFlight::enter(
+            &self.calls.lists_in_flight,
+            &self.calls.peak_lists_in_flight,
+        );
+        let _pass = self.enter(Op::List, Some(query.prefix)).await?;
+        self.inner.list_page(bucket, query, continuation).await
     }
 
     async fn copy_object(&self, req: &CopyRequest<'_>) -> Result<Copied, StoreError> {

@@ -7,8 +7,8 @@ use std::sync::Mutex;
 use std::time::SystemTime;
 
 use super::{
-    Copied, CopyRequest, DeleteFailure, DeleteTarget, ListPage, ObjectMeta, ObjectStore, PartCopy,
-    StoreError,
+    Copied, CopyRequest, DeleteFailure, DeleteTarget, ListPage, ListQuery, ObjectMeta, ObjectStore,
+    PartCopy, StoreError,
 };
 
 #[derive(Debug, Clone)]
@@ -156,10 +156,11 @@ impl ObjectStore for MemoryStore {
     async fn list_page(
         &self,
         bucket: &str,
-        prefix: &str,
+        query: &ListQuery<'_>,
         continuation: Option<String>,
     ) -> Result<ListPage, StoreError> {
         self.counters.list.fetch_add(1, Ordering::Relaxed);
+        let prefix = query.prefix;
         let buckets = self.lock();
         let b = buckets
             .get(bucket)
@@ -169,24 +170,52 @@ impl ObjectStore for MemoryStore {
                 Some(first) => Bound::Included(first.to_owned()),
                 None => Bound::Excluded(token),
             },
-            None => Bound::Included(prefix.to_owned()),
+            None => match query.start_after {
+                Some(k) if k >= prefix => Bound::Excluded(k.to_owned()),
+                _ => Bound::Included(prefix.to_owned()),
+            },
         };
         let mut objects: Vec<ObjectMeta> = Vec::new();
+        let mut common_prefixes: Vec<String> = Vec::new();
+        // The last entry of the page (key or common prefix) and where the
+        // next page resumes after it.
+        let mut resume: Option<String> = None;
         let mut next = None;
         for (k, o) in b.range::<String, _>((lower, Bound::Unbounded)) {
             if !k.starts_with(prefix) {
                 break;
             }
-            if objects.len() == self.page_size {
-                next = objects.last().map(|o| o.key.clone());
+            let common = query
+                .delimited
+                .then(|| k[prefix.len()..].find('/'))
+                .flatten()
+                .map(|at| &k[..prefix.len() + at + 1]);
+            if let Some(cp) = common {
+                if common_prefixes.last().map(String::as_str) == Some(cp) {
+                    continue;
+                }
+            }
+            if objects.len() + common_prefixes.len() == self.page_size {
+                next = resume.take();
                 break;
             }
-            objects.push(ObjectMeta {
-                key: k.clone(),
-                etag: o.etag.clone(),
-                size: o.size,
-                last_modified: Some(o.last_modified),
-            });
+            match common {
+                Some(cp) => {
+                    common_prefixes.push(cp.to_owned());
+                    // Past every key under the common prefix: it ends in
+                    // "/", whose successor is "0".
+                    resume = Some(format!("{RESUME_AT}{}0", &cp[..cp.len() - 1]));
+                }
+                None => {
+                    objects.push(ObjectMeta {
+                        key: k.clone(),
+                        etag: o.etag.clone(),
+                        size: o.size,
+                        last_modified: Some(o.last_modified),
+                    });
+                    resume = Some(k.clone());
+                }
+            }
         }
         if let Some(first) = objects.first() {
             let withhold = self
@@ -196,11 +225,16 @@ impl ObjectStore for MemoryStore {
             if withhold {
                 return Ok(ListPage {
                     objects: Vec::new(),
+                    common_prefixes: Vec::new(),
                     next: Some(format!("{RESUME_AT}{}", first.key)),
                 });
             }
         }
-        Ok(ListPage { objects, next })
+        Ok(ListPage {
+            objects,
+            common_prefixes,
+            next,
+        })
     }
 
     async fn copy_object(&self, req: &CopyRequest<'_>) -> Result<Copied, StoreError> {
@@ -409,7 +443,10 @@ mod tests {
         let mut seen = Vec::new();
         let mut token = None;
         loop {
-            let page = s.list_page("src", "a/", token).await.unwrap();
+            let page = s
+                .list_page("src", &ListQuery::prefix("a/"), token)
+                .await
+                .unwrap();
             seen.extend(page.objects.into_iter().map(|o| o.key));
             token = page.next;
             if token.is_none() {
@@ -424,7 +461,10 @@ mod tests {
         let mut pages = Vec::new();
         let mut token = None;
         loop {
-            let page = s.list_page("src", prefix, token).await.unwrap();
+            let page = s
+                .list_page("src", &ListQuery::prefix(prefix), token)
+                .await
+                .unwrap();
             token = page.next.clone();
             pages.push(page);
             assert!(pages.len() <= limit, "more than {limit} pages");
@@ -453,7 +493,10 @@ mod tests {
 
         // Two empty pages: the first call's, then the one after a full page.
         s.empty_pages_before(1);
-        let first = s.list_page("src", "a/", None).await.unwrap();
+        let first = s
+            .list_page("src", &ListQuery::prefix("a/"), None)
+            .await
+            .unwrap();
         assert!(first.objects.is_empty(), "{first:?}");
         assert!(first.next.is_some(), "an empty page is still truncated");
         s.empty_pages_before(1);
@@ -469,7 +512,10 @@ mod tests {
         let mut seen = Vec::new();
         let mut empty = 0;
         loop {
-            let page = s.list_page("src", "a/", token).await.unwrap();
+            let page = s
+                .list_page("src", &ListQuery::prefix("a/"), token)
+                .await
+                .unwrap();
             if page.objects.is_empty() {
                 empty += 1;
                 assert!(page.next.is_some(), "an injected page is truncated");
@@ -492,7 +538,10 @@ mod tests {
 
         // A page with no objects anyway is not counted.
         s.empty_pages_before(1);
-        let none = s.list_page("src", "c/", None).await.unwrap();
+        let none = s
+            .list_page("src", &ListQuery::prefix("c/"), None)
+            .await
+            .unwrap();
         assert!(none.objects.is_empty() && none.next.is_none(), "{none:?}");
         let pages = all_pages(&s, "b/", 10).await;
         assert_eq!(keys(&pages), [(0, vec![]), (1, vec!["b/1"])]);

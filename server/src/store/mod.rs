@@ -28,10 +28,52 @@ pub struct ObjectMeta {
     pub last_modified: Option<SystemTime>,
 }
 
+/// What one listing asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListQuery<'a> {
+    /// Only keys starting with this.
+    pub prefix: &'a str,
+    /// Only keys after this one (S3's `StartAfter`).
+    pub start_after: Option<&'a str>,
+    /// Roll the keys that have a `/` after the prefix into common prefixes
+    /// (S3's `Delimiter=/`): the direct children only.
+    pub delimited: bool,
+}
+
+impl<'a> ListQuery<'a> {
+    /// Every key under `prefix`.
+    pub fn prefix(prefix: &'a str) -> Self {
+        Self {
+            prefix,
+            start_after: None,
+            delimited: false,
+        }
+    }
+
+    /// Only keys after `key`.
+    #[must_use]
+    pub fn start_after(mut self, key: &'a str) -> Self {
+        self.start_after = Some(key);
+        self
+    }
+
+    /// The direct children of the prefix: objects, and common prefixes
+    /// ending in `/`.
+    #[must_use]
+    pub fn delimited(mut self) -> Self {
+        self.delimited = true;
+        self
+    }
+}
+
 /// One page of a key-ordered listing.
 #[derive(Debug, Clone, Default)]
 pub struct ListPage {
     pub objects: Vec<ObjectMeta>,
+    /// In a delimited listing, the common prefixes of this page (each
+    /// ending in `/`), in ascending order; they count toward the page size
+    /// as S3 counts them.
+    pub common_prefixes: Vec<String>,
     /// Token for the next page; `None` on the last page.
     pub next: Option<String>,
 }
@@ -213,11 +255,12 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// `Ok` if `bucket` exists and is reachable with our credentials.
     async fn check_bucket(&self, bucket: &str) -> Result<(), StoreError>;
 
-    /// One page of the keys under `prefix`, continuing from `continuation`.
+    /// One page of the listing `query` asks for, continuing from
+    /// `continuation`.
     async fn list_page(
         &self,
         bucket: &str,
-        prefix: &str,
+        query: &ListQuery<'_>,
         continuation: Option<String>,
     ) -> Result<ListPage, StoreError>;
 

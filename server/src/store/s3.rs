@@ -12,8 +12,8 @@ use aws_sdk_s3::types::{
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 use super::{
-    Copied, CopyRequest, DeleteFailure, DeleteTarget, ListPage, ObjectMeta, ObjectStore, PartCopy,
-    StoreError,
+    Copied, CopyRequest, DeleteFailure, DeleteTarget, ListPage, ListQuery, ObjectMeta, ObjectStore,
+    PartCopy, StoreError,
 };
 
 /// `x-amz-copy-source` is `bucket/key` URL-encoded; `/` stays literal and the
@@ -190,14 +190,17 @@ impl ObjectStore for S3Store {
     async fn list_page(
         &self,
         bucket: &str,
-        prefix: &str,
+        query: &ListQuery<'_>,
         continuation: Option<String>,
     ) -> Result<ListPage, StoreError> {
+        let prefix = query.prefix;
         let out = self
             .retrying
             .list_objects_v2()
             .bucket(bucket)
             .prefix(prefix)
+            .set_start_after(query.start_after.map(str::to_owned))
+            .set_delimiter(query.delimited.then(|| "/".to_owned()))
             .set_continuation_token(continuation)
             .send()
             .await
@@ -214,6 +217,11 @@ impl ObjectStore for S3Store {
                 })
             })
             .collect();
+        let common_prefixes = out
+            .common_prefixes()
+            .iter()
+            .filter_map(|p| p.prefix().map(str::to_owned))
+            .collect();
         let next = match (out.is_truncated(), out.next_continuation_token()) {
             (Some(true), Some(token)) => Some(token.to_owned()),
             // Truncated without a way to go on: ending here would report a
@@ -229,7 +237,11 @@ impl ObjectStore for S3Store {
             }
             _ => None,
         };
-        Ok(ListPage { objects, next })
+        Ok(ListPage {
+            objects,
+            common_prefixes,
+            next,
+        })
     }
 
     async fn copy_object(&self, req: &CopyRequest<'_>) -> Result<Copied, StoreError> {

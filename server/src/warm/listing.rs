@@ -1,54 +1,181 @@
-//! Paging through the source: each listing prefix page by page, ended only
-//! by the absence of a continuation token, and refused if the tokens cycle.
+//! Listing the source: each prefix as a tree, its sub-prefixes listed in
+//! parallel (bounded fan-out), each listing page by page, ended only by the
+//! absence of a continuation token, and refused if the tokens cycle.
+//!
+//! A prefix is first listed with a delimiter: its direct objects go to the
+//! planner at once, and its common prefixes (sub-directories) become more
+//! listings. While fewer than `list_fanout` listings are under way, each
+//! sub-prefix is a listing of its own (itself a tree); beyond that, the
+//! sub-prefixes of one page are grouped into contiguous spans, each listed
+//! flat: a tree of a million tiny directories costs about as many LIST
+//! requests as a flat listing, and a tree of a few big ones is listed a
+//! few dozen requests at a time instead of one after the other. A prefix
+//! with no sub-prefixes costs exactly its flat listing.
 
 use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
-use expresscache::Prefix;
-use tokio::sync::mpsc;
+use futures::future::BoxFuture;
+use futures::stream::{FuturesUnordered, StreamExt};
+use tokio::sync::{mpsc, Notify};
 
 use super::run::WarmRun;
 use super::WarmError;
 use crate::index::CacheIndex;
-use crate::store::{ListPage, ObjectStore};
+use crate::store::{ListQuery, ObjectMeta, ObjectStore};
 
-/// A page of the listing of one prefix.
-pub(super) type Page = (Prefix, ListPage);
+/// Listings of one warm under way at once, by default. S3 serves thousands
+/// of LIST requests per second per prefix; this bounds our share, the
+/// memory of pages in flight (one page per listing), and the extra LIST
+/// requests a tree costs over its flat listing.
+pub const LIST_FANOUT: usize = 32;
+
+/// How deep a tree is split before its sub-prefixes are listed flat.
+const MAX_TREE_DEPTH: u32 = 8;
+
+/// Keys of the source to merge with the index: ascending, all under
+/// `prefix`, and no key that this warm lists elsewhere sorts between the
+/// first and the last (so the index is read over exactly that range).
+#[derive(Debug)]
+pub(super) struct Page {
+    pub prefix: String,
+    pub objects: Vec<ObjectMeta>,
+}
+
+/// One listing to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Job {
+    /// The direct children of `prefix` (a delimited listing), `depth`
+    /// levels below one of the warm's prefixes.
+    Tree { prefix: String, depth: u32 },
+    /// Every key under `prefix`.
+    Flat { prefix: String },
+    /// Every key under the common prefixes `first..=last` of `parent`,
+    /// which one delimited page of `parent` showed in a row.
+    Span {
+        parent: String,
+        first: String,
+        last: String,
+    },
+}
+
+/// Listings waiting to start, and how many run.
+#[derive(Default)]
+struct Jobs {
+    queued: Mutex<VecDeque<Job>>,
+    running: AtomicUsize,
+    pushed: Notify,
+}
+
+impl Jobs {
+    fn push(&self, jobs: impl IntoIterator<Item = Job>) {
+        self.lock().extend(jobs);
+        self.pushed.notify_one();
+    }
+
+    fn pop(&self) -> Option<Job> {
+        let job = self.lock().pop_front()?;
+        self.running.fetch_add(1, Ordering::Relaxed);
+        Some(job)
+    }
+
+    /// Listings queued or running.
+    fn outstanding(&self) -> usize {
+        self.lock().len() + self.running.load(Ordering::Relaxed)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Job>> {
+        self.queued.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Whether a listing ran to its end or the warm stopped taking pages.
+enum Listed {
+    Done,
+    Stop,
+}
 
 impl<S: ObjectStore, I: CacheIndex> WarmRun<'_, S, I> {
     /// Lists every listing prefix, sending each page with objects to
     /// `pages`; stops early when the warm is stopped or nobody takes pages.
     pub async fn list(&self, pages: mpsc::Sender<Page>) -> Result<(), WarmError> {
-        for prefix in self.spec.listing_prefixes() {
-            if !self.list_prefix(&prefix, &pages).await? {
-                break;
+        let fanout = self.w.settings.list_fanout.max(1);
+        let jobs = Jobs::default();
+        // One listing at a time gains nothing from splitting a tree: list
+        // each prefix flat, one request per page.
+        jobs.push(self.spec.listing_prefixes().into_iter().map(|p| {
+            let prefix = p.as_str().to_owned();
+            if fanout > 1 {
+                Job::Tree { prefix, depth: 0 }
+            } else {
+                Job::Flat { prefix }
+            }
+        }));
+        let mut running: FuturesUnordered<BoxFuture<'_, Result<Listed, WarmError>>> =
+            FuturesUnordered::new();
+        loop {
+            while running.len() < fanout {
+                let Some(job) = jobs.pop() else { break };
+                let (jobs, pages) = (&jobs, &pages);
+                running.push(Box::pin(async move {
+                    let r = self.run_job(job, pages, jobs, fanout).await;
+                    jobs.running.fetch_sub(1, Ordering::Relaxed);
+                    r
+                }));
+            }
+            if running.is_empty() {
+                return Ok(());
+            }
+            tokio::select! {
+                done = running.next() => match done {
+                    Some(Ok(Listed::Done)) | None => {}
+                    Some(Ok(Listed::Stop)) => return Ok(()),
+                    Some(Err(e)) => return Err(e),
+                },
+                () = jobs.pushed.notified(), if running.len() < fanout => {}
             }
         }
-        Ok(())
     }
 
-    /// Lists one prefix; false if the listing should stop altogether.
-    async fn list_prefix(
+    /// Runs one listing to its end, queueing the listings it discovers.
+    async fn run_job(
         &self,
-        prefix: &Prefix,
+        job: Job,
         pages: &mpsc::Sender<Page>,
-    ) -> Result<bool, WarmError> {
+        jobs: &Jobs,
+        fanout: usize,
+    ) -> Result<Listed, WarmError> {
         let bucket = self.spec.source.as_str();
+        let (listing_prefix, query, tree_depth) = match &job {
+            Job::Tree { prefix, depth } => {
+                (prefix, ListQuery::prefix(prefix).delimited(), Some(*depth))
+            }
+            Job::Flat { prefix } => (prefix, ListQuery::prefix(prefix), None),
+            // Keys after "a/b" include every key under "a/b/" (a shorter
+            // string sorts first); keys before the span are skipped below.
+            Job::Span { parent, first, .. } => (
+                parent,
+                ListQuery::prefix(parent).start_after(first.strip_suffix('/').unwrap_or(first)),
+                None,
+            ),
+        };
         let mut token: Option<String> = None;
         // The recent tokens: one answered again means a cycle that would
         // list forever (a window of them bounds the memory).
         let mut seen = RecentTokens::default();
         loop {
             if self.stop.is_set() {
-                return Ok(false);
+                return Ok(Listed::Stop);
             }
             let page = self
                 .w
                 .store
-                .list_page(bucket, prefix.as_str(), token.clone())
+                .list_page(bucket, &query, token.clone())
                 .await
                 .map_err(|e| WarmError::List {
                     bucket: bucket.to_owned(),
-                    prefix: prefix.to_string(),
+                    prefix: listing_prefix.clone(),
                     source: e,
                 })?;
             self.progress.touch();
@@ -60,20 +187,142 @@ impl<S: ObjectStore, I: CacheIndex> WarmRun<'_, S, I> {
                 if !seen.insert(t) {
                     return Err(WarmError::ListingLoop {
                         bucket: bucket.to_owned(),
-                        prefix: prefix.to_string(),
+                        prefix: listing_prefix.clone(),
                         token: t.clone(),
                     });
                 }
             }
-            if !page.objects.is_empty() && pages.send((prefix.clone(), page)).await.is_err() {
-                return Ok(false);
+            let (segments, ended) = match &job {
+                Job::Tree { .. } => (
+                    split_at_subtrees(page.objects, &page.common_prefixes),
+                    false,
+                ),
+                Job::Flat { .. } => (vec![page.objects], false),
+                Job::Span {
+                    parent,
+                    first,
+                    last,
+                } => {
+                    let (objects, past_end) = within_span(page.objects, parent, first, last);
+                    (vec![objects], past_end)
+                }
+            };
+            if let Some(depth) = tree_depth {
+                jobs.push(sub_jobs(
+                    listing_prefix,
+                    depth,
+                    page.common_prefixes,
+                    jobs.outstanding(),
+                ));
+            }
+            for objects in segments.into_iter().filter(|o| !o.is_empty()) {
+                let page = Page {
+                    prefix: listing_prefix.clone(),
+                    objects,
+                };
+                if pages.send(page).await.is_err() {
+                    return Ok(Listed::Stop);
+                }
             }
             token = next;
-            if token.is_none() {
-                return Ok(true);
+            if token.is_none() || ended {
+                return Ok(Listed::Done);
             }
         }
     }
+}
+
+/// The listings for the common prefixes one delimited page of `parent`
+/// showed, given how many listings are already queued or running: each its
+/// own tree while there is room under the fan-out, else contiguous spans
+/// (one group per free listing slot, at least one).
+pub(super) fn sub_jobs(
+    parent: &str,
+    depth: u32,
+    common: Vec<String>,
+    outstanding: usize,
+) -> Vec<Job> {
+    if common.is_empty() {
+        return Vec::new();
+    }
+    let groups = LIST_FANOUT
+        .saturating_sub(outstanding)
+        .clamp(1, common.len());
+    let per_group = common.len().div_ceil(groups);
+    common
+        .chunks(per_group)
+        .map(|group| match group {
+            [one] if depth + 1 < MAX_TREE_DEPTH => Job::Tree {
+                prefix: one.clone(),
+                depth: depth + 1,
+            },
+            [one] => Job::Flat {
+                prefix: one.clone(),
+            },
+            [first, .., last] => Job::Span {
+                parent: parent.to_owned(),
+                first: first.clone(),
+                last: last.clone(),
+            },
+            [] => unreachable!("chunks are never empty"),
+        })
+        .collect()
+}
+
+/// The direct objects of a delimited page, split wherever a common prefix
+/// sorts between two of them: the keys under it are listed elsewhere, and
+/// each part is then one contiguous range of the index.
+pub(super) fn split_at_subtrees(
+    objects: Vec<ObjectMeta>,
+    common: &[String],
+) -> Vec<Vec<ObjectMeta>> {
+    let mut parts = vec![Vec::new()];
+    let mut subtrees = common.iter().peekable();
+    for o in objects {
+        // Keys under a common prefix sort from it up to (not including) the
+        // next key that does not start with it.
+        let mut passed = false;
+        while subtrees
+            .next_if(|cp| cp.as_str() < o.key.as_str())
+            .is_some()
+        {
+            passed = true;
+        }
+        if passed && parts.last().is_some_and(|p| !p.is_empty()) {
+            parts.push(Vec::new());
+        }
+        if let Some(part) = parts.last_mut() {
+            part.push(o);
+        }
+    }
+    parts
+}
+
+/// The objects of a flat page of `parent` that are under one of the common
+/// prefixes `first..=last`, and whether the listing has passed `last`.
+pub(super) fn within_span(
+    objects: Vec<ObjectMeta>,
+    parent: &str,
+    first: &str,
+    last: &str,
+) -> (Vec<ObjectMeta>, bool) {
+    let mut kept = Vec::with_capacity(objects.len());
+    for o in objects {
+        // Every key under `last` starts with it; any other key after it
+        // sorts after all of them.
+        if o.key.as_str() > last && !o.key.starts_with(last) {
+            return (kept, true);
+        }
+        let rest = o.key.get(parent.len()..).unwrap_or_default();
+        // Direct objects of the parent are listed by its tree.
+        let Some(slash) = rest.find('/') else {
+            continue;
+        };
+        if &o.key[..parent.len() + slash + 1] >= first {
+            kept.push(o);
+        }
+    }
+    (kept, false)
 }
 
 /// The last few continuation tokens of one listing, to catch a listing
@@ -105,6 +354,118 @@ impl RecentTokens {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn objects(keys: &[&str]) -> Vec<ObjectMeta> {
+        keys.iter()
+            .map(|k| ObjectMeta {
+                key: (*k).to_owned(),
+                etag: "e".into(),
+                size: 1,
+                last_modified: None,
+            })
+            .collect()
+    }
+
+    fn keys(parts: &[Vec<ObjectMeta>]) -> Vec<Vec<&str>> {
+        parts
+            .iter()
+            .map(|p| p.iter().map(|o| o.key.as_str()).collect())
+            .collect()
+    }
+
+    fn names(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("p/{i:04}/")).collect()
+    }
+
+    #[test]
+    fn each_sub_prefix_is_its_own_tree_while_there_is_room() {
+        let jobs = sub_jobs("p/", 0, names(20), LIST_FANOUT - 1);
+        assert_eq!(jobs.len(), 20);
+        assert_eq!(
+            jobs[3],
+            Job::Tree {
+                prefix: "p/0003/".into(),
+                depth: 1
+            }
+        );
+    }
+
+    #[test]
+    fn beyond_the_fan_out_sub_prefixes_are_grouped_into_spans() {
+        // A page of 1,000 directories with 10 listings already under way:
+        // 22 free slots, so 22 spans of at most 46 directories each.
+        let jobs = sub_jobs("p/", 0, names(1000), LIST_FANOUT - 10);
+        assert_eq!(jobs.len(), 22);
+        assert_eq!(
+            jobs[0],
+            Job::Span {
+                parent: "p/".into(),
+                first: "p/0000/".into(),
+                last: "p/0045/".into()
+            }
+        );
+        // Full: one span for the whole page, never nothing.
+        let jobs = sub_jobs("p/", 0, names(1000), 0);
+        assert_eq!(jobs.len(), 1);
+        // Every directory is in exactly one job.
+        let mut covered = 0;
+        for job in sub_jobs("p/", 0, names(1000), LIST_FANOUT - 10) {
+            match job {
+                Job::Span { first, last, .. } => {
+                    let a: usize = first[2..6].parse().unwrap();
+                    let b: usize = last[2..6].parse().unwrap();
+                    assert_eq!(a, covered, "contiguous");
+                    covered = b + 1;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(covered, 1000);
+    }
+
+    #[test]
+    fn deep_trees_stop_splitting() {
+        let jobs = sub_jobs("p/", MAX_TREE_DEPTH - 1, names(2), LIST_FANOUT);
+        assert_eq!(
+            jobs[0],
+            Job::Flat {
+                prefix: "p/0000/".into()
+            }
+        );
+    }
+
+    #[test]
+    fn direct_objects_are_split_where_a_subtree_sorts_between_them() {
+        let page = objects(&["p/a", "p/b.txt", "p/c", "p/d", "p/z"]);
+        // "p/b/" sorts after "p/b.txt" ('.' < '/'): between it and "p/c".
+        let common = ["p/b/".to_owned(), "p/c0/".to_owned(), "p/c1/".to_owned()];
+        assert_eq!(
+            keys(&split_at_subtrees(page, &common)),
+            [vec!["p/a", "p/b.txt"], vec!["p/c"], vec!["p/d", "p/z"]]
+        );
+        let only = objects(&["p/a", "p/b"]);
+        assert_eq!(keys(&split_at_subtrees(only, &[])), [vec!["p/a", "p/b"]]);
+    }
+
+    #[test]
+    fn a_span_keeps_the_keys_under_its_prefixes_and_ends_past_the_last() {
+        let page = objects(&[
+            "p/b.txt", // direct: listed by the tree
+            "p/b-x/1", // a directory before the span
+            "p/b/1",   // in
+            "p/b/q/2", // in, deeper
+            "p/bb",    // direct, between the span's directories
+            "p/c/1",   // in
+            "p/c0",    // past the last directory: the end
+            "p/d/1",
+        ]);
+        let (kept, ended) = within_span(page, "p/", "p/b/", "p/c/");
+        assert_eq!(keys(&[kept]), [vec!["p/b/1", "p/b/q/2", "p/c/1"]]);
+        assert!(ended);
+        let (kept, ended) = within_span(objects(&["p/b/1"]), "p/", "p/b/", "p/c/");
+        assert_eq!(kept.len(), 1);
+        assert!(!ended, "not past the span yet");
+    }
 
     #[test]
     fn a_token_seen_recently_is_a_cycle_an_old_one_is_not() {

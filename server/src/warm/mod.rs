@@ -52,6 +52,9 @@ pub struct WarmSettings {
     /// Copies one shard works on at once (the engine's global and adaptive
     /// limits apply on top).
     pub per_shard_concurrency: usize,
+    /// Listings of one warm under way at once (a prefix's sub-prefixes are
+    /// listed in parallel).
+    pub list_fanout: usize,
     /// The shared copy engine: concurrency, retries, multipart.
     pub engine: EngineSettings,
     /// How long a claim on a key lasts; a holder that crashes blocks others
@@ -84,6 +87,7 @@ impl From<&crate::config::Config> for WarmSettings {
             // still keeps the engine busy; the engine's cap bounds what is
             // in flight.
             per_shard_concurrency: c.shard_concurrency,
+            list_fanout: listing::LIST_FANOUT,
             engine: EngineSettings::from(c),
             claim_ttl: Duration::from_secs(600),
             wait_poll: Duration::from_millis(50),

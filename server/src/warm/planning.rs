@@ -2,7 +2,8 @@
 //! (hit, copy, wait for another holder, or fail), what must be copied is
 //! claimed in one batch, and the tasks are queued to the copy shards.
 
-use expresscache::Prefix;
+use std::ops::Bound;
+
 use tokio::sync::mpsc;
 
 use super::listing::Page;
@@ -11,7 +12,7 @@ use super::WarmError;
 use crate::index::{CacheIndex, Claim, ClaimOutcome, Millis, RecordCursor};
 use crate::plan::{Decision, Planner};
 use crate::progress::Progress;
-use crate::store::{ListPage, ObjectMeta, ObjectStore};
+use crate::store::{ObjectMeta, ObjectStore};
 
 /// Listing pages fetched ahead of the planner: the next page is listed
 /// while this one is planned, so a re-warm costs about the listing alone.
@@ -27,40 +28,23 @@ pub(super) struct CopyTask {
     pub claimed_at: Option<Millis>,
 }
 
-/// Where a page's merge with the index left off: the prefix and the last
-/// destination key planned, so the next page of that prefix reads the
-/// index from there.
-struct Resume {
-    prefix: Prefix,
-    last_key: String,
-}
-
 impl<S: ObjectStore, I: CacheIndex> WarmRun<'_, S, I> {
-    /// Lists each prefix page by page, merges it with the index and queues
-    /// what must be copied or waited for.
+    /// Lists each prefix, merges each page with the index and queues what
+    /// must be copied or waited for.
     pub async fn plan(&self, shards: &[mpsc::Sender<CopyTask>]) -> Result<(), WarmError> {
         let (pages_tx, mut pages) = mpsc::channel::<Page>(PAGES_AHEAD);
         // `move`: the planner owns the receiver, so when it fails the
-        // receiver is dropped and the lister's next send ends the listing
+        // receiver is dropped and the listers' next send ends the listing
         // (a lister blocked on a full channel would otherwise never return).
         let planner = async move {
-            let mut resume: Option<Resume> = None;
-            while let Some((prefix, page)) = pages.recv().await {
+            while let Some(page) = pages.recv().await {
                 // Stopped: claiming more keys would only give them back.
                 if self.stop.is_set() {
                     break;
                 }
-                let after = resume
-                    .take()
-                    .filter(|r| r.prefix == prefix)
-                    .map(|r| r.last_key);
-                let tasks = self.triage(&prefix, after, &page).await?;
+                let tasks = self.triage(&page).await?;
                 let tasks = self.claim_batch(tasks).await?;
                 self.dispatch(tasks, shards).await;
-                resume = Some(Resume {
-                    prefix,
-                    last_key: self.last_dest_key(&page),
-                });
             }
             Ok::<(), WarmError>(())
         };
@@ -69,22 +53,10 @@ impl<S: ObjectStore, I: CacheIndex> WarmRun<'_, S, I> {
         listed
     }
 
-    fn last_dest_key(&self, page: &ListPage) -> String {
-        page.objects
-            .last()
-            .map(|o| self.spec.dest_key(&o.key))
-            .unwrap_or_default()
-    }
-
     /// Decides each key of `page` against the index (one ordered read of
-    /// the page's key range, continuing after `after`): counts hits, fails
-    /// what cannot be copied, and returns the rest as tasks.
-    async fn triage(
-        &self,
-        prefix: &Prefix,
-        after: Option<String>,
-        page: &ListPage,
-    ) -> Result<Vec<CopyTask>, WarmError> {
+    /// the page's key range): counts hits, fails what cannot be copied, and
+    /// returns the rest as tasks.
+    async fn triage(&self, page: &Page) -> Result<Vec<CopyTask>, WarmError> {
         let progress = self.progress;
         Progress::add(&progress.listed, page.objects.len() as u64);
         Progress::add(
@@ -97,13 +69,18 @@ impl<S: ObjectStore, I: CacheIndex> WarmRun<'_, S, I> {
             force: self.spec.force_copy,
             now: self.takeover_now(),
         };
-        let dest_prefix = self.spec.dest_key(prefix.as_str());
-        let last = self.last_dest_key(page);
+        let dest_prefix = self.spec.dest_key(&page.prefix);
+        let dest_of = |o: Option<&ObjectMeta>| o.map(|o| self.spec.dest_key(&o.key));
+        let (Some(first), Some(last)) =
+            (dest_of(page.objects.first()), dest_of(page.objects.last()))
+        else {
+            return Ok(Vec::new());
+        };
         let mut records = RecordCursor::new(
             self.w.index.as_ref(),
             self.dir(),
             &dest_prefix,
-            after,
+            Bound::Included(first),
             &last,
         );
         let mut tasks = Vec::new();

@@ -236,3 +236,107 @@ async fn an_index_failure_while_planning_ends_the_warm_instead_of_hanging() {
     .expect("the warm ends");
     assert!(matches!(ended, Err(WarmError::Index(_))), "{ended:?}");
 }
+
+/// A warm over `keys` on a store that answers `page` keys per page, each
+/// listing taking 5 ms (so listings under way at once overlap).
+fn setup_slow_listing(
+    keys: &[String],
+    page: usize,
+) -> Warmer<FaultStore<MemoryStore>, SqliteIndex> {
+    let w = setup(&[]);
+    let mem = MemoryStore::with_page_size(page);
+    mem.create_bucket(SRC);
+    mem.create_bucket(DIR);
+    for k in keys {
+        mem.put(SRC, k, 10);
+    }
+    let store = FaultStore::new(mem);
+    store.delay(Op::List, Duration::from_millis(5));
+    Warmer::new(Arc::new(store), w.index, w.clock, w.settings)
+}
+
+#[tokio::test]
+async fn a_tree_is_listed_in_parallel_each_key_once() {
+    // 20 directories of 30 keys, one of them two levels deep, and direct
+    // objects before, between and after them.
+    let mut keys: Vec<String> = (0..20)
+        .flat_map(|d| (0..30).map(move |k| format!("d/{d:02}/{k:02}")))
+        .collect();
+    keys.extend(["d/00.txt", "d/07/sub/x", "d/10.txt", "d/zz"].map(str::to_owned));
+    keys.sort();
+    let w = setup_slow_listing(&keys, 10);
+    let first = run(&w).await;
+    assert_eq!(first.outcome, Some(Outcome::Succeeded));
+    assert_eq!(
+        first.counters.objects_listed,
+        keys.len() as u64,
+        "each key once"
+    );
+    assert_eq!(first.counters.objects_copied, keys.len() as u64);
+    assert_eq!(w.store.inner().keys(DIR), keys);
+    let calls = &w.store.calls;
+    let peak = calls.peak_lists_in_flight.load(Ordering::Relaxed);
+    assert!(
+        peak >= 10,
+        "the 20 directories are listed side by side: {peak}"
+    );
+    // Flat, the listing is 61 pages of 10; the tree costs one delimited
+    // page of the parent and one extra (short) page per directory at most.
+    let lists = calls.list.load(Ordering::Relaxed);
+    assert!(lists <= 61 + 1 + 21, "{lists} listings");
+    // The re-warm merges every page with the index: all hits.
+    let again = run(&w).await;
+    assert_eq!(again.counters.objects_hit, keys.len() as u64);
+    assert_eq!(again.counters.objects_copied, 0);
+}
+
+#[tokio::test]
+async fn a_flat_prefix_costs_exactly_its_flat_listing() {
+    let keys: Vec<String> = (0..95).map(|i| format!("d/{i:03}")).collect();
+    let w = setup_slow_listing(&keys, 10);
+    let first = run(&w).await;
+    assert_eq!(first.counters.objects_copied, 95);
+    assert_eq!(w.store.calls.list.load(Ordering::Relaxed), 10, "10 pages");
+    assert_eq!(
+        w.store.calls.peak_lists_in_flight.load(Ordering::Relaxed),
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_wide_tree_is_grouped_into_spans_not_one_listing_per_directory() {
+    // 400 directories of 2 keys, 100 entries a page: one listing per
+    // directory would be 400 requests; the 4 delimited pages of the parent
+    // make at most 32 listings each.
+    let keys: Vec<String> = (0..400)
+        .flat_map(|d| (0..2).map(move |k| format!("d/{d:03}/{k}")))
+        .collect();
+    let w = setup_slow_listing(&keys, 100);
+    let first = run(&w).await;
+    assert_eq!(first.counters.objects_listed, 800);
+    assert_eq!(first.counters.objects_copied, 800);
+    assert_eq!(w.store.inner().keys(DIR), keys);
+    let lists = w.store.calls.list.load(Ordering::Relaxed);
+    assert!(lists <= 4 + 4 * 32, "{lists} listings for 400 directories");
+    let again = run(&w).await;
+    assert_eq!(again.counters.objects_hit, 800);
+}
+
+#[tokio::test]
+async fn a_failed_listing_of_one_sub_prefix_fails_the_warm_and_stops_the_rest() {
+    let keys: Vec<String> = (0..20)
+        .flat_map(|d| (0..30).map(move |k| format!("d/{d:02}/{k:02}")))
+        .collect();
+    let w = setup_slow_listing(&keys, 10);
+    w.store.fail(
+        Op::List,
+        Some("d/07/"),
+        StoreError::AccessDenied("list denied".into()),
+        None,
+    );
+    let (progress, _rx) = Progress::new("op".into(), w.clock.clone());
+    let err = w.run(&spec(false), &progress, "op").await.unwrap_err();
+    assert!(err.to_string().contains("d/07/"), "names the prefix: {err}");
+    assert!(err.to_string().contains("list denied"), "{err}");
+    assert_eq!(w.store.calls.lists_in_flight.load(Ordering::Relaxed), 0);
+}
