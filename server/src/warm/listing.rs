@@ -212,7 +212,7 @@ impl<S: ObjectStore, I: CacheIndex> WarmRun<'_, S, I> {
                     listing_prefix,
                     depth,
                     page.common_prefixes,
-                    jobs.outstanding(),
+                    fanout.saturating_sub(jobs.outstanding()),
                 ));
             }
             for objects in segments.into_iter().filter(|o| !o.is_empty()) {
