@@ -233,21 +233,14 @@ impl<S: ObjectStore, I: CacheIndex> WarmRun<'_, S, I> {
 }
 
 /// The listings for the common prefixes one delimited page of `parent`
-/// showed, given how many listings are already queued or running: each its
-/// own tree while there is room under the fan-out, else contiguous spans
-/// (one group per free listing slot, at least one).
-pub(super) fn sub_jobs(
-    parent: &str,
-    depth: u32,
-    common: Vec<String>,
-    outstanding: usize,
-) -> Vec<Job> {
+/// showed, given room for `free` more listings under the fan-out: each its
+/// own tree while there is room, else contiguous spans (one per free slot,
+/// at least one).
+pub(super) fn sub_jobs(parent: &str, depth: u32, common: Vec<String>, free: usize) -> Vec<Job> {
     if common.is_empty() {
         return Vec::new();
     }
-    let groups = LIST_FANOUT
-        .saturating_sub(outstanding)
-        .clamp(1, common.len());
+    let groups = free.clamp(1, common.len());
     let per_group = common.len().div_ceil(groups);
     common
         .chunks(per_group)
