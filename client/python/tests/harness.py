@@ -141,6 +141,10 @@ class Moto:
         self.process.stop()
 
 
+def numbered_keys(prefix: str, count: int) -> list[str]:
+    return [f"{prefix}{i:05d}" for i in range(count)]
+
+
 class Buckets:
     """A seeded source bucket and an empty directory bucket, unique names."""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from datetime import timedelta
 from types import TracebackType
@@ -65,11 +66,13 @@ class Client:
         self.retry = retry or RetryPolicy()
         self._rotation = Rotation(len(self.targets))
         self._lock = threading.Lock()
-        self._channel: grpc.Channel | None = None
+        self._channels = _Channels()
         self._stub: CacheServiceStub | None = None
-        # Channels given up after a failure: another thread may still be
-        # using one, so they are closed with the client, not at once.
-        self._retired: list[grpc.Channel] = []
+        # A channel left open until the interpreter's final garbage
+        # collection can hang the exit (grpc's connectivity poller may still
+        # be running then): close them with the client, when it is
+        # collected, or at exit, whichever comes first.
+        weakref.finalize(self, self._channels.close_all)
 
     # -- warms --------------------------------------------------------------
 
@@ -210,13 +213,10 @@ class Client:
     # -- lifecycle ----------------------------------------------------------
 
     def close(self) -> None:
+        """Closes the connections; a later call connects again."""
         with self._lock:
-            channels_to_close = [*self._retired, *([self._channel] if self._channel else [])]
-            self._retired.clear()
-            self._channel = None
             self._stub = None
-        for channel in channels_to_close:
-            channel.close()
+            self._channels.close_all()
 
     def __enter__(self) -> Client:
         return self
@@ -243,7 +243,7 @@ class Client:
                 channel = grpc.insecure_channel(target, options=channels.OPTIONS)
                 if channels.wait_ready(channel, self.connect_timeout):
                     self._rotation.connected(index)
-                    self._channel = channel
+                    self._channels.current = channel
                     self._stub = CacheServiceStub(channel)
                     return self._stub
                 channel.close()
@@ -258,9 +258,8 @@ class Client:
         starting at the next endpoint."""
         with self._lock:
             self._rotation.failed()
-            if stub is not None and stub is self._stub and self._channel is not None:
-                self._retired.append(self._channel)
-                self._channel = None
+            if stub is not None and stub is self._stub:
+                self._channels.retire()
                 self._stub = None
 
     def _unary(
@@ -307,6 +306,27 @@ class Client:
                     "%s; reconnecting (attempt %d/%d)", error, backoff.tries, self.retry.attempts
                 )
                 time.sleep(delay)
+
+
+class _Channels:
+    """A client's channels: the current one, and those given up after a
+    failure (another thread may still be using one, so they are closed with
+    the client, not at once)."""
+
+    def __init__(self) -> None:
+        self.current: grpc.Channel | None = None
+        self.retired: list[grpc.Channel] = []
+
+    def retire(self) -> None:
+        if self.current is not None:
+            self.retired.append(self.current)
+            self.current = None
+
+    def close_all(self) -> None:
+        self.retire()
+        retired, self.retired = self.retired, []
+        for channel in retired:
+            channel.close()
 
 
 def _progress(call: Iterator[pb.WarmProgress]) -> Iterator[Progress]:
