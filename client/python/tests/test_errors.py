@@ -103,10 +103,3 @@ def test_a_dead_endpoint_fails_over_to_the_next(
         report = client.warm_and_wait(WarmRequest(bucket=src.source, directory_bucket=src.directory))
         assert report.succeeded and report.reconnects == 0
         assert client.status(report.operation_id).done
-
-
-def test_endpoints_are_validated() -> None:
-    for bad in ["", "http://a:1,,http://b:1", "https://secure:443", "http://host:1/path"]:
-        with pytest.raises(ValueError):
-            Client(bad)
-    assert Client(["http://a:1", "b:2/"]).targets == ("a:1", "b:2")

@@ -67,10 +67,8 @@ class AsyncClient:
         self.retry = retry or RetryPolicy()
         self._rotation = Rotation(len(self.targets))
         self._lock = asyncio.Lock()
-        self._channel: grpc.aio.Channel | None = None
+        self._channels = _AioChannels()
         self._stub: CacheServiceAsyncStub | None = None
-        # Given up after a failure; other tasks may still use them.
-        self._retired: list[grpc.aio.Channel] = []
 
     # -- warms --------------------------------------------------------------
 
@@ -196,13 +194,10 @@ class AsyncClient:
     # -- lifecycle ----------------------------------------------------------
 
     async def close(self) -> None:
+        """Closes the connections; a later call connects again."""
         async with self._lock:
-            to_close = [*self._retired, *([self._channel] if self._channel else [])]
-            self._retired.clear()
-            self._channel = None
             self._stub = None
-        for channel in to_close:
-            await channel.close()
+            await self._channels.close_all()
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -227,7 +222,7 @@ class AsyncClient:
                 channel = grpc.aio.insecure_channel(target, options=channels.OPTIONS)
                 if await channels.wait_ready_async(channel, self.connect_timeout):
                     self._rotation.connected(index)
-                    self._channel = channel
+                    self._channels.current = channel
                     self._stub = CacheServiceStub(channel)
                     return self._stub
                 await channel.close()
@@ -240,9 +235,8 @@ class AsyncClient:
     async def _failed(self, stub: CacheServiceAsyncStub | None) -> None:
         async with self._lock:
             self._rotation.failed()
-            if stub is not None and stub is self._stub and self._channel is not None:
-                self._retired.append(self._channel)
-                self._channel = None
+            if stub is not None and stub is self._stub:
+                self._channels.retire()
                 self._stub = None
 
     async def _unary(
@@ -294,6 +288,26 @@ class AsyncClient:
                     "%s; reconnecting (attempt %d/%d)", error, backoff.tries, self.retry.attempts
                 )
                 await asyncio.sleep(delay)
+
+
+class _AioChannels:
+    """The current channel and those given up after a failure (other tasks
+    may still use one, so they are closed with the client)."""
+
+    def __init__(self) -> None:
+        self.current: grpc.aio.Channel | None = None
+        self.retired: list[grpc.aio.Channel] = []
+
+    def retire(self) -> None:
+        if self.current is not None:
+            self.retired.append(self.current)
+            self.current = None
+
+    async def close_all(self) -> None:
+        self.retire()
+        retired, self.retired = self.retired, []
+        for channel in retired:
+            await channel.close()
 
 
 async def _progress(
