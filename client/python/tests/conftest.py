@@ -30,6 +30,9 @@ def server(moto: Moto) -> Iterator[Server]:
     s.stop()
 
 
+SLOW_SERVER_FLAGS = ("--max-concurrency", "4", "--run-lease-ttl", "5s", "--clock-skew-margin", "1s")
+
+
 @pytest.fixture
 def slow_server(moto: Moto) -> Iterator[Server]:
     """A server of its own that a test may kill: warms of a few hundred
@@ -37,7 +40,7 @@ def slow_server(moto: Moto) -> Iterator[Server]:
     a time here), so a test can act mid-warm; and a short run lease, so
     after a crash the restarted server takes a warm over within seconds
     (run lease 5 s + clock skew margin 1 s + a 2 s scan) instead of 17."""
-    s = Server(moto, "--max-concurrency", "4", "--run-lease-ttl", "5s", "--clock-skew-margin", "1s")
+    s = Server(moto, *SLOW_SERVER_FLAGS)
     yield s
     s.stop()
 

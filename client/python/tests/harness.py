@@ -187,7 +187,7 @@ class Server:
     killed and started again on the same port and index, as an operator
     would."""
 
-    def __init__(self, moto: Moto, *extra: str) -> None:
+    def __init__(self, moto: Moto, *extra: str, index: str | None = None) -> None:
         self.binary = bin_dir() / "expresscache-server"
         if not self.binary.exists():
             raise RuntimeError(
@@ -198,14 +198,12 @@ class Server:
         self.workdir = Path(self._dir.name)
         self.s3_endpoint = moto.endpoint
         self.extra = list(extra)
+        # Replicas on one host may share one SQLite index file.
+        self.index = index or f"sqlite://{self.workdir / 'index.db'}"
         self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.process = Process("expresscache-server", self.workdir / "server.log")
         self.start()
-
-    @property
-    def index(self) -> str:
-        return f"sqlite://{self.workdir / 'index.db'}"
 
     def start(self) -> None:
         """Starts the process (again) and waits until it listens."""

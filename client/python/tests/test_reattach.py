@@ -1,6 +1,7 @@
 """A warm outlives its server: killed with SIGKILL mid-warm and started
-again on the same port and index, the server resumes the warm, and the
-client that started it reconnects and reattaches to the same operation."""
+again on the same port and index (or replaced by another replica on the
+same index), the server resumes the warm, and the client that started it
+reconnects and reattaches to the same operation."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from collections.abc import Callable
 import pytest
 
 from expresscache import AsyncClient, Client, OperationFilter, Outcome, Progress, WarmReport, WarmRequest
-from harness import Buckets, Server, numbered_keys
+from conftest import SLOW_SERVER_FLAGS
+from harness import Buckets, Moto, Server, numbered_keys
 
 OBJECTS = 600
 KILL_AFTER = 100
@@ -30,10 +32,11 @@ class KillSwitch:
         if p.counters.objects_copied >= KILL_AFTER:
             self.reached.set()
 
-    def strike(self, server: Server) -> None:
+    def strike(self, server: Server, restart: bool = True) -> None:
         assert self.reached.wait(60), f"never copied {KILL_AFTER}: {self.seen[-1:]}\n{server.log()}"
         server.kill9()
-        server.start()
+        if restart:
+            server.start()
 
 
 def check_resumed(report: WarmReport, switch: KillSwitch, src: Buckets, client: Client) -> None:
@@ -84,6 +87,33 @@ def test_warm_and_wait_reattaches_after_the_server_is_killed_and_restarted(
             raise AssertionError(f"warm failed\n{slow_server.log()}") from report
         assert "reconnecting" in caplog.text
         check_resumed(report, switch, src, client)
+        # The broken connection was closed once its stream was done with:
+        # a long-lived client does not pile them up.
+        assert len(client._connections.live) == 1
+
+
+def test_warm_and_wait_fails_over_to_another_replica_when_its_server_dies(
+    moto: Moto, buckets: Callable[..., Buckets], caplog: pytest.LogCaptureFixture
+) -> None:
+    first = Server(moto, *SLOW_SERVER_FLAGS)
+    second = Server(moto, *SLOW_SERVER_FLAGS, index=first.index)
+    try:
+        src = buckets(numbered_keys("data/", OBJECTS))
+        switch = KillSwitch()
+        request = WarmRequest(bucket=src.source, directory_bucket=src.directory, prefixes=["data/"])
+        caplog.set_level(logging.WARNING, logger="expresscache")
+        with Client([first.endpoint, second.endpoint]) as client:
+            # Killed for good: the warm is taken over by the second replica,
+            # which the client reattaches to.
+            killer = threading.Thread(target=switch.strike, args=(first, False))
+            killer.start()
+            report = client.warm_and_wait(request, on_progress=switch.on_progress)
+            killer.join()
+            assert "reconnecting" in caplog.text
+            check_resumed(report, switch, src, client)
+    finally:
+        first.stop()
+        second.stop()
 
 
 def test_async_warm_and_wait_reattaches_after_the_server_is_killed_and_restarted(

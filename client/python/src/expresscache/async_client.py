@@ -19,7 +19,7 @@ from .endpoints import Rotation, parse_endpoints
 from .errors import RpcError, StreamEnded, Unavailable, from_grpc
 from .operations import OperationFilter, OperationPage, OperationStatus
 from .progress import Progress, WarmReport
-from .retry import Backoff, RetryPolicy
+from .retry import Backoff, RetryPolicy, breaks_connection, is_retryable
 from .v1 import cache_pb2 as pb
 from .v1.cache_pb2_grpc import CacheServiceStub
 from .warm_request import WarmRequest, as_proto_with_id, prefix_list
@@ -67,8 +67,7 @@ class AsyncClient:
         self.retry = retry or RetryPolicy()
         self._rotation = Rotation(len(self.targets))
         self._lock = asyncio.Lock()
-        self._channels = _AioChannels()
-        self._stub: CacheServiceAsyncStub | None = None
+        self._connections = _Connections()
 
     # -- warms --------------------------------------------------------------
 
@@ -196,8 +195,7 @@ class AsyncClient:
     async def close(self) -> None:
         """Closes the connections; a later call connects again."""
         async with self._lock:
-            self._stub = None
-            await self._channels.close_all()
+            await self._connections.close_all()
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -210,62 +208,83 @@ class AsyncClient:
     ) -> None:
         await self.close()
 
-    # -- connections --------------------------------------------------------
+    # -- connections (as in Client) -------------------------------------------
 
-    async def _connect(self) -> CacheServiceAsyncStub:
+    async def _acquire(self) -> _Connection:
         async with self._lock:
-            if self._stub is not None:
-                return self._stub
-            failures = []
-            for index in self._rotation.order():
-                target = self.targets[index]
-                channel = grpc.aio.insecure_channel(target, options=channels.OPTIONS)
-                if await channels.wait_ready_async(channel, self.connect_timeout):
-                    self._rotation.connected(index)
-                    self._channels.current = channel
-                    self._stub = CacheServiceStub(channel)
-                    return self._stub
-                await channel.close()
-                failures.append(target)
-            raise Unavailable(
-                grpc.StatusCode.UNAVAILABLE,
-                f"cannot connect to {', '.join(failures)} (connect timeout {self.connect_timeout}s)",
-            )
+            conn = self._connections.current
+            if conn is None:
+                conn = await self._connect()
+            conn.users += 1
+            return conn
 
-    async def _failed(self, stub: CacheServiceAsyncStub | None) -> None:
+    async def _connect(self) -> _Connection:
+        failures = []
+        for index in self._rotation.order():
+            target = self.targets[index]
+            channel = grpc.aio.insecure_channel(target, options=channels.OPTIONS)
+            if await channels.wait_ready_async(channel, self.connect_timeout):
+                self._rotation.connected(index)
+                return self._connections.add(channel, CacheServiceStub(channel))
+            await channel.close()
+            failures.append(target)
+        self._rotation.failed()
+        raise Unavailable(
+            grpc.StatusCode.UNAVAILABLE,
+            f"cannot connect to {', '.join(failures)} (connect timeout {self.connect_timeout}s)",
+        )
+
+    async def _release(self, conn: _Connection, failed: bool) -> None:
         async with self._lock:
-            self._rotation.failed()
-            if stub is not None and stub is self._stub:
-                self._channels.retire()
-                self._stub = None
+            if failed:
+                self._rotation.failed()
+                self._connections.retire(conn)
+            conn.users -= 1
+            await self._connections.close_if_unused(conn)
+
+    async def _using(
+        self,
+        use: Callable[[CacheServiceAsyncStub], Awaitable[T]],
+        fails: Callable[[BaseException], bool],
+    ) -> T:
+        conn = await self._acquire()
+        failed = False
+        try:
+            return await use(conn.stub)
+        except BaseException as e:
+            failed = fails(e)
+            raise
+        finally:
+            await self._release(conn, failed)
 
     async def _unary(
         self,
         call: Callable[[CacheServiceAsyncStub, float | None], Awaitable[T]],
         timeout: Timeout,
     ) -> T:
-        stub = await self._connect()
         deadline = seconds(timeout) if timeout is not None else self.timeout
-        try:
-            return await call(stub, deadline)
-        except grpc.RpcError as e:
-            error = from_grpc(e)
-            if error.code is grpc.StatusCode.UNAVAILABLE:
-                await self._failed(stub)
-            raise error from e
+
+        async def use(stub: CacheServiceAsyncStub) -> T:
+            try:
+                return await call(stub, deadline)
+            except grpc.RpcError as e:
+                raise from_grpc(e) from e
+
+        return await self._using(use, breaks_connection)
 
     async def _stream(
-        self,
-        start: Callable[[CacheServiceAsyncStub], _ProgressCall],
+        self, start: Callable[[CacheServiceAsyncStub], _ProgressCall]
     ) -> AsyncIterator[Progress]:
-        stub = await self._connect()
+        conn = await self._acquire()
+        failed = False
         try:
-            async for progress in _progress(start(stub)):
+            async for progress in _progress(start(conn.stub)):
                 yield progress
-        except RpcError as e:
-            if e.code is grpc.StatusCode.UNAVAILABLE:
-                await self._failed(stub)
+        except BaseException as e:
+            failed = breaks_connection(e)
             raise
+        finally:
+            await self._release(conn, failed)
 
     async def _follow(
         self, attempt: Callable[[CacheServiceAsyncStub], Awaitable[Progress]]
@@ -274,40 +293,56 @@ class AsyncClient:
         with backoff after retryable failures (see Client._follow)."""
         backoff = Backoff(self.retry, len(self.targets))
         while True:
-            stub: CacheServiceAsyncStub | None = None
             try:
-                stub = await self._connect()
-                final = await attempt(stub)
+                final = await self._using(attempt, is_retryable)
                 return WarmReport.from_final(final, reconnects=backoff.tries)
             except (RpcError, StreamEnded) as error:
                 delay = backoff.next_delay(error)
                 if delay is None:
                     raise
-                await self._failed(stub)
                 log.warning(
                     "%s; reconnecting (attempt %d/%d)", error, backoff.tries, self.retry.attempts
                 )
                 await asyncio.sleep(delay)
 
 
-class _AioChannels:
-    """The current channel and those given up after a failure (other tasks
-    may still use one, so they are closed with the client)."""
+class _Connection:
+    """One channel to one endpoint, and how many calls use it."""
+
+    def __init__(self, channel: grpc.aio.Channel, stub: CacheServiceAsyncStub) -> None:
+        self.channel = channel
+        self.stub = stub
+        self.users = 0
+
+
+class _Connections:
+    """The current connection and those retired after a failure, each
+    closed once no call uses it (see client._Connections)."""
 
     def __init__(self) -> None:
-        self.current: grpc.aio.Channel | None = None
-        self.retired: list[grpc.aio.Channel] = []
+        self.current: _Connection | None = None
+        self.live: set[_Connection] = set()
 
-    def retire(self) -> None:
-        if self.current is not None:
-            self.retired.append(self.current)
+    def add(self, channel: grpc.aio.Channel, stub: CacheServiceAsyncStub) -> _Connection:
+        conn = _Connection(channel, stub)
+        self.current = conn
+        self.live.add(conn)
+        return conn
+
+    def retire(self, conn: _Connection) -> None:
+        if self.current is conn:
             self.current = None
 
+    async def close_if_unused(self, conn: _Connection) -> None:
+        if conn is not self.current and conn.users == 0 and conn in self.live:
+            self.live.discard(conn)
+            await conn.channel.close()
+
     async def close_all(self) -> None:
-        self.retire()
-        retired, self.retired = self.retired, []
-        for channel in retired:
-            await channel.close()
+        self.current = None
+        conns, self.live = self.live, set()
+        for conn in conns:
+            await conn.channel.close()
 
 
 async def _progress(

@@ -19,7 +19,7 @@ from .endpoints import Rotation, parse_endpoints
 from .errors import RpcError, StreamEnded, Unavailable, from_grpc
 from .operations import OperationFilter, OperationPage, OperationStatus
 from .progress import Progress, WarmReport
-from .retry import Backoff, RetryPolicy
+from .retry import Backoff, RetryPolicy, breaks_connection, is_retryable
 from .v1 import cache_pb2 as pb
 from .v1.cache_pb2_grpc import CacheServiceStub
 from .warm_request import WarmRequest, as_proto_with_id, prefix_list
@@ -66,13 +66,12 @@ class Client:
         self.retry = retry or RetryPolicy()
         self._rotation = Rotation(len(self.targets))
         self._lock = threading.Lock()
-        self._channels = _Channels()
-        self._stub: CacheServiceStub | None = None
+        self._connections = _Connections()
         # A channel left open until the interpreter's final garbage
         # collection can hang the exit (grpc's connectivity poller may still
         # be running then): close them with the client, when it is
         # collected, or at exit, whichever comes first.
-        weakref.finalize(self, self._channels.close_all)
+        weakref.finalize(self, self._connections.close_all)
 
     # -- warms --------------------------------------------------------------
 
@@ -215,8 +214,7 @@ class Client:
     def close(self) -> None:
         """Closes the connections; a later call connects again."""
         with self._lock:
-            self._stub = None
-            self._channels.close_all()
+            self._connections.close_all()
 
     def __enter__(self) -> Client:
         return self
@@ -231,60 +229,83 @@ class Client:
 
     # -- connections --------------------------------------------------------
 
-    def _connect(self) -> CacheServiceStub:
-        """The current endpoint's stub, connecting to the first endpoint
-        that answers (from where the last failure left off) if none."""
+    def _acquire(self) -> _Connection:
+        """The current connection, marked in use; if there is none, a new
+        one to the first endpoint that answers, from where the last failure
+        left off."""
         with self._lock:
-            if self._stub is not None:
-                return self._stub
-            failures = []
-            for index in self._rotation.order():
-                target = self.targets[index]
-                channel = grpc.insecure_channel(target, options=channels.OPTIONS)
-                if channels.wait_ready(channel, self.connect_timeout):
-                    self._rotation.connected(index)
-                    self._channels.current = channel
-                    self._stub = CacheServiceStub(channel)
-                    return self._stub
-                channel.close()
-                failures.append(target)
-            raise Unavailable(
-                grpc.StatusCode.UNAVAILABLE,
-                f"cannot connect to {', '.join(failures)} (connect timeout {self.connect_timeout}s)",
-            )
+            conn = self._connections.current
+            if conn is None:
+                conn = self._connect()
+            conn.users += 1
+            return conn
 
-    def _failed(self, stub: CacheServiceStub | None) -> None:
-        """The endpoint behind ``stub`` failed: the next call connects anew,
-        starting at the next endpoint."""
+    def _connect(self) -> _Connection:
+        failures = []
+        for index in self._rotation.order():
+            target = self.targets[index]
+            channel = grpc.insecure_channel(target, options=channels.OPTIONS)
+            if channels.wait_ready(channel, self.connect_timeout):
+                self._rotation.connected(index)
+                return self._connections.add(channel, CacheServiceStub(channel))
+            channel.close()
+            failures.append(target)
+        self._rotation.failed()
+        raise Unavailable(
+            grpc.StatusCode.UNAVAILABLE,
+            f"cannot connect to {', '.join(failures)} (connect timeout {self.connect_timeout}s)",
+        )
+
+    def _release(self, conn: _Connection, failed: bool) -> None:
+        """Done with ``conn``; if the call on it failed, the next call
+        connects anew, starting at the next endpoint."""
         with self._lock:
-            self._rotation.failed()
-            if stub is not None and stub is self._stub:
-                self._channels.retire()
-                self._stub = None
+            if failed:
+                self._rotation.failed()
+                self._connections.retire(conn)
+            conn.users -= 1
+            self._connections.close_if_unused(conn)
+
+    def _using(
+        self, use: Callable[[CacheServiceStub], T], fails: Callable[[BaseException], bool]
+    ) -> T:
+        """``use`` on a connection; an error ``fails`` says is the
+        connection's fault retires it."""
+        conn = self._acquire()
+        failed = False
+        try:
+            return use(conn.stub)
+        except BaseException as e:
+            failed = fails(e)
+            raise
+        finally:
+            self._release(conn, failed)
 
     def _unary(
         self, call: Callable[[CacheServiceStub, float | None], T], timeout: Timeout
     ) -> T:
-        stub = self._connect()
         deadline = seconds(timeout) if timeout is not None else self.timeout
-        try:
-            return call(stub, deadline)
-        except grpc.RpcError as e:
-            error = from_grpc(e)
-            if error.code is grpc.StatusCode.UNAVAILABLE:
-                self._failed(stub)
-            raise error from e
+
+        def use(stub: CacheServiceStub) -> T:
+            try:
+                return call(stub, deadline)
+            except grpc.RpcError as e:
+                raise from_grpc(e) from e
+
+        return self._using(use, breaks_connection)
 
     def _stream(
         self, start: Callable[[CacheServiceStub], Iterator[pb.WarmProgress]]
     ) -> Iterator[Progress]:
-        stub = self._connect()
+        conn = self._acquire()
+        failed = False
         try:
-            yield from _progress(start(stub))
-        except RpcError as e:
-            if e.code is grpc.StatusCode.UNAVAILABLE:
-                self._failed(stub)
+            yield from _progress(start(conn.stub))
+        except BaseException as e:
+            failed = breaks_connection(e)
             raise
+        finally:
+            self._release(conn, failed)
 
     def _follow(self, attempt: Callable[[CacheServiceStub], Progress]) -> WarmReport:
         """Runs ``attempt`` until it returns the final progress, reconnecting
@@ -292,41 +313,57 @@ class Client:
         that failed may be gone)."""
         backoff = Backoff(self.retry, len(self.targets))
         while True:
-            stub: CacheServiceStub | None = None
             try:
-                stub = self._connect()
-                final = attempt(stub)
+                final = self._using(attempt, is_retryable)
                 return WarmReport.from_final(final, reconnects=backoff.tries)
             except (RpcError, StreamEnded) as error:
                 delay = backoff.next_delay(error)
                 if delay is None:
                     raise
-                self._failed(stub)
                 log.warning(
                     "%s; reconnecting (attempt %d/%d)", error, backoff.tries, self.retry.attempts
                 )
                 time.sleep(delay)
 
 
-class _Channels:
-    """A client's channels: the current one, and those given up after a
-    failure (another thread may still be using one, so they are closed with
-    the client, not at once)."""
+class _Connection:
+    """One channel to one endpoint, and how many calls use it."""
+
+    def __init__(self, channel: grpc.Channel, stub: CacheServiceStub) -> None:
+        self.channel = channel
+        self.stub = stub
+        self.users = 0
+
+
+class _Connections:
+    """A client's open connections: the current one, and those retired
+    after a failure, each closed once no call uses it any more (another
+    thread may still be reading a stream on it)."""
 
     def __init__(self) -> None:
-        self.current: grpc.Channel | None = None
-        self.retired: list[grpc.Channel] = []
+        self.current: _Connection | None = None
+        self.live: set[_Connection] = set()
 
-    def retire(self) -> None:
-        if self.current is not None:
-            self.retired.append(self.current)
+    def add(self, channel: grpc.Channel, stub: CacheServiceStub) -> _Connection:
+        conn = _Connection(channel, stub)
+        self.current = conn
+        self.live.add(conn)
+        return conn
+
+    def retire(self, conn: _Connection) -> None:
+        if self.current is conn:
             self.current = None
 
+    def close_if_unused(self, conn: _Connection) -> None:
+        if conn is not self.current and conn.users == 0 and conn in self.live:
+            self.live.discard(conn)
+            conn.channel.close()
+
     def close_all(self) -> None:
-        self.retire()
-        retired, self.retired = self.retired, []
-        for channel in retired:
-            channel.close()
+        self.current = None
+        conns, self.live = self.live, set()
+        for conn in conns:
+            conn.channel.close()
 
 
 def _progress(call: Iterator[pb.WarmProgress]) -> Iterator[Progress]:

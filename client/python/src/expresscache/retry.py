@@ -29,6 +29,13 @@ def is_retryable(error: BaseException) -> bool:
     return isinstance(error, RpcError) and error.code in RETRYABLE_CODES
 
 
+def breaks_connection(error: BaseException) -> bool:
+    """Whether an error means the connection it came on is gone: the next
+    call connects anew (to the next endpoint). Unary calls and single
+    streams are not retried, but they move on like this."""
+    return isinstance(error, RpcError) and error.code is grpc.StatusCode.UNAVAILABLE
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """How a warm or watch survives broken connections."""
