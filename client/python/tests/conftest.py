@@ -1,0 +1,61 @@
+"""Fixtures: one moto and one server for the session, fresh buckets per test.
+
+Tests that kill or slow their server start their own (see test_reattach.py).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from expresscache import Client
+from harness import Buckets, Moto, Server
+
+
+@pytest.fixture(scope="session")
+def moto() -> Iterator[Moto]:
+    with tempfile.TemporaryDirectory(prefix="expresscache-moto-") as d:
+        m = Moto(Path(d))
+        yield m
+        m.stop()
+
+
+@pytest.fixture(scope="session")
+def server(moto: Moto) -> Iterator[Server]:
+    s = Server(moto)
+    yield s
+    s.stop()
+
+
+SLOW_SERVER_FLAGS = ("--max-concurrency", "4", "--run-lease-ttl", "5s", "--clock-skew-margin", "1s")
+
+
+@pytest.fixture
+def slow_server(moto: Moto) -> Iterator[Server]:
+    """A server of its own that a test may kill: warms of a few hundred
+    objects take seconds (moto copies a few hundred objects a second; 4 at
+    a time here), so a test can act mid-warm; and a short run lease, so
+    after a crash the restarted server takes a warm over within seconds
+    (run lease 5 s + clock skew margin 1 s + a 2 s scan) instead of 17."""
+    s = Server(moto, *SLOW_SERVER_FLAGS)
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def buckets(moto: Moto) -> Callable[..., Buckets]:
+    """Makes a source bucket holding the given keys, and a directory bucket."""
+
+    def make(keys: list[str], size: int = 64) -> Buckets:
+        return Buckets(moto, keys, size)
+
+    return make
+
+
+@pytest.fixture
+def client(server: Server) -> Iterator[Client]:
+    with Client(server.endpoint, timeout=30) as c:
+        yield c
