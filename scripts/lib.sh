@@ -34,6 +34,19 @@ ensure_venv() {
   cp "$REPO_ROOT/deploy/local/requirements.txt" "$stamp"
 }
 
+# The linters and validators of deploy/test.sh (deploy/requirements.txt),
+# in the same venv as moto; re-installed only when that file changes.
+ensure_deploy_tools() {
+  ensure_venv
+  local stamp="$VENV/.deploy-requirements"
+  if cmp -s "$REPO_ROOT/deploy/requirements.txt" "$stamp"; then
+    return 0
+  fi
+  log "installing the deployment checkers (cfn-lint, hadolint, kubernetes-validate) into $VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check -r "$REPO_ROOT/deploy/requirements.txt"
+  cp "$REPO_ROOT/deploy/requirements.txt" "$stamp"
+}
+
 ensure_rust() {
   if ! command -v cargo >/dev/null 2>&1; then
     echo "cargo not found: install Rust (https://rustup.rs) and re-run" >&2
