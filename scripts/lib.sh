@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared setup for scripts/test and deploy/local/quickstart.sh: each step
 # installs what is missing and is a no-op when it is already there.
 
