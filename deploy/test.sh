@@ -1,0 +1,303 @@
+#!/usr/bin/env bash
+# Checks every artifact of deploy/: installs the tools it needs, lints and
+# validates what can be checked statically, then starts a local S3 and
+# DynamoDB (moto) and a real expresscache-server on free ports and runs the
+# live checks against them: the tables of the CloudFormation template, the
+# container's and Kubernetes' health probes (also while the server drains),
+# and the Slurm/systemd warm wrapper with every exit status it can give.
+# Each check prints what it saw; a failure is reported and counted, never
+# skipped, and fails the run.
+#
+#   deploy/test.sh          (EXPRESSCACHE_BIN_DIR: where the built binaries
+#                            are, default target/debug)
+set -euo pipefail
+# shellcheck source=../scripts/lib.sh
+source "$(dirname "$0")/../scripts/lib.sh"
+cd "$REPO_ROOT"
+
+BIN_DIR=${EXPRESSCACHE_BIN_DIR:-$REPO_ROOT/target/debug}
+SERVER=$BIN_DIR/expresscache-server
+CLI=$BIN_DIR/expresscache
+for bin in "$SERVER" "$CLI"; do
+  if [ ! -x "$bin" ]; then
+    echo "deploy/test.sh: $bin not found: build it (cargo build --locked" \
+      "-p expresscache-server -p expresscache-client --bins) or set EXPRESSCACHE_BIN_DIR" >&2
+    exit 1
+  fi
+done
+
+ensure_deploy_tools
+ensure_kubectl
+ensure_apt shellcheck shellcheck
+ensure_apt systemd-analyze systemd
+PY=$VENV/bin/python
+STARTED=$SECONDS
+
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+PASSED=0
+FAILED=()
+# check NAME COMMAND...: one check; its output is shown indented.
+check() {
+  local name=$1
+  shift
+  log "$name"
+  if "$@" >"$WORK/check.out" 2>&1; then
+    PASSED=$((PASSED + 1))
+    sed 's/^/    /' "$WORK/check.out"
+  else
+    sed 's/^/    /' "$WORK/check.out"
+    printf '    FAILED: %s\n' "$name"
+    FAILED+=("$name")
+  fi
+}
+
+# --- static ------------------------------------------------------------------
+
+shell_scripts() {
+  local f
+  for f in $(find deploy scripts -type f | sort); do
+    if head -n 3 "$f" | grep -Eq '^#!.*\b(ba)?sh\b|shellcheck shell='; then
+      echo "$f"
+    fi
+  done
+}
+lint_shell() {
+  local scripts
+  mapfile -t scripts < <(shell_scripts)
+  shellcheck -x --source-path=SCRIPTDIR "${scripts[@]}" && echo "clean: ${scripts[*]}"
+}
+check "shellcheck: every shell script of deploy/ and scripts/" lint_shell
+
+hadolint_clean() { "$VENV/bin/hadolint" deploy/container/Dockerfile && echo clean; }
+check "hadolint: deploy/container/Dockerfile" hadolint_clean
+check "the image's build context holds the workspace and nothing else" \
+  "$PY" deploy/container/check_context.py
+
+# Informational rules too (hard-coded partitions, retention policies, ...).
+cfn_lint_clean() { "$VENV/bin/cfn-lint" --include-checks I -- deploy/aws/*.yaml && echo clean: deploy/aws/*.yaml; }
+check "cfn-lint: deploy/aws/*.yaml" cfn_lint_clean
+check "policy-vs-code check catches drift (self-test)" "$PY" deploy/aws/check_policy.py --self-test
+check "IAM policy grants exactly what the server's AWS calls need" "$PY" deploy/aws/check_policy.py
+
+# Rendered with kustomize, validated against the API schemas of the oldest
+# and newest Kubernetes supported (strict: unknown fields are errors), then
+# checked for what the schemas cannot see.
+render_and_validate() {
+  local dir=$1 out
+  out="$WORK/$(echo "$dir" | tr / _).yaml"
+  "$KUBECTL" kustomize "$dir" >"$out"
+  for version in 1.30.0 1.37.0; do
+    "$VENV/bin/kubernetes-validate" --strict --quiet -k "$version" "$out"
+    echo "$dir: valid against Kubernetes $version"
+  done
+  "$PY" deploy/kubernetes/check_rendered.py "$out"
+}
+for dir in deploy/kubernetes/base deploy/kubernetes/overlays/example; do
+  check "kustomize + kubernetes-validate + consistency: $dir" render_and_validate "$dir"
+done
+
+# systemd-analyze verify in a scratch root: the units' ExecStart binaries
+# exist there as placeholders, the system's own units are linked in. Any
+# warning (an unknown key, say) fails the check too.
+verify_units() {
+  local root=$WORK/sdroot bin
+  mkdir -p "$root/usr/local/bin" "$root/etc/systemd/system" "$root/usr/lib/systemd"
+  ln -s /lib/systemd/system "$root/usr/lib/systemd/system"
+  for bin in expresscache-server expresscache expresscache-warm; do
+    printf '#!/bin/sh\n' >"$root/usr/local/bin/$bin"
+    chmod +x "$root/usr/local/bin/$bin"
+  done
+  cp deploy/systemd/*.service deploy/systemd/*.timer "$root/etc/systemd/system/"
+  systemd-analyze verify --root="$root" expresscache-server.service \
+    expresscache-prewarm@weekly.service expresscache-prewarm@weekly.timer 2>&1 | tee "$WORK/verify.out"
+  [ ! -s "$WORK/verify.out" ] || return 1
+  systemd-analyze calendar --iterations=2 "$(sed -n 's/^OnCalendar=//p' deploy/systemd/expresscache-prewarm@.timer)"
+}
+check "systemd-analyze verify: deploy/systemd units" verify_units
+
+# --- live: moto, a slowing proxy and a real server ------------------------------
+
+export AWS_REGION=us-east-1 AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test
+MOTO_PORT=$(free_port)
+"$VENV/bin/moto_server" -H 127.0.0.1 -p "$MOTO_PORT" >"$WORK/moto.log" 2>&1 &
+PIDS+=($!)
+wait_port "$MOTO_PORT"
+MOTO=http://127.0.0.1:$MOTO_PORT
+
+check "CloudFormation tables are the tables \`index create\` makes (on moto)" \
+  "$PY" deploy/aws/check_tables.py --endpoint "$MOTO" --server "$SERVER"
+
+SRC=deploy-test-source
+CLASH=deploy-test-clash
+DIR=deploy-test--use1-az4--x-s3
+"$PY" deploy/testing/fixtures.py --endpoint "$MOTO" --source "$SRC" --clash "$CLASH" --directory-bucket "$DIR"
+PROXY_PORT=$(free_port)
+"$PY" deploy/testing/slow_proxy.py --listen "$PROXY_PORT" --upstream "$MOTO_PORT" --delay 0.5 &
+PIDS+=($!)
+wait_port "$PROXY_PORT"
+
+# S3 through the proxy (copies under slow/ take 0.5 s, 2 at a time), a
+# short drain so the stop below interrupts a running warm.
+PORT=$(free_port)
+NO_COLOR=1 AWS_ENDPOINT_URL_S3=http://127.0.0.1:$PROXY_PORT "$SERVER" --listen "127.0.0.1:$PORT" \
+  --index "sqlite://$WORK/index.db" --max-concurrency 2 --shutdown-grace 3s \
+  >"$WORK/server.log" 2>&1 &
+SERVER_PID=$!
+PIDS+=("$SERVER_PID")
+wait_port "$PORT"
+export EXPRESSCACHE_ENDPOINT=http://127.0.0.1:$PORT
+
+# probe EXPECTED_STATUS FLAGS...: grpc_health_probe's flags and exit codes.
+probe() {
+  local expect=$1 status=0
+  shift
+  "$PY" deploy/container/health_probe.py "$@" || status=$?
+  echo "health probe $* -> exit $status"
+  [ "$status" = "$expect" ]
+}
+# Every gRPC probe of the rendered Deployment, against the server.
+k8s_probes() {
+  local ready=$1 kind port service expect
+  while read -r kind port service; do
+    expect=0
+    [ "$kind" = readinessProbe ] && expect=$ready
+    echo "$kind (port $port in the pod) service '${service}'"
+    probe "$expect" "-addr=127.0.0.1:$PORT" "-service=$service" || return 1
+  done < <("$PY" deploy/kubernetes/check_rendered.py --probes "$WORK/deploy_kubernetes_overlays_example.yaml")
+}
+check "the image's HEALTHCHECK command passes on a serving server" \
+  probe 0 --dockerfile deploy/container/Dockerfile "$PORT"
+check "Kubernetes startup/liveness/readiness probes pass on a serving server" k8s_probes 0
+
+# --- the Slurm/systemd warm wrapper ------------------------------------------
+
+# A stand-in for squeue that answers only the query the wrapper makes (the
+# job's comment) and fails on any other.
+mkdir -p "$WORK/bin"
+cat >"$WORK/bin/squeue" <<'SH'
+#!/bin/sh
+[ "$*" = "--noheader --jobs $SLURM_JOB_ID --format %k" ] || { echo "squeue: unexpected call: $*" >&2; exit 1; }
+cat "$SQUEUE_COMMENT"
+SH
+chmod +x "$WORK/bin/squeue"
+WRAPPER_ENV=(PATH="$WORK/bin:$PATH" EXPRESSCACHE_CLI="$CLI" EXPRESSCACHE_LOG_INTERVAL=1s
+  SQUEUE_COMMENT="$WORK/comment")
+
+# warm EXPECTED_STATUS TEXT VAR=value...: runs the wrapper with the
+# variables; its exit status must be EXPECTED_STATUS and its output hold TEXT.
+warm() {
+  local expect=$1 text=$2 status=0
+  shift 2
+  env "${WRAPPER_ENV[@]}" "$@" deploy/hpc/expresscache-warm >"$WORK/warm.out" 2>&1 || status=$?
+  cat "$WORK/warm.out"
+  echo "-> exit status $status"
+  if [ "$status" != "$expect" ]; then
+    echo "expected exit status $expect"
+    return 1
+  fi
+  grep -qF -- "$text" "$WORK/warm.out" || { echo "output lacks: $text"; return 1; }
+}
+DECL=(EXPRESSCACHE_SOURCE_BUCKET="$SRC" EXPRESSCACHE_DIRECTORY_BUCKET="$DIR")
+
+check "wrapper: env declaration warms two prefixes, exit 0" \
+  warm 0 "SUCCEEDED: 80 listed, 0 hits, 80 copied" "${DECL[@]}" \
+  EXPRESSCACHE_PREFIXES=datasets/2026-11-23/,datasets/2026-11-24/ EXPRESSCACHE_TTL=2h
+
+# The same job run twice (a requeue) attaches to the same warm by its
+# request id: the same operation id both times.
+comment_job_twice() {
+  echo "other notes; expresscache: bucket=$SRC prefixes=datasets/2026-11-23/ directory-bucket=$DIR ttl=2h" \
+    >"$WORK/comment"
+  warm 0 "data ready" SLURM_JOB_ID=4242 SLURM_CLUSTER_NAME=test || return 1
+  local first second
+  first=$(grep -o '^warm [0-9a-f-]* SUCCEEDED' "$WORK/warm.out")
+  warm 0 "40 hits" SLURM_JOB_ID=4242 SLURM_CLUSTER_NAME=test || return 1
+  second=$(grep -o '^warm [0-9a-f-]* SUCCEEDED' "$WORK/warm.out")
+  echo "first: $first; second: $second"
+  [ -n "$first" ] && [ "$first" = "$second" ]
+}
+check "wrapper: #SBATCH --comment declaration, a requeued job reattaches, exit 0" comment_job_twice
+
+check "wrapper: date-expanded prefix (systemd timer's pre-warm), exit 0" \
+  warm 0 "datasets/2026-11-24/} into" "${DECL[@]}" \
+  EXPRESSCACHE_PREFIXES='datasets/%Y-%m-%d/' EXPRESSCACHE_PREFIX_DATE=2026-11-24
+check "wrapper: missing source bucket fails the job, exit 6" \
+  warm 6 "a bucket does not exist or access was denied" \
+  EXPRESSCACHE_SOURCE_BUCKET=no-such-bucket EXPRESSCACHE_DIRECTORY_BUCKET="$DIR" \
+  EXPRESSCACHE_PREFIXES=datasets/
+check "wrapper: keys cached from another source (KeyClash) are a partial failure, exit 3" \
+  warm 3 "PARTIALLY FAILED: the keys listed above could not be copied" \
+  EXPRESSCACHE_SOURCE_BUCKET="$CLASH" EXPRESSCACHE_DIRECTORY_BUCKET="$DIR" \
+  EXPRESSCACHE_PREFIXES=datasets/2026-11-23/
+check "wrapper: invalid prefix is refused, exit 2" \
+  warm 2 "was refused as invalid" "${DECL[@]}" EXPRESSCACHE_PREFIXES=no-trailing-slash
+check "wrapper: nothing declared, exit 2" \
+  warm 2 "no source bucket declared" SLURM_JOB_ID=
+bad_comment() {
+  echo "expresscache: bucket=$SRC prefixes=datasets/ directory-bucket=$DIR colour=blue" >"$WORK/comment"
+  warm 2 "unknown word 'colour=blue'" SLURM_JOB_ID=4343
+}
+check "wrapper: unknown word in the comment, exit 2" bad_comment
+check "wrapper: server unreachable, exit 5" \
+  warm 5 "server unreachable" "${DECL[@]}" EXPRESSCACHE_PREFIXES=datasets/ \
+  EXPRESSCACHE_ENDPOINT="http://127.0.0.1:$(free_port)" EXPRESSCACHE_RECONNECT_ATTEMPTS=1
+
+# A warm cancelled while the job waits for it: the wrapper runs in the
+# background on slow/, the test cancels the running operation.
+cancelled() {
+  env "${WRAPPER_ENV[@]}" "${DECL[@]}" EXPRESSCACHE_PREFIXES=slow/ SLURM_JOB_ID=5150 \
+    deploy/hpc/expresscache-warm >"$WORK/cancel.out" 2>&1 &
+  local pid=$! op="" i status=0
+  for i in $(seq 100); do
+    op=$("$CLI" ops --state running --output json | "$PY" -c \
+      'import json,sys; ops=[json.loads(l) for l in sys.stdin if l.strip()]; print(ops[0]["operation_id"] if ops else "")')
+    [ -n "$op" ] && break
+    sleep 0.1
+  done
+  echo "running operation after ${i} polls: ${op:-none}"
+  [ -n "$op" ] && "$CLI" cancel "$op"
+  wait "$pid" || status=$?
+  cat "$WORK/cancel.out"
+  echo "-> exit status $status"
+  [ "$status" = 4 ] && grep -qF "was CANCELLED" "$WORK/cancel.out"
+}
+check "wrapper: warm cancelled while the job waits, exit 4" cancelled
+
+check "wrapper: EXPRESSCACHE_WARM_TIMEOUT runs out, exit 124, the warm goes on" \
+  warm 124 "did not finish within 1s" "${DECL[@]}" EXPRESSCACHE_PREFIXES=slow/ \
+  EXPRESSCACHE_WARM_TIMEOUT=1s
+
+# --- drain: SIGTERM while that warm still runs --------------------------------
+
+RSS=$(awk '/VmHWM/ {printf "%.1f MiB", $2 / 1024}' "/proc/$SERVER_PID/status")
+draining() {
+  "$CLI" ops --state running | tee "$WORK/running.out"
+  grep -q . "$WORK/running.out" || { echo "no warm running to drain"; return 1; }
+  kill -TERM "$SERVER_PID"
+  sleep 0.5
+  # Out of the Service, still alive: no restart in the middle of the drain.
+  k8s_probes 4 || return 1
+  probe 4 --dockerfile deploy/container/Dockerfile "$PORT" || return 1
+  local status=0
+  wait "$SERVER_PID" || status=$?
+  echo "server exited with status $status after its 3 s grace"
+  tail -n 3 "$WORK/server.log"
+  [ "$status" = 0 ]
+}
+check "SIGTERM: readiness and HEALTHCHECK turn NOT_SERVING, liveness stays SERVING, clean exit" draining
+
+echo
+log "server peak RSS (VmHWM) after the warms above: $RSS"
+log "deploy/test.sh took $((SECONDS - STARTED)) s after the tool installs"
+if [ "${#FAILED[@]}" -gt 0 ]; then
+  printf 'FAILED: %s\n' "${FAILED[@]}" >&2
+fi
+echo "deploy: $PASSED passed, ${#FAILED[@]} failed"
+[ "${#FAILED[@]}" -eq 0 ]

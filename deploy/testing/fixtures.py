@@ -1,0 +1,53 @@
+"""Buckets for deploy/test.sh on a local S3 endpoint (moto).
+
+- SOURCE: datasets/2026-11-2{3,4}/ (40 small objects each), and slow/
+  (30 objects whose copies slow_proxy.py holds back, so a warm is
+  still running when a test cancels it or stops the server);
+- CLASH: three keys of SOURCE's datasets/2026-11-23/ with other content, so
+  warming them into the same directory bucket is a KeyClash (a partial
+  failure);
+- DIRECTORY: the directory bucket.
+"""
+
+import argparse
+import concurrent.futures
+import os
+
+import boto3
+from botocore.config import Config
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--endpoint", required=True)
+    ap.add_argument("--source", required=True)
+    ap.add_argument("--clash", required=True)
+    ap.add_argument("--directory-bucket", required=True)
+    args = ap.parse_args()
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=args.endpoint,
+        region_name=os.environ.get("AWS_REGION", "us-east-1"),
+        # A directory bucket's CreateBucket is regional: no session for it.
+        config=Config(s3={"disable_s3_express_session_auth": True}, max_pool_connections=16),
+    )
+    s3.create_bucket(Bucket=args.source)
+    s3.create_bucket(Bucket=args.clash)
+    s3.create_bucket(
+        Bucket=args.directory_bucket,
+        CreateBucketConfiguration={
+            "Location": {"Type": "AvailabilityZone", "Name": "use1-az4"},
+            "Bucket": {"DataRedundancy": "SingleAvailabilityZone", "Type": "Directory"},
+        },
+    )
+    puts = [(args.source, f"datasets/{day}/part-{i:03d}.bin", b"x" * 1024)
+            for day in ("2026-11-23", "2026-11-24") for i in range(40)]
+    puts += [(args.source, f"slow/part-{i:03d}.bin", b"s" * 1024) for i in range(30)]
+    puts += [(args.clash, f"datasets/2026-11-23/part-{i:03d}.bin", b"other") for i in range(3)]
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda p: s3.put_object(Bucket=p[0], Key=p[1], Body=p[2]), puts))
+    print(f"seeded {len(puts)} objects in {args.source} and {args.clash}; created {args.directory_bucket}")
+
+
+if __name__ == "__main__":
+    main()
