@@ -30,6 +30,7 @@ ensure_deploy_tools
 ensure_kubectl
 ensure_apt shellcheck shellcheck
 ensure_apt systemd-analyze systemd
+ensure_apt sqlite3 sqlite3
 PY=$VENV/bin/python
 STARTED=$SECONDS
 
@@ -45,12 +46,13 @@ PASSED=0
 FAILED=()
 # check NAME COMMAND...: one check; its output is shown indented.
 check() {
-  local name=$1
+  local name=$1 start=$SECONDS
   shift
   log "$name"
   if "$@" >"$WORK/check.out" 2>&1; then
     PASSED=$((PASSED + 1))
     sed 's/^/    /' "$WORK/check.out"
+    printf '    ok (%d s)\n' $((SECONDS - start))
   else
     sed 's/^/    /' "$WORK/check.out"
     printf '    FAILED: %s\n' "$name"
@@ -143,11 +145,13 @@ PROXY_PORT=$(free_port)
 PIDS+=($!)
 wait_port "$PROXY_PORT"
 
-# S3 through the proxy (copies under slow/ take 0.5 s, 2 at a time), a
-# short drain so the stop below interrupts a running warm.
+# S3 through the proxy: copies under slow/ take 0.5 s, 2 at a time, so a
+# warm of its 60 objects runs for 15 s. The drain grace (6 s) leaves the
+# probes below time to see it, and ends before that warm does: the stop
+# interrupts it, and the restart in the teardown resumes it.
 PORT=$(free_port)
 NO_COLOR=1 AWS_ENDPOINT_URL_S3=http://127.0.0.1:$PROXY_PORT "$SERVER" --listen "127.0.0.1:$PORT" \
-  --index "sqlite://$WORK/index.db" --max-concurrency 2 --shutdown-grace 3s \
+  --index "sqlite://$WORK/index.db" --max-concurrency 2 --shutdown-grace 6s \
   >"$WORK/server.log" 2>&1 &
 SERVER_PID=$!
 PIDS+=("$SERVER_PID")
@@ -270,6 +274,18 @@ cancelled() {
 }
 check "wrapper: warm cancelled while the job waits, exit 4" cancelled
 
+# The runbook's online backup of the SQLite index, taken while the server
+# runs: a consistent copy the server can open (restore drill below).
+backup_index() {
+  sqlite3 "$WORK/index.db" ".backup '$WORK/backup.db'"
+  local integrity records
+  integrity=$(sqlite3 "$WORK/backup.db" "PRAGMA integrity_check")
+  records=$(sqlite3 "$WORK/backup.db" "SELECT count(*) FROM records")
+  echo "backup: integrity $integrity, $records records"
+  [ "$integrity" = ok ] && [ "$records" -ge 80 ]
+}
+check "SQLite index: online backup while the server runs" backup_index
+
 check "wrapper: EXPRESSCACHE_WARM_TIMEOUT runs out, exit 124, the warm goes on" \
   warm 124 "did not finish within 1s" "${DECL[@]}" EXPRESSCACHE_PREFIXES=slow/ \
   EXPRESSCACHE_WARM_TIMEOUT=1s
@@ -278,7 +294,8 @@ check "wrapper: EXPRESSCACHE_WARM_TIMEOUT runs out, exit 124, the warm goes on" 
 
 RSS=$(awk '/VmHWM/ {printf "%.1f MiB", $2 / 1024}' "/proc/$SERVER_PID/status")
 draining() {
-  "$CLI" ops --state running | tee "$WORK/running.out"
+  # JSON: one line per running operation, nothing when none runs.
+  "$CLI" ops --state running --output json | tee "$WORK/running.out"
   grep -q . "$WORK/running.out" || { echo "no warm running to drain"; return 1; }
   kill -TERM "$SERVER_PID"
   sleep 0.5
@@ -287,11 +304,58 @@ draining() {
   probe 4 --dockerfile deploy/container/Dockerfile "$PORT" || return 1
   local status=0
   wait "$SERVER_PID" || status=$?
-  echo "server exited with status $status after its 3 s grace"
+  echo "server exited with status $status after its 6 s grace"
   tail -n 3 "$WORK/server.log"
   [ "$status" = 0 ]
 }
 check "SIGTERM: readiness and HEALTHCHECK turn NOT_SERVING, liveness stays SERVING, clean exit" draining
+
+# --- restore and teardown -------------------------------------------------------
+
+# start_server INDEX_FILE: a server straight on moto; sets SERVER_PID, PORT.
+start_server() {
+  PORT=$(free_port)
+  NO_COLOR=1 AWS_ENDPOINT_URL_S3=$MOTO "$SERVER" --listen "127.0.0.1:$PORT" --index "sqlite://$1" \
+    >>"$WORK/server.log" 2>&1 &
+  SERVER_PID=$!
+  PIDS+=("$SERVER_PID")
+  wait_port "$PORT"
+  export EXPRESSCACHE_ENDPOINT=http://127.0.0.1:$PORT
+}
+stop_server() {
+  kill -TERM "$SERVER_PID"
+  wait "$SERVER_PID"
+}
+
+restore_drill() {
+  cp "$WORK/backup.db" "$WORK/restored.db"
+  start_server "$WORK/restored.db"
+  "$CLI" status --directory-bucket "$DIR" --prefix datasets/ | tee "$WORK/status.out"
+  stop_server
+  grep -qF '"datasets/": 80 objects' "$WORK/status.out"
+}
+check "SQLite index: a server runs on the restored backup and knows its cache" restore_drill
+
+# The runbook's teardown: the restarted server first finishes the warm the
+# drain interrupted, then evict --force of the whole bucket leaves nothing.
+teardown() {
+  start_server "$WORK/index.db"
+  local i
+  for i in $(seq 100); do
+    [ -z "$("$CLI" ops --state running --output json)" ] && break
+    sleep 0.2
+  done
+  "$CLI" ops --limit 1 | tee "$WORK/ops.out"
+  grep -q 'SUCCEEDED.*(resumed 1x)' "$WORK/ops.out" || { echo "the interrupted warm was not resumed"; return 1; }
+  "$CLI" evict --directory-bucket "$DIR" --prefix "" --force
+  "$CLI" status --directory-bucket "$DIR" --prefix "" | tee "$WORK/status.out"
+  stop_server
+  local left
+  left=$("$PY" deploy/testing/fixtures.py --endpoint "$MOTO" --directory-bucket "$DIR" --count)
+  echo "objects left in $DIR: $left"
+  grep -qF '"": 0 objects' "$WORK/status.out" && [ "$left" = 0 ]
+}
+check "teardown: resumed warm finishes, evict --force empties the directory bucket" teardown
 
 echo
 log "server peak RSS (VmHWM) after the warms above: $RSS"

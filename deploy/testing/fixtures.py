@@ -1,12 +1,15 @@
 """Buckets for deploy/test.sh on a local S3 endpoint (moto).
 
 - SOURCE: datasets/2026-11-2{3,4}/ (40 small objects each), and slow/
-  (30 objects whose copies slow_proxy.py holds back, so a warm is
+  (60 objects whose copies slow_proxy.py holds back, so a warm is
   still running when a test cancels it or stops the server);
 - CLASH: three keys of SOURCE's datasets/2026-11-23/ with other content, so
   warming them into the same directory bucket is a KeyClash (a partial
   failure);
 - DIRECTORY: the directory bucket.
+
+With --count it only prints how many objects the directory bucket holds
+(what a teardown must bring to 0).
 """
 
 import argparse
@@ -20,9 +23,11 @@ from botocore.config import Config
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--endpoint", required=True)
-    ap.add_argument("--source", required=True)
-    ap.add_argument("--clash", required=True)
+    ap.add_argument("--source")
+    ap.add_argument("--clash")
     ap.add_argument("--directory-bucket", required=True)
+    ap.add_argument("--count", action="store_true",
+                    help="only print how many objects the directory bucket holds")
     args = ap.parse_args()
     s3 = boto3.client(
         "s3",
@@ -31,6 +36,10 @@ def main() -> None:
         # A directory bucket's CreateBucket is regional: no session for it.
         config=Config(s3={"disable_s3_express_session_auth": True}, max_pool_connections=16),
     )
+    if args.count:
+        pages = s3.get_paginator("list_objects_v2").paginate(Bucket=args.directory_bucket)
+        print(sum(len(p.get("Contents", [])) for p in pages))
+        return
     s3.create_bucket(Bucket=args.source)
     s3.create_bucket(Bucket=args.clash)
     s3.create_bucket(
@@ -42,7 +51,7 @@ def main() -> None:
     )
     puts = [(args.source, f"datasets/{day}/part-{i:03d}.bin", b"x" * 1024)
             for day in ("2026-11-23", "2026-11-24") for i in range(40)]
-    puts += [(args.source, f"slow/part-{i:03d}.bin", b"s" * 1024) for i in range(30)]
+    puts += [(args.source, f"slow/part-{i:03d}.bin", b"s" * 1024) for i in range(60)]
     puts += [(args.clash, f"datasets/2026-11-23/part-{i:03d}.bin", b"other") for i in range(3)]
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
         list(pool.map(lambda p: s3.put_object(Bucket=p[0], Key=p[1], Body=p[2]), puts))
