@@ -140,6 +140,9 @@ SRC=deploy-test-source
 CLASH=deploy-test-clash
 DIR=deploy-test--use1-az4--x-s3
 "$PY" deploy/testing/fixtures.py --endpoint "$MOTO" --source "$SRC" --clash "$CLASH" --directory-bucket "$DIR"
+check "backstop lifecycle rules apply to a directory bucket, expiry beyond --max-ttl" \
+  "$PY" deploy/testing/fixtures.py --endpoint "$MOTO" --directory-bucket "$DIR" \
+  --lifecycle deploy/aws/backstop-lifecycle.json
 PROXY_PORT=$(free_port)
 "$PY" deploy/testing/slow_proxy.py --listen "$PROXY_PORT" --upstream "$MOTO_PORT" --delay 0.5 &
 PIDS+=($!)

@@ -9,15 +9,38 @@
 - DIRECTORY: the directory bucket.
 
 With --count it only prints how many objects the directory bucket holds
-(what a teardown must bring to 0).
+(what a teardown must bring to 0); with --lifecycle FILE it applies the
+runbook's backstop lifecycle rules to it, as the AWS CLI would.
 """
 
 import argparse
 import concurrent.futures
+import json
 import os
 
 import boto3
 from botocore.config import Config
+
+
+# The servers' default --max-ttl: an expiry sooner than that deletes
+# objects under a lease that may still be live.
+MAX_TTL_DAYS = 30
+
+
+def apply_lifecycle(s3, bucket: str, path: str) -> None:
+    """What `aws s3api put-bucket-lifecycle-configuration` sends; botocore
+    checks the document against the S3 API model before it goes out."""
+    with open(path) as f:
+        config = json.load(f)
+    s3.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration=config)
+    rules = s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
+    for rule in rules:
+        days = rule.get("Expiration", {}).get("Days")
+        if days is not None and days <= MAX_TTL_DAYS:
+            raise SystemExit(f"rule {rule['ID']} expires objects after {days} days, "
+                             f"within the default --max-ttl of {MAX_TTL_DAYS} days")
+        print(f"{bucket}: rule {rule['ID']} {rule['Status']}: "
+              f"{json.dumps({k: v for k, v in rule.items() if k not in ('ID', 'Status')})}")
 
 
 def main() -> None:
@@ -28,6 +51,8 @@ def main() -> None:
     ap.add_argument("--directory-bucket", required=True)
     ap.add_argument("--count", action="store_true",
                     help="only print how many objects the directory bucket holds")
+    ap.add_argument("--lifecycle", metavar="FILE",
+                    help="only apply this lifecycle configuration to the directory bucket and read it back")
     args = ap.parse_args()
     s3 = boto3.client(
         "s3",
@@ -36,6 +61,9 @@ def main() -> None:
         # A directory bucket's CreateBucket is regional: no session for it.
         config=Config(s3={"disable_s3_express_session_auth": True}, max_pool_connections=16),
     )
+    if args.lifecycle:
+        apply_lifecycle(s3, args.directory_bucket, args.lifecycle)
+        return
     if args.count:
         pages = s3.get_paginator("list_objects_v2").paginate(Bucket=args.directory_bucket)
         print(sum(len(p.get("Contents", [])) for p in pages))
