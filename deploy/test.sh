@@ -136,6 +136,9 @@ MOTO=http://127.0.0.1:$MOTO_PORT
 check "CloudFormation tables are the tables \`index create\` makes (on moto)" \
   "$PY" deploy/aws/check_tables.py --endpoint "$MOTO" --server "$SERVER"
 
+check "the service stack deploys on moto's CloudFormation and resolves to the parameters" \
+  "$PY" deploy/aws/check_stack.py --endpoint "$MOTO"
+
 SRC=deploy-test-source
 CLASH=deploy-test-clash
 DIR=deploy-test--use1-az4--x-s3
