@@ -44,7 +44,9 @@ trap cleanup EXIT
 
 PASSED=0
 FAILED=()
-# check NAME COMMAND...: one check; its output is shown indented.
+# check NAME COMMAND...: one check; its output is shown indented. COMMAND
+# runs as an `if` condition, where `set -e` does not apply: the check
+# functions below return non-zero explicitly at every step that can fail.
 check() {
   local name=$1 start=$SECONDS
   shift
@@ -62,13 +64,14 @@ check() {
 
 # --- static ------------------------------------------------------------------
 
+# Scripts by their first lines (a shebang, or lib.sh's shell directive).
 shell_scripts() {
   local f
-  for f in $(find deploy scripts -type f | sort); do
+  while IFS= read -r f; do
     if head -n 3 "$f" | grep -Eq '^#!.*\b(ba)?sh\b|shellcheck shell='; then
       echo "$f"
     fi
-  done
+  done < <(find deploy scripts -type f | sort)
 }
 lint_shell() {
   local scripts
@@ -94,9 +97,9 @@ check "IAM policy grants exactly what the server's AWS calls need" "$PY" deploy/
 render_and_validate() {
   local dir=$1 out
   out="$WORK/$(echo "$dir" | tr / _).yaml"
-  "$KUBECTL" kustomize "$dir" >"$out"
+  "$KUBECTL" kustomize "$dir" >"$out" || return 1
   for version in 1.30.0 1.37.0; do
-    "$VENV/bin/kubernetes-validate" --strict --quiet -k "$version" "$out"
+    "$VENV/bin/kubernetes-validate" --strict --quiet -k "$version" "$out" || return 1
     echo "$dir: valid against Kubernetes $version"
   done
   "$PY" deploy/kubernetes/check_rendered.py "$out"
@@ -116,10 +119,14 @@ verify_units() {
     printf '#!/bin/sh\n' >"$root/usr/local/bin/$bin"
     chmod +x "$root/usr/local/bin/$bin"
   done
-  cp deploy/systemd/*.service deploy/systemd/*.timer "$root/etc/systemd/system/"
-  systemd-analyze verify --root="$root" expresscache-server.service \
-    expresscache-prewarm@weekly.service expresscache-prewarm@weekly.timer 2>&1 | tee "$WORK/verify.out"
-  [ ! -s "$WORK/verify.out" ] || return 1
+  cp deploy/systemd/*.service deploy/systemd/*.timer "$root/etc/systemd/system/" || return 1
+  if ! systemd-analyze verify --root="$root" expresscache-server.service \
+    expresscache-prewarm@weekly.service expresscache-prewarm@weekly.timer >"$WORK/verify.out" 2>&1 ||
+    [ -s "$WORK/verify.out" ]; then
+    cat "$WORK/verify.out"
+    return 1
+  fi
+  echo "verified: expresscache-server.service expresscache-prewarm@weekly.service expresscache-prewarm@weekly.timer"
   systemd-analyze calendar --iterations=2 "$(sed -n 's/^OnCalendar=//p' deploy/systemd/expresscache-prewarm@.timer)"
 }
 check "systemd-analyze verify: deploy/systemd units" verify_units
@@ -174,13 +181,16 @@ probe() {
 }
 # Every gRPC probe of the rendered Deployment, against the server.
 k8s_probes() {
-  local ready=$1 kind port service expect
+  local ready=$1 kind port service expect probes
+  probes=$("$PY" deploy/kubernetes/check_rendered.py --probes "$WORK/deploy_kubernetes_overlays_example.yaml") ||
+    return 1
+  [ "$(wc -l <<<"$probes")" = 3 ] || { echo "expected 3 probes, got: $probes"; return 1; }
   while read -r kind port service; do
     expect=0
     [ "$kind" = readinessProbe ] && expect=$ready
     echo "$kind (port $port in the pod) service '${service}'"
     probe "$expect" "-addr=127.0.0.1:$PORT" "-service=$service" || return 1
-  done < <("$PY" deploy/kubernetes/check_rendered.py --probes "$WORK/deploy_kubernetes_overlays_example.yaml")
+  done <<<"$probes"
 }
 check "the image's HEALTHCHECK command passes on a serving server" \
   probe 0 --dockerfile deploy/container/Dockerfile "$PORT"
@@ -283,7 +293,7 @@ check "wrapper: warm cancelled while the job waits, exit 4" cancelled
 # The runbook's online backup of the SQLite index, taken while the server
 # runs: a consistent copy the server can open (restore drill below).
 backup_index() {
-  sqlite3 "$WORK/index.db" ".backup '$WORK/backup.db'"
+  sqlite3 "$WORK/index.db" ".backup '$WORK/backup.db'" || return 1
   local integrity records
   integrity=$(sqlite3 "$WORK/backup.db" "PRAGMA integrity_check")
   records=$(sqlite3 "$WORK/backup.db" "SELECT count(*) FROM records")
@@ -303,7 +313,7 @@ draining() {
   # JSON: one line per running operation, nothing when none runs.
   "$CLI" ops --state running --output json | tee "$WORK/running.out"
   grep -q . "$WORK/running.out" || { echo "no warm running to drain"; return 1; }
-  kill -TERM "$SERVER_PID"
+  kill -TERM "$SERVER_PID" || return 1
   sleep 0.5
   # Out of the Service, still alive: no restart in the middle of the drain.
   k8s_probes 4 || return 1
@@ -334,8 +344,8 @@ stop_server() {
 }
 
 restore_drill() {
-  cp "$WORK/backup.db" "$WORK/restored.db"
-  start_server "$WORK/restored.db"
+  cp "$WORK/backup.db" "$WORK/restored.db" || return 1
+  start_server "$WORK/restored.db" || return 1
   "$CLI" status --directory-bucket "$DIR" --prefix datasets/ | tee "$WORK/status.out"
   stop_server
   grep -qF '"datasets/": 80 objects' "$WORK/status.out"
@@ -345,7 +355,7 @@ check "SQLite index: a server runs on the restored backup and knows its cache" r
 # The runbook's teardown: the restarted server first finishes the warm the
 # drain interrupted, then evict --force of the whole bucket leaves nothing.
 teardown() {
-  start_server "$WORK/index.db"
+  start_server "$WORK/index.db" || return 1
   local i
   for i in $(seq 100); do
     [ -z "$("$CLI" ops --state running --output json)" ] && break
@@ -353,7 +363,7 @@ teardown() {
   done
   "$CLI" ops --limit 1 | tee "$WORK/ops.out"
   grep -q 'SUCCEEDED.*(resumed 1x)' "$WORK/ops.out" || { echo "the interrupted warm was not resumed"; return 1; }
-  "$CLI" evict --directory-bucket "$DIR" --prefix "" --force
+  "$CLI" evict --directory-bucket "$DIR" --prefix "" --force || return 1
   "$CLI" status --directory-bucket "$DIR" --prefix "" | tee "$WORK/status.out"
   stop_server
   local left
