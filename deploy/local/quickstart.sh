@@ -13,6 +13,7 @@
 #
 #   deploy/local/quickstart.sh [--keep] [--objects N] [--replicas N]
 set -euo pipefail
+# shellcheck source=../../scripts/lib.sh
 source "$(dirname "$0")/../../scripts/lib.sh"
 cd "$REPO_ROOT"
 
