@@ -69,6 +69,35 @@ pub async fn s3_store(config: &Config) -> S3Store {
 /// Runs the server described by `config` on `store` until a shutdown
 /// signal. The store is a parameter so tests and diagnostics can run the
 /// same server over their own (an in-memory or fault-injecting store).
+/// File descriptors kept for everything but S3 connections: the index,
+/// gRPC clients, logs.
+const RESERVED_FILES: u64 = 256;
+
+/// Raises the open-files limit to what the system allows (the soft limit
+/// is often 1,024, too few for a thousand S3 connections), and lowers
+/// `max_concurrency` if even that is too few: running out of descriptors
+/// mid-warm would fail copies, not slow them.
+pub fn fit_to_open_files(config: &mut Config) {
+    let files = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read or raise the open-files limit");
+            return;
+        }
+    };
+    // One connection per request in flight, and as many idle in the pool.
+    let fits = usize::try_from(files.saturating_sub(RESERVED_FILES) / 2).unwrap_or(usize::MAX);
+    if config.max_concurrency > fits {
+        tracing::warn!(
+            open_files = files,
+            max_concurrency = config.max_concurrency,
+            lowered_to = fits.max(1),
+            "the open-files limit is too low for --max-concurrency; raise it (ulimit -n, LimitNOFILE=) to use the full ceiling"
+        );
+        config.max_concurrency = fits.max(1);
+    }
+}
+
 pub async fn run<S: ObjectStore>(config: Config, store: S) -> anyhow::Result<()> {
     match &config.index {
         IndexLocation::Sqlite(path) => {

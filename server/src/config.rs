@@ -31,13 +31,17 @@ pub struct Args {
     /// [default: sqlite://$XDG_DATA_HOME/expresscache/index.db].
     #[arg(long, global = true, env = "EXPRESSCACHE_INDEX")]
     pub index: Option<String>,
-    /// S3 copy requests in flight at once, across all warms [default: 64].
+    /// Hard ceiling of S3 copy requests in flight at once, across all
+    /// warms (split among live replicas). Below it, the limit per directory
+    /// bucket adapts to the measured latency and to throttling
+    /// [default: 1024].
     #[arg(long, env = "EXPRESSCACHE_MAX_CONCURRENCY")]
     pub max_concurrency: Option<usize>,
-    /// Copy tasks per shard (8 shards by key hash) of one warm; the global
-    /// cap above still bounds what is in flight [default: 16].
-    #[arg(long, env = "EXPRESSCACHE_SHARD_CONCURRENCY")]
-    pub shard_concurrency: Option<usize>,
+    /// Listings of one warm under way at once: a prefix's sub-prefixes are
+    /// listed in parallel; 1 lists each prefix flat, one page after the
+    /// other [default: 32].
+    #[arg(long, env = "EXPRESSCACHE_LIST_CONCURRENCY")]
+    pub list_concurrency: Option<usize>,
     /// Objects larger than this are copied with multipart UploadPartCopy,
     /// e.g. 5GiB, 64MiB [default: 5GiB, CopyObject's limit].
     #[arg(long, env = "EXPRESSCACHE_MULTIPART_THRESHOLD", value_parser = parse_size)]
@@ -142,7 +146,7 @@ struct FileConfig {
     sweep_interval: Option<Duration>,
     multipart_threshold: Option<String>,
     allow_general_purpose_destination: Option<bool>,
-    shard_concurrency: Option<usize>,
+    list_concurrency: Option<usize>,
     #[serde(default, with = "humantime_serde_opt")]
     shutdown_grace: Option<Duration>,
     #[serde(default, with = "humantime_serde_opt")]
@@ -217,7 +221,7 @@ pub struct Config {
     pub sweep_interval: Duration,
     pub multipart_threshold: u64,
     pub allow_general_purpose_destination: bool,
-    pub shard_concurrency: usize,
+    pub list_concurrency: usize,
     pub shutdown_grace: Duration,
     pub operation_retention: Duration,
     pub replica_id: String,
@@ -337,13 +341,13 @@ impl Config {
                 "multipart_threshold must be between 5MiB and 5GiB (CopyObject's limit), got {multipart_threshold} bytes"
             ));
         }
-        let shard_concurrency = args
-            .shard_concurrency
-            .or(file.shard_concurrency)
-            .unwrap_or(d.shard_concurrency);
-        if !(1..=10_000).contains(&shard_concurrency) {
+        let list_concurrency = args
+            .list_concurrency
+            .or(file.list_concurrency)
+            .unwrap_or(d.list_concurrency);
+        if !(1..=1_000).contains(&list_concurrency) {
             return Err(format!(
-                "shard_concurrency must be 1..=10000, got {shard_concurrency}"
+                "list_concurrency must be 1..=1000, got {list_concurrency}"
             ));
         }
         Ok(Self {
@@ -369,7 +373,7 @@ impl Config {
                 .allow_general_purpose_destination
                 .or(file.allow_general_purpose_destination)
                 .unwrap_or(d.allow_general_purpose_destination),
-            shard_concurrency,
+            list_concurrency,
             shutdown_grace: args
                 .shutdown_grace
                 .or(file.shutdown_grace)
@@ -421,7 +425,10 @@ impl Default for Config {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             index: IndexLocation::Sqlite(default_index_path()),
-            max_concurrency: 64,
+            // Enough for S3 Express at a real round trip (thousands of
+            // requests/s need hundreds in flight); the adaptive limit finds
+            // what the endpoint takes below it.
+            max_concurrency: 1024,
             max_ttl: limits.max_ttl,
             min_ttl: limits.min_ttl,
             clock_skew_margin: Duration::from_secs(5),
@@ -432,7 +439,7 @@ impl Default for Config {
             sweep_interval: Duration::from_secs(60),
             multipart_threshold: MAX_COPY_OBJECT,
             allow_general_purpose_destination: false,
-            shard_concurrency: 16,
+            list_concurrency: 32,
             shutdown_grace: Duration::from_secs(30),
             operation_retention: Duration::from_secs(7 * 24 * 3600),
             replica_id: default_replica_id(),

@@ -8,7 +8,7 @@ async fn main() -> ExitCode {
     // A bad flag, variable or config file is a usage error, said in one line.
     let args = config::Args::parse();
     let command = args.command.clone();
-    let config = match config::Config::resolve(args) {
+    let mut config = match config::Config::resolve(args) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
@@ -16,6 +16,7 @@ async fn main() -> ExitCode {
         }
     };
     app::init_tracing(config.log_format);
+    app::fit_to_open_files(&mut config);
     if let Some(config::ServerCommand::Index(cmd)) = command {
         return match app::index_command(&config, &cmd).await {
             Ok(()) => ExitCode::SUCCESS,

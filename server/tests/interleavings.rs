@@ -112,7 +112,7 @@ impl<I: CacheIndex> World<I> {
             self.index.clone(),
             self.clock.clone(),
             WarmSettings {
-                per_shard_concurrency: 4,
+                max_copy_tasks: Some(4),
                 // One flat listing: "a/" and its sub-prefix "a/b/" listed
                 // apart multiply the schedules past what can be explored,
                 // and add nothing to what is checked here (each page is

@@ -1,8 +1,37 @@
-//! Adaptive concurrency for one destination bucket: additive increase,
-//! multiplicative decrease (AIMD), as TCP does for bandwidth. Each success
-//! grows the limit by 1/limit (about +1 per window of `limit` requests);
-//! a throttling answer (503 SlowDown, 429, timeouts) halves it, at most once
-//! per cool-down so one burst of SlowDowns counts as one signal.
+//! Adaptive concurrency for one destination bucket: it finds how many
+//! requests may be in flight by watching their latency, as TCP Vegas and
+//! Netflix's gradient limiters do.
+//!
+//! What bounds a copy's rate depends on where the service runs: on a
+//! loopback endpoint the server's CPU, on AWS the round trip (tens of
+//! milliseconds, so thousands of requests/s need hundreds in flight). A
+//! fixed limit is wrong for one or the other; so the limit is measured:
+//!
+//! - **Windows.** Latencies of successful requests are collected in
+//!   windows of about one limit's worth of requests (at least
+//!   [`MIN_WINDOW`]), roughly one round trip each. The window's median is
+//!   its latency (a median, so a few large objects do not look like a
+//!   queue).
+//! - **Baseline.** The lowest window latency seen: the latency without a
+//!   queue. It drifts up by [`BASELINE_DRIFT_PER_SEC`] (1%/s), so a lasting
+//!   change (larger objects, a slower route) becomes the new normal within
+//!   about a minute instead of throttling the warm forever.
+//! - **Growth.** While a window's latency stays within [`TOLERANCE`] (2x)
+//!   of the baseline, the limit grows: doubling per window at first (slow
+//!   start, so 16 becomes 1,024 in six round trips), then by its square
+//!   root per window once any congestion was seen. It grows only when the
+//!   window used at least half of it (a limit nobody fills says nothing).
+//! - **Back-off.** A window slower than the tolerance ends slow start and
+//!   cuts the limit in proportion (`limit * tolerance * baseline /
+//!   latency`, at most by half); a throttling answer (503 SlowDown, 429,
+//!   a timeout) halves it, at most once per cool-down so one burst of
+//!   SlowDowns counts as one signal. For a minute after, the limit grows
+//!   by one per window only once it is back at 3/4 of where it was
+//!   throttled: a request-rate limit adds no latency to warn of it, so it
+//!   is approached as AIMD would, not by doubling into it again.
+//!
+//! The limit stays within `[min, max]`; `max` is this replica's share of
+//! the configured `--max-concurrency`, a hard ceiling.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -13,6 +42,27 @@ use tokio::time::Instant;
 
 use tokio::sync::Notify;
 
+/// Where the limit starts: low enough not to flood a small endpoint before
+/// the first measurement, high enough that slow start reaches a thousand in
+/// a handful of round trips.
+pub const INITIAL_LIMIT: usize = 16;
+/// Fewest latencies that make a window.
+pub const MIN_WINDOW: usize = 16;
+/// How much slower than the baseline a window may be before it counts as
+/// a queue building up.
+pub const TOLERANCE: f64 = 2.0;
+/// How fast the baseline rises toward what is measured, per second.
+pub const BASELINE_DRIFT_PER_SEC: f64 = 0.01;
+/// How long the limit at which the endpoint throttled is remembered.
+pub const THROTTLE_MEMORY: Duration = Duration::from_secs(60);
+
+#[derive(Debug)]
+struct Baseline {
+    /// Seconds.
+    latency: f64,
+    at: Instant,
+}
+
 #[derive(Debug)]
 struct State {
     limit: f64,
@@ -20,10 +70,21 @@ struct State {
     max: f64,
     in_flight: usize,
     last_decrease: Option<Instant>,
+    /// Doubling per window until the first sign of congestion.
+    slow_start: bool,
+    /// The limit at which the endpoint last throttled us, and when: above
+    /// most of it the limit grows by one per window only, as AIMD does, so
+    /// a rate limit that shows no latency is not hit again at once.
+    throttled_at: Option<(f64, Instant)>,
+    /// Latencies (seconds) of this window's successes.
+    window: Vec<f64>,
+    /// Most requests in flight at once during this window.
+    window_peak: usize,
+    baseline: Option<Baseline>,
 }
 
 #[derive(Debug)]
-pub struct Aimd {
+pub struct AdaptiveLimit {
     state: Mutex<State>,
     freed: Notify,
     min: f64,
@@ -32,7 +93,7 @@ pub struct Aimd {
 
 /// One admitted request; dropping it frees the slot.
 #[derive(Debug)]
-pub struct Slot(Arc<Aimd>);
+pub struct Slot(Arc<AdaptiveLimit>);
 
 impl Drop for Slot {
     fn drop(&mut self) {
@@ -41,7 +102,7 @@ impl Drop for Slot {
     }
 }
 
-impl Aimd {
+impl AdaptiveLimit {
     pub fn new(initial: usize, min: usize, max: usize) -> Arc<Self> {
         let (min, max) = (min.max(1) as f64, max.max(1) as f64);
         Arc::new(Self {
@@ -50,6 +111,11 @@ impl Aimd {
                 max,
                 in_flight: 0,
                 last_decrease: None,
+                slow_start: true,
+                throttled_at: None,
+                window: Vec::new(),
+                window_peak: 0,
+                baseline: None,
             }),
             freed: Notify::new(),
             min,
@@ -69,6 +135,7 @@ impl Aimd {
                 let mut st = self.lock();
                 if (st.in_flight as f64) < st.limit.floor().max(1.0) {
                     st.in_flight += 1;
+                    st.window_peak = st.window_peak.max(st.in_flight);
                     return Slot(Arc::clone(self));
                 }
             }
@@ -76,15 +143,58 @@ impl Aimd {
         }
     }
 
-    pub fn on_success(&self) {
+    /// A request succeeded after `latency`; at the end of a window, moves
+    /// the limit.
+    pub fn on_success(&self, latency: Duration) {
         let grew = {
             let mut st = self.lock();
+            st.window.push(latency.as_secs_f64());
+            if st.window.len() < MIN_WINDOW.max(st.limit as usize) {
+                return;
+            }
             let before = st.limit.floor();
-            st.limit = (st.limit + 1.0 / st.limit).min(st.max);
+            self.end_window(&mut st);
             st.limit.floor() > before
         };
         if grew {
-            self.freed.notify_one();
+            self.freed.notify_waiters();
+        }
+    }
+
+    fn end_window(&self, st: &mut State) {
+        let mid = st.window.len() / 2;
+        let latency = *st.window.select_nth_unstable_by(mid, f64::total_cmp).1;
+        st.window.clear();
+        let used = st.window_peak as f64 >= st.limit / 2.0;
+        st.window_peak = st.in_flight;
+        let now = Instant::now();
+        let baseline = match &st.baseline {
+            Some(b) => {
+                let drift = 1.0 + BASELINE_DRIFT_PER_SEC * now.duration_since(b.at).as_secs_f64();
+                (b.latency * drift).min(latency)
+            }
+            None => latency,
+        };
+        st.baseline = Some(Baseline {
+            latency: baseline,
+            at: now,
+        });
+        if latency > baseline * TOLERANCE {
+            st.slow_start = false;
+            let gradient = (baseline * TOLERANCE / latency).max(0.5);
+            st.limit = (st.limit * gradient).max(self.min);
+        } else if used {
+            let near_throttling = st.throttled_at.is_some_and(|(at_limit, when)| {
+                now.duration_since(when) < THROTTLE_MEMORY && st.limit >= at_limit * 0.75
+            });
+            let grown = if near_throttling {
+                st.limit + 1.0
+            } else if st.slow_start {
+                st.limit * 2.0
+            } else {
+                st.limit + st.limit.sqrt()
+            };
+            st.limit = grown.min(st.max);
         }
     }
 
@@ -99,6 +209,8 @@ impl Aimd {
             return false;
         }
         st.last_decrease = Some(now);
+        st.slow_start = false;
+        st.throttled_at = Some((st.limit, now));
         st.limit = (st.limit / 2.0).max(self.min);
         true
     }
@@ -123,60 +235,4 @@ impl Aimd {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn admits_up_to_the_limit_and_frees_on_drop() {
-        let l = Aimd::new(2, 1, 10);
-        let a = l.acquire().await;
-        let _b = l.acquire().await;
-        let third = tokio::time::timeout(Duration::from_millis(20), l.acquire()).await;
-        assert!(third.is_err(), "a third request waits");
-        drop(a);
-        let _c = tokio::time::timeout(Duration::from_millis(200), l.acquire())
-            .await
-            .expect("a freed slot admits the next");
-    }
-
-    #[test]
-    fn halves_on_throttle_once_per_cool_down_and_grows_back_additively() {
-        let l = Aimd::new(64, 1, 64);
-        assert!(l.on_throttle());
-        assert_eq!(l.limit(), 32);
-        assert!(!l.on_throttle(), "a burst of SlowDowns is one signal");
-        assert_eq!(l.limit(), 32);
-        for _ in 0..33 {
-            l.on_success();
-        }
-        assert_eq!(l.limit(), 33, "about one window of successes adds one");
-        for _ in 0..10_000 {
-            l.on_success();
-        }
-        assert_eq!(l.limit(), 64, "never above the maximum");
-    }
-
-    #[test]
-    fn a_lower_ceiling_cuts_the_limit_and_a_higher_one_lets_it_grow() {
-        let l = Aimd::new(64, 1, 64);
-        l.set_max(21);
-        assert_eq!((l.limit(), l.max()), (21, 21));
-        l.set_max(64);
-        assert_eq!(l.limit(), 21, "grows back by successes, not at once");
-        for _ in 0..10_000 {
-            l.on_success();
-        }
-        assert_eq!(l.limit(), 64);
-        l.set_max(0);
-        assert_eq!(l.limit(), 1, "never below the minimum");
-    }
-
-    #[test]
-    fn never_below_the_minimum() {
-        let l = Aimd::new(4, 2, 8);
-        l.on_throttle();
-        std::thread::sleep(Duration::from_millis(210));
-        l.on_throttle();
-        assert_eq!(l.limit(), 2);
-    }
-}
+mod tests;

@@ -1,5 +1,5 @@
 //! The copy engine shared by every warm: one global in-flight cap, an
-//! adaptive (AIMD) limit per destination bucket, bounded retries with
+//! adaptive limit per destination bucket (see [`limiter`]), bounded retries with
 //! jittered exponential backoff, and multipart `UploadPartCopy` for objects
 //! above a threshold.
 
@@ -13,7 +13,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use tokio::sync::Semaphore;
 
-pub use limiter::Aimd;
+pub use limiter::AdaptiveLimit;
 
 use crate::jitter::{Jitter, RandomJitter};
 use crate::stop::StopSignal;
@@ -144,7 +144,7 @@ pub struct CopyEngine<S> {
     /// Touched whenever any attempt of any warm ends.
     activity: Activity,
     global: Arc<Semaphore>,
-    limiters: Mutex<HashMap<String, Arc<Aimd>>>,
+    limiters: Mutex<HashMap<String, Arc<AdaptiveLimit>>>,
     settings: EngineSettings,
     jitter: Arc<dyn Jitter>,
     /// Live replicas sharing each bucket's budget (1 alone).
@@ -198,14 +198,14 @@ impl<S: ObjectStore> CopyEngine<S> {
         &self.settings
     }
 
-    fn limiter(&self, bucket: &str) -> Arc<Aimd> {
+    fn limiter(&self, bucket: &str) -> Arc<AdaptiveLimit> {
         let mut map = self.limiters.lock().unwrap_or_else(|e| e.into_inner());
         // Every request asks: look up without allocating the key.
         if let Some(l) = map.get(bucket) {
             return Arc::clone(l);
         }
         let max = self.share(self.replicas.load(Ordering::Relaxed));
-        let l = Aimd::new(max, self.settings.min_concurrency, max);
+        let l = AdaptiveLimit::new(limiter::INITIAL_LIMIT, self.settings.min_concurrency, max);
         map.insert(bucket.to_owned(), Arc::clone(&l));
         l
     }
@@ -257,6 +257,7 @@ impl<S: ObjectStore> CopyEngine<S> {
                     return Err(StoreError::Stopped);
                 }
                 let limit = self.timeout_for(bytes);
+                let started = tokio::time::Instant::now();
                 let r = tokio::time::timeout(limit, call())
                     .await
                     .unwrap_or_else(|_| Err(crate::store::timed_out("request", limit)));
@@ -264,11 +265,11 @@ impl<S: ObjectStore> CopyEngine<S> {
                     a.touch();
                 }
                 self.activity.touch();
-                r
+                r.map(|v| (v, started.elapsed()))
             };
             match result {
-                Ok(v) => {
-                    limiter.on_success();
+                Ok((v, latency)) => {
+                    limiter.on_success(latency);
                     return Ok(v);
                 }
                 Err(e) if e.is_retryable() && attempt < self.settings.max_attempts => {

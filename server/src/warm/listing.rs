@@ -4,7 +4,10 @@
 //!
 //! A prefix is first listed with a delimiter: its direct objects go to the
 //! planner at once, and its common prefixes (sub-directories) become more
-//! listings. While fewer than `list_fanout` listings are under way, each
+//! listings. While fewer than `list_fanout` listings are under way (32 by
+//! default: S3 serves thousands of LIST requests per second per prefix, and
+//! this bounds our share, the pages held in memory, one per listing, and the
+//! extra LIST requests a tree costs over its flat listing), each
 //! sub-prefix is a listing of its own (itself a tree); beyond that, the
 //! sub-prefixes of one page are grouped into contiguous spans, each listed
 //! flat: a tree of a million tiny directories costs about as many LIST
@@ -24,12 +27,6 @@ use super::run::WarmRun;
 use super::WarmError;
 use crate::index::CacheIndex;
 use crate::store::{ListQuery, ObjectMeta, ObjectStore};
-
-/// Listings of one warm under way at once, by default. S3 serves thousands
-/// of LIST requests per second per prefix; this bounds our share, the
-/// memory of pages in flight (one page per listing), and the extra LIST
-/// requests a tree costs over its flat listing.
-pub const LIST_FANOUT: usize = 32;
 
 /// How deep a tree is split before its sub-prefixes are listed flat.
 const MAX_TREE_DEPTH: u32 = 8;
@@ -347,6 +344,8 @@ impl RecentTokens {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const LIST_FANOUT: usize = 32;
 
     fn objects(keys: &[&str]) -> Vec<ObjectMeta> {
         keys.iter()

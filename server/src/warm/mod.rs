@@ -47,11 +47,9 @@ use run::WarmRun;
 /// Tuning of the copy path.
 #[derive(Debug, Clone)]
 pub struct WarmSettings {
-    /// Queues a warm's copies are spread over, by hash of the key.
-    pub shards: usize,
-    /// Copies one shard works on at once (the engine's global and adaptive
-    /// limits apply on top).
-    pub per_shard_concurrency: usize,
+    /// Most keys one warm settles at once, whatever the adaptive limit;
+    /// `None` = twice the engine's ceiling.
+    pub max_copy_tasks: Option<usize>,
     /// Listings of one warm under way at once (a prefix's sub-prefixes are
     /// listed in parallel).
     pub list_fanout: usize,
@@ -81,13 +79,8 @@ impl Default for WarmSettings {
 impl From<&crate::config::Config> for WarmSettings {
     fn from(c: &crate::config::Config) -> Self {
         Self {
-            shards: 8,
-            // shards x per_shard (default 16) = twice the engine's default
-            // global cap: an unlucky shard with more keys than the others
-            // still keeps the engine busy; the engine's cap bounds what is
-            // in flight.
-            per_shard_concurrency: c.shard_concurrency,
-            list_fanout: listing::LIST_FANOUT,
+            max_copy_tasks: None,
+            list_fanout: c.list_concurrency,
             engine: EngineSettings::from(c),
             claim_ttl: Duration::from_secs(600),
             wait_poll: Duration::from_millis(50),

@@ -31,7 +31,7 @@ pub(super) struct CopyTask {
 impl<S: ObjectStore, I: CacheIndex> WarmRun<'_, S, I> {
     /// Lists each prefix, merges each page with the index and queues what
     /// must be copied or waited for.
-    pub async fn plan(&self, shards: &[mpsc::Sender<CopyTask>]) -> Result<(), WarmError> {
+    pub async fn plan(&self, tasks: &mpsc::Sender<CopyTask>) -> Result<(), WarmError> {
         let (pages_tx, mut pages) = mpsc::channel::<Page>(PAGES_AHEAD);
         // `move`: the planner owns the receiver, so when it fails the
         // receiver is dropped and the listers' next send ends the listing
@@ -42,9 +42,9 @@ impl<S: ObjectStore, I: CacheIndex> WarmRun<'_, S, I> {
                 if self.stop.is_set() {
                     break;
                 }
-                let tasks = self.triage(&page).await?;
-                let tasks = self.claim_batch(tasks).await?;
-                self.dispatch(tasks, shards).await;
+                let batch = self.triage(&page).await?;
+                let batch = self.claim_batch(batch).await?;
+                self.dispatch(batch, tasks).await;
             }
             Ok::<(), WarmError>(())
         };
@@ -158,24 +158,15 @@ impl<S: ObjectStore, I: CacheIndex> WarmRun<'_, S, I> {
         Ok(tasks)
     }
 
-    /// Queues each task to its key's shard; if the copiers are gone (the
-    /// warm is ending), gives back the claims the tasks hold.
-    async fn dispatch(&self, tasks: Vec<CopyTask>, shards: &[mpsc::Sender<CopyTask>]) {
-        for task in tasks {
-            let shard = shard_of(&task.dest_key, shards.len());
-            if let Err(mpsc::error::SendError(task)) = shards[shard].send(task).await {
+    /// Queues the tasks for the copiers; if the copiers are gone (the warm
+    /// is ending), gives back the claims the tasks hold.
+    async fn dispatch(&self, batch: Vec<CopyTask>, tasks: &mpsc::Sender<CopyTask>) {
+        for task in batch {
+            if let Err(mpsc::error::SendError(task)) = tasks.send(task).await {
                 if task.claimed_at.is_some() {
                     self.release(&task.dest_key).await;
                 }
             }
         }
     }
-}
-
-/// The shard of a key: a stable hash, so a key always lands in one queue.
-fn shard_of(key: &str, shards: usize) -> usize {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    key.hash(&mut h);
-    (h.finish() % shards.max(1) as u64) as usize
 }

@@ -1,14 +1,13 @@
-//! One warm's state, and the pipeline that joins its parts: the lister
-//! feeds the planner, the planner feeds the copy shards, the copiers feed
+//! One warm's state, and the pipeline that joins its parts: the listers
+//! feed the planner, the planner feeds the copiers, the copiers feed
 //! the entry writer, and the lease renewer runs beside them all.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use expresscache::WarmSpec;
 use futures::future::BoxFuture;
-use futures::StreamExt;
+use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 
 use super::planning::CopyTask;
 use super::writer::EntrySender;
@@ -19,9 +18,17 @@ use crate::progress::Progress;
 use crate::stop::{StopReason, StopSignal};
 use crate::store::ObjectStore;
 
-/// Copy tasks queued per shard: deep enough that the single planner rarely
-/// waits on one full shard while others starve (head-of-line blocking).
-const SHARD_DEPTH: usize = 256;
+/// Copy tasks queued ahead of the copiers: about two listing pages, so the
+/// planner works on the next page while the copiers start on this one.
+const TASK_QUEUE: usize = 2048;
+
+/// Keys settled at once per request the adaptive limit lets in flight:
+/// some of them wait for another warm's claim or for the index, and the
+/// copies must never wait for tasks.
+const TASKS_PER_SLOT: usize = 2;
+
+/// Keys settled at once however low the limit is.
+const MIN_TASKS: usize = 16;
 
 /// Copied entries queued for the writer.
 const ENTRY_QUEUE: usize = 1024;
@@ -61,15 +68,12 @@ impl<'a, S: ObjectStore, I: CacheIndex> WarmRun<'a, S, I> {
     pub async fn run(&self) -> Result<WarmOutcome, WarmError> {
         self.progress.set_phase(Phase::Planning);
         self.write_leases().await?;
-        let shards = self.w.settings.shards.max(1);
-        let (txs, rxs): (Vec<_>, Vec<_>) = (0..shards)
-            .map(|_| mpsc::channel::<CopyTask>(SHARD_DEPTH))
-            .unzip();
+        let (task_tx, task_rx) = mpsc::channel::<CopyTask>(TASK_QUEUE);
         let (entry_tx, entry_rx) = mpsc::channel(ENTRY_QUEUE);
-        let copier = self.copy_all(rxs, entry_tx);
+        let copier = self.copy_all(task_rx, entry_tx);
         let planner = async {
-            let r = self.plan(&txs).await;
-            drop(txs);
+            let r = self.plan(&task_tx).await;
+            drop(task_tx);
             r
         };
         let writer = self.write_entries(entry_rx);
@@ -107,25 +111,34 @@ impl<'a, S: ObjectStore, I: CacheIndex> WarmRun<'a, S, I> {
         }
     }
 
-    /// Runs every queued copy task: each shard's queue drained with
-    /// `per_shard_concurrency` tasks at once.
-    async fn copy_all(&self, shards: Vec<mpsc::Receiver<CopyTask>>, entries: EntrySender) {
-        let per_shard = self.w.settings.per_shard_concurrency.max(1);
+    /// Runs every queued copy task, as many at once as the destination's
+    /// adaptive limit can use: the task count follows the limit (up to
+    /// twice the engine's ceiling), so memory stays bounded however large
+    /// the warm and the copies are never starved of tasks.
+    async fn copy_all(&self, mut tasks: mpsc::Receiver<CopyTask>, entries: EntrySender) {
         let entries = &entries;
+        let ceiling = self
+            .w
+            .settings
+            .max_copy_tasks
+            .unwrap_or(self.w.engine.settings().max_concurrency * TASKS_PER_SLOT)
+            .max(1);
         // Boxed: naming the per-task future type keeps the whole warm `Send`
         // (rustc cannot prove it through nested closures otherwise).
-        let runs: Vec<BoxFuture<'_, ()>> = shards
-            .into_iter()
-            .map(|rx| -> BoxFuture<'_, ()> {
-                Box::pin(
-                    ReceiverStream::new(rx)
-                        .for_each_concurrent(per_shard, move |task| -> BoxFuture<'_, ()> {
-                            Box::pin(self.run_task(task, entries))
-                        }),
-                )
-            })
-            .collect();
-        futures::future::join_all(runs).await;
+        let mut running: FuturesUnordered<BoxFuture<'_, ()>> = FuturesUnordered::new();
+        let mut open = true;
+        while open || !running.is_empty() {
+            let room = (self.w.engine.limit_for(self.dir()) * TASKS_PER_SLOT)
+                .max(MIN_TASKS)
+                .min(ceiling);
+            tokio::select! {
+                Some(()) = running.next(), if !running.is_empty() => {}
+                task = tasks.recv(), if open && running.len() < room => match task {
+                    Some(task) => running.push(Box::pin(self.run_task(task, entries))),
+                    None => open = false,
+                },
+            }
+        }
     }
 
     /// Notes that copying started (once per warm).
