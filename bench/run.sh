@@ -1,37 +1,56 @@
 #!/usr/bin/env bash
 # Benchmark: expresscache against the tools a user would otherwise pick, on
-# the same S3-compatible server, the same objects, in the same run.
+# the same S3-compatible server, the same objects, in the same run; on
+# loopback and, with --latency, behind a proxy that delays every byte (a
+# real network's round trip, where the defaults must still be right).
 #
-#   bench/run.sh [--objects N] [--size BYTES] [--server garage|moto] [--concurrency C] [--no-peers]
+#   bench/run.sh [--latency MS] [--objects N] [--size BYTES] [--tree K]
+#                [--server garage|moto] [--raw-concurrency "64 256 512"] [--no-peers]
+#                [--no-flat]          # skip f/ (e.g. a 1,000,000-object run)
 #
 # Defaults: 20,000 objects of 4 KiB; garage if `garage` is on PATH (or in
 # ~/.local/garage/bin; install it with `cargo install garage --locked`),
-# moto otherwise. Each tool copies the source prefix server-side into its own
-# destination bucket, cold, then re-runs (a re-run must find everything
-# already there). Measured: wall time and objects/s of
-#   - expresscache: cold warm, re-warm (all hits)
-#   - rclone copy, s5cmd cp (+ sync re-run), aws s3 cp --recursive (+ sync)
-#   - raw: the best CopyObject rate of a minimal concurrent loop (ceiling)
-#   - list: a bare listing of the prefix (the floor for a re-warm)
-# and the peak RSS of expresscache-server. Prints a table and the ratios.
-# Not part of the test command: it takes minutes and needs release builds.
+# moto otherwise. Two source prefixes of N objects each: d/ spread over K
+# sub-prefixes (default 20) and f/ flat. Each phase (loopback, then with
+# --latency MS one-way delay, e.g. 25 = a 50 ms round trip) starts a fresh
+# expresscache-server at its default settings (no flags but the endpoint's)
+# and measures wall time and objects/s of
+#   - expresscache: cold warm and re-warm of d/ (tree) and of f/ (flat)
+#   - raw: a minimal concurrent CopyObject loop at each --raw-concurrency;
+#     the best is the ceiling
+#   - list: a bare sequential listing of d/ and of f/ (the floor for a
+#     re-warm that lists one page after the other)
+#   - s5cmd at its default (256 workers) and at the raw ceiling's
+#     concurrency; rclone at --transfers 64 and at the ceiling's; aws s3 cp
+#     at its default (10 requests), each cold and re-run (sync)
+# and the peak RSS of expresscache-server. Prints a table and the ratios per
+# phase. Not part of the test command: it takes minutes and needs release
+# builds. Every process it starts is stopped when it exits.
 set -euo pipefail
+# shellcheck source=../scripts/lib.sh
 source "$(dirname "$0")/../scripts/lib.sh"
 cd "$REPO_ROOT"
 
 OBJECTS=20000
 SIZE=4096
 SERVER=""
-CONCURRENCY=64
+LATENCY=""
+TREE=20
+RAW_CONCURRENCY="64 256 512"
 PEERS=1
+FLAT=1
+usage="usage: $0 [--latency MS] [--objects N] [--size BYTES] [--tree K] [--server garage|moto] [--raw-concurrency \"64 256 512\"] [--no-peers] [--no-flat]"
 while [ $# -gt 0 ]; do
   case $1 in
+    --latency) LATENCY=$2; shift ;;
     --objects) OBJECTS=$2; shift ;;
     --size) SIZE=$2; shift ;;
+    --tree) TREE=$2; shift ;;
     --server) SERVER=$2; shift ;;
-    --concurrency) CONCURRENCY=$2; shift ;;
+    --raw-concurrency) RAW_CONCURRENCY=$2; shift ;;
     --no-peers) PEERS=0 ;;
-    *) echo "usage: $0 [--objects N] [--size BYTES] [--server garage|moto] [--concurrency C] [--no-peers]" >&2; exit 2 ;;
+    --no-flat) FLAT=0 ;;
+    *) echo "$usage" >&2; exit 2 ;;
   esac
   shift
 done
@@ -47,14 +66,22 @@ ensure_venv
 "$VENV/bin/pip" install -q --disable-pip-version-check -r bench/requirements.txt
 ensure_apt rclone rclone
 log "building release binaries"
-cargo build --release --locked -p expresscache-server -p expresscache-client --bins --example raw_copy
+cargo build --release --locked -p expresscache-server -p expresscache-client --bins \
+  --example raw_copy --example delay_proxy
 REL="$REPO_ROOT/target/release"
 
 STATE="$REPO_ROOT/.local/bench"
 rm -rf "$STATE" && mkdir -p "$STATE"
 PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
+# Stops every process this script started (each was started directly, so
+# its PID is the process itself, not a subshell around it).
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+}
 trap cleanup EXIT
+# The aws cli's settings stay in this run's state, not in ~/.aws.
+export AWS_CONFIG_FILE="$STATE/aws-config"
 
 S3_PORT=$(free_port)
 export AWS_REGION=us-east-1
@@ -87,7 +114,7 @@ api_bind_addr = "127.0.0.1:$ADMIN_PORT"
 EOF
     G() { "$GARAGE_BIN" -c "$STATE/garage.toml" "$@"; }
     log "starting garage ($("$GARAGE_BIN" --version 2>/dev/null | head -1)) on 127.0.0.1:$S3_PORT"
-    G server >"$STATE/garage.log" 2>&1 &
+    "$GARAGE_BIN" -c "$STATE/garage.toml" server >"$STATE/garage.log" 2>&1 &
     PIDS+=($!)
     wait_port "$S3_PORT"
     sleep 1
@@ -95,33 +122,25 @@ EOF
     G layout assign -z dc1 -c 10G "$NODE" >/dev/null
     G layout apply --version 1 >/dev/null
     KEY_OUT=$(G key create bench-key)
-    export AWS_ACCESS_KEY_ID=$(echo "$KEY_OUT" | awk '/Key ID/{print $NF}')
-    export AWS_SECRET_ACCESS_KEY=$(echo "$KEY_OUT" | awk '/Secret key/{print $NF}')
+    AWS_ACCESS_KEY_ID=$(echo "$KEY_OUT" | awk '/Key ID/{print $NF}')
+    AWS_SECRET_ACCESS_KEY=$(echo "$KEY_OUT" | awk '/Secret key/{print $NF}')
+    export AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY
     # The SDKs sign "--x-s3" names for S3 Express, which garage rejects:
     # destinations are plain buckets, accepted by the server flag below.
     DEST_SUFFIX=""
     ;;
   *) echo "unknown server $SERVER" >&2; exit 2 ;;
 esac
-ENDPOINT="http://127.0.0.1:$S3_PORT"
-export AWS_ENDPOINT_URL="$ENDPOINT"
+S3_ENDPOINT="http://127.0.0.1:$S3_PORT"
 
 SRC=bench-src
-DEST_OURS="bench-ours$DEST_SUFFIX"
-DEST_RCLONE=bench-rclone DEST_S5=bench-s5cmd DEST_AWS=bench-aws DEST_RAW="bench-raw$DEST_SUFFIX"
-S5() { "$VENV/bin/s5cmd" --endpoint-url "$ENDPOINT" "$@"; }
-AWS() { "$VENV/bin/aws" --endpoint-url "$ENDPOINT" "$@"; }
-
-log "creating buckets and $OBJECTS objects of $SIZE bytes"
-for b in $SRC $DEST_RCLONE $DEST_S5 $DEST_AWS; do
-  [ "$SERVER" = garage ] && G bucket create "$b" >/dev/null && G bucket allow --read --write --owner "$b" --key bench-key >/dev/null
-  [ "$SERVER" = moto ] && AWS s3api create-bucket --bucket "$b" >/dev/null
-done
-for b in $DEST_OURS $DEST_RAW; do
+PHASES=(loopback)
+[ -n "$LATENCY" ] && [ "$LATENCY" != 0 ] && PHASES+=("rtt$((LATENCY * 2))ms")
+make_bucket() {
   if [ "$SERVER" = garage ]; then
-    G bucket create "$b" >/dev/null && G bucket allow --read --write --owner "$b" --key bench-key >/dev/null
-  else
-    "$VENV/bin/python" - "$ENDPOINT" "$b" <<'PY'
+    G bucket create "$1" >/dev/null && G bucket allow --read --write --owner "$1" --key bench-key >/dev/null
+  elif [ "$2" = directory ]; then
+    "$VENV/bin/python" - "$S3_ENDPOINT" "$1" <<'PY'
 import sys, boto3
 from botocore.config import Config
 s3 = boto3.client("s3", endpoint_url=sys.argv[1], config=Config(s3={"disable_s3_express_session_auth": True}))
@@ -129,29 +148,37 @@ s3.create_bucket(Bucket=sys.argv[2], CreateBucketConfiguration={
     "Location": {"Type": "AvailabilityZone", "Name": "use1-az4"},
     "Bucket": {"DataRedundancy": "SingleAvailabilityZone", "Type": "Directory"}})
 PY
+  else
+    "$VENV/bin/aws" --endpoint-url "$S3_ENDPOINT" s3api create-bucket --bucket "$1" >/dev/null
   fi
+}
+log "creating buckets"
+make_bucket $SRC general
+for phase in "${PHASES[@]}"; do
+  make_bucket "ours-$phase$DEST_SUFFIX" directory
+  make_bucket "raw-$phase$DEST_SUFFIX" directory
+  for peer in s5d s5e rclone rclonee aws; do make_bucket "$peer-$phase" general; done
 done
-mkdir -p "$STATE/data/d"
-python3 - "$STATE/data/d" "$OBJECTS" "$SIZE" <<'PY'
+
+log "creating 2 x $OBJECTS objects of $SIZE bytes (d/ over $TREE sub-prefixes, f/ flat)"
+mkdir -p "$STATE/data/d" "$STATE/data/f"
+python3 - "$STATE/data" "$OBJECTS" "$SIZE" "$TREE" "$FLAT" <<'PY'
 import os, sys
-d, n, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+root, n, size, tree, flat = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5] == "1"
 blob = os.urandom(size)
 for i in range(n):
-    with open(os.path.join(d, f"obj-{i:07d}.bin"), "wb") as f:
-        f.write(blob[: size - 8] + i.to_bytes(8, "big"))
+    body = blob[: max(size - 8, 0)] + i.to_bytes(8, "big")[: size]
+    sub = os.path.join(root, "d", f"part-{i % tree:03d}")
+    os.makedirs(sub, exist_ok=True)
+    paths = [os.path.join(sub, f"obj-{i:07d}.bin")]
+    if flat:
+        paths.append(os.path.join(root, "f", f"obj-{i:07d}.bin"))
+    for path in paths:
+        with open(path, "wb") as f:
+            f.write(body)
 PY
-S5 --numworkers 64 cp "$STATE/data/d/*" "s3://$SRC/d/" >/dev/null
+"$VENV/bin/s5cmd" --endpoint-url "$S3_ENDPOINT" --numworkers 64 cp "$STATE/data/*" "s3://$SRC/" >/dev/null
 rm -rf "$STATE/data"
-
-GRPC_PORT=$(free_port)
-"$REL/expresscache-server" --listen "127.0.0.1:$GRPC_PORT" --index "sqlite://$STATE/index.db" \
-  --max-concurrency "$CONCURRENCY" --force-path-style true \
-  $( [ "$SERVER" = garage ] && echo --allow-general-purpose-destination true ) \
-  >"$STATE/server.log" 2>&1 &
-SERVER_PID=$!
-PIDS+=($SERVER_PID)
-wait_port "$GRPC_PORT"
-export EXPRESSCACHE_ENDPOINT="http://127.0.0.1:$GRPC_PORT"
 
 declare -A SECS
 # Times a command; records seconds under $1; fails loudly if it fails.
@@ -166,68 +193,133 @@ timed() {
   SECS[$name]=$(python3 -c "print(f'{$t1-$t0:.3f}')")
   log "$name: ${SECS[$name]} s"
 }
-count() { S5 ls "s3://$1/d/*" 2>/dev/null | wc -l; }
+# Objects under d/ of bucket $1, straight from the server (not through the
+# proxy).
+count() { "$VENV/bin/s5cmd" --endpoint-url "$S3_ENDPOINT" ls "s3://$1/$2*" 2>/dev/null | wc -l; }
 check() {
-  local n; n=$(count "$1")
-  [ "$n" -eq "$OBJECTS" ] || { echo "$1 holds $n objects, expected $OBJECTS" >&2; exit 1; }
+  local n; n=$(count "$1" "$2")
+  [ "$n" -eq "$OBJECTS" ] || { echo "$1 holds $n objects under $2, expected $OBJECTS" >&2; exit 1; }
 }
 
-export RCLONE_CONFIG_BENCH_TYPE=s3 RCLONE_CONFIG_BENCH_PROVIDER=Other \
-  RCLONE_CONFIG_BENCH_ENDPOINT="$ENDPOINT" RCLONE_CONFIG_BENCH_REGION=us-east-1 \
-  RCLONE_CONFIG_BENCH_ACCESS_KEY_ID="$AWS_ACCESS_KEY_ID" \
-  RCLONE_CONFIG_BENCH_SECRET_ACCESS_KEY="$AWS_SECRET_ACCESS_KEY" RCLONE_CONFIG_BENCH_FORCE_PATH_STYLE=true
+run_phase() {
+  local phase=$1 delay=$2 endpoint=$S3_ENDPOINT proxy_pid="" p=$1
+  if [ "$delay" != 0 ]; then
+    local port; port=$(free_port)
+    "$REL/examples/delay_proxy" "127.0.0.1:$port" "127.0.0.1:$S3_PORT" "$delay" 2>"$STATE/proxy-$phase.log" &
+    proxy_pid=$!
+    PIDS+=("$proxy_pid")
+    wait_port "$port"
+    endpoint="http://127.0.0.1:$port"
+  fi
+  log "phase $phase: endpoint $endpoint"
+  export AWS_ENDPOINT_URL="$endpoint"
+  local grpc_port; grpc_port=$(free_port)
+  # Default settings: only what the endpoint needs.
+  "$REL/expresscache-server" --listen "127.0.0.1:$grpc_port" --index "sqlite://$STATE/index-$phase.db" \
+    --force-path-style true \
+    $( [ "$SERVER" = garage ] && echo --allow-general-purpose-destination true ) \
+    >"$STATE/server-$phase.log" 2>&1 &
+  local server_pid=$!
+  PIDS+=("$server_pid")
+  wait_port "$grpc_port"
+  export EXPRESSCACHE_ENDPOINT="http://127.0.0.1:$grpc_port"
+  local dest="ours-$phase$DEST_SUFFIX"
+  local warm=("$REL/expresscache" warm --bucket "$SRC" --directory-bucket "$dest" --ttl 1h --output json)
 
-WARM=("$REL/expresscache" warm --bucket "$SRC" --prefix d/ --directory-bucket "$DEST_OURS" --ttl 1h --output json)
-timed list "$REL/examples/raw_copy" list "$SRC" d/
-timed raw "$REL/examples/raw_copy" copy "$SRC" "$DEST_RAW" d/ "$CONCURRENCY"
-timed ours_cold "${WARM[@]}"
-check "$DEST_OURS"
-timed ours_rerun "${WARM[@]}"
-grep -q '"objects_hit":'"$OBJECTS" "$STATE/ours_rerun.out" || { echo "re-warm was not all hits" >&2; tail -n1 "$STATE/ours_rerun.out" >&2; exit 1; }
-if [ "$PEERS" = 0 ]; then
-  # Only expresscache and the yardsticks (e.g. for a 200,000-object RSS run).
-  RSS_KB=$(awk '/VmHWM/{print $2}' "/proc/$SERVER_PID/status")
-  echo
-  echo "server: $SERVER; $OBJECTS objects x $SIZE B; concurrency $CONCURRENCY; peers skipped"
-  for k in list raw ours_cold ours_rerun; do
-    python3 -c "print(f'{\"$k\":<14}{${SECS[$k]}:>10.2f}{$OBJECTS / ${SECS[$k]}:>12.0f} objects/s')"
+  timed "$p.list_tree" "$REL/examples/raw_copy" list "$SRC" d/
+  [ "$FLAT" = 1 ] && timed "$p.list_flat" "$REL/examples/raw_copy" list "$SRC" f/
+  local best="" best_c=""
+  for c in $RAW_CONCURRENCY; do
+    timed "$p.raw_$c" "$REL/examples/raw_copy" copy "$SRC" "raw-$phase$DEST_SUFFIX" d/ "$c"
+    if [ -z "$best" ] || python3 -c "import sys; sys.exit(0 if ${SECS[$p.raw_$c]} < $best else 1)"; then
+      best=${SECS[$p.raw_$c]}; best_c=$c
+    fi
   done
-  echo "expresscache-server peak RSS: $((RSS_KB / 1024)) MiB"
-  exit 0
-fi
-# rclone's S3 backend cannot load AWS_CA_BUNDLE into its own transport, and
-# the endpoint is plain HTTP anyway.
-unset AWS_CA_BUNDLE
-timed rclone_cold rclone copy "bench:$SRC/d" "bench:$DEST_RCLONE/d" --transfers "$CONCURRENCY" --checkers "$CONCURRENCY"
-check "$DEST_RCLONE"
-timed rclone_rerun rclone copy "bench:$SRC/d" "bench:$DEST_RCLONE/d" --transfers "$CONCURRENCY" --checkers "$CONCURRENCY"
-timed s5cmd_cold S5 --numworkers "$CONCURRENCY" cp "s3://$SRC/d/*" "s3://$DEST_S5/d/"
-check "$DEST_S5"
-timed s5cmd_rerun S5 --numworkers "$CONCURRENCY" sync "s3://$SRC/d/*" "s3://$DEST_S5/d/"
-AWS configure set default.s3.max_concurrent_requests "$CONCURRENCY" >/dev/null
-timed aws_cold AWS s3 cp --recursive --only-show-errors "s3://$SRC/d/" "s3://$DEST_AWS/d/"
-check "$DEST_AWS"
-timed aws_rerun AWS s3 sync --only-show-errors "s3://$SRC/d/" "s3://$DEST_AWS/d/"
-RSS_KB=$(awk '/VmHWM/{print $2}' "/proc/$SERVER_PID/status")
+  SECS[$p.raw]=$best
+  echo "$best_c" >"$STATE/$p.raw_best"
+  timed "$p.ours_cold" "${warm[@]}" --prefix d/
+  check "$dest" d/
+  timed "$p.ours_rerun" "${warm[@]}" --prefix d/
+  grep -q '"objects_hit":'"$OBJECTS" "$STATE/$p.ours_rerun.out" || { echo "re-warm was not all hits" >&2; tail -n1 "$STATE/$p.ours_rerun.out" >&2; exit 1; }
+  if [ "$FLAT" = 1 ]; then
+    timed "$p.ours_flat_cold" "${warm[@]}" --prefix f/
+    check "$dest" f/
+    timed "$p.ours_flat_rerun" "${warm[@]}" --prefix f/
+    grep -q '"objects_hit":'"$OBJECTS" "$STATE/$p.ours_flat_rerun.out" || { echo "flat re-warm was not all hits" >&2; exit 1; }
+  fi
+  awk '/VmHWM/{print $2}' "/proc/$server_pid/status" >"$STATE/$p.rss_kb"
+  cat "$STATE/index-$phase.db"* | wc -c >"$STATE/$p.index_bytes"
 
-python3 - "$SERVER" "$OBJECTS" "$SIZE" "$CONCURRENCY" "$RSS_KB" \
-  "${SECS[list]}" "${SECS[raw]}" "${SECS[ours_cold]}" "${SECS[ours_rerun]}" \
-  "${SECS[rclone_cold]}" "${SECS[rclone_rerun]}" "${SECS[s5cmd_cold]}" "${SECS[s5cmd_rerun]}" \
-  "${SECS[aws_cold]}" "${SECS[aws_rerun]}" <<'PY'
-import sys, platform, os
-server, n, size, conc, rss = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
-t = dict(zip(["list","raw","ours_cold","ours_rerun","rclone_cold","rclone_rerun","s5cmd_cold","s5cmd_rerun","aws_cold","aws_rerun"], map(float, sys.argv[6:])))
+  if [ "$PEERS" = 1 ]; then
+    local S5=("$VENV/bin/s5cmd" --endpoint-url "$endpoint")
+    timed "$p.s5cmd_default_cold" "${S5[@]}" cp "s3://$SRC/d/*" "s3://s5d-$phase/d/"
+    check "s5d-$phase" d/
+    timed "$p.s5cmd_default_rerun" "${S5[@]}" sync "s3://$SRC/d/*" "s3://s5d-$phase/d/"
+    timed "$p.s5cmd_equal_cold" "${S5[@]}" --numworkers "$best_c" cp "s3://$SRC/d/*" "s3://s5e-$phase/d/"
+    check "s5e-$phase" d/
+    # rclone's S3 backend cannot load AWS_CA_BUNDLE into its own transport,
+    # and the endpoint is plain HTTP anyway.
+    export RCLONE_CONFIG_BENCH_TYPE=s3 RCLONE_CONFIG_BENCH_PROVIDER=Other \
+      RCLONE_CONFIG_BENCH_ENDPOINT="$endpoint" RCLONE_CONFIG_BENCH_REGION=us-east-1 \
+      RCLONE_CONFIG_BENCH_ACCESS_KEY_ID="$AWS_ACCESS_KEY_ID" \
+      RCLONE_CONFIG_BENCH_SECRET_ACCESS_KEY="$AWS_SECRET_ACCESS_KEY" RCLONE_CONFIG_BENCH_FORCE_PATH_STYLE=true
+    timed "$p.rclone_64_cold" env -u AWS_CA_BUNDLE rclone copy "bench:$SRC/d" "bench:rclone-$phase/d" --transfers 64 --checkers 64
+    check "rclone-$phase" d/
+    timed "$p.rclone_64_rerun" env -u AWS_CA_BUNDLE rclone copy "bench:$SRC/d" "bench:rclone-$phase/d" --transfers 64 --checkers 64
+    timed "$p.rclone_equal_cold" env -u AWS_CA_BUNDLE rclone copy "bench:$SRC/d" "bench:rclonee-$phase/d" --transfers "$best_c" --checkers "$best_c"
+    check "rclonee-$phase" d/
+    local AWS=("$VENV/bin/aws" --endpoint-url "$endpoint")
+    timed "$p.aws_default_cold" "${AWS[@]}" s3 cp --recursive --only-show-errors "s3://$SRC/d/" "s3://aws-$phase/d/"
+    check "aws-$phase" d/
+    timed "$p.aws_default_rerun" "${AWS[@]}" s3 sync --only-show-errors "s3://$SRC/d/" "s3://aws-$phase/d/"
+  fi
+  kill "$server_pid" 2>/dev/null || true
+  [ -n "$proxy_pid" ] && kill "$proxy_pid" 2>/dev/null || true
+}
+
+run_phase loopback 0
+[ "${#PHASES[@]}" -gt 1 ] && run_phase "${PHASES[1]}" "$LATENCY"
+
+# One table per phase: seconds and objects/s of each run, then the ratios
+# the targets are stated in.
+for phase in "${PHASES[@]}"; do
+  for k in "${!SECS[@]}"; do
+    case $k in "$phase".*) echo "${k#"$phase".} ${SECS[$k]}" ;; esac
+  done >"$STATE/$phase.secs"
+  python3 - "$phase" "$SERVER" "$OBJECTS" "$SIZE" "$TREE" "$(cat "$STATE/$phase.rss_kb")" \
+    "$(cat "$STATE/$phase.raw_best")" "$STATE/$phase.secs" "$(cat "$STATE/$phase.index_bytes")" <<'PY'
+import os, platform, sys
+phase, server, n, size, tree, rss, raw_c, path, index_bytes = sys.argv[1:10]
+n, rss, index_bytes = int(n), int(rss), int(index_bytes)
+t = dict(line.split() for line in open(path))
+t = {k: float(v) for k, v in t.items()}
+order = ["list_tree", "list_flat"] + sorted(k for k in t if k.startswith("raw_")) + [
+    "raw", "ours_cold", "ours_rerun", "ours_flat_cold", "ours_flat_rerun",
+    "s5cmd_default_cold", "s5cmd_default_rerun", "s5cmd_equal_cold",
+    "rclone_64_cold", "rclone_64_rerun", "rclone_equal_cold",
+    "aws_default_cold", "aws_default_rerun"]
 print()
-print(f"server: {server}; {n} objects x {size} B; concurrency {conc}; {os.cpu_count()} cores; {platform.platform()}")
-print(f"{'run':<14}{'seconds':>10}{'objects/s':>12}")
-for k, v in t.items():
-    print(f"{k:<14}{v:>10.2f}{n / v:>12.0f}")
-print(f"expresscache-server peak RSS: {rss / 1024:.1f} MiB")
-best_cold = min(t["rclone_cold"], t["s5cmd_cold"], t["aws_cold"])
-best_rerun = min(t["rclone_rerun"], t["s5cmd_rerun"], t["aws_rerun"])
+print(f"== {phase}: {server}; {n} objects x {size} B per prefix (d/ over {tree} sub-prefixes, f/ flat); "
+      f"{os.cpu_count()} cores; {platform.platform()}")
+print(f"{'run':<22}{'seconds':>10}{'objects/s':>12}")
+for k in order:
+    if k in t:
+        label = f"raw (best: {raw_c})" if k == "raw" else k
+        print(f"{label:<22}{t[k]:>10.2f}{n / t[k]:>12.0f}")
+print(f"expresscache-server peak RSS: {rss / 1024:.1f} MiB; SQLite index on disk: {index_bytes / 2**20:.1f} MiB")
+def ratio(label, value, target):
+    print(f"{label:<52}= {value:5.2f}   (target {target})")
 print()
-print(f"cold:   ours / raw ceiling (rate)      = {t['raw'] / t['ours_cold']:.2f}   (target >= 0.9)")
-print(f"cold:   ours / fastest peer (rate)     = {best_cold / t['ours_cold']:.2f}   (target >= 1.2)")
-print(f"re-run: ours / bare listing (time)     = {t['ours_rerun'] / t['list']:.2f}   (target <= 1.5)")
-print(f"re-run: fastest peer / ours (speed-up) = {best_rerun / t['ours_rerun']:.2f}   (target >= 5)")
+ratio("cold:    ours / raw ceiling (rate)", t["raw"] / t["ours_cold"], ">= 0.9")
+if "s5cmd_default_cold" in t:
+    ratio("cold:    ours / s5cmd at its default (rate)", t["s5cmd_default_cold"] / t["ours_cold"], ">= 1.2")
+    eq = min(t["s5cmd_equal_cold"], t["rclone_equal_cold"])
+    ratio(f"cold:    ours / fastest peer at {raw_c} (rate)", eq / t["ours_cold"], "report")
+ratio("re-warm: ours / bare listing, tree d/ (time)", t["ours_rerun"] / t["list_tree"], "<= 0.5")
+if "list_flat" in t:
+    ratio("re-warm: ours / bare listing, flat f/ (time)", t["ours_flat_rerun"] / t["list_flat"], "<= 1.5")
+if "s5cmd_default_rerun" in t:
+    best = min(t["s5cmd_default_rerun"], t["rclone_64_rerun"], t["aws_default_rerun"])
+    ratio("re-run:  fastest peer / ours (speed-up)", best / t["ours_rerun"], ">= 5")
 PY
+done
