@@ -66,9 +66,6 @@ pub async fn s3_store(config: &Config) -> S3Store {
     )
 }
 
-/// Runs the server described by `config` on `store` until a shutdown
-/// signal. The store is a parameter so tests and diagnostics can run the
-/// same server over their own (an in-memory or fault-injecting store).
 /// File descriptors kept for everything but S3 connections: the index,
 /// gRPC clients, logs.
 const RESERVED_FILES: u64 = 256;
@@ -81,8 +78,12 @@ pub fn fit_to_open_files(config: &mut Config) {
     let files = match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(n) => n,
         Err(e) => {
-            tracing::warn!(error = %e, "could not read or raise the open-files limit");
-            return;
+            tracing::warn!(error = %e, "could not raise the open-files limit");
+            // Fit to the limit as it stands.
+            match rlimit::getrlimit(rlimit::Resource::NOFILE) {
+                Ok((soft, _)) => soft,
+                Err(_) => return,
+            }
         }
     };
     // One connection per request in flight, and as many idle in the pool.
@@ -98,6 +99,9 @@ pub fn fit_to_open_files(config: &mut Config) {
     }
 }
 
+/// Runs the server described by `config` on `store` until a shutdown
+/// signal. The store is a parameter so tests and diagnostics can run the
+/// same server over their own (an in-memory or fault-injecting store).
 pub async fn run<S: ObjectStore>(config: Config, store: S) -> anyhow::Result<()> {
     match &config.index {
         IndexLocation::Sqlite(path) => {

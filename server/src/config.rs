@@ -147,6 +147,10 @@ struct FileConfig {
     multipart_threshold: Option<String>,
     allow_general_purpose_destination: Option<bool>,
     list_concurrency: Option<usize>,
+    /// Replaced by the adaptive task count (0.2); accepted and ignored so
+    /// that existing config files still load.
+    #[allow(dead_code)]
+    shard_concurrency: Option<usize>,
     #[serde(default, with = "humantime_serde_opt")]
     shutdown_grace: Option<Duration>,
     #[serde(default, with = "humantime_serde_opt")]

@@ -1,32 +1,39 @@
 //! Adaptive concurrency for one destination bucket: it finds how many
-//! requests may be in flight by watching their latency, as TCP Vegas and
-//! Netflix's gradient limiters do.
+//! requests may be in flight by watching their latency, as Netflix's
+//! gradient limiter does, and backs off on throttling as AIMD does.
 //!
 //! What bounds a copy's rate depends on where the service runs: on a
-//! loopback endpoint the server's CPU, on AWS the round trip (tens of
+//! loopback endpoint the CPUs of both ends, on AWS the round trip (tens of
 //! milliseconds, so thousands of requests/s need hundreds in flight). A
 //! fixed limit is wrong for one or the other; so the limit is measured:
 //!
-//! - **Windows.** Latencies of successful requests are collected in
-//!   windows of about one limit's worth of requests (at least
-//!   [`MIN_WINDOW`]), roughly one round trip each. The window's median is
-//!   its latency (a median, so a few large objects do not look like a
-//!   queue).
-//! - **Baseline.** The lowest window latency seen: the latency without a
-//!   queue. It drifts up by [`BASELINE_DRIFT_PER_SEC`] (1%/s), so a lasting
-//!   change (larger objects, a slower route) becomes the new normal within
-//!   about a minute instead of throttling the warm forever.
-//! - **Growth.** While a window's latency stays within [`TOLERANCE`] (2x)
-//!   of the baseline, the limit grows: doubling per window at first (slow
-//!   start, so 16 becomes 1,024 in six round trips), then by its square
-//!   root per window once any congestion was seen. It grows only when the
+//! - **Windows.** Latencies of successful small requests (up to
+//!   [`SAMPLE_MAX_BYTES`]: larger copies measure bandwidth, not queues) are
+//!   collected in windows of about one limit's worth (at least
+//!   [`MIN_WINDOW`]), roughly one round trip each. Only requests admitted
+//!   since the limit last changed count, so a window judges the limit it
+//!   ran under. Its latency is the median (a few slow requests do not look
+//!   like a queue).
+//! - **Baseline.** A moving average of window latencies (each window moves
+//!   it [`BASELINE_WEIGHT`] of the way, a lower one half the way): what is
+//!   normal lately. A queue that builds slowly as the limit grows is
+//!   tolerated; only a jump shows congestion. (A minimum instead, as TCP
+//!   Vegas keeps, starves a loopback endpoint, whose latency grows with
+//!   every request in flight long before its throughput stops growing.)
+//! - **Growth, while throughput rises.** While a window's latency stays
+//!   within [`TOLERANCE`] (2x) of the baseline, the limit grows: doubling
+//!   per window at first (slow start), then by its square root. Each
+//!   growth is a trial: if the next window's throughput did not rise by
+//!   at least [`GAIN_SHARE`] (half) of it, the extra requests only queued, so the
+//!   growth is undone, slow start ends, and the limit holds for
+//!   [`HOLD_WINDOWS`] windows before trying again. It grows only when the
 //!   window used at least half of it (a limit nobody fills says nothing).
 //! - **Back-off.** A window slower than the tolerance ends slow start and
 //!   cuts the limit in proportion (`limit * tolerance * baseline /
-//!   latency`, at most by half); a throttling answer (503 SlowDown, 429,
-//!   a timeout) halves it, at most once per cool-down so one burst of
-//!   SlowDowns counts as one signal. For a minute after, the limit grows
-//!   by one per window only once it is back at 3/4 of where it was
+//!   latency`, at most by half); a throttling answer (503 SlowDown, 429, a
+//!   timeout) halves it, at most once per cool-down so one burst of
+//!   SlowDowns counts as one signal. For a minute after, the limit grows by
+//!   one per window only once it is back at 3/4 of where it was
 //!   throttled: a request-rate limit adds no latency to warn of it, so it
 //!   is approached as AIMD would, not by doubling into it again.
 //!
@@ -42,26 +49,26 @@ use tokio::time::Instant;
 
 use tokio::sync::Notify;
 
-/// Where the limit starts: low enough not to flood a small endpoint before
-/// the first measurement, high enough that slow start reaches a thousand in
-/// a handful of round trips.
-pub const INITIAL_LIMIT: usize = 16;
+/// Where the limit starts: the old fixed default, which small endpoints
+/// take; slow start reaches a thousand from it in four round trips.
+pub const INITIAL_LIMIT: usize = 64;
+/// Requests moving more than this do not feed the latency windows.
+pub const SAMPLE_MAX_BYTES: u64 = 1024 * 1024;
+/// How far one window moves the baseline toward its latency.
+pub const BASELINE_WEIGHT: f64 = 0.1;
+/// A growth of the limit stays only if throughput rose by at least this
+/// share of it (doubling must bring 1.5x, +10% must bring +5%).
+pub const GAIN_SHARE: f64 = 0.5;
+/// Windows held at a limit whose growth brought nothing before trying
+/// again (the endpoint may have more room by then).
+pub const HOLD_WINDOWS: u32 = 16;
 /// Fewest latencies that make a window.
 pub const MIN_WINDOW: usize = 16;
 /// How much slower than the baseline a window may be before it counts as
 /// a queue building up.
 pub const TOLERANCE: f64 = 2.0;
-/// How fast the baseline rises toward what is measured, per second.
-pub const BASELINE_DRIFT_PER_SEC: f64 = 0.01;
 /// How long the limit at which the endpoint throttled is remembered.
 pub const THROTTLE_MEMORY: Duration = Duration::from_secs(60);
-
-#[derive(Debug)]
-struct Baseline {
-    /// Seconds.
-    latency: f64,
-    at: Instant,
-}
 
 #[derive(Debug)]
 struct State {
@@ -76,11 +83,23 @@ struct State {
     /// most of it the limit grows by one per window only, as AIMD does, so
     /// a rate limit that shows no latency is not hit again at once.
     throttled_at: Option<(f64, Instant)>,
+    /// Bumped whenever the limit changes: requests admitted before feed
+    /// no window.
+    generation: u64,
     /// Latencies (seconds) of this window's successes.
     window: Vec<f64>,
     /// Most requests in flight at once during this window.
     window_peak: usize,
-    baseline: Option<Baseline>,
+    /// Seconds.
+    baseline: Option<f64>,
+    /// When this window began (the limit's last change, or the previous
+    /// window's end): its duration gives its throughput.
+    window_started: Instant,
+    /// The last growth, on trial: the limit and the throughput before it.
+    trial: Option<(f64, f64)>,
+    /// Windows since the last growth was undone for bringing nothing;
+    /// `None` when not holding.
+    held: Option<u32>,
 }
 
 #[derive(Debug)]
@@ -93,12 +112,16 @@ pub struct AdaptiveLimit {
 
 /// One admitted request; dropping it frees the slot.
 #[derive(Debug)]
-pub struct Slot(Arc<AdaptiveLimit>);
+pub struct Slot {
+    limit: Arc<AdaptiveLimit>,
+    /// The limit's generation when the request was admitted.
+    generation: u64,
+}
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.lock().in_flight -= 1;
-        self.0.freed.notify_one();
+        self.limit.lock().in_flight -= 1;
+        self.limit.freed.notify_one();
     }
 }
 
@@ -113,9 +136,13 @@ impl AdaptiveLimit {
                 last_decrease: None,
                 slow_start: true,
                 throttled_at: None,
+                generation: 0,
                 window: Vec::new(),
                 window_peak: 0,
                 baseline: None,
+                window_started: Instant::now(),
+                trial: None,
+                held: None,
             }),
             freed: Notify::new(),
             min,
@@ -130,24 +157,34 @@ impl AdaptiveLimit {
     /// Waits until fewer than `limit` requests are in flight.
     pub async fn acquire(self: &Arc<Self>) -> Slot {
         loop {
+            // Registered before the check, so a slot freed in between
+            // wakes this waiter.
             let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
             {
                 let mut st = self.lock();
                 if (st.in_flight as f64) < st.limit.floor().max(1.0) {
                     st.in_flight += 1;
                     st.window_peak = st.window_peak.max(st.in_flight);
-                    return Slot(Arc::clone(self));
+                    return Slot {
+                        limit: Arc::clone(self),
+                        generation: st.generation,
+                    };
                 }
             }
             freed.await;
         }
     }
 
-    /// A request succeeded after `latency`; at the end of a window, moves
-    /// the limit.
-    pub fn on_success(&self, latency: Duration) {
+    /// The request holding `slot` succeeded after `latency`, moving
+    /// `bytes`; at the end of a window, moves the limit.
+    pub fn on_success(&self, slot: &Slot, latency: Duration, bytes: u64) {
         let grew = {
             let mut st = self.lock();
+            if slot.generation != st.generation || bytes > SAMPLE_MAX_BYTES {
+                return;
+            }
             st.window.push(latency.as_secs_f64());
             if st.window.len() < MIN_WINDOW.max(st.limit as usize) {
                 return;
@@ -162,40 +199,83 @@ impl AdaptiveLimit {
     }
 
     fn end_window(&self, st: &mut State) {
+        let now = Instant::now();
         let mid = st.window.len() / 2;
         let latency = *st.window.select_nth_unstable_by(mid, f64::total_cmp).1;
-        st.window.clear();
+        let rate = st.window.len() as f64
+            / now
+                .duration_since(st.window_started)
+                .as_secs_f64()
+                .max(1e-6);
         let used = st.window_peak as f64 >= st.limit / 2.0;
-        st.window_peak = st.in_flight;
-        let now = Instant::now();
-        let baseline = match &st.baseline {
-            Some(b) => {
-                let drift = 1.0 + BASELINE_DRIFT_PER_SEC * now.duration_since(b.at).as_secs_f64();
-                (b.latency * drift).min(latency)
-            }
-            None => latency,
+        let baseline = st.baseline.unwrap_or(latency);
+        // Lower latency is trusted faster than higher: a queue draining is
+        // news, one building up is what the baseline must not absorb.
+        let weight = if latency < baseline {
+            0.5
+        } else {
+            BASELINE_WEIGHT
         };
-        st.baseline = Some(Baseline {
-            latency: baseline,
-            at: now,
-        });
+        st.baseline = Some(baseline + weight * (latency - baseline));
+        let before = st.limit;
         if latency > baseline * TOLERANCE {
             st.slow_start = false;
+            st.trial = None;
             let gradient = (baseline * TOLERANCE / latency).max(0.5);
             st.limit = (st.limit * gradient).max(self.min);
         } else if used {
-            let near_throttling = st.throttled_at.is_some_and(|(at_limit, when)| {
-                now.duration_since(when) < THROTTLE_MEMORY && st.limit >= at_limit * 0.75
-            });
-            let grown = if near_throttling {
-                st.limit + 1.0
-            } else if st.slow_start {
-                st.limit * 2.0
-            } else {
-                st.limit + st.limit.sqrt()
-            };
-            st.limit = grown.min(st.max);
+            match st.trial.take() {
+                // The last growth brought too little throughput: a queue,
+                // not capacity. Undo it and hold for a while.
+                Some((limit, rate_before)) if rate < rate_before * min_gain(limit, st.limit) => {
+                    st.limit = limit;
+                    st.slow_start = false;
+                    st.held = Some(0);
+                }
+                _ => match st.held {
+                    Some(h) if h + 1 < HOLD_WINDOWS => st.held = Some(h + 1),
+                    _ => {
+                        st.held = None;
+                        let (grown, on_trial) = self.grown(st, now);
+                        st.trial = on_trial.then_some((st.limit, rate));
+                        st.limit = grown.min(st.max);
+                    }
+                },
+            }
         }
+        if st.limit == before {
+            st.window.clear();
+            st.window_peak = st.in_flight;
+            st.window_started = now;
+        } else {
+            Self::new_generation(st);
+        }
+    }
+
+    /// The next limit to try, and whether it is on trial. For a minute
+    /// after the endpoint throttled, growth is not on trial (a rate limit
+    /// is found by its SlowDowns, not by throughput): back to 3/4 of the
+    /// throttled limit by square roots, then AIMD's one per window.
+    fn grown(&self, st: &State, now: Instant) -> (f64, bool) {
+        match st.throttled_at {
+            Some((at_limit, when)) if now.duration_since(when) < THROTTLE_MEMORY => {
+                if st.limit >= at_limit * 0.75 {
+                    (st.limit + 1.0, false)
+                } else {
+                    (st.limit + st.limit.sqrt(), false)
+                }
+            }
+            _ if st.slow_start => (st.limit * 2.0, true),
+            _ => (st.limit + st.limit.sqrt(), true),
+        }
+    }
+
+    /// The limit changed: requests admitted so far judged the old one.
+    fn new_generation(st: &mut State) {
+        st.generation += 1;
+        st.window.clear();
+        st.window_peak = st.in_flight;
+        st.window_started = Instant::now();
     }
 
     /// Halves the limit (once per cool-down); returns whether it did.
@@ -211,7 +291,10 @@ impl AdaptiveLimit {
         st.last_decrease = Some(now);
         st.slow_start = false;
         st.throttled_at = Some((st.limit, now));
+        st.trial = None;
+        st.held = None;
         st.limit = (st.limit / 2.0).max(self.min);
+        Self::new_generation(&mut st);
         true
     }
 
@@ -220,7 +303,10 @@ impl AdaptiveLimit {
     pub fn set_max(&self, max: usize) {
         let mut st = self.lock();
         st.max = (max as f64).max(self.min);
-        st.limit = st.limit.min(st.max);
+        if st.limit > st.max {
+            st.limit = st.max;
+            Self::new_generation(&mut st);
+        }
     }
 
     /// The current ceiling.
@@ -232,6 +318,11 @@ impl AdaptiveLimit {
     pub fn limit(&self) -> usize {
         self.lock().limit.floor() as usize
     }
+}
+
+/// The throughput factor that growing from `from` to `to` must bring.
+fn min_gain(from: f64, to: f64) -> f64 {
+    1.0 + GAIN_SHARE * (to / from - 1.0).max(0.0)
 }
 
 #[cfg(test)]

@@ -245,12 +245,15 @@ impl<S: ObjectStore> CopyEngine<S> {
         let mut attempt = 1;
         loop {
             let result = {
+                // The bucket's slot first: requests waiting on one
+                // throttled bucket must not hold global permits that
+                // another bucket's requests could use.
+                let slot = limiter.acquire().await;
                 let _global = self
                     .global
                     .acquire()
                     .await
                     .map_err(|_| StoreError::Transport("copy engine closed".into()))?;
-                let _slot = limiter.acquire().await;
                 // Waiting for capacity can take long; a stopped warm sends
                 // nothing more.
                 if stop.is_set() {
@@ -265,13 +268,13 @@ impl<S: ObjectStore> CopyEngine<S> {
                     a.touch();
                 }
                 self.activity.touch();
-                r.map(|v| (v, started.elapsed()))
+                if r.is_ok() {
+                    limiter.on_success(&slot, started.elapsed(), bytes);
+                }
+                r
             };
             match result {
-                Ok((v, latency)) => {
-                    limiter.on_success(latency);
-                    return Ok(v);
-                }
+                Ok(v) => return Ok(v),
                 Err(e) if e.is_retryable() && attempt < self.settings.max_attempts => {
                     stats.retries.fetch_add(1, Ordering::Relaxed);
                     if e.class().backs_off() {

@@ -217,7 +217,14 @@ impl ObjectStore for MemoryStore {
                 }
             }
         }
-        if let Some(first) = objects.first() {
+        // The page's first entry, object or common prefix: a withheld page
+        // resumes there, so nothing of it is skipped.
+        let first = match (objects.first(), common_prefixes.first()) {
+            (Some(o), Some(cp)) => Some(o.key.as_str().min(cp.as_str())),
+            (Some(o), None) => Some(o.key.as_str()),
+            (None, cp) => cp.map(String::as_str),
+        };
+        if let Some(first) = first {
             let withhold = self
                 .empty_pages
                 .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
@@ -226,7 +233,7 @@ impl ObjectStore for MemoryStore {
                 return Ok(ListPage {
                     objects: Vec::new(),
                     common_prefixes: Vec::new(),
-                    next: Some(format!("{RESUME_AT}{}", first.key)),
+                    next: Some(format!("{RESUME_AT}{first}")),
                 });
             }
         }

@@ -31,6 +31,9 @@ use crate::store::{ListQuery, ObjectMeta, ObjectStore};
 /// How deep a tree is split before its sub-prefixes are listed flat.
 const MAX_TREE_DEPTH: u32 = 8;
 
+/// Most common prefixes one span lists, one after the other.
+const SPAN_MAX_PREFIXES: usize = 64;
+
 /// Keys of the source to merge with the index: ascending, all under
 /// `prefix`, and no key that this warm lists elsewhere sorts between the
 /// first and the last (so the index is read over exactly that range).
@@ -54,6 +57,9 @@ pub(super) enum Job {
         parent: String,
         first: String,
         last: String,
+        /// A key every key of the span sorts after (past the previous
+        /// span's last common prefix), when there is one.
+        after: Option<String>,
     },
 }
 
@@ -151,9 +157,18 @@ impl<S: ObjectStore, I: CacheIndex> WarmRun<'_, S, I> {
             Job::Flat { prefix } => (prefix, ListQuery::prefix(prefix), None),
             // Keys after "a/b" include every key under "a/b/" (a shorter
             // string sorts first); keys before the span are skipped below.
-            Job::Span { parent, first, .. } => (
+            Job::Span {
                 parent,
-                ListQuery::prefix(parent).start_after(first.strip_suffix('/').unwrap_or(first)),
+                first,
+                after,
+                ..
+            } => (
+                parent,
+                ListQuery::prefix(parent).start_after(
+                    after
+                        .as_deref()
+                        .unwrap_or(first.strip_suffix('/').unwrap_or(first)),
+                ),
                 None,
             ),
         };
@@ -199,6 +214,7 @@ impl<S: ObjectStore, I: CacheIndex> WarmRun<'_, S, I> {
                     parent,
                     first,
                     last,
+                    ..
                 } => {
                     let (objects, past_end) = within_span(page.objects, parent, first, last);
                     (vec![objects], past_end)
@@ -237,11 +253,16 @@ pub(super) fn sub_jobs(parent: &str, depth: u32, common: Vec<String>, free: usiz
     if common.is_empty() {
         return Vec::new();
     }
-    let groups = free.clamp(1, common.len());
+    // Spans of at most SPAN_MAX_PREFIXES: a page seen while every slot is
+    // busy still becomes several listings, run as slots free up.
+    let groups = free
+        .max(common.len().div_ceil(SPAN_MAX_PREFIXES))
+        .clamp(1, common.len());
     let per_group = common.len().div_ceil(groups);
-    common
-        .chunks(per_group)
-        .map(|group| match group {
+    let mut previous: Option<&String> = None;
+    let mut jobs = Vec::new();
+    for group in common.chunks(per_group) {
+        jobs.push(match group {
             [one] if depth + 1 < MAX_TREE_DEPTH => Job::Tree {
                 prefix: one.clone(),
                 depth: depth + 1,
@@ -253,10 +274,17 @@ pub(super) fn sub_jobs(parent: &str, depth: u32, common: Vec<String>, free: usiz
                 parent: parent.to_owned(),
                 first: first.clone(),
                 last: last.clone(),
+                // Past every key under the previous common prefix: it ends
+                // in "/", and "0" follows "/". (Starting just before `first`
+                // instead would list again the siblings that sort between,
+                // such as "2024-01/" before "2024/".)
+                after: previous.map(|p| format!("{}0", &p[..p.len() - 1])),
             },
             [] => unreachable!("chunks are never empty"),
-        })
-        .collect()
+        });
+        previous = group.last();
+    }
+    jobs
 }
 
 /// The direct objects of a delimited page, split wherever a common prefix
@@ -393,12 +421,22 @@ mod tests {
             Job::Span {
                 parent: "p/".into(),
                 first: "p/0000/".into(),
-                last: "p/0045/".into()
+                last: "p/0045/".into(),
+                after: None,
             }
         );
-        // Full: one span for the whole page, never nothing.
+        assert_eq!(
+            jobs[1],
+            Job::Span {
+                parent: "p/".into(),
+                first: "p/0046/".into(),
+                last: "p/0091/".into(),
+                after: Some("p/00450".into()),
+            }
+        );
+        // No free slot: spans of at most 64 directories, queued.
         let jobs = sub_jobs("p/", 0, names(1000), 0);
-        assert_eq!(jobs.len(), 1);
+        assert_eq!(jobs.len(), 16);
         // Every directory is in exactly one job.
         let mut covered = 0;
         for job in sub_jobs("p/", 0, names(1000), LIST_FANOUT - 10) {
