@@ -26,11 +26,13 @@
 //!   growth is a trial: if the next window's throughput did not rise by
 //!   at least [`GAIN_SHARE`] (half) of it, the extra requests only queued, so the
 //!   growth is undone, slow start ends, and the limit holds for
-//!   [`HOLD_WINDOWS`] windows before trying again. It grows only when the
+//!   [`HOLD_WINDOWS`] windows before trying again (below [`TRIAL_FROM`],
+//!   growth is not on trial). It grows only when the
 //!   window used at least half of it (a limit nobody fills says nothing).
-//! - **Back-off.** A window slower than the tolerance ends slow start and
-//!   cuts the limit in proportion (`limit * tolerance * baseline /
-//!   latency`, at most by half); a throttling answer (503 SlowDown, 429, a
+//! - **Back-off.** Two windows in a row slower than the tolerance end slow
+//!   start and cut the limit in proportion (`limit * tolerance * baseline
+//!   / latency`, at most by half, never below [`LATENCY_FLOOR`] for
+//!   latency alone); a throttling answer (503 SlowDown, 429, a
 //!   timeout) halves it, at most once per cool-down so one burst of
 //!   SlowDowns counts as one signal. For a minute after, the limit grows by
 //!   one per window only once it is back at 3/4 of where it was
@@ -56,6 +58,13 @@ pub const INITIAL_LIMIT: usize = 64;
 pub const SAMPLE_MAX_BYTES: u64 = 1024 * 1024;
 /// How far one window moves the baseline toward its latency.
 pub const BASELINE_WEIGHT: f64 = 0.1;
+/// Latency alone never cuts the limit below this (throttling may): any
+/// endpoint takes this many requests at once, and a loopback endpoint's
+/// jittery latency must not talk the limit down to one.
+pub const LATENCY_FLOOR: f64 = 16.0;
+/// Growth below this is not on trial: throughput measured over a few
+/// requests is too noisy to judge it, and it costs nothing.
+pub const TRIAL_FROM: f64 = 32.0;
 /// A growth of the limit stays only if throughput rose by at least this
 /// share of it (doubling must bring 1.5x, +10% must bring +5%).
 pub const GAIN_SHARE: f64 = 0.5;
@@ -100,6 +109,9 @@ struct State {
     /// Windows since the last growth was undone for bringing nothing;
     /// `None` when not holding.
     held: Option<u32>,
+    /// The last window was slower than the tolerance: a second in a row
+    /// cuts the limit (one alone may be a hiccup of the endpoint).
+    slow_before: bool,
 }
 
 #[derive(Debug)]
@@ -143,6 +155,7 @@ impl AdaptiveLimit {
                 window_started: Instant::now(),
                 trial: None,
                 held: None,
+                slow_before: false,
             }),
             freed: Notify::new(),
             min,
@@ -218,11 +231,16 @@ impl AdaptiveLimit {
         };
         st.baseline = Some(baseline + weight * (latency - baseline));
         let before = st.limit;
-        if latency > baseline * TOLERANCE {
-            st.slow_start = false;
+        let slow = latency > baseline * TOLERANCE;
+        let was_slow = std::mem::replace(&mut st.slow_before, slow);
+        if slow {
             st.trial = None;
-            let gradient = (baseline * TOLERANCE / latency).max(0.5);
-            st.limit = (st.limit * gradient).max(self.min);
+            if was_slow {
+                st.slow_start = false;
+                let gradient = (baseline * TOLERANCE / latency).max(0.5);
+                let floor = LATENCY_FLOOR.min(st.limit).max(self.min);
+                st.limit = (st.limit * gradient).max(floor);
+            }
         } else if used {
             match st.trial.take() {
                 // The last growth brought too little throughput: a queue,
@@ -265,8 +283,8 @@ impl AdaptiveLimit {
                     (st.limit + st.limit.sqrt(), false)
                 }
             }
-            _ if st.slow_start => (st.limit * 2.0, true),
-            _ => (st.limit + st.limit.sqrt(), true),
+            _ if st.slow_start => (st.limit * 2.0, st.limit >= TRIAL_FROM),
+            _ => (st.limit + st.limit.sqrt(), st.limit >= TRIAL_FROM),
         }
     }
 
