@@ -66,7 +66,7 @@ ensure_venv
 "$VENV/bin/pip" install -q --disable-pip-version-check -r bench/requirements.txt
 ensure_apt rclone rclone
 log "building release binaries"
-cargo build --release --locked -p expresscache-server -p expresscache-client --bins \
+cargo build --release --locked -p expresscache-server -p expresscache-client --features expresscache-client/cli --bins \
   --example raw_copy --example delay_proxy
 REL="$REPO_ROOT/target/release"
 

@@ -21,7 +21,7 @@ CLI=$BIN_DIR/expresscache
 for bin in "$SERVER" "$CLI"; do
   if [ ! -x "$bin" ]; then
     echo "deploy/test.sh: $bin not found: build it (cargo build --locked" \
-      "-p expresscache-server -p expresscache-client --bins) or set EXPRESSCACHE_BIN_DIR" >&2
+      "-p expresscache-server -p expresscache-client --features expresscache-client/cli --bins) or set EXPRESSCACHE_BIN_DIR" >&2
     exit 1
   fi
 done

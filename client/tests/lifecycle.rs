@@ -233,3 +233,83 @@ async fn dynamodb_sigterm_interrupts_and_the_warm_completes_after_restart() {
     sigterm_interrupts_within_the_grace_period_and_the_warm_completes_after_restart(Kind::Dynamo)
         .await;
 }
+
+/// The library alone (no CLI): `warm_and_wait` outlives a kill -9 of the
+/// server and its restart on the same port and index, reattaching to the
+/// same operation by its generated request id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_library_reattaches_after_the_server_is_killed_and_restarted() {
+    use expresscache_client::{Client, Outcome, Phase, RetryPolicy, WarmRequest};
+    let keys = keys();
+    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let (moto, s3, src, dir) = buckets(&refs).await;
+    let index = Kind::Sqlite.index(&moto);
+    let proxy = slow_copies(&moto).await;
+    let env = index.server_env();
+    let mut server = Server::start_on(
+        &proxy.endpoint,
+        &["--max-concurrency", CONCURRENCY],
+        &env_refs(&env),
+    );
+    let (copied_tx, copied_rx) = std::sync::mpsc::channel::<u64>();
+    let retries = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let seen = std::sync::Arc::clone(&retries);
+    let policy = RetryPolicy {
+        on_retry: Some(std::sync::Arc::new(move |_: &_, _, _| {
+            seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        })),
+        ..RetryPolicy::default()
+    };
+    let mut client = Client::connect(&server.endpoint)
+        .await
+        .expect("connect")
+        .with_retry(policy);
+    let request = WarmRequest::new(&src, &dir)
+        .prefix("data/")
+        .ttl(Duration::from_secs(3600));
+    let waiter = tokio::spawn(async move {
+        let mut phases = Vec::new();
+        let report = client
+            .warm_and_wait(request, |p| {
+                phases.push(p.phase);
+                let _ = copied_tx.send(p.counters.objects_copied);
+            })
+            .await;
+        (report, phases)
+    });
+    // Mid-copy: kill, then restart on the same port and index.
+    let copied_rx = tokio::task::spawn_blocking(move || {
+        while copied_rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("progress")
+            < 300
+        {}
+        copied_rx
+    })
+    .await
+    .unwrap();
+    server.kill9();
+    let recorded = index.usage(&dir, "").await;
+    server.spawn();
+    drop(copied_rx);
+
+    let (report, phases) = tokio::time::timeout(Duration::from_secs(120), waiter)
+        .await
+        .expect("the wait ends")
+        .unwrap();
+    let report = report.unwrap_or_else(|e| panic!("{e}; server log:\n{}", server.log()));
+    assert_eq!(report.outcome, Outcome::Succeeded, "{report:?}");
+    assert_eq!(phases.last(), Some(&Phase::Done));
+    assert!(
+        retries.load(std::sync::atomic::Ordering::Relaxed) >= 1,
+        "it reconnected"
+    );
+    // The resumed operation, not a second one: everything recorded before
+    // the kill is a hit.
+    assert_eq!(report.counters.objects_listed, OBJECTS as u64);
+    assert_eq!(report.counters.objects_hit, recorded);
+    assert_eq!(list_keys(&s3, &dir, "data/").await.len(), OBJECTS);
+    let ops = server.run(&["ops", "--output", "json"]);
+    let ops = parse_json_lines(&String::from_utf8_lossy(&ops.stdout));
+    assert_eq!(ops.len(), 1, "one operation, resumed: {ops:?}");
+}

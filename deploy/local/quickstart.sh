@@ -36,7 +36,7 @@ esac
 ensure_rust
 ensure_venv
 log "building expresscache-server and expresscache"
-cargo build --locked -p expresscache-server -p expresscache-client --bins
+cargo build --locked -p expresscache-server -p expresscache-client --features expresscache-client/cli --bins
 BIN="$REPO_ROOT/target/debug"
 
 STATE="$REPO_ROOT/.local/quickstart"

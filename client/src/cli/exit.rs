@@ -30,7 +30,7 @@ pub fn for_outcome(outcome: Outcome) -> ExitCode {
         Outcome::Succeeded => SUCCEEDED,
         Outcome::PartiallyFailed => PARTIALLY_FAILED,
         Outcome::Cancelled => CANCELLED,
-        Outcome::Failed | Outcome::Unspecified => FAILED,
+        _ => FAILED,
     })
 }
 

@@ -8,7 +8,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use expresscache_client::{is_final, pb, ClientError, Endpoints, WarmReport, WarmRequest};
+use std::sync::Arc;
+
+use expresscache_client::{
+    pb, Client, ClientError, Endpoints, RetryPolicy, WarmReport, WarmRequest,
+};
 use render::{OutputFormat, Renderer};
 use serde_json::json;
 
@@ -166,7 +170,7 @@ pub fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> ExitCode {
     let endpoints = match Endpoints::parse(&cli.endpoint) {
-        Ok(e) => e,
+        Ok(e) => Arc::new(e),
         Err(e) => return fail(&ClientError::BadEndpoint(format!("--endpoint: {e}"))),
     };
     let result = match cli.command {
@@ -196,118 +200,82 @@ fn fail(e: &ClientError) -> ExitCode {
     exit::for_error(e)
 }
 
-fn retryable(e: &ClientError) -> bool {
-    match e {
-        ClientError::Connect { .. } | ClientError::StreamEnded(_) => true,
-        ClientError::Rpc(s) => matches!(
-            s.code(),
-            tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Aborted
-        ),
-        _ => false,
-    }
-}
-
-async fn warm(endpoints: &Endpoints, a: WarmArgs) -> ExitCode {
-    let request_id = a
-        .request_id
-        .clone()
-        .unwrap_or_else(|| format!("cli-{}", uuid::Uuid::new_v4()));
+async fn warm(endpoints: &Arc<Endpoints>, a: WarmArgs) -> ExitCode {
     let mut request = WarmRequest::new(a.bucket, a.directory_bucket)
         .ttl(a.ttl)
         .force_copy(a.force_copy)
-        .destination_prefix(a.destination_prefix)
-        .request_id(request_id);
+        .destination_prefix(a.destination_prefix);
+    // A random id when none is given: a reconnect then reattaches to the
+    // running warm instead of starting a second.
+    request = match a.request_id {
+        Some(id) => request.request_id(id),
+        None => request.request_id(format!("cli-{}", uuid::Uuid::new_v4())),
+    };
     for p in a.prefixes {
         request = request.prefix(p);
     }
-    let renderer = Renderer::new(a.follow.output, a.follow.log_interval);
-    // Before the first answer, resubmitting is safe: the same request_id
-    // reattaches to the running warm. Once the operation is known, follow
-    // that very operation instead: had it ended meanwhile (cancelled,
-    // say), a resubmission could start a new one.
-    let operation: std::cell::RefCell<Option<String>> = std::cell::RefCell::default();
-    follow(
-        renderer,
-        endpoints,
-        a.follow.reconnect_attempts,
-        async |r: &mut Renderer| {
-            let known = operation.borrow().clone();
-            match known {
-                Some(id) => {
-                    let mut client = endpoints.connect().await?;
-                    client.watch_and_wait(&id, |p| r.update(p)).await
-                }
-                None => warm_once(endpoints, request.clone(), r, &operation).await,
-            }
-        },
-    )
-    .await
+    let mut renderer = Renderer::new(a.follow.output, a.follow.log_interval);
+    let result = match connect(endpoints, a.follow.reconnect_attempts).await {
+        Ok(mut client) => {
+            client
+                .warm_and_wait(request, |p| renderer.update(p.proto()))
+                .await
+        }
+        Err(e) => Err(e),
+    };
+    finish(renderer, result)
 }
 
-async fn watch(endpoints: &Endpoints, a: WatchArgs) -> ExitCode {
-    let renderer = Renderer::new(a.follow.output, a.follow.log_interval);
-    let operation = a.operation;
-    follow(
-        renderer,
-        endpoints,
-        a.follow.reconnect_attempts,
-        async |r: &mut Renderer| {
-            let mut client = endpoints.connect().await?;
-            client.watch_and_wait(&operation, |p| r.update(p)).await
-        },
-    )
-    .await
+async fn watch(endpoints: &Arc<Endpoints>, a: WatchArgs) -> ExitCode {
+    let mut renderer = Renderer::new(a.follow.output, a.follow.log_interval);
+    let result = match connect(endpoints, a.follow.reconnect_attempts).await {
+        Ok(mut client) => {
+            client
+                .watch_and_wait(a.operation, |p| renderer.update(p.proto()))
+                .await
+        }
+        Err(e) => Err(e),
+    };
+    finish(renderer, result)
 }
 
-/// Runs `attempt` (which renders progress) until it returns a final report,
-/// reconnecting with backoff after retryable failures (to the next of
-/// `endpoints`: the one that failed may be gone); maps the outcome to the
-/// exit code.
-async fn follow<F>(
-    mut renderer: Renderer,
-    endpoints: &Endpoints,
-    attempts: u32,
-    mut attempt: F,
-) -> ExitCode
-where
-    F: AsyncFnMut(&mut Renderer) -> Result<WarmReport, ClientError>,
-{
-    let mut tries = 0;
-    let mut delay = Duration::from_millis(500);
-    loop {
-        match attempt(&mut renderer).await {
-            Ok(report) => {
-                renderer.finish(&report);
-                return exit::for_outcome(report.outcome);
-            }
-            Err(e) if retryable(&e) && tries < attempts => {
-                tries += 1;
-                endpoints.failed();
-                eprintln!("warning: {e}; reconnecting (attempt {tries}/{attempts})");
-                // Within one round over the replicas there is nothing to wait
-                // for; after a full round, back off (all may be restarting).
-                let n = endpoints.as_slice().len() as u32;
-                if tries % n != 0 {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                } else {
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(10));
-                }
-            }
-            Err(e) => {
-                renderer.abandon();
-                return fail(&e);
-            }
+/// A client that reconnects (warning on stderr each time) up to
+/// `attempts` times, from the first connection on.
+async fn connect(endpoints: &Arc<Endpoints>, attempts: u32) -> Result<Client, ClientError> {
+    let policy = RetryPolicy {
+        attempts,
+        on_retry: Some(Arc::new(|e: &ClientError, attempt, of| {
+            eprintln!("warning: {e}; reconnecting (attempt {attempt}/{of})");
+        })),
+        ..RetryPolicy::default()
+    };
+    Client::connect_with_retry(Arc::clone(endpoints), policy).await
+}
+
+/// Prints how the wait ended and maps it to the exit code.
+fn finish(renderer: Renderer, result: Result<WarmReport, ClientError>) -> ExitCode {
+    match result {
+        Ok(report) => {
+            renderer.finish(&report);
+            exit::for_outcome(report.outcome)
+        }
+        Err(e) => {
+            renderer.abandon();
+            fail(&e)
         }
     }
+}
+
+/// Whether a progress message is its operation's last.
+fn is_final(p: &pb::WarmProgress) -> bool {
+    p.phase == pb::Phase::Done as i32
 }
 
 fn operation_line(s: &pb::OperationStatus) -> String {
     let p = s.progress.clone().unwrap_or_default();
     let r = s.request.clone().unwrap_or_default();
     let state = if is_final(&p) {
-        render::outcome_name(pb::Outcome::try_from(p.outcome).unwrap_or(pb::Outcome::Unspecified))
-            .to_owned()
+        render::outcome_name(expresscache_client::Outcome::from(p.outcome)).to_owned()
     } else {
         render::phase_name(p.phase).to_owned()
     };
@@ -341,8 +309,8 @@ fn operation_json(s: &pb::OperationStatus) -> serde_json::Value {
     v
 }
 
-async fn cancel(endpoints: &Endpoints, a: CancelArgs) -> Result<(), ClientError> {
-    let mut client = endpoints.connect().await?;
+async fn cancel(endpoints: &Arc<Endpoints>, a: CancelArgs) -> Result<(), ClientError> {
+    let mut client = Client::connect_to(Arc::clone(endpoints)).await?;
     let s = client.cancel(&a.operation).await?;
     match a.output {
         OutputFormat::Json => println!("{}", operation_json(&s)),
@@ -351,8 +319,8 @@ async fn cancel(endpoints: &Endpoints, a: CancelArgs) -> Result<(), ClientError>
     Ok(())
 }
 
-async fn ops(endpoints: &Endpoints, a: OpsArgs) -> Result<(), ClientError> {
-    let mut client = endpoints.connect().await?;
+async fn ops(endpoints: &Arc<Endpoints>, a: OpsArgs) -> Result<(), ClientError> {
+    let mut client = Client::connect_to(Arc::clone(endpoints)).await?;
     let filter = match a.state {
         StateFilter::All => pb::OperationFilter::Unspecified,
         StateFilter::Running => pb::OperationFilter::Running,
@@ -382,32 +350,12 @@ async fn ops(endpoints: &Endpoints, a: OpsArgs) -> Result<(), ClientError> {
     Ok(())
 }
 
-async fn warm_once(
-    endpoints: &Endpoints,
-    request: WarmRequest,
-    renderer: &mut Renderer,
-    operation: &std::cell::RefCell<Option<String>>,
-) -> Result<WarmReport, ClientError> {
-    let mut client = endpoints.connect().await?;
-    let mut stream = client.warm(request).await?;
-    let mut op = String::new();
-    while let Some(p) = stream.message().await? {
-        op.clone_from(&p.operation_id);
-        operation.replace(Some(op.clone()));
-        renderer.update(&p);
-        if is_final(&p) {
-            return Ok(WarmReport::from_final(p));
-        }
-    }
-    Err(ClientError::StreamEnded(op))
-}
-
 fn ts(t: Option<&prost_types::Timestamp>) -> String {
     t.map(ToString::to_string).unwrap_or_else(|| "-".into())
 }
 
-async fn status(endpoints: &Endpoints, a: StatusArgs) -> Result<(), ClientError> {
-    let mut client = endpoints.connect().await?;
+async fn status(endpoints: &Arc<Endpoints>, a: StatusArgs) -> Result<(), ClientError> {
+    let mut client = Client::connect_to(Arc::clone(endpoints)).await?;
     if let Some(id) = a.operation {
         let s = client.operation_status(id).await?;
         let p = s.progress.unwrap_or_default();
@@ -502,8 +450,8 @@ fn request_json(r: &pb::WarmCacheRequest) -> serde_json::Value {
     })
 }
 
-async fn evict(endpoints: &Endpoints, a: EvictArgs) -> Result<(), ClientError> {
-    let mut client = endpoints.connect().await?;
+async fn evict(endpoints: &Arc<Endpoints>, a: EvictArgs) -> Result<(), ClientError> {
+    let mut client = Client::connect_to(Arc::clone(endpoints)).await?;
     let r = client
         .evict(a.directory_bucket, a.prefixes, a.force)
         .await?;

@@ -4,7 +4,8 @@
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
-use expresscache_client::{pb, Outcome, Phase, WarmReport};
+use expresscache_client::pb::{self, Phase};
+use expresscache_client::{Outcome, WarmReport};
 use indicatif::{HumanBytes, HumanDuration, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{json, Value};
 
@@ -33,7 +34,7 @@ pub fn outcome_name(outcome: Outcome) -> &'static str {
         Outcome::PartiallyFailed => "PARTIALLY_FAILED",
         Outcome::Failed => "FAILED",
         Outcome::Cancelled => "CANCELLED",
-        Outcome::Unspecified => "UNSPECIFIED",
+        _ => "UNSPECIFIED",
     }
 }
 
@@ -75,7 +76,7 @@ pub fn progress_json(p: &pb::WarmProgress) -> Value {
         v["superseded_operation_id"] = json!(p.superseded_operation_id);
     }
     if p.phase == Phase::Done as i32 {
-        let outcome = Outcome::try_from(p.outcome).unwrap_or(Outcome::Unspecified);
+        let outcome = Outcome::from(p.outcome);
         v["outcome"] = json!(outcome_name(outcome));
         v["failures"] = Value::Array(
             p.failures
@@ -144,7 +145,7 @@ pub fn summary_lines(r: &WarmReport) -> Vec<String> {
         },
         c.objects_failed,
         HumanBytes(c.bytes_copied),
-        secs(r.last.elapsed.as_ref()),
+        r.last.elapsed.as_secs_f64(),
     )];
     if let Some(e) = &r.error {
         out.push(format!("error: {e}"));
@@ -281,7 +282,7 @@ mod tests {
         let p = pb::WarmProgress {
             operation_id: "op".into(),
             phase: Phase::Done as i32,
-            outcome: Outcome::PartiallyFailed as i32,
+            outcome: pb::Outcome::PartiallyFailed as i32,
             counters: Some(pb::Counters {
                 objects_listed: 3,
                 objects_hit: 1,

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use expresscache_client::{pb, Client, ClientError, WarmReport, WarmRequest};
+use expresscache_client::{Client, ClientError, Progress, WarmReport, WarmRequest};
 use expresscache_server::server::Deps;
 use expresscache_server::testing::{
     create_bucket, create_directory_bucket, list_keys, put, unique, unique_directory_bucket, Moto,
@@ -70,7 +70,7 @@ impl Fixture {
     }
 
     /// The report and every progress message streamed before it.
-    pub async fn warm_counting(&self, req: WarmRequest) -> (WarmReport, Vec<pb::WarmProgress>) {
+    pub async fn warm_counting(&self, req: WarmRequest) -> (WarmReport, Vec<Progress>) {
         let mut updates = Vec::new();
         let report = self
             .client()
