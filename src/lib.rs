@@ -6,6 +6,7 @@
 //! handlers never see a raw string they must re-check. The client uses the
 //! same conversions to reject bad input before it leaves the machine.
 
+pub mod counters;
 pub mod names;
 pub mod request;
 pub mod violation;
@@ -23,6 +24,7 @@ pub mod proto {
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     tonic::include_file_descriptor_set!("expresscache_descriptor");
 
+pub use counters::Counters;
 pub use names::{BucketName, DirectoryBucketName, Prefix, RequestId};
 pub use request::{EvictSpec, Limits, StatusQuery, WarmSpec};
 pub use violation::{FieldViolation, InvalidRequest};

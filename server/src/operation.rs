@@ -39,21 +39,8 @@ pub enum Outcome {
     Cancelled,
 }
 
-/// What an operation has done so far.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Counters {
-    pub objects_listed: u64,
-    pub objects_hit: u64,
-    pub objects_to_copy: u64,
-    pub objects_copied: u64,
-    pub objects_failed: u64,
-    pub objects_shared: u64,
-    pub bytes_listed: u64,
-    pub bytes_to_copy: u64,
-    pub bytes_copied: u64,
-    pub copy_retries: u64,
-    pub throttle_events: u64,
-}
+/// What an operation has done so far (shared with the client crate).
+pub use expresscache::Counters;
 
 /// One key that could not be made ready (or evicted).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -46,19 +46,7 @@ fn outcome(o: Option<Outcome>) -> pb::Outcome {
 }
 
 fn counters(c: &Counters) -> pb::Counters {
-    pb::Counters {
-        objects_listed: c.objects_listed,
-        objects_hit: c.objects_hit,
-        objects_to_copy: c.objects_to_copy,
-        objects_copied: c.objects_copied,
-        objects_failed: c.objects_failed,
-        bytes_copied: c.bytes_copied,
-        bytes_to_copy: c.bytes_to_copy,
-        bytes_listed: c.bytes_listed,
-        objects_shared: c.objects_shared,
-        copy_retries: c.copy_retries,
-        throttle_events: c.throttle_events,
-    }
+    pb::Counters::from(c)
 }
 
 fn failure(f: KeyFailure) -> pb::KeyFailure {

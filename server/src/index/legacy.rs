@@ -62,19 +62,7 @@ pub fn state(id: &str, blob: &[u8]) -> Result<OperationState, IndexError> {
     Ok(OperationState {
         operation_id: p.operation_id,
         phase,
-        counters: Counters {
-            objects_listed: c.objects_listed,
-            objects_hit: c.objects_hit,
-            objects_to_copy: c.objects_to_copy,
-            objects_copied: c.objects_copied,
-            objects_failed: c.objects_failed,
-            objects_shared: c.objects_shared,
-            bytes_listed: c.bytes_listed,
-            bytes_to_copy: c.bytes_to_copy,
-            bytes_copied: c.bytes_copied,
-            copy_retries: c.copy_retries,
-            throttle_events: c.throttle_events,
-        },
+        counters: Counters::from(&c),
         outcome: if phase == Phase::Done {
             outcome.or(Some(Outcome::Failed))
         } else {
