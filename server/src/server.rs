@@ -96,10 +96,18 @@ where
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<CacheServiceServer<Api<S, I>>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(expresscache::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    // Reflection in both versions: grpcurl and newer tools speak v1, older
+    // clients and GUIs only v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(expresscache::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection()
         .build_v1()
+        .expect("the embedded descriptor sets are valid");
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
         .expect("the embedded descriptor sets are valid");
 
     let grace = deps.shutdown_grace;
@@ -116,7 +124,8 @@ where
     };
     let served = tonic::transport::Server::builder()
         .add_service(health_service)
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(CacheServiceServer::new(api))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drain)
         .await;
