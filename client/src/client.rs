@@ -62,7 +62,7 @@ impl Client {
                     if let Some(hook) = &retry.on_retry {
                         hook(&e, attempt, retry.attempts);
                     }
-                    tokio::time::sleep(retry.delay(attempt, endpoints.as_slice().len())).await;
+                    tokio::time::sleep(retry.delay(attempt)).await;
                 }
                 Err(e) => return Err(e),
             }
@@ -140,9 +140,11 @@ impl Client {
     /// A dropped connection or a restarting server does not end the wait:
     /// the client reconnects (to the next endpoint, by the retry policy)
     /// and reattaches — by the request id until the operation is known (a
-    /// request without one gets a random id, so this never starts a second
-    /// warm), then by the operation id (had it ended meanwhile, its final
-    /// state is the answer, not a new warm).
+    /// request without one gets a random id, so a reconnect does not start
+    /// a second warm), then by the operation id (had it ended meanwhile,
+    /// its final state is the answer, not a new warm). The retry policy
+    /// bounds the reconnects in a row; progress received starts the count
+    /// again.
     pub async fn warm_and_wait(
         &mut self,
         request: WarmRequest,
@@ -152,19 +154,28 @@ impl Client {
         let mut operation: Option<String> = None;
         let mut attempt = 0;
         loop {
+            let mut progressed = false;
+            let mut note = |p: &Progress| {
+                progressed = true;
+                on_progress(p);
+            };
             let result = match operation.clone() {
                 None => {
                     let stream = self.inner.warm_cache(req.clone()).await;
-                    follow(stream, &mut operation, &mut on_progress).await
+                    follow(stream, &mut operation, &mut note).await
                 }
                 Some(id) => {
                     let stream = self
                         .inner
                         .watch_operation(pb::WatchOperationRequest { operation_id: id })
                         .await;
-                    follow(stream, &mut operation, &mut on_progress).await
+                    follow(stream, &mut operation, &mut note).await
                 }
             };
+            if progressed {
+                // A separate break, not the same outage going on.
+                attempt = 0;
+            }
             match result {
                 Err(e) if retryable(&e) && attempt < self.retry.attempts => {
                     attempt += 1;
@@ -179,7 +190,7 @@ impl Client {
         if let Some(hook) = &self.retry.on_retry {
             hook(e, attempt, self.retry.attempts);
         }
-        tokio::time::sleep(self.retry.delay(attempt, self.endpoints.as_slice().len())).await;
+        tokio::time::sleep(self.retry.delay(attempt)).await;
         // A failed reconnect leaves the broken channel: the next attempt
         // fails at once and counts, so the policy still bounds the wait.
         let _ = self.reconnect().await;
@@ -217,7 +228,16 @@ impl Client {
                     operation_id: id.clone(),
                 })
                 .await;
-            match follow(stream, &mut known, &mut on_progress).await {
+            let mut progressed = false;
+            let mut note = |p: &Progress| {
+                progressed = true;
+                on_progress(p);
+            };
+            let result = follow(stream, &mut known, &mut note).await;
+            if progressed {
+                attempt = 0;
+            }
+            match result {
                 Err(e) if retryable(&e) && attempt < self.retry.attempts => {
                     attempt += 1;
                     self.pause_and_reconnect(&e, attempt).await;

@@ -80,8 +80,9 @@ pub(crate) async fn connect_one(endpoint: &str) -> Result<Channel, ClientError> 
         endpoint: endpoint.to_owned(),
         source,
     };
+    // A malformed URL is the caller's to fix, not a reason to retry.
     Endpoint::from_shared(endpoint.to_owned())
-        .map_err(connect_err)?
+        .map_err(|e| ClientError::BadEndpoint(format!("{endpoint:?}: {e}")))?
         // Short: with several replicas, a dead one must not hold up trying
         // the next.
         .connect_timeout(Duration::from_secs(5))

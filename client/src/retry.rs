@@ -11,18 +11,17 @@ pub type RetryHook = Arc<dyn Fn(&ClientError, u32, u32) + Send + Sync>;
 
 /// How [`Client::warm_and_wait`](crate::Client::warm_and_wait) and
 /// [`Client::watch_and_wait`](crate::Client::watch_and_wait) survive a
-/// dropped connection or a restarting server: up to `attempts` reconnects,
-/// moving to the next endpoint each time; `between_endpoints` apart within
-/// one round over the endpoints, then a backoff from `first_delay`
-/// doubling to `max_delay` after each full round (all replicas may be
-/// restarting).
+/// dropped connection or a restarting server: up to `attempts` reconnects
+/// in a row (each tries every endpoint, starting after the one that
+/// failed), `first_delay` apart at first, doubling to `max_delay` (all
+/// replicas may be restarting). A reattached stream that delivers progress
+/// starts the count again, so a long warm survives any number of
+/// separate breaks.
 #[derive(Clone)]
 pub struct RetryPolicy {
-    /// Reconnects allowed over the whole wait.
+    /// Reconnects allowed in a row.
     pub attempts: u32,
-    /// Pause before trying the next endpoint within a round.
-    pub between_endpoints: Duration,
-    /// Pause after the first full round over the endpoints.
+    /// Pause before the first reconnect.
     pub first_delay: Duration,
     /// Longest pause.
     pub max_delay: Duration,
@@ -31,12 +30,11 @@ pub struct RetryPolicy {
 }
 
 impl Default for RetryPolicy {
-    /// 10 reconnects, 200 ms between endpoints, 0.5 s doubling to 10 s
-    /// between rounds: about a minute of a service being down.
+    /// 10 reconnects, 0.5 s doubling to 10 s: about a minute of a service
+    /// being down.
     fn default() -> Self {
         Self {
             attempts: 10,
-            between_endpoints: Duration::from_millis(200),
             first_delay: Duration::from_millis(500),
             max_delay: Duration::from_secs(10),
             on_retry: None,
@@ -48,7 +46,6 @@ impl std::fmt::Debug for RetryPolicy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RetryPolicy")
             .field("attempts", &self.attempts)
-            .field("between_endpoints", &self.between_endpoints)
             .field("first_delay", &self.first_delay)
             .field("max_delay", &self.max_delay)
             .finish_non_exhaustive()
@@ -64,16 +61,10 @@ impl RetryPolicy {
         }
     }
 
-    /// The pause before reconnect number `attempt` (from 1) over
-    /// `endpoints` endpoints.
-    pub fn delay(&self, attempt: u32, endpoints: usize) -> Duration {
-        let n = u32::try_from(endpoints.max(1)).unwrap_or(u32::MAX);
-        if !attempt.is_multiple_of(n) {
-            return self.between_endpoints;
-        }
-        let rounds = attempt / n - 1;
+    /// The pause before reconnect number `attempt` (from 1).
+    pub fn delay(&self, attempt: u32) -> Duration {
         self.first_delay
-            .saturating_mul(2u32.saturating_pow(rounds))
+            .saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1)))
             .min(self.max_delay)
     }
 }
@@ -97,14 +88,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn within_a_round_short_pauses_then_backoff_per_round() {
+    fn the_pause_doubles_up_to_the_longest() {
         let p = RetryPolicy::default();
-        let ms = |a, n| p.delay(a, n).as_millis();
-        // Three endpoints: two quick moves, then a round's backoff.
-        assert_eq!([ms(1, 3), ms(2, 3), ms(3, 3)], [200, 200, 500]);
-        assert_eq!([ms(6, 3), ms(9, 3), ms(30, 3)], [1000, 2000, 10_000]);
-        // One endpoint: every attempt is a full round.
-        assert_eq!([ms(1, 1), ms(2, 1), ms(3, 1)], [500, 1000, 2000]);
+        let ms: Vec<u128> = (1..=10).map(|a| p.delay(a).as_millis()).collect();
+        assert_eq!(
+            ms,
+            [500, 1000, 2000, 4000, 8000, 10_000, 10_000, 10_000, 10_000, 10_000]
+        );
     }
 
     #[test]
