@@ -151,7 +151,18 @@ impl Client {
         mut on_progress: impl FnMut(&Progress),
     ) -> Result<WarmReport, ClientError> {
         let req = request.with_generated_request_id().into_proto()?;
-        let mut operation: Option<String> = None;
+        self.wait(Some(req), None, &mut on_progress).await
+    }
+
+    /// Follows a warm to its final report, reconnecting by the retry
+    /// policy: submits `submit` until the operation id is known (the
+    /// request id reattaches), then watches that operation.
+    async fn wait(
+        &mut self,
+        submit: Option<pb::WarmCacheRequest>,
+        mut operation: Option<String>,
+        on_progress: &mut impl FnMut(&Progress),
+    ) -> Result<WarmReport, ClientError> {
         let mut attempt = 0;
         loop {
             let mut progressed = false;
@@ -159,19 +170,16 @@ impl Client {
                 progressed = true;
                 on_progress(p);
             };
-            let result = match operation.clone() {
-                None => {
-                    let stream = self.inner.warm_cache(req.clone()).await;
-                    follow(stream, &mut operation, &mut note).await
-                }
-                Some(id) => {
-                    let stream = self
-                        .inner
+            let stream = match (operation.clone(), &submit) {
+                (Some(id), _) => {
+                    self.inner
                         .watch_operation(pb::WatchOperationRequest { operation_id: id })
-                        .await;
-                    follow(stream, &mut operation, &mut note).await
+                        .await
                 }
+                (None, Some(req)) => self.inner.warm_cache(req.clone()).await,
+                (None, None) => unreachable!("a wait has a request or an operation"),
             };
+            let result = follow(stream, &mut operation, &mut note).await;
             if progressed {
                 // A separate break, not the same outage going on.
                 attempt = 0;
@@ -218,33 +226,8 @@ impl Client {
         operation_id: impl Into<String>,
         mut on_progress: impl FnMut(&Progress),
     ) -> Result<WarmReport, ClientError> {
-        let id = operation_id.into();
-        let mut known = Some(id.clone());
-        let mut attempt = 0;
-        loop {
-            let stream = self
-                .inner
-                .watch_operation(pb::WatchOperationRequest {
-                    operation_id: id.clone(),
-                })
-                .await;
-            let mut progressed = false;
-            let mut note = |p: &Progress| {
-                progressed = true;
-                on_progress(p);
-            };
-            let result = follow(stream, &mut known, &mut note).await;
-            if progressed {
-                attempt = 0;
-            }
-            match result {
-                Err(e) if retryable(&e) && attempt < self.retry.attempts => {
-                    attempt += 1;
-                    self.pause_and_reconnect(&e, attempt).await;
-                }
-                other => return other,
-            }
-        }
+        self.wait(None, Some(operation_id.into()), &mut on_progress)
+            .await
     }
 
     /// Cancels a running warm and waits until it stopped; returns its final
