@@ -167,7 +167,13 @@ impl ObjectStore for MemoryStore {
             .ok_or_else(|| StoreError::NoSuchBucket(bucket.to_owned()))?;
         let lower = match continuation {
             Some(token) => match token.strip_prefix(RESUME_AT) {
-                Some(first) => Bound::Included(first.to_owned()),
+                // A withheld page's token carries a sequence number before
+                // a second marker (so tokens never repeat, as S3's do not).
+                Some(rest) => Bound::Included(
+                    rest.split_once(RESUME_AT)
+                        .map_or(rest, |(_, first)| first)
+                        .to_owned(),
+                ),
                 None => Bound::Excluded(token),
             },
             None => match query.start_after {
@@ -233,7 +239,10 @@ impl ObjectStore for MemoryStore {
                 return Ok(ListPage {
                     objects: Vec::new(),
                     common_prefixes: Vec::new(),
-                    next: Some(format!("{RESUME_AT}{first}")),
+                    next: Some(format!(
+                        "{RESUME_AT}{}{RESUME_AT}{first}",
+                        self.next_version.fetch_add(1, Ordering::Relaxed)
+                    )),
                 });
             }
         }

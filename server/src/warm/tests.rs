@@ -340,3 +340,21 @@ async fn a_failed_listing_of_one_sub_prefix_fails_the_warm_and_stops_the_rest() 
     assert!(err.to_string().contains("list denied"), "{err}");
     assert_eq!(w.store.calls.lists_in_flight.load(Ordering::Relaxed), 0);
 }
+
+#[tokio::test]
+async fn empty_truncated_pages_in_a_tree_lose_no_key() {
+    // Pages with no entries but a continuation token, in the delimited
+    // listing of the parent and in the sub-prefixes' listings alike: a
+    // listing that stopped at one would report SUCCEEDED with keys missing.
+    let mut keys: Vec<String> = (0..20)
+        .flat_map(|d| (0..25).map(move |k| format!("d/{d:02}/{k:02}")))
+        .collect();
+    keys.extend(["d/00.txt", "d/10.txt", "d/zz"].map(str::to_owned));
+    keys.sort();
+    let w = setup_slow_listing(&keys, 10);
+    w.store.inner().empty_pages_before(30);
+    let first = run(&w).await;
+    assert_eq!(first.outcome, Some(Outcome::Succeeded));
+    assert_eq!(first.counters.objects_copied, keys.len() as u64);
+    assert_eq!(w.store.inner().keys(DIR), keys, "every key, once");
+}
