@@ -6,7 +6,7 @@ use tokio::net::TcpListener;
 
 use crate::config::{Config, IndexCommand, IndexLocation, LogFormat};
 use crate::index::dynamo::{DynamoConfig, DynamoIndex, TablePrefix};
-use crate::index::{CacheIndex, OperationLog, ReplicaRegistry, SqliteIndex};
+use crate::index::{CacheIndex, MeteredIndex, OperationLog, ReplicaRegistry, SqliteIndex};
 use crate::server::{serve, Deps};
 use crate::store::{ObjectStore, S3Store};
 
@@ -107,15 +107,18 @@ pub async fn run<S: ObjectStore>(config: Config, store: S) -> anyhow::Result<()>
         IndexLocation::Sqlite(path) => {
             let index = SqliteIndex::open(path)
                 .with_context(|| format!("opening index {}", path.display()))?;
-            run_on(config, store, index).await
+            run_on(config, store, MeteredIndex::new(index, "sqlite")).await
         }
-        IndexLocation::SqliteMemory => run_on(config, store, SqliteIndex::open_in_memory()?).await,
+        IndexLocation::SqliteMemory => {
+            let index = SqliteIndex::open_in_memory()?;
+            run_on(config, store, MeteredIndex::new(index, "sqlite")).await
+        }
         IndexLocation::Dynamo(prefix) => {
             let index = dynamo_index(prefix, &config).await;
             // Refuse to start on missing or mismatched tables, naming the
             // command that creates them.
             index.check_tables().await?;
-            run_on(config, store, index).await
+            run_on(config, store, MeteredIndex::new(index, "dynamodb")).await
         }
     }
 }
@@ -174,6 +177,15 @@ async fn run_on<S: ObjectStore, I: CacheIndex + OperationLog + ReplicaRegistry>(
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
+    // Bound before serving, so a taken port fails the start, not a scrape.
+    let _metrics = match config.metrics_listen {
+        Some(addr) => {
+            let m = crate::metrics::serve(addr).await?;
+            tracing::info!(metrics = %format!("http://{}/metrics", m.local_addr), "serving Prometheus metrics");
+            Some(m)
+        }
+        None => None,
+    };
     let deps = Deps::from_config(store, index, &config);
     if config.allow_general_purpose_destination {
         tracing::warn!("general-purpose buckets are accepted as destinations (--allow-general-purpose-destination): meant for S3-compatible test endpoints, not for production");

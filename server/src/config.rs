@@ -25,6 +25,10 @@ pub struct Args {
     /// Address to serve gRPC on [default: 127.0.0.1:50051].
     #[arg(long, env = "EXPRESSCACHE_LISTEN")]
     pub listen: Option<SocketAddr>,
+    /// Serve Prometheus metrics over plain HTTP at ADDR/metrics, e.g.
+    /// 0.0.0.0:9090 [default: off].
+    #[arg(long, env = "EXPRESSCACHE_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Cache index: sqlite://PATH (relative or absolute), sqlite://:memory:,
     /// or dynamodb://TABLE_PREFIX for several replicas sharing DynamoDB
     /// tables (create them with `expresscache-server index create`)
@@ -129,6 +133,7 @@ pub enum LogFormat {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     listen: Option<SocketAddr>,
+    metrics_listen: Option<SocketAddr>,
     index: Option<String>,
     max_concurrency: Option<usize>,
     #[serde(default, with = "humantime_serde_opt")]
@@ -213,6 +218,8 @@ impl IndexLocation {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// Where `/metrics` is served, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
     pub index: IndexLocation,
     pub max_concurrency: usize,
     pub max_ttl: Duration,
@@ -356,6 +363,7 @@ impl Config {
         }
         Ok(Self {
             listen: args.listen.or(file.listen).unwrap_or(d.listen),
+            metrics_listen: args.metrics_listen.or(file.metrics_listen),
             index,
             max_concurrency,
             max_ttl,
@@ -428,6 +436,7 @@ impl Default for Config {
         let limits = Limits::default();
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            metrics_listen: None,
             index: IndexLocation::Sqlite(default_index_path()),
             // Enough for S3 Express at a real round trip (thousands of
             // requests/s need hundreds in flight); the adaptive limit finds

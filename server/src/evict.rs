@@ -108,6 +108,9 @@ pub struct SweepReport {
     /// Leases whose sweep failed this pass (each is retried later with
     /// backoff; the others were swept regardless).
     pub lease_failures: Vec<(Lease, String)>,
+    /// (directory bucket, prefix) of the leases this pass swept without a
+    /// failure.
+    pub leases_settled: Vec<(String, String)>,
 }
 
 /// Timing of deletions.
@@ -276,6 +279,10 @@ impl<S: ObjectStore, I: CacheIndex> Evictor<S, I> {
             if let Some(error) = failed {
                 self.defer(&lease, &error).await;
                 report.lease_failures.push((lease, error));
+            } else {
+                report
+                    .leases_settled
+                    .push((lease.directory_bucket, lease.prefix));
             }
         }
         Ok(report)
@@ -486,6 +493,49 @@ impl<S: ObjectStore, I: CacheIndex> Evictor<S, I> {
     }
 }
 
+/// Exports one `Evict`.
+pub fn export_evict(evicted: &Result<EvictReport, EvictError>) {
+    use crate::metrics as m;
+    match evicted {
+        Ok(r) => {
+            metrics::counter!(m::EVICTIONS, "outcome" => "ok").increment(1);
+            metrics::counter!(m::OBJECTS_DELETED, "reason" => "evict").increment(r.tally.deleted);
+            metrics::counter!(m::DELETE_FAILURES, "reason" => "evict").increment(r.tally.failed());
+        }
+        Err(_) => metrics::counter!(m::EVICTIONS, "outcome" => "error").increment(1),
+    }
+}
+
+/// Exports one sweeper pass; `stuck` carries the leases whose last sweep
+/// failed from pass to pass.
+fn export_sweep(
+    swept: &Result<SweepReport, EvictError>,
+    stuck: &mut std::collections::HashMap<(String, String), tokio::time::Instant>,
+    forget_after: Duration,
+) {
+    use crate::metrics as m;
+    let Ok(r) = swept else {
+        metrics::counter!(m::SWEEPS, "outcome" => "error").increment(1);
+        return;
+    };
+    metrics::counter!(m::SWEEPS, "outcome" => "ok").increment(1);
+    metrics::counter!(m::OBJECTS_DELETED, "reason" => "sweep").increment(r.tally.deleted);
+    metrics::counter!(m::DELETE_FAILURES, "reason" => "sweep").increment(r.tally.failed());
+    metrics::counter!(m::SWEEP_LEASE_FAILURES).increment(r.lease_failures.len() as u64);
+    let now = tokio::time::Instant::now();
+    for (lease, _) in &r.lease_failures {
+        stuck.insert((lease.directory_bucket.clone(), lease.prefix.clone()), now);
+    }
+    for key in &r.leases_settled {
+        stuck.remove(key);
+    }
+    // A stuck lease is tried again within the longest backoff; one not
+    // seen failing for longer was revived by a warm (it is no longer
+    // expired) or ended otherwise.
+    stuck.retain(|_, seen| now.duration_since(*seen) <= forget_after);
+    metrics::gauge!(m::SWEEP_LEASES_STUCK).set(stuck.len() as f64);
+}
+
 /// Runs [`Evictor::sweep_once`] every `every` until the task is aborted.
 pub fn spawn_sweeper<S: ObjectStore, I: CacheIndex>(
     evictor: Arc<Evictor<S, I>>,
@@ -494,9 +544,15 @@ pub fn spawn_sweeper<S: ObjectStore, I: CacheIndex>(
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Leases whose last sweep failed: a deferred lease is tried again
+        // only after its backoff, so one pass alone does not know them all.
+        let mut stuck = std::collections::HashMap::new();
+        let forget_after = evictor.settings.sweep_retry_max * 2 + every;
         loop {
             tick.tick().await;
-            match evictor.sweep_once().await {
+            let swept = evictor.sweep_once().await;
+            export_sweep(&swept, &mut stuck, forget_after);
+            match swept {
                 Ok(r) if r.leases_expired > 0 => tracing::info!(
                     leases_expired = r.leases_expired,
                     leases_removed = r.leases_removed,

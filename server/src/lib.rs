@@ -15,6 +15,7 @@ pub mod exec;
 pub mod gate;
 pub mod index;
 pub mod jitter;
+pub mod metrics;
 pub mod operation;
 pub mod ops;
 pub mod plan;

@@ -39,6 +39,18 @@ pub enum Outcome {
     Cancelled,
 }
 
+impl Outcome {
+    /// The metrics label: lower snake case, as Prometheus labels go.
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Succeeded => "succeeded",
+            Outcome::PartiallyFailed => "partially_failed",
+            Outcome::Failed => "failed",
+            Outcome::Cancelled => "cancelled",
+        }
+    }
+}
+
 /// What an operation has done so far (shared with the client crate).
 pub use expresscache::Counters;
 

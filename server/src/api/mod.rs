@@ -232,7 +232,11 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> CacheService for Api<S, I> {
         // not stop it between a delete and its record (the task runs to
         // the end; the caller just stops waiting for the answer).
         let evictor = Arc::clone(&self.evictor);
-        let task = tokio::spawn(async move { evictor.evict(&spec).await.map(|r| (spec, r)) });
+        let task = tokio::spawn(async move {
+            let evicted = evictor.evict(&spec).await;
+            crate::evict::export_evict(&evicted);
+            evicted.map(|r| (spec, r))
+        });
         let (spec, report) = task
             .await
             .map_err(|e| Status::internal(format!("eviction task failed: {e}")))?

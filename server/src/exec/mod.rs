@@ -16,6 +16,7 @@ use tokio::sync::Semaphore;
 pub use limiter::AdaptiveLimit;
 
 use crate::jitter::{Jitter, RandomJitter};
+use crate::metrics as metrics_names;
 use crate::stop::StopSignal;
 use crate::store::{Copied, CopyRequest, ObjectStore, PartCopy, StoreError};
 
@@ -131,6 +132,24 @@ impl CopyStats {
     }
 }
 
+/// One request counted in the in-flight gauge until dropped (also when
+/// its warm is aborted mid-request).
+struct InFlight(metrics::Gauge);
+
+impl InFlight {
+    fn enter() -> Self {
+        let g = metrics::gauge!(metrics_names::S3_REQUESTS_IN_FLIGHT);
+        g.increment(1.0);
+        Self(g)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
+
 /// The part size for an object of `size` bytes.
 pub fn part_size(size: u64, threshold: u64) -> u64 {
     threshold
@@ -210,6 +229,13 @@ impl<S: ObjectStore> CopyEngine<S> {
         l
     }
 
+    /// Publishes `bucket`'s current limit (a gauge set is a store: cheap
+    /// enough per request).
+    fn export_limit(&self, bucket: &str, limiter: &AdaptiveLimit) {
+        metrics::gauge!(metrics_names::S3_CONCURRENCY_LIMIT, "bucket" => bucket.to_owned())
+            .set(limiter.limit() as f64);
+    }
+
     /// How long since any attempt of any warm ended.
     pub fn idle(&self) -> Duration {
         self.activity.idle()
@@ -231,6 +257,7 @@ impl<S: ObjectStore> CopyEngine<S> {
     /// errors (a timeout is one) with backoff.
     async fn attempt<T, F, Fut>(
         &self,
+        operation: &'static str,
         bucket: &str,
         bytes: u64,
         stats: &CopyStats,
@@ -261,15 +288,22 @@ impl<S: ObjectStore> CopyEngine<S> {
                 }
                 let limit = self.timeout_for(bytes);
                 let started = tokio::time::Instant::now();
+                let in_flight = InFlight::enter();
                 let r = tokio::time::timeout(limit, call())
                     .await
                     .unwrap_or_else(|_| Err(crate::store::timed_out("request", limit)));
+                drop(in_flight);
+                let outcome = if r.is_ok() { "ok" } else { "error" };
+                metrics::histogram!(metrics_names::S3_REQUEST_DURATION,
+                    "operation" => operation, "outcome" => outcome)
+                .record(started.elapsed());
                 if let Some(a) = &stats.activity {
                     a.touch();
                 }
                 self.activity.touch();
                 if r.is_ok() {
                     limiter.on_success(&slot, started.elapsed(), bytes);
+                    self.export_limit(bucket, &limiter);
                 }
                 r
             };
@@ -279,7 +313,9 @@ impl<S: ObjectStore> CopyEngine<S> {
                     stats.retries.fetch_add(1, Ordering::Relaxed);
                     if e.class().backs_off() {
                         stats.throttled.fetch_add(1, Ordering::Relaxed);
-                        if limiter.on_throttle() {
+                        let cut = limiter.on_throttle();
+                        self.export_limit(bucket, &limiter);
+                        if cut {
                             tracing::debug!(
                                 bucket,
                                 limit = limiter.limit(),
@@ -309,7 +345,7 @@ impl<S: ObjectStore> CopyEngine<S> {
         if size > self.settings.multipart_threshold {
             return self.copy_multipart(req, size, stats, stop).await;
         }
-        self.attempt(req.dest_bucket, size, stats, stop, || {
+        self.attempt("copy_object", req.dest_bucket, size, stats, stop, || {
             self.store.copy_object(req)
         })
         .await
@@ -326,7 +362,7 @@ impl<S: ObjectStore> CopyEngine<S> {
         let part = part_size(size, self.settings.multipart_threshold);
         let count = size.div_ceil(part);
         let upload_id = self
-            .attempt(dest, 0, stats, stop, || {
+            .attempt("create_multipart_upload", dest, 0, stats, stop, || {
                 self.store.create_multipart(dest, req.dest_key)
             })
             .await?;
@@ -345,9 +381,14 @@ impl<S: ObjectStore> CopyEngine<S> {
                         first_byte: first,
                         last_byte: last,
                     };
-                    self.attempt(dest, last - first + 1, stats, stop, || {
-                        self.store.upload_part_copy(&pc)
-                    })
+                    self.attempt(
+                        "upload_part_copy",
+                        dest,
+                        last - first + 1,
+                        stats,
+                        stop,
+                        || self.store.upload_part_copy(&pc),
+                    )
                     .await
                     .map(|etag| (number, etag))
                 }
@@ -361,13 +402,20 @@ impl<S: ObjectStore> CopyEngine<S> {
             let copied = self
                 // Assembling parts takes S3 time that grows with their count,
                 // not with the bytes (nothing is copied again).
-                .attempt(dest, COMPLETE_BUDGET_BYTES, stats, stop, || {
-                    self.store
-                        .complete_multipart(dest, req.dest_key, &upload_id, &done)
-                })
+                .attempt(
+                    "complete_multipart_upload",
+                    dest,
+                    COMPLETE_BUDGET_BYTES,
+                    stats,
+                    stop,
+                    || {
+                        self.store
+                            .complete_multipart(dest, req.dest_key, &upload_id, &done)
+                    },
+                )
                 .await?;
             let landed = self
-                .attempt(dest, 0, stats, stop, || {
+                .attempt("head_object", dest, 0, stats, stop, || {
                     self.store.head_object(dest, req.dest_key)
                 })
                 .await?;
@@ -386,9 +434,14 @@ impl<S: ObjectStore> CopyEngine<S> {
         if result.is_err() {
             // Never leave an incomplete upload (it is billed until aborted).
             let aborted = self
-                .attempt(dest, 0, stats, &StopSignal::default(), || {
-                    self.store.abort_multipart(dest, req.dest_key, &upload_id)
-                })
+                .attempt(
+                    "abort_multipart_upload",
+                    dest,
+                    0,
+                    stats,
+                    &StopSignal::default(),
+                    || self.store.abort_multipart(dest, req.dest_key, &upload_id),
+                )
                 .await;
             if let Err(e) = aborted {
                 tracing::warn!(key = req.dest_key, upload_id, error = %e, "could not abort multipart upload; a lifecycle rule must clean it up");

@@ -17,11 +17,13 @@ mod cursor;
 pub mod dynamo;
 pub mod encoding;
 mod legacy;
+mod metered;
 mod sqlite;
 
 pub use counting::CountingIndex;
 pub use cursor::{RecordCursor, CURSOR_PAGE};
 pub use dynamo::DynamoIndex;
+pub use metered::MeteredIndex;
 pub use sqlite::SqliteIndex;
 
 use std::ops::Bound;

@@ -254,6 +254,7 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
             }
         }
         tracing::info!(operation_id = %id, source = %spec.source, directory_bucket = %spec.directory_bucket, prefixes = spec.prefixes.len(), force_copy = spec.force_copy, "warm started");
+        metrics::counter!(crate::metrics::WARMS_STARTED).increment(1);
         self.start(record, spec, progress, ticket, granted_until);
         Ok(rx)
     }
@@ -311,17 +312,22 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
     ) {
         let progress = Arc::new(progress);
         let stop = Arc::new(StopSignal::default());
-        self.live().insert(
-            record.id.clone(),
-            LiveOp {
-                request: record.request,
-                progress: Arc::clone(&progress),
-                stop: Arc::clone(&stop),
-                created_at: record.created_at,
-                resumptions: record.resumptions,
-                ticket: ticket.clone(),
-            },
-        );
+        let running = {
+            let mut live = self.live();
+            live.insert(
+                record.id.clone(),
+                LiveOp {
+                    request: record.request,
+                    progress: Arc::clone(&progress),
+                    stop: Arc::clone(&stop),
+                    created_at: record.created_at,
+                    resumptions: record.resumptions,
+                    ticket: ticket.clone(),
+                },
+            );
+            live.len()
+        };
+        metrics::gauge!(crate::metrics::OPERATIONS_RUNNING).set(running as f64);
         let this = Arc::clone(self);
         tokio::spawn(async move {
             this.drive(record.id, spec, progress, stop, ticket, granted_until)
@@ -372,7 +378,12 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
     }
 
     fn forget(&self, id: &str) {
-        self.live().remove(id);
+        let running = {
+            let mut live = self.live();
+            live.remove(id);
+            live.len()
+        };
+        metrics::gauge!(crate::metrics::OPERATIONS_RUNNING).set(running as f64);
         self.ended.notify_waiters();
     }
 

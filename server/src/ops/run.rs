@@ -12,6 +12,7 @@ use expresscache::WarmSpec;
 
 use super::Operations;
 use crate::index::{span_millis, CacheIndex, Millis, OperationLog, Renewal};
+use crate::metrics::CounterExport;
 use crate::operation::{Outcome, RunTicket};
 use crate::progress::Progress;
 use crate::stop::{StopReason, StopSignal};
@@ -31,18 +32,34 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
         // Claims are per attempt: a later attempt takes this one's over.
         let owner = ticket.claim_owner(&id);
         let lost = Arc::new(AtomicBool::new(false));
+        // What an earlier attempt did was counted by that attempt.
+        let exported = Arc::new(CounterExport::starting_at(progress.snapshot().counters));
         let keeper = {
             let this = Arc::clone(&self);
             let (id, ticket) = (id.clone(), ticket.clone());
-            let (progress, stop, lost) =
-                (Arc::clone(&progress), Arc::clone(&stop), Arc::clone(&lost));
+            let (progress, stop, lost, exported) = (
+                Arc::clone(&progress),
+                Arc::clone(&stop),
+                Arc::clone(&lost),
+                Arc::clone(&exported),
+            );
             tokio::spawn(async move {
-                this.keep_run(&id, &ticket, granted_until, &progress, &stop, &lost)
-                    .await
+                this.keep_run(
+                    &id,
+                    &ticket,
+                    granted_until,
+                    &progress,
+                    &stop,
+                    &lost,
+                    &exported,
+                )
+                .await
             })
         };
         let result = self.warmer.run_until(&spec, &progress, &owner, &stop).await;
         keeper.abort();
+        // Whatever happens next, what this attempt did happened.
+        exported.export(&progress.snapshot().counters);
         if lost.load(Ordering::Relaxed) {
             tracing::warn!(operation_id = %id, attempt = ticket.attempt,
                 "this replica lost the operation's run (another took it over, or its deadline \
@@ -81,6 +98,10 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
             }
             Ok(outcome) => progress.final_state(outcome.outcome(), None),
         };
+        if let Some(outcome) = last.outcome {
+            metrics::counter!(crate::metrics::WARMS_FINISHED, "outcome" => outcome.label())
+                .increment(1);
+        }
         let c = last.counters;
         tracing::info!(operation_id = %id, outcome = ?last.outcome,
             listed = c.objects_listed, hits = c.objects_hit, copied = c.objects_copied,
@@ -128,6 +149,7 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
         progress: &Progress,
         stop: &StopSignal,
         lost: &AtomicBool,
+        exported: &CounterExport,
     ) {
         let s = &self.settings;
         let tick_every = s
@@ -156,6 +178,7 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
                 return lose();
             }
             progress.publish();
+            exported.export(&progress.snapshot().counters);
             since_renewal += tick_every;
             since_checkpoint += tick_every;
             if since_renewal >= s.renew_every {

@@ -1,0 +1,279 @@
+//! Prometheus metrics: every name the server exports, what it means, and
+//! the plain-HTTP `/metrics` endpoint (`--metrics-listen`).
+//!
+//! Built on the `metrics` facade with `metrics-exporter-prometheus`: the
+//! code that counts says `counter!(NAME)` where the event happens, without
+//! a registry threaded through every layer, and with no recorder installed
+//! (metrics off, unit tests) those calls cost nothing. The exporter renders
+//! the text exposition format, including histograms with fixed buckets.
+//!
+//! Labels are bounded sets only: an outcome, an S3 or index operation
+//! name, the index backend, a destination bucket. Never a key, a prefix or
+//! an operation id.
+
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use anyhow::Context;
+use expresscache::Counters;
+use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+
+pub const WARMS_STARTED: &str = "expresscache_warms_started_total";
+pub const WARMS_FINISHED: &str = "expresscache_warms_finished_total";
+pub const OBJECTS_LISTED: &str = "expresscache_objects_listed_total";
+pub const OBJECTS_HIT: &str = "expresscache_objects_hit_total";
+pub const OBJECTS_COPIED: &str = "expresscache_objects_copied_total";
+pub const OBJECTS_FAILED: &str = "expresscache_objects_failed_total";
+pub const OBJECTS_SHARED: &str = "expresscache_objects_shared_total";
+pub const BYTES_LISTED: &str = "expresscache_bytes_listed_total";
+pub const BYTES_COPIED: &str = "expresscache_bytes_copied_total";
+pub const COPY_RETRIES: &str = "expresscache_copy_retries_total";
+pub const THROTTLE_EVENTS: &str = "expresscache_throttle_events_total";
+pub const S3_REQUEST_DURATION: &str = "expresscache_s3_request_duration_seconds";
+pub const S3_REQUESTS_IN_FLIGHT: &str = "expresscache_s3_requests_in_flight";
+pub const S3_CONCURRENCY_LIMIT: &str = "expresscache_s3_concurrency_limit";
+pub const INDEX_REQUEST_DURATION: &str = "expresscache_index_request_duration_seconds";
+pub const INDEX_ERRORS: &str = "expresscache_index_errors_total";
+pub const SWEEPS: &str = "expresscache_sweeps_total";
+pub const SWEEP_LEASES_STUCK: &str = "expresscache_sweep_leases_stuck";
+pub const SWEEP_LEASE_FAILURES: &str = "expresscache_sweep_lease_failures_total";
+pub const OBJECTS_DELETED: &str = "expresscache_objects_deleted_total";
+pub const DELETE_FAILURES: &str = "expresscache_delete_failures_total";
+pub const EVICTIONS: &str = "expresscache_evictions_total";
+pub const OPERATIONS_RUNNING: &str = "expresscache_operations_running";
+pub const OPERATIONS_QUEUED: &str = "expresscache_operations_queued";
+
+/// Histogram buckets (seconds) for S3 and index requests: from a local
+/// SQLite write to a multi-gigabyte server-side copy.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
+
+/// Says what each metric means (the exposition's `# HELP` lines).
+fn describe() {
+    describe_counter!(
+        WARMS_STARTED,
+        "Warms started (new operations; a request_id attach is not one)"
+    );
+    describe_counter!(
+        WARMS_FINISHED,
+        "Warms finished, by outcome: succeeded, partially_failed, failed, cancelled"
+    );
+    describe_counter!(
+        OBJECTS_LISTED,
+        "Objects found under warmed prefixes in the source"
+    );
+    describe_counter!(
+        OBJECTS_HIT,
+        "Objects already cached and current: not copied"
+    );
+    describe_counter!(OBJECTS_COPIED, "Objects copied into directory buckets");
+    describe_counter!(OBJECTS_FAILED, "Objects a warm could not copy");
+    describe_counter!(
+        OBJECTS_SHARED,
+        "Objects another warm was copying: waited for, not copied again"
+    );
+    describe_counter!(BYTES_LISTED, Unit::Bytes, "Bytes of the objects listed");
+    describe_counter!(
+        BYTES_COPIED,
+        Unit::Bytes,
+        "Bytes copied into directory buckets"
+    );
+    describe_counter!(
+        COPY_RETRIES,
+        "Copy requests retried after a retryable error"
+    );
+    describe_counter!(
+        THROTTLE_EVENTS,
+        "Of the retries, throttling answers (SlowDown, 429, 503, timeouts)"
+    );
+    describe_histogram!(
+        S3_REQUEST_DURATION,
+        Unit::Seconds,
+        "Duration of one attempt of a copy-path S3 request, by operation and outcome (ok, error)"
+    );
+    describe_gauge!(S3_REQUESTS_IN_FLIGHT, "Copy-path S3 requests in flight");
+    describe_gauge!(
+        S3_CONCURRENCY_LIMIT,
+        "The adaptive concurrency limit of requests to each destination bucket"
+    );
+    describe_histogram!(
+        INDEX_REQUEST_DURATION,
+        Unit::Seconds,
+        "Duration of one index call, by operation and backend (sqlite, dynamodb)"
+    );
+    describe_counter!(
+        INDEX_ERRORS,
+        "Index calls that failed, by operation and backend"
+    );
+    describe_counter!(SWEEPS, "Expiry sweeper passes, by outcome (ok, error)");
+    describe_gauge!(
+        SWEEP_LEASES_STUCK,
+        "Expired leases whose last sweep failed (retried with backoff)"
+    );
+    describe_counter!(
+        SWEEP_LEASE_FAILURES,
+        "Sweeps of one expired lease that failed"
+    );
+    describe_counter!(
+        OBJECTS_DELETED,
+        "Objects deleted from directory buckets, by reason (sweep, evict)"
+    );
+    describe_counter!(
+        DELETE_FAILURES,
+        "Objects that could not be deleted, by reason (sweep, evict)"
+    );
+    describe_counter!(EVICTIONS, "Evict calls, by outcome (ok, error)");
+    describe_gauge!(OPERATIONS_RUNNING, "Warms running on this replica");
+    describe_gauge!(
+        OPERATIONS_QUEUED,
+        "Warms waiting for a running slot on this replica"
+    );
+}
+
+/// The `/metrics` endpoint, serving until dropped.
+#[derive(Debug)]
+pub struct MetricsServer {
+    pub local_addr: SocketAddr,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for MetricsServer {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Installs the process-wide Prometheus recorder and serves `/metrics` on
+/// `addr`. Fails (rather than running blind) if the address cannot be
+/// bound or a recorder is already installed.
+pub async fn serve(addr: SocketAddr) -> anyhow::Result<MetricsServer> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the metrics endpoint {addr}"))?;
+    let local_addr = listener.local_addr()?;
+    let handle = PrometheusBuilder::new()
+        .set_buckets(LATENCY_BUCKETS)
+        .context("histogram buckets")?
+        .install_recorder()
+        .context("installing the metrics recorder")?;
+    describe();
+    let upkeep = {
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            // Histograms drain their samples on upkeep; a scrape does it
+            // too, this bounds memory between scrapes.
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                handle.run_upkeep();
+            }
+        })
+    };
+    let server = tokio::spawn(accept(listener, handle));
+    Ok(MetricsServer {
+        local_addr,
+        tasks: vec![upkeep, server],
+    })
+}
+
+async fn accept(listener: TcpListener, handle: PrometheusHandle) {
+    use hyper::service::service_fn;
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics endpoint: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let handle = handle.clone();
+                async move { Ok::<_, std::convert::Infallible>(respond(&req, &handle)) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "metrics endpoint: connection ended");
+            }
+        });
+    }
+}
+
+fn respond<B>(
+    req: &hyper::Request<B>,
+    handle: &PrometheusHandle,
+) -> hyper::Response<http_body_util::Full<bytes::Bytes>> {
+    let (status, content_type, body) = match (req.method(), req.uri().path()) {
+        (&hyper::Method::GET, "/metrics") => (
+            hyper::StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            handle.render(),
+        ),
+        (&hyper::Method::GET, _) => (
+            hyper::StatusCode::NOT_FOUND,
+            "text/plain; charset=utf-8",
+            "not found: metrics are at /metrics\n".to_owned(),
+        ),
+        _ => (
+            hyper::StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain; charset=utf-8",
+            "only GET\n".to_owned(),
+        ),
+    };
+    let mut resp = hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
+    *resp.status_mut() = status;
+    if let Ok(v) = hyper::header::HeaderValue::from_str(content_type) {
+        resp.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    resp
+}
+
+/// Exports a warm's counters as they grow: each call adds what changed
+/// since the last, so the totals move while a long warm runs and a warm
+/// resumed from a checkpoint does not count its earlier progress twice.
+#[derive(Debug)]
+pub struct CounterExport {
+    last: Mutex<Counters>,
+}
+
+impl CounterExport {
+    /// Starts from `counters`, already counted (by an earlier attempt).
+    pub fn starting_at(counters: Counters) -> Self {
+        Self {
+            last: Mutex::new(counters),
+        }
+    }
+
+    /// Adds the growth since the last call.
+    pub fn export(&self, now: &Counters) {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let pairs = [
+            (OBJECTS_LISTED, now.objects_listed, last.objects_listed),
+            (OBJECTS_HIT, now.objects_hit, last.objects_hit),
+            (OBJECTS_COPIED, now.objects_copied, last.objects_copied),
+            (OBJECTS_FAILED, now.objects_failed, last.objects_failed),
+            (OBJECTS_SHARED, now.objects_shared, last.objects_shared),
+            (BYTES_LISTED, now.bytes_listed, last.bytes_listed),
+            (BYTES_COPIED, now.bytes_copied, last.bytes_copied),
+            (COPY_RETRIES, now.copy_retries, last.copy_retries),
+            (THROTTLE_EVENTS, now.throttle_events, last.throttle_events),
+        ];
+        for (name, now, before) in pairs {
+            // Counters only grow; a value that went down (never expected)
+            // is not subtracted.
+            if now > before {
+                metrics::counter!(name).increment(now - before);
+            }
+        }
+        *last = *now;
+    }
+}
