@@ -29,6 +29,26 @@ pub struct Args {
     /// 0.0.0.0:9090 [default: off].
     #[arg(long, env = "EXPRESSCACHE_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Warms running at once on this server; more wait in phase QUEUED
+    /// [default: 64].
+    #[arg(long, env = "EXPRESSCACHE_MAX_RUNNING_WARMS")]
+    pub max_running_warms: Option<usize>,
+    /// Warms waiting for a running slot; past it new warms are refused
+    /// with RESOURCE_EXHAUSTED and a retry hint [default: 1024].
+    #[arg(long, env = "EXPRESSCACHE_MAX_QUEUED_WARMS")]
+    pub max_queued_warms: Option<usize>,
+    /// Concurrent gRPC streams (calls) one client connection may hold
+    /// [default: 1024].
+    #[arg(long, env = "EXPRESSCACHE_MAX_STREAMS_PER_CONNECTION")]
+    pub max_streams_per_connection: Option<u32>,
+    /// Largest request message accepted, e.g. 1MiB [default: 2MiB].
+    #[arg(long, env = "EXPRESSCACHE_MAX_REQUEST_SIZE", value_parser = parse_size)]
+    pub max_request_size: Option<u64>,
+    /// Cached entries one GetStatus call counts at most, over all its
+    /// prefixes; past it the counts are lower bounds (counts_truncated)
+    /// [default: 1000000].
+    #[arg(long, env = "EXPRESSCACHE_STATUS_COUNT_LIMIT")]
+    pub status_count_limit: Option<u64>,
     /// Cache index: sqlite://PATH (relative or absolute), sqlite://:memory:,
     /// or dynamodb://TABLE_PREFIX for several replicas sharing DynamoDB
     /// tables (create them with `expresscache-server index create`)
@@ -134,6 +154,11 @@ pub enum LogFormat {
 struct FileConfig {
     listen: Option<SocketAddr>,
     metrics_listen: Option<SocketAddr>,
+    max_running_warms: Option<usize>,
+    max_queued_warms: Option<usize>,
+    max_streams_per_connection: Option<u32>,
+    max_request_size: Option<String>,
+    status_count_limit: Option<u64>,
     index: Option<String>,
     max_concurrency: Option<usize>,
     #[serde(default, with = "humantime_serde_opt")]
@@ -187,6 +212,23 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .map_err(|e| format!("invalid size {s:?} (e.g. 5GiB, 64MiB): {e}"))
 }
 
+/// `value`, or an error naming `name` and the range it must be in.
+fn in_range<T: PartialOrd + std::fmt::Display>(
+    name: &str,
+    value: T,
+    range: std::ops::RangeInclusive<T>,
+) -> Result<T, String> {
+    if range.contains(&value) {
+        Ok(value)
+    } else {
+        Err(format!(
+            "{name} must be {}..={}, got {value}",
+            range.start(),
+            range.end()
+        ))
+    }
+}
+
 /// Where the cache index lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IndexLocation {
@@ -220,6 +262,11 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Where `/metrics` is served, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
+    pub max_running_warms: usize,
+    pub max_queued_warms: usize,
+    pub max_streams_per_connection: u32,
+    pub max_request_size: u64,
+    pub status_count_limit: u64,
     pub index: IndexLocation,
     pub max_concurrency: usize,
     pub max_ttl: Duration,
@@ -364,6 +411,45 @@ impl Config {
         Ok(Self {
             listen: args.listen.or(file.listen).unwrap_or(d.listen),
             metrics_listen: args.metrics_listen.or(file.metrics_listen),
+            max_running_warms: in_range(
+                "max_running_warms",
+                args.max_running_warms
+                    .or(file.max_running_warms)
+                    .unwrap_or(d.max_running_warms),
+                1..=100_000,
+            )?,
+            max_queued_warms: in_range(
+                "max_queued_warms",
+                args.max_queued_warms
+                    .or(file.max_queued_warms)
+                    .unwrap_or(d.max_queued_warms),
+                0..=1_000_000,
+            )?,
+            max_streams_per_connection: in_range(
+                "max_streams_per_connection",
+                args.max_streams_per_connection
+                    .or(file.max_streams_per_connection)
+                    .unwrap_or(d.max_streams_per_connection),
+                1..=1_000_000,
+            )?,
+            max_request_size: in_range(
+                "max_request_size",
+                match (args.max_request_size, file.max_request_size) {
+                    (Some(n), _) => n,
+                    (None, Some(s)) => parse_size(&s)?,
+                    (None, None) => d.max_request_size,
+                },
+                // Below a full request (1,000 prefixes of 1 KiB) is a
+                // self-inflicted outage; above 64 MiB no request is honest.
+                (1024 * 1024)..=(64 * 1024 * 1024),
+            )?,
+            status_count_limit: in_range(
+                "status_count_limit",
+                args.status_count_limit
+                    .or(file.status_count_limit)
+                    .unwrap_or(d.status_count_limit),
+                1..=u64::MAX,
+            )?,
             index,
             max_concurrency,
             max_ttl,
@@ -437,6 +523,12 @@ impl Default for Config {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             metrics_listen: None,
+            max_running_warms: 64,
+            max_queued_warms: 1024,
+            // A job array's launchers may share one connection.
+            max_streams_per_connection: 1024,
+            max_request_size: 2 * 1024 * 1024,
+            status_count_limit: 1_000_000,
             index: IndexLocation::Sqlite(default_index_path()),
             // Enough for S3 Express at a real round trip (thousands of
             // requests/s need hundreds in flight); the adaptive limit finds

@@ -33,6 +33,12 @@ pub struct Deps<S, I> {
     /// On shutdown, how long running warms may take to finish before they
     /// are interrupted (and resumed by the next start).
     pub shutdown_grace: Duration,
+    /// Cached entries one GetStatus call counts at most.
+    pub status_count_limit: u64,
+    /// Largest request message handled.
+    pub max_request_size: u64,
+    /// Concurrent gRPC streams one client connection may hold.
+    pub max_streams_per_connection: u32,
 }
 
 impl<S, I> Deps<S, I> {
@@ -54,6 +60,9 @@ impl<S, I> Deps<S, I> {
             clock: Arc::new(SystemClock),
             sweep_interval: Some(config.sweep_interval),
             shutdown_grace: config.shutdown_grace,
+            status_count_limit: config.status_count_limit,
+            max_request_size: config.max_request_size,
+            max_streams_per_connection: config.max_streams_per_connection,
         }
     }
 }
@@ -92,7 +101,13 @@ where
         background.push(spawn_sweeper(Arc::clone(&evictor), every));
     }
     background.push(spawn_purger(Arc::clone(&ops), deps.ops.retention));
-    let api = Api::new(Arc::clone(&ops), evictor, deps.limits);
+    let api = Api::new(Arc::clone(&ops), evictor, deps.limits)
+        .with_status_count_limit(deps.status_count_limit)
+        .with_max_request_size(deps.max_request_size);
+    // tonic's own decoding limit only guards memory; the API answers
+    // requests between the two with RESOURCE_EXHAUSTED and the sizes.
+    let decode_limit =
+        usize::try_from(deps.max_request_size.saturating_mul(4)).unwrap_or(usize::MAX);
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<CacheServiceServer<Api<S, I>>>().await;
@@ -123,10 +138,11 @@ where
         }
     };
     let served = tonic::transport::Server::builder()
+        .max_concurrent_streams(deps.max_streams_per_connection)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(CacheServiceServer::new(api))
+        .add_service(CacheServiceServer::new(api).max_decoding_message_size(decode_limit))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drain)
         .await;
     for task in background {

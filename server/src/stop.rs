@@ -12,7 +12,11 @@ pub enum StopReason {
 }
 
 #[derive(Debug, Default)]
-pub struct StopSignal(AtomicU8);
+pub struct StopSignal {
+    state: AtomicU8,
+    /// Wakes whoever waits for a stop (a warm queued for a slot).
+    set: tokio::sync::Notify,
+}
 
 const NONE: u8 = 0;
 const CANCELLED: u8 = 1;
@@ -21,18 +25,35 @@ const INTERRUPTED: u8 = 2;
 impl StopSignal {
     /// Cancels; wins over a later interruption.
     pub fn cancel(&self) {
-        self.0.store(CANCELLED, Ordering::SeqCst);
+        self.state.store(CANCELLED, Ordering::SeqCst);
+        self.set.notify_waiters();
     }
 
     /// Interrupts, unless already cancelled.
     pub fn interrupt(&self) {
         let _ = self
-            .0
+            .state
             .compare_exchange(NONE, INTERRUPTED, Ordering::SeqCst, Ordering::SeqCst);
+        self.set.notify_waiters();
+    }
+
+    /// Resolves once a stop is asked for (at once if it already was).
+    pub async fn stopped(&self) {
+        loop {
+            let notified = self.set.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a stop between the check
+            // and the await still wakes this.
+            notified.as_mut().enable();
+            if self.is_set() {
+                return;
+            }
+            notified.await;
+        }
     }
 
     pub fn reason(&self) -> Option<StopReason> {
-        match self.0.load(Ordering::SeqCst) {
+        match self.state.load(Ordering::SeqCst) {
             CANCELLED => Some(StopReason::Cancelled),
             INTERRUPTED => Some(StopReason::Interrupted),
             _ => None,

@@ -387,6 +387,7 @@ async fn status(endpoints: &Arc<Endpoints>, a: StatusArgs) -> Result<(), ClientE
                     "prefix": p.prefix,
                     "cached_objects": p.cached_objects,
                     "cached_bytes": p.cached_bytes,
+                    "counts_truncated": p.counts_truncated,
                     "leases": p.leases.iter().map(|l| json!({
                         "prefix": l.prefix,
                         "source_bucket": l.source_bucket,
@@ -406,8 +407,10 @@ async fn status(endpoints: &Arc<Endpoints>, a: StatusArgs) -> Result<(), ClientE
                 })
             ),
             OutputFormat::Text => {
+                // A truncated count is a lower bound.
+                let at_least = if p.counts_truncated { "at least " } else { "" };
                 println!(
-                    "{:?}: {} objects, {} cached",
+                    "{:?}: {at_least}{} objects, {at_least}{} cached",
                     p.prefix,
                     p.cached_objects,
                     indicatif::HumanBytes(p.cached_bytes)

@@ -105,6 +105,12 @@ impl From<ApiError> for Status {
                 details.set_retry_info(Some(std::time::Duration::from_secs(1)));
                 Status::with_error_details(Code::Unavailable, msg, details)
             }
+            ApiError::Submit(SubmitError::Busy { .. }) => {
+                let mut details = ErrorDetails::new();
+                details.set_retry_info(Some(std::time::Duration::from_secs(5)));
+                details.set_error_info("SERVER_BUSY", "expresscache", []);
+                Status::with_error_details(Code::ResourceExhausted, msg, details)
+            }
             ApiError::Submit(SubmitError::Index(e))
             | ApiError::Index(e)
             | ApiError::Evict(EvictError::Index(e)) => index_status(&e),

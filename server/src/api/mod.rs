@@ -18,7 +18,7 @@ pub use error::ApiError;
 
 use crate::clock::Clock;
 use crate::evict::Evictor;
-use crate::index::{CacheIndex, OpFilter, OperationLog};
+use crate::index::{CacheIndex, OpFilter, OperationLog, Usage};
 use crate::ops::{FeedError, Operations, Subscription};
 use crate::store::ObjectStore;
 
@@ -31,6 +31,11 @@ pub struct Api<S, I> {
     evictor: Arc<Evictor<S, I>>,
     clock: Arc<dyn Clock>,
     limits: Limits,
+    /// Cached entries one GetStatus call counts at most.
+    status_count_limit: u64,
+    /// Largest request message handled (tonic's own limit, above it, only
+    /// guards memory).
+    max_request_size: u64,
 }
 
 impl<S: ObjectStore, I: CacheIndex + OperationLog> Api<S, I> {
@@ -42,7 +47,49 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Api<S, I> {
             ops,
             evictor,
             limits,
+            status_count_limit: 1_000_000,
+            max_request_size: 2 * 1024 * 1024,
         }
+    }
+
+    /// Counts at most `n` cached entries per GetStatus call.
+    #[must_use]
+    pub fn with_status_count_limit(mut self, n: u64) -> Self {
+        self.status_count_limit = n.max(1);
+        self
+    }
+
+    /// Refuses requests larger than `bytes`.
+    #[must_use]
+    pub fn with_max_request_size(mut self, bytes: u64) -> Self {
+        self.max_request_size = bytes;
+        self
+    }
+
+    /// RESOURCE_EXHAUSTED for a request above the size limit: precise, and
+    /// waiting does not help (no retry hint).
+    fn check_size(&self, request: &impl prost::Message) -> Result<(), Status> {
+        let size = request.encoded_len() as u64;
+        if size <= self.max_request_size {
+            return Ok(());
+        }
+        let mut details = tonic_types::ErrorDetails::new();
+        details.set_error_info(
+            "REQUEST_TOO_LARGE",
+            "expresscache",
+            [
+                ("size".to_owned(), size.to_string()),
+                ("limit".to_owned(), self.max_request_size.to_string()),
+            ],
+        );
+        Err(<Status as tonic_types::StatusExt>::with_error_details(
+            tonic::Code::ResourceExhausted,
+            format!(
+                "the request is {size} bytes; this server accepts at most {} (--max-request-size)",
+                self.max_request_size
+            ),
+            details,
+        ))
     }
 
     async fn check_bucket(&self, field: &'static str, bucket: &str) -> Result<(), ApiError> {
@@ -84,8 +131,19 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Api<S, I> {
                 let dir = directory_bucket.as_str();
                 let now = self.clock.now();
                 let mut out = Vec::with_capacity(prefixes.len());
+                // Bounded work per call, however large the prefixes: past
+                // the budget, counts are reported as lower bounds.
+                let mut budget = self.status_count_limit;
                 for p in prefixes {
-                    let usage = self.index.usage(dir, p.as_str()).await?;
+                    let usage = if budget == 0 {
+                        Usage {
+                            truncated: true,
+                            ..Usage::default()
+                        }
+                    } else {
+                        self.index.usage_up_to(dir, p.as_str(), budget).await?
+                    };
+                    budget = budget.saturating_sub(usage.objects);
                     let mut leases = self.index.covering_leases(dir, p.as_str(), now).await?;
                     leases.extend(
                         self.index
@@ -104,6 +162,7 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Api<S, I> {
                         prefix: p.to_string(),
                         cached_objects: usage.objects,
                         cached_bytes: usage.bytes,
+                        counts_truncated: usage.truncated,
                         leases: leases.into_iter().map(convert::lease).collect(),
                     });
                 }
@@ -145,7 +204,9 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> CacheService for Api<S, I> {
         &self,
         request: Request<pb::WarmCacheRequest>,
     ) -> Result<Response<Self::WarmCacheStream>, Status> {
-        let sub = self.warm(request.into_inner()).await?;
+        let req = request.into_inner();
+        self.check_size(&req)?;
+        let sub = self.warm(req).await?;
         Ok(Response::new(forward(sub, &self.ops)))
     }
 
@@ -217,7 +278,9 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> CacheService for Api<S, I> {
         &self,
         request: Request<pb::GetStatusRequest>,
     ) -> Result<Response<pb::GetStatusResponse>, Status> {
-        Ok(Response::new(self.status(request.into_inner()).await?))
+        let req = request.into_inner();
+        self.check_size(&req)?;
+        Ok(Response::new(self.status(req).await?))
     }
 
     async fn evict(
@@ -225,6 +288,7 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> CacheService for Api<S, I> {
         request: Request<pb::EvictRequest>,
     ) -> Result<Response<pb::EvictResponse>, Status> {
         let req = request.into_inner();
+        self.check_size(&req)?;
         let spec = EvictSpec::parse(&req, &self.limits).map_err(ApiError::from)?;
         self.check_bucket("directory_bucket", spec.directory_bucket.as_str())
             .await?;

@@ -603,8 +603,26 @@ async fn usage_counts_cached_objects_only<I: CacheIndex>(index: &I) {
         index.usage(DIR, "u/").await.unwrap(),
         Usage {
             objects: 3,
-            bytes: 60
+            bytes: 60,
+            truncated: false
         }
+    );
+    // Bounded counting: truncated answers are lower bounds of at least the
+    // limit; an answer not truncated is exact.
+    let bounded = index.usage_up_to(DIR, "u/", 1).await.unwrap();
+    if bounded.truncated {
+        assert!((1..=3).contains(&bounded.objects), "{bounded:?}");
+    } else {
+        assert_eq!((bounded.objects, bounded.bytes), (3, 60));
+    }
+    assert_eq!(
+        index.usage_up_to(DIR, "u/", 3).await.unwrap(),
+        Usage {
+            objects: 3,
+            bytes: 60,
+            truncated: false
+        },
+        "exactly the limit is not truncated"
     );
     assert_eq!(index.usage(DIR, "u/s/").await.unwrap().bytes, 30);
     index.release_claim(DIR, "u/pending", "w").await.unwrap();

@@ -292,10 +292,17 @@ impl<I: CacheIndex> CacheIndex for CountingIndex<I> {
         self.inner.finish_evict(directory_bucket, keys, owner).await
     }
 
-    async fn usage(&self, directory_bucket: &str, prefix: &str) -> Result<Usage, IndexError> {
+    async fn usage_up_to(
+        &self,
+        directory_bucket: &str,
+        prefix: &str,
+        limit: u64,
+    ) -> Result<Usage, IndexError> {
         self.read();
         let _pass = self.pass("usage", prefix).await?;
-        self.inner.usage(directory_bucket, prefix).await
+        self.inner
+            .usage_up_to(directory_bucket, prefix, limit)
+            .await
     }
 }
 

@@ -272,6 +272,19 @@ impl<I: CacheIndex> CacheIndex for MeteredIndex<I> {
         self.timed("usage", self.inner.usage(directory_bucket, prefix))
             .await
     }
+
+    async fn usage_up_to(
+        &self,
+        directory_bucket: &str,
+        prefix: &str,
+        limit: u64,
+    ) -> Result<Usage, IndexError> {
+        self.timed(
+            "usage",
+            self.inner.usage_up_to(directory_bucket, prefix, limit),
+        )
+        .await
+    }
 }
 
 #[async_trait::async_trait]

@@ -355,6 +355,8 @@ pub struct ClaimTerms<'a> {
 pub struct Usage {
     pub objects: u64,
     pub bytes: u64,
+    /// Counting stopped at its limit: more entries may exist.
+    pub truncated: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -576,8 +578,20 @@ pub trait CacheIndex: Send + Sync + 'static {
         owner: &str,
     ) -> Result<(), IndexError>;
 
-    /// Objects and bytes cached under `prefix`.
-    async fn usage(&self, directory_bucket: &str, prefix: &str) -> Result<Usage, IndexError>;
+    /// Objects and bytes cached under `prefix`, all counted.
+    async fn usage(&self, directory_bucket: &str, prefix: &str) -> Result<Usage, IndexError> {
+        self.usage_up_to(directory_bucket, prefix, u64::MAX).await
+    }
+
+    /// The same, as bounded work: counting stops soon after `limit`
+    /// entries, and then the answer says `truncated` (its counts are lower
+    /// bounds of at least `limit`). An answer not truncated is exact.
+    async fn usage_up_to(
+        &self,
+        directory_bucket: &str,
+        prefix: &str,
+        limit: u64,
+    ) -> Result<Usage, IndexError>;
 }
 
 /// The operation log: warms as records that outlive the process (their

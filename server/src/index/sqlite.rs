@@ -1144,30 +1144,78 @@ impl CacheIndex for SqliteIndex {
         .await
     }
 
-    async fn usage(&self, directory_bucket: &str, prefix: &str) -> Result<Usage, IndexError> {
-        let bucket = directory_bucket.to_owned();
-        let (lo, hi) = (prefix.to_owned(), prefix_successor(prefix));
-        self.with(move |c| {
-            let sql = format!(
-                "SELECT count(*), coalesce(sum(size), 0) FROM records
-                 WHERE directory_bucket = ?1 AND key >= ?2 {} AND source_etag IS NOT NULL",
-                if hi.is_some() {
-                    "AND key < ?3"
-                } else {
-                    "AND ?3 IS NULL"
-                }
+    /// Counted in chunks, each its own short hold of the connection, so
+    /// a status call over a large prefix never stalls the warms' writes.
+    async fn usage_up_to(
+        &self,
+        directory_bucket: &str,
+        prefix: &str,
+        limit: u64,
+    ) -> Result<Usage, IndexError> {
+        const CHUNK: u64 = 10_000;
+        // One more than the limit tells "exactly limit" from "more".
+        let budget = limit.saturating_add(1);
+        let mut usage = Usage::default();
+        let mut after: Option<String> = None;
+        loop {
+            let take = CHUNK.min(budget - usage.objects);
+            if take == 0 {
+                usage.truncated = true;
+                return Ok(usage);
+            }
+            let (bucket, lo, hi, from) = (
+                directory_bucket.to_owned(),
+                prefix.to_owned(),
+                prefix_successor(prefix),
+                after.take(),
             );
-            let (objects, bytes): (i64, i64) = c
-                .prepare_cached(&sql)
-                .map_err(storage)?
-                .query_row(params![bucket, lo, hi], |r| Ok((r.get(0)?, r.get(1)?)))
-                .map_err(storage)?;
-            Ok(Usage {
-                objects: objects.max(0) as u64,
-                bytes: bytes.max(0) as u64,
-            })
-        })
-        .await
+            let (n, bytes, last) = self
+                .with(move |c| {
+                    let sql = format!(
+                        "SELECT count(*), coalesce(sum(size), 0), max(key) FROM (
+                           SELECT key, size FROM records
+                           WHERE directory_bucket = ?1 AND key >= ?2 {} {}
+                             AND source_etag IS NOT NULL
+                           ORDER BY key LIMIT ?5)",
+                        if hi.is_some() {
+                            "AND key < ?3"
+                        } else {
+                            "AND ?3 IS NULL"
+                        },
+                        if from.is_some() {
+                            "AND key > ?4"
+                        } else {
+                            "AND ?4 IS NULL"
+                        }
+                    );
+                    c.prepare_cached(&sql)
+                        .map_err(storage)?
+                        .query_row(
+                            params![
+                                bucket,
+                                lo,
+                                hi,
+                                from,
+                                i64::try_from(take).unwrap_or(i64::MAX)
+                            ],
+                            |r| {
+                                Ok((
+                                    r.get::<_, i64>(0)?,
+                                    r.get::<_, i64>(1)?,
+                                    r.get::<_, Option<String>>(2)?,
+                                ))
+                            },
+                        )
+                        .map_err(storage)
+                })
+                .await?;
+            usage.objects += n.max(0) as u64;
+            usage.bytes += bytes.max(0) as u64;
+            if (n.max(0) as u64) < take {
+                return Ok(usage);
+            }
+            after = last;
+        }
     }
 }
 

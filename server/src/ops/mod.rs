@@ -9,6 +9,7 @@
 //! replica) and resumes them; `feed.rs` follows an operation wherever it
 //! runs. Cancel works from any replica through a flag in the record.
 
+mod admission;
 mod adopt;
 mod feed;
 mod membership;
@@ -45,6 +46,8 @@ pub enum SubmitError {
     },
     #[error("the server is shutting down and accepts no new warms; retry against another replica or after the restart")]
     Draining,
+    #[error("this server runs {running} warms and has {queued} queued (its limits: --max-running-warms, --max-queued-warms); retry later or against another replica")]
+    Busy { running: usize, queued: usize },
     #[error(transparent)]
     Index(#[from] IndexError),
 }
@@ -100,6 +103,10 @@ pub struct OpsSettings {
     /// How long a Cancel sent to one replica waits for the replica running
     /// the operation to stop it.
     pub cancel_wait: Duration,
+    /// Warms running at once on this replica; more wait in phase QUEUED.
+    pub max_running: usize,
+    /// Warms waiting for a running slot; past it new warms are refused.
+    pub max_queued: usize,
 }
 
 impl Default for OpsSettings {
@@ -122,6 +129,8 @@ impl From<&crate::config::Config> for OpsSettings {
             adopt_every: c.adopt_interval,
             skew_margin: c.clock_skew_margin,
             cancel_wait: c.cancel_wait,
+            max_running: c.max_running_warms,
+            max_queued: c.max_queued_warms,
         }
     }
 }
@@ -146,11 +155,13 @@ pub struct Operations<S, I> {
     settings: OpsSettings,
     limits: Limits,
     draining: watch::Sender<bool>,
+    admission: admission::Admission,
 }
 
 impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
     pub fn new(warmer: Arc<Warmer<S, I>>, settings: OpsSettings, limits: Limits) -> Self {
         Self {
+            admission: admission::Admission::new(settings.max_running, settings.max_queued),
             warmer,
             live: Mutex::default(),
             ended: Notify::new(),
@@ -198,6 +209,17 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
     pub async fn submit(self: &Arc<Self>, spec: WarmSpec) -> Result<Subscription, SubmitError> {
         if *self.draining.borrow() {
             return Err(SubmitError::Draining);
+        }
+        // A resubmission of a running request_id attaches without a slot;
+        // only a full server refuses, and only new work.
+        if !self.admission.has_room() {
+            if let Some(attached) = self.attach_live(&spec) {
+                return Ok(attached);
+            }
+            return Err(SubmitError::Busy {
+                running: self.admission.running(),
+                queued: self.admission.queued(),
+            });
         }
         let id = uuid::Uuid::new_v4().to_string();
         let (progress, rx) = Progress::new(id.clone(), Arc::clone(&self.warmer.clock));
@@ -259,6 +281,16 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
         Ok(rx)
     }
 
+    /// A subscription to the live operation of this replica that holds
+    /// `spec`'s request_id for the same request.
+    fn attach_live(&self, spec: &WarmSpec) -> Option<Subscription> {
+        let rid = spec.request_id.as_ref()?;
+        self.live()
+            .values()
+            .find(|op| op.request.request_id.as_ref() == Some(rid) && op.request == *spec)
+            .map(|op| op.progress.subscribe())
+    }
+
     /// Whether a finished operation still stands for data in the cache:
     /// every lease it wrote is live and is the very lease it wrote (same
     /// epoch: not ended by an Evict, not swept, not lapsed and revived by
@@ -312,22 +344,17 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
     ) {
         let progress = Arc::new(progress);
         let stop = Arc::new(StopSignal::default());
-        let running = {
-            let mut live = self.live();
-            live.insert(
-                record.id.clone(),
-                LiveOp {
-                    request: record.request,
-                    progress: Arc::clone(&progress),
-                    stop: Arc::clone(&stop),
-                    created_at: record.created_at,
-                    resumptions: record.resumptions,
-                    ticket: ticket.clone(),
-                },
-            );
-            live.len()
-        };
-        metrics::gauge!(crate::metrics::OPERATIONS_RUNNING).set(running as f64);
+        self.live().insert(
+            record.id.clone(),
+            LiveOp {
+                request: record.request,
+                progress: Arc::clone(&progress),
+                stop: Arc::clone(&stop),
+                created_at: record.created_at,
+                resumptions: record.resumptions,
+                ticket: ticket.clone(),
+            },
+        );
         let this = Arc::clone(self);
         tokio::spawn(async move {
             this.drive(record.id, spec, progress, stop, ticket, granted_until)
@@ -378,12 +405,7 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
     }
 
     fn forget(&self, id: &str) {
-        let running = {
-            let mut live = self.live();
-            live.remove(id);
-            live.len()
-        };
-        metrics::gauge!(crate::metrics::OPERATIONS_RUNNING).set(running as f64);
+        self.live().remove(id);
         self.ended.notify_waiters();
     }
 

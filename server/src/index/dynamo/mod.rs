@@ -609,8 +609,13 @@ impl CacheIndex for DynamoIndex {
             .map(drop)
     }
 
-    async fn usage(&self, directory_bucket: &str, prefix: &str) -> Result<Usage, IndexError> {
-        self.usage_under(directory_bucket, prefix).await
+    async fn usage_up_to(
+        &self,
+        directory_bucket: &str,
+        prefix: &str,
+        limit: u64,
+    ) -> Result<Usage, IndexError> {
+        self.usage_under(directory_bucket, prefix, limit).await
     }
 }
 

@@ -224,7 +224,15 @@ impl DynamoIndex {
     /// (one would cost a write per copied object on a hot item), so this
     /// reads every record under `prefix` (eventually consistent, half the
     /// read units; it only answers GetStatus).
-    pub(super) async fn usage_under(&self, dir: &str, prefix: &str) -> Result<Usage, IndexError> {
+    /// Counts each partition up to `limit` + 1 entries: past that the
+    /// answer is truncated (bounded work: at most that per partition).
+    pub(super) async fn usage_under(
+        &self,
+        dir: &str,
+        prefix: &str,
+        limit: u64,
+    ) -> Result<Usage, IndexError> {
+        let cap = usize::try_from(limit.saturating_add(1)).unwrap_or(usize::MAX);
         let upper = prefix_successor(prefix).map_or(Bound::Unbounded, Bound::Excluded);
         let Some(sort) = sort_range(Bound::Included(prefix.to_owned()), upper) else {
             return Ok(Usage::default());
@@ -245,7 +253,9 @@ impl DynamoIndex {
                         descending: false,
                     };
                     let mut usage = Usage::default();
-                    for item in self.query_all(&q, usize::MAX).await? {
+                    let items = self.query_all(&q, cap).await?;
+                    usage.truncated = items.len() >= cap;
+                    for item in items {
                         usage.objects += 1;
                         usage.bytes += item
                             .get(SIZE)
@@ -260,6 +270,7 @@ impl DynamoIndex {
         Ok(sums.into_iter().fold(Usage::default(), |a, u| Usage {
             objects: a.objects + u.objects,
             bytes: a.bytes + u.bytes,
+            truncated: a.truncated || u.truncated,
         }))
     }
 }
