@@ -4,7 +4,8 @@
 # DynamoDB (moto) and a real expresscache-server on free ports and runs the
 # live checks against them: the tables of the CloudFormation template, the
 # container's and Kubernetes' health probes (also while the server drains),
-# and the Slurm/systemd warm wrapper with every exit status it can give.
+# the Slurm/systemd warm wrapper with every exit status it can give, and
+# the server's Prometheus metrics against the alert rules and dashboard.
 # Each check prints what it saw; a failure is reported and counted, never
 # skipped, and fails the run.
 #
@@ -31,6 +32,7 @@ ensure_kubectl
 ensure_apt shellcheck shellcheck
 ensure_apt systemd-analyze systemd
 ensure_apt sqlite3 sqlite3
+ensure_apt promtool prometheus
 PY=$VENV/bin/python
 STARTED=$SECONDS
 
@@ -104,9 +106,24 @@ render_and_validate() {
   done
   "$PY" deploy/kubernetes/check_rendered.py "$out"
 }
-for dir in deploy/kubernetes/base deploy/kubernetes/overlays/example; do
+# prometheus-operator adds a ServiceMonitor: kubernetes-validate has no
+# schema for that CRD (it says so and passes it); check_rendered.py checks
+# its structure and that it fits the Service and the alert rules.
+for dir in deploy/kubernetes/base deploy/kubernetes/overlays/example \
+  deploy/kubernetes/overlays/prometheus-operator; do
   check "kustomize + kubernetes-validate + consistency: $dir" render_and_validate "$dir"
 done
+
+# Prometheus: the alert rules' syntax and their unit tests (synthetic
+# series: which alerts fire, which do not), then every metric the rules
+# and the Grafana dashboard use against the server's code.
+rules_valid() { promtool check rules deploy/prometheus/alerts.yml; }
+check "promtool check rules: deploy/prometheus/alerts.yml" rules_valid
+rules_tested() { promtool test rules deploy/prometheus/alerts_test.yml; }
+check "promtool test rules: deploy/prometheus/alerts_test.yml" rules_tested
+check "metrics-vs-code check catches drift (self-test)" "$PY" deploy/prometheus/check_metrics.py --self-test
+check "alert rules and dashboard use only metrics the server exports, as typed" \
+  "$PY" deploy/prometheus/check_metrics.py
 
 # systemd-analyze verify in a scratch root: the units' ExecStart binaries
 # exist there as placeholders, the system's own units are linked in. Any
@@ -163,12 +180,15 @@ wait_port "$PROXY_PORT"
 # probes below time to see it, and ends before that warm does: the stop
 # interrupts it, and the restart in the teardown resumes it.
 PORT=$(free_port)
+METRICS_PORT=$(free_port)
 NO_COLOR=1 AWS_ENDPOINT_URL_S3=http://127.0.0.1:$PROXY_PORT "$SERVER" --listen "127.0.0.1:$PORT" \
+  --metrics-listen "127.0.0.1:$METRICS_PORT" \
   --index "sqlite://$WORK/index.db" --max-concurrency 2 --shutdown-grace 6s \
   >"$WORK/server.log" 2>&1 &
 SERVER_PID=$!
 PIDS+=("$SERVER_PID")
 wait_port "$PORT"
+wait_port "$METRICS_PORT"
 export EXPRESSCACHE_ENDPOINT=http://127.0.0.1:$PORT
 
 # probe EXPECTED_STATUS FLAGS...: grpc_health_probe's flags and exit codes.
@@ -301,6 +321,23 @@ backup_index() {
   [ "$integrity" = ok ] && [ "$records" -ge 80 ]
 }
 check "SQLite index: online backup while the server runs" backup_index
+
+# The server's /metrics after the warms above (succeeded, partially failed,
+# failed, cancelled; copies and hits): Prometheus' naming lint, then every
+# metric the alert rules and the dashboard use is there with the labels
+# they select on, but for those only emitted on an event these warms do
+# not cause (check_metrics.py ON_EVENT: retries, throttling, ...).
+scrape_metrics() {
+  "$PY" -c 'import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1]).read().decode())' \
+    "http://127.0.0.1:$METRICS_PORT/metrics" >"$WORK/metrics.txt" || return 1
+  echo "scraped $(grep -c '^expresscache_' "$WORK/metrics.txt") samples of" \
+    "$(grep -c '^# TYPE expresscache_' "$WORK/metrics.txt") metrics"
+  grep -E '^expresscache_(warms_finished_total|objects_(copied|hit|failed)_total)' "$WORK/metrics.txt"
+  promtool check metrics <"$WORK/metrics.txt" || return 1
+  echo "promtool check metrics: no lint problem"
+  "$PY" deploy/prometheus/check_metrics.py --scrape "$WORK/metrics.txt"
+}
+check "metrics: a real scrape passes promtool's lint and has what the rules and dashboard use" scrape_metrics
 
 check "wrapper: EXPRESSCACHE_WARM_TIMEOUT runs out, exit 124, the warm goes on" \
   warm 124 "did not finish within 1s" "${DECL[@]}" EXPRESSCACHE_PREFIXES=slow/ \

@@ -11,7 +11,15 @@ they fit together and fit the server:
 - the ServiceAccount carries an IRSA role ARN and the pods use it;
 - every $(VAR) the containers' arguments use is defined;
 - the CronJob runs the same image and fails fast only on exit codes the CLI
-  really has.
+  really has;
+- metrics: the port of --metrics-listen is the container port `metrics`,
+  the prometheus.io/port annotation and the port of a Service selecting
+  the pods, the annotations name the path the server serves (/metrics),
+  and a NetworkPolicy rule admits every port a Service exposes;
+- a ServiceMonitor (a CRD: no API schema to validate it against) is
+  checked by structure: known fields only, its selector matches a Service
+  of its namespace that names the endpoint's port, path /metrics, and its
+  job label is the job deploy/prometheus/alerts.yml selects.
 
     python check_rendered.py RENDERED.yaml [--probes]
 
@@ -30,6 +38,25 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI_EXIT_CODES = {0, 1, 2, 3, 4, 5, 6}  # client/src/cli/exit.rs, README
+ALERTS = ROOT / "deploy/prometheus/alerts.yml"
+METRICS_PATH = "/metrics"  # server/src/metrics.rs serves only this path
+
+# The ServiceMonitor fields this checker knows (monitoring.coreos.com/v1);
+# anything else is most likely a typo the operator would silently ignore.
+SERVICEMONITOR_SPEC = {
+    "jobLabel", "targetLabels", "podTargetLabels", "endpoints", "selector", "namespaceSelector",
+    "sampleLimit", "targetLimit", "labelLimit", "labelNameLengthLimit", "labelValueLengthLimit",
+    "attachMetadata", "scrapeProtocols", "scrapeClass", "bodySizeLimit", "keepDroppedTargets",
+    "fallbackScrapeProtocol", "selectorMechanism", "nativeHistogramBucketLimit",
+    "nativeHistogramMinBucketFactor", "scrapeClassicHistograms", "convertClassicHistogramsToNHCB",
+}
+SERVICEMONITOR_ENDPOINT = {
+    "port", "targetPort", "path", "scheme", "params", "interval", "scrapeTimeout", "tlsConfig",
+    "bearerTokenFile", "bearerTokenSecret", "authorization", "honorLabels", "honorTimestamps",
+    "trackTimestampsStaleness", "basicAuth", "oauth2", "metricRelabelings", "relabelings",
+    "proxyUrl", "noProxy", "proxyFromEnvironment", "proxyConnectHeader", "followRedirects",
+    "enableHttp2", "filterRunning",
+}
 
 
 def seconds(duration: str) -> float:
@@ -114,17 +141,30 @@ def check(objects: list[dict]) -> list[str]:
     if "requests" not in server.get("resources", {}):
         problems.append("the server has no resource requests")
 
-    (svc,) = by_kind["Service"]
-    if not matches(svc["spec"]["selector"], labels):
-        problems.append("the Service selects no server pod")
-    for p in svc["spec"]["ports"]:
-        if p["targetPort"] not in ports and p["targetPort"] not in ports.values():
-            problems.append(f"the Service targets port {p['targetPort']}, which the pod does not name")
+    services = by_kind.get("Service", [])
+    exposed: set[str] = set()  # container port names some Service targets
+    names_by_port = {v: k for k, v in ports.items()}
+    for svc in services:
+        name = svc["metadata"]["name"]
+        if not matches(svc["spec"]["selector"], labels):
+            problems.append(f"the Service {name} selects no server pod")
+        for p in svc["spec"]["ports"]:
+            target = p.get("targetPort", p["port"])
+            if target not in ports and target not in ports.values():
+                problems.append(f"the Service {name} targets port {target}, which the pod does not name")
+            else:
+                exposed.add(target if target in ports else names_by_port[target])
+    if "grpc" not in exposed:
+        problems.append("no Service exposes the gRPC port")
     for kind in ("PodDisruptionBudget", "NetworkPolicy"):
         for o in by_kind.get(kind, []):
             sel = o["spec"]["selector" if kind == "PodDisruptionBudget" else "podSelector"]["matchLabels"]
             if not matches(sel, labels):
                 problems.append(f"{kind} {o['metadata']['name']} selects no server pod")
+    problems += check_ingress(by_kind.get("NetworkPolicy", []), exposed, ports)
+    problems += check_metrics(server, env, pod, ports, services)
+    for sm in by_kind.get("ServiceMonitor", []):
+        problems += check_servicemonitor(sm, services)
 
     sa_name = spec.get("serviceAccountName")
     sas = {s["metadata"]["name"]: s for s in by_kind.get("ServiceAccount", [])}
@@ -152,6 +192,120 @@ def check(objects: list[dict]) -> list[str]:
             for var in re.findall(r"\$\((\w+)\)", arg):
                 if var not in cenv:
                     problems.append(f"{owner}/{c['name']}: $({var}) in {arg!r} is not defined")
+    return problems
+
+
+def check_ingress(policies: list[dict], exposed: set[str], ports: dict[str, int]) -> list[str]:
+    """Every port a Service exposes is admitted by some ingress rule (when
+    a NetworkPolicy restricts ingress at all)."""
+    problems = []
+    restricting = [p for p in policies if "Ingress" in p["spec"].get("policyTypes", ["Ingress"])]
+    if not restricting:
+        return problems
+    for name in sorted(exposed):
+        admitted = False
+        for pol in restricting:
+            for rule in pol["spec"].get("ingress", []):
+                rule_ports = rule.get("ports")
+                if not rule_ports or any(rp.get("port") in (name, ports[name]) for rp in rule_ports):
+                    admitted = True
+        if not admitted:
+            problems.append(f"no NetworkPolicy ingress rule admits port {name}: its Service cannot reach it")
+    return problems
+
+
+def listen_port(addr: str) -> int:
+    return int(addr.rsplit(":", 1)[1])
+
+
+def check_metrics(server: dict, env: dict, pod: dict, ports: dict[str, int], services: list[dict]) -> list[str]:
+    """--metrics-listen, the container port, the scrape annotations and the
+    Services all name the same port."""
+    problems = []
+    addr = next((a.split("=", 1)[1] for a in server.get("args", []) if a.startswith("--metrics-listen=")),
+                env.get("EXPRESSCACHE_METRICS_LISTEN"))
+    if addr is None:
+        if "metrics" in ports:
+            problems.append("container port metrics is declared but the server has no --metrics-listen")
+        return problems
+    port = listen_port(addr)
+    if not addr.startswith("0.0.0.0:") and not addr.startswith("[::]:"):
+        problems.append(f"metrics listen on {addr}: Prometheus cannot reach them")
+    if ports.get("metrics") != port:
+        problems.append(f"container port metrics {ports.get('metrics')} is not the --metrics-listen port {port}")
+    notes = pod["metadata"].get("annotations", {})
+    if notes.get("prometheus.io/scrape") != "true":
+        problems.append("the pod template lacks the annotation prometheus.io/scrape: \"true\"")
+    if notes.get("prometheus.io/port") != str(port):
+        problems.append(f"annotation prometheus.io/port {notes.get('prometheus.io/port')!r} is not the metrics port {port}")
+    if notes.get("prometheus.io/path", METRICS_PATH) != METRICS_PATH:
+        problems.append(f"annotation prometheus.io/path {notes['prometheus.io/path']!r}: the server serves {METRICS_PATH}")
+    svc_ports = [(s["metadata"]["name"], p) for s in services for p in s["spec"]["ports"]
+                 if p.get("targetPort") in ("metrics", port)]
+    if not svc_ports:
+        problems.append("no Service exposes the metrics port")
+    for name, p in svc_ports:
+        if p["port"] != port or p.get("name") != "metrics":
+            problems.append(f"Service {name} exposes the metrics as {p.get('name')}:{p['port']}, "
+                            f"not metrics:{port}")
+    return problems
+
+
+def alerts_job() -> str:
+    """The one job deploy/prometheus/alerts.yml selects targets by."""
+    jobs = set(re.findall(r'\bjob\s*=\s*"([^"]*)"', ALERTS.read_text()))
+    if len(jobs) != 1:
+        raise SystemExit(f"{ALERTS}: expected one job=\"...\" selector value, found {sorted(jobs)}")
+    return jobs.pop()
+
+
+def check_servicemonitor(sm: dict, services: list[dict]) -> list[str]:
+    name = f"ServiceMonitor {sm['metadata']['name']}"
+    problems = []
+    if sm.get("apiVersion") != "monitoring.coreos.com/v1":
+        problems.append(f"{name}: apiVersion {sm.get('apiVersion')}, not monitoring.coreos.com/v1")
+    if set(sm) - {"apiVersion", "kind", "metadata", "spec"}:
+        problems.append(f"{name}: unknown top-level fields {sorted(set(sm) - {'apiVersion', 'kind', 'metadata', 'spec'})}")
+    spec = sm.get("spec", {})
+    if unknown := set(spec) - SERVICEMONITOR_SPEC:
+        problems.append(f"{name}: unknown spec fields {sorted(unknown)}")
+    namespace = sm["metadata"].get("namespace")
+    ns_sel = spec.get("namespaceSelector", {})
+    def in_scope(svc: dict) -> bool:
+        ns = svc["metadata"].get("namespace")
+        if ns_sel.get("any"):
+            return True
+        if "matchNames" in ns_sel:
+            return ns in ns_sel["matchNames"]
+        return ns == namespace
+    selector = spec.get("selector", {})
+    if set(selector) - {"matchLabels"}:
+        problems.append(f"{name}: only matchLabels selectors are checked here, got {sorted(selector)}")
+    selected = [s for s in services if in_scope(s) and matches(selector.get("matchLabels", {}), s["metadata"].get("labels", {}))]
+    if not selected:
+        return problems + [f"{name}: its selector {selector} matches no Service of namespace {namespace}"]
+    endpoints = spec.get("endpoints", [])
+    if not endpoints:
+        problems.append(f"{name}: no endpoints")
+    for i, ep in enumerate(endpoints):
+        if unknown := set(ep) - SERVICEMONITOR_ENDPOINT:
+            problems.append(f"{name}: endpoint {i}: unknown fields {sorted(unknown)}")
+        for svc in selected:
+            if ep.get("port") not in {p.get("name") for p in svc["spec"]["ports"]}:
+                problems.append(f"{name}: endpoint port {ep.get('port')!r} is not a port name of Service "
+                                f"{svc['metadata']['name']}")
+        if ep.get("path", METRICS_PATH) != METRICS_PATH:
+            problems.append(f"{name}: endpoint path {ep['path']!r}, the server serves {METRICS_PATH}")
+        if ep.get("scheme", "http") != "http":
+            problems.append(f"{name}: scheme {ep['scheme']}: the metrics endpoint is plain HTTP")
+    job = alerts_job()
+    for svc in selected:
+        # Prometheus operator: the job is the value of the Service's label
+        # named jobLabel, else the Service's name.
+        actual = svc["metadata"].get("labels", {}).get(spec.get("jobLabel", ""), svc["metadata"]["name"])
+        if actual != job:
+            problems.append(f"{name}: Service {svc['metadata']['name']} is scraped as job {actual!r}, "
+                            f"the alert rules ({ALERTS.relative_to(ROOT)}) select job {job!r}")
     return problems
 
 
