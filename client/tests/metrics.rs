@@ -108,8 +108,8 @@ async fn scraped_counters_equal_what_the_warms_reported() {
     for (series, field) in [
         ("expresscache_objects_listed_total", "objects_listed"),
         ("expresscache_objects_copied_total", "objects_copied"),
-        ("expresscache_bytes_copied_total", "bytes_copied"),
-        ("expresscache_bytes_listed_total", "bytes_listed"),
+        ("expresscache_copied_bytes_total", "bytes_copied"),
+        ("expresscache_listed_bytes_total", "bytes_listed"),
     ] {
         assert_eq!(value(&m, series), report_u64(&cold, field), "{series}");
     }

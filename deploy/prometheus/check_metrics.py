@@ -58,14 +58,13 @@ TARGET_LABELS = {"job", "instance", "namespace", "pod", "service", "endpoint", "
 SEVERITIES = {"critical", "warning", "info"}
 # Emitted only after their first event, which a healthy server's warms need
 # not cause: no retry, no throttling, no index error, no shared copy, no
-# Evict call, no warm waiting for a slot.
+# Evict call. (Gauges are set to zero when the endpoint starts.)
 ON_EVENT = {
     "expresscache_objects_shared_total",
     "expresscache_copy_retries_total",
     "expresscache_throttle_events_total",
     "expresscache_index_errors_total",
     "expresscache_evictions_total",
-    "expresscache_operations_queued",
 }
 
 RATE_FUNCS = {"rate", "irate", "increase"}
@@ -423,8 +422,8 @@ def self_test() -> None:
          "expresscache_s3_request_duration_seconds_bucket{verb", "has no label"),
         ("dashboard", "sum(rate(expresscache_objects_copied_total", "sum((expresscache_objects_copied_total",
          "read it through rate()"),
-        ("dashboard", "expresscache_bytes_listed_total", "expresscache_bytes_listed",
-         "no panel shows expresscache_bytes_listed_total"),
+        ("dashboard", "expresscache_listed_bytes_total", "expresscache_bytes_listed",
+         "no panel shows expresscache_listed_bytes_total"),
         ("dashboard", '"uid": "${datasource}"', '"uid": "prometheus"', "not the ${datasource} variable"),
     ]
     with tempfile.TemporaryDirectory() as tmp:

@@ -28,8 +28,8 @@ pub const OBJECTS_HIT: &str = "expresscache_objects_hit_total";
 pub const OBJECTS_COPIED: &str = "expresscache_objects_copied_total";
 pub const OBJECTS_FAILED: &str = "expresscache_objects_failed_total";
 pub const OBJECTS_SHARED: &str = "expresscache_objects_shared_total";
-pub const BYTES_LISTED: &str = "expresscache_bytes_listed_total";
-pub const BYTES_COPIED: &str = "expresscache_bytes_copied_total";
+pub const BYTES_LISTED: &str = "expresscache_listed_bytes_total";
+pub const BYTES_COPIED: &str = "expresscache_copied_bytes_total";
 pub const COPY_RETRIES: &str = "expresscache_copy_retries_total";
 pub const THROTTLE_EVENTS: &str = "expresscache_throttle_events_total";
 pub const S3_REQUEST_DURATION: &str = "expresscache_s3_request_duration_seconds";
@@ -163,6 +163,16 @@ pub async fn serve(addr: SocketAddr) -> anyhow::Result<MetricsServer> {
         .install_recorder()
         .context("installing the metrics recorder")?;
     describe();
+    // Gauges exist from the start (a scrape before the first warm shows
+    // zeros, not missing series an alert cannot tell from a broken target).
+    for gauge in [
+        S3_REQUESTS_IN_FLIGHT,
+        OPERATIONS_RUNNING,
+        OPERATIONS_QUEUED,
+        SWEEP_LEASES_STUCK,
+    ] {
+        metrics::gauge!(gauge).set(0.0);
+    }
     let upkeep = {
         let handle = handle.clone();
         tokio::spawn(async move {
