@@ -89,8 +89,15 @@ impl Client {
         self.endpoints.current()
     }
 
-    fn request<T>(&self, message: T) -> tonic::Request<T> {
+    /// `message` with the credentials' token (streams: no timeout).
+    fn authorized<T>(&self, message: T) -> tonic::Request<T> {
         let mut r = tonic::Request::new(message);
+        self.endpoints.credentials().authorize(&mut r);
+        r
+    }
+
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut r = self.authorized(message);
         if let Some(t) = self.call_timeout {
             r.set_timeout(t);
         }
@@ -129,7 +136,7 @@ impl Client {
         &mut self,
         request: WarmRequest,
     ) -> Result<tonic::Streaming<pb::WarmProgress>, ClientError> {
-        let req = request.into_proto()?;
+        let req = self.authorized(request.into_proto()?);
         Ok(self.inner.warm_cache(req).await?.into_inner())
     }
 
@@ -172,11 +179,13 @@ impl Client {
             };
             let stream = match (operation.clone(), &submit) {
                 (Some(id), _) => {
-                    self.inner
-                        .watch_operation(pb::WatchOperationRequest { operation_id: id })
-                        .await
+                    let req = self.authorized(pb::WatchOperationRequest { operation_id: id });
+                    self.inner.watch_operation(req).await
                 }
-                (None, Some(req)) => self.inner.warm_cache(req.clone()).await,
+                (None, Some(req)) => {
+                    let req = self.authorized(req.clone());
+                    self.inner.warm_cache(req).await
+                }
                 (None, None) => unreachable!("a wait has a request or an operation"),
             };
             let result = follow(stream, &mut operation, &mut note).await;
@@ -210,13 +219,10 @@ impl Client {
         &mut self,
         operation_id: impl Into<String>,
     ) -> Result<tonic::Streaming<pb::WarmProgress>, ClientError> {
-        Ok(self
-            .inner
-            .watch_operation(pb::WatchOperationRequest {
-                operation_id: operation_id.into(),
-            })
-            .await?
-            .into_inner())
+        let req = self.authorized(pb::WatchOperationRequest {
+            operation_id: operation_id.into(),
+        });
+        Ok(self.inner.watch_operation(req).await?.into_inner())
     }
 
     /// Follows an operation until it is done; returns its final report.

@@ -2,9 +2,67 @@
 
 use std::time::Duration;
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::ClientError;
+
+/// How a client proves itself and checks the server: TLS (a CA to trust,
+/// a client certificate for mutual TLS) and a bearer token.
+#[derive(Clone, Default)]
+pub struct Credentials {
+    tls: Option<ClientTlsConfig>,
+    token: Option<tonic::metadata::AsciiMetadataValue>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token itself.
+        f.debug_struct("Credentials")
+            .field("tls", &self.tls.is_some())
+            .field("token", &self.token.is_some())
+            .finish()
+    }
+}
+
+impl Credentials {
+    /// Trusts the server certificates signed by the PEM CA `ca_pem` (for
+    /// `https://` endpoints; without it the system's roots are not used,
+    /// so a private CA is the norm).
+    #[must_use]
+    pub fn with_ca_pem(mut self, ca_pem: impl AsRef<[u8]>) -> Self {
+        let tls = self.tls.take().unwrap_or_default();
+        self.tls = Some(tls.ca_certificate(Certificate::from_pem(ca_pem)));
+        self
+    }
+
+    /// Presents this PEM certificate and key (mutual TLS).
+    #[must_use]
+    pub fn with_client_identity(
+        mut self,
+        cert_pem: impl AsRef<[u8]>,
+        key_pem: impl AsRef<[u8]>,
+    ) -> Self {
+        let tls = self.tls.take().unwrap_or_default();
+        self.tls = Some(tls.identity(Identity::from_pem(cert_pem, key_pem)));
+        self
+    }
+
+    /// Sends `token` as `authorization: Bearer TOKEN` with every call.
+    pub fn with_token(mut self, token: &str) -> Result<Self, ClientError> {
+        let value = format!("Bearer {}", token.trim()).parse().map_err(|_| {
+            ClientError::BadEndpoint("the token has characters a header cannot carry".into())
+        })?;
+        self.token = Some(value);
+        Ok(self)
+    }
+
+    /// Adds the token, if any, to `req`.
+    pub(crate) fn authorize<T>(&self, req: &mut tonic::Request<T>) {
+        if let Some(t) = &self.token {
+            req.metadata_mut().insert("authorization", t.clone());
+        }
+    }
+}
 
 /// The endpoints of one service's replicas, tried in turn: a launcher
 /// given all of them survives the loss of the one it talks to (a warm
@@ -16,6 +74,7 @@ pub struct Endpoints {
     next: std::sync::atomic::AtomicUsize,
     /// The one connected to last.
     current: std::sync::atomic::AtomicUsize,
+    credentials: Credentials,
 }
 
 impl Endpoints {
@@ -32,7 +91,20 @@ impl Endpoints {
             list,
             next: 0.into(),
             current: 0.into(),
+            credentials: Credentials::default(),
         })
+    }
+
+    /// Connects and calls with `credentials`.
+    #[must_use]
+    pub fn with_credentials(mut self, credentials: Credentials) -> Self {
+        self.credentials = credentials;
+        self
+    }
+
+    /// The credentials connections and calls use.
+    pub fn credentials(&self) -> &Credentials {
+        &self.credentials
     }
 
     /// The endpoints, in the order given.
@@ -48,7 +120,7 @@ impl Endpoints {
         let mut last = None;
         for i in 0..self.list.len() {
             let idx = (start + i) % self.list.len();
-            match connect_one(&self.list[idx]).await {
+            match connect_one(&self.list[idx], self.credentials.tls.as_ref()).await {
                 Ok(c) => {
                     self.current.store(idx, Relaxed);
                     self.next.store(idx, Relaxed);
@@ -75,14 +147,28 @@ impl Endpoints {
 }
 
 /// A channel to one endpoint, e.g. `http://127.0.0.1:50051`.
-pub(crate) async fn connect_one(endpoint: &str) -> Result<Channel, ClientError> {
+pub(crate) async fn connect_one(
+    endpoint: &str,
+    tls: Option<&ClientTlsConfig>,
+) -> Result<Channel, ClientError> {
     let connect_err = |source| ClientError::Connect {
         endpoint: endpoint.to_owned(),
         source,
     };
     // A malformed URL is the caller's to fix, not a reason to retry.
-    Endpoint::from_shared(endpoint.to_owned())
-        .map_err(|e| ClientError::BadEndpoint(format!("{endpoint:?}: {e}")))?
+    let mut e = Endpoint::from_shared(endpoint.to_owned())
+        .map_err(|e| ClientError::BadEndpoint(format!("{endpoint:?}: {e}")))?;
+    if let Some(tls) = tls {
+        if !endpoint.starts_with("https://") {
+            return Err(ClientError::BadEndpoint(format!(
+                "{endpoint:?}: TLS options (a CA or a client certificate) need an https:// endpoint"
+            )));
+        }
+        e = e
+            .tls_config(tls.clone())
+            .map_err(|e| ClientError::BadEndpoint(format!("{endpoint:?}: TLS: {e}")))?;
+    }
+    e
         // Short: with several replicas, a dead one must not hold up trying
         // the next.
         .connect_timeout(Duration::from_secs(5))

@@ -47,7 +47,7 @@ pub use expresscache::proto::v1 as pb;
 use expresscache::InvalidRequest;
 
 pub use client::Client;
-pub use endpoints::Endpoints;
+pub use endpoints::{Credentials, Endpoints};
 pub use progress::{Counters, KeyFailure, Outcome, Phase, Progress, WarmReport};
 pub use request::WarmRequest;
 pub use retry::{retryable, RetryHook, RetryPolicy};

@@ -186,7 +186,24 @@ async fn run_on<S: ObjectStore, I: CacheIndex + OperationLog + ReplicaRegistry>(
         }
         None => None,
     };
-    let deps = Deps::from_config(store, index, &config);
+    let mut deps = Deps::from_config(store, index, &config);
+    let tokens = match &config.auth_tokens {
+        Some(path) => crate::auth::load_tokens(path)?,
+        None => Vec::new(),
+    };
+    let mtls = config.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+    deps.auth = std::sync::Arc::new(crate::auth::Authenticator::new(tokens, mtls));
+    match (&config.tls, deps.auth.enabled()) {
+        (None, _) if !config.listen.ip().is_loopback() => tracing::warn!(listen = %config.listen,
+            "serving plaintext gRPC on a non-loopback address (--allow-plaintext): requests and tokens cross the network unencrypted"),
+        (Some(t), _) => {
+            tracing::info!(cert = %t.cert.display(), mutual = t.client_ca.is_some(), "serving TLS")
+        }
+        _ => {}
+    }
+    if !deps.auth.enabled() {
+        tracing::info!("no authentication configured (--auth-tokens, --tls-client-ca): every caller is \"anonymous\"");
+    }
     if config.allow_general_purpose_destination {
         tracing::warn!("general-purpose buckets are accepted as destinations (--allow-general-purpose-destination): meant for S3-compatible test endpoints, not for production");
     }

@@ -49,6 +49,26 @@ pub struct Args {
     /// [default: 1000000].
     #[arg(long, env = "EXPRESSCACHE_STATUS_COUNT_LIMIT")]
     pub status_count_limit: Option<u64>,
+    /// TLS certificate chain (PEM) for the gRPC port; with --tls-key.
+    /// Reloaded on SIGHUP and when the files change.
+    #[arg(long, env = "EXPRESSCACHE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) for the gRPC port; with --tls-cert.
+    #[arg(long, env = "EXPRESSCACHE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// CA certificates (PEM) that sign client certificates: mutual TLS,
+    /// where a client's principal is its certificate's subject.
+    #[arg(long, env = "EXPRESSCACHE_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Bearer tokens: lines `PRINCIPAL sha256:HEX` (hash a token with
+    /// `expresscache-server token hash`).
+    #[arg(long, env = "EXPRESSCACHE_AUTH_TOKENS")]
+    pub auth_tokens: Option<PathBuf>,
+    /// Serve plaintext gRPC on a non-loopback address (without TLS anyone
+    /// on the network can read and send requests): only behind a trusted
+    /// proxy or in a private network.
+    #[arg(long, env = "EXPRESSCACHE_ALLOW_PLAINTEXT")]
+    pub allow_plaintext: Option<bool>,
     /// Cache index: sqlite://PATH (relative or absolute), sqlite://:memory:,
     /// or dynamodb://TABLE_PREFIX for several replicas sharing DynamoDB
     /// tables (create them with `expresscache-server index create`)
@@ -130,6 +150,16 @@ pub enum ServerCommand {
     /// Manage the index's storage.
     #[command(subcommand)]
     Index(IndexCommand),
+    /// Bearer tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, clap::Subcommand)]
+pub enum TokenCommand {
+    /// Reads a token on standard input and prints the `sha256:HEX` that
+    /// the tokens file (--auth-tokens) stores for it.
+    Hash,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, clap::Subcommand)]
@@ -153,6 +183,11 @@ pub enum LogFormat {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     listen: Option<SocketAddr>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_client_ca: Option<PathBuf>,
+    auth_tokens: Option<PathBuf>,
+    allow_plaintext: Option<bool>,
     metrics_listen: Option<SocketAddr>,
     max_running_warms: Option<usize>,
     max_queued_warms: Option<usize>,
@@ -260,6 +295,12 @@ impl IndexLocation {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// TLS on the gRPC port, if configured.
+    pub tls: Option<crate::tls::TlsFiles>,
+    /// The bearer tokens file, if any.
+    pub auth_tokens: Option<PathBuf>,
+    /// Plaintext on a non-loopback address was asked for explicitly.
+    pub allow_plaintext: bool,
     /// Where `/metrics` is served, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
     pub max_running_warms: usize,
@@ -408,8 +449,39 @@ impl Config {
                 "list_concurrency must be 1..=1000, got {list_concurrency}"
             ));
         }
+        let listen = args.listen.or(file.listen).unwrap_or(d.listen);
+        let tls = match (
+            args.tls_cert.or(file.tls_cert),
+            args.tls_key.or(file.tls_key),
+            args.tls_client_ca.or(file.tls_client_ca),
+        ) {
+            (Some(cert), Some(key), client_ca) => Some(crate::tls::TlsFiles {
+                cert,
+                key,
+                client_ca,
+            }),
+            (None, None, None) => None,
+            (None, None, Some(_)) => {
+                return Err("tls_client_ca needs tls_cert and tls_key (mutual TLS is TLS)".into())
+            }
+            _ => return Err("tls_cert and tls_key go together".into()),
+        };
+        let allow_plaintext = args
+            .allow_plaintext
+            .or(file.allow_plaintext)
+            .unwrap_or(d.allow_plaintext);
+        if tls.is_none() && !listen.ip().is_loopback() && !allow_plaintext {
+            return Err(format!(
+                "listen {listen} is not a loopback address: serve TLS (--tls-cert, --tls-key) or \
+                 accept plaintext explicitly (--allow-plaintext true) behind a trusted network"
+            ));
+        }
+        let auth_tokens = args.auth_tokens.or(file.auth_tokens);
         Ok(Self {
-            listen: args.listen.or(file.listen).unwrap_or(d.listen),
+            listen,
+            tls,
+            auth_tokens,
+            allow_plaintext,
             metrics_listen: args.metrics_listen.or(file.metrics_listen),
             max_running_warms: in_range(
                 "max_running_warms",
@@ -522,6 +594,9 @@ impl Default for Config {
         let limits = Limits::default();
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            tls: None,
+            auth_tokens: None,
+            allow_plaintext: false,
             metrics_listen: None,
             max_running_warms: 64,
             max_queued_warms: 1024,

@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod app;
+pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod evict;
@@ -25,4 +26,5 @@ pub mod stop;
 pub mod store;
 #[cfg(feature = "test-support")]
 pub mod testing;
+pub mod tls;
 pub mod warm;

@@ -17,6 +17,20 @@ async fn main() -> ExitCode {
     };
     app::init_tracing(config.log_format);
     app::fit_to_open_files(&mut config);
+    if let Some(config::ServerCommand::Token(config::TokenCommand::Hash)) = command {
+        let mut token = String::new();
+        if let Err(e) = std::io::stdin().read_line(&mut token) {
+            eprintln!("error: reading the token from standard input: {e}");
+            return ExitCode::FAILURE;
+        }
+        let token = token.trim_end_matches(['\n', '\r']);
+        if token.is_empty() {
+            eprintln!("error: no token on standard input");
+            return ExitCode::from(2);
+        }
+        println!("{}", expresscache_server::auth::token_line_hash(token));
+        return ExitCode::SUCCESS;
+    }
     if let Some(config::ServerCommand::Index(cmd)) = command {
         return match app::index_command(&config, &cmd).await {
             Ok(()) => ExitCode::SUCCESS,

@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::api::Api;
+use crate::auth::Authenticator;
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::evict::{spawn_sweeper, EvictSettings, Evictor};
@@ -39,6 +40,10 @@ pub struct Deps<S, I> {
     pub max_request_size: u64,
     /// Concurrent gRPC streams one client connection may hold.
     pub max_streams_per_connection: u32,
+    /// TLS on the gRPC port.
+    pub tls: Option<crate::tls::TlsFiles>,
+    /// Names callers (anonymous unless tokens or a client CA are set).
+    pub auth: Arc<Authenticator>,
 }
 
 impl<S, I> Deps<S, I> {
@@ -63,6 +68,8 @@ impl<S, I> Deps<S, I> {
             status_count_limit: config.status_count_limit,
             max_request_size: config.max_request_size,
             max_streams_per_connection: config.max_streams_per_connection,
+            tls: config.tls.clone(),
+            auth: Arc::default(),
         }
     }
 }
@@ -125,6 +132,25 @@ where
         .build_v1alpha()
         .expect("the embedded descriptor sets are valid");
 
+    // Every cache call names its caller first (health and reflection stay
+    // open: probes and tools need no identity).
+    let auth = Arc::clone(&deps.auth);
+    let cache_service = tonic::service::interceptor::InterceptedService::new(
+        CacheServiceServer::new(api).max_decoding_message_size(decode_limit),
+        move |mut req: tonic::Request<()>| {
+            let principal = auth.authenticate(&req)?;
+            req.extensions_mut().insert(principal);
+            Ok(req)
+        },
+    );
+    let tls = match &deps.tls {
+        Some(files) => {
+            let (config, cert) = crate::tls::server_config(files).map_err(ServeError::Tls)?;
+            background.push(crate::tls::spawn_reloader(cert, Duration::from_secs(10)));
+            Some(config)
+        }
+        None => None,
+    };
     let grace = deps.shutdown_grace;
     let drain = {
         let ops = Arc::clone(&ops);
@@ -137,14 +163,24 @@ where
             ops.leave().await;
         }
     };
-    let served = tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .max_concurrent_streams(deps.max_streams_per_connection)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(CacheServiceServer::new(api).max_decoding_message_size(decode_limit))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drain)
-        .await;
+        .add_service(cache_service);
+    let served = match tls {
+        Some(config) => {
+            router
+                .serve_with_incoming_shutdown(crate::tls::incoming(listener, config), drain)
+                .await
+        }
+        None => {
+            router
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drain)
+                .await
+        }
+    };
     for task in background {
         task.abort();
     }
@@ -158,6 +194,8 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
     #[error("resuming unfinished warms: {0}")]
     Index(#[from] crate::index::IndexError),
+    #[error("TLS: {0:#}")]
+    Tls(anyhow::Error),
 }
 
 /// Every `every`: says this replica is alive (and re-splits the bucket

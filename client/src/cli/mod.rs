@@ -4,6 +4,7 @@
 mod exit;
 mod render;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use clap::{Args, Parser, Subcommand};
 use std::sync::Arc;
 
 use expresscache_client::{
-    pb, Client, ClientError, Endpoints, RetryPolicy, WarmReport, WarmRequest,
+    pb, Client, ClientError, Credentials, Endpoints, RetryPolicy, WarmReport, WarmRequest,
 };
 use render::{OutputFormat, Renderer};
 use serde_json::json;
@@ -29,8 +30,75 @@ struct Cli {
         default_value = "http://127.0.0.1:50051"
     )]
     endpoint: String,
+    /// CA certificate (PEM) that signs the server's certificate (https://
+    /// endpoints).
+    #[arg(long, global = true, env = "EXPRESSCACHE_CA_CERT")]
+    ca_cert: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS; with --client-key.
+    #[arg(
+        long,
+        global = true,
+        env = "EXPRESSCACHE_CLIENT_CERT",
+        requires = "client_key"
+    )]
+    client_cert: Option<PathBuf>,
+    /// Private key (PEM) of --client-cert.
+    #[arg(
+        long,
+        global = true,
+        env = "EXPRESSCACHE_CLIENT_KEY",
+        requires = "client_cert"
+    )]
+    client_key: Option<PathBuf>,
+    /// File holding the bearer token (first line); EXPRESSCACHE_TOKEN
+    /// gives the token itself instead.
+    #[arg(
+        long,
+        global = true,
+        env = "EXPRESSCACHE_TOKEN_FILE",
+        conflicts_with = "token"
+    )]
+    token_file: Option<PathBuf>,
+    /// The bearer token (prefer the environment variable: a command line
+    /// is visible to every user of the machine).
+    #[arg(
+        long,
+        global = true,
+        env = "EXPRESSCACHE_TOKEN",
+        hide_env_values = true
+    )]
+    token: Option<String>,
     #[command(subcommand)]
     command: Command,
+}
+
+/// The TLS files and token the command line names, read.
+fn credentials(cli: &Cli) -> Result<Credentials, ClientError> {
+    let read = |what: &str, p: &PathBuf| {
+        std::fs::read(p)
+            .map_err(|e| ClientError::BadEndpoint(format!("{what} {}: {e}", p.display())))
+    };
+    let mut c = Credentials::default();
+    if let Some(ca) = &cli.ca_cert {
+        c = c.with_ca_pem(read("--ca-cert", ca)?);
+    }
+    if let (Some(cert), Some(key)) = (&cli.client_cert, &cli.client_key) {
+        c = c.with_client_identity(read("--client-cert", cert)?, read("--client-key", key)?);
+    }
+    let token = match (&cli.token, &cli.token_file) {
+        (Some(t), _) => Some(t.clone()),
+        (None, Some(f)) => {
+            let text = String::from_utf8(read("--token-file", f)?).map_err(|_| {
+                ClientError::BadEndpoint(format!("--token-file {}: not UTF-8", f.display()))
+            })?;
+            Some(text.lines().next().unwrap_or_default().trim().to_owned())
+        }
+        (None, None) => None,
+    };
+    if let Some(t) = token.filter(|t| !t.is_empty()) {
+        c = c.with_token(&t)?;
+    }
+    Ok(c)
 }
 
 #[derive(Debug, Subcommand)]
@@ -169,8 +237,12 @@ pub fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> ExitCode {
+    let credentials = match credentials(&cli) {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
     let endpoints = match Endpoints::parse(&cli.endpoint) {
-        Ok(e) => Arc::new(e),
+        Ok(e) => Arc::new(e.with_credentials(credentials)),
         Err(e) => return fail(&ClientError::BadEndpoint(format!("--endpoint: {e}"))),
     };
     let result = match cli.command {

@@ -14,6 +14,8 @@ use expresscache_server::testing::{
 use serde_json::Value;
 use std::process::Command as StdCommand;
 
+pub mod pki;
+
 pub fn cli() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_expresscache"))
 }

@@ -1,6 +1,7 @@
 //! The tonic service: turns wire requests into validated specs, hands them to
 //! the domain, and streams progress back.
 
+mod audit;
 mod convert;
 mod error;
 
@@ -16,6 +17,7 @@ use tonic::{Request, Response, Status};
 
 pub use error::ApiError;
 
+use crate::auth::Principal;
 use crate::clock::Clock;
 use crate::evict::Evictor;
 use crate::index::{CacheIndex, OpFilter, OperationLog, Usage};
@@ -175,6 +177,16 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Api<S, I> {
     }
 }
 
+/// The caller the authentication layer named (anonymous without one, as
+/// in tests that call the service directly).
+fn caller<T>(request: &Request<T>) -> Principal {
+    request
+        .extensions()
+        .get::<Principal>()
+        .cloned()
+        .unwrap_or_else(Principal::anonymous)
+}
+
 /// Most leases listed per prefix in a status answer.
 const MAX_STATUS_LEASES: usize = 1000;
 
@@ -204,10 +216,20 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> CacheService for Api<S, I> {
         &self,
         request: Request<pb::WarmCacheRequest>,
     ) -> Result<Response<Self::WarmCacheStream>, Status> {
+        let who = caller(&request);
         let req = request.into_inner();
-        self.check_size(&req)?;
-        let sub = self.warm(req).await?;
-        Ok(Response::new(forward(sub, &self.ops)))
+        let entry = audit::Entry::warm(&who, &req);
+        let result = async {
+            self.check_size(&req)?;
+            Ok::<_, Status>(self.warm(req).await?)
+        }
+        .await;
+        let id = match &result {
+            Ok(sub) => sub.borrow().operation_id.clone(),
+            Err(_) => String::new(),
+        };
+        entry.finish(&id, &result);
+        Ok(Response::new(forward(result?, &self.ops)))
     }
 
     type WatchOperationStream = ProgressStream;
@@ -234,18 +256,23 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> CacheService for Api<S, I> {
         &self,
         request: Request<pb::CancelOperationRequest>,
     ) -> Result<Response<pb::OperationStatus>, Status> {
-        let id = expresscache::request::parse_operation_id(
-            "operation_id",
-            &request.into_inner().operation_id,
-        )
-        .map_err(ApiError::from)?;
-        let status = self
-            .ops
-            .cancel(&id)
-            .await
-            .map_err(ApiError::from)?
-            .ok_or(ApiError::OperationNotFound(id))?;
-        Ok(Response::new(convert::operation_status(status)))
+        let who = caller(&request);
+        let raw = request.into_inner().operation_id;
+        let entry = audit::Entry::cancel(&who);
+        let result = async {
+            let id = expresscache::request::parse_operation_id("operation_id", &raw)
+                .map_err(ApiError::from)?;
+            let status = self
+                .ops
+                .cancel(&id)
+                .await
+                .map_err(ApiError::from)?
+                .ok_or(ApiError::OperationNotFound(id))?;
+            Ok::<_, Status>(convert::operation_status(status))
+        }
+        .await;
+        entry.finish(&raw, &result);
+        Ok(Response::new(result?))
     }
 
     async fn list_operations(
@@ -287,9 +314,19 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> CacheService for Api<S, I> {
         &self,
         request: Request<pb::EvictRequest>,
     ) -> Result<Response<pb::EvictResponse>, Status> {
+        let who = caller(&request);
         let req = request.into_inner();
-        self.check_size(&req)?;
-        let spec = EvictSpec::parse(&req, &self.limits).map_err(ApiError::from)?;
+        let entry = audit::Entry::evict(&who, &req);
+        let result = self.evict_now(&req).await;
+        entry.finish("", &result);
+        Ok(Response::new(result?))
+    }
+}
+
+impl<S: ObjectStore, I: CacheIndex + OperationLog> Api<S, I> {
+    async fn evict_now(&self, req: &pb::EvictRequest) -> Result<pb::EvictResponse, Status> {
+        self.check_size(req)?;
+        let spec = EvictSpec::parse(req, &self.limits).map_err(ApiError::from)?;
         self.check_bucket("directory_bucket", spec.directory_bucket.as_str())
             .await?;
         // Detached from the call: a client that goes away mid-eviction must
@@ -307,6 +344,6 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> CacheService for Api<S, I> {
             .map_err(ApiError::from)?;
         let resp = convert::evict_response(report);
         tracing::info!(directory_bucket = %spec.directory_bucket, force = spec.force, deleted = resp.objects_deleted, kept = resp.objects_kept, failed = resp.failures.len() as u64 + resp.failures_omitted, "evicted");
-        Ok(Response::new(resp))
+        Ok(resp)
     }
 }
