@@ -100,7 +100,7 @@ async fn main() {
         index.requests().reset();
         let t0 = Instant::now();
         let mut sub = ops
-            .submit(spec(request_id))
+            .submit(spec(request_id), None)
             .await
             .unwrap_or_else(|e| panic!("submit: {e}"));
         let last = loop {

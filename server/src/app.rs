@@ -4,24 +4,11 @@
 use anyhow::Context;
 use tokio::net::TcpListener;
 
-use crate::config::{Config, IndexCommand, IndexLocation, LogFormat};
+use crate::config::{Config, IndexCommand, IndexLocation};
 use crate::index::dynamo::{DynamoConfig, DynamoIndex, TablePrefix};
 use crate::index::{CacheIndex, MeteredIndex, OperationLog, ReplicaRegistry, SqliteIndex};
 use crate::server::{serve, Deps};
 use crate::store::{ObjectStore, S3Store};
-
-/// Installs the global tracing subscriber (RUST_LOG filters, default info).
-pub fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
 
 /// An S3 client from the standard AWS configuration chain (environment,
 /// profiles, SSO, instance/container credentials), so AWS_ENDPOINT_URL,
@@ -201,6 +188,20 @@ async fn run_on<S: ObjectStore, I: CacheIndex + OperationLog + ReplicaRegistry>(
         }
         _ => {}
     }
+    deps.policy = match &config.policy {
+        Some(path) => {
+            let policy = crate::policy::Policy::load(path)?;
+            tracing::info!(policy = %path.display(), principals = policy.principals(), "enforcing the policy");
+            if !deps.auth.enabled() {
+                tracing::warn!("a policy without authentication (--auth-tokens, --tls-client-ca) applies to one caller, \"anonymous\"");
+            }
+            Some(std::sync::Arc::new(policy))
+        }
+        None => {
+            tracing::info!("no policy file (--policy): single-tenant, every caller may warm, evict and see every operation");
+            None
+        }
+    };
     if !deps.auth.enabled() {
         tracing::info!("no authentication configured (--auth-tokens, --tls-client-ca): every caller is \"anonymous\"");
     }

@@ -109,11 +109,38 @@ fn parse_tokens(text: &str) -> anyhow::Result<Vec<TokenEntry>> {
     Ok(out)
 }
 
-/// The subject of a DER certificate, as the principal of mutual TLS, e.g.
-/// `CN=launcher, O=genomics`.
+/// The subject of a DER certificate, as the principal of mutual TLS: its
+/// attributes in certificate order, `TYPE=value` joined by `,` (and `+`
+/// within one RDN), with `,+=\` in values escaped by a backslash, e.g.
+/// `CN=launcher,O=genomics`.
 pub fn certificate_subject(der: &[u8]) -> Result<String, String> {
+    use x509_parser::objects::{oid2abbrev, oid_registry};
     let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| e.to_string())?;
-    Ok(cert.subject().to_string())
+    let mut rdns = Vec::new();
+    for rdn in cert.subject().iter() {
+        let mut parts = Vec::new();
+        for attr in rdn.iter() {
+            let name = oid2abbrev(attr.attr_type(), oid_registry())
+                .map(str::to_owned)
+                .unwrap_or_else(|_| attr.attr_type().to_id_string());
+            let value = attr
+                .as_str()
+                .map_err(|e| format!("subject attribute {name}: {e}"))?;
+            let mut escaped = String::with_capacity(value.len());
+            for c in value.chars() {
+                if matches!(c, ',' | '+' | '=' | '\\') {
+                    escaped.push('\\');
+                }
+                escaped.push(c);
+            }
+            parts.push(format!("{name}={escaped}"));
+        }
+        rdns.push(parts.join("+"));
+    }
+    if rdns.is_empty() {
+        return Err("the certificate has an empty subject".into());
+    }
+    Ok(rdns.join(","))
 }
 
 /// Names callers; see the module documentation.

@@ -37,6 +37,12 @@ pub struct Args {
     /// with RESOURCE_EXHAUSTED and a retry hint [default: 1024].
     #[arg(long, env = "EXPRESSCACHE_MAX_QUEUED_WARMS")]
     pub max_queued_warms: Option<usize>,
+    /// Warms in progress (running or queued) of one authenticated
+    /// principal; past it its new warms are refused with RESOURCE_EXHAUSTED
+    /// and a retry hint. 0: no limit per principal (a job array launches
+    /// hundreds of warms under one identity at once) [default: 0].
+    #[arg(long, env = "EXPRESSCACHE_MAX_WARMS_PER_PRINCIPAL")]
+    pub max_warms_per_principal: Option<usize>,
     /// Concurrent gRPC streams (calls) one client connection may hold
     /// [default: 1024].
     #[arg(long, env = "EXPRESSCACHE_MAX_STREAMS_PER_CONNECTION")]
@@ -64,6 +70,11 @@ pub struct Args {
     /// `expresscache-server token hash`).
     #[arg(long, env = "EXPRESSCACHE_AUTH_TOKENS")]
     pub auth_tokens: Option<PathBuf>,
+    /// Policy file: which principals may warm from which sources into
+    /// which directory buckets, evict, force, and see others' operations
+    /// (doc/POLICY.md) [default: none, single-tenant].
+    #[arg(long, env = "EXPRESSCACHE_POLICY")]
+    pub policy: Option<PathBuf>,
     /// Serve plaintext gRPC on a non-loopback address (without TLS anyone
     /// on the network can read and send requests): only behind a trusted
     /// proxy or in a private network.
@@ -187,10 +198,12 @@ struct FileConfig {
     tls_key: Option<PathBuf>,
     tls_client_ca: Option<PathBuf>,
     auth_tokens: Option<PathBuf>,
+    policy: Option<PathBuf>,
     allow_plaintext: Option<bool>,
     metrics_listen: Option<SocketAddr>,
     max_running_warms: Option<usize>,
     max_queued_warms: Option<usize>,
+    max_warms_per_principal: Option<usize>,
     max_streams_per_connection: Option<u32>,
     max_request_size: Option<String>,
     status_count_limit: Option<u64>,
@@ -299,12 +312,15 @@ pub struct Config {
     pub tls: Option<crate::tls::TlsFiles>,
     /// The bearer tokens file, if any.
     pub auth_tokens: Option<PathBuf>,
+    /// The policy file, if any.
+    pub policy: Option<PathBuf>,
     /// Plaintext on a non-loopback address was asked for explicitly.
     pub allow_plaintext: bool,
     /// Where `/metrics` is served, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
     pub max_running_warms: usize,
     pub max_queued_warms: usize,
+    pub max_warms_per_principal: usize,
     pub max_streams_per_connection: u32,
     pub max_request_size: u64,
     pub status_count_limit: u64,
@@ -481,6 +497,7 @@ impl Config {
             listen,
             tls,
             auth_tokens,
+            policy: args.policy.or(file.policy),
             allow_plaintext,
             metrics_listen: args.metrics_listen.or(file.metrics_listen),
             max_running_warms: in_range(
@@ -495,6 +512,13 @@ impl Config {
                 args.max_queued_warms
                     .or(file.max_queued_warms)
                     .unwrap_or(d.max_queued_warms),
+                0..=1_000_000,
+            )?,
+            max_warms_per_principal: in_range(
+                "max_warms_per_principal",
+                args.max_warms_per_principal
+                    .or(file.max_warms_per_principal)
+                    .unwrap_or(d.max_warms_per_principal),
                 0..=1_000_000,
             )?,
             max_streams_per_connection: in_range(
@@ -596,10 +620,12 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             tls: None,
             auth_tokens: None,
+            policy: None,
             allow_plaintext: false,
             metrics_listen: None,
             max_running_warms: 64,
             max_queued_warms: 1024,
+            max_warms_per_principal: 0,
             // A job array's launchers may share one connection.
             max_streams_per_connection: 1024,
             max_request_size: 2 * 1024 * 1024,
@@ -681,6 +707,18 @@ mod tests {
         std::fs::write(
             &path,
             "listen = \"0.0.0.0:6000\"\nmax_ttl = \"2h\"\nmax_concurrency = 8\n",
+        )
+        .unwrap();
+        // Plaintext on every interface is a decision, not a default.
+        let refused = Config::resolve(Args {
+            config: Some(path.clone()),
+            ..Args::default()
+        })
+        .unwrap_err();
+        assert!(refused.contains("--allow-plaintext"), "{refused}");
+        std::fs::write(
+            &path,
+            "listen = \"0.0.0.0:6000\"\nallow_plaintext = true\nmax_ttl = \"2h\"\nmax_concurrency = 8\n",
         )
         .unwrap();
         let cfg = Config::resolve(Args {

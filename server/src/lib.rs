@@ -20,10 +20,12 @@ pub mod metrics;
 pub mod operation;
 pub mod ops;
 pub mod plan;
+pub mod policy;
 pub mod progress;
 pub mod server;
 pub mod stop;
 pub mod store;
+pub mod telemetry;
 #[cfg(feature = "test-support")]
 pub mod testing;
 pub mod tls;

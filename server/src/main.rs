@@ -15,7 +15,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    app::init_tracing(config.log_format);
+    let telemetry = expresscache_server::telemetry::init(config.log_format);
     app::fit_to_open_files(&mut config);
     if let Some(config::ServerCommand::Token(config::TokenCommand::Hash)) = command {
         let mut token = String::new();
@@ -41,12 +41,15 @@ async fn main() -> ExitCode {
         };
     }
     let store = app::s3_store(&config).await;
-    match app::run(config, store).await {
+    let code = match app::run(config, store).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "expresscache-server failed");
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    // The spans of the last warms, and of the shutdown, are still buffered.
+    telemetry.shutdown();
+    code
 }

@@ -184,6 +184,9 @@ pub struct OperationRecord {
     pub id: String,
     pub request_id: Option<String>,
     pub request: WarmSpec,
+    /// The principal that submitted it; `None` for an anonymous caller
+    /// (no authentication) or a record of an earlier release.
+    pub owner: Option<String>,
     pub state: OperationState,
     pub created_at: Millis,
     /// Times a server resumed it after an interruption.

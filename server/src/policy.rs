@@ -109,16 +109,8 @@ use std::time::Duration;
 use expresscache::{BucketName, DirectoryBucketName, EvictSpec, Prefix, WarmSpec};
 use serde::Deserialize;
 
-/// Who is calling: an mTLS client certificate subject or a bearer token's
-/// name, as the policy file spells it.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Principal(pub String);
-
-impl fmt::Display for Principal {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+/// Callers are named by [`crate::auth`].
+pub use crate::auth::Principal;
 
 /// A request the policy refuses.
 #[derive(Debug, Clone, PartialEq, Eq)]

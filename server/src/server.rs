@@ -44,6 +44,8 @@ pub struct Deps<S, I> {
     pub tls: Option<crate::tls::TlsFiles>,
     /// Names callers (anonymous unless tokens or a client CA are set).
     pub auth: Arc<Authenticator>,
+    /// Who may do what; `None`: single-tenant.
+    pub policy: Option<Arc<crate::policy::Policy>>,
 }
 
 impl<S, I> Deps<S, I> {
@@ -70,6 +72,7 @@ impl<S, I> Deps<S, I> {
             max_streams_per_connection: config.max_streams_per_connection,
             tls: config.tls.clone(),
             auth: Arc::default(),
+            policy: None,
         }
     }
 }
@@ -110,7 +113,8 @@ where
     background.push(spawn_purger(Arc::clone(&ops), deps.ops.retention));
     let api = Api::new(Arc::clone(&ops), evictor, deps.limits)
         .with_status_count_limit(deps.status_count_limit)
-        .with_max_request_size(deps.max_request_size);
+        .with_max_request_size(deps.max_request_size)
+        .with_policy(deps.policy.clone());
     // tonic's own decoding limit only guards memory; the API answers
     // requests between the two with RESOURCE_EXHAUSTED and the sizes.
     let decode_limit =
@@ -164,6 +168,7 @@ where
         }
     };
     let router = tonic::transport::Server::builder()
+        .trace_fn(crate::telemetry::rpc_span)
         .max_concurrent_streams(deps.max_streams_per_connection)
         .add_service(health_service)
         .add_service(reflection_v1)

@@ -219,3 +219,71 @@ async fn get_status_counts_at_most_its_limit_per_call_and_says_so() {
     assert_eq!((alone[0].cached_objects, alone[0].cached_bytes), (3, 48));
     assert!(!alone[0].counts_truncated);
 }
+
+#[tokio::test]
+async fn a_principal_at_its_limit_is_refused_while_others_still_warm() {
+    use expresscache_client::{Client, Credentials, Endpoints};
+    use expresscache_server::auth::{load_tokens, token_line_hash, Authenticator};
+    use std::sync::Arc;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let tokens = tmp.path().join("tokens");
+    std::fs::write(
+        &tokens,
+        format!(
+            "team-a {}\nteam-b {}\n",
+            token_line_hash("tok-a"),
+            token_line_hash("tok-b")
+        ),
+    )
+    .unwrap();
+    let registered = load_tokens(&tokens).unwrap();
+    let mut data = objects("m/", 10);
+    data.extend(objects("n/", 10));
+    let refs: Vec<(&str, &[u8])> = data
+        .iter()
+        .map(|(k, b)| (k.as_str(), b.as_slice()))
+        .collect();
+    let fx = Fixture::new_tuned(&refs, |d| {
+        d.warm.engine.max_concurrency = 2;
+        d.ops.max_per_principal = 1;
+        d.auth = Arc::new(Authenticator::new(registered, false));
+    })
+    .await;
+    fx.server.store.delay(Op::Copy, Duration::from_millis(60));
+    let client = |token: &str| {
+        let endpoints = Endpoints::parse(&fx.server.endpoint)
+            .unwrap()
+            .with_credentials(Credentials::default().with_token(token).unwrap());
+        Client::connect_to(Arc::new(endpoints))
+    };
+    let mut a = client("tok-a").await.unwrap();
+    let mut running = a.warm(fx.request(&["m/"])).await.unwrap();
+    running.message().await.unwrap().expect("started");
+
+    let refused = a
+        .warm(fx.request(&["n/"]))
+        .await
+        .map(|_| ())
+        .map_err(rpc_error)
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert_eq!(
+        refused.get_details_error_info().unwrap().reason,
+        "PRINCIPAL_LIMIT"
+    );
+    assert!(refused.get_details_retry_info().is_some());
+
+    let other = client("tok-b")
+        .await
+        .unwrap()
+        .warm_and_wait(fx.request(&["n/"]), |_| {})
+        .await
+        .unwrap();
+    assert_eq!(
+        other.outcome,
+        Outcome::Succeeded,
+        "another principal is not held up"
+    );
+    assert_eq!(outcome(&finish(running).await), pb::Outcome::Succeeded);
+}

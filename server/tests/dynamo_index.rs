@@ -117,6 +117,7 @@ fn operation(id: &str, rid: Option<&str>, created_at: i64) -> OperationRecord {
     OperationRecord {
         id: id.into(),
         request_id: rid.map(str::to_owned),
+        owner: None,
         request: WarmSpec {
             source: BucketName::parse("src").unwrap(),
             prefixes: vec![Prefix::parse("d/").unwrap(), Prefix::root()],

@@ -29,6 +29,9 @@ pub enum ApiError {
     Index(#[from] IndexError),
     #[error(transparent)]
     Evict(#[from] EvictError),
+    /// The policy refuses this principal this request.
+    #[error("{1}")]
+    Denied(crate::auth::Principal, crate::policy::Denial),
 }
 
 /// An index failure as a status: one that waiting may fix (throttled,
@@ -105,10 +108,29 @@ impl From<ApiError> for Status {
                 details.set_retry_info(Some(std::time::Duration::from_secs(1)));
                 Status::with_error_details(Code::Unavailable, msg, details)
             }
+            ApiError::Denied(who, denial) => {
+                let mut details = ErrorDetails::new();
+                let mut metadata = std::collections::HashMap::from([("principal".to_owned(), who.0)]);
+                if !denial.field.is_empty() {
+                    metadata.insert("field".to_owned(), denial.field.to_owned());
+                }
+                details.set_error_info(denial.reason, "expresscache", metadata);
+                Status::with_error_details(Code::PermissionDenied, msg, details)
+            }
             ApiError::Submit(SubmitError::Busy { .. }) => {
                 let mut details = ErrorDetails::new();
                 details.set_retry_info(Some(std::time::Duration::from_secs(5)));
                 details.set_error_info("SERVER_BUSY", "expresscache", []);
+                Status::with_error_details(Code::ResourceExhausted, msg, details)
+            }
+            ApiError::Submit(SubmitError::PrincipalBusy { principal, .. }) => {
+                let mut details = ErrorDetails::new();
+                details.set_retry_info(Some(std::time::Duration::from_secs(5)));
+                details.set_error_info(
+                    "PRINCIPAL_LIMIT",
+                    "expresscache",
+                    [("principal".to_owned(), principal)],
+                );
                 Status::with_error_details(Code::ResourceExhausted, msg, details)
             }
             ApiError::Submit(SubmitError::Index(e))

@@ -21,7 +21,9 @@ use crate::auth::Principal;
 use crate::clock::Clock;
 use crate::evict::Evictor;
 use crate::index::{CacheIndex, OpFilter, OperationLog, Usage};
+use crate::operation::OperationRecord;
 use crate::ops::{FeedError, Operations, Subscription};
+use crate::policy::Policy;
 use crate::store::ObjectStore;
 
 /// The `expresscache.v1.CacheService` implementation.
@@ -38,6 +40,8 @@ pub struct Api<S, I> {
     /// Largest request message handled (tonic's own limit, above it, only
     /// guards memory).
     max_request_size: u64,
+    /// Who may do what; `None`: single-tenant, everyone may do everything.
+    policy: Option<Arc<Policy>>,
 }
 
 impl<S: ObjectStore, I: CacheIndex + OperationLog> Api<S, I> {
@@ -51,6 +55,39 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Api<S, I> {
             limits,
             status_count_limit: 1_000_000,
             max_request_size: 2 * 1024 * 1024,
+            policy: None,
+        }
+    }
+
+    /// Checks every call against `policy`.
+    #[must_use]
+    pub fn with_policy(mut self, policy: Option<Arc<Policy>>) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Whether `who` may see (watch, cancel, list, ask about) `op`: its
+    /// own, or anyone's if the policy says so (or there is none).
+    fn may_see(&self, who: &Principal, op: &OperationRecord) -> bool {
+        match &self.policy {
+            None => true,
+            Some(p) => {
+                p.sees_all_operations(who)
+                    || op
+                        .owner
+                        .as_deref()
+                        .unwrap_or(Principal::anonymous().0.as_str())
+                        == who.0
+            }
+        }
+    }
+
+    /// The operation `id` if `who` may see it; NOT_FOUND otherwise (an
+    /// operation of someone else is not admitted to exist).
+    async fn visible(&self, who: &Principal, id: String) -> Result<OperationRecord, ApiError> {
+        match self.ops.status(&id).await? {
+            Some(op) if self.may_see(who, &op) => Ok(op),
+            _ => Err(ApiError::OperationNotFound(id)),
         }
     }
 
@@ -105,22 +142,31 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Api<S, I> {
             })
     }
 
-    async fn warm(&self, req: pb::WarmCacheRequest) -> Result<Subscription, ApiError> {
+    async fn warm(
+        &self,
+        who: &Principal,
+        req: pb::WarmCacheRequest,
+    ) -> Result<Subscription, ApiError> {
         let spec = WarmSpec::parse(&req, &self.limits)?;
+        if let Some(p) = &self.policy {
+            p.check_warm(who, &spec)
+                .map_err(|d| ApiError::Denied(who.clone(), d))?;
+        }
         self.check_bucket("bucket", spec.source.as_str()).await?;
         self.check_bucket("directory_bucket", spec.directory_bucket.as_str())
             .await?;
-        Ok(self.ops.submit(spec).await?)
+        let owner = (*who != Principal::anonymous()).then(|| who.0.clone());
+        Ok(self.ops.submit(spec, owner).await?)
     }
 
-    async fn status(&self, req: pb::GetStatusRequest) -> Result<pb::GetStatusResponse, ApiError> {
+    async fn status(
+        &self,
+        who: &Principal,
+        req: pb::GetStatusRequest,
+    ) -> Result<pb::GetStatusResponse, ApiError> {
         match StatusQuery::parse(&req, &self.limits)? {
             StatusQuery::Operation(id) => {
-                let status = self
-                    .ops
-                    .status(&id)
-                    .await?
-                    .ok_or(ApiError::OperationNotFound(id))?;
+                let status = self.visible(who, id).await?;
                 Ok(pb::GetStatusResponse {
                     operation: Some(convert::operation_status(status)),
                     prefixes: vec![],
@@ -221,7 +267,7 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> CacheService for Api<S, I> {
         let entry = audit::Entry::warm(&who, &req);
         let result = async {
             self.check_size(&req)?;
-            Ok::<_, Status>(self.warm(req).await?)
+            Ok::<_, Status>(self.warm(&who, req).await?)
         }
         .await;
         let id = match &result {
@@ -238,11 +284,15 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> CacheService for Api<S, I> {
         &self,
         request: Request<pb::WatchOperationRequest>,
     ) -> Result<Response<Self::WatchOperationStream>, Status> {
+        let who = caller(&request);
         let id = expresscache::request::parse_operation_id(
             "operation_id",
             &request.into_inner().operation_id,
         )
         .map_err(ApiError::from)?;
+        if self.policy.is_some() {
+            self.visible(&who, id.clone()).await?;
+        }
         let sub = self
             .ops
             .watch(&id)
@@ -262,6 +312,9 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> CacheService for Api<S, I> {
         let result = async {
             let id = expresscache::request::parse_operation_id("operation_id", &raw)
                 .map_err(ApiError::from)?;
+            if self.policy.is_some() {
+                self.visible(&who, id.clone()).await?;
+            }
             let status = self
                 .ops
                 .cancel(&id)
@@ -279,6 +332,7 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> CacheService for Api<S, I> {
         &self,
         request: Request<pb::ListOperationsRequest>,
     ) -> Result<Response<pb::ListOperationsResponse>, Status> {
+        let who = caller(&request);
         let spec = ListSpec::parse(&request.into_inner()).map_err(ApiError::from)?;
         let filter = match spec.filter {
             ListFilter::All => OpFilter::All,
@@ -291,8 +345,11 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> CacheService for Api<S, I> {
             .await
             .map_err(ApiError::from)?;
         Ok(Response::new(pb::ListOperationsResponse {
+            // A page may come out short (others' operations left out): the
+            // page token still continues after the last one read.
             operations: operations
                 .into_iter()
+                .filter(|op| self.may_see(&who, op))
                 .map(convert::operation_status)
                 .collect(),
             next_page_token: next
@@ -305,9 +362,10 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> CacheService for Api<S, I> {
         &self,
         request: Request<pb::GetStatusRequest>,
     ) -> Result<Response<pb::GetStatusResponse>, Status> {
+        let who = caller(&request);
         let req = request.into_inner();
         self.check_size(&req)?;
-        Ok(Response::new(self.status(req).await?))
+        Ok(Response::new(self.status(&who, req).await?))
     }
 
     async fn evict(
@@ -317,16 +375,24 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> CacheService for Api<S, I> {
         let who = caller(&request);
         let req = request.into_inner();
         let entry = audit::Entry::evict(&who, &req);
-        let result = self.evict_now(&req).await;
+        let result = self.evict_now(&who, &req).await;
         entry.finish("", &result);
         Ok(Response::new(result?))
     }
 }
 
 impl<S: ObjectStore, I: CacheIndex + OperationLog> Api<S, I> {
-    async fn evict_now(&self, req: &pb::EvictRequest) -> Result<pb::EvictResponse, Status> {
+    async fn evict_now(
+        &self,
+        who: &Principal,
+        req: &pb::EvictRequest,
+    ) -> Result<pb::EvictResponse, Status> {
         self.check_size(req)?;
         let spec = EvictSpec::parse(req, &self.limits).map_err(ApiError::from)?;
+        if let Some(p) = &self.policy {
+            p.check_evict(who, &spec)
+                .map_err(|d| ApiError::Denied(who.clone(), d))?;
+        }
         self.check_bucket("directory_bucket", spec.directory_bucket.as_str())
             .await?;
         // Detached from the call: a client that goes away mid-eviction must

@@ -635,6 +635,7 @@ async fn runs_are_leased_fenced_and_taken_over<I: OperationLog>(log: &I) {
         id: "run1".into(),
         request_id: None,
         request: warm_spec(None),
+        owner: Some("CN=launcher,O=genomics".into()),
         state: phase_state("run1", false),
         created_at: 1,
         resumptions: 0,
@@ -643,6 +644,7 @@ async fn runs_are_leased_fenced_and_taken_over<I: OperationLog>(log: &I) {
     log.create_operation(&rec).await.unwrap();
     let got = log.get_operation("run1").await.unwrap().unwrap();
     assert_eq!(got.run, rec.run, "the run lease round-trips");
+    assert_eq!(got.owner, rec.owner, "the owner round-trips");
     let terms = |replica, now| RunTerms {
         replica,
         deadline: now + 1_000,
@@ -740,6 +742,7 @@ async fn operations_are_unique_per_request_id<I: OperationLog>(index: &I) {
         id: id.into(),
         request_id: rid.map(str::to_owned),
         request: warm_spec(rid),
+        owner: None,
         state: OperationState::queued(id, 5),
         created_at: 5,
         resumptions: 0,
@@ -792,6 +795,7 @@ async fn operations_list_newest_first_resume_and_purge<I: OperationLog>(index: &
         id: id.into(),
         request_id: None,
         request: warm_spec(None),
+        owner: None,
         state: phase_state(id, done),
         created_at,
         resumptions: 0,
@@ -1305,6 +1309,7 @@ async fn a_finished_operation_can_be_superseded_once<I: OperationLog>(index: &I)
         id: id.into(),
         request_id: Some("sup".into()),
         request: warm_spec(Some("sup")),
+        owner: None,
         state: phase_state(id, done),
         created_at: 7,
         resumptions: 0,

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::IndexError;
 use crate::clock::Millis;
+use crate::operation::OperationRecord;
 use crate::operation::{Counters, KeyFailure, OperationState, Outcome, Phase};
 
 /// The only document version this release writes.
@@ -34,6 +35,10 @@ pub struct RequestDoc {
     pub request_id: Option<String>,
     #[serde(default)]
     pub destination_prefix: String,
+    /// The principal that submitted it (absent: anonymous, or an earlier
+    /// release).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 /// Stored counters, by name: a counter added later reads as 0 from an
@@ -160,6 +165,17 @@ impl From<&WarmSpec> for RequestDoc {
             force_copy: s.force_copy,
             request_id: s.request_id.as_ref().map(ToString::to_string),
             destination_prefix: s.destination_prefix.to_string(),
+            owner: None,
+        }
+    }
+}
+
+impl RequestDoc {
+    /// The stored request of `op`: its spec and its owner.
+    pub fn of_record(op: &OperationRecord) -> Self {
+        Self {
+            owner: op.owner.clone(),
+            ..Self::from(&op.request)
         }
     }
 }
@@ -267,6 +283,20 @@ pub fn state_json(state: &OperationState) -> String {
 fn json<T: Serialize>(doc: &T) -> String {
     // Plain structs of strings and numbers: serialization cannot fail.
     serde_json::to_string(doc).unwrap_or_default()
+}
+
+/// The request of `op` as JSON text, with its owner.
+pub fn record_request_json(op: &OperationRecord) -> String {
+    json(&RequestDoc::of_record(op))
+}
+
+/// Reads a request stored by [`record_request_json`]: the spec and the
+/// owner.
+pub fn request_and_owner_from_json(text: &str) -> Result<(WarmSpec, Option<String>), IndexError> {
+    let doc = serde_json::from_str::<RequestDoc>(text)
+        .map_err(|e| IndexError::Corrupt(format!("stored request: {e}")))?;
+    let owner = doc.owner.clone();
+    Ok((doc.decode()?, owner))
 }
 
 /// Reads a request stored by [`request_json`].

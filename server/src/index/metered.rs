@@ -5,6 +5,8 @@
 
 use std::future::Future;
 
+use tracing::Instrument;
+
 use super::{
     CacheIndex, ClaimOutcome, ClaimTerms, Completion, CreateOutcome, Entry, EvictDecision,
     IndexError, KeyRange, Lease, Millis, OpFilter, OperationLog, OperationRecord, Record, Renewal,
@@ -35,7 +37,14 @@ impl<I> MeteredIndex<I> {
         call: impl Future<Output = Result<T, IndexError>>,
     ) -> Result<T, IndexError> {
         let started = std::time::Instant::now();
-        let result = call.await;
+        let result = call
+            .instrument(tracing::debug_span!(
+                "index",
+                otel.name = operation,
+                index.operation = operation,
+                index.backend = self.backend
+            ))
+            .await;
         let labels = [("operation", operation), ("backend", self.backend)];
         metrics::histogram!(INDEX_REQUEST_DURATION, &labels).record(started.elapsed());
         if result.is_err() {

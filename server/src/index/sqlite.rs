@@ -459,8 +459,10 @@ fn decode_op(row: OpRow) -> Result<OperationRecord, IndexError> {
             deadline: row.run_deadline,
             cancel_requested: row.cancel_requested,
         });
+    let (request, owner) = encoding::request_and_owner_from_json(&row.request).map_err(corrupt)?;
     Ok(OperationRecord {
-        request: encoding::request_from_json(&row.request).map_err(corrupt)?,
+        request,
+        owner,
         state,
         id,
         request_id: row.request_id,
@@ -498,7 +500,7 @@ fn insert_op(c: &Connection, op: &OperationRecord) -> Result<(), IndexError> {
         params![
             op.id,
             op.request_id,
-            encoding::request_json(&op.request),
+            encoding::record_request_json(op),
             encoding::state_json(&op.state),
             op.is_done(),
             op.resumptions,

@@ -24,6 +24,7 @@ use std::time::Duration;
 use expresscache::{Limits, WarmSpec};
 use futures::stream::BoxStream;
 use tokio::sync::{watch, Notify};
+use tracing::Instrument;
 
 use crate::index::{
     span_millis, CacheIndex, CreateOutcome, IndexError, Millis, OpFilter, OperationLog, RunTerms,
@@ -48,8 +49,24 @@ pub enum SubmitError {
     Draining,
     #[error("this server runs {running} warms and has {queued} queued (its limits: --max-running-warms, --max-queued-warms); retry later or against another replica")]
     Busy { running: usize, queued: usize },
+    #[error("principal {principal:?} has {in_progress} warms in progress on this server, its limit (--max-warms-per-principal); retry when one ends")]
+    PrincipalBusy {
+        principal: String,
+        in_progress: usize,
+    },
     #[error(transparent)]
     Index(#[from] IndexError),
+}
+
+/// The index key of a request id: the id itself for an anonymous caller
+/// (as stored before principals), else the id and the owner, so one
+/// principal's id never attaches another's operation. A space cannot
+/// occur in a request id, so keys never collide.
+fn request_key(request_id: &str, owner: Option<&str>) -> String {
+    match owner {
+        None => request_id.to_owned(),
+        Some(o) => format!("{request_id} {o}"),
+    }
 }
 
 /// Follows one operation's progress until its Done state.
@@ -107,6 +124,10 @@ pub struct OpsSettings {
     pub max_running: usize,
     /// Warms waiting for a running slot; past it new warms are refused.
     pub max_queued: usize,
+    /// Warms in progress (running or queued) of one authenticated
+    /// principal on this replica; past it its new warms are refused
+    /// (0: no limit).
+    pub max_per_principal: usize,
 }
 
 impl Default for OpsSettings {
@@ -131,6 +152,7 @@ impl From<&crate::config::Config> for OpsSettings {
             cancel_wait: c.cancel_wait,
             max_running: c.max_running_warms,
             max_queued: c.max_queued_warms,
+            max_per_principal: c.max_warms_per_principal,
         }
     }
 }
@@ -138,6 +160,7 @@ impl From<&crate::config::Config> for OpsSettings {
 #[derive(Debug)]
 struct LiveOp {
     request: WarmSpec,
+    owner: Option<String>,
     progress: Arc<Progress>,
     stop: Arc<StopSignal>,
     created_at: i64,
@@ -204,16 +227,41 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
         self.draining.subscribe()
     }
 
-    /// Starts a warm, or attaches to the operation that already holds the
-    /// request's `request_id`.
-    pub async fn submit(self: &Arc<Self>, spec: WarmSpec) -> Result<Subscription, SubmitError> {
+    /// Starts a warm for `owner` (`None`: an anonymous caller), or attaches
+    /// to the operation that already holds the request's `request_id` for
+    /// the same owner: request ids are scoped per principal.
+    pub async fn submit(
+        self: &Arc<Self>,
+        spec: WarmSpec,
+        owner: Option<String>,
+    ) -> Result<Subscription, SubmitError> {
         if *self.draining.borrow() {
             return Err(SubmitError::Draining);
         }
         // A resubmission of a running request_id attaches without a slot;
-        // only a full server refuses, and only new work.
+        // only a full server (or a principal at its share) refuses, and
+        // only new work.
+        if let Some(principal) = owner
+            .as_ref()
+            .filter(|_| self.settings.max_per_principal > 0)
+        {
+            let in_progress = self
+                .live()
+                .values()
+                .filter(|op| op.owner.as_ref() == Some(principal))
+                .count();
+            if in_progress >= self.settings.max_per_principal {
+                if let Some(attached) = self.attach_live(&spec, owner.as_deref()) {
+                    return Ok(attached);
+                }
+                return Err(SubmitError::PrincipalBusy {
+                    principal: principal.clone(),
+                    in_progress,
+                });
+            }
+        }
         if !self.admission.has_room() {
-            if let Some(attached) = self.attach_live(&spec) {
+            if let Some(attached) = self.attach_live(&spec, owner.as_deref()) {
                 return Ok(attached);
             }
             return Err(SubmitError::Busy {
@@ -230,8 +278,12 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
         let granted_until = self.run_terms().deadline;
         let mut record = OperationRecord {
             id: id.clone(),
-            request_id: spec.request_id.as_ref().map(|r| r.to_string()),
+            request_id: spec
+                .request_id
+                .as_ref()
+                .map(|r| request_key(r.as_str(), owner.as_deref())),
             request: spec.clone(),
+            owner,
             state: progress.snapshot(),
             created_at: self.warmer.clock.now(),
             resumptions: 0,
@@ -250,7 +302,11 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
             };
             if existing.request != spec {
                 return Err(SubmitError::RequestIdConflict {
-                    request_id: existing.request_id.unwrap_or_default(),
+                    request_id: spec
+                        .request_id
+                        .as_ref()
+                        .map(ToString::to_string)
+                        .unwrap_or_default(),
                     operation_id: existing.id,
                 });
             }
@@ -283,11 +339,11 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
 
     /// A subscription to the live operation of this replica that holds
     /// `spec`'s request_id for the same request.
-    fn attach_live(&self, spec: &WarmSpec) -> Option<Subscription> {
-        let rid = spec.request_id.as_ref()?;
+    fn attach_live(&self, spec: &WarmSpec, owner: Option<&str>) -> Option<Subscription> {
+        spec.request_id.as_ref()?;
         self.live()
             .values()
-            .find(|op| op.request.request_id.as_ref() == Some(rid) && op.request == *spec)
+            .find(|op| op.request == *spec && op.owner.as_deref() == owner)
             .map(|op| op.progress.subscribe())
     }
 
@@ -348,6 +404,7 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
             record.id.clone(),
             LiveOp {
                 request: record.request,
+                owner: record.owner,
                 progress: Arc::clone(&progress),
                 stop: Arc::clone(&stop),
                 created_at: record.created_at,
@@ -355,11 +412,24 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
                 ticket: ticket.clone(),
             },
         );
+        // Under the RPC that started it (if any): the caller's trace holds
+        // the warm. Every log line of the warm carries its operation id.
+        let span = tracing::info_span!("warm",
+            otel.name = "warm",
+            operation_id = %record.id,
+            source_bucket = %spec.source,
+            directory_bucket = %spec.directory_bucket,
+            prefixes = spec.prefixes.len(),
+            attempt = ticket.attempt,
+            outcome = tracing::field::Empty);
         let this = Arc::clone(self);
-        tokio::spawn(async move {
-            this.drive(record.id, spec, progress, stop, ticket, granted_until)
-                .await
-        });
+        tokio::spawn(
+            async move {
+                this.drive(record.id, spec, progress, stop, ticket, granted_until)
+                    .await
+            }
+            .instrument(span),
+        );
     }
 
     /// A subscription to a live operation, or to a recorded one: its final
@@ -414,8 +484,13 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
         if let Some(op) = self.live().get(id) {
             return Ok(Some(OperationRecord {
                 id: id.to_owned(),
-                request_id: op.request.request_id.as_ref().map(ToString::to_string),
+                request_id: op
+                    .request
+                    .request_id
+                    .as_ref()
+                    .map(|r| request_key(r.as_str(), op.owner.as_deref())),
                 request: op.request.clone(),
+                owner: op.owner.clone(),
                 state: op.progress.current(),
                 created_at: op.created_at,
                 resumptions: op.resumptions,

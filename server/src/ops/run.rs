@@ -107,6 +107,7 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
         if let Some(outcome) = last.outcome {
             metrics::counter!(crate::metrics::WARMS_FINISHED, "outcome" => outcome.label())
                 .increment(1);
+            tracing::Span::current().record("outcome", outcome.label());
         }
         let c = last.counters;
         tracing::info!(operation_id = %id, outcome = ?last.outcome,

@@ -13,6 +13,7 @@ fn unfinished(id: &str, resumptions: u32) -> OperationRecord {
     OperationRecord {
         id: id.into(),
         request_id: None,
+        owner: None,
         request: WarmSpec {
             source: expresscache::BucketName::parse("src").unwrap(),
             prefixes: vec![expresscache::Prefix::parse("d/").unwrap()],
@@ -144,7 +145,7 @@ async fn a_runner_whose_renewals_hang_stops_itself_by_its_deadline() {
     let ops = Arc::new(Operations::new(warmer, settings, Limits::default()));
     let mut spec = unfinished("x", 0).request;
     spec.request_id = None;
-    let rx = ops.submit(spec).await.unwrap();
+    let rx = ops.submit(spec, None).await.unwrap();
     let id = rx.borrow().operation_id.clone();
     // It stops within its deadline (plus the copies in flight), long
     // before the 2 s of work are done.

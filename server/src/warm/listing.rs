@@ -18,6 +18,7 @@
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
+use tracing::Instrument;
 
 use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -184,6 +185,7 @@ impl<S: ObjectStore, I: CacheIndex> WarmRun<'_, S, I> {
                 .w
                 .store
                 .list_page(bucket, &query, token.clone())
+                .instrument(tracing::debug_span!("list_page", otel.name = "list_page", bucket, prefix = %query.prefix, continued = token.is_some()))
                 .await
                 .map_err(|e| WarmError::List {
                     bucket: bucket.to_owned(),

@@ -127,9 +127,9 @@ fn op_of(item: &Item) -> Result<OperationRecord, IndexError> {
         item.get(attr)
             .ok_or_else(|| IndexError::Corrupt(format!("operation {id}: attribute {attr} missing")))
     };
-    let request = doc_of::<RequestDoc>(doc(REQUEST)?, "request")
-        .and_then(RequestDoc::decode)
-        .map_err(corrupt)?;
+    let request_doc = doc_of::<RequestDoc>(doc(REQUEST)?, "request").map_err(corrupt)?;
+    let owner = request_doc.owner.clone();
+    let request = request_doc.decode().map_err(corrupt)?;
     let state = doc_of::<StateDoc>(doc(STATE)?, "state")
         .and_then(StateDoc::decode)
         .map_err(corrupt)?;
@@ -148,6 +148,7 @@ fn op_of(item: &Item) -> Result<OperationRecord, IndexError> {
     Ok(OperationRecord {
         request_id: get_s(item, REQUEST_ID).map(str::to_owned),
         request,
+        owner,
         state,
         created_at: req_n("operation", item, CREATED_AT)?,
         resumptions: u32_of(item, RESUMPTIONS)?,
@@ -200,7 +201,7 @@ impl DynamoIndex {
         let mut item = op_key(&op.id);
         item.extend([
             (ID.to_owned(), s(&op.id)),
-            (REQUEST.to_owned(), doc_attr(&RequestDoc::from(&op.request))),
+            (REQUEST.to_owned(), doc_attr(&RequestDoc::of_record(op))),
             (STATE.to_owned(), doc_attr(&StateDoc::from(&op.state))),
             (DONE.to_owned(), AttributeValue::Bool(done)),
             (STATUS.to_owned(), s(if done { FINISHED } else { RUNNING })),
