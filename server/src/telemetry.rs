@@ -59,8 +59,11 @@ fn otlp_configured() -> bool {
 pub fn init(format: LogFormat) -> Telemetry {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only for a person at a terminal, never into a log file.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let logs = match format {
         LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_ansi(ansi)
             .with_writer(std::io::stderr)
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
@@ -137,7 +140,7 @@ pub fn rpc_span(req: &tonic::codegen::http::Request<()>) -> tracing::Span {
     if path.starts_with("/grpc.health.") || path.starts_with("/grpc.reflection.") {
         return tracing::Span::none();
     }
-    let span = tracing::info_span!("rpc", otel.name = %path, otel.kind = "server", rpc.system = "grpc", rpc.method = %path);
+    let span = tracing::info_span!("rpc", otel.name = %path, otel.kind = "server");
     let parent =
         opentelemetry::global::get_text_map_propagator(|p| p.extract(&Headers(req.headers())));
     let _ = span.set_parent(parent);

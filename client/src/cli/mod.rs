@@ -268,6 +268,13 @@ fn fail(e: &ClientError) -> ExitCode {
                 eprintln!("  {}: {}", v.field, v.description);
             }
         }
+        // The reason a script can match on, and when trying again helps.
+        if let Some(info) = status.get_details_error_info() {
+            eprintln!("  reason: {}", info.reason);
+        }
+        if let Some(delay) = status.get_details_retry_info().and_then(|r| r.retry_delay) {
+            eprintln!("  retry after {}", humantime::format_duration(delay));
+        }
     }
     exit::for_error(e)
 }
