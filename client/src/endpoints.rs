@@ -49,9 +49,12 @@ impl Credentials {
 
     /// Sends `token` as `authorization: Bearer TOKEN` with every call.
     pub fn with_token(mut self, token: &str) -> Result<Self, ClientError> {
-        let value = format!("Bearer {}", token.trim()).parse().map_err(|_| {
-            ClientError::BadEndpoint("the token has characters a header cannot carry".into())
-        })?;
+        let mut value: tonic::metadata::AsciiMetadataValue =
+            format!("Bearer {}", token.trim()).parse().map_err(|_| {
+                ClientError::BadEndpoint("the token has characters a header cannot carry".into())
+            })?;
+        // Kept out of HPACK's index and out of Debug output.
+        value.set_sensitive(true);
         self.token = Some(value);
         Ok(self)
     }

@@ -164,6 +164,17 @@ async fn every_rule_denies_with_its_reason_and_allows_its_counterpart() {
         .unwrap();
     assert_eq!(evicted.objects_deleted, 2);
 
+    // Status of prefixes: where one may write, not elsewhere (leases name
+    // the sources behind them).
+    assert!(b
+        .prefix_status(fx.dir.clone(), vec!["b/".into()])
+        .await
+        .is_ok());
+    denied(
+        b.prefix_status(fx.dir.clone(), vec!["a/".into()]).await,
+        "DESTINATION_NOT_ALLOWED",
+    );
+
     // A principal the policy does not list (and no [default]).
     let mut stranger = fx.client("tok-stranger").await;
     denied(stranger.warm(fx.request("c/")).await, "UNKNOWN_PRINCIPAL");
@@ -195,6 +206,13 @@ async fn one_principal_never_sees_or_attaches_to_anothers_operations() {
         .await
         .unwrap();
     assert_ne!(a_report.operation_id, b_report.operation_id);
+    // Even the very same request under the same id is another principal's
+    // own operation.
+    let admin_report = admin
+        .warm_and_wait(fx.request("a/").request_id("job-1"), |_| {})
+        .await
+        .unwrap();
+    assert_ne!(admin_report.operation_id, a_report.operation_id);
     assert_eq!(b_report.counters.objects_copied, 1, "b's warm ran, not a's");
     // Resubmitted by its owner, the id attaches.
     let again = a
@@ -221,7 +239,7 @@ async fn one_principal_never_sees_or_attaches_to_anothers_operations() {
         .collect();
     assert_eq!(b_sees, vec![b_report.operation_id.clone()]);
 
-    // Its owner and an admin see it.
+    // Its owner and an admin see it; seeing is not cancelling.
     assert!(a.operation_status(&a_report.operation_id).await.is_ok());
     let admin_sees = admin
         .list_operations(pb::OperationFilter::Unspecified, 50, "")
@@ -229,5 +247,18 @@ async fn one_principal_never_sees_or_attaches_to_anothers_operations() {
         .unwrap()
         .operations
         .len();
-    assert_eq!(admin_sees, 2);
+    assert_eq!(admin_sees, 3);
+    denied(
+        admin.cancel(&a_report.operation_id).await,
+        "CANCEL_NOT_ALLOWED",
+    );
+
+    // A page of b's listing is never empty while b's own operation lies
+    // behind a page of others'.
+    let first_page = b
+        .list_operations(pb::OperationFilter::Unspecified, 1, "")
+        .await
+        .unwrap();
+    assert_eq!(first_page.operations.len(), 1, "{first_page:?}");
+    assert_eq!(first_page.operations[0].operation_id, b_report.operation_id);
 }

@@ -155,8 +155,9 @@ async fn mutual_tls_names_the_caller_and_refuses_a_foreign_or_expired_certificat
     // The audit line names the caller by its certificate's subject.
     let log = server.log();
     assert!(
-        log.lines()
-            .any(|l| l.contains("audit") && l.contains("CN=launcher") && l.contains("WarmCache")),
+        log.lines().any(|l| l.contains("audit")
+            && l.contains(r#"principal="CN=launcher,O=genomics""#)
+            && l.contains("WarmCache")),
         "{log}"
     );
 

@@ -90,11 +90,22 @@ fn parse_tokens(text: &str) -> anyhow::Result<Vec<TokenEntry>> {
             bail!("line {}: expected `PRINCIPAL sha256:HEX`", n + 1);
         };
         let Some(hash) = parse_hash(hash) else {
+            // Not echoed: a token pasted here by mistake must not reach
+            // the logs.
             bail!(
-                "line {}: {hash:?} is not sha256: and 64 hex digits (never the token itself)",
-                n + 1
+                "line {}: the second field ({} characters) is not sha256: and 64 hex digits; \
+                 store the hash (`expresscache-server token hash`), never the token",
+                n + 1,
+                hash.chars().count()
             );
         };
+        if principal == Principal::anonymous().0 {
+            bail!(
+                "line {}: \"anonymous\" names the caller of a server without authentication; \
+                 give the token another name",
+                n + 1
+            );
+        }
         if out.iter().any(|e| e.hash == hash) {
             bail!("line {}: the same token is registered twice", n + 1);
         }
@@ -251,6 +262,9 @@ mod tests {
     fn a_token_file_with_a_plain_token_or_a_duplicate_is_refused_by_line() {
         let plain = parse_tokens("ci-runner s3cret\n").expect_err("plain token");
         assert!(format!("{plain:#}").contains("line 1"), "{plain:#}");
+        assert!(!format!("{plain:#}").contains("s3cret"), "never echoed");
+        let anon = format!("anonymous {}\n", token_line_hash("x"));
+        assert!(parse_tokens(&anon).is_err(), "a token may not be anonymous");
         let dup = format!("a {h}\nb {h}\n", h = token_line_hash("x"));
         assert!(format!("{:#}", parse_tokens(&dup).expect_err("dup")).contains("line 2"));
         assert!(parse_tokens("# nothing\n").is_err());

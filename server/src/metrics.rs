@@ -56,7 +56,7 @@ const LATENCY_BUCKETS: &[f64] = &[
 fn describe() {
     describe_counter!(
         WARMS_STARTED,
-        "Warms started (new operations; a request_id attach is not one)"
+        "Warms started or resumed on this replica (a request_id attach is not one)"
     );
     describe_counter!(
         WARMS_FINISHED,

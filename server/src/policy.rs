@@ -63,8 +63,11 @@
 //! - `may_evict`: may call Evict. `may_force`: may evict with `force`
 //!   (delete what other leases still cover); needs `may_evict`.
 //! - `may_force_copy`: may warm with `force_copy`.
-//! - `see_all_operations`: sees (lists, watches) every principal's
-//!   operations, not only its own.
+//! - `see_all_operations`: sees (lists, watches, asks about) every
+//!   principal's operations, not only its own, and may ask GetStatus about
+//!   any prefix (otherwise only where it may write).
+//! - `may_cancel_others`: may cancel other principals' operations (seeing
+//!   them is not enough to stop them).
 //!
 //! Unknown keys are errors, so a typo cannot silently grant or withhold
 //! anything.
@@ -268,6 +271,8 @@ struct RawGrant {
     may_force_copy: bool,
     #[serde(default)]
     see_all_operations: bool,
+    #[serde(default)]
+    may_cancel_others: bool,
 }
 
 /// A `warm_from` entry: a general-purpose bucket and a prefix in it.
@@ -311,6 +316,7 @@ struct Grant {
     may_force: bool,
     may_force_copy: bool,
     see_all_operations: bool,
+    may_cancel_others: bool,
 }
 
 /// Splits `s3://bucket[/prefix/]` into the bucket name (unchecked) and the
@@ -391,6 +397,7 @@ impl Grant {
             may_force: raw.may_force,
             may_force_copy: raw.may_force_copy,
             see_all_operations: raw.see_all_operations,
+            may_cancel_others: raw.may_cancel_others,
         })
     }
 }
@@ -633,6 +640,48 @@ impl Policy {
             ));
         }
         Ok(())
+    }
+
+    /// Whether `who` may ask how warm `prefixes` of `directory_bucket` are
+    /// (cached counts, leases and the sources behind them, sweep errors):
+    /// where it may write, or anywhere with `see_all_operations`.
+    pub fn check_status(
+        &self,
+        who: &Principal,
+        directory_bucket: &DirectoryBucketName,
+        prefixes: &[Prefix],
+    ) -> Result<(), Denial> {
+        let (grant, name) = self.grant(who)?;
+        if grant.see_all_operations {
+            return Ok(());
+        }
+        let dests = dest_entries(grant, directory_bucket);
+        let refused: Vec<String> = prefixes
+            .iter()
+            .filter(|p| !dests.iter().any(|e| e.prefix.covers(p)))
+            .map(|p| s3_url(directory_bucket.as_str(), p))
+            .collect();
+        if refused.is_empty() {
+            return Ok(());
+        }
+        Err(Denial::new(
+            Denial::DESTINATION_NOT_ALLOWED,
+            "prefixes",
+            format!(
+                "{name} may not look at {} (allowed: where it may write, {})",
+                list(refused),
+                list(grant.write_to.iter().map(DestEntry::url).collect())
+            ),
+        ))
+    }
+
+    /// Whether `who` may cancel other principals' operations (seeing them
+    /// is `see_all_operations`; stopping them is this).
+    pub fn may_cancel_others(&self, who: &Principal) -> bool {
+        self.principals
+            .get(who.0.as_str())
+            .or(self.default_grant.as_ref())
+            .is_some_and(|g| g.may_cancel_others)
     }
 
     /// Whether `who` sees every principal's operations rather than only its

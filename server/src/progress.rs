@@ -43,6 +43,8 @@ pub struct Progress {
     lease_epochs: Mutex<Vec<(String, String)>>,
     /// The finished operation whose request_id this one took over.
     superseded: std::sync::OnceLock<String>,
+    /// What of the counters the metrics already hold.
+    exported: crate::metrics::CounterExport,
     tx: watch::Sender<OperationState>,
 }
 
@@ -84,9 +86,16 @@ impl Progress {
             activity: Arc::default(),
             lease_epochs: Mutex::default(),
             superseded: std::sync::OnceLock::new(),
+            exported: crate::metrics::CounterExport::starting_at(Counters::default()),
             tx,
         };
         (p, rx)
+    }
+
+    /// Adds what the counters grew by since the last call to the metrics
+    /// (so they move while a long warm runs).
+    pub fn export_metrics(&self) {
+        self.exported.export(&self.counters());
     }
 
     pub fn subscribe(&self) -> watch::Receiver<OperationState> {

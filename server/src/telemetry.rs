@@ -81,11 +81,7 @@ pub fn init(format: LogFormat) -> Telemetry {
             Ok(exporter) => Some(
                 SdkTracerProvider::builder()
                     .with_batch_exporter(exporter)
-                    .with_resource(
-                        opentelemetry_sdk::Resource::builder()
-                            .with_service_name("expresscache-server")
-                            .build(),
-                    )
+                    .with_resource(resource())
                     .build(),
             ),
             Err(e) => {
@@ -118,6 +114,20 @@ pub fn init(format: LogFormat) -> Telemetry {
         tracing::warn!(error = %e, "OTLP trace exporter not started; no traces are exported");
     }
     Telemetry { provider }
+}
+
+/// The SDK's resource from the environment (`OTEL_SERVICE_NAME`,
+/// `OTEL_RESOURCE_ATTRIBUTES`), named `expresscache-server` unless they
+/// name it.
+fn resource() -> opentelemetry_sdk::Resource {
+    let named = set("OTEL_SERVICE_NAME")
+        || std::env::var("OTEL_RESOURCE_ATTRIBUTES").is_ok_and(|a| a.contains("service.name="));
+    let builder = opentelemetry_sdk::Resource::builder();
+    if named {
+        builder.build()
+    } else {
+        builder.with_service_name("expresscache-server").build()
+    }
 }
 
 /// HTTP headers as the propagator reads them.

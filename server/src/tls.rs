@@ -82,9 +82,10 @@ pub struct ReloadingCert {
 
 impl ReloadingCert {
     fn load(files: &TlsFiles) -> anyhow::Result<Self> {
+        let before = modified(files);
         Ok(Self {
             current: RwLock::new(load_key(files)?),
-            seen: Mutex::new(modified(files)),
+            seen: Mutex::new(before),
             files: files.clone(),
         })
     }
@@ -92,9 +93,12 @@ impl ReloadingCert {
     /// Loads the files again. A certificate that does not load (half
     /// written, mismatched key) is refused and the one in use is kept.
     pub fn reload(&self) -> anyhow::Result<()> {
+        // The times before the read: files changed during it are seen as
+        // changed again, and read again, on the next check.
+        let before = modified(&self.files);
         let key = load_key(&self.files)?;
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = key;
-        *self.seen.lock().unwrap_or_else(|e| e.into_inner()) = modified(&self.files);
+        *self.seen.lock().unwrap_or_else(|e| e.into_inner()) = before;
         Ok(())
     }
 

@@ -74,10 +74,12 @@ impl Entry {
     }
 
     fn log(&self, outcome: &str, operation_id: &str, detail: &str) {
+        // Quoted and escaped (`?`): request strings are logged before
+        // validation, and a newline in one must not forge a line.
         tracing::info!(target: "audit",
-            principal = %self.principal, rpc = self.rpc, source_bucket = %self.source,
-            directory_bucket = %self.directory_bucket, prefixes = %self.prefixes,
-            prefix_count = self.prefix_count, operation_id, outcome, detail, "audit");
+            principal = ?self.principal, rpc = self.rpc, source_bucket = ?self.source,
+            directory_bucket = ?self.directory_bucket, prefixes = ?self.prefixes,
+            prefix_count = self.prefix_count, operation_id = ?operation_id, outcome, detail = ?detail, "audit");
     }
 
     /// Records how the call ended (`operation_id`: the operation it

@@ -17,6 +17,8 @@ use tonic::{Request, Response, Status};
 
 pub use error::ApiError;
 
+use tracing::Instrument;
+
 use crate::auth::Principal;
 use crate::clock::Clock;
 use crate::evict::Evictor;
@@ -176,6 +178,10 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Api<S, I> {
                 directory_bucket,
                 prefixes,
             } => {
+                if let Some(p) = &self.policy {
+                    p.check_status(who, &directory_bucket, &prefixes)
+                        .map_err(|d| ApiError::Denied(who.clone(), d))?;
+                }
                 let dir = directory_bucket.as_str();
                 let now = self.clock.now();
                 let mut out = Vec::with_capacity(prefixes.len());
@@ -312,8 +318,23 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> CacheService for Api<S, I> {
         let result = async {
             let id = expresscache::request::parse_operation_id("operation_id", &raw)
                 .map_err(ApiError::from)?;
-            if self.policy.is_some() {
-                self.visible(&who, id.clone()).await?;
+            if let Some(policy) = &self.policy {
+                let op = self.visible(&who, id.clone()).await?;
+                let own = op.owner.as_deref().unwrap_or(Principal::anonymous().0.as_str()) == who.0;
+                if !own && !policy.may_cancel_others(&who) {
+                    return Err(ApiError::Denied(
+                        who.clone(),
+                        crate::policy::Denial {
+                            reason: "CANCEL_NOT_ALLOWED",
+                            field: "operation_id",
+                            message: format!(
+                                "principal {:?} may not cancel another principal's operation (may_cancel_others is not set)",
+                                who.0
+                            ),
+                        },
+                    )
+                    .into());
+                }
             }
             let status = self
                 .ops
@@ -339,19 +360,32 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> CacheService for Api<S, I> {
             ListFilter::Running => OpFilter::Running,
             ListFilter::Finished => OpFilter::Finished,
         };
-        let (operations, next) = self
-            .ops
-            .list(filter, spec.after, spec.page_size)
-            .await
-            .map_err(ApiError::from)?;
+        // Others' operations are left out; reading on (within a bound) so
+        // a page is not empty while the caller's own lie further back.
+        const MAX_SCANNED_PAGES: usize = 20;
+        let mut operations = Vec::with_capacity(spec.page_size);
+        let mut after = spec.after;
+        let mut next = None;
+        for _ in 0..MAX_SCANNED_PAGES {
+            let want = spec.page_size - operations.len();
+            let (page, more) = self
+                .ops
+                .list(filter, after.take(), want)
+                .await
+                .map_err(ApiError::from)?;
+            operations.extend(page.into_iter().filter(|op| self.may_see(&who, op)));
+            next = more;
+            if operations.len() >= spec.page_size || next.is_none() {
+                break;
+            }
+            after.clone_from(&next);
+        }
         Ok(Response::new(pb::ListOperationsResponse {
-            // A page may come out short (others' operations left out): the
-            // page token still continues after the last one read.
             operations: operations
                 .into_iter()
-                .filter(|op| self.may_see(&who, op))
                 .map(convert::operation_status)
                 .collect(),
+            // Continues after the last operation read, shown or not.
             next_page_token: next
                 .map(|(t, id)| expresscache::request::encode_page_token(t, &id))
                 .unwrap_or_default(),
@@ -399,11 +433,14 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Api<S, I> {
         // not stop it between a delete and its record (the task runs to
         // the end; the caller just stops waiting for the answer).
         let evictor = Arc::clone(&self.evictor);
-        let task = tokio::spawn(async move {
-            let evicted = evictor.evict(&spec).await;
-            crate::evict::export_evict(&evicted);
-            evicted.map(|r| (spec, r))
-        });
+        let task = tokio::spawn(
+            async move {
+                let evicted = evictor.evict(&spec).await;
+                crate::evict::export_evict(&evicted);
+                evicted.map(|r| (spec, r))
+            }
+            .in_current_span(),
+        );
         let (spec, report) = task
             .await
             .map_err(|e| Status::internal(format!("eviction task failed: {e}")))?

@@ -5,8 +5,9 @@
 //! refused with a retry hint instead: waiting in the caller's own retry
 //! loop costs the server nothing.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -15,50 +16,145 @@ use crate::stop::StopSignal;
 #[derive(Debug)]
 pub struct Admission {
     slots: Arc<Semaphore>,
-    running: Arc<AtomicUsize>,
+    running: AtomicUsize,
     queued: AtomicUsize,
-    max_queued: usize,
+    /// Warms accepted and not ended: running, queued, or being submitted.
+    /// Taken before a submission's first await, so a burst of concurrent
+    /// submissions cannot all pass one check.
+    accepted: AtomicUsize,
+    max_accepted: usize,
+    /// The same, per authenticated principal.
+    per_principal: Mutex<HashMap<String, usize>>,
+    /// 0: no limit per principal.
+    max_per_principal: usize,
+}
+
+/// Why a new warm is not accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// Running and queued slots are all taken.
+    Full { running: usize, queued: usize },
+    /// The principal has its maximum of warms in progress.
+    Principal { in_progress: usize },
+}
+
+/// A warm's place among the accepted, given back when dropped (the warm
+/// ended, or its submission did not start one).
+#[derive(Debug)]
+pub struct Ticket {
+    admission: Arc<Admission>,
+    owner: Option<String>,
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.admission.accepted.fetch_sub(1, Ordering::SeqCst);
+        if let Some(owner) = &self.owner {
+            let mut map = self
+                .admission
+                .per_principal
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if let Some(n) = map.get_mut(owner) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(owner);
+                }
+            }
+        }
+    }
 }
 
 /// A slot among the running warms, held until dropped.
 #[derive(Debug)]
-pub struct RunSlot {
+pub struct RunSlot<'a> {
     _permit: OwnedSemaphorePermit,
-    running: Arc<AtomicUsize>,
+    running: &'a AtomicUsize,
 }
 
-impl RunSlot {
-    fn new(permit: OwnedSemaphorePermit, running: &Arc<AtomicUsize>) -> Self {
-        let n = running.fetch_add(1, Ordering::Relaxed) + 1;
-        metrics::gauge!(crate::metrics::OPERATIONS_RUNNING).set(n as f64);
+impl<'a> RunSlot<'a> {
+    fn new(permit: OwnedSemaphorePermit, running: &'a AtomicUsize) -> Self {
+        running.fetch_add(1, Ordering::Relaxed);
+        // Increments, not sets: concurrent updates cannot leave a stale
+        // value behind.
+        metrics::gauge!(crate::metrics::OPERATIONS_RUNNING).increment(1.0);
         Self {
             _permit: permit,
-            running: Arc::clone(running),
+            running,
         }
     }
 }
 
-impl Drop for RunSlot {
+impl Drop for RunSlot<'_> {
     fn drop(&mut self) {
-        let n = self.running.fetch_sub(1, Ordering::Relaxed) - 1;
-        metrics::gauge!(crate::metrics::OPERATIONS_RUNNING).set(n as f64);
+        self.running.fetch_sub(1, Ordering::Relaxed);
+        metrics::gauge!(crate::metrics::OPERATIONS_RUNNING).decrement(1.0);
     }
 }
 
 impl Admission {
-    pub fn new(max_running: usize, max_queued: usize) -> Self {
+    pub fn new(max_running: usize, max_queued: usize, max_per_principal: usize) -> Self {
+        let max_running = max_running.max(1);
         Self {
-            slots: Arc::new(Semaphore::new(max_running.max(1))),
-            running: Arc::default(),
+            slots: Arc::new(Semaphore::new(max_running)),
+            running: AtomicUsize::new(0),
             queued: AtomicUsize::new(0),
-            max_queued,
+            accepted: AtomicUsize::new(0),
+            max_accepted: max_running.saturating_add(max_queued),
+            per_principal: Mutex::default(),
+            max_per_principal,
         }
     }
 
-    /// Whether a new warm may be accepted now: a slot is free, or the
-    /// queue has room.
-    pub fn has_room(&self) -> bool {
-        self.slots.available_permits() > 0 || self.queued.load(Ordering::Relaxed) < self.max_queued
+    /// Accepts a new warm of `owner`, or says why not.
+    pub fn admit(self: &Arc<Self>, owner: Option<&str>) -> Result<Ticket, Refusal> {
+        let taken = self
+            .accepted
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < self.max_accepted).then_some(n + 1)
+            });
+        if taken.is_err() {
+            return Err(Refusal::Full {
+                running: self.running(),
+                queued: self.queued(),
+            });
+        }
+        if let Some(owner) = owner.filter(|_| self.max_per_principal > 0) {
+            let mut map = self.per_principal.lock().unwrap_or_else(|e| e.into_inner());
+            let n = map.entry(owner.to_owned()).or_default();
+            if *n >= self.max_per_principal {
+                let in_progress = *n;
+                drop(map);
+                self.accepted.fetch_sub(1, Ordering::SeqCst);
+                return Err(Refusal::Principal { in_progress });
+            }
+            *n += 1;
+        }
+        Ok(Ticket {
+            admission: Arc::clone(self),
+            owner: owner
+                .filter(|_| self.max_per_principal > 0)
+                .map(str::to_owned),
+        })
+    }
+
+    /// Accepts a warm taken over from a replica that died: it was accepted
+    /// there, so it is never refused here (it may wait for a slot).
+    pub fn admit_resumed(self: &Arc<Self>, owner: Option<&str>) -> Ticket {
+        self.accepted.fetch_add(1, Ordering::SeqCst);
+        let owner = owner.filter(|_| self.max_per_principal > 0);
+        if let Some(o) = owner {
+            *self
+                .per_principal
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(o.to_owned())
+                .or_default() += 1;
+        }
+        Ticket {
+            admission: Arc::clone(self),
+            owner: owner.map(str::to_owned),
+        }
     }
 
     /// Warms running.
@@ -73,7 +169,7 @@ impl Admission {
 
     /// Waits for a slot; `None` if `stop` is set first (the warm was
     /// cancelled or interrupted while queued).
-    pub async fn slot(&self, stop: &StopSignal) -> Option<RunSlot> {
+    pub async fn slot(&self, stop: &StopSignal) -> Option<RunSlot<'_>> {
         if let Ok(p) = Arc::clone(&self.slots).try_acquire_owned() {
             return Some(RunSlot::new(p, &self.running));
         }
@@ -92,16 +188,16 @@ struct Waiting<'a>(&'a AtomicUsize);
 
 impl<'a> Waiting<'a> {
     fn enter(queued: &'a AtomicUsize) -> Self {
-        let n = queued.fetch_add(1, Ordering::Relaxed) + 1;
-        metrics::gauge!(crate::metrics::OPERATIONS_QUEUED).set(n as f64);
+        queued.fetch_add(1, Ordering::Relaxed);
+        metrics::gauge!(crate::metrics::OPERATIONS_QUEUED).increment(1.0);
         Self(queued)
     }
 }
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        let n = self.0.fetch_sub(1, Ordering::Relaxed) - 1;
-        metrics::gauge!(crate::metrics::OPERATIONS_QUEUED).set(n as f64);
+        self.0.fetch_sub(1, Ordering::Relaxed);
+        metrics::gauge!(crate::metrics::OPERATIONS_QUEUED).decrement(1.0);
     }
 }
 
@@ -109,12 +205,42 @@ impl Drop for Waiting<'_> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_burst_of_submissions_takes_places_before_any_starts() {
+        let a = Arc::new(Admission::new(1, 1, 2));
+        let t1 = a.admit(Some("team-a")).expect("room");
+        let t2 = a.admit(Some("team-b")).expect("room");
+        // Two accepted (one to run, one to queue): full, though neither
+        // has started yet.
+        assert!(matches!(a.admit(Some("team-c")), Err(Refusal::Full { .. })));
+        drop(t2);
+        let t3 = a.admit(Some("team-a")).expect("room again");
+        drop(t1);
+        drop(t3);
+        // Per principal: two of team-a at most.
+        let a = Arc::new(Admission::new(10, 10, 2));
+        let held = [
+            a.admit(Some("team-a")).unwrap(),
+            a.admit(Some("team-a")).unwrap(),
+        ];
+        assert_eq!(
+            a.admit(Some("team-a")).map(|_| ()),
+            Err(Refusal::Principal { in_progress: 2 })
+        );
+        assert!(a.admit(Some("team-b")).is_ok(), "others are not held up");
+        assert!(
+            a.admit(None).is_ok(),
+            "anonymous callers have no per-principal limit"
+        );
+        drop(held);
+        assert!(a.admit(Some("team-a")).is_ok());
+    }
+
     #[tokio::test]
     async fn a_warm_past_the_limit_waits_until_a_slot_frees() {
-        let a = Arc::new(Admission::new(1, 1));
+        let a = Arc::new(Admission::new(1, 1, 0));
         let stop = StopSignal::default();
         let first = a.slot(&stop).await.expect("a free slot");
-        assert!(a.has_room(), "the queue has room");
         let waiter = {
             let a = Arc::clone(&a);
             tokio::spawn(async move { a.slot(&StopSignal::default()).await.is_some() })
@@ -122,7 +248,6 @@ mod tests {
         while a.queued() == 0 {
             tokio::task::yield_now().await;
         }
-        assert!(!a.has_room(), "one running, one queued: full");
         drop(first);
         assert!(waiter.await.unwrap(), "the queued warm got the slot");
         assert_eq!(a.queued(), 0);
@@ -130,7 +255,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_warm_stopped_while_queued_leaves_the_queue() {
-        let a = Arc::new(Admission::new(1, 4));
+        let a = Arc::new(Admission::new(1, 4, 0));
         let _running = a.slot(&StopSignal::default()).await.expect("a free slot");
         let stop = Arc::new(StopSignal::default());
         let waiter = {

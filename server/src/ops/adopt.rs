@@ -97,7 +97,8 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
             "taking over an unfinished warm");
         let (progress, _rx) = Progress::new(id, Arc::clone(&self.warmer.clock));
         let spec = rec.request.clone();
-        self.start(rec, spec, progress, t.ticket, granted_until);
+        let place = self.admission.admit_resumed(rec.owner.as_deref());
+        self.start(rec, spec, progress, t.ticket, granted_until, place);
         Ok(true)
     }
 }

@@ -161,6 +161,8 @@ impl From<&crate::config::Config> for OpsSettings {
 struct LiveOp {
     request: WarmSpec,
     owner: Option<String>,
+    /// Its place among the accepted warms, given back when it ends.
+    _place: admission::Ticket,
     progress: Arc<Progress>,
     stop: Arc<StopSignal>,
     created_at: i64,
@@ -178,13 +180,17 @@ pub struct Operations<S, I> {
     settings: OpsSettings,
     limits: Limits,
     draining: watch::Sender<bool>,
-    admission: admission::Admission,
+    admission: Arc<admission::Admission>,
 }
 
 impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
     pub fn new(warmer: Arc<Warmer<S, I>>, settings: OpsSettings, limits: Limits) -> Self {
         Self {
-            admission: admission::Admission::new(settings.max_running, settings.max_queued),
+            admission: Arc::new(admission::Admission::new(
+                settings.max_running,
+                settings.max_queued,
+                settings.max_per_principal,
+            )),
             warmer,
             live: Mutex::default(),
             ended: Notify::new(),
@@ -238,37 +244,27 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
         if *self.draining.borrow() {
             return Err(SubmitError::Draining);
         }
-        // A resubmission of a running request_id attaches without a slot;
-        // only a full server (or a principal at its share) refuses, and
-        // only new work.
-        if let Some(principal) = owner
-            .as_ref()
-            .filter(|_| self.settings.max_per_principal > 0)
-        {
-            let in_progress = self
-                .live()
-                .values()
-                .filter(|op| op.owner.as_ref() == Some(principal))
-                .count();
-            if in_progress >= self.settings.max_per_principal {
+        // A place among the accepted warms, taken before the first await
+        // (a burst of submissions cannot all pass one check); given back
+        // if this submission starts nothing. A resubmission of a running
+        // request_id attaches even when the server is full.
+        let place = match self.admission.admit(owner.as_deref()) {
+            Ok(place) => place,
+            Err(refusal) => {
                 if let Some(attached) = self.attach_live(&spec, owner.as_deref()) {
                     return Ok(attached);
                 }
-                return Err(SubmitError::PrincipalBusy {
-                    principal: principal.clone(),
-                    in_progress,
+                return Err(match refusal {
+                    admission::Refusal::Full { running, queued } => {
+                        SubmitError::Busy { running, queued }
+                    }
+                    admission::Refusal::Principal { in_progress } => SubmitError::PrincipalBusy {
+                        principal: owner.unwrap_or_default(),
+                        in_progress,
+                    },
                 });
             }
-        }
-        if !self.admission.has_room() {
-            if let Some(attached) = self.attach_live(&spec, owner.as_deref()) {
-                return Ok(attached);
-            }
-            return Err(SubmitError::Busy {
-                running: self.admission.running(),
-                queued: self.admission.queued(),
-            });
-        }
+        };
         let id = uuid::Uuid::new_v4().to_string();
         let (progress, rx) = Progress::new(id.clone(), Arc::clone(&self.warmer.clock));
         let ticket = RunTicket {
@@ -332,8 +328,7 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
             }
         }
         tracing::info!(operation_id = %id, source = %spec.source, directory_bucket = %spec.directory_bucket, prefixes = spec.prefixes.len(), force_copy = spec.force_copy, "warm started");
-        metrics::counter!(crate::metrics::WARMS_STARTED).increment(1);
-        self.start(record, spec, progress, ticket, granted_until);
+        self.start(record, spec, progress, ticket, granted_until, place);
         Ok(rx)
     }
 
@@ -397,7 +392,11 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
         progress: Progress,
         ticket: RunTicket,
         granted_until: Millis,
+        place: admission::Ticket,
     ) {
+        // Started or resumed here: every attempt that ends counts one
+        // finished, so started - finished is what runs now.
+        metrics::counter!(crate::metrics::WARMS_STARTED).increment(1);
         let progress = Arc::new(progress);
         let stop = Arc::new(StopSignal::default());
         self.live().insert(
@@ -405,6 +404,7 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
             LiveOp {
                 request: record.request,
                 owner: record.owner,
+                _place: place,
                 progress: Arc::clone(&progress),
                 stop: Arc::clone(&stop),
                 created_at: record.created_at,

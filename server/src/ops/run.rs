@@ -9,10 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use expresscache::WarmSpec;
+use tracing::Instrument;
 
 use super::Operations;
 use crate::index::{span_millis, CacheIndex, Millis, OperationLog, Renewal};
-use crate::metrics::CounterExport;
 use crate::operation::{Outcome, RunTicket};
 use crate::progress::Progress;
 use crate::stop::{StopReason, StopSignal};
@@ -32,29 +32,20 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
         // Claims are per attempt: a later attempt takes this one's over.
         let owner = ticket.claim_owner(&id);
         let lost = Arc::new(AtomicBool::new(false));
-        // What an earlier attempt did was counted by that attempt.
-        let exported = Arc::new(CounterExport::starting_at(progress.snapshot().counters));
         let keeper = {
             let this = Arc::clone(&self);
             let (id, ticket) = (id.clone(), ticket.clone());
-            let (progress, stop, lost, exported) = (
-                Arc::clone(&progress),
-                Arc::clone(&stop),
-                Arc::clone(&lost),
-                Arc::clone(&exported),
-            );
-            tokio::spawn(async move {
-                this.keep_run(
-                    &id,
-                    &ticket,
-                    granted_until,
-                    &progress,
-                    &stop,
-                    &lost,
-                    &exported,
-                )
-                .await
-            })
+            let (progress, stop, lost) =
+                (Arc::clone(&progress), Arc::clone(&stop), Arc::clone(&lost));
+            tokio::spawn(
+                async move {
+                    this.keep_run(&id, &ticket, granted_until, &progress, &stop, &lost)
+                        .await
+                }
+                // In the warm's span: its log lines and index calls belong
+                // to the warm's trace, not to traces of their own.
+                .in_current_span(),
+            )
         };
         // Queued (phase QUEUED) until a running slot frees; the keeper
         // renews the run meanwhile and turns a cancel into a stop.
@@ -65,7 +56,7 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
         };
         keeper.abort();
         // Whatever happens next, what this attempt did happened.
-        exported.export(&progress.snapshot().counters);
+        progress.export_metrics();
         if lost.load(Ordering::Relaxed) {
             tracing::warn!(operation_id = %id, attempt = ticket.attempt,
                 "this replica lost the operation's run (another took it over, or its deadline \
@@ -156,7 +147,6 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
         progress: &Progress,
         stop: &StopSignal,
         lost: &AtomicBool,
-        exported: &CounterExport,
     ) {
         let s = &self.settings;
         let tick_every = s
@@ -185,7 +175,7 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
                 return lose();
             }
             progress.publish();
-            exported.export(&progress.snapshot().counters);
+            progress.export_metrics();
             since_renewal += tick_every;
             since_checkpoint += tick_every;
             if since_renewal >= s.renew_every {
