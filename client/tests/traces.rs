@@ -162,4 +162,8 @@ async fn a_warm_is_traced_under_the_callers_trace_with_its_operation_id() {
         in_trace("complete_copies"),
         "index calls are spans of the trace"
     );
+    assert!(
+        in_trace("copy_batch"),
+        "batches of copies are spans of the trace"
+    );
 }

@@ -8,7 +8,8 @@
 //! Spans: one per RPC (its parent the caller's W3C `traceparent`, so a
 //! launcher's trace contains the warm), one per warm (operation id,
 //! buckets, prefix count, outcome) under the RPC that started it, and under
-//! that one per listing page and per index call. Every log line of a warm
+//! that one per listing page, per batch of finished copies and per index
+//! call. Every log line of a warm
 //! is inside its span, so it carries the operation id.
 
 use opentelemetry::propagation::Extractor;

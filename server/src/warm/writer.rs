@@ -3,6 +3,7 @@
 //! was recorded or its claim had been lost.
 
 use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
 
 use super::run::WarmRun;
 use crate::index::{CacheIndex, Completion, Entry, IndexError};
@@ -26,7 +27,21 @@ impl<S: ObjectStore, I: CacheIndex> WarmRun<'_, S, I> {
                 return Ok(());
             }
             let (entries, replies): (Vec<Entry>, Vec<_>) = batch.drain(..).unzip();
-            let outcomes = self.w.index.complete_copies(&entries, self.owner).await?;
+            // A batch of finished copies, as one span of the warm's trace
+            // (its index write beneath it).
+            let bytes: u64 = entries.iter().map(|e| e.size).sum();
+            let span = tracing::debug_span!(
+                "copy_batch",
+                otel.name = "copy_batch",
+                objects = entries.len(),
+                bytes
+            );
+            let outcomes = self
+                .w
+                .index
+                .complete_copies(&entries, self.owner)
+                .instrument(span)
+                .await?;
             for (reply, outcome) in replies.into_iter().zip(outcomes) {
                 // A copier that is gone no longer cares.
                 let _ = reply.send(outcome);
