@@ -161,6 +161,9 @@ pub struct WarmReport {
     pub lease_expires_at: Option<SystemTime>,
     /// The operation this one took the request id over from, if any.
     pub superseded_operation_id: Option<String>,
+    /// The running warm of the same data this one joined instead of
+    /// listing again, if it did.
+    pub joined_operation_id: Option<String>,
     /// The final update as received.
     pub last: Progress,
 }
@@ -190,6 +193,7 @@ impl WarmReport {
             error: nonempty(&last.error),
             lease_expires_at: time(last.lease_expires_at.as_ref()),
             superseded_operation_id: nonempty(&last.superseded_operation_id),
+            joined_operation_id: nonempty(&last.joined_operation_id),
             last: Progress::from(last),
         }
     }

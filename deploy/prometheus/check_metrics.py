@@ -58,13 +58,14 @@ TARGET_LABELS = {"job", "instance", "namespace", "pod", "service", "endpoint", "
 SEVERITIES = {"critical", "warning", "info"}
 # Emitted only after their first event, which a healthy server's warms need
 # not cause: no retry, no throttling, no index error, no shared copy, no
-# Evict call. (Gauges are set to zero when the endpoint starts.)
+# Evict call, no warm joining another. (Gauges are set to zero when the endpoint starts.)
 ON_EVENT = {
     "expresscache_objects_shared_total",
     "expresscache_copy_retries_total",
     "expresscache_throttle_events_total",
     "expresscache_index_errors_total",
     "expresscache_evictions_total",
+    "expresscache_warms_joined_total",
 }
 
 RATE_FUNCS = {"rate", "irate", "increase"}

@@ -23,6 +23,7 @@ use tokio::net::TcpListener;
 
 pub const WARMS_STARTED: &str = "expresscache_warms_started_total";
 pub const WARMS_FINISHED: &str = "expresscache_warms_finished_total";
+pub const WARMS_JOINED: &str = "expresscache_warms_joined_total";
 pub const OBJECTS_LISTED: &str = "expresscache_objects_listed_total";
 pub const OBJECTS_HIT: &str = "expresscache_objects_hit_total";
 pub const OBJECTS_COPIED: &str = "expresscache_objects_copied_total";
@@ -61,6 +62,10 @@ fn describe() {
     describe_counter!(
         WARMS_FINISHED,
         "Warms finished, by outcome: succeeded, partially_failed, failed, cancelled"
+    );
+    describe_counter!(
+        WARMS_JOINED,
+        "Warms that joined a running warm of the same data instead of listing again"
     );
     describe_counter!(
         OBJECTS_LISTED,

@@ -88,6 +88,8 @@ pub struct OperationState {
     pub lease_expires_at: Option<Millis>,
     /// The finished operation whose request_id this one took over.
     pub superseded_operation_id: Option<String>,
+    /// The running operation this one joined instead of listing again.
+    pub joined_operation_id: Option<String>,
 }
 
 impl OperationState {
@@ -106,6 +108,7 @@ impl OperationState {
             concurrency_limit: 0,
             lease_expires_at: None,
             superseded_operation_id: None,
+            joined_operation_id: None,
         }
     }
 

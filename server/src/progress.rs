@@ -45,6 +45,9 @@ pub struct Progress {
     superseded: std::sync::OnceLock<String>,
     /// What of the counters the metrics already hold.
     exported: crate::metrics::CounterExport,
+    /// The running operation whose work this one follows (its counters
+    /// are that one's, so the metrics do not count them again).
+    joined: Mutex<Option<String>>,
     tx: watch::Sender<OperationState>,
 }
 
@@ -87,6 +90,7 @@ impl Progress {
             lease_epochs: Mutex::default(),
             superseded: std::sync::OnceLock::new(),
             exported: crate::metrics::CounterExport::starting_at(Counters::default()),
+            joined: Mutex::new(None),
             tx,
         };
         (p, rx)
@@ -95,7 +99,83 @@ impl Progress {
     /// Adds what the counters grew by since the last call to the metrics
     /// (so they move while a long warm runs).
     pub fn export_metrics(&self) {
-        self.exported.export(&self.counters());
+        if self.joined().is_none() {
+            self.exported.export(&self.counters());
+        }
+    }
+
+    /// The operation this one joined, if it follows another's work.
+    pub fn joined(&self) -> Option<String> {
+        self.joined
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Follows `id`'s work from now on (`None`: does its own again, from
+    /// zero).
+    pub fn set_joined(&self, id: Option<&str>) {
+        *self.joined.lock().unwrap_or_else(|e| e.into_inner()) = id.map(str::to_owned);
+        if id.is_none() {
+            for c in [
+                &self.listed,
+                &self.bytes_listed,
+                &self.hits,
+                &self.to_copy,
+                &self.bytes_to_copy,
+                &self.copied,
+                &self.bytes_copied,
+                &self.failed,
+                &self.shared,
+                &self.retries,
+                &self.throttled,
+            ] {
+                c.store(0, Ordering::Relaxed);
+            }
+            self.failures
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clear();
+        }
+        self.publish();
+    }
+
+    /// Shows the joined operation's progress as this one's: its counters,
+    /// phase (short of Done) and concurrency.
+    pub fn mirror(&self, s: &OperationState) {
+        let c = &s.counters;
+        for (atomic, v) in [
+            (&self.listed, c.objects_listed),
+            (&self.bytes_listed, c.bytes_listed),
+            (&self.hits, c.objects_hit),
+            (&self.to_copy, c.objects_to_copy),
+            (&self.bytes_to_copy, c.bytes_to_copy),
+            (&self.copied, c.objects_copied),
+            (&self.bytes_copied, c.bytes_copied),
+            (&self.failed, c.objects_failed),
+            (&self.shared, c.objects_shared),
+            (&self.retries, c.copy_retries),
+            (&self.throttled, c.throttle_events),
+        ] {
+            atomic.store(v, Ordering::Relaxed);
+        }
+        if s.phase != Phase::Done {
+            self.phase.store(phase_code(s.phase), Ordering::Relaxed);
+        }
+        self.set_concurrency_limit(s.concurrency_limit as usize);
+    }
+
+    /// Sets the failed keys outright: `failed` of them, the first listed.
+    pub fn set_failures(&self, failed: u64, failures: Vec<KeyFailure>) {
+        self.failed.store(failed, Ordering::Relaxed);
+        let mut f = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        *f = failures;
+        f.truncate(MAX_INLINE_FAILURES);
+    }
+
+    /// Whether the final state was published.
+    pub fn is_finished(&self) -> bool {
+        self.tx.borrow().is_done()
     }
 
     pub fn subscribe(&self) -> watch::Receiver<OperationState> {
@@ -217,6 +297,7 @@ impl Progress {
             lease_expires_at: Some(self.lease_expires_at.load(Ordering::Relaxed))
                 .filter(|&at| at > 0),
             superseded_operation_id: self.superseded.get().cloned(),
+            joined_operation_id: self.joined(),
         }
     }
 

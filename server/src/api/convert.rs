@@ -75,6 +75,7 @@ pub fn progress(s: OperationState) -> pb::WarmProgress {
         failures: s.failures.into_iter().map(failure).collect(),
         error: s.error.unwrap_or_default(),
         superseded_operation_id: s.superseded_operation_id.unwrap_or_default(),
+        joined_operation_id: s.joined_operation_id.unwrap_or_default(),
         operation_id: s.operation_id,
     }
 }

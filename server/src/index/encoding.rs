@@ -112,6 +112,8 @@ pub struct StateDoc {
     pub lease_expires_at: Option<Millis>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub superseded_operation_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub joined_operation_id: Option<String>,
 }
 
 const PHASES: [(Phase, &str); 4] = [
@@ -235,6 +237,7 @@ impl From<&OperationState> for StateDoc {
             concurrency_limit: s.concurrency_limit,
             lease_expires_at: s.lease_expires_at,
             superseded_operation_id: s.superseded_operation_id.clone(),
+            joined_operation_id: s.joined_operation_id.clone(),
         }
     }
 }
@@ -266,6 +269,7 @@ impl StateDoc {
             concurrency_limit: self.concurrency_limit,
             lease_expires_at: self.lease_expires_at,
             superseded_operation_id: self.superseded_operation_id,
+            joined_operation_id: self.joined_operation_id,
         })
     }
 }

@@ -11,6 +11,7 @@
 
 mod admission;
 mod adopt;
+mod coalesce;
 mod feed;
 mod membership;
 mod run;
@@ -163,6 +164,9 @@ struct LiveOp {
     owner: Option<String>,
     /// Its place among the accepted warms, given back when it ends.
     _place: admission::Ticket,
+    /// It runs its own warm (others may join it), as opposed to following
+    /// another's or not having started yet.
+    leading: bool,
     progress: Arc<Progress>,
     stop: Arc<StopSignal>,
     created_at: i64,
@@ -405,6 +409,7 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
                 request: record.request,
                 owner: record.owner,
                 _place: place,
+                leading: false,
                 progress: Arc::clone(&progress),
                 stop: Arc::clone(&stop),
                 created_at: record.created_at,

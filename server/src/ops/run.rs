@@ -17,7 +17,7 @@ use crate::operation::{Outcome, RunTicket};
 use crate::progress::Progress;
 use crate::stop::{StopReason, StopSignal};
 use crate::store::ObjectStore;
-use crate::warm::{WarmError, WarmOutcome};
+use crate::warm::WarmError;
 
 impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
     pub(super) async fn drive(
@@ -49,11 +49,8 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
         };
         // Queued (phase QUEUED) until a running slot frees; the keeper
         // renews the run meanwhile and turns a cancel into a stop.
-        let result = match self.admission.slot(&stop).await {
-            Some(_slot) => self.warmer.run_until(&spec, &progress, &owner, &stop).await,
-            None if stop.reason() == Some(StopReason::Cancelled) => Ok(WarmOutcome::Cancelled),
-            None => Ok(WarmOutcome::Interrupted),
-        };
+        // A running warm of the same data is joined instead.
+        let result = self.work(&id, &spec, &progress, &owner, &stop).await;
         keeper.abort();
         // Whatever happens next, what this attempt did happened.
         progress.export_metrics();

@@ -164,6 +164,9 @@ pub enum WarmError {
          deleted; warm again to bring them back"
     )]
     LeaseEnded { prefix: String },
+    /// The running warm this one joined failed as a whole.
+    #[error("the warm this one joined (operation {operation_id}) failed: {error}")]
+    JoinedFailed { operation_id: String, error: String },
     /// A listing answered a continuation token it had answered before:
     /// following it would loop forever.
     #[error("listing s3://{bucket}/{prefix} repeated continuation token {token:?}")]
@@ -185,6 +188,21 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
         owner: &str,
     ) -> Result<WarmOutcome, WarmError> {
         self.run_until(spec, progress, owner, &StopSignal::default())
+            .await
+    }
+
+    /// Writes (or extends) `spec`'s leases for operation `owner`, as a
+    /// warm does before it reads the index: for a warm that joined
+    /// another's work, its own leases at its own TTL.
+    pub async fn write_leases(
+        &self,
+        spec: &WarmSpec,
+        progress: &Progress,
+        owner: &str,
+        stop: &StopSignal,
+    ) -> Result<(), WarmError> {
+        WarmRun::new(self, spec, progress, owner, stop)
+            .write_leases()
             .await
     }
 

@@ -1,0 +1,178 @@
+//! Job arrays: identical warms arriving together join the one running
+//! instead of listing again, and every guarantee holds for each of them.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::Fixture;
+use expresscache_client::{pb, Outcome};
+use expresscache_server::store::Op;
+use expresscache_server::testing::list_keys;
+
+fn objects(prefix: &str, n: usize) -> Vec<(String, Vec<u8>)> {
+    (0..n)
+        .map(|i| (format!("{prefix}{i:03}"), vec![b'j'; 32]))
+        .collect()
+}
+
+/// `n` objects under `m/`, copies slowed so a warm runs for a while.
+async fn fixture(n: usize, delay_ms: u64) -> Fixture {
+    let data = objects("m/", n);
+    let refs: Vec<(&str, &[u8])> = data
+        .iter()
+        .map(|(k, b)| (k.as_str(), b.as_slice()))
+        .collect();
+    let fx = Fixture::new_tuned(&refs, |d| d.warm.engine.max_concurrency = 4).await;
+    fx.server
+        .store
+        .delay(Op::Copy, Duration::from_millis(delay_ms));
+    fx
+}
+
+type Stream = tonic::Streaming<pb::WarmProgress>;
+
+async fn finish(mut stream: Stream) -> pb::WarmProgress {
+    let mut last = None;
+    while let Some(p) = stream.message().await.unwrap() {
+        last = Some(p);
+    }
+    last.expect("a final message")
+}
+
+fn outcome(p: &pb::WarmProgress) -> pb::Outcome {
+    pb::Outcome::try_from(p.outcome).unwrap()
+}
+
+/// Starts a warm of `prefixes` and reads until `until` holds.
+async fn start_until(
+    fx: &Fixture,
+    prefixes: &[&str],
+    until: impl Fn(&pb::WarmProgress) -> bool,
+) -> (Stream, pb::WarmProgress) {
+    let mut stream = fx.client().await.warm(fx.request(prefixes)).await.unwrap();
+    loop {
+        let p = stream.message().await.unwrap().expect("more progress");
+        if until(&p) {
+            return (stream, p);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_warm_that_arrives_mid_warm_joins_it_and_ends_with_every_object_present() {
+    let fx = fixture(40, 40).await;
+    let (leader, first) = start_until(&fx, &["m/"], |p| {
+        p.counters.unwrap_or_default().objects_copied >= 5
+    })
+    .await;
+    let lists = fx.server.store.calls.list.load(Ordering::Relaxed);
+
+    // Past its opening (QUEUED) message: joined, or (wrongly) working.
+    let (joiner, opening) = start_until(&fx, &["m/"], |p| {
+        !p.joined_operation_id.is_empty() || p.phase != pb::Phase::Queued as i32
+    })
+    .await;
+    assert_eq!(
+        opening.joined_operation_id, first.operation_id,
+        "{opening:?}"
+    );
+    assert_ne!(
+        opening.operation_id, first.operation_id,
+        "its own operation"
+    );
+    let joined = finish(joiner).await;
+    assert_eq!(outcome(&joined), pb::Outcome::Succeeded, "{joined:?}");
+    assert_eq!(outcome(&finish(leader).await), pb::Outcome::Succeeded);
+    assert_eq!(list_keys(&fx.s3, &fx.dir, "m/").await.len(), 40);
+    assert_eq!(
+        fx.server.store.calls.list.load(Ordering::Relaxed),
+        lists,
+        "the joiner listed nothing"
+    );
+    // Its own lease, at its own TTL, stands for the data.
+    let status = fx
+        .client()
+        .await
+        .operation_status(&joined.operation_id)
+        .await
+        .unwrap();
+    assert_eq!(
+        status.progress.unwrap().joined_operation_id,
+        first.operation_id
+    );
+}
+
+#[tokio::test]
+async fn cancelling_the_first_caller_leaves_the_joiners_to_finish_the_work() {
+    let fx = fixture(60, 40).await;
+    let (leader, first) = start_until(&fx, &["m/"], |p| {
+        p.counters.unwrap_or_default().objects_copied >= 3
+    })
+    .await;
+    let (a, _) = start_until(&fx, &["m/"], |p| !p.joined_operation_id.is_empty()).await;
+    let (b, _) = start_until(&fx, &["m/"], |p| !p.joined_operation_id.is_empty()).await;
+
+    fx.client().await.cancel(&first.operation_id).await.unwrap();
+    assert_eq!(outcome(&finish(leader).await), pb::Outcome::Cancelled);
+    let (a, b) = tokio::join!(finish(a), finish(b));
+    assert_eq!(outcome(&a), pb::Outcome::Succeeded, "{a:?}");
+    assert_eq!(outcome(&b), pb::Outcome::Succeeded, "{b:?}");
+    assert_eq!(list_keys(&fx.s3, &fx.dir, "m/").await.len(), 60);
+}
+
+#[tokio::test]
+async fn a_joiner_whose_leader_fails_fails_with_the_reason() {
+    let fx = fixture(30, 40).await;
+    let (leader, first) = start_until(&fx, &["m/"], |p| {
+        p.counters.unwrap_or_default().objects_copied >= 1
+    })
+    .await;
+    let (joiner, _) = start_until(&fx, &["m/"], |p| !p.joined_operation_id.is_empty()).await;
+    // Its index writes fail from now on: the warm fails as a whole.
+    fx.server.index.fail("complete_copies", 1_000);
+    let led = finish(leader).await;
+    assert_eq!(outcome(&led), pb::Outcome::Failed, "{led:?}");
+    let joined = finish(joiner).await;
+    assert_eq!(outcome(&joined), pb::Outcome::Failed, "{joined:?}");
+    assert!(
+        joined.error.contains(&first.operation_id) && joined.error.contains("failed"),
+        "{}",
+        joined.error
+    );
+}
+
+#[tokio::test]
+async fn a_hundred_identical_warms_list_the_source_once_per_page() {
+    let fx = fixture(50, 20).await;
+    let mut one = fx.client().await;
+    // Page size 1000: one page per prefix; a lone cold warm lists once.
+    let calls = futures::future::join_all((0..100).map(|_| {
+        let fx = &fx;
+        async move {
+            fx.client()
+                .await
+                .warm_and_wait(fx.request(&["m/"]), |_| {})
+                .await
+                .unwrap()
+        }
+    }))
+    .await;
+    assert!(calls.iter().all(|r| r.outcome == Outcome::Succeeded));
+    let joined = calls
+        .iter()
+        .filter(|r| r.joined_operation_id.is_some())
+        .count();
+    assert_eq!(joined, 99, "one leads, the others join");
+    assert_eq!(fx.server.store.calls.list.load(Ordering::Relaxed), 1);
+    assert_eq!(list_keys(&fx.s3, &fx.dir, "m/").await.len(), 50);
+    // Unrelated: a warm that forces copies never joins.
+    let forced = one
+        .warm_and_wait(fx.request(&["m/"]).force_copy(true), |_| {})
+        .await
+        .unwrap();
+    assert!(forced.joined_operation_id.is_none());
+}
