@@ -46,6 +46,10 @@ pub struct WarmSpec {
     pub request_id: Option<RequestId>,
     /// Prepended to every source key to form its destination key.
     pub destination_prefix: Prefix,
+    /// Answer from a SUCCEEDED warm of the same data that finished at most
+    /// this long ago, if its leases are live, without listing; zero:
+    /// always list.
+    pub max_staleness: Duration,
 }
 
 /// Longest `destination_prefix`, in bytes: half a key, so real keys fit.
@@ -115,6 +119,41 @@ fn check_prefixes(
         }
     }
     ok.then_some(out)
+}
+
+/// `max_staleness`: unset or zero is "always list"; otherwise at most the
+/// longest TTL, and not with `force_copy` (which asks to copy again).
+fn check_staleness(
+    v: &mut Violations,
+    req: &pb::WarmCacheRequest,
+    limits: &Limits,
+) -> Option<Duration> {
+    let Some(d) = req.max_staleness.as_ref() else {
+        return Some(Duration::ZERO);
+    };
+    if d.seconds < 0 || !(0..1_000_000_000).contains(&d.nanos) {
+        v.push("max_staleness", "must be a non-negative duration");
+        return None;
+    }
+    let d = Duration::new(d.seconds as u64, d.nanos as u32);
+    if d > limits.max_ttl {
+        v.push(
+            "max_staleness",
+            format!(
+                "{:?} is above this server's maximum TTL of {:?}",
+                d, limits.max_ttl
+            ),
+        );
+        return None;
+    }
+    if !d.is_zero() && req.force_copy {
+        v.push(
+            "max_staleness",
+            "cannot be combined with force_copy (which copies everything again)",
+        );
+        return None;
+    }
+    Some(d)
 }
 
 fn check_ttl(
@@ -191,6 +230,7 @@ impl WarmSpec {
                 }
             }),
         );
+        let max_staleness = check_staleness(&mut v, req, limits);
         v.finish()?;
         match (
             source,
@@ -215,6 +255,7 @@ impl WarmSpec {
                 force_copy: req.force_copy,
                 request_id,
                 destination_prefix,
+                max_staleness: max_staleness.unwrap_or_default(),
             }),
             _ => unreachable!("every missing field recorded a violation"),
         }
@@ -264,6 +305,10 @@ impl From<&WarmSpec> for pb::WarmCacheRequest {
                 .map(ToString::to_string)
                 .unwrap_or_default(),
             destination_prefix: s.destination_prefix.to_string(),
+            max_staleness: (!s.max_staleness.is_zero()).then(|| prost_types::Duration {
+                seconds: i64::try_from(s.max_staleness.as_secs()).unwrap_or(i64::MAX),
+                nanos: i32::try_from(s.max_staleness.subsec_nanos()).unwrap_or(0),
+            }),
         }
     }
 }
@@ -452,6 +497,44 @@ mod tests {
             force_copy: false,
             request_id: "job-1".into(),
             destination_prefix: String::new(),
+            max_staleness: None,
+        }
+    }
+
+    #[test]
+    fn max_staleness_is_bounded_and_never_with_force_copy() {
+        let window = |seconds| Some(prost_types::Duration { seconds, nanos: 0 });
+        let spec = WarmSpec::parse(
+            &pb::WarmCacheRequest {
+                max_staleness: window(30),
+                ..good()
+            },
+            &Limits::default(),
+        )
+        .unwrap();
+        assert_eq!(spec.max_staleness, Duration::from_secs(30));
+        assert_eq!(
+            WarmSpec::parse(&pb::WarmCacheRequest::from(&spec), &Limits::default()).unwrap(),
+            spec,
+            "round-trips"
+        );
+        for bad in [
+            pb::WarmCacheRequest {
+                max_staleness: window(30),
+                force_copy: true,
+                ..good()
+            },
+            pb::WarmCacheRequest {
+                max_staleness: window(-1),
+                ..good()
+            },
+            pb::WarmCacheRequest {
+                max_staleness: window(365 * 24 * 3600),
+                ..good()
+            },
+        ] {
+            let e = WarmSpec::parse(&bad, &Limits::default()).unwrap_err();
+            assert_eq!(fields(e), ["max_staleness"], "{bad:?}");
         }
     }
 
@@ -490,6 +573,7 @@ mod tests {
             force_copy: false,
             request_id: "has space".into(),
             destination_prefix: "no-slash".into(),
+            max_staleness: None,
         };
         let f = fields(WarmSpec::parse(&req, &Limits::default()).unwrap_err());
         assert_eq!(

@@ -164,6 +164,9 @@ pub struct WarmReport {
     /// The running warm of the same data this one joined instead of
     /// listing again, if it did.
     pub joined_operation_id: Option<String>,
+    /// The recent SUCCEEDED warm this one was answered from within its
+    /// max_staleness (nothing was listed), if it was.
+    pub fresh_from_operation_id: Option<String>,
     /// The final update as received.
     pub last: Progress,
 }
@@ -194,6 +197,7 @@ impl WarmReport {
             lease_expires_at: time(last.lease_expires_at.as_ref()),
             superseded_operation_id: nonempty(&last.superseded_operation_id),
             joined_operation_id: nonempty(&last.joined_operation_id),
+            fresh_from_operation_id: nonempty(&last.fresh_from_operation_id),
             last: Progress::from(last),
         }
     }

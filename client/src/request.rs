@@ -58,6 +58,18 @@ impl WarmRequest {
         self
     }
 
+    /// Answer at once from a SUCCEEDED warm of the same data that finished
+    /// at most `window` ago, if its leases are live, instead of listing the
+    /// source (changes within the window go unnoticed). Zero, the default:
+    /// always list.
+    pub fn max_staleness(mut self, window: Duration) -> Self {
+        self.inner.max_staleness = (!window.is_zero()).then(|| prost_types::Duration {
+            seconds: i64::try_from(window.as_secs()).unwrap_or(i64::MAX),
+            nanos: i32::try_from(window.subsec_nanos()).unwrap_or(0),
+        });
+        self
+    }
+
     /// Idempotency key: resubmitting with the same id reattaches to the
     /// running operation instead of starting another. Without one,
     /// [`Client::warm_and_wait`](crate::Client::warm_and_wait) generates

@@ -66,6 +66,7 @@ ON_EVENT = {
     "expresscache_index_errors_total",
     "expresscache_evictions_total",
     "expresscache_warms_joined_total",
+    "expresscache_warms_fresh_total",
 }
 
 RATE_FUNCS = {"rate", "irate", "increase"}

@@ -38,6 +38,7 @@ fn spec(request_id: &str) -> WarmSpec {
         force_copy: false,
         request_id: Some(RequestId::parse(request_id).unwrap_or_else(|e| panic!("{e}"))),
         destination_prefix: Prefix::root(),
+        max_staleness: std::time::Duration::ZERO,
     }
 }
 

@@ -24,6 +24,7 @@ use tokio::net::TcpListener;
 pub const WARMS_STARTED: &str = "expresscache_warms_started_total";
 pub const WARMS_FINISHED: &str = "expresscache_warms_finished_total";
 pub const WARMS_JOINED: &str = "expresscache_warms_joined_total";
+pub const WARMS_FRESH: &str = "expresscache_warms_fresh_total";
 pub const OBJECTS_LISTED: &str = "expresscache_objects_listed_total";
 pub const OBJECTS_HIT: &str = "expresscache_objects_hit_total";
 pub const OBJECTS_COPIED: &str = "expresscache_objects_copied_total";
@@ -34,6 +35,7 @@ pub const BYTES_COPIED: &str = "expresscache_copied_bytes_total";
 pub const COPY_RETRIES: &str = "expresscache_copy_retries_total";
 pub const THROTTLE_EVENTS: &str = "expresscache_throttle_events_total";
 pub const S3_REQUEST_DURATION: &str = "expresscache_s3_request_duration_seconds";
+pub const S3_LIST_REQUESTS: &str = "expresscache_s3_list_requests_total";
 pub const S3_REQUESTS_IN_FLIGHT: &str = "expresscache_s3_requests_in_flight";
 pub const S3_CONCURRENCY_LIMIT: &str = "expresscache_s3_concurrency_limit";
 pub const INDEX_REQUEST_DURATION: &str = "expresscache_index_request_duration_seconds";
@@ -66,6 +68,14 @@ fn describe() {
     describe_counter!(
         WARMS_JOINED,
         "Warms that joined a running warm of the same data instead of listing again"
+    );
+    describe_counter!(
+        S3_LIST_REQUESTS,
+        "Source listing requests (ListObjectsV2 pages), each billed by S3"
+    );
+    describe_counter!(
+        WARMS_FRESH,
+        "Warms answered from a recent SUCCEEDED warm within their max_staleness, without listing"
     );
     describe_counter!(
         OBJECTS_LISTED,

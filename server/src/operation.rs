@@ -90,6 +90,9 @@ pub struct OperationState {
     pub superseded_operation_id: Option<String>,
     /// The running operation this one joined instead of listing again.
     pub joined_operation_id: Option<String>,
+    /// The recent SUCCEEDED warm this one was answered from (its
+    /// max_staleness).
+    pub fresh_from_operation_id: Option<String>,
 }
 
 impl OperationState {
@@ -109,6 +112,7 @@ impl OperationState {
             lease_expires_at: None,
             superseded_operation_id: None,
             joined_operation_id: None,
+            fresh_from_operation_id: None,
         }
     }
 

@@ -771,6 +771,7 @@ max_ttl = "1d"
             force_copy: false,
             request_id: None,
             destination_prefix: Prefix::parse(dest).unwrap(),
+            max_staleness: std::time::Duration::ZERO,
         }
     }
 

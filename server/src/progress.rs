@@ -45,6 +45,8 @@ pub struct Progress {
     superseded: std::sync::OnceLock<String>,
     /// What of the counters the metrics already hold.
     exported: crate::metrics::CounterExport,
+    /// The recent warm this one was answered from.
+    fresh_from: std::sync::OnceLock<String>,
     /// The running operation whose work this one follows (its counters
     /// are that one's, so the metrics do not count them again).
     joined: Mutex<Option<String>>,
@@ -91,6 +93,7 @@ impl Progress {
             superseded: std::sync::OnceLock::new(),
             exported: crate::metrics::CounterExport::starting_at(Counters::default()),
             joined: Mutex::new(None),
+            fresh_from: std::sync::OnceLock::new(),
             tx,
         };
         (p, rx)
@@ -171,6 +174,16 @@ impl Progress {
         let mut f = self.failures.lock().unwrap_or_else(|e| e.into_inner());
         *f = failures;
         f.truncate(MAX_INLINE_FAILURES);
+    }
+
+    /// Answered from recent warm `id` (nothing listed): shows what that
+    /// one found, all of it cached.
+    pub fn set_fresh_from(&self, id: &str, found: &OperationState) {
+        let _ = self.fresh_from.set(id.to_owned());
+        let c = &found.counters;
+        self.listed.store(c.objects_listed, Ordering::Relaxed);
+        self.bytes_listed.store(c.bytes_listed, Ordering::Relaxed);
+        self.hits.store(c.objects_listed, Ordering::Relaxed);
     }
 
     /// Whether the final state was published.
@@ -298,6 +311,7 @@ impl Progress {
                 .filter(|&at| at > 0),
             superseded_operation_id: self.superseded.get().cloned(),
             joined_operation_id: self.joined(),
+            fresh_from_operation_id: self.fresh_from.get().cloned(),
         }
     }
 

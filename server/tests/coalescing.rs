@@ -176,3 +176,79 @@ async fn a_hundred_identical_warms_list_the_source_once_per_page() {
         .unwrap();
     assert!(forced.joined_operation_id.is_none());
 }
+
+/// A cold warm of `m/` to completion; its report.
+async fn warm_once(fx: &Fixture, staleness: Duration) -> expresscache_client::WarmReport {
+    fx.client()
+        .await
+        .warm_and_wait(fx.request(&["m/"]).max_staleness(staleness), |_| {})
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn within_max_staleness_a_recent_success_answers_without_listing() {
+    let fx = fixture(20, 0).await;
+    let first = warm_once(&fx, Duration::ZERO).await;
+    assert_eq!(first.outcome, Outcome::Succeeded);
+    let lists = fx.server.store.calls.list.load(Ordering::Relaxed);
+
+    let fresh = warm_once(&fx, Duration::from_secs(60)).await;
+    assert_eq!(fresh.outcome, Outcome::Succeeded);
+    assert_eq!(
+        fresh.fresh_from_operation_id.as_deref(),
+        Some(first.operation_id.as_str())
+    );
+    assert_eq!(fresh.counters.objects_hit, 20, "all of it, as found then");
+    assert_eq!(
+        fx.server.store.calls.list.load(Ordering::Relaxed),
+        lists,
+        "nothing listed"
+    );
+    assert!(
+        fresh.lease_expires_at.is_some(),
+        "its own leases were written"
+    );
+
+    // Without the window it lists (and finds everything cached).
+    let listed = warm_once(&fx, Duration::ZERO).await;
+    assert!(listed.fresh_from_operation_id.is_none());
+    assert_eq!(listed.counters.objects_hit, 20);
+    assert!(fx.server.store.calls.list.load(Ordering::Relaxed) > lists);
+
+    // Past the window: the recent warms are too old; it lists.
+    fx.server.clock.advance(120_000);
+    let lists = fx.server.store.calls.list.load(Ordering::Relaxed);
+    let old = warm_once(&fx, Duration::from_secs(60)).await;
+    assert!(old.fresh_from_operation_id.is_none(), "{old:?}");
+    assert!(fx.server.store.calls.list.load(Ordering::Relaxed) > lists);
+}
+
+#[tokio::test]
+async fn an_evicted_success_is_not_an_answer_and_force_copy_refuses_a_window() {
+    let fx = fixture(10, 0).await;
+    warm_once(&fx, Duration::ZERO).await;
+    let mut client = fx.client().await;
+    client
+        .evict(fx.dir.clone(), vec!["m/".into()], false)
+        .await
+        .unwrap();
+    // Its leases ended: it no longer stands for the data.
+    let after = warm_once(&fx, Duration::from_secs(3600)).await;
+    assert!(after.fresh_from_operation_id.is_none(), "{after:?}");
+    assert_eq!(after.counters.objects_copied, 10, "copied again");
+    assert_eq!(list_keys(&fx.s3, &fx.dir, "m/").await.len(), 10);
+
+    let refused = client
+        .warm(
+            fx.request(&["m/"])
+                .force_copy(true)
+                .max_staleness(Duration::from_secs(5)),
+        )
+        .await
+        .map(|_| ());
+    assert!(
+        matches!(refused, Err(expresscache_client::ClientError::Invalid(_))),
+        "validated before sending: {refused:?}"
+    );
+}

@@ -126,6 +126,7 @@ fn operation(id: &str, rid: Option<&str>, created_at: i64) -> OperationRecord {
             force_copy: false,
             request_id: rid.map(|r| RequestId::parse(r).unwrap()),
             destination_prefix: Prefix::root(),
+            max_staleness: std::time::Duration::ZERO,
         },
         state: OperationState::queued(id, created_at),
         created_at,

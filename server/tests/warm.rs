@@ -256,6 +256,10 @@ async fn bad_requests_get_precise_codes_and_field_details() {
             force_copy: false,
             request_id: String::new(),
             destination_prefix: String::new(),
+            max_staleness: Some(prost_types::Duration {
+                seconds: -5,
+                nanos: 0,
+            }),
         })
         .await
         .expect_err("invalid request accepted");
@@ -274,7 +278,8 @@ async fn bad_requests_get_precise_codes_and_field_details() {
             "prefixes[0]",
             "prefixes[2]",
             "directory_bucket",
-            "ttl"
+            "ttl",
+            "max_staleness"
         ]
     );
 

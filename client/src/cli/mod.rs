@@ -189,6 +189,11 @@ struct WarmArgs {
     /// one is generated when omitted, so reconnects never start a second warm.
     #[arg(long)]
     request_id: Option<String>,
+    /// Answer at once when a warm of the same data succeeded at most this
+    /// long ago and its leases are live, e.g. 30s, 10m (no listing: changes
+    /// within the window go unnoticed). 0: always list.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+    max_staleness: Duration,
     #[command(flatten)]
     follow: FollowArgs,
 }
@@ -283,6 +288,7 @@ async fn warm(endpoints: &Arc<Endpoints>, a: WarmArgs) -> ExitCode {
     let mut request = WarmRequest::new(a.bucket, a.directory_bucket)
         .ttl(a.ttl)
         .force_copy(a.force_copy)
+        .max_staleness(a.max_staleness)
         .destination_prefix(a.destination_prefix);
     // A random id when none is given: a reconnect then reattaches to the
     // running warm instead of starting a second.

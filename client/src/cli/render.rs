@@ -72,6 +72,9 @@ pub fn progress_json(p: &pb::WarmProgress) -> Value {
     if let Some(t) = &p.lease_expires_at {
         v["lease_expires_at"] = json!(t.to_string());
     }
+    if !p.fresh_from_operation_id.is_empty() {
+        v["fresh_from_operation_id"] = json!(p.fresh_from_operation_id);
+    }
     if !p.joined_operation_id.is_empty() {
         v["joined_operation_id"] = json!(p.joined_operation_id);
     }

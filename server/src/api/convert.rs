@@ -76,6 +76,7 @@ pub fn progress(s: OperationState) -> pb::WarmProgress {
         error: s.error.unwrap_or_default(),
         superseded_operation_id: s.superseded_operation_id.unwrap_or_default(),
         joined_operation_id: s.joined_operation_id.unwrap_or_default(),
+        fresh_from_operation_id: s.fresh_from_operation_id.unwrap_or_default(),
         operation_id: s.operation_id,
     }
 }

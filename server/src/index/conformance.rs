@@ -40,6 +40,7 @@ fn warm_spec(request_id: Option<&str>) -> WarmSpec {
         force_copy: false,
         request_id: request_id.map(|r| RequestId::parse(r).unwrap()),
         destination_prefix: Prefix::root(),
+        max_staleness: std::time::Duration::ZERO,
     }
 }
 

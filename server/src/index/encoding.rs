@@ -35,6 +35,9 @@ pub struct RequestDoc {
     pub request_id: Option<String>,
     #[serde(default)]
     pub destination_prefix: String,
+    /// Milliseconds; 0 (and absent, from earlier releases): always list.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub max_staleness_ms: u64,
     /// The principal that submitted it (absent: anonymous, or an earlier
     /// release).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -114,6 +117,12 @@ pub struct StateDoc {
     pub superseded_operation_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub joined_operation_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fresh_from_operation_id: Option<String>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 const PHASES: [(Phase, &str); 4] = [
@@ -167,6 +176,7 @@ impl From<&WarmSpec> for RequestDoc {
             force_copy: s.force_copy,
             request_id: s.request_id.as_ref().map(ToString::to_string),
             destination_prefix: s.destination_prefix.to_string(),
+            max_staleness_ms: u64::try_from(s.max_staleness.as_millis()).unwrap_or(u64::MAX),
             owner: None,
         }
     }
@@ -209,6 +219,7 @@ impl RequestDoc {
                 .map_err(|e| bad("request_id", e))?,
             destination_prefix: Prefix::parse(&self.destination_prefix)
                 .map_err(|e| bad("destination_prefix", e))?,
+            max_staleness: Duration::from_millis(self.max_staleness_ms),
         })
     }
 }
@@ -238,6 +249,7 @@ impl From<&OperationState> for StateDoc {
             lease_expires_at: s.lease_expires_at,
             superseded_operation_id: s.superseded_operation_id.clone(),
             joined_operation_id: s.joined_operation_id.clone(),
+            fresh_from_operation_id: s.fresh_from_operation_id.clone(),
         }
     }
 }
@@ -270,6 +282,7 @@ impl StateDoc {
             lease_expires_at: self.lease_expires_at,
             superseded_operation_id: self.superseded_operation_id,
             joined_operation_id: self.joined_operation_id,
+            fresh_from_operation_id: self.fresh_from_operation_id,
         })
     }
 }
@@ -330,6 +343,7 @@ mod tests {
             force_copy: true,
             request_id: Some(RequestId::parse("job-7").unwrap()),
             destination_prefix: Prefix::parse("team/").unwrap(),
+            max_staleness: std::time::Duration::ZERO,
         }
     }
 

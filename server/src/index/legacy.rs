@@ -88,5 +88,6 @@ pub fn state(id: &str, blob: &[u8]) -> Result<OperationState, IndexError> {
         lease_expires_at: millis(p.lease_expires_at.as_ref()),
         superseded_operation_id: Some(p.superseded_operation_id).filter(|s| !s.is_empty()),
         joined_operation_id: None,
+        fresh_from_operation_id: None,
     })
 }

@@ -92,6 +92,14 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
         owner: &str,
         stop: &StopSignal,
     ) -> Result<WarmOutcome, WarmError> {
+        if !spec.max_staleness.is_zero() {
+            match self.answer_fresh(id, spec, progress, owner, stop).await {
+                Ok(true) => return Ok(WarmOutcome::Succeeded),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(operation_id = id, error = %e,
+                    "looking for a recent warm of the same data failed; listing instead"),
+            }
+        }
         loop {
             let Some((leader, rx)) = self.leader_for(id, spec) else {
                 if progress.joined().is_some() {
@@ -117,6 +125,55 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
                 }
             }
         }
+    }
+
+    /// Answers `spec` from a warm of the same data that finished SUCCEEDED
+    /// within its max_staleness and still stands for the data (every lease
+    /// it left live, the very lease it wrote): writes this warm's own
+    /// leases and says which warm it relied on. False when there is none
+    /// (or its leases ended meanwhile): the warm lists as usual.
+    async fn answer_fresh(
+        &self,
+        id: &str,
+        spec: &WarmSpec,
+        progress: &Progress,
+        owner: &str,
+        stop: &StopSignal,
+    ) -> Result<bool, WarmError> {
+        /// Finished operations looked at, newest first: the window is for
+        /// warms of a moment ago, not an archive search.
+        const RECENT: usize = 200;
+        let now = self.warmer.clock.now();
+        let window = crate::index::span_millis(spec.max_staleness);
+        let recent = self
+            .index()
+            .list_operations(crate::index::OpFilter::Finished, None, RECENT)
+            .await?;
+        for op in recent {
+            let finished_at = op
+                .state
+                .started_at
+                .saturating_add(crate::index::span_millis(op.state.elapsed));
+            let fits = op.id != id
+                && op.state.outcome == Some(Outcome::Succeeded)
+                && now.saturating_sub(finished_at) <= window
+                && covers(&op.request, spec);
+            if !fits || !self.still_backed(&op).await? {
+                continue;
+            }
+            match self.warmer.write_leases(spec, progress, owner, stop).await {
+                Ok(()) => {}
+                // Evicted in between: list after all.
+                Err(WarmError::LeaseEnded { .. }) => return Ok(false),
+                Err(e) => return Err(e),
+            }
+            progress.set_fresh_from(&op.id, &op.state);
+            metrics::counter!(crate::metrics::WARMS_FRESH).increment(1);
+            tracing::info!(operation_id = id, fresh_from = %op.id,
+                "answered from a recent warm of the same data (max_staleness)");
+            return Ok(true);
+        }
+        Ok(false)
     }
 
     /// Follows `leader`'s work to its end, keeping this warm's own leases.
@@ -233,6 +290,7 @@ mod tests {
             force_copy,
             request_id: None,
             destination_prefix: Prefix::root(),
+            max_staleness: std::time::Duration::ZERO,
         }
     }
 

@@ -23,6 +23,7 @@ fn unfinished(id: &str, resumptions: u32) -> OperationRecord {
             force_copy: false,
             request_id: None,
             destination_prefix: expresscache::Prefix::root(),
+            max_staleness: Duration::ZERO,
         },
         state: OperationState {
             phase: crate::operation::Phase::Copying,

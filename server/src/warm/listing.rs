@@ -181,6 +181,7 @@ impl<S: ObjectStore, I: CacheIndex> WarmRun<'_, S, I> {
             if self.stop.is_set() {
                 return Ok(Listed::Stop);
             }
+            metrics::counter!(crate::metrics::S3_LIST_REQUESTS).increment(1);
             let page = self
                 .w
                 .store

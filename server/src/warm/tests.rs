@@ -44,6 +44,7 @@ pub(super) fn spec(force: bool) -> WarmSpec {
             force_copy: force,
             request_id: String::new(),
             destination_prefix: String::new(),
+            max_staleness: None,
         },
         &expresscache::Limits::default(),
     )

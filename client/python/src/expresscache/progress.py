@@ -144,6 +144,10 @@ class Progress:
     """The destination bucket's current adaptive copy concurrency."""
     superseded_operation_id: str | None
     """The earlier operation whose request_id this warm took over, if any."""
+    joined_operation_id: str | None
+    """The running warm of the same data this one joined instead of listing."""
+    fresh_from_operation_id: str | None
+    """The recent SUCCEEDED warm this one was answered from (max_staleness)."""
     raw: pb.WarmProgress = field(repr=False, compare=False)
 
     @property
@@ -170,6 +174,8 @@ class Progress:
             lease_expires_at=_proto_time.timestamp(m, "lease_expires_at"),
             concurrency_limit=m.concurrency_limit,
             superseded_operation_id=m.superseded_operation_id or None,
+            joined_operation_id=m.joined_operation_id or None,
+            fresh_from_operation_id=m.fresh_from_operation_id or None,
             raw=m,
         )
 

@@ -32,6 +32,10 @@ class WarmRequest:
     """Copy everything again, even objects cached and unchanged."""
     destination_prefix: str = ""
     """Cache source key K as ``destination_prefix + K`` (``""`` or ending in ``/``)."""
+    max_staleness: timedelta = timedelta(0)
+    """Answer at once from a SUCCEEDED warm of the same data that finished at
+    most this long ago, if its leases are live, without listing (changes in
+    the window go unnoticed). Zero, the default: always list."""
     request_id: str | None = None
     """Idempotency key (1-128 of ``[A-Za-z0-9._:-]``): resubmitting the same
     request with it attaches to the same operation. ``warm_and_wait``
@@ -56,6 +60,9 @@ class WarmRequest:
             force_copy=self.force_copy,
             request_id=self.request_id or "",
             destination_prefix=self.destination_prefix,
+            max_staleness=(
+                _proto_time.to_duration(self.max_staleness) if self.max_staleness else None
+            ),
         )
 
     @classmethod
@@ -67,6 +74,7 @@ class WarmRequest:
             ttl=_proto_time.duration(m, "ttl") or timedelta(0),
             force_copy=m.force_copy,
             destination_prefix=m.destination_prefix,
+            max_staleness=_proto_time.duration(m, "max_staleness") or timedelta(0),
             request_id=m.request_id or None,
         )
 

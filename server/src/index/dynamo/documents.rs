@@ -119,6 +119,7 @@ mod tests {
             force_copy: true,
             request_id: Some(RequestId::parse("job-1").unwrap()),
             destination_prefix: Prefix::root(),
+            max_staleness: std::time::Duration::ZERO,
         };
         let attr = doc_attr(&RequestDoc::from(&spec));
         let map = attr.as_m().unwrap();
