@@ -60,8 +60,11 @@ log "seeding $OBJECTS objects in 3 prefixes, and 100 prefixes of 5 for the mixed
 import os, sys
 from concurrent.futures import ThreadPoolExecutor
 import boto3
+from botocore.config import Config
 src, dest, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
-s3 = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+# CreateBucket of a directory bucket is regional: no S3 Express session.
+s3 = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"], config=Config(
+    s3={"disable_s3_express_session_auth": True}, max_pool_connections=32))
 s3.create_bucket(Bucket=src)
 s3.create_bucket(Bucket=dest, CreateBucketConfiguration={
     "Location": {"Type": "AvailabilityZone", "Name": "use1-az4"},

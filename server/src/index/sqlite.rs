@@ -6,7 +6,7 @@
 
 use std::ops::Bound;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -91,7 +91,11 @@ CREATE TABLE IF NOT EXISTS replicas (
 /// SQLite-backed [`CacheIndex`].
 #[derive(Debug, Clone)]
 pub struct SqliteIndex {
-    conn: Arc<Mutex<Connection>>,
+    /// An async, first-come-first-served lock: a thousand warms at once (a
+    /// job array) wait their turn as tasks, and only the holder occupies a
+    /// blocking thread, instead of a thousand blocking threads convoying
+    /// on one mutex, each woken to find it taken.
+    conn: Arc<tokio::sync::Mutex<Connection>>,
     /// Stamps operation records' `updated_at` (which retention compares
     /// with the same clock).
     clock: Arc<dyn Clock>,
@@ -144,7 +148,7 @@ impl SqliteIndex {
         conn.execute_batch(SCHEMA).map_err(storage)?;
         migrate(&mut conn)?;
         Ok(Self {
-            conn: Arc::new(Mutex::new(conn)),
+            conn: Arc::new(tokio::sync::Mutex::new(conn)),
             clock: Arc::new(SystemClock),
         })
     }
@@ -178,13 +182,10 @@ impl SqliteIndex {
         R: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<R, IndexError> + Send + 'static,
     {
-        let conn = Arc::clone(&self.conn);
-        tokio::task::spawn_blocking(move || {
-            let mut guard = conn.lock().unwrap_or_else(|e| e.into_inner());
-            f(&mut guard)
-        })
-        .await
-        .map_err(|e| IndexError::Storage(format!("index task failed: {e}")))?
+        let mut conn = Arc::clone(&self.conn).lock_owned().await;
+        tokio::task::spawn_blocking(move || f(&mut conn))
+            .await
+            .map_err(|e| IndexError::Storage(format!("index task failed: {e}")))?
     }
 }
 

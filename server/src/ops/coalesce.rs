@@ -106,13 +106,19 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
                     // Leading from zero: the counters become its own.
                     progress.set_joined(None);
                 }
-                return match self.admission.slot(stop).await {
+                let result = match self.admission.slot(stop).await {
                     Some(_slot) => self.warmer.run_until(spec, progress, owner, stop).await,
                     None if stop.reason() == Some(StopReason::Cancelled) => {
                         Ok(WarmOutcome::Cancelled)
                     }
                     None => Ok(WarmOutcome::Interrupted),
                 };
+                // Its listing is over: a warm that arrives now lists anew
+                // (joining only ever shares work still under way).
+                if let Some(me) = self.live().get_mut(id) {
+                    me.leading = false;
+                }
+                return result;
             };
             match self
                 .follow_leader(id, spec, progress, owner, stop, &leader, rx)
