@@ -149,6 +149,20 @@ async fn a_joiner_whose_leader_fails_fails_with_the_reason() {
 async fn a_hundred_identical_warms_list_the_source_once_per_page() {
     let fx = fixture(50, 20).await;
     let mut one = fx.client().await;
+    // A bucket found to exist is not asked again for a while: the herd
+    // below costs no HeadBucket at all once one status call checked it.
+    one.prefix_status(fx.dir.clone(), vec!["m/".into()])
+        .await
+        .unwrap();
+    let first = one
+        .warm_and_wait(fx.request(&["x/"]), |_| {})
+        .await
+        .unwrap();
+    assert_eq!(first.outcome, Outcome::Succeeded);
+    let (lists, others) = (
+        fx.server.store.calls.list.load(Ordering::Relaxed),
+        fx.server.store.calls.other.load(Ordering::Relaxed),
+    );
     // Page size 1000: one page per prefix; a lone cold warm lists once.
     let calls = futures::future::join_all((0..100).map(|_| {
         let fx = &fx;
@@ -167,7 +181,15 @@ async fn a_hundred_identical_warms_list_the_source_once_per_page() {
         .filter(|r| r.joined_operation_id.is_some())
         .count();
     assert_eq!(joined, 99, "one leads, the others join");
-    assert_eq!(fx.server.store.calls.list.load(Ordering::Relaxed), 1);
+    assert_eq!(
+        fx.server.store.calls.list.load(Ordering::Relaxed) - lists,
+        1
+    );
+    assert_eq!(
+        fx.server.store.calls.other.load(Ordering::Relaxed) - others,
+        0,
+        "no bucket checked again, no other request but the copies"
+    );
     assert_eq!(list_keys(&fx.s3, &fx.dir, "m/").await.len(), 50);
     // Unrelated: a warm that forces copies never joins.
     let forced = one

@@ -44,7 +44,12 @@ pub struct Api<S, I> {
     max_request_size: u64,
     /// Who may do what; `None`: single-tenant, everyone may do everything.
     policy: Option<Arc<Policy>>,
+    /// Buckets found to exist, and when.
+    buckets_seen: std::sync::Mutex<std::collections::HashMap<String, tokio::time::Instant>>,
 }
+
+/// How long a bucket found to exist is not checked again.
+const BUCKET_CHECK_TTL: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl<S: ObjectStore, I: CacheIndex + OperationLog> Api<S, I> {
     pub fn new(ops: Arc<Operations<S, I>>, evictor: Arc<Evictor<S, I>>, limits: Limits) -> Self {
@@ -58,6 +63,7 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Api<S, I> {
             status_count_limit: 1_000_000,
             max_request_size: 2 * 1024 * 1024,
             policy: None,
+            buckets_seen: std::sync::Mutex::default(),
         }
     }
 
@@ -133,7 +139,24 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Api<S, I> {
         ))
     }
 
+    /// Checks that `bucket` exists and is reachable. A bucket found so
+    /// within the last [`BUCKET_CHECK_TTL`] is not asked again: a job
+    /// array's thousand identical warms cost two HeadBucket requests, not
+    /// two thousand. Failures are never remembered (a bucket just created
+    /// must work at once), and a warm against a bucket deleted meanwhile
+    /// still fails, at its listing, with the reason.
     async fn check_bucket(&self, field: &'static str, bucket: &str) -> Result<(), ApiError> {
+        let now = tokio::time::Instant::now();
+        let fresh = |seen: &tokio::time::Instant| now.duration_since(*seen) < BUCKET_CHECK_TTL;
+        if self
+            .buckets_seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(bucket)
+            .is_some_and(fresh)
+        {
+            return Ok(());
+        }
         self.store
             .check_bucket(bucket)
             .await
@@ -141,7 +164,14 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Api<S, I> {
                 field,
                 bucket: bucket.to_owned(),
                 source,
-            })
+            })?;
+        let mut seen = self.buckets_seen.lock().unwrap_or_else(|e| e.into_inner());
+        // Bounded: names not seen for a while go.
+        if seen.len() >= 10_000 {
+            seen.retain(|_, at| fresh(at));
+        }
+        seen.insert(bucket.to_owned(), now);
+        Ok(())
     }
 
     async fn warm(
