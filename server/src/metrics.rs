@@ -278,6 +278,12 @@ impl CounterExport {
         }
     }
 
+    /// Takes `counters` as already counted (growth that was not work,
+    /// e.g. a warm answered from another's result).
+    pub fn skip_to(&self, counters: &Counters) {
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = *counters;
+    }
+
     /// Adds the growth since the last call.
     pub fn export(&self, now: &Counters) {
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());

@@ -102,9 +102,20 @@ impl Progress {
     /// Adds what the counters grew by since the last call to the metrics
     /// (so they move while a long warm runs).
     pub fn export_metrics(&self) {
-        if self.joined().is_none() {
+        // Under the lock that set_joined takes: never the joined warm's
+        // counters, which are not this warm's work.
+        let joined = self.joined.lock().unwrap_or_else(|e| e.into_inner());
+        if joined.is_none() {
             self.exported.export(&self.counters());
         }
+    }
+
+    /// The phase now (Done only once finished).
+    pub fn phase(&self) -> Phase {
+        if self.is_finished() {
+            return Phase::Done;
+        }
+        PHASES[usize::from(self.phase.load(Ordering::Relaxed)).min(PHASES.len() - 1)]
     }
 
     /// The operation this one joined, if it follows another's work.
@@ -118,7 +129,7 @@ impl Progress {
     /// Follows `id`'s work from now on (`None`: does its own again, from
     /// zero).
     pub fn set_joined(&self, id: Option<&str>) {
-        *self.joined.lock().unwrap_or_else(|e| e.into_inner()) = id.map(str::to_owned);
+        let mut joined = self.joined.lock().unwrap_or_else(|e| e.into_inner());
         if id.is_none() {
             for c in [
                 &self.listed,
@@ -140,6 +151,10 @@ impl Progress {
                 .unwrap_or_else(|e| e.into_inner())
                 .clear();
         }
+        // Counters zeroed before the mark goes: an export in between sees
+        // either the mark or zeros.
+        *joined = id.map(str::to_owned);
+        drop(joined);
         self.publish();
     }
 
@@ -184,6 +199,8 @@ impl Progress {
         self.listed.store(c.objects_listed, Ordering::Relaxed);
         self.bytes_listed.store(c.bytes_listed, Ordering::Relaxed);
         self.hits.store(c.objects_listed, Ordering::Relaxed);
+        // Shown, not done: the metrics count work.
+        self.exported.skip_to(&self.counters());
     }
 
     /// Whether the final state was published.

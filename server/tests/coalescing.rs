@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use common::Fixture;
 use expresscache_client::{pb, Outcome};
-use expresscache_server::store::Op;
-use expresscache_server::testing::list_keys;
+use expresscache_server::store::{Op, StoreError};
+use expresscache_server::testing::{get, list_keys, put};
 
 fn objects(prefix: &str, n: usize) -> Vec<(String, Vec<u8>)> {
     (0..n)
@@ -63,57 +63,66 @@ async fn start_until(
 }
 
 #[tokio::test]
-async fn a_warm_that_arrives_mid_warm_joins_it_and_ends_with_every_object_present() {
+async fn a_warm_that_arrives_mid_listing_leads_the_next_round_and_sees_changes_and_later_ones_join_it(
+) {
     let fx = fixture(40, 40).await;
     let (leader, first) = start_until(&fx, &["m/"], |p| {
         p.counters.unwrap_or_default().objects_copied >= 5
     })
     .await;
+    // The source changes after the running warm listed it.
+    put(&fx.s3, &fx.src, "m/003", b"changed".to_vec()).await;
+    put(&fx.s3, &fx.src, "m/new", b"added".to_vec()).await;
     let lists = fx.server.store.calls.list.load(Ordering::Relaxed);
 
-    // Past its opening (QUEUED) message: joined, or (wrongly) working.
-    let (joiner, opening) = start_until(&fx, &["m/"], |p| {
-        !p.joined_operation_id.is_empty() || p.phase != pb::Phase::Queued as i32
+    // Too late to join (that warm's listing predates this request): it
+    // waits for that round, then lists itself.
+    let (next, opening) = start_until(&fx, &["m/"], |_| true).await;
+    assert!(opening.joined_operation_id.is_empty(), "{opening:?}");
+    // A warm arriving while that one waits joins it.
+    let (joiner, joined_first) = start_until(&fx, &["m/"], |p| {
+        p.phase != pb::Phase::Queued as i32 || !p.joined_operation_id.is_empty()
     })
     .await;
     assert_eq!(
-        opening.joined_operation_id, first.operation_id,
-        "{opening:?}"
+        joined_first.joined_operation_id, opening.operation_id,
+        "{joined_first:?}"
     );
-    assert_ne!(
-        opening.operation_id, first.operation_id,
-        "its own operation"
-    );
+
+    assert_eq!(outcome(&finish(leader).await), pb::Outcome::Succeeded);
+    let next = finish(next).await;
+    assert_eq!(outcome(&next), pb::Outcome::Succeeded, "{next:?}");
     let joined = finish(joiner).await;
     assert_eq!(outcome(&joined), pb::Outcome::Succeeded, "{joined:?}");
-    assert_eq!(outcome(&finish(leader).await), pb::Outcome::Succeeded);
-    assert_eq!(list_keys(&fx.s3, &fx.dir, "m/").await.len(), 40);
+    assert_eq!(joined.joined_operation_id, opening.operation_id);
+    // Present and current for both: the change and the addition landed.
+    assert_eq!(list_keys(&fx.s3, &fx.dir, "m/").await.len(), 41);
+    assert_eq!(get(&fx.s3, &fx.dir, "m/003").await, b"changed");
+    assert_eq!(get(&fx.s3, &fx.dir, "m/new").await, b"added");
     assert_eq!(
-        fx.server.store.calls.list.load(Ordering::Relaxed),
-        lists,
-        "the joiner listed nothing"
+        fx.server.store.calls.list.load(Ordering::Relaxed) - lists,
+        1,
+        "one listing for the round, none for its joiner"
     );
-    // Its own lease, at its own TTL, stands for the data.
+    // The joiner's own lease stands for the data.
     let status = fx
         .client()
         .await
-        .operation_status(&joined.operation_id)
+        .prefix_status(&fx.dir, vec!["m/".into()])
         .await
         .unwrap();
-    assert_eq!(
-        status.progress.unwrap().joined_operation_id,
-        first.operation_id
-    );
+    assert!(!status[0].leases.is_empty());
+    let _ = first;
 }
 
 #[tokio::test]
-async fn cancelling_the_first_caller_leaves_the_joiners_to_finish_the_work() {
+async fn cancelling_the_first_caller_leaves_the_others_to_finish_the_work() {
     let fx = fixture(60, 40).await;
     let (leader, first) = start_until(&fx, &["m/"], |p| {
         p.counters.unwrap_or_default().objects_copied >= 3
     })
     .await;
-    let (a, _) = start_until(&fx, &["m/"], |p| !p.joined_operation_id.is_empty()).await;
+    let (a, a_first) = start_until(&fx, &["m/"], |_| true).await;
     let (b, _) = start_until(&fx, &["m/"], |p| !p.joined_operation_id.is_empty()).await;
 
     fx.client().await.cancel(&first.operation_id).await.unwrap();
@@ -121,49 +130,70 @@ async fn cancelling_the_first_caller_leaves_the_joiners_to_finish_the_work() {
     let (a, b) = tokio::join!(finish(a), finish(b));
     assert_eq!(outcome(&a), pb::Outcome::Succeeded, "{a:?}");
     assert_eq!(outcome(&b), pb::Outcome::Succeeded, "{b:?}");
+    assert_eq!(b.joined_operation_id, a_first.operation_id);
     assert_eq!(list_keys(&fx.s3, &fx.dir, "m/").await.len(), 60);
 }
 
 #[tokio::test]
 async fn a_joiner_whose_leader_fails_fails_with_the_reason() {
-    let fx = fixture(30, 40).await;
-    let (leader, first) = start_until(&fx, &["m/"], |p| {
+    // One warm runs at a time: the leader waits (joinable) behind another.
+    let mut data = objects("m/", 10);
+    data.extend(objects("n/", 20));
+    let refs: Vec<(&str, &[u8])> = data
+        .iter()
+        .map(|(k, b)| (k.as_str(), b.as_slice()))
+        .collect();
+    let fx = Fixture::new_tuned(&refs, |d| {
+        d.warm.engine.max_concurrency = 2;
+        d.ops.max_running = 1;
+    })
+    .await;
+    fx.server.store.delay(Op::Copy, Duration::from_millis(40));
+    let (blocker, _) = start_until(&fx, &["n/"], |p| {
         p.counters.unwrap_or_default().objects_copied >= 1
     })
     .await;
-    let (joiner, _) = start_until(&fx, &["m/"], |p| !p.joined_operation_id.is_empty()).await;
-    // Its index writes fail from now on: the warm fails as a whole.
-    fx.server.index.fail("complete_copies", 1_000);
+    // From now on every listing is refused.
+    fx.server.store.fail(
+        Op::List,
+        None,
+        StoreError::Service {
+            code: "AccessDenied".into(),
+            status: 403,
+            message: "injected for the test".into(),
+        },
+        None,
+    );
+    let (leader, led_first) = start_until(&fx, &["m/"], |_| true).await;
+    let (joiner, joined_first) =
+        start_until(&fx, &["m/"], |p| !p.joined_operation_id.is_empty()).await;
+    assert_eq!(joined_first.joined_operation_id, led_first.operation_id);
+    assert_eq!(outcome(&finish(blocker).await), pb::Outcome::Succeeded);
     let led = finish(leader).await;
     assert_eq!(outcome(&led), pb::Outcome::Failed, "{led:?}");
     let joined = finish(joiner).await;
     assert_eq!(outcome(&joined), pb::Outcome::Failed, "{joined:?}");
     assert!(
-        joined.error.contains(&first.operation_id) && joined.error.contains("failed"),
-        "{}",
+        joined.error.contains(&led_first.operation_id) && joined.error.contains("AccessDenied"),
+        "the leader's reason, named: {}",
         joined.error
     );
 }
 
 #[tokio::test]
-async fn a_hundred_identical_warms_list_the_source_once_per_page() {
+async fn a_hundred_identical_warms_list_the_source_at_most_twice_per_page() {
     let fx = fixture(50, 20).await;
     let mut one = fx.client().await;
     // A bucket found to exist is not asked again for a while: the herd
-    // below costs no HeadBucket at all once one status call checked it.
-    one.prefix_status(fx.dir.clone(), vec!["m/".into()])
-        .await
-        .unwrap();
+    // below costs no HeadBucket for the source once one warm checked it.
     let first = one
         .warm_and_wait(fx.request(&["x/"]), |_| {})
         .await
         .unwrap();
     assert_eq!(first.outcome, Outcome::Succeeded);
-    let (lists, others) = (
-        fx.server.store.calls.list.load(Ordering::Relaxed),
-        fx.server.store.calls.other.load(Ordering::Relaxed),
-    );
-    // Page size 1000: one page per prefix; a lone cold warm lists once.
+    let lists = fx.server.store.calls.list.load(Ordering::Relaxed);
+    // Page size 1000: one page per prefix. The first warm lists; those
+    // arriving after its listing began form one more round, listing once.
     let calls = futures::future::join_all((0..100).map(|_| {
         let fx = &fx;
         async move {
@@ -176,22 +206,19 @@ async fn a_hundred_identical_warms_list_the_source_once_per_page() {
     }))
     .await;
     assert!(calls.iter().all(|r| r.outcome == Outcome::Succeeded));
+    let listed = fx.server.store.calls.list.load(Ordering::Relaxed) - lists;
     let joined = calls
         .iter()
         .filter(|r| r.joined_operation_id.is_some())
         .count();
-    assert_eq!(joined, 99, "one leads, the others join");
+    assert!((1..=2).contains(&listed), "{listed} listings");
     assert_eq!(
-        fx.server.store.calls.list.load(Ordering::Relaxed) - lists,
-        1
-    );
-    assert_eq!(
-        fx.server.store.calls.other.load(Ordering::Relaxed) - others,
-        0,
-        "no bucket checked again, no other request but the copies"
+        joined,
+        100 - listed as usize,
+        "every other warm joined a round"
     );
     assert_eq!(list_keys(&fx.s3, &fx.dir, "m/").await.len(), 50);
-    // Unrelated: a warm that forces copies never joins.
+    // A warm that forces copies never joins.
     let forced = one
         .warm_and_wait(fx.request(&["m/"]).force_copy(true), |_| {})
         .await
@@ -244,6 +271,23 @@ async fn within_max_staleness_a_recent_success_answers_without_listing() {
     let old = warm_once(&fx, Duration::from_secs(60)).await;
     assert!(old.fresh_from_operation_id.is_none(), "{old:?}");
     assert!(fx.server.store.calls.list.load(Ordering::Relaxed) > lists);
+
+    // Answers never chain: only a warm that listed itself answers, and
+    // its age counts from its start.
+    fx.server.clock.advance(40_000);
+    let second = warm_once(&fx, Duration::from_secs(60)).await;
+    assert_eq!(
+        second.fresh_from_operation_id.as_deref(),
+        Some(old.operation_id.as_str())
+    );
+    fx.server.clock.advance(30_000);
+    let lists = fx.server.store.calls.list.load(Ordering::Relaxed);
+    let third = warm_once(&fx, Duration::from_secs(60)).await;
+    assert!(
+        third.fresh_from_operation_id.is_none(),
+        "the last listing is 70 s old, whatever answered since: {third:?}"
+    );
+    assert!(fx.server.store.calls.list.load(Ordering::Relaxed) > lists);
 }
 
 #[tokio::test]
@@ -273,4 +317,39 @@ async fn an_evicted_success_is_not_an_answer_and_force_copy_refuses_a_window() {
         matches!(refused, Err(expresscache_client::ClientError::Invalid(_))),
         "validated before sending: {refused:?}"
     );
+}
+
+#[tokio::test]
+async fn an_evict_during_a_joiners_wait_ends_it_cancelled_with_the_reason() {
+    let mut data = objects("m/", 10);
+    data.extend(objects("n/", 20));
+    let refs: Vec<(&str, &[u8])> = data
+        .iter()
+        .map(|(k, b)| (k.as_str(), b.as_slice()))
+        .collect();
+    let fx = Fixture::new_tuned(&refs, |d| {
+        d.warm.engine.max_concurrency = 2;
+        d.ops.max_running = 1;
+    })
+    .await;
+    fx.server.store.delay(Op::Copy, Duration::from_millis(40));
+    let (blocker, _) = start_until(&fx, &["n/"], |p| {
+        p.counters.unwrap_or_default().objects_copied >= 1
+    })
+    .await;
+    let (leader, led_first) = start_until(&fx, &["m/"], |_| true).await;
+    let (joiner, _) = start_until(&fx, &["m/"], |p| !p.joined_operation_id.is_empty()).await;
+    // The joiner's own lease (written when it joined) is ended now.
+    fx.client()
+        .await
+        .evict(fx.dir.clone(), vec!["m/".into()], false)
+        .await
+        .unwrap();
+    assert_eq!(outcome(&finish(blocker).await), pb::Outcome::Succeeded);
+    let led = finish(leader).await;
+    assert_eq!(outcome(&led), pb::Outcome::Succeeded, "{led:?}");
+    let joined = finish(joiner).await;
+    assert_eq!(outcome(&joined), pb::Outcome::Cancelled, "{joined:?}");
+    assert!(joined.error.contains("lease"), "{}", joined.error);
+    let _ = led_first;
 }

@@ -44,12 +44,17 @@ pub struct Api<S, I> {
     max_request_size: u64,
     /// Who may do what; `None`: single-tenant, everyone may do everything.
     policy: Option<Arc<Policy>>,
-    /// Buckets found to exist, and when.
-    buckets_seen: std::sync::Mutex<std::collections::HashMap<String, tokio::time::Instant>>,
+    /// Buckets found to exist, and when (each behind its own lock, so one
+    /// check is in flight per bucket).
+    buckets_seen: std::sync::Mutex<
+        std::collections::HashMap<String, Arc<tokio::sync::Mutex<Option<tokio::time::Instant>>>>,
+    >,
 }
 
-/// How long a bucket found to exist is not checked again.
-const BUCKET_CHECK_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long a source bucket found to exist is not checked again.
+const SOURCE_CHECK_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+/// The same for a directory bucket: about one warm's time.
+const DESTINATION_CHECK_TTL: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl<S: ObjectStore, I: CacheIndex + OperationLog> Api<S, I> {
     pub fn new(ops: Arc<Operations<S, I>>, evictor: Arc<Evictor<S, I>>, limits: Limits) -> Self {
@@ -139,22 +144,34 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Api<S, I> {
         ))
     }
 
-    /// Checks that `bucket` exists and is reachable. A bucket found so
-    /// within the last [`BUCKET_CHECK_TTL`] is not asked again: a job
-    /// array's thousand identical warms cost two HeadBucket requests, not
-    /// two thousand. Failures are never remembered (a bucket just created
-    /// must work at once), and a warm against a bucket deleted meanwhile
-    /// still fails, at its listing, with the reason.
+    /// Checks that `bucket` exists and is reachable. A bucket found so a
+    /// moment ago is not asked again: a job array's thousand identical
+    /// warms cost a few HeadBucket requests, not two thousand. A source is
+    /// remembered for [`SOURCE_CHECK_TTL`] (one deleted meanwhile still
+    /// fails the warm, at its listing); a directory bucket only for
+    /// [`DESTINATION_CHECK_TTL`], since a warm whose objects are all hits
+    /// sends it nothing. Failures are never remembered (a bucket just
+    /// created must work at once).
     async fn check_bucket(&self, field: &'static str, bucket: &str) -> Result<(), ApiError> {
         let now = tokio::time::Instant::now();
-        let fresh = |seen: &tokio::time::Instant| now.duration_since(*seen) < BUCKET_CHECK_TTL;
-        if self
-            .buckets_seen
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(bucket)
-            .is_some_and(fresh)
-        {
+        let ttl = if field == "directory_bucket" {
+            DESTINATION_CHECK_TTL
+        } else {
+            SOURCE_CHECK_TTL
+        };
+        let fresh = |seen: &tokio::time::Instant| now.duration_since(*seen) < ttl;
+        // One check in flight per bucket: a burst of warms waits for it
+        // rather than sending its own.
+        let slot = {
+            let mut seen = self.buckets_seen.lock().unwrap_or_else(|e| e.into_inner());
+            // Bounded: a server that met this many names starts over.
+            if seen.len() >= 10_000 {
+                seen.clear();
+            }
+            Arc::clone(seen.entry(bucket.to_owned()).or_default())
+        };
+        let mut checked = slot.lock().await;
+        if checked.as_ref().is_some_and(fresh) {
             return Ok(());
         }
         self.store
@@ -165,12 +182,7 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Api<S, I> {
                 bucket: bucket.to_owned(),
                 source,
             })?;
-        let mut seen = self.buckets_seen.lock().unwrap_or_else(|e| e.into_inner());
-        // Bounded: names not seen for a while go.
-        if seen.len() >= 10_000 {
-            seen.retain(|_, at| fresh(at));
-        }
-        seen.insert(bucket.to_owned(), now);
+        *checked = Some(tokio::time::Instant::now());
         Ok(())
     }
 

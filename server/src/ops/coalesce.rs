@@ -1,13 +1,18 @@
 //! Job arrays: many launchers asking for the same data at once. A warm
-//! whose source, directory bucket and destination prefix match a warm
-//! running on this replica, whose prefixes that warm covers, and where
-//! neither forces a copy, joins it instead of listing again: it writes its
-//! own leases (its own TTL), shows the running warm's progress, and ends
-//! with its outcome for its own prefixes.
+//! whose source, directory bucket and destination prefix match a warm on
+//! this replica that covers its prefixes and has **not begun listing**
+//! (it waits for a running slot, or for the round before it), where
+//! neither forces a copy, joins it instead of listing: it writes its own
+//! leases (its own TTL), shows that warm's progress, and ends with its
+//! outcome for its own prefixes. A warm that arrives while a covering warm
+//! already lists leads the next round, after that one ends: what was
+//! listed before it arrived would not be current for it. A burst thus
+//! lists at most twice.
 //!
 //! Guarantees kept:
-//! - ready means present and current: the joined warm's SUCCEEDED covers
-//!   every object under the joiner's prefixes, and the joiner's leases
+//! - ready means present and current: the joined warm lists after the
+//!   joiner arrived, its SUCCEEDED covers every object under the joiner's
+//!   prefixes, and the joiner's leases
 //!   are written (and kept) before it reports, so nothing it reports is
 //!   swept under it; an Evict that ends one of them ends the joiner
 //!   CANCELLED with the reason, as for any warm;
@@ -28,7 +33,7 @@ use tokio::sync::watch;
 
 use super::Operations;
 use crate::index::{CacheIndex, OperationLog};
-use crate::operation::{OperationState, Outcome};
+use crate::operation::{OperationState, Outcome, Phase};
 use crate::progress::Progress;
 use crate::stop::{StopReason, StopSignal};
 use crate::store::ObjectStore;
@@ -48,6 +53,25 @@ pub(super) fn covers(leader: &WarmSpec, joiner: &WarmSpec) -> bool {
             .all(|p| leader.prefixes.iter().any(|l| l.covers(p)))
 }
 
+/// One warm being worked on: who it is, what it asks, where it reports
+/// and what stops it.
+pub(super) struct Attempt<'a> {
+    pub id: &'a str,
+    pub spec: &'a WarmSpec,
+    pub progress: &'a Progress,
+    /// Its claim owner and lease writer in the index.
+    pub owner: &'a str,
+    pub stop: &'a StopSignal,
+}
+
+/// How a warm stopped while waiting ends.
+fn stopped_outcome(stop: &StopSignal) -> WarmOutcome {
+    match stop.reason() {
+        Some(StopReason::Interrupted) => WarmOutcome::Interrupted,
+        _ => WarmOutcome::Cancelled,
+    }
+}
+
 /// How following a joined warm ended.
 enum Followed {
     /// This warm's outcome.
@@ -56,44 +80,64 @@ enum Followed {
     LeaderGone,
 }
 
+/// What a warm does about the warms of the same data on this replica.
+enum Role {
+    /// Join this one: it covers the warm and has not begun listing, so
+    /// what it lists is current for this warm too.
+    Join(String, watch::Receiver<OperationState>),
+    /// Lead the next round once this one (already listing, so too early
+    /// for this warm) has ended; later arrivals join that round.
+    LeadAfter(String, watch::Receiver<OperationState>),
+    /// Lead now.
+    Lead,
+}
+
+/// How often a waiting warm renews the leases it already wrote.
+fn renew_every(spec: &WarmSpec) -> Duration {
+    (spec.ttl / 2).clamp(Duration::from_millis(100), Duration::from_secs(30))
+}
+
 impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
-    /// Under the registry's lock: the progress of a running warm on this
-    /// replica that covers `spec`, or none, and then `id` leads (so a burst
-    /// of identical submissions finds one leader, not many).
-    fn leader_for(
-        &self,
-        id: &str,
-        spec: &WarmSpec,
-    ) -> Option<(String, watch::Receiver<OperationState>)> {
+    /// Under the registry's lock, so a burst of identical submissions
+    /// finds one leader per round, not many: joins a covering warm that
+    /// has not begun listing, or leads (after the covering warm that is
+    /// already listing, if any).
+    fn role_for(&self, id: &str, spec: &WarmSpec) -> Role {
         let mut live = self.live();
-        let found = live.iter().find(|(other, op)| {
+        let covering = |other: &String, op: &super::LiveOp| {
             other.as_str() != id
                 && op.leading
                 && !op.stop.is_set()
                 && !op.progress.is_finished()
                 && covers(&op.request, spec)
-        });
-        if let Some((leader, op)) = found {
-            return Some((leader.clone(), op.progress.subscribe()));
+        };
+        let joinable = live
+            .iter()
+            .find(|(other, op)| covering(other, op) && op.progress.phase() == Phase::Queued)
+            .map(|(other, op)| (other.clone(), op.progress.subscribe()));
+        if let Some((leader, rx)) = joinable {
+            return Role::Join(leader, rx);
         }
+        let listing = live
+            .iter()
+            .find(|(other, op)| covering(other, op))
+            .map(|(other, op)| (other.clone(), op.progress.subscribe()));
         if let Some(me) = live.get_mut(id) {
             me.leading = true;
         }
-        None
+        match listing {
+            Some((current, rx)) => Role::LeadAfter(current, rx),
+            None => Role::Lead,
+        }
     }
 
-    /// The work of warm `id`: joins a running warm that covers it, or runs
-    /// its own (after a running slot frees).
-    pub(super) async fn work(
-        &self,
-        id: &str,
-        spec: &WarmSpec,
-        progress: &Progress,
-        owner: &str,
-        stop: &StopSignal,
-    ) -> Result<WarmOutcome, WarmError> {
+    /// The work of warm `id`: joins a covering warm that has not begun
+    /// listing, or runs its own (after the round under way, and after a
+    /// running slot frees).
+    pub(super) async fn work(&self, a: &Attempt<'_>) -> Result<WarmOutcome, WarmError> {
+        let Attempt { id, spec, stop, .. } = *a;
         if !spec.max_staleness.is_zero() {
-            match self.answer_fresh(id, spec, progress, owner, stop).await {
+            match self.answer_fresh(a).await {
                 Ok(true) => return Ok(WarmOutcome::Succeeded),
                 Ok(false) => {}
                 Err(e) => tracing::warn!(operation_id = id, error = %e,
@@ -101,34 +145,87 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
             }
         }
         loop {
-            let Some((leader, rx)) = self.leader_for(id, spec) else {
-                if progress.joined().is_some() {
-                    // Leading from zero: the counters become its own.
-                    progress.set_joined(None);
-                }
-                let result = match self.admission.slot(stop).await {
-                    Some(_slot) => self.warmer.run_until(spec, progress, owner, stop).await,
-                    None if stop.reason() == Some(StopReason::Cancelled) => {
-                        Ok(WarmOutcome::Cancelled)
+            match self.role_for(id, spec) {
+                Role::Join(leader, rx) => match self.follow_leader(a, &leader, rx).await {
+                    Followed::Done(result) => return result,
+                    Followed::LeaderGone => {
+                        tracing::info!(operation_id = id, joined = %leader,
+                            "the warm this one joined ended without finishing; going on without it");
                     }
-                    None => Ok(WarmOutcome::Interrupted),
-                };
-                // Its listing is over: a warm that arrives now lists anew
-                // (joining only ever shares work still under way).
-                if let Some(me) = self.live().get_mut(id) {
-                    me.leading = false;
+                },
+                Role::LeadAfter(current, mut rx) => {
+                    tracing::info!(operation_id = id, after = %current,
+                        "a warm of the same data is already listing; leading the next round");
+                    // Queued (and joinable) until that round ends.
+                    let ended = async {
+                        while !rx.borrow_and_update().is_done() {
+                            if rx.changed().await.is_err() {
+                                break;
+                            }
+                        }
+                    };
+                    let waited = self.renewing(a, async {
+                        tokio::select! {
+                            () = ended => true,
+                            () = stop.stopped() => false,
+                        }
+                    });
+                    if !waited.await? {
+                        return Ok(stopped_outcome(stop));
+                    }
+                    return self.lead(a).await;
                 }
-                return result;
-            };
-            match self
-                .follow_leader(id, spec, progress, owner, stop, &leader, rx)
-                .await
-            {
-                Followed::Done(result) => return result,
-                Followed::LeaderGone => {
-                    tracing::info!(operation_id = id, joined = %leader,
-                        "the warm this one joined ended without finishing; going on without it");
-                }
+                Role::Lead => return self.lead(a).await,
+            }
+        }
+    }
+
+    /// Runs the attempt's own warm once a running slot frees.
+    async fn lead(&self, a: &Attempt<'_>) -> Result<WarmOutcome, WarmError> {
+        let Attempt {
+            id,
+            spec,
+            progress,
+            owner,
+            stop,
+        } = *a;
+        if progress.joined().is_some() {
+            // Leading from zero: the counters become its own.
+            progress.set_joined(None);
+        }
+        let result = match self.renewing(a, self.admission.slot(stop)).await? {
+            Some(_slot) => self.warmer.run_until(spec, progress, owner, stop).await,
+            None => Ok(stopped_outcome(stop)),
+        };
+        // Its listing is over: a warm that arrives now lists anew.
+        if let Some(me) = self.live().get_mut(id) {
+            me.leading = false;
+        }
+        result
+    }
+
+    /// Awaits `fut`, meanwhile renewing the leases the attempt already
+    /// wrote (a warm that joined, then waits for a slot or a round), so
+    /// they do not lapse under it; an ended lease ends the wait.
+    async fn renewing<T>(
+        &self,
+        a: &Attempt<'_>,
+        fut: impl std::future::Future<Output = T>,
+    ) -> Result<T, WarmError> {
+        if a.progress.lease_epochs().is_empty() {
+            return Ok(fut.await);
+        }
+        tokio::pin!(fut);
+        let mut tick = tokio::time::interval(renew_every(a.spec));
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                v = &mut fut => return Ok(v),
+                _ = tick.tick() => match self.write_leases(a).await {
+                    Ok(()) => {}
+                    Err(e @ WarmError::LeaseEnded { .. }) => return Err(e),
+                    Err(e) => tracing::warn!(operation_id = a.id, error = %e, "lease renewal failed"),
+                },
             }
         }
     }
@@ -138,14 +235,10 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
     /// it left live, the very lease it wrote): writes this warm's own
     /// leases and says which warm it relied on. False when there is none
     /// (or its leases ended meanwhile): the warm lists as usual.
-    async fn answer_fresh(
-        &self,
-        id: &str,
-        spec: &WarmSpec,
-        progress: &Progress,
-        owner: &str,
-        stop: &StopSignal,
-    ) -> Result<bool, WarmError> {
+    async fn answer_fresh(&self, a: &Attempt<'_>) -> Result<bool, WarmError> {
+        let Attempt {
+            id, spec, progress, ..
+        } = *a;
         /// Finished operations looked at, newest first: the window is for
         /// warms of a moment ago, not an archive search.
         const RECENT: usize = 200;
@@ -156,22 +249,30 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
             .list_operations(crate::index::OpFilter::Finished, None, RECENT)
             .await?;
         for op in recent {
-            let finished_at = op
-                .state
-                .started_at
-                .saturating_add(crate::index::span_millis(op.state.elapsed));
+            // Only a warm that listed the source itself answers, and its
+            // age counts from when it started (its listing began no
+            // earlier): answers never chain into a window that slides on
+            // without anything being listed again.
+            let listed_itself = op.state.fresh_from_operation_id.is_none()
+                && op.state.joined_operation_id.is_none();
             let fits = op.id != id
+                && listed_itself
                 && op.state.outcome == Some(Outcome::Succeeded)
-                && now.saturating_sub(finished_at) <= window
+                && now.saturating_sub(op.state.started_at) <= window
                 && covers(&op.request, spec);
-            if !fits || !self.still_backed(&op).await? {
+            if !fits {
                 continue;
             }
-            match self.warmer.write_leases(spec, progress, owner, stop).await {
+            // This warm's leases first, then the check: an Evict between
+            // the two cannot go unseen (it ends the other warm's leases,
+            // which the check then finds ended).
+            match self.write_leases(a).await {
                 Ok(()) => {}
-                // Evicted in between: list after all.
                 Err(WarmError::LeaseEnded { .. }) => return Ok(false),
                 Err(e) => return Err(e),
+            }
+            if !self.still_backed(&op).await? {
+                continue;
             }
             progress.set_fresh_from(&op.id, &op.state);
             metrics::counter!(crate::metrics::WARMS_FRESH).increment(1);
@@ -182,18 +283,27 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
         Ok(false)
     }
 
+    /// Writes (or extends) the attempt's own leases at its own TTL.
+    async fn write_leases(&self, a: &Attempt<'_>) -> Result<(), WarmError> {
+        self.warmer
+            .write_leases(a.spec, a.progress, a.owner, a.stop)
+            .await
+    }
+
     /// Follows `leader`'s work to its end, keeping this warm's own leases.
-    #[allow(clippy::too_many_arguments)]
     async fn follow_leader(
         &self,
-        id: &str,
-        spec: &WarmSpec,
-        progress: &Progress,
-        owner: &str,
-        stop: &StopSignal,
+        a: &Attempt<'_>,
         leader: &str,
         mut rx: watch::Receiver<OperationState>,
     ) -> Followed {
+        let Attempt {
+            id,
+            spec,
+            progress,
+            stop,
+            ..
+        } = *a;
         progress.set_joined(Some(leader));
         metrics::counter!(crate::metrics::WARMS_JOINED).increment(1);
         tracing::info!(
@@ -202,19 +312,27 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
             "joined a running warm of the same data"
         );
         // This caller's leases, at its TTL, before anything is reported.
-        if let Err(e) = self.warmer.write_leases(spec, progress, owner, stop).await {
+        if let Err(e) = self.write_leases(a).await {
             return Followed::Done(Err(e));
         }
         // Kept alive while waiting, as a warm of its own would (the joined
-        // warm's leases may be shorter).
-        let renew_every = (spec.ttl / 2).clamp(Duration::from_millis(100), Duration::from_secs(30));
-        let mut renew = tokio::time::interval(renew_every);
+        // warm's leases may be shorter), but only while that warm makes
+        // progress: a stuck warm must not keep data alive forever through
+        // its joiners either.
+        let mut renew = tokio::time::interval(renew_every(spec));
         renew.tick().await;
+        let stall_limit = self.warmer.settings.stall_limit;
+        let mut seen = (Phase::Queued, crate::operation::Counters::default());
+        let mut moved = tokio::time::Instant::now();
         let last = loop {
             let state = rx.borrow_and_update().clone();
             progress.mirror(&state);
             if state.is_done() {
                 break state;
+            }
+            if (state.phase, state.counters) != seen {
+                seen = (state.phase, state.counters);
+                moved = tokio::time::Instant::now();
             }
             tokio::select! {
                 changed = rx.changed() => {
@@ -227,17 +345,12 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
                         return Followed::LeaderGone;
                     }
                 }
-                _ = renew.tick() => match self.warmer.write_leases(spec, progress, owner, stop).await {
+                _ = renew.tick(), if moved.elapsed() <= stall_limit => match self.write_leases(a).await {
                     Ok(()) => {}
                     Err(e @ WarmError::LeaseEnded { .. }) => return Followed::Done(Err(e)),
                     Err(e) => tracing::warn!(operation_id = id, error = %e, "lease renewal failed"),
                 },
-                () = stop.stopped() => {
-                    return Followed::Done(Ok(match stop.reason() {
-                        Some(StopReason::Interrupted) => WarmOutcome::Interrupted,
-                        _ => WarmOutcome::Cancelled,
-                    }));
-                }
+                () = stop.stopped() => return Followed::Done(Ok(stopped_outcome(stop))),
             }
         };
         progress.mirror(&last);
@@ -253,7 +366,7 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
         }
         // Ready now: "at least ttl" counts from here, and a lease an Evict
         // ended meanwhile ends this warm as it would any other.
-        if let Err(e) = self.warmer.write_leases(spec, progress, owner, stop).await {
+        if let Err(e) = self.write_leases(a).await {
             return Followed::Done(Err(e));
         }
         // Failures outside this warm's prefixes are not its own.

@@ -428,13 +428,27 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
             attempt = ticket.attempt,
             outcome = tracing::field::Empty);
         let this = Arc::clone(self);
-        tokio::spawn(
+        let id = record.id.clone();
+        let run = tokio::spawn(
             async move {
                 this.drive(record.id, spec, progress, stop, ticket, granted_until)
                     .await
             }
             .instrument(span),
         );
+        // A warm whose task panicked leaves the registry all the same: it
+        // must not stay joinable (its joiners then go on without it) nor
+        // hold its place; the log still holds its run, which lapses and
+        // is taken over.
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            if let Err(e) = run.await {
+                if e.is_panic() {
+                    tracing::error!(operation_id = %id, "the warm's task panicked; it is left for a takeover");
+                    this.forget(&id);
+                }
+            }
+        });
     }
 
     /// A subscription to a live operation, or to a recorded one: its final

@@ -19,6 +19,15 @@ use crate::stop::{StopReason, StopSignal};
 use crate::store::ObjectStore;
 use crate::warm::WarmError;
 
+/// A task aborted when this is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
     pub(super) async fn drive(
         self: Arc<Self>,
@@ -32,7 +41,9 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
         // Claims are per attempt: a later attempt takes this one's over.
         let owner = ticket.claim_owner(&id);
         let lost = Arc::new(AtomicBool::new(false));
-        let keeper = {
+        // Aborted when dropped, also by a panic of this task: a keeper
+        // left behind would renew the run (and hold the progress) forever.
+        let keeper = AbortOnDrop({
             let this = Arc::clone(&self);
             let (id, ticket) = (id.clone(), ticket.clone());
             let (progress, stop, lost) =
@@ -46,12 +57,20 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
                 // to the warm's trace, not to traces of their own.
                 .in_current_span(),
             )
-        };
+        });
         // Queued (phase QUEUED) until a running slot frees; the keeper
         // renews the run meanwhile and turns a cancel into a stop.
         // A running warm of the same data is joined instead.
-        let result = self.work(&id, &spec, &progress, &owner, &stop).await;
-        keeper.abort();
+        let result = self
+            .work(&super::coalesce::Attempt {
+                id: &id,
+                spec: &spec,
+                progress: &progress,
+                owner: &owner,
+                stop: &stop,
+            })
+            .await;
+        drop(keeper);
         // Whatever happens next, what this attempt did happened.
         progress.export_metrics();
         if lost.load(Ordering::Relaxed) {
