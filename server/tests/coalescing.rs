@@ -182,7 +182,9 @@ async fn a_joiner_whose_leader_fails_fails_with_the_reason() {
 
 #[tokio::test]
 async fn a_hundred_identical_warms_list_the_source_at_most_twice_per_page() {
-    let fx = fixture(50, 20).await;
+    // Copies slow enough that every submission arrives while the first
+    // round still runs, on a loaded machine too.
+    let fx = fixture(50, 60).await;
     let mut one = fx.client().await;
     // A bucket found to exist is not asked again for a while: the herd
     // below costs no HeadBucket for the source once one warm checked it.
