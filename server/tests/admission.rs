@@ -8,18 +8,12 @@ mod common;
 
 use std::time::Duration;
 
-use common::{rpc_error, Fixture};
+use common::{finish, objects, outcome, rpc_error, Fixture, Stream};
 use expresscache_client::{pb, Outcome};
 use expresscache_server::store::Op;
 use expresscache_server::testing::list_keys;
 use tonic::Code;
 use tonic_types::StatusExt;
-
-fn objects(prefix: &str, n: usize) -> Vec<(String, Vec<u8>)> {
-    (0..n)
-        .map(|i| (format!("{prefix}{i:03}"), vec![b'q'; 16]))
-        .collect()
-}
 
 /// Objects under `m/` and `n/`, copies slowed so a warm runs for a while,
 /// and a server that runs `max_running` warms and queues `max_queued`.
@@ -40,8 +34,6 @@ async fn fixture(max_running: usize, max_queued: usize) -> Fixture {
     fx
 }
 
-type Stream = tonic::Streaming<pb::WarmProgress>;
-
 async fn start(fx: &Fixture, prefix: &str, request_id: Option<&str>) -> (Stream, pb::WarmProgress) {
     let mut req = fx.request(&[prefix]);
     if let Some(id) = request_id {
@@ -53,20 +45,9 @@ async fn start(fx: &Fixture, prefix: &str, request_id: Option<&str>) -> (Stream,
 }
 
 /// Reads `stream` to its final message.
-async fn finish(mut stream: Stream) -> pb::WarmProgress {
-    let mut last = None;
-    while let Some(p) = stream.message().await.unwrap() {
-        last = Some(p);
-    }
-    last.expect("a final message")
-}
 
 fn phase(p: &pb::WarmProgress) -> pb::Phase {
     pb::Phase::try_from(p.phase).unwrap()
-}
-
-fn outcome(p: &pb::WarmProgress) -> pb::Outcome {
-    pb::Outcome::try_from(p.outcome).unwrap()
 }
 
 #[tokio::test]

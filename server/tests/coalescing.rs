@@ -8,16 +8,10 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::Fixture;
+use common::{finish, objects, outcome, Fixture, Stream};
 use expresscache_client::{pb, Outcome};
 use expresscache_server::store::{Op, StoreError};
 use expresscache_server::testing::{get, list_keys, put};
-
-fn objects(prefix: &str, n: usize) -> Vec<(String, Vec<u8>)> {
-    (0..n)
-        .map(|i| (format!("{prefix}{i:03}"), vec![b'j'; 32]))
-        .collect()
-}
 
 /// `n` objects under `m/`, copies slowed so a warm runs for a while.
 async fn fixture(n: usize, delay_ms: u64) -> Fixture {
@@ -31,20 +25,6 @@ async fn fixture(n: usize, delay_ms: u64) -> Fixture {
         .store
         .delay(Op::Copy, Duration::from_millis(delay_ms));
     fx
-}
-
-type Stream = tonic::Streaming<pb::WarmProgress>;
-
-async fn finish(mut stream: Stream) -> pb::WarmProgress {
-    let mut last = None;
-    while let Some(p) = stream.message().await.unwrap() {
-        last = Some(p);
-    }
-    last.expect("a final message")
-}
-
-fn outcome(p: &pb::WarmProgress) -> pb::Outcome {
-    pb::Outcome::try_from(p.outcome).unwrap()
 }
 
 /// Starts a warm of `prefixes` and reads until `until` holds.
@@ -354,4 +334,19 @@ async fn an_evict_during_a_joiners_wait_ends_it_cancelled_with_the_reason() {
     assert_eq!(outcome(&joined), pb::Outcome::Cancelled, "{joined:?}");
     assert!(joined.error.contains("lease"), "{}", joined.error);
     let _ = led_first;
+}
+
+#[tokio::test]
+async fn an_index_failure_while_answering_from_a_recent_warm_falls_back_to_listing() {
+    let fx = fixture(10, 0).await;
+    warm_once(&fx, Duration::ZERO).await;
+    let lists = fx.server.store.calls.list.load(Ordering::Relaxed);
+    // The lease write of the answer fails (an unreachable index): no
+    // answer is given on a lease that may not exist; the warm lists.
+    fx.server.index.fail("extend_lease", 1);
+    let report = warm_once(&fx, Duration::from_secs(3600)).await;
+    assert_eq!(report.outcome, Outcome::Succeeded, "{report:?}");
+    assert!(report.fresh_from_operation_id.is_none(), "{report:?}");
+    assert!(fx.server.store.calls.list.load(Ordering::Relaxed) > lists);
+    assert_eq!(list_keys(&fx.s3, &fx.dir, "m/").await.len(), 10);
 }

@@ -126,3 +126,27 @@ pub fn rpc_error(e: ClientError) -> tonic::Status {
         other => panic!("expected an RPC error, got {other:?}"),
     }
 }
+
+/// `n` small objects named `{prefix}000`, `{prefix}001`, ...
+pub fn objects(prefix: &str, n: usize) -> Vec<(String, Vec<u8>)> {
+    (0..n)
+        .map(|i| (format!("{prefix}{i:03}"), vec![b'q'; 16]))
+        .collect()
+}
+
+/// A warm's progress stream as received.
+pub type Stream = tonic::Streaming<expresscache_client::pb::WarmProgress>;
+
+/// Reads `stream` to its final message.
+pub async fn finish(mut stream: Stream) -> expresscache_client::pb::WarmProgress {
+    let mut last = None;
+    while let Some(p) = stream.message().await.unwrap() {
+        last = Some(p);
+    }
+    last.expect("a final message")
+}
+
+/// The outcome of a progress message.
+pub fn outcome(p: &expresscache_client::pb::WarmProgress) -> expresscache_client::pb::Outcome {
+    expresscache_client::pb::Outcome::try_from(p.outcome).unwrap()
+}
