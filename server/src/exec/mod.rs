@@ -163,7 +163,9 @@ pub struct CopyEngine<S> {
     /// Touched whenever any attempt of any warm ends.
     activity: Activity,
     global: Arc<Semaphore>,
-    limiters: Mutex<HashMap<String, Arc<AdaptiveLimit>>>,
+    /// Each destination bucket's limit, and the gauge that shows it (made
+    /// once: a gauge with a label costs a lookup and an allocation).
+    limiters: Mutex<HashMap<String, (Arc<AdaptiveLimit>, metrics::Gauge)>>,
     settings: EngineSettings,
     jitter: Arc<dyn Jitter>,
     /// Live replicas sharing each bucket's budget (1 alone).
@@ -201,7 +203,7 @@ impl<S: ObjectStore> CopyEngine<S> {
         let share = self.share(replicas);
         tracing::info!(replicas, share, "per-bucket request budget shared");
         let map = self.limiters.lock().unwrap_or_else(|e| e.into_inner());
-        for l in map.values() {
+        for (l, _) in map.values() {
             l.set_max(share);
         }
     }
@@ -217,23 +219,17 @@ impl<S: ObjectStore> CopyEngine<S> {
         &self.settings
     }
 
-    fn limiter(&self, bucket: &str) -> Arc<AdaptiveLimit> {
+    fn limiter(&self, bucket: &str) -> (Arc<AdaptiveLimit>, metrics::Gauge) {
         let mut map = self.limiters.lock().unwrap_or_else(|e| e.into_inner());
         // Every request asks: look up without allocating the key.
-        if let Some(l) = map.get(bucket) {
-            return Arc::clone(l);
+        if let Some((l, g)) = map.get(bucket) {
+            return (Arc::clone(l), g.clone());
         }
         let max = self.share(self.replicas.load(Ordering::Relaxed));
         let l = AdaptiveLimit::new(limiter::INITIAL_LIMIT, self.settings.min_concurrency, max);
-        map.insert(bucket.to_owned(), Arc::clone(&l));
-        l
-    }
-
-    /// Publishes `bucket`'s current limit (a gauge set is a store: cheap
-    /// enough per request).
-    fn export_limit(&self, bucket: &str, limiter: &AdaptiveLimit) {
-        metrics::gauge!(metrics_names::S3_CONCURRENCY_LIMIT, "bucket" => bucket.to_owned())
-            .set(limiter.limit() as f64);
+        let g = metrics::gauge!(metrics_names::S3_CONCURRENCY_LIMIT, "bucket" => bucket.to_owned());
+        map.insert(bucket.to_owned(), (Arc::clone(&l), g.clone()));
+        (l, g)
     }
 
     /// How long since any attempt of any warm ended.
@@ -243,7 +239,7 @@ impl<S: ObjectStore> CopyEngine<S> {
 
     /// The current adaptive limit for `bucket`.
     pub fn limit_for(&self, bucket: &str) -> usize {
-        self.limiter(bucket).limit()
+        self.limiter(bucket).0.limit()
     }
 
     /// How long one attempt of a request moving `bytes` may take.
@@ -268,7 +264,7 @@ impl<S: ObjectStore> CopyEngine<S> {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, StoreError>>,
     {
-        let limiter = self.limiter(bucket);
+        let (limiter, limit_gauge) = self.limiter(bucket);
         let mut attempt = 1;
         loop {
             let result = {
@@ -303,7 +299,7 @@ impl<S: ObjectStore> CopyEngine<S> {
                 self.activity.touch();
                 if r.is_ok() {
                     limiter.on_success(&slot, started.elapsed(), bytes);
-                    self.export_limit(bucket, &limiter);
+                    limit_gauge.set(limiter.limit() as f64);
                 }
                 r
             };
@@ -314,7 +310,7 @@ impl<S: ObjectStore> CopyEngine<S> {
                     if e.class().backs_off() {
                         stats.throttled.fetch_add(1, Ordering::Relaxed);
                         let cut = limiter.on_throttle();
-                        self.export_limit(bucket, &limiter);
+                        limit_gauge.set(limiter.limit() as f64);
                         if cut {
                             tracing::debug!(
                                 bucket,
