@@ -44,8 +44,6 @@ async fn start(fx: &Fixture, prefix: &str, request_id: Option<&str>) -> (Stream,
     (stream, first)
 }
 
-/// Reads `stream` to its final message.
-
 fn phase(p: &pb::WarmProgress) -> pb::Phase {
     pb::Phase::try_from(p.phase).unwrap()
 }
