@@ -128,6 +128,7 @@ pub async fn run_all<I: CacheIndex>(index: &I) {
     usage_counts_cached_objects_only(index).await;
     completion_requires_the_copiers_claim(index).await;
     a_lease_changes_epoch_when_ended(index).await;
+    leases_extended_together_are_each_extended(index).await;
     a_failed_sweep_is_deferred_and_reported(index).await;
     a_later_attempt_takes_over_an_earlier_attempts_claims(index).await;
     an_abandoned_eviction_leaves_a_lapsed_evict_claim(index).await;
@@ -719,10 +720,26 @@ async fn runs_are_leased_fenced_and_taken_over<I: OperationLog>(log: &I) {
         .unwrap()
         .unwrap();
     assert_eq!(d.crashes, 2, "the release was used up");
+    let epochs = |e: &str| vec![("a/".to_owned(), e.to_owned())];
+    assert!(
+        !log.finish_operation("run1", &c.ticket, &phase_state("run1", true), &epochs("c"))
+            .await
+            .unwrap(),
+        "a superseded runner cannot finish the operation"
+    );
+    assert!(
+        log.lease_epochs("run1").await.unwrap().is_empty(),
+        "nor record its lease epochs"
+    );
     assert!(log
-        .update_operation("run1", &d.ticket, &phase_state("run1", true))
+        .finish_operation("run1", &d.ticket, &phase_state("run1", true), &epochs("d"))
         .await
         .unwrap());
+    assert_eq!(
+        log.lease_epochs("run1").await.unwrap(),
+        epochs("d"),
+        "finishing records the lease epochs with the final state"
+    );
     assert_eq!(
         log.take_over("run1", &terms("e", 99_999)).await.unwrap(),
         None,
@@ -1015,6 +1032,42 @@ async fn completion_requires_the_copiers_claim<I: CacheIndex>(index: &I) {
         .unwrap()[0];
     assert_eq!(rec.entry.as_ref(), Some(&newer));
     clear(index, "cc/").await;
+}
+
+async fn leases_extended_together_are_each_extended<I: CacheIndex>(index: &I) {
+    let old = index.extend_lease(&lease("tog/a/", 500), 0).await.unwrap();
+    let mut named = lease("tog/a/", 900);
+    named.epoch.clone_from(&old.epoch);
+    let mut stale = lease("tog/b/", 900);
+    stale.epoch = "not-the-epoch".into();
+    let stored = index
+        .extend_leases(&[named, lease("tog/c/", 800), stale], 0)
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 3, "one answer per lease, in order");
+    assert_eq!(
+        (stored[0].epoch.as_str(), stored[0].expires_at),
+        (old.epoch.as_str(), 900),
+        "a lease named by its epoch is extended"
+    );
+    assert!(
+        !stored[1].epoch.is_empty() && stored[1].expires_at == 800,
+        "a new lease is created with an epoch"
+    );
+    assert!(
+        stored[2].epoch.is_empty(),
+        "naming an epoch that is not there creates nothing"
+    );
+    assert!(
+        index
+            .covering_leases(DIR, "tog/b/x", 0)
+            .await
+            .unwrap()
+            .is_empty(),
+        "and nothing was written for it"
+    );
+    index.end_leases(DIR, "tog/", 0).await.unwrap();
+    remove_expired(index).await;
 }
 
 async fn a_lease_changes_epoch_when_ended<I: CacheIndex>(index: &I) {

@@ -61,6 +61,11 @@ impl<I: CacheIndex> CacheIndex for MeteredIndex<I> {
             .await
     }
 
+    async fn extend_leases(&self, leases: &[Lease], now: Millis) -> Result<Vec<Lease>, IndexError> {
+        self.timed("extend_leases", self.inner.extend_leases(leases, now))
+            .await
+    }
+
     async fn covering_leases(
         &self,
         directory_bucket: &str,
@@ -311,6 +316,20 @@ impl<I: OperationLog> OperationLog for MeteredIndex<I> {
         self.timed(
             "supersede_operation",
             self.inner.supersede_operation(old_id, op),
+        )
+        .await
+    }
+
+    async fn finish_operation(
+        &self,
+        id: &str,
+        ticket: &RunTicket,
+        state: &OperationState,
+        epochs: &[(String, String)],
+    ) -> Result<bool, IndexError> {
+        self.timed(
+            "finish_operation",
+            self.inner.finish_operation(id, ticket, state, epochs),
         )
         .await
     }

@@ -394,6 +394,18 @@ pub trait CacheIndex: Send + Sync + 'static {
     /// caller sees that its lease ended.
     async fn extend_lease(&self, lease: &Lease, now: Millis) -> Result<Lease, IndexError>;
 
+    /// [`extend_lease`](Self::extend_lease) for each of `leases`, returned
+    /// in the same order. A warm writes all its prefixes' leases at once;
+    /// a backend that can do them in one round trip (SQLite: one
+    /// transaction) spares a herd of warms one index call per prefix.
+    async fn extend_leases(&self, leases: &[Lease], now: Millis) -> Result<Vec<Lease>, IndexError> {
+        let mut stored = Vec::with_capacity(leases.len());
+        for lease in leases {
+            stored.push(self.extend_lease(lease, now).await?);
+        }
+        Ok(stored)
+    }
+
     /// Leases of `directory_bucket` live at `now` whose prefix covers
     /// `prefix` (the prefix itself and its ancestors), ordered by prefix.
     async fn covering_leases(
@@ -626,6 +638,30 @@ pub trait OperationLog: Send + Sync + 'static {
         ticket: &RunTicket,
         state: &OperationState,
     ) -> Result<bool, IndexError>;
+
+    /// Records a finished attempt: if `ticket` still holds the run, stores
+    /// the lease epochs the attempt wrote (a resubmission of the request id
+    /// checks them once the final state is visible) and the final `state`.
+    /// Returns false, writing nothing, as
+    /// [`update_operation`](Self::update_operation) does. A backend that
+    /// can write both at once (SQLite: one transaction) makes them visible
+    /// together and spares a herd of warms two index calls each.
+    async fn finish_operation(
+        &self,
+        id: &str,
+        ticket: &RunTicket,
+        state: &OperationState,
+        epochs: &[(String, String)],
+    ) -> Result<bool, IndexError> {
+        // Epochs only while this attempt still holds the run (a renewal
+        // answers that), so a runner taken over does not replace the
+        // epochs the new attempt records.
+        // A deadline long past extends nothing: it only asks.
+        if let Renewal::Held { .. } = self.renew_run(id, ticket, 1).await? {
+            self.set_lease_epochs(id, epochs).await?;
+        }
+        self.update_operation(id, ticket, state).await
+    }
 
     async fn get_operation(&self, id: &str) -> Result<Option<OperationRecord>, IndexError>;
 

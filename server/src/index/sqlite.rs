@@ -516,89 +516,143 @@ fn insert_op(c: &Connection, op: &OperationRecord) -> Result<(), IndexError> {
     Ok(())
 }
 
+/// Stores an operation's state if `ticket` still holds its run (fencing);
+/// a Done state ends the run. False, writing nothing, otherwise.
+fn store_state(
+    c: &Connection,
+    id: &str,
+    ticket: &RunTicket,
+    doc: &str,
+    done: bool,
+    now: Millis,
+) -> Result<bool, IndexError> {
+    let changed = c
+        .execute(
+            "UPDATE operations SET progress = ?2, done = ?3, updated_at = ?4,
+                 run_deadline = CASE WHEN ?3 THEN 0 ELSE run_deadline END
+             WHERE id = ?1 AND done = 0 AND run_replica = ?5 AND run_attempt = ?6",
+            params![id, doc, done, now, ticket.replica, ticket.attempt],
+        )
+        .map_err(storage)?;
+    Ok(changed > 0)
+}
+
+/// The lease epochs recorded for operation `id`, replaced by `epochs`.
+fn replace_lease_epochs(
+    c: &Connection,
+    id: &str,
+    epochs: &[(String, String)],
+) -> Result<(), IndexError> {
+    c.execute("DELETE FROM operation_leases WHERE id = ?1", params![id])
+        .map_err(storage)?;
+    let mut stmt = c
+        .prepare_cached("INSERT INTO operation_leases (id, prefix, epoch) VALUES (?1, ?2, ?3)")
+        .map_err(storage)?;
+    for (prefix, epoch) in epochs {
+        stmt.execute(params![id, prefix, epoch]).map_err(storage)?;
+    }
+    Ok(())
+}
+
+/// [`CacheIndex::extend_lease`] on an open connection (or transaction).
+fn extend_lease_on(c: &Connection, lease: &Lease, now: Millis) -> Result<Lease, IndexError> {
+    let key = params![lease.directory_bucket, lease.prefix, lease.source_bucket];
+    let stored = if lease.epoch.is_empty() {
+        c.query_row(
+            &format!(
+                "INSERT INTO leases (directory_bucket, prefix, source_bucket, expires_at, epoch)
+                 VALUES (?1, ?2, ?3, ?4, lower(hex(randomblob(8))))
+                 ON CONFLICT DO UPDATE SET expires_at = max(expires_at, excluded.expires_at),
+                     epoch = CASE WHEN expires_at <= ?5 THEN excluded.epoch ELSE epoch END,
+                     -- a revived lease starts with a clean sweep record
+                     sweep_attempts = CASE WHEN excluded.expires_at > expires_at
+                         THEN 0 ELSE sweep_attempts END,
+                     sweep_error = CASE WHEN excluded.expires_at > expires_at
+                         THEN NULL ELSE sweep_error END,
+                     sweep_retry_at = CASE WHEN excluded.expires_at > expires_at
+                         THEN 0 ELSE sweep_retry_at END
+                 RETURNING {LEASE_COLUMNS}"
+            ),
+            params![
+                lease.directory_bucket,
+                lease.prefix,
+                lease.source_bucket,
+                lease.expires_at,
+                now
+            ],
+            row_to_lease,
+        )
+        .map_err(storage)?
+    } else {
+        let extended = c
+            .query_row(
+                &format!(
+                    "UPDATE leases SET expires_at = max(expires_at, ?4)
+                     WHERE directory_bucket = ?1 AND prefix = ?2 AND source_bucket = ?3
+                       AND epoch = ?5 AND expires_at > ?6
+                     RETURNING {LEASE_COLUMNS}"
+                ),
+                params![
+                    lease.directory_bucket,
+                    lease.prefix,
+                    lease.source_bucket,
+                    lease.expires_at,
+                    lease.epoch,
+                    now
+                ],
+                row_to_lease,
+            )
+            .optional()
+            .map_err(storage)?;
+        match extended {
+            Some(l) => l,
+            None => c
+                .query_row(
+                    &format!(
+                        "SELECT {LEASE_COLUMNS} FROM leases
+                         WHERE directory_bucket = ?1 AND prefix = ?2 AND source_bucket = ?3"
+                    ),
+                    key,
+                    row_to_lease,
+                )
+                .optional()
+                .map_err(storage)?
+                .map_or_else(
+                    || Lease {
+                        epoch: String::new(),
+                        expires_at: 0,
+                        ..lease.clone()
+                    },
+                    |mut l| {
+                        // Expired at `now`: ended for the caller too,
+                        // even if nobody changed the epoch yet.
+                        if l.expires_at <= now {
+                            l.epoch = String::new();
+                        }
+                        l
+                    },
+                ),
+        }
+    };
+    Ok(stored)
+}
+
 #[async_trait::async_trait]
 impl CacheIndex for SqliteIndex {
     async fn extend_lease(&self, lease: &Lease, now: Millis) -> Result<Lease, IndexError> {
         let lease = lease.clone();
+        self.with(move |c| extend_lease_on(c, &lease, now)).await
+    }
+
+    async fn extend_leases(&self, leases: &[Lease], now: Millis) -> Result<Vec<Lease>, IndexError> {
+        let leases = leases.to_vec();
         self.with(move |c| {
-            let key = params![lease.directory_bucket, lease.prefix, lease.source_bucket];
-            let stored = if lease.epoch.is_empty() {
-                c.query_row(
-                    &format!(
-                        "INSERT INTO leases (directory_bucket, prefix, source_bucket, expires_at, epoch)
-                         VALUES (?1, ?2, ?3, ?4, lower(hex(randomblob(8))))
-                         ON CONFLICT DO UPDATE SET expires_at = max(expires_at, excluded.expires_at),
-                             epoch = CASE WHEN expires_at <= ?5 THEN excluded.epoch ELSE epoch END,
-                             -- a revived lease starts with a clean sweep record
-                             sweep_attempts = CASE WHEN excluded.expires_at > expires_at
-                                 THEN 0 ELSE sweep_attempts END,
-                             sweep_error = CASE WHEN excluded.expires_at > expires_at
-                                 THEN NULL ELSE sweep_error END,
-                             sweep_retry_at = CASE WHEN excluded.expires_at > expires_at
-                                 THEN 0 ELSE sweep_retry_at END
-                         RETURNING {LEASE_COLUMNS}"
-                    ),
-                    params![
-                        lease.directory_bucket,
-                        lease.prefix,
-                        lease.source_bucket,
-                        lease.expires_at,
-                        now
-                    ],
-                    row_to_lease,
-                )
-                .map_err(storage)?
-            } else {
-                let extended = c
-                    .query_row(
-                        &format!(
-                            "UPDATE leases SET expires_at = max(expires_at, ?4)
-                             WHERE directory_bucket = ?1 AND prefix = ?2 AND source_bucket = ?3
-                               AND epoch = ?5 AND expires_at > ?6
-                             RETURNING {LEASE_COLUMNS}"
-                        ),
-                        params![
-                            lease.directory_bucket,
-                            lease.prefix,
-                            lease.source_bucket,
-                            lease.expires_at,
-                            lease.epoch,
-                            now
-                        ],
-                        row_to_lease,
-                    )
-                    .optional()
-                    .map_err(storage)?;
-                match extended {
-                    Some(l) => l,
-                    None => c
-                        .query_row(
-                            &format!(
-                                "SELECT {LEASE_COLUMNS} FROM leases
-                                 WHERE directory_bucket = ?1 AND prefix = ?2 AND source_bucket = ?3"
-                            ),
-                            key,
-                            row_to_lease,
-                        )
-                        .optional()
-                        .map_err(storage)?
-                        .map_or_else(
-                            || Lease {
-                                epoch: String::new(),
-                                expires_at: 0,
-                                ..lease.clone()
-                            },
-                            |mut l| {
-                                // Expired at `now`: ended for the caller too,
-                                // even if nobody changed the epoch yet.
-                                if l.expires_at <= now {
-                                    l.epoch = String::new();
-                                }
-                                l
-                            },
-                        ),
-                }
-            };
+            let tx = write_tx(c)?;
+            let stored = leases
+                .iter()
+                .map(|l| extend_lease_on(&tx, l, now))
+                .collect::<Result<Vec<_>, _>>()?;
+            tx.commit().map_err(storage)?;
             Ok(stored)
         })
         .await
@@ -1286,16 +1340,29 @@ impl OperationLog for SqliteIndex {
         let doc = encoding::state_json(state);
         let done = state.is_done();
         let now = self.clock.now();
+        self.with(move |c| store_state(c, &id, &ticket, &doc, done, now))
+            .await
+    }
+
+    async fn finish_operation(
+        &self,
+        id: &str,
+        ticket: &RunTicket,
+        state: &OperationState,
+        epochs: &[(String, String)],
+    ) -> Result<bool, IndexError> {
+        let (id, ticket, epochs) = (id.to_owned(), ticket.clone(), epochs.to_vec());
+        let doc = encoding::state_json(state);
+        let done = state.is_done();
+        let now = self.clock.now();
         self.with(move |c| {
-            let changed = c
-                .execute(
-                    "UPDATE operations SET progress = ?2, done = ?3, updated_at = ?4,
-                         run_deadline = CASE WHEN ?3 THEN 0 ELSE run_deadline END
-                     WHERE id = ?1 AND done = 0 AND run_replica = ?5 AND run_attempt = ?6",
-                    params![id, doc, done, now, ticket.replica, ticket.attempt],
-                )
-                .map_err(storage)?;
-            Ok(changed > 0)
+            let tx = write_tx(c)?;
+            if !store_state(&tx, &id, &ticket, &doc, done, now)? {
+                return Ok(false);
+            }
+            replace_lease_epochs(&tx, &id, &epochs)?;
+            tx.commit().map_err(storage)?;
+            Ok(true)
         })
         .await
     }
@@ -1355,18 +1422,7 @@ impl OperationLog for SqliteIndex {
         let (id, epochs) = (id.to_owned(), epochs.to_vec());
         self.with(move |c| {
             let tx = write_tx(c)?;
-            tx.execute("DELETE FROM operation_leases WHERE id = ?1", params![id])
-                .map_err(storage)?;
-            {
-                let mut stmt = tx
-                    .prepare_cached(
-                        "INSERT INTO operation_leases (id, prefix, epoch) VALUES (?1, ?2, ?3)",
-                    )
-                    .map_err(storage)?;
-                for (prefix, epoch) in &epochs {
-                    stmt.execute(params![id, prefix, epoch]).map_err(storage)?;
-                }
-            }
+            replace_lease_epochs(&tx, &id, &epochs)?;
             tx.commit().map_err(storage)
         })
         .await

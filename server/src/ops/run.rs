@@ -120,26 +120,13 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
         tracing::info!(operation_id = %id, outcome = ?last.outcome,
             listed = c.objects_listed, hits = c.objects_hit, copied = c.objects_copied,
             shared = c.objects_shared, failed = c.objects_failed, bytes_copied = c.bytes_copied, "warm finished");
-        // Before the final state: once that is visible, a resubmission of
-        // the request id checks these. Only while this attempt still holds
-        // the run (a renewal answers that), so a runner taken over does not
-        // replace the epochs the new attempt records.
-        let still_held = matches!(
-            self.index()
-                .renew_run(&id, &ticket, self.warmer.clock.now())
-                .await,
-            Ok(Renewal::Held { .. })
-        );
-        if still_held {
-            if let Err(e) = self
-                .index()
-                .set_lease_epochs(&id, &progress.lease_epochs())
-                .await
-            {
-                tracing::warn!(operation_id = %id, error = %e, "could not record the lease epochs");
-            }
-        }
-        match self.index().update_operation(&id, &ticket, &last).await {
+        // The epochs with the final state: once that is visible, a
+        // resubmission of the request id checks them.
+        match self
+            .index()
+            .finish_operation(&id, &ticket, &last, &progress.lease_epochs())
+            .await
+        {
             Ok(true) => progress.publish_final(last),
             Ok(false) => tracing::warn!(operation_id = %id,
                 "the final state was not recorded: another replica took the operation over"),

@@ -17,32 +17,35 @@ impl<S: ObjectStore, I: CacheIndex> WarmRun<'_, S, I> {
     pub async fn write_leases(&self) -> Result<(), WarmError> {
         let clock = &self.w.clock;
         let expires_at = clock.now().saturating_add(span_millis(self.spec.ttl));
-        let mut earliest = Millis::MAX;
-        for prefix in self.spec.lease_prefixes() {
-            let mut lease = Lease::new(
-                self.dir(),
-                prefix.as_str(),
-                self.spec.source.as_str(),
-                expires_at,
-            );
-            let known = self.progress.lease_epoch(prefix.as_str());
-            if let Some(epoch) = &known {
-                lease.epoch.clone_from(epoch);
-            }
-            // Strict: expired on our clock is over (the sweeper hands the
-            // lease on with a new epoch before deleting, so a renewal that
-            // races it is refused either way).
-            let stored = self.w.index.extend_lease(&lease, clock.now()).await?;
-            match known {
-                Some(epoch) if epoch != stored.epoch => {
-                    return Err(WarmError::LeaseEnded {
-                        prefix: prefix.to_string(),
-                    })
+        let prefixes = self.spec.lease_prefixes();
+        let leases: Vec<Lease> = prefixes
+            .iter()
+            .map(|prefix| {
+                let mut lease = Lease::new(
+                    self.dir(),
+                    prefix.as_str(),
+                    self.spec.source.as_str(),
+                    expires_at,
+                );
+                if let Some(epoch) = self.progress.lease_epoch(prefix.as_str()) {
+                    lease.epoch = epoch;
                 }
-                Some(_) => {}
-                None => self
-                    .progress
-                    .add_lease_epoch(prefix.as_str(), &stored.epoch),
+                lease
+            })
+            .collect();
+        // Strict: expired on our clock is over (the sweeper hands the lease
+        // on with a new epoch before deleting, so a renewal that races it
+        // is refused either way). All prefixes in one index call.
+        let stored = self.w.index.extend_leases(&leases, clock.now()).await?;
+        let mut earliest = Millis::MAX;
+        for ((prefix, asked), stored) in prefixes.iter().zip(&leases).zip(&stored) {
+            if asked.epoch.is_empty() {
+                self.progress
+                    .add_lease_epoch(prefix.as_str(), &stored.epoch);
+            } else if asked.epoch != stored.epoch {
+                return Err(WarmError::LeaseEnded {
+                    prefix: prefix.to_string(),
+                });
             }
             earliest = earliest.min(stored.expires_at);
         }

@@ -464,6 +464,13 @@ impl CacheIndex for DynamoIndex {
         self.extend(lease, now).await
     }
 
+    /// One conditional write per lease (DynamoDB has no conditional batch
+    /// write short of a transaction, which would fail all for one), sent
+    /// together: one round trip of latency rather than one per prefix.
+    async fn extend_leases(&self, leases: &[Lease], now: Millis) -> Result<Vec<Lease>, IndexError> {
+        futures::future::try_join_all(leases.iter().map(|l| self.extend(l, now))).await
+    }
+
     async fn covering_leases(
         &self,
         directory_bucket: &str,
