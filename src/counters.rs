@@ -30,6 +30,28 @@ pub struct Counters {
     pub throttle_events: u64,
 }
 
+impl Counters {
+    /// Adds `other`'s counts to these (a warm's own work and the part
+    /// another warm did for it, shown as one).
+    pub fn add(&mut self, other: &Self) {
+        for (mine, theirs) in [
+            (&mut self.objects_listed, other.objects_listed),
+            (&mut self.objects_hit, other.objects_hit),
+            (&mut self.objects_to_copy, other.objects_to_copy),
+            (&mut self.objects_copied, other.objects_copied),
+            (&mut self.objects_failed, other.objects_failed),
+            (&mut self.objects_shared, other.objects_shared),
+            (&mut self.bytes_listed, other.bytes_listed),
+            (&mut self.bytes_to_copy, other.bytes_to_copy),
+            (&mut self.bytes_copied, other.bytes_copied),
+            (&mut self.copy_retries, other.copy_retries),
+            (&mut self.throttle_events, other.throttle_events),
+        ] {
+            *mine = mine.saturating_add(theirs);
+        }
+    }
+}
+
 impl From<&pb::Counters> for Counters {
     fn from(c: &pb::Counters) -> Self {
         Self {

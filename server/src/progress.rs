@@ -50,6 +50,10 @@ pub struct Progress {
     /// The running operation whose work this one follows (its counters
     /// are that one's, so the metrics do not count them again).
     joined: Mutex<Option<String>>,
+    /// The running operation that does part of this one's work (the
+    /// prefixes it covers), and that part's counters: shown with this
+    /// warm's own, but not its work.
+    part: Mutex<Option<(String, Counters)>>,
     tx: watch::Sender<OperationState>,
 }
 
@@ -93,6 +97,7 @@ impl Progress {
             superseded: std::sync::OnceLock::new(),
             exported: crate::metrics::CounterExport::starting_at(Counters::default()),
             joined: Mutex::new(None),
+            part: Mutex::new(None),
             fresh_from: std::sync::OnceLock::new(),
             tx,
         };
@@ -181,6 +186,14 @@ impl Progress {
             self.phase.store(phase_code(s.phase), Ordering::Relaxed);
         }
         self.set_concurrency_limit(s.concurrency_limit as usize);
+    }
+
+    /// Shows `counters` of operation `id`, which does part of this
+    /// warm's work, with this warm's own (`None`: no longer).
+    pub fn set_part(&self, part: Option<(&str, Counters)>) {
+        *self.part.lock().unwrap_or_else(|e| e.into_inner()) =
+            part.map(|(id, c)| (id.to_owned(), c));
+        self.publish();
     }
 
     /// Sets the failed keys outright: `failed` of them, the first listed.
@@ -312,10 +325,15 @@ impl Progress {
     /// The current state (failures are carried only by the final one).
     pub fn snapshot(&self) -> OperationState {
         let elapsed = self.started.elapsed();
+        let part = self.part.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut counters = self.counters();
+        if let Some((_, c)) = &part {
+            counters.add(c);
+        }
         OperationState {
             operation_id: self.operation_id.clone(),
             phase: PHASES[usize::from(self.phase.load(Ordering::Relaxed)).min(2)],
-            counters: self.counters(),
+            counters,
             outcome: None,
             failures: Vec::new(),
             failures_omitted: 0,
@@ -327,7 +345,7 @@ impl Progress {
             lease_expires_at: Some(self.lease_expires_at.load(Ordering::Relaxed))
                 .filter(|&at| at > 0),
             superseded_operation_id: self.superseded.get().cloned(),
-            joined_operation_id: self.joined(),
+            joined_operation_id: self.joined().or(part.map(|(id, _)| id)),
             fresh_from_operation_id: self.fresh_from.get().cloned(),
         }
     }

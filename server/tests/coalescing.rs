@@ -160,6 +160,90 @@ async fn a_joiner_whose_leader_fails_fails_with_the_reason() {
     );
 }
 
+/// `m/` (10), `n/` (20) and `p/` (10) objects; one warm runs at a time,
+/// so a warm waits, joinable, behind a running one.
+async fn one_at_a_time() -> Fixture {
+    let mut data = objects("m/", 10);
+    data.extend(objects("n/", 20));
+    data.extend(objects("p/", 10));
+    let refs: Vec<(&str, &[u8])> = data
+        .iter()
+        .map(|(k, b)| (k.as_str(), b.as_slice()))
+        .collect();
+    let fx = Fixture::new_tuned(&refs, |d| {
+        d.warm.engine.max_concurrency = 2;
+        d.ops.max_running = 1;
+    })
+    .await;
+    fx.server.store.delay(Op::Copy, Duration::from_millis(40));
+    fx
+}
+
+#[tokio::test]
+async fn a_partly_covered_warm_joins_for_those_prefixes_and_warms_only_the_rest() {
+    let fx = one_at_a_time().await;
+    let (blocker, _) = start_until(&fx, &["n/"], |p| {
+        p.counters.unwrap_or_default().objects_copied >= 1
+    })
+    .await;
+    let lists = fx.server.store.calls.list.load(Ordering::Relaxed);
+    let (leader, led_first) = start_until(&fx, &["m/"], |_| true).await;
+    let (both, both_first) =
+        start_until(&fx, &["m/", "p/"], |p| !p.joined_operation_id.is_empty()).await;
+    assert_eq!(
+        both_first.joined_operation_id, led_first.operation_id,
+        "it says which warm does part of its work"
+    );
+    assert_eq!(outcome(&finish(blocker).await), pb::Outcome::Succeeded);
+    assert_eq!(outcome(&finish(leader).await), pb::Outcome::Succeeded);
+    let both = finish(both).await;
+    assert_eq!(outcome(&both), pb::Outcome::Succeeded, "{both:?}");
+    assert_eq!(both.joined_operation_id, led_first.operation_id);
+    let c = both.counters.unwrap_or_default();
+    assert_eq!(
+        (c.objects_listed, c.objects_copied),
+        (20, 20),
+        "its report counts both parts: {c:?}"
+    );
+    assert_eq!(list_keys(&fx.s3, &fx.dir, "m/").await.len(), 10);
+    assert_eq!(list_keys(&fx.s3, &fx.dir, "p/").await.len(), 10);
+    assert_eq!(
+        fx.server.store.calls.list.load(Ordering::Relaxed) - lists,
+        2,
+        "m/ listed once (by the warm it joined), p/ once (by itself)"
+    );
+    // Its own leases stand for both parts.
+    let status = fx
+        .client()
+        .await
+        .prefix_status(&fx.dir, vec!["m/".into(), "p/".into()])
+        .await
+        .unwrap();
+    assert!(status.iter().all(|s| !s.leases.is_empty()), "{status:?}");
+}
+
+#[tokio::test]
+async fn a_partly_joined_warm_that_is_cancelled_leaves_its_part_to_the_joiner() {
+    let fx = one_at_a_time().await;
+    let (blocker, _) = start_until(&fx, &["n/"], |p| {
+        p.counters.unwrap_or_default().objects_copied >= 1
+    })
+    .await;
+    let (leader, led_first) = start_until(&fx, &["m/"], |_| true).await;
+    let (both, _) = start_until(&fx, &["m/", "p/"], |p| !p.joined_operation_id.is_empty()).await;
+    fx.client()
+        .await
+        .cancel(&led_first.operation_id)
+        .await
+        .unwrap();
+    assert_eq!(outcome(&finish(leader).await), pb::Outcome::Cancelled);
+    assert_eq!(outcome(&finish(blocker).await), pb::Outcome::Succeeded);
+    let both = finish(both).await;
+    assert_eq!(outcome(&both), pb::Outcome::Succeeded, "{both:?}");
+    assert_eq!(list_keys(&fx.s3, &fx.dir, "m/").await.len(), 10);
+    assert_eq!(list_keys(&fx.s3, &fx.dir, "p/").await.len(), 10);
+}
+
 #[tokio::test]
 async fn a_hundred_identical_warms_list_the_source_at_most_twice_per_page() {
     // Copies slow enough that every submission arrives while the first

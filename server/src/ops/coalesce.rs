@@ -7,7 +7,9 @@
 //! outcome for its own prefixes. A warm that arrives while a covering warm
 //! already lists leads the next round, after that one ends: what was
 //! listed before it arrived would not be current for it. A burst thus
-//! lists at most twice.
+//! lists at most twice. A warm that such a warm covers only in part joins
+//! it for those prefixes and leads a warm of the rest (which later
+//! arrivals may join in turn); its report counts both parts.
 //!
 //! Guarantees kept:
 //! - ready means present and current: the joined warm lists after the
@@ -53,6 +55,32 @@ pub(super) fn covers(leader: &WarmSpec, joiner: &WarmSpec) -> bool {
             .all(|p| leader.prefixes.iter().any(|l| l.covers(p)))
 }
 
+/// The prefixes of `spec` that a warm of `leader` does the work for, and
+/// the rest; `None` when it does none of it (other data, forced copies).
+fn split_prefixes(leader: &WarmSpec, spec: &WarmSpec) -> Option<(WarmSpec, WarmSpec)> {
+    let same_data = leader.source == spec.source
+        && leader.directory_bucket == spec.directory_bucket
+        && leader.destination_prefix == spec.destination_prefix
+        && !leader.force_copy
+        && !spec.force_copy;
+    if !same_data {
+        return None;
+    }
+    let (covered, rest): (Vec<_>, Vec<_>) = spec
+        .prefixes
+        .iter()
+        .cloned()
+        .partition(|p| leader.prefixes.iter().any(|l| l.covers(p)));
+    if covered.is_empty() {
+        return None;
+    }
+    let part = |prefixes| WarmSpec {
+        prefixes,
+        ..spec.clone()
+    };
+    Some((part(covered), part(rest)))
+}
+
 /// One warm being worked on: who it is, what it asks, where it reports
 /// and what stops it.
 pub(super) struct Attempt<'a> {
@@ -72,6 +100,21 @@ fn stopped_outcome(stop: &StopSignal) -> WarmOutcome {
     }
 }
 
+/// The outcome of a warm made of two parts that ended so.
+fn worse(a: WarmOutcome, b: WarmOutcome) -> WarmOutcome {
+    let rank = |o: &WarmOutcome| match o {
+        WarmOutcome::Succeeded => 0,
+        WarmOutcome::PartiallyFailed => 1,
+        WarmOutcome::Cancelled => 2,
+        WarmOutcome::Interrupted => 3,
+    };
+    if rank(&b) > rank(&a) {
+        b
+    } else {
+        a
+    }
+}
+
 /// How following a joined warm ended.
 enum Followed {
     /// This warm's outcome.
@@ -85,6 +128,9 @@ enum Role {
     /// Join this one: it covers the warm and has not begun listing, so
     /// what it lists is current for this warm too.
     Join(String, watch::Receiver<OperationState>),
+    /// Join this one (which has not begun listing) for the prefixes it
+    /// covers, the first spec, and lead a warm of the rest, the second.
+    Split(String, watch::Receiver<OperationState>, WarmSpec, WarmSpec),
     /// Lead the next round once this one (already listing, so too early
     /// for this warm) has ended; later arrivals join that round.
     LeadAfter(String, watch::Receiver<OperationState>),
@@ -104,30 +150,51 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
     /// already listing, if any).
     fn role_for(&self, id: &str, spec: &WarmSpec) -> Role {
         let mut live = self.live();
-        let covering = |other: &String, op: &super::LiveOp| {
+        // Warms that list what they list after this one arrived: others
+        // whose own warm runs and has not begun listing.
+        let queued = |other: &String, op: &super::LiveOp| {
             other.as_str() != id
-                && op.leading
                 && !op.stop.is_set()
                 && !op.progress.is_finished()
-                && covers(&op.request, spec)
+                && op.progress.phase() == Phase::Queued
         };
         let joinable = live
             .iter()
-            .find(|(other, op)| covering(other, op) && op.progress.phase() == Phase::Queued)
+            .filter(|(other, op)| queued(other, op))
+            .find(|(_, op)| op.leading.as_ref().is_some_and(|l| covers(l, spec)))
             .map(|(other, op)| (other.clone(), op.progress.subscribe()));
         if let Some((leader, rx)) = joinable {
             return Role::Join(leader, rx);
         }
         let listing = live
             .iter()
-            .find(|(other, op)| covering(other, op))
+            .find(|(other, op)| {
+                other.as_str() != id
+                    && !op.stop.is_set()
+                    && !op.progress.is_finished()
+                    && op.leading.as_ref().is_some_and(|l| covers(l, spec))
+            })
             .map(|(other, op)| (other.clone(), op.progress.subscribe()));
+        let split = if listing.is_none() {
+            live.iter()
+                .filter(|(other, op)| queued(other, op))
+                .find_map(|(other, op)| {
+                    let (covered, rest) = split_prefixes(op.leading.as_ref()?, spec)?;
+                    Some((other.clone(), op.progress.subscribe(), covered, rest))
+                })
+        } else {
+            None
+        };
+        let lists = split
+            .as_ref()
+            .map_or_else(|| spec.clone(), |(_, _, _, rest)| rest.clone());
         if let Some(me) = live.get_mut(id) {
-            me.leading = true;
+            me.leading = Some(lists);
         }
-        match listing {
-            Some((current, rx)) => Role::LeadAfter(current, rx),
-            None => Role::Lead,
+        match (listing, split) {
+            (Some((current, rx)), _) => Role::LeadAfter(current, rx),
+            (None, Some((leader, rx, covered, rest))) => Role::Split(leader, rx, covered, rest),
+            (None, None) => Role::Lead,
         }
     }
 
@@ -146,7 +213,10 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
         }
         loop {
             match self.role_for(id, spec) {
-                Role::Join(leader, rx) => match self.follow_leader(a, &leader, rx).await {
+                Role::Split(leader, rx, covered, rest) => {
+                    return self.split(a, &leader, rx, &covered, &rest).await
+                }
+                Role::Join(leader, rx) => match self.follow_leader(a, &leader, rx, false).await {
                     Followed::Done(result) => return result,
                     Followed::LeaderGone => {
                         tracing::info!(operation_id = id, joined = %leader,
@@ -199,9 +269,52 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
         };
         // Its listing is over: a warm that arrives now lists anew.
         if let Some(me) = self.live().get_mut(id) {
-            me.leading = false;
+            me.leading = None;
         }
         result
+    }
+
+    /// Follows `leader`'s warm for the prefixes of `covered` while leading
+    /// a warm of `rest`; ends with both parts' outcome. A leader that ends
+    /// without finishing leaves its part to be done as any warm's.
+    async fn split(
+        &self,
+        a: &Attempt<'_>,
+        leader: &str,
+        rx: watch::Receiver<OperationState>,
+        covered: &WarmSpec,
+        rest: &WarmSpec,
+    ) -> Result<WarmOutcome, WarmError> {
+        tracing::info!(
+            operation_id = a.id,
+            joined = leader,
+            covered = covered.prefixes.len(),
+            rest = rest.prefixes.len(),
+            "a running warm covers part of this one's prefixes: joining it for those"
+        );
+        // Both parts keep their leases in the one progress: their prefixes
+        // do not overlap.
+        let part = Attempt {
+            spec: covered,
+            ..*a
+        };
+        let own = Attempt { spec: rest, ..*a };
+        let covered_part = async {
+            match self.follow_leader(&part, leader, rx, true).await {
+                Followed::Done(result) => result,
+                Followed::LeaderGone => {
+                    tracing::info!(
+                        operation_id = a.id,
+                        joined = leader,
+                        "the warm this one partly joined ended without finishing; warming its part"
+                    );
+                    a.progress.set_part(None);
+                    Box::pin(self.work(&part)).await
+                }
+            }
+        };
+        let (followed, led) = tokio::join!(covered_part, self.lead(&own));
+        Ok(worse(followed?, led?))
     }
 
     /// Awaits `fut`, meanwhile renewing the leases the attempt already
@@ -296,6 +409,7 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
         a: &Attempt<'_>,
         leader: &str,
         mut rx: watch::Receiver<OperationState>,
+        part: bool,
     ) -> Followed {
         let Attempt {
             id,
@@ -304,7 +418,21 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
             stop,
             ..
         } = *a;
-        progress.set_joined(Some(leader));
+        // All of this warm's work (its counters are the leader's), or part
+        // of it (shown next to its own).
+        let show = |state: &OperationState| {
+            if part {
+                progress.set_part(Some((leader, state.counters)));
+            } else {
+                progress.mirror(state);
+            }
+        };
+        if !part {
+            // Marked before any counter is shown: the metrics never count
+            // the leader's work as this warm's.
+            progress.set_joined(Some(leader));
+        }
+        show(&rx.borrow());
         metrics::counter!(crate::metrics::WARMS_JOINED).increment(1);
         tracing::info!(
             operation_id = id,
@@ -326,7 +454,7 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
         let mut moved = tokio::time::Instant::now();
         let last = loop {
             let state = rx.borrow_and_update().clone();
-            progress.mirror(&state);
+            show(&state);
             if state.is_done() {
                 break state;
             }
@@ -353,7 +481,7 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
                 () = stop.stopped() => return Followed::Done(Ok(stopped_outcome(stop))),
             }
         };
-        progress.mirror(&last);
+        show(&last);
         match last.outcome {
             Some(Outcome::Succeeded | Outcome::PartiallyFailed) => {}
             Some(Outcome::Failed) => {
@@ -376,18 +504,31 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
             .filter(|f| spec.prefixes.iter().any(|p| f.key.starts_with(p.as_str())))
             .cloned()
             .collect();
-        if last.failures_omitted == 0 && mine.is_empty() {
-            progress.set_failures(0, Vec::new());
-            return Followed::Done(Ok(WarmOutcome::Succeeded));
-        }
+        let all_mine = last.failures_omitted == 0 && mine.is_empty();
         // Some not listed: they may be this warm's; say so rather than guess.
         let failed = if last.failures_omitted == 0 {
             mine.len() as u64
         } else {
             last.counters.objects_failed
         };
-        progress.set_failures(failed, mine);
-        Followed::Done(Ok(WarmOutcome::PartiallyFailed))
+        if part {
+            // This warm's failures among its own: the part shows none.
+            let mut counters = last.counters;
+            counters.objects_failed = 0;
+            progress.set_part(Some((leader, counters)));
+            let known = mine.len() as u64;
+            for f in mine {
+                progress.fail(&f.key, &f.code, f.message);
+            }
+            Progress::add(&progress.failed, failed.saturating_sub(known));
+        } else {
+            progress.set_failures(failed, mine);
+        }
+        Followed::Done(Ok(if all_mine {
+            WarmOutcome::Succeeded
+        } else {
+            WarmOutcome::PartiallyFailed
+        }))
     }
 }
 

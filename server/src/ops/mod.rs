@@ -164,9 +164,10 @@ struct LiveOp {
     owner: Option<String>,
     /// Its place among the accepted warms, given back when it ends.
     _place: admission::Ticket,
-    /// It runs its own warm (others may join it), as opposed to following
-    /// another's or not having started yet.
-    leading: bool,
+    /// What it lists itself, while it runs its own warm (others may join
+    /// it): its request, or the part of it that no other warm covered;
+    /// `None` while it follows another's warm or has not started yet.
+    leading: Option<WarmSpec>,
     progress: Arc<Progress>,
     stop: Arc<StopSignal>,
     created_at: i64,
@@ -409,7 +410,7 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
                 request: record.request,
                 owner: record.owner,
                 _place: place,
-                leading: false,
+                leading: None,
                 progress: Arc::clone(&progress),
                 stop: Arc::clone(&stop),
                 created_at: record.created_at,
