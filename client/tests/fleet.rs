@@ -414,6 +414,187 @@ async fn a_paused_replica_cannot_write_after_it_was_taken_over(kind: Kind) {
     assert_eq!(code, 0, "the launcher still hears the outcome\n{out}");
 }
 
+/// A warm of `prefix` submitted to `endpoint`; its first update.
+async fn submit(
+    endpoint: &str,
+    src: &str,
+    dir: &str,
+    prefix: &str,
+) -> (tonic::Streaming<pb::WarmProgress>, pb::WarmProgress) {
+    let mut client = Client::connect(endpoint).await.unwrap();
+    let req = expresscache_client::WarmRequest::new(src, dir)
+        .prefix(prefix)
+        .ttl(Duration::from_secs(3600));
+    let mut stream = client.warm(req).await.unwrap();
+    let first = stream.message().await.unwrap().expect("a first update");
+    (stream, first)
+}
+
+/// Reads `stream` to its last update.
+async fn last(mut stream: tonic::Streaming<pb::WarmProgress>) -> pb::WarmProgress {
+    let mut last = None;
+    while let Some(p) = stream.message().await.unwrap() {
+        last = Some(p);
+    }
+    last.expect("at least one update")
+}
+
+/// Two replicas; replica 1 runs one warm at a time, so a warm of `d/`
+/// submitted there waits behind the warm of `e/` running (and is offered
+/// to the fleet meanwhile).
+struct Queued {
+    s3: aws_sdk_s3::Client,
+    src: String,
+    dir: String,
+    proxy: FaultProxy,
+    fleet: Fleet,
+    blocker: tonic::Streaming<pb::WarmProgress>,
+    _moto: Moto,
+}
+
+async fn queued_behind_a_blocker(kind: Kind) -> Queued {
+    let mut names = keys(100);
+    names.extend((0..40).map(|i| format!("e/{i:05}")));
+    let Setup {
+        s3,
+        src,
+        dir,
+        index,
+        proxy,
+        _moto,
+    } = setup(kind, &names, Duration::from_millis(50)).await;
+    let fleet = Fleet::start(
+        2,
+        &proxy.endpoint,
+        index,
+        &["--max-running-warms", "1", "--max-concurrency", "4"],
+    );
+    // Both have heartbeated since the second started (every 2 s): each
+    // knows it has a peer.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (blocker, _) = submit(&fleet.replicas[0].endpoint, &src, &dir, "e/").await;
+    Queued {
+        s3,
+        src,
+        dir,
+        proxy,
+        fleet,
+        blocker,
+        _moto,
+    }
+}
+
+/// A warm on replica 2 that a warm queued on replica 1 covers joins it
+/// (found in the shared log) instead of listing: it ends SUCCEEDED, names
+/// the warm it joined, every object is present, and `d/` was listed once.
+async fn a_warm_joins_a_covering_warm_queued_on_another_replica(kind: Kind) {
+    let Queued {
+        s3,
+        src,
+        dir,
+        proxy,
+        fleet,
+        blocker,
+        _moto,
+    } = queued_behind_a_blocker(kind).await;
+    let (leader, led_first) = submit(&fleet.replicas[0].endpoint, &src, &dir, "d/").await;
+    assert_eq!(led_first.phase, pb::Phase::Queued as i32, "{led_first:?}");
+    // Its offer is one write after its submission.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let lists_before = proxy.count(&Match::list_objects());
+    let (joiner, joined_first) = submit(&fleet.replicas[1].endpoint, &src, &dir, "d/").await;
+    let joined = last(joiner).await;
+    assert_eq!(
+        joined.outcome,
+        pb::Outcome::Succeeded as i32,
+        "{joined:?}\n{}",
+        fleet.logs()
+    );
+    assert_eq!(
+        joined.joined_operation_id,
+        led_first.operation_id,
+        "it joined the warm on the other replica\n{}",
+        fleet.logs()
+    );
+    let _ = joined_first;
+    assert_eq!(last(leader).await.outcome, pb::Outcome::Succeeded as i32);
+    assert_eq!(last(blocker).await.outcome, pb::Outcome::Succeeded as i32);
+    assert_eq!(list_keys(&s3, &dir, "d/").await.len(), 100);
+    assert_eq!(
+        proxy.count(&Match::list_objects()) - lists_before,
+        1,
+        "d/ listed once, by the warm joined\n{}",
+        fleet.logs()
+    );
+}
+
+/// Once the queued warm on replica 1 begins listing, a warm arriving on
+/// replica 2 no longer joins it (what that warm lists predates it): it
+/// lists itself.
+async fn a_warm_that_began_listing_on_another_replica_is_not_joined(kind: Kind) {
+    let Queued {
+        s3,
+        src,
+        dir,
+        proxy,
+        fleet,
+        blocker,
+        _moto,
+    } = queued_behind_a_blocker(kind).await;
+    let (leader, led_first) = submit(&fleet.replicas[0].endpoint, &src, &dir, "d/").await;
+    assert_eq!(last(blocker).await.outcome, pb::Outcome::Succeeded as i32);
+    // The leader lists, then copies (slowly): well past its offer.
+    let mut leader = leader;
+    loop {
+        let p = leader.message().await.unwrap().expect("the leader goes on");
+        assert_ne!(
+            p.phase,
+            pb::Phase::Done as i32,
+            "done before it was seen copying"
+        );
+        if p.counters.unwrap_or_default().objects_copied > 0 {
+            break;
+        }
+    }
+    let _ = led_first;
+    let lists_before = proxy.count(&Match::list_objects());
+    let (late, _) = submit(&fleet.replicas[1].endpoint, &src, &dir, "d/").await;
+    let late = last(late).await;
+    assert_eq!(late.outcome, pb::Outcome::Succeeded as i32, "{late:?}");
+    assert!(
+        late.joined_operation_id.is_empty(),
+        "a warm already listing is not joined: {late:?}\n{}",
+        fleet.logs()
+    );
+    assert_eq!(
+        proxy.count(&Match::list_objects()) - lists_before,
+        1,
+        "it listed d/ itself"
+    );
+    assert_eq!(last(leader).await.outcome, pb::Outcome::Succeeded as i32);
+    assert_eq!(list_keys(&s3, &dir, "d/").await.len(), 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_warm_joins_a_covering_warm_queued_on_another_replica() {
+    a_warm_joins_a_covering_warm_queued_on_another_replica(Kind::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamodb_a_warm_joins_a_covering_warm_queued_on_another_replica() {
+    a_warm_joins_a_covering_warm_queued_on_another_replica(Kind::Dynamo).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_warm_that_began_listing_on_another_replica_is_not_joined() {
+    a_warm_that_began_listing_on_another_replica_is_not_joined(Kind::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamodb_a_warm_that_began_listing_on_another_replica_is_not_joined() {
+    a_warm_that_began_listing_on_another_replica_is_not_joined(Kind::Dynamo).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_a_killed_replicas_warm_is_taken_over() {
     a_killed_replicas_warm_is_taken_over(Kind::Sqlite).await;

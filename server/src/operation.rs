@@ -93,6 +93,10 @@ pub struct OperationState {
     /// The recent SUCCEEDED warm this one was answered from (its
     /// max_staleness).
     pub fresh_from_operation_id: Option<String>,
+    /// It will list its whole request itself and has not begun: a warm on
+    /// another replica may join it (see `ops/remote.rs`). Recorded only
+    /// while it waits, and cleared in the log before it lists.
+    pub joinable: bool,
 }
 
 impl OperationState {
@@ -113,6 +117,7 @@ impl OperationState {
             superseded_operation_id: None,
             joined_operation_id: None,
             fresh_from_operation_id: None,
+            joinable: false,
         }
     }
 

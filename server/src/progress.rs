@@ -54,6 +54,13 @@ pub struct Progress {
     /// prefixes it covers), and that part's counters: shown with this
     /// warm's own, but not its work.
     part: Mutex<Option<(String, Counters)>>,
+    /// See [`OperationState::joinable`].
+    joinable: std::sync::atomic::AtomicBool,
+    /// Held while a snapshot is taken and written to the operation log, so
+    /// writes land in the order their snapshots were taken (a checkpoint
+    /// taken before `joinable` was cleared never lands after the write
+    /// that cleared it).
+    pub record_writes: tokio::sync::Mutex<()>,
     tx: watch::Sender<OperationState>,
 }
 
@@ -98,6 +105,8 @@ impl Progress {
             exported: crate::metrics::CounterExport::starting_at(Counters::default()),
             joined: Mutex::new(None),
             part: Mutex::new(None),
+            joinable: std::sync::atomic::AtomicBool::new(false),
+            record_writes: tokio::sync::Mutex::new(()),
             fresh_from: std::sync::OnceLock::new(),
             tx,
         };
@@ -347,7 +356,13 @@ impl Progress {
             superseded_operation_id: self.superseded.get().cloned(),
             joined_operation_id: self.joined().or(part.map(|(id, _)| id)),
             fresh_from_operation_id: self.fresh_from.get().cloned(),
+            joinable: self.joinable.load(Ordering::SeqCst),
         }
+    }
+
+    /// Marks it joinable from other replicas, or no longer.
+    pub fn set_joinable(&self, joinable: bool) {
+        self.joinable.store(joinable, Ordering::SeqCst);
     }
 
     /// The state to show now: the final one once finished, else a fresh

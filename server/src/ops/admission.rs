@@ -167,11 +167,19 @@ impl Admission {
         self.queued.load(Ordering::Relaxed)
     }
 
+    /// A slot if one is free now.
+    pub fn try_slot(&self) -> Option<RunSlot<'_>> {
+        Arc::clone(&self.slots)
+            .try_acquire_owned()
+            .ok()
+            .map(|p| RunSlot::new(p, &self.running))
+    }
+
     /// Waits for a slot; `None` if `stop` is set first (the warm was
     /// cancelled or interrupted while queued).
     pub async fn slot(&self, stop: &StopSignal) -> Option<RunSlot<'_>> {
-        if let Ok(p) = Arc::clone(&self.slots).try_acquire_owned() {
-            return Some(RunSlot::new(p, &self.running));
+        if let Some(slot) = self.try_slot() {
+            return Some(slot);
         }
         let _waiting = Waiting::enter(&self.queued);
         tokio::select! {

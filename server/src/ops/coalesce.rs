@@ -35,7 +35,7 @@ use tokio::sync::watch;
 
 use super::Operations;
 use crate::index::{CacheIndex, OperationLog};
-use crate::operation::{OperationState, Outcome, Phase};
+use crate::operation::{OperationState, Outcome, Phase, RunTicket};
 use crate::progress::Progress;
 use crate::stop::{StopReason, StopSignal};
 use crate::store::ObjectStore;
@@ -90,6 +90,11 @@ pub(super) struct Attempt<'a> {
     /// Its claim owner and lease writer in the index.
     pub owner: &'a str,
     pub stop: &'a StopSignal,
+    /// Its run in the operation log (the joinable mark is written under it).
+    pub ticket: &'a RunTicket,
+    /// It is the operation's whole request, not a part of it that another
+    /// warm covers the rest of: only then may other replicas join it.
+    pub whole: bool,
 }
 
 /// How a warm stopped while waiting ends.
@@ -148,7 +153,9 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
     /// finds one leader per round, not many: joins a covering warm that
     /// has not begun listing, or leads (after the covering warm that is
     /// already listing, if any).
-    fn role_for(&self, id: &str, spec: &WarmSpec) -> Role {
+    /// With `claim` false, a warm that would lead is not marked leading
+    /// (so nothing joins it before it looked on other replicas).
+    fn role_for(&self, id: &str, spec: &WarmSpec, claim: bool) -> Role {
         let mut live = self.live();
         // Warms that list what they list after this one arrived: others
         // whose own warm runs and has not begun listing.
@@ -185,6 +192,9 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
         } else {
             None
         };
+        if !claim && listing.is_none() && split.is_none() {
+            return Role::Lead;
+        }
         let lists = split
             .as_ref()
             .map_or_else(|| spec.clone(), |(_, _, _, rest)| rest.clone());
@@ -212,7 +222,15 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
             }
         }
         loop {
-            match self.role_for(id, spec) {
+            let mut role = self.role_for(id, spec, false);
+            if matches!(role, Role::Lead) {
+                // No warm here does its work: one on another replica may.
+                role = match self.remote_leader(id, spec).await {
+                    Some((leader, rx)) => Role::Join(leader, rx),
+                    None => self.role_for(id, spec, true),
+                };
+            }
+            match role {
                 Role::Split(leader, rx, covered, rest) => {
                     return self.split(a, &leader, rx, &covered, &rest).await
                 }
@@ -227,6 +245,7 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
                     tracing::info!(operation_id = id, after = %current,
                         "a warm of the same data is already listing; leading the next round");
                     // Queued (and joinable) until that round ends.
+                    self.offer(a).await;
                     let ended = async {
                         while !rx.borrow_and_update().is_done() {
                             if rx.changed().await.is_err() {
@@ -258,13 +277,26 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
             progress,
             owner,
             stop,
+            ..
         } = *a;
         if progress.joined().is_some() {
             // Leading from zero: the counters become its own.
             progress.set_joined(None);
         }
-        let result = match self.renewing(a, self.admission.slot(stop)).await? {
-            Some(_slot) => self.warmer.run_until(spec, progress, owner, stop).await,
+        let slot = match self.admission.try_slot() {
+            Some(slot) => Some(slot),
+            None => {
+                // Queued: joinable from other replicas meanwhile.
+                self.offer(a).await;
+                self.renewing(a, self.admission.slot(stop)).await?
+            }
+        };
+        let result = match slot {
+            Some(_slot) => match self.withdraw_offer(a).await {
+                Ok(true) => self.warmer.run_until(spec, progress, owner, stop).await,
+                Ok(false) => Ok(WarmOutcome::Interrupted),
+                Err(e) => Err(e.into()),
+            },
             None => Ok(stopped_outcome(stop)),
         };
         // Its listing is over: a warm that arrives now lists anew.
@@ -272,6 +304,47 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
             me.leading = None;
         }
         result
+    }
+
+    /// Records the attempt joinable in the operation log (warms on other
+    /// replicas may join it until it lists): only for a warm that lists its
+    /// whole request itself. A failed write is no harm: it may have landed,
+    /// and [`withdraw_offer`](Self::withdraw_offer) clears it either way.
+    async fn offer(&self, a: &Attempt<'_>) {
+        let p = a.progress;
+        let unmarked = !p.snapshot().joinable;
+        if !(a.whole && unmarked && self.remote.has_peers())
+            || p.joined().is_some()
+            || p.phase() != Phase::Queued
+        {
+            return;
+        }
+        let _order = a.progress.record_writes.lock().await;
+        a.progress.set_joinable(true);
+        if let Err(e) = self
+            .index()
+            .update_operation(a.id, a.ticket, &a.progress.snapshot())
+            .await
+        {
+            tracing::warn!(operation_id = a.id, error = %e,
+                "could not offer this warm to other replicas; it may be warmed there too");
+        }
+    }
+
+    /// Before listing: clears the attempt's joinable mark in the log, if
+    /// it was set, so no warm arriving from now on joins it. False when
+    /// the run was lost meanwhile (the keeper stops the warm); an error
+    /// when the log cannot be written: listing now could answer a warm
+    /// that joined after the listing began.
+    async fn withdraw_offer(&self, a: &Attempt<'_>) -> Result<bool, crate::index::IndexError> {
+        if !a.progress.snapshot().joinable {
+            return Ok(true);
+        }
+        let _order = a.progress.record_writes.lock().await;
+        a.progress.set_joinable(false);
+        self.index()
+            .update_operation(a.id, a.ticket, &a.progress.snapshot())
+            .await
     }
 
     /// Follows `leader`'s warm for the prefixes of `covered` while leading
@@ -296,9 +369,17 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
         // do not overlap.
         let part = Attempt {
             spec: covered,
+            whole: false,
             ..*a
         };
-        let own = Attempt { spec: rest, ..*a };
+        let own = Attempt {
+            spec: rest,
+            whole: false,
+            ..*a
+        };
+        // Shown (and recorded) as partly joined from the start.
+        a.progress
+            .set_part(Some((leader, crate::operation::Counters::default())));
         let covered_part = async {
             match self.follow_leader(&part, leader, rx, true).await {
                 Followed::Done(result) => result,

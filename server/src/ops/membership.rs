@@ -19,6 +19,7 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog + ReplicaRegistry> Operations<
         let live = self.index().live_replicas(judged).await?;
         let n = live.len().max(1);
         self.warmer.engine.set_replicas(n);
+        self.remote.set_replicas(live.len());
         Ok(n)
     }
 

@@ -14,6 +14,7 @@ mod adopt;
 mod coalesce;
 mod feed;
 mod membership;
+mod remote;
 mod run;
 #[cfg(test)]
 mod tests;
@@ -186,6 +187,8 @@ pub struct Operations<S, I> {
     limits: Limits,
     draining: watch::Sender<bool>,
     admission: Arc<admission::Admission>,
+    /// Joinable warms of other replicas, and the readers of those joined.
+    remote: remote::Remote,
 }
 
 impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
@@ -202,6 +205,7 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
             settings,
             limits,
             draining: watch::channel(false).0,
+            remote: remote::Remote::default(),
         }
     }
 

@@ -68,6 +68,8 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
                 progress: &progress,
                 owner: &owner,
                 stop: &stop,
+                ticket: &ticket,
+                whole: true,
             })
             .await;
         drop(keeper);
@@ -212,12 +214,15 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
             }
             if since_checkpoint >= s.checkpoint_interval {
                 since_checkpoint = Duration::ZERO;
-                // Other replicas' status and list read this.
-                match self
-                    .index()
-                    .update_operation(id, ticket, &progress.snapshot())
-                    .await
-                {
+                // Other replicas' status and list read this. Snapshot and
+                // write in order with the joinable mark's writes.
+                let written = {
+                    let _order = progress.record_writes.lock().await;
+                    self.index()
+                        .update_operation(id, ticket, &progress.snapshot())
+                        .await
+                };
+                match written {
                     Ok(true) => {}
                     Ok(false) => return lose(),
                     Err(e) => {
@@ -229,6 +234,9 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
     }
 
     async fn checkpoint(&self, id: &str, ticket: &RunTicket, progress: &Progress) {
+        // Whoever resumes it decides anew whether it may be joined.
+        let _order = progress.record_writes.lock().await;
+        progress.set_joinable(false);
         if let Err(e) = self
             .index()
             .update_operation(id, ticket, &progress.snapshot())
