@@ -10,8 +10,10 @@ use std::time::Duration;
 
 use common::{finish, objects, outcome, Fixture, Stream};
 use expresscache_client::{pb, Outcome};
+use expresscache_server::clock::Clock;
+use expresscache_server::index::{OperationLog, ReplicaRegistry};
 use expresscache_server::store::{Op, StoreError};
-use expresscache_server::testing::{get, list_keys, put};
+use expresscache_server::testing::{get, list_keys, put, TestIndex, TestStore};
 
 /// `n` objects under `m/`, copies slowed so a warm runs for a while.
 async fn fixture(n: usize, delay_ms: u64) -> Fixture {
@@ -163,6 +165,12 @@ async fn a_joiner_whose_leader_fails_fails_with_the_reason() {
 /// `m/` (10), `n/` (20) and `p/` (10) objects; one warm runs at a time,
 /// so a warm waits, joinable, behind a running one.
 async fn one_at_a_time() -> Fixture {
+    one_at_a_time_tuned(|_| {}).await
+}
+
+async fn one_at_a_time_tuned(
+    tune: impl FnOnce(&mut expresscache_server::server::Deps<TestStore, TestIndex>),
+) -> Fixture {
     let mut data = objects("m/", 10);
     data.extend(objects("n/", 20));
     data.extend(objects("p/", 10));
@@ -173,6 +181,7 @@ async fn one_at_a_time() -> Fixture {
     let fx = Fixture::new_tuned(&refs, |d| {
         d.warm.engine.max_concurrency = 2;
         d.ops.max_running = 1;
+        tune(d);
     })
     .await;
     fx.server.store.delay(Op::Copy, Duration::from_millis(40));
@@ -242,6 +251,47 @@ async fn a_partly_joined_warm_that_is_cancelled_leaves_its_part_to_the_joiner() 
     assert_eq!(outcome(&both), pb::Outcome::Succeeded, "{both:?}");
     assert_eq!(list_keys(&fx.s3, &fx.dir, "m/").await.len(), 10);
     assert_eq!(list_keys(&fx.s3, &fx.dir, "p/").await.len(), 10);
+}
+
+#[tokio::test]
+async fn a_queued_leader_is_offered_in_the_log_and_never_lists_unless_the_offer_is_withdrawn() {
+    let fx = one_at_a_time_tuned(|d| d.ops.adopt_every = Duration::from_millis(50)).await;
+    // Another replica shares the index: queued leaders are offered to it.
+    let index = fx.server.index.inner();
+    let far = fx.server.clock.now() + 3_600_000;
+    index.heartbeat("peer", far).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (blocker, _) = start_until(&fx, &["n/"], |p| {
+        p.counters.unwrap_or_default().objects_copied >= 1
+    })
+    .await;
+    let (leader, led_first) = start_until(&fx, &["m/"], |_| true).await;
+    let t0 = std::time::Instant::now();
+    while !index
+        .get_operation(&led_first.operation_id)
+        .await
+        .unwrap()
+        .is_some_and(|r| r.state.joinable)
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the queued leader was never offered in the log"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The write that withdraws the offer fails: listing now could answer
+    // a warm that joined from elsewhere after the listing began.
+    let lists = fx.server.store.calls.list.load(Ordering::Relaxed);
+    fx.server.index.fail("update_operation", 100);
+    assert_eq!(outcome(&finish(blocker).await), pb::Outcome::Succeeded);
+    let led = finish(leader).await;
+    assert_eq!(outcome(&led), pb::Outcome::Failed, "{led:?}");
+    assert_eq!(
+        fx.server.store.calls.list.load(Ordering::Relaxed),
+        lists,
+        "it listed nothing"
+    );
+    index.leave("peer").await.unwrap();
 }
 
 #[tokio::test]

@@ -335,6 +335,18 @@ impl<I: OperationLog> OperationLog for CountingIndex<I> {
         self.inner.update_operation(id, ticket, state).await
     }
 
+    async fn finish_operation(
+        &self,
+        id: &str,
+        ticket: &RunTicket,
+        state: &crate::operation::OperationState,
+        epochs: &[(String, String)],
+    ) -> Result<bool, IndexError> {
+        self.write();
+        let _pass = self.pass("finish_operation", id).await?;
+        self.inner.finish_operation(id, ticket, state, epochs).await
+    }
+
     async fn list_operations(
         &self,
         filter: OpFilter,
