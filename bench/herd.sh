@@ -145,7 +145,8 @@ for i in $(seq "$PROCESSES"); do
 done
 for pid in "${CLI_PIDS[@]}"; do wait "$pid" || true; done
 after=$(lists)
-cli_errors=$(wc -l <"$STATE/cli-errors" 2>/dev/null || echo 0)
+cli_errors=0
+if [ -f "$STATE/cli-errors" ]; then cli_errors=$(wc -l <"$STATE/cli-errors"); fi
 sort -n "$STATE/cli-times" >"$STATE/cli-sorted"
 count=$(wc -l <"$STATE/cli-sorted")
 p50=$(awk -v n="$count" 'NR == int((n - 1) * 0.5 + 0.5) + 1' "$STATE/cli-sorted")
