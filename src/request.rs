@@ -309,6 +309,8 @@ impl From<&WarmSpec> for pb::WarmCacheRequest {
                 seconds: i64::try_from(s.max_staleness.as_secs()).unwrap_or(i64::MAX),
                 nanos: i32::try_from(s.max_staleness.subsec_nanos()).unwrap_or(0),
             }),
+            // A spec is what runs: dry runs never become one.
+            dry_run: false,
         }
     }
 }
@@ -498,6 +500,7 @@ mod tests {
             request_id: "job-1".into(),
             destination_prefix: String::new(),
             max_staleness: None,
+            dry_run: false,
         }
     }
 
@@ -574,6 +577,7 @@ mod tests {
             request_id: "has space".into(),
             destination_prefix: "no-slash".into(),
             max_staleness: None,
+            dry_run: false,
         };
         let f = fields(WarmSpec::parse(&req, &Limits::default()).unwrap_err());
         assert_eq!(

@@ -140,6 +140,32 @@ impl Client {
         Ok(self.inner.warm_cache(req).await?.into_inner())
     }
 
+    /// Plans `request` without warming (a dry run): lists the source and
+    /// compares it with the cache, calling `on_progress` with the listing's
+    /// progress, and returns the plan: what would be copied and what is
+    /// cached, per prefix, and what the warm would cost by the engine and by
+    /// S3 Batch Operations. Nothing is copied, leased or recorded; a
+    /// dropped connection ends it (run it again).
+    pub async fn plan(
+        &mut self,
+        request: WarmRequest,
+        mut on_progress: impl FnMut(&pb::WarmProgress),
+    ) -> Result<pb::WarmPlan, ClientError> {
+        let mut stream = self.warm(request.dry_run(true)).await?;
+        while let Some(p) = stream.message().await? {
+            on_progress(&p);
+            if p.phase == pb::Phase::Done as i32 {
+                if p.outcome == pb::Outcome::Succeeded as i32 {
+                    return p.plan.ok_or_else(|| {
+                        ClientError::PlanFailed("the final message carries no plan".into())
+                    });
+                }
+                return Err(ClientError::PlanFailed(p.error));
+            }
+        }
+        Err(ClientError::StreamEnded(String::new()))
+    }
+
     /// Submits a warm, calls `on_progress` for every update, and returns
     /// the final report once the warm is done (every object present and
     /// current, or why not).

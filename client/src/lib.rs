@@ -76,4 +76,8 @@ pub enum ClientError {
     /// The progress stream ended without a final message.
     #[error("progress stream of operation {0:?} ended before the warm finished")]
     StreamEnded(String),
+    /// A dry run could not complete its plan (the listing or the index
+    /// failed); the message says why.
+    #[error("the dry run failed: {0}")]
+    PlanFailed(String),
 }

@@ -70,6 +70,13 @@ impl WarmRequest {
         self
     }
 
+    /// Plan only (see [`Client::plan`](crate::Client::plan)): list and
+    /// compare with the cache, copy nothing, write no lease.
+    pub fn dry_run(mut self, dry_run: bool) -> Self {
+        self.inner.dry_run = dry_run;
+        self
+    }
+
     /// Idempotency key: resubmitting with the same id reattaches to the
     /// running operation instead of starting another. Without one,
     /// [`Client::warm_and_wait`](crate::Client::warm_and_wait) generates

@@ -188,6 +188,10 @@ async fn run_on<S: ObjectStore, I: CacheIndex + OperationLog + ReplicaRegistry>(
         }
         _ => {}
     }
+    if let Some(path) = &config.price_table {
+        deps.prices = crate::pricing::PriceTable::load(path).map_err(anyhow::Error::msg)?;
+        tracing::info!(prices = %path.display(), source = %deps.prices.source, "dry runs use this price table");
+    }
     deps.policy = match &config.policy {
         Some(path) => {
             let policy = crate::policy::Policy::load(path)?;

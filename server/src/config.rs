@@ -75,6 +75,11 @@ pub struct Args {
     /// (doc/POLICY.md) [default: none, single-tenant].
     #[arg(long, env = "EXPRESSCACHE_POLICY")]
     pub policy: Option<PathBuf>,
+    /// Price table (TOML) for dry runs' cost estimates; fields it leaves
+    /// out keep the defaults (README, Dry runs) [default: us-east-1 list
+    /// prices].
+    #[arg(long, env = "EXPRESSCACHE_PRICE_TABLE")]
+    pub price_table: Option<PathBuf>,
     /// Serve plaintext gRPC on a non-loopback address (without TLS anyone
     /// on the network can read and send requests): only behind a trusted
     /// proxy or in a private network.
@@ -199,6 +204,7 @@ struct FileConfig {
     tls_client_ca: Option<PathBuf>,
     auth_tokens: Option<PathBuf>,
     policy: Option<PathBuf>,
+    price_table: Option<PathBuf>,
     allow_plaintext: Option<bool>,
     metrics_listen: Option<SocketAddr>,
     max_running_warms: Option<usize>,
@@ -314,6 +320,8 @@ pub struct Config {
     pub auth_tokens: Option<PathBuf>,
     /// The policy file, if any.
     pub policy: Option<PathBuf>,
+    /// The price table file, if any.
+    pub price_table: Option<PathBuf>,
     /// Plaintext on a non-loopback address was asked for explicitly.
     pub allow_plaintext: bool,
     /// Where `/metrics` is served, if anywhere.
@@ -498,6 +506,7 @@ impl Config {
             tls,
             auth_tokens,
             policy: args.policy.or(file.policy),
+            price_table: args.price_table.or(file.price_table),
             allow_plaintext,
             metrics_listen: args.metrics_listen.or(file.metrics_listen),
             max_running_warms: in_range(
@@ -621,6 +630,7 @@ impl Default for Config {
             tls: None,
             auth_tokens: None,
             policy: None,
+            price_table: None,
             allow_plaintext: false,
             metrics_listen: None,
             max_running_warms: 64,

@@ -21,6 +21,7 @@ pub mod operation;
 pub mod ops;
 pub mod plan;
 pub mod policy;
+pub mod pricing;
 pub mod progress;
 pub mod server;
 pub mod stop;

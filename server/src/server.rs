@@ -46,6 +46,8 @@ pub struct Deps<S, I> {
     pub auth: Arc<Authenticator>,
     /// Who may do what; `None`: single-tenant.
     pub policy: Option<Arc<crate::policy::Policy>>,
+    /// Prices for dry runs' estimates.
+    pub prices: crate::pricing::PriceTable,
 }
 
 impl<S, I> Deps<S, I> {
@@ -73,6 +75,7 @@ impl<S, I> Deps<S, I> {
             tls: config.tls.clone(),
             auth: Arc::default(),
             policy: None,
+            prices: crate::pricing::PriceTable::default(),
         }
     }
 }
@@ -114,7 +117,8 @@ where
     let api = Api::new(Arc::clone(&ops), evictor, deps.limits)
         .with_status_count_limit(deps.status_count_limit)
         .with_max_request_size(deps.max_request_size)
-        .with_policy(deps.policy.clone());
+        .with_policy(deps.policy.clone())
+        .with_prices(deps.prices.clone());
     // tonic's own decoding limit only guards memory; the API answers
     // requests between the two with RESOURCE_EXHAUSTED and the sizes.
     let decode_limit =

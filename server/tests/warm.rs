@@ -260,6 +260,7 @@ async fn bad_requests_get_precise_codes_and_field_details() {
                 seconds: -5,
                 nanos: 0,
             }),
+            dry_run: false,
         })
         .await
         .expect_err("invalid request accepted");

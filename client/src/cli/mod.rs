@@ -194,6 +194,11 @@ struct WarmArgs {
     /// within the window go unnoticed). 0: always list.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
     max_staleness: Duration,
+    /// Plan only: print what would be copied and what is cached per prefix,
+    /// and what the warm would cost by the engine and by S3 Batch
+    /// Operations; copy nothing, write no lease.
+    #[arg(long)]
+    dry_run: bool,
     #[command(flatten)]
     follow: FollowArgs,
 }
@@ -299,6 +304,9 @@ async fn warm(endpoints: &Arc<Endpoints>, a: WarmArgs) -> ExitCode {
     for p in a.prefixes {
         request = request.prefix(p);
     }
+    if a.dry_run {
+        return dry_run(endpoints, request, &a.follow).await;
+    }
     let mut renderer = Renderer::new(a.follow.output, a.follow.log_interval);
     let result = match connect(endpoints, a.follow.reconnect_attempts).await {
         Ok(mut client) => {
@@ -309,6 +317,43 @@ async fn warm(endpoints: &Arc<Endpoints>, a: WarmArgs) -> ExitCode {
         Err(e) => Err(e),
     };
     finish(renderer, result)
+}
+
+/// `warm --dry-run`: the listing's progress on stderr (text) and the plan
+/// on stdout.
+async fn dry_run(endpoints: &Arc<Endpoints>, request: WarmRequest, f: &FollowArgs) -> ExitCode {
+    let result = match connect(endpoints, 0).await {
+        Ok(mut client) => {
+            let mut last = std::time::Instant::now();
+            let format = f.output;
+            client
+                .plan(request, |p| {
+                    if format == OutputFormat::Text
+                        && p.phase != pb::Phase::Done as i32
+                        && last.elapsed() >= f.log_interval
+                    {
+                        last = std::time::Instant::now();
+                        eprintln!("{}", render::progress_line(p));
+                    }
+                })
+                .await
+        }
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(plan) => {
+            match f.output {
+                OutputFormat::Json => println!("{}", render::plan_json(&plan)),
+                OutputFormat::Text => {
+                    for line in render::plan_lines(&plan) {
+                        println!("{line}");
+                    }
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e),
+    }
 }
 
 async fn watch(endpoints: &Arc<Endpoints>, a: WatchArgs) -> ExitCode {

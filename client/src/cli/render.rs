@@ -98,6 +98,110 @@ pub fn progress_json(p: &pb::WarmProgress) -> Value {
     v
 }
 
+/// The JSON form of a dry run's plan.
+pub fn plan_json(plan: &pb::WarmPlan) -> Value {
+    let estimate = |e: Option<&pb::CostEstimate>| {
+        let e = e.cloned().unwrap_or_default();
+        json!({
+            "usd": e.usd,
+            "lines": e.lines.iter().map(|l| json!({
+                "item": l.item,
+                "quantity": l.quantity,
+                "unit": l.unit,
+                "usd_per_unit": l.usd_per_unit,
+                "usd": l.usd,
+            })).collect::<Vec<_>>(),
+        })
+    };
+    let mut v = json!({
+        "dry_run": true,
+        "prefixes": plan.prefixes.iter().map(|p| json!({
+            "prefix": p.prefix,
+            "objects_to_copy": p.objects_to_copy,
+            "bytes_to_copy": p.bytes_to_copy,
+            "objects_cached": p.objects_cached,
+            "bytes_cached": p.bytes_cached,
+            "objects_refused": p.objects_refused,
+        })).collect::<Vec<_>>(),
+        "list_requests": plan.list_requests,
+        "large_objects": plan.large_objects,
+        "engine": estimate(plan.engine.as_ref()),
+        "batch": estimate(plan.batch.as_ref()),
+        "prices": plan.prices,
+    });
+    if let Some(d) = &plan.estimated_duration {
+        v["estimated_seconds"] = json!(secs(Some(d)));
+    }
+    v
+}
+
+/// A dry run's plan as a table, then the two estimates line by line.
+pub fn plan_lines(plan: &pb::WarmPlan) -> Vec<String> {
+    let mut out = vec![format!(
+        "{:<40} {:>12} {:>12} {:>12} {:>12} {:>8}",
+        "prefix", "to copy", "bytes", "cached", "bytes", "refused"
+    )];
+    let mut total = pb::PrefixPlan::default();
+    for p in &plan.prefixes {
+        let name = if p.prefix.is_empty() {
+            "(whole bucket)"
+        } else {
+            &p.prefix
+        };
+        out.push(format!(
+            "{:<40} {:>12} {:>12} {:>12} {:>12} {:>8}",
+            name,
+            p.objects_to_copy,
+            HumanBytes(p.bytes_to_copy).to_string(),
+            p.objects_cached,
+            HumanBytes(p.bytes_cached).to_string(),
+            p.objects_refused
+        ));
+        total.objects_to_copy += p.objects_to_copy;
+        total.bytes_to_copy += p.bytes_to_copy;
+        total.objects_cached += p.objects_cached;
+        total.bytes_cached += p.bytes_cached;
+        total.objects_refused += p.objects_refused;
+    }
+    if plan.prefixes.len() > 1 {
+        out.push(format!(
+            "{:<40} {:>12} {:>12} {:>12} {:>12} {:>8}",
+            "total",
+            total.objects_to_copy,
+            HumanBytes(total.bytes_to_copy).to_string(),
+            total.objects_cached,
+            HumanBytes(total.bytes_cached).to_string(),
+            total.objects_refused
+        ));
+    }
+    out.push(format!(
+        "{} listing requests; {} objects over 5 GiB (copied by the engine either way)",
+        plan.list_requests, plan.large_objects
+    ));
+    for (name, e) in [
+        ("engine", &plan.engine),
+        ("S3 Batch Operations", &plan.batch),
+    ] {
+        let e = e.clone().unwrap_or_default();
+        out.push(format!("cost by {name}: ${:.4}", e.usd));
+        for l in &e.lines {
+            out.push(format!(
+                "  {:<58} {:>14.6} x ${:<10} per {:<18} = ${:.4}",
+                l.item, l.quantity, l.usd_per_unit, l.unit, l.usd
+            ));
+        }
+    }
+    out.push(match &plan.estimated_duration {
+        Some(d) => format!(
+            "estimated time by the engine: {} (listing, then copies at the rate this server last measured)",
+            HumanDuration(Duration::from_secs_f64(secs(Some(d))))
+        ),
+        None => "estimated time by the engine: unknown (this server has not measured a copy rate yet)".into(),
+    });
+    out.push(format!("prices: {}", plan.prices));
+    out
+}
+
 /// One human line describing a progress message.
 pub fn progress_line(p: &pb::WarmProgress) -> String {
     let c = p.counters.unwrap_or_default();

@@ -19,7 +19,7 @@ pub fn timestamp(ms: Millis) -> prost_types::Timestamp {
     }
 }
 
-fn duration(d: Duration) -> prost_types::Duration {
+pub fn duration(d: Duration) -> prost_types::Duration {
     prost_types::Duration {
         seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
         nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
@@ -78,6 +78,7 @@ pub fn progress(s: OperationState) -> pb::WarmProgress {
         joined_operation_id: s.joined_operation_id.unwrap_or_default(),
         fresh_from_operation_id: s.fresh_from_operation_id.unwrap_or_default(),
         operation_id: s.operation_id,
+        plan: None,
     }
 }
 

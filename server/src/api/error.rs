@@ -32,6 +32,8 @@ pub enum ApiError {
     /// The policy refuses this principal this request.
     #[error("{1}")]
     Denied(crate::auth::Principal, crate::policy::Denial),
+    #[error("this server runs {limit} dry runs at once already; retry shortly")]
+    DryRunsBusy { limit: usize },
 }
 
 /// An index failure as a status: one that waiting may fix (throttled,
@@ -121,6 +123,16 @@ impl From<ApiError> for Status {
                 let mut details = ErrorDetails::new();
                 details.set_retry_info(Some(std::time::Duration::from_secs(5)));
                 details.set_error_info("SERVER_BUSY", "expresscache", []);
+                Status::with_error_details(Code::ResourceExhausted, msg, details)
+            }
+            ApiError::DryRunsBusy { limit } => {
+                let mut details = ErrorDetails::new();
+                details.set_retry_info(Some(std::time::Duration::from_secs(5)));
+                details.set_error_info(
+                    "DRY_RUN_LIMIT",
+                    "expresscache",
+                    [("limit".to_owned(), limit.to_string())],
+                );
                 Status::with_error_details(Code::ResourceExhausted, msg, details)
             }
             ApiError::Submit(SubmitError::PrincipalBusy { principal, .. }) => {

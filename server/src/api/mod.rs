@@ -3,6 +3,7 @@
 
 mod audit;
 mod convert;
+mod dry_run;
 mod error;
 
 use std::pin::Pin;
@@ -49,6 +50,10 @@ pub struct Api<S, I> {
     buckets_seen: std::sync::Mutex<
         std::collections::HashMap<String, Arc<tokio::sync::Mutex<Option<tokio::time::Instant>>>>,
     >,
+    /// Prices for dry runs' estimates.
+    prices: Arc<crate::pricing::PriceTable>,
+    /// Places for dry runs running at once.
+    dry_runs: Arc<tokio::sync::Semaphore>,
 }
 
 /// How long a source bucket found to exist is not checked again.
@@ -69,7 +74,16 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Api<S, I> {
             max_request_size: 2 * 1024 * 1024,
             policy: None,
             buckets_seen: std::sync::Mutex::default(),
+            prices: Arc::default(),
+            dry_runs: Arc::new(tokio::sync::Semaphore::new(dry_run::MAX_DRY_RUNS)),
         }
+    }
+
+    /// Prices dry runs by `prices`.
+    #[must_use]
+    pub fn with_prices(mut self, prices: crate::pricing::PriceTable) -> Self {
+        self.prices = Arc::new(prices);
+        self
     }
 
     /// Checks every call against `policy`.
@@ -312,6 +326,11 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> CacheService for Api<S, I> {
     ) -> Result<Response<Self::WarmCacheStream>, Status> {
         let who = caller(&request);
         let req = request.into_inner();
+        if req.dry_run {
+            // Nothing changes: no audit line, no operation.
+            self.check_size(&req)?;
+            return Ok(Response::new(self.dry_run(&who, &req).await?));
+        }
         let entry = audit::Entry::warm(&who, &req);
         let result = async {
             self.check_size(&req)?;

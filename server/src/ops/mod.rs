@@ -209,6 +209,11 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
         }
     }
 
+    /// The warmer the operations run on.
+    pub fn warmer(&self) -> &Arc<Warmer<S, I>> {
+        &self.warmer
+    }
+
     fn live(&self) -> std::sync::MutexGuard<'_, HashMap<String, LiveOp>> {
         self.live.lock().unwrap_or_else(|e| e.into_inner())
     }

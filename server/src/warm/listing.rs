@@ -182,6 +182,7 @@ impl<S: ObjectStore, I: CacheIndex> WarmRun<'_, S, I> {
                 return Ok(Listed::Stop);
             }
             metrics::counter!(crate::metrics::S3_LIST_REQUESTS).increment(1);
+            self.list_requests.fetch_add(1, Ordering::Relaxed);
             let page = self
                 .w
                 .store

@@ -16,6 +16,7 @@
 //! `writer.rs` records copies in batches.
 
 mod copying;
+pub mod dry_run;
 mod leases;
 mod listing;
 mod planning;
@@ -99,6 +100,9 @@ pub struct Warmer<S, I> {
     pub clock: Arc<dyn Clock>,
     pub settings: WarmSettings,
     pub engine: CopyEngine<S>,
+    /// The copy rate the last warm that copied measured (dry runs
+    /// estimate durations from it).
+    pub rate: dry_run::CopyRate,
 }
 
 impl<S: ObjectStore, I> Warmer<S, I> {
@@ -114,6 +118,7 @@ impl<S: ObjectStore, I> Warmer<S, I> {
             index,
             clock,
             settings,
+            rate: dry_run::CopyRate::default(),
         }
     }
 }
@@ -169,6 +174,11 @@ pub enum WarmError {
     JoinedFailed { operation_id: String, error: String },
     /// A listing answered a continuation token it had answered before:
     /// following it would loop forever.
+    /// A dry run was stopped before its plan was complete.
+    #[error(
+        "stopped before the plan was complete (the server is shutting down, or the caller left)"
+    )]
+    Stopped,
     #[error("listing s3://{bucket}/{prefix} repeated continuation token {token:?}")]
     ListingLoop {
         bucket: String,

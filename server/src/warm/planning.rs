@@ -18,6 +18,15 @@ use crate::store::{ObjectMeta, ObjectStore};
 /// while this one is planned, so a re-warm costs about the listing alone.
 const PAGES_AHEAD: usize = 2;
 
+/// What a page held besides the keys to copy.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct PageCounts {
+    pub hits: u64,
+    pub hit_bytes: u64,
+    /// Keys that cannot be warmed (KeyClash, KeyTooLong).
+    pub refused: u64,
+}
+
 /// One key to settle.
 pub(super) struct CopyTask {
     pub object: ObjectMeta,
@@ -42,7 +51,7 @@ impl<S: ObjectStore, I: CacheIndex> WarmRun<'_, S, I> {
                 if self.stop.is_set() {
                     break;
                 }
-                let batch = self.triage(&page).await?;
+                let (batch, _) = self.triage(&page).await?;
                 let batch = self.claim_batch(batch).await?;
                 self.dispatch(batch, tasks).await;
             }
@@ -55,8 +64,11 @@ impl<S: ObjectStore, I: CacheIndex> WarmRun<'_, S, I> {
 
     /// Decides each key of `page` against the index (one ordered read of
     /// the page's key range): counts hits, fails what cannot be copied, and
-    /// returns the rest as tasks.
-    async fn triage(&self, page: &Page) -> Result<Vec<CopyTask>, WarmError> {
+    /// returns the rest as tasks, with what the page held.
+    pub(super) async fn triage(
+        &self,
+        page: &Page,
+    ) -> Result<(Vec<CopyTask>, PageCounts), WarmError> {
         let progress = self.progress;
         Progress::add(&progress.listed, page.objects.len() as u64);
         Progress::add(
@@ -74,8 +86,9 @@ impl<S: ObjectStore, I: CacheIndex> WarmRun<'_, S, I> {
         let (Some(first), Some(last)) =
             (dest_of(page.objects.first()), dest_of(page.objects.last()))
         else {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), PageCounts::default()));
         };
+        let mut counts = PageCounts::default();
         let mut records = RecordCursor::new(
             self.w.index.as_ref(),
             self.dir(),
@@ -90,9 +103,12 @@ impl<S: ObjectStore, I: CacheIndex> WarmRun<'_, S, I> {
             let wait_for = match planner.decide(obj, record.as_ref()) {
                 Decision::Hit => {
                     Progress::add(&progress.hits, 1);
+                    counts.hits += 1;
+                    counts.hit_bytes += obj.size;
                     continue;
                 }
                 Decision::Clash { cached_from } => {
+                    counts.refused += 1;
                     progress.fail(
                         &obj.key,
                         "KeyClash",
@@ -108,6 +124,7 @@ impl<S: ObjectStore, I: CacheIndex> WarmRun<'_, S, I> {
                 Decision::Wait(claim) => Some(claim),
             };
             if dest_key.len() > expresscache::names::MAX_KEY_BYTES {
+                counts.refused += 1;
                 progress.fail(
                     &obj.key,
                     "KeyTooLong",
@@ -127,7 +144,7 @@ impl<S: ObjectStore, I: CacheIndex> WarmRun<'_, S, I> {
                 claimed_at: None,
             });
         }
-        Ok(tasks)
+        Ok((tasks, counts))
     }
 
     /// Claims every task's key that nobody else was seen holding, in one

@@ -45,6 +45,10 @@ pub(super) struct WarmRun<'a, S, I> {
     pub stop: &'a StopSignal,
     /// Whether the Copying phase was announced yet.
     announced: AtomicBool,
+    /// Listing requests sent (pages, empty or not).
+    pub list_requests: std::sync::atomic::AtomicU64,
+    /// When the first copy started.
+    copy_started: std::sync::OnceLock<std::time::Instant>,
 }
 
 impl<'a, S: ObjectStore, I: CacheIndex> WarmRun<'a, S, I> {
@@ -62,6 +66,8 @@ impl<'a, S: ObjectStore, I: CacheIndex> WarmRun<'a, S, I> {
             owner,
             stop,
             announced: AtomicBool::new(false),
+            list_requests: std::sync::atomic::AtomicU64::new(0),
+            copy_started: std::sync::OnceLock::new(),
         }
     }
 
@@ -93,6 +99,12 @@ impl<'a, S: ObjectStore, I: CacheIndex> WarmRun<'a, S, I> {
             }
         };
         planned?;
+        if let Some(t0) = self.copy_started.get() {
+            let c = self.progress.snapshot().counters;
+            self.w
+                .rate
+                .record(c.objects_copied, c.bytes_copied, t0.elapsed());
+        }
         // "At least ttl" counts from when the data is ready; and if an
         // Evict ended a lease meanwhile, what was counted may be gone.
         self.write_leases().await?;
@@ -144,6 +156,7 @@ impl<'a, S: ObjectStore, I: CacheIndex> WarmRun<'a, S, I> {
     /// Notes that copying started (once per warm).
     pub fn announce_copying(&self) {
         if !self.announced.swap(true, Ordering::Relaxed) {
+            let _ = self.copy_started.set(std::time::Instant::now());
             self.progress.set_phase(Phase::Copying);
         }
     }

@@ -45,6 +45,7 @@ pub(super) fn spec(force: bool) -> WarmSpec {
             request_id: String::new(),
             destination_prefix: String::new(),
             max_staleness: None,
+            dry_run: false,
         },
         &expresscache::Limits::default(),
     )
