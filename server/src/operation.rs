@@ -93,10 +93,6 @@ pub struct OperationState {
     /// The recent SUCCEEDED warm this one was answered from (its
     /// max_staleness).
     pub fresh_from_operation_id: Option<String>,
-    /// It will list its whole request itself and has not begun: a warm on
-    /// another replica may join it (see `ops/remote.rs`). Recorded only
-    /// while it waits, and cleared in the log before it lists.
-    pub joinable: bool,
 }
 
 impl OperationState {
@@ -117,7 +113,6 @@ impl OperationState {
             superseded_operation_id: None,
             joined_operation_id: None,
             fresh_from_operation_id: None,
-            joinable: false,
         }
     }
 
@@ -188,6 +183,9 @@ pub struct RunLease {
     pub ticket: RunTicket,
     pub deadline: Millis,
     pub cancel_requested: bool,
+    /// This attempt offered the operation to warms of other replicas and
+    /// has not withdrawn ([`OperationLog::offer_join`](crate::index::OperationLog::offer_join)).
+    pub joinable: bool,
 }
 
 /// A warm operation as the operation log keeps it.

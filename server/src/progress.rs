@@ -54,13 +54,9 @@ pub struct Progress {
     /// prefixes it covers), and that part's counters: shown with this
     /// warm's own, but not its work.
     part: Mutex<Option<(String, Counters)>>,
-    /// See [`OperationState::joinable`].
-    joinable: std::sync::atomic::AtomicBool,
-    /// Held while a snapshot is taken and written to the operation log, so
-    /// writes land in the order their snapshots were taken (a checkpoint
-    /// taken before `joinable` was cleared never lands after the write
-    /// that cleared it).
-    pub record_writes: tokio::sync::Mutex<()>,
+    /// This attempt offered itself to other replicas' warms (its offer
+    /// must be withdrawn before it lists).
+    offered: std::sync::atomic::AtomicBool,
     tx: watch::Sender<OperationState>,
 }
 
@@ -105,8 +101,7 @@ impl Progress {
             exported: crate::metrics::CounterExport::starting_at(Counters::default()),
             joined: Mutex::new(None),
             part: Mutex::new(None),
-            joinable: std::sync::atomic::AtomicBool::new(false),
-            record_writes: tokio::sync::Mutex::new(()),
+            offered: std::sync::atomic::AtomicBool::new(false),
             fresh_from: std::sync::OnceLock::new(),
             tx,
         };
@@ -195,6 +190,14 @@ impl Progress {
             self.phase.store(phase_code(s.phase), Ordering::Relaxed);
         }
         self.set_concurrency_limit(s.concurrency_limit as usize);
+    }
+
+    /// Whether another warm does part of this one's work.
+    pub fn has_part(&self) -> bool {
+        self.part
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
     }
 
     /// Shows `counters` of operation `id`, which does part of this
@@ -356,13 +359,13 @@ impl Progress {
             superseded_operation_id: self.superseded.get().cloned(),
             joined_operation_id: self.joined().or(part.map(|(id, _)| id)),
             fresh_from_operation_id: self.fresh_from.get().cloned(),
-            joinable: self.joinable.load(Ordering::SeqCst),
         }
     }
 
-    /// Marks it joinable from other replicas, or no longer.
-    pub fn set_joinable(&self, joinable: bool) {
-        self.joinable.store(joinable, Ordering::SeqCst);
+    /// Notes that this attempt offered itself to other replicas (`true`),
+    /// or withdrew; returns whether it had.
+    pub fn set_offered(&self, offered: bool) -> bool {
+        self.offered.swap(offered, Ordering::SeqCst)
     }
 
     /// The state to show now: the final one once finished, else a fresh

@@ -271,7 +271,8 @@ async fn a_queued_leader_is_offered_in_the_log_and_never_lists_unless_the_offer_
         .get_operation(&led_first.operation_id)
         .await
         .unwrap()
-        .is_some_and(|r| r.state.joinable)
+        .and_then(|r| r.run)
+        .is_some_and(|r| r.joinable)
     {
         assert!(
             t0.elapsed() < Duration::from_secs(10),
@@ -279,10 +280,10 @@ async fn a_queued_leader_is_offered_in_the_log_and_never_lists_unless_the_offer_
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // The write that withdraws the offer fails: listing now could answer
-    // a warm that joined from elsewhere after the listing began.
+    // Every write that would withdraw the offer fails: listing now could
+    // answer a warm that joined from elsewhere after the listing began.
     let lists = fx.server.store.calls.list.load(Ordering::Relaxed);
-    fx.server.index.fail("update_operation", 100);
+    fx.server.index.fail("withdraw_join", 100);
     assert_eq!(outcome(&finish(blocker).await), pb::Outcome::Succeeded);
     let led = finish(leader).await;
     assert_eq!(outcome(&led), pb::Outcome::Failed, "{led:?}");

@@ -135,6 +135,7 @@ fn operation(id: &str, rid: Option<&str>, created_at: i64) -> OperationRecord {
             ticket: ticket(),
             deadline: 1_000,
             cancel_requested: false,
+            joinable: false,
         }),
     }
 }

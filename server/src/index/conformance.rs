@@ -57,6 +57,7 @@ fn run_lease(replica: &str, deadline: i64) -> RunLease {
         ticket: ticket(replica, 1),
         deadline,
         cancel_requested: false,
+        joinable: false,
     }
 }
 
@@ -81,6 +82,87 @@ pub async fn run_operation_log<I: OperationLog>(log: &I) {
     operations_are_unique_per_request_id(log).await;
     operations_list_newest_first_resume_and_purge(log).await;
     a_finished_operation_can_be_superseded_once(log).await;
+    offers_name_their_attempt_and_stay_withdrawn(log).await;
+}
+
+async fn offers_name_their_attempt_and_stay_withdrawn<I: OperationLog>(log: &I) {
+    let rec = OperationRecord {
+        id: "offer1".into(),
+        request_id: None,
+        request: warm_spec(None),
+        owner: None,
+        state: phase_state("offer1", false),
+        created_at: 1,
+        resumptions: 0,
+        run: Some(run_lease("a", 1_000)),
+    };
+    log.create_operation(&rec).await.unwrap();
+    let joinable = || async {
+        log.get_operation("offer1")
+            .await
+            .unwrap()
+            .unwrap()
+            .run
+            .is_some_and(|r| r.joinable)
+    };
+    assert!(!joinable().await, "not joinable until offered");
+    assert!(
+        !log.offer_join("offer1", &ticket("z", 1)).await.unwrap(),
+        "only the run's holder offers"
+    );
+    assert!(log.offer_join("offer1", &ticket("a", 1)).await.unwrap());
+    assert!(joinable().await, "offered");
+    assert!(log.withdraw_join("offer1", &ticket("a", 1)).await.unwrap());
+    assert!(!joinable().await, "withdrawn");
+    assert!(
+        !log.offer_join("offer1", &ticket("a", 1)).await.unwrap(),
+        "an offer landing after its withdrawal is refused"
+    );
+    assert!(!joinable().await);
+    // Offered again by a new attempt, then taken over: the new attempt is
+    // not joinable by the old one's offer.
+    let b = log
+        .take_over(
+            "offer1",
+            &RunTerms {
+                replica: "b",
+                deadline: 5_000,
+                now: 1_000,
+            },
+        )
+        .await
+        .unwrap()
+        .expect("a lapsed run is taken over");
+    assert!(log.offer_join("offer1", &b.ticket).await.unwrap());
+    assert!(joinable().await, "the new attempt offered");
+    let c = log
+        .take_over(
+            "offer1",
+            &RunTerms {
+                replica: "c",
+                deadline: 9_000,
+                now: 5_000,
+            },
+        )
+        .await
+        .unwrap()
+        .expect("taken over again");
+    assert!(
+        !joinable().await,
+        "a takeover is not joinable by the previous attempt's offer"
+    );
+    assert!(
+        !log.offer_join("offer1", &b.ticket).await.unwrap(),
+        "nor can the previous attempt offer it"
+    );
+    assert!(
+        !log.withdraw_join("offer1", &b.ticket).await.unwrap(),
+        "a superseded attempt's withdrawal says its run is lost"
+    );
+    assert!(log
+        .update_operation("offer1", &c.ticket, &phase_state("offer1", true))
+        .await
+        .unwrap());
 }
 
 /// Runs every check of the replica registry against `registry`, which

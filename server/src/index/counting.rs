@@ -335,6 +335,18 @@ impl<I: OperationLog> OperationLog for CountingIndex<I> {
         self.inner.update_operation(id, ticket, state).await
     }
 
+    async fn offer_join(&self, id: &str, ticket: &RunTicket) -> Result<bool, IndexError> {
+        self.write();
+        let _pass = self.pass("offer_join", id).await?;
+        self.inner.offer_join(id, ticket).await
+    }
+
+    async fn withdraw_join(&self, id: &str, ticket: &RunTicket) -> Result<bool, IndexError> {
+        self.write();
+        let _pass = self.pass("withdraw_join", id).await?;
+        self.inner.withdraw_join(id, ticket).await
+    }
+
     async fn finish_operation(
         &self,
         id: &str,

@@ -119,8 +119,6 @@ pub struct StateDoc {
     pub joined_operation_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fresh_from_operation_id: Option<String>,
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub joinable: bool,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -252,7 +250,6 @@ impl From<&OperationState> for StateDoc {
             superseded_operation_id: s.superseded_operation_id.clone(),
             joined_operation_id: s.joined_operation_id.clone(),
             fresh_from_operation_id: s.fresh_from_operation_id.clone(),
-            joinable: s.joinable,
         }
     }
 }
@@ -286,7 +283,6 @@ impl StateDoc {
             superseded_operation_id: self.superseded_operation_id,
             joined_operation_id: self.joined_operation_id,
             fresh_from_operation_id: self.fresh_from_operation_id,
-            joinable: self.joinable,
         })
     }
 }

@@ -320,6 +320,16 @@ impl<I: OperationLog> OperationLog for MeteredIndex<I> {
         .await
     }
 
+    async fn offer_join(&self, id: &str, ticket: &RunTicket) -> Result<bool, IndexError> {
+        self.timed("offer_join", self.inner.offer_join(id, ticket))
+            .await
+    }
+
+    async fn withdraw_join(&self, id: &str, ticket: &RunTicket) -> Result<bool, IndexError> {
+        self.timed("withdraw_join", self.inner.withdraw_join(id, ticket))
+            .await
+    }
+
     async fn finish_operation(
         &self,
         id: &str,

@@ -656,12 +656,37 @@ pub trait OperationLog: Send + Sync + 'static {
         // Epochs only while this attempt still holds the run (a renewal
         // answers that), so a runner taken over does not replace the
         // epochs the new attempt records.
-        // A deadline long past extends nothing: it only asks.
-        if let Renewal::Held { .. } = self.renew_run(id, ticket, 1).await? {
-            self.set_lease_epochs(id, epochs).await?;
+        // A deadline long past extends nothing: it only asks. The epochs
+        // serve resubmissions only: failing to record them must not keep
+        // the final state from being recorded.
+        match self.renew_run(id, ticket, 1).await {
+            Ok(Renewal::Held { .. }) => {
+                if let Err(e) = self.set_lease_epochs(id, epochs).await {
+                    tracing::warn!(operation_id = id, error = %e, "could not record the lease epochs");
+                }
+            }
+            Ok(Renewal::Lost) => {}
+            Err(e) => {
+                tracing::warn!(operation_id = id, error = %e, "could not check the run before recording the lease epochs");
+            }
         }
         self.update_operation(id, ticket, state).await
     }
+
+    /// Marks operation `id` joinable by warms of other replicas for
+    /// `ticket`'s attempt (its [`RunLease::joinable`] reads true while that
+    /// attempt holds the run): only if `ticket` holds the run and that
+    /// attempt has not withdrawn. A write of the mark that lands after the
+    /// withdrawal (a late retry) is refused, and a later attempt (a
+    /// takeover) is never joinable by an earlier attempt's mark. Returns
+    /// false, writing nothing, otherwise.
+    async fn offer_join(&self, id: &str, ticket: &RunTicket) -> Result<bool, IndexError>;
+
+    /// Withdraws `ticket`'s attempt's mark, for good: once this returns
+    /// true, no warm of another replica finds the operation joinable
+    /// (however late an offer of the attempt lands). False, writing
+    /// nothing, if `ticket` no longer holds the run.
+    async fn withdraw_join(&self, id: &str, ticket: &RunTicket) -> Result<bool, IndexError>;
 
     async fn get_operation(&self, id: &str) -> Result<Option<OperationRecord>, IndexError>;
 

@@ -69,6 +69,10 @@ CREATE TABLE IF NOT EXISTS operations (
     run_attempt      INTEGER NOT NULL DEFAULT 0,
     run_deadline     INTEGER NOT NULL DEFAULT 0,
     cancel_requested INTEGER NOT NULL DEFAULT 0,
+    -- the attempt that offered the operation to other replicas' warms, and
+    -- the latest attempt that withdrew its offer (ops/remote.rs)
+    offered_attempt   INTEGER NOT NULL DEFAULT 0,
+    withdrawn_attempt INTEGER NOT NULL DEFAULT 0,
     -- 0: request and progress are prost-encoded wire messages (releases
     -- before the versioned encoding); 1: JSON documents of index::encoding
     encoding    INTEGER NOT NULL DEFAULT 0,
@@ -228,6 +232,16 @@ const MIGRATIONS: &[(&str, &str, &str)] = &[
         "operations",
         "cancel_requested",
         "ALTER TABLE operations ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0",
+    ),
+    (
+        "operations",
+        "offered_attempt",
+        "ALTER TABLE operations ADD COLUMN offered_attempt INTEGER NOT NULL DEFAULT 0",
+    ),
+    (
+        "operations",
+        "withdrawn_attempt",
+        "ALTER TABLE operations ADD COLUMN withdrawn_attempt INTEGER NOT NULL DEFAULT 0",
     ),
     (
         "records",
@@ -443,6 +457,7 @@ struct OpRow {
     run_attempt: i64,
     run_deadline: Millis,
     cancel_requested: bool,
+    joinable: bool,
 }
 
 fn decode_op(row: OpRow) -> Result<OperationRecord, IndexError> {
@@ -459,6 +474,7 @@ fn decode_op(row: OpRow) -> Result<OperationRecord, IndexError> {
             },
             deadline: row.run_deadline,
             cancel_requested: row.cancel_requested,
+            joinable: row.joinable,
         });
     let (request, owner) = encoding::request_and_owner_from_json(&row.request).map_err(corrupt)?;
     Ok(OperationRecord {
@@ -485,11 +501,16 @@ fn read_op(row: &rusqlite::Row<'_>) -> rusqlite::Result<OpRow> {
         run_attempt: row.get(7)?,
         run_deadline: row.get(8)?,
         cancel_requested: row.get(9)?,
+        joinable: {
+            let (offered, withdrawn): (i64, i64) = (row.get(10)?, row.get(11)?);
+            let attempt: i64 = row.get(7)?;
+            offered > 0 && offered == attempt && withdrawn < offered
+        },
     })
 }
 
 const OP_COLUMNS: &str = "id, request_id, request, progress, created_at, resumptions,
-    run_replica, run_attempt, run_deadline, cancel_requested";
+    run_replica, run_attempt, run_deadline, cancel_requested, offered_attempt, withdrawn_attempt";
 
 fn insert_op(c: &Connection, op: &OperationRecord) -> Result<(), IndexError> {
     let run = op.run.as_ref();
@@ -1342,6 +1363,37 @@ impl OperationLog for SqliteIndex {
         let now = self.clock.now();
         self.with(move |c| store_state(c, &id, &ticket, &doc, done, now))
             .await
+    }
+
+    async fn offer_join(&self, id: &str, ticket: &RunTicket) -> Result<bool, IndexError> {
+        let (id, ticket) = (id.to_owned(), ticket.clone());
+        self.with(move |c| {
+            let changed = c
+                .execute(
+                    "UPDATE operations SET offered_attempt = ?3
+                     WHERE id = ?1 AND done = 0 AND run_replica = ?2 AND run_attempt = ?3
+                       AND withdrawn_attempt < ?3",
+                    params![id, ticket.replica, ticket.attempt],
+                )
+                .map_err(storage)?;
+            Ok(changed > 0)
+        })
+        .await
+    }
+
+    async fn withdraw_join(&self, id: &str, ticket: &RunTicket) -> Result<bool, IndexError> {
+        let (id, ticket) = (id.to_owned(), ticket.clone());
+        self.with(move |c| {
+            let changed = c
+                .execute(
+                    "UPDATE operations SET withdrawn_attempt = max(withdrawn_attempt, ?3)
+                     WHERE id = ?1 AND run_replica = ?2 AND run_attempt = ?3",
+                    params![id, ticket.replica, ticket.attempt],
+                )
+                .map_err(storage)?;
+            Ok(changed > 0)
+        })
+        .await
     }
 
     async fn finish_operation(

@@ -159,10 +159,14 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
         let mut live = self.live();
         // Warms that list what they list after this one arrived: others
         // whose own warm runs and has not begun listing.
+        // Only a warm doing all its own work is joined: one that follows
+        // another's for part of it could close a cycle of warms each
+        // waiting for the other.
         let queued = |other: &String, op: &super::LiveOp| {
             other.as_str() != id
                 && !op.stop.is_set()
                 && !op.progress.is_finished()
+                && !op.progress.has_part()
                 && op.progress.phase() == Phase::Queued
         };
         let joinable = live
@@ -306,45 +310,53 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
         result
     }
 
-    /// Records the attempt joinable in the operation log (warms on other
-    /// replicas may join it until it lists): only for a warm that lists its
-    /// whole request itself. A failed write is no harm: it may have landed,
-    /// and [`withdraw_offer`](Self::withdraw_offer) clears it either way.
+    /// Offers the attempt to warms of other replicas (they may join it
+    /// until it lists): only a warm that lists its whole request itself,
+    /// and only when other replicas share the index. A failed write is no
+    /// harm: it may have landed, and [`withdraw_offer`](Self::withdraw_offer)
+    /// withdraws it either way.
     async fn offer(&self, a: &Attempt<'_>) {
         let p = a.progress;
-        let unmarked = !p.snapshot().joinable;
-        if !(a.whole && unmarked && self.remote.has_peers())
+        if !(a.whole && self.remote.has_peers())
             || p.joined().is_some()
             || p.phase() != Phase::Queued
+            || p.set_offered(true)
         {
             return;
         }
-        let _order = a.progress.record_writes.lock().await;
-        a.progress.set_joinable(true);
-        if let Err(e) = self
-            .index()
-            .update_operation(a.id, a.ticket, &a.progress.snapshot())
-            .await
-        {
+        if let Err(e) = self.index().offer_join(a.id, a.ticket).await {
             tracing::warn!(operation_id = a.id, error = %e,
                 "could not offer this warm to other replicas; it may be warmed there too");
         }
     }
 
-    /// Before listing: clears the attempt's joinable mark in the log, if
-    /// it was set, so no warm arriving from now on joins it. False when
-    /// the run was lost meanwhile (the keeper stops the warm); an error
-    /// when the log cannot be written: listing now could answer a warm
-    /// that joined after the listing began.
+    /// Before listing: withdraws the attempt's offer, if it made one, so
+    /// no warm arriving from now on joins it (and no late write of the
+    /// offer lands). Retried a few times: listing before it is recorded
+    /// could answer a warm that joined after the listing began. False when
+    /// the run was lost meanwhile (the keeper stops the warm).
     async fn withdraw_offer(&self, a: &Attempt<'_>) -> Result<bool, crate::index::IndexError> {
-        if !a.progress.snapshot().joinable {
+        /// Tries, and the pause before the second (doubling after).
+        const TRIES: u32 = 4;
+        const FIRST_PAUSE: Duration = Duration::from_millis(200);
+        if !a.progress.set_offered(false) {
             return Ok(true);
         }
-        let _order = a.progress.record_writes.lock().await;
-        a.progress.set_joinable(false);
-        self.index()
-            .update_operation(a.id, a.ticket, &a.progress.snapshot())
-            .await
+        let mut pause = FIRST_PAUSE;
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match self.index().withdraw_join(a.id, a.ticket).await {
+                Err(e) if tries < TRIES => {
+                    tracing::warn!(operation_id = a.id, error = %e, tries,
+                        "could not withdraw this warm's offer to other replicas; retrying");
+                    let jitter = crate::jitter::Jitter::below(&crate::jitter::RandomJitter, pause);
+                    tokio::time::sleep(pause + jitter).await;
+                    pause *= 2;
+                }
+                done => return done,
+            }
+        }
     }
 
     /// Follows `leader`'s warm for the prefixes of `covered` while leading
@@ -390,7 +402,9 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
                         "the warm this one partly joined ended without finishing; warming its part"
                     );
                     a.progress.set_part(None);
-                    Box::pin(self.work(&part)).await
+                    // Led here, not joined anew: this warm's progress is
+                    // shared by both parts and must not mirror another's.
+                    self.lead(&part).await
                 }
             }
         };

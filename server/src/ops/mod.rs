@@ -301,6 +301,7 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
                 ticket: ticket.clone(),
                 deadline: granted_until,
                 cancel_requested: false,
+                joinable: false,
             }),
         };
         // The index decides who owns a request id, so two racing submissions
@@ -527,6 +528,7 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
                     ticket: op.ticket.clone(),
                     deadline: self.run_terms().deadline,
                     cancel_requested: op.stop.is_set(),
+                    joinable: false,
                 }),
             }));
         }

@@ -1,23 +1,26 @@
 //! Joining a warm that runs on another replica of a shared index. A warm
 //! that leads and must wait (for a running slot, or for the round before
-//! it) records itself *joinable* in the operation log; before it lists, it
-//! clears that mark in the log, and only lists once the clearing write is
-//! recorded. A warm on another replica that no local warm covers looks
-//! for a joinable warm that covers it, confirms with a consistent read of
-//! its record (made after this warm arrived) that it is still joinable,
-//! and joins it: that warm's listing begins after the read, so after this
-//! warm arrived, and ready still means present and current.
+//! it) offers itself in the operation log (`offer_join`, for its attempt);
+//! before it lists, it withdraws the offer (`withdraw_join`) and lists only
+//! once the withdrawal is recorded. A warm on another replica that no local
+//! warm covers looks for an offered warm that covers it, confirms with a
+//! consistent read of its record (made after this warm arrived) that the
+//! offer stands, and joins it: that warm's listing begins after the read,
+//! so after this warm arrived, and ready still means present and current.
 //!
-//! Only a warm that lists its whole request itself is ever marked (never
-//! one that follows another's work, whose record could lag behind the warm
-//! it follows). Checkpoints and the mark are written under one lock, in the
-//! order their snapshots were taken, so a checkpoint never restores a mark
-//! that was cleared.
+//! The offer is the log's, not the checkpoint's: it names the attempt
+//! that made it, so a takeover (a new attempt) is never joinable by an
+//! old offer, and an offer that lands late (a retried write) after its
+//! withdrawal is refused by the log. Only a warm that lists its whole
+//! request itself offers (never one that follows another's work).
 //!
 //! On this replica, the joiners of one remote warm share one reader of its
-//! record (every `follow_poll`), and the lookup of joinable warms is made
+//! record (every `follow_poll`), and the lookup of offered warms is made
 //! once at a time and reused for [`LOOKUP_REUSE`]: a herd costs the log
-//! one read per joiner, not a poll per stream.
+//! one read per joiner, not a poll per stream. The lookup reads the newest
+//! [`LOOKUP_LIMIT`] running operations; in a large herd the leader may be
+//! past them, and a replica then leads a round of its own (one more
+//! listing per replica, never a stale answer).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -67,11 +70,11 @@ impl Remote {
 /// may join.
 fn joinable_elsewhere(rec: &OperationRecord, me: &str, now: Millis) -> bool {
     !rec.is_done()
-        && rec.state.joinable
+        && rec.state.phase == crate::operation::Phase::Queued
         && rec
             .run
             .as_ref()
-            .is_some_and(|r| r.ticket.replica != me && r.deadline > now)
+            .is_some_and(|r| r.joinable && r.ticket.replica != me && r.deadline > now)
 }
 
 impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {

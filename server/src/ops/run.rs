@@ -214,15 +214,12 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
             }
             if since_checkpoint >= s.checkpoint_interval {
                 since_checkpoint = Duration::ZERO;
-                // Other replicas' status and list read this. Snapshot and
-                // write in order with the joinable mark's writes.
-                let written = {
-                    let _order = progress.record_writes.lock().await;
-                    self.index()
-                        .update_operation(id, ticket, &progress.snapshot())
-                        .await
-                };
-                match written {
+                // Other replicas' status and list read this.
+                match self
+                    .index()
+                    .update_operation(id, ticket, &progress.snapshot())
+                    .await
+                {
                     Ok(true) => {}
                     Ok(false) => return lose(),
                     Err(e) => {
@@ -234,9 +231,6 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
     }
 
     async fn checkpoint(&self, id: &str, ticket: &RunTicket, progress: &Progress) {
-        // Whoever resumes it decides anew whether it may be joined.
-        let _order = progress.record_writes.lock().await;
-        progress.set_joinable(false);
         if let Err(e) = self
             .index()
             .update_operation(id, ticket, &progress.snapshot())

@@ -71,6 +71,10 @@ pub const RUN_REPLICA: &str = "run_replica";
 pub const RUN_ATTEMPT: &str = "run_attempt";
 pub const RUN_DEADLINE: &str = "run_deadline";
 pub const CANCEL_REQUESTED: &str = "cancel_requested";
+/// The attempt that offered the operation to other replicas' warms, and
+/// the latest attempt that withdrew its offer (ops/remote.rs).
+pub const OFFERED_ATTEMPT: &str = "offered_attempt";
+pub const WITHDRAWN_ATTEMPT: &str = "withdrawn_attempt";
 pub const CRASHES: &str = "crashes";
 pub const CRASH_PENDING: &str = "crash_pending";
 pub const LEASE_EPOCHS: &str = "lease_epochs";

@@ -458,6 +458,9 @@ impl DynamoIndex {
     }
 }
 
+/// Lease writes of one warm in flight at once.
+const LEASE_WRITES_AT_ONCE: usize = 16;
+
 #[async_trait::async_trait]
 impl CacheIndex for DynamoIndex {
     async fn extend_lease(&self, lease: &Lease, now: Millis) -> Result<Lease, IndexError> {
@@ -465,10 +468,17 @@ impl CacheIndex for DynamoIndex {
     }
 
     /// One conditional write per lease (DynamoDB has no conditional batch
-    /// write short of a transaction, which would fail all for one), sent
-    /// together: one round trip of latency rather than one per prefix.
+    /// write short of a transaction, which would fail all for one), in
+    /// rounds of [`LEASE_WRITES_AT_ONCE`]: a few round trips of latency
+    /// rather than one per prefix, without a burst of a thousand writes.
     async fn extend_leases(&self, leases: &[Lease], now: Millis) -> Result<Vec<Lease>, IndexError> {
-        futures::future::try_join_all(leases.iter().map(|l| self.extend(l, now))).await
+        let mut stored = Vec::with_capacity(leases.len());
+        for chunk in leases.chunks(LEASE_WRITES_AT_ONCE) {
+            stored.extend(
+                futures::future::try_join_all(chunk.iter().map(|l| self.extend(l, now))).await?,
+            );
+        }
+        Ok(stored)
     }
 
     async fn covering_leases(
@@ -689,6 +699,14 @@ impl OperationLog for DynamoIndex {
         deadline: Millis,
     ) -> Result<Renewal, IndexError> {
         self.renew_op_run(id, ticket, deadline).await
+    }
+
+    async fn offer_join(&self, id: &str, ticket: &RunTicket) -> Result<bool, IndexError> {
+        self.offer_op(id, ticket).await
+    }
+
+    async fn withdraw_join(&self, id: &str, ticket: &RunTicket) -> Result<bool, IndexError> {
+        self.withdraw_op(id, ticket).await
     }
 
     async fn release_run(&self, id: &str, ticket: &RunTicket) -> Result<(), IndexError> {

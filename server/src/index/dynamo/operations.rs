@@ -18,10 +18,10 @@ use aws_sdk_dynamodb::types::{
 use super::documents::{doc_attr, doc_of};
 use super::errors::{self, Cancelled};
 use super::layout::{
-    get_s, n, names_in, prune, req_n, req_s, s, Item, Vals, BY_STATUS, CANCEL_REQUESTED, CRASHES,
-    CRASH_PENDING, CREATED_AT, CREATED_KEY, DONE, EPOCH, FINISHED, FINISHED_AT, GC_AT, ID,
-    LEASE_EPOCHS, OPERATION_ID, PK, PREFIX, REQUEST, REQUEST_ID, RESUMPTIONS, RUNNING, RUN_ATTEMPT,
-    RUN_DEADLINE, RUN_REPLICA, STATE, STATUS, UPDATED_AT,
+    get_n, get_s, n, names_in, prune, req_n, req_s, s, Item, Vals, BY_STATUS, CANCEL_REQUESTED,
+    CRASHES, CRASH_PENDING, CREATED_AT, CREATED_KEY, DONE, EPOCH, FINISHED, FINISHED_AT, GC_AT, ID,
+    LEASE_EPOCHS, OFFERED_ATTEMPT, OPERATION_ID, PK, PREFIX, REQUEST, REQUEST_ID, RESUMPTIONS,
+    RUNNING, RUN_ATTEMPT, RUN_DEADLINE, RUN_REPLICA, STATE, STATUS, UPDATED_AT, WITHDRAWN_ATTEMPT,
 };
 use super::{Cond, DynamoIndex, QuerySpec, ROUNDS};
 use crate::index::encoding::{RequestDoc, StateDoc};
@@ -136,14 +136,22 @@ fn op_of(item: &Item) -> Result<OperationRecord, IndexError> {
     // A finished operation has no run, whatever its item still says.
     let run = match get_s(item, RUN_REPLICA).filter(|_| !state.is_done()) {
         None => None,
-        Some(replica) => Some(RunLease {
-            ticket: RunTicket {
-                replica: replica.to_owned(),
-                attempt: u32_of(item, RUN_ATTEMPT)?,
-            },
-            deadline: req_n("operation", item, RUN_DEADLINE)?,
-            cancel_requested: bool_of(item, CANCEL_REQUESTED),
-        }),
+        Some(replica) => {
+            let attempt = u32_of(item, RUN_ATTEMPT)?;
+            let num = |attr| get_n("operation", item, attr).map(|v| v.unwrap_or(0));
+            let offered = num(OFFERED_ATTEMPT)?;
+            Some(RunLease {
+                ticket: RunTicket {
+                    replica: replica.to_owned(),
+                    attempt,
+                },
+                deadline: req_n("operation", item, RUN_DEADLINE)?,
+                cancel_requested: bool_of(item, CANCEL_REQUESTED),
+                joinable: offered > 0
+                    && offered == i64::from(attempt)
+                    && num(WITHDRAWN_ATTEMPT)? < offered,
+            })
+        }
     };
     Ok(OperationRecord {
         request_id: get_s(item, REQUEST_ID).map(str::to_owned),
@@ -872,6 +880,45 @@ impl DynamoIndex {
         Ok(item.map_or(Renewal::Lost, |i| Renewal::Held {
             cancel_requested: bool_of(&i, CANCEL_REQUESTED),
         }))
+    }
+
+    /// [`OperationLog::offer_join`](crate::index::OperationLog::offer_join):
+    /// refused once the attempt withdrew, so a late retry cannot re-mark.
+    pub(super) async fn offer_op(&self, id: &str, ticket: &RunTicket) -> Result<bool, IndexError> {
+        let res = self
+            .update(
+                &self.tables.operations,
+                op_key(id),
+                "SET #offered_attempt = :a",
+                Some(&format!(
+                    "{FENCE} AND (attribute_not_exists(#withdrawn_attempt) OR #withdrawn_attempt < :a)"
+                )),
+                fence_vals(ticket),
+                ReturnValue::None,
+            )
+            .await?;
+        Ok(matches!(res, Cond::Done(_)))
+    }
+
+    /// [`OperationLog::withdraw_join`](crate::index::OperationLog::withdraw_join).
+    pub(super) async fn withdraw_op(
+        &self,
+        id: &str,
+        ticket: &RunTicket,
+    ) -> Result<bool, IndexError> {
+        let res = self
+            .update(
+                &self.tables.operations,
+                op_key(id),
+                "SET #withdrawn_attempt = :a",
+                Some("#run_replica = :r AND #run_attempt = :a"),
+                Vals::new()
+                    .s("r", &ticket.replica)
+                    .n("a", i64::from(ticket.attempt)),
+                ReturnValue::None,
+            )
+            .await?;
+        Ok(matches!(res, Cond::Done(_)))
     }
 
     pub(super) async fn release_op_run(
