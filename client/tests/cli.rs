@@ -98,6 +98,64 @@ async fn warm_json_output_and_exit_codes() {
     );
 }
 
+/// `warm --dry-run` through the real binaries: the plan on stdout (JSON:
+/// one object; text: a table and both estimates), exit 0, nothing copied;
+/// a price table given to the server prices the estimate.
+#[tokio::test]
+async fn a_dry_run_prints_the_plan_and_copies_nothing() {
+    let prices = tempfile::tempdir().unwrap();
+    let table = prices.path().join("prices.toml");
+    std::fs::write(
+        &table,
+        "source = \"test prices\"\nexpress_put_per_1000 = 1000.0\nsource_list_per_1000 = 0.0\n",
+    )
+    .unwrap();
+    let table = table.to_str().unwrap().to_owned();
+    let s = common::setup_with(&["d/a", "d/b", "e/c"], &["--price-table", &table]).await;
+    let plan = |output: &str| {
+        s.server.run(&[
+            "warm",
+            "--dry-run",
+            "--bucket",
+            &s.src,
+            "--prefix",
+            "d/",
+            "--prefix",
+            "e/",
+            "--directory-bucket",
+            &s.dir,
+            "--output",
+            output,
+        ])
+    };
+    let out = plan("json");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines = json_lines(&out);
+    assert_eq!(lines.len(), 1, "one object: the plan");
+    let p = &lines[0];
+    assert_eq!(p["dry_run"], true);
+    assert_eq!(p["prefixes"][0]["prefix"], "d/");
+    assert_eq!(p["prefixes"][0]["objects_to_copy"], 2);
+    assert_eq!(p["prefixes"][1]["objects_to_copy"], 1);
+    assert_eq!(p["prices"], "test prices");
+    // 3 copies at $1,000 per 1,000 requests, listings free.
+    assert_eq!(p["engine"]["usd"].as_f64(), Some(3.0), "{p}");
+    let text = plan("text");
+    assert_eq!(text.status.code(), Some(0));
+    let stdout = String::from_utf8_lossy(&text.stdout);
+    assert!(stdout.contains("cost by engine: $3.0000"), "{stdout}");
+    assert!(stdout.contains("cost by S3 Batch Operations"), "{stdout}");
+    assert!(
+        list_keys(&s.s3, &s.dir, "").await.is_empty(),
+        "a dry run copies nothing"
+    );
+}
+
 #[tokio::test]
 async fn text_output_in_a_log_is_plain_lines() {
     let s = setup(&["d/a", "d/b"]).await;

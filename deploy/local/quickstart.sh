@@ -104,6 +104,12 @@ set -x
   --prefix datasets/2026-11-25/ --directory-bucket "$DIR" --ttl 2h
 "$BIN/expresscache" status --directory-bucket "$DIR" --prefix datasets/2026-11-26/ --prefix datasets/
 { set +x; } 2>/dev/null
+
+echo
+log "dry run of the whole bucket: what a warm would copy, and what it would cost"
+set -x
+"$BIN/expresscache" warm --dry-run --bucket "$SRC" --prefix "" --directory-bucket "$DIR"
+{ set +x; } 2>/dev/null
 if [ "$REPLICAS" -gt 1 ]; then
   echo
   log "the last replica sees every operation of the fleet"

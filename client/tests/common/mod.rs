@@ -239,8 +239,13 @@ pub struct Setup {
 /// moto with a source bucket holding `keys` (body = key) and an empty
 /// directory bucket, and a server with default settings.
 pub async fn setup(keys: &[&str]) -> Setup {
+    setup_with(keys, &[]).await
+}
+
+/// [`setup`] with `extra` server arguments.
+pub async fn setup_with(keys: &[&str], extra: &[&str]) -> Setup {
     let (moto, s3, src, dir) = buckets(keys).await;
-    let server = Server::start(&moto);
+    let server = Server::start_with(&moto, extra, &[]);
     Setup {
         moto,
         server,
