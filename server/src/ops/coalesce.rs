@@ -135,7 +135,7 @@ enum Role {
     Join(String, watch::Receiver<OperationState>),
     /// Join this one (which has not begun listing) for the prefixes it
     /// covers, the first spec, and lead a warm of the rest, the second.
-    Split(String, watch::Receiver<OperationState>, WarmSpec, WarmSpec),
+    Split(Box<(String, watch::Receiver<OperationState>, WarmSpec, WarmSpec)>),
     /// Lead the next round once this one (already listing, so too early
     /// for this warm) has ended; later arrivals join that round.
     LeadAfter(String, watch::Receiver<OperationState>),
@@ -207,7 +207,7 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
         }
         match (listing, split) {
             (Some((current, rx)), _) => Role::LeadAfter(current, rx),
-            (None, Some((leader, rx, covered, rest))) => Role::Split(leader, rx, covered, rest),
+            (None, Some(split)) => Role::Split(Box::new(split)),
             (None, None) => Role::Lead,
         }
     }
@@ -235,8 +235,9 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
                 };
             }
             match role {
-                Role::Split(leader, rx, covered, rest) => {
-                    return self.split(a, &leader, rx, &covered, &rest).await
+                Role::Split(split) => {
+                    let (leader, rx, covered, rest) = *split;
+                    return self.split(a, &leader, rx, &covered, &rest).await;
                 }
                 Role::Join(leader, rx) => match self.follow_leader(a, &leader, rx, false).await {
                     Followed::Done(result) => return result,
