@@ -153,6 +153,16 @@ impl Client {
     ) -> Result<pb::WarmPlan, ClientError> {
         let mut stream = self.warm(request.dry_run(true)).await?;
         while let Some(p) = stream.message().await? {
+            if !p.operation_id.is_empty() {
+                // A server that predates dry runs ignores the field and
+                // warms: stop it at once and say so.
+                let id = p.operation_id.clone();
+                drop(stream);
+                let _ = self.cancel(id.clone()).await;
+                return Err(ClientError::PlanFailed(format!(
+                    "the server does not support dry runs (it started warm {id}, now cancelled); upgrade it"
+                )));
+            }
             on_progress(&p);
             if p.phase == pb::Phase::Done as i32 {
                 if p.outcome == pb::Outcome::Succeeded as i32 {

@@ -23,6 +23,9 @@ use crate::warm::dry_run::DryPlan;
 /// Dry runs at once on one server: each lists a source as a warm does.
 pub const MAX_DRY_RUNS: usize = 8;
 
+/// How long the final message waits for a caller that stopped reading.
+const FINAL_SEND: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// How often a dry run's listing progress is sent.
 const PUBLISH_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 
@@ -35,6 +38,10 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Api<S, I> {
         req: &pb::WarmCacheRequest,
     ) -> Result<ProgressStream, ApiError> {
         let spec = WarmSpec::parse(req, &self.limits)?;
+        let mut draining = self.ops.draining();
+        if *draining.borrow() {
+            return Err(crate::ops::SubmitError::Draining.into());
+        }
         if let Some(p) = &self.policy {
             p.check_warm(who, &spec)
                 .map_err(|d| ApiError::Denied(who.clone(), d))?;
@@ -62,14 +69,27 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Api<S, I> {
                     tokio::select! {
                         r = &mut plan => break r,
                         _ = tick.tick() => {
+                            // Never waits for a slow reader: the plan goes
+                            // on, and the reader gets a later update.
                             let update = Ok(convert::progress(progress.snapshot()));
-                            if tx.send(update).await.is_err() {
+                            if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(update) {
                                 // The caller left: stop listing for nobody.
                                 stop.cancel();
                             }
                         }
+                        Ok(()) = draining.changed(), if !stop.is_set() => {
+                            if *draining.borrow() {
+                                stop.interrupt();
+                            }
+                        }
                     }
                 };
+                if *draining.borrow() {
+                    let _ = tx.try_send(Err(Status::unavailable(
+                        "the server is shutting down; run the dry run again against another replica or after the restart",
+                    )));
+                    return;
+                }
                 let last = match result {
                     Ok(plan) => {
                         let mut last =
@@ -84,7 +104,8 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Api<S, I> {
                         )
                     }
                 };
-                let _ = tx.send(Ok(last)).await;
+                // A caller that stopped reading does not keep the place.
+                let _ = tokio::time::timeout(FINAL_SEND, tx.send(Ok(last))).await;
             }
             .in_current_span(),
         );

@@ -297,11 +297,15 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
             }
         };
         let result = match slot {
-            Some(_slot) => match self.withdraw_offer(a).await {
-                Ok(true) => self.warmer.run_until(spec, progress, owner, stop).await,
-                Ok(false) => Ok(WarmOutcome::Interrupted),
-                Err(e) => Err(e.into()),
-            },
+            Some(_slot) => {
+                if self.withdraw_offer(a).await {
+                    self.warmer.run_until(spec, progress, owner, stop).await
+                } else {
+                    // Stopped, or its run lost (the keeper stops it and
+                    // nothing more is written).
+                    Ok(stopped_outcome(stop))
+                }
+            }
             None => Ok(stopped_outcome(stop)),
         };
         // Its listing is over: a warm that arrives now lists anew.
@@ -333,29 +337,34 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
 
     /// Before listing: withdraws the attempt's offer, if it made one, so
     /// no warm arriving from now on joins it (and no late write of the
-    /// offer lands). Retried a few times: listing before it is recorded
-    /// could answer a warm that joined after the listing began. False when
-    /// the run was lost meanwhile (the keeper stops the warm).
-    async fn withdraw_offer(&self, a: &Attempt<'_>) -> Result<bool, crate::index::IndexError> {
-        /// Tries, and the pause before the second (doubling after).
-        const TRIES: u32 = 4;
+    /// offer lands). Until the withdrawal is recorded the warm does not
+    /// list (it could answer a warm that joined after the listing began),
+    /// nor fail (that would fail the warms that joined it): it retries,
+    /// still queued, until it succeeds or the warm is stopped (cancelled,
+    /// interrupted, or its run lost because the index stayed out of
+    /// reach). True when it may list.
+    async fn withdraw_offer(&self, a: &Attempt<'_>) -> bool {
         const FIRST_PAUSE: Duration = Duration::from_millis(200);
+        const MAX_PAUSE: Duration = Duration::from_secs(2);
         if !a.progress.set_offered(false) {
-            return Ok(true);
+            return true;
         }
         let mut pause = FIRST_PAUSE;
-        let mut tries = 0;
+        let mut tries = 0u32;
         loop {
             tries += 1;
             match self.index().withdraw_join(a.id, a.ticket).await {
-                Err(e) if tries < TRIES => {
+                Ok(held) => return held,
+                Err(e) => {
                     tracing::warn!(operation_id = a.id, error = %e, tries,
-                        "could not withdraw this warm's offer to other replicas; retrying");
+                        "could not withdraw this warm's offer to other replicas; it waits, retrying");
                     let jitter = crate::jitter::Jitter::below(&crate::jitter::RandomJitter, pause);
-                    tokio::time::sleep(pause + jitter).await;
-                    pause *= 2;
+                    tokio::select! {
+                        () = tokio::time::sleep(pause + jitter) => {}
+                        () = a.stop.stopped() => return false,
+                    }
+                    pause = (pause * 2).min(MAX_PAUSE);
                 }
-                done => return done,
             }
         }
     }

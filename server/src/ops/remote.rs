@@ -71,10 +71,9 @@ impl Remote {
 fn joinable_elsewhere(rec: &OperationRecord, me: &str, now: Millis) -> bool {
     !rec.is_done()
         && rec.state.phase == crate::operation::Phase::Queued
-        && rec
-            .run
-            .as_ref()
-            .is_some_and(|r| r.joinable && r.ticket.replica != me && r.deadline > now)
+        && rec.run.as_ref().is_some_and(|r| {
+            r.joinable && !r.cancel_requested && r.ticket.replica != me && r.deadline > now
+        })
 }
 
 impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {

@@ -113,11 +113,7 @@ impl<S: ObjectStore, I: CacheIndex> WarmRun<'_, S, I> {
                 .collect(),
             ..DryPlan::default()
         };
-        let settings = self.w.engine.settings();
-        let (threshold, part) = (
-            settings.multipart_threshold,
-            crate::exec::part_size(MAX_SINGLE_COPY, settings.multipart_threshold),
-        );
+        let threshold = self.w.engine.settings().multipart_threshold;
         let (pages_tx, mut pages) = mpsc::channel::<Page>(2);
         let listing = &listing;
         // `move`: a planner that fails drops the receiver, which ends the
@@ -144,6 +140,8 @@ impl<S: ObjectStore, I: CacheIndex> WarmRun<'_, S, I> {
                     let size = task.object.size;
                     t.objects_to_copy += 1;
                     t.bytes_to_copy += size;
+                    // The engine's own part size for this object.
+                    let part = crate::exec::part_size(size, threshold);
                     let engine = copy_work(size, threshold, part);
                     plan.work.engine.add(engine);
                     if size > MAX_SINGLE_COPY {

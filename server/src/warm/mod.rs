@@ -172,13 +172,13 @@ pub enum WarmError {
     /// The running warm this one joined failed as a whole.
     #[error("the warm this one joined (operation {operation_id}) failed: {error}")]
     JoinedFailed { operation_id: String, error: String },
-    /// A listing answered a continuation token it had answered before:
-    /// following it would loop forever.
     /// A dry run was stopped before its plan was complete.
     #[error(
         "stopped before the plan was complete (the server is shutting down, or the caller left)"
     )]
     Stopped,
+    /// A listing answered a continuation token it had answered before:
+    /// following it would loop forever.
     #[error("listing s3://{bucket}/{prefix} repeated continuation token {token:?}")]
     ListingLoop {
         bucket: String,
