@@ -138,6 +138,83 @@ impl Drop for Moto {
     }
 }
 
+/// The fake S3 Control endpoint (`fake_s3control.py`): S3 Batch
+/// Operations jobs run for real against an S3 endpoint, since moto does not
+/// implement them. Started with the venv's Python next to moto.
+#[derive(Debug)]
+pub struct FakeS3Control {
+    child: std::process::Child,
+    pub endpoint: String,
+}
+
+/// The fake's source, written to a file at start (the crate is not run
+/// from its source tree by every caller).
+const FAKE_S3CONTROL: &str = include_str!("fake_s3control.py");
+
+impl FakeS3Control {
+    /// Starts the fake against `s3_endpoint`, with its knobs (`FAKE_S3CONTROL_*`
+    /// variables, see the script) in `env`; fails loudly if it cannot.
+    pub fn start(s3_endpoint: &str, env: &[(&str, &str)]) -> Self {
+        let python = moto_binary().with_file_name("python");
+        assert!(
+            python.exists(),
+            "python not found at {}: run `scripts/test` (it installs the venv)",
+            python.display()
+        );
+        let script = std::env::temp_dir().join(format!("fake_s3control-{}.py", std::process::id()));
+        std::fs::write(&script, FAKE_S3CONTROL).expect("write the fake's script");
+        let port = free_port();
+        let child = Command::new(&python)
+            .arg(&script)
+            .arg(port.to_string())
+            .arg(s3_endpoint)
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start the fake S3 Control endpoint: {e}"));
+        let mut fake = Self {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return fake;
+            }
+            if let Ok(Some(status)) = fake.child.try_wait() {
+                panic!("the fake S3 Control endpoint exited: {status}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the fake S3 Control endpoint did not start");
+    }
+
+    /// What the fake saw: `create_job_calls` and every job's state.
+    pub fn stats(&self) -> serde_json::Value {
+        use std::io::{Read, Write};
+        let addr = self.endpoint.trim_start_matches("http://");
+        let mut conn = std::net::TcpStream::connect(addr).expect("connect to the fake");
+        write!(
+            conn,
+            "GET /_fake/stats HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )
+        .expect("ask the fake");
+        let mut reply = String::new();
+        conn.read_to_string(&mut reply)
+            .expect("read the fake's answer");
+        let body = reply.split("\r\n\r\n").nth(1).unwrap_or_default();
+        serde_json::from_str(body).expect("the fake answers JSON")
+    }
+}
+
+impl Drop for FakeS3Control {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// SDK settings for a local endpoint: us-east-1, dummy credentials.
 pub fn local_sdk_config(endpoint: &str) -> aws_config::SdkConfig {
     aws_config::SdkConfig::builder()
