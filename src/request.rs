@@ -50,6 +50,8 @@ pub struct WarmSpec {
     /// this long ago, if its leases are live, without listing; zero:
     /// always list.
     pub max_staleness: Duration,
+    /// Copy through an S3 Batch Operations job.
+    pub batch_operations: bool,
 }
 
 /// Longest `destination_prefix`, in bytes: half a key, so real keys fit.
@@ -256,6 +258,7 @@ impl WarmSpec {
                 request_id,
                 destination_prefix,
                 max_staleness: max_staleness.unwrap_or_default(),
+                batch_operations: req.batch_operations,
             }),
             _ => unreachable!("every missing field recorded a violation"),
         }
@@ -311,6 +314,7 @@ impl From<&WarmSpec> for pb::WarmCacheRequest {
             }),
             // A spec is what runs: dry runs never become one.
             dry_run: false,
+            batch_operations: s.batch_operations,
         }
     }
 }
@@ -501,6 +505,7 @@ mod tests {
             destination_prefix: String::new(),
             max_staleness: None,
             dry_run: false,
+            batch_operations: false,
         }
     }
 
@@ -578,6 +583,7 @@ mod tests {
             destination_prefix: "no-slash".into(),
             max_staleness: None,
             dry_run: false,
+            batch_operations: false,
         };
         let f = fields(WarmSpec::parse(&req, &Limits::default()).unwrap_err());
         assert_eq!(

@@ -70,6 +70,13 @@ impl WarmRequest {
         self
     }
 
+    /// Copy through one S3 Batch Operations job instead of the server's
+    /// copy engine (the server must be configured for it).
+    pub fn batch_operations(mut self, batch: bool) -> Self {
+        self.inner.batch_operations = batch;
+        self
+    }
+
     /// Plan only (see [`Client::plan`](crate::Client::plan)): list and
     /// compare with the cache, copy nothing, write no lease.
     pub fn dry_run(mut self, dry_run: bool) -> Self {

@@ -39,6 +39,7 @@ fn spec(request_id: &str) -> WarmSpec {
         request_id: Some(RequestId::parse(request_id).unwrap_or_else(|e| panic!("{e}"))),
         destination_prefix: Prefix::root(),
         max_staleness: std::time::Duration::ZERO,
+        batch_operations: false,
     }
 }
 

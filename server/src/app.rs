@@ -110,6 +110,44 @@ pub async fn run<S: ObjectStore>(config: Config, store: S) -> anyhow::Result<()>
     }
 }
 
+/// The S3 Batch Operations offload, when a role and a working bucket are
+/// configured: jobs in the role's account, directory buckets in the
+/// configured region.
+async fn batch_offload(
+    config: &Config,
+) -> anyhow::Result<Option<std::sync::Arc<crate::batch::Offload>>> {
+    let (Some(role), Some(bucket)) = (&config.batch_role_arn, &config.batch_working_bucket) else {
+        return Ok(None);
+    };
+    let account = crate::batch::offload::account_of_role(role).map_err(anyhow::Error::msg)?;
+    expresscache::BucketName::parse(bucket)
+        .map_err(|e| anyhow::anyhow!("--batch-working-bucket: {e}"))?;
+    let shared = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let region = shared.region().map(ToString::to_string).ok_or_else(|| {
+        anyhow::anyhow!("the S3 Batch Operations offload needs a region (AWS_REGION)")
+    })?;
+    let jobs = crate::batch::S3ControlJobs::new(
+        &shared,
+        &account,
+        config.batch_control_endpoint.as_deref(),
+    );
+    tracing::info!(role = %role, working_bucket = %bucket, threshold = ?config.batch_threshold,
+        "S3 Batch Operations offload on");
+    Ok(Some(std::sync::Arc::new(crate::batch::Offload {
+        jobs: std::sync::Arc::new(jobs),
+        s3: s3_client(config.force_path_style).await,
+        working_bucket: bucket.clone(),
+        role_arn: role.clone(),
+        account_id: account,
+        region,
+        threshold: config.batch_threshold,
+        poll: (
+            std::time::Duration::from_secs(1),
+            std::time::Duration::from_secs(15),
+        ),
+    })))
+}
+
 /// A DynamoDB index from the standard AWS configuration chain
 /// (AWS_ENDPOINT_URL_DYNAMODB for a local endpoint).
 async fn dynamo_index(prefix: &TablePrefix, config: &Config) -> DynamoIndex {
@@ -188,6 +226,7 @@ async fn run_on<S: ObjectStore, I: CacheIndex + OperationLog + ReplicaRegistry>(
         }
         _ => {}
     }
+    deps.batch = batch_offload(&config).await?;
     if let Some(path) = &config.price_table {
         deps.prices = crate::pricing::PriceTable::load(path).map_err(anyhow::Error::msg)?;
         tracing::info!(prices = %path.display(), source = %deps.prices.source, "dry runs use this price table");

@@ -80,6 +80,31 @@ pub struct Args {
     /// prices].
     #[arg(long, env = "EXPRESSCACHE_PRICE_TABLE")]
     pub price_table: Option<PathBuf>,
+    /// IAM role S3 Batch Operations assumes for offloaded warms
+    /// (arn:aws:iam::ACCOUNT:role/NAME); with --batch-working-bucket, turns
+    /// the offload on (README, Batch Operations) [default: off].
+    #[arg(
+        long,
+        env = "EXPRESSCACHE_BATCH_ROLE_ARN",
+        requires = "batch_working_bucket"
+    )]
+    pub batch_role_arn: Option<String>,
+    /// General-purpose bucket for offloaded warms' manifests and reports.
+    #[arg(
+        long,
+        env = "EXPRESSCACHE_BATCH_WORKING_BUCKET",
+        requires = "batch_role_arn"
+    )]
+    pub batch_working_bucket: Option<String>,
+    /// Offload warms with more objects to copy than this without being
+    /// asked (they are planned in full before copying) [default: only warms
+    /// that ask].
+    #[arg(long, env = "EXPRESSCACHE_BATCH_THRESHOLD")]
+    pub batch_threshold: Option<u64>,
+    /// S3 Control endpoint used as given (a local or test endpoint)
+    /// [default: the region's].
+    #[arg(long, env = "EXPRESSCACHE_BATCH_CONTROL_ENDPOINT")]
+    pub batch_control_endpoint: Option<String>,
     /// Serve plaintext gRPC on a non-loopback address (without TLS anyone
     /// on the network can read and send requests): only behind a trusted
     /// proxy or in a private network.
@@ -205,6 +230,10 @@ struct FileConfig {
     auth_tokens: Option<PathBuf>,
     policy: Option<PathBuf>,
     price_table: Option<PathBuf>,
+    batch_role_arn: Option<String>,
+    batch_working_bucket: Option<String>,
+    batch_threshold: Option<u64>,
+    batch_control_endpoint: Option<String>,
     allow_plaintext: Option<bool>,
     metrics_listen: Option<SocketAddr>,
     max_running_warms: Option<usize>,
@@ -322,6 +351,12 @@ pub struct Config {
     pub policy: Option<PathBuf>,
     /// The price table file, if any.
     pub price_table: Option<PathBuf>,
+    /// S3 Batch Operations offload: role, working bucket, threshold and
+    /// S3 Control endpoint (off without a role).
+    pub batch_role_arn: Option<String>,
+    pub batch_working_bucket: Option<String>,
+    pub batch_threshold: Option<u64>,
+    pub batch_control_endpoint: Option<String>,
     /// Plaintext on a non-loopback address was asked for explicitly.
     pub allow_plaintext: bool,
     /// Where `/metrics` is served, if anywhere.
@@ -507,6 +542,10 @@ impl Config {
             auth_tokens,
             policy: args.policy.or(file.policy),
             price_table: args.price_table.or(file.price_table),
+            batch_role_arn: args.batch_role_arn.or(file.batch_role_arn),
+            batch_working_bucket: args.batch_working_bucket.or(file.batch_working_bucket),
+            batch_threshold: args.batch_threshold.or(file.batch_threshold),
+            batch_control_endpoint: args.batch_control_endpoint.or(file.batch_control_endpoint),
             allow_plaintext,
             metrics_listen: args.metrics_listen.or(file.metrics_listen),
             max_running_warms: in_range(
@@ -631,6 +670,10 @@ impl Default for Config {
             auth_tokens: None,
             policy: None,
             price_table: None,
+            batch_role_arn: None,
+            batch_working_bucket: None,
+            batch_threshold: None,
+            batch_control_endpoint: None,
             allow_plaintext: false,
             metrics_listen: None,
             max_running_warms: 64,

@@ -6,6 +6,9 @@
 //! over them; [`ops`] runs warms detached from calls; [`api`] is the tonic
 //! service; [`server`] wires it all; [`app`] is what the binary runs.
 
+// The warm's future nests deep (coalescing, offload, the pipeline).
+#![recursion_limit = "256"]
+
 pub mod api;
 pub mod app;
 pub mod auth;

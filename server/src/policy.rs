@@ -772,6 +772,7 @@ max_ttl = "1d"
             request_id: None,
             destination_prefix: Prefix::parse(dest).unwrap(),
             max_staleness: std::time::Duration::ZERO,
+            batch_operations: false,
         }
     }
 

@@ -48,6 +48,8 @@ pub struct Deps<S, I> {
     pub policy: Option<Arc<crate::policy::Policy>>,
     /// Prices for dry runs' estimates.
     pub prices: crate::pricing::PriceTable,
+    /// S3 Batch Operations offload, when configured.
+    pub batch: Option<Arc<crate::batch::Offload>>,
 }
 
 impl<S, I> Deps<S, I> {
@@ -76,6 +78,7 @@ impl<S, I> Deps<S, I> {
             auth: Arc::default(),
             policy: None,
             prices: crate::pricing::PriceTable::default(),
+            batch: None,
         }
     }
 }
@@ -102,7 +105,9 @@ where
         Arc::clone(&deps.clock),
         deps.evict.clone(),
     ));
-    let warmer = Arc::new(Warmer::new(deps.store, deps.index, deps.clock, deps.warm));
+    let mut warmer = Warmer::new(deps.store, deps.index, deps.clock, deps.warm);
+    warmer.batch = deps.batch.clone();
+    let warmer = Arc::new(warmer);
     let ops = Arc::new(Operations::new(warmer, deps.ops.clone(), deps.limits));
     // Join the fleet before resuming anything, so this replica copies with
     // its share of each bucket's budget from the start.

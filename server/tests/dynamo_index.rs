@@ -127,6 +127,7 @@ fn operation(id: &str, rid: Option<&str>, created_at: i64) -> OperationRecord {
             request_id: rid.map(|r| RequestId::parse(r).unwrap()),
             destination_prefix: Prefix::root(),
             max_staleness: std::time::Duration::ZERO,
+            batch_operations: false,
         },
         state: OperationState::queued(id, created_at),
         created_at,

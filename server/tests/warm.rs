@@ -261,6 +261,7 @@ async fn bad_requests_get_precise_codes_and_field_details() {
                 nanos: 0,
             }),
             dry_run: false,
+            batch_operations: false,
         })
         .await
         .expect_err("invalid request accepted");

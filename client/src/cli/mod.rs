@@ -199,6 +199,10 @@ struct WarmArgs {
     /// Operations; copy nothing, write no lease.
     #[arg(long)]
     dry_run: bool,
+    /// Copy through one S3 Batch Operations job instead of the server's
+    /// copy engine (the server must be configured for it).
+    #[arg(long)]
+    batch_operations: bool,
     #[command(flatten)]
     follow: FollowArgs,
 }
@@ -294,6 +298,7 @@ async fn warm(endpoints: &Arc<Endpoints>, a: WarmArgs) -> ExitCode {
         .ttl(a.ttl)
         .force_copy(a.force_copy)
         .max_staleness(a.max_staleness)
+        .batch_operations(a.batch_operations)
         .destination_prefix(a.destination_prefix);
     // A random id when none is given: a reconnect then reattaches to the
     // running warm instead of starting a second.

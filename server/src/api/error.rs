@@ -34,6 +34,8 @@ pub enum ApiError {
     Denied(crate::auth::Principal, crate::policy::Denial),
     #[error("this server runs {limit} dry runs at once already; retry shortly")]
     DryRunsBusy { limit: usize },
+    #[error("batch_operations: this server is not configured for S3 Batch Operations (--batch-role-arn, --batch-working-bucket)")]
+    BatchNotConfigured,
 }
 
 /// An index failure as a status: one that waiting may fix (throttled,
@@ -124,6 +126,12 @@ impl From<ApiError> for Status {
                 details.set_retry_info(Some(std::time::Duration::from_secs(5)));
                 details.set_error_info("SERVER_BUSY", "expresscache", []);
                 Status::with_error_details(Code::ResourceExhausted, msg, details)
+            }
+            ApiError::BatchNotConfigured => {
+                let mut details = ErrorDetails::new();
+                details.set_error_info("BATCH_NOT_CONFIGURED", "expresscache", []);
+                details.add_bad_request_violation("batch_operations", msg.clone());
+                Status::with_error_details(Code::FailedPrecondition, msg, details)
             }
             ApiError::DryRunsBusy { limit } => {
                 let mut details = ErrorDetails::new();

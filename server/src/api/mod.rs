@@ -206,6 +206,9 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Api<S, I> {
         req: pb::WarmCacheRequest,
     ) -> Result<Subscription, ApiError> {
         let spec = WarmSpec::parse(&req, &self.limits)?;
+        if spec.batch_operations && self.ops.warmer().batch.is_none() {
+            return Err(ApiError::BatchNotConfigured);
+        }
         if let Some(p) = &self.policy {
             p.check_warm(who, &spec)
                 .map_err(|d| ApiError::Denied(who.clone(), d))?;

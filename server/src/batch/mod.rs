@@ -1,8 +1,10 @@
-//! S3 Batch Operations: the jobs a very large warm may hand its copies to
-//! (issue 15). This part is the job control: creating, describing and
-//! cancelling jobs through S3 Control, behind a narrow trait the warm will
-//! drive. The offload of a warm's plan to a job is not wired in yet.
+//! S3 Batch Operations: the jobs a very large warm may hand its copies to.
+//! `control` creates, describes and cancels jobs through S3 Control behind
+//! a narrow trait; `offload` holds the configuration, writes manifests and
+//! reads reports; the warm drives a job in `warm/offload.rs`.
 
 pub mod control;
+pub mod offload;
 
 pub use control::{JobControl, JobSpec, JobState, JobStatus, S3ControlJobs};
+pub use offload::Offload;

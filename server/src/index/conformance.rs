@@ -41,6 +41,7 @@ fn warm_spec(request_id: Option<&str>) -> WarmSpec {
         request_id: request_id.map(|r| RequestId::parse(r).unwrap()),
         destination_prefix: Prefix::root(),
         max_staleness: std::time::Duration::ZERO,
+        batch_operations: false,
     }
 }
 

@@ -38,6 +38,8 @@ pub struct RequestDoc {
     /// Milliseconds; 0 (and absent, from earlier releases): always list.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub max_staleness_ms: u64,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub batch_operations: bool,
     /// The principal that submitted it (absent: anonymous, or an earlier
     /// release).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -177,6 +179,7 @@ impl From<&WarmSpec> for RequestDoc {
             request_id: s.request_id.as_ref().map(ToString::to_string),
             destination_prefix: s.destination_prefix.to_string(),
             max_staleness_ms: u64::try_from(s.max_staleness.as_millis()).unwrap_or(u64::MAX),
+            batch_operations: s.batch_operations,
             owner: None,
         }
     }
@@ -220,6 +223,7 @@ impl RequestDoc {
             destination_prefix: Prefix::parse(&self.destination_prefix)
                 .map_err(|e| bad("destination_prefix", e))?,
             max_staleness: Duration::from_millis(self.max_staleness_ms),
+            batch_operations: self.batch_operations,
         })
     }
 }
@@ -344,6 +348,7 @@ mod tests {
             request_id: Some(RequestId::parse("job-7").unwrap()),
             destination_prefix: Prefix::parse("team/").unwrap(),
             max_staleness: std::time::Duration::ZERO,
+            batch_operations: false,
         }
     }
 

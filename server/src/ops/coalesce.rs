@@ -656,6 +656,7 @@ mod tests {
             request_id: None,
             destination_prefix: Prefix::root(),
             max_staleness: std::time::Duration::ZERO,
+            batch_operations: false,
         }
     }
 

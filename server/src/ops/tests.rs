@@ -24,6 +24,7 @@ fn unfinished(id: &str, resumptions: u32) -> OperationRecord {
             request_id: None,
             destination_prefix: expresscache::Prefix::root(),
             max_staleness: Duration::ZERO,
+            batch_operations: false,
         },
         state: OperationState {
             phase: crate::operation::Phase::Copying,

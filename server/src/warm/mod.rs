@@ -19,6 +19,7 @@ mod copying;
 pub mod dry_run;
 mod leases;
 mod listing;
+mod offload;
 mod planning;
 mod run;
 mod settle;
@@ -103,6 +104,8 @@ pub struct Warmer<S, I> {
     /// The copy rate the last warm that copied measured (dry runs
     /// estimate durations from it).
     pub rate: dry_run::CopyRate,
+    /// S3 Batch Operations offload, when configured.
+    pub batch: Option<Arc<crate::batch::Offload>>,
 }
 
 impl<S: ObjectStore, I> Warmer<S, I> {
@@ -119,6 +122,7 @@ impl<S: ObjectStore, I> Warmer<S, I> {
             clock,
             settings,
             rate: dry_run::CopyRate::default(),
+            batch: None,
         }
     }
 }
@@ -172,6 +176,10 @@ pub enum WarmError {
     /// The running warm this one joined failed as a whole.
     #[error("the warm this one joined (operation {operation_id}) failed: {error}")]
     JoinedFailed { operation_id: String, error: String },
+    /// The S3 Batch Operations job could not be created, followed or
+    /// read, or it failed as a whole.
+    #[error("{0}")]
+    Batch(String),
     /// A dry run was stopped before its plan was complete.
     #[error(
         "stopped before the plan was complete (the server is shutting down, or the caller left)"

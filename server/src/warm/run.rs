@@ -76,7 +76,15 @@ impl<'a, S: ObjectStore, I: CacheIndex> WarmRun<'a, S, I> {
         self.write_leases().await?;
         let (task_tx, task_rx) = mpsc::channel::<CopyTask>(TASK_QUEUE);
         let (entry_tx, entry_rx) = mpsc::channel(ENTRY_QUEUE);
-        let copier = self.copy_all(task_rx, entry_tx);
+        let copier = async {
+            match self.offload() {
+                Some(o) => self.copy_all_offloaded(o, task_rx, entry_tx).await,
+                None => {
+                    self.copy_all(task_rx, entry_tx).await;
+                    Ok(())
+                }
+            }
+        };
         let planner = async {
             let r = self.plan(&task_tx).await;
             drop(task_tx);
@@ -84,8 +92,8 @@ impl<'a, S: ObjectStore, I: CacheIndex> WarmRun<'a, S, I> {
         };
         let writer = self.write_entries(entry_rx);
         let work = async {
-            let (planned, (), written) = tokio::join!(planner, copier, writer);
-            planned.and(written.map_err(WarmError::from))
+            let (planned, copied, written) = tokio::join!(planner, copier, writer);
+            planned.and(copied).and(written.map_err(WarmError::from))
         };
         tokio::pin!(work);
         let planned = tokio::select! {

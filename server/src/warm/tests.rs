@@ -46,6 +46,7 @@ pub(super) fn spec(force: bool) -> WarmSpec {
             destination_prefix: String::new(),
             max_staleness: None,
             dry_run: false,
+            batch_operations: false,
         },
         &expresscache::Limits::default(),
     )

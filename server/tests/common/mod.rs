@@ -32,6 +32,15 @@ impl Fixture {
         objects: &[(&str, &[u8])],
         tune: impl FnOnce(&mut Deps<TestStore, TestIndex>),
     ) -> Self {
+        Self::new_tuned_with_moto(objects, |_, d| tune(d)).await
+    }
+
+    /// Like `new_tuned`, and `tune` sees moto (to start what else the
+    /// server talks to).
+    pub async fn new_tuned_with_moto(
+        objects: &[(&str, &[u8])],
+        tune: impl FnOnce(&Moto, &mut Deps<TestStore, TestIndex>),
+    ) -> Self {
         let moto = Moto::start();
         let s3 = moto.s3();
         let src = unique("src");
@@ -41,7 +50,7 @@ impl Fixture {
         for (k, body) in objects {
             put(&s3, &src, k, *body).await;
         }
-        let server = TestServer::start_with(&moto.endpoint, tune).await;
+        let server = TestServer::start_with(&moto.endpoint, |d| tune(&moto, d)).await;
         Self {
             moto,
             s3,

@@ -120,6 +120,7 @@ mod tests {
             request_id: Some(RequestId::parse("job-1").unwrap()),
             destination_prefix: Prefix::root(),
             max_staleness: std::time::Duration::ZERO,
+            batch_operations: false,
         };
         let attr = doc_attr(&RequestDoc::from(&spec));
         let map = attr.as_m().unwrap();
