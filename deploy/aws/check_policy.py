@@ -32,6 +32,9 @@ DIRECTORY_BUCKET = "directory bucket"
 TABLE = "index table"
 TABLE_INDEX = "index table GSI"
 KMS_KEY = "KMS key"
+WORKING_OBJECT = "working bucket object"
+BATCH_JOB = "Batch Operations job"
+BATCH_ROLE = "Batch Operations role"
 
 # Every S3 data call to a directory bucket runs in a session that
 # s3express:CreateSession grants (read-write); the SDK creates sessions itself.
@@ -54,6 +57,15 @@ S3_ACTIONS: dict[str, list[tuple[str, str]]] = {
     "abort_multipart_upload": [SESSION],
     "head_object": [SESSION],
     "delete_objects": [SESSION],
+    # The Batch Operations offload (server/src/batch): the manifest written
+    # and the report read in the working bucket (aws-sdk-s3), and the jobs
+    # (aws-sdk-s3control, whose IAM actions are s3:*). CreateJob takes no
+    # resource-level permission; it passes the role jobs run as.
+    "put_object": [("s3:PutObject", WORKING_OBJECT)],
+    "get_object": [("s3:GetObject", WORKING_OBJECT)],
+    "create_job": [("s3:CreateJob", BATCH_JOB), ("iam:PassRole", BATCH_ROLE)],
+    "describe_job": [("s3:DescribeJob", BATCH_JOB)],
+    "update_job_status": [("s3:UpdateJobStatus", BATCH_JOB)],
 }
 
 # DynamoDB operation -> IAM actions, on the index tables. Query also reads
@@ -322,7 +334,13 @@ def classify_resource(template: dict, expr) -> set[str]:
     for s in strings_in(expr):
         for ref in re.findall(r"\$\{([\w:.]+)\}", s) or [s]:
             base = ref.split(".")[0]
-            if ref == "SourceBucketArns" or re.search(r"arn:[^:]*:s3:::[^/]+$", s):
+            if ref == "BatchWorkingBucket":
+                kinds.add(WORKING_OBJECT)
+            elif s == "*" or ":job/" in s:
+                kinds.add(BATCH_JOB)
+            elif ref == "BatchRole.Arn":
+                kinds.add(BATCH_ROLE)
+            elif ref == "SourceBucketArns" or re.search(r"arn:[^:]*:s3:::[^/]+$", s):
                 kinds.add(SOURCE_BUCKET)
             elif ref == "SourceObjectArns" or re.search(r"arn:[^:]*:s3:::.+/", s):
                 kinds.add(SOURCE_OBJECT)
@@ -457,10 +475,10 @@ def self_test() -> None:
         assert ops == ["copy_object", "head_bucket", "list_objects_v2"], ops
         assert not problems, problems
         # A new operation has no mapping: the check must fail and name it.
-        (src / "store.rs").write_text(SELF_TEST_S3.replace("head_bucket()", "put_object()"))
+        (src / "store.rs").write_text(SELF_TEST_S3.replace("head_bucket()", "put_bucket_acl()"))
         calls, items, problems = scan(src)
         need = needed(calls, items, problems)
-        assert any("put_object has no IAM mapping" in p for p in problems), problems
+        assert any("put_bucket_acl has no IAM mapping" in p for p in problems), problems
         assert ("s3:ListBucket", SOURCE_BUCKET) in need
         # Table administration outside tables.rs is refused.
         (src / "store.rs").write_text(SELF_TEST_S3.replace("head_bucket()", "create_table()"))
