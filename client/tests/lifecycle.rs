@@ -234,6 +234,93 @@ async fn dynamodb_sigterm_interrupts_and_the_warm_completes_after_restart() {
         .await;
 }
 
+/// A warm offloaded to S3 Batch Operations (through the fake S3 Control
+/// endpoint, whose jobs copy for real on moto) survives `kill -9` of the
+/// server mid-job: the restarted server follows the job the first attempt
+/// created (its id is in the operation's record) instead of creating a
+/// second, and the warm ends SUCCEEDED with every object recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offloaded_warm_follows_its_job_after_kill_9_without_creating_another() {
+    use expresscache_client::{Client, WarmRequest};
+    use expresscache_server::testing::{create_bucket, unique, FakeS3Control};
+    let keys: Vec<String> = (0..60).map(|i| format!("d/{i:03}")).collect();
+    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let (moto, s3, src, dir) = buckets(&refs).await;
+    let fake = FakeS3Control::start(&moto.endpoint, &[("FAKE_S3CONTROL_TASK_DELAY_MS", "80")]);
+    let work = unique("work");
+    create_bucket(&s3, &work).await;
+    let mut server = Server::start_with(
+        &moto,
+        &[
+            "--batch-role-arn",
+            "arn:aws:iam::123456789012:role/expresscache-batch",
+            "--batch-working-bucket",
+            &work,
+            "--batch-control-endpoint",
+            &fake.endpoint,
+            "--run-lease-ttl",
+            "3s",
+            "--clock-skew-margin",
+            "1s",
+        ],
+        &[],
+    );
+    let req = WarmRequest::new(&src, &dir)
+        .prefix("d/")
+        .request_id("offload-kill")
+        .batch_operations(true);
+    let mut stream = Client::connect(server.endpoint.clone())
+        .await
+        .unwrap()
+        .warm(req)
+        .await
+        .unwrap();
+    let first = stream.message().await.unwrap().expect("a first update");
+    let jobs = |fake: &FakeS3Control| fake.stats()["jobs"].as_object().unwrap().len();
+    let t0 = std::time::Instant::now();
+    while jobs(&fake) == 0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no job\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The job id reaches the record at once; the job runs ~5 s.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(stream);
+    server.kill9();
+    server.spawn();
+    let report = Client::connect(server.endpoint.clone())
+        .await
+        .unwrap()
+        .watch_and_wait(first.operation_id.clone(), |_| {})
+        .await
+        .unwrap();
+    assert_eq!(
+        report.outcome,
+        expresscache_client::Outcome::Succeeded,
+        "{report:?}\n{}",
+        server.log()
+    );
+    assert_eq!(list_keys(&s3, &dir, "d/").await.len(), 60);
+    let stats = fake.stats();
+    assert_eq!(
+        (stats["create_job_calls"].as_u64(), jobs(&fake)),
+        (Some(1), 1),
+        "the resumed attempt followed the job instead of creating one\n{}",
+        server.log()
+    );
+    // Recorded: a warm of the same prefix now finds every object cached.
+    let again = Client::connect(server.endpoint.clone())
+        .await
+        .unwrap()
+        .warm_and_wait(WarmRequest::new(&src, &dir).prefix("d/"), |_| {})
+        .await
+        .unwrap();
+    assert_eq!(again.counters.objects_hit, 60, "{again:?}");
+}
+
 /// The library alone (no CLI): `warm_and_wait` outlives a kill -9 of the
 /// server and its restart on the same port and index, reattaching to the
 /// same operation by its generated request id.

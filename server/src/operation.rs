@@ -93,6 +93,9 @@ pub struct OperationState {
     /// The recent SUCCEEDED warm this one was answered from (its
     /// max_staleness).
     pub fresh_from_operation_id: Option<String>,
+    /// The S3 Batch Operations job copying its keys, once created: a
+    /// resumed attempt follows it instead of making another.
+    pub batch_job_id: Option<String>,
 }
 
 impl OperationState {
@@ -113,6 +116,7 @@ impl OperationState {
             superseded_operation_id: None,
             joined_operation_id: None,
             fresh_from_operation_id: None,
+            batch_job_id: None,
         }
     }
 

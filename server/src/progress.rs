@@ -57,6 +57,11 @@ pub struct Progress {
     /// This attempt offered itself to other replicas' warms (its offer
     /// must be withdrawn before it lists).
     offered: std::sync::atomic::AtomicBool,
+    /// The S3 Batch Operations job copying its keys.
+    batch_job: Mutex<Option<String>>,
+    /// Signalled when the state should reach the operation log now, not at
+    /// the next checkpoint (a job id a crash must not lose).
+    pub checkpoint_now: tokio::sync::Notify,
     tx: watch::Sender<OperationState>,
 }
 
@@ -102,6 +107,8 @@ impl Progress {
             joined: Mutex::new(None),
             part: Mutex::new(None),
             offered: std::sync::atomic::AtomicBool::new(false),
+            batch_job: Mutex::new(None),
+            checkpoint_now: tokio::sync::Notify::new(),
             fresh_from: std::sync::OnceLock::new(),
             tx,
         };
@@ -359,7 +366,22 @@ impl Progress {
             superseded_operation_id: self.superseded.get().cloned(),
             joined_operation_id: self.joined().or(part.map(|(id, _)| id)),
             fresh_from_operation_id: self.fresh_from.get().cloned(),
+            batch_job_id: self.batch_job(),
         }
+    }
+
+    /// The S3 Batch Operations job copying its keys, if any.
+    pub fn batch_job(&self) -> Option<String> {
+        self.batch_job
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Records the job copying its keys, and asks for a checkpoint now.
+    pub fn set_batch_job(&self, id: Option<&str>) {
+        *self.batch_job.lock().unwrap_or_else(|e| e.into_inner()) = id.map(str::to_owned);
+        self.checkpoint_now.notify_one();
     }
 
     /// Notes that this attempt offered itself to other replicas (`true`),

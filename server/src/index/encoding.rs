@@ -121,6 +121,8 @@ pub struct StateDoc {
     pub joined_operation_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fresh_from_operation_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_job_id: Option<String>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -254,6 +256,7 @@ impl From<&OperationState> for StateDoc {
             superseded_operation_id: s.superseded_operation_id.clone(),
             joined_operation_id: s.joined_operation_id.clone(),
             fresh_from_operation_id: s.fresh_from_operation_id.clone(),
+            batch_job_id: s.batch_job_id.clone(),
         }
     }
 }
@@ -287,6 +290,7 @@ impl StateDoc {
             superseded_operation_id: self.superseded_operation_id,
             joined_operation_id: self.joined_operation_id,
             fresh_from_operation_id: self.fresh_from_operation_id,
+            batch_job_id: self.batch_job_id,
         })
     }
 }

@@ -89,5 +89,6 @@ pub fn state(id: &str, blob: &[u8]) -> Result<OperationState, IndexError> {
         superseded_operation_id: Some(p.superseded_operation_id).filter(|s| !s.is_empty()),
         joined_operation_id: None,
         fresh_from_operation_id: None,
+        batch_job_id: None,
     })
 }

@@ -96,6 +96,10 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
         tracing::info!(operation_id = %id, attempt = t.ticket.attempt, resumptions = rec.resumptions,
             "taking over an unfinished warm");
         let (progress, _rx) = Progress::new(id, Arc::clone(&self.warmer.clock));
+        // A job the previous attempt created is followed, not made again.
+        if let Some(job) = &rec.state.batch_job_id {
+            progress.set_batch_job(Some(job));
+        }
         let spec = rec.request.clone();
         let place = self.admission.admit_resumed(rec.owner.as_deref());
         self.start(rec, spec, progress, t.ticket, granted_until, place);

@@ -174,7 +174,13 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
             Duration::from_millis(left).min(s.renew_every)
         };
         loop {
-            tick.tick().await;
+            let now_please = tokio::select! {
+                _ = tick.tick() => false,
+                () = progress.checkpoint_now.notified() => true,
+            };
+            if now_please {
+                since_checkpoint = s.checkpoint_interval;
+            }
             if clock.now() >= held_until {
                 tracing::warn!(operation_id = %id, "the run's deadline passed without a renewal");
                 return lose();

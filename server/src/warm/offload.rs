@@ -109,41 +109,48 @@ impl<S: ObjectStore, I: CacheIndex> WarmRun<'_, S, I> {
         self.announce_copying();
         let failed = |e: JobError| WarmError::Batch(e.to_string());
         let dir = self.dir();
-        let report_prefix = format!(
-            "expresscache/reports/{}",
-            self.owner.replace(['/', ':'], "-")
-        );
-        let manifest_key = format!(
-            "expresscache/manifests/{}.csv",
-            self.owner.replace(['/', ':'], "-")
-        );
-        let rows: Vec<(String, String)> = tasks
-            .iter()
-            .map(|t| (self.spec.source.to_string(), t.object.key.clone()))
-            .collect();
-        let (manifest_arn, manifest_etag) =
-            o.put_manifest(&manifest_key, &rows).await.map_err(failed)?;
-        let spec = JobSpec {
-            client_request_token: token(self.owner),
-            manifest_arn,
-            manifest_etag,
-            target_arn: format!(
-                "arn:aws:s3express:{}:{}:bucket/{dir}",
-                o.region, o.account_id
-            ),
-            target_key_prefix: self.spec.destination_prefix.to_string(),
-            report_bucket_arn: format!("arn:aws:s3:::{}", o.working_bucket),
-            report_prefix: report_prefix.clone(),
-            role_arn: o.role_arn.clone(),
-            description: format!("expresscache warm {}", self.owner),
+        // The report under the operation's name: an attempt that follows
+        // an earlier attempt's job reads that job's report.
+        let report_prefix = format!("expresscache/reports/{}", token(self.owner));
+        let job_id = match self.progress.batch_job() {
+            Some(id) => {
+                tracing::info!(operation_id = self.owner, job_id = %id,
+                    "following the S3 Batch Operations job an earlier attempt created");
+                id
+            }
+            None => {
+                let manifest_key = format!(
+                    "expresscache/manifests/{}.csv",
+                    self.owner.replace(['/', ':', '#'], "-")
+                );
+                let rows: Vec<(String, String)> = tasks
+                    .iter()
+                    .map(|t| (self.spec.source.to_string(), t.object.key.clone()))
+                    .collect();
+                let (manifest_arn, manifest_etag) =
+                    o.put_manifest(&manifest_key, &rows).await.map_err(failed)?;
+                let spec = JobSpec {
+                    client_request_token: token(self.owner),
+                    manifest_arn,
+                    manifest_etag,
+                    target_arn: format!(
+                        "arn:aws:s3express:{}:{}:bucket/{dir}",
+                        o.region, o.account_id
+                    ),
+                    target_key_prefix: self.spec.destination_prefix.to_string(),
+                    report_bucket_arn: format!("arn:aws:s3:::{}", o.working_bucket),
+                    report_prefix: report_prefix.clone(),
+                    role_arn: o.role_arn.clone(),
+                    description: format!("expresscache warm {}", self.owner),
+                };
+                let id = self.create_job(o, &spec).await?;
+                // In the log at once: a resumed attempt follows this job.
+                self.progress.set_batch_job(Some(&id));
+                tracing::info!(operation_id = self.owner, job_id = %id, keys = tasks.len(),
+                    "copying through an S3 Batch Operations job");
+                id
+            }
         };
-        let job_id = self.create_job(o, &spec).await?;
-        tracing::info!(
-            operation_id = self.owner,
-            job_id,
-            keys = tasks.len(),
-            "copying through an S3 Batch Operations job"
-        );
         let keys: Vec<String> = tasks.iter().map(|t| t.dest_key.clone()).collect();
         let end = tokio::select! {
             end = self.track_job(o, &job_id) => end?,
