@@ -96,6 +96,17 @@ pub struct OperationState {
     /// The S3 Batch Operations job copying its keys, once created: a
     /// resumed attempt follows it instead of making another.
     pub batch_job_id: Option<String>,
+    /// That job's progress as last described (shown live, not recorded).
+    pub batch_job: Option<JobProgress>,
+}
+
+/// An S3 Batch Operations job's status and progress summary.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct JobProgress {
+    pub status: String,
+    pub total: u64,
+    pub succeeded: u64,
+    pub failed: u64,
 }
 
 impl OperationState {
@@ -117,6 +128,7 @@ impl OperationState {
             joined_operation_id: None,
             fresh_from_operation_id: None,
             batch_job_id: None,
+            batch_job: None,
         }
     }
 

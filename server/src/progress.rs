@@ -57,8 +57,9 @@ pub struct Progress {
     /// This attempt offered itself to other replicas' warms (its offer
     /// must be withdrawn before it lists).
     offered: std::sync::atomic::AtomicBool,
-    /// The S3 Batch Operations job copying its keys.
+    /// The S3 Batch Operations job copying its keys, and its progress.
     batch_job: Mutex<Option<String>>,
+    job_progress: Mutex<Option<crate::operation::JobProgress>>,
     /// Signalled when the state should reach the operation log now, not at
     /// the next checkpoint (a job id a crash must not lose).
     pub checkpoint_now: tokio::sync::Notify,
@@ -108,6 +109,7 @@ impl Progress {
             part: Mutex::new(None),
             offered: std::sync::atomic::AtomicBool::new(false),
             batch_job: Mutex::new(None),
+            job_progress: Mutex::new(None),
             checkpoint_now: tokio::sync::Notify::new(),
             fresh_from: std::sync::OnceLock::new(),
             tx,
@@ -367,7 +369,17 @@ impl Progress {
             joined_operation_id: self.joined().or(part.map(|(id, _)| id)),
             fresh_from_operation_id: self.fresh_from.get().cloned(),
             batch_job_id: self.batch_job(),
+            batch_job: self
+                .job_progress
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
         }
+    }
+
+    /// Shows the job's progress as last described.
+    pub fn set_job_progress(&self, p: crate::operation::JobProgress) {
+        *self.job_progress.lock().unwrap_or_else(|e| e.into_inner()) = Some(p);
     }
 
     /// The S3 Batch Operations job copying its keys, if any.

@@ -169,6 +169,43 @@ async fn cancelling_the_warm_cancels_its_job() {
 }
 
 #[tokio::test]
+async fn the_jobs_progress_is_streamed_while_it_runs() {
+    let (fx, _fake) = offloading(30, None, &[("FAKE_S3CONTROL_TASK_DELAY_MS", "40")]).await;
+    let (report, updates) = fx
+        .warm_counting(fx.request(&["d/"]).batch_operations(true))
+        .await;
+    assert_eq!(report.outcome, Outcome::Succeeded, "{report:?}");
+    let mid = updates
+        .iter()
+        .filter_map(|p| p.proto().batch_job.clone())
+        .find(|j| j.status == "Active" && j.tasks_succeeded > 0 && j.tasks_succeeded < 30);
+    assert!(mid.is_some(), "the job's progress was shown while it ran");
+    assert_eq!(mid.unwrap().total_tasks, 30);
+}
+
+#[tokio::test]
+async fn a_throttled_create_job_is_retried() {
+    // Past the SDK's own three attempts: the warm's retries carry it.
+    let (fx, fake) = offloading(5, None, &[("FAKE_S3CONTROL_THROTTLE_CREATE", "4")]).await;
+    let report = fx.warm(fx.request(&["d/"]).batch_operations(true)).await;
+    assert_eq!(report.outcome, Outcome::Succeeded, "{report:?}");
+    assert!(fake.stats()["create_job_calls"].as_u64().unwrap() >= 5);
+    assert_eq!(jobs_made(&fake), 1);
+}
+
+#[tokio::test]
+async fn a_job_that_fails_fails_the_warm_with_its_reason() {
+    let (fx, _fake) = offloading(5, None, &[("FAKE_S3CONTROL_FAIL_JOB", "1")]).await;
+    let report = fx.warm(fx.request(&["d/"]).batch_operations(true)).await;
+    assert_eq!(report.outcome, Outcome::Failed, "{report:?}");
+    let error = report.error.unwrap_or_default();
+    assert!(
+        error.contains("failed") && error.contains("ManifestNotFound"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
 async fn access_denied_on_create_job_fails_the_warm_with_the_reason() {
     let (fx, _fake) = offloading(5, None, &[("FAKE_S3CONTROL_DENY_CREATE", "1")]).await;
     let report = fx.warm(fx.request(&["d/"]).batch_operations(true)).await;

@@ -75,6 +75,15 @@ pub fn progress_json(p: &pb::WarmProgress) -> Value {
     if !p.fresh_from_operation_id.is_empty() {
         v["fresh_from_operation_id"] = json!(p.fresh_from_operation_id);
     }
+    if let Some(j) = &p.batch_job {
+        v["batch_job"] = json!({
+            "job_id": j.job_id,
+            "status": j.status,
+            "total_tasks": j.total_tasks,
+            "tasks_succeeded": j.tasks_succeeded,
+            "tasks_failed": j.tasks_failed,
+        });
+    }
     if !p.joined_operation_id.is_empty() {
         v["joined_operation_id"] = json!(p.joined_operation_id);
     }
@@ -229,6 +238,12 @@ pub fn progress_line(p: &pb::WarmProgress) -> String {
         line.push_str(&format!(
             "  retries {} (throttled {}, concurrency {})",
             c.copy_retries, c.throttle_events, p.concurrency_limit
+        ));
+    }
+    if let Some(j) = &p.batch_job {
+        line.push_str(&format!(
+            "  batch job {} {}: {}/{} done, {} failed",
+            j.job_id, j.status, j.tasks_succeeded, j.total_tasks, j.tasks_failed
         ));
     }
     if let Some(eta) = &p.eta {

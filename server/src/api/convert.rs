@@ -77,6 +77,13 @@ pub fn progress(s: OperationState) -> pb::WarmProgress {
         superseded_operation_id: s.superseded_operation_id.unwrap_or_default(),
         joined_operation_id: s.joined_operation_id.unwrap_or_default(),
         fresh_from_operation_id: s.fresh_from_operation_id.unwrap_or_default(),
+        batch_job: s.batch_job.map(|j| pb::BatchJobProgress {
+            job_id: s.batch_job_id.clone().unwrap_or_default(),
+            status: j.status,
+            total_tasks: j.total,
+            tasks_succeeded: j.succeeded,
+            tasks_failed: j.failed,
+        }),
         operation_id: s.operation_id,
         plan: None,
     }

@@ -291,6 +291,7 @@ impl StateDoc {
             joined_operation_id: self.joined_operation_id,
             fresh_from_operation_id: self.fresh_from_operation_id,
             batch_job_id: self.batch_job_id,
+            batch_job: None,
         })
     }
 }

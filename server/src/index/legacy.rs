@@ -90,5 +90,6 @@ pub fn state(id: &str, blob: &[u8]) -> Result<OperationState, IndexError> {
         joined_operation_id: None,
         fresh_from_operation_id: None,
         batch_job_id: None,
+        batch_job: None,
     })
 }

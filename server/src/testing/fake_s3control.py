@@ -12,6 +12,8 @@ Knobs, by environment:
                                 fails (TaskStatus failed, 403 AccessDenied)
   FAKE_S3CONTROL_DENY_CREATE    "1": CreateJob answers 403 AccessDenied
   FAKE_S3CONTROL_FAIL_JOB       "1": every job ends Failed (no tasks run)
+  FAKE_S3CONTROL_THROTTLE_CREATE  N: the first N CreateJob calls answer 503
+                                SlowDown (throttled)
 GET /_fake/stats answers {"create_job_calls": N, "jobs": {...}} as JSON.
 """
 
@@ -211,6 +213,8 @@ class Handler(BaseHTTPRequestHandler):
         if path == "/v20180820/jobs":
             with LOCK:
                 CREATE_CALLS[0] += 1
+            if CREATE_CALLS[0] <= int(os.environ.get("FAKE_S3CONTROL_THROTTLE_CREATE", "0")):
+                return error(self, 503, "SlowDown", "the fake throttles CreateJob")
             if os.environ.get("FAKE_S3CONTROL_DENY_CREATE") == "1":
                 return error(self, 403, "AccessDenied", "the fake denies CreateJob")
             if not self.headers.get("x-amz-account-id"):

@@ -157,7 +157,7 @@ impl<S: ObjectStore, I: CacheIndex> WarmRun<'_, S, I> {
             () = self.keep_all_claimed(&keys) => unreachable!("the renewals never end"),
         };
         // Failed tasks first (the report), then what landed (the listing).
-        let reported = if end == JobState::Failed {
+        let reported = if end.state == JobState::Failed {
             HashMap::new()
         } else {
             o.failed_tasks(&report_prefix, &job_id)
@@ -204,9 +204,10 @@ impl<S: ObjectStore, I: CacheIndex> WarmRun<'_, S, I> {
                 None => to_engine.push(task),
             }
         }
-        if end == JobState::Failed {
+        if end.state == JobState::Failed {
             return Err(WarmError::Batch(format!(
-                "S3 Batch Operations job {job_id} failed"
+                "S3 Batch Operations job {job_id} failed: {}",
+                end.failure_reasons.join("; ")
             )));
         }
         // Not copied by the job (or its claim lost): the engine decides.
@@ -245,7 +246,11 @@ impl<S: ObjectStore, I: CacheIndex> WarmRun<'_, S, I> {
 
     /// Follows the job to its end, showing its progress; cancels it when
     /// the warm is stopped.
-    async fn track_job(&self, o: &Offload, job_id: &str) -> Result<JobState, WarmError> {
+    async fn track_job(
+        &self,
+        o: &Offload,
+        job_id: &str,
+    ) -> Result<crate::batch::JobStatus, WarmError> {
         let mut pause = o.poll.0;
         let mut cancelled = false;
         let mut shown = 0u64;
@@ -268,7 +273,15 @@ impl<S: ObjectStore, I: CacheIndex> WarmRun<'_, S, I> {
             }
             match o.jobs.describe_job(job_id).await {
                 Ok(s) => {
-                    // The job's count as activity: a long job is not stuck.
+                    // Shown live; its count is activity (a long job is not
+                    // stuck).
+                    self.progress
+                        .set_job_progress(crate::operation::JobProgress {
+                            status: s.raw.clone(),
+                            total: s.total,
+                            succeeded: s.succeeded,
+                            failed: s.failed,
+                        });
                     let done = s.succeeded + s.failed;
                     if done > shown {
                         shown = done;
@@ -278,7 +291,7 @@ impl<S: ObjectStore, I: CacheIndex> WarmRun<'_, S, I> {
                         if s.state == JobState::Failed {
                             tracing::warn!(operation_id = self.owner, job_id, reasons = ?s.failure_reasons, "the job failed");
                         }
-                        return Ok(s.state);
+                        return Ok(s);
                     }
                 }
                 Err(JobError::Unavailable(e)) => {
