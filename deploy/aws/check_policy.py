@@ -338,7 +338,7 @@ def classify_resource(template: dict, expr) -> set[str]:
                 kinds.add(WORKING_OBJECT)
             elif s == "*" or ":job/" in s:
                 kinds.add(BATCH_JOB)
-            elif ref == "BatchRole.Arn":
+            elif ref == "BatchRole.Arn" or (":iam::" in s and ":role/" in s):
                 kinds.add(BATCH_ROLE)
             elif ref == "SourceBucketArns" or re.search(r"arn:[^:]*:s3:::[^/]+$", s):
                 kinds.add(SOURCE_BUCKET)

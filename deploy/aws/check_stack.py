@@ -33,6 +33,9 @@ PARAMS = {
     "KubernetesServiceAccount": "cache",
     "CreateInstanceProfile": "true",
     "AlarmTopicArn": f"arn:aws:sns:us-east-1:{ACCOUNT}:oncall",
+    # Every optional part on (moto keeps AWS::NoValue in lists, so a false
+    # condition's statements cannot be deployed there).
+    "BatchWorkingBucket": "stacktest-work",
 }
 
 

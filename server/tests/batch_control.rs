@@ -93,6 +93,8 @@ fn spec(w: &World, etag: &str, token: &str) -> JobSpec {
         report_prefix: "reports".into(),
         role_arn: format!("arn:aws:iam::{ACCOUNT}:role/expresscache-batch"),
         description: "expresscache test".into(),
+        // Every source predates it.
+        unmodified_since: std::time::SystemTime::now() + Duration::from_secs(3600),
     }
 }
 

@@ -52,6 +52,7 @@ async fn offloading(
             threshold,
             poll: (Duration::from_millis(50), Duration::from_millis(200)),
         }));
+        d.warm.skew_margin = Duration::from_millis(200);
         fake = Some(f);
     })
     .await;
@@ -136,6 +137,66 @@ async fn a_source_changed_between_the_plan_and_the_job_is_caught() {
     assert_eq!(report.outcome, Outcome::PartiallyFailed, "{report:?}");
     assert_eq!(report.failures[0].key, "d/019");
     assert_eq!(report.failures[0].code, "SourceChanged");
+}
+
+#[tokio::test]
+async fn a_source_changed_to_the_same_size_is_caught_too() {
+    let (fx, fake) = offloading(20, None, &[("FAKE_S3CONTROL_TASK_DELAY_MS", "60")]).await;
+    let mut client = fx.client().await;
+    let warm = tokio::spawn({
+        let req = fx.request(&["d/"]).batch_operations(true);
+        async move { client.warm_and_wait(req, |_| {}).await.unwrap() }
+    });
+    let t0 = std::time::Instant::now();
+    while jobs_made(&fake) == 0 {
+        assert!(t0.elapsed() < Duration::from_secs(20), "no job");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // 16 bytes, as planned, but other content, and after the plan began
+    // (S3 stamps whole seconds).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    put(&fx.s3, &fx.src, "d/019", vec![b'z'; 16]).await;
+    let report = warm.await.unwrap();
+    assert_eq!(report.outcome, Outcome::PartiallyFailed, "{report:?}");
+    assert_eq!(report.failures[0].key, "d/019");
+    assert_eq!(report.failures[0].code, "SourceChanged");
+    assert!(
+        !list_keys(&fx.s3, &fx.dir, "d/")
+            .await
+            .contains(&"d/019".to_owned()),
+        "the job did not copy content the plan never listed"
+    );
+}
+
+#[tokio::test]
+async fn an_object_the_job_did_not_write_is_not_recorded() {
+    let (fx, fake) = offloading(30, None, &[("FAKE_S3CONTROL_TASK_DELAY_MS", "100")]).await;
+    // A stale object of the planned size already at the last key (no
+    // entry in the index: the plan copies it).
+    put(&fx.s3, &fx.dir, "d/029", vec![b's'; 16]).await;
+    // Older than the job by more than the skew margin (200 ms here) and
+    // S3's whole-second stamps.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut stream = fx
+        .client()
+        .await
+        .warm(fx.request(&["d/"]).batch_operations(true))
+        .await
+        .unwrap();
+    let first = stream.message().await.unwrap().unwrap();
+    let t0 = std::time::Instant::now();
+    while jobs_made(&fake) == 0 {
+        assert!(t0.elapsed() < Duration::from_secs(20), "no job");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Cancelled long before the job reaches d/029.
+    fx.client().await.cancel(&first.operation_id).await.unwrap();
+    while stream.message().await.unwrap().is_some() {}
+    // Not recorded: the next warm copies it, with the source's content.
+    let again = fx.warm(fx.request(&["d/"])).await;
+    assert_eq!(again.outcome, Outcome::Succeeded, "{again:?}");
+    assert!(again.counters.objects_copied >= 1, "{again:?}");
+    assert_eq!(get(&fx.s3, &fx.dir, "d/029").await, vec![b'q'; 16]);
 }
 
 #[tokio::test]

@@ -39,6 +39,11 @@ pub struct JobSpec {
     pub report_prefix: String,
     pub role_arn: String,
     pub description: String,
+    /// Each task copies only if its source was not modified after this
+    /// (when the warm began planning): a key that changed after it was
+    /// listed fails its task (PreconditionFailed) instead of landing as
+    /// content the plan never saw.
+    pub unmodified_since: std::time::SystemTime,
 }
 
 /// Where a job is in its life.
@@ -63,6 +68,9 @@ pub struct JobStatus {
     pub failed: u64,
     /// Why a Failed job failed.
     pub failure_reasons: Vec<String>,
+    /// When S3 Control created it: an object older than this in the
+    /// destination was not written by it.
+    pub created: Option<std::time::SystemTime>,
 }
 
 /// The S3 Control calls a warm's offload makes.
@@ -116,10 +124,11 @@ impl S3ControlJobs {
     }
 }
 
-fn job_error<E, R>(e: aws_sdk_s3control::error::SdkError<E, R>) -> JobError
+fn job_error<E>(
+    e: aws_sdk_s3control::error::SdkError<E, aws_sdk_s3control::config::http::HttpResponse>,
+) -> JobError
 where
     E: aws_sdk_s3control::error::ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
 {
     use aws_sdk_s3control::error::SdkError;
     match &e {
@@ -127,21 +136,24 @@ where
             let err = se.err();
             let code = err.code().unwrap_or("Unknown").to_owned();
             let message = err.message().unwrap_or_default().to_owned();
+            // By status too, as S3 Control's error codes vary: a server
+            // error or a throttle may pass; a refusal will not.
+            let status = se.raw().status().as_u16();
             let throttled = matches!(
                 code.as_str(),
-                "TooManyRequestsException"
-                    | "Throttling"
-                    | "ThrottlingException"
-                    | "SlowDown"
-                    | "InternalError"
-                    | "ServiceUnavailable"
+                "TooManyRequestsException" | "Throttling" | "ThrottlingException" | "SlowDown"
             );
-            if throttled {
+            if status >= 500 || status == 429 || throttled {
                 JobError::Unavailable(format!("{code}: {message}"))
             } else {
                 JobError::Refused { code, message }
             }
         }
+        // A request that could not be built will not build next time.
+        SdkError::ConstructionFailure(_) => JobError::Refused {
+            code: "InvalidRequest".into(),
+            message: aws_sdk_s3control::error::DisplayErrorContext(&e).to_string(),
+        },
         _ => JobError::Unavailable(aws_sdk_s3control::error::DisplayErrorContext(&e).to_string()),
     }
 }
@@ -162,6 +174,9 @@ impl JobControl for S3ControlJobs {
             // Directory buckets refuse object tags: an empty tag set, not
             // the source's.
             .set_new_object_tagging(Some(Vec::new()))
+            .un_modified_since_constraint(aws_sdk_s3control::primitives::DateTime::from(
+                spec.unmodified_since,
+            ))
             .build();
         let manifest = JobManifest::builder()
             .spec(
@@ -237,6 +252,9 @@ impl JobControl for S3ControlJobs {
             total: count(progress.and_then(|p| p.total_number_of_tasks())),
             succeeded: count(progress.and_then(|p| p.number_of_tasks_succeeded())),
             failed: count(progress.and_then(|p| p.number_of_tasks_failed())),
+            created: job
+                .creation_time()
+                .and_then(|t| std::time::SystemTime::try_from(*t).ok()),
             failure_reasons: job
                 .failure_reasons()
                 .iter()

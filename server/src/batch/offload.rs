@@ -133,16 +133,27 @@ impl Offload {
 
     /// The failed tasks of job `job_id` from its completion report under
     /// `report_prefix`: source key → (error code, message).
+    ///
+    /// A job cancelled (or failed) before its first task writes no report:
+    /// then there are none.
     pub async fn failed_tasks(
         &self,
         report_prefix: &str,
         job_id: &str,
+        state: super::JobState,
     ) -> Result<HashMap<String, (String, String)>, JobError> {
         let manifest_key = format!(
             "{}/job-{job_id}/manifest.json",
             report_prefix.trim_end_matches('/')
         );
-        let manifest = self.read(&manifest_key).await?;
+        let manifest = match self.read(&manifest_key).await {
+            Err(JobError::Refused { code, .. })
+                if code == "NoSuchKey" && state != super::JobState::Complete =>
+            {
+                return Ok(HashMap::new());
+            }
+            r => r?,
+        };
         let doc: serde_json::Value = serde_json::from_slice(&manifest)
             .map_err(|e| s3_error("reading the job report's manifest.json", e))?;
         let mut failed = HashMap::new();
@@ -170,20 +181,41 @@ impl Offload {
         Ok(failed)
     }
 
+    /// An object of the working bucket, retried a few times while S3 does
+    /// not answer; a missing one is `Refused` with code `NoSuchKey`.
     async fn read(&self, key: &str) -> Result<Vec<u8>, JobError> {
-        let out = self
-            .s3
-            .get_object()
-            .bucket(&self.working_bucket)
-            .key(key)
-            .send()
-            .await
-            .map_err(|e| {
-                s3_error(
-                    "reading the job report",
-                    aws_sdk_s3::error::DisplayErrorContext(e),
-                )
-            })?;
+        let mut pause = Duration::from_millis(200);
+        let mut tries = 0;
+        let out = loop {
+            tries += 1;
+            match self
+                .s3
+                .get_object()
+                .bucket(&self.working_bucket)
+                .key(key)
+                .send()
+                .await
+            {
+                Ok(out) => break out,
+                Err(e) => {
+                    use aws_sdk_s3::error::ProvideErrorMetadata;
+                    if e.as_service_error().is_some_and(|se| se.is_no_such_key()) {
+                        return Err(JobError::Refused {
+                            code: "NoSuchKey".into(),
+                            message: format!("{key} is not in the working bucket"),
+                        });
+                    }
+                    if tries >= 4 || e.code() == Some("AccessDenied") {
+                        return Err(s3_error(
+                            "reading the job report",
+                            aws_sdk_s3::error::DisplayErrorContext(e),
+                        ));
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+            }
+        };
         Ok(out
             .body
             .collect()

@@ -18,6 +18,7 @@ GET /_fake/stats answers {"create_job_calls": N, "jobs": {...}} as JSON.
 """
 
 import csv
+import datetime
 import io
 import json
 import os
@@ -69,6 +70,12 @@ def key_of_arn(arn):
     return arn.split(":", 5)[5].split("/", 1)[1]
 
 
+class TaskError(Exception):
+    def __init__(self, code, status, message):
+        super().__init__(message)
+        self.code, self.status, self.message = code, status, message
+
+
 def run_job(job_id):
     job = JOBS[job_id]
     if os.environ.get("FAKE_S3CONTROL_FAIL_JOB") == "1":
@@ -93,7 +100,13 @@ def run_job(job_id):
         target_key = job["prefix"] + key
         try:
             if key in FAIL_KEYS:
-                raise RuntimeError("AccessDenied")
+                raise TaskError("AccessDenied", "403", "the fake was told to fail this key")
+            if job["unmodified_since"]:
+                # S3 copies only a source not modified since the constraint.
+                since = datetime.datetime.fromisoformat(job["unmodified_since"].replace("Z", "+00:00"))
+                modified = S3.head_object(Bucket=bucket, Key=key)["LastModified"]
+                if modified.replace(microsecond=0) > since:
+                    raise TaskError("PreconditionFailed", "412", "modified since the constraint")
             S3.copy_object(
                 Bucket=job["target"],
                 Key=target_key,
@@ -101,10 +114,14 @@ def run_job(job_id):
             )
             with LOCK:
                 job["succeeded"] += 1
+        except TaskError as e:
+            with LOCK:
+                job["failed"] += 1
+            failed_rows.append([bucket, enc_key, "", "failed", e.code, e.status, e.message])
         except Exception as e:  # noqa: BLE001 - a failed task, as S3 reports it
             with LOCK:
                 job["failed"] += 1
-            failed_rows.append([bucket, enc_key, "", "failed", "AccessDenied", "403", str(e)])
+            failed_rows.append([bucket, enc_key, "", "failed", "InternalError", "500", str(e)])
     # The completion report: results CSV of the failed tasks, and the
     # manifest.json that names it, under PREFIX/job-ID/.
     base = f"{job['report_prefix'].rstrip('/')}/job-{job_id}"
@@ -194,6 +211,7 @@ class Handler(BaseHTTPRequestHandler):
                 job_el = ET.Element("Job")
                 ET.SubElement(job_el, "JobId").text = job_id
                 ET.SubElement(job_el, "Status").text = job["status"]
+                ET.SubElement(job_el, "CreationTime").text = job["created"]
                 summary = ET.SubElement(job_el, "ProgressSummary")
                 ET.SubElement(summary, "TotalNumberOfTasks").text = str(job["total"])
                 ET.SubElement(summary, "NumberOfTasksSucceeded").text = str(job["succeeded"])
@@ -227,6 +245,9 @@ class Handler(BaseHTTPRequestHandler):
                 job_id = str(uuid.uuid4())
                 TOKENS[token] = job_id
                 JOBS[job_id] = {
+                    "created": datetime.datetime.now(datetime.timezone.utc).strftime(
+                        "%Y-%m-%dT%H:%M:%S.%fZ"
+                    ),
                     "status": "Preparing",
                     "total": 0,
                     "succeeded": 0,
@@ -240,6 +261,8 @@ class Handler(BaseHTTPRequestHandler):
                     "report_scope": text(req, "ReportScope"),
                     "role": text(req, "RoleArn"),
                     "confirmation_required": text(req, "ConfirmationRequired"),
+                    "unmodified_since": text(req, "UnModifiedSinceConstraint"),
+                    "new_object_tagging": "NewObjectTagging" in body.decode(),
                     "token": token,
                 }
             threading.Thread(target=run_job, args=(job_id,), daemon=True).start()

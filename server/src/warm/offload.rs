@@ -35,11 +35,14 @@ use crate::index::{millis_of, CacheIndex, Completion, Entry};
 use crate::progress::Progress;
 use crate::store::{ListQuery, ObjectStore};
 
-/// Keys the engine settles at once beside a job.
-const ENGINE_TASKS: usize = 64;
+/// Keys the engine settles at once beside a job, at least.
+const ENGINE_TASKS: usize = 16;
 
-/// Claims renewed at once while a job runs.
-const RENEWALS_AT_ONCE: usize = 32;
+/// Claims renewed (or released) at once while a job runs.
+const RENEWALS_AT_ONCE: usize = 64;
+
+/// Entries of what a job copied in flight to the writer at once.
+const RECORDS_AT_ONCE: usize = 256;
 
 /// How a job-copied key ended.
 enum Landed {
@@ -75,8 +78,11 @@ impl<S: ObjectStore, I: CacheIndex> WarmRun<'_, S, I> {
         let (job, engine): (Vec<_>, Vec<_>) = all
             .into_iter()
             .partition(|t| t.claimed_at.is_some() && t.object.size <= MAX_SINGLE_COPY);
-        let wanted =
-            self.spec.batch_operations || o.threshold.is_some_and(|n| job.len() as u64 > n);
+        // A job an earlier attempt created is followed whatever the new
+        // plan's size: it copies these keys meanwhile.
+        let wanted = self.spec.batch_operations
+            || self.progress.batch_job().is_some()
+            || o.threshold.is_some_and(|n| job.len() as u64 > n);
         let (job, engine) = if wanted && !job.is_empty() && !self.stop.is_set() {
             (job, engine)
         } else {
@@ -95,8 +101,11 @@ impl<S: ObjectStore, I: CacheIndex> WarmRun<'_, S, I> {
 
     /// Settles `tasks` through the engine, a bounded number at once.
     async fn settle_all(&self, tasks: Vec<CopyTask>, entries: &EntrySender) {
+        // As many as the destination's adaptive limit can use (as the
+        // engine's own pipeline does), at least a few.
+        let at_once = (self.w.engine.limit_for(self.dir()) * 2).max(ENGINE_TASKS);
         stream::iter(tasks)
-            .for_each_concurrent(ENGINE_TASKS, |t| self.run_task(t, entries))
+            .for_each_concurrent(at_once, |t| self.run_task(t, entries))
             .await;
     }
 
@@ -107,120 +116,198 @@ impl<S: ObjectStore, I: CacheIndex> WarmRun<'_, S, I> {
         entries: &EntrySender,
     ) -> Result<(), WarmError> {
         self.announce_copying();
-        let failed = |e: JobError| WarmError::Batch(e.to_string());
-        let dir = self.dir();
-        // The report under the operation's name: an attempt that follows
-        // an earlier attempt's job reads that job's report.
-        let report_prefix = format!("expresscache/reports/{}", token(self.owner));
         let job_id = match self.progress.batch_job() {
             Some(id) => {
                 tracing::info!(operation_id = self.owner, job_id = %id,
                     "following the S3 Batch Operations job an earlier attempt created");
                 id
             }
-            None => {
-                let manifest_key = format!(
-                    "expresscache/manifests/{}.csv",
-                    self.owner.replace(['/', ':', '#'], "-")
-                );
-                let rows: Vec<(String, String)> = tasks
-                    .iter()
-                    .map(|t| (self.spec.source.to_string(), t.object.key.clone()))
-                    .collect();
-                let (manifest_arn, manifest_etag) =
-                    o.put_manifest(&manifest_key, &rows).await.map_err(failed)?;
-                let spec = JobSpec {
-                    client_request_token: token(self.owner),
-                    manifest_arn,
-                    manifest_etag,
-                    target_arn: format!(
-                        "arn:aws:s3express:{}:{}:bucket/{dir}",
-                        o.region, o.account_id
-                    ),
-                    target_key_prefix: self.spec.destination_prefix.to_string(),
-                    report_bucket_arn: format!("arn:aws:s3:::{}", o.working_bucket),
-                    report_prefix: report_prefix.clone(),
-                    role_arn: o.role_arn.clone(),
-                    description: format!("expresscache warm {}", self.owner),
-                };
-                let id = self.create_job(o, &spec).await?;
-                // In the log at once: a resumed attempt follows this job.
-                self.progress.set_batch_job(Some(&id));
-                tracing::info!(operation_id = self.owner, job_id = %id, keys = tasks.len(),
-                    "copying through an S3 Batch Operations job");
-                id
-            }
+            None => match self.start_job(o, &tasks).await {
+                Ok(id) => id,
+                Err(e) => {
+                    self.release_all(&tasks).await;
+                    return Err(e);
+                }
+            },
         };
         let keys: Vec<String> = tasks.iter().map(|t| t.dest_key.clone()).collect();
-        let end = tokio::select! {
-            end = self.track_job(o, &job_id) => end?,
+        let tracked = tokio::select! {
+            end = self.track_job(o, &job_id) => end,
             () = self.keep_all_claimed(&keys) => unreachable!("the renewals never end"),
         };
-        // Failed tasks first (the report), then what landed (the listing).
-        let reported = if end.state == JobState::Failed {
-            HashMap::new()
-        } else {
-            o.failed_tasks(&report_prefix, &job_id)
-                .await
-                .map_err(failed)?
+        if self.stop.reason() == Some(crate::stop::StopReason::Interrupted) {
+            // Shutting down, or the run lost: the job goes on, and the
+            // attempt that resumes the warm follows it (its id is in the
+            // record); nothing is recorded or released here.
+            return Ok(());
+        }
+        let end = match tracked {
+            Ok(end) => end,
+            Err(e) => {
+                self.abandon(o, &job_id, &tasks).await;
+                return Err(e);
+            }
         };
-        let landed = self.list_landed(&tasks).await?;
+        // Failed tasks first (the report), then what landed (the listing).
+        let reported = match o
+            .failed_tasks(&report_prefix(self.owner), &job_id, end.state)
+            .await
+        {
+            Ok(r) => r,
+            Err(e) => {
+                self.release_all(&tasks).await;
+                return Err(WarmError::Batch(e.to_string()));
+            }
+        };
+        let landed = match self.list_landed(&tasks).await {
+            Ok(l) => l,
+            Err(e) => {
+                self.release_all(&tasks).await;
+                return Err(e);
+            }
+        };
+        // Only what this job wrote: an object older than the job (less the
+        // clock skew margin, and a second: S3 stamps whole seconds) was
+        // there before it, whatever its size.
+        let written_after = end.created.map_or(std::time::UNIX_EPOCH, |t| {
+            t - self.w.settings.skew_margin - Duration::from_secs(1)
+        });
         let mut to_engine = Vec::new();
+        let mut to_record = Vec::new();
         for task in tasks {
             if let Some((code, message)) = reported.get(&task.object.key) {
+                let (code, message) = if code == "PreconditionFailed" {
+                    (
+                        "SourceChanged".to_owned(),
+                        "the source changed after it was listed (the job copies only what was \
+                         not modified since the plan began); warm again"
+                            .to_owned(),
+                    )
+                } else {
+                    (
+                        code.clone(),
+                        format!("S3 Batch Operations job {job_id}: {message}"),
+                    )
+                };
                 self.release(&task.dest_key).await;
-                self.progress.fail(
-                    &task.object.key,
-                    code,
-                    format!("S3 Batch Operations job {job_id}: {message}"),
-                );
+                self.progress.fail(&task.object.key, &code, message);
                 continue;
             }
             match landed.get(&task.dest_key) {
-                Some((size, _)) if *size != task.object.size => {
+                Some((_, _, modified)) if modified.is_none_or(|m| m < written_after) => {
+                    to_engine.push(task);
+                }
+                Some((size, _, _)) if *size != task.object.size => {
                     self.release(&task.dest_key).await;
                     self.progress.fail(
                         &task.object.key,
                         "SourceChanged",
                         format!(
-                            "the job copied {size} bytes where the plan listed {}: the source changed \
-                             after it was listed; warm again",
+                            "the job copied {size} bytes where the plan listed {}: the source \
+                             changed after it was listed; warm again",
                             task.object.size
                         ),
                     );
                 }
-                Some((_, etag)) => match self.record(&task, etag, entries).await {
-                    Landed::Recorded => {
-                        Progress::add(&self.progress.copied, 1);
-                        Progress::add(&self.progress.bytes_copied, task.object.size);
-                    }
-                    Landed::Engine => to_engine.push(CopyTask {
-                        claimed_at: None,
-                        wait_for: None,
-                        ..task
-                    }),
-                },
+                Some((_, etag, _)) => to_record.push((task, etag.clone())),
                 None if self.stop.is_set() => self.release(&task.dest_key).await,
                 None => to_engine.push(task),
             }
         }
+        // Recorded in the writer's batches: many in flight at once.
+        let again = std::sync::Mutex::new(to_engine);
+        stream::iter(to_record)
+            .for_each_concurrent(RECORDS_AT_ONCE, |(task, etag)| {
+                let again = &again;
+                async move {
+                    match self.record(&task, &etag, entries).await {
+                        Landed::Recorded => {
+                            Progress::add(&self.progress.copied, 1);
+                            Progress::add(&self.progress.bytes_copied, task.object.size);
+                        }
+                        // Its claim lost (another holder now): decided anew.
+                        Landed::Engine => {
+                            again
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .push(CopyTask {
+                                    claimed_at: None,
+                                    wait_for: None,
+                                    ..task
+                                });
+                        }
+                    }
+                }
+            })
+            .await;
+        let to_engine = again.into_inner().unwrap_or_else(|e| e.into_inner());
         if end.state == JobState::Failed {
+            self.release_all(&to_engine).await;
             return Err(WarmError::Batch(format!(
                 "S3 Batch Operations job {job_id} failed: {}",
                 end.failure_reasons.join("; ")
             )));
         }
-        // Not copied by the job (or its claim lost): the engine decides.
-        let again: Vec<CopyTask> = to_engine
-            .into_iter()
-            .map(|t| CopyTask {
-                claimed_at: None,
-                wait_for: None,
-                ..t
-            })
-            .collect();
-        self.settle_all(again, entries).await;
+        // Not copied by the job: the engine copies them under the claims
+        // still held (renewed first; released if the warm was stopped);
+        // keys whose claim was lost are decided anew.
+        self.settle_all(to_engine, entries).await;
         Ok(())
+    }
+
+    /// Writes the manifest of `tasks` and creates the job; records its id
+    /// in the operation's log at once.
+    async fn start_job(&self, o: &Offload, tasks: &[CopyTask]) -> Result<String, WarmError> {
+        let failed = |e: JobError| WarmError::Batch(e.to_string());
+        let dir = self.dir();
+        let name = token(self.owner);
+        // Named after the operation, as the token is: a CreateJob retried
+        // by a resumed attempt asks for the very same job.
+        let manifest_key = format!("expresscache/manifests/{name}.csv");
+        let rows: Vec<(String, String)> = tasks
+            .iter()
+            .map(|t| (self.spec.source.to_string(), t.object.key.clone()))
+            .collect();
+        let (manifest_arn, manifest_etag) =
+            o.put_manifest(&manifest_key, &rows).await.map_err(failed)?;
+        let spec = JobSpec {
+            client_request_token: name.clone(),
+            manifest_arn,
+            manifest_etag,
+            target_arn: format!(
+                "arn:aws:s3express:{}:{}:bucket/{dir}",
+                o.region, o.account_id
+            ),
+            target_key_prefix: self.spec.destination_prefix.to_string(),
+            report_bucket_arn: format!("arn:aws:s3:::{}", o.working_bucket),
+            report_prefix: report_prefix(self.owner),
+            role_arn: o.role_arn.clone(),
+            description: format!("expresscache warm {name}"),
+            unmodified_since: self.started,
+        };
+        let id = self.create_job(o, &spec).await?;
+        // In the log at once: a resumed attempt follows this job.
+        self.progress.set_batch_job(Some(&id));
+        tracing::info!(operation_id = self.owner, job_id = %id, keys = tasks.len(),
+            "copying through an S3 Batch Operations job");
+        Ok(id)
+    }
+
+    /// After a failure while the job may still run: cancels it (best
+    /// effort) and gives back the claims.
+    async fn abandon(&self, o: &Offload, job_id: &str, tasks: &[CopyTask]) {
+        if let Err(e) = o.jobs.cancel_job(job_id).await {
+            tracing::warn!(operation_id = self.owner, job_id, error = %e,
+                "could not cancel the job of a failed warm");
+        }
+        self.release_all(tasks).await;
+    }
+
+    /// Gives back this warm's claims on `tasks`' keys.
+    async fn release_all(&self, tasks: &[CopyTask]) {
+        stream::iter(tasks.iter().filter(|t| t.claimed_at.is_some()))
+            .for_each_concurrent(RENEWALS_AT_ONCE, |t| self.release(&t.dest_key))
+            .await;
     }
 
     /// CreateJob, retried while S3 Control is throttled or unreachable.
@@ -253,9 +340,20 @@ impl<S: ObjectStore, I: CacheIndex> WarmRun<'_, S, I> {
     ) -> Result<crate::batch::JobStatus, WarmError> {
         let mut pause = o.poll.0;
         let mut cancelled = false;
-        let mut shown = 0u64;
         loop {
-            if self.stop.is_set() && !cancelled {
+            if self.stop.reason() == Some(crate::stop::StopReason::Interrupted) {
+                // The job outlives this attempt: the next one follows it.
+                return Ok(crate::batch::JobStatus {
+                    state: JobState::Running,
+                    raw: String::new(),
+                    total: 0,
+                    succeeded: 0,
+                    failed: 0,
+                    failure_reasons: Vec::new(),
+                    created: None,
+                });
+            }
+            if self.stop.reason() == Some(crate::stop::StopReason::Cancelled) && !cancelled {
                 match o.jobs.cancel_job(job_id).await {
                     Ok(status) => {
                         tracing::info!(
@@ -282,11 +380,9 @@ impl<S: ObjectStore, I: CacheIndex> WarmRun<'_, S, I> {
                             succeeded: s.succeeded,
                             failed: s.failed,
                         });
-                    let done = s.succeeded + s.failed;
-                    if done > shown {
-                        shown = done;
-                        self.progress.touch();
-                    }
+                    // A job that answers is activity, even before its first
+                    // task (a job takes minutes to start).
+                    self.progress.touch();
                     if s.state != JobState::Running {
                         if s.state == JobState::Failed {
                             tracing::warn!(operation_id = self.owner, job_id, reasons = ?s.failure_reasons, "the job failed");
@@ -329,7 +425,7 @@ impl<S: ObjectStore, I: CacheIndex> WarmRun<'_, S, I> {
     async fn list_landed(
         &self,
         tasks: &[CopyTask],
-    ) -> Result<HashMap<String, (u64, String)>, WarmError> {
+    ) -> Result<HashMap<String, (u64, String, Option<std::time::SystemTime>)>, WarmError> {
         let wanted: std::collections::HashSet<&str> =
             tasks.iter().map(|t| t.dest_key.as_str()).collect();
         let mut landed = HashMap::new();
@@ -355,7 +451,7 @@ impl<S: ObjectStore, I: CacheIndex> WarmRun<'_, S, I> {
                 self.list_requests.fetch_add(1, Ordering::Relaxed);
                 for o in page.objects {
                     if wanted.contains(o.key.as_str()) {
-                        landed.insert(o.key, (o.size, o.etag));
+                        landed.insert(o.key, (o.size, o.etag, o.last_modified));
                     }
                 }
                 match page.next {
@@ -390,6 +486,12 @@ impl<S: ObjectStore, I: CacheIndex> WarmRun<'_, S, I> {
             _ => Landed::Engine,
         }
     }
+}
+
+/// Where the job's report goes: under the operation's name, so an
+/// attempt that follows an earlier attempt's job reads that job's report.
+fn report_prefix(owner: &str) -> String {
+    format!("expresscache/reports/{}", token(owner))
 }
 
 /// The job's client request token: the operation's, not the attempt's,

@@ -49,6 +49,9 @@ pub(super) struct WarmRun<'a, S, I> {
     pub list_requests: std::sync::atomic::AtomicU64,
     /// When the first copy started.
     copy_started: std::sync::OnceLock<std::time::Instant>,
+    /// When the warm began (wall clock, as S3 stamps objects): a Batch
+    /// Operations job copies only sources not modified since.
+    pub started: std::time::SystemTime,
 }
 
 impl<'a, S: ObjectStore, I: CacheIndex> WarmRun<'a, S, I> {
@@ -68,6 +71,7 @@ impl<'a, S: ObjectStore, I: CacheIndex> WarmRun<'a, S, I> {
             announced: AtomicBool::new(false),
             list_requests: std::sync::atomic::AtomicU64::new(0),
             copy_started: std::sync::OnceLock::new(),
+            started: std::time::SystemTime::now(),
         }
     }
 
