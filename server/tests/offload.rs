@@ -60,6 +60,15 @@ async fn offloading(
     (fx, fake.unwrap())
 }
 
+/// Waits until the fake has a job (the warm's plan is then complete).
+async fn until_a_job(fake: &FakeS3Control) {
+    let t0 = std::time::Instant::now();
+    while jobs_made(fake) == 0 {
+        assert!(t0.elapsed() < Duration::from_secs(20), "no job");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn jobs_made(fake: &FakeS3Control) -> usize {
     fake.stats()["jobs"].as_object().unwrap().len()
 }
@@ -121,11 +130,7 @@ async fn a_source_changed_between_the_plan_and_the_job_is_caught() {
         async move { client.warm_and_wait(req, |_| {}).await.unwrap() }
     });
     // Once the job exists, the plan is made: change a key it copies late.
-    let t0 = std::time::Instant::now();
-    while jobs_made(&fake) == 0 {
-        assert!(t0.elapsed() < Duration::from_secs(20), "no job");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_a_job(&fake).await;
     put(
         &fx.s3,
         &fx.src,
@@ -147,11 +152,7 @@ async fn a_source_changed_to_the_same_size_is_caught_too() {
         let req = fx.request(&["d/"]).batch_operations(true);
         async move { client.warm_and_wait(req, |_| {}).await.unwrap() }
     });
-    let t0 = std::time::Instant::now();
-    while jobs_made(&fake) == 0 {
-        assert!(t0.elapsed() < Duration::from_secs(20), "no job");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_a_job(&fake).await;
     // 16 bytes, as planned, but other content, and after the plan began
     // (S3 stamps whole seconds).
     tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -184,11 +185,7 @@ async fn an_object_the_job_did_not_write_is_not_recorded() {
         .await
         .unwrap();
     let first = stream.message().await.unwrap().unwrap();
-    let t0 = std::time::Instant::now();
-    while jobs_made(&fake) == 0 {
-        assert!(t0.elapsed() < Duration::from_secs(20), "no job");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_a_job(&fake).await;
     // Cancelled long before the job reaches d/029.
     fx.client().await.cancel(&first.operation_id).await.unwrap();
     while stream.message().await.unwrap().is_some() {}
@@ -209,11 +206,7 @@ async fn cancelling_the_warm_cancels_its_job() {
         .await
         .unwrap();
     let first = stream.message().await.unwrap().unwrap();
-    let t0 = std::time::Instant::now();
-    while jobs_made(&fake) == 0 {
-        assert!(t0.elapsed() < Duration::from_secs(20), "no job");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_a_job(&fake).await;
     fx.client().await.cancel(&first.operation_id).await.unwrap();
     let stats = fake.stats();
     let job = stats["jobs"].as_object().unwrap().values().next().unwrap();
