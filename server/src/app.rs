@@ -130,12 +130,20 @@ async fn batch_offload(
         &shared,
         &account,
         config.batch_control_endpoint.as_deref(),
+        crate::batch::control::REQUEST_TIMEOUT,
     );
     tracing::info!(role = %role, working_bucket = %bucket, threshold = ?config.batch_threshold,
         "S3 Batch Operations offload on");
     Ok(Some(std::sync::Arc::new(crate::batch::Offload {
         jobs: std::sync::Arc::new(jobs),
-        s3: s3_client(config.force_path_style).await,
+        // Bounded like the store's requests: a manifest write or report
+        // read that never answers fails and is retried, it does not hang.
+        s3: crate::store::S3Store::with_request_timeout(
+            s3_client(config.force_path_style).await,
+            config.s3_request_timeout,
+        )
+        .retrying_client()
+        .clone(),
         working_bucket: bucket.clone(),
         role_arn: role.clone(),
         account_id: account,

@@ -103,6 +103,7 @@ fn jobs(w: &World, fake: &FakeS3Control) -> S3ControlJobs {
         &local_sdk_config(&w.moto.endpoint),
         ACCOUNT,
         Some(&fake.endpoint),
+        Duration::from_secs(1),
     )
 }
 

@@ -43,6 +43,7 @@ async fn offloading(
                 &local_sdk_config(&moto.endpoint),
                 ACCOUNT,
                 Some(&f.endpoint),
+                Duration::from_secs(1),
             )),
             s3: moto.s3(),
             working_bucket: work.clone(),
@@ -245,6 +246,19 @@ async fn a_throttled_create_job_is_retried() {
     assert_eq!(report.outcome, Outcome::Succeeded, "{report:?}");
     assert!(fake.stats()["create_job_calls"].as_u64().unwrap() >= 5);
     assert_eq!(jobs_made(&fake), 1);
+}
+
+#[tokio::test]
+async fn describe_job_calls_that_never_answer_time_out_and_are_retried() {
+    let (fx, fake) = offloading(5, None, &[("FAKE_S3CONTROL_HANG_DESCRIBE", "2")]).await;
+    let t0 = std::time::Instant::now();
+    let report = fx.warm(fx.request(&["d/"]).batch_operations(true)).await;
+    assert_eq!(report.outcome, Outcome::Succeeded, "{report:?}");
+    // The fake holds each hung call 60 s: the warm did not wait for them.
+    assert!(t0.elapsed() < Duration::from_secs(40), "{:?}", t0.elapsed());
+    assert_eq!(report.counters.objects_copied, 5);
+    assert!(fake.stats()["describe_job_calls"].as_u64().unwrap() >= 3);
+    assert_eq!(list_keys(&fx.s3, &fx.dir, "d/").await.len(), 5);
 }
 
 #[tokio::test]

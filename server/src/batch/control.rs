@@ -109,11 +109,26 @@ impl aws_sdk_s3control::config::endpoint::ResolveEndpoint for FixedEndpoint {
     }
 }
 
+/// How long one S3 Control request may take: a request that never answers
+/// fails (and is retried), it does not hang the warm.
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl S3ControlJobs {
     /// Jobs of `account_id`, through the regional S3 Control endpoint of
-    /// `sdk` (or `endpoint`, used as given, for a local or test endpoint).
-    pub fn new(sdk: &aws_config::SdkConfig, account_id: &str, endpoint: Option<&str>) -> Self {
-        let mut config = aws_sdk_s3control::config::Builder::from(sdk);
+    /// `sdk` (or `endpoint`, used as given, for a local or test endpoint);
+    /// each request attempt gives up after `request_timeout`.
+    pub fn new(
+        sdk: &aws_config::SdkConfig,
+        account_id: &str,
+        endpoint: Option<&str>,
+        request_timeout: std::time::Duration,
+    ) -> Self {
+        let mut config = aws_sdk_s3control::config::Builder::from(sdk).timeout_config(
+            aws_sdk_s3control::config::timeout::TimeoutConfig::builder()
+                .operation_attempt_timeout(request_timeout)
+                .operation_timeout(request_timeout * 4)
+                .build(),
+        );
         if let Some(url) = endpoint {
             config = config.endpoint_resolver(FixedEndpoint(url.trim_end_matches('/').to_owned()));
         }

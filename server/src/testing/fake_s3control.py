@@ -14,6 +14,8 @@ Knobs, by environment:
   FAKE_S3CONTROL_FAIL_JOB       "1": every job ends Failed (no tasks run)
   FAKE_S3CONTROL_THROTTLE_CREATE  N: the first N CreateJob calls answer 503
                                 SlowDown (throttled)
+  FAKE_S3CONTROL_HANG_DESCRIBE  N: the first N DescribeJob calls never
+                                answer (held 60 s)
 GET /_fake/stats answers {"create_job_calls": N, "jobs": {...}} as JSON.
 """
 
@@ -48,6 +50,7 @@ LOCK = threading.Lock()
 JOBS = {}  # id -> dict
 TOKENS = {}  # client request token -> id
 CREATE_CALLS = [0]
+DESCRIBE_CALLS = [0]
 
 
 def text(el, path):
@@ -195,7 +198,9 @@ class Handler(BaseHTTPRequestHandler):
         path = urllib.parse.urlparse(self.path).path
         if path == "/_fake/stats":
             with LOCK:
-                body = json.dumps({"create_job_calls": CREATE_CALLS[0], "jobs": JOBS}).encode()
+                body = json.dumps(
+                    {"create_job_calls": CREATE_CALLS[0], "describe_job_calls": DESCRIBE_CALLS[0], "jobs": JOBS}
+                ).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
@@ -204,6 +209,12 @@ class Handler(BaseHTTPRequestHandler):
             return
         if path.startswith("/v20180820/jobs/"):
             job_id = path.rsplit("/", 1)[1]
+            with LOCK:
+                DESCRIBE_CALLS[0] += 1
+                hang = DESCRIBE_CALLS[0] <= int(os.environ.get("FAKE_S3CONTROL_HANG_DESCRIBE", "0"))
+            if hang:
+                time.sleep(60)
+                return
             with LOCK:
                 job = JOBS.get(job_id)
                 if job is None:
