@@ -305,6 +305,64 @@ async fn a_queued_leader_is_offered_in_the_log_and_lists_only_once_the_offer_is_
 }
 
 #[tokio::test]
+async fn lost_replies_of_the_offer_and_its_withdrawal_neither_hide_nor_skip_them() {
+    let fx = one_at_a_time_tuned(|d| d.ops.adopt_every = Duration::from_millis(50)).await;
+    let index = fx.server.index.inner();
+    let far = fx.server.clock.now() + 3_600_000;
+    index.heartbeat("peer", far).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (blocker, _) = start_until(&fx, &["n/"], |p| {
+        p.counters.unwrap_or_default().objects_copied >= 1
+    })
+    .await;
+    // Both writes take effect; their replies are lost on the way back.
+    fx.server.index.lose_reply("offer_join", 1);
+    fx.server.index.lose_reply("withdraw_join", 1);
+    let (leader, led_first) = start_until(&fx, &["m/"], |_| true).await;
+    let joinable = || async {
+        index
+            .get_operation(&led_first.operation_id)
+            .await
+            .unwrap()
+            .and_then(|r| r.run)
+            .is_some_and(|r| r.joinable)
+    };
+    let t0 = std::time::Instant::now();
+    while !joinable().await {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the offer whose reply was lost is in the log all the same"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let lists = fx.server.store.calls.list.load(Ordering::Relaxed);
+    assert_eq!(outcome(&finish(blocker).await), pb::Outcome::Succeeded);
+    let led = finish(leader).await;
+    assert_eq!(outcome(&led), pb::Outcome::Succeeded, "{led:?}");
+    assert_eq!(
+        fx.server.store.calls.list.load(Ordering::Relaxed),
+        lists + 1,
+        "listed once, after the withdrawal (retried) was recorded"
+    );
+    assert_eq!(list_keys(&fx.s3, &fx.dir, "m/").await.len(), 10);
+    index.leave("peer").await.unwrap();
+}
+
+#[tokio::test]
+async fn a_final_state_whose_reply_is_lost_still_reaches_the_caller_as_recorded() {
+    let fx = one_at_a_time().await;
+    // Recorded, then the reply lost: the runner cannot tell; the caller's
+    // stream reads the log and gets the state that was recorded.
+    fx.server.index.lose_reply("finish_operation", 1);
+    let (stream, _) = start_until(&fx, &["m/"], |_| true).await;
+    let last = finish(stream).await;
+    assert_eq!(outcome(&last), pb::Outcome::Succeeded, "{last:?}");
+    assert_eq!(list_keys(&fx.s3, &fx.dir, "m/").await.len(), 10);
+    let again = fx.warm(fx.request(&["m/"])).await;
+    assert_eq!(again.counters.objects_hit, 10, "{again:?}");
+}
+
+#[tokio::test]
 async fn a_hundred_identical_warms_list_the_source_at_most_twice_per_page() {
     // Copies slow enough that every submission arrives while the first
     // round still runs, on a loaded machine too.

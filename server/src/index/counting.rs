@@ -22,6 +22,9 @@ pub struct CountingIndex<I> {
     gate: Option<Arc<dyn Gate>>,
     /// Calls to fail, and how many more times.
     failing: std::sync::Mutex<Vec<(&'static str, u32)>>,
+    /// Calls whose reply to lose after they took effect, and how many more
+    /// times.
+    losing: std::sync::Mutex<Vec<(&'static str, u32)>>,
 }
 
 impl<I> CountingIndex<I> {
@@ -32,6 +35,7 @@ impl<I> CountingIndex<I> {
             writes: AtomicU64::new(0),
             gate: None,
             failing: std::sync::Mutex::default(),
+            losing: std::sync::Mutex::default(),
         }
     }
 
@@ -53,6 +57,30 @@ impl<I> CountingIndex<I> {
             Some(g) => Some(g.enter(call, subject).await),
             None => None,
         })
+    }
+
+    /// Loses the reply of the next `times` calls named `call` that succeed:
+    /// they take effect, and the caller gets [`IndexError::Unavailable`]
+    /// (a reply lost on the way back). Honoured by the calls that check
+    /// [`reply`](Self::reply).
+    pub fn lose_reply(&self, call: &'static str, times: u32) {
+        self.losing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((call, times));
+    }
+
+    /// `result` as the caller receives it: lost if `call`'s reply is to be.
+    fn reply<T>(&self, call: &'static str, result: Result<T, IndexError>) -> Result<T, IndexError> {
+        let result = result?;
+        let mut losing = self.losing.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, left)) = losing.iter_mut().find(|(c, n)| *c == call && *n > 0) {
+            *left -= 1;
+            return Err(IndexError::Unavailable(format!(
+                "{call}: reply lost (injected)"
+            )));
+        }
+        Ok(result)
     }
 
     /// Fails the next `times` calls named `call` with
@@ -92,7 +120,7 @@ impl<I: CacheIndex> CacheIndex for CountingIndex<I> {
     async fn extend_lease(&self, lease: &Lease, now: Millis) -> Result<Lease, IndexError> {
         self.write();
         let _pass = self.pass("extend_lease", &lease.prefix).await?;
-        self.inner.extend_lease(lease, now).await
+        self.reply("extend_lease", self.inner.extend_lease(lease, now).await)
     }
 
     async fn covering_leases(
@@ -338,13 +366,13 @@ impl<I: OperationLog> OperationLog for CountingIndex<I> {
     async fn offer_join(&self, id: &str, ticket: &RunTicket) -> Result<bool, IndexError> {
         self.write();
         let _pass = self.pass("offer_join", id).await?;
-        self.inner.offer_join(id, ticket).await
+        self.reply("offer_join", self.inner.offer_join(id, ticket).await)
     }
 
     async fn withdraw_join(&self, id: &str, ticket: &RunTicket) -> Result<bool, IndexError> {
         self.write();
         let _pass = self.pass("withdraw_join", id).await?;
-        self.inner.withdraw_join(id, ticket).await
+        self.reply("withdraw_join", self.inner.withdraw_join(id, ticket).await)
     }
 
     async fn finish_operation(
@@ -356,7 +384,10 @@ impl<I: OperationLog> OperationLog for CountingIndex<I> {
     ) -> Result<bool, IndexError> {
         self.write();
         let _pass = self.pass("finish_operation", id).await?;
-        self.inner.finish_operation(id, ticket, state, epochs).await
+        self.reply(
+            "finish_operation",
+            self.inner.finish_operation(id, ticket, state, epochs).await,
+        )
     }
 
     async fn list_operations(
