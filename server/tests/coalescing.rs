@@ -12,7 +12,7 @@ use common::{finish, objects, outcome, Fixture, Stream};
 use expresscache_client::{pb, Outcome};
 use expresscache_server::clock::Clock;
 use expresscache_server::index::{OperationLog, ReplicaRegistry};
-use expresscache_server::store::{Op, StoreError};
+use expresscache_server::store::Op;
 use expresscache_server::testing::{get, list_keys, put, TestIndex, TestStore};
 
 /// `n` objects under `m/`, copies slowed so a warm runs for a while.
@@ -136,16 +136,7 @@ async fn a_joiner_whose_leader_fails_fails_with_the_reason() {
     })
     .await;
     // From now on every listing is refused.
-    fx.server.store.fail(
-        Op::List,
-        None,
-        StoreError::Service {
-            code: "AccessDenied".into(),
-            status: 403,
-            message: "injected for the test".into(),
-        },
-        None,
-    );
+    fx.deny_listings();
     let (leader, led_first) = start_until(&fx, &["m/"], |_| true).await;
     let (joiner, joined_first) =
         start_until(&fx, &["m/"], |p| !p.joined_operation_id.is_empty()).await;

@@ -11,7 +11,6 @@ use std::sync::atomic::Ordering;
 use common::{objects, rpc_error, Fixture};
 use expresscache_client::{pb, ClientError, Outcome};
 use expresscache_server::index::{OpFilter, OperationLog};
-use expresscache_server::store::{Op, StoreError};
 use expresscache_server::testing::{list_keys, put};
 
 /// `a/` (25 objects of 16 bytes) warmed; `b/` (5) not.
@@ -124,16 +123,7 @@ async fn a_dry_run_plans_per_prefix_and_prices_both_ways_without_changing_anythi
 #[tokio::test]
 async fn a_dry_run_whose_listing_fails_reports_the_failure_instead_of_a_plan() {
     let fx = half_warm().await;
-    fx.server.store.fail(
-        Op::List,
-        None,
-        StoreError::Service {
-            code: "AccessDenied".into(),
-            status: 403,
-            message: "injected for the test".into(),
-        },
-        None,
-    );
+    fx.deny_listings();
     let err = fx
         .client()
         .await

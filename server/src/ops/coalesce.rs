@@ -41,14 +41,21 @@ use crate::stop::{StopReason, StopSignal};
 use crate::store::ObjectStore;
 use crate::warm::{WarmError, WarmOutcome};
 
-/// Whether a warm of `leader` does all the work a warm of `joiner` asks
-/// for: same source, destination, no forced copies, every prefix covered.
-pub(super) fn covers(leader: &WarmSpec, joiner: &WarmSpec) -> bool {
-    leader.source == joiner.source
-        && leader.directory_bucket == joiner.directory_bucket
-        && leader.destination_prefix == joiner.destination_prefix
+/// Whether a warm of `leader` and one of `spec` warm the same data (same
+/// source, destination bucket and prefix) and neither forces copies: only
+/// then can one do the other's work.
+fn same_data(leader: &WarmSpec, spec: &WarmSpec) -> bool {
+    leader.source == spec.source
+        && leader.directory_bucket == spec.directory_bucket
+        && leader.destination_prefix == spec.destination_prefix
         && !leader.force_copy
-        && !joiner.force_copy
+        && !spec.force_copy
+}
+
+/// Whether a warm of `leader` does all the work a warm of `joiner` asks
+/// for: the same data, every prefix covered.
+pub(super) fn covers(leader: &WarmSpec, joiner: &WarmSpec) -> bool {
+    same_data(leader, joiner)
         && joiner
             .prefixes
             .iter()
@@ -58,12 +65,7 @@ pub(super) fn covers(leader: &WarmSpec, joiner: &WarmSpec) -> bool {
 /// The prefixes of `spec` that a warm of `leader` does the work for, and
 /// the rest; `None` when it does none of it (other data, forced copies).
 fn split_prefixes(leader: &WarmSpec, spec: &WarmSpec) -> Option<(WarmSpec, WarmSpec)> {
-    let same_data = leader.source == spec.source
-        && leader.directory_bucket == spec.directory_bucket
-        && leader.destination_prefix == spec.destination_prefix
-        && !leader.force_copy
-        && !spec.force_copy;
-    if !same_data {
+    if !same_data(leader, spec) {
         return None;
     }
     let (covered, rest): (Vec<_>, Vec<_>) = spec
@@ -157,34 +159,28 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
     /// (so nothing joins it before it looked on other replicas).
     fn role_for(&self, id: &str, spec: &WarmSpec, claim: bool) -> Role {
         let mut live = self.live();
-        // Warms that list what they list after this one arrived: others
-        // whose own warm runs and has not begun listing.
-        // Only a warm doing all its own work is joined: one that follows
-        // another's for part of it could close a cycle of warms each
-        // waiting for the other.
-        let queued = |other: &String, op: &super::LiveOp| {
-            other.as_str() != id
-                && !op.stop.is_set()
-                && !op.progress.is_finished()
-                && !op.progress.has_part()
-                && op.progress.phase() == Phase::Queued
+        // Another warm still at work.
+        let running = |other: &String, op: &super::LiveOp| {
+            other.as_str() != id && !op.stop.is_set() && !op.progress.is_finished()
         };
+        // Warms that list what they list after this one arrived: others
+        // whose own warm runs and has not begun listing. Only a warm doing
+        // all its own work is joined: one that follows another's for part
+        // of it could close a cycle of warms each waiting for the other.
+        let queued = |other: &String, op: &super::LiveOp| {
+            running(other, op) && !op.progress.has_part() && op.progress.phase() == Phase::Queued
+        };
+        let leads_for = |op: &super::LiveOp| op.leading.as_ref().is_some_and(|l| covers(l, spec));
         let joinable = live
             .iter()
-            .filter(|(other, op)| queued(other, op))
-            .find(|(_, op)| op.leading.as_ref().is_some_and(|l| covers(l, spec)))
+            .find(|(other, op)| queued(other, op) && leads_for(op))
             .map(|(other, op)| (other.clone(), op.progress.subscribe()));
         if let Some((leader, rx)) = joinable {
             return Role::Join(leader, rx);
         }
         let listing = live
             .iter()
-            .find(|(other, op)| {
-                other.as_str() != id
-                    && !op.stop.is_set()
-                    && !op.progress.is_finished()
-                    && op.leading.as_ref().is_some_and(|l| covers(l, spec))
-            })
+            .find(|(other, op)| running(other, op) && leads_for(op))
             .map(|(other, op)| (other.clone(), op.progress.subscribe()));
         let split = if listing.is_none() {
             live.iter()

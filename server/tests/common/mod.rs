@@ -60,6 +60,20 @@ impl Fixture {
         }
     }
 
+    /// From now on every listing of the source is refused (AccessDenied).
+    pub fn deny_listings(&self) {
+        self.server.store.fail(
+            expresscache_server::store::Op::List,
+            None,
+            expresscache_server::store::StoreError::Service {
+                code: "AccessDenied".into(),
+                status: 403,
+                message: "injected for the test".into(),
+            },
+            None,
+        );
+    }
+
     pub async fn client(&self) -> Client {
         Client::connect(self.server.endpoint.clone())
             .await
