@@ -6,6 +6,7 @@
 //! handlers never see a raw string they must re-check. The client uses the
 //! same conversions to reject bad input before it leaves the machine.
 
+pub mod backoff;
 pub mod counters;
 pub mod names;
 pub mod request;
@@ -24,6 +25,7 @@ pub mod proto {
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     tonic::include_file_descriptor_set!("expresscache_descriptor");
 
+pub use backoff::Backoff;
 pub use counters::Counters;
 pub use names::{BucketName, DirectoryBucketName, Prefix, RequestId};
 pub use request::{EvictSpec, Limits, StatusQuery, WarmSpec};

@@ -178,6 +178,29 @@ impl DirectoryBucketName {
     }
 }
 
+/// `s3://BUCKET/KEY` (the scheme in any case) split into its bucket and
+/// key; `None` for anything else. The key may be empty (`s3://bucket` and
+/// `s3://bucket/` both name the whole bucket).
+pub fn split_s3_url(s: &str) -> Option<(&str, &str)> {
+    let scheme = s.get(..5)?;
+    if !scheme.eq_ignore_ascii_case("s3://") {
+        return None;
+    }
+    let rest = &s[5..];
+    Some(rest.split_once('/').unwrap_or((rest, "")))
+}
+
+/// The prefix a URL's key most likely meant: the key itself when it is
+/// `""` or ends in `/`, else the key with a `/` added (a prefix names a
+/// whole path segment).
+pub fn prefix_for_key(key: &str) -> String {
+    if key.is_empty() || key.ends_with('/') {
+        key.to_owned()
+    } else {
+        format!("{key}/")
+    }
+}
+
 impl Prefix {
     /// The whole bucket.
     pub fn root() -> Self {
@@ -189,6 +212,15 @@ impl Prefix {
     pub fn parse(prefix: &str) -> Result<Self, String> {
         if prefix.is_empty() {
             return Ok(Self::root());
+        }
+        // A URL taken for a prefix would list nothing and report "ready"
+        // with nothing cached: refuse it, saying what was probably meant.
+        if let Some((bucket, key)) = split_s3_url(prefix) {
+            return Err(format!(
+                "{prefix:?} is a URL, not a key prefix: a prefix names keys inside the bucket; \
+                 did you mean bucket {bucket:?} with prefix {:?}?",
+                prefix_for_key(key)
+            ));
         }
         if prefix.len() > MAX_KEY_BYTES {
             return Err(format!(
@@ -338,6 +370,36 @@ mod tests {
         assert!(Prefix::parse("da\nta/").is_err());
         assert!(Prefix::parse(&format!("{}/", "a".repeat(1024))).is_err());
         assert!(Prefix::parse(&format!("{}/", "a".repeat(1023))).is_ok());
+    }
+
+    #[test]
+    fn an_s3_url_is_refused_as_a_prefix_with_what_it_meant() {
+        let e = Prefix::parse("s3://demo-src/datasets/").unwrap_err();
+        assert!(e.contains("is a URL, not a key prefix"), "{e}");
+        assert!(
+            e.contains(r#"did you mean bucket "demo-src" with prefix "datasets/"?"#),
+            "{e}"
+        );
+        // Any case, with or without the closing slash, the whole bucket.
+        let e = Prefix::parse("S3://demo-src/datasets").unwrap_err();
+        assert!(e.contains(r#"prefix "datasets/""#), "{e}");
+        let e = Prefix::parse("s3://demo-src").unwrap_err();
+        assert!(e.contains(r#"bucket "demo-src" with prefix """#), "{e}");
+        // A key that merely contains "s3://" further in is a key.
+        assert!(Prefix::parse("logs/s3://x/").is_ok());
+    }
+
+    #[test]
+    fn s3_urls_split_into_bucket_and_key() {
+        assert_eq!(split_s3_url("s3://b/k/x/"), Some(("b", "k/x/")));
+        assert_eq!(split_s3_url("S3://b"), Some(("b", "")));
+        assert_eq!(split_s3_url("s3://b/"), Some(("b", "")));
+        assert_eq!(split_s3_url("data/"), None);
+        assert_eq!(split_s3_url("s3:/b/"), None);
+        assert_eq!(split_s3_url("é"), None);
+        assert_eq!(prefix_for_key("a"), "a/");
+        assert_eq!(prefix_for_key("a/"), "a/");
+        assert_eq!(prefix_for_key(""), "");
     }
 
     #[test]

@@ -52,6 +52,10 @@ pub struct WarmSpec {
     pub max_staleness: Duration,
     /// Copy through an S3 Batch Operations job.
     pub batch_operations: bool,
+    /// A warm in which no prefix lists any object succeeds (by default it
+    /// fails: an empty result is far more often a wrong prefix than the
+    /// intent).
+    pub allow_empty: bool,
 }
 
 /// Longest `destination_prefix`, in bytes: half a key, so real keys fit.
@@ -259,6 +263,7 @@ impl WarmSpec {
                 destination_prefix,
                 max_staleness: max_staleness.unwrap_or_default(),
                 batch_operations: req.batch_operations,
+                allow_empty: req.allow_empty,
             }),
             _ => unreachable!("every missing field recorded a violation"),
         }
@@ -315,6 +320,7 @@ impl From<&WarmSpec> for pb::WarmCacheRequest {
             // A spec is what runs: dry runs never become one.
             dry_run: false,
             batch_operations: s.batch_operations,
+            allow_empty: s.allow_empty,
         }
     }
 }
@@ -506,6 +512,7 @@ mod tests {
             max_staleness: None,
             dry_run: false,
             batch_operations: false,
+            allow_empty: false,
         }
     }
 
@@ -584,6 +591,7 @@ mod tests {
             max_staleness: None,
             dry_run: false,
             batch_operations: false,
+            allow_empty: false,
         };
         let f = fields(WarmSpec::parse(&req, &Limits::default()).unwrap_err());
         assert_eq!(
@@ -597,6 +605,29 @@ mod tests {
                 "request_id",
                 "destination_prefix"
             ]
+        );
+    }
+
+    #[test]
+    fn an_s3_url_as_a_prefix_is_refused_by_every_server_with_a_field_violation() {
+        use tonic_types::StatusExt;
+        let mut req = good();
+        req.prefixes = vec!["ok/".into(), "s3://demo-src/datasets/".into()];
+        let err = WarmSpec::parse(&req, &Limits::default()).unwrap_err();
+        assert_eq!(fields(err.clone()), ["prefixes[1]"]);
+        let status = err.to_status();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        let violation = &status
+            .get_details_bad_request()
+            .expect("bad request details")
+            .field_violations[0];
+        assert_eq!(violation.field, "prefixes[1]");
+        assert!(
+            violation
+                .description
+                .contains(r#"did you mean bucket "demo-src" with prefix "datasets/"?"#),
+            "{}",
+            violation.description
         );
     }
 

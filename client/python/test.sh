@@ -22,6 +22,7 @@ PY_VENV="${EXPRESSCACHE_PYTHON_VENV:-$REPO_ROOT/.venv-python}"
 SDK="$REPO_ROOT/client/python"
 
 ensure_venv # moto, which the tests start
+ensure_apt openssl openssl # makes the TLS tests' certificates
 export EXPRESSCACHE_MOTO_SERVER="${EXPRESSCACHE_MOTO_SERVER:-$VENV/bin/moto_server}"
 
 stamp="$PY_VENV/.requirements-test"

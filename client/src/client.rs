@@ -62,7 +62,7 @@ impl Client {
                     if let Some(hook) = &retry.on_retry {
                         hook(&e, attempt, retry.attempts);
                     }
-                    tokio::time::sleep(retry.delay(attempt)).await;
+                    tokio::time::sleep(retry.pause(&e, attempt)).await;
                 }
                 Err(e) => return Err(e),
             }
@@ -243,7 +243,7 @@ impl Client {
         if let Some(hook) = &self.retry.on_retry {
             hook(e, attempt, self.retry.attempts);
         }
-        tokio::time::sleep(self.retry.delay(attempt)).await;
+        tokio::time::sleep(self.retry.pause(e, attempt)).await;
         // A failed reconnect leaves the broken channel: the next attempt
         // fails at once and counts, so the policy still bounds the wait.
         let _ = self.reconnect().await;
@@ -325,6 +325,19 @@ impl Client {
         directory_bucket: impl Into<String>,
         prefixes: Vec<String>,
     ) -> Result<Vec<pb::PrefixStatus>, ClientError> {
+        Ok(self
+            .prefix_status_with_clock(directory_bucket, prefixes)
+            .await?
+            .prefixes)
+    }
+
+    /// [`prefix_status`](Self::prefix_status), with the answering server's
+    /// clock against S3's.
+    pub async fn prefix_status_with_clock(
+        &mut self,
+        directory_bucket: impl Into<String>,
+        prefixes: Vec<String>,
+    ) -> Result<pb::GetStatusResponse, ClientError> {
         let req = self.request(pb::GetStatusRequest {
             target: Some(pb::get_status_request::Target::Prefixes(pb::PrefixQuery {
                 directory_bucket: directory_bucket.into(),
@@ -332,7 +345,7 @@ impl Client {
             })),
         });
         let r = self.inner.get_status(req).await;
-        Ok(self.noted(r).await?.prefixes)
+        self.noted(r).await
     }
 
     /// Ends the leases of `prefixes` now and deletes their cached objects,

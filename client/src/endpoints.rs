@@ -4,13 +4,16 @@ use std::time::Duration;
 
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
-use crate::ClientError;
+use crate::{describe, ClientError};
 
 /// How a client proves itself and checks the server: TLS (a CA to trust,
 /// a client certificate for mutual TLS) and a bearer token.
 #[derive(Clone, Default)]
 pub struct Credentials {
     tls: Option<ClientTlsConfig>,
+    /// Whether a CA was given: then only it is trusted, else the system's
+    /// roots are.
+    custom_ca: bool,
     token: Option<tonic::metadata::AsciiMetadataValue>,
 }
 
@@ -25,13 +28,14 @@ impl std::fmt::Debug for Credentials {
 }
 
 impl Credentials {
-    /// Trusts the server certificates signed by the PEM CA `ca_pem` (for
-    /// `https://` endpoints; without it the system's roots are not used,
-    /// so a private CA is the norm).
+    /// Trusts the server certificates signed by the PEM CA `ca_pem`, and
+    /// only those (for `https://` endpoints; without a CA the system's
+    /// roots are trusted).
     #[must_use]
     pub fn with_ca_pem(mut self, ca_pem: impl AsRef<[u8]>) -> Self {
         let tls = self.tls.take().unwrap_or_default();
         self.tls = Some(tls.ca_certificate(Certificate::from_pem(ca_pem)));
+        self.custom_ca = true;
         self
     }
 
@@ -65,6 +69,54 @@ impl Credentials {
             req.metadata_mut().insert("authorization", t.clone());
         }
     }
+
+    /// The TLS settings of an `https://` endpoint: the CA given, else the
+    /// system's roots (a server with a certificate from a public CA needs
+    /// no `--ca-cert`).
+    fn https(&self) -> ClientTlsConfig {
+        let tls = self.tls.clone().unwrap_or_default();
+        if self.custom_ca {
+            tls
+        } else {
+            tls.with_native_roots()
+        }
+    }
+}
+
+/// The endpoint forms [`Endpoints::parse`] accepts, for messages.
+pub const ENDPOINT_FORMS: &str = "give http://HOST:PORT, https://HOST:PORT (TLS) or HOST:PORT (plain http), several separated by commas";
+
+/// One endpoint as a URL tonic connects to: `HOST:PORT` is
+/// `http://HOST:PORT`; `http://` and `https://` are kept (the scheme in
+/// lower case); any other scheme is refused, so nothing is ever tried
+/// against, say, an `s3://` URL given by mistake.
+fn normalize(entry: &str) -> Result<String, String> {
+    let url = match entry.split_once("://") {
+        None => format!("http://{entry}"),
+        Some((scheme, rest)) => {
+            let scheme = scheme.to_ascii_lowercase();
+            if scheme != "http" && scheme != "https" {
+                let hint = if scheme == "s3" {
+                    " (an s3:// URL names data to warm, not the expresscache server)"
+                } else {
+                    ""
+                };
+                return Err(format!(
+                    "{entry:?}: unsupported scheme {scheme:?}{hint}; {ENDPOINT_FORMS}"
+                ));
+            }
+            format!("{scheme}://{rest}")
+        }
+    };
+    // Checked here, so a malformed URL is a usage error before anything
+    // is tried rather than a failed connection.
+    match url.parse::<tonic::transport::Uri>() {
+        Ok(uri) if uri.host().is_some_and(|h| !h.is_empty()) => Ok(url),
+        Ok(_) => Err(format!("{entry:?} names no host; {ENDPOINT_FORMS}")),
+        Err(e) => Err(format!(
+            "{entry:?} is not a valid endpoint ({e}); {ENDPOINT_FORMS}"
+        )),
+    }
 }
 
 /// The endpoints of one service's replicas, tried in turn: a launcher
@@ -82,14 +134,20 @@ pub struct Endpoints {
 
 impl Endpoints {
     /// One endpoint, or several separated by commas, e.g.
-    /// `http://a:50051,http://b:50051`.
+    /// `http://a:50051,http://b:50051`. `HOST:PORT` without a scheme is
+    /// `http://HOST:PORT`; schemes other than `http` and `https` are
+    /// refused, as are malformed URLs (nothing is tried).
     pub fn parse(list: &str) -> Result<Self, String> {
-        let list: Vec<String> = list.split(',').map(|e| e.trim().to_owned()).collect();
-        if list.iter().any(String::is_empty) {
+        let entries: Vec<&str> = list.split(',').map(str::trim).collect();
+        if entries.iter().any(|e| e.is_empty()) {
             return Err(format!(
-                "endpoint list {list:?} has an empty entry; give URLs separated by commas"
+                "endpoint list {list:?} has an empty entry; {ENDPOINT_FORMS}"
             ));
         }
+        let list = entries
+            .into_iter()
+            .map(normalize)
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             list,
             next: 0.into(),
@@ -123,7 +181,7 @@ impl Endpoints {
         let mut last = None;
         for i in 0..self.list.len() {
             let idx = (start + i) % self.list.len();
-            match connect_one(&self.list[idx], self.credentials.tls.as_ref()).await {
+            match connect_one(&self.list[idx], &self.credentials).await {
                 Ok(c) => {
                     self.current.store(idx, Relaxed);
                     self.next.store(idx, Relaxed);
@@ -149,27 +207,31 @@ impl Endpoints {
     }
 }
 
-/// A channel to one endpoint, e.g. `http://127.0.0.1:50051`.
+/// A channel to one endpoint, e.g. `http://127.0.0.1:50051` (as
+/// [`Endpoints::parse`] normalized it).
 pub(crate) async fn connect_one(
     endpoint: &str,
-    tls: Option<&ClientTlsConfig>,
+    credentials: &Credentials,
 ) -> Result<Channel, ClientError> {
     let connect_err = |source| ClientError::Connect {
         endpoint: endpoint.to_owned(),
         source,
     };
     // A malformed URL is the caller's to fix, not a reason to retry.
-    let mut e = Endpoint::from_shared(endpoint.to_owned())
-        .map_err(|e| ClientError::BadEndpoint(format!("{endpoint:?}: {e}")))?;
-    if let Some(tls) = tls {
-        if !endpoint.starts_with("https://") {
-            return Err(ClientError::BadEndpoint(format!(
-                "{endpoint:?}: TLS options (a CA or a client certificate) need an https:// endpoint"
-            )));
-        }
-        e = e
-            .tls_config(tls.clone())
-            .map_err(|e| ClientError::BadEndpoint(format!("{endpoint:?}: TLS: {e}")))?;
+    let mut e = Endpoint::from_shared(endpoint.to_owned()).map_err(|e| {
+        ClientError::BadEndpoint(format!("{endpoint:?}: {}", describe::connect_cause(&e)))
+    })?;
+    if endpoint.starts_with("https://") {
+        e = e.tls_config(credentials.https()).map_err(|e| {
+            ClientError::BadEndpoint(format!(
+                "{endpoint:?}: TLS: {} (give the server's CA with --ca-cert / EXPRESSCACHE_CA_CERT)",
+                describe::connect_cause(&e)
+            ))
+        })?;
+    } else if credentials.tls.is_some() {
+        return Err(ClientError::BadEndpoint(format!(
+            "{endpoint:?}: TLS options (a CA or a client certificate) need an https:// endpoint"
+        )));
     }
     e
         // Short: with several replicas, a dead one must not hold up trying
@@ -181,4 +243,41 @@ pub(crate) async fn connect_one(
         .connect()
         .await
         .map_err(connect_err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_and_port_without_a_scheme_mean_plain_http() {
+        let e = Endpoints::parse("127.0.0.1:50051, HTTPS://cache.internal:443,http://b:1").unwrap();
+        assert_eq!(
+            e.as_slice(),
+            [
+                "http://127.0.0.1:50051",
+                "https://cache.internal:443",
+                "http://b:1"
+            ]
+        );
+    }
+
+    #[test]
+    fn other_schemes_are_refused_naming_the_accepted_forms() {
+        for bad in [
+            "ftp://h:21",
+            "s3://demo-src/datasets/",
+            "unix:///tmp/s.sock",
+        ] {
+            let e = Endpoints::parse(bad).unwrap_err();
+            assert!(e.contains("unsupported scheme"), "{bad}: {e}");
+            assert!(e.contains(ENDPOINT_FORMS), "{bad}: {e}");
+        }
+        assert!(Endpoints::parse("s3://b/")
+            .unwrap_err()
+            .contains("names data to warm"));
+        for bad in ["http://a b:1", "a,,b", "http://"] {
+            assert!(Endpoints::parse(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -36,21 +36,24 @@
 #![warn(missing_docs)]
 
 mod client;
+mod describe;
 mod endpoints;
 mod progress;
 mod request;
 mod retry;
 
+use describe::OneLine;
 /// The wire format (protobuf messages and the gRPC service), for tools
 /// that need more than the typed API.
 pub use expresscache::proto::v1 as pb;
 use expresscache::InvalidRequest;
 
 pub use client::Client;
-pub use endpoints::{Credentials, Endpoints};
+pub use describe::{code_name, one_line};
+pub use endpoints::{Credentials, Endpoints, ENDPOINT_FORMS};
 pub use progress::{Counters, KeyFailure, Outcome, Phase, Progress, WarmReport};
-pub use request::WarmRequest;
-pub use retry::{retryable, RetryHook, RetryPolicy};
+pub use request::{client_limits, WarmRequest};
+pub use retry::{retry_hint, retryable, RetryHook, RetryPolicy};
 
 /// What can go wrong talking to the service.
 #[derive(Debug, thiserror::Error)]
@@ -59,16 +62,19 @@ pub enum ClientError {
     /// The request is invalid; nothing was sent.
     #[error(transparent)]
     Invalid(#[from] InvalidRequest),
-    /// The endpoint URL is malformed or the connection could not be made.
-    #[error("cannot connect to {endpoint}: {source}")]
+    /// The connection could not be made. Shown as one line with the
+    /// cause from deep in the transport error ("connection refused", a DNS
+    /// or TLS failure), not tonic's bare "transport error".
+    #[error("cannot connect to {endpoint}: {}", .source.one_line())]
     Connect {
         /// The endpoint tried.
         endpoint: String,
         /// Why it failed.
         source: tonic::transport::Error,
     },
-    /// The service answered with an error status.
-    #[error("{:?}: {}", .0.code(), .0.message())]
+    /// The service answered with an error status (shown as
+    /// `CODE: message`, the code by its gRPC name).
+    #[error("{}", .0.one_line())]
     Rpc(#[from] tonic::Status),
     /// An endpoint list that cannot be used; nothing was sent.
     #[error("{0}")]
@@ -80,4 +86,17 @@ pub enum ClientError {
     /// failed); the message says why.
     #[error("the dry run failed: {0}")]
     PlanFailed(String),
+}
+
+impl ClientError {
+    /// Whether nothing listens at the endpoint: the connection was
+    /// refused (the server is not running there, or not on that port).
+    pub fn is_connection_refused(&self) -> bool {
+        match self {
+            Self::Connect { source, .. } => {
+                describe::has_io_kind(source, std::io::ErrorKind::ConnectionRefused)
+            }
+            _ => false,
+        }
+    }
 }

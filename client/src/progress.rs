@@ -167,6 +167,11 @@ pub struct WarmReport {
     /// The recent SUCCEEDED warm this one was answered from within its
     /// max_staleness (nothing was listed), if it was.
     pub fresh_from_operation_id: Option<String>,
+    /// The requested prefixes under which the source listed no object (a
+    /// typo, or data not there yet). When every prefix is empty the warm
+    /// fails unless the request allowed it
+    /// ([`WarmRequest::allow_empty`](crate::WarmRequest::allow_empty)).
+    pub empty_prefixes: Vec<String>,
     /// The final update as received.
     pub last: Progress,
 }
@@ -198,6 +203,7 @@ impl WarmReport {
             superseded_operation_id: nonempty(&last.superseded_operation_id),
             joined_operation_id: nonempty(&last.joined_operation_id),
             fresh_from_operation_id: nonempty(&last.fresh_from_operation_id),
+            empty_prefixes: last.empty_prefixes.clone(),
             last: Progress::from(last),
         }
     }

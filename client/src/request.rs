@@ -77,6 +77,15 @@ impl WarmRequest {
         self
     }
 
+    /// Accept a warm in which no prefix lists any object (by default the
+    /// server fails it: an empty result is far more often a mistyped
+    /// prefix than the intent). Either way the final progress names the
+    /// empty prefixes (`empty_prefixes`, [`WarmReport::empty_prefixes`](crate::WarmReport::empty_prefixes)).
+    pub fn allow_empty(mut self, allow: bool) -> Self {
+        self.inner.allow_empty = allow;
+        self
+    }
+
     /// Plan only (see [`Client::plan`](crate::Client::plan)): list and
     /// compare with the cache, copy nothing, write no lease.
     pub fn dry_run(mut self, dry_run: bool) -> Self {
@@ -107,20 +116,74 @@ impl WarmRequest {
         self
     }
 
-    /// The wire message, after the same validation the server applies (the
-    /// TTL upper bound and whether general-purpose destinations are allowed
-    /// are the server's settings to enforce).
+    /// Checks the request as the server would, within what a client can
+    /// know ([`client_limits`]): every violation at once, nothing sent.
+    pub fn validate(&self) -> Result<(), InvalidRequest> {
+        self.clone().into_proto().map(|_| ())
+    }
+
+    /// The wire message, after the same validation the server applies
+    /// (within [`client_limits`]).
     pub fn into_proto(self) -> Result<pb::WarmCacheRequest, InvalidRequest> {
         let mut req = self.inner;
         if req.prefixes.is_empty() {
             req.prefixes.push(String::new());
         }
-        let limits = Limits {
-            max_ttl: Duration::MAX,
-            allow_general_purpose_destination: true,
-            ..Limits::default()
-        };
-        WarmSpec::parse(&req, &limits)?;
+        WarmSpec::parse(&req, &client_limits())?;
         Ok(req)
+    }
+}
+
+/// The bounds a client checks requests against before sending them: the
+/// fixed ones (names, prefixes, at most 1,000 of them, TTL above zero)
+/// exactly as a server does, and those that are a server's settings at
+/// their most lenient, leaving them to the server: any TTL from the
+/// lowest `--min-ttl` a server accepts (1 ms) up, and general-purpose
+/// destinations (`--allow-general-purpose-destination`).
+pub fn client_limits() -> Limits {
+    Limits {
+        max_ttl: Duration::MAX,
+        min_ttl: Duration::from_millis(1),
+        allow_general_purpose_destination: true,
+        ..Limits::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(r: &WarmRequest) -> Vec<String> {
+        r.validate()
+            .unwrap_err()
+            .violations
+            .into_iter()
+            .map(|v| v.field)
+            .collect()
+    }
+
+    #[test]
+    fn a_request_is_checked_locally_with_every_violation() {
+        let bad = WarmRequest::new("Bad_Bucket", "cache--x-s3")
+            .prefix("s3://demo-src/datasets/")
+            .ttl(Duration::ZERO);
+        assert_eq!(
+            fields(&bad),
+            ["bucket", "prefixes[0]", "directory_bucket", "ttl"]
+        );
+        let good = WarmRequest::new("demo-src", "cache--use1-az4--x-s3").prefix("datasets/");
+        assert!(good.validate().is_ok());
+        // A server's own settings are left to it: a short TTL a server
+        // may allow, a general-purpose destination.
+        let lenient = WarmRequest::new("demo-src", "plain-bucket")
+            .prefix("d/")
+            .ttl(Duration::from_millis(200));
+        assert!(lenient.validate().is_ok());
+    }
+
+    #[test]
+    fn allow_empty_reaches_the_wire() {
+        let req = WarmRequest::new("demo-src", "cache--use1-az4--x-s3").allow_empty(true);
+        assert!(req.into_proto().unwrap().allow_empty);
     }
 }

@@ -182,7 +182,7 @@ async fn mutual_tls_names_the_caller_and_refuses_a_foreign_or_expired_certificat
     );
     assert_eq!(anonymous.status.code(), Some(6), "{}", stderr(&anonymous));
     assert!(
-        stderr(&anonymous).contains("Unauthenticated"),
+        stderr(&anonymous).contains("error: UNAUTHENTICATED: "),
         "{}",
         stderr(&anonymous)
     );

@@ -40,6 +40,7 @@ fn spec(request_id: &str) -> WarmSpec {
         destination_prefix: Prefix::root(),
         max_staleness: std::time::Duration::ZERO,
         batch_operations: false,
+        allow_empty: false,
     }
 }
 

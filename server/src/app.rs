@@ -17,8 +17,54 @@ pub async fn s3_client(force_path_style: bool) -> aws_sdk_s3::Client {
     let shared = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
     let conf = aws_sdk_s3::config::Builder::from(&shared)
         .force_path_style(force_path_style)
+        // Every reply's Date measures this replica's clock against S3's.
+        .interceptor(crate::skew::MeasureSkew)
         .build();
     aws_sdk_s3::Client::from_conf(conf)
+}
+
+/// How long the start waits for the credentials chain (an instance or
+/// container role may take a moment) before going on without an answer.
+const CREDENTIALS_CHECK: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Checks, before the server says it listens, that the AWS configuration
+/// chain gives a region and credentials: without them every warm would
+/// fail, and callers would see an unreachable server rather than the
+/// cause. A chain that is only slow to answer does not stop the start.
+pub async fn check_aws_setup() -> anyhow::Result<()> {
+    use aws_credential_types::provider::error::CredentialsError;
+    use aws_credential_types::provider::ProvideCredentials;
+    let shared = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    if shared.region().is_none() {
+        anyhow::bail!(
+            "no AWS region: set AWS_REGION to the region of your directory buckets \
+             (e.g. AWS_REGION=us-west-2), or give the profile AWS_PROFILE names a region"
+        );
+    }
+    let Some(provider) = shared.credentials_provider() else {
+        anyhow::bail!("no AWS credentials provider is configured");
+    };
+    match tokio::time::timeout(CREDENTIALS_CHECK, provider.provide_credentials()).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(
+            e @ (CredentialsError::CredentialsNotLoaded(_)
+            | CredentialsError::InvalidConfiguration(_)),
+        )) => anyhow::bail!(
+            "no usable AWS credentials ({}): set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, \
+             or AWS_PROFILE, or run where an instance or container role provides them",
+            aws_sdk_s3::error::DisplayErrorContext(&e)
+        ),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %aws_sdk_s3::error::DisplayErrorContext(&e),
+                "loading AWS credentials failed; starting anyway (the provider may recover)");
+            Ok(())
+        }
+        Err(_) => {
+            tracing::warn!(after = ?CREDENTIALS_CHECK,
+                "the AWS credentials chain did not answer in time; starting anyway");
+            Ok(())
+        }
+    }
 }
 
 /// Resolves once SIGINT or SIGTERM arrives.
@@ -103,12 +149,25 @@ pub async fn run<S: ObjectStore>(config: Config, store: S) -> anyhow::Result<()>
         IndexLocation::Dynamo(prefix) => {
             let index = dynamo_index(prefix, &config).await;
             // Refuse to start on missing or mismatched tables, naming the
-            // command that creates them.
-            index.check_tables().await?;
+            // command that creates them. An index that is only slow or
+            // throttled does not stop the start: the server comes up
+            // NOT_SERVING and joins the fleet once the index answers.
+            match tokio::time::timeout(STARTUP_INDEX_CHECK, index.check_tables()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(crate::index::IndexError::Unavailable(e))) => tracing::warn!(error = %e,
+                    "the index is not answering yet; starting NOT_SERVING until it does"),
+                Ok(Err(e)) => return Err(e.into()),
+                Err(_) => tracing::warn!(after = ?STARTUP_INDEX_CHECK,
+                    "the index is not answering yet; starting NOT_SERVING until it does"),
+            }
             run_on(config, store, MeteredIndex::new(index, "dynamodb")).await
         }
     }
 }
+
+/// How long the start waits for the index's tables to be described before
+/// it goes on without (the index is then checked by the first heartbeat).
+const STARTUP_INDEX_CHECK: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The S3 Batch Operations offload, when a role and a working bucket are
 /// configured: jobs in the role's account, directory buckets in the
@@ -170,6 +229,7 @@ async fn dynamo_index(prefix: &TablePrefix, config: &Config) -> DynamoIndex {
             finished_operation_ttl: defaults
                 .finished_operation_ttl
                 .max(config.operation_retention * 2),
+            busy_budget: config.index_retry_budget,
             ..defaults
         },
     )
@@ -207,6 +267,12 @@ async fn run_on<S: ObjectStore, I: CacheIndex + OperationLog + ReplicaRegistry>(
     store: S,
     index: I,
 ) -> anyhow::Result<()> {
+    // Every file the server needs is read before anything says it serves
+    // or joins the fleet: a missing certificate is a failed start, not a
+    // replica that registered and then died.
+    if let Some(files) = &config.tls {
+        crate::tls::server_config(files).map_err(|e| anyhow::anyhow!("TLS: {e:#}"))?;
+    }
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;

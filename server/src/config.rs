@@ -146,6 +146,12 @@ pub struct Args {
     /// proportion to their size [default: 30s].
     #[arg(long, env = "EXPRESSCACHE_S3_REQUEST_TIMEOUT", value_parser = humantime::parse_duration)]
     pub s3_request_timeout: Option<Duration>,
+    /// How long one index call keeps trying while the index is throttled,
+    /// failing with 5xx or not answering, before the work that needs it
+    /// fails: index trouble slows warms down rather than failing them
+    /// [default: 5m].
+    #[arg(long, env = "EXPRESSCACHE_INDEX_RETRY_BUDGET", value_parser = humantime::parse_duration)]
+    pub index_retry_budget: Option<Duration>,
     /// Times a server start resumes one unfinished warm before failing it
     /// (a warm that crashes the server must not crash it forever)
     /// [default: 3].
@@ -252,6 +258,8 @@ struct FileConfig {
     clock_skew_margin: Option<Duration>,
     #[serde(default, with = "humantime_serde_opt")]
     s3_request_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
+    index_retry_budget: Option<Duration>,
     max_resumptions: Option<u32>,
     force_path_style: Option<bool>,
     log_format: Option<LogFormat>,
@@ -373,6 +381,7 @@ pub struct Config {
     pub min_ttl: Duration,
     pub clock_skew_margin: Duration,
     pub s3_request_timeout: Duration,
+    pub index_retry_budget: Duration,
     pub max_resumptions: u32,
     pub force_path_style: bool,
     pub log_format: LogFormat,
@@ -464,6 +473,15 @@ impl Config {
         if clock_skew_margin > Duration::from_secs(3600) {
             return Err(format!(
                 "clock_skew_margin must be at most 1h, got {clock_skew_margin:?}"
+            ));
+        }
+        let index_retry_budget = args
+            .index_retry_budget
+            .or(file.index_retry_budget)
+            .unwrap_or(d.index_retry_budget);
+        if index_retry_budget > Duration::from_secs(24 * 3600) {
+            return Err(format!(
+                "index_retry_budget must be at most 24h, got {index_retry_budget:?}"
             ));
         }
         let s3_request_timeout = args
@@ -600,6 +618,7 @@ impl Config {
             min_ttl,
             clock_skew_margin,
             s3_request_timeout,
+            index_retry_budget,
             max_resumptions: args
                 .max_resumptions
                 .or(file.max_resumptions)
@@ -692,6 +711,7 @@ impl Default for Config {
             min_ttl: limits.min_ttl,
             clock_skew_margin: Duration::from_secs(5),
             s3_request_timeout: Duration::from_secs(30),
+            index_retry_budget: Duration::from_secs(300),
             max_resumptions: 3,
             force_path_style: false,
             log_format: LogFormat::Text,

@@ -31,6 +31,9 @@ pub enum EvictError {
     Index(#[from] IndexError),
     #[error("deleting from {bucket}: {source}")]
     Store { bucket: String, source: StoreError },
+    /// This replica's clock is too far from S3's to judge what is dead.
+    #[error("{0}")]
+    ClockSkew(String),
 }
 
 /// Most `kept_under` prefixes reported.
@@ -217,6 +220,9 @@ impl<S: ObjectStore, I: CacheIndex> Evictor<S, I> {
     /// object under them that no other live lease covers (all of them with
     /// `force`).
     pub async fn evict(&self, spec: &EvictSpec) -> Result<EvictReport, EvictError> {
+        crate::skew::global()
+            .check(self.settings.skew_margin)
+            .map_err(EvictError::ClockSkew)?;
         let dir = spec.directory_bucket.as_str();
         // Ended as of the settled "now", so the deletion below (which sees
         // leases as over only past the skew margin) treats them as over.
@@ -250,6 +256,9 @@ impl<S: ObjectStore, I: CacheIndex> Evictor<S, I> {
     /// with backoff and reported; it never stops the others.
     pub async fn sweep_once(&self) -> Result<SweepReport, EvictError> {
         const BATCH: usize = 100;
+        crate::skew::global()
+            .check(self.settings.skew_margin)
+            .map_err(EvictError::ClockSkew)?;
         let mut report = SweepReport::default();
         let owner = format!("sweep:{}", uuid::Uuid::new_v4());
         let expired = self.index.expired_leases(self.settled_now(), BATCH).await?;

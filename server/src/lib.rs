@@ -28,6 +28,7 @@ pub mod policy;
 pub mod pricing;
 pub mod progress;
 pub mod server;
+pub mod skew;
 pub mod stop;
 pub mod store;
 pub mod telemetry;

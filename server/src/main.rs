@@ -40,6 +40,14 @@ async fn main() -> ExitCode {
             }
         };
     }
+    // A missing region or credentials is a configuration error, said in
+    // one line before anything listens (exit 2, like a bad flag).
+    if let Err(e) = app::check_aws_setup().await {
+        tracing::error!(error = format!("{e:#}"), "expresscache-server cannot start");
+        eprintln!("error: {e:#}");
+        telemetry.shutdown();
+        return ExitCode::from(2);
+    }
     let store = app::s3_store(&config).await;
     let code = match app::run(config, store).await {
         Ok(()) => ExitCode::SUCCESS,

@@ -40,6 +40,12 @@ pub const S3_REQUESTS_IN_FLIGHT: &str = "expresscache_s3_requests_in_flight";
 pub const S3_CONCURRENCY_LIMIT: &str = "expresscache_s3_concurrency_limit";
 pub const INDEX_REQUEST_DURATION: &str = "expresscache_index_request_duration_seconds";
 pub const INDEX_ERRORS: &str = "expresscache_index_errors_total";
+/// This replica's clock minus S3's, from the `Date` of S3's replies
+/// (positive: ahead).
+pub const CLOCK_SKEW: &str = "expresscache_clock_skew_seconds";
+/// DynamoDB requests found busy (throttled, 5xx, no answer) and sent again
+/// after a pause, by call.
+pub const INDEX_BUSY: &str = "expresscache_index_busy_total";
 pub const SWEEPS: &str = "expresscache_sweeps_total";
 pub const SWEEP_LEASES_STUCK: &str = "expresscache_sweep_leases_stuck";
 pub const SWEEP_LEASE_FAILURES: &str = "expresscache_sweep_lease_failures_total";
@@ -142,6 +148,15 @@ fn describe() {
         "Objects that could not be deleted, by reason (sweep, evict)"
     );
     describe_counter!(EVICTIONS, "Evict calls, by outcome (ok, error)");
+    describe_gauge!(
+        CLOCK_SKEW,
+        Unit::Seconds,
+        "This replica's clock minus S3's (from the Date of S3's replies); beyond half of --clock-skew-margin it does not sweep, evict or take over"
+    );
+    describe_counter!(
+        INDEX_BUSY,
+        "DynamoDB requests found throttled, failing with 5xx or unanswered, and sent again after a pause, by call"
+    );
     describe_gauge!(OPERATIONS_RUNNING, "Warms running on this replica");
     describe_gauge!(
         OPERATIONS_QUEUED,

@@ -98,6 +98,13 @@ pub struct OperationState {
     pub batch_job_id: Option<String>,
     /// That job's progress as last described (shown live, not recorded).
     pub batch_job: Option<JobProgress>,
+    /// The requested prefixes under which the listing found no object
+    /// (set once listing is complete).
+    pub empty_prefixes: Vec<String>,
+    /// (prefix, epoch) of the leases this operation wrote first: carried
+    /// by every checkpoint, so a takeover writes under the same leases and
+    /// sees an Evict that ended one (instead of reviving it).
+    pub lease_epochs: Vec<(String, String)>,
 }
 
 /// An S3 Batch Operations job's status and progress summary.
@@ -129,6 +136,8 @@ impl OperationState {
             fresh_from_operation_id: None,
             batch_job_id: None,
             batch_job: None,
+            empty_prefixes: Vec::new(),
+            lease_epochs: Vec::new(),
         }
     }
 

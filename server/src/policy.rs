@@ -1,4 +1,4 @@
-//! Who may do what: the access policy (issue 12).
+//! Who may do what: the access policy.
 //!
 //! A TOML file maps *principals* to what they may do. A principal is the
 //! string the server derived from how the caller authenticated:
@@ -773,6 +773,7 @@ max_ttl = "1d"
             destination_prefix: Prefix::parse(dest).unwrap(),
             max_staleness: std::time::Duration::ZERO,
             batch_operations: false,
+            allow_empty: false,
         }
     }
 

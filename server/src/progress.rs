@@ -59,6 +59,8 @@ pub struct Progress {
     offered: std::sync::atomic::AtomicBool,
     /// The S3 Batch Operations job copying its keys, and its progress.
     batch_job: Mutex<Option<String>>,
+    /// The requested prefixes the listing found empty.
+    empty_prefixes: Mutex<Vec<String>>,
     job_progress: Mutex<Option<crate::operation::JobProgress>>,
     /// Signalled when the state should reach the operation log now, not at
     /// the next checkpoint (a job id a crash must not lose).
@@ -109,6 +111,7 @@ impl Progress {
             part: Mutex::new(None),
             offered: std::sync::atomic::AtomicBool::new(false),
             batch_job: Mutex::new(None),
+            empty_prefixes: Mutex::default(),
             job_progress: Mutex::new(None),
             checkpoint_now: tokio::sync::Notify::new(),
             fresh_from: std::sync::OnceLock::new(),
@@ -272,7 +275,8 @@ impl Progress {
             .map(|(_, e)| e.clone())
     }
 
-    /// Remembers the epoch of a lease this warm wrote first.
+    /// Remembers the epoch of a lease this warm wrote first (every
+    /// snapshot, and so every checkpoint, carries them).
     pub fn add_lease_epoch(&self, prefix: &str, epoch: &str) {
         self.lease_epochs
             .lock()
@@ -374,6 +378,30 @@ impl Progress {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .clone(),
+            empty_prefixes: self.empty_prefixes(),
+            lease_epochs: self.lease_epochs(),
+        }
+    }
+
+    /// The requested prefixes the listing found empty.
+    pub fn empty_prefixes(&self) -> Vec<String> {
+        self.empty_prefixes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Adds requested prefixes a listing found empty (a warm split in two
+    /// parts reports each part's).
+    pub fn add_empty_prefixes(&self, prefixes: Vec<String>) {
+        let mut empty = self
+            .empty_prefixes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for p in prefixes {
+            if !empty.contains(&p) {
+                empty.push(p);
+            }
         }
     }
 

@@ -109,12 +109,22 @@ where
     warmer.batch = deps.batch.clone();
     let warmer = Arc::new(warmer);
     let ops = Arc::new(Operations::new(warmer, deps.ops.clone(), deps.limits));
-    // Join the fleet before resuming anything, so this replica copies with
-    // its share of each bucket's budget from the start.
-    let replicas = ops.heartbeat().await?;
-    let resumed = ops.adopt_orphans().await?;
-    tracing::info!(replica = %deps.ops.replica, replicas, resumed, "joined the replicas sharing the index");
-    let mut background = vec![spawn_fleet_member(Arc::clone(&ops), deps.ops.adopt_every)];
+    let tls = match &deps.tls {
+        Some(files) => Some(crate::tls::server_config(files).map_err(ServeError::Tls)?),
+        None => None,
+    };
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_not_serving::<CacheServiceServer<Api<S, I>>>()
+        .await;
+    // Joins the fleet (and resumes unfinished warms) in the background: a
+    // slow or throttled index keeps this replica NOT_SERVING, never stops
+    // it, so an index brownout cannot take every replica down at once.
+    let mut background = vec![spawn_fleet_member(
+        Arc::clone(&ops),
+        deps.ops.adopt_every,
+        health.clone(),
+    )];
     if let Some(every) = deps.sweep_interval {
         background.push(spawn_sweeper(Arc::clone(&evictor), every));
     }
@@ -129,8 +139,6 @@ where
     let decode_limit =
         usize::try_from(deps.max_request_size.saturating_mul(4)).unwrap_or(usize::MAX);
 
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<CacheServiceServer<Api<S, I>>>().await;
     // Reflection in both versions: grpcurl and newer tools speak v1, older
     // clients and GUIs only v1alpha.
     let reflection = || {
@@ -156,14 +164,10 @@ where
             Ok(req)
         },
     );
-    let tls = match &deps.tls {
-        Some(files) => {
-            let (config, cert) = crate::tls::server_config(files).map_err(ServeError::Tls)?;
-            background.push(crate::tls::spawn_reloader(cert, Duration::from_secs(10)));
-            Some(config)
-        }
-        None => None,
-    };
+    let tls = tls.map(|(config, cert)| {
+        background.push(crate::tls::spawn_reloader(cert, Duration::from_secs(10)));
+        config
+    });
     let grace = deps.shutdown_grace;
     let drain = {
         let ops = Arc::clone(&ops);
@@ -212,18 +216,69 @@ pub enum ServeError {
     Tls(anyhow::Error),
 }
 
-/// Every `every`: says this replica is alive (and re-splits the bucket
-/// budgets among the live ones), then takes over operations whose run
-/// lapsed (their replica died, or released them on shutdown).
+/// The health service name that reports whether this replica's clock is
+/// within half the skew margin of S3's.
+pub const CLOCK_HEALTH: &str = "expresscache.clock";
+
+/// Joins the fleet: heartbeats until the index answers (health stays
+/// NOT_SERVING meanwhile), turns health SERVING, then every `every` says
+/// this replica is alive (and re-splits the bucket budgets among the live
+/// ones) and takes over operations whose run lapsed (their replica died,
+/// or released them on shutdown), including those a previous run of this
+/// replica left.
 fn spawn_fleet_member<S: ObjectStore, I: CacheIndex + OperationLog + ReplicaRegistry>(
     ops: Arc<Operations<S, I>>,
     every: Duration,
+    health: tonic_health::server::HealthReporter,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        // Joined before resuming anything, so this replica copies with its
+        // share of each bucket's budget from the start.
+        let backoff = expresscache::Backoff::new(every.min(Duration::from_millis(500)), every * 5);
+        let mut attempt = 0u32;
+        loop {
+            if *ops.draining().borrow() {
+                return;
+            }
+            match ops.heartbeat().await {
+                Ok(replicas) => {
+                    tracing::info!(replica = %ops.replica(), replicas, "joined the replicas sharing the index");
+                    break;
+                }
+                Err(e) => {
+                    attempt += 1;
+                    tracing::warn!(error = %e, attempt,
+                        "the index does not answer the heartbeat; NOT_SERVING until it does");
+                    tokio::time::sleep(backoff.delay_at(attempt, fastrand::f64()).max(every / 4))
+                        .await;
+                }
+            }
+        }
+        if !*ops.draining().borrow() {
+            health.set_serving::<CacheServiceServer<Api<S, I>>>().await;
+            health
+                .set_service_status(CLOCK_HEALTH, tonic_health::ServingStatus::Serving)
+                .await;
+        }
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut clock_ok = true;
         loop {
             tick.tick().await;
+            // Health says whether this replica's clock lets it sweep, evict
+            // and take over (a service of its own: warms still run).
+            let clock = crate::skew::global().check(ops.skew_margin());
+            if clock.is_ok() != clock_ok {
+                clock_ok = clock.is_ok();
+                let status = match &clock {
+                    Ok(()) => tonic_health::ServingStatus::Serving,
+                    Err(why) => {
+                        tracing::error!(reason = %why, "clock skew beyond the margin");
+                        tonic_health::ServingStatus::NotServing
+                    }
+                };
+                health.set_service_status(CLOCK_HEALTH, status).await;
+            }
             // A draining replica leaves the registry; it must not rejoin.
             if *ops.draining().borrow() {
                 return;

@@ -128,6 +128,7 @@ fn operation(id: &str, rid: Option<&str>, created_at: i64) -> OperationRecord {
             destination_prefix: Prefix::root(),
             max_staleness: std::time::Duration::ZERO,
             batch_operations: false,
+            allow_empty: false,
         },
         state: OperationState::queued(id, created_at),
         created_at,
@@ -834,6 +835,9 @@ fn impatient() -> DynamoConfig {
         attempt_timeout: Duration::from_millis(300),
         operation_timeout: Duration::from_secs(3),
         connect_timeout: Duration::from_millis(300),
+        // Only the SDK's own attempts: what one send costs, not how long a
+        // call waits out a busy table (tests/dynamo_faults.rs).
+        busy_budget: Duration::ZERO,
         ..DynamoConfig::default()
     }
 }
@@ -877,4 +881,45 @@ async fn a_refused_connection_is_unavailable() {
         .await
         .unwrap_err();
     assert!(matches!(err, IndexError::Unavailable(_)), "{err}");
+}
+
+#[tokio::test]
+async fn orphan_adoption_pages_past_a_page_shortened_by_an_unreadable_item() {
+    use expresscache_server::ops::{Operations, OpsSettings};
+    use expresscache_server::store::MemoryStore;
+    use expresscache_server::warm::{WarmSettings, Warmer};
+    let moto = Moto::start();
+    let index = Arc::new(fresh(&moto, DynamoConfig::default()).await);
+    // 150 warms whose runs lapsed long ago (deadline 1,000 ms after the
+    // epoch), created one millisecond apart.
+    for i in 0..150 {
+        index
+            .create_operation(&operation(&format!("op{i:03}"), None, 10_000 + i))
+            .await
+            .unwrap();
+    }
+    // One of the newest 100 (the first page) cannot be read: the page
+    // comes back one short, and the scan must still go on to the rest.
+    aws_sdk_dynamodb::Client::new(&moto.sdk_config())
+        .update_item()
+        .table_name(&index.tables().operations)
+        .key("pk", AttributeValue::S("op#op120".into()))
+        .update_expression("REMOVE #r")
+        .expression_attribute_names("#r", "request")
+        .send()
+        .await
+        .unwrap();
+    let warmer = Arc::new(Warmer::new(
+        Arc::new(MemoryStore::default()),
+        Arc::clone(&index),
+        Arc::new(expresscache_server::clock::SystemClock),
+        WarmSettings::default(),
+    ));
+    let ops = Arc::new(Operations::new(
+        warmer,
+        OpsSettings::default(),
+        expresscache::Limits::default(),
+    ));
+    let resumed = ops.adopt_orphans().await.unwrap();
+    assert_eq!(resumed, 149, "every readable orphan, on every page");
 }

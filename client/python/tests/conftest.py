@@ -11,8 +11,25 @@ from pathlib import Path
 
 import pytest
 
-from expresscache import Client
+from expresscache import (
+    CA_CERT_ENV,
+    CLIENT_CERT_ENV,
+    CLIENT_KEY_ENV,
+    ENDPOINT_ENV,
+    TOKEN_ENV,
+    TOKEN_FILE_ENV,
+    Client,
+)
 from harness import Buckets, Moto, Server
+
+
+@pytest.fixture(autouse=True)
+def no_client_settings_from_the_caller(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The clients under test read $EXPRESSCACHE_ENDPOINT, the TLS files and
+    the token from the environment: none of the caller's may leak in (a
+    test that needs one sets it)."""
+    for name in (ENDPOINT_ENV, CA_CERT_ENV, CLIENT_CERT_ENV, CLIENT_KEY_ENV, TOKEN_ENV, TOKEN_FILE_ENV):
+        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture(scope="session")

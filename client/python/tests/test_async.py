@@ -43,11 +43,11 @@ async def test_errors_carry_their_details(server: Server, buckets: Callable[...,
     async with AsyncClient(server.endpoint) as client:
         with pytest.raises(InvalidRequest) as invalid:
             await client.warm_and_wait(
-                WarmRequest(bucket=src.source, directory_bucket="not-a-directory-bucket")
+                WarmRequest(bucket=src.source, directory_bucket="not-a-directory-bucket", prefixes=[""])
             )
         assert [v.field for v in invalid.value.field_violations] == ["directory_bucket"]
         with pytest.raises(NotFound) as missing:
-            await client.warm_and_wait(WarmRequest(bucket="no-such-bucket", directory_bucket=src.directory))
+            await client.warm_and_wait(WarmRequest(bucket="no-such-bucket", directory_bucket=src.directory, prefixes=[""]))
         assert missing.value.resource_info is not None
         assert missing.value.resource_info.resource_name == "no-such-bucket"
         with pytest.raises(NotFound):
@@ -57,7 +57,7 @@ async def test_errors_carry_their_details(server: Server, buckets: Callable[...,
 async def test_status_watch_list_evict(server: Server, buckets: Callable[..., Buckets]) -> None:
     src = buckets(numbered_keys("d/", 6), size=10)
     async with AsyncClient([server.endpoint]) as client:
-        report = await client.warm_and_wait(WarmRequest(bucket=src.source, directory_bucket=src.directory))
+        report = await client.warm_and_wait(WarmRequest(bucket=src.source, directory_bucket=src.directory, prefixes=[""]))
         status = await client.status(report.operation_id)
         assert status.done and status.request.bucket == src.source
 
@@ -78,7 +78,7 @@ async def test_status_watch_list_evict(server: Server, buckets: Callable[..., Bu
 async def test_cancel(slow_server: Server, buckets: Callable[..., Buckets]) -> None:
     src = buckets(numbered_keys("d/", 300))
     async with AsyncClient(slow_server.endpoint) as client:
-        stream = client.warm(WarmRequest(bucket=src.source, directory_bucket=src.directory))
+        stream = client.warm(WarmRequest(bucket=src.source, directory_bucket=src.directory, prefixes=[""]))
         first = await anext(stream)
         cancelled = await client.cancel(first.operation_id)
         assert cancelled.progress.outcome is Outcome.CANCELLED

@@ -50,7 +50,7 @@ def test_a_missing_bucket_raises_not_found_naming_it(
 ) -> None:
     src = buckets([])
     with pytest.raises(NotFound) as caught:
-        client.warm_and_wait(WarmRequest(bucket="no-such-source", directory_bucket=src.directory))
+        client.warm_and_wait(WarmRequest(bucket="no-such-source", directory_bucket=src.directory, prefixes=[""]))
     info = caught.value.resource_info
     assert info is not None
     assert info.resource_name == "no-such-source"
@@ -88,7 +88,7 @@ def test_nothing_listening_raises_unavailable_after_the_retries(caplog: pytest.L
             client.status("anything")
         with caplog.at_level(logging.WARNING, logger="expresscache"):
             with pytest.raises(Unavailable):
-                client.warm_and_wait(WarmRequest(bucket="b", directory_bucket="d--use1-az4--x-s3"))
+                client.warm_and_wait(WarmRequest(bucket="b", directory_bucket="d--use1-az4--x-s3", prefixes=[""]))
         # A refused connection fails at once, not after the connect timeout.
         assert time.monotonic() - t0 < 3
     assert "reconnecting (attempt 2/2)" in caplog.text
@@ -100,6 +100,6 @@ def test_a_dead_endpoint_fails_over_to_the_next(
     src = buckets(numbered_keys("d/", 3))
     dead = f"http://127.0.0.1:{free_port()}"
     with Client(f"{dead},{server.endpoint}") as client:
-        report = client.warm_and_wait(WarmRequest(bucket=src.source, directory_bucket=src.directory))
+        report = client.warm_and_wait(WarmRequest(bucket=src.source, directory_bucket=src.directory, prefixes=[""]))
         assert report.succeeded and report.reconnects == 0
         assert client.status(report.operation_id).done

@@ -65,7 +65,7 @@ def test_watch_of_a_finished_operation_is_its_final_message(
     client: Client, buckets: Callable[..., Buckets]
 ) -> None:
     src = buckets(numbered_keys("d/", 3))
-    report = client.warm_and_wait(WarmRequest(bucket=src.source, directory_bucket=src.directory))
+    report = client.warm_and_wait(WarmRequest(bucket=src.source, directory_bucket=src.directory, prefixes=[""]))
     [only] = list(client.watch(report.operation_id))
     assert only.done and only.counters == report.counters
     assert client.watch_and_wait(report.operation_id).last.counters == report.counters
@@ -76,7 +76,7 @@ def test_cancel_stops_a_running_warm_that_watchers_see_end(
 ) -> None:
     src = buckets(numbered_keys("d/", 400))
     with Client(slow_server.endpoint, timeout=60) as client:
-        stream = client.warm(WarmRequest(bucket=src.source, directory_bucket=src.directory))
+        stream = client.warm(WarmRequest(bucket=src.source, directory_bucket=src.directory, prefixes=[""]))
         operation_id = next(stream).operation_id
         watcher = client.watch(operation_id)
         current = next(watcher)
@@ -106,7 +106,7 @@ def test_cancel_stops_a_running_warm_that_watchers_see_end(
 
 def test_list_operations_pages_newest_first(client: Client, buckets: Callable[..., Buckets]) -> None:
     src = buckets(numbered_keys("d/", 1))
-    request = WarmRequest(bucket=src.source, directory_bucket=src.directory)
+    request = WarmRequest(bucket=src.source, directory_bucket=src.directory, prefixes=[""])
     older = client.warm_and_wait(request).operation_id
     newer = client.warm_and_wait(request).operation_id
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 
-from expresscache import Client, Outcome, Phase, Progress, WarmRequest
+import pytest
+
+from expresscache import Client, FailedPrecondition, Outcome, Phase, Progress, WarmRequest
 from expresscache.v1 import cache_pb2
 from harness import Buckets, numbered_keys
 
@@ -67,11 +70,11 @@ def test_a_generated_request_id_is_sent_and_a_given_one_attaches(
     client: Client, buckets: Callable[..., Buckets]
 ) -> None:
     src = buckets(numbered_keys("d/", 5))
-    report = client.warm_and_wait(WarmRequest(bucket=src.source, directory_bucket=src.directory))
+    report = client.warm_and_wait(WarmRequest(bucket=src.source, directory_bucket=src.directory, prefixes=[""]))
     generated = client.status(report.operation_id).request.request_id
     assert generated is not None and generated.startswith("py-")
 
-    request = WarmRequest(bucket=src.source, directory_bucket=src.directory, request_id="job-42")
+    request = WarmRequest(bucket=src.source, directory_bucket=src.directory, request_id="job-42", prefixes=[""])
     first = client.warm_and_wait(request)
     # Same id, same request, leases still live: the same operation.
     assert client.warm_and_wait(request).operation_id == first.operation_id
@@ -95,7 +98,50 @@ def test_destination_prefix_and_a_generated_request_are_accepted(
 
 def test_warm_streams_progress_without_waiting(client: Client, buckets: Callable[..., Buckets]) -> None:
     src = buckets(numbered_keys("d/", 10))
-    messages = list(client.warm(WarmRequest(bucket=src.source, directory_bucket=src.directory)))
+    messages = list(client.warm(WarmRequest(bucket=src.source, directory_bucket=src.directory, prefixes=[""])))
     assert messages[0].phase in (Phase.QUEUED, Phase.PLANNING)
     assert messages[-1].done and messages[-1].outcome is Outcome.SUCCEEDED
     assert messages[-1].counters.objects_copied == 10
+
+
+def test_a_warm_of_an_empty_prefix_fails_unless_allowed(
+    client: Client, buckets: Callable[..., Buckets]
+) -> None:
+    src = buckets(numbered_keys("data/", 3))
+    empty = WarmRequest(bucket=src.source, directory_bucket=src.directory, prefixes=["dataz/"])
+    failed = client.warm_and_wait(empty)
+    assert failed.outcome is Outcome.FAILED, failed
+    assert failed.error is not None and "no object under any requested prefix" in failed.error
+    assert failed.empty_prefixes == ("dataz/",)
+
+    allowed = client.warm_and_wait(
+        WarmRequest(bucket=src.source, directory_bucket=src.directory, prefixes=["dataz/"], allow_empty=True)
+    )
+    assert allowed.outcome is Outcome.SUCCEEDED, allowed
+    assert allowed.empty_prefixes == ("dataz/",)
+    assert allowed.counters.objects_listed == 0
+
+    # One empty prefix among others is reported, not failed.
+    mixed = client.warm_and_wait(
+        WarmRequest(bucket=src.source, directory_bucket=src.directory, prefixes=["data/", "dataz/"])
+    )
+    assert mixed.outcome is Outcome.SUCCEEDED and mixed.counters.objects_copied == 3
+    assert mixed.empty_prefixes == ("dataz/",)
+    assert client.status(mixed.operation_id).request.allow_empty is False
+    assert client.status(allowed.operation_id).request.allow_empty is True
+
+
+def test_batch_operations_without_a_configured_server_fail_at_once(
+    client: Client, buckets: Callable[..., Buckets], caplog: pytest.LogCaptureFixture
+) -> None:
+    src = buckets(numbered_keys("d/", 2))
+    request = WarmRequest(
+        bucket=src.source, directory_bucket=src.directory, prefixes=["d/"], batch_operations=True
+    )
+    assert request.to_proto().batch_operations
+    with caplog.at_level(logging.WARNING, logger="expresscache"):
+        with pytest.raises(FailedPrecondition) as caught:
+            client.warm_and_wait(request)
+    assert [v.field for v in caught.value.field_violations] == ["batch_operations"]
+    assert "reconnecting" not in caplog.text, "FAILED_PRECONDITION is the answer, not retried"
+    assert src.cached_keys() == []

@@ -1,8 +1,10 @@
 //! `expresscache`: warm, inspect and evict the cache from a shell, a CI step
 //! or a scheduler.
 
+mod errors;
 mod exit;
 mod render;
+mod source;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,8 +13,11 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use std::sync::Arc;
 
+use expresscache::request::parse_operation_id;
+use expresscache::{EvictSpec, InvalidRequest, StatusQuery};
 use expresscache_client::{
-    pb, Client, ClientError, Credentials, Endpoints, RetryPolicy, WarmReport, WarmRequest,
+    client_limits, pb, Client, ClientError, Credentials, Endpoints, RetryPolicy, WarmReport,
+    WarmRequest,
 };
 use render::{OutputFormat, Renderer};
 use serde_json::json;
@@ -22,7 +27,9 @@ use serde_json::json;
 struct Cli {
     /// gRPC endpoint of the expresscache server, or of several replicas
     /// separated by commas: the first that answers is used, and a broken
-    /// warm or watch fails over to the next and reattaches.
+    /// warm or watch fails over to the next and reattaches. Forms:
+    /// http://HOST:PORT, https://HOST:PORT (TLS; the system's roots
+    /// unless --ca-cert), HOST:PORT (plain http).
     #[arg(
         long,
         global = true,
@@ -31,7 +38,7 @@ struct Cli {
     )]
     endpoint: String,
     /// CA certificate (PEM) that signs the server's certificate (https://
-    /// endpoints).
+    /// endpoints; without it the system's trusted roots are used).
     #[arg(long, global = true, env = "EXPRESSCACHE_CA_CERT")]
     ca_cert: Option<PathBuf>,
     /// Client certificate (PEM) for mutual TLS; with --client-key.
@@ -107,6 +114,7 @@ enum Command {
     /// bucket and wait until it is all there.
     Warm(WarmArgs),
     /// Show an operation's state, or how warm prefixes are.
+    #[command(after_help = STATUS_FORMS)]
     Status(StatusArgs),
     /// End the leases of prefixes now and delete their cached objects.
     Evict(EvictArgs),
@@ -166,11 +174,17 @@ struct OpsArgs {
 
 #[derive(Debug, Args)]
 struct WarmArgs {
+    /// What to warm as s3://BUCKET/PREFIX/ (s3://BUCKET for the whole
+    /// bucket): the same as --bucket BUCKET --prefix PREFIX/. Several are
+    /// allowed, all of one bucket.
+    #[arg(value_name = "s3://BUCKET/PREFIX/")]
+    sources: Vec<String>,
     /// Source general-purpose bucket.
     #[arg(long)]
-    bucket: String,
-    /// Prefix to warm ("" = whole bucket; otherwise ends in "/"). Repeatable.
-    #[arg(long = "prefix", required = true)]
+    bucket: Option<String>,
+    /// Key prefix inside --bucket to warm ("" = whole bucket; otherwise
+    /// ends in "/"; not an s3:// URL). Repeatable.
+    #[arg(long = "prefix")]
     prefixes: Vec<String>,
     /// Destination directory bucket (name--zone-id--x-s3).
     #[arg(long)]
@@ -203,21 +217,89 @@ struct WarmArgs {
     /// copy engine (the server must be configured for it).
     #[arg(long)]
     batch_operations: bool,
+    /// Succeed even when no prefix lists any object (by default such a
+    /// warm fails: it is far more often a mistyped prefix than the
+    /// intent). Empty prefixes are warned of either way.
+    #[arg(long)]
+    allow_empty: bool,
     #[command(flatten)]
     follow: FollowArgs,
 }
 
+/// The forms `status` accepts, for its help and its usage errors.
+const STATUS_FORMS: &str = "status needs what to show: --operation ID (an operation's state), \
+or --directory-bucket NAME--ZONE--x-s3 --prefix P [--prefix P2 ...] (how warm those prefixes are)";
+
 #[derive(Debug, Args)]
 struct StatusArgs {
     /// Operation id printed by `warm`.
-    #[arg(long, conflicts_with_all = ["directory_bucket", "prefixes"], required_unless_present = "directory_bucket")]
+    #[arg(long, conflicts_with_all = ["directory_bucket", "prefixes"])]
     operation: Option<String>,
-    #[arg(long, requires = "prefixes")]
+    /// Directory bucket whose prefixes to show (with --prefix).
+    #[arg(long)]
     directory_bucket: Option<String>,
+    /// Prefix of --directory-bucket to show ("" = everything). Repeatable.
     #[arg(long = "prefix")]
     prefixes: Vec<String>,
     #[arg(long, value_enum, default_value = "text")]
     output: OutputFormat,
+}
+
+/// What `status` shows, checked before connecting.
+enum StatusTarget {
+    Operation(String),
+    Prefixes {
+        directory_bucket: String,
+        prefixes: Vec<String>,
+    },
+}
+
+/// The target `a` names, checked as the server would; the lines to print
+/// if it names none, or an invalid one. (Checked here rather than by clap,
+/// whose message names only one of the two forms.)
+fn status_target(a: &StatusArgs) -> Result<StatusTarget, Vec<String>> {
+    let (directory_bucket, prefixes) = match (&a.operation, &a.directory_bucket) {
+        (Some(id), _) => {
+            return match parse_operation_id("--operation", id) {
+                Ok(id) => Ok(StatusTarget::Operation(id)),
+                Err(e) => Err(invalid_lines(&e)),
+            };
+        }
+        (None, Some(dir)) if !a.prefixes.is_empty() => (dir.clone(), a.prefixes.clone()),
+        (None, Some(_)) => {
+            return Err(errors::problem_lines(
+                "",
+                &[format!("--directory-bucket needs at least one --prefix (\"\" for everything); {STATUS_FORMS}")],
+            ))
+        }
+        (None, None) => return Err(errors::problem_lines("", &[STATUS_FORMS.to_owned()])),
+    };
+    let query = pb::GetStatusRequest {
+        target: Some(pb::get_status_request::Target::Prefixes(pb::PrefixQuery {
+            directory_bucket: directory_bucket.clone(),
+            prefixes: prefixes.clone(),
+        })),
+    };
+    match StatusQuery::parse(&query, &client_limits()) {
+        Ok(_) => Ok(StatusTarget::Prefixes {
+            directory_bucket,
+            prefixes,
+        }),
+        Err(e) => Err(invalid_lines(&e)),
+    }
+}
+
+/// A request found invalid before sending: every violation once.
+fn invalid_lines(e: &InvalidRequest) -> Vec<String> {
+    errors::error_lines(&ClientError::Invalid(e.clone()))
+}
+
+/// Prints `lines` (found before connecting) and exits with the usage code.
+fn usage(lines: &[String]) -> ExitCode {
+    for l in lines {
+        eprintln!("{l}");
+    }
+    ExitCode::from(exit::USAGE)
 }
 
 #[derive(Debug, Args)]
@@ -255,6 +337,8 @@ async fn run(cli: Cli) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(&e),
     };
+    // Checked before anything else: a malformed endpoint, or one of
+    // another scheme, is a usage error, never a connection attempt.
     let endpoints = match Endpoints::parse(&cli.endpoint) {
         Ok(e) => Arc::new(e.with_credentials(credentials)),
         Err(e) => return fail(&ClientError::BadEndpoint(format!("--endpoint: {e}"))),
@@ -262,8 +346,14 @@ async fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Warm(a) => return warm(&endpoints, a).await,
         Command::Watch(a) => return watch(&endpoints, a).await,
-        Command::Status(a) => status(&endpoints, a).await,
-        Command::Evict(a) => evict(&endpoints, a).await,
+        Command::Status(a) => match status_target(&a) {
+            Ok(target) => status(&endpoints, target, a.output).await,
+            Err(lines) => return usage(&lines),
+        },
+        Command::Evict(a) => match check_evict(&a) {
+            Ok(()) => evict(&endpoints, a).await,
+            Err(lines) => return usage(&lines),
+        },
         Command::Cancel(a) => cancel(&endpoints, a).await,
         Command::Ops(a) => ops(&endpoints, a).await,
     };
@@ -274,41 +364,50 @@ async fn run(cli: Cli) -> ExitCode {
 }
 
 fn fail(e: &ClientError) -> ExitCode {
-    eprintln!("error: {e}");
-    if let ClientError::Rpc(status) = e {
-        use tonic_types::StatusExt;
-        if let Some(br) = status.get_details_bad_request() {
-            for v in br.field_violations {
-                eprintln!("  {}: {}", v.field, v.description);
-            }
-        }
-        // The reason a script can match on, and when trying again helps.
-        if let Some(info) = status.get_details_error_info() {
-            eprintln!("  reason: {}", info.reason);
-        }
-        if let Some(delay) = status.get_details_retry_info().and_then(|r| r.retry_delay) {
-            eprintln!("  retry after {}", humantime::format_duration(delay));
-        }
+    for line in errors::error_lines(e) {
+        eprintln!("{line}");
     }
     exit::for_error(e)
 }
 
-async fn warm(endpoints: &Arc<Endpoints>, a: WarmArgs) -> ExitCode {
-    let mut request = WarmRequest::new(a.bucket, a.directory_bucket)
+/// The request `a` asks for and its source bucket, checked as the server
+/// would before anything is sent; every problem at once if it cannot be
+/// sent.
+fn warm_request(a: &WarmArgs) -> Result<(WarmRequest, String), Vec<String>> {
+    let source = source::resolve(&a.sources, a.bucket.as_deref(), &a.prefixes)
+        .map_err(|problems| errors::problem_lines("", &problems))?;
+    let mut request = WarmRequest::new(source.bucket.clone(), a.directory_bucket.clone())
         .ttl(a.ttl)
         .force_copy(a.force_copy)
         .max_staleness(a.max_staleness)
         .batch_operations(a.batch_operations)
-        .destination_prefix(a.destination_prefix);
+        .allow_empty(a.allow_empty)
+        .destination_prefix(a.destination_prefix.clone());
     // A random id when none is given: a reconnect then reattaches to the
     // running warm instead of starting a second.
-    request = match a.request_id {
-        Some(id) => request.request_id(id),
+    request = match &a.request_id {
+        Some(id) => request.request_id(id.clone()),
         None => request.request_id(format!("cli-{}", uuid::Uuid::new_v4())),
     };
-    for p in a.prefixes {
-        request = request.prefix(p);
+    for p in &source.prefixes {
+        request = request.prefix(p.clone());
     }
+    if let Err(invalid) = request.validate() {
+        let problems: Vec<String> = invalid
+            .violations
+            .iter()
+            .map(|v| source::explain(v, &source.prefixes))
+            .collect();
+        return Err(errors::problem_lines("invalid request", &problems));
+    }
+    Ok((request, source.bucket))
+}
+
+async fn warm(endpoints: &Arc<Endpoints>, a: WarmArgs) -> ExitCode {
+    let (request, bucket) = match warm_request(&a) {
+        Ok(r) => r,
+        Err(lines) => return usage(&lines),
+    };
     if a.dry_run {
         return dry_run(endpoints, request, &a.follow).await;
     }
@@ -321,7 +420,7 @@ async fn warm(endpoints: &Arc<Endpoints>, a: WarmArgs) -> ExitCode {
         }
         Err(e) => Err(e),
     };
-    finish(renderer, result)
+    finish(renderer, result, Some(&bucket))
 }
 
 /// `warm --dry-run`: the listing's progress on stderr (text) and the plan
@@ -371,7 +470,7 @@ async fn watch(endpoints: &Arc<Endpoints>, a: WatchArgs) -> ExitCode {
         }
         Err(e) => Err(e),
     };
-    finish(renderer, result)
+    finish(renderer, result, None)
 }
 
 /// A client that reconnects (warning on stderr each time) up to
@@ -387,11 +486,22 @@ async fn connect(endpoints: &Arc<Endpoints>, attempts: u32) -> Result<Client, Cl
     Client::connect_with_retry(Arc::clone(endpoints), policy).await
 }
 
-/// Prints how the wait ended and maps it to the exit code.
-fn finish(renderer: Renderer, result: Result<WarmReport, ClientError>) -> ExitCode {
+/// Prints how the wait ended and maps it to the exit code; in text, a
+/// warning per prefix that listed nothing (of `bucket`, when known).
+fn finish(
+    renderer: Renderer,
+    result: Result<WarmReport, ClientError>,
+    bucket: Option<&str>,
+) -> ExitCode {
     match result {
         Ok(report) => {
+            let text = !renderer.is_json();
             renderer.finish(&report);
+            if text {
+                for w in render::empty_prefix_warnings(bucket, &report.empty_prefixes) {
+                    eprintln!("{w}");
+                }
+            }
             exit::for_outcome(report.outcome)
         }
         Err(e) => {
@@ -489,33 +599,27 @@ fn ts(t: Option<&prost_types::Timestamp>) -> String {
     t.map(ToString::to_string).unwrap_or_else(|| "-".into())
 }
 
-async fn status(endpoints: &Arc<Endpoints>, a: StatusArgs) -> Result<(), ClientError> {
+async fn status(
+    endpoints: &Arc<Endpoints>,
+    target: StatusTarget,
+    output: OutputFormat,
+) -> Result<(), ClientError> {
     let mut client = Client::connect_to(Arc::clone(endpoints)).await?;
-    if let Some(id) = a.operation {
-        let s = client.operation_status(id).await?;
-        let p = s.progress.unwrap_or_default();
-        match a.output {
-            OutputFormat::Json => {
-                let mut v = render::progress_json(&p);
-                v["request"] = request_json(&s.request.unwrap_or_default());
-                println!("{v}");
-            }
-            OutputFormat::Text => {
-                if is_final(&p) {
-                    for l in render::summary_lines(&WarmReport::from_final(p)) {
-                        println!("{l}");
-                    }
-                } else {
-                    println!("{}", render::progress_line(&p));
-                }
-            }
-        }
-        return Ok(());
+    let (dir, prefixes) = match target {
+        StatusTarget::Operation(id) => return operation_status(&mut client, id, output).await,
+        StatusTarget::Prefixes {
+            directory_bucket,
+            prefixes,
+        } => (directory_bucket, prefixes),
+    };
+    let answer = client.prefix_status_with_clock(dir, prefixes).await?;
+    // A server whose clock is off holds back sweeps and evictions: the
+    // operator must hear it wherever status is read.
+    if let Some(clock) = answer.clock.as_ref().filter(|c| !c.refusing.is_empty()) {
+        eprintln!("warning: {}", clock.refusing);
     }
-    let dir = a.directory_bucket.unwrap_or_default();
-    let prefixes = client.prefix_status(dir, a.prefixes).await?;
-    for p in prefixes {
-        match a.output {
+    for p in answer.prefixes {
+        match output {
             OutputFormat::Json => println!(
                 "{}",
                 json!({
@@ -577,6 +681,33 @@ async fn status(endpoints: &Arc<Endpoints>, a: StatusArgs) -> Result<(), ClientE
     Ok(())
 }
 
+/// `status --operation ID`: its request and latest progress.
+async fn operation_status(
+    client: &mut Client,
+    id: String,
+    output: OutputFormat,
+) -> Result<(), ClientError> {
+    let s = client.operation_status(id).await?;
+    let p = s.progress.unwrap_or_default();
+    match output {
+        OutputFormat::Json => {
+            let mut v = render::progress_json(&p);
+            v["request"] = request_json(&s.request.unwrap_or_default());
+            println!("{v}");
+        }
+        OutputFormat::Text => {
+            if is_final(&p) {
+                for l in render::summary_lines(&WarmReport::from_final(p)) {
+                    println!("{l}");
+                }
+            } else {
+                println!("{}", render::progress_line(&p));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn request_json(r: &pb::WarmCacheRequest) -> serde_json::Value {
     json!({
         "bucket": r.bucket,
@@ -584,8 +715,21 @@ fn request_json(r: &pb::WarmCacheRequest) -> serde_json::Value {
         "directory_bucket": r.directory_bucket,
         "ttl_seconds": r.ttl.as_ref().map(|t| t.seconds).unwrap_or(0),
         "force_copy": r.force_copy,
+        "allow_empty": r.allow_empty,
         "request_id": r.request_id,
     })
+}
+
+/// An eviction checked as the server would, before connecting.
+fn check_evict(a: &EvictArgs) -> Result<(), Vec<String>> {
+    let req = pb::EvictRequest {
+        directory_bucket: a.directory_bucket.clone(),
+        prefixes: a.prefixes.clone(),
+        force: a.force,
+    };
+    EvictSpec::parse(&req, &client_limits())
+        .map(|_| ())
+        .map_err(|e| invalid_lines(&e))
 }
 
 async fn evict(endpoints: &Arc<Endpoints>, a: EvictArgs) -> Result<(), ClientError> {

@@ -100,6 +100,7 @@ pub fn progress_json(p: &pb::WarmProgress) -> Value {
                 .collect(),
         );
         v["failures_omitted"] = json!(p.failures_omitted);
+        v["empty_prefixes"] = json!(p.empty_prefixes);
         if !p.error.is_empty() {
             v["error"] = json!(p.error);
         }
@@ -284,6 +285,18 @@ pub fn summary_lines(r: &WarmReport) -> Vec<String> {
     out
 }
 
+/// One warning per requested prefix under which the source listed no
+/// object (`bucket` when known: `watch` does not know it).
+pub fn empty_prefix_warnings(bucket: Option<&str>, prefixes: &[String]) -> Vec<String> {
+    prefixes
+        .iter()
+        .map(|p| match bucket {
+            Some(b) => format!("warning: no object under s3://{b}/{p}"),
+            None => format!("warning: no object under prefix {p:?}"),
+        })
+        .collect()
+}
+
 /// Renders a warm's progress for one output format and destination.
 pub enum Renderer {
     Bar(ProgressBar),
@@ -365,6 +378,11 @@ impl Renderer {
         }
     }
 
+    /// Whether the output is JSON (machines read it: no extra lines).
+    pub fn is_json(&self) -> bool {
+        matches!(self, Renderer::Json)
+    }
+
     /// Prints the final report (the JSON form was already printed by
     /// `update`).
     pub fn finish(self, report: &WarmReport) {
@@ -431,6 +449,25 @@ mod tests {
         assert_eq!(v["objects_failed"], 1);
         assert_eq!(v["bytes_copied"], 10);
         assert_eq!(v["failures"][0]["code"], "AccessDenied");
+    }
+
+    #[test]
+    fn empty_prefixes_are_in_the_final_json_and_warned_of_in_text() {
+        let p = pb::WarmProgress {
+            phase: Phase::Done as i32,
+            outcome: pb::Outcome::Succeeded as i32,
+            empty_prefixes: vec!["e/".into()],
+            ..Default::default()
+        };
+        assert_eq!(progress_json(&p)["empty_prefixes"][0], "e/");
+        assert_eq!(
+            empty_prefix_warnings(Some("demo-src"), &p.empty_prefixes),
+            ["warning: no object under s3://demo-src/e/"]
+        );
+        assert_eq!(
+            empty_prefix_warnings(None, &["".to_owned()]),
+            [r#"warning: no object under prefix """#]
+        );
     }
 
     #[test]

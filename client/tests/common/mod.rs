@@ -119,6 +119,13 @@ impl Server {
         std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
     }
 
+    /// Whether the process is still running (it has not exited).
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
     /// Sends `signal` (e.g. "STOP", "CONT") to the process.
     pub fn signal(&self, signal: &str) {
         let pid = self.child.as_ref().expect("running").id();

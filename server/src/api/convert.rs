@@ -77,6 +77,7 @@ pub fn progress(s: OperationState) -> pb::WarmProgress {
         superseded_operation_id: s.superseded_operation_id.unwrap_or_default(),
         joined_operation_id: s.joined_operation_id.unwrap_or_default(),
         fresh_from_operation_id: s.fresh_from_operation_id.unwrap_or_default(),
+        empty_prefixes: s.empty_prefixes,
         batch_job: s.batch_job.map(|j| pb::BatchJobProgress {
             job_id: s.batch_job_id.clone().unwrap_or_default(),
             status: j.status,

@@ -159,6 +159,16 @@ impl From<ApiError> for Status {
             ApiError::Evict(EvictError::Store { source, .. }) => {
                 Status::new(store_code(&source), msg)
             }
+            // Waiting does not fix a clock: the operator does.
+            ApiError::Evict(EvictError::ClockSkew(_)) => Status::with_error_details(
+                Code::FailedPrecondition,
+                msg,
+                ErrorDetails::with_error_info(
+                    "CLOCK_SKEW",
+                    "expresscache",
+                    std::collections::HashMap::<String, String>::new(),
+                ),
+            ),
         }
     }
 }

@@ -220,6 +220,19 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Api<S, I> {
         Ok(self.ops.submit(spec, owner).await?)
     }
 
+    /// This server's clock against S3's, and whether it holds off
+    /// clock-judged work because of it.
+    fn clock(&self) -> pb::ServerClock {
+        let skew = crate::skew::global();
+        pb::ServerClock {
+            offset: skew.offset_ms().map(|ms| prost_types::Duration {
+                seconds: ms / 1000,
+                nanos: i32::try_from((ms % 1000) * 1_000_000).unwrap_or(0),
+            }),
+            refusing: skew.check(self.ops.skew_margin()).err().unwrap_or_default(),
+        }
+    }
+
     async fn status(
         &self,
         who: &Principal,
@@ -231,6 +244,7 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Api<S, I> {
                 Ok(pb::GetStatusResponse {
                     operation: Some(convert::operation_status(status)),
                     prefixes: vec![],
+                    clock: Some(self.clock()),
                 })
             }
             StatusQuery::Prefixes {
@@ -282,6 +296,7 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Api<S, I> {
                 Ok(pb::GetStatusResponse {
                     operation: None,
                     prefixes: out,
+                    clock: Some(self.clock()),
                 })
             }
         }

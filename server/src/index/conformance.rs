@@ -42,6 +42,7 @@ fn warm_spec(request_id: Option<&str>) -> WarmSpec {
         destination_prefix: Prefix::root(),
         max_staleness: std::time::Duration::ZERO,
         batch_operations: false,
+        allow_empty: false,
     }
 }
 

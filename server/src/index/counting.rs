@@ -22,6 +22,9 @@ pub struct CountingIndex<I> {
     gate: Option<Arc<dyn Gate>>,
     /// Calls to fail, and how many more times.
     failing: std::sync::Mutex<Vec<(&'static str, u32)>>,
+    /// Calls to refuse outright (a non-transient error), and how many
+    /// more times.
+    refusing: std::sync::Mutex<Vec<(&'static str, u32)>>,
     /// Calls whose reply to lose after they took effect, and how many more
     /// times.
     losing: std::sync::Mutex<Vec<(&'static str, u32)>>,
@@ -35,6 +38,7 @@ impl<I> CountingIndex<I> {
             writes: AtomicU64::new(0),
             gate: None,
             failing: std::sync::Mutex::default(),
+            refusing: std::sync::Mutex::default(),
             losing: std::sync::Mutex::default(),
         }
     }
@@ -51,6 +55,13 @@ impl<I> CountingIndex<I> {
             if let Some((_, left)) = failing.iter_mut().find(|(c, n)| *c == call && *n > 0) {
                 *left -= 1;
                 return Err(IndexError::Unavailable(format!("{call} failed (injected)")));
+            }
+        }
+        {
+            let mut refusing = self.refusing.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((_, left)) = refusing.iter_mut().find(|(c, n)| *c == call && *n > 0) {
+                *left -= 1;
+                return Err(IndexError::Storage(format!("{call} refused (injected)")));
             }
         }
         Ok(match &self.gate {
@@ -87,6 +98,16 @@ impl<I> CountingIndex<I> {
     /// [`IndexError::Unavailable`], as an unreachable index would.
     pub fn fail(&self, call: &'static str, times: u32) {
         self.failing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((call, times));
+    }
+
+    /// Refuses the next `times` calls named `call` with
+    /// [`IndexError::Storage`], as an index refuses a request that waiting
+    /// cannot fix (an item over DynamoDB's 400 KB, say).
+    pub fn refuse(&self, call: &'static str, times: u32) {
+        self.refusing
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push((call, times));

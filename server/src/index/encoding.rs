@@ -40,6 +40,8 @@ pub struct RequestDoc {
     pub max_staleness_ms: u64,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub batch_operations: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_empty: bool,
     /// The principal that submitted it (absent: anonymous, or an earlier
     /// release).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -123,6 +125,10 @@ pub struct StateDoc {
     pub fresh_from_operation_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch_job_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub empty_prefixes: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lease_epochs: Vec<(String, String)>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -182,6 +188,7 @@ impl From<&WarmSpec> for RequestDoc {
             destination_prefix: s.destination_prefix.to_string(),
             max_staleness_ms: u64::try_from(s.max_staleness.as_millis()).unwrap_or(u64::MAX),
             batch_operations: s.batch_operations,
+            allow_empty: s.allow_empty,
             owner: None,
         }
     }
@@ -226,6 +233,7 @@ impl RequestDoc {
                 .map_err(|e| bad("destination_prefix", e))?,
             max_staleness: Duration::from_millis(self.max_staleness_ms),
             batch_operations: self.batch_operations,
+            allow_empty: self.allow_empty,
         })
     }
 }
@@ -257,6 +265,8 @@ impl From<&OperationState> for StateDoc {
             joined_operation_id: s.joined_operation_id.clone(),
             fresh_from_operation_id: s.fresh_from_operation_id.clone(),
             batch_job_id: s.batch_job_id.clone(),
+            empty_prefixes: s.empty_prefixes.clone(),
+            lease_epochs: s.lease_epochs.clone(),
         }
     }
 }
@@ -292,6 +302,8 @@ impl StateDoc {
             fresh_from_operation_id: self.fresh_from_operation_id,
             batch_job_id: self.batch_job_id,
             batch_job: None,
+            empty_prefixes: self.empty_prefixes,
+            lease_epochs: self.lease_epochs,
         })
     }
 }
@@ -354,6 +366,7 @@ mod tests {
             destination_prefix: Prefix::parse("team/").unwrap(),
             max_staleness: std::time::Duration::ZERO,
             batch_operations: false,
+            allow_empty: false,
         }
     }
 

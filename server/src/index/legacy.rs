@@ -90,6 +90,8 @@ pub fn state(id: &str, blob: &[u8]) -> Result<OperationState, IndexError> {
         joined_operation_id: None,
         fresh_from_operation_id: None,
         batch_job_id: None,
+        empty_prefixes: Vec::new(),
+        lease_epochs: Vec::new(),
         batch_job: None,
     })
 }

@@ -19,6 +19,11 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
     /// (already-copied objects are hits, so what is left is what was not
     /// done). Returns how many it resumed.
     pub async fn adopt_orphans(self: &Arc<Self>) -> Result<usize, IndexError> {
+        // A fast clock would see live runs as lapsed.
+        if let Err(why) = crate::skew::global().check(self.settings.skew_margin) {
+            tracing::warn!(reason = %why, "not taking over unfinished warms");
+            return Ok(0);
+        }
         let mut resumed = 0;
         let mut after = None;
         loop {
@@ -30,7 +35,10 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
                 .list_operations(OpFilter::Running, after.clone(), PAGE)
                 .await?;
             after = page.last().map(|r| (r.created_at, r.id.clone()));
-            let full = page.len() == PAGE;
+            // Only an empty page ends the scan: a backend may answer a
+            // short page before the end (DynamoDB drops filtered items
+            // from a page and goes on from where it stopped).
+            let more = !page.is_empty();
             let (_, judged) = self.now();
             for rec in page {
                 let lapsed = rec.run.as_ref().is_none_or(|r| r.deadline <= judged);
@@ -47,7 +55,7 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
                         "could not take over an unfinished warm"),
                 }
             }
-            if !full {
+            if !more {
                 return Ok(resumed);
             }
         }
@@ -96,6 +104,12 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
         tracing::info!(operation_id = %id, attempt = t.ticket.attempt, resumptions = rec.resumptions,
             "taking over an unfinished warm");
         let (progress, _rx) = Progress::new(id, Arc::clone(&self.warmer.clock));
+        // The leases the earlier attempts wrote are this attempt's: an
+        // Evict that ended one ends this attempt too, as it would have
+        // ended theirs, instead of a fresh write reviving it.
+        for (prefix, epoch) in &rec.state.lease_epochs {
+            progress.add_lease_epoch(prefix, epoch);
+        }
         // A job the previous attempt created is followed, not made again.
         if let Some(job) = &rec.state.batch_job_id {
             progress.set_batch_job(Some(job));

@@ -53,13 +53,34 @@ fn same_data(leader: &WarmSpec, spec: &WarmSpec) -> bool {
 }
 
 /// Whether a warm of `leader` does all the work a warm of `joiner` asks
-/// for: the same data, every prefix covered.
+/// for: the same data, every prefix covered. A joiner that must not end
+/// SUCCEEDED on empty prefixes joins only a warm that lists exactly its
+/// prefixes: the leader reports which of its own prefixes were empty, not
+/// which of a narrower prefix under them.
 pub(super) fn covers(leader: &WarmSpec, joiner: &WarmSpec) -> bool {
-    same_data(leader, joiner)
+    same_data(leader, joiner) && joiner.prefixes.iter().all(|p| does_for(leader, joiner, p))
+}
+
+/// Whether a warm of `leader` does the work of `joiner`'s prefix `p` (and
+/// can say whether it was empty, if `joiner` must know).
+fn does_for(leader: &WarmSpec, joiner: &WarmSpec, p: &expresscache::Prefix) -> bool {
+    leader.prefixes.iter().any(|l| {
+        if joiner.allow_empty {
+            l.covers(p)
+        } else {
+            l == p
+        }
+    })
+}
+
+/// Whether every prefix of a joiner that does not allow an empty warm was
+/// empty in the warm it followed (whose final state is `last`).
+fn all_empty_for(joiner: &WarmSpec, last: &OperationState) -> bool {
+    !joiner.allow_empty
         && joiner
             .prefixes
             .iter()
-            .all(|p| leader.prefixes.iter().any(|l| l.covers(p)))
+            .all(|p| last.empty_prefixes.iter().any(|e| e == p.as_str()))
 }
 
 /// The prefixes of `spec` that a warm of `leader` does the work for, and
@@ -72,12 +93,15 @@ fn split_prefixes(leader: &WarmSpec, spec: &WarmSpec) -> Option<(WarmSpec, WarmS
         .prefixes
         .iter()
         .cloned()
-        .partition(|p| leader.prefixes.iter().any(|l| l.covers(p)));
+        .partition(|p| does_for(leader, spec, p));
     if covered.is_empty() {
         return None;
     }
+    // Neither part alone decides that the warm found nothing: the whole
+    // is judged once both ended (`split`).
     let part = |prefixes| WarmSpec {
         prefixes,
+        allow_empty: true,
         ..spec.clone()
     };
     Some((part(covered), part(rest)))
@@ -415,7 +439,25 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
             }
         };
         let (followed, led) = tokio::join!(covered_part, self.lead(&own));
-        Ok(worse(followed?, led?))
+        let outcome = worse(followed?, led?);
+        // Both parts reported their empty prefixes into the one progress.
+        let empty = a.progress.empty_prefixes();
+        if !a.spec.allow_empty
+            && matches!(
+                outcome,
+                WarmOutcome::Succeeded | WarmOutcome::PartiallyFailed
+            )
+            && a.spec
+                .prefixes
+                .iter()
+                .all(|p| empty.iter().any(|e| e == p.as_str()))
+        {
+            return Err(WarmError::Empty {
+                bucket: a.spec.source.to_string(),
+                prefixes: empty,
+            });
+        }
+        Ok(outcome)
     }
 
     /// Awaits `fut`, meanwhile renewing the leases the attempt already
@@ -473,7 +515,8 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
                 && listed_itself
                 && op.state.outcome == Some(Outcome::Succeeded)
                 && now.saturating_sub(op.state.started_at) <= window
-                && covers(&op.request, spec);
+                && covers(&op.request, spec)
+                && !all_empty_for(spec, &op.state);
             if !fits {
                 continue;
             }
@@ -545,13 +588,20 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
             return Followed::Done(Err(e));
         }
         // Kept alive while waiting, as a warm of its own would (the joined
-        // warm's leases may be shorter), but only while that warm makes
-        // progress: a stuck warm must not keep data alive forever through
-        // its joiners either.
+        // warm's leases may be shorter), but only while that warm is alive:
+        // its state is published (with a new elapsed time) by the keeper
+        // that renews its run, here or on another replica, whether or not
+        // its counters move (a long Batch Operations job moves none). A
+        // warm whose keeper stopped must not keep data alive through its
+        // joiners.
         let mut renew = tokio::time::interval(renew_every(spec));
         renew.tick().await;
         let stall_limit = self.warmer.settings.stall_limit;
-        let mut seen = (Phase::Queued, crate::operation::Counters::default());
+        let mut seen = (
+            Phase::Queued,
+            crate::operation::Counters::default(),
+            Duration::ZERO,
+        );
         let mut moved = tokio::time::Instant::now();
         let last = loop {
             let state = rx.borrow_and_update().clone();
@@ -559,8 +609,8 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
             if state.is_done() {
                 break state;
             }
-            if (state.phase, state.counters) != seen {
-                seen = (state.phase, state.counters);
+            if (state.phase, state.counters, state.elapsed) != seen {
+                seen = (state.phase, state.counters, state.elapsed);
                 moved = tokio::time::Instant::now();
             }
             tokio::select! {
@@ -593,6 +643,19 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
             }
             Some(Outcome::Cancelled) | None => return Followed::LeaderGone,
         }
+        let empty: Vec<String> = spec
+            .prefixes
+            .iter()
+            .filter(|p| last.empty_prefixes.iter().any(|e| e == p.as_str()))
+            .map(ToString::to_string)
+            .collect();
+        if all_empty_for(spec, &last) {
+            return Followed::Done(Err(WarmError::Empty {
+                bucket: spec.source.to_string(),
+                prefixes: empty,
+            }));
+        }
+        progress.add_empty_prefixes(empty);
         // Ready now: "at least ttl" counts from here, and a lease an Evict
         // ended meanwhile ends this warm as it would any other.
         if let Err(e) = self.write_leases(a).await {
@@ -653,6 +716,7 @@ mod tests {
             destination_prefix: Prefix::root(),
             max_staleness: std::time::Duration::ZERO,
             batch_operations: false,
+            allow_empty: false,
         }
     }
 
@@ -660,7 +724,11 @@ mod tests {
     fn a_warm_covers_the_same_or_narrower_prefixes_of_the_same_data_only() {
         let leader = spec(&["a/", "b/"], false);
         assert!(covers(&leader, &spec(&["a/"], false)));
-        assert!(covers(&leader, &spec(&["a/x/", "b/"], false)));
+        let narrower = WarmSpec {
+            allow_empty: true,
+            ..spec(&["a/x/", "b/"], false)
+        };
+        assert!(covers(&leader, &narrower));
         assert!(
             !covers(&leader, &spec(&["a/", "c/"], false)),
             "c/ is not listed"
@@ -673,5 +741,38 @@ mod tests {
         let mut elsewhere = spec(&["a/"], false);
         elsewhere.destination_prefix = Prefix::parse("x/").unwrap_or_else(|e| panic!("{e}"));
         assert!(!covers(&leader, &elsewhere), "another destination");
+    }
+
+    #[test]
+    fn a_warm_that_must_not_be_empty_joins_only_a_warm_of_exactly_its_prefixes() {
+        let leader = spec(&["a/", "b/"], false);
+        // The leader reports a/ and b/ empty or not; it cannot tell about
+        // a/x/, which it lists as part of a/.
+        assert!(!covers(&leader, &spec(&["a/x/"], false)));
+        assert!(covers(&leader, &spec(&["b/", "a/"], false)));
+        let mut last = OperationState::queued("leader", 0);
+        last.empty_prefixes = vec!["a/".into()];
+        assert!(all_empty_for(&spec(&["a/"], false), &last));
+        assert!(!all_empty_for(&spec(&["a/", "b/"], false), &last));
+        let tolerant = WarmSpec {
+            allow_empty: true,
+            ..spec(&["a/"], false)
+        };
+        assert!(!all_empty_for(&tolerant, &last));
+        // A strict warm splits only where the leader lists exactly its
+        // prefix; its parts are not judged alone (the whole is).
+        assert!(split_prefixes(&leader, &spec(&["a/x/", "c/"], false)).is_none());
+        let (covered, rest) = split_prefixes(&leader, &spec(&["a/", "c/"], false)).unwrap();
+        assert_eq!(covered.prefixes, [Prefix::parse("a/").unwrap()]);
+        assert_eq!(rest.prefixes, [Prefix::parse("c/").unwrap()]);
+        assert!(covered.allow_empty && rest.allow_empty);
+        assert!(split_prefixes(
+            &leader,
+            &WarmSpec {
+                allow_empty: true,
+                ..spec(&["a/x/", "c/"], false)
+            }
+        )
+        .is_some());
     }
 }

@@ -126,6 +126,9 @@ pub struct OpsSettings {
     pub max_running: usize,
     /// Warms waiting for a running slot; past it new warms are refused.
     pub max_queued: usize,
+    /// How long the final state of a warm is tried while the index is
+    /// busy before the run is handed on (released, not counted a crash).
+    pub final_write_budget: Duration,
     /// Warms in progress (running or queued) of one authenticated
     /// principal on this replica; past it its new warms are refused
     /// (0: no limit).
@@ -155,6 +158,7 @@ impl From<&crate::config::Config> for OpsSettings {
             max_running: c.max_running_warms,
             max_queued: c.max_queued_warms,
             max_per_principal: c.max_warms_per_principal,
+            final_write_budget: c.index_retry_budget,
         }
     }
 }
@@ -192,6 +196,16 @@ pub struct Operations<S, I> {
 }
 
 impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
+    /// This replica's name in run leases and the registry.
+    pub fn replica(&self) -> &str {
+        &self.settings.replica
+    }
+
+    /// How far clocks may disagree.
+    pub fn skew_margin(&self) -> Duration {
+        self.settings.skew_margin
+    }
+
     pub fn new(warmer: Arc<Warmer<S, I>>, settings: OpsSettings, limits: Limits) -> Self {
         Self {
             admission: Arc::new(admission::Admission::new(

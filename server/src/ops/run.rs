@@ -13,7 +13,7 @@ use tracing::Instrument;
 
 use super::Operations;
 use crate::index::{span_millis, CacheIndex, Millis, OperationLog, Renewal};
-use crate::operation::{Outcome, RunTicket};
+use crate::operation::{OperationState, Outcome, RunTicket};
 use crate::progress::Progress;
 use crate::stop::{StopReason, StopSignal};
 use crate::store::ObjectStore;
@@ -122,20 +122,84 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
         tracing::info!(operation_id = %id, outcome = ?last.outcome,
             listed = c.objects_listed, hits = c.objects_hit, copied = c.objects_copied,
             shared = c.objects_shared, failed = c.objects_failed, bytes_copied = c.bytes_copied, "warm finished");
-        // The epochs with the final state: once that is visible, a
-        // resubmission of the request id checks them.
-        match self
-            .index()
-            .finish_operation(&id, &ticket, &last, &progress.lease_epochs())
-            .await
-        {
-            Ok(true) => progress.publish_final(last),
-            Ok(false) => tracing::warn!(operation_id = %id,
-                "the final state was not recorded: another replica took the operation over"),
-            Err(e) => tracing::error!(operation_id = %id, error = %e,
-                "could not record the final state; the operation is taken over and finished again"),
-        }
+        self.record_final(&id, &ticket, last, &progress).await;
         self.forget(&id);
+    }
+
+    /// Records the final state (with the lease epochs: once it is visible,
+    /// a resubmission of the request id checks them), then tells the
+    /// followers. A busy index is waited out, the run renewed meanwhile,
+    /// for up to the final-write budget; then the run is handed on
+    /// (released: another attempt finishes it, and it is no crash). A state
+    /// the index refuses outright (too large, say) is recorded without its
+    /// failure list, then as FAILED with the reason.
+    async fn record_final(
+        &self,
+        id: &str,
+        ticket: &RunTicket,
+        mut last: OperationState,
+        progress: &Progress,
+    ) {
+        let backoff =
+            expresscache::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        let started = tokio::time::Instant::now();
+        let epochs = progress.lease_epochs();
+        let mut attempt = 0u32;
+        let mut fallbacks = 0u32;
+        loop {
+            let err = match self
+                .index()
+                .finish_operation(id, ticket, &last, &epochs)
+                .await
+            {
+                Ok(true) => return progress.publish_final(last),
+                Ok(false) => {
+                    return tracing::warn!(operation_id = %id,
+                        "the final state was not recorded: another replica took the operation over")
+                }
+                Err(e) => e,
+            };
+            if !matches!(err, crate::index::IndexError::Unavailable(_)) {
+                fallbacks += 1;
+                tracing::error!(operation_id = %id, error = %err,
+                    "the index refused the final state; recording a smaller one");
+                last = match fallbacks {
+                    1 => without_failures(last),
+                    2 => failed_to_record(last, &err),
+                    _ => break,
+                };
+                continue;
+            }
+            attempt += 1;
+            let pause = backoff.delay_at(attempt, fastrand::f64());
+            if started.elapsed() + pause > self.settings.final_write_budget {
+                tracing::error!(operation_id = %id, error = %err,
+                    "could not record the final state in time; handing the run on");
+                break;
+            }
+            tracing::warn!(operation_id = %id, error = %err, "recording the final state failed; trying again");
+            tokio::time::sleep(pause).await;
+            // Still ours? A takeover meanwhile records its own outcome.
+            let deadline = self
+                .warmer
+                .clock
+                .now()
+                .saturating_add(span_millis(self.settings.run_ttl));
+            let renewal = tokio::time::timeout(
+                self.settings.renew_every.max(Duration::from_secs(1)),
+                self.index().renew_run(id, ticket, deadline),
+            )
+            .await;
+            if let Ok(Ok(Renewal::Lost)) = renewal {
+                return tracing::warn!(operation_id = %id,
+                    "the run was taken over while its final state waited for the index");
+            }
+        }
+        // Handed on as released, not left to lapse: a lapsed run counts as
+        // a crash, and enough of those fail a warm whose data is there.
+        if let Err(e) = self.index().release_run(id, ticket).await {
+            tracing::warn!(operation_id = %id, error = %e, "could not release the run either");
+        }
     }
 
     /// While the warm runs: publishes progress every `publish_interval`,
@@ -220,12 +284,21 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
             }
             if since_checkpoint >= s.checkpoint_interval {
                 since_checkpoint = Duration::ZERO;
-                // Other replicas' status and list read this.
-                match self
-                    .index()
-                    .update_operation(id, ticket, &progress.snapshot())
-                    .await
-                {
+                // Other replicas' status and list read this. Bounded like
+                // the renewal: a hung checkpoint must not hold the loop past
+                // the deadline, or a takeover could run beside this attempt.
+                let checkpoint = tokio::time::timeout(
+                    bounded(held_until),
+                    self.index()
+                        .update_operation(id, ticket, &progress.snapshot()),
+                )
+                .await
+                .unwrap_or_else(|_| {
+                    Err(crate::index::IndexError::Unavailable(
+                        "checkpointing the operation timed out".into(),
+                    ))
+                });
+                match checkpoint {
                     Ok(true) => {}
                     Ok(false) => return lose(),
                     Err(e) => {
@@ -245,4 +318,20 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
             tracing::error!(operation_id = %id, error = %e, "could not checkpoint the interrupted warm");
         }
     }
+}
+
+/// `state` without its failure list (counted as omitted instead): what is
+/// left of a final state too large to record.
+fn without_failures(mut state: OperationState) -> OperationState {
+    state.failures_omitted += state.failures.len() as u64;
+    state.failures.clear();
+    state
+}
+
+/// `state` as FAILED because its outcome could not be recorded.
+fn failed_to_record(mut state: OperationState, err: &crate::index::IndexError) -> OperationState {
+    state = without_failures(state);
+    state.outcome = Some(Outcome::Failed);
+    state.error = Some(format!("the outcome could not be recorded: {err}"));
+    state
 }

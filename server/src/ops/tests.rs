@@ -25,6 +25,7 @@ fn unfinished(id: &str, resumptions: u32) -> OperationRecord {
             destination_prefix: expresscache::Prefix::root(),
             max_staleness: Duration::ZERO,
             batch_operations: false,
+            allow_empty: false,
         },
         state: OperationState {
             phase: crate::operation::Phase::Copying,
@@ -167,4 +168,185 @@ async fn a_runner_whose_renewals_hang_stops_itself_by_its_deadline() {
         "a runner that lost its run records no outcome: {:?}",
         rec.state
     );
+}
+
+/// Holds every call named `call` forever.
+#[derive(Debug)]
+struct Hangs(&'static str);
+
+impl crate::gate::Gate for Hangs {
+    fn enter(
+        &self,
+        call: &'static str,
+        _subject: &str,
+    ) -> futures::future::BoxFuture<'static, crate::gate::Pass> {
+        if call == self.0 {
+            Box::pin(std::future::pending())
+        } else {
+            Box::pin(async { Box::new(()) as crate::gate::Pass })
+        }
+    }
+}
+
+type SlowStore = crate::store::FaultStore<MemoryStore>;
+
+/// Operations over `index` with `n` objects under d/ of "src", copies
+/// `copy_ms` each, two at a time, and short run leases.
+fn fleet_member<I: crate::index::CacheIndex + crate::index::OperationLog>(
+    index: Arc<I>,
+    n: usize,
+    copy_ms: u64,
+) -> (Arc<Operations<SlowStore, I>>, Arc<SlowStore>) {
+    use crate::store::{FaultStore, Op};
+    let mem = MemoryStore::default();
+    mem.create_bucket("src");
+    mem.create_bucket("cache--use1-az4--x-s3");
+    for i in 0..n {
+        mem.put("src", &format!("d/{i:03}"), 10);
+    }
+    let store = Arc::new(FaultStore::new(mem));
+    store.delay(Op::Copy, Duration::from_millis(copy_ms));
+    let mut warm = WarmSettings::default();
+    warm.engine.max_concurrency = 2;
+    let warmer = Arc::new(Warmer::new(
+        Arc::clone(&store),
+        index,
+        Arc::new(crate::clock::SystemClock),
+        warm,
+    ));
+    let settings = OpsSettings {
+        run_ttl: Duration::from_millis(400),
+        renew_every: Duration::from_millis(100),
+        publish_interval: Duration::from_millis(50),
+        checkpoint_interval: Duration::from_millis(100),
+        final_write_budget: Duration::from_secs(20),
+        ..OpsSettings::default()
+    };
+    (
+        Arc::new(Operations::new(warmer, settings, Limits::default())),
+        store,
+    )
+}
+
+/// Submits a warm of d/ and waits until it is no longer live here.
+async fn run_to_end<
+    S: crate::store::ObjectStore,
+    I: crate::index::CacheIndex + crate::index::OperationLog,
+>(
+    ops: &Arc<Operations<S, I>>,
+) -> String {
+    let rx = ops.submit(unfinished("x", 0).request, None).await.unwrap();
+    let id = rx.borrow().operation_id.clone();
+    let t0 = std::time::Instant::now();
+    while ops.live().contains_key(&id) {
+        assert!(t0.elapsed() < Duration::from_secs(30), "still running");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    id
+}
+
+#[tokio::test]
+async fn a_runner_whose_checkpoints_hang_keeps_its_run_renewed() {
+    use crate::clock::Clock;
+    use crate::index::CountingIndex;
+    let index = Arc::new(
+        CountingIndex::new(SqliteIndex::open_in_memory().unwrap())
+            .with_gate(Arc::new(Hangs("update_operation"))),
+    );
+    // 100 copies, 2 at a time, 20 ms each: a second of work, more than
+    // twice the run lease.
+    let (ops, _store) = fleet_member(Arc::clone(&index), 100, 20);
+    let rx = ops.submit(unfinished("x", 0).request, None).await.unwrap();
+    let id = rx.borrow().operation_id.clone();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let rec = index.get_operation(&id).await.unwrap().unwrap();
+    let run = rec.run.expect("unfinished: it has a run");
+    let now = crate::clock::SystemClock.now();
+    assert!(
+        run.deadline > now,
+        "a hung checkpoint must not stop the renewals: the run lapsed {} ms ago, \
+         and another replica could take it over while this one still copies",
+        now - run.deadline
+    );
+}
+
+#[tokio::test]
+async fn a_final_state_the_index_cannot_take_yet_is_retried_not_left_to_lapse() {
+    use crate::index::CountingIndex;
+    let index = Arc::new(CountingIndex::new(SqliteIndex::open_in_memory().unwrap()));
+    index.fail("finish_operation", 3);
+    let (ops, _store) = fleet_member(Arc::clone(&index), 5, 1);
+    let id = run_to_end(&ops).await;
+    let rec = index.get_operation(&id).await.unwrap().unwrap();
+    assert!(rec.is_done(), "recorded after the retries: {:?}", rec.state);
+    assert_eq!(rec.state.outcome, Some(Outcome::Succeeded));
+    assert_eq!(rec.resumptions, 0);
+}
+
+#[tokio::test]
+async fn a_final_state_the_index_refuses_is_recorded_smaller_then_as_failed_never_a_crash() {
+    use crate::index::CountingIndex;
+    let index = Arc::new(CountingIndex::new(SqliteIndex::open_in_memory().unwrap()));
+    // Refused once: recorded without its failure list, still SUCCEEDED.
+    index.refuse("finish_operation", 1);
+    let (ops, _store) = fleet_member(Arc::clone(&index), 5, 1);
+    let id = run_to_end(&ops).await;
+    let rec = index.get_operation(&id).await.unwrap().unwrap();
+    assert_eq!(
+        rec.state.outcome,
+        Some(Outcome::Succeeded),
+        "{:?}",
+        rec.state
+    );
+    // Refused twice: FAILED with the reason, at once.
+    let index = Arc::new(CountingIndex::new(SqliteIndex::open_in_memory().unwrap()));
+    index.refuse("finish_operation", 2);
+    let (ops, _store) = fleet_member(Arc::clone(&index), 5, 1);
+    let id = run_to_end(&ops).await;
+    let rec = index.get_operation(&id).await.unwrap().unwrap();
+    assert_eq!(rec.state.outcome, Some(Outcome::Failed), "{:?}", rec.state);
+    let error = rec.state.error.unwrap_or_default();
+    assert!(error.contains("could not be recorded"), "{error}");
+    assert_eq!(rec.resumptions, 0);
+}
+
+#[tokio::test]
+async fn a_takeover_carries_the_lease_epochs_so_an_evict_is_not_undone() {
+    use crate::clock::Clock;
+    use crate::index::{CacheIndex, Lease};
+    let index = Arc::new(SqliteIndex::open_in_memory().unwrap());
+    let now = crate::clock::SystemClock.now();
+    // Attempt 1 wrote its lease and checkpointed its epoch, then its
+    // replica died; an Evict ended the lease meanwhile.
+    let lease = index
+        .extend_lease(
+            &Lease::new("cache--use1-az4--x-s3", "d/", "src", now + 60_000),
+            now,
+        )
+        .await
+        .unwrap();
+    let mut rec = unfinished("x", 0);
+    rec.state.lease_epochs = vec![("d/".into(), lease.epoch.clone())];
+    index.create_operation(&rec).await.unwrap();
+    let ended = index
+        .end_leases("cache--use1-az4--x-s3", "d/", now)
+        .await
+        .unwrap();
+    assert_eq!(ended.len(), 1);
+    let (ops, store) = fleet_member(Arc::clone(&index), 5, 1);
+    assert_eq!(ops.adopt_orphans().await.unwrap(), 1);
+    let t0 = std::time::Instant::now();
+    while ops.live().contains_key("x") {
+        assert!(t0.elapsed() < Duration::from_secs(10), "still running");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let rec = index.get_operation("x").await.unwrap().unwrap();
+    assert_eq!(
+        rec.state.outcome,
+        Some(Outcome::Cancelled),
+        "as a single attempt would end: {:?}",
+        rec.state
+    );
+    let copies = store.calls.copy.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(copies, 0, "nothing copied back behind the evict");
 }

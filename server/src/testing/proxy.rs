@@ -1,16 +1,20 @@
-//! An HTTP/1.1 fault-injection proxy for tests: it sits between an S3 client
-//! (the AWS SDK in a test, our in-process server, or the real server binary
-//! started with `AWS_ENDPOINT_URL=<proxy endpoint>`) and moto, forwards every
-//! request to the upstream, and injects [`Fault`]s by [`Rule`].
+//! An HTTP/1.1 fault-injection proxy for tests: it sits between an AWS
+//! client for S3 or DynamoDB (the AWS SDK in a test, our in-process server,
+//! or the real server binary started with `AWS_ENDPOINT_URL=<proxy
+//! endpoint>`) and moto, forwards every request to the upstream, and injects
+//! [`Fault`]s by [`Rule`].
 //!
 //! Faults at the HTTP layer reach parts of the system that a store-level
 //! fault injector cannot: the SDK's own error classification, retries,
 //! timeouts and connection pool, and effects that were applied upstream while
-//! the reply was lost.
+//! the reply was lost. For DynamoDB it also plays what moto never does:
+//! throttles, including a per-item write rate limit
+//! ([`FaultProxy::limit_item_writes`]).
 //!
-//! Requests are matched path-style (bucket = first path segment), which is
-//! what the SDK sends to an IP-address endpoint such as the proxy's. Bodies are
-//! buffered in memory: objects in tests are small.
+//! S3 requests are matched path-style (bucket = first path segment), which
+//! is what the SDK sends to an IP-address endpoint such as the proxy's;
+//! DynamoDB calls by their `x-amz-target` operation and the tables in their
+//! JSON body. Bodies are buffered in memory: objects in tests are small.
 
 use std::convert::Infallible;
 use std::fmt;
@@ -31,6 +35,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio::task::{JoinHandle, JoinSet};
 
+mod dynamo;
+
+pub use dynamo::DEFAULT_KEY_ATTRIBUTES;
+
 /// Continuation tokens minted by [`Fault::EmptyTruncatedPage`] start with this,
 /// so the proxy recognises them on the next request and restores the original.
 const TOKEN_PREFIX: &str = "faultproxy.";
@@ -42,11 +50,16 @@ const INJECTED_MESSAGE: &str = "injected by FaultProxy";
 /// Which requests a [`Rule`] (or [`FaultProxy::count`]) applies to: every
 /// condition that is set must hold.
 ///
-/// The named constructors match one S3 operation each. For a directory bucket
-/// (name ending in `--x-s3`) the SDK first calls CreateSession
+/// The named S3 constructors match one S3 operation each. For a directory
+/// bucket (name ending in `--x-s3`) the SDK first calls CreateSession
 /// (`GET /bucket?session`); no named constructor except
 /// [`Match::create_session`] matches that, so a rule on e.g.
 /// [`Match::list_objects`] faults the listing, not the session it needs.
+///
+/// [`Match::dynamo`], [`Match::dynamo_writes`] and [`Match::dynamo_any`]
+/// match DynamoDB calls (`POST /` with `x-amz-target:
+/// DynamoDB_20120810.<Operation>`), optionally on one table
+/// ([`Match::table`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Match {
     /// The HTTP method, if it matters.
@@ -64,6 +77,13 @@ pub struct Match {
     /// Whether the path must name an object key after the bucket
     /// (`Some(true)`), must not (`Some(false)`), or either (`None`).
     pub key: Option<bool>,
+    /// If set, the request must be a DynamoDB call of one of these
+    /// operations (the `x-amz-target` after its last dot), or of any
+    /// operation if the list is empty.
+    pub dynamo: Option<Vec<String>>,
+    /// If set, the request must be a DynamoDB call that names this table
+    /// (its `TableName`, or that of any item of a transaction or batch).
+    pub table: Option<String>,
 }
 
 impl Match {
@@ -152,6 +172,39 @@ impl Match {
         Self::on(Method::GET).with_key(false).with_query("session")
     }
 
+    /// A DynamoDB call of operation `op`, e.g. `"UpdateItem"` (header
+    /// `x-amz-target` ends with `.{op}`).
+    pub fn dynamo(op: impl Into<String>) -> Self {
+        Self {
+            dynamo: Some(vec![op.into()]),
+            ..Self::default()
+        }
+    }
+
+    /// A DynamoDB call that writes items: UpdateItem, PutItem, DeleteItem,
+    /// TransactWriteItems or BatchWriteItem.
+    pub fn dynamo_writes() -> Self {
+        Self {
+            dynamo: Some(dynamo::WRITE_OPS.iter().map(|&op| op.to_owned()).collect()),
+            ..Self::default()
+        }
+    }
+
+    /// Any DynamoDB call.
+    pub fn dynamo_any() -> Self {
+        Self {
+            dynamo: Some(Vec::new()),
+            ..Self::default()
+        }
+    }
+
+    /// Restricts to DynamoDB calls that name table `name` (top-level
+    /// `TableName`, or the table of any transact or batch item).
+    pub fn table(mut self, name: impl Into<String>) -> Self {
+        self.table = Some(name.into());
+        self
+    }
+
     /// Any request with this HTTP method.
     pub fn on(method: Method) -> Self {
         Self {
@@ -208,6 +261,15 @@ impl Match {
             && !self.not_query.iter().any(|q| seen.has_query(q))
             && self.header.iter().all(|h| seen.has_header(h))
             && !self.not_header.iter().any(|h| seen.has_header(h))
+            && self.dynamo.as_ref().is_none_or(|ops| {
+                seen.dynamo_op
+                    .as_ref()
+                    .is_some_and(|op| ops.is_empty() || ops.iter().any(|o| o == op))
+            })
+            && self
+                .table
+                .as_ref()
+                .is_none_or(|t| seen.tables.iter().any(|s| s == t))
     }
 }
 
@@ -246,6 +308,35 @@ pub enum Fault {
     },
     /// Sleeps this long, then forwards normally.
     Delay(Duration),
+    /// Forwards normally, then moves the reply's `Date` header by this many
+    /// seconds (negative: into the past): an endpoint whose clock differs
+    /// from the client's.
+    ShiftDate(i64),
+    /// Forwards the request, waits for the whole upstream response, then
+    /// answers 500 instead of it: DynamoDB's `InternalServerError` (JSON)
+    /// for a DynamoDB call, S3's `InternalError` (XML) otherwise. The effect
+    /// was applied; the client sees a server error and may retry.
+    LoseReplyAs500,
+    /// Answers `status` with a DynamoDB JSON error body
+    /// (`{"__type":"com.amazonaws.dynamodb.v20120810#{error_type}",
+    /// "message":"injected by FaultProxy"}`), e.g. 400
+    /// `ProvisionedThroughputExceededException`, 400 `ThrottlingException`,
+    /// 400 `RequestLimitExceeded`, 500 `InternalServerError`, 503
+    /// `ServiceUnavailable`. Not forwarded. A status outside 100..=999 is
+    /// sent as 500.
+    Dynamo {
+        /// The HTTP status.
+        status: u16,
+        /// The DynamoDB error type, without its namespace.
+        error_type: String,
+    },
+    /// Answers with the throttle DynamoDB sends for the call: for
+    /// TransactWriteItems and TransactGetItems, 400
+    /// `TransactionCanceledException` with one cancellation reason per
+    /// TransactItem, `ThrottlingError` for the first and `None` for the
+    /// rest; for any other request, 400
+    /// `ProvisionedThroughputExceededException`. Not forwarded.
+    DynamoThrottle,
 }
 
 impl Fault {
@@ -256,14 +347,71 @@ impl Fault {
             code: code.into(),
         }
     }
+
+    /// [`Fault::Dynamo`] with `status` and `error_type`, e.g.
+    /// `Fault::dynamo(400, "ProvisionedThroughputExceededException")`.
+    pub fn dynamo(status: u16, error_type: impl Into<String>) -> Self {
+        Self::Dynamo {
+            status,
+            error_type: error_type.into(),
+        }
+    }
+}
+
+/// A reproducible pseudo-random share of requests (see [`Rule::share`]):
+/// the same seed picks the same requests out of the same sequence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Share {
+    /// The share in units of 2^-53 (2^53 = every request).
+    threshold: u64,
+    seed: u64,
+}
+
+impl Share {
+    /// A share of `fraction` (clamped to 0..=1; NaN counts as 0) drawn
+    /// from a generator seeded with `seed`.
+    pub fn new(fraction: f64, seed: u64) -> Self {
+        let fraction = if fraction.is_nan() {
+            0.0
+        } else {
+            fraction.clamp(0.0, 1.0)
+        };
+        Self {
+            // At most 2^53, which f64 holds exactly.
+            threshold: (fraction * SHARE_ONE as f64) as u64,
+            seed,
+        }
+    }
+
+    /// The share, 0..=1.
+    pub fn fraction(&self) -> f64 {
+        self.threshold as f64 / SHARE_ONE as f64
+    }
+
+    /// The generator's seed.
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+}
+
+/// A [`Share`] of 1.
+const SHARE_ONE: u64 = 1 << 53;
+
+/// The next number of the splitmix64 sequence at `state`.
+fn splitmix64(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// A fault to inject into matching requests.
 ///
 /// Rules are checked in insertion order; the first one that applies (its
-/// matcher matches, its every-n counter fires and its `times` is not used up)
-/// injects its fault, and later rules do not see that request. At most one
-/// fault per request.
+/// matcher matches, its every-n counter fires, its share draw picks the
+/// request and its `times` is not used up) injects its fault, and later
+/// rules do not see that request. At most one fault per request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rule {
     /// Which requests this rule considers.
@@ -276,6 +424,9 @@ pub struct Rule {
     pub every: u64,
     /// Lets this many matching requests through untouched first.
     pub skip: u64,
+    /// Picks only a pseudo-random share of the requests the other
+    /// conditions pick; `None` = all of them.
+    pub share: Option<Share>,
 }
 
 impl Rule {
@@ -287,6 +438,7 @@ impl Rule {
             times: None,
             every: 1,
             skip: 0,
+            share: None,
         }
     }
 
@@ -314,6 +466,16 @@ impl Rule {
             ..Self::always(matcher, fault)
         }
     }
+
+    /// Faults a pseudo-random `fraction` (0..=1) of matching requests, each
+    /// independently, from a generator seeded with `seed`: the same
+    /// sequence of matching requests gets the same faults on every run.
+    pub fn share(matcher: Match, fault: Fault, fraction: f64, seed: u64) -> Self {
+        Self {
+            share: Some(Share::new(fraction, seed)),
+            ..Self::always(matcher, fault)
+        }
+    }
 }
 
 /// A rule with its counters.
@@ -324,6 +486,8 @@ struct Armed {
     matched: u64,
     /// Faults it has injected.
     fired: u64,
+    /// The state of its share's generator.
+    rng: u64,
 }
 
 impl Armed {
@@ -338,6 +502,12 @@ impl Armed {
         }
         if !(self.matched - self.rule.skip).is_multiple_of(self.rule.every.max(1)) {
             return false;
+        }
+        if let Some(share) = self.rule.share {
+            // 53 random bits against the threshold in units of 2^-53.
+            if splitmix64(&mut self.rng) >> 11 >= share.threshold {
+                return false;
+            }
         }
         self.fired += 1;
         true
@@ -354,6 +524,10 @@ struct Seen {
     query: Vec<String>,
     /// Header names (lowercase, as `http` stores them).
     headers: Vec<String>,
+    /// The operation, for a DynamoDB call.
+    dynamo_op: Option<String>,
+    /// The tables a DynamoDB call names.
+    tables: Vec<String>,
 }
 
 impl Seen {
@@ -373,7 +547,18 @@ impl Seen {
                 .keys()
                 .map(|h| h.as_str().to_owned())
                 .collect(),
+            dynamo_op: None,
+            tables: Vec::new(),
         }
+    }
+
+    /// With what the matchers look at in DynamoDB call `call`.
+    fn with_call(mut self, call: Option<&dynamo::Call>) -> Self {
+        if let Some(call) = call {
+            self.dynamo_op = Some(call.op.clone());
+            self.tables = call.tables.clone();
+        }
+        self
     }
 
     fn has_query(&self, name: &str) -> bool {
@@ -386,12 +571,13 @@ impl Seen {
 }
 
 /// The rules and the log of requests, behind one lock so that a request is
-/// recorded and judged atomically.
+/// recorded and judged atomically; and the DynamoDB per-item bookkeeping.
 #[derive(Debug, Default)]
 struct State {
     rules: Vec<Armed>,
     seen: Vec<Seen>,
     gauges: Vec<(Match, Arc<Gauge>)>,
+    dynamo: dynamo::DynamoState,
 }
 
 /// Requests of one kind in flight through the proxy (from arrival until
@@ -443,8 +629,9 @@ struct Shared {
     seq: AtomicU64,
 }
 
-/// An HTTP/1.1 proxy on 127.0.0.1 that forwards to an upstream S3 endpoint
-/// and injects faults by [`Rule`]. Stops (aborting its connections) on drop.
+/// An HTTP/1.1 proxy on 127.0.0.1 that forwards to an upstream S3 and
+/// DynamoDB endpoint (moto) and injects faults by [`Rule`]. Stops (aborting
+/// its connections) on drop.
 pub struct FaultProxy {
     /// Where clients connect: `http://127.0.0.1:PORT`.
     pub endpoint: String,
@@ -509,10 +696,12 @@ impl FaultProxy {
 
     /// Adds a rule after the existing ones.
     pub fn add(&self, rule: Rule) {
+        let rng = rule.share.map_or(0, |s| s.seed());
         self.shared.lock().rules.push(Armed {
             rule,
             matched: 0,
             fired: 0,
+            rng,
         });
     }
 
@@ -540,9 +729,63 @@ impl FaultProxy {
     }
 
     /// How many faults the proxy has injected so far (all rules, including
-    /// cleared ones).
+    /// cleared ones; not the throttles of [`FaultProxy::limit_item_writes`],
+    /// which [`FaultProxy::item_throttles`] counts).
     pub fn injected(&self) -> u64 {
         self.shared.injected.load(Ordering::SeqCst)
+    }
+
+    /// Limits the writes to each DynamoDB item to `per_second` on average,
+    /// with bursts of up to `burst` (at least 1), as DynamoDB throttles a
+    /// hot item: a token bucket per (table, item key), starting full. Every
+    /// item of a write call (UpdateItem, PutItem, DeleteItem, and each item
+    /// of a TransactWriteItems, ConditionCheck included, or of a
+    /// BatchWriteItem) takes a token; a call that any of its items' buckets
+    /// cannot pay for takes none, is not forwarded, and is answered 400
+    /// `ProvisionedThroughputExceededException`, or for a transaction
+    /// `TransactionCanceledException` with `ThrottlingError` as the reason
+    /// of each item that was short. Replaces an earlier limit (and its
+    /// buckets); [`FaultProxy::clear`] leaves it in place.
+    ///
+    /// Rules are judged first: a request a rule answers by itself is not
+    /// counted against the limit. An item is named by its table and `Key`;
+    /// for a put, by the item's key attributes (see
+    /// [`FaultProxy::set_key_attributes`]).
+    pub fn limit_item_writes(&self, per_second: f64, burst: f64) {
+        self.shared
+            .lock()
+            .dynamo
+            .set_limit(Some((per_second, burst)));
+    }
+
+    /// Lifts the per-item write limit.
+    pub fn unlimit_item_writes(&self) {
+        self.shared.lock().dynamo.set_limit(None);
+    }
+
+    /// How many DynamoDB write calls the per-item write limit has refused.
+    pub fn item_throttles(&self) -> u64 {
+        self.shared.lock().dynamo.throttles()
+    }
+
+    /// The `n` DynamoDB items with the most writes forwarded upstream, most
+    /// first (ties by name), with their counts (a lost reply's write
+    /// counts; a throttled or faulted one does not). An item is named
+    /// `"{table} {key}"`, the key as JSON with its attribute names sorted,
+    /// e.g. `t {"pk":{"S":"a"},"sk":{"S":"b"}}`.
+    pub fn hottest_items(&self, n: usize) -> Vec<(String, u64)> {
+        self.shared.lock().dynamo.hottest(n)
+    }
+
+    /// The attribute names that make up an item's key in a put (which
+    /// sends the whole item) on a table whose key schema the proxy has not
+    /// seen in a CreateTable call; [`DEFAULT_KEY_ATTRIBUTES`] until set.
+    /// A put item with none of them is named by all its attributes.
+    pub fn set_key_attributes(&self, names: &[&str]) {
+        self.shared
+            .lock()
+            .dynamo
+            .set_key_attributes(names.iter().map(|&n| n.to_owned()).collect());
     }
 }
 
@@ -601,24 +844,62 @@ async fn handle(
         Ok(b) => b.to_bytes(),
         Err(e) => return Ok(plain(StatusCode::BAD_REQUEST, format!("fault proxy: {e}"))),
     };
-    let (fault, _in_flight) = shared.judge(Seen::of(&parts));
+    let call = dynamo::Call::parse(&parts.headers, &body);
+    let call = call.as_ref();
+    let (fault, _in_flight) = shared.judge(Seen::of(&parts).with_call(call), call);
     if let Some(fault) = &fault {
-        tracing::info!(?fault, method = %parts.method, uri = %parts.uri, "fault proxy injecting");
+        tracing::info!(
+            ?fault,
+            method = %parts.method,
+            uri = %parts.uri,
+            dynamo_op = call.map(|c| c.op.as_str()),
+            "fault proxy injecting"
+        );
     }
     let path_and_query = restore_token(parts.uri.path_and_query().map_or("/", |pq| pq.as_str()));
     match fault {
-        None => Ok(shared.forward(parts, &path_and_query, body).await),
+        None => Ok(shared.pass(parts, &path_and_query, body, call).await),
         Some(Fault::Delay(d)) => {
             tokio::time::sleep(d).await;
-            Ok(shared.forward(parts, &path_and_query, body).await)
+            Ok(shared.pass(parts, &path_and_query, body, call).await)
+        }
+        Some(Fault::ShiftDate(secs)) => {
+            let mut resp = shared.pass(parts, &path_and_query, body, call).await;
+            shift_date(resp.headers_mut(), secs);
+            Ok(resp)
         }
         Some(Fault::Status { status, code }) => Ok(shared.s3_error(status, &code)),
+        Some(Fault::Dynamo { status, error_type }) => Ok(dynamo::error(
+            status,
+            &error_type,
+            INJECTED_MESSAGE,
+            shared.request_id(),
+        )),
+        Some(Fault::DynamoThrottle) => Ok(dynamo::throttle(
+            call,
+            None,
+            INJECTED_MESSAGE,
+            shared.request_id(),
+        )),
         Some(Fault::EmptyTruncatedPage) => Ok(shared.empty_page(&parts, &path_and_query)),
         Some(Fault::Hang) => std::future::pending().await,
         Some(Fault::LoseReply) => {
-            let _applied = shared.forward(parts, &path_and_query, body).await;
+            let _applied = shared.pass(parts, &path_and_query, body, call).await;
             kill.notify_one();
             std::future::pending().await
+        }
+        Some(Fault::LoseReplyAs500) => {
+            let _applied = shared.pass(parts, &path_and_query, body, call).await;
+            Ok(if call.is_some() {
+                dynamo::error(
+                    500,
+                    "InternalServerError",
+                    INJECTED_MESSAGE,
+                    shared.request_id(),
+                )
+            } else {
+                shared.s3_error(500, "InternalError")
+            })
         }
     }
 }
@@ -628,10 +909,14 @@ impl Shared {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Records `seen` and returns the fault of the first rule that fires,
-    /// and the request's places in the gauges that track it.
-    fn judge(&self, seen: Seen) -> (Option<Fault>, Vec<InFlight>) {
+    /// Records `seen` (and what DynamoDB call `call` tells about its
+    /// tables) and returns the fault of the first rule that fires, and the
+    /// request's places in the gauges that track it.
+    fn judge(&self, seen: Seen, call: Option<&dynamo::Call>) -> (Option<Fault>, Vec<InFlight>) {
         let mut state = self.lock();
+        if let Some(call) = call {
+            state.dynamo.learn(call);
+        }
         let fault = state
             .rules
             .iter_mut()
@@ -651,6 +936,35 @@ impl Shared {
 
     fn next_id(&self) -> u64 {
         self.seq.fetch_add(1, Ordering::SeqCst)
+    }
+
+    /// A request id for an injected answer.
+    fn request_id(&self) -> String {
+        format!("faultproxy-{}", self.next_id())
+    }
+
+    /// Forwards the request, unless it is a DynamoDB write that the
+    /// per-item write limit refuses: that one is answered with a throttle.
+    async fn pass(
+        &self,
+        parts: hyper::http::request::Parts,
+        path_and_query: &str,
+        body: Bytes,
+        call: Option<&dynamo::Call>,
+    ) -> Response<Full<Bytes>> {
+        if let Some(call) = call {
+            let admitted = self.lock().dynamo.admit(call, tokio::time::Instant::now());
+            if let Err(short) = admitted {
+                tracing::info!(op = %call.op, tables = ?call.tables, "fault proxy throttling a write over the per-item limit");
+                return dynamo::throttle(
+                    Some(call),
+                    Some(short.as_slice()),
+                    "injected by FaultProxy: per-item write limit",
+                    self.request_id(),
+                );
+            }
+        }
+        self.forward(parts, path_and_query, body).await
     }
 
     /// Sends the request to the upstream and returns its response, body
@@ -708,7 +1022,7 @@ impl Shared {
 
     /// An S3-style XML error response.
     fn s3_error(&self, status: u16, code: &str) -> Response<Full<Bytes>> {
-        let id = format!("faultproxy-{}", self.next_id());
+        let id = self.request_id();
         let xml = format!(
             "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{}</Code>\
              <Message>{INJECTED_MESSAGE}</Message><RequestId>{id}</RequestId></Error>",
@@ -768,6 +1082,26 @@ impl Shared {
         }
         xml.push_str("</ListBucketResult>");
         xml_response(xml)
+    }
+}
+
+/// Moves the `Date` header of `headers` by `secs` seconds (set to now,
+/// moved, if there was none).
+fn shift_date(headers: &mut HeaderMap, secs: i64) {
+    use aws_sdk_s3::primitives::{DateTime, DateTimeFormat};
+    let now = DateTime::from(std::time::SystemTime::now()).secs();
+    let at = headers
+        .get(header::DATE)
+        .and_then(|d| d.to_str().ok())
+        .and_then(|d| DateTime::from_str(d, DateTimeFormat::HttpDate).ok())
+        .map_or(now, |d| d.secs());
+    let shifted = DateTime::from_secs(at.saturating_add(secs));
+    if let Some(v) = shifted
+        .fmt(DateTimeFormat::HttpDate)
+        .ok()
+        .and_then(|s| HeaderValue::from_str(&s).ok())
+    {
+        headers.insert(header::DATE, v);
     }
 }
 

@@ -17,6 +17,7 @@
 
 mod copying;
 pub mod dry_run;
+mod empty;
 mod leases;
 mod listing;
 mod offload;
@@ -180,6 +181,18 @@ pub enum WarmError {
     /// read, or it failed as a whole.
     #[error("{0}")]
     Batch(String),
+    /// No requested prefix listed any object, and the request did not
+    /// allow that.
+    #[error(
+        "no object under any requested prefix of s3://{bucket} ({}): check the prefixes \
+         (key prefixes inside the bucket, ending in '/', not s3:// URLs), or allow an \
+         empty warm (--allow-empty, allow_empty)",
+        prefixes.iter().map(|p| format!("{p:?}")).collect::<Vec<_>>().join(", ")
+    )]
+    Empty {
+        bucket: String,
+        prefixes: Vec<String>,
+    },
     /// A dry run was stopped before its plan was complete.
     #[error(
         "stopped before the plan was complete (the server is shutting down, or the caller left)"

@@ -70,6 +70,7 @@ impl<S: ObjectStore, I: CacheIndex> WarmRun<'_, S, I> {
         page: &Page,
     ) -> Result<(Vec<CopyTask>, PageCounts), WarmError> {
         let progress = self.progress;
+        self.empty.observe(&page.objects);
         Progress::add(&progress.listed, page.objects.len() as u64);
         Progress::add(
             &progress.bytes_listed,

@@ -47,6 +47,8 @@ pub(super) struct WarmRun<'a, S, I> {
     announced: AtomicBool,
     /// Listing requests sent (pages, empty or not).
     pub list_requests: std::sync::atomic::AtomicU64,
+    /// The requested prefixes no listed key fell under yet.
+    pub empty: super::empty::EmptyPrefixes,
     /// When the first copy started.
     copy_started: std::sync::OnceLock<std::time::Instant>,
     /// When the warm began (wall clock, as S3 stamps objects): a Batch
@@ -70,6 +72,7 @@ impl<'a, S: ObjectStore, I: CacheIndex> WarmRun<'a, S, I> {
             stop,
             announced: AtomicBool::new(false),
             list_requests: std::sync::atomic::AtomicU64::new(0),
+            empty: super::empty::EmptyPrefixes::new(spec.prefixes.iter().map(|p| p.as_str())),
             copy_started: std::sync::OnceLock::new(),
             started: std::time::SystemTime::now(),
         }
@@ -111,6 +114,7 @@ impl<'a, S: ObjectStore, I: CacheIndex> WarmRun<'a, S, I> {
             }
         };
         planned?;
+        self.judge_empty()?;
         if let Some(t0) = self.copy_started.get() {
             let c = self.progress.snapshot().counters;
             self.w
@@ -121,6 +125,24 @@ impl<'a, S: ObjectStore, I: CacheIndex> WarmRun<'a, S, I> {
         // Evict ended a lease meanwhile, what was counted may be gone.
         self.write_leases().await?;
         Ok(self.outcome())
+    }
+
+    /// Reports the prefixes that listed nothing, and fails the warm when
+    /// that is every prefix and the request did not allow it. Only a
+    /// listing that ran to its end is judged.
+    pub fn judge_empty(&self) -> Result<(), WarmError> {
+        if self.stop.is_set() {
+            return Ok(());
+        }
+        let empty = self.empty.remaining();
+        self.progress.add_empty_prefixes(empty.clone());
+        if self.spec.allow_empty || !self.empty.all_empty() {
+            return Ok(());
+        }
+        Err(WarmError::Empty {
+            bucket: self.spec.source.to_string(),
+            prefixes: empty,
+        })
     }
 
     /// How the warm ended, once everything it started has ended.

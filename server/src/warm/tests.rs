@@ -47,6 +47,7 @@ pub(super) fn spec(force: bool) -> WarmSpec {
             max_staleness: None,
             dry_run: false,
             batch_operations: false,
+            allow_empty: false,
         },
         &expresscache::Limits::default(),
     )

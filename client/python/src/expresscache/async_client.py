@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Protocol, TypeVar
@@ -14,15 +15,17 @@ import grpc.aio
 
 from . import channels
 from .cache_status import EvictReport, PrefixStatus
-from .client import Timeout, seconds
+from .client import Metadata, Timeout, check_tls, plan_of, seconds
+from .credentials import Credentials, Pem
 from .endpoints import Rotation, parse_endpoints
-from .errors import RpcError, StreamEnded, Unavailable, from_grpc
+from .errors import PlanFailed, RpcError, StreamEnded, Unavailable, from_grpc
 from .operations import OperationFilter, OperationPage, OperationStatus
+from .plan import WarmPlan
 from .progress import Progress, WarmReport
 from .retry import Backoff, RetryPolicy, breaks_connection, is_retryable
 from .v1 import cache_pb2 as pb
 from .v1.cache_pb2_grpc import CacheServiceStub
-from .warm_request import WarmRequest, as_proto_with_id, prefix_list
+from .warm_request import WarmRequest, as_dry_run, as_proto_with_id, prefix_list
 
 if TYPE_CHECKING:
     # Only in the typing stubs: at run time CacheServiceStub serves both.
@@ -60,12 +63,26 @@ class AsyncClient:
         timeout: Timeout = None,
         connect_timeout: float = 5.0,
         retry: RetryPolicy | None = None,
+        ca_cert: Pem | None = None,
+        client_cert: Pem | None = None,
+        client_key: Pem | None = None,
+        token: str | None = None,
+        token_file: str | os.PathLike[str] | None = None,
     ) -> None:
-        self.targets = parse_endpoints(endpoints)
+        self.endpoints = parse_endpoints(endpoints)
+        self.credentials = Credentials.load(
+            ca_cert=ca_cert,
+            client_cert=client_cert,
+            client_key=client_key,
+            token=token,
+            token_file=token_file,
+        )
+        check_tls(self.endpoints, self.credentials)
+        self._metadata = self.credentials.metadata
         self.timeout = seconds(timeout)
         self.connect_timeout = connect_timeout
         self.retry = retry or RetryPolicy()
-        self._rotation = Rotation(len(self.targets))
+        self._rotation = Rotation(len(self.endpoints))
         self._lock = asyncio.Lock()
         self._connections = _Connections()
 
@@ -88,9 +105,11 @@ class AsyncClient:
             # Client.warm_and_wait).
             call: _ProgressCall
             if operation_id is None:
-                call = stub.WarmCache(wire)
+                call = stub.WarmCache(wire, metadata=self._metadata)
             else:
-                call = stub.WatchOperation(pb.WatchOperationRequest(operation_id=operation_id))
+                call = stub.WatchOperation(
+                    pb.WatchOperationRequest(operation_id=operation_id), metadata=self._metadata
+                )
             async for progress in _progress(call):
                 operation_id = progress.operation_id
                 await _notify(on_progress, progress)
@@ -107,7 +126,9 @@ class AsyncClient:
         connections."""
 
         async def attempt(stub: CacheServiceAsyncStub) -> Progress:
-            call = stub.WatchOperation(pb.WatchOperationRequest(operation_id=operation_id))
+            call = stub.WatchOperation(
+                pb.WatchOperationRequest(operation_id=operation_id), metadata=self._metadata
+            )
             async for progress in _progress(call):
                 await _notify(on_progress, progress)
                 if progress.done:
@@ -120,20 +141,46 @@ class AsyncClient:
         """Submits a warm and yields its progress up to the final message.
         One stream, no reattaching."""
         wire = request.to_proto() if isinstance(request, WarmRequest) else request
-        return self._stream(lambda stub: stub.WarmCache(wire))
+        return self._stream(lambda stub: stub.WarmCache(wire, metadata=self._metadata))
+
+    async def plan(
+        self,
+        request: WarmRequest | pb.WarmCacheRequest,
+        on_progress: OnProgress | None = None,
+    ) -> WarmPlan:
+        """Plans ``request`` without warming it (a dry run); see
+        ``Client.plan``."""
+        wire = as_dry_run(request)
+
+        async def use(stub: CacheServiceAsyncStub) -> WarmPlan:
+            async for progress in _progress(stub.WarmCache(wire, metadata=self._metadata)):
+                try:
+                    plan = plan_of(progress)
+                except PlanFailed:
+                    if progress.operation_id:
+                        await self._cancel_quietly(stub, progress.operation_id)
+                    raise
+                await _notify(on_progress, progress)
+                if plan is not None:
+                    return plan
+            raise StreamEnded("")
+
+        return await self._using(use, breaks_connection)
 
     def watch(self, operation_id: str) -> AsyncIterator[Progress]:
         """Yields an operation's current state, then every update until the
         final message. One stream, no reattaching."""
         req = pb.WatchOperationRequest(operation_id=operation_id)
-        return self._stream(lambda stub: stub.WatchOperation(req))
+        return self._stream(lambda stub: stub.WatchOperation(req, metadata=self._metadata))
 
     # -- unary calls --------------------------------------------------------
 
     async def status(self, operation_id: str, *, timeout: Timeout = None) -> OperationStatus:
         """An operation's request and latest progress."""
         req = pb.GetStatusRequest(operation_id=operation_id)
-        resp = await self._unary(lambda stub, t: stub.GetStatus(req, timeout=t), timeout)
+        resp = await self._unary(
+            lambda stub, t, md: stub.GetStatus(req, timeout=t, metadata=md), timeout
+        )
         if not resp.HasField("operation"):
             raise RpcError(grpc.StatusCode.INTERNAL, "server sent no operation status")
         return OperationStatus.from_proto(resp.operation)
@@ -145,7 +192,9 @@ class AsyncClient:
         req = pb.GetStatusRequest(
             prefixes=pb.PrefixQuery(directory_bucket=directory_bucket, prefixes=prefix_list(prefixes))
         )
-        resp = await self._unary(lambda stub, t: stub.GetStatus(req, timeout=t), timeout)
+        resp = await self._unary(
+            lambda stub, t, md: stub.GetStatus(req, timeout=t, metadata=md), timeout
+        )
         return [PrefixStatus.from_proto(p) for p in resp.prefixes]
 
     async def evict(
@@ -162,14 +211,16 @@ class AsyncClient:
             directory_bucket=directory_bucket, prefixes=prefix_list(prefixes), force=force
         )
         return EvictReport.from_proto(
-            await self._unary(lambda stub, t: stub.Evict(req, timeout=t), timeout)
+            await self._unary(lambda stub, t, md: stub.Evict(req, timeout=t, metadata=md), timeout)
         )
 
     async def cancel(self, operation_id: str, *, timeout: Timeout = None) -> OperationStatus:
         """Stops a running warm and returns its final state."""
         req = pb.CancelOperationRequest(operation_id=operation_id)
         return OperationStatus.from_proto(
-            await self._unary(lambda stub, t: stub.CancelOperation(req, timeout=t), timeout)
+            await self._unary(
+                lambda stub, t, md: stub.CancelOperation(req, timeout=t, metadata=md), timeout
+            )
         )
 
     async def list_operations(
@@ -187,7 +238,9 @@ class AsyncClient:
             page_token=page_token,
         )
         return OperationPage.from_proto(
-            await self._unary(lambda stub, t: stub.ListOperations(req, timeout=t), timeout)
+            await self._unary(
+                lambda stub, t, md: stub.ListOperations(req, timeout=t, metadata=md), timeout
+            )
         )
 
     # -- lifecycle ----------------------------------------------------------
@@ -221,17 +274,22 @@ class AsyncClient:
     async def _connect(self) -> _Connection:
         failures = []
         for index in self._rotation.order():
-            target = self.targets[index]
-            channel = grpc.aio.insecure_channel(target, options=channels.OPTIONS)
+            endpoint = self.endpoints[index]
+            channel = channels.open_channel_async(endpoint, self.credentials)
             if await channels.wait_ready_async(channel, self.connect_timeout):
                 self._rotation.connected(index)
                 return self._connections.add(channel, CacheServiceStub(channel))
             await channel.close()
-            failures.append(target)
+            failures.append(str(endpoint))
         self._rotation.failed()
         raise Unavailable(
             grpc.StatusCode.UNAVAILABLE,
-            f"cannot connect to {', '.join(failures)} (connect timeout {self.connect_timeout}s)",
+            f"cannot connect to {', '.join(failures)} (connect timeout {self.connect_timeout}s"
+            + (
+                "; for https://, is ca_cert the CA that signed the server's certificate?)"
+                if any(e.tls for e in self.endpoints)
+                else ")"
+            ),
         )
 
     async def _release(self, conn: _Connection, failed: bool) -> None:
@@ -257,16 +315,27 @@ class AsyncClient:
         finally:
             await self._release(conn, failed)
 
+    async def _cancel_quietly(self, stub: CacheServiceAsyncStub, operation_id: str) -> None:
+        """Stops a warm a dry run started on a server that ignored dry_run."""
+        try:
+            await stub.CancelOperation(
+                pb.CancelOperationRequest(operation_id=operation_id),
+                timeout=self.timeout or 30.0,
+                metadata=self._metadata,
+            )
+        except grpc.RpcError as e:
+            log.warning("could not cancel warm %s: %s", operation_id, from_grpc(e))
+
     async def _unary(
         self,
-        call: Callable[[CacheServiceAsyncStub, float | None], Awaitable[T]],
+        call: Callable[[CacheServiceAsyncStub, float | None, Metadata], Awaitable[T]],
         timeout: Timeout,
     ) -> T:
         deadline = seconds(timeout) if timeout is not None else self.timeout
 
         async def use(stub: CacheServiceAsyncStub) -> T:
             try:
-                return await call(stub, deadline)
+                return await call(stub, deadline, self._metadata)
             except grpc.RpcError as e:
                 raise from_grpc(e) from e
 
@@ -291,7 +360,7 @@ class AsyncClient:
     ) -> WarmReport:
         """Runs ``attempt`` until it returns the final progress, reconnecting
         with backoff after retryable failures (see Client._follow)."""
-        backoff = Backoff(self.retry, len(self.targets))
+        backoff = Backoff(self.retry, len(self.endpoints))
         while True:
             try:
                 final = await self._using(attempt, is_retryable)

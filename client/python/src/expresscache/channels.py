@@ -16,6 +16,9 @@ import threading
 import grpc
 import grpc.aio
 
+from .credentials import Credentials
+from .endpoints import Endpoint
+
 # HTTP/2 keepalive as the Rust client sets it: a peer that vanished (host
 # down, network cut) breaks the stream within a minute instead of never,
 # also while a long warm sends nothing.
@@ -25,6 +28,26 @@ OPTIONS: list[tuple[str, int]] = [
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
 ]
+
+
+
+def open_channel(endpoint: Endpoint, credentials: Credentials) -> grpc.Channel:
+    """A channel to ``endpoint``: TLS for ``https://``, plain for ``http://``."""
+    if endpoint.tls:
+        return grpc.secure_channel(
+            endpoint.target, credentials.channel_credentials(), options=OPTIONS
+        )
+    return grpc.insecure_channel(endpoint.target, options=OPTIONS)
+
+
+def open_channel_async(endpoint: Endpoint, credentials: Credentials) -> grpc.aio.Channel:
+    """As :func:`open_channel`, for asyncio."""
+    if endpoint.tls:
+        return grpc.aio.secure_channel(
+            endpoint.target, credentials.channel_credentials(), options=OPTIONS
+        )
+    return grpc.aio.insecure_channel(endpoint.target, options=OPTIONS)
+
 
 _SETTLED = (
     grpc.ChannelConnectivity.READY,

@@ -2,14 +2,16 @@
 
 Each carries the google.rpc details the server attaches in the
 ``grpc-status-details-bin`` trailer: the field violations of a rejected
-request (``BadRequest``) and the bucket that is missing or refused
-(``ResourceInfo``).
+request (``BadRequest``), the bucket that is missing or refused
+(``ResourceInfo``) and how long to wait before trying again (``RetryInfo``,
+with RESOURCE_EXHAUSTED from a busy server).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import timedelta
 
 import grpc
 import grpc.aio
@@ -49,6 +51,9 @@ class RpcError(ExpressCacheError):
     message: str
     field_violations: tuple[FieldViolation, ...]
     resource_info: ResourceInfo | None
+    retry_delay: timedelta | None
+    """How long the server asked the caller to wait before trying again
+    (``google.rpc.RetryInfo``), if it did."""
     status: status_pb2.Status | None
     """The decoded ``google.rpc.Status`` with every detail, when sent."""
 
@@ -59,12 +64,14 @@ class RpcError(ExpressCacheError):
         *,
         field_violations: tuple[FieldViolation, ...] = (),
         resource_info: ResourceInfo | None = None,
+        retry_delay: timedelta | None = None,
         status: status_pb2.Status | None = None,
     ) -> None:
         self.code = code
         self.message = message
         self.field_violations = field_violations
         self.resource_info = resource_info
+        self.retry_delay = retry_delay
         self.status = status
         super().__init__(self._describe())
 
@@ -106,7 +113,9 @@ class FailedPrecondition(RpcError):
 
 
 class ResourceExhausted(RpcError):
-    """RESOURCE_EXHAUSTED: a limit of the service was reached."""
+    """RESOURCE_EXHAUSTED: a limit of the service was reached. When the
+    server says when to come back (``retry_delay``), ``warm_and_wait``
+    waits that long and tries again."""
 
 
 class Unavailable(RpcError):
@@ -131,6 +140,16 @@ class Unimplemented(RpcError):
 
 class InternalError(RpcError):
     """INTERNAL or DATA_LOSS: the service failed."""
+
+
+class PlanFailed(ExpressCacheError):
+    """A dry run (``Client.plan``) ended without a plan: the listing failed,
+    or the server does not support dry runs (it started a warm, which was
+    cancelled at once)."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+        super().__init__(f"the dry run failed: {message}")
 
 
 class StreamEnded(ExpressCacheError):
@@ -170,6 +189,7 @@ def error_for(
     status = _status_details(trailing_metadata or ())
     violations: list[FieldViolation] = []
     resource: ResourceInfo | None = None
+    retry_delay: timedelta | None = None
     if status is not None:
         for any_detail in status.details:
             # Unpack answers whether the detail is of that type.
@@ -178,6 +198,14 @@ def error_for(
                 violations.extend(
                     FieldViolation(field=v.field, description=v.description)
                     for v in bad_request.field_violations
+                )
+                continue
+            retry_info = error_details_pb2.RetryInfo()
+            if retry_delay is None and any_detail.Unpack(retry_info):
+                retry_delay = (
+                    retry_info.retry_delay.ToTimedelta()
+                    if retry_info.HasField("retry_delay")
+                    else None
                 )
                 continue
             info = error_details_pb2.ResourceInfo()
@@ -194,6 +222,7 @@ def error_for(
         message,
         field_violations=tuple(violations),
         resource_info=resource,
+        retry_delay=retry_delay,
         status=status,
     )
 

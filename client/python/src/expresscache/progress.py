@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from . import _proto_time
+from .plan import WarmPlan
 from .v1 import cache_pb2 as pb
 
 
@@ -119,6 +120,29 @@ def key_failures(ms: Iterable[pb.KeyFailure]) -> tuple[KeyFailure, ...]:
 
 
 @dataclass(frozen=True)
+class BatchJob:
+    """The S3 Batch Operations job a warm's copies run in, as S3 Control
+    last reported it."""
+
+    job_id: str
+    status: str
+    """As S3 Control names it: Preparing, Active, Complete, Cancelled, ..."""
+    total_tasks: int
+    tasks_succeeded: int
+    tasks_failed: int
+
+    @classmethod
+    def from_proto(cls, m: pb.BatchJobProgress) -> BatchJob:
+        return cls(
+            job_id=m.job_id,
+            status=m.status,
+            total_tasks=m.total_tasks,
+            tasks_succeeded=m.tasks_succeeded,
+            tasks_failed=m.tasks_failed,
+        )
+
+
+@dataclass(frozen=True)
 class Progress:
     """One progress message of a warm (or of a watched operation)."""
 
@@ -148,6 +172,13 @@ class Progress:
     """The running warm of the same data this one joined instead of listing."""
     fresh_from_operation_id: str | None
     """The recent SUCCEEDED warm this one was answered from (max_staleness)."""
+    empty_prefixes: tuple[str, ...]
+    """In the final message: the requested prefixes under which the source
+    listed no object (a typo, or data not there yet)."""
+    batch_job: BatchJob | None
+    """While the copies run in an S3 Batch Operations job: that job."""
+    plan: WarmPlan | None
+    """In the final message of a dry run: what the warm would do."""
     raw: pb.WarmProgress = field(repr=False, compare=False)
 
     @property
@@ -176,6 +207,9 @@ class Progress:
             superseded_operation_id=m.superseded_operation_id or None,
             joined_operation_id=m.joined_operation_id or None,
             fresh_from_operation_id=m.fresh_from_operation_id or None,
+            empty_prefixes=tuple(m.empty_prefixes),
+            batch_job=BatchJob.from_proto(m.batch_job) if m.HasField("batch_job") else None,
+            plan=WarmPlan.from_proto(m.plan) if m.HasField("plan") else None,
             raw=m,
         )
 
@@ -193,6 +227,10 @@ class WarmReport:
     """Failed keys not listed in ``failures``."""
     error: str | None
     """Operation-level error when the outcome is FAILED."""
+    empty_prefixes: tuple[str, ...]
+    """The requested prefixes under which the source listed no object (a
+    typo, or data not there yet). When every prefix is empty the warm fails
+    unless the request allowed it (``WarmRequest.allow_empty``)."""
     last: Progress
     """The final progress message as received."""
     reconnects: int = 0
@@ -215,6 +253,7 @@ class WarmReport:
             failures=last.failures,
             failures_omitted=last.failures_omitted,
             error=last.error,
+            empty_prefixes=last.empty_prefixes,
             last=last,
             reconnects=reconnects,
         )

@@ -16,16 +16,20 @@ class WarmRequest:
     """Warm ``prefixes`` of general-purpose ``bucket`` into ``directory_bucket``.
 
     The server validates every field and reports all violations at once as
-    :class:`~expresscache.InvalidRequest`; this class only fixes the types.
+    :class:`~expresscache.InvalidRequest`; this class fixes the types and
+    refuses at once (ValueError) the two mistakes that would otherwise warm
+    the wrong thing: no prefixes at all, and an ``s3://`` URL given as a
+    prefix.
     """
 
     bucket: str
     """Source general-purpose bucket."""
     directory_bucket: str
     """Destination directory bucket, ``base-name--zone-id--x-s3``."""
-    prefixes: Sequence[str] = ("",)
-    """``""`` is the whole bucket; any other prefix ends in ``/``. A single
-    string is taken as one prefix, not as a sequence of characters."""
+    prefixes: Sequence[str]
+    """Key prefixes inside ``bucket``, each ending in ``/``; ``[""]`` is the
+    whole bucket, which must be asked for so (there is no default). A
+    single string is taken as one prefix, not as a sequence of characters."""
     ttl: timedelta = timedelta(hours=24)
     """How long the objects must stay cached, counted from the call."""
     force_copy: bool = False
@@ -41,9 +45,26 @@ class WarmRequest:
     request with it attaches to the same operation. ``warm_and_wait``
     generates one when it is None, so its reconnects never start a second
     warm."""
+    batch_operations: bool = False
+    """Copy through one S3 Batch Operations job instead of the server's copy
+    engine (the server must be configured for it, else
+    :class:`~expresscache.FailedPrecondition`)."""
+    allow_empty: bool = False
+    """Accept a warm in which no prefix lists any object. Without it such a
+    warm ends FAILED (a mistyped prefix would otherwise report success with
+    nothing cached); ``WarmReport.empty_prefixes`` names the empty prefixes
+    either way."""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "prefixes", tuple(prefix_list(self.prefixes)))
+        prefixes = tuple(prefix_list(self.prefixes))
+        if not prefixes:
+            raise ValueError(
+                "prefixes is empty: name the prefixes to warm, or prefixes=[\"\"] for the "
+                "whole bucket"
+            )
+        for prefix in prefixes:
+            check_not_url(prefix)
+        object.__setattr__(self, "prefixes", prefixes)
 
     def with_request_id(self) -> WarmRequest:
         """This request, with a generated request_id if it has none."""
@@ -63,6 +84,8 @@ class WarmRequest:
             max_staleness=(
                 _proto_time.to_duration(self.max_staleness) if self.max_staleness else None
             ),
+            batch_operations=self.batch_operations,
+            allow_empty=self.allow_empty,
         )
 
     @classmethod
@@ -70,12 +93,15 @@ class WarmRequest:
         return cls(
             bucket=m.bucket,
             directory_bucket=m.directory_bucket,
-            prefixes=tuple(m.prefixes),
+            # The wire's empty list is the whole bucket.
+            prefixes=tuple(m.prefixes) or ("",),
             ttl=_proto_time.duration(m, "ttl") or timedelta(0),
             force_copy=m.force_copy,
             destination_prefix=m.destination_prefix,
             max_staleness=_proto_time.duration(m, "max_staleness") or timedelta(0),
             request_id=m.request_id or None,
+            batch_operations=m.batch_operations,
+            allow_empty=m.allow_empty,
         )
 
 
@@ -95,7 +121,28 @@ def as_proto_with_id(request: WarmRequest | pb.WarmCacheRequest) -> pb.WarmCache
     return out
 
 
+def as_dry_run(request: WarmRequest | pb.WarmCacheRequest) -> pb.WarmCacheRequest:
+    """The wire request of a dry run of ``request`` (request_id and
+    max_staleness are ignored by the server then)."""
+    out = pb.WarmCacheRequest()
+    out.CopyFrom(request.to_proto() if isinstance(request, WarmRequest) else request)
+    out.dry_run = True
+    return out
+
+
 def prefix_list(prefixes: Sequence[str]) -> list[str]:
     """``prefixes`` as a list; a lone string is one prefix (str is itself a
     Sequence[str]: "data/" would otherwise become "d", "a", "t", ...)."""
     return [prefixes] if isinstance(prefixes, str) else list(prefixes)
+
+
+def check_not_url(prefix: str) -> None:
+    """Refuses an ``s3://BUCKET/KEY`` URL given as a prefix (it would list
+    nothing), saying what was probably meant."""
+    if prefix[:5].lower() != "s3://":
+        return
+    bucket, _, key = prefix[5:].partition("/")
+    meant = key if key == "" or key.endswith("/") else f"{key}/"
+    raise ValueError(
+        f"prefix {prefix!r} is a URL; did you mean bucket={bucket!r}, prefixes=[{meant!r}]?"
+    )

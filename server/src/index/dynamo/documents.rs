@@ -121,6 +121,7 @@ mod tests {
             destination_prefix: Prefix::root(),
             max_staleness: std::time::Duration::ZERO,
             batch_operations: false,
+            allow_empty: false,
         };
         let attr = doc_attr(&RequestDoc::from(&spec));
         let map = attr.as_m().unwrap();

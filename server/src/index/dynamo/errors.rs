@@ -31,6 +31,23 @@ pub fn code<E: ProvideErrorMetadata>(err: &SdkError<E, HttpResponse>) -> Option<
     }
 }
 
+/// Whether DynamoDB was busy (throttling, 5xx) or did not answer in time:
+/// the same request may succeed if sent again after a pause. A failed
+/// condition, a missing table or a refused request is never busy.
+pub fn busy<E: ProvideErrorMetadata>(err: &SdkError<E, HttpResponse>) -> bool {
+    match err {
+        SdkError::ServiceError(se) => {
+            let code = se.err().code().unwrap_or_default();
+            BUSY_CODES.contains(&code)
+                || (se.raw().status().as_u16() >= 500 && code != "ResourceNotFoundException")
+        }
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            true
+        }
+        _ => false,
+    }
+}
+
 /// Maps what the SDK gave up on (after its own retries) onto
 /// [`IndexError`]: throttling, 5xx, timeouts and connection failures are
 /// [`IndexError::Unavailable`]; a missing table names the command that
@@ -54,7 +71,7 @@ where
                 IndexError::Storage(format!(
                     "{call} on DynamoDB table {table}: table not found ({message}); {create_hint}"
                 ))
-            } else if BUSY_CODES.contains(&code) || status >= 500 {
+            } else if busy(err) {
                 IndexError::Unavailable(format!("{call} on {table}: {code}: {message}"))
             } else {
                 IndexError::Storage(format!("{call} on {table}: {code} ({status}): {message}"))

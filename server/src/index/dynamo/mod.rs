@@ -112,6 +112,15 @@ impl TablePrefix {
     }
 }
 
+impl fmt::Debug for DynamoIndex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DynamoIndex")
+            .field("prefix", &self.prefix)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
 impl fmt::Display for TablePrefix {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{SCHEME}{}", self.0)
@@ -161,6 +170,14 @@ pub struct DynamoConfig {
     /// keep it longer than the servers' `operation_retention`, which is
     /// what decides when a finished operation goes.
     pub finished_operation_ttl: Duration,
+    /// How long one call keeps sending its request again while DynamoDB
+    /// throttles, answers 5xx or does not answer (beyond the SDK's own
+    /// few attempts, whose shared retry quota runs dry in a throttle
+    /// storm): throttles are backpressure, not a verdict. Only after this
+    /// does the call fail with [`IndexError::Unavailable`].
+    pub busy_budget: Duration,
+    /// The pauses between those sends.
+    pub busy_backoff: expresscache::Backoff,
 }
 
 impl Default for DynamoConfig {
@@ -173,12 +190,17 @@ impl Default for DynamoConfig {
             concurrency: 32,
             precheck_leases: true,
             finished_operation_ttl: Duration::from_secs(30 * 24 * 3600),
+            busy_budget: Duration::from_secs(300),
+            busy_backoff: expresscache::Backoff::new(
+                Duration::from_millis(50),
+                Duration::from_secs(5),
+            ),
         }
     }
 }
 
 /// DynamoDB-backed [`CacheIndex`] and [`OperationLog`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct DynamoIndex {
     client: aws_sdk_dynamodb::Client,
     prefix: TablePrefix,
@@ -188,7 +210,13 @@ pub struct DynamoIndex {
     /// Stamps operation items' `updated_at` (which retention compares
     /// with the same clock).
     clock: Arc<dyn Clock>,
+    /// Told each time DynamoDB is busy: the copy engine slows down as it
+    /// does for S3's SlowDown, so a cold warm runs at what the table gives.
+    on_busy: Option<BusyHook>,
 }
+
+/// Called each time a DynamoDB request found the table busy.
+pub type BusyHook = Arc<dyn Fn() + Send + Sync>;
 
 /// Rounds a decision may take when the item keeps changing under it
 /// before the call gives up with [`IndexError::Unavailable`].
@@ -231,7 +259,14 @@ impl DynamoIndex {
     ) -> Self {
         let requests = Arc::new(RequestCounts::default());
         let conf = aws_sdk_dynamodb::config::Builder::from(sdk_config)
-            .retry_config(RetryConfig::standard().with_max_attempts(config.max_attempts.max(1)))
+            // The SDK's own first pause is 1 s, made for S3-sized calls; a
+            // table answers in milliseconds and its throttles pass as fast
+            // (AWS's DynamoDB guidance starts at tens of milliseconds).
+            .retry_config(
+                RetryConfig::standard()
+                    .with_max_attempts(config.max_attempts.max(1))
+                    .with_initial_backoff(config.busy_backoff.first),
+            )
             .timeout_config(
                 TimeoutConfig::builder()
                     .connect_timeout(config.connect_timeout)
@@ -248,6 +283,57 @@ impl DynamoIndex {
             config,
             requests,
             clock: Arc::new(SystemClock),
+            on_busy: None,
+        }
+    }
+
+    /// Calls `hook` each time DynamoDB is found busy.
+    #[must_use]
+    pub fn with_busy_hook(mut self, hook: BusyHook) -> Self {
+        self.on_busy = Some(hook);
+        self
+    }
+
+    /// Sends a request (`send` builds and sends it afresh each time) again
+    /// while DynamoDB is busy, with full-jitter backoff, for up to the
+    /// configured budget; any other answer, or the last busy one, is
+    /// returned. Requests whose earlier send may have landed must be safe to
+    /// repeat: every conditional write recognises its own earlier write,
+    /// and transactions carry one idempotency token across sends.
+    pub(crate) async fn persist<T, E, F, Fut>(
+        &self,
+        call: &'static str,
+        mut send: F,
+    ) -> Result<T, aws_sdk_dynamodb::error::SdkError<E, aws_sdk_dynamodb::config::http::HttpResponse>>
+    where
+        E: aws_sdk_dynamodb::error::ProvideErrorMetadata,
+        F: FnMut() -> Fut,
+        Fut: Future<
+            Output = Result<
+                T,
+                aws_sdk_dynamodb::error::SdkError<E, aws_sdk_dynamodb::config::http::HttpResponse>,
+            >,
+        >,
+    {
+        let started = tokio::time::Instant::now();
+        let mut attempt = 0u32;
+        loop {
+            let res = send().await;
+            match &res {
+                Err(e) if errors::busy(e) => {}
+                _ => return res,
+            }
+            attempt = attempt.saturating_add(1);
+            let pause = self.config.busy_backoff.delay_at(attempt, fastrand::f64());
+            if started.elapsed() + pause > self.config.busy_budget {
+                return res;
+            }
+            metrics::counter!(crate::metrics::INDEX_BUSY, "call" => call).increment(1);
+            if let Some(hook) = &self.on_busy {
+                hook();
+            }
+            tracing::debug!(call, attempt, ?pause, "dynamodb busy; sending again");
+            tokio::time::sleep(pause).await;
         }
     }
 
@@ -318,7 +404,7 @@ impl DynamoIndex {
     ) -> Result<Cond<Option<Item>>, IndexError> {
         let mut exprs = vec![update];
         exprs.extend(condition);
-        let res = self
+        let req = self
             .client
             .update_item()
             .table_name(table)
@@ -328,9 +414,8 @@ impl DynamoIndex {
             .set_expression_attribute_names(names_in(&exprs))
             .set_expression_attribute_values(prune(vals, &exprs).into_map())
             .return_values(ret)
-            .return_values_on_condition_check_failure(OnFailure::AllOld)
-            .send()
-            .await;
+            .return_values_on_condition_check_failure(OnFailure::AllOld);
+        let res = self.persist("UpdateItem", || req.clone().send()).await;
         match res {
             Ok(out) => Ok(Cond::Done(out.attributes)),
             Err(e) => match errors::refused(&e) {
@@ -353,7 +438,7 @@ impl DynamoIndex {
         condition: &str,
         vals: Vals,
     ) -> Result<Cond<()>, IndexError> {
-        let res = self
+        let req = self
             .client
             .delete_item()
             .table_name(table)
@@ -361,9 +446,8 @@ impl DynamoIndex {
             .condition_expression(condition)
             .set_expression_attribute_names(names_in(&[condition]))
             .set_expression_attribute_values(prune(vals, &[condition]).into_map())
-            .return_values_on_condition_check_failure(OnFailure::AllOld)
-            .send()
-            .await;
+            .return_values_on_condition_check_failure(OnFailure::AllOld);
+        let res = self.persist("DeleteItem", || req.clone().send()).await;
         match res {
             Ok(_) => Ok(Cond::Done(())),
             Err(e) => match errors::refused(&e) {
@@ -380,16 +464,15 @@ impl DynamoIndex {
 
     /// A conditional PutItem.
     async fn put(&self, table: &str, item: Item, condition: &str) -> Result<Cond<()>, IndexError> {
-        let res = self
+        let req = self
             .client
             .put_item()
             .table_name(table)
             .set_item(Some(item))
             .condition_expression(condition)
             .set_expression_attribute_names(names_in(&[condition]))
-            .return_values_on_condition_check_failure(OnFailure::AllOld)
-            .send()
-            .await;
+            .return_values_on_condition_check_failure(OnFailure::AllOld);
+        let res = self.persist("PutItem", || req.clone().send()).await;
         match res {
             Ok(_) => Ok(Cond::Done(())),
             Err(e) => match errors::refused(&e) {
@@ -401,12 +484,13 @@ impl DynamoIndex {
 
     /// A strongly consistent GetItem.
     async fn get(&self, table: &str, key: Item) -> Result<Option<Item>, IndexError> {
-        self.client
+        let req = self
+            .client
             .get_item()
             .table_name(table)
             .set_key(Some(key))
-            .consistent_read(true)
-            .send()
+            .consistent_read(true);
+        self.persist("GetItem", || req.clone().send())
             .await
             .map(|out| out.item)
             .map_err(|e| errors::classify("GetItem", table, &self.create_hint(), &e))
@@ -422,7 +506,7 @@ impl DynamoIndex {
         let mut exprs = vec![q.key_condition.as_str()];
         exprs.extend(q.filter);
         exprs.extend(q.projection);
-        let out = self
+        let req = self
             .client
             .query()
             .table_name(q.table)
@@ -435,8 +519,9 @@ impl DynamoIndex {
             .consistent_read(q.consistent)
             .scan_index_forward(!q.descending)
             .set_limit(q.limit.map(|l| i32::try_from(l).unwrap_or(i32::MAX)))
-            .set_exclusive_start_key(start)
-            .send()
+            .set_exclusive_start_key(start);
+        let out = self
+            .persist("Query", || req.clone().send())
             .await
             .map_err(|e| errors::classify("Query", q.table, &self.create_hint(), &e))?;
         Ok((out.items.unwrap_or_default(), out.last_evaluated_key))

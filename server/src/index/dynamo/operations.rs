@@ -309,11 +309,15 @@ impl DynamoIndex {
     /// succeeds instead of failing its own conditions.
     async fn transact(&self, actions: Vec<TransactWriteItem>) -> Result<Tx, IndexError> {
         let table = self.tables.operations.as_str();
-        let res = self
+        let req = self
             .client
             .transact_write_items()
-            .set_transact_items(Some(actions))
-            .send()
+            // One token for every send: a resend whose first send landed
+            // succeeds instead of failing its own conditions.
+            .client_request_token(uuid::Uuid::new_v4().to_string())
+            .set_transact_items(Some(actions));
+        let res = self
+            .persist("TransactWriteItems", || req.clone().send())
             .await;
         let err = match res {
             Ok(_) => return Ok(Tx::Done),
@@ -708,11 +712,9 @@ impl DynamoIndex {
                     .consistent_read(true)
                     .build()
                     .map_err(build_err)?;
+                let req = self.client.batch_get_item().request_items(table, request);
                 let res = self
-                    .client
-                    .batch_get_item()
-                    .request_items(table, request)
-                    .send()
+                    .persist("BatchGetItem", || req.clone().send())
                     .await
                     .map_err(|e| {
                         errors::classify("BatchGetItem", table, &self.create_hint(), &e)
@@ -997,7 +999,7 @@ impl DynamoIndex {
         let table = self.tables.operations.as_str();
         let key = HashMap::from([(PK.to_owned(), s(req_s("operation", &found, PK)?))]);
         let condition = "#done = :true AND #updated_at < :before";
-        let res = self
+        let req = self
             .client
             .delete_item()
             .table_name(table)
@@ -1007,9 +1009,8 @@ impl DynamoIndex {
             .set_expression_attribute_values(
                 Vals::new().b("true", true).n("before", before).into_map(),
             )
-            .return_values(ReturnValue::AllOld)
-            .send()
-            .await;
+            .return_values(ReturnValue::AllOld);
+        let res = self.persist("DeleteItem", || req.clone().send()).await;
         let deleted = match res {
             Ok(out) => out.attributes.unwrap_or_default(),
             Err(e) if errors::refused(&e).is_some() => return Ok(false),

@@ -52,15 +52,14 @@ impl DynamoIndex {
         let table = &self.tables.operations;
         let mut item = registry_key();
         item.insert(REPLICAS.to_owned(), AttributeValue::M(HashMap::new()));
-        let res = self
+        let req = self
             .client
             .put_item()
             .table_name(table)
             .set_item(Some(item))
             .condition_expression("attribute_not_exists(#pk)")
-            .expression_attribute_names("#pk", PK)
-            .send()
-            .await;
+            .expression_attribute_names("#pk", PK);
+        let res = self.persist("PutItem", || req.clone().send()).await;
         match res {
             Ok(_) => Ok(()),
             Err(e) if errors::refused(&e).is_some() => Ok(()), // it exists
@@ -90,7 +89,7 @@ impl DynamoIndex {
         value: Option<Millis>,
     ) -> Result<Entry, IndexError> {
         let table = &self.tables.operations;
-        let res = self
+        let req = self
             .client
             .update_item()
             .table_name(table)
@@ -101,9 +100,8 @@ impl DynamoIndex {
             .expression_attribute_names("#r", replica)
             .set_expression_attribute_values(
                 value.map(|v| HashMap::from([(":v".to_owned(), AttributeValue::N(v.to_string()))])),
-            )
-            .send()
-            .await;
+            );
+        let res = self.persist("UpdateItem", || req.clone().send()).await;
         match res {
             Ok(_) => Ok(Entry::Written),
             Err(e) if errors::refused(&e).is_some() => Ok(Entry::Refused),
