@@ -14,10 +14,18 @@
 # over the lone warm's; and the server's peak RSS and open descriptors.
 #
 #   bench/herd.sh [--n 1000] [--processes 200] [--objects 2000]
+#   bench/herd.sh --index dynamodb [--n 1000] [--item-writes 25]   (bench/herd_fleet.sh)
 set -euo pipefail
 # shellcheck source=../scripts/lib.sh
 source "$(dirname "$0")/../scripts/lib.sh"
 cd "$REPO_ROOT"
+
+# On a fleet of three replicas sharing a DynamoDB index: bench/herd_fleet.sh.
+for a in "$@"; do
+  if [ "$a" = dynamodb ]; then
+    exec "$(dirname "$0")/herd_fleet.sh" "$@"
+  fi
+done
 
 N=1000
 PROCESSES=200

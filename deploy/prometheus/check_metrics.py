@@ -67,6 +67,7 @@ ON_EVENT = {
     "expresscache_evictions_total",
     "expresscache_warms_joined_total",
     "expresscache_warms_fresh_total",
+    "expresscache_index_busy_total",
 }
 
 RATE_FUNCS = {"rate", "irate", "increase"}

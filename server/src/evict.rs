@@ -168,9 +168,8 @@ impl EvictSettings {
     /// its copy): all attempts at their timeout, the backoffs between them,
     /// and as much again for the index steps and slack; at least 2 minutes.
     pub fn claim_ttl_for(attempts: u32, base: Duration, request_timeout: Duration) -> Duration {
-        let backoffs: Duration = (0..attempts.saturating_sub(1))
-            .map(|i| base.saturating_mul(2u32.saturating_pow(i)))
-            .sum();
+        let backoffs =
+            expresscache::Backoff::new(base, Duration::MAX).worst_case(attempts.saturating_sub(1));
         (request_timeout.saturating_mul(attempts) + backoffs)
             .saturating_mul(2)
             .max(Duration::from_secs(120))
@@ -491,7 +490,9 @@ impl<S: ObjectStore, I: CacheIndex> Evictor<S, I> {
         loop {
             match self.store.delete_objects(dir, targets).await {
                 Err(e) if e.is_retryable() && attempt < self.settings.delete_attempts => {
-                    let delay = self.settings.retry_base_delay * 2u32.pow(attempt - 1);
+                    let delay =
+                        expresscache::Backoff::new(self.settings.retry_base_delay, Duration::MAX)
+                            .ceiling(attempt);
                     tracing::debug!(attempt, error = %e, "retrying DeleteObjects");
                     tokio::time::sleep(delay).await;
                     attempt += 1;

@@ -25,6 +25,7 @@ pub mod operation;
 pub mod ops;
 pub mod plan;
 pub mod policy;
+pub mod pressure;
 pub mod pricing;
 pub mod progress;
 pub mod server;

@@ -68,9 +68,14 @@ impl ClockSkew {
     }
 }
 
-/// [`ClockSkew::check`] for a known `offset` (ms, local minus S3).
+/// What one `Date` header cannot tell apart: it has whole seconds.
+const RESOLUTION_MS: i64 = 1000;
+
+/// [`ClockSkew::check`] for a known `offset` (ms, local minus S3): refused
+/// only when the offset is beyond half the margin by more than a `Date`
+/// header can resolve, so a measurement's own error never stops a replica.
 pub fn judge(offset: i64, margin: Duration) -> Result<(), String> {
-    let allowed = span_millis(margin) / 2;
+    let allowed = span_millis(margin) / 2 + RESOLUTION_MS;
     if offset.abs() <= allowed {
         return Ok(());
     }
@@ -140,9 +145,13 @@ mod tests {
         // One noisy reply moves the estimate only a little.
         skew.observe(2_000_000, 2_000_500);
         assert_eq!(skew.offset_ms(), Some(8_320));
-        assert!(judge(2_400, Duration::from_secs(5)).is_ok());
-        assert!(judge(-2_600, Duration::from_secs(5))
+        assert!(judge(3_400, Duration::from_secs(5)).is_ok());
+        assert!(judge(-3_600, Duration::from_secs(5))
             .unwrap_err()
             .contains("behind"));
+        assert!(
+            judge(900, Duration::ZERO).is_ok(),
+            "within a Date header's resolution, even with no margin"
+        );
     }
 }

@@ -92,7 +92,8 @@ impl Model {
     fn warm(&mut self, prefixes: &[&str], ttl_ms: i64) {
         for p in prefixes {
             let e = self.leases.entry((*p).to_owned()).or_insert(0);
-            *e = (*e).max(self.now + ttl_ms);
+            // The service rounds expiries up to the second.
+            *e = (*e).max(expresscache_server::warm::coarsen_expiry(self.now + ttl_ms));
         }
         for (k, etag) in &self.source {
             if prefixes.iter().any(|p| k.starts_with(p)) {

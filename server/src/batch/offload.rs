@@ -184,7 +184,8 @@ impl Offload {
     /// An object of the working bucket, retried a few times while S3 does
     /// not answer; a missing one is `Refused` with code `NoSuchKey`.
     async fn read(&self, key: &str) -> Result<Vec<u8>, JobError> {
-        let mut pause = Duration::from_millis(200);
+        let backoff =
+            expresscache::Backoff::new(Duration::from_millis(200), Duration::from_secs(2));
         let mut tries = 0;
         let out = loop {
             tries += 1;
@@ -211,8 +212,7 @@ impl Offload {
                             aws_sdk_s3::error::DisplayErrorContext(e),
                         ));
                     }
-                    tokio::time::sleep(pause).await;
-                    pause *= 2;
+                    tokio::time::sleep(backoff.ceiling(tries)).await;
                 }
             }
         };

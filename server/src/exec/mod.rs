@@ -170,6 +170,8 @@ pub struct CopyEngine<S> {
     jitter: Arc<dyn Jitter>,
     /// Live replicas sharing each bucket's budget (1 alone).
     replicas: std::sync::atomic::AtomicUsize,
+    /// The index's busy answers already acted on ([`crate::pressure`]).
+    index_busy_seen: std::sync::atomic::AtomicU64,
 }
 
 impl<S: ObjectStore> CopyEngine<S> {
@@ -182,6 +184,17 @@ impl<S: ObjectStore> CopyEngine<S> {
             settings,
             jitter: Arc::new(RandomJitter),
             replicas: std::sync::atomic::AtomicUsize::new(1),
+            index_busy_seen: std::sync::atomic::AtomicU64::new(crate::pressure::index_busy_count()),
+        }
+    }
+
+    /// Cuts `limiter` once for any busy answers of the index since the
+    /// last look (the limiter itself cuts at most once per cool-down).
+    fn heed_index(&self, limiter: &AdaptiveLimit, gauge: &metrics::Gauge) {
+        let busy = crate::pressure::index_busy_count();
+        if self.index_busy_seen.swap(busy, Ordering::Relaxed) != busy && limiter.on_throttle() {
+            gauge.set(limiter.limit() as f64);
+            tracing::debug!(limit = limiter.limit(), "index busy: concurrency halved");
         }
     }
 
@@ -267,6 +280,7 @@ impl<S: ObjectStore> CopyEngine<S> {
         let (limiter, limit_gauge) = self.limiter(bucket);
         let mut attempt = 1;
         loop {
+            self.heed_index(&limiter, &limit_gauge);
             let result = {
                 // The bucket's slot first: requests waiting on one
                 // throttled bucket must not hold global permits that
@@ -319,8 +333,11 @@ impl<S: ObjectStore> CopyEngine<S> {
                             );
                         }
                     }
-                    let backoff = (self.settings.retry_base_delay * 2u32.pow(attempt - 1))
-                        .min(self.settings.retry_max_delay);
+                    let backoff = expresscache::Backoff::new(
+                        self.settings.retry_base_delay,
+                        self.settings.retry_max_delay,
+                    )
+                    .ceiling(attempt);
                     tracing::debug!(attempt, error = %e, "retrying");
                     tokio::time::sleep(backoff + self.jitter.below(backoff)).await;
                     attempt += 1;
@@ -587,5 +604,27 @@ mod tests {
             "limit was halved: {}",
             e.limit_for("dst")
         );
+    }
+
+    #[tokio::test]
+    async fn a_busy_index_halves_the_limit_of_the_bucket_being_copied_to() {
+        let (store, etag) = store_with(10);
+        let e = engine(store.clone());
+        let stats = CopyStats::default();
+        e.copy(&req(&etag), 10, &stats, &StopSignal::default())
+            .await
+            .unwrap();
+        let before = e.limit_for("dst");
+        // The index answered busy (a DynamoDB throttle) since.
+        crate::pressure::note_index_busy();
+        e.copy(&req(&etag), 10, &stats, &StopSignal::default())
+            .await
+            .unwrap();
+        let after = e.limit_for("dst");
+        assert!(
+            after < before && after <= before / 2 + 1,
+            "cut as for a SlowDown: {before} -> {after}"
+        );
+        assert_eq!(stats.retries.load(Ordering::Relaxed), 0, "no copy failed");
     }
 }

@@ -359,7 +359,7 @@ pub struct Usage {
     pub truncated: bool,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum IndexError {
     #[error("index storage error: {0}")]

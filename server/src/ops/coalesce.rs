@@ -369,7 +369,7 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
         if !a.progress.set_offered(false) {
             return true;
         }
-        let mut pause = FIRST_PAUSE;
+        let backoff = expresscache::Backoff::new(FIRST_PAUSE, MAX_PAUSE);
         let mut tries = 0u32;
         loop {
             tries += 1;
@@ -378,12 +378,12 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
                 Err(e) => {
                     tracing::warn!(operation_id = a.id, error = %e, tries,
                         "could not withdraw this warm's offer to other replicas; it waits, retrying");
+                    let pause = backoff.ceiling(tries);
                     let jitter = crate::jitter::Jitter::below(&crate::jitter::RandomJitter, pause);
                     tokio::select! {
                         () = tokio::time::sleep(pause + jitter) => {}
                         () = a.stop.stopped() => return false,
                     }
-                    pause = (pause * 2).min(MAX_PAUSE);
                 }
             }
         }

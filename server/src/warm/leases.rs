@@ -16,7 +16,8 @@ impl<S: ObjectStore, I: CacheIndex> WarmRun<'_, S, I> {
     /// [`WarmError::LeaseEnded`], not silently revived.
     pub async fn write_leases(&self) -> Result<(), WarmError> {
         let clock = &self.w.clock;
-        let expires_at = clock.now().saturating_add(span_millis(self.spec.ttl));
+        let expires_at =
+            super::lease_writer::coarsen(clock.now().saturating_add(span_millis(self.spec.ttl)));
         let prefixes = self.spec.lease_prefixes();
         let leases: Vec<Lease> = prefixes
             .iter()
@@ -35,8 +36,13 @@ impl<S: ObjectStore, I: CacheIndex> WarmRun<'_, S, I> {
             .collect();
         // Strict: expired on our clock is over (the sweeper hands the lease
         // on with a new epoch before deleting, so a renewal that races it
-        // is refused either way). All prefixes in one index call.
-        let stored = self.w.index.extend_leases(&leases, clock.now()).await?;
+        // is refused either way). All prefixes in one index call, merged
+        // with other warms' writes of the same leases on this replica.
+        let stored = self
+            .w
+            .leases
+            .extend(&self.w.index, clock, leases.clone())
+            .await?;
         let mut earliest = Millis::MAX;
         for ((prefix, asked), stored) in prefixes.iter().zip(&leases).zip(&stored) {
             if asked.epoch.is_empty() {

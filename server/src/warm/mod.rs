@@ -18,6 +18,8 @@
 mod copying;
 pub mod dry_run;
 mod empty;
+mod lease_writer;
+pub use lease_writer::coarsen as coarsen_expiry;
 mod leases;
 mod listing;
 mod offload;
@@ -107,6 +109,8 @@ pub struct Warmer<S, I> {
     pub rate: dry_run::CopyRate,
     /// S3 Batch Operations offload, when configured.
     pub batch: Option<Arc<crate::batch::Offload>>,
+    /// Merges concurrent writes of the same leases (a job array's joiners).
+    pub leases: lease_writer::LeaseWriter,
 }
 
 impl<S: ObjectStore, I> Warmer<S, I> {
@@ -124,6 +128,7 @@ impl<S: ObjectStore, I> Warmer<S, I> {
             settings,
             rate: dry_run::CopyRate::default(),
             batch: None,
+            leases: lease_writer::LeaseWriter::default(),
         }
     }
 }

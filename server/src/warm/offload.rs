@@ -312,14 +312,13 @@ impl<S: ObjectStore, I: CacheIndex> WarmRun<'_, S, I> {
 
     /// CreateJob, retried while S3 Control is throttled or unreachable.
     async fn create_job(&self, o: &Offload, spec: &JobSpec) -> Result<String, WarmError> {
-        let mut pause = o.poll.0;
+        let backoff = expresscache::Backoff::new(o.poll.0, o.poll.1);
         for attempt in 1.. {
             match o.jobs.create_job(spec).await {
                 Ok(id) => return Ok(id),
                 Err(JobError::Unavailable(e)) if attempt < 5 => {
                     tracing::warn!(operation_id = self.owner, error = %e, "CreateJob failed; retrying");
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(o.poll.1);
+                    tokio::time::sleep(backoff.ceiling(attempt)).await;
                 }
                 Err(e) => {
                     return Err(WarmError::Batch(format!(

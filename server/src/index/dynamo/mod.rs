@@ -112,15 +112,6 @@ impl TablePrefix {
     }
 }
 
-impl fmt::Debug for DynamoIndex {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DynamoIndex")
-            .field("prefix", &self.prefix)
-            .field("config", &self.config)
-            .finish_non_exhaustive()
-    }
-}
-
 impl fmt::Display for TablePrefix {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{SCHEME}{}", self.0)
@@ -200,7 +191,7 @@ impl Default for DynamoConfig {
 }
 
 /// DynamoDB-backed [`CacheIndex`] and [`OperationLog`].
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct DynamoIndex {
     client: aws_sdk_dynamodb::Client,
     prefix: TablePrefix,
@@ -210,13 +201,7 @@ pub struct DynamoIndex {
     /// Stamps operation items' `updated_at` (which retention compares
     /// with the same clock).
     clock: Arc<dyn Clock>,
-    /// Told each time DynamoDB is busy: the copy engine slows down as it
-    /// does for S3's SlowDown, so a cold warm runs at what the table gives.
-    on_busy: Option<BusyHook>,
 }
-
-/// Called each time a DynamoDB request found the table busy.
-pub type BusyHook = Arc<dyn Fn() + Send + Sync>;
 
 /// Rounds a decision may take when the item keeps changing under it
 /// before the call gives up with [`IndexError::Unavailable`].
@@ -283,15 +268,7 @@ impl DynamoIndex {
             config,
             requests,
             clock: Arc::new(SystemClock),
-            on_busy: None,
         }
-    }
-
-    /// Calls `hook` each time DynamoDB is found busy.
-    #[must_use]
-    pub fn with_busy_hook(mut self, hook: BusyHook) -> Self {
-        self.on_busy = Some(hook);
-        self
     }
 
     /// Sends a request (`send` builds and sends it afresh each time) again
@@ -329,9 +306,8 @@ impl DynamoIndex {
                 return res;
             }
             metrics::counter!(crate::metrics::INDEX_BUSY, "call" => call).increment(1);
-            if let Some(hook) = &self.on_busy {
-                hook();
-            }
+            // The copy engine slows down as for S3's SlowDown.
+            crate::pressure::note_index_busy();
             tracing::debug!(call, attempt, ?pause, "dynamodb busy; sending again");
             tokio::time::sleep(pause).await;
         }

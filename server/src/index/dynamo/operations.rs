@@ -181,10 +181,12 @@ enum Tx {
 }
 
 /// A short, growing, jittered pause before deciding again after a
-/// transaction conflict.
+/// transaction conflict: half the ceiling, plus up to as much again.
 async fn backoff(round: usize) {
-    let base = 10u64 << round.min(6);
-    tokio::time::sleep(Duration::from_millis(fastrand::u64(base / 2..=base))).await;
+    const CONFLICT: expresscache::Backoff =
+        expresscache::Backoff::new(Duration::from_millis(10), Duration::from_millis(640));
+    let ceiling = CONFLICT.ceiling(u32::try_from(round).unwrap_or(u32::MAX).saturating_add(1));
+    tokio::time::sleep(ceiling / 2 + (ceiling / 2).mul_f64(fastrand::f64())).await;
 }
 
 impl DynamoIndex {
