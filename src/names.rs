@@ -282,6 +282,322 @@ impl RequestId {
     }
 }
 
+/// Checks an exact object key named by a request (`WarmCacheRequest.keys`):
+/// 1-1024 bytes, no control characters, not ending in `/` (that names a
+/// prefix), not an `s3://` URL.
+pub fn check_key(key: &str) -> Result<(), String> {
+    if key.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if let Some((bucket, k)) = split_s3_url(key) {
+        return Err(format!(
+            "{key:?} is a URL, not a key: keys name objects inside the bucket; \
+             did you mean key {k:?} of bucket {bucket:?}?"
+        ));
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err(format!(
+            "is {} bytes long; keys are at most {MAX_KEY_BYTES} bytes",
+            key.len()
+        ));
+    }
+    if key.chars().any(char::is_control) {
+        return Err(format!("{key:?} contains a control character"));
+    }
+    if key.ends_with('/') {
+        return Err(format!(
+            "{key:?} ends in '/': that names a prefix (warm it as a prefix), not an object"
+        ));
+    }
+    Ok(())
+}
+
+/// The directory `key` is in: the key up to and including its last `/`, or
+/// `""` for a key without one.
+pub fn key_directory(key: &str) -> &str {
+    key.rfind('/').map_or("", |i| &key[..=i])
+}
+
+/// The directory above `dir` (`""` or ending in `/`): `"a/b/"` -> `"a/"`,
+/// `"a/"` -> `""`, `""` -> `""`.
+pub fn parent_directory(dir: &str) -> &str {
+    let trimmed = dir.strip_suffix('/').unwrap_or(dir);
+    key_directory(trimmed)
+}
+
+/// Longest glob pattern, in bytes.
+pub const MAX_GLOB_BYTES: usize = 1024;
+
+/// A glob pattern on object keys (`WarmCacheRequest.include`/`exclude`),
+/// matched against the whole key from the root of the bucket:
+///
+/// - `*` any run of characters except `/` (none included);
+/// - `**` any run of characters, `/` included; `**/` at the start of the
+///   pattern or after a `/` is zero or more whole directories (`a/**/x`
+///   matches `a/x`, `a/b/x` and `a/b/c/x`);
+/// - `?` one character except `/`;
+/// - `[abc]`, `[a-z]`, `[!a-z]` (or `[^a-z]`) one character except `/`
+///   in (or not in) the set; a `]` first in the set, or a `-` first or
+///   last, is literal;
+/// - `\c` the character `c` itself (`\*`, `\[`, `\\`);
+/// - any other character itself (case-sensitive, as S3 keys are).
+///
+/// Matching simulates the pattern's automaton over the key (no
+/// backtracking): time linear in the key's length times the pattern's.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Glob {
+    source: String,
+    tokens: Vec<GlobToken>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum GlobToken {
+    /// This character.
+    Literal(char),
+    /// `?`: one character but `/`.
+    One,
+    /// `[...]`: one character but `/`, in (or, negated, not in) the
+    /// ranges.
+    Class {
+        negated: bool,
+        ranges: Vec<(char, char)>,
+    },
+    /// `*`: any run of characters but `/`.
+    Star,
+    /// `**`: any run of characters.
+    AnyPath,
+    /// Matches nothing itself: the automaton may go on with the next token
+    /// or jump to the token at this index (how `**/`, "nothing, or `**`
+    /// then `/`", is built).
+    Skip(usize),
+}
+
+impl GlobToken {
+    /// Whether the automaton may pass this token without a character.
+    fn skippable(&self) -> bool {
+        matches!(self, Self::Star | Self::AnyPath | Self::Skip(_))
+    }
+}
+
+type Chars<'a> = std::iter::Peekable<std::str::Chars<'a>>;
+
+fn class_char(pattern: &str, chars: &mut Chars<'_>) -> Result<char, String> {
+    let unclosed = || {
+        format!("{pattern:?} has a '[' without its closing ']' (write \"\\[\" for a literal '[')")
+    };
+    match chars.next() {
+        None => Err(unclosed()),
+        Some('\\') => chars.next().ok_or_else(unclosed),
+        Some(c) => Ok(c),
+    }
+}
+
+/// The set after a `[`, up to and including its `]`.
+fn parse_class(pattern: &str, chars: &mut Chars<'_>) -> Result<GlobToken, String> {
+    let negated = matches!(chars.peek(), Some('!' | '^'));
+    if negated {
+        chars.next();
+    }
+    let mut ranges = Vec::new();
+    loop {
+        // A ']' first in the set is one of its characters.
+        if !ranges.is_empty() && chars.peek() == Some(&']') {
+            chars.next();
+            break;
+        }
+        let low = class_char(pattern, chars)?;
+        let mut ahead = chars.clone();
+        let high = match (ahead.next(), ahead.peek()) {
+            // "a-z"; a '-' just before the closing ']' is literal.
+            (Some('-'), Some(next)) if *next != ']' => {
+                chars.next();
+                class_char(pattern, chars)?
+            }
+            _ => low,
+        };
+        if high < low {
+            return Err(format!(
+                "{pattern:?} has the range {low}-{high}, which is backwards (write {high}-{low})"
+            ));
+        }
+        if !negated && low <= '/' && '/' <= high {
+            return Err(format!(
+                "{pattern:?} has a set that contains '/', which a set never matches \
+                 (a set stands for one character within a directory)"
+            ));
+        }
+        ranges.push((low, high));
+    }
+    Ok(GlobToken::Class { negated, ranges })
+}
+
+impl Glob {
+    /// Checks and compiles `pattern` (syntax above): 1-1024 bytes, no
+    /// control characters, every `[` closed, no `***`, not an `s3://` URL.
+    pub fn parse(pattern: &str) -> Result<Self, String> {
+        if pattern.is_empty() {
+            return Err("must not be empty (\"**\" matches every key)".into());
+        }
+        if let Some((_, key)) = split_s3_url(pattern) {
+            return Err(format!(
+                "{pattern:?} is a URL, not a key pattern: patterns match keys from the root \
+                 of the bucket; did you mean {key:?}?"
+            ));
+        }
+        if pattern.len() > MAX_GLOB_BYTES {
+            return Err(format!(
+                "is {} bytes long; patterns are at most {MAX_GLOB_BYTES} bytes",
+                pattern.len()
+            ));
+        }
+        if pattern.chars().any(char::is_control) {
+            return Err(format!("{pattern:?} contains a control character"));
+        }
+        let mut tokens = Vec::new();
+        let mut chars = pattern.chars().peekable();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => match chars.next() {
+                    Some(e) => tokens.push(GlobToken::Literal(e)),
+                    None => {
+                        return Err(format!(
+                            "{pattern:?} ends in a '\\' that escapes nothing (write \"\\\\\" for a literal '\\')"
+                        ))
+                    }
+                },
+                '?' => tokens.push(GlobToken::One),
+                '[' => tokens.push(parse_class(pattern, &mut chars)?),
+                '*' if chars.peek() == Some(&'*') => {
+                    chars.next();
+                    if chars.peek() == Some(&'*') {
+                        return Err(format!(
+                            "{pattern:?} has \"***\": use \"*\" (within a directory) or \"**\" (across directories)"
+                        ));
+                    }
+                    let at_directory_start =
+                        matches!(tokens.last(), None | Some(GlobToken::Literal('/')));
+                    if at_directory_start && chars.peek() == Some(&'/') {
+                        chars.next();
+                        // "**/": nothing, or "**" then "/".
+                        let after = tokens.len() + 3;
+                        tokens.push(GlobToken::Skip(after));
+                        tokens.push(GlobToken::AnyPath);
+                        tokens.push(GlobToken::Literal('/'));
+                    } else {
+                        tokens.push(GlobToken::AnyPath);
+                    }
+                }
+                '*' => tokens.push(GlobToken::Star),
+                c => tokens.push(GlobToken::Literal(c)),
+            }
+        }
+        Ok(Self {
+            source: pattern.to_owned(),
+            tokens,
+        })
+    }
+
+    /// The pattern as given.
+    pub fn as_str(&self) -> &str {
+        &self.source
+    }
+
+    /// Whether the pattern matches the whole of `key`.
+    pub fn matches(&self, key: &str) -> bool {
+        self.run(key).last().copied().unwrap_or(false)
+    }
+
+    /// Whether some key that starts with `prefix` and is longer than it
+    /// may match (false only when none can: a listing may skip the
+    /// directory).
+    pub fn may_match_under(&self, prefix: &str) -> bool {
+        let states = self.run(prefix);
+        self.tokens
+            .iter()
+            .zip(&states)
+            .any(|(t, on)| *on && !matches!(t, GlobToken::Skip(_)))
+    }
+
+    /// Whether every key that starts with `prefix` and is longer than it
+    /// matches (an exclude pattern such as `tmp/**` rules out the whole
+    /// directory `tmp/`).
+    pub fn matches_all_under(&self, prefix: &str) -> bool {
+        let states = self.run(prefix);
+        (0..self.tokens.len()).any(|i| {
+            states[i]
+                && self.tokens[i..]
+                    .iter()
+                    .all(|t| matches!(t, GlobToken::AnyPath))
+        })
+    }
+
+    /// The automaton's states after reading `text`: `out[i]` is whether it
+    /// may stand before token `i` (`out[len]`: past the last, a match).
+    fn run(&self, text: &str) -> Vec<bool> {
+        let n = self.tokens.len();
+        let mut states = vec![false; n + 1];
+        states[0] = true;
+        self.close(&mut states);
+        let mut next = vec![false; n + 1];
+        for c in text.chars() {
+            next.iter_mut().for_each(|s| *s = false);
+            let mut alive = false;
+            for (i, token) in self.tokens.iter().enumerate() {
+                if !states[i] {
+                    continue;
+                }
+                let (stay, advance) = match token {
+                    GlobToken::Literal(l) => (false, *l == c),
+                    GlobToken::One => (false, c != '/'),
+                    GlobToken::Class { negated, ranges } => {
+                        let within = ranges.iter().any(|(lo, hi)| (*lo..=*hi).contains(&c));
+                        (false, c != '/' && within != *negated)
+                    }
+                    GlobToken::Star => (c != '/', false),
+                    GlobToken::AnyPath => (true, false),
+                    GlobToken::Skip(_) => (false, false),
+                };
+                if stay {
+                    next[i] = true;
+                    alive = true;
+                }
+                if advance {
+                    next[i + 1] = true;
+                    alive = true;
+                }
+            }
+            std::mem::swap(&mut states, &mut next);
+            if !alive {
+                return states;
+            }
+            self.close(&mut states);
+        }
+        states
+    }
+
+    /// Adds every state reachable without reading a character. Tokens only
+    /// lead forward, so one pass in order suffices.
+    fn close(&self, states: &mut [bool]) {
+        for (i, token) in self.tokens.iter().enumerate() {
+            if !states[i] || !token.skippable() {
+                continue;
+            }
+            states[i + 1] = true;
+            if let GlobToken::Skip(to) = token {
+                if let Some(s) = states.get_mut(*to) {
+                    *s = true;
+                }
+            }
+        }
+    }
+}
+
+impl fmt::Display for Glob {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.source)
+    }
+}
+
 macro_rules! display_as_str {
     ($($t:ty),*) => {$(
         impl fmt::Display for $t {
@@ -410,6 +726,94 @@ mod tests {
         assert!(root.covers(&a) && a.covers(&ab) && a.covers(&a));
         assert!(!ab.covers(&a));
         assert!(a.covers_key("a/x") && !a.covers_key("ab/x"));
+    }
+
+    fn glob(p: &str) -> Glob {
+        Glob::parse(p).unwrap_or_else(|e| panic!("{p}: {e}"))
+    }
+
+    #[test]
+    fn a_star_stays_within_a_directory_and_two_stars_cross_them() {
+        let g = glob("*.bin");
+        assert!(g.matches("a.bin") && g.matches(".bin"));
+        assert!(!g.matches("d/a.bin") && !g.matches("a.bin.tmp"));
+        let g = glob("d/**");
+        assert!(g.matches("d/x") && g.matches("d/x/y/z") && g.matches("d/"));
+        assert!(!g.matches("e/x") && !g.matches("d"));
+        let g = glob("**/*.bin");
+        assert!(g.matches("a.bin") && g.matches("d/e/a.bin"));
+        assert!(!g.matches("d/e/a.txt"));
+        let g = glob("d/**/x");
+        for k in ["d/x", "d/a/x", "d/a/b/x"] {
+            assert!(g.matches(k), "{k}");
+        }
+        for k in ["d/ax", "d/a/bx", "e/x"] {
+            assert!(!g.matches(k), "{k}");
+        }
+        // "**" inside a name crosses directories too.
+        assert!(glob("d**.bin").matches("d/e/f.bin"));
+    }
+
+    #[test]
+    fn question_marks_sets_and_escapes() {
+        let g = glob("data/part-?.csv");
+        assert!(g.matches("data/part-1.csv") && !g.matches("data/part-10.csv"));
+        assert!(!glob("a?b").matches("a/b"), "? never matches '/'");
+        let g = glob("[a-c]*");
+        assert!(g.matches("alpha") && g.matches("c") && !g.matches("delta"));
+        let g = glob("[!a-c]*");
+        assert!(g.matches("delta") && !g.matches("alpha"));
+        assert!(glob("[]x]").matches("]") && glob("[a-]").matches("-"));
+        let g = glob(r"\*.bin");
+        assert!(g.matches("*.bin") && !g.matches("a.bin"));
+        assert!(glob("A*").matches("Abc") && !glob("A*").matches("abc"));
+    }
+
+    #[test]
+    fn bad_patterns_say_what_is_wrong() {
+        for (bad, says) in [
+            ("", "must not be empty"),
+            ("a[bc", "closing ']'"),
+            ("a***", "\"***\""),
+            ("[z-a]", "backwards"),
+            ("a\\", "escapes nothing"),
+            ("[/]", "contains '/'"),
+            ("s3://b/d/*.bin", "did you mean \"d/*.bin\""),
+            ("a\tb", "control character"),
+        ] {
+            let e = Glob::parse(bad).unwrap_err();
+            assert!(e.contains(says), "{bad:?}: {e}");
+        }
+        assert!(Glob::parse(&"a".repeat(MAX_GLOB_BYTES + 1)).is_err());
+    }
+
+    #[test]
+    fn directories_a_pattern_can_never_match_under_are_known() {
+        let g = glob("a/*/x.bin");
+        assert!(g.may_match_under("") && g.may_match_under("a/") && g.may_match_under("a/b/"));
+        assert!(!g.may_match_under("b/") && !g.may_match_under("a/b/c/"));
+        assert!(glob("**/x").may_match_under("any/where/"));
+        assert!(glob("tmp/**").matches_all_under("tmp/"));
+        assert!(glob("tmp/**").matches_all_under("tmp/a/"));
+        assert!(!glob("tmp/*").matches_all_under("tmp/"));
+        assert!(!glob("tmp/**").matches_all_under("other/"));
+        assert!(!glob("tmp/**/").matches_all_under("tmp/"));
+    }
+
+    #[test]
+    fn keys_are_checked_and_have_directories() {
+        assert!(check_key("a/b.bin").is_ok());
+        assert!(check_key("").is_err());
+        assert!(check_key("a/").unwrap_err().contains("names a prefix"));
+        assert!(check_key("s3://b/k")
+            .unwrap_err()
+            .contains("did you mean key \"k\""));
+        assert!(check_key(&"a".repeat(MAX_KEY_BYTES + 1)).is_err());
+        assert_eq!(key_directory("a/b/c.bin"), "a/b/");
+        assert_eq!(key_directory("c.bin"), "");
+        assert_eq!(parent_directory("a/b/"), "a/");
+        assert_eq!(parent_directory("a/"), "");
+        assert_eq!(parent_directory(""), "");
     }
 
     #[test]

@@ -1,10 +1,13 @@
 //! Validated requests: what a handler works with once the wire message passed
 //! every check.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::time::Duration;
 
-use crate::names::{BucketName, DirectoryBucketName, Prefix, RequestId};
+use crate::names::{
+    check_key, key_directory, parent_directory, BucketName, DirectoryBucketName, Glob, Prefix,
+    RequestId,
+};
 use crate::proto::v1 as pb;
 use crate::violation::{InvalidRequest, Violations};
 
@@ -56,6 +59,95 @@ pub struct WarmSpec {
     /// fails: an empty result is far more often a wrong prefix than the
     /// intent).
     pub allow_empty: bool,
+    /// Which keys under the prefixes the warm takes (default: all). For a
+    /// key list, `prefixes` are the directories of its keys
+    /// ([`key_directories`]): what is listed and leased.
+    pub selection: KeySelection,
+}
+
+/// Most glob patterns, `include` and `exclude` together, one warm may give.
+pub const MAX_GLOBS: usize = 100;
+
+/// Most exact keys one warm may name.
+pub const MAX_KEYS: usize = 100_000;
+
+/// Most directories a key list is listed and leased by: the keys' own
+/// directories, or their parents when there are more (the same bound as
+/// the prefixes of a request).
+pub const MAX_KEY_DIRECTORIES: usize = 1000;
+
+/// Most violations reported one by one for `keys` (then one line counts
+/// the rest): 100,000 bad keys must not make a 10 MB error.
+const MAX_KEY_VIOLATIONS: usize = 10;
+
+/// Which of the keys under a warm's prefixes it takes: those the key list
+/// names (all, without one) that match an `include` pattern (any, without
+/// one) and no `exclude` pattern. Keys not taken are neither listed
+/// (counted), copied, leased nor priced.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeySelection {
+    pub include: Vec<Glob>,
+    pub exclude: Vec<Glob>,
+    /// Exact keys; empty: every key under the prefixes.
+    pub keys: BTreeSet<String>,
+}
+
+impl KeySelection {
+    /// Whether every key under the prefixes is taken (nothing to filter).
+    pub fn is_everything(&self) -> bool {
+        self.include.is_empty() && self.exclude.is_empty() && self.keys.is_empty()
+    }
+
+    /// Whether the warm takes `key` (a source key, from the bucket's root).
+    pub fn selects(&self, key: &str) -> bool {
+        (self.keys.is_empty() || self.keys.contains(key))
+            && (self.include.is_empty() || self.include.iter().any(|g| g.matches(key)))
+            && !self.exclude.iter().any(|g| g.matches(key))
+    }
+
+    /// Whether some key under `prefix` (`""` or ending in `/`) may be
+    /// taken: false when none can be, so a listing skips the directory.
+    pub fn may_select_under(&self, prefix: &str) -> bool {
+        let named = self.keys.is_empty()
+            || self
+                .keys
+                .range::<str, _>((
+                    std::ops::Bound::Included(prefix),
+                    std::ops::Bound::Unbounded,
+                ))
+                .next()
+                .is_some_and(|k| k.starts_with(prefix));
+        named
+            && (self.include.is_empty() || self.include.iter().any(|g| g.may_match_under(prefix)))
+            && !self.exclude.iter().any(|g| g.matches_all_under(prefix))
+    }
+}
+
+/// The directories a key list is listed and leased by: each key's
+/// directory ([`key_directory`]), and while there are more than
+/// [`MAX_KEY_DIRECTORIES`], the deepest of them replaced by their parents,
+/// a level at a time. Sorted, each once.
+pub fn key_directories<'k>(keys: impl IntoIterator<Item = &'k String>) -> Vec<Prefix> {
+    let mut dirs: BTreeSet<String> = keys
+        .into_iter()
+        .map(|k| key_directory(k).to_owned())
+        .collect();
+    while dirs.len() > MAX_KEY_DIRECTORIES {
+        let depth = |d: &str| d.matches('/').count();
+        let deepest = dirs.iter().map(|d| depth(d.as_str())).max().unwrap_or(0);
+        dirs = dirs
+            .into_iter()
+            .map(|d| {
+                if depth(d.as_str()) == deepest {
+                    parent_directory(&d).to_owned()
+                } else {
+                    d
+                }
+            })
+            .collect();
+    }
+    // The directory of a valid key is a valid prefix.
+    dirs.iter().filter_map(|d| Prefix::parse(d).ok()).collect()
 }
 
 /// Longest `destination_prefix`, in bytes: half a key, so real keys fit.
@@ -125,6 +217,100 @@ fn check_prefixes(
         }
     }
     ok.then_some(out)
+}
+
+/// What a warm lists: its prefixes, or the directories of its exact keys
+/// (never both), with the keys.
+fn check_scope(
+    v: &mut Violations,
+    req: &pb::WarmCacheRequest,
+    limits: &Limits,
+) -> Option<(Vec<Prefix>, BTreeSet<String>)> {
+    if req.keys.is_empty() {
+        return check_prefixes(v, "prefixes", &req.prefixes, limits).map(|p| (p, BTreeSet::new()));
+    }
+    if !req.prefixes.is_empty() {
+        v.push(
+            "keys",
+            "a warm names either prefixes or exact keys, not both: leave prefixes empty to warm \
+             the keys, or warm the prefixes with include patterns",
+        );
+        return None;
+    }
+    let keys = check_keys(v, &req.keys)?;
+    Some((key_directories(&keys), keys))
+}
+
+/// `keys`: at most [`MAX_KEYS`], each a valid key, none twice; the first
+/// [`MAX_KEY_VIOLATIONS`] problems one by one, then how many more.
+fn check_keys(v: &mut Violations, raw: &[String]) -> Option<BTreeSet<String>> {
+    if raw.len() > MAX_KEYS {
+        v.push(
+            "keys",
+            format!(
+                "{} keys given; at most {MAX_KEYS} per request (split the list into several warms)",
+                raw.len()
+            ),
+        );
+        return None;
+    }
+    let mut keys = BTreeSet::new();
+    let mut bad = 0usize;
+    for (i, k) in raw.iter().enumerate() {
+        let problem = match check_key(k) {
+            Err(e) => Some(e),
+            Ok(()) if !keys.insert(k.clone()) => Some(format!("{k:?} is listed more than once")),
+            Ok(()) => None,
+        };
+        if let Some(p) = problem {
+            bad += 1;
+            if bad <= MAX_KEY_VIOLATIONS {
+                v.push(format!("keys[{i}]"), p);
+            }
+        }
+    }
+    if bad > MAX_KEY_VIOLATIONS {
+        v.push(
+            "keys",
+            format!(
+                "{} more keys are invalid (only the first {MAX_KEY_VIOLATIONS} are shown)",
+                bad - MAX_KEY_VIOLATIONS
+            ),
+        );
+    }
+    (bad == 0).then_some(keys)
+}
+
+/// `include` and `exclude`: at most [`MAX_GLOBS`] together, each a valid
+/// pattern.
+fn check_globs(v: &mut Violations, req: &pb::WarmCacheRequest) -> Option<(Vec<Glob>, Vec<Glob>)> {
+    let total = req.include.len() + req.exclude.len();
+    if total > MAX_GLOBS {
+        let field = if req.include.len() >= req.exclude.len() {
+            "include"
+        } else {
+            "exclude"
+        };
+        v.push(
+            field,
+            format!("{total} patterns given in include and exclude together; at most {MAX_GLOBS}"),
+        );
+        return None;
+    }
+    let mut each = |field: &str, raw: &[String]| {
+        let mut ok = true;
+        let mut out = Vec::with_capacity(raw.len());
+        for (i, p) in raw.iter().enumerate() {
+            match v.check(format!("{field}[{i}]"), Glob::parse(p)) {
+                Some(g) => out.push(g),
+                None => ok = false,
+            }
+        }
+        ok.then_some(out)
+    };
+    let include = each("include", req.include.as_slice());
+    let exclude = each("exclude", req.exclude.as_slice());
+    Some((include?, exclude?))
 }
 
 /// `max_staleness`: unset or zero is "always list"; otherwise at most the
@@ -209,7 +395,7 @@ impl WarmSpec {
     pub fn parse(req: &pb::WarmCacheRequest, limits: &Limits) -> Result<Self, InvalidRequest> {
         let mut v = Violations::default();
         let source = v.check("bucket", BucketName::parse(&req.bucket));
-        let prefixes = check_prefixes(&mut v, "prefixes", &req.prefixes, limits);
+        let scope = check_scope(&mut v, req, limits);
         let directory_bucket = v.check(
             "directory_bucket",
             DirectoryBucketName::parse_with(
@@ -237,22 +423,25 @@ impl WarmSpec {
             }),
         );
         let max_staleness = check_staleness(&mut v, req, limits);
+        let globs = check_globs(&mut v, req);
         v.finish()?;
         match (
             source,
-            prefixes,
+            scope,
             directory_bucket,
             ttl,
             request_id,
             destination_prefix,
+            globs,
         ) {
             (
                 Some(source),
-                Some(prefixes),
+                Some((prefixes, keys)),
                 Some(directory_bucket),
                 Some(ttl),
                 Some(request_id),
                 Some(destination_prefix),
+                Some((include, exclude)),
             ) => Ok(Self {
                 source,
                 prefixes,
@@ -264,9 +453,20 @@ impl WarmSpec {
                 max_staleness: max_staleness.unwrap_or_default(),
                 batch_operations: req.batch_operations,
                 allow_empty: req.allow_empty,
+                selection: KeySelection {
+                    include,
+                    exclude,
+                    keys,
+                },
             }),
             _ => unreachable!("every missing field recorded a violation"),
         }
+    }
+
+    /// Whether the warm names exact keys (its prefixes are their
+    /// directories).
+    pub fn is_key_list(&self) -> bool {
+        !self.selection.keys.is_empty()
     }
 
     /// Checks the spec against `limits` again (a stored request resumed by
@@ -300,7 +500,12 @@ impl From<&WarmSpec> for pb::WarmCacheRequest {
     fn from(s: &WarmSpec) -> Self {
         Self {
             bucket: s.source.to_string(),
-            prefixes: s.prefixes.iter().map(ToString::to_string).collect(),
+            // A key list's prefixes are derived from its keys.
+            prefixes: if s.is_key_list() {
+                Vec::new()
+            } else {
+                s.prefixes.iter().map(ToString::to_string).collect()
+            },
             directory_bucket: s.directory_bucket.to_string(),
             ttl: Some(prost_types::Duration {
                 seconds: i64::try_from(s.ttl.as_secs()).unwrap_or(i64::MAX),
@@ -321,6 +526,19 @@ impl From<&WarmSpec> for pb::WarmCacheRequest {
             dry_run: false,
             batch_operations: s.batch_operations,
             allow_empty: s.allow_empty,
+            include: s
+                .selection
+                .include
+                .iter()
+                .map(|g| g.as_str().to_owned())
+                .collect(),
+            exclude: s
+                .selection
+                .exclude
+                .iter()
+                .map(|g| g.as_str().to_owned())
+                .collect(),
+            keys: s.selection.keys.iter().cloned().collect(),
         }
     }
 }
@@ -513,6 +731,9 @@ mod tests {
             dry_run: false,
             batch_operations: false,
             allow_empty: false,
+            include: vec![],
+            exclude: vec![],
+            keys: vec![],
         }
     }
 
@@ -592,6 +813,9 @@ mod tests {
             dry_run: false,
             batch_operations: false,
             allow_empty: false,
+            include: vec![],
+            exclude: vec![],
+            keys: vec![],
         };
         let f = fields(WarmSpec::parse(&req, &Limits::default()).unwrap_err());
         assert_eq!(
@@ -713,6 +937,109 @@ mod tests {
             fields(WarmSpec::parse(&req, &limits).unwrap_err()),
             ["prefixes"]
         );
+    }
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn include_and_exclude_patterns_select_keys_and_go_back_to_the_wire() {
+        let mut req = good();
+        req.prefixes = strings(&[""]);
+        req.include = strings(&["**/*.bin", "top.txt"]);
+        req.exclude = strings(&["tmp/**"]);
+        let spec = WarmSpec::parse(&req, &Limits::default()).unwrap();
+        let s = &spec.selection;
+        assert!(s.selects("a/b.bin") && s.selects("top.txt") && s.selects("c.bin"));
+        assert!(!s.selects("tmp/x.bin"), "exclude wins");
+        assert!(!s.selects("a/b.txt"));
+        assert!(s.may_select_under("a/") && !s.may_select_under("tmp/"));
+        assert_eq!(pb::WarmCacheRequest::from(&spec).include, req.include);
+        assert_eq!(
+            WarmSpec::parse(&pb::WarmCacheRequest::from(&spec), &Limits::default()).unwrap(),
+            spec
+        );
+        assert!(WarmSpec::parse(&good(), &Limits::default())
+            .unwrap()
+            .selection
+            .is_everything());
+    }
+
+    #[test]
+    fn a_bad_pattern_is_a_field_violation_and_patterns_are_bounded() {
+        let mut req = good();
+        req.include = strings(&["ok/*", "a[bc"]);
+        req.exclude = strings(&[""]);
+        assert_eq!(
+            fields(WarmSpec::parse(&req, &Limits::default()).unwrap_err()),
+            ["include[1]", "exclude[0]"]
+        );
+        req.include = vec!["*".into(); 60];
+        req.exclude = vec!["x".into(); 41];
+        assert_eq!(
+            fields(WarmSpec::parse(&req, &Limits::default()).unwrap_err()),
+            ["include"]
+        );
+    }
+
+    #[test]
+    fn a_key_list_is_listed_and_leased_by_its_directories() {
+        let mut req = good();
+        req.prefixes = vec![];
+        req.keys = strings(&["d/x/2.bin", "d/x/1.bin", "top.bin", "d/y.bin"]);
+        let spec = WarmSpec::parse(&req, &Limits::default()).unwrap();
+        assert!(spec.is_key_list());
+        let dirs: Vec<&str> = spec.prefixes.iter().map(Prefix::as_str).collect();
+        assert_eq!(dirs, ["", "d/", "d/x/"]);
+        let s = &spec.selection;
+        assert!(s.selects("d/x/1.bin") && !s.selects("d/x/3.bin"));
+        assert!(s.may_select_under("d/x/") && !s.may_select_under("e/"));
+        let wire = pb::WarmCacheRequest::from(&spec);
+        assert!(wire.prefixes.is_empty());
+        assert_eq!(wire.keys, ["d/x/1.bin", "d/x/2.bin", "d/y.bin", "top.bin"]);
+        assert_eq!(WarmSpec::parse(&wire, &Limits::default()).unwrap(), spec);
+    }
+
+    #[test]
+    fn bad_keys_are_refused_each_by_index_and_never_with_prefixes() {
+        let mut req = good();
+        req.keys = strings(&["a.bin"]);
+        assert_eq!(
+            fields(WarmSpec::parse(&req, &Limits::default()).unwrap_err()),
+            ["keys"],
+            "prefixes and keys"
+        );
+        req.prefixes = vec![];
+        req.keys = strings(&["a.bin", "dir/", "a.bin", "s3://b/k"]);
+        assert_eq!(
+            fields(WarmSpec::parse(&req, &Limits::default()).unwrap_err()),
+            ["keys[1]", "keys[2]", "keys[3]"]
+        );
+        // Thousands of bad keys: ten named, the rest counted.
+        req.keys = (0..5000).map(|i| format!("d{i}/")).collect();
+        let e = WarmSpec::parse(&req, &Limits::default()).unwrap_err();
+        assert_eq!(e.violations.len(), MAX_KEY_VIOLATIONS + 1);
+        assert!(e.violations[MAX_KEY_VIOLATIONS]
+            .description
+            .contains("4990 more keys"));
+        req.keys = (0..=MAX_KEYS).map(|i| format!("k{i}")).collect();
+        assert_eq!(
+            fields(WarmSpec::parse(&req, &Limits::default()).unwrap_err()),
+            ["keys"]
+        );
+    }
+
+    #[test]
+    fn keys_in_too_many_directories_are_leased_by_their_parents() {
+        let keys: Vec<String> = (0..3000)
+            .map(|i| format!("runs/{}/{i}/x.bin", i % 2))
+            .collect();
+        let dirs = key_directories(&keys);
+        let dirs: Vec<&str> = dirs.iter().map(Prefix::as_str).collect();
+        assert_eq!(dirs, ["runs/0/", "runs/1/"]);
+        let few: Vec<String> = (0..10).map(|i| format!("a/{i}/x")).collect();
+        assert_eq!(key_directories(&few).len(), 10);
     }
 
     #[test]

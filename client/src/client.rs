@@ -140,6 +140,22 @@ impl Client {
         Ok(self.inner.warm_cache(req).await?.into_inner())
     }
 
+    /// Submits a warm and returns its operation id as soon as the server
+    /// names it (the stream's first message), without waiting for the
+    /// warm: it runs on, detached from the call; follow it with
+    /// [`watch_and_wait`](Self::watch_and_wait) or
+    /// [`operation_status`](Self::operation_status). A request without a
+    /// request id gets a random one.
+    pub async fn submit(&mut self, request: WarmRequest) -> Result<String, ClientError> {
+        let mut stream = self.warm(request.with_generated_request_id()).await?;
+        while let Some(p) = stream.message().await? {
+            if !p.operation_id.is_empty() {
+                return Ok(p.operation_id);
+            }
+        }
+        Err(ClientError::StreamEnded(String::new()))
+    }
+
     /// Plans `request` without warming (a dry run): lists the source and
     /// compares it with the cache, calling `on_progress` with the listing's
     /// progress, and returns the plan: what would be copied and what is

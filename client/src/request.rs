@@ -31,8 +31,41 @@ impl WarmRequest {
     }
 
     /// Adds a prefix (`""` for the whole bucket, otherwise ending in `/`).
+    /// Without prefixes or keys the whole bucket is warmed.
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
         self.inner.prefixes.push(prefix.into());
+        self
+    }
+
+    /// Warms the exact key `key` (a source key, not ending in `/`)
+    /// instead of prefixes: a request names either prefixes or keys. A key
+    /// the source does not hold fails the warm's key with `NoSuchKey`;
+    /// adding a key twice is adding it once. The warm lists and leases the
+    /// keys' directories (see `WarmCacheRequest.keys`).
+    pub fn key(mut self, key: impl Into<String>) -> Self {
+        self.inner.keys.push(key.into());
+        self
+    }
+
+    /// [`key`](Self::key) for each of `keys`.
+    pub fn keys<K: Into<String>>(mut self, keys: impl IntoIterator<Item = K>) -> Self {
+        self.inner.keys.extend(keys.into_iter().map(Into::into));
+        self
+    }
+
+    /// Warms only keys matching the glob `pattern` (or any other include
+    /// pattern): matched against the whole source key from the bucket's
+    /// root; `*` stays within a directory, `**` crosses them (see
+    /// `WarmCacheRequest.include`).
+    pub fn include(mut self, pattern: impl Into<String>) -> Self {
+        self.inner.include.push(pattern.into());
+        self
+    }
+
+    /// Never warms keys matching the glob `pattern` (exclude wins over
+    /// include).
+    pub fn exclude(mut self, pattern: impl Into<String>) -> Self {
+        self.inner.exclude.push(pattern.into());
         self
     }
 
@@ -126,9 +159,12 @@ impl WarmRequest {
     /// (within [`client_limits`]).
     pub fn into_proto(self) -> Result<pb::WarmCacheRequest, InvalidRequest> {
         let mut req = self.inner;
-        if req.prefixes.is_empty() {
+        if req.prefixes.is_empty() && req.keys.is_empty() {
             req.prefixes.push(String::new());
         }
+        // A key added twice is one key (the wire refuses duplicates).
+        let mut seen = std::collections::HashSet::new();
+        req.keys.retain(|k| seen.insert(k.clone()));
         WarmSpec::parse(&req, &client_limits())?;
         Ok(req)
     }
@@ -179,6 +215,25 @@ mod tests {
             .prefix("d/")
             .ttl(Duration::from_millis(200));
         assert!(lenient.validate().is_ok());
+    }
+
+    #[test]
+    fn keys_and_patterns_reach_the_wire_and_keys_are_not_the_whole_bucket() {
+        let req = WarmRequest::new("demo-src", "cache--use1-az4--x-s3")
+            .key("d/a.bin")
+            .keys(["d/b.bin", "d/a.bin"])
+            .include("**/*.bin")
+            .exclude("tmp/**");
+        let wire = req.into_proto().unwrap();
+        assert!(wire.prefixes.is_empty(), "keys, not the whole bucket");
+        assert_eq!(wire.keys, ["d/a.bin", "d/b.bin"], "each key once");
+        assert_eq!((wire.include.len(), wire.exclude.len()), (1, 1));
+        let bad = WarmRequest::new("demo-src", "cache--use1-az4--x-s3").include("a[");
+        assert_eq!(fields(&bad), ["include[0]"]);
+        let both = WarmRequest::new("demo-src", "cache--use1-az4--x-s3")
+            .prefix("d/")
+            .key("d/a");
+        assert_eq!(fields(&both), ["keys"]);
     }
 
     #[test]

@@ -23,11 +23,10 @@ use expresscache_server::testing::{unique, Moto};
 use expresscache_server::warm::{WarmSettings, Warmer};
 
 const DIR: &str = "bench--use1-az4--x-s3";
-/// The price basis of the service this one replaces ($ per million
-/// on-demand request units, us-east-1, before the November 2024 cut; today
-/// both are half).
-const WRITE_PER_MILLION: f64 = 1.25;
-const READ_PER_MILLION: f64 = 0.25;
+/// DynamoDB on-demand prices ($ per million request units, us-east-1,
+/// since the November 2024 cut).
+const WRITE_PER_MILLION: f64 = 0.625;
+const READ_PER_MILLION: f64 = 0.125;
 
 fn spec(request_id: &str) -> WarmSpec {
     WarmSpec {
@@ -41,6 +40,7 @@ fn spec(request_id: &str) -> WarmSpec {
         max_staleness: std::time::Duration::ZERO,
         batch_operations: false,
         allow_empty: false,
+        selection: Default::default(),
     }
 }
 
@@ -139,6 +139,6 @@ async fn main() {
     }
     println!(
         "\nThe replaced service: 1 conditional write per object, cold or cached: \
-         ${WRITE_PER_MILLION:.2} per million objects on every run."
+         ${WRITE_PER_MILLION:.3} per million objects on every run."
     );
 }

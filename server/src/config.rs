@@ -76,13 +76,13 @@ pub struct Args {
     #[arg(long, env = "EXPRESSCACHE_POLICY")]
     pub policy: Option<PathBuf>,
     /// Price table (TOML) for dry runs' cost estimates; fields it leaves
-    /// out keep the defaults (README, Dry runs) [default: us-east-1 list
+    /// out keep the defaults (doc/COSTS.md) [default: us-east-1 list
     /// prices].
     #[arg(long, env = "EXPRESSCACHE_PRICE_TABLE")]
     pub price_table: Option<PathBuf>,
     /// IAM role S3 Batch Operations assumes for offloaded warms
     /// (arn:aws:iam::ACCOUNT:role/NAME); with --batch-working-bucket, turns
-    /// the offload on (README, Batch Operations) [default: off].
+    /// the offload on (doc/OFFLOAD.md) [default: off].
     #[arg(
         long,
         env = "EXPRESSCACHE_BATCH_ROLE_ARN",

@@ -209,6 +209,19 @@ impl<S: ObjectStore, I: CacheIndex> Evictor<S, I> {
             .saturating_sub(span_millis(self.settings.skew_margin))
     }
 
+    /// Whether this replica's clock is close enough to S3's to judge what
+    /// has expired: asks S3 first (one HeadBucket of `dir`, whose reply's
+    /// `Date` is measured), so a replica that has not talked to S3 lately,
+    /// or since it started, judges by a fresh measurement.
+    async fn clock_fits(&self, dir: &str) -> Result<(), EvictError> {
+        if let Err(e) = self.store.check_bucket(dir).await {
+            tracing::debug!(bucket = dir, error = %e, "measuring the clock against S3 failed");
+        }
+        crate::skew::global()
+            .check(self.settings.skew_margin)
+            .map_err(EvictError::ClockSkew)
+    }
+
     fn deadline(&self) -> Millis {
         self.clock
             .now()
@@ -219,10 +232,8 @@ impl<S: ObjectStore, I: CacheIndex> Evictor<S, I> {
     /// object under them that no other live lease covers (all of them with
     /// `force`).
     pub async fn evict(&self, spec: &EvictSpec) -> Result<EvictReport, EvictError> {
-        crate::skew::global()
-            .check(self.settings.skew_margin)
-            .map_err(EvictError::ClockSkew)?;
         let dir = spec.directory_bucket.as_str();
+        self.clock_fits(dir).await?;
         // Ended as of the settled "now", so the deletion below (which sees
         // leases as over only past the skew margin) treats them as over.
         let now = self.settled_now();
@@ -255,12 +266,12 @@ impl<S: ObjectStore, I: CacheIndex> Evictor<S, I> {
     /// with backoff and reported; it never stops the others.
     pub async fn sweep_once(&self) -> Result<SweepReport, EvictError> {
         const BATCH: usize = 100;
-        crate::skew::global()
-            .check(self.settings.skew_margin)
-            .map_err(EvictError::ClockSkew)?;
         let mut report = SweepReport::default();
         let owner = format!("sweep:{}", uuid::Uuid::new_v4());
         let expired = self.index.expired_leases(self.settled_now(), BATCH).await?;
+        if let Some(first) = expired.first() {
+            self.clock_fits(&first.directory_bucket).await?;
+        }
         for lease in expired {
             report.leases_expired += 1;
             let swept = self.sweep_lease(&lease, &owner).await;

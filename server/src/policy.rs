@@ -774,6 +774,7 @@ max_ttl = "1d"
             max_staleness: std::time::Duration::ZERO,
             batch_operations: false,
             allow_empty: false,
+            selection: Default::default(),
         }
     }
 

@@ -1,14 +1,16 @@
 //! What a warm costs: a dry run's plan priced two ways, by this server's
-//! copy engine and by an S3 Batch Operations job, from a price table that
-//! the operator may override (`--price-table FILE`, TOML).
+//! copy engine and by an S3 Batch Operations job, and the storage of what
+//! it keeps for its TTL, from a price table that the operator may override
+//! (`--price-table FILE`, TOML).
 
 use std::path::Path;
 
 use serde::Deserialize;
 
-/// Prices in US dollars. Defaults: the AWS price list for us-east-1 (S3
-/// Standard requests; S3 Express One Zone requests and uploads as changed
-/// on 2025-04-10; S3 Batch Operations).
+/// Prices in US dollars. Defaults: the AWS price list for us-east-1
+/// (aws.amazon.com/s3/pricing: S3 Standard requests; S3 Express One Zone
+/// requests, uploads and storage as changed on 2025-04-10, storage cut
+/// from $0.16 to $0.11 per GB-month; S3 Batch Operations).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PriceTable {
@@ -29,7 +31,17 @@ pub struct PriceTable {
     pub batch_per_job: f64,
     /// S3 Batch Operations, per million objects processed.
     pub batch_per_million_objects: f64,
+    /// S3 Express One Zone storage, per GB-month (a GB of 2^30 bytes kept
+    /// for [`HOURS_PER_MONTH`] hours, as AWS bills storage).
+    pub express_storage_per_gb_month: f64,
 }
+
+/// The hours of a billing month, on average (365 x 24 / 12): AWS bills
+/// storage by byte-hours over the hours of each calendar month.
+pub const HOURS_PER_MONTH: f64 = 730.0;
+
+/// A GB as AWS bills storage: 2^30 bytes.
+const STORAGE_GB: f64 = 1_073_741_824.0;
 
 /// The part of each request to the directory bucket that uploads free.
 pub const EXPRESS_FREE_BYTES: u64 = 512 * 1024;
@@ -39,9 +51,9 @@ const GB: f64 = 1_000_000_000.0;
 impl Default for PriceTable {
     fn default() -> Self {
         Self {
-            source: "AWS price list, us-east-1: S3 Standard requests; S3 Express One Zone \
-                     requests and uploads as of 2025-04-10; S3 Batch Operations \
-                     (override with --price-table)"
+            source: "AWS price list, us-east-1 (aws.amazon.com/s3/pricing): S3 Standard \
+                     requests; S3 Express One Zone requests, uploads and storage as of \
+                     2025-04-10; S3 Batch Operations (override with --price-table)"
                 .into(),
             source_list_per_1000: 0.005,
             standard_put_per_1000: 0.005,
@@ -49,6 +61,7 @@ impl Default for PriceTable {
             express_upload_per_gb: 0.003_2,
             batch_per_job: 0.25,
             batch_per_million_objects: 1.0,
+            express_storage_per_gb_month: 0.11,
         }
     }
 }
@@ -68,6 +81,7 @@ impl PriceTable {
             table.express_upload_per_gb,
             table.batch_per_job,
             table.batch_per_million_objects,
+            table.express_storage_per_gb_month,
         ];
         if prices.iter().any(|p| !p.is_finite() || *p < 0.0) {
             return Err(format!(
@@ -127,6 +141,19 @@ pub struct PlanWork {
     pub batch: CopyWork,
     /// The rest, copied by the engine beside the job.
     pub batch_large: CopyWork,
+    /// What the warm keeps in the directory bucket, and for how long.
+    pub storage: StorageWork,
+}
+
+/// The bytes a warm keeps in the directory bucket for its TTL.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StorageWork {
+    /// Of the objects it copies.
+    pub copied_bytes: u64,
+    /// Of the objects already cached, whose leases it extends.
+    pub cached_bytes: u64,
+    /// The request's TTL.
+    pub ttl: std::time::Duration,
 }
 
 /// One priced line.
@@ -198,6 +225,32 @@ impl PriceTable {
         let mut lines = vec![self.list(w)];
         lines.extend(self.copies("copy requests to the directory bucket", w.engine));
         Estimate { lines }
+    }
+
+    /// Storing the warm's objects for the TTL, whichever way they are
+    /// copied: GB-months (2^30 bytes for [`HOURS_PER_MONTH`] hours) at
+    /// the S3 Express One Zone storage price; a line for the objects to
+    /// copy and one for those already cached.
+    pub fn storage(&self, w: &PlanWork) -> Estimate {
+        let months = w.storage.ttl.as_secs_f64() / 3600.0 / HOURS_PER_MONTH;
+        #[allow(clippy::cast_precision_loss)]
+        let gb_months = |bytes: u64| bytes as f64 / STORAGE_GB * months;
+        Estimate {
+            lines: vec![
+                Line {
+                    item: "S3 Express One Zone storage for the TTL: objects to copy",
+                    quantity: gb_months(w.storage.copied_bytes),
+                    unit: "GB-month",
+                    usd_per_unit: self.express_storage_per_gb_month,
+                },
+                Line {
+                    item: "S3 Express One Zone storage for the TTL: objects cached",
+                    quantity: gb_months(w.storage.cached_bytes),
+                    unit: "GB-month",
+                    usd_per_unit: self.express_storage_per_gb_month,
+                },
+            ],
+        }
     }
 
     /// The warm by one S3 Batch Operations job (objects over 5 GiB by the
@@ -281,6 +334,7 @@ mod tests {
                 billable_bytes: 0,
             },
             batch_large: CopyWork::default(),
+            storage: StorageWork::default(),
         };
         // 1,000 LISTs at $0.005/1k + 1M copies at $0.00113/1k.
         assert!((t.engine(&w).usd() - (0.005 + 1.13)).abs() < 1e-9);
@@ -304,12 +358,44 @@ mod tests {
     }
 
     #[test]
+    fn storage_is_bytes_times_the_ttl_at_the_express_storage_price() {
+        let t = PriceTable::default();
+        assert_eq!(t.express_storage_per_gb_month, 0.11);
+        // 10 GiB to copy and 5 GiB cached, for 30 days: 720 of 730 hours.
+        let w = PlanWork {
+            storage: StorageWork {
+                copied_bytes: 10 * 1024 * MIB,
+                cached_bytes: 5 * 1024 * MIB,
+                ttl: std::time::Duration::from_secs(30 * 24 * 3600),
+            },
+            ..PlanWork::default()
+        };
+        let e = t.storage(&w);
+        assert_eq!(e.lines.len(), 2);
+        assert_eq!(e.lines[0].unit, "GB-month");
+        assert!((e.lines[0].quantity - 10.0 * 720.0 / 730.0).abs() < 1e-9);
+        assert!(
+            (e.usd() - 15.0 * 720.0 / 730.0 * 0.11).abs() < 1e-9,
+            "{}",
+            e.usd()
+        );
+        // Storage is priced apart: neither way of copying includes it.
+        assert!(t.engine(&w).usd().abs() < 1e-12);
+        assert_eq!(t.storage(&PlanWork::default()).usd(), 0.0);
+    }
+
+    #[test]
     fn a_table_overrides_some_prices_and_refuses_negative_ones() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("prices.toml");
-        std::fs::write(&path, "batch_per_job = 0.5\nsource = \"our contract\"\n").unwrap();
+        std::fs::write(
+            &path,
+            "batch_per_job = 0.5\nsource = \"our contract\"\nexpress_storage_per_gb_month = 0.2\n",
+        )
+        .unwrap();
         let t = PriceTable::load(&path).unwrap();
         assert_eq!(t.batch_per_job, 0.5);
+        assert_eq!(t.express_storage_per_gb_month, 0.2);
         assert_eq!(t.source, "our contract");
         assert_eq!(
             t.express_put_per_1000,

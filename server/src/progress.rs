@@ -256,6 +256,11 @@ impl Progress {
         self.phase.store(phase_code(phase), Ordering::Relaxed);
         self.publish();
     }
+    /// The earliest expiry of this warm's leases as last written; 0 before.
+    pub fn lease_expiry(&self) -> Millis {
+        self.lease_expires_at.load(Ordering::Relaxed)
+    }
+
     pub fn set_lease_expiry(&self, at: Millis) {
         self.lease_expires_at.store(at, Ordering::Relaxed);
     }

@@ -544,3 +544,40 @@ async fn an_index_failure_while_answering_from_a_recent_warm_falls_back_to_listi
     assert!(fx.server.store.calls.list.load(Ordering::Relaxed) > lists);
     assert_eq!(list_keys(&fx.s3, &fx.dir, "m/").await.len(), 10);
 }
+
+#[tokio::test]
+async fn a_joiner_keeps_its_lease_while_a_live_leader_waits_without_moving_its_counters() {
+    // A joiner renews its own lease while the warm it joined is alive,
+    // judged by that warm's published state (its keeper runs), not by its
+    // counters: here the leader waits a few seconds in the queue, counters
+    // still, while the joiner's lease lasts one second.
+    let fx = one_at_a_time_tuned(|d| {
+        d.warm.stall_limit = Duration::from_millis(500);
+        d.ops.publish_interval = Duration::from_millis(100);
+    })
+    .await;
+    // Copies slow enough that the blocker holds the one running slot for
+    // about three seconds.
+    fx.server.store.delay(Op::Copy, Duration::from_millis(300));
+    let (blocker, _) = start_until(&fx, &["n/"], |p| {
+        p.counters.unwrap_or_default().objects_copied >= 1
+    })
+    .await;
+    let (leader, led_first) = start_until(&fx, &["m/"], |_| true).await;
+    let mut client = fx.client().await;
+    let short = fx.request(&["m/"]).ttl(Duration::from_secs(1));
+    let joiner = tokio::spawn(async move { client.warm_and_wait(short, |_| {}).await });
+    assert_eq!(outcome(&finish(blocker).await), pb::Outcome::Succeeded);
+    assert_eq!(outcome(&finish(leader).await), pb::Outcome::Succeeded);
+    let joined = joiner.await.unwrap().unwrap();
+    assert_eq!(
+        joined.joined_operation_id.as_deref(),
+        Some(led_first.operation_id.as_str()),
+        "{joined:?}"
+    );
+    assert_eq!(
+        joined.outcome,
+        Outcome::Succeeded,
+        "its lease was kept while it waited: {joined:?}"
+    );
+}

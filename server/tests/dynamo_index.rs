@@ -129,6 +129,7 @@ fn operation(id: &str, rid: Option<&str>, created_at: i64) -> OperationRecord {
             max_staleness: std::time::Duration::ZERO,
             batch_operations: false,
             allow_empty: false,
+            selection: Default::default(),
         },
         state: OperationState::queued(id, created_at),
         created_at,

@@ -263,6 +263,9 @@ async fn bad_requests_get_precise_codes_and_field_details() {
             dry_run: false,
             batch_operations: false,
             allow_empty: false,
+            include: vec![],
+            exclude: vec![],
+            keys: vec![],
         })
         .await
         .expect_err("invalid request accepted");

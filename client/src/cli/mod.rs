@@ -3,6 +3,7 @@
 
 mod errors;
 mod exit;
+mod ls;
 mod render;
 mod source;
 
@@ -10,7 +11,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use std::sync::Arc;
 
 use expresscache::request::parse_operation_id;
@@ -124,6 +125,37 @@ enum Command {
     Cancel(CancelArgs),
     /// List recent operations, newest first.
     Ops(OpsArgs),
+    /// List the live leases of a directory bucket: each prefix kept
+    /// cached, from which source, until when, what is cached under it and
+    /// the operations that hold it.
+    Ls(LsArgs),
+    /// Print the completion script of a shell (bash, zsh, fish,
+    /// powershell, elvish), e.g. `expresscache completion bash >
+    /// /etc/bash_completion.d/expresscache`.
+    Completion(CompletionArgs),
+    /// Print the manual page (roff), e.g. `expresscache man > expresscache.1`
+    /// or `expresscache man | man -l -`.
+    Man,
+}
+
+#[derive(Debug, Args)]
+struct LsArgs {
+    /// Directory bucket whose leases to list.
+    #[arg(long)]
+    directory_bucket: String,
+    /// Only the leases at, over or under this prefix ("" = the whole
+    /// bucket; otherwise ends in "/").
+    #[arg(long, default_value = "")]
+    prefix: String,
+    #[arg(long, value_enum, default_value = "text")]
+    output: OutputFormat,
+}
+
+#[derive(Debug, Args)]
+struct CompletionArgs {
+    /// The shell to print the completion script of.
+    #[arg(value_enum)]
+    shell: clap_complete::Shell,
 }
 
 /// How `warm` and `watch` show progress and survive broken connections.
@@ -175,8 +207,9 @@ struct OpsArgs {
 #[derive(Debug, Args)]
 struct WarmArgs {
     /// What to warm as s3://BUCKET/PREFIX/ (s3://BUCKET for the whole
-    /// bucket): the same as --bucket BUCKET --prefix PREFIX/. Several are
-    /// allowed, all of one bucket.
+    /// bucket): the same as --bucket BUCKET --prefix PREFIX/; or
+    /// s3://BUCKET/KEY, a URL not ending in "/": that one object. Several
+    /// are allowed, all of one bucket, either prefixes or objects.
     #[arg(value_name = "s3://BUCKET/PREFIX/")]
     sources: Vec<String>,
     /// Source general-purpose bucket.
@@ -222,6 +255,28 @@ struct WarmArgs {
     /// intent). Empty prefixes are warned of either way.
     #[arg(long)]
     allow_empty: bool,
+    /// Warm only the keys matching this glob (repeatable: any of them).
+    /// It matches the whole key from the bucket's root, not from the
+    /// prefix: "*" within a directory, "**" across directories ("**/"
+    /// also none), "?" one character, "[a-z]" one of a set, "\" escapes;
+    /// e.g. 'datasets/**/*.parquet'. Quote it from the shell.
+    #[arg(long = "include", value_name = "GLOB")]
+    include: Vec<String>,
+    /// Never warm the keys matching this glob (repeatable; wins over
+    /// --include), e.g. '**/_tmp/**'.
+    #[arg(long = "exclude", value_name = "GLOB")]
+    exclude: Vec<String>,
+    /// Warm the exact keys listed in FILE ("-": standard input), one per
+    /// line (a line s3://BUCKET/KEY is KEY); blank lines and lines
+    /// starting with "#" are skipped. Instead of prefixes; --include and
+    /// --exclude still apply. A key the source does not hold fails (exit
+    /// 3). The keys' directories are listed and leased.
+    #[arg(long, value_name = "FILE")]
+    files_from: Option<PathBuf>,
+    /// Submit the warm, print its operation id and exit 0 without waiting
+    /// (the warm runs on; follow it with `expresscache watch ID`).
+    #[arg(long, conflicts_with = "dry_run")]
+    no_wait: bool,
     #[command(flatten)]
     follow: FollowArgs,
 }
@@ -333,6 +388,20 @@ pub fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> ExitCode {
+    // Generated from the definition alone: no endpoint, no credentials.
+    match &cli.command {
+        Command::Completion(a) => {
+            clap_complete::generate(
+                a.shell,
+                &mut Cli::command(),
+                "expresscache",
+                &mut std::io::stdout(),
+            );
+            return ExitCode::SUCCESS;
+        }
+        Command::Man => return man(),
+        _ => {}
+    }
     let credentials = match credentials(&cli) {
         Ok(c) => c,
         Err(e) => return fail(&e),
@@ -356,11 +425,46 @@ async fn run(cli: Cli) -> ExitCode {
         },
         Command::Cancel(a) => cancel(&endpoints, a).await,
         Command::Ops(a) => ops(&endpoints, a).await,
+        Command::Ls(a) => match check_ls(&a) {
+            Ok(()) => match Client::connect_to(Arc::clone(&endpoints)).await {
+                Ok(mut client) => {
+                    ls::run(&mut client, a.directory_bucket, a.prefix, a.output).await
+                }
+                Err(e) => Err(e),
+            },
+            Err(lines) => return usage(&lines),
+        },
+        Command::Completion(_) | Command::Man => unreachable!("answered above"),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),
     }
+}
+
+/// `man`: the manual page of the whole command line, in roff.
+fn man() -> ExitCode {
+    let mut out = std::io::stdout().lock();
+    match clap_mangen::Man::new(Cli::command()).render(&mut out) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: cannot write the manual page: {e}");
+            ExitCode::from(exit::FAILED)
+        }
+    }
+}
+
+/// An `ls` checked as the server would, before connecting.
+fn check_ls(a: &LsArgs) -> Result<(), Vec<String>> {
+    let query = pb::GetStatusRequest {
+        target: Some(pb::get_status_request::Target::Prefixes(pb::PrefixQuery {
+            directory_bucket: a.directory_bucket.clone(),
+            prefixes: vec![a.prefix.clone()],
+        })),
+    };
+    StatusQuery::parse(&query, &client_limits())
+        .map(|_| ())
+        .map_err(|e| invalid_lines(&e))
 }
 
 fn fail(e: &ClientError) -> ExitCode {
@@ -374,8 +478,30 @@ fn fail(e: &ClientError) -> ExitCode {
 /// would before anything is sent; every problem at once if it cannot be
 /// sent.
 fn warm_request(a: &WarmArgs) -> Result<(WarmRequest, String), Vec<String>> {
-    let source = source::resolve(&a.sources, a.bucket.as_deref(), &a.prefixes)
-        .map_err(|problems| errors::problem_lines("", &problems))?;
+    let source = source::resolve(
+        &a.sources,
+        a.bucket.as_deref(),
+        &a.prefixes,
+        a.files_from.is_some(),
+    )
+    .map_err(|problems| errors::problem_lines("", &problems))?;
+    let mut keys = source.keys.clone();
+    if let Some(path) = &a.files_from {
+        let listed = source::read_key_list(path, &source.bucket)
+            .map_err(|problems| errors::problem_lines("", &problems))?;
+        keys.extend(listed);
+    }
+    if !keys.is_empty() && !source.prefixes.is_empty() {
+        return Err(errors::problem_lines(
+            "",
+            &[
+                "a warm takes either prefixes (s3://BUCKET/PREFIX/, --prefix) or exact keys \
+               (s3://BUCKET/KEY, --files-from), not both: run one warm for each, or select \
+               keys under the prefixes with --include"
+                    .to_owned(),
+            ],
+        ));
+    }
     let mut request = WarmRequest::new(source.bucket.clone(), a.directory_bucket.clone())
         .ttl(a.ttl)
         .force_copy(a.force_copy)
@@ -391,6 +517,13 @@ fn warm_request(a: &WarmArgs) -> Result<(WarmRequest, String), Vec<String>> {
     };
     for p in &source.prefixes {
         request = request.prefix(p.clone());
+    }
+    request = request.keys(keys);
+    for g in &a.include {
+        request = request.include(g.clone());
+    }
+    for g in &a.exclude {
+        request = request.exclude(g.clone());
     }
     if let Err(invalid) = request.validate() {
         let problems: Vec<String> = invalid
@@ -411,6 +544,9 @@ async fn warm(endpoints: &Arc<Endpoints>, a: WarmArgs) -> ExitCode {
     if a.dry_run {
         return dry_run(endpoints, request, &a.follow).await;
     }
+    if a.no_wait {
+        return submit(endpoints, request, &a.follow).await;
+    }
     let mut renderer = Renderer::new(a.follow.output, a.follow.log_interval);
     let result = match connect(endpoints, a.follow.reconnect_attempts).await {
         Ok(mut client) => {
@@ -421,6 +557,27 @@ async fn warm(endpoints: &Arc<Endpoints>, a: WarmArgs) -> ExitCode {
         Err(e) => Err(e),
     };
     finish(renderer, result, Some(&bucket))
+}
+
+/// `warm --no-wait`: submits, prints the operation id and returns without
+/// waiting (the warm runs detached from the call).
+async fn submit(endpoints: &Arc<Endpoints>, request: WarmRequest, f: &FollowArgs) -> ExitCode {
+    let result = match connect(endpoints, f.reconnect_attempts).await {
+        Ok(mut client) => client.submit(request).await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(id) => {
+            match f.output {
+                OutputFormat::Json => println!("{}", json!({ "operation_id": id })),
+                OutputFormat::Text => {
+                    println!("operation {id} submitted; follow it with: expresscache watch {id}")
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e),
+    }
 }
 
 /// `warm --dry-run`: the listing's progress on stderr (text) and the plan
@@ -525,13 +682,19 @@ fn operation_line(s: &pb::OperationStatus) -> String {
         render::phase_name(p.phase).to_owned()
     };
     let c = p.counters.unwrap_or_default();
+    // A key list is shown by its size: it may be 100,000 keys long.
+    let what = if r.keys.is_empty() {
+        format!("{:?}", r.prefixes)
+    } else {
+        format!("({} keys)", r.keys.len())
+    };
     format!(
-        "{}  {}  {:<16}  s3://{} {:?} -> {}  listed {} hits {} copied {} failed {}{}",
+        "{}  {}  {:<16}  s3://{} {} -> {}  listed {} hits {} copied {} failed {}{}",
         s.operation_id,
         ts(s.created_at.as_ref()),
         state,
         r.bucket,
-        r.prefixes,
+        what,
         r.directory_bucket,
         c.objects_listed,
         c.objects_hit,
@@ -717,6 +880,9 @@ fn request_json(r: &pb::WarmCacheRequest) -> serde_json::Value {
         "force_copy": r.force_copy,
         "allow_empty": r.allow_empty,
         "request_id": r.request_id,
+        "include": r.include,
+        "exclude": r.exclude,
+        "keys": r.keys,
     })
 }
 

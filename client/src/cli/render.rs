@@ -137,6 +137,7 @@ pub fn plan_json(plan: &pb::WarmPlan) -> Value {
         "large_objects": plan.large_objects,
         "engine": estimate(plan.engine.as_ref()),
         "batch": estimate(plan.batch.as_ref()),
+        "storage": estimate(plan.storage.as_ref()),
         "prices": plan.prices,
     });
     if let Some(d) = &plan.estimated_duration {
@@ -188,18 +189,27 @@ pub fn plan_lines(plan: &pb::WarmPlan) -> Vec<String> {
         "{} listing requests; {} objects over 5 GiB (copied by the engine either way)",
         plan.list_requests, plan.large_objects
     ));
+    let line = |l: &pb::CostLine| {
+        format!(
+            "  {:<58} {:>14.6} x ${:<10} per {:<18} = ${:.4}",
+            l.item, l.quantity, l.usd_per_unit, l.unit, l.usd
+        )
+    };
     for (name, e) in [
         ("engine", &plan.engine),
         ("S3 Batch Operations", &plan.batch),
     ] {
         let e = e.clone().unwrap_or_default();
         out.push(format!("cost by {name}: ${:.4}", e.usd));
-        for l in &e.lines {
-            out.push(format!(
-                "  {:<58} {:>14.6} x ${:<10} per {:<18} = ${:.4}",
-                l.item, l.quantity, l.usd_per_unit, l.unit, l.usd
-            ));
-        }
+        out.extend(e.lines.iter().map(line));
+    }
+    // A server that predates storage prices sends none.
+    if let Some(e) = &plan.storage {
+        out.push(format!(
+            "storage for the TTL (either way of copying): ${:.4}",
+            e.usd
+        ));
+        out.extend(e.lines.iter().map(line));
     }
     out.push(match &plan.estimated_duration {
         Some(d) => format!(
@@ -468,6 +478,36 @@ mod tests {
             empty_prefix_warnings(None, &["".to_owned()]),
             [r#"warning: no object under prefix """#]
         );
+    }
+
+    #[test]
+    fn a_plan_shows_the_storage_for_the_ttl_apart_from_the_copies() {
+        let storage = pb::CostEstimate {
+            usd: 1.5,
+            lines: vec![pb::CostLine {
+                item: "S3 Express One Zone storage for the TTL: objects to copy".into(),
+                quantity: 2.0,
+                unit: "GB-month".into(),
+                usd_per_unit: 0.75,
+                usd: 1.5,
+            }],
+        };
+        let plan = pb::WarmPlan {
+            storage: Some(storage),
+            ..Default::default()
+        };
+        let lines = plan_lines(&plan);
+        assert!(
+            lines
+                .iter()
+                .any(|l| l == "storage for the TTL (either way of copying): $1.5000"),
+            "{lines:#?}"
+        );
+        assert!(lines.iter().any(|l| l.contains("GB-month")), "{lines:#?}");
+        assert_eq!(plan_json(&plan)["storage"]["usd"], 1.5);
+        assert!(!plan_lines(&pb::WarmPlan::default())
+            .iter()
+            .any(|l| l.starts_with("storage")));
     }
 
     #[test]

@@ -1,34 +1,40 @@
 //! What `warm` reads: `--bucket B --prefix P/`, or `s3://B/P/` given as
-//! arguments (the form every S3 tool prints), or both for one bucket.
+//! arguments (the form every S3 tool prints), or both for one bucket; or
+//! exact keys: `s3://B/KEY` arguments (a URL not ending in `/` is one
+//! object) and `--files-from FILE`.
+
+use std::path::Path;
 
 use expresscache::names::{prefix_for_key, split_s3_url};
 use expresscache::FieldViolation;
 
-/// The source bucket and prefixes of a warm, from its command line.
+/// The source bucket, and its prefixes or exact keys, of a warm, from its
+/// command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Source {
     pub bucket: String,
     pub prefixes: Vec<String>,
+    /// Objects named by `s3://B/KEY` arguments.
+    pub keys: Vec<String>,
 }
 
-/// `s3://B/P/` arguments, then `--bucket` and `--prefix`, resolved into one
-/// bucket and its prefixes (those of the URLs first); every problem at
-/// once if they do not make one source.
+/// `s3://B/P/` and `s3://B/KEY` arguments, then `--bucket` and `--prefix`,
+/// resolved into one bucket and its prefixes (those of the URLs first) and
+/// keys; every problem at once if they do not make one source. With a key
+/// list (`key_list`: `--files-from`), `s3://B` names just the bucket.
 pub fn resolve(
     urls: &[String],
     bucket: Option<&str>,
     prefixes: &[String],
+    key_list: bool,
 ) -> Result<Source, Vec<String>> {
     let mut problems = Vec::new();
     let mut from_urls: Vec<(String, String)> = Vec::new();
     for url in urls {
         match split_s3_url(url) {
             None => problems.push(format!(
-                "{url:?} is not a source: give s3://BUCKET/PREFIX/, or --bucket BUCKET --prefix PREFIX/"
-            )),
-            Some((b, key)) if !key.is_empty() && !key.ends_with('/') => problems.push(format!(
-                "{url:?}: a source names a prefix, which ends in '/'; did you mean s3://{b}/{}?",
-                prefix_for_key(key)
+                "{url:?} is not a source: give s3://BUCKET/PREFIX/ (a prefix), s3://BUCKET/KEY \
+                 (one object), or --bucket BUCKET --prefix PREFIX/"
             )),
             Some((b, key)) => from_urls.push((b.to_owned(), key.to_owned())),
         }
@@ -49,16 +55,17 @@ pub fn resolve(
     let hints: Vec<String> = prefixes.iter().filter_map(|p| prefix_url_hint(p)).collect();
     let Some(&bucket) = buckets.first() else {
         problems.push(
-            "warm needs a source: s3://BUCKET/PREFIX/, or --bucket BUCKET --prefix PREFIX/ \
-             (--prefix \"\" for the whole bucket)"
+            "warm needs a source: s3://BUCKET/PREFIX/, s3://BUCKET/KEY, or --bucket BUCKET \
+             --prefix PREFIX/ (--prefix \"\" for the whole bucket) or --files-from FILE"
                 .into(),
         );
         problems.extend(hints);
         return Err(problems);
     };
-    if from_urls.is_empty() && prefixes.is_empty() {
+    if from_urls.is_empty() && prefixes.is_empty() && !key_list {
         problems.push(format!(
-            "--bucket {bucket} needs at least one --prefix (--prefix \"\" for the whole bucket)"
+            "--bucket {bucket} needs at least one --prefix (--prefix \"\" for the whole bucket), \
+             or --files-from FILE"
         ));
     }
     if !problems.is_empty() {
@@ -66,12 +73,87 @@ pub fn resolve(
         return Err(problems);
     }
     let bucket = bucket.to_owned();
-    let prefixes = from_urls
+    let mut keys = Vec::new();
+    let mut url_prefixes = Vec::new();
+    for (_, key) in from_urls {
+        if key.is_empty() && key_list {
+            // `s3://B --files-from F`: the keys of F in bucket B.
+            continue;
+        }
+        if key.is_empty() || key.ends_with('/') {
+            url_prefixes.push(key);
+        } else {
+            keys.push(key);
+        }
+    }
+    let prefixes = url_prefixes
         .into_iter()
-        .map(|(_, key)| key)
         .chain(prefixes.iter().cloned())
         .collect();
-    Ok(Source { bucket, prefixes })
+    Ok(Source {
+        bucket,
+        prefixes,
+        keys,
+    })
+}
+
+/// Most problems reported from one key list file.
+const MAX_LIST_PROBLEMS: usize = 10;
+
+/// The keys of a `--files-from` file (`-`: standard input) for `bucket`:
+/// one per line; blank lines and lines whose first non-blank character is
+/// `#` are skipped; a line `s3://BUCKET/KEY` of the same bucket is KEY.
+pub fn read_key_list(path: &Path, bucket: &str) -> Result<Vec<String>, Vec<String>> {
+    let (name, text) = if path == Path::new("-") {
+        (
+            "standard input".to_owned(),
+            std::io::read_to_string(std::io::stdin()),
+        )
+    } else {
+        (path.display().to_string(), std::fs::read_to_string(path))
+    };
+    let text = text.map_err(|e| vec![format!("--files-from {name}: {e}")])?;
+    let keys = parse_key_list(&text, bucket).map_err(|p| {
+        p.into_iter()
+            .map(|l| format!("--files-from {name}: {l}"))
+            .collect::<Vec<_>>()
+    })?;
+    if keys.is_empty() {
+        return Err(vec![format!(
+            "--files-from {name}: no key in it (blank lines and # comments are skipped)"
+        )]);
+    }
+    Ok(keys)
+}
+
+/// The keys of a key list's text (see [`read_key_list`]).
+pub fn parse_key_list(text: &str, bucket: &str) -> Result<Vec<String>, Vec<String>> {
+    let mut keys = Vec::new();
+    let mut problems = Vec::new();
+    // `lines` drops "\n" and "\r\n" line ends.
+    for (n, line) in text.lines().enumerate() {
+        let blank = line.trim();
+        if blank.is_empty() || blank.starts_with('#') {
+            continue;
+        }
+        match split_s3_url(line) {
+            Some((b, key)) if b == bucket => keys.push(key.to_owned()),
+            Some((b, _)) => {
+                if problems.len() < MAX_LIST_PROBLEMS {
+                    problems.push(format!(
+                        "line {}: {line:?} is in bucket {b}, not {bucket}: one warm reads one bucket",
+                        n + 1
+                    ));
+                }
+            }
+            None => keys.push(line.to_owned()),
+        }
+    }
+    if problems.is_empty() {
+        Ok(keys)
+    } else {
+        Err(problems)
+    }
 }
 
 /// What to type instead of `--prefix s3://B/K/`, if `prefix` is such a URL.
@@ -124,12 +206,13 @@ mod tests {
             &strings(&["s3://demo-src/datasets/", "s3://demo-src/models/"]),
             None,
             &strings(&["extra/"]),
+            false,
         )
         .unwrap();
         assert_eq!(s.bucket, "demo-src");
         assert_eq!(s.prefixes, ["datasets/", "models/", "extra/"]);
         // The whole bucket, and --bucket naming the same one.
-        let s = resolve(&strings(&["s3://demo-src"]), Some("demo-src"), &[]).unwrap();
+        let s = resolve(&strings(&["s3://demo-src"]), Some("demo-src"), &[], false).unwrap();
         assert_eq!(
             (s.bucket.as_str(), s.prefixes),
             ("demo-src", strings(&[""]))
@@ -138,7 +221,7 @@ mod tests {
 
     #[test]
     fn flags_alone_are_as_before() {
-        let s = resolve(&[], Some("b-1"), &strings(&["", "d/"])).unwrap();
+        let s = resolve(&[], Some("b-1"), &strings(&["", "d/"]), false).unwrap();
         assert_eq!(
             (s.bucket.as_str(), s.prefixes),
             ("b-1", strings(&["", "d/"]))
@@ -151,20 +234,57 @@ mod tests {
             &strings(&["s3://a-1/x/", "s3://b-1/y/", "data/", "s3://a-1/file"]),
             Some("c-1"),
             &[],
+            false,
         )
         .unwrap_err();
-        assert_eq!(e.len(), 3, "{e:#?}");
+        assert_eq!(e.len(), 2, "{e:#?}");
         assert!(e[0].contains(r#""data/" is not a source"#), "{e:#?}");
-        assert!(e[1].contains("did you mean s3://a-1/file/?"), "{e:#?}");
-        assert!(e[2].contains("a-1, b-1, c-1"), "{e:#?}");
-        let e = resolve(&[], None, &strings(&["s3://demo-src/datasets/"])).unwrap_err();
+        assert!(e[1].contains("a-1, b-1, c-1"), "{e:#?}");
+        let e = resolve(&[], None, &strings(&["s3://demo-src/datasets/"]), false).unwrap_err();
         assert!(e[0].starts_with("warm needs a source"), "{e:#?}");
         assert!(
             e[1].contains("did you mean --bucket demo-src --prefix datasets/ ?"),
             "{e:#?}"
         );
-        let e = resolve(&[], Some("b-1"), &[]).unwrap_err();
+        let e = resolve(&[], Some("b-1"), &[], false).unwrap_err();
         assert!(e[0].contains("needs at least one --prefix"), "{e:#?}");
+        assert!(
+            resolve(&[], Some("b-1"), &[], true).is_ok(),
+            "a key list needs no prefix"
+        );
+    }
+
+    #[test]
+    fn a_url_not_ending_in_a_slash_is_one_object() {
+        let s = resolve(
+            &strings(&["s3://demo-src/path/to/object.bin", "s3://demo-src/b.bin"]),
+            None,
+            &[],
+            false,
+        )
+        .unwrap();
+        assert_eq!(s.keys, ["path/to/object.bin", "b.bin"]);
+        assert!(s.prefixes.is_empty());
+        // With --files-from, s3://BUCKET only names the bucket.
+        let s = resolve(&strings(&["s3://demo-src"]), None, &[], true).unwrap();
+        assert_eq!(
+            (s.bucket.as_str(), s.prefixes.len(), s.keys.len()),
+            ("demo-src", 0, 0)
+        );
+    }
+
+    #[test]
+    fn a_key_list_skips_blank_lines_and_comments() {
+        let text = "# training shards\n\nd/a.bin\r\n  \n  # indented comment\ns3://demo-src/d/b.bin\nkey with spaces \n";
+        assert_eq!(
+            parse_key_list(text, "demo-src").unwrap(),
+            ["d/a.bin", "d/b.bin", "key with spaces "]
+        );
+        let e = parse_key_list("s3://other/x\n", "demo-src").unwrap_err();
+        assert!(
+            e[0].contains("line 1") && e[0].contains("not demo-src"),
+            "{e:#?}"
+        );
     }
 
     #[test]

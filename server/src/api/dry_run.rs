@@ -151,6 +151,7 @@ pub fn plan_message(plan: &DryPlan, prices: &PriceTable) -> pb::WarmPlan {
         large_objects: plan.large_objects,
         engine: Some(estimate(&prices.engine(&plan.work))),
         batch: Some(estimate(&prices.batch(&plan.work))),
+        storage: Some(estimate(&prices.storage(&plan.work))),
         estimated_duration: plan.copying.map(|c| convert::duration(plan.planning + c)),
         prices: prices.source.clone(),
     }

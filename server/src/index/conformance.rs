@@ -43,6 +43,7 @@ fn warm_spec(request_id: Option<&str>) -> WarmSpec {
         max_staleness: std::time::Duration::ZERO,
         batch_operations: false,
         allow_empty: false,
+        selection: Default::default(),
     }
 }
 

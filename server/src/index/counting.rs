@@ -61,7 +61,9 @@ impl<I> CountingIndex<I> {
             let mut refusing = self.refusing.lock().unwrap_or_else(|e| e.into_inner());
             if let Some((_, left)) = refusing.iter_mut().find(|(c, n)| *c == call && *n > 0) {
                 *left -= 1;
-                return Err(IndexError::Storage(format!("{call} refused (injected)")));
+                return Err(IndexError::Storage(format!(
+                    "{call} refused (injected): ValidationException: Item size has exceeded the maximum allowed size"
+                )));
             }
         }
         Ok(match &self.gate {

@@ -42,6 +42,14 @@ pub struct RequestDoc {
     pub batch_operations: bool,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub allow_empty: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub include: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<String>,
+    /// The keys of a key list (`prefixes` then holds their directories,
+    /// as the spec does).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<String>,
     /// The principal that submitted it (absent: anonymous, or an earlier
     /// release).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -189,6 +197,19 @@ impl From<&WarmSpec> for RequestDoc {
             max_staleness_ms: u64::try_from(s.max_staleness.as_millis()).unwrap_or(u64::MAX),
             batch_operations: s.batch_operations,
             allow_empty: s.allow_empty,
+            include: s
+                .selection
+                .include
+                .iter()
+                .map(|g| g.as_str().to_owned())
+                .collect(),
+            exclude: s
+                .selection
+                .exclude
+                .iter()
+                .map(|g| g.as_str().to_owned())
+                .collect(),
+            keys: s.selection.keys.iter().cloned().collect(),
             owner: None,
         }
     }
@@ -210,6 +231,24 @@ impl RequestDoc {
     pub fn decode(self) -> Result<WarmSpec, IndexError> {
         check_version(self.v, "request")?;
         let bad = |field: &str, e: String| IndexError::Corrupt(format!("stored {field}: {e}"));
+        let globs = |field: &str, raw: &[String]| {
+            raw.iter()
+                .map(|p| expresscache::names::Glob::parse(p).map_err(|e| bad(field, e)))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let selection = expresscache::request::KeySelection {
+            include: globs("include", &self.include)?,
+            exclude: globs("exclude", &self.exclude)?,
+            keys: self
+                .keys
+                .iter()
+                .map(|k| {
+                    expresscache::names::check_key(k)
+                        .map(|()| k.clone())
+                        .map_err(|e| bad("keys", e))
+                })
+                .collect::<Result<_, _>>()?,
+        };
         Ok(WarmSpec {
             source: BucketName::parse(&self.source).map_err(|e| bad("bucket", e))?,
             prefixes: self
@@ -234,6 +273,7 @@ impl RequestDoc {
             max_staleness: Duration::from_millis(self.max_staleness_ms),
             batch_operations: self.batch_operations,
             allow_empty: self.allow_empty,
+            selection,
         })
     }
 }
@@ -367,6 +407,7 @@ mod tests {
             max_staleness: std::time::Duration::ZERO,
             batch_operations: false,
             allow_empty: false,
+            selection: Default::default(),
         }
     }
 

@@ -69,6 +69,17 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
         if *self.draining.borrow() {
             return Ok(false);
         }
+        // A fast clock sees live runs as lapsed: measured afresh against
+        // S3 (one HeadBucket of the warm's destination) before judging.
+        let _ = self
+            .warmer
+            .store
+            .check_bucket(rec.request.directory_bucket.as_str())
+            .await;
+        if let Err(why) = crate::skew::global().check(self.settings.skew_margin) {
+            tracing::warn!(operation_id = %rec.id, reason = %why, "not taking over an unfinished warm");
+            return Ok(false);
+        }
         let terms = self.run_terms();
         let granted_until = terms.deadline;
         let Some(t) = self.index().take_over(&rec.id, &terms).await? else {
@@ -100,7 +111,15 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
             self.index().update_operation(&id, &t.ticket, &last).await?;
             return Ok(false);
         }
-        rec.resumptions = self.index().mark_resumed(&id).await?;
+        // Only shown to callers: failing to count it must not leave the
+        // run just taken over to lapse (that would count a crash).
+        rec.resumptions = match self.index().mark_resumed(&id).await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(operation_id = %id, error = %e, "could not count the resumption");
+                rec.resumptions.saturating_add(1)
+            }
+        };
         tracing::info!(operation_id = %id, attempt = t.ticket.attempt, resumptions = rec.resumptions,
             "taking over an unfinished warm");
         let (progress, _rx) = Progress::new(id, Arc::clone(&self.warmer.clock));

@@ -48,6 +48,9 @@ fn same_data(leader: &WarmSpec, spec: &WarmSpec) -> bool {
     leader.source == spec.source
         && leader.directory_bucket == spec.directory_bucket
         && leader.destination_prefix == spec.destination_prefix
+        // A filtered or key-list warm lists (and copies) only what it
+        // selects: it does the work of the same selection only.
+        && leader.selection == spec.selection
         && !leader.force_copy
         && !spec.force_copy
 }
@@ -635,6 +638,11 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
         show(&last);
         match last.outcome {
             Some(Outcome::Succeeded | Outcome::PartiallyFailed) => {}
+            // Failed only because every one of its prefixes was empty (it
+            // names them, and fails on nothing else once listed): for this
+            // warm that is a listing like any other, judged by its own
+            // rule below.
+            Some(Outcome::Failed) if !last.empty_prefixes.is_empty() => {}
             Some(Outcome::Failed) => {
                 return Followed::Done(Err(WarmError::JoinedFailed {
                     operation_id: leader.to_owned(),
@@ -717,6 +725,7 @@ mod tests {
             max_staleness: std::time::Duration::ZERO,
             batch_operations: false,
             allow_empty: false,
+            selection: Default::default(),
         }
     }
 

@@ -147,11 +147,20 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
         let mut attempt = 0u32;
         let mut fallbacks = 0u32;
         loop {
-            let err = match self
-                .index()
-                .finish_operation(id, ticket, &last, &epochs)
-                .await
-            {
+            // Each try within half a run lease: the renewal below keeps
+            // the run this attempt's while the index is slow, so no other
+            // replica takes it over (and counts a crash) meanwhile.
+            let tried = tokio::time::timeout(
+                self.settings.run_ttl / 2,
+                self.index().finish_operation(id, ticket, &last, &epochs),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                Err(crate::index::IndexError::Unavailable(
+                    "recording the final state timed out".into(),
+                ))
+            });
+            let err = match tried {
                 Ok(true) => return progress.publish_final(last),
                 Ok(false) => {
                     return tracing::warn!(operation_id = %id,
@@ -160,6 +169,13 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
                 Err(e) => e,
             };
             if !matches!(err, crate::index::IndexError::Unavailable(_)) {
+                // Only a state the index finds too large has a smaller
+                // form; any other refusal (access denied) is handed on.
+                if !too_large(&err) {
+                    tracing::error!(operation_id = %id, error = %err,
+                        "the index refused the final state; handing the run on");
+                    break;
+                }
                 fallbacks += 1;
                 tracing::error!(operation_id = %id, error = %err,
                     "the index refused the final state; recording a smaller one");
@@ -320,17 +336,27 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
     }
 }
 
-/// `state` without its failure list (counted as omitted instead): what is
-/// left of a final state too large to record.
+/// Whether the index refused a state for its size (DynamoDB's 400 KB
+/// item limit answers ValidationException).
+fn too_large(err: &crate::index::IndexError) -> bool {
+    let text = err.to_string();
+    text.contains("ValidationException") || text.contains("size")
+}
+
+/// `state` without its failure list (counted as omitted instead) and its
+/// lease epochs (recorded apart with the final state): what is left of a
+/// final state too large to record.
 fn without_failures(mut state: OperationState) -> OperationState {
     state.failures_omitted += state.failures.len() as u64;
     state.failures.clear();
+    state.lease_epochs.clear();
     state
 }
 
 /// `state` as FAILED because its outcome could not be recorded.
 fn failed_to_record(mut state: OperationState, err: &crate::index::IndexError) -> OperationState {
     state = without_failures(state);
+    state.empty_prefixes.clear();
     state.outcome = Some(Outcome::Failed);
     state.error = Some(format!("the outcome could not be recorded: {err}"));
     state

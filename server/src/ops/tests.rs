@@ -26,6 +26,7 @@ fn unfinished(id: &str, resumptions: u32) -> OperationRecord {
             max_staleness: Duration::ZERO,
             batch_operations: false,
             allow_empty: false,
+            selection: Default::default(),
         },
         state: OperationState {
             phase: crate::operation::Phase::Copying,

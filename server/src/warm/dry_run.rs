@@ -1,7 +1,9 @@
 //! A dry run: the warm's listing and plan, page by page against the index
 //! exactly as a warm decides, with nothing claimed, copied or leased; what
 //! it would copy is tallied per prefix and in requests and bytes for
-//! pricing (`crate::pricing`).
+//! pricing (`crate::pricing`), with the bytes it would keep stored for the
+//! TTL. Only the keys the request selects are listed, tallied and priced
+//! (`listing.rs` filters them).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -16,7 +18,7 @@ use super::run::WarmRun;
 use super::{WarmError, Warmer};
 use crate::index::CacheIndex;
 use crate::operation::Phase;
-use crate::pricing::{copy_work, CopyWork, PlanWork};
+use crate::pricing::{copy_work, CopyWork, PlanWork, StorageWork};
 use crate::progress::Progress;
 use crate::stop::StopSignal;
 use crate::store::ObjectStore;
@@ -169,6 +171,12 @@ impl<S: ObjectStore, I: CacheIndex> WarmRun<'_, S, I> {
         let (objects, bytes) = plan.prefixes.values().fold((0, 0), |(o, b), t| {
             (o + t.objects_to_copy, b + t.bytes_to_copy)
         });
+        // What the warm keeps in the directory bucket, for its TTL.
+        plan.work.storage = StorageWork {
+            copied_bytes: bytes,
+            cached_bytes: plan.prefixes.values().map(|t| t.bytes_cached).sum(),
+            ttl: self.spec.ttl,
+        };
         plan.copying = self.w.rate.estimate(objects, bytes);
         Ok(plan)
     }

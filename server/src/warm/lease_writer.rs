@@ -109,6 +109,10 @@ async fn write_group<I: CacheIndex>(
     index: Arc<I>,
     clock: Arc<dyn Clock>,
 ) {
+    // However this task ends (a panic, the runtime shutting down), the
+    // group goes with it: its waiting callers' answers are dropped (they
+    // see the write abandoned) and the next caller starts a new writer.
+    let _forget = Forget(Arc::clone(&groups), key.clone());
     loop {
         let waiting = {
             let mut all = groups.lock().unwrap_or_else(|e| e.into_inner());
@@ -132,6 +136,18 @@ async fn write_group<I: CacheIndex>(
         for (_, answer) in waiting {
             let _ = answer.send(result.clone());
         }
+    }
+}
+
+/// Removes a group from the map when dropped.
+struct Forget(Arc<Mutex<HashMap<GroupKey, Group>>>, GroupKey);
+
+impl Drop for Forget {
+    fn drop(&mut self) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.1);
     }
 }
 

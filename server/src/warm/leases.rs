@@ -16,6 +16,8 @@ impl<S: ObjectStore, I: CacheIndex> WarmRun<'_, S, I> {
     /// [`WarmError::LeaseEnded`], not silently revived.
     pub async fn write_leases(&self) -> Result<(), WarmError> {
         let clock = &self.w.clock;
+        // What the last write of this warm's leases guaranteed.
+        let held_until = self.progress.lease_expiry();
         let expires_at =
             super::lease_writer::coarsen(clock.now().saturating_add(span_millis(self.spec.ttl)));
         let prefixes = self.spec.lease_prefixes();
@@ -43,6 +45,18 @@ impl<S: ObjectStore, I: CacheIndex> WarmRun<'_, S, I> {
             .leases
             .extend(&self.w.index, clock, leases.clone())
             .await?;
+        // An answer that comes after the leases were due to expire cannot
+        // vouch for what happened meanwhile: a renewal resent for minutes
+        // (a throttled index) is judged by its send time, and the leases
+        // may have lapsed and been swept or evicted under it in between.
+        if held_until > 0 && clock.now() >= held_until {
+            return Err(WarmError::LeaseEnded {
+                prefix: prefixes
+                    .first()
+                    .map(ToString::to_string)
+                    .unwrap_or_default(),
+            });
+        }
         let mut earliest = Millis::MAX;
         for ((prefix, asked), stored) in prefixes.iter().zip(&leases).zip(&stored) {
             if asked.epoch.is_empty() {

@@ -14,8 +14,16 @@
 //! requests as a flat listing, and a tree of a few big ones is listed a
 //! few dozen requests at a time instead of one after the other. A prefix
 //! with no sub-prefixes costs exactly its flat listing.
+//!
+//! A warm with a key selection (`include`/`exclude` patterns, or a key
+//! list) keeps only the keys it selects from every page before the planner
+//! sees it, so the others are neither counted as listed nor copied; and a
+//! sub-prefix under which it can select nothing (no named key, no include
+//! pattern that can match there, or an exclude pattern that matches all of
+//! it) is not listed at all. The named keys of a key list that the listing
+//! never found fail with `NoSuchKey` once it ran to its end.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{BTreeSet, HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use tracing::Instrument;
@@ -100,35 +108,114 @@ enum Listed {
     Stop,
 }
 
+/// The named keys of a key list that the listing has not found yet (only
+/// those under the prefixes this run lists: a warm split with another
+/// lists part of them); nothing to track without a key list.
+struct MissingKeys(Option<Mutex<Unseen>>);
+
+#[derive(Default)]
+struct Unseen {
+    keys: BTreeSet<String>,
+    /// Of those, the ones a delimited listing showed as a directory
+    /// (`KEY/`): most likely a prefix given without its closing `/`.
+    directories: BTreeSet<String>,
+}
+
+impl MissingKeys {
+    fn new(keys: &BTreeSet<String>, listing: &[expresscache::Prefix]) -> Self {
+        if keys.is_empty() {
+            return Self(None);
+        }
+        let keys = keys
+            .iter()
+            .filter(|k| listing.iter().any(|p| p.covers_key(k)))
+            .cloned()
+            .collect();
+        Self(Some(Mutex::new(Unseen {
+            keys,
+            directories: BTreeSet::new(),
+        })))
+    }
+
+    fn lock(&self) -> Option<std::sync::MutexGuard<'_, Unseen>> {
+        self.0
+            .as_ref()
+            .map(|m| m.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Notes the keys of one page as found (before the patterns filter
+    /// them: a named key that an exclude pattern drops is not missing),
+    /// and the named keys its common prefixes show as directories.
+    fn saw(&self, objects: &[ObjectMeta], common: &[String]) {
+        let Some(mut unseen) = self.lock() else {
+            return;
+        };
+        for o in objects {
+            unseen.keys.remove(o.key.as_str());
+        }
+        for cp in common {
+            if let Some(k) = cp.strip_suffix('/') {
+                if unseen.keys.contains(k) {
+                    unseen.directories.insert(k.to_owned());
+                }
+            }
+        }
+    }
+
+    /// The keys not found, taken out, each with whether it is a directory.
+    fn take_remaining(&self) -> Vec<(String, bool)> {
+        let Some(mut unseen) = self.lock() else {
+            return Vec::new();
+        };
+        let Unseen { keys, directories } = std::mem::take(&mut *unseen);
+        keys.into_iter()
+            .map(|k| {
+                let directory = directories.contains(&k);
+                (k, directory)
+            })
+            .collect()
+    }
+}
+
 impl<S: ObjectStore, I: CacheIndex> WarmRun<'_, S, I> {
     /// Lists every listing prefix, sending each page with objects to
     /// `pages`; stops early when the warm is stopped or nobody takes pages.
     pub async fn list(&self, pages: mpsc::Sender<Page>) -> Result<(), WarmError> {
         let fanout = self.w.settings.list_fanout.max(1);
         let jobs = Jobs::default();
+        let selection = &self.spec.selection;
+        let listing = self.spec.listing_prefixes();
+        let missing = MissingKeys::new(&selection.keys, &listing);
         // One listing at a time gains nothing from splitting a tree: list
-        // each prefix flat, one request per page.
-        jobs.push(self.spec.listing_prefixes().into_iter().map(|p| {
-            let prefix = p.as_str().to_owned();
-            if fanout > 1 {
-                Job::Tree { prefix, depth: 0 }
-            } else {
-                Job::Flat { prefix }
-            }
-        }));
+        // each prefix flat, one request per page. A prefix under which the
+        // selection can take nothing is not listed.
+        jobs.push(
+            listing
+                .into_iter()
+                .filter(|p| selection.may_select_under(p.as_str()))
+                .map(|p| {
+                    let prefix = p.as_str().to_owned();
+                    if fanout > 1 {
+                        Job::Tree { prefix, depth: 0 }
+                    } else {
+                        Job::Flat { prefix }
+                    }
+                }),
+        );
         let mut running: FuturesUnordered<BoxFuture<'_, Result<Listed, WarmError>>> =
             FuturesUnordered::new();
         loop {
             while running.len() < fanout {
                 let Some(job) = jobs.pop() else { break };
-                let (jobs, pages) = (&jobs, &pages);
+                let (jobs, pages, missing) = (&jobs, &pages, &missing);
                 running.push(Box::pin(async move {
-                    let r = self.run_job(job, pages, jobs, fanout).await;
+                    let r = self.run_job(job, pages, jobs, fanout, missing).await;
                     jobs.running.fetch_sub(1, Ordering::Relaxed);
                     r
                 }));
             }
             if running.is_empty() {
+                self.report_missing(&missing);
                 return Ok(());
             }
             tokio::select! {
@@ -142,6 +229,26 @@ impl<S: ObjectStore, I: CacheIndex> WarmRun<'_, S, I> {
         }
     }
 
+    /// Fails each named key the listing, run to its end, did not find
+    /// (not after a stop: the listing may not have reached it).
+    fn report_missing(&self, missing: &MissingKeys) {
+        if self.stop.is_set() {
+            return;
+        }
+        let bucket = &self.spec.source;
+        for (key, directory) in missing.take_remaining() {
+            let message = if directory {
+                format!(
+                    "s3://{bucket}/{key} does not exist, but s3://{bucket}/{key}/ is a prefix: \
+                     warm it as a prefix (ending in '/') to warm the objects under it"
+                )
+            } else {
+                format!("s3://{bucket}/{key} does not exist (a key list names exact keys)")
+            };
+            self.progress.fail(&key, "NoSuchKey", message);
+        }
+    }
+
     /// Runs one listing to its end, queueing the listings it discovers.
     async fn run_job(
         &self,
@@ -149,8 +256,10 @@ impl<S: ObjectStore, I: CacheIndex> WarmRun<'_, S, I> {
         pages: &mpsc::Sender<Page>,
         jobs: &Jobs,
         fanout: usize,
+        missing: &MissingKeys,
     ) -> Result<Listed, WarmError> {
         let bucket = self.spec.source.as_str();
+        let selection = &self.spec.selection;
         let (listing_prefix, query, tree_depth) = match &job {
             Job::Tree { prefix, depth } => {
                 (prefix, ListQuery::prefix(prefix).delimited(), Some(*depth))
@@ -224,11 +333,33 @@ impl<S: ObjectStore, I: CacheIndex> WarmRun<'_, S, I> {
                     (vec![objects], past_end)
                 }
             };
+            // Only the keys the warm selects go on; and only the
+            // sub-prefixes it may select keys under are listed.
+            let (segments, common) = if selection.is_everything() {
+                (segments, page.common_prefixes)
+            } else {
+                let segments = segments
+                    .into_iter()
+                    .map(|objects| {
+                        missing.saw(&objects, &page.common_prefixes);
+                        objects
+                            .into_iter()
+                            .filter(|o| selection.selects(&o.key))
+                            .collect::<Vec<_>>()
+                    })
+                    .collect::<Vec<_>>();
+                let common = page
+                    .common_prefixes
+                    .into_iter()
+                    .filter(|cp| selection.may_select_under(cp))
+                    .collect();
+                (segments, common)
+            };
             if let Some(depth) = tree_depth {
                 jobs.push(sub_jobs(
                     listing_prefix,
                     depth,
-                    page.common_prefixes,
+                    common,
                     fanout.saturating_sub(jobs.outstanding()),
                 ));
             }
@@ -499,6 +630,26 @@ mod tests {
         let (kept, ended) = within_span(objects(&["p/b/1"]), "p/", "p/b/", "p/c/");
         assert_eq!(kept.len(), 1);
         assert!(!ended, "not past the span yet");
+    }
+
+    #[test]
+    fn named_keys_not_listed_are_missing_and_a_key_seen_as_a_directory_is_told_apart() {
+        let keys: BTreeSet<String> = ["a/1", "a/2", "a/dir", "b/3"]
+            .iter()
+            .map(|k| (*k).to_owned())
+            .collect();
+        // Only the keys under what this run lists are its to find.
+        let listing = [expresscache::Prefix::parse("a/").unwrap()];
+        let missing = MissingKeys::new(&keys, &listing);
+        missing.saw(&objects(&["a/1", "a/9"]), &["a/dir/".to_owned()]);
+        assert_eq!(
+            missing.take_remaining(),
+            [("a/2".to_owned(), false), ("a/dir".to_owned(), true)]
+        );
+        assert!(missing.take_remaining().is_empty(), "taken out");
+        let none = MissingKeys::new(&BTreeSet::new(), &listing);
+        none.saw(&objects(&["a/1"]), &[]);
+        assert!(none.take_remaining().is_empty());
     }
 
     #[test]

@@ -48,6 +48,9 @@ pub(super) fn spec(force: bool) -> WarmSpec {
             dry_run: false,
             batch_operations: false,
             allow_empty: false,
+            include: vec![],
+            exclude: vec![],
+            keys: vec![],
         },
         &expresscache::Limits::default(),
     )

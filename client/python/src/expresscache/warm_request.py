@@ -13,23 +13,25 @@ from .v1 import cache_pb2 as pb
 
 @dataclass(frozen=True)
 class WarmRequest:
-    """Warm ``prefixes`` of general-purpose ``bucket`` into ``directory_bucket``.
+    """Warm ``prefixes`` (or the exact ``keys``) of general-purpose ``bucket``
+    into ``directory_bucket``.
 
     The server validates every field and reports all violations at once as
     :class:`~expresscache.InvalidRequest`; this class fixes the types and
-    refuses at once (ValueError) the two mistakes that would otherwise warm
-    the wrong thing: no prefixes at all, and an ``s3://`` URL given as a
-    prefix.
+    refuses at once (ValueError) the mistakes that would otherwise warm the
+    wrong thing: neither prefixes nor keys, both, and an ``s3://`` URL given
+    as a prefix or key.
     """
 
     bucket: str
     """Source general-purpose bucket."""
     directory_bucket: str
     """Destination directory bucket, ``base-name--zone-id--x-s3``."""
-    prefixes: Sequence[str]
+    prefixes: Sequence[str] = ()
     """Key prefixes inside ``bucket``, each ending in ``/``; ``[""]`` is the
-    whole bucket, which must be asked for so (there is no default). A
-    single string is taken as one prefix, not as a sequence of characters."""
+    whole bucket, which must be asked for so (there is no default: give
+    prefixes or ``keys``). A single string is taken as one prefix, not as a
+    sequence of characters."""
     ttl: timedelta = timedelta(hours=24)
     """How long the objects must stay cached, counted from the call."""
     force_copy: bool = False
@@ -54,17 +56,44 @@ class WarmRequest:
     warm ends FAILED (a mistyped prefix would otherwise report success with
     nothing cached); ``WarmReport.empty_prefixes`` names the empty prefixes
     either way."""
+    keys: Sequence[str] = ()
+    """Exact source keys to warm instead of prefixes (each not ending in
+    ``/``; at most 100,000; a key given twice counts once). A key the source
+    does not hold fails with code ``NoSuchKey`` (the warm ends
+    PARTIALLY_FAILED). The server lists and leases the keys' directories.
+    A single string is taken as one key."""
+    include: Sequence[str] = ()
+    """Glob patterns: only keys matching one are warmed. A pattern matches
+    the whole key from the bucket's root: ``*`` within a directory, ``**``
+    across directories (``**/``: none or more), ``?`` one character,
+    ``[a-z]`` one of a set, ``\\`` escapes; e.g. ``"datasets/**/*.parquet"``.
+    At most 100 patterns with ``exclude``. A single string is one pattern."""
+    exclude: Sequence[str] = ()
+    """Glob patterns: keys matching one are never warmed (exclude wins over
+    include)."""
 
     def __post_init__(self) -> None:
         prefixes = tuple(prefix_list(self.prefixes))
-        if not prefixes:
+        # A key given twice is one key (the server refuses duplicates).
+        keys = tuple(dict.fromkeys(prefix_list(self.keys)))
+        if not prefixes and not keys:
             raise ValueError(
                 "prefixes is empty: name the prefixes to warm, or prefixes=[\"\"] for the "
-                "whole bucket"
+                "whole bucket, or the exact keys (keys=[...])"
+            )
+        if prefixes and keys:
+            raise ValueError(
+                "a warm names either prefixes or exact keys, not both: warm them separately, "
+                "or select keys under the prefixes with include=[...]"
             )
         for prefix in prefixes:
             check_not_url(prefix)
+        for key in keys:
+            check_key_not_url(key)
         object.__setattr__(self, "prefixes", prefixes)
+        object.__setattr__(self, "keys", keys)
+        object.__setattr__(self, "include", tuple(prefix_list(self.include)))
+        object.__setattr__(self, "exclude", tuple(prefix_list(self.exclude)))
 
     def with_request_id(self) -> WarmRequest:
         """This request, with a generated request_id if it has none."""
@@ -86,6 +115,9 @@ class WarmRequest:
             ),
             batch_operations=self.batch_operations,
             allow_empty=self.allow_empty,
+            keys=list(self.keys),
+            include=list(self.include),
+            exclude=list(self.exclude),
         )
 
     @classmethod
@@ -93,8 +125,12 @@ class WarmRequest:
         return cls(
             bucket=m.bucket,
             directory_bucket=m.directory_bucket,
-            # The wire's empty list is the whole bucket.
-            prefixes=tuple(m.prefixes) or ("",),
+            # The wire's empty list is the whole bucket, unless keys are
+            # named instead.
+            prefixes=tuple(m.prefixes) or (() if m.keys else ("",)),
+            keys=tuple(m.keys),
+            include=tuple(m.include),
+            exclude=tuple(m.exclude),
             ttl=_proto_time.duration(m, "ttl") or timedelta(0),
             force_copy=m.force_copy,
             destination_prefix=m.destination_prefix,
@@ -134,6 +170,15 @@ def prefix_list(prefixes: Sequence[str]) -> list[str]:
     """``prefixes`` as a list; a lone string is one prefix (str is itself a
     Sequence[str]: "data/" would otherwise become "d", "a", "t", ...)."""
     return [prefixes] if isinstance(prefixes, str) else list(prefixes)
+
+
+def check_key_not_url(key: str) -> None:
+    """Refuses an ``s3://BUCKET/KEY`` URL given as a key, saying what was
+    probably meant."""
+    if key[:5].lower() != "s3://":
+        return
+    bucket, _, meant = key[5:].partition("/")
+    raise ValueError(f"key {key!r} is a URL; did you mean bucket={bucket!r}, keys=[{meant!r}]?")
 
 
 def check_not_url(prefix: str) -> None:

@@ -122,6 +122,7 @@ mod tests {
             max_staleness: std::time::Duration::ZERO,
             batch_operations: false,
             allow_empty: false,
+            selection: Default::default(),
         };
         let attr = doc_attr(&RequestDoc::from(&spec));
         let map = attr.as_m().unwrap();

@@ -38,12 +38,24 @@ pub fn busy<E: ProvideErrorMetadata>(err: &SdkError<E, HttpResponse>) -> bool {
     match err {
         SdkError::ServiceError(se) => {
             let code = se.err().code().unwrap_or_default();
+            // A transaction cancelled by throttling alone (its message
+            // lists the reasons, e.g. "[ThrottlingError, None]") is a
+            // throttle; one with a failed condition is an answer.
+            let message = se.err().message().unwrap_or_default();
+            let throttled_transaction = code == "TransactionCanceledException"
+                && message.contains("ThrottlingError")
+                && !message.contains("ConditionalCheckFailed");
             BUSY_CODES.contains(&code)
+                || throttled_transaction
                 || (se.raw().status().as_u16() >= 500 && code != "ResourceNotFoundException")
         }
-        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
-            true
-        }
+        SdkError::TimeoutError(_) | SdkError::ResponseError(_) => true,
+        // A connection that failed or timed out; not a request that could
+        // not be made at all (no credentials, no region): waiting does not
+        // fix configuration.
+        SdkError::DispatchFailure(d) => d
+            .as_connector_error()
+            .is_some_and(|c| c.is_io() || c.is_timeout()),
         _ => false,
     }
 }
@@ -77,7 +89,9 @@ where
                 IndexError::Storage(format!("{call} on {table}: {code} ({status}): {message}"))
             }
         }
-        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_)
+            if busy(err) =>
+        {
             IndexError::Unavailable(format!("{call} on {table}: {}", DisplayErrorContext(err)))
         }
         // Construction and serialization failures: ours, not the service's.
