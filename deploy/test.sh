@@ -4,8 +4,9 @@
 # DynamoDB (moto) and a real expresscache-server on free ports and runs the
 # live checks against them: the tables of the CloudFormation template, the
 # container's and Kubernetes' health probes (also while the server drains),
-# the Slurm/systemd warm wrapper with every exit status it can give, and
-# the server's Prometheus metrics against the alert rules and dashboard.
+# the Slurm/systemd warm wrapper with every exit status it can give and
+# every setting it passes to the warm, and the server's Prometheus metrics
+# against the alert rules and dashboard.
 # Each check prints what it saw; a failure is reported and counted, never
 # skipped, and fails the run.
 #
@@ -95,7 +96,8 @@ check "IAM policy grants exactly what the server's AWS calls need" "$PY" deploy/
 
 # Rendered with kustomize, validated against the API schemas of the oldest
 # and newest Kubernetes supported (strict: unknown fields are errors), then
-# checked for what the schemas cannot see.
+# checked for what the schemas cannot see, the pre-warm CronJob's command
+# line by the CLI itself (check_rendered.py --cli).
 render_and_validate() {
   local dir=$1 out
   out="$WORK/$(echo "$dir" | tr / _).yaml"
@@ -104,15 +106,76 @@ render_and_validate() {
     "$VENV/bin/kubernetes-validate" --strict --quiet -k "$version" "$out" || return 1
     echo "$dir: valid against Kubernetes $version"
   done
-  "$PY" deploy/kubernetes/check_rendered.py "$out"
+  "$PY" deploy/kubernetes/check_rendered.py "$out" --cli "$CLI"
 }
 # prometheus-operator adds a ServiceMonitor: kubernetes-validate has no
 # schema for that CRD (it says so and passes it); check_rendered.py checks
 # its structure and that it fits the Service and the alert rules.
+# prewarm-key-list mounts a key list from a ConfigMap into the pre-warm.
 for dir in deploy/kubernetes/base deploy/kubernetes/overlays/example \
-  deploy/kubernetes/overlays/prometheus-operator; do
+  deploy/kubernetes/overlays/prometheus-operator deploy/kubernetes/overlays/prewarm-key-list; do
   check "kustomize + kubernetes-validate + consistency: $dir" render_and_validate "$dir"
 done
+
+# scratch_overlay NAME COMPONENTS LITERALS: prints the directory of an
+# overlay made in $WORK on top of overlays/example, with those components
+# (names under kubernetes/components/) and those literals merged into the
+# expresscache-prewarm ConfigMap (both space-separated, may be empty).
+scratch_overlay() {
+  local dir=$WORK/overlays/$1 rel c
+  mkdir -p "$dir"
+  rel=$(realpath --relative-to="$dir" deploy/kubernetes)
+  {
+    printf 'apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n'
+    printf 'resources:\n  - %s/overlays/example\n' "$rel"
+    if [ -n "$2" ]; then
+      echo "components:"
+      for c in $2; do echo "  - $rel/components/$c"; done
+    fi
+    if [ -n "$3" ]; then
+      printf 'configMapGenerator:\n  - name: expresscache-prewarm\n    behavior: merge\n    literals:\n'
+      for c in $3; do echo "      - $c"; done
+    fi
+  } >"$dir/kustomization.yaml"
+  echo "$dir"
+}
+# The components that add the pre-warm's yes/no flags, on the example.
+prewarm_flags() {
+  local dir
+  dir=$(scratch_overlay prewarm-flags "prewarm-force-copy prewarm-allow-empty" "") || return 1
+  render_and_validate "$dir" || return 1
+  grep -E -- '^ +- --(force-copy|allow-empty)$' "$WORK/$(echo "$dir" | tr / _).yaml"
+  [ "$(grep -cE -- '^ +- --(force-copy|allow-empty)$' "$WORK/$(echo "$dir" | tr / _).yaml")" = 2 ]
+}
+check "kustomize + kubernetes-validate + consistency: example + components prewarm-force-copy, prewarm-allow-empty" \
+  prewarm_flags
+# refused_overlay NAME COMPONENTS LITERALS TEXT: check_rendered.py must
+# fail that overlay, saying TEXT.
+refused_overlay() {
+  local dir out
+  dir=$(scratch_overlay "$1" "$2" "$3") || return 1
+  out="$WORK/refused-$1.yaml"
+  "$KUBECTL" kustomize "$dir" >"$out" || return 1
+  if "$PY" deploy/kubernetes/check_rendered.py "$out" --cli "$CLI" >"$WORK/refused.out" 2>&1; then
+    cat "$WORK/refused.out"
+    echo "$1: passed, should have been refused ($4)"
+    return 1
+  fi
+  sed "s|^$WORK/||" "$WORK/refused.out"
+  grep -qF -- "$4" "$WORK/refused.out" || { echo "$1: the refusal does not say: $4"; return 1; }
+  echo "$1: refused, as it should"
+}
+prewarm_refusals() {
+  refused_overlay force-copy-with-staleness prewarm-force-copy MAX_STALENESS=30m \
+    "cannot be combined with force_copy" &&
+    refused_overlay destination-prefix-without-slash "" DESTINATION_PREFIX=team-a \
+      "must end in '/'" &&
+    refused_overlay bad-max-staleness "" MAX_STALENESS=soon \
+      "invalid value 'soon' for '--max-staleness" &&
+    refused_overlay key-list-without-its-configmap prewarm-key-list "" \
+      "mounts ConfigMap expresscache-prewarm-keys, which is not rendered"
+}
+check "check_rendered.py refuses pre-warm settings the CLI would refuse (self-test)" prewarm_refusals
 
 # Prometheus: the alert rules' syntax and their unit tests (synthetic
 # series: which alerts fire, which do not), then every metric the rules
@@ -147,6 +210,35 @@ verify_units() {
   systemd-analyze calendar --iterations=2 "$(sed -n 's/^OnCalendar=//p' deploy/systemd/expresscache-prewarm@.timer)"
 }
 check "systemd-analyze verify: deploy/systemd units" verify_units
+
+# The pre-warm's env file example names only variables the wrapper (or the
+# CLI it runs) reads, and every setting of the wrapper but the two a timer
+# must not set: EXPRESSCACHE_CLI (the unit sets it) and
+# EXPRESSCACHE_REQUEST_ID (a fixed id would reattach every run to the
+# first run's warm).
+prewarm_env_complete() {
+  local example=deploy/systemd/prewarm.env.example named wrapper cli v ok=0
+  named=$(grep -oE '^(# ?)?EXPRESSCACHE_[A-Z_]+=' "$example" | grep -oE 'EXPRESSCACHE_[A-Z_]+' | sort -u)
+  wrapper=$(grep -oE 'EXPRESSCACHE_[A-Z_]+' deploy/hpc/expresscache-warm | sort -u)
+  cli=$("$CLI" warm --help | grep -oE '\[env: EXPRESSCACHE_[A-Z_]+' | grep -oE 'EXPRESSCACHE_[A-Z_]+' | sort -u)
+  for v in $named; do
+    if ! grep -qx "$v" <<<"$wrapper"$'\n'"$cli"; then
+      echo "$example: $v is read by neither deploy/hpc/expresscache-warm nor the CLI"
+      ok=1
+    fi
+  done
+  for v in $wrapper; do
+    case $v in EXPRESSCACHE_CLI | EXPRESSCACHE_REQUEST_ID) continue ;; esac
+    if ! grep -qx "$v" <<<"$named"; then
+      echo "$example: the wrapper's $v is not in it"
+      ok=1
+    fi
+  done
+  grep -q '^Environment=EXPRESSCACHE_CLI=' deploy/systemd/expresscache-prewarm@.service ||
+    { echo "expresscache-prewarm@.service does not set EXPRESSCACHE_CLI"; ok=1; }
+  [ "$ok" = 0 ] && echo "$example names: $(tr '\n' ' ' <<<"$named")"
+}
+check "systemd: prewarm.env.example names every setting of the wrapper, and only those" prewarm_env_complete
 
 # --- live: moto, a slowing proxy and a real server ------------------------------
 
@@ -288,6 +380,120 @@ check "wrapper: unknown word in the comment, exit 2" bad_comment
 check "wrapper: server unreachable, exit 5" \
   warm 5 "server unreachable" "${DECL[@]}" EXPRESSCACHE_PREFIXES=datasets/ \
   EXPRESSCACHE_ENDPOINT="http://127.0.0.1:$(free_port)" EXPRESSCACHE_RECONNECT_ATTEMPTS=1
+
+# --- the wrapper's optional settings, each seen reaching the warm ---------
+
+# dir_keys PREFIX: the keys the directory bucket holds under PREFIX, as S3
+# lists them (not as the index says).
+dir_keys() {
+  "$PY" deploy/testing/fixtures.py --endpoint "$MOTO" --directory-bucket "$DIR" --keys "$1"
+}
+# The operation id of the warm the last wrapper run waited for.
+last_operation() { grep -o '^warm [0-9a-f-]* [A-Z_]*:' "$WORK/warm.out" | cut -d' ' -f2; }
+
+allow_empty() {
+  warm 1 "FAILED (see the reason above)" "${DECL[@]}" EXPRESSCACHE_PREFIXES=empty/ || return 1
+  grep -F -- "--allow-empty" "$WORK/warm.out" || { echo "the failure does not point at --allow-empty"; return 1; }
+  warm 0 "SUCCEEDED: 0 listed, 0 hits, 0 copied" "${DECL[@]}" EXPRESSCACHE_PREFIXES=empty/ \
+    EXPRESSCACHE_ALLOW_EMPTY=true
+}
+check "wrapper: EXPRESSCACHE_ALLOW_EMPTY=true lets an empty prefix succeed (exit 1 without it), exit 0" allow_empty
+
+# Three of keyed/'s ten objects, as a key, an s3:// URL, with a comment
+# and a blank line: exactly those three are copied.
+printf '# three of the ten objects under keyed/\nkeyed/part-001.bin\n\nkeyed/part-004.bin\ns3://%s/keyed/part-007.bin\n' \
+  "$SRC" >"$WORK/keys.txt"
+key_list() {
+  warm 0 "SUCCEEDED: 3 listed, 0 hits, 3 copied" "${DECL[@]}" EXPRESSCACHE_FILES_FROM="$WORK/keys.txt" ||
+    return 1
+  local keys
+  keys=$(dir_keys keyed/) || return 1
+  echo "$DIR holds under keyed/: $(tr '\n' ' ' <<<"$keys")"
+  [ "$keys" = $'keyed/part-001.bin\nkeyed/part-004.bin\nkeyed/part-007.bin' ]
+}
+check "wrapper: EXPRESSCACHE_FILES_FROM warms exactly the listed keys, exit 0" key_list
+
+destination_prefix() {
+  warm 0 "SUCCEEDED: 40 listed, 0 hits, 40 copied" "${DECL[@]}" \
+    EXPRESSCACHE_PREFIXES=datasets/2026-11-23/ EXPRESSCACHE_DESTINATION_PREFIX=team-a/ || return 1
+  local keys
+  keys=$(dir_keys team-a/) || return 1
+  echo "$DIR holds $(wc -l <<<"$keys") keys under team-a/, first $(head -n 1 <<<"$keys"), last $(tail -n 1 <<<"$keys")"
+  [ "$(grep -c '^team-a/datasets/2026-11-23/part-[0-9]*\.bin$' <<<"$keys")" = 40 ] &&
+    [ "$(wc -l <<<"$keys")" = 40 ]
+}
+check "wrapper: EXPRESSCACHE_DESTINATION_PREFIX caches the keys under it, exit 0" destination_prefix
+
+# The comment job above warmed datasets/2026-11-23/: within the window the
+# server answers from that warm without listing.
+max_staleness() {
+  warm 0 "SUCCEEDED: 40 listed, 40 hits, 0 copied" "${DECL[@]}" \
+    EXPRESSCACHE_PREFIXES=datasets/2026-11-23/ EXPRESSCACHE_MAX_STALENESS=1h || return 1
+  local op fresh
+  op=$(last_operation)
+  fresh=$("$CLI" status --operation "$op" --output json |
+    "$PY" -c 'import json, sys; print(json.load(sys.stdin).get("fresh_from_operation_id", ""))') || return 1
+  echo "operation $op answered from the earlier warm ${fresh:-(none: it listed)}"
+  [ -n "$fresh" ]
+}
+check "wrapper: EXPRESSCACHE_MAX_STALENESS answers from a recent warm without listing, exit 0" max_staleness
+
+# datasets/2026-11-24/ is cached since the first check: all copied again.
+check "wrapper: EXPRESSCACHE_FORCE_COPY=true copies cached objects again, exit 0" \
+  warm 0 "SUCCEEDED: 40 listed, 0 hits, 40 copied" "${DECL[@]}" \
+  EXPRESSCACHE_PREFIXES=datasets/2026-11-24/ EXPRESSCACHE_FORCE_COPY=true
+
+# The same settings as words of the job's comment.
+comment_settings() {
+  echo "expresscache: bucket=$SRC files-from=$WORK/keys.txt directory-bucket=$DIR destination-prefix=team-b/ force-copy=true" \
+    >"$WORK/comment"
+  warm 0 "SUCCEEDED: 3 listed, 0 hits, 3 copied" SLURM_JOB_ID=6061 || return 1
+  local keys
+  keys=$(dir_keys team-b/) || return 1
+  echo "$DIR holds under team-b/: $(tr '\n' ' ' <<<"$keys")"
+  [ "$keys" = $'team-b/keyed/part-001.bin\nteam-b/keyed/part-004.bin\nteam-b/keyed/part-007.bin' ] || return 1
+  echo "expresscache: bucket=$SRC prefixes=empty/ directory-bucket=$DIR allow-empty=yes max-staleness=10m" \
+    >"$WORK/comment"
+  warm 0 "data ready" SLURM_JOB_ID=6062 || return 1
+  grep -F "(max staleness 10m; empty allowed;" "$WORK/warm.out"
+}
+check "wrapper: files-from=, destination-prefix=, force-copy=, allow-empty=, max-staleness= in the comment, exit 0" \
+  comment_settings
+
+# refused TEXT VAR=value...: the wrapper refuses the declaration itself
+# (exit 2, saying TEXT), before any warm is asked for.
+refused() {
+  local text=$1
+  shift
+  warm 2 "$text" "$@" || return 1
+  if grep -q "^expresscache-warm: .*warm of " "$WORK/warm.out"; then
+    echo "the wrapper ran the CLI instead of refusing the declaration"
+    return 1
+  fi
+}
+bad_staleness() {
+  refused "max staleness 'soon' is not a duration such as 30s, 10m, 1h30m or 7d (EXPRESSCACHE_MAX_STALENESS" \
+    "${DECL[@]}" EXPRESSCACHE_PREFIXES=datasets/ EXPRESSCACHE_MAX_STALENESS=soon || return 1
+  echo "expresscache: bucket=$SRC prefixes=datasets/ directory-bucket=$DIR max-staleness=1x" >"$WORK/comment"
+  refused "max-staleness= in the comment" SLURM_JOB_ID=6063
+}
+check "wrapper: a bad max staleness (variable or comment) exits 2, naming it" bad_staleness
+bad_settings() {
+  refused "destination prefix 'team-a' must end in \"/\"" "${DECL[@]}" EXPRESSCACHE_PREFIXES=datasets/ \
+    EXPRESSCACHE_DESTINATION_PREFIX=team-a &&
+    refused "'maybe' is neither true nor false (EXPRESSCACHE_FORCE_COPY" "${DECL[@]}" \
+      EXPRESSCACHE_PREFIXES=datasets/ EXPRESSCACHE_FORCE_COPY=maybe &&
+    refused "'sometimes' is neither true nor false (EXPRESSCACHE_ALLOW_EMPTY" "${DECL[@]}" \
+      EXPRESSCACHE_PREFIXES=datasets/ EXPRESSCACHE_ALLOW_EMPTY=sometimes &&
+    refused "is not a readable file (EXPRESSCACHE_FILES_FROM" "${DECL[@]}" \
+      EXPRESSCACHE_FILES_FROM="$WORK/no-such-list.txt" &&
+    refused "a warm takes one or the other" "${DECL[@]}" EXPRESSCACHE_PREFIXES=datasets/ \
+      EXPRESSCACHE_FILES_FROM="$WORK/keys.txt" &&
+    refused "contradict each other" "${DECL[@]}" EXPRESSCACHE_PREFIXES=datasets/ \
+      EXPRESSCACHE_FORCE_COPY=true EXPRESSCACHE_MAX_STALENESS=10m
+}
+check "wrapper: bad destination prefix, yes/no values, key list, conflicting settings exit 2, naming them" \
+  bad_settings
 
 # A warm cancelled while the job waits for it: the wrapper runs in the
 # background on slow/, the test cancels the running operation.

@@ -12,6 +12,13 @@ they fit together and fit the server:
 - every $(VAR) the containers' arguments use is defined;
 - the CronJob runs the same image and fails fast only on exit codes the CLI
   really has;
+- a CronJob's --files-from names a file of a ConfigMap mounted in its pod,
+  and it does not also pass --prefix (a warm takes one or the other);
+- with --cli, each CronJob's command line (its $(VAR)s resolved as the
+  kubelet would, its ConfigMap volumes written to a scratch directory) is
+  run through the real CLI against an endpoint that refuses connections:
+  exit 5 (unreachable) proves the CLI accepted every flag and value and
+  the request passed its checks, which come before connecting;
 - metrics: the port of --metrics-listen is the container port `metrics`,
   the prometheus.io/port annotation and the port of a Service selecting
   the pods, the annotations name the path the server serves (/metrics),
@@ -21,7 +28,7 @@ they fit together and fit the server:
   of its namespace that names the endpoint's port, path /metrics, and its
   job label is the job deploy/prometheus/alerts.yml selects.
 
-    python check_rendered.py RENDERED.yaml [--probes]
+    python check_rendered.py RENDERED.yaml [--probes] [--cli PATH]
 
 --probes prints the gRPC probes as lines `KIND PORT SERVICE` instead, for
 deploy/test.sh to send them to a real server.
@@ -30,14 +37,20 @@ deploy/test.sh to send them to a real server.
 from __future__ import annotations
 
 import argparse
+import os
 import re
+import shlex
+import socket
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI_EXIT_CODES = {0, 1, 2, 3, 4, 5, 6}  # client/src/cli/exit.rs, README
+CLI_UNREACHABLE = 5  # the CLI's exit status when no endpoint answers
 ALERTS = ROOT / "deploy/prometheus/alerts.yml"
 METRICS_PATH = "/metrics"  # server/src/metrics.rs serves only this path
 
@@ -182,6 +195,7 @@ def check(objects: list[dict]) -> list[str]:
             containers.append((cj["metadata"]["name"], c, env_of(c, configmaps, problems)))
             if c["image"] != server["image"]:
                 problems.append(f"CronJob {cj['metadata']['name']} runs {c['image']}, the server {server['image']}")
+            problems += check_key_list(cj["metadata"]["name"], c, job["template"]["spec"], configmaps)
         for rule in job.get("podFailurePolicy", {}).get("rules", []):
             codes = set(rule.get("onExitCodes", {}).get("values", []))
             if not codes <= CLI_EXIT_CODES:
@@ -192,6 +206,140 @@ def check(objects: list[dict]) -> list[str]:
             for var in re.findall(r"\$\((\w+)\)", arg):
                 if var not in cenv:
                     problems.append(f"{owner}/{c['name']}: $({var}) in {arg!r} is not defined")
+    return problems
+
+
+def flag_values(args: list[str], flag: str) -> list[str]:
+    """The values of `--flag=V` (and `--flag V`) in a container's args."""
+    out = []
+    for i, a in enumerate(args):
+        if a.startswith(flag + "="):
+            out.append(a.split("=", 1)[1])
+        elif a == flag and i + 1 < len(args):
+            out.append(args[i + 1])
+    return out
+
+
+def configmap_files(volume: dict, configmaps: dict) -> dict[str, str] | None:
+    """The files a ConfigMap volume shows (relative path -> content), or
+    None when its ConfigMap is not rendered."""
+    ref = volume["configMap"]
+    data = configmaps.get(ref["name"])
+    if data is None:
+        return None
+    if "items" in ref:
+        return {i["path"]: data[i["key"]] for i in ref["items"] if i["key"] in data}
+    return dict(data)
+
+
+def mounted_files(container: dict, pod_spec: dict, configmaps: dict, problems: list[str],
+                  owner: str) -> dict[str, str]:
+    """Every file a container sees through its ConfigMap volumes: absolute
+    path -> content."""
+    volumes = {v["name"]: v for v in pod_spec.get("volumes", [])}
+    files = {}
+    for m in container.get("volumeMounts", []):
+        vol = volumes.get(m["name"])
+        if vol is None:
+            problems.append(f"{owner}/{container['name']}: volumeMount {m['name']} has no volume")
+            continue
+        if "configMap" not in vol:
+            continue
+        shown = configmap_files(vol, configmaps)
+        if shown is None:
+            problems.append(f"{owner}/{container['name']}: volume {m['name']} mounts ConfigMap "
+                            f"{vol['configMap']['name']}, which is not rendered")
+            continue
+        mount = m["mountPath"].rstrip("/")
+        if "subPath" in m:
+            if m["subPath"] in shown:
+                files[mount] = shown[m["subPath"]]
+        else:
+            files.update({f"{mount}/{rel}": text for rel, text in shown.items()})
+    return files
+
+
+def check_key_list(owner: str, c: dict, pod_spec: dict, configmaps: dict) -> list[str]:
+    """--files-from names a file the pod mounts from a ConfigMap, and comes
+    without --prefix."""
+    problems: list[str] = []
+    args = c.get("args", [])
+    lists = flag_values(args, "--files-from")
+    if not lists:
+        return problems
+    if flag_values(args, "--prefix"):
+        problems.append(f"{owner}/{c['name']}: --files-from and --prefix together: the CLI takes one or the other")
+    files = mounted_files(c, pod_spec, configmaps, problems, owner)
+    for path in lists:
+        if path not in files:
+            problems.append(f"{owner}/{c['name']}: --files-from={path} is no file of a mounted ConfigMap "
+                            f"(mounted: {sorted(files) or 'none'})")
+        elif not any(line.strip() and not line.strip().startswith("#") for line in files[path].splitlines()):
+            problems.append(f"{owner}/{c['name']}: {path} lists no key")
+    return problems
+
+
+def expand(arg: str, env: dict[str, str]) -> str:
+    """The kubelet's $(VAR) expansion: defined variables replaced, $$ an
+    escaped $, anything else left as written."""
+    def sub(m: re.Match) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        return env.get(m.group(1), m.group(0))
+    return re.sub(r"\$\$|\$\((\w+)\)", sub, arg)
+
+
+def run_cronjobs(objects: list[dict], cli: str) -> list[str]:
+    """Each CronJob's `expresscache` command line, as its pod would run it,
+    through the real CLI at an endpoint that refuses connections: the CLI
+    checks its flags, their values and the request before it connects, so
+    exit 5 means all of that passed."""
+    problems: list[str] = []
+    configmaps = {c["metadata"]["name"]: c.get("data", {}) for c in objects if c["kind"] == "ConfigMap"}
+    # A port bound but not listening: connections to it are refused.
+    refuse = socket.socket()
+    refuse.bind(("127.0.0.1", 0))
+    endpoint = f"http://127.0.0.1:{refuse.getsockname()[1]}"
+    try:
+        for cj in (o for o in objects if o["kind"] == "CronJob"):
+            name = cj["metadata"]["name"]
+            pod_spec = cj["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+            for c in pod_spec["containers"]:
+                argv = c.get("command", []) + c.get("args", [])
+                if not argv or Path(argv[0]).name != "expresscache":
+                    continue
+                env = env_of(c, configmaps, problems)
+                # fieldRef values: the Job's name, as the CronJob controller makes it.
+                env = {k: (f"{name}-29000000" if v == "<from field>" else v) for k, v in env.items()}
+                with tempfile.TemporaryDirectory() as scratch:
+                    files = mounted_files(c, pod_spec, configmaps, problems, name)
+                    local = {}
+                    for i, (path, text) in enumerate(sorted(files.items())):
+                        local[path] = Path(scratch, str(i), Path(path).name)
+                        local[path].parent.mkdir()
+                        local[path].write_text(text)
+                    # As the pod runs it; then with the mounted files' local copies.
+                    pod_args = [expand(a, env) for a in argv[1:]]
+                    if not flag_values(pod_args, "--reconnect-attempts"):
+                        pod_args.append("--reconnect-attempts=0")
+                    args = []
+                    for a in pod_args:
+                        for path, there in local.items():
+                            a = a.replace(path, str(there))
+                        args.append(a)
+                    run_env = {k: v for k, v in os.environ.items() if not k.startswith("EXPRESSCACHE_")}
+                    run_env.update(env)
+                    run_env["EXPRESSCACHE_ENDPOINT"] = endpoint
+                    shown = shlex.join(["expresscache"] + pod_args)
+                    r = subprocess.run([cli] + args, env=run_env, capture_output=True, text=True, timeout=60)
+                    if r.returncode != CLI_UNREACHABLE:
+                        problems.append(f"CronJob {name}/{c['name']}: `{shown}` exited {r.returncode}, not "
+                                        f"{CLI_UNREACHABLE} (unreachable): {r.stderr.strip()}")
+                    else:
+                        print(f"CronJob {name}/{c['name']}: the CLI accepts `{shown}` "
+                              f"(exit {CLI_UNREACHABLE} at a refusing endpoint)")
+    finally:
+        refuse.close()
     return problems
 
 
@@ -313,6 +461,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("rendered", type=Path)
     ap.add_argument("--probes", action="store_true")
+    ap.add_argument("--cli", metavar="PATH",
+                    help="the expresscache CLI binary: also run each CronJob's command line through it")
     args = ap.parse_args()
     objects = [o for o in yaml.safe_load_all(args.rendered.read_text()) if o]
     if args.probes:
@@ -323,6 +473,9 @@ def main() -> int:
             print(kind, grpc["port"], grpc.get("service", ""))
         return 0
     problems = check(objects)
+    if args.cli:
+        problems += run_cronjobs(objects, args.cli)
+    problems = list(dict.fromkeys(problems))  # both passes may see the same
     for p in problems:
         print(f"{args.rendered}: {p}", file=sys.stderr)
     if not problems:

@@ -1,16 +1,18 @@
 """Buckets for deploy/test.sh on a local S3 endpoint (moto).
 
-- SOURCE: datasets/2026-11-2{3,4}/ (40 small objects each), and slow/
+- SOURCE: datasets/2026-11-2{3,4}/ (40 small objects each), slow/
   (60 objects whose copies slow_proxy.py holds back, so a warm is
-  still running when a test cancels it or stops the server);
+  still running when a test cancels it or stops the server), and keyed/
+  (10 objects, of which a key list names some);
 - CLASH: three keys of SOURCE's datasets/2026-11-23/ with other content, so
   warming them into the same directory bucket is a KeyClash (a partial
   failure);
 - DIRECTORY: the directory bucket.
 
 With --count it only prints how many objects the directory bucket holds
-(what a teardown must bring to 0); with --lifecycle FILE it applies the
-runbook's backstop lifecycle rules to it, as the AWS CLI would.
+(what a teardown must bring to 0); with --keys PREFIX, the keys it holds
+under PREFIX, one a line; with --lifecycle FILE it applies the runbook's
+backstop lifecycle rules to it, as the AWS CLI would.
 """
 
 import argparse
@@ -51,6 +53,8 @@ def main() -> None:
     ap.add_argument("--directory-bucket", required=True)
     ap.add_argument("--count", action="store_true",
                     help="only print how many objects the directory bucket holds")
+    ap.add_argument("--keys", metavar="PREFIX",
+                    help="only print the directory bucket's keys under PREFIX")
     ap.add_argument("--lifecycle", metavar="FILE",
                     help="only apply this lifecycle configuration to the directory bucket and read it back")
     args = ap.parse_args()
@@ -63,6 +67,12 @@ def main() -> None:
     )
     if args.lifecycle:
         apply_lifecycle(s3, args.directory_bucket, args.lifecycle)
+        return
+    if args.keys is not None:
+        pages = s3.get_paginator("list_objects_v2").paginate(Bucket=args.directory_bucket, Prefix=args.keys)
+        for page in pages:
+            for o in page.get("Contents", []):
+                print(o["Key"])
         return
     if args.count:
         pages = s3.get_paginator("list_objects_v2").paginate(Bucket=args.directory_bucket)
@@ -80,6 +90,7 @@ def main() -> None:
     puts = [(args.source, f"datasets/{day}/part-{i:03d}.bin", b"x" * 1024)
             for day in ("2026-11-23", "2026-11-24") for i in range(40)]
     puts += [(args.source, f"slow/part-{i:03d}.bin", b"s" * 1024) for i in range(60)]
+    puts += [(args.source, f"keyed/part-{i:03d}.bin", b"k" * 1024) for i in range(10)]
     puts += [(args.clash, f"datasets/2026-11-23/part-{i:03d}.bin", b"other") for i in range(3)]
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
         list(pool.map(lambda p: s3.put_object(Bucket=p[0], Key=p[1], Body=p[2]), puts))

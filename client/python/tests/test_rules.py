@@ -258,8 +258,9 @@ def test_final_answers_are_never_retried_even_with_a_retry_hint() -> None:
 
 
 def test_prefixes_are_required_and_the_whole_bucket_is_explicit() -> None:
-    with pytest.raises(TypeError):
-        WarmRequest(bucket="b", directory_bucket="d")  # type: ignore[call-arg]
+    # Neither prefixes nor keys: the whole bucket is never a default.
+    with pytest.raises(ValueError, match=r'prefixes=\[""\] for the whole bucket'):
+        WarmRequest(bucket="b", directory_bucket="d")
     with pytest.raises(ValueError, match=r'prefixes=\[""\] for the whole bucket'):
         WarmRequest(bucket="b", directory_bucket="d", prefixes=[])
     whole = WarmRequest(bucket="b", directory_bucket="d", prefixes=[""])

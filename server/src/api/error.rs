@@ -64,7 +64,7 @@ fn store_code(e: &StoreError) -> Code {
         ErrorClass::Throttle | ErrorClass::Unreachable | ErrorClass::ServerError => {
             Code::Unavailable
         }
-        ErrorClass::Precondition => Code::FailedPrecondition,
+        ErrorClass::Precondition | ErrorClass::Configuration => Code::FailedPrecondition,
         ErrorClass::Stopped => Code::Cancelled,
         ErrorClass::Invalid | ErrorClass::Unexpected => Code::Internal,
     }

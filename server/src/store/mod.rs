@@ -160,6 +160,11 @@ pub enum StoreError {
     /// We could not even build the request (a bug or an impossible input).
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// The request could not be made with this server's AWS configuration
+    /// (no credentials, a credentials provider that fails, no region):
+    /// waiting does not fix it, the operator does.
+    #[error("AWS configuration: {0}")]
+    Config(String),
     /// The service answered something that breaks the protocol or what the
     /// copy promised (a truncated page without a token, a multipart result
     /// of the wrong size, no upload id).
@@ -189,6 +194,8 @@ pub enum ErrorClass {
     Unexpected,
     /// The caller stopped.
     Stopped,
+    /// This server's AWS configuration cannot make the request.
+    Configuration,
 }
 
 impl ErrorClass {
@@ -221,6 +228,7 @@ impl StoreError {
             StoreError::Service { status, .. } if *status >= 500 => ErrorClass::ServerError,
             StoreError::Service { .. } | StoreError::Invalid(_) => ErrorClass::Invalid,
             StoreError::Transport(_) => ErrorClass::Unreachable,
+            StoreError::Config(_) => ErrorClass::Configuration,
             StoreError::Unexpected { .. } => ErrorClass::Unexpected,
             StoreError::Stopped => ErrorClass::Stopped,
         }
@@ -243,6 +251,7 @@ impl StoreError {
             StoreError::Transport(_) => "Transport",
             StoreError::Stopped => "Stopped",
             StoreError::Invalid(_) => "InvalidRequest",
+            StoreError::Config(_) => "AwsConfiguration",
             StoreError::Unexpected { code, .. } => code,
         }
     }

@@ -171,7 +171,19 @@ where
             // when that is refused (no such bucket, access denied) the SDK
             // reports a dispatch failure wrapping CreateSession's answer.
             Some(session) => classify(session, bucket, key),
-            None => StoreError::Transport(DisplayErrorContext(err).to_string()),
+            // A connection that failed or timed out is worth another try;
+            // a request that could not be sent at all (the credentials
+            // provider failed, no region) is the configuration's.
+            None => match err {
+                // Classified "other" failures (an incomplete reply) are
+                // transient; unclassified and user ones are not.
+                SdkError::DispatchFailure(d)
+                    if !(d.is_io() || d.is_timeout() || d.as_other().is_some()) =>
+                {
+                    StoreError::Config(DisplayErrorContext(err).to_string())
+                }
+                _ => StoreError::Transport(DisplayErrorContext(err).to_string()),
+            },
         },
         SdkError::TimeoutError(_) | SdkError::ResponseError(_) => {
             StoreError::Transport(DisplayErrorContext(err).to_string())
@@ -441,6 +453,34 @@ mod tests {
             meta = meta.code(c);
         }
         SdkError::service_error(HeadBucketError::generic(meta.build()), response(status))
+    }
+
+    #[test]
+    fn a_request_that_could_not_be_sent_is_the_configurations_a_broken_connection_is_not() {
+        use aws_sdk_s3::error::ConnectorError;
+        let failed = |c: ConnectorError| -> SdkError<HeadBucketError, HttpResponse> {
+            SdkError::dispatch_failure(c)
+        };
+        // What a credentials provider that fails looks like to the caller.
+        let config = classify(
+            &failed(ConnectorError::other("no credentials".into(), None)),
+            "b",
+            None,
+        );
+        assert!(matches!(config, StoreError::Config(_)), "{config:?}");
+        assert_eq!(config.class(), crate::store::ErrorClass::Configuration);
+        assert!(!config.is_retryable());
+        let reset = classify(&failed(ConnectorError::io("reset".into())), "b", None);
+        assert!(matches!(reset, StoreError::Transport(_)), "{reset:?}");
+        let cut = classify(
+            &failed(ConnectorError::other(
+                "incomplete".into(),
+                Some(aws_smithy_types::retry::ErrorKind::TransientError),
+            )),
+            "b",
+            None,
+        );
+        assert!(cut.is_retryable(), "{cut:?}");
     }
 
     fn copy_error(status: u16, code: &str) -> SdkError<CopyObjectError, HttpResponse> {

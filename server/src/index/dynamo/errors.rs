@@ -53,9 +53,10 @@ pub fn busy<E: ProvideErrorMetadata>(err: &SdkError<E, HttpResponse>) -> bool {
         // A connection that failed or timed out; not a request that could
         // not be made at all (no credentials, no region): waiting does not
         // fix configuration.
-        SdkError::DispatchFailure(d) => d
-            .as_connector_error()
-            .is_some_and(|c| c.is_io() || c.is_timeout()),
+        // Classified "other" failures (an incomplete reply) are transient;
+        // unclassified and user ones (a credentials provider that failed)
+        // are not.
+        SdkError::DispatchFailure(d) => d.is_io() || d.is_timeout() || d.as_other().is_some(),
         _ => false,
     }
 }
