@@ -86,11 +86,7 @@ fn an_s3_url_given_as_a_prefix_is_refused_before_connecting_with_the_flags_it_me
 /// (any gRPC client): INVALID_ARGUMENT with a field violation.
 #[tokio::test]
 async fn the_server_refuses_an_s3_url_as_a_prefix_from_any_client() {
-    use tonic_types::StatusExt;
     let s = setup(&["datasets/a"]).await;
-    let mut raw = pb::cache_service_client::CacheServiceClient::connect(s.server.endpoint.clone())
-        .await
-        .expect("connect");
     let request = pb::WarmCacheRequest {
         bucket: s.src.clone(),
         prefixes: vec![format!("s3://{}/datasets/", s.src)],
@@ -101,18 +97,7 @@ async fn the_server_refuses_an_s3_url_as_a_prefix_from_any_client() {
         }),
         ..Default::default()
     };
-    let status = match raw.warm_cache(request).await {
-        Err(status) => status,
-        Ok(stream) => match stream.into_inner().message().await {
-            Err(status) => status,
-            Ok(first) => panic!("an s3:// prefix was accepted: {first:?}"),
-        },
-    };
-    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
-    let violations = status
-        .get_details_bad_request()
-        .expect("field violations")
-        .field_violations;
+    let violations = common::refused_field_violations(&s.server.endpoint, request).await;
     assert_eq!(violations.len(), 1, "{violations:?}");
     assert_eq!(violations[0].field, "prefixes[0]");
     assert!(

@@ -394,3 +394,30 @@ impl SharedIndex {
 pub fn env_refs(env: &[(String, String)]) -> Vec<(&str, &str)> {
     env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
 }
+
+/// Sends `request` to the server at `endpoint` as any gRPC client would
+/// (no local checks) and returns the field violations of the
+/// INVALID_ARGUMENT it must be refused with.
+pub async fn refused_field_violations(
+    endpoint: &str,
+    request: expresscache_client::pb::WarmCacheRequest,
+) -> Vec<tonic_types::FieldViolation> {
+    use tonic_types::StatusExt;
+    let mut raw = expresscache_client::pb::cache_service_client::CacheServiceClient::connect(
+        endpoint.to_owned(),
+    )
+    .await
+    .expect("connect");
+    let status = match raw.warm_cache(request).await {
+        Err(status) => status,
+        Ok(stream) => match stream.into_inner().message().await {
+            Err(status) => status,
+            Ok(first) => panic!("the request was accepted: {first:?}"),
+        },
+    };
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    status
+        .get_details_bad_request()
+        .expect("field violations")
+        .field_violations
+}

@@ -248,10 +248,14 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
             stop.interrupt();
         };
         // No index call may hold the loop past the deadline: each is cut
-        // off in time for the check below to run before it passes.
-        let bounded = |until: Millis| {
+        // off in time for the check below to run before it passes. A
+        // renewal may take up to half the run lease (an index under load
+        // answers in seconds, and a renewal cut at one second would lose
+        // runs to latency alone); a checkpoint at most one renewal
+        // interval, so a renewal still fits after it.
+        let bounded = |until: Millis, most: Duration| {
             let left = until.saturating_sub(clock.now()).max(0).unsigned_abs();
-            Duration::from_millis(left).min(s.renew_every)
+            Duration::from_millis(left).min(most)
         };
         loop {
             let now_please = tokio::select! {
@@ -273,7 +277,7 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
                 since_renewal = Duration::ZERO;
                 let deadline = clock.now().saturating_add(span_millis(s.run_ttl));
                 let renewal = tokio::time::timeout(
-                    bounded(held_until),
+                    bounded(held_until, s.run_ttl / 2),
                     self.index().renew_run(id, ticket, deadline),
                 )
                 .await
@@ -304,7 +308,7 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
                 // the renewal: a hung checkpoint must not hold the loop past
                 // the deadline, or a takeover could run beside this attempt.
                 let checkpoint = tokio::time::timeout(
-                    bounded(held_until),
+                    bounded(held_until, s.renew_every),
                     self.index()
                         .update_operation(id, ticket, &progress.snapshot()),
                 )
