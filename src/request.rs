@@ -92,6 +92,11 @@ pub struct KeySelection {
     pub keys: BTreeSet<String>,
 }
 
+/// Glob patterns as the wire and the stored request carry them.
+pub fn patterns(globs: &[Glob]) -> Vec<String> {
+    globs.iter().map(|g| g.as_str().to_owned()).collect()
+}
+
 impl KeySelection {
     /// Whether every key under the prefixes is taken (nothing to filter).
     pub fn is_everything(&self) -> bool {
@@ -526,18 +531,8 @@ impl From<&WarmSpec> for pb::WarmCacheRequest {
             dry_run: false,
             batch_operations: s.batch_operations,
             allow_empty: s.allow_empty,
-            include: s
-                .selection
-                .include
-                .iter()
-                .map(|g| g.as_str().to_owned())
-                .collect(),
-            exclude: s
-                .selection
-                .exclude
-                .iter()
-                .map(|g| g.as_str().to_owned())
-                .collect(),
+            include: patterns(&s.selection.include),
+            exclude: patterns(&s.selection.exclude),
             keys: s.selection.keys.iter().cloned().collect(),
         }
     }

@@ -537,3 +537,43 @@ fn completion_prints_a_script_for_every_shell_and_man_a_roff_page() {
         assert!(page.contains(sub), "{sub} missing from the page: {page}");
     }
 }
+
+/// A pattern that matches nothing under a prefix that holds objects (a
+/// typo'd extension) is not "ready": the warm selected nothing, so it
+/// fails as an empty warm does, naming the prefix, and caches nothing.
+#[tokio::test]
+async fn an_include_that_matches_nothing_fails_instead_of_reporting_ready() {
+    let s = setup(&["d/a.bin", "d/b.bin"]).await;
+    let args = |extra: &[&'static str]| {
+        let mut a = vec![
+            "warm",
+            "--bucket",
+            s.src.as_str(),
+            "--prefix",
+            "d/",
+            "--directory-bucket",
+            s.dir.as_str(),
+            "--include",
+            "**/*.bn",
+            "--output",
+            "json",
+        ];
+        a.extend_from_slice(extra);
+        a
+    };
+    let out = s.server.run(&args(&[]));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let last = json_lines(&out).pop().expect("progress lines");
+    assert_eq!(last["outcome"], "FAILED", "{last}");
+    assert!(
+        last["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no object under"),
+        "{last}"
+    );
+    assert!(list_keys(&s.s3, &s.dir, "").await.is_empty());
+    // Said to be fine, it is.
+    let out = s.server.run(&args(&["--allow-empty"]));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}

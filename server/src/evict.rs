@@ -210,15 +210,10 @@ impl<S: ObjectStore, I: CacheIndex> Evictor<S, I> {
     }
 
     /// Whether this replica's clock is close enough to S3's to judge what
-    /// has expired: asks S3 first (one HeadBucket of `dir`, whose reply's
-    /// `Date` is measured), so a replica that has not talked to S3 lately,
-    /// or since it started, judges by a fresh measurement.
+    /// has expired (measured afresh against `dir`).
     async fn clock_fits(&self, dir: &str) -> Result<(), EvictError> {
-        if let Err(e) = self.store.check_bucket(dir).await {
-            tracing::debug!(bucket = dir, error = %e, "measuring the clock against S3 failed");
-        }
-        crate::skew::global()
-            .check(self.settings.skew_margin)
+        crate::skew::check_against(self.store.as_ref(), dir, self.settings.skew_margin)
+            .await
             .map_err(EvictError::ClockSkew)
     }
 

@@ -46,7 +46,11 @@ impl ClockSkew {
             sample
         };
         self.offset_ms.store(offset, Ordering::Relaxed);
-        metrics::gauge!(crate::metrics::CLOCK_SKEW).set(offset as f64 / 1000.0);
+        // Made once: every S3 reply passes here.
+        static GAUGE: OnceLock<metrics::Gauge> = OnceLock::new();
+        GAUGE
+            .get_or_init(|| metrics::gauge!(crate::metrics::CLOCK_SKEW))
+            .set(offset as f64 / 1000.0);
     }
 
     /// Local minus S3 in ms, once any reply was seen.
@@ -70,6 +74,21 @@ impl ClockSkew {
 
 /// What one `Date` header cannot tell apart: it has whole seconds.
 const RESOLUTION_MS: i64 = 1000;
+
+/// [`ClockSkew::check`] after one request to S3 (a HeadBucket of
+/// `bucket`, whose reply's `Date` is measured): what sweeping, evicting and
+/// taking over judge by, so a replica that has not talked to S3 lately, or
+/// since it started, judges by a fresh measurement.
+pub async fn check_against<S: crate::store::ObjectStore>(
+    store: &S,
+    bucket: &str,
+    margin: Duration,
+) -> Result<(), String> {
+    if let Err(e) = store.check_bucket(bucket).await {
+        tracing::debug!(bucket, error = %e, "measuring the clock against S3 failed");
+    }
+    global().check(margin)
+}
 
 /// [`ClockSkew::check`] for a known `offset` (ms, local minus S3): refused
 /// only when the offset is beyond half the margin by more than a `Date`

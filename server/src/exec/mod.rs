@@ -191,7 +191,11 @@ impl<S: ObjectStore> CopyEngine<S> {
     /// Cuts `limiter` once for any busy answers of the index since the
     /// last look (the limiter itself cuts at most once per cool-down).
     fn heed_index(&self, limiter: &AdaptiveLimit, gauge: &metrics::Gauge) {
+        // Every attempt looks: a read, and a write only when it changed.
         let busy = crate::pressure::index_busy_count();
+        if self.index_busy_seen.load(Ordering::Relaxed) == busy {
+            return;
+        }
         if self.index_busy_seen.swap(busy, Ordering::Relaxed) != busy && limiter.on_throttle() {
             gauge.set(limiter.limit() as f64);
             tracing::debug!(limit = limiter.limit(), "index busy: concurrency halved");

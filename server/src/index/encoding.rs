@@ -197,18 +197,8 @@ impl From<&WarmSpec> for RequestDoc {
             max_staleness_ms: u64::try_from(s.max_staleness.as_millis()).unwrap_or(u64::MAX),
             batch_operations: s.batch_operations,
             allow_empty: s.allow_empty,
-            include: s
-                .selection
-                .include
-                .iter()
-                .map(|g| g.as_str().to_owned())
-                .collect(),
-            exclude: s
-                .selection
-                .exclude
-                .iter()
-                .map(|g| g.as_str().to_owned())
-                .collect(),
+            include: expresscache::request::patterns(&s.selection.include),
+            exclude: expresscache::request::patterns(&s.selection.exclude),
             keys: s.selection.keys.iter().cloned().collect(),
             owner: None,
         }

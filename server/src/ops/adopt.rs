@@ -70,13 +70,14 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
             return Ok(false);
         }
         // A fast clock sees live runs as lapsed: measured afresh against
-        // S3 (one HeadBucket of the warm's destination) before judging.
-        let _ = self
-            .warmer
-            .store
-            .check_bucket(rec.request.directory_bucket.as_str())
-            .await;
-        if let Err(why) = crate::skew::global().check(self.settings.skew_margin) {
+        // the warm's destination before judging.
+        if let Err(why) = crate::skew::check_against(
+            self.warmer.store.as_ref(),
+            rec.request.directory_bucket.as_str(),
+            self.settings.skew_margin,
+        )
+        .await
+        {
             tracing::warn!(operation_id = %rec.id, reason = %why, "not taking over an unfinished warm");
             return Ok(false);
         }
