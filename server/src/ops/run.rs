@@ -257,13 +257,23 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
             let left = until.saturating_sub(clock.now()).max(0).unsigned_abs();
             Duration::from_millis(left).min(most)
         };
+        // What the last checkpoint wrote, so a follower writes only news.
+        let mut written: Option<(crate::operation::Phase, crate::operation::Counters)> = None;
         loop {
             let now_please = tokio::select! {
                 _ = tick.tick() => false,
                 () = progress.checkpoint_now.notified() => true,
             };
+            // A warm that follows another's work (a job array's joiner)
+            // copies nothing, so nothing needs fencing within seconds: its
+            // run is renewed rarely, for long, and checkpointed only when
+            // its shown progress moved. A herd of a thousand joiners then
+            // costs the index tens of writes a second, not thousands
+            // (issue 22, finding 11); only their takeover after a crash
+            // waits longer.
+            let cadence = Cadence::of(s, progress.joined().is_some());
             if now_please {
-                since_checkpoint = s.checkpoint_interval;
+                since_checkpoint = cadence.checkpoint_every;
             }
             if clock.now() >= held_until {
                 tracing::warn!(operation_id = %id, "the run's deadline passed without a renewal");
@@ -273,9 +283,16 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
             progress.export_metrics();
             since_renewal += tick_every;
             since_checkpoint += tick_every;
-            if since_renewal >= s.renew_every {
+            // Renewed once a third of the lease is used (at least one
+            // renewal interval after the last try): a warm that starts or
+            // stops following renews by the new cadence at once.
+            let left =
+                Duration::from_millis(held_until.saturating_sub(clock.now()).max(0).unsigned_abs());
+            if since_renewal >= s.renew_every
+                && left <= cadence.run_ttl.saturating_sub(cadence.renew_every)
+            {
                 since_renewal = Duration::ZERO;
-                let deadline = clock.now().saturating_add(span_millis(s.run_ttl));
+                let deadline = clock.now().saturating_add(span_millis(cadence.run_ttl));
                 let renewal = tokio::time::timeout(
                     bounded(held_until, s.run_ttl / 2),
                     self.index().renew_run(id, ticket, deadline),
@@ -302,15 +319,19 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
                     }
                 }
             }
-            if since_checkpoint >= s.checkpoint_interval {
+            if since_checkpoint >= cadence.checkpoint_every {
                 since_checkpoint = Duration::ZERO;
+                let snapshot = progress.snapshot();
+                let shown = (snapshot.phase, snapshot.counters);
+                if cadence.only_news && !now_please && written == Some(shown) {
+                    continue;
+                }
                 // Other replicas' status and list read this. Bounded like
                 // the renewal: a hung checkpoint must not hold the loop past
                 // the deadline, or a takeover could run beside this attempt.
                 let checkpoint = tokio::time::timeout(
                     bounded(held_until, s.renew_every),
-                    self.index()
-                        .update_operation(id, ticket, &progress.snapshot()),
+                    self.index().update_operation(id, ticket, &snapshot),
                 )
                 .await
                 .unwrap_or_else(|_| {
@@ -319,7 +340,7 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
                     ))
                 });
                 match checkpoint {
-                    Ok(true) => {}
+                    Ok(true) => written = Some(shown),
                     Ok(false) => return lose(),
                     Err(e) => {
                         tracing::warn!(operation_id = %id, error = %e, "progress checkpoint failed")
@@ -336,6 +357,42 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
             .await
         {
             tracing::error!(operation_id = %id, error = %e, "could not checkpoint the interrupted warm");
+        }
+    }
+}
+
+/// How often a run is renewed (and for how long) and checkpointed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Cadence {
+    pub run_ttl: Duration,
+    pub renew_every: Duration,
+    pub checkpoint_every: Duration,
+    /// Checkpoint only a state whose phase or counters moved.
+    pub only_news: bool,
+}
+
+/// How much longer a follower's run lasts, and how much less often it is
+/// renewed and checkpointed, than a run that copies: still three renewals
+/// per run lease.
+const FOLLOWER_FACTOR: u32 = 6;
+
+impl Cadence {
+    pub(super) fn of(s: &super::OpsSettings, following: bool) -> Self {
+        if following {
+            let run_ttl = s.run_ttl * FOLLOWER_FACTOR;
+            Self {
+                run_ttl,
+                renew_every: (run_ttl / 3).max(s.renew_every),
+                checkpoint_every: s.checkpoint_interval * FOLLOWER_FACTOR,
+                only_news: true,
+            }
+        } else {
+            Self {
+                run_ttl: s.run_ttl,
+                renew_every: s.renew_every,
+                checkpoint_every: s.checkpoint_interval,
+                only_news: false,
+            }
         }
     }
 }

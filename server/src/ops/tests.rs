@@ -351,3 +351,73 @@ async fn a_takeover_carries_the_lease_epochs_so_an_evict_is_not_undone() {
     let copies = store.calls.copy.load(std::sync::atomic::Ordering::Relaxed);
     assert_eq!(copies, 0, "nothing copied back behind the evict");
 }
+
+/// Counts the calls of each name per subject (operation id).
+#[derive(Debug, Default)]
+struct Tally(std::sync::Mutex<std::collections::HashMap<(&'static str, String), u64>>);
+
+impl Tally {
+    fn of(&self, call: &'static str, subject: &str) -> u64 {
+        let calls = self.0.lock().unwrap();
+        calls.get(&(call, subject.to_owned())).copied().unwrap_or(0)
+    }
+}
+
+impl crate::gate::Gate for Tally {
+    fn enter(
+        &self,
+        call: &'static str,
+        subject: &str,
+    ) -> futures::future::BoxFuture<'static, crate::gate::Pass> {
+        *self
+            .0
+            .lock()
+            .unwrap()
+            .entry((call, subject.to_owned()))
+            .or_default() += 1;
+        Box::pin(async { Box::new(()) as crate::gate::Pass })
+    }
+}
+
+#[tokio::test]
+async fn joiners_renew_and_checkpoint_their_runs_rarely_so_a_herd_costs_the_index_little() {
+    use crate::index::CountingIndex;
+    let tally = Arc::new(Tally::default());
+    let index = Arc::new(
+        CountingIndex::new(SqliteIndex::open_in_memory().unwrap())
+            .with_gate(Arc::clone(&tally) as Arc<dyn crate::gate::Gate>),
+    );
+    // 150 copies, 2 at a time, 20 ms each: one and a half seconds of work
+    // that the herd below waits for (runs of 400 ms, renewed every 100 ms).
+    let (ops, _store) = fleet_member(Arc::clone(&index), 150, 20);
+    let started = std::time::Instant::now();
+    let mut ids = Vec::new();
+    for _ in 0..20 {
+        let rx = ops.submit(unfinished("x", 0).request, None).await.unwrap();
+        ids.push(rx.borrow().operation_id.clone());
+    }
+    let t0 = std::time::Instant::now();
+    while ids.iter().any(|id| ops.live().contains_key(id)) {
+        assert!(t0.elapsed() < Duration::from_secs(30), "still running");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let took = started.elapsed();
+    let mut joiners = 0;
+    for id in &ids {
+        let rec = index.get_operation(id).await.unwrap().unwrap();
+        assert_eq!(rec.state.outcome, Some(Outcome::Succeeded), "{id}");
+        let writes = tally.of("renew_run", id) + tally.of("update_operation", id);
+        // A leader renews every 100 ms and checkpoints every 100 ms: about
+        // 20 writes a second. A joiner's run is renewed every 800 ms, and
+        // checkpointed (every 600 ms) only when its progress moved.
+        let most = 4 * took.as_millis() as u64 / 1000 + 4;
+        if writes <= most {
+            joiners += 1;
+        }
+    }
+    assert!(
+        joiners >= 18,
+        "at most two warms of the twenty lead (this round and the next); the rest join, \
+         and each should write at most 4 a second, but only {joiners} did (took {took:?})"
+    );
+}
