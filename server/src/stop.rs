@@ -16,6 +16,12 @@ pub struct StopSignal {
     state: AtomicU8,
     /// Wakes whoever waits for a stop (a warm queued for a slot).
     set: tokio::sync::Notify,
+    /// Until when the warm may send requests: its run's deadline, as last
+    /// granted. Past it another replica may have taken the warm over; a
+    /// process that wakes from a pause past it must not send another
+    /// request, whichever of its tasks runs first (the run keeper, which
+    /// would stop the warm, or a copy).
+    until: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 const NONE: u8 = 0;
@@ -62,5 +68,18 @@ impl StopSignal {
 
     pub fn is_set(&self) -> bool {
         self.reason().is_some()
+    }
+
+    /// Lets requests be sent until `until` (the run's deadline).
+    pub fn hold_until(&self, until: std::time::Instant) {
+        *self.until.lock().unwrap_or_else(|e| e.into_inner()) = Some(until);
+    }
+
+    /// Whether the deadline set by [`hold_until`](Self::hold_until) passed.
+    pub fn lapsed(&self) -> bool {
+        self.until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|until| std::time::Instant::now() >= until)
     }
 }

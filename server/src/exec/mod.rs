@@ -297,7 +297,7 @@ impl<S: ObjectStore> CopyEngine<S> {
                     .map_err(|_| StoreError::Transport("copy engine closed".into()))?;
                 // Waiting for capacity can take long; a stopped warm sends
                 // nothing more.
-                if stop.is_set() {
+                if stop.is_set() || stop.lapsed() {
                     return Err(StoreError::Stopped);
                 }
                 let limit = self.timeout_for(bytes);
@@ -368,6 +368,46 @@ impl<S: ObjectStore> CopyEngine<S> {
         .await
     }
 
+    /// Aborts the uploads of `req`'s destination key that an earlier
+    /// copier left open. Only the holder of the key's copy claim copies
+    /// it, so an open upload is a copier's that lost the claim: one that
+    /// died, or one that is frozen (a paused replica taken over) and may
+    /// still send its Complete, which would put the version it copied over
+    /// a newer one recorded since. Once aborted, that Complete fails
+    /// (NoSuchUpload); one that landed before it is overwritten by this
+    /// copy. (A whole-object copy needs none of this: a late one is
+    /// conditional on its source ETag, so it lands only the version this
+    /// copy would.)
+    async fn abort_earlier_uploads(
+        &self,
+        req: &CopyRequest<'_>,
+        stats: &CopyStats,
+        stop: &StopSignal,
+    ) -> Result<(), StoreError> {
+        let (dest, key) = (req.dest_bucket, req.dest_key);
+        let open = self
+            .attempt("list_multipart_uploads", dest, 0, stats, stop, || {
+                self.store.unfinished_uploads(dest, key)
+            })
+            .await?;
+        for upload_id in open {
+            tracing::warn!(key, upload_id,
+                "aborting an upload an earlier copier left open, so its late Complete cannot land over this copy");
+            let aborted = self
+                .attempt("abort_multipart_upload", dest, 0, stats, stop, || {
+                    self.store.abort_multipart(dest, key, &upload_id)
+                })
+                .await;
+            match aborted {
+                // Completed or aborted meanwhile: nothing is left to land.
+                Ok(()) | Err(StoreError::NoSuchKey(_)) => {}
+                Err(StoreError::Service { ref code, .. }) if code == "NoSuchUpload" => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
     async fn copy_multipart(
         &self,
         req: &CopyRequest<'_>,
@@ -378,6 +418,7 @@ impl<S: ObjectStore> CopyEngine<S> {
         let dest = req.dest_bucket;
         let part = part_size(size, self.settings.multipart_threshold);
         let count = size.div_ceil(part);
+        self.abort_earlier_uploads(req, stats, stop).await?;
         let upload_id = self
             .attempt("create_multipart_upload", dest, 0, stats, stop, || {
                 self.store.create_multipart(dest, req.dest_key)
@@ -515,6 +556,110 @@ mod tests {
             dest_bucket: "dst",
             dest_key: "big",
         }
+    }
+
+    /// Holds the first Complete until told to let it go: a copier frozen
+    /// (SIGSTOP, a VM pause) just before sending it.
+    #[derive(Debug)]
+    struct FreezeFirstComplete {
+        /// Told when the first Complete is held.
+        at_complete: std::sync::Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
+        /// The held Complete goes on when this resolves.
+        wake: std::sync::Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
+    }
+
+    impl crate::gate::Gate for FreezeFirstComplete {
+        fn enter(
+            &self,
+            call: &'static str,
+            _subject: &str,
+        ) -> futures::future::BoxFuture<'static, crate::gate::Pass> {
+            let wake = (call == "complete_multipart")
+                .then(|| self.wake.lock().unwrap().take())
+                .flatten();
+            if wake.is_some() {
+                if let Some(tell) = self.at_complete.lock().unwrap().take() {
+                    let _ = tell.send(());
+                }
+            }
+            Box::pin(async move {
+                if let Some(wake) = wake {
+                    let _ = wake.await;
+                }
+                Box::new(()) as crate::gate::Pass
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_frozen_copiers_late_complete_cannot_land_over_a_newer_copy() {
+        // Copier A copies version 1 in parts and freezes before its
+        // Complete; the source changes; copier B (the attempt that took
+        // the warm over) copies version 2 and records it; A wakes and
+        // sends its Complete.
+        let (at_complete, frozen) = tokio::sync::oneshot::channel();
+        let (wake, woken) = tokio::sync::oneshot::channel();
+        let gate = Arc::new(FreezeFirstComplete {
+            at_complete: std::sync::Mutex::new(Some(at_complete)),
+            wake: std::sync::Mutex::new(Some(woken)),
+        });
+        let mem = MemoryStore::default();
+        mem.create_bucket("src");
+        mem.create_bucket("dst");
+        let v1 = mem.put("src", "big", 12 * MIB);
+        let store = Arc::new(FaultStore::new(mem).with_gate(gate));
+        let e = Arc::new(engine(Arc::clone(&store)));
+        let a = tokio::spawn({
+            let (e, v1) = (Arc::clone(&e), v1.clone());
+            async move {
+                e.copy(
+                    &req(&v1),
+                    12 * MIB,
+                    &CopyStats::default(),
+                    &StopSignal::default(),
+                )
+                .await
+            }
+        });
+        frozen.await.unwrap();
+        let v2 = store.inner().put("src", "big", 12 * MIB);
+        let b = e
+            .copy(
+                &req(&v2),
+                12 * MIB,
+                &CopyStats::default(),
+                &StopSignal::default(),
+            )
+            .await
+            .expect("the newer copy succeeds");
+        wake.send(()).unwrap();
+        let late = a.await.unwrap();
+        assert!(
+            late.is_err(),
+            "the frozen copier's Complete must fail: {late:?}"
+        );
+        assert_eq!(
+            store.inner().etag("dst", "big"),
+            Some(b.etag),
+            "the destination holds the newer copy, the one recorded"
+        );
+        assert_eq!(store.inner().open_uploads(), 0, "nothing left billed");
+    }
+
+    #[tokio::test]
+    async fn a_copier_past_its_run_deadline_sends_nothing() {
+        // A process woken from a pause past its run's deadline: another
+        // replica may run the warm now. Its copies see the deadline before
+        // the run keeper (which would stop the warm) gets to run.
+        let (store, etag) = store_with(1024);
+        let e = engine(Arc::clone(&store));
+        let stop = StopSignal::default();
+        stop.hold_until(std::time::Instant::now());
+        let sent = e
+            .copy(&req(&etag), 1024, &CopyStats::default(), &stop)
+            .await;
+        assert!(matches!(sent, Err(StoreError::Stopped)), "{sent:?}");
+        assert_eq!(store.inner().etag("dst", "big"), None, "nothing was copied");
     }
 
     #[tokio::test]

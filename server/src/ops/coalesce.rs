@@ -150,7 +150,8 @@ fn worse(a: WarmOutcome, b: WarmOutcome) -> WarmOutcome {
 }
 
 /// How following a joined warm ended.
-enum Followed {
+#[derive(Debug)]
+pub(super) enum Followed {
     /// This warm's outcome.
     Done(Result<WarmOutcome, WarmError>),
     /// The joined warm ended without finishing its work: do it another way.
@@ -551,7 +552,7 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
     }
 
     /// Follows `leader`'s work to its end, keeping this warm's own leases.
-    async fn follow_leader(
+    pub(super) async fn follow_leader(
         &self,
         a: &Attempt<'_>,
         leader: &str,
@@ -636,6 +637,15 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
             }
         };
         show(&last);
+        if let Some(older) = &last.fresh_from_operation_id {
+            // It did not list: it answered from a warm that listed before
+            // this one arrived (a takeover of a joinable warm runs its
+            // max_staleness check afresh, and its window is not this
+            // warm's). Not current for this warm: it does its own.
+            tracing::info!(operation_id = id, joined = leader, answered_from = %older,
+                "the warm this one joined answered from an earlier listing; listing anew");
+            return Followed::LeaderGone;
+        }
         match last.outcome {
             Some(Outcome::Succeeded | Outcome::PartiallyFailed) => {}
             // Failed only because every one of its prefixes was empty (it

@@ -247,6 +247,14 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
             lost.store(true, Ordering::Relaxed);
             stop.interrupt();
         };
+        // The copies check the deadline themselves before each request: a
+        // process woken from a pause past it sends nothing, even if a copy
+        // runs before this loop does.
+        let hold = |until: Millis| {
+            let left = until.saturating_sub(clock.now()).max(0).unsigned_abs();
+            stop.hold_until(std::time::Instant::now() + Duration::from_millis(left));
+        };
+        hold(held_until);
         // No index call may hold the loop past the deadline: each is cut
         // off in time for the check below to run before it passes. A
         // renewal may take up to half the run lease (an index under load
@@ -306,6 +314,7 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
                 match renewal {
                     Ok(Renewal::Held { cancel_requested }) => {
                         held_until = deadline;
+                        hold(held_until);
                         if cancel_requested && !stop.is_set() {
                             tracing::info!(operation_id = %id, "cancel requested through the log");
                             stop.cancel();

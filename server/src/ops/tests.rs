@@ -421,3 +421,49 @@ async fn joiners_renew_and_checkpoint_their_runs_rarely_so_a_herd_costs_the_inde
          and each should write at most 4 a second, but only {joiners} did (took {took:?})"
     );
 }
+
+#[tokio::test]
+async fn a_joiner_does_not_take_an_answer_from_a_listing_older_than_its_arrival() {
+    // The warm it joined was joinable (queued) when it joined, then taken
+    // over by another replica, whose attempt answered from a recent warm
+    // (its own max_staleness of an hour) instead of listing: that listing
+    // is older than the joiner, which asked for a fresh one.
+    let index = Arc::new(SqliteIndex::open_in_memory().unwrap());
+    let (ops, _store) = fleet_member(Arc::clone(&index), 3, 1);
+    let spec = unfinished("x", 0).request;
+    let (progress, _rx) = Progress::new("joiner".into(), Arc::new(crate::clock::SystemClock));
+    let stop = crate::stop::StopSignal::default();
+    let ticket = RunTicket {
+        replica: "here".into(),
+        attempt: 1,
+    };
+    let attempt = coalesce::Attempt {
+        id: "joiner",
+        spec: &spec,
+        progress: &progress,
+        owner: "joiner#1",
+        stop: &stop,
+        ticket: &ticket,
+        whole: true,
+    };
+    let leader = OperationState {
+        phase: crate::operation::Phase::Queued,
+        ..OperationState::queued("leader", 1)
+    };
+    let (tx, rx) = tokio::sync::watch::channel(leader.clone());
+    let answered = OperationState {
+        fresh_from_operation_id: Some("an-hour-ago".into()),
+        ..leader.ended(Outcome::Succeeded, None)
+    };
+    let send = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        tx.send(answered).unwrap();
+        tx
+    });
+    let followed = ops.follow_leader(&attempt, "leader", rx, false).await;
+    drop(send.await);
+    assert!(
+        matches!(followed, coalesce::Followed::LeaderGone),
+        "the joiner must list anew, not report ready from an earlier listing: {followed:?}"
+    );
+}

@@ -544,6 +544,29 @@ async fn multipart<S: ObjectStore>(store: &S, seed: &dyn Seed, caps: Capabilitie
         .upload_part_copy(&part)
         .await
         .unwrap_or_else(|e| panic!("multipart: part of the upload to abort: {e}"));
+    // A second upload of a neighbour, and one of a key the first is a
+    // prefix of: only the key's own uploads are its unfinished ones.
+    let neighbour = store
+        .create_multipart(&dest, "multi/aborted-not")
+        .await
+        .unwrap_or_else(|e| panic!("multipart: create of a neighbour's upload: {e}"));
+    let dest_ref = dest.as_str();
+    let unfinished = |k: &'static str| async move {
+        store
+            .unfinished_uploads(dest_ref, k)
+            .await
+            .unwrap_or_else(|e| panic!("multipart: unfinished uploads of {k}: {e}"))
+    };
+    assert_eq!(
+        unfinished(aborted_key).await,
+        vec![upload.clone()],
+        "multipart: the unfinished uploads of a key are its own, not its neighbours'"
+    );
+    assert_eq!(unfinished("multi/big ü.bin").await, Vec::<String>::new());
+    store
+        .abort_multipart(&dest, "multi/aborted-not", &neighbour)
+        .await
+        .unwrap_or_else(|e| panic!("multipart: abort of the neighbour's upload: {e}"));
     store
         .abort_multipart(&dest, aborted_key, &upload)
         .await
@@ -559,6 +582,11 @@ async fn multipart<S: ObjectStore>(store: &S, seed: &dyn Seed, caps: Capabilitie
         listed(store, &dest, aborted_key).await,
         None,
         "multipart: an aborted upload leaves no object"
+    );
+    assert_eq!(
+        unfinished(aborted_key).await,
+        Vec::<String>::new(),
+        "multipart: an aborted upload is no longer unfinished"
     );
 }
 

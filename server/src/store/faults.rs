@@ -25,6 +25,7 @@ pub enum Op {
     PartCopy,
     CompleteMultipart,
     AbortMultipart,
+    ListUploads,
     Head,
     CheckBucket,
 }
@@ -39,6 +40,7 @@ impl Op {
             Op::PartCopy => "part_copy",
             Op::CompleteMultipart => "complete_multipart",
             Op::AbortMultipart => "abort_multipart",
+            Op::ListUploads => "list_uploads",
             Op::Head => "head",
             Op::CheckBucket => "check_bucket",
         }
@@ -339,6 +341,11 @@ impl<S: ObjectStore> ObjectStore for FaultStore<S> {
     ) -> Result<(), StoreError> {
         let _pass = self.enter(Op::AbortMultipart, Some(key)).await?;
         self.inner.abort_multipart(bucket, key, upload_id).await
+    }
+
+    async fn unfinished_uploads(&self, bucket: &str, key: &str) -> Result<Vec<String>, StoreError> {
+        let _pass = self.enter(Op::ListUploads, Some(key)).await?;
+        self.inner.unfinished_uploads(bucket, key).await
     }
 
     async fn head_object(&self, bucket: &str, key: &str) -> Result<ObjectMeta, StoreError> {

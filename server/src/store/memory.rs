@@ -393,6 +393,17 @@ impl ObjectStore for MemoryStore {
         Ok(())
     }
 
+    async fn unfinished_uploads(&self, bucket: &str, key: &str) -> Result<Vec<String>, StoreError> {
+        let uploads = self.uploads.lock().unwrap_or_else(|e| e.into_inner());
+        let mut ids: Vec<String> = uploads
+            .iter()
+            .filter(|(_, u)| u.bucket == bucket && u.key == key)
+            .map(|(id, _)| id.clone())
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+
     async fn head_object(&self, bucket: &str, key: &str) -> Result<ObjectMeta, StoreError> {
         let buckets = self.lock();
         let o = buckets

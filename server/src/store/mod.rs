@@ -299,6 +299,11 @@ pub trait ObjectStore: Send + Sync + 'static {
         upload_id: &str,
     ) -> Result<(), StoreError>;
 
+    /// The upload ids of the multipart uploads of exactly `key` that were
+    /// neither completed nor aborted (a copier's that died, or one that is
+    /// frozen and may still send its Complete).
+    async fn unfinished_uploads(&self, bucket: &str, key: &str) -> Result<Vec<String>, StoreError>;
+
     /// Size and ETag of one object.
     async fn head_object(&self, bucket: &str, key: &str) -> Result<ObjectMeta, StoreError>;
 

@@ -370,6 +370,49 @@ impl ObjectStore for S3Store {
             .map_err(|e| classify(&e, bucket, Some(key)))
     }
 
+    async fn unfinished_uploads(&self, bucket: &str, key: &str) -> Result<Vec<String>, StoreError> {
+        // Directory buckets take only prefixes that end in '/': the key's
+        // folder, filtered to the key.
+        let folder = key.rfind('/').map(|i| &key[..=i]);
+        let mut ids = Vec::new();
+        let (mut key_marker, mut id_marker) = (None, None);
+        loop {
+            let out = self
+                .retrying
+                .list_multipart_uploads()
+                .bucket(bucket)
+                .set_prefix(folder.map(str::to_owned))
+                .set_key_marker(key_marker.take())
+                .set_upload_id_marker(id_marker.take())
+                .send()
+                .await
+                .map_err(|e| classify(&e, bucket, Some(key)))?;
+            ids.extend(
+                out.uploads()
+                    .iter()
+                    .filter(|u| u.key() == Some(key))
+                    .filter_map(|u| u.upload_id().map(str::to_owned)),
+            );
+            if out.is_truncated() != Some(true) {
+                return Ok(ids);
+            }
+            key_marker = out.next_key_marker().map(str::to_owned);
+            id_marker = out.next_upload_id_marker().map(str::to_owned);
+            if key_marker.is_none() && id_marker.is_none() {
+                // Truncated without a way on: what was seen is all there
+                // is to abort; saying so beats looping forever.
+                return Err(StoreError::Unexpected {
+                    code: "TruncatedWithoutMarker",
+                    message: format!(
+                        "ListMultipartUploads of s3://{bucket}/{} answered a truncated page \
+                         without a marker",
+                        folder.unwrap_or_default()
+                    ),
+                });
+            }
+        }
+    }
+
     async fn head_object(&self, bucket: &str, key: &str) -> Result<ObjectMeta, StoreError> {
         let out = self
             .single
