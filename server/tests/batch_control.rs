@@ -131,6 +131,17 @@ async fn a_job_copies_its_manifest_under_the_prefix_and_reports_the_failed_key()
         (JobState::Complete, 6, 5, 1),
         "{done:?}"
     );
+    // The job's guard comes back with it: an attempt that follows an
+    // earlier attempt's job judges what landed by it.
+    let guard = spec(&w, &etag, "op-1").unmodified_since;
+    let told = done
+        .unmodified_since
+        .expect("DescribeJob names the job's guard");
+    let off = told.duration_since(guard).unwrap_or_else(|e| e.duration());
+    assert!(
+        off < Duration::from_secs(2),
+        "guard {guard:?}, told {told:?}"
+    );
     let copied = list_keys(&w.s3, &w.dir, "cache/").await;
     assert_eq!(copied.len(), 5, "{copied:?}");
     assert_eq!(

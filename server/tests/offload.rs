@@ -58,6 +58,9 @@ async fn offloading(
     })
     .await;
     create_bucket(&fx.s3, &work).await;
+    // S3 stamps whole seconds: a source written in the second its warm
+    // began may postdate the job's guard, and is the engine's to copy.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     (fx, fake.unwrap())
 }
 

@@ -71,6 +71,10 @@ pub struct JobStatus {
     /// When S3 Control created it: an object older than this in the
     /// destination was not written by it.
     pub created: Option<std::time::SystemTime>,
+    /// Its guard: it copies only sources not modified after this. Read
+    /// from the job itself, so an attempt that follows an earlier
+    /// attempt's job judges what landed by that job's guard, not its own.
+    pub unmodified_since: Option<std::time::SystemTime>,
 }
 
 /// The S3 Control calls a warm's offload makes.
@@ -269,6 +273,11 @@ impl JobControl for S3ControlJobs {
             failed: count(progress.and_then(|p| p.number_of_tasks_failed())),
             created: job
                 .creation_time()
+                .and_then(|t| std::time::SystemTime::try_from(*t).ok()),
+            unmodified_since: job
+                .operation()
+                .and_then(|o| o.s3_put_object_copy())
+                .and_then(|c| c.un_modified_since_constraint())
                 .and_then(|t| std::time::SystemTime::try_from(*t).ok()),
             failure_reasons: job
                 .failure_reasons()

@@ -223,6 +223,9 @@ class Handler(BaseHTTPRequestHandler):
                 ET.SubElement(job_el, "JobId").text = job_id
                 ET.SubElement(job_el, "Status").text = job["status"]
                 ET.SubElement(job_el, "CreationTime").text = job["created"]
+                if job["unmodified_since"]:
+                    op = ET.SubElement(ET.SubElement(job_el, "Operation"), "S3PutObjectCopy")
+                    ET.SubElement(op, "UnModifiedSinceConstraint").text = job["unmodified_since"]
                 summary = ET.SubElement(job_el, "ProgressSummary")
                 ET.SubElement(summary, "TotalNumberOfTasks").text = str(job["total"])
                 ET.SubElement(summary, "NumberOfTasksSucceeded").text = str(job["succeeded"])
