@@ -36,6 +36,11 @@ struct World {
 /// proxy with `rules` from the start, and three replicas reaching DynamoDB
 /// through it.
 async fn world(n: usize, rules: Vec<Rule>) -> World {
+    world_with(n, rules, &[]).await
+}
+
+/// [`world`], the replicas started with `extra` arguments too.
+async fn world_with(n: usize, rules: Vec<Rule>, extra: &[&str]) -> World {
     let names: Vec<String> = (0..n).map(|i| format!("d/{i:05}")).collect();
     let (moto, s3, src, dir) = buckets(&names.iter().map(String::as_str).collect::<Vec<_>>()).await;
     let index = SharedIndex::dynamo(&moto);
@@ -52,6 +57,7 @@ async fn world(n: usize, rules: Vec<Rule>) -> World {
             let id = format!("replica-{i}");
             let mut args = vec!["--replica-id", id.as_str()];
             args.extend_from_slice(FAST);
+            args.extend_from_slice(extra);
             Server::start_on(&moto.endpoint, &args, &env)
         })
         .collect();
@@ -211,7 +217,7 @@ async fn replicas_keep_running_through_an_index_brownout_and_serve_after_it() {
     // and the sweeper all meet it.
     w.dynamo.add(Rule::always(Match::dynamo_any(), Fault::Hang));
     let t0 = Instant::now();
-    while t0.elapsed() < Duration::from_secs(15) {
+    while t0.elapsed() < Duration::from_secs(60) {
         assert!(
             w.all_running(),
             "a replica exited mid-brownout:\n{}",
@@ -223,6 +229,40 @@ async fn replicas_keep_running_through_an_index_brownout_and_serve_after_it() {
     let (code, again) = w.warm(1);
     assert_eq!(code, 0, "after the brownout: {again}\n{}", w.logs());
     assert_eq!(counter(&again, "objects_hit"), 50, "{again}");
+    assert!(w.all_running(), "{}", w.logs());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_evict_the_index_cannot_confirm_reports_its_prefix_unconfirmed_not_unavailable() {
+    // A retry budget of 2 s, so an index that throttles everything
+    // exhausts it within the test.
+    let mut w = world_with(40, vec![], &["--index-retry-budget", "2s"]).await;
+    let (code, last) = w.warm(0);
+    assert_eq!(code, 0, "{last}");
+    w.dynamo
+        .add(Rule::always(Match::dynamo_any(), Fault::DynamoThrottle));
+    let (code, report) = w.evict(1);
+    assert_eq!(
+        code, 1,
+        "unconfirmed is a failure, not 'unreachable': {report}"
+    );
+    let prefixes = report["prefixes"].as_array().unwrap();
+    assert_eq!(prefixes.len(), 1, "{report}");
+    assert_eq!(prefixes[0]["prefix"], "d/");
+    assert_eq!(prefixes[0]["state"], "UNCONFIRMED", "{report}");
+    assert!(
+        !prefixes[0]["error"].as_str().unwrap().is_empty(),
+        "{report}"
+    );
+    // Once the index answers, evicting again finishes it.
+    w.dynamo.clear();
+    let (code, again) = w.evict(2);
+    assert_eq!(code, 0, "{again}\n{}", w.logs());
+    assert_eq!(again["prefixes"][0]["state"], "DONE", "{again}");
+    assert!(
+        list_keys(&w.s3, &w.dir, "d/").await.is_empty(),
+        "every object deleted"
+    );
     assert!(w.all_running(), "{}", w.logs());
 }
 

@@ -93,6 +93,18 @@ pub struct EvictReport {
     pub leases_ended: u64,
     pub forced: bool,
     pub tally: Tally,
+    /// Each requested prefix, in request order.
+    pub prefixes: Vec<PrefixEviction>,
+}
+
+/// What an `Evict` did under one requested prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrefixEviction {
+    pub prefix: String,
+    pub deleted: u64,
+    pub kept: u64,
+    /// Why not every step could be confirmed (`None`: done).
+    pub unconfirmed: Option<String>,
 }
 
 impl EvictReport {
@@ -232,25 +244,59 @@ impl<S: ObjectStore, I: CacheIndex> Evictor<S, I> {
         // Ended as of the settled "now", so the deletion below (which sees
         // leases as over only past the skew margin) treats them as over.
         let now = self.settled_now();
-        let mut leases_ended = 0;
-        for prefix in &spec.prefixes {
-            leases_ended += self
-                .index
-                .end_leases(dir, prefix.as_str(), now)
-                .await?
-                .len() as u64;
-        }
         let owner = format!("evict:{}", uuid::Uuid::new_v4());
-        let mut tally = Tally::default();
-        for prefix in expresscache::request::minimal_cover(&spec.prefixes) {
-            self.delete_under(dir, prefix.as_str(), &owner, spec.force, &mut tally)
-                .await?;
-        }
-        Ok(EvictReport {
-            leases_ended,
+        let mut report = EvictReport {
             forced: spec.force,
-            tally,
-        })
+            ..EvictReport::default()
+        };
+        // Prefix by prefix (disjoint ones: a nested prefix goes with the
+        // one it is under): one the index cannot confirm in time does not
+        // take the others' outcome with it, and the caller learns which
+        // are done, rather than a bare UNAVAILABLE.
+        let mut outcomes = Vec::new();
+        for cover in expresscache::request::minimal_cover(&spec.prefixes) {
+            let before = (
+                report.tally.deleted,
+                report.tally.kept_live + report.tally.kept_busy,
+            );
+            let done = async {
+                for p in spec.prefixes.iter().filter(|p| cover.covers(p)) {
+                    report.leases_ended +=
+                        self.index.end_leases(dir, p.as_str(), now).await?.len() as u64;
+                }
+                self.delete_under(dir, cover.as_str(), &owner, spec.force, &mut report.tally)
+                    .await
+            }
+            .await;
+            let unconfirmed = done.err().map(|e| {
+                tracing::warn!(prefix = %cover, error = %e,
+                    "evicting a prefix could not be confirmed; evicting it again finishes it");
+                e.to_string()
+            });
+            let after = (
+                report.tally.deleted,
+                report.tally.kept_live + report.tally.kept_busy,
+            );
+            outcomes.push((cover, after.0 - before.0, after.1 - before.1, unconfirmed));
+        }
+        report.prefixes = spec
+            .prefixes
+            .iter()
+            .map(|p| {
+                let (_, deleted, kept, unconfirmed) = outcomes
+                    .iter()
+                    .find(|(cover, ..)| cover.covers(p))
+                    .cloned()
+                    .unwrap_or((p.clone(), 0, 0, None));
+                PrefixEviction {
+                    prefix: p.to_string(),
+                    deleted,
+                    kept,
+                    unconfirmed,
+                }
+            })
+            .collect();
+        Ok(report)
     }
 
     /// One pass of the expiry sweeper: for each expired lease (past the
@@ -683,6 +729,46 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_prefix_that_cannot_be_confirmed_is_reported_so_and_the_others_done() {
+        let (ev, clock) = setup(&["a/1", "a/2", "b/1", "b/x/2"]).await;
+        // The first DeleteObjects (a/'s) is refused.
+        ev.store.fail(
+            crate::store::Op::Delete,
+            None,
+            StoreError::AccessDenied("no".into()),
+            Some(1),
+        );
+        let both = EvictSpec {
+            prefixes: vec![
+                Prefix::parse("a/").unwrap(),
+                Prefix::parse("b/").unwrap(),
+                Prefix::parse("b/x/").unwrap(),
+            ],
+            ..spec("a/", false)
+        };
+        let r = evict(&ev, &both).await;
+        let states: Vec<(&str, u64, bool)> = r
+            .prefixes
+            .iter()
+            .map(|p| (p.prefix.as_str(), p.deleted, p.unconfirmed.is_some()))
+            .collect();
+        assert_eq!(
+            states,
+            // A prefix under another shares its outcome.
+            [("a/", 0, true), ("b/", 2, false), ("b/x/", 2, false)],
+            "{r:?}"
+        );
+        // Nothing reported false: a/'s objects and entries are still there
+        // (untrusted), and evicting it again finishes it.
+        assert_eq!(ev.store.inner().size(DIR, "a/1"), Some(10));
+        // Once the failed delete can no longer land (its claims lapse).
+        clock.advance(span_millis(ev.settings.request_timeout) + 1);
+        let again = evict(&ev, &spec("a/", false)).await;
+        assert_eq!(again.tally.deleted, 2, "{again:?}");
+        assert!(again.prefixes[0].unconfirmed.is_none());
+    }
+
+    #[tokio::test]
     async fn evict_of_a_child_keeps_what_a_live_parent_covers_unless_forced() {
         let (ev, _) = setup(&["p/c/1", "p/c/2"]).await;
         lease(&ev, "p/", 5_000).await;
@@ -856,8 +942,9 @@ mod fault_tests {
         // Every attempt deletes and loses its reply: the outcome stays
         // unknown to the evictor.
         ev.store.lose_replies(Op::Delete, 100);
-        let err = ev.evict(&spec("g/")).await.unwrap_err();
-        assert!(err.to_string().contains("reply lost"), "{err}");
+        let r = ev.evict(&spec("g/")).await.unwrap();
+        let err = r.prefixes[0].unconfirmed.clone().unwrap_or_default();
+        assert!(err.contains("reply lost"), "reported unconfirmed: {r:?}");
         assert!(
             ev.store.inner().keys(DIR).is_empty(),
             "S3 applied the delete"

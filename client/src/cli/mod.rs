@@ -915,6 +915,13 @@ async fn evict(endpoints: &Arc<Endpoints>, a: EvictArgs) -> Result<(), ClientErr
                 "forced": r.forced,
                 "failures": r.failures.iter().map(|f| json!({"key": f.key, "code": f.code, "message": f.message})).collect::<Vec<_>>(),
                 "failures_omitted": r.failures_omitted,
+                "prefixes": r.prefixes.iter().map(|p| json!({
+                    "prefix": p.prefix,
+                    "state": p.state().as_str_name(),
+                    "objects_deleted": p.objects_deleted,
+                    "objects_kept": p.objects_kept,
+                    "error": p.error,
+                })).collect::<Vec<_>>(),
             })
         ),
         OutputFormat::Text => {
@@ -941,9 +948,24 @@ async fn evict(endpoints: &Arc<Endpoints>, a: EvictArgs) -> Result<(), ClientErr
                     r.failures_omitted
                 );
             }
+            for p in unconfirmed(&r) {
+                println!(
+                    "unconfirmed: {} ({} deleted, {} kept so far): {}",
+                    p.prefix, p.objects_deleted, p.objects_kept, p.error
+                );
+            }
         }
     }
     let failed = r.failures.len() as u64 + r.failures_omitted;
+    let open = unconfirmed(&r).count();
+    if open > 0 {
+        // Nothing it reports is false: what it deleted is gone, what it
+        // kept is there; the rest is for another evict of those prefixes.
+        return Err(ClientError::Rpc(tonic::Status::aborted(format!(
+            "{open} prefixes could not be confirmed within the server's retry budget \
+             (the index or S3 did not answer); evict them again to finish"
+        ))));
+    }
     if failed == 0 {
         Ok(())
     } else {
@@ -951,4 +973,11 @@ async fn evict(endpoints: &Arc<Endpoints>, a: EvictArgs) -> Result<(), ClientErr
             "{failed} objects could not be deleted"
         ))))
     }
+}
+
+/// The prefixes an Evict could not confirm.
+fn unconfirmed(r: &pb::EvictResponse) -> impl Iterator<Item = &pb::PrefixEviction> {
+    r.prefixes
+        .iter()
+        .filter(|p| p.state() == pb::prefix_eviction::State::Unconfirmed)
 }

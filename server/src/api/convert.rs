@@ -129,6 +129,22 @@ pub fn evict_response(r: EvictReport) -> pb::EvictResponse {
         forced: r.forced,
         failures_omitted: r.tally.failures_omitted,
         failures: r.tally.failures.into_iter().map(failure).collect(),
+        prefixes: r
+            .prefixes
+            .into_iter()
+            .map(|p| pb::PrefixEviction {
+                prefix: p.prefix,
+                state: if p.unconfirmed.is_some() {
+                    pb::prefix_eviction::State::Unconfirmed
+                } else {
+                    pb::prefix_eviction::State::Done
+                }
+                .into(),
+                objects_deleted: p.deleted,
+                objects_kept: p.kept,
+                error: p.unconfirmed.unwrap_or_default(),
+            })
+            .collect(),
     }
 }
 
