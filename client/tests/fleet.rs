@@ -388,6 +388,7 @@ async fn a_paused_replica_cannot_write_after_it_was_taken_over(kind: Kind) {
         done.progress.as_ref().unwrap().outcome,
         pb::Outcome::Succeeded as i32
     );
+    let copies_at_wake = proxy.count(&Match::copy_object());
     fleet.replicas[0].signal("CONT");
     // The woken replica renews, learns it lost the run, and stops; give it
     // the chance to write (a checkpoint, its final state) if it still could.
@@ -409,9 +410,23 @@ async fn a_paused_replica_cannot_write_after_it_was_taken_over(kind: Kind) {
         after.progress, done.progress,
         "the woken replica did not overwrite the new runner's record"
     );
+    // Its copies check the run's deadline before each request: woken
+    // past it, it sends none (those it had sent before the pause were
+    // already counted).
+    let copies_after_wake = proxy.count(&Match::copy_object()) - copies_at_wake;
+    assert_eq!(
+        copies_after_wake,
+        0,
+        "the woken attempt sent copies after its run lapsed\n{}",
+        fleet.logs()
+    );
     assert_eq!(list_keys(&s3, &dir, "d/").await.len(), 600);
     let (code, out) = finish(warm, Duration::from_secs(60), &fleet);
     assert_eq!(code, 0, "the launcher still hears the outcome\n{out}");
+    // And it serves new warms: everything is there, found as hits.
+    let again = start_warm(&fleet.replicas[0].endpoint, &src, &dir, "job-after-pause");
+    let (code, out) = finish(again, Duration::from_secs(60), &fleet);
+    assert_eq!(code, 0, "the woken replica serves new warms\n{out}");
 }
 
 /// A warm of `prefix` submitted to `endpoint`; its first update.
