@@ -636,6 +636,7 @@ pub fn spawn_sweeper<S: ObjectStore, I: CacheIndex>(
 mod tests {
     use super::*;
     use crate::clock::ManualClock;
+    use crate::index::{Claims, Leases, Records};
     use crate::index::{Entry, Lease, SqliteIndex};
     use crate::store::FaultStore;
     use crate::store::MemoryStore;
@@ -839,6 +840,7 @@ mod fault_tests {
     use super::*;
     use crate::clock::ManualClock;
     use crate::index::SqliteIndex;
+    use crate::index::{Claims, Leases, Records};
     use crate::plan::{CopyReason, Decision, Planner};
     use crate::store::{FaultStore, MemoryStore, ObjectMeta, Op};
     use expresscache::{DirectoryBucketName, Prefix};

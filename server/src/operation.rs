@@ -209,7 +209,7 @@ pub struct RunLease {
     pub deadline: Millis,
     pub cancel_requested: bool,
     /// This attempt offered the operation to warms of other replicas and
-    /// has not withdrawn ([`OperationLog::offer_join`](crate::index::OperationLog::offer_join)).
+    /// has not withdrawn ([`RunLeases::offer_join`](crate::index::RunLeases::offer_join)).
     pub joinable: bool,
 }
 

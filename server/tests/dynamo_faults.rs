@@ -10,6 +10,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+use expresscache_server::index::Leases;
 use std::time::{Duration, Instant};
 
 use expresscache::Backoff;

@@ -12,6 +12,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+use expresscache_server::index::{Claims, Leases, Records, RunLeases};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

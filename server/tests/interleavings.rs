@@ -13,6 +13,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+use expresscache_server::index::Records;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

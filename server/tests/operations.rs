@@ -5,6 +5,7 @@
 
 mod common;
 
+use expresscache_server::index::Records;
 use std::time::Duration;
 
 use common::{as_refs, rpc_error, Fixture};

@@ -9,9 +9,9 @@ use std::sync::Arc;
 use crate::gate::{Gate, Pass};
 
 use super::{
-    CacheIndex, ClaimOutcome, ClaimTerms, Completion, CreateOutcome, Entry, EvictDecision,
-    IndexError, KeyRange, Lease, Millis, OpFilter, OperationLog, OperationRecord, Record, Renewal,
-    RunTerms, RunTicket, SweepBackoff, SweepFailure, Takeover, Usage,
+    ClaimOutcome, ClaimTerms, Claims, Completion, CreateOutcome, Entry, EvictDecision, IndexError,
+    KeyRange, Lease, Leases, Millis, OpFilter, OperationLog, OperationRecord, Record, Records,
+    Renewal, RunLeases, RunTerms, RunTicket, SweepBackoff, SweepFailure, Takeover, Usage,
 };
 
 #[derive(Debug)]
@@ -139,7 +139,7 @@ impl<I> CountingIndex<I> {
 }
 
 #[async_trait::async_trait]
-impl<I: CacheIndex> CacheIndex for CountingIndex<I> {
+impl<I: Leases> Leases for CountingIndex<I> {
     async fn extend_lease(&self, lease: &Lease, now: Millis) -> Result<Lease, IndexError> {
         self.write();
         let _pass = self.pass("extend_lease", &lease.prefix).await?;
@@ -223,7 +223,10 @@ impl<I: CacheIndex> CacheIndex for CountingIndex<I> {
         let _pass = self.pass("remove_lease_if_expired", &lease.prefix).await?;
         self.inner.remove_lease_if_expired(lease, now).await
     }
+}
 
+#[async_trait::async_trait]
+impl<I: Records> Records for CountingIndex<I> {
     async fn records(
         &self,
         directory_bucket: &str,
@@ -245,6 +248,22 @@ impl<I: CacheIndex> CacheIndex for CountingIndex<I> {
         self.inner.get_record(directory_bucket, key).await
     }
 
+    async fn usage_up_to(
+        &self,
+        directory_bucket: &str,
+        prefix: &str,
+        limit: u64,
+    ) -> Result<Usage, IndexError> {
+        self.read();
+        let _pass = self.pass("usage", prefix).await?;
+        self.inner
+            .usage_up_to(directory_bucket, prefix, limit)
+            .await
+    }
+}
+
+#[async_trait::async_trait]
+impl<I: Claims> Claims for CountingIndex<I> {
     async fn claim_copies(
         &self,
         directory_bucket: &str,
@@ -342,19 +361,6 @@ impl<I: CacheIndex> CacheIndex for CountingIndex<I> {
             .await?;
         self.inner.finish_evict(directory_bucket, keys, owner).await
     }
-
-    async fn usage_up_to(
-        &self,
-        directory_bucket: &str,
-        prefix: &str,
-        limit: u64,
-    ) -> Result<Usage, IndexError> {
-        self.read();
-        let _pass = self.pass("usage", prefix).await?;
-        self.inner
-            .usage_up_to(directory_bucket, prefix, limit)
-            .await
-    }
 }
 
 #[async_trait::async_trait]
@@ -386,18 +392,6 @@ impl<I: OperationLog> OperationLog for CountingIndex<I> {
         self.inner.update_operation(id, ticket, state).await
     }
 
-    async fn offer_join(&self, id: &str, ticket: &RunTicket) -> Result<bool, IndexError> {
-        self.write();
-        let _pass = self.pass("offer_join", id).await?;
-        self.reply("offer_join", self.inner.offer_join(id, ticket).await)
-    }
-
-    async fn withdraw_join(&self, id: &str, ticket: &RunTicket) -> Result<bool, IndexError> {
-        self.write();
-        let _pass = self.pass("withdraw_join", id).await?;
-        self.reply("withdraw_join", self.inner.withdraw_join(id, ticket).await)
-    }
-
     async fn finish_operation(
         &self,
         id: &str,
@@ -411,6 +405,12 @@ impl<I: OperationLog> OperationLog for CountingIndex<I> {
             "finish_operation",
             self.inner.finish_operation(id, ticket, state, epochs).await,
         )
+    }
+
+    async fn get_operation(&self, id: &str) -> Result<Option<OperationRecord>, IndexError> {
+        self.read();
+        let _pass = self.pass("get_operation", id).await?;
+        self.inner.get_operation(id).await
     }
 
     async fn list_operations(
@@ -440,6 +440,15 @@ impl<I: OperationLog> OperationLog for CountingIndex<I> {
         self.inner.lease_epochs(id).await
     }
 
+    async fn purge_operations(&self, before: Millis) -> Result<u64, IndexError> {
+        self.write();
+        let _pass = self.pass("purge_operations", "").await?;
+        self.inner.purge_operations(before).await
+    }
+}
+
+#[async_trait::async_trait]
+impl<I: RunLeases> RunLeases for CountingIndex<I> {
     async fn take_over(
         &self,
         id: &str,
@@ -479,16 +488,16 @@ impl<I: OperationLog> OperationLog for CountingIndex<I> {
         self.inner.mark_resumed(id).await
     }
 
-    async fn purge_operations(&self, before: Millis) -> Result<u64, IndexError> {
+    async fn offer_join(&self, id: &str, ticket: &RunTicket) -> Result<bool, IndexError> {
         self.write();
-        let _pass = self.pass("purge_operations", "").await?;
-        self.inner.purge_operations(before).await
+        let _pass = self.pass("offer_join", id).await?;
+        self.reply("offer_join", self.inner.offer_join(id, ticket).await)
     }
 
-    async fn get_operation(&self, id: &str) -> Result<Option<OperationRecord>, IndexError> {
-        self.read();
-        let _pass = self.pass("get_operation", id).await?;
-        self.inner.get_operation(id).await
+    async fn withdraw_join(&self, id: &str, ticket: &RunTicket) -> Result<bool, IndexError> {
+        self.write();
+        let _pass = self.pass("withdraw_join", id).await?;
+        self.reply("withdraw_join", self.inner.withdraw_join(id, ticket).await)
     }
 }
 

@@ -103,6 +103,7 @@ impl<'a, I: CacheIndex + ?Sized> RecordCursor<'a, I> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::index::Claims;
     use crate::index::{CacheIndex, ClaimTerms, SqliteIndex};
 
     const DIR: &str = "cache--use1-az4--x-s3";

@@ -8,9 +8,10 @@ use std::future::Future;
 use tracing::Instrument;
 
 use super::{
-    CacheIndex, ClaimOutcome, ClaimTerms, Completion, CreateOutcome, Entry, EvictDecision,
-    IndexError, KeyRange, Lease, Millis, OpFilter, OperationLog, OperationRecord, Record, Renewal,
-    ReplicaRegistry, RunTerms, RunTicket, SweepBackoff, SweepFailure, Takeover, Usage,
+    ClaimOutcome, ClaimTerms, Claims, Completion, CreateOutcome, Entry, EvictDecision, IndexError,
+    KeyRange, Lease, Leases, Millis, OpFilter, OperationLog, OperationRecord, Record, Records,
+    Renewal, ReplicaRegistry, RunLeases, RunTerms, RunTicket, SweepBackoff, SweepFailure, Takeover,
+    Usage,
 };
 use crate::metrics::{INDEX_ERRORS, INDEX_REQUEST_DURATION};
 use crate::operation::OperationState;
@@ -55,7 +56,7 @@ impl<I> MeteredIndex<I> {
 }
 
 #[async_trait::async_trait]
-impl<I: CacheIndex> CacheIndex for MeteredIndex<I> {
+impl<I: Leases> Leases for MeteredIndex<I> {
     async fn extend_lease(&self, lease: &Lease, now: Millis) -> Result<Lease, IndexError> {
         self.timed("extend_lease", self.inner.extend_lease(lease, now))
             .await
@@ -146,7 +147,10 @@ impl<I: CacheIndex> CacheIndex for MeteredIndex<I> {
         )
         .await
     }
+}
 
+#[async_trait::async_trait]
+impl<I: Records> Records for MeteredIndex<I> {
     async fn records(
         &self,
         directory_bucket: &str,
@@ -169,6 +173,27 @@ impl<I: CacheIndex> CacheIndex for MeteredIndex<I> {
             .await
     }
 
+    async fn usage(&self, directory_bucket: &str, prefix: &str) -> Result<Usage, IndexError> {
+        self.timed("usage", self.inner.usage(directory_bucket, prefix))
+            .await
+    }
+
+    async fn usage_up_to(
+        &self,
+        directory_bucket: &str,
+        prefix: &str,
+        limit: u64,
+    ) -> Result<Usage, IndexError> {
+        self.timed(
+            "usage",
+            self.inner.usage_up_to(directory_bucket, prefix, limit),
+        )
+        .await
+    }
+}
+
+#[async_trait::async_trait]
+impl<I: Claims> Claims for MeteredIndex<I> {
     async fn claim_copies(
         &self,
         directory_bucket: &str,
@@ -281,24 +306,6 @@ impl<I: CacheIndex> CacheIndex for MeteredIndex<I> {
         )
         .await
     }
-
-    async fn usage(&self, directory_bucket: &str, prefix: &str) -> Result<Usage, IndexError> {
-        self.timed("usage", self.inner.usage(directory_bucket, prefix))
-            .await
-    }
-
-    async fn usage_up_to(
-        &self,
-        directory_bucket: &str,
-        prefix: &str,
-        limit: u64,
-    ) -> Result<Usage, IndexError> {
-        self.timed(
-            "usage",
-            self.inner.usage_up_to(directory_bucket, prefix, limit),
-        )
-        .await
-    }
 }
 
 #[async_trait::async_trait]
@@ -320,14 +327,17 @@ impl<I: OperationLog> OperationLog for MeteredIndex<I> {
         .await
     }
 
-    async fn offer_join(&self, id: &str, ticket: &RunTicket) -> Result<bool, IndexError> {
-        self.timed("offer_join", self.inner.offer_join(id, ticket))
-            .await
-    }
-
-    async fn withdraw_join(&self, id: &str, ticket: &RunTicket) -> Result<bool, IndexError> {
-        self.timed("withdraw_join", self.inner.withdraw_join(id, ticket))
-            .await
+    async fn update_operation(
+        &self,
+        id: &str,
+        ticket: &RunTicket,
+        state: &OperationState,
+    ) -> Result<bool, IndexError> {
+        self.timed(
+            "update_operation",
+            self.inner.update_operation(id, ticket, state),
+        )
+        .await
     }
 
     async fn finish_operation(
@@ -340,19 +350,6 @@ impl<I: OperationLog> OperationLog for MeteredIndex<I> {
         self.timed(
             "finish_operation",
             self.inner.finish_operation(id, ticket, state, epochs),
-        )
-        .await
-    }
-
-    async fn update_operation(
-        &self,
-        id: &str,
-        ticket: &RunTicket,
-        state: &OperationState,
-    ) -> Result<bool, IndexError> {
-        self.timed(
-            "update_operation",
-            self.inner.update_operation(id, ticket, state),
         )
         .await
     }
@@ -389,6 +386,14 @@ impl<I: OperationLog> OperationLog for MeteredIndex<I> {
             .await
     }
 
+    async fn purge_operations(&self, before: Millis) -> Result<u64, IndexError> {
+        self.timed("purge_operations", self.inner.purge_operations(before))
+            .await
+    }
+}
+
+#[async_trait::async_trait]
+impl<I: RunLeases> RunLeases for MeteredIndex<I> {
     async fn take_over(
         &self,
         id: &str,
@@ -423,8 +428,13 @@ impl<I: OperationLog> OperationLog for MeteredIndex<I> {
             .await
     }
 
-    async fn purge_operations(&self, before: Millis) -> Result<u64, IndexError> {
-        self.timed("purge_operations", self.inner.purge_operations(before))
+    async fn offer_join(&self, id: &str, ticket: &RunTicket) -> Result<bool, IndexError> {
+        self.timed("offer_join", self.inner.offer_join(id, ticket))
+            .await
+    }
+
+    async fn withdraw_join(&self, id: &str, ticket: &RunTicket) -> Result<bool, IndexError> {
+        self.timed("withdraw_join", self.inner.withdraw_join(id, ticket))
             .await
     }
 }

@@ -204,7 +204,7 @@ pub struct SweepBackoff {
     pub max: Millis,
 }
 
-/// Per-entry answer of [`CacheIndex::complete_copies`].
+/// Per-entry answer of [`Claims::complete_copies`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Completion {
     /// The entry is recorded and the copier's claim dropped.
@@ -223,7 +223,7 @@ pub enum ClaimOutcome {
     Held(Claim),
 }
 
-/// Per-key answer of [`CacheIndex::begin_evict`].
+/// Per-key answer of [`Claims::begin_evict`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EvictDecision {
     /// Claimed for deletion: delete the object (fenced by `dest_etag`), then
@@ -253,7 +253,7 @@ pub struct RunTerms<'a> {
     pub now: Millis,
 }
 
-/// A run taken over by [`OperationLog::take_over`].
+/// A run taken over by [`RunLeases::take_over`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Takeover {
     pub ticket: RunTicket,
@@ -281,7 +281,7 @@ pub enum CreateOutcome {
     Exists(Box<OperationRecord>),
 }
 
-/// The keys of a [`CacheIndex::records`] read: those starting with
+/// The keys of a [`Records::records`] read: those starting with
 /// `prefix`, narrowed by `start` and `end`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KeyRange<'a> {
@@ -375,11 +375,12 @@ pub enum IndexError {
     Unavailable(String),
 }
 
-/// The cache index: leases, entries and claims. Every method is one atomic step (one conditional write
-/// or one transaction), which is what makes the rules in doc/SEMANTICS.md
-/// hold across concurrent warms, evictions, sweeps and replicas.
+/// Leases: what keeps cached data alive, and the sweeper's view of what
+/// expired. Every method is one atomic step (one conditional write or one
+/// transaction), which is what makes the rules in doc/SEMANTICS.md hold
+/// across concurrent warms, evictions, sweeps and replicas.
 #[async_trait::async_trait]
-pub trait CacheIndex: Send + Sync + 'static {
+pub trait Leases: Send + Sync + 'static {
     /// Sets the lease's expiry to max(stored, `lease.expires_at`); returns
     /// the lease as stored.
     ///
@@ -466,7 +467,11 @@ pub trait CacheIndex: Send + Sync + 'static {
     /// have extended it meanwhile); returns whether it did.
     async fn remove_lease_if_expired(&self, lease: &Lease, now: Millis)
         -> Result<bool, IndexError>;
+}
 
+/// What is cached: the records of keys (entry and claim), and their totals.
+#[async_trait::async_trait]
+pub trait Records: Send + Sync + 'static {
     /// Records whose key lies in `range`, in byte order of keys, at most
     /// `limit`.
     async fn records(
@@ -490,6 +495,27 @@ pub trait CacheIndex: Send + Sync + 'static {
         Ok(self.records(directory_bucket, &range, 1).await?.pop())
     }
 
+    /// Objects and bytes cached under `prefix`, all counted.
+    async fn usage(&self, directory_bucket: &str, prefix: &str) -> Result<Usage, IndexError> {
+        self.usage_up_to(directory_bucket, prefix, u64::MAX).await
+    }
+
+    /// The same, as bounded work: counting stops soon after `limit`
+    /// entries, and then the answer says `truncated` (its counts are lower
+    /// bounds of at least `limit`). An answer not truncated is exact.
+    async fn usage_up_to(
+        &self,
+        directory_bucket: &str,
+        prefix: &str,
+        limit: u64,
+    ) -> Result<Usage, IndexError>;
+}
+
+/// The exclusive, time-limited right to change one key: a copy claims it
+/// and records its entry, an eviction claims it and removes it. Each method
+/// is one atomic step per key.
+#[async_trait::async_trait]
+pub trait Claims: Send + Sync + 'static {
     /// Claims each key for a copy by `terms.owner` until `terms.deadline`,
     /// unless another owner holds a claim that
     /// [blocks](Claim::blocks) it at `terms.now` (re-claiming one's own
@@ -589,22 +615,14 @@ pub trait CacheIndex: Send + Sync + 'static {
         keys: &[String],
         owner: &str,
     ) -> Result<(), IndexError>;
-
-    /// Objects and bytes cached under `prefix`, all counted.
-    async fn usage(&self, directory_bucket: &str, prefix: &str) -> Result<Usage, IndexError> {
-        self.usage_up_to(directory_bucket, prefix, u64::MAX).await
-    }
-
-    /// The same, as bounded work: counting stops soon after `limit`
-    /// entries, and then the answer says `truncated` (its counts are lower
-    /// bounds of at least `limit`). An answer not truncated is exact.
-    async fn usage_up_to(
-        &self,
-        directory_bucket: &str,
-        prefix: &str,
-        limit: u64,
-    ) -> Result<Usage, IndexError>;
 }
+
+/// The cache index: leases, records and claims. Domain code asks for the
+/// capability it uses; code that uses them all (the warm, the evictor)
+/// asks for this.
+pub trait CacheIndex: Leases + Records + Claims {}
+
+impl<T: Leases + Records + Claims> CacheIndex for T {}
 
 /// The operation log: warms as records that outlive the process (their
 /// request, progress checkpoints, idempotency by request id, resumption
@@ -612,7 +630,7 @@ pub trait CacheIndex: Send + Sync + 'static {
 /// different concern with different access patterns (a few records per warm,
 /// read by id and by age), which a backend may store apart.
 #[async_trait::async_trait]
-pub trait OperationLog: Send + Sync + 'static {
+pub trait OperationLog: RunLeases {
     /// Registers a new operation; if its request id is taken, returns the
     /// operation that holds it instead.
     async fn create_operation(&self, op: &OperationRecord) -> Result<CreateOutcome, IndexError>;
@@ -673,21 +691,6 @@ pub trait OperationLog: Send + Sync + 'static {
         self.update_operation(id, ticket, state).await
     }
 
-    /// Marks operation `id` joinable by warms of other replicas for
-    /// `ticket`'s attempt (its [`RunLease::joinable`] reads true while that
-    /// attempt holds the run): only if `ticket` holds the run and that
-    /// attempt has not withdrawn. A write of the mark that lands after the
-    /// withdrawal (a late retry) is refused, and a later attempt (a
-    /// takeover) is never joinable by an earlier attempt's mark. Returns
-    /// false, writing nothing, otherwise.
-    async fn offer_join(&self, id: &str, ticket: &RunTicket) -> Result<bool, IndexError>;
-
-    /// Withdraws `ticket`'s attempt's mark, for good: once this returns
-    /// true, no warm of another replica finds the operation joinable
-    /// (however late an offer of the attempt lands). False, writing
-    /// nothing, if `ticket` no longer holds the run.
-    async fn withdraw_join(&self, id: &str, ticket: &RunTicket) -> Result<bool, IndexError>;
-
     async fn get_operation(&self, id: &str) -> Result<Option<OperationRecord>, IndexError>;
 
     /// Operations newest first (by creation time, then id), strictly after
@@ -711,6 +714,16 @@ pub trait OperationLog: Send + Sync + 'static {
     /// The epochs recorded for `id` (empty if none were).
     async fn lease_epochs(&self, id: &str) -> Result<Vec<(String, String)>, IndexError>;
 
+    /// Deletes finished operations last updated before `before`; returns
+    /// how many.
+    async fn purge_operations(&self, before: Millis) -> Result<u64, IndexError>;
+}
+
+/// Who runs each unfinished operation: the run lease (replica, attempt,
+/// deadline) that fences every write of a runner, its takeover once it
+/// lapses, and the marks other replicas read (cancel requested, joinable).
+#[async_trait::async_trait]
+pub trait RunLeases: Send + Sync + 'static {
     /// Takes the run of the unfinished operation `id` for `terms.replica`
     /// until `terms.deadline`, as a new attempt, if nobody's run of it is
     /// live at `terms.now` (its runner crashed, was paused or partitioned
@@ -746,9 +759,20 @@ pub trait OperationLog: Send + Sync + 'static {
     /// new count.
     async fn mark_resumed(&self, id: &str) -> Result<u32, IndexError>;
 
-    /// Deletes finished operations last updated before `before`; returns
-    /// how many.
-    async fn purge_operations(&self, before: Millis) -> Result<u64, IndexError>;
+    /// Marks operation `id` joinable by warms of other replicas for
+    /// `ticket`'s attempt (its [`RunLease::joinable`] reads true while that
+    /// attempt holds the run): only if `ticket` holds the run and that
+    /// attempt has not withdrawn. A write of the mark that lands after the
+    /// withdrawal (a late retry) is refused, and a later attempt (a
+    /// takeover) is never joinable by an earlier attempt's mark. Returns
+    /// false, writing nothing, otherwise.
+    async fn offer_join(&self, id: &str, ticket: &RunTicket) -> Result<bool, IndexError>;
+
+    /// Withdraws `ticket`'s attempt's mark, for good: once this returns
+    /// true, no warm of another replica finds the operation joinable
+    /// (however late an offer of the attempt lands). False, writing
+    /// nothing, if `ticket` no longer holds the run.
+    async fn withdraw_join(&self, id: &str, ticket: &RunTicket) -> Result<bool, IndexError>;
 }
 
 /// The replicas sharing an index: each says now and then that it is alive,

@@ -1,4 +1,4 @@
-//! The embedded [`CacheIndex`]: one SQLite file, WAL mode.
+//! The embedded [`CacheIndex`](super::CacheIndex): one SQLite file, WAL mode.
 //!
 //! rusqlite is synchronous, so every call runs on tokio's blocking pool
 //! against one connection behind a mutex: SQLite serialises writers anyway,
@@ -13,9 +13,10 @@ use rusqlite::{params, Connection, OptionalExtension};
 use crate::clock::{Clock, SystemClock};
 
 use super::{
-    ancestors, lineage, prefix_successor, CacheIndex, Claim, ClaimKind, ClaimOutcome, ClaimTerms,
-    Completion, CreateOutcome, Entry, EvictDecision, IndexError, KeyRange, Lease, Millis, OpFilter,
-    OperationLog, OperationRecord, Record, SweepBackoff, SweepFailure, Usage,
+    ancestors, lineage, prefix_successor, Claim, ClaimKind, ClaimOutcome, ClaimTerms, Claims,
+    Completion, CreateOutcome, Entry, EvictDecision, IndexError, KeyRange, Lease, Leases, Millis,
+    OpFilter, OperationLog, OperationRecord, Record, Records, RunLeases, SweepBackoff,
+    SweepFailure, Usage,
 };
 use super::{encoding, legacy, Renewal, ReplicaRegistry, RunLease, RunTerms, RunTicket, Takeover};
 use crate::operation::OperationState;
@@ -92,7 +93,7 @@ CREATE TABLE IF NOT EXISTS replicas (
 ) WITHOUT ROWID;
 ";
 
-/// SQLite-backed [`CacheIndex`].
+/// SQLite-backed [`CacheIndex`](super::CacheIndex).
 #[derive(Debug, Clone)]
 pub struct SqliteIndex {
     /// An async, first-come-first-served lock: a thousand warms at once (a
@@ -575,7 +576,7 @@ fn replace_lease_epochs(
     Ok(())
 }
 
-/// [`CacheIndex::extend_lease`] on an open connection (or transaction).
+/// [`Leases::extend_lease`](super::Leases::extend_lease) on an open connection (or transaction).
 fn extend_lease_on(c: &Connection, lease: &Lease, now: Millis) -> Result<Lease, IndexError> {
     let key = params![lease.directory_bucket, lease.prefix, lease.source_bucket];
     let stored = if lease.epoch.is_empty() {
@@ -659,7 +660,7 @@ fn extend_lease_on(c: &Connection, lease: &Lease, now: Millis) -> Result<Lease, 
 }
 
 #[async_trait::async_trait]
-impl CacheIndex for SqliteIndex {
+impl Leases for SqliteIndex {
     async fn extend_lease(&self, lease: &Lease, now: Millis) -> Result<Lease, IndexError> {
         let lease = lease.clone();
         self.with(move |c| extend_lease_on(c, &lease, now)).await
@@ -917,7 +918,10 @@ impl CacheIndex for SqliteIndex {
         })
         .await
     }
+}
 
+#[async_trait::async_trait]
+impl Records for SqliteIndex {
     async fn records(
         &self,
         directory_bucket: &str,
@@ -964,6 +968,83 @@ impl CacheIndex for SqliteIndex {
         self.with(move |c| read_record(c, &bucket, &key)).await
     }
 
+    /// Counted in chunks, each its own short hold of the connection, so
+    /// a status call over a large prefix never stalls the warms' writes.
+    async fn usage_up_to(
+        &self,
+        directory_bucket: &str,
+        prefix: &str,
+        limit: u64,
+    ) -> Result<Usage, IndexError> {
+        const CHUNK: u64 = 10_000;
+        // One more than the limit tells "exactly limit" from "more".
+        let budget = limit.saturating_add(1);
+        let mut usage = Usage::default();
+        let mut after: Option<String> = None;
+        loop {
+            let take = CHUNK.min(budget - usage.objects);
+            if take == 0 {
+                usage.truncated = true;
+                return Ok(usage);
+            }
+            let (bucket, lo, hi, from) = (
+                directory_bucket.to_owned(),
+                prefix.to_owned(),
+                prefix_successor(prefix),
+                after.take(),
+            );
+            let (n, bytes, last) = self
+                .with(move |c| {
+                    let sql = format!(
+                        "SELECT count(*), coalesce(sum(size), 0), max(key) FROM (
+                           SELECT key, size FROM records
+                           WHERE directory_bucket = ?1 AND key >= ?2 {} {}
+                             AND source_etag IS NOT NULL
+                           ORDER BY key LIMIT ?5)",
+                        if hi.is_some() {
+                            "AND key < ?3"
+                        } else {
+                            "AND ?3 IS NULL"
+                        },
+                        if from.is_some() {
+                            "AND key > ?4"
+                        } else {
+                            "AND ?4 IS NULL"
+                        }
+                    );
+                    c.prepare_cached(&sql)
+                        .map_err(storage)?
+                        .query_row(
+                            params![
+                                bucket,
+                                lo,
+                                hi,
+                                from,
+                                i64::try_from(take).unwrap_or(i64::MAX)
+                            ],
+                            |r| {
+                                Ok((
+                                    r.get::<_, i64>(0)?,
+                                    r.get::<_, i64>(1)?,
+                                    r.get::<_, Option<String>>(2)?,
+                                ))
+                            },
+                        )
+                        .map_err(storage)
+                })
+                .await?;
+            usage.objects += n.max(0) as u64;
+            usage.bytes += bytes.max(0) as u64;
+            if (n.max(0) as u64) < take {
+                return Ok(usage);
+            }
+            after = last;
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Claims for SqliteIndex {
     async fn claim_copies(
         &self,
         directory_bucket: &str,
@@ -1221,80 +1302,6 @@ impl CacheIndex for SqliteIndex {
         )
         .await
     }
-
-    /// Counted in chunks, each its own short hold of the connection, so
-    /// a status call over a large prefix never stalls the warms' writes.
-    async fn usage_up_to(
-        &self,
-        directory_bucket: &str,
-        prefix: &str,
-        limit: u64,
-    ) -> Result<Usage, IndexError> {
-        const CHUNK: u64 = 10_000;
-        // One more than the limit tells "exactly limit" from "more".
-        let budget = limit.saturating_add(1);
-        let mut usage = Usage::default();
-        let mut after: Option<String> = None;
-        loop {
-            let take = CHUNK.min(budget - usage.objects);
-            if take == 0 {
-                usage.truncated = true;
-                return Ok(usage);
-            }
-            let (bucket, lo, hi, from) = (
-                directory_bucket.to_owned(),
-                prefix.to_owned(),
-                prefix_successor(prefix),
-                after.take(),
-            );
-            let (n, bytes, last) = self
-                .with(move |c| {
-                    let sql = format!(
-                        "SELECT count(*), coalesce(sum(size), 0), max(key) FROM (
-                           SELECT key, size FROM records
-                           WHERE directory_bucket = ?1 AND key >= ?2 {} {}
-                             AND source_etag IS NOT NULL
-                           ORDER BY key LIMIT ?5)",
-                        if hi.is_some() {
-                            "AND key < ?3"
-                        } else {
-                            "AND ?3 IS NULL"
-                        },
-                        if from.is_some() {
-                            "AND key > ?4"
-                        } else {
-                            "AND ?4 IS NULL"
-                        }
-                    );
-                    c.prepare_cached(&sql)
-                        .map_err(storage)?
-                        .query_row(
-                            params![
-                                bucket,
-                                lo,
-                                hi,
-                                from,
-                                i64::try_from(take).unwrap_or(i64::MAX)
-                            ],
-                            |r| {
-                                Ok((
-                                    r.get::<_, i64>(0)?,
-                                    r.get::<_, i64>(1)?,
-                                    r.get::<_, Option<String>>(2)?,
-                                ))
-                            },
-                        )
-                        .map_err(storage)
-                })
-                .await?;
-            usage.objects += n.max(0) as u64;
-            usage.bytes += bytes.max(0) as u64;
-            if (n.max(0) as u64) < take {
-                return Ok(usage);
-            }
-            after = last;
-        }
-    }
 }
 
 #[async_trait::async_trait]
@@ -1363,37 +1370,6 @@ impl OperationLog for SqliteIndex {
         let now = self.clock.now();
         self.with(move |c| store_state(c, &id, &ticket, &doc, done, now))
             .await
-    }
-
-    async fn offer_join(&self, id: &str, ticket: &RunTicket) -> Result<bool, IndexError> {
-        let (id, ticket) = (id.to_owned(), ticket.clone());
-        self.with(move |c| {
-            let changed = c
-                .execute(
-                    "UPDATE operations SET offered_attempt = ?3
-                     WHERE id = ?1 AND done = 0 AND run_replica = ?2 AND run_attempt = ?3
-                       AND withdrawn_attempt < ?3",
-                    params![id, ticket.replica, ticket.attempt],
-                )
-                .map_err(storage)?;
-            Ok(changed > 0)
-        })
-        .await
-    }
-
-    async fn withdraw_join(&self, id: &str, ticket: &RunTicket) -> Result<bool, IndexError> {
-        let (id, ticket) = (id.to_owned(), ticket.clone());
-        self.with(move |c| {
-            let changed = c
-                .execute(
-                    "UPDATE operations SET withdrawn_attempt = max(withdrawn_attempt, ?3)
-                     WHERE id = ?1 AND run_replica = ?2 AND run_attempt = ?3",
-                    params![id, ticket.replica, ticket.attempt],
-                )
-                .map_err(storage)?;
-            Ok(changed > 0)
-        })
-        .await
     }
 
     async fn finish_operation(
@@ -1496,6 +1472,27 @@ impl OperationLog for SqliteIndex {
         .await
     }
 
+    async fn purge_operations(&self, before: Millis) -> Result<u64, IndexError> {
+        self.with(move |c| {
+            let n = c
+                .execute(
+                    "DELETE FROM operations WHERE done = 1 AND updated_at < ?1",
+                    params![before],
+                )
+                .map_err(storage)?;
+            c.execute(
+                "DELETE FROM operation_leases WHERE id NOT IN (SELECT id FROM operations)",
+                [],
+            )
+            .map_err(storage)?;
+            Ok(n as u64)
+        })
+        .await
+    }
+}
+
+#[async_trait::async_trait]
+impl RunLeases for SqliteIndex {
     async fn take_over(
         &self,
         id: &str,
@@ -1608,20 +1605,33 @@ impl OperationLog for SqliteIndex {
         .await
     }
 
-    async fn purge_operations(&self, before: Millis) -> Result<u64, IndexError> {
+    async fn offer_join(&self, id: &str, ticket: &RunTicket) -> Result<bool, IndexError> {
+        let (id, ticket) = (id.to_owned(), ticket.clone());
         self.with(move |c| {
-            let n = c
+            let changed = c
                 .execute(
-                    "DELETE FROM operations WHERE done = 1 AND updated_at < ?1",
-                    params![before],
+                    "UPDATE operations SET offered_attempt = ?3
+                     WHERE id = ?1 AND done = 0 AND run_replica = ?2 AND run_attempt = ?3
+                       AND withdrawn_attempt < ?3",
+                    params![id, ticket.replica, ticket.attempt],
                 )
                 .map_err(storage)?;
-            c.execute(
-                "DELETE FROM operation_leases WHERE id NOT IN (SELECT id FROM operations)",
-                [],
-            )
-            .map_err(storage)?;
-            Ok(n as u64)
+            Ok(changed > 0)
+        })
+        .await
+    }
+
+    async fn withdraw_join(&self, id: &str, ticket: &RunTicket) -> Result<bool, IndexError> {
+        let (id, ticket) = (id.to_owned(), ticket.clone());
+        self.with(move |c| {
+            let changed = c
+                .execute(
+                    "UPDATE operations SET withdrawn_attempt = max(withdrawn_attempt, ?3)
+                     WHERE id = ?1 AND run_replica = ?2 AND run_attempt = ?3",
+                    params![id, ticket.replica, ticket.attempt],
+                )
+                .map_err(storage)?;
+            Ok(changed > 0)
         })
         .await
     }

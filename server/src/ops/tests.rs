@@ -1,3 +1,4 @@
+use crate::index::{Leases, RunLeases};
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -58,7 +58,7 @@ pub struct CopyRate(Mutex<Option<(f64, f64)>>);
 
 impl CopyRate {
     /// Records a warm's copy phase: `objects` and `bytes` in `took`.
-    /// Warms that copied fewer than [`MIN_SAMPLE`] objects say little
+    /// Warms that copied fewer than `MIN_SAMPLE` (20) objects say little
     /// about the rate (start-up dominates) and are not recorded.
     #[allow(clippy::cast_precision_loss)]
     pub fn record(&self, objects: u64, bytes: u64, took: Duration) {

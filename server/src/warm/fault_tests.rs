@@ -5,6 +5,7 @@ use super::*;
 use crate::evict::{EvictSettings, Evictor};
 use crate::gate::{Gate, Pass};
 use crate::index::{ClaimOutcome, ClaimTerms, Completion, Entry};
+use crate::index::{Claims, Records};
 use crate::index::{KeyRange, SqliteIndex};
 use crate::store::{FaultStore, MemoryStore};
 use expresscache::Prefix;

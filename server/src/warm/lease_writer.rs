@@ -52,7 +52,7 @@ impl std::fmt::Debug for LeaseWriter {
 }
 
 impl LeaseWriter {
-    /// [`CacheIndex::extend_leases`] of `leases`, merged with concurrent
+    /// [`Leases::extend_leases`](crate::index::Leases::extend_leases) of `leases`, merged with concurrent
     /// calls for the same leases.
     pub async fn extend<I: CacheIndex>(
         &self,

@@ -1,6 +1,7 @@
 //! The warm against in-memory stores: outcomes, retries, failures.
 
 use super::*;
+use crate::index::Records;
 use crate::index::{KeyRange, SqliteIndex};
 use crate::operation::{OperationState, Outcome};
 use crate::store::{FaultStore, MemoryStore, Op};

@@ -1,4 +1,4 @@
-//! The DynamoDB [`CacheIndex`] and [`OperationLog`]: records hashed over a
+//! The DynamoDB [`CacheIndex`](super::CacheIndex) and [`OperationLog`]: records hashed over a
 //! fixed number of partitions per directory bucket, leases per directory
 //! bucket, operations by id, every change one conditional write on one item
 //! (a transaction only where an operation and its request id change
@@ -42,9 +42,9 @@ pub use requests::RequestCounts;
 
 use self::layout::{names_in, prune, Item, Vals};
 use super::{
-    CacheIndex, ClaimOutcome, ClaimTerms, Completion, CreateOutcome, Entry, EvictDecision,
-    IndexError, KeyRange, Lease, Millis, OpFilter, OperationLog, OperationRecord, Record, Renewal,
-    RunTerms, RunTicket, SweepBackoff, SweepFailure, Takeover, Usage,
+    ClaimOutcome, ClaimTerms, Claims, Completion, CreateOutcome, Entry, EvictDecision, IndexError,
+    KeyRange, Lease, Leases, Millis, OpFilter, OperationLog, OperationRecord, Record, Records,
+    Renewal, RunLeases, RunTerms, RunTicket, SweepBackoff, SweepFailure, Takeover, Usage,
 };
 use crate::clock::{Clock, SystemClock};
 use crate::operation::OperationState;
@@ -190,7 +190,7 @@ impl Default for DynamoConfig {
     }
 }
 
-/// DynamoDB-backed [`CacheIndex`] and [`OperationLog`].
+/// DynamoDB-backed [`CacheIndex`](super::CacheIndex) and [`OperationLog`].
 #[derive(Debug, Clone)]
 pub struct DynamoIndex {
     client: aws_sdk_dynamodb::Client,
@@ -523,7 +523,7 @@ impl DynamoIndex {
 const LEASE_WRITES_AT_ONCE: usize = 16;
 
 #[async_trait::async_trait]
-impl CacheIndex for DynamoIndex {
+impl Leases for DynamoIndex {
     async fn extend_lease(&self, lease: &Lease, now: Millis) -> Result<Lease, IndexError> {
         self.extend(lease, now).await
     }
@@ -599,7 +599,10 @@ impl CacheIndex for DynamoIndex {
     ) -> Result<bool, IndexError> {
         self.remove_expired(lease, now).await
     }
+}
 
+#[async_trait::async_trait]
+impl Records for DynamoIndex {
     async fn records(
         &self,
         directory_bucket: &str,
@@ -617,6 +620,18 @@ impl CacheIndex for DynamoIndex {
         self.read_record(directory_bucket, key).await
     }
 
+    async fn usage_up_to(
+        &self,
+        directory_bucket: &str,
+        prefix: &str,
+        limit: u64,
+    ) -> Result<Usage, IndexError> {
+        self.usage_under(directory_bucket, prefix, limit).await
+    }
+}
+
+#[async_trait::async_trait]
+impl Claims for DynamoIndex {
     async fn claim_copies(
         &self,
         directory_bucket: &str,
@@ -686,15 +701,6 @@ impl CacheIndex for DynamoIndex {
             .await
             .map(drop)
     }
-
-    async fn usage_up_to(
-        &self,
-        directory_bucket: &str,
-        prefix: &str,
-        limit: u64,
-    ) -> Result<Usage, IndexError> {
-        self.usage_under(directory_bucket, prefix, limit).await
-    }
 }
 
 #[async_trait::async_trait]
@@ -757,6 +763,13 @@ impl OperationLog for DynamoIndex {
         self.epochs(id).await
     }
 
+    async fn purge_operations(&self, before: Millis) -> Result<u64, IndexError> {
+        self.purge(before).await
+    }
+}
+
+#[async_trait::async_trait]
+impl RunLeases for DynamoIndex {
     async fn take_over(
         &self,
         id: &str,
@@ -774,14 +787,6 @@ impl OperationLog for DynamoIndex {
         self.renew_op_run(id, ticket, deadline).await
     }
 
-    async fn offer_join(&self, id: &str, ticket: &RunTicket) -> Result<bool, IndexError> {
-        self.offer_op(id, ticket).await
-    }
-
-    async fn withdraw_join(&self, id: &str, ticket: &RunTicket) -> Result<bool, IndexError> {
-        self.withdraw_op(id, ticket).await
-    }
-
     async fn release_run(&self, id: &str, ticket: &RunTicket) -> Result<(), IndexError> {
         self.release_op_run(id, ticket).await
     }
@@ -794,8 +799,12 @@ impl OperationLog for DynamoIndex {
         self.count_resumption(id).await
     }
 
-    async fn purge_operations(&self, before: Millis) -> Result<u64, IndexError> {
-        self.purge(before).await
+    async fn offer_join(&self, id: &str, ticket: &RunTicket) -> Result<bool, IndexError> {
+        self.offer_op(id, ticket).await
+    }
+
+    async fn withdraw_join(&self, id: &str, ticket: &RunTicket) -> Result<bool, IndexError> {
+        self.withdraw_op(id, ticket).await
     }
 }
 

@@ -890,7 +890,7 @@ impl DynamoIndex {
         }))
     }
 
-    /// [`OperationLog::offer_join`](crate::index::OperationLog::offer_join):
+    /// [`RunLeases::offer_join`](crate::index::RunLeases::offer_join):
     /// refused once the attempt withdrew, so a late retry cannot re-mark.
     pub(super) async fn offer_op(&self, id: &str, ticket: &RunTicket) -> Result<bool, IndexError> {
         let res = self
@@ -908,7 +908,7 @@ impl DynamoIndex {
         Ok(matches!(res, Cond::Done(_)))
     }
 
-    /// [`OperationLog::withdraw_join`](crate::index::OperationLog::withdraw_join).
+    /// [`RunLeases::withdraw_join`](crate::index::RunLeases::withdraw_join).
     pub(super) async fn withdraw_op(
         &self,
         id: &str,
