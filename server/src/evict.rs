@@ -36,6 +36,16 @@ pub enum EvictError {
     ClockSkew(String),
 }
 
+/// Whether `e` means the index or S3 did not answer in time (the step may
+/// or may not have happened), as opposed to a refusal.
+fn unanswered(e: &EvictError) -> bool {
+    match e {
+        EvictError::Index(IndexError::Unavailable(_)) => true,
+        EvictError::Store { source, .. } => source.is_retryable(),
+        _ => false,
+    }
+}
+
 /// Most `kept_under` prefixes reported.
 const MAX_KEPT_UNDER: usize = 100;
 
@@ -268,11 +278,17 @@ impl<S: ObjectStore, I: CacheIndex> Evictor<S, I> {
                     .await
             }
             .await;
-            let unconfirmed = done.err().map(|e| {
-                tracing::warn!(prefix = %cover, error = %e,
-                    "evicting a prefix could not be confirmed; evicting it again finishes it");
-                e.to_string()
-            });
+            let unconfirmed = match done {
+                Ok(()) => None,
+                // Only what waiting can change is unconfirmed; a refusal
+                // (access denied, a missing bucket) fails the call as it is.
+                Err(e) if unanswered(&e) => {
+                    tracing::warn!(prefix = %cover, error = %e,
+                        "evicting a prefix could not be confirmed; evicting it again finishes it");
+                    Some(e.to_string())
+                }
+                Err(e) => return Err(e),
+            };
             let after = (
                 report.tally.deleted,
                 report.tally.kept_live + report.tally.kept_busy,
@@ -732,12 +748,12 @@ mod tests {
     #[tokio::test]
     async fn a_prefix_that_cannot_be_confirmed_is_reported_so_and_the_others_done() {
         let (ev, clock) = setup(&["a/1", "a/2", "b/1", "b/x/2"]).await;
-        // The first DeleteObjects (a/'s) is refused.
+        // Every attempt of the first DeleteObjects (a/'s) goes unanswered.
         ev.store.fail(
             crate::store::Op::Delete,
             None,
-            StoreError::AccessDenied("no".into()),
-            Some(1),
+            StoreError::Transport("no answer (injected)".into()),
+            Some(u64::from(ev.settings.delete_attempts)),
         );
         let both = EvictSpec {
             prefixes: vec![
@@ -767,6 +783,22 @@ mod tests {
         let again = evict(&ev, &spec("a/", false)).await;
         assert_eq!(again.tally.deleted, 2, "{again:?}");
         assert!(again.prefixes[0].unconfirmed.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_refused_delete_fails_the_evict_rather_than_leaving_it_unconfirmed() {
+        let (ev, _) = setup(&["a/1"]).await;
+        ev.store.fail(
+            crate::store::Op::Delete,
+            None,
+            StoreError::AccessDenied("no".into()),
+            Some(1),
+        );
+        let refused = ev.evict(&spec("a/", false)).await;
+        assert!(
+            matches!(refused, Err(EvictError::Store { .. })),
+            "waiting will not change a refusal: {refused:?}"
+        );
     }
 
     #[tokio::test]

@@ -287,6 +287,10 @@ impl Progress {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push((prefix.to_owned(), epoch.to_owned()));
+        // In the log soon, not at the next (for a joiner, rare)
+        // checkpoint: a takeover without them would revive a lease an
+        // Evict ended.
+        self.checkpoint_now.notify_one();
     }
 
     /// (prefix, epoch) of each lease this warm wrote.

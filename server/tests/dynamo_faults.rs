@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use expresscache::Backoff;
 use expresscache_server::index::conformance::{run_all, run_operation_log, run_replica_registry};
 use expresscache_server::index::dynamo::{DynamoConfig, TablePrefix};
-use expresscache_server::index::{CacheIndex, DynamoIndex, IndexError, ReplicaRegistry};
+use expresscache_server::index::{DynamoIndex, IndexError, ReplicaRegistry};
 use expresscache_server::testing::proxy::{Fault, FaultProxy, Match, Rule};
 use expresscache_server::testing::{local_sdk_config, unique, Moto};
 

@@ -24,7 +24,7 @@ use expresscache_server::index::conformance::{run_all, run_operation_log, run_re
 use expresscache_server::index::dynamo::layout::{partition_of, PARTITIONS};
 use expresscache_server::index::dynamo::{DynamoConfig, TablePrefix};
 use expresscache_server::index::{
-    CacheIndex, ClaimKind, ClaimOutcome, ClaimTerms, Completion, CreateOutcome, DynamoIndex, Entry,
+    ClaimKind, ClaimOutcome, ClaimTerms, Completion, CreateOutcome, DynamoIndex, Entry,
     EvictDecision, IndexError, KeyRange, Lease, OpFilter, OperationLog, OperationRecord,
     RecordCursor, ReplicaRegistry, RunLease, RunTerms, RunTicket,
 };

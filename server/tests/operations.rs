@@ -97,7 +97,7 @@ async fn cancel_mid_warm_ends_cancelled_and_leaves_index_and_bucket_consistent()
     // recorded, and no claim is left behind.
     let in_bucket = list_keys(&fx.s3, &fx.dir, "").await;
     let records = {
-        use expresscache_server::index::{CacheIndex, KeyRange};
+        use expresscache_server::index::KeyRange;
         fx.server
             .index
             .records(&fx.dir, &KeyRange::prefix(""), 1000)

@@ -362,7 +362,6 @@ impl SharedIndex {
     /// Objects recorded under `prefix` of `dir`, read from the index
     /// itself (not through a server).
     pub async fn usage(&self, dir: &str, prefix: &str) -> u64 {
-        use expresscache_server::index::CacheIndex;
         match self {
             Self::Sqlite(d) => {
                 expresscache_server::index::SqliteIndex::open(&d.path().join("shared.db"))

@@ -104,7 +104,7 @@ impl<'a, I: CacheIndex + ?Sized> RecordCursor<'a, I> {
 mod tests {
     use super::*;
     use crate::index::Claims;
-    use crate::index::{CacheIndex, ClaimTerms, SqliteIndex};
+    use crate::index::{ClaimTerms, SqliteIndex};
 
     const DIR: &str = "cache--use1-az4--x-s3";
 

@@ -41,6 +41,13 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
         // Claims are per attempt: a later attempt takes this one's over.
         let owner = ticket.claim_owner(&id);
         let lost = Arc::new(AtomicBool::new(false));
+        // Copies check the run's deadline before each request (the keeper
+        // moves it on with each renewal): held from the very first copy.
+        let left = granted_until
+            .saturating_sub(self.warmer.clock.now())
+            .max(0)
+            .unsigned_abs();
+        stop.hold_until(std::time::Instant::now() + Duration::from_millis(left));
         // Aborted when dropped, also by a panic of this task: a keeper
         // left behind would renew the run (and hold the progress) forever.
         let keeper = AbortOnDrop({
@@ -75,7 +82,11 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
         drop(keeper);
         // Whatever happens next, what this attempt did happened.
         progress.export_metrics();
-        if lost.load(Ordering::Relaxed) {
+        // Past the deadline the copies refused to send: whatever the warm
+        // counted, it did not finish its work, and another replica may
+        // hold the run. Treated as lost (handed on, nothing recorded),
+        // also when the keeper had not yet noticed.
+        if lost.load(Ordering::Relaxed) || stop.lapsed() {
             tracing::warn!(operation_id = %id, attempt = ticket.attempt,
                 "this replica lost the operation's run (another took it over, or its deadline \
                  passed unrenewed); writing nothing more");
@@ -266,7 +277,10 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
             Duration::from_millis(left).min(most)
         };
         // What the last checkpoint wrote, so a follower writes only news.
-        let mut written: Option<(crate::operation::Phase, crate::operation::Counters)> = None;
+        // (Lease epochs count too: a takeover needs them to tell an
+        // evicted lease from one to extend.)
+        let mut written: Option<(crate::operation::Phase, crate::operation::Counters, usize)> =
+            None;
         loop {
             let now_please = tokio::select! {
                 _ = tick.tick() => false,
@@ -331,7 +345,11 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
             if since_checkpoint >= cadence.checkpoint_every {
                 since_checkpoint = Duration::ZERO;
                 let snapshot = progress.snapshot();
-                let shown = (snapshot.phase, snapshot.counters);
+                let shown = (
+                    snapshot.phase,
+                    snapshot.counters,
+                    snapshot.lease_epochs.len(),
+                );
                 if cadence.only_news && !now_please && written == Some(shown) {
                     continue;
                 }

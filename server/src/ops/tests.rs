@@ -315,7 +315,7 @@ async fn a_final_state_the_index_refuses_is_recorded_smaller_then_as_failed_neve
 #[tokio::test]
 async fn a_takeover_carries_the_lease_epochs_so_an_evict_is_not_undone() {
     use crate::clock::Clock;
-    use crate::index::{CacheIndex, Lease};
+    use crate::index::Lease;
     let index = Arc::new(SqliteIndex::open_in_memory().unwrap());
     let now = crate::clock::SystemClock.now();
     // Attempt 1 wrote its lease and checkpointed its epoch, then its
