@@ -723,19 +723,7 @@ impl OperationLog for DynamoIndex {
         ticket: &RunTicket,
         state: &OperationState,
     ) -> Result<bool, IndexError> {
-        self.update_op(id, ticket, state, None).await
-    }
-
-    async fn finish_operation(
-        &self,
-        id: &str,
-        ticket: &RunTicket,
-        state: &OperationState,
-        epochs: &[(String, String)],
-    ) -> Result<bool, IndexError> {
-        // A state short of Done has no epochs to record with it.
-        let epochs = state.is_done().then_some(epochs);
-        self.update_op(id, ticket, state, epochs).await
+        self.update_op(id, ticket, state).await
     }
 
     async fn get_operation(&self, id: &str) -> Result<Option<OperationRecord>, IndexError> {

@@ -514,17 +514,11 @@ impl DynamoIndex {
         Err(self.contention("supersede_operation"))
     }
 
-    /// [`OperationLog::update_operation`](crate::index::OperationLog::update_operation),
-    /// and with `epochs` its `finish_operation`: a final state and the
-    /// lease epochs go in the same fenced write (one write per finished
-    /// warm instead of three: a herd of joiners finishing together pays
-    /// it a thousand times).
     pub(super) async fn update_op(
         &self,
         id: &str,
         ticket: &RunTicket,
         state: &OperationState,
-        epochs: Option<&[(String, String)]>,
     ) -> Result<bool, IndexError> {
         let table = self.tables.operations.as_str();
         let now = self.clock.now();
@@ -546,21 +540,17 @@ impl DynamoIndex {
         }
         let gc = self.finished_gc_at(now);
         let state_attr = doc_attr(&StateDoc::from(state));
-        let mut set = String::from(
+        let set = String::from(
             "SET #state = :state, #updated_at = :now, #finished_at = :now, #done = :true, \
              #status = :finished, #run_deadline = :zero, #gc_at = :gc",
         );
-        let mut vals = fence_vals(ticket)
+        let vals = fence_vals(ticket)
             .v("state", state_attr.clone())
             .n("now", now)
             .b("true", true)
             .s("finished", FINISHED)
             .n("zero", 0)
             .n("gc", gc);
-        if let Some(epochs) = epochs {
-            set.push_str(", #lease_epochs = :epochs");
-            vals = vals.v("epochs", epochs_attr(epochs));
-        }
         let res = self
             .update(
                 table,
