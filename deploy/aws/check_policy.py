@@ -55,6 +55,8 @@ S3_ACTIONS: dict[str, list[tuple[str, str]]] = {
     "create_multipart_upload": [SESSION],
     "complete_multipart_upload": [SESSION],
     "abort_multipart_upload": [SESSION],
+    # Before a multipart copy: a frozen copier's unfinished uploads are aborted.
+    "list_multipart_uploads": [SESSION],
     "head_object": [SESSION],
     "delete_objects": [SESSION],
     # The Batch Operations offload (server/src/batch): the manifest written
