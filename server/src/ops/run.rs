@@ -43,11 +43,9 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
         let lost = Arc::new(AtomicBool::new(false));
         // Copies check the run's deadline before each request (the keeper
         // moves it on with each renewal): held from the very first copy.
-        let left = granted_until
-            .saturating_sub(self.warmer.clock.now())
-            .max(0)
-            .unsigned_abs();
-        stop.hold_until(std::time::Instant::now() + Duration::from_millis(left));
+        stop.hold_until(
+            std::time::Instant::now() + left_until(granted_until, self.warmer.clock.now()),
+        );
         // Aborted when dropped, also by a panic of this task: a keeper
         // left behind would renew the run (and hold the progress) forever.
         let keeper = AbortOnDrop({
@@ -262,8 +260,7 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
         // process woken from a pause past it sends nothing, even if a copy
         // runs before this loop does.
         let hold = |until: Millis| {
-            let left = until.saturating_sub(clock.now()).max(0).unsigned_abs();
-            stop.hold_until(std::time::Instant::now() + Duration::from_millis(left));
+            stop.hold_until(std::time::Instant::now() + left_until(until, clock.now()));
         };
         hold(held_until);
         // No index call may hold the loop past the deadline: each is cut
@@ -272,10 +269,7 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
         // answers in seconds, and a renewal cut at one second would lose
         // runs to latency alone); a checkpoint at most one renewal
         // interval, so a renewal still fits after it.
-        let bounded = |until: Millis, most: Duration| {
-            let left = until.saturating_sub(clock.now()).max(0).unsigned_abs();
-            Duration::from_millis(left).min(most)
-        };
+        let bounded = |until: Millis, most: Duration| left_until(until, clock.now()).min(most);
         // What the last checkpoint wrote, so a follower writes only news.
         // (Lease epochs count too: a takeover needs them to tell an
         // evicted lease from one to extend.)
@@ -308,8 +302,7 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
             // Renewed once a third of the lease is used (at least one
             // renewal interval after the last try): a warm that starts or
             // stops following renews by the new cadence at once.
-            let left =
-                Duration::from_millis(held_until.saturating_sub(clock.now()).max(0).unsigned_abs());
+            let left = left_until(held_until, clock.now());
             if since_renewal >= s.renew_every
                 && left <= cadence.run_ttl.saturating_sub(cadence.renew_every)
             {
@@ -386,6 +379,11 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
             tracing::error!(operation_id = %id, error = %e, "could not checkpoint the interrupted warm");
         }
     }
+}
+
+/// How long from `now` until `deadline` (zero once it passed).
+fn left_until(deadline: Millis, now: Millis) -> Duration {
+    Duration::from_millis(deadline.saturating_sub(now).max(0).unsigned_abs())
 }
 
 /// How often a run is renewed (and for how long) and checkpointed.
