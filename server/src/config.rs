@@ -127,10 +127,14 @@ pub struct Args {
     /// other [default: 32].
     #[arg(long, env = "EXPRESSCACHE_LIST_CONCURRENCY")]
     pub list_concurrency: Option<usize>,
-    /// Objects larger than this are copied with multipart UploadPartCopy,
-    /// e.g. 5GiB, 64MiB [default: 5GiB, CopyObject's limit].
+    /// Objects larger than this are copied in parts with multipart
+    /// UploadPartCopy, side by side, e.g. 5GiB, 64MiB [default: 128MiB].
     #[arg(long, env = "EXPRESSCACHE_MULTIPART_THRESHOLD", value_parser = parse_size)]
     pub multipart_threshold: Option<u64>,
+    /// The size of one part of a multipart copy (5MiB..512MiB; more for an
+    /// object that would need over 10,000 parts) [default: 64MiB].
+    #[arg(long, env = "EXPRESSCACHE_MULTIPART_PART_SIZE", value_parser = parse_size)]
+    pub multipart_part_size: Option<u64>,
     /// Longest TTL a warm may ask for, e.g. 30d [default: 30d].
     #[arg(long, env = "EXPRESSCACHE_MAX_TTL", value_parser = humantime::parse_duration)]
     pub max_ttl: Option<Duration>,
@@ -266,6 +270,7 @@ struct FileConfig {
     #[serde(default, with = "humantime_serde_opt")]
     sweep_interval: Option<Duration>,
     multipart_threshold: Option<String>,
+    multipart_part_size: Option<String>,
     allow_general_purpose_destination: Option<bool>,
     list_concurrency: Option<usize>,
     /// Replaced by the adaptive task count (0.2); accepted and ignored so
@@ -294,6 +299,11 @@ mod humantime_serde_opt {
 
 const MIN_MULTIPART: u64 = 5 * 1024 * 1024;
 const MAX_COPY_OBJECT: u64 = 5 * 1024 * 1024 * 1024;
+/// Above this, an object is copied in parts side by side: at S3's ~90 MB/s
+/// a request, one CopyObject of 128 MiB takes 1.5 s, two 64 MiB parts at
+/// once under a second with three requests more (measured:
+/// doc/PERFORMANCE.md, large objects).
+const DEFAULT_MULTIPART_THRESHOLD: u64 = 128 * 1024 * 1024;
 
 /// Parses sizes like `5GiB`, `64MiB`, `100MB`, `1048576`.
 pub fn parse_size(s: &str) -> Result<u64, String> {
@@ -387,6 +397,7 @@ pub struct Config {
     pub log_format: LogFormat,
     pub sweep_interval: Duration,
     pub multipart_threshold: u64,
+    pub multipart_part_size: u64,
     pub allow_general_purpose_destination: bool,
     pub list_concurrency: usize,
     pub shutdown_grace: Duration,
@@ -517,6 +528,16 @@ impl Config {
                 "multipart_threshold must be between 5MiB and 5GiB (CopyObject's limit), got {multipart_threshold} bytes"
             ));
         }
+        let multipart_part_size = match (args.multipart_part_size, file.multipart_part_size) {
+            (Some(n), _) => n,
+            (None, Some(s)) => parse_size(&s)?,
+            (None, None) => d.multipart_part_size,
+        };
+        if !(crate::exec::MIN_PART..=crate::exec::MAX_PART).contains(&multipart_part_size) {
+            return Err(format!(
+                "multipart_part_size must be between 5MiB and 512MiB, got {multipart_part_size} bytes"
+            ));
+        }
         let list_concurrency = args
             .list_concurrency
             .or(file.list_concurrency)
@@ -630,6 +651,7 @@ impl Config {
             log_format: args.log_format.or(file.log_format).unwrap_or(d.log_format),
             sweep_interval,
             multipart_threshold,
+            multipart_part_size,
             allow_general_purpose_destination: args
                 .allow_general_purpose_destination
                 .or(file.allow_general_purpose_destination)
@@ -716,7 +738,8 @@ impl Default for Config {
             force_path_style: false,
             log_format: LogFormat::Text,
             sweep_interval: Duration::from_secs(60),
-            multipart_threshold: MAX_COPY_OBJECT,
+            multipart_threshold: DEFAULT_MULTIPART_THRESHOLD,
+            multipart_part_size: crate::exec::DEFAULT_PART_SIZE,
             allow_general_purpose_destination: false,
             list_concurrency: 32,
             shutdown_grace: Duration::from_secs(30),

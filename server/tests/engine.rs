@@ -33,6 +33,7 @@ async fn fixture() -> (Fixture, Vec<u8>) {
         &[("big/blob.bin", &body), ("big/small.txt", b"small")],
         |d| {
             d.warm.engine.multipart_threshold = 5 * MIB as u64;
+            d.warm.engine.part_size = 5 * MIB as u64;
         },
     )
     .await;

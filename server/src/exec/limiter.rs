@@ -7,27 +7,35 @@
 //! milliseconds, so thousands of requests/s need hundreds in flight). A
 //! fixed limit is wrong for one or the other; so the limit is measured:
 //!
-//! - **Windows.** Latencies of successful small requests (up to
-//!   [`SAMPLE_MAX_BYTES`]: larger copies measure bandwidth, not queues) are
-//!   collected in windows of about one limit's worth (at least
-//!   [`MIN_WINDOW`]), roughly one round trip each. Only requests admitted
-//!   since the limit last changed count, so a window judges the limit it
-//!   ran under. Its latency is the median (a few slow requests do not look
-//!   like a queue).
+//! - **Windows.** Successful requests are collected in windows of about
+//!   one limit's worth (at least [`MIN_WINDOW`]), roughly one round trip
+//!   each, one window for small requests (up to [`SAMPLE_MAX_BYTES`]) and
+//!   one for large. Only requests admitted since the limit last changed
+//!   count, so a window judges the limit it ran under. A small window's
+//!   latency is its median (a few slow requests do not look like a queue)
+//!   and its throughput is requests per second. A large copy's latency
+//!   measures its bytes, not a queue, so a large window is judged by its
+//!   throughput alone, in bytes per second: a warm of 10 MB or 1 GB
+//!   objects grows its limit while bytes/s rise with it and stops where
+//!   they no longer do (the bandwidth S3 gives the bucket), as a warm of
+//!   small objects stops where requests/s do.
 //! - **Baseline.** A moving average of window latencies (each window moves
 //!   it [`BASELINE_WEIGHT`] of the way, a lower one half the way): what is
 //!   normal lately. A queue that builds slowly as the limit grows is
 //!   tolerated; only a jump shows congestion. (A minimum instead, as TCP
 //!   Vegas keeps, starves a loopback endpoint, whose latency grows with
 //!   every request in flight long before its throughput stops growing.)
-//! - **Growth, while throughput rises.** While a window's latency stays
-//!   within [`TOLERANCE`] (2x) of the baseline, the limit grows: doubling
+//! - **Growth, while throughput rises.** While a small window's latency
+//!   stays within [`TOLERANCE`] (2x) of the baseline (a large window: always), the limit grows: doubling
 //!   per window at first (slow start), then by its square root. Each
 //!   growth is a trial: if the next window's throughput did not rise by
 //!   at least [`GAIN_SHARE`] (half) of it, the extra requests only queued, so the
 //!   growth is undone, slow start ends, and the limit holds for
 //!   [`HOLD_WINDOWS`] windows before trying again (below [`TRIAL_FROM`],
-//!   growth is not on trial). It grows only when the
+//!   growth is not on trial). A growth is judged by the next window of
+//!   its own size class, and none is tried while one is pending: in a mix,
+//!   requests/s and bytes/s are each compared only with themselves. It
+//!   grows only when the
 //!   window used at least half of it (a limit nobody fills says nothing).
 //! - **Back-off.** Two windows in a row slower than the tolerance end slow
 //!   start and cut the limit in proportion (`limit * tolerance * baseline
@@ -40,7 +48,10 @@
 //!   is approached as AIMD would, not by doubling into it again.
 //!
 //! The limit stays within `[min, max]`; `max` is this replica's share of
-//! the configured `--max-concurrency`, a hard ceiling.
+//! the configured `--max-concurrency`, a hard ceiling. Requests are
+//! admitted in the order they asked (a semaphore whose permits follow the
+//! limit), so no stream of requests starves another: a large object's
+//! parts and a warm's small copies each get their turn.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -49,12 +60,13 @@ use std::time::Duration;
 // runtime in tests.
 use tokio::time::Instant;
 
-use tokio::sync::Notify;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Where the limit starts: the old fixed default, which small endpoints
 /// take; slow start reaches a thousand from it in four round trips.
 pub const INITIAL_LIMIT: usize = 64;
-/// Requests moving more than this do not feed the latency windows.
+/// Requests moving more than this feed the large window (throughput in
+/// bytes/s), the rest the small one (latency, and requests/s).
 pub const SAMPLE_MAX_BYTES: u64 = 1024 * 1024;
 /// How far one window moves the baseline toward its latency.
 pub const BASELINE_WEIGHT: f64 = 0.1;
@@ -85,6 +97,11 @@ struct State {
     /// The ceiling: this replica's share of the bucket's budget.
     max: f64,
     in_flight: usize,
+    /// The slots the semaphore stands for now: the limit, rounded down.
+    permits: usize,
+    /// Slots to take back as requests end (a cut below what is in flight
+    /// cannot take them at once).
+    debt: usize,
     last_decrease: Option<Instant>,
     /// Doubling per window until the first sign of congestion.
     slow_start: bool,
@@ -95,17 +112,12 @@ struct State {
     /// Bumped whenever the limit changes: requests admitted before feed
     /// no window.
     generation: u64,
-    /// Latencies (seconds) of this window's successes.
-    window: Vec<f64>,
-    /// Most requests in flight at once during this window.
-    window_peak: usize,
-    /// Seconds.
+    /// The windows of small and of large requests.
+    windows: [Window; 2],
+    /// Seconds: the small requests' usual latency lately.
     baseline: Option<f64>,
-    /// When this window began (the limit's last change, or the previous
-    /// window's end): its duration gives its throughput.
-    window_started: Instant,
-    /// The last growth, on trial: the limit and the throughput before it.
-    trial: Option<(f64, f64)>,
+    /// The last growth, on trial.
+    trial: Option<Trial>,
     /// Windows since the last growth was undone for bringing nothing;
     /// `None` when not holding.
     held: Option<u32>,
@@ -114,10 +126,79 @@ struct State {
     slow_before: bool,
 }
 
+/// The size class of a request: which window it feeds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Size {
+    Small = 0,
+    Large = 1,
+}
+
+impl Size {
+    fn of(bytes: u64) -> Self {
+        if bytes > SAMPLE_MAX_BYTES {
+            Self::Large
+        } else {
+            Self::Small
+        }
+    }
+}
+
+/// A growth of the limit that must prove itself.
+#[derive(Debug)]
+struct Trial {
+    /// The limit before it, and the throughput at that limit.
+    limit: f64,
+    rate: f64,
+    /// The class whose next window judges it.
+    judge: Size,
+    /// Windows of the other class ended meanwhile: if the judging class
+    /// has gone quiet (its requests are done), the growth stands unjudged
+    /// rather than blocking growth for good.
+    waited: u32,
+}
+
+/// One window of successes of one size class.
+#[derive(Debug)]
+struct Window {
+    /// Latencies (seconds); kept for small requests only.
+    latencies: Vec<f64>,
+    /// Successes and their bytes.
+    count: usize,
+    bytes: u64,
+    /// Most requests in flight at once (of any size) during this window.
+    peak: usize,
+    /// When this window began (the limit's last change, or the previous
+    /// window's end): its duration gives its throughput.
+    started: Instant,
+    /// It began at a change of the limit. For large copies such a window
+    /// only fills the pipe: the requests admitted under the new limit start
+    /// as the old ones end, so its first limit's worth of answers takes
+    /// two copy times, and bytes/s measured over it would show no gain from
+    /// any growth. It is let pass; the next one judges.
+    filling: bool,
+}
+
+impl Window {
+    fn new(in_flight: usize, filling: bool) -> Self {
+        Self {
+            latencies: Vec::new(),
+            count: 0,
+            bytes: 0,
+            peak: in_flight,
+            started: Instant::now(),
+            filling,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct AdaptiveLimit {
     state: Mutex<State>,
-    freed: Notify,
+    /// Admission, one permit per slot of the limit, in arrival order: a
+    /// request that arrives while others wait queues behind them, so a
+    /// stream of requests that re-admit themselves as they end (a warm's
+    /// small copies, a large object's parts) cannot starve the others.
+    permits: Arc<Semaphore>,
     min: f64,
     cool_down: Duration,
 }
@@ -126,38 +207,47 @@ pub struct AdaptiveLimit {
 #[derive(Debug)]
 pub struct Slot {
     limit: Arc<AdaptiveLimit>,
+    permit: Option<OwnedSemaphorePermit>,
     /// The limit's generation when the request was admitted.
     generation: u64,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.limit.lock().in_flight -= 1;
-        self.limit.freed.notify_one();
+        let mut st = self.limit.lock();
+        st.in_flight -= 1;
+        if let Some(permit) = self.permit.take() {
+            if st.debt > 0 {
+                st.debt -= 1;
+                permit.forget();
+            }
+        }
     }
 }
 
 impl AdaptiveLimit {
     pub fn new(initial: usize, min: usize, max: usize) -> Arc<Self> {
         let (min, max) = (min.max(1) as f64, max.max(1) as f64);
+        let limit = (initial as f64).clamp(min, max);
+        let permits = limit.floor() as usize;
         Arc::new(Self {
             state: Mutex::new(State {
-                limit: (initial as f64).clamp(min, max),
+                limit,
                 max,
                 in_flight: 0,
+                permits,
+                debt: 0,
                 last_decrease: None,
                 slow_start: true,
                 throttled_at: None,
                 generation: 0,
-                window: Vec::new(),
-                window_peak: 0,
+                windows: [Window::new(0, false), Window::new(0, false)],
                 baseline: None,
-                window_started: Instant::now(),
                 trial: None,
                 held: None,
                 slow_before: false,
             }),
-            freed: Notify::new(),
+            permits: Arc::new(Semaphore::new(permits)),
             min,
             cool_down: Duration::from_millis(200),
         })
@@ -167,60 +257,130 @@ impl AdaptiveLimit {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Waits until fewer than `limit` requests are in flight.
+    /// Waits until fewer than `limit` requests are in flight, behind every
+    /// request that waited before.
     pub async fn acquire(self: &Arc<Self>) -> Slot {
-        loop {
-            // Registered before the check, so a slot freed in between
-            // wakes this waiter.
-            let freed = self.freed.notified();
-            tokio::pin!(freed);
-            freed.as_mut().enable();
-            {
-                let mut st = self.lock();
-                if (st.in_flight as f64) < st.limit.floor().max(1.0) {
-                    st.in_flight += 1;
-                    st.window_peak = st.window_peak.max(st.in_flight);
-                    return Slot {
-                        limit: Arc::clone(self),
-                        generation: st.generation,
-                    };
-                }
-            }
-            freed.await;
+        let permit = Arc::clone(&self.permits)
+            .acquire_owned()
+            .await
+            .expect("the limiter's semaphore is never closed");
+        let mut st = self.lock();
+        st.in_flight += 1;
+        let now = st.in_flight;
+        for w in &mut st.windows {
+            w.peak = w.peak.max(now);
         }
+        Slot {
+            limit: Arc::clone(self),
+            permit: Some(permit),
+            generation: st.generation,
+        }
+    }
+
+    /// Gives the semaphore as many permits as the limit has slots: adds
+    /// them when it grew (first cancelling any debt), takes back those
+    /// free when it shrank and owes the rest until requests end.
+    fn sync_permits(&self, st: &mut State) {
+        let want = st.limit.floor().max(1.0) as usize;
+        if want > st.permits {
+            let more = want - st.permits;
+            let paid = more.min(st.debt);
+            st.debt -= paid;
+            self.permits.add_permits(more - paid);
+        } else if want < st.permits {
+            let fewer = st.permits - want;
+            let taken = self.permits.forget_permits(fewer);
+            st.debt += fewer - taken;
+        }
+        st.permits = want;
     }
 
     /// The request holding `slot` succeeded after `latency`, moving
     /// `bytes`; at the end of a window, moves the limit.
     pub fn on_success(&self, slot: &Slot, latency: Duration, bytes: u64) {
-        let grew = {
+        {
             let mut st = self.lock();
-            if slot.generation != st.generation || bytes > SAMPLE_MAX_BYTES {
+            if slot.generation != st.generation {
                 return;
             }
-            st.window.push(latency.as_secs_f64());
-            if st.window.len() < MIN_WINDOW.max(st.limit as usize) {
+            let size = Size::of(bytes);
+            let full = MIN_WINDOW.max(st.limit as usize);
+            let in_flight = st.in_flight;
+            let w = &mut st.windows[size as usize];
+            w.count += 1;
+            w.bytes += bytes;
+            if size == Size::Small {
+                w.latencies.push(latency.as_secs_f64());
+            }
+            if w.count < full {
                 return;
             }
-            let before = st.limit.floor();
-            self.end_window(&mut st);
-            st.limit.floor() > before
-        };
-        if grew {
-            self.freed.notify_waiters();
+            if size == Size::Large && w.filling {
+                *w = Window::new(in_flight, false);
+                return;
+            }
+            self.end_window(&mut st, size);
         }
     }
 
-    fn end_window(&self, st: &mut State) {
+    fn end_window(&self, st: &mut State, size: Size) {
         let now = Instant::now();
-        let mid = st.window.len() / 2;
-        let latency = *st.window.select_nth_unstable_by(mid, f64::total_cmp).1;
-        let rate = st.window.len() as f64
-            / now
-                .duration_since(st.window_started)
-                .as_secs_f64()
-                .max(1e-6);
-        let used = st.window_peak as f64 >= st.limit / 2.0;
+        let before = st.limit;
+        let w = &mut st.windows[size as usize];
+        let seconds = now.duration_since(w.started).as_secs_f64().max(1e-6);
+        let used = w.peak as f64 >= st.limit / 2.0;
+        let (rate, slow) = match size {
+            Size::Small => {
+                let rate = w.count as f64 / seconds;
+                let mid = w.latencies.len() / 2;
+                let latency = *w.latencies.select_nth_unstable_by(mid, f64::total_cmp).1;
+                (rate, self.judge_latency(st, latency))
+            }
+            // A large copy's latency is its bytes over its bandwidth: only
+            // the throughput tells whether more in flight brings more.
+            Size::Large => (w.bytes as f64 / seconds, false),
+        };
+        if slow {
+            st.trial = None;
+        } else if used {
+            match &mut st.trial {
+                // Judged by the other class's window: wait for it a while.
+                Some(t) if t.judge != size && t.waited < 2 => t.waited += 1,
+                // The last growth brought too little throughput: a queue,
+                // not capacity. Undo it and hold for a while.
+                Some(t) if t.judge == size && rate < t.rate * min_gain(t.limit, st.limit) => {
+                    st.limit = t.limit;
+                    st.trial = None;
+                    st.slow_start = false;
+                    st.held = Some(0);
+                }
+                _ => match st.held {
+                    Some(h) if h + 1 < HOLD_WINDOWS => st.held = Some(h + 1),
+                    _ => {
+                        st.held = None;
+                        let (grown, on_trial) = self.grown(st, now);
+                        st.trial = on_trial.then_some(Trial {
+                            limit: st.limit,
+                            rate,
+                            judge: size,
+                            waited: 0,
+                        });
+                        st.limit = grown.min(st.max);
+                    }
+                },
+            }
+        }
+        if st.limit == before {
+            st.windows[size as usize] = Window::new(st.in_flight, false);
+        } else {
+            self.new_generation(st);
+        }
+    }
+
+    /// Moves the baseline toward a small window's `latency` and cuts the
+    /// limit on the second slow window in a row; returns whether this one
+    /// was slow.
+    fn judge_latency(&self, st: &mut State, latency: f64) -> bool {
         let baseline = st.baseline.unwrap_or(latency);
         // Lower latency is trusted faster than higher: a queue draining is
         // news, one building up is what the baseline must not absorb.
@@ -230,44 +390,15 @@ impl AdaptiveLimit {
             BASELINE_WEIGHT
         };
         st.baseline = Some(baseline + weight * (latency - baseline));
-        let before = st.limit;
         let slow = latency > baseline * TOLERANCE;
         let was_slow = std::mem::replace(&mut st.slow_before, slow);
-        if slow {
-            st.trial = None;
-            if was_slow {
-                st.slow_start = false;
-                let gradient = (baseline * TOLERANCE / latency).max(0.5);
-                let floor = LATENCY_FLOOR.min(st.limit).max(self.min);
-                st.limit = (st.limit * gradient).max(floor);
-            }
-        } else if used {
-            match st.trial.take() {
-                // The last growth brought too little throughput: a queue,
-                // not capacity. Undo it and hold for a while.
-                Some((limit, rate_before)) if rate < rate_before * min_gain(limit, st.limit) => {
-                    st.limit = limit;
-                    st.slow_start = false;
-                    st.held = Some(0);
-                }
-                _ => match st.held {
-                    Some(h) if h + 1 < HOLD_WINDOWS => st.held = Some(h + 1),
-                    _ => {
-                        st.held = None;
-                        let (grown, on_trial) = self.grown(st, now);
-                        st.trial = on_trial.then_some((st.limit, rate));
-                        st.limit = grown.min(st.max);
-                    }
-                },
-            }
+        if slow && was_slow {
+            st.slow_start = false;
+            let gradient = (baseline * TOLERANCE / latency).max(0.5);
+            let floor = LATENCY_FLOOR.min(st.limit).max(self.min);
+            st.limit = (st.limit * gradient).max(floor);
         }
-        if st.limit == before {
-            st.window.clear();
-            st.window_peak = st.in_flight;
-            st.window_started = now;
-        } else {
-            Self::new_generation(st);
-        }
+        slow
     }
 
     /// The next limit to try, and whether it is on trial. For a minute
@@ -288,12 +419,15 @@ impl AdaptiveLimit {
         }
     }
 
-    /// The limit changed: requests admitted so far judged the old one.
-    fn new_generation(st: &mut State) {
+    /// The limit changed: requests admitted so far judged the old one, and
+    /// the semaphore follows it.
+    fn new_generation(&self, st: &mut State) {
+        self.sync_permits(st);
         st.generation += 1;
-        st.window.clear();
-        st.window_peak = st.in_flight;
-        st.window_started = Instant::now();
+        st.windows = [
+            Window::new(st.in_flight, true),
+            Window::new(st.in_flight, true),
+        ];
     }
 
     /// Halves the limit (once per cool-down); returns whether it did.
@@ -312,7 +446,7 @@ impl AdaptiveLimit {
         st.trial = None;
         st.held = None;
         st.limit = (st.limit / 2.0).max(self.min);
-        Self::new_generation(&mut st);
+        self.new_generation(&mut st);
         true
     }
 
@@ -323,7 +457,7 @@ impl AdaptiveLimit {
         st.max = (max as f64).max(self.min);
         if st.limit > st.max {
             st.limit = st.max;
-            Self::new_generation(&mut st);
+            self.new_generation(&mut st);
         }
     }
 

@@ -30,6 +30,10 @@ pub const MAX_PARTS: u64 = 10_000;
 /// Largest part the engine uses: big enough to keep part counts low, small
 /// enough that a failed part costs little to redo.
 pub const MAX_PART: u64 = 512 * 1024 * 1024;
+/// The part size: at S3's 85-90 MB/s per request, under a second a part,
+/// so a 5 GiB object is 80 parts that the bucket's limit runs side by side
+/// (measured: doc/PERFORMANCE.md, large objects).
+pub const DEFAULT_PART_SIZE: u64 = 64 * 1024 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct EngineSettings {
@@ -46,7 +50,12 @@ pub struct EngineSettings {
     /// Objects larger than this are copied in parts (CopyObject's limit is
     /// 5 GiB).
     pub multipart_threshold: u64,
-    /// Parts of one object copied at once.
+    /// The size of a part (more for an object that would need over 10,000).
+    pub part_size: u64,
+    /// Parts of one object copied at once, at least: up to half the
+    /// bucket's limit when it is higher, so a lone large object uses the
+    /// bandwidth small ones would (the limit still bounds all requests, and
+    /// half of it stays for the rest of the warm).
     pub part_concurrency: usize,
     /// Time one attempt of a request may take before it is abandoned and
     /// retried (a request that never answers must not hang a warm).
@@ -73,6 +82,7 @@ impl From<&crate::config::Config> for EngineSettings {
             retry_base_delay: Duration::from_millis(100),
             retry_max_delay: Duration::from_secs(5),
             multipart_threshold: c.multipart_threshold,
+            part_size: c.multipart_part_size,
             part_concurrency: 8,
             request_timeout: c.s3_request_timeout,
             min_copy_rate: 10 * 1024 * 1024,
@@ -150,9 +160,9 @@ impl Drop for InFlight {
     }
 }
 
-/// The part size for an object of `size` bytes.
-pub fn part_size(size: u64, threshold: u64) -> u64 {
-    threshold
+/// The part size for an object of `size` bytes, `preferred` if S3 allows.
+pub fn part_size(size: u64, preferred: u64) -> u64 {
+    preferred
         .clamp(MIN_PART, MAX_PART)
         .max(size.div_ceil(MAX_PARTS))
 }
@@ -265,14 +275,46 @@ impl<S: ObjectStore> CopyEngine<S> {
         self.settings.request_timeout + Duration::from_secs(bytes.div_ceil(rate))
     }
 
-    /// Runs `call` under the global cap and `bucket`'s adaptive limit,
-    /// each attempt bounded by `timeout_for(bytes)`, retrying retryable
-    /// errors (a timeout is one) with backoff.
+    /// Runs `call`, a request that moves `bytes`, under the global cap and
+    /// `bucket`'s adaptive limit, each attempt bounded by
+    /// `timeout_for(bytes)`, retrying retryable errors (a timeout is one)
+    /// with backoff.
     async fn attempt<T, F, Fut>(
         &self,
         operation: &'static str,
         bucket: &str,
         bytes: u64,
+        stats: &CopyStats,
+        stop: &StopSignal,
+        call: F,
+    ) -> Result<T, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, StoreError>>,
+    {
+        self.attempt_within(
+            operation,
+            bucket,
+            Some(bytes),
+            self.timeout_for(bytes),
+            stats,
+            stop,
+            call,
+        )
+        .await
+    }
+
+    /// [`Self::attempt`], each attempt bounded by `limit` instead. A request
+    /// whose time shows neither its bytes nor a queue (`bytes: None`: a
+    /// CompleteMultipartUpload, seconds for many parts) feeds no window of
+    /// the adaptive limit.
+    #[allow(clippy::too_many_arguments)]
+    async fn attempt_within<T, F, Fut>(
+        &self,
+        operation: &'static str,
+        bucket: &str,
+        bytes: Option<u64>,
+        limit: Duration,
         stats: &CopyStats,
         stop: &StopSignal,
         mut call: F,
@@ -300,7 +342,6 @@ impl<S: ObjectStore> CopyEngine<S> {
                 if stop.is_set() || stop.lapsed() {
                     return Err(StoreError::Stopped);
                 }
-                let limit = self.timeout_for(bytes);
                 let started = tokio::time::Instant::now();
                 let in_flight = InFlight::enter();
                 let r = tokio::time::timeout(limit, call())
@@ -315,7 +356,7 @@ impl<S: ObjectStore> CopyEngine<S> {
                     a.touch();
                 }
                 self.activity.touch();
-                if r.is_ok() {
+                if let (Ok(_), Some(bytes)) = (&r, bytes) {
                     limiter.on_success(&slot, started.elapsed(), bytes);
                     limit_gauge.set(limiter.limit() as f64);
                 }
@@ -416,8 +457,9 @@ impl<S: ObjectStore> CopyEngine<S> {
         stop: &StopSignal,
     ) -> Result<Copied, StoreError> {
         let dest = req.dest_bucket;
-        let part = part_size(size, self.settings.multipart_threshold);
+        let part = part_size(size, self.settings.part_size);
         let count = size.div_ceil(part);
+        let at_once = (self.limit_for(dest) / 2).max(self.settings.part_concurrency.max(1));
         self.abort_earlier_uploads(req, stats, stop).await?;
         let upload_id = self
             .attempt("create_multipart_upload", dest, 0, stats, stop, || {
@@ -451,7 +493,7 @@ impl<S: ObjectStore> CopyEngine<S> {
                     .map(|etag| (number, etag))
                 }
             })
-            .buffer_unordered(self.settings.part_concurrency.max(1))
+            .buffer_unordered(at_once)
             .collect::<Vec<_>>()
             .await;
         let result = async {
@@ -460,10 +502,11 @@ impl<S: ObjectStore> CopyEngine<S> {
             let copied = self
                 // Assembling parts takes S3 time that grows with their count,
                 // not with the bytes (nothing is copied again).
-                .attempt(
+                .attempt_within(
                     "complete_multipart_upload",
                     dest,
-                    COMPLETE_BUDGET_BYTES,
+                    None,
+                    self.timeout_for(COMPLETE_BUDGET_BYTES),
                     stats,
                     stop,
                     || {
@@ -534,6 +577,7 @@ mod tests {
             store,
             EngineSettings {
                 multipart_threshold: 5 * MIB,
+                part_size: 5 * MIB,
                 retry_base_delay: Duration::from_millis(1),
                 ..EngineSettings::default()
             },
@@ -775,5 +819,113 @@ mod tests {
             "cut as for a SlowDown: {before} -> {after}"
         );
         assert_eq!(stats.retries.load(Ordering::Relaxed), 0, "no copy failed");
+    }
+
+    /// An engine whose copies take their bytes at 5 MiB/s (S3's per-request
+    /// copy rate, scaled), with 5 MiB parts above 5 MiB.
+    fn byte_costed(
+        objects: &[(&str, u64)],
+    ) -> (
+        CopyEngine<FaultStore<MemoryStore>>,
+        Arc<FaultStore<MemoryStore>>,
+        Vec<String>,
+    ) {
+        let mem = MemoryStore::default();
+        mem.create_bucket("src");
+        mem.create_bucket("dst");
+        let etags = objects
+            .iter()
+            .map(|(k, size)| mem.put("src", k, *size))
+            .collect();
+        let store = Arc::new(FaultStore::new(mem));
+        store.copy_rate(5.0 * MIB as f64);
+        (engine(store.clone()), store, etags)
+    }
+
+    fn copy_of<'a>(key: &'a str, etag: &'a str) -> CopyRequest<'a> {
+        CopyRequest {
+            source_bucket: "src",
+            source_key: key,
+            source_etag: etag,
+            dest_bucket: "dst",
+            dest_key: key,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lone_large_object_copies_its_parts_side_by_side_up_to_half_the_limit() {
+        let size = 200 * 5 * MIB;
+        let (e, store, etags) = byte_costed(&[("big", size)]);
+        let limit = e.limit_for("dst");
+        e.copy(
+            &copy_of("big", &etags[0]),
+            size,
+            &CopyStats::default(),
+            &StopSignal::default(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(store.calls.part_copy.load(Ordering::Relaxed), 200);
+        assert_eq!(
+            store.calls.peak_parts_in_flight.load(Ordering::Relaxed),
+            (limit / 2) as u64,
+            "half the bucket's limit ({limit}), not the 8 of part_concurrency"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_large_object_and_small_ones_each_keep_moving_while_the_other_copies() {
+        // One object of 400 parts (a second each) among 2,000 small ones
+        // (a second each, too: 5 MiB): neither waits for the other to end.
+        let big = 400 * 5 * MIB;
+        let mut objects = vec![("big".to_owned(), big)];
+        objects.extend((0..2000).map(|i| (format!("small/{i}"), 5 * MIB)));
+        let named: Vec<(&str, u64)> = objects.iter().map(|(k, s)| (k.as_str(), *s)).collect();
+        let (e, store, etags) = byte_costed(&named);
+        let e = &e;
+        let half = (e.limit_for("dst") / 2) as u64;
+        let stop = StopSignal::default();
+        let big_done = std::sync::atomic::AtomicU64::new(0);
+        let smalls_done = std::sync::atomic::AtomicU64::new(0);
+        let smalls_at_big_end = std::sync::atomic::AtomicU64::new(0);
+        let large = async {
+            e.copy(
+                &copy_of("big", &etags[0]),
+                big,
+                &CopyStats::default(),
+                &stop,
+            )
+            .await
+            .unwrap();
+            big_done.store(1, Ordering::SeqCst);
+            smalls_at_big_end.store(smalls_done.load(Ordering::SeqCst), Ordering::SeqCst);
+        };
+        let smalls = futures::stream::iter(named.iter().zip(&etags).skip(1)).for_each_concurrent(
+            2 * e.limit_for("dst"),
+            |((key, size), etag)| {
+                let (stop, smalls_done) = (&stop, &smalls_done);
+                async move {
+                    e.copy(&copy_of(key, etag), *size, &CopyStats::default(), stop)
+                        .await
+                        .unwrap();
+                    smalls_done.fetch_add(1, Ordering::SeqCst);
+                }
+            },
+        );
+        tokio::join!(large, smalls);
+        let at_big_end = smalls_at_big_end.load(Ordering::SeqCst);
+        println!("limit {} at the end; {at_big_end} small copies done when the large one ended; peak parts {}", e.limit_for("dst"), store.calls.peak_parts_in_flight.load(Ordering::Relaxed));
+        assert_eq!(big_done.load(Ordering::SeqCst), 1);
+        // The small ones had at least half the slots while the parts ran,
+        // and the parts no more than half.
+        assert!(
+            at_big_end >= 400,
+            "small copies kept moving: {at_big_end} done when the large one ended"
+        );
+        assert!(
+            at_big_end < 2000,
+            "the large object was not left until the small ones were done"
+        );
+        assert!(store.calls.peak_parts_in_flight.load(Ordering::Relaxed) <= half);
     }
 }

@@ -75,6 +75,12 @@ pub struct Calls {
     /// Listings under way now, and the most at once so far.
     pub lists_in_flight: AtomicU64,
     pub peak_lists_in_flight: AtomicU64,
+    /// Copies (CopyObject and UploadPartCopy) under way now, the most at
+    /// once so far, and the most parts at once.
+    pub copies_in_flight: AtomicU64,
+    pub peak_copies_in_flight: AtomicU64,
+    pub parts_in_flight: AtomicU64,
+    pub peak_parts_in_flight: AtomicU64,
 }
 
 /// Counts one call under way until dropped (also when the caller drops
@@ -100,6 +106,9 @@ pub struct FaultStore<S> {
     inner: S,
     rules: Mutex<Vec<Rule>>,
     delays: Mutex<Vec<(Op, Duration)>>,
+    /// Bytes per second one copy request moves, if set: each copy and part
+    /// takes its bytes' time on top of any delay (S3's copy cost).
+    copy_rate: Mutex<Option<f64>>,
     /// Calls whose effect is applied and whose reply is then lost: op and
     /// how many more.
     lost_replies: Mutex<Vec<(Op, u64)>>,
@@ -115,6 +124,7 @@ impl<S> FaultStore<S> {
             inner,
             rules: Mutex::default(),
             delays: Mutex::default(),
+            copy_rate: Mutex::default(),
             lost_replies: Mutex::default(),
             injected: AtomicU64::new(0),
             calls: Calls::default(),
@@ -204,6 +214,20 @@ impl<S> FaultStore<S> {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push((op, by));
+    }
+
+    /// Makes every CopyObject and UploadPartCopy take its bytes at
+    /// `bytes_per_second`, as S3's server-side copy does.
+    pub fn copy_rate(&self, bytes_per_second: f64) {
+        *self.copy_rate.lock().unwrap_or_else(|e| e.into_inner()) = Some(bytes_per_second);
+    }
+
+    /// Sleeps for `bytes` at the copy rate, if one is set.
+    async fn move_bytes(&self, bytes: u64) {
+        let rate = *self.copy_rate.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(rate) = rate {
+            tokio::time::sleep(Duration::from_secs_f64(bytes as f64 / rate)).await;
+        }
     }
 
     async fn enter(&self, op: Op, key: Option<&str>) -> Result<Option<Pass>, StoreError> {
@@ -305,7 +329,24 @@ impl<S: ObjectStore> ObjectStore for FaultStore<S> {
     }
 
     async fn copy_object(&self, req: &CopyRequest<'_>) -> Result<Copied, StoreError> {
+        let _copying = InFlight::enter(
+            &self.calls.copies_in_flight,
+            &self.calls.peak_copies_in_flight,
+        );
         let _pass = self.enter(Op::Copy, Some(req.source_key)).await?;
+        if self
+            .copy_rate
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+        {
+            let size = self
+                .inner
+                .head_object(req.source_bucket, req.source_key)
+                .await?
+                .size;
+            self.move_bytes(size).await;
+        }
         let r = self.inner.copy_object(req).await;
         self.after(Op::Copy, r)
     }
@@ -316,7 +357,16 @@ impl<S: ObjectStore> ObjectStore for FaultStore<S> {
     }
 
     async fn upload_part_copy(&self, part: &PartCopy<'_>) -> Result<String, StoreError> {
+        let _copying = InFlight::enter(
+            &self.calls.copies_in_flight,
+            &self.calls.peak_copies_in_flight,
+        );
+        let _part = InFlight::enter(
+            &self.calls.parts_in_flight,
+            &self.calls.peak_parts_in_flight,
+        );
         let _pass = self.enter(Op::PartCopy, Some(part.copy.source_key)).await?;
+        self.move_bytes(part.last_byte - part.first_byte + 1).await;
         self.inner.upload_part_copy(part).await
     }
 

@@ -116,6 +116,7 @@ impl<S: ObjectStore, I: CacheIndex> WarmRun<'_, S, I> {
             ..DryPlan::default()
         };
         let threshold = self.w.engine.settings().multipart_threshold;
+        let part = self.w.engine.settings().part_size;
         let (pages_tx, mut pages) = mpsc::channel::<Page>(2);
         let listing = &listing;
         // `move`: a planner that fails drops the receiver, which ends the
@@ -143,7 +144,7 @@ impl<S: ObjectStore, I: CacheIndex> WarmRun<'_, S, I> {
                     t.objects_to_copy += 1;
                     t.bytes_to_copy += size;
                     // The engine's own part size for this object.
-                    let part = crate::exec::part_size(size, threshold);
+                    let part = crate::exec::part_size(size, part);
                     let engine = copy_work(size, threshold, part);
                     plan.work.engine.add(engine);
                     if size > MAX_SINGLE_COPY {
