@@ -551,3 +551,132 @@ async fn proxy_status_other_codes() {
     assert_eq!(get(&s3, &bucket, "k").await, b"v");
     s3.head_bucket().bucket(&bucket).send().await.unwrap();
 }
+
+#[tokio::test]
+async fn in_copy_cost_mode_copies_are_charged_their_bytes_learned_from_listings_and_ranges() {
+    use expresscache_server::testing::proxy::CopyRates;
+    let moto = Moto::start();
+    let proxy = FaultProxy::start(&moto.endpoint).await;
+    // Fast enough not to slow the test: the charge is counted either way.
+    proxy.charge_copies(CopyRates {
+        per_request: 1e12,
+        aggregate: 1e12,
+    });
+    let s3 = client(&proxy.endpoint, None);
+    let bucket = unique("cost");
+    create_bucket(&s3, &bucket).await;
+    // Straight to moto: the proxy has not seen this object's size.
+    let direct = client(&moto.endpoint, None);
+    put(&direct, &bucket, "src/listed", vec![1u8; 300_000]).await;
+    put(&direct, &bucket, "src/unseen", vec![2u8; 1_000]).await;
+    copy(&s3, &bucket, "src/unseen", "dst/unseen")
+        .await
+        .unwrap();
+    assert_eq!(
+        proxy.copy_charges().uncharged,
+        1,
+        "a copy of a size never seen"
+    );
+    // A listing through the proxy tells it both sizes.
+    assert_eq!(list_keys(&s3, &bucket, "src/").await.len(), 2);
+    copy(&s3, &bucket, "src/listed", "dst/listed")
+        .await
+        .unwrap();
+    let upload = s3
+        .create_multipart_upload()
+        .bucket(&bucket)
+        .key("dst/part")
+        .send()
+        .await
+        .unwrap();
+    s3.upload_part_copy()
+        .bucket(&bucket)
+        .key("dst/part")
+        .upload_id(upload.upload_id().unwrap())
+        .part_number(1)
+        .copy_source(format!("{bucket}/src/listed"))
+        .copy_source_range("bytes=0-99999")
+        .send()
+        .await
+        .unwrap();
+    let c = proxy.copy_charges();
+    assert_eq!(
+        (c.requests, c.bytes, c.uncharged),
+        (2, 300_000 + 100_000, 1)
+    );
+}
+
+#[tokio::test]
+async fn virtual_part_copies_land_the_whole_source_with_one_copy_upstream() {
+    use expresscache_server::testing::proxy::CopyRates;
+    let moto = Moto::start();
+    let proxy = FaultProxy::start(&moto.endpoint).await;
+    proxy.charge_copies(CopyRates {
+        per_request: 1e12,
+        aggregate: 1e12,
+    });
+    proxy.virtualize_part_copies(s3_client(&moto.endpoint));
+    let s3 = client(&proxy.endpoint, None);
+    let bucket = unique("vparts");
+    create_bucket(&s3, &bucket).await;
+    let body: Vec<u8> = (0..6_000_000u32).map(|i| (i % 251) as u8).collect();
+    put(&s3, &bucket, "src/big", body.clone()).await;
+    let upload = s3
+        .create_multipart_upload()
+        .bucket(&bucket)
+        .key("dst/big")
+        .send()
+        .await
+        .unwrap();
+    let id = upload.upload_id().unwrap();
+    let mut done = Vec::new();
+    for (n, range) in [(1, "bytes=0-5242879"), (2, "bytes=5242880-5999999")] {
+        let part = s3
+            .upload_part_copy()
+            .bucket(&bucket)
+            .key("dst/big")
+            .upload_id(id)
+            .part_number(n)
+            .copy_source(format!("{bucket}/src/big"))
+            .copy_source_range(range)
+            .send()
+            .await
+            .unwrap();
+        let etag = part.copy_part_result().unwrap().e_tag().unwrap().to_owned();
+        done.push(CompletedPart::builder().part_number(n).e_tag(etag).build());
+    }
+    assert_eq!(
+        proxy.count(&Match::upload_part_copy()),
+        2,
+        "both parts reached the proxy"
+    );
+    s3.complete_multipart_upload()
+        .bucket(&bucket)
+        .key("dst/big")
+        .upload_id(id)
+        .multipart_upload(
+            CompletedMultipartUpload::builder()
+                .set_parts(Some(done))
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        get(&s3, &bucket, "dst/big").await,
+        body,
+        "the same bytes landed"
+    );
+    let open = s3
+        .list_multipart_uploads()
+        .bucket(&bucket)
+        .send()
+        .await
+        .unwrap();
+    assert!(open.uploads().is_empty(), "the upstream upload was aborted");
+    assert_eq!(
+        proxy.copy_charges().bytes,
+        6_000_000,
+        "and charged as S3 would"
+    );
+}

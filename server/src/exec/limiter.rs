@@ -241,7 +241,9 @@ impl AdaptiveLimit {
                 slow_start: true,
                 throttled_at: None,
                 generation: 0,
-                windows: [Window::new(0, false), Window::new(0, false)],
+                // The first large window only fills the pipe too (and spans the
+                // listing before the first copy).
+                windows: [Window::new(0, false), Window::new(0, true)],
                 baseline: None,
                 trial: None,
                 held: None,

@@ -35,8 +35,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio::task::{JoinHandle, JoinSet};
 
+mod copy_cost;
 mod dynamo;
+mod virtual_parts;
 
+pub use copy_cost::{CopyCharges, CopyRates};
 pub use dynamo::DEFAULT_KEY_ATTRIBUTES;
 
 /// Continuation tokens minted by [`Fault::EmptyTruncatedPage`] start with this,
@@ -627,6 +630,14 @@ struct Shared {
     injected: AtomicU64,
     /// Numbers request ids and minted continuation tokens.
     seq: AtomicU64,
+    /// What copies cost, once [`FaultProxy::charge_copies`] set it.
+    copy_cost: std::sync::OnceLock<copy_cost::CopyCost>,
+    /// Part copies answered here, once
+    /// [`FaultProxy::virtualize_part_copies`] set it.
+    virtual_parts: std::sync::OnceLock<virtual_parts::VirtualParts>,
+    /// Forward the client's `Host` (an upstream that checks SigV4, such as
+    /// garage, needs the one the client signed).
+    keep_host: std::sync::atomic::AtomicBool,
 }
 
 /// An HTTP/1.1 proxy on 127.0.0.1 that forwards to an upstream S3 and
@@ -681,6 +692,9 @@ impl FaultProxy {
             state: Mutex::new(State::default()),
             injected: AtomicU64::new(0),
             seq: AtomicU64::new(0),
+            copy_cost: std::sync::OnceLock::new(),
+            virtual_parts: std::sync::OnceLock::new(),
+            keep_host: std::sync::atomic::AtomicBool::new(false),
         });
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
@@ -786,6 +800,41 @@ impl FaultProxy {
             .lock()
             .dynamo
             .set_key_attributes(names.iter().map(|&n| n.to_owned()).collect());
+    }
+}
+
+impl FaultProxy {
+    /// From now on, holds every CopyObject and UploadPartCopy for its bytes
+    /// at `rates` before forwarding it: the benchmark's S3 that costs what
+    /// S3 costs (see `copy_cost`). Set once; a second call is ignored.
+    pub fn charge_copies(&self, rates: CopyRates) {
+        let _ = self.shared.copy_cost.set(copy_cost::CopyCost::new(rates));
+    }
+
+    /// What [`FaultProxy::charge_copies`] has charged so far.
+    pub fn copy_charges(&self) -> CopyCharges {
+        self.shared
+            .copy_cost
+            .get()
+            .map(copy_cost::CopyCost::charges)
+            .unwrap_or_default()
+    }
+
+    /// From now on, answers UploadPartCopy here (after its charge, if
+    /// copies are charged) and completes such an upload with one CopyObject
+    /// of its source through `upstream` (a client of the upstream with the
+    /// credentials it checks): see `virtual_parts` for why and when.
+    pub fn virtualize_part_copies(&self, upstream: aws_sdk_s3::Client) {
+        let _ = self
+            .shared
+            .virtual_parts
+            .set(virtual_parts::VirtualParts::new(upstream));
+    }
+
+    /// Forwards the `Host` each client sent instead of the upstream's: for
+    /// an upstream that checks signatures (garage), which cover `Host`.
+    pub fn keep_client_host(&self) {
+        self.shared.keep_host.store(true, Ordering::SeqCst);
     }
 }
 
@@ -964,7 +1013,42 @@ impl Shared {
                 );
             }
         }
-        self.forward(parts, path_and_query, body).await
+        let Some(cost) = self.copy_cost.get() else {
+            return self.forward(parts, path_and_query, body).await;
+        };
+        cost.charge(&parts.method, &parts.headers).await;
+        if let Some(v) = self.virtual_parts.get() {
+            if let Some(answer) = v.intercept(&parts).await {
+                return answer;
+            }
+        }
+        let (method, request) = (parts.method.clone(), parts.headers.clone());
+        let seen = Seen::of(&parts);
+        let key = parts
+            .uri
+            .path()
+            .trim_start_matches('/')
+            .split_once('/')
+            .map(|(_, k)| decode(k));
+        let resp = self.forward(parts, path_and_query, body).await;
+        if resp.status().is_success() {
+            let body = resp
+                .body()
+                .clone()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            cost.learn(
+                &method,
+                seen.bucket.as_deref(),
+                key.as_deref().filter(|k| !k.is_empty()),
+                &request,
+                resp.headers(),
+                &body,
+            );
+        }
+        resp
     }
 
     /// Sends the request to the upstream and returns its response, body
@@ -985,8 +1069,11 @@ impl Shared {
         parts.headers.remove(header::EXPECT);
         // The body is buffered now: hyper sets the length from it.
         parts.headers.remove(header::CONTENT_LENGTH);
-        // moto does not check SigV4, so the signed Host need not survive.
-        parts.headers.insert(header::HOST, self.authority.clone());
+        // moto does not check SigV4, so the signed Host need not survive;
+        // an upstream that does is told so (keep_client_host).
+        if !self.keep_host.load(Ordering::Relaxed) || !parts.headers.contains_key(header::HOST) {
+            parts.headers.insert(header::HOST, self.authority.clone());
+        }
         let resp = match self
             .client
             .request(Request::from_parts(parts, Full::new(body)))
