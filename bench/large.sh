@@ -13,21 +13,27 @@
 # copy-cost mode (server/examples/fault_proxy.rs), which holds each
 # CopyObject and UploadPartCopy for its bytes at --request-mbps per request
 # with all copies in flight sharing --aggregate-mbps, then forwards it to
-# garage (whose copies are nearly free: it copies block references). The
-# rates and their sources are in doc/PERFORMANCE.md ("Large objects").
-# garage is installed if missing (cargo install garage --locked: slow, once);
-# moto copies real bytes in Python and is far slower for large objects.
+# garage. garage copies a whole object by block references (nearly free)
+# but hashes every byte of a part copy, a CPU cost S3 does not have: the
+# proxy answers part copies itself, once charged, and completes their
+# upload with one CopyObject of the source. The rates and their sources are
+# in doc/PERFORMANCE.md ("Large objects and mixed sizes"). garage is
+# installed if missing (cargo install garage --locked: slow, once); moto
+# copies real bytes in Python and is far slower for large objects.
 #
-# Three mixes, each copied by every tool into fresh buckets:
+# Three mixes, each copied by every tool into fresh buckets, each made of
+# garage's own copies of one uploaded object per size:
 #   small   many ~0.35 MB objects (the sample's 1 TB scenario, scaled)
 #   medium  ~9.5 MB objects (the sample's 3 TB scenario, scaled)
 #   huge    a few multi-GB objects among small ones
 # Tools: expresscache (a fresh server at its defaults per mix; the CLI's
 # wall clock), a raw concurrent CopyObject loop at 64 and 256, aws s3 cp
 # --recursive (defaults), s5cmd cp (defaults), rclone copy (defaults, and at
-# the raw loop's best concurrency). Prints per mix MB/s and objects/s, the
+# the raw loop's best concurrency). After each run the destination's object
+# count and total bytes are checked. Prints per mix MB/s and objects/s, the
 # ratios, the limit the engine found; the last line is the huge mix's
-# summary. --quick runs smaller mixes (under 10 minutes once built).
+# summary (when the huge mix runs with peers). The full run takes
+# about 17 minutes (rclone's 4 transfers most of it); --quick about 7.
 set -euo pipefail
 # shellcheck source=../scripts/lib.sh
 source "$(dirname "$0")/../scripts/lib.sh"
@@ -76,7 +82,8 @@ ensure_rust
 ensure_venv
 "$VENV/bin/pip" install -q --disable-pip-version-check -r bench/requirements.txt
 ensure_apt rclone rclone
-pick_s3_server "$SERVER"
+# garage unless --server says otherwise, installed if missing.
+pick_s3_server "${SERVER:-garage}"
 if [ "$SERVER" = garage ] && [ -z "$GARAGE_BIN" ]; then
   log "installing garage (cargo install garage --locked; once, it takes a while)"
   cargo install garage --locked

@@ -91,3 +91,41 @@ async fn a_failed_part_fails_the_key_and_leaves_no_incomplete_upload() {
     assert_eq!(open_uploads(&fx).await, 0, "the upload was aborted");
     assert_eq!(list_keys(&fx.s3, &fx.dir, "").await, ["big/small.txt"]);
 }
+
+#[tokio::test]
+async fn a_multipart_copy_keeps_the_sources_content_headers_and_metadata() {
+    let (fx, body) = fixture().await;
+    // The source again, with what a CopyObject would carry over.
+    fx.s3
+        .put_object()
+        .bucket(&fx.src)
+        .key("big/blob.bin")
+        .body(body.clone().into())
+        .content_type("application/x-hdf5")
+        .cache_control("max-age=60")
+        .metadata("sample", "NA12878")
+        .send()
+        .await
+        .unwrap();
+
+    let report = fx.warm(fx.request(&["big/"])).await;
+
+    assert_eq!(report.outcome, Outcome::Succeeded, "{report:?}");
+    assert!(fx.server.store.calls.part_copy.load(Ordering::Relaxed) > 1);
+    let head = fx
+        .s3
+        .head_object()
+        .bucket(&fx.dir)
+        .key("big/blob.bin")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.content_type(), Some("application/x-hdf5"));
+    assert_eq!(head.cache_control(), Some("max-age=60"));
+    assert_eq!(
+        head.metadata()
+            .and_then(|m| m.get("sample"))
+            .map(String::as_str),
+        Some("NA12878")
+    );
+}

@@ -348,10 +348,17 @@ impl AdaptiveLimit {
             match &mut st.trial {
                 // Judged by the other class's window: wait for it a while.
                 Some(t) if t.judge != size && t.waited < 2 => t.waited += 1,
+                // That class went quiet: the growth was never judged, so it
+                // is undone (standing, it would ratchet the limit up, one
+                // unjudged growth per hold), and this class may try its own.
+                Some(t) if t.judge != size => {
+                    st.limit = t.limit.min(st.max);
+                    st.trial = None;
+                }
                 // The last growth brought too little throughput: a queue,
                 // not capacity. Undo it and hold for a while.
-                Some(t) if t.judge == size && rate < t.rate * min_gain(t.limit, st.limit) => {
-                    st.limit = t.limit;
+                Some(t) if rate < t.rate * min_gain(t.limit, st.limit) => {
+                    st.limit = t.limit.min(st.max);
                     st.trial = None;
                     st.slow_start = false;
                     st.held = Some(0);
@@ -459,6 +466,10 @@ impl AdaptiveLimit {
         st.max = (max as f64).max(self.min);
         if st.limit > st.max {
             st.limit = st.max;
+            // A growth on trial from above the new ceiling must not be
+            // undone back over it.
+            st.trial = None;
+            st.held = None;
             self.new_generation(&mut st);
         }
     }

@@ -463,7 +463,7 @@ impl<S: ObjectStore> CopyEngine<S> {
         self.abort_earlier_uploads(req, stats, stop).await?;
         let upload_id = self
             .attempt("create_multipart_upload", dest, 0, stats, stop, || {
-                self.store.create_multipart(dest, req.dest_key)
+                self.store.create_multipart(req)
             })
             .await?;
         tracing::debug!(key = req.dest_key, size, part, count, "multipart copy");
@@ -914,7 +914,6 @@ mod tests {
         );
         tokio::join!(large, smalls);
         let at_big_end = smalls_at_big_end.load(Ordering::SeqCst);
-        println!("limit {} at the end; {at_big_end} small copies done when the large one ended; peak parts {}", e.limit_for("dst"), store.calls.peak_parts_in_flight.load(Ordering::Relaxed));
         assert_eq!(big_done.load(Ordering::SeqCst), 1);
         // The small ones had at least half the slots while the parts ran,
         // and the parts no more than half.

@@ -447,7 +447,7 @@ async fn multipart<S: ObjectStore>(store: &S, seed: &dyn Seed, caps: Capabilitie
     };
 
     let upload = store
-        .create_multipart(&dest, key)
+        .create_multipart(&copy)
         .await
         .unwrap_or_else(|e| panic!("multipart: create: {e}"));
     let mut parts = Vec::new();
@@ -484,7 +484,7 @@ async fn multipart<S: ObjectStore>(store: &S, seed: &dyn Seed, caps: Capabilitie
 
     // The source changes while an upload copies it.
     let upload = store
-        .create_multipart(&dest, key)
+        .create_multipart(&copy)
         .await
         .unwrap_or_else(|e| panic!("multipart: create of the stale upload: {e}"));
     let newer = seed.put(&src, key, vec![8; size as usize + 1]).await;
@@ -525,16 +525,17 @@ async fn multipart<S: ObjectStore>(store: &S, seed: &dyn Seed, caps: Capabilitie
     );
 
     let aborted_key = "multi/aborted";
+    let to_abort = CopyRequest {
+        dest_key: aborted_key,
+        source_etag: &newer,
+        ..copy.clone()
+    };
     let upload = store
-        .create_multipart(&dest, aborted_key)
+        .create_multipart(&to_abort)
         .await
         .unwrap_or_else(|e| panic!("multipart: create of the upload to abort: {e}"));
     let part = PartCopy {
-        copy: CopyRequest {
-            dest_key: aborted_key,
-            source_etag: &newer,
-            ..copy.clone()
-        },
+        copy: to_abort.clone(),
         upload_id: &upload,
         part_number: 1,
         first_byte: 0,
@@ -547,7 +548,10 @@ async fn multipart<S: ObjectStore>(store: &S, seed: &dyn Seed, caps: Capabilitie
     // A second upload of a neighbour, and one of a key the first is a
     // prefix of: only the key's own uploads are its unfinished ones.
     let neighbour = store
-        .create_multipart(&dest, "multi/aborted-not")
+        .create_multipart(&CopyRequest {
+            dest_key: "multi/aborted-not",
+            ..copy.clone()
+        })
         .await
         .unwrap_or_else(|e| panic!("multipart: create of a neighbour's upload: {e}"));
     let dest_ref = dest.as_str();

@@ -351,9 +351,9 @@ impl<S: ObjectStore> ObjectStore for FaultStore<S> {
         self.after(Op::Copy, r)
     }
 
-    async fn create_multipart(&self, bucket: &str, key: &str) -> Result<String, StoreError> {
-        let _pass = self.enter(Op::CreateMultipart, Some(key)).await?;
-        self.inner.create_multipart(bucket, key).await
+    async fn create_multipart(&self, copy: &CopyRequest<'_>) -> Result<String, StoreError> {
+        let _pass = self.enter(Op::CreateMultipart, Some(copy.dest_key)).await?;
+        self.inner.create_multipart(copy).await
     }
 
     async fn upload_part_copy(&self, part: &PartCopy<'_>) -> Result<String, StoreError> {

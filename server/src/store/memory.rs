@@ -281,7 +281,8 @@ impl ObjectStore for MemoryStore {
         Ok(Copied { etag })
     }
 
-    async fn create_multipart(&self, bucket: &str, key: &str) -> Result<String, StoreError> {
+    async fn create_multipart(&self, copy: &CopyRequest<'_>) -> Result<String, StoreError> {
+        let (bucket, key) = (copy.dest_bucket, copy.dest_key);
         if !self.lock().contains_key(bucket) {
             return Err(StoreError::NoSuchBucket(bucket.to_owned()));
         }

@@ -276,8 +276,11 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// Server-side copy, conditional on the source ETag.
     async fn copy_object(&self, req: &CopyRequest<'_>) -> Result<Copied, StoreError>;
 
-    /// Starts a multipart upload of `key`; returns its upload id.
-    async fn create_multipart(&self, bucket: &str, key: &str) -> Result<String, StoreError>;
+    /// Starts a multipart upload of `copy`'s destination key, with the
+    /// source's content headers (Content-Type, -Encoding, -Disposition,
+    /// -Language, Cache-Control) and user metadata, as a CopyObject would
+    /// carry them; returns its upload id.
+    async fn create_multipart(&self, copy: &CopyRequest<'_>) -> Result<String, StoreError>;
 
     /// Copies one byte range of the source as one part; returns its ETag.
     async fn upload_part_copy(&self, part: &PartCopy<'_>) -> Result<String, StoreError>;

@@ -284,12 +284,31 @@ impl ObjectStore for S3Store {
         Ok(Copied { etag })
     }
 
-    async fn create_multipart(&self, bucket: &str, key: &str) -> Result<String, StoreError> {
+    async fn create_multipart(&self, copy: &CopyRequest<'_>) -> Result<String, StoreError> {
+        // What CopyObject copies by itself, UploadPartCopy does not: the
+        // source's headers and metadata go on the upload. (Not conditional
+        // on the ETag: the parts are, so a newer source fails the copy.)
+        let (src, src_key) = (copy.source_bucket, copy.source_key);
+        let source = self
+            .single
+            .head_object()
+            .bucket(src)
+            .key(src_key)
+            .send()
+            .await
+            .map_err(|e| classify(&e, src, Some(src_key)))?;
+        let (bucket, key) = (copy.dest_bucket, copy.dest_key);
         let out = self
             .single
             .create_multipart_upload()
             .bucket(bucket)
             .key(key)
+            .set_content_type(source.content_type().map(str::to_owned))
+            .set_content_encoding(source.content_encoding().map(str::to_owned))
+            .set_content_disposition(source.content_disposition().map(str::to_owned))
+            .set_content_language(source.content_language().map(str::to_owned))
+            .set_cache_control(source.cache_control().map(str::to_owned))
+            .set_metadata(source.metadata().cloned())
             .send()
             .await
             .map_err(|e| classify(&e, bucket, Some(key)))?;

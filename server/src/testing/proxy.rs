@@ -1030,6 +1030,7 @@ impl Shared {
             .trim_start_matches('/')
             .split_once('/')
             .map(|(_, k)| decode(k));
+        let query = parts.uri.query().unwrap_or("").to_owned();
         let resp = self.forward(parts, path_and_query, body).await;
         if resp.status().is_success() {
             let body = resp
@@ -1043,6 +1044,7 @@ impl Shared {
                 &method,
                 seen.bucket.as_deref(),
                 key.as_deref().filter(|k| !k.is_empty()),
+                &query,
                 &request,
                 resp.headers(),
                 &body,

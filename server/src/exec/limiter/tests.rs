@@ -415,10 +415,12 @@ async fn a_growth_judged_by_small_requests_is_not_judged_by_large_ones() {
     let l = AdaptiveLimit::new(64, 1, 10_000);
     window(&l, 50 * MS).await; // 64 -> 128, on trial by the small window
     assert_eq!(l.limit(), 128);
-    // A large window ends first, with low bytes/s: not its trial to judge.
+    // Large windows end first, with far lower throughput than the small
+    // one's: not their trial to judge (the first only fills the pipe, the
+    // second is judged).
     let slots: Vec<_> = futures::future::join_all((0..128).map(|_| l.acquire())).await;
     tokio::time::advance(Duration::from_secs(10)).await;
-    for s in &slots {
+    for s in slots.iter().chain(&slots) {
         l.on_success(s, Duration::from_secs(10), 10_000_000);
     }
     drop(slots);
@@ -470,4 +472,41 @@ async fn waiters_are_admitted_in_order_and_a_cut_takes_slots_back_as_requests_en
     let c = third.await.unwrap();
     assert_eq!(*order.lock().unwrap(), ["first", "second", "third"]);
     drop((b, c));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_growth_its_class_never_judges_is_undone_not_kept() {
+    let l = AdaptiveLimit::new(64, 1, 10_000);
+    window(&l, 50 * MS).await; // 64 -> 128, on trial by the small window
+    assert_eq!(l.limit(), 128);
+    // Only large copies from now on: after two of their windows the
+    // small class's growth has waited enough and is undone.
+    let large_window = |l: Arc<AdaptiveLimit>| async move {
+        let n = l.limit();
+        let slots: Vec<_> = futures::future::join_all((0..n).map(|_| l.acquire())).await;
+        tokio::time::advance(Duration::from_secs(1)).await;
+        for s in &slots {
+            l.on_success(s, Duration::from_secs(1), 10_000_000);
+        }
+    };
+    large_window(l.clone()).await; // fills the pipe
+    large_window(l.clone()).await; // waited 1
+    large_window(l.clone()).await; // waited 2
+    assert_eq!(l.limit(), 128);
+    large_window(l.clone()).await; // expired: undone
+    assert_eq!(l.limit(), 64);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lower_ceiling_is_not_undone_back_over_by_a_pending_trial() {
+    let l = AdaptiveLimit::new(64, 1, 10_000);
+    window(&l, 50 * MS).await; // 64 -> 128, on trial
+                               // The ceiling drops below where the growth started (64).
+    l.set_max(50);
+    assert_eq!(l.limit(), 50);
+    // A window far slower in throughput than before the growth would undo
+    // it, to 64: over the ceiling.
+    tokio::time::advance(Duration::from_secs(10)).await;
+    window(&l, 50 * MS).await;
+    assert!(l.limit() <= 50, "{}", l.limit());
 }

@@ -123,11 +123,13 @@ impl CopyCost {
     /// Learns object sizes from a forwarded request and its answer:
     /// ListObjects(V2) pages (`<Key>` and `<Size>` of each `<Contents>`), a
     /// HEAD or PUT of one object (its `Content-Length`).
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn learn(
         &self,
         method: &Method,
         bucket: Option<&str>,
         key: Option<&str>,
+        query: &str,
         request: &HeaderMap,
         response: &HeaderMap,
         body: &[u8],
@@ -141,7 +143,11 @@ impl CopyCost {
                     sizes.insert(format!("{bucket}/{key}"), n);
                 }
             }
-            (&Method::PUT, Some(key)) if header(request, "x-amz-copy-source").is_none() => {
+            // A PutObject (not a part of an upload, nor a copy).
+            (&Method::PUT, Some(key))
+                if header(request, "x-amz-copy-source").is_none()
+                    && !query.contains("uploadId") =>
+            {
                 if let Some(n) = header(request, "x-amz-decoded-content-length")
                     .and_then(|v| v.parse().ok())
                     .or_else(|| length(request))
@@ -150,7 +156,11 @@ impl CopyCost {
                 }
             }
             (&Method::GET, None) => {
+                // `encoding-type=url` (the AWS CLI, rclone) lists keys
+                // percent-encoded.
+                let encoded = query.contains("encoding-type=url");
                 for (key, size) in listed(&String::from_utf8_lossy(body)) {
+                    let key = if encoded { super::decode(&key) } else { key };
                     sizes.insert(format!("{bucket}/{key}"), size);
                 }
             }
@@ -246,21 +256,46 @@ mod tests {
             aggregate: MB,
         });
         let none = HeaderMap::new();
-        cost.learn(
-            &Method::GET,
-            Some("src"),
-            None,
-            &none,
-            &none,
-            xml.as_bytes(),
+        let list = |query: &str, xml: &str| {
+            cost.learn(
+                &Method::GET,
+                Some("src"),
+                None,
+                query,
+                &none,
+                &none,
+                xml.as_bytes(),
+            );
+        };
+        list("list-type=2", xml);
+        // `encoding-type=url`: keys come percent-encoded.
+        list(
+            "encoding-type=url",
+            "<ListBucketResult><Contents><Key>e/a%20b</Key><Size>5</Size></Contents></ListBucketResult>",
         );
         let len = headers(&[("content-length", "99")]);
-        cost.learn(&Method::HEAD, Some("src"), Some("h"), &none, &len, b"");
-        cost.learn(&Method::PUT, Some("src"), Some("p"), &len, &none, b"");
+        cost.learn(&Method::HEAD, Some("src"), Some("h"), "", &none, &len, b"");
+        cost.learn(&Method::PUT, Some("src"), Some("p"), "", &len, &none, b"");
+        let part = headers(&[("content-length", "3")]);
+        let query = "partNumber=2&uploadId=u";
+        cost.learn(
+            &Method::PUT,
+            Some("src"),
+            Some("p"),
+            query,
+            &part,
+            &none,
+            b"",
+        );
         let sizes = cost.lock_sizes();
         assert_eq!(sizes.get("src/d/a&b"), Some(&12));
         assert_eq!(sizes.get("src/h"), Some(&99));
-        assert_eq!(sizes.get("src/p"), Some(&99));
+        assert_eq!(
+            sizes.get("src/p"),
+            Some(&99),
+            "a part of an upload is not the object"
+        );
+        assert_eq!(sizes.get("src/e/a b"), Some(&5));
     }
 
     #[tokio::test(start_paused = true)]

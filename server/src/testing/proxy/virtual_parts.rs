@@ -11,9 +11,10 @@
 //! order, becomes one CopyObject of that source upstream (the same bytes,
 //! landed by reference), and the upstream upload is aborted. Anything else
 //! (a part uploaded with a body, parts from two sources, a gap) is refused
-//! with a 501, so nothing false lands. `x-amz-copy-source-if-match` and the
-//! other conditions of a part are not checked: a benchmark's sources do not
-//! change.
+//! with a 501, so nothing false lands. A part sent again replaces the
+//! earlier one. Not checked: `x-amz-copy-source-if-match` and the other
+//! conditions of a part (a benchmark's sources do not change), and the part
+//! list of the Complete request (every part answered is used).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -38,8 +39,9 @@ struct Part {
 pub(super) struct VirtualParts {
     /// Signed with the benchmark's credentials, to the upstream.
     s3: aws_sdk_s3::Client,
-    /// Upload id → the parts answered so far.
-    uploads: Mutex<HashMap<String, Vec<Part>>>,
+    /// Upload id → the parts answered so far, by number (a part sent
+    /// again replaces the earlier one, as S3 does).
+    uploads: Mutex<HashMap<String, HashMap<i32, Part>>>,
 }
 
 impl VirtualParts {
@@ -50,7 +52,7 @@ impl VirtualParts {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Part>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashMap<i32, Part>>> {
         self.uploads.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -82,12 +84,15 @@ impl VirtualParts {
                     ));
                 };
                 let etag = format!("\"{:032x}\"", hash(&upload, number));
-                self.lock().entry(upload).or_default().push(Part {
+                self.lock().entry(upload).or_default().insert(
                     number,
-                    source: source.to_owned(),
-                    first,
-                    last,
-                });
+                    Part {
+                        number,
+                        source: source.to_owned(),
+                        first,
+                        last,
+                    },
+                );
                 Some(xml_response(format!(
                     "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<CopyPartResult>\
                      <ETag>{}</ETag><LastModified>{}</LastModified></CopyPartResult>",
@@ -97,6 +102,7 @@ impl VirtualParts {
             }
             Method::POST => {
                 let answered = self.lock().remove(&upload)?;
+                let answered = answered.into_values().collect();
                 Some(self.complete(&bucket, &key, &upload, answered).await)
             }
             Method::DELETE => {
