@@ -97,7 +97,7 @@ wait_port "$GRPC_PORT"
 (
   peak=0
   while kill -0 "$SERVER" 2>/dev/null; do
-    n=$(ls "/proc/$SERVER/fd" 2>/dev/null | wc -l)
+    n=$(find "/proc/$SERVER/fd" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l)
     [ "$n" -gt "$peak" ] && peak=$n && echo "$peak" >"$STATE/fd-peak"
     sleep 0.2
   done

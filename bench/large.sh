@@ -160,18 +160,6 @@ for mix in $MIXES; do
   log "mix $mix: ${OBJECTS[$mix]} objects, $((BYTES[$mix] / 1000000)) MB in the source"
 done
 
-declare -A SECS
-timed() {
-  local name=$1; shift
-  local t0 t1
-  t0=$(date +%s.%N)
-  if ! "$@" >"$STATE/$name.out" 2>"$STATE/$name.err"; then
-    echo "$name failed:" >&2; tail -n 20 "$STATE/$name.err" >&2; exit 1
-  fi
-  t1=$(date +%s.%N)
-  SECS[$name]=$(python3 -c "print(f'{$t1-$t0:.3f}')")
-  log "$name: ${SECS[$name]} s"
-}
 # Checks that bucket $1 holds mix $2 whole: every object, every byte (read
 # straight from the server).
 check() {
@@ -196,7 +184,7 @@ for mix in $MIXES; do
   # A fresh server per mix: the adaptive limit lives as long as the
   # process, and each mix must find its own.
   grpc_port=$(free_port)
-  # shellcheck disable=SC2086 # OURS_FLAGS is a list of flags
+  # shellcheck disable=SC2086,SC2046 # OURS_FLAGS and the garage flag are lists of words
   "$REL/expresscache-server" --listen "127.0.0.1:$grpc_port" --index "sqlite://$STATE/index-$mix.db" \
     --force-path-style true \
     $( [ "$SERVER" = garage ] && echo --allow-general-purpose-destination true ) $OURS_FLAGS \

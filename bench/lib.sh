@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by the benchmarks: their state directory, the processes they
 # start, and the S3-compatible server they run against. Source after
 # scripts/lib.sh.
@@ -13,6 +14,21 @@ bench_state() {
   trap bench_cleanup EXIT
   export AWS_CONFIG_FILE="$STATE/aws-config"
 }
+# Times a command, its output in $STATE/NAME.out and .err; records seconds
+# under NAME ($1) in SECS; fails loudly if it fails.
+declare -A SECS
+timed() {
+  local name=$1; shift
+  local t0 t1
+  t0=$(date +%s.%N)
+  if ! "$@" >"$STATE/$name.out" 2>"$STATE/$name.err"; then
+    echo "$name failed:" >&2; tail -n 20 "$STATE/$name.err" >&2; exit 1
+  fi
+  t1=$(date +%s.%N)
+  SECS[$name]=$(python3 -c "print(f'{$t1-$t0:.3f}')")
+  log "$name: ${SECS[$name]} s"
+}
+
 bench_cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
@@ -34,6 +50,7 @@ G() { "$GARAGE_BIN" -c "$STATE/garage.toml" "$@"; }
 # Starts $SERVER on a free port; sets S3_PORT, S3_ENDPOINT, DEST_SUFFIX
 # (what a directory bucket's name ends with: none on garage, whose
 # destinations are plain buckets) and the AWS credentials.
+# shellcheck disable=SC2034 # DEST_SUFFIX is for the scripts that source this
 start_s3_server() {
   S3_PORT=$(free_port)
   export AWS_REGION=us-east-1

@@ -120,19 +120,6 @@ PY
 "$VENV/bin/s5cmd" --endpoint-url "$S3_ENDPOINT" --numworkers 64 cp "$STATE/data/*" "s3://$SRC/" >/dev/null
 rm -rf "$STATE/data"
 
-declare -A SECS
-# Times a command; records seconds under $1; fails loudly if it fails.
-timed() {
-  local name=$1; shift
-  local t0 t1
-  t0=$(date +%s.%N)
-  if ! "$@" >"$STATE/$name.out" 2>"$STATE/$name.err"; then
-    echo "$name failed:" >&2; tail -n 20 "$STATE/$name.err" >&2; exit 1
-  fi
-  t1=$(date +%s.%N)
-  SECS[$name]=$(python3 -c "print(f'{$t1-$t0:.3f}')")
-  log "$name: ${SECS[$name]} s"
-}
 # Objects under d/ of bucket $1, straight from the server (not through the
 # proxy).
 count() { "$VENV/bin/s5cmd" --endpoint-url "$S3_ENDPOINT" ls "s3://$1/$2*" 2>/dev/null | wc -l; }
@@ -147,6 +134,7 @@ check() {
 server_pid=""
 start_server() {
   local grpc_port; grpc_port=$(free_port)
+  # shellcheck disable=SC2046 # the garage flag is a list of words
   "$REL/expresscache-server" --listen "127.0.0.1:$grpc_port" --index "sqlite://$2" \
     --force-path-style true \
     $( [ "$SERVER" = garage ] && echo --allow-general-purpose-destination true ) \
@@ -249,7 +237,7 @@ run_phase() {
     check "aws-$phase" d/
     timed "$p.aws_default_rerun" "${AWS[@]}" s3 sync --only-show-errors "s3://$SRC/d/" "s3://aws-$phase/d/"
   fi
-  [ -n "$proxy_pid" ] && kill "$proxy_pid" 2>/dev/null || true
+  if [ -n "$proxy_pid" ]; then kill "$proxy_pid" 2>/dev/null || true; fi
 }
 
 run_phase loopback 0

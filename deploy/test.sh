@@ -74,14 +74,14 @@ shell_scripts() {
     if head -n 3 "$f" | grep -Eq '^#!.*\b(ba)?sh\b|shellcheck shell='; then
       echo "$f"
     fi
-  done < <(find deploy scripts -type f | sort)
+  done < <(find deploy scripts bench -type f | sort)
 }
 lint_shell() {
   local scripts
   mapfile -t scripts < <(shell_scripts)
   shellcheck -x --source-path=SCRIPTDIR "${scripts[@]}" && echo "clean: ${scripts[*]}"
 }
-check "shellcheck: every shell script of deploy/ and scripts/" lint_shell
+check "shellcheck: every shell script of deploy/, scripts/ and bench/" lint_shell
 
 hadolint_clean() { "$VENV/bin/hadolint" deploy/container/Dockerfile && echo clean; }
 check "hadolint: deploy/container/Dockerfile" hadolint_clean
