@@ -33,7 +33,7 @@
 # count and total bytes are checked. Prints per mix MB/s and objects/s, the
 # ratios, the limit the engine found; the last line is the huge mix's
 # summary (when the huge mix runs with peers). The full run takes
-# about 17 minutes (rclone's 4 transfers most of it); --quick about 7.
+# about 17 minutes (rclone's 4 transfers most of it); --quick about 7.5.
 set -euo pipefail
 # shellcheck source=../scripts/lib.sh
 source "$(dirname "$0")/../scripts/lib.sh"
