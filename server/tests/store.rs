@@ -283,3 +283,56 @@ async fn an_empty_truncated_page_is_followed() {
     assert_eq!(keys, KEYS, "following the token lists the rest");
     assert_eq!(rest.next, None, "and that is the last page");
 }
+
+/// A multipart copy first reads the source's headers (HeadObject), then
+/// starts the upload: a throttled, hung or refused read starts nothing and
+/// is classified like any other call (retried or not), and a source gone
+/// since its listing is NoSuchKey, not retried.
+#[tokio::test]
+async fn a_multipart_copy_heads_the_source_first_and_a_failed_head_starts_no_upload() {
+    let f = Faulty::start().await;
+    let no_upload = |why: String| {
+        let (store, dir) = (&f.store, f.dir.clone());
+        async move {
+            let open = store.unfinished_uploads(&dir, KEYS[0]).await.unwrap();
+            assert!(
+                open.is_empty(),
+                "{why}: no upload was started, found {open:?}"
+            );
+        }
+    };
+    for (fault, retryable) in [
+        (Fault::status(503, "SlowDown"), true),
+        (Fault::Hang, true),
+        (Fault::status(403, "AccessDenied"), false),
+    ] {
+        f.proxy.add(Rule::times(
+            Match::head_object().bucket(f.src.as_str()),
+            fault.clone(),
+            1,
+        ));
+        let e = f.store.create_multipart(&f.copy(0)).await.unwrap_err();
+        assert_eq!(e.is_retryable(), retryable, "{fault:?} gave {e:?}");
+        no_upload(format!("{fault:?}")).await;
+    }
+    // Once the faults are used up the same call starts the upload.
+    let id = f.store.create_multipart(&f.copy(0)).await.unwrap();
+    f.store.abort_multipart(&f.dir, KEYS[0], &id).await.unwrap();
+
+    moto_delete(&f, KEYS[1]).await;
+    let gone = f.store.create_multipart(&f.copy(1)).await.unwrap_err();
+    assert!(
+        matches!(gone, StoreError::NoSuchKey(_)) && !gone.is_retryable(),
+        "a source deleted since its listing is NoSuchKey, got {gone:?}"
+    );
+}
+
+async fn moto_delete(f: &Faulty, key: &str) {
+    s3_client(&f.proxy.endpoint)
+        .delete_object()
+        .bucket(&f.src)
+        .key(key)
+        .send()
+        .await
+        .unwrap();
+}

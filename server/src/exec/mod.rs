@@ -593,13 +593,7 @@ mod tests {
     }
 
     fn req(etag: &str) -> CopyRequest<'_> {
-        CopyRequest {
-            source_bucket: "src",
-            source_key: "big",
-            source_etag: etag,
-            dest_bucket: "dst",
-            dest_key: "big",
-        }
+        copy_of("big", etag)
     }
 
     /// Holds the first Complete until told to let it go: a copier frozen

@@ -366,6 +366,19 @@ async fn drive_bytes(model: ByteModel, objects: u64, max: usize) -> (f64, usize)
 
 const MB: f64 = 1_000_000.0;
 
+/// `objects` copies of 10 MB at S3's ~90 MB/s a request and a 50 ms round
+/// trip, into a bucket that gives `aggregate` bytes/s, under a ceiling of
+/// 1,024: bytes/s reached and the final limit.
+async fn ten_mb_copies(aggregate: f64, objects: u64) -> (f64, usize) {
+    let model = ByteModel {
+        per_request: 90.0 * MB,
+        aggregate,
+        round_trip: 50 * MS,
+        object: 10_000_000,
+    };
+    drive_bytes(model, objects, 1024).await
+}
+
 #[tokio::test(start_paused = true)]
 async fn large_copies_grow_the_limit_while_bytes_per_second_rise() {
     // 10 MB objects at S3's ~90 MB/s a request and a 50 ms round trip: a
@@ -374,17 +387,7 @@ async fn large_copies_grow_the_limit_while_bytes_per_second_rise() {
     // grows on bytes/s finds (one judged by small requests' latency never
     // hears from these copies and stays at 64).
     let aggregate = 20_000.0 * MB;
-    let (rate, limit) = drive_bytes(
-        ByteModel {
-            per_request: 90.0 * MB,
-            aggregate,
-            round_trip: 50 * MS,
-            object: 10_000_000,
-        },
-        40_000,
-        1024,
-    )
-    .await;
+    let (rate, limit) = ten_mb_copies(aggregate, 40_000).await;
     assert!(rate >= 0.9 * aggregate, "{rate} of {aggregate}");
     assert!(limit > 300, "{limit}");
 }
@@ -395,17 +398,7 @@ async fn large_copies_stop_growing_where_the_bandwidth_runs_out() {
     // Growth brings no bytes/s, so the limit holds near where it started
     // instead of queueing a thousand copies at S3.
     let aggregate = 2_000.0 * MB;
-    let (rate, limit) = drive_bytes(
-        ByteModel {
-            per_request: 90.0 * MB,
-            aggregate,
-            round_trip: 50 * MS,
-            object: 10_000_000,
-        },
-        10_000,
-        1024,
-    )
-    .await;
+    let (rate, limit) = ten_mb_copies(aggregate, 10_000).await;
     assert!(rate >= 0.9 * aggregate, "{rate} of {aggregate}");
     assert!(limit <= 128, "{limit}");
 }

@@ -181,16 +181,22 @@ fn secs(s: f64) -> Duration {
     Duration::from_secs_f64(s.max(0.0))
 }
 
-/// The length of `bytes=FIRST-LAST`.
-fn range_len(range: &str) -> Option<u64> {
+/// The first and last byte of an `x-amz-copy-source-range`
+/// (`bytes=FIRST-LAST`), if it is one (last not before first).
+pub(super) fn byte_range(range: &str) -> Option<(u64, u64)> {
     let (first, last) = range.trim().strip_prefix("bytes=")?.split_once('-')?;
     let (first, last): (u64, u64) = (first.parse().ok()?, last.parse().ok()?);
-    last.checked_sub(first).map(|d| d + 1)
+    (last >= first).then_some((first, last))
+}
+
+/// The length of `bytes=FIRST-LAST`.
+fn range_len(range: &str) -> Option<u64> {
+    byte_range(range).map(|(first, last)| last - first + 1)
 }
 
 /// `bucket/key` of an `x-amz-copy-source` (`[/]bucket/key[?versionId=..]`,
 /// percent-encoded).
-fn source_key(source: &str) -> String {
+pub(super) fn source_key(source: &str) -> String {
     let source = source.split_once('?').map_or(source, |(s, _)| s);
     super::decode(source.strip_prefix('/').unwrap_or(source))
 }
@@ -205,7 +211,7 @@ fn listed(xml: &str) -> Vec<(String, u64)> {
         let entry = &after[..end];
         if let (Some(key), Some(size)) = (element(entry, "Key"), element(entry, "Size")) {
             if let Ok(size) = size.parse() {
-                out.push((xml_unescape(key), size));
+                out.push((super::xml_unescape(key), size));
             }
         }
         rest = &after[end..];
@@ -218,14 +224,6 @@ fn element<'a>(xml: &'a str, name: &str) -> Option<&'a str> {
     let start = xml.find(&open)? + open.len();
     let len = xml[start..].find(&format!("</{name}>"))?;
     Some(&xml[start..start + len])
-}
-
-fn xml_unescape(s: &str) -> String {
-    s.replace("&lt;", "<")
-        .replace("&gt;", ">")
-        .replace("&quot;", "\"")
-        .replace("&apos;", "'")
-        .replace("&amp;", "&")
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@ use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper::{Method, Response, StatusCode};
 
+use super::copy_cost::{byte_range, source_key};
 use super::{decode, plain, query_value, xml_escape, xml_response};
 
 /// One part answered here: its number, source (`x-amz-copy-source` as
@@ -76,7 +77,7 @@ impl VirtualParts {
                     .headers
                     .get("x-amz-copy-source-range")
                     .and_then(|v| v.to_str().ok())
-                    .and_then(parse_range);
+                    .and_then(byte_range);
                 let Some((first, last)) = range else {
                     return Some(plain(
                         StatusCode::NOT_IMPLEMENTED,
@@ -125,19 +126,15 @@ impl VirtualParts {
         let contiguous = parts.iter().all(|p| p.source == source)
             && parts.first().is_some_and(|p| p.first == 0)
             && parts.windows(2).all(|w| w[1].first == w[0].last + 1);
-        let (src_bucket, src_key) = {
-            let s = decode(source.split('?').next().unwrap_or(&source));
-            let s = s.trim_start_matches('/').to_owned();
-            match s.split_once('/') {
-                Some((b, k)) => (b.to_owned(), k.to_owned()),
-                None => return plain(StatusCode::NOT_IMPLEMENTED, format!("bad source {s}")),
-            }
+        let named = source_key(&source);
+        let Some((src_bucket, src_key)) = named.split_once('/') else {
+            return plain(StatusCode::NOT_IMPLEMENTED, format!("bad source {named}"));
         };
         let size = match self
             .s3
             .head_object()
-            .bucket(&src_bucket)
-            .key(&src_key)
+            .bucket(src_bucket)
+            .key(src_key)
             .send()
             .await
         {
@@ -184,11 +181,6 @@ impl VirtualParts {
             xml_escape(&etag)
         ))
     }
-}
-
-fn parse_range(range: &str) -> Option<(u64, u64)> {
-    let (first, last) = range.trim().strip_prefix("bytes=")?.split_once('-')?;
-    Some((first.parse().ok()?, last.parse().ok()?))
 }
 
 fn hash(upload: &str, number: i32) -> u128 {
