@@ -177,7 +177,7 @@ run_phase() {
   timed "$p.ours_cold" "${warm[@]}" --prefix d/
   check "$dest" d/
   timed "$p.ours_rerun" "${warm[@]}" --prefix d/
-  grep -q '"objects_hit":'"$OBJECTS" "$STATE/$p.ours_rerun.out" || { echo "re-warm was not all hits" >&2; tail -n1 "$STATE/$p.ours_rerun.out" >&2; exit 1; }
+  grep -q '"objects_hit":"'"$OBJECTS"'"' "$STATE/$p.ours_rerun.out" || { echo "re-warm was not all hits" >&2; tail -n1 "$STATE/$p.ours_rerun.out" >&2; exit 1; }
   rss_kb=$(peak_rss_kb)
   if [ "$FLAT" = 1 ]; then
     # A fresh server (same index) for the flat cold warm too: the adaptive
@@ -188,7 +188,7 @@ run_phase() {
     timed "$p.ours_flat_cold" "${warm[@]}" --prefix f/
     check "$dest" f/
     timed "$p.ours_flat_rerun" "${warm[@]}" --prefix f/
-    grep -q '"objects_hit":'"$OBJECTS" "$STATE/$p.ours_flat_rerun.out" || { echo "flat re-warm was not all hits" >&2; exit 1; }
+    grep -q '"objects_hit":"'"$OBJECTS"'"' "$STATE/$p.ours_flat_rerun.out" || { echo "flat re-warm was not all hits" >&2; exit 1; }
   fi
   local rss2; rss2=$(peak_rss_kb)
   [ "$rss2" -gt "$rss_kb" ] && rss_kb=$rss2

@@ -432,7 +432,7 @@ max_staleness() {
   local op fresh
   op=$(last_operation)
   fresh=$("$CLI" status --operation "$op" --output json |
-    "$PY" -c 'import json, sys; print(json.load(sys.stdin).get("fresh_from_operation_id", ""))') || return 1
+    "$PY" -c 'import json, sys; print(json.load(sys.stdin)["progress"]["fresh_from_operation_id"])') || return 1
   echo "operation $op answered from the earlier warm ${fresh:-(none: it listed)}"
   [ -n "$fresh" ]
 }

@@ -6,7 +6,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{cli, json_lines, setup, Server};
+use common::{cli, int, json_lines, setup, Server};
 use expresscache_server::testing::{
     create_bucket, create_directory_bucket, free_port, list_keys, put, unique,
     unique_directory_bucket, Moto,
@@ -42,33 +42,33 @@ async fn warm_json_output_and_exit_codes() {
     );
     let lines = json_lines(&first);
     let last = lines.last().expect("progress lines");
-    assert_eq!(last["outcome"], "SUCCEEDED");
-    assert_eq!(last["phase"], "done");
+    assert_eq!(last["outcome"], "OUTCOME_SUCCEEDED");
+    assert_eq!(last["phase"], "PHASE_DONE");
     assert_eq!(
         (
-            last["objects_listed"].as_u64(),
-            last["objects_hit"].as_u64()
+            int(&last["counters"]["objects_listed"]),
+            int(&last["counters"]["objects_hit"])
         ),
         (Some(3), Some(0))
     );
     assert_eq!(
         (
-            last["objects_copied"].as_u64(),
-            last["objects_failed"].as_u64()
+            int(&last["counters"]["objects_copied"]),
+            int(&last["counters"]["objects_failed"])
         ),
         (Some(3), Some(0))
     );
-    assert_eq!(last["bytes_copied"].as_u64(), Some(9));
+    assert_eq!(int(&last["counters"]["bytes_copied"]), Some(9));
     assert!(lines[..lines.len() - 1]
         .iter()
-        .all(|l| l.get("outcome").is_none()));
+        .all(|l| l["outcome"] == "OUTCOME_UNSPECIFIED"));
 
     let second = json_lines(&warm(&[]));
     let last = second.last().expect("progress lines");
     assert_eq!(
         (
-            last["objects_hit"].as_u64(),
-            last["objects_copied"].as_u64()
+            int(&last["counters"]["objects_hit"]),
+            int(&last["counters"]["objects_copied"])
         ),
         (Some(3), Some(0))
     );
@@ -138,10 +138,9 @@ async fn a_dry_run_prints_the_plan_and_copies_nothing() {
     let lines = json_lines(&out);
     assert_eq!(lines.len(), 1, "one object: the plan");
     let p = &lines[0];
-    assert_eq!(p["dry_run"], true);
     assert_eq!(p["prefixes"][0]["prefix"], "d/");
-    assert_eq!(p["prefixes"][0]["objects_to_copy"], 2);
-    assert_eq!(p["prefixes"][1]["objects_to_copy"], 1);
+    assert_eq!(p["prefixes"][0]["objects_to_copy"], "2");
+    assert_eq!(p["prefixes"][1]["objects_to_copy"], "1");
     assert_eq!(p["prices"], "test prices");
     // 3 copies at $1,000 per 1,000 requests, listings free.
     assert_eq!(p["engine"]["usd"].as_f64(), Some(3.0), "{p}");
@@ -199,7 +198,7 @@ async fn text_output_in_a_log_is_plain_lines() {
         "json",
     ]);
     assert_eq!(evict.status.code(), Some(0));
-    assert_eq!(json_lines(&evict)[0]["objects_deleted"].as_u64(), Some(2));
+    assert_eq!(int(&json_lines(&evict)[0]["objects_deleted"]), Some(2));
 }
 
 #[tokio::test]
@@ -246,10 +245,10 @@ async fn partial_failure_has_its_own_exit_code() {
         String::from_utf8_lossy(&out.stderr)
     );
     let last = json_lines(&out).pop().expect("lines");
-    assert_eq!(last["outcome"], "PARTIALLY_FAILED");
+    assert_eq!(last["outcome"], "OUTCOME_PARTIALLY_FAILED");
     assert_eq!(last["failures"][0]["key"], "d/a");
     assert_eq!(last["failures"][0]["code"], "KeyClash");
-    assert_eq!(last["objects_copied"].as_u64(), Some(1));
+    assert_eq!(int(&last["counters"]["objects_copied"]), Some(1));
 }
 
 #[test]
@@ -337,7 +336,7 @@ async fn the_server_sweeps_expired_objects_by_itself() {
     let v = &json_lines(&status)[0];
     assert_eq!(
         (
-            v["cached_objects"].as_u64(),
+            int(&v["cached_objects"]),
             v["leases"].as_array().map(Vec::len)
         ),
         (Some(0), Some(0))

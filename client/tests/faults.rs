@@ -11,7 +11,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{buckets, json_lines, Server};
+use common::{buckets, int, json_lines, Server};
 use expresscache_server::testing::list_keys;
 use expresscache_server::testing::proxy::{Fault, FaultProxy, Match, Rule};
 use serde_json::Value;
@@ -68,7 +68,7 @@ async fn a_lost_delete_reply_does_not_turn_the_next_warm_into_false_hits() {
     let proxy = FaultProxy::start(&moto.endpoint).await;
     let server = Server::start_on(&proxy.endpoint, &[], &[]);
     let first = last_line(&server.run(&warm_args(&src, &dir, "d/", &[])), 0);
-    assert_eq!(first["objects_copied"].as_u64(), Some(50));
+    assert_eq!(int(&first["counters"]["objects_copied"]), Some(50));
 
     proxy.add(Rule::always(
         Match::delete_objects().bucket(&dir),
@@ -88,11 +88,11 @@ async fn a_lost_delete_reply_does_not_turn_the_next_warm_into_false_hits() {
     proxy.clear();
 
     let again = last_line(&server.run(&warm_args(&src, &dir, "d/", &[])), 0);
-    assert_eq!(again["outcome"], "SUCCEEDED");
+    assert_eq!(again["outcome"], "OUTCOME_SUCCEEDED");
     assert_eq!(
         (
-            again["objects_hit"].as_u64(),
-            again["objects_copied"].as_u64()
+            int(&again["counters"]["objects_hit"]),
+            int(&again["counters"]["objects_copied"])
         ),
         (Some(0), Some(50)),
         "{again}"
@@ -119,8 +119,8 @@ async fn an_empty_truncated_listing_page_does_not_end_the_listing() {
     assert_eq!(proxy.injected(), 2, "two empty pages were served");
     assert_eq!(
         (
-            last["objects_listed"].as_u64(),
-            last["objects_copied"].as_u64()
+            int(&last["counters"]["objects_listed"]),
+            int(&last["counters"]["objects_copied"])
         ),
         (Some(30), Some(30)),
         "{last}"
@@ -147,7 +147,7 @@ async fn a_reused_request_id_after_the_lease_was_swept_starts_a_new_warm() {
         a
     };
     let first = last_line(&server.run(&args("1s")), 0);
-    assert_eq!(first["objects_copied"].as_u64(), Some(20));
+    assert_eq!(int(&first["counters"]["objects_copied"]), Some(20));
     let deadline = Instant::now() + Duration::from_secs(30);
     while !list_keys(&s3, &dir, "").await.is_empty() {
         assert!(Instant::now() < deadline, "the sweeper did not run");
@@ -155,13 +155,17 @@ async fn a_reused_request_id_after_the_lease_was_swept_starts_a_new_warm() {
     }
 
     let again = last_line(&server.run(&args("1s")), 0);
-    assert_eq!(again["outcome"], "SUCCEEDED");
+    assert_eq!(again["outcome"], "OUTCOME_SUCCEEDED");
     assert_ne!(
         again["operation_id"], first["operation_id"],
         "a new operation"
     );
     assert_eq!(again["superseded_operation_id"], first["operation_id"]);
-    assert_eq!(again["objects_copied"].as_u64(), Some(20), "{again}");
+    assert_eq!(
+        int(&again["counters"]["objects_copied"]),
+        Some(20),
+        "{again}"
+    );
     assert_eq!(list_keys(&s3, &dir, "").await, ks, "ready means present");
 
     // While the new operation's lease is live, the same id attaches to it.
@@ -257,9 +261,17 @@ async fn every_throttle_reaches_the_engine() {
     let last = last_line(&server.run(&warm_args(&src, &dir, "t/", &[])), 0);
     let injected = proxy.injected();
     assert!(injected >= 20, "about 20% of copies throttled: {injected}");
-    assert_eq!(last["objects_copied"].as_u64(), Some(100));
-    assert_eq!(last["copy_retries"].as_u64(), Some(injected), "{last}");
-    assert_eq!(last["throttle_events"].as_u64(), Some(injected), "{last}");
+    assert_eq!(int(&last["counters"]["objects_copied"]), Some(100));
+    assert_eq!(
+        int(&last["counters"]["copy_retries"]),
+        Some(injected),
+        "{last}"
+    );
+    assert_eq!(
+        int(&last["counters"]["throttle_events"]),
+        Some(injected),
+        "{last}"
+    );
     assert_eq!(list_keys(&s3, &dir, "").await.len(), 100);
 }
 
@@ -294,8 +306,8 @@ async fn a_request_that_never_answers_is_retried_not_waited_for() {
         0,
     );
     assert_eq!(proxy.injected(), 4);
-    assert_eq!(last["objects_copied"].as_u64(), Some(10), "{last}");
-    assert_eq!(last["copy_retries"].as_u64(), Some(2), "{last}");
+    assert_eq!(int(&last["counters"]["objects_copied"]), Some(10), "{last}");
+    assert_eq!(int(&last["counters"]["copy_retries"]), Some(2), "{last}");
     assert!(t0.elapsed() < Duration::from_secs(60), "{:?}", t0.elapsed());
     assert_eq!(list_keys(&s3, &dir, "").await.len(), 10);
 }
@@ -330,12 +342,12 @@ async fn a_lost_copy_reply_is_retried_and_recorded() {
         4,
         "3 lost copy replies, 1 throttled listing"
     );
-    assert_eq!(last["objects_copied"].as_u64(), Some(20), "{last}");
-    assert_eq!(last["copy_retries"].as_u64(), Some(3), "{last}");
+    assert_eq!(int(&last["counters"]["objects_copied"]), Some(20), "{last}");
+    assert_eq!(int(&last["counters"]["copy_retries"]), Some(3), "{last}");
     assert_eq!(list_keys(&s3, &dir, "").await, ks);
     let again = last_line(&server.run(&warm_args(&src, &dir, "c/", &[])), 0);
     assert_eq!(
-        again["objects_hit"].as_u64(),
+        int(&again["counters"]["objects_hit"]),
         Some(20),
         "recorded as cached"
     );
@@ -377,8 +389,12 @@ async fn an_evict_whose_delete_is_throttled_then_hangs_still_finishes() {
     );
     let v = last_line(&out, 0);
     assert_eq!(proxy.injected(), 2);
-    assert_eq!(v["objects_deleted"].as_u64(), Some(5), "{v}");
+    assert_eq!(int(&v["objects_deleted"]), Some(5), "{v}");
     assert!(list_keys(&s3, &dir, "").await.is_empty());
     let again = last_line(&server.run(&warm_args(&src, &dir, "x/", &[])), 0);
-    assert_eq!(again["objects_copied"].as_u64(), Some(5), "no false hits");
+    assert_eq!(
+        int(&again["counters"]["objects_copied"]),
+        Some(5),
+        "no false hits"
+    );
 }

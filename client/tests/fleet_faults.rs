@@ -14,7 +14,7 @@ mod common;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use common::{buckets, json_lines, Server, SharedIndex};
+use common::{buckets, int, json_lines, Server, SharedIndex};
 use expresscache_server::testing::proxy::{Fault, FaultProxy, Match, Rule};
 use expresscache_server::testing::{list_keys, Moto};
 
@@ -138,9 +138,8 @@ impl World {
 }
 
 fn counter(v: &serde_json::Value, name: &str) -> u64 {
-    v["counters"][name]
-        .as_u64()
-        .or_else(|| v[name].as_u64())
+    int(&v["counters"][name])
+        .or_else(|| int(&v[name]))
         .unwrap_or(0)
 }
 
@@ -148,7 +147,7 @@ fn counter(v: &serde_json::Value, name: &str) -> u64 {
 async fn warm_rewarm_evict(w: &mut World, n: usize) {
     let (code, last) = w.warm(0);
     assert_eq!(code, 0, "warm: {last}\n{}", w.logs());
-    assert_eq!(last["outcome"], "SUCCEEDED", "{last}");
+    assert_eq!(last["outcome"], "OUTCOME_SUCCEEDED", "{last}");
     assert_eq!(list_keys(&w.s3, &w.dir, "d/").await.len(), n);
     let (code, again) = w.warm(1);
     assert_eq!(code, 0, "re-warm: {again}\n{}", w.logs());

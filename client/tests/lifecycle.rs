@@ -10,7 +10,7 @@ use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::{buckets, env_refs, parse_json_lines, Kind, Server};
+use common::{buckets, env_refs, int, parse_json_lines, Kind, Server};
 use expresscache_server::testing::proxy::{Fault, FaultProxy, Match, Rule};
 use expresscache_server::testing::{list_keys, Moto};
 use serde_json::Value;
@@ -82,7 +82,7 @@ fn wait_for_copies(rx: &mpsc::Receiver<String>, at_least: u64, lines: &mut Vec<S
             .expect("progress from the CLI");
         let v: Value = serde_json::from_str(&line).expect("JSON line");
         lines.push(line);
-        if v["objects_copied"].as_u64().unwrap_or(0) >= at_least {
+        if int(&v["counters"]["objects_copied"]).unwrap_or(0) >= at_least {
             return;
         }
     }
@@ -148,14 +148,17 @@ async fn a_warm_survives_kill_9_and_resumes_after_restart(kind: Kind) {
         "the CLI saw the crash: {stderr}"
     );
     let last = json.last().expect("final line");
-    assert_eq!(last["outcome"], "SUCCEEDED");
+    assert_eq!(last["outcome"], "OUTCOME_SUCCEEDED");
     // The resumed run counts only its own work: everything recorded before
     // the kill is a hit, and it copied exactly the rest, so no object was
     // copied twice except the ones in flight at the kill (not recorded).
-    assert_eq!(last["objects_listed"].as_u64(), Some(OBJECTS as u64));
-    assert_eq!(last["objects_hit"].as_u64(), Some(recorded));
     assert_eq!(
-        last["objects_copied"].as_u64(),
+        int(&last["counters"]["objects_listed"]),
+        Some(OBJECTS as u64)
+    );
+    assert_eq!(int(&last["counters"]["objects_hit"]), Some(recorded));
+    assert_eq!(
+        int(&last["counters"]["objects_copied"]),
         Some(OBJECTS as u64 - recorded)
     );
     assert_eq!(list_keys(&s3, &dir, "data/").await.len(), OBJECTS);
@@ -208,7 +211,7 @@ async fn sigterm_interrupts_within_the_grace_period_and_the_warm_completes_after
         "stderr:\n{stderr}\nserver log:\n{}",
         server.log()
     );
-    assert_eq!(json.last().expect("final")["outcome"], "SUCCEEDED");
+    assert_eq!(json.last().expect("final")["outcome"], "OUTCOME_SUCCEEDED");
     assert_eq!(list_keys(&s3, &dir, "data/").await.len(), OBJECTS);
 }
 

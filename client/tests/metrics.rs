@@ -9,7 +9,7 @@ mod common;
 use std::collections::HashMap;
 use std::io::{Read, Write};
 
-use common::{buckets, json_lines, Server};
+use common::{buckets, int, json_lines, Server};
 use expresscache_server::testing::free_port;
 
 /// GETs `path` from `port` over plain HTTP/1.1: (status code, body).
@@ -71,9 +71,7 @@ fn sorted_names(samples: &HashMap<String, f64>) -> Vec<&String> {
 }
 
 fn report_u64(report: &serde_json::Value, field: &str) -> f64 {
-    report[field]
-        .as_u64()
-        .unwrap_or_else(|| panic!("{field} in {report}")) as f64
+    int(&report["counters"][field]).unwrap_or_else(|| panic!("{field} in {report}")) as f64
 }
 
 #[tokio::test]

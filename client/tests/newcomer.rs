@@ -10,7 +10,7 @@ mod common;
 
 use std::process::{Command, Output};
 
-use common::{cli, json_lines, setup};
+use common::{cli, int, json_lines, setup};
 use expresscache_client::pb;
 use expresscache_server::testing::{free_port, list_keys};
 
@@ -129,8 +129,8 @@ async fn an_s3_url_as_the_source_argument_warms_that_bucket_and_prefix() {
     ]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let last = json_lines(&out).pop().expect("progress lines");
-    assert_eq!(last["outcome"], "SUCCEEDED");
-    assert_eq!(last["objects_copied"].as_u64(), Some(3), "{last}");
+    assert_eq!(last["outcome"], "OUTCOME_SUCCEEDED");
+    assert_eq!(int(&last["counters"]["objects_copied"]), Some(3), "{last}");
     assert_eq!(
         list_keys(&s.s3, &s.dir, "").await,
         ["datasets/a", "datasets/b", "models/m"]
@@ -390,7 +390,7 @@ async fn an_empty_warm_fails_unless_allowed_and_names_the_empty_prefixes() {
     let json = warm(&["--allow-empty", "--output", "json"]);
     assert_eq!(json.status.code(), Some(0), "{}", stderr(&json));
     let last = json_lines(&json).pop().expect("progress lines");
-    assert_eq!(last["outcome"], "SUCCEEDED");
+    assert_eq!(last["outcome"], "OUTCOME_SUCCEEDED");
     assert_eq!(last["empty_prefixes"], serde_json::json!(["empty/"]));
     assert!(
         !stderr(&json).contains("warning"),

@@ -8,7 +8,7 @@ mod common;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use common::{cli, json_lines, setup, setup_with};
+use common::{cli, int, json_lines, setup, setup_with};
 use expresscache_client::pb;
 use expresscache_server::testing::{free_port, list_keys};
 use serde_json::Value;
@@ -54,12 +54,12 @@ async fn include_and_exclude_globs_warm_only_the_matching_keys() {
     ]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let last = json_lines(&out).pop().expect("progress lines");
-    assert_eq!(last["outcome"], "SUCCEEDED");
+    assert_eq!(last["outcome"], "OUTCOME_SUCCEEDED");
     // Keys filtered out are not even counted as listed.
     assert_eq!(
         (
-            last["objects_listed"].as_u64(),
-            last["objects_copied"].as_u64()
+            int(&last["counters"]["objects_listed"]),
+            int(&last["counters"]["objects_copied"])
         ),
         (Some(2), Some(2)),
         "{last}"
@@ -84,9 +84,9 @@ async fn include_and_exclude_globs_warm_only_the_matching_keys() {
     let last = json_lines(&again).pop().expect("progress lines");
     assert_eq!(
         (
-            last["objects_listed"].as_u64(),
-            last["objects_hit"].as_u64(),
-            last["objects_copied"].as_u64()
+            int(&last["counters"]["objects_listed"]),
+            int(&last["counters"]["objects_hit"]),
+            int(&last["counters"]["objects_copied"])
         ),
         (Some(1), Some(1), Some(0)),
         "{last}"
@@ -204,8 +204,8 @@ async fn a_dry_run_prices_only_the_matching_keys_and_their_storage_for_the_ttl()
     assert_eq!(lines.len(), 1, "one object: the plan");
     let p = &lines[0];
     // d/a.bin and d/c.bin: 7 bytes each (each body is its key).
-    assert_eq!(p["prefixes"][0]["objects_to_copy"], 2, "{p}");
-    assert_eq!(p["prefixes"][0]["bytes_to_copy"], 14, "{p}");
+    assert_eq!(p["prefixes"][0]["objects_to_copy"], "2", "{p}");
+    assert_eq!(p["prefixes"][0]["bytes_to_copy"], "14", "{p}");
     let usd = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
     assert!((usd(&p["engine"]["usd"]) - 2.0).abs() < 1e-9, "{p}");
     assert!((usd(&p["storage"]["usd"]) - 7.0).abs() < 1e-6, "{p}");
@@ -255,12 +255,12 @@ async fn a_key_list_file_warms_exactly_its_keys_and_fails_the_missing_one() {
         stderr(&out)
     );
     let last = json_lines(&out).pop().expect("progress lines");
-    assert_eq!(last["outcome"], "PARTIALLY_FAILED");
+    assert_eq!(last["outcome"], "OUTCOME_PARTIALLY_FAILED");
     assert_eq!(
         (
-            last["objects_listed"].as_u64(),
-            last["objects_copied"].as_u64(),
-            last["objects_failed"].as_u64()
+            int(&last["counters"]["objects_listed"]),
+            int(&last["counters"]["objects_copied"]),
+            int(&last["counters"]["objects_failed"])
         ),
         (Some(3), Some(3), Some(1)),
         "{last}"
@@ -276,7 +276,10 @@ async fn a_key_list_file_warms_exactly_its_keys_and_fails_the_missing_one() {
         .run(&["ls", "--directory-bucket", &s.dir, "--output", "json"]);
     assert_eq!(ls.status.code(), Some(0), "{}", stderr(&ls));
     let leases = json_lines(&ls);
-    let prefixes: Vec<&str> = leases.iter().filter_map(|l| l["prefix"].as_str()).collect();
+    let prefixes: Vec<&str> = leases
+        .iter()
+        .filter_map(|l| l["lease"]["prefix"].as_str())
+        .collect();
     assert_eq!(prefixes, ["d/", "d/sub/", "e/"]);
     assert!(
         leases.iter().all(|l| l["operations"][0] == id),
@@ -379,7 +382,7 @@ async fn warm_no_wait_prints_the_operation_id_to_follow_and_exits_0() {
     let watch = s.server.run(&["watch", &id, "--output", "json"]);
     assert_eq!(watch.status.code(), Some(0), "{}", stderr(&watch));
     let last = json_lines(&watch).pop().expect("progress lines");
-    assert_eq!(last["outcome"], "SUCCEEDED");
+    assert_eq!(last["outcome"], "OUTCOME_SUCCEEDED");
     assert_eq!(last["operation_id"], id.as_str());
     assert_eq!(cached(&s.s3, &s.dir).await, ["d/a", "d/b"]);
 
@@ -467,17 +470,20 @@ async fn ls_lists_every_lease_with_what_is_cached_under_it_and_who_holds_it() {
     assert_eq!(leases.len(), 2, "{leases:#?}");
     let (ld, le) = (&leases[0], &leases[1]);
     assert_eq!(
-        (ld["prefix"].as_str(), ld["source_bucket"].as_str()),
+        (
+            ld["lease"]["prefix"].as_str(),
+            ld["lease"]["source_bucket"].as_str()
+        ),
         (Some("d/"), Some(s.src.as_str()))
     );
-    assert_eq!(ld["cached_objects"], 2, "{ld}");
-    assert_eq!(ld["cached_bytes"], 6, "{ld}");
+    assert_eq!(ld["usage"]["cached_objects"], "2", "{ld}");
+    assert_eq!(ld["usage"]["cached_bytes"], "6", "{ld}");
     assert_eq!(ld["operations"], serde_json::json!([d]), "{ld}");
-    assert_eq!(le["prefix"], "e/");
-    assert_eq!(le["cached_objects"], 1, "{le}");
+    assert_eq!(le["lease"]["prefix"], "e/");
+    assert_eq!(le["usage"]["cached_objects"], "1", "{le}");
     assert_eq!(le["operations"], serde_json::json!([e]), "{le}");
     assert!(
-        ld["expires_at"].as_str() < le["expires_at"].as_str(),
+        ld["lease"]["expires_at"].as_str() < le["lease"]["expires_at"].as_str(),
         "d/ expires first: {leases:#?}"
     );
 
@@ -500,7 +506,7 @@ async fn ls_lists_every_lease_with_what_is_cached_under_it_and_who_holds_it() {
     ]);
     let under = json_lines(&under);
     assert_eq!(under.len(), 1, "{under:#?}");
-    assert_eq!(under[0]["prefix"], "e/");
+    assert_eq!(under[0]["lease"]["prefix"], "e/");
 
     let bad = s
         .server
@@ -564,7 +570,7 @@ async fn an_include_that_matches_nothing_fails_instead_of_reporting_ready() {
     let out = s.server.run(&args(&[]));
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let last = json_lines(&out).pop().expect("progress lines");
-    assert_eq!(last["outcome"], "FAILED", "{last}");
+    assert_eq!(last["outcome"], "OUTCOME_FAILED", "{last}");
     assert!(
         last["error"]
             .as_str()

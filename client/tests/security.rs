@@ -82,7 +82,10 @@ async fn tls_serves_clients_that_trust_its_ca_and_only_them() {
         stderr(&warm),
         server.log()
     );
-    assert_eq!(json_lines(&warm).last().unwrap()["objects_copied"], 2);
+    assert_eq!(
+        json_lines(&warm).last().unwrap()["counters"]["objects_copied"],
+        "2"
+    );
 
     let wrong_ca = run(
         &server,

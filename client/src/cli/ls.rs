@@ -21,6 +21,7 @@ use expresscache_client::{pb, Client, ClientError};
 use indicatif::HumanBytes;
 use serde_json::{json, Value};
 
+use super::json::to_json;
 use super::render::OutputFormat;
 
 /// Prefixes counted per GetStatus call (a server's limit per request).
@@ -73,18 +74,12 @@ pub async fn run(
                 );
             }
             for f in &status.sweep_failures {
-                let l = f.lease.clone().unwrap_or_default();
                 println!(
                     "{}",
                     json!({
                         "directory_bucket": dir,
-                        "prefix": l.prefix,
-                        "source_bucket": l.source_bucket,
                         "live": false,
-                        "expired_at": ts(l.expires_at.as_ref()),
-                        "sweep_attempts": f.attempts,
-                        "sweep_error": f.error,
-                        "next_attempt_at": ts(f.next_attempt_at.as_ref()),
+                        "sweep_failure": to_json(f),
                     })
                 );
             }
@@ -198,15 +193,15 @@ fn ts(t: Option<&prost_types::Timestamp>) -> String {
     t.map(ToString::to_string).unwrap_or_else(|| "-".into())
 }
 
-/// One lease as a JSON object (`operations`: null when the operation log
-/// could not be read).
+/// One lease as a JSON object: the lease and what is cached under its
+/// prefix as the server answered them (proto3 JSON), and the operations
+/// holding it (`null` when the operation log could not be read).
 fn lease_json(
     dir: &str,
     l: &pb::Lease,
     usage: Option<&pb::PrefixStatus>,
     holders: Option<&BTreeMap<LeaseKey, Vec<String>>>,
 ) -> Value {
-    let u = usage.cloned().unwrap_or_default();
     let operations = holders.map(|h| {
         h.get(&(l.prefix.clone(), l.source_bucket.clone()))
             .cloned()
@@ -214,13 +209,9 @@ fn lease_json(
     });
     json!({
         "directory_bucket": dir,
-        "prefix": l.prefix,
-        "source_bucket": l.source_bucket,
         "live": true,
-        "expires_at": ts(l.expires_at.as_ref()),
-        "cached_objects": u.cached_objects,
-        "cached_bytes": u.cached_bytes,
-        "counts_truncated": u.counts_truncated,
+        "lease": to_json(l),
+        "usage": to_json(&usage.cloned().unwrap_or_default()),
         "operations": operations,
     })
 }
@@ -378,7 +369,8 @@ mod tests {
             usage.get("d/"),
             Some(&holders),
         );
-        assert_eq!(v["cached_objects"], 3);
+        assert_eq!(v["usage"]["cached_objects"], "3");
+        assert_eq!(v["lease"]["source_bucket"], "src-b");
         assert_eq!(v["operations"][0], "op-1");
         assert!(lease_json("c--use1-az4--x-s3", &leases[0], None, None)["operations"].is_null());
     }

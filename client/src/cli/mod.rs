@@ -3,6 +3,7 @@
 
 mod errors;
 mod exit;
+mod json;
 mod ls;
 mod render;
 mod source;
@@ -20,6 +21,7 @@ use expresscache_client::{
     client_limits, pb, Client, ClientError, Credentials, Endpoints, RetryPolicy, WarmReport,
     WarmRequest,
 };
+use json::to_json;
 use render::{OutputFormat, Renderer};
 use serde_json::json;
 
@@ -604,7 +606,7 @@ async fn dry_run(endpoints: &Arc<Endpoints>, request: WarmRequest, f: &FollowArg
     match result {
         Ok(plan) => {
             match f.output {
-                OutputFormat::Json => println!("{}", render::plan_json(&plan)),
+                OutputFormat::Json => println!("{}", to_json(&plan)),
                 OutputFormat::Text => {
                     for line in render::plan_lines(&plan) {
                         println!("{line}");
@@ -708,20 +710,11 @@ fn operation_line(s: &pb::OperationStatus) -> String {
     )
 }
 
-fn operation_json(s: &pb::OperationStatus) -> serde_json::Value {
-    let mut v = render::progress_json(&s.progress.clone().unwrap_or_default());
-    v["operation_id"] = json!(s.operation_id);
-    v["created_at"] = json!(ts(s.created_at.as_ref()));
-    v["resumptions"] = json!(s.resumptions);
-    v["request"] = request_json(&s.request.clone().unwrap_or_default());
-    v
-}
-
 async fn cancel(endpoints: &Arc<Endpoints>, a: CancelArgs) -> Result<(), ClientError> {
     let mut client = Client::connect_to(Arc::clone(endpoints)).await?;
     let s = client.cancel(&a.operation).await?;
     match a.output {
-        OutputFormat::Json => println!("{}", operation_json(&s)),
+        OutputFormat::Json => println!("{}", to_json(&s)),
         OutputFormat::Text => println!("{}", operation_line(&s)),
     }
     Ok(())
@@ -742,7 +735,7 @@ async fn ops(endpoints: &Arc<Endpoints>, a: OpsArgs) -> Result<(), ClientError> 
             .await?;
         for s in &page.operations {
             match a.output {
-                OutputFormat::Json => println!("{}", operation_json(s)),
+                OutputFormat::Json => println!("{}", to_json(s)),
                 OutputFormat::Text => println!("{}", operation_line(s)),
             }
         }
@@ -783,31 +776,7 @@ async fn status(
     }
     for p in answer.prefixes {
         match output {
-            OutputFormat::Json => println!(
-                "{}",
-                json!({
-                    "prefix": p.prefix,
-                    "cached_objects": p.cached_objects,
-                    "cached_bytes": p.cached_bytes,
-                    "counts_truncated": p.counts_truncated,
-                    "leases": p.leases.iter().map(|l| json!({
-                        "prefix": l.prefix,
-                        "source_bucket": l.source_bucket,
-                        "expires_at": ts(l.expires_at.as_ref()),
-                    })).collect::<Vec<_>>(),
-                    "sweep_failures": p.sweep_failures.iter().map(|f| {
-                        let l = f.lease.clone().unwrap_or_default();
-                        json!({
-                            "prefix": l.prefix,
-                            "source_bucket": l.source_bucket,
-                            "expired_at": ts(l.expires_at.as_ref()),
-                            "attempts": f.attempts,
-                            "error": f.error,
-                            "next_attempt_at": ts(f.next_attempt_at.as_ref()),
-                        })
-                    }).collect::<Vec<_>>(),
-                })
-            ),
+            OutputFormat::Json => println!("{}", to_json(&p)),
             OutputFormat::Text => {
                 // A truncated count is a lower bound.
                 let at_least = if p.counts_truncated { "at least " } else { "" };
@@ -851,14 +820,10 @@ async fn operation_status(
     output: OutputFormat,
 ) -> Result<(), ClientError> {
     let s = client.operation_status(id).await?;
-    let p = s.progress.unwrap_or_default();
     match output {
-        OutputFormat::Json => {
-            let mut v = render::progress_json(&p);
-            v["request"] = request_json(&s.request.unwrap_or_default());
-            println!("{v}");
-        }
+        OutputFormat::Json => println!("{}", to_json(&s)),
         OutputFormat::Text => {
+            let p = s.progress.unwrap_or_default();
             if is_final(&p) {
                 for l in render::summary_lines(&WarmReport::from_final(p)) {
                     println!("{l}");
@@ -869,21 +834,6 @@ async fn operation_status(
         }
     }
     Ok(())
-}
-
-fn request_json(r: &pb::WarmCacheRequest) -> serde_json::Value {
-    json!({
-        "bucket": r.bucket,
-        "prefixes": r.prefixes,
-        "directory_bucket": r.directory_bucket,
-        "ttl_seconds": r.ttl.as_ref().map(|t| t.seconds).unwrap_or(0),
-        "force_copy": r.force_copy,
-        "allow_empty": r.allow_empty,
-        "request_id": r.request_id,
-        "include": r.include,
-        "exclude": r.exclude,
-        "keys": r.keys,
-    })
 }
 
 /// An eviction checked as the server would, before connecting.
@@ -904,26 +854,7 @@ async fn evict(endpoints: &Arc<Endpoints>, a: EvictArgs) -> Result<(), ClientErr
         .evict(a.directory_bucket, a.prefixes, a.force)
         .await?;
     match a.output {
-        OutputFormat::Json => println!(
-            "{}",
-            json!({
-                "objects_deleted": r.objects_deleted,
-                "bytes_deleted": r.bytes_deleted,
-                "leases_ended": r.leases_ended,
-                "objects_kept": r.objects_kept,
-                "kept_under": r.kept_under,
-                "forced": r.forced,
-                "failures": r.failures.iter().map(|f| json!({"key": f.key, "code": f.code, "message": f.message})).collect::<Vec<_>>(),
-                "failures_omitted": r.failures_omitted,
-                "prefixes": r.prefixes.iter().map(|p| json!({
-                    "prefix": p.prefix,
-                    "state": p.state().as_str_name(),
-                    "objects_deleted": p.objects_deleted,
-                    "objects_kept": p.objects_kept,
-                    "error": p.error,
-                })).collect::<Vec<_>>(),
-            })
-        ),
+        OutputFormat::Json => println!("{}", to_json(&r)),
         OutputFormat::Text => {
             println!(
                 "evicted {} objects ({}), ended {} leases{}",

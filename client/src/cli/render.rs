@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use expresscache_client::pb::{self, Phase};
 use expresscache_client::{Outcome, WarmReport};
 use indicatif::{HumanBytes, HumanDuration, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use serde_json::{json, Value};
+
+use super::json::to_json;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum OutputFormat {
@@ -41,109 +42,6 @@ pub fn outcome_name(outcome: Outcome) -> &'static str {
 fn secs(d: Option<&prost_types::Duration>) -> f64 {
     d.map(|d| d.seconds as f64 + f64::from(d.nanos) / 1e9)
         .unwrap_or(0.0)
-}
-
-/// The JSON form of one progress message (flat counters; `outcome`,
-/// `failures` and `error` only in the final one).
-pub fn progress_json(p: &pb::WarmProgress) -> Value {
-    let c = p.counters.unwrap_or_default();
-    let mut v = json!({
-        "operation_id": p.operation_id,
-        "phase": phase_name(p.phase),
-        "objects_listed": c.objects_listed,
-        "objects_hit": c.objects_hit,
-        "objects_to_copy": c.objects_to_copy,
-        "objects_copied": c.objects_copied,
-        "objects_failed": c.objects_failed,
-        "objects_shared": c.objects_shared,
-        "copy_retries": c.copy_retries,
-        "throttle_events": c.throttle_events,
-        "concurrency_limit": p.concurrency_limit,
-        "bytes_listed": c.bytes_listed,
-        "bytes_to_copy": c.bytes_to_copy,
-        "bytes_copied": c.bytes_copied,
-        "elapsed_seconds": secs(p.elapsed.as_ref()),
-        "objects_per_second": p.objects_per_second,
-        "bytes_per_second": p.bytes_per_second,
-    });
-    if let Some(eta) = &p.eta {
-        v["eta_seconds"] = json!(secs(Some(eta)));
-    }
-    if let Some(t) = &p.lease_expires_at {
-        v["lease_expires_at"] = json!(t.to_string());
-    }
-    if !p.fresh_from_operation_id.is_empty() {
-        v["fresh_from_operation_id"] = json!(p.fresh_from_operation_id);
-    }
-    if let Some(j) = &p.batch_job {
-        v["batch_job"] = json!({
-            "job_id": j.job_id,
-            "status": j.status,
-            "total_tasks": j.total_tasks,
-            "tasks_succeeded": j.tasks_succeeded,
-            "tasks_failed": j.tasks_failed,
-        });
-    }
-    if !p.joined_operation_id.is_empty() {
-        v["joined_operation_id"] = json!(p.joined_operation_id);
-    }
-    if !p.superseded_operation_id.is_empty() {
-        v["superseded_operation_id"] = json!(p.superseded_operation_id);
-    }
-    if p.phase == Phase::Done as i32 {
-        let outcome = Outcome::from(p.outcome);
-        v["outcome"] = json!(outcome_name(outcome));
-        v["failures"] = Value::Array(
-            p.failures
-                .iter()
-                .map(|f| json!({"key": f.key, "code": f.code, "message": f.message}))
-                .collect(),
-        );
-        v["failures_omitted"] = json!(p.failures_omitted);
-        v["empty_prefixes"] = json!(p.empty_prefixes);
-        if !p.error.is_empty() {
-            v["error"] = json!(p.error);
-        }
-    }
-    v
-}
-
-/// The JSON form of a dry run's plan.
-pub fn plan_json(plan: &pb::WarmPlan) -> Value {
-    let estimate = |e: Option<&pb::CostEstimate>| {
-        let e = e.cloned().unwrap_or_default();
-        json!({
-            "usd": e.usd,
-            "lines": e.lines.iter().map(|l| json!({
-                "item": l.item,
-                "quantity": l.quantity,
-                "unit": l.unit,
-                "usd_per_unit": l.usd_per_unit,
-                "usd": l.usd,
-            })).collect::<Vec<_>>(),
-        })
-    };
-    let mut v = json!({
-        "dry_run": true,
-        "prefixes": plan.prefixes.iter().map(|p| json!({
-            "prefix": p.prefix,
-            "objects_to_copy": p.objects_to_copy,
-            "bytes_to_copy": p.bytes_to_copy,
-            "objects_cached": p.objects_cached,
-            "bytes_cached": p.bytes_cached,
-            "objects_refused": p.objects_refused,
-        })).collect::<Vec<_>>(),
-        "list_requests": plan.list_requests,
-        "large_objects": plan.large_objects,
-        "engine": estimate(plan.engine.as_ref()),
-        "batch": estimate(plan.batch.as_ref()),
-        "storage": estimate(plan.storage.as_ref()),
-        "prices": plan.prices,
-    });
-    if let Some(d) = &plan.estimated_duration {
-        v["estimated_seconds"] = json!(secs(Some(d)));
-    }
-    v
 }
 
 /// A dry run's plan as a table, then the two estimates line by line.
@@ -346,7 +244,7 @@ impl Renderer {
 
     pub fn update(&mut self, p: &pb::WarmProgress) {
         match self {
-            Renderer::Json => print_flush(&progress_json(p).to_string()),
+            Renderer::Json => print_flush(&to_json(p).to_string()),
             Renderer::Bar(bar) => {
                 let c = p.counters.unwrap_or_default();
                 bar.set_prefix(phase_name(p.phase));
@@ -431,37 +329,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn final_json_has_outcome_and_flat_counters() {
-        let p = pb::WarmProgress {
-            operation_id: "op".into(),
-            phase: Phase::Done as i32,
-            outcome: pb::Outcome::PartiallyFailed as i32,
-            counters: Some(pb::Counters {
-                objects_listed: 3,
-                objects_hit: 1,
-                objects_copied: 1,
-                objects_failed: 1,
-                bytes_copied: 10,
-                ..Default::default()
-            }),
-            failures: vec![pb::KeyFailure {
-                key: "k".into(),
-                code: "AccessDenied".into(),
-                message: "no".into(),
-            }],
-            ..Default::default()
-        };
-        let v = progress_json(&p);
-        assert_eq!(v["outcome"], "PARTIALLY_FAILED");
-        assert_eq!(v["objects_listed"], 3);
-        assert_eq!(v["objects_hit"], 1);
-        assert_eq!(v["objects_copied"], 1);
-        assert_eq!(v["objects_failed"], 1);
-        assert_eq!(v["bytes_copied"], 10);
-        assert_eq!(v["failures"][0]["code"], "AccessDenied");
-    }
-
-    #[test]
     fn empty_prefixes_are_in_the_final_json_and_warned_of_in_text() {
         let p = pb::WarmProgress {
             phase: Phase::Done as i32,
@@ -469,7 +336,7 @@ mod tests {
             empty_prefixes: vec!["e/".into()],
             ..Default::default()
         };
-        assert_eq!(progress_json(&p)["empty_prefixes"][0], "e/");
+        assert_eq!(to_json(&p)["empty_prefixes"][0], "e/");
         assert_eq!(
             empty_prefix_warnings(Some("demo-src"), &p.empty_prefixes),
             ["warning: no object under s3://demo-src/e/"]
@@ -504,7 +371,7 @@ mod tests {
             "{lines:#?}"
         );
         assert!(lines.iter().any(|l| l.contains("GB-month")), "{lines:#?}");
-        assert_eq!(plan_json(&plan)["storage"]["usd"], 1.5);
+        assert_eq!(to_json(&plan)["storage"]["usd"], 1.5);
         assert!(!plan_lines(&pb::WarmPlan::default())
             .iter()
             .any(|l| l.starts_with("storage")));

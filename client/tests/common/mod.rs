@@ -230,6 +230,13 @@ pub fn json_lines(out: &Output) -> Vec<Value> {
     parse_json_lines(&String::from_utf8_lossy(&out.stdout))
 }
 
+/// An integer of the CLI's proto3 JSON: 64-bit integers are strings there,
+/// 32-bit ones numbers.
+pub fn int(v: &Value) -> Option<u64> {
+    v.as_u64()
+        .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+}
+
 pub fn parse_json_lines(text: &str) -> Vec<Value> {
     text.lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}")))
