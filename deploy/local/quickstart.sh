@@ -5,7 +5,8 @@
 # expresscache-server against it, seeds a source bucket and a directory
 # bucket, then warms a prefix twice: the first run copies everything, the
 # second is all hits. Everything runs on 127.0.0.1 and is stopped at the end
-# (pass --keep to leave the servers running for your own experiments).
+# (pass --keep to leave the servers running for your own experiments;
+# set EXPRESSCACHE_BIN_DIR to use binaries built already instead of building).
 #
 # With --replicas N (N > 1) it starts a fleet instead: N replicas sharing one
 # DynamoDB index on the same local endpoint (moto serves DynamoDB too), the
@@ -35,9 +36,15 @@ esac
 
 ensure_rust
 ensure_venv
-log "building expresscache-server and expresscache"
-cargo build --locked -p expresscache-server -p expresscache-client --features expresscache-client/cli --bins
-BIN="$REPO_ROOT/target/debug"
+if [ -n "${EXPRESSCACHE_BIN_DIR:-}" ]; then
+  # Binaries built already (scripts/test runs the quick start against the
+  # ones its tests used).
+  BIN=$EXPRESSCACHE_BIN_DIR
+else
+  log "building expresscache-server and expresscache"
+  cargo build --locked -p expresscache-server -p expresscache-client --features expresscache-client/cli --bins
+  BIN="$REPO_ROOT/target/debug"
+fi
 
 STATE="$REPO_ROOT/.local/quickstart"
 rm -rf "$STATE" && mkdir -p "$STATE"
