@@ -458,10 +458,42 @@ async fn a_request_too_large_for_an_item_is_refused_before_any_write() {
         .collect();
     let err = index.create_operation(&op).await.unwrap_err();
     assert!(
-        matches!(&err, IndexError::Storage(m) if m.contains("warm fewer or shorter prefixes")),
+        matches!(&err, IndexError::TooLarge(m) if m.contains("warm fewer or shorter prefixes")),
         "{err}"
     );
     assert_eq!(index.requests().total(), 0);
+}
+
+#[tokio::test]
+async fn a_state_over_dynamodbs_item_limit_is_refused_as_too_large_not_as_a_storage_error() {
+    // What the run keeper needs to tell apart: a state too large has a
+    // smaller form worth recording (without its failure list); any other
+    // refusal is handed on.
+    let moto = Moto::start();
+    let index = fresh(&moto, DynamoConfig::default()).await;
+    index
+        .create_operation(&operation("huge", Some("job-huge"), 1))
+        .await
+        .unwrap();
+    let terms = RunTerms {
+        replica: "r1",
+        deadline: 5_000,
+        now: 1_000,
+    };
+    let run = index.take_over("huge", &terms).await.unwrap().unwrap();
+    let mut end = done("huge");
+    end.error = Some("x".repeat(450 * 1024));
+    let err = index
+        .update_operation("huge", &run.ticket, &end)
+        .await
+        .unwrap_err();
+    assert!(matches!(&err, IndexError::TooLarge(_)), "{err}");
+    // The same state without the oversized part is recorded.
+    end.error = Some("too large to record".into());
+    assert!(index
+        .update_operation("huge", &run.ticket, &end)
+        .await
+        .unwrap());
 }
 
 #[tokio::test]

@@ -61,7 +61,7 @@ impl<I> CountingIndex<I> {
             let mut refusing = self.refusing.lock().unwrap_or_else(|e| e.into_inner());
             if let Some((_, left)) = refusing.iter_mut().find(|(c, n)| *c == call && *n > 0) {
                 *left -= 1;
-                return Err(IndexError::Storage(format!(
+                return Err(IndexError::TooLarge(format!(
                     "{call} refused (injected): ValidationException: Item size has exceeded the maximum allowed size"
                 )));
             }
@@ -106,8 +106,8 @@ impl<I> CountingIndex<I> {
     }
 
     /// Refuses the next `times` calls named `call` with
-    /// [`IndexError::Storage`], as an index refuses a request that waiting
-    /// cannot fix (an item over DynamoDB's 400 KB, say).
+    /// [`IndexError::TooLarge`], as DynamoDB refuses an item over 400 KB:
+    /// waiting does not fix it.
     pub fn refuse(&self, call: &'static str, times: u32) {
         self.refusing
             .lock()

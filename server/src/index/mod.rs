@@ -373,6 +373,19 @@ pub enum IndexError {
     /// (`ClaimOutcome::Held`, `Completion::ClaimLost`, ...).
     #[error("index unavailable (retryable): {0}")]
     Unavailable(String),
+    /// The item the call would write is over the backend's size limit
+    /// (DynamoDB's 400 KB): the same write never succeeds, a smaller one
+    /// may.
+    #[error("index item too large: {0}")]
+    TooLarge(String),
+}
+
+impl IndexError {
+    /// Whether the message of a refusal (DynamoDB's ValidationException,
+    /// or a transaction's ValidationError) is about an item's size.
+    pub fn is_size_message(message: &str) -> bool {
+        message.to_ascii_lowercase().contains("item size")
+    }
 }
 
 /// Leases: what keeps cached data alive, and the sweeper's view of what

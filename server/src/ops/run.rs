@@ -180,7 +180,7 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
             if !matches!(err, crate::index::IndexError::Unavailable(_)) {
                 // Only a state the index finds too large has a smaller
                 // form; any other refusal (access denied) is handed on.
-                if !too_large(&err) {
+                if !matches!(err, crate::index::IndexError::TooLarge(_)) {
                     tracing::error!(operation_id = %id, error = %err,
                         "the index refused the final state; handing the run on");
                     break;
@@ -420,13 +420,6 @@ impl Cadence {
             }
         }
     }
-}
-
-/// Whether the index refused a state for its size (DynamoDB's 400 KB
-/// item limit answers ValidationException).
-fn too_large(err: &crate::index::IndexError) -> bool {
-    let text = err.to_string();
-    text.contains("ValidationException") || text.contains("size")
 }
 
 /// `state` without its failure list (counted as omitted instead) and its

@@ -86,6 +86,8 @@ where
                 ))
             } else if busy(err) {
                 IndexError::Unavailable(format!("{call} on {table}: {code}: {message}"))
+            } else if code == "ValidationException" && IndexError::is_size_message(message) {
+                IndexError::TooLarge(format!("{call} on {table}: {message}"))
             } else {
                 IndexError::Storage(format!("{call} on {table}: {code} ({status}): {message}"))
             }

@@ -244,7 +244,7 @@ impl DynamoIndex {
         }
         let size = item_size(&item);
         if size > MAX_CREATED_ITEM_BYTES {
-            return Err(IndexError::Storage(format!(
+            return Err(IndexError::TooLarge(format!(
                 "operation {} takes {size} bytes as a DynamoDB item; the DynamoDB operation log \
                  registers operations of at most {MAX_CREATED_ITEM_BYTES} bytes (an item holds \
                  400 KB, and progress and lease epochs grow it): warm fewer or shorter prefixes \
@@ -346,9 +346,12 @@ impl DynamoIndex {
                             | "RequestLimitExceeded"
                     ) =>
                 {
-                    return Err(IndexError::Storage(format!(
-                        "TransactWriteItems on {table}: {code}: {message}"
-                    )));
+                    let what = format!("TransactWriteItems on {table}: {code}: {message}");
+                    return Err(if IndexError::is_size_message(message) {
+                        IndexError::TooLarge(what)
+                    } else {
+                        IndexError::Storage(what)
+                    });
                 }
                 _ => {}
             }
