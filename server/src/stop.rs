@@ -4,6 +4,10 @@
 //! recorded, so the index never claims an object that is not there.
 
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::clock::{Clock, Millis};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopReason {
@@ -21,7 +25,19 @@ pub struct StopSignal {
     /// process that wakes from a pause past it must not send another
     /// request, whichever of its tasks runs first (the run keeper, which
     /// would stop the warm, or a copy).
-    until: std::sync::Mutex<Option<std::time::Instant>>,
+    until: std::sync::Mutex<Option<Deadline>>,
+}
+
+/// A run's deadline on two clocks. The wall clock is the one other
+/// replicas judge the run by: a step forward, or a host that slept (the
+/// monotonic clock stops while a machine is suspended), counts there. The
+/// monotonic clock keeps a wall clock set back from extending the run.
+/// Past either, the deadline lapsed: stopping early only hands the warm on.
+#[derive(Debug)]
+struct Deadline {
+    wall: Millis,
+    monotonic: Instant,
+    clock: Arc<dyn Clock>,
 }
 
 const NONE: u8 = 0;
@@ -70,16 +86,63 @@ impl StopSignal {
         self.reason().is_some()
     }
 
-    /// Lets requests be sent until `until` (the run's deadline).
-    pub fn hold_until(&self, until: std::time::Instant) {
-        *self.until.lock().unwrap_or_else(|e| e.into_inner()) = Some(until);
+    /// Lets requests be sent until `until` (the run's deadline, in
+    /// `clock`'s milliseconds).
+    pub fn hold_until(&self, until: Millis, clock: &Arc<dyn Clock>) {
+        let left = Duration::from_millis(until.saturating_sub(clock.now()).max(0).unsigned_abs());
+        *self.until.lock().unwrap_or_else(|e| e.into_inner()) = Some(Deadline {
+            wall: until,
+            monotonic: Instant::now() + left,
+            clock: Arc::clone(clock),
+        });
     }
 
-    /// Whether the deadline set by [`hold_until`](Self::hold_until) passed.
+    /// Whether the deadline set by [`hold_until`](Self::hold_until) passed,
+    /// by either clock.
     pub fn lapsed(&self) -> bool {
         self.until
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .is_some_and(|until| std::time::Instant::now() >= until)
+            .as_ref()
+            .is_some_and(|d| Instant::now() >= d.monotonic || d.clock.now() >= d.wall)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+
+    fn held(clock: &Arc<ManualClock>, until: Millis) -> StopSignal {
+        let stop = StopSignal::default();
+        let clock: Arc<dyn Clock> = Arc::clone(clock) as Arc<dyn Clock>;
+        stop.hold_until(until, &clock);
+        stop
+    }
+
+    #[test]
+    fn a_deadline_lapses_when_the_wall_clock_jumps_past_it() {
+        // A host that slept, or an NTP step: the monotonic clock has not
+        // moved, the wall clock other replicas judge the run by has.
+        let clock = Arc::new(ManualClock::new(1_000_000));
+        let stop = held(&clock, 1_010_000);
+        assert!(!stop.lapsed());
+        clock.advance(10_000);
+        assert!(stop.lapsed(), "lapsed by the wall clock");
+    }
+
+    #[test]
+    fn a_wall_clock_set_back_does_not_extend_a_deadline() {
+        let clock = Arc::new(ManualClock::new(1_000_000));
+        // Already due by both clocks.
+        let stop = held(&clock, 1_000_000);
+        assert!(stop.lapsed());
+        clock.advance(-1_000_000);
+        assert!(stop.lapsed(), "still lapsed by the monotonic clock");
+    }
+
+    #[test]
+    fn no_deadline_never_lapses() {
+        assert!(!StopSignal::default().lapsed());
     }
 }

@@ -692,7 +692,8 @@ mod tests {
         let (store, etag) = store_with(1024);
         let e = engine(Arc::clone(&store));
         let stop = StopSignal::default();
-        stop.hold_until(std::time::Instant::now());
+        let clock: Arc<dyn crate::clock::Clock> = Arc::new(crate::clock::SystemClock);
+        stop.hold_until(clock.now(), &clock);
         let sent = e
             .copy(&req(&etag), 1024, &CopyStats::default(), &stop)
             .await;

@@ -43,9 +43,7 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
         let lost = Arc::new(AtomicBool::new(false));
         // Copies check the run's deadline before each request (the keeper
         // moves it on with each renewal): held from the very first copy.
-        stop.hold_until(
-            std::time::Instant::now() + left_until(granted_until, self.warmer.clock.now()),
-        );
+        stop.hold_until(granted_until, &self.warmer.clock);
         // Aborted when dropped, also by a panic of this task: a keeper
         // left behind would renew the run (and hold the progress) forever.
         let keeper = AbortOnDrop({
@@ -260,7 +258,7 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
         // process woken from a pause past it sends nothing, even if a copy
         // runs before this loop does.
         let hold = |until: Millis| {
-            stop.hold_until(std::time::Instant::now() + left_until(until, clock.now()));
+            stop.hold_until(until, clock);
         };
         hold(held_until);
         // No index call may hold the loop past the deadline: each is cut
