@@ -138,9 +138,7 @@ impl World {
 }
 
 fn counter(v: &serde_json::Value, name: &str) -> u64 {
-    int(&v["counters"][name])
-        .or_else(|| int(&v[name]))
-        .unwrap_or(0)
+    int(&v["counters"][name]).unwrap_or_else(|| panic!("no counter {name} in {v}"))
 }
 
 /// The warm, re-warm and evict every case must get right.

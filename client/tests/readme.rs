@@ -36,6 +36,7 @@ const DOCUMENTED_IN_FULL: &[&str] = &[
     "expresscache watch",
     "expresscache cancel",
     "expresscache ops",
+    "expresscache ls",
 ];
 
 fn repo_file(path: &str) -> (String, String) {

@@ -194,8 +194,9 @@ fn ts(t: Option<&prost_types::Timestamp>) -> String {
 }
 
 /// One lease as a JSON object: the lease and what is cached under its
-/// prefix as the server answered them (proto3 JSON), and the operations
-/// holding it (`null` when the operation log could not be read).
+/// prefix (the counts of the server's PrefixStatus, without its lists of
+/// leases, which are rows of their own) as proto3 JSON, and the operations
+/// holding it; `null` for what could not be read.
 fn lease_json(
     dir: &str,
     l: &pb::Lease,
@@ -211,7 +212,11 @@ fn lease_json(
         "directory_bucket": dir,
         "live": true,
         "lease": to_json(l),
-        "usage": to_json(&usage.cloned().unwrap_or_default()),
+        "usage": usage.map(|u| to_json(&pb::PrefixStatus {
+            leases: Vec::new(),
+            sweep_failures: Vec::new(),
+            ..u.clone()
+        })),
         "operations": operations,
     })
 }
@@ -372,6 +377,8 @@ mod tests {
         assert_eq!(v["usage"]["cached_objects"], "3");
         assert_eq!(v["lease"]["source_bucket"], "src-b");
         assert_eq!(v["operations"][0], "op-1");
-        assert!(lease_json("c--use1-az4--x-s3", &leases[0], None, None)["operations"].is_null());
+        assert_eq!(v["usage"]["leases"], serde_json::json!([]));
+        let unknown = lease_json("c--use1-az4--x-s3", &leases[0], None, None);
+        assert!(unknown["operations"].is_null() && unknown["usage"].is_null());
     }
 }
