@@ -425,9 +425,16 @@ async fn a_server_precondition_is_one_readable_line() {
 /// `strip` names (and no AWS files or instance metadata to fall back on);
 /// its exit code and standard error, within 30 s.
 fn server_without(strip: &[&str]) -> (Option<i32>, String) {
+    server_with(&[], strip)
+}
+
+/// Starts the server with `args`, without the variables `strip`, and
+/// waits for it to exit: its exit code and stderr.
+fn server_with(args: &[&str], strip: &[&str]) -> (Option<i32>, String) {
     let home = tempfile::tempdir().unwrap();
     let mut cmd = Command::new(common::server_binary());
     cmd.args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        .args(args)
         .env("HOME", home.path())
         .env("AWS_CONFIG_FILE", home.path().join("none"))
         .env("AWS_SHARED_CREDENTIALS_FILE", home.path().join("none"))
@@ -474,6 +481,28 @@ fn a_server_without_a_region_refuses_to_start_and_says_which_variable_to_set() {
         "{err}"
     );
     assert!(!err.contains("listening"), "{err}");
+}
+
+#[test]
+fn a_server_whose_tls_files_are_missing_refuses_to_start_before_it_says_it_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = dir.path().join("missing-cert.pem");
+    let key = dir.path().join("missing-key.pem");
+    let (code, err) = server_with(
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_ne!(code, Some(0), "{err}");
+    assert!(err.contains("TLS"), "{err}");
+    assert!(err.contains("missing-cert.pem"), "names the file: {err}");
+    for said in ["listening", "serving TLS", "joined"] {
+        assert!(!err.contains(said), "said {said:?} before failing: {err}");
+    }
 }
 
 #[test]

@@ -24,7 +24,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 /// The README's length limit (the issue asks for about 300 lines).
-const README_MAX_LINES: usize = 320;
+const README_MAX_LINES: usize = 315;
 
 /// Commands doc/CONFIGURATION.md must document in full.
 const DOCUMENTED_IN_FULL: &[&str] = &[
