@@ -353,6 +353,48 @@ async fn a_takeover_carries_the_lease_epochs_so_an_evict_is_not_undone() {
     assert_eq!(copies, 0, "nothing copied back behind the evict");
 }
 
+#[tokio::test]
+async fn a_takeover_after_the_lease_lapsed_ends_cancelled_and_says_why() {
+    use crate::clock::Clock;
+    use crate::index::Lease;
+    let index = Arc::new(SqliteIndex::open_in_memory().unwrap());
+    let now = crate::clock::SystemClock.now();
+    // Attempt 1 wrote a lease of 50 ms and checkpointed its epoch; then its
+    // replica (or the index) was out for longer than that.
+    let lease = index
+        .extend_lease(
+            &Lease::new("cache--use1-az4--x-s3", "d/", "src", now + 50),
+            now,
+        )
+        .await
+        .unwrap();
+    let mut rec = unfinished("x", 0);
+    rec.state.lease_epochs = vec![("d/".into(), lease.epoch.clone())];
+    index.create_operation(&rec).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (ops, store) = fleet_member(Arc::clone(&index), 5, 1);
+    assert_eq!(ops.adopt_orphans().await.unwrap(), 1);
+    let t0 = std::time::Instant::now();
+    while ops.live().contains_key("x") {
+        assert!(t0.elapsed() < Duration::from_secs(10), "still running");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let rec = index.get_operation("x").await.unwrap().unwrap();
+    assert_eq!(
+        rec.state.outcome,
+        Some(Outcome::Cancelled),
+        "{:?}",
+        rec.state
+    );
+    let error = rec.state.error.unwrap_or_default();
+    assert!(
+        error.contains("lapsed") && error.contains("out for longer than its TTL"),
+        "{error}"
+    );
+    let copies = store.calls.copy.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(copies, 0, "nothing counted as ready under a lapsed lease");
+}
+
 /// Counts the calls of each name per subject (operation id).
 #[derive(Debug, Default)]
 struct Tally(std::sync::Mutex<std::collections::HashMap<(&'static str, String), u64>>);

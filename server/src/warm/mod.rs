@@ -170,12 +170,14 @@ pub enum WarmError {
     },
     #[error(transparent)]
     Index(#[from] IndexError),
-    /// One of this warm's leases ended while it ran (an `Evict` ended it,
-    /// or it lapsed while the warm made no progress): objects it had
-    /// already counted as ready may have been deleted.
+    /// One of this warm's leases ended while it ran or waited to be taken
+    /// over (an `Evict` ended it, or it lapsed: the warm made no progress,
+    /// or its server or the index was out for longer than the TTL):
+    /// objects it had already counted as ready may have been deleted.
     #[error(
-        "the lease on {prefix:?} ended while this warm ran (an Evict ended it, or it lapsed \
-         while the warm made no progress), so objects it had counted as ready may have been \
+        "the lease on {prefix:?} ended while this warm ran or waited to be resumed (an Evict \
+         ended it, or it lapsed: the warm made no progress, or its server or the index was \
+         out for longer than its TTL), so objects it had counted as ready may have been \
          deleted; warm again to bring them back"
     )]
     LeaseEnded { prefix: String },
