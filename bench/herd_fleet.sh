@@ -36,7 +36,7 @@ ensure_rust
 ensure_venv
 log "building release binaries (server, CLI, herd, fault proxy)"
 cargo build --locked --release -q -p expresscache-server -p expresscache-client \
-  --features expresscache-client/cli,expresscache-server/test-support --bins \
+  --features expresscache-client/cli,expresscache-server/testing --bins \
   --example herd --example fault_proxy
 BIN=$REPO_ROOT/target/release
 STATE=$(mktemp -d)

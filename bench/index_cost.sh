@@ -10,5 +10,5 @@ cd "$REPO_ROOT"
 ensure_rust
 ensure_venv
 export EXPRESSCACHE_MOTO_SERVER="$VENV/bin/moto_server"
-cargo run --locked -p expresscache-server --features test-support \
+cargo run --locked -p expresscache-server --features testing \
   --example index_cost -- "$@"

@@ -92,8 +92,8 @@ fi
 log "building release binaries"
 cargo build --release --locked -p expresscache-server -p expresscache-client --features expresscache-client/cli --bins \
   --example raw_copy --example delay_proxy
-# Apart: the proxy needs the test-support feature, the server measured not.
-cargo build --release --locked -p expresscache-server --features test-support --example fault_proxy
+# Apart: the proxy needs the testing feature, the server measured not.
+cargo build --release --locked -p expresscache-server --features testing --example fault_proxy
 REL="$REPO_ROOT/target/release"
 
 bench_state "$REPO_ROOT/.local/bench-large"

@@ -33,7 +33,7 @@ pub mod skew;
 pub mod stop;
 pub mod store;
 pub mod telemetry;
-#[cfg(feature = "test-support")]
+#[cfg(feature = "testing")]
 pub mod testing;
 pub mod tls;
 pub mod warm;

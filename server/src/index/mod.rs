@@ -10,8 +10,9 @@
 //! reads are key-ordered pages so the planner can merge them with a source
 //! listing in bounded memory.
 
-#[cfg(any(test, feature = "test-support"))]
+#[cfg(any(test, feature = "testing"))]
 pub mod conformance;
+#[cfg(any(test, feature = "testing"))]
 mod counting;
 mod cursor;
 pub mod dynamo;
@@ -20,6 +21,7 @@ mod legacy;
 mod metered;
 mod sqlite;
 
+#[cfg(any(test, feature = "testing"))]
 pub use counting::CountingIndex;
 pub use cursor::{RecordCursor, CURSOR_PAGE};
 pub use dynamo::DynamoIndex;

@@ -5,15 +5,19 @@
 //! [`MemoryStore`] is an in-memory double with request counters for unit
 //! tests of that logic; [`FaultStore`] wraps either and injects failures.
 
-#[cfg(any(test, feature = "test-support"))]
+#[cfg(any(test, feature = "testing"))]
 pub mod conformance;
+#[cfg(any(test, feature = "testing"))]
 mod faults;
+#[cfg(any(test, feature = "testing"))]
 mod memory;
 mod s3;
 
 use std::time::SystemTime;
 
+#[cfg(any(test, feature = "testing"))]
 pub use faults::{FaultStore, Op};
+#[cfg(any(test, feature = "testing"))]
 pub use memory::MemoryStore;
 pub(crate) use s3::timed_out;
 pub use s3::S3Store;

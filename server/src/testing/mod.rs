@@ -1,5 +1,5 @@
 //! Test support shared by this crate's and the client's integration tests
-//! (feature `test-support`): a moto server (S3 and DynamoDB) on a free
+//! (feature `testing`): a moto server (S3 and DynamoDB) on a free
 //! port, SDK clients pointed at it, an in-process expresscache server, unique names, and an
 //! HTTP fault-injection proxy ([`proxy::FaultProxy`]).
 //!
