@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use expresscache::{BucketName, DirectoryBucketName, Limits, Prefix, RequestId, WarmSpec};
 use expresscache_server::clock::SystemClock;
+use expresscache_server::fleet::{Operations, OpsSettings};
 use expresscache_server::index::dynamo::{DynamoIndex, TablePrefix};
-use expresscache_server::ops::{Operations, OpsSettings};
 use expresscache_server::store::MemoryStore;
 use expresscache_server::testing::{unique, Moto};
 use expresscache_server::warm::{WarmSettings, Warmer};

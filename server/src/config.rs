@@ -534,7 +534,7 @@ impl Config {
             (None, Some(s)) => parse_size(&s)?,
             (None, None) => d.multipart_part_size,
         };
-        if !(crate::exec::MIN_PART..=crate::exec::MAX_PART).contains(&multipart_part_size) {
+        if !(crate::engine::MIN_PART..=crate::engine::MAX_PART).contains(&multipart_part_size) {
             return Err(format!(
                 "multipart_part_size must be between 5MiB and 512MiB, got {multipart_part_size} bytes"
             ));
@@ -740,7 +740,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             sweep_interval: Duration::from_secs(60),
             multipart_threshold: DEFAULT_MULTIPART_THRESHOLD,
-            multipart_part_size: crate::exec::DEFAULT_PART_SIZE,
+            multipart_part_size: crate::engine::DEFAULT_PART_SIZE,
             allow_general_purpose_destination: false,
             list_concurrency: 32,
             shutdown_grace: Duration::from_secs(30),

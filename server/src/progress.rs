@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::clock::{Clock, Millis};
-use crate::exec::Activity;
+use crate::engine::Activity;
 use crate::operation::{Counters, KeyFailure, OperationState, Outcome, Phase, MAX_INLINE_FAILURES};
 
 #[derive(Debug)]

@@ -14,8 +14,8 @@ use crate::auth::Authenticator;
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::evict::{spawn_sweeper, EvictSettings, Evictor};
+use crate::fleet::{Operations, OpsSettings};
 use crate::index::{CacheIndex, OperationLog, ReplicaRegistry};
-use crate::ops::{Operations, OpsSettings};
 use crate::store::ObjectStore;
 use crate::warm::{WarmSettings, Warmer};
 

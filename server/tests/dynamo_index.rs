@@ -919,7 +919,7 @@ async fn a_refused_connection_is_unavailable() {
 
 #[tokio::test]
 async fn orphan_adoption_pages_past_a_page_shortened_by_an_unreadable_item() {
-    use expresscache_server::ops::{Operations, OpsSettings};
+    use expresscache_server::fleet::{Operations, OpsSettings};
     use expresscache_server::store::MemoryStore;
     use expresscache_server::warm::{WarmSettings, Warmer};
     let moto = Moto::start();

@@ -40,7 +40,7 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Api<S, I> {
         let spec = WarmSpec::parse(req, &self.limits)?;
         let mut draining = self.ops.draining();
         if *draining.borrow() {
-            return Err(crate::ops::SubmitError::Draining.into());
+            return Err(crate::fleet::SubmitError::Draining.into());
         }
         if let Some(p) = &self.policy {
             p.check_warm(who, &spec)

@@ -5,8 +5,8 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::evict::EvictError;
+use crate::fleet::SubmitError;
 use crate::index::IndexError;
-use crate::ops::SubmitError;
 use crate::store::{ErrorClass, StoreError};
 
 /// Everything an RPC can fail with.

@@ -23,9 +23,9 @@ use tracing::Instrument;
 use crate::auth::Principal;
 use crate::clock::Clock;
 use crate::evict::Evictor;
+use crate::fleet::{FeedError, Operations, Subscription};
 use crate::index::{CacheIndex, OpFilter, OperationLog, Usage};
 use crate::operation::OperationRecord;
-use crate::ops::{FeedError, Operations, Subscription};
 use crate::policy::Policy;
 use crate::store::ObjectStore;
 

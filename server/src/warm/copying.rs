@@ -10,7 +10,7 @@ use tokio::sync::oneshot;
 use super::run::WarmRun;
 use super::settle::{CopyEnd, KeyOutcome};
 use super::writer::EntrySender;
-use crate::exec::CopyStats;
+use crate::engine::CopyStats;
 use crate::index::{millis_of, span_millis, CacheIndex, Completion, Entry, IndexError, Millis};
 use crate::progress::Progress;
 use crate::store::{CopyRequest, ObjectMeta, ObjectStore, StoreError};

@@ -144,7 +144,7 @@ impl<S: ObjectStore, I: CacheIndex> WarmRun<'_, S, I> {
                     t.objects_to_copy += 1;
                     t.bytes_to_copy += size;
                     // The engine's own part size for this object.
-                    let part = crate::exec::part_size(size, part);
+                    let part = crate::engine::part_size(size, part);
                     let engine = copy_work(size, threshold, part);
                     plan.work.engine.add(engine);
                     if size > MAX_SINGLE_COPY {

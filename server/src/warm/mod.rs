@@ -41,7 +41,7 @@ use std::time::Duration;
 use expresscache::WarmSpec;
 
 use crate::clock::Clock;
-use crate::exec::{CopyEngine, EngineSettings};
+use crate::engine::{CopyEngine, EngineSettings};
 use crate::index::{CacheIndex, IndexError};
 use crate::progress::Progress;
 use crate::stop::StopSignal;

@@ -23,7 +23,7 @@ fn setup(keys: &[&str]) -> Warmer<FaultStore<MemoryStore>, SqliteIndex> {
         Arc::new(SqliteIndex::open_in_memory().unwrap()),
         Arc::new(crate::clock::SystemClock),
         WarmSettings {
-            engine: crate::exec::EngineSettings {
+            engine: crate::engine::EngineSettings {
                 retry_base_delay: Duration::from_millis(1),
                 ..Default::default()
             },
