@@ -1,12 +1,11 @@
 use std::process::ExitCode;
 
-use clap::Parser;
 use expresscache_server::{app, config};
 
 #[tokio::main]
 async fn main() -> ExitCode {
     // A bad flag, variable or config file is a usage error, said in one line.
-    let args = config::Args::parse();
+    let args = config::Args::parse_with_sources();
     let command = args.command.clone();
     let mut config = match config::Config::resolve(args) {
         Ok(c) => c,
@@ -15,6 +14,12 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(config::ServerCommand::Config(config::ConfigCommand::Print)) = command {
+        for line in config.print_lines() {
+            println!("{line}");
+        }
+        return ExitCode::SUCCESS;
+    }
     let telemetry = expresscache_server::telemetry::init(config.log_format);
     app::fit_to_open_files(&mut config);
     if let Some(config::ServerCommand::Token(config::TokenCommand::Hash)) = command {
