@@ -175,7 +175,9 @@ async fn a_source_changed_to_the_same_size_is_caught_too() {
 
 #[tokio::test]
 async fn an_object_the_job_did_not_write_is_not_recorded() {
-    let (fx, fake) = offloading(30, None, &[("FAKE_S3CONTROL_TASK_DELAY_MS", "100")]).await;
+    // 300 ms a task: the job reaches d/029 after 9 s, the cancel below
+    // comes within a second even on a loaded machine (checked below).
+    let (fx, fake) = offloading(30, None, &[("FAKE_S3CONTROL_TASK_DELAY_MS", "300")]).await;
     // A stale object of the planned size already at the last key (no
     // entry in the index: the plan copies it).
     put(&fx.s3, &fx.dir, "d/029", vec![b's'; 16]).await;
@@ -193,6 +195,13 @@ async fn an_object_the_job_did_not_write_is_not_recorded() {
     // Cancelled long before the job reaches d/029.
     fx.client().await.cancel(&first.operation_id).await.unwrap();
     while stream.message().await.unwrap().is_some() {}
+    let stats = fake.stats();
+    let job = stats["jobs"].as_object().unwrap().values().next().unwrap();
+    assert_eq!(job["status"], "Cancelled", "{job}");
+    assert!(
+        job["succeeded"].as_u64().unwrap() < 30,
+        "the job was cancelled before it wrote d/029: {job}"
+    );
     // Not recorded: the next warm copies it, with the source's content.
     let again = fx.warm(fx.request(&["d/"])).await;
     assert_eq!(again.outcome, Outcome::Succeeded, "{again:?}");
