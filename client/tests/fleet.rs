@@ -117,27 +117,43 @@ fn start_warm_of(prefix: &str, endpoints: &str, src: &str, dir: &str, request_id
 }
 
 /// Waits for `child` to exit within `limit`; its exit code and output.
+/// Its output is read while it runs: a CLI that prints a JSON line per
+/// progress message fills a pipe nobody reads within a long warm, and
+/// then blocks on its next write instead of finishing.
 fn finish(mut child: Child, limit: Duration, fleet: &Fleet) -> (i32, String) {
+    fn drain(pipe: Option<impl std::io::Read + Send + 'static>) -> std::thread::JoinHandle<String> {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_string(&mut text);
+            }
+            text
+        })
+    }
+    let stdout = drain(child.stdout.take());
+    let stderr = drain(child.stderr.take());
     let t0 = Instant::now();
     while child.try_wait().unwrap().is_none() {
         if t0.elapsed() > limit {
             let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
+            let _ = child.wait();
+            let out = stdout.join().unwrap();
             panic!(
-                "warm still running after {limit:?}\nstderr: {}\n{}",
-                String::from_utf8_lossy(&out.stderr),
+                "warm still running after {limit:?}\nstderr: {}\nlast stdout: {}\n{}",
+                stderr.join().unwrap(),
+                out.lines().last().unwrap_or_default(),
                 fleet.logs()
             );
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let out = child.wait_with_output().unwrap();
+    let status = child.wait().unwrap();
     (
-        out.status.code().unwrap_or(-1),
+        status.code().unwrap_or(-1),
         format!(
             "stdout: {}\nstderr: {}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+            stdout.join().unwrap(),
+            stderr.join().unwrap()
         ),
     )
 }
