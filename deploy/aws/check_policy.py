@@ -109,10 +109,10 @@ EXTRA_GRANTS = {
     ("kms:Decrypt", KMS_KEY),
 }
 
-# Test-support code, compiled only with the test-support feature (never in
+# Test code, compiled only with the testing feature (never in
 # the release binary); lib.rs must keep it gated for this to hold.
 EXCLUDED_DIRS = ("testing/",)
-GATE = re.compile(r'#\[cfg\(feature\s*=\s*"test-support"\)\]\s*pub\s+mod\s+testing\s*;')
+GATE = re.compile(r'#\[cfg\(feature\s*=\s*"testing"\)\]\s*pub\s+mod\s+testing\s*;')
 
 
 @dataclass(frozen=True)
@@ -265,7 +265,7 @@ def scan(src: Path) -> tuple[list[Call], set[str], list[str]]:
     lib = src / "lib.rs"
     if lib.exists() and not GATE.search(lib.read_text()):
         problems.append(
-            f"{lib}: `pub mod testing` is no longer gated by the test-support feature; "
+            f"{lib}: `pub mod testing` is no longer gated by the testing feature; "
             "its SDK calls would be in the server and must be checked too"
         )
     for path in sorted(src.rglob("*.rs")):
