@@ -312,17 +312,15 @@ async fn a_final_state_the_index_refuses_is_recorded_smaller_then_as_failed_neve
     assert_eq!(rec.resumptions, 0);
 }
 
-#[tokio::test]
-async fn a_takeover_carries_the_lease_epochs_so_an_evict_is_not_undone() {
+/// Operation "x" of attempt 1, which wrote a lease on d/ until `now +
+/// lease_ms` and checkpointed its epoch, then lost its replica.
+async fn orphan_with_a_lease(index: &Arc<SqliteIndex>, lease_ms: i64) -> i64 {
     use crate::clock::Clock;
     use crate::index::Lease;
-    let index = Arc::new(SqliteIndex::open_in_memory().unwrap());
     let now = crate::clock::SystemClock.now();
-    // Attempt 1 wrote its lease and checkpointed its epoch, then its
-    // replica died; an Evict ended the lease meanwhile.
     let lease = index
         .extend_lease(
-            &Lease::new("cache--use1-az4--x-s3", "d/", "src", now + 60_000),
+            &Lease::new("cache--use1-az4--x-s3", "d/", "src", now + lease_ms),
             now,
         )
         .await
@@ -330,12 +328,13 @@ async fn a_takeover_carries_the_lease_epochs_so_an_evict_is_not_undone() {
     let mut rec = unfinished("x", 0);
     rec.state.lease_epochs = vec![("d/".into(), lease.epoch.clone())];
     index.create_operation(&rec).await.unwrap();
-    let ended = index
-        .end_leases("cache--use1-az4--x-s3", "d/", now)
-        .await
-        .unwrap();
-    assert_eq!(ended.len(), 1);
-    let (ops, store) = fleet_member(Arc::clone(&index), 5, 1);
+    now
+}
+
+/// Another replica takes "x" over and runs it to the end: its final
+/// record and the copies it sent.
+async fn taken_over(index: &Arc<SqliteIndex>) -> (OperationRecord, u64) {
+    let (ops, store) = fleet_member(Arc::clone(index), 5, 1);
     assert_eq!(ops.adopt_orphans().await.unwrap(), 1);
     let t0 = std::time::Instant::now();
     while ops.live().contains_key("x") {
@@ -343,43 +342,37 @@ async fn a_takeover_carries_the_lease_epochs_so_an_evict_is_not_undone() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let rec = index.get_operation("x").await.unwrap().unwrap();
+    let copies = store.calls.copy.load(std::sync::atomic::Ordering::Relaxed);
+    (rec, copies)
+}
+
+#[tokio::test]
+async fn a_takeover_carries_the_lease_epochs_so_an_evict_is_not_undone() {
+    let index = Arc::new(SqliteIndex::open_in_memory().unwrap());
+    let now = orphan_with_a_lease(&index, 60_000).await;
+    // An Evict ended the lease while nobody ran the warm.
+    let ended = index
+        .end_leases("cache--use1-az4--x-s3", "d/", now)
+        .await
+        .unwrap();
+    assert_eq!(ended.len(), 1);
+    let (rec, copies) = taken_over(&index).await;
     assert_eq!(
         rec.state.outcome,
         Some(Outcome::Cancelled),
         "as a single attempt would end: {:?}",
         rec.state
     );
-    let copies = store.calls.copy.load(std::sync::atomic::Ordering::Relaxed);
     assert_eq!(copies, 0, "nothing copied back behind the evict");
 }
 
 #[tokio::test]
 async fn a_takeover_after_the_lease_lapsed_ends_cancelled_and_says_why() {
-    use crate::clock::Clock;
-    use crate::index::Lease;
     let index = Arc::new(SqliteIndex::open_in_memory().unwrap());
-    let now = crate::clock::SystemClock.now();
-    // Attempt 1 wrote a lease of 50 ms and checkpointed its epoch; then its
-    // replica (or the index) was out for longer than that.
-    let lease = index
-        .extend_lease(
-            &Lease::new("cache--use1-az4--x-s3", "d/", "src", now + 50),
-            now,
-        )
-        .await
-        .unwrap();
-    let mut rec = unfinished("x", 0);
-    rec.state.lease_epochs = vec![("d/".into(), lease.epoch.clone())];
-    index.create_operation(&rec).await.unwrap();
+    // A lease of 50 ms; the replica (or the index) was out for longer.
+    orphan_with_a_lease(&index, 50).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let (ops, store) = fleet_member(Arc::clone(&index), 5, 1);
-    assert_eq!(ops.adopt_orphans().await.unwrap(), 1);
-    let t0 = std::time::Instant::now();
-    while ops.live().contains_key("x") {
-        assert!(t0.elapsed() < Duration::from_secs(10), "still running");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let rec = index.get_operation("x").await.unwrap().unwrap();
+    let (rec, copies) = taken_over(&index).await;
     assert_eq!(
         rec.state.outcome,
         Some(Outcome::Cancelled),
@@ -391,7 +384,6 @@ async fn a_takeover_after_the_lease_lapsed_ends_cancelled_and_says_why() {
         error.contains("lapsed") && error.contains("out for longer than its TTL"),
         "{error}"
     );
-    let copies = store.calls.copy.load(std::sync::atomic::Ordering::Relaxed);
     assert_eq!(copies, 0, "nothing counted as ready under a lapsed lease");
 }
 
