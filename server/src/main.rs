@@ -14,14 +14,16 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let telemetry = expresscache_server::telemetry::init(config.log_format);
+    app::fit_to_open_files(&mut config);
     if let Some(config::ServerCommand::Config(config::ConfigCommand::Print)) = command {
+        // After the fit to the open-file limit: the values the server
+        // would run with.
         for line in config.print_lines() {
             println!("{line}");
         }
         return ExitCode::SUCCESS;
     }
-    let telemetry = expresscache_server::telemetry::init(config.log_format);
-    app::fit_to_open_files(&mut config);
     if let Some(config::ServerCommand::Token(config::TokenCommand::Hash)) = command {
         let mut token = String::new();
         if let Err(e) = std::io::stdin().read_line(&mut token) {

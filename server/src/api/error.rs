@@ -39,7 +39,8 @@ pub enum ApiError {
 }
 
 /// An index failure as a status: one that waiting may fix (throttled,
-/// unreachable) is UNAVAILABLE with a retry hint, the rest INTERNAL.
+/// unreachable) is UNAVAILABLE with a retry hint, a request too large for
+/// the index's items FAILED_PRECONDITION, the rest INTERNAL.
 fn index_status(e: &IndexError) -> Status {
     if let IndexError::Unavailable(_) = e {
         tracing::warn!(error = %e, "index unavailable");
@@ -50,6 +51,12 @@ fn index_status(e: &IndexError) -> Status {
             format!("cache index unavailable, retry: {e}"),
             details,
         );
+    }
+    if let IndexError::TooLarge(_) = e {
+        // The request is too large for this index's items (DynamoDB holds
+        // 400 KB an item): the caller can split it; nothing is broken.
+        tracing::warn!(error = %e, "request too large for the index");
+        return Status::failed_precondition(format!("too large for the cache index: {e}"));
     }
     tracing::error!(error = %e, "index failure");
     Status::internal(format!("cache index failure: {e}"))
@@ -192,6 +199,25 @@ mod tests {
         assert_eq!(
             store_code(&StoreError::NoSuchBucket("b".into())),
             Code::NotFound
+        );
+    }
+
+    #[test]
+    fn an_index_error_is_unavailable_if_waiting_helps_failed_precondition_if_too_large() {
+        let code = |e: IndexError| index_status(&e).code();
+        assert_eq!(
+            code(IndexError::Unavailable("throttled".into())),
+            Code::Unavailable
+        );
+        assert_eq!(
+            code(IndexError::TooLarge(
+                "warm fewer or shorter prefixes".into()
+            )),
+            Code::FailedPrecondition
+        );
+        assert_eq!(
+            code(IndexError::Storage("access denied".into())),
+            Code::Internal
         );
     }
 }

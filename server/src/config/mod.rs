@@ -16,6 +16,10 @@ use table::{check, settings};
 
 pub use table::Source;
 
+/// Settings whose default is computed at start, per host: `config print`
+/// shows them commented out.
+const COMPUTED_DEFAULTS: &[&str] = &["index", "replica_id"];
+
 /// How often a running warm renews its run lease: a run lease lasts at
 /// least three of these.
 const RUN_RENEW_INTERVAL: Duration = Duration::from_secs(1);
@@ -419,6 +423,9 @@ fn from_str<T: std::str::FromStr>(s: &str) -> Result<T, String>
 where
     T::Err: std::fmt::Display,
 {
+    if s.trim().is_empty() {
+        return Err("an empty value: give one, or leave the setting out".into());
+    }
     s.trim()
         .parse()
         .map_err(|e| format!("invalid value {s:?}: {e}"))
@@ -536,7 +543,7 @@ mod tests {
             let name = arg.get_id().as_str();
             // Described, not stated: a default computed at start (the
             // host's name, the user's data directory), or none at all.
-            if ["index", "replica_id"].contains(&name) || !defaults.contains_key(name) {
+            if COMPUTED_DEFAULTS.contains(&name) || !defaults.contains_key(name) {
                 continue;
             }
             match shown_as(name, stated) {

@@ -143,7 +143,11 @@ pub mod check {
             if *v >= min {
                 Ok(())
             } else {
-                Err(format!("{name} must be at least {min:?}, got {v:?}"))
+                Err(format!(
+                    "{name} must be at least {}, got {}",
+                    humantime::format_duration(min),
+                    humantime::format_duration(*v)
+                ))
             }
         }
     }
@@ -153,7 +157,11 @@ pub mod check {
             if *v <= max {
                 Ok(())
             } else {
-                Err(format!("{name} must be at most {max:?}, got {v:?}"))
+                Err(format!(
+                    "{name} must be at most {}, got {}",
+                    humantime::format_duration(max),
+                    humantime::format_duration(*v)
+                ))
             }
         }
     }
@@ -293,8 +301,10 @@ macro_rules! settings {
                     let from_file = match file.remove(name) {
                         Some(v) => {
                             let text = table::file_text(name, &v)?;
-                            let parsed: $parsed = ($parse)(text.as_str())
-                                .map_err(|e| format!("{name}: {e}"))?;
+                            let parsed: $parsed = ($parse)(text.as_str()).map_err(|e| {
+                                let path = args.config.as_deref().unwrap_or(std::path::Path::new("?"));
+                                format!("invalid config {}: {name}: {e}", path.display())
+                            })?;
                             Some(parsed)
                         }
                         None => None,
@@ -328,8 +338,18 @@ macro_rules! settings {
                 let mut out = Vec::new();
                 $(
                     let name = stringify!($name);
+                    let from = source(name);
                     out.push(match self.$name.shown() {
-                        Some(v) => format!("{name} = {v}  # {}", source(name)),
+                        // Computed at start (this host's name, this user's
+                        // data directory): commented out, so that a file
+                        // made of this output does not pin it for every
+                        // host it is copied to.
+                        Some(v) if from == table::Source::Default.as_str()
+                            && COMPUTED_DEFAULTS.contains(&name) =>
+                        {
+                            format!("# {name} = {v}  # default, computed at start")
+                        }
+                        Some(v) => format!("{name} = {v}  # {from}"),
                         None => format!("# {name} is not set"),
                     });
                 )*

@@ -71,7 +71,7 @@ CREATE TABLE IF NOT EXISTS operations (
     run_deadline     INTEGER NOT NULL DEFAULT 0,
     cancel_requested INTEGER NOT NULL DEFAULT 0,
     -- the attempt that offered the operation to other replicas' warms, and
-    -- the latest attempt that withdrew its offer (ops/remote.rs)
+    -- the latest attempt that withdrew its offer (fleet/remote.rs)
     offered_attempt   INTEGER NOT NULL DEFAULT 0,
     withdrawn_attempt INTEGER NOT NULL DEFAULT 0,
     -- 0: request and progress are prost-encoded wire messages (releases

@@ -1,9 +1,10 @@
 //! `ObjectStore`: the narrow slice of S3 the service uses.
 //!
 //! The warm, evict and status logic is generic over this trait; [`S3Store`]
-//! talks to S3 (or any S3-compatible endpoint) through aws-sdk-s3, and
-//! [`MemoryStore`] is an in-memory double with request counters for unit
-//! tests of that logic; [`FaultStore`] wraps either and injects failures.
+//! talks to S3 (or any S3-compatible endpoint) through aws-sdk-s3. For
+//! tests only (the `testing` feature), `MemoryStore` is an in-memory double
+//! with request counters and `FaultStore` wraps either and injects
+//! failures.
 
 #[cfg(any(test, feature = "testing"))]
 pub mod conformance;

@@ -72,7 +72,7 @@ pub const RUN_ATTEMPT: &str = "run_attempt";
 pub const RUN_DEADLINE: &str = "run_deadline";
 pub const CANCEL_REQUESTED: &str = "cancel_requested";
 /// The attempt that offered the operation to other replicas' warms, and
-/// the latest attempt that withdrew its offer (ops/remote.rs).
+/// the latest attempt that withdrew its offer (fleet/remote.rs).
 pub const OFFERED_ATTEMPT: &str = "offered_attempt";
 pub const WITHDRAWN_ATTEMPT: &str = "withdrawn_attempt";
 pub const CRASHES: &str = "crashes";
