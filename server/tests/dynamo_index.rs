@@ -375,6 +375,28 @@ async fn a_request_id_whose_operation_vanished_is_taken_over() {
     }
 }
 
+/// A run of `replica` from 1,000 to 5,000 ms.
+fn terms_of(replica: &str) -> RunTerms<'_> {
+    RunTerms {
+        replica,
+        deadline: 5_000,
+        now: 1_000,
+    }
+}
+
+/// Operation `id` (request id `job-ID`), created and taken over by `terms`.
+async fn created_and_taken_over(
+    index: &DynamoIndex,
+    id: &str,
+    terms: &RunTerms<'_>,
+) -> expresscache_server::index::Takeover {
+    index
+        .create_operation(&operation(id, Some(&format!("job-{id}")), 1))
+        .await
+        .unwrap();
+    index.take_over(id, terms).await.unwrap().unwrap()
+}
+
 /// The SDK retries a request whose answer was lost; DynamoDB's conditions
 /// then see the first attempt's write. Sending the same call twice is what
 /// such a retry looks like to the index.
@@ -382,16 +404,8 @@ async fn a_request_id_whose_operation_vanished_is_taken_over() {
 async fn a_retried_takeover_or_final_write_finds_its_own_write() {
     let moto = Moto::start();
     let index = fresh(&moto, DynamoConfig::default()).await;
-    index
-        .create_operation(&operation("re", Some("job-re"), 1))
-        .await
-        .unwrap();
-    let terms = RunTerms {
-        replica: "r2",
-        deadline: 5_000,
-        now: 1_000,
-    };
-    let first = index.take_over("re", &terms).await.unwrap().unwrap();
+    let terms = terms_of("r2");
+    let first = created_and_taken_over(&index, "re", &terms).await;
     assert_eq!(
         index.take_over("re", &terms).await.unwrap(),
         Some(first.clone()),
@@ -471,16 +485,7 @@ async fn a_state_over_dynamodbs_item_limit_is_refused_as_too_large_not_as_a_stor
     // refusal is handed on.
     let moto = Moto::start();
     let index = fresh(&moto, DynamoConfig::default()).await;
-    index
-        .create_operation(&operation("huge", Some("job-huge"), 1))
-        .await
-        .unwrap();
-    let terms = RunTerms {
-        replica: "r1",
-        deadline: 5_000,
-        now: 1_000,
-    };
-    let run = index.take_over("huge", &terms).await.unwrap().unwrap();
+    let run = created_and_taken_over(&index, "huge", &terms_of("r1")).await;
     let mut end = done("huge");
     end.error = Some("x".repeat(450 * 1024));
     let err = index
