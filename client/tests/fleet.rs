@@ -376,6 +376,7 @@ async fn a_paused_replica_cannot_write_after_it_was_taken_over(kind: Kind) {
     // Mid-copy: 600 copies at 4 in flight and 50 ms each take 7.5 s.
     tokio::time::sleep(Duration::from_secs(1)).await;
     fleet.replicas[0].signal("STOP");
+    let paused_at = std::time::SystemTime::now();
     let mut client = Client::connect(&fleet.replicas[1].endpoint).await.unwrap();
     let stopped = client
         .operation_status(op.operation_id.clone())
@@ -404,7 +405,10 @@ async fn a_paused_replica_cannot_write_after_it_was_taken_over(kind: Kind) {
         done.progress.as_ref().unwrap().outcome,
         pb::Outcome::Succeeded as i32
     );
-    let copies_at_wake = proxy.count(&Match::copy_object());
+    // Those the new runner sent (all signed after the pause) are counted
+    // by now.
+    let signed_after_pause = Match::copy_object().signed_after(paused_at);
+    let new_runners = proxy.count(&signed_after_pause);
     fleet.replicas[0].signal("CONT");
     // The woken replica renews, learns it lost the run, and stops; give it
     // the chance to write (a checkpoint, its final state) if it still could.
@@ -427,11 +431,15 @@ async fn a_paused_replica_cannot_write_after_it_was_taken_over(kind: Kind) {
         "the woken replica did not overwrite the new runner's record"
     );
     // Its copies check the run's deadline before each request: woken
-    // past it, it sends none (those it had sent before the pause were
-    // already counted).
-    let copies_after_wake = proxy.count(&Match::copy_object()) - copies_at_wake;
+    // past it, it builds none. One it had built and signed before the
+    // pause may still go out on waking (no check can stop a request the
+    // pause caught on its way to the socket; its source-ETag condition
+    // makes it land only the version recorded): counted by the signing
+    // time, those signed after the pause that arrive after the wake are
+    // the woken attempt's.
+    let signed_after_wake = proxy.count(&signed_after_pause) - new_runners;
     assert_eq!(
-        copies_after_wake,
+        signed_after_wake,
         0,
         "the woken attempt sent copies after its run lapsed\n{}",
         fleet.logs()

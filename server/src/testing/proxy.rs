@@ -87,6 +87,12 @@ pub struct Match {
     /// If set, the request must be a DynamoDB call that names this table
     /// (its `TableName`, or that of any item of a transaction or batch).
     pub table: Option<String>,
+    /// If set, the request must have been signed after this time, by its
+    /// SigV4 `x-amz-date` (whole seconds, so a request signed within the
+    /// second before it does not match). Tells a request a paused process
+    /// built after it woke from one it had built before it was paused and
+    /// only sent on waking (no check in the process can stop that one).
+    pub signed_after: Option<std::time::SystemTime>,
 }
 
 impl Match {
@@ -253,6 +259,12 @@ impl Match {
         self
     }
 
+    /// Also requires a SigV4 signing time (`x-amz-date`) after `t`.
+    pub fn signed_after(mut self, t: std::time::SystemTime) -> Self {
+        self.signed_after = Some(t);
+        self
+    }
+
     fn matches(&self, seen: &Seen) -> bool {
         self.method.as_ref().is_none_or(|m| *m == seen.method)
             && self.key.is_none_or(|k| k == seen.has_key)
@@ -273,6 +285,9 @@ impl Match {
                 .table
                 .as_ref()
                 .is_none_or(|t| seen.tables.iter().any(|s| s == t))
+            && self
+                .signed_after
+                .is_none_or(|t| seen.signed.is_some_and(|s| s > t))
     }
 }
 
@@ -531,6 +546,32 @@ struct Seen {
     dynamo_op: Option<String>,
     /// The tables a DynamoDB call names.
     tables: Vec<String>,
+    /// When the request was signed (its `x-amz-date`), if it says.
+    signed: Option<std::time::SystemTime>,
+}
+
+/// A SigV4 `x-amz-date` (`20261205T153019Z`, ISO 8601 basic format) as a
+/// time.
+fn signing_time(basic: &str) -> Option<std::time::SystemTime> {
+    let b = basic.as_bytes();
+    if b.len() != 16 || b[8] != b'T' || b[15] != b'Z' {
+        return None;
+    }
+    let extended = format!(
+        "{}-{}-{}T{}:{}:{}Z",
+        &basic[0..4],
+        &basic[4..6],
+        &basic[6..8],
+        &basic[9..11],
+        &basic[11..13],
+        &basic[13..15]
+    );
+    let t = aws_sdk_s3::primitives::DateTime::from_str(
+        &extended,
+        aws_sdk_s3::primitives::DateTimeFormat::DateTime,
+    )
+    .ok()?;
+    std::time::SystemTime::try_from(t).ok()
 }
 
 impl Seen {
@@ -552,6 +593,11 @@ impl Seen {
                 .collect(),
             dynamo_op: None,
             tables: Vec::new(),
+            signed: parts
+                .headers
+                .get("x-amz-date")
+                .and_then(|v| v.to_str().ok())
+                .and_then(signing_time),
         }
     }
 
@@ -1333,4 +1379,20 @@ fn xml_unescape(s: &str) -> String {
         .replace("&quot;", "\"")
         .replace("&apos;", "'")
         .replace("&amp;", "&")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::signing_time;
+    use std::time::{Duration, SystemTime};
+
+    #[test]
+    fn a_sigv4_date_reads_as_its_time() {
+        assert_eq!(
+            signing_time("20261205T153019Z"),
+            Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_796_484_619))
+        );
+        assert_eq!(signing_time("2026-12-05T15:30:19Z"), None);
+        assert_eq!(signing_time("20261205T153019"), None);
+    }
 }
