@@ -21,7 +21,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use expresscache::{BucketName, DirectoryBucketName, Prefix, RequestId, WarmSpec};
 use expresscache_server::clock::ManualClock;
 use expresscache_server::index::conformance::{run_all, run_operation_log, run_replica_registry};
-use expresscache_server::index::dynamo::layout::{partition_of, PARTITIONS};
+use expresscache_server::index::dynamo::layout::{partition_of, PARTITIONS, STATUS_SHARDS};
 use expresscache_server::index::dynamo::{DynamoConfig, TablePrefix};
 use expresscache_server::index::{
     ClaimKind, ClaimOutcome, ClaimTerms, Completion, CreateOutcome, DynamoIndex, Entry,
@@ -233,7 +233,11 @@ async fn operations_are_readable_items_stamped_by_the_injected_clock() {
         ]),
         "documents are maps, the root prefix an empty string"
     );
-    assert_eq!(item["status"], AttributeValue::S("running".into()));
+    assert_eq!(
+        item["status"],
+        AttributeValue::S("running#04".into()),
+        "its shard of the status: FNV-1a of the id, mod 8"
+    );
     assert_eq!(
         item["created_key"],
         AttributeValue::S("00000000000000000500#op-a".into())
@@ -252,7 +256,7 @@ async fn operations_are_readable_items_stamped_by_the_injected_clock() {
         .unwrap());
     let item = raw_item(&moto, &index, "op#op-a").await.unwrap();
     assert_eq!(item["updated_at"], AttributeValue::N("1000500".into()));
-    assert_eq!(item["status"], AttributeValue::S("finished".into()));
+    assert_eq!(item["status"], AttributeValue::S("finished#04".into()));
     let gc = (1_000_500 / 1000 + 30 * 24 * 3600).to_string();
     assert_eq!(
         item["gc_at"],
@@ -272,7 +276,7 @@ async fn operations_are_readable_items_stamped_by_the_injected_clock() {
         .index_name("by_status")
         .key_condition_expression("#s = :f")
         .expression_attribute_names("#s", "status")
-        .expression_attribute_values(":f", AttributeValue::S("finished".into()))
+        .expression_attribute_values(":f", AttributeValue::S("finished#04".into()))
         .send()
         .await
         .unwrap()
@@ -305,6 +309,116 @@ async fn operations_are_readable_items_stamped_by_the_injected_clock() {
         CreateOutcome::Created,
         "the request id is free again"
     );
+}
+
+/// The `by_status` entries under `key`, read from the index itself.
+async fn status_entries(moto: &Moto, index: &DynamoIndex, key: &str) -> Vec<String> {
+    let items = aws_sdk_dynamodb::Client::new(&moto.sdk_config())
+        .query()
+        .table_name(&index.tables().operations)
+        .index_name("by_status")
+        .key_condition_expression("#s = :k")
+        .expression_attribute_names("#s", "status")
+        .expression_attribute_values(":k", AttributeValue::S(key.into()))
+        .send()
+        .await
+        .unwrap()
+        .items
+        .unwrap_or_default();
+    items
+        .iter()
+        .map(|i| i["pk"].as_s().unwrap().clone())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_burst_of_operations_spreads_its_status_keys_over_the_shards() {
+    // A job array's launchers arriving together each create an operation:
+    // on one status key they would all write one partition of the index
+    // (DynamoDB caps one at 1,000 writes a second).
+    let moto = Moto::start();
+    let index = fresh(&moto, DynamoConfig::default()).await;
+    let n = 64;
+    for i in 0..n {
+        index
+            .create_operation(&operation(&format!("launcher-{i}"), None, 100 + i))
+            .await
+            .unwrap();
+    }
+    let mut per_shard = Vec::new();
+    for shard in 0..STATUS_SHARDS {
+        per_shard.push(
+            status_entries(&moto, &index, &format!("running#{shard:02}"))
+                .await
+                .len(),
+        );
+    }
+    assert!(
+        status_entries(&moto, &index, "running").await.is_empty(),
+        "nothing is written unsharded"
+    );
+    assert_eq!(per_shard.iter().sum::<usize>(), 64, "{per_shard:?}");
+    assert!(
+        per_shard.iter().all(|&c| c > 0 && c <= 64 / 4),
+        "every shard takes a share, none more than a quarter: {per_shard:?}"
+    );
+    let listed = index
+        .list_operations(OpFilter::Running, None, 100)
+        .await
+        .unwrap();
+    let created: Vec<i64> = listed.iter().map(|op| op.created_at).collect();
+    let newest_first: Vec<i64> = (100..100 + 64).rev().collect();
+    assert_eq!(
+        created, newest_first,
+        "one newest-first listing across the shards"
+    );
+    let page = index
+        .list_operations(OpFilter::Running, Some((150, "launcher-50".into())), 5)
+        .await
+        .unwrap();
+    assert_eq!(
+        page.iter().map(|op| op.created_at).collect::<Vec<_>>(),
+        [149, 148, 147, 146, 145],
+        "a cursor pages across the shards"
+    );
+}
+
+#[tokio::test]
+async fn an_operation_an_earlier_release_wrote_unsharded_is_listed_finished_and_purged() {
+    let moto = Moto::start();
+    let index = fresh(&moto, DynamoConfig::default()).await;
+    index
+        .create_operation(&operation("old", None, 5))
+        .await
+        .unwrap();
+    // As releases before the sharding wrote it: the bare status.
+    aws_sdk_dynamodb::Client::new(&moto.sdk_config())
+        .update_item()
+        .table_name(&index.tables().operations)
+        .key("pk", AttributeValue::S("op#old".into()))
+        .update_expression("SET #s = :r")
+        .expression_attribute_names("#s", "status")
+        .expression_attribute_values(":r", AttributeValue::S("running".into()))
+        .send()
+        .await
+        .unwrap();
+    let running = index
+        .list_operations(OpFilter::Running, None, 10)
+        .await
+        .unwrap();
+    assert_eq!(running.len(), 1, "listed, so a takeover can find it");
+    assert_eq!(running[0].id, "old");
+    assert!(index
+        .update_operation("old", &ticket(), &done("old"))
+        .await
+        .unwrap());
+    assert!(status_entries(&moto, &index, "running").await.is_empty());
+    let finished = index
+        .list_operations(OpFilter::Finished, None, 10)
+        .await
+        .unwrap();
+    assert_eq!(finished.len(), 1, "finished into its shard");
+    assert_eq!(index.purge_operations(i64::MAX).await.unwrap(), 1);
 }
 
 #[tokio::test]
@@ -546,13 +660,15 @@ async fn run_and_listing_requests_cost_what_the_layout_says() {
     for filter in [OpFilter::Running, OpFilter::Finished, OpFilter::All] {
         index.requests().reset();
         let page = index.list_operations(filter, None, 10).await.unwrap();
-        let queries = if filter == OpFilter::All { 2 } else { 1 };
+        // Each status's shards, and the unsharded value of earlier releases.
+        let per_status = u64::from(STATUS_SHARDS) + 1;
+        let queries = if filter == OpFilter::All { 2 } else { 1 } * per_status;
         let found = if filter == OpFilter::Finished { 0 } else { 2 };
         assert_eq!(page.len(), found, "{filter:?}");
         assert_eq!(
             index.requests().of("Query"),
             queries,
-            "{filter:?}: one per status"
+            "{filter:?}: one per shard of each status"
         );
         assert_eq!(
             index.requests().of("BatchGetItem"),

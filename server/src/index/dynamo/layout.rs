@@ -82,10 +82,18 @@ pub const LEASE_EPOCHS: &str = "lease_epochs";
 pub const OPERATION_ID: &str = "operation_id";
 /// The operations table's global secondary index: `status` x `created_key`.
 pub const BY_STATUS: &str = "by_status";
-/// [`STATUS`] of an unfinished operation.
+/// The status of an unfinished operation (the stem of its [`STATUS`]).
 pub const RUNNING: &str = "running";
-/// [`STATUS`] of a finished operation.
+/// The status of a finished operation (the stem of its [`STATUS`]).
 pub const FINISHED: &str = "finished";
+/// Shards of each status in [`BY_STATUS`]. An operation's [`STATUS`] is
+/// its status, `#`, and a shard `00..STATUS_SHARDS` hashed from its id:
+/// a burst of operations (a job array's launchers arriving or finishing
+/// together) spreads over this many partition keys of the index instead
+/// of landing on one, which DynamoDB caps at 1,000 writes a second. Part
+/// of the layout: readers query every shard (and the unsharded value
+/// earlier releases wrote), so changing it needs new tables.
+pub const STATUS_SHARDS: u8 = 8;
 
 pub const COPY: &str = "copy";
 pub const EVICT: &str = "evict";
@@ -117,6 +125,24 @@ pub fn fnv1a64(bytes: &[u8]) -> u64 {
 pub fn partition_of(key: &str) -> u8 {
     // The remainder is below PARTITIONS, so it fits.
     (fnv1a64(key.as_bytes()) % u64::from(PARTITIONS)) as u8
+}
+
+/// The [`STATUS`] of operation `id` in `status` ([`RUNNING`] or
+/// [`FINISHED`]): its shard of that status.
+pub fn status_key(status: &str, id: &str) -> String {
+    let shard = fnv1a64(id.as_bytes()) % u64::from(STATUS_SHARDS);
+    format!("{status}#{shard:02}")
+}
+
+/// Every [`STATUS`] value an operation in `status` may have: its shards,
+/// then the bare status that releases before the sharding wrote (such
+/// items leave it when they finish or are purged, so the extra Query
+/// answers nothing once they are gone).
+pub fn status_keys(status: &str) -> Vec<String> {
+    (0..STATUS_SHARDS)
+        .map(|shard| format!("{status}#{shard:02}"))
+        .chain(std::iter::once(status.to_owned()))
+        .collect()
 }
 
 /// The records table's partition key of partition `n` of `dir`.
@@ -419,6 +445,35 @@ fn uses(expr: &str, name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_burst_of_operations_spreads_over_every_status_shard() {
+        // 1,000 launchers of a job array: no shard of the index's status
+        // key takes much more than its share of their writes.
+        let mut per_key: HashMap<String, usize> = HashMap::new();
+        for i in 0..1000_u128 {
+            // Operation ids are UUIDs; these are fixed, spread ones.
+            let id =
+                uuid::Uuid::from_u128(i.wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835))
+                    .to_string();
+            let key = status_key(RUNNING, &id);
+            assert!(status_keys(RUNNING).contains(&key), "{key}");
+            assert_eq!(status_key(RUNNING, &id), key, "stable for {i}");
+            *per_key.entry(key).or_default() += 1;
+        }
+        assert_eq!(per_key.len(), usize::from(STATUS_SHARDS));
+        let most = per_key.values().max().copied().unwrap_or_default();
+        assert!(
+            most < 1000 / usize::from(STATUS_SHARDS) * 3 / 2,
+            "{per_key:?}"
+        );
+        // Readers also look where earlier releases wrote.
+        assert_eq!(
+            status_keys(FINISHED).last().map(String::as_str),
+            Some(FINISHED)
+        );
+        assert_eq!(status_keys(FINISHED).len(), usize::from(STATUS_SHARDS) + 1);
+    }
 
     #[test]
     fn the_partition_hash_is_fnv1a_64() {

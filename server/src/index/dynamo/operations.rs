@@ -23,6 +23,7 @@ use super::layout::{
     LEASE_EPOCHS, OFFERED_ATTEMPT, OPERATION_ID, PK, PREFIX, REQUEST, REQUEST_ID, RESUMPTIONS,
     RUNNING, RUN_ATTEMPT, RUN_DEADLINE, RUN_REPLICA, STATE, STATUS, UPDATED_AT, WITHDRAWN_ATTEMPT,
 };
+use super::layout::{status_key, status_keys};
 use super::{Cond, DynamoIndex, QuerySpec, ROUNDS};
 use crate::index::encoding::{RequestDoc, StateDoc};
 use crate::index::{
@@ -214,7 +215,10 @@ impl DynamoIndex {
             (REQUEST.to_owned(), doc_attr(&RequestDoc::of_record(op))),
             (STATE.to_owned(), doc_attr(&StateDoc::from(&op.state))),
             (DONE.to_owned(), AttributeValue::Bool(done)),
-            (STATUS.to_owned(), s(if done { FINISHED } else { RUNNING })),
+            (
+                STATUS.to_owned(),
+                s(status_key(if done { FINISHED } else { RUNNING }, &op.id)),
+            ),
             (CREATED_AT.to_owned(), n(op.created_at)),
             (CREATED_KEY.to_owned(), s(created)),
             (UPDATED_AT.to_owned(), n(op.created_at)),
@@ -551,7 +555,7 @@ impl DynamoIndex {
             .v("state", state_attr.clone())
             .n("now", now)
             .b("true", true)
-            .s("finished", FINISHED)
+            .s("finished", status_key(FINISHED, id))
             .n("zero", 0)
             .n("gc", gc);
         let res = self
@@ -658,10 +662,12 @@ impl DynamoIndex {
             OpFilter::Running => &[RUNNING],
             OpFilter::Finished => &[FINISHED],
         };
+        // Every shard of each status: the newest `limit` of the union are
+        // among the newest `limit` of each shard.
+        let keys: Vec<String> = statuses.iter().flat_map(|st| status_keys(st)).collect();
         let pages = futures::future::try_join_all(
-            statuses
-                .iter()
-                .map(|st| self.by_status(st, before.as_deref(), limit)),
+            keys.iter()
+                .map(|key| self.by_status(key, before.as_deref(), limit)),
         )
         .await?;
         let mut entries: Vec<(String, String)> = pages
@@ -973,18 +979,25 @@ impl DynamoIndex {
     }
 
     pub(super) async fn purge(&self, before: Millis) -> Result<u64, IndexError> {
-        let q = QuerySpec {
-            table: &self.tables.operations,
-            index: Some(BY_STATUS),
-            key_condition: "#status = :finished".into(),
-            filter: Some("#finished_at < :before"),
-            projection: None,
-            vals: Vals::new().s("finished", FINISHED).n("before", before),
-            consistent: false,
-            limit: None,
-            descending: false,
-        };
-        let found = self.query_all(&q, usize::MAX).await?;
+        let queries = status_keys(FINISHED).into_iter().map(|key| async move {
+            let q = QuerySpec {
+                table: &self.tables.operations,
+                index: Some(BY_STATUS),
+                key_condition: "#status = :finished".into(),
+                filter: Some("#finished_at < :before"),
+                projection: None,
+                vals: Vals::new().s("finished", key).n("before", before),
+                consistent: false,
+                limit: None,
+                descending: false,
+            };
+            self.query_all(&q, usize::MAX).await
+        });
+        let found: Vec<Item> = futures::future::try_join_all(queries)
+            .await?
+            .into_iter()
+            .flatten()
+            .collect();
         let purged = self
             .each(found, |item| self.purge_one(item, before))
             .await?;
