@@ -559,31 +559,15 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
         mut rx: watch::Receiver<OperationState>,
         part: bool,
     ) -> Followed {
-        let Attempt {
-            id,
-            spec,
-            progress,
-            stop,
-            ..
-        } = *a;
-        // All of this warm's work (its counters are the leader's), or part
-        // of it (shown next to its own).
-        let show = |state: &OperationState| {
-            if part {
-                progress.set_part(Some((leader, state.counters)));
-            } else {
-                progress.mirror(state);
-            }
-        };
         if !part {
             // Marked before any counter is shown: the metrics never count
             // the leader's work as this warm's.
-            progress.set_joined(Some(leader));
+            a.progress.set_joined(Some(leader));
         }
-        show(&rx.borrow());
+        show_leader(a.progress, leader, part, &rx.borrow());
         metrics::counter!(crate::metrics::WARMS_JOINED).increment(1);
         tracing::info!(
-            operation_id = id,
+            operation_id = a.id,
             joined = leader,
             "joined a running warm of the same data"
         );
@@ -591,14 +575,30 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
         if let Err(e) = self.write_leases(a).await {
             return Followed::Done(Err(e));
         }
-        // Kept alive while waiting, as a warm of its own would (the joined
-        // warm's leases may be shorter), but only while that warm is alive:
-        // its state is published (with a new elapsed time) by the keeper
-        // that renews its run, here or on another replica, whether or not
-        // its counters move (a long Batch Operations job moves none). A
-        // warm whose keeper stopped must not keep data alive through its
-        // joiners.
-        let mut renew = tokio::time::interval(renew_every(spec));
+        let last = match self.wait_for_leader(a, leader, &mut rx, part).await {
+            Ok(last) => last,
+            Err(ended) => return ended,
+        };
+        show_leader(a.progress, leader, part, &last);
+        self.answer_from_leader(a, leader, last, part).await
+    }
+
+    /// Waits for the leader's final state, showing its progress, and keeps
+    /// this warm's leases alive meanwhile, as a warm of its own would (the
+    /// joined warm's leases may be shorter), but only while that warm is
+    /// alive: its state is published (with a new elapsed time) by the
+    /// keeper that renews its run, here or on another replica, whether or
+    /// not its counters move (a long Batch Operations job moves none). A
+    /// warm whose keeper stopped must not keep data alive through its
+    /// joiners. `Err` is how this warm ends without a final state.
+    async fn wait_for_leader(
+        &self,
+        a: &Attempt<'_>,
+        leader: &str,
+        rx: &mut watch::Receiver<OperationState>,
+        part: bool,
+    ) -> Result<OperationState, Followed> {
+        let mut renew = tokio::time::interval(renew_every(a.spec));
         renew.tick().await;
         let stall_limit = self.warmer.settings.stall_limit;
         let mut seen = (
@@ -607,11 +607,11 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
             Duration::ZERO,
         );
         let mut moved = tokio::time::Instant::now();
-        let last = loop {
+        loop {
             let state = rx.borrow_and_update().clone();
-            show(&state);
+            show_leader(a.progress, leader, part, &state);
             if state.is_done() {
-                break state;
+                return Ok(state);
             }
             if (state.phase, state.counters, state.elapsed) != seen {
                 seen = (state.phase, state.counters, state.elapsed);
@@ -623,20 +623,32 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
                         // Gone: a final state sent just before counts.
                         let state = rx.borrow().clone();
                         if state.is_done() {
-                            break state;
+                            return Ok(state);
                         }
-                        return Followed::LeaderGone;
+                        return Err(Followed::LeaderGone);
                     }
                 }
                 _ = renew.tick(), if moved.elapsed() <= stall_limit => match self.write_leases(a).await {
                     Ok(()) => {}
-                    Err(e @ WarmError::LeaseEnded { .. }) => return Followed::Done(Err(e)),
-                    Err(e) => tracing::warn!(operation_id = id, error = %e, "lease renewal failed"),
+                    Err(e @ WarmError::LeaseEnded { .. }) => return Err(Followed::Done(Err(e))),
+                    Err(e) => tracing::warn!(operation_id = a.id, error = %e, "lease renewal failed"),
                 },
-                () = stop.stopped() => return Followed::Done(Ok(stopped_outcome(stop))),
+                () = a.stop.stopped() => return Err(Followed::Done(Ok(stopped_outcome(a.stop)))),
             }
-        };
-        show(&last);
+        }
+    }
+
+    /// This warm's answer from the leader's final state `last`: its
+    /// outcome judged by this warm's own rules, its leases written from
+    /// now, and the failures among its own keys.
+    async fn answer_from_leader(
+        &self,
+        a: &Attempt<'_>,
+        leader: &str,
+        last: OperationState,
+        part: bool,
+    ) -> Followed {
+        let Attempt { id, spec, .. } = *a;
         if let Some(older) = &last.fresh_from_operation_id {
             // It did not list: it answered from a warm that listed before
             // this one arrived (a takeover of a joinable warm runs its
@@ -673,45 +685,67 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
                 prefixes: empty,
             }));
         }
-        progress.add_empty_prefixes(empty);
+        a.progress.add_empty_prefixes(empty);
         // Ready now: "at least ttl" counts from here, and a lease an Evict
         // ended meanwhile ends this warm as it would any other.
         if let Err(e) = self.write_leases(a).await {
             return Followed::Done(Err(e));
         }
-        // Failures outside this warm's prefixes are not its own.
-        let mine: Vec<_> = last
-            .failures
-            .iter()
-            .filter(|f| spec.prefixes.iter().any(|p| f.key.starts_with(p.as_str())))
-            .cloned()
-            .collect();
-        let all_mine = last.failures_omitted == 0 && mine.is_empty();
-        // Some not listed: they may be this warm's; say so rather than guess.
-        let failed = if last.failures_omitted == 0 {
-            mine.len() as u64
-        } else {
-            last.counters.objects_failed
-        };
-        if part {
-            // This warm's failures among its own: the part shows none.
-            let mut counters = last.counters;
-            counters.objects_failed = 0;
-            progress.set_part(Some((leader, counters)));
-            let known = mine.len() as u64;
-            for f in mine {
-                progress.fail(&f.key, &f.code, f.message);
-            }
-            Progress::add(&progress.failed, failed.saturating_sub(known));
-        } else {
-            progress.set_failures(failed, mine);
-        }
-        Followed::Done(Ok(if all_mine {
+        let none_failed = take_own_failures(a, leader, &last, part);
+        Followed::Done(Ok(if none_failed {
             WarmOutcome::Succeeded
         } else {
             WarmOutcome::PartiallyFailed
         }))
     }
+}
+
+/// Shows the leader's `state` as all of this warm's work, or as part of
+/// it (next to its own).
+fn show_leader(progress: &Progress, leader: &str, part: bool, state: &OperationState) {
+    if part {
+        progress.set_part(Some((leader, state.counters)));
+    } else {
+        progress.mirror(state);
+    }
+}
+
+/// Counts the leader's failures among this warm's prefixes as this
+/// warm's (failures outside them are not its own). True when this warm
+/// has none: none among its prefixes, and none left out of the list.
+fn take_own_failures(a: &Attempt<'_>, leader: &str, last: &OperationState, part: bool) -> bool {
+    let mine: Vec<_> = last
+        .failures
+        .iter()
+        .filter(|f| {
+            a.spec
+                .prefixes
+                .iter()
+                .any(|p| f.key.starts_with(p.as_str()))
+        })
+        .cloned()
+        .collect();
+    let none_mine = last.failures_omitted == 0 && mine.is_empty();
+    // Some not listed: they may be this warm's; say so rather than guess.
+    let failed = if last.failures_omitted == 0 {
+        mine.len() as u64
+    } else {
+        last.counters.objects_failed
+    };
+    if part {
+        // This warm's failures among its own: the part shows none.
+        let mut counters = last.counters;
+        counters.objects_failed = 0;
+        a.progress.set_part(Some((leader, counters)));
+        let known = mine.len() as u64;
+        for f in mine {
+            a.progress.fail(&f.key, &f.code, f.message);
+        }
+        Progress::add(&a.progress.failed, failed.saturating_sub(known));
+    } else {
+        a.progress.set_failures(failed, mine);
+    }
+    none_mine
 }
 
 #[cfg(test)]

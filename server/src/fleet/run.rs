@@ -305,32 +305,16 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
                 && left <= cadence.run_ttl.saturating_sub(cadence.renew_every)
             {
                 since_renewal = Duration::ZERO;
-                let deadline = clock.now().saturating_add(span_millis(cadence.run_ttl));
-                let renewal = tokio::time::timeout(
-                    bounded(held_until, s.run_ttl / 2),
-                    self.index().renew_run(id, ticket, deadline),
-                )
-                .await
-                .unwrap_or_else(|_| {
-                    Err(crate::index::IndexError::Unavailable(
-                        "renewing the run timed out".into(),
-                    ))
-                });
-                match renewal {
-                    Ok(Renewal::Held { cancel_requested }) => {
+                let within = bounded(held_until, s.run_ttl / 2);
+                match self.renew(id, ticket, cadence.run_ttl, within, stop).await {
+                    Ok(Some(deadline)) => {
                         held_until = deadline;
                         hold(held_until);
-                        if cancel_requested && !stop.is_set() {
-                            tracing::info!(operation_id = %id, "cancel requested through the log");
-                            stop.cancel();
-                        }
                     }
-                    Ok(Renewal::Lost) => return lose(),
                     // Past its deadline another replica may hold it: the
                     // check at the top of the loop stops the warm then.
-                    Err(e) => {
-                        tracing::warn!(operation_id = %id, error = %e, "could not renew the run")
-                    }
+                    Ok(None) => {}
+                    Err(RunLost) => return lose(),
                 }
             }
             if since_checkpoint >= cadence.checkpoint_every {
@@ -347,23 +331,76 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
                 // Other replicas' status and list read this. Bounded like
                 // the renewal: a hung checkpoint must not hold the loop past
                 // the deadline, or a takeover could run beside this attempt.
-                let checkpoint = tokio::time::timeout(
-                    bounded(held_until, s.renew_every),
-                    self.index().update_operation(id, ticket, &snapshot),
-                )
+                let within = bounded(held_until, s.renew_every);
+                match self.write_checkpoint(id, ticket, &snapshot, within).await {
+                    Ok(true) => written = Some(shown),
+                    Ok(false) => {}
+                    Err(RunLost) => return lose(),
+                }
+            }
+        }
+    }
+
+    /// Renews `ticket`'s run for `run_ttl` from now, waiting at most
+    /// `within`, and cancels the warm if a cancel was requested through
+    /// the log. The new deadline, or `None` if the index did not answer
+    /// in time or failed (logged).
+    async fn renew(
+        &self,
+        id: &str,
+        ticket: &RunTicket,
+        run_ttl: Duration,
+        within: Duration,
+        stop: &StopSignal,
+    ) -> Result<Option<Millis>, RunLost> {
+        let deadline = self.warmer.clock.now().saturating_add(span_millis(run_ttl));
+        let renewal = tokio::time::timeout(within, self.index().renew_run(id, ticket, deadline))
+            .await
+            .unwrap_or_else(|_| {
+                Err(crate::index::IndexError::Unavailable(
+                    "renewing the run timed out".into(),
+                ))
+            });
+        match renewal {
+            Ok(Renewal::Held { cancel_requested }) => {
+                if cancel_requested && !stop.is_set() {
+                    tracing::info!(operation_id = %id, "cancel requested through the log");
+                    stop.cancel();
+                }
+                Ok(Some(deadline))
+            }
+            Ok(Renewal::Lost) => Err(RunLost),
+            Err(e) => {
+                tracing::warn!(operation_id = %id, error = %e, "could not renew the run");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Writes `snapshot` as the operation's progress under `ticket`,
+    /// waiting at most `within`: whether it was written (a failure is
+    /// logged; the next checkpoint tries again).
+    async fn write_checkpoint(
+        &self,
+        id: &str,
+        ticket: &RunTicket,
+        snapshot: &OperationState,
+        within: Duration,
+    ) -> Result<bool, RunLost> {
+        let checkpoint =
+            tokio::time::timeout(within, self.index().update_operation(id, ticket, snapshot))
                 .await
                 .unwrap_or_else(|_| {
                     Err(crate::index::IndexError::Unavailable(
                         "checkpointing the operation timed out".into(),
                     ))
                 });
-                match checkpoint {
-                    Ok(true) => written = Some(shown),
-                    Ok(false) => return lose(),
-                    Err(e) => {
-                        tracing::warn!(operation_id = %id, error = %e, "progress checkpoint failed")
-                    }
-                }
+        match checkpoint {
+            Ok(true) => Ok(true),
+            Ok(false) => Err(RunLost),
+            Err(e) => {
+                tracing::warn!(operation_id = %id, error = %e, "progress checkpoint failed");
+                Ok(false)
             }
         }
     }
@@ -438,3 +475,7 @@ fn failed_to_record(mut state: OperationState, err: &crate::index::IndexError) -
     state.error = Some(format!("the outcome could not be recorded: {err}"));
     state
 }
+
+/// Another attempt holds the run (or the operation finished under it):
+/// this one must stop.
+struct RunLost;
