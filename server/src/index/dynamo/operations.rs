@@ -610,16 +610,17 @@ impl DynamoIndex {
             .transpose()
     }
 
-    /// Up to `limit` entries of one `by_status` partition (keys and
-    /// `finished_at`), newest first, before `before` (a `created_key`).
+    /// Up to `limit` entries of the `by_status` partition `key` (one shard
+    /// of a status: [`status_keys`]), keys and `finished_at`, newest
+    /// first, before `before` (a `created_key`).
     async fn by_status(
         &self,
-        status: &str,
+        key: &str,
         before: Option<&str>,
         limit: usize,
     ) -> Result<Vec<Item>, IndexError> {
         let mut key_condition = "#status = :status".to_owned();
-        let mut vals = Vals::new().s("status", status);
+        let mut vals = Vals::new().s("status", key);
         if let Some(b) = before {
             key_condition.push_str(" AND #created_key < :before");
             vals = vals.s("before", b);
