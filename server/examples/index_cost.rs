@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use expresscache::{BucketName, DirectoryBucketName, Limits, Prefix, RequestId, WarmSpec};
-use expresscache_server::clock::SystemClock;
+use expresscache_server::core::clock::SystemClock;
 use expresscache_server::fleet::{Operations, OpsSettings};
 use expresscache_server::index::dynamo::{DynamoIndex, TablePrefix};
 use expresscache_server::store::MemoryStore;

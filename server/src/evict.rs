@@ -17,12 +17,13 @@ use std::time::Duration;
 
 use expresscache::EvictSpec;
 
-use crate::clock::Clock;
+use crate::core::clock::Clock;
+use crate::core::judge::Judge;
+use crate::core::operation::{KeyFailure, MAX_INLINE_FAILURES};
 use crate::index::{
     span_millis, CacheIndex, ClaimTerms, Entry, EvictDecision, IndexError, KeyRange, Lease, Millis,
     SweepBackoff,
 };
-use crate::operation::{KeyFailure, MAX_INLINE_FAILURES};
 use crate::store::{DeleteTarget, ObjectStore, StoreError, DELETE_BATCH};
 
 #[derive(Debug, thiserror::Error)]
@@ -226,9 +227,7 @@ impl<S: ObjectStore, I: CacheIndex> Evictor<S, I> {
     /// the skew margin, so nothing is deleted that a clock within the
     /// margin of ours still sees as live.
     fn settled_now(&self) -> Millis {
-        self.clock
-            .now()
-            .saturating_sub(span_millis(self.settings.skew_margin))
+        Judge::new(self.settings.skew_margin).settled(self.clock.now())
     }
 
     /// Whether this replica's clock is close enough to S3's to judge what
@@ -651,7 +650,7 @@ pub fn spawn_sweeper<S: ObjectStore, I: CacheIndex>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::ManualClock;
+    use crate::core::clock::ManualClock;
     use crate::index::{Claims, Leases, Records};
     use crate::index::{Entry, Lease, SqliteIndex};
     use crate::store::FaultStore;
@@ -870,7 +869,7 @@ mod fault_tests {
     //! Deletion under faults: lost replies, vanished buckets, clock skew,
     //! mass failures (issue cases 1, 4, 9, 12).
     use super::*;
-    use crate::clock::ManualClock;
+    use crate::core::clock::ManualClock;
     use crate::index::SqliteIndex;
     use crate::index::{Claims, Leases, Records};
     use crate::plan::{CopyReason, Decision, Planner};

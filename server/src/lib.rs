@@ -1,10 +1,12 @@
 //! expresscache-server: warms S3 Express One Zone directory buckets from
 //! general-purpose buckets over gRPC.
 //!
-//! Layers, bottom up: [`store`] (S3) and [`index`] (cache state) are narrow
+//! Layers, bottom up: [`core`] is the shared vocabulary and the policies
+//! that need no I/O; [`store`] (S3) and [`index`] (cache state) are narrow
 //! I/O traits; [`plan`], [`warm`] and [`evict`] hold the cache logic generic
-//! over them; [`ops`] runs warms detached from calls; [`api`] is the tonic
-//! service; [`server`] wires it all; [`app`] is what the binary runs.
+//! over them; [`fleet`] runs warms detached from calls, across replicas;
+//! [`api`] is the tonic service; [`server`] wires it all; [`app`] is what
+//! the binary runs.
 
 // The warm's future nests deep (coalescing, offload, the pipeline).
 #![recursion_limit = "256"]
@@ -13,8 +15,8 @@ pub mod api;
 pub mod app;
 pub mod auth;
 pub mod batch;
-pub mod clock;
 pub mod config;
+pub mod core;
 pub mod engine;
 pub mod evict;
 pub mod fleet;
@@ -22,7 +24,6 @@ pub mod gate;
 pub mod index;
 pub mod jitter;
 pub mod metrics;
-pub mod operation;
 pub mod plan;
 pub mod policy;
 pub mod pressure;

@@ -9,9 +9,11 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::clock::{Clock, Millis};
+use crate::core::clock::{Clock, Millis};
+use crate::core::operation::{
+    Counters, KeyFailure, OperationState, Outcome, Phase, MAX_INLINE_FAILURES,
+};
 use crate::engine::Activity;
-use crate::operation::{Counters, KeyFailure, OperationState, Outcome, Phase, MAX_INLINE_FAILURES};
 
 #[derive(Debug)]
 pub struct Progress {
@@ -61,7 +63,7 @@ pub struct Progress {
     batch_job: Mutex<Option<String>>,
     /// The requested prefixes the listing found empty.
     empty_prefixes: Mutex<Vec<String>>,
-    job_progress: Mutex<Option<crate::operation::JobProgress>>,
+    job_progress: Mutex<Option<crate::core::operation::JobProgress>>,
     /// Signalled when the state should reach the operation log now, not at
     /// the next checkpoint (a job id a crash must not lose).
     pub checkpoint_now: tokio::sync::Notify,
@@ -415,7 +417,7 @@ impl Progress {
     }
 
     /// Shows the job's progress as last described.
-    pub fn set_job_progress(&self, p: crate::operation::JobProgress) {
+    pub fn set_job_progress(&self, p: crate::core::operation::JobProgress) {
         *self.job_progress.lock().unwrap_or_else(|e| e.into_inner()) = Some(p);
     }
 
@@ -493,7 +495,7 @@ mod tests {
 
     #[test]
     fn only_the_final_state_is_done_and_it_has_its_outcome() {
-        let (p, rx) = Progress::new("op".into(), Arc::new(crate::clock::SystemClock));
+        let (p, rx) = Progress::new("op".into(), Arc::new(crate::core::clock::SystemClock));
         p.set_phase(Phase::Copying);
         let last = p.finish(Outcome::Succeeded, None);
         assert_eq!(

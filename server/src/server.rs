@@ -11,8 +11,8 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::api::Api;
 use crate::auth::Authenticator;
-use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
+use crate::core::clock::{Clock, SystemClock};
 use crate::evict::{spawn_sweeper, EvictSettings, Evictor};
 use crate::fleet::{Operations, OpsSettings};
 use crate::index::{CacheIndex, OperationLog, ReplicaRegistry};

@@ -12,7 +12,8 @@ use std::time::Duration;
 use aws_sdk_s3::config::interceptors::BeforeDeserializationInterceptorContextRef;
 use aws_sdk_s3::config::{ConfigBag, Intercept, RuntimeComponents};
 
-use crate::clock::{now_millis, span_millis, Millis};
+use crate::core::clock::{now_millis, Millis};
+use crate::core::judge::Judge;
 
 /// Weight of a new sample in the running estimate: one reply's 1 s
 /// resolution and its round trip are noise, a real offset persists.
@@ -68,12 +69,9 @@ impl ClockSkew {
         let Some(offset) = self.offset_ms() else {
             return Ok(());
         };
-        judge(offset, margin)
+        Judge::new(margin).fits(offset)
     }
 }
-
-/// What one `Date` header cannot tell apart: it has whole seconds.
-const RESOLUTION_MS: i64 = 1000;
 
 /// [`ClockSkew::check`] after one request to S3 (a HeadBucket of
 /// `bucket`, whose reply's `Date` is measured): what sweeping, evicting and
@@ -88,26 +86,6 @@ pub async fn check_against<S: crate::store::ObjectStore>(
         tracing::debug!(bucket, error = %e, "measuring the clock against S3 failed");
     }
     global().check(margin)
-}
-
-/// [`ClockSkew::check`] for a known `offset` (ms, local minus S3): refused
-/// only when the offset is beyond half the margin by more than a `Date`
-/// header can resolve, so a measurement's own error never stops a replica.
-pub fn judge(offset: i64, margin: Duration) -> Result<(), String> {
-    let allowed = span_millis(margin) / 2 + RESOLUTION_MS;
-    if offset.abs() <= allowed {
-        return Ok(());
-    }
-    let (by, way) = (
-        Duration::from_millis(offset.unsigned_abs()),
-        if offset > 0 { "ahead of" } else { "behind" },
-    );
-    Err(format!(
-        "this replica's clock is {:.1}s {way} S3's (more than half of --clock-skew-margin {}): \
-         it does not sweep, evict or take over warms until its clock is corrected (NTP, chrony)",
-        by.as_secs_f64(),
-        humantime::format_duration(margin)
-    ))
 }
 
 /// The S3 client interceptor that feeds [`global`] from every reply.
@@ -164,12 +142,13 @@ mod tests {
         // One noisy reply moves the estimate only a little.
         skew.observe(2_000_000, 2_000_500);
         assert_eq!(skew.offset_ms(), Some(8_320));
-        assert!(judge(3_400, Duration::from_secs(5)).is_ok());
-        assert!(judge(-3_600, Duration::from_secs(5))
+        assert!(Judge::new(Duration::from_secs(5)).fits(3_400).is_ok());
+        assert!(Judge::new(Duration::from_secs(5))
+            .fits(-3_600)
             .unwrap_err()
             .contains("behind"));
         assert!(
-            judge(900, Duration::ZERO).is_ok(),
+            Judge::new(Duration::ZERO).fits(900).is_ok(),
             "within a Date header's resolution, even with no margin"
         );
     }

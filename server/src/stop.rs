@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::clock::{Clock, Millis};
+use crate::core::clock::{Clock, Millis};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopReason {
@@ -111,7 +111,7 @@ impl StopSignal {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::ManualClock;
+    use crate::core::clock::ManualClock;
 
     fn held(clock: &Arc<ManualClock>, until: Millis) -> StopSignal {
         let stop = StopSignal::default();

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::{finish, objects, outcome, Fixture, Stream};
 use expresscache_client::{pb, Outcome};
-use expresscache_server::clock::Clock;
+use expresscache_server::core::clock::Clock;
 use expresscache_server::index::{OperationLog, ReplicaRegistry};
 use expresscache_server::store::Op;
 use expresscache_server::testing::{get, list_keys, put, TestIndex, TestStore};

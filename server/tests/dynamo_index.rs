@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use expresscache::{BucketName, DirectoryBucketName, Prefix, RequestId, WarmSpec};
-use expresscache_server::clock::ManualClock;
+use expresscache_server::core::clock::ManualClock;
+use expresscache_server::core::operation::{OperationState, Outcome};
 use expresscache_server::index::conformance::{run_all, run_operation_log, run_replica_registry};
 use expresscache_server::index::dynamo::layout::{partition_of, PARTITIONS, STATUS_SHARDS};
 use expresscache_server::index::dynamo::{DynamoConfig, TablePrefix};
@@ -28,7 +29,6 @@ use expresscache_server::index::{
     EvictDecision, IndexError, KeyRange, Lease, OpFilter, OperationLog, OperationRecord,
     RecordCursor, ReplicaRegistry, RunLease, RunTerms, RunTicket,
 };
-use expresscache_server::operation::{OperationState, Outcome};
 use expresscache_server::testing::{free_port, local_sdk_config, unique, Moto};
 
 const DIR: &str = "cache--use1-az4--x-s3";
@@ -1067,7 +1067,7 @@ async fn orphan_adoption_pages_past_a_page_shortened_by_an_unreadable_item() {
     let warmer = Arc::new(Warmer::new(
         Arc::new(MemoryStore::default()),
         Arc::clone(&index),
-        Arc::new(expresscache_server::clock::SystemClock),
+        Arc::new(expresscache_server::core::clock::SystemClock),
         WarmSettings::default(),
     ));
     let ops = Arc::new(Operations::new(

@@ -20,13 +20,13 @@ use std::time::Duration;
 
 use expresscache::proto::v1 as pb;
 use expresscache::{EvictSpec, Limits, WarmSpec};
-use expresscache_server::clock::Clock;
-use expresscache_server::clock::ManualClock;
+use expresscache_server::core::clock::Clock;
+use expresscache_server::core::clock::ManualClock;
+use expresscache_server::core::operation::Outcome;
 use expresscache_server::evict::{EvictSettings, Evictor};
 use expresscache_server::gate::{Gate, Pass};
 use expresscache_server::index::dynamo::TablePrefix;
 use expresscache_server::index::{CacheIndex, CountingIndex, DynamoIndex, KeyRange, SqliteIndex};
-use expresscache_server::operation::Outcome;
 use expresscache_server::progress::Progress;
 use expresscache_server::store::{FaultStore, MemoryStore, Op};
 use expresscache_server::testing::{unique, Moto};

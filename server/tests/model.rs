@@ -12,10 +12,10 @@ use std::time::Duration;
 
 use expresscache::proto::v1 as pb;
 use expresscache::{EvictSpec, Limits, WarmSpec};
-use expresscache_server::clock::{Clock, ManualClock};
+use expresscache_server::core::clock::{Clock, ManualClock};
+use expresscache_server::core::operation::Outcome;
 use expresscache_server::evict::{EvictSettings, Evictor};
 use expresscache_server::index::{CacheIndex, KeyRange, Record, SqliteIndex};
-use expresscache_server::operation::Outcome;
 use expresscache_server::progress::Progress;
 use expresscache_server::store::{FaultStore, MemoryStore, Op};
 use expresscache_server::warm::{WarmOutcome, WarmSettings, Warmer};

@@ -6,10 +6,12 @@ use std::time::Duration;
 
 use expresscache::proto::v1 as pb;
 
-use crate::clock::Millis;
+use crate::core::clock::Millis;
+use crate::core::operation::{
+    Counters, KeyFailure, OperationRecord, OperationState, Outcome, Phase,
+};
 use crate::evict::EvictReport;
 use crate::index::{Lease, SweepFailure};
-use crate::operation::{Counters, KeyFailure, OperationRecord, OperationState, Outcome, Phase};
 
 /// [`Millis`] as a protobuf timestamp.
 pub fn timestamp(ms: Millis) -> prost_types::Timestamp {

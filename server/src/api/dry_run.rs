@@ -12,8 +12,8 @@ use tonic::Status;
 
 use super::{convert, Api, ApiError, ProgressStream};
 use crate::auth::Principal;
+use crate::core::operation::Outcome;
 use crate::index::{CacheIndex, OperationLog};
-use crate::operation::Outcome;
 use crate::pricing::{Estimate, PriceTable};
 use crate::progress::Progress;
 use crate::stop::StopSignal;

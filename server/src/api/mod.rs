@@ -21,11 +21,11 @@ pub use error::ApiError;
 use tracing::Instrument;
 
 use crate::auth::Principal;
-use crate::clock::Clock;
+use crate::core::clock::Clock;
+use crate::core::operation::OperationRecord;
 use crate::evict::Evictor;
 use crate::fleet::{FeedError, Operations, Subscription};
 use crate::index::{CacheIndex, OpFilter, OperationLog, Usage};
-use crate::operation::OperationRecord;
 use crate::policy::Policy;
 use crate::store::ObjectStore;
 

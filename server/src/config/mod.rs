@@ -279,8 +279,7 @@ impl LogFormat {
     }
 }
 
-const MIN_MULTIPART: u64 = 5 * 1024 * 1024;
-const MAX_COPY_OBJECT: u64 = 5 * 1024 * 1024 * 1024;
+use crate::core::limits::{MAX_COPY_OBJECT, MIN_PART};
 /// Above this, an object is copied in parts side by side: at S3's ~90 MB/s
 /// a request, one CopyObject of 128 MiB takes 1.5 s, two 64 MiB parts at
 /// once under a second with five requests more (listing open uploads,
@@ -438,7 +437,7 @@ fn duration(s: &str) -> Result<Duration, String> {
 }
 
 fn multipart_threshold_in_range(name: &str, v: &u64) -> Result<(), String> {
-    if (MIN_MULTIPART..=MAX_COPY_OBJECT).contains(v) {
+    if (MIN_PART..=MAX_COPY_OBJECT).contains(v) {
         Ok(())
     } else {
         Err(format!(
@@ -448,7 +447,7 @@ fn multipart_threshold_in_range(name: &str, v: &u64) -> Result<(), String> {
 }
 
 fn part_size_in_range(name: &str, v: &u64) -> Result<(), String> {
-    if (crate::engine::MIN_PART..=crate::engine::MAX_PART).contains(v) {
+    if (MIN_PART..=crate::engine::MAX_PART).contains(v) {
         Ok(())
     } else {
         Err(format!(
@@ -481,6 +480,31 @@ impl table::Shown for IndexLocation {
 impl table::Shown for LogFormat {
     fn shown(&self) -> Option<String> {
         Some(format!("\"{}\"", self.name()))
+    }
+}
+
+impl Default for crate::engine::EngineSettings {
+    fn default() -> Self {
+        Self::from(&Config::default())
+    }
+}
+
+// The engine takes its settings from the configuration; they live here,
+// not in engine/, so the engine does not depend on the configuration.
+impl From<&Config> for crate::engine::EngineSettings {
+    fn from(c: &Config) -> Self {
+        Self {
+            max_concurrency: c.max_concurrency,
+            min_concurrency: 1,
+            max_attempts: 5,
+            retry_base_delay: Duration::from_millis(100),
+            retry_max_delay: Duration::from_secs(5),
+            multipart_threshold: c.multipart_threshold,
+            part_size: c.multipart_part_size,
+            part_concurrency: 8,
+            request_timeout: c.s3_request_timeout,
+            min_copy_rate: 10 * 1024 * 1024,
+        }
     }
 }
 

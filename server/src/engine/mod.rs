@@ -24,9 +24,7 @@ use crate::store::{Copied, CopyRequest, ObjectStore, PartCopy, StoreError};
 /// 1 GiB at the slowest copy rate is about 100 s on top of the base.
 const COMPLETE_BUDGET_BYTES: u64 = 1024 * 1024 * 1024;
 
-/// S3's smallest part (except the last) and most parts per upload.
-pub const MIN_PART: u64 = 5 * 1024 * 1024;
-pub const MAX_PARTS: u64 = 10_000;
+use crate::core::limits::{MAX_PARTS, MIN_PART};
 /// Largest part the engine uses: big enough to keep part counts low, small
 /// enough that a failed part costs little to redo.
 pub const MAX_PART: u64 = 512 * 1024 * 1024;
@@ -65,29 +63,6 @@ pub struct EngineSettings {
     /// which sizes the timeout of a copy or part: a 5 GiB CopyObject gets
     /// `request_timeout` + 5 GiB / this.
     pub min_copy_rate: u64,
-}
-
-impl Default for EngineSettings {
-    fn default() -> Self {
-        Self::from(&crate::config::Config::default())
-    }
-}
-
-impl From<&crate::config::Config> for EngineSettings {
-    fn from(c: &crate::config::Config) -> Self {
-        Self {
-            max_concurrency: c.max_concurrency,
-            min_concurrency: 1,
-            max_attempts: 5,
-            retry_base_delay: Duration::from_millis(100),
-            retry_max_delay: Duration::from_secs(5),
-            multipart_threshold: c.multipart_threshold,
-            part_size: c.multipart_part_size,
-            part_concurrency: 8,
-            request_timeout: c.s3_request_timeout,
-            min_copy_rate: 10 * 1024 * 1024,
-        }
-    }
 }
 
 /// When work last moved: shared by everything a warm does, so a warm can
@@ -692,7 +667,7 @@ mod tests {
         let (store, etag) = store_with(1024);
         let e = engine(Arc::clone(&store));
         let stop = StopSignal::default();
-        let clock: Arc<dyn crate::clock::Clock> = Arc::new(crate::clock::SystemClock);
+        let clock: Arc<dyn crate::core::clock::Clock> = Arc::new(crate::core::clock::SystemClock);
         stop.hold_until(clock.now(), &clock);
         let sent = e
             .copy(&req(&etag), 1024, &CopyStats::default(), &stop)

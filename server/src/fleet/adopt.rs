@@ -6,8 +6,8 @@
 use std::sync::Arc;
 
 use super::Operations;
+use crate::core::operation::{OperationRecord, Outcome};
 use crate::index::{CacheIndex, IndexError, OpFilter, OperationLog};
-use crate::operation::{OperationRecord, Outcome};
 use crate::progress::Progress;
 use crate::store::ObjectStore;
 

@@ -34,8 +34,8 @@ use expresscache::WarmSpec;
 use tokio::sync::watch;
 
 use super::Operations;
+use crate::core::operation::{OperationState, Outcome, Phase, RunTicket};
 use crate::index::{CacheIndex, OperationLog};
-use crate::operation::{OperationState, Outcome, Phase, RunTicket};
 use crate::progress::Progress;
 use crate::stop::{StopReason, StopSignal};
 use crate::store::ObjectStore;
@@ -425,7 +425,7 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
         };
         // Shown (and recorded) as partly joined from the start.
         a.progress
-            .set_part(Some((leader, crate::operation::Counters::default())));
+            .set_part(Some((leader, crate::core::operation::Counters::default())));
         let covered_part = async {
             match self.follow_leader(&part, leader, rx, true).await {
                 Followed::Done(result) => result,
@@ -603,7 +603,7 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
         let stall_limit = self.warmer.settings.stall_limit;
         let mut seen = (
             Phase::Queued,
-            crate::operation::Counters::default(),
+            crate::core::operation::Counters::default(),
             Duration::ZERO,
         );
         let mut moved = tokio::time::Instant::now();

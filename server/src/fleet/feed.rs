@@ -6,8 +6,8 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use super::{FeedError, Operations, Subscription};
+use crate::core::operation::OperationState;
 use crate::index::{CacheIndex, OperationLog};
-use crate::operation::OperationState;
 use crate::store::ObjectStore;
 
 /// The state of one [`Operations::feed`].

@@ -28,10 +28,11 @@ use futures::stream::BoxStream;
 use tokio::sync::{watch, Notify};
 use tracing::Instrument;
 
+use crate::core::judge::Judge;
+use crate::core::operation::{OperationRecord, OperationState, Outcome, RunLease, RunTicket};
 use crate::index::{
     span_millis, CacheIndex, CreateOutcome, IndexError, Millis, OpFilter, OperationLog, RunTerms,
 };
-use crate::operation::{OperationRecord, OperationState, Outcome, RunLease, RunTicket};
 use crate::progress::Progress;
 use crate::stop::StopSignal;
 use crate::store::ObjectStore;
@@ -240,10 +241,7 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
     /// clock minus the skew margin).
     fn now(&self) -> (Millis, Millis) {
         let now = self.warmer.clock.now();
-        (
-            now,
-            now.saturating_sub(span_millis(self.settings.skew_margin)),
-        )
+        (now, Judge::new(self.settings.skew_margin).settled(now))
     }
 
     /// The terms on which this replica takes a run now.

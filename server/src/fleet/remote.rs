@@ -31,8 +31,8 @@ use tokio::sync::watch;
 
 use super::coalesce::covers;
 use super::Operations;
+use crate::core::operation::{OperationRecord, OperationState};
 use crate::index::{CacheIndex, Millis, OpFilter, OperationLog};
-use crate::operation::{OperationRecord, OperationState};
 use crate::store::ObjectStore;
 
 /// How long one lookup of joinable warms is reused: a warm it misses
@@ -70,7 +70,7 @@ impl Remote {
 /// may join.
 fn joinable_elsewhere(rec: &OperationRecord, me: &str, now: Millis) -> bool {
     !rec.is_done()
-        && rec.state.phase == crate::operation::Phase::Queued
+        && rec.state.phase == crate::core::operation::Phase::Queued
         && rec.run.as_ref().is_some_and(|r| {
             r.joinable && !r.cancel_requested && r.ticket.replica != me && r.deadline > now
         })

@@ -12,8 +12,8 @@ use expresscache::WarmSpec;
 use tracing::Instrument;
 
 use super::Operations;
+use crate::core::operation::{OperationState, Outcome, RunTicket};
 use crate::index::{span_millis, CacheIndex, Millis, OperationLog, Renewal};
-use crate::operation::{OperationState, Outcome, RunTicket};
 use crate::progress::Progress;
 use crate::stop::{StopReason, StopSignal};
 use crate::store::ObjectStore;
@@ -271,8 +271,11 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
         // What the last checkpoint wrote, so a follower writes only news.
         // (Lease epochs count too: a takeover needs them to tell an
         // evicted lease from one to extend.)
-        let mut written: Option<(crate::operation::Phase, crate::operation::Counters, usize)> =
-            None;
+        let mut written: Option<(
+            crate::core::operation::Phase,
+            crate::core::operation::Counters,
+            usize,
+        )> = None;
         loop {
             let now_please = tokio::select! {
                 _ = tick.tick() => false,

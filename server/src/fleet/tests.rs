@@ -5,8 +5,8 @@ use std::time::Duration;
 use expresscache::{Limits, WarmSpec};
 
 use super::*;
+use crate::core::operation::{OperationRecord, OperationState, Outcome};
 use crate::index::{RunTerms, SqliteIndex};
-use crate::operation::{OperationRecord, OperationState, Outcome};
 use crate::store::MemoryStore;
 use crate::warm::{WarmSettings, Warmer};
 
@@ -30,7 +30,7 @@ fn unfinished(id: &str, resumptions: u32) -> OperationRecord {
             selection: Default::default(),
         },
         state: OperationState {
-            phase: crate::operation::Phase::Copying,
+            phase: crate::core::operation::Phase::Copying,
             ..OperationState::queued(id, 1)
         },
         created_at: 1,
@@ -76,7 +76,7 @@ async fn a_warm_interrupted_too_often_is_failed_not_resumed_again() {
     let warmer = Arc::new(Warmer::new(
         Arc::new(store),
         Arc::clone(&index),
-        Arc::new(crate::clock::SystemClock),
+        Arc::new(crate::core::clock::SystemClock),
         WarmSettings::default(),
     ));
     let ops = Arc::new(Operations::new(
@@ -138,7 +138,7 @@ async fn a_runner_whose_renewals_hang_stops_itself_by_its_deadline() {
     let warmer = Arc::new(Warmer::new(
         Arc::clone(&store),
         Arc::clone(&index),
-        Arc::new(crate::clock::SystemClock),
+        Arc::new(crate::core::clock::SystemClock),
         warm,
     ));
     let settings = OpsSettings {
@@ -213,7 +213,7 @@ fn fleet_member<I: crate::index::CacheIndex + crate::index::OperationLog>(
     let warmer = Arc::new(Warmer::new(
         Arc::clone(&store),
         index,
-        Arc::new(crate::clock::SystemClock),
+        Arc::new(crate::core::clock::SystemClock),
         warm,
     ));
     let settings = OpsSettings {
@@ -249,7 +249,7 @@ async fn run_to_end<
 
 #[tokio::test]
 async fn a_runner_whose_checkpoints_hang_keeps_its_run_renewed() {
-    use crate::clock::Clock;
+    use crate::core::clock::Clock;
     use crate::index::CountingIndex;
     let index = Arc::new(
         CountingIndex::new(SqliteIndex::open_in_memory().unwrap())
@@ -263,7 +263,7 @@ async fn a_runner_whose_checkpoints_hang_keeps_its_run_renewed() {
     tokio::time::sleep(Duration::from_millis(700)).await;
     let rec = index.get_operation(&id).await.unwrap().unwrap();
     let run = rec.run.expect("unfinished: it has a run");
-    let now = crate::clock::SystemClock.now();
+    let now = crate::core::clock::SystemClock.now();
     assert!(
         run.deadline > now,
         "a hung checkpoint must not stop the renewals: the run lapsed {} ms ago, \
@@ -315,9 +315,9 @@ async fn a_final_state_the_index_refuses_is_recorded_smaller_then_as_failed_neve
 /// Operation "x" of attempt 1, which wrote a lease on d/ until `now +
 /// lease_ms` and checkpointed its epoch, then lost its replica.
 async fn orphan_with_a_lease(index: &Arc<SqliteIndex>, lease_ms: i64) -> i64 {
-    use crate::clock::Clock;
+    use crate::core::clock::Clock;
     use crate::index::Lease;
-    let now = crate::clock::SystemClock.now();
+    let now = crate::core::clock::SystemClock.now();
     let lease = index
         .extend_lease(
             &Lease::new("cache--use1-az4--x-s3", "d/", "src", now + lease_ms),
@@ -466,7 +466,7 @@ async fn a_joiner_does_not_take_an_answer_from_a_listing_older_than_its_arrival(
     let index = Arc::new(SqliteIndex::open_in_memory().unwrap());
     let (ops, _store) = fleet_member(Arc::clone(&index), 3, 1);
     let spec = unfinished("x", 0).request;
-    let (progress, _rx) = Progress::new("joiner".into(), Arc::new(crate::clock::SystemClock));
+    let (progress, _rx) = Progress::new("joiner".into(), Arc::new(crate::core::clock::SystemClock));
     let stop = crate::stop::StopSignal::default();
     let ticket = RunTicket {
         replica: "here".into(),
@@ -482,7 +482,7 @@ async fn a_joiner_does_not_take_an_answer_from_a_listing_older_than_its_arrival(
         whole: true,
     };
     let leader = OperationState {
-        phase: crate::operation::Phase::Queued,
+        phase: crate::core::operation::Phase::Queued,
         ..OperationState::queued("leader", 1)
     };
     let (tx, rx) = tokio::sync::watch::channel(leader.clone());

@@ -7,7 +7,7 @@
 
 use expresscache::{BucketName, DirectoryBucketName, Prefix, RequestId, WarmSpec};
 
-use crate::operation::{KeyFailure, OperationState, Outcome, Phase, RunLease, RunTicket};
+use crate::core::operation::{KeyFailure, OperationState, Outcome, Phase, RunLease, RunTicket};
 
 use super::{
     CacheIndex, Claim, ClaimKind, ClaimOutcome, ClaimTerms, Completion, CreateOutcome, Entry,

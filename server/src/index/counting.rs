@@ -385,7 +385,7 @@ impl<I: OperationLog> OperationLog for CountingIndex<I> {
         &self,
         id: &str,
         ticket: &RunTicket,
-        state: &crate::operation::OperationState,
+        state: &crate::core::operation::OperationState,
     ) -> Result<bool, IndexError> {
         self.write();
         let _pass = self.pass("update_operation", id).await?;
@@ -396,7 +396,7 @@ impl<I: OperationLog> OperationLog for CountingIndex<I> {
         &self,
         id: &str,
         ticket: &RunTicket,
-        state: &crate::operation::OperationState,
+        state: &crate::core::operation::OperationState,
         epochs: &[(String, String)],
     ) -> Result<bool, IndexError> {
         self.write();

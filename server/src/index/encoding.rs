@@ -14,9 +14,9 @@ use expresscache::{BucketName, DirectoryBucketName, Prefix, RequestId, WarmSpec}
 use serde::{Deserialize, Serialize};
 
 use super::IndexError;
-use crate::clock::Millis;
-use crate::operation::OperationRecord;
-use crate::operation::{Counters, KeyFailure, OperationState, Outcome, Phase};
+use crate::core::clock::Millis;
+use crate::core::operation::OperationRecord;
+use crate::core::operation::{Counters, KeyFailure, OperationState, Outcome, Phase};
 
 /// The only document version this release writes.
 pub const VERSION: u32 = 1;

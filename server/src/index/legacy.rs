@@ -11,8 +11,8 @@ use expresscache::{Limits, WarmSpec};
 use prost::Message;
 
 use super::IndexError;
-use crate::clock::Millis;
-use crate::operation::{Counters, KeyFailure, OperationState, Outcome, Phase};
+use crate::core::clock::Millis;
+use crate::core::operation::{Counters, KeyFailure, OperationState, Outcome, Phase};
 
 /// Limits wide enough for anything an earlier release accepted: the stored
 /// request was validated when it was submitted.

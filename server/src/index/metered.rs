@@ -13,8 +13,8 @@ use super::{
     Renewal, ReplicaRegistry, RunLeases, RunTerms, RunTicket, SweepBackoff, SweepFailure, Takeover,
     Usage,
 };
+use crate::core::operation::OperationState;
 use crate::metrics::{INDEX_ERRORS, INDEX_REQUEST_DURATION};
-use crate::operation::OperationState;
 
 #[derive(Debug)]
 pub struct MeteredIndex<I> {

@@ -30,9 +30,13 @@ pub use sqlite::SqliteIndex;
 
 use std::ops::Bound;
 
-pub use crate::clock::{millis_of, span_millis, Millis};
-use crate::operation::OperationState;
-pub use crate::operation::{OperationRecord, RunLease, RunTicket};
+pub use crate::core::cache::{
+    attempt_owner, lineage, supersedes, Claim, ClaimKind, Entry, Lease, Record,
+};
+pub use crate::core::clock::{millis_of, span_millis, Millis};
+pub use crate::core::keys::{ancestors, prefix_successor, KeyRange};
+use crate::core::operation::OperationState;
+pub use crate::core::operation::{OperationRecord, RunLease, RunTicket};
 
 /// Gives up `owner`'s claim on `key`; a failure is only logged, since the
 /// claim lapses at its deadline anyway.
@@ -44,145 +48,6 @@ pub async fn release_or_lapse<I: CacheIndex + ?Sized>(
 ) {
     if let Err(e) = index.release_claim(dir, key, owner).await {
         tracing::warn!(key, owner, error = %e, "could not release claim; it lapses at its deadline");
-    }
-}
-
-/// The index record of one cached object. Written only after its copy
-/// succeeded.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
-    pub directory_bucket: String,
-    /// Key in the directory bucket.
-    pub key: String,
-    pub source_bucket: String,
-    pub source_key: String,
-    /// ETag of the source version that was copied.
-    pub source_etag: String,
-    pub size: u64,
-    pub source_last_modified: Option<Millis>,
-    /// ETag the copy produced in the directory bucket.
-    pub dest_etag: String,
-    pub cached_at: Millis,
-}
-
-/// Keeps everything under `prefix` of `directory_bucket` cached until
-/// `expires_at`. A lease whose `expires_at` is not after "now" is absent
-/// for every decision, even while its record still exists.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Lease {
-    pub directory_bucket: String,
-    pub prefix: String,
-    pub source_bucket: String,
-    pub expires_at: Millis,
-    /// Assigned by the index when the lease record is created, and changed
-    /// whenever `end_leases` ends it (ignored on input). A warm that sees
-    /// its lease's epoch change while it runs knows an `Evict` ended the
-    /// lease and may have deleted what it had counted as ready.
-    pub epoch: String,
-}
-
-impl Lease {
-    /// A lease to write (its epoch is the index's to assign).
-    pub fn new(
-        directory_bucket: &str,
-        prefix: &str,
-        source_bucket: &str,
-        expires_at: Millis,
-    ) -> Self {
-        Self {
-            directory_bucket: directory_bucket.to_owned(),
-            prefix: prefix.to_owned(),
-            source_bucket: source_bucket.to_owned(),
-            expires_at,
-            epoch: String::new(),
-        }
-    }
-
-    pub fn is_live(&self, now: Millis) -> bool {
-        self.expires_at > now
-    }
-}
-
-/// What an in-flight claim on a key is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ClaimKind {
-    /// A warm is copying the key.
-    Copy,
-    /// An eviction is deleting the key.
-    Evict,
-}
-
-/// Exclusive, time-limited right to change one key. A claim past its
-/// deadline is void: anyone may take it over, so a crashed holder never
-/// blocks others for longer than the deadline.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Claim {
-    pub owner: String,
-    pub kind: ClaimKind,
-    pub deadline: Millis,
-}
-
-impl Claim {
-    pub fn is_live(&self, now: Millis) -> bool {
-        self.deadline > now
-    }
-
-    /// Whether this claim keeps `claimant` from the key at `now`: it does
-    /// while it is live, unless it is `claimant`'s own or an earlier
-    /// attempt's of the same operation (see [`attempt_owner`]).
-    pub fn blocks(&self, claimant: &str, now: Millis) -> bool {
-        self.is_live(now) && self.owner != claimant && !supersedes(claimant, &self.owner)
-    }
-}
-
-/// The claim owner of one attempt at running an operation:
-/// `{operation}#{attempt}`, the attempt zero-padded so owners of one
-/// operation sort by attempt.
-pub fn attempt_owner(operation: &str, attempt: u32) -> String {
-    format!("{operation}#{attempt:08}")
-}
-
-/// The part of an attempt owner that names its operation (`{operation}#`),
-/// if `owner` is one.
-pub fn lineage(owner: &str) -> Option<&str> {
-    let hash = owner.rfind('#')?;
-    let attempt = &owner[hash + 1..];
-    (attempt.len() == 8 && attempt.bytes().all(|b| b.is_ascii_digit())).then(|| &owner[..=hash])
-}
-
-/// Whether `claimant` supersedes `holder`: both are attempts of one
-/// operation and `holder` is the earlier. Only the attempt that holds the
-/// operation's run claims keys, so an earlier attempt is dead or fenced,
-/// and its claims are taken over at once instead of waited out; a later
-/// attempt's claims are never an earlier one's to take.
-pub fn supersedes(claimant: &str, holder: &str) -> bool {
-    lineage(claimant).is_some_and(|l| holder.starts_with(l) && holder < claimant)
-}
-
-/// One key of a directory bucket as the index knows it: the cached version
-/// (only once its copy succeeded) and any claim on it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Record {
-    pub key: String,
-    pub entry: Option<Entry>,
-    pub claim: Option<Claim>,
-    /// An eviction of this key ended without knowing whether the object
-    /// was deleted (or a copy took over its lapsed evict claim and has not
-    /// recorded yet): the entry vouches for nothing until a copy records
-    /// it again. Cleared only by a recorded copy.
-    pub unconfirmed: bool,
-}
-
-impl Record {
-    /// Whether the entry cannot be trusted as a hit: marked unconfirmed, or
-    /// an eviction claim on it lapsed at `now` (its evictor died between
-    /// the delete and recording it).
-    pub fn is_unconfirmed(&self, now: Millis) -> bool {
-        self.unconfirmed
-            || self
-                .claim
-                .as_ref()
-                .is_some_and(|c| c.kind == ClaimKind::Evict && !c.is_live(now))
     }
 }
 
@@ -281,66 +146,6 @@ pub enum CreateOutcome {
     Created,
     /// Another operation already holds the request id.
     Exists(Box<OperationRecord>),
-}
-
-/// The keys of a [`Records::records`] read: those starting with
-/// `prefix`, narrowed by `start` and `end`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct KeyRange<'a> {
-    pub prefix: &'a str,
-    pub start: Bound<&'a str>,
-    pub end: Bound<&'a str>,
-}
-
-impl<'a> KeyRange<'a> {
-    /// Every key starting with `prefix`.
-    pub fn prefix(prefix: &'a str) -> Self {
-        Self {
-            prefix,
-            start: Bound::Unbounded,
-            end: Bound::Unbounded,
-        }
-    }
-
-    /// Only keys after `key` (unchanged when `None`).
-    #[must_use]
-    pub fn after(mut self, key: Option<&'a str>) -> Self {
-        if let Some(k) = key {
-            self.start = Bound::Excluded(k);
-        }
-        self
-    }
-
-    /// Only keys up to and including `key` (unchanged when `None`).
-    #[must_use]
-    pub fn upto(mut self, key: Option<&'a str>) -> Self {
-        if let Some(k) = key {
-            self.end = Bound::Included(k);
-        }
-        self
-    }
-
-    /// The range as one interval of keys, the prefix folded into its
-    /// bounds: what a backend seeks to (lower bound always set; upper bound
-    /// unbounded only for the empty prefix, or a prefix of `0xff` bytes).
-    pub fn interval(&self) -> (Bound<String>, Bound<String>) {
-        let prefix = self.prefix;
-        let lower = match self.start {
-            Bound::Included(k) if k >= prefix => Bound::Included(k.to_owned()),
-            Bound::Excluded(k) if k >= prefix => Bound::Excluded(k.to_owned()),
-            _ => Bound::Included(prefix.to_owned()),
-        };
-        let successor = prefix_successor(prefix);
-        let upper = match (self.end, successor) {
-            (Bound::Included(k), Some(e)) if k >= e.as_str() => Bound::Excluded(e),
-            (Bound::Excluded(k), Some(e)) if k > e.as_str() => Bound::Excluded(e),
-            (Bound::Included(k), _) => Bound::Included(k.to_owned()),
-            (Bound::Excluded(k), _) => Bound::Excluded(k.to_owned()),
-            (Bound::Unbounded, Some(e)) => Bound::Excluded(e),
-            (Bound::Unbounded, None) => Bound::Unbounded,
-        };
-        (lower, upper)
-    }
 }
 
 /// Who takes a claim, until when, and the time it is judged at (a claim
@@ -804,97 +609,4 @@ pub trait ReplicaRegistry: Send + Sync + 'static {
     /// Removes `replica` at once (a graceful shutdown), so its share goes
     /// to the others without waiting for its deadline.
     async fn leave(&self, replica: &str) -> Result<(), IndexError>;
-}
-
-/// `key` and each of its ancestor prefixes: "" and every prefix of it ending
-/// in '/'. These are the lease prefixes that can cover it.
-pub fn ancestors(key: &str) -> Vec<String> {
-    let mut out = vec![String::new()];
-    out.extend(
-        key.char_indices()
-            .filter(|(_, c)| *c == '/')
-            .map(|(i, _)| key[..=i].to_owned()),
-    );
-    if !key.is_empty() && !key.ends_with('/') {
-        out.push(key.to_owned());
-    }
-    out
-}
-
-/// The smallest key greater than every key starting with `prefix`, if any:
-/// the exclusive upper bound of a prefix range scan.
-pub fn prefix_successor(prefix: &str) -> Option<String> {
-    let mut bytes = prefix.as_bytes().to_vec();
-    while let Some(last) = bytes.pop() {
-        if last < 0xff {
-            bytes.push(last + 1);
-            // Keys are UTF-8; bumping the final byte of a prefix that ends in
-            // an ASCII '/' (all non-empty prefixes) stays valid UTF-8.
-            return String::from_utf8(bytes).ok();
-        }
-    }
-    None
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn interval(r: KeyRange<'_>) -> (Bound<String>, Bound<String>) {
-        r.interval()
-    }
-
-    #[test]
-    fn later_attempts_supersede_earlier_ones_of_their_operation_only() {
-        let (first, second) = (attempt_owner("op", 1), attempt_owner("op", 2));
-        assert_eq!(lineage(&second), Some("op#"));
-        assert!(supersedes(&second, &first));
-        assert!(!supersedes(&first, &second), "never the other way");
-        assert!(!supersedes(&second, &second));
-        assert!(
-            !supersedes(&attempt_owner("op2", 9), &first),
-            "another operation"
-        );
-        assert!(!supersedes(&attempt_owner("o", 9), &attempt_owner("op", 1)));
-        assert_eq!(lineage("evict:abc"), None);
-        assert_eq!(lineage("op#12"), None, "not an attempt owner");
-        let claim = Claim {
-            owner: first.clone(),
-            kind: ClaimKind::Copy,
-            deadline: 100,
-        };
-        assert!(!claim.blocks(&second, 0));
-        assert!(claim.blocks(&attempt_owner("other", 1), 0));
-        assert!(!claim.blocks(&attempt_owner("other", 1), 100), "lapsed");
-    }
-
-    #[test]
-    fn key_ranges_take_the_tighter_bound() {
-        let own = |s: &str| s.to_owned();
-        assert_eq!(
-            interval(KeyRange::prefix("a/").after(Some("a/x")).upto(Some("a/z"))),
-            (Bound::Excluded(own("a/x")), Bound::Included(own("a/z")))
-        );
-        assert_eq!(
-            interval(KeyRange::prefix("a/")),
-            (Bound::Included(own("a/")), Bound::Excluded(own("a0")))
-        );
-        assert_eq!(
-            interval(KeyRange::prefix("").after(Some("k"))),
-            (Bound::Excluded(own("k")), Bound::Unbounded)
-        );
-        assert_eq!(
-            interval(KeyRange::prefix("a/").after(Some("0")).upto(Some("b"))),
-            (Bound::Included(own("a/")), Bound::Excluded(own("a0")))
-        );
-        let exact = KeyRange {
-            prefix: "a/k",
-            start: Bound::Included("a/k"),
-            end: Bound::Included("a/k"),
-        };
-        assert_eq!(
-            interval(exact),
-            (Bound::Included(own("a/k")), Bound::Included(own("a/k")))
-        );
-    }
 }

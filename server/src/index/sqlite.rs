@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use crate::clock::{Clock, SystemClock};
+use crate::core::clock::{Clock, SystemClock};
 
 use super::{
     ancestors, lineage, prefix_successor, Claim, ClaimKind, ClaimOutcome, ClaimTerms, Claims,
@@ -19,7 +19,7 @@ use super::{
     SweepFailure, Usage,
 };
 use super::{encoding, legacy, Renewal, ReplicaRegistry, RunLease, RunTerms, RunTicket, Takeover};
-use crate::operation::OperationState;
+use crate::core::operation::OperationState;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS records (

@@ -104,10 +104,8 @@ async fn listed<S: ObjectStore>(store: &S, bucket: &str, key: &str) -> Option<Ob
 
 /// S3's page size limit: more keys than this span at least two pages on
 /// every backend.
-const S3_PAGE: usize = 1000;
-
-/// S3's minimum size of every part but the last.
-const MIN_PART: u64 = 5 * 1024 * 1024;
+use crate::core::limits::KEYS_PER_REQUEST as S3_PAGE;
+use crate::core::limits::MIN_PART;
 
 fn missing_bucket() -> String {
     let id = uuid::Uuid::new_v4().simple().to_string();

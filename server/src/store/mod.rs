@@ -324,7 +324,7 @@ pub trait ObjectStore: Send + Sync + 'static {
 }
 
 /// Most keys one DeleteObjects call accepts.
-pub const DELETE_BATCH: usize = 1000;
+pub const DELETE_BATCH: usize = crate::core::limits::KEYS_PER_REQUEST;
 
 #[cfg(test)]
 mod tests {

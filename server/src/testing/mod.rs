@@ -24,7 +24,7 @@ use aws_sdk_s3::types::{
 };
 use tokio::net::TcpListener;
 
-use crate::clock::ManualClock;
+use crate::core::clock::ManualClock;
 use crate::evict::{Evictor, SweepReport};
 use crate::index::{CountingIndex, SqliteIndex};
 use crate::server::{serve, Deps};
@@ -369,7 +369,7 @@ impl TestServer {
         tune: impl FnOnce(&mut Deps<TestStore, TestIndex>),
     ) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let clock = Arc::new(ManualClock::new(crate::clock::now_millis()));
+        let clock = Arc::new(ManualClock::new(crate::core::clock::now_millis()));
         let index = SqliteIndex::open(&dir.path().join("index.db"))
             .expect("open index")
             .with_clock(clock.clone());

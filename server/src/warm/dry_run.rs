@@ -16,16 +16,14 @@ use tokio::sync::mpsc;
 use super::listing::Page;
 use super::run::WarmRun;
 use super::{WarmError, Warmer};
+use crate::core::operation::Phase;
 use crate::index::CacheIndex;
-use crate::operation::Phase;
 use crate::pricing::{copy_work, CopyWork, PlanWork, StorageWork};
 use crate::progress::Progress;
 use crate::stop::StopSignal;
 use crate::store::ObjectStore;
 
-/// The largest object one CopyObject (and so a Batch Operations copy job)
-/// copies: 5 GiB.
-pub const MAX_SINGLE_COPY: u64 = 5 * 1024 * 1024 * 1024;
+use crate::core::limits::MAX_COPY_OBJECT;
 
 /// What one listed prefix would take.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -43,7 +41,7 @@ pub struct DryPlan {
     /// By listing prefix.
     pub prefixes: BTreeMap<String, PrefixTally>,
     pub work: PlanWork,
-    /// Objects to copy over [`MAX_SINGLE_COPY`].
+    /// Objects to copy over [`MAX_COPY_OBJECT`].
     pub large_objects: u64,
     /// How long the listing and planning took.
     pub planning: Duration,
@@ -147,7 +145,7 @@ impl<S: ObjectStore, I: CacheIndex> WarmRun<'_, S, I> {
                     let part = crate::engine::part_size(size, part);
                     let engine = copy_work(size, threshold, part);
                     plan.work.engine.add(engine);
-                    if size > MAX_SINGLE_COPY {
+                    if size > MAX_COPY_OBJECT {
                         plan.large_objects += 1;
                         plan.work.batch_large.add(engine);
                     } else {

@@ -55,7 +55,7 @@ impl Gate for HoldGate {
 type W = Warmer<FaultStore<MemoryStore>, SqliteIndex>;
 
 fn world(keys: &[&str], hold: &Arc<Hold>) -> Arc<W> {
-    world_on(keys, hold, Arc::new(crate::clock::SystemClock))
+    world_on(keys, hold, Arc::new(crate::core::clock::SystemClock))
 }
 
 fn world_on(keys: &[&str], hold: &Arc<Hold>, clock: Arc<dyn Clock>) -> Arc<W> {
@@ -261,7 +261,7 @@ async fn a_warm_after_an_evictor_died_between_delete_and_record_copies_again() {
 /// the margin, so this warm waits instead of copying over it.
 #[tokio::test]
 async fn a_claim_lapsed_by_less_than_the_skew_margin_is_not_taken_over() {
-    let clock = Arc::new(crate::clock::ManualClock::new(10_000_000));
+    let clock = Arc::new(crate::core::clock::ManualClock::new(10_000_000));
     let h = hold("none", None, usize::MAX);
     let w = world_on(&["d/1"], &h, clock.clone());
     w.index

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
 
-use crate::clock::Clock;
+use crate::core::clock::Clock;
 use crate::index::{CacheIndex, IndexError, Lease, Millis};
 
 /// Expiries are rounded up to this: identical requests within it ask for
@@ -169,7 +169,7 @@ mod tests {
         let index = Arc::new(crate::index::CountingIndex::new(
             SqliteIndex::open_in_memory().unwrap(),
         ));
-        let clock: Arc<dyn Clock> = Arc::new(crate::clock::SystemClock);
+        let clock: Arc<dyn Clock> = Arc::new(crate::core::clock::SystemClock);
         let now = clock.now();
         let writer = Arc::new(LeaseWriter::default());
         let calls = (0..200).map(|i| {

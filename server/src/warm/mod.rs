@@ -10,10 +10,11 @@
 //! Where each part lives: [`WarmRun`] (`run.rs`) is one warm's state and
 //! the pipeline that joins the parts; `leases.rs` writes and renews its
 //! leases; `listing.rs` pages through the source; `planning.rs` merges a
-//! page with the index and claims what to copy; `settle.rs` takes one key
+//! page with the index and claims what to copy, handing each key on as a
+//! `CopyTask` (`task.rs`); `settle.rs` takes one key
 //! to its end (waiting out another holder, deciding again after a lost
 //! claim); `copying.rs` copies a claimed key and keeps its claim alive;
-//! `writer.rs` records copies in batches.
+//! `writer.rs`'s `EntryWriter` records copies in batches.
 
 mod copying;
 pub mod dry_run;
@@ -26,6 +27,7 @@ mod offload;
 mod planning;
 mod run;
 mod settle;
+mod task;
 mod writer;
 
 #[cfg(test)]
@@ -40,7 +42,7 @@ use std::time::Duration;
 
 use expresscache::WarmSpec;
 
-use crate::clock::Clock;
+use crate::core::clock::Clock;
 use crate::engine::{CopyEngine, EngineSettings};
 use crate::index::{CacheIndex, IndexError};
 use crate::progress::Progress;
@@ -149,8 +151,8 @@ pub enum WarmOutcome {
 impl WarmOutcome {
     /// The operation outcome it reports (an interrupted warm that is not
     /// resumed ends as cancelled).
-    pub fn outcome(self) -> crate::operation::Outcome {
-        use crate::operation::Outcome;
+    pub fn outcome(self) -> crate::core::operation::Outcome {
+        use crate::core::operation::Outcome;
         match self {
             Self::Succeeded => Outcome::Succeeded,
             Self::PartiallyFailed => Outcome::PartiallyFailed,

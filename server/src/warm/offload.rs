@@ -24,13 +24,14 @@ use std::time::Duration;
 use futures::stream::{self, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 
-use super::dry_run::MAX_SINGLE_COPY;
-use super::planning::CopyTask;
 use super::run::WarmRun;
+use super::task::CopyTask;
 use super::writer::EntrySender;
 use super::WarmError;
 use crate::batch::control::{JobError, JobSpec, JobState};
 use crate::batch::Offload;
+use crate::core::judge::Judge;
+use crate::core::limits::MAX_COPY_OBJECT;
 use crate::index::{millis_of, CacheIndex, Completion, Entry};
 use crate::progress::Progress;
 use crate::store::{ListQuery, ObjectStore};
@@ -77,7 +78,7 @@ impl<S: ObjectStore, I: CacheIndex> WarmRun<'_, S, I> {
         }
         let (job, engine): (Vec<_>, Vec<_>) = all
             .into_iter()
-            .partition(|t| t.claimed_at.is_some() && t.object.size <= MAX_SINGLE_COPY);
+            .partition(|t| t.claimed_at.is_some() && t.object.size <= MAX_COPY_OBJECT);
         // A job an earlier attempt created is followed whatever the new
         // plan's size: it copies these keys meanwhile.
         let wanted = self.spec.batch_operations
@@ -172,7 +173,7 @@ impl<S: ObjectStore, I: CacheIndex> WarmRun<'_, S, I> {
             // the clock skew margin, and a second: S3 stamps whole
             // seconds) was there before it, whatever its size.
             written_after: end.created.map_or(std::time::UNIX_EPOCH, |t| {
-                t - self.w.settings.skew_margin - Duration::from_secs(1)
+                Judge::new(self.w.settings.skew_margin).settled_stamp(t)
             }),
             // The job's own guard (an earlier attempt's, when following
             // its job); this attempt's if the job did not say; none known:
@@ -361,7 +362,7 @@ impl<S: ObjectStore, I: CacheIndex> WarmRun<'_, S, I> {
                     // Shown live; its count is activity (a long job is not
                     // stuck).
                     self.progress
-                        .set_job_progress(crate::operation::JobProgress {
+                        .set_job_progress(crate::core::operation::JobProgress {
                             status: s.raw.clone(),
                             total: s.total,
                             succeeded: s.succeeded,

@@ -8,8 +8,9 @@ use tokio::sync::mpsc;
 
 use super::listing::Page;
 use super::run::WarmRun;
+use super::task::CopyTask;
 use super::WarmError;
-use crate::index::{CacheIndex, Claim, ClaimOutcome, Millis, RecordCursor};
+use crate::index::{CacheIndex, ClaimOutcome, RecordCursor};
 use crate::plan::{Decision, Planner};
 use crate::progress::Progress;
 use crate::store::{ObjectMeta, ObjectStore};
@@ -25,16 +26,6 @@ pub(super) struct PageCounts {
     pub hit_bytes: u64,
     /// Keys that cannot be warmed (KeyClash, KeyTooLong).
     pub refused: u64,
-}
-
-/// One key to settle.
-pub(super) struct CopyTask {
-    pub object: ObjectMeta,
-    pub dest_key: String,
-    /// Set when the planner saw another operation's claim on the key.
-    pub wait_for: Option<Claim>,
-    /// When the planner took this warm's claim on the key, if it did.
-    pub claimed_at: Option<Millis>,
 }
 
 impl<S: ObjectStore, I: CacheIndex> WarmRun<'_, S, I> {
@@ -124,7 +115,7 @@ impl<S: ObjectStore, I: CacheIndex> WarmRun<'_, S, I> {
                 Decision::Copy(_) => None,
                 Decision::Wait(claim) => Some(claim),
             };
-            if dest_key.len() > expresscache::names::MAX_KEY_BYTES {
+            if dest_key.len() > crate::core::limits::MAX_KEY_BYTES {
                 counts.refused += 1;
                 progress.fail(
                     &obj.key,

@@ -9,11 +9,12 @@ use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::mpsc;
 
-use super::planning::CopyTask;
-use super::writer::EntrySender;
+use super::task::CopyTask;
+use super::writer::{EntrySender, EntryWriter};
 use super::{WarmError, WarmOutcome, Warmer};
+use crate::core::judge::Judge;
+use crate::core::operation::Phase;
 use crate::index::{release_or_lapse, span_millis, CacheIndex, ClaimTerms, Millis};
-use crate::operation::Phase;
 use crate::progress::Progress;
 use crate::stop::{StopReason, StopSignal};
 use crate::store::ObjectStore;
@@ -97,7 +98,11 @@ impl<'a, S: ObjectStore, I: CacheIndex> WarmRun<'a, S, I> {
             drop(task_tx);
             r
         };
-        let writer = self.write_entries(entry_rx);
+        let writer = EntryWriter {
+            index: &*self.w.index,
+            owner: self.owner,
+        };
+        let writer = writer.write(entry_rx);
         let work = async {
             let (planned, copied, written) = tokio::join!(planner, copier, writer);
             planned.and(copied).and(written.map_err(WarmError::from))
@@ -204,10 +209,7 @@ impl<'a, S: ObjectStore, I: CacheIndex> WarmRun<'a, S, I> {
     /// clock minus the skew margin, so a claim is taken over only once it
     /// is past its deadline on any clock within the margin of ours.
     pub fn takeover_now(&self) -> Millis {
-        self.w
-            .clock
-            .now()
-            .saturating_sub(span_millis(self.w.settings.skew_margin))
+        Judge::new(self.w.settings.skew_margin).settled(self.w.clock.now())
     }
 
     /// The terms of a claim this warm takes or renews now.

@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use super::planning::CopyTask;
 use super::run::WarmRun;
+use super::task::CopyTask;
 use super::writer::EntrySender;
 use crate::index::{CacheIndex, Claim, ClaimOutcome, IndexError, Millis, Record};
 use crate::plan::{Decision, Planner};

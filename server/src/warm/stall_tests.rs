@@ -18,7 +18,7 @@ async fn a_warm_that_makes_no_progress_stops_extending_its_lease() {
     let w = Arc::new(Warmer::new(
         Arc::new(store),
         Arc::new(SqliteIndex::open_in_memory().unwrap()),
-        Arc::new(crate::clock::SystemClock),
+        Arc::new(crate::core::clock::SystemClock),
         WarmSettings {
             stall_limit: Duration::from_millis(300),
             ..WarmSettings::default()

@@ -1,9 +1,9 @@
 //! The warm against in-memory stores: outcomes, retries, failures.
 
 use super::*;
+use crate::core::operation::{OperationState, Outcome};
 use crate::index::Records;
 use crate::index::{KeyRange, SqliteIndex};
-use crate::operation::{OperationState, Outcome};
 use crate::store::{FaultStore, MemoryStore, Op};
 use expresscache::proto::v1 as pb;
 use std::sync::atomic::Ordering;
@@ -21,7 +21,7 @@ fn setup(keys: &[&str]) -> Warmer<FaultStore<MemoryStore>, SqliteIndex> {
     Warmer::new(
         Arc::new(FaultStore::new(mem)),
         Arc::new(SqliteIndex::open_in_memory().unwrap()),
-        Arc::new(crate::clock::SystemClock),
+        Arc::new(crate::core::clock::SystemClock),
         WarmSettings {
             engine: crate::engine::EngineSettings {
                 retry_base_delay: Duration::from_millis(1),
@@ -232,7 +232,7 @@ async fn an_index_failure_while_planning_ends_the_warm_instead_of_hanging() {
     let w = Warmer::new(
         Arc::new(FaultStore::new(mem)),
         Arc::new(index),
-        Arc::new(crate::clock::SystemClock),
+        Arc::new(crate::core::clock::SystemClock),
         WarmSettings::default(),
     );
     let (progress, _rx) = Progress::new("op".into(), w.clock.clone());

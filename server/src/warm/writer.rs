@@ -5,9 +5,7 @@
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
-use super::run::WarmRun;
 use crate::index::{CacheIndex, Completion, Entry, IndexError};
-use crate::store::ObjectStore;
 
 /// Entries most written per index call.
 const BATCH: usize = 256;
@@ -15,9 +13,16 @@ const BATCH: usize = 256;
 /// Where copiers send their entries, each with the channel for its answer.
 pub(super) type EntrySender = mpsc::Sender<(Entry, oneshot::Sender<Completion>)>;
 
-impl<S: ObjectStore, I: CacheIndex> WarmRun<'_, S, I> {
+/// The entry writer of one warm: records copied objects as `owner` (the
+/// attempt whose claims they were copied under).
+pub(super) struct EntryWriter<'a, I> {
+    pub index: &'a I,
+    pub owner: &'a str,
+}
+
+impl<I: CacheIndex> EntryWriter<'_, I> {
     /// Records entries from `rx` in batches until every copier is done.
-    pub async fn write_entries(
+    pub async fn write(
         &self,
         mut rx: mpsc::Receiver<(Entry, oneshot::Sender<Completion>)>,
     ) -> Result<(), IndexError> {
@@ -37,7 +42,6 @@ impl<S: ObjectStore, I: CacheIndex> WarmRun<'_, S, I> {
                 bytes
             );
             let outcomes = self
-                .w
                 .index
                 .complete_copies(&entries, self.owner)
                 .instrument(span)

@@ -91,8 +91,8 @@ mod tests {
     use expresscache::{BucketName, DirectoryBucketName, Prefix, RequestId, WarmSpec};
 
     use super::*;
+    use crate::core::operation::{KeyFailure, OperationState, Outcome};
     use crate::index::encoding::{RequestDoc, StateDoc};
-    use crate::operation::{KeyFailure, OperationState, Outcome};
 
     #[test]
     fn every_json_value_maps_to_an_attribute_and_back() {

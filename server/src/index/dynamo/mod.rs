@@ -46,8 +46,8 @@ use super::{
     KeyRange, Lease, Leases, Millis, OpFilter, OperationLog, OperationRecord, Record, Records,
     Renewal, RunLeases, RunTerms, RunTicket, SweepBackoff, SweepFailure, Takeover, Usage,
 };
-use crate::clock::{Clock, SystemClock};
-use crate::operation::OperationState;
+use crate::core::clock::{Clock, SystemClock};
+use crate::core::operation::OperationState;
 
 /// The scheme of an index location naming DynamoDB tables.
 pub const SCHEME: &str = "dynamodb://";

@@ -25,12 +25,12 @@ use super::layout::{
 };
 use super::layout::{status_key, status_keys};
 use super::{Cond, DynamoIndex, QuerySpec, ROUNDS};
+use crate::core::operation::OperationState;
 use crate::index::encoding::{RequestDoc, StateDoc};
 use crate::index::{
     CreateOutcome, IndexError, Millis, OpFilter, OperationRecord, Renewal, RunLease, RunTerms,
     RunTicket, Takeover,
 };
-use crate::operation::OperationState;
 
 /// The largest operation item `create_operation` writes, by DynamoDB's
 /// item-size rules. An item holds at most 400 KB; checkpoints grow the

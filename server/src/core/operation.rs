@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use expresscache::WarmSpec;
 
-use crate::clock::Millis;
+use crate::core::clock::Millis;
 
 /// Failed keys carried inline in an operation's state; the rest are counted.
 pub const MAX_INLINE_FAILURES: usize = 100;
@@ -197,7 +197,7 @@ pub struct RunTicket {
 impl RunTicket {
     /// The claim owner this attempt copies keys as.
     pub fn claim_owner(&self, operation_id: &str) -> String {
-        crate::index::attempt_owner(operation_id, self.attempt)
+        super::cache::attempt_owner(operation_id, self.attempt)
     }
 }
 
