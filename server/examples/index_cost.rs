@@ -82,12 +82,13 @@ async fn main() {
     }
     let warmer = Arc::new(Warmer::new(
         Arc::new(store),
-        Arc::clone(&index),
+        index.clone(),
         Arc::new(SystemClock),
         WarmSettings::default(),
     ));
     let ops = Arc::new(Operations::new(
         warmer,
+        index.clone(),
         OpsSettings::default(),
         Limits::default(),
     ));

@@ -6,7 +6,7 @@ use tokio::net::TcpListener;
 
 use crate::config::{Config, IndexCommand, IndexLocation};
 use crate::index::dynamo::{DynamoConfig, DynamoIndex, TablePrefix};
-use crate::index::{CacheIndex, MeteredIndex, OperationLog, ReplicaRegistry, SqliteIndex};
+use crate::index::{FleetIndex, MeteredIndex, SqliteIndex};
 use crate::server::{serve, Deps};
 use crate::store::{ObjectStore, S3Store};
 
@@ -262,7 +262,7 @@ pub async fn index_command(config: &Config, command: &IndexCommand) -> anyhow::R
     }
 }
 
-async fn run_on<S: ObjectStore, I: CacheIndex + OperationLog + ReplicaRegistry>(
+async fn run_on<S: ObjectStore, I: FleetIndex>(
     config: Config,
     store: S,
     index: I,

@@ -201,17 +201,17 @@ impl EvictSettings {
 
 /// Deletes cached objects safely; shared by `Evict` and the sweeper.
 #[derive(Debug)]
-pub struct Evictor<S, I> {
-    pub store: Arc<S>,
-    pub index: Arc<I>,
+pub struct Evictor {
+    pub store: Arc<dyn ObjectStore>,
+    pub index: Arc<dyn CacheIndex>,
     pub clock: Arc<dyn Clock>,
     pub settings: EvictSettings,
 }
 
-impl<S: ObjectStore, I: CacheIndex> Evictor<S, I> {
+impl Evictor {
     pub fn new(
-        store: Arc<S>,
-        index: Arc<I>,
+        store: Arc<dyn ObjectStore>,
+        index: Arc<dyn CacheIndex>,
         clock: Arc<dyn Clock>,
         settings: EvictSettings,
     ) -> Self {
@@ -614,10 +614,7 @@ fn export_sweep(
 }
 
 /// Runs [`Evictor::sweep_once`] every `every` until the task is aborted.
-pub fn spawn_sweeper<S: ObjectStore, I: CacheIndex>(
-    evictor: Arc<Evictor<S, I>>,
-    every: Duration,
-) -> tokio::task::JoinHandle<()> {
+pub fn spawn_sweeper(evictor: Arc<Evictor>, every: Duration) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -655,11 +652,12 @@ mod tests {
     use crate::index::{Entry, Lease, SqliteIndex};
     use crate::store::FaultStore;
     use crate::store::MemoryStore;
+    use crate::testing::built::Built;
     use expresscache::{DirectoryBucketName, Prefix};
 
     const DIR: &str = "cache--use1-az4--x-s3";
 
-    type Ev = Evictor<FaultStore<MemoryStore>, SqliteIndex>;
+    type Ev = Built<Evictor, FaultStore<MemoryStore>, SqliteIndex>;
 
     async fn setup(keys: &[&str]) -> (Ev, Arc<ManualClock>) {
         let store = MemoryStore::default();
@@ -698,17 +696,19 @@ mod tests {
                 .unwrap();
         }
         let clock = Arc::new(ManualClock::new(1_000));
-        let ev = Evictor::new(
-            Arc::new(FaultStore::new(store)),
-            Arc::new(index),
-            clock.clone(),
-            EvictSettings {
-                // These tests are about the other rules; skew has its own.
-                skew_margin: Duration::ZERO,
-                retry_base_delay: Duration::from_millis(1),
-                ..EvictSettings::default()
-            },
-        );
+        let ev = Built::new(FaultStore::new(store), index, |store, index| {
+            Evictor::new(
+                store,
+                index,
+                clock.clone(),
+                EvictSettings {
+                    // These tests are about the other rules; skew has its own.
+                    skew_margin: Duration::ZERO,
+                    retry_base_delay: Duration::from_millis(1),
+                    ..EvictSettings::default()
+                },
+            )
+        });
         (ev, clock)
     }
 
@@ -874,10 +874,11 @@ mod fault_tests {
     use crate::index::{Claims, Leases, Records};
     use crate::plan::{CopyReason, Decision, Planner};
     use crate::store::{FaultStore, MemoryStore, ObjectMeta, Op};
+    use crate::testing::built::Built;
     use expresscache::{DirectoryBucketName, Prefix};
 
     const DIR: &str = "cache--use1-az4--x-s3";
-    type Ev = Evictor<FaultStore<MemoryStore>, SqliteIndex>;
+    type Ev = Built<Evictor, FaultStore<MemoryStore>, SqliteIndex>;
 
     async fn cache(ev: &Ev, dir: &str, keys: &[String]) {
         for k in keys {
@@ -918,18 +919,21 @@ mod fault_tests {
         let store = MemoryStore::default();
         store.create_bucket(DIR);
         let clock = Arc::new(ManualClock::new(1_000_000));
-        let ev = Evictor::new(
-            Arc::new(FaultStore::new(store)),
-            Arc::new(SqliteIndex::open_in_memory().unwrap()),
-            clock.clone(),
-            EvictSettings {
-                skew_margin: skew,
-                retry_base_delay: Duration::from_millis(1),
-                // Abandoned claims lapse at once in these tests.
-                request_timeout: Duration::ZERO,
-                ..EvictSettings::default()
-            },
-        );
+        let index = SqliteIndex::open_in_memory().unwrap();
+        let ev = Built::new(FaultStore::new(store), index, |store, index| {
+            Evictor::new(
+                store,
+                index,
+                clock.clone(),
+                EvictSettings {
+                    skew_margin: skew,
+                    retry_base_delay: Duration::from_millis(1),
+                    // Abandoned claims lapse at once in these tests.
+                    request_timeout: Duration::ZERO,
+                    ..EvictSettings::default()
+                },
+            )
+        });
         (ev, clock)
     }
 

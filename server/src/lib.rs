@@ -3,10 +3,10 @@
 //!
 //! Layers, bottom up: [`core`] is the shared vocabulary and the policies
 //! that need no I/O; [`store`] (S3) and [`index`] (cache state) are narrow
-//! I/O traits; [`plan`], [`warm`] and [`evict`] hold the cache logic generic
-//! over them; [`fleet`] runs warms detached from calls, across replicas;
-//! [`api`] is the tonic service; [`server`] wires it all; [`app`] is what
-//! the binary runs.
+//! I/O traits; [`plan`], [`warm`] and [`evict`] hold the cache logic, which
+//! calls them as trait objects; [`fleet`] runs warms detached from calls,
+//! across replicas; [`api`] is the tonic service; [`server`] wires it all;
+//! [`app`] is what the binary runs.
 
 // The warm's future nests deep (coalescing, offload, the pipeline).
 #![recursion_limit = "256"]
@@ -34,7 +34,7 @@ pub mod skew;
 pub mod stop;
 pub mod store;
 pub mod telemetry;
-#[cfg(feature = "testing")]
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod tls;
 pub mod warm;

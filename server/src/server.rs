@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::core::clock::{Clock, SystemClock};
 use crate::evict::{spawn_sweeper, EvictSettings, Evictor};
 use crate::fleet::{Operations, OpsSettings};
-use crate::index::{CacheIndex, OperationLog, ReplicaRegistry};
+use crate::index::FleetIndex;
 use crate::store::ObjectStore;
 use crate::warm::{WarmSettings, Warmer};
 
@@ -96,27 +96,30 @@ pub async fn serve<S, I, F>(
 ) -> Result<(), ServeError>
 where
     S: ObjectStore,
-    I: CacheIndex + OperationLog + ReplicaRegistry,
+    I: FleetIndex,
     F: Future<Output = ()> + Send,
 {
     let evictor = Arc::new(Evictor::new(
-        Arc::clone(&deps.store),
-        Arc::clone(&deps.index),
+        deps.store.clone(),
+        deps.index.clone(),
         Arc::clone(&deps.clock),
         deps.evict.clone(),
     ));
-    let mut warmer = Warmer::new(deps.store, deps.index, deps.clock, deps.warm);
+    let mut warmer = Warmer::new(deps.store, deps.index.clone(), deps.clock, deps.warm);
     warmer.batch = deps.batch.clone();
     let warmer = Arc::new(warmer);
-    let ops = Arc::new(Operations::new(warmer, deps.ops.clone(), deps.limits));
+    let ops = Arc::new(Operations::new(
+        warmer,
+        deps.index,
+        deps.ops.clone(),
+        deps.limits,
+    ));
     let tls = match &deps.tls {
         Some(files) => Some(crate::tls::server_config(files).map_err(ServeError::Tls)?),
         None => None,
     };
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_not_serving::<CacheServiceServer<Api<S, I>>>()
-        .await;
+    health.set_not_serving::<CacheServiceServer<Api>>().await;
     // Joins the fleet (and resumes unfinished warms) in the background: a
     // slow or throttled index keeps this replica NOT_SERVING, never stops
     // it, so an index brownout cannot take every replica down at once.
@@ -173,9 +176,7 @@ where
         let ops = Arc::clone(&ops);
         async move {
             shutdown.await;
-            health
-                .set_not_serving::<CacheServiceServer<Api<S, I>>>()
-                .await;
+            health.set_not_serving::<CacheServiceServer<Api>>().await;
             ops.drain(grace).await;
             ops.leave().await;
         }
@@ -226,8 +227,8 @@ pub const CLOCK_HEALTH: &str = "expresscache.clock";
 /// ones) and takes over operations whose run lapsed (their replica died,
 /// or released them on shutdown), including those a previous run of this
 /// replica left.
-fn spawn_fleet_member<S: ObjectStore, I: CacheIndex + OperationLog + ReplicaRegistry>(
-    ops: Arc<Operations<S, I>>,
+fn spawn_fleet_member(
+    ops: Arc<Operations>,
     every: Duration,
     health: tonic_health::server::HealthReporter,
 ) -> tokio::task::JoinHandle<()> {
@@ -255,7 +256,7 @@ fn spawn_fleet_member<S: ObjectStore, I: CacheIndex + OperationLog + ReplicaRegi
             }
         }
         if !*ops.draining().borrow() {
-            health.set_serving::<CacheServiceServer<Api<S, I>>>().await;
+            health.set_serving::<CacheServiceServer<Api>>().await;
             health
                 .set_service_status(CLOCK_HEALTH, tonic_health::ServingStatus::Serving)
                 .await;
@@ -297,10 +298,7 @@ fn spawn_fleet_member<S: ObjectStore, I: CacheIndex + OperationLog + ReplicaRegi
 
 /// Purges finished operations past their retention, hourly (or every
 /// tenth of the retention, if shorter).
-fn spawn_purger<S: ObjectStore, I: CacheIndex + OperationLog>(
-    ops: Arc<Operations<S, I>>,
-    retention: Duration,
-) -> tokio::task::JoinHandle<()> {
+fn spawn_purger(ops: Arc<Operations>, retention: Duration) -> tokio::task::JoinHandle<()> {
     let every = (retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(3600));
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);

@@ -77,7 +77,7 @@ impl ClockSkew {
 /// `bucket`, whose reply's `Date` is measured): what sweeping, evicting and
 /// taking over judge by, so a replica that has not talked to S3 lately, or
 /// since it started, judges by a fresh measurement.
-pub async fn check_against<S: crate::store::ObjectStore>(
+pub async fn check_against<S: crate::store::ObjectStore + ?Sized>(
     store: &S,
     bucket: &str,
     margin: Duration,

@@ -1066,12 +1066,13 @@ async fn orphan_adoption_pages_past_a_page_shortened_by_an_unreadable_item() {
         .unwrap();
     let warmer = Arc::new(Warmer::new(
         Arc::new(MemoryStore::default()),
-        Arc::clone(&index),
+        index.clone(),
         Arc::new(expresscache_server::core::clock::SystemClock),
         WarmSettings::default(),
     ));
     let ops = Arc::new(Operations::new(
         warmer,
+        index.clone(),
         OpsSettings::default(),
         expresscache::Limits::default(),
     ));

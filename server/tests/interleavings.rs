@@ -107,7 +107,7 @@ impl<I: CacheIndex> World<I> {
         }
     }
 
-    fn warmer(&self) -> Warmer<Store, CountingIndex<I>> {
+    fn warmer(&self) -> Warmer {
         Warmer::new(
             self.store.clone(),
             self.index.clone(),
@@ -124,7 +124,7 @@ impl<I: CacheIndex> World<I> {
         )
     }
 
-    fn evictor(&self) -> Evictor<Store, CountingIndex<I>> {
+    fn evictor(&self) -> Evictor {
         Evictor::new(
             self.store.clone(),
             self.index.clone(),

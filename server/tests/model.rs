@@ -146,8 +146,8 @@ struct Real<I> {
     store: Arc<FaultStore<MemoryStore>>,
     index: Arc<I>,
     clock: Arc<ManualClock>,
-    warmer: Warmer<FaultStore<MemoryStore>, I>,
-    evictor: Evictor<FaultStore<MemoryStore>, I>,
+    warmer: Warmer,
+    evictor: Evictor,
 }
 
 impl<I: CacheIndex> Real<I> {

@@ -13,11 +13,9 @@ use tonic::Status;
 use super::{convert, Api, ApiError, ProgressStream};
 use crate::auth::Principal;
 use crate::core::operation::Outcome;
-use crate::index::{CacheIndex, OperationLog};
 use crate::pricing::{Estimate, PriceTable};
 use crate::progress::Progress;
 use crate::stop::StopSignal;
-use crate::store::ObjectStore;
 use crate::warm::dry_run::DryPlan;
 
 /// Dry runs at once on one server: each lists a source as a warm does.
@@ -29,7 +27,7 @@ const FINAL_SEND: std::time::Duration = std::time::Duration::from_secs(30);
 /// How often a dry run's listing progress is sent.
 const PUBLISH_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 
-impl<S: ObjectStore, I: CacheIndex + OperationLog> Api<S, I> {
+impl Api {
     /// Validates, checks the policy and the buckets as for a warm, and
     /// starts the plan.
     pub(super) async fn dry_run(

@@ -25,17 +25,17 @@ use crate::core::clock::Clock;
 use crate::core::operation::OperationRecord;
 use crate::evict::Evictor;
 use crate::fleet::{FeedError, Operations, Subscription};
-use crate::index::{CacheIndex, OpFilter, OperationLog, Usage};
+use crate::index::{CacheIndex, OpFilter, Usage};
 use crate::policy::Policy;
 use crate::store::ObjectStore;
 
 /// The `expresscache.v1.CacheService` implementation.
 #[derive(Debug)]
-pub struct Api<S, I> {
-    store: Arc<S>,
-    index: Arc<I>,
-    ops: Arc<Operations<S, I>>,
-    evictor: Arc<Evictor<S, I>>,
+pub struct Api {
+    store: Arc<dyn ObjectStore>,
+    index: Arc<dyn CacheIndex>,
+    ops: Arc<Operations>,
+    evictor: Arc<Evictor>,
     clock: Arc<dyn Clock>,
     limits: Limits,
     /// Cached entries one GetStatus call counts at most.
@@ -61,11 +61,11 @@ const SOURCE_CHECK_TTL: std::time::Duration = std::time::Duration::from_secs(30)
 /// The same for a directory bucket: about one warm's time.
 const DESTINATION_CHECK_TTL: std::time::Duration = std::time::Duration::from_secs(2);
 
-impl<S: ObjectStore, I: CacheIndex + OperationLog> Api<S, I> {
-    pub fn new(ops: Arc<Operations<S, I>>, evictor: Arc<Evictor<S, I>>, limits: Limits) -> Self {
+impl Api {
+    pub fn new(ops: Arc<Operations>, evictor: Arc<Evictor>, limits: Limits) -> Self {
         Self {
-            store: Arc::clone(&evictor.store),
-            index: Arc::clone(&evictor.index),
+            store: evictor.store.clone(),
+            index: evictor.index.clone(),
             clock: Arc::clone(&evictor.clock),
             ops,
             evictor,
@@ -321,10 +321,7 @@ type ProgressStream = Pin<Box<dyn Stream<Item = Result<pb::WarmProgress, Status>
 /// An operation's feed as the progress stream of one call. If the caller
 /// goes away the operation carries on; a draining server ends the stream
 /// with UNAVAILABLE so the caller reattaches elsewhere.
-fn forward<S: ObjectStore, I: CacheIndex + OperationLog>(
-    sub: Subscription,
-    ops: &Arc<Operations<S, I>>,
-) -> ProgressStream {
+fn forward(sub: Subscription, ops: &Arc<Operations>) -> ProgressStream {
     Box::pin(ops.feed(sub).map(|item| {
         item.map(convert::progress).map_err(|e| match e {
             FeedError::Draining => Status::unavailable(e.to_string()),
@@ -335,7 +332,7 @@ fn forward<S: ObjectStore, I: CacheIndex + OperationLog>(
 }
 
 #[tonic::async_trait]
-impl<S: ObjectStore, I: CacheIndex + OperationLog> CacheService for Api<S, I> {
+impl CacheService for Api {
     type WarmCacheStream = ProgressStream;
 
     async fn warm_cache(
@@ -494,7 +491,7 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> CacheService for Api<S, I> {
     }
 }
 
-impl<S: ObjectStore, I: CacheIndex + OperationLog> Api<S, I> {
+impl Api {
     async fn evict_now(
         &self,
         who: &Principal,

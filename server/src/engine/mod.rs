@@ -143,8 +143,8 @@ pub fn part_size(size: u64, preferred: u64) -> u64 {
 }
 
 #[derive(Debug)]
-pub struct CopyEngine<S> {
-    store: Arc<S>,
+pub struct CopyEngine {
+    store: Arc<dyn ObjectStore>,
     /// Touched whenever any attempt of any warm ends.
     activity: Activity,
     global: Arc<Semaphore>,
@@ -159,8 +159,8 @@ pub struct CopyEngine<S> {
     index_busy_seen: std::sync::atomic::AtomicU64,
 }
 
-impl<S: ObjectStore> CopyEngine<S> {
-    pub fn new(store: Arc<S>, settings: EngineSettings) -> Self {
+impl CopyEngine {
+    pub fn new(store: Arc<dyn ObjectStore>, settings: EngineSettings) -> Self {
         Self {
             store,
             activity: Activity::default(),
@@ -547,7 +547,7 @@ mod tests {
         assert!(huge.div_ceil(part_size(huge, 5 << 30)) <= MAX_PARTS);
     }
 
-    fn engine(store: Arc<FaultStore<MemoryStore>>) -> CopyEngine<FaultStore<MemoryStore>> {
+    fn engine(store: Arc<FaultStore<MemoryStore>>) -> CopyEngine {
         CopyEngine::new(
             store,
             EngineSettings {
@@ -795,11 +795,7 @@ mod tests {
     /// copy rate, scaled), with 5 MiB parts above 5 MiB.
     fn byte_costed(
         objects: &[(&str, u64)],
-    ) -> (
-        CopyEngine<FaultStore<MemoryStore>>,
-        Arc<FaultStore<MemoryStore>>,
-        Vec<String>,
-    ) {
+    ) -> (CopyEngine, Arc<FaultStore<MemoryStore>>, Vec<String>) {
         let mem = MemoryStore::default();
         mem.create_bucket("src");
         mem.create_bucket("dst");

@@ -7,14 +7,13 @@ use std::sync::Arc;
 
 use super::Operations;
 use crate::core::operation::{OperationRecord, Outcome};
-use crate::index::{CacheIndex, IndexError, OpFilter, OperationLog};
+use crate::index::{IndexError, OpFilter};
 use crate::progress::Progress;
-use crate::store::ObjectStore;
 
 /// Operations read per page while looking.
 const PAGE: usize = 100;
 
-impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
+impl Operations {
     /// Takes over and resumes every unfinished operation whose run lapsed
     /// (already-copied objects are hits, so what is left is what was not
     /// done). Returns how many it resumed.

@@ -35,10 +35,8 @@ use tokio::sync::watch;
 
 use super::Operations;
 use crate::core::operation::{OperationState, Outcome, Phase, RunTicket};
-use crate::index::{CacheIndex, OperationLog};
 use crate::progress::Progress;
 use crate::stop::{StopReason, StopSignal};
-use crate::store::ObjectStore;
 use crate::warm::{WarmError, WarmOutcome};
 
 /// Whether a warm of `leader` and one of `spec` warm the same data (same
@@ -178,7 +176,7 @@ fn renew_every(spec: &WarmSpec) -> Duration {
     (spec.ttl / 2).clamp(Duration::from_millis(100), Duration::from_secs(30))
 }
 
-impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
+impl Operations {
     /// Under the registry's lock, so a burst of identical submissions
     /// finds one leader per round, not many: joins a covering warm that
     /// has not begun listing, or leads (after the covering warm that is

@@ -7,12 +7,10 @@ use tokio::sync::watch;
 
 use super::{FeedError, Operations, Subscription};
 use crate::core::operation::OperationState;
-use crate::index::{CacheIndex, OperationLog};
-use crate::store::ObjectStore;
 
 /// The state of one [`Operations::feed`].
-pub(super) struct Follow<S, I> {
-    pub ops: Arc<Operations<S, I>>,
+pub(super) struct Follow {
+    pub ops: Arc<Operations>,
     pub sub: Subscription,
     pub draining: watch::Receiver<bool>,
     /// Whether `sub` may still bring news.
@@ -22,7 +20,7 @@ pub(super) struct Follow<S, I> {
     pub ended: bool,
 }
 
-impl<S: ObjectStore, I: CacheIndex + OperationLog> Follow<S, I> {
+impl Follow {
     pub async fn next(&mut self) -> Option<Result<OperationState, FeedError>> {
         if self.ended {
             return None;

@@ -3,10 +3,9 @@
 //! engine takes only its share of each bucket's request budget.
 
 use super::Operations;
-use crate::index::{span_millis, CacheIndex, IndexError, OperationLog, ReplicaRegistry};
-use crate::store::ObjectStore;
+use crate::index::{span_millis, IndexError};
 
-impl<S: ObjectStore, I: CacheIndex + OperationLog + ReplicaRegistry> Operations<S, I> {
+impl Operations {
     /// One heartbeat: records this replica as alive and shares the budget
     /// among the live replicas; returns how many there are.
     pub async fn heartbeat(&self) -> Result<usize, IndexError> {

@@ -31,11 +31,10 @@ use tracing::Instrument;
 use crate::core::judge::Judge;
 use crate::core::operation::{OperationRecord, OperationState, Outcome, RunLease, RunTicket};
 use crate::index::{
-    span_millis, CacheIndex, CreateOutcome, IndexError, Millis, OpFilter, OperationLog, RunTerms,
+    span_millis, CreateOutcome, FleetIndex, IndexError, Millis, OpFilter, RunTerms,
 };
 use crate::progress::Progress;
 use crate::stop::StopSignal;
-use crate::store::ObjectStore;
 use crate::warm::Warmer;
 
 use feed::Follow;
@@ -183,8 +182,11 @@ struct LiveOp {
 
 /// Running and recent operations.
 #[derive(Debug)]
-pub struct Operations<S, I> {
-    warmer: Arc<Warmer<S, I>>,
+pub struct Operations {
+    warmer: Arc<Warmer>,
+    /// The operation log, run leases and replica registry (the same
+    /// backend as the warmer's cache index).
+    index: Arc<dyn FleetIndex>,
     live: Mutex<HashMap<String, LiveOp>>,
     /// Signalled whenever a live operation ends.
     ended: Notify,
@@ -196,7 +198,7 @@ pub struct Operations<S, I> {
     remote: remote::Remote,
 }
 
-impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
+impl Operations {
     /// This replica's name in run leases and the registry.
     pub fn replica(&self) -> &str {
         &self.settings.replica
@@ -207,8 +209,14 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
         self.settings.skew_margin
     }
 
-    pub fn new(warmer: Arc<Warmer<S, I>>, settings: OpsSettings, limits: Limits) -> Self {
+    pub fn new(
+        warmer: Arc<Warmer>,
+        index: Arc<dyn FleetIndex>,
+        settings: OpsSettings,
+        limits: Limits,
+    ) -> Self {
         Self {
+            index,
             admission: Arc::new(admission::Admission::new(
                 settings.max_running,
                 settings.max_queued,
@@ -225,7 +233,7 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
     }
 
     /// The warmer the operations run on.
-    pub fn warmer(&self) -> &Arc<Warmer<S, I>> {
+    pub fn warmer(&self) -> &Arc<Warmer> {
         &self.warmer
     }
 
@@ -233,8 +241,8 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
         self.live.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn index(&self) -> &I {
-        &self.warmer.index
+    fn index(&self) -> &dyn FleetIndex {
+        self.index.as_ref()
     }
 
     /// "Now" by the clock, and "now" for judging others' run leases (the

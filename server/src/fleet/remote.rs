@@ -32,8 +32,7 @@ use tokio::sync::watch;
 use super::coalesce::covers;
 use super::Operations;
 use crate::core::operation::{OperationRecord, OperationState};
-use crate::index::{CacheIndex, Millis, OpFilter, OperationLog};
-use crate::store::ObjectStore;
+use crate::index::{Millis, OpFilter};
 
 /// How long one lookup of joinable warms is reused: a warm it misses
 /// leads its own (as without a fleet); a warm it lists is confirmed by a
@@ -76,7 +75,7 @@ fn joinable_elsewhere(rec: &OperationRecord, me: &str, now: Millis) -> bool {
         })
 }
 
-impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
+impl Operations {
     /// A joinable warm of another replica that covers `spec`, confirmed
     /// by a read made now, and a channel of its states.
     pub(super) async fn remote_leader(
@@ -157,7 +156,7 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
         let (tx, rx) = watch::channel(rec.state);
         map.insert(id.clone(), rx.clone());
         drop(map);
-        let warmer = Arc::clone(&self.warmer);
+        let index = Arc::clone(&self.index);
         let poll = self.settings.follow_poll;
         let mine = rx.clone();
         tokio::spawn(async move {
@@ -173,7 +172,7 @@ impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
                         return;
                     }
                 }
-                match warmer.index.get_operation(&id).await {
+                match index.get_operation(&id).await {
                     Ok(Some(rec)) => {
                         let done = rec.is_done();
                         tx.send_if_modified(|s| {

@@ -13,10 +13,9 @@ use tracing::Instrument;
 
 use super::Operations;
 use crate::core::operation::{OperationState, Outcome, RunTicket};
-use crate::index::{span_millis, CacheIndex, Millis, OperationLog, Renewal};
+use crate::index::{span_millis, Millis, Renewal};
 use crate::progress::Progress;
 use crate::stop::{StopReason, StopSignal};
-use crate::store::ObjectStore;
 use crate::warm::WarmError;
 
 /// A task aborted when this is dropped.
@@ -28,7 +27,7 @@ impl Drop for AbortOnDrop {
     }
 }
 
-impl<S: ObjectStore, I: CacheIndex + OperationLog> Operations<S, I> {
+impl Operations {
     pub(super) async fn drive(
         self: Arc<Self>,
         id: String,

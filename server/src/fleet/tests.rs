@@ -1,4 +1,4 @@
-use crate::index::{Leases, RunLeases};
+use crate::index::{Leases, OperationLog, RunLeases};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -75,12 +75,13 @@ async fn a_warm_interrupted_too_often_is_failed_not_resumed_again() {
     }
     let warmer = Arc::new(Warmer::new(
         Arc::new(store),
-        Arc::clone(&index),
+        index.clone(),
         Arc::new(crate::core::clock::SystemClock),
         WarmSettings::default(),
     ));
     let ops = Arc::new(Operations::new(
         warmer,
+        index.clone(),
         OpsSettings::default(),
         Limits::default(),
     ));
@@ -136,8 +137,8 @@ async fn a_runner_whose_renewals_hang_stops_itself_by_its_deadline() {
     let mut warm = WarmSettings::default();
     warm.engine.max_concurrency = 2;
     let warmer = Arc::new(Warmer::new(
-        Arc::clone(&store),
-        Arc::clone(&index),
+        store.clone(),
+        index.clone(),
         Arc::new(crate::core::clock::SystemClock),
         warm,
     ));
@@ -147,7 +148,12 @@ async fn a_runner_whose_renewals_hang_stops_itself_by_its_deadline() {
         publish_interval: Duration::from_millis(50),
         ..OpsSettings::default()
     };
-    let ops = Arc::new(Operations::new(warmer, settings, Limits::default()));
+    let ops = Arc::new(Operations::new(
+        warmer,
+        index.clone(),
+        settings,
+        Limits::default(),
+    ));
     let mut spec = unfinished("x", 0).request;
     spec.request_id = None;
     let rx = ops.submit(spec, None).await.unwrap();
@@ -194,11 +200,11 @@ type SlowStore = crate::store::FaultStore<MemoryStore>;
 
 /// Operations over `index` with `n` objects under d/ of "src", copies
 /// `copy_ms` each, two at a time, and short run leases.
-fn fleet_member<I: crate::index::CacheIndex + crate::index::OperationLog>(
+fn fleet_member<I: crate::index::FleetIndex>(
     index: Arc<I>,
     n: usize,
     copy_ms: u64,
-) -> (Arc<Operations<SlowStore, I>>, Arc<SlowStore>) {
+) -> (Arc<Operations>, Arc<SlowStore>) {
     use crate::store::{FaultStore, Op};
     let mem = MemoryStore::default();
     mem.create_bucket("src");
@@ -211,8 +217,8 @@ fn fleet_member<I: crate::index::CacheIndex + crate::index::OperationLog>(
     let mut warm = WarmSettings::default();
     warm.engine.max_concurrency = 2;
     let warmer = Arc::new(Warmer::new(
-        Arc::clone(&store),
-        index,
+        store.clone(),
+        index.clone(),
         Arc::new(crate::core::clock::SystemClock),
         warm,
     ));
@@ -225,18 +231,13 @@ fn fleet_member<I: crate::index::CacheIndex + crate::index::OperationLog>(
         ..OpsSettings::default()
     };
     (
-        Arc::new(Operations::new(warmer, settings, Limits::default())),
+        Arc::new(Operations::new(warmer, index, settings, Limits::default())),
         store,
     )
 }
 
 /// Submits a warm of d/ and waits until it is no longer live here.
-async fn run_to_end<
-    S: crate::store::ObjectStore,
-    I: crate::index::CacheIndex + crate::index::OperationLog,
->(
-    ops: &Arc<Operations<S, I>>,
-) -> String {
+async fn run_to_end(ops: &Arc<Operations>) -> String {
     let rx = ops.submit(unfinished("x", 0).request, None).await.unwrap();
     let id = rx.borrow().operation_id.clone();
     let t0 = std::time::Instant::now();

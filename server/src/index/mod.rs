@@ -200,7 +200,7 @@ impl IndexError {
 /// transaction), which is what makes the rules in doc/SEMANTICS.md hold
 /// across concurrent warms, evictions, sweeps and replicas.
 #[async_trait::async_trait]
-pub trait Leases: Send + Sync + 'static {
+pub trait Leases: Send + Sync + std::fmt::Debug + 'static {
     /// Sets the lease's expiry to max(stored, `lease.expires_at`); returns
     /// the lease as stored.
     ///
@@ -291,7 +291,7 @@ pub trait Leases: Send + Sync + 'static {
 
 /// What is cached: the records of keys (entry and claim), and their totals.
 #[async_trait::async_trait]
-pub trait Records: Send + Sync + 'static {
+pub trait Records: Send + Sync + std::fmt::Debug + 'static {
     /// Records whose key lies in `range`, in byte order of keys, at most
     /// `limit`.
     async fn records(
@@ -335,7 +335,7 @@ pub trait Records: Send + Sync + 'static {
 /// and records its entry, an eviction claims it and removes it. Each method
 /// is one atomic step per key.
 #[async_trait::async_trait]
-pub trait Claims: Send + Sync + 'static {
+pub trait Claims: Send + Sync + std::fmt::Debug + 'static {
     /// Claims each key for a copy by `terms.owner` until `terms.deadline`,
     /// unless another owner holds a claim that
     /// [blocks](Claim::blocks) it at `terms.now` (re-claiming one's own
@@ -444,6 +444,13 @@ pub trait CacheIndex: Leases + Records + Claims {}
 
 impl<T: Leases + Records + Claims> CacheIndex for T {}
 
+/// Everything a replica of the fleet keeps in its index: the cache, the
+/// operation log and the replica registry. What the composition root hands
+/// the fleet; each service takes only the part it calls.
+pub trait FleetIndex: CacheIndex + OperationLog + ReplicaRegistry {}
+
+impl<T: CacheIndex + OperationLog + ReplicaRegistry> FleetIndex for T {}
+
 /// The operation log: warms as records that outlive the process (their
 /// request, progress checkpoints, idempotency by request id, resumption
 /// bookkeeping, retention). Separate from [`CacheIndex`] because it is a
@@ -543,7 +550,7 @@ pub trait OperationLog: RunLeases {
 /// deadline) that fences every write of a runner, its takeover once it
 /// lapses, and the marks other replicas read (cancel requested, joinable).
 #[async_trait::async_trait]
-pub trait RunLeases: Send + Sync + 'static {
+pub trait RunLeases: Send + Sync + std::fmt::Debug + 'static {
     /// Takes the run of the unfinished operation `id` for `terms.replica`
     /// until `terms.deadline`, as a new attempt, if nobody's run of it is
     /// live at `terms.now` (its runner crashed, was paused or partitioned
@@ -599,7 +606,7 @@ pub trait RunLeases: Send + Sync + 'static {
 /// so the live ones can split a per-bucket request budget (N replicas must
 /// not put N times the load on one bucket) without talking to each other.
 #[async_trait::async_trait]
-pub trait ReplicaRegistry: Send + Sync + 'static {
+pub trait ReplicaRegistry: Send + Sync + std::fmt::Debug + 'static {
     /// Records that `replica` is alive until `deadline`.
     async fn heartbeat(&self, replica: &str, deadline: Millis) -> Result<(), IndexError>;
 

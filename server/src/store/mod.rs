@@ -1,6 +1,7 @@
 //! `ObjectStore`: the narrow slice of S3 the service uses.
 //!
-//! The warm, evict and status logic is generic over this trait; [`S3Store`]
+//! The warm, evict and status logic calls S3 through this trait (as
+//! `Arc<dyn ObjectStore>`); [`S3Store`]
 //! talks to S3 (or any S3-compatible endpoint) through aws-sdk-s3. For
 //! tests only (the `testing` feature), `MemoryStore` is an in-memory double
 //! with request counters and `FaultStore` wraps either and injects
@@ -265,7 +266,7 @@ impl StoreError {
 /// The S3 operations expresscache needs. Implementations must list keys in
 /// ascending byte order, as S3 general-purpose buckets do.
 #[async_trait::async_trait]
-pub trait ObjectStore: Send + Sync + 'static {
+pub trait ObjectStore: Send + Sync + std::fmt::Debug + 'static {
     /// `Ok` if `bucket` exists and is reachable with our credentials.
     async fn check_bucket(&self, bucket: &str) -> Result<(), StoreError>;
 

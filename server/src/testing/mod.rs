@@ -9,6 +9,7 @@
 // Test support: a failed step must stop the test with its message.
 #![allow(clippy::unwrap_used)]
 
+pub mod built;
 pub mod proxy;
 
 use std::net::{SocketAddr, TcpListener as StdListener};
@@ -353,7 +354,7 @@ pub struct TestServer {
     pub store: Arc<TestStore>,
     pub index: Arc<TestIndex>,
     pub clock: Arc<ManualClock>,
-    evictor: Evictor<TestStore, TestIndex>,
+    evictor: Evictor,
     _dir: tempfile::TempDir,
     task: tokio::task::JoinHandle<()>,
 }
@@ -380,8 +381,8 @@ impl TestServer {
         deps.sweep_interval = None;
         tune(&mut deps);
         let evictor = Evictor::new(
-            Arc::clone(&deps.store),
-            Arc::clone(&deps.index),
+            deps.store.clone(),
+            deps.index.clone(),
             Arc::clone(&deps.clock),
             deps.evict.clone(),
         );

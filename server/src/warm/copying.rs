@@ -11,11 +11,11 @@ use super::run::WarmRun;
 use super::settle::{CopyEnd, KeyOutcome};
 use super::writer::EntrySender;
 use crate::engine::CopyStats;
-use crate::index::{millis_of, span_millis, CacheIndex, Completion, Entry, IndexError, Millis};
+use crate::index::{millis_of, span_millis, Completion, Entry, IndexError, Millis};
 use crate::progress::Progress;
-use crate::store::{CopyRequest, ObjectMeta, ObjectStore, StoreError};
+use crate::store::{CopyRequest, ObjectMeta, StoreError};
 
-impl<S: ObjectStore, I: CacheIndex> WarmRun<'_, S, I> {
+impl WarmRun<'_> {
     /// Copies a key this warm claimed at `claimed_at` and records it.
     pub async fn copy_claimed(
         &self,

@@ -17,11 +17,9 @@ use super::listing::Page;
 use super::run::WarmRun;
 use super::{WarmError, Warmer};
 use crate::core::operation::Phase;
-use crate::index::CacheIndex;
 use crate::pricing::{copy_work, CopyWork, PlanWork, StorageWork};
 use crate::progress::Progress;
 use crate::stop::StopSignal;
-use crate::store::ObjectStore;
 
 use crate::core::limits::MAX_COPY_OBJECT;
 
@@ -83,7 +81,7 @@ impl CopyRate {
     }
 }
 
-impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
+impl Warmer {
     /// Plans `spec` without doing it: lists the source, decides each key
     /// against the index, and tallies what a warm would copy. `progress`
     /// shows the listing as it goes; `stop` ends it early (an error).
@@ -101,7 +99,7 @@ impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
     }
 }
 
-impl<S: ObjectStore, I: CacheIndex> WarmRun<'_, S, I> {
+impl WarmRun<'_> {
     async fn dry_plan(&self) -> Result<DryPlan, WarmError> {
         let started = Instant::now();
         self.progress.set_phase(Phase::Planning);

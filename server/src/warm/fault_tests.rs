@@ -8,6 +8,7 @@ use crate::index::{ClaimOutcome, ClaimTerms, Completion, Entry};
 use crate::index::{Claims, Records};
 use crate::index::{KeyRange, SqliteIndex};
 use crate::store::{FaultStore, MemoryStore};
+use crate::testing::built::Built;
 use expresscache::Prefix;
 use expresscache::{DirectoryBucketName, EvictSpec};
 use futures::future::BoxFuture;
@@ -52,7 +53,7 @@ impl Gate for HoldGate {
     }
 }
 
-type W = Warmer<FaultStore<MemoryStore>, SqliteIndex>;
+type W = Built<Warmer, FaultStore<MemoryStore>, SqliteIndex>;
 
 fn world(keys: &[&str], hold: &Arc<Hold>) -> Arc<W> {
     world_on(keys, hold, Arc::new(crate::core::clock::SystemClock))
@@ -65,12 +66,11 @@ fn world_on(keys: &[&str], hold: &Arc<Hold>, clock: Arc<dyn Clock>) -> Arc<W> {
     for k in keys {
         mem.put(SRC, k, 10);
     }
-    Arc::new(Warmer::new(
-        Arc::new(FaultStore::new(mem).with_gate(Arc::new(HoldGate(Arc::clone(hold))))),
-        Arc::new(SqliteIndex::open_in_memory().unwrap()),
-        clock,
-        WarmSettings::default(),
-    ))
+    let store = FaultStore::new(mem).with_gate(Arc::new(HoldGate(Arc::clone(hold))));
+    let index = SqliteIndex::open_in_memory().unwrap();
+    Arc::new(Built::new(store, index, |store, index| {
+        Warmer::new(store, index, clock, WarmSettings::default())
+    }))
 }
 
 fn hold(call: &'static str, subject: Option<&'static str>, nth: usize) -> Arc<Hold> {
@@ -108,8 +108,8 @@ async fn an_evict_during_a_warm_ends_it_instead_of_reporting_deleted_objects_rea
     // The re-warm has counted page 1 (d/1..d/3) as hits.
     h.reached.notified().await;
     let evictor = Evictor::new(
-        Arc::clone(&w.store),
-        Arc::clone(&w.index),
+        w.store.clone(),
+        w.index.clone(),
         Arc::clone(&w.clock),
         EvictSettings::default(),
     );

@@ -54,9 +54,9 @@ impl std::fmt::Debug for LeaseWriter {
 impl LeaseWriter {
     /// [`Leases::extend_leases`](crate::index::Leases::extend_leases) of `leases`, merged with concurrent
     /// calls for the same leases.
-    pub async fn extend<I: CacheIndex>(
+    pub async fn extend(
         &self,
-        index: &Arc<I>,
+        index: &Arc<dyn CacheIndex>,
         clock: &Arc<dyn Clock>,
         leases: Vec<Lease>,
     ) -> Result<Vec<Lease>, IndexError> {
@@ -102,11 +102,11 @@ impl LeaseWriter {
 /// Writes `group`'s leases until nobody waits: each round takes every
 /// caller waiting at its start, asks for the latest expiry each lease
 /// needs, and answers them all.
-async fn write_group<I: CacheIndex>(
+async fn write_group(
     groups: Arc<Mutex<HashMap<GroupKey, Group>>>,
     key: GroupKey,
     mut leases: Vec<Lease>,
-    index: Arc<I>,
+    index: Arc<dyn CacheIndex>,
     clock: Arc<dyn Clock>,
 ) {
     // However this task ends (a panic, the runtime shutting down), the
@@ -178,6 +178,7 @@ mod tests {
             async move {
                 let asked = now + 60_000 + i;
                 let lease = Lease::new("dir--use1-az4--x-s3", "d/", "src", asked);
+                let index: Arc<dyn CacheIndex> = index;
                 let stored = writer.extend(&index, &clock, vec![lease]).await.unwrap();
                 assert!(stored[0].expires_at >= asked, "at least what it asked");
                 stored[0].epoch.clone()

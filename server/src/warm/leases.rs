@@ -5,10 +5,9 @@ use std::time::Duration;
 
 use super::run::WarmRun;
 use super::WarmError;
-use crate::index::{span_millis, CacheIndex, Lease, Millis};
-use crate::store::ObjectStore;
+use crate::index::{span_millis, Lease, Millis};
 
-impl<S: ObjectStore, I: CacheIndex> WarmRun<'_, S, I> {
+impl WarmRun<'_> {
     /// Extends one lease per requested prefix to max(old, now + ttl). The
     /// progress remembers each lease's epoch from this warm's first write;
     /// later writes extend only that same lease, and a lease that was ended

@@ -34,8 +34,7 @@ use tokio::sync::{mpsc, Notify};
 
 use super::run::WarmRun;
 use super::WarmError;
-use crate::index::CacheIndex;
-use crate::store::{ListQuery, ObjectMeta, ObjectStore};
+use crate::store::{ListQuery, ObjectMeta};
 
 /// How deep a tree is split before its sub-prefixes are listed flat.
 const MAX_TREE_DEPTH: u32 = 8;
@@ -177,7 +176,7 @@ impl MissingKeys {
     }
 }
 
-impl<S: ObjectStore, I: CacheIndex> WarmRun<'_, S, I> {
+impl WarmRun<'_> {
     /// Lists every listing prefix, sending each page with objects to
     /// `pages`; stops early when the warm is stopped or nobody takes pages.
     pub async fn list(&self, pages: mpsc::Sender<Page>) -> Result<(), WarmError> {

@@ -100,12 +100,12 @@ impl From<&crate::config::Config> for WarmSettings {
 /// What a warm needs from the outside world. One warmer (and so one copy
 /// engine, with its global cap) serves every warm of a server.
 #[derive(Debug)]
-pub struct Warmer<S, I> {
-    pub store: Arc<S>,
-    pub index: Arc<I>,
+pub struct Warmer {
+    pub store: Arc<dyn ObjectStore>,
+    pub index: Arc<dyn CacheIndex>,
     pub clock: Arc<dyn Clock>,
     pub settings: WarmSettings,
-    pub engine: CopyEngine<S>,
+    pub engine: CopyEngine,
     /// The copy rate the last warm that copied measured (dry runs
     /// estimate durations from it).
     pub rate: dry_run::CopyRate,
@@ -115,15 +115,15 @@ pub struct Warmer<S, I> {
     pub leases: lease_writer::LeaseWriter,
 }
 
-impl<S: ObjectStore, I> Warmer<S, I> {
+impl Warmer {
     pub fn new(
-        store: Arc<S>,
-        index: Arc<I>,
+        store: Arc<dyn ObjectStore>,
+        index: Arc<dyn CacheIndex>,
         clock: Arc<dyn Clock>,
         settings: WarmSettings,
     ) -> Self {
         Self {
-            engine: CopyEngine::new(Arc::clone(&store), settings.engine.clone()),
+            engine: CopyEngine::new(store.clone(), settings.engine.clone()),
             store,
             index,
             clock,
@@ -217,7 +217,7 @@ pub enum WarmError {
     },
 }
 
-impl<S: ObjectStore, I: CacheIndex> Warmer<S, I> {
+impl Warmer {
     /// Runs the warm as operation `owner`; per-key failures land in
     /// `progress` (and make the outcome PartiallyFailed), an error means the
     /// warm as a whole failed.

@@ -32,9 +32,9 @@ use crate::batch::control::{JobError, JobSpec, JobState};
 use crate::batch::Offload;
 use crate::core::judge::Judge;
 use crate::core::limits::MAX_COPY_OBJECT;
-use crate::index::{millis_of, CacheIndex, Completion, Entry};
+use crate::index::{millis_of, Completion, Entry};
 use crate::progress::Progress;
-use crate::store::{ListQuery, ObjectStore};
+use crate::store::ListQuery;
 
 /// Keys the engine settles at once beside a job, at least.
 const ENGINE_TASKS: usize = 16;
@@ -52,7 +52,7 @@ enum Landed {
     Engine,
 }
 
-impl<S: ObjectStore, I: CacheIndex> WarmRun<'_, S, I> {
+impl WarmRun<'_> {
     /// The offload this warm may use: configured, and asked for or with a
     /// threshold to check.
     pub(super) fn offload(&self) -> Option<&Offload> {

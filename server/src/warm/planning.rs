@@ -10,10 +10,10 @@ use super::listing::Page;
 use super::run::WarmRun;
 use super::task::CopyTask;
 use super::WarmError;
-use crate::index::{CacheIndex, ClaimOutcome, RecordCursor};
+use crate::index::{ClaimOutcome, RecordCursor};
 use crate::plan::{Decision, Planner};
 use crate::progress::Progress;
-use crate::store::{ObjectMeta, ObjectStore};
+use crate::store::ObjectMeta;
 
 /// Listing pages fetched ahead of the planner: the next page is listed
 /// while this one is planned, so a re-warm costs about the listing alone.
@@ -28,7 +28,7 @@ pub(super) struct PageCounts {
     pub refused: u64,
 }
 
-impl<S: ObjectStore, I: CacheIndex> WarmRun<'_, S, I> {
+impl WarmRun<'_> {
     /// Lists each prefix, merges each page with the index and queues what
     /// must be copied or waited for.
     pub async fn plan(&self, tasks: &mpsc::Sender<CopyTask>) -> Result<(), WarmError> {

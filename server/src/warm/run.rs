@@ -14,10 +14,9 @@ use super::writer::{EntrySender, EntryWriter};
 use super::{WarmError, WarmOutcome, Warmer};
 use crate::core::judge::Judge;
 use crate::core::operation::Phase;
-use crate::index::{release_or_lapse, span_millis, CacheIndex, ClaimTerms, Millis};
+use crate::index::{release_or_lapse, span_millis, ClaimTerms, Millis};
 use crate::progress::Progress;
 use crate::stop::{StopReason, StopSignal};
-use crate::store::ObjectStore;
 
 /// Copy tasks queued ahead of the copiers: about two listing pages, so the
 /// planner works on the next page while the copiers start on this one.
@@ -37,8 +36,8 @@ const ENTRY_QUEUE: usize = 1024;
 /// One warm while it runs: what it was asked, where it reports, who it is
 /// in the index, and what stops it. Every part of the warm is a method on
 /// this value, so none threads these through its arguments.
-pub(super) struct WarmRun<'a, S, I> {
-    pub w: &'a Warmer<S, I>,
+pub(super) struct WarmRun<'a> {
+    pub w: &'a Warmer,
     pub spec: &'a WarmSpec,
     pub progress: &'a Progress,
     /// The claim owner and lease writer: the operation id.
@@ -57,9 +56,9 @@ pub(super) struct WarmRun<'a, S, I> {
     pub started: std::time::SystemTime,
 }
 
-impl<'a, S: ObjectStore, I: CacheIndex> WarmRun<'a, S, I> {
+impl<'a> WarmRun<'a> {
     pub fn new(
-        w: &'a Warmer<S, I>,
+        w: &'a Warmer,
         spec: &'a WarmSpec,
         progress: &'a Progress,
         owner: &'a str,

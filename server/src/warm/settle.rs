@@ -7,10 +7,10 @@ use std::time::Duration;
 use super::run::WarmRun;
 use super::task::CopyTask;
 use super::writer::EntrySender;
-use crate::index::{CacheIndex, Claim, ClaimOutcome, IndexError, Millis, Record};
+use crate::index::{Claim, ClaimOutcome, IndexError, Millis, Record};
 use crate::plan::{Decision, Planner};
 use crate::progress::Progress;
-use crate::store::{ObjectMeta, ObjectStore};
+use crate::store::ObjectMeta;
 
 /// How one key ended for this warm.
 pub(super) enum KeyOutcome {
@@ -69,7 +69,7 @@ pub(super) enum CopyEnd {
     ClaimLost,
 }
 
-impl<S: ObjectStore, I: CacheIndex> WarmRun<'_, S, I> {
+impl WarmRun<'_> {
     /// Settles one queued task and counts how it ended.
     pub async fn run_task(&self, task: CopyTask, entries: &EntrySender) {
         self.announce_copying();

@@ -1,7 +1,6 @@
 //! A warm that makes no progress stops extending its leases.
 
 use super::*;
-use crate::index::Leases;
 use crate::index::SqliteIndex;
 use crate::store::{FaultStore, MemoryStore, Op};
 use expresscache::proto::v1 as pb;

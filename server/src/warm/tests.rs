@@ -5,31 +5,42 @@ use crate::core::operation::{OperationState, Outcome};
 use crate::index::Records;
 use crate::index::{KeyRange, SqliteIndex};
 use crate::store::{FaultStore, MemoryStore, Op};
+use crate::testing::built::Built;
 use expresscache::proto::v1 as pb;
 use std::sync::atomic::Ordering;
 
 const SRC: &str = "src";
 const DIR: &str = "cache--use1-az4--x-s3";
 
-fn setup(keys: &[&str]) -> Warmer<FaultStore<MemoryStore>, SqliteIndex> {
+/// A warmer with handles on its in-memory store and index.
+type W = Built<Warmer, FaultStore<MemoryStore>, SqliteIndex>;
+
+fn setup(keys: &[&str]) -> W {
     let mem = MemoryStore::with_page_size(3);
     mem.create_bucket(SRC);
     mem.create_bucket(DIR);
     for k in keys {
         mem.put(SRC, k, 10);
     }
-    Warmer::new(
-        Arc::new(FaultStore::new(mem)),
-        Arc::new(SqliteIndex::open_in_memory().unwrap()),
-        Arc::new(crate::core::clock::SystemClock),
-        WarmSettings {
-            engine: crate::engine::EngineSettings {
-                retry_base_delay: Duration::from_millis(1),
-                ..Default::default()
+    with_store(FaultStore::new(mem), SqliteIndex::open_in_memory().unwrap())
+}
+
+/// A warmer over `store` and `index` on the system clock, retrying fast.
+fn with_store(store: FaultStore<MemoryStore>, index: SqliteIndex) -> W {
+    Built::new(store, index, |store, index| {
+        Warmer::new(
+            store,
+            index,
+            Arc::new(crate::core::clock::SystemClock),
+            WarmSettings {
+                engine: crate::engine::EngineSettings {
+                    retry_base_delay: Duration::from_millis(1),
+                    ..Default::default()
+                },
+                ..WarmSettings::default()
             },
-            ..WarmSettings::default()
-        },
-    )
+        )
+    })
 }
 
 pub(super) fn spec(force: bool) -> WarmSpec {
@@ -58,7 +69,7 @@ pub(super) fn spec(force: bool) -> WarmSpec {
     .unwrap()
 }
 
-async fn run(w: &Warmer<FaultStore<MemoryStore>, SqliteIndex>) -> OperationState {
+async fn run(w: &W) -> OperationState {
     let (progress, _rx) = Progress::new("op".into(), w.clock.clone());
     let outcome = match w.run(&spec(false), &progress, "op").await.unwrap() {
         WarmOutcome::Succeeded => Outcome::Succeeded,
@@ -68,7 +79,7 @@ async fn run(w: &Warmer<FaultStore<MemoryStore>, SqliteIndex>) -> OperationState
     progress.finish(outcome, None)
 }
 
-async fn cached_keys(w: &Warmer<FaultStore<MemoryStore>, SqliteIndex>) -> Vec<String> {
+async fn cached_keys(w: &W) -> Vec<String> {
     w.index
         .records(DIR, &KeyRange::prefix(""), 1000)
         .await
@@ -247,11 +258,7 @@ async fn an_index_failure_while_planning_ends_the_warm_instead_of_hanging() {
 
 /// A warm over `keys` on a store that answers `page` keys per page, each
 /// listing taking 5 ms (so listings under way at once overlap).
-fn setup_slow_listing(
-    keys: &[String],
-    page: usize,
-) -> Warmer<FaultStore<MemoryStore>, SqliteIndex> {
-    let w = setup(&[]);
+fn setup_slow_listing(keys: &[String], page: usize) -> W {
     let mem = MemoryStore::with_page_size(page);
     mem.create_bucket(SRC);
     mem.create_bucket(DIR);
@@ -260,7 +267,7 @@ fn setup_slow_listing(
     }
     let store = FaultStore::new(mem);
     store.delay(Op::List, Duration::from_millis(5));
-    Warmer::new(Arc::new(store), w.index, w.clock, w.settings)
+    with_store(store, SqliteIndex::open_in_memory().unwrap())
 }
 
 #[tokio::test]

@@ -15,12 +15,12 @@ pub(super) type EntrySender = mpsc::Sender<(Entry, oneshot::Sender<Completion>)>
 
 /// The entry writer of one warm: records copied objects as `owner` (the
 /// attempt whose claims they were copied under).
-pub(super) struct EntryWriter<'a, I> {
-    pub index: &'a I,
+pub(super) struct EntryWriter<'a> {
+    pub index: &'a dyn CacheIndex,
     pub owner: &'a str,
 }
 
-impl<I: CacheIndex> EntryWriter<'_, I> {
+impl EntryWriter<'_> {
     /// Records entries from `rx` in batches until every copier is done.
     pub async fn write(
         &self,
