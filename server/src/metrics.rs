@@ -63,106 +63,57 @@ const LATENCY_BUCKETS: &[f64] = &[
 
 /// Says what each metric means (the exposition's `# HELP` lines).
 fn describe() {
-    describe_counter!(
-        WARMS_STARTED,
-        "Warms started or resumed on this replica (a request_id attach is not one)"
-    );
-    describe_counter!(
-        WARMS_FINISHED,
-        "Warms finished, by outcome: succeeded, partially_failed, failed, cancelled"
-    );
-    describe_counter!(
-        WARMS_JOINED,
-        "Warms that joined a running warm of the same data instead of listing again"
-    );
-    describe_counter!(
-        S3_LIST_REQUESTS,
-        "Source listing requests (ListObjectsV2 pages), each billed by S3"
-    );
-    describe_counter!(
-        WARMS_FRESH,
-        "Warms answered from a recent SUCCEEDED warm within their max_staleness, without listing"
-    );
-    describe_counter!(
-        OBJECTS_LISTED,
-        "Objects found under warmed prefixes in the source"
-    );
-    describe_counter!(
-        OBJECTS_HIT,
-        "Objects already cached and current: not copied"
-    );
-    describe_counter!(OBJECTS_COPIED, "Objects copied into directory buckets");
-    describe_counter!(OBJECTS_FAILED, "Objects a warm could not copy");
-    describe_counter!(
-        OBJECTS_SHARED,
-        "Objects another warm was copying: waited for, not copied again"
-    );
-    describe_counter!(BYTES_LISTED, Unit::Bytes, "Bytes of the objects listed");
-    describe_counter!(
-        BYTES_COPIED,
-        Unit::Bytes,
-        "Bytes copied into directory buckets"
-    );
-    describe_counter!(
-        COPY_RETRIES,
-        "Copy requests retried after a retryable error"
-    );
-    describe_counter!(
-        THROTTLE_EVENTS,
-        "Of the retries, throttling answers (SlowDown, 429, 503, timeouts)"
-    );
-    describe_histogram!(
-        S3_REQUEST_DURATION,
-        Unit::Seconds,
-        "Duration of one attempt of a copy-path S3 request, by operation and outcome (ok, error)"
-    );
-    describe_gauge!(S3_REQUESTS_IN_FLIGHT, "Copy-path S3 requests in flight");
-    describe_gauge!(
-        S3_CONCURRENCY_LIMIT,
-        "The adaptive concurrency limit of requests to each destination bucket"
-    );
-    describe_histogram!(
-        INDEX_REQUEST_DURATION,
-        Unit::Seconds,
-        "Duration of one index call, by operation and backend (sqlite, dynamodb)"
-    );
-    describe_counter!(
-        INDEX_ERRORS,
-        "Index calls that failed, by operation and backend"
-    );
-    describe_counter!(SWEEPS, "Expiry sweeper passes, by outcome (ok, error)");
-    describe_gauge!(
-        SWEEP_LEASES_STUCK,
-        "Expired leases whose last sweep failed (retried with backoff)"
-    );
-    describe_counter!(
-        SWEEP_LEASE_FAILURES,
-        "Sweeps of one expired lease that failed"
-    );
-    describe_counter!(
-        OBJECTS_DELETED,
-        "Objects deleted from directory buckets, by reason (sweep, evict)"
-    );
-    describe_counter!(
-        DELETE_FAILURES,
-        "Objects that could not be deleted, by reason (sweep, evict)"
-    );
-    describe_counter!(EVICTIONS, "Evict calls, by outcome (ok, error)");
-    describe_gauge!(
-        CLOCK_SKEW,
-        Unit::Seconds,
-        "This replica's clock minus S3's (from the Date of S3's replies); beyond half of --clock-skew-margin it does not sweep, evict or take over"
-    );
-    describe_counter!(
-        INDEX_BUSY,
-        "DynamoDB requests found throttled, failing with 5xx or unanswered, and sent again after a pause, by call"
-    );
-    describe_gauge!(OPERATIONS_RUNNING, "Warms running on this replica");
-    describe_gauge!(
-        OPERATIONS_QUEUED,
-        "Warms waiting for a running slot on this replica"
-    );
+    for &(kind, name, unit, help) in METRICS {
+        match (kind, unit) {
+            (Kind::Counter, Some(unit)) => describe_counter!(name, unit, help),
+            (Kind::Counter, None) => describe_counter!(name, help),
+            (Kind::Gauge, Some(unit)) => describe_gauge!(name, unit, help),
+            (Kind::Gauge, None) => describe_gauge!(name, help),
+            (Kind::Histogram, Some(unit)) => describe_histogram!(name, unit, help),
+            (Kind::Histogram, None) => describe_histogram!(name, help),
+        }
+    }
 }
+
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// Every metric: its kind, name, unit and what `/metrics` says of it.
+const METRICS: &[(Kind, &str, Option<Unit>, &str)] = &[
+    (Kind::Counter, WARMS_STARTED, None, "Warms started or resumed on this replica (a request_id attach is not one)"),
+    (Kind::Counter, WARMS_FINISHED, None, "Warms finished, by outcome: succeeded, partially_failed, failed, cancelled"),
+    (Kind::Counter, WARMS_JOINED, None, "Warms that joined a running warm of the same data instead of listing again"),
+    (Kind::Counter, S3_LIST_REQUESTS, None, "Source listing requests (ListObjectsV2 pages), each billed by S3"),
+    (Kind::Counter, WARMS_FRESH, None, "Warms answered from a recent SUCCEEDED warm within their max_staleness, without listing"),
+    (Kind::Counter, OBJECTS_LISTED, None, "Objects found under warmed prefixes in the source"),
+    (Kind::Counter, OBJECTS_HIT, None, "Objects already cached and current: not copied"),
+    (Kind::Counter, OBJECTS_COPIED, None, "Objects copied into directory buckets"),
+    (Kind::Counter, OBJECTS_FAILED, None, "Objects a warm could not copy"),
+    (Kind::Counter, OBJECTS_SHARED, None, "Objects another warm was copying: waited for, not copied again"),
+    (Kind::Counter, BYTES_LISTED, Some(Unit::Bytes), "Bytes of the objects listed"),
+    (Kind::Counter, BYTES_COPIED, Some(Unit::Bytes), "Bytes copied into directory buckets"),
+    (Kind::Counter, COPY_RETRIES, None, "Copy requests retried after a retryable error"),
+    (Kind::Counter, THROTTLE_EVENTS, None, "Of the retries, throttling answers (SlowDown, 429, 503, timeouts)"),
+    (Kind::Histogram, S3_REQUEST_DURATION, Some(Unit::Seconds), "Duration of one attempt of a copy-path S3 request, by operation and outcome (ok, error)"),
+    (Kind::Gauge, S3_REQUESTS_IN_FLIGHT, None, "Copy-path S3 requests in flight"),
+    (Kind::Gauge, S3_CONCURRENCY_LIMIT, None, "The adaptive concurrency limit of requests to each destination bucket"),
+    (Kind::Histogram, INDEX_REQUEST_DURATION, Some(Unit::Seconds), "Duration of one index call, by operation and backend (sqlite, dynamodb)"),
+    (Kind::Counter, INDEX_ERRORS, None, "Index calls that failed, by operation and backend"),
+    (Kind::Counter, SWEEPS, None, "Expiry sweeper passes, by outcome (ok, error)"),
+    (Kind::Gauge, SWEEP_LEASES_STUCK, None, "Expired leases whose last sweep failed (retried with backoff)"),
+    (Kind::Counter, SWEEP_LEASE_FAILURES, None, "Sweeps of one expired lease that failed"),
+    (Kind::Counter, OBJECTS_DELETED, None, "Objects deleted from directory buckets, by reason (sweep, evict)"),
+    (Kind::Counter, DELETE_FAILURES, None, "Objects that could not be deleted, by reason (sweep, evict)"),
+    (Kind::Counter, EVICTIONS, None, "Evict calls, by outcome (ok, error)"),
+    (Kind::Gauge, CLOCK_SKEW, Some(Unit::Seconds), "This replica's clock minus S3's (from the Date of S3's replies); beyond half of --clock-skew-margin it does not sweep, evict or take over"),
+    (Kind::Counter, INDEX_BUSY, None, "DynamoDB requests found throttled, failing with 5xx or unanswered, and sent again after a pause, by call"),
+    (Kind::Gauge, OPERATIONS_RUNNING, None, "Warms running on this replica"),
+    (Kind::Gauge, OPERATIONS_QUEUED, None, "Warms waiting for a running slot on this replica"),
+];
 
 /// The `/metrics` endpoint, serving until dropped.
 #[derive(Debug)]

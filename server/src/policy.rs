@@ -500,74 +500,8 @@ impl Policy {
     pub fn check_warm(&self, who: &Principal, spec: &WarmSpec) -> Result<(), Denial> {
         let (grant, name) = self.grant(who)?;
 
-        // Source: every requested prefix at or under a warm_from entry of
-        // the same bucket.
-        let sources: Vec<&SourceEntry> = grant
-            .warm_from
-            .iter()
-            .filter(|e| e.bucket == spec.source)
-            .collect();
-        let mut refused = Vec::new();
-        for p in &spec.prefixes {
-            if !sources.iter().any(|e| e.prefix.covers(p)) {
-                refused.push(s3_url(spec.source.as_str(), p));
-            }
-        }
-        if !refused.is_empty() {
-            let (field, allowed): (&'static str, Vec<String>) = if sources.is_empty() {
-                (
-                    "bucket",
-                    grant.warm_from.iter().map(SourceEntry::url).collect(),
-                )
-            } else {
-                ("prefixes", sources.iter().map(|e| e.url()).collect())
-            };
-            return Err(Denial::new(
-                Denial::SOURCE_NOT_ALLOWED,
-                field,
-                format!(
-                    "{name} may not warm from {} (allowed: {})",
-                    list(refused),
-                    list(allowed)
-                ),
-            ));
-        }
-
-        // Destination: keys land at destination_prefix + source key, so
-        // destination_prefix + each requested prefix must be at or under a
-        // write_to entry of the directory bucket.
-        let dests = dest_entries(grant, &spec.directory_bucket);
-        if dests.is_empty() {
-            return Err(Denial::new(
-                Denial::DESTINATION_NOT_ALLOWED,
-                "directory_bucket",
-                format!(
-                    "{name} may not write to directory bucket {} (allowed: {})",
-                    spec.directory_bucket,
-                    list(grant.write_to.iter().map(DestEntry::url).collect())
-                ),
-            ));
-        }
-        let mut refused = Vec::new();
-        for p in &spec.prefixes {
-            let written = Prefix::join(&spec.destination_prefix, p);
-            if !dests.iter().any(|e| e.prefix.covers(&written)) {
-                refused.push(s3_url(spec.directory_bucket.as_str(), &written));
-            }
-        }
-        if !refused.is_empty() {
-            return Err(Denial::new(
-                Denial::DESTINATION_NOT_ALLOWED,
-                "destination_prefix",
-                format!(
-                    "{name} may not write to {} (keys land at destination_prefix {:?} + source key; allowed: {})",
-                    list(refused),
-                    spec.destination_prefix.as_str(),
-                    list(dests.iter().map(|e| e.url()).collect())
-                ),
-            ));
-        }
-
+        warm_source_allowed(grant, &name, spec)?;
+        warm_destination_allowed(grant, &name, spec)?;
         if let Some(max) = grant.max_ttl {
             if spec.ttl > max {
                 return Err(Denial::new(
@@ -692,6 +626,80 @@ impl Policy {
             .or(self.default_grant.as_ref())
             .is_some_and(|g| g.see_all_operations)
     }
+}
+
+/// Whether a warm's source is allowed: every requested prefix at or under
+/// a warm_from entry of the same bucket.
+fn warm_source_allowed(grant: &Grant, name: &str, spec: &WarmSpec) -> Result<(), Denial> {
+    let sources: Vec<&SourceEntry> = grant
+        .warm_from
+        .iter()
+        .filter(|e| e.bucket == spec.source)
+        .collect();
+    let mut refused = Vec::new();
+    for p in &spec.prefixes {
+        if !sources.iter().any(|e| e.prefix.covers(p)) {
+            refused.push(s3_url(spec.source.as_str(), p));
+        }
+    }
+    if !refused.is_empty() {
+        let (field, allowed): (&'static str, Vec<String>) = if sources.is_empty() {
+            (
+                "bucket",
+                grant.warm_from.iter().map(SourceEntry::url).collect(),
+            )
+        } else {
+            ("prefixes", sources.iter().map(|e| e.url()).collect())
+        };
+        return Err(Denial::new(
+            Denial::SOURCE_NOT_ALLOWED,
+            field,
+            format!(
+                "{name} may not warm from {} (allowed: {})",
+                list(refused),
+                list(allowed)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether a warm's destination is allowed: keys land at
+/// destination_prefix + source key, so destination_prefix + each requested
+/// prefix must be at or under a write_to entry of the directory bucket.
+fn warm_destination_allowed(grant: &Grant, name: &str, spec: &WarmSpec) -> Result<(), Denial> {
+    let dests = dest_entries(grant, &spec.directory_bucket);
+    if dests.is_empty() {
+        return Err(Denial::new(
+            Denial::DESTINATION_NOT_ALLOWED,
+            "directory_bucket",
+            format!(
+                "{name} may not write to directory bucket {} (allowed: {})",
+                spec.directory_bucket,
+                list(grant.write_to.iter().map(DestEntry::url).collect())
+            ),
+        ));
+    }
+    let mut refused = Vec::new();
+    for p in &spec.prefixes {
+        let written = Prefix::join(&spec.destination_prefix, p);
+        if !dests.iter().any(|e| e.prefix.covers(&written)) {
+            refused.push(s3_url(spec.directory_bucket.as_str(), &written));
+        }
+    }
+    if !refused.is_empty() {
+        return Err(Denial::new(
+            Denial::DESTINATION_NOT_ALLOWED,
+            "destination_prefix",
+            format!(
+                "{name} may not write to {} (keys land at destination_prefix {:?} + source key; allowed: {})",
+                list(refused),
+                spec.destination_prefix.as_str(),
+                list(dests.iter().map(|e| e.url()).collect())
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// The `write_to` entries of `bucket`.

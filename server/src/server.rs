@@ -8,6 +8,7 @@ use expresscache::proto::v1::cache_service_server::CacheServiceServer;
 use expresscache::Limits;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic_reflection::server::{v1, v1alpha};
 
 use crate::api::Api;
 use crate::auth::Authenticator;
@@ -99,21 +100,7 @@ where
     I: FleetIndex,
     F: Future<Output = ()> + Send,
 {
-    let evictor = Arc::new(Evictor::new(
-        deps.store.clone(),
-        deps.index.clone(),
-        Arc::clone(&deps.clock),
-        deps.evict.clone(),
-    ));
-    let mut warmer = Warmer::new(deps.store, deps.index.clone(), deps.clock, deps.warm);
-    warmer.batch = deps.batch.clone();
-    let warmer = Arc::new(warmer);
-    let ops = Arc::new(Operations::new(
-        warmer,
-        deps.index,
-        deps.ops.clone(),
-        deps.limits,
-    ));
+    let (evictor, ops) = services(&deps);
     let tls = match &deps.tls {
         Some(files) => Some(crate::tls::server_config(files).map_err(ServeError::Tls)?),
         None => None,
@@ -132,41 +119,8 @@ where
         background.push(spawn_sweeper(Arc::clone(&evictor), every));
     }
     background.push(spawn_purger(Arc::clone(&ops), deps.ops.retention));
-    let api = Api::new(Arc::clone(&ops), evictor, deps.limits)
-        .with_status_count_limit(deps.status_count_limit)
-        .with_max_request_size(deps.max_request_size)
-        .with_policy(deps.policy.clone())
-        .with_prices(deps.prices.clone());
-    // tonic's own decoding limit only guards memory; the API answers
-    // requests between the two with RESOURCE_EXHAUSTED and the sizes.
-    let decode_limit =
-        usize::try_from(deps.max_request_size.saturating_mul(4)).unwrap_or(usize::MAX);
-
-    // Reflection in both versions: grpcurl and newer tools speak v1, older
-    // clients and GUIs only v1alpha.
-    let reflection = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(expresscache::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-    };
-    let reflection_v1 = reflection()
-        .build_v1()
-        .expect("the embedded descriptor sets are valid");
-    let reflection_v1alpha = reflection()
-        .build_v1alpha()
-        .expect("the embedded descriptor sets are valid");
-
-    // Every cache call names its caller first (health and reflection stay
-    // open: probes and tools need no identity).
-    let auth = Arc::clone(&deps.auth);
-    let cache_service = tonic::service::interceptor::InterceptedService::new(
-        CacheServiceServer::new(api).max_decoding_message_size(decode_limit),
-        move |mut req: tonic::Request<()>| {
-            let principal = auth.authenticate(&req)?;
-            req.extensions_mut().insert(principal);
-            Ok(req)
-        },
-    );
+    let (reflection_v1, reflection_v1alpha) = reflection();
+    let cache_service = authenticated(api(&deps, &ops, evictor), Arc::clone(&deps.auth));
     let tls = tls.map(|(config, cert)| {
         background.push(crate::tls::spawn_reloader(cert, Duration::from_secs(10)));
         config
@@ -204,6 +158,84 @@ where
         task.abort();
     }
     Ok(served?)
+}
+
+/// The evictor and the operations (over the warmer) that `deps` build.
+fn services<S: ObjectStore, I: FleetIndex>(deps: &Deps<S, I>) -> (Arc<Evictor>, Arc<Operations>) {
+    let evictor = Arc::new(Evictor::new(
+        deps.store.clone(),
+        deps.index.clone(),
+        Arc::clone(&deps.clock),
+        deps.evict.clone(),
+    ));
+    let mut warmer = Warmer::new(
+        deps.store.clone(),
+        deps.index.clone(),
+        Arc::clone(&deps.clock),
+        deps.warm.clone(),
+    );
+    warmer.batch = deps.batch.clone();
+    let ops = Arc::new(Operations::new(
+        Arc::new(warmer),
+        deps.index.clone(),
+        deps.ops.clone(),
+        deps.limits,
+    ));
+    (evictor, ops)
+}
+
+/// The cache service over `ops` and `evictor`, with `deps`' limits.
+fn api<S, I>(
+    deps: &Deps<S, I>,
+    ops: &Arc<Operations>,
+    evictor: Arc<Evictor>,
+) -> CacheServiceServer<Api> {
+    let api = Api::new(Arc::clone(ops), evictor, deps.limits)
+        .with_status_count_limit(deps.status_count_limit)
+        .with_max_request_size(deps.max_request_size)
+        .with_policy(deps.policy.clone())
+        .with_prices(deps.prices.clone());
+    // tonic's own decoding limit only guards memory; the API answers
+    // requests between the two with RESOURCE_EXHAUSTED and the sizes.
+    let decode_limit =
+        usize::try_from(deps.max_request_size.saturating_mul(4)).unwrap_or(usize::MAX);
+    CacheServiceServer::new(api).max_decoding_message_size(decode_limit)
+}
+
+/// gRPC reflection in both versions: grpcurl and newer tools speak v1,
+/// older clients and GUIs only v1alpha.
+fn reflection() -> (
+    v1::ServerReflectionServer<impl v1::ServerReflection>,
+    v1alpha::ServerReflectionServer<impl v1alpha::ServerReflection>,
+) {
+    let builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(expresscache::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let v1 = builder()
+        .build_v1()
+        .expect("the embedded descriptor sets are valid");
+    let v1alpha = builder()
+        .build_v1alpha()
+        .expect("the embedded descriptor sets are valid");
+    (v1, v1alpha)
+}
+
+/// `service` with every call naming its caller first (health and
+/// reflection stay open: probes and tools need no identity).
+fn authenticated<S>(
+    service: S,
+    auth: Arc<Authenticator>,
+) -> tonic::service::interceptor::InterceptedService<S, impl tonic::service::Interceptor + Clone> {
+    tonic::service::interceptor::InterceptedService::new(
+        service,
+        move |mut req: tonic::Request<()>| {
+            let principal = auth.authenticate(&req)?;
+            req.extensions_mut().insert(principal);
+            Ok(req)
+        },
+    )
 }
 
 /// Why the server stopped with an error.

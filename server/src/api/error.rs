@@ -86,16 +86,11 @@ impl From<ApiError> for Status {
                 field,
                 bucket,
                 source,
-            } => {
-                let code = store_code(&source);
-                let details = ErrorDetails::with_resource_info(
-                    "s3_bucket",
-                    bucket,
-                    "",
-                    format!("{field}: {source}"),
-                );
-                Status::with_error_details(code, msg, details)
-            }
+            } => Status::with_error_details(
+                store_code(&source),
+                msg,
+                ErrorDetails::with_resource_info("s3_bucket", bucket, "", format!("{field}: {source}")),
+            ),
             ApiError::OperationNotFound(id) => Status::with_error_details(
                 Code::NotFound,
                 msg,
@@ -128,12 +123,7 @@ impl From<ApiError> for Status {
                 details.set_error_info(denial.reason, "expresscache", metadata);
                 Status::with_error_details(Code::PermissionDenied, msg, details)
             }
-            ApiError::Submit(SubmitError::Busy { .. }) => {
-                let mut details = ErrorDetails::new();
-                details.set_retry_info(Some(std::time::Duration::from_secs(5)));
-                details.set_error_info("SERVER_BUSY", "expresscache", []);
-                Status::with_error_details(Code::ResourceExhausted, msg, details)
-            }
+            ApiError::Submit(SubmitError::Busy { .. }) => exhausted(msg, "SERVER_BUSY", None),
             ApiError::BatchNotConfigured => {
                 let mut details = ErrorDetails::new();
                 details.set_error_info("BATCH_NOT_CONFIGURED", "expresscache", []);
@@ -141,24 +131,10 @@ impl From<ApiError> for Status {
                 Status::with_error_details(Code::FailedPrecondition, msg, details)
             }
             ApiError::DryRunsBusy { limit } => {
-                let mut details = ErrorDetails::new();
-                details.set_retry_info(Some(std::time::Duration::from_secs(5)));
-                details.set_error_info(
-                    "DRY_RUN_LIMIT",
-                    "expresscache",
-                    [("limit".to_owned(), limit.to_string())],
-                );
-                Status::with_error_details(Code::ResourceExhausted, msg, details)
+                exhausted(msg, "DRY_RUN_LIMIT", Some(("limit", limit.to_string())))
             }
             ApiError::Submit(SubmitError::PrincipalBusy { principal, .. }) => {
-                let mut details = ErrorDetails::new();
-                details.set_retry_info(Some(std::time::Duration::from_secs(5)));
-                details.set_error_info(
-                    "PRINCIPAL_LIMIT",
-                    "expresscache",
-                    [("principal".to_owned(), principal)],
-                );
-                Status::with_error_details(Code::ResourceExhausted, msg, details)
+                exhausted(msg, "PRINCIPAL_LIMIT", Some(("principal", principal)))
             }
             ApiError::Submit(SubmitError::Index(e))
             | ApiError::Index(e)
@@ -178,6 +154,17 @@ impl From<ApiError> for Status {
             ),
         }
     }
+}
+
+/// RESOURCE_EXHAUSTED for a limit of this server's: why (`reason`, with
+/// one `detail`), and to try again in 5 s.
+fn exhausted(msg: String, reason: &str, detail: Option<(&str, String)>) -> Status {
+    let mut details = ErrorDetails::new();
+    details.set_retry_info(Some(std::time::Duration::from_secs(5)));
+    let metadata: std::collections::HashMap<String, String> =
+        detail.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+    details.set_error_info(reason, "expresscache", metadata);
+    Status::with_error_details(Code::ResourceExhausted, msg, details)
 }
 
 #[cfg(test)]

@@ -33,6 +33,14 @@ pub const MAX_PART: u64 = 512 * 1024 * 1024;
 /// (measured: doc/PERFORMANCE.md, large objects).
 pub const DEFAULT_PART_SIZE: u64 = 64 * 1024 * 1024;
 
+/// One multipart upload under way: the copy it makes, its id, and the
+/// source's size.
+struct Upload<'r, 'a> {
+    req: &'r CopyRequest<'a>,
+    upload_id: &'r str,
+    size: u64,
+}
+
 #[derive(Debug, Clone)]
 pub struct EngineSettings {
     /// Requests in flight at once, across all warms and buckets.
@@ -340,31 +348,46 @@ impl CopyEngine {
             match result {
                 Ok(v) => return Ok(v),
                 Err(e) if e.is_retryable() && attempt < self.settings.max_attempts => {
-                    stats.retries.fetch_add(1, Ordering::Relaxed);
-                    if e.class().backs_off() {
-                        stats.throttled.fetch_add(1, Ordering::Relaxed);
-                        let cut = limiter.on_throttle();
-                        limit_gauge.set(limiter.limit() as f64);
-                        if cut {
-                            tracing::debug!(
-                                bucket,
-                                limit = limiter.limit(),
-                                "throttled: concurrency halved"
-                            );
-                        }
-                    }
-                    let backoff = expresscache::Backoff::new(
-                        self.settings.retry_base_delay,
-                        self.settings.retry_max_delay,
-                    )
-                    .ceiling(attempt);
-                    tracing::debug!(attempt, error = %e, "retrying");
-                    tokio::time::sleep(backoff + self.jitter.below(backoff)).await;
+                    self.before_retry(&e, attempt, bucket, (&limiter, &limit_gauge), stats)
+                        .await;
                     attempt += 1;
                 }
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// After failed attempt `attempt` of a request to `bucket` that will be
+    /// retried: counts it, halves the bucket's limit on a throttle, and
+    /// backs off (with jitter).
+    async fn before_retry(
+        &self,
+        e: &StoreError,
+        attempt: u32,
+        bucket: &str,
+        (limiter, limit_gauge): (&AdaptiveLimit, &metrics::Gauge),
+        stats: &CopyStats,
+    ) {
+        stats.retries.fetch_add(1, Ordering::Relaxed);
+        if e.class().backs_off() {
+            stats.throttled.fetch_add(1, Ordering::Relaxed);
+            let cut = limiter.on_throttle();
+            limit_gauge.set(limiter.limit() as f64);
+            if cut {
+                tracing::debug!(
+                    bucket,
+                    limit = limiter.limit(),
+                    "throttled: concurrency halved"
+                );
+            }
+        }
+        let backoff = expresscache::Backoff::new(
+            self.settings.retry_base_delay,
+            self.settings.retry_max_delay,
+        )
+        .ceiling(attempt);
+        tracing::debug!(attempt, error = %e, "retrying");
+        tokio::time::sleep(backoff + self.jitter.below(backoff)).await;
     }
 
     /// Copies one object of `size` bytes, in parts above the threshold.
@@ -442,69 +465,14 @@ impl CopyEngine {
             })
             .await?;
         tracing::debug!(key = req.dest_key, size, part, count, "multipart copy");
-        let parts = futures::stream::iter(1..=count)
-            .map(|n| {
-                let upload_id = upload_id.as_str();
-                async move {
-                    let first = (n - 1) * part;
-                    let last = (first + part).min(size) - 1;
-                    let number = i32::try_from(n).unwrap_or(i32::MAX);
-                    let pc = PartCopy {
-                        copy: req.clone(),
-                        upload_id,
-                        part_number: number,
-                        first_byte: first,
-                        last_byte: last,
-                    };
-                    self.attempt(
-                        "upload_part_copy",
-                        dest,
-                        last - first + 1,
-                        stats,
-                        stop,
-                        || self.store.upload_part_copy(&pc),
-                    )
-                    .await
-                    .map(|etag| (number, etag))
-                }
-            })
-            .buffer_unordered(at_once)
-            .collect::<Vec<_>>()
-            .await;
+        let upload = Upload {
+            req,
+            upload_id: &upload_id,
+            size,
+        };
         let result = async {
-            let mut done = parts.into_iter().collect::<Result<Vec<_>, _>>()?;
-            done.sort_by_key(|(n, _)| *n);
-            let copied = self
-                // Assembling parts takes S3 time that grows with their count,
-                // not with the bytes (nothing is copied again).
-                .attempt_within(
-                    "complete_multipart_upload",
-                    dest,
-                    None,
-                    self.timeout_for(COMPLETE_BUDGET_BYTES),
-                    stats,
-                    stop,
-                    || {
-                        self.store
-                            .complete_multipart(dest, req.dest_key, &upload_id, &done)
-                    },
-                )
-                .await?;
-            let landed = self
-                .attempt("head_object", dest, 0, stats, stop, || {
-                    self.store.head_object(dest, req.dest_key)
-                })
-                .await?;
-            if landed.size != size {
-                return Err(StoreError::Unexpected {
-                    code: "SizeMismatch",
-                    message: format!(
-                        "multipart copy produced {} bytes, expected {size}",
-                        landed.size
-                    ),
-                });
-            }
-            Ok(copied)
+            let parts = self.copy_parts(&upload, part, at_once, stats, stop).await?;
+            self.complete(&upload, &parts, stats, stop).await
         }
         .await;
         if result.is_err() {
@@ -524,6 +492,91 @@ impl CopyEngine {
             }
         }
         result
+    }
+
+    /// Copies every part of `upload`, `part` bytes each (the last the
+    /// rest), `at_once` at a time; the parts' numbers and ETags in order.
+    async fn copy_parts(
+        &self,
+        upload: &Upload<'_, '_>,
+        part: u64,
+        at_once: usize,
+        stats: &CopyStats,
+        stop: &StopSignal,
+    ) -> Result<Vec<(i32, String)>, StoreError> {
+        let (req, size) = (upload.req, upload.size);
+        let parts = futures::stream::iter(1..=size.div_ceil(part))
+            .map(|n| async move {
+                let first = (n - 1) * part;
+                let last = (first + part).min(size) - 1;
+                let number = i32::try_from(n).unwrap_or(i32::MAX);
+                let pc = PartCopy {
+                    copy: req.clone(),
+                    upload_id: upload.upload_id,
+                    part_number: number,
+                    first_byte: first,
+                    last_byte: last,
+                };
+                self.attempt(
+                    "upload_part_copy",
+                    req.dest_bucket,
+                    last - first + 1,
+                    stats,
+                    stop,
+                    || self.store.upload_part_copy(&pc),
+                )
+                .await
+                .map(|etag| (number, etag))
+            })
+            .buffer_unordered(at_once)
+            .collect::<Vec<_>>()
+            .await;
+        let mut done = parts.into_iter().collect::<Result<Vec<_>, _>>()?;
+        done.sort_by_key(|(n, _)| *n);
+        Ok(done)
+    }
+
+    /// Assembles `upload` from `parts` and checks the object that landed
+    /// has the source's size.
+    async fn complete(
+        &self,
+        upload: &Upload<'_, '_>,
+        parts: &[(i32, String)],
+        stats: &CopyStats,
+        stop: &StopSignal,
+    ) -> Result<Copied, StoreError> {
+        let (dest, key) = (upload.req.dest_bucket, upload.req.dest_key);
+        let copied = self
+            // Assembling parts takes S3 time that grows with their count,
+            // not with the bytes (nothing is copied again).
+            .attempt_within(
+                "complete_multipart_upload",
+                dest,
+                None,
+                self.timeout_for(COMPLETE_BUDGET_BYTES),
+                stats,
+                stop,
+                || {
+                    self.store
+                        .complete_multipart(dest, key, upload.upload_id, parts)
+                },
+            )
+            .await?;
+        let landed = self
+            .attempt("head_object", dest, 0, stats, stop, || {
+                self.store.head_object(dest, key)
+            })
+            .await?;
+        if landed.size != upload.size {
+            return Err(StoreError::Unexpected {
+                code: "SizeMismatch",
+                message: format!(
+                    "multipart copy produced {} bytes, expected {}",
+                    landed.size, upload.size
+                ),
+            });
+        }
+        Ok(copied)
     }
 }
 

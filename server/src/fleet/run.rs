@@ -43,23 +43,7 @@ impl Operations {
         // Copies check the run's deadline before each request (the keeper
         // moves it on with each renewal): held from the very first copy.
         stop.hold_until(granted_until, &self.warmer.clock);
-        // Aborted when dropped, also by a panic of this task: a keeper
-        // left behind would renew the run (and hold the progress) forever.
-        let keeper = AbortOnDrop({
-            let this = Arc::clone(&self);
-            let (id, ticket) = (id.clone(), ticket.clone());
-            let (progress, stop, lost) =
-                (Arc::clone(&progress), Arc::clone(&stop), Arc::clone(&lost));
-            tokio::spawn(
-                async move {
-                    this.keep_run(&id, &ticket, granted_until, &progress, &stop, &lost)
-                        .await
-                }
-                // In the warm's span: its log lines and index calls belong
-                // to the warm's trace, not to traces of their own.
-                .in_current_span(),
-            )
-        });
+        let keeper = self.spawn_keeper(&id, &ticket, granted_until, &progress, &stop, &lost);
         // Queued (phase QUEUED) until a running slot frees; the keeper
         // renews the run meanwhile and turns a cancel into a stop.
         // A running warm of the same data is joined instead.
@@ -108,28 +92,35 @@ impl Operations {
         // The final state reaches followers only once it is recorded: a
         // runner taken over meanwhile must not tell its callers an outcome
         // the log does not hold (their feed then reads the log instead).
-        let last = match result {
-            Err(e @ WarmError::LeaseEnded { .. }) => {
-                tracing::warn!(operation_id = %id, error = %e, "warm stopped: its lease was evicted");
-                progress.final_state(Outcome::Cancelled, Some(e.to_string()))
-            }
-            Err(e) => {
-                tracing::warn!(operation_id = %id, error = %e, "warm failed");
-                progress.final_state(Outcome::Failed, Some(e.to_string()))
-            }
-            Ok(outcome) => progress.final_state(outcome.outcome(), None),
-        };
-        if let Some(outcome) = last.outcome {
-            metrics::counter!(crate::metrics::WARMS_FINISHED, "outcome" => outcome.label())
-                .increment(1);
-            tracing::Span::current().record("outcome", outcome.label());
-        }
-        let c = last.counters;
-        tracing::info!(operation_id = %id, outcome = ?last.outcome,
-            listed = c.objects_listed, hits = c.objects_hit, copied = c.objects_copied,
-            shared = c.objects_shared, failed = c.objects_failed, bytes_copied = c.bytes_copied, "warm finished");
+        let last = final_state(&id, result, &progress);
         self.record_final(&id, &ticket, last, &progress).await;
         self.forget(&id);
+    }
+
+    /// Starts the run keeper of attempt `ticket` ([`keep_run`](Self::keep_run)),
+    /// in the warm's span: its log lines and index calls belong to the
+    /// warm's trace. Aborted when dropped, also by a panic of the task that
+    /// holds it: a keeper left behind would renew the run (and hold the
+    /// progress) forever.
+    fn spawn_keeper(
+        self: &Arc<Self>,
+        id: &str,
+        ticket: &RunTicket,
+        granted_until: Millis,
+        progress: &Arc<Progress>,
+        stop: &Arc<StopSignal>,
+        lost: &Arc<AtomicBool>,
+    ) -> AbortOnDrop {
+        let this = Arc::clone(self);
+        let (id, ticket) = (id.to_owned(), ticket.clone());
+        let (progress, stop, lost) = (Arc::clone(progress), Arc::clone(stop), Arc::clone(lost));
+        AbortOnDrop(tokio::spawn(
+            async move {
+                this.keep_run(&id, &ticket, granted_until, &progress, &stop, &lost)
+                    .await
+            }
+            .in_current_span(),
+        ))
     }
 
     /// Records the final state (with the lease epochs: once it is visible,
@@ -153,20 +144,7 @@ impl Operations {
         let mut attempt = 0u32;
         let mut fallbacks = 0u32;
         loop {
-            // Each try within half a run lease: the renewal below keeps
-            // the run this attempt's while the index is slow, so no other
-            // replica takes it over (and counts a crash) meanwhile.
-            let tried = tokio::time::timeout(
-                self.settings.run_ttl / 2,
-                self.index().finish_operation(id, ticket, &last, &epochs),
-            )
-            .await
-            .unwrap_or_else(|_| {
-                Err(crate::index::IndexError::Unavailable(
-                    "recording the final state timed out".into(),
-                ))
-            });
-            let err = match tried {
+            let err = match self.try_final(id, ticket, &last, &epochs).await {
                 Ok(true) => return progress.publish_final(last),
                 Ok(false) => {
                     return tracing::warn!(operation_id = %id,
@@ -202,17 +180,7 @@ impl Operations {
             tracing::warn!(operation_id = %id, error = %err, "recording the final state failed; trying again");
             tokio::time::sleep(pause).await;
             // Still ours? A takeover meanwhile records its own outcome.
-            let deadline = self
-                .warmer
-                .clock
-                .now()
-                .saturating_add(span_millis(self.settings.run_ttl));
-            let renewal = tokio::time::timeout(
-                self.settings.renew_every.max(Duration::from_secs(1)),
-                self.index().renew_run(id, ticket, deadline),
-            )
-            .await;
-            if let Ok(Ok(Renewal::Lost)) = renewal {
+            if self.run_lost(id, ticket).await {
                 return tracing::warn!(operation_id = %id,
                     "the run was taken over while its final state waited for the index");
             }
@@ -224,12 +192,60 @@ impl Operations {
         }
     }
 
+    /// One try at recording the final state, within half a run lease: the
+    /// renewal between tries keeps the run this attempt's while the index
+    /// is slow, so no other replica takes it over (and counts a crash)
+    /// meanwhile.
+    async fn try_final(
+        &self,
+        id: &str,
+        ticket: &RunTicket,
+        last: &OperationState,
+        epochs: &[(String, String)],
+    ) -> Result<bool, crate::index::IndexError> {
+        tokio::time::timeout(
+            self.settings.run_ttl / 2,
+            self.index().finish_operation(id, ticket, last, epochs),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(crate::index::IndexError::Unavailable(
+                "recording the final state timed out".into(),
+            ))
+        })
+    }
+
+    /// Renews the run once, bounded; whether the index said another
+    /// attempt holds it (an unanswered renewal is not a loss).
+    async fn run_lost(&self, id: &str, ticket: &RunTicket) -> bool {
+        let deadline = self
+            .warmer
+            .clock
+            .now()
+            .saturating_add(span_millis(self.settings.run_ttl));
+        let renewal = tokio::time::timeout(
+            self.settings.renew_every.max(Duration::from_secs(1)),
+            self.index().renew_run(id, ticket, deadline),
+        )
+        .await;
+        matches!(renewal, Ok(Ok(Renewal::Lost)))
+    }
+
     /// While the warm runs: publishes progress every `publish_interval`,
     /// renews the run every `renew_every` (a requested cancel stops the
-    /// warm), checkpoints every `checkpoint_interval`. Once the run is lost
-    /// (another attempt holds it, or the deadline last granted passed
-    /// without a renewal, however long an index call hangs), sets `lost`
-    /// and interrupts the warm: from then on it starts no copy.
+    /// warm), checkpoints every `checkpoint_interval` (by the
+    /// [`Cadence`] of a warm that follows another's work, if it does).
+    /// Once the run is lost (another attempt holds it, or the deadline last
+    /// granted passed without a renewal, however long an index call
+    /// hangs), sets `lost` and interrupts the warm: from then on it starts
+    /// no copy.
+    ///
+    /// No index call may hold the loop past the deadline: each is cut off
+    /// in time for the check at the loop's top to run before it passes. A
+    /// renewal may take up to half the run lease (an index under load
+    /// answers in seconds, and a renewal cut at one second would lose runs
+    /// to latency alone); a checkpoint at most one renewal interval, so a
+    /// renewal still fits after it.
     async fn keep_run(
         &self,
         id: &str,
@@ -240,12 +256,7 @@ impl Operations {
         lost: &AtomicBool,
     ) {
         let s = &self.settings;
-        let tick_every = s
-            .publish_interval
-            .min(s.renew_every)
-            .max(Duration::from_millis(10));
-        let mut tick = tokio::time::interval(tick_every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let (mut tick, tick_every) = ticker(s);
         let (mut since_renewal, mut since_checkpoint) = (Duration::ZERO, Duration::ZERO);
         let clock = &self.warmer.clock;
         let mut held_until = granted_until;
@@ -260,33 +271,14 @@ impl Operations {
             stop.hold_until(until, clock);
         };
         hold(held_until);
-        // No index call may hold the loop past the deadline: each is cut
-        // off in time for the check below to run before it passes. A
-        // renewal may take up to half the run lease (an index under load
-        // answers in seconds, and a renewal cut at one second would lose
-        // runs to latency alone); a checkpoint at most one renewal
-        // interval, so a renewal still fits after it.
         let bounded = |until: Millis, most: Duration| left_until(until, clock.now()).min(most);
         // What the last checkpoint wrote, so a follower writes only news.
-        // (Lease epochs count too: a takeover needs them to tell an
-        // evicted lease from one to extend.)
-        let mut written: Option<(
-            crate::core::operation::Phase,
-            crate::core::operation::Counters,
-            usize,
-        )> = None;
+        let mut written: Option<Shown> = None;
         loop {
             let now_please = tokio::select! {
                 _ = tick.tick() => false,
                 () = progress.checkpoint_now.notified() => true,
             };
-            // A warm that follows another's work (a job array's joiner)
-            // copies nothing, so nothing needs fencing within seconds: its
-            // run is renewed rarely, for long, and checkpointed only when
-            // its shown progress moved. A herd of a thousand joiners then
-            // costs the index tens of writes a second, not thousands
-            // (issue 22, finding 11); only their takeover after a crash
-            // waits longer.
             let cadence = Cadence::of(s, progress.joined().is_some());
             if now_please {
                 since_checkpoint = cadence.checkpoint_every;
@@ -321,23 +313,15 @@ impl Operations {
             }
             if since_checkpoint >= cadence.checkpoint_every {
                 since_checkpoint = Duration::ZERO;
-                let snapshot = progress.snapshot();
-                let shown = (
-                    snapshot.phase,
-                    snapshot.counters,
-                    snapshot.lease_epochs.len(),
-                );
-                if cadence.only_news && !now_please && written == Some(shown) {
-                    continue;
-                }
-                // Other replicas' status and list read this. Bounded like
-                // the renewal: a hung checkpoint must not hold the loop past
-                // the deadline, or a takeover could run beside this attempt.
+                // Bounded like the renewal: a hung checkpoint must not hold
+                // the loop past the deadline, or a takeover could run beside
+                // this attempt.
                 let within = bounded(held_until, s.renew_every);
-                match self.write_checkpoint(id, ticket, &snapshot, within).await {
-                    Ok(true) => written = Some(shown),
-                    Ok(false) => {}
-                    Err(RunLost) => return lose(),
+                let news_only = cadence.only_news && !now_please;
+                let checkpoint =
+                    self.write_checkpoint(id, ticket, progress, news_only, &mut written, within);
+                if let Err(RunLost) = checkpoint.await {
+                    return lose();
                 }
             }
         }
@@ -379,18 +363,31 @@ impl Operations {
         }
     }
 
-    /// Writes `snapshot` as the operation's progress under `ticket`,
-    /// waiting at most `within`: whether it was written (a failure is
-    /// logged; the next checkpoint tries again).
+    /// Writes the warm's progress as the operation's under `ticket`,
+    /// waiting at most `within`; with `news_only`, only if what it shows
+    /// moved since `written` (what the last checkpoint wrote). Other
+    /// replicas' status and list read it. A failure is logged; the next
+    /// checkpoint tries again.
     async fn write_checkpoint(
         &self,
         id: &str,
         ticket: &RunTicket,
-        snapshot: &OperationState,
+        progress: &Progress,
+        news_only: bool,
+        written: &mut Option<Shown>,
         within: Duration,
-    ) -> Result<bool, RunLost> {
+    ) -> Result<(), RunLost> {
+        let snapshot = progress.snapshot();
+        let shown = (
+            snapshot.phase,
+            snapshot.counters,
+            snapshot.lease_epochs.len(),
+        );
+        if news_only && *written == Some(shown) {
+            return Ok(());
+        }
         let checkpoint =
-            tokio::time::timeout(within, self.index().update_operation(id, ticket, snapshot))
+            tokio::time::timeout(within, self.index().update_operation(id, ticket, &snapshot))
                 .await
                 .unwrap_or_else(|_| {
                     Err(crate::index::IndexError::Unavailable(
@@ -398,11 +395,14 @@ impl Operations {
                     ))
                 });
         match checkpoint {
-            Ok(true) => Ok(true),
+            Ok(true) => {
+                *written = Some(shown);
+                Ok(())
+            }
             Ok(false) => Err(RunLost),
             Err(e) => {
                 tracing::warn!(operation_id = %id, error = %e, "progress checkpoint failed");
-                Ok(false)
+                Ok(())
             }
         }
     }
@@ -418,12 +418,69 @@ impl Operations {
     }
 }
 
+/// The final state of warm `id` that ended with `result`, counted in the
+/// metrics, on the warm's span and in the log.
+fn final_state(
+    id: &str,
+    result: Result<crate::warm::WarmOutcome, WarmError>,
+    progress: &Progress,
+) -> OperationState {
+    let last = match result {
+        Err(e @ WarmError::LeaseEnded { .. }) => {
+            tracing::warn!(operation_id = %id, error = %e, "warm stopped: its lease was evicted");
+            progress.final_state(Outcome::Cancelled, Some(e.to_string()))
+        }
+        Err(e) => {
+            tracing::warn!(operation_id = %id, error = %e, "warm failed");
+            progress.final_state(Outcome::Failed, Some(e.to_string()))
+        }
+        Ok(outcome) => progress.final_state(outcome.outcome(), None),
+    };
+    if let Some(outcome) = last.outcome {
+        metrics::counter!(crate::metrics::WARMS_FINISHED, "outcome" => outcome.label())
+            .increment(1);
+        tracing::Span::current().record("outcome", outcome.label());
+    }
+    let c = last.counters;
+    tracing::info!(operation_id = %id, outcome = ?last.outcome,
+        listed = c.objects_listed, hits = c.objects_hit, copied = c.objects_copied,
+        shared = c.objects_shared, failed = c.objects_failed, bytes_copied = c.bytes_copied, "warm finished");
+    last
+}
+
+/// What a checkpoint showed: the phase, the counters and how many lease
+/// epochs it carried (a takeover needs the epochs to tell an evicted lease
+/// from one to extend), so a follower's checkpoints write only news.
+type Shown = (
+    crate::core::operation::Phase,
+    crate::core::operation::Counters,
+    usize,
+);
+
+/// The run keeper's tick (publishing, and the renewal and checkpoint
+/// counts), and its period: the shorter of the publish and renewal
+/// intervals, at least 10 ms; a late tick is skipped, not caught up.
+fn ticker(s: &super::OpsSettings) -> (tokio::time::Interval, Duration) {
+    let every = s
+        .publish_interval
+        .min(s.renew_every)
+        .max(Duration::from_millis(10));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    (tick, every)
+}
+
 /// How long from `now` until `deadline` (zero once it passed).
 fn left_until(deadline: Millis, now: Millis) -> Duration {
     Duration::from_millis(deadline.saturating_sub(now).max(0).unsigned_abs())
 }
 
-/// How often a run is renewed (and for how long) and checkpointed.
+/// How often a run is renewed (and for how long) and checkpointed. A warm
+/// that follows another's work (a job array's joiner) copies nothing, so
+/// nothing needs fencing within seconds: its run is renewed rarely, for
+/// long, and checkpointed only when its shown progress moved. A herd of a
+/// thousand joiners then costs the index tens of writes a second, not
+/// thousands; only their takeover after a crash waits longer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Cadence {
     pub run_ttl: Duration,

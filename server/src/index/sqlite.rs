@@ -578,21 +578,15 @@ fn replace_lease_epochs(
 
 /// [`Leases::extend_lease`](super::Leases::extend_lease) on an open connection (or transaction).
 fn extend_lease_on(c: &Connection, lease: &Lease, now: Millis) -> Result<Lease, IndexError> {
-    let key = params![lease.directory_bucket, lease.prefix, lease.source_bucket];
-    let stored = if lease.epoch.is_empty() {
-        c.query_row(
+    if lease.epoch.is_empty() {
+        return create_or_extend_lease(c, lease, now);
+    }
+    let extended = c
+        .query_row(
             &format!(
-                "INSERT INTO leases (directory_bucket, prefix, source_bucket, expires_at, epoch)
-                 VALUES (?1, ?2, ?3, ?4, lower(hex(randomblob(8))))
-                 ON CONFLICT DO UPDATE SET expires_at = max(expires_at, excluded.expires_at),
-                     epoch = CASE WHEN expires_at <= ?5 THEN excluded.epoch ELSE epoch END,
-                     -- a revived lease starts with a clean sweep record
-                     sweep_attempts = CASE WHEN excluded.expires_at > expires_at
-                         THEN 0 ELSE sweep_attempts END,
-                     sweep_error = CASE WHEN excluded.expires_at > expires_at
-                         THEN NULL ELSE sweep_error END,
-                     sweep_retry_at = CASE WHEN excluded.expires_at > expires_at
-                         THEN 0 ELSE sweep_retry_at END
+                "UPDATE leases SET expires_at = max(expires_at, ?4)
+                 WHERE directory_bucket = ?1 AND prefix = ?2 AND source_bucket = ?3
+                   AND epoch = ?5 AND expires_at > ?6
                  RETURNING {LEASE_COLUMNS}"
             ),
             params![
@@ -600,63 +594,80 @@ fn extend_lease_on(c: &Connection, lease: &Lease, now: Millis) -> Result<Lease, 
                 lease.prefix,
                 lease.source_bucket,
                 lease.expires_at,
+                lease.epoch,
                 now
             ],
             row_to_lease,
         )
-        .map_err(storage)?
-    } else {
-        let extended = c
-            .query_row(
-                &format!(
-                    "UPDATE leases SET expires_at = max(expires_at, ?4)
-                     WHERE directory_bucket = ?1 AND prefix = ?2 AND source_bucket = ?3
-                       AND epoch = ?5 AND expires_at > ?6
-                     RETURNING {LEASE_COLUMNS}"
-                ),
-                params![
-                    lease.directory_bucket,
-                    lease.prefix,
-                    lease.source_bucket,
-                    lease.expires_at,
-                    lease.epoch,
-                    now
-                ],
-                row_to_lease,
-            )
-            .optional()
-            .map_err(storage)?;
-        match extended {
-            Some(l) => l,
-            None => c
-                .query_row(
-                    &format!(
-                        "SELECT {LEASE_COLUMNS} FROM leases
-                         WHERE directory_bucket = ?1 AND prefix = ?2 AND source_bucket = ?3"
-                    ),
-                    key,
-                    row_to_lease,
-                )
-                .optional()
-                .map_err(storage)?
-                .map_or_else(
-                    || Lease {
-                        epoch: String::new(),
-                        expires_at: 0,
-                        ..lease.clone()
-                    },
-                    |mut l| {
-                        // Expired at `now`: ended for the caller too,
-                        // even if nobody changed the epoch yet.
-                        if l.expires_at <= now {
-                            l.epoch = String::new();
-                        }
-                        l
-                    },
-                ),
-        }
-    };
-    Ok(stored)
+        .optional()
+        .map_err(storage)?;
+    match extended {
+        Some(l) => Ok(l),
+        None => ended_lease(c, lease, now),
+    }
+}
+
+/// [`extend_lease_on`] without an epoch: creates the lease, or extends
+/// it and keeps its epoch (a new epoch if it had expired at `now`).
+fn create_or_extend_lease(c: &Connection, lease: &Lease, now: Millis) -> Result<Lease, IndexError> {
+    c.query_row(
+        &format!(
+            "INSERT INTO leases (directory_bucket, prefix, source_bucket, expires_at, epoch)
+             VALUES (?1, ?2, ?3, ?4, lower(hex(randomblob(8))))
+             ON CONFLICT DO UPDATE SET expires_at = max(expires_at, excluded.expires_at),
+                 epoch = CASE WHEN expires_at <= ?5 THEN excluded.epoch ELSE epoch END,
+                 -- a revived lease starts with a clean sweep record
+                 sweep_attempts = CASE WHEN excluded.expires_at > expires_at
+                     THEN 0 ELSE sweep_attempts END,
+                 sweep_error = CASE WHEN excluded.expires_at > expires_at
+                     THEN NULL ELSE sweep_error END,
+                 sweep_retry_at = CASE WHEN excluded.expires_at > expires_at
+                     THEN 0 ELSE sweep_retry_at END
+             RETURNING {LEASE_COLUMNS}"
+        ),
+        params![
+            lease.directory_bucket,
+            lease.prefix,
+            lease.source_bucket,
+            lease.expires_at,
+            now
+        ],
+        row_to_lease,
+    )
+    .map_err(storage)
+}
+
+/// The lease as stored, after an extension under `lease`'s epoch was
+/// refused (another epoch holds it, or it expired at `now`); its epoch
+/// emptied (ended for the caller) if it expired, or gone altogether.
+fn ended_lease(c: &Connection, lease: &Lease, now: Millis) -> Result<Lease, IndexError> {
+    let key = params![lease.directory_bucket, lease.prefix, lease.source_bucket];
+    let stored = c
+        .query_row(
+            &format!(
+                "SELECT {LEASE_COLUMNS} FROM leases
+                 WHERE directory_bucket = ?1 AND prefix = ?2 AND source_bucket = ?3"
+            ),
+            key,
+            row_to_lease,
+        )
+        .optional()
+        .map_err(storage)?;
+    Ok(stored.map_or_else(
+        || Lease {
+            epoch: String::new(),
+            expires_at: 0,
+            ..lease.clone()
+        },
+        |mut l| {
+            // Expired at `now`: ended for the caller too, even if nobody
+            // changed the epoch yet.
+            if l.expires_at <= now {
+                l.epoch = String::new();
+            }
+            l
+        },
+    ))
 }
 
 #[async_trait::async_trait]

@@ -90,7 +90,10 @@ def run_job(job_id):
     lines = list(csv.reader(io.StringIO(body["Body"].read().decode())))
     with LOCK:
         job["total"] = len(lines)
-        job["status"] = "Active"
+        # A cancel that came while the manifest was read stands (S3 never
+        # loses one): the loop below ends the job at once.
+        if job["status"] not in ("Cancelling", "Cancelled"):
+            job["status"] = "Active"
     failed_rows = []
     for bucket, enc_key in lines:
         with LOCK:

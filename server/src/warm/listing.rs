@@ -71,6 +71,85 @@ pub(super) enum Job {
     },
 }
 
+impl Job {
+    /// The prefix this listing reports its pages under, the listing
+    /// request, and for a tree listing its depth.
+    fn query(&self) -> (&String, ListQuery<'_>, Option<u32>) {
+        match self {
+            Job::Tree { prefix, depth } => {
+                (prefix, ListQuery::prefix(prefix).delimited(), Some(*depth))
+            }
+            Job::Flat { prefix } => (prefix, ListQuery::prefix(prefix), None),
+            // Keys after "a/b" include every key under "a/b/" (a shorter
+            // string sorts first); keys before the span are skipped by
+            // `segments`.
+            Job::Span {
+                parent,
+                first,
+                after,
+                ..
+            } => (
+                parent,
+                ListQuery::prefix(parent).start_after(
+                    after
+                        .as_deref()
+                        .unwrap_or(first.strip_suffix('/').unwrap_or(first)),
+                ),
+                None,
+            ),
+        }
+    }
+
+    /// One page's keys as this listing hands them on, in runs that each
+    /// go to the planner as a page; and whether the listing is past its
+    /// end (a span's last common prefix).
+    fn segments(
+        &self,
+        objects: Vec<ObjectMeta>,
+        common: &[String],
+    ) -> (Vec<Vec<ObjectMeta>>, bool) {
+        match self {
+            Job::Tree { .. } => (split_at_subtrees(objects, common), false),
+            Job::Flat { .. } => (vec![objects], false),
+            Job::Span {
+                parent,
+                first,
+                last,
+                ..
+            } => {
+                let (objects, past_end) = within_span(objects, parent, first, last);
+                (vec![objects], past_end)
+            }
+        }
+    }
+}
+
+/// The keys of `segments` that `selection` selects, and the sub-prefixes
+/// of `common` it may select keys under; `missing` hears of every key and
+/// sub-prefix listed.
+fn selected(
+    selection: &expresscache::request::KeySelection,
+    missing: &MissingKeys,
+    segments: Vec<Vec<ObjectMeta>>,
+    common: Vec<String>,
+) -> (Vec<Vec<ObjectMeta>>, Vec<String>) {
+    let segments = segments
+        .into_iter()
+        .map(|objects| {
+            missing.saw(&objects, &common);
+            objects
+                .into_iter()
+                .filter(|o| selection.selects(&o.key))
+                .collect::<Vec<_>>()
+        })
+        .collect::<Vec<_>>();
+    let common = common
+        .into_iter()
+        .filter(|cp| selection.may_select_under(cp))
+        .collect();
+    (segments, common)
+}
+
 /// Listings waiting to start, and how many run.
 #[derive(Default)]
 struct Jobs {
@@ -259,28 +338,7 @@ impl WarmRun<'_> {
     ) -> Result<Listed, WarmError> {
         let bucket = self.spec.source.as_str();
         let selection = &self.spec.selection;
-        let (listing_prefix, query, tree_depth) = match &job {
-            Job::Tree { prefix, depth } => {
-                (prefix, ListQuery::prefix(prefix).delimited(), Some(*depth))
-            }
-            Job::Flat { prefix } => (prefix, ListQuery::prefix(prefix), None),
-            // Keys after "a/b" include every key under "a/b/" (a shorter
-            // string sorts first); keys before the span are skipped below.
-            Job::Span {
-                parent,
-                first,
-                after,
-                ..
-            } => (
-                parent,
-                ListQuery::prefix(parent).start_after(
-                    after
-                        .as_deref()
-                        .unwrap_or(first.strip_suffix('/').unwrap_or(first)),
-                ),
-                None,
-            ),
-        };
+        let (listing_prefix, query, tree_depth) = job.query();
         let mut token: Option<String> = None;
         // The recent tokens: one answered again means a cycle that would
         // list forever (a window of them bounds the memory).
@@ -316,43 +374,13 @@ impl WarmRun<'_> {
                     });
                 }
             }
-            let (segments, ended) = match &job {
-                Job::Tree { .. } => (
-                    split_at_subtrees(page.objects, &page.common_prefixes),
-                    false,
-                ),
-                Job::Flat { .. } => (vec![page.objects], false),
-                Job::Span {
-                    parent,
-                    first,
-                    last,
-                    ..
-                } => {
-                    let (objects, past_end) = within_span(page.objects, parent, first, last);
-                    (vec![objects], past_end)
-                }
-            };
+            let (segments, ended) = job.segments(page.objects, &page.common_prefixes);
             // Only the keys the warm selects go on; and only the
             // sub-prefixes it may select keys under are listed.
             let (segments, common) = if selection.is_everything() {
                 (segments, page.common_prefixes)
             } else {
-                let segments = segments
-                    .into_iter()
-                    .map(|objects| {
-                        missing.saw(&objects, &page.common_prefixes);
-                        objects
-                            .into_iter()
-                            .filter(|o| selection.selects(&o.key))
-                            .collect::<Vec<_>>()
-                    })
-                    .collect::<Vec<_>>();
-                let common = page
-                    .common_prefixes
-                    .into_iter()
-                    .filter(|cp| selection.may_select_under(cp))
-                    .collect();
-                (segments, common)
+                selected(selection, missing, segments, page.common_prefixes)
             };
             if let Some(depth) = tree_depth {
                 jobs.push(sub_jobs(

@@ -118,19 +118,12 @@ impl WarmRun<'_> {
     ) -> Result<(), WarmError> {
         self.announce_copying();
         let created_here = self.progress.batch_job().is_none();
-        let job_id = match self.progress.batch_job() {
-            Some(id) => {
-                tracing::info!(operation_id = self.owner, job_id = %id,
-                    "following the S3 Batch Operations job an earlier attempt created");
-                id
+        let job_id = match self.job_to_follow(o, &tasks).await {
+            Ok(id) => id,
+            Err(e) => {
+                self.release_all(&tasks).await;
+                return Err(e);
             }
-            None => match self.start_job(o, &tasks).await {
-                Ok(id) => id,
-                Err(e) => {
-                    self.release_all(&tasks).await;
-                    return Err(e);
-                }
-            },
         };
         let keys: Vec<String> = tasks.iter().map(|t| t.dest_key.clone()).collect();
         let tracked = tokio::select! {
@@ -151,18 +144,15 @@ impl WarmRun<'_> {
             }
         };
         // Failed tasks first (the report), then what landed (the listing).
-        let reported = match o
-            .failed_tasks(&report_prefix(self.owner), &job_id, end.state)
-            .await
-        {
-            Ok(r) => r,
-            Err(e) => {
-                self.release_all(&tasks).await;
-                return Err(WarmError::Batch(e.to_string()));
-            }
+        let results = async {
+            let reported = o
+                .failed_tasks(&report_prefix(self.owner), &job_id, end.state)
+                .await
+                .map_err(|e| WarmError::Batch(e.to_string()))?;
+            Ok((reported, self.list_landed(&tasks).await?))
         };
-        let landed = match self.list_landed(&tasks).await {
-            Ok(l) => l,
+        let (reported, landed) = match results.await {
+            Ok(r) => r,
             Err(e) => {
                 self.release_all(&tasks).await;
                 return Err(e);
@@ -183,6 +173,48 @@ impl WarmRun<'_> {
                 .or_else(|| created_here.then_some(self.started)),
             stopped: self.stop.is_set(),
         };
+        let (to_engine, to_record) = self
+            .sort_out(tasks, &seen, &reported, &landed, &job_id)
+            .await;
+        let to_engine = self.record_all(to_record, to_engine, entries).await;
+        if end.state == JobState::Failed {
+            self.release_all(&to_engine).await;
+            return Err(WarmError::Batch(format!(
+                "S3 Batch Operations job {job_id} failed: {}",
+                end.failure_reasons.join("; ")
+            )));
+        }
+        // Not copied by the job: the engine copies them under the claims
+        // still held (renewed first; released if the warm was stopped);
+        // keys whose claim was lost are decided anew.
+        self.settle_all(to_engine, entries).await;
+        Ok(())
+    }
+
+    /// The job that copies `tasks`: an earlier attempt's (its id in this
+    /// warm's record), or one started now.
+    async fn job_to_follow(&self, o: &Offload, tasks: &[CopyTask]) -> Result<String, WarmError> {
+        match self.progress.batch_job() {
+            Some(id) => {
+                tracing::info!(operation_id = self.owner, job_id = %id,
+                    "following the S3 Batch Operations job an earlier attempt created");
+                Ok(id)
+            }
+            None => self.start_job(o, tasks).await,
+        }
+    }
+
+    /// Each task after the job ended, as `seen` judges it: failed (the
+    /// job's report says why) or released, or handed on: to the engine to
+    /// copy, or to be recorded with the ETag the job's copy landed with.
+    async fn sort_out(
+        &self,
+        tasks: Vec<CopyTask>,
+        seen: &JobSeen,
+        reported: &HashMap<String, (String, String)>,
+        landed: &HashMap<String, (u64, String, Option<std::time::SystemTime>)>,
+        job_id: &str,
+    ) -> (Vec<CopyTask>, Vec<(CopyTask, String)>) {
         let mut to_engine = Vec::new();
         let mut to_record = Vec::new();
         for task in tasks {
@@ -202,7 +234,18 @@ impl WarmRun<'_> {
                 }
             }
         }
-        // Recorded in the writer's batches: many in flight at once.
+        (to_engine, to_record)
+    }
+
+    /// Records the job's copies in `to_record` (in the writer's batches:
+    /// many in flight at once); returns `to_engine` with the keys whose
+    /// claim was lost meanwhile added, to be decided anew.
+    async fn record_all(
+        &self,
+        to_record: Vec<(CopyTask, String)>,
+        to_engine: Vec<CopyTask>,
+        entries: &EntrySender,
+    ) -> Vec<CopyTask> {
         let again = std::sync::Mutex::new(to_engine);
         stream::iter(to_record)
             .for_each_concurrent(RECORDS_AT_ONCE, |(task, etag)| {
@@ -213,7 +256,6 @@ impl WarmRun<'_> {
                             Progress::add(&self.progress.copied, 1);
                             Progress::add(&self.progress.bytes_copied, task.object.size);
                         }
-                        // Its claim lost (another holder now): decided anew.
                         Landed::Engine => {
                             again
                                 .lock()
@@ -228,19 +270,7 @@ impl WarmRun<'_> {
                 }
             })
             .await;
-        let to_engine = again.into_inner().unwrap_or_else(|e| e.into_inner());
-        if end.state == JobState::Failed {
-            self.release_all(&to_engine).await;
-            return Err(WarmError::Batch(format!(
-                "S3 Batch Operations job {job_id} failed: {}",
-                end.failure_reasons.join("; ")
-            )));
-        }
-        // Not copied by the job: the engine copies them under the claims
-        // still held (renewed first; released if the warm was stopped);
-        // keys whose claim was lost are decided anew.
-        self.settle_all(to_engine, entries).await;
-        Ok(())
+        again.into_inner().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Writes the manifest of `tasks` and creates the job; records its id

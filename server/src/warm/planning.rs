@@ -10,7 +10,7 @@ use super::listing::Page;
 use super::run::WarmRun;
 use super::task::CopyTask;
 use super::WarmError;
-use crate::index::{ClaimOutcome, RecordCursor};
+use crate::index::{ClaimOutcome, Record, RecordCursor};
 use crate::plan::{Decision, Planner};
 use crate::progress::Progress;
 use crate::store::ObjectMeta;
@@ -92,51 +92,66 @@ impl WarmRun<'_> {
         for obj in &page.objects {
             let dest_key = self.spec.dest_key(&obj.key);
             let record = records.seek(&dest_key).await?;
-            let wait_for = match planner.decide(obj, record.as_ref()) {
-                Decision::Hit => {
-                    Progress::add(&progress.hits, 1);
-                    counts.hits += 1;
-                    counts.hit_bytes += obj.size;
-                    continue;
-                }
-                Decision::Clash { cached_from } => {
-                    counts.refused += 1;
-                    progress.fail(
-                        &obj.key,
-                        "KeyClash",
-                        format!(
-                            "{}/{dest_key} is already cached from {cached_from}; \
-                             evict it first, or use a destination_prefix",
-                            self.dir()
-                        ),
-                    );
-                    continue;
-                }
-                Decision::Copy(_) => None,
-                Decision::Wait(claim) => Some(claim),
-            };
-            if dest_key.len() > crate::core::limits::MAX_KEY_BYTES {
+            tasks.extend(self.triage_one(&planner, obj, dest_key, record.as_ref(), &mut counts));
+        }
+        Ok((tasks, counts))
+    }
+
+    /// What one listed object becomes, given its index record: a hit or a
+    /// refusal (counted in `counts`, and a refusal failed), or a task to
+    /// copy it or wait for another holder.
+    fn triage_one(
+        &self,
+        planner: &Planner<'_>,
+        obj: &ObjectMeta,
+        dest_key: String,
+        record: Option<&Record>,
+        counts: &mut PageCounts,
+    ) -> Option<CopyTask> {
+        let progress = self.progress;
+        let wait_for = match planner.decide(obj, record) {
+            Decision::Hit => {
+                Progress::add(&progress.hits, 1);
+                counts.hits += 1;
+                counts.hit_bytes += obj.size;
+                return None;
+            }
+            Decision::Clash { cached_from } => {
                 counts.refused += 1;
                 progress.fail(
                     &obj.key,
-                    "KeyTooLong",
+                    "KeyClash",
                     format!(
-                        "destination key would be {} bytes; S3 allows 1024",
-                        dest_key.len()
+                        "{}/{dest_key} is already cached from {cached_from}; \
+                         evict it first, or use a destination_prefix",
+                        self.dir()
                     ),
                 );
-                continue;
+                return None;
             }
-            Progress::add(&progress.to_copy, 1);
-            Progress::add(&progress.bytes_to_copy, obj.size);
-            tasks.push(CopyTask {
-                object: obj.clone(),
-                dest_key,
-                wait_for,
-                claimed_at: None,
-            });
+            Decision::Copy(_) => None,
+            Decision::Wait(claim) => Some(claim),
+        };
+        if dest_key.len() > crate::core::limits::MAX_KEY_BYTES {
+            counts.refused += 1;
+            progress.fail(
+                &obj.key,
+                "KeyTooLong",
+                format!(
+                    "destination key would be {} bytes; S3 allows 1024",
+                    dest_key.len()
+                ),
+            );
+            return None;
         }
-        Ok((tasks, counts))
+        Progress::add(&progress.to_copy, 1);
+        Progress::add(&progress.bytes_to_copy, obj.size);
+        Some(CopyTask {
+            object: obj.clone(),
+            dest_key,
+            wait_for,
+            claimed_at: None,
+        })
     }
 
     /// Claims every task's key that nobody else was seen holding, in one

@@ -65,21 +65,7 @@ impl DynamoIndex {
                     return Ok(ClaimOutcome::Held(c.clone()));
                 }
             }
-            // An entry is there (a recopy), or the claim is an eviction's
-            // that lapsed: take it exactly as seen. An eviction may have
-            // deleted the object, so the entry is untrusted until this copy
-            // records it.
-            let mut update = SET_COPY_CLAIM.to_owned();
-            if record.entry.is_none() {
-                update.push_str(", #gc_at = :gc");
-            }
-            if record
-                .claim
-                .as_ref()
-                .is_some_and(|c| c.kind == ClaimKind::Evict)
-            {
-                update.push_str(", #unconfirmed = :true");
-            }
+            let update = copy_claim_over(&record);
             let (guard, vals) =
                 record_guard(Some(&item), vals().n("gc", gc_at(terms.deadline)).t("true"))?;
             match self
@@ -314,4 +300,24 @@ impl DynamoIndex {
         .await?;
         Ok(())
     }
+}
+
+/// The update that takes a copy claim on `record` exactly as seen: an
+/// entry is there (a recopy), or the claim is an eviction's that lapsed.
+/// An eviction may have deleted the object, so the entry is untrusted
+/// until this copy records it; an item without an entry stays collectable
+/// should the copier die.
+fn copy_claim_over(record: &crate::index::Record) -> String {
+    let mut update = SET_COPY_CLAIM.to_owned();
+    if record.entry.is_none() {
+        update.push_str(", #gc_at = :gc");
+    }
+    if record
+        .claim
+        .as_ref()
+        .is_some_and(|c| c.kind == ClaimKind::Evict)
+    {
+        update.push_str(", #unconfirmed = :true");
+    }
+    update
 }

@@ -57,24 +57,7 @@ impl DynamoIndex {
         let key = lease_key(lease)?;
         let table = self.tables.leases.as_str();
         if !lease.epoch.is_empty() {
-            // A renewal: only the very lease the warm wrote, only while live.
-            let res = self
-                .update(
-                    table,
-                    key,
-                    "SET #expires_at = :e",
-                    Some("#epoch = :epoch AND #expires_at > :now AND #expires_at < :e"),
-                    Vals::new()
-                        .n("e", lease.expires_at)
-                        .s("epoch", &lease.epoch)
-                        .n("now", now),
-                    ReturnValue::AllNew,
-                )
-                .await?;
-            return match res {
-                Cond::Done(item) => done_lease(item),
-                Cond::Refused(seen) => refused_renewal(lease, seen, now),
-            };
+            return self.renew_lease(key, lease, now).await;
         }
         // Create, or extend a live lease (keeping its epoch): the common case.
         let res = self
@@ -140,6 +123,33 @@ impl DynamoIndex {
             };
         }
         Err(self.contention("extend_lease"))
+    }
+
+    /// [`extend`](Self::extend) of a lease the caller holds (its epoch
+    /// set): only the very lease the warm wrote, only while live.
+    async fn renew_lease(
+        &self,
+        key: Item,
+        lease: &Lease,
+        now: Millis,
+    ) -> Result<Lease, IndexError> {
+        let res = self
+            .update(
+                self.tables.leases.as_str(),
+                key,
+                "SET #expires_at = :e",
+                Some("#epoch = :epoch AND #expires_at > :now AND #expires_at < :e"),
+                Vals::new()
+                    .n("e", lease.expires_at)
+                    .s("epoch", &lease.epoch)
+                    .n("now", now),
+                ReturnValue::AllNew,
+            )
+            .await?;
+        match res {
+            Cond::Done(item) => done_lease(item),
+            Cond::Refused(seen) => refused_renewal(lease, seen, now),
+        }
     }
 
     /// Every lease item of exactly `prefix` in `dir`, strongly consistent,
