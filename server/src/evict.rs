@@ -867,7 +867,7 @@ mod tests {
 #[cfg(test)]
 mod fault_tests {
     //! Deletion under faults: lost replies, vanished buckets, clock skew,
-    //! mass failures (issue cases 1, 4, 9, 12).
+    //! mass failures.
     use super::*;
     use crate::core::clock::ManualClock;
     use crate::index::SqliteIndex;

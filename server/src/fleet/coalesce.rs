@@ -1,32 +1,11 @@
-//! Job arrays: many launchers asking for the same data at once. A warm
-//! whose source, directory bucket and destination prefix match a warm on
-//! this replica that covers its prefixes and has **not begun listing**
-//! (it waits for a running slot, or for the round before it), where
-//! neither forces a copy, joins it instead of listing: it writes its own
-//! leases (its own TTL), shows that warm's progress, and ends with its
-//! outcome for its own prefixes. A warm that arrives while a covering warm
-//! already lists leads the next round, after that one ends: what was
-//! listed before it arrived would not be current for it. A burst thus
-//! lists at most twice. A warm that such a warm covers only in part joins
-//! it for those prefixes and leads a warm of the rest (which later
-//! arrivals may join in turn); its report counts both parts.
-//!
-//! Guarantees kept:
-//! - ready means present and current: the joined warm lists after the
-//!   joiner arrived, its SUCCEEDED covers every object under the joiner's
-//!   prefixes, and the joiner's leases
-//!   are written (and kept) before it reports, so nothing it reports is
-//!   swept under it; an Evict that ends one of them ends the joiner
-//!   CANCELLED with the reason, as for any warm;
-//! - a joined warm that fails gives its failure and reason to its joiners;
-//! - one that ends without finishing its work (its caller cancelled it,
-//!   it was interrupted, its run was lost) only withdraws that caller's
-//!   interest: each joiner goes on, leading (or joining) a warm of its own,
-//!   which finds what was already copied as hits.
-//!
-//! Joiners are ordinary operations in the log (request id, run lease,
-//! checkpoints): a replica that takes one over runs it as a warm of its
-//! own.
+//! Job arrays: a warm of the same data as a warm on this replica that has
+//! not started listing joins that warm instead of listing again. The joiner
+//! writes and keeps its own leases, shows the leader's progress and ends
+//! with the leader's outcome for its own prefixes; if the leader ends
+//! without finishing its work, the joiner leads a warm of its own. Joiners
+//! are ordinary operations in the log, so a takeover runs one as a warm of
+//! its own. The rules (rounds, partial cover, failures, cancels) are in
+//! doc/CLIENTS.md, "Job arrays", and doc/FLEET.md for joins across replicas.
 
 use std::time::Duration;
 

@@ -54,15 +54,15 @@ impl S3Store {
         Self::with_request_timeout(client, Duration::from_secs(30))
     }
 
-    /// A store over `client` whose un-sized calls (listing, bucket checks,
-    /// deletes) give up an attempt after `request_timeout`; copies are
-    /// bounded by the copy engine in proportion to their size.
     /// The client with SDK retries, each attempt bounded by the request
     /// timeout (for S3 calls outside the store: the Batch offload's).
     pub fn retrying_client(&self) -> &aws_sdk_s3::Client {
         &self.retrying
     }
 
+    /// A store over `client` whose un-sized calls (listing, bucket checks,
+    /// deletes) give up an attempt after `request_timeout`; copies are
+    /// bounded by the copy engine in proportion to their size.
     pub fn with_request_timeout(client: aws_sdk_s3::Client, request_timeout: Duration) -> Self {
         use aws_sdk_s3::config::retry::RetryConfig;
         use aws_sdk_s3::config::timeout::TimeoutConfig;

@@ -1,27 +1,11 @@
-//! Listing the source: each prefix as a tree, its sub-prefixes listed in
-//! parallel (bounded fan-out), each listing page by page, ended only by the
-//! absence of a continuation token, and refused if the tokens cycle.
-//!
-//! A prefix is first listed with a delimiter: its direct objects go to the
-//! planner at once, and its common prefixes (sub-directories) become more
-//! listings. While fewer than `list_fanout` listings are under way (32 by
-//! default: S3 serves thousands of LIST requests per second per prefix, and
-//! this bounds our share, the pages held in memory, one per listing, and the
-//! extra LIST requests a tree costs over its flat listing), each
-//! sub-prefix is a listing of its own (itself a tree); beyond that, the
-//! sub-prefixes of one page are grouped into contiguous spans, each listed
-//! flat: a tree of a million tiny directories costs about as many LIST
-//! requests as a flat listing, and a tree of a few big ones is listed a
-//! few dozen requests at a time instead of one after the other. A prefix
-//! with no sub-prefixes costs exactly its flat listing.
-//!
-//! A warm with a key selection (`include`/`exclude` patterns, or a key
-//! list) keeps only the keys it selects from every page before the planner
-//! sees it, so the others are neither counted as listed nor copied; and a
-//! sub-prefix under which it can select nothing (no named key, no include
-//! pattern that can match there, or an exclude pattern that matches all of
-//! it) is not listed at all. The named keys of a key list that the listing
-//! never found fail with `NoSuchKey` once it ran to its end.
+//! Lists the source for the planner, page by page. Each prefix is listed
+//! as a tree: a delimited page's objects go straight to the planner and its
+//! sub-prefixes become listings of their own, up to `list_fanout` at once;
+//! beyond that, runs of sub-prefixes are listed flat (doc/ENGINE.md,
+//! "Listing"). A warm with a key selection drops the keys it does not
+//! select before the planner sees them and skips sub-prefixes it can select
+//! nothing under; a listing ends only without a continuation token, and
+//! fails if the tokens cycle.
 
 use std::collections::{BTreeSet, HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -1,6 +1,6 @@
 //! Merging the listing with the index: each page is decided key by key
 //! (hit, copy, wait for another holder, or fail), what must be copied is
-//! claimed in one batch, and the tasks are queued to the copy shards.
+//! claimed in one batch, and the tasks are queued to the copiers.
 
 use std::ops::Bound;
 
