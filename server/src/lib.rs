@@ -31,6 +31,7 @@ pub mod pricing;
 pub mod progress;
 pub mod server;
 pub mod skew;
+pub mod status;
 pub mod stop;
 pub mod store;
 pub mod telemetry;

@@ -112,6 +112,18 @@ pub fn lease(l: Lease) -> pb::Lease {
     }
 }
 
+/// One prefix's status, as GetStatus answers it.
+pub fn prefix_status(r: crate::status::PrefixReport) -> pb::PrefixStatus {
+    pb::PrefixStatus {
+        sweep_failures: r.sweep_failures.into_iter().map(sweep_failure).collect(),
+        prefix: r.prefix,
+        cached_objects: r.usage.objects,
+        cached_bytes: r.usage.bytes,
+        counts_truncated: r.usage.truncated,
+        leases: r.leases.into_iter().map(lease).collect(),
+    }
+}
+
 pub fn sweep_failure(f: SweepFailure) -> pb::SweepFailure {
     pb::SweepFailure {
         lease: Some(lease(f.lease)),

@@ -25,9 +25,9 @@ use crate::core::clock::Clock;
 use crate::core::operation::OperationRecord;
 use crate::evict::Evictor;
 use crate::fleet::{FeedError, Operations, Subscription};
-use crate::index::{CacheIndex, OpFilter, Usage};
+use crate::index::{CacheIndex, OpFilter};
 use crate::policy::Policy;
-use crate::store::ObjectStore;
+use crate::store::{BucketChecks, ObjectStore};
 
 /// The `expresscache.v1.CacheService` implementation.
 #[derive(Debug)]
@@ -45,11 +45,8 @@ pub struct Api {
     max_request_size: u64,
     /// Who may do what; `None`: single-tenant, everyone may do everything.
     policy: Option<Arc<Policy>>,
-    /// Buckets found to exist, and when (each behind its own lock, so one
-    /// check is in flight per bucket).
-    buckets_seen: std::sync::Mutex<
-        std::collections::HashMap<String, Arc<tokio::sync::Mutex<Option<tokio::time::Instant>>>>,
-    >,
+    /// Buckets found to exist a moment ago.
+    buckets_seen: BucketChecks,
     /// Prices for dry runs' estimates.
     prices: Arc<crate::pricing::PriceTable>,
     /// Places for dry runs running at once.
@@ -73,7 +70,7 @@ impl Api {
             status_count_limit: 1_000_000,
             max_request_size: 2 * 1024 * 1024,
             policy: None,
-            buckets_seen: std::sync::Mutex::default(),
+            buckets_seen: BucketChecks::default(),
             prices: Arc::default(),
             dry_runs: Arc::new(tokio::sync::Semaphore::new(dry_run::MAX_DRY_RUNS)),
         }
@@ -158,46 +155,25 @@ impl Api {
         ))
     }
 
-    /// Checks that `bucket` exists and is reachable. A bucket found so a
-    /// moment ago is not asked again: a job array's thousand identical
-    /// warms cost a few HeadBucket requests, not two thousand. A source is
-    /// remembered for [`SOURCE_CHECK_TTL`] (one deleted meanwhile still
-    /// fails the warm, at its listing); a directory bucket only for
-    /// [`DESTINATION_CHECK_TTL`], since a warm whose objects are all hits
-    /// sends it nothing. Failures are never remembered (a bucket just
-    /// created must work at once).
+    /// Checks that `bucket` exists and is reachable, unless it was found
+    /// so a moment ago: a source within [`SOURCE_CHECK_TTL`] (one deleted
+    /// meanwhile still fails the warm, at its listing); a directory bucket
+    /// only within [`DESTINATION_CHECK_TTL`], since a warm whose objects
+    /// are all hits sends it nothing.
     async fn check_bucket(&self, field: &'static str, bucket: &str) -> Result<(), ApiError> {
-        let now = tokio::time::Instant::now();
         let ttl = if field == "directory_bucket" {
             DESTINATION_CHECK_TTL
         } else {
             SOURCE_CHECK_TTL
         };
-        let fresh = |seen: &tokio::time::Instant| now.duration_since(*seen) < ttl;
-        // One check in flight per bucket: a burst of warms waits for it
-        // rather than sending its own.
-        let slot = {
-            let mut seen = self.buckets_seen.lock().unwrap_or_else(|e| e.into_inner());
-            // Bounded: a server that met this many names starts over.
-            if seen.len() >= 10_000 {
-                seen.clear();
-            }
-            Arc::clone(seen.entry(bucket.to_owned()).or_default())
-        };
-        let mut checked = slot.lock().await;
-        if checked.as_ref().is_some_and(fresh) {
-            return Ok(());
-        }
-        self.store
-            .check_bucket(bucket)
+        self.buckets_seen
+            .check(self.store.as_ref(), bucket, ttl)
             .await
             .map_err(|source| ApiError::Bucket {
                 field,
                 bucket: bucket.to_owned(),
                 source,
-            })?;
-        *checked = Some(tokio::time::Instant::now());
-        Ok(())
+            })
     }
 
     async fn warm(
@@ -255,44 +231,16 @@ impl Api {
                     p.check_status(who, &directory_bucket, &prefixes)
                         .map_err(|d| ApiError::Denied(who.clone(), d))?;
                 }
-                let dir = directory_bucket.as_str();
-                let now = self.clock.now();
-                let mut out = Vec::with_capacity(prefixes.len());
-                // Bounded work per call, however large the prefixes: past
-                // the budget, counts are reported as lower bounds.
-                let mut budget = self.status_count_limit;
-                for p in prefixes {
-                    let usage = if budget == 0 {
-                        Usage {
-                            truncated: true,
-                            ..Usage::default()
-                        }
-                    } else {
-                        self.index.usage_up_to(dir, p.as_str(), budget).await?
-                    };
-                    budget = budget.saturating_sub(usage.objects);
-                    let mut leases = self.index.covering_leases(dir, p.as_str(), now).await?;
-                    leases.extend(
-                        self.index
-                            .leases_under(dir, p.as_str(), now, MAX_STATUS_LEASES)
-                            .await?,
-                    );
-                    let sweep_failures = self
-                        .index
-                        .sweep_failures(dir, p.as_str(), MAX_STATUS_LEASES)
-                        .await?
-                        .into_iter()
-                        .map(convert::sweep_failure)
-                        .collect();
-                    out.push(pb::PrefixStatus {
-                        sweep_failures,
-                        prefix: p.to_string(),
-                        cached_objects: usage.objects,
-                        cached_bytes: usage.bytes,
-                        counts_truncated: usage.truncated,
-                        leases: leases.into_iter().map(convert::lease).collect(),
-                    });
-                }
+                let prefixes: Vec<&str> = prefixes.iter().map(|p| p.as_str()).collect();
+                let reports = crate::status::prefixes(
+                    self.index.as_ref(),
+                    directory_bucket.as_str(),
+                    &prefixes,
+                    self.clock.now(),
+                    self.status_count_limit,
+                )
+                .await?;
+                let out = reports.into_iter().map(convert::prefix_status).collect();
                 Ok(pb::GetStatusResponse {
                     operation: None,
                     prefixes: out,
@@ -312,9 +260,6 @@ fn caller<T>(request: &Request<T>) -> Principal {
         .cloned()
         .unwrap_or_else(Principal::anonymous)
 }
-
-/// Most leases listed per prefix in a status answer.
-const MAX_STATUS_LEASES: usize = 1000;
 
 type ProgressStream = Pin<Box<dyn Stream<Item = Result<pb::WarmProgress, Status>> + Send>>;
 

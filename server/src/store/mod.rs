@@ -7,6 +7,7 @@
 //! with request counters and `FaultStore` wraps either and injects
 //! failures.
 
+mod checks;
 #[cfg(any(test, feature = "testing"))]
 pub mod conformance;
 #[cfg(any(test, feature = "testing"))]
@@ -17,6 +18,7 @@ mod s3;
 
 use std::time::SystemTime;
 
+pub use checks::BucketChecks;
 #[cfg(any(test, feature = "testing"))]
 pub use faults::{FaultStore, Op};
 #[cfg(any(test, feature = "testing"))]
