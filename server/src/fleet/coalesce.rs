@@ -150,11 +150,6 @@ enum Role {
     Lead,
 }
 
-/// How often a waiting warm renews the leases it already wrote.
-fn renew_every(spec: &WarmSpec) -> Duration {
-    (spec.ttl / 2).clamp(Duration::from_millis(100), Duration::from_secs(30))
-}
-
 impl Operations {
     /// Under the registry's lock, so a burst of identical submissions
     /// finds one leader per round, not many: joins a covering warm that
@@ -452,18 +447,10 @@ impl Operations {
         if a.progress.lease_epochs().is_empty() {
             return Ok(fut.await);
         }
-        tokio::pin!(fut);
-        let mut tick = tokio::time::interval(renew_every(a.spec));
-        tick.tick().await;
-        loop {
-            tokio::select! {
-                v = &mut fut => return Ok(v),
-                _ = tick.tick() => match self.write_leases(a).await {
-                    Ok(()) => {}
-                    Err(e @ WarmError::LeaseEnded { .. }) => return Err(e),
-                    Err(e) => tracing::warn!(operation_id = a.id, error = %e, "lease renewal failed"),
-                },
-            }
+        let keeper = self.warmer.leases(a.spec, a.progress, a.owner);
+        tokio::select! {
+            v = fut => Ok(v),
+            ended = keeper.keep(|| true) => Err(ended),
         }
     }
 
@@ -524,7 +511,8 @@ impl Operations {
     /// Writes (or extends) the attempt's own leases at its own TTL.
     async fn write_leases(&self, a: &Attempt<'_>) -> Result<(), WarmError> {
         self.warmer
-            .write_leases(a.spec, a.progress, a.owner, a.stop)
+            .leases(a.spec, a.progress, a.owner)
+            .write()
             .await
     }
 
@@ -575,15 +563,17 @@ impl Operations {
         rx: &mut watch::Receiver<OperationState>,
         part: bool,
     ) -> Result<OperationState, Followed> {
-        let mut renew = tokio::time::interval(renew_every(a.spec));
-        renew.tick().await;
         let stall_limit = self.warmer.settings.stall_limit;
         let mut seen = (
             Phase::Queued,
             crate::core::operation::Counters::default(),
             Duration::ZERO,
         );
-        let mut moved = tokio::time::Instant::now();
+        let moved = std::sync::Mutex::new(tokio::time::Instant::now());
+        let moved_at = || *moved.lock().unwrap_or_else(|e| e.into_inner());
+        let keeper = self.warmer.leases(a.spec, a.progress, a.owner);
+        let renewing = keeper.keep(|| moved_at().elapsed() <= stall_limit);
+        tokio::pin!(renewing);
         loop {
             let state = rx.borrow_and_update().clone();
             show_leader(a.progress, leader, part, &state);
@@ -592,7 +582,7 @@ impl Operations {
             }
             if (state.phase, state.counters, state.elapsed) != seen {
                 seen = (state.phase, state.counters, state.elapsed);
-                moved = tokio::time::Instant::now();
+                *moved.lock().unwrap_or_else(|e| e.into_inner()) = tokio::time::Instant::now();
             }
             tokio::select! {
                 changed = rx.changed() => {
@@ -605,11 +595,7 @@ impl Operations {
                         return Err(Followed::LeaderGone);
                     }
                 }
-                _ = renew.tick(), if moved.elapsed() <= stall_limit => match self.write_leases(a).await {
-                    Ok(()) => {}
-                    Err(e @ WarmError::LeaseEnded { .. }) => return Err(Followed::Done(Err(e))),
-                    Err(e) => tracing::warn!(operation_id = a.id, error = %e, "lease renewal failed"),
-                },
+                ended = &mut renewing => return Err(Followed::Done(Err(ended))),
                 () = a.stop.stopped() => return Err(Followed::Done(Ok(stopped_outcome(a.stop)))),
             }
         }

@@ -1,19 +1,43 @@
 //! A warm's leases: written before the index is read, extended while the
-//! warm makes progress, and never revived once an Evict ended them.
+//! warm makes progress, and never revived once an Evict ended them. The
+//! [`LeaseKeeper`] is the one place a warm's leases are written and
+//! renewed: by the warm itself, and by a warm that joined another's work
+//! or waits for a running slot.
 
 use std::time::Duration;
 
-use super::run::WarmRun;
-use super::WarmError;
-use crate::index::{span_millis, Lease, Millis};
+use expresscache::WarmSpec;
 
-impl WarmRun<'_> {
+use super::run::WarmRun;
+use super::{WarmError, Warmer};
+use crate::index::{span_millis, Lease, Millis};
+use crate::progress::Progress;
+
+/// Writes and renews the leases of one warm's request.
+#[derive(Debug)]
+pub struct LeaseKeeper<'a> {
+    pub w: &'a Warmer,
+    pub spec: &'a WarmSpec,
+    /// Where the epochs of the leases first written are kept, and the
+    /// expiry the last write guaranteed.
+    pub progress: &'a Progress,
+    /// The operation, for the log.
+    pub owner: &'a str,
+}
+
+impl LeaseKeeper<'_> {
+    /// How often a warm's leases are renewed: every half TTL, between
+    /// 100 ms and 30 s.
+    pub fn every(spec: &WarmSpec) -> Duration {
+        (spec.ttl / 2).clamp(Duration::from_millis(100), Duration::from_secs(30))
+    }
+
     /// Extends one lease per requested prefix to max(old, now + ttl). The
     /// progress remembers each lease's epoch from this warm's first write;
     /// later writes extend only that same lease, and a lease that was ended
     /// (by an Evict) or lapsed (and may have been swept) meanwhile is
     /// [`WarmError::LeaseEnded`], not silently revived.
-    pub async fn write_leases(&self) -> Result<(), WarmError> {
+    pub async fn write(&self) -> Result<(), WarmError> {
         let clock = &self.w.clock;
         // What the last write of this warm's leases guaranteed.
         let held_until = self.progress.lease_expiry();
@@ -24,7 +48,7 @@ impl WarmRun<'_> {
             .iter()
             .map(|prefix| {
                 let mut lease = Lease::new(
-                    self.dir(),
+                    self.spec.directory_bucket.as_str(),
                     prefix.as_str(),
                     self.spec.source.as_str(),
                     expires_at,
@@ -72,42 +96,63 @@ impl WarmRun<'_> {
         Ok(())
     }
 
-    /// Keeps the leases alive while the warm runs (it can outlast a short
-    /// TTL, and nothing it reports ready may expire before it reports it),
-    /// but only while it makes progress (a stuck warm must not keep data
-    /// alive forever). Runs until a lease turns out ended: then stops the
-    /// warm and returns why.
-    pub async fn renew_leases(&self) -> WarmError {
-        let renew_every =
-            (self.spec.ttl / 2).clamp(Duration::from_millis(100), Duration::from_secs(30));
-        let mut tick = tokio::time::interval(renew_every);
+    /// Renews the leases every [`every`](Self::every) while `alive()`
+    /// says the warm is worth keeping (a stuck warm must not keep data
+    /// alive forever), until a lease turns out ended: returns why. A
+    /// failed renewal is logged and tried again at the next tick.
+    pub async fn keep(&self, mut alive: impl FnMut() -> bool) -> WarmError {
+        let mut tick = tokio::time::interval(Self::every(self.spec));
         tick.tick().await;
-        let mut warned = false;
         loop {
             tick.tick().await;
-            // Waiting for a copy slot while the engine works for other
-            // warms is not being stuck.
-            let idle = self.progress.idle().min(self.w.engine.idle());
-            if idle > self.w.settings.stall_limit {
-                if !std::mem::replace(&mut warned, true) {
-                    tracing::warn!(operation_id = self.owner, idle = ?idle,
-                        "warm made no progress; its leases are no longer extended");
-                }
+            if !alive() {
                 continue;
             }
-            warned = false;
-            match self.write_leases().await {
+            match self.write().await {
                 Ok(()) => {}
-                Err(e @ WarmError::LeaseEnded { .. }) => {
-                    // Stop the work: what was evicted must not be brought
-                    // back behind the caller's back.
-                    self.stop.cancel();
-                    return e;
-                }
+                Err(e @ WarmError::LeaseEnded { .. }) => return e,
                 Err(e) => {
                     tracing::warn!(operation_id = self.owner, error = %e, "lease renewal failed");
                 }
             }
         }
+    }
+}
+
+impl WarmRun<'_> {
+    /// This warm's [`LeaseKeeper`].
+    pub fn leases(&self) -> LeaseKeeper<'_> {
+        LeaseKeeper {
+            w: self.w,
+            spec: self.spec,
+            progress: self.progress,
+            owner: self.owner,
+        }
+    }
+
+    /// Keeps the leases alive while the warm runs (it can outlast a short
+    /// TTL, and nothing it reports ready may expire before it reports it),
+    /// but only while it makes progress. Runs until a lease turns out
+    /// ended: then stops the warm (what was evicted must not be brought
+    /// back behind the caller's back) and returns why.
+    pub async fn renew_leases(&self) -> WarmError {
+        let mut warned = false;
+        let alive = || {
+            // Waiting for a copy slot while the engine works for other
+            // warms is not being stuck.
+            let idle = self.progress.idle().min(self.w.engine.idle());
+            let stuck = idle > self.w.settings.stall_limit;
+            if stuck && !std::mem::replace(&mut warned, true) {
+                tracing::warn!(operation_id = self.owner, idle = ?idle,
+                    "warm made no progress; its leases are no longer extended");
+            }
+            if !stuck {
+                warned = false;
+            }
+            !stuck
+        };
+        let ended = self.leases().keep(alive).await;
+        self.stop.cancel();
+        ended
     }
 }

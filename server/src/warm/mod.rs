@@ -21,6 +21,7 @@ pub mod dry_run;
 mod empty;
 mod lease_writer;
 pub use lease_writer::coarsen as coarsen_expiry;
+pub use leases::LeaseKeeper;
 mod leases;
 mod listing;
 mod offload;
@@ -231,19 +232,20 @@ impl Warmer {
             .await
     }
 
-    /// Writes (or extends) `spec`'s leases for operation `owner`, as a
-    /// warm does before it reads the index: for a warm that joined
-    /// another's work, its own leases at its own TTL.
-    pub async fn write_leases(
-        &self,
-        spec: &WarmSpec,
-        progress: &Progress,
-        owner: &str,
-        stop: &StopSignal,
-    ) -> Result<(), WarmError> {
-        WarmRun::new(self, spec, progress, owner, stop)
-            .write_leases()
-            .await
+    /// The keeper of `spec`'s leases for operation `owner`: for a warm that
+    /// joined another's work, its own leases at its own TTL.
+    pub fn leases<'a>(
+        &'a self,
+        spec: &'a WarmSpec,
+        progress: &'a Progress,
+        owner: &'a str,
+    ) -> LeaseKeeper<'a> {
+        LeaseKeeper {
+            w: self,
+            spec,
+            progress,
+            owner,
+        }
     }
 
     /// [`run`](Self::run) that also stops early when `stop` is set: no new

@@ -80,7 +80,7 @@ impl<'a> WarmRun<'a> {
 
     pub async fn run(&self) -> Result<WarmOutcome, WarmError> {
         self.progress.set_phase(Phase::Planning);
-        self.write_leases().await?;
+        self.leases().write().await?;
         let (task_tx, task_rx) = mpsc::channel::<CopyTask>(TASK_QUEUE);
         let (entry_tx, entry_rx) = mpsc::channel(ENTRY_QUEUE);
         let copier = async {
@@ -127,7 +127,7 @@ impl<'a> WarmRun<'a> {
         }
         // "At least ttl" counts from when the data is ready; and if an
         // Evict ended a lease meanwhile, what was counted may be gone.
-        self.write_leases().await?;
+        self.leases().write().await?;
         Ok(self.outcome())
     }
 
