@@ -10,7 +10,13 @@ use super::layout::{
     gc_at, record_guard, record_key, record_of, Item, Vals, COPY, EVICT, SOURCE_ETAG,
 };
 use super::{Cond, DynamoIndex, ROUNDS};
-use crate::index::{ClaimKind, ClaimOutcome, ClaimTerms, Completion, Entry, IndexError, Millis};
+use std::collections::BTreeSet;
+
+use super::eviction::{first_live, Taken};
+use crate::index::{
+    ClaimKind, ClaimOutcome, ClaimTerms, Claims, Completion, Entry, EvictDecision, IndexError,
+    Millis,
+};
 
 /// The claim attributes a copy claim sets.
 const SET_COPY_CLAIM: &str =
@@ -86,63 +92,6 @@ impl DynamoIndex {
         Err(self.contention("claim_copies"))
     }
 
-    pub(super) async fn renew(
-        &self,
-        dir: &str,
-        key: &str,
-        owner: &str,
-        deadline: Millis,
-    ) -> Result<bool, IndexError> {
-        let table = self.tables.records.as_str();
-        let held = "#claim_owner = :me AND #claim_kind = :copy AND #claim_deadline < :d";
-        // A first copy first (its item carries the TTL, which moves along).
-        let mut with_entry = false;
-        for _ in 0..ROUNDS {
-            let (update, cond, vals) = if with_entry {
-                (
-                    "SET #claim_deadline = :d".to_owned(),
-                    format!("{held} AND attribute_exists(#source_etag)"),
-                    Vals::new(),
-                )
-            } else {
-                (
-                    "SET #claim_deadline = :d, #gc_at = :gc".to_owned(),
-                    format!("{held} AND attribute_not_exists(#source_etag)"),
-                    Vals::new().n("gc", gc_at(deadline)),
-                )
-            };
-            let vals = vals.s("me", owner).s("copy", COPY).n("d", deadline);
-            let res = self
-                .update(
-                    table,
-                    record_key(dir, key),
-                    &update,
-                    Some(&cond),
-                    vals,
-                    ReturnValue::None,
-                )
-                .await?;
-            let Cond::Refused(seen) = res else {
-                return Ok(true);
-            };
-            let Some(item) = seen else {
-                return Ok(false);
-            };
-            match record_of(dir, &item)?.claim {
-                Some(c) if c.owner == owner && c.kind == ClaimKind::Copy => {
-                    if c.deadline >= deadline {
-                        // Held, already that long.
-                        return Ok(true);
-                    }
-                    with_entry = item.contains_key(SOURCE_ETAG);
-                }
-                // Lost: never re-acquired by a heartbeat.
-                _ => return Ok(false),
-            }
-        }
-        Err(self.contention("renew_claim"))
-    }
-
     pub(super) async fn complete(
         &self,
         entry: &Entry,
@@ -209,42 +158,6 @@ impl DynamoIndex {
             }
             Cond::Refused(None) => Completion::ClaimLost,
         })
-    }
-
-    pub(super) async fn release(
-        &self,
-        dir: &str,
-        key: &str,
-        owner: &str,
-    ) -> Result<(), IndexError> {
-        let table = self.tables.records.as_str();
-        // A claim on an uncached key leaves nothing behind.
-        let res = self
-            .delete(
-                table,
-                record_key(dir, key),
-                "#claim_owner = :me AND attribute_not_exists(#source_etag)",
-                Vals::new().s("me", owner),
-            )
-            .await?;
-        if let Cond::Refused(Some(item)) = res {
-            let mine = record_of(dir, &item)?
-                .claim
-                .is_some_and(|c| c.owner == owner);
-            if mine && item.contains_key(SOURCE_ETAG) {
-                // The entry stays; only the claim goes.
-                self.update(
-                    table,
-                    record_key(dir, key),
-                    "REMOVE #claim_owner, #claim_kind, #claim_deadline",
-                    Some("#claim_owner = :me"),
-                    Vals::new().s("me", owner),
-                    ReturnValue::None,
-                )
-                .await?;
-            }
-        }
-        Ok(())
     }
 
     pub(super) async fn abandon(
@@ -320,4 +233,185 @@ fn copy_claim_over(record: &crate::index::Record) -> String {
         update.push_str(", #unconfirmed = :true");
     }
     update
+}
+
+#[async_trait::async_trait]
+impl Claims for DynamoIndex {
+    async fn claim_copies(
+        &self,
+        directory_bucket: &str,
+        keys: &[String],
+        terms: &ClaimTerms<'_>,
+    ) -> Result<Vec<ClaimOutcome>, IndexError> {
+        self.each(keys, |k| self.claim_copy_of(directory_bucket, k, terms))
+            .await
+    }
+    async fn renew_claim(
+        &self,
+        dir: &str,
+        key: &str,
+        owner: &str,
+        deadline: Millis,
+    ) -> Result<bool, IndexError> {
+        let table = self.tables.records.as_str();
+        let held = "#claim_owner = :me AND #claim_kind = :copy AND #claim_deadline < :d";
+        // A first copy first (its item carries the TTL, which moves along).
+        let mut with_entry = false;
+        for _ in 0..ROUNDS {
+            let (update, cond, vals) = if with_entry {
+                (
+                    "SET #claim_deadline = :d".to_owned(),
+                    format!("{held} AND attribute_exists(#source_etag)"),
+                    Vals::new(),
+                )
+            } else {
+                (
+                    "SET #claim_deadline = :d, #gc_at = :gc".to_owned(),
+                    format!("{held} AND attribute_not_exists(#source_etag)"),
+                    Vals::new().n("gc", gc_at(deadline)),
+                )
+            };
+            let vals = vals.s("me", owner).s("copy", COPY).n("d", deadline);
+            let res = self
+                .update(
+                    table,
+                    record_key(dir, key),
+                    &update,
+                    Some(&cond),
+                    vals,
+                    ReturnValue::None,
+                )
+                .await?;
+            let Cond::Refused(seen) = res else {
+                return Ok(true);
+            };
+            let Some(item) = seen else {
+                return Ok(false);
+            };
+            match record_of(dir, &item)?.claim {
+                Some(c) if c.owner == owner && c.kind == ClaimKind::Copy => {
+                    if c.deadline >= deadline {
+                        // Held, already that long.
+                        return Ok(true);
+                    }
+                    with_entry = item.contains_key(SOURCE_ETAG);
+                }
+                // Lost: never re-acquired by a heartbeat.
+                _ => return Ok(false),
+            }
+        }
+        Err(self.contention("renew_claim"))
+    }
+    async fn complete_copies(
+        &self,
+        entries: &[Entry],
+        owner: &str,
+    ) -> Result<Vec<Completion>, IndexError> {
+        self.each(entries, |e| self.complete(e, owner)).await
+    }
+    async fn release_claim(&self, dir: &str, key: &str, owner: &str) -> Result<(), IndexError> {
+        let table = self.tables.records.as_str();
+        // A claim on an uncached key leaves nothing behind.
+        let res = self
+            .delete(
+                table,
+                record_key(dir, key),
+                "#claim_owner = :me AND attribute_not_exists(#source_etag)",
+                Vals::new().s("me", owner),
+            )
+            .await?;
+        if let Cond::Refused(Some(item)) = res {
+            let mine = record_of(dir, &item)?
+                .claim
+                .is_some_and(|c| c.owner == owner);
+            if mine && item.contains_key(SOURCE_ETAG) {
+                // The entry stays; only the claim goes.
+                self.update(
+                    table,
+                    record_key(dir, key),
+                    "REMOVE #claim_owner, #claim_kind, #claim_deadline",
+                    Some("#claim_owner = :me"),
+                    Vals::new().s("me", owner),
+                    ReturnValue::None,
+                )
+                .await?;
+            }
+        }
+        Ok(())
+    }
+    async fn begin_evict(
+        &self,
+        dir: &str,
+        keys: &[String],
+        terms: &ClaimTerms<'_>,
+        force: bool,
+    ) -> Result<Vec<EvictDecision>, IndexError> {
+        let mut out: Vec<Option<EvictDecision>> = vec![None; keys.len()];
+        // A hint only: a key under a lease live at `now` is kept without
+        // the claim-and-undo writes (and without making warms wait on a
+        // claim that is given back). Keeping is always safe; what is not
+        // kept here is decided by the read after claiming.
+        if !force && self.config.precheck_leases {
+            let live = self.live_cover(dir, keys.iter(), terms.now).await?;
+            for (slot, key) in out.iter_mut().zip(keys) {
+                *slot = first_live(key, &live).map(EvictDecision::Live);
+            }
+        }
+        let pending: Vec<usize> = (0..keys.len()).filter(|&i| out[i].is_none()).collect();
+        let taken = self
+            .each(&pending, |&i| self.take_for_evict(dir, &keys[i], terms))
+            .await?;
+        // Only after every claim is acknowledged: the leases as they stand
+        // now. A lease written after this read belongs to a warm that will
+        // read the records after writing it, and so see the claim.
+        let claimed = pending
+            .iter()
+            .zip(&taken)
+            .filter(|(_, t)| matches!(t, Taken::Claimed { .. }))
+            .map(|(&i, _)| &keys[i]);
+        let live = if force {
+            BTreeSet::new()
+        } else {
+            self.live_cover(dir, claimed, terms.now).await?
+        };
+        let mut give_back = Vec::new();
+        for (i, t) in pending.into_iter().zip(taken) {
+            out[i] = Some(match t {
+                Taken::Decided(d) => d,
+                Taken::Claimed { entry, previous } => match first_live(&keys[i], &live) {
+                    Some(p) => {
+                        give_back.push((i, previous));
+                        EvictDecision::Live(p)
+                    }
+                    None => EvictDecision::Marked(entry),
+                },
+            });
+        }
+        self.each(give_back, |(i, previous)| {
+            self.give_back(dir, &keys[i], terms, previous)
+        })
+        .await?;
+        Ok(out.into_iter().flatten().collect())
+    }
+    async fn abandon_evict(
+        &self,
+        directory_bucket: &str,
+        keys: &[String],
+        owner: &str,
+        deadline: Millis,
+    ) -> Result<(), IndexError> {
+        self.each(keys, |k| self.abandon(directory_bucket, k, owner, deadline))
+            .await
+            .map(drop)
+    }
+    async fn finish_evict(
+        &self,
+        directory_bucket: &str,
+        keys: &[String],
+        owner: &str,
+    ) -> Result<(), IndexError> {
+        self.each(keys, |k| self.finish(directory_bucket, k, owner))
+            .await
+            .map(drop)
+    }
 }

@@ -21,7 +21,7 @@ use crate::index::{
 
 /// What claiming one key for eviction found.
 #[derive(Debug)]
-enum Taken {
+pub(super) enum Taken {
     /// Not claimed: `Absent` or `Busy`.
     Decided(EvictDecision),
     /// Claimed; `previous` is the claim it replaced (lapsed, or the
@@ -34,68 +34,13 @@ enum Taken {
 
 /// The first of `key`'s ancestors (shallowest first, as SQLite answers)
 /// in `live`.
-fn first_live(key: &str, live: &BTreeSet<String>) -> Option<String> {
+pub(super) fn first_live(key: &str, live: &BTreeSet<String>) -> Option<String> {
     ancestors(key).into_iter().find(|p| live.contains(p))
 }
 
 impl DynamoIndex {
-    pub(super) async fn begin(
-        &self,
-        dir: &str,
-        keys: &[String],
-        terms: &ClaimTerms<'_>,
-        force: bool,
-    ) -> Result<Vec<EvictDecision>, IndexError> {
-        let mut out: Vec<Option<EvictDecision>> = vec![None; keys.len()];
-        // A hint only: a key under a lease live at `now` is kept without
-        // the claim-and-undo writes (and without making warms wait on a
-        // claim that is given back). Keeping is always safe; what is not
-        // kept here is decided by the read after claiming.
-        if !force && self.config.precheck_leases {
-            let live = self.live_cover(dir, keys.iter(), terms.now).await?;
-            for (slot, key) in out.iter_mut().zip(keys) {
-                *slot = first_live(key, &live).map(EvictDecision::Live);
-            }
-        }
-        let pending: Vec<usize> = (0..keys.len()).filter(|&i| out[i].is_none()).collect();
-        let taken = self
-            .each(&pending, |&i| self.take_for_evict(dir, &keys[i], terms))
-            .await?;
-        // Only after every claim is acknowledged: the leases as they stand
-        // now. A lease written after this read belongs to a warm that will
-        // read the records after writing it, and so see the claim.
-        let claimed = pending
-            .iter()
-            .zip(&taken)
-            .filter(|(_, t)| matches!(t, Taken::Claimed { .. }))
-            .map(|(&i, _)| &keys[i]);
-        let live = if force {
-            BTreeSet::new()
-        } else {
-            self.live_cover(dir, claimed, terms.now).await?
-        };
-        let mut give_back = Vec::new();
-        for (i, t) in pending.into_iter().zip(taken) {
-            out[i] = Some(match t {
-                Taken::Decided(d) => d,
-                Taken::Claimed { entry, previous } => match first_live(&keys[i], &live) {
-                    Some(p) => {
-                        give_back.push((i, previous));
-                        EvictDecision::Live(p)
-                    }
-                    None => EvictDecision::Marked(entry),
-                },
-            });
-        }
-        self.each(give_back, |(i, previous)| {
-            self.give_back(dir, &keys[i], terms, previous)
-        })
-        .await?;
-        Ok(out.into_iter().flatten().collect())
-    }
-
     /// The ancestors of `keys` (each once) that hold a lease live at `now`.
-    async fn live_cover<'k>(
+    pub(super) async fn live_cover<'k>(
         &self,
         dir: &str,
         keys: impl Iterator<Item = &'k String>,
@@ -107,7 +52,7 @@ impl DynamoIndex {
 
     /// Claims `key` for eviction if it is cached and no other claim is
     /// live, in one conditional write.
-    async fn take_for_evict(
+    pub(super) async fn take_for_evict(
         &self,
         dir: &str,
         key: &str,
@@ -197,7 +142,7 @@ impl DynamoIndex {
 
     /// Undoes this eviction's claim on a key that a live lease covers: the
     /// item gets back the claim it had (a lapsed one stays lapsed), or none.
-    async fn give_back(
+    pub(super) async fn give_back(
         &self,
         dir: &str,
         key: &str,

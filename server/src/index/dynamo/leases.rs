@@ -11,7 +11,8 @@ use super::layout::{
     lease_key, lease_of, lease_prefix_operand, new_epoch, sweep_failure_of, Item, Vals, BY_EXPIRY,
     EPOCH, EXPIRES_AT, LEASE_KIND, SWEEP_ATTEMPTS, SWEEP_ERROR, SWEEP_RETRY_AT,
 };
-use super::{Cond, DynamoIndex, QuerySpec, ROUNDS};
+use super::{Cond, DynamoIndex, QuerySpec, LEASE_WRITES_AT_ONCE, ROUNDS};
+use crate::index::Leases;
 use crate::index::{
     ancestors, prefix_successor, IndexError, Lease, Millis, SweepBackoff, SweepFailure,
 };
@@ -53,78 +54,6 @@ fn text<'a>(item: &'a Item, attr: &str) -> Option<&'a str> {
 }
 
 impl DynamoIndex {
-    pub(super) async fn extend(&self, lease: &Lease, now: Millis) -> Result<Lease, IndexError> {
-        let key = lease_key(lease)?;
-        let table = self.tables.leases.as_str();
-        if !lease.epoch.is_empty() {
-            return self.renew_lease(key, lease, now).await;
-        }
-        // Create, or extend a live lease (keeping its epoch): the common case.
-        let res = self
-            .update(
-                table,
-                key.clone(),
-                "SET #expires_at = :e, #epoch = if_not_exists(#epoch, :new), #prefix = :prefix, \
-                 #source_bucket = :source, #kind = :lease \
-                 REMOVE #sweep_attempts, #sweep_error, #sweep_retry_at",
-                Some(
-                    "attribute_not_exists(#expires_at) OR (#expires_at > :now AND #expires_at < :e)",
-                ),
-                Vals::new()
-                    .n("e", lease.expires_at)
-                    .s("new", new_epoch())
-                    .s("prefix", &lease.prefix)
-                    .s("source", &lease.source_bucket)
-                    .s("lease", LEASE_KIND)
-                    .n("now", now),
-                ReturnValue::AllNew,
-            )
-            .await?;
-        let mut seen = match res {
-            Cond::Done(item) => return done_lease(item),
-            Cond::Refused(seen) => seen,
-        };
-        for _ in 0..ROUNDS {
-            let Some(item) = seen else {
-                // Removed since: try the common case again.
-                return Box::pin(self.extend(lease, now)).await;
-            };
-            let stored = lease_of(&item)?;
-            if stored.expires_at > now {
-                // Live and already at least as long: nothing to write.
-                return Ok(stored);
-            }
-            // Expired at `now`: revived with a new epoch (the sweeper may
-            // have deleted under it; a warm naming the old epoch must learn
-            // its lease ended). A longer expiry also starts a clean sweep
-            // record, as a created lease has.
-            let clean = if lease.expires_at > stored.expires_at {
-                " REMOVE #sweep_attempts, #sweep_error, #sweep_retry_at"
-            } else {
-                ""
-            };
-            let res = self
-                .update(
-                    table,
-                    key.clone(),
-                    &format!("SET #expires_at = :e, #epoch = :new{clean}"),
-                    Some("#expires_at = :old_e AND #epoch = :old_epoch"),
-                    Vals::new()
-                        .n("e", stored.expires_at.max(lease.expires_at))
-                        .s("new", new_epoch())
-                        .n("old_e", stored.expires_at)
-                        .s("old_epoch", &stored.epoch),
-                    ReturnValue::AllNew,
-                )
-                .await?;
-            seen = match res {
-                Cond::Done(item) => return done_lease(item),
-                Cond::Refused(seen) => seen,
-            };
-        }
-        Err(self.contention("extend_lease"))
-    }
-
     /// [`extend`](Self::extend) of a lease the caller holds (its epoch
     /// set): only the very lease the warm wrote, only while live.
     async fn renew_lease(
@@ -197,27 +126,6 @@ impl DynamoIndex {
         Ok(found.into_iter().flatten().collect())
     }
 
-    pub(super) async fn covering(
-        &self,
-        dir: &str,
-        prefix: &str,
-        now: Millis,
-    ) -> Result<Vec<Lease>, IndexError> {
-        let per_prefix = self
-            .each(ancestors(prefix), |p| async move {
-                self.leases_of_prefix(dir, &p).await
-            })
-            .await?;
-        let mut out = Vec::new();
-        for item in per_prefix.iter().flatten() {
-            let l = lease_of(item)?;
-            if l.is_live(now) {
-                out.push(l);
-            }
-        }
-        Ok(out)
-    }
-
     /// The key condition of the lease items whose prefix lies in [`lo`,
     /// successor(`prefix`)), with its values.
     fn lease_range(dir: &str, lo: &str, prefix: &str) -> (String, Vals) {
@@ -241,7 +149,146 @@ impl DynamoIndex {
         }
     }
 
-    pub(super) async fn under(
+    /// Gives `lease` a new epoch with `update` (which may set more), if
+    /// `condition` holds at `now`; the lease as it then stands, or `None`
+    /// if the condition failed. A retry whose first attempt landed (its
+    /// reply lost) finds its own epoch and counts as done.
+    async fn rotate_epoch(
+        &self,
+        lease: &Lease,
+        update: &str,
+        condition: &str,
+        now: Millis,
+    ) -> Result<Option<Lease>, IndexError> {
+        let epoch = new_epoch();
+        let res = self
+            .update(
+                &self.tables.leases,
+                lease_key(lease)?,
+                update,
+                Some(condition),
+                Vals::new().n("now", now).s("new", &epoch),
+                ReturnValue::AllNew,
+            )
+            .await?;
+        match res {
+            Cond::Done(item) => done_lease(item).map(Some),
+            Cond::Refused(Some(item)) if text(&item, EPOCH) == Some(epoch.as_str()) => {
+                lease_of(&item).map(Some)
+            }
+            Cond::Refused(_) => Ok(None),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Leases for DynamoIndex {
+    async fn extend_lease(&self, lease: &Lease, now: Millis) -> Result<Lease, IndexError> {
+        let key = lease_key(lease)?;
+        let table = self.tables.leases.as_str();
+        if !lease.epoch.is_empty() {
+            return self.renew_lease(key, lease, now).await;
+        }
+        // Create, or extend a live lease (keeping its epoch): the common case.
+        let res = self
+            .update(
+                table,
+                key.clone(),
+                "SET #expires_at = :e, #epoch = if_not_exists(#epoch, :new), #prefix = :prefix, \
+                 #source_bucket = :source, #kind = :lease \
+                 REMOVE #sweep_attempts, #sweep_error, #sweep_retry_at",
+                Some(
+                    "attribute_not_exists(#expires_at) OR (#expires_at > :now AND #expires_at < :e)",
+                ),
+                Vals::new()
+                    .n("e", lease.expires_at)
+                    .s("new", new_epoch())
+                    .s("prefix", &lease.prefix)
+                    .s("source", &lease.source_bucket)
+                    .s("lease", LEASE_KIND)
+                    .n("now", now),
+                ReturnValue::AllNew,
+            )
+            .await?;
+        let mut seen = match res {
+            Cond::Done(item) => return done_lease(item),
+            Cond::Refused(seen) => seen,
+        };
+        for _ in 0..ROUNDS {
+            let Some(item) = seen else {
+                // Removed since: try the common case again.
+                return Box::pin(self.extend_lease(lease, now)).await;
+            };
+            let stored = lease_of(&item)?;
+            if stored.expires_at > now {
+                // Live and already at least as long: nothing to write.
+                return Ok(stored);
+            }
+            // Expired at `now`: revived with a new epoch (the sweeper may
+            // have deleted under it; a warm naming the old epoch must learn
+            // its lease ended). A longer expiry also starts a clean sweep
+            // record, as a created lease has.
+            let clean = if lease.expires_at > stored.expires_at {
+                " REMOVE #sweep_attempts, #sweep_error, #sweep_retry_at"
+            } else {
+                ""
+            };
+            let res = self
+                .update(
+                    table,
+                    key.clone(),
+                    &format!("SET #expires_at = :e, #epoch = :new{clean}"),
+                    Some("#expires_at = :old_e AND #epoch = :old_epoch"),
+                    Vals::new()
+                        .n("e", stored.expires_at.max(lease.expires_at))
+                        .s("new", new_epoch())
+                        .n("old_e", stored.expires_at)
+                        .s("old_epoch", &stored.epoch),
+                    ReturnValue::AllNew,
+                )
+                .await?;
+            seen = match res {
+                Cond::Done(item) => return done_lease(item),
+                Cond::Refused(seen) => seen,
+            };
+        }
+        Err(self.contention("extend_lease"))
+    }
+    /// One conditional write per lease (DynamoDB has no conditional batch
+    /// write short of a transaction, which would fail all for one), in
+    /// rounds of [`LEASE_WRITES_AT_ONCE`]: a few round trips of latency
+    /// rather than one per prefix, without a burst of a thousand writes.
+    async fn extend_leases(&self, leases: &[Lease], now: Millis) -> Result<Vec<Lease>, IndexError> {
+        let mut stored = Vec::with_capacity(leases.len());
+        for chunk in leases.chunks(LEASE_WRITES_AT_ONCE) {
+            stored.extend(
+                futures::future::try_join_all(chunk.iter().map(|l| self.extend_lease(l, now)))
+                    .await?,
+            );
+        }
+        Ok(stored)
+    }
+    async fn covering_leases(
+        &self,
+        dir: &str,
+        prefix: &str,
+        now: Millis,
+    ) -> Result<Vec<Lease>, IndexError> {
+        let per_prefix = self
+            .each(ancestors(prefix), |p| async move {
+                self.leases_of_prefix(dir, &p).await
+            })
+            .await?;
+        let mut out = Vec::new();
+        for item in per_prefix.iter().flatten() {
+            let l = lease_of(item)?;
+            if l.is_live(now) {
+                out.push(l);
+            }
+        }
+        Ok(out)
+    }
+    async fn leases_under(
         &self,
         dir: &str,
         prefix: &str,
@@ -274,8 +321,7 @@ impl DynamoIndex {
         out.truncate(limit);
         Ok(out)
     }
-
-    pub(super) async fn end(
+    async fn end_leases(
         &self,
         dir: &str,
         prefix: &str,
@@ -309,43 +355,7 @@ impl DynamoIndex {
             .await?;
         Ok(ended.into_iter().flatten().collect())
     }
-
-    /// Gives `lease` a new epoch with `update` (which may set more), if
-    /// `condition` holds at `now`; the lease as it then stands, or `None`
-    /// if the condition failed. A retry whose first attempt landed (its
-    /// reply lost) finds its own epoch and counts as done.
-    async fn rotate_epoch(
-        &self,
-        lease: &Lease,
-        update: &str,
-        condition: &str,
-        now: Millis,
-    ) -> Result<Option<Lease>, IndexError> {
-        let epoch = new_epoch();
-        let res = self
-            .update(
-                &self.tables.leases,
-                lease_key(lease)?,
-                update,
-                Some(condition),
-                Vals::new().n("now", now).s("new", &epoch),
-                ReturnValue::AllNew,
-            )
-            .await?;
-        match res {
-            Cond::Done(item) => done_lease(item).map(Some),
-            Cond::Refused(Some(item)) if text(&item, EPOCH) == Some(epoch.as_str()) => {
-                lease_of(&item).map(Some)
-            }
-            Cond::Refused(_) => Ok(None),
-        }
-    }
-
-    pub(super) async fn expired(
-        &self,
-        now: Millis,
-        limit: usize,
-    ) -> Result<Vec<Lease>, IndexError> {
+    async fn expired_leases(&self, now: Millis, limit: usize) -> Result<Vec<Lease>, IndexError> {
         if limit == 0 {
             return Ok(Vec::new());
         }
@@ -382,8 +392,7 @@ impl DynamoIndex {
         out.sort_by_key(|l| l.expires_at);
         Ok(out)
     }
-
-    pub(super) async fn defer(
+    async fn defer_sweep(
         &self,
         lease: &Lease,
         error: &str,
@@ -444,8 +453,7 @@ impl DynamoIndex {
         }
         Err(self.contention("defer_sweep"))
     }
-
-    pub(super) async fn failures(
+    async fn sweep_failures(
         &self,
         dir: &str,
         prefix: &str,
@@ -485,8 +493,7 @@ impl DynamoIndex {
         out.truncate(limit);
         Ok(out)
     }
-
-    pub(super) async fn remove_expired(
+    async fn remove_lease_if_expired(
         &self,
         lease: &Lease,
         now: Millis,

@@ -31,6 +31,7 @@ use crate::index::{
     CreateOutcome, IndexError, Millis, OpFilter, OperationRecord, Renewal, RunLease, RunTerms,
     RunTicket, Takeover,
 };
+use crate::index::{OperationLog, RunLeases};
 
 /// The largest operation item `create_operation` writes, by DynamoDB's
 /// item-size rules. An item holds at most 400 KB; checkpoints grow the
@@ -376,10 +377,168 @@ impl DynamoIndex {
         }
     }
 
-    pub(super) async fn create_op(
+    /// The operation a request-id item names, read a few times over about
+    /// half a second before it is taken as gone. DynamoDB never shows the
+    /// request-id item of a committed transaction without its operation,
+    /// but an endpoint without transactional isolation (moto applies a
+    /// transaction's items one by one) can, for a moment; a holder that is
+    /// really gone (purged, collected by TTL) stays gone.
+    async fn holder_op(&self, holder: &str) -> Result<Option<OperationRecord>, IndexError> {
+        for wait_ms in [0, 50, 150, 300] {
+            tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+            if let Some(op) = self.get_operation(holder).await? {
+                return Ok(Some(op));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Up to `limit` entries of the `by_status` partition `key` (one shard
+    /// of a status: [`status_keys`]), keys and `finished_at`, newest
+    /// first, before `before` (a `created_key`).
+    async fn by_status(
         &self,
-        op: &OperationRecord,
-    ) -> Result<CreateOutcome, IndexError> {
+        key: &str,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Item>, IndexError> {
+        let mut key_condition = "#status = :status".to_owned();
+        let mut vals = Vals::new().s("status", key);
+        if let Some(b) = before {
+            key_condition.push_str(" AND #created_key < :before");
+            vals = vals.s("before", b);
+        }
+        let q = QuerySpec {
+            table: &self.tables.operations,
+            index: Some(BY_STATUS),
+            key_condition,
+            filter: None,
+            projection: None,
+            vals,
+            consistent: false,
+            limit: Some(limit),
+            descending: true,
+        };
+        let mut items = self.query_all(&q, limit).await?;
+        items.truncate(limit);
+        Ok(items)
+    }
+
+    /// The items of `pks` that exist, strongly consistent: one
+    /// BatchGetItem per 100 keys (plus a retry for any DynamoDB leaves
+    /// unprocessed).
+    async fn batch_get<'a>(
+        &self,
+        pks: impl Iterator<Item = &'a str>,
+    ) -> Result<Vec<Item>, IndexError> {
+        let table = self.tables.operations.as_str();
+        let keys: Vec<Item> = pks
+            .map(|pk| HashMap::from([(PK.to_owned(), s(pk))]))
+            .collect();
+        let mut out = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(100) {
+            let mut pending = chunk.to_vec();
+            let mut round = 0;
+            while !pending.is_empty() {
+                let request = KeysAndAttributes::builder()
+                    .set_keys(Some(std::mem::take(&mut pending)))
+                    .consistent_read(true)
+                    .build()
+                    .map_err(build_err)?;
+                let req = self.client.batch_get_item().request_items(table, request);
+                let res = self
+                    .persist("BatchGetItem", || req.clone().send())
+                    .await
+                    .map_err(|e| {
+                        errors::classify("BatchGetItem", table, &self.create_hint(), &e)
+                    })?;
+                out.extend(
+                    res.responses
+                        .and_then(|mut r| r.remove(table))
+                        .unwrap_or_default(),
+                );
+                pending = res
+                    .unprocessed_keys
+                    .and_then(|mut u| u.remove(table))
+                    .map(|k| k.keys)
+                    .unwrap_or_default();
+                if !pending.is_empty() {
+                    round += 1;
+                    if round >= ROUNDS {
+                        return Err(IndexError::Unavailable(format!(
+                            "BatchGetItem on {table}: keys still unprocessed after {ROUNDS} rounds"
+                        )));
+                    }
+                    backoff(round).await;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes one operation found by `purge` if it is still finished and
+    /// last updated before `before` (the index may lag the table), then its
+    /// request id's item if that still names it.
+    async fn purge_one(&self, found: Item, before: Millis) -> Result<bool, IndexError> {
+        let table = self.tables.operations.as_str();
+        let key = HashMap::from([(PK.to_owned(), s(req_s("operation", &found, PK)?))]);
+        let condition = "#done = :true AND #updated_at < :before";
+        let req = self
+            .client
+            .delete_item()
+            .table_name(table)
+            .set_key(Some(key))
+            .condition_expression(condition)
+            .set_expression_attribute_names(names_in(&[condition]))
+            .set_expression_attribute_values(
+                Vals::new().b("true", true).n("before", before).into_map(),
+            )
+            .return_values(ReturnValue::AllOld);
+        let res = self.persist("DeleteItem", || req.clone().send()).await;
+        let deleted = match res {
+            Ok(out) => out.attributes.unwrap_or_default(),
+            Err(e) if errors::refused(&e).is_some() => return Ok(false),
+            Err(e) => {
+                return Err(errors::classify(
+                    "DeleteItem",
+                    table,
+                    &self.create_hint(),
+                    &e,
+                ))
+            }
+        };
+        if let Some(rid) = get_s(&deleted, REQUEST_ID) {
+            let id = req_s("operation", &deleted, ID)?;
+            self.delete(
+                table,
+                rid_key(rid),
+                "#operation_id = :id",
+                Vals::new().s("id", &id),
+            )
+            .await?;
+        }
+        Ok(true)
+    }
+}
+
+/// Lease epochs (prefix, epoch) as the operation item's list attribute.
+fn epochs_attr(epochs: &[(String, String)]) -> AttributeValue {
+    AttributeValue::L(
+        epochs
+            .iter()
+            .map(|(prefix, epoch)| {
+                AttributeValue::M(HashMap::from([
+                    (PREFIX.to_owned(), s(prefix)),
+                    (EPOCH.to_owned(), s(epoch)),
+                ]))
+            })
+            .collect(),
+    )
+}
+
+#[async_trait::async_trait]
+impl OperationLog for DynamoIndex {
+    async fn create_operation(&self, op: &OperationRecord) -> Result<CreateOutcome, IndexError> {
         let table = self.tables.operations.as_str();
         let item = self.op_item(op)?;
         let Some(rid) = op.request_id.as_deref() else {
@@ -452,24 +611,7 @@ impl DynamoIndex {
         }
         Err(self.contention("create_operation"))
     }
-
-    /// The operation a request-id item names, read a few times over about
-    /// half a second before it is taken as gone. DynamoDB never shows the
-    /// request-id item of a committed transaction without its operation,
-    /// but an endpoint without transactional isolation (moto applies a
-    /// transaction's items one by one) can, for a moment; a holder that is
-    /// really gone (purged, collected by TTL) stays gone.
-    async fn holder_op(&self, holder: &str) -> Result<Option<OperationRecord>, IndexError> {
-        for wait_ms in [0, 50, 150, 300] {
-            tokio::time::sleep(Duration::from_millis(wait_ms)).await;
-            if let Some(op) = self.get_op(holder).await? {
-                return Ok(Some(op));
-            }
-        }
-        Ok(None)
-    }
-
-    pub(super) async fn supersede(
+    async fn supersede_operation(
         &self,
         old_id: &str,
         op: &OperationRecord,
@@ -520,8 +662,7 @@ impl DynamoIndex {
         }
         Err(self.contention("supersede_operation"))
     }
-
-    pub(super) async fn update_op(
+    async fn update_operation(
         &self,
         id: &str,
         ticket: &RunTicket,
@@ -601,47 +742,14 @@ impl DynamoIndex {
         }
         Ok(true)
     }
-
-    pub(super) async fn get_op(&self, id: &str) -> Result<Option<OperationRecord>, IndexError> {
+    async fn get_operation(&self, id: &str) -> Result<Option<OperationRecord>, IndexError> {
         self.get(&self.tables.operations, op_key(id))
             .await?
             .as_ref()
             .map(op_of)
             .transpose()
     }
-
-    /// Up to `limit` entries of the `by_status` partition `key` (one shard
-    /// of a status: [`status_keys`]), keys and `finished_at`, newest
-    /// first, before `before` (a `created_key`).
-    async fn by_status(
-        &self,
-        key: &str,
-        before: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<Item>, IndexError> {
-        let mut key_condition = "#status = :status".to_owned();
-        let mut vals = Vals::new().s("status", key);
-        if let Some(b) = before {
-            key_condition.push_str(" AND #created_key < :before");
-            vals = vals.s("before", b);
-        }
-        let q = QuerySpec {
-            table: &self.tables.operations,
-            index: Some(BY_STATUS),
-            key_condition,
-            filter: None,
-            projection: None,
-            vals,
-            consistent: false,
-            limit: Some(limit),
-            descending: true,
-        };
-        let mut items = self.query_all(&q, limit).await?;
-        items.truncate(limit);
-        Ok(items)
-    }
-
-    pub(super) async fn list_ops(
+    async fn list_operations(
         &self,
         filter: OpFilter,
         after: Option<(Millis, String)>,
@@ -706,60 +814,7 @@ impl DynamoIndex {
             })
             .collect())
     }
-
-    /// The items of `pks` that exist, strongly consistent: one
-    /// BatchGetItem per 100 keys (plus a retry for any DynamoDB leaves
-    /// unprocessed).
-    async fn batch_get<'a>(
-        &self,
-        pks: impl Iterator<Item = &'a str>,
-    ) -> Result<Vec<Item>, IndexError> {
-        let table = self.tables.operations.as_str();
-        let keys: Vec<Item> = pks
-            .map(|pk| HashMap::from([(PK.to_owned(), s(pk))]))
-            .collect();
-        let mut out = Vec::with_capacity(keys.len());
-        for chunk in keys.chunks(100) {
-            let mut pending = chunk.to_vec();
-            let mut round = 0;
-            while !pending.is_empty() {
-                let request = KeysAndAttributes::builder()
-                    .set_keys(Some(std::mem::take(&mut pending)))
-                    .consistent_read(true)
-                    .build()
-                    .map_err(build_err)?;
-                let req = self.client.batch_get_item().request_items(table, request);
-                let res = self
-                    .persist("BatchGetItem", || req.clone().send())
-                    .await
-                    .map_err(|e| {
-                        errors::classify("BatchGetItem", table, &self.create_hint(), &e)
-                    })?;
-                out.extend(
-                    res.responses
-                        .and_then(|mut r| r.remove(table))
-                        .unwrap_or_default(),
-                );
-                pending = res
-                    .unprocessed_keys
-                    .and_then(|mut u| u.remove(table))
-                    .map(|k| k.keys)
-                    .unwrap_or_default();
-                if !pending.is_empty() {
-                    round += 1;
-                    if round >= ROUNDS {
-                        return Err(IndexError::Unavailable(format!(
-                            "BatchGetItem on {table}: keys still unprocessed after {ROUNDS} rounds"
-                        )));
-                    }
-                    backoff(round).await;
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    pub(super) async fn set_epochs(
+    async fn set_lease_epochs(
         &self,
         id: &str,
         epochs: &[(String, String)],
@@ -777,8 +832,7 @@ impl DynamoIndex {
         .await
         .map(drop)
     }
-
-    pub(super) async fn epochs(&self, id: &str) -> Result<Vec<(String, String)>, IndexError> {
+    async fn lease_epochs(&self, id: &str) -> Result<Vec<(String, String)>, IndexError> {
         let Some(item) = self.get(&self.tables.operations, op_key(id)).await? else {
             return Ok(Vec::new());
         };
@@ -804,8 +858,36 @@ impl DynamoIndex {
         out.sort();
         Ok(out)
     }
+    async fn purge_operations(&self, before: Millis) -> Result<u64, IndexError> {
+        let queries = status_keys(FINISHED).into_iter().map(|key| async move {
+            let q = QuerySpec {
+                table: &self.tables.operations,
+                index: Some(BY_STATUS),
+                key_condition: "#status = :finished".into(),
+                filter: Some("#finished_at < :before"),
+                projection: None,
+                vals: Vals::new().s("finished", key).n("before", before),
+                consistent: false,
+                limit: None,
+                descending: false,
+            };
+            self.query_all(&q, usize::MAX).await
+        });
+        let found: Vec<Item> = futures::future::try_join_all(queries)
+            .await?
+            .into_iter()
+            .flatten()
+            .collect();
+        let purged = self
+            .each(found, |item| self.purge_one(item, before))
+            .await?;
+        Ok(purged.into_iter().filter(|p| *p).count() as u64)
+    }
+}
 
-    pub(super) async fn take_run(
+#[async_trait::async_trait]
+impl RunLeases for DynamoIndex {
+    async fn take_over(
         &self,
         id: &str,
         terms: &RunTerms<'_>,
@@ -855,8 +937,7 @@ impl DynamoIndex {
             cancel_requested: bool_of(&item, CANCEL_REQUESTED),
         }))
     }
-
-    pub(super) async fn renew_op_run(
+    async fn renew_run(
         &self,
         id: &str,
         ticket: &RunTicket,
@@ -889,51 +970,7 @@ impl DynamoIndex {
             cancel_requested: bool_of(&i, CANCEL_REQUESTED),
         }))
     }
-
-    /// [`RunLeases::offer_join`](crate::index::RunLeases::offer_join):
-    /// refused once the attempt withdrew, so a late retry cannot re-mark.
-    pub(super) async fn offer_op(&self, id: &str, ticket: &RunTicket) -> Result<bool, IndexError> {
-        let res = self
-            .update(
-                &self.tables.operations,
-                op_key(id),
-                "SET #offered_attempt = :a",
-                Some(&format!(
-                    "{FENCE} AND (attribute_not_exists(#withdrawn_attempt) OR #withdrawn_attempt < :a)"
-                )),
-                fence_vals(ticket),
-                ReturnValue::None,
-            )
-            .await?;
-        Ok(matches!(res, Cond::Done(_)))
-    }
-
-    /// [`RunLeases::withdraw_join`](crate::index::RunLeases::withdraw_join).
-    pub(super) async fn withdraw_op(
-        &self,
-        id: &str,
-        ticket: &RunTicket,
-    ) -> Result<bool, IndexError> {
-        let res = self
-            .update(
-                &self.tables.operations,
-                op_key(id),
-                "SET #withdrawn_attempt = :a",
-                Some("#run_replica = :r AND #run_attempt = :a"),
-                Vals::new()
-                    .s("r", &ticket.replica)
-                    .n("a", i64::from(ticket.attempt)),
-                ReturnValue::None,
-            )
-            .await?;
-        Ok(matches!(res, Cond::Done(_)))
-    }
-
-    pub(super) async fn release_op_run(
-        &self,
-        id: &str,
-        ticket: &RunTicket,
-    ) -> Result<(), IndexError> {
+    async fn release_run(&self, id: &str, ticket: &RunTicket) -> Result<(), IndexError> {
         self.update(
             &self.tables.operations,
             op_key(id),
@@ -945,8 +982,7 @@ impl DynamoIndex {
         .await
         .map(drop)
     }
-
-    pub(super) async fn flag_cancel(&self, id: &str) -> Result<bool, IndexError> {
+    async fn request_cancel(&self, id: &str) -> Result<bool, IndexError> {
         let res = self
             .update(
                 &self.tables.operations,
@@ -959,8 +995,7 @@ impl DynamoIndex {
             .await?;
         Ok(matches!(res, Cond::Done(_)))
     }
-
-    pub(super) async fn count_resumption(&self, id: &str) -> Result<u32, IndexError> {
+    async fn mark_resumed(&self, id: &str) -> Result<u32, IndexError> {
         let res = self
             .update(
                 &self.tables.operations,
@@ -978,91 +1013,39 @@ impl DynamoIndex {
             ))),
         }
     }
-
-    pub(super) async fn purge(&self, before: Millis) -> Result<u64, IndexError> {
-        let queries = status_keys(FINISHED).into_iter().map(|key| async move {
-            let q = QuerySpec {
-                table: &self.tables.operations,
-                index: Some(BY_STATUS),
-                key_condition: "#status = :finished".into(),
-                filter: Some("#finished_at < :before"),
-                projection: None,
-                vals: Vals::new().s("finished", key).n("before", before),
-                consistent: false,
-                limit: None,
-                descending: false,
-            };
-            self.query_all(&q, usize::MAX).await
-        });
-        let found: Vec<Item> = futures::future::try_join_all(queries)
-            .await?
-            .into_iter()
-            .flatten()
-            .collect();
-        let purged = self
-            .each(found, |item| self.purge_one(item, before))
-            .await?;
-        Ok(purged.into_iter().filter(|p| *p).count() as u64)
-    }
-
-    /// Deletes one operation found by `purge` if it is still finished and
-    /// last updated before `before` (the index may lag the table), then its
-    /// request id's item if that still names it.
-    async fn purge_one(&self, found: Item, before: Millis) -> Result<bool, IndexError> {
-        let table = self.tables.operations.as_str();
-        let key = HashMap::from([(PK.to_owned(), s(req_s("operation", &found, PK)?))]);
-        let condition = "#done = :true AND #updated_at < :before";
-        let req = self
-            .client
-            .delete_item()
-            .table_name(table)
-            .set_key(Some(key))
-            .condition_expression(condition)
-            .set_expression_attribute_names(names_in(&[condition]))
-            .set_expression_attribute_values(
-                Vals::new().b("true", true).n("before", before).into_map(),
-            )
-            .return_values(ReturnValue::AllOld);
-        let res = self.persist("DeleteItem", || req.clone().send()).await;
-        let deleted = match res {
-            Ok(out) => out.attributes.unwrap_or_default(),
-            Err(e) if errors::refused(&e).is_some() => return Ok(false),
-            Err(e) => {
-                return Err(errors::classify(
-                    "DeleteItem",
-                    table,
-                    &self.create_hint(),
-                    &e,
-                ))
-            }
-        };
-        if let Some(rid) = get_s(&deleted, REQUEST_ID) {
-            let id = req_s("operation", &deleted, ID)?;
-            self.delete(
-                table,
-                rid_key(rid),
-                "#operation_id = :id",
-                Vals::new().s("id", &id),
+    /// [`RunLeases::offer_join`](crate::index::RunLeases::offer_join):
+    /// refused once the attempt withdrew, so a late retry cannot re-mark.
+    async fn offer_join(&self, id: &str, ticket: &RunTicket) -> Result<bool, IndexError> {
+        let res = self
+            .update(
+                &self.tables.operations,
+                op_key(id),
+                "SET #offered_attempt = :a",
+                Some(&format!(
+                    "{FENCE} AND (attribute_not_exists(#withdrawn_attempt) OR #withdrawn_attempt < :a)"
+                )),
+                fence_vals(ticket),
+                ReturnValue::None,
             )
             .await?;
-        }
-        Ok(true)
+        Ok(matches!(res, Cond::Done(_)))
     }
-}
-
-/// Lease epochs (prefix, epoch) as the operation item's list attribute.
-fn epochs_attr(epochs: &[(String, String)]) -> AttributeValue {
-    AttributeValue::L(
-        epochs
-            .iter()
-            .map(|(prefix, epoch)| {
-                AttributeValue::M(HashMap::from([
-                    (PREFIX.to_owned(), s(prefix)),
-                    (EPOCH.to_owned(), s(epoch)),
-                ]))
-            })
-            .collect(),
-    )
+    /// [`RunLeases::withdraw_join`](crate::index::RunLeases::withdraw_join).
+    async fn withdraw_join(&self, id: &str, ticket: &RunTicket) -> Result<bool, IndexError> {
+        let res = self
+            .update(
+                &self.tables.operations,
+                op_key(id),
+                "SET #withdrawn_attempt = :a",
+                Some("#run_replica = :r AND #run_attempt = :a"),
+                Vals::new()
+                    .s("r", &ticket.replica)
+                    .n("a", i64::from(ticket.attempt)),
+                ReturnValue::None,
+            )
+            .await?;
+        Ok(matches!(res, Cond::Done(_)))
+    }
 }
 
 #[cfg(test)]

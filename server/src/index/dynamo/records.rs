@@ -9,7 +9,7 @@ use std::ops::Bound;
 
 use super::layout::{partition_key, record_key, record_of, Item, Vals, PARTITIONS, SIZE};
 use super::{DynamoIndex, QuerySpec};
-use crate::index::{prefix_successor, IndexError, KeyRange, Record, Usage};
+use crate::index::{prefix_successor, IndexError, KeyRange, Record, Records, Usage};
 
 /// The key condition (and client-side trims) of one interval of keys.
 #[derive(Debug, Clone)]
@@ -106,18 +106,43 @@ struct Stream {
 }
 
 impl DynamoIndex {
-    pub(super) async fn read_record(
+    /// One page of one partition, strongly consistent (a warm must see an
+    /// eviction claim written before its lease: doc §3).
+    async fn partition_page(
         &self,
         dir: &str,
-        key: &str,
-    ) -> Result<Option<Record>, IndexError> {
-        self.get(&self.tables.records, record_key(dir, key))
-            .await?
-            .map(|item| record_of(dir, &item))
-            .transpose()
+        pk: &str,
+        sort: &SortRange,
+        start: Option<Item>,
+        limit: usize,
+    ) -> Result<(Vec<Record>, Option<Item>), IndexError> {
+        let q = QuerySpec {
+            table: &self.tables.records,
+            index: None,
+            key_condition: format!("#pk = :pk{}", sort.condition),
+            filter: None,
+            projection: None,
+            vals: sort.vals.clone().s("pk", pk),
+            consistent: true,
+            limit: Some(limit),
+            descending: false,
+        };
+        let (items, next) = self.query_page(&q, start).await?;
+        let mut records = Vec::with_capacity(items.len());
+        for item in &items {
+            let r = record_of(dir, item)?;
+            if Some(&r.key) == sort.drop_lo.as_ref() || Some(&r.key) == sort.drop_hi.as_ref() {
+                continue;
+            }
+            records.push(r);
+        }
+        Ok((records, next))
     }
+}
 
-    pub(super) async fn read_records(
+#[async_trait::async_trait]
+impl Records for DynamoIndex {
+    async fn records(
         &self,
         dir: &str,
         range: &KeyRange<'_>,
@@ -130,7 +155,7 @@ impl DynamoIndex {
         // One key: read its item (its partition is known).
         if let (Bound::Included(lo), Bound::Included(hi)) = (&lower, &upper) {
             if lo == hi {
-                return Ok(self.read_record(dir, lo).await?.into_iter().collect());
+                return Ok(self.get_record(dir, lo).await?.into_iter().collect());
             }
         }
         let Some(sort) = sort_range(lower, upper) else {
@@ -186,52 +211,19 @@ impl DynamoIndex {
             }
         }
     }
-
-    /// One page of one partition, strongly consistent (a warm must see an
-    /// eviction claim written before its lease: doc §3).
-    async fn partition_page(
-        &self,
-        dir: &str,
-        pk: &str,
-        sort: &SortRange,
-        start: Option<Item>,
-        limit: usize,
-    ) -> Result<(Vec<Record>, Option<Item>), IndexError> {
-        let q = QuerySpec {
-            table: &self.tables.records,
-            index: None,
-            key_condition: format!("#pk = :pk{}", sort.condition),
-            filter: None,
-            projection: None,
-            vals: sort.vals.clone().s("pk", pk),
-            consistent: true,
-            limit: Some(limit),
-            descending: false,
-        };
-        let (items, next) = self.query_page(&q, start).await?;
-        let mut records = Vec::with_capacity(items.len());
-        for item in &items {
-            let r = record_of(dir, item)?;
-            if Some(&r.key) == sort.drop_lo.as_ref() || Some(&r.key) == sort.drop_hi.as_ref() {
-                continue;
-            }
-            records.push(r);
-        }
-        Ok((records, next))
+    async fn get_record(&self, dir: &str, key: &str) -> Result<Option<Record>, IndexError> {
+        self.get(&self.tables.records, record_key(dir, key))
+            .await?
+            .map(|item| record_of(dir, &item))
+            .transpose()
     }
-
     /// Queries every partition over the prefix: there is no counter to read
     /// (one would cost a write per copied object on a hot item), so this
     /// reads every record under `prefix` (eventually consistent, half the
     /// read units; it only answers GetStatus).
     /// Counts each partition up to `limit` + 1 entries: past that the
     /// answer is truncated (bounded work: at most that per partition).
-    pub(super) async fn usage_under(
-        &self,
-        dir: &str,
-        prefix: &str,
-        limit: u64,
-    ) -> Result<Usage, IndexError> {
+    async fn usage_up_to(&self, dir: &str, prefix: &str, limit: u64) -> Result<Usage, IndexError> {
         let cap = usize::try_from(limit.saturating_add(1)).unwrap_or(usize::MAX);
         let upper = prefix_successor(prefix).map_or(Bound::Unbounded, Bound::Excluded);
         let Some(sort) = sort_range(Bound::Included(prefix.to_owned()), upper) else {
