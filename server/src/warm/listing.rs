@@ -328,7 +328,9 @@ impl WarmRun<'_> {
         // list forever (a window of them bounds the memory).
         let mut seen = RecentTokens::default();
         loop {
-            if self.stop.is_set() {
+            // Stopped, or past the run's deadline (another attempt may
+            // hold the warm): no more listing requests.
+            if self.stop.is_set() || self.stop.lapsed() {
                 return Ok(Listed::Stop);
             }
             metrics::counter!(crate::metrics::S3_LIST_REQUESTS).increment(1);

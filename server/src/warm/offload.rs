@@ -276,6 +276,7 @@ impl WarmRun<'_> {
     /// Writes the manifest of `tasks` and creates the job; records its id
     /// in the operation's log at once.
     async fn start_job(&self, o: &Offload, tasks: &[CopyTask]) -> Result<String, WarmError> {
+        self.still_holding_the_run()?;
         let failed = |e: JobError| WarmError::Batch(e.to_string());
         let dir = self.dir();
         let name = token(self.owner);
@@ -332,6 +333,7 @@ impl WarmRun<'_> {
     async fn create_job(&self, o: &Offload, spec: &JobSpec) -> Result<String, WarmError> {
         let backoff = expresscache::Backoff::new(o.poll.0, o.poll.1);
         for attempt in 1.. {
+            self.still_holding_the_run()?;
             match o.jobs.create_job(spec).await {
                 Ok(id) => return Ok(id),
                 Err(JobError::Unavailable(e)) if attempt < 5 => {
@@ -346,6 +348,20 @@ impl WarmRun<'_> {
             }
         }
         unreachable!("the loop returns")
+    }
+
+    /// `Err` once the run's deadline passed unrenewed: another attempt may
+    /// hold the warm by now (this process was paused, or lost the index),
+    /// so it starts no job, as the engine sends no copy.
+    fn still_holding_the_run(&self) -> Result<(), WarmError> {
+        if self.stop.lapsed() {
+            return Err(WarmError::Batch(
+                "the run's deadline passed before the S3 Batch Operations job was created; \
+                 another attempt carries the warm"
+                    .into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Follows the job to its end, showing its progress; cancels it when
@@ -618,7 +634,64 @@ fn token(owner: &str) -> String {
 mod tests {
     use super::*;
     use crate::store::ObjectMeta;
+    use crate::warm::Warmer;
+    use std::sync::Arc;
     use std::time::{SystemTime, UNIX_EPOCH};
+
+    /// S3 Control that counts the jobs asked of it.
+    #[derive(Default)]
+    struct CountedJobs(std::sync::atomic::AtomicUsize);
+
+    #[async_trait::async_trait]
+    impl crate::batch::control::JobControl for CountedJobs {
+        async fn create_job(&self, _: &JobSpec) -> Result<String, JobError> {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            Ok("job".into())
+        }
+        async fn describe_job(&self, _: &str) -> Result<crate::batch::JobStatus, JobError> {
+            Err(JobError::Unavailable("not in this test".into()))
+        }
+        async fn cancel_job(&self, _: &str) -> Result<String, JobError> {
+            Err(JobError::Unavailable("not in this test".into()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_run_past_its_deadline_starts_no_job() {
+        use crate::core::clock::{Clock, SystemClock};
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let w = Warmer::new(
+            Arc::new(crate::store::MemoryStore::default()),
+            Arc::new(crate::index::SqliteIndex::open_in_memory().unwrap()),
+            Arc::clone(&clock),
+            super::super::WarmSettings::default(),
+        );
+        let jobs = Arc::new(CountedJobs::default());
+        // Nothing listens there: a manifest written or a job created would
+        // fail otherwise, not with the deadline's reason.
+        let nowhere = crate::testing::local_sdk_config("http://127.0.0.1:9");
+        let o = Offload {
+            jobs: jobs.clone(),
+            s3: aws_sdk_s3::Client::new(&nowhere),
+            working_bucket: "work".into(),
+            role_arn: "arn:aws:iam::123456789012:role/batch".into(),
+            account_id: "123456789012".into(),
+            region: "us-east-1".into(),
+            threshold: None,
+            poll: (Duration::from_millis(1), Duration::from_millis(2)),
+        };
+        let spec = super::super::tests::spec(false);
+        let (progress, _rx) = Progress::new("op".into(), Arc::clone(&clock));
+        let stop = crate::stop::StopSignal::default();
+        // The keeper last granted the run until a moment ago: this process
+        // woke from a pause past it.
+        stop.hold_until(clock.now() - 1, &clock);
+        let run = WarmRun::new(&w, &spec, &progress, "op#00000001", &stop);
+        let err = run.start_job(&o, &[task(900, 16)]).await.unwrap_err();
+        assert!(err.to_string().contains("deadline passed"), "{err}");
+        assert_eq!(jobs.0.load(Ordering::Relaxed), 0, "no job created");
+        assert_eq!(progress.batch_job(), None, "no job recorded");
+    }
 
     fn at(s: u64) -> SystemTime {
         UNIX_EPOCH + Duration::from_secs(s)
