@@ -3,7 +3,7 @@
 //! Either way no new copy starts and copies in flight finish and are
 //! recorded, so the index never claims an object that is not there.
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,6 +26,12 @@ pub struct StopSignal {
     /// request, whichever of its tasks runs first (the run keeper, which
     /// would stop the warm, or a copy).
     until: std::sync::Mutex<Option<Deadline>>,
+    /// The deadline was seen lapsed: final, whatever is granted later. A
+    /// part of the warm that stopped at the lapse (a copy refused, a
+    /// listing cut short) did not do its work, so the attempt must end as
+    /// lost (handed on, nothing recorded), even if a renewal answered late
+    /// moves the deadline on.
+    lapsed_seen: AtomicBool,
 }
 
 /// A run's deadline on two clocks. The wall clock is the one other
@@ -99,12 +105,21 @@ impl StopSignal {
 
     /// Whether the deadline set by [`hold_until`](Self::hold_until) passed,
     /// by either clock.
+    /// Once it returned true it stays true (see `lapsed_seen`).
     pub fn lapsed(&self) -> bool {
-        self.until
+        if self.lapsed_seen.load(Ordering::SeqCst) {
+            return true;
+        }
+        let lapsed = self
+            .until
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .as_ref()
-            .is_some_and(|d| Instant::now() >= d.monotonic || d.clock.now() >= d.wall)
+            .is_some_and(|d| Instant::now() >= d.monotonic || d.clock.now() >= d.wall);
+        if lapsed {
+            self.lapsed_seen.store(true, Ordering::SeqCst);
+        }
+        lapsed
     }
 }
 
@@ -134,9 +149,10 @@ mod tests {
     #[test]
     fn a_wall_clock_set_back_does_not_extend_a_deadline() {
         let clock = Arc::new(ManualClock::new(1_000_000));
-        // Already due by both clocks.
+        // Due at once on the monotonic clock; the wall clock then set back
+        // far before the deadline (not asked before: a lapse once seen is
+        // final, which would prove nothing here).
         let stop = held(&clock, 1_000_000);
-        assert!(stop.lapsed());
         clock.advance(-1_000_000);
         assert!(stop.lapsed(), "still lapsed by the monotonic clock");
     }
@@ -144,5 +160,21 @@ mod tests {
     #[test]
     fn no_deadline_never_lapses() {
         assert!(!StopSignal::default().lapsed());
+    }
+
+    #[test]
+    fn a_lapse_once_seen_is_final_even_if_a_late_renewal_moves_the_deadline() {
+        let clock = Arc::new(ManualClock::new(1_000));
+        let dyn_clock: Arc<dyn Clock> = clock.clone();
+        let stop = StopSignal::default();
+        stop.hold_until(2_000, &dyn_clock);
+        clock.advance(1_500);
+        assert!(stop.lapsed(), "past the deadline");
+        // A renewal sent before the lapse answers now, granting more time.
+        stop.hold_until(10_000, &dyn_clock);
+        assert!(
+            stop.lapsed(),
+            "what stopped at the lapse did not do its work"
+        );
     }
 }

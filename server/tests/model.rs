@@ -4,6 +4,8 @@
 //! store, and after every step the directory bucket and the index must
 //! equal what a simple model of the rules (doc/SEMANTICS.md) says.
 
+// The reference model drives whole warms: their futures nest deep.
+#![recursion_limit = "256"]
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;

@@ -447,11 +447,8 @@ impl Operations {
         if a.progress.lease_epochs().is_empty() {
             return Ok(fut.await);
         }
-        let keeper = self.warmer.leases(a.spec, a.progress, a.owner);
-        tokio::select! {
-            v = fut => Ok(v),
-            ended = keeper.keep(|| true) => Err(ended),
-        }
+        let keeper = self.warmer.leases(a.spec, a.progress, a.id);
+        keeper.keep_while(|| true, fut).await
     }
 
     /// Answers `spec` from a warm of the same data that finished SUCCEEDED
@@ -571,34 +568,37 @@ impl Operations {
         );
         let moved = std::sync::Mutex::new(tokio::time::Instant::now());
         let moved_at = || *moved.lock().unwrap_or_else(|e| e.into_inner());
-        let keeper = self.warmer.leases(a.spec, a.progress, a.owner);
-        let renewing = keeper.keep(|| moved_at().elapsed() <= stall_limit);
-        tokio::pin!(renewing);
-        loop {
-            let state = rx.borrow_and_update().clone();
-            show_leader(a.progress, leader, part, &state);
-            if state.is_done() {
-                return Ok(state);
-            }
-            if (state.phase, state.counters, state.elapsed) != seen {
-                seen = (state.phase, state.counters, state.elapsed);
-                *moved.lock().unwrap_or_else(|e| e.into_inner()) = tokio::time::Instant::now();
-            }
-            tokio::select! {
-                changed = rx.changed() => {
-                    if changed.is_err() {
-                        // Gone: a final state sent just before counts.
-                        let state = rx.borrow().clone();
-                        if state.is_done() {
-                            return Ok(state);
-                        }
-                        return Err(Followed::LeaderGone);
-                    }
+        let watching = async {
+            loop {
+                let state = rx.borrow_and_update().clone();
+                show_leader(a.progress, leader, part, &state);
+                if state.is_done() {
+                    return Ok(state);
                 }
-                ended = &mut renewing => return Err(Followed::Done(Err(ended))),
-                () = a.stop.stopped() => return Err(Followed::Done(Ok(stopped_outcome(a.stop)))),
+                if (state.phase, state.counters, state.elapsed) != seen {
+                    seen = (state.phase, state.counters, state.elapsed);
+                    *moved.lock().unwrap_or_else(|e| e.into_inner()) = tokio::time::Instant::now();
+                }
+                tokio::select! {
+                    changed = rx.changed() => {
+                        if changed.is_err() {
+                            // Gone: a final state sent just before counts.
+                            let state = rx.borrow().clone();
+                            if state.is_done() {
+                                return Ok(state);
+                            }
+                            return Err(Followed::LeaderGone);
+                        }
+                    }
+                    () = a.stop.stopped() => return Err(Followed::Done(Ok(stopped_outcome(a.stop)))),
+                }
             }
-        }
+        };
+        let keeper = self.warmer.leases(a.spec, a.progress, a.id);
+        keeper
+            .keep_while(|| moved_at().elapsed() <= stall_limit, watching)
+            .await
+            .unwrap_or_else(|ended| Err(Followed::Done(Err(ended))))
     }
 
     /// This warm's answer from the leader's final state `last`: its

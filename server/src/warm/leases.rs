@@ -100,17 +100,46 @@ impl LeaseKeeper<'_> {
     /// says the warm is worth keeping (a stuck warm must not keep data
     /// alive forever), until a lease turns out ended: returns why. A
     /// failed renewal is logged and tried again at the next tick.
-    pub async fn keep(&self, mut alive: impl FnMut() -> bool) -> WarmError {
-        let mut tick = tokio::time::interval(Self::every(self.spec));
+    pub async fn keep(&self, alive: impl FnMut() -> bool) -> WarmError {
+        match self.keep_while(alive, std::future::pending::<()>()).await {
+            Ok(()) => unreachable!("a pending future never ends"),
+            Err(ended) => ended,
+        }
+    }
+
+    /// Runs `work` to its end, meanwhile renewing the leases as
+    /// [`keep`](Self::keep) does; `Err` if a lease turned out ended first.
+    /// A renewal under way finishes before `work` is polled again (so one
+    /// that ends with `work` is never cut off half-recorded). A renewal
+    /// skipped because the warm was not alive is made as soon as it is
+    /// again (looked at every second), not a whole interval later: its
+    /// leases may be near their end by then.
+    pub async fn keep_while<T>(
+        &self,
+        mut alive: impl FnMut() -> bool,
+        work: impl std::future::Future<Output = T>,
+    ) -> Result<T, WarmError> {
+        let every = Self::every(self.spec);
+        let recheck = every.min(Duration::from_secs(1));
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         tick.tick().await;
+        tokio::pin!(work);
+        let mut owed = false;
         loop {
-            tick.tick().await;
+            tokio::select! {
+                v = &mut work => return Ok(v),
+                _ = tick.tick(), if !owed => {}
+                () = tokio::time::sleep(recheck), if owed => {}
+            }
             if !alive() {
+                owed = true;
                 continue;
             }
+            owed = false;
             match self.write().await {
                 Ok(()) => {}
-                Err(e @ WarmError::LeaseEnded { .. }) => return e,
+                Err(e @ WarmError::LeaseEnded { .. }) => return Err(e),
                 Err(e) => {
                     tracing::warn!(operation_id = self.owner, error = %e, "lease renewal failed");
                 }

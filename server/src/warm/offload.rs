@@ -145,6 +145,7 @@ impl WarmRun<'_> {
         };
         // Failed tasks first (the report), then what landed (the listing).
         let results = async {
+            self.still_holding_the_run()?;
             let reported = o
                 .failed_tasks(&report_prefix(self.owner), &job_id, end.state)
                 .await
@@ -158,21 +159,7 @@ impl WarmRun<'_> {
                 return Err(e);
             }
         };
-        let seen = JobSeen {
-            // Only what this job wrote: an object older than the job (less
-            // the clock skew margin, and a second: S3 stamps whole
-            // seconds) was there before it, whatever its size.
-            written_after: end.created.map_or(std::time::UNIX_EPOCH, |t| {
-                Judge::new(self.w.settings.skew_margin).settled_stamp(t)
-            }),
-            // The job's own guard (an earlier attempt's, when following
-            // its job); this attempt's if the job did not say; none known:
-            // nothing is the job's, the engine copies it all.
-            guard: end
-                .unmodified_since
-                .or_else(|| created_here.then_some(self.started)),
-            stopped: self.stop.is_set(),
-        };
+        let seen = self.job_seen(&end, created_here);
         let (to_engine, to_record) = self
             .sort_out(tasks, &seen, &reported, &landed, &job_id)
             .await;
@@ -189,6 +176,25 @@ impl WarmRun<'_> {
         // keys whose claim was lost are decided anew.
         self.settle_all(to_engine, entries).await;
         Ok(())
+    }
+
+    /// How the tasks of the job that ended as `end` are judged.
+    fn job_seen(&self, end: &crate::batch::JobStatus, created_here: bool) -> JobSeen {
+        JobSeen {
+            // Only what this job wrote: an object older than the job (less
+            // the clock skew margin, and a second: S3 stamps whole
+            // seconds) was there before it, whatever its size.
+            written_after: end.created.map_or(std::time::UNIX_EPOCH, |t| {
+                Judge::new(self.w.settings.skew_margin).settled_stamp(t)
+            }),
+            // The job's own guard (an earlier attempt's, when following
+            // its job); this attempt's if the job did not say; none known:
+            // nothing is the job's, the engine copies it all.
+            guard: end
+                .unmodified_since
+                .or_else(|| created_here.then_some(self.started)),
+            stopped: self.stop.is_set(),
+        }
     }
 
     /// The job that copies `tasks`: an earlier attempt's (its id in this
@@ -691,6 +697,23 @@ mod tests {
         assert!(err.to_string().contains("deadline passed"), "{err}");
         assert_eq!(jobs.0.load(Ordering::Relaxed), 0, "no job created");
         assert_eq!(progress.batch_job(), None, "no job recorded");
+        // Its manifest written meanwhile, the deadline passes before
+        // CreateJob (or between its tries): still no job.
+        let spec = JobSpec {
+            client_request_token: "t".into(),
+            manifest_arn: "arn:aws:s3:::work/m.csv".into(),
+            manifest_etag: "e".into(),
+            target_arn: "arn:aws:s3express:us-east-1:123456789012:bucket/d".into(),
+            target_key_prefix: String::new(),
+            report_bucket_arn: "arn:aws:s3:::work".into(),
+            report_prefix: "r".into(),
+            role_arn: o.role_arn.clone(),
+            description: "d".into(),
+            unmodified_since: SystemTime::now(),
+        };
+        let err = run.create_job(&o, &spec).await.unwrap_err();
+        assert!(err.to_string().contains("deadline passed"), "{err}");
+        assert_eq!(jobs.0.load(Ordering::Relaxed), 0, "no job created");
     }
 
     fn at(s: u64) -> SystemTime {
