@@ -11,6 +11,9 @@
 //!
 //!   bench/index_cost.sh [--objects N]
 
+// Whole warms run in these tests: their futures nest deep.
+#![recursion_limit = "256"]
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

@@ -5,6 +5,8 @@
 //! client request token never makes a second job; a cancel cancels; an
 //! AccessDenied on CreateJob and a job that ends Failed come back as such.
 
+// Whole warms run in these tests: their futures nest deep.
+#![recursion_limit = "256"]
 #![allow(clippy::unwrap_used)]
 
 use std::time::{Duration, Instant};

@@ -2,6 +2,8 @@
 //! and priced, against moto through the real server; nothing is copied,
 //! leased or recorded, and a failure is reported, not planned around.
 
+// Whole warms run in these tests: their futures nest deep.
+#![recursion_limit = "256"]
 #![allow(clippy::unwrap_used)]
 
 mod common;

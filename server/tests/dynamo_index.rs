@@ -10,6 +10,8 @@
 //! an endpoint that hangs or refuses must end in `IndexError::Unavailable`
 //! within the configured timeouts.
 
+// Whole warms run in these tests: their futures nest deep.
+#![recursion_limit = "256"]
 #![allow(clippy::unwrap_used)]
 
 use expresscache_server::index::{Claims, Leases, Records, RunLeases};

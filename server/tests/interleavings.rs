@@ -11,6 +11,8 @@
 //! SQLite index (exhaustively where the bound allows) and on the DynamoDB
 //! index on moto (warm vs evict exhaustively, the others bounded).
 
+// Whole warms run in these tests: their futures nest deep.
+#![recursion_limit = "256"]
 #![allow(clippy::unwrap_used)]
 
 use expresscache_server::index::Records;

@@ -6,6 +6,8 @@
 //! caught; a cancel cancels the job; an AccessDenied on CreateJob fails the
 //! warm with the reason.
 
+// Whole warms run in these tests: their futures nest deep.
+#![recursion_limit = "256"]
 #![allow(clippy::unwrap_used)]
 
 mod common;

@@ -1,6 +1,8 @@
 //! Operations outlive their calls: a dropped stream does not stop a warm,
 //! anyone can watch, cancel and list operations.
 
+// Whole warms run in these tests: their futures nest deep.
+#![recursion_limit = "256"]
 #![allow(clippy::unwrap_used)]
 
 mod common;
