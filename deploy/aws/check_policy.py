@@ -112,7 +112,11 @@ EXTRA_GRANTS = {
 # Test code, compiled only with the testing feature (never in
 # the release binary); lib.rs must keep it gated for this to hold.
 EXCLUDED_DIRS = ("testing/",)
-GATE = re.compile(r'#\[cfg\(feature\s*=\s*"testing"\)\]\s*pub\s+mod\s+testing\s*;')
+# Gated by the feature (a unit-test build, `cfg(test)`, is never the server).
+GATE = re.compile(
+    r'#\[cfg\((?:feature\s*=\s*"testing"|any\(\s*test\s*,\s*feature\s*=\s*"testing"\s*\))\)\]'
+    r'\s*pub\s+mod\s+testing\s*;'
+)
 
 
 @dataclass(frozen=True)

@@ -107,9 +107,14 @@ def exported(metrics_rs: Path = METRICS_RS, src: Path = SERVER_SRC) -> Exported:
     text = metrics_rs.read_text()
     consts = dict(re.findall(r'pub const (\w+): &str = "([^"]+)";', text))
     kinds = {}
-    for kind, const in re.findall(r"describe_(counter|gauge|histogram)!\(\s*(\w+)", text):
+    # The server describes its metrics from one table of
+    # `(Kind::Counter, NAME, unit, help)` rows (a `describe_*!(NAME, ...)`
+    # call is read the same way).
+    described = re.findall(r"describe_(counter|gauge|histogram)!\(\s*([A-Z]\w+)", text)
+    described += [(k.lower(), c) for k, c in re.findall(r"\(\s*Kind::(Counter|Gauge|Histogram),\s*(\w+),", text)]
+    for kind, const in described:
         if const not in consts:
-            raise SystemExit(f"{metrics_rs}: describe_{kind}!({const}) names no `pub const`")
+            raise SystemExit(f"{metrics_rs}: {kind} {const} names no `pub const`")
         kinds[consts[const]] = kind
     undescribed = set(consts.values()) - set(kinds)
     if undescribed:
