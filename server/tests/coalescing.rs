@@ -537,7 +537,7 @@ async fn an_index_failure_while_answering_from_a_recent_warm_falls_back_to_listi
     let lists = fx.server.store.calls.list.load(Ordering::Relaxed);
     // The lease write of the answer fails (an unreachable index): no
     // answer is given on a lease that may not exist; the warm lists.
-    fx.server.index.fail("extend_lease", 1);
+    fx.server.index.fail("extend_leases", 1);
     let report = warm_once(&fx, Duration::from_secs(3600)).await;
     assert_eq!(report.outcome, Outcome::Succeeded, "{report:?}");
     assert!(report.fresh_from_operation_id.is_none(), "{report:?}");

@@ -15,6 +15,7 @@ pub mod conformance;
 #[cfg(any(test, feature = "testing"))]
 mod counting;
 mod cursor;
+mod decorate;
 pub mod dynamo;
 pub mod encoding;
 mod legacy;
@@ -22,10 +23,11 @@ mod metered;
 mod sqlite;
 
 #[cfg(any(test, feature = "testing"))]
-pub use counting::CountingIndex;
+pub use counting::{Counter, CountingIndex};
 pub use cursor::{RecordCursor, CURSOR_PAGE};
+pub use decorate::{Access, Call, Decorated, Hook};
 pub use dynamo::DynamoIndex;
-pub use metered::MeteredIndex;
+pub use metered::{Metered, MeteredIndex};
 pub use sqlite::SqliteIndex;
 
 use std::ops::Bound;
