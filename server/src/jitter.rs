@@ -27,8 +27,10 @@ impl Jitter for RandomJitter {
 
 /// No jitter: every retry waits exactly its base delay.
 #[derive(Debug, Default, Clone, Copy)]
+#[cfg(any(test, feature = "testing"))]
 pub struct NoJitter;
 
+#[cfg(any(test, feature = "testing"))]
 impl Jitter for NoJitter {
     fn below(&self, _base: Duration) -> Duration {
         Duration::ZERO

@@ -76,6 +76,7 @@ impl Planner<'_> {
     /// key-ordered records covering the same destination key range (records
     /// for keys no longer in the source are skipped). `dest_key` maps a
     /// source key to its destination key and must preserve order.
+    #[cfg(any(test, feature = "testing"))]
     pub fn plan_page<'o>(
         &self,
         objects: &'o [ObjectMeta],

@@ -482,6 +482,7 @@ impl Progress {
     }
 
     /// [`final_state`](Self::final_state), published at once.
+    #[cfg(any(test, feature = "testing"))]
     pub fn finish(&self, outcome: Outcome, error: Option<String>) -> OperationState {
         let last = self.final_state(outcome, error);
         self.publish_final(last.clone());

@@ -55,6 +55,7 @@ pub struct Deps<S, I> {
 
 impl<S, I> Deps<S, I> {
     /// The defaults, over `store` and `index`.
+    #[cfg(any(test, feature = "testing"))]
     pub fn new(store: S, index: I) -> Self {
         Self::from_config(store, index, &Config::default())
     }

@@ -31,6 +31,7 @@ pub struct Telemetry {
 
 impl Telemetry {
     /// Whether traces are exported.
+    #[cfg(any(test, feature = "testing"))]
     pub fn exporting(&self) -> bool {
         self.provider.is_some()
     }

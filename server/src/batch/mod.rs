@@ -6,5 +6,7 @@
 pub mod control;
 pub mod offload;
 
-pub use control::{JobControl, JobSpec, JobState, JobStatus, S3ControlJobs};
+pub use control::{JobState, JobStatus, S3ControlJobs};
+#[cfg(any(test, feature = "testing"))]
+pub use control::{JobControl, JobSpec};
 pub use offload::Offload;

@@ -14,6 +14,7 @@ use std::time::Duration;
 use expresscache::Limits;
 use table::{check, settings};
 
+#[cfg(any(test, feature = "testing"))]
 pub use table::Source;
 
 /// Settings whose default is computed at start, per host: `config print`

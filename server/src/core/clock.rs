@@ -1,6 +1,7 @@
 //! Time as the cache rules see it. Production reads the system clock; tests
 //! drive a manual clock so lease expiry is exact and instant.
 
+#[cfg(any(test, feature = "testing"))]
 use std::sync::atomic::{AtomicI64, Ordering};
 
 /// Milliseconds since the Unix epoch: the service's one notion of time
@@ -40,9 +41,11 @@ impl Clock for SystemClock {
 }
 
 /// A clock that moves only when told to.
+#[cfg(any(test, feature = "testing"))]
 #[derive(Debug)]
 pub struct ManualClock(AtomicI64);
 
+#[cfg(any(test, feature = "testing"))]
 impl ManualClock {
     pub fn new(start: Millis) -> Self {
         Self(AtomicI64::new(start))
@@ -53,6 +56,7 @@ impl ManualClock {
     }
 }
 
+#[cfg(any(test, feature = "testing"))]
 impl Clock for ManualClock {
     fn now(&self) -> Millis {
         self.0.load(Ordering::SeqCst)

@@ -22,6 +22,7 @@ impl Judge {
         Self { margin }
     }
 
+    #[cfg(any(test, feature = "testing"))]
     pub fn margin(&self) -> Duration {
         self.margin
     }

@@ -475,6 +475,7 @@ impl AdaptiveLimit {
     }
 
     /// The current ceiling.
+    #[cfg(any(test, feature = "testing"))]
     pub fn max(&self) -> usize {
         self.lock().max as usize
     }

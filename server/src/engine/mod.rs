@@ -220,6 +220,7 @@ impl CopyEngine {
 
     /// Takes retry jitter from `jitter` instead of a random source.
     #[must_use]
+    #[cfg(any(test, feature = "testing"))]
     pub fn with_jitter(mut self, jitter: Arc<dyn Jitter>) -> Self {
         self.jitter = jitter;
         self

@@ -28,6 +28,8 @@ pub enum Access {
 }
 
 /// What a hook knows of a call before it runs.
+// The metrics read only the name; the tests' counting hook reads the rest.
+#[cfg_attr(not(any(test, feature = "testing")), allow(dead_code))]
 #[derive(Debug, Clone, Copy)]
 pub struct Call<'a> {
     /// Its name in metrics, spans and the tests' fault injection.
@@ -64,6 +66,7 @@ impl<I, H> Decorated<I, H> {
     }
 
     /// The backend, for reads a test makes without going through the hook.
+    #[cfg(any(test, feature = "testing"))]
     pub fn inner(&self) -> &I {
         &self.inner
     }

@@ -368,6 +368,7 @@ pub fn request_and_owner_from_json(text: &str) -> Result<(WarmSpec, Option<Strin
 }
 
 /// Reads a request stored by [`request_json`].
+#[cfg(any(test, feature = "testing"))]
 pub fn request_from_json(text: &str) -> Result<WarmSpec, IndexError> {
     serde_json::from_str::<RequestDoc>(text)
         .map_err(|e| IndexError::Corrupt(format!("stored request: {e}")))?

@@ -24,17 +24,22 @@ mod sqlite;
 
 #[cfg(any(test, feature = "testing"))]
 pub use counting::{Counter, CountingIndex};
-pub use cursor::{RecordCursor, CURSOR_PAGE};
-pub use decorate::{Access, Call, Decorated, Hook};
-pub use dynamo::DynamoIndex;
-pub use metered::{Metered, MeteredIndex};
+pub use cursor::RecordCursor;
+pub use metered::MeteredIndex;
+#[cfg(any(test, feature = "testing"))]
+pub use {
+    cursor::CURSOR_PAGE,
+    decorate::{Access, Call, Decorated, Hook},
+    dynamo::DynamoIndex,
+    metered::Metered,
+};
 pub use sqlite::SqliteIndex;
 
 use std::ops::Bound;
 
-pub use crate::core::cache::{
-    attempt_owner, lineage, supersedes, Claim, ClaimKind, Entry, Lease, Record,
-};
+pub use crate::core::cache::{lineage, Claim, ClaimKind, Entry, Lease, Record};
+#[cfg(any(test, feature = "testing"))]
+pub use crate::core::cache::{attempt_owner, supersedes};
 pub use crate::core::clock::{millis_of, span_millis, Millis};
 pub use crate::core::keys::{ancestors, prefix_successor, KeyRange};
 use crate::core::operation::OperationState;
@@ -318,6 +323,7 @@ pub trait Records: Send + Sync + std::fmt::Debug + 'static {
     }
 
     /// Objects and bytes cached under `prefix`, all counted.
+    #[cfg(any(test, feature = "testing"))]
     async fn usage(&self, directory_bucket: &str, prefix: &str) -> Result<Usage, IndexError> {
         self.usage_up_to(directory_bucket, prefix, u64::MAX).await
     }
@@ -387,6 +393,7 @@ pub trait Claims: Send + Sync + std::fmt::Debug + 'static {
     ) -> Result<Vec<Completion>, IndexError>;
 
     /// [`complete_copies`](Self::complete_copies) for one entry.
+    #[cfg(any(test, feature = "testing"))]
     async fn complete_copy(&self, entry: &Entry, owner: &str) -> Result<Completion, IndexError> {
         let mut out = self
             .complete_copies(std::slice::from_ref(entry), owner)

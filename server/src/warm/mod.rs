@@ -20,6 +20,7 @@ mod copying;
 pub mod dry_run;
 mod empty;
 mod lease_writer;
+#[cfg(any(test, feature = "testing"))]
 pub use lease_writer::coarsen as coarsen_expiry;
 pub use leases::LeaseKeeper;
 mod leases;
@@ -222,6 +223,7 @@ impl Warmer {
     /// Runs the warm as operation `owner`; per-key failures land in
     /// `progress` (and make the outcome PartiallyFailed), an error means the
     /// warm as a whole failed.
+    #[cfg(any(test, feature = "testing"))]
     pub async fn run(
         &self,
         spec: &WarmSpec,

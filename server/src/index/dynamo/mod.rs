@@ -192,6 +192,7 @@ pub struct DynamoIndex {
     prefix: TablePrefix,
     tables: Tables,
     config: DynamoConfig,
+    #[cfg(any(test, feature = "testing"))]
     requests: Arc<RequestCounts>,
     /// Stamps operation items' `updated_at` (which retention compares
     /// with the same clock).
@@ -228,6 +229,7 @@ pub(crate) struct QuerySpec<'a> {
 impl DynamoIndex {
     /// An index on the tables under `prefix`, with the default
     /// [`DynamoConfig`]. Sends nothing: see [`check_tables`](Self::check_tables).
+    #[cfg(any(test, feature = "testing"))]
     pub fn connect(sdk_config: &aws_config::SdkConfig, prefix: &TablePrefix) -> Self {
         Self::connect_with(sdk_config, prefix, DynamoConfig::default())
     }
@@ -261,6 +263,7 @@ impl DynamoIndex {
             tables: prefix.tables(),
             prefix: prefix.clone(),
             config,
+            #[cfg(any(test, feature = "testing"))]
             requests,
             clock: Arc::new(SystemClock),
         }
@@ -310,19 +313,23 @@ impl DynamoIndex {
 
     /// Reads time from `clock` instead of the system clock.
     #[must_use]
+    #[cfg(any(test, feature = "testing"))]
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
         self
     }
 
+    #[cfg(any(test, feature = "testing"))]
     pub fn tables(&self) -> &Tables {
         &self.tables
     }
 
+    #[cfg(any(test, feature = "testing"))]
     pub fn prefix(&self) -> &TablePrefix {
         &self.prefix
     }
 
+    #[cfg(any(test, feature = "testing"))]
     /// The requests sent to DynamoDB so far.
     pub fn requests(&self) -> &RequestCounts {
         &self.requests

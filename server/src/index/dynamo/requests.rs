@@ -16,6 +16,7 @@ pub struct RequestCounts {
     by_operation: Mutex<BTreeMap<String, u64>>,
 }
 
+#[cfg(any(test, feature = "testing"))]
 impl RequestCounts {
     /// Requests of `operation` sent so far.
     pub fn of(&self, operation: &str) -> u64 {
@@ -42,7 +43,9 @@ impl RequestCounts {
             .unwrap_or_else(|e| e.into_inner())
             .clear();
     }
+}
 
+impl RequestCounts {
     fn add(&self, operation: &str) {
         *self
             .by_operation

@@ -142,6 +142,7 @@ impl SqliteIndex {
 
     /// Reads time from `clock` instead of the system clock.
     #[must_use]
+    #[cfg(any(test, feature = "testing"))]
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
         self

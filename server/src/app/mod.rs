@@ -1,5 +1,10 @@
 //! The production wiring: AWS configuration chain, the index (SQLite or
-//! DynamoDB), signals, and the `index create` command.
+//! DynamoDB), signals, and the `index create` command; [`main`] is what
+//! the binary runs.
+
+mod command;
+
+pub use command::main;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
