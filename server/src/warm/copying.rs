@@ -3,7 +3,6 @@
 //! the entry to the writer, which records it only if the claim still holds.
 
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use tokio::sync::oneshot;
 
@@ -11,7 +10,7 @@ use super::run::WarmRun;
 use super::settle::{CopyEnd, KeyOutcome};
 use super::writer::EntrySender;
 use crate::engine::CopyStats;
-use crate::index::{millis_of, span_millis, Completion, Entry, IndexError, Millis};
+use crate::index::{millis_of, Completion, Entry, Millis};
 use crate::progress::Progress;
 use crate::store::{CopyRequest, ObjectMeta, StoreError};
 
@@ -26,8 +25,8 @@ impl WarmRun<'_> {
     ) -> CopyEnd {
         // A claim taken when the page was planned may be old by now (a
         // throttled engine queues copies for long): renew it first.
-        if self.w.clock.now().saturating_sub(claimed_at) >= self.renew_after() {
-            match self.renew(dest_key).await {
+        if self.w.clock.now().saturating_sub(claimed_at) >= self.claims.renew_after() {
+            match self.claims.renew(dest_key).await {
                 Ok(true) => {}
                 Ok(false) => return CopyEnd::ClaimLost,
                 Err(e) => return CopyEnd::Settled(KeyOutcome::index_failure(&e)),
@@ -35,12 +34,12 @@ impl WarmRun<'_> {
         }
         let copied = tokio::select! {
             r = self.copy_one(obj, dest_key) => r,
-            () = self.keep_claimed(dest_key) => unreachable!("the heartbeat never ends"),
+            () = self.claims.keep(dest_key) => unreachable!("the heartbeat never ends"),
         };
         let entry = match copied {
             Ok(entry) => entry,
             Err(e) => {
-                self.release(dest_key).await;
+                self.claims.release(dest_key).await;
                 return CopyEnd::Settled(if matches!(e, StoreError::Stopped) {
                     KeyOutcome::Stopped
                 } else {
@@ -67,38 +66,6 @@ impl WarmRun<'_> {
                 CopyEnd::ClaimLost
             }
             Err(_) => CopyEnd::Settled(KeyOutcome::writer_gone()),
-        }
-    }
-
-    /// How old a claim may get before it is renewed.
-    fn renew_after(&self) -> Millis {
-        span_millis(self.w.settings.claim_ttl / 4)
-    }
-
-    /// Extends this warm's own claim on `key`; false if it was lost.
-    async fn renew(&self, key: &str) -> Result<bool, IndexError> {
-        let terms = self.claim_terms();
-        self.w
-            .index
-            .renew_claim(self.dir(), key, self.owner, terms.deadline)
-            .await
-    }
-
-    /// Extends this warm's claim on `key` every quarter of the claim TTL,
-    /// for as long as it is polled (while the copy runs); stops once the
-    /// claim is lost (the completion then finds out and decides again).
-    async fn keep_claimed(&self, key: &str) {
-        let every = (self.w.settings.claim_ttl / 4).max(Duration::from_millis(10));
-        loop {
-            tokio::time::sleep(every).await;
-            match self.renew(key).await {
-                Ok(true) => {}
-                Ok(false) => {
-                    tracing::warn!(key, "copy claim lost while copying");
-                    return std::future::pending().await;
-                }
-                Err(e) => tracing::warn!(key, error = %e, "could not extend the copy claim"),
-            }
         }
     }
 

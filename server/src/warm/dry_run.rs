@@ -6,7 +6,6 @@
 //! (`listing.rs` filters them).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -157,13 +156,13 @@ impl WarmRun<'_> {
             }
             Ok::<_, WarmError>(plan)
         };
-        let (listed, planned) = tokio::join!(self.list(pages_tx), planner);
+        let (listed, planned) = tokio::join!(self.lister.list(pages_tx), planner);
         listed?;
         let mut plan = planned?;
         if self.stop.is_set() {
             return Err(WarmError::Stopped);
         }
-        plan.work.list_requests = self.list_requests.load(Ordering::Relaxed);
+        plan.work.list_requests = self.lister.requests();
         plan.planning = started.elapsed();
         let (objects, bytes) = plan.prefixes.values().fold((0, 0), |(o, b), t| {
             (o + t.objects_to_copy, b + t.bytes_to_copy)

@@ -8,7 +8,7 @@
 //! fails if the tokens cycle.
 
 use std::collections::{BTreeSet, HashSet, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use tracing::Instrument;
 
@@ -16,9 +16,12 @@ use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{mpsc, Notify};
 
-use super::run::WarmRun;
+use expresscache::WarmSpec;
+
 use super::WarmError;
-use crate::store::{ListQuery, ObjectMeta};
+use crate::progress::Progress;
+use crate::stop::StopSignal;
+use crate::store::{ListQuery, ObjectMeta, ObjectStore};
 
 /// How deep a tree is split before its sub-prefixes are listed flat.
 const MAX_TREE_DEPTH: u32 = 8;
@@ -239,11 +242,53 @@ impl MissingKeys {
     }
 }
 
-impl WarmRun<'_> {
+/// The warm's lister: what it lists (the request's source, prefixes and
+/// selection), where it reports (keys named but not found, progress) and
+/// what stops it; it counts the listing requests the warm sends.
+pub(super) struct Lister<'a> {
+    pub store: &'a dyn ObjectStore,
+    pub spec: &'a WarmSpec,
+    pub progress: &'a Progress,
+    pub stop: &'a StopSignal,
+    /// Listings run at once (`list_fanout`).
+    pub fanout: usize,
+    /// Listing requests sent (pages, empty or not), the warm's own
+    /// listings of its directory bucket included.
+    requests: AtomicU64,
+}
+
+impl<'a> Lister<'a> {
+    pub fn new(
+        store: &'a dyn ObjectStore,
+        spec: &'a WarmSpec,
+        progress: &'a Progress,
+        stop: &'a StopSignal,
+        fanout: usize,
+    ) -> Self {
+        Self {
+            store,
+            spec,
+            progress,
+            stop,
+            fanout: fanout.max(1),
+            requests: AtomicU64::new(0),
+        }
+    }
+
+    /// Listing requests sent so far.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Counts a listing request the warm sent itself.
+    pub fn count_request(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Lists every listing prefix, sending each page with objects to
     /// `pages`; stops early when the warm is stopped or nobody takes pages.
     pub async fn list(&self, pages: mpsc::Sender<Page>) -> Result<(), WarmError> {
-        let fanout = self.w.settings.list_fanout.max(1);
+        let fanout = self.fanout;
         let jobs = Jobs::default();
         let selection = &self.spec.selection;
         let listing = self.spec.listing_prefixes();
@@ -334,9 +379,8 @@ impl WarmRun<'_> {
                 return Ok(Listed::Stop);
             }
             metrics::counter!(crate::metrics::S3_LIST_REQUESTS).increment(1);
-            self.list_requests.fetch_add(1, Ordering::Relaxed);
+            self.count_request();
             let page = self
-                .w
                 .store
                 .list_page(bucket, &query, token.clone())
                 .instrument(tracing::debug_span!("list_page", otel.name = "list_page", bucket, prefix = %query.prefix, continued = token.is_some()))

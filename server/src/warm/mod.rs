@@ -16,6 +16,7 @@
 //! claim); `copying.rs` copies a claimed key and keeps its claim alive;
 //! `writer.rs`'s `EntryWriter` records copies in batches.
 
+mod claims;
 mod copying;
 pub mod dry_run;
 mod empty;

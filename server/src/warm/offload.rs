@@ -18,7 +18,6 @@
 //! copied) instead of making a second.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures::stream::{self, StreamExt};
@@ -128,7 +127,7 @@ impl WarmRun<'_> {
         let keys: Vec<String> = tasks.iter().map(|t| t.dest_key.clone()).collect();
         let tracked = tokio::select! {
             end = self.track_job(o, &job_id) => end,
-            () = self.keep_all_claimed(&keys) => unreachable!("the renewals never end"),
+            () = self.claims.keep_all(&keys, RENEWALS_AT_ONCE) => unreachable!("the renewals never end"),
         };
         if self.stop.reason() == Some(crate::stop::StopReason::Interrupted) {
             // Shutting down, or the run lost: the job goes on, and the
@@ -228,9 +227,9 @@ impl WarmRun<'_> {
             match seen.judge(&task, reported.get(&task.object.key), landed) {
                 Judged::Engine => to_engine.push(task),
                 Judged::Record(etag) => to_record.push((task, etag)),
-                Judged::Release => self.release(&task.dest_key).await,
+                Judged::Release => self.claims.release(&task.dest_key).await,
                 Judged::Fail(code, message) => {
-                    self.release(&task.dest_key).await;
+                    self.claims.release(&task.dest_key).await;
                     let message = if code == "SourceChanged" {
                         message
                     } else {
@@ -331,7 +330,7 @@ impl WarmRun<'_> {
     /// Gives back this warm's claims on `tasks`' keys.
     async fn release_all(&self, tasks: &[CopyTask]) {
         stream::iter(tasks.iter().filter(|t| t.claimed_at.is_some()))
-            .for_each_concurrent(RENEWALS_AT_ONCE, |t| self.release(&t.dest_key))
+            .for_each_concurrent(RENEWALS_AT_ONCE, |t| self.claims.release(&t.dest_key))
             .await;
     }
 
@@ -443,23 +442,6 @@ impl WarmRun<'_> {
         }
     }
 
-    /// Renews this warm's claims on `keys` every quarter of the claim TTL,
-    /// for as long as it is polled.
-    async fn keep_all_claimed(&self, keys: &[String]) {
-        let every = (self.w.settings.claim_ttl / 4).max(Duration::from_millis(10));
-        loop {
-            tokio::time::sleep(every).await;
-            let deadline = self.claim_terms().deadline;
-            stream::iter(keys)
-                .for_each_concurrent(RENEWALS_AT_ONCE, |k| async move {
-                    if let Err(e) = self.w.index.renew_claim(self.dir(), k, self.owner, deadline).await {
-                        tracing::warn!(key = %k, error = %e, "could not extend a claim during the job");
-                    }
-                })
-                .await;
-        }
-    }
-
     /// The destination's objects under the tasks' listing prefixes: key →
     /// (size, ETag).
     async fn list_landed(
@@ -488,7 +470,7 @@ impl WarmRun<'_> {
                         prefix: dest_prefix.clone(),
                         source,
                     })?;
-                self.list_requests.fetch_add(1, Ordering::Relaxed);
+                self.lister.count_request();
                 for o in page.objects {
                     if wanted.contains(o.key.as_str()) {
                         landed.insert(o.key, (o.size, o.etag, o.last_modified));
@@ -639,6 +621,7 @@ fn token(owner: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::Ordering;
     use crate::store::ObjectMeta;
     use crate::warm::Warmer;
     use std::sync::Arc;

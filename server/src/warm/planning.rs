@@ -48,7 +48,7 @@ impl WarmRun<'_> {
             }
             Ok::<(), WarmError>(())
         };
-        let (listed, planned) = tokio::join!(self.list(pages_tx), planner);
+        let (listed, planned) = tokio::join!(self.lister.list(pages_tx), planner);
         planned?;
         listed
     }
@@ -71,7 +71,7 @@ impl WarmRun<'_> {
             source_bucket: self.spec.source.as_str(),
             owner: self.owner,
             force: self.spec.force_copy,
-            now: self.takeover_now(),
+            now: self.claims.takeover_now(),
         };
         let dest_prefix = self.spec.dest_key(&page.prefix);
         let dest_of = |o: Option<&ObjectMeta>| o.map(|o| self.spec.dest_key(&o.key));
@@ -166,11 +166,7 @@ impl WarmRun<'_> {
             return Ok(tasks);
         }
         let now = self.w.clock.now();
-        let outcomes = self
-            .w
-            .index
-            .claim_copies(self.dir(), &to_claim, &self.claim_terms())
-            .await?;
+        let outcomes = self.claims.claim_all(&to_claim).await?;
         let mut outcomes = outcomes.into_iter();
         for t in tasks.iter_mut().filter(|t| t.wait_for.is_none()) {
             match outcomes.next() {
@@ -188,7 +184,7 @@ impl WarmRun<'_> {
         for task in batch {
             if let Err(mpsc::error::SendError(task)) = tasks.send(task).await {
                 if task.claimed_at.is_some() {
-                    self.release(&task.dest_key).await;
+                    self.claims.release(&task.dest_key).await;
                 }
             }
         }

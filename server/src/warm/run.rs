@@ -9,12 +9,13 @@ use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::mpsc;
 
+use super::claims::KeyClaims;
+use super::listing::Lister;
 use super::task::CopyTask;
 use super::writer::{EntrySender, EntryWriter};
 use super::{WarmError, WarmOutcome, Warmer};
 use crate::core::judge::Judge;
 use crate::core::operation::Phase;
-use crate::index::{release_or_lapse, span_millis, ClaimTerms, Millis};
 use crate::progress::Progress;
 use crate::stop::{StopReason, StopSignal};
 
@@ -45,8 +46,10 @@ pub(super) struct WarmRun<'a> {
     pub stop: &'a StopSignal,
     /// Whether the Copying phase was announced yet.
     announced: AtomicBool,
-    /// Listing requests sent (pages, empty or not).
-    pub list_requests: std::sync::atomic::AtomicU64,
+    /// Lists the source for the planner.
+    pub lister: Lister<'a>,
+    /// Its claims on destination keys.
+    pub claims: KeyClaims<'a>,
     /// The requested prefixes no listed key fell under yet.
     pub empty: super::empty::EmptyPrefixes,
     /// When the first copy started.
@@ -71,7 +74,15 @@ impl<'a> WarmRun<'a> {
             owner,
             stop,
             announced: AtomicBool::new(false),
-            list_requests: std::sync::atomic::AtomicU64::new(0),
+            lister: Lister::new(&*w.store, spec, progress, stop, w.settings.list_fanout),
+            claims: KeyClaims {
+                index: &*w.index,
+                clock: &*w.clock,
+                dir: spec.directory_bucket.as_str(),
+                owner,
+                ttl: w.settings.claim_ttl,
+                judge: Judge::new(w.settings.skew_margin),
+            },
             empty: super::empty::EmptyPrefixes::new(spec.prefixes.iter().map(|p| p.as_str())),
             copy_started: std::sync::OnceLock::new(),
             started: std::time::SystemTime::now(),
@@ -204,28 +215,4 @@ impl<'a> WarmRun<'a> {
         self.spec.directory_bucket.as_str()
     }
 
-    /// "Now" for deciding whether another holder's claim has lapsed: the
-    /// clock minus the skew margin, so a claim is taken over only once it
-    /// is past its deadline on any clock within the margin of ours.
-    pub fn takeover_now(&self) -> Millis {
-        Judge::new(self.w.settings.skew_margin).settled(self.w.clock.now())
-    }
-
-    /// The terms of a claim this warm takes or renews now.
-    pub fn claim_terms(&self) -> ClaimTerms<'a> {
-        ClaimTerms {
-            owner: self.owner,
-            deadline: self
-                .w
-                .clock
-                .now()
-                .saturating_add(span_millis(self.w.settings.claim_ttl)),
-            now: self.takeover_now(),
-        }
-    }
-
-    /// Gives back this warm's claim on `key`.
-    pub async fn release(&self, key: &str) {
-        release_or_lapse(self.w.index.as_ref(), self.dir(), key, self.owner).await;
-    }
 }

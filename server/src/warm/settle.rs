@@ -75,7 +75,7 @@ impl WarmRun<'_> {
         self.announce_copying();
         if self.stop.is_set() {
             if task.claimed_at.is_some() {
-                self.release(&task.dest_key).await;
+                self.claims.release(&task.dest_key).await;
             }
             return;
         }
@@ -135,12 +135,7 @@ impl WarmRun<'_> {
 
     /// Claims `key` for this warm: the next step, or how the key ended.
     async fn claim(&self, key: &str) -> Result<Step, KeyOutcome> {
-        match self
-            .w
-            .index
-            .claim_copy(self.dir(), key, &self.claim_terms())
-            .await
-        {
+        match self.claims.claim(key).await {
             Ok(ClaimOutcome::Held(claim)) => Ok(Step::Wait(claim)),
             Ok(ClaimOutcome::Claimed) => Ok(Step::Copy(self.w.clock.now())),
             Err(e) => Err(KeyOutcome::index_failure(&e)),
@@ -160,7 +155,7 @@ impl WarmRun<'_> {
             source_bucket: self.spec.source.as_str(),
             owner: self.owner,
             force: false,
-            now: self.takeover_now(),
+            now: self.claims.takeover_now(),
         };
         match planner.decide(obj, record) {
             Decision::Hit => Err(KeyOutcome::Shared),
@@ -188,7 +183,7 @@ impl WarmRun<'_> {
             let record = self.w.index.get_record(self.dir(), key).await?;
             // Waiting on a live holder is progress of the shared work.
             self.progress.touch();
-            let now = self.takeover_now();
+            let now = self.claims.takeover_now();
             let blocked = record
                 .as_ref()
                 .and_then(|r| r.claim.as_ref())
