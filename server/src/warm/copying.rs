@@ -6,15 +6,14 @@ use std::sync::atomic::Ordering;
 
 use tokio::sync::oneshot;
 
-use super::run::WarmRun;
-use super::settle::{CopyEnd, KeyOutcome};
+use super::settle::{CopyEnd, KeyOutcome, Settler};
 use super::writer::EntrySender;
 use crate::engine::CopyStats;
 use crate::index::{millis_of, Completion, Entry, Millis};
 use crate::progress::Progress;
 use crate::store::{CopyRequest, ObjectMeta, StoreError};
 
-impl WarmRun<'_> {
+impl Settler<'_> {
     /// Copies a key this warm claimed at `claimed_at` and records it.
     pub async fn copy_claimed(
         &self,
@@ -25,7 +24,7 @@ impl WarmRun<'_> {
     ) -> CopyEnd {
         // A claim taken when the page was planned may be old by now (a
         // throttled engine queues copies for long): renew it first.
-        if self.w.clock.now().saturating_sub(claimed_at) >= self.claims.renew_after() {
+        if self.claims.clock.now().saturating_sub(claimed_at) >= self.claims.renew_after() {
             match self.claims.renew(dest_key).await {
                 Ok(true) => {}
                 Ok(false) => return CopyEnd::ClaimLost,
@@ -77,11 +76,11 @@ impl WarmRun<'_> {
             source_bucket: spec.source.as_str(),
             source_key: &obj.key,
             source_etag: &obj.etag,
-            dest_bucket: self.dir(),
+            dest_bucket: self.claims.dir,
             dest_key,
         };
         let stats = CopyStats::with_activity(progress.activity());
-        let copied = self.w.engine.copy(&req, obj.size, &stats, self.stop).await;
+        let copied = self.engine.copy(&req, obj.size, &stats, self.stop).await;
         Progress::add(
             &progress.retries,
             u64::from(stats.retries.load(Ordering::Relaxed)),
@@ -90,10 +89,10 @@ impl WarmRun<'_> {
             &progress.throttled,
             u64::from(stats.throttled.load(Ordering::Relaxed)),
         );
-        progress.set_concurrency_limit(self.w.engine.limit_for(self.dir()));
+        progress.set_concurrency_limit(self.engine.limit_for(self.claims.dir));
         let copied = copied?;
         Ok(Entry {
-            directory_bucket: self.dir().to_owned(),
+            directory_bucket: self.claims.dir.to_owned(),
             key: dest_key.to_owned(),
             source_bucket: spec.source.to_string(),
             source_key: obj.key.clone(),
@@ -101,7 +100,7 @@ impl WarmRun<'_> {
             size: obj.size,
             source_last_modified: obj.last_modified.and_then(millis_of),
             dest_etag: copied.etag,
-            cached_at: self.w.clock.now(),
+            cached_at: self.claims.clock.now(),
         })
     }
 }

@@ -114,6 +114,8 @@ impl WarmRun<'_> {
         let part = self.w.engine.settings().part_size;
         let (pages_tx, mut pages) = mpsc::channel::<Page>(2);
         let listing = &listing;
+        let triage = self.triage();
+        let triage = &triage;
         // `move`: a planner that fails drops the receiver, which ends the
         // listing (a lister blocked on a full channel would wait forever).
         let planner = async move {
@@ -122,7 +124,7 @@ impl WarmRun<'_> {
                 if self.stop.is_set() {
                     break;
                 }
-                let (tasks, counts) = self.triage(&page).await?;
+                let (tasks, counts) = triage.page(&page).await?;
                 // The listing prefix the page is under (a tree listing
                 // pages by sub-prefix).
                 let under = listing

@@ -104,8 +104,12 @@ impl WarmRun<'_> {
         // As many as the destination's adaptive limit can use (as the
         // engine's own pipeline does), at least a few.
         let at_once = (self.w.engine.limit_for(self.dir()) * 2).max(ENGINE_TASKS);
+        let settler = self.settler();
         stream::iter(tasks)
-            .for_each_concurrent(at_once, |t| self.run_task(t, entries))
+            .for_each_concurrent(at_once, |t| {
+                self.announce_copying();
+                settler.run_task(t, entries)
+            })
             .await;
     }
 

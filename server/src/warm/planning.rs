@@ -6,6 +6,10 @@ use std::ops::Bound;
 
 use tokio::sync::mpsc;
 
+use expresscache::WarmSpec;
+
+use super::claims::KeyClaims;
+use super::empty::EmptyPrefixes;
 use super::listing::Page;
 use super::run::WarmRun;
 use super::task::CopyTask;
@@ -36,15 +40,16 @@ impl WarmRun<'_> {
         // `move`: the planner owns the receiver, so when it fails the
         // receiver is dropped and the listers' next send ends the listing
         // (a lister blocked on a full channel would otherwise never return).
+        let triage = self.triage();
         let planner = async move {
             while let Some(page) = pages.recv().await {
                 // Stopped: claiming more keys would only give them back.
                 if self.stop.is_set() {
                     break;
                 }
-                let (batch, _) = self.triage(&page).await?;
-                let batch = self.claim_batch(batch).await?;
-                self.dispatch(batch, tasks).await;
+                let (batch, _) = triage.page(&page).await?;
+                let batch = triage.claim(batch).await?;
+                triage.dispatch(batch, tasks).await;
             }
             Ok::<(), WarmError>(())
         };
@@ -52,11 +57,23 @@ impl WarmRun<'_> {
         planned?;
         listed
     }
+}
 
+/// Decides the keys of each listed page against the index and claims the
+/// ones to copy: what triage uses of the warm.
+pub(super) struct Triage<'a> {
+    pub claims: &'a KeyClaims<'a>,
+    pub spec: &'a WarmSpec,
+    pub progress: &'a Progress,
+    /// The requested prefixes no listed key fell under yet.
+    pub empty: &'a EmptyPrefixes,
+}
+
+impl Triage<'_> {
     /// Decides each key of `page` against the index (one ordered read of
     /// the page's key range): counts hits, fails what cannot be copied, and
     /// returns the rest as tasks, with what the page held.
-    pub(super) async fn triage(
+    pub async fn page(
         &self,
         page: &Page,
     ) -> Result<(Vec<CopyTask>, PageCounts), WarmError> {
@@ -69,7 +86,7 @@ impl WarmRun<'_> {
         );
         let planner = Planner {
             source_bucket: self.spec.source.as_str(),
-            owner: self.owner,
+            owner: self.claims.owner,
             force: self.spec.force_copy,
             now: self.claims.takeover_now(),
         };
@@ -82,8 +99,8 @@ impl WarmRun<'_> {
         };
         let mut counts = PageCounts::default();
         let mut records = RecordCursor::new(
-            self.w.index.as_ref(),
-            self.dir(),
+            self.claims.index,
+            self.claims.dir,
             &dest_prefix,
             Bound::Included(first),
             &last,
@@ -92,7 +109,7 @@ impl WarmRun<'_> {
         for obj in &page.objects {
             let dest_key = self.spec.dest_key(&obj.key);
             let record = records.seek(&dest_key).await?;
-            tasks.extend(self.triage_one(&planner, obj, dest_key, record.as_ref(), &mut counts));
+            tasks.extend(self.decide_one(&planner, obj, dest_key, record.as_ref(), &mut counts));
         }
         Ok((tasks, counts))
     }
@@ -100,7 +117,7 @@ impl WarmRun<'_> {
     /// What one listed object becomes, given its index record: a hit or a
     /// refusal (counted in `counts`, and a refusal failed), or a task to
     /// copy it or wait for another holder.
-    fn triage_one(
+    fn decide_one(
         &self,
         planner: &Planner<'_>,
         obj: &ObjectMeta,
@@ -124,7 +141,7 @@ impl WarmRun<'_> {
                     format!(
                         "{}/{dest_key} is already cached from {cached_from}; \
                          evict it first, or use a destination_prefix",
-                        self.dir()
+                        self.claims.dir
                     ),
                 );
                 return None;
@@ -156,7 +173,7 @@ impl WarmRun<'_> {
 
     /// Claims every task's key that nobody else was seen holding, in one
     /// index round trip; a key someone else holds becomes a wait.
-    async fn claim_batch(&self, mut tasks: Vec<CopyTask>) -> Result<Vec<CopyTask>, WarmError> {
+    pub async fn claim(&self, mut tasks: Vec<CopyTask>) -> Result<Vec<CopyTask>, WarmError> {
         let to_claim: Vec<String> = tasks
             .iter()
             .filter(|t| t.wait_for.is_none())
@@ -165,7 +182,7 @@ impl WarmRun<'_> {
         if to_claim.is_empty() {
             return Ok(tasks);
         }
-        let now = self.w.clock.now();
+        let now = self.claims.clock.now();
         let outcomes = self.claims.claim_all(&to_claim).await?;
         let mut outcomes = outcomes.into_iter();
         for t in tasks.iter_mut().filter(|t| t.wait_for.is_none()) {
@@ -180,7 +197,7 @@ impl WarmRun<'_> {
 
     /// Queues the tasks for the copiers; if the copiers are gone (the warm
     /// is ending), gives back the claims the tasks hold.
-    async fn dispatch(&self, batch: Vec<CopyTask>, tasks: &mpsc::Sender<CopyTask>) {
+    pub async fn dispatch(&self, batch: Vec<CopyTask>, tasks: &mpsc::Sender<CopyTask>) {
         for task in batch {
             if let Err(mpsc::error::SendError(task)) = tasks.send(task).await {
                 if task.claimed_at.is_some() {

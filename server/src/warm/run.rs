@@ -11,6 +11,8 @@ use tokio::sync::mpsc;
 
 use super::claims::KeyClaims;
 use super::listing::Lister;
+use super::planning::Triage;
+use super::settle::Settler;
 use super::task::CopyTask;
 use super::writer::{EntrySender, EntryWriter};
 use super::{WarmError, WarmOutcome, Warmer};
@@ -178,6 +180,7 @@ impl<'a> WarmRun<'a> {
     /// the warm and the copies are never starved of tasks.
     async fn copy_all(&self, mut tasks: mpsc::Receiver<CopyTask>, entries: EntrySender) {
         let entries = &entries;
+        let settler = self.settler();
         let ceiling = self
             .w
             .settings
@@ -195,10 +198,35 @@ impl<'a> WarmRun<'a> {
             tokio::select! {
                 Some(()) = running.next(), if !running.is_empty() => {}
                 task = tasks.recv(), if open && running.len() < room => match task {
-                    Some(task) => running.push(Box::pin(self.run_task(task, entries))),
+                    Some(task) => {
+                        self.announce_copying();
+                        running.push(Box::pin(settler.run_task(task, entries)));
+                    }
                     None => open = false,
                 },
             }
+        }
+    }
+
+    /// The stage that decides listed keys and claims the ones to copy.
+    pub fn triage(&self) -> Triage<'_> {
+        Triage {
+            claims: &self.claims,
+            spec: self.spec,
+            progress: self.progress,
+            empty: &self.empty,
+        }
+    }
+
+    /// The stage that takes queued keys to their end.
+    pub fn settler(&self) -> Settler<'_> {
+        Settler {
+            claims: &self.claims,
+            engine: &self.w.engine,
+            spec: self.spec,
+            progress: self.progress,
+            stop: self.stop,
+            wait_poll: self.w.settings.wait_poll,
         }
     }
 

@@ -4,13 +4,28 @@
 
 use std::time::Duration;
 
-use super::run::WarmRun;
+use expresscache::WarmSpec;
+
+use super::claims::KeyClaims;
 use super::task::CopyTask;
 use super::writer::EntrySender;
 use crate::index::{Claim, ClaimOutcome, IndexError, Millis, Record};
 use crate::plan::{Decision, Planner};
+use crate::engine::CopyEngine;
 use crate::progress::Progress;
+use crate::stop::StopSignal;
 use crate::store::ObjectMeta;
+
+/// Takes queued keys to their end: what settling uses of the warm.
+pub(super) struct Settler<'a> {
+    pub claims: &'a KeyClaims<'a>,
+    pub engine: &'a CopyEngine,
+    pub spec: &'a WarmSpec,
+    pub progress: &'a Progress,
+    pub stop: &'a StopSignal,
+    /// The first pause while waiting out another operation's claim.
+    pub wait_poll: Duration,
+}
 
 /// How one key ended for this warm.
 pub(super) enum KeyOutcome {
@@ -69,10 +84,9 @@ pub(super) enum CopyEnd {
     ClaimLost,
 }
 
-impl WarmRun<'_> {
+impl Settler<'_> {
     /// Settles one queued task and counts how it ended.
     pub async fn run_task(&self, task: CopyTask, entries: &EntrySender) {
-        self.announce_copying();
         if self.stop.is_set() {
             if task.claimed_at.is_some() {
                 self.claims.release(&task.dest_key).await;
@@ -114,7 +128,7 @@ impl WarmRun<'_> {
                     Ok(Released::Stopped) => Err(KeyOutcome::Stopped),
                     Err(e) => Err(KeyOutcome::index_failure(&e)),
                 },
-                Step::Decide => match self.w.index.get_record(self.dir(), dest_key).await {
+                Step::Decide => match self.claims.index.get_record(self.claims.dir, dest_key).await {
                     Ok(r) => self.redecide(obj, dest_key, r.as_ref()),
                     Err(e) => Err(KeyOutcome::index_failure(&e)),
                 },
@@ -137,7 +151,7 @@ impl WarmRun<'_> {
     async fn claim(&self, key: &str) -> Result<Step, KeyOutcome> {
         match self.claims.claim(key).await {
             Ok(ClaimOutcome::Held(claim)) => Ok(Step::Wait(claim)),
-            Ok(ClaimOutcome::Claimed) => Ok(Step::Copy(self.w.clock.now())),
+            Ok(ClaimOutcome::Claimed) => Ok(Step::Copy(self.claims.clock.now())),
             Err(e) => Err(KeyOutcome::index_failure(&e)),
         }
     }
@@ -153,7 +167,7 @@ impl WarmRun<'_> {
     ) -> Result<Step, KeyOutcome> {
         let planner = Planner {
             source_bucket: self.spec.source.as_str(),
-            owner: self.owner,
+            owner: self.claims.owner,
             force: false,
             now: self.claims.takeover_now(),
         };
@@ -162,7 +176,7 @@ impl WarmRun<'_> {
             Decision::Wait(next) => Ok(Step::Wait(next)),
             Decision::Clash { cached_from } => Err(KeyOutcome::Failed {
                 code: "KeyClash".into(),
-                message: format!("{}/{dest_key} is now cached from {cached_from}", self.dir()),
+                message: format!("{}/{dest_key} is now cached from {cached_from}", self.claims.dir),
             }),
             // The other copy failed or was evicted: do it ourselves.
             Decision::Copy(_) => Ok(Step::Claim),
@@ -173,21 +187,21 @@ impl WarmRun<'_> {
     /// record as it then stands.
     async fn wait_for_release(&self, key: &str, claim: &Claim) -> Result<Released, IndexError> {
         tracing::debug!(key, holder = %claim.owner, "waiting for another operation's claim");
-        let mut delay = self.w.settings.wait_poll;
+        let mut delay = self.wait_poll;
         loop {
             tokio::time::sleep(delay).await;
             if self.stop.is_set() {
                 return Ok(Released::Stopped);
             }
             delay = (delay * 2).min(Duration::from_secs(1));
-            let record = self.w.index.get_record(self.dir(), key).await?;
+            let record = self.claims.index.get_record(self.claims.dir, key).await?;
             // Waiting on a live holder is progress of the shared work.
             self.progress.touch();
             let now = self.claims.takeover_now();
             let blocked = record
                 .as_ref()
                 .and_then(|r| r.claim.as_ref())
-                .is_some_and(|c| c.blocks(self.owner, now));
+                .is_some_and(|c| c.blocks(self.claims.owner, now));
             if !blocked {
                 return Ok(Released::Now(record.map(Box::new)));
             }
