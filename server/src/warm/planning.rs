@@ -11,17 +11,12 @@ use expresscache::WarmSpec;
 use super::claims::KeyClaims;
 use super::empty::EmptyPrefixes;
 use super::listing::Page;
-use super::run::WarmRun;
 use super::task::CopyTask;
 use super::WarmError;
 use crate::index::{ClaimOutcome, Record, RecordCursor};
 use crate::plan::{Decision, Planner};
 use crate::progress::Progress;
 use crate::store::ObjectMeta;
-
-/// Listing pages fetched ahead of the planner: the next page is listed
-/// while this one is planned, so a re-warm costs about the listing alone.
-const PAGES_AHEAD: usize = 2;
 
 /// What a page held besides the keys to copy.
 #[derive(Debug, Clone, Copy, Default)]
@@ -30,33 +25,6 @@ pub(super) struct PageCounts {
     pub hit_bytes: u64,
     /// Keys that cannot be warmed (KeyClash, KeyTooLong).
     pub refused: u64,
-}
-
-impl WarmRun<'_> {
-    /// Lists each prefix, merges each page with the index and queues what
-    /// must be copied or waited for.
-    pub async fn plan(&self, tasks: &mpsc::Sender<CopyTask>) -> Result<(), WarmError> {
-        let (pages_tx, mut pages) = mpsc::channel::<Page>(PAGES_AHEAD);
-        // `move`: the planner owns the receiver, so when it fails the
-        // receiver is dropped and the listers' next send ends the listing
-        // (a lister blocked on a full channel would otherwise never return).
-        let triage = self.triage();
-        let planner = async move {
-            while let Some(page) = pages.recv().await {
-                // Stopped: claiming more keys would only give them back.
-                if self.stop.is_set() {
-                    break;
-                }
-                let (batch, _) = triage.page(&page).await?;
-                let batch = triage.claim(batch).await?;
-                triage.dispatch(batch, tasks).await;
-            }
-            Ok::<(), WarmError>(())
-        };
-        let (listed, planned) = tokio::join!(self.lister.list(pages_tx), planner);
-        planned?;
-        listed
-    }
 }
 
 /// Decides the keys of each listed page against the index and claims the

@@ -10,7 +10,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::mpsc;
 
 use super::claims::KeyClaims;
-use super::listing::Lister;
+use super::listing::{Lister, Page};
 use super::planning::Triage;
 use super::settle::Settler;
 use super::task::CopyTask;
@@ -20,6 +20,10 @@ use crate::core::judge::Judge;
 use crate::core::operation::Phase;
 use crate::progress::Progress;
 use crate::stop::{StopReason, StopSignal};
+
+/// Listing pages fetched ahead of the planner: the next page is listed
+/// while this one is planned, so a re-warm costs about the listing alone.
+const PAGES_AHEAD: usize = 2;
 
 /// Copy tasks queued ahead of the copiers: about two listing pages, so the
 /// planner works on the next page while the copiers start on this one.
@@ -142,6 +146,31 @@ impl<'a> WarmRun<'a> {
         // Evict ended a lease meanwhile, what was counted may be gone.
         self.leases().write().await?;
         Ok(self.outcome())
+    }
+
+    /// Lists each prefix, merges each page with the index and queues what
+    /// must be copied or waited for.
+    pub async fn plan(&self, tasks: &mpsc::Sender<CopyTask>) -> Result<(), WarmError> {
+        let (pages_tx, mut pages) = mpsc::channel::<Page>(PAGES_AHEAD);
+        // `move`: the planner owns the receiver, so when it fails the
+        // receiver is dropped and the listers' next send ends the listing
+        // (a lister blocked on a full channel would otherwise never return).
+        let triage = self.triage();
+        let planner = async move {
+            while let Some(page) = pages.recv().await {
+                // Stopped: claiming more keys would only give them back.
+                if self.stop.is_set() {
+                    break;
+                }
+                let (batch, _) = triage.page(&page).await?;
+                let batch = triage.claim(batch).await?;
+                triage.dispatch(batch, tasks).await;
+            }
+            Ok::<(), WarmError>(())
+        };
+        let (listed, planned) = tokio::join!(self.lister.list(pages_tx), planner);
+        planned?;
+        listed
     }
 
     /// Reports the prefixes that listed nothing, and fails the warm when
