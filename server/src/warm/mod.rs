@@ -8,18 +8,23 @@
 //! drain, so memory does not grow with the number of objects.
 //!
 //! Where each part lives: [`WarmRun`] (`run.rs`) is one warm's state and
-//! the pipeline that joins the parts; `leases.rs` writes and renews its
-//! leases; `listing.rs` pages through the source; `planning.rs` merges a
-//! page with the index and claims what to copy, handing each key on as a
-//! `CopyTask` (`task.rs`); `settle.rs` takes one key
-//! to its end (waiting out another holder, deciding again after a lost
-//! claim); `copying.rs` copies a claimed key and keeps its claim alive;
-//! `writer.rs`'s `EntryWriter` records copies in batches.
+//! the pipeline that joins the stages, each a type holding only what it
+//! uses: `Lister` (`listing.rs`) pages through the source; `Triage`
+//! (`planning.rs`) merges a page with the index and claims what to copy,
+//! handing each key on as a `CopyTask` (`task.rs`); `Settler`
+//! (`settle.rs`, `copying.rs`) takes one key to its end, waiting out
+//! another holder and keeping its claim alive while it copies; `Offloader`
+//! (`offload.rs`) copies through an S3 Batch Operations job instead and
+//! judges what the job landed (`job_seen.rs`); `EntryWriter` (`writer.rs`)
+//! records copies in batches. `KeyClaims` (`claims.rs`) is every claim the
+//! warm takes, renews or releases; `LeaseKeeper` (`leases.rs`) writes and
+//! renews its leases.
 
 mod claims;
 mod copying;
 pub mod dry_run;
 mod empty;
+mod job_seen;
 mod lease_writer;
 #[cfg(any(test, feature = "testing"))]
 pub use lease_writer::coarsen as coarsen_expiry;
@@ -27,6 +32,7 @@ pub use leases::LeaseKeeper;
 mod leases;
 mod listing;
 mod offload;
+mod phase;
 mod planning;
 mod run;
 mod settle;

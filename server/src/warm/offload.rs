@@ -18,22 +18,30 @@
 //! copied) instead of making a second.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use futures::stream::{self, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 
-use super::run::WarmRun;
+use expresscache::WarmSpec;
+
+use super::claims::KeyClaims;
+use super::listing::Lister;
+use super::phase::CopyingStarted;
+use super::settle::Settler;
+use super::job_seen::{JobSeen, Judged};
 use super::task::CopyTask;
 use super::writer::EntrySender;
 use super::WarmError;
 use crate::batch::control::{JobError, JobSpec, JobState};
 use crate::batch::Offload;
+use crate::core::clock::Clock;
 use crate::core::judge::Judge;
+use crate::engine::CopyEngine;
 use crate::core::limits::MAX_COPY_OBJECT;
 use crate::index::{millis_of, Completion, Entry};
 use crate::progress::Progress;
-use crate::store::ListQuery;
+use crate::stop::StopSignal;
+use crate::store::{ListQuery, ObjectStore};
 
 /// Keys the engine settles at once beside a job, at least.
 const ENGINE_TASKS: usize = 16;
@@ -51,21 +59,36 @@ enum Landed {
     Engine,
 }
 
-impl WarmRun<'_> {
-    /// The offload this warm may use: configured, and asked for or with a
-    /// threshold to check.
-    pub(super) fn offload(&self) -> Option<&Offload> {
-        self.w
-            .batch
-            .as_deref()
-            .filter(|o| self.spec.batch_operations || o.threshold.is_some())
-    }
+/// Copies a warm's planned keys through an S3 Batch Operations job where
+/// the plan calls for one, and the rest through the engine: what offload
+/// uses of the warm.
+pub(super) struct Offloader<'a> {
+    pub o: &'a Offload,
+    pub claims: &'a KeyClaims<'a>,
+    /// Copies what the job does not (and what it did not land).
+    pub settler: Settler<'a>,
+    /// Counts the listing of what landed with the warm's listing requests.
+    pub lister: &'a Lister<'a>,
+    pub store: &'a dyn ObjectStore,
+    pub engine: &'a CopyEngine,
+    pub spec: &'a WarmSpec,
+    pub progress: &'a Progress,
+    /// The claim owner: the operation id (the attempt's).
+    pub owner: &'a str,
+    pub stop: &'a StopSignal,
+    pub copying: &'a CopyingStarted,
+    pub clock: &'a dyn Clock,
+    pub judge: Judge,
+    /// When the warm began (wall clock, as S3 stamps objects): the job
+    /// copies only sources not modified since.
+    pub started: std::time::SystemTime,
+}
 
+impl Offloader<'_> {
     /// Copies every task from `tasks`, through a job when the plan calls
     /// for one.
-    pub(super) async fn copy_all_offloaded(
+    pub async fn copy_all(
         &self,
-        o: &Offload,
         mut tasks: mpsc::Receiver<CopyTask>,
         entries: EntrySender,
     ) -> Result<(), WarmError> {
@@ -82,7 +105,7 @@ impl WarmRun<'_> {
         // plan's size: it copies these keys meanwhile.
         let wanted = self.spec.batch_operations
             || self.progress.batch_job().is_some()
-            || o.threshold.is_some_and(|n| job.len() as u64 > n);
+            || self.o.threshold.is_some_and(|n| job.len() as u64 > n);
         let (job, engine) = if wanted && !job.is_empty() && !self.stop.is_set() {
             (job, engine)
         } else {
@@ -93,7 +116,7 @@ impl WarmRun<'_> {
             if job.is_empty() {
                 return Ok(());
             }
-            self.copy_by_job(o, job, entries).await
+            self.copy_by_job(job, entries).await
         };
         let ((), by_job) = tokio::join!(by_engine, by_job);
         by_job
@@ -103,11 +126,11 @@ impl WarmRun<'_> {
     async fn settle_all(&self, tasks: Vec<CopyTask>, entries: &EntrySender) {
         // As many as the destination's adaptive limit can use (as the
         // engine's own pipeline does), at least a few.
-        let at_once = (self.w.engine.limit_for(self.dir()) * 2).max(ENGINE_TASKS);
-        let settler = self.settler();
+        let at_once = (self.engine.limit_for(self.dir()) * 2).max(ENGINE_TASKS);
+        let settler = &self.settler;
         stream::iter(tasks)
             .for_each_concurrent(at_once, |t| {
-                self.announce_copying();
+                self.copying.announce(self.progress);
                 settler.run_task(t, entries)
             })
             .await;
@@ -115,13 +138,12 @@ impl WarmRun<'_> {
 
     async fn copy_by_job(
         &self,
-        o: &Offload,
         tasks: Vec<CopyTask>,
         entries: &EntrySender,
     ) -> Result<(), WarmError> {
-        self.announce_copying();
+        self.copying.announce(self.progress);
         let created_here = self.progress.batch_job().is_none();
-        let job_id = match self.job_to_follow(o, &tasks).await {
+        let job_id = match self.job_to_follow(&tasks).await {
             Ok(id) => id,
             Err(e) => {
                 self.release_all(&tasks).await;
@@ -130,7 +152,7 @@ impl WarmRun<'_> {
         };
         let keys: Vec<String> = tasks.iter().map(|t| t.dest_key.clone()).collect();
         let tracked = tokio::select! {
-            end = self.track_job(o, &job_id) => end,
+            end = self.track_job(&job_id) => end,
             () = self.claims.keep_all(&keys, RENEWALS_AT_ONCE) => unreachable!("the renewals never end"),
         };
         if self.stop.reason() == Some(crate::stop::StopReason::Interrupted) {
@@ -142,14 +164,15 @@ impl WarmRun<'_> {
         let end = match tracked {
             Ok(end) => end,
             Err(e) => {
-                self.abandon(o, &job_id, &tasks).await;
+                self.abandon(&job_id, &tasks).await;
                 return Err(e);
             }
         };
         // Failed tasks first (the report), then what landed (the listing).
         let results = async {
             self.still_holding_the_run()?;
-            let reported = o
+            let reported = self
+                .o
                 .failed_tasks(&report_prefix(self.owner), &job_id, end.state)
                 .await
                 .map_err(|e| WarmError::Batch(e.to_string()))?;
@@ -188,7 +211,7 @@ impl WarmRun<'_> {
             // the clock skew margin, and a second: S3 stamps whole
             // seconds) was there before it, whatever its size.
             written_after: end.created.map_or(std::time::UNIX_EPOCH, |t| {
-                Judge::new(self.w.settings.skew_margin).settled_stamp(t)
+                self.judge.settled_stamp(t)
             }),
             // The job's own guard (an earlier attempt's, when following
             // its job); this attempt's if the job did not say; none known:
@@ -202,14 +225,14 @@ impl WarmRun<'_> {
 
     /// The job that copies `tasks`: an earlier attempt's (its id in this
     /// warm's record), or one started now.
-    async fn job_to_follow(&self, o: &Offload, tasks: &[CopyTask]) -> Result<String, WarmError> {
+    async fn job_to_follow(&self, tasks: &[CopyTask]) -> Result<String, WarmError> {
         match self.progress.batch_job() {
             Some(id) => {
                 tracing::info!(operation_id = self.owner, job_id = %id,
                     "following the S3 Batch Operations job an earlier attempt created");
                 Ok(id)
             }
-            None => self.start_job(o, tasks).await,
+            None => self.start_job(tasks).await,
         }
     }
 
@@ -284,7 +307,7 @@ impl WarmRun<'_> {
 
     /// Writes the manifest of `tasks` and creates the job; records its id
     /// in the operation's log at once.
-    async fn start_job(&self, o: &Offload, tasks: &[CopyTask]) -> Result<String, WarmError> {
+    async fn start_job(&self, tasks: &[CopyTask]) -> Result<String, WarmError> {
         self.still_holding_the_run()?;
         let failed = |e: JobError| WarmError::Batch(e.to_string());
         let dir = self.dir();
@@ -297,23 +320,23 @@ impl WarmRun<'_> {
             .map(|t| (self.spec.source.to_string(), t.object.key.clone()))
             .collect();
         let (manifest_arn, manifest_etag) =
-            o.put_manifest(&manifest_key, &rows).await.map_err(failed)?;
+            self.o.put_manifest(&manifest_key, &rows).await.map_err(failed)?;
         let spec = JobSpec {
             client_request_token: name.clone(),
             manifest_arn,
             manifest_etag,
             target_arn: format!(
                 "arn:aws:s3express:{}:{}:bucket/{dir}",
-                o.region, o.account_id
+                self.o.region, self.o.account_id
             ),
             target_key_prefix: self.spec.destination_prefix.to_string(),
-            report_bucket_arn: format!("arn:aws:s3:::{}", o.working_bucket),
+            report_bucket_arn: format!("arn:aws:s3:::{}", self.o.working_bucket),
             report_prefix: report_prefix(self.owner),
-            role_arn: o.role_arn.clone(),
+            role_arn: self.o.role_arn.clone(),
             description: format!("expresscache warm {name}"),
             unmodified_since: self.started,
         };
-        let id = self.create_job(o, &spec).await?;
+        let id = self.create_job(&spec).await?;
         // In the log at once: a resumed attempt follows this job.
         self.progress.set_batch_job(Some(&id));
         tracing::info!(operation_id = self.owner, job_id = %id, keys = tasks.len(),
@@ -323,8 +346,8 @@ impl WarmRun<'_> {
 
     /// After a failure while the job may still run: cancels it (best
     /// effort) and gives back the claims.
-    async fn abandon(&self, o: &Offload, job_id: &str, tasks: &[CopyTask]) {
-        if let Err(e) = o.jobs.cancel_job(job_id).await {
+    async fn abandon(&self, job_id: &str, tasks: &[CopyTask]) {
+        if let Err(e) = self.o.jobs.cancel_job(job_id).await {
             tracing::warn!(operation_id = self.owner, job_id, error = %e,
                 "could not cancel the job of a failed warm");
         }
@@ -339,11 +362,11 @@ impl WarmRun<'_> {
     }
 
     /// CreateJob, retried while S3 Control is throttled or unreachable.
-    async fn create_job(&self, o: &Offload, spec: &JobSpec) -> Result<String, WarmError> {
-        let backoff = expresscache::Backoff::new(o.poll.0, o.poll.1);
+    async fn create_job(&self, spec: &JobSpec) -> Result<String, WarmError> {
+        let backoff = expresscache::Backoff::new(self.o.poll.0, self.o.poll.1);
         for attempt in 1.. {
             self.still_holding_the_run()?;
-            match o.jobs.create_job(spec).await {
+            match self.o.jobs.create_job(spec).await {
                 Ok(id) => return Ok(id),
                 Err(JobError::Unavailable(e)) if attempt < 5 => {
                     tracing::warn!(operation_id = self.owner, error = %e, "CreateJob failed; retrying");
@@ -377,10 +400,9 @@ impl WarmRun<'_> {
     /// the warm is stopped.
     async fn track_job(
         &self,
-        o: &Offload,
         job_id: &str,
     ) -> Result<crate::batch::JobStatus, WarmError> {
-        let mut pause = o.poll.0;
+        let mut pause = self.o.poll.0;
         let mut cancelled = false;
         loop {
             if self.stop.reason() == Some(crate::stop::StopReason::Interrupted) {
@@ -397,7 +419,7 @@ impl WarmRun<'_> {
                 });
             }
             if self.stop.reason() == Some(crate::stop::StopReason::Cancelled) && !cancelled {
-                match o.jobs.cancel_job(job_id).await {
+                match self.o.jobs.cancel_job(job_id).await {
                     Ok(status) => {
                         tracing::info!(
                             operation_id = self.owner,
@@ -412,7 +434,7 @@ impl WarmRun<'_> {
                     }
                 }
             }
-            match o.jobs.describe_job(job_id).await {
+            match self.o.jobs.describe_job(job_id).await {
                 Ok(s) => {
                     // Shown live; its count is activity (a long job is not
                     // stuck).
@@ -442,7 +464,7 @@ impl WarmRun<'_> {
                 () = tokio::time::sleep(pause) => {}
                 () = self.stop.stopped(), if !cancelled => {}
             }
-            pause = (pause * 2).min(o.poll.1);
+            pause = (pause * 2).min(self.o.poll.1);
         }
     }
 
@@ -465,7 +487,6 @@ impl WarmRun<'_> {
                     delimited: false,
                 };
                 let page = self
-                    .w
                     .store
                     .list_page(self.dir(), &query, token.take())
                     .await
@@ -475,9 +496,9 @@ impl WarmRun<'_> {
                         source,
                     })?;
                 self.lister.count_request();
-                for o in page.objects {
-                    if wanted.contains(o.key.as_str()) {
-                        landed.insert(o.key, (o.size, o.etag, o.last_modified));
+                for obj in page.objects {
+                    if wanted.contains(obj.key.as_str()) {
+                        landed.insert(obj.key, (obj.size, obj.etag, obj.last_modified));
                     }
                 }
                 match page.next {
@@ -501,7 +522,7 @@ impl WarmRun<'_> {
             size: task.object.size,
             source_last_modified: task.object.last_modified.and_then(millis_of),
             dest_etag: dest_etag.to_owned(),
-            cached_at: self.w.clock.now(),
+            cached_at: self.clock.now(),
         };
         let (reply, recorded) = oneshot::channel();
         if entries.send((entry, reply)).await.is_err() {
@@ -512,92 +533,10 @@ impl WarmRun<'_> {
             _ => Landed::Engine,
         }
     }
-}
 
-/// What is known of a job once it ended, to judge each task by.
-#[derive(Debug, Clone, Copy)]
-struct JobSeen {
-    /// A destination object older than this was not written by the job.
-    written_after: std::time::SystemTime,
-    /// The job copies only sources not modified after this.
-    guard: Option<std::time::SystemTime>,
-    /// The warm was stopped: what did not land is released, not copied.
-    stopped: bool,
-}
-
-/// What becomes of one task after the job.
-#[derive(Debug, PartialEq, Eq)]
-enum Judged {
-    /// The job copied the version this task planned: record it, with the
-    /// destination's ETag.
-    Record(String),
-    /// Not the job's (or not known to be): the engine copies it.
-    Engine,
-    /// The warm stopped before it was copied: give the claim back.
-    Release,
-    /// It failed: code and message.
-    Fail(String, String),
-}
-
-impl JobSeen {
-    /// `task`'s fate, given the job's report of it and what landed at its
-    /// key (size, ETag, modification time).
-    ///
-    /// The job copies the source's version of its own copy time, and
-    /// only one not modified after its guard. So a landed object is the
-    /// version this task planned only if that version was written before
-    /// the guard (by a whole second: S3 stamps whole seconds): no later
-    /// version then existed when the job copied, since this task's
-    /// listing, made after the guard, still shows it. A task planned from
-    /// a later version (the source was overwritten after the guard, as
-    /// when a takeover re-lists while following an earlier attempt's job)
-    /// is the engine's, whatever landed: recording it would vouch for
-    /// the job's older bytes under the newer version's ETag.
-    fn judge(
-        &self,
-        task: &CopyTask,
-        reported: Option<&(String, String)>,
-        landed: Option<&(u64, String, Option<std::time::SystemTime>)>,
-    ) -> Judged {
-        let before_guard = match (task.object.last_modified, self.guard) {
-            (Some(m), Some(g)) => m + Duration::from_secs(1) <= g,
-            _ => false,
-        };
-        if !before_guard {
-            return if self.stopped {
-                Judged::Release
-            } else {
-                Judged::Engine
-            };
-        }
-        if let Some((code, message)) = reported {
-            return if code == "PreconditionFailed" {
-                Judged::Fail(
-                    "SourceChanged".to_owned(),
-                    "the source changed after it was listed (the job copies only what was not \
-                     modified since the plan began); warm again"
-                        .to_owned(),
-                )
-            } else {
-                Judged::Fail(code.clone(), message.clone())
-            };
-        }
-        match landed {
-            Some((_, _, modified)) if modified.is_none_or(|m| m < self.written_after) => {
-                Judged::Engine
-            }
-            Some((size, _, _)) if *size != task.object.size => Judged::Fail(
-                "SourceChanged".to_owned(),
-                format!(
-                    "the job copied {size} bytes where the plan listed {}: the source changed \
-                     after it was listed; warm again",
-                    task.object.size
-                ),
-            ),
-            Some((_, etag, _)) => Judged::Record(etag.clone()),
-            None if self.stopped => Judged::Release,
-            None => Judged::Engine,
-        }
+    /// The directory bucket, as the index names it.
+    fn dir(&self) -> &str {
+        self.spec.directory_bucket.as_str()
     }
 }
 
@@ -624,12 +563,13 @@ fn token(owner: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::super::job_seen::tests::task;
+    use super::super::run::WarmRun;
     use super::*;
-    use std::sync::atomic::Ordering;
-    use crate::store::ObjectMeta;
     use crate::warm::Warmer;
+    use std::sync::atomic::Ordering;
     use std::sync::Arc;
-    use std::time::{SystemTime, UNIX_EPOCH};
+    use std::time::{Duration, SystemTime};
 
     /// S3 Control that counts the jobs asked of it.
     #[derive(Default)]
@@ -680,7 +620,8 @@ mod tests {
         // woke from a pause past it.
         stop.hold_until(clock.now() - 1, &clock);
         let run = WarmRun::new(&w, &spec, &progress, "op#00000001", &stop);
-        let err = run.start_job(&o, &[task(900, 16)]).await.unwrap_err();
+        let run = run.offloader(&o);
+        let err = run.start_job(&[task(900, 16)]).await.unwrap_err();
         assert!(err.to_string().contains("deadline passed"), "{err}");
         assert_eq!(jobs.0.load(Ordering::Relaxed), 0, "no job created");
         assert_eq!(progress.batch_job(), None, "no job recorded");
@@ -698,113 +639,8 @@ mod tests {
             description: "d".into(),
             unmodified_since: SystemTime::now(),
         };
-        let err = run.create_job(&o, &spec).await.unwrap_err();
+        let err = run.create_job(&spec).await.unwrap_err();
         assert!(err.to_string().contains("deadline passed"), "{err}");
         assert_eq!(jobs.0.load(Ordering::Relaxed), 0, "no job created");
-    }
-
-    fn at(s: u64) -> SystemTime {
-        UNIX_EPOCH + Duration::from_secs(s)
-    }
-
-    fn task(modified: u64, size: u64) -> CopyTask {
-        CopyTask {
-            object: ObjectMeta {
-                key: "d/1".into(),
-                etag: format!("\"v{modified}\""),
-                size,
-                last_modified: Some(at(modified)),
-            },
-            dest_key: "d/1".into(),
-            wait_for: None,
-            claimed_at: None,
-        }
-    }
-
-    /// A job guarded at 1,000 s, created at 1,001 s; what landed at 1,005 s.
-    const SEEN: JobSeen = JobSeen {
-        written_after: UNIX_EPOCH,
-        guard: None,
-        stopped: false,
-    };
-
-    fn seen() -> JobSeen {
-        JobSeen {
-            written_after: at(1000),
-            guard: Some(at(1000)),
-            ..SEEN
-        }
-    }
-
-    fn landed(size: u64) -> (u64, String, Option<SystemTime>) {
-        (size, "\"dest\"".into(), Some(at(1005)))
-    }
-
-    #[test]
-    fn what_the_job_copied_of_a_version_older_than_its_guard_is_recorded() {
-        assert_eq!(
-            seen().judge(&task(900, 16), None, Some(&landed(16))),
-            Judged::Record("\"dest\"".into())
-        );
-    }
-
-    #[test]
-    fn a_source_overwritten_after_the_guard_is_copied_again_not_recorded_from_the_job() {
-        // The job copied the old version; the source was then overwritten
-        // with as many bytes; a takeover listed the new version and
-        // follows the job. Recording the job's bytes under the new ETag
-        // would vouch for stale data.
-        assert_eq!(
-            seen().judge(&task(1003, 16), None, Some(&landed(16))),
-            Judged::Engine
-        );
-        // Even when the job's report says it refused the key: the listing
-        // is newer than the refusal.
-        let refused = ("PreconditionFailed".to_owned(), "412".to_owned());
-        assert_eq!(
-            seen().judge(&task(1003, 16), Some(&refused), None),
-            Judged::Engine
-        );
-        // Written in the guard's own second: not provably older.
-        assert_eq!(
-            seen().judge(&task(1000, 16), None, Some(&landed(16))),
-            Judged::Engine
-        );
-    }
-
-    #[test]
-    fn without_a_known_guard_nothing_is_the_jobs() {
-        let unknown = JobSeen {
-            guard: None,
-            ..seen()
-        };
-        assert_eq!(
-            unknown.judge(&task(900, 16), None, Some(&landed(16))),
-            Judged::Engine
-        );
-    }
-
-    #[test]
-    fn the_reports_failures_older_objects_and_other_sizes_are_judged_as_before() {
-        let refused = ("PreconditionFailed".to_owned(), "412".to_owned());
-        assert!(matches!(
-            seen().judge(&task(900, 16), Some(&refused), None),
-            Judged::Fail(code, _) if code == "SourceChanged"
-        ));
-        let older = (16, "\"old\"".to_owned(), Some(at(10)));
-        assert_eq!(
-            seen().judge(&task(900, 16), None, Some(&older)),
-            Judged::Engine
-        );
-        assert!(matches!(
-            seen().judge(&task(900, 16), None, Some(&landed(17))),
-            Judged::Fail(code, _) if code == "SourceChanged"
-        ));
-        assert_eq!(seen().judge(&task(900, 16), None, None), Judged::Engine);
-        let stopped = JobSeen {
-            stopped: true,
-            ..seen()
-        };
-        assert_eq!(stopped.judge(&task(900, 16), None, None), Judged::Release);
     }
 }

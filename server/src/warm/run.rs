@@ -2,7 +2,7 @@
 //! feed the planner, the planner feeds the copiers, the copiers feed
 //! the entry writer, and the lease renewer runs beside them all.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
 use expresscache::WarmSpec;
 use futures::future::BoxFuture;
@@ -11,11 +11,14 @@ use tokio::sync::mpsc;
 
 use super::claims::KeyClaims;
 use super::listing::{Lister, Page};
+use super::offload::Offloader;
+use super::phase::CopyingStarted;
 use super::planning::Triage;
 use super::settle::Settler;
 use super::task::CopyTask;
 use super::writer::{EntrySender, EntryWriter};
 use super::{WarmError, WarmOutcome, Warmer};
+use crate::batch::Offload;
 use crate::core::judge::Judge;
 use crate::core::operation::Phase;
 use crate::progress::Progress;
@@ -41,8 +44,8 @@ const MIN_TASKS: usize = 16;
 const ENTRY_QUEUE: usize = 1024;
 
 /// One warm while it runs: what it was asked, where it reports, who it is
-/// in the index, and what stops it. Every part of the warm is a method on
-/// this value, so none threads these through its arguments.
+/// in the index, and what stops it. It wires the pipeline and builds each
+/// stage (lister, triage, settler, offload) from the parts that stage uses.
 pub(super) struct WarmRun<'a> {
     pub w: &'a Warmer,
     pub spec: &'a WarmSpec,
@@ -50,8 +53,6 @@ pub(super) struct WarmRun<'a> {
     /// The claim owner and lease writer: the operation id.
     pub owner: &'a str,
     pub stop: &'a StopSignal,
-    /// Whether the Copying phase was announced yet.
-    announced: AtomicBool,
     /// Lists the source for the planner.
     pub lister: Lister<'a>,
     /// Its claims on destination keys.
@@ -59,10 +60,10 @@ pub(super) struct WarmRun<'a> {
     /// The requested prefixes no listed key fell under yet.
     pub empty: super::empty::EmptyPrefixes,
     /// When the first copy started.
-    copy_started: std::sync::OnceLock<std::time::Instant>,
+    copying: CopyingStarted,
     /// When the warm began (wall clock, as S3 stamps objects): a Batch
     /// Operations job copies only sources not modified since.
-    pub started: std::time::SystemTime,
+    started: std::time::SystemTime,
 }
 
 impl<'a> WarmRun<'a> {
@@ -79,7 +80,6 @@ impl<'a> WarmRun<'a> {
             progress,
             owner,
             stop,
-            announced: AtomicBool::new(false),
             lister: Lister::new(&*w.store, spec, progress, stop, w.settings.list_fanout),
             claims: KeyClaims {
                 index: &*w.index,
@@ -90,7 +90,7 @@ impl<'a> WarmRun<'a> {
                 judge: Judge::new(w.settings.skew_margin),
             },
             empty: super::empty::EmptyPrefixes::new(spec.prefixes.iter().map(|p| p.as_str())),
-            copy_started: std::sync::OnceLock::new(),
+            copying: CopyingStarted::default(),
             started: std::time::SystemTime::now(),
         }
     }
@@ -102,7 +102,7 @@ impl<'a> WarmRun<'a> {
         let (entry_tx, entry_rx) = mpsc::channel(ENTRY_QUEUE);
         let copier = async {
             match self.offload() {
-                Some(o) => self.copy_all_offloaded(o, task_rx, entry_tx).await,
+                Some(o) => self.offloader(o).copy_all(task_rx, entry_tx).await,
                 None => {
                     self.copy_all(task_rx, entry_tx).await;
                     Ok(())
@@ -136,7 +136,7 @@ impl<'a> WarmRun<'a> {
         };
         planned?;
         self.judge_empty()?;
-        if let Some(t0) = self.copy_started.get() {
+        if let Some(t0) = self.copying.at() {
             let c = self.progress.snapshot().counters;
             self.w
                 .rate
@@ -228,7 +228,7 @@ impl<'a> WarmRun<'a> {
                 Some(()) = running.next(), if !running.is_empty() => {}
                 task = tasks.recv(), if open && running.len() < room => match task {
                     Some(task) => {
-                        self.announce_copying();
+                        self.copying.announce(self.progress);
                         running.push(Box::pin(settler.run_task(task, entries)));
                     }
                     None => open = false,
@@ -259,11 +259,32 @@ impl<'a> WarmRun<'a> {
         }
     }
 
-    /// Notes that copying started (once per warm).
-    pub fn announce_copying(&self) {
-        if !self.announced.swap(true, Ordering::Relaxed) {
-            let _ = self.copy_started.set(std::time::Instant::now());
-            self.progress.set_phase(Phase::Copying);
+    /// The offload this warm may use: configured, and asked for or with a
+    /// threshold to check.
+    fn offload(&self) -> Option<&'a Offload> {
+        self.w
+            .batch
+            .as_deref()
+            .filter(|o| self.spec.batch_operations || o.threshold.is_some())
+    }
+
+    /// The stage that copies through an S3 Batch Operations job.
+    pub fn offloader<'s>(&'s self, o: &'s Offload) -> Offloader<'s> {
+        Offloader {
+            o,
+            claims: &self.claims,
+            settler: self.settler(),
+            lister: &self.lister,
+            store: &*self.w.store,
+            engine: &self.w.engine,
+            spec: self.spec,
+            progress: self.progress,
+            owner: self.owner,
+            stop: self.stop,
+            copying: &self.copying,
+            clock: &*self.w.clock,
+            judge: Judge::new(self.w.settings.skew_margin),
+            started: self.started,
         }
     }
 
