@@ -1081,3 +1081,102 @@ async fn orphan_adoption_pages_past_a_page_shortened_by_an_unreadable_item() {
     let resumed = ops.adopt_orphans().await.unwrap();
     assert_eq!(resumed, 149, "every readable orphan, on every page");
 }
+
+#[tokio::test]
+async fn the_orphan_scan_reads_a_live_run_again_only_once_it_may_have_lapsed() {
+    use expresscache_server::fleet::{Operations, OpsSettings};
+    use expresscache_server::store::MemoryStore;
+    use expresscache_server::testing::proxy::{FaultProxy, Match};
+    use expresscache_server::warm::{WarmSettings, Warmer};
+    let moto = Moto::start();
+    let proxy = FaultProxy::start(&moto.endpoint).await;
+    let prefix = TablePrefix::new(&unique("ec")).unwrap();
+    let direct = DynamoIndex::connect_with(&moto.sdk_config(), &prefix, DynamoConfig::default());
+    direct.create_tables().await.unwrap();
+    let index = Arc::new(DynamoIndex::connect_with(
+        &local_sdk_config(&proxy.endpoint),
+        &prefix,
+        DynamoConfig::default(),
+    ));
+    let t0 = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let clock = Arc::new(ManualClock::new(t0));
+    // 20 warms another replica runs, its runs renewed until a minute from
+    // now, and that replica registered alive.
+    let other = |deadline| RunTerms {
+        replica: "other",
+        deadline,
+        now: t0,
+    };
+    let mut tickets = Vec::new();
+    for i in 0..20 {
+        let id = format!("op{i:02}");
+        let mut op = operation(&id, None, t0 - 1_000 + i);
+        op.run = None;
+        direct.create_operation(&op).await.unwrap();
+        let taken = direct.take_over(&id, &other(t0 + 60_000)).await.unwrap();
+        tickets.push((id, taken.unwrap().ticket));
+    }
+    direct.heartbeat("other", t0 + 3_600_000).await.unwrap();
+    let warmer = Arc::new(Warmer::new(
+        Arc::new(MemoryStore::default()),
+        index.clone(),
+        clock.clone(),
+        WarmSettings::default(),
+    ));
+    let ops = Arc::new(Operations::new(
+        warmer,
+        index.clone(),
+        OpsSettings::default(),
+        expresscache::Limits::default(),
+    ));
+    ops.heartbeat().await.unwrap();
+    // Item reads of the operations table (which also holds the replica
+    // registry's item, read by each heartbeat: counted apart).
+    let table = index.tables().operations.clone();
+    let all_reads = || {
+        proxy.count(&Match::dynamo("GetItem").table(table.clone()))
+            + proxy.count(&Match::dynamo("BatchGetItem").table(table.clone()))
+    };
+    let mut registry_reads = all_reads();
+    let reads = |registry_reads: u64| all_reads() - registry_reads;
+    assert_eq!(ops.adopt_orphans().await.unwrap(), 0, "every run is live");
+    assert_eq!(
+        reads(registry_reads),
+        20,
+        "the first look reads each operation once"
+    );
+    for _ in 0..3 {
+        assert_eq!(ops.adopt_orphans().await.unwrap(), 0);
+    }
+    assert_eq!(
+        reads(registry_reads),
+        20,
+        "later looks read none again while their runs cannot have lapsed"
+    );
+    // The other replica stops on purpose: it releases five runs (the
+    // others it could not) and leaves the registry. The next look reads
+    // its runs again and takes the released ones over at once.
+    for (id, ticket) in &tickets[..5] {
+        direct.release_run(id, ticket).await.unwrap();
+    }
+    direct.leave("other").await.unwrap();
+    let before = all_reads();
+    ops.heartbeat().await.unwrap();
+    registry_reads += all_reads() - before;
+    assert_eq!(ops.adopt_orphans().await.unwrap(), 5, "the released runs");
+    assert_eq!(
+        reads(registry_reads),
+        40,
+        "a replica that left: its runs are read again"
+    );
+    // The clock moves past the deadlines read: the rest have lapsed.
+    clock.advance(61_000 + OpsSettings::default().skew_margin.as_millis() as i64);
+    assert_eq!(
+        ops.adopt_orphans().await.unwrap(),
+        15,
+        "the runs whose deadline passed, read again and taken over"
+    );
+}

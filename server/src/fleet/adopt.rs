@@ -2,16 +2,89 @@
 //! crashed, was paused or cut off past its run deadline, or released them
 //! on a graceful shutdown. Every replica looks every `adopt_every`; the
 //! log's conditional takeover lets exactly one win each operation.
+//!
+//! A look lists the unfinished operations' ids (cheap: DynamoDB's status
+//! index) and reads in full only those whose run may have lapsed by what
+//! this replica last read of them ([`RunsSeen`]): a run held by a live
+//! replica until a deadline still ahead is not read again until that
+//! deadline passes. A herd of running warms then costs each replica one
+//! consistent read per operation per run lease, not one per look.
 
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use futures::StreamExt;
 
 use super::Operations;
 use crate::core::operation::{OperationRecord, Outcome};
-use crate::index::{IndexError, OpFilter};
+use crate::index::{IndexError, Millis};
 use crate::progress::Progress;
 
-/// Operations read per page while looking.
-const PAGE: usize = 100;
+/// Operation ids listed per page while looking.
+const PAGE: usize = 1000;
+
+/// Operation records read at once while looking.
+const READS_IN_FLIGHT: usize = 16;
+
+/// What this replica last read of other replicas' runs, and which
+/// replicas are alive (from its heartbeat): enough to tell, without
+/// reading an operation again, that its run cannot have lapsed yet.
+#[derive(Debug, Default)]
+pub(super) struct RunsSeen {
+    /// Operation id -> (the replica holding its run, the run's deadline).
+    runs: Mutex<HashMap<String, (String, Millis)>>,
+    /// The live replicas at the last heartbeat (none known before it).
+    replicas: Mutex<HashSet<String>>,
+}
+
+impl RunsSeen {
+    fn runs(&self) -> MutexGuard<'_, HashMap<String, (String, Millis)>> {
+        self.runs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records the replicas the registry holds alive.
+    pub(super) fn set_replicas(&self, live: &[String]) {
+        *self.replicas.lock().unwrap_or_else(|e| e.into_inner()) = live.iter().cloned().collect();
+    }
+
+    /// Whether operation `id` must be read to judge its run at `judged`:
+    /// unless it was read before, held by another replica that is still
+    /// registered alive, until a deadline after `judged`. A run's deadline
+    /// only moves later while one replica holds it, and a takeover happens
+    /// only after it passed; a replica that stops on purpose releases its
+    /// runs and then leaves the registry, so its runs are read at the next
+    /// look. (A run released by a replica that stays alive, on handing a
+    /// run on, is taken over once the deadline last read passes.)
+    fn must_read(&self, id: &str, me: &str, judged: Millis) -> bool {
+        let runs = self.runs();
+        let Some((holder, deadline)) = runs.get(id) else {
+            return true;
+        };
+        let alive = || {
+            let replicas = self.replicas.lock().unwrap_or_else(|e| e.into_inner());
+            replicas.contains(holder)
+        };
+        holder == me || *deadline <= judged || !alive()
+    }
+
+    /// Remembers what `rec`'s run was when read.
+    fn saw(&self, rec: &OperationRecord) {
+        let mut runs = self.runs();
+        match &rec.run {
+            Some(run) if !rec.is_done() => {
+                runs.insert(rec.id.clone(), (run.ticket.replica.clone(), run.deadline));
+            }
+            _ => {
+                runs.remove(&rec.id);
+            }
+        }
+    }
+
+    /// Forgets the operations a whole look did not list (finished).
+    fn keep_only(&self, listed: &HashSet<String>) {
+        self.runs().retain(|id, _| listed.contains(id));
+    }
+}
 
 impl Operations {
     /// Takes over and resumes every unfinished operation whose run lapsed
@@ -25,26 +98,52 @@ impl Operations {
         }
         let mut resumed = 0;
         let mut after = None;
+        let mut listed = HashSet::new();
         loop {
             if *self.draining.borrow() {
                 return Ok(resumed);
             }
-            let page = self
-                .index()
-                .list_operations(OpFilter::Running, after.clone(), PAGE)
-                .await?;
-            after = page.last().map(|r| (r.created_at, r.id.clone()));
+            let page = self.index().unfinished_operations(after.clone(), PAGE).await?;
+            after = page.last().cloned();
             // Only an empty page ends the scan: a backend may answer a
-            // short page before the end (DynamoDB drops filtered items
-            // from a page and goes on from where it stopped).
-            let more = !page.is_empty();
+            // short page before the end.
+            if page.is_empty() {
+                self.seen.keep_only(&listed);
+                return Ok(resumed);
+            }
             let (_, judged) = self.now();
-            for rec in page {
+            let me = self.settings.replica.as_str();
+            let to_read: Vec<String> = page
+                .into_iter()
+                .map(|(_, id)| id)
+                .inspect(|id| {
+                    listed.insert(id.clone());
+                })
+                .filter(|id| !self.live().contains_key(id) && self.seen.must_read(id, me, judged))
+                .collect();
+            let read: Vec<_> = futures::stream::iter(to_read)
+                .map(|id| async move { (self.index().get_operation(&id).await, id) })
+                .buffered(READS_IN_FLIGHT)
+                .collect()
+                .await;
+            for (got, id) in read {
+                let rec = match got {
+                    Ok(Some(rec)) => rec,
+                    Ok(None) => continue, // purged since it was listed
+                    // One unreadable record must not stop the others'
+                    // takeover.
+                    Err(IndexError::Corrupt(e)) => {
+                        tracing::error!(operation_id = %id, error = %e,
+                            "skipping an unreadable operation");
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
+                self.seen.saw(&rec);
                 let lapsed = rec.run.as_ref().is_none_or(|r| r.deadline <= judged);
-                if !lapsed || self.live().contains_key(&rec.id) {
+                if rec.is_done() || !lapsed || self.live().contains_key(&rec.id) {
                     continue;
                 }
-                let id = rec.id.clone();
                 match self.adopt(rec).await {
                     Ok(true) => resumed += 1,
                     Ok(false) => {}
@@ -53,9 +152,6 @@ impl Operations {
                     Err(e) => tracing::warn!(operation_id = %id, error = %e,
                         "could not take over an unfinished warm"),
                 }
-            }
-            if !more {
-                return Ok(resumed);
             }
         }
     }

@@ -19,6 +19,7 @@ impl Operations {
         let n = live.len().max(1);
         self.warmer.engine.set_replicas(n);
         self.remote.set_replicas(live.len());
+        self.seen.set_replicas(&live);
         Ok(n)
     }
 

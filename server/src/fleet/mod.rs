@@ -196,6 +196,8 @@ pub struct Operations {
     admission: Arc<admission::Admission>,
     /// Joinable warms of other replicas, and the readers of those joined.
     remote: remote::Remote,
+    /// What the look for lapsed runs last read of other replicas' runs.
+    seen: adopt::RunsSeen,
 }
 
 impl Operations {
@@ -229,6 +231,7 @@ impl Operations {
             limits,
             draining: watch::channel(false).0,
             remote: remote::Remote::default(),
+            seen: adopt::RunsSeen::default(),
         }
     }
 

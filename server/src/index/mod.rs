@@ -609,6 +609,18 @@ pub trait RunLeases: Send + Sync + std::fmt::Debug + 'static {
     /// (however late an offer of the attempt lands). False, writing
     /// nothing, if `ticket` no longer holds the run.
     async fn withdraw_join(&self, id: &str, ticket: &RunTicket) -> Result<bool, IndexError>;
+
+    /// The `(created_at, id)` of unfinished operations, newest first,
+    /// strictly after the cursor when given, at most `limit`: without
+    /// their records, so a scan for lapsed runs reads cheaply and reads in
+    /// full only the operations it has to judge. May lag the log by a
+    /// moment (DynamoDB answers from its eventually consistent status
+    /// index): a scan finds a just-created operation on its next pass.
+    async fn unfinished_operations(
+        &self,
+        after: Option<(Millis, String)>,
+        limit: usize,
+    ) -> Result<Vec<(Millis, String)>, IndexError>;
 }
 
 /// The replicas sharing an index: each says now and then that it is alive,

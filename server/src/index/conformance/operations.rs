@@ -316,6 +316,28 @@ pub(super) async fn operations_list_newest_first_resume_and_purge<I: OperationLo
             .unwrap()),
         ["l3", "l1"]
     );
+    let unfinished = |after, limit| async move {
+        let listed = index.unfinished_operations(after, limit).await.unwrap();
+        listed
+            .into_iter()
+            .filter(|(_, id)| id.starts_with('l'))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        unfinished(None, 100).await,
+        [(300, "l4".to_owned()), (200, "l2".to_owned())],
+        "the unfinished ones' ids and creation times, newest first, without their records"
+    );
+    assert_eq!(
+        unfinished(Some((300, "l4".to_owned())), 100).await,
+        [(200, "l2".to_owned())],
+        "the cursor continues after the last one listed"
+    );
+    assert_eq!(
+        index.unfinished_operations(None, 1).await.unwrap().len(),
+        1,
+        "at most the limit"
+    );
     let first = index.list_operations(OpFilter::All, None, 2).await.unwrap();
     let cursor = first.last().map(|r| (r.created_at, r.id.clone()));
     assert_eq!(

@@ -71,6 +71,25 @@ fn created_key(created_at: Millis, id: &str) -> Option<String> {
     (created_at >= 0).then(|| format!("{created_at:020}#{id}"))
 }
 
+/// What a `by_status` Query starts before for the `(created_at, id)`
+/// cursor `after` (`Some(None)`: from the newest); `None` when nothing can
+/// come after it (nothing is stored before 1970) or nothing is asked for.
+fn before_cursor(after: Option<&(Millis, String)>, limit: usize) -> Option<Option<String>> {
+    if limit == 0 {
+        return None;
+    }
+    match after {
+        None => Some(None),
+        Some((at, id)) => created_key(*at, id).map(Some),
+    }
+}
+
+/// The `(created_at, id)` a [`created_key`] was made of.
+fn of_created_key(key: &str) -> Option<(Millis, String)> {
+    let (at, id) = key.split_once('#')?;
+    Some((at.parse().ok()?, id.to_owned()))
+}
+
 /// The `ticket` values of [`FENCE`].
 fn fence_vals(ticket: &RunTicket) -> Vals {
     Vals::new()
@@ -424,6 +443,40 @@ impl DynamoIndex {
         Ok(items)
     }
 
+    /// The `(created_key, pk)` of the newest `limit` operations in
+    /// `statuses` before `before` (a `created_key`), newest first, from
+    /// the status index alone (no item read).
+    async fn newest(
+        &self,
+        statuses: &[&str],
+        before: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<(String, String)>, IndexError> {
+        // Every shard of each status: the newest `limit` of the union are
+        // among the newest `limit` of each shard.
+        let keys: Vec<String> = statuses.iter().flat_map(|st| status_keys(st)).collect();
+        let pages = futures::future::try_join_all(
+            keys.iter()
+                .map(|key| self.by_status(key, before.as_deref(), limit)),
+        )
+        .await?;
+        let mut entries: Vec<(String, String)> = pages
+            .into_iter()
+            .flatten()
+            .map(|entry| {
+                let key = get_s(&entry, CREATED_KEY).unwrap_or_default().to_owned();
+                let pk = get_s(&entry, PK).unwrap_or_default().to_owned();
+                (key, pk)
+            })
+            .collect();
+        entries.sort_by(|a, b| b.0.cmp(&a.0));
+        // The index is updated after the table: an operation that just
+        // finished may show in both partitions for a moment.
+        entries.dedup_by(|a, b| a.0 == b.0);
+        entries.truncate(limit);
+        Ok(entries)
+    }
+
     /// The items of `pks` that exist, strongly consistent: one
     /// BatchGetItem per 100 keys (plus a retry for any DynamoDB leaves
     /// unprocessed).
@@ -755,44 +808,15 @@ impl OperationLog for DynamoIndex {
         after: Option<(Millis, String)>,
         limit: usize,
     ) -> Result<Vec<OperationRecord>, IndexError> {
-        if limit == 0 {
+        let Some(before) = before_cursor(after.as_ref(), limit) else {
             return Ok(Vec::new());
-        }
-        let before = match &after {
-            None => None,
-            Some((at, id)) => match created_key(*at, id) {
-                Some(k) => Some(k),
-                // Nothing is stored before 1970.
-                None => return Ok(Vec::new()),
-            },
         };
         let statuses: &[&str] = match filter {
             OpFilter::All => &[RUNNING, FINISHED],
             OpFilter::Running => &[RUNNING],
             OpFilter::Finished => &[FINISHED],
         };
-        // Every shard of each status: the newest `limit` of the union are
-        // among the newest `limit` of each shard.
-        let keys: Vec<String> = statuses.iter().flat_map(|st| status_keys(st)).collect();
-        let pages = futures::future::try_join_all(
-            keys.iter()
-                .map(|key| self.by_status(key, before.as_deref(), limit)),
-        )
-        .await?;
-        let mut entries: Vec<(String, String)> = pages
-            .into_iter()
-            .flatten()
-            .map(|entry| {
-                let key = get_s(&entry, CREATED_KEY).unwrap_or_default().to_owned();
-                let pk = get_s(&entry, PK).unwrap_or_default().to_owned();
-                (key, pk)
-            })
-            .collect();
-        entries.sort_by(|a, b| b.0.cmp(&a.0));
-        // The index is updated after the table: an operation that just
-        // finished may show in both partitions for a moment.
-        entries.dedup_by(|a, b| a.0 == b.0);
-        entries.truncate(limit);
+        let entries = self.newest(statuses, before, limit).await?;
         let mut items: HashMap<String, Item> = self
             .batch_get(entries.iter().map(|(_, pk)| pk.as_str()))
             .await?
@@ -1045,6 +1069,24 @@ impl RunLeases for DynamoIndex {
             )
             .await?;
         Ok(matches!(res, Cond::Done(_)))
+    }
+
+    async fn unfinished_operations(
+        &self,
+        after: Option<(Millis, String)>,
+        limit: usize,
+    ) -> Result<Vec<(Millis, String)>, IndexError> {
+        let Some(before) = before_cursor(after.as_ref(), limit) else {
+            return Ok(Vec::new());
+        };
+        // The status index alone: keys and a few bytes per operation,
+        // eventually consistent (half the read cost of a consistent read,
+        // and a fraction of the items' size).
+        let entries = self.newest(&[RUNNING], before, limit).await?;
+        Ok(entries
+            .iter()
+            .filter_map(|(key, _)| of_created_key(key))
+            .collect())
     }
 }
 

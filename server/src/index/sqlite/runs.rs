@@ -146,4 +146,28 @@ impl RunLeases for SqliteIndex {
         })
         .await
     }
+
+    async fn unfinished_operations(
+        &self,
+        after: Option<(Millis, String)>,
+        limit: usize,
+    ) -> Result<Vec<(Millis, String)>, IndexError> {
+        let (at, id) = after.map_or((None, None), |(t, i)| (Some(t), Some(i)));
+        let limit = to_i64(limit as u64);
+        self.with(move |c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT created_at, id FROM operations
+                     WHERE encoding = 1 AND done = 0
+                       AND (?1 IS NULL OR created_at < ?1 OR (created_at = ?1 AND id < ?2))
+                     ORDER BY created_at DESC, id DESC LIMIT ?3",
+                )
+                .map_err(storage)?;
+            let rows = stmt
+                .query_map(params![at, id, limit], |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(storage)?;
+            rows.map(|r| r.map_err(storage)).collect()
+        })
+        .await
+    }
 }
