@@ -503,3 +503,157 @@ async fn a_joiner_does_not_take_an_answer_from_a_listing_older_than_its_arrival(
         "the joiner must list anew, not report ready from an earlier listing: {followed:?}"
     );
 }
+
+/// Passes every call, counting the renewals of runs.
+#[derive(Debug, Default)]
+struct CountsRenewals(std::sync::atomic::AtomicU64);
+
+impl crate::gate::Gate for CountsRenewals {
+    fn enter(
+        &self,
+        call: &'static str,
+        _subject: &str,
+    ) -> futures::future::BoxFuture<'static, crate::gate::Pass> {
+        if call == "renew_run" {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        Box::pin(async { Box::new(()) as crate::gate::Pass })
+    }
+}
+
+/// Holds every copy until opened.
+#[derive(Debug)]
+struct HoldsCopies(tokio::sync::watch::Sender<bool>);
+
+impl crate::gate::Gate for HoldsCopies {
+    fn enter(
+        &self,
+        call: &'static str,
+        _subject: &str,
+    ) -> futures::future::BoxFuture<'static, crate::gate::Pass> {
+        let mut open = self.0.subscribe();
+        let held = call == "copy";
+        Box::pin(async move {
+            if held {
+                let _ = open.wait_for(|o| *o).await;
+            }
+            Box::new(()) as crate::gate::Pass
+        })
+    }
+}
+
+/// Waits until `ops` no longer runs `id` (at most 10 s).
+async fn until_ended(ops: &Operations, id: &str) {
+    let t0 = std::time::Instant::now();
+    while ops.live().contains_key(id) {
+        assert!(t0.elapsed() < Duration::from_secs(10), "still running");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A run whose deadline passed while its listing was under way, and that
+/// was renewed after the listing had stopped at the deadline (while
+/// copies sent before it were still in flight): the attempt left keys
+/// unlisted, so it records nothing and hands the run on; it is never
+/// SUCCEEDED with work undone. Another replica then finishes the warm.
+#[tokio::test]
+async fn a_listing_cut_at_the_deadline_then_renewed_late_is_handed_on_not_succeeded() {
+    use crate::core::clock::{Clock, ManualClock, SystemClock};
+    use crate::index::CountingIndex;
+    use crate::store::{FaultStore, Op};
+    use std::sync::atomic::Ordering;
+    let mem = MemoryStore::with_page_size(10);
+    mem.create_bucket("src");
+    mem.create_bucket("cache--use1-az4--x-s3");
+    for i in 0..200 {
+        mem.put("src", &format!("d/{i:03}"), 10);
+    }
+    // 20 pages of 10 keys, 50 ms each: a second of listing; copies held
+    // until the test opens them.
+    let copies = Arc::new(HoldsCopies(tokio::sync::watch::channel(false).0));
+    let store = Arc::new(FaultStore::new(mem).with_gate(copies.clone()));
+    store.delay(Op::List, Duration::from_millis(50));
+    let renewals = Arc::new(CountsRenewals::default());
+    let index = Arc::new(
+        CountingIndex::new(SqliteIndex::open_in_memory().unwrap()).with_gate(renewals.clone()),
+    );
+    // The replica's wall clock stands still: by it the run needs no
+    // renewal yet, while its 400 ms pass in real time and the listing
+    // stops at the deadline.
+    let clock = Arc::new(ManualClock::new(SystemClock.now()));
+    let warmer = Arc::new(Warmer::new(
+        store.clone(),
+        index.clone(),
+        clock.clone(),
+        WarmSettings::default(),
+    ));
+    let settings = OpsSettings {
+        run_ttl: Duration::from_millis(400),
+        renew_every: Duration::from_millis(100),
+        publish_interval: Duration::from_millis(50),
+        checkpoint_interval: Duration::from_millis(100),
+        final_write_budget: Duration::from_secs(20),
+        ..OpsSettings::default()
+    };
+    let ops = Arc::new(Operations::new(
+        warmer,
+        index.clone(),
+        settings,
+        Limits::default(),
+    ));
+    let rx = ops.submit(unfinished("x", 0).request, None).await.unwrap();
+    let id = rx.borrow().operation_id.clone();
+    // The listing stops at the deadline: no page asked for in 200 ms,
+    // four pages' time.
+    let lists = || store.calls.list.load(Ordering::SeqCst);
+    let t0 = std::time::Instant::now();
+    loop {
+        let before = lists();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if lists() == before && t0.elapsed() >= Duration::from_millis(400) {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(5), "the listing went on");
+    }
+    assert!(lists() < 20, "the listing stopped early: {} pages", lists());
+    assert_eq!(renewals.0.load(Ordering::SeqCst), 0, "not renewed yet");
+    // The clock moves on: the keeper renews the run now, after the
+    // listing stopped at the deadline, and the renewal is granted; then
+    // the copies in flight end.
+    clock.advance(150);
+    let t0 = std::time::Instant::now();
+    while renewals.0.load(Ordering::SeqCst) == 0 {
+        assert!(t0.elapsed() < Duration::from_secs(5), "never renewed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    copies.0.send_replace(true);
+    until_ended(&ops, &id).await;
+    let rec = index.get_operation(&id).await.unwrap().unwrap();
+    assert!(
+        !rec.is_done(),
+        "an attempt whose listing stopped at its deadline records no outcome: {:?}",
+        rec.state
+    );
+    // Handed on: another replica's next look takes it over at once and
+    // finishes it.
+    store.clear();
+    let other = Arc::new(Operations::new(
+        Arc::new(Warmer::new(
+            store.clone(),
+            index.clone(),
+            Arc::new(SystemClock),
+            WarmSettings::default(),
+        )),
+        index.clone(),
+        OpsSettings {
+            replica: "other".into(),
+            ..OpsSettings::default()
+        },
+        Limits::default(),
+    ));
+    assert_eq!(other.adopt_orphans().await.unwrap(), 1);
+    until_ended(&other, &id).await;
+    let rec = index.get_operation(&id).await.unwrap().unwrap();
+    assert_eq!(rec.state.outcome, Some(Outcome::Succeeded), "{:?}", rec.state);
+    assert_eq!(store.inner().keys("cache--use1-az4--x-s3").len(), 200);
+}
