@@ -43,7 +43,8 @@ STATE=$(mktemp -d)
 PIDS=()
 cleanup() {
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  rm -rf "$STATE"
+  # HERD_KEEP=1 keeps the servers' and the proxy's logs for a look.
+  if [ -n "${HERD_KEEP:-}" ]; then log "logs kept in $STATE"; else rm -rf "$STATE"; fi
 }
 trap cleanup EXIT
 

@@ -3,7 +3,7 @@
 //! any number of followers read (a slow reader just sees fewer, newer
 //! snapshots).
 
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -52,6 +52,10 @@ pub struct Progress {
     /// The running operation whose work this one follows (its counters
     /// are that one's, so the metrics do not count them again).
     joined: Mutex<Option<String>>,
+    /// Waiting for a round of the same data or for a running slot: it
+    /// copies nothing meanwhile, so its run needs fencing no more than a
+    /// joiner's.
+    waiting: AtomicBool,
     /// The running operation that does part of this one's work (the
     /// prefixes it covers), and that part's counters: shown with this
     /// warm's own, but not its work.
@@ -110,6 +114,7 @@ impl Progress {
             superseded: std::sync::OnceLock::new(),
             exported: crate::metrics::CounterExport::starting_at(Counters::default()),
             joined: Mutex::new(None),
+            waiting: AtomicBool::new(false),
             part: Mutex::new(None),
             offered: std::sync::atomic::AtomicBool::new(false),
             batch_job: Mutex::new(None),
@@ -147,6 +152,17 @@ impl Progress {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// Whether the warm waits (for the round under way, or for a running
+    /// slot) rather than doing any work.
+    pub fn waiting(&self) -> bool {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
+    /// Marks the warm waiting, or no longer.
+    pub fn set_waiting(&self, waiting: bool) {
+        self.waiting.store(waiting, Ordering::Relaxed);
     }
 
     /// Follows `id`'s work from now on (`None`: does its own again, from

@@ -260,7 +260,10 @@ impl Operations {
                             () = stop.stopped() => false,
                         }
                     });
-                    if !waited.await? {
+                    a.progress.set_waiting(true);
+                    let waited = waited.await;
+                    a.progress.set_waiting(false);
+                    if !waited? {
                         return Ok(stopped_outcome(stop));
                     }
                     return self.lead(a).await;
@@ -289,7 +292,10 @@ impl Operations {
             None => {
                 // Queued: joinable from other replicas meanwhile.
                 self.offer(a).await;
-                self.renewing(a, self.admission.slot(stop)).await?
+                progress.set_waiting(true);
+                let slot = self.renewing(a, self.admission.slot(stop)).await;
+                progress.set_waiting(false);
+                slot?
             }
         };
         let result = match slot {

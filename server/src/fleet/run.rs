@@ -279,7 +279,7 @@ impl Operations {
                 _ = tick.tick() => false,
                 () = progress.checkpoint_now.notified() => true,
             };
-            let cadence = Cadence::of(s, progress.joined().is_some());
+            let cadence = Cadence::of(s, copies_nothing(progress));
             if now_please {
                 since_checkpoint = cadence.checkpoint_every;
             }
@@ -488,6 +488,13 @@ pub(super) struct Cadence {
     pub checkpoint_every: Duration,
     /// Checkpoint only a state whose phase or counters moved.
     pub only_news: bool,
+}
+
+/// Whether the warm copies nothing now: it follows another's work (a
+/// joiner), or waits for the round under way or for a running slot (a job
+/// array's rounds queue so). Its run is renewed at a follower's cadence.
+fn copies_nothing(progress: &Progress) -> bool {
+    progress.joined().is_some() || progress.waiting()
 }
 
 /// How much longer a follower's run lasts, and how much less often it is

@@ -657,3 +657,68 @@ async fn a_listing_cut_at_the_deadline_then_renewed_late_is_handed_on_not_succee
     assert_eq!(rec.state.outcome, Some(Outcome::Succeeded), "{:?}", rec.state);
     assert_eq!(store.inner().keys("cache--use1-az4--x-s3").len(), 200);
 }
+
+/// Passes every call, counting each operation's run renewals.
+#[derive(Debug, Default)]
+struct RenewalsOf(std::sync::Mutex<std::collections::HashMap<String, u64>>);
+
+impl RenewalsOf {
+    fn of(&self, id: &str) -> u64 {
+        let counts = self.0.lock().unwrap();
+        counts.get(id).copied().unwrap_or(0)
+    }
+}
+
+impl crate::gate::Gate for RenewalsOf {
+    fn enter(
+        &self,
+        call: &'static str,
+        subject: &str,
+    ) -> futures::future::BoxFuture<'static, crate::gate::Pass> {
+        if call == "renew_run" {
+            *self.0.lock().unwrap().entry(subject.to_owned()).or_default() += 1;
+        }
+        Box::pin(async { Box::new(()) as crate::gate::Pass })
+    }
+}
+
+/// A job array's rounds queue behind the one under way: a warm waiting for
+/// its round copies nothing, so its run is renewed like a joiner's, not
+/// every renewal interval (on a fleet, a burst of rounds each renewing
+/// every second was what a slow index could not keep up with).
+#[tokio::test]
+async fn a_warm_waiting_for_the_round_under_way_renews_its_run_like_a_joiner() {
+    use crate::core::operation::Phase;
+    use crate::index::CountingIndex;
+    let renewals = Arc::new(RenewalsOf::default());
+    let index = Arc::new(
+        CountingIndex::new(SqliteIndex::open_in_memory().unwrap()).with_gate(renewals.clone()),
+    );
+    // 100 copies, 2 at a time, 20 ms each: a second of work.
+    let (ops, _store) = fleet_member(Arc::clone(&index), 100, 20);
+    let first = ops.submit(unfinished("x", 0).request, None).await.unwrap();
+    let a = first.borrow().operation_id.clone();
+    let t0 = std::time::Instant::now();
+    while first.borrow().phase == Phase::Queued {
+        assert!(t0.elapsed() < Duration::from_secs(5), "never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The same data again while the first lists: it leads the next round.
+    let second = ops.submit(unfinished("x", 0).request, None).await.unwrap();
+    let b = second.borrow().operation_id.clone();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(ops.live().contains_key(&a), "the first round still runs");
+    assert!(
+        renewals.of(&a) >= 4,
+        "the round under way renews every interval: {}",
+        renewals.of(&a)
+    );
+    assert!(
+        renewals.of(&b) <= 2,
+        "the waiting warm renews like a joiner: {} renewals in 700 ms",
+        renewals.of(&b)
+    );
+    until_ended(&ops, &b).await;
+    let rec = index.get_operation(&b).await.unwrap().unwrap();
+    assert_eq!(rec.state.outcome, Some(Outcome::Succeeded), "{:?}", rec.state);
+}
