@@ -1040,11 +1040,31 @@ async fn a_refused_connection_is_unavailable() {
     assert!(matches!(err, IndexError::Unavailable(_)), "{err}");
 }
 
-#[tokio::test]
-async fn orphan_adoption_pages_past_a_page_shortened_by_an_unreadable_item() {
+/// A replica's operations on `index` (over an empty in-memory store), its
+/// clock `clock`, at default settings.
+fn operations_on(
+    index: Arc<DynamoIndex>,
+    clock: Arc<dyn expresscache_server::core::clock::Clock>,
+) -> Arc<expresscache_server::fleet::Operations> {
     use expresscache_server::fleet::{Operations, OpsSettings};
     use expresscache_server::store::MemoryStore;
     use expresscache_server::warm::{WarmSettings, Warmer};
+    let warmer = Arc::new(Warmer::new(
+        Arc::new(MemoryStore::default()),
+        index.clone(),
+        clock,
+        WarmSettings::default(),
+    ));
+    Arc::new(Operations::new(
+        warmer,
+        index,
+        OpsSettings::default(),
+        expresscache::Limits::default(),
+    ))
+}
+
+#[tokio::test]
+async fn orphan_adoption_pages_past_a_page_shortened_by_an_unreadable_item() {
     let moto = Moto::start();
     let index = Arc::new(fresh(&moto, DynamoConfig::default()).await);
     // 150 warms whose runs lapsed long ago (deadline 1,000 ms after the
@@ -1066,28 +1086,18 @@ async fn orphan_adoption_pages_past_a_page_shortened_by_an_unreadable_item() {
         .send()
         .await
         .unwrap();
-    let warmer = Arc::new(Warmer::new(
-        Arc::new(MemoryStore::default()),
+    let ops = operations_on(
         index.clone(),
         Arc::new(expresscache_server::core::clock::SystemClock),
-        WarmSettings::default(),
-    ));
-    let ops = Arc::new(Operations::new(
-        warmer,
-        index.clone(),
-        OpsSettings::default(),
-        expresscache::Limits::default(),
-    ));
+    );
     let resumed = ops.adopt_orphans().await.unwrap();
     assert_eq!(resumed, 149, "every readable orphan, on every page");
 }
 
 #[tokio::test]
 async fn the_orphan_scan_reads_a_live_run_again_only_once_it_may_have_lapsed() {
-    use expresscache_server::fleet::{Operations, OpsSettings};
-    use expresscache_server::store::MemoryStore;
+    use expresscache_server::fleet::OpsSettings;
     use expresscache_server::testing::proxy::{FaultProxy, Match};
-    use expresscache_server::warm::{WarmSettings, Warmer};
     let moto = Moto::start();
     let proxy = FaultProxy::start(&moto.endpoint).await;
     let prefix = TablePrefix::new(&unique("ec")).unwrap();
@@ -1120,18 +1130,7 @@ async fn the_orphan_scan_reads_a_live_run_again_only_once_it_may_have_lapsed() {
         tickets.push((id, taken.unwrap().ticket));
     }
     direct.heartbeat("other", t0 + 3_600_000).await.unwrap();
-    let warmer = Arc::new(Warmer::new(
-        Arc::new(MemoryStore::default()),
-        index.clone(),
-        clock.clone(),
-        WarmSettings::default(),
-    ));
-    let ops = Arc::new(Operations::new(
-        warmer,
-        index.clone(),
-        OpsSettings::default(),
-        expresscache::Limits::default(),
-    ));
+    let ops = operations_on(index.clone(), clock.clone());
     ops.heartbeat().await.unwrap();
     // Item reads of the operations table (which also holds the replica
     // registry's item, read by each heartbeat: counted apart).

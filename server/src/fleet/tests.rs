@@ -198,6 +198,20 @@ impl crate::gate::Gate for Hangs {
 
 type SlowStore = crate::store::FaultStore<MemoryStore>;
 
+/// Run leases of 400 ms renewed every 100 ms, progress published every
+/// 50 ms and checkpointed every 100 ms: a test sees runs lapse, renew and
+/// checkpoint within a second.
+fn short_runs() -> OpsSettings {
+    OpsSettings {
+        run_ttl: Duration::from_millis(400),
+        renew_every: Duration::from_millis(100),
+        publish_interval: Duration::from_millis(50),
+        checkpoint_interval: Duration::from_millis(100),
+        final_write_budget: Duration::from_secs(20),
+        ..OpsSettings::default()
+    }
+}
+
 /// Operations over `index` with `n` objects under d/ of "src", copies
 /// `copy_ms` each, two at a time, and short run leases.
 fn fleet_member<I: crate::index::FleetIndex>(
@@ -222,14 +236,7 @@ fn fleet_member<I: crate::index::FleetIndex>(
         Arc::new(crate::core::clock::SystemClock),
         warm,
     ));
-    let settings = OpsSettings {
-        run_ttl: Duration::from_millis(400),
-        renew_every: Duration::from_millis(100),
-        publish_interval: Duration::from_millis(50),
-        checkpoint_interval: Duration::from_millis(100),
-        final_write_budget: Duration::from_secs(20),
-        ..OpsSettings::default()
-    };
+    let settings = short_runs();
     (
         Arc::new(Operations::new(warmer, index, settings, Limits::default())),
         store,
@@ -587,14 +594,7 @@ async fn a_listing_cut_at_the_deadline_then_renewed_late_is_handed_on_not_succee
         clock.clone(),
         WarmSettings::default(),
     ));
-    let settings = OpsSettings {
-        run_ttl: Duration::from_millis(400),
-        renew_every: Duration::from_millis(100),
-        publish_interval: Duration::from_millis(50),
-        checkpoint_interval: Duration::from_millis(100),
-        final_write_budget: Duration::from_secs(20),
-        ..OpsSettings::default()
-    };
+    let settings = short_runs();
     let ops = Arc::new(Operations::new(
         warmer,
         index.clone(),
