@@ -12,12 +12,13 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use futures::StreamExt;
 
 use super::Operations;
 use crate::core::operation::{OperationRecord, Outcome};
-use crate::index::{IndexError, Millis};
+use crate::index::{span_millis, IndexError, Millis};
 use crate::progress::Progress;
 
 /// Operation ids listed per page while looking.
@@ -50,11 +51,12 @@ impl RunsSeen {
     /// Whether operation `id` must be read to judge its run at `judged`:
     /// unless it was read before, held by another replica that is still
     /// registered alive, until a deadline after `judged`. A run's deadline
-    /// only moves later while one replica holds it, and a takeover happens
-    /// only after it passed; a replica that stops on purpose releases its
+    /// only moves later while one replica holds it; a release sets it to
+    /// zero, and whoever takes a run over gets at most a run lease from
+    /// then, which is why [`saw`](Self::saw) keeps no more than a run
+    /// lease from the read. A replica that stops on purpose releases its
     /// runs and then leaves the registry, so its runs are read at the next
-    /// look. (A run released by a replica that stays alive, on handing a
-    /// run on, is taken over once the deadline last read passes.)
+    /// look.
     fn must_read(&self, id: &str, me: &str, judged: Millis) -> bool {
         let runs = self.runs();
         let Some((holder, deadline)) = runs.get(id) else {
@@ -67,12 +69,16 @@ impl RunsSeen {
         holder == me || *deadline <= judged || !alive()
     }
 
-    /// Remembers what `rec`'s run was when read.
-    fn saw(&self, rec: &OperationRecord) {
+    /// Remembers what `rec`'s run was when read at `now`. The deadline
+    /// kept is at most `now + run_ttl`: the holder may release the run
+    /// (a joiner's lasts six run leases) and another replica take it over
+    /// for one run lease, then die; its run must be read again by then.
+    fn saw(&self, rec: &OperationRecord, now: Millis, run_ttl: Duration) {
         let mut runs = self.runs();
         match &rec.run {
             Some(run) if !rec.is_done() => {
-                runs.insert(rec.id.clone(), (run.ticket.replica.clone(), run.deadline));
+                let until = run.deadline.min(now.saturating_add(span_millis(run_ttl)));
+                runs.insert(rec.id.clone(), (run.ticket.replica.clone(), until));
             }
             _ => {
                 runs.remove(&rec.id);
@@ -99,6 +105,9 @@ impl Operations {
         let mut resumed = 0;
         let mut after = None;
         let mut listed = HashSet::new();
+        // A record that could not be read is judged at the next look; the
+        // others are judged now, and the look ends with the first error.
+        let mut failed = None;
         loop {
             if *self.draining.borrow() {
                 return Ok(resumed);
@@ -108,10 +117,15 @@ impl Operations {
             // Only an empty page ends the scan: a backend may answer a
             // short page before the end.
             if page.is_empty() {
-                self.seen.keep_only(&listed);
-                return Ok(resumed);
+                return match failed {
+                    None => {
+                        self.seen.keep_only(&listed);
+                        Ok(resumed)
+                    }
+                    Some(e) => Err(e),
+                };
             }
-            let (_, judged) = self.now();
+            let (now, judged) = self.now();
             let me = self.settings.replica.as_str();
             let to_read: Vec<String> = page
                 .into_iter()
@@ -137,9 +151,14 @@ impl Operations {
                             "skipping an unreadable operation");
                         continue;
                     }
-                    Err(e) => return Err(e),
+                    Err(e) => {
+                        tracing::debug!(operation_id = %id, error = %e,
+                            "could not read an unfinished warm; judging it at the next look");
+                        failed.get_or_insert(e);
+                        continue;
+                    }
                 };
-                self.seen.saw(&rec);
+                self.seen.saw(&rec, now, self.settings.run_ttl);
                 let lapsed = rec.run.as_ref().is_none_or(|r| r.deadline <= judged);
                 if rec.is_done() || !lapsed || self.live().contains_key(&rec.id) {
                     continue;

@@ -12,10 +12,19 @@ impl Operations {
         let (now, judged) = self.now();
         let replica = &self.settings.replica;
         let deadline = now.saturating_add(span_millis(self.settings.run_ttl));
-        self.index().heartbeat(replica, deadline).await?;
+        // Until the registry answers again, no replica is taken for alive
+        // by the look for lapsed runs (it reads every run instead).
+        let forget = |e| {
+            self.seen.set_replicas(&[]);
+            e
+        };
+        self.index()
+            .heartbeat(replica, deadline)
+            .await
+            .map_err(forget)?;
         // Judged with the skew margin: a replica whose clock runs behind
         // still counts, so together they stay within the budget.
-        let live = self.index().live_replicas(judged).await?;
+        let live = self.index().live_replicas(judged).await.map_err(forget)?;
         let n = live.len().max(1);
         self.warmer.engine.set_replicas(n);
         self.remote.set_replicas(live.len());

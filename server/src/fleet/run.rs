@@ -12,7 +12,7 @@ use expresscache::WarmSpec;
 use tracing::Instrument;
 
 use super::Operations;
-use crate::core::operation::{OperationState, Outcome, RunTicket};
+use crate::core::operation::{OperationState, Outcome, Phase, RunTicket};
 use crate::index::{span_millis, Millis, Renewal};
 use crate::progress::Progress;
 use crate::stop::{StopReason, StopSignal};
@@ -451,11 +451,7 @@ fn final_state(
 /// What a checkpoint showed: the phase, the counters and how many lease
 /// epochs it carried (a takeover needs the epochs to tell an evicted lease
 /// from one to extend), so a follower's checkpoints write only news.
-type Shown = (
-    crate::core::operation::Phase,
-    crate::core::operation::Counters,
-    usize,
-);
+type Shown = (Phase, crate::core::operation::Counters, usize);
 
 /// The run keeper's tick (publishing, and the renewal and checkpoint
 /// counts), and its period: the shorter of the publish and renewal
@@ -494,7 +490,9 @@ pub(super) struct Cadence {
 /// joiner), or waits for the round under way or for a running slot (a job
 /// array's rounds queue so). Its run is renewed at a follower's cadence.
 fn copies_nothing(progress: &Progress) -> bool {
-    progress.joined().is_some() || progress.waiting()
+    // Still queued: a split warm's other part may lead and copy while
+    // this one waits, and then its phase moved on.
+    progress.joined().is_some() || (progress.waiting() && progress.phase() == Phase::Queued)
 }
 
 /// How much longer a follower's run lasts, and how much less often it is
