@@ -40,6 +40,7 @@ impl Operations {
         // Claims are per attempt: a later attempt takes this one's over.
         let owner = ticket.claim_owner(&id);
         let lost = Arc::new(AtomicBool::new(false));
+        let granted_until = self.fresh_grant(&id, &ticket, granted_until).await;
         // Copies check the run's deadline before each request (the keeper
         // moves it on with each renewal): held from the very first copy.
         stop.hold_until(granted_until, &self.warmer.clock);
@@ -324,6 +325,30 @@ impl Operations {
                     return lose();
                 }
             }
+        }
+    }
+
+    /// The run's deadline to start with: `granted_until`, unless less than
+    /// half a run lease of it is left (the index took that long to create
+    /// or take over the operation: a slow or throttled index, a job
+    /// array's burst). Then the run is renewed first, or the warm would
+    /// start past its deadline and be handed on at once, by every replica
+    /// in turn. Nothing of this attempt ran yet, so a renewal granted
+    /// after the deadline revives nothing (the renewal is fenced: refused
+    /// if another replica took the run over meanwhile).
+    async fn fresh_grant(&self, id: &str, ticket: &RunTicket, granted_until: Millis) -> Millis {
+        let ttl = self.settings.run_ttl;
+        let now = self.warmer.clock.now();
+        if left_until(granted_until, now) >= ttl / 2 {
+            return granted_until;
+        }
+        let deadline = now.saturating_add(span_millis(ttl));
+        let renewal = tokio::time::timeout(ttl / 2, self.index().renew_run(id, ticket, deadline));
+        match renewal.await {
+            Ok(Ok(Renewal::Held { .. })) => deadline,
+            // Lost, or the index still too slow: as granted (the keeper
+            // hands the run on if it lapsed).
+            _ => granted_until,
         }
     }
 

@@ -722,3 +722,44 @@ async fn a_warm_waiting_for_the_round_under_way_renews_its_run_like_a_joiner() {
     let rec = index.get_operation(&b).await.unwrap().unwrap();
     assert_eq!(rec.state.outcome, Some(Outcome::Succeeded), "{:?}", rec.state);
 }
+
+/// Holds every call named `.0` for `.1` before letting it through.
+#[derive(Debug)]
+struct Slow(&'static str, Duration);
+
+impl crate::gate::Gate for Slow {
+    fn enter(
+        &self,
+        call: &'static str,
+        _subject: &str,
+    ) -> futures::future::BoxFuture<'static, crate::gate::Pass> {
+        let pause = (call == self.0).then_some(self.1);
+        Box::pin(async move {
+            if let Some(pause) = pause {
+                tokio::time::sleep(pause).await;
+            }
+            Box::new(()) as crate::gate::Pass
+        })
+    }
+}
+
+/// An index slow to answer (a job array's burst queued in it) creates the
+/// operation after the run's first deadline passed: the warm renews its
+/// run before it starts and finishes, instead of starting past its
+/// deadline and handing itself on (on a fleet, every replica in turn).
+#[tokio::test]
+async fn a_warm_whose_creation_the_index_answered_late_renews_its_run_and_finishes() {
+    use crate::index::CountingIndex;
+    // The creation answers after 700 ms; the run lease is 400 ms.
+    let index = Arc::new(
+        CountingIndex::new(SqliteIndex::open_in_memory().unwrap()).with_gate(Arc::new(Slow(
+            "create_operation",
+            Duration::from_millis(700),
+        ))),
+    );
+    let (ops, store) = fleet_member(Arc::clone(&index), 20, 5);
+    let id = run_to_end(&ops).await;
+    let rec = index.get_operation(&id).await.unwrap().unwrap();
+    assert_eq!(rec.state.outcome, Some(Outcome::Succeeded), "{:?}", rec.state);
+    assert_eq!(store.inner().keys("cache--use1-az4--x-s3").len(), 20);
+}
