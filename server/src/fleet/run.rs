@@ -40,7 +40,9 @@ impl Operations {
         // Claims are per attempt: a later attempt takes this one's over.
         let owner = ticket.claim_owner(&id);
         let lost = Arc::new(AtomicBool::new(false));
-        let granted_until = self.fresh_grant(&id, &ticket, granted_until).await;
+        let granted_until = self
+            .fresh_grant(&id, &ticket, granted_until, &stop, &lost)
+            .await;
         // Copies check the run's deadline before each request (the keeper
         // moves it on with each renewal): held from the very first copy.
         stop.hold_until(granted_until, &self.warmer.clock);
@@ -335,20 +337,29 @@ impl Operations {
     /// start past its deadline and be handed on at once, by every replica
     /// in turn. Nothing of this attempt ran yet, so a renewal granted
     /// after the deadline revives nothing (the renewal is fenced: refused
-    /// if another replica took the run over meanwhile).
-    async fn fresh_grant(&self, id: &str, ticket: &RunTicket, granted_until: Millis) -> Millis {
+    /// if another replica took the run over meanwhile; then `lost` is set
+    /// and the deadline is one already passed, so nothing is sent).
+    async fn fresh_grant(
+        &self,
+        id: &str,
+        ticket: &RunTicket,
+        granted_until: Millis,
+        stop: &StopSignal,
+        lost: &AtomicBool,
+    ) -> Millis {
         let ttl = self.settings.run_ttl;
-        let now = self.warmer.clock.now();
-        if left_until(granted_until, now) >= ttl / 2 {
+        if left_until(granted_until, self.warmer.clock.now()) >= ttl / 2 {
             return granted_until;
         }
-        let deadline = now.saturating_add(span_millis(ttl));
-        let renewal = tokio::time::timeout(ttl / 2, self.index().renew_run(id, ticket, deadline));
-        match renewal.await {
-            Ok(Ok(Renewal::Held { .. })) => deadline,
-            // Lost, or the index still too slow: as granted (the keeper
-            // hands the run on if it lapsed).
-            _ => granted_until,
+        match self.renew(id, ticket, ttl, ttl / 2, stop).await {
+            Ok(Some(deadline)) => deadline,
+            // The index still too slow: as granted (the keeper hands the
+            // run on if it lapsed).
+            Ok(None) => granted_until,
+            Err(RunLost) => {
+                lost.store(true, Ordering::Relaxed);
+                0
+            }
         }
     }
 

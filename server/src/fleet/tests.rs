@@ -511,23 +511,6 @@ async fn a_joiner_does_not_take_an_answer_from_a_listing_older_than_its_arrival(
     );
 }
 
-/// Passes every call, counting the renewals of runs.
-#[derive(Debug, Default)]
-struct CountsRenewals(std::sync::atomic::AtomicU64);
-
-impl crate::gate::Gate for CountsRenewals {
-    fn enter(
-        &self,
-        call: &'static str,
-        _subject: &str,
-    ) -> futures::future::BoxFuture<'static, crate::gate::Pass> {
-        if call == "renew_run" {
-            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        }
-        Box::pin(async { Box::new(()) as crate::gate::Pass })
-    }
-}
-
 /// Holds every copy until opened.
 #[derive(Debug)]
 struct HoldsCopies(tokio::sync::watch::Sender<bool>);
@@ -580,7 +563,7 @@ async fn a_listing_cut_at_the_deadline_then_renewed_late_is_handed_on_not_succee
     let copies = Arc::new(HoldsCopies(tokio::sync::watch::channel(false).0));
     let store = Arc::new(FaultStore::new(mem).with_gate(copies.clone()));
     store.delay(Op::List, Duration::from_millis(50));
-    let renewals = Arc::new(CountsRenewals::default());
+    let renewals = Arc::new(RenewalsOf::default());
     let index = Arc::new(
         CountingIndex::new(SqliteIndex::open_in_memory().unwrap()).with_gate(renewals.clone()),
     );
@@ -616,13 +599,13 @@ async fn a_listing_cut_at_the_deadline_then_renewed_late_is_handed_on_not_succee
         assert!(t0.elapsed() < Duration::from_secs(5), "the listing went on");
     }
     assert!(lists() < 20, "the listing stopped early: {} pages", lists());
-    assert_eq!(renewals.0.load(Ordering::SeqCst), 0, "not renewed yet");
+    assert_eq!(renewals.total(), 0, "not renewed yet");
     // The clock moves on: the keeper renews the run now, after the
     // listing stopped at the deadline, and the renewal is granted; then
     // the copies in flight end.
     clock.advance(150);
     let t0 = std::time::Instant::now();
-    while renewals.0.load(Ordering::SeqCst) == 0 {
+    while renewals.total() == 0 {
         assert!(t0.elapsed() < Duration::from_secs(5), "never renewed");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -666,6 +649,10 @@ impl RenewalsOf {
     fn of(&self, id: &str) -> u64 {
         let counts = self.0.lock().unwrap();
         counts.get(id).copied().unwrap_or(0)
+    }
+
+    fn total(&self) -> u64 {
+        self.0.lock().unwrap().values().sum()
     }
 }
 
@@ -761,5 +748,9 @@ async fn a_warm_whose_creation_the_index_answered_late_renews_its_run_and_finish
     let id = run_to_end(&ops).await;
     let rec = index.get_operation(&id).await.unwrap().unwrap();
     assert_eq!(rec.state.outcome, Some(Outcome::Succeeded), "{:?}", rec.state);
+    assert_eq!(
+        rec.resumptions, 0,
+        "finished by its first attempt, renewed, not resumed by a takeover"
+    );
     assert_eq!(store.inner().keys("cache--use1-az4--x-s3").len(), 20);
 }
