@@ -14,7 +14,7 @@
 # over the lone warm's; and the server's peak RSS and open descriptors.
 #
 #   bench/herd.sh [--n 1000] [--processes 200] [--objects 2000]
-#   bench/herd.sh --index dynamodb [--n 1000] [--item-writes 25]   (bench/herd_fleet.sh)
+#   bench/herd.sh --index dynamodb [--n 1000] [--item-writes 25] [--dynamodb-local]   (bench/herd_fleet.sh)
 set -euo pipefail
 # shellcheck source=../scripts/lib.sh
 source "$(dirname "$0")/../scripts/lib.sh"

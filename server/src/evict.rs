@@ -492,24 +492,11 @@ impl Evictor {
                 etag: (!e.dest_etag.is_empty()).then(|| e.dest_etag.clone()),
             })
             .collect();
-        let failures = match self.delete_with_retries(dir, &targets).await {
-            Ok(f) => f,
+        let (failures, abandoned) = match self.delete_with_retries(dir, &targets).await {
+            Ok(f) => self.delete_unrecorded_versions(dir, f, owner).await,
             Err(source) => {
-                // The delete may have happened with its reply lost: mark the
-                // entries unconfirmed (a warm copies the keys again; a later
-                // eviction retries the delete). The last attempt may still
-                // land up to its timeout from now, so the claims lapse only
-                // then (counted from the settled "now": takers-over add the
-                // skew margin back, so they wait exactly the timeout).
                 let keys: Vec<String> = marked.iter().map(|e| e.key.clone()).collect();
-                let lapse_at = self
-                    .settled_now()
-                    .saturating_add(span_millis(self.settings.request_timeout));
-                if let Err(e) = self.index.abandon_evict(dir, &keys, owner, lapse_at).await {
-                    // The claims stay live until their deadline, then mean
-                    // the same.
-                    tracing::warn!(error = %e, "could not mark abandoned evictions");
-                }
+                self.abandon(dir, &keys, owner).await;
                 return Err(EvictError::Store {
                     bucket: dir.to_owned(),
                     source,
@@ -531,7 +518,7 @@ impl Evictor {
         self.index.finish_evict(dir, &gone_keys, owner).await?;
         tally.deleted += gone.len() as u64;
         tally.bytes += gone.iter().map(|e| e.size).sum::<u64>();
-        for e in kept {
+        for e in kept.into_iter().filter(|e| !abandoned.contains(&e.key)) {
             crate::index::release_or_lapse(self.index.as_ref(), dir, &e.key, owner).await;
         }
         for f in failures.into_iter().filter(|f| f.code != "NoSuchKey") {
@@ -542,6 +529,85 @@ impl Evictor {
             });
         }
         Ok(())
+    }
+
+    /// The delete of `keys` may have happened with its reply lost: marks
+    /// their entries unconfirmed (a warm copies the keys again; a later
+    /// eviction retries the delete). The last attempt may still land up
+    /// to its timeout from now, so the claims lapse only then (counted
+    /// from the settled "now": takers-over add the skew margin back, so
+    /// they wait exactly the timeout).
+    async fn abandon(&self, dir: &str, keys: &[String], owner: &str) {
+        let lapse_at = self
+            .settled_now()
+            .saturating_add(span_millis(self.settings.request_timeout));
+        if let Err(e) = self.index.abandon_evict(dir, keys, owner, lapse_at).await {
+            // The claims stay live until their deadline, then mean the same.
+            tracing::warn!(error = %e, "could not mark abandoned evictions");
+        }
+    }
+
+    /// Of `failures` (a fenced delete's), those whose key held another
+    /// version than its entry records (`PreconditionFailed`) are deleted
+    /// again, fenced by the version a HEAD finds; the other failures, and
+    /// those that fail again, are returned. Under this eviction claim no
+    /// copy can be recorded, so that version is one no entry vouches for:
+    /// a copy that landed after the recorded one (a retried request's
+    /// first try, a superseded attempt's copy; a directory bucket gives
+    /// every copy a new ETag, even of the same bytes). Left alone it would
+    /// outlive every lease and fail every sweep. A version written after
+    /// the HEAD is still left alone, and reported.
+    /// Also returns the keys whose second delete had an unknown outcome
+    /// (abandoned: their claims lapse on their own).
+    async fn delete_unrecorded_versions(
+        &self,
+        dir: &str,
+        failures: Vec<crate::store::DeleteFailure>,
+        owner: &str,
+    ) -> (Vec<crate::store::DeleteFailure>, BTreeSet<String>) {
+        let (changed, mut rest): (Vec<_>, Vec<_>) = failures
+            .into_iter()
+            .partition(|f| f.code == "PreconditionFailed");
+        let mut targets = Vec::new();
+        for f in changed {
+            match self.store.head_object(dir, &f.key).await {
+                Ok(found) => {
+                    tracing::warn!(key = %f.key, etag = %found.etag,
+                        "deleting a version of an evicted key that its entry does not record                          (a copy that landed late)");
+                    targets.push(DeleteTarget {
+                        key: f.key,
+                        etag: Some(found.etag),
+                    });
+                }
+                // Gone meanwhile: what the delete wanted.
+                Err(crate::store::StoreError::NoSuchKey(_)) => {}
+                Err(e) => {
+                    tracing::warn!(key = %f.key, error = %e, "could not read the key's version");
+                    rest.push(f);
+                }
+            }
+        }
+        if targets.is_empty() {
+            return (rest, BTreeSet::new());
+        }
+        match self.delete_with_retries(dir, &targets).await {
+            Ok(more) => {
+                rest.extend(more);
+                (rest, BTreeSet::new())
+            }
+            // Unknown whether it landed: the key may be empty now, so its
+            // entry no longer vouches for it.
+            Err(e) => {
+                let keys: Vec<String> = targets.iter().map(|t| t.key.clone()).collect();
+                self.abandon(dir, &keys, owner).await;
+                rest.extend(targets.into_iter().map(|t| crate::store::DeleteFailure {
+                    key: t.key,
+                    code: e.code().to_owned(),
+                    message: e.to_string(),
+                }));
+                (rest, keys.into_iter().collect())
+            }
+        }
     }
 
     /// DeleteObjects, retried on retryable errors (the SDK's own retries
@@ -660,6 +726,65 @@ mod tests {
     type Ev = Built<Evictor, FaultStore<MemoryStore>, SqliteIndex>;
 
     async fn setup(keys: &[&str]) -> (Ev, Arc<ManualClock>) {
+        setup_gated(keys, None).await
+    }
+
+    /// Holds the deletes that follow a HEAD until the test lets them go:
+    /// the test acts between an eviction's HEAD and its second delete.
+    #[derive(Debug)]
+    pub(super) struct AfterHead {
+        headed: std::sync::atomic::AtomicBool,
+        held: std::sync::atomic::AtomicBool,
+        go: tokio::sync::watch::Sender<bool>,
+    }
+
+    impl AfterHead {
+        pub(super) fn new() -> Arc<Self> {
+            Arc::new(Self {
+                headed: Default::default(),
+                held: Default::default(),
+                go: tokio::sync::watch::channel(false).0,
+            })
+        }
+
+        /// Waits until a delete after a HEAD is held.
+        pub(super) async fn until_held(&self) {
+            while !self.held.load(std::sync::atomic::Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+
+        pub(super) fn release(&self) {
+            self.go.send_replace(true);
+        }
+    }
+
+    impl crate::gate::Gate for AfterHead {
+        fn enter(
+            &self,
+            call: &'static str,
+            _subject: &str,
+        ) -> futures::future::BoxFuture<'static, crate::gate::Pass> {
+            use std::sync::atomic::Ordering;
+            if call == "head" {
+                self.headed.store(true, Ordering::SeqCst);
+            }
+            if call == "delete" && self.headed.load(Ordering::SeqCst) {
+                self.held.store(true, Ordering::SeqCst);
+                let mut go = self.go.subscribe();
+                return Box::pin(async move {
+                    go.wait_for(|go| *go).await.ok();
+                    Box::new(()) as crate::gate::Pass
+                });
+            }
+            Box::pin(async { Box::new(()) as crate::gate::Pass })
+        }
+    }
+
+    async fn setup_gated(
+        keys: &[&str],
+        gate: Option<Arc<dyn crate::gate::Gate>>,
+    ) -> (Ev, Arc<ManualClock>) {
         let store = MemoryStore::default();
         let index = SqliteIndex::open_in_memory().unwrap();
         store.create_bucket(DIR);
@@ -696,7 +821,11 @@ mod tests {
                 .unwrap();
         }
         let clock = Arc::new(ManualClock::new(1_000));
-        let ev = Built::new(FaultStore::new(store), index, |store, index| {
+        let store = match gate {
+            Some(gate) => FaultStore::new(store).with_gate(gate),
+            None => FaultStore::new(store),
+        };
+        let ev = Built::new(store, index, |store, index| {
             Evictor::new(
                 store,
                 index,
@@ -843,12 +972,35 @@ mod tests {
         assert_eq!(ev.index.usage(DIR, "").await.unwrap().objects, 0);
     }
 
+    /// A copy landed after the one the entry records (a retried request's
+    /// first try, a superseded attempt's; a directory bucket gives it a new
+    /// ETag even for the same bytes): under the eviction claim nothing can
+    /// record it, so it is deleted with the rest, not left to outlive
+    /// every lease and fail every sweep.
     #[tokio::test]
-    async fn a_fenced_delete_keeps_the_newer_object_and_its_record() {
-        let (ev, _) = setup(&["f/1"]).await;
-        // The object was replaced behind the index's back.
+    async fn a_version_no_entry_records_is_deleted_under_the_eviction_claim() {
+        let (ev, _) = setup(&["f/1", "f/2"]).await;
         ev.store.inner().put(DIR, "f/1", 10);
         let resp = evict(&ev, &spec("f/", false)).await;
+        assert_eq!(resp.tally.failures, vec![], "{resp:?}");
+        assert_eq!(resp.tally.deleted, 2);
+        assert!(ev.store.inner().keys(DIR).is_empty());
+        assert_eq!(ev.index.usage(DIR, "").await.unwrap().objects, 0);
+    }
+
+    /// The version a HEAD found was replaced again before its delete: that
+    /// one is left alone and reported, its entry kept, its claim released.
+    #[tokio::test]
+    async fn a_version_written_after_the_head_is_kept_and_reported() {
+        let gate = AfterHead::new();
+        let (ev, _) = setup_gated(&["f/1"], Some(gate.clone())).await;
+        ev.store.inner().put(DIR, "f/1", 10);
+        let spec = spec("f/", false);
+        let (resp, ()) = tokio::join!(evict(&ev, &spec), async {
+            gate.until_held().await;
+            ev.store.inner().put(DIR, "f/1", 10);
+            gate.release();
+        });
         assert_eq!(resp.tally.deleted, 0);
         assert_eq!(resp.tally.failures[0].code, "PreconditionFailed");
         assert_eq!(ev.store.inner().keys(DIR), ["f/1"]);
@@ -916,11 +1068,22 @@ mod fault_tests {
     }
 
     fn evictor(skew: Duration) -> (Ev, Arc<ManualClock>) {
+        evictor_gated(skew, None)
+    }
+
+    fn evictor_gated(
+        skew: Duration,
+        gate: Option<Arc<dyn crate::gate::Gate>>,
+    ) -> (Ev, Arc<ManualClock>) {
         let store = MemoryStore::default();
         store.create_bucket(DIR);
         let clock = Arc::new(ManualClock::new(1_000_000));
         let index = SqliteIndex::open_in_memory().unwrap();
-        let ev = Built::new(FaultStore::new(store), index, |store, index| {
+        let store = match gate {
+            Some(gate) => FaultStore::new(store).with_gate(gate),
+            None => FaultStore::new(store),
+        };
+        let ev = Built::new(store, index, |store, index| {
             Evictor::new(
                 store,
                 index,
@@ -969,6 +1132,51 @@ mod fault_tests {
             now: ev.clock.now(),
         }
         .decide(&obj, rec.first())
+    }
+
+    /// The HEAD that reads a late copy's version is throttled: that key is
+    /// kept and reported, its entry kept; the next eviction deletes it.
+    #[tokio::test]
+    async fn a_late_copy_whose_head_is_throttled_is_kept_then_deleted_by_the_next_eviction() {
+        let (ev, _) = evictor(Duration::ZERO);
+        let ks = keys("h/", 3);
+        cache(&ev, DIR, &ks).await;
+        ev.store.inner().put(DIR, &ks[1], 10);
+        ev.store.fail(Op::Head, None, StoreError::Throttled("SlowDown".into()), Some(1));
+        let r = ev.evict(&spec("h/")).await.unwrap();
+        assert_eq!(r.tally.deleted, 2, "{r:?}");
+        assert_eq!(r.tally.failures[0].key, ks[1]);
+        assert_eq!(ev.store.inner().keys(DIR), [ks[1].clone()]);
+        let r = ev.evict(&spec("h/")).await.unwrap();
+        assert_eq!((r.tally.deleted, r.tally.failed()), (1, 0), "{r:?}");
+        assert!(ev.store.inner().keys(DIR).is_empty());
+    }
+
+    /// The delete of a late copy's version loses every reply after S3
+    /// applied it: the key may be empty now, so its entry is unconfirmed
+    /// (a warm copies it again), and the failure is reported.
+    #[tokio::test]
+    async fn a_late_copys_delete_with_its_replies_lost_leaves_the_entry_unconfirmed() {
+        let gate = super::tests::AfterHead::new();
+        let (ev, _) = evictor_gated(Duration::ZERO, Some(gate.clone()));
+        let ks = keys("u/", 1);
+        cache(&ev, DIR, &ks).await;
+        ev.store.inner().put(DIR, &ks[0], 10);
+        let spec = spec("u/");
+        let (r, ()) = tokio::join!(ev.evict(&spec), async {
+            gate.until_held().await;
+            ev.store.lose_replies(Op::Delete, 100);
+            gate.release();
+        });
+        let r = r.unwrap();
+        assert_eq!(r.tally.deleted, 0, "{r:?}");
+        assert!(r.tally.failures[0].message.contains("reply lost"), "{r:?}");
+        assert!(ev.store.inner().keys(DIR).is_empty(), "S3 applied it");
+        assert_eq!(
+            warm_decides(&ev, &ks[0]).await,
+            Decision::Copy(CopyReason::Unconfirmed),
+            "a warm must copy it again, not count a hit"
+        );
     }
 
     #[tokio::test]
@@ -1054,10 +1262,12 @@ mod fault_tests {
         let (ev, clock) = evictor(Duration::ZERO);
         let ks = keys("k/", 3);
         cache(&ev, DIR, &ks).await;
-        // Replaced behind the index's back: every fenced delete is refused.
+        // Replaced behind the index's back, and what replaced them cannot
+        // be read: every fenced delete is refused, and stays so.
         for k in &ks {
             ev.store.inner().put(DIR, k, 10);
         }
+        ev.store.fail(Op::Head, None, StoreError::AccessDenied("head".into()), None);
         ev.index
             .extend_lease(&Lease::new(DIR, "k/", "src", clock.now() + 1), 0)
             .await
@@ -1151,11 +1361,12 @@ mod fault_tests {
         let (ev, _) = evictor(Duration::ZERO);
         let ks = keys("m/", 250);
         cache(&ev, DIR, &ks).await;
-        // Every object was replaced behind the index's back: each fenced
-        // delete fails.
+        // Every object was replaced behind the index's back, and what
+        // replaced them cannot be read: each fenced delete fails.
         for k in &ks {
             ev.store.inner().put(DIR, k, 10);
         }
+        ev.store.fail(Op::Head, None, StoreError::AccessDenied("head".into()), None);
         let resp = ev.evict(&spec("m/")).await.unwrap();
         assert_eq!(resp.tally.failures.len(), 100);
         assert_eq!(resp.tally.failures_omitted, 150);

@@ -80,6 +80,23 @@ async fn every_index_contract_holds_when_write_replies_are_lost_after_the_write(
     assert!(proxy.injected() > 5, "{} replies lost", proxy.injected());
 }
 
+/// An endpoint that does not say what a refused condition saw (DynamoDB
+/// Local before 2.0 ignores ReturnValuesOnConditionCheckFailure): every
+/// contract still holds, the index reads the item instead. Without that
+/// read, a renewal of a run this replica holds was taken for lost, and a
+/// lease write refused by a longer live lease retried itself without end
+/// (the process died of a stack overflow).
+#[tokio::test]
+async fn every_index_contract_holds_when_refusals_do_not_carry_the_item() {
+    let moto = Moto::start();
+    let proxy = FaultProxy::start(&moto.endpoint).await;
+    let index = through_proxy(&moto, &proxy, patient()).await;
+    proxy.add(Rule::always(Match::dynamo_writes(), Fault::DropRefusedItem));
+    run_all(&index).await;
+    run_operation_log(&index).await;
+    run_replica_registry(&index).await;
+}
+
 #[tokio::test]
 async fn calls_that_never_answer_are_sent_again_and_succeed() {
     let moto = Moto::start();

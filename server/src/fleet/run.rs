@@ -351,15 +351,30 @@ impl Operations {
         if left_until(granted_until, self.warmer.clock.now()) >= ttl / 2 {
             return granted_until;
         }
-        match self.renew(id, ticket, ttl, ttl / 2, stop).await {
-            Ok(Some(deadline)) => deadline,
-            // The index still too slow: as granted (the keeper hands the
-            // run on if it lapsed).
-            Ok(None) => granted_until,
-            Err(RunLost) => {
-                lost.store(true, Ordering::Relaxed);
-                0
+        // Tried again within half a lease: a lost reply or a throttle
+        // would otherwise start the warm past its deadline and hand it on
+        // (a renewal whose reply was lost is found held by the next one).
+        let budget = tokio::time::Instant::now() + ttl / 2;
+        let backoff = expresscache::Backoff::new(Duration::from_millis(20), ttl / 8);
+        let mut attempt = 0;
+        loop {
+            let within = budget.saturating_duration_since(tokio::time::Instant::now());
+            match self.renew(id, ticket, ttl, within, stop).await {
+                Ok(Some(deadline)) => return deadline,
+                Ok(None) => {}
+                Err(RunLost) => {
+                    lost.store(true, Ordering::Relaxed);
+                    return 0;
+                }
             }
+            attempt += 1;
+            let pause = backoff.delay_at(attempt, fastrand::f64());
+            if tokio::time::Instant::now() + pause >= budget {
+                // The index still too slow: as granted (the keeper hands
+                // the run on if it lapsed).
+                return granted_until;
+            }
+            tokio::time::sleep(pause).await;
         }
     }
 

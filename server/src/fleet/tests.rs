@@ -219,6 +219,16 @@ fn fleet_member<I: crate::index::FleetIndex>(
     n: usize,
     copy_ms: u64,
 ) -> (Arc<Operations>, Arc<SlowStore>) {
+    fleet_member_with(index, n, copy_ms, short_runs())
+}
+
+/// [`fleet_member`] with `settings`, and a store of its own.
+fn fleet_member_with<I: crate::index::FleetIndex>(
+    index: Arc<I>,
+    n: usize,
+    copy_ms: u64,
+    settings: OpsSettings,
+) -> (Arc<Operations>, Arc<SlowStore>) {
     use crate::store::{FaultStore, Op};
     let mem = MemoryStore::default();
     mem.create_bucket("src");
@@ -236,7 +246,6 @@ fn fleet_member<I: crate::index::FleetIndex>(
         Arc::new(crate::core::clock::SystemClock),
         warm,
     ));
-    let settings = short_runs();
     (
         Arc::new(Operations::new(warmer, index, settings, Limits::default())),
         store,
@@ -736,14 +745,37 @@ impl crate::gate::Gate for Slow {
 /// deadline and handing itself on (on a fleet, every replica in turn).
 #[tokio::test]
 async fn a_warm_whose_creation_the_index_answered_late_renews_its_run_and_finishes() {
+    late_grant_renewed_through(|_| {}).await;
+}
+
+/// As above, the renewal before the start took effect but its reply was
+/// lost: the next try finds the run held, and the warm finishes.
+#[tokio::test]
+async fn a_late_grant_whose_renewal_reply_is_lost_renews_again_and_finishes() {
+    late_grant_renewed_through(|index| index.lose_reply("renew_run", 1)).await;
+}
+
+/// As above, the index throttled (answered unavailable) the first two
+/// renewals: they are tried again within half a lease.
+#[tokio::test]
+async fn a_late_grant_whose_renewals_are_throttled_renews_again_and_finishes() {
+    late_grant_renewed_through(|index| index.fail("renew_run", 2)).await;
+}
+
+/// Creation answers 700 ms after it was sent, past the 400 ms run lease,
+/// and `fault` is set on the index: the warm still ends SUCCEEDED by its
+/// own first attempt (not a takeover), every object copied.
+async fn late_grant_renewed_through(
+    fault: impl FnOnce(&crate::index::CountingIndex<SqliteIndex>),
+) {
     use crate::index::CountingIndex;
-    // The creation answers after 700 ms; the run lease is 400 ms.
     let index = Arc::new(
         CountingIndex::new(SqliteIndex::open_in_memory().unwrap()).with_gate(Arc::new(Slow(
             "create_operation",
             Duration::from_millis(700),
         ))),
     );
+    fault(&index);
     let (ops, store) = fleet_member(Arc::clone(&index), 20, 5);
     let id = run_to_end(&ops).await;
     let rec = index.get_operation(&id).await.unwrap().unwrap();
@@ -753,4 +785,119 @@ async fn a_warm_whose_creation_the_index_answered_late_renews_its_run_and_finish
         "finished by its first attempt, renewed, not resumed by a takeover"
     );
     assert_eq!(store.inner().keys("cache--use1-az4--x-s3").len(), 20);
+}
+
+/// Creation answers 700 ms late (past the 400 ms run lease); the first
+/// run renewal, the one before the warm starts, then hangs, or comes after
+/// another replica took the lapsed run over.
+struct LateGrant {
+    renewed: std::sync::atomic::AtomicBool,
+    first_renewal: FirstRenewal,
+}
+
+enum FirstRenewal {
+    Hangs,
+    AfterTakeoverBy(std::sync::OnceLock<Arc<Operations>>),
+}
+
+impl std::fmt::Debug for LateGrant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LateGrant")
+    }
+}
+
+impl crate::gate::Gate for LateGrant {
+    fn enter(
+        &self,
+        call: &'static str,
+        _subject: &str,
+    ) -> futures::future::BoxFuture<'static, crate::gate::Pass> {
+        use std::sync::atomic::Ordering;
+        let first_renewal = call == "renew_run" && !self.renewed.swap(true, Ordering::SeqCst);
+        match (call, &self.first_renewal) {
+            ("create_operation", _) => Box::pin(async {
+                tokio::time::sleep(Duration::from_millis(700)).await;
+                Box::new(()) as crate::gate::Pass
+            }),
+            (_, FirstRenewal::Hangs) if first_renewal => Box::pin(std::future::pending()),
+            (_, FirstRenewal::AfterTakeoverBy(other)) if first_renewal => {
+                let other = Arc::clone(other.get().expect("the other replica is set"));
+                Box::pin(async move {
+                    assert_eq!(other.adopt_orphans().await.unwrap(), 1, "taken over");
+                    Box::new(()) as crate::gate::Pass
+                })
+            }
+            _ => Box::pin(async { Box::new(()) as crate::gate::Pass }),
+        }
+    }
+}
+
+/// Replica "here" runs a warm through a [`LateGrant`]`(first_renewal)`
+/// index; replica "other" shares the index, with a store of its own.
+/// Returns both, their stores, and the index.
+#[allow(clippy::type_complexity)]
+async fn late_grant_meets(
+    first_renewal: FirstRenewal,
+) -> (
+    String,
+    (Arc<Operations>, Arc<SlowStore>),
+    (Arc<Operations>, Arc<SlowStore>),
+    Arc<crate::index::CountingIndex<SqliteIndex>>,
+) {
+    use crate::index::CountingIndex;
+    let gate = Arc::new(LateGrant {
+        renewed: Default::default(),
+        first_renewal,
+    });
+    let index = Arc::new(
+        CountingIndex::new(SqliteIndex::open_in_memory().unwrap()).with_gate(gate.clone()),
+    );
+    let as_replica = |replica: &str| OpsSettings {
+        replica: replica.into(),
+        // Takes a lapsed run over at once, not a skew margin later.
+        skew_margin: Duration::ZERO,
+        ..short_runs()
+    };
+    let here = fleet_member_with(Arc::clone(&index), 20, 5, as_replica("here"));
+    let other = fleet_member_with(Arc::clone(&index), 20, 5, as_replica("other"));
+    if let FirstRenewal::AfterTakeoverBy(cell) = &gate.first_renewal {
+        cell.set(Arc::clone(&other.0)).ok();
+    }
+    let id = run_to_end(&here.0).await;
+    (id, here, other, index)
+}
+
+/// The run the index granted late was taken over by another replica
+/// before this one renewed it: the renewal finds it lost, this attempt
+/// sends no request to S3, and the replica that took it over finishes it.
+#[tokio::test]
+async fn a_late_grant_taken_over_before_its_renewal_sends_nothing_and_the_taker_finishes() {
+    use std::sync::atomic::Ordering;
+    let (id, (_, store), (other, others_store), index) =
+        late_grant_meets(FirstRenewal::AfterTakeoverBy(Default::default())).await;
+    until_ended(&other, &id).await;
+    let rec = index.get_operation(&id).await.unwrap().unwrap();
+    assert_eq!(rec.state.outcome, Some(Outcome::Succeeded), "{:?}", rec.state);
+    assert_eq!(rec.resumptions, 1, "one takeover");
+    assert_eq!(store.calls.copy.load(Ordering::SeqCst), 0, "no copy sent");
+    assert_eq!(store.calls.list.load(Ordering::SeqCst), 0, "no listing sent");
+    assert_eq!(others_store.inner().keys("cache--use1-az4--x-s3").len(), 20);
+}
+
+/// The renewal before the start hangs: after half a lease the warm starts
+/// on its grant, already past; it sends nothing, records nothing and hands
+/// the run on, and another replica's next look finishes it.
+#[tokio::test]
+async fn a_late_grant_whose_renewal_hangs_sends_nothing_and_is_handed_on() {
+    use std::sync::atomic::Ordering;
+    let (id, (_, store), (other, others_store), index) =
+        late_grant_meets(FirstRenewal::Hangs).await;
+    let rec = index.get_operation(&id).await.unwrap().unwrap();
+    assert!(!rec.is_done(), "no outcome recorded: {:?}", rec.state);
+    assert_eq!(store.calls.copy.load(Ordering::SeqCst), 0, "no copy sent");
+    assert_eq!(other.adopt_orphans().await.unwrap(), 1, "handed on");
+    until_ended(&other, &id).await;
+    let rec = index.get_operation(&id).await.unwrap().unwrap();
+    assert_eq!(rec.state.outcome, Some(Outcome::Succeeded), "{:?}", rec.state);
+    assert_eq!(others_store.inner().keys("cache--use1-az4--x-s3").len(), 20);
 }

@@ -33,7 +33,9 @@ pub struct RequestDoc {
     pub force_copy: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
-    #[serde(default)]
+    /// Absent when empty (the root): DynamoDB releases before May 2020,
+    /// DynamoDB Local's among them, refuse empty strings in attributes.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub destination_prefix: String,
     /// Milliseconds; 0 (and absent, from earlier releases): always list.
     #[serde(default, skip_serializing_if = "is_zero")]

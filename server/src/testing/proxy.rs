@@ -348,6 +348,12 @@ pub enum Fault {
         /// The DynamoDB error type, without its namespace.
         error_type: String,
     },
+    /// Forwards normally, then takes the refused item out of a DynamoDB
+    /// ConditionalCheckFailedException (and out of each cancellation
+    /// reason of a TransactionCanceledException): an endpoint that does not
+    /// honour `ReturnValuesOnConditionCheckFailure` (DynamoDB Local before
+    /// 2.0), where every refusal looks like one of a missing item.
+    DropRefusedItem,
     /// Answers with the throttle DynamoDB sends for the call: for
     /// TransactWriteItems and TransactGetItems, 400
     /// `TransactionCanceledException` with one cancellation reason per
@@ -958,6 +964,10 @@ async fn handle(
             tokio::time::sleep(d).await;
             Ok(shared.pass(parts, &path_and_query, body, call).await)
         }
+        Some(Fault::DropRefusedItem) => Ok(dynamo::drop_refused_item(
+            shared.pass(parts, &path_and_query, body, call).await,
+        )
+        .await),
         Some(Fault::ShiftDate(secs)) => {
             let mut resp = shared.pass(parts, &path_and_query, body, call).await;
             shift_date(resp.headers_mut(), secs);

@@ -189,68 +189,73 @@ impl Leases for DynamoIndex {
         if !lease.epoch.is_empty() {
             return self.renew_lease(key, lease, now).await;
         }
-        // Create, or extend a live lease (keeping its epoch): the common case.
-        let res = self
-            .update(
-                table,
-                key.clone(),
-                "SET #expires_at = :e, #epoch = if_not_exists(#epoch, :new), #prefix = :prefix, \
-                 #source_bucket = :source, #kind = :lease \
-                 REMOVE #sweep_attempts, #sweep_error, #sweep_retry_at",
-                Some(
-                    "attribute_not_exists(#expires_at) OR (#expires_at > :now AND #expires_at < :e)",
-                ),
-                Vals::new()
-                    .n("e", lease.expires_at)
-                    .s("new", new_epoch())
-                    .s("prefix", &lease.prefix)
-                    .s("source", &lease.source_bucket)
-                    .s("lease", LEASE_KIND)
-                    .n("now", now),
-                ReturnValue::AllNew,
-            )
-            .await?;
-        let mut seen = match res {
-            Cond::Done(item) => return done_lease(item),
-            Cond::Refused(seen) => seen,
-        };
-        for _ in 0..ROUNDS {
-            let Some(item) = seen else {
-                // Removed since: try the common case again.
-                return Box::pin(self.extend_lease(lease, now)).await;
-            };
-            let stored = lease_of(&item)?;
-            if stored.expires_at > now {
-                // Live and already at least as long: nothing to write.
-                return Ok(stored);
-            }
-            // Expired at `now`: revived with a new epoch (the sweeper may
-            // have deleted under it; a warm naming the old epoch must learn
-            // its lease ended). A longer expiry also starts a clean sweep
-            // record, as a created lease has.
-            let clean = if lease.expires_at > stored.expires_at {
-                " REMOVE #sweep_attempts, #sweep_error, #sweep_retry_at"
-            } else {
-                ""
-            };
+        // Create, or extend a live lease (keeping its epoch): the common
+        // case; again (a bounded number of times) if the lease was
+        // removed between a refusal and the write that follows it.
+        'common: for _ in 0..ROUNDS {
             let res = self
                 .update(
                     table,
                     key.clone(),
-                    &format!("SET #expires_at = :e, #epoch = :new{clean}"),
-                    Some("#expires_at = :old_e AND #epoch = :old_epoch"),
+                    "SET #expires_at = :e, #epoch = if_not_exists(#epoch, :new), #prefix = :prefix, \
+                     #source_bucket = :source, #kind = :lease \
+                     REMOVE #sweep_attempts, #sweep_error, #sweep_retry_at",
+                    Some(
+                        "attribute_not_exists(#expires_at) OR (#expires_at > :now AND #expires_at < :e)",
+                    ),
                     Vals::new()
-                        .n("e", stored.expires_at.max(lease.expires_at))
+                        .n("e", lease.expires_at)
                         .s("new", new_epoch())
-                        .n("old_e", stored.expires_at)
-                        .s("old_epoch", &stored.epoch),
+                        .s("prefix", &lease.prefix)
+                        .s("source", &lease.source_bucket)
+                        .s("lease", LEASE_KIND)
+                        .n("now", now),
                     ReturnValue::AllNew,
                 )
                 .await?;
-            seen = match res {
+            let mut seen = match res {
                 Cond::Done(item) => return done_lease(item),
                 Cond::Refused(seen) => seen,
             };
+            for _ in 0..ROUNDS {
+                let Some(item) = seen else {
+                    // Removed since: try the common case again.
+                    continue 'common;
+                };
+                let stored = lease_of(&item)?;
+                if stored.expires_at > now {
+                    // Live and already at least as long: nothing to write.
+                    return Ok(stored);
+                }
+                // Expired at `now`: revived with a new epoch (the sweeper may
+                // have deleted under it; a warm naming the old epoch must learn
+                // its lease ended). A longer expiry also starts a clean sweep
+                // record, as a created lease has.
+                let clean = if lease.expires_at > stored.expires_at {
+                    " REMOVE #sweep_attempts, #sweep_error, #sweep_retry_at"
+                } else {
+                    ""
+                };
+                let res = self
+                    .update(
+                        table,
+                        key.clone(),
+                        &format!("SET #expires_at = :e, #epoch = :new{clean}"),
+                        Some("#expires_at = :old_e AND #epoch = :old_epoch"),
+                        Vals::new()
+                            .n("e", stored.expires_at.max(lease.expires_at))
+                            .s("new", new_epoch())
+                            .n("old_e", stored.expires_at)
+                            .s("old_epoch", &stored.epoch),
+                        ReturnValue::AllNew,
+                    )
+                    .await?;
+                seen = match res {
+                    Cond::Done(item) => return done_lease(item),
+                    Cond::Refused(seen) => seen,
+                };
+            }
+            break;
         }
         Err(self.contention("extend_lease"))
     }

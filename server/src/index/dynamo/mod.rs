@@ -386,7 +386,7 @@ impl DynamoIndex {
             .client
             .update_item()
             .table_name(table)
-            .set_key(Some(key))
+            .set_key(Some(key.clone()))
             .update_expression(update)
             .set_condition_expression(condition.map(str::to_owned))
             .set_expression_attribute_names(names_in(&exprs))
@@ -397,7 +397,7 @@ impl DynamoIndex {
         match res {
             Ok(out) => Ok(Cond::Done(out.attributes)),
             Err(e) => match errors::refused(&e) {
-                Some(item) => Ok(Cond::Refused(item)),
+                Some(item) => Ok(Cond::Refused(self.or_read(table, key, item).await?)),
                 None => Err(errors::classify(
                     "UpdateItem",
                     table,
@@ -420,7 +420,7 @@ impl DynamoIndex {
             .client
             .delete_item()
             .table_name(table)
-            .set_key(Some(key))
+            .set_key(Some(key.clone()))
             .condition_expression(condition)
             .set_expression_attribute_names(names_in(&[condition]))
             .set_expression_attribute_values(prune(vals, &[condition]).into_map())
@@ -429,7 +429,7 @@ impl DynamoIndex {
         match res {
             Ok(_) => Ok(Cond::Done(())),
             Err(e) => match errors::refused(&e) {
-                Some(item) => Ok(Cond::Refused(item)),
+                Some(item) => Ok(Cond::Refused(self.or_read(table, key, item).await?)),
                 None => Err(errors::classify(
                     "DeleteItem",
                     table,
@@ -440,8 +440,14 @@ impl DynamoIndex {
         }
     }
 
-    /// A conditional PutItem.
-    async fn put(&self, table: &str, item: Item, condition: &str) -> Result<Cond<()>, IndexError> {
+    /// A conditional PutItem of `item`, whose key is `key`.
+    async fn put(
+        &self,
+        table: &str,
+        key: Item,
+        item: Item,
+        condition: &str,
+    ) -> Result<Cond<()>, IndexError> {
         let req = self
             .client
             .put_item()
@@ -454,9 +460,29 @@ impl DynamoIndex {
         match res {
             Ok(_) => Ok(Cond::Done(())),
             Err(e) => match errors::refused(&e) {
-                Some(item) => Ok(Cond::Refused(item)),
+                Some(item) => Ok(Cond::Refused(self.or_read(table, key, item).await?)),
                 None => Err(errors::classify("PutItem", table, &self.create_hint(), &e)),
             },
+        }
+    }
+
+    /// The item a refused condition saw: `seen` as the refusal carried it,
+    /// else read. DynamoDB returns it with the refusal when asked
+    /// (ReturnValuesOnConditionCheckFailure) and the item exists; an
+    /// endpoint that does not (DynamoDB Local before 2.0) would otherwise
+    /// make every refusal look like one of a missing item: a renewal of a
+    /// run this replica holds taken for lost, a retried write's own item
+    /// for another's. On DynamoDB the read costs one consistent read per
+    /// refusal of a missing item.
+    async fn or_read(
+        &self,
+        table: &str,
+        key: Item,
+        seen: Option<Item>,
+    ) -> Result<Option<Item>, IndexError> {
+        match seen {
+            Some(item) => Ok(Some(item)),
+            None => self.get(table, key).await,
         }
     }
 

@@ -595,7 +595,7 @@ impl OperationLog for DynamoIndex {
         let table = self.tables.operations.as_str();
         let item = self.op_item(op)?;
         let Some(rid) = op.request_id.as_deref() else {
-            return match self.put(table, item, "attribute_not_exists(#pk)").await? {
+            return match self.put(table, op_key(&op.id), item, "attribute_not_exists(#pk)").await? {
                 Cond::Done(()) => Ok(CreateOutcome::Created),
                 Cond::Refused(seen) => {
                     Self::taken_id(op, seen.as_ref()).map(|_| CreateOutcome::Created)

@@ -276,8 +276,16 @@ impl DynamoIndex {
                     done.push(format!("enabled TTL on {} (attribute {attr})", spec.name));
                 }
             }
-            if self.enable_pitr(&spec.name).await? {
-                done.push(format!("enabled point-in-time recovery on {}", spec.name));
+            match self.enable_pitr(&spec.name).await? {
+                Some(true) => {
+                    done.push(format!("enabled point-in-time recovery on {}", spec.name))
+                }
+                Some(false) => {}
+                None => done.push(format!(
+                    "point-in-time recovery is not offered by this endpoint (DynamoDB Local?); \
+                     left off on {}",
+                    spec.name
+                )),
             }
         }
         Ok(done)
@@ -383,23 +391,42 @@ impl DynamoIndex {
         Ok(true)
     }
 
-    /// Turns point-in-time recovery on; whether it had to. A new table's
-    /// backups take a while to become available: retried until they are.
-    async fn enable_pitr(&self, name: &str) -> Result<bool, IndexError> {
-        let out = self
+    /// Turns point-in-time recovery on; whether it had to, or `None` where
+    /// the endpoint has no backups at all (DynamoDB Local answers
+    /// UnknownOperationException; DynamoDB itself always has them). A new
+    /// table's backups take a while to become available: retried until
+    /// they are.
+    async fn enable_pitr(&self, name: &str) -> Result<Option<bool>, IndexError> {
+        let out = match self
             .client
             .describe_continuous_backups()
             .table_name(name)
             .send()
             .await
-            .map_err(|e| classify("DescribeContinuousBackups", name, &self.create_hint(), &e))?;
+        {
+            Ok(out) => out,
+            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 400)
+                && aws_sdk_dynamodb::error::ProvideErrorMetadata::code(&e)
+                    == Some("UnknownOperationException") =>
+            {
+                return Ok(None)
+            }
+            Err(e) => {
+                return Err(classify(
+                    "DescribeContinuousBackups",
+                    name,
+                    &self.create_hint(),
+                    &e,
+                ))
+            }
+        };
         let on = out
             .continuous_backups_description()
             .and_then(|d| d.point_in_time_recovery_description())
             .and_then(|p| p.point_in_time_recovery_status())
             == Some(&PointInTimeRecoveryStatus::Enabled);
         if on {
-            return Ok(false);
+            return Ok(Some(false));
         }
         let spec = PointInTimeRecoverySpecification::builder()
             .point_in_time_recovery_enabled(true)
@@ -415,7 +442,7 @@ impl DynamoIndex {
                 .send()
                 .await;
             match res {
-                Ok(_) => return Ok(true),
+                Ok(_) => return Ok(Some(true)),
                 Err(e)
                     if matches!(
                         e.as_service_error(),

@@ -421,6 +421,42 @@ pub(super) fn error(
     respond(status, &body, request_id)
 }
 
+/// `resp` without the item a refused condition saw: see
+/// [`Fault::DropRefusedItem`](super::Fault::DropRefusedItem). Any other
+/// reply passes as it is.
+pub(super) async fn drop_refused_item(resp: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
+    use http_body_util::BodyExt;
+    let (parts, body) = resp.into_parts();
+    let Ok(collected) = body.collect().await;
+    let bytes = collected.to_bytes();
+    let Ok(mut v) = serde_json::from_slice::<Value>(&bytes) else {
+        return Response::from_parts(parts, Full::new(bytes));
+    };
+    let kind = v.get("__type").and_then(Value::as_str).unwrap_or_default();
+    if kind.ends_with("ConditionalCheckFailedException") {
+        if let Some(o) = v.as_object_mut() {
+            o.remove("Item");
+        }
+    } else if kind.ends_with("TransactionCanceledException") {
+        for reason in v
+            .get_mut("CancellationReasons")
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten()
+        {
+            if let Some(o) = reason.as_object_mut() {
+                o.remove("Item");
+            }
+        }
+    }
+    let body = Bytes::from(serde_json::to_vec(&v).unwrap_or_else(|_| bytes.to_vec()));
+    let mut resp = Response::from_parts(parts, Full::new(body));
+    resp.headers_mut().remove(header::CONTENT_LENGTH);
+    // DynamoDB signs its replies with a CRC32 of the body; the SDK checks it.
+    resp.headers_mut().remove("x-amz-crc32");
+    resp
+}
+
 /// The throttle DynamoDB answers `call` with. For a transaction, 400
 /// TransactionCanceledException with one cancellation reason per
 /// TransactItem: ThrottlingError for the items `short` flags (one flag per
