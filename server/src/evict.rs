@@ -50,6 +50,10 @@ fn unanswered(e: &EvictError) -> bool {
 /// Most `kept_under` prefixes reported.
 const MAX_KEPT_UNDER: usize = 100;
 
+/// HEADs in flight at once when an eviction reads the versions its fenced
+/// delete found changed.
+const HEADS_AT_ONCE: usize = 16;
+
 /// What one pass of deletion did.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Tally {
@@ -443,6 +447,7 @@ impl Evictor {
             if keys.is_empty() {
                 continue;
             }
+            let claimed_until = self.deadline();
             let decisions = self
                 .index
                 .begin_evict(
@@ -450,7 +455,7 @@ impl Evictor {
                     &keys,
                     &ClaimTerms {
                         owner,
-                        deadline: self.deadline(),
+                        deadline: claimed_until,
                         now: settled,
                     },
                     force,
@@ -471,20 +476,23 @@ impl Evictor {
                 }
             }
             if !marked.is_empty() {
-                self.delete_marked(dir, &marked, owner, tally).await?;
+                self.delete_marked(dir, &marked, (owner, claimed_until), tally)
+                    .await?;
             }
         }
     }
 
     /// Deletes objects claimed for eviction (fenced by their destination
     /// ETag) and settles their records.
+    /// `claim` is the eviction claims' owner and deadline.
     async fn delete_marked(
         &self,
         dir: &str,
         marked: &[Entry],
-        owner: &str,
+        claim: (&str, Millis),
         tally: &mut Tally,
     ) -> Result<(), EvictError> {
+        let (owner, claimed_until) = claim;
         let targets: Vec<DeleteTarget> = marked
             .iter()
             .map(|e| DeleteTarget {
@@ -493,7 +501,10 @@ impl Evictor {
             })
             .collect();
         let (failures, abandoned) = match self.delete_with_retries(dir, &targets).await {
-            Ok(f) => self.delete_unrecorded_versions(dir, f, owner).await,
+            Ok(f) => {
+                self.delete_unrecorded_versions(dir, f, (owner, claimed_until))
+                    .await
+            }
             Err(source) => {
                 let keys: Vec<String> = marked.iter().map(|e| e.key.clone()).collect();
                 self.abandon(dir, &keys, owner).await;
@@ -556,31 +567,43 @@ impl Evictor {
     /// first try, a superseded attempt's copy; a directory bucket gives
     /// every copy a new ETag, even of the same bytes). Left alone it would
     /// outlive every lease and fail every sweep. A version written after
-    /// the HEAD is still left alone, and reported.
+    /// the HEAD is still left alone, and reported. The second delete is
+    /// sent only while the claims stay ours for all its attempts (by this
+    /// clock plus the skew margin): once they may lapse, a warm may take
+    /// a key over and record a new copy, which the HEAD could have found.
     /// Also returns the keys whose second delete had an unknown outcome
     /// (abandoned: their claims lapse on their own).
     async fn delete_unrecorded_versions(
         &self,
         dir: &str,
         failures: Vec<crate::store::DeleteFailure>,
-        owner: &str,
+        claim: (&str, Millis),
     ) -> (Vec<crate::store::DeleteFailure>, BTreeSet<String>) {
         let (changed, mut rest): (Vec<_>, Vec<_>) = failures
             .into_iter()
             .partition(|f| f.code == "PreconditionFailed");
+        if changed.is_empty() {
+            return (rest, BTreeSet::new());
+        }
+        use futures::StreamExt;
+        let found: Vec<_> = futures::stream::iter(changed)
+            .map(|f| async move { (self.store.head_object(dir, &f.key).await, f) })
+            .buffer_unordered(HEADS_AT_ONCE)
+            .collect()
+            .await;
         let mut targets = Vec::new();
-        for f in changed {
-            match self.store.head_object(dir, &f.key).await {
+        let mut kept = Vec::new();
+        for (head, f) in found {
+            match head {
                 Ok(found) => {
-                    tracing::warn!(key = %f.key, etag = %found.etag,
-                        "deleting a version of an evicted key that its entry does not record                          (a copy that landed late)");
                     targets.push(DeleteTarget {
-                        key: f.key,
+                        key: f.key.clone(),
                         etag: Some(found.etag),
                     });
+                    kept.push(f);
                 }
                 // Gone meanwhile: what the delete wanted.
-                Err(crate::store::StoreError::NoSuchKey(_)) => {}
+                Err(StoreError::NoSuchKey(_)) => {}
                 Err(e) => {
                     tracing::warn!(key = %f.key, error = %e, "could not read the key's version");
                     rest.push(f);
@@ -589,6 +612,19 @@ impl Evictor {
         }
         if targets.is_empty() {
             return (rest, BTreeSet::new());
+        }
+        let (owner, claimed_until) = claim;
+        let ours_until = claimed_until.saturating_sub(span_millis(self.settings.skew_margin));
+        if self.clock.now().saturating_add(span_millis(self.one_delete_at_most())) >= ours_until {
+            tracing::warn!(keys = targets.len(),
+                "not deleting versions no entry records: the eviction claims may lapse first");
+            rest.extend(kept);
+            return (rest, BTreeSet::new());
+        }
+        for t in &targets {
+            tracing::warn!(key = %t.key, etag = t.etag.as_deref().unwrap_or_default(),
+                "deleting a version of an evicted key that its entry does not record (a copy \
+                 that landed late)");
         }
         match self.delete_with_retries(dir, &targets).await {
             Ok(more) => {
@@ -608,6 +644,15 @@ impl Evictor {
                 (rest, keys.into_iter().collect())
             }
         }
+    }
+
+    /// The longest one [`delete_with_retries`](Self::delete_with_retries)
+    /// can take: every attempt timing out, every backoff at its ceiling.
+    fn one_delete_at_most(&self) -> Duration {
+        let attempts = self.settings.delete_attempts;
+        self.settings.request_timeout.saturating_mul(attempts)
+            + expresscache::Backoff::new(self.settings.retry_base_delay, Duration::MAX)
+                .worst_case(attempts.saturating_sub(1))
     }
 
     /// DeleteObjects, retried on retryable errors (the SDK's own retries
@@ -749,7 +794,9 @@ mod tests {
 
         /// Waits until a delete after a HEAD is held.
         pub(super) async fn until_held(&self) {
+            let t0 = std::time::Instant::now();
             while !self.held.load(std::sync::atomic::Ordering::SeqCst) {
+                assert!(t0.elapsed() < Duration::from_secs(10), "no delete after a HEAD");
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
         }
@@ -1176,6 +1223,15 @@ mod fault_tests {
             warm_decides(&ev, &ks[0]).await,
             Decision::Copy(CopyReason::Unconfirmed),
             "a warm must copy it again, not count a hit"
+        );
+        let rec = ev
+            .index
+            .records(DIR, &KeyRange::prefix("u/"), 10)
+            .await
+            .unwrap();
+        assert!(
+            rec[0].claim.is_some(),
+            "the claim is left to lapse (a delete in flight may still land), not released"
         );
     }
 

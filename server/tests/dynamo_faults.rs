@@ -95,6 +95,36 @@ async fn every_index_contract_holds_when_refusals_do_not_carry_the_item() {
     run_all(&index).await;
     run_operation_log(&index).await;
     run_replica_registry(&index).await;
+    assert!(
+        proxy.stripped() > 20,
+        "{} refusals stripped",
+        proxy.stripped()
+    );
+}
+
+/// The same endpoint, with a share of write replies lost after the write
+/// took effect: a retry's refusal by its own earlier write carries no item
+/// either, and must still be recognised as that write.
+#[tokio::test]
+async fn every_index_contract_holds_when_refusals_do_not_carry_the_item_and_replies_are_lost() {
+    let moto = Moto::start();
+    let proxy = FaultProxy::start(&moto.endpoint).await;
+    let index = through_proxy(&moto, &proxy, patient()).await;
+    proxy.add(Rule::share(
+        Match::dynamo_writes(),
+        Fault::LoseReplyAs500,
+        0.15,
+        11,
+    ));
+    proxy.add(Rule::always(Match::dynamo_writes(), Fault::DropRefusedItem));
+    run_all(&index).await;
+    run_operation_log(&index).await;
+    run_replica_registry(&index).await;
+    assert!(
+        proxy.stripped() > 20,
+        "{} refusals stripped",
+        proxy.stripped()
+    );
 }
 
 #[tokio::test]

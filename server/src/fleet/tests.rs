@@ -895,6 +895,7 @@ async fn a_late_grant_whose_renewal_hangs_sends_nothing_and_is_handed_on() {
     let rec = index.get_operation(&id).await.unwrap().unwrap();
     assert!(!rec.is_done(), "no outcome recorded: {:?}", rec.state);
     assert_eq!(store.calls.copy.load(Ordering::SeqCst), 0, "no copy sent");
+    assert_eq!(store.calls.list.load(Ordering::SeqCst), 0, "no listing sent");
     assert_eq!(other.adopt_orphans().await.unwrap(), 1, "handed on");
     until_ended(&other, &id).await;
     let rec = index.get_operation(&id).await.unwrap().unwrap();

@@ -631,6 +631,8 @@ impl Seen {
 struct State {
     rules: Vec<Armed>,
     seen: Vec<Seen>,
+    /// DynamoDB calls by "operation first-table", counted as they come.
+    dynamo_calls: std::collections::BTreeMap<String, u64>,
     gauges: Vec<(Match, Arc<Gauge>)>,
     dynamo: dynamo::DynamoState,
 }
@@ -680,6 +682,8 @@ struct Shared {
     client: Client<HttpConnector, Full<Bytes>>,
     state: Mutex<State>,
     injected: AtomicU64,
+    /// Refusals whose item [`Fault::DropRefusedItem`] took out.
+    stripped: AtomicU64,
     /// Numbers request ids and minted continuation tokens.
     seq: AtomicU64,
     /// What copies cost, once [`FaultProxy::charge_copies`] set it.
@@ -743,6 +747,7 @@ impl FaultProxy {
             client: builder.build(HttpConnector::new()),
             state: Mutex::new(State::default()),
             injected: AtomicU64::new(0),
+            stripped: AtomicU64::new(0),
             seq: AtomicU64::new(0),
             copy_cost: std::sync::OnceLock::new(),
             virtual_parts: std::sync::OnceLock::new(),
@@ -776,6 +781,12 @@ impl FaultProxy {
         self.shared.lock().rules.clear();
     }
 
+    /// DynamoDB calls so far, by operation and the first table each names
+    /// ("UpdateItem t-operations").
+    pub fn dynamo_calls_by_table(&self) -> std::collections::BTreeMap<String, u64> {
+        self.shared.lock().dynamo_calls.clone()
+    }
+
     /// How many requests matching `m` the proxy has received since it
     /// started, faulted or not.
     pub fn count(&self, m: &Match) -> u64 {
@@ -792,6 +803,11 @@ impl FaultProxy {
         let gauge = Arc::new(Gauge::default());
         self.shared.lock().gauges.push((m, Arc::clone(&gauge)));
         gauge
+    }
+
+    /// How many refusals [`Fault::DropRefusedItem`] took the item out of.
+    pub fn stripped(&self) -> u64 {
+        self.shared.stripped.load(Ordering::SeqCst)
     }
 
     /// How many faults the proxy has injected so far (all rules, including
@@ -964,10 +980,14 @@ async fn handle(
             tokio::time::sleep(d).await;
             Ok(shared.pass(parts, &path_and_query, body, call).await)
         }
-        Some(Fault::DropRefusedItem) => Ok(dynamo::drop_refused_item(
-            shared.pass(parts, &path_and_query, body, call).await,
-        )
-        .await),
+        Some(Fault::DropRefusedItem) => {
+            let resp = shared.pass(parts, &path_and_query, body, call).await;
+            let (resp, stripped) = dynamo::drop_refused_item(resp).await;
+            if stripped {
+                shared.stripped.fetch_add(1, Ordering::SeqCst);
+            }
+            Ok(resp)
+        }
         Some(Fault::ShiftDate(secs)) => {
             let mut resp = shared.pass(parts, &path_and_query, body, call).await;
             shift_date(resp.headers_mut(), secs);
@@ -1021,6 +1041,13 @@ impl Shared {
         let mut state = self.lock();
         if let Some(call) = call {
             state.dynamo.learn(call);
+        }
+        if let Some(op) = &seen.dynamo_op {
+            let table = seen.tables.first().map_or("", String::as_str);
+            *state
+                .dynamo_calls
+                .entry(format!("{op} {table}"))
+                .or_insert(0) += 1;
         }
         let fault = state
             .rules

@@ -225,7 +225,12 @@ impl Leases for DynamoIndex {
                 let stored = lease_of(&item)?;
                 if stored.expires_at > now {
                     // Live and already at least as long: nothing to write.
-                    return Ok(stored);
+                    if stored.expires_at >= lease.expires_at {
+                        return Ok(stored);
+                    }
+                    // Live but shorter (revived by another warm since the
+                    // refusal, or read after it): extended the common way.
+                    continue 'common;
                 }
                 // Expired at `now`: revived with a new epoch (the sweeper may
                 // have deleted under it; a warm naming the old epoch must learn

@@ -694,8 +694,16 @@ impl OperationLog for DynamoIndex {
                 Tx::Refused(reasons) => {
                     let refused =
                         |i: usize| matches!(reasons.get(i), Some(Cancelled::Condition(_)));
-                    if let Some(Cancelled::Condition(Some(holder))) = reasons.get(1) {
-                        if get_s(holder, OPERATION_ID) == Some(op.id.as_str()) {
+                    let table = self.tables.operations.as_str();
+                    // What each refused action saw: from the refusal, else
+                    // read (an endpoint that does not return it: `or_read`).
+                    let holder = match reasons.get(1) {
+                        Some(Cancelled::Condition(Some(holder))) => Some(holder.clone()),
+                        Some(Cancelled::Condition(None)) => self.get(table, rid_key(rid)).await?,
+                        _ => None,
+                    };
+                    if let Some(holder) = holder {
+                        if get_s(&holder, OPERATION_ID) == Some(op.id.as_str()) {
                             // The request id is the new operation's already:
                             // our own earlier write (the id is fresh).
                             return Ok(true);
@@ -706,10 +714,13 @@ impl OperationLog for DynamoIndex {
                         return Ok(false);
                     }
                     let seen = match reasons.get(2) {
-                        Some(Cancelled::Condition(seen)) => seen.as_ref(),
+                        Some(Cancelled::Condition(Some(seen))) => Some(seen.clone()),
+                        Some(Cancelled::Condition(None)) => {
+                            self.get(table, op_key(&op.id)).await?
+                        }
                         _ => None,
                     };
-                    return Self::taken_id(op, seen);
+                    return Self::taken_id(op, seen.as_ref());
                 }
             }
         }

@@ -424,18 +424,22 @@ pub(super) fn error(
 /// `resp` without the item a refused condition saw: see
 /// [`Fault::DropRefusedItem`](super::Fault::DropRefusedItem). Any other
 /// reply passes as it is.
-pub(super) async fn drop_refused_item(resp: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
+/// Also says whether it took an item out.
+pub(super) async fn drop_refused_item(
+    resp: Response<Full<Bytes>>,
+) -> (Response<Full<Bytes>>, bool) {
     use http_body_util::BodyExt;
     let (parts, body) = resp.into_parts();
     let Ok(collected) = body.collect().await;
     let bytes = collected.to_bytes();
     let Ok(mut v) = serde_json::from_slice::<Value>(&bytes) else {
-        return Response::from_parts(parts, Full::new(bytes));
+        return (Response::from_parts(parts, Full::new(bytes)), false);
     };
     let kind = v.get("__type").and_then(Value::as_str).unwrap_or_default();
+    let mut stripped = false;
     if kind.ends_with("ConditionalCheckFailedException") {
         if let Some(o) = v.as_object_mut() {
-            o.remove("Item");
+            stripped |= o.remove("Item").is_some();
         }
     } else if kind.ends_with("TransactionCanceledException") {
         for reason in v
@@ -445,7 +449,7 @@ pub(super) async fn drop_refused_item(resp: Response<Full<Bytes>>) -> Response<F
             .flatten()
         {
             if let Some(o) = reason.as_object_mut() {
-                o.remove("Item");
+                stripped |= o.remove("Item").is_some();
             }
         }
     }
@@ -454,7 +458,7 @@ pub(super) async fn drop_refused_item(resp: Response<Full<Bytes>>) -> Response<F
     resp.headers_mut().remove(header::CONTENT_LENGTH);
     // DynamoDB signs its replies with a CRC32 of the body; the SDK checks it.
     resp.headers_mut().remove("x-amz-crc32");
-    resp
+    (resp, stripped)
 }
 
 /// The throttle DynamoDB answers `call` with. For a transaction, 400
