@@ -42,6 +42,26 @@ async fn through_proxy(moto: &Moto, proxy: &FaultProxy, config: DynamoConfig) ->
     DynamoIndex::connect_with(&local_sdk_config(&proxy.endpoint), &prefix, config)
 }
 
+/// The cache index's, the operation log's and the replica registry's
+/// conformance suites, on `index`.
+async fn every_contract(index: &DynamoIndex) {
+    run_all(index).await;
+    run_operation_log(index).await;
+    run_replica_registry(index).await;
+}
+
+/// Moto, the proxy in front of it, and an index on fresh tables through
+/// the proxy, which has `rules`.
+async fn faulty(rules: Vec<Rule>) -> (Moto, FaultProxy, DynamoIndex) {
+    let moto = Moto::start();
+    let proxy = FaultProxy::start(&moto.endpoint).await;
+    let index = through_proxy(&moto, &proxy, patient()).await;
+    for rule in rules {
+        proxy.add(rule);
+    }
+    (moto, proxy, index)
+}
+
 #[tokio::test]
 async fn every_index_contract_holds_with_a_quarter_of_calls_throttled() {
     let moto = Moto::start();
@@ -53,9 +73,7 @@ async fn every_index_contract_holds_with_a_quarter_of_calls_throttled() {
         0.25,
         22,
     ));
-    run_all(&index).await;
-    run_operation_log(&index).await;
-    run_replica_registry(&index).await;
+    every_contract(&index).await;
     assert!(
         proxy.injected() > 20,
         "the storm was real: {} throttles",
@@ -74,9 +92,7 @@ async fn every_index_contract_holds_when_write_replies_are_lost_after_the_write(
         0.15,
         7,
     ));
-    run_all(&index).await;
-    run_operation_log(&index).await;
-    run_replica_registry(&index).await;
+    every_contract(&index).await;
     assert!(proxy.injected() > 5, "{} replies lost", proxy.injected());
 }
 
@@ -88,13 +104,12 @@ async fn every_index_contract_holds_when_write_replies_are_lost_after_the_write(
 /// (the process died of a stack overflow).
 #[tokio::test]
 async fn every_index_contract_holds_when_refusals_do_not_carry_the_item() {
-    let moto = Moto::start();
-    let proxy = FaultProxy::start(&moto.endpoint).await;
-    let index = through_proxy(&moto, &proxy, patient()).await;
-    proxy.add(Rule::always(Match::dynamo_writes(), Fault::DropRefusedItem));
-    run_all(&index).await;
-    run_operation_log(&index).await;
-    run_replica_registry(&index).await;
+    let (_moto, proxy, index) = faulty(vec![Rule::always(
+        Match::dynamo_writes(),
+        Fault::DropRefusedItem,
+    )])
+    .await;
+    every_contract(&index).await;
     assert!(
         proxy.stripped() > 20,
         "{} refusals stripped",
@@ -107,19 +122,12 @@ async fn every_index_contract_holds_when_refusals_do_not_carry_the_item() {
 /// either, and must still be recognised as that write.
 #[tokio::test]
 async fn every_index_contract_holds_when_refusals_do_not_carry_the_item_and_replies_are_lost() {
-    let moto = Moto::start();
-    let proxy = FaultProxy::start(&moto.endpoint).await;
-    let index = through_proxy(&moto, &proxy, patient()).await;
-    proxy.add(Rule::share(
-        Match::dynamo_writes(),
-        Fault::LoseReplyAs500,
-        0.15,
-        11,
-    ));
-    proxy.add(Rule::always(Match::dynamo_writes(), Fault::DropRefusedItem));
-    run_all(&index).await;
-    run_operation_log(&index).await;
-    run_replica_registry(&index).await;
+    let (_moto, proxy, index) = faulty(vec![
+        Rule::share(Match::dynamo_writes(), Fault::LoseReplyAs500, 0.15, 11),
+        Rule::always(Match::dynamo_writes(), Fault::DropRefusedItem),
+    ])
+    .await;
+    every_contract(&index).await;
     assert!(
         proxy.stripped() > 20,
         "{} refusals stripped",
