@@ -902,3 +902,63 @@ async fn a_late_grant_whose_renewal_hangs_sends_nothing_and_is_handed_on() {
     assert_eq!(rec.state.outcome, Some(Outcome::Succeeded), "{:?}", rec.state);
     assert_eq!(others_store.inner().keys("cache--use1-az4--x-s3").len(), 20);
 }
+
+/// The warm a herd joined ends without finishing (here: cancelled; on a
+/// slow index, a leader whose run was taken over before its final state
+/// was recorded): of the warms it left, one leads the next round and the
+/// rest join it, so the data is listed again in a round or a few, not
+/// once per joiner.
+/// Another replica is registered alive, so each joiner looks for a warm
+/// there before it leads: they come back from that lookup together, as a
+/// job array's joiners did when 331 of them listed 1,000 times. Without
+/// the fix, the 18 joiners here each led a round (18 listings).
+#[tokio::test]
+async fn joiners_left_by_their_leader_join_one_new_leader_not_one_each() {
+    use crate::core::clock::Clock;
+    use crate::index::ReplicaRegistry;
+    use std::sync::atomic::Ordering;
+    let index = Arc::new(SqliteIndex::open_in_memory().unwrap());
+    // 100 copies of 20 ms, 2 at a time: a second of work.
+    let (ops, store) = fleet_member(Arc::clone(&index), 100, 20);
+    let until = crate::core::clock::SystemClock.now() + 3_600_000;
+    index.heartbeat("other", until).await.unwrap();
+    ops.heartbeat().await.unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..20 {
+        let rx = ops.submit(unfinished("x", 0).request, None).await.unwrap();
+        ids.push(rx.borrow().operation_id.clone());
+    }
+    // Listing pages take 300 ms from now: the joiners' round leader (the
+    // round after the first, which was listing when they arrived) is
+    // caught listing, and the joiners show its phase.
+    store.delay(crate::store::Op::List, Duration::from_millis(300));
+    let t0 = std::time::Instant::now();
+    let leader = loop {
+        let shown = ops.live().get(&ids[19]).map(|op| op.progress.snapshot());
+        if let Some(s) = shown {
+            if s.phase != crate::core::operation::Phase::Queued {
+                if let Some(leader) = s.joined_operation_id {
+                    break leader;
+                }
+            }
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "never joined a copying leader");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let listed_before = store.calls.list.load(Ordering::SeqCst);
+    ops.cancel(&leader).await.unwrap();
+    for id in &ids {
+        until_ended(&ops, id).await;
+    }
+    let lists = store.calls.list.load(Ordering::SeqCst) - listed_before;
+    // One round, or a few when they come back from the lookup spread out
+    // (each later one joins the round queued behind the one listing).
+    assert!(
+        lists <= 4,
+        "the warms the leader left list again in a round or a few, not each: {lists}"
+    );
+    for id in ids.iter().filter(|id| **id != leader) {
+        let rec = index.get_operation(id).await.unwrap().unwrap();
+        assert_eq!(rec.state.outcome, Some(Outcome::Succeeded), "{id}");
+    }
+}
