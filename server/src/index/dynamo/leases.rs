@@ -149,6 +149,36 @@ impl DynamoIndex {
         }
     }
 
+    /// Revives `stored`, expired at `now`, as `lease` asks: a new epoch
+    /// (the sweeper may have deleted under it; a warm naming the old epoch
+    /// must learn its lease ended), if it is still as read. A longer
+    /// expiry also starts a clean sweep record, as a created lease has.
+    async fn revive(
+        &self,
+        key: Item,
+        lease: &Lease,
+        stored: &Lease,
+    ) -> Result<Cond<Option<Item>>, IndexError> {
+        let clean = if lease.expires_at > stored.expires_at {
+            " REMOVE #sweep_attempts, #sweep_error, #sweep_retry_at"
+        } else {
+            ""
+        };
+        self.update(
+            &self.tables.leases,
+            key,
+            &format!("SET #expires_at = :e, #epoch = :new{clean}"),
+            Some("#expires_at = :old_e AND #epoch = :old_epoch"),
+            Vals::new()
+                .n("e", stored.expires_at.max(lease.expires_at))
+                .s("new", new_epoch())
+                .n("old_e", stored.expires_at)
+                .s("old_epoch", &stored.epoch),
+            ReturnValue::AllNew,
+        )
+        .await
+    }
+
     /// Gives `lease` a new epoch with `update` (which may set more), if
     /// `condition` holds at `now`; the lease as it then stands, or `None`
     /// if the condition failed. A retry whose first attempt landed (its
@@ -232,29 +262,7 @@ impl Leases for DynamoIndex {
                     // refusal, or read after it): extended the common way.
                     continue 'common;
                 }
-                // Expired at `now`: revived with a new epoch (the sweeper may
-                // have deleted under it; a warm naming the old epoch must learn
-                // its lease ended). A longer expiry also starts a clean sweep
-                // record, as a created lease has.
-                let clean = if lease.expires_at > stored.expires_at {
-                    " REMOVE #sweep_attempts, #sweep_error, #sweep_retry_at"
-                } else {
-                    ""
-                };
-                let res = self
-                    .update(
-                        table,
-                        key.clone(),
-                        &format!("SET #expires_at = :e, #epoch = :new{clean}"),
-                        Some("#expires_at = :old_e AND #epoch = :old_epoch"),
-                        Vals::new()
-                            .n("e", stored.expires_at.max(lease.expires_at))
-                            .s("new", new_epoch())
-                            .n("old_e", stored.expires_at)
-                            .s("old_epoch", &stored.epoch),
-                        ReturnValue::AllNew,
-                    )
-                    .await?;
+                let res = self.revive(key.clone(), lease, &stored).await?;
                 seen = match res {
                     Cond::Done(item) => return done_lease(item),
                     Cond::Refused(seen) => seen,
