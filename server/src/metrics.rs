@@ -86,7 +86,7 @@ enum Kind {
 const METRICS: &[(Kind, &str, Option<Unit>, &str)] = &[
     (Kind::Counter, WARMS_STARTED, None, "Warms started or resumed on this replica (a request_id attach is not one)"),
     (Kind::Counter, WARMS_FINISHED, None, "Warms finished, by outcome: succeeded, partially_failed, failed, cancelled"),
-    (Kind::Counter, WARMS_JOINED, None, "Warms that joined a running warm of the same data instead of listing again"),
+    (Kind::Counter, WARMS_JOINED, None, "Joins of a running warm of the same data instead of listing again (a warm whose leader ended without an outcome joins again, and counts again)"),
     (Kind::Counter, S3_LIST_REQUESTS, None, "Source listing requests (ListObjectsV2 pages), each billed by S3"),
     (Kind::Counter, WARMS_FRESH, None, "Warms answered from a recent SUCCEEDED warm within their max_staleness, without listing"),
     (Kind::Counter, OBJECTS_LISTED, None, "Objects found under warmed prefixes in the source"),

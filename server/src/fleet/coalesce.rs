@@ -240,11 +240,14 @@ impl Operations {
                     Followed::LeaderGone => {
                         tracing::info!(operation_id = id, joined = %leader,
                             "the warm this one joined ended without finishing; going on without it");
-                        // Its own work has not begun: queued again, so that
-                        // of the warms the leader left, one leads the next
-                        // round and the rest join it (showing the leader's
-                        // phase, none would be joinable, and each would
-                        // lead a round of its own).
+                        // Its own work has not begun: queued again, from
+                        // zero and following nobody, so that of the warms the
+                        // leader left, one leads the next round and the rest
+                        // join it (showing the leader's phase, none would be
+                        // joinable, and each would lead a round of its own);
+                        // and one that waits for a round is offered to other
+                        // replicas like any waiting leader.
+                        a.progress.set_joined(None);
                         a.progress.set_phase(Phase::Queued);
                     }
                 },

@@ -149,7 +149,7 @@ impl DynamoIndex {
         }
     }
 
-    /// Revives `stored`, expired at `now`, as `lease` asks: a new epoch
+    /// Revives `stored` (read as expired) as `lease` asks: a new epoch
     /// (the sweeper may have deleted under it; a warm naming the old epoch
     /// must learn its lease ended), if it is still as read. A longer
     /// expiry also starts a clean sweep record, as a created lease has.
