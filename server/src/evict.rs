@@ -195,11 +195,16 @@ impl EvictSettings {
     /// its copy): all attempts at their timeout, the backoffs between them,
     /// and as much again for the index steps and slack; at least 2 minutes.
     pub fn claim_ttl_for(attempts: u32, base: Duration, request_timeout: Duration) -> Duration {
-        let backoffs =
-            expresscache::Backoff::new(base, Duration::MAX).worst_case(attempts.saturating_sub(1));
-        (request_timeout.saturating_mul(attempts) + backoffs)
+        Self::one_delete_at_most(attempts, base, request_timeout)
             .saturating_mul(2)
             .max(Duration::from_secs(120))
+    }
+
+    /// The longest one delete, retried `attempts` times from `base`, can
+    /// take: every attempt timing out, every backoff at its ceiling.
+    fn one_delete_at_most(attempts: u32, base: Duration, request_timeout: Duration) -> Duration {
+        request_timeout.saturating_mul(attempts)
+            + expresscache::Backoff::new(base, Duration::MAX).worst_case(attempts.saturating_sub(1))
     }
 }
 
@@ -649,10 +654,8 @@ impl Evictor {
     /// The longest one [`delete_with_retries`](Self::delete_with_retries)
     /// can take: every attempt timing out, every backoff at its ceiling.
     fn one_delete_at_most(&self) -> Duration {
-        let attempts = self.settings.delete_attempts;
-        self.settings.request_timeout.saturating_mul(attempts)
-            + expresscache::Backoff::new(self.settings.retry_base_delay, Duration::MAX)
-                .worst_case(attempts.saturating_sub(1))
+        let s = &self.settings;
+        EvictSettings::one_delete_at_most(s.delete_attempts, s.retry_base_delay, s.request_timeout)
     }
 
     /// DeleteObjects, retried on retryable errors (the SDK's own retries
