@@ -46,6 +46,8 @@ pub const CLOCK_SKEW: &str = "expresscache_clock_skew_seconds";
 /// DynamoDB requests found busy (throttled, 5xx, no answer) and sent again
 /// after a pause, by call.
 pub const INDEX_BUSY: &str = "expresscache_index_busy_total";
+/// The adaptive limit of DynamoDB requests this replica has in flight.
+pub const INDEX_CONCURRENCY_LIMIT: &str = "expresscache_index_concurrency_limit";
 pub const SWEEPS: &str = "expresscache_sweeps_total";
 pub const SWEEP_LEASES_STUCK: &str = "expresscache_sweep_leases_stuck";
 pub const SWEEP_LEASE_FAILURES: &str = "expresscache_sweep_lease_failures_total";
@@ -111,6 +113,7 @@ const METRICS: &[(Kind, &str, Option<Unit>, &str)] = &[
     (Kind::Counter, EVICTIONS, None, "Evict calls, by outcome (ok, error)"),
     (Kind::Gauge, CLOCK_SKEW, Some(Unit::Seconds), "This replica's clock minus S3's (from the Date of S3's replies); beyond half of --clock-skew-margin it does not sweep, evict or take over"),
     (Kind::Counter, INDEX_BUSY, None, "DynamoDB requests found throttled, failing with 5xx or unanswered, and sent again after a pause, by call"),
+    (Kind::Gauge, INDEX_CONCURRENCY_LIMIT, None, "The adaptive limit of DynamoDB requests this replica has in flight (renewals of runs and heartbeats pass it)"),
     (Kind::Gauge, OPERATIONS_RUNNING, None, "Warms running on this replica"),
     (Kind::Gauge, OPERATIONS_QUEUED, None, "Warms waiting for a running slot on this replica"),
 ];

@@ -11,12 +11,13 @@
 #![allow(clippy::unwrap_used)]
 
 use expresscache_server::index::Leases;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use expresscache::Backoff;
 use expresscache_server::index::conformance::{run_all, run_operation_log, run_replica_registry};
 use expresscache_server::index::dynamo::{DynamoConfig, TablePrefix};
-use expresscache_server::index::{DynamoIndex, IndexError, ReplicaRegistry};
+use expresscache_server::index::{DynamoIndex, IndexError, OperationLog, ReplicaRegistry};
 use expresscache_server::testing::proxy::{Fault, FaultProxy, Match, Rule};
 use expresscache_server::testing::{local_sdk_config, unique, Moto};
 
@@ -171,4 +172,101 @@ async fn an_outage_longer_than_the_budget_ends_the_call_as_unavailable_in_time()
     index.heartbeat("r1", 1_000).await.unwrap();
     assert_eq!(index.live_replicas(500).await.unwrap(), ["r1"]);
     let _ = index.expired_leases(0, 1).await.unwrap();
+}
+
+/// An index whose tables answer every request 200 ms late, limited to
+/// `max_in_flight` requests at once, and a gauge of the requests the
+/// tables have in flight.
+async fn slow_and_limited(
+    max_in_flight: usize,
+) -> (
+    Moto,
+    FaultProxy,
+    Arc<DynamoIndex>,
+    Arc<expresscache_server::testing::proxy::Gauge>,
+) {
+    let config = DynamoConfig {
+        max_in_flight,
+        ..patient()
+    };
+    let moto = Moto::start();
+    let proxy = FaultProxy::start(&moto.endpoint).await;
+    let index = Arc::new(through_proxy(&moto, &proxy, config).await);
+    let in_flight = proxy.track(Match::dynamo_any());
+    proxy.add(Rule::always(
+        Match::dynamo_any(),
+        Fault::Delay(Duration::from_millis(200)),
+    ));
+    (moto, proxy, index, in_flight)
+}
+
+/// A burst of calls queues in the replica, not in the table: the table
+/// never has more than the limit in flight. A heartbeat (like a run's
+/// renewal) passes the queue: a late one would drop the replica from the
+/// registry while the burst waits.
+#[tokio::test]
+async fn a_burst_waits_in_the_replica_and_the_heartbeat_passes_it() {
+    let (_moto, _proxy, index, in_flight) = slow_and_limited(8).await;
+    let t0 = Instant::now();
+    let burst = tokio::spawn({
+        let index = Arc::clone(&index);
+        async move {
+            let reads = (0..96).map(|i| {
+                let index = Arc::clone(&index);
+                async move { index.get_operation(&format!("nope{i}")).await }
+            });
+            for got in futures::future::join_all(reads).await {
+                assert!(got.unwrap().is_none());
+            }
+            t0.elapsed()
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    index.heartbeat("r1", i64::MAX / 2).await.unwrap();
+    let heartbeat = t0.elapsed();
+    let burst = burst.await.unwrap();
+    assert!(
+        in_flight.peak() <= 8 + 2,
+        "{} requests in flight at the table, limit 8 (and the heartbeat's)",
+        in_flight.peak()
+    );
+    // 96 reads, 8 at a time, 200 ms each: 2.4 s at least.
+    assert!(
+        burst >= Duration::from_millis(2_400),
+        "burst took {burst:?}"
+    );
+    assert!(
+        heartbeat < Duration::from_millis(1_500),
+        "the heartbeat waited behind the burst: {heartbeat:?} (burst {burst:?})"
+    );
+}
+
+/// A caller that gives up while its call waits for a slot (a checkpoint
+/// cut off at its bound) sent nothing: the table serves no abandoned
+/// request.
+#[tokio::test]
+async fn a_call_given_up_while_it_waits_for_a_slot_sends_nothing() {
+    let (_moto, proxy, index, _) = slow_and_limited(2).await;
+    let gets = || proxy.count(&Match::dynamo("GetItem"));
+    let before = gets();
+    let held: Vec<_> = (0..2)
+        .map(|i| {
+            let index = Arc::clone(&index);
+            tokio::spawn(async move { index.get_operation(&format!("held{i}")).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let gave_up =
+        tokio::time::timeout(Duration::from_millis(100), index.get_operation("late")).await;
+    assert!(gave_up.is_err(), "the third call had no slot");
+    for h in held {
+        assert!(h.await.unwrap().unwrap().is_none());
+    }
+    assert_eq!(
+        gets() - before,
+        2,
+        "only the calls that had a slot were sent"
+    );
+    // Once slots are free, calls go through.
+    assert!(index.get_operation("after").await.unwrap().is_none());
 }

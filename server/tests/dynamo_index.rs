@@ -1113,7 +1113,8 @@ async fn the_orphan_scan_reads_a_live_run_again_only_once_it_may_have_lapsed() {
         .unwrap()
         .as_millis() as i64;
     let clock = Arc::new(ManualClock::new(t0));
-    // 20 warms another replica runs, its runs renewed until a minute from
+    // 20 warms another replica runs, created a minute ago (older than a
+    // run lease: a look reads them), its runs renewed until a minute from
     // now, and that replica registered alive.
     let other = |deadline| RunTerms {
         replica: "other",
@@ -1123,7 +1124,7 @@ async fn the_orphan_scan_reads_a_live_run_again_only_once_it_may_have_lapsed() {
     let mut tickets = Vec::new();
     for i in 0..20 {
         let id = format!("op{i:02}");
-        let mut op = operation(&id, None, t0 - 1_000 + i);
+        let mut op = operation(&id, None, t0 - 60_000 + i);
         op.run = None;
         direct.create_operation(&op).await.unwrap();
         let taken = direct.take_over(&id, &other(t0 + 60_000)).await.unwrap();
@@ -1200,5 +1201,95 @@ async fn the_orphan_scan_reads_a_live_run_again_only_once_it_may_have_lapsed() {
         ops.adopt_orphans().await.unwrap(),
         15,
         "the runs whose deadline passed, read again and taken over"
+    );
+}
+
+/// A job array's warms mostly end within a run lease: a look reads no
+/// operation younger than one (its run cannot have lapsed, only been
+/// released), and takes a released young one over once its first run
+/// lease has passed, within the takeover bound.
+#[tokio::test]
+async fn the_orphan_scan_reads_no_warm_younger_than_a_run_lease_and_takes_a_released_one_over_after_it(
+) {
+    use expresscache_server::fleet::OpsSettings;
+    use expresscache_server::testing::proxy::{FaultProxy, Match};
+    let moto = Moto::start();
+    let proxy = FaultProxy::start(&moto.endpoint).await;
+    let prefix = TablePrefix::new(&unique("ec")).unwrap();
+    let direct = DynamoIndex::connect_with(&moto.sdk_config(), &prefix, DynamoConfig::default());
+    direct.create_tables().await.unwrap();
+    let index = Arc::new(DynamoIndex::connect_with(
+        &local_sdk_config(&proxy.endpoint),
+        &prefix,
+        DynamoConfig::default(),
+    ));
+    let t0 = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let clock = Arc::new(ManualClock::new(t0));
+    use expresscache_server::core::clock::Clock;
+    // 20 warms created just now on another replica, held for a minute;
+    // it releases five of them (as a shutdown does).
+    let mut tickets = Vec::new();
+    for i in 0..20 {
+        let id = format!("op{i:02}");
+        let mut op = operation(&id, None, t0 + i);
+        op.run = None;
+        direct.create_operation(&op).await.unwrap();
+        let terms = RunTerms {
+            replica: "other",
+            deadline: t0 + 60_000,
+            now: t0,
+        };
+        tickets.push((
+            id.clone(),
+            direct.take_over(&id, &terms).await.unwrap().unwrap().ticket,
+        ));
+    }
+    for (id, ticket) in &tickets[..5] {
+        direct.release_run(id, ticket).await.unwrap();
+    }
+    let ops = operations_on(index.clone(), clock.clone());
+    ops.heartbeat().await.unwrap();
+    let gets = || proxy.count(&Match::dynamo("GetItem").table(index.tables().operations.clone()));
+    let before = gets();
+    assert_eq!(ops.adopt_orphans().await.unwrap(), 0, "too young to judge");
+    assert_eq!(gets(), before, "no young operation read");
+    // Past the first run lease (and the skew margin): read, and the
+    // released five taken over; the other 15 are held until a minute on.
+    let s = OpsSettings::default();
+    clock.advance((s.run_ttl + s.skew_margin).as_millis() as i64 + 100);
+    assert_eq!(ops.adopt_orphans().await.unwrap(), 5, "the released runs");
+    assert!(gets() - before >= 20, "each read once it may have lapsed");
+    // A replica that stops releases its runs and leaves the registry: its
+    // young warms are taken over at the next look, not a run lease later.
+    let t1 = clock.now();
+    direct.heartbeat("leaving", t1 + 3_600_000).await.unwrap();
+    ops.heartbeat().await.unwrap();
+    for i in 0..3 {
+        let id = format!("young{i}");
+        let mut op = operation(&id, None, t1 + i);
+        op.run = None;
+        direct.create_operation(&op).await.unwrap();
+        let terms = RunTerms {
+            replica: "leaving",
+            deadline: t1 + 60_000,
+            now: t1,
+        };
+        let ticket = direct.take_over(&id, &terms).await.unwrap().unwrap().ticket;
+        direct.release_run(&id, &ticket).await.unwrap();
+    }
+    assert_eq!(
+        ops.adopt_orphans().await.unwrap(),
+        0,
+        "young, and its replica is up"
+    );
+    direct.leave("leaving").await.unwrap();
+    ops.heartbeat().await.unwrap();
+    assert_eq!(
+        ops.adopt_orphans().await.unwrap(),
+        3,
+        "taken over once it left"
     );
 }

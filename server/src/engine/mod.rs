@@ -3,8 +3,6 @@
 //! jittered exponential backoff, and multipart `UploadPartCopy` for objects
 //! above a threshold.
 
-mod limiter;
-
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -13,7 +11,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use tokio::sync::Semaphore;
 
-pub use limiter::AdaptiveLimit;
+pub use crate::core::limiter::AdaptiveLimit;
+use crate::core::limiter;
 
 use crate::jitter::{Jitter, RandomJitter};
 use crate::metrics as metrics_names;

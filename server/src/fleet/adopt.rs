@@ -11,6 +11,7 @@
 //! consistent read per operation per run lease, not one per look.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -36,6 +37,12 @@ pub(super) struct RunsSeen {
     runs: Mutex<HashMap<String, (String, Millis)>>,
     /// The live replicas at the last heartbeat (none known before it).
     replicas: Mutex<HashSet<String>>,
+    /// Replicas seen to leave the registry so far, and how many had left
+    /// when the last whole look began: a look that follows a departure
+    /// reads the young operations too (a replica that stops releases its
+    /// runs, taken over at the next look, however young).
+    departures: AtomicU64,
+    departures_judged: AtomicU64,
 }
 
 impl RunsSeen {
@@ -45,7 +52,19 @@ impl RunsSeen {
 
     /// Records the replicas the registry holds alive.
     pub(super) fn set_replicas(&self, live: &[String]) {
-        *self.replicas.lock().unwrap_or_else(|e| e.into_inner()) = live.iter().cloned().collect();
+        let live: HashSet<String> = live.iter().cloned().collect();
+        let mut replicas = self.replicas.lock().unwrap_or_else(|e| e.into_inner());
+        if replicas.iter().any(|r| !live.contains(r)) {
+            self.departures.fetch_add(1, Ordering::SeqCst);
+        }
+        *replicas = live;
+    }
+
+    /// Whether a look beginning now may leave young operations unread:
+    /// no replica left the registry since the last whole look began.
+    fn young_may_wait(&self) -> (bool, u64) {
+        let departures = self.departures.load(Ordering::SeqCst);
+        (departures == self.departures_judged.load(Ordering::SeqCst), departures)
     }
 
     /// Whether operation `id` must be read to judge its run at `judged`:
@@ -57,11 +76,24 @@ impl RunsSeen {
     /// lease from the read. A replica that stops on purpose releases its
     /// runs and then leaves the registry, so its runs are read at the next
     /// look.
-    fn must_read(&self, id: &str, me: &str, judged: Millis) -> bool {
+    ///
+    /// An operation never read is read once its first run lease, counted
+    /// from its creation (`created_at`, which the listing carries), may
+    /// have passed: younger, its run cannot have lapsed, only been
+    /// released. A replica that stops releases its runs and leaves the
+    /// registry, and after a departure young operations are read at once
+    /// (`young_may_wait` false); a run released by a replica that stays up
+    /// (handed on) is taken over once that first lease has passed, as an
+    /// older one is once the deadline kept passes. A job array's burst of
+    /// warms then costs each replica no read of the ones that finish
+    /// within a run lease.
+    fn must_read(&self, id: &str, created_at: Millis, me: &str, look: &Look) -> bool {
         let runs = self.runs();
         let Some((holder, deadline)) = runs.get(id) else {
-            return true;
+            return !look.young_may_wait
+                || created_at.saturating_add(span_millis(look.run_ttl)) <= look.judged;
         };
+        let judged = look.judged;
         let alive = || {
             let replicas = self.replicas.lock().unwrap_or_else(|e| e.into_inner());
             replicas.contains(holder)
@@ -86,10 +118,24 @@ impl RunsSeen {
         }
     }
 
-    /// Forgets the operations a whole look did not list (finished).
-    fn keep_only(&self, listed: &HashSet<String>) {
+    /// After a whole look: forgets the operations it did not list
+    /// (finished), and the departures seen before it began.
+    fn looked(&self, listed: &HashSet<String>, look: &Look) {
         self.runs().retain(|id, _| listed.contains(id));
+        self.departures_judged
+            .store(look.departures, Ordering::SeqCst);
     }
+}
+
+/// What one look judges by.
+struct Look {
+    /// Now by this replica's clock, less the skew margin.
+    judged: Millis,
+    run_ttl: Duration,
+    /// See [`RunsSeen::must_read`].
+    young_may_wait: bool,
+    /// [`RunsSeen`]'s departures when the look began.
+    departures: u64,
 }
 
 impl Operations {
@@ -102,6 +148,13 @@ impl Operations {
             tracing::warn!(reason = %why, "not taking over unfinished warms");
             return Ok(0);
         }
+        let (young_may_wait, departures) = self.seen.young_may_wait();
+        let mut look = Look {
+            judged: 0,
+            run_ttl: self.settings.run_ttl,
+            young_may_wait,
+            departures,
+        };
         let mut resumed = 0;
         let mut after = None;
         let mut listed = HashSet::new();
@@ -119,21 +172,24 @@ impl Operations {
             if page.is_empty() {
                 return match failed {
                     None => {
-                        self.seen.keep_only(&listed);
+                        self.seen.looked(&listed, &look);
                         Ok(resumed)
                     }
                     Some(e) => Err(e),
                 };
             }
             let (now, judged) = self.now();
+            look.judged = judged;
             let me = self.settings.replica.as_str();
             let to_read: Vec<String> = page
                 .into_iter()
-                .map(|(_, id)| id)
-                .inspect(|id| {
+                .inspect(|(_, id)| {
                     listed.insert(id.clone());
                 })
-                .filter(|id| !self.live().contains_key(id) && self.seen.must_read(id, me, judged))
+                .filter(|(created, id)| {
+                    !self.live().contains_key(id) && self.seen.must_read(id, *created, me, &look)
+                })
+                .map(|(_, id)| id)
                 .collect();
             let read: Vec<_> = futures::stream::iter(to_read)
                 .map(|id| async move { (self.index().get_operation(&id).await, id) })

@@ -626,14 +626,17 @@ async fn a_listing_cut_at_the_deadline_then_renewed_late_is_handed_on_not_succee
         "an attempt whose listing stopped at its deadline records no outcome: {:?}",
         rec.state
     );
-    // Handed on: another replica's next look takes it over at once and
-    // finishes it.
+    // Handed on: another replica's next look takes it over and finishes
+    // it, once the warm's first run lease may have passed (it is younger,
+    // and its replica stays up: fleet/adopt.rs, `must_read`).
     store.clear();
+    let defaults = OpsSettings::default();
+    let later = SystemClock.now() + (defaults.run_ttl + defaults.skew_margin).as_millis() as i64;
     let other = Arc::new(Operations::new(
         Arc::new(Warmer::new(
             store.clone(),
             index.clone(),
-            Arc::new(SystemClock),
+            Arc::new(ManualClock::new(later)),
             WarmSettings::default(),
         )),
         index.clone(),

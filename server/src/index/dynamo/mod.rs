@@ -43,6 +43,7 @@ pub use requests::RequestCounts;
 use self::layout::{names_in, prune, Item, Vals};
 use super::IndexError;
 use crate::core::clock::{Clock, SystemClock};
+use crate::core::limiter::AdaptiveLimit;
 
 /// The scheme of an index location naming DynamoDB tables.
 pub const SCHEME: &str = "dynamodb://";
@@ -164,6 +165,15 @@ pub struct DynamoConfig {
     pub busy_budget: Duration,
     /// The pauses between those sends.
     pub busy_backoff: expresscache::Backoff,
+    /// Most requests this index has in flight at once. Below it, an
+    /// adaptive limit (the copy engine's, [`AdaptiveLimit`]) finds how many
+    /// the tables serve without a queue building up, and halves on a
+    /// throttle: a job array's burst then waits in this replica, where a
+    /// caller that gives up (a checkpoint cut off in time) costs nothing,
+    /// instead of in the table, which serves every request it was sent,
+    /// abandoned or not. Renewals of runs and the replica's heartbeat skip
+    /// the wait ([`urgent`]): a late one loses a run.
+    pub max_in_flight: usize,
 }
 
 impl Default for DynamoConfig {
@@ -181,8 +191,35 @@ impl Default for DynamoConfig {
                 Duration::from_millis(50),
                 Duration::from_secs(5),
             ),
+            // At DynamoDB's single-digit milliseconds, a thousand in flight
+            // is some hundred thousand requests a second: never the bound
+            // of one replica's work, only of a queue.
+            max_in_flight: 1024,
         }
     }
+}
+
+/// Where the adaptive limit of requests in flight starts (slow start
+/// doubles it per round trip while the tables keep up).
+const INITIAL_IN_FLIGHT: usize = 64;
+/// The least it goes down to, throttled again and again.
+const MIN_IN_FLIGHT: usize = 8;
+
+tokio::task_local! {
+    /// Set while a call that must not wait behind others runs (see
+    /// [`urgent`]).
+    static URGENT: ();
+}
+
+/// Runs `call`'s requests past the limit of requests in flight, without
+/// waiting for a slot: a run's renewal or the replica's heartbeat is late
+/// when it waits behind a job array's burst, and a late one hands a live
+/// run to another replica (or drops this replica from the registry),
+/// which costs the index more than it saves. Such calls are few (one per
+/// running warm per second at most), so they cannot make a queue of their
+/// own.
+pub(crate) async fn urgent<F: Future>(call: F) -> F::Output {
+    URGENT.scope((), call).await
 }
 
 /// DynamoDB-backed [`CacheIndex`](super::CacheIndex) and [`OperationLog`].
@@ -194,6 +231,8 @@ pub struct DynamoIndex {
     config: DynamoConfig,
     #[cfg(any(test, feature = "testing"))]
     requests: Arc<RequestCounts>,
+    /// Requests in flight, paced ([`DynamoConfig::max_in_flight`]).
+    pace: Arc<AdaptiveLimit>,
     /// Stamps operation items' `updated_at` (which retention compares
     /// with the same clock).
     clock: Arc<dyn Clock>,
@@ -258,10 +297,12 @@ impl DynamoIndex {
             )
             .interceptor(requests::CountRequests(Arc::clone(&requests)))
             .build();
+        let pace = AdaptiveLimit::new(INITIAL_IN_FLIGHT, MIN_IN_FLIGHT, config.max_in_flight);
         Self {
             client: aws_sdk_dynamodb::Client::from_conf(conf),
             tables: prefix.tables(),
             prefix: prefix.clone(),
+            pace,
             config,
             #[cfg(any(test, feature = "testing"))]
             requests,
@@ -275,6 +316,11 @@ impl DynamoIndex {
     /// returned. Requests whose earlier send may have landed must be safe to
     /// repeat: every conditional write recognises its own earlier write,
     /// and transactions carry one idempotency token across sends.
+    ///
+    /// Each send first waits for a slot of the limit of requests in flight
+    /// (unless [`urgent`]); its latency moves the limit, a busy answer
+    /// halves it. Dropped while it waits (a caller's timeout), nothing was
+    /// sent.
     pub(crate) async fn persist<T, E, F, Fut>(
         &self,
         call: &'static str,
@@ -293,10 +339,24 @@ impl DynamoIndex {
         let started = tokio::time::Instant::now();
         let mut attempt = 0u32;
         loop {
+            let slot = match URGENT.try_with(|()| ()) {
+                Ok(()) => None,
+                Err(_) => Some(self.pace.acquire().await),
+            };
+            let sent = tokio::time::Instant::now();
             let res = send().await;
-            match &res {
-                Err(e) if errors::busy(e) => {}
-                _ => return res,
+            let busy = matches!(&res, Err(e) if errors::busy(e));
+            if let Some(slot) = slot {
+                if busy {
+                    self.pace.on_throttle();
+                } else {
+                    self.pace.on_success(&slot, sent.elapsed(), 0);
+                }
+                metrics::gauge!(crate::metrics::INDEX_CONCURRENCY_LIMIT)
+                    .set(self.pace.limit() as f64);
+            }
+            if !busy {
+                return res;
             }
             attempt = attempt.saturating_add(1);
             let pause = self.config.busy_backoff.delay_at(attempt, fastrand::f64());

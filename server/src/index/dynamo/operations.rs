@@ -978,8 +978,8 @@ impl RunLeases for DynamoIndex {
         ticket: &RunTicket,
         deadline: Millis,
     ) -> Result<Renewal, IndexError> {
-        let res = self
-            .update(
+        // Not behind a burst: a late renewal hands a live run on.
+        let res = super::urgent(self.update(
                 &self.tables.operations,
                 op_key(id),
                 "SET #run_deadline = :d",
@@ -990,7 +990,7 @@ impl RunLeases for DynamoIndex {
                 )),
                 fence_vals(ticket).n("d", deadline).n("zero", 0),
                 ReturnValue::AllNew,
-            )
+            ))
             .await?;
         let item = match res {
             Cond::Done(item) => item,

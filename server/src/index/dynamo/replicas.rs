@@ -114,11 +114,10 @@ impl DynamoIndex {
             )),
         }
     }
-}
 
-#[async_trait::async_trait]
-impl ReplicaRegistry for DynamoIndex {
-    async fn heartbeat(&self, replica: &str, deadline: Millis) -> Result<(), IndexError> {
+    /// One heartbeat: this replica's deadline in the registry, and the
+    /// entries of replicas long gone forgotten.
+    async fn beat(&self, replica: &str, deadline: Millis) -> Result<(), IndexError> {
         // A later deadline already there is no failure: a late heartbeat
         // never shortens one.
         let set = || {
@@ -154,6 +153,15 @@ impl ReplicaRegistry for DynamoIndex {
                 .await?;
         }
         Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl ReplicaRegistry for DynamoIndex {
+    async fn heartbeat(&self, replica: &str, deadline: Millis) -> Result<(), IndexError> {
+        // Not behind a burst: a late heartbeat drops this replica from the
+        // registry, and the others read all its runs.
+        super::urgent(self.beat(replica, deadline)).await
     }
 
     async fn live_replicas(&self, now: Millis) -> Result<Vec<String>, IndexError> {

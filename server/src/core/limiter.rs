@@ -1,6 +1,9 @@
-//! Adaptive concurrency for one destination bucket: it finds how many
-//! requests may be in flight by watching their latency, as Netflix's
-//! gradient limiter does, and backs off on throttling as AIMD does.
+//! Adaptive concurrency for one endpoint: it finds how many requests may
+//! be in flight by watching their latency, as Netflix's gradient limiter
+//! does, and backs off on throttling as AIMD does. The copy engine keeps
+//! one per destination bucket; a DynamoDB index keeps one for its tables
+//! (`index::dynamo`), so a burst queues in the replica, where a caller
+//! that gives up costs nothing, rather than in the table.
 //!
 //! What bounds a copy's rate depends on where the service runs: on a
 //! loopback endpoint the CPUs of both ends, on AWS the round trip (tens of
@@ -227,7 +230,9 @@ impl Drop for Slot {
 
 impl AdaptiveLimit {
     pub fn new(initial: usize, min: usize, max: usize) -> Arc<Self> {
-        let (min, max) = (min.max(1) as f64, max.max(1) as f64);
+        // A ceiling below the floor (a small configured budget) wins.
+        let max = max.max(1);
+        let (min, max) = (min.clamp(1, max) as f64, max as f64);
         let limit = (initial as f64).clamp(min, max);
         let permits = limit.floor() as usize;
         Arc::new(Self {
