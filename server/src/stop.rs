@@ -103,6 +103,16 @@ impl StopSignal {
         });
     }
 
+    /// The deadline last set by [`hold_until`](Self::hold_until), on the
+    /// wall clock.
+    pub fn held_until(&self) -> Option<Millis> {
+        self.until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|d| d.wall)
+    }
+
     /// Whether the deadline set by [`hold_until`](Self::hold_until) passed,
     /// by either clock.
     /// Once it returned true it stays true (see `lapsed_seen`).

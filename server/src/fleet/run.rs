@@ -96,7 +96,7 @@ impl Operations {
         // runner taken over meanwhile must not tell its callers an outcome
         // the log does not hold (their feed then reads the log instead).
         let last = final_state(&id, result, &progress);
-        self.record_final(&id, &ticket, last, &progress).await;
+        self.record_final(&id, &ticket, last, &progress, &stop).await;
         self.forget(&id);
     }
 
@@ -128,26 +128,46 @@ impl Operations {
 
     /// Records the final state (with the lease epochs: once it is visible,
     /// a resubmission of the request id checks them), then tells the
-    /// followers. A busy index is waited out, the run renewed meanwhile,
-    /// for up to the final-write budget; then the run is handed on
-    /// (released: another attempt finishes it, and it is no crash). A state
-    /// the index refuses outright (too large, say) is recorded without its
-    /// failure list, then as FAILED with the reason.
+    /// followers. The write keeps its place in the index's queue however
+    /// long that is (a job array's burst of final states waits there; cut
+    /// off and sent again, each would go to the back), while
+    /// [`hold_for_final`](Self::hold_for_final) keeps the run this
+    /// attempt's. A busy index is waited out for up to the final-write
+    /// budget; then the run is handed on (released: another attempt
+    /// finishes it, and it is no crash). A state the index refuses
+    /// outright (too large, say) is recorded without its failure list,
+    /// then as FAILED with the reason.
     async fn record_final(
         &self,
         id: &str,
         ticket: &RunTicket,
         mut last: OperationState,
         progress: &Progress,
+        stop: &StopSignal,
     ) {
         let backoff =
             expresscache::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-        let started = tokio::time::Instant::now();
+        let budget = tokio::time::Instant::now() + self.settings.final_write_budget;
         let epochs = progress.lease_epochs();
+        let following = copies_nothing(progress);
+        let taken_over = || {
+            tracing::warn!(operation_id = %id,
+                "the run was taken over while its final state waited for the index");
+        };
         let mut attempt = 0u32;
         let mut fallbacks = 0u32;
         loop {
-            let err = match self.try_final(id, ticket, &last, &epochs).await {
+            let write = tokio::time::timeout_at(
+                budget,
+                self.index().finish_operation(id, ticket, &last, &epochs),
+            );
+            let written = tokio::select! {
+                w = write => w.unwrap_or_else(|_| Err(crate::index::IndexError::Unavailable(
+                    "recording the final state timed out".into(),
+                ))),
+                () = self.hold_for_final(id, ticket, stop, following) => return taken_over(),
+            };
+            let err = match written {
                 Ok(true) => return progress.publish_final(last),
                 Ok(false) => {
                     return tracing::warn!(operation_id = %id,
@@ -175,17 +195,15 @@ impl Operations {
             }
             attempt += 1;
             let pause = backoff.delay_at(attempt, fastrand::f64());
-            if started.elapsed() + pause > self.settings.final_write_budget {
+            if tokio::time::Instant::now() + pause > budget {
                 tracing::error!(operation_id = %id, error = %err,
                     "could not record the final state in time; handing the run on");
                 break;
             }
             tracing::warn!(operation_id = %id, error = %err, "recording the final state failed; trying again");
-            tokio::time::sleep(pause).await;
-            // Still ours? A takeover meanwhile records its own outcome.
-            if self.run_lost(id, ticket).await {
-                return tracing::warn!(operation_id = %id,
-                    "the run was taken over while its final state waited for the index");
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                () = self.hold_for_final(id, ticket, stop, following) => return taken_over(),
             }
         }
         // Handed on as released, not left to lapse: a lapsed run counts as
@@ -195,43 +213,37 @@ impl Operations {
         }
     }
 
-    /// One try at recording the final state, within half a run lease: the
-    /// renewal between tries keeps the run this attempt's while the index
-    /// is slow, so no other replica takes it over (and counts a crash)
-    /// meanwhile.
-    async fn try_final(
+    /// Keeps `ticket`'s run while its final state waits for the index, so
+    /// no other replica takes it over (and counts a crash) meanwhile: once
+    /// less than half a run lease is left of the deadline last granted, it
+    /// renews (by the warm's cadence: a joiner's long lease rarely needs
+    /// it). Returns only when the index says another attempt holds the
+    /// run; an unanswered renewal is tried again.
+    async fn hold_for_final(
         &self,
         id: &str,
         ticket: &RunTicket,
-        last: &OperationState,
-        epochs: &[(String, String)],
-    ) -> Result<bool, crate::index::IndexError> {
-        tokio::time::timeout(
-            self.settings.run_ttl / 2,
-            self.index().finish_operation(id, ticket, last, epochs),
-        )
-        .await
-        .unwrap_or_else(|_| {
-            Err(crate::index::IndexError::Unavailable(
-                "recording the final state timed out".into(),
-            ))
-        })
-    }
-
-    /// Renews the run once, bounded; whether the index said another
-    /// attempt holds it (an unanswered renewal is not a loss).
-    async fn run_lost(&self, id: &str, ticket: &RunTicket) -> bool {
-        let deadline = self
-            .warmer
-            .clock
-            .now()
-            .saturating_add(span_millis(self.settings.run_ttl));
-        let renewal = tokio::time::timeout(
-            self.settings.renew_every.max(Duration::from_secs(1)),
-            self.index().renew_run(id, ticket, deadline),
-        )
-        .await;
-        matches!(renewal, Ok(Ok(Renewal::Lost)))
+        stop: &StopSignal,
+        following: bool,
+    ) {
+        let s = &self.settings;
+        let cadence = Cadence::of(s, following);
+        let clock = &self.warmer.clock;
+        loop {
+            let left = left_until(stop.held_until().unwrap_or(0), clock.now());
+            if left > s.run_ttl / 2 {
+                // Looked at again at least every renewal interval: the
+                // wall clock may jump.
+                tokio::time::sleep((left - s.run_ttl / 2).min(s.renew_every)).await;
+                continue;
+            }
+            let within = left.max(s.renew_every).min(s.run_ttl / 2);
+            match self.renew(id, ticket, cadence.run_ttl, within, stop).await {
+                Ok(Some(deadline)) => stop.hold_until(deadline, clock),
+                Ok(None) => tokio::time::sleep(s.renew_every).await,
+                Err(RunLost) => return,
+            }
+        }
     }
 
     /// While the warm runs: publishes progress every `publish_interval`,

@@ -329,6 +329,87 @@ async fn a_final_state_the_index_refuses_is_recorded_smaller_then_as_failed_neve
     assert_eq!(rec.resumptions, 0);
 }
 
+/// Holds each final-state write `delay` (an index whose queue is long),
+/// counting those writes and the run renewals.
+#[derive(Debug)]
+struct SlowFinal {
+    delay: Duration,
+    finals: std::sync::atomic::AtomicU64,
+    renewals: std::sync::atomic::AtomicU64,
+}
+
+impl crate::gate::Gate for SlowFinal {
+    fn enter(
+        &self,
+        call: &'static str,
+        _subject: &str,
+    ) -> futures::future::BoxFuture<'static, crate::gate::Pass> {
+        use std::sync::atomic::Ordering;
+        let delay = match call {
+            "finish_operation" => {
+                self.finals.fetch_add(1, Ordering::SeqCst);
+                self.delay
+            }
+            "renew_run" => {
+                self.renewals.fetch_add(1, Ordering::SeqCst);
+                Duration::ZERO
+            }
+            _ => Duration::ZERO,
+        };
+        Box::pin(async move {
+            tokio::time::sleep(delay).await;
+            Box::new(()) as crate::gate::Pass
+        })
+    }
+}
+
+/// A final state the index takes long to answer (a job array's burst of
+/// final states queued in it) keeps its place: sent once, not cut off at
+/// half a run lease and sent again behind the queue, and the run renewed
+/// meanwhile, so no other replica takes the finished warm over.
+#[tokio::test]
+async fn a_final_state_that_waits_long_for_the_index_is_sent_once_and_its_run_kept() {
+    use crate::index::CountingIndex;
+    use std::sync::atomic::Ordering;
+    let gate = Arc::new(SlowFinal {
+        delay: Duration::from_millis(1_500),
+        finals: Default::default(),
+        renewals: Default::default(),
+    });
+    let index = Arc::new(
+        CountingIndex::new(SqliteIndex::open_in_memory().unwrap()).with_gate(gate.clone()),
+    );
+    // A lapsed run is taken over 500 ms after its last renewal.
+    let settings = |replica: &str| OpsSettings {
+        replica: replica.into(),
+        skew_margin: Duration::from_millis(100),
+        ..short_runs()
+    };
+    let (ops, _store) = fleet_member_with(Arc::clone(&index), 5, 1, settings("r1"));
+    let (other, _) = fleet_member_with(Arc::clone(&index), 5, 1, settings("r2"));
+    let rx = ops.submit(unfinished("x", 0).request, None).await.unwrap();
+    let id = rx.borrow().operation_id.clone();
+    let t0 = std::time::Instant::now();
+    while gate.finals.load(Ordering::SeqCst) == 0 {
+        assert!(t0.elapsed() < Duration::from_secs(10), "never finished");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let renewals = gate.renewals.load(Ordering::SeqCst);
+    while ops.live().contains_key(&id) {
+        assert_eq!(other.adopt_orphans().await.unwrap(), 0, "taken over while it recorded");
+        assert!(t0.elapsed() < Duration::from_secs(10), "still recording");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(gate.finals.load(Ordering::SeqCst), 1, "the final state sent once");
+    assert!(
+        gate.renewals.load(Ordering::SeqCst) > renewals,
+        "the run renewed while its final state waited"
+    );
+    let rec = index.get_operation(&id).await.unwrap().unwrap();
+    assert_eq!(rec.state.outcome, Some(Outcome::Succeeded), "{:?}", rec.state);
+    assert_eq!(rec.resumptions, 0);
+}
+
 /// Operation "x" of attempt 1, which wrote a lease on d/ until `now +
 /// lease_ms` and checkpointed its epoch, then lost its replica.
 async fn orphan_with_a_lease(index: &Arc<SqliteIndex>, lease_ms: i64) -> i64 {
