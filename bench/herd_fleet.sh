@@ -15,7 +15,8 @@
 # and reports for each: errors, source listings (all replicas), p50/p99
 # time-to-ready and p99 over the lone warm's, DynamoDB writes per launcher,
 # the hottest item's writes and how many writes the per-item limit threw
-# back. Called by `bench/herd.sh --index dynamodb`.
+# back; and DynamoDB requests per launcher by request and table, and the
+# replicas' index calls per launcher by call. Called by `bench/herd.sh --index dynamodb`.
 #
 #   bench/herd_fleet.sh [--n 1000] [--objects 2000] [--item-writes 25] [--dynamodb-local]
 set -euo pipefail
@@ -129,6 +130,16 @@ lists() { # source listing requests, all replicas
   done
   echo "$total"
 }
+index_calls() { # the replicas' index calls so far, by call (all replicas), as JSON
+  for m in "${METRICS[@]}"; do curl -s "http://127.0.0.1:$m/metrics"; done | python3 -c '
+import json, re, sys
+calls = {}
+for line in sys.stdin:
+    if line.startswith("expresscache_index_request_duration_seconds_count{"):
+        op = re.search(r"operation=\"([^\"]+)\"", line).group(1)
+        calls[op] = calls.get(op, 0) + float(line.split()[-1])
+print(json.dumps(calls))'
+}
 writes() { python3 -c "import json; print(json.load(open('$STATE/proxy.json'))['dynamo_writes'])"; }
 stat() { python3 -c "import json; print(json.load(open('$STATE/proxy.json'))['$1'])"; }
 fleet() { # NAME N: N launchers spread over the replicas; prints NAME and JSON
@@ -136,6 +147,7 @@ fleet() { # NAME N: N launchers spread over the replicas; prints NAME and JSON
   sleep 0.6 # the proxy's stats file is at most half a second old
   before=$(lists); wbefore=$(writes); tbefore=$(stat item_throttles)
   cp "$STATE/proxy.json" "$STATE/$name-proxy-before.json"
+  index_calls >"$STATE/$name-calls-before.json"
   local outs=()
   for i in 0 1 2; do
     local share=$(((n + 2 - i) / 3))
@@ -147,21 +159,27 @@ fleet() { # NAME N: N launchers spread over the replicas; prints NAME and JSON
   for pid in "${outs[@]}"; do wait "$pid"; done
   sleep 0.6
   after=$(lists); wafter=$(writes)
+  index_calls >"$STATE/$name-calls-after.json"
   python3 - "$name" "$n" "$((after - before))" "$((wafter - wbefore))" \
     "$(( $(stat item_throttles) - tbefore ))" "$(stat hottest_item_writes)" \
     "$STATE/$name-proxy-before.json" "$STATE/proxy.json" \
+    "$STATE/$name-calls-before.json" "$STATE/$name-calls-after.json" \
     "$STATE/$name"-[0-9].json >>"$STATE/results" <<'PY'
 import json, sys
-name, n, lists, writes, throttled, hottest, before, after = sys.argv[1:9]
-parts = [json.loads(open(p).read()) for p in sys.argv[9:]]
+name, n, lists, writes, throttled, hottest, before, after, cbefore, cafter = sys.argv[1:11]
+parts = [json.loads(open(p).read()) for p in sys.argv[11:]]
+def per_launcher(b, a):
+    return {k: round((v - b.get(k, 0)) / int(n), 2) for k, v in a.items() if v > b.get(k, 0)}
 b, a = (json.load(open(p)).get("dynamo_by_call", {}) for p in (before, after))
-by_call = {k: round((v - b.get(k, 0)) / int(n), 2) for k, v in a.items() if v > b.get(k, 0)}
+by_call = per_launcher(b, a)
+by_index_call = per_launcher(*(json.load(open(p)) for p in (cbefore, cafter)))
 errors = sum(p["errors"] for p in parts)
 print(name, lists, json.dumps({
     "n": int(n), "errors": errors,
     "p50_s": max(p["p50_s"] for p in parts), "p99_s": max(p["p99_s"] for p in parts),
     "writes_per_launcher": int(writes) / int(n), "item_throttles": int(throttled),
-    "hottest_item_writes": int(hottest), "calls_per_launcher": by_call}))
+    "hottest_item_writes": int(hottest), "calls_per_launcher": by_call,
+    "index_calls_per_launcher": by_index_call}))
 PY
   log "$name: $(tail -1 "$STATE/results")"
 }
@@ -203,6 +221,12 @@ print()
 print("DynamoDB calls per launcher, by call and table:")
 for name, _, r in rows:
     calls = ", ".join(f"{k} {v}" for k, v in sorted(r["calls_per_launcher"].items(),
+                                                   key=lambda kv: -kv[1]))
+    print(f"  {name}: {calls}")
+print()
+print("Index calls per launcher, by the replicas' index call (one may send several requests):")
+for name, _, r in rows:
+    calls = ", ".join(f"{k} {v}" for k, v in sorted(r["index_calls_per_launcher"].items(),
                                                    key=lambda kv: -kv[1]))
     print(f"  {name}: {calls}")
 PY
