@@ -218,15 +218,12 @@ print()
 hot = json.load(open(sys.argv[1].rsplit("/", 1)[0] + "/proxy.json"))
 print(f"hottest item: {hot['hottest_item_writes']} writes in all ({hot['hottest_item']})")
 print()
-print("DynamoDB calls per launcher, by call and table:")
-for name, _, r in rows:
-    calls = ", ".join(f"{k} {v}" for k, v in sorted(r["calls_per_launcher"].items(),
-                                                   key=lambda kv: -kv[1]))
-    print(f"  {name}: {calls}")
-print()
-print("Index calls per launcher, by the replicas' index call (one may send several requests):")
-for name, _, r in rows:
-    calls = ", ".join(f"{k} {v}" for k, v in sorted(r["index_calls_per_launcher"].items(),
-                                                   key=lambda kv: -kv[1]))
-    print(f"  {name}: {calls}")
+for title, key in (("DynamoDB calls per launcher, by call and table:", "calls_per_launcher"),
+                   ("Index calls per launcher, by the replicas' index call (one may send several "
+                    "requests):", "index_calls_per_launcher")):
+    print(title)
+    for name, _, r in rows:
+        calls = ", ".join(f"{k} {v}" for k, v in sorted(r[key].items(), key=lambda kv: -kv[1]))
+        print(f"  {name}: {calls}")
+    print()
 PY

@@ -1094,12 +1094,19 @@ async fn orphan_adoption_pages_past_a_page_shortened_by_an_unreadable_item() {
     assert_eq!(resumed, 149, "every readable orphan, on every page");
 }
 
-#[tokio::test]
-async fn the_orphan_scan_reads_a_live_run_again_only_once_it_may_have_lapsed() {
-    use expresscache_server::fleet::OpsSettings;
-    use expresscache_server::testing::proxy::{FaultProxy, Match};
+/// For the orphan-scan tests: moto, the proxy in front of it, fresh
+/// tables both reach (`direct` to moto, `index` through the proxy, which
+/// counts its reads), and a manual clock at `t0`, now.
+async fn scan_fixture() -> (
+    Moto,
+    expresscache_server::testing::proxy::FaultProxy,
+    DynamoIndex,
+    Arc<DynamoIndex>,
+    i64,
+    Arc<ManualClock>,
+) {
     let moto = Moto::start();
-    let proxy = FaultProxy::start(&moto.endpoint).await;
+    let proxy = expresscache_server::testing::proxy::FaultProxy::start(&moto.endpoint).await;
     let prefix = TablePrefix::new(&unique("ec")).unwrap();
     let direct = DynamoIndex::connect_with(&moto.sdk_config(), &prefix, DynamoConfig::default());
     direct.create_tables().await.unwrap();
@@ -1112,7 +1119,21 @@ async fn the_orphan_scan_reads_a_live_run_again_only_once_it_may_have_lapsed() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64;
-    let clock = Arc::new(ManualClock::new(t0));
+    (
+        moto,
+        proxy,
+        direct,
+        index,
+        t0,
+        Arc::new(ManualClock::new(t0)),
+    )
+}
+
+#[tokio::test]
+async fn the_orphan_scan_reads_a_live_run_again_only_once_it_may_have_lapsed() {
+    use expresscache_server::fleet::OpsSettings;
+    use expresscache_server::testing::proxy::Match;
+    let (_moto, proxy, direct, index, t0, clock) = scan_fixture().await;
     // 20 warms another replica runs, created a minute ago (older than a
     // run lease: a look reads them), its runs renewed until a minute from
     // now, and that replica registered alive.
@@ -1156,6 +1177,15 @@ async fn the_orphan_scan_reads_a_live_run_again_only_once_it_may_have_lapsed() {
         20,
         "later looks read none again while their runs cannot have lapsed"
     );
+    // Two run leases on, the runs (a joiner's long lease, here a minute)
+    // are still not read again: their holder is alive, the deadline ahead.
+    clock.advance(25_000);
+    assert_eq!(ops.adopt_orphans().await.unwrap(), 0);
+    assert_eq!(
+        reads(registry_reads),
+        20,
+        "a live holder's long runs: not read again every run lease"
+    );
     // The other replica stops on purpose: it releases five runs (the
     // others it could not) and leaves the registry. The next look reads
     // its runs again and takes the released ones over at once.
@@ -1196,7 +1226,7 @@ async fn the_orphan_scan_reads_a_live_run_again_only_once_it_may_have_lapsed() {
     );
     // The clock moves past the deadlines read: the rest have lapsed,
     // although their holder is alive (paused, or its renewals lost).
-    clock.advance(61_000 + OpsSettings::default().skew_margin.as_millis() as i64);
+    clock.advance(61_000 - 25_000 + OpsSettings::default().skew_margin.as_millis() as i64);
     assert_eq!(
         ops.adopt_orphans().await.unwrap(),
         15,
@@ -1212,22 +1242,8 @@ async fn the_orphan_scan_reads_a_live_run_again_only_once_it_may_have_lapsed() {
 async fn the_orphan_scan_reads_no_warm_younger_than_a_run_lease_and_takes_a_released_one_over_after_it(
 ) {
     use expresscache_server::fleet::OpsSettings;
-    use expresscache_server::testing::proxy::{FaultProxy, Match};
-    let moto = Moto::start();
-    let proxy = FaultProxy::start(&moto.endpoint).await;
-    let prefix = TablePrefix::new(&unique("ec")).unwrap();
-    let direct = DynamoIndex::connect_with(&moto.sdk_config(), &prefix, DynamoConfig::default());
-    direct.create_tables().await.unwrap();
-    let index = Arc::new(DynamoIndex::connect_with(
-        &local_sdk_config(&proxy.endpoint),
-        &prefix,
-        DynamoConfig::default(),
-    ));
-    let t0 = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
-    let clock = Arc::new(ManualClock::new(t0));
+    use expresscache_server::testing::proxy::Match;
+    let (_moto, proxy, direct, index, t0, clock) = scan_fixture().await;
     use expresscache_server::core::clock::Clock;
     // 20 warms created just now on another replica, held for a minute;
     // it releases five of them (as a shutdown does).
@@ -1292,4 +1308,32 @@ async fn the_orphan_scan_reads_no_warm_younger_than_a_run_lease_and_takes_a_rele
         3,
         "taken over once it left"
     );
+}
+
+/// A final state and its lease epochs are one write of the operation
+/// (and one of its request id's TTL): a job array's burst of final states
+/// costs the index two requests each, not five (a renewal asking whether
+/// the run is held, read back where the endpoint does not return refused
+/// items, the epochs, the state, the request id).
+#[tokio::test]
+async fn a_final_state_and_its_lease_epochs_are_one_write() {
+    let moto = Moto::start();
+    let index = fresh(&moto, DynamoConfig::default()).await;
+    let t = created_and_taken_over(&index, "fin", &terms_of("r1")).await;
+    let mut done = OperationState::queued("fin", 1);
+    done.outcome = Some(Outcome::Succeeded);
+    let epochs = vec![("d/".to_owned(), "e1".to_owned())];
+    index.requests().reset();
+    assert!(index
+        .finish_operation("fin", &t.ticket, &done, &epochs)
+        .await
+        .unwrap());
+    assert_eq!(
+        index.requests().snapshot(),
+        [("UpdateItem".to_owned(), 2)].into_iter().collect(),
+        "the operation, and its request id's TTL"
+    );
+    let rec = index.get_operation("fin").await.unwrap().unwrap();
+    assert_eq!(rec.state.outcome, Some(Outcome::Succeeded));
+    assert_eq!(index.lease_epochs("fin").await.unwrap(), epochs);
 }

@@ -56,6 +56,7 @@ impl RunsSeen {
         let mut replicas = self.replicas.lock().unwrap_or_else(|e| e.into_inner());
         if replicas.iter().any(|r| !live.contains(r)) {
             self.departures.fetch_add(1, Ordering::SeqCst);
+            self.runs().clear();
         }
         *replicas = live;
     }
@@ -71,9 +72,8 @@ impl RunsSeen {
     /// unless it was read before, held by another replica that is still
     /// registered alive, until a deadline after `judged`. A run's deadline
     /// only moves later while one replica holds it; a release sets it to
-    /// zero, and whoever takes a run over gets at most a run lease from
-    /// then, which is why [`saw`](Self::saw) keeps no more than a run
-    /// lease from the read. A replica that stops on purpose releases its
+    /// zero, and whoever takes a run over then holds it alive in the
+    /// registry or leaves it (see [`saw`](Self::saw)). A replica that stops on purpose releases its
     /// runs and then leaves the registry, so its runs are read at the next
     /// look.
     ///
@@ -101,16 +101,19 @@ impl RunsSeen {
         holder == me || *deadline <= judged || !alive()
     }
 
-    /// Remembers what `rec`'s run was when read at `now`. The deadline
-    /// kept is at most `now + run_ttl`: the holder may release the run
-    /// (a joiner's lasts six run leases) and another replica take it over
-    /// for one run lease, then die; its run must be read again by then.
-    fn saw(&self, rec: &OperationRecord, now: Millis, run_ttl: Duration) {
+    /// Remembers what `rec`'s run was when read: who holds it until when.
+    /// The holder may release the run (a joiner's lasts six run leases)
+    /// and another replica take it over for one run lease, then die or
+    /// pause: that replica's heartbeat then lapses, it leaves the registry,
+    /// and [`set_replicas`](Self::set_replicas) forgets every run seen, so
+    /// each is read again. (Before, the deadline kept was capped at one
+    /// run lease from the read, which made every replica read each of a
+    /// job array's joiners again every run lease.)
+    fn saw(&self, rec: &OperationRecord) {
         let mut runs = self.runs();
         match &rec.run {
             Some(run) if !rec.is_done() => {
-                let until = run.deadline.min(now.saturating_add(span_millis(run_ttl)));
-                runs.insert(rec.id.clone(), (run.ticket.replica.clone(), until));
+                runs.insert(rec.id.clone(), (run.ticket.replica.clone(), run.deadline));
             }
             _ => {
                 runs.remove(&rec.id);
@@ -178,7 +181,7 @@ impl Operations {
                     Some(e) => Err(e),
                 };
             }
-            let (now, judged) = self.now();
+            let (_, judged) = self.now();
             look.judged = judged;
             let me = self.settings.replica.as_str();
             let to_read: Vec<String> = page
@@ -214,7 +217,7 @@ impl Operations {
                         continue;
                     }
                 };
-                self.seen.saw(&rec, now, self.settings.run_ttl);
+                self.seen.saw(&rec);
                 let lapsed = rec.run.as_ref().is_none_or(|r| r.deadline <= judged);
                 if rec.is_done() || !lapsed || self.live().contains_key(&rec.id) {
                     continue;
