@@ -270,3 +270,42 @@ async fn a_call_given_up_while_it_waits_for_a_slot_sends_nothing() {
     // Once slots are free, calls go through.
     assert!(index.get_operation("after").await.unwrap().is_none());
 }
+
+/// A job array's bookkeeping (creations, joiners' checkpoints and final
+/// states) takes at most its share of the limit: the work the burst waits
+/// for (here one read) is sent beside it, not behind all of it.
+#[tokio::test]
+async fn bookkeeping_takes_its_share_of_the_limit_and_work_passes_a_burst_of_it() {
+    use expresscache_server::index::lane::{in_lane, Lane};
+    let (_moto, _proxy, index, in_flight) = slow_and_limited(32).await;
+    let t0 = Instant::now();
+    let burst = tokio::spawn({
+        let index = Arc::clone(&index);
+        in_lane(Lane::Bulk, async move {
+            let reads = (0..96).map(|i| {
+                let index = Arc::clone(&index);
+                async move { index.get_operation(&format!("nope{i}")).await }
+            });
+            for got in futures::future::join_all(reads).await {
+                assert!(got.unwrap().is_none());
+            }
+            t0.elapsed()
+        })
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let started = Instant::now();
+    assert!(index.get_operation("work").await.unwrap().is_none());
+    let work = started.elapsed();
+    let burst = burst.await.unwrap();
+    // 96 reads, 16 at a time, 200 ms each: 1.2 s at least.
+    assert!(burst >= Duration::from_millis(1_200), "burst took {burst:?}");
+    assert!(
+        in_flight.peak() <= 16 + 1,
+        "{} requests in flight at the table: 16 of bookkeeping and the work",
+        in_flight.peak()
+    );
+    assert!(
+        work < Duration::from_millis(500),
+        "the work waited behind the burst: {work:?} (burst {burst:?})"
+    );
+}

@@ -8,7 +8,8 @@
 //! this replica last read of them ([`RunsSeen`]): a run held by a live
 //! replica until a deadline still ahead is not read again until that
 //! deadline passes. A herd of running warms then costs each replica one
-//! consistent read per operation per run lease, not one per look.
+//! consistent read per operation (again only once its deadline passed or
+//! a replica left the registry), not one per look.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -30,6 +30,7 @@ use tracing::Instrument;
 
 use crate::core::judge::Judge;
 use crate::core::operation::{OperationRecord, OperationState, Outcome, RunLease, RunTicket};
+use crate::index::lane::{in_lane, Lane};
 use crate::index::{
     span_millis, CreateOutcome, FleetIndex, IndexError, Millis, OpFilter, RunTerms,
 };
@@ -330,7 +331,10 @@ impl Operations {
         // The index decides who owns a request id, so two racing submissions
         // end up on one operation.
         loop {
-            let existing = match self.index().create_operation(&record).await? {
+            // Bookkeeping: a job array's burst of creations must not hold
+            // up the work of the warm they will join (`index::lane`).
+            let create = self.index().create_operation(&record);
+            let existing = match in_lane(Lane::Bulk, create).await? {
                 CreateOutcome::Created => break,
                 CreateOutcome::Exists(existing) => existing,
             };

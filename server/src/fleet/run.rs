@@ -13,6 +13,7 @@ use tracing::Instrument;
 
 use super::Operations;
 use crate::core::operation::{OperationState, Outcome, Phase, RunTicket};
+use crate::index::lane::{in_lane, Lane};
 use crate::index::{span_millis, Millis, Renewal};
 use crate::progress::Progress;
 use crate::stop::{StopReason, StopSignal};
@@ -157,9 +158,12 @@ impl Operations {
         let mut attempt = 0u32;
         let mut fallbacks = 0u32;
         loop {
+            // A joiner's final state is bookkeeping; a leader's is what
+            // its joiners wait for (`index::lane`).
+            let lane = if following { Lane::Bulk } else { Lane::Work };
             let write = tokio::time::timeout_at(
                 budget,
-                self.index().finish_operation(id, ticket, &last, &epochs),
+                in_lane(lane, self.index().finish_operation(id, ticket, &last, &epochs)),
             );
             let written = tokio::select! {
                 w = write => w.unwrap_or_else(|_| Err(crate::index::IndexError::Unavailable(
@@ -335,7 +339,9 @@ impl Operations {
                 let news_only = cadence.only_news && !now_please;
                 let checkpoint =
                     self.write_checkpoint(id, ticket, progress, news_only, &mut written, within);
-                if let Err(RunLost) = checkpoint.await {
+                // A follower's checkpoint is bookkeeping (`index::lane`).
+                let lane = if cadence.only_news { Lane::Bulk } else { Lane::Work };
+                if let Err(RunLost) = in_lane(lane, checkpoint).await {
                     return lose();
                 }
             }

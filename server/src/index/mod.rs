@@ -18,6 +18,7 @@ mod cursor;
 mod decorate;
 pub mod dynamo;
 pub mod encoding;
+pub mod lane;
 mod legacy;
 mod metered;
 mod sqlite;

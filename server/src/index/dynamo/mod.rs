@@ -44,6 +44,7 @@ use self::layout::{names_in, prune, Item, Vals};
 use super::IndexError;
 use crate::core::clock::{Clock, SystemClock};
 use crate::core::limiter::AdaptiveLimit;
+use crate::index::lane::{self, Lane};
 
 /// The scheme of an index location naming DynamoDB tables.
 pub const SCHEME: &str = "dynamodb://";
@@ -172,7 +173,8 @@ pub struct DynamoConfig {
     /// caller that gives up (a checkpoint cut off in time) costs nothing,
     /// instead of in the table, which serves every request it was sent,
     /// abandoned or not. Renewals of runs and the replica's heartbeat skip
-    /// the wait ([`urgent`]): a late one loses a run.
+    /// the wait ([`urgent`]): a late one loses a run; bookkeeping takes
+    /// at most [`BULK_IN_FLIGHT`] of it (`index::lane`).
     pub max_in_flight: usize,
 }
 
@@ -205,21 +207,21 @@ const INITIAL_IN_FLIGHT: usize = 64;
 /// The least it goes down to, throttled again and again.
 const MIN_IN_FLIGHT: usize = 8;
 
-tokio::task_local! {
-    /// Set while a call that must not wait behind others runs (see
-    /// [`urgent`]).
-    static URGENT: ();
-}
+/// Bookkeeping requests ([`Lane::Bulk`]) in flight at most, whatever the
+/// limit: a job array's burst of creations and joiners' final states
+/// leaves the rest of the limit to the work they wait for. At
+/// DynamoDB's latency this is still over a thousand a second.
+const BULK_IN_FLIGHT: usize = 16;
 
 /// Runs `call`'s requests past the limit of requests in flight, without
-/// waiting for a slot: a run's renewal or the replica's heartbeat is late
-/// when it waits behind a job array's burst, and a late one hands a live
-/// run to another replica (or drops this replica from the registry),
-/// which costs the index more than it saves. Such calls are few (one per
-/// running warm per second at most), so they cannot make a queue of their
-/// own.
+/// waiting for a slot ([`Lane::Urgent`]): a run's renewal or the
+/// replica's heartbeat is late when it waits behind a job array's burst,
+/// and a late one hands a live run to another replica (or drops this
+/// replica from the registry), which costs the index more than it saves.
+/// Such calls are few (one per running warm per second at most), so they
+/// cannot make a queue of their own.
 pub(crate) async fn urgent<F: Future>(call: F) -> F::Output {
-    URGENT.scope((), call).await
+    lane::in_lane(Lane::Urgent, call).await
 }
 
 /// DynamoDB-backed [`CacheIndex`](super::CacheIndex) and [`OperationLog`].
@@ -233,6 +235,8 @@ pub struct DynamoIndex {
     requests: Arc<RequestCounts>,
     /// Requests in flight, paced ([`DynamoConfig::max_in_flight`]).
     pace: Arc<AdaptiveLimit>,
+    /// Of those, the bookkeeping ones ([`BULK_IN_FLIGHT`]).
+    bulk: Arc<tokio::sync::Semaphore>,
     /// Stamps operation items' `updated_at` (which retention compares
     /// with the same clock).
     clock: Arc<dyn Clock>,
@@ -303,6 +307,7 @@ impl DynamoIndex {
             tables: prefix.tables(),
             prefix: prefix.clone(),
             pace,
+            bulk: Arc::new(tokio::sync::Semaphore::new(BULK_IN_FLIGHT)),
             config,
             #[cfg(any(test, feature = "testing"))]
             requests,
@@ -318,9 +323,10 @@ impl DynamoIndex {
     /// and transactions carry one idempotency token across sends.
     ///
     /// Each send first waits for a slot of the limit of requests in flight
-    /// (unless [`urgent`]); its latency moves the limit, a busy answer
-    /// halves it. Dropped while it waits (a caller's timeout), nothing was
-    /// sent.
+    /// (unless [`urgent`]; bookkeeping, [`Lane::Bulk`], also for one of
+    /// [`BULK_IN_FLIGHT`] first); its latency moves the limit, a busy
+    /// answer halves it. Dropped while it waits (a caller's timeout),
+    /// nothing was sent.
     pub(crate) async fn persist<T, E, F, Fut>(
         &self,
         call: &'static str,
@@ -339,9 +345,19 @@ impl DynamoIndex {
         let started = tokio::time::Instant::now();
         let mut attempt = 0u32;
         loop {
-            let slot = match URGENT.try_with(|()| ()) {
-                Ok(()) => None,
-                Err(_) => Some(self.pace.acquire().await),
+            let lane = lane::current();
+            let _bulk = match lane {
+                Lane::Bulk => Some(
+                    self.bulk
+                        .acquire()
+                        .await
+                        .expect("the bulk semaphore is never closed"),
+                ),
+                Lane::Work | Lane::Urgent => None,
+            };
+            let slot = match lane {
+                Lane::Urgent => None,
+                Lane::Work | Lane::Bulk => Some(self.pace.acquire().await),
             };
             let sent = tokio::time::Instant::now();
             let res = send().await;
