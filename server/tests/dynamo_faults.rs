@@ -298,7 +298,10 @@ async fn bookkeeping_takes_its_share_of_the_limit_and_work_passes_a_burst_of_it(
     let work = started.elapsed();
     let burst = burst.await.unwrap();
     // 96 reads, 16 at a time, 200 ms each: 1.2 s at least.
-    assert!(burst >= Duration::from_millis(1_200), "burst took {burst:?}");
+    assert!(
+        burst >= Duration::from_millis(1_200),
+        "burst took {burst:?}"
+    );
     assert!(
         in_flight.peak() <= 16 + 1,
         "{} requests in flight at the table: 16 of bookkeeping and the work",

@@ -62,11 +62,16 @@ impl RunsSeen {
         *replicas = live;
     }
 
-    /// Whether a look beginning now may leave young operations unread:
+    /// A look beginning now. It may leave young operations unread only if
     /// no replica left the registry since the last whole look began.
-    fn young_may_wait(&self) -> (bool, u64) {
+    fn begin_look(&self, run_ttl: Duration) -> Look {
         let departures = self.departures.load(Ordering::SeqCst);
-        (departures == self.departures_judged.load(Ordering::SeqCst), departures)
+        Look {
+            judged: 0,
+            run_ttl,
+            young_may_wait: departures == self.departures_judged.load(Ordering::SeqCst),
+            departures,
+        }
     }
 
     /// Whether operation `id` must be read to judge its run at `judged`:
@@ -83,7 +88,7 @@ impl RunsSeen {
     /// have passed: younger, its run cannot have lapsed, only been
     /// released. A replica that stops releases its runs and leaves the
     /// registry, and after a departure young operations are read at once
-    /// (`young_may_wait` false); a run released by a replica that stays up
+    /// (`Look::young_may_wait` false); a run released by a replica that stays up
     /// (handed on) is taken over once that first lease has passed, as an
     /// older one is once the deadline kept passes. A job array's burst of
     /// warms then costs each replica no read of the ones that finish
@@ -152,13 +157,7 @@ impl Operations {
             tracing::warn!(reason = %why, "not taking over unfinished warms");
             return Ok(0);
         }
-        let (young_may_wait, departures) = self.seen.young_may_wait();
-        let mut look = Look {
-            judged: 0,
-            run_ttl: self.settings.run_ttl,
-            young_may_wait,
-            departures,
-        };
+        let mut look = self.seen.begin_look(self.settings.run_ttl);
         let mut resumed = 0;
         let mut after = None;
         let mut listed = HashSet::new();
@@ -195,12 +194,7 @@ impl Operations {
                 })
                 .map(|(_, id)| id)
                 .collect();
-            let read: Vec<_> = futures::stream::iter(to_read)
-                .map(|id| async move { (self.index().get_operation(&id).await, id) })
-                .buffered(READS_IN_FLIGHT)
-                .collect()
-                .await;
-            for (got, id) in read {
+            for (got, id) in self.read_all(to_read).await {
                 let rec = match got {
                     Ok(Some(rec)) => rec,
                     Ok(None) => continue, // purged since it was listed
@@ -233,6 +227,19 @@ impl Operations {
                 }
             }
         }
+    }
+
+    /// The records of `ids`, [`READS_IN_FLIGHT`] at a time, each with
+    /// its id.
+    async fn read_all(
+        &self,
+        ids: Vec<String>,
+    ) -> Vec<(Result<Option<OperationRecord>, IndexError>, String)> {
+        futures::stream::iter(ids)
+            .map(|id| async move { (self.index().get_operation(&id).await, id) })
+            .buffered(READS_IN_FLIGHT)
+            .collect()
+            .await
     }
 
     /// Takes `rec` over; resumes it unless a cancel was requested, it has

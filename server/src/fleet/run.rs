@@ -339,9 +339,7 @@ impl Operations {
                 let news_only = cadence.only_news && !now_please;
                 let checkpoint =
                     self.write_checkpoint(id, ticket, progress, news_only, &mut written, within);
-                // A follower's checkpoint is bookkeeping (`index::lane`).
-                let lane = if cadence.only_news { Lane::Bulk } else { Lane::Work };
-                if let Err(RunLost) = in_lane(lane, checkpoint).await {
+                if let Err(RunLost) = in_lane(cadence.lane(), checkpoint).await {
                     return lose();
                 }
             }
@@ -570,6 +568,16 @@ fn copies_nothing(progress: &Progress) -> bool {
 const FOLLOWER_FACTOR: u32 = 6;
 
 impl Cadence {
+    /// The lane of this warm's checkpoints: a follower's are bookkeeping
+    /// (`index::lane`).
+    fn lane(&self) -> Lane {
+        if self.only_news {
+            Lane::Bulk
+        } else {
+            Lane::Work
+        }
+    }
+
     pub(super) fn of(s: &super::OpsSettings, following: bool) -> Self {
         if following {
             let run_ttl = s.run_ttl * FOLLOWER_FACTOR;
