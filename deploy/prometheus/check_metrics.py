@@ -58,7 +58,9 @@ TARGET_LABELS = {"job", "instance", "namespace", "pod", "service", "endpoint", "
 SEVERITIES = {"critical", "warning", "info"}
 # Emitted only after their first event, which a healthy server's warms need
 # not cause: no retry, no throttling, no index error, no shared copy, no
-# Evict call, no warm joining another. (Gauges are set to zero when the endpoint starts.)
+# Evict call, no warm joining another; or only by a DynamoDB index (its
+# adaptive limit of requests in flight). (Gauges are set to zero when the
+# endpoint starts.)
 ON_EVENT = {
     "expresscache_objects_shared_total",
     "expresscache_copy_retries_total",
@@ -68,6 +70,7 @@ ON_EVENT = {
     "expresscache_warms_joined_total",
     "expresscache_warms_fresh_total",
     "expresscache_index_busy_total",
+    "expresscache_index_concurrency_limit",
 }
 
 RATE_FUNCS = {"rate", "irate", "increase"}

@@ -103,14 +103,19 @@ impl StopSignal {
         });
     }
 
-    /// The deadline last set by [`hold_until`](Self::hold_until), on the
-    /// wall clock.
-    pub fn held_until(&self) -> Option<Millis> {
+    /// How long until the deadline last set by
+    /// [`hold_until`](Self::hold_until) passes, by the earlier of its two
+    /// clocks (a wall clock set back does not make it longer); zero if
+    /// none was set or it passed.
+    pub fn time_left(&self) -> Duration {
         self.until
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .as_ref()
-            .map(|d| d.wall)
+            .map_or(Duration::ZERO, |d| {
+                let wall = d.wall.saturating_sub(d.clock.now()).max(0).unsigned_abs();
+                Duration::from_millis(wall).min(d.monotonic.saturating_duration_since(Instant::now()))
+            })
     }
 
     /// Whether the deadline set by [`hold_until`](Self::hold_until) passed,

@@ -1320,8 +1320,8 @@ async fn a_final_state_and_its_lease_epochs_are_one_write() {
     let moto = Moto::start();
     let index = fresh(&moto, DynamoConfig::default()).await;
     let t = created_and_taken_over(&index, "fin", &terms_of("r1")).await;
-    let mut done = OperationState::queued("fin", 1);
-    done.outcome = Some(Outcome::Succeeded);
+    let done = OperationState::queued("fin", 1).ended(Outcome::Succeeded, None);
+    assert!(done.is_done());
     let epochs = vec![("d/".to_owned(), "e1".to_owned())];
     index.requests().reset();
     assert!(index
@@ -1334,6 +1334,11 @@ async fn a_final_state_and_its_lease_epochs_are_one_write() {
         "the operation, and its request id's TTL"
     );
     let rec = index.get_operation("fin").await.unwrap().unwrap();
+    assert!(rec.is_done(), "finished: {:?}", rec.state);
     assert_eq!(rec.state.outcome, Some(Outcome::Succeeded));
+    assert!(rec.run.is_none(), "no run left: {:?}", rec.run);
     assert_eq!(index.lease_epochs("fin").await.unwrap(), epochs);
+    // A superseded attempt's final state writes neither.
+    let other = index.take_over("fin", &terms_of("r2")).await.unwrap();
+    assert!(other.is_none(), "a finished operation has no run to take");
 }

@@ -54,22 +54,36 @@ impl RunsSeen {
     /// Records the replicas the registry holds alive.
     pub(super) fn set_replicas(&self, live: &[String]) {
         let live: HashSet<String> = live.iter().cloned().collect();
-        let mut replicas = self.replicas.lock().unwrap_or_else(|e| e.into_inner());
-        if replicas.iter().any(|r| !live.contains(r)) {
+        let departed = {
+            let mut replicas = self.replicas.lock().unwrap_or_else(|e| e.into_inner());
+            let departed = replicas.iter().any(|r| !live.contains(r));
+            *replicas = live;
+            departed
+        };
+        // Not under the replicas' lock: `must_read` takes the runs' lock
+        // first, then that one.
+        if departed {
             self.departures.fetch_add(1, Ordering::SeqCst);
             self.runs().clear();
         }
-        *replicas = live;
     }
 
     /// A look beginning now. It may leave young operations unread only if
-    /// no replica left the registry since the last whole look began.
+    /// the registry answered the last heartbeat (none known: it did not,
+    /// or none came yet) and no replica left it since the last whole look
+    /// began.
     fn begin_look(&self, run_ttl: Duration) -> Look {
         let departures = self.departures.load(Ordering::SeqCst);
+        let registry_known = !self
+            .replicas
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty();
         Look {
             judged: 0,
             run_ttl,
-            young_may_wait: departures == self.departures_judged.load(Ordering::SeqCst),
+            young_may_wait: registry_known
+                && departures == self.departures_judged.load(Ordering::SeqCst),
             departures,
         }
     }

@@ -158,19 +158,9 @@ impl Operations {
         let mut attempt = 0u32;
         let mut fallbacks = 0u32;
         loop {
-            // A joiner's final state is bookkeeping; a leader's is what
-            // its joiners wait for (`index::lane`).
-            let lane = if following { Lane::Bulk } else { Lane::Work };
-            let write = tokio::time::timeout_at(
-                budget,
-                in_lane(lane, self.index().finish_operation(id, ticket, &last, &epochs)),
-            );
-            let written = tokio::select! {
-                w = write => w.unwrap_or_else(|_| Err(crate::index::IndexError::Unavailable(
-                    "recording the final state timed out".into(),
-                ))),
-                () = self.hold_for_final(id, ticket, stop, following) => return taken_over(),
-            };
+            let written = self
+                .send_final(id, ticket, (&last, &epochs), stop, following, budget)
+                .await;
             let err = match written {
                 Ok(true) => return progress.publish_final(last),
                 Ok(false) => {
@@ -217,6 +207,38 @@ impl Operations {
         }
     }
 
+    /// One send of the final state (`state`, with its lease epochs), by
+    /// `budget` at the latest, the run held meanwhile. A joiner's final
+    /// state is bookkeeping; a leader's is what its joiners wait for
+    /// (`index::lane`).
+    async fn send_final(
+        &self,
+        id: &str,
+        ticket: &RunTicket,
+        (state, epochs): (&OperationState, &[(String, String)]),
+        stop: &StopSignal,
+        following: bool,
+        budget: tokio::time::Instant,
+    ) -> Result<bool, crate::index::IndexError> {
+        let lane = if following { Lane::Bulk } else { Lane::Work };
+        let write = tokio::time::timeout_at(
+            budget,
+            in_lane(lane, self.index().finish_operation(id, ticket, state, epochs)),
+        );
+        tokio::pin!(write);
+        // A renewal refused meanwhile may mean the write itself landed (its
+        // reply late): the write, fenced, says which.
+        tokio::select! {
+            w = &mut write => w,
+            () = self.hold_for_final(id, ticket, stop, following) => (&mut write).await,
+        }
+        .unwrap_or_else(|_| {
+            Err(crate::index::IndexError::Unavailable(
+                "recording the final state timed out".into(),
+            ))
+        })
+    }
+
     /// Keeps `ticket`'s run while its final state waits for the index, so
     /// no other replica takes it over (and counts a crash) meanwhile: once
     /// less than half a run lease is left of the deadline last granted, it
@@ -234,7 +256,7 @@ impl Operations {
         let cadence = Cadence::of(s, following);
         let clock = &self.warmer.clock;
         loop {
-            let left = left_until(stop.held_until().unwrap_or(0), clock.now());
+            let left = stop.time_left();
             if left > s.run_ttl / 2 {
                 // Looked at again at least every renewal interval: the
                 // wall clock may jump.
@@ -339,7 +361,7 @@ impl Operations {
                 let news_only = cadence.only_news && !now_please;
                 let checkpoint =
                     self.write_checkpoint(id, ticket, progress, news_only, &mut written, within);
-                if let Err(RunLost) = in_lane(cadence.lane(), checkpoint).await {
+                if let Err(RunLost) = in_lane(cadence.lane(now_please), checkpoint).await {
                     return lose();
                 }
             }
@@ -569,9 +591,10 @@ const FOLLOWER_FACTOR: u32 = 6;
 
 impl Cadence {
     /// The lane of this warm's checkpoints: a follower's are bookkeeping
-    /// (`index::lane`).
-    fn lane(&self) -> Lane {
-        if self.only_news {
+    /// (`index::lane`), unless one was asked for now (`asked`): that one
+    /// carries what a takeover needs (lease epochs, a Batch job).
+    fn lane(&self, asked: bool) -> Lane {
+        if self.only_news && !asked {
             Lane::Bulk
         } else {
             Lane::Work

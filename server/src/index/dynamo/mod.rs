@@ -22,6 +22,7 @@ mod eviction;
 pub mod layout;
 mod leases;
 mod operations;
+mod pacing;
 mod records;
 mod replicas;
 mod requests;
@@ -43,7 +44,6 @@ pub use requests::RequestCounts;
 use self::layout::{names_in, prune, Item, Vals};
 use super::IndexError;
 use crate::core::clock::{Clock, SystemClock};
-use crate::core::limiter::AdaptiveLimit;
 use crate::index::lane::{self, Lane};
 
 /// The scheme of an index location naming DynamoDB tables.
@@ -167,14 +167,14 @@ pub struct DynamoConfig {
     /// The pauses between those sends.
     pub busy_backoff: expresscache::Backoff,
     /// Most requests this index has in flight at once. Below it, an
-    /// adaptive limit (the copy engine's, [`AdaptiveLimit`]) finds how many
+    /// adaptive limit (the copy engine's, [`crate::core::limiter::AdaptiveLimit`]) finds how many
     /// the tables serve without a queue building up, and halves on a
     /// throttle: a job array's burst then waits in this replica, where a
     /// caller that gives up (a checkpoint cut off in time) costs nothing,
     /// instead of in the table, which serves every request it was sent,
     /// abandoned or not. Renewals of runs and the replica's heartbeat skip
     /// the wait ([`urgent`]): a late one loses a run; bookkeeping takes
-    /// at most [`BULK_IN_FLIGHT`] of it (`index::lane`).
+    /// at most half of it, and 16 (`index::lane`, `pacing`).
     pub max_in_flight: usize,
 }
 
@@ -201,18 +201,6 @@ impl Default for DynamoConfig {
     }
 }
 
-/// Where the adaptive limit of requests in flight starts (slow start
-/// doubles it per round trip while the tables keep up).
-const INITIAL_IN_FLIGHT: usize = 64;
-/// The least it goes down to, throttled again and again.
-const MIN_IN_FLIGHT: usize = 8;
-
-/// Bookkeeping requests ([`Lane::Bulk`]) in flight at most, whatever the
-/// limit: a job array's burst of creations and joiners' final states
-/// leaves the rest of the limit to the work they wait for. At
-/// DynamoDB's latency this is still over a thousand a second.
-const BULK_IN_FLIGHT: usize = 16;
-
 /// Runs `call`'s requests past the limit of requests in flight, without
 /// waiting for a slot ([`Lane::Urgent`]): a run's renewal or the
 /// replica's heartbeat is late when it waits behind a job array's burst,
@@ -233,10 +221,8 @@ pub struct DynamoIndex {
     config: DynamoConfig,
     #[cfg(any(test, feature = "testing"))]
     requests: Arc<RequestCounts>,
-    /// Requests in flight, paced ([`DynamoConfig::max_in_flight`]).
-    pace: Arc<AdaptiveLimit>,
-    /// Of those, the bookkeeping ones ([`BULK_IN_FLIGHT`]).
-    bulk: Arc<tokio::sync::Semaphore>,
+    /// Requests in flight ([`DynamoConfig::max_in_flight`]).
+    pacing: Arc<pacing::Pacing>,
     /// Stamps operation items' `updated_at` (which retention compares
     /// with the same clock).
     clock: Arc<dyn Clock>,
@@ -301,13 +287,12 @@ impl DynamoIndex {
             )
             .interceptor(requests::CountRequests(Arc::clone(&requests)))
             .build();
-        let pace = AdaptiveLimit::new(INITIAL_IN_FLIGHT, MIN_IN_FLIGHT, config.max_in_flight);
+        let pacing = Arc::new(pacing::Pacing::new(config.max_in_flight));
         Self {
             client: aws_sdk_dynamodb::Client::from_conf(conf),
             tables: prefix.tables(),
             prefix: prefix.clone(),
-            pace,
-            bulk: Arc::new(tokio::sync::Semaphore::new(BULK_IN_FLIGHT)),
+            pacing,
             config,
             #[cfg(any(test, feature = "testing"))]
             requests,
@@ -323,9 +308,9 @@ impl DynamoIndex {
     /// and transactions carry one idempotency token across sends.
     ///
     /// Each send first waits for a slot of the limit of requests in flight
-    /// (unless [`urgent`]; bookkeeping, [`Lane::Bulk`], also for one of
-    /// [`BULK_IN_FLIGHT`] first); its latency moves the limit, a busy
-    /// answer halves it. Dropped while it waits (a caller's timeout),
+    /// (`pacing`: unless [`urgent`]; bookkeeping, [`Lane::Bulk`], takes at
+    /// most half of it); its latency moves the limit, a busy answer
+    /// halves it. Dropped while it waits (a caller's timeout),
     /// nothing was sent.
     pub(crate) async fn persist<T, E, F, Fut>(
         &self,
@@ -345,32 +330,13 @@ impl DynamoIndex {
         let started = tokio::time::Instant::now();
         let mut attempt = 0u32;
         loop {
-            let lane = lane::current();
-            let _bulk = match lane {
-                Lane::Bulk => Some(
-                    self.bulk
-                        .acquire()
-                        .await
-                        .expect("the bulk semaphore is never closed"),
-                ),
-                Lane::Work | Lane::Urgent => None,
-            };
-            let slot = match lane {
-                Lane::Urgent => None,
-                Lane::Work | Lane::Bulk => Some(self.pace.acquire().await),
-            };
+            let admitted = self.pacing.admit(lane::current()).await;
             let sent = tokio::time::Instant::now();
             let res = send().await;
             let busy = matches!(&res, Err(e) if errors::busy(e));
-            if let Some(slot) = slot {
-                if busy {
-                    self.pace.on_throttle();
-                } else {
-                    self.pace.on_success(&slot, sent.elapsed(), 0);
-                }
-                metrics::gauge!(crate::metrics::INDEX_CONCURRENCY_LIMIT)
-                    .set(self.pace.limit() as f64);
-            }
+            // Freed before any pause: a busy table is not waited on
+            // holding a slot.
+            self.pacing.answered(admitted, sent.elapsed(), busy);
             if !busy {
                 return res;
             }

@@ -165,8 +165,8 @@ impl ReplicaRegistry for DynamoIndex {
     }
 
     async fn live_replicas(&self, now: Millis) -> Result<Vec<String>, IndexError> {
-        Ok(self
-            .replica_deadlines()
+        // Part of the heartbeat: not behind a burst either.
+        Ok(super::urgent(self.replica_deadlines())
             .await?
             .into_iter()
             .filter(|(_, d)| *d > now)
