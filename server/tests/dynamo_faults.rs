@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use expresscache::Backoff;
 use expresscache_server::index::conformance::{run_all, run_operation_log, run_replica_registry};
 use expresscache_server::index::dynamo::{DynamoConfig, TablePrefix};
+use expresscache_server::index::lane::{in_lane, Lane};
 use expresscache_server::index::{DynamoIndex, IndexError, OperationLog, ReplicaRegistry};
 use expresscache_server::testing::proxy::{Fault, FaultProxy, Match, Rule};
 use expresscache_server::testing::{local_sdk_config, unique, Moto};
@@ -200,6 +201,27 @@ async fn slow_and_limited(
     (moto, proxy, index, in_flight)
 }
 
+/// `n` reads of operations that do not exist, at once, in `lane`; how
+/// long from `t0` until the last answered.
+fn burst_of_reads(
+    index: &Arc<DynamoIndex>,
+    n: usize,
+    lane: Lane,
+    t0: Instant,
+) -> impl std::future::Future<Output = Duration> + Send + 'static {
+    let index = Arc::clone(index);
+    in_lane(lane, async move {
+        let reads = (0..n).map(|i| {
+            let index = Arc::clone(&index);
+            async move { index.get_operation(&format!("nope{i}")).await }
+        });
+        for got in futures::future::join_all(reads).await {
+            assert!(got.unwrap().is_none());
+        }
+        t0.elapsed()
+    })
+}
+
 /// A burst of calls queues in the replica, not in the table: the table
 /// never has more than the limit in flight. A heartbeat (like a run's
 /// renewal) passes the queue: a late one would drop the replica from the
@@ -210,19 +232,7 @@ async fn a_burst_waits_in_the_replica_and_the_heartbeat_passes_it() {
     // The registry's item made first: a heartbeat is then two requests.
     index.heartbeat("r1", 1).await.unwrap();
     let t0 = Instant::now();
-    let burst = tokio::spawn({
-        let index = Arc::clone(&index);
-        async move {
-            let reads = (0..96).map(|i| {
-                let index = Arc::clone(&index);
-                async move { index.get_operation(&format!("nope{i}")).await }
-            });
-            for got in futures::future::join_all(reads).await {
-                assert!(got.unwrap().is_none());
-            }
-            t0.elapsed()
-        }
-    });
+    let burst = tokio::spawn(burst_of_reads(&index, 96, Lane::Work, t0));
     tokio::time::sleep(Duration::from_millis(50)).await;
     index.heartbeat("r1", i64::MAX / 2).await.unwrap();
     let heartbeat = t0.elapsed();
@@ -278,22 +288,9 @@ async fn a_call_given_up_while_it_waits_for_a_slot_sends_nothing() {
 /// for (here one read) is sent beside it, not behind all of it.
 #[tokio::test]
 async fn bookkeeping_takes_its_share_of_the_limit_and_work_passes_a_burst_of_it() {
-    use expresscache_server::index::lane::{in_lane, Lane};
     let (_moto, _proxy, index, in_flight) = slow_and_limited(32).await;
     let t0 = Instant::now();
-    let burst = tokio::spawn({
-        let index = Arc::clone(&index);
-        in_lane(Lane::Bulk, async move {
-            let reads = (0..192).map(|i| {
-                let index = Arc::clone(&index);
-                async move { index.get_operation(&format!("nope{i}")).await }
-            });
-            for got in futures::future::join_all(reads).await {
-                assert!(got.unwrap().is_none());
-            }
-            t0.elapsed()
-        })
-    });
+    let burst = tokio::spawn(burst_of_reads(&index, 192, Lane::Bulk, t0));
     tokio::time::sleep(Duration::from_millis(50)).await;
     let started = Instant::now();
     assert!(index.get_operation("work").await.unwrap().is_none());
