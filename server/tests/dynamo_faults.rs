@@ -18,8 +18,11 @@ use expresscache::Backoff;
 use expresscache_server::index::conformance::{run_all, run_operation_log, run_replica_registry};
 use expresscache_server::index::dynamo::{DynamoConfig, TablePrefix};
 use expresscache_server::index::lane::{in_lane, Lane};
-use expresscache_server::index::{DynamoIndex, IndexError, OperationLog, ReplicaRegistry};
+use expresscache_server::index::{
+    CreateOutcome, DynamoIndex, IndexError, OperationLog, ReplicaRegistry,
+};
 use expresscache_server::testing::proxy::{Fault, FaultProxy, Match, Rule};
+use expresscache_server::testing::records::operation;
 use expresscache_server::testing::{local_sdk_config, unique, Moto};
 
 /// Short pauses, so that a test through a fault storm stays fast; the
@@ -52,12 +55,26 @@ async fn every_contract(index: &DynamoIndex) {
     run_replica_registry(index).await;
 }
 
+/// [`patient`], for bursts of creations: moto copies every table for
+/// each transaction (to roll it back), so a transaction takes longer as
+/// its table grows, well past half a second in a burst of hundreds.
+fn patient_with_moto_s_transactions() -> DynamoConfig {
+    DynamoConfig {
+        attempt_timeout: Duration::from_secs(5),
+        ..patient()
+    }
+}
+
 /// Moto, the proxy in front of it, and an index on fresh tables through
 /// the proxy, which has `rules`.
 async fn faulty(rules: Vec<Rule>) -> (Moto, FaultProxy, DynamoIndex) {
+    faulty_with(rules, patient()).await
+}
+
+async fn faulty_with(rules: Vec<Rule>, config: DynamoConfig) -> (Moto, FaultProxy, DynamoIndex) {
     let moto = Moto::start();
     let proxy = FaultProxy::start(&moto.endpoint).await;
-    let index = through_proxy(&moto, &proxy, patient()).await;
+    let index = through_proxy(&moto, &proxy, config).await;
     for rule in rules {
         proxy.add(rule);
     }
@@ -186,9 +203,21 @@ async fn slow_and_limited(
     Arc<DynamoIndex>,
     Arc<expresscache_server::testing::proxy::Gauge>,
 ) {
+    slow_and_limited_with(max_in_flight, patient()).await
+}
+
+async fn slow_and_limited_with(
+    max_in_flight: usize,
+    config: DynamoConfig,
+) -> (
+    Moto,
+    FaultProxy,
+    Arc<DynamoIndex>,
+    Arc<expresscache_server::testing::proxy::Gauge>,
+) {
     let config = DynamoConfig {
         max_in_flight,
-        ..patient()
+        ..config
     };
     let moto = Moto::start();
     let proxy = FaultProxy::start(&moto.endpoint).await;
@@ -311,4 +340,144 @@ async fn bookkeeping_takes_its_share_of_the_limit_and_work_passes_a_burst_of_it(
         work < Duration::from_millis(800),
         "the work waited behind the burst: {work:?} (burst {burst:?})"
     );
+}
+
+/// `n` creations at once, in the bookkeeping lane as a replica makes
+/// them, each under a request id of its own: each is answered Created and
+/// is then stored as written.
+async fn burst_of_creations(index: &DynamoIndex, stem: &str, n: usize) {
+    let ops: Vec<_> = (0..n)
+        .map(|i| operation(&format!("{stem}-{i}"), Some(&format!("{stem}-rid-{i}")), 5))
+        .collect();
+    let creations = futures::future::join_all(ops.iter().map(|op| index.create_operation(op)));
+    let outcomes = in_lane(Lane::Bulk, creations).await;
+    let stored = futures::future::join_all(ops.iter().map(|op| index.get_operation(&op.id))).await;
+    for ((op, outcome), stored) in ops.iter().zip(outcomes).zip(stored) {
+        assert_eq!(outcome.unwrap(), CreateOutcome::Created, "{}", op.id);
+        assert_eq!(
+            stored.unwrap().as_ref(),
+            Some(op),
+            "{} stored as written",
+            op.id
+        );
+    }
+}
+
+fn transactions(proxy: &FaultProxy) -> u64 {
+    proxy.count(&Match::dynamo("TransactWriteItems"))
+}
+
+/// A job array's creations that wait together are sent together: 200
+/// creations (an operation and a request id each) in four transactions of
+/// 100 actions, where one each would take 200, 16 at a time.
+#[tokio::test]
+async fn a_burst_of_creations_is_sent_in_a_few_transactions() {
+    let (_moto, proxy, index, _) =
+        slow_and_limited_with(32, patient_with_moto_s_transactions()).await;
+    let before = transactions(&proxy);
+    burst_of_creations(&index, "herd", 200).await;
+    let sent = transactions(&proxy) - before;
+    assert!(
+        (4..=8).contains(&sent),
+        "200 creations in {sent} transactions (100 actions each: 4)"
+    );
+}
+
+/// An index that takes fewer actions per transaction than DynamoDB's 100
+/// (DynamoDB Local 1.11 takes 10) says so in its refusal: the limit is
+/// learnt from it, the burst lands whole, and later bursts are never
+/// refused for their size.
+#[tokio::test]
+async fn the_index_s_limit_on_a_transaction_s_size_is_learnt_from_its_refusal() {
+    let (_moto, proxy, index) = faulty_with(
+        vec![Rule::always(
+            Match::dynamo("TransactWriteItems"),
+            Fault::DynamoTransactionLimit(10),
+        )],
+        patient_with_moto_s_transactions(),
+    )
+    .await;
+    burst_of_creations(&index, "first", 60).await;
+    let refused = proxy.oversized_transactions();
+    assert!(refused >= 1, "the first burst met the limit");
+    let before = transactions(&proxy);
+    burst_of_creations(&index, "second", 60).await;
+    assert_eq!(
+        proxy.oversized_transactions(),
+        refused,
+        "no transaction of the second burst was too large"
+    );
+    assert!(
+        transactions(&proxy) - before >= 12,
+        "120 actions, 10 a transaction"
+    );
+}
+
+/// A creation given up while it waits for a sender (its caller's
+/// timeout) is never sent: the transaction under way carries only the
+/// creation that was sent before.
+#[tokio::test]
+async fn a_creation_given_up_while_it_waits_is_never_sent() {
+    // Two requests in flight: bookkeeping, and so creations, one.
+    let (_moto, proxy, index, _) = slow_and_limited(2).await;
+    let before = transactions(&proxy);
+    let first = operation("first", Some("rid-first"), 5);
+    let sent = {
+        let index = Arc::clone(&index);
+        let first = first.clone();
+        tokio::spawn(async move { index.create_operation(&first).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let late = operation("late", Some("rid-late"), 5);
+    let gave_up =
+        tokio::time::timeout(Duration::from_millis(100), index.create_operation(&late)).await;
+    assert!(gave_up.is_err(), "the late creation waited for the sender");
+    assert_eq!(sent.await.unwrap().unwrap(), CreateOutcome::Created);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(transactions(&proxy) - before, 1, "only the first was sent");
+    assert_eq!(index.get_operation("late").await.unwrap(), None);
+    // The sender is free again: a creation now goes through.
+    assert_eq!(
+        index.create_operation(&late).await.unwrap(),
+        CreateOutcome::Created
+    );
+}
+
+/// A transaction of many creations that hangs, or whose reply is lost
+/// after it landed, is sent again: every creation of the burst lands
+/// once and is answered Created.
+#[tokio::test]
+async fn a_burst_whose_transactions_hang_or_lose_their_reply_lands_once() {
+    let (_moto, proxy, index) = faulty_with(
+        vec![
+            Rule::times(Match::dynamo("TransactWriteItems"), Fault::Hang, 1),
+            Rule::times(
+                Match::dynamo("TransactWriteItems"),
+                Fault::LoseReplyAs500,
+                2,
+            ),
+        ],
+        patient_with_moto_s_transactions(),
+    )
+    .await;
+    burst_of_creations(&index, "faulty", 150).await;
+    assert_eq!(proxy.injected(), 3, "one hang, two lost replies");
+}
+
+/// A quarter of transactions throttled: a burst of creations slows down
+/// and lands whole.
+#[tokio::test]
+async fn a_burst_of_creations_lands_whole_through_throttles() {
+    let (_moto, proxy, index) = faulty_with(
+        vec![Rule::share(
+            Match::dynamo("TransactWriteItems"),
+            Fault::DynamoThrottle,
+            0.25,
+            5,
+        )],
+        patient_with_moto_s_transactions(),
+    )
+    .await;
+    burst_of_creations(&index, "throttled", 150).await;
+    assert!(proxy.injected() >= 1, "some transactions were throttled");
 }

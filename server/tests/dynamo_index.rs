@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use expresscache::{BucketName, DirectoryBucketName, Prefix, RequestId, WarmSpec};
+use expresscache::Prefix;
 use expresscache_server::core::clock::ManualClock;
 use expresscache_server::core::operation::{OperationState, Outcome};
 use expresscache_server::index::conformance::{run_all, run_operation_log, run_replica_registry};
@@ -28,12 +28,12 @@ use expresscache_server::index::dynamo::layout::{partition_of, PARTITIONS, STATU
 use expresscache_server::index::dynamo::{DynamoConfig, TablePrefix};
 use expresscache_server::index::{
     ClaimKind, ClaimOutcome, ClaimTerms, Completion, CreateOutcome, DynamoIndex, Entry,
-    EvictDecision, IndexError, KeyRange, Lease, OpFilter, OperationLog, OperationRecord,
-    RecordCursor, ReplicaRegistry, RunLease, RunTerms, RunTicket,
+    EvictDecision, IndexError, KeyRange, Lease, OpFilter, OperationLog, RecordCursor,
+    ReplicaRegistry, RunTerms,
 };
 use expresscache_server::testing::{free_port, local_sdk_config, unique, Moto};
 
-const DIR: &str = "cache--use1-az4--x-s3";
+use expresscache_server::testing::records::{operation, ticket, DIRECTORY_BUCKET as DIR};
 
 /// An index on fresh tables under a unique prefix.
 async fn fresh(moto: &Moto, config: DynamoConfig) -> DynamoIndex {
@@ -104,46 +104,6 @@ async fn conforms_to_the_replica_registry_contract() {
         index.live_replicas(500).await.unwrap(),
         ["host-1.example/a b"]
     );
-}
-
-/// A first run by replica "r1" until 1,000.
-fn ticket() -> RunTicket {
-    RunTicket {
-        replica: "r1".into(),
-        attempt: 1,
-    }
-}
-
-/// An unfinished operation `id` created at `created_at`, under request id
-/// `rid` if given.
-fn operation(id: &str, rid: Option<&str>, created_at: i64) -> OperationRecord {
-    OperationRecord {
-        id: id.into(),
-        request_id: rid.map(str::to_owned),
-        owner: None,
-        request: WarmSpec {
-            source: BucketName::parse("src").unwrap(),
-            prefixes: vec![Prefix::parse("d/").unwrap(), Prefix::root()],
-            directory_bucket: DirectoryBucketName::parse(DIR).unwrap(),
-            ttl: Duration::from_secs(60),
-            force_copy: false,
-            request_id: rid.map(|r| RequestId::parse(r).unwrap()),
-            destination_prefix: Prefix::root(),
-            max_staleness: std::time::Duration::ZERO,
-            batch_operations: false,
-            allow_empty: false,
-            selection: Default::default(),
-        },
-        state: OperationState::queued(id, created_at),
-        created_at,
-        resumptions: 0,
-        run: Some(RunLease {
-            ticket: ticket(),
-            deadline: 1_000,
-            cancel_requested: false,
-            joinable: false,
-        }),
-    }
 }
 
 fn done(id: &str) -> OperationState {

@@ -11,6 +11,7 @@
 
 pub mod built;
 pub mod proxy;
+pub mod records;
 
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::PathBuf;

@@ -361,6 +361,11 @@ pub enum Fault {
     /// rest; for any other request, 400
     /// `ProvisionedThroughputExceededException`. Not forwarded.
     DynamoThrottle,
+    /// A TransactWriteItems of more items than this is refused as a whole,
+    /// as DynamoDB Local 1.11 refuses more than 25 (400
+    /// `ValidationException`, "... Member must have length less than or
+    /// equal to N"). Any other call is forwarded.
+    DynamoTransactionLimit(usize),
 }
 
 impl Fault {
@@ -684,6 +689,7 @@ struct Shared {
     injected: AtomicU64,
     /// Refusals whose item [`Fault::DropRefusedItem`] took out.
     stripped: AtomicU64,
+    oversized: AtomicU64,
     /// Numbers request ids and minted continuation tokens.
     seq: AtomicU64,
     /// What copies cost, once [`FaultProxy::charge_copies`] set it.
@@ -748,6 +754,7 @@ impl FaultProxy {
             state: Mutex::new(State::default()),
             injected: AtomicU64::new(0),
             stripped: AtomicU64::new(0),
+            oversized: AtomicU64::new(0),
             seq: AtomicU64::new(0),
             copy_cost: std::sync::OnceLock::new(),
             virtual_parts: std::sync::OnceLock::new(),
@@ -808,6 +815,11 @@ impl FaultProxy {
     /// How many refusals [`Fault::DropRefusedItem`] took the item out of.
     pub fn stripped(&self) -> u64 {
         self.shared.stripped.load(Ordering::SeqCst)
+    }
+
+    /// How many transactions [`Fault::DynamoTransactionLimit`] refused.
+    pub fn oversized_transactions(&self) -> u64 {
+        self.shared.oversized.load(Ordering::SeqCst)
     }
 
     /// How many faults the proxy has injected so far (all rules, including
@@ -1006,6 +1018,23 @@ async fn handle(
             INJECTED_MESSAGE,
             shared.request_id(),
         )),
+        Some(Fault::DynamoTransactionLimit(limit)) => {
+            match call.and_then(dynamo::Call::write_transaction_items) {
+                Some(n) if n > limit => Ok({
+                    shared.oversized.fetch_add(1, Ordering::SeqCst);
+                    dynamo::error(
+                        400,
+                        "ValidationException",
+                        &format!(
+                        "1 validation error detected: Value '[...]' at 'transactItems' failed to \
+                         satisfy constraint: Member must have length less than or equal to {limit}"
+                    ),
+                        shared.request_id(),
+                    )
+                }),
+                _ => Ok(shared.pass(parts, &path_and_query, body, call).await),
+            }
+        }
         Some(Fault::EmptyTruncatedPage) => Ok(shared.empty_page(&parts, &path_and_query)),
         Some(Fault::Hang) => std::future::pending().await,
         Some(Fault::LoseReply) => {

@@ -11,6 +11,76 @@ pub async fn run_operation_log<I: OperationLog>(log: &I) {
     operations_list_newest_first_resume_and_purge(log).await;
     a_finished_operation_can_be_superseded_once(log).await;
     offers_name_their_attempt_and_stay_withdrawn(log).await;
+    a_burst_of_creations_lands_each_once(log).await;
+}
+
+/// A job array's creations, all at once (a backend may send them
+/// together): each lands once, as written; of those under one request id
+/// one creates it and the rest are answered with it; one under a request
+/// id held before is answered with the holder, and its refusal costs no
+/// other creation anything.
+pub(super) async fn a_burst_of_creations_lands_each_once<I: OperationLog>(log: &I) {
+    let record = |id: &str, rid: Option<&str>| OperationRecord {
+        id: id.into(),
+        request_id: rid.map(str::to_owned),
+        request: warm_spec(rid),
+        owner: None,
+        state: phase_state(id, false),
+        created_at: 7,
+        resumptions: 0,
+        run: Some(run_lease("a", 1_000)),
+    };
+    let held = record("burst-held", Some("burst-held"));
+    assert_eq!(
+        log.create_operation(&held).await.unwrap(),
+        CreateOutcome::Created
+    );
+    let mut burst: Vec<OperationRecord> = (0..30)
+        .map(|i| record(&format!("burst-{i}"), Some(&format!("burst-rid-{i}"))))
+        .collect();
+    burst.extend((0..10).map(|i| record(&format!("burst-shared-{i}"), Some("burst-shared"))));
+    burst.extend((0..5).map(|i| record(&format!("burst-plain-{i}"), None)));
+    burst.push(record("burst-late", Some("burst-held")));
+    let outcomes =
+        futures::future::join_all(burst.iter().map(|op| log.create_operation(op))).await;
+    let mut shared_winner = None;
+    for (op, outcome) in burst.iter().zip(outcomes) {
+        let outcome = outcome.unwrap();
+        match op.request_id.as_deref() {
+            Some("burst-held") => assert_eq!(
+                outcome,
+                CreateOutcome::Exists(Box::new(held.clone())),
+                "a request id held before answers with its holder"
+            ),
+            Some("burst-shared") => {
+                if outcome == CreateOutcome::Created {
+                    assert!(shared_winner.is_none(), "two created burst-shared");
+                    shared_winner = Some(op.id.clone());
+                }
+            }
+            _ => assert_eq!(outcome, CreateOutcome::Created, "{} created", op.id),
+        }
+    }
+    let winner = shared_winner.expect("one of the burst created burst-shared");
+    for op in &burst {
+        let stored = log.get_operation(&op.id).await.unwrap();
+        match op.request_id.as_deref() {
+            Some("burst-held") => assert_eq!(stored, None, "{} was not created", op.id),
+            Some("burst-shared") if op.id != winner => {
+                assert_eq!(stored, None, "{} lost its request id", op.id);
+            }
+            _ => assert_eq!(stored.as_ref(), Some(op), "{} stored as written", op.id),
+        }
+    }
+    // The shared request id names the winner for any later creation.
+    assert_eq!(
+        log.create_operation(&record("burst-after", Some("burst-shared")))
+            .await
+            .unwrap(),
+        CreateOutcome::Exists(Box::new(
+            burst.iter().find(|o| o.id == winner).unwrap().clone()
+        ))
+    );
 }
 
 pub(super) async fn offers_name_their_attempt_and_stay_withdrawn<I: OperationLog>(log: &I) {

@@ -19,6 +19,7 @@ mod claims;
 mod documents;
 mod errors;
 mod eviction;
+mod grouped;
 pub mod layout;
 mod leases;
 mod operations;
@@ -223,6 +224,8 @@ pub struct DynamoIndex {
     requests: Arc<RequestCounts>,
     /// Requests in flight ([`DynamoConfig::max_in_flight`]).
     pacing: Arc<pacing::Pacing>,
+    /// Creations waiting to be sent together (`grouped`).
+    groups: Arc<grouped::Groups>,
     /// Stamps operation items' `updated_at` (which retention compares
     /// with the same clock).
     clock: Arc<dyn Clock>,
@@ -293,6 +296,7 @@ impl DynamoIndex {
             tables: prefix.tables(),
             prefix: prefix.clone(),
             pacing,
+            groups: Arc::default(),
             config,
             #[cfg(any(test, feature = "testing"))]
             requests,

@@ -17,6 +17,7 @@ use aws_sdk_dynamodb::types::{
 
 use super::documents::{doc_attr, doc_of};
 use super::errors::{self, Cancelled};
+use super::grouped::Group;
 use super::layout::{
     get_n, get_s, n, names_in, prune, req_n, req_s, s, Item, Vals, BY_STATUS, CANCEL_REQUESTED,
     CRASHES, CRASH_PENDING, CREATED_AT, CREATED_KEY, DONE, EPOCH, FINISHED, FINISHED_AT, GC_AT, ID,
@@ -52,9 +53,14 @@ fn op_key(id: &str) -> Item {
     HashMap::from([(PK.to_owned(), s(op_pk(id)))])
 }
 
-/// The key of the item that says which operation holds request id `rid`.
+/// The partition key of the item that says which operation holds
+/// request id `rid`.
+fn rid_pk(rid: &str) -> String {
+    format!("rid#{rid}")
+}
+
 fn rid_key(rid: &str) -> Item {
-    HashMap::from([(PK.to_owned(), s(format!("rid#{rid}")))])
+    HashMap::from([(PK.to_owned(), s(rid_pk(rid)))])
 }
 
 fn rid_item(rid: &str, operation_id: &str) -> Item {
@@ -191,14 +197,42 @@ fn build_err(e: impl std::fmt::Display) -> IndexError {
 }
 
 /// What a transaction did.
-#[derive(Debug)]
-enum Tx {
+#[derive(Debug, Clone)]
+pub(super) enum Tx {
     Done,
     /// Cancelled: why, per action (at least one condition failed).
     Refused(Vec<Cancelled>),
     /// Cancelled by a write in flight on one of its items, or throttled:
     /// worth deciding again.
     Retry,
+}
+
+/// What a transaction cancelled for `reasons` (one per action) answers:
+/// refused if a condition failed; an error for a refusal waiting does not
+/// fix (validation, an item too large); otherwise worth deciding again.
+pub(super) fn interpret(table: &str, reasons: Vec<Cancelled>) -> Result<Tx, IndexError> {
+    if reasons.iter().any(|r| matches!(r, Cancelled::Condition(_))) {
+        return Ok(Tx::Refused(reasons));
+    }
+    for r in &reasons {
+        match r {
+            Cancelled::Other(code, message)
+                if !matches!(
+                    code.as_str(),
+                    "ThrottlingError" | "ProvisionedThroughputExceeded" | "RequestLimitExceeded"
+                ) =>
+            {
+                let what = format!("TransactWriteItems on {table}: {code}: {message}");
+                return Err(if IndexError::is_size_message(message) {
+                    IndexError::TooLarge(what)
+                } else {
+                    IndexError::Storage(what)
+                });
+            }
+            _ => {}
+        }
+    }
+    Ok(Tx::Retry)
 }
 
 /// A short, growing, jittered pause before deciding again after a
@@ -334,6 +368,20 @@ impl DynamoIndex {
     /// its retries reuse, so a retried request whose first attempt landed
     /// succeeds instead of failing its own conditions.
     async fn transact(&self, actions: Vec<TransactWriteItem>) -> Result<Tx, IndexError> {
+        match self.transact_raw(actions).await {
+            Ok(None) => Ok(Tx::Done),
+            Ok(Some(reasons)) => interpret(&self.tables.operations, reasons),
+            Err((e, _)) => Err(e),
+        }
+    }
+
+    /// One `TransactWriteItems` as DynamoDB answered it: done (`None`),
+    /// cancelled with a reason per action, or refused as a whole (the
+    /// error, and the service's message if it sent one).
+    pub(super) async fn transact_raw(
+        &self,
+        actions: Vec<TransactWriteItem>,
+    ) -> Result<Option<Vec<Cancelled>>, (IndexError, Option<String>)> {
         let table = self.tables.operations.as_str();
         let req = self
             .client
@@ -346,41 +394,18 @@ impl DynamoIndex {
             .persist("TransactWriteItems", || req.clone().send())
             .await;
         let err = match res {
-            Ok(_) => return Ok(Tx::Done),
+            Ok(_) => return Ok(None),
             Err(e) => e,
         };
-        let Some(reasons) = errors::cancellation(&err) else {
-            return Err(errors::classify(
-                "TransactWriteItems",
-                table,
-                &self.create_hint(),
-                &err,
-            ));
-        };
-        if reasons.iter().any(|r| matches!(r, Cancelled::Condition(_))) {
-            return Ok(Tx::Refused(reasons));
+        match errors::cancellation(&err) {
+            Some(reasons) => Ok(Some(reasons)),
+            None => Err((
+                errors::classify("TransactWriteItems", table, &self.create_hint(), &err),
+                err.as_service_error()
+                    .and_then(aws_sdk_dynamodb::error::ProvideErrorMetadata::message)
+                    .map(str::to_owned),
+            )),
         }
-        for r in &reasons {
-            match r {
-                Cancelled::Other(code, message)
-                    if !matches!(
-                        code.as_str(),
-                        "ThrottlingError"
-                            | "ProvisionedThroughputExceeded"
-                            | "RequestLimitExceeded"
-                    ) =>
-                {
-                    let what = format!("TransactWriteItems on {table}: {code}: {message}");
-                    return Err(if IndexError::is_size_message(message) {
-                        IndexError::TooLarge(what)
-                    } else {
-                        IndexError::Storage(what)
-                    });
-                }
-                _ => {}
-            }
-        }
-        Ok(Tx::Retry)
     }
 
     /// The answer to a write of `op` that found its id taken by `seen`:
@@ -698,10 +723,18 @@ impl OperationLog for DynamoIndex {
                 },
                 self.put_action(item.clone(), "attribute_not_exists(#pk)", Vals::new())?,
             ];
+            let mut items = vec![rid_pk(rid), op_pk(&op.id)];
             if let Some(holder) = &stale {
                 actions.push(self.check_action(op_key(holder), "attribute_not_exists(#pk)")?);
+                items.push(op_pk(holder));
             }
-            let reasons = match self.transact(actions).await? {
+            // A job array's creations arrive together: sent together.
+            let group = Group {
+                actions,
+                items,
+                bytes: item_size(&item) + rid.len() + op.id.len(),
+            };
+            let reasons = match self.transact_grouped(group).await? {
                 Tx::Done => return Ok(CreateOutcome::Created),
                 Tx::Retry => {
                     backoff(round).await;

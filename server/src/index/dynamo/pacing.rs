@@ -86,7 +86,7 @@ impl Pacing {
 
     /// Bookkeeping requests may take half the limit, at most
     /// [`BULK_IN_FLIGHT`], at least one.
-    fn bulk_share(&self) -> usize {
+    pub(super) fn bulk_share(&self) -> usize {
         (self.limit.limit() / 2).clamp(1, BULK_IN_FLIGHT)
     }
 

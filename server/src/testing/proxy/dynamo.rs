@@ -190,6 +190,12 @@ impl Call {
     fn is_transaction(&self) -> bool {
         self.op == "TransactWriteItems" || self.op == "TransactGetItems"
     }
+
+    /// The number of items of a TransactWriteItems (`None` for any other
+    /// call).
+    pub(super) fn write_transaction_items(&self) -> Option<usize> {
+        (self.op == "TransactWriteItems").then_some(self.transact_items)
+    }
 }
 
 /// The elements of a JSON array (none if `v` is not one).

@@ -1,0 +1,358 @@
+//! Group commit of a job array's creations. A thousand launchers arriving
+//! at once are a thousand creations, each a `TransactWriteItems` of its
+//! operation and its request id: on an index paced to a few dozen requests
+//! in flight (`pacing`), they queue for seconds, and a cached warm of the
+//! array waits for its own creation longer than for its data. Creations
+//! that wait together are sent together, as many as one transaction takes
+//! (100 actions on DynamoDB, 25 on older DynamoDB Local: learnt from the
+//! refusal, never a flag), so a burst costs a few dozen requests.
+//!
+//! No timer: a creation that finds a sender free goes at once; one that
+//! arrives while every sender is busy waits for the next send, and so do
+//! the creations behind it. Senders are as many as bookkeeping may have in
+//! flight ([`Lane::Bulk`]).
+//!
+//! A transaction is all or nothing, and its cancellation says why per
+//! action: a group (one caller's actions) whose condition failed gets its
+//! refusal, exactly as if sent alone; the groups it took down with it are
+//! sent again at once, without it. A refusal that names no group (a write
+//! in flight on an item, a throttle) is every group's to retry. No two
+//! groups of one transaction touch the same item (DynamoDB refuses such a
+//! transaction): a second creation under one request id waits for the
+//! next.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use aws_sdk_dynamodb::types::TransactWriteItem;
+use tokio::sync::oneshot;
+
+use super::errors::Cancelled;
+use super::operations::{interpret, Tx};
+use super::DynamoIndex;
+use crate::index::lane::{in_lane, Lane};
+use crate::index::IndexError;
+
+/// Actions in one transaction at most, until the index says fewer.
+const MAX_ACTIONS: usize = 100;
+/// Bytes of items in one transaction at most: DynamoDB takes 4 MB; the
+/// sizes counted leave out the request's framing.
+const MAX_BYTES: usize = 3 * 1024 * 1024;
+
+/// One caller's actions, sent in one transaction with others'.
+#[derive(Debug, Clone)]
+pub(super) struct Group {
+    pub actions: Vec<TransactWriteItem>,
+    /// The items the actions touch (their keys, as text).
+    pub items: Vec<String>,
+    /// The size of the items written, by DynamoDB's rules.
+    pub bytes: usize,
+}
+
+/// A group waiting to be sent, and where its answer goes.
+struct Waiting {
+    seq: u64,
+    group: Group,
+    /// To be sent in a transaction of its own (a batch it was in was
+    /// refused as a whole).
+    alone: bool,
+    reply: oneshot::Sender<Result<Tx, IndexError>>,
+}
+
+#[derive(Default)]
+struct Queue {
+    waiting: VecDeque<Waiting>,
+    senders: usize,
+    next_seq: u64,
+}
+
+/// The groups waiting, and how many senders work on them.
+#[derive(Default)]
+pub(super) struct Groups {
+    queue: Mutex<Queue>,
+    /// Actions one transaction may take ([`MAX_ACTIONS`], or fewer once
+    /// the index refused that many).
+    max_actions: AtomicUsize,
+}
+
+impl std::fmt::Debug for Groups {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let q = self.lock();
+        f.debug_struct("Groups")
+            .field("waiting", &q.waiting.len())
+            .field("senders", &q.senders)
+            .finish()
+    }
+}
+
+impl Groups {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn max_actions(&self) -> usize {
+        match self.max_actions.load(Ordering::Relaxed) {
+            0 => MAX_ACTIONS,
+            n => n,
+        }
+    }
+
+    /// The oldest waiting groups that fit in one transaction: in order,
+    /// skipping those that touch an item already in it. A group to be
+    /// sent alone goes alone.
+    fn take_batch(&self, q: &mut Queue) -> Vec<Waiting> {
+        let max_actions = self.max_actions();
+        let mut batch: Vec<Waiting> = Vec::new();
+        let (mut actions, mut bytes) = (0, 0);
+        let mut items = std::collections::HashSet::new();
+        let mut i = 0;
+        while i < q.waiting.len() && actions < max_actions {
+            let w = &q.waiting[i];
+            let alone = w.alone || w.group.actions.len() > max_actions;
+            let fits = if batch.is_empty() {
+                true
+            } else {
+                !alone
+                    && actions + w.group.actions.len() <= max_actions
+                    && bytes + w.group.bytes <= MAX_BYTES
+                    && w.group.items.iter().all(|k| !items.contains(k))
+            };
+            if !fits {
+                i += 1;
+                continue;
+            }
+            let Some(w) = q.waiting.remove(i) else { break };
+            actions += w.group.actions.len();
+            bytes += w.group.bytes;
+            items.extend(w.group.items.iter().cloned());
+            let ends = w.alone;
+            batch.push(w);
+            if ends || alone {
+                break;
+            }
+        }
+        batch
+    }
+}
+
+/// Takes a group that is still waiting out of the queue when its caller
+/// gives up (a timeout): an abandoned creation is never sent.
+struct Unqueue<'a> {
+    groups: &'a Groups,
+    seq: u64,
+}
+
+impl Drop for Unqueue<'_> {
+    fn drop(&mut self) {
+        let mut q = self.groups.lock();
+        if let Some(at) = q.waiting.iter().position(|w| w.seq == self.seq) {
+            q.waiting.remove(at);
+        }
+    }
+}
+
+/// What one group's part of a cancelled transaction says.
+enum Verdict {
+    /// Its own answer: refused, or an error of its own.
+    Own(Result<Tx, IndexError>),
+    /// Nothing of its own: another group's refusal, a conflict, a throttle.
+    Bystander,
+}
+
+fn verdict(table: &str, reasons: &[Cancelled]) -> Verdict {
+    match interpret(table, reasons.to_vec()) {
+        Ok(Tx::Retry) => Verdict::Bystander,
+        own => Verdict::Own(own),
+    }
+}
+
+/// The largest count of transaction items the index takes, when that is
+/// what `message` refused ("... Member must have length less than or equal
+/// to 25").
+fn action_limit(message: &str) -> Option<usize> {
+    let (_, tail) = message.split_once("length less than or equal to ")?;
+    let digits: String = tail.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok().filter(|n| (1..MAX_ACTIONS).contains(n))
+}
+
+impl DynamoIndex {
+    /// Sends `group` in a transaction, with whatever other groups wait
+    /// beside it; answers as [`transact`](Self::transact) would for
+    /// `group` alone.
+    pub(super) async fn transact_grouped(&self, group: Group) -> Result<Tx, IndexError> {
+        let (reply, answer) = oneshot::channel();
+        let (seq, spawn) = {
+            let mut q = self.groups.lock();
+            let seq = q.next_seq;
+            q.next_seq += 1;
+            q.waiting.push_back(Waiting {
+                seq,
+                group,
+                alone: false,
+                reply,
+            });
+            let spawn = q.senders < self.pacing.bulk_share();
+            if spawn {
+                q.senders += 1;
+            }
+            (seq, spawn)
+        };
+        if spawn {
+            // Its own task: a send under way finishes (and answers every
+            // group in it) even if the caller who started it gives up.
+            let this = self.clone();
+            tokio::spawn(in_lane(Lane::Bulk, async move { this.send_groups().await }));
+        }
+        let _unqueue = Unqueue {
+            groups: &self.groups,
+            seq,
+        };
+        answer.await.unwrap_or_else(|_| {
+            Err(IndexError::Unavailable(
+                "the transaction this creation was sent in ended without an answer".into(),
+            ))
+        })
+    }
+
+    /// One sender: sends the oldest waiting groups until none waits.
+    async fn send_groups(&self) {
+        loop {
+            let batch = {
+                let mut q = self.groups.lock();
+                let batch = self.groups.take_batch(&mut q);
+                if batch.is_empty() {
+                    // Under the lock: a group queued from now on sees
+                    // this sender gone and starts another.
+                    q.senders -= 1;
+                    return;
+                }
+                batch
+            };
+            self.send_batch(batch).await;
+        }
+    }
+
+    async fn send_batch(&self, batch: Vec<Waiting>) {
+        let actions: Vec<TransactWriteItem> = batch
+            .iter()
+            .flat_map(|w| w.group.actions.iter().cloned())
+            .collect();
+        let total = actions.len();
+        let outcome = self.transact_raw(actions).await;
+        let reasons = match outcome {
+            Ok(None) => {
+                for w in batch {
+                    let _ = w.reply.send(Ok(Tx::Done));
+                }
+                return;
+            }
+            Ok(Some(reasons)) if reasons.len() == total => reasons,
+            Ok(Some(reasons)) => {
+                // Reasons that cannot be told apart by group: each is
+                // sent again alone, where they can.
+                if batch.len() > 1 {
+                    return self.again_alone(batch);
+                }
+                let answer = interpret(&self.tables.operations, reasons);
+                for w in batch {
+                    let _ = w.reply.send(answer.clone());
+                }
+                return;
+            }
+            Err(e) => return self.after_error(batch, e),
+        };
+        let mut at = 0;
+        let mut bystanders = Vec::new();
+        for w in batch {
+            let n = w.group.actions.len();
+            match verdict(&self.tables.operations, &reasons[at..at + n]) {
+                Verdict::Own(answer) => {
+                    let _ = w.reply.send(answer);
+                }
+                Verdict::Bystander => bystanders.push(w),
+            }
+            at += n;
+        }
+        if bystanders.is_empty() {
+            return;
+        }
+        let decided = total > bystanders.iter().map(|w| w.group.actions.len()).sum();
+        if decided {
+            // Cancelled because of others' refusals: sent again at once.
+            self.requeue(bystanders);
+        } else {
+            // Nobody's refusal: a write in flight or a throttle; each
+            // caller decides again after its pause.
+            for w in bystanders {
+                let _ = w.reply.send(Ok(Tx::Retry));
+            }
+        }
+    }
+
+    /// A transaction of several groups refused as a whole, not for any
+    /// action of it: more actions than the index takes (the limit is
+    /// learnt), or an error that one group's item may have caused. Each
+    /// group is sent again, alone if the limit is not what was wrong, so
+    /// only the group at fault fails.
+    fn after_error(&self, batch: Vec<Waiting>, e: (IndexError, Option<String>)) {
+        let (error, message) = e;
+        let actions: usize = batch.iter().map(|w| w.group.actions.len()).sum();
+        let limit = message.as_deref().and_then(action_limit);
+        // Only a limit under this transaction's size explains the refusal
+        // (else sending it again would be refused again).
+        if let Some(limit) = limit.filter(|l| *l < actions) {
+            tracing::info!(
+                limit,
+                "the index takes fewer actions per transaction; creations are grouped by that many"
+            );
+            self.groups.max_actions.store(limit, Ordering::Relaxed);
+            return self.requeue(batch);
+        }
+        let transient = matches!(error, IndexError::Unavailable(_));
+        if batch.len() > 1 && !transient {
+            return self.again_alone(batch);
+        }
+        for w in batch {
+            let _ = w.reply.send(Err(error.clone()));
+        }
+    }
+
+    fn again_alone(&self, batch: Vec<Waiting>) {
+        self.requeue(
+            batch
+                .into_iter()
+                .map(|w| Waiting { alone: true, ..w })
+                .collect(),
+        );
+    }
+
+    /// Puts `batch` back at the head of the queue, in its order. A sender
+    /// is at work (the one calling this): it takes them next.
+    fn requeue(&self, batch: Vec<Waiting>) {
+        let mut q = self.groups.lock();
+        for w in batch.into_iter().rev() {
+            if !w.reply.is_closed() {
+                q.waiting.push_front(w);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_action_limit_is_read_from_the_refusal() {
+        let old = "1 validation error detected: Value '[...]' at 'transactItems' failed to \
+                   satisfy constraint: Member must have length less than or equal to 25";
+        assert_eq!(action_limit(old), Some(25));
+        assert_eq!(
+            action_limit("Member must have length less than or equal to 100"),
+            None,
+            "the limit already assumed teaches nothing"
+        );
+        assert_eq!(action_limit("Item size has exceeded the maximum"), None);
+    }
+}
