@@ -29,7 +29,7 @@ use aws_sdk_dynamodb::types::TransactWriteItem;
 use tokio::sync::oneshot;
 
 use super::errors::Cancelled;
-use super::operations::{interpret, Tx};
+use super::transact::{interpret, Tx};
 use super::DynamoIndex;
 use crate::index::lane::{in_lane, Lane};
 use crate::index::IndexError;

@@ -12,6 +12,7 @@
 //! - `eviction`: `begin_evict` and its ancestor-lease check;
 //! - `operations`, `documents`: the operation log, its documents as map
 //!   attributes;
+//! - `transact`, `grouped`: transactions, and creations sent together;
 //! - `tables`: creating and checking the tables;
 //! - `errors`, `requests`: SDK errors as `IndexError`, request counting.
 
@@ -28,6 +29,7 @@ mod records;
 mod replicas;
 mod requests;
 mod tables;
+mod transact;
 
 use std::fmt;
 use std::future::Future;

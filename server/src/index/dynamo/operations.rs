@@ -18,6 +18,7 @@ use aws_sdk_dynamodb::types::{
 use super::documents::{doc_attr, doc_of};
 use super::errors::{self, Cancelled};
 use super::grouped::Group;
+use super::transact::Tx;
 use super::layout::{
     get_n, get_s, n, names_in, prune, req_n, req_s, s, Item, Vals, BY_STATUS, CANCEL_REQUESTED,
     CRASHES, CRASH_PENDING, CREATED_AT, CREATED_KEY, DONE, EPOCH, FINISHED, FINISHED_AT, GC_AT, ID,
@@ -196,45 +197,6 @@ fn build_err(e: impl std::fmt::Display) -> IndexError {
     IndexError::Storage(format!("cannot build a DynamoDB request: {e}"))
 }
 
-/// What a transaction did.
-#[derive(Debug, Clone)]
-pub(super) enum Tx {
-    Done,
-    /// Cancelled: why, per action (at least one condition failed).
-    Refused(Vec<Cancelled>),
-    /// Cancelled by a write in flight on one of its items, or throttled:
-    /// worth deciding again.
-    Retry,
-}
-
-/// What a transaction cancelled for `reasons` (one per action) answers:
-/// refused if a condition failed; an error for a refusal waiting does not
-/// fix (validation, an item too large); otherwise worth deciding again.
-pub(super) fn interpret(table: &str, reasons: Vec<Cancelled>) -> Result<Tx, IndexError> {
-    if reasons.iter().any(|r| matches!(r, Cancelled::Condition(_))) {
-        return Ok(Tx::Refused(reasons));
-    }
-    for r in &reasons {
-        match r {
-            Cancelled::Other(code, message)
-                if !matches!(
-                    code.as_str(),
-                    "ThrottlingError" | "ProvisionedThroughputExceeded" | "RequestLimitExceeded"
-                ) =>
-            {
-                let what = format!("TransactWriteItems on {table}: {code}: {message}");
-                return Err(if IndexError::is_size_message(message) {
-                    IndexError::TooLarge(what)
-                } else {
-                    IndexError::Storage(what)
-                });
-            }
-            _ => {}
-        }
-    }
-    Ok(Tx::Retry)
-}
-
 /// A short, growing, jittered pause before deciding again after a
 /// transaction conflict: half the ceiling, plus up to as much again.
 async fn backoff(round: usize) {
@@ -364,48 +326,41 @@ impl DynamoIndex {
         Ok(TransactWriteItem::builder().condition_check(check).build())
     }
 
-    /// One `TransactWriteItems`. The SDK gives it an idempotency token that
-    /// its retries reuse, so a retried request whose first attempt landed
-    /// succeeds instead of failing its own conditions.
-    async fn transact(&self, actions: Vec<TransactWriteItem>) -> Result<Tx, IndexError> {
-        match self.transact_raw(actions).await {
-            Ok(None) => Ok(Tx::Done),
-            Ok(Some(reasons)) => interpret(&self.tables.operations, reasons),
-            Err((e, _)) => Err(e),
-        }
-    }
-
-    /// One `TransactWriteItems` as DynamoDB answered it: done (`None`),
-    /// cancelled with a reason per action, or refused as a whole (the
-    /// error, and the service's message if it sent one).
-    pub(super) async fn transact_raw(
+    /// The transaction that creates `op` (whose item is `item`) under
+    /// request id `rid`: the request id's item, if free (or still naming
+    /// `stale`, whose operation is gone), and the operation's.
+    fn creation(
         &self,
-        actions: Vec<TransactWriteItem>,
-    ) -> Result<Option<Vec<Cancelled>>, (IndexError, Option<String>)> {
-        let table = self.tables.operations.as_str();
-        let req = self
-            .client
-            .transact_write_items()
-            // One token for every send: a resend whose first send landed
-            // succeeds instead of failing its own conditions.
-            .client_request_token(uuid::Uuid::new_v4().to_string())
-            .set_transact_items(Some(actions));
-        let res = self
-            .persist("TransactWriteItems", || req.clone().send())
-            .await;
-        let err = match res {
-            Ok(_) => return Ok(None),
-            Err(e) => e,
-        };
-        match errors::cancellation(&err) {
-            Some(reasons) => Ok(Some(reasons)),
-            None => Err((
-                errors::classify("TransactWriteItems", table, &self.create_hint(), &err),
-                err.as_service_error()
-                    .and_then(aws_sdk_dynamodb::error::ProvideErrorMetadata::message)
-                    .map(str::to_owned),
-            )),
+        op: &OperationRecord,
+        rid: &str,
+        item: &Item,
+        stale: Option<&str>,
+    ) -> Result<Group, IndexError> {
+        let mut actions = vec![
+            match stale {
+                None => self.put_action(
+                    rid_item(rid, &op.id),
+                    "attribute_not_exists(#pk)",
+                    Vals::new(),
+                )?,
+                Some(holder) => self.put_action(
+                    rid_item(rid, &op.id),
+                    "#operation_id = :holder",
+                    Vals::new().s("holder", holder),
+                )?,
+            },
+            self.put_action(item.clone(), "attribute_not_exists(#pk)", Vals::new())?,
+        ];
+        let mut items = vec![rid_pk(rid), op_pk(&op.id)];
+        if let Some(holder) = stale {
+            actions.push(self.check_action(op_key(holder), "attribute_not_exists(#pk)")?);
+            items.push(op_pk(holder));
         }
+        Ok(Group {
+            actions,
+            items,
+            bytes: item_size(item) + rid.len() + op.id.len(),
+        })
     }
 
     /// The answer to a write of `op` that found its id taken by `seen`:
@@ -708,32 +663,8 @@ impl OperationLog for DynamoIndex {
         // long as that is still so.
         let mut stale: Option<String> = None;
         for round in 0..ROUNDS {
-            let mut actions = vec![
-                match &stale {
-                    None => self.put_action(
-                        rid_item(rid, &op.id),
-                        "attribute_not_exists(#pk)",
-                        Vals::new(),
-                    )?,
-                    Some(holder) => self.put_action(
-                        rid_item(rid, &op.id),
-                        "#operation_id = :holder",
-                        Vals::new().s("holder", holder),
-                    )?,
-                },
-                self.put_action(item.clone(), "attribute_not_exists(#pk)", Vals::new())?,
-            ];
-            let mut items = vec![rid_pk(rid), op_pk(&op.id)];
-            if let Some(holder) = &stale {
-                actions.push(self.check_action(op_key(holder), "attribute_not_exists(#pk)")?);
-                items.push(op_pk(holder));
-            }
             // A job array's creations arrive together: sent together.
-            let group = Group {
-                actions,
-                items,
-                bytes: item_size(&item) + rid.len() + op.id.len(),
-            };
+            let group = self.creation(op, rid, &item, stale.as_deref())?;
             let reasons = match self.transact_grouped(group).await? {
                 Tx::Done => return Ok(CreateOutcome::Created),
                 Tx::Retry => {
