@@ -214,8 +214,12 @@ impl Operations {
     pub(super) async fn work(&self, a: &Attempt<'_>) -> Result<WarmOutcome, WarmError> {
         let Attempt { id, spec, stop, .. } = *a;
         if !spec.max_staleness.is_zero() {
-            match self.answer_fresh(a).await {
-                Ok(true) => return Ok(WarmOutcome::Succeeded),
+            let fresh = self.answer_fresh(a).await;
+            match fresh {
+                Ok(true) => {
+                    self.arrivals.arrived(id);
+                    return Ok(WarmOutcome::Succeeded);
+                }
                 Ok(false) => {}
                 Err(e) => tracing::warn!(operation_id = id, error = %e,
                     "looking for a recent warm of the same data failed; listing instead"),
@@ -230,6 +234,8 @@ impl Operations {
                     None => self.role_for(id, spec, true),
                 };
             }
+            // At a round now: joined, or leading one others can join.
+            self.arrivals.arrived(id);
             match role {
                 Role::Split(split) => {
                     let (leader, rx, covered, rest) = *split;
@@ -275,11 +281,33 @@ impl Operations {
                     if !waited? {
                         return Ok(stopped_outcome(stop));
                     }
+                    if !self.gather(a).await? {
+                        return Ok(stopped_outcome(stop));
+                    }
                     return self.lead(a).await;
                 }
                 Role::Lead => return self.lead(a).await,
             }
         }
+    }
+
+    /// Before a round that waited for the one before it lists: waits
+    /// (still queued and joinable, its run renewed) for the warms it
+    /// covers that were submitted here and are still being created, at
+    /// most `gather_at_most` ([`OpsSettings`](super::OpsSettings)), so they
+    /// join this round rather than wait for the next. False if stopped.
+    async fn gather(&self, a: &Attempt<'_>) -> Result<bool, WarmError> {
+        let gathered = self.renewing(a, async {
+            tokio::select! {
+                () = self.arrivals.gather(a.spec) => true,
+                () = tokio::time::sleep(self.settings.gather_at_most) => true,
+                () = a.stop.stopped() => false,
+            }
+        });
+        a.progress.set_waiting(true);
+        let gathered = gathered.await;
+        a.progress.set_waiting(false);
+        gathered
     }
 
     /// Runs the attempt's own warm once a running slot frees.

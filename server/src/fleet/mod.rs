@@ -11,6 +11,7 @@
 
 mod admission;
 mod adopt;
+mod arrivals;
 mod coalesce;
 mod feed;
 mod membership;
@@ -134,6 +135,9 @@ pub struct OpsSettings {
     /// principal on this replica; past it its new warms are refused
     /// (0: no limit).
     pub max_per_principal: usize,
+    /// How long a round waits at most for the warms on their way to it
+    /// (submitted here, still being created: `arrivals`).
+    pub gather_at_most: Duration,
 }
 
 impl Default for OpsSettings {
@@ -160,6 +164,7 @@ impl From<&crate::config::Config> for OpsSettings {
             max_queued: c.max_queued_warms,
             max_per_principal: c.max_warms_per_principal,
             final_write_budget: c.index_retry_budget,
+            gather_at_most: arrivals::GATHER_AT_MOST,
         }
     }
 }
@@ -199,6 +204,8 @@ pub struct Operations {
     remote: remote::Remote,
     /// What the look for lapsed runs last read of other replicas' runs.
     seen: adopt::RunsSeen,
+    /// Warms submitted here and not yet at a round (`arrivals`).
+    arrivals: arrivals::Arrivals,
 }
 
 impl Operations {
@@ -233,6 +240,7 @@ impl Operations {
             draining: watch::channel(false).0,
             remote: remote::Remote::default(),
             seen: adopt::RunsSeen::default(),
+            arrivals: arrivals::Arrivals::default(),
         }
     }
 
@@ -304,6 +312,8 @@ impl Operations {
             }
         };
         let id = uuid::Uuid::new_v4().to_string();
+        // On its way to a round while its creation waits in the index.
+        let on_the_way = self.arrivals.expect(&id, &spec);
         let (progress, rx) = Progress::new(id.clone(), Arc::clone(&self.warmer.clock));
         let ticket = RunTicket {
             replica: self.settings.replica.clone(),
@@ -370,6 +380,7 @@ impl Operations {
             }
         }
         tracing::info!(operation_id = %id, source = %spec.source, directory_bucket = %spec.directory_bucket, prefixes = spec.prefixes.len(), force_copy = spec.force_copy, "warm started");
+        on_the_way.keep();
         self.start(record, spec, progress, ticket, granted_until, place);
         Ok(rx)
     }
@@ -532,6 +543,7 @@ impl Operations {
     }
 
     fn forget(&self, id: &str) {
+        self.arrivals.arrived(id);
         self.live().remove(id);
         self.ended.notify_waiters();
     }

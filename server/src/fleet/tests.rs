@@ -5,7 +5,7 @@ use std::time::Duration;
 use expresscache::{Limits, WarmSpec};
 
 use super::*;
-use crate::core::operation::{OperationRecord, OperationState, Outcome};
+use crate::core::operation::{OperationRecord, OperationState, Outcome, Phase};
 use crate::index::{RunTerms, SqliteIndex};
 use crate::store::MemoryStore;
 use crate::warm::{WarmSettings, Warmer};
@@ -1058,4 +1058,126 @@ async fn joiners_left_by_their_leader_join_one_new_leader_not_one_each() {
         followed.iter().all(|l| led.contains(l)),
         "the others joined one of the new leaders: {followed:?} {led:?}"
     );
+}
+
+/// Holds every creation after the first `free` for `delay`: a job array's
+/// burst of creations queued in the index.
+#[derive(Debug)]
+struct SlowCreations {
+    free: u64,
+    delay: Duration,
+    seen: std::sync::atomic::AtomicU64,
+}
+
+impl crate::gate::Gate for SlowCreations {
+    fn enter(
+        &self,
+        call: &'static str,
+        _subject: &str,
+    ) -> futures::future::BoxFuture<'static, crate::gate::Pass> {
+        use std::sync::atomic::Ordering;
+        let held = call == "create_operation" && self.seen.fetch_add(1, Ordering::SeqCst) >= self.free;
+        let delay = if held { self.delay } else { Duration::ZERO };
+        Box::pin(async move {
+            tokio::time::sleep(delay).await;
+            Box::new(()) as crate::gate::Pass
+        })
+    }
+}
+
+/// A warm submitted while a round was listing, whose creation then waits
+/// in the index past the end of that round, joins the next round: that
+/// round waits for it rather than list without it, which would leave it
+/// a round (and a listing) of its own.
+#[tokio::test]
+async fn a_warm_still_being_created_when_a_round_ends_joins_the_next_round() {
+    use crate::index::CountingIndex;
+    use std::sync::atomic::Ordering;
+    let gate = Arc::new(SlowCreations {
+        free: 2,
+        delay: Duration::from_millis(1_000),
+        seen: Default::default(),
+    });
+    let index = Arc::new(
+        CountingIndex::new(SqliteIndex::open_in_memory().unwrap()).with_gate(gate.clone()),
+    );
+    // 20 copies of 20 ms, two at a time: the first round copies for some
+    // 200 ms; the next finds everything cached.
+    let (ops, store) = fleet_member(Arc::clone(&index), 20, 20);
+    let first = ops.submit(unfinished("x", 0).request, None).await.unwrap();
+    let a = first.borrow().operation_id.clone();
+    let t0 = std::time::Instant::now();
+    while ops.live().get(&a).map(|op| op.progress.phase()) == Some(Phase::Queued) {
+        assert!(t0.elapsed() < Duration::from_secs(10), "the first never listed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Arrives while the first lists: leads the next round.
+    let second = ops.submit(unfinished("x", 0).request, None).await.unwrap();
+    let b = second.borrow().operation_id.clone();
+    // Arrives too, but its creation takes a second.
+    let third = ops.submit(unfinished("x", 0).request, None).await.unwrap();
+    let c = third.borrow().operation_id.clone();
+    for id in [&a, &b, &c] {
+        until_ended(&ops, id).await;
+    }
+    let joined = index.get_operation(&c).await.unwrap().unwrap().state;
+    assert_eq!(joined.outcome, Some(Outcome::Succeeded), "{joined:?}");
+    assert_eq!(
+        joined.joined_operation_id.as_deref(),
+        Some(b.as_str()),
+        "the late-created warm joined the second round"
+    );
+    assert_eq!(
+        store.calls.list.load(Ordering::SeqCst),
+        2,
+        "two rounds listed, not three"
+    );
+}
+
+/// A warm whose creation hangs in the index holds the next round back at
+/// most `gather_at_most`: the round then lists without it, and the warm,
+/// once created, runs a round of its own.
+#[tokio::test]
+async fn a_round_waits_for_a_hung_creation_only_a_bounded_while() {
+    use crate::index::CountingIndex;
+    use std::sync::atomic::Ordering;
+    let gate = Arc::new(SlowCreations {
+        free: 2,
+        delay: Duration::from_millis(2_500),
+        seen: Default::default(),
+    });
+    let index = Arc::new(
+        CountingIndex::new(SqliteIndex::open_in_memory().unwrap()).with_gate(gate.clone()),
+    );
+    let settings = OpsSettings {
+        gather_at_most: Duration::from_millis(300),
+        ..short_runs()
+    };
+    let (ops, store) = fleet_member_with(Arc::clone(&index), 20, 20, settings);
+    let first = ops.submit(unfinished("x", 0).request, None).await.unwrap();
+    let a = first.borrow().operation_id.clone();
+    let t0 = std::time::Instant::now();
+    while ops.live().get(&a).map(|op| op.progress.phase()) == Some(Phase::Queued) {
+        assert!(t0.elapsed() < Duration::from_secs(10), "the first never listed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let second = ops.submit(unfinished("x", 0).request, None).await.unwrap();
+    let b = second.borrow().operation_id.clone();
+    let late = {
+        let ops = Arc::clone(&ops);
+        tokio::spawn(async move { ops.submit(unfinished("x", 0).request, None).await })
+    };
+    until_ended(&ops, &b).await;
+    let second_ended = t0.elapsed();
+    assert!(
+        second_ended < Duration::from_millis(2_000),
+        "the second round waited for the hung creation: ended after {second_ended:?}"
+    );
+    let third = late.await.unwrap().unwrap();
+    let c = third.borrow().operation_id.clone();
+    until_ended(&ops, &c).await;
+    let state = index.get_operation(&c).await.unwrap().unwrap().state;
+    assert_eq!(state.outcome, Some(Outcome::Succeeded), "{state:?}");
+    assert_eq!(state.joined_operation_id, None, "it led a round of its own");
+    assert_eq!(store.calls.list.load(Ordering::SeqCst), 3);
 }
