@@ -210,6 +210,15 @@ async fn operations_are_readable_items_stamped_by_the_injected_clock() {
     );
     let rid = raw_item(&moto, &index, "rid#job-a").await.unwrap();
     assert_eq!(rid["operation_id"], AttributeValue::S("op-a".into()));
+    let month = 30 * 24 * 3600;
+    // Created at 500 ms, in second 0.
+    let rid_gc = AttributeValue::N((2 * month).to_string());
+    assert_eq!(
+        rid["gc_at"], rid_gc,
+        "a request id's TTL is written with it: as late as its operation's if that \
+         finished a whole TTL after its creation"
+    );
+    assert_eq!(item["rid_gc_at"], rid_gc, "and the operation knows it");
 
     clock.advance(500);
     assert!(index
@@ -228,10 +237,24 @@ async fn operations_are_readable_items_stamped_by_the_injected_clock() {
     assert_eq!(item["finished_at"], AttributeValue::N("1000500".into()));
     let rid = raw_item(&moto, &index, "rid#job-a").await.unwrap();
     assert_eq!(
-        rid["gc_at"],
-        AttributeValue::N(gc),
-        "the request id goes with it"
+        rid["gc_at"], rid_gc,
+        "the request id outlives its operation: its final state wrote only the operation"
     );
+    assert!(gc.parse::<i64>().unwrap() <= 2 * month);
+    // An operation that finishes more than a TTL after its creation moves
+    // its request id's TTL on with its own.
+    index
+        .create_operation(&operation("op-long", Some("job-long"), 1_000_000))
+        .await
+        .unwrap();
+    clock.advance(1_000 * (month + 5));
+    assert!(index
+        .update_operation("op-long", &ticket(), &done("op-long"))
+        .await
+        .unwrap());
+    let long = raw_item(&moto, &index, "op#op-long").await.unwrap();
+    let rid = raw_item(&moto, &index, "rid#job-long").await.unwrap();
+    assert_eq!(rid["gc_at"], long["gc_at"], "the request id goes with it");
     let entries = aws_sdk_dynamodb::Client::new(&moto.sdk_config())
         .query()
         .table_name(&index.tables().operations)
@@ -1278,7 +1301,10 @@ async fn the_orphan_scan_reads_no_warm_younger_than_a_run_lease_and_takes_a_rele
 #[tokio::test]
 async fn a_final_state_and_its_lease_epochs_are_one_write() {
     let moto = Moto::start();
-    let index = fresh(&moto, DynamoConfig::default()).await;
+    // Finished a second after its creation (at 1 ms).
+    let index = fresh(&moto, DynamoConfig::default())
+        .await
+        .with_clock(Arc::new(ManualClock::new(1_000)));
     let t = created_and_taken_over(&index, "fin", &terms_of("r1")).await;
     let done = OperationState::queued("fin", 1).ended(Outcome::Succeeded, None);
     assert!(done.is_done());
@@ -1290,8 +1316,8 @@ async fn a_final_state_and_its_lease_epochs_are_one_write() {
         .unwrap());
     assert_eq!(
         index.requests().snapshot(),
-        [("UpdateItem".to_owned(), 2)].into_iter().collect(),
-        "the operation, and its request id's TTL"
+        [("UpdateItem".to_owned(), 1)].into_iter().collect(),
+        "the operation only: its request id's TTL was written when it was created"
     );
     let rec = index.get_operation("fin").await.unwrap().unwrap();
     assert!(rec.is_done(), "finished: {:?}", rec.state);

@@ -56,6 +56,10 @@ pub const LEASE_KIND: &str = "lease";
 // request-id items share the partition key `pk`.
 pub const ID: &str = "id";
 pub const REQUEST_ID: &str = "request_id";
+/// On an operation item with a request id: the TTL its request id's item
+/// was given (epoch seconds). A final state earlier than it leaves that
+/// item alone; items of earlier releases have none and get theirs then.
+pub const RID_GC_AT: &str = "rid_gc_at";
 pub const REQUEST: &str = "request";
 pub const STATE: &str = "state";
 pub const DONE: &str = "done";

@@ -22,7 +22,7 @@ use super::transact::Tx;
 use super::layout::{
     get_n, get_s, n, names_in, prune, req_n, req_s, s, Item, Vals, BY_STATUS, CANCEL_REQUESTED,
     CRASHES, CRASH_PENDING, CREATED_AT, CREATED_KEY, DONE, EPOCH, FINISHED, FINISHED_AT, GC_AT, ID,
-    LEASE_EPOCHS, OFFERED_ATTEMPT, OPERATION_ID, PK, PREFIX, REQUEST, REQUEST_ID, RESUMPTIONS,
+    LEASE_EPOCHS, OFFERED_ATTEMPT, OPERATION_ID, PK, PREFIX, REQUEST, REQUEST_ID, RESUMPTIONS, RID_GC_AT,
     RUNNING, RUN_ATTEMPT, RUN_DEADLINE, RUN_REPLICA, STATE, STATUS, UPDATED_AT, WITHDRAWN_ATTEMPT,
 };
 use super::layout::{status_key, status_keys};
@@ -64,10 +64,13 @@ fn rid_key(rid: &str) -> Item {
     HashMap::from([(PK.to_owned(), s(rid_pk(rid)))])
 }
 
-fn rid_item(rid: &str, operation_id: &str) -> Item {
+/// The item naming `operation_id` the holder of `rid`, collected by TTL
+/// at `gc_at` (epoch seconds; see [`DynamoIndex::rid_gc_at`]).
+fn rid_item(rid: &str, operation_id: &str, gc_at: i64) -> Item {
     let mut item = rid_key(rid);
     item.insert(REQUEST_ID.to_owned(), s(rid));
     item.insert(OPERATION_ID.to_owned(), s(operation_id));
+    item.insert(GC_AT.to_owned(), n(gc_at));
     item
 }
 
@@ -213,6 +216,20 @@ impl DynamoIndex {
         (at / 1000).saturating_add(ttl)
     }
 
+    /// The TTL (epoch seconds) a request id's item gets when it comes to
+    /// name an operation created at `created_at`: as late as the TTL of
+    /// that operation finished a whole `finished_operation_ttl` after its
+    /// creation. A request id must never be collected before its
+    /// operation (a resubmission would start a second warm); written
+    /// with the item, it spares every final state a second write, and
+    /// only an operation that finishes later than that moves it on
+    /// (`write_final`). Past its operation's TTL it stays at most that
+    /// long again, unless purged with it first.
+    fn rid_gc_at(&self, created_at: Millis) -> i64 {
+        let ttl = i64::try_from(self.config.finished_operation_ttl.as_secs()).unwrap_or(i64::MAX);
+        self.finished_gc_at(created_at).saturating_add(ttl)
+    }
+
     /// `op` as the item `create_operation` writes: every counter the
     /// update expressions do arithmetic on is there from the start.
     fn op_item(&self, op: &OperationRecord) -> Result<Item, IndexError> {
@@ -254,6 +271,7 @@ impl DynamoIndex {
         ]);
         if let Some(rid) = &op.request_id {
             item.insert(REQUEST_ID.to_owned(), s(rid));
+            item.insert(RID_GC_AT.to_owned(), n(self.rid_gc_at(op.created_at)));
         }
         if let Some(r) = run {
             item.insert(RUN_REPLICA.to_owned(), s(&r.ticket.replica));
@@ -336,15 +354,16 @@ impl DynamoIndex {
         item: &Item,
         stale: Option<&str>,
     ) -> Result<Group, IndexError> {
+        let gc_at = self.rid_gc_at(op.created_at);
         let mut actions = vec![
             match stale {
                 None => self.put_action(
-                    rid_item(rid, &op.id),
+                    rid_item(rid, &op.id, gc_at),
                     "attribute_not_exists(#pk)",
                     Vals::new(),
                 )?,
                 Some(holder) => self.put_action(
-                    rid_item(rid, &op.id),
+                    rid_item(rid, &op.id, gc_at),
                     "#operation_id = :holder",
                     Vals::new().s("holder", holder),
                 )?,
@@ -623,25 +642,40 @@ impl DynamoIndex {
             }
             Cond::Refused(_) => return Ok(false),
         };
-        if let Some(rid) = item.as_ref().and_then(|i| get_s(i, REQUEST_ID)) {
-            // The request id goes with its operation, should TTL collect
-            // that; unless it moved on meanwhile.
-            let res = self
-                .update(
-                    table,
-                    rid_key(rid),
-                    "SET #gc_at = :gc",
-                    Some("#operation_id = :id"),
-                    Vals::new().n("gc", gc).s("id", id),
-                    ReturnValue::None,
-                )
-                .await;
-            if let Err(e) = res {
-                tracing::warn!(operation_id = %id, error = %e,
-                    "could not set the TTL of the request id's item; it stays until purged");
-            }
+        if let Some(item) = &item {
+            self.rid_goes_with(id, item, gc).await;
         }
         Ok(true)
+    }
+
+    /// After operation `id` (its item now `item`) finished with TTL `gc`:
+    /// moves its request id's TTL on to `gc` if that is later than the
+    /// one the request id's item was given (or it has none).
+    async fn rid_goes_with(&self, id: &str, item: &Item, gc: i64) {
+        // The TTL its item was given when it came to name this operation
+        // (none: an earlier release's item, which has no TTL yet).
+        let given = get_n("operation", item, RID_GC_AT).ok().flatten();
+        if given.is_some_and(|given| gc <= given) {
+            return;
+        }
+        let Some(rid) = get_s(item, REQUEST_ID) else {
+            return;
+        };
+        // Unless the request id moved on meanwhile.
+        let res = self
+            .update(
+                self.tables.operations.as_str(),
+                rid_key(rid),
+                "SET #gc_at = :gc",
+                Some("#operation_id = :id"),
+                Vals::new().n("gc", gc).s("id", id),
+                ReturnValue::None,
+            )
+            .await;
+        if let Err(e) = res {
+            tracing::warn!(operation_id = %id, error = %e,
+                "could not set the TTL of the request id's item; it stays until purged");
+        }
     }
 }
 
@@ -722,7 +756,7 @@ impl OperationLog for DynamoIndex {
                     Vals::new().b("true", true).s("rid", rid),
                 )?,
                 self.put_action(
-                    rid_item(rid, &op.id),
+                    rid_item(rid, &op.id, self.rid_gc_at(op.created_at)),
                     "#operation_id = :old",
                     Vals::new().s("old", old_id),
                 )?,
