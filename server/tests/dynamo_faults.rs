@@ -481,3 +481,45 @@ async fn a_burst_of_creations_lands_whole_through_throttles() {
     burst_of_creations(&index, "throttled", 150).await;
     assert!(proxy.injected() >= 1, "some transactions were throttled");
 }
+
+/// A transaction of three creations cancelled by one's refusal (its
+/// request id is held): that one is answered with the holder, one whose
+/// caller gave up while the transaction was in flight is not sent again,
+/// and the third is sent again at once, alone, and created.
+#[tokio::test]
+async fn a_refused_creation_cancels_only_itself_and_a_given_up_one_is_not_sent_again() {
+    // One creation transaction at a time (limit 2: bookkeeping 1), every
+    // request 200 ms late.
+    let (_moto, proxy, index, _) =
+        slow_and_limited_with(2, patient_with_moto_s_transactions()).await;
+    let held = operation("held", Some("rid-held"), 5);
+    assert_eq!(
+        index.create_operation(&held).await.unwrap(),
+        CreateOutcome::Created
+    );
+    let before = transactions(&proxy);
+    let refused = operation("refused", Some("rid-held"), 5);
+    let gave_up = operation("gave-up", Some("rid-gave-up"), 5);
+    let kept = operation("kept", Some("rid-kept"), 5);
+    let (refused, gave_up, kept) = in_lane(Lane::Bulk, async {
+        tokio::join!(
+            index.create_operation(&refused),
+            tokio::time::timeout(Duration::from_millis(100), index.create_operation(&gave_up)),
+            index.create_operation(&kept),
+        )
+    })
+    .await;
+    assert_eq!(refused.unwrap(), CreateOutcome::Exists(Box::new(held)));
+    assert!(
+        gave_up.is_err(),
+        "given up while its transaction was in flight"
+    );
+    assert_eq!(kept.unwrap(), CreateOutcome::Created);
+    assert_eq!(
+        transactions(&proxy) - before,
+        2,
+        "the three together, then the kept one alone"
+    );
+    assert_eq!(index.get_operation("gave-up").await.unwrap(), None);
+    assert!(index.get_operation("kept").await.unwrap().is_some());
+}

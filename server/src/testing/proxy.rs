@@ -362,7 +362,7 @@ pub enum Fault {
     /// `ProvisionedThroughputExceededException`. Not forwarded.
     DynamoThrottle,
     /// A TransactWriteItems of more items than this is refused as a whole,
-    /// as DynamoDB Local 1.11 refuses more than 25 (400
+    /// as DynamoDB Local 1.11 refuses more than 10 (400
     /// `ValidationException`, "... Member must have length less than or
     /// equal to N"). Any other call is forwarded.
     DynamoTransactionLimit(usize),

@@ -44,6 +44,7 @@ pub(super) async fn a_burst_of_creations_lands_each_once<I: OperationLog>(log: &
     let outcomes =
         futures::future::join_all(burst.iter().map(|op| log.create_operation(op))).await;
     let mut shared_winner = None;
+    let mut shared_losers = Vec::new();
     for (op, outcome) in burst.iter().zip(outcomes) {
         let outcome = outcome.unwrap();
         match op.request_id.as_deref() {
@@ -52,16 +53,22 @@ pub(super) async fn a_burst_of_creations_lands_each_once<I: OperationLog>(log: &
                 CreateOutcome::Exists(Box::new(held.clone())),
                 "a request id held before answers with its holder"
             ),
-            Some("burst-shared") => {
-                if outcome == CreateOutcome::Created {
+            Some("burst-shared") => match outcome {
+                CreateOutcome::Created => {
                     assert!(shared_winner.is_none(), "two created burst-shared");
                     shared_winner = Some(op.id.clone());
                 }
-            }
+                CreateOutcome::Exists(holder) => shared_losers.push(holder.id),
+            },
             _ => assert_eq!(outcome, CreateOutcome::Created, "{} created", op.id),
         }
     }
     let winner = shared_winner.expect("one of the burst created burst-shared");
+    assert_eq!(shared_losers.len(), 9);
+    assert!(
+        shared_losers.iter().all(|id| *id == winner),
+        "the others are answered with the winner {winner}: {shared_losers:?}"
+    );
     for op in &burst {
         let stored = log.get_operation(&op.id).await.unwrap();
         match op.request_id.as_deref() {

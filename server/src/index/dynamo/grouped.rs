@@ -4,7 +4,7 @@
 //! in flight (`pacing`), they queue for seconds, and a cached warm of the
 //! array waits for its own creation longer than for its data. Creations
 //! that wait together are sent together, as many as one transaction takes
-//! (100 actions on DynamoDB, 25 on older DynamoDB Local: learnt from the
+//! (100 actions on DynamoDB, 10 on DynamoDB Local 1.11: learnt from the
 //! refusal, never a flag), so a burst costs a few dozen requests.
 //!
 //! No timer: a creation that finds a sender free goes at once; one that
@@ -16,12 +16,13 @@
 //! action: a group (one caller's actions) whose condition failed gets its
 //! refusal, exactly as if sent alone; the groups it took down with it are
 //! sent again at once, without it. A refusal that names no group (a write
-//! in flight on an item, a throttle) is every group's to retry. No two
-//! groups of one transaction touch the same item (DynamoDB refuses such a
-//! transaction): a second creation under one request id waits for the
-//! next.
+//! in flight on an item, a throttle) is retried by the groups it names,
+//! and the rest are sent again. No two groups in flight touch the same
+//! item (DynamoDB refuses a transaction that does, and two transactions
+//! that do conflict): a second creation under one request id waits until
+//! the first is answered.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
@@ -29,7 +30,7 @@ use aws_sdk_dynamodb::types::TransactWriteItem;
 use tokio::sync::oneshot;
 
 use super::errors::Cancelled;
-use super::transact::{interpret, Tx};
+use super::transact::{interpret, Refusal, Tx};
 use super::DynamoIndex;
 use crate::index::lane::{in_lane, Lane};
 use crate::index::IndexError;
@@ -65,6 +66,8 @@ struct Queue {
     waiting: VecDeque<Waiting>,
     senders: usize,
     next_seq: u64,
+    /// The items of the transactions being sent.
+    in_flight: HashSet<String>,
 }
 
 /// The groups waiting, and how many senders work on them.
@@ -99,25 +102,24 @@ impl Groups {
     }
 
     /// The oldest waiting groups that fit in one transaction: in order,
-    /// skipping those that touch an item already in it. A group to be
-    /// sent alone goes alone.
+    /// skipping those that touch an item in flight or already in it. A
+    /// group to be sent alone goes alone; one whose caller gave up is
+    /// dropped. The batch's items are then in flight.
     fn take_batch(&self, q: &mut Queue) -> Vec<Waiting> {
         let max_actions = self.max_actions();
+        q.waiting.retain(|w| !w.reply.is_closed());
         let mut batch: Vec<Waiting> = Vec::new();
         let (mut actions, mut bytes) = (0, 0);
-        let mut items = std::collections::HashSet::new();
         let mut i = 0;
         while i < q.waiting.len() && actions < max_actions {
             let w = &q.waiting[i];
             let alone = w.alone || w.group.actions.len() > max_actions;
-            let fits = if batch.is_empty() {
-                true
-            } else {
-                !alone
-                    && actions + w.group.actions.len() <= max_actions
-                    && bytes + w.group.bytes <= MAX_BYTES
-                    && w.group.items.iter().all(|k| !items.contains(k))
-            };
+            let free = w.group.items.iter().all(|k| !q.in_flight.contains(k));
+            let fits = free
+                && (batch.is_empty()
+                    || (!alone
+                        && actions + w.group.actions.len() <= max_actions
+                        && bytes + w.group.bytes <= MAX_BYTES));
             if !fits {
                 i += 1;
                 continue;
@@ -125,26 +127,39 @@ impl Groups {
             let Some(w) = q.waiting.remove(i) else { break };
             actions += w.group.actions.len();
             bytes += w.group.bytes;
-            items.extend(w.group.items.iter().cloned());
-            let ends = w.alone;
+            q.in_flight.extend(w.group.items.iter().cloned());
             batch.push(w);
-            if ends || alone {
+            if alone {
                 break;
             }
         }
         batch
     }
+
+    /// The items of `batch` are no longer in flight.
+    fn landed(&self, batch: &[Waiting]) {
+        let mut q = self.lock();
+        for w in batch {
+            for k in &w.group.items {
+                q.in_flight.remove(k);
+            }
+        }
+    }
 }
 
-/// Takes a group that is still waiting out of the queue when its caller
-/// gives up (a timeout): an abandoned creation is never sent.
-struct Unqueue<'a> {
+/// A caller's wait for its group's answer. Dropped first (its caller
+/// gave up), it closes the answer's channel, so a group in flight that
+/// comes back to the queue is never sent again, and takes a group still
+/// waiting out of the queue: an abandoned creation is never sent.
+struct Answer<'a> {
     groups: &'a Groups,
     seq: u64,
+    answer: oneshot::Receiver<Result<Tx, IndexError>>,
 }
 
-impl Drop for Unqueue<'_> {
+impl Drop for Answer<'_> {
     fn drop(&mut self) {
+        self.answer.close();
         let mut q = self.groups.lock();
         if let Some(at) = q.waiting.iter().position(|w| w.seq == self.seq) {
             q.waiting.remove(at);
@@ -152,19 +167,39 @@ impl Drop for Unqueue<'_> {
     }
 }
 
+/// One sender's place in [`Queue::senders`], given back however the
+/// sender ends (a panic, the runtime shutting down): a place never given
+/// back would leave groups queued with no sender.
+struct SenderPlace<'a>(&'a Groups);
+
+impl Drop for SenderPlace<'_> {
+    fn drop(&mut self) {
+        self.0.lock().senders -= 1;
+    }
+}
+
 /// What one group's part of a cancelled transaction says.
 enum Verdict {
     /// Its own answer: refused, or an error of its own.
     Own(Result<Tx, IndexError>),
-    /// Nothing of its own: another group's refusal, a conflict, a throttle.
-    Bystander,
+    /// A write in flight on one of its items, or a throttle of one: worth
+    /// deciding again after a pause.
+    Named,
+    /// Nothing of its own ("None" for each action): cancelled for
+    /// another group's reason.
+    Innocent,
 }
 
 fn verdict(table: &str, reasons: &[Cancelled]) -> Verdict {
     match interpret(table, reasons.to_vec()) {
-        Ok(Tx::Retry) => Verdict::Bystander,
+        Ok(Tx::Retry) if reasons.iter().all(|r| *r == Cancelled::No) => Verdict::Innocent,
+        Ok(Tx::Retry) => Verdict::Named,
         own => Verdict::Own(own),
     }
+}
+
+fn innocent_actions(groups: &[Waiting]) -> usize {
+    groups.iter().map(|w| w.group.actions.len()).sum()
 }
 
 /// The largest count of transaction items the index takes, when that is
@@ -204,19 +239,23 @@ impl DynamoIndex {
             let this = self.clone();
             tokio::spawn(in_lane(Lane::Bulk, async move { this.send_groups().await }));
         }
-        let _unqueue = Unqueue {
+        let mut waiting = Answer {
             groups: &self.groups,
             seq,
+            answer,
         };
-        answer.await.unwrap_or_else(|_| {
+        (&mut waiting.answer).await.unwrap_or_else(|_| {
             Err(IndexError::Unavailable(
                 "the transaction this creation was sent in ended without an answer".into(),
             ))
         })
     }
 
-    /// One sender: sends the oldest waiting groups until none waits.
+    /// One sender: sends the oldest waiting groups until none it may
+    /// send waits (one held back by an item in flight is sent by the
+    /// sender of that item, which looks again once it is answered).
     async fn send_groups(&self) {
+        let place = SenderPlace(&self.groups);
         loop {
             let batch = {
                 let mut q = self.groups.lock();
@@ -225,6 +264,7 @@ impl DynamoIndex {
                     // Under the lock: a group queued from now on sees
                     // this sender gone and starts another.
                     q.senders -= 1;
+                    std::mem::forget(place);
                     return;
                 }
                 batch
@@ -240,6 +280,9 @@ impl DynamoIndex {
             .collect();
         let total = actions.len();
         let outcome = self.transact_raw(actions).await;
+        // Answered: its items may go in other transactions now (its own
+        // groups' too, should they be sent again).
+        self.groups.landed(&batch);
         let reasons = match outcome {
             Ok(None) => {
                 for w in batch {
@@ -260,61 +303,67 @@ impl DynamoIndex {
                 }
                 return;
             }
-            Err(e) => return self.after_error(batch, e),
+            Err(refusal) => return self.after_error(batch, refusal),
         };
         let mut at = 0;
-        let mut bystanders = Vec::new();
+        let mut named = Vec::new();
+        let mut innocent = Vec::new();
         for w in batch {
             let n = w.group.actions.len();
             match verdict(&self.tables.operations, &reasons[at..at + n]) {
                 Verdict::Own(answer) => {
                     let _ = w.reply.send(answer);
                 }
-                Verdict::Bystander => bystanders.push(w),
+                Verdict::Named => named.push(w),
+                Verdict::Innocent => innocent.push(w),
             }
             at += n;
         }
-        if bystanders.is_empty() {
-            return;
-        }
-        let decided = total > bystanders.iter().map(|w| w.group.actions.len()).sum();
-        if decided {
-            // Cancelled because of others' refusals: sent again at once.
-            self.requeue(bystanders);
-        } else {
-            // Nobody's refusal: a write in flight or a throttle; each
-            // caller decides again after its pause.
-            for w in bystanders {
+        if named.is_empty() && innocent_actions(&innocent) == total {
+            // No reason given for any action: nothing to tell apart;
+            // each caller decides again after its pause.
+            for w in innocent {
                 let _ = w.reply.send(Ok(Tx::Retry));
             }
+            return;
         }
+        // A write in flight on one of a group's items, or a throttle of
+        // one: that group decides again after its pause. The groups
+        // cancelled for others' reasons are sent again at once.
+        for w in named {
+            let _ = w.reply.send(Ok(Tx::Retry));
+        }
+        self.requeue(innocent);
     }
 
-    /// A transaction of several groups refused as a whole, not for any
-    /// action of it: more actions than the index takes (the limit is
-    /// learnt), or an error that one group's item may have caused. Each
-    /// group is sent again, alone if the limit is not what was wrong, so
-    /// only the group at fault fails.
-    fn after_error(&self, batch: Vec<Waiting>, e: (IndexError, Option<String>)) {
-        let (error, message) = e;
+    /// A transaction refused as a whole, for no action of it: more
+    /// actions than the index takes (the limit is learnt, the groups sent
+    /// again), or a request the index found invalid, which one group's
+    /// item may have made so (each group is sent again alone, so only the
+    /// group at fault fails). Any other refusal (no table, no access, an
+    /// index out of reach) is every group's answer.
+    fn after_error(&self, batch: Vec<Waiting>, refusal: Refusal) {
         let actions: usize = batch.iter().map(|w| w.group.actions.len()).sum();
-        let limit = message.as_deref().and_then(action_limit);
+        let limit = refusal.message.as_deref().and_then(action_limit);
         // Only a limit under this transaction's size explains the refusal
-        // (else sending it again would be refused again).
+        // (else sending it again would be refused again); a single group
+        // larger than the limit can never be sent, and fails.
         if let Some(limit) = limit.filter(|l| *l < actions) {
             tracing::info!(
                 limit,
                 "the index takes fewer actions per transaction; creations are grouped by that many"
             );
             self.groups.max_actions.store(limit, Ordering::Relaxed);
-            return self.requeue(batch);
+            if batch.len() > 1 {
+                return self.requeue(batch);
+            }
         }
-        let transient = matches!(error, IndexError::Unavailable(_));
-        if batch.len() > 1 && !transient {
+        let invalid = refusal.code.as_deref() == Some("ValidationException");
+        if batch.len() > 1 && invalid {
             return self.again_alone(batch);
         }
         for w in batch {
-            let _ = w.reply.send(Err(error.clone()));
+            let _ = w.reply.send(Err(refusal.error.clone()));
         }
     }
 

@@ -41,6 +41,13 @@ use crate::index::{OperationLog, RunLeases};
 /// request's prefixes, so a request has to leave them room.
 const MAX_CREATED_ITEM_BYTES: usize = 128 * 1024;
 
+/// How long after its creation an operation may finish before its
+/// request id's TTL, written with the request id, has to be moved on: a
+/// year. An operation still unfinished then (its warm not resumed for a
+/// year) moves it on when it finishes; until then its request id could be
+/// collected by DynamoDB's TTL first.
+const RID_HORIZON: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// "The run is `:r`'s attempt `:a`, and the operation is unfinished": the
 /// condition of every runner write (fencing).
 const FENCE: &str = "#run_replica = :r AND #run_attempt = :a AND #done = :false";
@@ -218,16 +225,16 @@ impl DynamoIndex {
 
     /// The TTL (epoch seconds) a request id's item gets when it comes to
     /// name an operation created at `created_at`: as late as the TTL of
-    /// that operation finished a whole `finished_operation_ttl` after its
-    /// creation. A request id must never be collected before its
-    /// operation (a resubmission would start a second warm); written
-    /// with the item, it spares every final state a second write, and
-    /// only an operation that finishes later than that moves it on
-    /// (`write_final`). Past its operation's TTL it stays at most that
-    /// long again, unless purged with it first.
+    /// that operation finished [`RID_HORIZON`] after its creation. A
+    /// request id collected before its operation would let a resubmission
+    /// start a second warm; written with the item, the TTL spares every
+    /// final state a second write, and only an operation that finishes
+    /// later than that moves it on (`rid_goes_with`). Past its
+    /// operation's TTL it stays at most the horizon again, unless purged
+    /// with it (as servers do after `operation_retention`).
     fn rid_gc_at(&self, created_at: Millis) -> i64 {
-        let ttl = i64::try_from(self.config.finished_operation_ttl.as_secs()).unwrap_or(i64::MAX);
-        self.finished_gc_at(created_at).saturating_add(ttl)
+        let horizon = i64::try_from(RID_HORIZON.as_secs()).unwrap_or(i64::MAX);
+        self.finished_gc_at(created_at).saturating_add(horizon)
     }
 
     /// `op` as the item `create_operation` writes: every counter the

@@ -7,6 +7,15 @@ use super::errors::{self, Cancelled};
 use super::DynamoIndex;
 use crate::index::IndexError;
 
+/// A transaction refused as a whole (not cancelled action by action).
+#[derive(Debug)]
+pub(super) struct Refusal {
+    pub error: IndexError,
+    /// The service's error code and message, if it answered.
+    pub code: Option<String>,
+    pub message: Option<String>,
+}
+
 /// What a transaction did.
 #[derive(Debug, Clone)]
 pub(super) enum Tx {
@@ -54,7 +63,7 @@ impl DynamoIndex {
         match self.transact_raw(actions).await {
             Ok(None) => Ok(Tx::Done),
             Ok(Some(reasons)) => interpret(&self.tables.operations, reasons),
-            Err((e, _)) => Err(e),
+            Err(refusal) => Err(refusal.error),
         }
     }
 
@@ -64,7 +73,7 @@ impl DynamoIndex {
     pub(super) async fn transact_raw(
         &self,
         actions: Vec<TransactWriteItem>,
-    ) -> Result<Option<Vec<Cancelled>>, (IndexError, Option<String>)> {
+    ) -> Result<Option<Vec<Cancelled>>, Refusal> {
         let table = self.tables.operations.as_str();
         let req = self
             .client
@@ -82,12 +91,14 @@ impl DynamoIndex {
         };
         match errors::cancellation(&err) {
             Some(reasons) => Ok(Some(reasons)),
-            None => Err((
-                errors::classify("TransactWriteItems", table, &self.create_hint(), &err),
-                err.as_service_error()
+            None => Err(Refusal {
+                error: errors::classify("TransactWriteItems", table, &self.create_hint(), &err),
+                code: errors::code(&err).map(str::to_owned),
+                message: err
+                    .as_service_error()
                     .and_then(aws_sdk_dynamodb::error::ProvideErrorMetadata::message)
                     .map(str::to_owned),
-            )),
+            }),
         }
     }
 }
