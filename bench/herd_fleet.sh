@@ -130,14 +130,16 @@ lists() { # source listing requests, all replicas
   done
   echo "$total"
 }
-index_calls() { # the replicas' index calls so far, by call (all replicas), as JSON
+index_calls() { # the replicas' index calls so far, by call (all replicas), as JSON;
+  # "seconds:CALL" keys hold the seconds they took in all
   for m in "${METRICS[@]}"; do curl -s "http://127.0.0.1:$m/metrics"; done | python3 -c '
 import json, re, sys
 calls = {}
 for line in sys.stdin:
-    if line.startswith("expresscache_index_request_duration_seconds_count{"):
-        op = re.search(r"operation=\"([^\"]+)\"", line).group(1)
-        calls[op] = calls.get(op, 0) + float(line.split()[-1])
+    for suffix, prefix in (("_count{", ""), ("_sum{", "seconds:")):
+        if line.startswith("expresscache_index_request_duration_seconds" + suffix):
+            op = prefix + re.search(r"operation=\"([^\"]+)\"", line).group(1)
+            calls[op] = calls.get(op, 0) + float(line.split()[-1])
 print(json.dumps(calls))'
 }
 writes() { python3 -c "import json; print(json.load(open('$STATE/proxy.json'))['dynamo_writes'])"; }
@@ -172,14 +174,19 @@ def per_launcher(b, a):
     return {k: round((v - b.get(k, 0)) / int(n), 2) for k, v in a.items() if v > b.get(k, 0)}
 b, a = (json.load(open(p)).get("dynamo_by_call", {}) for p in (before, after))
 by_call = per_launcher(b, a)
-by_index_call = per_launcher(*(json.load(open(p)) for p in (cbefore, cafter)))
+cb, ca = (json.load(open(p)) for p in (cbefore, cafter))
+counted = {k: v for k, v in per_launcher(cb, ca).items() if not k.startswith("seconds:")}
+by_index_call = counted
+# Mean seconds an index call took (queueing in the replica included).
+mean_s = {k: round((ca.get("seconds:" + k, 0) - cb.get("seconds:" + k, 0))
+                   / ((ca[k] - cb.get(k, 0)) or 1), 3) for k in counted}
 errors = sum(p["errors"] for p in parts)
 print(name, lists, json.dumps({
     "n": int(n), "errors": errors,
     "p50_s": max(p["p50_s"] for p in parts), "p99_s": max(p["p99_s"] for p in parts),
     "writes_per_launcher": int(writes) / int(n), "item_throttles": int(throttled),
     "hottest_item_writes": int(hottest), "calls_per_launcher": by_call,
-    "index_calls_per_launcher": by_index_call}))
+    "index_calls_per_launcher": by_index_call, "index_call_mean_s": mean_s}))
 PY
   log "$name: $(tail -1 "$STATE/results")"
 }
@@ -220,10 +227,13 @@ print(f"hottest item: {hot['hottest_item_writes']} writes in all ({hot['hottest_
 print()
 for title, key in (("DynamoDB calls per launcher, by call and table:", "calls_per_launcher"),
                    ("Index calls per launcher, by the replicas' index call (one may send several "
-                    "requests):", "index_calls_per_launcher")):
+                    "requests):", "index_calls_per_launcher"),
+                   ("Mean seconds per index call, its wait for a slot in the replica included:",
+                    "index_call_mean_s")):
     print(title)
     for name, _, r in rows:
-        calls = ", ".join(f"{k} {v}" for k, v in sorted(r[key].items(), key=lambda kv: -kv[1]))
+        calls = ", ".join(f"{k} {v}" for k, v in sorted(r.get(key, {}).items(),
+                                                         key=lambda kv: -kv[1]))
         print(f"  {name}: {calls}")
     print()
 PY
