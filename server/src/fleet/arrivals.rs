@@ -109,18 +109,8 @@ mod tests {
 
     fn spec(prefix: &str) -> WarmSpec {
         WarmSpec {
-            source: expresscache::BucketName::parse("src").unwrap(),
             prefixes: vec![expresscache::Prefix::parse(prefix).unwrap()],
-            directory_bucket: expresscache::DirectoryBucketName::parse("cache--use1-az4--x-s3")
-                .unwrap(),
-            ttl: Duration::from_secs(60),
-            force_copy: false,
-            request_id: None,
-            destination_prefix: expresscache::Prefix::root(),
-            max_staleness: Duration::ZERO,
-            batch_operations: false,
-            allow_empty: false,
-            selection: Default::default(),
+            ..crate::fleet::tests::unfinished("x", 0).request
         }
     }
 

@@ -10,7 +10,7 @@ use crate::index::{RunTerms, SqliteIndex};
 use crate::store::MemoryStore;
 use crate::warm::{WarmSettings, Warmer};
 
-fn unfinished(id: &str, resumptions: u32) -> OperationRecord {
+pub(super) fn unfinished(id: &str, resumptions: u32) -> OperationRecord {
     OperationRecord {
         id: id.into(),
         request_id: None,
@@ -329,33 +329,41 @@ async fn a_final_state_the_index_refuses_is_recorded_smaller_then_as_failed_neve
     assert_eq!(rec.resumptions, 0);
 }
 
-/// Holds each final-state write `delay` (an index whose queue is long),
-/// counting those writes and the run renewals.
+/// Holds each call `slow` after the first `free` of them for `delay` (an
+/// index whose queue is long), counting those calls and the run renewals.
 #[derive(Debug)]
-struct SlowFinal {
+struct SlowCalls {
+    slow: &'static str,
+    free: u64,
     delay: Duration,
-    finals: std::sync::atomic::AtomicU64,
+    seen: std::sync::atomic::AtomicU64,
     renewals: std::sync::atomic::AtomicU64,
 }
 
-impl crate::gate::Gate for SlowFinal {
+impl SlowCalls {
+    fn new(slow: &'static str, free: u64, delay: Duration) -> Self {
+        Self {
+            slow,
+            free,
+            delay,
+            seen: Default::default(),
+            renewals: Default::default(),
+        }
+    }
+}
+
+impl crate::gate::Gate for SlowCalls {
     fn enter(
         &self,
         call: &'static str,
         _subject: &str,
     ) -> futures::future::BoxFuture<'static, crate::gate::Pass> {
         use std::sync::atomic::Ordering;
-        let delay = match call {
-            "finish_operation" => {
-                self.finals.fetch_add(1, Ordering::SeqCst);
-                self.delay
-            }
-            "renew_run" => {
-                self.renewals.fetch_add(1, Ordering::SeqCst);
-                Duration::ZERO
-            }
-            _ => Duration::ZERO,
-        };
+        if call == "renew_run" {
+            self.renewals.fetch_add(1, Ordering::SeqCst);
+        }
+        let held = call == self.slow && self.seen.fetch_add(1, Ordering::SeqCst) >= self.free;
+        let delay = if held { self.delay } else { Duration::ZERO };
         Box::pin(async move {
             tokio::time::sleep(delay).await;
             Box::new(()) as crate::gate::Pass
@@ -371,11 +379,11 @@ impl crate::gate::Gate for SlowFinal {
 async fn a_final_state_that_waits_long_for_the_index_is_sent_once_and_its_run_kept() {
     use crate::index::CountingIndex;
     use std::sync::atomic::Ordering;
-    let gate = Arc::new(SlowFinal {
-        delay: Duration::from_millis(1_500),
-        finals: Default::default(),
-        renewals: Default::default(),
-    });
+    let gate = Arc::new(SlowCalls::new(
+        "finish_operation",
+        0,
+        Duration::from_millis(1_500),
+    ));
     let index = Arc::new(
         CountingIndex::new(SqliteIndex::open_in_memory().unwrap()).with_gate(gate.clone()),
     );
@@ -390,7 +398,7 @@ async fn a_final_state_that_waits_long_for_the_index_is_sent_once_and_its_run_ke
     let rx = ops.submit(unfinished("x", 0).request, None).await.unwrap();
     let id = rx.borrow().operation_id.clone();
     let t0 = std::time::Instant::now();
-    while gate.finals.load(Ordering::SeqCst) == 0 {
+    while gate.seen.load(Ordering::SeqCst) == 0 {
         assert!(t0.elapsed() < Duration::from_secs(10), "never finished");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -400,7 +408,7 @@ async fn a_final_state_that_waits_long_for_the_index_is_sent_once_and_its_run_ke
         assert!(t0.elapsed() < Duration::from_secs(10), "still recording");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(gate.finals.load(Ordering::SeqCst), 1, "the final state sent once");
+    assert_eq!(gate.seen.load(Ordering::SeqCst), 1, "the final state sent once");
     assert!(
         gate.renewals.load(Ordering::SeqCst) > renewals,
         "the run renewed while its final state waited"
@@ -1060,29 +1068,32 @@ async fn joiners_left_by_their_leader_join_one_new_leader_not_one_each() {
     );
 }
 
-/// Holds every creation after the first `free` for `delay`: a job array's
-/// burst of creations queued in the index.
-#[derive(Debug)]
-struct SlowCreations {
-    free: u64,
-    delay: Duration,
-    seen: std::sync::atomic::AtomicU64,
-}
-
-impl crate::gate::Gate for SlowCreations {
-    fn enter(
-        &self,
-        call: &'static str,
-        _subject: &str,
-    ) -> futures::future::BoxFuture<'static, crate::gate::Pass> {
-        use std::sync::atomic::Ordering;
-        let held = call == "create_operation" && self.seen.fetch_add(1, Ordering::SeqCst) >= self.free;
-        let delay = if held { self.delay } else { Duration::ZERO };
-        Box::pin(async move {
-            tokio::time::sleep(delay).await;
-            Box::new(()) as crate::gate::Pass
-        })
+/// Operations over an index whose creations after the first two wait
+/// `creation` (a job array's burst queued in the index), 20 objects
+/// copied 20 ms each two at a time (a first round of some 200 ms; the next
+/// finds everything cached), and the first warm submitted and listing.
+async fn a_round_under_way(
+    creation: Duration,
+    settings: OpsSettings,
+) -> (
+    Arc<Operations>,
+    Arc<SlowStore>,
+    Arc<crate::index::CountingIndex<SqliteIndex>>,
+    String,
+) {
+    let gate = Arc::new(SlowCalls::new("create_operation", 2, creation));
+    let index = Arc::new(
+        crate::index::CountingIndex::new(SqliteIndex::open_in_memory().unwrap()).with_gate(gate),
+    );
+    let (ops, store) = fleet_member_with(Arc::clone(&index), 20, 20, settings);
+    let first = ops.submit(unfinished("x", 0).request, None).await.unwrap();
+    let a = first.borrow().operation_id.clone();
+    let t0 = std::time::Instant::now();
+    while ops.live().get(&a).map(|op| op.progress.phase()) == Some(Phase::Queued) {
+        assert!(t0.elapsed() < Duration::from_secs(10), "the first never listed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    (ops, store, index, a)
 }
 
 /// A warm submitted while a round was listing, whose creation then waits
@@ -1091,26 +1102,8 @@ impl crate::gate::Gate for SlowCreations {
 /// a round (and a listing) of its own.
 #[tokio::test]
 async fn a_warm_still_being_created_when_a_round_ends_joins_the_next_round() {
-    use crate::index::CountingIndex;
     use std::sync::atomic::Ordering;
-    let gate = Arc::new(SlowCreations {
-        free: 2,
-        delay: Duration::from_millis(1_000),
-        seen: Default::default(),
-    });
-    let index = Arc::new(
-        CountingIndex::new(SqliteIndex::open_in_memory().unwrap()).with_gate(gate.clone()),
-    );
-    // 20 copies of 20 ms, two at a time: the first round copies for some
-    // 200 ms; the next finds everything cached.
-    let (ops, store) = fleet_member(Arc::clone(&index), 20, 20);
-    let first = ops.submit(unfinished("x", 0).request, None).await.unwrap();
-    let a = first.borrow().operation_id.clone();
-    let t0 = std::time::Instant::now();
-    while ops.live().get(&a).map(|op| op.progress.phase()) == Some(Phase::Queued) {
-        assert!(t0.elapsed() < Duration::from_secs(10), "the first never listed");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let (ops, store, index, a) = a_round_under_way(Duration::from_secs(1), short_runs()).await;
     // Arrives while the first lists: leads the next round.
     let second = ops.submit(unfinished("x", 0).request, None).await.unwrap();
     let b = second.borrow().operation_id.clone();
@@ -1139,28 +1132,13 @@ async fn a_warm_still_being_created_when_a_round_ends_joins_the_next_round() {
 /// once created, runs a round of its own.
 #[tokio::test]
 async fn a_round_waits_for_a_hung_creation_only_a_bounded_while() {
-    use crate::index::CountingIndex;
     use std::sync::atomic::Ordering;
-    let gate = Arc::new(SlowCreations {
-        free: 2,
-        delay: Duration::from_millis(2_500),
-        seen: Default::default(),
-    });
-    let index = Arc::new(
-        CountingIndex::new(SqliteIndex::open_in_memory().unwrap()).with_gate(gate.clone()),
-    );
     let settings = OpsSettings {
         gather_at_most: Duration::from_millis(300),
         ..short_runs()
     };
-    let (ops, store) = fleet_member_with(Arc::clone(&index), 20, 20, settings);
-    let first = ops.submit(unfinished("x", 0).request, None).await.unwrap();
-    let a = first.borrow().operation_id.clone();
+    let (ops, store, index, _) = a_round_under_way(Duration::from_millis(2_500), settings).await;
     let t0 = std::time::Instant::now();
-    while ops.live().get(&a).map(|op| op.progress.phase()) == Some(Phase::Queued) {
-        assert!(t0.elapsed() < Duration::from_secs(10), "the first never listed");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
     let second = ops.submit(unfinished("x", 0).request, None).await.unwrap();
     let b = second.borrow().operation_id.clone();
     let late = {
