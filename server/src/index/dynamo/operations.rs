@@ -681,7 +681,8 @@ impl DynamoIndex {
             .await;
         if let Err(e) = res {
             tracing::warn!(operation_id = %id, error = %e,
-                "could not set the TTL of the request id's item; it stays until purged");
+                "could not move the request id's TTL on with its operation's; it keeps its \
+                 earlier TTL (none if an earlier release wrote it) unless purged first");
         }
     }
 }
