@@ -179,6 +179,8 @@ decorate! {
             = Write("offer_join", id, 1);
         fn withdraw_join(id: &str, ticket: &RunTicket) -> bool
             = Write("withdraw_join", id, 1);
+        fn offered_operations(limit: usize) -> Vec<OperationRecord>
+            = Read("offered_operations", "", 1);
         fn unfinished_operations(after: Option<(Millis, String)>, limit: usize) -> Vec<(Millis, String)>
             = Read("unfinished_operations", "", 1);
     }

@@ -611,6 +611,17 @@ pub trait RunLeases: Send + Sync + std::fmt::Debug + 'static {
     /// nothing, if `ticket` no longer holds the run.
     async fn withdraw_join(&self, id: &str, ticket: &RunTicket) -> Result<bool, IndexError>;
 
+    /// Unfinished operations whose current attempt offered them
+    /// ([`offer_join`](Self::offer_join)) and has not withdrawn, oldest
+    /// first, at most `limit`: what a warm of another replica may join.
+    /// Read without regard to how many other operations run, so a job
+    /// array's thousand warms do not hide its few offered rounds. A hint,
+    /// not a verdict: it may lag the log by a moment, and a caller confirms
+    /// an offer with [`get_operation`](OperationLog::get_operation) before
+    /// it joins.
+    async fn offered_operations(&self, limit: usize)
+        -> Result<Vec<OperationRecord>, IndexError>;
+
     /// The `(created_at, id)` of unfinished operations, newest first,
     /// strictly after the cursor when given, at most `limit`: without
     /// their records, so a scan for lapsed runs reads cheaply and reads in

@@ -11,6 +11,7 @@ pub async fn run_operation_log<I: OperationLog>(log: &I) {
     operations_list_newest_first_resume_and_purge(log).await;
     a_finished_operation_can_be_superseded_once(log).await;
     offers_name_their_attempt_and_stay_withdrawn(log).await;
+    offered_operations_are_listed_oldest_first_while_their_offer_stands(log).await;
     a_burst_of_creations_lands_each_once(log).await;
 }
 
@@ -168,6 +169,79 @@ pub(super) async fn offers_name_their_attempt_and_stay_withdrawn<I: OperationLog
         .update_operation("offer1", &c.ticket, &phase_state("offer1", true))
         .await
         .unwrap());
+}
+
+/// What another replica's warm may join is listed however many other
+/// operations run, oldest first, and only while the attempt that offered
+/// it holds the run and has not withdrawn (nor finished).
+pub(super) async fn offered_operations_are_listed_oldest_first_while_their_offer_stands<
+    I: OperationLog,
+>(
+    log: &I,
+) {
+    let record = |id: &str, created_at: i64| OperationRecord {
+        id: id.into(),
+        request_id: None,
+        request: warm_spec(None),
+        owner: None,
+        state: phase_state(id, false),
+        created_at,
+        resumptions: 0,
+        run: Some(run_lease("a", 1_000)),
+    };
+    let listed = || async {
+        log.offered_operations(50)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .filter(|id| id.starts_with("board-"))
+            .collect::<Vec<_>>()
+    };
+    // Created youngest first; a crowd of running operations that offer
+    // nothing does not hide the offered ones.
+    for (id, at) in [("board-young", 300), ("board-old", 100), ("board-mid", 200)] {
+        log.create_operation(&record(id, at)).await.unwrap();
+    }
+    for i in 0..30 {
+        log.create_operation(&record(&format!("board-crowd-{i}"), 400 + i))
+            .await
+            .unwrap();
+    }
+    assert!(listed().await.is_empty(), "nothing offered yet");
+    for id in ["board-young", "board-old", "board-mid"] {
+        assert!(log.offer_join(id, &ticket("a", 1)).await.unwrap());
+    }
+    assert_eq!(listed().await, ["board-old", "board-mid", "board-young"]);
+    let first = log.offered_operations(1).await.unwrap();
+    assert!(
+        first.iter().all(|r| r.run.as_ref().is_some_and(|r| r.joinable)),
+        "listed with its offer: {first:?}"
+    );
+    assert!(log.withdraw_join("board-mid", &ticket("a", 1)).await.unwrap());
+    assert_eq!(listed().await, ["board-old", "board-young"], "withdrawn");
+    assert!(log
+        .update_operation("board-young", &ticket("a", 1), &phase_state("board-young", true))
+        .await
+        .unwrap());
+    assert_eq!(listed().await, ["board-old"], "finished");
+    let taken = log
+        .take_over(
+            "board-old",
+            &RunTerms {
+                replica: "b",
+                deadline: 5_000,
+                now: 1_000,
+            },
+        )
+        .await
+        .unwrap()
+        .expect("a lapsed run is taken over");
+    assert!(listed().await.is_empty(), "a takeover offers nothing yet");
+    assert!(log.offer_join("board-old", &taken.ticket).await.unwrap());
+    assert_eq!(listed().await, ["board-old"], "offered by the new attempt");
+    assert!(log.withdraw_join("board-old", &taken.ticket).await.unwrap());
+    assert!(listed().await.is_empty());
 }
 
 pub(super) async fn runs_are_leased_fenced_and_taken_over<I: OperationLog>(log: &I) {

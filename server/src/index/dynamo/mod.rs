@@ -23,6 +23,7 @@ mod eviction;
 mod grouped;
 pub mod layout;
 mod leases;
+mod offers;
 mod operations;
 mod pacing;
 mod records;

@@ -53,7 +53,7 @@ const RID_HORIZON: Duration = Duration::from_secs(365 * 24 * 3600);
 const FENCE: &str = "#run_replica = :r AND #run_attempt = :a AND #done = :false";
 
 /// The partition key of operation `id`'s item.
-fn op_pk(id: &str) -> String {
+pub(super) fn op_pk(id: &str) -> String {
     format!("op#{id}")
 }
 
@@ -201,6 +201,26 @@ fn op_of(item: &Item) -> Result<OperationRecord, IndexError> {
         run,
         id,
     })
+}
+
+/// The operations of `pks` that exist and can be read (one that cannot is
+/// logged and left out), strongly consistent.
+pub(super) async fn batch_get_ops<'a>(
+    index: &DynamoIndex,
+    pks: impl Iterator<Item = &'a str>,
+) -> Result<Vec<OperationRecord>, IndexError> {
+    Ok(index
+        .batch_get(pks)
+        .await?
+        .iter()
+        .filter_map(|item| match op_of(item) {
+            Ok(op) => Some(op),
+            Err(e) => {
+                tracing::error!(error = %e, "skipping an unreadable operation item");
+                None
+            }
+        })
+        .collect())
 }
 
 fn build_err(e: impl std::fmt::Display) -> IndexError {
@@ -486,7 +506,7 @@ impl DynamoIndex {
     /// The items of `pks` that exist, strongly consistent: one
     /// BatchGetItem per 100 keys (plus a retry for any DynamoDB leaves
     /// unprocessed).
-    async fn batch_get<'a>(
+    pub(super) async fn batch_get<'a>(
         &self,
         pks: impl Iterator<Item = &'a str>,
     ) -> Result<Vec<Item>, IndexError> {
@@ -1113,7 +1133,11 @@ impl RunLeases for DynamoIndex {
                 ReturnValue::None,
             )
             .await?;
-        Ok(matches!(res, Cond::Done(_)))
+        let offered = matches!(res, Cond::Done(_));
+        if offered {
+            self.board_offer(id, ticket).await;
+        }
+        Ok(offered)
     }
     /// [`RunLeases::withdraw_join`](crate::index::RunLeases::withdraw_join).
     async fn withdraw_join(&self, id: &str, ticket: &RunTicket) -> Result<bool, IndexError> {
@@ -1129,7 +1153,17 @@ impl RunLeases for DynamoIndex {
                 ReturnValue::None,
             )
             .await?;
+        // Withdrawn, or the attempt no longer holds the run: either way its
+        // entry goes.
+        self.board_withdraw(id, ticket).await;
         Ok(matches!(res, Cond::Done(_)))
+    }
+
+    async fn offered_operations(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<OperationRecord>, IndexError> {
+        self.offered(limit).await
     }
 
     async fn unfinished_operations(

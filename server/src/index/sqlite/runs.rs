@@ -147,6 +147,30 @@ impl RunLeases for SqliteIndex {
         .await
     }
 
+    async fn offered_operations(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<OperationRecord>, IndexError> {
+        let limit = to_i64(limit as u64);
+        self.with(move |c| {
+            let mut stmt = c
+                .prepare_cached(&format!(
+                    "SELECT {cols} FROM operations
+                     WHERE encoding = 1 AND done = 0 AND offered_attempt > 0
+                       AND offered_attempt = run_attempt AND withdrawn_attempt < offered_attempt
+                     ORDER BY created_at, id LIMIT ?1",
+                    cols = operations::OP_COLUMNS
+                ))
+                .map_err(storage)?;
+            let rows = stmt
+                .query_map(params![limit], operations::read_op)
+                .map_err(storage)?;
+            rows.map(|r| r.map_err(storage).and_then(operations::decode_op))
+                .collect()
+        })
+        .await
+    }
+
     async fn unfinished_operations(
         &self,
         after: Option<(Millis, String)>,
