@@ -457,6 +457,12 @@ impl Progress {
         self.offered.swap(offered, Ordering::SeqCst)
     }
 
+    /// Whether this attempt offered itself to other replicas and has not
+    /// withdrawn.
+    pub fn offered(&self) -> bool {
+        self.offered.load(Ordering::SeqCst)
+    }
+
     /// The state to show now: the final one once finished, else a fresh
     /// snapshot.
     pub fn current(&self) -> OperationState {

@@ -77,6 +77,14 @@ impl Arrivals {
         }
     }
 
+    /// Whether a warm other than `id` whose work a warm of `leader` does
+    /// is on its way.
+    pub(super) fn others_covered(&self, id: &str, leader: &WarmSpec) -> bool {
+        self.lock()
+            .iter()
+            .any(|(other, spec)| other != id && covers(leader, spec))
+    }
+
     /// Waits until every warm on its way now whose work a warm of `leader`
     /// does has arrived.
     pub(super) async fn gather(&self, leader: &WarmSpec) {

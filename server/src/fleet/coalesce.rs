@@ -12,6 +12,7 @@ use std::time::Duration;
 use expresscache::WarmSpec;
 use tokio::sync::watch;
 
+use super::merge::Waited;
 use super::Operations;
 use crate::core::operation::{OperationState, Outcome, Phase, RunTicket};
 use crate::progress::Progress;
@@ -103,6 +104,17 @@ pub(super) struct Attempt<'a> {
     pub whole: bool,
 }
 
+/// A warm whose leader ended without finishing: its own work has not
+/// begun. Queued again, from zero and following nobody, so that of the
+/// warms the leader left, one leads the next round and the rest join it
+/// (showing the leader's phase, none would be joinable, and each would
+/// lead a round of its own); and one that waits for a round is offered to
+/// other replicas like any waiting leader.
+fn queued_again(a: &Attempt<'_>) {
+    a.progress.set_joined(None);
+    a.progress.set_phase(Phase::Queued);
+}
+
 /// How a warm stopped while waiting ends.
 fn stopped_outcome(stop: &StopSignal) -> WarmOutcome {
     match stop.reason() {
@@ -155,8 +167,10 @@ impl Operations {
     /// finds one leader per round, not many: joins a covering warm that
     /// has not begun listing, or leads (after the covering warm that is
     /// already listing, if any).
-    /// With `claim` false, a warm that would lead is not marked leading
-    /// (so nothing joins it before it looked on other replicas).
+    /// With `claim` false, a warm that would lead (now, or after the round
+    /// under way) is not marked leading and answers `Lead`, so nothing
+    /// joins it before it looked on other replicas (whose offered round it
+    /// joins rather than lead another here).
     fn role_for(&self, id: &str, spec: &WarmSpec, claim: bool) -> Role {
         let mut live = self.live();
         // Another warm still at work.
@@ -192,7 +206,8 @@ impl Operations {
         } else {
             None
         };
-        if !claim && listing.is_none() && split.is_none() {
+        if !claim && split.is_none() {
+            // Would lead, now or after the round under way.
             return Role::Lead;
         }
         let lists = split
@@ -246,68 +261,69 @@ impl Operations {
                     Followed::LeaderGone => {
                         tracing::info!(operation_id = id, joined = %leader,
                             "the warm this one joined ended without finishing; going on without it");
-                        // Its own work has not begun: queued again, from
-                        // zero and following nobody, so that of the warms the
-                        // leader left, one leads the next round and the rest
-                        // join it (showing the leader's phase, none would be
-                        // joinable, and each would lead a round of its own);
-                        // and one that waits for a round is offered to other
-                        // replicas like any waiting leader.
-                        a.progress.set_joined(None);
-                        a.progress.set_phase(Phase::Queued);
+                        queued_again(a);
                     }
                 },
-                Role::LeadAfter(current, mut rx) => {
+                Role::LeadAfter(current, rx) => {
                     tracing::info!(operation_id = id, after = %current,
                         "a warm of the same data is already listing; leading the next round");
                     // Queued (and joinable) until that round ends.
                     self.offer(a).await;
-                    let ended = async {
-                        while !rx.borrow_and_update().is_done() {
-                            if rx.changed().await.is_err() {
-                                break;
-                            }
-                        }
-                    };
-                    let waited = self.renewing(a, async {
+                    match self.wait_offered(a, self.round_then_gather(a, rx)).await? {
+                        Waited::Done(true) => return self.lead(a).await,
+                        Waited::Done(false) => return Ok(stopped_outcome(stop)),
+                        Waited::Joined(Followed::Done(result)) => return result,
+                        Waited::Joined(Followed::LeaderGone) => queued_again(a),
+                    }
+                }
+                Role::Lead if self.first_of_a_burst(a) => {
+                    // Other replicas' first warms of the burst may be older:
+                    // a moment offered lets one round serve the fleet.
+                    self.offer(a).await;
+                    let window = async {
                         tokio::select! {
-                            () = ended => true,
+                            () = tokio::time::sleep(self.settings.join_window) => true,
                             () = stop.stopped() => false,
                         }
-                    });
-                    a.progress.set_waiting(true);
-                    let waited = waited.await;
-                    a.progress.set_waiting(false);
-                    if !waited? {
-                        return Ok(stopped_outcome(stop));
+                    };
+                    match self.wait_offered(a, window).await? {
+                        Waited::Done(true) => return self.lead(a).await,
+                        Waited::Done(false) => return Ok(stopped_outcome(stop)),
+                        Waited::Joined(Followed::Done(result)) => return result,
+                        Waited::Joined(Followed::LeaderGone) => queued_again(a),
                     }
-                    if !self.gather(a).await? {
-                        return Ok(stopped_outcome(stop));
-                    }
-                    return self.lead(a).await;
                 }
                 Role::Lead => return self.lead(a).await,
             }
         }
     }
 
-    /// Before a round that waited for the one before it lists: waits
-    /// (still queued and joinable, its run renewed) for the warms it
-    /// covers that were submitted here and are still being created, at
-    /// most `gather_at_most` ([`OpsSettings`](super::OpsSettings)), so they
-    /// join this round rather than wait for the next. False if stopped.
-    async fn gather(&self, a: &Attempt<'_>) -> Result<bool, WarmError> {
-        let gathered = self.renewing(a, async {
-            tokio::select! {
-                () = self.arrivals.gather(a.spec) => true,
-                () = tokio::time::sleep(self.settings.gather_at_most) => true,
-                () = a.stop.stopped() => false,
+    /// A next round's wait: for the round under way (`rx`) to end, then, at
+    /// most `gather_at_most` ([`OpsSettings`](super::OpsSettings)), for the
+    /// warms it covers that were submitted here and are still being
+    /// created, so they join this round rather than wait for the next.
+    /// False if stopped.
+    async fn round_then_gather(
+        &self,
+        a: &Attempt<'_>,
+        mut rx: watch::Receiver<OperationState>,
+    ) -> bool {
+        let ended = async {
+            while !rx.borrow_and_update().is_done() {
+                if rx.changed().await.is_err() {
+                    break;
+                }
             }
-        });
-        a.progress.set_waiting(true);
-        let gathered = gathered.await;
-        a.progress.set_waiting(false);
-        gathered
+        };
+        tokio::select! {
+            () = ended => {}
+            () = a.stop.stopped() => return false,
+        }
+        tokio::select! {
+            () = self.arrivals.gather(a.spec) => true,
+            () = tokio::time::sleep(self.settings.gather_at_most) => true,
+            () = a.stop.stopped() => false,
+        }
     }
 
     /// Runs the attempt's own warm once a running slot frees.
@@ -324,15 +340,22 @@ impl Operations {
             // Leading from zero: the counters become its own.
             progress.set_joined(None);
         }
-        let slot = match self.admission.try_slot() {
-            Some(slot) => Some(slot),
-            None => {
-                // Queued: joinable from other replicas meanwhile.
-                self.offer(a).await;
-                progress.set_waiting(true);
-                let slot = self.renewing(a, self.admission.slot(stop)).await;
-                progress.set_waiting(false);
-                slot?
+        let slot = loop {
+            if let Some(slot) = self.admission.try_slot() {
+                break Some(slot);
+            }
+            // Queued: joinable from other replicas meanwhile.
+            self.offer(a).await;
+            match self.wait_offered(a, self.admission.slot(stop)).await? {
+                Waited::Done(slot) => break slot,
+                Waited::Joined(Followed::Done(result)) => return result,
+                Waited::Joined(Followed::LeaderGone) => {
+                    // Its own work after all: joinable here again.
+                    queued_again(a);
+                    if let Some(me) = self.live().get_mut(id) {
+                        me.leading = Some(spec.clone());
+                    }
+                }
             }
         };
         let result = match slot {
@@ -359,7 +382,7 @@ impl Operations {
     /// and only when other replicas share the index. A failed write is no
     /// harm: it may have landed, and [`withdraw_offer`](Self::withdraw_offer)
     /// withdraws it either way.
-    async fn offer(&self, a: &Attempt<'_>) {
+    pub(super) async fn offer(&self, a: &Attempt<'_>) {
         let p = a.progress;
         if !(a.whole && self.remote.has_peers())
             || p.joined().is_some()
@@ -382,7 +405,7 @@ impl Operations {
     /// still queued, until it succeeds or the warm is stopped (cancelled,
     /// interrupted, or its run lost because the index stayed out of
     /// reach). True when it may list.
-    async fn withdraw_offer(&self, a: &Attempt<'_>) -> bool {
+    pub(super) async fn withdraw_offer(&self, a: &Attempt<'_>) -> bool {
         const FIRST_PAUSE: Duration = Duration::from_millis(200);
         const MAX_PAUSE: Duration = Duration::from_secs(2);
         if !a.progress.set_offered(false) {
@@ -482,7 +505,7 @@ impl Operations {
     /// Awaits `fut`, meanwhile renewing the leases the attempt already
     /// wrote (a warm that joined, then waits for a slot or a round), so
     /// they do not lapse under it; an ended lease ends the wait.
-    async fn renewing<T>(
+    pub(super) async fn renewing<T>(
         &self,
         a: &Attempt<'_>,
         fut: impl std::future::Future<Output = T>,

@@ -15,6 +15,7 @@ mod arrivals;
 mod coalesce;
 mod feed;
 mod membership;
+mod merge;
 mod remote;
 mod run;
 #[cfg(test)]
@@ -138,6 +139,10 @@ pub struct OpsSettings {
     /// How long a round waits at most for the warms on their way to it
     /// (submitted here, still being created: `arrivals`).
     pub gather_at_most: Duration,
+    /// How long the first warm of a burst, on a replica with peers, waits
+    /// (offered) for an older warm of the same request on another replica
+    /// to join, before it lists (`merge.rs`).
+    pub join_window: Duration,
 }
 
 impl Default for OpsSettings {
@@ -165,6 +170,7 @@ impl From<&crate::config::Config> for OpsSettings {
             max_per_principal: c.max_warms_per_principal,
             final_write_budget: c.index_retry_budget,
             gather_at_most: arrivals::GATHER_AT_MOST,
+            join_window: merge::JOIN_WINDOW,
         }
     }
 }

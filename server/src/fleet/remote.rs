@@ -17,10 +17,11 @@
 //! On this replica, the joiners of one remote warm share one reader of its
 //! record (every `follow_poll`), and the lookup of offered warms is made
 //! once at a time and reused for [`LOOKUP_REUSE`]: a herd costs the log
-//! one read per joiner, not a poll per stream. The lookup reads the newest
-//! [`LOOKUP_LIMIT`] running operations; in a large herd the leader may be
-//! past them, and a replica then leads a round of its own (one more
-//! listing per replica, never a stale answer).
+//! one read per joiner, not a poll per stream. The lookup reads the
+//! offered operations themselves, oldest first (`offered_operations`),
+//! not the newest running ones: a job array's thousand warms buried its
+//! few offered leaders past the newest 200, and every replica led rounds
+//! of its own.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -32,14 +33,14 @@ use tokio::sync::watch;
 use super::coalesce::covers;
 use super::Operations;
 use crate::core::operation::{OperationRecord, OperationState};
-use crate::index::{Millis, OpFilter};
+use crate::index::Millis;
 
 /// How long one lookup of joinable warms is reused: a warm it misses
 /// leads its own (as without a fleet); a warm it lists is confirmed by a
 /// fresh read before anyone joins it.
-const LOOKUP_REUSE: Duration = Duration::from_secs(1);
+pub(super) const LOOKUP_REUSE: Duration = Duration::from_secs(1);
 
-/// Running operations looked at per lookup.
+/// Offered operations looked at per lookup.
 const LOOKUP_LIMIT: usize = 200;
 
 /// What this replica knows of joinable warms on other replicas.
@@ -67,7 +68,7 @@ impl Remote {
 
 /// Whether `rec` is a warm of another replica that a warm arriving now
 /// may join.
-fn joinable_elsewhere(rec: &OperationRecord, me: &str, now: Millis) -> bool {
+pub(super) fn joinable_elsewhere(rec: &OperationRecord, me: &str, now: Millis) -> bool {
     !rec.is_done()
         && rec.state.phase == crate::core::operation::Phase::Queued
         && rec.run.as_ref().is_some_and(|r| {
@@ -119,7 +120,7 @@ impl Operations {
 
     /// Running operations that were joinable at the last lookup (made now
     /// if the last is older than [`LOOKUP_REUSE`]).
-    async fn joinable_lookup(&self) -> Result<Arc<Vec<OperationRecord>>, crate::index::IndexError> {
+    pub(super) async fn joinable_lookup(&self) -> Result<Arc<Vec<OperationRecord>>, crate::index::IndexError> {
         let mut found = self.remote.found.lock().await;
         if let Some((at, recs)) = found.as_ref() {
             if at.elapsed() < LOOKUP_REUSE {
@@ -130,7 +131,7 @@ impl Operations {
         let me = self.settings.replica.as_str();
         let recs: Vec<_> = self
             .index()
-            .list_operations(OpFilter::Running, None, LOOKUP_LIMIT)
+            .offered_operations(LOOKUP_LIMIT)
             .await?
             .into_iter()
             .filter(|r| joinable_elsewhere(r, me, now))
@@ -142,7 +143,7 @@ impl Operations {
 
     /// The states of remote operation `rec`, from the one reader this
     /// replica keeps for it while anyone follows it.
-    fn remote_feed(&self, rec: OperationRecord) -> watch::Receiver<OperationState> {
+    pub(super) fn remote_feed(&self, rec: OperationRecord) -> watch::Receiver<OperationState> {
         let feeds = Arc::clone(&self.remote.feeds);
         let mut map = feeds.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(rx) = map.get(&rec.id) {

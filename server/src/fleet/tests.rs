@@ -1159,3 +1159,130 @@ async fn a_round_waits_for_a_hung_creation_only_a_bounded_while() {
     assert_eq!(state.joined_operation_id, None, "it led a round of its own");
     assert_eq!(store.calls.list.load(Ordering::SeqCst), 3);
 }
+
+/// Two replicas on one index, `copy_ms` per copy of 20 objects, each
+/// knowing the other alive.
+async fn two_replicas(
+    copy_ms: u64,
+) -> (
+    Arc<SqliteIndex>,
+    [(Arc<Operations>, Arc<SlowStore>); 2],
+) {
+    let index = Arc::new(SqliteIndex::open_in_memory().unwrap());
+    let member = |name: &str| {
+        fleet_member_with(
+            Arc::clone(&index),
+            20,
+            copy_ms,
+            OpsSettings {
+                replica: name.into(),
+                run_ttl: Duration::from_secs(2),
+                renew_every: Duration::from_millis(200),
+                ..short_runs()
+            },
+        )
+    };
+    let (one, two) = (member("one"), member("two"));
+    one.0.heartbeat().await.unwrap();
+    assert_eq!(two.0.heartbeat().await.unwrap(), 2);
+    assert_eq!(one.0.heartbeat().await.unwrap(), 2);
+    (index, [one, two])
+}
+
+fn lists(stores: &[&Arc<SlowStore>]) -> u64 {
+    stores
+        .iter()
+        .map(|s| s.calls.list.load(std::sync::atomic::Ordering::SeqCst))
+        .sum()
+}
+
+/// A job array arriving on two replicas at once lists the data once, not
+/// once per replica: each replica's first warm of the burst waits a moment
+/// offered, the younger finds the older on the other replica and joins
+/// it, and every other warm joins one of them. Before, each replica's
+/// first warm listed at once (two listings here; 18 in the 1,000-launcher
+/// herd on three replicas, where one warm lists 3).
+#[tokio::test]
+async fn a_burst_on_two_replicas_lists_once_not_once_per_replica() {
+    let (index, [(one, one_store), (two, two_store)]) = two_replicas(20).await;
+    let submits: Vec<_> = (0..16)
+        .map(|i| {
+            let ops = Arc::clone(if i % 2 == 0 { &one } else { &two });
+            tokio::spawn(async move {
+                let rx = ops.submit(unfinished("x", 0).request, None).await.unwrap();
+                let id = rx.borrow().operation_id.clone();
+                (ops, id)
+            })
+        })
+        .collect();
+    let mut warms = Vec::new();
+    for s in submits {
+        warms.push(s.await.unwrap());
+    }
+    for (ops, id) in &warms {
+        until_ended(ops, id).await;
+    }
+    let mut leaders = std::collections::BTreeSet::new();
+    for (_, id) in &warms {
+        let state = index.get_operation(id).await.unwrap().unwrap().state;
+        assert_eq!(state.outcome, Some(Outcome::Succeeded), "{id}: {state:?}");
+        let mut at = id.clone();
+        // Followed to the warm that listed (a joiner of a joiner counts).
+        while let Some(next) = index
+            .get_operation(&at)
+            .await
+            .unwrap()
+            .unwrap()
+            .state
+            .joined_operation_id
+        {
+            at = next;
+        }
+        leaders.insert(at);
+    }
+    assert_eq!(leaders.len(), 1, "one warm listed for all: {leaders:?}");
+    assert_eq!(lists(&[&one_store, &two_store]), 1, "listed once");
+}
+
+/// Each replica's next round waits for the round under way there; the
+/// younger of the two waiting leaders finds the older on the other
+/// replica and joins it, so the next round lists once for the fleet.
+/// The younger one's replica looked for offered warms just before the
+/// older offered itself, so it leads at first (as when both arrive at
+/// once) and joins within a lookup or two.
+#[tokio::test]
+async fn of_two_replicas_next_rounds_the_younger_joins_the_older() {
+    let (index, [(one, one_store), (two, two_store)]) = two_replicas(100).await;
+    // A round under way on each: 20 copies of 100 ms, 2 at a time.
+    let first_one = one.submit(unfinished("x", 0).request, None).await.unwrap();
+    let first_two = two.submit(unfinished("x", 0).request, None).await.unwrap();
+    let firsts = [
+        first_one.borrow().operation_id.clone(),
+        first_two.borrow().operation_id.clone(),
+    ];
+    let t0 = std::time::Instant::now();
+    while lists(&[&one_store, &two_store]) < 2 {
+        assert!(t0.elapsed() < Duration::from_secs(10), "the first rounds never listed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let older = one.submit(unfinished("x", 0).request, None).await.unwrap();
+    let older = older.borrow().operation_id.clone();
+    let t0 = std::time::Instant::now();
+    while index.offered_operations(10).await.unwrap().is_empty() {
+        assert!(t0.elapsed() < Duration::from_secs(5), "never offered");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let younger = two.submit(unfinished("x", 0).request, None).await.unwrap();
+    let younger = younger.borrow().operation_id.clone();
+    for (ops, id) in [(&one, &firsts[0]), (&two, &firsts[1]), (&one, &older), (&two, &younger)] {
+        until_ended(ops, id).await;
+    }
+    let state = index.get_operation(&younger).await.unwrap().unwrap().state;
+    assert_eq!(state.outcome, Some(Outcome::Succeeded), "{state:?}");
+    assert_eq!(state.joined_operation_id.as_deref(), Some(older.as_str()));
+    assert_eq!(
+        lists(&[&one_store, &two_store]),
+        3,
+        "a first round on each replica, one next round for both"
+    );
+}

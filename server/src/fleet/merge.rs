@@ -1,0 +1,187 @@
+//! Rounds shared across replicas. A job array spread over a fleet arrives
+//! on every replica at once: each replica's first warm would list, and so
+//! would each one's next round, one listing of the data per replica per
+//! round (the 1,000-launcher herd on three replicas listed 18 times where
+//! one warm lists 3). A leader that waits, offered to the fleet (for the
+//! round under way, for a running slot, or, as the first of a burst, for
+//! [`JOIN_WINDOW`]), looks meanwhile for an older offered warm of the same
+//! request on another replica, and joins it: of the offered leaders of one
+//! request the oldest (by creation time, then id, as the log records them,
+//! so every replica orders them alike whatever its clock) lists, and the
+//! rest follow it. Joins go only from younger to older, so no two wait on
+//! each other.
+//!
+//! The warms that joined the younger leader (here, or from another replica
+//! through its offer) arrived before it joins the older one; the older one
+//! lists after that, so what it lists is current for all of them. To keep
+//! it so, the younger leader first stops being joinable (here: no longer
+//! leading; elsewhere: its offer withdrawn, recorded), and only then
+//! confirms with a consistent read that the older one is still offered.
+
+use std::future::Future;
+use std::time::Duration;
+
+use expresscache::WarmSpec;
+
+use super::coalesce::{Attempt, Followed};
+use super::remote::{joinable_elsewhere, LOOKUP_REUSE};
+use super::Operations;
+use crate::core::operation::OperationRecord;
+use crate::warm::WarmError;
+
+/// How long the first warm of a burst waits, offered, for an older warm
+/// of the same request on another replica: two lookups of the offered
+/// warms (one a second), after the others' offers are written.
+pub(super) const JOIN_WINDOW: Duration = Duration::from_secs(2);
+
+/// How an offered leader's wait ended.
+pub(super) enum Waited<T> {
+    /// What it waited for came.
+    Done(T),
+    /// It joined an older warm of the same request on another replica
+    /// instead; how following it ended.
+    Joined(Followed),
+}
+
+/// Whether warms of `a` and `b` do exactly the same work: the same data
+/// and the same prefixes. A joiner of one is then answered by the other
+/// exactly as it would have been.
+fn same_request(a: &WarmSpec, b: &WarmSpec) -> bool {
+    super::coalesce::covers(a, b)
+        && super::coalesce::covers(b, a)
+        && a.prefixes.len() == b.prefixes.len()
+}
+
+impl Operations {
+    /// Whether warm `id` of `spec` is the first of a burst here: other
+    /// warms it would do the work of are on their way (submitted, not yet
+    /// created). A lone warm never waits for the fleet.
+    pub(super) fn first_of_a_burst(&self, a: &Attempt<'_>) -> bool {
+        a.whole && self.remote.has_peers() && self.arrivals.others_covered(a.id, a.spec)
+    }
+
+    /// Awaits `wait`, shown waiting and renewing the attempt's leases
+    /// meanwhile; while the
+    /// attempt is offered, looks (at once, then every [`LOOKUP_REUSE`]) for an older
+    /// offered warm of the same request on another replica and, once one
+    /// is confirmed, follows it instead (`wait` is then dropped).
+    pub(super) async fn wait_offered<T>(
+        &self,
+        a: &Attempt<'_>,
+        wait: impl Future<Output = T>,
+    ) -> Result<Waited<T>, WarmError> {
+        tokio::pin!(wait);
+        loop {
+            let older = async {
+                loop {
+                    if a.progress.offered() {
+                        if let Some(rec) = self.older_offer(a).await {
+                            return rec;
+                        }
+                    }
+                    tokio::time::sleep(LOOKUP_REUSE).await;
+                }
+            };
+            // Shown waiting (not working) meanwhile.
+            a.progress.set_waiting(true);
+            let next = self
+                .renewing(a, async {
+                    tokio::select! {
+                        v = &mut wait => Ok(v),
+                        rec = older => Err(rec),
+                    }
+                })
+                .await;
+            a.progress.set_waiting(false);
+            let next = next?;
+            match next {
+                Ok(v) => return Ok(Waited::Done(v)),
+                Err(rec) => {
+                    if let Some(followed) = self.merge_into(a, &rec).await {
+                        return Ok(Waited::Joined(followed));
+                    }
+                    // Not confirmed: it waits on, no longer offered.
+                }
+            }
+        }
+    }
+
+    /// The oldest offered warm of another replica, older than this one,
+    /// of the same request (from the shared lookup, unconfirmed).
+    async fn older_offer(&self, a: &Attempt<'_>) -> Option<OperationRecord> {
+        let created_at = self.live().get(a.id).map(|op| op.created_at)?;
+        let found = self.joinable_lookup().await.ok()?;
+        let now = self.warmer.clock.now();
+        let me = self.settings.replica.as_str();
+        found
+            .iter()
+            .filter(|r| (r.created_at, r.id.as_str()) < (created_at, a.id))
+            .filter(|r| joinable_elsewhere(r, me, now) && same_request(&r.request, a.spec))
+            .min_by(|x, y| (x.created_at, &x.id).cmp(&(y.created_at, &y.id)))
+            .cloned()
+    }
+
+    /// Joins `older` if it is still offered once this attempt can no
+    /// longer be joined; `None` (joinable here again, not elsewhere) if
+    /// it is not, or this attempt was stopped meanwhile.
+    async fn merge_into(&self, a: &Attempt<'_>, older: &OperationRecord) -> Option<Followed> {
+        let leading = self.live().get_mut(a.id).and_then(|me| me.leading.take());
+        let restore = |leading: Option<WarmSpec>| {
+            if let Some(me) = self.live().get_mut(a.id) {
+                me.leading = leading;
+            }
+        };
+        if !self.withdraw_offer(a).await {
+            restore(leading);
+            return None;
+        }
+        let me = self.settings.replica.as_str();
+        let now = self.warmer.clock.now();
+        match self.index().get_operation(&older.id).await {
+            Ok(Some(cur)) if joinable_elsewhere(&cur, me, now) && same_request(&cur.request, a.spec) => {
+                tracing::info!(operation_id = a.id, joined = %cur.id,
+                    "an older warm of the same request waits on another replica: joining its round");
+                let id = cur.id.clone();
+                let rx = self.remote_feed(cur);
+                Some(self.follow_leader(a, &id, rx, false).await)
+            }
+            Ok(_) => {
+                restore(leading);
+                None
+            }
+            Err(e) => {
+                tracing::warn!(operation_id = a.id, candidate = %older.id, error = %e,
+                    "could not confirm an older warm on another replica; leading this round");
+                restore(leading);
+                None
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(prefixes: &[&str]) -> WarmSpec {
+        WarmSpec {
+            prefixes: prefixes
+                .iter()
+                .map(|p| expresscache::Prefix::parse(p).unwrap())
+                .collect(),
+            ..crate::fleet::tests::unfinished("x", 0).request
+        }
+    }
+
+    #[test]
+    fn only_warms_of_the_same_prefixes_of_the_same_data_merge() {
+        assert!(same_request(&spec(&["a/", "b/"]), &spec(&["b/", "a/"])));
+        assert!(!same_request(&spec(&["a/"]), &spec(&["a/", "b/"])));
+        assert!(!same_request(&spec(&["a/", "b/"]), &spec(&["a/"])));
+        let forced = WarmSpec {
+            force_copy: true,
+            ..spec(&["a/"])
+        };
+        assert!(!same_request(&forced, &spec(&["a/"])));
+    }
+}
