@@ -469,6 +469,23 @@ async fn submit(
     (stream, first)
 }
 
+/// Reads `stream` until its warm has copied something (so listed).
+async fn copying(
+    mut stream: tonic::Streaming<pb::WarmProgress>,
+) -> tonic::Streaming<pb::WarmProgress> {
+    loop {
+        let p = stream.message().await.unwrap().expect("the warm goes on");
+        assert_ne!(
+            p.phase,
+            pb::Phase::Done as i32,
+            "done before it copied: {p:?}"
+        );
+        if p.counters.unwrap_or_default().objects_copied > 0 {
+            return stream;
+        }
+    }
+}
+
 /// Reads `stream` to its last update.
 async fn last(mut stream: tonic::Streaming<pb::WarmProgress>) -> pb::WarmProgress {
     let mut last = None;
@@ -612,6 +629,81 @@ async fn a_warm_that_began_listing_on_another_replica_is_not_joined(kind: Kind) 
     );
     assert_eq!(last(leader).await.outcome, pb::Outcome::Succeeded as i32);
     assert_eq!(list_keys(&s3, &dir, "d/").await.len(), 100);
+}
+
+/// The same request sent to two busy replicas at the same moment (each
+/// runs another warm, one at a time): both warms wait queued and offered,
+/// neither found the other's offer when it arrived, and the younger joins
+/// the older once it sees it, so `d/` is listed once for both. Before,
+/// each listed `d/` (doc/FLEET.md, "Rounds shared across replicas").
+async fn the_same_request_queued_on_two_replicas_at_once_is_listed_once(kind: Kind) {
+    let mut names: Vec<String> = (0..20).map(|i| format!("d/{i:05}")).collect();
+    for blocker in ["e", "f"] {
+        names.extend((0..40).map(|i| format!("{blocker}/{i:05}")));
+    }
+    // 40 copies of 300 ms, 4 at a time: each blocker runs 3 s.
+    let Setup {
+        s3,
+        src,
+        dir,
+        index,
+        proxy,
+        _moto,
+    } = setup(kind, &names, Duration::from_millis(300)).await;
+    let fleet = Fleet::start(
+        2,
+        &proxy.endpoint,
+        index,
+        &["--max-running-warms", "1", "--max-concurrency", "4"],
+    );
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let ((blocker_e, _), (blocker_f, _)) = tokio::join!(
+        submit(&fleet.replicas[0].endpoint, &src, &dir, "e/"),
+        submit(&fleet.replicas[1].endpoint, &src, &dir, "f/"),
+    );
+    // Both blockers past their listing: what is listed from now on is d/.
+    let (blocker_e, blocker_f) = tokio::join!(copying(blocker_e), copying(blocker_f));
+    let lists_before = proxy.count(&Match::list_objects());
+    let (one, two) = tokio::join!(
+        submit(&fleet.replicas[0].endpoint, &src, &dir, "d/"),
+        submit(&fleet.replicas[1].endpoint, &src, &dir, "d/"),
+    );
+    let ids = [one.1.operation_id.clone(), two.1.operation_id.clone()];
+    let (one, two) = tokio::join!(last(one.0), last(two.0));
+    for done in [&one, &two] {
+        assert_eq!(
+            done.outcome,
+            pb::Outcome::Succeeded as i32,
+            "{done:?}\n{}",
+            fleet.logs()
+        );
+    }
+    let joined = [&one.joined_operation_id, &two.joined_operation_id];
+    assert!(
+        (joined[0] == &ids[1] && joined[1].is_empty())
+            || (joined[1] == &ids[0] && joined[0].is_empty()),
+        "one joined the other: {joined:?} of {ids:?}\n{}",
+        fleet.logs()
+    );
+    assert_eq!(last(blocker_e).await.outcome, pb::Outcome::Succeeded as i32);
+    assert_eq!(last(blocker_f).await.outcome, pb::Outcome::Succeeded as i32);
+    assert_eq!(list_keys(&s3, &dir, "d/").await.len(), 20);
+    assert_eq!(
+        proxy.count(&Match::list_objects()) - lists_before,
+        1,
+        "d/ listed once for both\n{}",
+        fleet.logs()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_the_same_request_queued_on_two_replicas_at_once_is_listed_once() {
+    the_same_request_queued_on_two_replicas_at_once_is_listed_once(Kind::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dynamodb_the_same_request_queued_on_two_replicas_at_once_is_listed_once() {
+    the_same_request_queued_on_two_replicas_at_once_is_listed_once(Kind::Dynamo).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -124,7 +124,7 @@ impl Operations {
     /// Joins `older` if it is still offered once this attempt can no
     /// longer be joined; `None` (joinable here again, not elsewhere) if
     /// it is not, or this attempt was stopped meanwhile.
-    async fn merge_into(&self, a: &Attempt<'_>, older: &OperationRecord) -> Option<Followed> {
+    pub(super) async fn merge_into(&self, a: &Attempt<'_>, older: &OperationRecord) -> Option<Followed> {
         let leading = self.live().get_mut(a.id).and_then(|me| me.leading.take());
         let restore = |leading: Option<WarmSpec>| {
             if let Some(me) = self.live().get_mut(a.id) {

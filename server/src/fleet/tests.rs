@@ -1244,16 +1244,20 @@ async fn a_burst_on_two_replicas_lists_once_not_once_per_replica() {
     assert_eq!(lists(&[&one_store, &two_store]), 1, "listed once");
 }
 
-/// Each replica's next round waits for the round under way there; the
-/// younger of the two waiting leaders finds the older on the other
-/// replica and joins it, so the next round lists once for the fleet.
-/// The younger one's replica looked for offered warms just before the
-/// older offered itself, so it leads at first (as when both arrive at
-/// once) and joins within a lookup or two.
-#[tokio::test]
-async fn of_two_replicas_next_rounds_the_younger_joins_the_older() {
-    let (index, [(one, one_store), (two, two_store)]) = two_replicas(100).await;
-    // A round under way on each: 20 copies of 100 ms, 2 at a time.
+/// A round under way on each of two replicas, then a warm that leads
+/// the next round on replica one (the older, once offered) and one on
+/// replica two (the younger): each replica's round, then the next
+/// round's two leaders.
+async fn next_rounds_on_two_replicas() -> (
+    Arc<SqliteIndex>,
+    [(Arc<Operations>, Arc<SlowStore>); 2],
+    [String; 2],
+    String,
+    String,
+) {
+    let (index, [(one, one_store), (two, two_store)]) = two_replicas(250).await;
+    // A round under way on each: 20 copies of 250 ms, 2 at a time (the
+    // younger finds the older within a lookup or two, a second each).
     let first_one = one.submit(unfinished("x", 0).request, None).await.unwrap();
     let first_two = two.submit(unfinished("x", 0).request, None).await.unwrap();
     let firsts = [
@@ -1274,6 +1278,25 @@ async fn of_two_replicas_next_rounds_the_younger_joins_the_older() {
     }
     let younger = two.submit(unfinished("x", 0).request, None).await.unwrap();
     let younger = younger.borrow().operation_id.clone();
+    (
+        index,
+        [(one, one_store), (two, two_store)],
+        firsts,
+        older,
+        younger,
+    )
+}
+
+/// Each replica's next round waits for the round under way there; the
+/// younger of the two waiting leaders finds the older on the other
+/// replica and joins it, so the next round lists once for the fleet.
+/// The younger one's replica looked for offered warms just before the
+/// older offered itself, so it leads at first (as when both arrive at
+/// once) and joins within a lookup or two.
+#[tokio::test]
+async fn of_two_replicas_next_rounds_the_younger_joins_the_older() {
+    let (index, [(one, one_store), (two, two_store)], firsts, older, younger) =
+        next_rounds_on_two_replicas().await;
     for (ops, id) in [(&one, &firsts[0]), (&two, &firsts[1]), (&one, &older), (&two, &younger)] {
         until_ended(ops, id).await;
     }
@@ -1285,4 +1308,115 @@ async fn of_two_replicas_next_rounds_the_younger_joins_the_older() {
         3,
         "a first round on each replica, one next round for both"
     );
+}
+
+/// The older round the younger leader joined is cancelled before it
+/// lists: the younger one (which withdrew its own offer to join it) is
+/// queued again and does its own work, SUCCEEDED.
+#[tokio::test]
+async fn a_younger_leader_whose_older_round_is_cancelled_does_its_own_work() {
+    let (index, [(one, _), (two, two_store)], firsts, older, younger) =
+        next_rounds_on_two_replicas().await;
+    let t0 = std::time::Instant::now();
+    while two.live().get(&younger).and_then(|op| op.progress.joined()) != Some(older.clone()) {
+        assert!(t0.elapsed() < Duration::from_secs(10), "never joined the older");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    one.cancel(&older).await.unwrap();
+    for (ops, id) in [(&one, &firsts[0]), (&two, &firsts[1]), (&one, &older), (&two, &younger)] {
+        until_ended(ops, id).await;
+    }
+    let state = index.get_operation(&younger).await.unwrap().unwrap().state;
+    assert_eq!(state.outcome, Some(Outcome::Succeeded), "{state:?}");
+    assert_eq!(state.joined_operation_id, None, "it did its own work");
+    assert_eq!(
+        two_store.calls.list.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "replica two listed its first round and the younger's"
+    );
+}
+
+/// A younger leader that saw an older warm offered, but finds it no
+/// longer offered once its own offer is withdrawn (the older began
+/// listing meanwhile), does not join it: what that warm lists may predate
+/// the warms that joined the younger one. It leads its round, joinable
+/// here again.
+#[tokio::test]
+async fn a_younger_leader_does_not_join_an_older_that_began_listing_meanwhile() {
+    use crate::core::clock::Clock;
+    let (index, [(_one, _), (two, two_store)]) = two_replicas(100).await;
+    let first = two.submit(unfinished("x", 0).request, None).await.unwrap();
+    let first = first.borrow().operation_id.clone();
+    // The older warm of replica one, offered, as a lookup saw it; then it
+    // withdrew its offer to list.
+    let now = crate::core::clock::SystemClock.now();
+    let older_ticket = RunTicket {
+        replica: "one".into(),
+        attempt: 1,
+    };
+    let mut older = unfinished("older", 0);
+    older.created_at = now - 60_000;
+    older.run = Some(crate::core::operation::RunLease {
+        ticket: older_ticket.clone(),
+        deadline: now + 3_600_000,
+        cancel_requested: false,
+        joinable: false,
+    });
+    index.create_operation(&older).await.unwrap();
+    assert!(index.offer_join("older", &older_ticket).await.unwrap());
+    let seen = index.get_operation("older").await.unwrap().unwrap();
+    assert!(index.withdraw_join("older", &older_ticket).await.unwrap());
+    // The younger: leads the round after the one under way on replica two.
+    let younger = two.submit(unfinished("x", 0).request, None).await.unwrap();
+    let younger = younger.borrow().operation_id.clone();
+    let joinable = |id: String| {
+        let index = Arc::clone(&index);
+        async move {
+            index
+                .get_operation(&id)
+                .await
+                .unwrap()
+                .and_then(|r| r.run)
+                .is_some_and(|r| r.joinable)
+        }
+    };
+    let t0 = std::time::Instant::now();
+    while !joinable(younger.clone()).await {
+        assert!(t0.elapsed() < Duration::from_secs(5), "never offered");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (spec, progress, stop, ticket) = {
+        let live = two.live();
+        let op = live.get(&younger).unwrap();
+        (
+            op.request.clone(),
+            Arc::clone(&op.progress),
+            Arc::clone(&op.stop),
+            op.ticket.clone(),
+        )
+    };
+    let attempt = coalesce::Attempt {
+        id: &younger,
+        spec: &spec,
+        progress: &progress,
+        owner: "younger#1",
+        stop: &stop,
+        ticket: &ticket,
+        whole: true,
+    };
+    assert!(
+        two.merge_into(&attempt, &seen).await.is_none(),
+        "the older warm is no longer offered: not joined"
+    );
+    assert!(
+        two.live().get(&younger).is_some_and(|op| op.leading.is_some()),
+        "joinable here again"
+    );
+    assert!(!joinable(younger.clone()).await, "its own offer stays withdrawn");
+    until_ended(&two, &first).await;
+    until_ended(&two, &younger).await;
+    let state = index.get_operation(&younger).await.unwrap().unwrap().state;
+    assert_eq!(state.outcome, Some(Outcome::Succeeded), "{state:?}");
+    assert_eq!(state.joined_operation_id, None);
+    assert_eq!(two_store.calls.list.load(std::sync::atomic::Ordering::SeqCst), 2);
 }
