@@ -50,6 +50,38 @@ fn unanswered(e: &EvictError) -> bool {
 /// Most `kept_under` prefixes reported.
 const MAX_KEPT_UNDER: usize = 100;
 
+/// One page's eviction claims: their owner and until when they are ours.
+/// Other replicas judge them by the deadline written (`until`, this wall
+/// clock's); this replica also counts the claim's span on the monotonic
+/// clock from when it was written, so a wall clock set back (or a process
+/// that slept) never makes it think a claim lasts longer than it does.
+#[derive(Debug, Clone, Copy)]
+struct Claimed<'a> {
+    owner: &'a str,
+    until: Millis,
+    monotonic_until: std::time::Instant,
+}
+
+impl<'a> Claimed<'a> {
+    /// Claims written now, until `until` (now plus `ttl` by the wall clock).
+    fn from_now(owner: &'a str, until: Millis, ttl: Duration) -> Self {
+        Self {
+            owner,
+            until,
+            monotonic_until: std::time::Instant::now() + ttl,
+        }
+    }
+
+    /// Whether the claims stay ours, beyond the skew margin, for `span`
+    /// more by both clocks.
+    fn ours_for(&self, clock: &dyn Clock, skew: Duration, span: Duration) -> bool {
+        let wall_until = self.until.saturating_sub(span_millis(skew));
+        let wall = clock.now().saturating_add(span_millis(span)) < wall_until;
+        let monotonic = std::time::Instant::now() + span + skew < self.monotonic_until;
+        wall && monotonic
+    }
+}
+
 /// HEADs in flight at once when an eviction reads the versions its fenced
 /// delete found changed.
 const HEADS_AT_ONCE: usize = 16;
@@ -452,7 +484,8 @@ impl Evictor {
             if keys.is_empty() {
                 continue;
             }
-            let claimed_until = self.deadline();
+            let claim = Claimed::from_now(owner, self.deadline(), self.settings.claim_ttl);
+            let claimed_until = claim.until;
             let decisions = self
                 .index
                 .begin_evict(
@@ -481,7 +514,7 @@ impl Evictor {
                 }
             }
             if !marked.is_empty() {
-                self.delete_marked(dir, &marked, (owner, claimed_until), tally)
+                self.delete_marked(dir, &marked, claim, tally)
                     .await?;
             }
         }
@@ -489,15 +522,15 @@ impl Evictor {
 
     /// Deletes objects claimed for eviction (fenced by their destination
     /// ETag) and settles their records.
-    /// `claim` is the eviction claims' owner and deadline.
+    /// `claim` is the eviction claims' owner and how long they are ours.
     async fn delete_marked(
         &self,
         dir: &str,
         marked: &[Entry],
-        claim: (&str, Millis),
+        claim: Claimed<'_>,
         tally: &mut Tally,
     ) -> Result<(), EvictError> {
-        let (owner, claimed_until) = claim;
+        let owner = claim.owner;
         let targets: Vec<DeleteTarget> = marked
             .iter()
             .map(|e| DeleteTarget {
@@ -507,8 +540,7 @@ impl Evictor {
             .collect();
         let (failures, abandoned) = match self.delete_with_retries(dir, &targets).await {
             Ok(f) => {
-                self.delete_unrecorded_versions(dir, f, (owner, claimed_until))
-                    .await
+                self.delete_unrecorded_versions(dir, f, claim).await
             }
             Err(source) => {
                 let keys: Vec<String> = marked.iter().map(|e| e.key.clone()).collect();
@@ -574,15 +606,17 @@ impl Evictor {
     /// outlive every lease and fail every sweep. A version written after
     /// the HEAD is still left alone, and reported. The second delete is
     /// sent only while the claims stay ours for all its attempts (by this
-    /// clock plus the skew margin): once they may lapse, a warm may take
-    /// a key over and record a new copy, which the HEAD could have found.
+    /// clock plus the skew margin, and by the monotonic clock since they
+    /// were written: a wall clock set back meanwhile, or a HEAD that hung,
+    /// does not extend them): once they may lapse, a warm may take a key
+    /// over and record a new copy, which the HEAD could have found.
     /// Also returns the keys whose second delete had an unknown outcome
     /// (abandoned: their claims lapse on their own).
     async fn delete_unrecorded_versions(
         &self,
         dir: &str,
         failures: Vec<crate::store::DeleteFailure>,
-        claim: (&str, Millis),
+        claim: Claimed<'_>,
     ) -> (Vec<crate::store::DeleteFailure>, BTreeSet<String>) {
         let (changed, mut rest): (Vec<_>, Vec<_>) = failures
             .into_iter()
@@ -618,9 +652,8 @@ impl Evictor {
         if targets.is_empty() {
             return (rest, BTreeSet::new());
         }
-        let (owner, claimed_until) = claim;
-        let ours_until = claimed_until.saturating_sub(span_millis(self.settings.skew_margin));
-        if self.clock.now().saturating_add(span_millis(self.one_delete_at_most())) >= ours_until {
+        let owner = claim.owner;
+        if !claim.ours_for(self.clock.as_ref(), self.settings.skew_margin, self.one_delete_at_most()) {
             tracing::warn!(keys = targets.len(),
                 "not deleting versions no entry records: the eviction claims may lapse first");
             rest.extend(kept);
@@ -1182,6 +1215,229 @@ mod fault_tests {
             now: ev.clock.now(),
         }
         .decide(&obj, rec.first())
+    }
+
+    /// Holds every HEAD until the test lets it go (the test moves clocks
+    /// while an eviction waits for a late copy's version), or holds every
+    /// call named `call` for good (the process dies there).
+    #[derive(Debug)]
+    struct Hold {
+        call: &'static str,
+        held: std::sync::atomic::AtomicBool,
+        go: tokio::sync::watch::Sender<bool>,
+    }
+
+    impl Hold {
+        fn new(call: &'static str) -> Arc<Self> {
+            Arc::new(Self {
+                call,
+                held: Default::default(),
+                go: tokio::sync::watch::channel(false).0,
+            })
+        }
+
+        async fn until_held(&self) {
+            let t0 = std::time::Instant::now();
+            while !self.held.load(std::sync::atomic::Ordering::SeqCst) {
+                assert!(t0.elapsed() < Duration::from_secs(10), "no {} held", self.call);
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+
+        fn release(&self) {
+            self.go.send_replace(true);
+        }
+    }
+
+    impl crate::gate::Gate for Hold {
+        fn enter(
+            &self,
+            call: &'static str,
+            _subject: &str,
+        ) -> futures::future::BoxFuture<'static, crate::gate::Pass> {
+            if call != self.call {
+                return Box::pin(async { Box::new(()) as crate::gate::Pass });
+            }
+            self.held.store(true, std::sync::atomic::Ordering::SeqCst);
+            let mut go = self.go.subscribe();
+            Box::pin(async move {
+                go.wait_for(|go| *go).await.ok();
+                Box::new(()) as crate::gate::Pass
+            })
+        }
+    }
+
+    /// An evictor whose HEADs `hold` holds, with claims of `claim_ttl`
+    /// and deletes of one attempt of at most `request_timeout`.
+    fn evictor_holding_heads(
+        hold: Arc<Hold>,
+        claim_ttl: Duration,
+        request_timeout: Duration,
+    ) -> (Ev, Arc<ManualClock>) {
+        let store = MemoryStore::default();
+        store.create_bucket(DIR);
+        let clock = Arc::new(ManualClock::new(1_000_000));
+        let index = SqliteIndex::open_in_memory().unwrap();
+        let ev = Built::new(FaultStore::new(store).with_gate(hold), index, |store, index| {
+            Evictor::new(
+                store,
+                index,
+                clock.clone(),
+                EvictSettings {
+                    skew_margin: Duration::ZERO,
+                    retry_base_delay: Duration::from_millis(1),
+                    delete_attempts: 1,
+                    claim_ttl,
+                    request_timeout,
+                    ..EvictSettings::default()
+                },
+            )
+        });
+        (ev, clock)
+    }
+
+    /// The HEAD that reads a late copy's version hangs past the eviction
+    /// claims (by this clock): the version is not deleted blind (a warm may
+    /// have taken the key over and recorded a copy), the key is kept and
+    /// reported, its entry kept; the next eviction deletes it.
+    #[tokio::test]
+    async fn a_late_copy_whose_head_hangs_past_the_claims_is_kept_then_deleted_by_the_next_eviction(
+    ) {
+        let hold = Hold::new("head");
+        let (ev, clock) =
+            evictor_holding_heads(hold.clone(), Duration::from_secs(60), Duration::from_millis(10));
+        let ks = keys("k/", 1);
+        cache(&ev, DIR, &ks).await;
+        ev.store.inner().put(DIR, &ks[0], 10);
+        let spec = spec("k/");
+        let (r, ()) = tokio::join!(ev.evict(&spec), async {
+            hold.until_held().await;
+            clock.advance(61_000);
+            hold.release();
+        });
+        let r = r.unwrap();
+        assert_eq!(r.tally.deleted, 0, "{r:?}");
+        assert_eq!(r.tally.failures[0].key, ks[0], "{r:?}");
+        assert_eq!(ev.store.inner().keys(DIR), ks, "kept");
+        let rec = ev.index.records(DIR, &KeyRange::prefix("k/"), 10).await.unwrap();
+        assert!(rec[0].entry.is_some(), "its entry kept");
+        let r = ev.evict(&spec).await.unwrap();
+        assert_eq!((r.tally.deleted, r.tally.failed()), (1, 0), "{r:?}");
+        assert!(ev.store.inner().keys(DIR).is_empty());
+    }
+
+    /// The wall clock is set back an hour while the HEAD of a late copy's
+    /// version is under way, and the claims' span passes on the monotonic
+    /// clock: by the wall clock they would seem to last another hour, but
+    /// other replicas judge them by the deadline written, so the version
+    /// is not deleted; the key is kept and reported.
+    #[tokio::test]
+    async fn a_wall_clock_set_back_during_an_eviction_does_not_extend_its_claims() {
+        let hold = Hold::new("head");
+        let (ev, clock) =
+            evictor_holding_heads(hold.clone(), Duration::from_millis(300), Duration::from_millis(5));
+        let ks = keys("b/", 1);
+        cache(&ev, DIR, &ks).await;
+        ev.store.inner().put(DIR, &ks[0], 10);
+        let spec = spec("b/");
+        let (r, ()) = tokio::join!(ev.evict(&spec), async {
+            hold.until_held().await;
+            clock.advance(-3_600_000);
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            hold.release();
+        });
+        let r = r.unwrap();
+        assert_eq!(r.tally.deleted, 0, "not deleted past the claims: {r:?}");
+        assert_eq!(r.tally.failures[0].key, ks[0], "{r:?}");
+        assert_eq!(ev.store.inner().keys(DIR), ks, "kept");
+    }
+
+    /// The process dies right after the delete of a late copy's version
+    /// landed, before recording it: the entry still names an object that
+    /// is gone. While the eviction claim is live a warm waits for it; once
+    /// it lapsed, the entry counts as unconfirmed and a warm copies the
+    /// key again, never a hit on a gone object.
+    #[tokio::test]
+    async fn an_evictor_that_dies_after_its_second_delete_leaves_an_entry_a_warm_copies_again() {
+        let hold = Hold::new("finish_evict");
+        let store = MemoryStore::default();
+        store.create_bucket(DIR);
+        let clock = Arc::new(ManualClock::new(1_000_000));
+        let index = crate::index::CountingIndex::new(SqliteIndex::open_in_memory().unwrap())
+            .with_gate(hold.clone());
+        let ev = Built::new(FaultStore::new(store), index, |store, index| {
+            Evictor::new(
+                store,
+                index,
+                clock.clone(),
+                EvictSettings {
+                    skew_margin: Duration::ZERO,
+                    retry_base_delay: Duration::from_millis(1),
+                    ..EvictSettings::default()
+                },
+            )
+        });
+        let key = "z/0".to_owned();
+        let etag = ev.store.inner().put(DIR, &key, 10);
+        let terms = ClaimTerms {
+            owner: "w",
+            deadline: i64::MAX,
+            now: 0,
+        };
+        ev.index.claim_copy(DIR, &key, &terms).await.unwrap();
+        let entry = Entry {
+            directory_bucket: DIR.into(),
+            key: key.clone(),
+            source_bucket: "src".into(),
+            source_key: key.clone(),
+            source_etag: "\"s\"".into(),
+            size: 10,
+            source_last_modified: None,
+            dest_etag: etag,
+            cached_at: 0,
+        };
+        ev.index.complete_copy(&entry, "w").await.unwrap();
+        // A late copy: the first, fenced delete misses it; the HEAD finds it.
+        ev.store.inner().put(DIR, &key, 10);
+        let spec = spec("z/");
+        tokio::select! {
+            r = ev.evict(&spec) => panic!("the eviction was to die before recording: {r:?}"),
+            () = hold.until_held() => {}
+        }
+        assert!(ev.store.inner().keys(DIR).is_empty(), "the second delete landed");
+        let decides = |now: Millis| {
+            let index = Arc::clone(&ev.index);
+            let key = key.clone();
+            async move {
+                let rec = index
+                    .records(DIR, &KeyRange::prefix(&key).upto(Some(&key)), 1)
+                    .await
+                    .unwrap();
+                let obj = ObjectMeta {
+                    key: key.clone(),
+                    etag: "\"s\"".into(),
+                    size: 10,
+                    last_modified: None,
+                };
+                Planner {
+                    source_bucket: "src",
+                    owner: "warm",
+                    force: false,
+                    now,
+                }
+                .decide(&obj, rec.first())
+            }
+        };
+        assert!(
+            matches!(decides(clock.now()).await, Decision::Wait(_)),
+            "a warm waits while the claim is live"
+        );
+        let lapsed = clock.now() + span_millis(EvictSettings::default().claim_ttl) + 1;
+        assert_eq!(
+            decides(lapsed).await,
+            Decision::Copy(CopyReason::Unconfirmed),
+            "once it lapsed, copied again: never a hit on a gone object"
+        );
     }
 
     /// The HEAD that reads a late copy's version is throttled: that key is

@@ -16,7 +16,7 @@ use std::time::Duration;
 use expresscache::WarmSpec;
 use tokio::sync::Notify;
 
-use super::coalesce::covers;
+use super::round::covers;
 
 /// How long a round waits at most for the warms on their way to it: an
 /// index that takes longer to create a warm is in trouble, and the round

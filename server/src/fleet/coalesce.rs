@@ -13,46 +13,12 @@ use expresscache::WarmSpec;
 use tokio::sync::watch;
 
 use super::merge::Waited;
+use super::round::{covers, does_for, same_data, Attempt, Followed};
 use super::Operations;
-use crate::core::operation::{OperationState, Outcome, Phase, RunTicket};
+use crate::core::operation::{OperationState, Outcome, Phase};
 use crate::progress::Progress;
 use crate::stop::{StopReason, StopSignal};
 use crate::warm::{WarmError, WarmOutcome};
-
-/// Whether a warm of `leader` and one of `spec` warm the same data (same
-/// source, destination bucket and prefix) and neither forces copies: only
-/// then can one do the other's work.
-fn same_data(leader: &WarmSpec, spec: &WarmSpec) -> bool {
-    leader.source == spec.source
-        && leader.directory_bucket == spec.directory_bucket
-        && leader.destination_prefix == spec.destination_prefix
-        // A filtered or key-list warm lists (and copies) only what it
-        // selects: it does the work of the same selection only.
-        && leader.selection == spec.selection
-        && !leader.force_copy
-        && !spec.force_copy
-}
-
-/// Whether a warm of `leader` does all the work a warm of `joiner` asks
-/// for: the same data, every prefix covered. A joiner that must not end
-/// SUCCEEDED on empty prefixes joins only a warm that lists exactly its
-/// prefixes: the leader reports which of its own prefixes were empty, not
-/// which of a narrower prefix under them.
-pub(super) fn covers(leader: &WarmSpec, joiner: &WarmSpec) -> bool {
-    same_data(leader, joiner) && joiner.prefixes.iter().all(|p| does_for(leader, joiner, p))
-}
-
-/// Whether a warm of `leader` does the work of `joiner`'s prefix `p` (and
-/// can say whether it was empty, if `joiner` must know).
-fn does_for(leader: &WarmSpec, joiner: &WarmSpec, p: &expresscache::Prefix) -> bool {
-    leader.prefixes.iter().any(|l| {
-        if joiner.allow_empty {
-            l.covers(p)
-        } else {
-            l == p
-        }
-    })
-}
 
 /// Whether every prefix of a joiner that does not allow an empty warm was
 /// empty in the warm it followed (whose final state is `last`).
@@ -88,22 +54,6 @@ fn split_prefixes(leader: &WarmSpec, spec: &WarmSpec) -> Option<(WarmSpec, WarmS
     Some((part(covered), part(rest)))
 }
 
-/// One warm being worked on: who it is, what it asks, where it reports
-/// and what stops it.
-pub(super) struct Attempt<'a> {
-    pub id: &'a str,
-    pub spec: &'a WarmSpec,
-    pub progress: &'a Progress,
-    /// Its claim owner and lease writer in the index.
-    pub owner: &'a str,
-    pub stop: &'a StopSignal,
-    /// Its run in the operation log (the joinable mark is written under it).
-    pub ticket: &'a RunTicket,
-    /// It is the operation's whole request, not a part of it that another
-    /// warm covers the rest of: only then may other replicas join it.
-    pub whole: bool,
-}
-
 /// A warm whose leader ended without finishing: its own work has not
 /// begun. Queued again, from zero and following nobody, so that of the
 /// warms the leader left, one leads the next round and the rest join it
@@ -136,15 +86,6 @@ fn worse(a: WarmOutcome, b: WarmOutcome) -> WarmOutcome {
     } else {
         a
     }
-}
-
-/// How following a joined warm ended.
-#[derive(Debug)]
-pub(super) enum Followed {
-    /// This warm's outcome.
-    Done(Result<WarmOutcome, WarmError>),
-    /// The joined warm ended without finishing its work: do it another way.
-    LeaderGone,
 }
 
 /// What a warm does about the warms of the same data on this replica.
@@ -279,10 +220,12 @@ impl Operations {
                 Role::Lead if self.first_of_a_burst(a) => {
                     // Other replicas' first warms of the burst may be older:
                     // a moment offered lets one round serve the fleet.
+                    let offering = tokio::time::Instant::now();
                     self.offer(a).await;
+                    let window = super::merge::window(self.settings.join_window, offering.elapsed());
                     let window = async {
                         tokio::select! {
-                            () = tokio::time::sleep(self.settings.join_window) => true,
+                            () = tokio::time::sleep(window) => true,
                             () = stop.stopped() => false,
                         }
                     };

@@ -23,16 +23,27 @@ use std::time::Duration;
 
 use expresscache::WarmSpec;
 
-use super::coalesce::{Attempt, Followed};
+use super::round::{same_request, Attempt, Followed};
 use super::remote::{joinable_elsewhere, LOOKUP_REUSE};
 use super::Operations;
 use crate::core::operation::OperationRecord;
+use crate::index::lane::{in_lane, Lane};
 use crate::warm::WarmError;
 
 /// How long the first warm of a burst waits, offered, for an older warm
 /// of the same request on another replica: two lookups of the offered
 /// warms (one a second), after the others' offers are written.
 pub(super) const JOIN_WINDOW: Duration = Duration::from_secs(2);
+
+/// How long the first warm of a burst waits offered, its offer having
+/// taken `offer_took` to write: at least `at_least` ([`JOIN_WINDOW`]), and
+/// long enough, on an index that answers slowly (a job array's burst
+/// shares it), for a younger warm to look the offer up once more and
+/// then withdraw its own and confirm this one (about as long as two
+/// writes: the offer was two).
+pub(super) fn window(at_least: Duration, offer_took: Duration) -> Duration {
+    at_least.max(LOOKUP_REUSE + offer_took * 2)
+}
 
 /// How an offered leader's wait ended.
 pub(super) enum Waited<T> {
@@ -41,15 +52,6 @@ pub(super) enum Waited<T> {
     /// It joined an older warm of the same request on another replica
     /// instead; how following it ended.
     Joined(Followed),
-}
-
-/// Whether warms of `a` and `b` do exactly the same work: the same data
-/// and the same prefixes. A joiner of one is then answered by the other
-/// exactly as it would have been.
-fn same_request(a: &WarmSpec, b: &WarmSpec) -> bool {
-    super::coalesce::covers(a, b)
-        && super::coalesce::covers(b, a)
-        && a.prefixes.len() == b.prefixes.len()
 }
 
 impl Operations {
@@ -137,7 +139,10 @@ impl Operations {
         }
         let me = self.settings.replica.as_str();
         let now = self.warmer.clock.now();
-        match self.index().get_operation(&older.id).await {
+        // One read per merge, and the older warm's wait is short: past
+        // this replica's queue, like the offer itself.
+        let confirmed = in_lane(Lane::Urgent, self.index().get_operation(&older.id)).await;
+        match confirmed {
             Ok(Some(cur)) if joinable_elsewhere(&cur, me, now) && same_request(&cur.request, a.spec) => {
                 tracing::info!(operation_id = a.id, joined = %cur.id,
                     "an older warm of the same request waits on another replica: joining its round");
@@ -171,6 +176,17 @@ mod tests {
                 .collect(),
             ..crate::fleet::tests::unfinished("x", 0).request
         }
+    }
+
+    #[test]
+    fn the_burst_s_window_grows_with_the_index_s_latency() {
+        let at_least = Duration::from_secs(2);
+        assert_eq!(window(at_least, Duration::from_millis(20)), at_least);
+        assert_eq!(
+            window(at_least, Duration::from_secs(2)),
+            Duration::from_secs(5),
+            "a lookup and two writes as slow as the offer's"
+        );
     }
 
     #[test]

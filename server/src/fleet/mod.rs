@@ -17,6 +17,7 @@ mod feed;
 mod membership;
 mod merge;
 mod remote;
+mod round;
 mod run;
 #[cfg(test)]
 mod tests;

@@ -30,7 +30,7 @@ use std::time::Duration;
 use expresscache::WarmSpec;
 use tokio::sync::watch;
 
-use super::coalesce::covers;
+use super::round::covers;
 use super::Operations;
 use crate::core::operation::{OperationRecord, OperationState};
 use crate::index::Millis;

@@ -52,7 +52,7 @@ impl Operations {
         // renews the run meanwhile and turns a cancel into a stop.
         // A running warm of the same data is joined instead.
         let result = self
-            .work(&super::coalesce::Attempt {
+            .work(&super::round::Attempt {
                 id: &id,
                 spec: &spec,
                 progress: &progress,

@@ -578,7 +578,7 @@ async fn a_joiner_does_not_take_an_answer_from_a_listing_older_than_its_arrival(
         replica: "here".into(),
         attempt: 1,
     };
-    let attempt = coalesce::Attempt {
+    let attempt = round::Attempt {
         id: "joiner",
         spec: &spec,
         progress: &progress,
@@ -604,7 +604,7 @@ async fn a_joiner_does_not_take_an_answer_from_a_listing_older_than_its_arrival(
     let followed = ops.follow_leader(&attempt, "leader", rx, false).await;
     drop(send.await);
     assert!(
-        matches!(followed, coalesce::Followed::LeaderGone),
+        matches!(followed, round::Followed::LeaderGone),
         "the joiner must list anew, not report ready from an earlier listing: {followed:?}"
     );
 }
@@ -1395,7 +1395,7 @@ async fn a_younger_leader_does_not_join_an_older_that_began_listing_meanwhile() 
             op.ticket.clone(),
         )
     };
-    let attempt = coalesce::Attempt {
+    let attempt = round::Attempt {
         id: &younger,
         spec: &spec,
         progress: &progress,

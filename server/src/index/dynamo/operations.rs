@@ -1121,49 +1121,63 @@ impl RunLeases for DynamoIndex {
     /// [`RunLeases::offer_join`](crate::index::RunLeases::offer_join):
     /// refused once the attempt withdrew, so a late retry cannot re-mark.
     async fn offer_join(&self, id: &str, ticket: &RunTicket) -> Result<bool, IndexError> {
-        let res = self
-            .update(
-                &self.tables.operations,
-                op_key(id),
-                "SET #offered_attempt = :a",
-                Some(&format!(
-                    "{FENCE} AND (attribute_not_exists(#withdrawn_attempt) OR #withdrawn_attempt < :a)"
-                )),
-                fence_vals(ticket),
-                ReturnValue::None,
-            )
-            .await?;
-        let offered = matches!(res, Cond::Done(_));
-        if offered {
-            self.board_offer(id, ticket).await;
-        }
-        Ok(offered)
+        // Rare (a round's leader, once or twice) and every warm of the
+        // round waits on it: past the replica's queue, like a renewal.
+        super::urgent(async {
+            let res = self
+                .update(
+                    &self.tables.operations,
+                    op_key(id),
+                    "SET #offered_attempt = :a",
+                    Some(&format!(
+                        "{FENCE} AND (attribute_not_exists(#withdrawn_attempt) OR #withdrawn_attempt < :a)"
+                    )),
+                    fence_vals(ticket),
+                    ReturnValue::None,
+                )
+                .await?;
+            let offered = matches!(res, Cond::Done(_));
+            if offered {
+                self.board_offer(id, ticket).await;
+            }
+            Ok(offered)
+        })
+        .await
     }
     /// [`RunLeases::withdraw_join`](crate::index::RunLeases::withdraw_join).
     async fn withdraw_join(&self, id: &str, ticket: &RunTicket) -> Result<bool, IndexError> {
-        let res = self
-            .update(
-                &self.tables.operations,
-                op_key(id),
-                "SET #withdrawn_attempt = :a",
-                Some("#run_replica = :r AND #run_attempt = :a"),
-                Vals::new()
-                    .s("r", &ticket.replica)
-                    .n("a", i64::from(ticket.attempt)),
-                ReturnValue::None,
-            )
-            .await?;
-        // Withdrawn, or the attempt no longer holds the run: either way its
-        // entry goes.
-        self.board_withdraw(id, ticket).await;
-        Ok(matches!(res, Cond::Done(_)))
+        // Rare (a round's leader, once or twice) and every warm of the
+        // round waits on it: past the replica's queue, like a renewal.
+        super::urgent(async {
+            let res = self
+                .update(
+                    &self.tables.operations,
+                    op_key(id),
+                    "SET #withdrawn_attempt = :a",
+                    Some("#run_replica = :r AND #run_attempt = :a"),
+                    Vals::new()
+                        .s("r", &ticket.replica)
+                        .n("a", i64::from(ticket.attempt)),
+                    ReturnValue::None,
+                )
+                .await?;
+            // Withdrawn, or the attempt no longer holds the run: either way its
+            // entry goes.
+            self.board_withdraw(id, ticket).await;
+            Ok(matches!(res, Cond::Done(_)))
+        })
+        .await
     }
 
     async fn offered_operations(
         &self,
         limit: usize,
     ) -> Result<Vec<OperationRecord>, IndexError> {
-        self.offered(limit).await
+        // A waiting leader's lookup, once a second per replica at most.
+        super::urgent(async {
+            self.offered(limit).await
+        })
+        .await
     }
 
     async fn unfinished_operations(
