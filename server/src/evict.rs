@@ -53,8 +53,9 @@ const MAX_KEPT_UNDER: usize = 100;
 /// One page's eviction claims: their owner and until when they are ours.
 /// Other replicas judge them by the deadline written (`until`, this wall
 /// clock's); this replica also counts the claim's span on the monotonic
-/// clock from when it was written, so a wall clock set back (or a process
-/// that slept) never makes it think a claim lasts longer than it does.
+/// clock from when it was written, so a wall clock set back never makes
+/// it think a claim lasts longer than it does. (A host that was suspended
+/// is caught by the wall clock: the monotonic one stands still meanwhile.)
 #[derive(Debug, Clone, Copy)]
 struct Claimed<'a> {
     owner: &'a str,
@@ -1354,9 +1355,9 @@ mod fault_tests {
 
     /// The process dies right after the delete of a late copy's version
     /// landed, before recording it: the entry still names an object that
-    /// is gone. While the eviction claim is live a warm waits for it; once
-    /// it lapsed, the entry counts as unconfirmed and a warm copies the
-    /// key again, never a hit on a gone object.
+    /// is gone. While the eviction claim is live a warm's planner waits
+    /// for it; once it lapsed, the entry counts as unconfirmed and the
+    /// planner copies the key again, never a hit on a gone object.
     #[tokio::test]
     async fn an_evictor_that_dies_after_its_second_delete_leaves_an_entry_a_warm_copies_again() {
         let hold = Hold::new("finish_evict");

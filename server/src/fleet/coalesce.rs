@@ -59,7 +59,9 @@ fn split_prefixes(leader: &WarmSpec, spec: &WarmSpec) -> Option<(WarmSpec, WarmS
 /// warms the leader left, one leads the next round and the rest join it
 /// (showing the leader's phase, none would be joinable, and each would
 /// lead a round of its own); and one that waits for a round is offered to
-/// other replicas like any waiting leader.
+/// other replicas like any waiting leader, unless this attempt withdrew an
+/// offer before (it merged into another replica's round): the log refuses
+/// a second offer of one attempt.
 fn queued_again(a: &Attempt<'_>) {
     a.progress.set_joined(None);
     a.progress.set_phase(Phase::Queued);
@@ -88,6 +90,16 @@ fn worse(a: WarmOutcome, b: WarmOutcome) -> WarmOutcome {
     }
 }
 
+/// The round under way that a next round waits for: a warm listing here,
+/// or one here following a round of another replica (whose leader it
+/// followed when chosen).
+struct UnderWay {
+    id: String,
+    rx: watch::Receiver<OperationState>,
+    progress: std::sync::Arc<Progress>,
+    following: Option<String>,
+}
+
 /// What a warm does about the warms of the same data on this replica.
 enum Role {
     /// Join this one: it covers the warm and has not begun listing, so
@@ -98,7 +110,7 @@ enum Role {
     Split(Box<(String, watch::Receiver<OperationState>, WarmSpec, WarmSpec)>),
     /// Lead the next round once this one (already listing, so too early
     /// for this warm) has ended; later arrivals join that round.
-    LeadAfter(String, watch::Receiver<OperationState>),
+    LeadAfter(Box<UnderWay>),
     /// Lead now.
     Lead,
 }
@@ -133,10 +145,25 @@ impl Operations {
         if let Some((leader, rx)) = joinable {
             return Role::Join(leader, rx);
         }
+        // A round under way here: a warm listing what this one asks, or
+        // one following such a round elsewhere (joined on another replica,
+        // or merged into an older round there) that began: the next round
+        // waits for it like for a local one, rather than list beside it
+        // (the herd's cold rounds then fought over the same keys' claims).
+        let in_round = |op: &super::LiveOp| {
+            op.progress.joined().is_some()
+                && op.progress.phase() != Phase::Queued
+                && super::round::covers(&op.request, spec)
+        };
         let listing = live
             .iter()
-            .find(|(other, op)| running(other, op) && leads_for(op))
-            .map(|(other, op)| (other.clone(), op.progress.subscribe()));
+            .find(|(other, op)| running(other, op) && (leads_for(op) || in_round(op)))
+            .map(|(other, op)| UnderWay {
+                id: other.clone(),
+                rx: op.progress.subscribe(),
+                progress: std::sync::Arc::clone(&op.progress),
+                following: op.progress.joined(),
+            });
         let split = if listing.is_none() {
             live.iter()
                 .filter(|(other, op)| queued(other, op))
@@ -158,7 +185,7 @@ impl Operations {
             me.leading = Some(lists);
         }
         match (listing, split) {
-            (Some((current, rx)), _) => Role::LeadAfter(current, rx),
+            (Some(round), _) => Role::LeadAfter(Box::new(round)),
             (None, Some(split)) => Role::Split(Box::new(split)),
             (None, None) => Role::Lead,
         }
@@ -168,7 +195,7 @@ impl Operations {
     /// listing, or runs its own (after the round under way, and after a
     /// running slot frees).
     pub(super) async fn work(&self, a: &Attempt<'_>) -> Result<WarmOutcome, WarmError> {
-        let Attempt { id, spec, stop, .. } = *a;
+        let Attempt { id, spec, .. } = *a;
         if !spec.max_staleness.is_zero() {
             let fresh = self.answer_fresh(a).await;
             match fresh {
@@ -205,38 +232,74 @@ impl Operations {
                         queued_again(a);
                     }
                 },
-                Role::LeadAfter(current, rx) => {
-                    tracing::info!(operation_id = id, after = %current,
+                Role::LeadAfter(round) => {
+                    tracing::info!(operation_id = id, after = %round.id,
                         "a warm of the same data is already listing; leading the next round");
                     // Queued (and joinable) until that round ends.
                     self.offer(a).await;
-                    match self.wait_offered(a, self.round_then_gather(a, rx)).await? {
-                        Waited::Done(true) => return self.lead(a).await,
-                        Waited::Done(false) => return Ok(stopped_outcome(stop)),
-                        Waited::Joined(Followed::Done(result)) => return result,
-                        Waited::Joined(Followed::LeaderGone) => queued_again(a),
+                    let waited = self.wait_offered(a, self.round_then_gather(a, *round)).await?;
+                    if let Some(done) = self.after_wait(a, waited, false).await {
+                        return done;
                     }
                 }
                 Role::Lead if self.first_of_a_burst(a) => {
-                    // Other replicas' first warms of the burst may be older:
-                    // a moment offered lets one round serve the fleet.
-                    let offering = tokio::time::Instant::now();
-                    self.offer(a).await;
-                    let window = super::merge::window(self.settings.join_window, offering.elapsed());
-                    let window = async {
-                        tokio::select! {
-                            () = tokio::time::sleep(window) => true,
-                            () = stop.stopped() => false,
-                        }
-                    };
-                    match self.wait_offered(a, window).await? {
-                        Waited::Done(true) => return self.lead(a).await,
-                        Waited::Done(false) => return Ok(stopped_outcome(stop)),
-                        Waited::Joined(Followed::Done(result)) => return result,
-                        Waited::Joined(Followed::LeaderGone) => queued_again(a),
+                    if let Some(done) = self.lead_a_burst(a).await {
+                        return done;
                     }
                 }
                 Role::Lead => return self.lead(a).await,
+            }
+        }
+    }
+
+    /// The first warm of a burst: other replicas' first warms of it may be
+    /// older, and a moment offered lets one round serve the fleet. Its
+    /// outcome, or `None` when the round it joined ended unfinished.
+    async fn lead_a_burst(&self, a: &Attempt<'_>) -> Option<Result<WarmOutcome, WarmError>> {
+        let offering = tokio::time::Instant::now();
+        self.offer(a).await;
+        if !a.progress.offered() {
+            return Some(self.lead(a).await);
+        }
+        let window = super::merge::window(self.settings.join_window, offering.elapsed());
+        tracing::info!(operation_id = a.id, window = ?window,
+            "first warm of a burst: waiting a moment for an older one on another replica");
+        let window = async {
+            tokio::select! {
+                () = tokio::time::sleep(window) => true,
+                () = a.stop.stopped() => false,
+            }
+        };
+        match self.wait_offered(a, window).await {
+            Ok(waited) => self.after_wait(a, waited, true).await,
+            Err(e) => Some(Err(e)),
+        }
+    }
+
+    /// What an offered leader does once its wait ended: leads (after a
+    /// last look for an older round elsewhere, with `last_look`), ends
+    /// stopped, or ends as the round it joined did; `None` when that round
+    /// ended unfinished (queued again, it chooses anew).
+    async fn after_wait(
+        &self,
+        a: &Attempt<'_>,
+        waited: Waited<bool>,
+        last_look: bool,
+    ) -> Option<Result<WarmOutcome, WarmError>> {
+        let followed = match waited {
+            Waited::Done(false) => return Some(Ok(stopped_outcome(a.stop))),
+            Waited::Done(true) if last_look => match self.last_look(a).await {
+                None => return Some(self.lead(a).await),
+                Some(followed) => followed,
+            },
+            Waited::Done(true) => return Some(self.lead(a).await),
+            Waited::Joined(followed) => followed,
+        };
+        match followed {
+            Followed::Done(result) => Some(result),
+            Followed::LeaderGone => {
+                queued_again(a);
+                None
             }
         }
     }
@@ -246,15 +309,24 @@ impl Operations {
     /// warms it covers that were submitted here and are still being
     /// created, so they join this round rather than wait for the next.
     /// False if stopped.
-    async fn round_then_gather(
-        &self,
-        a: &Attempt<'_>,
-        mut rx: watch::Receiver<OperationState>,
-    ) -> bool {
+    async fn round_then_gather(&self, a: &Attempt<'_>, round: UnderWay) -> bool {
+        let UnderWay {
+            mut rx,
+            progress,
+            following,
+            ..
+        } = round;
+        // Ended, or no longer following the round it followed when chosen
+        // (that round ended unfinished: it leads or joins anew, perhaps
+        // this very warm, which waiting for it would make a cycle). Its
+        // live progress is looked at too: a change of leader is not
+        // always published.
+        const LOOK_EVERY: Duration = Duration::from_millis(200);
         let ended = async {
-            while !rx.borrow_and_update().is_done() {
-                if rx.changed().await.is_err() {
-                    break;
+            while !rx.borrow_and_update().is_done() && progress.joined() == following {
+                tokio::select! {
+                    changed = rx.changed() => if changed.is_err() { break },
+                    () = tokio::time::sleep(LOOK_EVERY) => {}
                 }
             }
         };
@@ -334,9 +406,17 @@ impl Operations {
         {
             return;
         }
-        if let Err(e) = self.index().offer_join(a.id, a.ticket).await {
-            tracing::warn!(operation_id = a.id, error = %e,
-                "could not offer this warm to other replicas; it may be warmed there too");
+        match self.index().offer_join(a.id, a.ticket).await {
+            Ok(true) => {}
+            // Refused: this attempt withdrew an offer before (it merged
+            // into a round that then ended unfinished), or lost its run.
+            // Not offered, so it neither waits nor looks as if it were.
+            Ok(false) => {
+                p.set_offered(false);
+            }
+            // It may have landed: withdrawn before listing all the same.
+            Err(e) => tracing::warn!(operation_id = a.id, error = %e,
+                "could not offer this warm to other replicas; it may be warmed there too"),
         }
     }
 

@@ -72,7 +72,11 @@ impl Operations {
         a: &Attempt<'_>,
         wait: impl Future<Output = T>,
     ) -> Result<Waited<T>, WarmError> {
-        tokio::pin!(wait);
+        // Boxed, so it can be dropped before following another round: an
+        // admission slot's future left pending would be handed the next
+        // freed slot (the semaphore is fair) and hold it, idle, for the
+        // whole round it follows.
+        let mut wait = Box::pin(wait);
         loop {
             let older = async {
                 loop {
@@ -99,8 +103,9 @@ impl Operations {
             match next {
                 Ok(v) => return Ok(Waited::Done(v)),
                 Err(rec) => {
-                    if let Some(followed) = self.merge_into(a, &rec).await {
-                        return Ok(Waited::Joined(followed));
+                    if let Some((id, rx)) = self.merge_into(a, &rec).await {
+                        drop(wait);
+                        return Ok(Waited::Joined(self.follow_leader(a, &id, rx, false).await));
                     }
                     // Not confirmed: it waits on, no longer offered.
                 }
@@ -108,25 +113,53 @@ impl Operations {
         }
     }
 
+    /// A last look before an offered leader whose wait ended lists: a
+    /// lookup still under way when its window closed (on a busy index it
+    /// takes a second or two) may have been about to find an older warm.
+    /// How following it ended, if one was found and joined.
+    pub(super) async fn last_look(&self, a: &Attempt<'_>) -> Option<Followed> {
+        if !a.progress.offered() {
+            return None;
+        }
+        let older = self.older_offer(a).await?;
+        let (id, rx) = self.merge_into(a, &older).await?;
+        Some(self.follow_leader(a, &id, rx, false).await)
+    }
+
     /// The oldest offered warm of another replica, older than this one,
     /// of the same request (from the shared lookup, unconfirmed).
     async fn older_offer(&self, a: &Attempt<'_>) -> Option<OperationRecord> {
         let created_at = self.live().get(a.id).map(|op| op.created_at)?;
-        let found = self.joinable_lookup().await.ok()?;
+        let found = match self.joinable_lookup().await {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(operation_id = a.id, error = %e,
+                    "looking for an older warm of the same request on another replica failed; looking again");
+                return None;
+            }
+        };
         let now = self.warmer.clock.now();
         let me = self.settings.replica.as_str();
-        found
+        let older = found
             .iter()
             .filter(|r| (r.created_at, r.id.as_str()) < (created_at, a.id))
             .filter(|r| joinable_elsewhere(r, me, now) && same_request(&r.request, a.spec))
             .min_by(|x, y| (x.created_at, &x.id).cmp(&(y.created_at, &y.id)))
-            .cloned()
+            .cloned();
+        tracing::debug!(operation_id = a.id, offered = found.len(), older = ?older.as_ref().map(|r| &r.id),
+            "looked for an older offered warm of the same request");
+        older
     }
 
-    /// Joins `older` if it is still offered once this attempt can no
-    /// longer be joined; `None` (joinable here again, not elsewhere) if
-    /// it is not, or this attempt was stopped meanwhile.
-    pub(super) async fn merge_into(&self, a: &Attempt<'_>, older: &OperationRecord) -> Option<Followed> {
+    /// Makes this attempt unjoinable, then confirms that `older` is still
+    /// offered: its id and a channel of its states, to follow it; `None`
+    /// (joinable here again, not elsewhere) if it is not, or this attempt
+    /// was stopped meanwhile.
+    pub(super) async fn merge_into(
+        &self,
+        a: &Attempt<'_>,
+        older: &OperationRecord,
+    ) -> Option<(String, tokio::sync::watch::Receiver<crate::core::operation::OperationState>)> {
         let leading = self.live().get_mut(a.id).and_then(|me| me.leading.take());
         let restore = |leading: Option<WarmSpec>| {
             if let Some(me) = self.live().get_mut(a.id) {
@@ -147,10 +180,11 @@ impl Operations {
                 tracing::info!(operation_id = a.id, joined = %cur.id,
                     "an older warm of the same request waits on another replica: joining its round");
                 let id = cur.id.clone();
-                let rx = self.remote_feed(cur);
-                Some(self.follow_leader(a, &id, rx, false).await)
+                Some((id, self.remote_feed(cur)))
             }
             Ok(_) => {
+                tracing::info!(operation_id = a.id, candidate = %older.id,
+                    "the older warm on another replica is no longer offered; leading this round");
                 restore(leading);
                 None
             }
@@ -194,6 +228,14 @@ mod tests {
         assert!(same_request(&spec(&["a/", "b/"]), &spec(&["b/", "a/"])));
         assert!(!same_request(&spec(&["a/"]), &spec(&["a/", "b/"])));
         assert!(!same_request(&spec(&["a/", "b/"]), &spec(&["a/"])));
+        let tolerant = |p: &[&str]| WarmSpec {
+            allow_empty: true,
+            ..spec(p)
+        };
+        assert!(
+            !same_request(&tolerant(&["x/", "x/y/"]), &tolerant(&["x/", "x/z/"])),
+            "they cover each other, but answer for different prefixes"
+        );
         let forced = WarmSpec {
             force_copy: true,
             ..spec(&["a/"])

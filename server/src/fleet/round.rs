@@ -51,9 +51,14 @@ pub(super) fn does_for(leader: &WarmSpec, joiner: &WarmSpec, p: &expresscache::P
 /// and the same prefixes. A joiner of one is then answered by the other
 /// exactly as it would have been.
 pub(super) fn same_request(a: &WarmSpec, b: &WarmSpec) -> bool {
-    covers(a, b)
-        && covers(b, a)
-        && a.prefixes.len() == b.prefixes.len()
+    // Exactly the same prefixes: two warms that allow empty prefixes can
+    // cover each other with different ones (`x/`, `x/y/` and `x/`,
+    // `x/z/`), and a joiner that must know whether `x/y/` was empty would
+    // get the other's answer for `x/z/`.
+    fn set(s: &WarmSpec) -> std::collections::BTreeSet<&expresscache::Prefix> {
+        s.prefixes.iter().collect()
+    }
+    same_data(a, b) && set(a) == set(b)
 }
 
 /// One warm being worked on: who it is, what it asks, where it reports

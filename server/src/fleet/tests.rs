@@ -1269,6 +1269,11 @@ async fn next_rounds_on_two_replicas() -> (
         assert!(t0.elapsed() < Duration::from_secs(10), "the first rounds never listed");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    // Replica two looks for offered warms now (none), and reuses that
+    // lookup for a second: the younger, arriving within it, cannot join
+    // the older on arrival, as when both arrive at once; it leads, offered,
+    // and joins the older once a later lookup finds it.
+    assert!(two.joinable_lookup().await.unwrap().is_empty());
     let older = one.submit(unfinished("x", 0).request, None).await.unwrap();
     let older = older.borrow().operation_id.clone();
     let t0 = std::time::Instant::now();
@@ -1419,4 +1424,54 @@ async fn a_younger_leader_does_not_join_an_older_that_began_listing_meanwhile() 
     assert_eq!(state.outcome, Some(Outcome::Succeeded), "{state:?}");
     assert_eq!(state.joined_operation_id, None);
     assert_eq!(two_store.calls.list.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
+/// A replica whose warm follows a round under way on another replica
+/// (here: merged into it) has that round under way too: a warm arriving
+/// there then leads the next round, after it, rather than list beside it
+/// (in the cold herd, rounds listing side by side fought over the same
+/// keys' claims and the p99 grew by a quarter).
+#[tokio::test]
+async fn a_warm_arriving_where_a_remote_round_is_followed_leads_the_round_after_it() {
+    use std::sync::atomic::Ordering;
+    let (index, [(one, one_store), (two, two_store)], firsts, older, younger) =
+        next_rounds_on_two_replicas().await;
+    // The older round lists for a while (replica one's first round cached
+    // everything there, so it would otherwise end at once).
+    one_store.delay(crate::store::Op::List, Duration::from_millis(2_000));
+    let t0 = std::time::Instant::now();
+    loop {
+        let shown = two
+            .live()
+            .get(&younger)
+            .map(|op| (op.progress.joined(), op.progress.phase()));
+        if let Some((Some(joined), phase)) = shown {
+            if joined == older && phase != Phase::Queued {
+                break;
+            }
+        }
+        assert!(t0.elapsed() < Duration::from_secs(15), "never followed the older round");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let listed = two_store.calls.list.load(Ordering::SeqCst);
+    let late = two.submit(unfinished("x", 0).request, None).await.unwrap();
+    let late = late.borrow().operation_id.clone();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let older_done = index.get_operation(&older).await.unwrap().unwrap().is_done();
+    assert!(!older_done, "the older round still runs");
+    assert_eq!(
+        two_store.calls.list.load(Ordering::SeqCst),
+        listed,
+        "the late warm waits for the round under way"
+    );
+    for (ops, id) in [(&one, &firsts[0]), (&two, &firsts[1]), (&one, &older), (&two, &younger), (&two, &late)] {
+        until_ended(ops, id).await;
+    }
+    let state = index.get_operation(&late).await.unwrap().unwrap().state;
+    assert_eq!(state.outcome, Some(Outcome::Succeeded), "{state:?}");
+    assert_eq!(
+        two_store.calls.list.load(Ordering::SeqCst),
+        listed + 1,
+        "then led the round after it"
+    );
 }
