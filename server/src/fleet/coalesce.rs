@@ -146,14 +146,16 @@ impl Operations {
             return Role::Join(leader, rx);
         }
         // A round under way here: a warm listing what this one asks, or
-        // one following such a round elsewhere (joined on another replica,
-        // or merged into an older round there) that began: the next round
+        // one following a round (joined on another replica, or merged into
+        // an older round there, or joined here): the next round
         // waits for it like for a local one, rather than list beside it
         // (the herd's cold rounds then fought over the same keys' claims).
+        // Whatever phase it shows: a remote round's phase reaches its
+        // followers late (its checkpoints, then a poll), and a round shown
+        // queued may already be listing. One still offered is found and
+        // joined directly (the look on other replicas comes first).
         let in_round = |op: &super::LiveOp| {
-            op.progress.joined().is_some()
-                && op.progress.phase() != Phase::Queued
-                && super::round::covers(&op.request, spec)
+            op.progress.joined().is_some() && super::round::covers(&op.request, spec)
         };
         let listing = live
             .iter()
