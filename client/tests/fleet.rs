@@ -508,9 +508,24 @@ struct Queued {
     _moto: Moto,
 }
 
-async fn queued_behind_a_blocker(kind: Kind) -> Queued {
-    let mut names = keys(100);
-    names.extend((0..40).map(|i| format!("e/{i:05}")));
+/// A [`setup`] world whose index two replicas share, each running one
+/// warm at a time.
+struct OneAtATime {
+    s3: aws_sdk_s3::Client,
+    src: String,
+    dir: String,
+    proxy: FaultProxy,
+    fleet: Fleet,
+    _moto: Moto,
+}
+
+/// [`setup`] with `names` and `copy_delay`, and two replicas that each
+/// run one warm at a time, once each knows the other.
+async fn two_running_one_at_a_time(
+    kind: Kind,
+    names: &[String],
+    copy_delay: Duration,
+) -> OneAtATime {
     let Setup {
         s3,
         src,
@@ -518,7 +533,7 @@ async fn queued_behind_a_blocker(kind: Kind) -> Queued {
         index,
         proxy,
         _moto,
-    } = setup(kind, &names, Duration::from_millis(50)).await;
+    } = setup(kind, names, copy_delay).await;
     let fleet = Fleet::start(
         2,
         &proxy.endpoint,
@@ -528,6 +543,27 @@ async fn queued_behind_a_blocker(kind: Kind) -> Queued {
     // Both have heartbeated since the second started (every 2 s): each
     // knows it has a peer.
     tokio::time::sleep(Duration::from_millis(2500)).await;
+    OneAtATime {
+        s3,
+        src,
+        dir,
+        proxy,
+        fleet,
+        _moto,
+    }
+}
+
+async fn queued_behind_a_blocker(kind: Kind) -> Queued {
+    let mut names = keys(100);
+    names.extend((0..40).map(|i| format!("e/{i:05}")));
+    let OneAtATime {
+        s3,
+        src,
+        dir,
+        proxy,
+        fleet,
+        _moto,
+    } = two_running_one_at_a_time(kind, &names, Duration::from_millis(50)).await;
     let (blocker, _) = submit(&fleet.replicas[0].endpoint, &src, &dir, "e/").await;
     Queued {
         s3,
@@ -600,18 +636,7 @@ async fn a_warm_that_began_listing_on_another_replica_is_not_joined(kind: Kind) 
     let (leader, led_first) = submit(&fleet.replicas[0].endpoint, &src, &dir, "d/").await;
     assert_eq!(last(blocker).await.outcome, pb::Outcome::Succeeded as i32);
     // The leader lists, then copies (slowly): well past its offer.
-    let mut leader = leader;
-    loop {
-        let p = leader.message().await.unwrap().expect("the leader goes on");
-        assert_ne!(
-            p.phase,
-            pb::Phase::Done as i32,
-            "done before it was seen copying"
-        );
-        if p.counters.unwrap_or_default().objects_copied > 0 {
-            break;
-        }
-    }
+    let leader = copying(leader).await;
     let _ = led_first;
     let lists_before = proxy.count(&Match::list_objects());
     let (late, _) = submit(&fleet.replicas[1].endpoint, &src, &dir, "d/").await;
@@ -642,21 +667,14 @@ async fn the_same_request_queued_on_two_replicas_at_once_is_listed_once(kind: Ki
         names.extend((0..40).map(|i| format!("{blocker}/{i:05}")));
     }
     // 40 copies of 300 ms, 4 at a time: each blocker runs 3 s.
-    let Setup {
+    let OneAtATime {
         s3,
         src,
         dir,
-        index,
         proxy,
+        fleet,
         _moto,
-    } = setup(kind, &names, Duration::from_millis(300)).await;
-    let fleet = Fleet::start(
-        2,
-        &proxy.endpoint,
-        index,
-        &["--max-running-warms", "1", "--max-concurrency", "4"],
-    );
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    } = two_running_one_at_a_time(kind, &names, Duration::from_millis(300)).await;
     let ((blocker_e, _), (blocker_f, _)) = tokio::join!(
         submit(&fleet.replicas[0].endpoint, &src, &dir, "e/"),
         submit(&fleet.replicas[1].endpoint, &src, &dir, "f/"),

@@ -1198,8 +1198,12 @@ mod fault_tests {
 
     /// What a warm would decide for `key` now.
     async fn warm_decides(ev: &Ev, key: &str) -> Decision {
-        let rec = ev
-            .index
+        planner_decides(ev.index.as_ref(), key, ev.clock.now()).await
+    }
+
+    /// What a warm's planner decides for `key` at `now`, by `index`.
+    async fn planner_decides(index: &impl Records, key: &str, now: Millis) -> Decision {
+        let rec = index
             .records(DIR, &KeyRange::prefix(key).upto(Some(key)), 1)
             .await
             .unwrap();
@@ -1213,7 +1217,7 @@ mod fault_tests {
             source_bucket: "src",
             owner: "warm",
             force: false,
-            now: ev.clock.now(),
+            now,
         }
         .decide(&obj, rec.first())
     }
@@ -1297,6 +1301,23 @@ mod fault_tests {
         (ev, clock)
     }
 
+    /// One cached key under `prefix` with a late copy over it, and an
+    /// evictor (claims of `claim_ttl`, deletes of one attempt of at most
+    /// `request_timeout`) whose HEADs are held: the first, fenced delete
+    /// will miss the late copy and the HEAD that reads it will wait.
+    async fn late_copy_behind_a_held_head(
+        prefix: &str,
+        claim_ttl: Duration,
+        request_timeout: Duration,
+    ) -> (Ev, Arc<ManualClock>, Arc<Hold>, Vec<String>, EvictSpec) {
+        let hold = Hold::new("head");
+        let (ev, clock) = evictor_holding_heads(hold.clone(), claim_ttl, request_timeout);
+        let ks = keys(prefix, 1);
+        cache(&ev, DIR, &ks).await;
+        ev.store.inner().put(DIR, &ks[0], 10);
+        (ev, clock, hold, ks, spec(prefix))
+    }
+
     /// The HEAD that reads a late copy's version hangs past the eviction
     /// claims (by this clock): the version is not deleted blind (a warm may
     /// have taken the key over and recorded a copy), the key is kept and
@@ -1304,13 +1325,9 @@ mod fault_tests {
     #[tokio::test]
     async fn a_late_copy_whose_head_hangs_past_the_claims_is_kept_then_deleted_by_the_next_eviction(
     ) {
-        let hold = Hold::new("head");
-        let (ev, clock) =
-            evictor_holding_heads(hold.clone(), Duration::from_secs(60), Duration::from_millis(10));
-        let ks = keys("k/", 1);
-        cache(&ev, DIR, &ks).await;
-        ev.store.inner().put(DIR, &ks[0], 10);
-        let spec = spec("k/");
+        let (ev, clock, hold, ks, spec) =
+            late_copy_behind_a_held_head("k/", Duration::from_secs(60), Duration::from_millis(10))
+                .await;
         let (r, ()) = tokio::join!(ev.evict(&spec), async {
             hold.until_held().await;
             clock.advance(61_000);
@@ -1334,13 +1351,9 @@ mod fault_tests {
     /// is not deleted; the key is kept and reported.
     #[tokio::test]
     async fn a_wall_clock_set_back_during_an_eviction_does_not_extend_its_claims() {
-        let hold = Hold::new("head");
-        let (ev, clock) =
-            evictor_holding_heads(hold.clone(), Duration::from_millis(300), Duration::from_millis(5));
-        let ks = keys("b/", 1);
-        cache(&ev, DIR, &ks).await;
-        ev.store.inner().put(DIR, &ks[0], 10);
-        let spec = spec("b/");
+        let (ev, clock, hold, ks, spec) =
+            late_copy_behind_a_held_head("b/", Duration::from_millis(300), Duration::from_millis(5))
+                .await;
         let (r, ()) = tokio::join!(ev.evict(&spec), async {
             hold.until_held().await;
             clock.advance(-3_600_000);
@@ -1406,36 +1419,16 @@ mod fault_tests {
             () = hold.until_held() => {}
         }
         assert!(ev.store.inner().keys(DIR).is_empty(), "the second delete landed");
-        let decides = |now: Millis| {
-            let index = Arc::clone(&ev.index);
-            let key = key.clone();
-            async move {
-                let rec = index
-                    .records(DIR, &KeyRange::prefix(&key).upto(Some(&key)), 1)
-                    .await
-                    .unwrap();
-                let obj = ObjectMeta {
-                    key: key.clone(),
-                    etag: "\"s\"".into(),
-                    size: 10,
-                    last_modified: None,
-                };
-                Planner {
-                    source_bucket: "src",
-                    owner: "warm",
-                    force: false,
-                    now,
-                }
-                .decide(&obj, rec.first())
-            }
-        };
         assert!(
-            matches!(decides(clock.now()).await, Decision::Wait(_)),
+            matches!(
+                planner_decides(ev.index.as_ref(), &key, clock.now()).await,
+                Decision::Wait(_)
+            ),
             "a warm waits while the claim is live"
         );
         let lapsed = clock.now() + span_millis(EvictSettings::default().claim_ttl) + 1;
         assert_eq!(
-            decides(lapsed).await,
+            planner_decides(ev.index.as_ref(), &key, lapsed).await,
             Decision::Copy(CopyReason::Unconfirmed),
             "once it lapsed, copied again: never a hit on a gone object"
         );
