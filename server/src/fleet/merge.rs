@@ -63,10 +63,10 @@ impl Operations {
     }
 
     /// Awaits `wait`, shown waiting and renewing the attempt's leases
-    /// meanwhile; while the
-    /// attempt is offered, looks (at once, then every [`LOOKUP_REUSE`]) for an older
-    /// offered warm of the same request on another replica and, once one
-    /// is confirmed, follows it instead (`wait` is then dropped).
+    /// meanwhile; while the attempt is offered, looks (at once, then every
+    /// [`LOOKUP_REUSE`]) for an older offered warm of the same request on
+    /// another replica and, once one is confirmed, follows it instead
+    /// (`wait` is then dropped).
     pub(super) async fn wait_offered<T>(
         &self,
         a: &Attempt<'_>,

@@ -1438,7 +1438,7 @@ async fn a_warm_arriving_where_a_remote_round_is_followed_leads_the_round_after_
         next_rounds_on_two_replicas().await;
     // The older round lists for a while (replica one's first round cached
     // everything there, so it would otherwise end at once).
-    one_store.delay(crate::store::Op::List, Duration::from_millis(2_000));
+    one_store.delay(crate::store::Op::List, Duration::from_millis(4_000));
     let t0 = std::time::Instant::now();
     loop {
         let shown = two
@@ -1453,6 +1453,9 @@ async fn a_warm_arriving_where_a_remote_round_is_followed_leads_the_round_after_
         assert!(t0.elapsed() < Duration::from_secs(15), "never followed the older round");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    // Replica two's own first round is over: the only round under way
+    // there is the one its younger warm follows.
+    until_ended(&two, &firsts[1]).await;
     let listed = two_store.calls.list.load(Ordering::SeqCst);
     let late = two.submit(unfinished("x", 0).request, None).await.unwrap();
     let late = late.borrow().operation_id.clone();

@@ -409,6 +409,26 @@ impl DynamoIndex {
         })
     }
 
+    /// What a transaction's action whose condition failed (`reason`) saw
+    /// of the item at `key`: the item the refusal carries, or, from an
+    /// endpoint that does not return it (DynamoDB Local before 2.0), the
+    /// item as read now (`None` inside: there is none). `None` when the
+    /// action was not refused by its condition. The one place a refusal
+    /// without its item is made good, for every transaction of the log.
+    async fn refused_saw(
+        &self,
+        reason: Option<&Cancelled>,
+        key: Item,
+    ) -> Result<Option<Option<Item>>, IndexError> {
+        Ok(match reason {
+            Some(Cancelled::Condition(Some(seen))) => Some(Some(seen.clone())),
+            Some(Cancelled::Condition(None)) => {
+                Some(self.get(&self.tables.operations, key).await?)
+            }
+            _ => None,
+        })
+    }
+
     /// The answer to a write of `op` that found its id taken by `seen`:
     /// our own earlier write (the same record) is success; anything else
     /// is an error (operation ids are unique by construction).
@@ -735,11 +755,7 @@ impl OperationLog for DynamoIndex {
                 }
                 Tx::Refused(reasons) => reasons,
             };
-            if let Some(Cancelled::Condition(seen)) = reasons.first() {
-                let holder_item = match seen {
-                    Some(i) => Some(i.clone()),
-                    None => self.get(table, rid_key(rid)).await?,
-                };
+            if let Some(holder_item) = self.refused_saw(reasons.first(), rid_key(rid)).await? {
                 let Some(holder_item) = holder_item else {
                     // Its item went meanwhile: the id is free.
                     stale = None;
@@ -758,7 +774,7 @@ impl OperationLog for DynamoIndex {
                     }
                 }
             }
-            if let Some(Cancelled::Condition(seen)) = reasons.get(1) {
+            if let Some(seen) = self.refused_saw(reasons.get(1), op_key(&op.id)).await? {
                 return Self::taken_id(op, seen.as_ref()).map(|_| CreateOutcome::Created);
             }
             // The stale holder's item is back: decide again.
@@ -796,14 +812,10 @@ impl OperationLog for DynamoIndex {
                 Tx::Refused(reasons) => {
                     let refused =
                         |i: usize| matches!(reasons.get(i), Some(Cancelled::Condition(_)));
-                    let table = self.tables.operations.as_str();
-                    // What each refused action saw: from the refusal, else
-                    // read (an endpoint that does not return it: `or_read`).
-                    let holder = match reasons.get(1) {
-                        Some(Cancelled::Condition(Some(holder))) => Some(holder.clone()),
-                        Some(Cancelled::Condition(None)) => self.get(table, rid_key(rid)).await?,
-                        _ => None,
-                    };
+                    let holder = self
+                        .refused_saw(reasons.get(1), rid_key(rid))
+                        .await?
+                        .flatten();
                     if let Some(holder) = holder {
                         if get_s(&holder, OPERATION_ID) == Some(op.id.as_str()) {
                             // The request id is the new operation's already:
@@ -815,13 +827,10 @@ impl OperationLog for DynamoIndex {
                         // Unfinished, or no longer the holder.
                         return Ok(false);
                     }
-                    let seen = match reasons.get(2) {
-                        Some(Cancelled::Condition(Some(seen))) => Some(seen.clone()),
-                        Some(Cancelled::Condition(None)) => {
-                            self.get(table, op_key(&op.id)).await?
-                        }
-                        _ => None,
-                    };
+                    let seen = self
+                        .refused_saw(reasons.get(2), op_key(&op.id))
+                        .await?
+                        .flatten();
                     return Self::taken_id(op, seen.as_ref());
                 }
             }
