@@ -165,6 +165,22 @@ async fn calls_that_never_answer_are_sent_again_and_succeed() {
     assert!(proxy.injected() > 3, "{} calls hung", proxy.injected());
 }
 
+/// The operation log's contract (creations, runs, offers and the board
+/// of offered warms) with every tenth write, every fifth GetItem and
+/// every third BatchGetItem left unanswered: each attempt times out and
+/// is sent again.
+#[tokio::test]
+async fn the_operation_log_holds_when_calls_never_answer() {
+    let moto = Moto::start();
+    let proxy = FaultProxy::start(&moto.endpoint).await;
+    let index = through_proxy(&moto, &proxy, patient()).await;
+    proxy.add(Rule::every(Match::dynamo_writes(), Fault::Hang, 10));
+    proxy.add(Rule::every(Match::dynamo("GetItem"), Fault::Hang, 5));
+    proxy.add(Rule::every(Match::dynamo("BatchGetItem"), Fault::Hang, 3));
+    run_operation_log(&index).await;
+    assert!(proxy.injected() > 10, "{} calls hung", proxy.injected());
+}
+
 #[tokio::test]
 async fn an_outage_longer_than_the_budget_ends_the_call_as_unavailable_in_time() {
     let moto = Moto::start();
