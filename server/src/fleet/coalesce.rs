@@ -155,7 +155,7 @@ impl Operations {
         // queued may already be listing. One still offered is found and
         // joined directly (the look on other replicas comes first).
         let in_round = |op: &super::LiveOp| {
-            op.progress.joined().is_some() && super::round::covers(&op.request, spec)
+            op.progress.is_joined() && super::round::covers(&op.request, spec)
         };
         let listing = live
             .iter()
