@@ -19,10 +19,10 @@ use expresscache_server::index::conformance::{run_all, run_operation_log, run_re
 use expresscache_server::index::dynamo::{DynamoConfig, TablePrefix};
 use expresscache_server::index::lane::{in_lane, Lane};
 use expresscache_server::index::{
-    CreateOutcome, DynamoIndex, IndexError, OperationLog, ReplicaRegistry,
+    CreateOutcome, DynamoIndex, IndexError, OperationLog, OperationRecord, ReplicaRegistry,
 };
 use expresscache_server::testing::proxy::{Fault, FaultProxy, Match, Rule};
-use expresscache_server::testing::records::operation;
+use expresscache_server::testing::records::{operation, ticket};
 use expresscache_server::testing::{local_sdk_config, unique, Moto};
 
 /// Short pauses, so that a test through a fault storm stays fast; the
@@ -538,4 +538,216 @@ async fn a_refused_creation_cancels_only_itself_and_a_given_up_one_is_not_sent_a
     );
     assert_eq!(index.get_operation("gave-up").await.unwrap(), None);
     assert!(index.get_operation("kept").await.unwrap().is_some());
+}
+
+/// Now, in milliseconds since the epoch: operations created now finish
+/// within their request id's TTL (one created in 1970 would have to move
+/// it on).
+fn now_ms() -> i64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    i64::try_from(since.as_millis()).unwrap()
+}
+
+/// `n` operations created at once, now (each under a request id of its
+/// own).
+async fn created(index: &DynamoIndex, stem: &str, n: usize) -> Vec<OperationRecord> {
+    let ops: Vec<_> = (0..n)
+        .map(|i| {
+            operation(
+                &format!("{stem}-{i}"),
+                Some(&format!("{stem}-rid-{i}")),
+                now_ms(),
+            )
+        })
+        .collect();
+    let creations = futures::future::join_all(ops.iter().map(|op| index.create_operation(op)));
+    for outcome in in_lane(Lane::Bulk, creations).await {
+        assert_eq!(outcome.unwrap(), CreateOutcome::Created);
+    }
+    ops
+}
+
+/// `ops` finished at once as a replica's joiners finish: in the
+/// bookkeeping lane, each with its lease epochs. Every final state is
+/// answered written, and each operation reads back finished with its
+/// state and epochs.
+async fn final_states_at_once(index: &DynamoIndex, ops: &[OperationRecord]) {
+    use expresscache_server::core::operation::Outcome;
+    let epochs = vec![("d/".to_owned(), "e1".to_owned())];
+    let finals = ops.iter().map(|op| {
+        let done = op.state.clone().ended(Outcome::Succeeded, None);
+        let epochs = epochs.clone();
+        async move {
+            index
+                .finish_operation(&op.id, &ticket(), &done, &epochs)
+                .await
+        }
+    });
+    let written = in_lane(Lane::Bulk, futures::future::join_all(finals)).await;
+    let stored = futures::future::join_all(ops.iter().map(|op| async move {
+        let record = index.get_operation(&op.id).await.unwrap().unwrap();
+        (record, index.lease_epochs(&op.id).await.unwrap())
+    }))
+    .await;
+    for ((op, written), (stored, stored_epochs)) in ops.iter().zip(written).zip(stored) {
+        assert!(written.unwrap(), "{}: written", op.id);
+        assert!(stored.is_done(), "{} finished: {:?}", op.id, stored.state);
+        assert_eq!(stored.state.outcome, Some(Outcome::Succeeded));
+        assert!(stored.run.is_none(), "{}: no run left", op.id);
+        assert_eq!(stored_epochs, epochs);
+    }
+}
+
+fn update_items(proxy: &FaultProxy) -> u64 {
+    proxy.count(&Match::dynamo("UpdateItem"))
+}
+
+/// A round's joiners that end together record their final states
+/// together: 60 final states in a few transactions, not 60 requests.
+#[tokio::test]
+async fn joiners_final_states_that_end_together_are_sent_in_a_few_transactions() {
+    let (_moto, proxy, index, _) =
+        slow_and_limited_with(32, patient_with_moto_s_transactions()).await;
+    let ops = created(&index, "round", 60).await;
+    let (txs, updates) = (transactions(&proxy), update_items(&proxy));
+    final_states_at_once(&index, &ops).await;
+    let sent = transactions(&proxy) - txs;
+    assert_eq!(update_items(&proxy), updates, "no final state sent alone");
+    assert!(
+        (1..=3).contains(&sent),
+        "60 final states in {sent} transactions"
+    );
+}
+
+/// Joiners' final states sent together through a hung transaction,
+/// lost replies (after the write landed) and throttles: every one lands
+/// once and is answered written.
+#[tokio::test]
+async fn joiners_final_states_land_through_hangs_lost_replies_and_throttles() {
+    let (_moto, proxy, index) = faulty_with(vec![], patient_with_moto_s_transactions()).await;
+    // Created first, without faults: the faults fall on the final states.
+    let ops = created(&index, "faulty", 40).await;
+    for rule in [
+        Rule::times(Match::dynamo("TransactWriteItems"), Fault::Hang, 1),
+        Rule::times(
+            Match::dynamo("TransactWriteItems"),
+            Fault::LoseReplyAs500,
+            2,
+        ),
+        Rule::share(
+            Match::dynamo("TransactWriteItems"),
+            Fault::DynamoThrottle,
+            0.25,
+            7,
+        ),
+    ] {
+        proxy.add(rule);
+    }
+    final_states_at_once(&index, &ops).await;
+    assert!(
+        proxy.injected() >= 3,
+        "a hang and two lost replies at least"
+    );
+}
+
+/// A group of final states in which one run was taken over and one
+/// operation (an earlier release's) has no request-id TTL recorded: the
+/// taken-over one is answered not written, the earlier release's is
+/// written by the single write, which moves its request id's TTL on, and
+/// the rest are written in the group.
+#[tokio::test]
+async fn a_taken_over_run_or_a_request_id_ttl_to_move_leaves_the_group_to_the_single_write() {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    use expresscache_server::core::operation::Outcome;
+    use expresscache_server::index::{RunLeases, RunTerms};
+    let moto = Moto::start();
+    let proxy = FaultProxy::start(&moto.endpoint).await;
+    let index = through_proxy(&moto, &proxy, patient_with_moto_s_transactions()).await;
+    let ops: Vec<_> = ["taken", "old", "a", "b", "c"]
+        .iter()
+        .map(|id| operation(id, Some(&format!("rid-{id}")), now_ms()))
+        .collect();
+    for op in &ops {
+        index.create_operation(op).await.unwrap();
+    }
+    let now = 10_000;
+    let terms = RunTerms {
+        replica: "r2",
+        deadline: now + 60_000,
+        now,
+    };
+    assert!(index.take_over("taken", &terms).await.unwrap().is_some());
+    // As an earlier release wrote it: no request-id TTL on the operation,
+    // none on its request id's item.
+    let raw = aws_sdk_dynamodb::Client::new(&moto.sdk_config());
+    let table = index.tables().operations.clone();
+    for (pk, attr) in [("op#old", "rid_gc_at"), ("rid#rid-old", "gc_at")] {
+        raw.update_item()
+            .table_name(&table)
+            .key("pk", AttributeValue::S(pk.into()))
+            .update_expression("REMOVE #a")
+            .expression_attribute_names("#a", attr)
+            .send()
+            .await
+            .unwrap();
+    }
+    let epochs = vec![("d/".to_owned(), "e1".to_owned())];
+    let (txs, updates) = (transactions(&proxy), update_items(&proxy));
+    let index = &index;
+    let finals = ops.iter().map(|op| {
+        let done = op.state.clone().ended(Outcome::Succeeded, None);
+        let epochs = epochs.clone();
+        async move {
+            index
+                .finish_operation(&op.id, &ticket(), &done, &epochs)
+                .await
+        }
+    });
+    let written: Vec<bool> = in_lane(Lane::Bulk, futures::future::join_all(finals))
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(written, [false, true, true, true, true]);
+    assert!(transactions(&proxy) > txs, "sent as a group first");
+    assert_eq!(
+        update_items(&proxy) - updates,
+        3,
+        "the two refused sent alone, and the request id's TTL moved"
+    );
+    let taken = index.get_operation("taken").await.unwrap().unwrap();
+    assert!(
+        !taken.is_done(),
+        "the new attempt's, not finished by the old"
+    );
+    for id in ["old", "a", "b", "c"] {
+        assert!(
+            index.get_operation(id).await.unwrap().unwrap().is_done(),
+            "{id}"
+        );
+    }
+    let item = |pk: &'static str| {
+        let raw = raw.clone();
+        let table = table.clone();
+        async move {
+            raw.get_item()
+                .table_name(table)
+                .key("pk", AttributeValue::S(pk.into()))
+                .consistent_read(true)
+                .send()
+                .await
+                .unwrap()
+                .item
+                .unwrap()
+        }
+    };
+    let (old, rid) = (item("op#old").await, item("rid#rid-old").await);
+    assert_eq!(
+        rid.get("gc_at"),
+        old.get("gc_at"),
+        "the request id's TTL moved with its operation's"
+    );
+    assert!(old.contains_key("gc_at"));
 }

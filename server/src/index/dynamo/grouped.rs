@@ -1,15 +1,20 @@
-//! Group commit of a job array's creations. A thousand launchers arriving
-//! at once are a thousand creations, each a `TransactWriteItems` of its
-//! operation and its request id: on an index paced to a few dozen requests
-//! in flight (`pacing`), they queue for seconds, and a cached warm of the
-//! array waits for its own creation longer than for its data. Creations
-//! that wait together are sent together, as many as one transaction takes
-//! (100 actions on DynamoDB, 10 on DynamoDB Local 1.11: learnt from the
-//! refusal, never a flag), so a burst costs a few dozen requests.
+//! Group commit of a job array's bookkeeping writes: its creations and
+//! its joiners' final states. A thousand launchers arriving at once are a
+//! thousand creations, each a `TransactWriteItems` of its operation and
+//! its request id; the round they join ends with a thousand final states.
+//! On an index paced to a few dozen requests in flight (`pacing`), one
+//! request each queued them for seconds, and a cached warm of the array
+//! waited for its own creation and final state longer than for its data.
+//! Writes that wait together are sent together, as many as one
+//! transaction takes (100 actions on DynamoDB, 10 on DynamoDB Local 1.11:
+//! learnt from the refusal, never a flag), so a burst costs a few dozen
+//! requests. (On DynamoDB a transactional write costs twice a plain one's
+//! write units; it is the requests, not the units, that a burst queues
+//! for.)
 //!
-//! No timer: a creation that finds a sender free goes at once; one that
+//! No timer: a write that finds a sender free goes at once; one that
 //! arrives while every sender is busy waits for the next send, and so do
-//! the creations behind it. Senders are as many as bookkeeping may have in
+//! the writes behind it. Senders are as many as bookkeeping may have in
 //! flight ([`Lane::Bulk`]).
 //!
 //! A transaction is all or nothing, and its cancellation says why per
@@ -150,7 +155,7 @@ impl Groups {
 /// A caller's wait for its group's answer. Dropped first (its caller
 /// gave up), it closes the answer's channel, so a group in flight that
 /// comes back to the queue is never sent again, and takes a group still
-/// waiting out of the queue: an abandoned creation is never sent.
+/// waiting out of the queue: an abandoned write is never sent.
 struct Answer<'a> {
     groups: &'a Groups,
     seq: u64,
@@ -246,7 +251,7 @@ impl DynamoIndex {
         };
         (&mut waiting.answer).await.unwrap_or_else(|_| {
             Err(IndexError::Unavailable(
-                "the transaction this creation was sent in ended without an answer".into(),
+                "the transaction this write was sent in ended without an answer".into(),
             ))
         })
     }
@@ -351,7 +356,7 @@ impl DynamoIndex {
         if let Some(limit) = limit.filter(|l| *l < actions) {
             tracing::info!(
                 limit,
-                "the index takes fewer actions per transaction; creations are grouped by that many"
+                "the index takes fewer actions per transaction; bookkeeping writes are grouped by that many"
             );
             self.groups.max_actions.store(limit, Ordering::Relaxed);
             if batch.len() > 1 {

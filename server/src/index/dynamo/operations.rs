@@ -33,6 +33,7 @@ use crate::index::{
     CreateOutcome, IndexError, Millis, OpFilter, OperationRecord, Renewal, RunLease, RunTerms,
     RunTicket, Takeover,
 };
+use crate::index::lane::{self, Lane};
 use crate::index::{OperationLog, RunLeases};
 
 /// The largest operation item `create_operation` writes, by DynamoDB's
@@ -640,14 +641,17 @@ impl DynamoIndex {
     /// when given): the operation done, its status finished, its run
     /// released, its items collected by DynamoDB's TTL in time. False if
     /// another attempt holds the run.
-    async fn write_final(
+    /// The update that writes `state` (final) as operation `id`'s, with
+    /// its lease epochs if given: its `SET` expression, its values (the
+    /// fence's included), the state as written, and the TTL it gives the
+    /// item.
+    fn final_update(
         &self,
         id: &str,
         ticket: &RunTicket,
         state: &OperationState,
         epochs: Option<&[(String, String)]>,
-    ) -> Result<bool, IndexError> {
-        let table = self.tables.operations.as_str();
+    ) -> (String, Vals, AttributeValue, i64) {
         let now = self.clock.now();
         let gc = self.finished_gc_at(now);
         let state_attr = doc_attr(&StateDoc::from(state));
@@ -666,6 +670,45 @@ impl DynamoIndex {
             set.push_str(", #lease_epochs = :epochs");
             vals = vals.v("epochs", epochs_attr(epochs));
         }
+        (set, vals, state_attr, gc)
+    }
+
+    /// A final state (with its lease epochs) as one action of a grouped
+    /// transaction, sent with other joiners' (`grouped`): a job array's
+    /// round ends with a thousand final states at once, and one request
+    /// each queued them for seconds behind each other. The action cannot
+    /// return the item, so it also asks that the request id's TTL need
+    /// not move (the operation has none, or its item's TTL is at least the
+    /// one the state gives): where it must, the action is refused and the
+    /// single write ([`write_final`](Self::write_final)) does both.
+    fn final_group(
+        &self,
+        id: &str,
+        ticket: &RunTicket,
+        state: &OperationState,
+        epochs: &[(String, String)],
+    ) -> Result<Group, IndexError> {
+        let (set, vals, state_attr, _) = self.final_update(id, ticket, state, Some(epochs));
+        let condition =
+            format!("{FENCE} AND (attribute_not_exists(#request_id) OR #rid_gc_at >= :gc)");
+        // The state and epochs, and room for the other attributes set.
+        let bytes = attr_size(&state_attr) + attr_size(&epochs_attr(epochs)) + 256;
+        Ok(Group {
+            actions: vec![self.update_action(op_key(id), &set, &condition, vals)?],
+            items: vec![op_pk(id)],
+            bytes,
+        })
+    }
+
+    async fn write_final(
+        &self,
+        id: &str,
+        ticket: &RunTicket,
+        state: &OperationState,
+        epochs: Option<&[(String, String)]>,
+    ) -> Result<bool, IndexError> {
+        let table = self.tables.operations.as_str();
+        let (set, vals, state_attr, gc) = self.final_update(id, ticket, state, epochs);
         let res = self
             .update(
                 table,
@@ -882,6 +925,23 @@ impl OperationLog for DynamoIndex {
                 self.set_lease_epochs(id, epochs).await?;
             }
             return Ok(written);
+        }
+        if lane::current() == Lane::Bulk {
+            // A joiner's: sent with the others that end beside it. Refused
+            // (the run taken over, our own write landed already, a request
+            // id's TTL to move) or contended, the single write decides,
+            // exactly as it would alone.
+            match self
+                .transact_grouped(self.final_group(id, ticket, state, epochs)?)
+                .await
+            {
+                Ok(Tx::Done) => return Ok(true),
+                Ok(Tx::Refused(_) | Tx::Retry) => {}
+                Err(e @ IndexError::Unavailable(_)) => return Err(e),
+                // Refused as a request (an item too large): the single
+                // write says so precisely.
+                Err(_) => {}
+            }
         }
         self.write_final(id, ticket, state, Some(epochs)).await
     }
