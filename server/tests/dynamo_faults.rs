@@ -23,7 +23,7 @@ use expresscache_server::index::{
 };
 use expresscache_server::testing::proxy::{Fault, FaultProxy, Match, Rule};
 use expresscache_server::testing::records::{operation, ticket};
-use expresscache_server::testing::{local_sdk_config, unique, Moto};
+use expresscache_server::testing::{local_sdk_config, raw_item, unique, Moto};
 
 /// Short pauses, so that a test through a fault storm stays fast; the
 /// attempt timeout is short so a hung call is given up on quickly.
@@ -379,8 +379,13 @@ async fn burst_of_creations(index: &DynamoIndex, stem: &str, n: usize) {
     }
 }
 
+/// How many `call`s (`"TransactWriteItems"`) the proxy has seen.
+fn calls(proxy: &FaultProxy, call: &str) -> u64 {
+    proxy.count(&Match::dynamo(call))
+}
+
 fn transactions(proxy: &FaultProxy) -> u64 {
-    proxy.count(&Match::dynamo("TransactWriteItems"))
+    calls(proxy, "TransactWriteItems")
 }
 
 /// A job array's creations that wait together are sent together: 200
@@ -600,10 +605,6 @@ async fn final_states_at_once(index: &DynamoIndex, ops: &[OperationRecord]) {
     }
 }
 
-fn update_items(proxy: &FaultProxy) -> u64 {
-    proxy.count(&Match::dynamo("UpdateItem"))
-}
-
 /// A round's joiners that end together record their final states
 /// together: 60 final states in a few transactions, not 60 requests.
 #[tokio::test]
@@ -611,10 +612,14 @@ async fn joiners_final_states_that_end_together_are_sent_in_a_few_transactions()
     let (_moto, proxy, index, _) =
         slow_and_limited_with(32, patient_with_moto_s_transactions()).await;
     let ops = created(&index, "round", 60).await;
-    let (txs, updates) = (transactions(&proxy), update_items(&proxy));
+    let (txs, updates) = (transactions(&proxy), calls(&proxy, "UpdateItem"));
     final_states_at_once(&index, &ops).await;
     let sent = transactions(&proxy) - txs;
-    assert_eq!(update_items(&proxy), updates, "no final state sent alone");
+    assert_eq!(
+        calls(&proxy, "UpdateItem"),
+        updates,
+        "no final state sent alone"
+    );
     assert!(
         (1..=3).contains(&sent),
         "60 final states in {sent} transactions"
@@ -694,7 +699,7 @@ async fn a_taken_over_run_or_a_request_id_ttl_to_move_leaves_the_group_to_the_si
             .unwrap();
     }
     let epochs = vec![("d/".to_owned(), "e1".to_owned())];
-    let (txs, updates) = (transactions(&proxy), update_items(&proxy));
+    let (txs, updates) = (transactions(&proxy), calls(&proxy, "UpdateItem"));
     let index = &index;
     let finals = ops.iter().map(|op| {
         let done = op.state.clone().ended(Outcome::Succeeded, None);
@@ -713,7 +718,7 @@ async fn a_taken_over_run_or_a_request_id_ttl_to_move_leaves_the_group_to_the_si
     assert_eq!(written, [false, true, true, true, true]);
     assert!(transactions(&proxy) > txs, "sent as a group first");
     assert_eq!(
-        update_items(&proxy) - updates,
+        calls(&proxy, "UpdateItem") - updates,
         3,
         "the two refused sent alone, and the request id's TTL moved"
     );
@@ -728,22 +733,10 @@ async fn a_taken_over_run_or_a_request_id_ttl_to_move_leaves_the_group_to_the_si
             "{id}"
         );
     }
-    let item = |pk: &'static str| {
-        let raw = raw.clone();
-        let table = table.clone();
-        async move {
-            raw.get_item()
-                .table_name(table)
-                .key("pk", AttributeValue::S(pk.into()))
-                .consistent_read(true)
-                .send()
-                .await
-                .unwrap()
-                .item
-                .unwrap()
-        }
-    };
-    let (old, rid) = (item("op#old").await, item("rid#rid-old").await);
+    let (old, rid) = (
+        raw_item(&moto, &table, "op#old").await.unwrap(),
+        raw_item(&moto, &table, "rid#rid-old").await.unwrap(),
+    );
     assert_eq!(
         rid.get("gc_at"),
         old.get("gc_at"),

@@ -161,15 +161,7 @@ async fn raw_item(
     index: &DynamoIndex,
     pk: &str,
 ) -> Option<HashMap<String, AttributeValue>> {
-    aws_sdk_dynamodb::Client::new(&moto.sdk_config())
-        .get_item()
-        .table_name(&index.tables().operations)
-        .key("pk", AttributeValue::S(pk.into()))
-        .consistent_read(true)
-        .send()
-        .await
-        .unwrap()
-        .item
+    expresscache_server::testing::raw_item(moto, &index.tables().operations, pk).await
 }
 
 #[tokio::test]

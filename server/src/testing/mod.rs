@@ -241,6 +241,24 @@ pub fn s3_client(endpoint: &str) -> aws_sdk_s3::Client {
     aws_sdk_s3::Client::from_conf(conf)
 }
 
+/// The item of partition key `pk` in DynamoDB table `table`, read on
+/// `moto` directly (past any proxy), with a consistent read.
+pub async fn raw_item(
+    moto: &Moto,
+    table: &str,
+    pk: &str,
+) -> Option<std::collections::HashMap<String, aws_sdk_dynamodb::types::AttributeValue>> {
+    aws_sdk_dynamodb::Client::new(&moto.sdk_config())
+        .get_item()
+        .table_name(table)
+        .key("pk", aws_sdk_dynamodb::types::AttributeValue::S(pk.into()))
+        .consistent_read(true)
+        .send()
+        .await
+        .expect("GetItem on moto")
+        .item
+}
+
 /// A bucket name unique to this test run, starting with `stem`.
 pub fn unique(stem: &str) -> String {
     let id = uuid::Uuid::new_v4().simple().to_string();

@@ -21,6 +21,10 @@ const BUSY_CODES: &[&str] = &[
     "InternalServerError",
     "ServiceUnavailable",
     "TransactionInProgressException",
+    // A single write on an item a transaction is writing (a renewal, a
+    // cancel beside a joiner's final state sent in a group): DynamoDB
+    // refuses it until the transaction is done.
+    "TransactionConflictException",
 ];
 
 /// The service's error code, if DynamoDB answered with an error.

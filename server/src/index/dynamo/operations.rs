@@ -637,10 +637,6 @@ fn epochs_attr(epochs: &[(String, String)]) -> AttributeValue {
 }
 
 impl DynamoIndex {
-    /// Writes `state`, a final one, under `ticket` (and `epochs` with it,
-    /// when given): the operation done, its status finished, its run
-    /// released, its items collected by DynamoDB's TTL in time. False if
-    /// another attempt holds the run.
     /// The update that writes `state` (final) as operation `id`'s, with
     /// its lease epochs if given: its `SET` expression, its values (the
     /// fence's included), the state as written, and the TTL it gives the
@@ -691,8 +687,11 @@ impl DynamoIndex {
         let (set, vals, state_attr, _) = self.final_update(id, ticket, state, Some(epochs));
         let condition =
             format!("{FENCE} AND (attribute_not_exists(#request_id) OR #rid_gc_at >= :gc)");
-        // The state and epochs, and room for the other attributes set.
-        let bytes = attr_size(&state_attr) + attr_size(&epochs_attr(epochs)) + 256;
+        // DynamoDB counts the whole item towards a transaction's 4 MB,
+        // and the item holds the request too: counted at the most a
+        // creation lets it be, beside the new state and epochs (an
+        // estimate that errs high only sends fewer per transaction).
+        let bytes = MAX_CREATED_ITEM_BYTES + attr_size(&state_attr) + attr_size(&epochs_attr(epochs));
         Ok(Group {
             actions: vec![self.update_action(op_key(id), &set, &condition, vals)?],
             items: vec![op_pk(id)],
@@ -700,6 +699,10 @@ impl DynamoIndex {
         })
     }
 
+    /// Writes `state`, a final one, under `ticket` (and `epochs` with it,
+    /// when given): the operation done, its status finished, its run
+    /// released, its items collected by DynamoDB's TTL in time. False if
+    /// another attempt holds the run.
     async fn write_final(
         &self,
         id: &str,
