@@ -792,6 +792,19 @@ pub fn spawn_sweeper(evictor: Arc<Evictor>, every: Duration) -> tokio::task::Joi
     })
 }
 
+/// Settings of tests about other rules than skew (which has its own):
+/// no skew margin, and retries at once.
+#[cfg(test)]
+impl EvictSettings {
+    fn quick() -> Self {
+        Self {
+            skew_margin: Duration::ZERO,
+            retry_base_delay: Duration::from_millis(1),
+            ..Self::default()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -914,12 +927,7 @@ mod tests {
                 store,
                 index,
                 clock.clone(),
-                EvictSettings {
-                    // These tests are about the other rules; skew has its own.
-                    skew_margin: Duration::ZERO,
-                    retry_base_delay: Duration::from_millis(1),
-                    ..EvictSettings::default()
-                },
+                EvictSettings::quick(),
             )
         });
         (ev, clock)
@@ -1289,12 +1297,10 @@ mod fault_tests {
                 index,
                 clock.clone(),
                 EvictSettings {
-                    skew_margin: Duration::ZERO,
-                    retry_base_delay: Duration::from_millis(1),
                     delete_attempts: 1,
                     claim_ttl,
                     request_timeout,
-                    ..EvictSettings::default()
+                    ..EvictSettings::quick()
                 },
             )
         });
@@ -1384,11 +1390,7 @@ mod fault_tests {
                 store,
                 index,
                 clock.clone(),
-                EvictSettings {
-                    skew_margin: Duration::ZERO,
-                    retry_base_delay: Duration::from_millis(1),
-                    ..EvictSettings::default()
-                },
+                EvictSettings::quick(),
             )
         });
         let key = "z/0".to_owned();

@@ -574,11 +574,13 @@ async fn created(index: &DynamoIndex, stem: &str, n: usize) -> Vec<OperationReco
     ops
 }
 
-/// `ops` finished at once as a replica's joiners finish: in the
-/// bookkeeping lane, each with its lease epochs. Every final state is
-/// answered written, and each operation reads back finished with its
-/// state and epochs.
-async fn final_states_at_once(index: &DynamoIndex, ops: &[OperationRecord]) {
+/// `ops` finished at once (succeeded, with lease epochs `d/`: `e1`) as a
+/// replica's joiners finish: in the bookkeeping lane. What each call
+/// answered.
+async fn finish_at_once(
+    index: &DynamoIndex,
+    ops: &[OperationRecord],
+) -> Vec<Result<bool, IndexError>> {
     use expresscache_server::core::operation::Outcome;
     let epochs = vec![("d/".to_owned(), "e1".to_owned())];
     let finals = ops.iter().map(|op| {
@@ -590,7 +592,15 @@ async fn final_states_at_once(index: &DynamoIndex, ops: &[OperationRecord]) {
                 .await
         }
     });
-    let written = in_lane(Lane::Bulk, futures::future::join_all(finals)).await;
+    in_lane(Lane::Bulk, futures::future::join_all(finals)).await
+}
+
+/// [`finish_at_once`]: every final state is answered written, and each
+/// operation reads back finished with its state and epochs.
+async fn final_states_at_once(index: &DynamoIndex, ops: &[OperationRecord]) {
+    use expresscache_server::core::operation::Outcome;
+    let epochs = vec![("d/".to_owned(), "e1".to_owned())];
+    let written = finish_at_once(index, ops).await;
     let stored = futures::future::join_all(ops.iter().map(|op| async move {
         let record = index.get_operation(&op.id).await.unwrap().unwrap();
         (record, index.lease_epochs(&op.id).await.unwrap())
@@ -665,7 +675,6 @@ async fn joiners_final_states_land_through_hangs_lost_replies_and_throttles() {
 #[tokio::test]
 async fn a_taken_over_run_or_a_request_id_ttl_to_move_leaves_the_group_to_the_single_write() {
     use aws_sdk_dynamodb::types::AttributeValue;
-    use expresscache_server::core::operation::Outcome;
     use expresscache_server::index::{RunLeases, RunTerms};
     let moto = Moto::start();
     let proxy = FaultProxy::start(&moto.endpoint).await;
@@ -698,19 +707,8 @@ async fn a_taken_over_run_or_a_request_id_ttl_to_move_leaves_the_group_to_the_si
             .await
             .unwrap();
     }
-    let epochs = vec![("d/".to_owned(), "e1".to_owned())];
     let (txs, updates) = (transactions(&proxy), calls(&proxy, "UpdateItem"));
-    let index = &index;
-    let finals = ops.iter().map(|op| {
-        let done = op.state.clone().ended(Outcome::Succeeded, None);
-        let epochs = epochs.clone();
-        async move {
-            index
-                .finish_operation(&op.id, &ticket(), &done, &epochs)
-                .await
-        }
-    });
-    let written: Vec<bool> = in_lane(Lane::Bulk, futures::future::join_all(finals))
+    let written: Vec<bool> = finish_at_once(&index, &ops)
         .await
         .into_iter()
         .map(Result::unwrap)
@@ -743,4 +741,44 @@ async fn a_taken_over_run_or_a_request_id_ttl_to_move_leaves_the_group_to_the_si
         "the request id's TTL moved with its operation's"
     );
     assert!(old.contains_key("gc_at"));
+}
+
+/// The clock jumps a year and a week between a joiner's creation and its
+/// final state (or the warm really ran that long): its request id's TTL,
+/// written with the request id, would now end before its operation's.
+/// The grouped final state is refused for it, and the single write
+/// records the state and moves the request id's TTL on with it.
+#[tokio::test]
+async fn a_final_state_a_year_after_its_creation_moves_its_request_id_s_ttl_on() {
+    use expresscache_server::core::clock::ManualClock;
+    let moto = Moto::start();
+    let proxy = FaultProxy::start(&moto.endpoint).await;
+    let clock = Arc::new(ManualClock::new(now_ms()));
+    let index = through_proxy(&moto, &proxy, patient_with_moto_s_transactions())
+        .await
+        .with_clock(clock.clone());
+    let ops = created(&index, "late", 3).await;
+    clock.advance(1_000 * 3600 * 24 * (365 + 7));
+    let (txs, updates) = (transactions(&proxy), calls(&proxy, "UpdateItem"));
+    final_states_at_once(&index, &ops).await;
+    assert!(transactions(&proxy) > txs, "tried as a group first");
+    assert_eq!(
+        calls(&proxy, "UpdateItem") - updates,
+        6,
+        "each then written alone, and its request id's TTL moved"
+    );
+    let table = index.tables().operations.clone();
+    for op in &ops {
+        let item = raw_item(&moto, &table, &format!("op#{}", op.id))
+            .await
+            .unwrap();
+        let rid = raw_item(
+            &moto,
+            &table,
+            &format!("rid#{}", op.request_id.as_ref().unwrap()),
+        )
+        .await
+        .unwrap();
+        assert_eq!(rid.get("gc_at"), item.get("gc_at"), "{}", op.id);
+    }
 }

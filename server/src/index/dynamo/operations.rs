@@ -929,21 +929,23 @@ impl OperationLog for DynamoIndex {
             }
             return Ok(written);
         }
+        // A joiner's: sent with the others that end beside it, as a
+        // creation is: contended (a conflict, a throttle) it is decided
+        // again after a pause. Refused (the run taken over, our own write
+        // landed already, a request id's TTL to move), still contended,
+        // or refused as a request (an item too large), the single write
+        // decides, exactly as it would alone, and says why precisely.
         if lane::current() == Lane::Bulk {
-            // A joiner's: sent with the others that end beside it. Refused
-            // (the run taken over, our own write landed already, a request
-            // id's TTL to move) or contended, the single write decides,
-            // exactly as it would alone.
-            match self
-                .transact_grouped(self.final_group(id, ticket, state, epochs)?)
-                .await
-            {
-                Ok(Tx::Done) => return Ok(true),
-                Ok(Tx::Refused(_) | Tx::Retry) => {}
-                Err(e @ IndexError::Unavailable(_)) => return Err(e),
-                // Refused as a request (an item too large): the single
-                // write says so precisely.
-                Err(_) => {}
+            for round in 0..ROUNDS {
+                match self
+                    .transact_grouped(self.final_group(id, ticket, state, epochs)?)
+                    .await
+                {
+                    Ok(Tx::Done) => return Ok(true),
+                    Ok(Tx::Retry) => backoff(round).await,
+                    Err(e @ IndexError::Unavailable(_)) => return Err(e),
+                    Ok(Tx::Refused(_)) | Err(_) => break,
+                }
             }
         }
         self.write_final(id, ticket, state, Some(epochs)).await
