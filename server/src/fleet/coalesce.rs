@@ -258,15 +258,25 @@ impl Operations {
     /// older, and a moment offered lets one round serve the fleet. Its
     /// outcome, or `None` when the round it joined ended unfinished.
     async fn lead_a_burst(&self, a: &Attempt<'_>) -> Option<Result<WarmOutcome, WarmError>> {
-        let offering = tokio::time::Instant::now();
-        self.offer(a).await;
-        if !a.progress.offered() {
-            return Some(self.lead(a).await);
-        }
-        let window = super::merge::window(self.settings.join_window, offering.elapsed());
-        tracing::info!(operation_id = a.id, window = ?window,
-            "first warm of a burst: waiting a moment for an older one on another replica");
+        // The window opens once the offer is written, and the look for an
+        // older warm of the burst starts while it is on its way: on an
+        // index slowed by the burst the write takes seconds, and a warm
+        // that looked only once it landed found the older warm's window
+        // closed, its round listing, and listed too (a cold herd's third
+        // listing of the data). Joining before its own offer lands is
+        // safe: the withdrawal is recorded first, and the log refuses an
+        // offer that arrives after it.
         let window = async {
+            let offering = tokio::time::Instant::now();
+            self.offer(a).await;
+            if !a.progress.offered() {
+                // Refused, or withdrawn meanwhile: nobody elsewhere can
+                // join it; it leads now.
+                return true;
+            }
+            let window = super::merge::window(self.settings.join_window, offering.elapsed());
+            tracing::info!(operation_id = a.id, window = ?window,
+                "first warm of a burst: waiting a moment for an older one on another replica");
             tokio::select! {
                 () = tokio::time::sleep(window) => true,
                 () = a.stop.stopped() => false,

@@ -92,7 +92,11 @@ impl Operations {
             a.progress.set_waiting(true);
             let next = self
                 .renewing(a, async {
+                    // What it waits for first: it may mark the attempt
+                    // offered before its first await (`lead_a_burst`), and
+                    // the look then starts at once.
                     tokio::select! {
+                        biased;
                         v = &mut wait => Ok(v),
                         rec = older => Err(rec),
                     }

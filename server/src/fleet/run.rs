@@ -301,6 +301,8 @@ impl Operations {
         let (mut since_renewal, mut since_checkpoint) = (Duration::ZERO, Duration::ZERO);
         let clock = &self.warmer.clock;
         let mut held_until = granted_until;
+        // A copier's lease (creation, takeover) until a follower's renewal.
+        let mut granted_for = s.run_ttl;
         let lose = || {
             lost.store(true, Ordering::Relaxed);
             stop.interrupt();
@@ -332,18 +334,15 @@ impl Operations {
             progress.export_metrics();
             since_renewal += tick_every;
             since_checkpoint += tick_every;
-            // Renewed once a third of the lease is used (at least one
-            // renewal interval after the last try): a warm that starts or
-            // stops following renews by the new cadence at once.
+            // At most once a renewal interval, by `Cadence::renew_at`.
             let left = left_until(held_until, clock.now());
-            if since_renewal >= s.renew_every
-                && left <= cadence.run_ttl.saturating_sub(cadence.renew_every)
-            {
+            if since_renewal >= s.renew_every && left <= cadence.renew_at(s, granted_for) {
                 since_renewal = Duration::ZERO;
                 let within = bounded(held_until, s.run_ttl / 2);
                 match self.renew(id, ticket, cadence.run_ttl, within, stop).await {
                     Ok(Some(deadline)) => {
                         held_until = deadline;
+                        granted_for = cadence.run_ttl;
                         hold(held_until);
                     }
                     // Past its deadline another replica may hold it: the
@@ -610,6 +609,24 @@ impl Cadence {
             Lane::Bulk
         } else {
             Lane::Work
+        }
+    }
+
+    /// How much of the deadline may be left, granted for `granted`, when
+    /// the run is renewed: a copier's, once a renewal interval of it is
+    /// used; a follower's own long lease, once a third of it is. A
+    /// follower still on a copier's lease (its creation's: a job array's
+    /// joiner) is renewed only once half of it is left, the margin a
+    /// renewal has before a warm starts (`fresh_grant`) and while a final
+    /// state waits (`hold_for_final`): a joiner whose round ends sooner
+    /// writes no renewal at all. Renewed at once instead (to move on to
+    /// its long lease), each of a thousand launchers' joiners wrote one or
+    /// two in the burst, as many writes as their creations.
+    pub(super) fn renew_at(&self, s: &super::OpsSettings, granted: Duration) -> Duration {
+        if self.only_news && granted < self.run_ttl {
+            s.run_ttl / 2
+        } else {
+            self.run_ttl.saturating_sub(self.renew_every)
         }
     }
 

@@ -811,6 +811,50 @@ async fn a_warm_waiting_for_the_round_under_way_renews_its_run_like_a_joiner() {
     assert_eq!(rec.state.outcome, Some(Outcome::Succeeded), "{:?}", rec.state);
 }
 
+/// A job array's joiners whose round ends before half of their first
+/// lease (their creation's) is used write no renewal: renewed at once to
+/// move on to a follower's long lease, each of a thousand launchers wrote
+/// one or two in the burst, as many writes as their creations.
+#[tokio::test]
+async fn joiners_whose_round_ends_within_half_their_first_lease_write_no_renewal() {
+    use crate::index::CountingIndex;
+    let renewals = Arc::new(RenewalsOf::default());
+    let index = Arc::new(
+        CountingIndex::new(SqliteIndex::open_in_memory().unwrap()).with_gate(renewals.clone()),
+    );
+    // 80 copies, 2 at a time, 10 ms each: about 400 ms of work, well
+    // within half of a 4 s lease; a copier renews every 100 ms.
+    let settings = OpsSettings {
+        run_ttl: Duration::from_secs(4),
+        ..short_runs()
+    };
+    let (ops, _store) = fleet_member_with(Arc::clone(&index), 80, 10, settings);
+    let mut ids = Vec::new();
+    for _ in 0..10 {
+        let rx = ops.submit(unfinished("x", 0).request, None).await.unwrap();
+        ids.push(rx.borrow().operation_id.clone());
+    }
+    for id in &ids {
+        until_ended(&ops, id).await;
+        let rec = index.get_operation(id).await.unwrap().unwrap();
+        assert_eq!(rec.state.outcome, Some(Outcome::Succeeded), "{id}");
+    }
+    let leader = &ids[0];
+    assert!(
+        renewals.of(leader) >= 2,
+        "the warm that copies renews every interval: {}",
+        renewals.of(leader)
+    );
+    // One warm may lead the next round (it arrived once the first was
+    // listing): it copies nothing, but lists, renewing as a copier does.
+    let renewed: Vec<_> = ids[1..].iter().filter(|id| renewals.of(id) > 0).collect();
+    assert!(
+        renewed.len() <= 1,
+        "joiners renewed their runs, though their round ended long before half their lease: \
+         {renewed:?}"
+    );
+}
+
 /// Holds every call named `.0` for `.1` before letting it through.
 #[derive(Debug)]
 struct Slow(&'static str, Duration);
@@ -1242,6 +1286,73 @@ async fn a_burst_on_two_replicas_lists_once_not_once_per_replica() {
     }
     assert_eq!(leaders.len(), 1, "one warm listed for all: {leaders:?}");
     assert_eq!(lists(&[&one_store, &two_store]), 1, "listed once");
+}
+
+/// The first warms of a burst on two replicas, where replica two's offer
+/// takes 3 s to write (an index slowed by the burst's creations) and
+/// replica one's lands at once: replica two's warm looks for an older
+/// offered warm while its own offer is on its way, finds replica one's
+/// within a lookup, and joins it. Looking only once its own offer had
+/// landed, it found replica one's window closed and its round listing,
+/// and listed too (the cold herd's 9 listings where 6 are the rule).
+#[tokio::test]
+async fn a_burst_s_warm_whose_offer_is_slow_to_land_joins_the_older_round_meanwhile() {
+    use crate::index::CountingIndex;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("index.db");
+    let settings = |name: &str| OpsSettings {
+        replica: name.into(),
+        run_ttl: Duration::from_secs(2),
+        renew_every: Duration::from_millis(200),
+        ..short_runs()
+    };
+    let (one, one_store) = fleet_member_with(
+        Arc::new(SqliteIndex::open(&path).unwrap()),
+        20,
+        20,
+        settings("one"),
+    );
+    let slow_offers = CountingIndex::new(SqliteIndex::open(&path).unwrap())
+        .with_gate(Arc::new(Slow("offer_join", Duration::from_secs(3))));
+    let (two, two_store) = fleet_member_with(Arc::new(slow_offers), 20, 20, settings("two"));
+    one.heartbeat().await.unwrap();
+    assert_eq!(two.heartbeat().await.unwrap(), 2);
+    assert_eq!(one.heartbeat().await.unwrap(), 2);
+    // Replica two looks for offered warms now (none) and reuses that for
+    // a second: its warms arriving meanwhile cannot join at arrival.
+    assert!(two.joinable_lookup().await.unwrap().is_empty());
+    let burst = |ops: &Arc<Operations>| -> Vec<_> {
+        (0..4)
+            .map(|_| {
+                let ops = Arc::clone(ops);
+                tokio::spawn(async move {
+                    let rx = ops.submit(unfinished("x", 0).request, None).await.unwrap();
+                    let id = rx.borrow().operation_id.clone();
+                    (ops, id)
+                })
+            })
+            .collect()
+    };
+    // Replica one's burst first: its first warm is the older.
+    let mut submits = burst(&one);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    submits.extend(burst(&two));
+    let mut warms = Vec::new();
+    for s in submits {
+        warms.push(s.await.unwrap());
+    }
+    for (ops, id) in &warms {
+        until_ended(ops, id).await;
+    }
+    for (ops, id) in &warms {
+        let state = ops.index().get_operation(id).await.unwrap().unwrap().state;
+        assert_eq!(state.outcome, Some(Outcome::Succeeded), "{id}: {state:?}");
+    }
+    assert_eq!(
+        lists(&[&one_store, &two_store]),
+        1,
+        "replica two's first warm should have joined replica one's round, not listed beside it"
+    );
 }
 
 /// A round under way on each of two replicas, then a warm that leads
