@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use expresscache::WarmSpec;
 use tokio::sync::watch;
+use tracing::Instrument;
 
 use super::merge::Waited;
 use super::round::{covers, does_for, same_data, Attempt, Followed};
@@ -99,6 +100,9 @@ struct UnderWay {
     progress: std::sync::Arc<Progress>,
     following: Option<String>,
 }
+
+/// An offer's write, sent in a task of its own ([`Operations::send_offer`]).
+pub(super) type OfferWrite = tokio::task::JoinHandle<Result<bool, crate::index::IndexError>>;
 
 /// What a warm does about the warms of the same data on this replica.
 enum Role {
@@ -265,10 +269,14 @@ impl Operations {
         // closed, its round listing, and listed too (a cold herd's third
         // listing of the data). Joining before its own offer lands is
         // safe: the withdrawal is recorded first, and the log refuses an
-        // offer that arrives after it.
+        // offer that arrives after it. The write is a task of its own
+        // (`send_offer`): left unpolled while the look merges, it could
+        // hold a fair lock the merge's own calls queue behind.
         let window = async {
             let offering = tokio::time::Instant::now();
-            self.offer(a).await;
+            if let Some(write) = self.send_offer(a) {
+                self.offer_written(a, write.await);
+            }
             if !a.progress.offered() {
                 // Refused, or withdrawn meanwhile: nobody elsewhere can
                 // join it; it leads now.
@@ -410,21 +418,50 @@ impl Operations {
     /// harm: it may have landed, and [`withdraw_offer`](Self::withdraw_offer)
     /// withdraws it either way.
     pub(super) async fn offer(&self, a: &Attempt<'_>) {
+        if let Some(write) = self.send_offer(a) {
+            self.offer_written(a, write.await);
+        }
+    }
+
+    /// Marks the attempt offered and sends the offer, in a task of its
+    /// own: a warm that looks for an older one meanwhile may await other
+    /// index calls while this write waits unpolled, and a write queued on
+    /// a fair lock (SQLite's connection, DynamoDB's pacing) would then hold
+    /// up every call behind it. `None` if this attempt does not offer.
+    pub(super) fn send_offer(&self, a: &Attempt<'_>) -> Option<OfferWrite> {
         let p = a.progress;
         if !(a.whole && self.remote.has_peers())
             || p.joined().is_some()
             || p.phase() != Phase::Queued
             || p.set_offered(true)
         {
-            return;
+            return None;
         }
-        match self.index().offer_join(a.id, a.ticket).await {
+        let index = std::sync::Arc::clone(&self.index);
+        let (id, ticket) = (a.id.to_owned(), a.ticket.clone());
+        Some(tokio::spawn(
+            async move { index.offer_join(&id, &ticket).await }.in_current_span(),
+        ))
+    }
+
+    /// What the offer's write answered (see [`send_offer`](Self::send_offer)).
+    pub(super) fn offer_written(
+        &self,
+        a: &Attempt<'_>,
+        written: Result<Result<bool, crate::index::IndexError>, tokio::task::JoinError>,
+    ) {
+        let written = written.unwrap_or_else(|e| {
+            Err(crate::index::IndexError::Unavailable(format!(
+                "the offer's write ended without an answer: {e}"
+            )))
+        });
+        match written {
             Ok(true) => {}
             // Refused: this attempt withdrew an offer before (it merged
             // into a round that then ended unfinished), or lost its run.
             // Not offered, so it neither waits nor looks as if it were.
             Ok(false) => {
-                p.set_offered(false);
+                a.progress.set_offered(false);
             }
             // It may have landed: withdrawn before listing all the same.
             Err(e) => tracing::warn!(operation_id = a.id, error = %e,
