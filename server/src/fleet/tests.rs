@@ -1452,6 +1452,29 @@ async fn a_younger_leader_whose_older_round_is_cancelled_does_its_own_work() {
     );
 }
 
+/// Warm "older" of replica one, created a minute ago, its run held for an
+/// hour, queued and offered: what a lookup on replica two finds.
+async fn older_offered_on_replica_one(index: &SqliteIndex) -> (OperationRecord, RunTicket) {
+    use crate::core::clock::Clock;
+    let now = crate::core::clock::SystemClock.now();
+    let ticket = RunTicket {
+        replica: "one".into(),
+        attempt: 1,
+    };
+    let mut older = unfinished("older", 0);
+    older.created_at = now - 60_000;
+    older.run = Some(crate::core::operation::RunLease {
+        ticket: ticket.clone(),
+        deadline: now + 3_600_000,
+        cancel_requested: false,
+        joinable: false,
+    });
+    older.state.phase = crate::core::operation::Phase::Queued;
+    index.create_operation(&older).await.unwrap();
+    assert!(index.offer_join("older", &ticket).await.unwrap());
+    (older, ticket)
+}
+
 /// A younger leader that saw an older warm offered, but finds it no
 /// longer offered (the older began listing meanwhile), does not join it:
 /// what that warm lists may predate the warms that joined the younger
@@ -1459,27 +1482,12 @@ async fn a_younger_leader_whose_older_round_is_cancelled_does_its_own_work() {
 /// next round's younger leaders may join it), and it stays joinable here.
 #[tokio::test]
 async fn a_younger_leader_does_not_join_an_older_that_began_listing_meanwhile() {
-    use crate::core::clock::Clock;
     let (index, [(_one, _), (two, two_store)]) = two_replicas(100).await;
     let first = two.submit(unfinished("x", 0).request, None).await.unwrap();
     let first = first.borrow().operation_id.clone();
     // The older warm of replica one, offered, as a lookup saw it; then it
     // withdrew its offer to list.
-    let now = crate::core::clock::SystemClock.now();
-    let older_ticket = RunTicket {
-        replica: "one".into(),
-        attempt: 1,
-    };
-    let mut older = unfinished("older", 0);
-    older.created_at = now - 60_000;
-    older.run = Some(crate::core::operation::RunLease {
-        ticket: older_ticket.clone(),
-        deadline: now + 3_600_000,
-        cancel_requested: false,
-        joinable: false,
-    });
-    index.create_operation(&older).await.unwrap();
-    assert!(index.offer_join("older", &older_ticket).await.unwrap());
+    let (_, older_ticket) = older_offered_on_replica_one(&index).await;
     let seen = index.get_operation("older").await.unwrap().unwrap();
     assert!(index.withdraw_join("older", &older_ticket).await.unwrap());
     // The younger: leads the round after the one under way on replica two.
@@ -1548,25 +1556,9 @@ async fn a_younger_leader_does_not_join_an_older_that_began_listing_meanwhile() 
 #[tokio::test]
 async fn a_burst_s_warm_that_finds_the_older_round_listing_waits_for_it_rather_than_list_beside_it(
 ) {
-    use crate::core::clock::Clock;
     use std::sync::atomic::Ordering;
     let (index, [(_one, _), (two, two_store)]) = two_replicas(20).await;
-    let now = crate::core::clock::SystemClock.now();
-    let older_ticket = RunTicket {
-        replica: "one".into(),
-        attempt: 1,
-    };
-    let mut older = unfinished("older", 0);
-    older.created_at = now - 60_000;
-    older.run = Some(crate::core::operation::RunLease {
-        ticket: older_ticket.clone(),
-        deadline: now + 3_600_000,
-        cancel_requested: false,
-        joinable: false,
-    });
-    older.state.phase = crate::core::operation::Phase::Queued;
-    index.create_operation(&older).await.unwrap();
-    assert!(index.offer_join("older", &older_ticket).await.unwrap());
+    let (older, older_ticket) = older_offered_on_replica_one(&index).await;
     // Replica two's lookup sees it offered (and reuses that for a
     // second); then it withdraws to list.
     assert_eq!(two.joinable_lookup().await.unwrap().len(), 1);
