@@ -26,7 +26,7 @@ use expresscache::WarmSpec;
 use super::round::{same_request, Attempt, Followed};
 use super::remote::{joinable_elsewhere, LOOKUP_REUSE};
 use super::Operations;
-use crate::core::operation::{OperationRecord, OperationState};
+use crate::core::operation::OperationRecord;
 use crate::index::lane::{in_lane, Lane};
 use crate::warm::WarmError;
 
@@ -77,22 +77,11 @@ impl Operations {
         // freed slot (the semaphore is fair) and hold it, idle, for the
         // whole round it follows.
         let mut wait = Box::pin(wait);
-        let mut waited: Option<T> = None;
-        // An older round of the same request that began listing before
-        // this warm could join it: waited for too, never listed beside.
-        let mut behind: Option<(String, RoundElsewhere)> = None;
         loop {
-            if behind.is_none() {
-                if let Some(v) = waited.take() {
-                    return Ok(Waited::Done(v));
-                }
-            }
-            // Not that round again (a lookup may show it offered still).
-            let listing = behind.as_ref().map(|(id, _)| id.clone());
             let older = async {
                 loop {
                     if a.progress.offered() {
-                        if let Some(rec) = self.older_offer(a, listing.as_deref()).await {
+                        if let Some(rec) = self.older_offer(a).await {
                             return rec;
                         }
                     }
@@ -101,7 +90,6 @@ impl Operations {
             };
             // Shown waiting (not working) meanwhile.
             a.progress.set_waiting(true);
-            let pending = waited.is_none();
             let next = self
                 .renewing(a, async {
                     // What it waits for first: it may mark the attempt
@@ -109,27 +97,22 @@ impl Operations {
                     // the look then starts at once.
                     tokio::select! {
                         biased;
-                        v = &mut wait, if pending => Ok(Step::Waited(v)),
-                        () = round_ended(behind.as_mut().map(|(_, rx)| rx), a.stop) => {
-                            Ok(Step::RoundEnded)
-                        }
+                        v = &mut wait => Ok(v),
                         rec = older => Err(rec),
                     }
                 })
                 .await;
             a.progress.set_waiting(false);
-            match next? {
-                Ok(Step::Waited(v)) => waited = Some(v),
-                Ok(Step::RoundEnded) => behind = None,
-                Err(rec) => match self.merge_into(a, &rec).await {
-                    Merge::Joined(id, rx) => {
+            let next = next?;
+            match next {
+                Ok(v) => return Ok(Waited::Done(v)),
+                Err(rec) => {
+                    if let Some((id, rx)) = self.merge_into(a, &rec).await {
                         drop(wait);
                         return Ok(Waited::Joined(self.follow_leader(a, &id, rx, false).await));
                     }
-                    Merge::Behind(round) => behind = Some((rec.id.clone(), round)),
                     // Not confirmed: it waits on, no longer offered.
-                    Merge::Not => {}
-                },
+                }
             }
         }
     }
@@ -137,31 +120,19 @@ impl Operations {
     /// A last look before an offered leader whose wait ended lists: a
     /// lookup still under way when its window closed (on a busy index it
     /// takes a second or two) may have been about to find an older warm.
-    /// How following it ended, if one was found and joined. An older warm
-    /// found listing already is waited for (this warm still offered).
+    /// How following it ended, if one was found and joined.
     pub(super) async fn last_look(&self, a: &Attempt<'_>) -> Option<Followed> {
         if !a.progress.offered() {
             return None;
         }
-        let older = self.older_offer(a, None).await?;
-        match self.merge_into(a, &older).await {
-            Merge::Joined(id, rx) => Some(self.follow_leader(a, &id, rx, false).await),
-            Merge::Behind(mut round) => {
-                a.progress.set_waiting(true);
-                self.renewing(a, round_ended(Some(&mut round), a.stop))
-                    .await
-                    .ok()?;
-                a.progress.set_waiting(false);
-                None
-            }
-            Merge::Not => None,
-        }
+        let older = self.older_offer(a).await?;
+        let (id, rx) = self.merge_into(a, &older).await?;
+        Some(self.follow_leader(a, &id, rx, false).await)
     }
 
     /// The oldest offered warm of another replica, older than this one,
-    /// of the same request (from the shared lookup, unconfirmed), other
-    /// than `skip` (a round found listing already).
-    async fn older_offer(&self, a: &Attempt<'_>, skip: Option<&str>) -> Option<OperationRecord> {
+    /// of the same request (from the shared lookup, unconfirmed).
+    async fn older_offer(&self, a: &Attempt<'_>) -> Option<OperationRecord> {
         let created_at = self.live().get(a.id).map(|op| op.created_at)?;
         let found = match self.joinable_lookup().await {
             Ok(found) => found,
@@ -176,7 +147,6 @@ impl Operations {
         let older = found
             .iter()
             .filter(|r| (r.created_at, r.id.as_str()) < (created_at, a.id))
-            .filter(|r| Some(r.id.as_str()) != skip)
             .filter(|r| joinable_elsewhere(r, me, now) && same_request(&r.request, a.spec))
             .min_by(|x, y| (x.created_at, &x.id).cmp(&(y.created_at, &y.id)))
             .cloned();
@@ -185,25 +155,15 @@ impl Operations {
         older
     }
 
-    /// Joins `older` if it is still offered: first looks at it (a warm
-    /// that began listing meanwhile is a round under way: `Behind`, and
-    /// this attempt stays offered, so the younger leaders of the next
-    /// round can join it), then makes this attempt unjoinable and
-    /// confirms that `older` is still offered: its id and a channel of its
-    /// states, to follow it. `Not` (joinable here again, not elsewhere)
-    /// if it is not, or this attempt was stopped meanwhile; `Behind` if it
-    /// began listing between the look and the confirmation.
-    pub(super) async fn merge_into(&self, a: &Attempt<'_>, older: &OperationRecord) -> Merge {
-        match self.look_at(a, older).await {
-            Looked::Offered(_) => {}
-            Looked::Listing(cur) => {
-                tracing::info!(operation_id = a.id, older = %cur.id,
-                    "an older warm of the same request began listing on another replica: \
-                     waiting for its round rather than listing beside it");
-                return Merge::Behind(self.round_elsewhere(cur));
-            }
-            Looked::Neither => return Merge::Not,
-        }
+    /// Makes this attempt unjoinable, then confirms that `older` is still
+    /// offered: its id and a channel of its states, to follow it; `None`
+    /// (joinable here again, not elsewhere) if it is not, or this attempt
+    /// was stopped meanwhile.
+    pub(super) async fn merge_into(
+        &self,
+        a: &Attempt<'_>,
+        older: &OperationRecord,
+    ) -> Option<(String, tokio::sync::watch::Receiver<crate::core::operation::OperationState>)> {
         let leading = self.live().get_mut(a.id).and_then(|me| me.leading.take());
         let restore = |leading: Option<WarmSpec>| {
             if let Some(me) = self.live().get_mut(a.id) {
@@ -212,110 +172,33 @@ impl Operations {
         };
         if !self.withdraw_offer(a).await {
             restore(leading);
-            return Merge::Not;
+            return None;
         }
-        match self.look_at(a, older).await {
-            Looked::Offered(cur) => {
-                tracing::info!(operation_id = a.id, joined = %cur.id,
-                    "an older warm of the same request waits on another replica: joining its round");
-                Merge::Joined(cur.id.clone(), self.remote_feed(cur))
-            }
-            Looked::Listing(cur) => {
-                tracing::info!(operation_id = a.id, candidate = %older.id,
-                    "the older warm on another replica began listing meanwhile; leading the round after it");
-                restore(leading);
-                Merge::Behind(self.round_elsewhere(cur))
-            }
-            Looked::Neither => {
-                restore(leading);
-                Merge::Not
-            }
-        }
-    }
-
-    /// A consistent read of `older` (a warm of another replica), made
-    /// now: still offered, listing (a round under way), or neither (gone,
-    /// done, another request, unreadable). One read per look, and the
-    /// older warm's wait is short: past this replica's queue, like the
-    /// offer itself.
-    async fn look_at(&self, a: &Attempt<'_>, older: &OperationRecord) -> Looked {
         let me = self.settings.replica.as_str();
         let now = self.warmer.clock.now();
-        match in_lane(Lane::Urgent, self.index().get_operation(&older.id)).await {
-            Ok(Some(cur)) if !same_request(&cur.request, a.spec) => Looked::Neither,
-            Ok(Some(cur)) if joinable_elsewhere(&cur, me, now) => Looked::Offered(cur),
-            Ok(Some(cur)) if under_way_elsewhere(&cur, me, now) => Looked::Listing(cur),
+        // One read per merge, and the older warm's wait is short: past
+        // this replica's queue, like the offer itself.
+        let confirmed = in_lane(Lane::Urgent, self.index().get_operation(&older.id)).await;
+        match confirmed {
+            Ok(Some(cur)) if joinable_elsewhere(&cur, me, now) && same_request(&cur.request, a.spec) => {
+                tracing::info!(operation_id = a.id, joined = %cur.id,
+                    "an older warm of the same request waits on another replica: joining its round");
+                let id = cur.id.clone();
+                Some((id, self.remote_feed(cur)))
+            }
             Ok(_) => {
                 tracing::info!(operation_id = a.id, candidate = %older.id,
                     "the older warm on another replica is no longer offered; leading this round");
-                Looked::Neither
+                restore(leading);
+                None
             }
             Err(e) => {
                 tracing::warn!(operation_id = a.id, candidate = %older.id, error = %e,
                     "could not confirm an older warm on another replica; leading this round");
-                Looked::Neither
+                restore(leading);
+                None
             }
         }
-    }
-
-    /// The states of `rec`, a round under way on another replica.
-    fn round_elsewhere(&self, rec: OperationRecord) -> RoundElsewhere {
-        self.remote_feed(rec)
-    }
-}
-
-/// The states of a round under way on another replica, read every
-/// `follow_poll`.
-pub(super) type RoundElsewhere = tokio::sync::watch::Receiver<OperationState>;
-
-/// How a younger leader's merge into an older warm went.
-pub(super) enum Merge {
-    /// Joined: the older warm's id and its states, to follow.
-    Joined(String, RoundElsewhere),
-    /// The older warm began listing: a round under way, to wait for.
-    Behind(RoundElsewhere),
-    /// Not joined (joinable here again, not elsewhere).
-    Not,
-}
-
-/// What a read of an older warm on another replica showed.
-enum Looked {
-    Offered(OperationRecord),
-    Listing(OperationRecord),
-    Neither,
-}
-
-/// What ended a step of an offered leader's wait.
-enum Step<T> {
-    Waited(T),
-    RoundEnded,
-}
-
-/// Whether `rec` runs on another replica, held and not asked to cancel:
-/// its round is under way (or about to be).
-fn under_way_elsewhere(rec: &OperationRecord, me: &str, now: crate::index::Millis) -> bool {
-    !rec.is_done()
-        && rec.run.as_ref().is_some_and(|r| {
-            !r.cancel_requested && r.ticket.replica != me && r.deadline > now
-        })
-}
-
-/// Until the round `round` follows has ended (or its reader stopped), or
-/// `stop` is set; never, without a round.
-async fn round_ended(round: Option<&mut RoundElsewhere>, stop: &crate::stop::StopSignal) {
-    let Some(rx) = round else {
-        return std::future::pending().await;
-    };
-    let ended = async {
-        while !rx.borrow_and_update().is_done() {
-            if rx.changed().await.is_err() {
-                break;
-            }
-        }
-    };
-    tokio::select! {
-        () = ended => {}
-        () = stop.stopped() => {}
     }
 }
 

@@ -338,7 +338,7 @@ impl Operations {
             let left = left_until(held_until, clock.now());
             if since_renewal >= s.renew_every && left <= cadence.renew_at(s, granted_for) {
                 since_renewal = Duration::ZERO;
-                let within = bounded(held_until, s.run_ttl / 2);
+                let within = cadence.renewal_within(s, left);
                 match self.renew(id, ticket, cadence.run_ttl, within, stop).await {
                     Ok(Some(deadline)) => {
                         held_until = deadline;
@@ -614,19 +614,31 @@ impl Cadence {
 
     /// How much of the deadline may be left, granted for `granted`, when
     /// the run is renewed: a copier's, once a renewal interval of it is
-    /// used; a follower's own long lease, once a third of it is. A
-    /// follower still on a copier's lease (its creation's: a job array's
-    /// joiner) is renewed only once half of it is left, the margin a
-    /// renewal has before a warm starts (`fresh_grant`) and while a final
-    /// state waits (`hold_for_final`): a joiner whose round ends sooner
-    /// writes no renewal at all. Renewed at once instead (to move on to
-    /// its long lease), each of a thousand launchers' joiners wrote one or
-    /// two in the burst, as many writes as their creations.
+    /// used; a follower's, once a third of the lease it holds is used,
+    /// also while that is still a copier's (its creation's: a job array's
+    /// joiner), not at once: a joiner whose round ends within a third of
+    /// its first lease writes no renewal at all. Renewed at once instead
+    /// (to move on to its long lease), each of a thousand launchers'
+    /// joiners wrote one or two in the burst, as many writes as their
+    /// creations.
     pub(super) fn renew_at(&self, s: &super::OpsSettings, granted: Duration) -> Duration {
-        if self.only_news && granted < self.run_ttl {
-            s.run_ttl / 2
+        if self.only_news {
+            granted.saturating_sub(granted / 3)
         } else {
-            self.run_ttl.saturating_sub(self.renew_every)
+            s.run_ttl.saturating_sub(s.renew_every)
+        }
+    }
+
+    /// How long one renewal may take with `left` of the deadline left:
+    /// up to half a run lease, and for a follower at most half of what is
+    /// left, so a renewal that hangs (a throttled, saturated index) still
+    /// leaves time for another try before the deadline.
+    pub(super) fn renewal_within(&self, s: &super::OpsSettings, left: Duration) -> Duration {
+        let most = left.min(s.run_ttl / 2);
+        if self.only_news {
+            most.min(left / 2)
+        } else {
+            most
         }
     }
 
