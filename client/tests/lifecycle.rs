@@ -191,10 +191,11 @@ async fn sigterm_interrupts_within_the_grace_period_and_the_warm_completes_after
     // After the grace period the interrupted warm winds down: copies in
     // flight finish and are recorded, queued claims are given back, the
     // state is checkpointed and the run released, each an index request
-    // (on DynamoDB on moto, beside the other tests, slower than SQLite).
+    // (on DynamoDB on moto, beside the other tests, slower than SQLite:
+    // 15.2 s once in a fresh CI run of the whole suite).
     let bound = match kind {
         Kind::Sqlite => Duration::from_secs(5),
-        Kind::Dynamo => Duration::from_secs(15),
+        Kind::Dynamo => Duration::from_secs(20),
     };
     assert!(took < bound, "exit took {took:?} with a 1s grace period");
     let log = server.log();
