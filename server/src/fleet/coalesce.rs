@@ -274,9 +274,7 @@ impl Operations {
         // hold a fair lock the merge's own calls queue behind.
         let window = async {
             let offering = tokio::time::Instant::now();
-            if let Some(write) = self.send_offer(a) {
-                self.offer_written(a, write.await);
-            }
+            self.offer(a).await;
             if !a.progress.offered() {
                 // Refused, or withdrawn meanwhile: nobody elsewhere can
                 // join it; it leads now.
