@@ -197,6 +197,47 @@ impl Operations {
         }
     }
 
+    /// The role of a warm that warms on other replicas may follow unseen,
+    /// and that therefore never follows or waits for a warm that might
+    /// wait in turn: a cycle of warms each waiting for the next would
+    /// never end (a cold herd on a saturated index stalled so: a takeover
+    /// of a round's leader joined a younger warm offered on another
+    /// replica, which waited for the round this replica followed, whose
+    /// leader's record was the taken-over operation's).
+    ///
+    /// Such a warm is a new attempt of an operation (a takeover, or a
+    /// resumption at start): the previous attempt may have been offered,
+    /// and warms anywhere may follow the operation's record. It joins only
+    /// a warm here that is such a warm too (it never waits for another,
+    /// so no cycle can pass through it), and otherwise leads now, joinable
+    /// here. It is never offered (`send_offer`), so no younger warm
+    /// elsewhere waits on it through an offer either. A crashed replica's
+    /// joiners, taken over together, so list once per replica that takes
+    /// them over, not once each.
+    fn settled_role(&self, id: &str, spec: &WarmSpec) -> Role {
+        let mut live = self.live();
+        let sink = live
+            .iter()
+            .find(|(other, op)| {
+                other.as_str() != id
+                    && op.ticket.attempt > 1
+                    && !op.stop.is_set()
+                    && !op.progress.is_finished()
+                    && !op.progress.has_part()
+                    && op.progress.joined().is_none()
+                    && op.progress.phase() == Phase::Queued
+                    && op.leading.as_ref().is_some_and(|l| covers(l, spec))
+            })
+            .map(|(other, op)| (other.clone(), op.progress.subscribe()));
+        if let Some((leader, rx)) = sink {
+            return Role::Join(leader, rx);
+        }
+        if let Some(me) = live.get_mut(id) {
+            me.leading = Some(spec.clone());
+        }
+        Role::Lead
+    }
+
     /// The work of warm `id`: joins a covering warm that has not begun
     /// listing, or runs its own (after the round under way, and after a
     /// running slot frees).
@@ -215,6 +256,24 @@ impl Operations {
             }
         }
         loop {
+            if a.ticket.attempt > 1 {
+                match self.settled_role(id, spec) {
+                    Role::Join(leader, rx) => {
+                        self.arrivals.arrived(id);
+                        match self.follow_leader(a, &leader, rx, false).await {
+                            Followed::Done(result) => return result,
+                            Followed::LeaderGone => {
+                                queued_again(a);
+                                continue;
+                            }
+                        }
+                    }
+                    _ => {
+                        self.arrivals.arrived(id);
+                        return self.lead(a).await;
+                    }
+                }
+            }
             let mut role = self.role_for(id, spec, false);
             if matches!(role, Role::Lead) {
                 // No warm here does its work: one on another replica may.
@@ -244,14 +303,10 @@ impl Operations {
                     // Queued (and joinable) until that round ends.
                     self.offer(a).await;
                     let waited = self.wait_offered(a, self.round_then_gather(a, *round)).await?;
-                    if let Some(done) = self.after_wait(a, waited, false).await {
-                        return done;
-                    }
+                    return self.after_wait(a, waited, false).await;
                 }
                 Role::Lead if self.first_of_a_burst(a) => {
-                    if let Some(done) = self.lead_a_burst(a).await {
-                        return done;
-                    }
+                    return self.lead_a_burst(a).await;
                 }
                 Role::Lead => return self.lead(a).await,
             }
@@ -260,8 +315,8 @@ impl Operations {
 
     /// The first warm of a burst: other replicas' first warms of it may be
     /// older, and a moment offered lets one round serve the fleet. Its
-    /// outcome, or `None` when the round it joined ended unfinished.
-    async fn lead_a_burst(&self, a: &Attempt<'_>) -> Option<Result<WarmOutcome, WarmError>> {
+    /// outcome (its own work if the round it joined ended unfinished).
+    async fn lead_a_burst(&self, a: &Attempt<'_>) -> Result<WarmOutcome, WarmError> {
         // The window opens once the offer is written, and the look for an
         // older warm of the burst starts while it is on its way: on an
         // index slowed by the burst the write takes seconds, and a warm
@@ -290,34 +345,42 @@ impl Operations {
         };
         match self.wait_offered(a, window).await {
             Ok(waited) => self.after_wait(a, waited, true).await,
-            Err(e) => Some(Err(e)),
+            Err(e) => Err(e),
         }
     }
 
     /// What an offered leader does once its wait ended: leads (after a
     /// last look for an older round elsewhere, with `last_look`), ends
-    /// stopped, or ends as the round it joined did; `None` when that round
-    /// ended unfinished (queued again, it chooses anew).
+    /// stopped, or ends as the round it joined did; when that round ended
+    /// unfinished, does its own work.
     async fn after_wait(
         &self,
         a: &Attempt<'_>,
         waited: Waited<bool>,
         last_look: bool,
-    ) -> Option<Result<WarmOutcome, WarmError>> {
+    ) -> Result<WarmOutcome, WarmError> {
         let followed = match waited {
-            Waited::Done(false) => return Some(Ok(stopped_outcome(a.stop))),
+            Waited::Done(false) => return Ok(stopped_outcome(a.stop)),
             Waited::Done(true) if last_look => match self.last_look(a).await {
-                None => return Some(self.lead(a).await),
+                None => return self.lead(a).await,
                 Some(followed) => followed,
             },
-            Waited::Done(true) => return Some(self.lead(a).await),
+            Waited::Done(true) => return self.lead(a).await,
             Waited::Joined(followed) => followed,
         };
         match followed {
-            Followed::Done(result) => Some(result),
+            Followed::Done(result) => result,
+            // It was offered and led here, so warms on other replicas and
+            // here may follow it: choosing anew, it could join or wait for
+            // a warm that waits for one of those (a cycle; see
+            // `settled_role`). It does its own work now, joinable here
+            // again, as `lead` does after such an end.
             Followed::LeaderGone => {
                 queued_again(a);
-                None
+                if let Some(me) = self.live().get_mut(a.id) {
+                    me.leading = Some(a.spec.clone());
+                }
+                self.lead(a).await
             }
         }
     }
@@ -428,7 +491,11 @@ impl Operations {
     /// up every call behind it. `None` if this attempt does not offer.
     pub(super) fn send_offer(&self, a: &Attempt<'_>) -> Option<OfferWrite> {
         let p = a.progress;
+        // A new attempt is never offered: warms elsewhere may follow its
+        // operation already, and one joining it could close a cycle
+        // (`settled_role`).
         if !(a.whole && self.remote.has_peers())
+            || a.ticket.attempt > 1
             || p.joined().is_some()
             || p.phase() != Phase::Queued
             || p.set_offered(true)

@@ -855,6 +855,95 @@ async fn joiners_whose_round_ends_within_a_third_of_their_first_lease_write_no_r
     );
 }
 
+/// Hangs the first `renew_run` of every operation but the one set in
+/// `.0` (a round's leader), and counts each operation's renewals.
+#[derive(Debug, Default)]
+struct FirstRenewalHangs(std::sync::OnceLock<String>, RenewalsOf);
+
+impl crate::gate::Gate for FirstRenewalHangs {
+    fn enter(
+        &self,
+        call: &'static str,
+        subject: &str,
+    ) -> futures::future::BoxFuture<'static, crate::gate::Pass> {
+        let spared = self.0.get().is_some_and(|leader| leader == subject);
+        let pass = self.1.enter(call, subject);
+        if call == "renew_run" && !spared && self.1.of(subject) == 1 {
+            Box::pin(std::future::pending())
+        } else {
+            pass
+        }
+    }
+}
+
+/// A job array's joiners, still on their creation's lease, meet an index
+/// that hangs their first renewal (a saturated table): each try may take
+/// at most half of what is left of the deadline, so another fits before
+/// it; the joiners end SUCCEEDED by their first attempt. Before, a
+/// follower renewed with half its lease left and let one try take all of
+/// it: the hung renewal used up the deadline and the run was handed on.
+#[tokio::test]
+async fn joiners_whose_first_renewal_hangs_renew_again_within_their_lease_and_finish() {
+    let gate = Arc::new(FirstRenewalHangs::default());
+    for id in joiners_renewing_through(gate.clone(), |_| {}, &gate.0).await {
+        let n = gate.1.of(&id);
+        assert!(n >= 2, "{id}: its first renewal hung, then another landed ({n} tries)");
+    }
+}
+
+/// As above, the index throttled (answered unavailable) the first nine
+/// renewals, or lost their replies after they took effect: each is tried
+/// again before the deadline and finds the run held.
+#[tokio::test]
+async fn joiners_whose_renewals_are_throttled_or_their_replies_lost_renew_again_and_finish() {
+    for fault in [
+        (|i: &crate::index::CountingIndex<SqliteIndex>| i.fail("renew_run", 9))
+            as fn(&crate::index::CountingIndex<SqliteIndex>),
+        |i| i.lose_reply("renew_run", 9),
+    ] {
+        let counts = Arc::new(RenewalsOf::default());
+        joiners_renewing_through(counts.clone(), fault, &Default::default()).await;
+        assert!(counts.total() >= 9, "the faults were met: {}", counts.total());
+    }
+}
+
+/// Ten warms of the same data on one replica through `gate` and `fault`,
+/// 1 s run leases: the first copies for about 1.5 s, the rest join it and
+/// must renew their creation's lease once to outlive it. Asserts each
+/// ends SUCCEEDED by its first attempt (no takeover, no hand-on); `leader`
+/// is set to the first warm's id once it is submitted. Returns the
+/// joiners' ids.
+async fn joiners_renewing_through(
+    gate: Arc<dyn crate::gate::Gate>,
+    fault: impl FnOnce(&crate::index::CountingIndex<SqliteIndex>),
+    leader: &std::sync::OnceLock<String>,
+) -> Vec<String> {
+    use crate::index::CountingIndex;
+    let index =
+        Arc::new(CountingIndex::new(SqliteIndex::open_in_memory().unwrap()).with_gate(gate));
+    fault(&index);
+    let settings = OpsSettings {
+        run_ttl: Duration::from_secs(1),
+        ..short_runs()
+    };
+    // 150 copies, 2 at a time, 20 ms each: 1.5 s, past the joiners' lease.
+    let (ops, store) = fleet_member_with(Arc::clone(&index), 150, 20, settings);
+    let mut ids = Vec::new();
+    for _ in 0..10 {
+        let rx = ops.submit(unfinished("x", 0).request, None).await.unwrap();
+        ids.push(rx.borrow().operation_id.clone());
+        leader.get_or_init(|| ids[0].clone());
+    }
+    for id in &ids {
+        until_ended(&ops, id).await;
+        let rec = index.get_operation(id).await.unwrap().unwrap();
+        assert_eq!(rec.state.outcome, Some(Outcome::Succeeded), "{id}: {:?}", rec.state);
+        assert_eq!(rec.resumptions, 0, "{id}: finished by its first attempt");
+    }
+    assert_eq!(store.inner().keys("cache--use1-az4--x-s3").len(), 150);
+    ids.split_off(1)
+}
+
 /// Holds every call named `.0` for `.1` before letting it through.
 #[derive(Debug)]
 struct Slow(&'static str, Duration);
@@ -1596,4 +1685,128 @@ async fn a_warm_arriving_where_a_remote_round_is_followed_leads_the_round_after_
         listed + 1,
         "then led the round after it"
     );
+}
+
+/// Hangs every `renew_run` of the operation set in `.0`, once set: its
+/// replica (frozen, or cut off from the index) lets the run lapse.
+#[derive(Debug, Default)]
+struct RenewalsOfHang(std::sync::OnceLock<String>);
+
+impl crate::gate::Gate for RenewalsOfHang {
+    fn enter(
+        &self,
+        call: &'static str,
+        subject: &str,
+    ) -> futures::future::BoxFuture<'static, crate::gate::Pass> {
+        if call == "renew_run" && self.0.get().is_some_and(|id| id == subject) {
+            Box::pin(std::future::pending())
+        } else {
+            Box::pin(async { Box::new(()) as crate::gate::Pass })
+        }
+    }
+}
+
+/// The cold herd's stall, on three replicas: `older` (replica one) lists,
+/// `younger` (replica two) follows it, and `late` (replica two) waits
+/// offered for that round. Replica one then loses `older`'s run and
+/// replica three takes it over. Joining `late`, offered and covering it,
+/// the takeover would wait for `late`, which waits for `younger`, which
+/// follows `older`'s record: a cycle nothing ends (in the herd, a
+/// thousand launchers waited for 11 minutes until stopped). A new attempt
+/// joins nothing that might wait: it lists itself, and every warm ends
+/// SUCCEEDED.
+#[tokio::test]
+async fn a_takeover_of_a_followed_round_does_not_join_a_warm_that_waits_for_it() {
+    use crate::index::CountingIndex;
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("index.db");
+    let settings = |name: &str| OpsSettings {
+        replica: name.into(),
+        run_ttl: Duration::from_secs(1),
+        renew_every: Duration::from_millis(100),
+        // A lapsed run is taken over at once, not a skew margin later.
+        skew_margin: Duration::ZERO,
+        ..short_runs()
+    };
+    let lapse = Arc::new(RenewalsOfHang::default());
+    let one_index = CountingIndex::new(SqliteIndex::open(&path).unwrap()).with_gate(lapse.clone());
+    // Replica one's rounds copy 20 objects of 250 ms, 2 at a time.
+    let (one, one_store) = fleet_member_with(Arc::new(one_index), 20, 250, settings("one"));
+    let member = |name| {
+        fleet_member_with(
+            Arc::new(SqliteIndex::open(&path).unwrap()),
+            20,
+            20,
+            settings(name),
+        )
+    };
+    let ((two, two_store), (three, three_store)) = (member("two"), member("three"));
+    for ops in [&one, &two, &three, &one, &two] {
+        ops.heartbeat().await.unwrap();
+    }
+    assert_eq!(three.heartbeat().await.unwrap(), 3);
+    // A round under way on replica one; `older` waits for it, offered.
+    let first = one.submit(unfinished("x", 0).request, None).await.unwrap();
+    let first = first.borrow().operation_id.clone();
+    let t0 = std::time::Instant::now();
+    while one_store.calls.list.load(Ordering::SeqCst) == 0 {
+        assert!(t0.elapsed() < Duration::from_secs(5), "the first round never listed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let older = one.submit(unfinished("x", 0).request, None).await.unwrap();
+    let older = older.borrow().operation_id.clone();
+    let t0 = std::time::Instant::now();
+    while one.index().offered_operations(10).await.unwrap().is_empty() {
+        assert!(t0.elapsed() < Duration::from_secs(5), "never offered");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // `younger` on replica two joins it; its listing, once begun, lasts.
+    let younger = two.submit(unfinished("x", 0).request, None).await.unwrap();
+    let younger = younger.borrow().operation_id.clone();
+    let t0 = std::time::Instant::now();
+    while two.live().get(&younger).and_then(|op| op.progress.joined()) != Some(older.clone()) {
+        assert!(t0.elapsed() < Duration::from_secs(10), "never joined the older");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    one_store.delay(crate::store::Op::List, Duration::from_secs(30));
+    until_ended(&one, &first).await;
+    let t0 = std::time::Instant::now();
+    while two.live().get(&younger).map(|op| op.progress.phase()) == Some(Phase::Queued) {
+        assert!(t0.elapsed() < Duration::from_secs(10), "the older round never listed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The older round lists: a warm arriving now waits for it, offered.
+    let late = two.submit(unfinished("x", 0).request, None).await.unwrap();
+    let late = late.borrow().operation_id.clone();
+    let t0 = std::time::Instant::now();
+    while !two
+        .index()
+        .offered_operations(10)
+        .await
+        .unwrap()
+        .iter()
+        .any(|r| r.id == late)
+    {
+        assert!(t0.elapsed() < Duration::from_secs(5), "the late warm never offered");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Replica one stops renewing; replica three takes the lapsed run over.
+    lapse.0.set(older.clone()).unwrap();
+    let t0 = std::time::Instant::now();
+    while three.adopt_orphans().await.unwrap() == 0 {
+        // Up to a follower's lease (6 s): it waited for the round before.
+        assert!(t0.elapsed() < Duration::from_secs(15), "never taken over");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for (ops, id) in [(&three, &older), (&two, &younger), (&two, &late)] {
+        until_ended(ops, id).await;
+        let rec = ops.index().get_operation(id).await.unwrap().unwrap();
+        assert_eq!(rec.state.outcome, Some(Outcome::Succeeded), "{id}: {:?}", rec.state);
+    }
+    let rec = three.index().get_operation(&older).await.unwrap().unwrap();
+    assert_eq!((rec.resumptions, rec.state.joined_operation_id), (1, None), "listed itself");
+    assert_eq!(three_store.calls.list.load(Ordering::SeqCst), 1);
+    assert_eq!(two_store.calls.list.load(Ordering::SeqCst), 1, "the late warm's round");
+    assert_eq!(one_store.calls.list.load(Ordering::SeqCst), 2, "the first round, `older`'s");
 }
