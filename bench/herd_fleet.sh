@@ -51,7 +51,17 @@ BIN=$REPO_ROOT/target/release
 STATE=$(mktemp -d)
 PIDS=()
 cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  # Last started first: the replicas drain while the index and S3 still
+  # answer (against a stopped index each call is retried for the index
+  # budget, and replicas stopped with it outlived a run by an hour), each
+  # given 20 s before it is killed outright.
+  local i pid
+  for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
+    pid=${PIDS[i]}
+    kill "$pid" 2>/dev/null || continue
+    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    kill -9 "$pid" 2>/dev/null || true
+  done
   # HERD_KEEP=1 keeps the servers' and the proxy's logs for a look.
   if [ -n "${HERD_KEEP:-}" ]; then log "logs kept in $STATE"; else rm -rf "$STATE"; fi
 }

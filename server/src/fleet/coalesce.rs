@@ -256,6 +256,11 @@ impl Operations {
             }
         }
         loop {
+            // Stopped while it chose (a leader it followed ended, then a
+            // shutdown or cancel): it ends so, rather than look again.
+            if a.stop.is_set() {
+                return Ok(stopped_outcome(a.stop));
+            }
             if a.ticket.attempt > 1 {
                 match self.settled_role(id, spec) {
                     Role::Join(leader, rx) => {
