@@ -305,8 +305,18 @@ impl Operations {
                 Role::LeadAfter(round) => {
                     tracing::info!(operation_id = id, after = %round.id,
                         "a warm of the same data is already listing; leading the next round");
-                    // Queued (and joinable) until that round ends.
-                    self.offer(a).await;
+                    // Queued (and joinable here) until that round ends;
+                    // offered to other replicas only if that round lists
+                    // here, so ends by itself. Behind a warm that follows
+                    // another's round (or is split), the wait ends only
+                    // when that round does, and an offer here could make
+                    // a cycle: that round's leader, waiting offered and
+                    // younger, would merge into this warm and wait for it
+                    // (`settled_role`; doc/FLEET.md, "No cycle of waits").
+                    // Unoffered, it still joins an older offered round.
+                    if round.following.is_none() && !round.progress.has_part() {
+                        self.offer(a).await;
+                    }
                     let waited = self.wait_offered(a, self.round_then_gather(a, *round)).await?;
                     return self.after_wait(a, waited, false).await;
                 }

@@ -63,10 +63,12 @@ impl Operations {
     }
 
     /// Awaits `wait`, shown waiting and renewing the attempt's leases
-    /// meanwhile; while the attempt is offered, looks (at once, then every
-    /// [`LOOKUP_REUSE`]) for an older offered warm of the same request on
-    /// another replica and, once one is confirmed, follows it instead
-    /// (`wait` is then dropped).
+    /// meanwhile; a leader of its whole request on a fleet looks (at once,
+    /// then every [`LOOKUP_REUSE`]) for an older offered warm of the same
+    /// request on another replica and, once one is confirmed, follows it
+    /// instead (`wait` is then dropped). Offered or not: a warm waits
+    /// unoffered behind a round that does not list here (`work`), and
+    /// still joins the fleet's oldest offered round.
     pub(super) async fn wait_offered<T>(
         &self,
         a: &Attempt<'_>,
@@ -80,7 +82,7 @@ impl Operations {
         loop {
             let older = async {
                 loop {
-                    if a.progress.offered() {
+                    if self.may_merge(a) {
                         if let Some(rec) = self.older_offer(a).await {
                             return rec;
                         }
@@ -115,6 +117,14 @@ impl Operations {
                 }
             }
         }
+    }
+
+    /// Whether the waiting attempt may join an older offered warm: it
+    /// leads its whole request, on a fleet. Never a new attempt
+    /// (`settled_role`); an offered warm waits only for what ends by
+    /// itself, so joining one closes no cycle.
+    fn may_merge(&self, a: &Attempt<'_>) -> bool {
+        a.progress.offered() || (a.whole && a.ticket.attempt == 1 && self.remote.has_peers())
     }
 
     /// A last look before an offered leader whose wait ended lists: a

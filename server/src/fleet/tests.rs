@@ -1706,14 +1706,15 @@ impl crate::gate::Gate for RenewalsOfHang {
     }
 }
 
-/// The cold herd's stall, on three replicas: `older` (replica one) lists,
-/// `younger` (replica two) follows it, and `late` (replica two) waits
-/// offered for that round. Replica one then loses `older`'s run and
-/// replica three takes it over. Joining `late`, offered and covering it,
-/// the takeover would wait for `late`, which waits for `younger`, which
-/// follows `older`'s record: a cycle nothing ends (in the herd, a
-/// thousand launchers waited for 11 minutes until stopped). A new attempt
-/// joins nothing that might wait: it lists itself, and every warm ends
+/// The cold herd's stall: `older` (replica one) lists, `younger`
+/// (replica two) follows it, and `late` (replica two) waits for that
+/// round, queued. Replica one then loses `older`'s run and replica two
+/// takes it over. Joining `late`, queued and covering it, the takeover
+/// would wait for `late`, which waits for `younger`, which follows
+/// `older`'s record: a cycle nothing ends (in the herd, where the
+/// takeover joined such a warm offered on a third replica, a thousand
+/// launchers waited 11 minutes until stopped). A new attempt joins
+/// nothing that might wait: it lists itself, and every warm ends
 /// SUCCEEDED.
 #[tokio::test]
 async fn a_takeover_of_a_followed_round_does_not_join_a_warm_that_waits_for_it() {
@@ -1733,19 +1734,15 @@ async fn a_takeover_of_a_followed_round_does_not_join_a_warm_that_waits_for_it()
     let one_index = CountingIndex::new(SqliteIndex::open(&path).unwrap()).with_gate(lapse.clone());
     // Replica one's rounds copy 20 objects of 250 ms, 2 at a time.
     let (one, one_store) = fleet_member_with(Arc::new(one_index), 20, 250, settings("one"));
-    let member = |name| {
-        fleet_member_with(
-            Arc::new(SqliteIndex::open(&path).unwrap()),
-            20,
-            20,
-            settings(name),
-        )
-    };
-    let ((two, two_store), (three, three_store)) = (member("two"), member("three"));
-    for ops in [&one, &two, &three, &one, &two] {
+    let (two, two_store) = fleet_member_with(
+        Arc::new(SqliteIndex::open(&path).unwrap()),
+        20,
+        20,
+        settings("two"),
+    );
+    for ops in [&one, &two, &one] {
         ops.heartbeat().await.unwrap();
     }
-    assert_eq!(three.heartbeat().await.unwrap(), 3);
     // A round under way on replica one; `older` waits for it, offered.
     let first = one.submit(unfinished("x", 0).request, None).await.unwrap();
     let first = first.borrow().operation_id.clone();
@@ -1776,37 +1773,142 @@ async fn a_takeover_of_a_followed_round_does_not_join_a_warm_that_waits_for_it()
         assert!(t0.elapsed() < Duration::from_secs(10), "the older round never listed");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    // The older round lists: a warm arriving now waits for it, offered.
+    // The older round lists: a warm arriving now leads the next round.
     let late = two.submit(unfinished("x", 0).request, None).await.unwrap();
     let late = late.borrow().operation_id.clone();
     let t0 = std::time::Instant::now();
-    while !two
-        .index()
-        .offered_operations(10)
-        .await
-        .unwrap()
-        .iter()
-        .any(|r| r.id == late)
-    {
-        assert!(t0.elapsed() < Duration::from_secs(5), "the late warm never offered");
+    while two.live().get(&late).is_none_or(|op| op.leading.is_none()) {
+        assert!(t0.elapsed() < Duration::from_secs(5), "the late warm never led");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    // Replica one stops renewing; replica three takes the lapsed run over.
+    // Replica one stops renewing; replica two takes the lapsed run over.
     lapse.0.set(older.clone()).unwrap();
     let t0 = std::time::Instant::now();
-    while three.adopt_orphans().await.unwrap() == 0 {
+    while two.adopt_orphans().await.unwrap() == 0 {
         // Up to a follower's lease (6 s): it waited for the round before.
         assert!(t0.elapsed() < Duration::from_secs(15), "never taken over");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    for (ops, id) in [(&three, &older), (&two, &younger), (&two, &late)] {
+    for (ops, id) in [(&two, &older), (&two, &younger), (&two, &late)] {
         until_ended(ops, id).await;
         let rec = ops.index().get_operation(id).await.unwrap().unwrap();
         assert_eq!(rec.state.outcome, Some(Outcome::Succeeded), "{id}: {:?}", rec.state);
     }
-    let rec = three.index().get_operation(&older).await.unwrap().unwrap();
+    let rec = two.index().get_operation(&older).await.unwrap().unwrap();
     assert_eq!((rec.resumptions, rec.state.joined_operation_id), (1, None), "listed itself");
-    assert_eq!(three_store.calls.list.load(Ordering::SeqCst), 1);
-    assert_eq!(two_store.calls.list.load(Ordering::SeqCst), 1, "the late warm's round");
+    assert_eq!(
+        two_store.calls.list.load(Ordering::SeqCst),
+        2,
+        "the takeover's round, and the late warm's"
+    );
     assert_eq!(one_store.calls.list.load(Ordering::SeqCst), 2, "the first round, `older`'s");
+}
+
+/// Holds the first call named `.0` for `.1`; lets every other through.
+#[derive(Debug)]
+struct FirstSlow(&'static str, Duration, std::sync::atomic::AtomicBool);
+
+impl crate::gate::Gate for FirstSlow {
+    fn enter(
+        &self,
+        call: &'static str,
+        _subject: &str,
+    ) -> futures::future::BoxFuture<'static, crate::gate::Pass> {
+        let first = call == self.0 && !self.2.swap(true, std::sync::atomic::Ordering::SeqCst);
+        let pause = self.1;
+        Box::pin(async move {
+            if first {
+                tokio::time::sleep(pause).await;
+            }
+            Box::new(()) as crate::gate::Pass
+        })
+    }
+}
+
+/// A cycle without a takeover. Replica one: `first` lists, `leader`
+/// waits for it, offered. Replica two: `older` (created before `leader`,
+/// its creation slow to answer) misses `leader` (its lookup fails) and
+/// would lead the round after `joiner`, which joined `leader`. Offered,
+/// `older` would be found by `leader`, younger, which would merge into
+/// it: `older` waits for `joiner`, `joiner` follows `leader`, `leader`
+/// follows `older`. Only a warm whose wait ends by itself is offered:
+/// `older` waits unoffered, and every warm ends SUCCEEDED.
+#[tokio::test]
+async fn a_warm_waiting_behind_a_followed_round_is_not_offered_so_no_cycle_forms() {
+    use crate::index::CountingIndex;
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("index.db");
+    let settings = |name: &str| OpsSettings {
+        replica: name.into(),
+        run_ttl: Duration::from_secs(2),
+        renew_every: Duration::from_millis(200),
+        ..short_runs()
+    };
+    // Replica one's first round: 20 copies of 600 ms, 2 at a time.
+    let (one, one_store) = fleet_member_with(
+        Arc::new(SqliteIndex::open(&path).unwrap()),
+        20,
+        600,
+        settings("one"),
+    );
+    let two_index = Arc::new(
+        CountingIndex::new(SqliteIndex::open(&path).unwrap()).with_gate(Arc::new(FirstSlow(
+            "create_operation",
+            Duration::from_secs(3),
+            Default::default(),
+        ))),
+    );
+    let (two, two_store) = fleet_member_with(Arc::clone(&two_index), 20, 20, settings("two"));
+    for ops in [&one, &two, &one] {
+        ops.heartbeat().await.unwrap();
+    }
+    let first = one.submit(unfinished("x", 0).request, None).await.unwrap();
+    let first = first.borrow().operation_id.clone();
+    let t0 = std::time::Instant::now();
+    while one_store.calls.list.load(Ordering::SeqCst) == 0 {
+        assert!(t0.elapsed() < Duration::from_secs(5), "the first round never listed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // `older`: created now on replica two, answered 3 s later.
+    let older = {
+        let two = Arc::clone(&two);
+        tokio::spawn(async move {
+            let rx = two.submit(unfinished("x", 0).request, None).await.unwrap();
+            let id = rx.borrow().operation_id.clone();
+            id
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let leader = one.submit(unfinished("x", 0).request, None).await.unwrap();
+    let leader = leader.borrow().operation_id.clone();
+    let t0 = std::time::Instant::now();
+    while one.index().offered_operations(10).await.unwrap().is_empty() {
+        assert!(t0.elapsed() < Duration::from_secs(5), "never offered");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let joiner = two.submit(unfinished("x", 0).request, None).await.unwrap();
+    let joiner = joiner.borrow().operation_id.clone();
+    let t0 = std::time::Instant::now();
+    while two.live().get(&joiner).and_then(|op| op.progress.joined()) != Some(leader.clone()) {
+        assert!(t0.elapsed() < Duration::from_secs(5), "never joined the leader");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // `older`'s look on other replicas fails: it leads after `joiner`.
+    two_index.fail("offered_operations", 1);
+    let older = older.await.unwrap();
+    let created = |id: &str| {
+        let index = one.index();
+        let id = id.to_owned();
+        async move { index.get_operation(&id).await.unwrap().unwrap().created_at }
+    };
+    assert!(created(&older).await < created(&leader).await, "`older` is the older");
+    for (ops, id) in [(&one, &first), (&one, &leader), (&two, &joiner), (&two, &older)] {
+        until_ended(ops, id).await;
+        let rec = ops.index().get_operation(id).await.unwrap().unwrap();
+        assert_eq!(rec.state.outcome, Some(Outcome::Succeeded), "{id}: {:?}", rec.state);
+    }
+    let rec = one.index().get_operation(&older).await.unwrap().unwrap();
+    assert_eq!(rec.state.joined_operation_id, None, "the round after `joiner`'s");
+    assert_eq!(two_store.calls.list.load(Ordering::SeqCst), 1);
 }
