@@ -158,17 +158,31 @@ impl Operations {
         // followers late (its checkpoints, then a poll), and a round shown
         // queued may already be listing. One still offered is found and
         // joined directly (the look on other replicas comes first).
-        let in_round = |op: &super::LiveOp| {
-            op.progress.is_joined() && super::round::covers(&op.request, spec)
-        };
+        // Whom it follows is read once: a warm whose leader ended stops
+        // following meanwhile, and a round taken for one listing here
+        // that then follows another would be offered (a cycle: "No cycle
+        // of waits", doc/FLEET.md). A warm listing its own round is
+        // preferred to its joiners (each is a round under way too): the
+        // wait for it ends by itself, so the next round is offered and
+        // other replicas' next rounds join it.
         let listing = live
             .iter()
-            .find(|(other, op)| running(other, op) && (leads_for(op) || in_round(op)))
-            .map(|(other, op)| UnderWay {
+            .filter(|(other, op)| running(other, op))
+            .filter_map(|(other, op)| {
+                let following = op.progress.joined();
+                let covered = match &following {
+                    None => leads_for(op),
+                    Some(_) => super::round::covers(&op.request, spec),
+                };
+                let own = following.is_none() && !op.progress.has_part();
+                covered.then_some((!own, other, op, following))
+            })
+            .min_by_key(|(not_own, ..)| *not_own)
+            .map(|(_, other, op, following)| UnderWay {
                 id: other.clone(),
                 rx: op.progress.subscribe(),
                 progress: std::sync::Arc::clone(&op.progress),
-                following: op.progress.joined(),
+                following,
             });
         let split = if listing.is_none() {
             live.iter()
@@ -208,9 +222,10 @@ impl Operations {
     /// Such a warm is a new attempt of an operation (a takeover, or a
     /// resumption at start): the previous attempt may have been offered,
     /// and warms anywhere may follow the operation's record. It joins only
-    /// a warm here that is such a warm too (it never waits for another,
-    /// so no cycle can pass through it), and otherwise leads now, joinable
-    /// here. It is never offered (`send_offer`), so no younger warm
+    /// a warm here that is such a warm too and waits queued (it waits for
+    /// nothing but a running slot or the one below, so no cycle can pass
+    /// through it), leads the round after one such warm listing here, and
+    /// otherwise leads now; joinable here either way. It is never offered (`send_offer`), so no younger warm
     /// elsewhere waits on it through an offer either. A crashed replica's
     /// joiners, taken over together, so list once per replica that takes
     /// them over, not once each.
@@ -232,10 +247,34 @@ impl Operations {
         if let Some((leader, rx)) = sink {
             return Role::Join(leader, rx);
         }
+        // One listing its own work (a new attempt too): the round after
+        // it, which the rest of a crashed replica's warms taken over here
+        // join, rather than each list beside it.
+        let listing = live
+            .iter()
+            .find(|(other, op)| {
+                other.as_str() != id
+                    && op.ticket.attempt > 1
+                    && !op.stop.is_set()
+                    && !op.progress.is_finished()
+                    && !op.progress.has_part()
+                    && op.progress.joined().is_none()
+                    && op.progress.phase() != Phase::Queued
+                    && op.leading.as_ref().is_some_and(|l| covers(l, spec))
+            })
+            .map(|(other, op)| UnderWay {
+                id: other.clone(),
+                rx: op.progress.subscribe(),
+                progress: std::sync::Arc::clone(&op.progress),
+                following: None,
+            });
         if let Some(me) = live.get_mut(id) {
             me.leading = Some(spec.clone());
         }
-        Role::Lead
+        match listing {
+            Some(round) => Role::LeadAfter(Box::new(round)),
+            None => Role::Lead,
+        }
     }
 
     /// The work of warm `id`: joins a covering warm that has not begun
@@ -272,6 +311,13 @@ impl Operations {
                                 continue;
                             }
                         }
+                    }
+                    // Never offered, nor merging (`may_merge`): it waits
+                    // only for a warm that lists.
+                    Role::LeadAfter(round) => {
+                        self.arrivals.arrived(id);
+                        let waited = self.wait_offered(a, self.round_then_gather(a, *round));
+                        return self.after_wait(a, waited.await?, false).await;
                     }
                     _ => {
                         self.arrivals.arrived(id);

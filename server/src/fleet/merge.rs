@@ -9,7 +9,10 @@
 //! request the oldest (by creation time, then id, as the log records them,
 //! so every replica orders them alike whatever its clock) lists, and the
 //! rest follow it. Joins go only from younger to older, so no two wait on
-//! each other.
+//! each other. A leader that waits unoffered (behind a round its replica
+//! follows: only a warm whose wait ends by itself is offered) joins the
+//! oldest offered warm of its request, older or younger: nothing joins it
+//! through the log, so that closes no cycle either.
 //!
 //! The warms that joined the younger leader (here, or from another replica
 //! through its offer) arrived before it joins the older one; the older one
@@ -83,7 +86,7 @@ impl Operations {
             let older = async {
                 loop {
                     if self.may_merge(a) {
-                        if let Some(rec) = self.older_offer(a).await {
+                        if let Some(rec) = self.offer_to_join(a).await {
                             return rec;
                         }
                     }
@@ -135,14 +138,20 @@ impl Operations {
         if !a.progress.offered() {
             return None;
         }
-        let older = self.older_offer(a).await?;
+        let older = self.offer_to_join(a).await?;
         let (id, rx) = self.merge_into(a, &older).await?;
         Some(self.follow_leader(a, &id, rx, false).await)
     }
 
-    /// The oldest offered warm of another replica, older than this one,
-    /// of the same request (from the shared lookup, unconfirmed).
-    async fn older_offer(&self, a: &Attempt<'_>) -> Option<OperationRecord> {
+    /// The oldest offered warm of another replica of the same request
+    /// (from the shared lookup, unconfirmed) that this one may join: an
+    /// older one, while this one is offered (offered warms join only
+    /// older ones, so no two join each other); any, while it is not (no
+    /// warm can join it through the log then, and an offered warm's wait
+    /// ends by itself: joining one closes no cycle). A next round's
+    /// leader waiting unoffered, behind a round its replica follows, so
+    /// joins the fleet's next round even when it is the oldest.
+    async fn offer_to_join(&self, a: &Attempt<'_>) -> Option<OperationRecord> {
         let created_at = self.live().get(a.id).map(|op| op.created_at)?;
         let found = match self.joinable_lookup().await {
             Ok(found) => found,
@@ -156,7 +165,7 @@ impl Operations {
         let me = self.settings.replica.as_str();
         let older = found
             .iter()
-            .filter(|r| (r.created_at, r.id.as_str()) < (created_at, a.id))
+            .filter(|r| !a.progress.offered() || (r.created_at, r.id.as_str()) < (created_at, a.id))
             .filter(|r| joinable_elsewhere(r, me, now) && same_request(&r.request, a.spec))
             .min_by(|x, y| (x.created_at, &x.id).cmp(&(y.created_at, &y.id)))
             .cloned();

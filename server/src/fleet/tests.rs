@@ -1832,7 +1832,10 @@ impl crate::gate::Gate for FirstSlow {
 /// `older` would be found by `leader`, younger, which would merge into
 /// it: `older` waits for `joiner`, `joiner` follows `leader`, `leader`
 /// follows `older`. Only a warm whose wait ends by itself is offered:
-/// `older` waits unoffered, and every warm ends SUCCEEDED.
+/// `older` waits unoffered, and, unoffered, joins `leader` although it is
+/// the younger (nothing can join `older` through the log, and `leader`
+/// waits for what ends by itself); every warm ends SUCCEEDED, and the
+/// data is listed once for both replicas' next rounds.
 #[tokio::test]
 async fn a_warm_waiting_behind_a_followed_round_is_not_offered_so_no_cycle_forms() {
     use crate::index::CountingIndex;
@@ -1909,6 +1912,92 @@ async fn a_warm_waiting_behind_a_followed_round_is_not_offered_so_no_cycle_forms
         assert_eq!(rec.state.outcome, Some(Outcome::Succeeded), "{id}: {:?}", rec.state);
     }
     let rec = one.index().get_operation(&older).await.unwrap().unwrap();
-    assert_eq!(rec.state.joined_operation_id, None, "the round after `joiner`'s");
-    assert_eq!(two_store.calls.list.load(Ordering::SeqCst), 1);
+    assert_eq!(rec.state.joined_operation_id.as_deref(), Some(leader.as_str()));
+    assert_eq!(two_store.calls.list.load(Ordering::SeqCst), 0);
+    assert_eq!(one_store.calls.list.load(Ordering::SeqCst), 2, "`first`, then `leader`");
+}
+
+/// A crashed replica's warms, taken over together by one replica: the
+/// first lists, the next waits for it, and the rest join that one, so the
+/// data is listed twice, not once per warm taken over (each a new
+/// attempt, which joins or waits only for new attempts here).
+#[tokio::test]
+async fn warms_taken_over_together_list_the_data_twice_not_once_each() {
+    use crate::index::CountingIndex;
+    use std::sync::atomic::Ordering;
+    // Each takeover's write takes 50 ms (a busy index): the first warm
+    // taken over lists before the next is, as in the herd.
+    let index = Arc::new(
+        CountingIndex::new(SqliteIndex::open_in_memory().unwrap())
+            .with_gate(Arc::new(Slow("take_over", Duration::from_millis(50)))),
+    );
+    let ids: Vec<String> = (0..20).map(|i| format!("o{i:02}")).collect();
+    for id in &ids {
+        // Run by a replica gone since: its run lapsed long ago.
+        let mut rec = unfinished(id, 0);
+        rec.run = Some(crate::core::operation::RunLease {
+            ticket: RunTicket {
+                replica: "gone".into(),
+                attempt: 1,
+            },
+            deadline: 2,
+            cancel_requested: false,
+            joinable: false,
+        });
+        index.create_operation(&rec).await.unwrap();
+    }
+    // Its round: 20 copies of 200 ms, 2 at a time, past the takeovers.
+    let (ops, store) = fleet_member(Arc::clone(&index), 20, 200);
+    assert_eq!(ops.adopt_orphans().await.unwrap(), 20);
+    for id in &ids {
+        until_ended(&ops, id).await;
+        let rec = index.get_operation(id).await.unwrap().unwrap();
+        assert_eq!(rec.state.outcome, Some(Outcome::Succeeded), "{id}: {:?}", rec.state);
+    }
+    let lists = store.calls.list.load(Ordering::SeqCst);
+    assert!(lists <= 2, "listed {lists} times for 20 warms taken over");
+}
+
+/// The next round's leader on a replica whose round under way has many
+/// joiners waits for the warm that lists, not for one of its joiners
+/// (each follows that round too): it is offered, so the next rounds of
+/// other replicas join it. Waiting for a joiner, it waited unoffered (a
+/// wait that does not end by itself), and each replica's next round
+/// listed on its own.
+#[tokio::test]
+async fn a_next_round_behind_a_round_with_joiners_is_offered() {
+    use std::sync::atomic::Ordering;
+    let (index, [(one, one_store), (two, two_store)]) = two_replicas(250).await;
+    let mut ids = Vec::new();
+    for _ in 0..10 {
+        let rx = one.submit(unfinished("x", 0).request, None).await.unwrap();
+        ids.push(rx.borrow().operation_id.clone());
+    }
+    let t0 = std::time::Instant::now();
+    while one_store.calls.list.load(Ordering::SeqCst) == 0 {
+        assert!(t0.elapsed() < Duration::from_secs(10), "the first round never listed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let joined = ids[1..]
+        .iter()
+        .filter(|id| one.live().get(*id).is_some_and(|op| op.progress.joined().is_some()))
+        .count();
+    assert!(joined >= 8, "the burst joined its first warm: {joined} of 9");
+    let next = one.submit(unfinished("x", 0).request, None).await.unwrap();
+    let next = next.borrow().operation_id.clone();
+    let t0 = std::time::Instant::now();
+    while !index.offered_operations(10).await.unwrap().iter().any(|r| r.id == next) {
+        assert!(t0.elapsed() < Duration::from_secs(5), "the next round was never offered");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let other = two.submit(unfinished("x", 0).request, None).await.unwrap();
+    let other = other.borrow().operation_id.clone();
+    ids.push(next);
+    for id in &ids {
+        until_ended(&one, id).await;
+    }
+    until_ended(&two, &other).await;
+    let rec = index.get_operation(&other).await.unwrap().unwrap();
+    assert_eq!(rec.state.outcome, Some(Outcome::Succeeded), "{:?}", rec.state);
+    assert_eq!(two_store.calls.list.load(Ordering::SeqCst), 0, "it joined the next round");
 }
