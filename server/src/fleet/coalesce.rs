@@ -97,8 +97,15 @@ fn worse(a: WarmOutcome, b: WarmOutcome) -> WarmOutcome {
 struct UnderWay {
     id: String,
     rx: watch::Receiver<OperationState>,
-    progress: std::sync::Arc<Progress>,
+    /// Weak: held strongly, a warm that ended here without finishing (its
+    /// run lost) would live on for the waiter, whose wait then never ended,
+    /// and its own joiners (whose channel closes only when it is dropped)
+    /// never saw it gone: a cold herd stalled so.
+    progress: std::sync::Weak<Progress>,
     following: Option<String>,
+    /// It lists its own round here (follows nobody, no part of it split):
+    /// the wait for it ends by itself.
+    lists_itself: bool,
 }
 
 /// An offer's write, sent in a task of its own ([`Operations::send_offer`]).
@@ -178,11 +185,12 @@ impl Operations {
                 covered.then_some((!own, other, op, following))
             })
             .min_by_key(|(not_own, ..)| *not_own)
-            .map(|(_, other, op, following)| UnderWay {
+            .map(|(not_own, other, op, following)| UnderWay {
                 id: other.clone(),
                 rx: op.progress.subscribe(),
-                progress: std::sync::Arc::clone(&op.progress),
+                progress: std::sync::Arc::downgrade(&op.progress),
                 following,
+                lists_itself: !not_own,
             });
         let split = if listing.is_none() {
             live.iter()
@@ -265,8 +273,9 @@ impl Operations {
             .map(|(other, op)| UnderWay {
                 id: other.clone(),
                 rx: op.progress.subscribe(),
-                progress: std::sync::Arc::clone(&op.progress),
+                progress: std::sync::Arc::downgrade(&op.progress),
                 following: None,
+                lists_itself: true,
             });
         if let Some(me) = live.get_mut(id) {
             me.leading = Some(spec.clone());
@@ -360,7 +369,7 @@ impl Operations {
                     // younger, would merge into this warm and wait for it
                     // (`settled_role`; doc/FLEET.md, "No cycle of waits").
                     // Unoffered, it still joins an older offered round.
-                    if round.following.is_none() && !round.progress.has_part() {
+                    if round.lists_itself {
                         self.offer(a).await;
                     }
                     let waited = self.wait_offered(a, self.round_then_gather(a, *round)).await?;
@@ -458,14 +467,17 @@ impl Operations {
             following,
             ..
         } = round;
-        // Ended, or no longer following the round it followed when chosen
-        // (that round ended unfinished: it leads or joins anew, perhaps
-        // this very warm, which waiting for it would make a cycle). Its
-        // live progress is looked at too: a change of leader is not
-        // always published.
+        // Ended, gone from this replica (its run lost), or no longer
+        // following the round it followed when chosen (that round ended
+        // unfinished: it leads or joins anew, perhaps this very warm,
+        // which waiting for it would make a cycle). Its live progress is
+        // looked at too: a change of leader is not always published.
         const LOOK_EVERY: Duration = Duration::from_millis(200);
         let ended = async {
-            while !rx.borrow_and_update().is_done() && progress.joined() == following {
+            let still = |p: &std::sync::Weak<Progress>| {
+                p.upgrade().is_some_and(|p| p.joined() == following)
+            };
+            while !rx.borrow_and_update().is_done() && still(&progress) {
                 tokio::select! {
                     changed = rx.changed() => if changed.is_err() { break },
                     () = tokio::time::sleep(LOOK_EVERY) => {}

@@ -1687,10 +1687,16 @@ async fn a_warm_arriving_where_a_remote_round_is_followed_leads_the_round_after_
     );
 }
 
-/// Hangs every `renew_run` of the operation set in `.0`, once set: its
+/// Hangs every `renew_run` of the operation set in `.0`, while set: its
 /// replica (frozen, or cut off from the index) lets the run lapse.
 #[derive(Debug, Default)]
-struct RenewalsOfHang(std::sync::OnceLock<String>);
+struct RenewalsOfHang(std::sync::Mutex<Option<String>>);
+
+impl RenewalsOfHang {
+    fn hang(&self, id: Option<&str>) {
+        *self.0.lock().unwrap() = id.map(str::to_owned);
+    }
+}
 
 impl crate::gate::Gate for RenewalsOfHang {
     fn enter(
@@ -1698,7 +1704,8 @@ impl crate::gate::Gate for RenewalsOfHang {
         call: &'static str,
         subject: &str,
     ) -> futures::future::BoxFuture<'static, crate::gate::Pass> {
-        if call == "renew_run" && self.0.get().is_some_and(|id| id == subject) {
+        let hung = self.0.lock().unwrap().as_deref() == Some(subject);
+        if call == "renew_run" && hung {
             Box::pin(std::future::pending())
         } else {
             Box::pin(async { Box::new(()) as crate::gate::Pass })
@@ -1782,7 +1789,7 @@ async fn a_takeover_of_a_followed_round_does_not_join_a_warm_that_waits_for_it()
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     // Replica one stops renewing; replica two takes the lapsed run over.
-    lapse.0.set(older.clone()).unwrap();
+    lapse.hang(Some(&older));
     let t0 = std::time::Instant::now();
     while two.adopt_orphans().await.unwrap() == 0 {
         // Up to a follower's lease (6 s): it waited for the round before.
@@ -2000,4 +2007,64 @@ async fn a_next_round_behind_a_round_with_joiners_is_offered() {
     let rec = index.get_operation(&other).await.unwrap().unwrap();
     assert_eq!(rec.state.outcome, Some(Outcome::Succeeded), "{:?}", rec.state);
     assert_eq!(two_store.calls.list.load(Ordering::SeqCst), 0, "it joined the next round");
+}
+
+/// A round's leader loses its run (its renewals hang) while the next
+/// round waits for it. The waiting warm held the leader's progress, so
+/// its wait never ended (nor would the leader's joiners', whose channel
+/// closes only when that progress is dropped): a cold herd stalled so.
+/// Now the next round begins, the lapsed run is taken over, and every
+/// warm ends SUCCEEDED.
+#[tokio::test]
+async fn a_leader_that_loses_its_run_does_not_hold_its_joiners_or_the_next_round() {
+    use crate::index::CountingIndex;
+    use std::sync::atomic::Ordering;
+    let lapse = Arc::new(RenewalsOfHang::default());
+    let index = Arc::new(
+        CountingIndex::new(SqliteIndex::open_in_memory().unwrap()).with_gate(lapse.clone()),
+    );
+    let settings = OpsSettings {
+        // A lapsed run is taken over at once, not a skew margin later.
+        skew_margin: Duration::ZERO,
+        ..short_runs()
+    };
+    // 40 copies of 100 ms, 2 at a time: 2 s of work.
+    let (ops, store) = fleet_member_with(Arc::clone(&index), 40, 100, settings);
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        let rx = ops.submit(unfinished("x", 0).request, None).await.unwrap();
+        ids.push(rx.borrow().operation_id.clone());
+    }
+    let t0 = std::time::Instant::now();
+    while store.calls.copy.load(Ordering::SeqCst) == 0 {
+        assert!(t0.elapsed() < Duration::from_secs(5), "never copied");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The first lists; the second waits for it, leading the next round,
+    // which the rest joined.
+    let t0 = std::time::Instant::now();
+    while ids[2..]
+        .iter()
+        .any(|id| ops.live().get(id).is_none_or(|op| op.progress.joined() != Some(ids[1].clone())))
+    {
+        assert!(t0.elapsed() < Duration::from_secs(5), "the next round never gathered");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The leader's renewals hang from now on: its run lapses.
+    lapse.hang(Some(&ids[0]));
+    let t0 = std::time::Instant::now();
+    while ops.live().contains_key(&ids[0]) {
+        assert!(t0.elapsed() < Duration::from_secs(5), "the leader never lost its run");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    lapse.hang(None);
+    while ops.adopt_orphans().await.unwrap() == 0 {
+        assert!(t0.elapsed() < Duration::from_secs(10), "never taken over");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for id in &ids {
+        until_ended(&ops, id).await;
+        let rec = index.get_operation(id).await.unwrap().unwrap();
+        assert_eq!(rec.state.outcome, Some(Outcome::Succeeded), "{id}: {:?}", rec.state);
+    }
 }
