@@ -108,6 +108,50 @@ struct UnderWay {
     lists_itself: bool,
 }
 
+/// The round under way here that a next round of `spec` waits for, among
+/// the warms `running` accepts: a warm listing what `spec` asks, or one
+/// following a round (joined on another replica, or merged into an older
+/// round there, or joined here), which the next round waits for like for
+/// a local one, rather than list beside it (the herd's cold rounds then
+/// fought over the same keys' claims). Whatever phase it shows: a remote
+/// round's phase reaches its followers late (its checkpoints, then a
+/// poll), and a round shown queued may already be listing. One still
+/// offered is found and joined directly (the look on other replicas
+/// comes first).
+///
+/// Whom it follows is read once: a warm whose leader ended stops
+/// following meanwhile, and a round taken for one listing here that then
+/// follows another would be offered (a cycle: "No cycle of waits",
+/// doc/FLEET.md). A warm listing its own round is preferred to its
+/// joiners (each is a round under way too): the wait for it ends by
+/// itself, so the next round is offered and other replicas' next rounds
+/// join it.
+fn round_under_way(
+    live: &std::collections::HashMap<String, super::LiveOp>,
+    spec: &WarmSpec,
+    running: &dyn Fn(&String, &super::LiveOp) -> bool,
+) -> Option<UnderWay> {
+    live.iter()
+        .filter(|(other, op)| running(other, op))
+        .filter_map(|(other, op)| {
+            let following = op.progress.joined();
+            let covered = match &following {
+                None => op.leading.as_ref().is_some_and(|l| covers(l, spec)),
+                Some(_) => covers(&op.request, spec),
+            };
+            let own = following.is_none() && !op.progress.has_part();
+            covered.then_some((!own, other, op, following))
+        })
+        .min_by_key(|(not_own, ..)| *not_own)
+        .map(|(not_own, other, op, following)| UnderWay {
+            id: other.clone(),
+            rx: op.progress.subscribe(),
+            progress: std::sync::Arc::downgrade(&op.progress),
+            following,
+            lists_itself: !not_own,
+        })
+}
+
 /// An offer's write, sent in a task of its own ([`Operations::send_offer`]).
 pub(super) type OfferWrite = tokio::task::JoinHandle<Result<bool, crate::index::IndexError>>;
 
@@ -156,42 +200,7 @@ impl Operations {
         if let Some((leader, rx)) = joinable {
             return Role::Join(leader, rx);
         }
-        // A round under way here: a warm listing what this one asks, or
-        // one following a round (joined on another replica, or merged into
-        // an older round there, or joined here): the next round
-        // waits for it like for a local one, rather than list beside it
-        // (the herd's cold rounds then fought over the same keys' claims).
-        // Whatever phase it shows: a remote round's phase reaches its
-        // followers late (its checkpoints, then a poll), and a round shown
-        // queued may already be listing. One still offered is found and
-        // joined directly (the look on other replicas comes first).
-        // Whom it follows is read once: a warm whose leader ended stops
-        // following meanwhile, and a round taken for one listing here
-        // that then follows another would be offered (a cycle: "No cycle
-        // of waits", doc/FLEET.md). A warm listing its own round is
-        // preferred to its joiners (each is a round under way too): the
-        // wait for it ends by itself, so the next round is offered and
-        // other replicas' next rounds join it.
-        let listing = live
-            .iter()
-            .filter(|(other, op)| running(other, op))
-            .filter_map(|(other, op)| {
-                let following = op.progress.joined();
-                let covered = match &following {
-                    None => leads_for(op),
-                    Some(_) => super::round::covers(&op.request, spec),
-                };
-                let own = following.is_none() && !op.progress.has_part();
-                covered.then_some((!own, other, op, following))
-            })
-            .min_by_key(|(not_own, ..)| *not_own)
-            .map(|(not_own, other, op, following)| UnderWay {
-                id: other.clone(),
-                rx: op.progress.subscribe(),
-                progress: std::sync::Arc::downgrade(&op.progress),
-                following,
-                lists_itself: !not_own,
-            });
+        let listing = round_under_way(&live, spec, &running);
         let split = if listing.is_none() {
             live.iter()
                 .filter(|(other, op)| queued(other, op))
@@ -233,24 +242,26 @@ impl Operations {
     /// a warm here that is such a warm too and waits queued (it waits for
     /// nothing but a running slot or the one below, so no cycle can pass
     /// through it), leads the round after one such warm listing here, and
-    /// otherwise leads now; joinable here either way. It is never offered (`send_offer`), so no younger warm
-    /// elsewhere waits on it through an offer either. A crashed replica's
-    /// joiners, taken over together, so list once per replica that takes
-    /// them over, not once each.
+    /// otherwise leads now; joinable here either way. It is never offered
+    /// (`send_offer`), so no younger warm elsewhere waits on it through an
+    /// offer either. A crashed replica's warms, taken over together, so
+    /// list twice on the replica that takes them over, not once each.
     fn settled_role(&self, id: &str, spec: &WarmSpec) -> Role {
         let mut live = self.live();
+        // Another new attempt here leading its own work of `spec`.
+        let new_leader = |other: &String, op: &super::LiveOp| {
+            other.as_str() != id
+                && op.ticket.attempt > 1
+                && !op.stop.is_set()
+                && !op.progress.is_finished()
+                && !op.progress.has_part()
+                && op.progress.joined().is_none()
+                && op.leading.as_ref().is_some_and(|l| covers(l, spec))
+        };
+        let queued = |op: &super::LiveOp| op.progress.phase() == Phase::Queued;
         let sink = live
             .iter()
-            .find(|(other, op)| {
-                other.as_str() != id
-                    && op.ticket.attempt > 1
-                    && !op.stop.is_set()
-                    && !op.progress.is_finished()
-                    && !op.progress.has_part()
-                    && op.progress.joined().is_none()
-                    && op.progress.phase() == Phase::Queued
-                    && op.leading.as_ref().is_some_and(|l| covers(l, spec))
-            })
+            .find(|(other, op)| new_leader(other, op) && queued(op))
             .map(|(other, op)| (other.clone(), op.progress.subscribe()));
         if let Some((leader, rx)) = sink {
             return Role::Join(leader, rx);
@@ -260,16 +271,7 @@ impl Operations {
         // join, rather than each list beside it.
         let listing = live
             .iter()
-            .find(|(other, op)| {
-                other.as_str() != id
-                    && op.ticket.attempt > 1
-                    && !op.stop.is_set()
-                    && !op.progress.is_finished()
-                    && !op.progress.has_part()
-                    && op.progress.joined().is_none()
-                    && op.progress.phase() != Phase::Queued
-                    && op.leading.as_ref().is_some_and(|l| covers(l, spec))
-            })
+            .find(|(other, op)| new_leader(other, op) && !queued(op))
             .map(|(other, op)| UnderWay {
                 id: other.clone(),
                 rx: op.progress.subscribe(),
@@ -310,28 +312,9 @@ impl Operations {
                 return Ok(stopped_outcome(a.stop));
             }
             if a.ticket.attempt > 1 {
-                match self.settled_role(id, spec) {
-                    Role::Join(leader, rx) => {
-                        self.arrivals.arrived(id);
-                        match self.follow_leader(a, &leader, rx, false).await {
-                            Followed::Done(result) => return result,
-                            Followed::LeaderGone => {
-                                queued_again(a);
-                                continue;
-                            }
-                        }
-                    }
-                    // Never offered, nor merging (`may_merge`): it waits
-                    // only for a warm that lists.
-                    Role::LeadAfter(round) => {
-                        self.arrivals.arrived(id);
-                        let waited = self.wait_offered(a, self.round_then_gather(a, *round));
-                        return self.after_wait(a, waited.await?, false).await;
-                    }
-                    _ => {
-                        self.arrivals.arrived(id);
-                        return self.lead(a).await;
-                    }
+                match self.settled_work(a).await {
+                    Some(done) => return done,
+                    None => continue,
                 }
             }
             let mut role = self.role_for(id, spec, false);
@@ -380,6 +363,31 @@ impl Operations {
                 }
                 Role::Lead => return self.lead(a).await,
             }
+        }
+    }
+
+    /// A new attempt's work (`settled_role`): its outcome, or `None` when
+    /// the warm it joined ended unfinished (queued again, it chooses anew).
+    async fn settled_work(&self, a: &Attempt<'_>) -> Option<Result<WarmOutcome, WarmError>> {
+        let role = self.settled_role(a.id, a.spec);
+        self.arrivals.arrived(a.id);
+        match role {
+            Role::Join(leader, rx) => match self.follow_leader(a, &leader, rx, false).await {
+                Followed::Done(result) => Some(result),
+                Followed::LeaderGone => {
+                    queued_again(a);
+                    None
+                }
+            },
+            // Never offered, nor merging (`may_merge`): it waits only for
+            // a warm that lists.
+            Role::LeadAfter(round) => Some(
+                match self.wait_offered(a, self.round_then_gather(a, *round)).await {
+                    Ok(waited) => self.after_wait(a, waited, false).await,
+                    Err(e) => Err(e),
+                },
+            ),
+            _ => Some(self.lead(a).await),
         }
     }
 
