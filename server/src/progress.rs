@@ -154,14 +154,6 @@ impl Progress {
             .clone()
     }
 
-    /// Whether this warm follows another's work (without copying its id:
-    /// looked at for every live warm when one arrives).
-    pub fn is_joined(&self) -> bool {
-        self.joined
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some()
-    }
 
     /// Whether the warm waits (for the round under way, or for a running
     /// slot) rather than doing any work.

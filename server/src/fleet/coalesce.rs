@@ -245,7 +245,8 @@ impl Operations {
     /// otherwise leads now; joinable here either way. It is never offered
     /// (`send_offer`), so no younger warm elsewhere waits on it through an
     /// offer either. A crashed replica's warms, taken over together, so
-    /// list twice on the replica that takes them over, not once each.
+    /// list at most twice on the replica that takes them over, not once
+    /// each.
     fn settled_role(&self, id: &str, spec: &WarmSpec) -> Role {
         let mut live = self.live();
         // Another new attempt here leading its own work of `spec`.

@@ -73,12 +73,16 @@ impl Operations {
             tracing::warn!(operation_id = %id, attempt = ticket.attempt,
                 "this replica lost the operation's run (another took it over, or its deadline \
                  passed unrenewed); writing nothing more");
+            // Gone from this replica first: a next round waiting for it,
+            // and its joiners, go on now, not once the release below is
+            // answered by an index that may be the reason the run was lost.
+            self.forget(&id);
+            drop(progress);
             // If nobody took it over yet (the index was out of reach), hand
             // it on at once, and not as a crash; a no-op once superseded.
             if let Err(e) = self.index().release_run(&id, &ticket).await {
                 tracing::debug!(operation_id = %id, error = %e, "could not release the lost run");
             }
-            self.forget(&id);
             return;
         }
         if stop.reason() == Some(StopReason::Interrupted) {
