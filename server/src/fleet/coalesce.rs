@@ -143,13 +143,19 @@ fn round_under_way(
             covered.then_some((!own, other, op, following))
         })
         .min_by_key(|(not_own, ..)| *not_own)
-        .map(|(not_own, other, op, following)| UnderWay {
-            id: other.clone(),
+        .map(|(not_own, other, op, following)| UnderWay::of(other, op, following, !not_own))
+}
+
+impl UnderWay {
+    fn of(id: &str, op: &super::LiveOp, following: Option<String>, lists_itself: bool) -> Self {
+        Self {
+            id: id.to_owned(),
             rx: op.progress.subscribe(),
             progress: std::sync::Arc::downgrade(&op.progress),
             following,
-            lists_itself: !not_own,
-        })
+            lists_itself,
+        }
+    }
 }
 
 /// An offer's write, sent in a task of its own ([`Operations::send_offer`]).
@@ -273,13 +279,7 @@ impl Operations {
         let listing = live
             .iter()
             .find(|(other, op)| new_leader(other, op) && !queued(op))
-            .map(|(other, op)| UnderWay {
-                id: other.clone(),
-                rx: op.progress.subscribe(),
-                progress: std::sync::Arc::downgrade(&op.progress),
-                following: None,
-                lists_itself: true,
-            });
+            .map(|(other, op)| UnderWay::of(other, op, None, true));
         if let Some(me) = live.get_mut(id) {
             me.leading = Some(spec.clone());
         }
@@ -422,10 +422,8 @@ impl Operations {
                 () = a.stop.stopped() => false,
             }
         };
-        match self.wait_offered(a, window).await {
-            Ok(waited) => self.after_wait(a, waited, true).await,
-            Err(e) => Err(e),
-        }
+        let waited = self.wait_offered(a, window).await?;
+        self.after_wait(a, waited, true).await
     }
 
     /// What an offered leader does once its wait ended: leads (after a

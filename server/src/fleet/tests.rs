@@ -212,6 +212,17 @@ fn short_runs() -> OpsSettings {
     }
 }
 
+/// [`short_runs`] as replica `name` of a fleet, with run leases of 2 s
+/// renewed every 200 ms.
+fn as_replica(name: &str) -> OpsSettings {
+    OpsSettings {
+        replica: name.into(),
+        run_ttl: Duration::from_secs(2),
+        renew_every: Duration::from_millis(200),
+        ..short_runs()
+    }
+}
+
 /// Operations over `index` with `n` objects under d/ of "src", copies
 /// `copy_ms` each, two at a time, and short run leases.
 fn fleet_member<I: crate::index::FleetIndex>(
@@ -1389,21 +1400,15 @@ async fn a_burst_s_warm_whose_offer_is_slow_to_land_joins_the_older_round_meanwh
     use crate::index::CountingIndex;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("index.db");
-    let settings = |name: &str| OpsSettings {
-        replica: name.into(),
-        run_ttl: Duration::from_secs(2),
-        renew_every: Duration::from_millis(200),
-        ..short_runs()
-    };
     let (one, one_store) = fleet_member_with(
         Arc::new(SqliteIndex::open(&path).unwrap()),
         20,
         20,
-        settings("one"),
+        as_replica("one"),
     );
     let slow_offers = CountingIndex::new(SqliteIndex::open(&path).unwrap())
         .with_gate(Arc::new(Slow("offer_join", Duration::from_secs(3))));
-    let (two, two_store) = fleet_member_with(Arc::new(slow_offers), 20, 20, settings("two"));
+    let (two, two_store) = fleet_member_with(Arc::new(slow_offers), 20, 20, as_replica("two"));
     one.heartbeat().await.unwrap();
     assert_eq!(two.heartbeat().await.unwrap(), 2);
     assert_eq!(one.heartbeat().await.unwrap(), 2);
@@ -1849,18 +1854,12 @@ async fn a_warm_waiting_behind_a_followed_round_is_not_offered_so_no_cycle_forms
     use std::sync::atomic::Ordering;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("index.db");
-    let settings = |name: &str| OpsSettings {
-        replica: name.into(),
-        run_ttl: Duration::from_secs(2),
-        renew_every: Duration::from_millis(200),
-        ..short_runs()
-    };
     // Replica one's first round: 20 copies of 600 ms, 2 at a time.
     let (one, one_store) = fleet_member_with(
         Arc::new(SqliteIndex::open(&path).unwrap()),
         20,
         600,
-        settings("one"),
+        as_replica("one"),
     );
     let two_index = Arc::new(
         CountingIndex::new(SqliteIndex::open(&path).unwrap()).with_gate(Arc::new(FirstSlow(
@@ -1869,7 +1868,7 @@ async fn a_warm_waiting_behind_a_followed_round_is_not_offered_so_no_cycle_forms
             Default::default(),
         ))),
     );
-    let (two, two_store) = fleet_member_with(Arc::clone(&two_index), 20, 20, settings("two"));
+    let (two, two_store) = fleet_member_with(Arc::clone(&two_index), 20, 20, as_replica("two"));
     for ops in [&one, &two, &one] {
         ops.heartbeat().await.unwrap();
     }
